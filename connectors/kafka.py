@@ -1,0 +1,128 @@
+"""confluent-kafka clients, topic administration and the dead-letter writer.
+
+Every Kafka side effect of the batch processors, sources and sinks goes through here,
+configured from ``Settings`` (never from the environment).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
+
+from ops.catalog import TopicSpec
+from ops.settings import Settings
+from schemas.codec import Codec
+
+DEADLETTER = "deadletter"
+
+
+def producer(settings: Settings, **overrides) -> Producer:
+    config = {
+        "bootstrap.servers": settings.broker,
+        "enable.idempotence": True,  # no duplicates from producer retries
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+def consumer(settings: Settings, group: str, **overrides) -> Consumer:
+    config = {
+        "bootstrap.servers": settings.broker,
+        "group.id": group,
+        "enable.auto.commit": False,  # processors commit only what they have fully handled
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,  # lets processors know when they have caught up
+        "fetch.min.bytes": 1,
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Consumer(config)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.broker, "log_level": 3})
+
+
+def apply_catalog(settings: Settings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics, add missing partitions, set configs. Returns one line per change."""
+    client = admin(settings)
+    existing = client.list_topics(timeout=timeout_s).topics
+    specs = list(specs)
+    lines = []
+    new = [NewTopic(settings.topic(s.name), s.partitions, s.replication, config=s.configs())
+           for s in specs if settings.topic(s.name) not in existing]
+    for topic, future in (client.create_topics(new) if new else {}).items():
+        try:
+            future.result(timeout_s)
+            lines.append(f"created {topic}")
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent `topics create`
+                raise
+    grow = [NewPartitions(settings.topic(s.name), s.partitions) for s in specs
+            if settings.topic(s.name) in existing and len(existing[settings.topic(s.name)].partitions) < s.partitions]
+    for topic, future in (client.create_partitions(grow) if grow else {}).items():
+        future.result(timeout_s)
+        lines.append(f"grew {topic} to {next(p.new_total_count for p in grow if p.topic == topic)} partitions")
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, settings.topic(s.name), incremental_configs=[
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in s.configs().items()])
+        for s in specs if settings.topic(s.name) in existing]
+    for resource, future in (client.incremental_alter_configs(resources) if resources else {}).items():
+        future.result(timeout_s)
+    if not lines:
+        lines.append(f"all {len(specs)} topics present")
+    return lines
+
+
+def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
+    """Flush and fail loudly if anything is still undelivered."""
+    left = prod.flush(timeout_s)
+    if left:
+        raise KafkaException(f"{left} messages not delivered within {timeout_s}s")
+
+
+class DeliveryErrors:
+    """Delivery callback that remembers the first error, so a batch can fail before committing."""
+
+    def __init__(self):
+        self.first: str | None = None
+
+    def __call__(self, err, msg) -> None:
+        if err is not None and self.first is None:
+            self.first = f"delivery to {msg.topic()} failed: {err}"
+
+    def raise_if_any(self) -> None:
+        if self.first:
+            error, self.first = self.first, None
+            raise KafkaException(error)
+
+
+class DeadLetters:
+    """Writes rejected messages, whole and with the reason, to the ``deadletter`` topic."""
+
+    def __init__(self, settings: Settings, prod: Producer, agent: str, codec: Codec | None = None):
+        self.topic = settings.topic(DEADLETTER)
+        self.prod = prod
+        self.agent = agent
+        self.codec = codec or Codec.default()
+        self.count = 0
+
+    def send(self, msg: Message, kind: str, error: str, on_delivery=None) -> None:
+        ts_type, ts = msg.timestamp()
+        record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                  "key": msg.key(), "value": msg.value(), "error_kind": kind, "error": error,
+                  "agent": self.agent, "message_ts_ms": ts if ts_type else None}
+        self.prod.produce(self.topic, key=msg.topic().encode(), value=self.codec.encode("DeadLetter", record),
+                          on_delivery=on_delivery)
+        self.count += 1
+
+
+def now_ms() -> int:
+    """Wall clock, for the connector layer only (e.g. idle detection); models get time passed in."""
+    return int(time.time() * 1000)

@@ -1,0 +1,63 @@
+"""The topic catalog (ops/topics.yaml), loaded and validated offline.
+
+>>> specs = load_catalog()
+>>> specs["telemetry.raw"].partitions, specs["telemetry.raw"].record
+(8, 'TelemetryPoint')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from schemas.codec import record_names
+
+DEFAULT_CATALOG = Path(__file__).resolve().parent / "topics.yaml"
+CLEANUP = {"delete", "compact", "compact,delete"}
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    record: str  # Avro record name in schemas/
+    key: str  # record field whose value is the message key
+    partitions: int
+    replication: int
+    retention_hours: int  # 0 = forever
+    cleanup: str
+
+    def configs(self) -> dict[str, str]:
+        retention_ms = -1 if self.retention_hours == 0 else self.retention_hours * 3_600_000
+        return {"cleanup.policy": self.cleanup, "retention.ms": str(retention_ms)}
+
+
+def load_catalog(path: Path = DEFAULT_CATALOG) -> dict[str, TopicSpec]:
+    """Topic specs by catalog name; raises CatalogError naming the bad entry."""
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("topics"), dict):
+        raise CatalogError(f"{path}: expected `version: 1` and a `topics:` mapping")
+    defaults = doc.get("defaults") or {}
+    known_records = set(record_names())
+    specs = {}
+    for name, entry in doc["topics"].items():
+        entry = {**defaults, **(entry or {})}
+        try:
+            spec = TopicSpec(name=name, record=entry["record"], key=entry["key"],
+                             partitions=int(entry["partitions"]), replication=int(entry["replication"]),
+                             retention_hours=int(entry["retention_hours"]), cleanup=entry["cleanup"])
+        except KeyError as missing:
+            raise CatalogError(f"{path}: topic {name} lacks {missing}") from None
+        if spec.record not in known_records:
+            raise CatalogError(f"{path}: topic {name}: no schema {spec.record}.avsc in schemas/")
+        if spec.cleanup not in CLEANUP:
+            raise CatalogError(f"{path}: topic {name}: cleanup must be one of {sorted(CLEANUP)}")
+        if spec.partitions < 1 or spec.replication < 1 or spec.retention_hours < 0:
+            raise CatalogError(f"{path}: topic {name}: partitions and replication >= 1, retention >= 0")
+        specs[name] = spec
+    return specs

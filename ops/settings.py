@@ -1,0 +1,91 @@
+"""The one typed, frozen settings object, built at the entry point from ``OPSLOOP_*`` env vars.
+
+Nothing else in opsloop reads the environment: agents and connectors get a
+``Settings`` (or the few fields they need) passed in.
+
+>>> s = Settings.from_env({"OPSLOOP_BROKER": "kafka:9092", "OPSLOOP_WINDOW_S": "300"})
+>>> s.broker, s.window_s, s.topic("telemetry.raw")
+('kafka:9092', 300, 'telemetry.raw')
+>>> Settings.from_env({"OPSLOOP_WINDOW_S": "soon"})
+Traceback (most recent call last):
+...
+ValueError: OPSLOOP_WINDOW_S: expected int, got 'soon'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+OPS_DIR = Path(__file__).resolve().parent
+ENV_PREFIX = "OPSLOOP_"
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opsloop"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings; each field ``x`` is read from env ``OPSLOOP_X``."""
+
+    broker: str = "127.0.0.1:9092"  # Kafka bootstrap servers
+    app_id: str = "opsloop"  # consumer-group and Faust app prefix
+    topic_prefix: str = ""  # namespaces every topic (tests, side-by-side deployments)
+    topics_file: Path = OPS_DIR / "topics.yaml"
+    topology: Path = OPS_DIR / "sites" / "demo.yaml"
+    policy: Path = OPS_DIR / "policy.yaml"
+    data_dir: Path = Path("var")
+    duckdb_path: Path | None = None  # default: <data_dir>/opsloop.duckdb
+    cache_dir: Path = field(default_factory=_default_cache)  # Kafka distribution, downloads
+    kafka_port: int = 9092  # local broker started by `opsloop up`
+    window_s: int = 60  # rollup tumbling window
+    grace_s: int = 120  # how long a window waits for out-of-order data
+    idle_close_s: float = 10.0  # close all windows after this long with every input caught up
+    batch_size: int = 5000  # max messages per consume batch
+    llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
+    llm_model: str | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """Physical topic name of a catalog topic."""
+        return self.topic_prefix + name
+
+    @property
+    def duckdb_file(self) -> Path:
+        return self.duckdb_path or self.data_dir / "opsloop.duckdb"
+
+    def group(self, agent: str) -> str:
+        """Consumer group of an agent: one group per agent, shared by its workers."""
+        return f"{self.app_id}.{self.topic_prefix}{agent}"
+
+
+def _convert(name: str, type_name: str, raw: str):
+    kind = str(type_name)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.split(' ')[0]}, got {raw!r}") from None
+    return raw

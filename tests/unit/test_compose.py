@@ -1,0 +1,154 @@
+"""docker-compose.yml checked without Docker: against the official Compose
+Specification JSON schema (fetched by ops.compose_schema, never vendored) and
+against the stack's own wiring rules."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+from jsonschema.validators import validator_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+try:
+    from ops import compose_schema
+except ImportError:  # run from a checkout without the repo root on sys.path
+    sys.path.insert(0, str(REPO_ROOT))
+    from ops import compose_schema
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
+GPU_SERVICES = {"vllm", "narrate"}
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("OPSLOOP_CACHE", Path.home() / ".cache" / "opsloop"))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    with COMPOSE_FILE.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = compose_schema.load_compose_schema(_cache_dir())
+    cls = validator_for(schema, default=Draft7Validator)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _errors(validator, document) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def _env(service: dict) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return env
+
+
+def _opsloop_services(compose: dict) -> dict:
+    # opsloop services are the ones built from this repo's Dockerfile.
+    return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+@pytest.mark.unit
+def test_compose_file_matches_compose_spec(compose, validator):
+    assert _errors(validator, compose) == []
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        pytest.param(lambda c: c["services"]["kafka"].__setitem__("ports", "not-a-list"), id="ports-not-a-list"),
+        pytest.param(lambda c: c.__setitem__("servicez", {}), id="unknown-top-level-key"),
+        pytest.param(lambda c: c["services"]["rollup"].__setitem__("restrat", "always"), id="unknown-service-key"),
+        pytest.param(
+            lambda c: c["services"]["rollup"]["depends_on"]["topics"].__setitem__("condition", "service_done"),
+            id="bad-depends-on-condition",
+        ),
+    ],
+)
+def test_broken_compose_is_rejected(compose, validator, breakage):
+    broken = copy.deepcopy(compose)
+    breakage(broken)
+    assert _errors(validator, broken), "validator accepted a broken compose file"
+
+
+@pytest.mark.unit
+def test_expected_services_exist(compose):
+    assert CORE_SERVICES | GPU_SERVICES <= set(compose["services"])
+    assert {"topics", "rollup", "views", "narrate"} <= set(_opsloop_services(compose))
+
+
+@pytest.mark.unit
+def test_gpu_services_only_in_gpu_profile(compose):
+    services = compose["services"]
+    for name in GPU_SERVICES:
+        assert services[name].get("profiles") == ["gpu"], name
+    # Everything else must start with a plain `docker compose up`.
+    for name in set(services) - GPU_SERVICES:
+        assert not services[name].get("profiles"), name
+    devices = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+@pytest.mark.unit
+def test_every_opsloop_service_points_at_kafka(compose):
+    kafka_env = compose["services"]["kafka"]["environment"]
+    advertised = {
+        listener.split("://", 1)[1] for listener in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    }
+    for name, svc in _opsloop_services(compose).items():
+        broker = _env(svc).get("OPSLOOP_BROKER")
+        assert broker, f"{name} has no OPSLOOP_BROKER"
+        host = broker.split(":", 1)[0]
+        assert host == "kafka", f"{name}: {broker}"
+        assert broker in advertised, f"{name}: {broker} is not a listener kafka advertises"
+
+
+@pytest.mark.unit
+def test_startup_ordering(compose):
+    services = compose["services"]
+    assert "healthcheck" in services["kafka"]
+    assert services["topics"]["command"] == ["topics", "create"]
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("rollup", "views", "narrate"):
+        assert services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        assert services[name]["restart"] == "unless-stopped"
+    assert _env(services["narrate"])["OPSLOOP_LLM_URL"] == "http://vllm:8000/v1"
+
+
+@pytest.mark.unit
+def test_load_compose_schema_downloads_once_then_uses_cache(tmp_path, monkeypatch):
+    spec = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "docker_compose-1.29.2-py2.py3-none-any.whl", "w") as whl:
+            whl.writestr(compose_schema.SPEC_MEMBER, json.dumps(spec))
+
+    monkeypatch.setattr(compose_schema.subprocess, "run", fake_run)
+    assert compose_schema.load_compose_schema(tmp_path / "cache") == spec
+    assert compose_schema.load_compose_schema(tmp_path / "cache") == spec
+    assert len(calls) == 1
+    assert calls[0][:3] == [sys.executable, "-m", "pip"]
+    assert "docker-compose==1.29.2" in calls[0] and "--only-binary=:all:" in calls[0]
+    assert (tmp_path / "cache" / "compose_spec.json").is_file()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["compose_spec.json"]
