@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CACHE  ?= $(HOME)/.cache/opsloop
+
+.PHONY: install system-deps demo test test-unit bench up down clean
+
+# Java runs the broker and Maven fetches it; install them from Debian when missing and we may.
+system-deps:
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven; \
+	  else echo "Java 17+ and Maven are needed (Debian: apt-get install default-jre-headless maven)"; exit 1; fi; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: system-deps $(STAMP)
+	$(BIN)/python -c "from ops.kafka import LocalKafka; from ops.settings import Settings; s = Settings.from_env(); LocalKafka(s.cache_dir, s.data_dir / 'kafka').install()"
+	$(BIN)/python -m ops.compose_schema $(CACHE)
+
+demo: install
+	$(BIN)/opsloop demo
+
+# The test session starts its own Kafka (tests/conftest.py) and stops it at the end.
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m unit
+
+bench: install
+	$(BIN)/opsloop bench
+
+up: install
+	$(BIN)/opsloop up
+
+down:
+	$(BIN)/opsloop down
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

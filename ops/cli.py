@@ -1,0 +1,152 @@
+"""The `opsloop` command. Settings come from ``OPSLOOP_*`` env vars; flags override a few."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ops.settings import Settings
+
+BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
+
+
+def _local_kafka(settings: Settings, state_dir: Path | None = None):
+    from ops.kafka import LocalKafka
+
+    return LocalKafka(settings.cache_dir, state_dir or settings.data_dir / "kafka", port=settings.kafka_port)
+
+
+def cmd_up(settings: Settings, args) -> int:
+    print(_local_kafka(settings).start())
+    if not args.no_topics:
+        cmd_topics(settings, argparse.Namespace(action="create"))
+    return 0
+
+
+def cmd_down(settings: Settings, args) -> int:
+    print(_local_kafka(settings).stop())
+    return 0
+
+
+def cmd_topics(settings: Settings, args) -> int:
+    from connectors.kafka import apply_catalog
+    from ops.catalog import load_catalog
+
+    specs = load_catalog(settings.topics_file)
+    if args.action == "create":
+        for line in apply_catalog(settings, specs.values()):
+            print(line)
+    else:
+        for spec in specs.values():
+            print(f"{settings.topic(spec.name):<22} {spec.record:<15} key={spec.key:<12} "
+                  f"partitions={spec.partitions:<3} retention_h={spec.retention_hours or 'forever':<6} {spec.cleanup}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from streams import worker
+
+    results = worker.run(settings, worker.parse_agents(args.agents), exit_when_idle=args.exit_when_idle)
+    for name, stats in results.items():
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def cmd_replay(settings: Settings, args) -> int:
+    from connectors.replay import load_replay_spec, replay
+
+    spec = load_replay_spec(args.site or settings.topology)
+    stats = replay(settings, spec, Path(args.data), speedup=args.speedup, start=args.start, days=args.days,
+                   progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"replayed {stats.rows} rows as {stats.points} points ({stats.skipped} empty cells skipped) "
+          f"in {stats.wall_s:.1f}s")
+    return 0
+
+
+def cmd_sql(settings: Settings, args) -> int:
+    from connectors.duckdb_sink import format_table, query
+
+    columns, rows = query(settings.duckdb_file, args.query)
+    print(format_table(columns, rows, max_rows=args.max_rows))
+    return 0
+
+
+def cmd_schemas(settings: Settings, args) -> int:
+    from schemas import compat
+
+    return compat.main()
+
+
+def cmd_demo(settings: Settings, args) -> int:
+    from ops.demo import run_demo
+
+    return run_demo(settings, data=Path(args.data), days=args.days)
+
+
+def cmd_bench(settings: Settings, args) -> int:
+    from ops.bench import run_bench
+
+    return run_bench(settings, events=args.events)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opsloop", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the local Kafka broker (KRaft) and create the topics")
+    up.add_argument("--no-topics", action="store_true", help="start the broker only")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
+    topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.set_defaults(func=cmd_topics)
+    w = sub.add_parser("worker", help="run agents (all by default)")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
+    w.set_defaults(func=cmd_worker)
+    r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
+    r.add_argument("--data", required=True, help="CSV or Parquet file")
+    r.add_argument("--site", type=Path, help="site file with a replay: block (default: OPSLOOP_TOPOLOGY)")
+    r.add_argument("--start", help="first event time to replay (ISO 8601)")
+    r.add_argument("--days", type=float, help="days of data to replay")
+    r.add_argument("--speedup", type=float, help="event-time seconds per wall second (default: as fast as possible)")
+    r.set_defaults(func=cmd_replay)
+    q = sub.add_parser("sql", help="run a query on the DuckDB views and print a table")
+    q.add_argument("query")
+    q.add_argument("--max-rows", type=int, default=50)
+    q.set_defaults(func=cmd_sql)
+    s = sub.add_parser("schemas", help="check schemas/ against their released versions")
+    s.add_argument("action", choices=["check"])
+    s.set_defaults(func=cmd_schemas)
+    d = sub.add_parser("demo", help="end to end on the bundled real data, then a summary")
+    d.add_argument("--data", default=str(BUNDLED_DATA))
+    d.add_argument("--days", type=float, default=7.0)
+    d.set_defaults(func=cmd_demo)
+    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b.add_argument("--events", type=int, default=200_000)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"opsloop: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for operators; --debug via OPSLOOP_LOG_LEVEL=debug
+        if settings.log_level.lower() == "debug":
+            raise
+        print(f"opsloop {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""DuckDB sink without a broker: Arrow mapping, batch writes with offsets, replay, dead letters, views, text tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without the repo root on sys.path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from connectors.duckdb_sink import DuckDBSink, arrow_schema, format_table, open_db, query, table_name
+from ops.settings import Settings
+from schemas.codec import Codec
+
+pytestmark = pytest.mark.unit
+
+PREFIX = "t."
+MINUTE_MS = 60_000
+T0 = 960163200000  # 2000-06-05T00:00:00Z
+
+
+class Msg:
+    """Test data with the confluent_kafka Message interface (as the consumer hands it over)."""
+
+    def __init__(self, topic, partition, offset, value, key=None, ts=None):
+        self._t, self._p, self._o, self._v, self._k, self._ts = topic, partition, offset, value, key, ts
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return self._k
+
+    def timestamp(self):
+        return (1, self._ts) if self._ts is not None else (0, -1)
+
+    def error(self):
+        return None
+
+
+def snapshot(site, start_ms, grid_kw, it_kw=800.0, facility_kw=1000.0):
+    return {"site": site, "window_start_ms": start_ms, "window_end_ms": start_ms + MINUTE_MS,
+            "grid_kw": grid_kw, "it_kw": it_kw, "facility_kw": facility_kw, "ess_soc_pct": 80.0,
+            "ess_soh_pct": 97.0, "ess_kw": 0.0, "gpu_kw": 500.0, "pue": facility_kw / it_kw,
+            "price_per_mwh": None, "samples": 12, "devices": 3}
+
+
+def point(device, metric, ts_ms, value):
+    return {"ts_ms": ts_ms, "site": "demo", "device": device, "device_type": "pdu", "metric": metric,
+            "value": value, "unit": "kW", "source": "test"}
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(duckdb_path=tmp_path / "ops.duckdb", topic_prefix=PREFIX)
+
+
+@pytest.fixture
+def batch() -> list[Msg]:
+    codec = Codec.default()
+    site = [Msg(PREFIX + "telemetry.site", 0, 10 + i, codec.encode("SiteSnapshot", snapshot("demo", T0 + i * MINUTE_MS, 1000.0 + i)),
+                key=b"demo", ts=T0 + i * MINUTE_MS + 5) for i in range(3)]
+    raw = [Msg(PREFIX + "telemetry.raw", p, o, codec.encode("TelemetryPoint", point(dev, "it_kw", ts, v)), key=dev.encode())
+           for p, o, dev, ts, v in [(1, 0, "pdu-a1", T0, 10.0), (1, 1, "pdu-a1", T0 + 5000, 11.0),
+                                    (2, 0, "pdu-b1", T0 + 5000, 20.0), (2, 1, "pdu-b1", T0, 19.0)]]
+    return site + raw
+
+
+def offsets(con) -> dict:
+    return {(t, p): o for t, p, o in con.execute("SELECT * FROM _kafka_offsets").fetchall()}
+
+
+def site_power(con) -> list[tuple]:
+    return con.execute("SELECT site, minute, grid_kw, it_kw, facility_kw, pue, ess_soc_pct, ess_kw, gpu_kw "
+                       "FROM v_site_power ORDER BY site, minute").fetchall()
+
+
+def test_table_name():
+    assert table_name("telemetry.site") == "telemetry_site"
+    assert table_name("forecasts.peak") == "forecasts_peak"
+    assert table_name("incidents") == "incidents"
+
+
+def test_arrow_schema_maps_types_nullability_and_nested_fields():
+    incident = arrow_schema("Incident")
+    assert incident.names[-3:] == ["_partition", "_offset", "_kafka_ts_ms"]
+    assert incident.field("members").type == pa.string()  # array of records -> JSON text
+    assert incident.field("member_count").type == pa.int32() and not incident.field("member_count").nullable
+    assert incident.field("resolved_ms").type == pa.int64() and incident.field("resolved_ms").nullable
+    assert incident.field("state").type == pa.string()  # enum
+    assert arrow_schema("SiteSnapshot").field("grid_kw").type == pa.float64()
+    assert arrow_schema("SiteSnapshot").field("grid_kw").nullable
+    dead = arrow_schema("DeadLetter")
+    assert dead.field("value").type == pa.binary() and dead.field("value").nullable
+    assert arrow_schema("Narrative").field("grounded").type == pa.bool_()
+    assert arrow_schema("Action").field("params").type == pa.string()  # map -> JSON text
+    assert arrow_schema("CleanAlarm").field("alarm").type == pa.string()  # nested record -> JSON text
+
+
+def test_open_db_creates_tables_offsets_and_views(tmp_path):
+    con = open_db(tmp_path / "x.duckdb")
+    names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"telemetry_raw", "telemetry_site", "incidents", "deadletter", "_kafka_offsets",
+            "v_site_power", "v_deadletter", "v_telemetry_latest"} <= names
+    columns = [r[0] for r in con.execute("DESCRIBE v_site_power").fetchall()]
+    assert columns[:9] == ["site", "minute", "grid_kw", "it_kw", "facility_kw", "pue", "ess_soc_pct", "ess_kw", "gpu_kw"]
+    con.close()
+    open_db(tmp_path / "x.duckdb").close()  # reopening an existing file is fine
+
+
+def test_write_batch_stores_rows_and_offsets(settings, batch):
+    sink = DuckDBSink(settings, dead_letters=lambda *a: pytest.fail(f"unexpected dead letter {a}"))
+    assert sink.write_batch(batch) == 7
+    con = sink.con
+    assert con.execute("SELECT count(*) FROM telemetry_site").fetchone()[0] == 3
+    assert con.execute("SELECT count(*) FROM telemetry_raw").fetchone()[0] == 4
+    assert con.execute("SELECT _partition, _offset, _kafka_ts_ms, grid_kw, price_per_mwh FROM telemetry_site "
+                       "ORDER BY _offset LIMIT 1").fetchone() == (0, 10, T0 + 5, 1000.0, None)
+    assert offsets(con) == {("t.telemetry.site", 0): 13, ("t.telemetry.raw", 1): 2, ("t.telemetry.raw", 2): 2}
+    power = site_power(con)
+    assert [(str(r[1]), r[2]) for r in power] == [("2000-06-05 00:00:00", 1000.0), ("2000-06-05 00:01:00", 1001.0),
+                                                  ("2000-06-05 00:02:00", 1002.0)]
+    assert power[0][5] == pytest.approx(1.25)
+    latest = con.execute("SELECT device, value FROM v_telemetry_latest ORDER BY device").fetchall()
+    assert latest == [("pdu-a1", 11.0), ("pdu-b1", 20.0)]  # by event time, not arrival
+    assert sink.stats["rows"] == {"telemetry_site": 3, "telemetry_raw": 4}
+
+
+def test_replay_after_crash_changes_nothing(settings, batch):
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch(batch)
+    before = site_power(sink.con)
+    sink.close()
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)  # a restart reads the stored offsets
+    assert sink.write_batch(batch) == 0
+    assert sink.stats["replayed"] == len(batch)
+    assert sink.con.execute("SELECT count(*) FROM telemetry_site").fetchone()[0] == 3
+    assert site_power(sink.con) == before
+    sink.close()
+
+
+def test_reemitted_window_counts_once_latest_wins(settings, batch):
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch(batch)
+    before = site_power(sink.con)
+    codec = Codec.default()
+    again = [Msg(PREFIX + "telemetry.site", 0, 13 + i, codec.encode("SiteSnapshot", snapshot("demo", T0 + i * MINUTE_MS, 1000.0 + i)))
+             for i in range(3)]
+    assert sink.write_batch(again) == 3  # new offsets: stored as raw rows ...
+    assert sink.con.execute("SELECT count(*) FROM telemetry_site").fetchone()[0] == 6
+    assert site_power(sink.con) == before  # ... but the view shows each window once
+    fixed = Msg(PREFIX + "telemetry.site", 0, 16, codec.encode("SiteSnapshot", snapshot("demo", T0, 1500.0)))
+    sink.write_batch([fixed])
+    assert site_power(sink.con)[0][2] == 1500.0  # the latest emission of a window wins
+
+
+def test_short_windows_are_averaged_per_minute(settings):
+    codec = Codec.default()
+    half = [dict(snapshot("demo", T0 + i * 30_000, 1000.0 + 100 * i, it_kw=800.0, facility_kw=1000.0 + 200 * i),
+                 window_end_ms=T0 + (i + 1) * 30_000) for i in range(2)]
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch([Msg(PREFIX + "telemetry.site", 0, i, codec.encode("SiteSnapshot", s)) for i, s in enumerate(half)])
+    (row,) = site_power(sink.con)
+    assert row[2] == 1050.0 and row[4] == 1100.0
+    assert row[5] == pytest.approx(1100.0 / 800.0)
+
+
+def test_malformed_message_goes_to_dead_letters_and_the_batch_goes_on(settings, batch):
+    letters = []
+    sink = DuckDBSink(settings, dead_letters=lambda msg, kind, error: letters.append((msg, kind, error)))
+    garbage = Msg(PREFIX + "telemetry.site", 0, 13, b"not avro at all")
+    wrong = Msg(PREFIX + "telemetry.site", 0, 14, Codec.default().encode("TelemetryPoint", point("x", "it_kw", T0, 1.0)))
+    assert sink.write_batch(batch + [garbage, wrong]) == 7
+    assert [(m.offset(), kind) for m, kind, _ in letters] == [(13, "decode"), (14, "decode")]
+    assert "single-object" in letters[0][2] and "TelemetryPoint" in letters[1][2]
+    assert offsets(sink.con)[("t.telemetry.site", 0)] == 15  # rejected messages are handled, not retried
+    assert sink.stats["dead_letters"] == 2
+
+
+def test_undecodable_dead_letter_is_not_sent_back(settings, caplog):
+    letters = []
+    sink = DuckDBSink(settings, dead_letters=lambda *a: letters.append(a))
+    assert sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, b"\x00junk")]) == 0
+    assert letters == [] and sink.stats["deadletter_rejects"] == 1
+    assert "undecodable" in caplog.text
+    assert offsets(sink.con) == {("t.deadletter", 0): 1}
+
+
+def test_dead_letter_records_show_in_v_deadletter(settings):
+    codec = Codec.default()
+    record = {"topic": "t.alarms.raw", "partition": 3, "offset": 42, "key": b"ups-1", "value": b"\x01\x02\x03",
+              "error_kind": "decode", "error": "bad", "agent": "dedup", "message_ts_ms": T0}
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, codec.encode("DeadLetter", record), ts=T0 + 1000)])
+    row = sink.con.execute("SELECT time, topic, \"partition\", \"offset\", error_kind, error, agent, value_bytes "
+                           "FROM v_deadletter").fetchone()
+    assert (str(row[0]),) + row[1:] == ("2000-06-05 00:00:01", "t.alarms.raw", 3, 42, "decode", "bad", "dedup", 3)
+
+
+def test_nested_fields_stored_as_json(settings):
+    incident = {"incident_id": "i-1", "site": "demo", "state": "open", "opened_ms": T0, "updated_ms": T0,
+                "resolved_ms": None, "root_device": "ups-1", "root_device_type": "ups", "root_code": "U1",
+                "severity": "major", "member_count": 1, "summary": "UPS on battery",
+                "members": [{"fingerprint": "f1", "device": "ups-1", "device_type": "ups", "code": "U1",
+                             "count": 2, "first_seen_ms": T0}]}
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch([Msg(PREFIX + "incidents", 0, 0, Codec.default().encode("Incident", incident))])
+    row = sink.con.execute("SELECT members->>'$[0].device', CAST(members->'$[0].count' AS INT), resolved_ms, severity "
+                           "FROM incidents").fetchone()
+    assert row == ("ups-1", 2, None, "major")
+
+
+def test_query_and_format_table(settings, batch):
+    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink.write_batch(batch)
+    sink.close()  # DuckDB allows one writer or many readers of a file
+    columns, rows = query(settings.duckdb_file, "SELECT site, minute, grid_kw, pue, NULL AS note FROM v_site_power ORDER BY minute")
+    assert columns == ["site", "minute", "grid_kw", "pue", "note"] and len(rows) == 3
+    text = format_table(columns, rows)
+    lines = text.splitlines()
+    assert lines[0].split() == columns
+    assert lines[2].split() == ["demo", "2000-06-05", "00:00:00", "1000.0", "1.25"]
+    assert lines[-1] == "(3 rows)"
+    assert lines[2].index("1000.0") + len("1000.0") == lines[0].index("grid_kw") + len("grid_kw")  # right-aligned
+    short = format_table(["n", "name"], [(i, None) for i in range(5)], max_rows=2).splitlines()
+    assert short[-1] == "(5 rows, first 2 shown)" and len(short) == 5
+    assert short[2] == "0"  # None is shown as an empty cell
