@@ -80,6 +80,16 @@ def apply_catalog(settings: Settings, specs: Iterable[TopicSpec], timeout_s: flo
     return lines
 
 
+def send(prod: Producer, topic: str, key: bytes | None, value: bytes, on_delivery=None) -> None:
+    """Produce one message, waiting for room when the local queue is full (back-pressure, not an error)."""
+    while True:
+        try:
+            prod.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return
+        except BufferError:
+            prod.poll(0.1)
+
+
 def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
     """Flush and fail loudly if anything is still undelivered."""
     left = prod.flush(timeout_s)
@@ -118,8 +128,7 @@ class DeadLetters:
         record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                   "key": msg.key(), "value": msg.value(), "error_kind": kind, "error": error,
                   "agent": self.agent, "message_ts_ms": ts if ts_type else None}
-        self.prod.produce(self.topic, key=msg.topic().encode(), value=self.codec.encode("DeadLetter", record),
-                          on_delivery=on_delivery)
+        send(self.prod, self.topic, msg.topic().encode(), self.codec.encode("DeadLetter", record), on_delivery)
         self.count += 1
 
 

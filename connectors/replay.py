@@ -223,7 +223,7 @@ def _values(batch: pa.RecordBatch, s: ReplayStream, n: int) -> list:
 def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float | None = None, start=None,
            days: float | None = None, progress: Callable[[str], None] | None = None, producer=None) -> ReplayStats:
     """Produce every point to telemetry.raw keyed by device; speedup = event seconds per wall second."""
-    from connectors.kafka import DeliveryErrors, producer as make_producer, wait_delivered
+    from connectors.kafka import DeliveryErrors, producer as make_producer, send, wait_delivered
     from schemas.codec import Codec
 
     if speedup is not None and speedup <= 0:
@@ -247,13 +247,7 @@ def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float |
             while (wait := due - time.monotonic()) > 0:
                 prod.poll(min(wait, 0.5))  # serve delivery callbacks while pacing
         for p in points:
-            key, value = p["device"].encode("utf-8"), encode("TelemetryPoint", p)
-            while True:
-                try:
-                    prod.produce(topic, key=key, value=value, on_delivery=errors)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it
-                    prod.poll(0.1)
+            send(prod, topic, p["device"].encode("utf-8"), encode("TelemetryPoint", p), errors)
         prod.poll(0)
         errors.raise_if_any()
         if progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:

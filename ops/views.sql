@@ -2,7 +2,7 @@
 -- Executed by the sink at start: every view is CREATE OR REPLACE, so editing this file is enough.
 -- Times are TIMESTAMP in UTC, from the records' event times.
 
--- Site power per site and minute; a re-emitted window counts once (highest partition/offset wins).
+-- Site power per site and minute; a re-emitted window counts once (the latest emission wins).
 CREATE OR REPLACE VIEW v_site_power AS
 WITH windows AS (
     SELECT *
@@ -24,19 +24,21 @@ SELECT
 FROM windows
 GROUP BY site, minute;
 
--- Rejected messages: when, from where, why and by which agent, with the size of the kept value.
+-- Rejected messages, one row each however many agents rejected it (or re-sent it after a
+-- restart): when first, from where, why, by which agents, and the size of the kept value.
 CREATE OR REPLACE VIEW v_deadletter AS
 SELECT
-    epoch_ms(_kafka_ts_ms) AS time,
-    epoch_ms(message_ts_ms) AS message_time,
+    epoch_ms(min(_kafka_ts_ms)) AS time,
+    epoch_ms(any_value(message_ts_ms)) AS message_time,
     topic,
     "partition",
     "offset",
-    error_kind,
-    error,
-    agent,
-    octet_length(value) AS value_bytes
-FROM deadletter;
+    arg_min(error_kind, _kafka_ts_ms) AS error_kind,
+    arg_min(error, _kafka_ts_ms) AS error,
+    array_to_string(list_sort(list(DISTINCT agent)), ', ') AS agents,
+    any_value(octet_length(value)) AS value_bytes
+FROM deadletter
+GROUP BY topic, "partition", "offset";
 
 -- Last value of every site/device/metric by event time (ties: the later message).
 CREATE OR REPLACE VIEW v_telemetry_latest AS

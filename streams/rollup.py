@@ -37,7 +37,7 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, wait_delivered
+from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, send, wait_delivered
 from models.rollup import PartitionWatermark, SiteRollup
 from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
@@ -120,8 +120,7 @@ class RollupProcessor:
 
     def _emit(self, prod, snapshots: list[dict], errors: DeliveryErrors) -> None:
         for snap in snapshots:
-            prod.produce(self.sink, key=snap["site"].encode(), value=self.codec.encode("SiteSnapshot", snap),
-                         on_delivery=errors)
+            send(prod, self.sink, snap["site"].encode(), self.codec.encode("SiteSnapshot", snap), errors)
         self.stats["snapshots"] += len(snapshots)
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
