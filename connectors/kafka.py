@@ -39,6 +39,7 @@ def consumer(settings: Settings, group: str, **overrides) -> Consumer:
         "enable.auto.commit": False,  # processors commit only what they have fully handled
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,  # lets processors know when they have caught up
+        "session.timeout.ms": 10_000,  # a crashed worker's partitions move within 10 s, not the 45 s default
         "fetch.min.bytes": 1,
         "log_level": 3,
     }

@@ -66,14 +66,14 @@ def read_all(settings: Settings, name: str, timeout_s: float = 30.0) -> list:
     """Every message of a catalog topic, read to the end of each partition."""
     import time
 
-    from confluent_kafka import KafkaError
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from connectors.kafka import consumer
 
     topic = settings.topic(name)
     cons = consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
     partitions = len(cons.list_topics(topic, timeout=10).topics[topic].partitions)
-    cons.subscribe([topic])
+    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])  # no group join
     messages, done = [], set()
     deadline = time.monotonic() + timeout_s
     try:

@@ -205,9 +205,14 @@ def test_dead_letter_records_show_in_v_deadletter(settings):
               "error_kind": "decode", "error": "bad", "agent": "dedup", "message_ts_ms": T0}
     sink = DuckDBSink(settings, dead_letters=lambda *a: None)
     sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, codec.encode("DeadLetter", record), ts=T0 + 1000)])
-    row = sink.con.execute("SELECT time, topic, \"partition\", \"offset\", error_kind, error, agent, value_bytes "
-                           "FROM v_deadletter").fetchone()
-    assert (str(row[0]),) + row[1:] == ("2000-06-05 00:00:01", "t.alarms.raw", 3, 42, "decode", "bad", "dedup", 3)
+    # The same message rejected by a second agent, and re-sent after a restart: still one row.
+    again = {**record, "agent": "anomaly"}
+    sink.write_batch([Msg(PREFIX + "deadletter", 0, 1, codec.encode("DeadLetter", again), ts=T0 + 2000),
+                      Msg(PREFIX + "deadletter", 0, 2, codec.encode("DeadLetter", record), ts=T0 + 3000)])
+    rows = sink.con.execute("SELECT time, topic, \"partition\", \"offset\", error_kind, error, agents, value_bytes "
+                            "FROM v_deadletter").fetchall()
+    assert [(str(r[0]),) + r[1:] for r in rows] == [
+        ("2000-06-05 00:00:01", "t.alarms.raw", 3, 42, "decode", "bad", "anomaly, dedup", 3)]
 
 
 def test_nested_fields_stored_as_json(settings):
