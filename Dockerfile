@@ -19,7 +19,7 @@ RUN pip install --no-cache-dir . \
     && chown opsloop:opsloop /app/var
 
 ENV OPSLOOP_DATA_DIR=/app/var \
-    OPSLOOP_DUCKDB=/app/var/opsloop.duckdb
+    OPSLOOP_DUCKDB_PATH=/app/var/opsloop.duckdb
 
 USER opsloop
 

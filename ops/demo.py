@@ -62,7 +62,7 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         print(f"  peak     grid import {peak_kw:,.0f} kW at {peak_at} UTC")
         print(f"  PUE      mean {mean_pue:.3f}; mean IT load {mean_it:,.0f} kW")
         print(f"  dead letters kept: {len(dead)}" + "".join(f"\n    {t}: {k}: {e} (seen by {a})" for t, k, e, a in dead))
-        print(f"\nExplore: OPSLOOP_DUCKDB={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
+        print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
     finally:
         client = admin(demo)
         for future in client.delete_topics([demo.topic(name) for name in specs]).values():

@@ -1,0 +1,15 @@
+"""Runs the examples in module docstrings, so they stay true."""
+
+import doctest
+import importlib
+
+import pytest
+
+pytestmark = pytest.mark.unit
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
