@@ -241,6 +241,7 @@ class DuckDBSink:
                     break
         finally:
             cons.close()
+            self.close()  # release the file: DuckDB allows one writing process
         return {**self.stats, "rows": dict(self.stats["rows"])}
 
 
