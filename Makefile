@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CACHE  ?= $(HOME)/.cache/opsloop
 
 .PHONY: install system-deps demo test test-unit bench up down clean
 
@@ -22,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: system-deps $(STAMP)
 	$(BIN)/python -c "from ops.kafka import LocalKafka; from ops.settings import Settings; s = Settings.from_env(); LocalKafka(s.cache_dir, s.data_dir / 'kafka').install()"
-	$(BIN)/python -m ops.compose_schema $(CACHE)
+	$(BIN)/python -m ops.compose_schema
 
 demo: install
 	$(BIN)/opsloop demo

@@ -89,9 +89,10 @@ class LocalKafka:
     def _format(self, config: Path) -> None:
         if (self.state_dir / "data" / "meta.properties").exists():
             return
-        # A cluster id is 16 random bytes in unpadded base64url, as `random-uuid` prints it.
+        # A cluster id is 16 random bytes in unpadded base64url, as `random-uuid` prints it; it may
+        # start with "-", hence the "=" form of the option.
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)),
+        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config)),
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise KafkaSetupError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")

@@ -21,6 +21,10 @@ log = logging.getLogger("opsloop.app")
 
 
 def create_app(settings: Settings) -> faust.App:
+    from aiokafka.codec import has_lz4
+
+    if not has_lz4():  # our confluent-kafka producers write lz4 batches; without it every fetch crashes
+        raise RuntimeError("aiokafka cannot read lz4-compressed messages: install aiokafka[lz4] (cramjam)")
     app = faust.App(
         settings.app_id + (f"-{settings.topic_prefix.rstrip('.')}" if settings.topic_prefix else ""),
         broker=[f"kafka://{host}" for host in settings.broker.split(",")],
@@ -59,6 +63,7 @@ async def decode_or_dead_letter(app: faust.App, event, record: str, agent: str, 
                 "value": msg.value, "error_kind": "decode", "error": exc.reason, "agent": agent,
                 "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
         await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(),
-                                         codec.encode("DeadLetter", dead), None)
+                                         codec.encode("DeadLetter", dead),
+                                         partition=None, timestamp=None, headers=None)
         log.warning("%s: dead-lettered %s[%s]@%s: %s", agent, msg.topic, msg.partition, msg.offset, exc.reason)
         return None

@@ -1,19 +1,28 @@
 """`opsloop worker`: runs all or some agents in one process.
 
 Batch processors (confluent-kafka loops for the high-volume paths and the
-DuckDB sink) each run in a thread; ``exit_when_idle`` makes a run end once
-every input has been caught up (demo, tests, backfills). SIGINT/SIGTERM stop
-them cleanly: in-flight batches finish, offsets are committed.
+DuckDB sink) each run in a thread; ``exit_when_idle`` makes them end once
+every input has been caught up (demo, tests, backfills). Faust agents (one
+module each, registered in ``FAUST_AGENTS``) share one Faust app whose worker
+runs in the calling thread; they run until stopped, ``exit_when_idle`` does not
+apply to them. SIGINT/SIGTERM or the shared ``stop`` event stop everything
+cleanly: in-flight batches finish, offsets are committed. One agent failing
+stops the others (a supervisor restarts the process).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from typing import Callable, Protocol
+from contextlib import suppress
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from ops.settings import Settings
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger("opsloop.worker")
 
@@ -36,23 +45,57 @@ def _views(settings: Settings) -> Processor:
     return DuckDBSink(settings)
 
 
+#: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
+FaustRegister = Callable[["faust.App", Settings], None]
+
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
+FAUST_AGENTS: dict[str, FaustRegister] = {}
 
 
-def parse_agents(spec: str | None) -> list[str]:
-    """``"rollup,views"`` → names; None or "all" → every agent. Unknown names are an error."""
+def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:
+    """``FAUST_AGENTS`` plus ``extra``; a name may mean only one agent across both registries."""
+    merged = dict(FAUST_AGENTS)
+    for name, register in (extra or {}).items():
+        if name in merged and merged[name] is not register:
+            raise ValueError(f"Faust agent {name!r} is already registered")
+        merged[name] = register
+    clash = sorted(set(AGENTS) & set(merged))
+    if clash:
+        raise ValueError(f"agent name(s) {', '.join(clash)} name both a batch processor and a Faust agent")
+    return merged
+
+
+def parse_agents(spec: str | None, faust_agents: Mapping[str, FaustRegister] | None = None) -> list[str]:
+    """``"rollup,views"`` → names; None or "all" → every agent. Unknown names are an error.
+
+    Names come from ``AGENTS`` (batch processors), ``FAUST_AGENTS`` and ``faust_agents``.
+    """
+    known = [*AGENTS, *_faust_registry(faust_agents)]
     if not spec or spec == "all":
-        return list(AGENTS)
+        return known
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in AGENTS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(AGENTS)}")
+        raise ValueError(f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return names
 
 
 def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
-        stop: threading.Event | None = None) -> dict[str, dict]:
-    """Run the agents until stopped (or idle); returns each agent's stats."""
+        stop: threading.Event | None = None, *,
+        faust_agents: Mapping[str, FaustRegister] | None = None) -> dict[str, dict]:
+    """Run the agents until stopped (or, for batch processors only, idle); returns each agent's stats.
+
+    ``faust_agents`` (name → register function) are run besides ``agents`` (tests, embedding).
+    Faust agents run until SIGINT/SIGTERM, ``stop`` or a failure; they report no stats yet ({}).
+    """
+    registry = _faust_registry(faust_agents)
+    names = list(dict.fromkeys([*agents, *(faust_agents or {})]))
+    unknown = [n for n in names if n not in AGENTS and n not in registry]
+    if unknown:
+        raise ValueError(f"unknown agent(s) {', '.join(unknown)}; known: {', '.join([*AGENTS, *registry])}")
+    processors = [n for n in names if n in AGENTS]
+    faust_names = [n for n in names if n in registry]
+
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,9 +111,18 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
             failures[name] = exc
             stop.set()
 
-    threads = [threading.Thread(target=target, args=(n,), name=f"agent-{n}") for n in agents]
+    threads = [threading.Thread(target=target, args=(n,), name=f"agent-{n}") for n in processors]
     for t in threads:
         t.start()
+    if faust_names:
+        try:
+            run_faust(settings, {n: registry[n] for n in faust_names}, stop)
+            results.update({n: {} for n in faust_names})
+        except BaseException as exc:
+            log.exception("Faust agent(s) %s failed", ", ".join(faust_names))
+            failures[", ".join(faust_names)] = exc
+        finally:
+            stop.set()  # the Faust worker only ends when asked or on failure: the processors end with it
     for t in threads:
         while t.is_alive():
             t.join(0.5)
@@ -78,3 +130,55 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
         name, exc = next(iter(failures.items()))
         raise RuntimeError(f"agent {name} failed: {exc}") from exc
     return results
+
+
+def run_faust(settings: Settings, registers: Mapping[str, FaustRegister], stop: threading.Event,
+              poll_s: float = 0.2) -> None:
+    """Build the app, register the agents and run a Faust worker in this thread until ``stop`` is set.
+
+    Raises what crashed the worker. Signals are left to the caller (``run`` maps them to ``stop``),
+    so this also works outside the main thread.
+    """
+    import faust
+
+    from streams.app import create_app
+
+    class _Worker(faust.Worker):
+        def install_signal_handlers(self) -> None:
+            pass  # the caller owns SIGINT/SIGTERM; loop signal handlers only work in the main thread
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # Faust resolves its loop lazily: it must find this one
+    try:
+        app = create_app(settings)
+        for register in registers.values():
+            register(app, settings)
+        # override_logging=False: logging is the entry point's (info by default); Faust would replace
+        # the root handlers and its spinner would set the root logger to DEBUG (a measured slowdown).
+        worker = _Worker(app, loop=loop, debug=False, override_logging=False, redirect_stdouts=False)
+        worker.spinner = None
+        exit_code = None
+        try:
+            loop.run_until_complete(_until_stopped(worker, stop, poll_s))
+        except SystemExit as exc:  # mode raises it when an agent exceeds its restarts; don't exit the caller
+            exit_code = exc.code
+        finally:
+            worker.stop_and_shutdown()  # stops, cancels leftover tasks, closes the loop, re-raises a crash
+        if exit_code not in (None, 0):
+            raise RuntimeError(f"Faust worker exited with status {exit_code}")
+    finally:
+        if not loop.is_closed():
+            loop.close()
+        asyncio.set_event_loop(None)
+
+
+async def _until_stopped(worker: "faust.Worker", stop: threading.Event, poll_s: float) -> None:
+    # Polling: a threading.Event can't wake the loop, and signal handlers (which set it) run between polls.
+    starting = asyncio.ensure_future(worker.start())  # a daemon worker's start() returns once stopped or crashed
+    while not starting.done() and not stop.is_set():
+        await asyncio.wait({starting}, timeout=poll_s)
+    if not starting.done():
+        await worker.stop()
+        starting.cancel()  # start() may still wait on a service that never came up
+    with suppress(asyncio.CancelledError):
+        await starting

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -32,6 +31,11 @@ def _free_port_pair() -> int:
             except OSError:
                 continue
     raise RuntimeError("no free pair of ports")
+
+
+@pytest.fixture
+def free_port_pair() -> int:
+    return _free_port_pair()
 
 
 @pytest.fixture(scope="session")

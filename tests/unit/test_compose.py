@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -17,11 +16,8 @@ from jsonschema import Draft7Validator
 from jsonschema.validators import validator_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-try:
-    from ops import compose_schema
-except ImportError:  # run from a checkout without the repo root on sys.path
-    sys.path.insert(0, str(REPO_ROOT))
-    from ops import compose_schema
+from ops import compose_schema
+from ops.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
@@ -29,7 +25,7 @@ GPU_SERVICES = {"vllm", "narrate"}
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("OPSLOOP_CACHE", Path.home() / ".cache" / "opsloop"))
+    return Settings.from_env().cache_dir
 
 
 @pytest.fixture(scope="module")
