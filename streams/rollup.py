@@ -22,8 +22,9 @@ caught up and nothing arrives for ``idle_close_s``, all open windows are closed
 (the end of a replay, or a site gone silent).
 
 All of a site's devices must reach one rollup process, so one process owns all
-partitions of ``telemetry.raw`` (a second joins as a hot standby through the
-consumer group); a repartition stage keyed by site is the way to scale past it.
+partitions of ``telemetry.raw``: on a partial assignment (a second rollup in the
+group) it fails with a clear error rather than emit partial sites. A repartition
+stage keyed by site is the way to scale past one process.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.rollup")
+
+
+class PartialAssignment(RuntimeError):
+    """Another rollup process shares the group: windows would hold only part of each site."""
 COMMIT_EVERY_S = 1.0
 
 
@@ -71,6 +76,10 @@ class RollupProcessor:
     def _on_assign(self, cons, partitions) -> None:
         self._reset()  # open windows mix partitions: rebuild them from the committed offsets
         self.assigned = {p.partition for p in partitions}
+        total = len(cons.list_topics(self.source, timeout=30).topics[self.source].partitions)
+        if partitions and len(self.assigned) < total:
+            raise PartialAssignment(f"rollup was assigned {len(self.assigned)} of the {total} partitions of "
+                                    f"{self.source}; a site's devices span all of them, so run one rollup process")
         self.watermark = PartitionWatermark(self.assigned)
         for tp in cons.committed(partitions, timeout=30):
             if tp.metadata:

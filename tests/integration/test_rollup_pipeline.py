@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import threading
+import time
 from datetime import datetime
 
 import pytest
@@ -13,6 +15,7 @@ from connectors.kafka import producer, wait_delivered
 from connectors.replay import load_replay_spec, replay
 from schemas.codec import Codec
 from streams import worker
+from streams.rollup import PartialAssignment, RollupProcessor
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +93,32 @@ def test_malformed_and_late_messages_reach_deadletter_and_the_stream_goes_on(kaf
     first = next(s for s in snaps if s["window_start_ms"] == base)
     assert first["grid_kw"] == 100.0  # the late 999 did not change an emitted window
     assert sorted(s["grid_kw"] for s in snaps) == [100.0 + m for m in range(11)]
+
+
+def test_a_second_rollup_in_the_group_fails_clearly_instead_of_splitting_sites(kafka_settings):
+    stop, failures = threading.Event(), []
+
+    def run(proc):
+        try:
+            proc.run(stop)
+        except PartialAssignment as exc:
+            failures.append(exc)
+
+    first = RollupProcessor(kafka_settings)
+    threads = [threading.Thread(target=run, args=(first,))]
+    threads[0].start()
+    try:
+        deadline = time.monotonic() + 60
+        while not first.assigned:  # the first one owns all 8 partitions
+            assert time.monotonic() < deadline and threads[0].is_alive()
+            time.sleep(0.1)
+        threads.append(threading.Thread(target=run, args=(RollupProcessor(kafka_settings),)))
+        threads[1].start()
+        while not failures:
+            assert time.monotonic() < deadline, "no rollup refused the partial assignment"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert "of the 8 partitions" in str(failures[0]) and "run one rollup process" in str(failures[0])
