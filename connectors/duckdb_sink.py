@@ -242,6 +242,9 @@ class DuckDBSink:
         finally:
             cons.close()
             self.close()  # release the file: DuckDB allows one writing process
+            if self._flush_dead_letters:
+                self._flush_dead_letters()
+                self.dead_letters = self._flush_dead_letters = None  # drop the producer with the run
         return {**self.stats, "rows": dict(self.stats["rows"])}
 
 

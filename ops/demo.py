@@ -16,7 +16,7 @@ from ops.settings import Settings
 
 def run_demo(settings: Settings, data: Path, days: float) -> int:
     from connectors.duckdb_sink import query
-    from connectors.kafka import admin, apply_catalog, producer, wait_delivered
+    from connectors.kafka import admin, apply_catalog
     from connectors.replay import load_replay_spec, replay
     from ops.catalog import load_catalog
     from ops.kafka import LocalKafka
@@ -37,10 +37,7 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         spec = load_replay_spec(demo.topology)
         t0 = time.monotonic()
         stats = replay(demo, spec, data, days=days)
-        # One deliberately corrupt message, to show that bad input is kept, not dropped.
-        prod = producer(demo)
-        prod.produce(demo.topic("telemetry.raw"), key=b"pdu-a1", value=b"\xc3\x01corrupt")
-        wait_delivered(prod)
+        _send_corrupt_message(demo)
         t1 = time.monotonic()
         rollup = worker.run(demo, ["rollup"], exit_when_idle=True)["rollup"]
         t2 = time.monotonic()
@@ -67,6 +64,16 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         client = admin(demo)
         for future in client.delete_topics([demo.topic(name) for name in specs]).values():
             future.result(30)
+        del client  # no client may outlive the broker it talks to (it would log reconnects)
         if started:
             print(kafka.stop())
     return 0
+
+
+def _send_corrupt_message(settings: Settings) -> None:
+    """One deliberately corrupt message, to show that bad input is kept, not dropped."""
+    from connectors.kafka import producer, wait_delivered
+
+    prod = producer(settings)
+    prod.produce(settings.topic("telemetry.raw"), key=b"pdu-a1", value=b"\xc3\x01corrupt")
+    wait_delivered(prod)
