@@ -250,6 +250,9 @@ class DuckDBSink:
 
 def query(path, sql: str) -> tuple[list[str], list[tuple]]:
     """Run one query on the DuckDB file, read-only; returns (column names, rows)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no DuckDB file at {path}: the views agent writes it "
+                                "(opsloop worker --agents views); set OPSLOOP_DUCKDB_PATH to read another")
     con = open_db(path, read_only=True)
     try:
         cur = con.execute(sql)
