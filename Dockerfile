@@ -13,7 +13,7 @@ COPY . .
 
 # The data dir is created here, owned by the runtime user, so a named volume
 # mounted on it starts with that ownership and the non-root worker can write.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin opsloop \
     && mkdir -p /app/var \
     && chown opsloop:opsloop /app/var

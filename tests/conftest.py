@@ -8,6 +8,7 @@ so tests never see each other's data.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import uuid
@@ -51,6 +52,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     try:
         yield broker.bootstrap
     finally:
+        gc.collect()  # destroy leftover clients first, or they log reconnect failures at exit
         broker.stop()
 
 
