@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
-HERE = Path(__file__).resolve().parent / "kafka"
+HERE = Path(__file__).resolve().parent / "broker"  # pom, broker and logging config
 
 
 class KafkaSetupError(RuntimeError):
