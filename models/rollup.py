@@ -36,6 +36,7 @@ Late(reason='window 1970-01-01T00:00:00Z of site demo closed at 1970-01-01T00:01
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -58,6 +59,34 @@ class Late:
     """Returned by ``SiteRollup.add`` for a point behind a closed window."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Returned by ``fold`` for a point whose value cannot be aggregated."""
+
+    reason: str
+
+
+def fold(rollup: "SiteRollup", watermark: "PartitionWatermark", point: dict, partition: int,
+         offset: int | None = None) -> "Late | Invalid | None":
+    """Fold one decoded TelemetryPoint in and move the watermark: how every runner feeds the rollup.
+
+    >>> r, w = SiteRollup(60, 0), PartitionWatermark([0])
+    >>> p = {"site": "s", "device": "gm", "metric": "grid_kw", "value": float("nan"), "ts_ms": 0}
+    >>> fold(r, w, p, 0)
+    Invalid(reason='grid_kw of gm is nan, not a finite number')
+    >>> fold(r, w, {**p, "value": 5.0}, 0), w.value, r.watermark_ms
+    (None, 0, 0)
+    """
+    value, ts = point["value"], point["ts_ms"]
+    if not math.isfinite(value):
+        return Invalid(f"{point['metric']} of {point['device']} is {value}, not a finite number")
+    late = rollup.add(point["site"], point["device"], point["metric"], value, ts, partition, offset)
+    if late is None:
+        watermark.observe(partition, ts)
+        rollup.move_watermark(watermark.value)
+    return late
 
 
 @dataclass

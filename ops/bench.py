@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -98,7 +97,7 @@ def rollup(settings: Settings, n: int) -> float:
 
 def faust_rollup(settings: Settings, n: int) -> float:
     """Events/s of the rollup as a Faust agent, first record to the n-th folded in."""
-    from models.rollup import PartitionWatermark, SiteRollup
+    from models.rollup import PartitionWatermark, SiteRollup, fold
     from ops.catalog import load_catalog
     from schemas.codec import Codec
     from streams.app import catalog_topic
@@ -121,13 +120,9 @@ def faust_rollup(settings: Settings, n: int) -> float:
                 marks["first"] = marks["first"] or time.perf_counter()
                 for event in events:
                     point = codec.decode_as("TelemetryPoint", event.value)
-                    ts, value, partition = point["ts_ms"], point["value"], event.message.partition
-                    if not math.isfinite(value) or windows.add(point["site"], point["device"], point["metric"],
-                                                               value, ts, partition, event.message.offset):
+                    if fold(windows, watermark, point, event.message.partition, event.message.offset):
                         marks["late"] += 1  # the rollup dead-letters these; the bench data has none
                         continue
-                    watermark.observe(partition, ts)
-                    windows.move_watermark(watermark.value)
                     marks["points"] += 1
                     if marks["points"] == n:
                         marks["last"] = time.perf_counter()
@@ -159,53 +154,34 @@ def faust_rollup(settings: Settings, n: int) -> float:
 
 
 def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int:
-    from confluent_kafka.admin import NewTopic
-
-    from connectors.kafka import admin, apply_catalog, producer, send, wait_delivered
+    from connectors.kafka import producer, send, wait_delivered
     from ops.catalog import load_catalog
-    from ops.kafka import KAFKA_VERSION, LocalKafka
+    from ops.kafka import KAFKA_VERSION, scratch_topics
 
-    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
-    started = kafka.pid() is None
-    print(kafka.start())
-    bench = settings.replace(topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", broker=kafka.bootstrap)
-    specs = load_catalog(bench.topics_file)
-    copy_topic = bench.topic("bench.copy")
-    client = admin(bench)
-    try:
-        apply_catalog(bench, specs.values())
-        raw_partitions = specs["telemetry.raw"].partitions
-        for future in client.create_topics([NewTopic(copy_topic, raw_partitions, 1)]).values():
-            future.result(30)
+    raw_partitions = load_catalog(settings.topics_file)["telemetry.raw"].partitions
+    with scratch_topics(settings, f"bench-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
         prod = producer(bench)
         for key, value in make_points(events):
             send(prod, bench.topic("telemetry.raw"), key, value)
         wait_delivered(prod)
+        del prod  # no client may outlive the broker it talks to
         base, roll, fst = [], [], []
         faust_events = min(events, FAUST_MAX_EVENTS)
         for _ in range(rounds):
-            base.append(baseline(bench, events, copy_topic))
+            base.append(baseline(bench, events, bench.topic("bench.copy")))
             roll.append(rollup(bench, events))
             fst.append(faust_rollup(bench, faust_events))
-        best_base, best_roll, best_faust = max(base), max(roll), max(fst)
-        print(f"\nbench: {events:,} telemetry points, {raw_partitions} partitions, Apache Kafka {KAFKA_VERSION} "
-              f"on loopback, best of {rounds} (all runs: baseline {_runs(base)}; rollup {_runs(roll)}; "
-              f"faust {_runs(fst)})")
-        if faust_events < events:
-            print(f"  (the Faust agent reads the first {faust_events:,} points of each round: its runs are long)")
-        print(f"  baseline  bare confluent-kafka loop: consume, decode, re-encode, produce  {best_base:>9,.0f} events/s")
-        print(f"  rollup    telemetry.raw -> telemetry.site (streams/rollup.py)            {best_roll:>9,.0f} events/s")
-        print(f"  faust     the same rollup as a Faust agent (take_events, gathered sends) {best_faust:>9,.0f} events/s")
-        print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
-        print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; "
-              f"rollup / faust = {best_roll / best_faust:.1f}")
-    finally:
-        topics = [bench.topic(name) for name in specs] + [copy_topic]
-        for future in client.delete_topics(topics).values():
-            future.result(30)
-        client = prod = None  # close librdkafka handles first: they would log refused connections
-        if started:
-            print(kafka.stop())
+    best_base, best_roll, best_faust = max(base), max(roll), max(fst)
+    print(f"\nbench: {events:,} telemetry points, {raw_partitions} partitions, Apache Kafka {KAFKA_VERSION} "
+          f"on loopback, best of {rounds} (all runs: baseline {_runs(base)}; rollup {_runs(roll)}; "
+          f"faust {_runs(fst)})")
+    if faust_events < events:
+        print(f"  (the Faust agent reads the first {faust_events:,} points of each round: its runs are long)")
+    print(f"  baseline  bare confluent-kafka loop: consume, decode, re-encode, produce  {best_base:>9,.0f} events/s")
+    print(f"  rollup    telemetry.raw -> telemetry.site (streams/rollup.py)            {best_roll:>9,.0f} events/s")
+    print(f"  faust     the same rollup as a Faust agent (take_events, gathered sends) {best_faust:>9,.0f} events/s")
+    print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
+    print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; rollup / faust = {best_roll / best_faust:.1f}")
     return 0
 
 

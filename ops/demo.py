@@ -16,24 +16,15 @@ from ops.settings import Settings
 
 def run_demo(settings: Settings, data: Path, days: float) -> int:
     from connectors.duckdb_sink import query
-    from connectors.kafka import admin, apply_catalog
     from connectors.replay import load_replay_spec, replay
-    from ops.catalog import load_catalog
-    from ops.kafka import LocalKafka
+    from ops.kafka import scratch_topics
     from streams import worker
 
-    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
-    started = kafka.pid() is None
-    print(kafka.start())
-    run_id = time.strftime("%Y%m%d%H%M%S")
-    demo = settings.replace(topic_prefix=f"demo-{run_id}.", data_dir=settings.data_dir / "demo",
-                            duckdb_path=settings.data_dir / "demo" / "opsloop.duckdb", idle_close_s=3.0,
-                            broker=kafka.bootstrap)
-    demo.data_dir.mkdir(parents=True, exist_ok=True)
-    demo.duckdb_file.unlink(missing_ok=True)
-    specs = load_catalog(demo.topics_file)
-    try:
-        apply_catalog(demo, specs.values())
+    demo_dir = settings.data_dir / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    (demo_dir / "opsloop.duckdb").unlink(missing_ok=True)
+    with scratch_topics(settings, f"demo-{time.strftime('%Y%m%d%H%M%S')}.") as demo:
+        demo = demo.replace(data_dir=demo_dir, duckdb_path=demo_dir / "opsloop.duckdb", idle_close_s=3.0)
         spec = load_replay_spec(demo.topology)
         t0 = time.monotonic()
         stats = replay(demo, spec, data, days=days)
@@ -60,13 +51,6 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         print(f"  PUE      mean {mean_pue:.3f}; mean IT load {mean_it:,.0f} kW")
         print(f"  dead letters kept: {len(dead)}" + "".join(f"\n    {t}: {k}: {e} (seen by {a})" for t, k, e, a in dead))
         print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
-    finally:
-        client = admin(demo)
-        for future in client.delete_topics([demo.topic(name) for name in specs]).values():
-            future.result(30)
-        del client  # no client may outlive the broker it talks to (it would log reconnects)
-        if started:
-            print(kafka.stop())
     return 0
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +193,44 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+@contextmanager
+def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
+    """For the demo and the bench: a running broker and the catalog's topics under a fresh prefix.
+
+    Starts the local broker unless one runs, yields the settings pointed at it, then deletes the
+    topics and stops the broker if it was started here.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    from connectors.kafka import admin, apply_catalog
+    from ops.catalog import load_catalog
+
+    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
+    started = kafka.pid() is None
+    print(kafka.start())
+    scratch = settings.replace(topic_prefix=prefix, broker=kafka.bootstrap)
+    specs = load_catalog(scratch.topics_file)
+    topics = [scratch.topic(name) for name in specs] + [scratch.topic(name) for name in extra_topics]
+    client = admin(scratch)  # held: futures of a destroyed client fail
+    try:
+        apply_catalog(scratch, specs.values())
+        partitions = specs["telemetry.raw"].partitions
+        if extra_topics:
+            new = [NewTopic(scratch.topic(name), partitions, 1) for name in extra_topics]
+            for future in client.create_topics(new).values():
+                future.result(30)
+        yield scratch
+    finally:
+        try:
+            for topic, future in client.delete_topics(topics).items():
+                try:
+                    future.result(30)
+                except KafkaException as exc:  # never created: nothing to clean up
+                    print(f"left topic {topic}: {exc.args[0].str()}")
+        finally:
+            del client  # no client may outlive the broker it talks to (it would log reconnects)
+            if started:
+                print(kafka.stop())

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from typing import Callable
@@ -40,7 +39,7 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, send, wait_delivered
-from models.rollup import PartitionWatermark, SiteRollup
+from models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
 from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
 
@@ -102,19 +101,15 @@ class RollupProcessor:
         except DecodeError as exc:
             dead.send(msg, "decode", exc.reason)
             return
-        ts, value = point["ts_ms"], point["value"]
-        if not math.isfinite(value):
-            dead.send(msg, "invalid", f"{point['metric']} of {point['device']} is {value}, not a finite number")
-            return
-        late = self.rollup.add(point["site"], point["device"], point["metric"], value, ts, partition, offset)
-        if late is None:
-            self.watermark.observe(partition, ts)
-            self.rollup.move_watermark(self.watermark.value)
+        rejected = fold(self.rollup, self.watermark, point, partition, offset)
+        if rejected is None:
             self.stats["points"] += 1
+        elif isinstance(rejected, Invalid):
+            dead.send(msg, "invalid", rejected.reason)
         elif offset < self.replayed_upto.get(partition, -1):
             self.stats["replayed_skipped"] += 1  # counted or dead-lettered before the restart
         else:
-            dead.send(msg, "late", late.reason)
+            dead.send(msg, "late", rejected.reason)
 
     def _commit(self, cons, prod, errors: DeliveryErrors) -> None:
         wait_delivered(prod)
