@@ -1,0 +1,270 @@
+"""Peak-shaving planner: forecast + battery + billing state -> a grid target, a setpoint schedule, sentences.
+
+Pure: no I/O, time passed in. Demand charges bill the highest 15-minute
+average import of the month, so shaving below what is already billed this month
+buys nothing: the target never goes below the month-to-date billed peak. Above
+it, the target is the lowest import the battery can hold over the forecast
+horizon, found by bisection with an exact simulation of the battery on the
+forecast (sized toward the band's upper edge by ``band_weight``), recharging
+only in planned valleys: the lowest ``valley_quantile`` of forecast load, or
+cheap tariff hours. It is recomputed every step, so it adapts online: a peak
+larger than forecast drains the battery faster, which raises the next target
+smoothly instead of letting the battery run dry before the peak ends.
+
+When even the battery cannot hold this month's billed peak (once the month has
+settled) or the import cap, the plan asks to relocate low-priority GPU jobs,
+with the kW they must shed and when.
+
+>>> from models.battery import Battery
+>>> from models.peak_forecast import ForecastPoint
+>>> b = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=0)
+>>> hour = 3_600_000
+>>> load = [800, 800, 1500, 1800, 1500, 800]
+>>> fc = [ForecastPoint(i * hour, kw, kw, kw) for i, kw in enumerate(load)]
+>>> p = plan(fc, 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=0)
+>>> round(p.target_kw), p.kind, [round(s) for s in p.schedule_kw]
+(1133, 'pcs_charge', [-310, -310, 367, 667, 367, -310])
+>>> p.reason
+'Charging 310 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,133 kW.'
+>>> p = plan(fc[2:], 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=2 * hour)
+>>> p.reason  # it only got to charge to 50% again: the target rises to what it can hold
+'Discharging up to 200 kW until 05:00: forecast peak 1,800 kW at 03:00 exceeds the 1,300 kW the battery can hold over the next 4 h by 500 kW (this month so far: 900 kW).'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+from models.battery import Battery, Command
+from models.peak_forecast import ForecastPoint
+
+@dataclass(frozen=True)
+class Tariff:
+    """Energy price by hour of day (24 values, site-local = UTC here); cheap hours are the lowest third."""
+
+    prices_by_hour: tuple[float, ...] = (60,) * 7 + (120,) * 16 + (60,)
+
+    def is_cheap(self, hour: int) -> bool:
+        ranked = sorted(self.prices_by_hour)
+        return self.prices_by_hour[hour % 24] <= ranked[len(ranked) // 3 - 1]
+
+
+@dataclass(frozen=True)
+class Policy:
+    band_weight: float = 0.5  # 0 sizes energy on the forecast, 1 on the band's upper edge
+    valley_quantile: float = 0.35  # steps of the horizon with the lowest forecast load: recharge there
+    charge_headroom_pct: float = 2.0  # charging keeps import this far under the target
+    settle_days: float = 7.0  # before this many days of a month, its billed peak is not worth shedding jobs for
+    min_shed_kw: float = 100.0  # smaller shortfalls are not worth relocating jobs for
+    max_shed_kw: float = math.inf  # what low-priority jobs can give
+    import_cap_kw: float | None = None  # contracted import limit of the site
+    tolerance_kw: float = 1.0  # bisection stops within this
+
+
+@dataclass(frozen=True)
+class Billing:
+    """This billing month: its key (``YYYY-MM``), the highest 15-minute import so far, its start."""
+
+    month: str
+    billed_peak_kw: float
+    month_start_ms: int
+
+
+@dataclass(frozen=True)
+class Relocation:
+    shed_kw: float
+    start_ms: int
+    end_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    target_kw: float  # grid import to hold from the next step on
+    holdable_kw: float  # the lowest import the battery can hold over the horizon
+    command: Command  # for the next step
+    kind: str  # pcs_discharge | pcs_charge | pcs_idle
+    setpoint_kw: float  # for the next step, positive = discharge (sized on the band's upper edge)
+    until_ms: int  # end of the run of steps of the same kind
+    schedule_kw: tuple[float, ...]  # expected PCS power per forecast step (on the point forecast)
+    forecast_peak_kw: float
+    forecast_peak_ms: int
+    reason: str
+    relocation: Relocation | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_pct: float, billing: Billing,
+         now_ms: int, tariff: Tariff = Tariff(), policy: Policy = Policy()) -> Plan:
+    """The plan for the steps of ``forecast`` (its first point is the next step)."""
+    if not forecast:
+        raise ValueError("plan needs at least one forecast point")
+    step_h = step_s / 3600
+    energy = battery.energy_kwh(soc_pct)
+    sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
+    charge_at = _charge_steps(forecast, tariff, policy)
+    holdable = _lowest_holdable(sized, charge_at, battery, energy, step_h, policy)
+    target = max(billing.billed_peak_kw, holdable)
+    if policy.import_cap_kw is not None:
+        target = min(target, policy.import_cap_kw)
+    ceiling = target * (1 - policy.charge_headroom_pct / 100)
+
+    command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
+                      charge_kw=battery.max_charge_kw(energy, step_h) if charge_at[0] else 0.0,
+                      charge_ceiling_kw=ceiling)
+    schedule = _schedule([p.kw for p in forecast], charge_at, battery, energy, step_h, target, ceiling)
+    peak = max(forecast, key=lambda p: p.kw)
+    if forecast[0].upper_kw > target and command.max_discharge_kw > 0:
+        kind, setpoint = "pcs_discharge", min(forecast[0].upper_kw - target, command.max_discharge_kw)
+    elif schedule[0] < 0:
+        kind, setpoint = "pcs_charge", schedule[0]
+    else:
+        kind, setpoint = "pcs_idle", 0.0
+    until = _run_end(forecast, schedule, kind, step_s)
+    context = _Context(billing, target, holdable, peak, len(forecast) * step_h, soc_pct)
+    reason = {"pcs_discharge": context.discharging, "pcs_charge": context.charging,
+              "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
+    return Plan(target_kw=target, holdable_kw=holdable, command=command, kind=kind, setpoint_kw=setpoint,
+                until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
+                reason=reason, relocation=_relocation(forecast, step_s, holdable, billing, now_ms, policy, context))
+
+
+def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Policy) -> list[bool]:
+    ranked = sorted(p.kw for p in forecast)
+    valley = ranked[min(len(ranked) - 1, int(policy.valley_quantile * len(ranked)))]
+    return [p.kw <= valley or tariff.is_cheap(_hour(p.ts_ms)) for p in forecast]
+
+
+def _holds(load: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy: float, step_h: float,
+           limit: float, ceiling: float) -> bool:
+    """Can the battery keep import at or under ``limit`` at every step? (exact simulation)"""
+    reserve, full, eta = battery.reserve_kwh, battery.full_kwh, battery.eta
+    for kw, charge in zip(load, charge_at):
+        if kw > limit:
+            need = kw - limit
+            if need > battery.discharge_kw:
+                return False
+            energy -= need * step_h / eta
+            if energy < reserve - 1e-9:
+                return False
+        elif charge and energy < full:
+            energy += min(battery.charge_kw, ceiling - kw, (full - energy) / (eta * step_h)) * step_h * eta \
+                if ceiling > kw else 0.0
+    return True
+
+
+def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: float, policy: Policy) -> float:
+    headroom = 1 - policy.charge_headroom_pct / 100
+    hi = max(load)
+    lo = max(0.0, hi - battery.discharge_kw)
+    if _holds(load, charge_at, battery, energy, step_h, lo, lo * headroom):
+        return lo
+    while hi - lo > policy.tolerance_kw:
+        mid = (lo + hi) / 2
+        if _holds(load, charge_at, battery, energy, step_h, mid, mid * headroom):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _schedule(load, charge_at, battery: Battery, energy: float, step_h: float, target: float,
+              ceiling: float) -> list[float]:
+    out = []
+    for kw, charge in zip(load, charge_at):
+        command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
+                          charge_kw=battery.max_charge_kw(energy, step_h) if charge else 0.0,
+                          charge_ceiling_kw=ceiling)
+        result = battery.step(energy, command, kw, step_h)
+        energy = result.energy_kwh
+        out.append(result.power_kw)
+    return out
+
+
+def _run_end(forecast, schedule, kind: str, step_s: int) -> int:
+    sign = {"pcs_discharge": 1, "pcs_charge": -1, "pcs_idle": 0}[kind]
+    end = forecast[0].ts_ms + step_s * 1000
+    for point, kw in zip(forecast[1:], schedule[1:]):
+        if (kw > 1e-6) - (kw < -1e-6) != sign:
+            break
+        end = point.ts_ms + step_s * 1000
+    return end
+
+
+def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms: int, policy: Policy,
+                context: "_Context") -> Relocation | None:
+    settled = now_ms - billing.month_start_ms >= policy.settle_days * 86_400_000
+    holds = [h for h in (billing.billed_peak_kw if settled else None, policy.import_cap_kw) if h is not None]
+    if not holds:
+        return None
+    hold = min(holds)
+    shortfall = holdable - hold
+    if shortfall < policy.min_shed_kw:
+        return None
+    over = [p.ts_ms for p in forecast if p.kw > hold]
+    start, end = (over[0], over[-1] + step_s * 1000) if over else (forecast[0].ts_ms, forecast[-1].ts_ms)
+    shed = min(shortfall, policy.max_shed_kw)
+    what = "the import cap" if hold == policy.import_cap_kw else "this month's billed peak"
+    reason = (f"Relocate {_power(shed)} of low-priority GPU jobs from {_clock(start)} to {_clock(end)}: "
+              f"the battery can hold grid import only at {_power(holdable)}, {_power(shortfall)} above "
+              f"{what} of {_power(hold)}.")
+    return Relocation(shed_kw=shed, start_ms=start, end_ms=end, reason=reason)
+
+
+@dataclass(frozen=True)
+class _Context:
+    billing: Billing
+    target: float
+    holdable: float
+    peak: ForecastPoint
+    horizon_h: float
+    soc_pct: float
+
+    def _target(self) -> tuple[str, str]:
+        """How to name the target, and the month's billed peak when the target is above it."""
+        billed = self.billing.billed_peak_kw
+        if self.target <= billed + 1e-6:
+            return f"this month's {_power(billed)}", ""
+        so_far = f" (this month so far: {_power(billed)})" if billed else ""
+        return f"the {_power(self.target)} the battery can hold over the next {self.horizon_h:g} h", so_far
+
+    def discharging(self, setpoint: float, until: int, cheap: bool) -> str:
+        what, so_far = self._target()
+        excess = self.peak.kw - self.target
+        return (f"Discharging up to {_power(setpoint)} until {_clock(until)}: forecast peak {_power(self.peak.kw)} "
+                f"at {_clock(self.peak.ts_ms)} exceeds {what} by {_power(excess)}{so_far}.")
+
+    def charging(self, setpoint: float, until: int, cheap: bool) -> str:
+        when = "cheap hours" if cheap else "a valley"
+        return (f"Charging {_power(-setpoint)} until {_clock(until)} in {when}: the battery is at "
+                f"{self.soc_pct:.0f}% and grid import stays under {_power(self.target)}.")
+
+    def idle(self, setpoint: float, until: int, cheap: bool) -> str:
+        what, _ = self._target()
+        if self.peak.kw > self.target:
+            return (f"Idle until {_clock(until)}, holding grid import at {what}: the forecast peak "
+                    f"{_power(self.peak.kw)} comes at {_clock(self.peak.ts_ms)}.")
+        return (f"Idle until {_clock(until)}: forecast peak {_power(self.peak.kw)} at {_clock(self.peak.ts_ms)} "
+                f"stays under {what}; battery at {self.soc_pct:.0f}%.")
+
+
+def _power(kw: float) -> str:
+    return f"{kw / 1000:,.1f} MW" if abs(kw) >= 10_000 else f"{kw:,.0f} kW"
+
+
+def _clock(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%H:%M")
+
+
+def _hour(ts_ms: int) -> int:
+    return (ts_ms // 3_600_000) % 24
+
+
+def month_of(ts_ms: int) -> tuple[str, int]:
+    """Billing month key and its start (UTC) of an event time."""
+    t = datetime.fromtimestamp(ts_ms / 1000, timezone.utc)
+    start = datetime(t.year, t.month, 1, tzinfo=timezone.utc)
+    return f"{t.year:04d}-{t.month:02d}", int(start.timestamp() * 1000)
