@@ -5,7 +5,7 @@ average import of the month, so shaving below what is already billed this month
 buys nothing: the target never goes below the month-to-date billed peak. Above
 it, the target is the lowest import the battery can hold over the forecast
 horizon, found by bisection with an exact simulation of the battery on the
-forecast (sized toward the band's upper edge by ``band_weight``), recharging
+forecast (optionally sized toward the band's upper edge: ``band_weight``), recharging
 only in planned valleys: the lowest ``valley_quantile`` of forecast load, or
 cheap tariff hours. It is recomputed every step, so it adapts online: a peak
 larger than forecast drains the battery faster, which raises the next target
@@ -54,7 +54,9 @@ class Tariff:
 
 @dataclass(frozen=True)
 class Policy:
-    band_weight: float = 0.5  # 0 sizes energy on the forecast, 1 on the band's upper edge
+    # 0 sizes energy on the forecast, 1 on the band's upper edge. 0 measured best (Taylor, NAB): re-planning
+    # every step already corrects a peak larger than forecast, and sizing on the band gives away shaving depth.
+    band_weight: float = 0.0
     valley_quantile: float = 0.35  # steps of the horizon with the lowest forecast load: recharge there
     charge_headroom_pct: float = 2.0  # charging keeps import this far under the target
     settle_days: float = 7.0  # before this many days of a month, its billed peak is not worth shedding jobs for
@@ -66,7 +68,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class Billing:
-    """This billing month: its key (``YYYY-MM``), the highest 15-minute import so far, its start."""
+    """This billing month: its key (``YYYY-MM``), the highest 15-minute import so far, when billing began."""
 
     month: str
     billed_peak_kw: float
@@ -106,11 +108,13 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     energy = battery.energy_kwh(soc_pct)
     sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
     charge_at = _charge_steps(forecast, tariff, policy)
-    holdable = _lowest_holdable(sized, charge_at, battery, energy, step_h, policy)
+    episode = _episode_end(charge_at)
+    holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy)
     target = max(billing.billed_peak_kw, holdable)
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
-    ceiling = target * (1 - policy.charge_headroom_pct / 100)
+    # Charging never lifts import above the target nor above what this month already pays for.
+    ceiling = min(target, billing.billed_peak_kw) * (1 - policy.charge_headroom_pct / 100)
 
     command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
                       charge_kw=battery.max_charge_kw(energy, step_h) if charge_at[0] else 0.0,
@@ -132,10 +136,27 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
                 reason=reason, relocation=_relocation(forecast, step_s, holdable, billing, now_ms, policy, context))
 
 
-def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Policy) -> list[bool]:
+def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
     ranked = sorted(p.kw for p in forecast)
-    valley = ranked[min(len(ranked) - 1, int(policy.valley_quantile * len(ranked)))]
+    return ranked[min(len(ranked) - 1, int(policy.valley_quantile * len(ranked)))]
+
+
+def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Policy) -> list[bool]:
+    valley = _valley_kw(forecast, policy)
     return [p.kw <= valley or tariff.is_cheap(_hour(p.ts_ms)) for p in forecast]
+
+
+def _episode_end(charge_at: Sequence[bool]) -> int:
+    """End of the coming peak episode: the first recharge step after the first step without one.
+
+    Later peaks get their own target after the battery has recharged, so they must not lift this one.
+    """
+    k = 0
+    while k < len(charge_at) and charge_at[k]:
+        k += 1
+    while k < len(charge_at) and not charge_at[k]:
+        k += 1
+    return max(1, k)
 
 
 def _holds(load: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy: float, step_h: float,

@@ -1,0 +1,164 @@
+"""One site's peak-shaving loop: site snapshots -> planning steps -> forecast, plan and proposed actions.
+
+Pure and deterministic (event time only), so the Faust agent and the offline
+evaluation run the very same code, and the agent's state is this object
+(pickled into a Faust table). Snapshots (e.g. 1-minute rollup windows) are
+averaged into planning steps of ``step_s`` (default 15 minutes, the billing
+interval). When a step closes, the loop
+
+1. adds the step's average grid import to this month's billed peak,
+2. teaches the forecaster the step's site load (grid import + battery discharge),
+3. forecasts a day ahead and plans (``models.peak_planner.plan``),
+4. returns a ``PeakForecast`` record (the first ``forecast_steps``) and the proposed
+   ``Action`` records: the PCS action for the next step, plus a Slurm hold with
+   the kW to shed when the battery cannot hold the target.
+
+A snapshot at or before one already folded in is ignored: after a restart,
+replayed snapshots neither count twice nor change any decision. Action ids are
+a hash of the action's inputs, so the same decision always has the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from models.battery import Battery
+from models.peak_forecast import PeakForecaster
+from models.peak_planner import Billing, Plan, Policy, Tariff, month_of, plan
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    site: str
+    ess_id: str
+    battery: Battery
+    step_s: int = 900
+    plan_steps: int | None = None  # default: one day of steps
+    forecast_steps: int | None = None  # published in forecasts.peak; default: 4 h of steps
+    tariff: Tariff = Tariff()
+    policy: Policy = Policy()
+    slurm_target: str = "slurm"
+    slurm_partition: str = "batch"  # where low-priority, relocatable jobs run
+    proposer: str = "peaks"
+
+    @property
+    def day_steps(self) -> int:
+        return max(1, 86_400 // self.step_s)
+
+
+@dataclass
+class Decision:
+    step_start_ms: int
+    load_kw: float
+    plan: Plan
+    forecast: dict  # PeakForecast record
+    actions: list[dict] = field(default_factory=list)  # Action records
+
+
+class SitePeakLoop:
+    def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
+        self.config = config
+        self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps)
+        self.billing: Billing | None = None
+        self.last_window_ms: int | None = None  # latest snapshot folded in
+        self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
+
+    def on_snapshot(self, snap: dict) -> list[Decision]:
+        """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""
+        start = snap["window_start_ms"]
+        if self.last_window_ms is not None and start <= self.last_window_ms:
+            return []
+        self.last_window_ms = start
+        step_ms = self.config.step_s * 1000
+        decisions = []
+        index = start // step_ms
+        if self._open is not None and self._open[0] != index:
+            decisions += self._close()
+        grid = snap.get("grid_kw")
+        if grid is not None:
+            load = grid + (snap.get("ess_kw") or 0.0)
+            if self._open is None:
+                self._open = [index, 0.0, 0.0, 0, None, None]
+            acc = self._open
+            acc[1] += grid
+            acc[2] += load
+            acc[3] += 1
+            acc[4] = snap.get("ess_soc_pct") if snap.get("ess_soc_pct") is not None else acc[4]
+            acc[5] = snap.get("ess_soh_pct") if snap.get("ess_soh_pct") is not None else acc[5]
+        if self._open is not None and snap["window_end_ms"] >= (self._open[0] + 1) * step_ms:
+            decisions += self._close()
+        return decisions
+
+    def _close(self) -> list[Decision]:
+        index, grid_sum, load_sum, n, soc, soh = self._open
+        self._open = None
+        return [self.on_step(index * self.config.step_s * 1000, load_sum / n, grid_sum / n, soc, soh)]
+
+    def on_step(self, start_ms: int, load_kw: float, grid_kw: float, soc_pct: float | None,
+                soh_pct: float | None, billed: bool = True) -> Decision:
+        """One closed planning step: learn, forecast, plan for the next step (``billed``: count its import)."""
+        cfg = self.config
+        month, _ = month_of(start_ms)
+        if self.billing is None or self.billing.month != month:  # billed from here: the month's start, or ours
+            self.billing = Billing(month, 0.0, start_ms)
+        if billed:
+            self.billing = replace(self.billing, billed_peak_kw=max(self.billing.billed_peak_kw, grid_kw))
+        self.forecaster.learn_one(start_ms, load_kw)
+        points = self.forecaster.forecast(cfg.plan_steps or cfg.day_steps)
+        battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
+        soc = 100.0 if soc_pct is None else soc_pct
+        step_end = start_ms + cfg.step_s * 1000
+        result = plan(points, cfg.step_s, battery, soc, self.billing, now_ms=step_end,
+                      tariff=cfg.tariff, policy=cfg.policy)
+        return Decision(start_ms, load_kw, result, self._forecast_record(points, result, step_end),
+                        self._actions(result, step_end))
+
+    def _forecast_record(self, points, result: Plan, issued_ms: int) -> dict:
+        cfg = self.config
+        shown = points[: cfg.forecast_steps or max(1, 4 * 3600 // cfg.step_s)]
+        peak = max(shown, key=lambda p: p.kw)
+        return {
+            "site": cfg.site, "issued_ms": issued_ms, "horizon_s": len(shown) * cfg.step_s, "step_s": cfg.step_s,
+            "predicted_peak_kw": peak.kw, "predicted_peak_ms": peak.ts_ms, "threshold_kw": result.target_kw,
+            "points": [{"ts_ms": p.ts_ms, "kw": p.kw, "lower_kw": p.lower_kw, "upper_kw": p.upper_kw} for p in shown],
+            "explanation": result.reason, "model": "river BayesianLinearRegression on daily/weekly lag features",
+        }
+
+    def _actions(self, result: Plan, issued_ms: int) -> list[dict]:
+        cfg = self.config
+        expires = issued_ms + cfg.step_s * 1000
+        effect = {
+            "pcs_discharge": f"Grid import held at or under {result.target_kw:,.0f} kW for the next "
+                             f"{cfg.step_s / 60:g} minutes.",
+            "pcs_charge": f"Battery charged at {-result.setpoint_kw:,.0f} kW, import kept under "
+                          f"{result.command.charge_ceiling_kw:,.0f} kW.",
+            "pcs_idle": "No change to grid import.",
+        }[result.kind]
+        params = {"grid_limit_kw": f"{result.target_kw:.1f}", "max_discharge_kw": f"{result.command.max_discharge_kw:.1f}",
+                  "charge_ceiling_kw": f"{result.command.charge_ceiling_kw:.1f}", "planned_until_ms": str(result.until_ms),
+                  "billed_peak_kw": f"{self.billing.billed_peak_kw:.1f}", "month": self.billing.month}
+        pcs = {"kind": result.kind, "target": cfg.ess_id, "site": cfg.site, "setpoint_kw": round(result.setpoint_kw, 1),
+               "shed_kw": None, "job_ids": [], "params": params, "reason": result.reason, "expected_effect": effect,
+               "expected_delta_kw": -round(result.setpoint_kw, 1), "created_ms": issued_ms, "expires_ms": expires,
+               "risk": "medium" if result.kind == "pcs_discharge" else "low", "proposer": cfg.proposer}
+        actions = [pcs]
+        if result.relocation is not None:
+            r = result.relocation
+            actions.append({
+                "kind": "slurm_hold", "target": cfg.slurm_target, "site": cfg.site, "setpoint_kw": None,
+                "shed_kw": round(r.shed_kw, 1), "job_ids": [],
+                "params": {"partition": cfg.slurm_partition, "start_ms": str(r.start_ms), "end_ms": str(r.end_ms)},
+                "reason": r.reason, "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
+                "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms, "expires_ms": r.end_ms,
+                "risk": "high", "proposer": cfg.proposer})
+        for action in actions:
+            action["action_id"] = action_id(action)
+        return actions
+
+
+def action_id(action: dict) -> str:
+    """A hash of what the action does, where, when and why (not of its id)."""
+    fields = ("site", "target", "kind", "created_ms", "expires_ms", "setpoint_kw", "shed_kw", "params")
+    text = "|".join(f"{k}={sorted(action[k].items()) if k == 'params' else action[k]}" for k in fields)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
