@@ -49,7 +49,13 @@ def _views(settings: Settings) -> Processor:
 FaustRegister = Callable[["faust.App", Settings], None]
 
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
-FAUST_AGENTS: dict[str, FaustRegister] = {}
+def _peaks(app: "faust.App", settings: Settings) -> None:
+    from streams.peaks import register
+
+    register(app, settings)
+
+
+FAUST_AGENTS: dict[str, FaustRegister] = {"peaks": _peaks}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:

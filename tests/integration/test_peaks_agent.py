@@ -1,0 +1,81 @@
+"""The peaks agent on the real broker: replayed demo site -> rollup -> peaks, equal to the planner run offline."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from connectors.kafka import producer, wait_delivered
+from connectors.replay import load_replay_spec, replay
+from models.peak_loop import SitePeakLoop
+from ops.cli import BUNDLED_DATA as TAYLOR
+from ops.peak_site import load_loop_config
+from schemas.codec import Codec
+from streams import worker
+from streams.peaks import register
+
+pytestmark = pytest.mark.integration
+
+SAFETY_NET_S = 60.0  # only reached when the agent never gets as far as expected: the test then fails
+DAYS = 9
+
+
+def run_peaks_until(settings, decisions: list, until: int) -> None:
+    """Run the peaks agent in a worker until ``until`` decisions have been published in total."""
+    stop = threading.Event()
+    timer = threading.Timer(SAFETY_NET_S, stop.set)
+
+    def observe(batch) -> None:
+        decisions.extend(batch)
+        if len(decisions) >= until:
+            stop.set()
+
+    timer.start()
+    try:
+        worker.run(settings, [], stop=stop, faust_agents={"peaks-test": lambda app, s: register(app, s, observe)})
+    finally:
+        timer.cancel()
+
+
+def offline(settings, snapshots: list[dict]) -> list[dict]:
+    loop = SitePeakLoop(load_loop_config(settings.topology, step_s=settings.peaks_step_s))
+    return [a for snap in snapshots for d in loop.on_snapshot(snap) for a in d.actions]
+
+
+def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart(kafka_settings, read_topic):
+    codec = Codec.default()
+    settings = kafka_settings.replace(peaks_step_s=1800)  # the bundled data is half-hourly
+    spec = load_replay_spec(settings.topology)
+    decisions: list = []
+
+    # Part one: 4 days replayed, rolled up, and planned; then the worker stops.
+    replay(settings, spec, TAYLOR, start="2000-06-05T00:00:00", days=4)
+    assert worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]["snapshots"] == 4 * 48
+    prod = producer(settings)  # a broken snapshot between the parts: dead-lettered, the agent goes on
+    prod.produce(settings.topic("telemetry.site"), key=b"demo", value=b"\xc3\x01 broken")
+    wait_delivered(prod)
+    run_peaks_until(settings, decisions, 4 * 48 - 1)  # the last step stays open: no later snapshot closes it
+    first_run = len(decisions)
+
+    # Part two: the rest; a restarted worker gets the open step and the forecaster back from its table.
+    replay(settings, spec, TAYLOR, start="2000-06-09T00:00:00", days=DAYS - 4)
+    assert worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]["snapshots"] == (DAYS - 4) * 48
+    steps = DAYS * 48 - 1
+    run_peaks_until(settings, decisions, steps)
+    assert first_run == 4 * 48 - 1 and len(decisions) == steps
+
+    site = [m for m in read_topic(settings, "telemetry.site") if m.value() != b"\xc3\x01 broken"]
+    snapshots = sorted((codec.decode_as("SiteSnapshot", m.value()) for m in site), key=lambda s: s["window_start_ms"])
+    assert len(snapshots) == DAYS * 48
+    expected = offline(settings, snapshots)
+
+    published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
+    by_id = {a["action_id"]: a for a in published}
+    assert sorted(by_id) == sorted(a["action_id"] for a in expected)  # re-sent after the restart at most: same ids
+    assert all(by_id[a["action_id"]] == a for a in expected)
+    assert {a["kind"] for a in expected} >= {"pcs_discharge", "pcs_charge"}
+    forecasts = {codec.decode_as("PeakForecast", m.value())["issued_ms"] for m in read_topic(settings, "forecasts.peak")}
+    assert len(forecasts) == steps
+    [dead] = [codec.decode_as("DeadLetter", m.value()) for m in read_topic(settings, "deadletter")]
+    assert dead["agent"] == "peaks" and dead["error_kind"] == "decode"
