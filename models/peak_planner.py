@@ -23,11 +23,11 @@ with the kW they must shed and when.
 >>> fc = [ForecastPoint(i * hour, kw, kw, kw) for i, kw in enumerate(load)]
 >>> p = plan(fc, 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=0)
 >>> round(p.target_kw), p.kind, [round(s) for s in p.schedule_kw]
-(1133, 'pcs_charge', [-310, -310, 367, 667, 367, -310])
+(1256, 'pcs_charge', [-82, -82, 244, 544, 244, -82])
 >>> p.reason
-'Charging 310 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,133 kW.'
+'Charging 82 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,256 kW.'
 >>> p = plan(fc[2:], 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=2 * hour)
->>> p.reason  # it only got to charge to 50% again: the target rises to what it can hold
+>>> p.reason  # charging never lifts import over the 900 kW already billed: the battery is still at 50%
 'Discharging up to 200 kW until 05:00: forecast peak 1,800 kW at 03:00 exceeds the 1,300 kW the battery can hold over the next 4 h by 500 kW (this month so far: 900 kW).'
 """
 
@@ -109,7 +109,8 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
     charge_at = _charge_steps(forecast, tariff, policy)
     episode = _episode_end(charge_at)
-    holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy)
+    holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy,
+                                billing.billed_peak_kw)
     target = max(billing.billed_peak_kw, holdable)
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
@@ -177,15 +178,16 @@ def _holds(load: Sequence[float], charge_at: Sequence[bool], battery: Battery, e
     return True
 
 
-def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: float, policy: Policy) -> float:
+def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: float, policy: Policy,
+                     billed_kw: float) -> float:
     headroom = 1 - policy.charge_headroom_pct / 100
     hi = max(load)
     lo = max(0.0, hi - battery.discharge_kw)
-    if _holds(load, charge_at, battery, energy, step_h, lo, lo * headroom):
+    if _holds(load, charge_at, battery, energy, step_h, lo, min(lo, billed_kw) * headroom):
         return lo
     while hi - lo > policy.tolerance_kw:
         mid = (lo + hi) / 2
-        if _holds(load, charge_at, battery, energy, step_h, mid, mid * headroom):
+        if _holds(load, charge_at, battery, energy, step_h, mid, min(mid, billed_kw) * headroom):
             hi = mid
         else:
             lo = mid
@@ -194,14 +196,19 @@ def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: f
 
 def _schedule(load, charge_at, battery: Battery, energy: float, step_h: float, target: float,
               ceiling: float) -> list[float]:
+    """Expected PCS power per step: what ``Battery.step`` does under the plan's commands, inlined (hot path)."""
+    reserve, full, eta = battery.reserve_kwh, battery.full_kwh, battery.eta
     out = []
     for kw, charge in zip(load, charge_at):
-        command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
-                          charge_kw=battery.max_charge_kw(energy, step_h) if charge else 0.0,
-                          charge_ceiling_kw=ceiling)
-        result = battery.step(energy, command, kw, step_h)
-        energy = result.energy_kwh
-        out.append(result.power_kw)
+        if kw > target:
+            power = min(kw - target, battery.discharge_kw, max(0.0, (energy - reserve) * eta / step_h))
+            energy -= power * step_h / eta
+        elif charge and ceiling > kw:
+            power = -min(ceiling - kw, battery.charge_kw, max(0.0, (full - energy) / (eta * step_h)))
+            energy -= power * step_h * eta
+        else:
+            power = 0.0
+        out.append(power)
     return out
 
 

@@ -33,8 +33,8 @@ AGENT = "peaks"
 NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
 
 
-def register(app: faust.App, settings: Settings, observer: Callable[[list], None] | None = None) -> None:
-    """Define the peaks agent on ``app``; ``observer`` (tests, bench) sees each batch's decisions."""
+def register(app: faust.App, settings: Settings, observer: Callable[[list, int], None] | None = None) -> None:
+    """Define the peaks agent on ``app``; ``observer(decisions, events)`` (tests, bench) sees every batch."""
     from models.peak_loop import SitePeakLoop
 
     config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
@@ -82,8 +82,8 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list], None
                 state[site.encode()] = pickle.dumps(loops[site], protocol=pickle.HIGHEST_PROTOCOL)
             if touched:  # the state reaches its changelog before this batch's offsets can be committed
                 await app.producer.flush()
-            if observer is not None and decided:
-                observer(decided)
+            if observer is not None:
+                observer(decided, len(events))
 
 
 def _invalid(snap: dict, site: str) -> str | None:

@@ -26,7 +26,7 @@ def run_peaks_until(settings, decisions: list, until: int) -> None:
     stop = threading.Event()
     timer = threading.Timer(SAFETY_NET_S, stop.set)
 
-    def observe(batch) -> None:
+    def observe(batch, events) -> None:
         decisions.extend(batch)
         if len(decisions) >= until:
             stop.set()

@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 pytestmark = pytest.mark.unit
-MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay",
+           "models.battery", "models.peak_forecast", "models.peak_planner", "models.peak_baselines"]
 
 
 @pytest.mark.parametrize("name", MODULES)

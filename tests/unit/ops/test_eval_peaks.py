@@ -1,0 +1,42 @@
+"""`opsloop eval peaks` on any timestamp,value CSV: a small real slice always, the full Taylor file when present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ops.cli import main
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[3]
+TAYLOR = ROOT.parent / "shared" / "data" / "taylor" / "demand_mw.csv"
+
+
+def test_eval_on_a_plain_timestamp_value_csv_prints_json(tmp_path, capsys):
+    rows = (ROOT / "ops" / "data" / "taylor_demand_mw.csv").read_text().splitlines()[1:48 * 10 + 1]
+    data = tmp_path / "load.csv"
+    data.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    assert main(["eval", "peaks", "--data", str(data), "--warmup-days", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input"]["column"] == "value" and report["input"]["step_s"] == 1800
+    [month] = report["months"]
+    s = month["strategies"]
+    assert s["oracle"]["billed_peak_kw"] <= min(s["planner"]["billed_peak_kw"], s["reactive"]["billed_peak_kw"])
+    assert all(v["violations"] == 0 for v in s.values())
+    assert report["forecast"]["mape_1h_pct"] < report["forecast"]["mape_4h_pct"] < 10
+
+
+def test_eval_rejects_a_file_without_numbers(tmp_path, capsys):
+    data = tmp_path / "bad.csv"
+    data.write_text("timestamp,value\n2020-01-01T00:00:00,n/a\n")
+    assert main(["eval", "peaks", "--data", str(data)]) == 1
+    assert "no numeric column" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not TAYLOR.exists(), reason="../shared/data/taylor/demand_mw.csv is not here")
+def test_taylor_planner_has_no_violations_and_beats_reactive(capsys):
+    assert main(["eval", "peaks", "--data", str(TAYLOR), "--scale", "1", "--json"]) == 0
+    targets = json.loads(capsys.readouterr().out)["targets"]
+    assert targets["planner_violations"] == 0 and targets["planner_beats_reactive_every_month"]
