@@ -36,7 +36,7 @@ def run_peaks(settings: Settings, snapshots: int) -> dict:
     timer.start()
     t0 = time.monotonic()
     try:
-        worker.run(settings, [], stop=stop, faust_agents={"peaks": lambda app, s: register(app, s, observe)})
+        worker.run(settings, [], stop=stop, faust_agents={"peaks-demo": lambda app, s: register(app, s, observe)})
     finally:
         timer.cancel()
     wall = time.monotonic() - t0
