@@ -38,6 +38,10 @@ from river import linear_model, stats
 
 
 
+FEATURE_NAMES = ("day_shape", "week_shape", "day_level", "week_level", "day_level_h", "week_level_h",
+                 "day_shape_h", "week_shape_h")
+
+
 @dataclass(frozen=True)
 class ForecastPoint:
     ts_ms: int
@@ -108,10 +112,25 @@ class PeakForecaster:
         t, base = self._last, self._history[self._last]
         scale = self._scale.get() or 1.0
         step_ms = self.step_s * 1000
+        # The model is linear: read its weights once (one unit vector each), then each horizon is a dot
+        # product of the same features as _features, inlined: this runs for every step of every forecast.
+        w = {name: self._model.predict_one({name: 1.0}) for name in FEATURE_NAMES}
+        n = min(horizon, self._max_h)
+        errors = self._errors_up_to(n)
+        lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
+                 w[f"{k}_level_h"]) for lag, k in ((self._day, "day"), (self._week, "week")) if lag]
+        half_width = self.band_z * 1.25
         out = []
-        for h in range(1, min(horizon, self._max_h) + 1):
-            kw = base + self._model.predict_one(self._features(t, base, h, scale)) * scale
-            half = self.band_z * 1.25 * self._error(h)
+        for h in range(1, n + 1):
+            ramp = h / self._day
+            correction = 0.0
+            for lag, then, w_shape, w_level, w_shape_h, w_level_h in lags:
+                ahead = self._history.get(t + h - lag)
+                if then is not None and ahead is not None:
+                    shape, level = (ahead - then) / scale, (base - then) / scale
+                    correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
+            kw = base + correction * scale
+            half = half_width * errors[h - 1]
             out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, kw + half))
         return out
 
@@ -136,13 +155,21 @@ class PeakForecaster:
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
                 "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp}
 
-    def _error(self, h: int) -> float:
-        """Mean absolute error at horizon h, interpolated between the learned horizons."""
+    def _errors_up_to(self, n: int) -> list[float]:
+        """Mean absolute error at horizons 1..n, interpolated between the learned horizons."""
         hs = self._learn_h
-        if h <= hs[0]:
-            return self._errors[hs[0]].get()
-        for lo, hi in zip(hs, hs[1:]):
-            if h <= hi:
-                w = (h - lo) / (hi - lo)
-                return (1 - w) * self._errors[lo].get() + w * self._errors[hi].get()
-        return self._errors[hs[-1]].get()
+        known = [self._errors[h].get() for h in hs]
+        out = []
+        k = 0
+        for h in range(1, n + 1):
+            while k + 1 < len(hs) and hs[k + 1] < h:
+                k += 1
+            if h <= hs[0]:
+                out.append(known[0])
+            elif k + 1 >= len(hs):
+                out.append(known[-1])
+            else:
+                lo, hi = hs[k], hs[k + 1]
+                weight = (h - lo) / (hi - lo)
+                out.append((1 - weight) * known[k] + weight * known[k + 1])
+        return out

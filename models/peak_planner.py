@@ -48,8 +48,11 @@ class Tariff:
     prices_by_hour: tuple[float, ...] = (60,) * 7 + (120,) * 16 + (60,)
 
     def is_cheap(self, hour: int) -> bool:
-        ranked = sorted(self.prices_by_hour)
-        return self.prices_by_hour[hour % 24] <= ranked[len(ranked) // 3 - 1]
+        return self.prices_by_hour[hour % 24] <= self.cheap_price
+
+    @property
+    def cheap_price(self) -> float:
+        return sorted(self.prices_by_hour)[len(self.prices_by_hour) // 3 - 1]
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,8 @@ def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
 
 
 def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Policy) -> list[bool]:
-    valley = _valley_kw(forecast, policy)
-    return [p.kw <= valley or tariff.is_cheap(_hour(p.ts_ms)) for p in forecast]
+    valley, cheap, prices = _valley_kw(forecast, policy), tariff.cheap_price, tariff.prices_by_hour
+    return [p.kw <= valley or prices[_hour(p.ts_ms)] <= cheap for p in forecast]
 
 
 def _episode_end(charge_at: Sequence[bool]) -> int:
