@@ -25,7 +25,7 @@ from faust.streams import _current_event
 from ops.catalog import load_catalog
 from ops.peak_site import load_loop_config
 from ops.settings import Settings
-from schemas.codec import Codec
+from schemas.codec import Codec, DecodeError
 from streams.app import catalog_topic, decode_or_dead_letter
 
 log = logging.getLogger("opsloop.peaks")
@@ -61,8 +61,10 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
         async for events in stream.take_events(1000, within=0.05):
             touched, sends, decided = {}, [], []
             for event in events:
-                snap = await decode_or_dead_letter(app, event, "SiteSnapshot", AGENT, codec)
-                if snap is None:
+                try:
+                    snap = codec.decode_as("SiteSnapshot", event.value)
+                except DecodeError:  # decoded again there, and kept in deadletter with the reason
+                    await decode_or_dead_letter(app, event, "SiteSnapshot", AGENT, codec)
                     continue
                 problem = _invalid(snap, config.site)
                 if problem:
