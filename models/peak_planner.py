@@ -138,7 +138,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
               "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
     return Plan(target_kw=target, holdable_kw=holdable, command=command, kind=kind, setpoint_kw=setpoint,
                 until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
-                reason=reason, relocation=_relocation(forecast, step_s, holdable, billing, now_ms, policy, context))
+                reason=reason, relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
 
 
 def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
@@ -226,8 +226,9 @@ def _run_end(forecast, schedule, kind: str, step_s: int) -> int:
     return end
 
 
-def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms: int, policy: Policy,
-                context: "_Context") -> Relocation | None:
+def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms: int,
+                policy: Policy) -> Relocation | None:
+    """Jobs to move when the battery cannot hold the month's billed peak (or the import cap) this episode."""
     settled = now_ms - billing.month_start_ms >= policy.settle_days * 86_400_000
     holds = [h for h in (billing.billed_peak_kw if settled else None, policy.import_cap_kw) if h is not None]
     if not holds:
