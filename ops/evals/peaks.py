@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", help="value column (default: the first numeric column after the time)")
     p.add_argument("--scale", default="auto",
                    help="multiply values by this to get site kW; 'auto' (default) makes the maximum "
-                        f"{AUTO_PEAK_SHARE:.0%} of the site's grid import cap")
+                        f"{AUTO_PEAK_SHARE * 100:.0f}%% of the site's grid import cap")
     p.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
     p.add_argument("--battery-kwh", type=float, help="battery capacity (default: the site's ESS)")
     p.add_argument("--pcs-kw", type=float, help="PCS charge and discharge limit (default: the site's)")

@@ -40,3 +40,9 @@ def test_taylor_planner_has_no_violations_and_beats_reactive(capsys):
     assert main(["eval", "peaks", "--data", str(TAYLOR), "--scale", "1", "--json"]) == 0
     targets = json.loads(capsys.readouterr().out)["targets"]
     assert targets["planner_violations"] == 0 and targets["planner_beats_reactive_every_month"]
+
+
+def test_eval_help_prints(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "peaks", "--help"])
+    assert done.value.code == 0 and "--battery-kwh" in capsys.readouterr().out
