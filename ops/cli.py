@@ -91,6 +91,22 @@ def cmd_bench(settings: Settings, args) -> int:
     return run_bench(settings, events=args.events)
 
 
+def cmd_eval(settings: Settings, args) -> int:
+    return args.eval_main(args)
+
+
+def _add_evals(sub) -> None:
+    """`opsloop eval <name>`: each ops/evals/<name>.py exposes add_arguments(parser) and main(args) -> int."""
+    import importlib
+
+    ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory")]:
+        module = importlib.import_module(f"ops.evals.{name}")
+        p = ev.add_parser(name, help=doc)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_eval, eval_main=module.main)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opsloop", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
+    _add_evals(sub)
     return p
 
 

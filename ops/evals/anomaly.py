@@ -1,0 +1,142 @@
+"""`opsloop eval anomaly`: the anomaly detector scored with the NAB method on a NAB-layout directory.
+
+Layout: ``DIR/<family>/<file>.csv`` (``timestamp,value``) and a labels file whose keys
+are those paths (``<family>/<file>.csv``) and whose values are lists of
+``[start, end]`` window timestamps. ``profiles.json`` is looked for next to the
+labels file's folder (NAB ships it at the root) unless ``--profiles`` is given.
+
+Each file is run through a fresh detector in time order (score, then learn: the
+score never sees the point it judges). Per profile, one threshold is chosen for
+the whole corpus (NAB's threshold optimisation); family scores use that threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from models.anomaly import SeriesDetector
+from models.nab import CostMatrix, EMPTY, LabelledSeries, Score, best_threshold, label_series, score_series
+
+DEFAULT_DATA = Path("../shared/data/nab/data")
+DEFAULT_LABELS = Path("../shared/data/nab/labels/combined_windows.json")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: str  # "<family>/<file>.csv", as in the labels
+    timestamps: list[datetime]
+    values: list[float]
+    windows: list[tuple[datetime, datetime]]
+
+    @property
+    def family(self) -> str:
+        return self.path.split("/", 1)[0]
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.strip())
+
+
+def load_corpus(data_dir: Path, labels_file: Path) -> list[DataFile]:
+    """Every labelled CSV under ``data_dir``; a labelled file that is missing or unreadable is an error."""
+    labels = json.loads(labels_file.read_text())
+    files = []
+    for path in sorted(labels):
+        csv_path = data_dir / path
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path} is labelled in {labels_file} but missing")
+        timestamps, values = [], []
+        with csv_path.open(newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    timestamps.append(_time(row["timestamp"]))
+                    values.append(float(row["value"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{csv_path}:{n}: expected timestamp,value: {exc}") from exc
+        windows = [(_time(a), _time(b)) for a, b in labels[path]]
+        files.append(DataFile(path, timestamps, values, windows))
+    return files
+
+
+def detect(make_detector: Callable[[], SeriesDetector], values: list[float]) -> list[float]:
+    """Anomaly scores of one series from a fresh detector, score before learn."""
+    detector = make_detector()
+    scores = []
+    for v in values:
+        x = {"value": v}
+        scores.append(detector.score_one(x))
+        detector.learn_one(x)
+    return scores
+
+
+def evaluate(files: list[DataFile], scores: dict[str, list[float]], profiles: dict) -> dict:
+    """Per profile: the corpus threshold, then the total and per-family scores at it."""
+    labelled: dict[str, LabelledSeries] = {f.path: label_series(f.timestamps, f.windows) for f in files}
+    report = {}
+    for name, profile in profiles.items():
+        cost = CostMatrix.from_profile(profile)
+        threshold, _ = best_threshold([(labelled[f.path], scores[f.path]) for f in files], cost)
+        families: dict[str, Score] = {}
+        for f in files:
+            families[f.family] = families.get(f.family, EMPTY) + score_series(
+                labelled[f.path], scores[f.path], threshold, cost)
+        total = sum(families.values(), EMPTY)
+        report[name] = {
+            "threshold": threshold,
+            "total": _row(total, cost),
+            "families": {fam: _row(s, cost) for fam, s in sorted(families.items())},
+        }
+    return report
+
+
+def _row(s: Score, cost: CostMatrix) -> dict:
+    norm = s.normalised(cost)
+    return {"score": None if norm is None else round(norm, 2), "raw": round(s.raw, 4),
+            "windows": s.windows, "tp": s.tp, "fn": s.fn, "fp": s.fp}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="NAB-layout data folder (<family>/<file>.csv)")
+    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="combined_windows.json")
+    parser.add_argument("--profiles", type=Path, help="profiles.json (default: beside the labels folder)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    profiles_file = args.profiles or args.labels.resolve().parent.parent / "profiles.json"
+    for p in (args.data, args.labels, profiles_file):
+        if not p.exists():
+            print(f"opsloop eval anomaly: {p} not found")
+            return 2
+    files = load_corpus(args.data, args.labels)
+    scores = {f.path: detect(SeriesDetector, f.values) for f in files}
+    report = evaluate(files, scores, json.loads(profiles_file.read_text()))
+    if args.json:
+        print(json.dumps({"detector": detector_name(), "files": len(files), "profiles": report}, indent=2))
+    else:
+        print(format_report(report, len(files)))
+    return 0
+
+
+def detector_name() -> str:
+    params = SeriesDetector()._get_params()
+    return "SeriesDetector(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+
+def format_report(report: dict, n_files: int) -> str:
+    lines = [f"NAB scores of {detector_name()} on {n_files} files "
+             "(100 = perfect, 0 = no detections; families without windows: raw score only)"]
+    for name, r in report.items():
+        lines.append(f"\n{name} (threshold {r['threshold']:.4f})")
+        lines.append(f"  {'family':<24} {'score':>7} {'raw':>9} {'windows':>8} {'tp':>4} {'fn':>4} {'fp':>5}")
+        for fam, row in [*r["families"].items(), ("TOTAL", r["total"])]:
+            score = "-" if row["score"] is None else f"{row['score']:.1f}"
+            lines.append(f"  {fam:<24} {score:>7} {row['raw']:>9.3f} {row['windows']:>8} "
+                         f"{row['tp']:>4} {row['fn']:>4} {row['fp']:>5}")
+    return "\n".join(lines)
