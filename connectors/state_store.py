@@ -10,6 +10,7 @@ table's changelog), not a public contract, so it is not in the topic catalog.
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -34,6 +35,20 @@ def ensure_state_topic(settings: Settings, name: str, partitions: int, timeout_s
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
+    _wait_for_leaders(client, name, timeout_s)
+
+
+def _wait_for_leaders(client, name: str, timeout_s: float) -> None:
+    """A new topic answers only once each partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = client.list_topics(name, timeout=timeout_s).topics.get(name)
+        if meta is not None and meta.error is None and meta.partitions and all(
+                p.leader >= 0 and p.error is None for p in meta.partitions.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"state topic {name} has no leader for every partition after {timeout_s}s")
+        time.sleep(0.1)
 
 
 def write_state(prod: Producer, topic: str, partition: int, key: str, state: Any, on_delivery=None) -> None:
@@ -46,6 +61,18 @@ def write_state(prod: Producer, topic: str, partition: int, key: str, state: Any
             prod.poll(0.1)
 
 
+def _watermarks(cons: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """A partition's offsets, retried while a new topic's leader is still being elected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return cons.get_watermark_offsets(tp, timeout=timeout_s)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def read_state(settings: Settings, topic: str, partitions: list[int], timeout_s: float = 30.0) -> dict[int, dict[str, Any]]:
     """Latest state per key of each partition (partition → key → state), read to the partitions' ends."""
     out: dict[int, dict[str, Any]] = {p: {} for p in partitions}
@@ -56,7 +83,7 @@ def read_state(settings: Settings, topic: str, partitions: list[int], timeout_s:
     try:
         ends = {}
         for p in partitions:
-            low, high = cons.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = _watermarks(cons, TopicPartition(topic, p), timeout_s)
             if high > low:
                 ends[p] = high
         cons.assign([TopicPartition(topic, p, 0) for p in ends])

@@ -82,7 +82,7 @@ class SeriesDetector(AnomalyDetector):
         self._q75 = stats.RollingQuantile(0.75, window)
         self._step = stats.RollingQuantile(0.5, window)
         self._recent: deque[float] = deque(maxlen=short - 1)  # with the new point: short in all
-        self._history = utils.Rolling(stats.Var(), long)
+        self._history = utils.Rolling(stats.Var, window_size=long)
         self._previous: float | None = None
         self._seen = 0
         self._raw_recent: deque[float] = deque(maxlen=refractory)
