@@ -61,6 +61,10 @@ def write_state(prod: Producer, topic: str, partition: int, key: str, state: Any
             prod.poll(0.1)
 
 
+_ELECTING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+
+
 def _watermarks(cons: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
     """A partition's offsets, retried while a new topic's leader is still being elected."""
     deadline = time.monotonic() + timeout_s
@@ -68,7 +72,8 @@ def _watermarks(cons: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[i
         try:
             return cons.get_watermark_offsets(tp, timeout=timeout_s)
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _ELECTING) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 

@@ -10,7 +10,7 @@ point. ``make bench`` measures this processor against a bare consume-decode-prod
 loop in the same run.
 
 Restart safety: the detectors of source partition P are checkpointed to partition P
-of a private compacted topic ``<prefix>anomaly.state`` (every ``CHECKPOINT_EVERY_S``,
+of a private compacted topic named after the consumer group (``<group>.state``) (every ``CHECKPOINT_EVERY_S``,
 on idle, on revoke and on stop), each with the offset after the last point it
 learnt; only then are the source offsets committed. After a crash or a rebalance
 the new owner restores the detectors and replays from the committed offset; a
@@ -73,7 +73,7 @@ class AnomalyProcessor:
         self.new_warning = new_warning
         self.source = settings.topic("telemetry.raw")
         self.sink = settings.topic("alarms.raw")
-        self.state_topic = settings.topic("anomaly.state")
+        self.state_topic = settings.group(self.name) + ".state"  # belongs to the consumer group, like its offsets
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
