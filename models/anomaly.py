@@ -70,7 +70,8 @@ class SeriesDetector(AnomalyDetector):
     """
 
     def __init__(self, window: int = 200, short: int = 2, long: int = 300, refractory: int = 300,
-                 warmup: int = 30, key: str = "value"):
+                 warmup: int = 30, key: str = "value", spatial_tolerance: float | None = 0.1):
+        self.spatial_tolerance = spatial_tolerance
         self.window = window
         self.short = short
         self.long = long
@@ -84,6 +85,8 @@ class SeriesDetector(AnomalyDetector):
         self._recent: deque[float] = deque(maxlen=short - 1)  # with the new point: short in all
         self._history = utils.Rolling(stats.Var, window_size=long)
         self._previous: float | None = None
+        self._lo: float | None = None  # range of every value learnt
+        self._hi: float | None = None
         self._seen = 0
         self._raw_recent: deque[float] = deque(maxlen=refractory)
         self._pending: tuple[float, float, float] | None = None  # (value, surprise, score) not yet learnt
@@ -98,6 +101,12 @@ class SeriesDetector(AnomalyDetector):
         jump = abs(x - self._previous) / max(self._step.get() or 0.0, spread * 0.1, tiny)
         return math.log1p(max(level, jump))  # log: one wild point must not dominate the history's spread
 
+    def _outside_range(self, x: float) -> bool:
+        if self.spatial_tolerance is None or self._lo is None:
+            return False
+        margin = self.spatial_tolerance * (self._hi - self._lo)
+        return x > self._hi + margin or x < self._lo - margin
+
     def _likelihood_score(self, surprise: float) -> float:
         recent = (sum(self._recent) + surprise) / (len(self._recent) + 1)
         mean, std = self._history.mean.get(), math.sqrt(max(self._history.get(), 0.0))
@@ -109,7 +118,9 @@ class SeriesDetector(AnomalyDetector):
         """(surprise, score) of a value not yet learnt; cached for the learn_one that follows."""
         if self._pending is None or self._pending[0] != value:
             surprise = self._surprise(value)
-            raw = self._likelihood_score(surprise) if self._seen >= self.warmup else 0.0
+            raw = 0.5 * self._likelihood_score(surprise) if self._seen >= self.warmup else 0.0
+            if self._seen >= self.warmup and self._outside_range(value):
+                raw = 1.0
             # Causal non-maximum suppression: within `refractory` points of a higher-or-equal score, stay quiet.
             score = raw if raw > max(self._raw_recent, default=0.0) else 0.0
             self._pending = (value, surprise, raw, score)
@@ -131,6 +142,8 @@ class SeriesDetector(AnomalyDetector):
         self._recent.append(surprise)
         self._history.update(surprise)
         self._previous = value
+        self._lo = value if self._lo is None else min(self._lo, value)
+        self._hi = value if self._hi is None else max(self._hi, value)
         self._seen += 1
 
 

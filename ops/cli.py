@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")
-    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
