@@ -5,6 +5,10 @@ are those paths (``<family>/<file>.csv``) and whose values are lists of
 ``[start, end]`` window timestamps. ``profiles.json`` is looked for next to the
 labels file's folder (NAB ships it at the root) unless ``--profiles`` is given.
 
+``--fold 0`` or ``--fold 1`` scores one half of the files only: within each family,
+files sorted by name alternate between fold 0 and fold 1. The detector's
+hyperparameters and its raise threshold were chosen on fold 0; fold 1 is the check.
+
 Each file is run through a fresh detector in time order (score, then learn: the
 score never sees the point it judges). Per profile, one threshold is chosen for
 the whole corpus (NAB's threshold optimisation); family scores use that threshold.
@@ -64,6 +68,17 @@ def load_corpus(data_dir: Path, labels_file: Path) -> list[DataFile]:
     return files
 
 
+def fold(files: list[DataFile], which: int) -> list[DataFile]:
+    """Every other file of each family (by name), starting with the first (0) or the second (1)."""
+    seen: dict[str, int] = {}
+    out = []
+    for f in sorted(files, key=lambda f: f.path):
+        n = seen[f.family] = seen.get(f.family, -1) + 1
+        if n % 2 == which:
+            out.append(f)
+    return out
+
+
 def detect(make_detector: Callable[[], SeriesDetector], values: list[float]) -> list[float]:
     """Anomaly scores of one series from a fresh detector, score before learn."""
     detector = make_detector()
@@ -106,6 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="combined_windows.json")
     parser.add_argument("--profiles", type=Path, help="profiles.json (default: beside the labels folder)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fold", type=int, choices=(0, 1), help="score one half of the files (0: tuning, 1: check)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -115,6 +131,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"opsloop eval anomaly: {p} not found")
             return 2
     files = load_corpus(args.data, args.labels)
+    if args.fold is not None:
+        files = fold(files, args.fold)
     scores = {f.path: detect(SeriesDetector, f.values) for f in files}
     report = evaluate(files, scores, json.loads(profiles_file.read_text()))
     if args.json:
