@@ -10,7 +10,7 @@ point. ``make bench`` measures this processor against a bare consume-decode-prod
 loop in the same run.
 
 Restart safety: the detectors of source partition P are checkpointed to partition P
-of a private compacted topic named after the consumer group (``<group>.state``) (every ``CHECKPOINT_EVERY_S``,
+of a private compacted topic named after the consumer group (``<group>.state``) (every ``anomaly_checkpoint_s``,
 on idle, on revoke and on stop), each with the offset after the last point it
 learnt; only then are the source offsets committed. After a crash or a rebalance
 the new owner restores the detectors and replays from the committed offset; a
@@ -39,7 +39,6 @@ from schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.anomaly")
 
-CHECKPOINT_EVERY_S = 5.0
 SOURCE = "opsloop.anomaly"
 
 
@@ -131,10 +130,14 @@ class AnomalyProcessor:
             self.stats["alarms"] += 1
 
     def _checkpoint(self, cons, partitions=None) -> None:
-        """Write the changed detectors, wait for the broker, then commit the offsets they cover."""
+        """Flush the outputs, write the changed detectors, wait for them, then commit the offsets they cover."""
         partitions = list(self.processed) if partitions is None else [p for p in partitions if p in self.processed]
         if not partitions or self._prod is None:
             return
+        # Alarms and dead letters first: a state that says "learnt" must never reach the broker
+        # before the alarms of the points it covers (a crash in between would lose them).
+        wait_delivered(self._prod)
+        self._errors.raise_if_any()
         for p in partitions:
             for key in self.dirty.get(p, ()):
                 write_state(self._prod, self.state_topic, p, key, self.series[p][key], self._errors)
@@ -177,7 +180,7 @@ class AnomalyProcessor:
                 prod.poll(0)
                 assigned = {tp.partition for tp in cons.assignment()}
                 idle = bool(assigned) and caught_up >= assigned and now - last_data >= settings.idle_close_s
-                if dirty and (idle or now - last_checkpoint >= CHECKPOINT_EVERY_S):
+                if dirty and (idle or now - last_checkpoint >= settings.anomaly_checkpoint_s):
                     self._checkpoint(cons)
                     last_checkpoint, dirty = now, False
                 if idle and exit_when_idle and not dirty:
