@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
+
+from river import stats, utils
+from river.base import AnomalyDetector
 
 from models.anomaly import SeriesDetector
 from models.nab import CostMatrix, EMPTY, LabelledSeries, Score, best_threshold, label_series, score_series
@@ -68,6 +72,31 @@ def load_corpus(data_dir: Path, labels_file: Path) -> list[DataFile]:
     return files
 
 
+class WindowedGaussian(AnomalyDetector):
+    """Reference baseline (NAB's "windowed Gaussian" idea): how far out in a Gaussian fitted to the last
+    ``window`` values the new value lies: -log10 of its two-sided tail probability / 300 (monotone in
+    1 - p, without 1 - p's rounding to 1.0 far out). For comparison only."""
+
+    def __init__(self, window: int = 6400):
+        self.window = window
+        self._stats = utils.Rolling(stats.Var, window_size=window)
+
+    def score_one(self, x: dict) -> float:
+        if self._stats.mean.n < 2:
+            return 0.0
+        std = math.sqrt(max(self._stats.get(), 0.0))
+        if std == 0.0:
+            return 0.0 if x["value"] == self._stats.mean.get() else 1.0
+        z = abs(x["value"] - self._stats.mean.get()) / std
+        return min(1.0, -math.log10(max(math.erfc(z / math.sqrt(2.0)), 1e-300)) / 300.0)
+
+    def learn_one(self, x: dict) -> None:
+        self._stats.update(x["value"])
+
+
+DETECTORS = {"series": SeriesDetector, "gaussian": WindowedGaussian}
+
+
 def fold(files: list[DataFile], which: int) -> list[DataFile]:
     """Every other file of each family (by name), starting with the first (0) or the second (1)."""
     seen: dict[str, int] = {}
@@ -79,7 +108,7 @@ def fold(files: list[DataFile], which: int) -> list[DataFile]:
     return out
 
 
-def detect(make_detector: Callable[[], SeriesDetector], values: list[float]) -> list[float]:
+def detect(make_detector: Callable[[], AnomalyDetector], values: list[float]) -> list[float]:
     """Anomaly scores of one series from a fresh detector, score before learn."""
     detector = make_detector()
     scores = []
@@ -121,6 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="combined_windows.json")
     parser.add_argument("--profiles", type=Path, help="profiles.json (default: beside the labels folder)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--detector", choices=sorted(DETECTORS), default="series",
+                        help="series: the agent's detector (default); gaussian: the windowed-Gaussian baseline")
     parser.add_argument("--fold", type=int, choices=(0, 1), help="score one half of the files (0: tuning, 1: check)")
 
 
@@ -133,22 +164,23 @@ def main(args: argparse.Namespace) -> int:
     files = load_corpus(args.data, args.labels)
     if args.fold is not None:
         files = fold(files, args.fold)
-    scores = {f.path: detect(SeriesDetector, f.values) for f in files}
+    make = DETECTORS[args.detector]
+    scores = {f.path: detect(make, f.values) for f in files}
     report = evaluate(files, scores, json.loads(profiles_file.read_text()))
     if args.json:
-        print(json.dumps({"detector": detector_name(), "files": len(files), "profiles": report}, indent=2))
+        print(json.dumps({"detector": detector_name(make), "files": len(files), "profiles": report}, indent=2))
     else:
-        print(format_report(report, len(files)))
+        print(format_report(report, len(files), detector_name(make)))
     return 0
 
 
-def detector_name() -> str:
-    params = SeriesDetector()._get_params()
-    return "SeriesDetector(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+def detector_name(make: Callable[[], AnomalyDetector]) -> str:
+    params = make()._get_params()
+    return f"{make.__name__}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
-def format_report(report: dict, n_files: int) -> str:
-    lines = [f"NAB scores of {detector_name()} on {n_files} files "
+def format_report(report: dict, n_files: int, name: str) -> str:
+    lines = [f"NAB scores of {name} on {n_files} files "
              "(100 = perfect, 0 = no detections; families without windows: raw score only)"]
     for name, r in report.items():
         lines.append(f"\n{name} (threshold {r['threshold']:.4f})")
