@@ -1,6 +1,6 @@
 """Online anomaly detection for one telemetry series (one device's metric), River style.
 
-``SeriesDetector`` chains four online steps, each with River statistics:
+``SeriesDetector`` chains four online steps (River statistics where they fit):
 
 1. *Surprise*: how far the new value lies from what recent history says, in robust
    units: the larger of |x - rolling median| / rolling IQR scale (a level
@@ -10,9 +10,11 @@
    ``long`` points. A noisy series is surprising all the time; what matters is
    being more surprised than usual. The tail probability ``p`` becomes a score in
    [0, 1]: ``0.5 * -log10(p) / 300`` (clipped), so 0.005 means a one-in-10^3 event.
-3. *Out of range*: a value beyond the range of every value learnt so far by more
-   than ``spatial_tolerance`` of that range scores 1, above any likelihood score
-   (at most 0.5). Scale-free, so it means the same on every series.
+3. *Out of range* (Numenta's "spatial anomaly"): a value beyond the range of every
+   value learnt so far by more than ``spatial_tolerance`` of that range scores 1;
+   a moving mean of ``smooth`` points beyond the range of every earlier moving mean
+   (a sustained shift) scores 0.75; both outrank any likelihood score (at most
+   0.5). Scale-free, so they mean the same on every series.
 4. *Causal non-maximum suppression*: a point scores 0 unless its score beats the
    (unsuppressed) scores of each of the previous ``refractory`` points, so one episode gives one
    detection rather than a burst, whatever threshold the caller uses.
@@ -45,12 +47,40 @@ from river.base import AnomalyDetector
 LOG10_FLOOR = 300.0  # -log10 of the smallest tail probability told apart (score 1.0)
 MIN_SURPRISE_SPREAD = 0.05  # a perfectly regular series must not turn every wobble into certainty
 #: Raise threshold: the NAB standard-profile threshold chosen on the tuning half (ops/evals/anomaly.py).
-DEFAULT_RAISE_AT = 0.0045
+DEFAULT_RAISE_AT = 0.014
 
 
 def _normal_tail(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+class Range:
+    """The range of every value seen so far, and whether a new one lies beyond it by a margin.
+
+    >>> r = Range()
+    >>> for v in (10.0, 20.0, 15.0):
+    ...     r.update(v)
+    >>> r.beyond(20.4, tolerance=0.05), r.beyond(20.6, tolerance=0.05), r.beyond(9.0, tolerance=0.05)
+    (False, True, True)
+    """
+
+    def __init__(self):
+        self.low: float | None = None
+        self.high: float | None = None
+
+    def update(self, x: float) -> None:
+        self.low = x if self.low is None else min(self.low, x)
+        self.high = x if self.high is None else max(self.high, x)
+
+    def beyond(self, x: float, tolerance: float) -> bool:
+        if self.low is None:
+            return False
+        margin = tolerance * (self.high - self.low)
+        return x > self.high + margin or x < self.low - margin
+
+
+OUT_OF_RANGE, MEAN_OUT_OF_RANGE, LIKELIHOOD_SCALE = 1.0, 0.75, 0.5  # score tiers, strongest first
 
 
 class SeriesDetector(AnomalyDetector):
@@ -68,21 +98,28 @@ class SeriesDetector(AnomalyDetector):
         Points a score must beat to count (non-maximum suppression).
     warmup
         Points learnt before any score is given.
+    spatial_tolerance
+        Fraction of the range seen so far a value must lie beyond it to be out of range.
+    smooth
+        Points in the moving mean whose own range is checked the same way (a sustained shift that
+        stays inside the range of single values); 0 turns that check off.
+    smooth_tolerance
+        The margin of the moving mean's check, as a fraction of its range.
     key
         Name of the feature holding the value in ``x``.
-    spatial_tolerance
-        Fraction of the range seen so far a value must lie beyond it to be out of range;
-        None turns the check off.
     """
 
     def __init__(self, window: int = 200, short: int = 3, long: int = 300, refractory: int = 150,
-                 warmup: int = 300, key: str = "value", spatial_tolerance: float | None = 0.05):
-        self.spatial_tolerance = spatial_tolerance
+                 warmup: int = 300, spatial_tolerance: float = 0.05, smooth: int = 10,
+                 smooth_tolerance: float = 0.1, key: str = "value"):
         self.window = window
         self.short = short
         self.long = long
         self.refractory = refractory
         self.warmup = warmup
+        self.spatial_tolerance = spatial_tolerance
+        self.smooth = smooth
+        self.smooth_tolerance = smooth_tolerance
         self.key = key
         self._median = stats.RollingQuantile(0.5, window)
         self._q25 = stats.RollingQuantile(0.25, window)
@@ -91,11 +128,12 @@ class SeriesDetector(AnomalyDetector):
         self._recent: deque[float] = deque(maxlen=short - 1)  # with the new point: short in all
         self._history = utils.Rolling(stats.Var, window_size=long)
         self._previous: float | None = None
-        self._lo: float | None = None  # range of every value learnt
-        self._hi: float | None = None
+        self._range = Range()  # of every value learnt
+        self._last: deque[float] = deque(maxlen=max(smooth - 1, 1))  # with the new point: the moving mean
+        self._mean_range = Range()  # of every full moving mean learnt
         self._seen = 0
         self._raw_recent: deque[float] = deque(maxlen=refractory)
-        self._pending: tuple[float, float, float] | None = None  # (value, surprise, score) not yet learnt
+        self._pending: tuple[float, float, float, float] | None = None  # (value, surprise, raw, score)
 
     def _surprise(self, x: float) -> float:
         if self._previous is None:
@@ -107,12 +145,6 @@ class SeriesDetector(AnomalyDetector):
         jump = abs(x - self._previous) / max(self._step.get() or 0.0, spread * 0.1, tiny)
         return math.log1p(max(level, jump))  # log: one wild point must not dominate the history's spread
 
-    def _outside_range(self, x: float) -> bool:
-        if self.spatial_tolerance is None or self._lo is None:
-            return False
-        margin = self.spatial_tolerance * (self._hi - self._lo)
-        return x > self._hi + margin or x < self._lo - margin
-
     def _likelihood_score(self, surprise: float) -> float:
         recent = (sum(self._recent) + surprise) / (len(self._recent) + 1)
         mean, std = self._history.mean.get(), math.sqrt(max(self._history.get(), 0.0))
@@ -120,13 +152,25 @@ class SeriesDetector(AnomalyDetector):
         tail = max(_normal_tail(z), 10.0 ** -LOG10_FLOOR)
         return min(1.0, -math.log10(tail) / LOG10_FLOOR)
 
+    def _moving_mean(self, x: float) -> float | None:
+        """Mean of the last ``smooth`` points ending with x, once there are that many."""
+        if not self.smooth or len(self._last) < self.smooth - 1:
+            return None
+        return (sum(self._last) + x) / self.smooth if self.smooth > 1 else x
+
     def _assess(self, value: float) -> tuple[float, float]:
         """(surprise, score) of a value not yet learnt; cached for the learn_one that follows."""
         if self._pending is None or self._pending[0] != value:
             surprise = self._surprise(value)
-            raw = 0.5 * self._likelihood_score(surprise) if self._seen >= self.warmup else 0.0
-            if self._seen >= self.warmup and self._outside_range(value):
-                raw = 1.0
+            raw = 0.0
+            if self._seen >= self.warmup:
+                mean = self._moving_mean(value)
+                if self._range.beyond(value, self.spatial_tolerance):
+                    raw = OUT_OF_RANGE
+                elif mean is not None and self._mean_range.beyond(mean, self.smooth_tolerance):
+                    raw = MEAN_OUT_OF_RANGE
+                else:
+                    raw = LIKELIHOOD_SCALE * self._likelihood_score(surprise)
             # Causal non-maximum suppression: within `refractory` points of a higher-or-equal score, stay quiet.
             score = raw if raw > max(self._raw_recent, default=0.0) else 0.0
             self._pending = (value, surprise, raw, score)
@@ -139,17 +183,19 @@ class SeriesDetector(AnomalyDetector):
         value = float(x[self.key])
         surprise, _ = self._assess(value)
         self._raw_recent.append(self._pending[2])
+        mean = self._moving_mean(value)
         self._pending = None
         if self._previous is not None:
             self._step.update(abs(value - self._previous))
-        self._median.update(value)
-        self._q25.update(value)
-        self._q75.update(value)
+        for q in (self._median, self._q25, self._q75):
+            q.update(value)
         self._recent.append(surprise)
         self._history.update(surprise)
+        self._range.update(value)
+        if mean is not None:
+            self._mean_range.update(mean)
+        self._last.append(value)
         self._previous = value
-        self._lo = value if self._lo is None else min(self._lo, value)
-        self._hi = value if self._hi is None else max(self._hi, value)
         self._seen += 1
 
 
