@@ -3,7 +3,8 @@
 Layout: ``DIR/<family>/<file>.csv`` (``timestamp,value``) and a labels file whose keys
 are those paths (``<family>/<file>.csv``) and whose values are lists of
 ``[start, end]`` window timestamps. ``profiles.json`` is looked for next to the
-labels file's folder (NAB ships it at the root) unless ``--profiles`` is given.
+labels file's folder (NAB ships it at the root) unless ``--profiles`` is given; without
+one, NAB's published three profiles are used (and a note says so).
 
 ``--fold 0`` or ``--fold 1`` scores one half of the files only: within each family,
 files sorted by name alternate between fold 0 and fold 1. The detector's
@@ -20,6 +21,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +33,12 @@ from river.base import AnomalyDetector
 from models.anomaly import SeriesDetector
 from models.nab import CostMatrix, EMPTY, LabelledSeries, Score, best_threshold, label_series, score_series
 
+#: NAB's three application profiles (its profiles.json), used when no profiles file is found.
+NAB_PROFILES = {
+    "standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
+    "reward_low_FP_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.22, "tnWeight": 1.0}},
+    "reward_low_FN_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0}},
+}
 DEFAULT_DATA = Path("../shared/data/nab/data")
 DEFAULT_LABELS = Path("../shared/data/nab/labels/combined_windows.json")
 
@@ -157,16 +165,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     profiles_file = args.profiles or args.labels.resolve().parent.parent / "profiles.json"
-    for p in (args.data, args.labels, profiles_file):
+    for p in (args.data, args.labels, *([profiles_file] if args.profiles else [])):
         if not p.exists():
             print(f"opsloop eval anomaly: {p} not found")
             return 2
+    if profiles_file.exists():
+        profiles = json.loads(profiles_file.read_text())
+    else:
+        print(f"opsloop eval anomaly: no {profiles_file}; using NAB's published profiles", file=sys.stderr)
+        profiles = NAB_PROFILES
     files = load_corpus(args.data, args.labels)
     if args.fold is not None:
         files = fold(files, args.fold)
     make = DETECTORS[args.detector]
     scores = {f.path: detect(make, f.values) for f in files}
-    report = evaluate(files, scores, json.loads(profiles_file.read_text()))
+    report = evaluate(files, scores, profiles)
     if args.json:
         print(json.dumps({"detector": detector_name(make), "files": len(files), "profiles": report}, indent=2))
     else:

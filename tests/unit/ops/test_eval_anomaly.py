@@ -43,6 +43,16 @@ def test_tiny_corpus_per_family_and_total(tmp_path, capsys):
     assert report["total"]["score"] > 80  # the spike is found in the window's middle, nothing else fires
 
 
+def test_without_a_profiles_file_nabs_published_profiles_are_used(tmp_path, capsys):
+    write_series(tmp_path / "data" / "fam" / "flat.csv", [1.0] * 500)
+    (tmp_path / "windows.json").write_text(json.dumps({"fam/flat.csv": []}))
+    assert main(["eval", "anomaly", "--data", str(tmp_path / "data"), "--labels", str(tmp_path / "windows.json"),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)["profiles"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    assert "published profiles" in captured.err
+
+
 def test_missing_labels_file_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "anomaly", "--data", str(tmp_path), "--labels", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().out
