@@ -177,10 +177,13 @@ class SeriesDetector(AnomalyDetector):
         return self._pending[1], self._pending[3]
 
     def score_one(self, x: dict) -> float:
-        return self._assess(float(x[self.key]))[1]
+        value = float(x[self.key])
+        return self._assess(value)[1] if math.isfinite(value) else 0.0
 
     def learn_one(self, x: dict) -> None:
         value = float(x[self.key])
+        if not math.isfinite(value):
+            return  # a NaN or infinity would poison every statistic; callers dead-letter such points
         surprise, _ = self._assess(value)
         self._raw_recent.append(self._pending[2])
         mean = self._moving_mean(value)

@@ -64,3 +64,12 @@ def test_raise_then_clear_once_per_episode():
     assert [s for _, s in states] == ["raise", "clear"]
     assert states[0][0] == 700 and transitions[700].ts_ms == 700_000
     assert "reached" in transitions[700].reason
+
+
+def test_non_finite_values_score_0_and_are_not_learnt():
+    a, b = SeriesDetector(), SeriesDetector()
+    values = noisy(500)
+    feed(a, values[:400])
+    feed(b, values[:400])
+    assert feed(a, [float("nan"), float("inf")]) == [0.0, 0.0]
+    assert feed(a, values[400:]) == feed(b, values[400:])
