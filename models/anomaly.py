@@ -208,7 +208,9 @@ class EarlyWarning:
     ``update(value, ts_ms)`` scores the point, learns it and returns a ``Transition``
     (raise or clear, with the reason) or None. An alarm is raised at a score at or
     above ``raise_at`` and cleared after ``clear_after`` consecutive points below
-    ``clear_below``. Event time only comes from the caller.
+    ``clear_below``. Event time only comes from the caller. A raise marks the onset of
+    an anomaly (an early warning), not a condition held while it lasts: the detector
+    adapts, so a clear means "calm again", either back to normal or settled at a new level.
 
     >>> import random
 >>> rng, ew = random.Random(1), EarlyWarning(clear_after=3)
