@@ -156,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
-    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)
