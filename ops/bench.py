@@ -185,7 +185,9 @@ def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int
     from ops import bench_peaks
 
     print("\n".join(bench_peaks.run(settings)))
-    return 0
+    from ops.bench_anomaly import run_anomaly_bench
+
+    return run_anomaly_bench(settings, events, rounds)
 
 
 def _runs(values: list[float]) -> str:

@@ -105,13 +105,21 @@ def cmd_bench(settings: Settings, args) -> int:
     return run_bench(settings, events=args.events)
 
 
-EVALS = ("peaks",)  # ops/evals/<name>.py: add_arguments(parser), main(args) -> int
-
-
 def cmd_eval(settings: Settings, args) -> int:
+    return args.eval_main(args)
+
+
+def _add_evals(sub) -> None:
+    """`opsloop eval <name>`: each ops/evals/<name>.py exposes add_arguments(parser) and main(args) -> int."""
     import importlib
 
-    return importlib.import_module(f"ops.evals.{args.eval_name}").main(args)
+    ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
+                      ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month")]:
+        module = importlib.import_module(f"ops.evals.{name}")
+        p = ev.add_parser(name, help=doc)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_eval, eval_main=module.main)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")
-    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
@@ -149,17 +157,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
-    ev = sub.add_parser("eval", help="offline evaluations on recorded data")
-    ev_sub = ev.add_subparsers(dest="eval_name", required=True)
-    for name in EVALS:
-        import importlib
-
-        module = importlib.import_module(f"ops.evals.{name}")
-        module.add_arguments(ev_sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
-    ev.set_defaults(func=cmd_eval)
-    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
+    _add_evals(sub)
     return p
 
 
