@@ -36,6 +36,7 @@ def run_peaks_until(settings, decisions: list, until: int) -> None:
         worker.run(settings, [], stop=stop, faust_agents={"peaks-test": lambda app, s: register(app, s, observe)})
     finally:
         timer.cancel()
+    assert len(decisions) >= until, f"{len(decisions)} of {until} decisions when the {SAFETY_NET_S:.0f} s safety net fired"
 
 
 def offline(settings, snapshots: list[dict]) -> list[dict]:
