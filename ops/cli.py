@@ -91,6 +91,15 @@ def cmd_bench(settings: Settings, args) -> int:
     return run_bench(settings, events=args.events)
 
 
+EVALS = ("alarms",)  # ops/evals/<name>.py: add_arguments(parser), main(args) -> int
+
+
+def cmd_eval(settings: Settings, args) -> int:
+    import importlib
+
+    return importlib.import_module(f"ops.evals.{args.eval_name}").main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opsloop", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +135,14 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
+    ev = sub.add_parser("eval", help="score a model on labelled data")
+    ev_sub = ev.add_subparsers(dest="eval_name", required=True)
+    for name in EVALS:
+        import importlib
+
+        module = importlib.import_module(f"ops.evals.{name}")
+        module.add_arguments(ev_sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
+    ev.set_defaults(func=cmd_eval)
     return p
 
 
