@@ -89,6 +89,7 @@ def decide(state: dict | None, alarm: Mapping, fp: str, config: DedupConfig) -> 
     """Fold one raw alarm into its fingerprint's state; returns (new state, decision)."""
     t = alarm["ts_ms"]
     st = dict(state) if state else new_state(t)
+    st["alarm"] = dict(alarm)  # the latest raw event, announced again if a flap settles later
     changes = [c for c in st["changes"] if c > t - config.flap_window_ms]
     raising = alarm["state"] == "raise"
     if raising and st["active"]:
@@ -160,3 +161,14 @@ def clean_alarm(alarm: Mapping, fp: str, state: Mapping, decision: Decision, noi
     return {"alarm": {**alarm, "state": decision.state}, "fingerprint": fp, "duplicate_count": max(1, state["count"]),
             "first_seen_ms": state["first"], "last_seen_ms": state["last"], "flapping": decision.flapping,
             "noise_score": noise_score, "noise": noise, "decision_reason": decision.reason}
+
+
+def prune(states: Mapping[str, dict], now_ms: int, config: DedupConfig) -> dict[str, dict]:
+    """Drop states of alarms cleared and quiet for longer than both windows (they start afresh).
+
+    >>> prune({"a": {**new_state(0), "last": 0}}, 10_000_000, DedupConfig())
+    {}
+    """
+    keep_ms = max(config.window_ms, config.flap_window_ms)
+    return {fp: st for fp, st in states.items()
+            if st["active"] or st["flapping"] or now_ms - st["last"] < keep_ms}

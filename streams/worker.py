@@ -49,7 +49,16 @@ def _views(settings: Settings) -> Processor:
 FaustRegister = Callable[["faust.App", Settings], None]
 
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
-FAUST_AGENTS: dict[str, FaustRegister] = {}
+def _faust(module: str) -> FaustRegister:
+    def register(app, settings: Settings) -> None:
+        import importlib
+
+        importlib.import_module(module).register(app, settings)
+
+    return register
+
+
+FAUST_AGENTS: dict[str, FaustRegister] = {"dedup": _faust("streams.dedup"), "correlate": _faust("streams.correlate")}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:

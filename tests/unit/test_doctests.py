@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 pytestmark = pytest.mark.unit
-MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay",
+           "models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm", "models.alarm_filter"]
 
 
 @pytest.mark.parametrize("name", MODULES)
