@@ -88,7 +88,13 @@ def cmd_demo(settings: Settings, args) -> int:
 def cmd_bench(settings: Settings, args) -> int:
     from ops.bench import run_bench
 
-    return run_bench(settings, events=args.events)
+    if args.suite in ("all", "rollup"):
+        run_bench(settings, events=args.events)
+    if args.suite in ("all", "alarms"):
+        from ops.bench_alarms import run_alarm_bench
+
+        run_alarm_bench(settings)
+    return 0
 
 
 EVALS = ("alarms",)  # ops/evals/<name>.py: add_arguments(parser), main(args) -> int
@@ -134,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
+    b.add_argument("--suite", choices=["all", "rollup", "alarms"], default="all")
     b.set_defaults(func=cmd_bench)
     ev = sub.add_parser("eval", help="score a model on labelled data")
     ev_sub = ev.add_subparsers(dest="eval_name", required=True)

@@ -21,7 +21,7 @@ from ops.catalog import load_catalog
 from ops.settings import Settings
 from schemas.codec import Codec
 from streams.app import catalog_topic, decode_or_dead_letter
-from streams.tables import JSON_STATE, put
+from streams.tables import put
 
 BATCH, WITHIN_S = 1000, 0.01
 
@@ -35,7 +35,7 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
     codec = Codec.default()
     topologies = site_topologies(settings)
     partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
-    table = app.Table("alarm-incidents", default=None, partitions=partitions, schema=JSON_STATE)
+    table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes)  # values: JSON
     incidents_topic = catalog_topic(app, settings, "incidents")
     stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
     stats.update(clean_in=0, incident_updates=0, replayed_clean=0)

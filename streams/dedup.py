@@ -21,7 +21,7 @@ from ops.catalog import load_catalog
 from ops.settings import Settings
 from schemas.codec import Codec
 from streams.app import catalog_topic, decode_or_dead_letter
-from streams.tables import JSON_STATE, put
+from streams.tables import put
 
 BATCH, WITHIN_S = 1000, 0.01
 OFFSET = "_offset"  # reserved key in a device's state: the last source offset folded in
@@ -31,7 +31,7 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
     codec = Codec.default()
     scorer = scorer or NoiseScorer()
     partitions = load_catalog(settings.topics_file)["alarms.raw"].partitions
-    table = app.Table("alarm-dedup", default=None, partitions=partitions, schema=JSON_STATE)
+    table = app.Table("alarm-dedup", default=None, partitions=partitions, key_type=bytes)  # values: JSON
     clean_topic = catalog_topic(app, settings, "alarms.clean")
     stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
     stats.update(raw=0, clean=0, replayed=0, labels=0)

@@ -14,11 +14,3 @@ def put(table, key, value, partition: int) -> None:
     table.data[key] = value  # the store, without Faust's own (event-bound) changelog write
     table.send_changelog(partition, key, value)
 
-
-def _json_state_schema():
-    import faust
-
-    return faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
-
-
-JSON_STATE = _json_state_schema()  # table keys are the message keys (bytes); states are JSON documents

@@ -33,8 +33,9 @@ def expected_incidents(alarms) -> dict[str, tuple]:
     return {i: (r["root_device"], r["member_count"]) for i, r in latest.items() if not r["merged_into"]}
 
 
-def run_until_incidents(settings, expected: dict[str, tuple]) -> dict[str, dict]:
-    stop, latest = threading.Event(), {}
+def run_until_incidents(settings, expected: dict[str, tuple], latest: dict | None = None) -> dict[str, dict]:
+    """Runs dedup + correlate until the incidents seen (``latest``, added to) match ``expected``."""
+    stop, latest = threading.Event(), {} if latest is None else latest
 
     def watcher(app, settings) -> None:
         @app.agent(catalog_topic(app, settings, "incidents"), name="test-incident-watcher")
@@ -80,7 +81,7 @@ def test_storm_becomes_incidents_across_a_restart(kafka_settings, read_topic):
 
     send_alarms(settings, alarms[half:])  # a new worker picks up the tables and offsets where the first stopped
     final = expected_incidents(alarms)
-    seen = run_until_incidents(settings, final)
+    seen = run_until_incidents(settings, final, seen)  # the watcher's group resumes too: it sees only changes
     live = {i: (r["root_device"], r["member_count"]) for i, r in seen.items() if not r["merged_into"]}
     assert {i: live.get(i) for i in final} == final
     roots = {f.root for f in storm.failures}

@@ -1,0 +1,240 @@
+"""`opsloop bench` (alarms): dedup + correlate throughput and raw-alarm → incident-update latency.
+
+One run, one broker, fresh topics:
+
+* baseline: a bare confluent-kafka loop over the same ``alarms.raw`` records (consume, decode,
+  re-encode, produce), the least any agent must do per alarm;
+* throughput: storm corpora (models/storm.py on the demo topology) loaded into ``alarms.raw``,
+  then one worker running the dedup and correlate Faust agents, timed from the first raw
+  alarm taken to the last clean alarm folded into incidents;
+* latency: with the same worker caught up, a storm is sent at ``rate`` alarms/s with event
+  time = send time; every incident update's delay is its arrival time minus its
+  ``updated_ms`` (the send time of the newest alarm in it). The same is measured for the
+  baseline loop (arrival of the copy minus send time) in the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ops.settings import Settings
+
+TARGET_RATE, TARGET_P99_MS = 5_000, 100.0
+DEADLINE_S = 300.0
+
+
+def storm_records(topology_file: Path, seeds: int) -> list[dict]:
+    from models.storm import generate_storm
+    from models.topology import load_topology
+
+    topo = load_topology(topology_file)
+    alarms = []
+    for seed in range(seeds):  # corpora one after the other in event time
+        storm = generate_storm(topo, seed=seed, start_ms=1_780_000_000_000 + seed * 4 * 3_600_000)
+        alarms += [a for a, _ in storm.alarms]
+    return alarms
+
+
+def _send(settings: Settings, alarms: list[dict]) -> None:
+    from connectors.kafka import producer, send, wait_delivered
+    from schemas.codec import Codec
+
+    codec, prod = Codec.default(), producer(settings)
+    for alarm in alarms:
+        send(prod, settings.topic("alarms.raw"), alarm["device"].encode(), codec.encode("Alarm", alarm))
+    wait_delivered(prod)
+
+
+def baseline(settings: Settings, n: int, out_topic: str) -> float:
+    """Alarms/s of a bare consume → decode → encode → produce loop."""
+    from connectors.kafka import consumer, producer, send, wait_delivered
+    from schemas.codec import Codec
+
+    codec = Codec.default()
+    cons = consumer(settings, f"bench-alarm-baseline-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False})
+    prod = producer(settings)
+    cons.subscribe([settings.topic("alarms.raw")])
+    seen, first = 0, None
+    try:
+        while seen < n:
+            for msg in cons.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                first = first or time.perf_counter()
+                send(prod, out_topic, msg.key(), codec.encode("Alarm", codec.decode_as("Alarm", msg.value())))
+                seen += 1
+            prod.poll(0)
+        wait_delivered(prod)
+        return n / (time.perf_counter() - first)
+    finally:
+        cons.close()
+
+
+class _Paced:
+    """Sends alarms at ``rate``/s with event time = send time (the wall clock is the bench's, not a model's)."""
+
+    def __init__(self, settings: Settings, alarms: list[dict], rate: float):
+        self.settings, self.alarms, self.rate = settings, alarms, rate
+
+    def run(self) -> None:
+        from connectors.kafka import producer, send, wait_delivered
+        from schemas.codec import Codec
+
+        codec, prod = Codec.default(), producer(self.settings, **{"linger.ms": 0})
+        start = time.perf_counter()
+        for i, alarm in enumerate(self.alarms):
+            due = start + i / self.rate
+            while (ahead := due - time.perf_counter()) > 0:
+                time.sleep(min(ahead, 0.001))
+            send(prod, self.settings.topic("alarms.raw"), alarm["device"].encode(),
+                 codec.encode("Alarm", {**alarm, "ts_ms": int(time.time() * 1000)}))
+            prod.poll(0)
+        wait_delivered(prod)
+
+
+def _collect(settings: Settings, topic: str, record: str, ts_field, stop: threading.Event, out: list[float],
+             ready: threading.Event) -> None:
+    """Delays (ms) of every record arriving on ``topic`` from now on: arrival minus ``ts_field(record)``."""
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from connectors.kafka import consumer
+    from schemas.codec import Codec
+
+    codec = Codec.default()
+    cons = consumer(settings, f"bench-lat-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False,
+                                                                        "fetch.wait.max.ms": 5})
+    parts = cons.list_topics(topic, timeout=30).topics[topic].partitions
+    cons.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+    cons.consume(1, timeout=1.0)  # settle the assignment before anything is sent
+    ready.set()
+    try:
+        while not stop.is_set():
+            for msg in cons.consume(1000, timeout=0.05):
+                if msg.error() is None:
+                    arrived = time.time() * 1000
+                    out.append(arrived - ts_field(codec.decode_as(record, msg.value())))
+    finally:
+        cons.close()
+
+
+def _latency_of(settings: Settings, alarms: list[dict], rate: float, topic: str, record: str, ts_field,
+                drain_s: float = 3.0) -> list[float]:
+    stop, ready, delays = threading.Event(), threading.Event(), []
+    reader = threading.Thread(target=_collect, args=(settings, topic, record, ts_field, stop, delays, ready))
+    reader.start()
+    ready.wait(30)
+    _Paced(settings, alarms, rate).run()
+    time.sleep(drain_s)
+    stop.set()
+    reader.join()
+    return delays
+
+
+def _baseline_latency(settings: Settings, alarms: list[dict], rate: float, copy_topic: str) -> list[float]:
+    """The bare loop running while paced alarms go through it: delay of each copy."""
+    from connectors.kafka import consumer, producer, send
+    from schemas.codec import Codec
+
+    codec, stop = Codec.default(), threading.Event()
+    cons = consumer(settings, f"bench-alarm-baseline-lat-{uuid.uuid4().hex[:6]}",
+                    **{"enable.partition.eof": False, "auto.offset.reset": "latest", "fetch.wait.max.ms": 5})
+    prod = producer(settings, **{"linger.ms": 0})
+    cons.subscribe([settings.topic("alarms.raw")])
+    while not cons.assignment():
+        cons.consume(1, timeout=0.2)
+
+    def loop() -> None:
+        while not stop.is_set():
+            for msg in cons.consume(1000, timeout=0.05):
+                if msg.error() is None:
+                    send(prod, copy_topic, msg.key(), codec.encode("Alarm", codec.decode_as("Alarm", msg.value())))
+            prod.poll(0)
+        prod.flush(10)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        return _latency_of(settings, alarms, rate, copy_topic, "Alarm", lambda a: a["ts_ms"])
+    finally:
+        stop.set()
+        thread.join()
+        cons.close()
+
+
+def run_alarm_bench(settings: Settings, seeds: int = 6, rate: float = 1000.0, latency_s: float = 10.0) -> int:
+    from ops.kafka import scratch_topics
+    from streams import correlate, dedup
+    from streams.worker import run_faust
+
+    topology = settings.topology
+    alarms = storm_records(topology, seeds)
+    n = len(alarms)
+    paced = storm_records(topology, 1)[: int(rate * latency_s)]
+    with scratch_topics(settings, f"bench-alarms-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
+        _send(bench, alarms)
+        base = baseline(bench, n, bench.topic("bench.copy"))
+        base_delays = _baseline_latency(bench, paced, rate, bench.topic("bench.copy"))
+        stop, marks, apps = threading.Event(), {}, []
+
+        def monitor(app, settings: Settings) -> None:
+            apps.append(app)
+
+        def control() -> None:
+            while not apps or "raw" not in apps[0].__dict__.get("opsloop_stats", {}):
+                time.sleep(0.01)
+            stats = apps[0].opsloop_stats
+            while not stop.is_set():
+                if "first" not in marks and stats["raw"]:
+                    marks["first"] = time.perf_counter()
+                if stats["raw"] >= n and stats["clean_in"] >= stats["clean"]:
+                    marks["done"] = time.perf_counter()
+                    break
+                time.sleep(0.002)
+            if "done" in marks:
+                marks["delays"] = _latency_of(bench, paced, rate, bench.topic("incidents"), "Incident",
+                                              lambda r: r["updated_ms"])
+                marks["stats"] = dict(stats)
+            stop.set()
+
+        quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
+        levels = {name: log.level for name, log in quiet.items()}
+        controller = threading.Thread(target=control)
+        timer = threading.Timer(DEADLINE_S, stop.set)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                for log in quiet.values():
+                    log.setLevel(logging.ERROR)
+                controller.start()
+                timer.start()
+                run_faust(bench.replace(app_id=f"bench-alarms-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)),
+                          {"dedup": dedup.register, "correlate": correlate.register, "monitor": monitor}, stop)
+            finally:
+                stop.set()
+                timer.cancel()
+                controller.join()
+                for name, log in quiet.items():
+                    log.setLevel(levels[name])
+    if "done" not in marks:
+        raise RuntimeError(f"dedup + correlate did not finish {n:,} alarms within {DEADLINE_S:.0f} s")
+    rate_faust = n / (marks["done"] - marks["first"])
+    p99, base_p99 = _p99(marks["delays"]), _p99(base_delays)
+    stats = marks["stats"]
+    print(f"\nbench (alarms): {n:,} raw alarms from {seeds} storm corpora on {topology.name}, one worker")
+    print(f"  baseline  bare confluent-kafka loop: consume, decode, re-encode, produce  {base:>9,.0f} alarms/s")
+    print(f"  filter    alarms.raw -> dedup -> alarms.clean -> correlate -> incidents  {rate_faust:>9,.0f} alarms/s "
+          f"(target >= {TARGET_RATE:,}; {stats['clean']:,} clean alarms)")
+    print(f"  ratio     filter / baseline = {rate_faust / base:.2f}")
+    print(f"  latency   at {rate:,.0f} alarms/s for {latency_s:g} s: raw alarm -> incident update p99 {p99:.1f} ms "
+          f"over {len(marks['delays']):,} updates (target < {TARGET_P99_MS:.0f} ms); "
+          f"baseline raw -> copy p99 {base_p99:.1f} ms; ratio {p99 / base_p99 if base_p99 else float('nan'):.1f}")
+    return 0
+
+
+def _p99(values: list[float]) -> float:
+    values = sorted(values)
+    return values[int(0.99 * (len(values) - 1))] if values else float("nan")
