@@ -2,7 +2,7 @@
 
 ``alarms.clean`` is keyed by site, so one site's alarms meet on one partition and in one
 ``SiteCorrelator``. Per batch, each touched site's state is read from the
-``alarm-incidents`` table once, every alarm is folded in, timeouts are applied on the
+``alarm-incidents`` table once (or its live correlator reused while the table holds what it wrote), every alarm is folded in, timeouts are applied on the
 site's event time, and one Incident record per changed incident is sent; the state
 (with the last offset folded in, for restart safety) is written back once.
 
@@ -14,6 +14,7 @@ group, nothing upstream is known).
 from __future__ import annotations
 
 import asyncio
+import json
 
 from models.correlate import CorrelateConfig, SiteCorrelator
 from models.topology import load_topologies
@@ -35,10 +36,21 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
     codec = Codec.default()
     topologies = site_topologies(settings)
     partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
-    table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes)  # values: JSON
+    # values: the site's state as JSON bytes, serialised here so the changelog gets a consistent snapshot
+    table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
+    live: dict[bytes, tuple[bytes, SiteCorrelator]] = {}  # key → (the state last stored, its correlator)
     incidents_topic = catalog_topic(app, settings, "incidents")
     stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
     stats.update(clean_in=0, incident_updates=0, replayed_clean=0)
+
+    def load(key: bytes, site: str) -> SiteCorrelator:
+        """The live correlator while the table still holds what it stored last; else rebuilt from the table
+        (after a restart or a rebalance the table's value is another object)."""
+        stored = table.get(key)
+        if key in live and live[key][0] is stored:
+            return live[key][1]
+        live.pop(key, None)
+        return SiteCorrelator(site, topologies.get(site), config, json.loads(stored) if stored else None)
 
     @app.agent(catalog_topic(app, settings, "alarms.clean"), name="correlate")
     async def correlate(stream):
@@ -51,8 +63,7 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
                 site = clean["alarm"]["site"]
                 key = event.key or site.encode()
                 if key not in sites:
-                    sites[key] = (SiteCorrelator(site, topologies.get(site), config, table.get(key)),
-                                  event.message.partition)
+                    sites[key] = (load(key, site), event.message.partition)
                 corr = sites[key][0]
                 if event.message.offset <= corr.offset:
                     stats["replayed_clean"] += 1  # folded in before a restart
@@ -64,7 +75,9 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
             for key, (corr, partition) in sites.items():
                 corr.expire()
                 out += corr.flush()
-                put(table, key, corr.to_state(), partition)
+                stored = json.dumps(corr.to_state(), separators=(",", ":")).encode()
+                put(table, key, stored, partition)
+                live[key] = (stored, corr)
             stats["incident_updates"] += len(out)
             await asyncio.gather(*(incidents_topic.send(key=r["site"].encode(), value=codec.encode("Incident", r))
                                    for r in out))

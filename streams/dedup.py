@@ -13,6 +13,7 @@ and not counted twice. The noise model learns every operator label (connectors/f
 from __future__ import annotations
 
 import asyncio
+import json
 
 from connectors.feedback import LabelFollower
 from models.dedup import DedupConfig, clean_alarm, decide, fingerprint, fingerprint_fields, prune, settle
@@ -31,7 +32,8 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
     codec = Codec.default()
     scorer = scorer or NoiseScorer()
     partitions = load_catalog(settings.topics_file)["alarms.raw"].partitions
-    table = app.Table("alarm-dedup", default=None, partitions=partitions, key_type=bytes)  # values: JSON
+    # values: a device's fingerprint states as JSON bytes (a consistent snapshot for the changelog)
+    table = app.Table("alarm-dedup", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
     clean_topic = catalog_topic(app, settings, "alarms.clean")
     stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
     stats.update(raw=0, clean=0, replayed=0, labels=0)
@@ -55,7 +57,7 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
                         continue
                     key = event.key or alarm["device"].encode()
                     partition, offset = event.message.partition, event.message.offset
-                    states = touched[key][0] if key in touched else dict(table.get(key) or {})
+                    states = touched[key][0] if key in touched else json.loads(table.get(key) or b"{}")
                     if offset <= states.get(OFFSET, -1):
                         stats["replayed"] += 1  # folded in before a restart
                         continue
@@ -78,7 +80,8 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
                     touched[key] = (states, partition)
                 for key, (states, partition) in touched.items():
                     offset = states.pop(OFFSET)
-                    put(table, key, {**prune(states, states_time(states), config), OFFSET: offset}, partition)
+                    kept = {**prune(states, states_time(states), config), OFFSET: offset}
+                    put(table, key, json.dumps(kept, separators=(",", ":")).encode(), partition)
                 stats["clean"] += len(out)
                 await asyncio.gather(*(clean_topic.send(key=c["alarm"]["site"].encode(),
                                                         value=codec.encode("CleanAlarm", c)) for c in out))
