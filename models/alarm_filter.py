@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from models.correlate import CorrelateConfig, SiteCorrelator
-from models.dedup import DedupConfig, clean_alarm, decide, fingerprint
+from models.dedup import DedupConfig, fingerprint, fold
 from models.noise import NoiseScorer
 from models.topology import Topology
 
@@ -31,25 +31,23 @@ class AlarmFilter:
         self.dedup_config = dedup
         self.correlate_config = correlate
         self.scorer = scorer or NoiseScorer()
-        self.states: dict[str, dict] = {}  # fingerprint → dedup state
+        self.states: dict[tuple[str, str], dict] = {}  # (site, device) → its fingerprint states
+        self.seen = 0  # stands in for the source offset
         self.correlators: dict[str, SiteCorrelator] = {}
 
     def process(self, alarm: Mapping) -> list[dict]:
         """Fold one raw alarm in; returns the clean alarms it announces (none for a folded duplicate)."""
-        fp = fingerprint(alarm, self.dedup_config)
-        state, decision = decide(self.states.get(fp), alarm, fp, self.dedup_config)
-        self.states[fp] = state
-        if not decision.emit:
-            return []
-        score = self.scorer.score_one({**alarm, "source": alarm["source"]})
-        clean = clean_alarm(alarm, fp, state, decision, score, self.scorer.is_noise(score))
+        self.seen += 1
+        states = self.states.setdefault((alarm["site"], alarm["device"]), {})
+        announced = fold(states, alarm, self.seen, self.dedup_config, self.scorer) or []
         site = alarm["site"]
         corr = self.correlators.get(site)
         if corr is None:
             corr = self.correlators[site] = SiteCorrelator(site, self.topologies.get(site), self.correlate_config)
-        corr.on_alarm(clean)
+        for clean in announced:
+            corr.on_alarm(clean)
         corr.expire(alarm["ts_ms"])
-        return [clean]
+        return announced
 
     def incident_of(self, alarm: Mapping) -> str | None:
         """The open incident that holds this alarm's fingerprint now, if any."""

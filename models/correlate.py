@@ -8,8 +8,8 @@ A raised alarm joins an open incident (touched within ``group_window_ms``) when,
 alarm's chain (``Topology.chain_of``), one of the incident's alarming devices is upstream of
 it, or it is upstream of one of them. An alarm related to several incidents merges them
 into the oldest (the others are resolved with ``merged_into``). Otherwise it opens a new
-incident. The root is the most upstream member: a member upstream of the root takes over;
-unrelated members compare by depth in the topology, then severity, then age.
+incident. The root is the member that explains most of the others (upstream of them, and
+not reported long after them); ties go to the shallowest in the topology, then severity, age.
 
 An incident resolves when all its alarms have cleared, or when none of them has been
 seen for ``resolve_after_ms`` of the site's event time. Changes are collected and
@@ -50,6 +50,7 @@ SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 class CorrelateConfig:
     group_window_ms: int = 300_000  # an alarm joins incidents touched this recently
     resolve_after_ms: int = 1_800_000  # resolve when no member alarm was seen for this long
+    root_lag_ms: int = 120_000  # an upstream alarm explains a downstream one seen at most this much before it
 
 
 class SiteCorrelator:
@@ -62,14 +63,13 @@ class SiteCorrelator:
         self.incidents: dict[str, dict] = {i: _copy_incident(inc) for i, inc in state.get("incidents", {}).items()}
         self.watermark: int = state.get("watermark", 0)
         self.offset: int = state.get("offset", -1)  # last source offset folded in (restart safety)
-        # resolved within group_window_ms: a member raised again reopens it (a flap, a late repeat)
+        # resolved by clears within group_window_ms: a member raised again reopens it (a flap, a late repeat)
         self.recent: dict[str, dict] = {i: _copy_incident(inc) for i, inc in state.get("recent", {}).items()}
         self.recent_by_fp = {fp: i for i, inc in self.recent.items() for fp in inc["members"]}
         self.changed: dict[str, dict | None] = {}  # incident id → final record, or None: build it at flush
         self.by_fp: dict[str, str] = {}
         self.at: dict[tuple[str, str], set[str]] = {}
         self.up: dict[tuple[str, str], set[str]] = {}
-        self.down: dict[str, dict[str, int]] = {}  # incident → device → members downstream of it
         for inc in self.incidents.values():
             for fp, member in inc["members"].items():
                 self._index(inc["id"], fp, member)
@@ -88,18 +88,12 @@ class SiteCorrelator:
 
     def _index(self, inc_id: str, fp: str, member: Mapping) -> None:
         self.by_fp[fp] = inc_id
-        down = self.down.setdefault(inc_id, {})
-        upstream = set()
         for chain in self._chains(member):
             self.at.setdefault((member["device"], chain), set()).add(inc_id)
             for ancestor in self.topology.ancestors(member["device"], chain):
                 self.up.setdefault((ancestor, chain), set()).add(inc_id)
-                upstream.add(ancestor)
-        for ancestor in upstream:
-            down[ancestor] = down.get(ancestor, 0) + 1
 
     def _unindex(self, inc: Mapping) -> None:
-        self.down.pop(inc["id"], None)
         for fp, member in inc["members"].items():
             self.by_fp.pop(fp, None)
             for chain in self._chains(member):
@@ -131,7 +125,7 @@ class SiteCorrelator:
                 inc["members"][fp]["active"] = False
                 inc["updated"] = max(inc["updated"], t)
                 if not any(m["active"] for m in inc["members"].values()):
-                    self._resolve(inc, t, "all its alarms cleared")
+                    self._resolve(inc, t, "all its alarms cleared", reopenable=True)
                 else:
                     self._touch(inc)
             return
@@ -202,16 +196,28 @@ class SiteCorrelator:
     # -- lifecycle ---------------------------------------------------------------------
 
     def root_of(self, inc: Mapping) -> str:
-        """The member that explains most of the others (most members downstream of it); then the
+        """The member that explains most of the others: upstream of them and seen no later than
+        ``root_lag_ms`` after them (a cause is rarely reported long after its effects); then the
         shallowest in the topology, the most severe, the oldest."""
-        down = self.down.get(inc["id"], {})
+        members = inc["members"]
+        at_device: dict[str, list[str]] = {}
+        for fp, m in members.items():
+            at_device.setdefault(m["device"], []).append(fp)
+        explains = dict.fromkeys(members, 0)
+        lag = self.config.root_lag_ms
+        for m in members.values():
+            upstream = {a for c in self._chains(m) for a in self.topology.ancestors(m["device"], c)}
+            for device in upstream & at_device.keys():
+                for fp in at_device[device]:
+                    if members[fp]["first"] <= m["first"] + lag:
+                        explains[fp] += 1
 
-        def rank(item):
-            fp, m = item
+        def rank(fp):
+            m = members[fp]
             depth = self.topology.depth(m["device"]) if m["device"] in self.topology else 1_000
-            return -down.get(m["device"], 0), depth, SEVERITY_RANK.get(m["severity"], 9), m["first"], fp
+            return -explains[fp], depth, SEVERITY_RANK.get(m["severity"], 9), m["first"], fp
 
-        return min(inc["members"].items(), key=rank)[0]
+        return min(members, key=rank)
 
     def _merge(self, other: dict, into: dict, t: int) -> None:
         self._unindex(other)
@@ -227,10 +233,12 @@ class SiteCorrelator:
         else:
             self.changed.pop(other["id"], None)
 
-    def _resolve(self, inc: dict, t: int, why: str) -> None:
+    def _resolve(self, inc: dict, t: int, why: str, reopenable: bool = False) -> None:
         self.changed[inc["id"]] = self._record(inc, "resolved", t, why=why)
         self._unindex(inc)
         del self.incidents[inc["id"]]
+        if not reopenable:  # timed out: a new raise is a new incident
+            return
         inc["resolved"], inc["announced"] = t, True
         self.recent[inc["id"]] = inc
         for fp in inc["members"]:

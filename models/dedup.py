@@ -172,3 +172,41 @@ def prune(states: Mapping[str, dict], now_ms: int, config: DedupConfig) -> dict[
     keep_ms = max(config.window_ms, config.flap_window_ms)
     return {fp: st for fp, st in states.items()
             if st["active"] or st["flapping"] or now_ms - st["last"] < keep_ms}
+
+
+OFFSET = "_offset"  # reserved key in a device's states: the last source offset folded in (restart safety)
+
+
+def fold(states: dict, alarm: Mapping, offset: int, config: DedupConfig, scorer) -> list[dict] | None:
+    """Fold one raw alarm into its device's fingerprint states (updated in place).
+
+    Returns the clean alarms to announce, or None when ``offset`` was folded in already
+    (a replay after a restart). Flapping alarms of the device that have gone quiet are
+    announced in their final state on the way (``settle``).
+    """
+    if offset <= states.get(OFFSET, -1):
+        return None
+    out = []
+    fp = fingerprint(alarm, config)
+    for other, st in list(states.items()):
+        if other != OFFSET and other != fp and st["flapping"]:
+            states[other], settled = settle(st, alarm["ts_ms"], config)
+            if settled:  # dated when it became stable, not now: it says nothing about the present
+                stable_at = max(st["changes"], default=alarm["ts_ms"]) + config.flap_window_ms
+                held = {**st["alarm"], "ts_ms": min(alarm["ts_ms"], stable_at)}
+                score = scorer.score_one(held)
+                out.append(clean_alarm(held, other, states[other], settled, score, scorer.is_noise(score)))
+    state, decision = decide(states.get(fp), alarm, fp, config)
+    states[fp] = state
+    if decision.emit:
+        score = scorer.score_one(alarm)
+        out.append(clean_alarm(alarm, fp, state, decision, score, scorer.is_noise(score)))
+    states[OFFSET] = offset
+    return out
+
+
+def compact(states: Mapping[str, dict], config: DedupConfig) -> dict:
+    """What to store for a device: its live fingerprint states (``prune``d on its latest time) and offset."""
+    fps = {fp: st for fp, st in states.items() if fp != OFFSET}
+    now = max((st["last"] for st in fps.values()), default=0)
+    return {**prune(fps, now, config), OFFSET: states.get(OFFSET, -1)}

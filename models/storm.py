@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from models.topology import Topology
 
 KINDS = ("power", "cooling", "network", "gpu")
+# Two failures touching the same equipment less than this apart cannot be told apart by any
+# correlator (an alarm without a clear keeps an incident open until it times out, 30 min by
+# default), so the ground truth keeps them this far apart.
+SEPARATION_MS = 40 * 60_000
 LEAF_TYPES = ("rack", "gpu")
 ROOT_CODES = {
     "utility": "PWR_UTILITY_LOSS", "switchgear": "PWR_BREAKER_TRIP", "ups": "PWR_UPS_FAULT",
@@ -83,16 +87,18 @@ def generate_storm(topology: Topology, seed: int = 0, failures: int = 6, horizon
     kinds = tuple(k for k in kinds if candidates[k]) or ()
     for index in range(failures if kinds else 0):
         kind = kinds[index % len(kinds)]
-        for _ in range(50):  # roots whose cascades overlap in time and space would be one incident
+        for _ in range(50):  # failures on shared equipment closer in time than this are one incident to anyone
             root = rng.choice(candidates[kind])
             start = start_ms + int(rng.uniform(0, horizon_s) * 1000)
             end = start + int(rng.uniform(5, 30) * 60_000)
             hit, degraded = _cascade(topology, root, kind)
-            if not any(f.affected & (hit | degraded) and start < f.end_ms + 900_000 and f.start_ms < end + 900_000
-                       for f in storm.failures):
+            if not any(f.affected & (hit | degraded) and start < f.end_ms + SEPARATION_MS
+                       and f.start_ms < end + SEPARATION_MS for f in storm.failures):
                 break
+        else:
+            continue  # no room left on this topology and horizon: fewer failures rather than ambiguous ones
         root_code = ROOT_CODES.get(topology.type_of(root), ROOT_FALLBACK[kind])
-        failure = Failure(index, kind, root, topology.type_of(root), root_code, start, end,
+        failure = Failure(len(storm.failures), kind, root, topology.type_of(root), root_code, start, end,
                           frozenset(hit | degraded))
         storm.failures.append(failure)
         _emit_failure(rng, topology, storm, failure, hit, degraded)

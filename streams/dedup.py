@@ -1,13 +1,14 @@
-"""The dedup agent: ``alarms.raw`` → ``alarms.clean`` (Faust, batched; logic in models/dedup.py).
+"""The dedup agent as a Faust agent: ``alarms.raw`` → ``alarms.clean`` (logic in models/dedup.py).
 
 Per batch of up to ``BATCH`` events: decode (bad input → ``deadletter``), fold each alarm
-into its fingerprint's state (dedup, flap detection), score announced alarms for noise,
-then write each touched device's states to the ``alarm-dedup`` table once and send the
-clean alarms together (the Faust notes: per-event table writes and awaited sends cost most).
+into its device's fingerprint states (dedup, flap detection, noise score), then write each
+touched device's states to the ``alarm-dedup`` table once and send the clean alarms together
+(the Faust notes: per-event table writes and awaited sends cost most).
 
 Restart safety: the table (changelog-backed, keyed like ``alarms.raw``, by device) also
 stores the last offset folded in per key, so events replayed after a crash are recognised
 and not counted twice. The noise model learns every operator label (connectors/feedback.py).
+The worker runs the batch-processor twin (streams/dedup_processor.py) by default; see there why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import json
 
 from connectors.feedback import LabelFollower
-from models.dedup import DedupConfig, clean_alarm, decide, fingerprint, fingerprint_fields, prune, settle
+from models.dedup import DedupConfig, compact, fingerprint_fields, fold
 from models.noise import NoiseScorer
 from ops.catalog import load_catalog
 from ops.settings import Settings
@@ -25,7 +26,6 @@ from streams.app import catalog_topic, decode_or_dead_letter
 from streams.tables import put
 
 BATCH, WITHIN_S = 1000, 0.01
-OFFSET = "_offset"  # reserved key in a device's state: the last source offset folded in
 
 
 def register(app, settings: Settings, config: DedupConfig = DedupConfig(), scorer: NoiseScorer | None = None) -> None:
@@ -38,17 +38,14 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
     stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
     stats.update(raw=0, clean=0, replayed=0, labels=0)
 
-    def learn(follower: LabelFollower) -> None:
-        for fp, is_noise in follower.poll():
-            scorer.learn_one(fingerprint_fields(fp, config), is_noise)
-            stats["labels"] += 1
-
     @app.agent(catalog_topic(app, settings, "alarms.raw"), name="dedup")
     async def dedup(stream):
         follower = LabelFollower(settings)
         try:
             async for events in stream.take_events(BATCH, within=WITHIN_S):
-                learn(follower)
+                for fp, is_noise in follower.poll():
+                    scorer.learn_one(fingerprint_fields(fp, config), is_noise)
+                    stats["labels"] += 1
                 touched: dict[bytes, tuple[dict, int]] = {}
                 out = []
                 for event in events:
@@ -56,37 +53,18 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
                     if alarm is None:
                         continue
                     key = event.key or alarm["device"].encode()
-                    partition, offset = event.message.partition, event.message.offset
                     states = touched[key][0] if key in touched else json.loads(table.get(key) or b"{}")
-                    if offset <= states.get(OFFSET, -1):
+                    announced = fold(states, alarm, event.message.offset, config, scorer)
+                    if announced is None:
                         stats["replayed"] += 1  # folded in before a restart
                         continue
                     stats["raw"] += 1
-                    fp = fingerprint(alarm, config)
-                    for other, st in list(states.items()):  # flapping alarms gone quiet: announce them
-                        if other != OFFSET and other != fp and st["flapping"]:
-                            states[other], decision = settle(st, alarm["ts_ms"], config)
-                            if decision:
-                                held = {**st["alarm"], "ts_ms": alarm["ts_ms"]}
-                                score = scorer.score_one(held)
-                                out.append(clean_alarm(held, other, states[other], decision, score,
-                                                       scorer.is_noise(score)))
-                    state, decision = decide(states.get(fp), alarm, fp, config)
-                    states[fp] = state
-                    if decision.emit:
-                        score = scorer.score_one(alarm)
-                        out.append(clean_alarm(alarm, fp, state, decision, score, scorer.is_noise(score)))
-                    states[OFFSET] = offset
-                    touched[key] = (states, partition)
+                    out += announced
+                    touched[key] = (states, event.message.partition)
                 for key, (states, partition) in touched.items():
-                    offset = states.pop(OFFSET)
-                    kept = {**prune(states, states_time(states), config), OFFSET: offset}
-                    put(table, key, json.dumps(kept, separators=(",", ":")).encode(), partition)
+                    put(table, key, json.dumps(compact(states, config), separators=(",", ":")).encode(), partition)
                 stats["clean"] += len(out)
                 await asyncio.gather(*(clean_topic.send(key=c["alarm"]["site"].encode(),
                                                         value=codec.encode("CleanAlarm", c)) for c in out))
         finally:
             follower.close()
-
-def states_time(states: dict) -> int:
-    return max((st["last"] for st in states.values()), default=0)

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", type=Path, help="site file with a topology: block (default: OPSLOOP_TOPOLOGY)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--failures", type=int, default=8, help="root failures to inject")
-    parser.add_argument("--background", type=int, default=40, help="unrelated background alarms")
+    parser.add_argument("--background", type=int,
+                        help="unrelated background alarms (default: 1 per 100 elements and hour, at least 5)")
     parser.add_argument("--hours", type=float, default=3.0, help="corpus time span")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -85,18 +86,25 @@ def evaluate(storm: Storm, alarm_filter: AlarmFilter) -> dict:
     }
 
 
+def default_background(elements: int, hours: float) -> int:
+    """Unrelated alarms scale with the equipment that can raise them: 1 per 100 elements and hour."""
+    return max(5, round(elements * hours / 100))
+
+
 def main(args, settings: Settings | None = None) -> int:
     settings = settings or Settings.from_env()
     topology = load_topology(args.topology or settings.topology)
-    storm = generate_storm(topology, seed=args.seed, failures=args.failures, background=args.background,
+    background = args.background if args.background is not None else default_background(len(topology), args.hours)
+    storm = generate_storm(topology, seed=args.seed, failures=args.failures, background=background,
                            horizon_s=int(args.hours * 3600))
     result = evaluate(storm, AlarmFilter({topology.site: topology}))
-    result.update(topology=str(args.topology or settings.topology), seed=args.seed, elements=len(topology))
+    result.update(topology=str(args.topology or settings.topology), seed=args.seed, elements=len(topology),
+                  background_alarms=background)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"alarm filter on a storm corpus: site {result['site']} ({len(topology):,} elements), seed {args.seed}, "
-          f"{len(storm.failures)} injected failures, {args.background} background alarms over {args.hours:g} h")
+          f"{len(storm.failures)} injected failures, {background} background alarms over {args.hours:g} h")
     print(f"  raw alarms          {result['raw_alarms']:>8,}")
     print(f"  incidents           {result['incidents']:>8,}  ({result['failure_incidents']} hold failure alarms)")
     print(f"  compression         {result['compression']:>8.1%}  ({result['alarms_per_incident']:.1f} raw alarms "

@@ -11,7 +11,7 @@ from models.correlate import SiteCorrelator
 from models.dedup import DedupConfig, decide, fingerprint, settle
 from models.storm import generate_storm
 from models.topology import Topology, TopologyError, load_topology
-from ops.evals.alarms import evaluate
+from ops.evals.alarms import default_background, evaluate
 
 pytestmark = pytest.mark.unit
 
@@ -103,7 +103,8 @@ def test_restored_state_continues_where_it_left_off():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_storm_corpus_meets_the_targets(topology, seed):
     topo = load_topology(topology)
-    result = evaluate(generate_storm(topo, seed=seed, failures=8, background=40), AlarmFilter({topo.site: topo}))
+    storm = generate_storm(topo, seed=seed, failures=8, background=default_background(len(topo), 3.0))
+    result = evaluate(storm, AlarmFilter({topo.site: topo}))
     assert result["compression"] >= 0.95
     assert result["incident_recall"] == 1.0
     assert result["root_cause_accuracy"] >= 0.9
