@@ -30,6 +30,20 @@ def cmd_down(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_slurm(settings: Settings, args) -> int:
+    from ops.slurm import LocalSlurm
+
+    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
+    if args.action == "up":
+        print(cluster.start())
+        print(f"export SLURM_CONF={cluster.layout.conf}")
+    elif args.action == "down":
+        print(cluster.stop())
+    else:
+        print(cluster.run("sinfo") if cluster.running() else "Slurm is not running")
+    return 0
+
+
 def cmd_topics(settings: Settings, args) -> int:
     from connectors.kafka import apply_catalog
     from ops.catalog import load_catalog
@@ -97,13 +111,21 @@ def cmd_bench(settings: Settings, args) -> int:
     return 0
 
 
-EVALS = ("alarms",)  # ops/evals/<name>.py: add_arguments(parser), main(args) -> int
-
-
 def cmd_eval(settings: Settings, args) -> int:
+    return args.eval_main(args)
+
+
+def _add_evals(sub) -> None:
+    """`opsloop eval <name>`: each ops/evals/<name>.py exposes add_arguments(parser) and main(args) -> int."""
     import importlib
 
-    return importlib.import_module(f"ops.evals.{args.eval_name}").main(args)
+    ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
+                      ("alarms", "the alarm filter on a labelled storm corpus generated on a site topology")]:
+        module = importlib.import_module(f"ops.evals.{name}")
+        p = ev.add_parser(name, help=doc)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_eval, eval_main=module.main)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,11 +135,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
+    sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
+    sl.add_argument("action", choices=["up", "down", "status"])
+    sl.set_defaults(func=cmd_slurm)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")
-    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
@@ -138,18 +163,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
-    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--suite", choices=["all", "rollup", "alarms"], default="all")
     b.set_defaults(func=cmd_bench)
-    ev = sub.add_parser("eval", help="score a model on labelled data")
-    ev_sub = ev.add_subparsers(dest="eval_name", required=True)
-    for name in EVALS:
-        import importlib
-
-        module = importlib.import_module(f"ops.evals.{name}")
-        module.add_arguments(ev_sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
-    ev.set_defaults(func=cmd_eval)
+    _add_evals(sub)
     return p
 
 

@@ -39,6 +39,12 @@ def _rollup(settings: Settings) -> Processor:
     return RollupProcessor(settings)
 
 
+def _anomaly(settings: Settings) -> Processor:
+    from streams.anomaly import AnomalyProcessor
+
+    return AnomalyProcessor(settings)
+
+
 def _views(settings: Settings) -> Processor:
     from connectors.duckdb_sink import DuckDBSink
 
@@ -48,7 +54,9 @@ def _views(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
-AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
+AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
+
+
 def _faust(module: str) -> FaustRegister:
     def register(app, settings: Settings) -> None:
         import importlib
