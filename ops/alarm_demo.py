@@ -8,13 +8,9 @@ arrive roughly in time order (live sources do).
 
 from __future__ import annotations
 
-import threading
 import time
 
 from ops.settings import Settings
-
-DEADLINE_S = 300.0
-
 
 def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
     """Sends a storm corpus to ``alarms.raw`` and runs dedup + correlate until all of it is folded in."""
@@ -39,43 +35,14 @@ def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
 
 
 def run_filter_until_caught_up(settings: Settings, raw_alarms: int) -> dict:
-    """Runs the dedup and correlate agents until ``raw_alarms`` were taken and every clean alarm folded in."""
-    import logging
+    """Runs the dedup then the correlate processor, each until its input is caught up and idle."""
+    from streams import worker
 
-    from streams.worker import run
-
-    stop, apps = threading.Event(), []
-
-    def monitor(app, settings: Settings) -> None:
-        apps.append(app)
-
-    def control() -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while not stop.is_set() and time.monotonic() < deadline:
-            stats = apps[0].__dict__.get("opsloop_stats", {}) if apps else {}
-            if stats.get("raw", 0) >= raw_alarms and stats.get("clean_in", 0) >= stats.get("clean", 1):
-                break
-            time.sleep(0.05)
-        stop.set()
-
-    quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
-    levels = {name: log.level for name, log in quiet.items()}
-    controller = threading.Thread(target=control)
-    try:
-        for log in quiet.values():
-            log.setLevel(logging.ERROR)
-        controller.start()
-        run(settings, ["dedup", "correlate"], stop=stop, faust_agents={"demo-monitor": monitor})
-    finally:
-        stop.set()
-        controller.join()
-        for name, log in quiet.items():
-            log.setLevel(levels[name])
-    stats = dict(apps[0].opsloop_stats) if apps else {}
-    if stats.get("raw", 0) < raw_alarms:
-        raise RuntimeError(f"the alarm filter took {stats.get('raw', 0):,} of {raw_alarms:,} alarms "
-                           f"within {DEADLINE_S:.0f} s")
-    return stats
+    dedup = worker.run(settings, ["dedup"], exit_when_idle=True)["dedup"]
+    correlate = worker.run(settings, ["correlate"], exit_when_idle=True)["correlate"]
+    if dedup["in"] < raw_alarms:
+        raise RuntimeError(f"the alarm filter took {dedup['in']:,} of {raw_alarms:,} alarms")
+    return {"raw": dedup["in"], "clean": dedup["out"], "incident_updates": correlate["out"]}
 
 
 def summary_lines(duckdb_file) -> list[str]:

@@ -118,6 +118,7 @@ class KeyedProcessor:
         dead = DeadLetters(settings, prod, self.name)
         cons.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         last_data = last_commit = self.clock()
+        uncommitted = False
         try:
             while not stop.is_set():
                 batch = cons.consume(settings.batch_size, timeout=POLL_S)
@@ -158,13 +159,13 @@ class KeyedProcessor:
                 if batch:
                     last_data = now
                 idle = bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= settings.idle_close_s
-                if (self.dirty or self.processed) and (idle or now - last_commit >= COMMIT_EVERY_S):
+                uncommitted = uncommitted or bool(batch)
+                if uncommitted and (idle or now - last_commit >= COMMIT_EVERY_S):
                     self._commit(cons, prod, errors)
-                    last_commit = now
-                    self.processed = {p: o for p, o in self.processed.items()} if not idle else {}
-                if idle and exit_when_idle and not self.dirty:
+                    last_commit, uncommitted = now, False
+                if idle and exit_when_idle and not uncommitted:
                     break
-            if self.assigned:
+            if self.assigned and uncommitted:
                 self._commit(cons, prod, errors)  # stopping: keep what was done
         finally:
             self.stats["dead_letters"] = dead.count

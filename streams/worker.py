@@ -54,19 +54,21 @@ def _views(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
-AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
+def _dedup(settings: Settings) -> Processor:
+    from streams.dedup_processor import DedupProcessor
+
+    return DedupProcessor(settings)
 
 
-def _faust(module: str) -> FaustRegister:
-    def register(app, settings: Settings) -> None:
-        import importlib
+def _correlate(settings: Settings) -> Processor:
+    from streams.correlate_processor import CorrelateProcessor
 
-        importlib.import_module(module).register(app, settings)
-
-    return register
+    return CorrelateProcessor(settings)
 
 
-FAUST_AGENTS: dict[str, FaustRegister] = {"dedup": _faust("streams.dedup"), "correlate": _faust("streams.correlate")}
+AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly,
+                                                      "dedup": _dedup, "correlate": _correlate}
+FAUST_AGENTS: dict[str, FaustRegister] = {}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:
