@@ -8,8 +8,8 @@ A raised alarm joins an open incident (touched within ``group_window_ms``) when,
 alarm's chain (``Topology.chain_of``), one of the incident's alarming devices is upstream of
 it, or it is upstream of one of them. An alarm related to several incidents merges them
 into the oldest (the others are resolved with ``merged_into``). Otherwise it opens a new
-incident. The root is the member that explains most of the others (upstream of them, and
-not reported long after them); ties go to the shallowest in the topology, then severity, age.
+incident. The root is the member that explains most of the others (upstream of them, not
+reported long after them, at least as severe); ties go to the shallowest, then severity, age.
 
 An incident resolves when all its alarms have cleared, or when none of them has been
 seen for ``resolve_after_ms`` of the site's event time. Changes are collected and
@@ -196,9 +196,10 @@ class SiteCorrelator:
     # -- lifecycle ---------------------------------------------------------------------
 
     def root_of(self, inc: Mapping) -> str:
-        """The member that explains most of the others: upstream of them and seen no later than
-        ``root_lag_ms`` after them (a cause is rarely reported long after its effects); then the
-        shallowest in the topology, the most severe, the oldest."""
+        """The member that explains most of the others: upstream of them, seen no later than
+        ``root_lag_ms`` after them (a cause is rarely reported long after its effects) and at least
+        as severe (a warning upstream does not explain a major alarm below it); then the shallowest
+        in the topology, the most severe, the oldest."""
         members = inc["members"]
         at_device: dict[str, list[str]] = {}
         for fp, m in members.items():
@@ -209,7 +210,8 @@ class SiteCorrelator:
             upstream = {a for c in self._chains(m) for a in self.topology.ancestors(m["device"], c)}
             for device in upstream & at_device.keys():
                 for fp in at_device[device]:
-                    if members[fp]["first"] <= m["first"] + lag:
+                    cause = members[fp]
+                    if cause["first"] <= m["first"] + lag and _sev(cause) <= _sev(m):
                         explains[fp] += 1
 
         def rank(fp):
@@ -276,6 +278,10 @@ class SiteCorrelator:
                              "code": m["code"], "count": m["count"], "first_seen_ms": m["first"]}
                             for fp, m in members.items()],
                 "summary": summary, "merged_into": merged_into}
+
+
+def _sev(member: Mapping) -> int:
+    return SEVERITY_RANK.get(member["severity"], 9)
 
 
 def _incident_id(site: str, ts_ms: int, fp: str) -> str:
