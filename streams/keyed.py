@@ -26,7 +26,7 @@ from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
 
 COMMIT_EVERY_S = 1.0
-POLL_S = 0.02  # the longest a record waits for its batch to fill (latency at low rates)
+POLL_S = 0.005  # the longest a record waits for its batch to fill (latency at low rates)
 
 Output = tuple[str, bytes, str, dict]  # (catalog topic, key, record name, record)
 
