@@ -1,8 +1,12 @@
-"""The correlate agent: ``alarms.clean`` → ``incidents`` (Faust, batched; logic in models/correlate.py).
+"""The correlate agent as a Faust agent: ``alarms.clean`` → ``incidents`` (logic in models/correlate.py).
+
+The worker runs the batch-processor twin (streams/correlate_processor.py); this one is
+measured beside it by ``make bench`` (see streams/dedup_processor.py for why).
 
 ``alarms.clean`` is keyed by site, so one site's alarms meet on one partition and in one
-``SiteCorrelator``. Per batch, each touched site's state is read from the
-``alarm-incidents`` table once (or its live correlator reused while the table holds what it wrote), every alarm is folded in, timeouts are applied on the
+``SiteCorrelator``. Per batch, each touched site's state is read from the ``alarm-incidents``
+table once (or its live correlator reused while the table holds what it wrote), every
+alarm is folded in, timeouts are applied on the
 site's event time, and one Incident record per changed incident is sent; the state
 (with the last offset folded in, for restart safety) is written back once.
 
