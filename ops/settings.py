@@ -49,6 +49,10 @@ class Settings:
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
     log_level: str = "info"
+    pcs_modbus: str = "127.0.0.1:1502"  # host:port of the PCS's Modbus TCP server (the simulator by default)
+    slurm_backend: str = "scontrol"  # scontrol | slurmrestd | pyslurm
+    slurmrestd_url: str | None = None  # e.g. http://head:6820 (slurmrestd backend; token in SLURM_JWT)
+    verify_window_s: float = 30.0  # how long an executed action has to show its effect
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
