@@ -99,3 +99,16 @@ def read_all(settings: Settings, name: str, timeout_s: float = 30.0) -> list:
 @pytest.fixture
 def read_topic():
     return read_all
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
+    from ops.slurm import LocalSlurm
+
+    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), Settings().topology)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
