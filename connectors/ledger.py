@@ -71,6 +71,10 @@ class Ledger:
         self.db.execute("UPDATE actions SET state = ?, result = ?, undo = ? WHERE action_id = ?",
                         (state, json.dumps(result), json.dumps(undo) if undo is not None else None, action_id))
 
+    def plan(self, action_id: str, undo: list) -> None:
+        """Record what undoing a started action means, before acting on the device."""
+        self.db.execute("UPDATE actions SET undo = ? WHERE action_id = ?", (json.dumps(undo), action_id))
+
     def mark_published(self, action_id: str) -> None:
         self.db.execute("UPDATE actions SET published = 1 WHERE action_id = ?", (action_id,))
 

@@ -22,12 +22,31 @@ def cmd_up(settings: Settings, args) -> int:
     print(_local_kafka(settings).start())
     if not args.no_topics:
         cmd_topics(settings, argparse.Namespace(action="create"))
+    if not args.no_pcs:
+        from ops.pcs_sim import start_background
+
+        print(start_background(settings))
     return 0
 
 
 def cmd_down(settings: Settings, args) -> int:
+    from ops.pcs_sim import stop_background
+
+    print(stop_background(settings))
     print(_local_kafka(settings).stop())
     return 0
+
+
+def cmd_policy(settings: Settings, args) -> int:
+    from ops.policy import check
+
+    return check(args.file or settings.policy)
+
+
+def cmd_pcs_sim(settings: Settings, args) -> int:
+    from ops.pcs_sim import serve_forever
+
+    return serve_forever(settings, telemetry_s=args.telemetry_s)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -110,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Kafka broker (KRaft) and create the topics")
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
+    up.add_argument("--no-pcs", action="store_true", help="do not start the PCS simulator")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
     sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
@@ -140,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
+    pol = sub.add_parser("policy", help="validate a guard-rail policy file")
+    pol.add_argument("action", choices=["check"])
+    pol.add_argument("file", nargs="?", type=Path, help="policy file (default: OPSLOOP_POLICY)")
+    pol.set_defaults(func=cmd_policy)
+    sim = sub.add_parser("pcs-sim", help="run the PCS simulator (Modbus TCP, SunSpec) on OPSLOOP_PCS_MODBUS")
+    sim.add_argument("--telemetry-s", type=float, default=1.0, help="seconds between telemetry points")
+    sim.set_defaults(func=cmd_pcs_sim)
     b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)

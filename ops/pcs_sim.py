@@ -216,3 +216,85 @@ def from_site(settings: Settings | None, port: int, clock: Callable[[], float] =
                         wchamax_kw=max(ess["pcs_charge_kw"], ess["pcs_discharge_kw"]),
                         reserve_pct=ess.get("reserve_soc_pct", 10.0), clock=clock, settings=settings,
                         telemetry_s=telemetry_s)
+
+
+def serve_forever(settings: Settings, telemetry_s: float | None = 1.0) -> int:
+    """`opsloop pcs-sim`: serve on ``settings.pcs_modbus`` and publish telemetry until SIGINT/SIGTERM."""
+    import signal
+
+    from connectors.pcs import parse_endpoint
+
+    host, port = parse_endpoint(settings.pcs_modbus)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with from_site(settings, port, host=host, telemetry_s=telemetry_s):
+        print(f"PCS simulator on {host}:{port}, telemetry every {telemetry_s} s", flush=True)
+        stop.wait()
+    return 0
+
+
+def _pid_file(settings: Settings):
+    return settings.data_dir / "pcs-sim.pid"
+
+
+def start_background(settings: Settings) -> str:
+    """Start `opsloop pcs-sim` as a background process (idempotent); ``opsloop down`` stops it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from connectors.pcs import parse_endpoint
+
+    host, port = parse_endpoint(settings.pcs_modbus)
+    pid_file = _pid_file(settings)
+    if _alive(pid_file):
+        return f"PCS simulator already running on {host}:{port}"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(settings.data_dir / "pcs-sim.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "pcs-sim"], stdout=log_file, stderr=log_file,
+                            start_new_session=True, env=os.environ.copy())
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return f"PCS simulator on {host}:{port} (pid {proc.pid}, log {settings.data_dir / 'pcs-sim.log'})"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"PCS simulator did not come up on {host}:{port}; see {settings.data_dir / 'pcs-sim.log'}")
+
+
+def stop_background(settings: Settings) -> str:
+    import os
+    import signal
+
+    pid_file = _pid_file(settings)
+    if not _alive(pid_file):
+        pid_file.unlink(missing_ok=True)
+        return "PCS simulator was not running"
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not _alive(pid_file):
+            break
+        time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    return f"stopped PCS simulator (pid {pid})"
+
+
+def _alive(pid_file) -> bool:
+    import os
+
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except OSError:
+        return True

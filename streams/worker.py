@@ -45,10 +45,32 @@ def _views(settings: Settings) -> Processor:
     return DuckDBSink(settings)
 
 
+def _guard(settings: Settings) -> Processor:
+    from ops.policy import load_policy
+    from streams.guard import GuardProcessor
+
+    return GuardProcessor(settings, load_policy(settings.policy))
+
+
+def _pcs_sink(settings: Settings) -> Processor:
+    from connectors.pcs_sink import PcsSink
+    from ops.policy import load_policy
+
+    return PcsSink(settings, load_policy(settings.policy))
+
+
+def _slurm_sink(settings: Settings) -> Processor:
+    from connectors.slurm import SlurmSink
+    from ops.policy import load_policy
+
+    return SlurmSink(settings, load_policy(settings.policy))
+
+
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
+AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
 FAUST_AGENTS: dict[str, FaustRegister] = {}
 
 
