@@ -157,6 +157,7 @@ class ActuatorSink:
             try:
                 wait_delivered(self._prod, 10)
             finally:
+                self._prod = dead = None  # release the client before the broker may go away
                 cons.close()
                 self.ledger.close()
         log.info("%s stopped: %s", self.name, self.stats)

@@ -262,6 +262,7 @@ class GuardProcessor:
             try:
                 wait_delivered(self._prod, 10)
             finally:
+                self._prod = dead = None  # release the client before the broker may go away
                 cons.close()
                 self.store.db.close()
         log.info("guard stopped: %s", self.stats)
