@@ -131,7 +131,8 @@ class ActuatorSink:
         caught_up: set[int] = set()
         try:
             while not stop.is_set():
-                for msg in cons.consume(100, timeout=0.1):
+                first = cons.poll(0.1)  # returns on the first message (consume() waits out its timeout for a batch)
+                for msg in ([first] + cons.consume(99, timeout=0) if first is not None else []):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:

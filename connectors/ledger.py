@@ -86,13 +86,14 @@ class Ledger:
 
     def awaiting_verification(self) -> list[Entry]:
         rows = self.db.execute("SELECT action_id, state, action, result, published, undo, undone, verified "
-                               "FROM actions WHERE state = ? AND verified IS NULL AND undone = 0", (EXECUTED,))
+                               "FROM actions WHERE state = ? AND published = 1 AND verified IS NULL AND undone = 0", (EXECUTED,))
         return [self._entry(r) for r in rows]
 
     def due_for_undo(self, now_ms: int) -> list[Entry]:
         """Executed actions with something to undo, past their expiry and not undone yet."""
         rows = self.db.execute("SELECT action_id, state, action, result, published, undo, undone, verified "
-                               "FROM actions WHERE state = ? AND undo IS NOT NULL AND undone = 0 AND expires_ms <= ?",
+                               "FROM actions WHERE state = ? AND published = 1 AND undo IS NOT NULL AND undone = 0 "
+                               "AND expires_ms <= ?",
                                (EXECUTED, now_ms))
         return [self._entry(r) for r in rows]
 

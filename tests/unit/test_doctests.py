@@ -7,6 +7,8 @@ import pytest
 
 pytestmark = pytest.mark.unit
 MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
+            "ops.actuation_bench"]  # actuation
 
 
 @pytest.mark.parametrize("name", MODULES)
