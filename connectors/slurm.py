@@ -30,7 +30,7 @@ from models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touch
 from models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
 
 log = logging.getLogger("opsloop.slurm")
-JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")  # used with fullmatch: "12\n" is no job id
 FIELDS = ("JobID", "Partition", "State", "PriorityLong", "tres-per-node", "Name")
 COMMANDS = {"slurm_hold": "hold", "slurm_release": "release", "slurm_suspend": "suspend",
             "slurm_resume": "resume", "slurm_requeue": "requeuehold", "requeue_no_hold": "requeue"}
@@ -80,7 +80,7 @@ class ScontrolBackend:
         return parse_squeue(self._run(["squeue", "-h", "-t", "all", "-O", fmt]))
 
     def act(self, command: str, job_id: str) -> None:
-        if not JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise SlurmError(f"refusing job id {job_id!r}: not a Slurm job id")
         self._run(["scontrol", command, job_id])
 
