@@ -7,6 +7,7 @@ import time
 import pytest
 
 from actuation import Running, action, publish
+from connectors.kafka import producer, wait_delivered
 from ops.policy import load_policy
 from schemas.codec import Codec
 from streams.guard import GuardProcessor
@@ -18,7 +19,10 @@ SAFETY_NET_S = 90.0
 def wait_for(condition, what: str) -> None:
     deadline = time.monotonic() + SAFETY_NET_S  # a safety net only: the test fails if it is ever reached
     while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
+        runner = getattr(wait_for, "runner", None)
+        if runner is not None and runner.error is not None:
+            raise runner.error
+        assert time.monotonic() < deadline, f"never happened: {what} ({runner and runner.processor.stats})"
         time.sleep(0.05)
 
 
@@ -34,32 +38,43 @@ def decoded(settings, read_topic, topic: str, record: str) -> list[dict]:
 
 
 def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
-    settings = kafka_settings.replace(verify_window_s=3.0)
-    guard = GuardProcessor(settings, load_policy(settings.policy))
+    settings = kafka_settings.replace(verify_window_s=30.0)
+    shift_s = [0.0]  # the guard's clock runs ahead on demand: lapses and verification deadlines without waiting
+    guard = GuardProcessor(settings, load_policy(settings.policy), clock=lambda: time.time() + shift_s[0])
     now = int(time.time() * 1000)
     publish(settings, "telemetry.site", "SiteSnapshot", [snapshot(0.0, now - 5000)])
-    with Running(guard):
+    with Running(guard) as runner:
+        wait_for.runner = runner
         wait_for(lambda: "demo" in guard.ess, "the guard learns the ESS state")
         proposals = [
             action("ok", "pcs_discharge", setpoint_kw=1500.0),
             action("too-big", "pcs_discharge", setpoint_kw=4500.0),
             action("ask", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=4, gpus=8),
-            action("lapse", "slurm_hold", target="opsloop", partitions="batch", life_s=1.0),
+            action("lapse", "slurm_hold", target="opsloop", partitions="batch", life_s=600),
             action("protected", "slurm_suspend", target="opsloop", partitions="inference"),
             action("unverified", "pcs_discharge", setpoint_kw=1200.0),
         ]
+        prod = producer(settings)
+        prod.produce(settings.topic("actions.proposed"), key=b"k", value=b"\xc3\x01 not an action")
+        wait_delivered(prod)
+        del prod
         publish(settings, "actions.proposed", "Action", proposals)
-        wait_for(lambda: guard.stats["proposed"] == 6 and guard.stats["lapsed"] == 1, "six decisions and a lapse")
+        wait_for(lambda: guard.stats["proposed"] == 6, "six decisions")
+        assert guard.stats["needs_approval"] == 2
         publish(settings, "operator.feedback", "Feedback",
                 [{"target_id": "ask", "kind": "approve_action", "operator": "alice", "ts_ms": now, "comment": None}])
         wait_for(lambda: guard.stats["operator_approved"] == 1, "the operator's approval")
-        executed_ms = int(time.time() * 1000)
+        shift_s[0] = 601.0  # past the unanswered request's expiry
+        wait_for(lambda: guard.stats["lapsed"] == 1, "the unanswered request lapses")
+        executed_ms = guard.now_ms()
         publish(settings, "actions.results", "ActionResult", [
             {"action_id": aid, "target": "ess-1", "status": "executed", "ts_ms": executed_ms, "observed_effect": "",
              "observed_delta_kw": None, "detail": "", "executor": "pcs-sink"} for aid in ("ok", "unverified")])
         wait_for(lambda: guard.store.rows("SELECT count(*) FROM verifying")[0][0] == 2, "two verifications open")
         publish(settings, "telemetry.site", "SiteSnapshot", [snapshot(1500.0, executed_ms)])
-        wait_for(lambda: guard.stats["verified"] == 1 and guard.stats["verify_failed"] == 1, "verified and failed")
+        wait_for(lambda: guard.stats["verified"] == 1, "the discharge is seen in telemetry")
+        shift_s[0] += 31.0  # past the verification window: the other one never showed
+        wait_for(lambda: guard.stats["verify_failed"] == 1, "the unverified one fails")
 
     verdicts = {}
     for record in decoded(settings, read_topic, "actions.approved", "ApprovedAction"):
@@ -82,4 +97,6 @@ def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
     assert [r["status"] for r in outcomes["ok"]] == ["verified"]
     assert [r["status"] for r in outcomes["unverified"]] == ["failed", "reverted"]
     [alarm] = decoded(settings, read_topic, "alarms.raw", "Alarm")
+    [dead] = decoded(settings, read_topic, "deadletter", "DeadLetter")
+    assert (dead["value"], dead["error_kind"], dead["agent"]) == (b"\xc3\x01 not an action", "decode", "guard")
     assert alarm["code"] == "ACTION_VERIFY_FAILED" and alarm["attributes"]["action_id"] == "unverified"

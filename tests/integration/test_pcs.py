@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from actuation import Running, action, approved, free_port, publish, results
+from connectors.kafka import producer, wait_delivered
 from connectors.pcs import PcsClient, PcsError
 from connectors.pcs_sink import PcsSink
 from models import sunspec
 from ops.pcs_sim import from_site
 from ops.policy import load_policy
+from schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +68,10 @@ def test_sink_executes_each_approved_action_once_and_publishes_results(kafka_set
         discharge = action("pcs-1", "pcs_discharge", setpoint_kw=1500.0)
         too_big = action("pcs-2", "pcs_discharge", setpoint_kw=4500.0)  # beyond the policy: the sink refuses too
         unapproved = action("pcs-3", "pcs_discharge", setpoint_kw=1000.0)
+        prod = producer(settings)  # first, on the partition of the rest: handled before the results below
+        prod.produce(settings.topic("actions.approved"), key=b"k", value=b"\xc3\x01 not an action")
+        wait_delivered(prod)
+        del prod
         publish(settings, "actions.approved", "ApprovedAction",
                 [approved(discharge), approved(discharge), approved(too_big), approved(unapproved, "needs_approval")])
         sink = PcsSink(settings, load_policy(settings.policy))
@@ -81,3 +87,5 @@ def test_sink_executes_each_approved_action_once_and_publishes_results(kafka_set
         assert by_id["pcs-2"]["status"] == "failed" and "policy limit" in by_id["pcs-2"]["detail"]
         assert "pcs-3" not in by_id
         assert sink.stats["skipped_duplicates"] == 1 and sink.stats["ignored"] == 1
+        [dead] = [Codec.default().decode_as("DeadLetter", m.value()) for m in read_topic(settings, "deadletter")]
+        assert dead["value"] == b"\xc3\x01 not an action" and (dead["error_kind"], dead["agent"]) == ("decode", "pcs-sink")

@@ -52,8 +52,9 @@ def test_suspend_sheds_flexible_gpu_power_is_verified_and_undone_at_expiry(kafka
     flexible = flexible_gpu_kw(before, policy.slurm)
     assert flexible == pytest.approx(5 * policy.slurm.kw_per_gpu)
     suspend = action("shed-1", "slurm_suspend", target="opsloop", partitions="batch,train-b,inference",
-                     shed_kw=0.3 * flexible, life_s=12)
-    sink = SlurmSink(settings, policy, backend=backend)
+                     shed_kw=0.3 * flexible, life_s=600)
+    shift_s = [0.0]  # the sink's clock jumps to the expiry on demand
+    sink = SlurmSink(settings, policy, backend=backend, clock=lambda: time.time() + shift_s[0])
     seen: list[dict] = []
     sink.on_result = seen.append
     publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
@@ -64,6 +65,7 @@ def test_suspend_sheds_flexible_gpu_power_is_verified_and_undone_at_expiry(kafka
         assert shed / flexible >= 0.25
         assert states(backend, [jobs["inference"], jobs["train-a"]]) == {jobs["inference"]: "RUNNING",
                                                                          jobs["train-a"]: "RUNNING"}
+        shift_s[0] = 601.0
         wait_for(lambda: any(r["status"] == "reverted" for r in seen), "undo at expiry")
         runner.stop.set()
     assert set(states(backend, jobs.values()).values()) == {"RUNNING"}
