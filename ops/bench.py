@@ -183,8 +183,10 @@ def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int
     print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
     print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; rollup / faust = {best_roll / best_faust:.1f}")
     from ops.actuation_bench import run_actuation_bench
+    from ops.bench_anomaly import run_anomaly_bench
 
-    return run_actuation_bench(settings)
+    anomaly = run_anomaly_bench(settings, events, rounds)
+    return anomaly or run_actuation_bench(settings)
 
 
 def _runs(values: list[float]) -> str:

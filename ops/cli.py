@@ -124,6 +124,22 @@ def cmd_bench(settings: Settings, args) -> int:
     return run_bench(settings, events=args.events)
 
 
+def cmd_eval(settings: Settings, args) -> int:
+    return args.eval_main(args)
+
+
+def _add_evals(sub) -> None:
+    """`opsloop eval <name>`: each ops/evals/<name>.py exposes add_arguments(parser) and main(args) -> int."""
+    import importlib
+
+    ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory")]:
+        module = importlib.import_module(f"ops.evals.{name}")
+        p = ev.add_parser(name, help=doc)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_eval, eval_main=module.main)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opsloop", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")
-    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
@@ -167,9 +183,11 @@ def parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("pcs-sim", help="run the PCS simulator (Modbus TCP, SunSpec) on OPSLOOP_PCS_MODBUS")
     sim.add_argument("--telemetry-s", type=float, default=1.0, help="seconds between telemetry points")
     sim.set_defaults(func=cmd_pcs_sim)
-    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
+                                     "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
+    _add_evals(sub)
     return p
 
 

@@ -39,6 +39,12 @@ def _rollup(settings: Settings) -> Processor:
     return RollupProcessor(settings)
 
 
+def _anomaly(settings: Settings) -> Processor:
+    from streams.anomaly import AnomalyProcessor
+
+    return AnomalyProcessor(settings)
+
+
 def _views(settings: Settings) -> Processor:
     from connectors.duckdb_sink import DuckDBSink
 
@@ -69,7 +75,7 @@ def _slurm_sink(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
-AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
+AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
 FAUST_AGENTS: dict[str, FaustRegister] = {}
 
