@@ -10,6 +10,7 @@ from actuation import Running, action, approved, publish, results
 from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink
 from models.jobs import flexible_gpu_kw
 from ops.policy import load_policy
+from schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 SAFETY_NET_S = 90.0
@@ -105,3 +106,35 @@ def test_job_ids_never_reach_a_command_line_unchecked(slurm):
     for bad in ("1; rm -rf /", "$(reboot)", "-1", "12 13", ""):
         with pytest.raises(SlurmError, match="refusing job id"):
             backend.act("hold", bad)
+
+
+class ResumedBehindOurBack(ScontrolBackend):
+    """Real Slurm, plus someone who resumes every job right after we suspend it (an operator, a script)."""
+
+    def act(self, command: str, job_id: str) -> None:
+        super().act(command, job_id)
+        if command == "suspend":
+            super().act("resume", job_id)
+
+
+def test_an_effect_that_does_not_show_fails_verification_is_reverted_and_raises_an_alarm(kafka_settings, slurm, jobs,
+                                                                                         read_topic):
+    settings = kafka_settings.replace(verify_window_s=0.0)  # the state must already show at the first check
+    policy = load_policy(settings.policy)
+    backend = ResumedBehindOurBack(slurm.env)
+    suspend = action("meddled", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=1, shed_kw=0.5)
+    sink = SlurmSink(settings, policy, backend=backend)
+    seen: list[dict] = []
+    sink.on_result = seen.append
+    publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
+    with Running(sink):
+        wait_for(lambda: any(r["status"] == "reverted" for r in seen), "revert after failed verification")
+    assert [r["status"] for r in results(settings, read_topic) if r["action_id"] == "meddled"] == [
+        "executed", "failed", "reverted"]
+    failed = next(r for r in seen if r["status"] == "failed")
+    assert "is RUNNING (expected SUSPENDED)" in failed["observed_effect"]
+    codec = Codec.default()
+    [alarm] = [codec.decode_as("Alarm", m.value()) for m in read_topic(settings, "alarms.raw")]
+    assert (alarm["code"], alarm["device_type"], alarm["attributes"]["action_id"]) == (
+        "ACTION_VERIFY_FAILED", "slurm", "meddled")
+    assert set(states(backend, jobs.values()).values()) == {"RUNNING"}
