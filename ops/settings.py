@@ -51,8 +51,7 @@ class Settings:
     llm_model: str | None = None
     log_level: str = "info"
     pcs_modbus: str = "127.0.0.1:1502"  # host:port of the PCS's Modbus TCP server (the simulator by default)
-    slurm_backend: str = "scontrol"  # scontrol | slurmrestd | pyslurm
-    slurmrestd_url: str | None = None  # e.g. http://head:6820 (slurmrestd backend; token in SLURM_JWT)
+    slurm_backend: str = "scontrol"  # the only backend so far (slurmrestd and pyslurm are not built yet)
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
 
     @classmethod
