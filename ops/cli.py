@@ -91,6 +91,27 @@ def cmd_bench(settings: Settings, args) -> int:
     return run_bench(settings, events=args.events)
 
 
+def cmd_eval(settings: Settings, args) -> int:
+    import importlib
+
+    args.settings = settings
+    return importlib.import_module(f"ops.evals.{args.eval_name}").main(args)
+
+
+def _add_evals(sub) -> None:
+    import importlib
+    import pkgutil
+
+    import ops.evals
+
+    ev = sub.add_parser("eval", help="evaluations (opsloop eval NAME --help)")
+    names = ev.add_subparsers(dest="eval_name", required=True)
+    for info in pkgutil.iter_modules(ops.evals.__path__):
+        module = importlib.import_module(f"ops.evals.{info.name}")
+        module.add_arguments(names.add_parser(info.name, help=(module.__doc__ or "").split("\n")[0]))
+    ev.set_defaults(func=cmd_eval)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opsloop", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
+    _add_evals(sub)
     return p
 
 

@@ -48,6 +48,8 @@ class Settings:
     batch_size: int = 5000  # max messages per consume batch
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
+    llm_timeout_s: float = 30.0  # one LLM narration; the deterministic one is published meanwhile
+    llm_concurrency: int = 2  # LLM narrations in flight per worker; more incidents get the deterministic one
     log_level: str = "info"
 
     @classmethod
