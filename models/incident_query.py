@@ -7,7 +7,7 @@ whatever the phrasing. Stemming is Snowball's English stemmer (a well-kept
 library rather than our own suffix rules).
 
 >>> terms("UPS_OnBatt")
-['ups', 'on', 'batteri']
+['ups', 'batteri']
 >>> terms("GPU Xid79 fell off bus")
 ['gpu', 'xid', '79', 'fell', 'off', 'bus']
 >>> code_key("ups.on-battery"), code_key("UPS_ON_BATTERY")
@@ -41,6 +41,8 @@ ABBREVIATIONS = {
 }
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
+# Equipment acronyms the stemmer would mangle ("ups" → "up").
+UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
@@ -61,7 +63,7 @@ def words(text: str) -> list[str]:
 
 def terms(text: str) -> list[str]:
     """Stemmed, stopword-free retrieval terms of ``text``."""
-    return [_stem(w) for w in words(text) if w not in STOPWORDS]
+    return [w if w in UNSTEMMED else _stem(w) for w in words(text) if w not in STOPWORDS]
 
 
 def code_key(code: str) -> str:

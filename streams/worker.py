@@ -48,8 +48,14 @@ def _views(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
+def _narrate(app: "faust.App", settings: Settings) -> None:
+    from streams.narrate import register
+
+    register(app, settings)
+
+
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
-FAUST_AGENTS: dict[str, FaustRegister] = {}
+FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:
