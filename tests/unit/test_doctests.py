@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 pytestmark = pytest.mark.unit
-MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay",
+           "models.sops", "models.incident_query", "models.grounding", "models.explain"]
 
 
 @pytest.mark.parametrize("name", MODULES)
