@@ -20,7 +20,7 @@ def chat_generator(settings: Settings, max_tokens: int = 320) -> OpenAIChatGener
     if not settings.llm_url:
         raise ValueError("no LLM endpoint: set OPSLOOP_LLM_URL (e.g. http://127.0.0.1:8000/v1)")
     key = Secret.from_env_var(KEY_ENV, strict=False)
-    if key.resolve_value() is None:
+    if not key.resolve_value():  # unset or empty
         key = Secret.from_token("no-key")
     return OpenAIChatGenerator(api_key=key, model=settings.llm_model or "default", api_base_url=settings.llm_url,
                                generation_kwargs={"temperature": 0.0, "max_tokens": max_tokens},

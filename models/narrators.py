@@ -86,7 +86,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_prompt(incident: dict, documents: list[Document], max_sops: int = 2) -> str:
+def build_prompt(incident: dict, documents: list[Document], max_sops: int = 1) -> str:
     """The user message: facts first, then the retrieved procedures, then the answer's format."""
     by_sop: dict[str, list[Document]] = {}
     for doc in documents:
@@ -112,7 +112,7 @@ def build_prompt(incident: dict, documents: list[Document], max_sops: int = 2) -
 class LlmNarrator:
     """Asks a Haystack chat generator (``OpenAIChatGenerator`` on vLLM in production) for the narration."""
 
-    def __init__(self, chat_generator, max_sops: int = 2):
+    def __init__(self, chat_generator, max_sops: int = 1):
         self.chat_generator = chat_generator
         self.max_sops = max_sops
 
