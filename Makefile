@@ -6,12 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install system-deps llm-deps demo test test-unit bench up down clean
 
-# Java runs the broker and Maven fetches it; install them from Debian when missing and we may.
+# Java runs the broker and Maven fetches it; Slurm and munge run the local cluster.
+# Install them from Debian when missing and we may.
+DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd munge
 system-deps:
-	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v slurmctld >/dev/null \
+	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven; \
-	  else echo "Java 17+ and Maven are needed (Debian: apt-get install default-jre-headless maven)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	  else echo "Needed from Debian: apt-get install $(DEBS)"; exit 1; fi; }
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

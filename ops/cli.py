@@ -30,6 +30,20 @@ def cmd_down(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_slurm(settings: Settings, args) -> int:
+    from ops.slurm import LocalSlurm
+
+    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
+    if args.action == "up":
+        print(cluster.start())
+        print(f"export SLURM_CONF={cluster.layout.conf}")
+    elif args.action == "down":
+        print(cluster.stop())
+    else:
+        print(cluster.run("sinfo") if cluster.running() else "Slurm is not running")
+    return 0
+
+
 def cmd_topics(settings: Settings, args) -> int:
     from connectors.kafka import apply_catalog
     from ops.catalog import load_catalog
@@ -119,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
+    sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
+    sl.add_argument("action", choices=["up", "down", "status"])
+    sl.set_defaults(func=cmd_slurm)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)

@@ -102,6 +102,19 @@ def read_topic():
 
 
 @pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
+    from ops.slurm import LocalSlurm
+
+    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), Settings().topology)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def llm_url(tmp_path_factory) -> str:
     """A real OpenAI-compatible server (llama-cpp-python, packaged SmolLM2-135M) for the session."""
     try:

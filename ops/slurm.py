@@ -1,0 +1,316 @@
+"""A real single-node Slurm (Debian's slurmctld, slurmd and munge) for the demo and tests.
+
+Everything lives in one state directory: a munge key and socket, ``slurm.conf`` and
+``gres.conf`` generated from this host's name and the site topology (one partition per
+GPU pod), fake GPUs as character device nodes for gres, spool, state, logs and pid files.
+Daemons run as the current user on free loopback ports, so several clusters can run side
+by side (a test session beside the demo). ``start`` waits until the node is idle;
+``stop`` shuts everything down. Both are idempotent.
+
+>>> conf = render_slurm_conf(SlurmLayout(Path("/s"), "node1", 6817, 6818, ("batch", "train")), gpus=8)
+>>> print(conf.splitlines()[0])
+ClusterName=opsloop
+>>> [line for line in conf.splitlines() if line.startswith("PartitionName=batch")]
+['PartitionName=batch Nodes=node1 Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4']
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("scontrol", "sbatch", "squeue", "sinfo", "scancel")
+SBIN = Path("/usr/sbin")
+
+
+class SlurmSetupError(RuntimeError):
+    """The local Slurm cannot be started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SlurmLayout:
+    """Where a local cluster keeps its files, and its identity."""
+
+    state_dir: Path
+    host: str
+    ctld_port: int
+    slurmd_port: int
+    partitions: tuple[str, ...]
+    cluster: str = "opsloop"
+
+    @property
+    def conf(self) -> Path:
+        return self.state_dir / "slurm.conf"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.state_dir / "munge" / "munge.socket"
+
+    def path(self, name: str) -> Path:
+        return self.state_dir / name
+
+
+def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb: int = 512_000) -> str:
+    """The cluster's slurm.conf. The node advertises more CPUs and memory than the host
+    (``config_overrides``) so many small GPU jobs fit at once; no cgroups, so it runs in a container."""
+    p = layout.path
+    lines = [
+        f"ClusterName={layout.cluster}",
+        f"SlurmctldHost={layout.host}(127.0.0.1)",
+        f"SlurmctldPort={layout.ctld_port}",
+        f"SlurmdPort={layout.slurmd_port}",
+        f"SlurmUser={_user()}",
+        f"SlurmdUser={_user()}",
+        f"AuthInfo=socket={layout.munge_socket}",
+        f"StateSaveLocation={p('ctld')}",
+        f"SlurmdSpoolDir={p('spool')}",
+        f"SlurmctldPidFile={p('slurmctld.pid')}",
+        f"SlurmdPidFile={p('slurmd.pid')}",
+        f"SlurmctldLogFile={p('slurmctld.log')}",
+        f"SlurmdLogFile={p('slurmd.log')}",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "SchedulerType=sched/backfill",
+        "SchedulerParameters=sched_interval=2",
+        "PriorityType=priority/basic",
+        "JobRequeue=1",
+        "ReturnToService=2",
+        "SlurmdParameters=config_overrides",
+        "MpiDefault=none",
+        "GresTypes=gpu",
+        "SlurmctldTimeout=30",
+        "SlurmdTimeout=60",
+        "InactiveLimit=0",
+        "KillWait=5",
+        f"NodeName={layout.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
+        f"Gres=gpu:{gpus} State=UNKNOWN",
+    ]
+    for i, name in enumerate(layout.partitions):
+        default = "YES" if i == 0 else "NO"
+        lines.append(f"PartitionName={name} Nodes={layout.host} Default={default} MaxTime=INFINITE "
+                     "State=UP OverSubscribe=FORCE:4")
+    return "\n".join(lines) + "\n"
+
+
+def site_partitions(topology: Path) -> tuple[str, ...]:
+    """Slurm partitions named by the site's GPU pods, in file order."""
+    site = yaml.safe_load(Path(topology).read_text())
+    names = [pod["slurm_partition"] for pod in site.get("gpu_pods", []) if pod.get("slurm_partition")]
+    if not names:
+        raise SlurmSetupError(f"{topology}: no gpu_pods with a slurm_partition")
+    return tuple(dict.fromkeys(names))
+
+
+class LocalSlurm:
+    """One controller, one compute node with ``gpus`` fake GPUs, one partition per GPU pod."""
+
+    def __init__(self, state_dir: Path, partitions: tuple[str, ...], gpus: int = 8,
+                 host: str | None = None, ports: tuple[int, int] | None = None):
+        state_dir = Path(state_dir).resolve()
+        host = host or socket.gethostname().split(".")[0]
+        ctld, slurmd = ports or _saved_ports(state_dir) or _free_ports(2)
+        self.layout = SlurmLayout(state_dir, host, ctld, slurmd, tuple(partitions))
+        self.gpus = gpus
+
+    @classmethod
+    def for_site(cls, state_dir: Path, topology: Path, **kwargs) -> "LocalSlurm":
+        return cls(state_dir, site_partitions(topology), **kwargs)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm client commands (scontrol, sbatch, ...) talking to this cluster."""
+        return {**os.environ, "SLURM_CONF": str(self.layout.conf)}
+
+    @property
+    def host(self) -> str:
+        return self.layout.host
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        if self.running():
+            return f"Slurm already running ({self.layout.conf})"
+        for name in (*DAEMONS, *CLIENTS):
+            if not (shutil.which(name) or (SBIN / name).exists()):
+                raise SlurmSetupError(f"{name} not found: install Debian's slurmctld, slurmd, slurm-client "
+                                      "and munge (`make install` does it as root)")
+        self._write_files()
+        self._start_munge()
+        self._run_daemon("slurmctld", "-f", str(self.layout.conf))
+        self._run_daemon("slurmd", "-f", str(self.layout.conf), "-N", self.layout.host)
+        self._wait_idle(timeout_s)
+        return f"Slurm up: cluster {self.layout.cluster}, node {self.layout.host}, " \
+               f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs (SLURM_CONF={self.layout.conf})"
+
+    def stop(self) -> str:
+        """Cancel every job (job steps outlive slurmd otherwise), then end the daemons."""
+        if self.running():
+            self._cancel_all()
+        stopped = [name for name in ("slurmd", "slurmctld", "munged") if self._kill(name)]
+        return f"stopped {', '.join(stopped)}" if stopped else "Slurm was not running"
+
+    def running(self) -> bool:
+        return all(_alive(self._pid(name)) for name in DAEMONS)
+
+    def scontrol(self, *args: str) -> str:
+        """Run ``scontrol`` against this cluster (argv list, never a shell)."""
+        return self.run("scontrol", *args)
+
+    def run(self, command: str, *args: str) -> str:
+        result = subprocess.run([command, *args], env=self.env, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise SlurmSetupError(f"{command} {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _write_files(self) -> None:
+        lay = self.layout
+        for sub in ("ctld", "spool", "munge", "dev"):
+            lay.path(sub).mkdir(parents=True, exist_ok=True)
+        lay.path("munge").chmod(0o700)
+        (lay.state_dir / "ports").write_text(f"{lay.ctld_port} {lay.slurmd_port}\n")
+        devices = []
+        for i in range(self.gpus):
+            dev = lay.path("dev") / f"nvidia{i}"
+            if not dev.exists():
+                _make_device_node(dev)
+            devices.append(dev)
+        lay.conf.write_text(render_slurm_conf(lay, self.gpus))
+        gres = "\n".join(f"NodeName={lay.host} Name=gpu File={dev}" for dev in devices)
+        lay.path("gres.conf").write_text(gres + "\n")
+        lay.path("cgroup.conf").write_text("CgroupPlugin=autodetect\nIgnoreSystemd=yes\n")
+
+    def _start_munge(self) -> None:
+        key = self.layout.path("munge") / "munge.key"
+        if not key.exists():
+            key.write_bytes(os.urandom(1024))
+            key.chmod(0o400)
+        munge_dir = self.layout.path("munge")
+        self._run_daemon("munged", "--force", f"--key-file={key}", f"--socket={self.layout.munge_socket}",
+                         f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
+                         f"--seed-file={munge_dir / 'munged.seed'}")
+
+    def _run_daemon(self, name: str, *args: str) -> None:
+        if _alive(self._pid(name)):
+            return
+        binary = shutil.which(name) or str(SBIN / name)
+        result = subprocess.run([binary, *args], env=self.env, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise SlurmSetupError(f"{name} failed to start: {result.stderr.strip()}\n{self._log_tail(name)}")
+        deadline = time.monotonic() + 10
+        while not _alive(self._pid(name)):
+            if time.monotonic() > deadline:
+                raise SlurmSetupError(f"{name} did not stay up\n{self._log_tail(name)}")
+            time.sleep(0.1)
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        state = ""
+        while time.monotonic() < deadline:
+            result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
+            state = result.stdout.strip()
+            if result.returncode == 0 and state and all(s.startswith(("idle", "mixed", "alloc")) for s in state.split()):
+                return
+            if "drain" in state or "down" in state:
+                subprocess.run(["scontrol", "update", f"NodeName={self.layout.host}", "State=RESUME"],
+                               env=self.env, capture_output=True)
+            time.sleep(0.5)
+        raise SlurmSetupError(f"node {self.layout.host} not idle after {timeout_s:.0f} s (state {state!r})\n"
+                              f"{self._log_tail('slurmctld')}\n{self._log_tail('slurmd')}")
+
+    def _cancel_all(self, wait_s: float = 15.0) -> None:
+        subprocess.run(["scancel", "--full", f"--user={_user()}"], env=self.env, capture_output=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            left = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True)
+            if left.returncode != 0 or not left.stdout.strip():
+                return
+            time.sleep(0.5)
+
+    def _pid(self, name: str) -> int | None:
+        pid_file = self.layout.path("munge") / "munged.pid" if name == "munged" else self.layout.path(f"{name}.pid")
+        try:
+            return int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _kill(self, name: str, wait_s: float = 10.0) -> bool:
+        pid = self._pid(name)
+        if not _alive(pid):
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        log = self.layout.path("munge") / "munged.log" if name == "munged" else self.layout.path(f"{name}.log")
+        try:
+            return f"--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no {log})"
+
+
+def _make_device_node(path: Path) -> None:
+    """A character device standing in for a GPU (same numbers as /dev/null): gres needs a file per GPU."""
+    try:
+        os.mknod(path, 0o666 | 0o020000, os.makedev(1, 3))
+    except PermissionError:  # not root: a plain file still satisfies gres.conf's File=
+        path.touch()
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie or a recycled pid of another program does not count
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def _saved_ports(state_dir: Path) -> tuple[int, int] | None:
+    try:
+        ctld, slurmd = (int(x) for x in (state_dir / "ports").read_text().split())
+        return ctld, slurmd
+    except (OSError, ValueError):
+        return None
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
