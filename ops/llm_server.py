@@ -79,7 +79,7 @@ class LocalLlm:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=15)
+                self._proc.wait(timeout=5)  # uvicorn waits for an in-flight generation otherwise
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()

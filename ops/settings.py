@@ -49,6 +49,7 @@ class Settings:
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
     llm_timeout_s: float = 30.0  # one LLM narration; the deterministic one is published meanwhile
+    llm_max_tokens: int = 400  # longest LLM draft, in tokens
     llm_concurrency: int = 2  # LLM narrations in flight per worker; more incidents get the deterministic one
     log_level: str = "info"
 

@@ -13,6 +13,7 @@ grounded (rejected drafts fall back to the deterministic narration).
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def main(args) -> int:
     from models.narrate import Narration
 
     settings = args.settings
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM request otherwise
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     use_llm = args.llm == "on" or (args.llm == "auto" and settings.llm_url)
     if use_llm and not settings.llm_url:
         raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")

@@ -21,7 +21,8 @@ SAFETY_NET_S = 180.0  # only reached when narratives never arrive: the test then
 
 def test_every_incident_gets_a_grounded_narrative_while_the_llm_is_busy(kafka_settings, llm_url, read_topic):
     # One LLM slot for six incidents: the others must still be narrated at once (deterministically).
-    settings = kafka_settings.replace(llm_url=llm_url, llm_model=MODEL_ALIAS, llm_concurrency=1, llm_timeout_s=60.0)
+    settings = kafka_settings.replace(llm_url=llm_url, llm_model=MODEL_ALIAS, llm_concurrency=1, llm_timeout_s=60.0,
+                                      llm_max_tokens=96)
     codec = Codec.default()
     incidents = [incident for incident, _ in load_labelled()[:6]]
     prod = producer(settings)
@@ -30,6 +31,7 @@ def test_every_incident_gets_a_grounded_narrative_while_the_llm_is_busy(kafka_se
                      value=codec.encode("Incident", incident))
     prod.produce(settings.topic("incidents"), key=b"demo", value=b"\xc3\x01 not an incident")
     wait_delivered(prod)
+    del prod  # no client left to reconnect once the session's broker stops
 
     stop = threading.Event()
     narratives: list[dict] = []

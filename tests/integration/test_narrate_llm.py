@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def llm_narration(llm_url):
-    settings = Settings(llm_url=llm_url, llm_model=MODEL_ALIAS, llm_timeout_s=120.0)
-    return Narration(chat_generator=chat_generator(settings, max_tokens=160), model_name=MODEL_ALIAS)
+    # Short drafts keep the test quick on 2 busy cores; the timeout is only a safety net.
+    settings = Settings(llm_url=llm_url, llm_model=MODEL_ALIAS, llm_timeout_s=300.0, llm_max_tokens=96)
+    return Narration(chat_generator=chat_generator(settings), model_name=MODEL_ALIAS)
 
 
 def test_the_server_answers_and_what_is_published_is_grounded(llm_narration):
