@@ -16,6 +16,7 @@ import json
 import logging
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import yaml
@@ -43,6 +44,30 @@ def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
                     "members": members, "summary": case.get("summary", "")}
         cases.append((incident, list(case["expect"])))
     return cases
+
+
+def _opaque_codes(incident: dict) -> dict:
+    """Every alarm code replaced by a vendor number that no SOP lists: only words and device types remain."""
+    number = lambda code: f"E{zlib.crc32(code.encode()) % 10_000:04d}"  # noqa: E731
+    return {**incident, "root_code": number(incident["root_code"]),
+            "members": [{**m, "code": number(m["code"])} for m in incident["members"]]}
+
+
+ABLATIONS = {  # how much each kind of evidence carries: retrieval with one of them taken away
+    "opaque codes": _opaque_codes,
+    "no summary": lambda incident: {**incident, "summary": ""},
+    "no device types": lambda incident: {**incident, "root_device_type": "device",
+                                         "members": [{**m, "device_type": "device"} for m in incident["members"]]},
+}
+
+
+def ablations(narration, cases) -> dict:
+    report = {}
+    for name, change in ABLATIONS.items():
+        tops = [(narration.retrieve(change(incident)).sop_ids[:3], expect) for incident, expect in cases]
+        report[name] = {"hit_at_1": sum(top[0] in expect for top, expect in tops) / len(tops),
+                        "hit_at_3": sum(any(s in expect for s in top) for top, expect in tops) / len(tops)}
+    return report
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -74,7 +99,7 @@ def evaluate(narration, cases, llm_limit: int = 0, rounds: int = 3) -> dict:
             misses.append({"incident": incident["incident_id"], "expected": expect, "top3": top})
     report = {"cases": len(cases), "hit_at_1": hit1 / len(cases), "hit_at_3": hit3 / len(cases),
               "deterministic": {"grounded_share": grounded / len(cases), "latency": _latency(det_ms)},
-              "misses_at_1": misses}
+              "misses_at_1": misses, "ablations": ablations(narration, cases)}
     if llm_limit and narration.llm is not None:
         llm_ms, accepted, published_grounded, reasons = [], 0, 0, {}
         for incident, _ in cases[:llm_limit]:
@@ -122,6 +147,8 @@ def main(args) -> int:
     print(f"  retrieval      hit@1 {report['hit_at_1']:.1%}   hit@3 {report['hit_at_3']:.1%}")
     print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
           f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")
+    for name, hits in report["ablations"].items():
+        print(f"    {name:<16} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
     if "llm" in report:
         llm = report["llm"]
         print(f"  llm ({llm['model']})  {llm['narrations']} narrations: drafts accepted {llm['draft_accepted_share']:.1%}"
