@@ -182,7 +182,9 @@ def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int
     print(f"  faust     the same rollup as a Faust agent (take_events, gathered sends) {best_faust:>9,.0f} events/s")
     print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
     print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; rollup / faust = {best_roll / best_faust:.1f}")
-    return 0
+    from ops.bench_anomaly import run_anomaly_bench
+
+    return run_anomaly_bench(settings, events, rounds)
 
 
 def _runs(values: list[float]) -> str:

@@ -106,24 +106,21 @@ def cmd_bench(settings: Settings, args) -> int:
 
 
 def cmd_eval(settings: Settings, args) -> int:
-    import importlib
-
-    args.settings = settings
-    return importlib.import_module(f"ops.evals.{args.eval_name}").main(args)
+    args.settings = settings  # evals that need the endpoint settings (narrate) read them here
+    return args.eval_main(args)
 
 
 def _add_evals(sub) -> None:
+    """`opsloop eval <name>`: each ops/evals/<name>.py exposes add_arguments(parser) and main(args) -> int."""
     import importlib
-    import pkgutil
 
-    import ops.evals
-
-    ev = sub.add_parser("eval", help="evaluations (opsloop eval NAME --help)")
-    names = ev.add_subparsers(dest="eval_name", required=True)
-    for info in pkgutil.iter_modules(ops.evals.__path__):
-        module = importlib.import_module(f"ops.evals.{info.name}")
-        module.add_arguments(names.add_parser(info.name, help=(module.__doc__ or "").split("\n")[0]))
-    ev.set_defaults(func=cmd_eval)
+    ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
+                      ("narrate", "SOP retrieval hit@1/hit@3, grounding and latency of the narration")]:
+        module = importlib.import_module(f"ops.evals.{name}")
+        p = ev.add_parser(name, help=doc)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_eval, eval_main=module.main)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -140,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")
-    w.add_argument("--agents", help="comma-separated agent names: rollup, views")
+    w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
@@ -161,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
-    b = sub.add_parser("bench", help="rollup throughput against a bare confluent-kafka loop")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop")
     b.add_argument("--events", type=int, default=200_000)
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)

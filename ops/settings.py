@@ -46,6 +46,7 @@ class Settings:
     grace_s: int = 120  # how long a window waits for out-of-order data
     idle_close_s: float = 10.0  # close all windows after this long with every input caught up
     batch_size: int = 5000  # max messages per consume batch
+    anomaly_checkpoint_s: float = 5.0  # how often the anomaly agent checkpoints detectors and commits
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
     llm_timeout_s: float = 30.0  # one LLM narration; the deterministic one is published meanwhile

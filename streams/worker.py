@@ -39,6 +39,12 @@ def _rollup(settings: Settings) -> Processor:
     return RollupProcessor(settings)
 
 
+def _anomaly(settings: Settings) -> Processor:
+    from streams.anomaly import AnomalyProcessor
+
+    return AnomalyProcessor(settings)
+
+
 def _views(settings: Settings) -> Processor:
     from connectors.duckdb_sink import DuckDBSink
 
@@ -54,7 +60,7 @@ def _narrate(app: "faust.App", settings: Settings) -> None:
     register(app, settings)
 
 
-AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views}
+AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 

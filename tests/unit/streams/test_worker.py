@@ -22,8 +22,8 @@ def faust_registry(monkeypatch):
 
 @pytest.mark.parametrize("spec", [None, "", "all"])
 def test_all_means_every_processor_and_faust_agent(faust_registry, spec):
-    assert worker.parse_agents(spec) == ["rollup", "views", "peaks"]
-    assert worker.parse_agents(spec, {"extra": _register}) == ["rollup", "views", "peaks", "extra"]
+    assert worker.parse_agents(spec) == ["rollup", "views", "anomaly", "peaks"]
+    assert worker.parse_agents(spec, {"extra": _register}) == ["rollup", "views", "anomaly", "peaks", "extra"]
 
 
 def test_all_runs_the_product_processors_and_faust_agents():
@@ -38,7 +38,7 @@ def test_subset_keeps_the_order_given(faust_registry):
 
 
 def test_unknown_name_is_an_error_that_lists_the_known_ones(faust_registry):
-    with pytest.raises(ValueError, match=r"unknown agent\(s\) nope; known: rollup, views, peaks"):
+    with pytest.raises(ValueError, match=r"unknown agent\(s\) nope; known: rollup, views, anomaly, peaks"):
         worker.parse_agents("rollup,nope")
 
 

@@ -1,0 +1,150 @@
+"""`opsloop bench` part two: the anomaly agent's throughput against the bare loop, in one run.
+
+Same method as ops/bench.py (same records, same broker, first record to last,
+best of ``rounds``): the baseline consumes, decodes, re-encodes and produces every
+point; the anomaly processor (streams/anomaly.py) decodes, scores and learns each
+point in its series' detector, produces alarms and checkpoints detector state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ops.bench import FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points
+from ops.settings import Settings
+
+
+def anomaly(settings: Settings, n: int) -> float:
+    """Events/s of the anomaly processor, first record to last record learnt."""
+    from streams.anomaly import AnomalyProcessor
+
+    proc = AnomalyProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}"))
+    stop = threading.Event()
+    thread = threading.Thread(target=proc.run, args=(stop,), kwargs={"exit_when_idle": False})
+    thread.start()
+    first = None
+    try:
+        while proc.stats["points"] < n and thread.is_alive():
+            if first is None and proc.stats["points"]:
+                first = time.perf_counter()
+            time.sleep(0.002)
+        if proc.stats["points"] < n:
+            raise RuntimeError(f"anomaly processor stopped early: {proc.stats}")
+        return n / (time.perf_counter() - first)
+    finally:
+        stop.set()
+        thread.join()
+        _delete_topic(settings, proc.state_topic)
+
+
+def _delete_topic(settings: Settings, topic: str) -> None:
+    from connectors.kafka import admin
+
+    client = admin(settings)  # held until the futures resolve: a destroyed client fails them
+    for future in client.delete_topics([topic]).values():
+        future.result(30)
+
+
+def faust_anomaly(settings: Settings, n: int) -> float:
+    """Events/s of the same detectors as a tuned Faust agent (take_events, gathered sends), first point to n-th.
+
+    Generous to Faust: detector state lives in a plain dict (no table, no checkpoints).
+    """
+    from models.anomaly import EarlyWarning
+    from schemas.codec import Codec
+    from streams.anomaly import alarm
+    from streams.app import catalog_topic
+    from streams.worker import run_faust
+
+    codec = Codec.default()
+    stop = threading.Event()
+    marks = {"points": 0, "first": None, "last": None}
+
+    def register(app, settings: Settings) -> None:
+        app.conf.consumer_auto_offset_reset = "earliest"
+        sink = catalog_topic(app, settings, "alarms.raw")
+        series: dict[str, EarlyWarning] = {}
+
+        @app.agent(catalog_topic(app, settings, "telemetry.raw"), name="bench-faust-anomaly")
+        async def agent(stream):
+            async for events in stream.take_events(1000, within=0.05):
+                marks["first"] = marks["first"] or time.perf_counter()
+                sends = []
+                for event in events:
+                    point = codec.decode_as("TelemetryPoint", event.value)
+                    key = f"{point['site']}|{point['device']}|{point['metric']}"
+                    warning = series.get(key) or series.setdefault(key, EarlyWarning())
+                    t = warning.update(point["value"], point["ts_ms"])
+                    if t is not None:
+                        sends.append(sink.send(key=point["device"].encode(), value=codec.encode("Alarm", alarm(point, t))))
+                    marks["points"] += 1
+                    if marks["points"] == n:
+                        marks["last"] = time.perf_counter()
+                await asyncio.gather(*sends)
+                if marks["last"]:
+                    stop.set()
+
+    quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
+    levels = {name: log.level for name, log in quiet.items()}
+    timer = threading.Timer(FAUST_DEADLINE_S, stop.set)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for log in quiet.values():
+                log.setLevel(logging.WARNING)
+            timer.start()
+            run_faust(settings.replace(app_id=f"bench-faust-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)),
+                      {"bench-faust-anomaly": register}, stop)
+        finally:
+            timer.cancel()
+            for name, log in quiet.items():
+                log.setLevel(levels[name])
+    if marks["last"] is None:
+        raise RuntimeError(f"the Faust anomaly agent scored {marks['points']:,} of {n:,} points "
+                           f"within {FAUST_DEADLINE_S:.0f} s")
+    return n / (marks["last"] - marks["first"])
+
+
+def detector_only(n: int) -> float:
+    """Points/s of the detectors alone (100 series, no Kafka, no Avro): the model's own cost."""
+    from models.anomaly import EarlyWarning
+
+    series = [EarlyWarning() for _ in range(100)]
+    start = time.perf_counter()
+    for i in range(n):
+        series[i % 100].update(100.0 + i % 37, i * 10)
+    return n / (time.perf_counter() - start)
+
+
+def run_anomaly_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int:
+    from connectors.kafka import producer, send, wait_delivered
+    from ops.kafka import scratch_topics
+
+    # Each round is a fresh consumer group with its own state topic: fresh detectors, nothing restored.
+    base, det, fst = [], [], []
+    faust_events = min(events, FAUST_MAX_EVENTS)
+    with scratch_topics(settings, f"bench-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
+        prod = producer(bench)
+        for key, value in make_points(events):
+            send(prod, bench.topic("telemetry.raw"), key, value)
+        wait_delivered(prod)
+        del prod
+        for _ in range(rounds):
+            base.append(baseline(bench, events, bench.topic("bench.copy")))
+            det.append(anomaly(bench, events))
+            fst.append(faust_anomaly(bench, faust_events))
+    print(f"\nbench: anomaly agent, {events:,} telemetry points of 100 series, best of {rounds} "
+          f"(all runs: baseline {_runs(base)}; anomaly {_runs(det)}; faust {_runs(fst)}; "
+          f"the Faust agent reads the first {faust_events:,} points)")
+    print(f"  baseline  bare confluent-kafka loop: consume, decode, re-encode, produce  {max(base):>9,.0f} events/s")
+    print(f"  anomaly   telemetry.raw -> alarms.raw (streams/anomaly.py)               {max(det):>9,.0f} events/s")
+    print(f"  faust     the same detectors as a Faust agent (take_events, gathered sends) {max(fst):>6,.0f} events/s")
+    model = detector_only(min(events, 100_000))
+    print(f"  model     the detectors alone, no Kafka or Avro ({1e6 / model:.1f} µs/point)        {model:>9,.0f} events/s")
+    print(f"  ratio     anomaly / baseline = {max(det) / max(base):.2f}; anomaly / faust = {max(det) / max(fst):.1f}")
+    return 0
