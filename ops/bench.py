@@ -182,9 +182,11 @@ def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int
     print(f"  faust     the same rollup as a Faust agent (take_events, gathered sends) {best_faust:>9,.0f} events/s")
     print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
     print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; rollup / faust = {best_roll / best_faust:.1f}")
+    from ops.actuation_bench import run_actuation_bench
     from ops.bench_anomaly import run_anomaly_bench
 
-    return run_anomaly_bench(settings, events, rounds)
+    anomaly = run_anomaly_bench(settings, events, rounds)
+    return anomaly or run_actuation_bench(settings)
 
 
 def _runs(values: list[float]) -> str:

@@ -60,7 +60,17 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         print(f"  PUE      mean {mean_pue:.3f}; mean IT load {mean_it:,.0f} kW")
         print(f"  dead letters kept: {len(dead)}" + "".join(f"\n    {t}: {k}: {e} (seen by {a})" for t, k, e, a in dead))
         print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
+        _actuation(settings, demo_dir)
     return 0
+
+
+def _actuation(settings: Settings, demo_dir: Path) -> None:
+    """Guard-railed actuation on topics of its own (live simulator telemetry, not the replayed week)."""
+    from ops.actuation_demo import run_actuation_demo
+    from ops.kafka import scratch_topics
+
+    with scratch_topics(settings, f"demo-act-{time.strftime('%Y%m%d%H%M%S')}.") as act:
+        run_actuation_demo(act.replace(data_dir=demo_dir))
 
 
 def _send_corrupt_message(settings: Settings) -> None:

@@ -92,7 +92,7 @@ def default_background(elements: int, hours: float) -> int:
 
 
 def main(args, settings: Settings | None = None) -> int:
-    settings = settings or Settings.from_env()
+    settings = settings or getattr(args, "settings", None) or Settings.from_env()
     topology = load_topology(args.topology or settings.topology)
     background = args.background if args.background is not None else default_background(len(topology), args.hours)
     storm = generate_storm(topology, seed=args.seed, failures=args.failures, background=background,

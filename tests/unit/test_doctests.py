@@ -6,8 +6,12 @@ import importlib
 import pytest
 
 pytestmark = pytest.mark.unit
-MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay",
-           "models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm", "models.alarm_filter"]
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
+            "ops.actuation_bench"]  # actuation
+MODULES += ["models.sops", "models.incident_query", "models.grounding", "models.explain"]  # narration
+MODULES += ["models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm",
+            "models.alarm_filter"]  # alarm filter
 
 
 @pytest.mark.parametrize("name", MODULES)

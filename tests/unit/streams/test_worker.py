@@ -17,6 +17,7 @@ def _register(app, settings) -> None:  # never called here: parse_agents only re
 def faust_registry(monkeypatch):
     registry = {"peaks": _register}
     monkeypatch.setattr(worker, "FAUST_AGENTS", registry)
+    monkeypatch.setattr(worker, "AGENTS", {n: worker.AGENTS[n] for n in ("rollup", "views", "anomaly")})
     return registry
 
 
@@ -26,8 +27,9 @@ def test_all_means_every_processor_and_faust_agent(faust_registry, spec):
     assert worker.parse_agents(spec, {"extra": _register}) == [*worker.AGENTS, "peaks", "extra"]
 
 
-def test_all_lists_the_product_agents():
+def test_all_runs_the_product_processors_and_faust_agents():
     assert worker.parse_agents("all") == [*worker.AGENTS, *worker.FAUST_AGENTS]
+    assert "narrate" in worker.FAUST_AGENTS
     assert {"dedup", "correlate"} <= set(worker.AGENTS)
 
 
