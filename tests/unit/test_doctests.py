@@ -9,6 +9,7 @@ pytestmark = pytest.mark.unit
 MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
 MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
             "ops.actuation_bench"]  # actuation
+MODULES += ["connectors.slurm_rest", "ops.slurm"]  # Slurm backends
 
 
 @pytest.mark.parametrize("name", MODULES)
