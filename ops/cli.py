@@ -127,6 +127,7 @@ def cmd_bench(settings: Settings, args) -> int:
 
 
 def cmd_eval(settings: Settings, args) -> int:
+    args.settings = settings  # evals that need the endpoint settings (narrate) read them here
     return args.eval_main(args)
 
 
@@ -135,7 +136,8 @@ def _add_evals(sub) -> None:
     import importlib
 
     ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
-    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory")]:
+    for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
+                      ("narrate", "SOP retrieval hit@1/hit@3, grounding and latency of the narration")]:
         module = importlib.import_module(f"ops.evals.{name}")
         p = ev.add_parser(name, help=doc)
         module.add_arguments(p)

@@ -75,9 +75,15 @@ def _slurm_sink(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
+def _narrate(app: "faust.App", settings: Settings) -> None:
+    from streams.narrate import register
+
+    register(app, settings)
+
+
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
-FAUST_AGENTS: dict[str, FaustRegister] = {}
+FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:

@@ -10,6 +10,7 @@ MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "con
 MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
             "ops.actuation_bench"]  # actuation
 MODULES += ["connectors.slurm_rest", "ops.slurm"]  # Slurm backends
+MODULES += ["models.sops", "models.incident_query", "models.grounding", "models.explain"]  # narration
 
 
 @pytest.mark.parametrize("name", MODULES)

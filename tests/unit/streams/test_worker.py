@@ -27,8 +27,9 @@ def test_all_means_every_processor_and_faust_agent(faust_registry, spec):
     assert worker.parse_agents(spec, {"extra": _register}) == ["rollup", "views", "anomaly", "peaks", "extra"]
 
 
-def test_product_has_no_faust_agent_yet():
-    assert worker.parse_agents("all") == list(worker.AGENTS)
+def test_all_runs_the_product_processors_and_faust_agents():
+    assert worker.parse_agents("all") == [*worker.AGENTS, *worker.FAUST_AGENTS]
+    assert "narrate" in worker.FAUST_AGENTS
 
 
 def test_subset_keeps_the_order_given(faust_registry):
