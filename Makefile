@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster.
 # Install them from Debian when missing and we may.
-DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd munge
+DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin munge
 system-deps:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v slurmctld >/dev/null \
-	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null || { \
+	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null \
+	  && ls /usr/lib/*/slurm-wlm/auth_jwt.so >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	  else echo "Needed from Debian: apt-get install $(DEBS)"; exit 1; fi; }

@@ -1,9 +1,18 @@
-"""Slurm: a job-control backend (``scontrol``) and the Slurm sink for approved ``slurm_*`` actions.
+"""Slurm: job-control backends and the Slurm sink for approved ``slurm_*`` actions.
 
-Backend: ``ScontrolBackend`` lists jobs with ``squeue`` and acts with
-``scontrol hold|release|requeuehold|requeue|suspend|resume`` (any Slurm
-version). Commands are argv lists, never a shell, and a job id must look like
-one (digits, or an array task ``123_4``) before it reaches a command line.
+Backends (``Settings.slurm_backend``), each with ``jobs()`` and ``act(command, job_id)``:
+
+- ``scontrol`` (default): lists jobs with ``squeue`` and acts with
+  ``scontrol hold|release|requeuehold|requeue|suspend|resume`` (any Slurm
+  version). Commands are argv lists, never a shell.
+- ``slurmrestd``: ``connectors.slurm_rest.RestBackend``, for a pipeline off the
+  head node; does what the server's REST API can (22.05: list, hold, release).
+- ``pyslurm``: ``connectors.slurm_pyslurm.PyslurmBackend`` when pyslurm imports.
+
+A job id must look like one (digits, or an array task ``123_4``) before any
+backend uses it. A command a backend cannot do raises ``UnsupportedCommand``
+(naming the Slurm version and the backend that can); the sink reports the
+action as failed with that reason before touching any job.
 
 Sink: a shedding action (hold, requeue, suspend) picks its jobs with
 ``models.jobs.select_jobs`` (partition, priority, estimated GPU kW, the
@@ -43,6 +52,16 @@ class SlurmError(RuntimeError):
     pass
 
 
+class UnsupportedCommand(SlurmError):
+    """The backend's Slurm interface has no such command (e.g. suspend in the 22.05 REST API)."""
+
+
+def check_job_id(job_id) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise SlurmError(f"refusing job id {job_id!r}: not a Slurm job id")
+    return job_id
+
+
 def parse_gpus(tres: str) -> int:
     """GPUs per node from squeue's tres-per-node (``gres:gpu:2``, ``gres/gpu:a100:4``, ``N/A``)."""
     match = re.search(r"gpu(?::[A-Za-z0-9_-]+)?[:=](\d+)", tres or "")
@@ -64,6 +83,7 @@ def parse_squeue(text: str) -> list[Job]:
 
 class ScontrolBackend:
     name = "scontrol"
+    commands = frozenset(COMMANDS.values())
 
     def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = 30.0):
         self.env = dict(env) if env is not None else dict(os.environ)
@@ -79,16 +99,34 @@ class ScontrolBackend:
         fmt = ",".join(f"{f}:|" for f in FIELDS[:-1]) + f",{FIELDS[-1]}:"
         return parse_squeue(self._run(["squeue", "-h", "-t", "all", "-O", fmt]))
 
+    def check(self, command: str) -> None:
+        if command not in self.commands:
+            raise UnsupportedCommand(f"scontrol backend has no command {command!r}")
+
     def act(self, command: str, job_id: str) -> None:
-        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-            raise SlurmError(f"refusing job id {job_id!r}: not a Slurm job id")
-        self._run(["scontrol", command, job_id])
+        self.check(command)
+        self._run(["scontrol", command, check_job_id(job_id)])
+
+
+BACKENDS = ("scontrol", "slurmrestd", "pyslurm")
 
 
 def make_backend(settings, env: Mapping[str, str] | None = None):
+    """The backend ``settings.slurm_backend`` names; the REST token is a secret, read from env ``SLURM_JWT``."""
     if settings.slurm_backend == "scontrol":
         return ScontrolBackend(env)
-    raise SlurmError(f"Slurm backend {settings.slurm_backend!r} is not available here; use scontrol")
+    if settings.slurm_backend == "slurmrestd":
+        from connectors.slurm_rest import RestBackend
+
+        token = (os.environ if env is None else env).get("SLURM_JWT", "")
+        if not token:
+            raise SlurmError("slurmrestd backend needs a JWT in env SLURM_JWT (from `scontrol token lifespan=...`)")
+        return RestBackend(settings.slurm_rest_url, token, user=settings.slurm_rest_user or None)
+    if settings.slurm_backend == "pyslurm":
+        from connectors.slurm_pyslurm import PyslurmBackend
+
+        return PyslurmBackend()
+    raise SlurmError(f"unknown Slurm backend {settings.slurm_backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 class SlurmSink(ActuatorSink):
@@ -115,15 +153,16 @@ class SlurmSink(ActuatorSink):
                 raise SlurmError(f"nothing to undo for action {undo_of}")
             done = self.undo(entry)
             return EXECUTED, result(action, "executed", f"undid {undo_of}: {done}", "", self.name, self.now_ms()), None
+        command = COMMANDS[kind]
+        if kind == "slurm_requeue" and action.get("params", {}).get("requeue_hold", "true") == "false":
+            command = COMMANDS["requeue_no_hold"]
+        self.backend.check(command)  # UnsupportedCommand → failed action with its reason, no job touched
         jobs = self.backend.jobs()
         declared = declared_partitions(action)
         chosen = select_jobs(jobs, kind, declared, action.get("shed_kw"), self.policy.slurm, self._hold_s(action),
                              action.get("job_ids") or ())
         if not chosen:
             raise SlurmError(f"no eligible job for {kind} in partition(s) {', '.join(declared) or 'none'}")
-        command = COMMANDS[kind]
-        if kind == "slurm_requeue" and action.get("params", {}).get("requeue_hold", "true") == "false":
-            command = COMMANDS["requeue_no_hold"]
         undo = [[UNDO[kind], j.job_id] for j in chosen if kind in UNDO and command != "requeue"]
         self.ledger.plan(action["action_id"], undo)  # before acting: a crash mid-way still knows what to undo
         acted, errors = [], []

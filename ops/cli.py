@@ -54,8 +54,10 @@ def cmd_slurm(settings: Settings, args) -> int:
 
     cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
     if args.action == "up":
-        print(cluster.start())
+        print(cluster.start(rest=args.rest))
         print(f"export SLURM_CONF={cluster.layout.conf}")
+        if args.rest:  # what the slurmrestd backend needs (a local test cluster: the token may be printed)
+            print(f"export OPSLOOP_SLURM_REST_URL={cluster.rest_url} SLURM_JWT={cluster.rest_token()}")
     elif args.action == "down":
         print(cluster.stop())
     else:
@@ -159,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
     sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
     sl.add_argument("action", choices=["up", "down", "status"])
+    sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
     sl.set_defaults(func=cmd_slurm)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])

@@ -54,7 +54,9 @@ class Settings:
     llm_concurrency: int = 2  # LLM narrations in flight per worker; more incidents get the deterministic one
     log_level: str = "info"
     pcs_modbus: str = "127.0.0.1:1502"  # host:port of the PCS's Modbus TCP server (the simulator by default)
-    slurm_backend: str = "scontrol"  # the only backend so far (slurmrestd and pyslurm are not built yet)
+    slurm_backend: str = "scontrol"  # scontrol | slurmrestd (REST; token in env SLURM_JWT) | pyslurm
+    slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
+    slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
 
     @classmethod

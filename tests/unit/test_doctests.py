@@ -9,6 +9,7 @@ pytestmark = pytest.mark.unit
 MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
 MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
             "ops.actuation_bench"]  # actuation
+MODULES += ["connectors.slurm_rest", "ops.slurm"]  # Slurm backends
 MODULES += ["models.sops", "models.incident_query", "models.grounding", "models.explain"]  # narration
 MODULES += ["models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm",
             "models.alarm_filter"]  # alarm filter

@@ -31,6 +31,9 @@ def test_job_ids_are_checked_before_any_command(job_id):
         ScontrolBackend(env={"PATH": "/nonexistent"}).act("hold", job_id)
 
 
-def test_unavailable_backends_say_so():
-    with pytest.raises(SlurmError, match="'slurmrestd' is not available here"):
-        make_backend(Settings(slurm_backend="slurmrestd"))
+def test_backends_are_chosen_by_settings_and_say_what_they_lack():
+    assert isinstance(make_backend(Settings(), env={}), ScontrolBackend)
+    with pytest.raises(SlurmError, match="needs a JWT in env SLURM_JWT"):
+        make_backend(Settings(slurm_backend="slurmrestd"), env={})
+    with pytest.raises(SlurmError, match="unknown Slurm backend 'slurm'.*scontrol, slurmrestd, pyslurm"):
+        make_backend(Settings(slurm_backend="slurm"), env={})
