@@ -4,14 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-unit bench up down clean
+.PHONY: install system-deps llm-deps demo test test-unit bench up down clean
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster.
 # Install them from Debian when missing and we may.
-DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd munge
+DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin munge
 system-deps:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v slurmctld >/dev/null \
-	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null || { \
+	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null \
+	  && ls /usr/lib/*/slurm-wlm/auth_jwt.so >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	  else echo "Needed from Debian: apt-get install $(DEBS)"; exit 1; fi; }
@@ -26,11 +27,33 @@ install: system-deps $(STAMP)
 	$(BIN)/python -c "from ops.kafka import LocalKafka; from ops.settings import Settings; s = Settings.from_env(); LocalKafka(s.cache_dir, s.data_dir / 'kafka').install()"
 	$(BIN)/python -m ops.compose_schema
 
+# The tests' LLM server: llama-cpp-python built from source once into the opsloop cache (outside the repo),
+# then reused. The flags and why: DEVELOPERS.md. `make demo` does not need it.
+OPSLOOP_CACHE := $(or $(OPSLOOP_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/opsloop)
+WHEELS        := $(OPSLOOP_CACHE)/wheels
+LLAMA_VERSION := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' constraints.txt)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
+LLM_STAMP     := $(VENV)/.llm-installed
+
+llm-deps: install $(LLM_STAMP)
+
+$(LLM_STAMP): $(STAMP)
+	@command -v c++ >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
+	  else echo "a C/C++ compiler is needed to build llama-cpp-python (Debian: apt-get install build-essential)"; exit 1; fi; }
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) once into $(WHEELS) (tens of minutes on 2 cores)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/pip wheel -q --no-deps --wheel-dir $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+	$(BIN)/pip install -q -c constraints.txt --find-links $(WHEELS) --only-binary llama-cpp-python -e '.[test,llm]'
+	touch $@
+
 demo: install
 	$(BIN)/opsloop demo
 
-# The test session starts its own Kafka (tests/conftest.py) and stops it at the end.
-test: install
+# The test session starts its own Kafka and LLM server (tests/conftest.py) and stops them at the end.
+test: install llm-deps
 	$(BIN)/python -m pytest
 
 test-unit: install

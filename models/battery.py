@@ -1,117 +1,81 @@
-"""One battery model for every peak-shaving strategy: limits, one step of dispatch, limit checks.
+"""A battery behind its PCS: integrates state of charge from the commanded power, with the time passed in.
 
-A command holds grid import at ``limit_kw`` for one step: the PCS follows the
-site meter within the step, as peak-shaving EMS controllers do, discharging
-``load - limit`` (at most ``max_discharge_kw``) when the load is above the
-limit and charging up to ``charge_kw`` (never lifting import above
-``charge_ceiling_kw``) when it is below. Efficiency is split evenly between
-charge and discharge (sqrt of the round trip each way). State of charge is a
-percent of usable capacity (nameplate x state of health).
+Positive power discharges into the site, negative charges. The PCS clamps the
+command to its ratings, stops discharging at ``min_soc_pct`` and charging at
+100%, and falls back to idle by itself when a revert timeout passes without a
+new command (so a silent controller cannot leave it discharging). One-way
+losses are the square root of the round-trip efficiency; usable energy is the
+nameplate capacity times the state of health.
 
-Limit violations are counted, never hidden: a command that would take the
-battery past its reserve or past full, ask the PCS for more than its rating, or
-change power faster than the ramp limit is clipped to the limit and counted.
-
->>> b = Battery(capacity_kwh=1000, charge_kw=500, discharge_kw=500, efficiency=0.81, reserve_pct=10)
->>> r = b.step(energy_kwh=900, command=Command(limit_kw=1000, max_discharge_kw=500), load_kw=1200, step_h=1.0)
->>> r.power_kw, r.grid_kw, round(r.energy_kwh), r.violations
-(200, 1000, 678, 0)
->>> r = b.step(300, Command(limit_kw=1000, max_discharge_kw=500), load_kw=1600, step_h=1.0)  # asks for 500 kW
->>> round(r.power_kw), r.violations  # gets what the reserve allows, and it is counted
-(180, 1)
+>>> b = Battery(capacity_kwh=1000, max_charge_kw=500, max_discharge_kw=500, soc_pct=50, now_s=0)
+>>> b.command(400, revert_s=1800, now_s=0)
+400.0
+>>> b.advance(900)  # a quarter hour at 400 kW = 100 kWh = 10% of 1000 kWh
+>>> round(b.soc_pct, 6), b.power_kw
+(40.0, 400.0)
+>>> b.advance(3600)  # the revert timeout passed at 1800 s: idle since then
+>>> round(b.soc_pct, 6), b.power_kw, b.reverted
+(30.0, 0.0, True)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class Battery:
-    """ESS and PCS limits. ``ramp_kw_per_s``: the fastest allowed change of PCS power."""
-
-    capacity_kwh: float
-    charge_kw: float
-    discharge_kw: float
-    efficiency: float = 0.90  # round trip
-    reserve_pct: float = 10.0  # never discharge below this state of charge
-    soh_pct: float = 100.0
-    ramp_kw_per_s: float = math.inf
-
-    @property
-    def full_kwh(self) -> float:
-        return self.capacity_kwh * self.soh_pct / 100.0
-
-    @property
-    def reserve_kwh(self) -> float:
-        return self.full_kwh * self.reserve_pct / 100.0
+    def __init__(self, capacity_kwh: float, max_charge_kw: float, max_discharge_kw: float,
+                 round_trip_efficiency: float = 1.0, soc_pct: float = 50.0, soh_pct: float = 100.0,
+                 min_soc_pct: float = 0.0, now_s: float = 0.0):
+        self.capacity_kwh = capacity_kwh
+        self.max_charge_kw = max_charge_kw
+        self.max_discharge_kw = max_discharge_kw
+        self.round_trip_efficiency = round_trip_efficiency
+        self.soc_pct = soc_pct
+        self.soh_pct = soh_pct
+        self.min_soc_pct = min_soc_pct
+        self.now_s = now_s
+        self.setpoint_kw = 0.0  # what the PCS was told, clamped to its ratings
+        self.revert_at_s: float | None = None
+        self.reverted = False
 
     @property
-    def eta(self) -> float:
-        """One-way efficiency."""
-        return math.sqrt(self.efficiency)
+    def usable_kwh(self) -> float:
+        return self.capacity_kwh * self.soh_pct / 100
 
-    def soc_pct(self, energy_kwh: float) -> float:
-        return 100.0 * energy_kwh / self.full_kwh if self.full_kwh else 0.0
+    @property
+    def power_kw(self) -> float:
+        """Power actually flowing now: the setpoint, or 0 at an empty or full battery."""
+        if self.setpoint_kw > 0 and self.soc_pct <= self.min_soc_pct:
+            return 0.0
+        if self.setpoint_kw < 0 and self.soc_pct >= 100.0:
+            return 0.0
+        return self.setpoint_kw
 
-    def energy_kwh(self, soc_pct: float) -> float:
-        return self.full_kwh * soc_pct / 100.0
+    def command(self, setpoint_kw: float, revert_s: float | None, now_s: float) -> float:
+        """Apply a new setpoint at ``now_s`` (integrating up to then first); returns the clamped setpoint."""
+        self.advance(now_s)
+        self.setpoint_kw = float(min(self.max_discharge_kw, max(-self.max_charge_kw, setpoint_kw)))
+        self.revert_at_s = now_s + revert_s if revert_s and self.setpoint_kw != 0 else None
+        self.reverted = False
+        return self.setpoint_kw
 
-    def max_discharge_kw(self, energy_kwh: float, step_h: float) -> float:
-        """Most power the battery can deliver for a whole step without passing its reserve."""
-        return max(0.0, min(self.discharge_kw, (energy_kwh - self.reserve_kwh) * self.eta / step_h))
+    def advance(self, now_s: float) -> None:
+        """Integrate to ``now_s``, reverting to idle at the revert deadline; time never runs backwards."""
+        if now_s <= self.now_s:
+            return
+        if self.revert_at_s is not None and self.revert_at_s <= now_s:
+            self._integrate(max(self.revert_at_s, self.now_s))
+            self.setpoint_kw, self.revert_at_s, self.reverted = 0.0, None, True
+        self._integrate(now_s)
 
-    def max_charge_kw(self, energy_kwh: float, step_h: float) -> float:
-        """Most power the battery can take for a whole step without passing full."""
-        return max(0.0, min(self.charge_kw, (self.full_kwh - energy_kwh) / (self.eta * step_h)))
-
-    def step(self, energy_kwh: float, command: "Command", load_kw: float, step_h: float,
-             previous_kw: float = 0.0) -> "StepResult":
-        wanted = command.power_for(load_kw)
-        violations = 0
-        if wanted > self.discharge_kw + 1e-6 or -wanted > self.charge_kw + 1e-6:
-            violations += 1
-            wanted = max(-self.charge_kw, min(self.discharge_kw, wanted))
-        if wanted > 0 and wanted > self.max_discharge_kw(energy_kwh, step_h) + 1e-6:
-            violations += 1  # would pass the reserve
-            wanted = self.max_discharge_kw(energy_kwh, step_h)
-        if wanted < 0 and -wanted > self.max_charge_kw(energy_kwh, step_h) + 1e-6:
-            violations += 1  # would overfill
-            wanted = -self.max_charge_kw(energy_kwh, step_h)
-        if abs(wanted - previous_kw) > self.ramp_kw_per_s * step_h * 3600 + 1e-6:
-            violations += 1
-        if wanted >= 0:
-            energy = energy_kwh - wanted * step_h / self.eta
-        else:
-            energy = energy_kwh - wanted * step_h * self.eta
-        energy = min(self.full_kwh, max(min(self.reserve_kwh, energy_kwh), energy))  # float dust only
-        return StepResult(power_kw=wanted, grid_kw=load_kw - wanted, energy_kwh=energy, violations=violations)
-
-
-@dataclass(frozen=True)
-class Command:
-    """Hold grid import at ``limit_kw`` for one step (see the module doc)."""
-
-    limit_kw: float
-    max_discharge_kw: float = 0.0
-    charge_kw: float = 0.0
-    charge_ceiling_kw: float | None = None  # default: limit_kw
-
-    def power_for(self, load_kw: float) -> float:
-        """PCS power (positive = discharge) for a load measured within the step."""
-        if load_kw > self.limit_kw:
-            return min(load_kw - self.limit_kw, self.max_discharge_kw)
-        ceiling = self.limit_kw if self.charge_ceiling_kw is None else self.charge_ceiling_kw
-        return -max(0.0, min(self.charge_kw, ceiling - load_kw))
-
-
-IDLE = Command(limit_kw=math.inf)
-
-
-@dataclass(frozen=True)
-class StepResult:
-    power_kw: float
-    grid_kw: float
-    energy_kwh: float
-    violations: int
+    def _integrate(self, until_s: float) -> None:
+        dt_h = (until_s - self.now_s) / 3600
+        self.now_s = until_s
+        power = self.power_kw
+        if power == 0 or dt_h <= 0:
+            return
+        one_way = math.sqrt(self.round_trip_efficiency)
+        stored_kwh = power * dt_h / one_way if power > 0 else power * dt_h * one_way
+        soc = self.soc_pct - stored_kwh / self.usable_kwh * 100
+        self.soc_pct = min(100.0, max(self.min_soc_pct, soc))  # the PCS stops at the bounds

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from models.battery import Battery
+from models.peak_battery import Battery
 from models.peak_forecast import PeakForecaster
 from models.peak_planner import Billing, Plan, Policy, Tariff, month_of, plan
 

@@ -15,7 +15,7 @@ When even the battery cannot hold this month's billed peak (once the month has
 settled) or the import cap, the plan asks to relocate low-priority GPU jobs,
 with the kW they must shed and when.
 
->>> from models.battery import Battery
+>>> from models.peak_battery import Battery
 >>> from models.peak_forecast import ForecastPoint
 >>> b = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=0)
 >>> hour = 3_600_000
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Sequence
 
-from models.battery import Battery, Command
+from models.peak_battery import Battery, Command
 from models.peak_forecast import ForecastPoint
 
 @dataclass(frozen=True)

@@ -185,9 +185,11 @@ def run_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int
     from ops import bench_peaks
 
     print("\n".join(bench_peaks.run(settings)))
+    from ops.actuation_bench import run_actuation_bench
     from ops.bench_anomaly import run_anomaly_bench
 
-    return run_anomaly_bench(settings, events, rounds)
+    anomaly = run_anomaly_bench(settings, events, rounds)
+    return anomaly or run_actuation_bench(settings)
 
 
 def _runs(values: list[float]) -> str:

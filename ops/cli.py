@@ -22,12 +22,31 @@ def cmd_up(settings: Settings, args) -> int:
     print(_local_kafka(settings).start())
     if not args.no_topics:
         cmd_topics(settings, argparse.Namespace(action="create"))
+    if not args.no_pcs:
+        from ops.pcs_sim import start_background
+
+        print(start_background(settings))
     return 0
 
 
 def cmd_down(settings: Settings, args) -> int:
+    from ops.pcs_sim import stop_background
+
+    print(stop_background(settings))
     print(_local_kafka(settings).stop())
     return 0
+
+
+def cmd_policy(settings: Settings, args) -> int:
+    from ops.policy import check
+
+    return check(args.file or settings.policy)
+
+
+def cmd_pcs_sim(settings: Settings, args) -> int:
+    from ops.pcs_sim import serve_forever
+
+    return serve_forever(settings, telemetry_s=args.telemetry_s)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -35,8 +54,10 @@ def cmd_slurm(settings: Settings, args) -> int:
 
     cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
     if args.action == "up":
-        print(cluster.start())
+        print(cluster.start(rest=args.rest))
         print(f"export SLURM_CONF={cluster.layout.conf}")
+        if args.rest:  # what the slurmrestd backend needs (a local test cluster: the token may be printed)
+            print(f"export OPSLOOP_SLURM_REST_URL={cluster.rest_url} SLURM_JWT={cluster.rest_token()}")
     elif args.action == "down":
         print(cluster.stop())
     else:
@@ -102,10 +123,17 @@ def cmd_demo(settings: Settings, args) -> int:
 def cmd_bench(settings: Settings, args) -> int:
     from ops.bench import run_bench
 
-    return run_bench(settings, events=args.events)
+    if args.suite in ("all", "rollup"):
+        run_bench(settings, events=args.events)
+    if args.suite in ("all", "alarms"):
+        from ops.bench_alarms import run_alarm_bench
+
+        run_alarm_bench(settings)
+    return 0
 
 
 def cmd_eval(settings: Settings, args) -> int:
+    args.settings = settings  # evals that need the endpoint settings (narrate) read them here
     return args.eval_main(args)
 
 
@@ -115,6 +143,8 @@ def _add_evals(sub) -> None:
 
     ev = sub.add_parser("eval", help="score a model on real data").add_subparsers(dest="eval_name", required=True)
     for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
+                      ("alarms", "the alarm filter on a labelled storm corpus generated on a site topology"),
+                      ("narrate", "SOP retrieval hit@1/hit@3, grounding and latency of the narration"),
                       ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month")]:
         module = importlib.import_module(f"ops.evals.{name}")
         p = ev.add_parser(name, help=doc)
@@ -127,10 +157,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Kafka broker (KRaft) and create the topics")
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
+    up.add_argument("--no-pcs", action="store_true", help="do not start the PCS simulator")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
     sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
     sl.add_argument("action", choices=["up", "down", "status"])
+    sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
     sl.set_defaults(func=cmd_slurm)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
@@ -157,8 +189,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
     d.set_defaults(func=cmd_demo)
-    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop")
+    pol = sub.add_parser("policy", help="validate a guard-rail policy file")
+    pol.add_argument("action", choices=["check"])
+    pol.add_argument("file", nargs="?", type=Path, help="policy file (default: OPSLOOP_POLICY)")
+    pol.set_defaults(func=cmd_policy)
+    sim = sub.add_parser("pcs-sim", help="run the PCS simulator (Modbus TCP, SunSpec) on OPSLOOP_PCS_MODBUS")
+    sim.add_argument("--telemetry-s", type=float, default=1.0, help="seconds between telemetry points")
+    sim.set_defaults(func=cmd_pcs_sim)
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
+                                     "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
+    b.add_argument("--suite", choices=["all", "rollup", "alarms"], default="all")
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)
     return p

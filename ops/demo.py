@@ -14,10 +14,14 @@ from pathlib import Path
 from ops.settings import Settings
 
 
+STORM_START_MS = 960_163_200_000 + 2 * 86_400_000 + 9 * 3_600_000  # 2000-06-07 09:00 UTC, inside the replayed week
+
+
 def run_demo(settings: Settings, data: Path, days: float) -> int:
     from connectors.duckdb_sink import query
     from connectors.replay import load_replay_spec, replay
     from ops.demo_peaks import run_peaks, summary_lines
+    from ops.alarm_demo import replay_storm, summary_lines as alarm_summary
     from ops.kafka import scratch_topics
     from streams import worker
 
@@ -34,6 +38,8 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         rollup = worker.run(demo, ["rollup"], exit_when_idle=True)["rollup"]
         peaks = run_peaks(demo.replace(peaks_step_s=1800), rollup["snapshots"])  # the bundled data is half-hourly
         t2 = time.monotonic()
+        storm = replay_storm(demo, start_ms=STORM_START_MS)  # an alarm storm next to the power data
+        t_storm = time.monotonic()
         views = worker.run(demo, ["views"], exit_when_idle=True)["views"]
         t3 = time.monotonic()
         _, [(minutes, first, last, mean_pue, mean_it)] = query(demo.duckdb_file, """
@@ -47,14 +53,27 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         # Each stage runs until its input has been idle for idle_close_s: that wait is in its time.
         print(f"  rollup   {rollup['points']:,} points -> {rollup['snapshots']:,} site windows "
               f"({demo.window_s} s) in {t2 - t1 - peaks['wall_s']:.1f} s")
-        print(f"  views    {sum(views['rows'].values()):,} rows into DuckDB {demo.duckdb_file} in {t3 - t2:.1f} s")
+        print(f"  storm    {storm['failures']} injected failures ({', '.join(r for _, r in storm['roots'])}) "
+              f"through dedup + correlate in {t_storm - t2:.1f} s")
+        print("\n".join(alarm_summary(demo.duckdb_file)))
+        print(f"  views    {sum(views['rows'].values()):,} rows into DuckDB {demo.duckdb_file} in {t3 - t_storm:.1f} s")
         print(f"  period   {first} .. {last} UTC, {minutes:,} minutes with data")
         print(f"  peak     grid import {peak_kw:,.0f} kW at {peak_at} UTC")
         print("\n".join(summary_lines(peaks)))
         print(f"  PUE      mean {mean_pue:.3f}; mean IT load {mean_it:,.0f} kW")
         print(f"  dead letters kept: {len(dead)}" + "".join(f"\n    {t}: {k}: {e} (seen by {a})" for t, k, e, a in dead))
         print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
+        _actuation(settings, demo_dir)
     return 0
+
+
+def _actuation(settings: Settings, demo_dir: Path) -> None:
+    """Guard-railed actuation on topics of its own (live simulator telemetry, not the replayed week)."""
+    from ops.actuation_demo import run_actuation_demo
+    from ops.kafka import scratch_topics
+
+    with scratch_topics(settings, f"demo-act-{time.strftime('%Y%m%d%H%M%S')}.") as act:
+        run_actuation_demo(act.replace(data_dir=demo_dir))
 
 
 def _send_corrupt_message(settings: Settings) -> None:

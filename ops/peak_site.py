@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from models.battery import Battery
+from models.peak_battery import Battery
 from models.peak_loop import LoopConfig
 from models.peak_planner import Policy, Tariff
 

@@ -50,7 +50,15 @@ class Settings:
     anomaly_checkpoint_s: float = 5.0  # how often the anomaly agent checkpoints detectors and commits
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
+    llm_timeout_s: float = 30.0  # one LLM narration; the deterministic one is published meanwhile
+    llm_max_tokens: int = 400  # longest LLM draft, in tokens
+    llm_concurrency: int = 2  # LLM narrations in flight per worker; more incidents get the deterministic one
     log_level: str = "info"
+    pcs_modbus: str = "127.0.0.1:1502"  # host:port of the PCS's Modbus TCP server (the simulator by default)
+    slurm_backend: str = "scontrol"  # scontrol | slurmrestd (REST; token in env SLURM_JWT) | pyslurm
+    slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
+    slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
+    verify_window_s: float = 30.0  # how long an executed action has to show its effect
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

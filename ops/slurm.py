@@ -7,6 +7,11 @@ Daemons run as the current user on free loopback ports, so several clusters can 
 by side (a test session beside the demo). ``start`` waits until the node is idle;
 ``stop`` shuts everything down. Both are idempotent.
 
+The controller also accepts JWTs (``AuthAltTypes=auth/jwt``, key in the state directory)
+when Debian's JWT plugin is installed, so ``start(rest=True)`` or ``start_rest()`` can add
+slurmrestd: a REST API on a free loopback port, running as an unprivileged user (it refuses
+root), answering requests that carry a token from ``rest_token()``.
+
 >>> conf = render_slurm_conf(SlurmLayout(Path("/s"), "node1", 6817, 6818, ("batch", "train")), gpus=8)
 >>> print(conf.splitlines()[0])
 ClusterName=opsloop
@@ -16,11 +21,14 @@ ClusterName=opsloop
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,8 @@ import yaml
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("scontrol", "sbatch", "squeue", "sinfo", "scancel")
 SBIN = Path("/usr/sbin")
+PLUGIN_GLOB = "/usr/lib/*/slurm-wlm/"  # Debian's multiarch plugin directory
+REST_USER = "nobody"  # slurmrestd drops to this user: it refuses to run as root or as SlurmUser
 
 
 class SlurmSetupError(RuntimeError):
@@ -59,9 +69,11 @@ class SlurmLayout:
         return self.state_dir / name
 
 
-def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb: int = 512_000) -> str:
+def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb: int = 512_000,
+                      jwt_key: Path | None = None) -> str:
     """The cluster's slurm.conf. The node advertises more CPUs and memory than the host
-    (``config_overrides``) so many small GPU jobs fit at once; no cgroups, so it runs in a container."""
+    (``config_overrides``) so many small GPU jobs fit at once; no cgroups, so it runs in a container.
+    With ``jwt_key`` the controller also accepts JWTs (slurmrestd and ``scontrol token`` need them)."""
     p = layout.path
     lines = [
         f"ClusterName={layout.cluster}",
@@ -98,6 +110,8 @@ def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb:
         f"NodeName={layout.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
         f"Gres=gpu:{gpus} State=UNKNOWN",
     ]
+    if jwt_key is not None:
+        lines[7:7] = ["AuthAltTypes=auth/jwt", f"AuthAltParameters=jwt_key={jwt_key}"]
     for i, name in enumerate(layout.partitions):
         default = "YES" if i == 0 else "NO"
         lines.append(f"PartitionName={name} Nodes={layout.host} Default={default} MaxTime=INFINITE "
@@ -140,9 +154,14 @@ class LocalSlurm:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self, timeout_s: float = 60.0) -> str:
+    @property
+    def rest_url(self) -> str:
+        """Base URL of this cluster's slurmrestd (started by ``start_rest``)."""
+        return f"http://127.0.0.1:{self._rest_port()}"
+
+    def start(self, timeout_s: float = 60.0, rest: bool = False) -> str:
         if self.running():
-            return f"Slurm already running ({self.layout.conf})"
+            return f"Slurm already running ({self.layout.conf})" + (f"; {self.start_rest()}" if rest else "")
         for name in (*DAEMONS, *CLIENTS):
             if not (shutil.which(name) or (SBIN / name).exists()):
                 raise SlurmSetupError(f"{name} not found: install Debian's slurmctld, slurmd, slurm-client "
@@ -152,14 +171,64 @@ class LocalSlurm:
         self._run_daemon("slurmctld", "-f", str(self.layout.conf))
         self._run_daemon("slurmd", "-f", str(self.layout.conf), "-N", self.layout.host)
         self._wait_idle(timeout_s)
-        return f"Slurm up: cluster {self.layout.cluster}, node {self.layout.host}, " \
-               f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs (SLURM_CONF={self.layout.conf})"
+        up = f"Slurm up: cluster {self.layout.cluster}, node {self.layout.host}, " \
+             f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs (SLURM_CONF={self.layout.conf})"
+        return up + (f"; {self.start_rest()}" if rest else "")
+
+    def start_rest(self, timeout_s: float = 30.0) -> str:
+        """Start slurmrestd (JWT auth, the installed ``openapi/v*`` plugins) on a free loopback port."""
+        if not self.running():
+            raise SlurmSetupError("start Slurm before slurmrestd")
+        if _alive(self._pid("slurmrestd")):
+            return f"slurmrestd already at {self.rest_url}"
+        binary = shutil.which("slurmrestd") or str(SBIN / "slurmrestd")
+        if not Path(binary).exists():
+            raise SlurmSetupError("slurmrestd not found: install Debian's slurmrestd (`make install` does it as root)")
+        if "AuthAltTypes=auth/jwt" not in self.layout.conf.read_text():
+            raise SlurmSetupError("this cluster was started without JWT auth (Debian's slurm-wlm-jwt-plugin missing "
+                                  "at the time): install it, then `stop` and `start` Slurm again")
+        conf = self._public_conf() if os.getuid() == 0 else self.layout.conf
+        argv = [binary, "-f", str(conf), "-a", "rest_auth/jwt"]
+        plugins = _openapi_plugins()
+        if plugins:  # the dbv* plugins need slurmdbd, which this cluster has not: load only the others
+            argv += ["-s", ",".join(plugins)]
+        if os.getuid() == 0:
+            argv += ["-u", REST_USER]
+        elif _user() == self._slurm_user():
+            raise SlurmSetupError("slurmrestd refuses to run as SlurmUser; start it as root (it drops to "
+                                  f"{REST_USER}) or run the cluster as another user")
+        port = self._rest_port()
+        log = open(self.layout.path("slurmrestd.log"), "ab")
+        # SLURM_JWT=daemon: slurmrestd forwards each request's token to slurmctld instead of using munge.
+        env = {**self.env, "SLURM_CONF": str(conf), "SLURM_JWT": "daemon"}
+        proc = subprocess.Popen([*argv, f"127.0.0.1:{port}"], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+        log.close()
+        self.layout.path("slurmrestd.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self._kill("slurmrestd")
+                raise SlurmSetupError(f"slurmrestd did not come up on port {port}\n{self._log_tail('slurmrestd')}")
+            time.sleep(0.1)
+        return f"slurmrestd at {self.rest_url} (JWT auth; token: rest_token())"
+
+    def rest_token(self, lifespan_s: int = 3600) -> str:
+        """A JWT for the current user from ``scontrol token`` (what ``SLURM_JWT`` holds for the REST backend)."""
+        out = self.scontrol("token", f"lifespan={int(lifespan_s)}").strip()
+        if not out.startswith("SLURM_JWT="):
+            raise SlurmSetupError(f"scontrol token gave no token: {out!r}")
+        return out.split("=", 1)[1]
 
     def stop(self) -> str:
         """Cancel every job (job steps outlive slurmd otherwise), then end the daemons."""
         if self.running():
             self._cancel_all()
-        stopped = [name for name in ("slurmd", "slurmctld", "munged") if self._kill(name)]
+        stopped = [name for name in ("slurmrestd", "slurmd", "slurmctld", "munged") if self._kill(name)]
+        saved = self.layout.path("rest_conf_dir")
+        if saved.exists():  # the public copy of slurm.conf goes with slurmrestd
+            shutil.rmtree(saved.read_text().strip(), ignore_errors=True)
+            saved.unlink()
         return f"stopped {', '.join(stopped)}" if stopped else "Slurm was not running"
 
     def running(self) -> bool:
@@ -189,7 +258,11 @@ class LocalSlurm:
             if not dev.exists():
                 _make_device_node(dev)
             devices.append(dev)
-        lay.conf.write_text(render_slurm_conf(lay, self.gpus))
+        jwt_key = lay.path("jwt.key") if _jwt_plugin_installed() else None
+        if jwt_key is not None and not jwt_key.exists():
+            jwt_key.touch(0o600)
+            jwt_key.write_bytes(os.urandom(32))  # HS256 key; readable by the controller (this user) only
+        lay.conf.write_text(render_slurm_conf(lay, self.gpus, jwt_key=jwt_key))
         gres = "\n".join(f"NodeName={lay.host} Name=gpu File={dev}" for dev in devices)
         lay.path("gres.conf").write_text(gres + "\n")
         lay.path("cgroup.conf").write_text("CgroupPlugin=autodetect\nIgnoreSystemd=yes\n")
@@ -216,6 +289,35 @@ class LocalSlurm:
             if time.monotonic() > deadline:
                 raise SlurmSetupError(f"{name} did not stay up\n{self._log_tail(name)}")
             time.sleep(0.1)
+
+    def _public_conf(self) -> Path:
+        """A copy of slurm.conf that REST_USER can read: slurmrestd reads it after dropping privileges, and the
+        state directory may sit below directories only we may enter. It holds paths and ports, no secrets."""
+        saved = self.layout.path("rest_conf_dir")
+        folder = Path(saved.read_text().strip()) if saved.exists() else None
+        if folder is None or not folder.is_dir():
+            folder = Path(tempfile.mkdtemp(prefix="opsloop-slurmrestd-"))
+            folder.chmod(0o755)
+            saved.write_text(f"{folder}\n")
+        copy = folder / "slurm.conf"
+        copy.write_text(self.layout.conf.read_text())
+        copy.chmod(0o644)
+        return copy
+
+    def _rest_port(self) -> int:
+        saved = self.layout.path("rest_port")
+        try:
+            return int(saved.read_text())
+        except (OSError, ValueError):
+            port = _free_ports(1)[0]
+            saved.write_text(f"{port}\n")
+            return port
+
+    def _slurm_user(self) -> str:
+        for line in self.layout.conf.read_text().splitlines():
+            if line.startswith("SlurmUser="):
+                return line.split("=", 1)[1]
+        return _user()
 
     def _wait_idle(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -276,9 +378,24 @@ def _make_device_node(path: Path) -> None:
         path.touch()
 
 
-def _user() -> str:
-    import pwd
+def _jwt_plugin_installed() -> bool:
+    return bool(glob.glob(PLUGIN_GLOB + "auth_jwt.so"))
 
+
+def _openapi_plugins() -> list[str]:
+    """Installed ``openapi/v0.0.NN`` plugins, newest first (``openapi_v0_0_38.so`` → ``openapi/v0.0.38``)."""
+    names = {Path(p).stem[len("openapi_"):] for p in glob.glob(PLUGIN_GLOB + "openapi_v*.so")}
+    versions = sorted(names, key=lambda n: [int(x) for x in n[1:].split("_")], reverse=True)
+    return ["openapi/" + v.replace("_", ".") for v in versions]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 

@@ -45,3 +45,50 @@ CREATE OR REPLACE VIEW v_telemetry_latest AS
 SELECT site, device, device_type, metric, value, unit, epoch_ms(ts_ms) AS ts, source
 FROM telemetry_raw
 QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
+
+-- Incidents as they stand now: the latest version of each (compacted topic, replays upsert).
+CREATE OR REPLACE VIEW v_incidents AS
+SELECT
+    incident_id, site, state,
+    epoch_ms(opened_ms) AS opened, epoch_ms(updated_ms) AS updated, epoch_ms(resolved_ms) AS resolved,
+    root_device, root_device_type, root_code, severity, member_count, summary, merged_into
+FROM incidents
+QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY updated_ms DESC, _partition DESC, _offset DESC) = 1;
+
+-- The narration an operator reads for each incident: the latest one published (an accepted LLM
+-- draft follows the deterministic narration of the same incident).
+CREATE OR REPLACE VIEW v_narratives AS
+SELECT incident_id, site, epoch_ms(ts_ms) AS time, text, citations, grounded, model, latency_ms
+FROM narratives
+QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
+
+-- Latest peak forecast per site.
+CREATE OR REPLACE VIEW v_forecasts_latest AS
+SELECT site, epoch_ms(issued_ms) AS issued, horizon_s, predicted_peak_kw, epoch_ms(predicted_peak_ms) AS predicted_peak_at,
+       threshold_kw, explanation, model
+FROM forecasts_peak
+QUALIFY row_number() OVER (PARTITION BY site ORDER BY issued_ms DESC, _partition DESC, _offset DESC) = 1;
+
+-- One row per action: what was proposed, the guard's latest verdict, and the latest result.
+CREATE OR REPLACE VIEW v_actions AS
+WITH proposed AS (
+    SELECT * FROM actions_proposed
+    QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY _partition DESC, _offset DESC) = 1
+), verdicts AS (
+    SELECT json_extract_string(action, '$.action_id') AS action_id, verdict, reasons, approved_by, decided_ms
+    FROM actions_approved
+    QUALIFY row_number() OVER (PARTITION BY json_extract_string(action, '$.action_id')
+                               ORDER BY decided_ms DESC, _partition DESC, _offset DESC) = 1
+), results AS (
+    SELECT action_id, status, detail, observed_delta_kw, executor, ts_ms
+    FROM actions_results
+    QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1
+)
+SELECT
+    p.action_id, p.site, p.kind, p.target, p.setpoint_kw, p.shed_kw, p.reason, p.risk,
+    epoch_ms(p.created_ms) AS created, epoch_ms(p.expires_ms) AS expires,
+    v.verdict, v.reasons AS verdict_reasons, v.approved_by,
+    r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, epoch_ms(r.ts_ms) AS result_time
+FROM proposed p
+LEFT JOIN verdicts v USING (action_id)
+LEFT JOIN results r USING (action_id);

@@ -51,10 +51,51 @@ def _views(settings: Settings) -> Processor:
     return DuckDBSink(settings)
 
 
+def _guard(settings: Settings) -> Processor:
+    from ops.policy import load_policy
+    from streams.guard import GuardProcessor
+
+    return GuardProcessor(settings, load_policy(settings.policy))
+
+
+def _pcs_sink(settings: Settings) -> Processor:
+    from connectors.pcs_sink import PcsSink
+    from ops.policy import load_policy
+
+    return PcsSink(settings, load_policy(settings.policy))
+
+
+def _slurm_sink(settings: Settings) -> Processor:
+    from connectors.slurm import SlurmSink
+    from ops.policy import load_policy
+
+    return SlurmSink(settings, load_policy(settings.policy))
+
+
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
+def _dedup(settings: Settings) -> Processor:
+    from streams.dedup_processor import DedupProcessor
+
+    return DedupProcessor(settings)
+
+
+def _correlate(settings: Settings) -> Processor:
+    from streams.correlate_processor import CorrelateProcessor
+
+    return CorrelateProcessor(settings)
+
+
+def _narrate(app: "faust.App", settings: Settings) -> None:
+    from streams.narrate import register
+
+    register(app, settings)
+
+
 AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
+AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
+AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue 5)
 
 
 def _peaks(app: "faust.App", settings: Settings) -> None:
@@ -63,7 +104,7 @@ def _peaks(app: "faust.App", settings: Settings) -> None:
     register(app, settings)
 
 
-FAUST_AGENTS: dict[str, FaustRegister] = {"peaks": _peaks}
+FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate, "peaks": _peaks}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:

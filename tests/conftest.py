@@ -112,3 +112,22 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_url(tmp_path_factory) -> str:
+    """A real OpenAI-compatible server (llama-cpp-python, packaged SmolLM2-135M) for the session."""
+    try:
+        from ops.llm_server import LocalLlm
+        import llama_cpp  # noqa: F401  (built by `make llm-deps`)
+
+        server = LocalLlm(_free_port_pair(), tmp_path_factory.mktemp("llm") / "server.log")
+    except (ImportError, RuntimeError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no local LLM server ({exc}); run `make llm-deps`")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()

@@ -6,8 +6,14 @@ import importlib
 import pytest
 
 pytestmark = pytest.mark.unit
-MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay",
-           "models.battery", "models.peak_forecast", "models.peak_planner", "models.peak_baselines"]
+MODULES = ["models.rollup", "schemas.codec", "ops.settings", "ops.catalog", "connectors.replay"]
+MODULES += ["models.policy", "models.guard", "models.battery", "models.sunspec", "models.jobs", "models.verify",
+            "ops.actuation_bench"]  # actuation
+MODULES += ["connectors.slurm_rest", "ops.slurm"]  # Slurm backends
+MODULES += ["models.sops", "models.incident_query", "models.grounding", "models.explain"]  # narration
+MODULES += ["models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm",
+            "models.alarm_filter"]  # alarm filter
+MODULES += ["models.peak_battery", "models.peak_forecast", "models.peak_planner", "models.peak_baselines"]  # peaks
 
 
 @pytest.mark.parametrize("name", MODULES)

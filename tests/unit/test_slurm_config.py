@@ -27,3 +27,10 @@ def test_config_names_this_host_and_runs_without_cgroups():
     assert "NodeName=gpu-host NodeAddr=127.0.0.1" in conf and "Gres=gpu:4" in conf
     assert "ProctrackType=proctrack/linuxproc" in conf and "TaskPlugin=task/none" in conf
     assert conf.count("PartitionName=") == 2 and "PartitionName=a Nodes=gpu-host Default=YES" in conf
+
+
+def test_jwt_auth_is_configured_only_with_a_key():
+    layout = SlurmLayout(Path("/s"), "node1", 6817, 6818, ("batch",))
+    assert "AuthAlt" not in render_slurm_conf(layout, gpus=1)
+    conf = render_slurm_conf(layout, gpus=1, jwt_key=Path("/s/jwt.key")).splitlines()
+    assert "AuthAltTypes=auth/jwt" in conf and "AuthAltParameters=jwt_key=/s/jwt.key" in conf

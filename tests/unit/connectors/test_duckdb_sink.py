@@ -243,3 +243,46 @@ def test_query_and_format_table(settings, batch):
     short = format_table(["n", "name"], [(i, None) for i in range(5)], max_rows=2).splitlines()
     assert short[-1] == "(5 rows, first 2 shown)" and len(short) == 5
     assert short[2] == "0"  # None is shown as an empty cell
+
+
+def _action(action_id: str) -> dict:
+    return {"action_id": action_id, "kind": "pcs_discharge", "target": "ess-1", "site": "demo", "setpoint_kw": 2000.0,
+            "reason": "forecast peak", "expected_effect": "grid -2 MW", "created_ms": T0, "expires_ms": T0 + 3_600_000,
+            "proposer": "peaks"}
+
+
+def test_noc_views_show_the_latest_state_of_incidents_narratives_forecasts_and_actions(settings):
+    codec = Codec.default()
+    incident = {"incident_id": "inc-1", "site": "demo", "opened_ms": T0, "root_device": "ups-1",
+                "root_device_type": "ups", "root_code": "UPS_ON_BATTERY", "member_count": 3, "members": [],
+                "summary": "UPS on battery"}
+    narrative = {"incident_id": "inc-1", "site": "demo", "citations": [{"sop_id": "SOP-PWR-002", "section": "Steps"}], "grounded": True,
+                 "latency_ms": 1.5}
+    forecast = {"site": "demo", "horizon_s": 14_400, "step_s": 900, "predicted_peak_kw": 31_400.0,
+                "predicted_peak_ms": T0 + 7_200_000, "threshold_kw": 28_000.0, "points": [], "explanation": "peak",
+                "model": "m"}
+    records = [
+        ("incidents", "Incident", {**incident, "updated_ms": T0 + 60_000, "member_count": 5}),
+        ("incidents", "Incident", {**incident, "updated_ms": T0}),  # an older version read later
+        ("narratives", "Narrative", {**narrative, "ts_ms": T0 + 1, "text": "deterministic", "model": "deterministic"}),
+        ("narratives", "Narrative", {**narrative, "ts_ms": T0 + 2, "text": "llm draft", "model": "llm"}),
+        ("forecasts.peak", "PeakForecast", {**forecast, "issued_ms": T0}),
+        ("forecasts.peak", "PeakForecast", {**forecast, "issued_ms": T0 + 900_000, "predicted_peak_kw": 32_000.0}),
+        ("actions.proposed", "Action", _action("a-1")),
+        ("actions.proposed", "Action", _action("a-2")),
+        ("actions.approved", "ApprovedAction", {"action": _action("a-1"), "verdict": "approved", "reasons": ["ok"],
+                                                "policy_version": "1", "decided_ms": T0 + 10}),
+        ("actions.results", "ActionResult", {"action_id": "a-1", "target": "ess-1", "status": "executed",
+                                             "ts_ms": T0 + 20, "observed_effect": "", "detail": "wrote", "executor": "pcs"}),
+        ("actions.results", "ActionResult", {"action_id": "a-1", "target": "ess-1", "status": "verified",
+                                             "ts_ms": T0 + 30, "observed_effect": "", "detail": "ok", "executor": "pcs"}),
+    ]
+    msgs = [Msg(PREFIX + topic, 0, i, codec.encode(record, value)) for i, (topic, record, value) in enumerate(records)]
+    sink = DuckDBSink(settings)
+    sink.write_batch(msgs)
+    con = sink.con
+    assert con.execute("SELECT member_count FROM v_incidents").fetchall() == [(5,)]
+    assert con.execute("SELECT text, grounded FROM v_narratives").fetchall() == [("llm draft", True)]
+    assert con.execute("SELECT predicted_peak_kw FROM v_forecasts_latest").fetchall() == [(32_000.0,)]
+    assert con.execute("SELECT action_id, verdict, result FROM v_actions ORDER BY action_id").fetchall() == [
+        ("a-1", "approved", "verified"), ("a-2", None, None)]

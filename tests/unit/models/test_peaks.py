@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.battery import Battery
+from models.peak_battery import Battery
 from models.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
 from models.peak_forecast import ForecastPoint, PeakForecaster
 from models.peak_loop import SitePeakLoop

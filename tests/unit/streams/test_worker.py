@@ -17,17 +17,20 @@ def _register(app, settings) -> None:  # never called here: parse_agents only re
 def faust_registry(monkeypatch):
     registry = {"peaks": _register}
     monkeypatch.setattr(worker, "FAUST_AGENTS", registry)
+    monkeypatch.setattr(worker, "AGENTS", {n: worker.AGENTS[n] for n in ("rollup", "views", "anomaly")})
     return registry
 
 
 @pytest.mark.parametrize("spec", [None, "", "all"])
 def test_all_means_every_processor_and_faust_agent(faust_registry, spec):
-    assert worker.parse_agents(spec) == ["rollup", "views", "anomaly", "peaks"]
-    assert worker.parse_agents(spec, {"extra": _register}) == ["rollup", "views", "anomaly", "peaks", "extra"]
+    assert worker.parse_agents(spec) == [*worker.AGENTS, "peaks"]
+    assert worker.parse_agents(spec, {"extra": _register}) == [*worker.AGENTS, "peaks", "extra"]
 
 
-def test_product_registers_the_peaks_agent():
-    assert "peaks" in worker.parse_agents("all")
+def test_all_runs_the_product_processors_and_faust_agents():
+    assert worker.parse_agents("all") == [*worker.AGENTS, *worker.FAUST_AGENTS]
+    assert "narrate" in worker.FAUST_AGENTS
+    assert {"dedup", "correlate"} <= set(worker.AGENTS)
 
 
 def test_subset_keeps_the_order_given(faust_registry):
@@ -37,7 +40,7 @@ def test_subset_keeps_the_order_given(faust_registry):
 
 
 def test_unknown_name_is_an_error_that_lists_the_known_ones(faust_registry):
-    with pytest.raises(ValueError, match=r"unknown agent\(s\) nope; known: rollup, views, anomaly, peaks"):
+    with pytest.raises(ValueError, match=rf"unknown agent\(s\) nope; known: {', '.join(worker.AGENTS)}, peaks"):
         worker.parse_agents("rollup,nope")
 
 

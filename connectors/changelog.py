@@ -1,0 +1,75 @@
+"""Keyed state of a batch processor, kept in a compacted changelog topic (what a Faust table does).
+
+Each key's state lives in the changelog partition with the number of the source partition it
+came from, so a processor that is assigned source partition p restores exactly the keys of
+p. ``restore`` reads the assigned changelog partitions to their end (latest value per key
+wins; an empty value deletes). Processors write a key's latest state when they commit, after
+the outputs of the same events are delivered, so the stored state never runs behind what
+downstream has seen.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from connectors.kafka import admin, consumer
+from ops.settings import Settings
+
+
+class Changelog:
+    def __init__(self, settings: Settings, name: str, partitions: int, timeout_s: float = 30.0):
+        self.settings = settings
+        self.topic = f"{settings.app_id}.{settings.topic_prefix}{name}-changelog"
+        self.partitions = partitions
+        self.timeout_s = timeout_s
+        client = admin(settings)
+        if self.topic not in client.list_topics(timeout=timeout_s).topics:
+            future = client.create_topics([NewTopic(self.topic, partitions, 1, config={"cleanup.policy": "compact"})])
+            try:
+                future[self.topic].result(timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a second worker got there first
+                    raise
+
+    def restore(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
+        """partition → key → latest state, read to the end of each assigned changelog partition."""
+        state: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+        cons = consumer(self.settings, f"{self.topic}-restore", **{"enable.partition.eof": False})
+        try:
+            ends = {}
+            for p in partitions:
+                low, high = cons.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                if high > low:
+                    ends[p] = high
+            if not ends:
+                return state
+            cons.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+            deadline = time.monotonic() + self.timeout_s * 4
+            while ends:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.topic}: restore did not reach the end of partitions {sorted(ends)}")
+                for msg in cons.consume(5000, timeout=0.5):
+                    if msg.error():
+                        continue
+                    p = msg.partition()
+                    if msg.value():
+                        state[p][msg.key()] = msg.value()
+                    else:
+                        state[p].pop(msg.key(), None)
+                    if p in ends and msg.offset() + 1 >= ends[p]:
+                        del ends[p]
+            return state
+        finally:
+            cons.close()
+
+    def write(self, prod, partition: int, key: bytes, value: bytes | None, on_delivery=None) -> None:
+        while True:
+            try:
+                prod.produce(self.topic, key=key, value=value, partition=partition, on_delivery=on_delivery)
+                return
+            except BufferError:
+                prod.poll(0.1)
+

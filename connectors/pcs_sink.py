@@ -1,0 +1,71 @@
+"""The PCS sink: approved ``pcs_*`` actions → SunSpec setpoints over Modbus TCP, read back, ``ActionResult``.
+
+Each setpoint carries a revert timeout equal to the time left until the
+action's expiry, so the PCS returns to idle by itself when the action ends or
+opsloop goes silent; undoing a PCS action needs nothing more. The sink checks
+the target and the policy's power limit once more before writing (the guard
+decided, but the device end trusts nothing it can check cheaply).
+"""
+
+from __future__ import annotations
+
+import math
+
+from connectors.actuator import ActuatorSink, result
+from connectors.ledger import EXECUTED, FAILED
+from connectors.pcs import PcsClient, parse_endpoint
+
+MAX_REVERT_S = 65535  # a uint16 register
+
+
+class PcsSink(ActuatorSink):
+    name = "pcs-sink"
+    kinds = ("pcs_discharge", "pcs_charge", "pcs_idle")
+
+    def __init__(self, settings, policy, clock=None, targets: tuple[str, ...] | None = None):
+        super().__init__(settings, policy, **({"clock": clock} if clock else {}))
+        host, port = parse_endpoint(settings.pcs_modbus)
+        self.client = PcsClient(host, port)
+        self.targets = targets if targets is not None else _site_ess_ids(settings)
+
+    def _setpoint(self, action: dict) -> float:
+        return 0.0 if action["kind"] == "pcs_idle" else float(action["setpoint_kw"])
+
+    def execute(self, action: dict):
+        if action["target"] not in self.targets:
+            raise ValueError(f"unknown PCS target {action['target']!r}; this sink drives {', '.join(self.targets)}")
+        setpoint = self._setpoint(action)
+        if abs(setpoint) > self.policy.pcs.max_kw:
+            raise ValueError(f"setpoint {setpoint:g} kW exceeds the policy limit of {self.policy.pcs.max_kw:g} kW")
+        revert_s = min(MAX_REVERT_S, max(1, math.ceil((action["expires_ms"] - self.now_ms()) / 1000)))
+        reading = self.client.write_setpoint(setpoint, revert_s)
+        if not self.client.matches(reading, setpoint):
+            return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
+                                  f"asked for {setpoint:g} kW; read-back differs", self.name, self.now_ms()), None
+        return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
+                                f"wrote SunSpec model 124 on {self.client.endpoint}", self.name, self.now_ms()), None
+
+    def reconcile(self, action: dict):
+        setpoint = self._setpoint(action)
+        self.client.connect()
+        reading = self.client.read()
+        if self.client.matches(reading, setpoint):
+            return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
+                                    "confirmed by read-back after a restart (not written again)", self.name,
+                                    self.now_ms()), None
+        return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
+                              "interrupted before confirmation; not repeated (at most once)", self.name,
+                              self.now_ms()), None
+
+    def run(self, stop, exit_when_idle: bool = False) -> dict:
+        try:
+            return super().run(stop, exit_when_idle)
+        finally:
+            self.client.close()
+
+
+def _site_ess_ids(settings) -> tuple[str, ...]:
+    import yaml
+
+    site = yaml.safe_load(settings.topology.read_text())
+    return tuple(ess["id"] for ess in site.get("ess", []))

@@ -1,0 +1,212 @@
+"""Alarm fingerprints, deduplication and flap detection: pure decisions that say why.
+
+Like Alertmanager, every decision is a pure function of the stored state, the alarm and
+the configuration, and returns the new state with a ``Decision`` whose ``reason`` explains it.
+Time is the alarm's event time; nothing here reads a clock.
+
+* Fingerprint: the source plus the values of the fields configured for that source
+  (default site, device, device_type, code), readable and stable.
+* Dedup: a raise of an alarm that is already raised is a duplicate: it is counted and
+  folded, and re-announced only once ``window_ms`` has passed since it was last announced.
+* Flapping: ``flap_threshold`` raise/clear changes within ``flap_window_ms``. While flapping,
+  changes are folded and downstream keeps seeing the alarm raised; once it has been stable
+  for ``flap_window_ms`` the final state is announced (``settle``).
+
+Nothing is dropped: folded events are counted in the next announcement, and the raw
+alarms stay on ``alarms.raw``.
+
+>>> cfg = DedupConfig(window_ms=60_000)
+>>> a = {"ts_ms": 0, "site": "s", "device": "pdu-1", "device_type": "pdu", "source": "bms",
+...      "code": "PWR_INPUT_LOSS", "severity": "major", "state": "raise", "text": "", "attributes": {}}
+>>> fp = fingerprint(a, cfg)
+>>> fp
+'bms|s|pdu-1|pdu|PWR_INPUT_LOSS'
+>>> state, d = decide(None, a, fp, cfg)
+>>> d.emit, d.reason
+(True, 'first raise')
+>>> state, d = decide(state, {**a, "ts_ms": 10_000}, fp, cfg)
+>>> d.emit, d.reason, state["count"]
+(False, 'duplicate #2 within 60 s of the last announcement', 2)
+>>> state, d = decide(state, {**a, "ts_ms": 20_000, "state": "clear"}, fp, cfg)
+>>> d.emit, d.reason
+(True, 'cleared after 2 raises')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+DEFAULT_FIELDS = ("site", "device", "device_type", "code")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    window_ms: int = 300_000  # a raised alarm is re-announced at most this often
+    flap_window_ms: int = 600_000
+    flap_threshold: int = 4  # raise/clear changes within flap_window_ms that make an alarm flapping
+    fields_by_source: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_fields: tuple[str, ...] = DEFAULT_FIELDS
+
+
+@dataclass(frozen=True)
+class Decision:
+    emit: bool  # announce on alarms.clean
+    reason: str
+    state: str = "raise"  # the state downstream should see
+    flapping: bool = False
+
+
+def fingerprint(alarm: Mapping, config: DedupConfig) -> str:
+    """``source|value|value...`` of the source's configured fields (``attributes.x`` reads an attribute)."""
+    fields = config.fields_by_source.get(alarm["source"], config.default_fields)
+    parts = [alarm["source"]]
+    for name in fields:
+        if name.startswith("attributes."):
+            parts.append(str((alarm.get("attributes") or {}).get(name[len("attributes."):], "")))
+        else:
+            parts.append(str(alarm.get(name, "")))
+    return "|".join(p.replace("|", "/") for p in parts)
+
+
+def fingerprint_fields(fp: str, config: DedupConfig) -> dict[str, str]:
+    """Back from a fingerprint to its named fields (operator feedback carries only the fingerprint).
+
+    >>> fingerprint_fields("bms|s|pdu-1|pdu|PWR_INPUT_LOSS", DedupConfig())["code"]
+    'PWR_INPUT_LOSS'
+    """
+    source, *values = fp.split("|")
+    names = config.fields_by_source.get(source, config.default_fields)
+    return {"source": source, **dict(zip(names, values))}
+
+
+def new_state(ts_ms: int) -> dict:
+    return {"active": False, "reported": "clear", "count": 0, "first": ts_ms, "last": ts_ms,
+            "announced": ts_ms, "changes": [], "flapping": False, "episodes": 0}
+
+
+def decide(state: dict | None, alarm: Mapping, fp: str, config: DedupConfig) -> tuple[dict, Decision]:
+    """Fold one raw alarm into its fingerprint's state; returns (new state, decision)."""
+    t = alarm["ts_ms"]
+    st = dict(state) if state else new_state(t)
+    st["alarm"] = dict(alarm)  # the latest raw event, announced again if a flap settles later
+    changes = [c for c in st["changes"] if c > t - config.flap_window_ms]
+    raising = alarm["state"] == "raise"
+    if raising and st["active"]:
+        st["count"] += 1
+        st["last"] = max(st["last"], t)
+        st["changes"] = changes
+        if t - st["announced"] >= config.window_ms:
+            st["announced"] = t
+            return st, Decision(True, f"still raised: {st['count']} raises since "
+                                      f"{(t - st['first']) // 1000} s ago, re-announced after the window",
+                                "raise", st["flapping"])
+        return st, Decision(False, f"duplicate #{st['count']} within {config.window_ms // 1000} s "
+                                   f"of the last announcement", "raise", st["flapping"])
+    if not raising and not st["active"]:
+        st["changes"] = changes
+        return st, Decision(False, "clear of an alarm that is not raised", st["reported"], st["flapping"])
+    changes.append(t)
+    st["changes"] = changes
+    st["active"] = raising
+    st["last"] = max(st["last"], t)
+    was_flapping = st["flapping"]
+    st["flapping"] = len(changes) >= config.flap_threshold
+    window_s = config.flap_window_ms // 1000
+    if st["flapping"]:
+        st["count"] += 1 if raising else 0
+        if not was_flapping:
+            st["announced"], st["reported"] = t, "raise"
+            return st, Decision(True, f"started flapping: {len(changes)} raise/clear changes in {window_s} s; "
+                                      f"shown as raised until stable", "raise", True)
+        return st, Decision(False, f"flapping ({len(changes)} changes in {window_s} s): "
+                                   f"{'raise' if raising else 'clear'} folded", "raise", True)
+    if raising:
+        if st["reported"] == "raise":  # flapping ended while raised: downstream already sees it raised
+            st["count"] += 1
+            st["announced"] = t
+            return st, Decision(True, "stopped flapping, raised", "raise", False)
+        st.update(count=1, first=t, announced=t, reported="raise", episodes=st["episodes"] + 1)
+        return st, Decision(True, "first raise" if st["episodes"] == 1 else "raised again after a clear",
+                            "raise", False)
+    st["announced"], st["reported"] = t, "clear"
+    return st, Decision(True, f"cleared after {st['count']} raise{'s' if st['count'] != 1 else ''}",
+                        "clear", False)
+
+
+def settle(state: dict, now_ms: int, config: DedupConfig) -> tuple[dict, Decision | None]:
+    """A flapping alarm that has been stable for the flap window is announced in its final state.
+
+    Call with the event time of later traffic; returns (state, None) while nothing changes.
+
+    >>> cfg = DedupConfig(flap_window_ms=60_000, flap_threshold=2)
+    >>> st = {**new_state(0), "active": False, "reported": "raise", "flapping": True, "changes": [0, 5_000]}
+    >>> settle(st, 30_000, cfg)[1] is None, settle(st, 65_000, cfg)[1].state
+    (True, 'clear')
+    """
+    if not state["flapping"] or (state["changes"] and now_ms - max(state["changes"]) < config.flap_window_ms):
+        return state, None
+    st = {**state, "flapping": False, "changes": [], "announced": now_ms}
+    if st["active"]:
+        return st, Decision(True, f"stable for {config.flap_window_ms // 1000} s: no longer flapping, raised",
+                            "raise", False)
+    st["reported"] = "clear"
+    return st, Decision(True, f"stable for {config.flap_window_ms // 1000} s: no longer flapping, cleared",
+                        "clear", False)
+
+
+def clean_alarm(alarm: Mapping, fp: str, state: Mapping, decision: Decision, noise_score: float,
+                noise: bool) -> dict:
+    """The CleanAlarm record announcing ``decision`` (the alarm's state is what downstream should see)."""
+    return {"alarm": {**alarm, "state": decision.state}, "fingerprint": fp, "duplicate_count": max(1, state["count"]),
+            "first_seen_ms": state["first"], "last_seen_ms": state["last"], "flapping": decision.flapping,
+            "noise_score": noise_score, "noise": noise, "decision_reason": decision.reason}
+
+
+def prune(states: Mapping[str, dict], now_ms: int, config: DedupConfig) -> dict[str, dict]:
+    """Drop states of alarms cleared and quiet for longer than both windows (they start afresh).
+
+    >>> prune({"a": {**new_state(0), "last": 0}}, 10_000_000, DedupConfig())
+    {}
+    """
+    keep_ms = max(config.window_ms, config.flap_window_ms)
+    return {fp: st for fp, st in states.items()
+            if st["active"] or st["flapping"] or now_ms - st["last"] < keep_ms}
+
+
+OFFSET = "_offset"  # reserved key in a device's states: the last source offset folded in (restart safety)
+
+
+def fold(states: dict, alarm: Mapping, offset: int, config: DedupConfig, scorer) -> list[dict] | None:
+    """Fold one raw alarm into its device's fingerprint states (updated in place).
+
+    Returns the clean alarms to announce, or None when ``offset`` was folded in already
+    (a replay after a restart). Flapping alarms of the device that have gone quiet are
+    announced in their final state on the way (``settle``).
+    """
+    if offset <= states.get(OFFSET, -1):
+        return None
+    out = []
+    fp = fingerprint(alarm, config)
+    for other, st in list(states.items()):
+        if other != OFFSET and other != fp and st["flapping"]:
+            states[other], settled = settle(st, alarm["ts_ms"], config)
+            if settled:  # dated when it became stable, not now: it says nothing about the present
+                stable_at = max(st["changes"], default=alarm["ts_ms"]) + config.flap_window_ms
+                held = {**st["alarm"], "ts_ms": min(alarm["ts_ms"], stable_at)}
+                score = scorer.score_one(held)
+                out.append(clean_alarm(held, other, states[other], settled, score, scorer.is_noise(score)))
+    state, decision = decide(states.get(fp), alarm, fp, config)
+    states[fp] = state
+    if decision.emit:
+        score = scorer.score_one(alarm)
+        out.append(clean_alarm(alarm, fp, state, decision, score, scorer.is_noise(score)))
+    states[OFFSET] = offset
+    return out
+
+
+def compact(states: Mapping[str, dict], config: DedupConfig) -> dict:
+    """What to store for a device: its live fingerprint states (``prune``d on its latest time) and offset."""
+    fps = {fp: st for fp, st in states.items() if fp != OFFSET}
+    now = max((st["last"] for st in fps.values()), default=0)
+    return {**prune(fps, now, config), OFFSET: states.get(OFFSET, -1)}

@@ -1,0 +1,113 @@
+"""Plain-language one-liners for the NOC: the interpreter (forecasts) and the advisor (actions).
+
+Each line is built from the record's own fields only (the same facts the
+planner used), so it can be shown next to the numbers without contradicting
+them. Times are UTC; durations are relative to the record's own time
+(``issued_ms``, ``created_ms``), never to the wall clock.
+
+>>> f = {"site": "demo", "issued_ms": 0, "horizon_s": 14400, "step_s": 900, "predicted_peak_kw": 31400.0,
+...      "predicted_peak_ms": 8_100_000, "threshold_kw": 28000.0, "model": "snarimax", "explanation": "",
+...      "points": [{"ts_ms": 8_100_000, "kw": 31400.0, "lower_kw": 30100.0, "upper_kw": 32800.0}]}
+>>> ForecastInterpreter().run(f)["text"]
+'demo: peak of 31.4 MW expected at 02:15 UTC (in 2 h 15 min), 3.4 MW above the 28.0 MW threshold (likely 30.1-32.8 MW).'
+>>> a = {"action_id": "a1", "kind": "pcs_discharge", "target": "pcs-1", "site": "demo", "setpoint_kw": 3200.0,
+...      "shed_kw": None, "job_ids": [], "params": {}, "reason": "forecast peak 31.4 MW exceeds 28.0 MW",
+...      "expected_effect": "", "expected_delta_kw": -3200.0, "created_ms": 0, "expires_ms": 5_400_000,
+...      "risk": "low", "proposer": "peaks"}
+>>> ActionAdvisor().run(a)["text"]
+'Discharge battery pcs-1 at 3.2 MW until 01:30 UTC (1 h 30 min): grid import down 3.2 MW. Why: forecast peak 31.4 MW exceeds 28.0 MW. Low risk, proposed by peaks.'
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from haystack import component
+
+
+def power(kw: float) -> str:
+    """``850 kW`` below a megawatt, ``31.4 MW`` above."""
+    return f"{kw / 1000:.1f} MW" if abs(kw) >= 1000 else f"{kw:.0f} kW"
+
+
+def power_range(low_kw: float, high_kw: float) -> str:
+    """``30.1-32.8 MW`` or ``850-900 kW``: one unit, that of the upper bound."""
+    if abs(high_kw) >= 1000:
+        return f"{low_kw / 1000:.1f}-{high_kw / 1000:.1f} MW"
+    return f"{low_kw:.0f}-{high_kw:.0f} kW"
+
+
+def clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%H:%M UTC")
+
+
+def duration(ms: int) -> str:
+    minutes = max(0, round(ms / 60_000))
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+@component
+class ForecastInterpreter:
+    """One line on a ``PeakForecast``: when the peak comes, how big, against the threshold, how sure."""
+
+    @component.output_types(text=str)
+    def run(self, forecast: dict) -> dict:
+        peak, threshold = forecast["predicted_peak_kw"], forecast["threshold_kw"]
+        when = forecast["predicted_peak_ms"]
+        line = (f"{forecast['site']}: peak of {power(peak)} expected at {clock(when)}"
+                f" (in {duration(when - forecast['issued_ms'])}), ")
+        gap = peak - threshold
+        line += (f"{power(gap)} above the {power(threshold)} threshold" if gap > 0
+                 else f"{power(-gap)} under the {power(threshold)} threshold, no action needed")
+        points = forecast.get("points") or []
+        if points:
+            at_peak = min(points, key=lambda p: abs(p["ts_ms"] - when))
+            line += f" (likely {power_range(at_peak['lower_kw'], at_peak['upper_kw'])})"
+        return {"text": line + "."}
+
+
+_VERBS = {
+    "pcs_discharge": "Discharge battery {target} at {setpoint}",
+    "pcs_charge": "Charge battery {target} at {setpoint}",
+    "pcs_idle": "Set battery {target} to idle",
+    "slurm_hold": "Hold {jobs} on {target}",
+    "slurm_release": "Release {jobs} on {target}",
+    "slurm_requeue": "Requeue {jobs} on {target}",
+    "slurm_suspend": "Suspend {jobs} on {target}",
+    "slurm_resume": "Resume {jobs} on {target}",
+}
+
+
+def _jobs(job_ids: list[str]) -> str:
+    if not job_ids:
+        return "the selected jobs"
+    shown = ", ".join(job_ids[:3]) + (f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else "")
+    return f"{len(job_ids)} job(s) ({shown})"
+
+
+@component
+class ActionAdvisor:
+    """One line on an ``Action``: what it does, until when, the expected effect, why, its risk."""
+
+    @component.output_types(text=str)
+    def run(self, action: dict) -> dict:
+        setpoint = action.get("setpoint_kw")
+        line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
+                                             setpoint=power(abs(setpoint)) if setpoint is not None else "")
+        line += (f" until {clock(action['expires_ms'])}"
+                 f" ({duration(action['expires_ms'] - action['created_ms'])})")
+        effects = []
+        if action.get("shed_kw"):
+            effects.append(f"sheds {power(action['shed_kw'])} of GPU load")
+        delta = action.get("expected_delta_kw")
+        if delta:
+            effects.append(f"grid import {'down' if delta < 0 else 'up'} {power(abs(delta))}")
+        elif action.get("expected_effect"):
+            effects.append(action["expected_effect"].strip().rstrip("."))
+        if effects:
+            line += ": " + ", ".join(effects)
+        line += "."
+        if action.get("reason"):
+            line += f" Why: {action['reason'].strip().rstrip('.')}."
+        return {"text": line + f" {action.get('risk', 'high').capitalize()} risk, proposed by {action['proposer']}."}

@@ -1,0 +1,190 @@
+"""The guard: a pure decision on one proposed action, given the plant's state, the policy and the time.
+
+``decide(action, state, policy, now_ms)`` returns a ``Decision``: ``approved``,
+``needs_approval`` or ``rejected``, always with the reasons. Every limit is
+checked first; only an action within every limit gets the mode of its kind
+(auto → approved, approve → needs_approval until an operator approves it,
+advise → rejected as "advice only"). ``operator`` marks an operator's approval:
+the limits are checked again with the state at that moment.
+
+PCS actions (``setpoint_kw`` > 0 discharges, < 0 charges): power within
+``max_kw``, the step from the present power within the ramp rate, duration
+(expiry - now) within ``max_duration_s``, state of health above the minimum,
+and the energy of the whole duration keeps the state of charge between the
+reserve and ``max_soc_pct``. ESS telemetry must be fresh. Slurm actions declare
+the partitions they may touch (``params["partitions"]``); none may be protected
+and all must be touchable; jobs per event, hold time and declared GPU-hours are
+bounded. The Slurm sink enforces the same limits again on the jobs it picks.
+
+>>> from models.policy import Policy, PcsLimits, SlurmLimits, KindRule
+>>> policy = Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
+...                 SlurmLimits(("batch",), ("inference",), 10, 40, 3600), {"pcs_discharge": KindRule("auto")})
+>>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=0)
+>>> action = {"action_id": "a1", "kind": "pcs_discharge", "setpoint_kw": 2000.0, "expires_ms": 1_800_000,
+...           "job_ids": [], "params": {}}
+>>> decide(action, PlantState(ess), policy, now_ms=0)
+Decision(verdict='approved', reasons=('within every limit; pcs_discharge runs in auto mode',))
+>>> decide({**action, "setpoint_kw": 4500.0}, PlantState(ess), policy, now_ms=0).reasons
+('setpoint 4500 kW exceeds the policy limit of 4000 kW', 'step of 4500 kW from 0 kW exceeds the ramp limit of 2500 kW')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from models.policy import Policy
+
+APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
+PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
+SLURM_SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend")  # the ones that take capacity away
+SLURM_UNDO = ("slurm_release", "slurm_resume")
+
+
+@dataclass(frozen=True)
+class EssState:
+    """What the guard knows of the battery: the latest telemetry and its ratings."""
+
+    soc_pct: float
+    soh_pct: float
+    power_kw: float  # present PCS power, + discharge
+    capacity_kwh: float  # nameplate; usable = nameplate x SoH
+    ts_ms: int  # event time of the telemetry
+    round_trip_efficiency: float = 1.0
+    last_change_ms: int | None = None  # when the setpoint last changed (ramp); None: long ago
+
+
+@dataclass(frozen=True)
+class PlantState:
+    ess: EssState | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str
+    reasons: tuple[str, ...]
+
+
+def soc_after(ess: EssState, setpoint_kw: float, duration_s: float) -> float:
+    """State of charge after holding ``setpoint_kw`` for ``duration_s`` (one-way losses = sqrt(round trip)).
+
+    >>> soc_after(EssState(50, 100, 0, 1000, 0), 500, 3600)  # 500 kWh out of 1000 usable
+    0.0
+    """
+    usable_kwh = ess.capacity_kwh * ess.soh_pct / 100
+    one_way = math.sqrt(ess.round_trip_efficiency)
+    energy_kwh = setpoint_kw * duration_s / 3600
+    stored_kwh = energy_kwh / one_way if setpoint_kw > 0 else energy_kwh * one_way
+    return ess.soc_pct - stored_kwh / usable_kwh * 100
+
+
+def ramp_allowance_kw(ess: EssState, ramp_kw_per_min: float, now_ms: int) -> float:
+    """Largest setpoint step allowed now: the ramp rate times the minutes since the last change (at least one)."""
+    minutes = 1.0 if ess.last_change_ms is None else max(1.0, (now_ms - ess.last_change_ms) / 60_000)
+    return ramp_kw_per_min * minutes
+
+
+def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: int) -> list[str]:
+    kind, limits = action["kind"], policy.pcs
+    setpoint = action.get("setpoint_kw")
+    if kind == "pcs_idle":
+        return [] if setpoint in (None, 0, 0.0) else [f"pcs_idle must have setpoint 0, not {setpoint:g} kW"]
+    if setpoint is None or not math.isfinite(setpoint):
+        return [f"{kind} needs a finite setpoint_kw, got {setpoint!r}"]
+    if kind == "pcs_discharge" and setpoint <= 0:
+        return [f"pcs_discharge needs a positive setpoint, got {setpoint:g} kW"]
+    if kind == "pcs_charge" and setpoint >= 0:
+        return [f"pcs_charge needs a negative setpoint, got {setpoint:g} kW"]
+    problems = []
+    if abs(setpoint) > limits.max_kw:
+        problems.append(f"setpoint {abs(setpoint):g} kW exceeds the policy limit of {limits.max_kw:g} kW")
+    duration_s = (action["expires_ms"] - now_ms) / 1000
+    if duration_s > limits.max_duration_s:
+        problems.append(f"lasts {duration_s:g} s, longer than the policy's {limits.max_duration_s:g} s")
+    if ess is None:
+        return problems + ["no ESS telemetry yet: state of charge and health unknown"]
+    age_s = (now_ms - ess.ts_ms) / 1000
+    if age_s > policy.max_state_age_s:
+        problems.append(f"ESS telemetry is {age_s:g} s old, older than {policy.max_state_age_s:g} s")
+    if not all(math.isfinite(v) for v in (ess.soc_pct, ess.soh_pct, ess.power_kw)):
+        return problems + ["ESS telemetry has non-finite values"]
+    step, allowance = abs(setpoint - ess.power_kw), ramp_allowance_kw(ess, limits.ramp_kw_per_min, now_ms)
+    if step > allowance:
+        problems.append(f"step of {step:g} kW from {ess.power_kw:g} kW exceeds the ramp limit of {allowance:g} kW")
+    if ess.soh_pct < limits.min_soh_pct:
+        problems.append(f"state of health {ess.soh_pct:g}% is below the policy minimum of {limits.min_soh_pct:g}%")
+    end_soc = soc_after(ess, setpoint, max(duration_s, 0.0))
+    if setpoint > 0 and end_soc < limits.reserve_soc_pct:
+        problems.append(f"discharging {setpoint:g} kW for {duration_s:g} s takes the state of charge from "
+                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, below the {limits.reserve_soc_pct:g}% reserve")
+    if setpoint < 0 and end_soc > limits.max_soc_pct:
+        problems.append(f"charging {-setpoint:g} kW for {duration_s:g} s takes the state of charge from "
+                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, above the {limits.max_soc_pct:g}% maximum")
+    return problems
+
+
+def declared_partitions(action: Mapping) -> list[str]:
+    return [p.strip() for p in action.get("params", {}).get("partitions", "").split(",") if p.strip()]
+
+
+def slurm_problems(action: Mapping, policy: Policy, now_ms: int) -> list[str]:
+    limits, params = policy.slurm, action.get("params", {})
+    partitions = declared_partitions(action)
+    if not partitions:
+        return ["a Slurm action must list the partitions it may touch (params.partitions)"]
+    problems = []
+    protected = [p for p in partitions if p in limits.protected_partitions]
+    if protected:
+        problems.append(f"partition(s) {', '.join(protected)} are protected and never touched")
+    untouchable = [p for p in partitions if p not in limits.touchable_partitions and p not in protected]
+    if untouchable:
+        problems.append(f"partition(s) {', '.join(untouchable)} are not in the policy's touchable partitions")
+    if action["kind"] in SLURM_UNDO:
+        return problems  # giving capacity back needs no budget
+    try:
+        max_jobs = int(params.get("max_jobs", len(action.get("job_ids", [])) or limits.max_jobs_per_event))
+        gpus = float(params.get("gpus", "0"))
+    except ValueError:
+        return problems + ["params.max_jobs and params.gpus must be numbers"]
+    jobs = max(max_jobs, len(action.get("job_ids", [])))
+    if jobs > limits.max_jobs_per_event:
+        problems.append(f"affects up to {jobs} jobs, more than the policy's {limits.max_jobs_per_event} per event")
+    hold_s = (action["expires_ms"] - now_ms) / 1000
+    if hold_s > limits.max_hold_s:
+        problems.append(f"holds for {hold_s:g} s, longer than the policy's {limits.max_hold_s:g} s")
+    gpu_hours = gpus * max(hold_s, 0) / 3600
+    if not math.isfinite(gpus) or gpu_hours > limits.max_gpu_hours_per_event:
+        problems.append(f"{gpu_hours:g} GPU-hours exceed the policy's {limits.max_gpu_hours_per_event:g} per event")
+    return problems
+
+
+def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, operator: str | None = None) -> Decision:
+    """The verdict on ``action`` now; ``operator`` is set when an operator has approved it."""
+    kind = action["kind"]
+    rule = policy.rule(kind)
+    if now_ms >= action["expires_ms"]:
+        return Decision(REJECTED, (f"expired {(now_ms - action['expires_ms']) / 1000:g} s ago",))
+    if kind in PCS_KINDS:
+        problems = pcs_problems(action, state.ess, policy, now_ms)
+    elif kind.startswith("slurm_"):
+        problems = slurm_problems(action, policy, now_ms)
+    else:
+        problems = [f"unknown action kind {kind!r}"]
+    if rule.windows and not any(w.contains(now_ms) for w in rule.windows):
+        problems.append(f"{kind} is outside the time windows the policy allows")
+    if problems:
+        return Decision(REJECTED, tuple(problems))
+    if rule.mode == "advise":
+        return Decision(REJECTED, (f"within every limit, but {kind} is advise-only: shown, never executed",))
+    if rule.mode == "approve" and operator is None:
+        return Decision(NEEDS_APPROVAL, (f"within every limit; {kind} needs an operator's approval",))
+    if operator is not None:
+        return Decision(APPROVED, (f"within every limit; approved by {operator}",))
+    return Decision(APPROVED, (f"within every limit; {kind} runs in auto mode",))
+
+
+def approval_deadline_ms(action: Mapping, policy: Policy, asked_ms: int) -> int:
+    """When a pending approval request lapses: the policy's expiry or the action's own, whichever is sooner."""
+    return min(action["expires_ms"], asked_ms + int(policy.approval_expiry_s * 1000))

@@ -1,0 +1,210 @@
+"""The guard-rail policy as typed, frozen data, parsed from the YAML document of ``ops/policy.yaml``.
+
+Pure: ``parse_policy`` takes the already-loaded document (a dict) and returns a
+``Policy`` or raises ``PolicyError`` listing every problem with its path, so an
+operator fixes a file in one go. The structural rules are a JSON Schema
+(``POLICY_SCHEMA``, checked with the jsonschema library); the rules that span
+fields (a partition both touchable and protected, a window ending before it
+starts) are checked here.
+
+>>> policy = parse_policy({"version": 1, "approval_expiry_s": 600,
+...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
+...     "pcs": {"max_kw": 4000, "ramp_kw_per_min": 2000, "reserve_soc_pct": 15, "min_soh_pct": 80,
+...             "max_duration_s": 3600},
+...     "slurm": {"touchable_partitions": ["batch"], "protected_partitions": ["inference"],
+...               "max_jobs_per_event": 10, "max_gpu_hours_per_event": 40, "max_hold_s": 3600}})
+>>> policy.mode("pcs_discharge"), policy.mode("pcs_charge"), policy.slurm.protected_partitions
+('auto', 'advise', ('inference',))
+>>> print(PolicyError(schema_problems({"version": 1, "approval_expiry_s": 60, "actions": {},
+...     "pcs": {"max_kw": -5, "ramp_kw_per_min": 1, "reserve_soc_pct": 10, "min_soh_pct": 80,
+...             "max_duration_s": 60}})))
+invalid policy:
+  (root): 'slurm' is a required property
+  pcs.max_kw: -5 is less than or equal to the minimum of 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+MODES = ("advise", "approve", "auto")
+ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
+                "slurm_requeue", "slurm_suspend", "slurm_resume")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
+
+_positive = {"type": "number", "exclusiveMinimum": 0}
+_percent = {"type": "number", "minimum": 0, "maximum": 100}
+_names = {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True}
+_window = {
+    "type": "object", "additionalProperties": False, "required": ["start", "end"],
+    "properties": {"days": {"type": "array", "items": {"enum": list(DAYS)}, "uniqueItems": True, "minItems": 1},
+                   "start": {"type": "string", "pattern": _HHMM}, "end": {"type": "string", "pattern": _HHMM}},
+}
+
+#: JSON Schema of policy version 1 (structure, types, ranges). Cross-field rules live in ``parse_policy``.
+POLICY_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "approval_expiry_s", "actions", "pcs", "slurm"],
+    "properties": {
+        "version": {"const": SCHEMA_VERSION},
+        "name": {"type": "string"},
+        "approval_expiry_s": _positive,
+        "max_state_age_s": _positive,
+        "actions": {
+            "type": "object", "additionalProperties": False,
+            "properties": {kind: {
+                "type": "object", "additionalProperties": False, "required": ["mode"],
+                "properties": {"mode": {"enum": list(MODES)}, "windows": {"type": "array", "items": _window}},
+            } for kind in ACTION_KINDS},
+        },
+        "pcs": {
+            "type": "object", "additionalProperties": False,
+            "required": ["max_kw", "ramp_kw_per_min", "reserve_soc_pct", "min_soh_pct", "max_duration_s"],
+            "properties": {"max_kw": _positive, "ramp_kw_per_min": _positive, "reserve_soc_pct": _percent,
+                           "max_soc_pct": _percent, "min_soh_pct": _percent, "max_duration_s": _positive},
+        },
+        "slurm": {
+            "type": "object", "additionalProperties": False,
+            "required": ["touchable_partitions", "protected_partitions", "max_jobs_per_event",
+                         "max_gpu_hours_per_event", "max_hold_s"],
+            "properties": {"touchable_partitions": _names, "protected_partitions": _names,
+                           "max_jobs_per_event": {"type": "integer", "minimum": 1},
+                           "max_gpu_hours_per_event": _positive, "max_hold_s": _positive,
+                           "kw_per_gpu": _positive},
+        },
+    },
+}
+
+
+class PolicyError(ValueError):
+    """The policy document is invalid; ``problems`` holds one line per problem (path: what is wrong)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid policy:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily time window in UTC, on the listed days; ``end`` may be ``24:00``."""
+
+    days: tuple[str, ...]
+    start_min: int
+    end_min: int
+
+    def contains(self, now_ms: int) -> bool:
+        t = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
+        minute = t.hour * 60 + t.minute
+        return DAYS[t.weekday()] in self.days and self.start_min <= minute < self.end_min
+
+
+@dataclass(frozen=True)
+class KindRule:
+    mode: str = "advise"
+    windows: tuple[Window, ...] = ()  # empty: any time
+
+
+@dataclass(frozen=True)
+class PcsLimits:
+    max_kw: float
+    ramp_kw_per_min: float
+    reserve_soc_pct: float
+    min_soh_pct: float
+    max_duration_s: float
+    max_soc_pct: float = 100.0
+
+
+@dataclass(frozen=True)
+class SlurmLimits:
+    touchable_partitions: tuple[str, ...]
+    protected_partitions: tuple[str, ...]
+    max_jobs_per_event: int
+    max_gpu_hours_per_event: float
+    max_hold_s: float
+    kw_per_gpu: float = 0.7  # estimated draw of one busy GPU with its share of the node
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: int
+    approval_expiry_s: float
+    pcs: PcsLimits
+    slurm: SlurmLimits
+    rules: Mapping[str, KindRule] = field(default_factory=dict)
+    max_state_age_s: float = 300.0  # older ESS telemetry is not trusted for a decision
+    name: str = ""
+
+    def rule(self, kind: str) -> KindRule:
+        """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
+        return self.rules.get(kind, KindRule())
+
+    def mode(self, kind: str) -> str:
+        return self.rule(kind).mode
+
+    @property
+    def label(self) -> str:
+        """What verdicts carry as ``policy_version``."""
+        return f"v{self.version}" + (f" {self.name}" if self.name else "")
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def schema_problems(doc: Any) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(POLICY_SCHEMA)
+    problems = []
+    for error in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = ".".join(str(p) for p in error.absolute_path) or "(root)"
+        problems.append(f"{path}: {error.message}")
+    return problems
+
+
+def parse_policy(doc: Any) -> Policy:
+    """Validate a loaded policy document and build the ``Policy``; raises ``PolicyError``."""
+    if not isinstance(doc, dict):
+        raise PolicyError([f"(root): expected a mapping, got {type(doc).__name__}"])
+    if "version" in doc and doc["version"] != SCHEMA_VERSION:
+        raise PolicyError([f"version: this opsloop reads policy version {SCHEMA_VERSION}, the file has "
+                           f"{doc['version']!r}"])
+    problems = schema_problems(doc)
+    if problems:
+        raise PolicyError(problems)
+    slurm = doc["slurm"]
+    both = sorted(set(slurm["touchable_partitions"]) & set(slurm["protected_partitions"]))
+    if both:
+        problems.append(f"slurm: partition(s) {', '.join(both)} are both touchable and protected")
+    pcs = doc["pcs"]
+    if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
+        problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
+    rules = {}
+    for kind, rule in doc["actions"].items():
+        windows = []
+        for i, w in enumerate(rule.get("windows", [])):
+            start, end = _minutes(w["start"]), _minutes(w["end"])
+            if end <= start:
+                problems.append(f"actions.{kind}.windows.{i}: end {w['end']} is not after start {w['start']}")
+            windows.append(Window(tuple(w.get("days", DAYS)), start, end))
+        rules[kind] = KindRule(rule["mode"], tuple(windows))
+    if problems:
+        raise PolicyError(problems)
+    return Policy(
+        version=doc["version"], approval_expiry_s=float(doc["approval_expiry_s"]),
+        pcs=PcsLimits(**{k: float(v) for k, v in pcs.items()}),
+        slurm=SlurmLimits(touchable_partitions=tuple(slurm["touchable_partitions"]),
+                          protected_partitions=tuple(slurm["protected_partitions"]),
+                          max_jobs_per_event=int(slurm["max_jobs_per_event"]),
+                          max_gpu_hours_per_event=float(slurm["max_gpu_hours_per_event"]),
+                          max_hold_s=float(slurm["max_hold_s"]),
+                          kw_per_gpu=float(slurm.get("kw_per_gpu", 0.7))),
+        rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
+    )

@@ -1,0 +1,101 @@
+"""SOP retrieval: Haystack's in-memory BM25 over the corpus, re-ranked with each SOP's declared scope.
+
+BM25 (Haystack ``InMemoryBM25Retriever``) scores every SOP on the incident's
+query terms. The score is then fused with the scope each SOP declares in its
+front matter, because the root alarm code and device type are the strongest
+evidence an incident carries:
+
+    score = bm25 / best bm25
+          + code_weight   × (1 if the root code is one of the SOP's codes, else word overlap of the codes)
+          + device_weight × (1 if the root device type is in the SOP's equipment)
+          + member_weight × share of member codes the SOP lists
+
+An embedding retriever with rank fusion was not added: it would need a
+packaged embedding model, and BM25 with scope already meets the targets on
+the labelled set (see ``opsloop eval narrate``).
+
+The retriever returns the ranked SOP ids and, for the ``top_k`` best, every
+section as a ``Document`` (meta: ``sop_id``, ``section``, ``title``): these
+are the *retrieved sections*, the only ones a narration may cite.
+"""
+
+from __future__ import annotations
+
+from haystack import Document, component
+from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+from haystack.document_stores.in_memory import InMemoryDocumentStore
+
+from models.incident_query import code_key, terms
+from models.sops import Sop
+
+# Sections that describe *when* a SOP applies weigh more in its index text than the steps.
+_INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}
+
+
+def index_text(sop: Sop) -> str:
+    parts = [sop.title] * 3 + [" ".join(sop.equipment)] * 2 + [" ".join(sop.codes)] * 2
+    for name, weight in _INDEX_WEIGHTS.items():
+        parts += [sop.sections.get(name, "")] * weight
+    return " ".join(terms(" ".join(parts)))
+
+
+def section_documents(sop: Sop) -> list[Document]:
+    return [Document(id=f"{sop.id}#{name}", content=body,
+                     meta={"sop_id": sop.id, "section": name, "title": sop.title})
+            for name, body in sop.sections.items()]
+
+
+def _code_words(code: str) -> set[str]:
+    return set(terms(code))
+
+
+@component
+class SopRetriever:
+    """Ranks SOPs for an incident query; returns the best ids and the sections of the ``top_k`` best."""
+
+    def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
+                 device_weight: float = 0.4, member_weight: float = 0.3):
+        self.corpus = corpus
+        self.top_k = top_k
+        self.code_weight = code_weight
+        self.device_weight = device_weight
+        self.member_weight = member_weight
+        store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
+        store.write_documents([Document(id=sop.id, content=index_text(sop), meta={"sop_id": sop.id})
+                               for sop in corpus.values()])
+        self._bm25 = InMemoryBM25Retriever(document_store=store, top_k=len(corpus))
+        self._codes = {sid: {code_key(c) for c in sop.codes} for sid, sop in corpus.items()}
+        self._code_words = {sid: [_code_words(c) for c in sop.codes] for sid, sop in corpus.items()}
+        self._equipment = {sid: {code_key(e) for e in sop.equipment} for sid, sop in corpus.items()}
+        self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
+
+    def scores(self, query: str, root_code: str = "", device_type: str = "",
+               member_codes: list[str] | None = None) -> list[tuple[str, float]]:
+        """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
+        bm25 = {d.meta["sop_id"]: d.score or 0.0 for d in self._bm25.run(query=query or "incident")["documents"]}
+        best = max(bm25.values(), default=0.0) or 1.0
+        root_key, root_words = code_key(root_code), _code_words(root_code)
+        device_key = code_key(device_type)
+        member_keys = {code_key(c) for c in member_codes or []}
+        ranked = []
+        for sid in self.corpus:
+            score = bm25.get(sid, 0.0) / best
+            if root_key and root_key in self._codes[sid]:
+                score += self.code_weight
+            elif root_words:
+                overlap = max((len(root_words & w) / len(root_words | w) for w in self._code_words[sid]), default=0.0)
+                score += self.code_weight * overlap
+            if device_key and device_key in self._equipment[sid]:
+                score += self.device_weight
+            if member_keys:
+                score += self.member_weight * len(member_keys & self._codes[sid]) / len(member_keys)
+            ranked.append((sid, score))
+        ranked.sort(key=lambda item: (-item[1], item[0]))
+        return ranked
+
+    @component.output_types(sop_ids=list[str], documents=list[Document])
+    def run(self, query: str, root_code: str = "", device_type: str = "",
+            member_codes: list[str] | None = None) -> dict:
+        ranked = [sid for sid, _ in self.scores(query, root_code, device_type, member_codes)]
+        top = ranked[: self.top_k]
+        return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}

@@ -1,0 +1,107 @@
+"""The SunSpec register map opsloop's PCS speaks, and the scaling between kW and register values.
+
+Holding registers from ``BASE`` (40000): the ``SunS`` marker, the common model
+(1), an inverter model (103, for the measured AC power ``W``), the basic
+storage controls model (124) and the end marker. Model 124 carries what the
+sink writes: ``StorCtl_Mod`` (bit 0 charge, bit 1 discharge), ``OutWRte`` /
+``InWRte`` (discharge / charge rate in % of ``WChaMax``) and
+``InOutWRte_RvrtTms`` (seconds after which the PCS reverts to idle by itself),
+and what it reads: ``ChaState`` (state of charge), ``ChaSt``, ``MinRsvPct``.
+Values with a scale factor are ``value x 10^SF``.
+
+>>> rates = setpoint_registers(2500.0, revert_s=600, wchamax_kw=5000)
+>>> rates
+{'StorCtl_Mod': 2, 'OutWRte': 5000, 'InWRte': 0, 'InOutWRte_RvrtTms': 600}
+>>> setpoint_from(rates, wchamax_kw=5000)
+2500.0
+>>> setpoint_from(setpoint_registers(-1250.0, 60, 5000), 5000)
+-1250.0
+"""
+
+from __future__ import annotations
+
+BASE = 40000
+COMMON_ID, COMMON_LEN = 1, 66
+INVERTER_ID, INVERTER_LEN = 103, 50
+STORAGE_ID, STORAGE_LEN = 124, 24
+
+COMMON_AT = BASE + 2  # model id register of the common model
+INVERTER_AT = COMMON_AT + 2 + COMMON_LEN
+STORAGE_AT = INVERTER_AT + 2 + INVERTER_LEN
+END_AT = STORAGE_AT + 2 + STORAGE_LEN
+REGISTER_COUNT = END_AT + 2 - BASE
+
+#: Model 124 point offsets (after its id and length registers).
+STORAGE_POINTS = ("WChaMax", "WChaGra", "WDisChaGra", "StorCtl_Mod", "VAChaMax", "MinRsvPct", "ChaState",
+                  "StorAval", "InBatV", "ChaSt", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms",
+                  "InOutWRte_RmpTms", "ChaGriSet", "WChaMax_SF", "WChaDisChaGra_SF", "VAChaMax_SF",
+                  "MinRsvPct_SF", "ChaState_SF", "StorAval_SF", "InBatV_SF", "InOutWRte_SF")
+SIGNED = {"OutWRte", "InWRte", "WChaMax_SF", "WChaDisChaGra_SF", "VAChaMax_SF", "MinRsvPct_SF", "ChaState_SF",
+          "StorAval_SF", "InBatV_SF", "InOutWRte_SF", "W", "W_SF"}
+#: The points a controller writes; the rest of model 124 is status and rejects writes.
+CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms", "InOutWRte_RmpTms")
+INVERTER_W = INVERTER_AT + 2 + 12  # W and W_SF in model 103
+CHARGE, DISCHARGE = 1, 2  # StorCtl_Mod bits
+CHA_ST = {"off": 1, "empty": 2, "discharging": 3, "charging": 4, "full": 5, "holding": 6}
+WCHAMAX_SF, RATE_SF, SOC_SF, W_SF = 2, -2, -1, 2  # W x 100, % x 0.01, % x 0.1, W x 100
+
+
+def address(point: str) -> int:
+    return STORAGE_AT + 2 + STORAGE_POINTS.index(point)
+
+
+def to_u16(value: int) -> int:
+    return value & 0xFFFF
+
+
+def from_u16(point: str, raw: int) -> int:
+    return raw - 0x10000 if point in SIGNED and raw >= 0x8000 else raw
+
+
+def setpoint_registers(setpoint_kw: float, revert_s: int, wchamax_kw: float) -> dict[str, int]:
+    """Model 124 control values for a setpoint (+ discharge, - charge, 0 idle) with a revert timeout."""
+    pct = round(abs(setpoint_kw) / wchamax_kw * 100 / 10 ** RATE_SF)
+    if pct == 0:
+        return {"StorCtl_Mod": 0, "OutWRte": 0, "InWRte": 0, "InOutWRte_RvrtTms": int(revert_s)}
+    if setpoint_kw > 0:
+        return {"StorCtl_Mod": DISCHARGE, "OutWRte": pct, "InWRte": 0, "InOutWRte_RvrtTms": int(revert_s)}
+    return {"StorCtl_Mod": CHARGE, "OutWRte": 0, "InWRte": pct, "InOutWRte_RvrtTms": int(revert_s)}
+
+
+def setpoint_from(values: dict[str, int], wchamax_kw: float) -> float:
+    """The setpoint in kW that model 124 control values command (the inverse of ``setpoint_registers``)."""
+    mode = values["StorCtl_Mod"]
+    scale = wchamax_kw / 100 * 10 ** RATE_SF
+    if mode & DISCHARGE and not mode & CHARGE:
+        return values["OutWRte"] * scale
+    if mode & CHARGE and not mode & DISCHARGE:
+        return -values["InWRte"] * scale
+    return 0.0
+
+
+def storage_values(registers: list[int], start: int = BASE) -> dict[str, int]:
+    """Decode model 124 from a register list that starts at address ``start``."""
+    at = STORAGE_AT + 2 - start
+    return {p: from_u16(p, registers[at + i]) for i, p in enumerate(STORAGE_POINTS)}
+
+
+def initial_registers(wchamax_kw: float, min_reserve_pct: float, manufacturer: str = "opsloop",
+                      model: str = "pcs-sim", serial: str = "0001") -> list[int]:
+    """A full register image from ``BASE``: markers, common model, zeroed inverter, model 124 at idle."""
+    regs = [0] * REGISTER_COUNT
+    regs[0:2] = [0x5375, 0x6E53]  # "SunS"
+    regs[COMMON_AT - BASE:COMMON_AT - BASE + 2] = [COMMON_ID, COMMON_LEN]
+    for offset, text, size in ((2, manufacturer, 16), (18, model, 16), (50, serial, 16)):
+        raw = text.encode()[:size * 2].ljust(size * 2, b"\0")
+        at = COMMON_AT + offset - BASE
+        regs[at:at + size] = [int.from_bytes(raw[i:i + 2], "big") for i in range(0, size * 2, 2)]
+    regs[INVERTER_AT - BASE:INVERTER_AT - BASE + 2] = [INVERTER_ID, INVERTER_LEN]
+    regs[INVERTER_W + 1 - BASE] = to_u16(W_SF)
+    regs[STORAGE_AT - BASE:STORAGE_AT - BASE + 2] = [STORAGE_ID, STORAGE_LEN]
+    fixed = {"WChaMax": round(wchamax_kw * 1000 / 10 ** WCHAMAX_SF), "MinRsvPct": round(min_reserve_pct),
+             "ChaSt": CHA_ST["holding"], "WChaMax_SF": WCHAMAX_SF, "InOutWRte_SF": RATE_SF, "ChaState_SF": SOC_SF,
+             "MinRsvPct_SF": 0}
+    for point, value in fixed.items():
+        regs[address(point) - BASE] = to_u16(value)
+    regs[END_AT - BASE:END_AT - BASE + 2] = [0xFFFF, 0]
+    return regs

@@ -1,0 +1,52 @@
+"""Verification: does what we observe after an action match what it was meant to do, within its window?
+
+>>> judge_power(2000.0, [0.0, 1990.0], now_ms=5_000, deadline_ms=30_000)
+Outcome(status='verified', text='ESS power 1990 kW matches the 2000 kW setpoint (tolerance 100 kW)')
+>>> judge_power(2000.0, [0.0], now_ms=31_000, deadline_ms=30_000).status
+'failed'
+>>> judge_jobs({"7": {"SUSPENDED"}}, {"7": "RUNNING"}, now_ms=1, deadline_ms=2).status
+'pending'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+VERIFIED, FAILED, PENDING = "verified", "failed", "pending"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    text: str
+
+
+def power_tolerance_kw(expected_kw: float) -> float:
+    return max(50.0, 0.05 * abs(expected_kw))
+
+
+def judge_power(expected_kw: float, observed_kw: Iterable[float], now_ms: int, deadline_ms: int) -> Outcome:
+    """Verified once any observation after execution is within tolerance; failed at the deadline otherwise."""
+    tolerance = power_tolerance_kw(expected_kw)
+    seen = list(observed_kw)
+    for value in seen:
+        if abs(value - expected_kw) <= tolerance:
+            return Outcome(VERIFIED, f"ESS power {value:g} kW matches the {expected_kw:g} kW setpoint "
+                                     f"(tolerance {tolerance:g} kW)")
+    if now_ms < deadline_ms:
+        return Outcome(PENDING, f"waiting for ESS power near {expected_kw:g} kW")
+    last = f"last seen {seen[-1]:g} kW" if seen else "no ESS telemetry arrived"
+    return Outcome(FAILED, f"ESS power never reached the {expected_kw:g} kW setpoint within the window ({last})")
+
+
+def judge_jobs(expected: Mapping[str, set[str]], observed: Mapping[str, str], now_ms: int,
+               deadline_ms: int) -> Outcome:
+    """Every job in one of its expected states → verified; a job missing from the queue counts as done."""
+    wrong = {job: observed[job] for job, states in expected.items() if job in observed and observed[job] not in states}
+    if not wrong:
+        return Outcome(VERIFIED, f"{len(expected)} job(s) in the expected state")
+    if now_ms < deadline_ms:
+        return Outcome(PENDING, f"{len(wrong)} job(s) not yet in the expected state")
+    listing = ", ".join(f"{job} is {state} (expected {'/'.join(sorted(expected[job]))})" for job, state in wrong.items())
+    return Outcome(FAILED, f"within the window: {listing}")

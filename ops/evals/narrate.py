@@ -1,0 +1,161 @@
+"""Narration: hit@1 and hit@3 of SOP retrieval, grounded share and latency, without and with the LLM.
+
+The labelled set (``ops/evals/data/narrate_incidents.yaml``, or ``--data``)
+names for each incident the SOP(s) an operator should be sent to; a hit@k is
+one of them among the k best retrieved. Latency is measured per narration
+around the whole pipeline (query, retrieval, narration, check); with
+``--llm`` (default: when ``OPSLOOP_LLM_URL`` is set) the LLM narrates the
+first ``--llm-limit`` incidents and the share of its drafts that pass the
+grounding check is printed beside the share of published narrations that are
+grounded (rejected drafts fall back to the deterministic narration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import zlib
+from pathlib import Path
+
+import yaml
+
+DATA = Path(__file__).resolve().parent / "data" / "narrate_incidents.yaml"
+BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
+
+
+def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
+    """(Incident record, expected SOP ids) for each labelled case; members are "device type code count s"."""
+    cases = []
+    for n, case in enumerate(yaml.safe_load(Path(path).read_text(encoding="utf-8"))):
+        opened = BASE_MS + n * 3_600_000
+        device, device_type, code, severity = case["root"]
+        members = [{"fingerprint": f"{case['id']}-root", "device": device, "device_type": device_type,
+                    "code": code, "count": 1, "first_seen_ms": opened}]
+        for i, spec in enumerate(case.get("members") or []):
+            m_device, m_type, m_code, count, offset_s = spec.split()
+            members.append({"fingerprint": f"{case['id']}-{i}", "device": m_device, "device_type": m_type,
+                            "code": m_code, "count": int(count), "first_seen_ms": opened + int(offset_s) * 1000})
+        incident = {"incident_id": case["id"], "site": case.get("site", "demo"), "state": "open",
+                    "opened_ms": opened, "updated_ms": max(m["first_seen_ms"] for m in members),
+                    "resolved_ms": None, "root_device": device, "root_device_type": device_type,
+                    "root_code": code, "severity": severity, "member_count": len(members),
+                    "members": members, "summary": case.get("summary", "")}
+        cases.append((incident, list(case["expect"])))
+    return cases
+
+
+def _opaque_codes(incident: dict) -> dict:
+    """Every alarm code replaced by a vendor number that no SOP lists: only words and device types remain."""
+    number = lambda code: f"E{zlib.crc32(code.encode()) % 10_000:04d}"  # noqa: E731
+    return {**incident, "root_code": number(incident["root_code"]),
+            "members": [{**m, "code": number(m["code"])} for m in incident["members"]]}
+
+
+ABLATIONS = {  # how much each kind of evidence carries: retrieval with one of them taken away
+    "opaque codes": _opaque_codes,
+    "no summary": lambda incident: {**incident, "summary": ""},
+    "no device types": lambda incident: {**incident, "root_device_type": "device",
+                                         "members": [{**m, "device_type": "device"} for m in incident["members"]]},
+}
+
+
+def ablations(narration, cases) -> dict:
+    report = {}
+    for name, change in ABLATIONS.items():
+        tops = [(narration.retrieve(change(incident)).sop_ids[:3], expect) for incident, expect in cases]
+        report[name] = {"hit_at_1": sum(top[0] in expect for top, expect in tops) / len(tops),
+                        "hit_at_3": sum(any(s in expect for s in top) for top, expect in tops) / len(tops)}
+    return report
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))] if ordered else 0.0
+
+
+def _latency(values: list[float]) -> dict:
+    return {"n": len(values), "p50_ms": statistics.median(values) if values else 0.0,
+            "p99_ms": _percentile(values, 99), "max_ms": max(values, default=0.0)}
+
+
+def evaluate(narration, cases, llm_limit: int = 0, rounds: int = 3) -> dict:
+    """Retrieval hits, grounding and latency. Deterministic latency is the best of ``rounds`` per case."""
+    hit1 = hit3 = grounded = 0
+    misses, det_ms = [], []
+    for incident, expect in cases:
+        timings = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            result = narration.deterministic(incident)
+            timings.append((time.perf_counter() - start) * 1000)
+        det_ms.append(min(timings))
+        grounded += result.grounded
+        top = result.sop_ids[:3]
+        hit1 += top[0] in expect
+        hit3 += any(s in expect for s in top)
+        if top[0] not in expect:
+            misses.append({"incident": incident["incident_id"], "expected": expect, "top3": top})
+    report = {"cases": len(cases), "hit_at_1": hit1 / len(cases), "hit_at_3": hit3 / len(cases),
+              "deterministic": {"grounded_share": grounded / len(cases), "latency": _latency(det_ms)},
+              "misses_at_1": misses, "ablations": ablations(narration, cases)}
+    if llm_limit and narration.llm is not None:
+        llm_ms, accepted, published_grounded, reasons = [], 0, 0, {}
+        for incident, _ in cases[:llm_limit]:
+            start = time.perf_counter()
+            result = narration.with_llm(incident)
+            llm_ms.append((time.perf_counter() - start) * 1000)
+            accepted += result.model != "deterministic"
+            published_grounded += result.grounded
+            for reason in result.rejected[:1]:
+                kind = reason.split(":")[0]
+                reasons[kind] = reasons.get(kind, 0) + 1
+        n = len(llm_ms)
+        report["llm"] = {"model": narration.model_name, "narrations": n, "draft_accepted_share": accepted / n,
+                         "published_grounded_share": published_grounded / n, "latency": _latency(llm_ms),
+                         "first_rejection_reasons": reasons}
+    return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", type=Path, default=DATA, help="labelled incidents (YAML)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--llm", choices=["auto", "on", "off"], default="auto",
+                        help="narrate with the LLM at OPSLOOP_LLM_URL too (auto: when it is set)")
+    parser.add_argument("--llm-limit", type=int, default=20, help="incidents narrated by the LLM (it is slow on CPU)")
+
+
+def main(args) -> int:
+    from connectors.llm import chat_generator
+    from models.narrate import Narration
+
+    settings = args.settings
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM request otherwise
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    use_llm = args.llm == "on" or (args.llm == "auto" and settings.llm_url)
+    if use_llm and not settings.llm_url:
+        raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")
+    generator = chat_generator(settings) if use_llm else None
+    narration = Narration(chat_generator=generator, model_name=settings.llm_model)
+    report = evaluate(narration, load_labelled(args.data), llm_limit=args.llm_limit if use_llm else 0)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    det = report["deterministic"]
+    print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs")
+    print(f"  retrieval      hit@1 {report['hit_at_1']:.1%}   hit@3 {report['hit_at_3']:.1%}")
+    print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
+          f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")
+    for name, hits in report["ablations"].items():
+        print(f"    {name:<16} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
+    if "llm" in report:
+        llm = report["llm"]
+        print(f"  llm ({llm['model']})  {llm['narrations']} narrations: drafts accepted {llm['draft_accepted_share']:.1%}"
+              f"   published grounded {llm['published_grounded_share']:.1%}   latency p50 {llm['latency']['p50_ms']:.0f} ms"
+              f"   p99 {llm['latency']['p99_ms']:.0f} ms")
+        for reason, count in llm["first_rejection_reasons"].items():
+            print(f"    rejected {count}x: {reason}")
+    for miss in report["misses_at_1"]:
+        print(f"  miss@1 {miss['incident']}: expected {', '.join(miss['expected'])}, got {', '.join(miss['top3'])}")
+    return 0

@@ -1,0 +1,300 @@
+"""A PCS simulator: a real Modbus TCP server with SunSpec storage registers over a battery model.
+
+The register image is ``models.sunspec`` (common model, inverter model 103 for
+the measured AC power, storage controls model 124). Status registers are
+read-only on the wire (a write to them gets ILLEGAL_ADDRESS, like a real PCS).
+Every accepted write to the control registers is kept in ``register_log``
+(time, first address, values) and applied to ``models.battery.Battery``, which
+honours the revert timeout; before every read the battery is advanced to the
+injected ``clock`` and the status registers are refreshed, so tests drive time
+by hand and never wait on the wall clock.
+
+With ``settings``, ``publish_telemetry()`` (called by a thread every
+``telemetry_s``, or by hand) sends the battery's ``ess_soc_pct``,
+``ess_soh_pct`` and ``ess_kw`` to ``telemetry.raw``.
+
+``opsloop pcs-sim`` runs it in the foreground; ``opsloop up`` starts one in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Callable
+
+from models import sunspec
+from models.battery import Battery
+from ops.settings import Settings
+
+log = logging.getLogger("opsloop.pcs_sim")
+WRITE_CODES = (6, 16, 23)
+
+
+class PcsSimulator:
+    def __init__(self, battery: Battery, port: int, host: str = "127.0.0.1", *, device: str = "ess-1",
+                 site: str = "demo", wchamax_kw: float | None = None, reserve_pct: float = 10.0,
+                 clock: Callable[[], float] = time.time, settings: Settings | None = None,
+                 telemetry_s: float | None = None):
+        self.battery = battery
+        self.host, self.port = host, port
+        self.device, self.site = device, site
+        self.wchamax_kw = wchamax_kw or battery.max_discharge_kw
+        self.clock = clock
+        self.settings = settings
+        self.telemetry_s = telemetry_s
+        self.registers = sunspec.initial_registers(self.wchamax_kw, reserve_pct)
+        self.register_log: list[tuple[float, int, list[int]]] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._producer = None
+        self._refresh()
+
+    # -- register image <-> battery ---------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Write the battery's state into the status registers (the same list the server serves)."""
+        b, regs = self.battery, self.registers
+        soc = round(b.soc_pct / 10 ** sunspec.SOC_SF)
+        regs[sunspec.address("ChaState") - sunspec.BASE] = soc
+        power = b.power_kw
+        state = ("discharging" if power > 0 else "charging" if power < 0 else
+                 "empty" if b.soc_pct <= b.min_soc_pct else "full" if b.soc_pct >= 100 else "holding")
+        regs[sunspec.address("ChaSt") - sunspec.BASE] = sunspec.CHA_ST[state]
+        regs[sunspec.INVERTER_W - sunspec.BASE] = sunspec.to_u16(round(power * 1000 / 10 ** sunspec.W_SF))
+        if b.reverted:  # the PCS went back to idle by itself: its control registers say so
+            for point in ("StorCtl_Mod", "OutWRte", "InWRte"):
+                regs[sunspec.address(point) - sunspec.BASE] = 0
+
+    def _apply_controls(self) -> None:
+        values = sunspec.storage_values(self.registers)
+        self.battery.command(sunspec.setpoint_from(values, self.wchamax_kw), values["InOutWRte_RvrtTms"], self.clock())
+
+    def tick(self) -> None:
+        """Advance the battery to the clock's time and refresh the status registers."""
+        with self._lock:
+            self.battery.advance(self.clock())
+            self._refresh()
+
+    async def _on_access(self, func_code, start_address, address, count, registers, set_values):
+        with self._lock:
+            if set_values is None:
+                self.battery.advance(self.clock())
+                self._refresh()
+                return None
+            if func_code in WRITE_CODES:
+                self.register_log.append((self.clock(), address, list(set_values)))
+                offset = address - start_address
+                registers[offset:offset + len(set_values)] = set_values  # apply now, so the model sees it
+                self._apply_controls()
+                self._refresh()
+        return None
+
+    # -- Modbus server ------------------------------------------------------------------
+
+    def _simdata(self) -> list:
+        from pymodbus.simulator import DataType, SimData
+
+        writable = {sunspec.address(p) for p in sunspec.CONTROL_POINTS}
+        blocks, start = [], sunspec.BASE
+        for addr in range(sunspec.BASE, sunspec.BASE + sunspec.REGISTER_COUNT + 1):
+            boundary = addr == sunspec.BASE + sunspec.REGISTER_COUNT or (addr in writable) != (start in writable)
+            if boundary and addr > start:
+                blocks.append(SimData(start, values=self.registers[start - sunspec.BASE:addr - sunspec.BASE],
+                                      datatype=DataType.REGISTERS, readonly=start not in writable))
+                start = addr
+        return blocks
+
+    def start(self) -> "PcsSimulator":
+        from pymodbus.server import ModbusTcpServer
+        from pymodbus.simulator import SimDevice
+
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            async def listen():  # pymodbus builds its server inside a running loop
+                device = SimDevice(id=0, simdata=self._simdata(), action=self._on_access)
+                self._server = ModbusTcpServer(device, address=(self.host, self.port))
+                await self._server.serve_forever(background=True)
+
+            try:
+                loop.run_until_complete(listen())
+                self._bind_image()
+            except BaseException as exc:  # reported to start()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._server.shutdown())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name=f"pcs-sim-{self.port}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        if not ready.wait(30) or failure:
+            raise RuntimeError(f"PCS simulator did not start on {self.host}:{self.port}: "
+                               f"{failure[0] if failure else 'timeout'}")
+        if self.settings is not None and self.telemetry_s:
+            publisher = threading.Thread(target=self._publish_loop, name="pcs-sim-telemetry", daemon=True)
+            publisher.start()
+            self._threads.append(publisher)
+        log.info("PCS simulator on %s:%s (SunSpec at %s)", self.host, self.port, sunspec.BASE)
+        return self
+
+    def _bind_image(self) -> None:
+        """Serve ``self.registers`` itself: pymodbus copied the image into its runtime block on start."""
+        start, _, registers, _ = self._server.context.devices[0].block["x"]
+        if start != sunspec.BASE or len(registers) < sunspec.REGISTER_COUNT:
+            raise RuntimeError(f"unexpected pymodbus register block at {start} of {len(registers)} registers")
+        registers[:sunspec.REGISTER_COUNT] = self.registers
+        self.registers = registers
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        for thread in self._threads:
+            thread.join(10)
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+    def __enter__(self) -> "PcsSimulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- telemetry ------------------------------------------------------------------------
+
+    def publish_telemetry(self) -> None:
+        from connectors.kafka import producer, send
+        from schemas.codec import Codec
+
+        if self._producer is None:
+            self._producer = producer(self.settings)
+        self.tick()
+        codec, ts_ms = Codec.default(), int(self.clock() * 1000)
+        b = self.battery
+        for metric, value, unit in (("ess_soc_pct", b.soc_pct, "%"), ("ess_soh_pct", b.soh_pct, "%"),
+                                    ("ess_kw", b.power_kw, "kW")):
+            point = {"ts_ms": ts_ms, "site": self.site, "device": self.device, "device_type": "ess",
+                     "metric": metric, "value": float(value), "unit": unit, "source": "pcs-sim"}
+            send(self._producer, self.settings.topic("telemetry.raw"), self.device.encode(),
+                 codec.encode("TelemetryPoint", point))
+        self._producer.poll(0)
+
+    def _publish_loop(self) -> None:
+        while not self._stop.wait(self.telemetry_s):
+            try:
+                self.publish_telemetry()
+            except Exception:  # keep serving Modbus; the next tick tries again
+                log.exception("PCS simulator telemetry failed")
+
+
+def from_site(settings: Settings | None, port: int, clock: Callable[[], float] = time.time,
+              telemetry_s: float | None = None, soc_pct: float = 80.0, host: str = "127.0.0.1") -> PcsSimulator:
+    """A simulator for the first ESS of the site file (capacity, PCS ratings, efficiency, SoH, reserve)."""
+    import yaml
+
+    topology = (settings or Settings()).topology
+    site = yaml.safe_load(topology.read_text())
+    ess = site["ess"][0]
+    battery = Battery(ess["capacity_kwh"], ess["pcs_charge_kw"], ess["pcs_discharge_kw"],
+                      ess.get("round_trip_efficiency", 1.0), soc_pct=soc_pct, soh_pct=ess.get("soh_pct", 100.0),
+                      min_soc_pct=0.0, now_s=clock())
+    return PcsSimulator(battery, port, host, device=ess["id"], site=site["site"]["id"],
+                        wchamax_kw=max(ess["pcs_charge_kw"], ess["pcs_discharge_kw"]),
+                        reserve_pct=ess.get("reserve_soc_pct", 10.0), clock=clock, settings=settings,
+                        telemetry_s=telemetry_s)
+
+
+def serve_forever(settings: Settings, telemetry_s: float | None = 1.0) -> int:
+    """`opsloop pcs-sim`: serve on ``settings.pcs_modbus`` and publish telemetry until SIGINT/SIGTERM."""
+    import signal
+
+    from connectors.pcs import parse_endpoint
+
+    host, port = parse_endpoint(settings.pcs_modbus)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with from_site(settings, port, host=host, telemetry_s=telemetry_s):
+        print(f"PCS simulator on {host}:{port}, telemetry every {telemetry_s} s", flush=True)
+        stop.wait()
+    return 0
+
+
+def _pid_file(settings: Settings):
+    return settings.data_dir / "pcs-sim.pid"
+
+
+def start_background(settings: Settings) -> str:
+    """Start `opsloop pcs-sim` as a background process (idempotent); ``opsloop down`` stops it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from connectors.pcs import parse_endpoint
+
+    host, port = parse_endpoint(settings.pcs_modbus)
+    pid_file = _pid_file(settings)
+    if _alive(pid_file):
+        return f"PCS simulator already running on {host}:{port}"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(settings.data_dir / "pcs-sim.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "pcs-sim"], stdout=log_file, stderr=log_file,
+                            start_new_session=True, env=os.environ.copy())
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return f"PCS simulator on {host}:{port} (pid {proc.pid}, log {settings.data_dir / 'pcs-sim.log'})"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"PCS simulator did not come up on {host}:{port}; see {settings.data_dir / 'pcs-sim.log'}")
+
+
+def stop_background(settings: Settings) -> str:
+    import os
+    import signal
+
+    pid_file = _pid_file(settings)
+    if not _alive(pid_file):
+        pid_file.unlink(missing_ok=True)
+        return "PCS simulator was not running"
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not _alive(pid_file):
+            break
+        time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    return f"stopped PCS simulator (pid {pid})"
+
+
+def _alive(pid_file) -> bool:
+    import os
+
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except OSError:
+        return True

@@ -1,0 +1,277 @@
+"""The guard agent: ``actions.proposed`` → verdicts on ``actions.approved``; approvals; PCS verification.
+
+Thin: decode, ask ``models.guard.decide``, emit. It reads four topics:
+
+* ``actions.proposed``: every verdict (approved, needs_approval, rejected) goes
+  to ``actions.approved`` (sinks act only on ``approved``); a rejection also
+  goes to ``actions.results`` with its reasons.
+* ``operator.feedback``: ``approve_action`` / ``reject_action`` on a pending
+  action (by id). An approval re-checks every limit with the state at that
+  moment. A request not answered before ``approval_deadline_ms`` lapses
+  (``rejected`` result). Feedback that arrives before its proposal is kept.
+* ``telemetry.site``: the latest ESS state of charge, health and power per site
+  (the guard's view of the plant), and the observations for verification.
+* ``actions.results``: an ``executed`` PCS action is verified against the ESS
+  power of the following site windows (``models.verify.judge_power``) within
+  ``verify_window_s``; on failure the guard publishes ``failed``, an approved
+  ``pcs_idle`` (the revert), ``reverted`` and an alarm on ``alarms.raw``.
+
+Decisions, pending approvals and verifications are kept in a small SQLite file
+(``<data_dir>/guard.sqlite``) written before offsets are committed, so a restart
+neither re-decides an action nor forgets a pending one. It is a batch processor
+on confluent-kafka like the rollup, not a Faust agent: four inputs, tiny
+volume, and commits that must follow the SQLite writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Callable
+
+from confluent_kafka import KafkaError, KafkaException
+
+from connectors.actuator import alarm, result
+from connectors.kafka import DeadLetters, consumer, producer, send, wait_delivered
+from models.guard import APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, EssState, PlantState, approval_deadline_ms, decide
+from models.policy import Policy
+from models.verify import FAILED, VERIFIED, judge_power
+from ops.settings import Settings
+from schemas.codec import Codec, DecodeError
+
+log = logging.getLogger("opsloop.guard")
+INPUTS = {"actions.proposed": "Action", "operator.feedback": "Feedback", "telemetry.site": "SiteSnapshot",
+          "actions.results": "ActionResult"}
+NAME = "guard"
+
+
+class GuardStore:
+    """Decided ids, pending approvals, early feedback and PCS verifications, durable across restarts."""
+
+    def __init__(self, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript("""
+            CREATE TABLE IF NOT EXISTS decided (action_id TEXT PRIMARY KEY, verdict TEXT, action TEXT);
+            CREATE TABLE IF NOT EXISTS pending (action_id TEXT PRIMARY KEY, action TEXT, deadline_ms INTEGER);
+            CREATE TABLE IF NOT EXISTS feedback (action_id TEXT PRIMARY KEY, kind TEXT, operator TEXT);
+            CREATE TABLE IF NOT EXISTS verifying (action_id TEXT PRIMARY KEY, action TEXT, since_ms INTEGER,
+                                                  deadline_ms INTEGER, observed TEXT);""")
+
+    def rows(self, sql: str, *args):
+        return self.db.execute(sql, args).fetchall()
+
+    def run(self, sql: str, *args) -> None:
+        self.db.execute(sql, args)
+
+
+class GuardProcessor:
+    name = NAME
+
+    def __init__(self, settings: Settings, policy: Policy, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.policy = policy
+        self.clock = clock
+        self.codec = Codec.default()
+        self.store = GuardStore(settings.data_dir / "guard.sqlite")
+        self.ess_specs = _ess_specs(settings)
+        self.ess: dict[str, EssState] = {}  # site → latest ESS state
+        self.last_change: dict[str, int] = {}  # site → when the guard last approved a new PCS setpoint
+        self.stats = {"proposed": 0, APPROVED: 0, NEEDS_APPROVAL: 0, REJECTED: 0, "operator_approved": 0,
+                      "lapsed": 0, "verified": 0, "verify_failed": 0, "dead_letters": 0}
+        self._prod = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- emitting -----------------------------------------------------------------------
+
+    def _emit_verdict(self, action: dict, verdict: str, reasons, operator: str | None = None) -> None:
+        record = {"action": action, "verdict": verdict, "reasons": list(reasons), "policy_version": self.policy.label,
+                  "decided_ms": self.now_ms(), "approved_by": operator}
+        send(self._prod, self.settings.topic("actions.approved"), action["target"].encode(),
+             self.codec.encode("ApprovedAction", record))
+        self.stats[verdict] += 1
+        if verdict == REJECTED:
+            self._emit_result(result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
+        if verdict == APPROVED and action["kind"] in PCS_KINDS:
+            self.last_change[action["site"]] = self.now_ms()
+        self.store.run("INSERT OR REPLACE INTO decided VALUES (?, ?, ?)", action["action_id"], verdict,
+                       json.dumps(action))
+
+    def _emit_result(self, record: dict) -> None:
+        send(self._prod, self.settings.topic("actions.results"), record["action_id"].encode(),
+             self.codec.encode("ActionResult", record))
+
+    # -- state --------------------------------------------------------------------------
+
+    def state(self, site: str) -> PlantState:
+        ess = self.ess.get(site)
+        if ess is not None:
+            ess = EssState(**{**ess.__dict__, "last_change_ms": self.last_change.get(site)})
+        return PlantState(ess)
+
+    def on_snapshot(self, snap: dict) -> None:
+        spec = self.ess_specs.get(snap["site"])
+        if spec and snap.get("ess_soc_pct") is not None and snap.get("ess_soh_pct") is not None:
+            self.ess[snap["site"]] = EssState(snap["ess_soc_pct"], snap["ess_soh_pct"], snap.get("ess_kw") or 0.0,
+                                              spec["capacity_kwh"], snap["window_end_ms"],
+                                              spec.get("round_trip_efficiency", 1.0))
+        if snap.get("ess_kw") is None:
+            return
+        for action_id, _action, since_ms, _deadline, observed in self.store.rows(
+                "SELECT * FROM verifying WHERE json_extract(action, '$.site') = ?", snap["site"]):
+            if snap["window_start_ms"] >= since_ms:  # a window wholly after the setpoint was written
+                values = json.loads(observed) + [snap["ess_kw"]]
+                self.store.run("UPDATE verifying SET observed = ? WHERE action_id = ?", json.dumps(values), action_id)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_proposed(self, action: dict) -> None:
+        self.stats["proposed"] += 1
+        if self.store.rows("SELECT 1 FROM decided WHERE action_id = ?", action["action_id"]):
+            return  # decided before a restart: never twice
+        decision = decide(action, self.state(action["site"]), self.policy, self.now_ms())
+        if decision.verdict == NEEDS_APPROVAL:
+            early = self.store.rows("SELECT kind, operator FROM feedback WHERE action_id = ?", action["action_id"])
+            if early:
+                self._answer(action, *early[0])
+                return
+            deadline = approval_deadline_ms(action, self.policy, self.now_ms())
+            self.store.run("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", action["action_id"], json.dumps(action),
+                           deadline)
+        self._emit_verdict(action, decision.verdict, decision.reasons)
+
+    def _answer(self, action: dict, kind: str, operator: str) -> None:
+        self.store.run("DELETE FROM pending WHERE action_id = ?", action["action_id"])
+        if kind == "reject_action":
+            self._emit_verdict(action, REJECTED, [f"rejected by operator {operator}"], None)
+            return
+        decision = decide(action, self.state(action["site"]), self.policy, self.now_ms(), operator=operator)
+        if decision.verdict == APPROVED:
+            self.stats["operator_approved"] += 1
+        self._emit_verdict(action, decision.verdict, decision.reasons, operator if decision.verdict == APPROVED else None)
+
+    def on_feedback(self, feedback: dict) -> None:
+        if feedback["kind"] not in ("approve_action", "reject_action"):
+            return  # alarm and incident labels are for other agents
+        rows = self.store.rows("SELECT action FROM pending WHERE action_id = ?", feedback["target_id"])
+        if rows:
+            self._answer(json.loads(rows[0][0]), feedback["kind"], feedback["operator"])
+        elif not self.store.rows("SELECT 1 FROM decided WHERE action_id = ?", feedback["target_id"]):
+            self.store.run("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", feedback["target_id"], feedback["kind"],
+                           feedback["operator"])
+
+    def on_result(self, record: dict) -> None:
+        if record["status"] != "executed" or record["executor"] == NAME:
+            return
+        rows = self.store.rows("SELECT action FROM decided WHERE action_id = ?", record["action_id"])
+        if not rows:
+            return
+        action = json.loads(rows[0][0])
+        if action["kind"] not in PCS_KINDS or action.get("params", {}).get("revert_of"):
+            return  # Slurm sinks verify from job states themselves
+        deadline = record["ts_ms"] + int(self.settings.verify_window_s * 1000)
+        self.store.run("INSERT OR IGNORE INTO verifying VALUES (?, ?, ?, ?, '[]')", action["action_id"],
+                       json.dumps(action), record["ts_ms"], deadline)
+
+    # -- time-driven --------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.now_ms()
+        for action_id, action, _deadline in self.store.rows("SELECT * FROM pending WHERE deadline_ms <= ?", now):
+            action = json.loads(action)
+            self.store.run("DELETE FROM pending WHERE action_id = ?", action_id)
+            self.stats["lapsed"] += 1
+            self._emit_result(result(action, "rejected", "nothing done", "no operator approval before the request "
+                                     "lapsed", NAME, now))
+        for action_id, action, _since, deadline, observed in self.store.rows("SELECT * FROM verifying"):
+            action = json.loads(action)
+            expected = 0.0 if action["kind"] == "pcs_idle" else action["setpoint_kw"]
+            outcome = judge_power(expected, json.loads(observed), now, deadline)
+            if outcome.status == VERIFIED:
+                self.stats["verified"] += 1
+                self._emit_result(result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME, now,
+                                         -expected))
+            elif outcome.status == FAILED:
+                self.stats["verify_failed"] += 1
+                self._revert(action, outcome.text, now)
+            else:
+                continue
+            self.store.run("DELETE FROM verifying WHERE action_id = ?", action_id)
+
+    def _revert(self, action: dict, why: str, now: int) -> None:
+        self._emit_result(result(action, "failed", why, "verification failed", NAME, now))
+        idle = {**action, "action_id": f"{action['action_id']}:revert", "kind": "pcs_idle", "setpoint_kw": 0.0,
+                "shed_kw": None, "job_ids": [], "params": {"revert_of": action["action_id"]},
+                "reason": f"revert {action['action_id']}: {why}", "expected_effect": "PCS idle",
+                "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "proposer": NAME}
+        self._emit_verdict(idle, APPROVED, [f"revert after failed verification of {action['action_id']}"],
+                           "opsloop guard (revert)")
+        self._emit_result(result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
+        rec = alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
+                    f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)
+        send(self._prod, self.settings.topic("alarms.raw"), rec["device"].encode(), self.codec.encode("Alarm", rec))
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def handle(self, msg, dead: DeadLetters) -> None:
+        topic = msg.topic()[len(self.settings.topic_prefix):]
+        try:
+            value = self.codec.decode_as(INPUTS[topic], msg.value())
+        except DecodeError as exc:
+            dead.send(msg, "decode", exc.reason)
+            return
+        if topic == "actions.proposed":
+            self.on_proposed(value)  # a malformed one (NaN setpoint, unknown target) is rejected with its reason
+        elif topic == "operator.feedback":
+            self.on_feedback(value)
+        elif topic == "telemetry.site":
+            self.on_snapshot(value)
+        else:
+            self.on_result(value)
+
+    def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
+        settings = self.settings
+        cons = consumer(settings, settings.group(NAME), **{"fetch.wait.max.ms": 50})
+        self._prod = producer(settings, **{"linger.ms": 0})
+        dead = DeadLetters(settings, self._prod, NAME)
+        cons.subscribe([settings.topic(t) for t in INPUTS])
+        try:
+            while not stop.is_set():
+                batch = cons.consume(500, timeout=0.2)
+                handled = False
+                for msg in batch:
+                    err = msg.error()
+                    if err is None:
+                        self.handle(msg, dead)
+                        handled = True
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(err)
+                self.tick()
+                wait_delivered(self._prod)  # verdicts are out before their inputs are committed
+                if handled:
+                    cons.commit(asynchronous=False)
+        finally:
+            self.stats["dead_letters"] = dead.count
+            try:
+                wait_delivered(self._prod, 10)
+            finally:
+                self._prod = dead = None  # release the client before the broker may go away
+                cons.close()
+                self.store.db.close()
+        log.info("guard stopped: %s", self.stats)
+        return self.stats
+
+
+def _ess_specs(settings: Settings) -> dict[str, dict]:
+    """site → its first ESS's ratings, from the site file."""
+    import yaml
+
+    site = yaml.safe_load(settings.topology.read_text())
+    return {site["site"]["id"]: site["ess"][0]} if site.get("ess") else {}

@@ -1,0 +1,98 @@
+"""SIGKILL an actuator worker between execution and offset commit, restart it: the device shows one execution."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from actuation import action, approved, free_port, publish, results
+from connectors.slurm import ScontrolBackend
+from ops.pcs_sim import from_site
+from ops.settings import Settings
+
+pytestmark = pytest.mark.integration
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Patches applied inside the worker process: die right after the chosen step, as SIGKILL would.
+KILL_AFTER = {
+    "ledger-record": ("connectors.ledger", "Ledger", "finish"),  # executed and recorded, result not published
+    "device-write": ("connectors.pcs", "PcsClient", "write_setpoint"),  # executed, not even recorded
+}
+
+
+def worker(settings: Settings, agent: str, env: dict, kill_after: str | None) -> subprocess.CompletedProcess:
+    patch = ""
+    if kill_after:
+        module, cls, method = KILL_AFTER[kill_after]
+        patch = f"""
+            import importlib, os, signal
+            owner = getattr(importlib.import_module({module!r}), {cls!r})
+            original = getattr(owner, {method!r})
+            def dying(*args, **kwargs):
+                out = original(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+                return out
+            setattr(owner, {method!r}, dying)
+        """
+    code = textwrap.dedent(patch) + textwrap.dedent(f"""
+        import sys
+        from ops.cli import main
+        sys.exit(main(["worker", "--agents", {agent!r}, "--exit-when-idle"]))
+    """)
+    full_env = {**env, "OPSLOOP_BROKER": settings.broker, "OPSLOOP_TOPIC_PREFIX": settings.topic_prefix,
+                "OPSLOOP_APP_ID": settings.app_id, "OPSLOOP_DATA_DIR": str(settings.data_dir),
+                "OPSLOOP_PCS_MODBUS": settings.pcs_modbus, "OPSLOOP_VERIFY_WINDOW_S": "30"}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.mark.parametrize("kill_after", ["ledger-record", "device-write"])
+def test_pcs_sink_killed_mid_action_writes_the_registers_once(kafka_settings, read_topic, kill_after):
+    with from_site(None, free_port(), soc_pct=80.0) as sim:
+        settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{sim.port}")
+        publish(settings, "actions.approved", "ApprovedAction",
+                [approved(action("crash-pcs", "pcs_discharge", setpoint_kw=2000.0))])
+        first = worker(settings, "pcs-sink", dict(os.environ), kill_after)
+        assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+        writes_after_crash = list(sim.register_log)
+        second = worker(settings, "pcs-sink", dict(os.environ), None)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert sim.register_log == writes_after_crash and len(writes_after_crash) == 2  # rates + mode, once
+        assert sim.battery.setpoint_kw == 2000.0
+    statuses = [r["status"] for r in results(settings, read_topic) if r["action_id"] == "crash-pcs"]
+    assert statuses == ["executed"]
+    expected = "skipped_duplicates=1" if kill_after == "ledger-record" else "reconciled=1"
+    assert expected in second.stdout and "executed=0" in second.stdout
+
+
+def test_slurm_sink_killed_mid_action_changes_the_jobs_once(kafka_settings, slurm, read_topic):
+    ids = [slurm.run("sbatch", "--parsable", "--requeue", "-p", "batch", "--gres=gpu:1", "-o", "/dev/null",
+                     "-J", f"crash-{i}", "--wrap", "sleep 900").strip().split(";")[0] for i in range(4)]
+    backend = ScontrolBackend(slurm.env)
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while {j.state for j in backend.jobs() if j.job_id in ids} != {"RUNNING"}:
+            assert time.monotonic() < deadline, "test jobs never all ran"
+            time.sleep(0.3)
+        suspend = action("crash-slurm", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=2,
+                         shed_kw=1.0, life_s=600)  # 0.7 kW a GPU: two jobs
+        publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(suspend)])
+        first = worker(kafka_settings, "slurm-sink", slurm.env, "ledger-record")
+        assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+        suspended_at_crash = {j.job_id for j in backend.jobs() if j.job_id in ids and j.state == "SUSPENDED"}
+        assert len(suspended_at_crash) == 2
+        second = worker(kafka_settings, "slurm-sink", slurm.env, None)
+        assert second.returncode == 0, second.stderr[-2000:]
+        suspended = {j.job_id for j in backend.jobs() if j.job_id in ids and j.state == "SUSPENDED"}
+        assert suspended == suspended_at_crash  # a second execution would have suspended two more
+        statuses = [r["status"] for r in results(kafka_settings, read_topic) if r["action_id"] == "crash-slurm"]
+        assert statuses == ["executed", "verified"]
+    finally:
+        slurm.run("scancel", *ids)

@@ -1,0 +1,140 @@
+"""The Slurm sink against the real local Slurm: relocation sheds GPU power, verified, undone at expiry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actuation import Running, action, approved, publish, results
+from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink
+from models.jobs import flexible_gpu_kw
+from ops.policy import load_policy
+from schemas.codec import Codec
+
+pytestmark = pytest.mark.integration
+SAFETY_NET_S = 90.0
+
+
+def submit(slurm, partition: str, gpus: int, name: str) -> str:
+    out = slurm.run("sbatch", "--parsable", "--requeue", "-p", partition, f"--gres=gpu:{gpus}", "-o", "/dev/null",
+                    "-J", name, "--wrap", "sleep 900")
+    return out.strip().split(";")[0]
+
+
+def states(backend, ids) -> dict[str, str]:
+    return {j.job_id: j.state for j in backend.jobs() if j.job_id in ids}
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + SAFETY_NET_S  # safety net only: reaching it fails the test
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def jobs(slurm):
+    """Seven GPUs busy: two protected jobs, three flexible ones (the name has a quote and a semicolon on purpose)."""
+    spec = [("inference", 1, "serve"), ("train-a", 1, "pretrain"), ("batch", 2, "sweep'; rm -rf /tmp/x"),
+            ("batch", 1, "etl"), ("train-b", 2, "finetune")]
+    ids = [submit(slurm, p, g, n) for p, g, n in spec]
+    backend = ScontrolBackend(slurm.env)
+    wait_for(lambda: set(states(backend, ids).values()) == {"RUNNING"}, "all test jobs running")
+    yield dict(zip(["inference", "train-a", "batch-2", "batch-1", "train-b"], ids))
+    slurm.run("scancel", *ids)
+
+
+def test_suspend_sheds_flexible_gpu_power_is_verified_and_undone_at_expiry(kafka_settings, slurm, jobs, read_topic):
+    settings = kafka_settings.replace(verify_window_s=30.0)
+    policy = load_policy(settings.policy)
+    backend = ScontrolBackend(slurm.env)
+    before = [j for j in backend.jobs() if j.job_id in jobs.values()]
+    flexible = flexible_gpu_kw(before, policy.slurm)
+    assert flexible == pytest.approx(5 * policy.slurm.kw_per_gpu)
+    suspend = action("shed-1", "slurm_suspend", target="opsloop", partitions="batch,train-b,inference",
+                     shed_kw=0.3 * flexible, life_s=600)
+    shift_s = [0.0]  # the sink's clock jumps to the expiry on demand
+    sink = SlurmSink(settings, policy, backend=backend, clock=lambda: time.time() + shift_s[0])
+    seen: list[dict] = []
+    sink.on_result = seen.append
+    publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
+    with Running(sink) as runner:
+        wait_for(lambda: any(r["status"] == "verified" for r in seen), "verification from job states")
+        suspended = [j for j, s in states(backend, jobs.values()).items() if s == "SUSPENDED"]
+        shed = sum(j.gpus for j in before if j.job_id in suspended) * policy.slurm.kw_per_gpu
+        assert shed / flexible >= 0.25
+        assert states(backend, [jobs["inference"], jobs["train-a"]]) == {jobs["inference"]: "RUNNING",
+                                                                         jobs["train-a"]: "RUNNING"}
+        shift_s[0] = 601.0
+        wait_for(lambda: any(r["status"] == "reverted" for r in seen), "undo at expiry")
+        runner.stop.set()
+    assert set(states(backend, jobs.values()).values()) == {"RUNNING"}
+    statuses = [r["status"] for r in results(settings, read_topic) if r["action_id"] == "shed-1"]
+    assert statuses == ["executed", "verified", "reverted"]
+    executed = next(r for r in seen if r["status"] == "executed")
+    assert executed["observed_delta_kw"] == pytest.approx(-shed)
+    assert "inference" not in executed["observed_effect"]
+
+
+def test_hold_and_release_of_pending_jobs_by_undo_of(kafka_settings, slurm, jobs, read_topic):
+    waiting = submit(slurm, "batch", 8, "too-big-for-now")  # pending: the GPUs are busy
+    backend = ScontrolBackend(slurm.env)
+    try:
+        policy = load_policy(kafka_settings.policy)
+        hold = action("hold-1", "slurm_hold", target="opsloop", partitions="batch", life_s=600)
+        release = action("release-1", "slurm_release", target="opsloop", partitions="batch", undo_of="hold-1")
+        sink = SlurmSink(kafka_settings, policy, backend=backend)
+        seen: list[dict] = []
+        sink.on_result = seen.append
+        publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(hold)])
+        with Running(sink):
+            wait_for(lambda: any(r["status"] == "verified" for r in seen), "hold verified")
+            reason = slurm.run("squeue", "-h", "-j", waiting, "-o", "%r").strip()
+            assert reason.startswith("JobHeld")
+            publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(release)])
+            wait_for(lambda: any(r["action_id"] == "release-1" for r in seen), "release")
+        reason = slurm.run("squeue", "-h", "-j", waiting, "-o", "%r").strip()
+        assert not reason.startswith("JobHeld")
+        assert [r["status"] for r in seen if r["action_id"] == "release-1"] == ["executed"]
+    finally:
+        slurm.run("scancel", waiting)
+
+
+def test_job_ids_never_reach_a_command_line_unchecked(slurm):
+    backend = ScontrolBackend(slurm.env)
+    for bad in ("1; rm -rf /", "$(reboot)", "-1", "12 13", ""):
+        with pytest.raises(SlurmError, match="refusing job id"):
+            backend.act("hold", bad)
+
+
+class ResumedBehindOurBack(ScontrolBackend):
+    """Real Slurm, plus someone who resumes every job right after we suspend it (an operator, a script)."""
+
+    def act(self, command: str, job_id: str) -> None:
+        super().act(command, job_id)
+        if command == "suspend":
+            super().act("resume", job_id)
+
+
+def test_an_effect_that_does_not_show_fails_verification_is_reverted_and_raises_an_alarm(kafka_settings, slurm, jobs,
+                                                                                         read_topic):
+    settings = kafka_settings.replace(verify_window_s=0.0)  # the state must already show at the first check
+    policy = load_policy(settings.policy)
+    backend = ResumedBehindOurBack(slurm.env)
+    suspend = action("meddled", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=1, shed_kw=0.5)
+    sink = SlurmSink(settings, policy, backend=backend)
+    seen: list[dict] = []
+    sink.on_result = seen.append
+    publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
+    with Running(sink):
+        wait_for(lambda: any(r["status"] == "reverted" for r in seen), "revert after failed verification")
+    assert [r["status"] for r in results(settings, read_topic) if r["action_id"] == "meddled"] == [
+        "executed", "failed", "reverted"]
+    failed = next(r for r in seen if r["status"] == "failed")
+    assert "is RUNNING (expected SUSPENDED)" in failed["observed_effect"]
+    codec = Codec.default()
+    [alarm] = [codec.decode_as("Alarm", m.value()) for m in read_topic(settings, "alarms.raw")]
+    assert (alarm["code"], alarm["device_type"], alarm["attributes"]["action_id"]) == (
+        "ACTION_VERIFY_FAILED", "slurm", "meddled")
+    assert set(states(backend, jobs.values()).values()) == {"RUNNING"}

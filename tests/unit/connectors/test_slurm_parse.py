@@ -1,0 +1,39 @@
+"""Parsing squeue output and refusing anything that is not a job id; no Slurm needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.slurm import ScontrolBackend, SlurmError, make_backend, parse_gpus, parse_squeue
+from ops.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_squeue_rows_become_jobs_and_names_may_hold_the_separator():
+    text = ("12|batch|RUNNING|4294901758|gres:gpu:2|sweep|a;b\n"
+            "13_4|inference|PENDING|10|N/A|serve\n"
+            "garbage\n")
+    jobs = parse_squeue(text)
+    assert [(j.job_id, j.partition, j.state, j.priority, j.gpus, j.name) for j in jobs] == [
+        ("12", "batch", "RUNNING", 4294901758, 2, "sweep|a;b"), ("13_4", "inference", "PENDING", 10, 0, "serve")]
+
+
+@pytest.mark.parametrize("tres, gpus", [("gres:gpu:2", 2), ("gres/gpu:a100:4", 4), ("gres/gpu=8", 8), ("N/A", 0),
+                                        ("", 0)])
+def test_gpus_per_node(tres, gpus):
+    assert parse_gpus(tres) == gpus
+
+
+@pytest.mark.parametrize("job_id", ["1; rm -rf /", "$(id)", "-1", "1 2", "", "12\n"])
+def test_job_ids_are_checked_before_any_command(job_id):
+    with pytest.raises(SlurmError, match="refusing job id"):
+        ScontrolBackend(env={"PATH": "/nonexistent"}).act("hold", job_id)
+
+
+def test_backends_are_chosen_by_settings_and_say_what_they_lack():
+    assert isinstance(make_backend(Settings(), env={}), ScontrolBackend)
+    with pytest.raises(SlurmError, match="needs a JWT in env SLURM_JWT"):
+        make_backend(Settings(slurm_backend="slurmrestd"), env={})
+    with pytest.raises(SlurmError, match="unknown Slurm backend 'slurm'.*scontrol, slurmrestd, pyslurm"):
+        make_backend(Settings(slurm_backend="slurm"), env={})

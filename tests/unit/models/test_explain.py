@@ -1,0 +1,43 @@
+"""NOC one-liners for forecasts and actions: built from the record's own numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.explain import ActionAdvisor, ForecastInterpreter, duration, power
+
+pytestmark = pytest.mark.unit
+
+
+def action(**changes) -> dict:
+    base = {"action_id": "a", "kind": "pcs_discharge", "target": "pcs-1", "site": "demo", "setpoint_kw": 800.0,
+            "shed_kw": None, "job_ids": [], "params": {}, "reason": "Peak ahead.", "expected_effect": "",
+            "expected_delta_kw": -800.0, "created_ms": 0, "expires_ms": 1_800_000, "risk": "low", "proposer": "peaks"}
+    return {**base, **changes}
+
+
+def test_units_and_durations():
+    assert (power(850), power(31_400), power(-1200)) == ("850 kW", "31.4 MW", "-1.2 MW")
+    assert (duration(45 * 60_000), duration(135 * 60_000), duration(-5)) == ("45 min", "2 h 15 min", "0 min")
+
+
+def test_forecast_under_threshold_says_no_action():
+    f = {"site": "s", "issued_ms": 0, "horizon_s": 3600, "step_s": 900, "predicted_peak_kw": 900.0,
+         "predicted_peak_ms": 1_800_000, "threshold_kw": 1000.0, "points": [], "explanation": "", "model": "m"}
+    assert ForecastInterpreter().run(f)["text"] == (
+        "s: peak of 900 kW expected at 00:30 UTC (in 30 min), 100 kW under the 1.0 MW threshold, no action needed.")
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, "Discharge battery pcs-1 at 800 kW until 00:30 UTC (30 min): grid import down 800 kW. Why: Peak ahead. "
+         "Low risk, proposed by peaks."),
+    ({"kind": "pcs_charge", "setpoint_kw": -500.0, "expected_delta_kw": 500.0, "risk": "medium"},
+     "Charge battery pcs-1 at 500 kW until 00:30 UTC (30 min): grid import up 500 kW. Why: Peak ahead. "
+     "Medium risk, proposed by peaks."),
+    ({"kind": "slurm_hold", "target": "gpu-cluster", "setpoint_kw": None, "shed_kw": 1500.0,
+      "job_ids": ["11", "12", "13", "14"], "expected_delta_kw": None, "risk": "high"},
+     "Hold 4 job(s) (11, 12, 13 and 1 more) on gpu-cluster until 00:30 UTC (30 min): sheds 1.5 MW of GPU load. "
+     "Why: Peak ahead. High risk, proposed by peaks."),
+])
+def test_action_lines(changes, expected):
+    assert ActionAdvisor().run(action(**changes))["text"] == expected

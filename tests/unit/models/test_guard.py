@@ -1,0 +1,193 @@
+"""The guard's verdicts. Property: no approved action ever breaks a limit of the policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from models.battery import Battery
+from models.guard import APPROVED, NEEDS_APPROVAL, REJECTED, EssState, PlantState, decide
+from models.jobs import Job, select_jobs
+from models.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
+
+pytestmark = pytest.mark.unit
+NOW = 1_780_000_000_000  # a Tuesday
+PARTITIONS = ["batch", "train-a", "train-b", "inference", "debug"]
+
+pcs_limits = st.builds(PcsLimits, max_kw=st.floats(10, 5000), ramp_kw_per_min=st.floats(10, 5000),
+                       reserve_soc_pct=st.floats(0, 50), min_soh_pct=st.floats(50, 100),
+                       max_duration_s=st.floats(60, 7200), max_soc_pct=st.floats(51, 100))
+slurm_limits = st.builds(
+    lambda touch, prot, jobs, gpuh, hold: SlurmLimits(tuple(touch), tuple(p for p in prot if p not in touch), jobs,
+                                                      gpuh, hold),
+    st.lists(st.sampled_from(PARTITIONS), unique=True, min_size=1, max_size=4), st.lists(st.sampled_from(PARTITIONS), unique=True),
+    st.integers(1, 30), st.floats(1, 500), st.floats(60, 7200))
+modes = st.sampled_from(["advise", "approve", "auto"])
+policies = st.builds(lambda pcs, slurm, mode_by_kind, age: Policy(1, 600, pcs, slurm, mode_by_kind, age),
+                     pcs_limits, slurm_limits,
+                     st.fixed_dictionaries({kind: modes.map(KindRule) for kind in (
+                         "pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_requeue", "slurm_suspend",
+                         "slurm_release", "slurm_resume")}),
+                     st.floats(10, 600))
+ess_states = st.builds(EssState, soc_pct=st.floats(0, 100), soh_pct=st.floats(40, 100),
+                       power_kw=st.floats(-5000, 5000), capacity_kwh=st.floats(100, 20000),
+                       ts_ms=st.integers(NOW - 900_000, NOW), round_trip_efficiency=st.floats(0.7, 1.0),
+                       last_change_ms=st.one_of(st.none(), st.integers(NOW - 3_600_000, NOW)))
+pcs_actions = st.builds(lambda kind, kw, life_s: {"action_id": "a", "kind": kind, "setpoint_kw": kw,
+                                                  "expires_ms": NOW + int(life_s * 1000), "job_ids": [], "params": {}},
+                        st.sampled_from(["pcs_discharge", "pcs_charge", "pcs_idle"]),
+                        st.one_of(st.floats(-6000, 6000), st.just(0.0), st.just(math.nan), st.none()),
+                        st.floats(-60, 10_000))
+
+
+def near_limits(data, policy: Policy) -> tuple[dict, EssState]:
+    """An action and a state drawn around the policy's limits, so that many are approved and many are not."""
+    limits = policy.pcs
+    kind = data.draw(st.sampled_from(["pcs_discharge", "pcs_charge", "pcs_idle"]))
+    magnitude = data.draw(st.floats(0.1, 1.2 * limits.max_kw))
+    kw = {"pcs_discharge": magnitude, "pcs_charge": -magnitude, "pcs_idle": 0.0}[kind]
+    life_s = data.draw(st.floats(1, 1.2 * limits.max_duration_s))
+    ess = data.draw(st.builds(
+        EssState, soc_pct=st.floats(0, 100), soh_pct=st.floats(limits.min_soh_pct - 5, 100),
+        power_kw=st.floats(-1.5, 1.5).map(lambda r: kw + r * limits.ramp_kw_per_min),
+        capacity_kwh=st.floats(1000, 50000),
+        ts_ms=st.integers(NOW - int(policy.max_state_age_s * 1200), NOW), round_trip_efficiency=st.floats(0.7, 1.0),
+        last_change_ms=st.one_of(st.none(), st.integers(NOW - 600_000, NOW))))
+    action = {"action_id": "a", "kind": kind, "setpoint_kw": kw, "expires_ms": NOW + int(life_s * 1000),
+              "job_ids": [], "params": {}}
+    return action, ess
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data(), policies, st.sampled_from([None, "op"]))
+def test_an_approved_pcs_action_breaks_no_limit(data, policy, operator):
+    action, ess = data.draw(st.one_of(st.tuples(pcs_actions, ess_states), st.builds(lambda d: near_limits(d, policy),
+                                                                                    st.data())))
+    decision = decide(action, PlantState(ess), policy, NOW, operator)
+    assert decision.reasons
+    if decision.verdict != APPROVED:
+        return
+    limits, kw = policy.pcs, action["setpoint_kw"] or 0.0
+    duration_s = (action["expires_ms"] - NOW) / 1000
+    assert policy.mode(action["kind"]) in ("auto", "approve") and (operator or policy.mode(action["kind"]) == "auto")
+    assert 0 < duration_s
+    if action["kind"] == "pcs_idle":
+        assert kw == 0
+        return
+    assert abs(kw) <= limits.max_kw and duration_s <= limits.max_duration_s
+    assert ess.soh_pct >= limits.min_soh_pct and NOW - ess.ts_ms <= policy.max_state_age_s * 1000
+    minutes = 1 if ess.last_change_ms is None else max(1, (NOW - ess.last_change_ms) / 60_000)
+    assert abs(kw - ess.power_kw) <= limits.ramp_kw_per_min * minutes
+    # Independent of the guard's arithmetic: run the battery model through the whole action.
+    battery = Battery(ess.capacity_kwh, 1e9, 1e9, ess.round_trip_efficiency, ess.soc_pct, ess.soh_pct,
+                      min_soc_pct=-1e9, now_s=0)
+    battery.command(kw, revert_s=None, now_s=0)
+    battery.advance(duration_s)
+    assert battery.soc_pct >= limits.reserve_soc_pct - 1e-6 if kw > 0 else battery.soc_pct <= limits.max_soc_pct + 1e-6
+
+
+slurm_actions = st.builds(
+    lambda kind, parts, jobs, max_jobs, gpus, life_s: {
+        "action_id": "s", "kind": kind, "setpoint_kw": None, "expires_ms": NOW + int(life_s * 1000),
+        "job_ids": [str(j) for j in jobs],
+        "params": {"partitions": ",".join(parts), **({"max_jobs": str(max_jobs)} if max_jobs else {}),
+                   **({"gpus": str(gpus)} if gpus is not None else {})}},
+    st.sampled_from(["slurm_hold", "slurm_requeue", "slurm_suspend", "slurm_release", "slurm_resume"]),
+    st.lists(st.sampled_from(PARTITIONS[:3]), min_size=1, max_size=2, unique=True),
+    st.lists(st.integers(1, 999), max_size=40, unique=True),
+    st.one_of(st.none(), st.integers(1, 50)), st.one_of(st.none(), st.integers(0, 512)),
+    st.one_of(st.floats(1, 7200), st.floats(-60, 10_000)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(slurm_actions, policies)
+def test_an_approved_slurm_action_touches_only_touchable_partitions_within_budget(action, policy):
+    decision = decide(action, PlantState(), policy, NOW, "op")
+    if decision.verdict != APPROVED:
+        return
+    limits = policy.slurm
+    partitions = action["params"]["partitions"].split(",")
+    assert partitions and all(p in limits.touchable_partitions and p not in limits.protected_partitions
+                              for p in partitions)
+    if action["kind"] in ("slurm_hold", "slurm_requeue", "slurm_suspend"):
+        hold_s = (action["expires_ms"] - NOW) / 1000
+        assert 0 < hold_s <= limits.max_hold_s
+        assert len(action["job_ids"]) <= limits.max_jobs_per_event
+        assert int(action["params"].get("max_jobs", 0)) <= limits.max_jobs_per_event
+        assert int(action["params"].get("gpus", 0)) * hold_s / 3600 <= limits.max_gpu_hours_per_event + 1e-9
+
+
+jobs = st.lists(st.builds(Job, st.integers(1, 10_000).map(str), st.sampled_from(PARTITIONS),
+                          st.sampled_from(["RUNNING", "PENDING", "SUSPENDED"]), st.integers(0, 10_000),
+                          st.integers(0, 8)), max_size=60, unique_by=lambda j: j.job_id)
+
+
+@settings(max_examples=400, deadline=None)
+@given(jobs, st.sampled_from(["slurm_hold", "slurm_requeue", "slurm_suspend"]),
+       st.lists(st.sampled_from(PARTITIONS), max_size=4), st.one_of(st.none(), st.floats(0, 100)), slurm_limits,
+       st.floats(0, 7200))
+def test_job_selection_never_breaks_a_limit(all_jobs, kind, declared, shed_kw, limits, hold_s):
+    chosen = select_jobs(all_jobs, kind, declared, shed_kw, limits, hold_s)
+    assert len(chosen) <= limits.max_jobs_per_event
+    assert sum(j.gpus for j in chosen) * hold_s / 3600 <= limits.max_gpu_hours_per_event + 1e-9
+    for job in chosen:
+        assert job.partition not in limits.protected_partitions
+        assert job.partition in limits.touchable_partitions and job.partition in declared
+    assert len({j.job_id for j in chosen}) == len(chosen)
+
+
+def policy_with(**modes) -> Policy:
+    return Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
+                  SlurmLimits(("batch",), ("inference",), 10, 100, 3600), {k: KindRule(v) for k, v in modes.items()})
+
+
+ESS = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=NOW - 30_000)
+
+
+def pcs(kw: float, life_s: float = 1800, kind: str = "pcs_discharge") -> dict:
+    return {"action_id": "a", "kind": kind, "setpoint_kw": kw, "expires_ms": NOW + int(life_s * 1000),
+            "job_ids": [], "params": {}}
+
+
+def test_modes_decide_what_a_valid_action_becomes():
+    assert decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="auto"), NOW).verdict == APPROVED
+    assert decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="approve"), NOW).verdict == NEEDS_APPROVAL
+    advised = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="advise"), NOW)
+    assert advised.verdict == REJECTED and "advise-only" in advised.reasons[0]
+    assert decide(pcs(1000), PlantState(ESS), policy_with(), NOW).verdict == REJECTED  # unlisted kind: advise
+
+
+@pytest.mark.parametrize("action, ess, reason", [
+    (pcs(1000, life_s=-1), ESS, "expired"),
+    (pcs(1000), None, "no ESS telemetry"),
+    (pcs(1000), EssState(80, 97, 0, 10_000, NOW - 3_600_000), "telemetry is 3600 s old"),
+    (pcs(1000), EssState(80, 70, 0, 10_000, NOW), "state of health 70%"),
+    (pcs(3500, life_s=3000), EssState(40, 100, 3000, 10_000, NOW), "below the 15% reserve"),
+    (pcs(-3000, life_s=3000, kind="pcs_charge"), EssState(90, 100, -3000, 10_000, NOW), "above the 95% maximum"),
+    (pcs(3000), EssState(80, 97, 0, 10_000, NOW, last_change_ms=NOW), "ramp limit of 2500 kW"),
+    (pcs(1000, life_s=7200), ESS, "longer than the policy's 3600 s"),
+    (pcs(-1000), ESS, "needs a positive setpoint"),
+])
+def test_pcs_rejections_say_why(action, ess, reason):
+    decision = decide(action, PlantState(ess), policy_with(pcs_discharge="auto", pcs_charge="auto"), NOW)
+    assert decision.verdict == REJECTED and any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_protected_partitions_are_rejected_even_with_an_operator():
+    action = {"action_id": "s", "kind": "slurm_suspend", "expires_ms": NOW + 600_000, "job_ids": [],
+              "params": {"partitions": "batch,inference"}}
+    decision = decide(action, PlantState(), policy_with(slurm_suspend="approve"), NOW, operator="alice")
+    assert decision.verdict == REJECTED
+    assert decision.reasons == ("partition(s) inference are protected and never touched",)
+
+
+def test_time_windows_bound_when_a_kind_may_run():
+    night = Window(("mon", "tue", "wed", "thu", "fri", "sat", "sun"), 0, 6 * 60)
+    policy = Policy(1, 600, policy_with().pcs, policy_with().slurm, {"pcs_discharge": KindRule("auto", (night,))})
+    minute = (NOW // 60_000) % (24 * 60)
+    decision = decide(pcs(1000), PlantState(ESS), policy, NOW)
+    assert (decision.verdict == APPROVED) == (minute < 360)
+    if minute >= 360:
+        assert "outside the time windows" in decision.reasons[-1]
