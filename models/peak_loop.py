@@ -148,7 +148,7 @@ class SitePeakLoop:
             actions.append({
                 "kind": "slurm_hold", "target": cfg.slurm_target, "site": cfg.site, "setpoint_kw": None,
                 "shed_kw": round(r.shed_kw, 1), "job_ids": [],
-                "params": {"partition": cfg.slurm_partition, "start_ms": str(r.start_ms), "end_ms": str(r.end_ms)},
+                "params": {"partitions": cfg.slurm_partition, "start_ms": str(r.start_ms), "end_ms": str(r.end_ms)},
                 "reason": r.reason, "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
                 "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms, "expires_ms": r.end_ms,
                 "risk": "high", "proposer": cfg.proposer})
