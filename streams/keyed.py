@@ -2,8 +2,9 @@
 
 The loop of streams/rollup.py, with state per message key kept the way a Faust table keeps
 it, in a compacted changelog (connectors/changelog.py), restored for the partitions this
-process is assigned. Per batch: decode (bad input → ``deadletter``), ``fold`` each record
-into its key's state, ``finish`` each touched key once, send what they return. About once a
+process is assigned. Per batch: decode (undecodable records, and those ``reject`` finds a
+reason against, → ``deadletter``), ``fold`` each record into its key's state, ``finish``
+each touched key once, send what they return. About once a
 second (and when idle or stopping): wait until outputs are delivered, write the touched
 keys' states to the changelog, wait again, then commit the offsets. A crash therefore
 repeats at most the uncommitted events, and states carry the last offset they folded in,
@@ -63,6 +64,13 @@ class KeyedProcessor:
 
     def before_batch(self) -> None:
         pass
+
+    def reject(self, record: dict) -> str | None:
+        """Why a decoded record is invalid (it is dead-lettered as ``invalid``), or None to fold it."""
+        return None
+
+    def after_batch(self, messages: int) -> None:
+        """Called once a batch's outputs are handed to the producer; ``messages``: records it held."""
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -125,6 +133,7 @@ class KeyedProcessor:
                 self.before_batch()
                 touched: dict[tuple[int, bytes], Any] = {}
                 outputs: list[Output] = []
+                messages = 0
                 for msg in batch:
                     err = msg.error()
                     if err is not None:
@@ -135,10 +144,15 @@ class KeyedProcessor:
                     partition, offset = msg.partition(), msg.offset()
                     self.caught_up.discard(partition)
                     self.processed[partition] = offset + 1
+                    messages += 1
                     try:
                         record = self.codec.decode_as(self.record, msg.value())
                     except DecodeError as exc:
                         dead.send(msg, "decode", exc.reason, errors)
+                        continue
+                    reason = self.reject(record)
+                    if reason is not None:
+                        dead.send(msg, "invalid", reason, errors)
                         continue
                     key = msg.key() or b""
                     state = self._state(partition, key)
@@ -154,6 +168,8 @@ class KeyedProcessor:
                     self.dirty.add((partition, key))
                 if outputs:
                     self._emit(prod, outputs, errors)
+                if messages:
+                    self.after_batch(messages)
                 prod.poll(0)
                 now = self.clock()
                 if batch:

@@ -1,5 +1,8 @@
 """Peaks agent: ``telemetry.site`` -> ``forecasts.peak`` and ``actions.proposed`` (Faust).
 
+The worker runs the batch processor (streams/peaks_processor.py); this Faust version is
+kept so that ``opsloop bench`` measures the two side by side (the difference is the reason).
+
 Thin: decodes snapshots, hands them to the site's ``models.peak_loop.SitePeakLoop``
 and publishes what it decides. Each site's loop (forecaster, billing month, open
 step) is the value of a Faust table keyed by site, written once per batch per
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import pickle
 import weakref
 from typing import Callable
@@ -27,10 +29,10 @@ from ops.peak_site import load_loop_config
 from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
 from streams.app import catalog_topic, decode_or_dead_letter
+from streams.peaks_processor import invalid as _invalid
 
 log = logging.getLogger("opsloop.peaks")
 AGENT = "peaks"
-NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
 
 
 def register(app: faust.App, settings: Settings, observer: Callable[[list, int], None] | None = None) -> None:
@@ -86,16 +88,6 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
                 await app.producer.flush()
             if observer is not None:
                 observer(decided, len(events))
-
-
-def _invalid(snap: dict, site: str) -> str | None:
-    if snap["site"] != site:
-        return f"site {snap['site']!r} is not described by the topology (which describes {site!r})"
-    for name in NUMBERS:
-        value = snap.get(name)
-        if value is not None and not math.isfinite(value):
-            return f"{name} is {value}, not a finite number"
-    return None
 
 
 async def _dead_letter(app: faust.App, settings: Settings, codec: Codec, event, kind: str, error: str) -> None:

@@ -98,13 +98,14 @@ AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink
 AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue 5)
 
 
-def _peaks(app: "faust.App", settings: Settings) -> None:
-    from streams.peaks import register
+def _peaks(settings: Settings) -> Processor:
+    from streams.peaks_processor import PeaksProcessor
 
-    register(app, settings)
+    return PeaksProcessor(settings)
 
 
-FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate, "peaks": _peaks}
+AGENTS["peaks"] = _peaks  # peak shaving (issue 3)
+FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 
 def _faust_registry(extra: Mapping[str, FaustRegister] | None = None) -> dict[str, FaustRegister]:

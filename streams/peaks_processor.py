@@ -1,0 +1,88 @@
+"""The peaks agent as a confluent-kafka batch processor: ``telemetry.site`` → ``forecasts.peak`` + ``actions.proposed``.
+
+Thin, like the Faust version (streams/peaks.py, kept for the bench): decode each snapshot,
+fold it into its site's ``models.peak_loop.SitePeakLoop``, publish the forecast and the
+proposed actions of every step it closes. State per site key (streams/keyed.py): the loop
+and the offset of the last snapshot folded in, so snapshots repeated after a crash are
+skipped, and re-sent decisions carry the same action ids. The state value is pickled: the
+loop holds a River model, and the changelog is this processor's own topic, written and
+read only by it (pickle trusts its input). Undecodable snapshots go to ``deadletter`` as
+``decode``; snapshots of a site the topology does not describe, or with a non-finite
+number, as ``invalid``. Why a processor: see the README (Power peaks) and ops/bench_peaks.py.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Callable
+
+from models.peak_loop import Decision, SitePeakLoop
+from ops.peak_site import load_loop_config
+from ops.settings import Settings
+from streams.keyed import KeyedProcessor
+
+NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
+
+#: ``observer(decisions, messages)`` (tests, bench) sees each batch once its outputs are handed to the producer.
+Observer = Callable[[list[Decision], int], None]
+
+
+class SiteState:
+    """One site's keyed state: its loop and the last source offset folded into it."""
+
+    def __init__(self, loop: SitePeakLoop, offset: int = -1):
+        self.loop = loop
+        self.offset = offset
+
+
+class PeaksProcessor(KeyedProcessor):
+    name = "peaks"
+    source = "telemetry.site"
+    record = "SiteSnapshot"
+
+    def __init__(self, settings: Settings, observer: Observer | None = None, **kwargs):
+        super().__init__(settings, **kwargs)
+        self.config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
+        self.observer = observer
+        self.decided: list[Decision] = []
+
+    def load_state(self, key: bytes, stored: bytes | None) -> SiteState:
+        if stored:
+            state = pickle.loads(stored)
+            self.log.info("%s: site %s state recovered (offset %d)", self.name, key.decode(), state.offset)
+            return state
+        return SiteState(SitePeakLoop(self.config))
+
+    def dump_state(self, state: SiteState) -> bytes:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def reject(self, record: dict) -> str | None:
+        return invalid(record, self.config.site)
+
+    def fold(self, state: SiteState, key: bytes, record: dict, offset: int):
+        if offset <= state.offset:
+            return None
+        state.offset = offset
+        outputs = []
+        for decision in state.loop.on_snapshot(record):
+            outputs.append(("forecasts.peak", record["site"].encode(), "PeakForecast", decision.forecast))
+            outputs += [("actions.proposed", a["target"].encode(), "Action", a) for a in decision.actions]
+            self.decided.append(decision)
+        return outputs
+
+    def after_batch(self, messages: int) -> None:
+        decided, self.decided = self.decided, []
+        if self.observer is not None:
+            self.observer(decided, messages)
+
+
+def invalid(snap: dict, site: str) -> str | None:
+    """Why a decoded snapshot cannot be planned on, or None."""
+    if snap["site"] != site:
+        return f"site {snap['site']!r} is not described by the topology (which describes {site!r})"
+    for name in NUMBERS:
+        value = snap.get(name)
+        if value is not None and not math.isfinite(value):
+            return f"{name} is {value}, not a finite number"
+    return None
