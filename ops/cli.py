@@ -129,6 +129,10 @@ def cmd_bench(settings: Settings, args) -> int:
         from ops.bench_alarms import run_alarm_bench
 
         run_alarm_bench(settings)
+    if args.suite == "peaks":  # "all" runs it from ops/bench.py
+        from ops import bench_peaks
+
+        print("\n".join(bench_peaks.run(settings)))
     return 0
 
 
@@ -199,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks"], default="all")
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)
     return p

@@ -1,4 +1,4 @@
-"""The peaks part of `opsloop demo`: run the peaks agent on the rolled-up demo site and price its plan.
+"""The peaks part of `opsloop demo`: run the peaks processor on the rolled-up demo site and price its plan.
 
 The replayed ESS is idle (a recording has no battery in it), so the billed peak
 "with opsloop" is the same planner run in closed loop with the battery model on
@@ -17,11 +17,10 @@ SAFETY_NET_S = 300.0
 
 
 def run_peaks(settings: Settings, snapshots: int) -> dict:
-    """Run the peaks agent until it has decided every closed step; returns what it did and the pricing."""
+    """Run the peaks processor until it has decided every closed step; returns what it did and the pricing."""
     from ops.evals.peaks import evaluate
     from ops.peak_site import load_loop_config
-    from streams import worker
-    from streams.peaks import register
+    from streams.peaks_processor import PeaksProcessor
 
     decisions: list = []
     stop = threading.Event()
@@ -36,7 +35,7 @@ def run_peaks(settings: Settings, snapshots: int) -> dict:
     timer.start()
     t0 = time.monotonic()
     try:
-        worker.run(settings, [], stop=stop, faust_agents={"peaks-demo": lambda app, s: register(app, s, observe)})
+        PeaksProcessor(settings, observer=observe).run(stop)
     finally:
         timer.cancel()
     wall = time.monotonic() - t0

@@ -30,7 +30,8 @@ def test_all_means_every_processor_and_faust_agent(faust_registry, spec):
 def test_all_runs_the_product_processors_and_faust_agents():
     assert worker.parse_agents("all") == [*worker.AGENTS, *worker.FAUST_AGENTS]
     assert "narrate" in worker.FAUST_AGENTS
-    assert {"dedup", "correlate"} <= set(worker.AGENTS)
+    assert {"dedup", "correlate", "peaks"} <= set(worker.AGENTS)
+    assert "peaks" not in worker.FAUST_AGENTS  # a batch processor now (streams/peaks_processor.py)
 
 
 def test_subset_keeps_the_order_given(faust_registry):
