@@ -47,15 +47,16 @@ def make_points(n: int, start_ms: int = 1_717_200_000_000) -> list[tuple[bytes, 
     return out
 
 
-def baseline(settings: Settings, n: int, out_topic: str) -> float:
-    """Events/s of a bare consume → decode → encode → produce loop."""
+def baseline(settings: Settings, n: int, out_topic: str, source: str = "telemetry.raw",
+             record: str = "TelemetryPoint") -> float:
+    """Events/s of a bare consume → decode → encode → produce loop over a catalog topic."""
     from connectors.kafka import consumer, producer, send, wait_delivered
     from schemas.codec import Codec
 
     codec = Codec.default()
     cons = consumer(settings, f"bench-baseline-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False})
     prod = producer(settings)
-    cons.subscribe([settings.topic("telemetry.raw")])
+    cons.subscribe([settings.topic(source)])
     seen, first = 0, None
     try:
         while seen < n:
@@ -63,8 +64,7 @@ def baseline(settings: Settings, n: int, out_topic: str) -> float:
                 if msg.error():
                     continue
                 first = first or time.perf_counter()
-                value = codec.decode_as("TelemetryPoint", msg.value())
-                send(prod, out_topic, msg.key(), codec.encode("TelemetryPoint", value))
+                send(prod, out_topic, msg.key(), codec.encode(record, codec.decode_as(record, msg.value())))
                 seen += 1
             prod.poll(0)
         wait_delivered(prod)
@@ -73,26 +73,30 @@ def baseline(settings: Settings, n: int, out_topic: str) -> float:
         cons.close()
 
 
-def rollup(settings: Settings, n: int) -> float:
-    """Events/s of the rollup processor, first record to last record folded in."""
-    from streams.rollup import RollupProcessor
-
-    proc = RollupProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}"))
+def processor_rate(proc, n: int, counter: str) -> float:
+    """Events/s of a batch processor run in a thread, from its first event counted to its n-th."""
     stop = threading.Event()
     thread = threading.Thread(target=proc.run, args=(stop,), kwargs={"exit_when_idle": False})
     thread.start()
     first = None
     try:
-        while proc.stats["points"] < n and thread.is_alive():
-            if first is None and proc.stats["points"]:
+        while proc.stats[counter] < n and thread.is_alive():
+            if first is None and proc.stats[counter]:
                 first = time.perf_counter()
             time.sleep(0.002)
-        if proc.stats["points"] < n:
-            raise RuntimeError(f"rollup stopped early: {proc.stats}")
+        if proc.stats[counter] < n:
+            raise RuntimeError(f"{proc.name} stopped early: {proc.stats}")
         return n / (time.perf_counter() - first)
     finally:
         stop.set()
         thread.join()
+
+
+def rollup(settings: Settings, n: int) -> float:
+    """Events/s of the rollup processor, first record to last record folded in."""
+    from streams.rollup import RollupProcessor
+
+    return processor_rate(RollupProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}")), n, "points")
 
 
 def faust_rollup(settings: Settings, n: int) -> float:

@@ -26,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ops.bench import baseline
 from ops.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 5_000, 100.0
@@ -53,31 +54,6 @@ def _send(settings: Settings, alarms: list[dict]) -> None:
     for alarm in alarms:
         send(prod, settings.topic("alarms.raw"), alarm["device"].encode(), codec.encode("Alarm", alarm))
     wait_delivered(prod)
-
-
-def baseline(settings: Settings, n: int, out_topic: str) -> float:
-    """Alarms/s of a bare consume → decode → encode → produce loop."""
-    from connectors.kafka import consumer, producer, send, wait_delivered
-    from schemas.codec import Codec
-
-    codec = Codec.default()
-    cons = consumer(settings, f"bench-alarm-baseline-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False})
-    prod = producer(settings)
-    cons.subscribe([settings.topic("alarms.raw")])
-    seen, first = 0, None
-    try:
-        while seen < n:
-            for msg in cons.consume(1000, timeout=0.5):
-                if msg.error():
-                    continue
-                first = first or time.perf_counter()
-                send(prod, out_topic, msg.key(), codec.encode("Alarm", codec.decode_as("Alarm", msg.value())))
-                seen += 1
-            prod.poll(0)
-        wait_delivered(prod)
-        return n / (time.perf_counter() - first)
-    finally:
-        cons.close()
 
 
 class _Paced:
@@ -267,7 +243,7 @@ def run_alarm_bench(settings: Settings, seeds: int = 6, rate: float = 1000.0, la
             log.setLevel(logging.ERROR)
         with scratch_topics(settings, f"bench-alarms-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
             _send(bench, alarms)
-            base = baseline(bench, n, bench.topic("bench.copy"))
+            base = baseline(bench, n, bench.topic("bench.copy"), source="alarms.raw", record="Alarm")
             base_delays = _baseline_latency(bench, paced, rate, bench.topic("bench.copy"))
             proc_rate, proc_delays, proc_stats = processors_phase(bench, n, paced, rate)
             # the Faust agents read everything on alarms.raw: the corpora and both paced runs so far

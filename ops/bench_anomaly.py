@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ops.bench import FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points
+from ops.bench import FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points, processor_rate
 from ops.settings import Settings
 
 
@@ -25,21 +25,9 @@ def anomaly(settings: Settings, n: int) -> float:
     from streams.anomaly import AnomalyProcessor
 
     proc = AnomalyProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}"))
-    stop = threading.Event()
-    thread = threading.Thread(target=proc.run, args=(stop,), kwargs={"exit_when_idle": False})
-    thread.start()
-    first = None
     try:
-        while proc.stats["points"] < n and thread.is_alive():
-            if first is None and proc.stats["points"]:
-                first = time.perf_counter()
-            time.sleep(0.002)
-        if proc.stats["points"] < n:
-            raise RuntimeError(f"anomaly processor stopped early: {proc.stats}")
-        return n / (time.perf_counter() - first)
+        return processor_rate(proc, n, "points")
     finally:
-        stop.set()
-        thread.join()
         _delete_topic(settings, proc.state_topic)
 
 
