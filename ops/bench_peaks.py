@@ -6,8 +6,9 @@ confluent-kafka loop that consumes, decodes, re-encodes and produces each
 snapshot; the peaks processor (streams/peaks_processor.py, what the worker
 runs) decodes, folds, learns, forecasts, plans and publishes; the same agent as
 a Faust agent (streams/peaks.py) is measured beside it, because the difference
-is the reason for the processor. All are timed from their first snapshot (or
-first batch) to their last, in the same run on the same records.
+is the reason for the processor. All are timed from their first snapshot (the
+Faust agent: the end of its first batch) to their last, in the same run on the same records;
+the baseline loop and the processor timer are ops/bench.py's.
 """
 
 from __future__ import annotations
@@ -42,31 +43,6 @@ def make_snapshots(n: int, site: str, start_ms: int = 1_717_200_000_000) -> list
     return out
 
 
-def baseline(settings: Settings, n: int) -> float:
-    from connectors.kafka import consumer, producer, send, wait_delivered
-    from schemas.codec import Codec
-
-    codec = Codec.default()
-    cons = consumer(settings, f"bench-peaks-baseline-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False})
-    prod = producer(settings)
-    cons.subscribe([settings.topic("telemetry.site")])
-    seen, first = 0, None
-    try:
-        while seen < n:
-            for msg in cons.consume(1000, timeout=0.5):
-                if msg.error():
-                    continue
-                first = first or time.perf_counter()
-                value = codec.decode_as("SiteSnapshot", msg.value())
-                send(prod, settings.topic("bench.copy"), msg.key(), codec.encode("SiteSnapshot", value))
-                seen += 1
-            prod.poll(0)
-        wait_delivered(prod)
-        return n / (time.perf_counter() - first)
-    finally:
-        cons.close()
-
-
 class _Marks:
     """Counts an agent's batches: timed from the end of the first (start-up, not counted) to the n-th snapshot."""
 
@@ -92,18 +68,11 @@ class _Marks:
 
 
 def peaks_processor(settings: Settings, n: int) -> float:
-    """Snapshots/s of the peaks batch processor (a fresh consumer group and changelog)."""
+    """Snapshots/s of the peaks batch processor (a fresh consumer group and changelog), first snapshot to n-th."""
+    from ops.bench import processor_rate
     from streams.peaks_processor import PeaksProcessor
 
-    stop = threading.Event()
-    marks = _Marks(n, stop)
-    timer = threading.Timer(DEADLINE_S, stop.set)
-    timer.start()
-    try:
-        PeaksProcessor(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}"), observer=marks).run(stop)
-    finally:
-        timer.cancel()
-    return marks.rate("peaks processor")
+    return processor_rate(PeaksProcessor(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}")), n, "in")
 
 
 def peaks_agent(settings: Settings, n: int) -> float:
@@ -134,6 +103,7 @@ def peaks_agent(settings: Settings, n: int) -> float:
 def run(settings: Settings, snapshots: int = 50_000, rounds: int = 2) -> list[str]:
     """Both measurements on fresh topics of their own; returns the report lines."""
     from connectors.kafka import producer, send, wait_delivered
+    from ops.bench import baseline
     from ops.kafka import scratch_topics
     from ops.peak_site import load_loop_config
 
@@ -146,7 +116,7 @@ def run(settings: Settings, snapshots: int = 50_000, rounds: int = 2) -> list[st
         del prod
         base, proc, agent = [], [], []
         for _ in range(rounds):
-            base.append(baseline(bench, snapshots))
+            base.append(baseline(bench, snapshots, bench.topic("bench.copy"), "telemetry.site", "SiteSnapshot"))
             proc.append(peaks_processor(bench, snapshots))
             agent.append(peaks_agent(bench, snapshots))
     b, p, a = max(base), max(proc), max(agent)
