@@ -1,12 +1,12 @@
-"""A confluent-kafka batch processor with keyed, restart-safe state (the base of the alarm processors).
+"""A confluent-kafka batch processor with keyed, restart-safe state (the base of the alarm and peaks processors).
 
 The loop of streams/rollup.py, with state per message key kept the way a Faust table keeps
 it, in a compacted changelog (connectors/changelog.py), restored for the partitions this
 process is assigned. Per batch: decode (undecodable records, and those ``reject`` finds a
 reason against, → ``deadletter``), ``fold`` each record into its key's state, ``finish``
-each touched key once, send what they return. About once a
-second (and when idle or stopping): wait until outputs are delivered, write the touched
-keys' states to the changelog, wait again, then commit the offsets. A crash therefore
+each touched key once, send what they return (then ``after_batch``). About once a second
+(and when idle or stopping): wait until outputs are delivered, write the touched keys'
+states to the changelog, wait again, then commit the offsets. A crash therefore
 repeats at most the uncommitted events, and states carry the last offset they folded in,
 so repeated events are recognised and skipped (see ``fold`` in the subclasses).
 """
