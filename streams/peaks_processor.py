@@ -1,4 +1,4 @@
-"""The peaks agent as a confluent-kafka batch processor: ``telemetry.site`` → ``forecasts.peak`` + ``actions.proposed``.
+"""The peaks agent as a confluent-kafka batch processor: ``telemetry.site`` → forecasts and actions.
 
 Thin, like the Faust version (streams/peaks.py, kept for the bench): decode each snapshot,
 fold it into its site's ``models.peak_loop.SitePeakLoop``, publish the forecast and the
