@@ -14,7 +14,7 @@ from ops.settings import Settings
 
 def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
     """Sends a storm corpus to ``alarms.raw`` and runs dedup + correlate until all of it is folded in."""
-    from connectors.kafka import producer, send, wait_delivered
+    from connectors.kafka import producer, wait_delivered
     from models.storm import generate_storm
     from models.topology import load_topology
     from schemas.codec import Codec

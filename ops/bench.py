@@ -99,13 +99,35 @@ def rollup(settings: Settings, n: int) -> float:
     return processor_rate(RollupProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}")), n, "points")
 
 
+def run_faust_quietly(settings: Settings, agents: dict, stop: threading.Event, deadline_s: float | None = None,
+                      quiet: tuple[str, ...] = ()) -> None:
+    """Run Faust agents in a throwaway app (own app id, temporary app dir) until ``stop`` or the deadline.
+
+    Faust and aiokafka log start-up and rebalances at info level: held at warning to keep bench output readable.
+    """
+    from streams.worker import run_faust
+
+    loggers = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka", *quiet)}
+    levels = {name: log.level for name, log in loggers.items()}
+    timer = threading.Timer(deadline_s or FAUST_DEADLINE_S, stop.set)
+    with tempfile.TemporaryDirectory() as tmp:  # Faust's app dir: nothing left behind
+        try:
+            for log in loggers.values():
+                log.setLevel(logging.WARNING)
+            timer.start()
+            run_faust(settings.replace(app_id=f"bench-faust-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)), agents, stop)
+        finally:
+            timer.cancel()
+            for name, log in loggers.items():
+                log.setLevel(levels[name])
+
+
 def faust_rollup(settings: Settings, n: int) -> float:
     """Events/s of the rollup as a Faust agent, first record to the n-th folded in."""
     from models.rollup import PartitionWatermark, SiteRollup, fold
     from ops.catalog import load_catalog
     from schemas.codec import Codec
     from streams.app import catalog_topic
-    from streams.worker import run_faust
 
     codec = Codec.default()
     partitions = load_catalog(settings.topics_file)["telemetry.raw"].partitions
@@ -137,20 +159,7 @@ def faust_rollup(settings: Settings, n: int) -> float:
                     stop.set()
 
     # Faust and aiokafka log start-up and rebalances at info level: keep the bench output readable.
-    quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
-    levels = {name: log.level for name, log in quiet.items()}
-    timer = threading.Timer(FAUST_DEADLINE_S, stop.set)
-    with tempfile.TemporaryDirectory() as tmp:  # Faust's app dir: nothing left behind
-        try:
-            for log in quiet.values():
-                log.setLevel(logging.WARNING)
-            timer.start()
-            run_faust(settings.replace(app_id=f"bench-faust-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)),
-                      {"bench-faust-rollup": register}, stop)
-        finally:
-            timer.cancel()
-            for name, log in quiet.items():
-                log.setLevel(levels[name])
+    run_faust_quietly(settings, {"bench-faust-rollup": register}, stop)
     if marks["last"] is None:
         raise RuntimeError(f"the Faust rollup folded in {marks['points']:,} of {n:,} points "
                            f"({marks['late']:,} late or invalid) within {FAUST_DEADLINE_S:.0f} s")

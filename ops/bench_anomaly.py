@@ -9,14 +9,12 @@ point in its series' detector, produces alarms and checkpoints detector state.
 from __future__ import annotations
 
 import asyncio
-import logging
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
-from ops.bench import FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points, processor_rate
+from ops.bench import (FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points, processor_rate,
+                       run_faust_quietly)
 from ops.settings import Settings
 
 
@@ -48,7 +46,6 @@ def faust_anomaly(settings: Settings, n: int) -> float:
     from schemas.codec import Codec
     from streams.anomaly import alarm
     from streams.app import catalog_topic
-    from streams.worker import run_faust
 
     codec = Codec.default()
     stop = threading.Event()
@@ -78,20 +75,7 @@ def faust_anomaly(settings: Settings, n: int) -> float:
                 if marks["last"]:
                     stop.set()
 
-    quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
-    levels = {name: log.level for name, log in quiet.items()}
-    timer = threading.Timer(FAUST_DEADLINE_S, stop.set)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for log in quiet.values():
-                log.setLevel(logging.WARNING)
-            timer.start()
-            run_faust(settings.replace(app_id=f"bench-faust-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)),
-                      {"bench-faust-anomaly": register}, stop)
-        finally:
-            timer.cancel()
-            for name, log in quiet.items():
-                log.setLevel(levels[name])
+    run_faust_quietly(settings, {"bench-faust-anomaly": register}, stop)
     if marks["last"] is None:
         raise RuntimeError(f"the Faust anomaly agent scored {marks['points']:,} of {n:,} points "
                            f"within {FAUST_DEADLINE_S:.0f} s")

@@ -13,14 +13,12 @@ the baseline loop and the processor timer are ops/bench.py's.
 
 from __future__ import annotations
 
-import logging
 import math
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
+from ops.bench import run_faust_quietly
 from ops.settings import Settings
 
 TARGET_PER_S = 5000
@@ -78,25 +76,12 @@ def peaks_processor(settings: Settings, n: int) -> float:
 def peaks_agent(settings: Settings, n: int) -> float:
     """Snapshots/s of the Faust peaks agent, from the end of its first batch to the batch holding the n-th snapshot."""
     from streams.peaks import register
-    from streams.worker import run_faust
 
     stop = threading.Event()
     marks = _Marks(n, stop)
 
-    quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka", "opsloop.peaks")}
-    levels = {name: log.level for name, log in quiet.items()}
-    timer = threading.Timer(DEADLINE_S, stop.set)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for log in quiet.values():
-                log.setLevel(logging.WARNING)
-            timer.start()
-            run_faust(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}", data_dir=Path(tmp)),
-                      {"peaks": lambda app, s: register(app, s, marks)}, stop)
-        finally:
-            timer.cancel()
-            for name, log in quiet.items():
-                log.setLevel(levels[name])
+    run_faust_quietly(settings, {"peaks": lambda app, s: register(app, s, marks)}, stop, DEADLINE_S,
+                      quiet=("opsloop.peaks",))
     return marks.rate("Faust peaks agent")
 
 

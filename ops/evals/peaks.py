@@ -26,7 +26,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from models.peak_battery import IDLE, Battery
+from models.peak_battery import IDLE
 from models.peak_baselines import (ReactiveThreshold, Simulation, no_control, oracle_controller, oracle_limits,
                                    simulate)
 from models.peak_forecast import PeakForecaster
