@@ -29,9 +29,10 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
-from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, send, wait_delivered
+from connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, data_messages, producer, send,
+                              wait_delivered)
 from connectors.state_store import ensure_state_topic, read_state, write_state
 from models.anomaly import EarlyWarning, Transition
 from ops.settings import Settings
@@ -163,17 +164,10 @@ class AnomalyProcessor:
         try:
             while not stop.is_set():
                 batch = cons.consume(settings.batch_size, timeout=0.5)
-                got_data = False
-                for msg in batch:
-                    err = msg.error()
-                    if err is None:
-                        self.handle(msg, dead)
-                        caught_up.discard(msg.partition())
-                        got_data = True
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        caught_up.add(msg.partition())
-                    else:
-                        raise KafkaException(err)
+                data = data_messages(batch, caught_up)
+                for msg in data:
+                    self.handle(msg, dead)
+                got_data = bool(data)
                 now = self.clock()
                 if got_data:
                     last_data, dirty = now, True
@@ -189,9 +183,6 @@ class AnomalyProcessor:
                 self._checkpoint(cons)
         finally:
             self.stats["dead_letters"] = dead.count
-            try:
-                wait_delivered(prod, 10)
-            finally:
-                cons.close()
+            close_clients(prod, cons)
         log.info("anomaly stopped: %s", self.stats)
         return self.stats

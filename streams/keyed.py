@@ -18,10 +18,11 @@ import threading
 import time
 from typing import Any, Callable
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
 from connectors.changelog import Changelog
-from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, send, wait_delivered
+from connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, data_messages, producer, send,
+                              wait_delivered)
 from ops.catalog import load_catalog
 from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
@@ -134,15 +135,8 @@ class KeyedProcessor:
                 touched: dict[tuple[int, bytes], Any] = {}
                 outputs: list[Output] = []
                 messages = 0
-                for msg in batch:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            self.caught_up.add(msg.partition())
-                            continue
-                        raise KafkaException(err)
+                for msg in data_messages(batch, self.caught_up):
                     partition, offset = msg.partition(), msg.offset()
-                    self.caught_up.discard(partition)
                     self.processed[partition] = offset + 1
                     messages += 1
                     try:
@@ -185,9 +179,6 @@ class KeyedProcessor:
                 self._commit(cons, prod, errors)  # stopping: keep what was done
         finally:
             self.stats["dead_letters"] = dead.count
-            try:
-                wait_delivered(prod, 10)
-            finally:
-                cons.close()
+            close_clients(prod, cons)
         self.log.info("%s stopped: %s", self.name, self.stats)
         return self.stats

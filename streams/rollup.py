@@ -38,7 +38,7 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from connectors.kafka import DeadLetters, DeliveryErrors, consumer, producer, send, wait_delivered
+from connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
 from models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
 from ops.settings import Settings
 from schemas.codec import Codec, DecodeError
@@ -170,9 +170,6 @@ class RollupProcessor:
                     break
         finally:
             self.stats["dead_letters"] = dead.count
-            try:
-                wait_delivered(prod, 10)
-            finally:
-                cons.close()
+            close_clients(prod, cons)
         log.info("rollup stopped: %s", self.stats)
         return self.stats
