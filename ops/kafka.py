@@ -200,7 +200,8 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
     """For the demo and the bench: a running broker and the catalog's topics under a fresh prefix.
 
     Starts the local broker unless one runs, yields the settings pointed at it, then deletes the
-    topics and stops the broker if it was started here.
+    topics (the catalog's and the processors' private ones under the prefix) and stops the broker if
+    it was started here.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
@@ -225,6 +226,9 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
         yield scratch
     finally:
         try:
+            # The processors' private topics (changelogs, detector state) carry the prefix after the app id.
+            private = f"{scratch.app_id}.{prefix}"
+            topics += [t for t in client.list_topics(timeout=10).topics if t.startswith(private)]
             for topic, future in client.delete_topics(topics).items():
                 try:
                     future.result(30)
