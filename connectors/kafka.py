@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
 
 from ops.catalog import TopicSpec
@@ -79,6 +79,23 @@ def apply_catalog(settings: Settings, specs: Iterable[TopicSpec], timeout_s: flo
     if not lines:
         lines.append(f"all {len(specs)} topics present")
     return lines
+
+
+_ELECTING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+
+
+def watermark_offsets(cons: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """A partition's offsets, retried while a new topic's leader is still being elected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return cons.get_watermark_offsets(tp, timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _ELECTING) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def send(prod: Producer, topic: str, key: bytes | None, value: bytes, on_delivery=None) -> None:
