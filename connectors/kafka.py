@@ -150,22 +150,6 @@ class DeadLetters:
         self.count += 1
 
 
-def data_messages(batch: list[Message], caught_up: set[int]) -> list[Message]:
-    """The data messages of a consumed batch, in order. A partition's end marks it caught up and
-    data un-marks it (consumers run with partition EOF events on); any other error raises."""
-    data = []
-    for msg in batch:
-        err = msg.error()
-        if err is None:
-            caught_up.discard(msg.partition())
-            data.append(msg)
-        elif err.code() == KafkaError._PARTITION_EOF:
-            caught_up.add(msg.partition())
-        else:
-            raise KafkaException(err)
-    return data
-
-
 def close_clients(prod: Producer, cons: Consumer, timeout_s: float = 10.0) -> None:
     """Stop a processor's clients: flush what is in flight, then leave the group, even if the flush fails."""
     try:
