@@ -6,7 +6,7 @@ evaluation run the very same code, and the agent's state is this object
 averaged into planning steps of ``step_s`` (default 15 minutes, the billing
 interval). When a step closes, the loop
 
-1. adds the step's average grid import to this month's billed peak,
+1. adds the step's average grid import to this billing period's billed peak,
 2. teaches the forecaster the step's site load (grid import + battery discharge),
 3. forecasts a day ahead and plans (``models.peak_planner.plan``),
 4. returns a ``PeakForecast`` record (the first ``forecast_steps``) and the proposed
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from models.peak_battery import Battery
 from models.peak_forecast import PeakForecaster
-from models.peak_planner import Billing, Plan, Policy, Tariff, month_of, plan
+from models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class LoopConfig:
     forecast_steps: int | None = None  # published in forecasts.peak; default: 4 h of steps
     tariff: Tariff = Tariff()
     policy: Policy = Policy()
+    billing_period: str = "month"  # month | week | day: how the tariff bills demand
     slurm_target: str = "slurm"
     slurm_partition: str = "batch"  # where low-priority, relocatable jobs run
     proposer: str = "peaks"
@@ -99,9 +100,9 @@ class SitePeakLoop:
                 soh_pct: float | None, billed: bool = True) -> Decision:
         """One closed planning step: learn, forecast, plan for the next step (``billed``: count its import)."""
         cfg = self.config
-        month, _ = month_of(start_ms)
-        if self.billing is None or self.billing.month != month:  # billed from here: the month's start, or ours
-            self.billing = Billing(month, 0.0, start_ms)
+        key, _ = billing_period(start_ms, cfg.billing_period)
+        if self.billing is None or self.billing.key != key:  # billed from here: the period's start, or ours
+            self.billing = Billing(key, 0.0, start_ms, cfg.billing_period)
         if billed:
             self.billing = replace(self.billing, billed_peak_kw=max(self.billing.billed_peak_kw, grid_kw))
         self.forecaster.learn_one(start_ms, load_kw)
@@ -137,7 +138,7 @@ class SitePeakLoop:
         }[result.kind]
         params = {"grid_limit_kw": f"{result.target_kw:.1f}", "max_discharge_kw": f"{result.command.max_discharge_kw:.1f}",
                   "charge_ceiling_kw": f"{result.command.charge_ceiling_kw:.1f}", "planned_until_ms": str(result.until_ms),
-                  "billed_peak_kw": f"{self.billing.billed_peak_kw:.1f}", "month": self.billing.month}
+                  "billed_peak_kw": f"{self.billing.billed_peak_kw:.1f}", "billing_period": self.billing.key}
         pcs = {"kind": result.kind, "target": cfg.ess_id, "site": cfg.site, "setpoint_kw": round(result.setpoint_kw, 1),
                "shed_kw": None, "job_ids": [], "params": params, "reason": result.reason, "expected_effect": effect,
                "expected_delta_kw": -round(result.setpoint_kw, 1), "created_ms": issued_ms, "expires_ms": expires,

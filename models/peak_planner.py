@@ -1,8 +1,9 @@
 """Peak-shaving planner: forecast + battery + billing state -> a grid target, a setpoint schedule, sentences.
 
 Pure: no I/O, time passed in. Demand charges bill the highest 15-minute
-average import of the month, so shaving below what is already billed this month
-buys nothing: the target never goes below the month-to-date billed peak. Above
+average import of each billing period (a calendar month in most tariffs; some
+bill by week or day), so shaving below what is already billed this period buys
+nothing: the target never goes below the period-to-date billed peak. Above
 it, the target is the lowest import the battery can hold over the forecast
 horizon, found by bisection with an exact simulation of the battery on the
 forecast (optionally sized toward the band's upper edge: ``band_weight``), recharging
@@ -11,7 +12,7 @@ cheap tariff hours. It is recomputed every step, so it adapts online: a peak
 larger than forecast drains the battery faster, which raises the next target
 smoothly instead of letting the battery run dry before the peak ends.
 
-When even the battery cannot hold this month's billed peak (once the month has
+When even the battery cannot hold this period's billed peak (once the period has
 settled) or the import cap, the plan asks to relocate low-priority GPU jobs,
 with the kW they must shed and when.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 from models.peak_battery import Battery, Command
@@ -63,7 +64,7 @@ class Policy:
     band_weight: float = 0.1
     valley_quantile: float = 0.35  # steps of the horizon with the lowest forecast load: recharge there
     charge_headroom_pct: float = 2.0  # charging keeps import this far under the target
-    settle_days: float = 7.0  # before this many days of a month, its billed peak is not worth shedding jobs for
+    settle_share: float = 0.25  # before this share of a billing period, its billed peak is not worth shedding jobs for
     min_shed_kw: float = 100.0  # smaller shortfalls are not worth relocating jobs for
     max_shed_kw: float = math.inf  # what low-priority jobs can give
     import_cap_kw: float | None = None  # contracted import limit of the site
@@ -72,11 +73,18 @@ class Policy:
 
 @dataclass(frozen=True)
 class Billing:
-    """This billing month: its key (``YYYY-MM``), the highest 15-minute import so far, when billing began."""
+    """This billing period: its key (see ``billing_period``), the highest 15-minute import so far, when it
+    began (or when billing began, if later), and its length (``month``, ``week`` or ``day``)."""
 
-    month: str
+    key: str
     billed_peak_kw: float
-    month_start_ms: int
+    start_ms: int
+    period: str = "month"
+
+    @property
+    def name(self) -> str:
+        """The period as an operator says it: "this month", "this week", "today"."""
+        return "today" if self.period == "day" else f"this {self.period}"
 
 
 @dataclass(frozen=True)
@@ -228,8 +236,8 @@ def _run_end(forecast, schedule, kind: str, step_s: int) -> int:
 
 def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms: int,
                 policy: Policy) -> Relocation | None:
-    """Jobs to move when the battery cannot hold the month's billed peak (or the import cap) this episode."""
-    settled = now_ms - billing.month_start_ms >= policy.settle_days * 86_400_000
+    """Jobs to move when the battery cannot hold the period's billed peak (or the import cap) this episode."""
+    settled = now_ms - billing.start_ms >= policy.settle_share * PERIOD_DAYS[billing.period] * 86_400_000
     holds = [h for h in (billing.billed_peak_kw if settled else None, policy.import_cap_kw) if h is not None]
     if not holds:
         return None
@@ -240,7 +248,7 @@ def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms
     over = [p.ts_ms for p in forecast if p.kw > hold]
     start, end = (over[0], over[-1] + step_s * 1000) if over else (forecast[0].ts_ms, forecast[-1].ts_ms)
     shed = min(shortfall, policy.max_shed_kw)
-    what = "the import cap" if hold == policy.import_cap_kw else "this month's billed peak"
+    what = "the import cap" if hold == policy.import_cap_kw else f"{billing.name}'s billed peak"
     reason = (f"Relocate {_power(shed)} of low-priority GPU jobs from {_clock(start)} to {_clock(end)}: "
               f"the battery can hold grid import only at {_power(holdable)}, {_power(shortfall)} above "
               f"{what} of {_power(hold)}.")
@@ -257,11 +265,11 @@ class _Context:
     soc_pct: float
 
     def _target(self) -> tuple[str, str]:
-        """How to name the target, and the month's billed peak when the target is above it."""
+        """How to name the target, and the period's billed peak when the target is above it."""
         billed = self.billing.billed_peak_kw
         if self.target <= billed + 1e-6:
-            return f"this month's {_power(billed)}", ""
-        so_far = f" (this month so far: {_power(billed)})" if billed else ""
+            return f"{self.billing.name}'s {_power(billed)}", ""
+        so_far = f" ({self.billing.name} so far: {_power(billed)})" if billed else ""
         return f"the {_power(self.target)} the battery can hold over the next {self.horizon_h:g} h", so_far
 
     def discharging(self, setpoint: float, until: int, cheap: bool) -> str:
@@ -296,8 +304,25 @@ def _hour(ts_ms: int) -> int:
     return (ts_ms // 3_600_000) % 24
 
 
-def month_of(ts_ms: int) -> tuple[str, int]:
-    """Billing month key and its start (UTC) of an event time."""
+PERIOD_DAYS = {"month": 30.0, "week": 7.0, "day": 1.0}  # nominal lengths, for shares of a period
+
+
+def billing_period(ts_ms: int, period: str = "month") -> tuple[str, int]:
+    """The billing period (``month``, ``week`` from Monday, or ``day``; UTC) of an event time: key and start.
+
+    >>> billing_period(961_459_200_000, "week")  # 2000-06-20, a Tuesday
+    ('2000-W25', 961372800000)
+    """
     t = datetime.fromtimestamp(ts_ms / 1000, timezone.utc)
-    start = datetime(t.year, t.month, 1, tzinfo=timezone.utc)
-    return f"{t.year:04d}-{t.month:02d}", int(start.timestamp() * 1000)
+    day = datetime(t.year, t.month, t.day, tzinfo=timezone.utc)
+    if period == "month":
+        start, key = day.replace(day=1), f"{t.year:04d}-{t.month:02d}"
+    elif period == "week":
+        start = day - timedelta(days=t.weekday())
+        year, week, _ = start.isocalendar()
+        key = f"{year:04d}-W{week:02d}"
+    elif period == "day":
+        start, key = day, day.strftime("%Y-%m-%d")
+    else:
+        raise ValueError(f"unknown billing period {period!r}: expected one of {', '.join(PERIOD_DAYS)}")
+    return key, int(start.timestamp() * 1000)

@@ -43,8 +43,8 @@ def run_peaks(settings: Settings, snapshots: int) -> dict:
     config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
     report = evaluate([d.step_start_ms for d in decisions], [d.load_kw for d in decisions], settings.peaks_step_s,
                       config, soc_pct=80.0, warmup_days=1)
-    months = report["months"]
-    billed = {name: max(m["strategies"][name]["billed_peak_kw"] for m in months) for name in ("none", "planner", "oracle")}
+    periods = report["periods"]
+    billed = {name: max(p["strategies"][name]["billed_peak_kw"] for p in periods) for name in ("none", "planner", "oracle")}
     return {"decisions": len(decisions), "kinds": kinds, "wall_s": wall, "billed": billed, "report": report,
             "battery": config.battery}
 

@@ -9,7 +9,7 @@ import yaml
 
 from models.peak_battery import Battery
 from models.peak_loop import LoopConfig
-from models.peak_planner import Policy, Tariff
+from models.peak_planner import PERIOD_DAYS, Policy, Tariff
 
 
 def load_loop_config(site_file: Path, step_s: int = 900, **overrides) -> LoopConfig:
@@ -38,8 +38,13 @@ def load_loop_config(site_file: Path, step_s: int = 900, **overrides) -> LoopCon
     cap = site.get("grid_import_cap_kw")
     # What relocating the preemptible pod's jobs can give at most: its share of IT at the import cap.
     shed = float(relocatable.get("it_share", 0.0)) * cap if relocatable and cap else float("inf")
+    period = str(site.get("demand_billing_period", "month"))
+    if period not in PERIOD_DAYS:
+        raise ValueError(f"{site_file}: site.demand_billing_period is {period!r}; expected one of "
+                         f"{', '.join(PERIOD_DAYS)}")
     config = LoopConfig(site=str(site["id"]), ess_id=str(ess["id"]), battery=battery, step_s=step_s,
                         tariff=Tariff(tuple(float(p) for p in prices)) if prices else Tariff(),
                         policy=Policy(import_cap_kw=cap, max_shed_kw=shed),
-                        slurm_partition=relocatable["slurm_partition"] if relocatable else "batch")
+                        slurm_partition=relocatable["slurm_partition"] if relocatable else "batch",
+                        billing_period=period)
     return replace(config, **overrides)

@@ -33,11 +33,25 @@ def test_target_never_goes_below_this_months_billed_peak():
 def test_a_peak_the_battery_cannot_cover_asks_to_relocate_jobs_with_the_kw_to_shed():
     loads = [1000, 3000, 3000, 3000, 1000]
     p = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),
-             now_ms=10 * 86_400_000, policy=Policy(settle_days=7))
+             now_ms=10 * 86_400_000, policy=Policy(settle_share=0.25))
     assert p.relocation is not None
+    assert "this month's billed peak of 1,500 kW" in p.relocation.reason
     assert p.relocation.shed_kw == pytest.approx(p.holdable_kw - 1500.0)
     assert p.relocation.start_ms == 1 * HOUR and p.relocation.end_ms == 4 * HOUR
     assert p.relocation.reason.startswith("Relocate ")
+
+
+def test_a_young_billing_period_is_not_worth_relocating_jobs_for_and_sentences_name_the_period():
+    loads = [1000, 3000, 3000, 3000, 1000]
+    week = Billing("1970-W02", 1500.0, 4 * 86_400_000, "week")  # a week billed from Monday 1970-01-05
+    early = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=week, now_ms=5 * 86_400_000)
+    assert early.relocation is None  # one day into a 7-day period: its billed peak has not settled
+    late = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=week, now_ms=8 * 86_400_000)
+    assert "this week's billed peak" in late.relocation.reason
+    peak_now = flat_forecast([3000, 3000, 3000, 1000])
+    assert "(this week so far: 1,500 kW)" in plan(peak_now, 3600, BATTERY, 100, week, now_ms=8 * 86_400_000).reason
+    today = Billing("1970-01-05", 1500.0, 0, "day")
+    assert "(today so far: 1,500 kW)" in plan(peak_now, 3600, BATTERY, 100, today, now_ms=0).reason
 
 
 def test_planned_setpoints_stay_within_the_battery_limits():
