@@ -121,8 +121,8 @@ class AnomalyProcessor(BatchProcessor):
             self.stats["alarms"] += 1
 
     def checkpoint(self, partitions: set[int]) -> None:
-        """The changed detectors; the base has delivered the alarms of the points they learnt already
-        (a state that says "learnt" must never reach the broker before those alarms)."""
+        """Write the changed detectors. The alarms of the points they learnt are delivered by now:
+        a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
         for p in partitions:
             for key in self.dirty.get(p, ()):
                 write_state(self.prod, self.state_topic, p, key, self.series[p][key], self.errors)
