@@ -19,7 +19,7 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connectors.kafka import DeadLetters, consumer, producer, send, wait_delivered
+from connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
 from connectors.ledger import EXECUTED, FAILED, Ledger
 from models.policy import Policy
 from ops.settings import Settings
@@ -156,10 +156,9 @@ class ActuatorSink:
         finally:
             self.stats["dead_letters"] = dead.count
             try:
-                wait_delivered(self._prod, 10)
+                close_clients(self._prod, cons)
             finally:
                 self._prod = dead = None  # release the client before the broker may go away
-                cons.close()
                 self.ledger.close()
         log.info("%s stopped: %s", self.name, self.stats)
         return self.stats

@@ -15,7 +15,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from connectors.kafka import admin, consumer
+from connectors.kafka import admin, consumer, watermark_offsets
 from ops.settings import Settings
 
 
@@ -41,7 +41,7 @@ class Changelog:
         try:
             ends = {}
             for p in partitions:
-                low, high = cons.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                low, high = watermark_offsets(cons, TopicPartition(self.topic, p), self.timeout_s)
                 if high > low:
                     ends[p] = high
             if not ends:

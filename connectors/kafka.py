@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
 
 from ops.catalog import TopicSpec
@@ -81,6 +81,23 @@ def apply_catalog(settings: Settings, specs: Iterable[TopicSpec], timeout_s: flo
     return lines
 
 
+_ELECTING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+
+
+def watermark_offsets(cons: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """A partition's offsets, retried while a new topic's leader is still being elected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return cons.get_watermark_offsets(tp, timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _ELECTING) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def send(prod: Producer, topic: str, key: bytes | None, value: bytes, on_delivery=None) -> None:
     """Produce one message, waiting for room when the local queue is full (back-pressure, not an error)."""
     while True:
@@ -131,22 +148,6 @@ class DeadLetters:
                   "agent": self.agent, "message_ts_ms": ts if ts_type else None}
         send(self.prod, self.topic, msg.topic().encode(), self.codec.encode("DeadLetter", record), on_delivery)
         self.count += 1
-
-
-def data_messages(batch: list[Message], caught_up: set[int]) -> list[Message]:
-    """The data messages of a consumed batch, in order. A partition's end marks it caught up and
-    data un-marks it (consumers run with partition EOF events on); any other error raises."""
-    data = []
-    for msg in batch:
-        err = msg.error()
-        if err is None:
-            caught_up.discard(msg.partition())
-            data.append(msg)
-        elif err.code() == KafkaError._PARTITION_EOF:
-            caught_up.add(msg.partition())
-        else:
-            raise KafkaException(err)
-    return data
 
 
 def close_clients(prod: Producer, cons: Consumer, timeout_s: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from connectors.kafka import admin
+from connectors.kafka import admin, watermark_offsets
 from ops.settings import Settings
 
 
@@ -61,23 +61,6 @@ def write_state(prod: Producer, topic: str, partition: int, key: str, state: Any
             prod.poll(0.1)
 
 
-_ELECTING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
-
-
-def _watermarks(cons: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
-    """A partition's offsets, retried while a new topic's leader is still being elected."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return cons.get_watermark_offsets(tp, timeout=timeout_s)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if not (err.retriable() or err.code() in _ELECTING) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def read_state(settings: Settings, topic: str, partitions: list[int], timeout_s: float = 30.0) -> dict[int, dict[str, Any]]:
     """Latest state per key of each partition (partition → key → state), read to the partitions' ends."""
     out: dict[int, dict[str, Any]] = {p: {} for p in partitions}
@@ -88,7 +71,7 @@ def read_state(settings: Settings, topic: str, partitions: list[int], timeout_s:
     try:
         ends = {}
         for p in partitions:
-            low, high = _watermarks(cons, TopicPartition(topic, p), timeout_s)
+            low, high = watermark_offsets(cons, TopicPartition(topic, p), timeout_s)
             if high > low:
                 ends[p] = high
         cons.assign([TopicPartition(topic, p, 0) for p in ends])

@@ -18,27 +18,20 @@ point a detector has already learnt is skipped, so nothing is lost and nothing i
 learnt twice. Alarms emitted after the last checkpoint may be emitted again after a
 crash (at least once: the same ts, device and code, which dedup folds together).
 
-Undecodable points and non-finite values go to ``deadletter`` with the reason.
+Undecodable points and non-finite values go to ``deadletter`` with the reason. The
+consume/commit loop is streams/processor.py's: the checkpoint is its ``checkpoint`` hook.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-import time
 from typing import Callable
 
-from confluent_kafka import TopicPartition
-
-from connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, data_messages, producer, send,
-                              wait_delivered)
 from connectors.state_store import ensure_state_topic, read_state, write_state
 from models.anomaly import EarlyWarning, Transition
 from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
-
-log = logging.getLogger("opsloop.anomaly")
+from schemas.codec import DecodeError
+from streams.processor import BatchProcessor
 
 SOURCE = "opsloop.anomaly"
 
@@ -62,56 +55,54 @@ def alarm(point: dict, t: Transition) -> dict:
     }
 
 
-class AnomalyProcessor:
+class AnomalyProcessor(BatchProcessor):
     name = "anomaly"
+    source = "telemetry.raw"
+    commit_stat = "checkpoints"
 
-    def __init__(self, settings: Settings, codec: Codec | None = None, clock: Callable[[], float] = time.monotonic,
-                 new_warning: Callable[[], EarlyWarning] = EarlyWarning):
-        self.settings = settings
-        self.codec = codec or Codec.default()
-        self.clock = clock  # processing time, only for idleness and checkpoint pacing
+    def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning, **kwargs):
+        super().__init__(settings, **kwargs)
+        self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
-        self.source = settings.topic("telemetry.raw")
         self.sink = settings.topic("alarms.raw")
         self.state_topic = settings.group(self.name) + ".state"  # belongs to the consumer group, like its offsets
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
-        self.processed: dict[int, int] = {}  # partition → next offset to read
-        self._prod = None
-        self._errors = DeliveryErrors()
+
+    def setup(self, cons) -> None:
+        partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
+        ensure_state_topic(self.settings, self.state_topic, partitions)
 
     # -- rebalance ---------------------------------------------------------------------
 
-    def _on_assign(self, cons, partitions) -> None:
+    def on_assign(self, cons, partitions) -> None:
         restored = read_state(self.settings, self.state_topic, [p.partition for p in partitions])
         for p, states in restored.items():
             self.series[p] = states
             self.dirty[p] = set()
-        log.info("anomaly assigned partitions %s of %s, %d series restored",
-                 sorted(restored), self.source, sum(len(s) for s in restored.values()))
+        self.log.info("anomaly assigned partitions %s of %s, %d series restored",
+                      sorted(restored), self.topic, sum(len(s) for s in restored.values()))
 
-    def _on_revoke(self, cons, partitions) -> None:
-        gone = [p.partition for p in partitions]
-        self._checkpoint(cons, gone)
+    def on_revoke(self, cons, partitions) -> None:
+        gone = {p.partition for p in partitions}
+        self.commit(cons, gone)
         for p in gone:
             self.series.pop(p, None)
             self.dirty.pop(p, None)
-            self.processed.pop(p, None)
 
     # -- processing --------------------------------------------------------------------
 
-    def handle(self, msg, dead: DeadLetters) -> None:
+    def handle(self, msg) -> None:
         partition, offset = msg.partition(), msg.offset()
-        self.processed[partition] = offset + 1
         try:
             point = self.codec.decode_as("TelemetryPoint", msg.value())
         except DecodeError as exc:
-            dead.send(msg, "decode", exc.reason)
+            self.dead_letter(msg, "decode", exc.reason)
             return
         value = point["value"]
         if not math.isfinite(value):
-            dead.send(msg, "invalid", f"{point['metric']} of {point['device']} is {value}, not a finite number")
+            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']} is {value}, not a finite number")
             return
         key = f"{point['site']}|{point['device']}|{point['metric']}"
         owned = self.series.setdefault(partition, {})
@@ -126,63 +117,13 @@ class AnomalyProcessor:
         self.dirty.setdefault(partition, set()).add(key)
         self.stats["points"] += 1
         if t is not None:
-            send(self._prod, self.sink, point["device"].encode(), self.codec.encode("Alarm", alarm(point, t)),
-                 self._errors)
+            self.send(self.sink, point["device"].encode(), self.codec.encode("Alarm", alarm(point, t)))
             self.stats["alarms"] += 1
 
-    def _checkpoint(self, cons, partitions=None) -> None:
-        """Flush the outputs, write the changed detectors, wait for them, then commit the offsets they cover."""
-        partitions = list(self.processed) if partitions is None else [p for p in partitions if p in self.processed]
-        if not partitions or self._prod is None:
-            return
-        # Alarms and dead letters first: a state that says "learnt" must never reach the broker
-        # before the alarms of the points it covers (a crash in between would lose them).
-        wait_delivered(self._prod)
-        self._errors.raise_if_any()
+    def checkpoint(self, partitions: set[int]) -> None:
+        """Write the changed detectors. The alarms of the points they learnt are delivered by now:
+        a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
         for p in partitions:
             for key in self.dirty.get(p, ()):
-                write_state(self._prod, self.state_topic, p, key, self.series[p][key], self._errors)
+                write_state(self.prod, self.state_topic, p, key, self.series[p][key], self.errors)
             self.dirty[p] = set()
-        wait_delivered(self._prod)
-        self._errors.raise_if_any()
-        cons.commit(offsets=[TopicPartition(self.source, p, self.processed[p]) for p in partitions],
-                    asynchronous=False)
-        self.stats["checkpoints"] += 1
-
-    def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
-        settings = self.settings
-        cons = consumer(settings, settings.group(self.name))
-        self._prod = prod = producer(settings)
-        dead = DeadLetters(settings, prod, self.name)
-        partitions = len(cons.list_topics(self.source, timeout=30).topics[self.source].partitions)
-        ensure_state_topic(settings, self.state_topic, partitions)
-        cons.subscribe([self.source], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        assigned: set[int] = set()
-        caught_up: set[int] = set()
-        last_data = last_checkpoint = self.clock()
-        dirty = False
-        try:
-            while not stop.is_set():
-                batch = cons.consume(settings.batch_size, timeout=0.5)
-                data = data_messages(batch, caught_up)
-                for msg in data:
-                    self.handle(msg, dead)
-                got_data = bool(data)
-                now = self.clock()
-                if got_data:
-                    last_data, dirty = now, True
-                prod.poll(0)
-                assigned = {tp.partition for tp in cons.assignment()}
-                idle = bool(assigned) and caught_up >= assigned and now - last_data >= settings.idle_close_s
-                if dirty and (idle or now - last_checkpoint >= settings.anomaly_checkpoint_s):
-                    self._checkpoint(cons)
-                    last_checkpoint, dirty = now, False
-                if idle and exit_when_idle and not dirty:
-                    break
-            if dirty:
-                self._checkpoint(cons)
-        finally:
-            self.stats["dead_letters"] = dead.count
-            close_clients(prod, cons)
-        log.info("anomaly stopped: %s", self.stats)
-        return self.stats

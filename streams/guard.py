@@ -35,7 +35,7 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException
 
 from connectors.actuator import alarm, result
-from connectors.kafka import DeadLetters, consumer, producer, send, wait_delivered
+from connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
 from models.guard import APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, EssState, PlantState, approval_deadline_ms, decide
 from models.policy import Policy
 from models.verify import FAILED, VERIFIED, judge_power
@@ -260,10 +260,9 @@ class GuardProcessor:
         finally:
             self.stats["dead_letters"] = dead.count
             try:
-                wait_delivered(self._prod, 10)
+                close_clients(self._prod, cons)
             finally:
                 self._prod = dead = None  # release the client before the broker may go away
-                cons.close()
                 self.store.db.close()
         log.info("guard stopped: %s", self.stats)
         return self.stats
