@@ -199,9 +199,26 @@ def _tail(path: Path, lines: int = 30) -> str:
 def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
     """For the demo and the bench: a running broker and the catalog's topics under a fresh prefix.
 
-    Starts the local broker unless one runs, yields the settings pointed at it, then deletes the
-    topics (the catalog's and the processors' private ones under the prefix) and stops the broker if
-    it was started here.
+    Starts the local broker unless one runs, yields the settings pointed at it with the topics of
+    ``prefixed_topics``, then deletes them and stops the broker if it was started here.
+    """
+    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
+    started = kafka.pid() is None
+    print(kafka.start())
+    try:
+        with prefixed_topics(settings.replace(broker=kafka.bootstrap), prefix, extra_topics) as scratch:
+            yield scratch
+    finally:
+        if started:
+            print(kafka.stop())
+
+
+@contextmanager
+def prefixed_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
+    """The catalog's topics (and ``extra_topics``, partitioned like ``telemetry.raw``) under ``prefix``.
+
+    Yields the settings with that prefix; on exit deletes those topics and the processors' private
+    ones (changelogs, detector state), which carry the prefix after the app id.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
@@ -209,10 +226,7 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
     from connectors.kafka import admin, apply_catalog
     from ops.catalog import load_catalog
 
-    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
-    started = kafka.pid() is None
-    print(kafka.start())
-    scratch = settings.replace(topic_prefix=prefix, broker=kafka.bootstrap)
+    scratch = settings.replace(topic_prefix=prefix)
     specs = load_catalog(scratch.topics_file)
     topics = [scratch.topic(name) for name in specs] + [scratch.topic(name) for name in extra_topics]
     client = admin(scratch)  # held: futures of a destroyed client fail
@@ -226,7 +240,6 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
         yield scratch
     finally:
         try:
-            # The processors' private topics (changelogs, detector state) carry the prefix after the app id.
             private = f"{scratch.app_id}.{prefix}"
             topics += [t for t in client.list_topics(timeout=10).topics if t.startswith(private)]
             for topic, future in client.delete_topics(topics).items():
@@ -236,5 +249,3 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
                     print(f"left topic {topic}: {exc.args[0].str()}")
         finally:
             del client  # no client may outlive the broker it talks to (it would log reconnects)
-            if started:
-                print(kafka.stop())
