@@ -167,7 +167,7 @@ def slurm_charge(action: Mapping, limits: SlurmLimits, now_ms: int) -> tuple[int
     params, job_ids = action.get("params", {}), action.get("job_ids", [])
     max_jobs = int(params.get("max_jobs", len(job_ids) or limits.max_jobs_per_event))
     if "gpus" not in params:
-        return max(max_jobs, len(job_ids)), limits.max_gpu_hours_per_event
+        return max(max_jobs, len(job_ids)), float(limits.max_gpu_hours_per_event)
     hold_s = max((action["expires_ms"] - now_ms) / 1000, 0)
     return max(max_jobs, len(job_ids)), float(params["gpus"]) * hold_s / 3600
 
