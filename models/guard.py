@@ -164,12 +164,17 @@ def slurm_charge(action: Mapping, limits: SlurmLimits, now_ms: int) -> tuple[int
     >>> slurm_charge({**act, "params": {}}, limits, now_ms=0)
     (20, 256.0)
     """
-    params, job_ids = action.get("params", {}), action.get("job_ids", [])
-    max_jobs = int(params.get("max_jobs", len(job_ids) or limits.max_jobs_per_event))
+    params = action.get("params", {})
     if "gpus" not in params:
-        return max(max_jobs, len(job_ids)), float(limits.max_gpu_hours_per_event)
+        return declared_jobs(action, limits), float(limits.max_gpu_hours_per_event)
     hold_s = max((action["expires_ms"] - now_ms) / 1000, 0)
-    return max(max_jobs, len(job_ids)), float(params["gpus"]) * hold_s / 3600
+    return declared_jobs(action, limits), float(params["gpus"]) * hold_s / 3600
+
+
+def declared_jobs(action: Mapping, limits: SlurmLimits) -> int:
+    """``params.max_jobs``, the number of ``job_ids`` if more, or the per-event limit if neither is given."""
+    job_ids = action.get("job_ids", [])
+    return max(int(action.get("params", {}).get("max_jobs", len(job_ids) or limits.max_jobs_per_event)), len(job_ids))
 
 
 def action_limits(action: Mapping, limits: SlurmLimits, hold_s: float) -> SlurmLimits:
@@ -180,9 +185,8 @@ def action_limits(action: Mapping, limits: SlurmLimits, hold_s: float) -> SlurmL
     >>> narrowed.max_jobs_per_event, round(narrowed.max_gpu_hours_per_event, 6)
     (4, 4.0)
     """
-    params, job_ids = action.get("params", {}), action.get("job_ids", [])
-    jobs = min(limits.max_jobs_per_event, max(int(params.get("max_jobs", len(job_ids) or limits.max_jobs_per_event)),
-                                                len(job_ids)))
+    params = action.get("params", {})
+    jobs = min(limits.max_jobs_per_event, declared_jobs(action, limits))
     gpu_hours = limits.max_gpu_hours_per_event
     if "gpus" in params:  # a hair of slack: job GPUs summing exactly to the declared count must fit
         gpu_hours = min(gpu_hours, float(params["gpus"]) * max(hold_s, 0) / 3600 * (1 + 1e-9))
