@@ -16,8 +16,9 @@ action as failed with that reason before touching any job.
 
 Sink: a shedding action (hold, requeue, suspend) picks its jobs with
 ``models.jobs.select_jobs`` (partition, priority, estimated GPU kW, the
-policy's limits), records the plan and its undo in the ledger, acts, then
-verifies from the job states within ``verify_window_s``: ``verified``, or
+policy's limits narrowed to the jobs and GPUs the action declared: what the
+guard charged to the Slurm budget), records the plan and its undo in the
+ledger, acts, then verifies from the job states within ``verify_window_s``: ``verified``, or
 ``failed`` → undo, alarm, ``reverted``. At the action's expiry, or on a
 ``slurm_release``/``slurm_resume`` action with ``params.undo_of``, it undoes
 what it did. Protected partitions are filtered out twice: by the selection and
@@ -34,7 +35,7 @@ from typing import Mapping
 
 from connectors.actuator import ActuatorSink, alarm, result
 from connectors.ledger import EXECUTED, FAILED
-from models.guard import declared_partitions
+from models.guard import action_limits, declared_partitions
 from models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable
 from models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
 
@@ -159,8 +160,9 @@ class SlurmSink(ActuatorSink):
         self.backend.check(command)  # UnsupportedCommand → failed action with its reason, no job touched
         jobs = self.backend.jobs()
         declared = declared_partitions(action)
-        chosen = select_jobs(jobs, kind, declared, action.get("shed_kw"), self.policy.slurm, self._hold_s(action),
-                             action.get("job_ids") or ())
+        hold_s = self._hold_s(action)
+        limits = action_limits(action, self.policy.slurm, hold_s)  # no more than the guard charged to the budget
+        chosen = select_jobs(jobs, kind, declared, action.get("shed_kw"), limits, hold_s, action.get("job_ids") or ())
         if not chosen:
             raise SlurmError(f"no eligible job for {kind} in partition(s) {', '.join(declared) or 'none'}")
         undo = [[UNDO[kind], j.job_id] for j in chosen if kind in UNDO and command != "requeue"]

@@ -14,7 +14,17 @@ and the energy of the whole duration keeps the state of charge between the
 reserve and ``max_soc_pct``. ESS telemetry must be fresh. Slurm actions declare
 the partitions they may touch (``params["partitions"]``); none may be protected
 and all must be touchable; jobs per event, hold time and declared GPU-hours are
-bounded. The Slurm sink enforces the same limits again on the jobs it picks.
+bounded. The Slurm sink enforces the same limits again on the jobs it picks,
+within what the action declared (``action_limits``).
+
+Slurm budgets across actions: with ``budget_window_s`` > 0, the jobs and
+GPU-hours charged to the shedding actions approved for the same site in the
+last ``budget_window_s`` (``PlantState.slurm_spent``, kept by the caller) count
+together with this action's against the per-event limits. The action's own
+earlier record never counts (an operator's approval re-checks it). Releases and
+resumes spend nothing and give nothing back: the budget bounds the disruption
+approved per window, and an early release does not undo a requeue or the time
+a job already lost.
 
 >>> from models.policy import Policy, PcsLimits, SlurmLimits, KindRule
 >>> policy = Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
@@ -31,10 +41,10 @@ Decision(verdict='approved', reasons=('within every limit; pcs_discharge runs in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
 
-from models.policy import Policy
+from models.policy import Policy, SlurmLimits
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
@@ -56,9 +66,21 @@ class EssState:
 
 
 @dataclass(frozen=True)
+class SlurmSpend:
+    """A shedding Slurm action the guard approved, and what it was charged against the budget."""
+
+    action_id: str
+    site: str
+    approved_ms: int
+    jobs: int
+    gpu_hours: float
+
+
+@dataclass(frozen=True)
 class PlantState:
     ess: EssState | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    slurm_spent: tuple[SlurmSpend, ...] = ()  # recent approvals; the caller may pass more than the window
 
 
 @dataclass(frozen=True)
@@ -129,8 +151,83 @@ def declared_partitions(action: Mapping) -> list[str]:
     return [p.strip() for p in action.get("params", {}).get("partitions", "").split(",") if p.strip()]
 
 
-def slurm_problems(action: Mapping, policy: Policy, now_ms: int) -> list[str]:
-    limits, params = policy.slurm, action.get("params", {})
+def slurm_charge(action: Mapping, limits: SlurmLimits, now_ms: int) -> tuple[int, float]:
+    """Jobs and GPU-hours a shedding action may use at most; raises ``ValueError`` on non-numeric params.
+
+    What it declares (``params.max_jobs`` or its ``job_ids``; ``params.gpus`` over the hold), or
+    the per-event limit where it declares nothing: the Slurm sink may use that much.
+
+    >>> limits = SlurmLimits(("batch",), (), max_jobs_per_event=20, max_gpu_hours_per_event=256, max_hold_s=3600)
+    >>> act = {"kind": "slurm_hold", "expires_ms": 1_800_000, "job_ids": [], "params": {"max_jobs": "4", "gpus": "8"}}
+    >>> slurm_charge(act, limits, now_ms=0)
+    (4, 4.0)
+    >>> slurm_charge({**act, "params": {}}, limits, now_ms=0)
+    (20, 256.0)
+    """
+    params = action.get("params", {})
+    if "gpus" not in params:
+        return declared_jobs(action, limits), float(limits.max_gpu_hours_per_event)
+    hold_s = max((action["expires_ms"] - now_ms) / 1000, 0)
+    return declared_jobs(action, limits), float(params["gpus"]) * hold_s / 3600
+
+
+def declared_jobs(action: Mapping, limits: SlurmLimits) -> int:
+    """``params.max_jobs``, the number of ``job_ids`` if more, or the per-event limit if neither is given."""
+    job_ids = action.get("job_ids", [])
+    return max(int(action.get("params", {}).get("max_jobs", len(job_ids) or limits.max_jobs_per_event)), len(job_ids))
+
+
+def action_limits(action: Mapping, limits: SlurmLimits, hold_s: float) -> SlurmLimits:
+    """The policy's per-event limits narrowed to what ``action`` declared: the sink stays within its charge.
+
+    >>> limits = SlurmLimits(("batch",), (), max_jobs_per_event=20, max_gpu_hours_per_event=256, max_hold_s=3600)
+    >>> narrowed = action_limits({"job_ids": [], "params": {"max_jobs": "4", "gpus": "8"}}, limits, hold_s=1800)
+    >>> narrowed.max_jobs_per_event, round(narrowed.max_gpu_hours_per_event, 6)
+    (4, 4.0)
+    """
+    params = action.get("params", {})
+    jobs = min(limits.max_jobs_per_event, declared_jobs(action, limits))
+    gpu_hours = limits.max_gpu_hours_per_event
+    if "gpus" in params:  # a hair of slack: job GPUs summing exactly to the declared count must fit
+        gpu_hours = min(gpu_hours, float(params["gpus"]) * max(hold_s, 0) / 3600 * (1 + 1e-9))
+    return replace(limits, max_jobs_per_event=jobs, max_gpu_hours_per_event=gpu_hours)
+
+
+def recent_spend(spent: Iterable[SlurmSpend], site: str, action_id: str, window_s: float,
+                 now_ms: int) -> tuple[int, float]:
+    """Jobs and GPU-hours approved for ``site`` in the last ``window_s`` (exclusive of its far end), but not
+    those of ``action_id`` itself.
+
+    >>> spent = [SlurmSpend("a", "s1", 0, 5, 1.0), SlurmSpend("b", "s1", 3_000_000, 7, 2.0),
+    ...          SlurmSpend("c", "s2", 3_000_000, 9, 4.0)]
+    >>> recent_spend(spent, "s1", "x", 3600, now_ms=3_600_000)  # "a" is exactly one window old: out
+    (7, 2.0)
+    """
+    window_start_ms = now_ms - window_s * 1000
+    recent = [s for s in spent if s.site == site and s.action_id != action_id and s.approved_ms > window_start_ms]
+    return sum(s.jobs for s in recent), sum(s.gpu_hours for s in recent)
+
+
+def budget_problems(action: Mapping, jobs: int, gpu_hours: float, spent: Iterable[SlurmSpend], limits: SlurmLimits,
+                    now_ms: int) -> list[str]:
+    """What this action's charge and the window's approvals together spend beyond the per-event limits."""
+    window = limits.budget_window_s
+    if window <= 0:
+        return []
+    spent_jobs, spent_gpu_hours = recent_spend(spent, action.get("site", ""), action["action_id"], window, now_ms)
+    problems = []
+    if spent_jobs and jobs + spent_jobs > limits.max_jobs_per_event:
+        problems.append(f"affects up to {jobs} jobs; with the {spent_jobs} approved in the last {window:g} s that is "
+                        f"{jobs + spent_jobs}, more than the policy's {limits.max_jobs_per_event} per {window:g} s")
+    if spent_gpu_hours and gpu_hours + spent_gpu_hours > limits.max_gpu_hours_per_event:
+        problems.append(f"{gpu_hours:g} GPU-hours; with the {spent_gpu_hours:g} approved in the last {window:g} s "
+                        f"that is {gpu_hours + spent_gpu_hours:g}, more than the policy's "
+                        f"{limits.max_gpu_hours_per_event:g} per {window:g} s")
+    return problems
+
+
+def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable[SlurmSpend] = ()) -> list[str]:
+    limits = policy.slurm
     partitions = declared_partitions(action)
     if not partitions:
         return ["a Slurm action must list the partitions it may touch (params.partitions)"]
@@ -144,19 +241,20 @@ def slurm_problems(action: Mapping, policy: Policy, now_ms: int) -> list[str]:
     if action["kind"] in SLURM_UNDO:
         return problems  # giving capacity back needs no budget
     try:
-        max_jobs = int(params.get("max_jobs", len(action.get("job_ids", [])) or limits.max_jobs_per_event))
-        gpus = float(params.get("gpus", "0"))
+        jobs, gpu_hours = slurm_charge(action, limits, now_ms)
     except ValueError:
         return problems + ["params.max_jobs and params.gpus must be numbers"]
-    jobs = max(max_jobs, len(action.get("job_ids", [])))
     if jobs > limits.max_jobs_per_event:
         problems.append(f"affects up to {jobs} jobs, more than the policy's {limits.max_jobs_per_event} per event")
     hold_s = (action["expires_ms"] - now_ms) / 1000
     if hold_s > limits.max_hold_s:
         problems.append(f"holds for {hold_s:g} s, longer than the policy's {limits.max_hold_s:g} s")
-    gpu_hours = gpus * max(hold_s, 0) / 3600
-    if not math.isfinite(gpus) or gpu_hours > limits.max_gpu_hours_per_event:
+    if gpu_hours < 0:
+        problems.append("params.gpus must not be negative")
+    elif not math.isfinite(gpu_hours) or gpu_hours > limits.max_gpu_hours_per_event:
         problems.append(f"{gpu_hours:g} GPU-hours exceed the policy's {limits.max_gpu_hours_per_event:g} per event")
+    if not problems:
+        problems = budget_problems(action, jobs, gpu_hours, spent, limits, now_ms)
     return problems
 
 
@@ -169,7 +267,7 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
     if kind in PCS_KINDS:
         problems = pcs_problems(action, state.ess, policy, now_ms)
     elif kind.startswith("slurm_"):
-        problems = slurm_problems(action, policy, now_ms)
+        problems = slurm_problems(action, policy, now_ms, state.slurm_spent)
     else:
         problems = [f"unknown action kind {kind!r}"]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):

@@ -5,17 +5,24 @@ Pure: ``parse_policy`` takes the already-loaded document (a dict) and returns a
 operator fixes a file in one go. The structural rules are a JSON Schema
 (``POLICY_SCHEMA``, checked with the jsonschema library); the rules that span
 fields (a partition both touchable and protected, a window ending before it
-starts) are checked here.
+starts, a Slurm budget window shorter than a hold) are checked here.
 
->>> policy = parse_policy({"version": 1, "approval_expiry_s": 600,
+Versions: 2 adds ``slurm.budget_window_s`` (Slurm budgets summed over a sliding
+window per site). A version-1 file still loads, with budgets per action only
+(``budget_window_s`` = 0), so an existing policy never tightens silently.
+
+>>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
 ...     "pcs": {"max_kw": 4000, "ramp_kw_per_min": 2000, "reserve_soc_pct": 15, "min_soh_pct": 80,
 ...             "max_duration_s": 3600},
 ...     "slurm": {"touchable_partitions": ["batch"], "protected_partitions": ["inference"],
-...               "max_jobs_per_event": 10, "max_gpu_hours_per_event": 40, "max_hold_s": 3600}})
+...               "max_jobs_per_event": 10, "max_gpu_hours_per_event": 40, "max_hold_s": 3600,
+...               "budget_window_s": 3600}})
 >>> policy.mode("pcs_discharge"), policy.mode("pcs_charge"), policy.slurm.protected_partitions
 ('auto', 'advise', ('inference',))
->>> print(PolicyError(schema_problems({"version": 1, "approval_expiry_s": 60, "actions": {},
+>>> policy.slurm.budget_window_s
+3600.0
+>>> print(PolicyError(schema_problems({"version": 2, "approval_expiry_s": 60, "actions": {},
 ...     "pcs": {"max_kw": -5, "ramp_kw_per_min": 1, "reserve_soc_pct": 10, "min_soh_pct": 80,
 ...             "max_duration_s": 60}})))
 invalid policy:
@@ -29,7 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest policy version (the shipped file)
+READABLE_VERSIONS = (1, 2)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume")
@@ -45,14 +53,14 @@ _window = {
                    "start": {"type": "string", "pattern": _HHMM}, "end": {"type": "string", "pattern": _HHMM}},
 }
 
-#: JSON Schema of policy version 1 (structure, types, ranges). Cross-field rules live in ``parse_policy``.
+#: JSON Schema of policy versions 1 and 2 (structure, types, ranges). Cross-field rules live in ``parse_policy``.
 POLICY_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
     "required": ["version", "approval_expiry_s", "actions", "pcs", "slurm"],
     "properties": {
-        "version": {"const": SCHEMA_VERSION},
+        "version": {"enum": list(READABLE_VERSIONS)},
         "name": {"type": "string"},
         "approval_expiry_s": _positive,
         "max_state_age_s": _positive,
@@ -76,7 +84,7 @@ POLICY_SCHEMA: dict = {
             "properties": {"touchable_partitions": _names, "protected_partitions": _names,
                            "max_jobs_per_event": {"type": "integer", "minimum": 1},
                            "max_gpu_hours_per_event": _positive, "max_hold_s": _positive,
-                           "kw_per_gpu": _positive},
+                           "kw_per_gpu": _positive, "budget_window_s": {"type": "number", "minimum": 0}},
         },
     },
 }
@@ -128,6 +136,9 @@ class SlurmLimits:
     max_gpu_hours_per_event: float
     max_hold_s: float
     kw_per_gpu: float = 0.7  # estimated draw of one busy GPU with its share of the node
+    # Jobs and GPU-hours of the shedding actions approved for a site within this many seconds count
+    # together against the per-event limits; 0: each action on its own (policy version 1).
+    budget_window_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,9 +184,9 @@ def parse_policy(doc: Any) -> Policy:
     """Validate a loaded policy document and build the ``Policy``; raises ``PolicyError``."""
     if not isinstance(doc, dict):
         raise PolicyError([f"(root): expected a mapping, got {type(doc).__name__}"])
-    if "version" in doc and doc["version"] != SCHEMA_VERSION:
-        raise PolicyError([f"version: this opsloop reads policy version {SCHEMA_VERSION}, the file has "
-                           f"{doc['version']!r}"])
+    if "version" in doc and doc["version"] not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise PolicyError([f"version: this opsloop reads policy versions {readable}, the file has {doc['version']!r}"])
     problems = schema_problems(doc)
     if problems:
         raise PolicyError(problems)
@@ -183,6 +194,12 @@ def parse_policy(doc: Any) -> Policy:
     both = sorted(set(slurm["touchable_partitions"]) & set(slurm["protected_partitions"]))
     if both:
         problems.append(f"slurm: partition(s) {', '.join(both)} are both touchable and protected")
+    window = slurm.get("budget_window_s")
+    if window is not None and doc["version"] < 2:
+        problems.append("slurm.budget_window_s: needs policy version 2")
+    elif window and window < slurm["max_hold_s"]:
+        problems.append(f"slurm: budget_window_s {window:g} is shorter than max_hold_s {slurm['max_hold_s']:g}; "
+                        "the budget would forget actions whose holds are still in force")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -205,6 +222,7 @@ def parse_policy(doc: Any) -> Policy:
                           max_jobs_per_event=int(slurm["max_jobs_per_event"]),
                           max_gpu_hours_per_event=float(slurm["max_gpu_hours_per_event"]),
                           max_hold_s=float(slurm["max_hold_s"]),
-                          kw_per_gpu=float(slurm.get("kw_per_gpu", 0.7))),
+                          kw_per_gpu=float(slurm.get("kw_per_gpu", 0.7)),
+                          budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
     )

@@ -24,6 +24,11 @@ def load_policy(path: Path | str) -> Policy:
         raise PolicyError([f"{path}: {p}" for p in exc.problems]) from None
 
 
+def _budget_span(policy: Policy) -> str:
+    window = policy.slurm.budget_window_s
+    return f"per {window:g} s per site" if window > 0 else "per action (no slurm.budget_window_s)"
+
+
 def check(path: Path | str) -> int:
     """Print a verdict on a policy file; 0 when valid, 1 otherwise."""
     try:
@@ -33,5 +38,6 @@ def check(path: Path | str) -> int:
         return 1
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
-          f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}")
+          f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
+          f"Slurm budgets {_budget_span(policy)}")
     return 0

@@ -16,9 +16,11 @@ Thin: decode, ask ``models.guard.decide``, emit. It reads four topics:
   ``verify_window_s``; on failure the guard publishes ``failed``, an approved
   ``pcs_idle`` (the revert), ``reverted`` and an alarm on ``alarms.raw``.
 
-Decisions, pending approvals and verifications are kept in a small SQLite file
+Decisions, pending approvals, verifications and the Slurm budget spent (the
+shedding actions approved per site within the policy's ``budget_window_s``,
+pruned as they age out) are kept in a small SQLite file
 (``<data_dir>/guard.sqlite``) written before offsets are committed, so a restart
-neither re-decides an action nor forgets a pending one. It is a batch processor
+neither re-decides an action, nor forgets a pending one, nor the budget spent. It is a batch processor
 on confluent-kafka like the rollup, not a Faust agent: four inputs, tiny
 volume, and commits that must follow the SQLite writes.
 """
@@ -36,7 +38,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from connectors.actuator import alarm, result
 from connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
-from models.guard import APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, EssState, PlantState, approval_deadline_ms, decide
+from models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
+                          SlurmSpend, approval_deadline_ms, decide, slurm_charge)
 from models.policy import Policy
 from models.verify import FAILED, VERIFIED, judge_power
 from ops.settings import Settings
@@ -49,7 +52,8 @@ NAME = "guard"
 
 
 class GuardStore:
-    """Decided ids, pending approvals, early feedback and PCS verifications, durable across restarts."""
+    """Decided ids, pending approvals, early feedback, PCS verifications and Slurm budget spent, durable across
+    restarts."""
 
     def __init__(self, path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +65,9 @@ class GuardStore:
             CREATE TABLE IF NOT EXISTS pending (action_id TEXT PRIMARY KEY, action TEXT, deadline_ms INTEGER);
             CREATE TABLE IF NOT EXISTS feedback (action_id TEXT PRIMARY KEY, kind TEXT, operator TEXT);
             CREATE TABLE IF NOT EXISTS verifying (action_id TEXT PRIMARY KEY, action TEXT, since_ms INTEGER,
-                                                  deadline_ms INTEGER, observed TEXT);""")
+                                                  deadline_ms INTEGER, observed TEXT);
+            CREATE TABLE IF NOT EXISTS slurm_spent (action_id TEXT PRIMARY KEY, site TEXT, approved_ms INTEGER,
+                                                    jobs INTEGER, gpu_hours REAL);""")
 
     def rows(self, sql: str, *args):
         return self.db.execute(sql, args).fetchall()
@@ -101,6 +107,11 @@ class GuardProcessor:
             self._emit_result(result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
         if verdict == APPROVED and action["kind"] in PCS_KINDS:
             self.last_change[action["site"]] = self.now_ms()
+        if verdict == APPROVED and action["kind"] in SLURM_SHEDDING and self.policy.slurm.budget_window_s > 0:
+            # before `decided`: after a crash in between, the re-decision skips its own record and replaces it
+            jobs, gpu_hours = slurm_charge(action, self.policy.slurm, self.now_ms())
+            self.store.run("INSERT OR REPLACE INTO slurm_spent VALUES (?, ?, ?, ?, ?)", action["action_id"],
+                           action["site"], self.now_ms(), jobs, gpu_hours)
         self.store.run("INSERT OR REPLACE INTO decided VALUES (?, ?, ?)", action["action_id"], verdict,
                        json.dumps(action))
 
@@ -114,7 +125,14 @@ class GuardProcessor:
         ess = self.ess.get(site)
         if ess is not None:
             ess = EssState(**{**ess.__dict__, "last_change_ms": self.last_change.get(site)})
-        return PlantState(ess)
+        return PlantState(ess, slurm_spent=self.slurm_spent(site))
+
+    def slurm_spent(self, site: str) -> tuple[SlurmSpend, ...]:
+        """The site's approvals still inside the budget window; older ones are pruned."""
+        window_start_ms = self.now_ms() - int(self.policy.slurm.budget_window_s * 1000)
+        self.store.run("DELETE FROM slurm_spent WHERE approved_ms <= ?", window_start_ms)
+        return tuple(SlurmSpend(*row) for row in self.store.rows(
+            "SELECT action_id, site, approved_ms, jobs, gpu_hours FROM slurm_spent WHERE site = ?", site))
 
     def on_snapshot(self, snap: dict) -> None:
         spec = self.ess_specs.get(snap["site"])

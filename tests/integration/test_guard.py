@@ -10,7 +10,7 @@ from actuation import Running, action, publish
 from connectors.kafka import producer, wait_delivered
 from ops.policy import load_policy
 from schemas.codec import Codec
-from streams.guard import GuardProcessor
+from streams.guard import GuardProcessor, GuardStore
 
 pytestmark = pytest.mark.integration
 SAFETY_NET_S = 90.0
@@ -100,3 +100,44 @@ def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
     [dead] = decoded(settings, read_topic, "deadletter", "DeadLetter")
     assert (dead["value"], dead["error_kind"], dead["agent"]) == (b"\xc3\x01 not an action", "decode", "guard")
     assert alarm["code"] == "ACTION_VERIFY_FAILED" and alarm["attributes"]["action_id"] == "unverified"
+
+
+def test_the_spent_slurm_budget_survives_a_restart_and_ages_out(kafka_settings, read_topic):
+    shift_s = [0.0]  # the guard's clock jumps past the budget window on demand
+    policy = load_policy(kafka_settings.policy)
+    assert (policy.slurm.max_jobs_per_event, policy.slurm.budget_window_s) == (20, 3600)
+
+    def guard() -> GuardProcessor:
+        return GuardProcessor(kafka_settings, policy, clock=lambda: time.time() + shift_s[0])
+
+    def suspend(action_id: str, max_jobs: int, life_s: float = 600) -> dict:
+        return action(action_id, "slurm_suspend", target="opsloop", partitions="batch", max_jobs=max_jobs, gpus=2,
+                      life_s=life_s)
+
+    first = guard()
+    with Running(first) as runner:
+        wait_for.runner = runner
+        publish(kafka_settings, "actions.proposed", "Action", [suspend("big", 15)])
+        wait_for(lambda: first.stats["needs_approval"] == 1, "the request for approval")
+        publish(kafka_settings, "operator.feedback", "Feedback", [{"target_id": "big", "kind": "approve_action",
+                                                                   "operator": "alice", "ts_ms": 0, "comment": None}])
+        wait_for(lambda: first.stats["operator_approved"] == 1, "the operator's approval")
+
+    second = guard()  # a restart: a new processor on the same SQLite file and consumer group
+    [spend] = second.state("demo").slurm_spent
+    assert (spend.action_id, spend.site, spend.jobs) == ("big", "demo", 15)
+    with Running(second) as runner:
+        wait_for.runner = runner
+        publish(kafka_settings, "actions.proposed", "Action", [suspend("more", 8)])
+        wait_for(lambda: second.stats["rejected"] == 1, "the over-budget action rejected")
+        shift_s[0] = 3601.0  # the approval of "big" is now older than the window
+        publish(kafka_settings, "actions.proposed", "Action", [suspend("later", 8, life_s=3601 + 600)])
+        wait_for(lambda: second.stats["needs_approval"] == 1, "the same action, a window later, goes to the operator")
+    assert GuardStore(kafka_settings.data_dir / "guard.sqlite").rows("SELECT * FROM slurm_spent") == []  # pruned
+
+    verdicts = {r["action"]["action_id"]: r for r in decoded(kafka_settings, read_topic, "actions.approved",
+                                                              "ApprovedAction")}
+    assert verdicts["big"]["verdict"] == "approved" and verdicts["later"]["verdict"] == "needs_approval"
+    assert verdicts["more"]["verdict"] == "rejected"
+    assert verdicts["more"]["reasons"] == ["affects up to 8 jobs; with the 15 approved in the last 3600 s that is 23, "
+                                           "more than the policy's 20 per 3600 s"]

@@ -101,6 +101,16 @@ def test_hold_and_release_of_pending_jobs_by_undo_of(kafka_settings, slurm, jobs
         slurm.run("scancel", waiting)
 
 
+def test_a_shedding_action_touches_no_more_gpus_than_it_declared(kafka_settings, slurm, jobs):
+    """The guard charges the declared GPUs to the Slurm budget; the sink must not take more than that."""
+    backend = ScontrolBackend(slurm.env)
+    sink = SlurmSink(kafka_settings, load_policy(kafka_settings.policy), backend=backend)
+    greedy = action("declared", "slurm_suspend", target="opsloop", partitions="batch,train-b", shed_kw=100.0, gpus=2)
+    status, record, _undo = sink.execute(greedy)  # 100 kW asks for every flexible job; 2 GPUs allow one
+    suspended = [j for j in backend.jobs() if j.job_id in jobs.values() and j.state == "SUSPENDED"]
+    assert status == "executed" and sum(j.gpus for j in suspended) == 2, (record, suspended)
+
+
 def test_job_ids_never_reach_a_command_line_unchecked(slurm):
     backend = ScontrolBackend(slurm.env)
     for bad in ("1; rm -rf /", "$(reboot)", "-1", "12 13", ""):

@@ -1,14 +1,17 @@
-"""The guard's verdicts. Property: no approved action ever breaks a limit of the policy."""
+"""The guard's verdicts. Properties: no approved action ever breaks a limit of the policy, and the Slurm
+actions approved for a site within any budget window stay within the budget together."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from models.battery import Battery
-from models.guard import APPROVED, NEEDS_APPROVAL, REJECTED, EssState, PlantState, decide
+from models.guard import (APPROVED, NEEDS_APPROVAL, REJECTED, Decision, EssState, PlantState, SlurmSpend,
+                          action_limits, decide)
 from models.jobs import Job, select_jobs
 from models.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
 
@@ -191,3 +194,130 @@ def test_time_windows_bound_when_a_kind_may_run():
     assert (decision.verdict == APPROVED) == (minute < 360)
     if minute >= 360:
         assert "outside the time windows" in decision.reasons[-1]
+
+
+# -- Slurm budgets across actions ---------------------------------------------------------------
+
+SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend")
+
+
+def charged(action: dict, limits: SlurmLimits, now_ms: int) -> tuple[int, float]:
+    """The spec, written out: declared jobs and GPU-hours, or the whole per-event limit where none are declared."""
+    params, job_ids = action["params"], action["job_ids"]
+    jobs = int(params["max_jobs"]) if "max_jobs" in params else (len(job_ids) or limits.max_jobs_per_event)
+    hold_h = (action["expires_ms"] - now_ms) / 3_600_000
+    gpu_hours = float(params["gpus"]) * hold_h if "gpus" in params else limits.max_gpu_hours_per_event
+    return max(jobs, len(job_ids)), gpu_hours
+
+
+small_slurm_actions = st.builds(  # mostly within the per-event limits, so that the budget decides
+    lambda kind, jobs, max_jobs, gpus, life_s: {
+        "action_id": "s", "kind": kind, "setpoint_kw": None, "expires_ms": NOW + int(life_s * 1000),
+        "job_ids": [str(j) for j in jobs],
+        "params": {"partitions": "batch", **({"max_jobs": str(max_jobs)} if max_jobs is not None else {}),
+                   **({"gpus": str(gpus)} if gpus is not None else {})}},
+    st.sampled_from(["slurm_hold", "slurm_requeue", "slurm_suspend", "slurm_release", "slurm_resume"]),
+    st.lists(st.integers(1, 999), max_size=6, unique=True), st.none() | st.integers(0, 12) | st.integers(0, 6),
+    st.none() | st.integers(0, 16) | st.integers(0, 4), st.floats(60, 1800))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(lambda jobs, gpuh, hold, window: SlurmLimits(("batch", "train-a", "train-b"), ("inference",), jobs,
+                                                              gpuh, hold, budget_window_s=window),
+                 st.integers(1, 30), st.floats(1, 500), st.floats(1800, 7200), st.floats(60, 14_400)),
+       st.lists(st.tuples(small_slurm_actions | small_slurm_actions | slurm_actions, st.integers(0, 900_000),
+                          st.sampled_from(["demo", "other"]), st.sampled_from([None, "op"])), min_size=2, max_size=25))
+def test_slurm_actions_approved_within_any_window_stay_within_the_budget(limits, steps):
+    policy = Policy(2, 600, policy_with().pcs, limits, {kind: KindRule("auto") for kind in SHEDDING})
+    now, spent = NOW, []
+    for i, (action, gap_ms, site, operator) in enumerate(steps):
+        now += gap_ms
+        action = {**action, "action_id": f"s{i}", "site": site, "expires_ms": action["expires_ms"] - NOW + now}
+        if decide(action, PlantState(slurm_spent=tuple(spent)), policy, now, operator).verdict != APPROVED:
+            continue
+        if action["kind"] in SHEDDING:
+            spent.append(SlurmSpend(action["action_id"], site, now, *charged(action, limits, now)))
+    window_ms = limits.budget_window_s * 1000
+    for last in spent:  # the fullest window ends at an approval
+        inside = [s for s in spent if s.site == last.site and last.approved_ms - window_ms < s.approved_ms
+                  <= last.approved_ms]
+        assert sum(s.jobs for s in inside) <= limits.max_jobs_per_event
+        assert sum(s.gpu_hours for s in inside) <= limits.max_gpu_hours_per_event * (1 + 1e-9)
+
+
+BUDGET = SlurmLimits(("batch",), ("inference",), max_jobs_per_event=20, max_gpu_hours_per_event=256,
+                     max_hold_s=3600, budget_window_s=3600)
+BUDGET_POLICY = Policy(2, 600, policy_with().pcs, BUDGET, {kind: KindRule("approve") for kind in (
+    "slurm_hold", "slurm_requeue", "slurm_suspend", "slurm_release", "slurm_resume")})
+
+
+def slurm(action_id: str = "new", kind: str = "slurm_suspend", site: str = "demo", life_s: float = 1800,
+          **params) -> dict:
+    return {"action_id": action_id, "kind": kind, "site": site, "expires_ms": NOW + int(life_s * 1000),
+            "job_ids": [], "params": {"partitions": "batch", **{k: str(v) for k, v in params.items()}}}
+
+
+def spent(*records: tuple) -> PlantState:
+    """(action_id, site, seconds before NOW, jobs, GPU-hours) per approval."""
+    return PlantState(slurm_spent=tuple(SlurmSpend(a, site, NOW - int(ago_s * 1000), jobs, gpuh)
+                                        for a, site, ago_s, jobs, gpuh in records))
+
+
+def test_jobs_approved_in_the_window_count_and_the_reason_says_what_was_spent():
+    decision = decide(slurm(max_jobs=8, gpus=0), spent(("old", "demo", 3599.999, 15, 0.0)), BUDGET_POLICY, NOW, "op")
+    assert decision == Decision(REJECTED, ("affects up to 8 jobs; with the 15 approved in the last 3600 s that is 23, "
+                                   "more than the policy's 20 per 3600 s",))
+    assert decide(slurm(max_jobs=5, gpus=0), spent(("old", "demo", 600, 15, 0.0)), BUDGET_POLICY, NOW,
+                  "op").verdict == APPROVED  # 20: exactly the budget
+
+
+def test_gpu_hours_approved_in_the_window_count():
+    decision = decide(slurm(max_jobs=1, gpus=16), spent(("old", "demo", 60, 1, 250.0)), BUDGET_POLICY, NOW)
+    assert decision.verdict == REJECTED
+    assert decision.reasons == ("8 GPU-hours; with the 250 approved in the last 3600 s that is 258, more than the "
+                                "policy's 256 per 3600 s",)
+
+
+@pytest.mark.parametrize("state, why", [
+    (spent(("old", "demo", 3600, 15, 250.0)), "exactly one window ago: out of the window"),
+    (spent(("old", "demo", 7200, 20, 256.0)), "long ago"),
+    (spent(("old", "elsewhere", 60, 20, 256.0)), "another site's budget"),
+    (spent(("new", "demo", 60, 15, 250.0)), "the action's own approval, re-checked: not counted twice"),
+])
+def test_what_does_not_count_against_the_budget(state, why):
+    assert decide(slurm(max_jobs=8, gpus=16), state, BUDGET_POLICY, NOW, "op").verdict == APPROVED, why
+
+
+def test_undo_kinds_spend_no_budget_and_need_none():
+    full = spent(("old", "demo", 60, 20, 256.0))
+    for kind in ("slurm_release", "slurm_resume"):
+        assert decide(slurm(kind=kind, undo_of="old"), full, BUDGET_POLICY, NOW, "op").verdict == APPROVED
+    assert decide(slurm(max_jobs=1, gpus=1), full, BUDGET_POLICY, NOW, "op").verdict == REJECTED
+
+
+def test_an_action_that_declares_nothing_is_charged_the_whole_per_event_budget():
+    decision = decide(slurm(kind="slurm_hold"), spent(("old", "demo", 60, 1, 0.5)), BUDGET_POLICY, NOW, "op")
+    assert decision.reasons == (
+        "affects up to 20 jobs; with the 1 approved in the last 3600 s that is 21, more than the policy's 20 per 3600 s",
+        "256 GPU-hours; with the 0.5 approved in the last 3600 s that is 256.5, more than the policy's 256 per 3600 s")
+    assert decide(slurm(kind="slurm_hold"), PlantState(), BUDGET_POLICY, NOW, "op").verdict == APPROVED
+
+
+def test_without_a_window_each_action_is_judged_on_its_own():
+    per_action = replace(BUDGET_POLICY, slurm=replace(BUDGET, budget_window_s=0))
+    assert decide(slurm(max_jobs=8, gpus=16), spent(("old", "demo", 60, 20, 256.0)), per_action, NOW,
+                  "op").verdict == APPROVED
+
+
+def test_negative_gpus_are_rejected_rather_than_refunded():
+    decision = decide(slurm(max_jobs=1, gpus=-100), PlantState(), BUDGET_POLICY, NOW, "op")
+    assert decision == Decision(REJECTED, ("params.gpus must not be negative",))
+
+
+def test_the_sink_is_held_to_what_the_action_declared():
+    narrowed = action_limits(slurm(max_jobs=4, gpus=8), BUDGET, hold_s=1800)
+    assert narrowed.max_jobs_per_event == 4 and narrowed.max_gpu_hours_per_event == pytest.approx(4.0)
+    assert action_limits(slurm(max_jobs=99), BUDGET, hold_s=1800).max_jobs_per_event == 20
+    assert action_limits(slurm(), BUDGET, hold_s=1800) == BUDGET
+    listed = {**slurm(), "job_ids": ["1", "2", "3"]}
+    assert action_limits(listed, BUDGET, hold_s=1800).max_jobs_per_event == 3

@@ -54,14 +54,35 @@ def test_windows_and_versions_are_checked(doc):
     bad = copy.deepcopy(doc)
     bad["actions"]["pcs_charge"]["windows"] = [{"start": "18:00", "end": "06:00"}]
     assert problems(bad) == ["actions.pcs_charge.windows.0: end 06:00 is not after start 18:00"]
-    assert problems({**doc, "version": 2}) == ["version: this opsloop reads policy version 1, the file has 2"]
+    assert problems({**doc, "version": 3}) == ["version: this opsloop reads policy versions 1 and 2, the file has 3"]
 
 
 def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
     assert check(OPS_DIR / "policy.yaml") == 0
+    assert "Slurm budgets per 3600 s per site" in capsys.readouterr().out
     bad = tmp_path / "policy.yaml"
     doc["pcs"]["max_kw"] = "lots"
     bad.write_text(yaml.safe_dump(doc))
     assert check(bad) == 1
     assert f"{bad}: pcs.max_kw: 'lots' is not of type 'number'" in capsys.readouterr().out
     assert check(tmp_path / "missing.yaml") == 1
+
+
+def test_a_version_1_file_loads_with_per_action_slurm_budgets(doc):
+    old = copy.deepcopy(doc)
+    old["version"] = 1
+    del old["slurm"]["budget_window_s"]
+    assert parse_policy(old).slurm.budget_window_s == 0
+    assert parse_policy(doc).slurm.budget_window_s == 3600
+    old["slurm"]["budget_window_s"] = 3600
+    assert problems(old) == ["slurm.budget_window_s: needs policy version 2"]
+
+
+def test_a_budget_window_must_cover_the_longest_hold(doc):
+    doc["slurm"]["budget_window_s"] = 600
+    assert problems(doc) == ["slurm: budget_window_s 600 is shorter than max_hold_s 3600; the budget would forget "
+                             "actions whose holds are still in force"]
+    doc["slurm"]["budget_window_s"] = -1
+    assert problems(doc) == ["slurm.budget_window_s: -1 is less than the minimum of 0"]
+    doc["slurm"]["budget_window_s"] = 0
+    assert parse_policy(doc).slurm.budget_window_s == 0
