@@ -21,6 +21,7 @@ a hash of the action's inputs, so the same decision always has the same id.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 
 from models.peak_battery import Battery
@@ -41,6 +42,8 @@ class LoopConfig:
     billing_period: str = "month"  # month | week | day: how the tariff bills demand
     slurm_target: str = "slurm"
     slurm_partition: str = "batch"  # where low-priority, relocatable jobs run
+    slurm_hold_s: int = 3600  # a hold lasts at most this long (the guard's max_hold_s); re-proposed while needed
+    kw_per_gpu: float | None = None  # estimated draw of one relocatable GPU: holds then declare params.gpus
     proposer: str = "peaks"
 
     @property
@@ -146,12 +149,15 @@ class SitePeakLoop:
         actions = [pcs]
         if result.relocation is not None:
             r = result.relocation
+            params = {"partitions": cfg.slurm_partition, "start_ms": str(r.start_ms), "end_ms": str(r.end_ms)}
+            if cfg.kw_per_gpu:  # what the hold may touch: the guard budgets it, the sink stays within it
+                params["gpus"] = str(math.ceil(r.shed_kw / cfg.kw_per_gpu))
             actions.append({
                 "kind": "slurm_hold", "target": cfg.slurm_target, "site": cfg.site, "setpoint_kw": None,
-                "shed_kw": round(r.shed_kw, 1), "job_ids": [],
-                "params": {"partitions": cfg.slurm_partition, "start_ms": str(r.start_ms), "end_ms": str(r.end_ms)},
+                "shed_kw": round(r.shed_kw, 1), "job_ids": [], "params": params,
                 "reason": r.reason, "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
-                "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms, "expires_ms": r.end_ms,
+                "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms,
+                "expires_ms": min(r.end_ms, issued_ms + cfg.slurm_hold_s * 1000),
                 "risk": "high", "proposer": cfg.proposer})
         for action in actions:
             action["action_id"] = action_id(action)

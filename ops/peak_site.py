@@ -38,6 +38,8 @@ def load_loop_config(site_file: Path, step_s: int = 900, **overrides) -> LoopCon
     cap = site.get("grid_import_cap_kw")
     # What relocating the preemptible pod's jobs can give at most: its share of IT at the import cap.
     shed = float(relocatable.get("it_share", 0.0)) * cap if relocatable and cap else float("inf")
+    gpus = int(relocatable.get("nodes", 0)) * int(relocatable.get("gpus_per_node", 0)) if relocatable else 0
+    kw_per_gpu = shed / gpus if gpus and shed != float("inf") else None  # the pod's IT at the cap, per GPU
     period = str(site.get("demand_billing_period", "month"))
     if period not in PERIOD_DAYS:
         raise ValueError(f"{site_file}: site.demand_billing_period is {period!r}; expected one of "
@@ -46,5 +48,5 @@ def load_loop_config(site_file: Path, step_s: int = 900, **overrides) -> LoopCon
                         tariff=Tariff(tuple(float(p) for p in prices)) if prices else Tariff(),
                         policy=Policy(import_cap_kw=cap, max_shed_kw=shed),
                         slurm_partition=relocatable["slurm_partition"] if relocatable else "batch",
-                        billing_period=period)
+                        billing_period=period, kw_per_gpu=kw_per_gpu)
     return replace(config, **overrides)

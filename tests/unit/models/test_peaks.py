@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -109,3 +110,21 @@ def test_loop_is_deterministic_and_a_pickled_restart_replaying_snapshots_decides
     assert len({a["action_id"] for a in straight}) == len(straight)
     assert {a["kind"] for a in straight} >= {"pcs_discharge", "pcs_charge"}
     assert all(a["reason"].endswith(".") and a["expires_ms"] > a["created_ms"] for a in straight)
+
+
+def test_a_relocation_hold_fits_the_shipped_guard_policy():
+    from models.guard import REJECTED, PlantState, decide
+    from ops.policy import load_policy
+
+    config = load_loop_config(SITE)  # import cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
+    loop = SitePeakLoop(config)
+    holds = []
+    for step in range(2 * 96):
+        load = 50_000.0 if 9 * 4 <= step % 96 < 17 * 4 else 20_000.0
+        holds += [a for a in loop.on_step(step * 900_000, load, load, 100.0, 97.0).actions if a["kind"] == "slurm_hold"]
+    assert holds, "a plateau 10 MW over the cap asks to relocate jobs"
+    hold = holds[0]
+    assert hold["expires_ms"] - hold["created_ms"] <= config.slurm_hold_s * 1000
+    assert int(hold["params"]["gpus"]) == math.ceil(hold["shed_kw"] / config.kw_per_gpu)
+    verdict = decide(hold, PlantState(), load_policy(SITE.parent.parent / "policy.yaml"), hold["created_ms"])
+    assert verdict.verdict != REJECTED, verdict.reasons
