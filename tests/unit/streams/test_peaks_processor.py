@@ -1,0 +1,27 @@
+"""The peaks processor's keyed state, without a broker."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from models.peak_loop import SitePeakLoop
+from ops.settings import Settings
+from streams.peaks_processor import PeaksProcessor, SiteState
+
+pytestmark = pytest.mark.unit
+SITE = Path(__file__).resolve().parents[3] / "ops" / "sites" / "demo.yaml"
+
+
+def test_recovered_state_keeps_what_it_learned_and_takes_limits_from_todays_site_file():
+    processor = PeaksProcessor(Settings(topology=SITE))
+    old = SitePeakLoop(replace(processor.config, battery=replace(processor.config.battery, capacity_kwh=1.0)))
+    for step in range(10):
+        old.on_step(step * 900_000, 30_000.0, 30_000.0, 80.0, 97.0)
+    restored = processor.load_state(b"demo", pickle.dumps(SiteState(old, offset=41)))
+    assert restored.offset == 41 and restored.loop.forecaster.last_ts_ms == 9 * 900_000
+    assert restored.loop.billing == old.billing
+    assert restored.loop.config == processor.config  # e.g. a resized battery applies after a restart
