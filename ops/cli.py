@@ -108,6 +108,12 @@ def cmd_sql(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_noc(settings: Settings, args) -> int:
+    from ops.noc import serve
+
+    return serve(settings, args.host, args.port or settings.noc_port, args.operator or settings.noc_operator)
+
+
 def cmd_schemas(settings: Settings, args) -> int:
     from schemas import compat
 
@@ -186,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     q.add_argument("--max-rows", type=int, default=50)
     q.set_defaults(func=cmd_sql)
+    noc = sub.add_parser("noc", help="serve the NOC page (DuckDB views; approve or reject actions)")
+    noc.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    noc.add_argument("--port", type=int, help="port (default: OPSLOOP_NOC_PORT, 8088)")
+    noc.add_argument("--operator", help="name on approvals (default: OPSLOOP_NOC_OPERATOR)")
+    noc.set_defaults(func=cmd_noc)
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])
     s.set_defaults(func=cmd_schemas)

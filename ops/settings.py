@@ -59,6 +59,8 @@ class Settings:
     slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
     slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
+    noc_port: int = 8088  # `opsloop noc` HTTP port
+    noc_operator: str = "noc operator"  # the name `opsloop noc` puts on approvals and rejections
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

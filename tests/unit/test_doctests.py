@@ -14,6 +14,7 @@ MODULES += ["models.sops", "models.incident_query", "models.grounding", "models.
 MODULES += ["models.topology", "models.dedup", "models.noise", "models.correlate", "models.storm",
             "models.alarm_filter"]  # alarm filter
 MODULES += ["models.peak_battery", "models.peak_forecast", "models.peak_planner", "models.peak_baselines"]  # peaks
+MODULES += ["ops.noc_view"]  # NOC
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,188 @@
+"""`opsloop noc`: the NOC page over the DuckDB views, and approvals onto ``operator.feedback``.
+
+Standard library HTTP server (one page and one form POST need no framework). Every request opens
+its own read-only DuckDB connection, so the page always shows what the views agent last committed;
+the only thing the NOC writes is a ``Feedback`` record, keyed by the action id, for the guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import duckdb
+
+from connectors.duckdb_sink import open_db
+from connectors.kafka import producer, send, wait_delivered
+from ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
+from ops.settings import Settings
+from schemas.codec import Codec
+
+log = logging.getLogger(__name__)
+MAX_ROWS = 200  # per table: a screen, not an archive (`opsloop sql` reads everything)
+QUERIES = {
+    "power": "SELECT * FROM v_site_power QUALIFY row_number() OVER (PARTITION BY site ORDER BY minute DESC) = 1 "
+             "ORDER BY site",
+    "forecasts": "SELECT * FROM v_forecasts_latest ORDER BY site",
+    "incidents": "SELECT i.*, n.text AS narrative, n.citations, n.grounded, n.model AS narrative_model "
+                 "FROM v_incidents i LEFT JOIN v_narratives n USING (incident_id) "
+                 "WHERE i.state <> 'resolved' AND i.merged_into IS NULL "
+                 f"ORDER BY i.updated DESC, i.incident_id LIMIT {MAX_ROWS}",
+    "actions": f"SELECT * FROM v_actions ORDER BY created DESC, action_id LIMIT {MAX_ROWS}",
+}
+
+
+class ViewsUnavailable(Exception):
+    """The DuckDB file is missing, locked or not (yet) holding the views; the page says so."""
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    if not path.exists():
+        raise ViewsUnavailable(f"No DuckDB file at {path} yet: the views agent writes it "
+                               "(opsloop worker --agents views); set OPSLOOP_DUCKDB_PATH to read another.")
+    try:
+        return open_db(path, read_only=True)
+    except duckdb.Error as exc:  # e.g. another process holds the file's write lock
+        raise ViewsUnavailable(f"Cannot open {path} read-only: {exc}") from exc
+
+
+def _dicts(cur) -> list[dict]:
+    columns = [d[0] for d in cur.description]
+    return [dict(zip(columns, row)) for row in cur.fetchall()]
+
+
+def read_screen(path: Path) -> Screen:
+    """Every section of the page from one read-only connection."""
+    con = _connect(path)
+    try:
+        rows = {name: _dicts(con.execute(sql)) for name, sql in QUERIES.items()}
+        dead = con.execute("SELECT count(*) FROM v_deadletter").fetchone()[0]
+    except duckdb.Error as exc:
+        raise ViewsUnavailable(f"Cannot read the views in {path}: {exc}") from exc
+    finally:
+        con.close()
+    return Screen(dead_letters=dead, **rows)
+
+
+def action_verdict(path: Path, action_id: str) -> tuple[str | None, str | None] | None:
+    """(latest verdict, result) of one action, or None when the views do not know it."""
+    con = _connect(path)
+    try:
+        row = con.execute("SELECT verdict, result FROM v_actions WHERE action_id = ?", [action_id]).fetchone()
+    except duckdb.Error as exc:
+        raise ViewsUnavailable(f"Cannot read the views in {path}: {exc}") from exc
+    finally:
+        con.close()
+    return tuple(row) if row else None
+
+
+class FeedbackSender:
+    """Publishes operator feedback; one idempotent producer shared by the request threads."""
+
+    def __init__(self, settings: Settings, codec: Codec | None = None):
+        self.topic = settings.topic("operator.feedback")
+        self.codec = codec or Codec.default()
+        self.prod = producer(settings)
+
+    def send(self, action_id: str, kind: str, operator: str, ts_ms: int) -> None:
+        record = {"target_id": action_id, "kind": kind, "operator": operator, "ts_ms": ts_ms,
+                  "comment": "from the NOC"}
+        send(self.prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
+        wait_delivered(self.prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
+
+
+class NocServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, settings: Settings, operator: str, sender: FeedbackSender):
+        super().__init__(address, NocHandler)
+        self.settings, self.operator, self.sender = settings, operator, sender
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+class NocHandler(BaseHTTPRequestHandler):
+    server: NocServer
+
+    def log_message(self, fmt, *args) -> None:
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: HTTPStatus, body: str, headers: dict | None = None) -> None:
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _page(self, status: HTTPStatus, notice: str | None = None, error: str | None = None) -> None:
+        path = self.server.settings.duckdb_file
+        screen = None
+        if status == HTTPStatus.OK:
+            try:
+                screen = read_screen(path)
+            except ViewsUnavailable as exc:
+                status, error = HTTPStatus.SERVICE_UNAVAILABLE, str(exc)
+        self._send(status, render_page(screen, operator=self.server.operator, source=str(path),
+                                       notice=notice, error=error))
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/":
+            self._send(HTTPStatus.NOT_FOUND, "<!doctype html><p>Not found. The NOC is at <a href=\"/\">/</a>.</p>")
+            return
+        self._page(HTTPStatus.OK, notice=parse_qs(url.query).get("notice", [None])[0])
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != FEEDBACK_PATH:
+            self._send(HTTPStatus.NOT_FOUND, "<!doctype html><p>Not found.</p>")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        action_id, kind = form.get("action_id", [""])[0], form.get("kind", [""])[0]
+        if not action_id or kind not in FEEDBACK_KINDS:
+            self._page(HTTPStatus.BAD_REQUEST, error=f"Bad feedback: action {action_id!r}, kind {kind!r}.")
+            return
+        try:
+            state = action_verdict(self.server.settings.duckdb_file, action_id)
+        except ViewsUnavailable as exc:
+            self._page(HTTPStatus.SERVICE_UNAVAILABLE, error=f"Nothing sent. {exc}")
+            return
+        if state is None or state[0] != "needs_approval" or state[1]:
+            # the guard keeps early feedback for ids it has not seen: never send one for an unknown action
+            self._page(HTTPStatus.CONFLICT, error=f"Nothing sent: action {action_id} is not waiting for approval "
+                                                  f"(verdict {state and state[0]}, result {state and state[1]}).")
+            return
+        try:
+            self.server.sender.send(action_id, kind, self.server.operator, int(time.time() * 1000))
+        except Exception as exc:  # the broker is down or slow: say so, the operator can retry
+            self._page(HTTPStatus.BAD_GATEWAY, error=f"Could not send {kind} for {action_id}: {exc}")
+            return
+        notice = f"{FEEDBACK_KINDS[kind]} of {action_id} sent to the guard as {self.server.operator}."
+        self._send(HTTPStatus.SEE_OTHER, "", {"Location": "/?" + urlencode({"notice": notice})})
+
+
+def make_server(settings: Settings, host: str, port: int, operator: str) -> NocServer:
+    """A bound server (port 0 picks a free one); call serve_forever() on it."""
+    return NocServer((host, port), settings, operator, FeedbackSender(settings))
+
+
+def serve(settings: Settings, host: str, port: int, operator: str) -> int:
+    server = make_server(settings, host, port, operator)
+    print(f"opsloop NOC on {server.url} (reading {settings.duckdb_file}, approving as {operator})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
