@@ -8,6 +8,7 @@ the only thing the NOC writes is a ``Feedback`` record, keyed by the action id, 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
+from confluent_kafka import Producer
 
 from connectors.duckdb_sink import open_db
 from connectors.kafka import producer, send, wait_delivered
@@ -32,7 +34,11 @@ QUERIES = {
                  "FROM v_incidents i LEFT JOIN v_narratives n USING (incident_id) "
                  "WHERE i.state <> 'resolved' AND i.merged_into IS NULL "
                  f"ORDER BY i.updated DESC, i.incident_id LIMIT {MAX_ROWS}",
-    "actions": f"SELECT * FROM v_actions ORDER BY created DESC, action_id LIMIT {MAX_ROWS}",
+    # the whole proposal too: the advisor's sentence needs its jobs, expected effect and proposer
+    "actions": "SELECT a.*, p.job_ids, p.expected_effect, p.expected_delta_kw, p.proposer, p.created_ms, p.expires_ms "
+               "FROM v_actions a JOIN actions_proposed p USING (action_id) "
+               "QUALIFY row_number() OVER (PARTITION BY a.action_id ORDER BY p._partition DESC, p._offset DESC) = 1 "
+               f"ORDER BY a.created DESC, a.action_id LIMIT {MAX_ROWS}",
 }
 
 
@@ -46,8 +52,10 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
                                "(opsloop worker --agents views); set OPSLOOP_DUCKDB_PATH to read another.")
     try:
         return open_db(path, read_only=True)
-    except duckdb.Error as exc:  # e.g. another process holds the file's write lock
-        raise ViewsUnavailable(f"Cannot open {path} read-only: {exc}") from exc
+    except duckdb.Error as exc:
+        hint = (" DuckDB allows one writing process and no readers beside it: this page reads the file "
+                "while no views worker holds it (retrying every refresh).") if "lock" in str(exc).lower() else ""
+        raise ViewsUnavailable(f"Cannot open {path} read-only: {exc}.{hint}") from exc
 
 
 def _dicts(cur) -> list[dict]:
@@ -81,18 +89,24 @@ def action_verdict(path: Path, action_id: str) -> tuple[str | None, str | None] 
 
 
 class FeedbackSender:
-    """Publishes operator feedback; one idempotent producer shared by the request threads."""
+    """Publishes operator feedback; one idempotent producer, made on the first feedback (the page itself
+    needs no broker) and shared by the request threads."""
 
     def __init__(self, settings: Settings, codec: Codec | None = None):
+        self.settings = settings
         self.topic = settings.topic("operator.feedback")
         self.codec = codec or Codec.default()
-        self.prod = producer(settings)
+        self._prod: Producer | None = None
+        self._lock = threading.Lock()
 
     def send(self, action_id: str, kind: str, operator: str, ts_ms: int) -> None:
         record = {"target_id": action_id, "kind": kind, "operator": operator, "ts_ms": ts_ms,
                   "comment": "from the NOC"}
-        send(self.prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
-        wait_delivered(self.prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
+        with self._lock:
+            if self._prod is None:
+                self._prod = producer(self.settings)
+        send(self._prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
+        wait_delivered(self._prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
 
 
 class NocServer(ThreadingHTTPServer):
@@ -168,7 +182,8 @@ class NocHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # the broker is down or slow: say so, the operator can retry
             self._page(HTTPStatus.BAD_GATEWAY, error=f"Could not send {kind} for {action_id}: {exc}")
             return
-        notice = f"{FEEDBACK_KINDS[kind]} of {action_id} sent to the guard as {self.server.operator}."
+        what = "approval" if kind == "approve_action" else "rejection"
+        notice = f"{action_id}: {what} sent to the guard as {self.server.operator}."
         self._send(HTTPStatus.SEE_OTHER, "", {"Location": "/?" + urlencode({"notice": notice})})
 
 

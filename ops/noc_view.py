@@ -19,6 +19,8 @@ from datetime import datetime
 from html import escape
 from typing import Iterable
 
+from models.explain import ActionAdvisor
+
 FEEDBACK_PATH = "/feedback"
 FEEDBACK_KINDS = {"approve_action": "Approve", "reject_action": "Reject"}
 
@@ -148,26 +150,35 @@ def feedback_buttons(action_id: str) -> str:
             f'<input type="hidden" name="action_id" value="{escape(action_id)}">{buttons}</form>')
 
 
+def advice(action: dict) -> str:
+    """The advisor's plain sentence on an action (escaped); a short fallback when the row lacks the proposal."""
+    if action.get("created_ms") is None or action.get("expires_ms") is None or not action.get("proposer"):
+        amount = number(action.get("setpoint_kw"), 0, " kW") or number(action.get("shed_kw"), 0, " kW shed")
+        return f'{text(action.get("kind"))} {text(action.get("target"))} {amount}: {text(action.get("reason"))}'
+    job_ids = action.get("job_ids")
+    if isinstance(job_ids, str):  # stored as JSON text by the sink
+        job_ids = json.loads(job_ids)
+    return escape(ActionAdvisor().run({**action, "job_ids": job_ids or []})["text"])
+
+
 def actions_section(rows: list[dict]) -> str:
-    """Every action with its verdict, result and reasons; pending ones first, with buttons."""
+    """Every action in a sentence, with its verdict, result and reasons; pending ones first, with buttons."""
     if not rows:
         return _empty("No actions proposed.")
     ordered = sorted(rows, key=lambda r: not is_pending(r))  # stable: keeps the query's order otherwise
     cells, classes = [], []
     for r in ordered:
-        amount = number(r.get("setpoint_kw"), 0, " kW") or number(r.get("shed_kw"), 0, " kW shed")
         verdict = text(r.get("verdict")) or "awaiting guard"
         if r.get("approved_by"):
             verdict += f' by {text(r.get("approved_by"))}'
         result = text(r.get("result"))
         if r.get("result_detail"):
             result += f'<div class="meta">{text(r.get("result_detail"))}</div>'
-        cells.append([text(r.get("action_id")), text(r.get("site")), f'{text(r.get("kind"))} {text(r.get("target"))}',
-                      amount, text(r.get("risk")), text(r.get("reason")), verdict, text(r.get("verdict_reasons")),
+        cells.append([text(r.get("action_id")), text(r.get("site")), advice(r), verdict, text(r.get("verdict_reasons")),
                       result, feedback_buttons(str(r["action_id"])) if is_pending(r) else ""])
         classes.append("pending" if is_pending(r) else "")
-    return _table(["action", "site", "what", "amount", "risk", "reason", "verdict", "verdict reasons", "result",
-                   "operator"], cells, classes)
+    return _table(["action", "site", "what and why", "verdict", "verdict reasons", "result", "operator"],
+                  cells, classes)
 
 
 def render_page(screen: Screen | None, *, operator: str, source: str, refresh_s: int = 5,

@@ -72,6 +72,15 @@ def test_needs_approval_gets_approve_and_reject_others_do_not():
     assert form["fields"] == [("action_id", "ask"), ("kind", "approve_action"), ("kind", "reject_action")]
     assert html.index(">ask<") < html.index(">done<")  # pending first
     assert "awaiting guard" in html
+    assert "slurm_suspend opsloop 120 kW shed: peak ahead" in html  # no whole proposal in the row: the short form
+
+
+def test_action_reads_as_the_advisors_sentence():
+    row = action("a1", "needs_approval", kind="pcs_discharge", target="pcs-1", setpoint_kw=3200.0, shed_kw=None,
+                 job_ids="[]", expected_effect="", expected_delta_kw=-3200.0, proposer="peaks", created_ms=0,
+                 expires_ms=5_400_000, risk="low", reason="forecast peak 31.4 MW exceeds 28.0 MW")
+    assert ("Discharge battery pcs-1 at 3.2 MW until 01:30 UTC (1 h 30 min): grid import down 3.2 MW. "
+            "Why: forecast peak 31.4 MW exceeds 28.0 MW. Low risk, proposed by peaks.") in actions_section([row])
 
 
 def test_incident_shows_root_cause_and_narrative():
