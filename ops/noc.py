@@ -108,6 +108,12 @@ class FeedbackSender:
         send(self._prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
         wait_delivered(self._prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
 
+    def close(self) -> None:
+        with self._lock:
+            prod, self._prod = self._prod, None
+        if prod is not None:
+            prod.flush(5.0)
+
 
 class NocServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -115,6 +121,10 @@ class NocServer(ThreadingHTTPServer):
     def __init__(self, address, settings: Settings, operator: str, sender: FeedbackSender):
         super().__init__(address, NocHandler)
         self.settings, self.operator, self.sender = settings, operator, sender
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.sender.close()
 
     @property
     def url(self) -> str:
@@ -160,6 +170,11 @@ class NocHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if urlsplit(self.path).path != FEEDBACK_PATH:
             self._send(HTTPStatus.NOT_FOUND, "<!doctype html><p>Not found.</p>")
+            return
+        origin = self.headers.get("Origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != self.headers.get("Host"):
+            # a form on another site must not approve actions through an operator's browser
+            self._page(HTTPStatus.FORBIDDEN, error=f"Nothing sent: the form came from {origin}, not from this NOC.")
             return
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))

@@ -29,10 +29,10 @@ def noc(tmp_path):
     thread.join()
 
 
-def fetch(url: str, form: dict | None = None) -> tuple[int, str]:
+def fetch(url: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     try:
-        with urllib.request.urlopen(url, data=data, timeout=30) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers or {}), timeout=30) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -59,3 +59,13 @@ def test_feedback_only_for_pending_actions(noc):
     status, page = fetch(noc.url + "feedback", {"action_id": "a1", "kind": "delete_everything"})
     assert status == 400 and "Bad feedback" in page
     assert fetch(noc.url + "nowhere")[0] == 404
+
+
+def test_feedback_from_another_site_is_refused(noc):
+    open_db(noc.settings.duckdb_file).close()
+    status, page = fetch(noc.url + "feedback", {"action_id": "a1", "kind": "approve_action"},
+                         {"Origin": "http://elsewhere.example"})
+    assert status == 403 and "Nothing sent" in page
+    host = noc.url.split("/")[2]
+    assert fetch(noc.url + "feedback", {"action_id": "a1", "kind": "approve_action"},
+                 {"Origin": f"http://{host}"})[0] == 409  # same origin: on to the usual checks
