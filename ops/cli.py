@@ -111,7 +111,8 @@ def cmd_sql(settings: Settings, args) -> int:
 def cmd_noc(settings: Settings, args) -> int:
     from ops.noc import serve
 
-    return serve(settings, args.host, args.port or settings.noc_port, args.operator or settings.noc_operator)
+    return serve(settings, args.host, args.port or settings.noc_port, args.operator or settings.noc_operator,
+                 with_views=args.with_views)
 
 
 def cmd_schemas(settings: Settings, args) -> int:
@@ -196,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     noc.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     noc.add_argument("--port", type=int, help="port (default: OPSLOOP_NOC_PORT, 8088)")
     noc.add_argument("--operator", help="name on approvals (default: OPSLOOP_NOC_OPERATOR)")
+    noc.add_argument("--with-views", action="store_true",
+                     help="also run the views agent (DuckDB sink) in this process: the page reads while it writes")
     noc.set_defaults(func=cmd_noc)
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])

@@ -1,13 +1,20 @@
 """`opsloop noc`: the NOC page over the DuckDB views, and approvals onto ``operator.feedback``.
 
-Standard library HTTP server (one page and one form POST need no framework). Every request opens
-its own read-only DuckDB connection, so the page always shows what the views agent last committed;
-the only thing the NOC writes is a ``Feedback`` record, keyed by the action id, for the guard.
+Standard library HTTP server (one page and one form POST need no framework). Every request reads
+the views afresh, so the page always shows what the views agent last committed; the only thing the
+NOC writes is a ``Feedback`` record, keyed by the action id, for the guard.
+
+DuckDB lets one process write a file and no other process open it meanwhile, so a running views
+agent and a separate NOC cannot share one file. ``opsloop noc --with-views`` therefore runs the
+views agent (the DuckDB sink) in the NOC's own process and reads through cursors on its
+connection (``LiveViews``); without it the NOC opens the file read-only per request
+(``FileViews``), for a file nothing is writing (e.g. the demo's, after it ends).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from http import HTTPStatus
@@ -18,7 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import duckdb
 from confluent_kafka import Producer
 
-from connectors.duckdb_sink import open_db
+from connectors.duckdb_sink import DuckDBSink, open_db
 from connectors.kafka import producer, send, wait_delivered
 from ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
 from ops.settings import Settings
@@ -63,26 +70,59 @@ def _dicts(cur) -> list[dict]:
     return [dict(zip(columns, row)) for row in cur.fetchall()]
 
 
-def read_screen(path: Path) -> Screen:
-    """Every section of the page from one read-only connection."""
-    con = _connect(path)
+class FileViews:
+    """The views in a DuckDB file that no other process is writing: a read-only connection per request."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        return _connect(self.path)
+
+
+class LiveViews:
+    """The views that a DuckDB sink in this process writes: a cursor on its connection per request
+    (DuckDB lets a cursor read in another thread while the sink commits its batches)."""
+
+    def __init__(self, sink: DuckDBSink):
+        self.sink = sink
+
+    def __str__(self) -> str:
+        return f"{self.sink.settings.duckdb_file}, written by this process"
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return self.sink.con.cursor()
+        except duckdb.Error as exc:  # the sink stopped and closed its connection
+            raise ViewsUnavailable(f"The views agent in this process has stopped: {exc}") from exc
+
+
+Views = FileViews | LiveViews
+
+
+def read_screen(views: Views) -> Screen:
+    """Every section of the page from one connection."""
+    con = views.connect()
     try:
         rows = {name: _dicts(con.execute(sql)) for name, sql in QUERIES.items()}
         dead = con.execute("SELECT count(*) FROM v_deadletter").fetchone()[0]
     except duckdb.Error as exc:
-        raise ViewsUnavailable(f"Cannot read the views in {path}: {exc}") from exc
+        raise ViewsUnavailable(f"Cannot read the views in {views}: {exc}") from exc
     finally:
         con.close()
     return Screen(dead_letters=dead, **rows)
 
 
-def action_verdict(path: Path, action_id: str) -> tuple[str | None, str | None] | None:
+def action_verdict(views: Views, action_id: str) -> tuple[str | None, str | None] | None:
     """(latest verdict, result) of one action, or None when the views do not know it."""
-    con = _connect(path)
+    con = views.connect()
     try:
         row = con.execute("SELECT verdict, result FROM v_actions WHERE action_id = ?", [action_id]).fetchone()
     except duckdb.Error as exc:
-        raise ViewsUnavailable(f"Cannot read the views in {path}: {exc}") from exc
+        raise ViewsUnavailable(f"Cannot read the views in {views}: {exc}") from exc
     finally:
         con.close()
     return tuple(row) if row else None
@@ -118,9 +158,9 @@ class FeedbackSender:
 class NocServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, settings: Settings, operator: str, sender: FeedbackSender):
+    def __init__(self, address, settings: Settings, operator: str, sender: FeedbackSender, views: Views):
         super().__init__(address, NocHandler)
-        self.settings, self.operator, self.sender = settings, operator, sender
+        self.settings, self.operator, self.sender, self.views = settings, operator, sender, views
 
     def server_close(self) -> None:
         super().server_close()
@@ -150,14 +190,14 @@ class NocHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _page(self, status: HTTPStatus, notice: str | None = None, error: str | None = None) -> None:
-        path = self.server.settings.duckdb_file
+        views = self.server.views
         screen = None
         if status == HTTPStatus.OK:
             try:
-                screen = read_screen(path)
+                screen = read_screen(views)
             except ViewsUnavailable as exc:
                 status, error = HTTPStatus.SERVICE_UNAVAILABLE, str(exc)
-        self._send(status, render_page(screen, operator=self.server.operator, source=str(path),
+        self._send(status, render_page(screen, operator=self.server.operator, source=str(views),
                                        notice=notice, error=error))
 
     def do_GET(self) -> None:
@@ -183,7 +223,7 @@ class NocHandler(BaseHTTPRequestHandler):
             self._page(HTTPStatus.BAD_REQUEST, error=f"Bad feedback: action {action_id!r}, kind {kind!r}.")
             return
         try:
-            state = action_verdict(self.server.settings.duckdb_file, action_id)
+            state = action_verdict(self.server.views, action_id)
         except ViewsUnavailable as exc:
             self._page(HTTPStatus.SERVICE_UNAVAILABLE, error=f"Nothing sent. {exc}")
             return
@@ -202,17 +242,29 @@ class NocHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.SEE_OTHER, "", {"Location": "/?" + urlencode({"notice": notice})})
 
 
-def make_server(settings: Settings, host: str, port: int, operator: str) -> NocServer:
-    """A bound server (port 0 picks a free one); call serve_forever() on it."""
-    return NocServer((host, port), settings, operator, FeedbackSender(settings))
+def make_server(settings: Settings, host: str, port: int, operator: str, views: Views | None = None) -> NocServer:
+    """A bound server (port 0 picks a free one) over ``views`` (default: the DuckDB file, read-only)."""
+    return NocServer((host, port), settings, operator, FeedbackSender(settings),
+                     views or FileViews(settings.duckdb_file))
 
 
-def serve(settings: Settings, host: str, port: int, operator: str) -> int:
-    server = make_server(settings, host, port, operator)
-    print(f"opsloop NOC on {server.url} (reading {settings.duckdb_file}, approving as {operator})", flush=True)
+def serve(settings: Settings, host: str, port: int, operator: str, with_views: bool = False) -> int:
+    """Serve until interrupted or terminated; ``with_views``: run the views agent in this process too."""
+    views, stop, agent = None, threading.Event(), None
+    if with_views:
+        sink = DuckDBSink(settings)
+        agent = threading.Thread(target=sink.run, args=(stop,), name="views", daemon=True)
+        agent.start()
+        views = LiveViews(sink)
+    server = make_server(settings, host, port, operator, views)
+    # serve_forever returns once shutdown() runs, which must come from another thread
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"opsloop NOC on {server.url} (reading {server.views}, approving as {operator})", flush=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
+        if agent is not None:
+            stop.set()
+            agent.join(30)
     return 0
-

@@ -106,3 +106,43 @@ def test_noc_page_in_chromium_approves_an_action(kafka_settings, read_topic, chr
     sent = [(m.key(), codec.decode_as("Feedback", m.value())) for m in read_topic(kafka_settings, "operator.feedback")]
     assert [(key, fb["target_id"], fb["kind"], fb["operator"]) for key, fb in sent] == \
         [(b"noc-ask", "noc-ask", "approve_action", "noc tester")]
+
+
+def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kafka_settings):
+    from urllib.request import urlopen
+
+    from ops.noc import LiveViews
+
+    def incident(incident_id: str, root: str) -> dict:
+        now = int(time.time() * 1000)
+        return {"incident_id": incident_id, "site": "demo", "state": "open", "opened_ms": now, "updated_ms": now,
+                "resolved_ms": None, "root_device": root, "root_device_type": "pdu", "root_code": "PWR_PDU_BREAKER_TRIP",
+                "severity": "major", "member_count": 1, "members": [], "summary": f"{root} tripped",
+                "merged_into": None}
+
+    def page_once(url: str, text: str) -> str:
+        for _ in range(SAFETY_NET_S * 5):  # the sink commits about every batch: poll, never assume a time
+            body = urlopen(url, timeout=10).read().decode()
+            if text in body:
+                break
+            time.sleep(0.2)
+        return body
+
+    sink, stop = DuckDBSink(kafka_settings), threading.Event()
+    agent = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    agent.start()
+    server = make_server(kafka_settings, "127.0.0.1", 0, "noc tester", LiveViews(sink))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        publish(kafka_settings, "incidents", "Incident", [incident("inc-pdu-1", "pdu-a1")])
+        assert "pdu-a1 (pdu): PWR_PDU_BREAKER_TRIP" in page_once(server.url, "pdu-a1 (pdu)")
+        publish(kafka_settings, "incidents", "Incident", [incident("inc-pdu-2", "pdu-b2")])  # the sink still runs
+        body = page_once(server.url, "pdu-b2 (pdu)")
+        assert "pdu-b2 (pdu): PWR_PDU_BREAKER_TRIP" in body and "written by this process" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        stop.set()
+        agent.join(30)
