@@ -15,24 +15,33 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from connectors.kafka import admin, consumer, watermark_offsets
+from connectors.kafka import admin, consumer, send, watermark_offsets
 from ops.settings import Settings
 
 
 class Changelog:
+    """The changelog ``<app id>.<prefix><name>-changelog``, created (compacted, one partition per source
+    partition) unless it exists; one with fewer partitions than the source is an error."""
+
     def __init__(self, settings: Settings, name: str, partitions: int, timeout_s: float = 30.0):
         self.settings = settings
         self.topic = f"{settings.app_id}.{settings.topic_prefix}{name}-changelog"
         self.partitions = partitions
         self.timeout_s = timeout_s
         client = admin(settings)
-        if self.topic not in client.list_topics(timeout=timeout_s).topics:
-            future = client.create_topics([NewTopic(self.topic, partitions, 1, config={"cleanup.policy": "compact"})])
-            try:
-                future[self.topic].result(timeout_s)
-            except KafkaException as exc:
-                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a second worker got there first
-                    raise
+        existing = client.list_topics(timeout=timeout_s).topics.get(self.topic)
+        if existing is not None:
+            if len(existing.partitions) < partitions:
+                raise RuntimeError(f"changelog {self.topic} has {len(existing.partitions)} partitions; "
+                                   f"its source has {partitions}")
+            return
+        future = client.create_topics([NewTopic(self.topic, partitions, 1, config={"cleanup.policy": "compact"})])
+        try:
+            future[self.topic].result(timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a second worker got there first
+                raise
+        _wait_for_leaders(client, self.topic, timeout_s)
 
     def restore(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
         """partition → key → latest state, read to the end of each assigned changelog partition."""
@@ -66,10 +75,18 @@ class Changelog:
             cons.close()
 
     def write(self, prod, partition: int, key: bytes, value: bytes | None, on_delivery=None) -> None:
-        while True:
-            try:
-                prod.produce(self.topic, key=key, value=value, partition=partition, on_delivery=on_delivery)
-                return
-            except BufferError:
-                prod.poll(0.1)
+        send(prod, self.topic, key, value, on_delivery, partition=partition)
+
+
+def _wait_for_leaders(client, topic: str, timeout_s: float) -> None:
+    """A new topic answers only once each partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions and all(
+                p.leader >= 0 and p.error is None for p in meta.partitions.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"changelog {topic} has no leader for every partition after {timeout_s}s")
+        time.sleep(0.1)
 

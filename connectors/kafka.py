@@ -98,11 +98,14 @@ def watermark_offsets(cons: Consumer, tp: TopicPartition, timeout_s: float = 30.
             time.sleep(0.1)
 
 
-def send(prod: Producer, topic: str, key: bytes | None, value: bytes, on_delivery=None) -> None:
-    """Produce one message, waiting for room when the local queue is full (back-pressure, not an error)."""
+def send(prod: Producer, topic: str, key: bytes | None, value: bytes | None, on_delivery=None,
+         partition: int | None = None) -> None:
+    """Produce one message (to ``partition``, else by key), waiting for room when the local queue is full
+    (back-pressure, not an error)."""
+    where = {} if partition is None else {"partition": partition}
     while True:
         try:
-            prod.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            prod.produce(topic, key=key, value=value, on_delivery=on_delivery, **where)
             return
         except BufferError:
             prod.poll(0.1)

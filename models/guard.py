@@ -167,8 +167,12 @@ def slurm_charge(action: Mapping, limits: SlurmLimits, now_ms: int) -> tuple[int
     params = action.get("params", {})
     if "gpus" not in params:
         return declared_jobs(action, limits), float(limits.max_gpu_hours_per_event)
-    hold_s = max((action["expires_ms"] - now_ms) / 1000, 0)
-    return declared_jobs(action, limits), float(params["gpus"]) * hold_s / 3600
+    return declared_jobs(action, limits), declared_gpu_hours(params, (action["expires_ms"] - now_ms) / 1000)
+
+
+def declared_gpu_hours(params: Mapping, hold_s: float) -> float:
+    """``params.gpus`` over the hold (a hold already over counts nothing)."""
+    return float(params["gpus"]) * max(hold_s, 0) / 3600
 
 
 def declared_jobs(action: Mapping, limits: SlurmLimits) -> int:
@@ -189,7 +193,7 @@ def action_limits(action: Mapping, limits: SlurmLimits, hold_s: float) -> SlurmL
     jobs = min(limits.max_jobs_per_event, declared_jobs(action, limits))
     gpu_hours = limits.max_gpu_hours_per_event
     if "gpus" in params:  # a hair of slack: job GPUs summing exactly to the declared count must fit
-        gpu_hours = min(gpu_hours, float(params["gpus"]) * max(hold_s, 0) / 3600 * (1 + 1e-9))
+        gpu_hours = min(gpu_hours, declared_gpu_hours(params, hold_s) * (1 + 1e-9))
     return replace(limits, max_jobs_per_event=jobs, max_gpu_hours_per_event=gpu_hours)
 
 

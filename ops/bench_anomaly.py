@@ -26,7 +26,7 @@ def anomaly(settings: Settings, n: int) -> float:
     try:
         return processor_rate(proc, n, "points")
     finally:
-        _delete_topic(settings, proc.state_topic)
+        _delete_topic(settings, proc.changelog.topic)
 
 
 def _delete_topic(settings: Settings, topic: str) -> None:

@@ -10,7 +10,8 @@ point. ``make bench`` measures this processor against a bare consume-decode-prod
 loop in the same run.
 
 Restart safety: the detectors of source partition P are checkpointed to partition P
-of a private compacted topic named after the consumer group (``<group>.state``) (every ``anomaly_checkpoint_s``,
+of its compacted changelog (connectors/changelog.py, as the keyed processors' state: pickled
+detectors, private to this processor) (every ``anomaly_checkpoint_s``,
 on idle, on revoke and on stop), each with the offset after the last point it
 learnt; only then are the source offsets committed. After a crash or a rebalance
 the new owner restores the detectors and replays from the committed offset; a
@@ -25,9 +26,10 @@ consume/commit loop is streams/processor.py's: the checkpoint is its ``checkpoin
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Callable
 
-from connectors.state_store import ensure_state_topic, read_state, write_state
+from connectors.changelog import Changelog
 from models.anomaly import EarlyWarning, Transition
 from ops.settings import Settings
 from schemas.codec import DecodeError
@@ -65,21 +67,20 @@ class AnomalyProcessor(BatchProcessor):
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
         self.sink = settings.topic("alarms.raw")
-        self.state_topic = settings.group(self.name) + ".state"  # belongs to the consumer group, like its offsets
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
 
     def setup(self, cons) -> None:
         partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        ensure_state_topic(self.settings, self.state_topic, partitions)
+        self.changelog = Changelog(self.settings, f"{self.name}-state", partitions)
 
     # -- rebalance ---------------------------------------------------------------------
 
     def on_assign(self, cons, partitions) -> None:
-        restored = read_state(self.settings, self.state_topic, [p.partition for p in partitions])
+        restored = self.changelog.restore([p.partition for p in partitions])
         for p, states in restored.items():
-            self.series[p] = states
+            self.series[p] = {key.decode(): pickle.loads(value) for key, value in states.items()}
             self.dirty[p] = set()
         self.log.info("anomaly assigned partitions %s of %s, %d series restored",
                       sorted(restored), self.topic, sum(len(s) for s in restored.values()))
@@ -125,5 +126,6 @@ class AnomalyProcessor(BatchProcessor):
         a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
         for p in partitions:
             for key in self.dirty.get(p, ()):
-                write_state(self.prod, self.state_topic, p, key, self.series[p][key], self.errors)
+                self.changelog.write(self.prod, p, key.encode(),
+                                     pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
             self.dirty[p] = set()

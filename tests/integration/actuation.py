@@ -45,6 +45,13 @@ def results(settings, read_topic) -> list[dict]:
     return [codec.decode_as("ActionResult", m.value()) for m in read_topic(settings, "actions.results")]
 
 
+def watch(sink) -> list[dict]:
+    """The results ``sink`` publishes, collected as it goes."""
+    seen: list[dict] = []
+    sink.on_result = seen.append
+    return seen
+
+
 class Running:
     """Runs a processor's ``run`` in a thread until ``until()`` holds (checked on each result) or a safety net."""
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from actuation import Running, action, approved, publish, results
+from actuation import Running, action, approved, publish, results, watch
 from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink, UnsupportedCommand, make_backend
 from connectors.slurm_rest import RestBackend
 from ops.policy import load_policy
@@ -90,8 +90,7 @@ def test_sink_holds_through_rest_and_reports_an_unsupported_suspend_as_failed(ka
         suspend = action("rest-suspend", "slurm_suspend", target="opsloop", partitions="batch", job_ids=[running],
                          shed_kw=0.5)
         sink = SlurmSink(kafka_settings, policy, backend=rest)
-        seen: list[dict] = []
-        sink.on_result = seen.append
+        seen = watch(sink)
         publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(hold), approved(suspend)])
         with Running(sink) as runner:
             wait_for(lambda: {("rest-hold", "verified"), ("rest-suspend", "failed")}

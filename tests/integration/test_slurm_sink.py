@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from actuation import Running, action, approved, publish, results
+from actuation import Running, action, approved, publish, results, watch
 from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink
 from models.jobs import flexible_gpu_kw
 from ops.policy import load_policy
@@ -56,8 +56,7 @@ def test_suspend_sheds_flexible_gpu_power_is_verified_and_undone_at_expiry(kafka
                      shed_kw=0.3 * flexible, life_s=600)
     shift_s = [0.0]  # the sink's clock jumps to the expiry on demand
     sink = SlurmSink(settings, policy, backend=backend, clock=lambda: time.time() + shift_s[0])
-    seen: list[dict] = []
-    sink.on_result = seen.append
+    seen = watch(sink)
     publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
     with Running(sink) as runner:
         wait_for(lambda: any(r["status"] == "verified" for r in seen), "verification from job states")
@@ -85,8 +84,7 @@ def test_hold_and_release_of_pending_jobs_by_undo_of(kafka_settings, slurm, jobs
         hold = action("hold-1", "slurm_hold", target="opsloop", partitions="batch", life_s=600)
         release = action("release-1", "slurm_release", target="opsloop", partitions="batch", undo_of="hold-1")
         sink = SlurmSink(kafka_settings, policy, backend=backend)
-        seen: list[dict] = []
-        sink.on_result = seen.append
+        seen = watch(sink)
         publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(hold)])
         with Running(sink):
             wait_for(lambda: any(r["status"] == "verified" for r in seen), "hold verified")
@@ -134,8 +132,7 @@ def test_an_effect_that_does_not_show_fails_verification_is_reverted_and_raises_
     backend = ResumedBehindOurBack(slurm.env)
     suspend = action("meddled", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=1, shed_kw=0.5)
     sink = SlurmSink(settings, policy, backend=backend)
-    seen: list[dict] = []
-    sink.on_result = seen.append
+    seen = watch(sink)
     publish(settings, "actions.approved", "ApprovedAction", [approved(suspend)])
     with Running(sink):
         wait_for(lambda: any(r["status"] == "reverted" for r in seen), "revert after failed verification")
