@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The repo is copied whole (minus .dockerignore) because the default
-# OPSLOOP_TOPOLOGY / OPSLOOP_POLICY / topics.yaml paths are relative to it.
+# site, policy and topic files ship in the package (config/).
 WORKDIR /app
 COPY . .
 

@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: system-deps $(STAMP)
-	$(BIN)/python -c "from ops.kafka import LocalKafka; from ops.settings import Settings; s = Settings.from_env(); LocalKafka(s.cache_dir, s.data_dir / 'kafka').install()"
-	$(BIN)/python -m ops.compose_schema
+	$(BIN)/python -c "from opsloop.ops.kafka import LocalKafka; from opsloop.config.settings import Settings; s = Settings.from_env(); LocalKafka(s.cache_dir, s.data_dir / 'kafka').install()"
+	$(BIN)/python -m opsloop.ops.compose_schema
 
 # The tests' LLM server: llama-cpp-python built from source once into the opsloop cache (outside the repo),
 # then reused. The flags and why: DEVELOPERS.md. `make demo` does not need it.
@@ -56,6 +56,7 @@ demo: install
 
 # The test session starts its own Kafka and LLM server (tests/conftest.py) and stops them at the end.
 test: install llm-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-unit: install

@@ -15,8 +15,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from connectors.kafka import admin, consumer, send, watermark_offsets
-from ops.settings import Settings
+from opsloop.connectors.kafka import admin, consumer, send, watermark_offsets
+from opsloop.config.settings import Settings
 
 
 class Changelog:

@@ -23,14 +23,14 @@ import pyarrow as pa
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from fastavro.schema import expand_schema
 
-from connectors.kafka import DEADLETTER, DeadLetters, DeliveryErrors, consumer, producer, wait_delivered
-from ops.catalog import TopicSpec, load_catalog
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
+from opsloop.connectors.kafka import DEADLETTER, DeadLetters, DeliveryErrors, consumer, producer, wait_delivered
+from opsloop.config.catalog import TopicSpec, load_catalog
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger(__name__)
 AGENT = "views"
-VIEWS_SQL = Path(__file__).resolve().parents[1] / "ops" / "views.sql"
+from opsloop.config.assets import VIEWS_SQL
 PRIMITIVES = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64(),
               "float": pa.float32(), "boolean": pa.bool_(), "bytes": pa.binary()}
 SQL_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",

@@ -12,9 +12,9 @@ import logging
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from connectors.kafka import consumer
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
+from opsloop.connectors.kafka import consumer
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.feedback")
 ALARM_LABELS = {"alarm_noise": True, "alarm_actionable": False}

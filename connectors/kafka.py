@@ -12,9 +12,9 @@ from typing import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
 
-from ops.catalog import TopicSpec
-from ops.settings import Settings
-from schemas.codec import Codec
+from opsloop.config.catalog import TopicSpec
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
 
 DEADLETTER = "deadletter"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from haystack.components.generators.chat import OpenAIChatGenerator
 from haystack.utils import Secret
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 KEY_ENV = ["OPSLOOP_LLM_API_KEY", "OPENAI_API_KEY"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models import sunspec
+from opsloop.models import sunspec
 
 
 class PcsError(RuntimeError):

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 DAY_MS = 86_400_000
 PROGRESS_EVERY_S = 2.0
@@ -223,8 +223,8 @@ def _values(batch: pa.RecordBatch, s: ReplayStream, n: int) -> list:
 def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float | None = None, start=None,
            days: float | None = None, progress: Callable[[str], None] | None = None, producer=None) -> ReplayStats:
     """Produce every point to telemetry.raw keyed by device; speedup = event seconds per wall second."""
-    from connectors.kafka import DeliveryErrors, producer as make_producer, send, wait_delivered
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import DeliveryErrors, producer as make_producer, send, wait_delivered
+    from opsloop.schemas.codec import Codec
 
     if speedup is not None and speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")

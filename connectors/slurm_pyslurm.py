@@ -9,8 +9,8 @@ unsuspend()/requeue(hold=...)/cancel()`` to act.
 
 from __future__ import annotations
 
-from connectors.slurm import SlurmError, UnsupportedCommand, check_job_id
-from models.jobs import Job
+from opsloop.connectors.slurm import SlurmError, UnsupportedCommand, check_job_id
+from opsloop.models.jobs import Job
 
 
 def import_pyslurm():

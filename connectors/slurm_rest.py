@@ -23,8 +23,8 @@ import re
 import urllib.error
 import urllib.request
 
-from connectors.slurm import SlurmError, UnsupportedCommand, check_job_id, parse_gpus
-from models.jobs import Job
+from opsloop.connectors.slurm import SlurmError, UnsupportedCommand, check_job_id, parse_gpus
+from opsloop.models.jobs import Job
 
 HOLD_BODY = {"hold": {"hold": True}, "release": {"hold": False}}
 SUPPORTED = frozenset({"hold", "release", "cancel"})

@@ -3,7 +3,7 @@
 The agents run the same steps on Kafka (streams/dedup.py, streams/correlate.py); this
 wires the pure models together without a broker, so a corpus can be scored quickly.
 
->>> from models.topology import Topology
+>>> from opsloop.models.topology import Topology
 >>> topo = Topology.from_dict("s", {"power": [{"id": "ups-1", "type": "ups"}]})
 >>> f = AlarmFilter({"s": topo})
 >>> alarm = {"ts_ms": 0, "site": "s", "device": "ups-1", "device_type": "ups", "source": "bms",
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from models.correlate import CorrelateConfig, SiteCorrelator
-from models.dedup import DedupConfig, fingerprint, fold
-from models.noise import NoiseScorer
-from models.topology import Topology
+from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
+from opsloop.models.dedup import DedupConfig, fingerprint, fold
+from opsloop.models.noise import NoiseScorer
+from opsloop.models.topology import Topology
 
 
 class AlarmFilter:

@@ -16,7 +16,7 @@ seen for ``resolve_after_ms`` of the site's event time. Changes are collected an
 ``flush`` returns one Incident record per changed incident (a batch of alarms makes one
 update per incident, not one per alarm).
 
->>> from models.topology import Topology
+>>> from opsloop.models.topology import Topology
 >>> topo = Topology.from_dict("s", {"power": [{"id": "ups-1", "type": "ups"},
 ...     {"id": "pdu-1", "type": "pdu", "fed_by": "ups-1"}], "racks": [{"id": "r1", "pdu": "pdu-1", "nodes": 2}]})
 >>> corr = SiteCorrelator("s", topo)
@@ -41,7 +41,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
-from models.topology import CHAINS, Topology
+from opsloop.models.topology import CHAINS, Topology
 
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 

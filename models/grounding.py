@@ -7,7 +7,7 @@ narration cites. A narration with no citation, a citation of a section that
 was not retrieved, or a SOP id that was not retrieved is rejected.
 
 >>> from haystack import Document
->>> from models.sops import parse_sop
+>>> from opsloop.models.sops import parse_sop
 >>> sop = parse_sop("---\\nid: SOP-T-001\\ntitle: T\\nequipment: [ups]\\ncodes: [X]\\n---\\n"
 ...                 "## Scope\\nx\\n## Steps\\n1. Read the panel.\\n")
 >>> retrieved = [Document(content="1. Read the panel.", meta={"sop_id": "SOP-T-001", "section": "Steps"})]
@@ -24,7 +24,7 @@ import re
 
 from haystack import Document, component
 
-from models.sops import Sop
+from opsloop.models.sops import Sop
 
 CITATION = re.compile(r"\[\s*(SOP-[A-Z]+-\d+)\s*§\s*([^\]]+?)\s*\]")
 SOP_ID = re.compile(r"\bSOP-[A-Z]+-\d+\b")

@@ -26,7 +26,7 @@ resumes spend nothing and give nothing back: the budget bounds the disruption
 approved per window, and an early release does not undo a requeue or the time
 a job already lost.
 
->>> from models.policy import Policy, PcsLimits, SlurmLimits, KindRule
+>>> from opsloop.config.policy import Policy, PcsLimits, SlurmLimits, KindRule
 >>> policy = Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
 ...                 SlurmLimits(("batch",), ("inference",), 10, 40, 3600), {"pcs_discharge": KindRule("auto")})
 >>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=0)
@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
-from models.policy import Policy, SlurmLimits
+from opsloop.config.policy import Policy, SlurmLimits
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")

@@ -7,7 +7,7 @@ takes at most ``max_jobs_per_event`` jobs and at most
 it takes the lowest priority first (then the largest power, then the lowest
 id) until the requested ``shed_kw`` is reached.
 
->>> from models.policy import SlurmLimits
+>>> from opsloop.config.policy import SlurmLimits
 >>> limits = SlurmLimits(("batch",), ("inference",), max_jobs_per_event=5, max_gpu_hours_per_event=100,
 ...                      max_hold_s=3600, kw_per_gpu=1.0)
 >>> jobs = [Job("1", "batch", "RUNNING", 10, 4), Job("2", "batch", "RUNNING", 5, 2),
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from models.policy import SlurmLimits
+from opsloop.config.policy import SlurmLimits
 
 #: Job states an operation applies to, and the states that show it worked.
 APPLIES_TO = {"slurm_hold": {"PENDING"}, "slurm_requeue": {"RUNNING"}, "slurm_suspend": {"RUNNING"},

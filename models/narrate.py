@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from haystack import Document
 
-from models.grounding import GroundingChecker
-from models.incident_query import IncidentQueryBuilder
-from models.narrators import DeterministicNarrator, LlmNarrator
-from models.sop_retrieval import SopRetriever
-from models.sops import Sop, load_corpus
+from opsloop.models.grounding import GroundingChecker
+from opsloop.models.incident_query import IncidentQueryBuilder
+from opsloop.models.narrators import DeterministicNarrator, LlmNarrator
+from opsloop.models.sop_retrieval import SopRetriever
+from opsloop.models.sops import Sop
 
 DETERMINISTIC = "deterministic"
 
@@ -47,9 +47,9 @@ class NarrationResult:
 class Narration:
     """The narration pipeline, built once per process (the corpus is indexed at construction)."""
 
-    def __init__(self, corpus: dict[str, Sop] | None = None, top_k: int = 3,
+    def __init__(self, corpus: dict[str, Sop], top_k: int = 3,
                  chat_generator=None, model_name: str | None = None):
-        self.corpus = corpus or load_corpus()
+        self.corpus = corpus
         self.query = IncidentQueryBuilder()
         self.retriever = SopRetriever(self.corpus, top_k=top_k)
         self.deterministic_narrator = DeterministicNarrator(self.corpus)

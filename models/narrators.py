@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from haystack import Document, component
 from haystack.dataclasses import ChatMessage
 
-from models.sops import Sop
+from opsloop.models.sops import Sop
 
 MAX_EVIDENCE = 5
 

@@ -24,9 +24,9 @@ import hashlib
 import math
 from dataclasses import dataclass, field, replace
 
-from models.peak_battery import Battery
-from models.peak_forecast import PeakForecaster
-from models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan
+from opsloop.models.peak_battery import Battery
+from opsloop.models.peak_forecast import PeakForecaster
+from opsloop.models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ When even the battery cannot hold this period's billed peak (once the period has
 settled) or the import cap, the plan asks to relocate low-priority GPU jobs,
 with the kW they must shed and when.
 
->>> from models.peak_battery import Battery
->>> from models.peak_forecast import ForecastPoint
+>>> from opsloop.models.peak_battery import Battery
+>>> from opsloop.models.peak_forecast import ForecastPoint
 >>> b = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=0)
 >>> hour = 3_600_000
 >>> load = [800, 800, 1500, 1800, 1500, 800]
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
-from models.peak_battery import Battery, Command
-from models.peak_forecast import ForecastPoint
+from opsloop.models.peak_battery import Battery, Command
+from opsloop.models.peak_forecast import ForecastPoint
 
 @dataclass(frozen=True)
 class Tariff:

@@ -25,8 +25,8 @@ from haystack import Document, component
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
-from models.incident_query import code_key, terms
-from models.sops import Sop
+from opsloop.models.incident_query import code_key, terms
+from opsloop.models.sops import Sop
 
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
 _INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}

@@ -1,6 +1,6 @@
 """The SOP corpus: verified standard operating procedures, parsed from Markdown.
 
-Each file in ``ops/sops/`` has YAML front matter (``id``, ``title``,
+Each file in ``config/sops/`` has YAML front matter (``id``, ``title``,
 ``equipment``, ``codes``), a ``# Title`` and ``## Section`` headings; the
 ``Steps`` section is a numbered list. A malformed file is an error that names
 the file and the problem: a procedure we cannot parse is one we cannot cite.
@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
 import yaml
 
-SOP_DIR = Path(__file__).resolve().parent.parent / "ops" / "sops"
 REQUIRED_SECTIONS = ("Scope", "Steps")
 _STEP = re.compile(r"^(\d+)\.\s+(.+)$")
 _SECTION = re.compile(r"^##\s+(.+?)\s*$")
@@ -102,18 +101,18 @@ def parse_sop(text: str, source: str = "<string>") -> Sop:
                steps=tuple(steps))
 
 
-def load_corpus(directory: Path = SOP_DIR) -> dict[str, Sop]:
-    """Every ``*.md`` SOP in ``directory`` by id; ids must be unique and match the file name."""
+def parse_corpus(texts: Mapping[str, str]) -> dict[str, Sop]:
+    """Every SOP of ``texts`` (Markdown by file name) by id; ids must be unique and match the file name."""
     corpus: dict[str, Sop] = {}
-    for path in sorted(Path(directory).glob("*.md")):
-        if path.name.upper() == "README.MD":
+    for name, text in texts.items():
+        if name.upper() == "README.MD":
             continue
-        sop = parse_sop(path.read_text(encoding="utf-8"), source=str(path))
-        if sop.id != path.stem:
-            raise SopError(f"{path}: id {sop.id} does not match the file name")
+        sop = parse_sop(text, source=name)
+        if sop.id != name.removesuffix(".md"):
+            raise SopError(f"{name}: id {sop.id} does not match the file name")
         if sop.id in corpus:
-            raise SopError(f"{path}: duplicate id {sop.id}")
+            raise SopError(f"{name}: duplicate id {sop.id}")
         corpus[sop.id] = sop
     if not corpus:
-        raise SopError(f"{directory}: no SOP files")
+        raise SopError("no SOP files")
     return corpus

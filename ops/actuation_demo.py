@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 SAFETY_NET_S = 120.0
 SLURM_LIFE_S = 20
@@ -38,17 +38,18 @@ def _action(action_id: str, kind: str, target: str, life_s: float, **fields) -> 
 
 
 def run_actuation_demo(settings: Settings) -> int:
-    from connectors.kafka import consumer, producer, send, wait_delivered
-    from connectors.pcs import parse_endpoint
-    from connectors.pcs_sink import PcsSink
-    from connectors.slurm import ScontrolBackend, SlurmSink
-    from models.jobs import flexible_gpu_kw
-    from ops.pcs_sim import from_site
-    from ops.policy import load_policy
-    from ops.slurm import LocalSlurm, SlurmSetupError
-    from schemas.codec import Codec
-    from streams.guard import GuardProcessor
-    from streams.rollup import RollupProcessor
+    from opsloop.connectors.kafka import consumer, producer, send, wait_delivered
+    from opsloop.connectors.pcs import parse_endpoint
+    from opsloop.streams.pcs_sink import PcsSink
+    from opsloop.connectors.slurm import ScontrolBackend
+    from opsloop.streams.slurm_sink import SlurmSink
+    from opsloop.models.jobs import flexible_gpu_kw
+    from opsloop.ops.pcs_sim import from_site
+    from opsloop.config.policy import load_policy
+    from opsloop.ops.slurm import LocalSlurm, SlurmSetupError
+    from opsloop.schemas.codec import Codec
+    from opsloop.streams.guard import GuardProcessor
+    from opsloop.streams.rollup import RollupProcessor
 
     work = settings.data_dir / "actuation"
     shutil.rmtree(work / "ledger", ignore_errors=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
     """Sends a storm corpus to ``alarms.raw`` and runs dedup + correlate until all of it is folded in."""
-    from connectors.kafka import producer, wait_delivered
-    from models.storm import generate_storm
-    from models.topology import load_topology
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import producer, wait_delivered
+    from opsloop.ops.evals.storm import generate_storm
+    from opsloop.models.topology import load_topology
+    from opsloop.schemas.codec import Codec
 
     topology = load_topology(settings.topology)
     storm = generate_storm(topology, seed=seed, start_ms=start_ms)
@@ -36,7 +36,7 @@ def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
 
 def run_filter_until_caught_up(settings: Settings, raw_alarms: int) -> dict:
     """Runs the dedup then the correlate processor, each until its input is caught up and idle."""
-    from streams import worker
+    from opsloop.streams import worker
 
     dedup = worker.run(settings, ["dedup"], exit_when_idle=True)["dedup"]
     correlate = worker.run(settings, ["correlate"], exit_when_idle=True)["correlate"]
@@ -46,7 +46,7 @@ def run_filter_until_caught_up(settings: Settings, raw_alarms: int) -> dict:
 
 
 def summary_lines(duckdb_file) -> list[str]:
-    from connectors.duckdb_sink import query
+    from opsloop.connectors.duckdb_sink import query
 
     _, [(raw,)] = query(duckdb_file, "SELECT count(*) FROM alarms_raw")
     _, [(clean, noisy, flapping)] = query(duckdb_file, """

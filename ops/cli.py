@@ -7,13 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
 
 
 def _local_kafka(settings: Settings, state_dir: Path | None = None):
-    from ops.kafka import LocalKafka
+    from opsloop.ops.kafka import LocalKafka
 
     return LocalKafka(settings.cache_dir, state_dir or settings.data_dir / "kafka", port=settings.kafka_port)
 
@@ -23,14 +23,14 @@ def cmd_up(settings: Settings, args) -> int:
     if not args.no_topics:
         cmd_topics(settings, argparse.Namespace(action="create"))
     if not args.no_pcs:
-        from ops.pcs_sim import start_background
+        from opsloop.ops.pcs_sim import start_background
 
         print(start_background(settings))
     return 0
 
 
 def cmd_down(settings: Settings, args) -> int:
-    from ops.pcs_sim import stop_background
+    from opsloop.ops.pcs_sim import stop_background
 
     print(stop_background(settings))
     print(_local_kafka(settings).stop())
@@ -38,19 +38,19 @@ def cmd_down(settings: Settings, args) -> int:
 
 
 def cmd_policy(settings: Settings, args) -> int:
-    from ops.policy import check
+    from opsloop.ops.policy import check
 
     return check(args.file or settings.policy)
 
 
 def cmd_pcs_sim(settings: Settings, args) -> int:
-    from ops.pcs_sim import serve_forever
+    from opsloop.ops.pcs_sim import serve_forever
 
     return serve_forever(settings, telemetry_s=args.telemetry_s)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
-    from ops.slurm import LocalSlurm
+    from opsloop.ops.slurm import LocalSlurm
 
     cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
     if args.action == "up":
@@ -66,8 +66,8 @@ def cmd_slurm(settings: Settings, args) -> int:
 
 
 def cmd_topics(settings: Settings, args) -> int:
-    from connectors.kafka import apply_catalog
-    from ops.catalog import load_catalog
+    from opsloop.connectors.kafka import apply_catalog
+    from opsloop.config.catalog import load_catalog
 
     specs = load_catalog(settings.topics_file)
     if args.action == "create":
@@ -81,7 +81,7 @@ def cmd_topics(settings: Settings, args) -> int:
 
 
 def cmd_worker(settings: Settings, args) -> int:
-    from streams import worker
+    from opsloop.streams import worker
 
     results = worker.run(settings, worker.parse_agents(args.agents), exit_when_idle=args.exit_when_idle)
     for name, stats in results.items():
@@ -90,7 +90,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_replay(settings: Settings, args) -> int:
-    from connectors.replay import load_replay_spec, replay
+    from opsloop.connectors.replay import load_replay_spec, replay
 
     spec = load_replay_spec(args.site or settings.topology)
     stats = replay(settings, spec, Path(args.data), speedup=args.speedup, start=args.start, days=args.days,
@@ -101,7 +101,7 @@ def cmd_replay(settings: Settings, args) -> int:
 
 
 def cmd_sql(settings: Settings, args) -> int:
-    from connectors.duckdb_sink import format_table, query
+    from opsloop.connectors.duckdb_sink import format_table, query
 
     columns, rows = query(settings.duckdb_file, args.query)
     print(format_table(columns, rows, max_rows=args.max_rows))
@@ -109,35 +109,35 @@ def cmd_sql(settings: Settings, args) -> int:
 
 
 def cmd_noc(settings: Settings, args) -> int:
-    from ops.noc import serve
+    from opsloop.ops.noc import serve
 
     return serve(settings, args.host, args.port or settings.noc_port, args.operator or settings.noc_operator,
                  with_views=args.with_views)
 
 
 def cmd_schemas(settings: Settings, args) -> int:
-    from schemas import compat
+    from opsloop.schemas import compat
 
     return compat.main()
 
 
 def cmd_demo(settings: Settings, args) -> int:
-    from ops.demo import run_demo
+    from opsloop.ops.demo import run_demo
 
     return run_demo(settings, data=Path(args.data), days=args.days)
 
 
 def cmd_bench(settings: Settings, args) -> int:
-    from ops.bench import run_bench
+    from opsloop.ops.bench.run import run_bench
 
     if args.suite in ("all", "rollup"):
         run_bench(settings, events=args.events)
     if args.suite in ("all", "alarms"):
-        from ops.bench_alarms import run_alarm_bench
+        from opsloop.ops.bench.alarms import run_alarm_bench
 
         run_alarm_bench(settings)
-    if args.suite == "peaks":  # "all" runs it from ops/bench.py
-        from ops import bench_peaks
+    if args.suite == "peaks":  # "all" runs it from ops/bench/run.py
+        from opsloop.ops.bench import peaks as bench_peaks
 
         print("\n".join(bench_peaks.run(settings)))
     return 0
@@ -157,7 +157,7 @@ def _add_evals(sub) -> None:
                       ("alarms", "the alarm filter on a labelled storm corpus generated on a site topology"),
                       ("narrate", "SOP retrieval hit@1/hit@3, grounding and latency of the narration"),
                       ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month")]:
-        module = importlib.import_module(f"ops.evals.{name}")
+        module = importlib.import_module(f"opsloop.ops.evals.{name}")
         p = ev.add_parser(name, help=doc)
         module.add_arguments(p)
         p.set_defaults(func=cmd_eval, eval_main=module.main)
@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     sl.add_argument("action", choices=["up", "down", "status"])
     sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
     sl.set_defaults(func=cmd_slurm)
-    topics = sub.add_parser("topics", help="apply or list the topic catalog (ops/topics.yaml)")
+    topics = sub.add_parser("topics", help="apply or list the topic catalog (config/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
     w = sub.add_parser("worker", help="run agents (all by default)")

@@ -7,7 +7,7 @@ is not vendored: the `docker-compose==1.29.2` wheel on PyPI ships it as
 
 Prefetch (the Makefile does this at install time)::
 
-    python -m ops.compose_schema [CACHE_DIR]
+    python -m opsloop.ops.compose_schema [CACHE_DIR]
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ def load_compose_schema(cache_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ops.compose_schema",
+        prog="python -m opsloop.ops.compose_schema",
         description="Prefetch the Compose Specification JSON schema into CACHE_DIR.",
     )
     parser.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", nargs="?",
                         help="default: the settings' cache dir (OPSLOOP_CACHE_DIR)")
     args = parser.parse_args(argv)
     if args.cache_dir is None:
-        from ops.settings import Settings
+        from opsloop.config.settings import Settings
 
         args.cache_dir = Settings.from_env().cache_dir
     load_compose_schema(args.cache_dir)

@@ -11,19 +11,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 
 STORM_START_MS = 960_163_200_000 + 2 * 86_400_000 + 9 * 3_600_000  # 2000-06-07 09:00 UTC, inside the replayed week
 
 
 def run_demo(settings: Settings, data: Path, days: float) -> int:
-    from connectors.duckdb_sink import query
-    from connectors.replay import load_replay_spec, replay
-    from ops.demo_peaks import run_peaks, summary_lines
-    from ops.alarm_demo import replay_storm, summary_lines as alarm_summary
-    from ops.kafka import scratch_topics
-    from streams import worker
+    from opsloop.connectors.duckdb_sink import query
+    from opsloop.connectors.replay import load_replay_spec, replay
+    from opsloop.ops.demo_peaks import run_peaks, summary_lines
+    from opsloop.ops.alarm_demo import replay_storm, summary_lines as alarm_summary
+    from opsloop.ops.kafka import scratch_topics
+    from opsloop.streams import worker
 
     demo_dir = settings.data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
@@ -70,8 +70,8 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
 
 def _actuation(settings: Settings, demo_dir: Path) -> None:
     """Guard-railed actuation on topics of its own (live simulator telemetry, not the replayed week)."""
-    from ops.actuation_demo import run_actuation_demo
-    from ops.kafka import scratch_topics
+    from opsloop.ops.actuation_demo import run_actuation_demo
+    from opsloop.ops.kafka import scratch_topics
 
     with scratch_topics(settings, f"demo-act-{time.strftime('%Y%m%d%H%M%S')}.") as act:
         run_actuation_demo(act.replace(data_dir=demo_dir))
@@ -79,7 +79,7 @@ def _actuation(settings: Settings, demo_dir: Path) -> None:
 
 def _send_corrupt_message(settings: Settings) -> None:
     """One deliberately corrupt message, to show that bad input is kept, not dropped."""
-    from connectors.kafka import producer, wait_delivered
+    from opsloop.connectors.kafka import producer, wait_delivered
 
     prod = producer(settings)
     prod.produce(settings.topic("telemetry.raw"), key=b"pdu-a1", value=b"\xc3\x01corrupt")

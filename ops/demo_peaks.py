@@ -11,16 +11,16 @@ import threading
 import time
 from collections import Counter
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 SAFETY_NET_S = 300.0
 
 
 def run_peaks(settings: Settings, snapshots: int) -> dict:
     """Run the peaks processor until it has decided every closed step; returns what it did and the pricing."""
-    from ops.evals.peaks import evaluate
-    from ops.peak_site import load_loop_config
-    from streams.peaks_processor import PeaksProcessor
+    from opsloop.ops.evals.peaks import evaluate
+    from opsloop.streams.peak_site import load_loop_config
+    from opsloop.streams.peaks import PeaksProcessor
 
     decisions: list = []
     stop = threading.Event()

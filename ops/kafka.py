@@ -223,8 +223,8 @@ def prefixed_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    from connectors.kafka import admin, apply_catalog
-    from ops.catalog import load_catalog
+    from opsloop.connectors.kafka import admin, apply_catalog
+    from opsloop.config.catalog import load_catalog
 
     scratch = settings.replace(topic_prefix=prefix)
     specs = load_catalog(scratch.topics_file)

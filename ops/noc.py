@@ -25,11 +25,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import duckdb
 from confluent_kafka import Producer
 
-from connectors.duckdb_sink import DuckDBSink, open_db
-from connectors.kafka import producer, send, wait_delivered
-from ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
-from ops.settings import Settings
-from schemas.codec import Codec
+from opsloop.connectors.duckdb_sink import DuckDBSink, open_db
+from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 200  # per table: a screen, not an archive (`opsloop sql` reads everything)

@@ -1,6 +1,6 @@
 """The NOC page as HTML, from rows of the DuckDB views: pure functions, no I/O, every text escaped.
 
-Rows are dicts (column -> value) as read from ops/views.sql. An action waits for an operator when
+Rows are dicts (column -> value) as read from config/views.sql. An action waits for an operator when
 its latest verdict is ``needs_approval`` and it has no result yet (a lapsed request has one).
 
 >>> "Approve" in actions_section([{"action_id": "a1", "verdict": "needs_approval", "result": None}])
@@ -19,7 +19,7 @@ from datetime import datetime
 from html import escape
 from typing import Iterable
 
-from models.explain import ActionAdvisor
+from opsloop.models.explain import ActionAdvisor
 
 FEEDBACK_PATH = "/feedback"
 FEEDBACK_KINDS = {"approve_action": "Approve", "reject_action": "Reject"}

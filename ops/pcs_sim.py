@@ -24,9 +24,9 @@ import threading
 import time
 from typing import Callable
 
-from models import sunspec
-from models.battery import Battery
-from ops.settings import Settings
+from opsloop.models import sunspec
+from opsloop.models.battery import Battery
+from opsloop.config.settings import Settings
 
 log = logging.getLogger("opsloop.pcs_sim")
 WRITE_CODES = (6, 16, 23)
@@ -177,8 +177,8 @@ class PcsSimulator:
     # -- telemetry ------------------------------------------------------------------------
 
     def publish_telemetry(self) -> None:
-        from connectors.kafka import producer, send
-        from schemas.codec import Codec
+        from opsloop.connectors.kafka import producer, send
+        from opsloop.schemas.codec import Codec
 
         if self._producer is None:
             self._producer = producer(self.settings)
@@ -222,7 +222,7 @@ def serve_forever(settings: Settings, telemetry_s: float | None = 1.0) -> int:
     """`opsloop pcs-sim`: serve on ``settings.pcs_modbus`` and publish telemetry until SIGINT/SIGTERM."""
     import signal
 
-    from connectors.pcs import parse_endpoint
+    from opsloop.connectors.pcs import parse_endpoint
 
     host, port = parse_endpoint(settings.pcs_modbus)
     stop = threading.Event()
@@ -245,7 +245,7 @@ def start_background(settings: Settings) -> str:
     import subprocess
     import sys
 
-    from connectors.pcs import parse_endpoint
+    from opsloop.connectors.pcs import parse_endpoint
 
     host, port = parse_endpoint(settings.pcs_modbus)
     pid_file = _pid_file(settings)
@@ -253,7 +253,7 @@ def start_background(settings: Settings) -> str:
         return f"PCS simulator already running on {host}:{port}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(settings.data_dir / "pcs-sim.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "pcs-sim"], stdout=log_file, stderr=log_file,
+    proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "pcs-sim"], stdout=log_file, stderr=log_file,
                             start_new_session=True, env=os.environ.copy())
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + 20

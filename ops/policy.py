@@ -1,27 +1,10 @@
-"""Loading the guard-rail policy file, and `opsloop policy check FILE`."""
+"""`opsloop policy check FILE`: a verdict on a guard-rail policy file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from models.policy import Policy, PolicyError, parse_policy
-
-
-def load_policy(path: Path | str) -> Policy:
-    """Read and validate a policy file; raises ``PolicyError`` naming the file and every problem."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError([f"{path}: not valid YAML: {exc}"]) from None
-    try:
-        return parse_policy(doc)
-    except PolicyError as exc:
-        raise PolicyError([f"{path}: {p}" for p in exc.problems]) from None
+from opsloop.config.policy import Policy, PolicyError, load_policy
 
 
 def _budget_span(policy: Policy) -> str:

@@ -5,7 +5,7 @@ release, so every current schema must be able to read data written with every
 released version of itself (Avro's "backward" compatibility). The check uses
 the reference ``avro`` package's reader/writer compatibility rules.
 
-Run ``python -m schemas.compat`` to check the installed schemas.
+Run ``python -m opsloop.schemas.compat`` to check the installed schemas.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-from schemas.codec import SCHEMA_DIR, load_schema, record_names, released_versions
+from opsloop.schemas.codec import SCHEMA_DIR, load_schema, record_names, released_versions
 
 
 def parse(schema: dict) -> avro.schema.Schema:

@@ -29,11 +29,11 @@ import math
 import pickle
 from typing import Callable
 
-from connectors.changelog import Changelog
-from models.anomaly import EarlyWarning, Transition
-from ops.settings import Settings
-from schemas.codec import DecodeError
-from streams.processor import BatchProcessor
+from opsloop.connectors.changelog import Changelog
+from opsloop.models.anomaly import EarlyWarning, Transition
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import DecodeError
+from opsloop.streams.processor import BatchProcessor
 
 SOURCE = "opsloop.anomaly"
 

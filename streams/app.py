@@ -3,7 +3,7 @@
 There is no module-level app: ``create_app(settings)`` builds one from the
 frozen settings, so tests and workers choose the broker. Catalog topics carry
 our single-object Avro bytes, so Faust moves raw bytes and agents decode with
-``schemas.codec`` through ``decode_or_dead_letter`` (bad input goes to
+``opsloop.schemas.codec`` through ``decode_or_dead_letter`` (bad input goes to
 ``deadletter`` and the agent goes on).
 """
 
@@ -13,9 +13,9 @@ import logging
 
 import faust
 
-from ops.catalog import load_catalog
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
+from opsloop.config.catalog import load_catalog
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.app")
 

@@ -1,34 +1,19 @@
-"""The correlate agent as a Faust agent: ``alarms.clean`` → ``incidents`` (logic in models/correlate.py).
+"""The correlate agent as a confluent-kafka batch processor: ``alarms.clean`` → ``incidents``.
 
-The worker runs the batch-processor twin (streams/correlate_processor.py); this one is
-measured beside it by ``make bench`` (see streams/dedup_processor.py for why).
-
-``alarms.clean`` is keyed by site, so one site's alarms meet on one partition and in one
-``SiteCorrelator``. Per batch, each touched site's state is read from the ``alarm-incidents``
-table once (or its live correlator reused while the table holds what it wrote), every
-alarm is folded in, timeouts are applied on the
-site's event time, and one Incident record per changed incident is sent; the state
-(with the last offset folded in, for restart safety) is written back once.
-
-Topologies: every site file in the folder of ``Settings.topology`` that has a
-``topology:`` block; a site without one still gets incidents (alarms of the same device
-group, nothing upstream is known).
+The same model as the Faust agent (streams/correlate.py): one ``SiteCorrelator`` per site
+(``alarms.clean`` is keyed by site), kept live between batches and stored in a
+changelog-backed state (streams/keyed.py); per batch each touched site applies timeouts and
+sends one Incident record per changed incident. See streams/dedup_processor.py for why a processor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from models.correlate import CorrelateConfig, SiteCorrelator
-from models.topology import load_topologies
-from ops.catalog import load_catalog
-from ops.settings import Settings
-from schemas.codec import Codec
-from streams.app import catalog_topic, decode_or_dead_letter
-from streams.tables import put
-
-BATCH, WITHIN_S = 1000, 0.01
+from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
+from opsloop.models.topology import load_topologies
+from opsloop.config.settings import Settings
+from opsloop.streams.keyed import KeyedProcessor
 
 
 def site_topologies(settings: Settings):
@@ -36,52 +21,30 @@ def site_topologies(settings: Settings):
     return load_topologies([*files, settings.topology] if settings.topology not in files else files)
 
 
-def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig()) -> None:
-    codec = Codec.default()
-    topologies = site_topologies(settings)
-    partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
-    # values: the site's state as JSON bytes, serialised here so the changelog gets a consistent snapshot
-    table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
-    live: dict[bytes, tuple[bytes, SiteCorrelator]] = {}  # key → (the state last stored, its correlator)
-    incidents_topic = catalog_topic(app, settings, "incidents")
-    stats = app.__dict__.setdefault("opsloop_stats", {})  # counters for the bench and tests
-    stats.update(clean_in=0, incident_updates=0, replayed_clean=0)
+class CorrelateProcessor(KeyedProcessor):
+    name = "correlate"
+    source = "alarms.clean"
+    record = "CleanAlarm"
 
-    def load(key: bytes, site: str) -> SiteCorrelator:
-        """The live correlator while the table still holds what it stored last; else rebuilt from the table
-        (after a restart or a rebalance the table's value is another object)."""
-        stored = table.get(key)
-        if key in live and live[key][0] is stored:
-            return live[key][1]
-        live.pop(key, None)
-        return SiteCorrelator(site, topologies.get(site), config, json.loads(stored) if stored else None)
+    def __init__(self, settings: Settings, config: CorrelateConfig = CorrelateConfig(), **kwargs):
+        super().__init__(settings, **kwargs)
+        self.config = config
+        self.topologies = site_topologies(settings)
 
-    @app.agent(catalog_topic(app, settings, "alarms.clean"), name="correlate")
-    async def correlate(stream):
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            sites: dict[bytes, tuple[SiteCorrelator, int]] = {}
-            for event in events:
-                clean = await decode_or_dead_letter(app, event, "CleanAlarm", "correlate", codec)
-                if clean is None:
-                    continue
-                site = clean["alarm"]["site"]
-                key = event.key or site.encode()
-                if key not in sites:
-                    sites[key] = (load(key, site), event.message.partition)
-                corr = sites[key][0]
-                if event.message.offset <= corr.offset:
-                    stats["replayed_clean"] += 1  # folded in before a restart
-                    continue
-                corr.on_alarm(clean)
-                corr.offset = event.message.offset
-                stats["clean_in"] += 1
-            out = []
-            for key, (corr, partition) in sites.items():
-                corr.expire()
-                out += corr.flush()
-                stored = json.dumps(corr.to_state(), separators=(",", ":")).encode()
-                put(table, key, stored, partition)
-                live[key] = (stored, corr)
-            stats["incident_updates"] += len(out)
-            await asyncio.gather(*(incidents_topic.send(key=r["site"].encode(), value=codec.encode("Incident", r))
-                                   for r in out))
+    def load_state(self, key: bytes, stored: bytes | None) -> SiteCorrelator:
+        site = key.decode()
+        return SiteCorrelator(site, self.topologies.get(site), self.config, json.loads(stored) if stored else None)
+
+    def dump_state(self, state: SiteCorrelator) -> bytes:
+        return json.dumps(state.to_state(), separators=(",", ":")).encode()
+
+    def fold(self, state: SiteCorrelator, key: bytes, record: dict, offset: int):
+        if offset <= state.offset:
+            return None
+        state.on_alarm(record)
+        state.offset = offset
+        return []
+
+    def finish(self, state: SiteCorrelator, key: bytes):
+        state.expire()
+        return [("incidents", r["site"].encode(), "Incident", r) for r in state.flush()]

@@ -36,14 +36,14 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connectors.actuator import alarm, result
-from connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
-from models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
+from opsloop.streams.actuator import alarm, result
+from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
+from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
                           SlurmSpend, approval_deadline_ms, decide, slurm_charge)
-from models.policy import Policy
-from models.verify import FAILED, VERIFIED, judge_power
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
+from opsloop.config.policy import Policy
+from opsloop.models.verify import FAILED, VERIFIED, judge_power
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.guard")
 INPUTS = {"actions.proposed": "Action", "operator.feedback": "Feedback", "telemetry.site": "SiteSnapshot",

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.changelog import Changelog
-from ops.catalog import load_catalog
-from ops.settings import Settings
-from schemas.codec import DecodeError
-from streams.processor import BatchProcessor
+from opsloop.connectors.changelog import Changelog
+from opsloop.config.catalog import load_catalog
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import DecodeError
+from opsloop.streams.processor import BatchProcessor
 
 Output = tuple[str, bytes, str, dict]  # (catalog topic, key, record name, record)
 

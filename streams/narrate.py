@@ -22,9 +22,9 @@ import logging
 import time
 from collections import OrderedDict
 
-from ops.settings import Settings
-from schemas.codec import Codec
-from streams.app import catalog_topic, decode_or_dead_letter
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
+from opsloop.streams.app import catalog_topic, decode_or_dead_letter
 
 log = logging.getLogger("opsloop.narrate")
 AGENT = "narrate"
@@ -32,10 +32,12 @@ MAX_TRACKED = 100_000  # incidents whose newest version is remembered (to drop s
 
 
 def register(app, settings: Settings) -> None:
-    from connectors.llm import chat_generator
-    from models.narrate import DETERMINISTIC, Narration
+    from opsloop.connectors.llm import chat_generator
+    from opsloop.models.narrate import DETERMINISTIC, Narration
+    from opsloop.models.sops import parse_corpus
+    from opsloop.config.assets import sop_texts
 
-    narration = Narration(chat_generator=chat_generator(settings) if settings.llm_url else None,
+    narration = Narration(parse_corpus(sop_texts()), chat_generator=chat_generator(settings) if settings.llm_url else None,
                           model_name=settings.llm_model)
     codec = Codec.default()
     out_topic = settings.topic("narratives")

@@ -1,100 +1,89 @@
-"""Peaks agent: ``telemetry.site`` -> ``forecasts.peak`` and ``actions.proposed`` (Faust).
+"""The peaks agent as a confluent-kafka batch processor: ``telemetry.site`` → forecasts and actions.
 
-The worker runs the batch processor (streams/peaks_processor.py); this Faust version is
-kept so that ``opsloop bench`` measures the two side by side (the difference is the reason).
-
-Thin: decodes snapshots, hands them to the site's ``models.peak_loop.SitePeakLoop``
-and publishes what it decides. Each site's loop (forecaster, billing month, open
-step) is the value of a Faust table keyed by site, written once per batch per
-site, so a restarted worker recovers it from the changelog; snapshots it has
-already folded in are ignored, and re-sent decisions carry the same action ids.
-Batches with ``take_events`` (see ../shared notes on Faust costs: per-event
-delivery dominates). Undecodable snapshots, sites the topology does not
-describe and snapshots the loop rejects go to ``deadletter``.
+Thin, like the Faust version (streams/peaks.py, kept for the bench): decode each snapshot,
+fold it into its site's ``models.peak_loop.SitePeakLoop``, publish the forecast and the
+proposed actions of every step it closes. State per site key (streams/keyed.py): the loop
+and the offset of the last snapshot folded in, so snapshots repeated after a crash are
+skipped, and re-sent decisions carry the same action ids. The state value is pickled: the
+loop holds a River model, and the changelog is this processor's own topic, written and
+read only by it (pickle trusts its input). Undecodable snapshots go to ``deadletter`` as
+``decode``; snapshots of a site the topology does not describe, or with a non-finite
+number, as ``invalid``. Why a processor: see the README (Power peaks) and ops/bench/peaks.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import math
 import pickle
-import weakref
 from typing import Callable
 
-import faust
-from faust.streams import _current_event
+from opsloop.models.peak_loop import Decision, SitePeakLoop
+from opsloop.streams.peak_site import load_loop_config
+from opsloop.config.settings import Settings
+from opsloop.streams.keyed import KeyedProcessor
 
-from ops.catalog import load_catalog
-from ops.peak_site import load_loop_config
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
-from streams.app import catalog_topic, decode_or_dead_letter
-from streams.peaks_processor import invalid as _invalid
+NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
 
-log = logging.getLogger("opsloop.peaks")
-AGENT = "peaks"
+#: ``observer(decisions, messages)`` (tests, bench) sees each batch once its outputs are handed to the producer.
+Observer = Callable[[list[Decision], int], None]
 
 
-def register(app: faust.App, settings: Settings, observer: Callable[[list, int], None] | None = None) -> None:
-    """Define the peaks agent on ``app``; ``observer(decisions, events)`` (tests, bench) sees every batch."""
-    from models.peak_loop import SitePeakLoop
+class SiteState:
+    """One site's keyed state: its loop and the last source offset folded into it."""
 
-    config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
-    codec = Codec.default()
-    partitions = load_catalog(settings.topics_file)["telemetry.site"].partitions
-    forecasts = catalog_topic(app, settings, "forecasts.peak")
-    proposed = catalog_topic(app, settings, "actions.proposed")
-    state = app.Table(f"{AGENT}-state", default=None, key_type=bytes, value_type=bytes, partitions=partitions)
-    loops: dict[str, SitePeakLoop] = {}  # unpickled table values of the partitions this worker owns
-
-    @app.on_partitions_revoked.connect
-    async def forget(app, revoked, **kwargs) -> None:  # another worker may change them now
-        loops.clear()
-
-    def loop_for(site: str) -> SitePeakLoop:
-        if site not in loops:
-            stored = state.get(site.encode())
-            loops[site] = pickle.loads(stored) if stored else SitePeakLoop(config)
-            log.info("%s: site %s %s", AGENT, site, "state recovered" if stored else "starts fresh")
-        return loops[site]
-
-    @app.agent(catalog_topic(app, settings, "telemetry.site"), name=AGENT)
-    async def peaks(stream):
-        async for events in stream.take_events(1000, within=0.05):
-            touched, sends, decided = {}, [], []
-            for event in events:
-                try:
-                    snap = codec.decode_as("SiteSnapshot", event.value)
-                except DecodeError:  # decoded again there, and kept in deadletter with the reason
-                    await decode_or_dead_letter(app, event, "SiteSnapshot", AGENT, codec)
-                    continue
-                problem = _invalid(snap, config.site)
-                if problem:
-                    await _dead_letter(app, settings, codec, event, "invalid", problem)
-                    continue
-                loop = loop_for(snap["site"])
-                for decision in loop.on_snapshot(snap):
-                    key = snap["site"].encode()
-                    sends.append(forecasts.send(key=key, value=codec.encode("PeakForecast", decision.forecast)))
-                    for action in decision.actions:
-                        sends.append(proposed.send(key=action["target"].encode(), value=codec.encode("Action", action)))
-                    decided.append(decision)
-                touched[snap["site"]] = event
-            await asyncio.gather(*sends)
-            for site, event in touched.items():
-                _current_event.set(weakref.ref(event))  # the changelog partition is this event's partition
-                state[site.encode()] = pickle.dumps(loops[site], protocol=pickle.HIGHEST_PROTOCOL)
-            if touched:  # the state reaches its changelog before this batch's offsets can be committed
-                await app.producer.flush()
-            if observer is not None:
-                observer(decided, len(events))
+    def __init__(self, loop: SitePeakLoop, offset: int = -1):
+        self.loop = loop
+        self.offset = offset
 
 
-async def _dead_letter(app: faust.App, settings: Settings, codec: Codec, event, kind: str, error: str) -> None:
-    msg = event.message
-    dead = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key, "value": msg.value,
-            "error_kind": kind, "error": error, "agent": AGENT,
-            "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
-    await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(), codec.encode("DeadLetter", dead),
-                                     partition=None, timestamp=None, headers=None)
-    log.warning("%s: dead-lettered %s[%s]@%s: %s", AGENT, msg.topic, msg.partition, msg.offset, error)
+class PeaksProcessor(KeyedProcessor):
+    name = "peaks"
+    source = "telemetry.site"
+    record = "SiteSnapshot"
+
+    def __init__(self, settings: Settings, observer: Observer | None = None, **kwargs):
+        super().__init__(settings, **kwargs)
+        self.config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
+        self.observer = observer
+        self.decided: list[Decision] = []
+
+    def load_state(self, key: bytes, stored: bytes | None) -> SiteState:
+        if stored:
+            state = pickle.loads(stored)
+            state.loop.config = self.config  # learned state from the changelog, limits from today's site file
+            self.log.info("%s: site %s state recovered (offset %d)", self.name, key.decode(), state.offset)
+            return state
+        return SiteState(SitePeakLoop(self.config))
+
+    def dump_state(self, state: SiteState) -> bytes:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def reject(self, record: dict) -> str | None:
+        return invalid(record, self.config.site)
+
+    def fold(self, state: SiteState, key: bytes, record: dict, offset: int):
+        if offset <= state.offset:
+            return None
+        state.offset = offset
+        outputs = []
+        for decision in state.loop.on_snapshot(record):
+            outputs.append(("forecasts.peak", record["site"].encode(), "PeakForecast", decision.forecast))
+            outputs += [("actions.proposed", a["target"].encode(), "Action", a) for a in decision.actions]
+            self.decided.append(decision)
+        return outputs
+
+    def after_batch(self, messages: int) -> None:
+        decided, self.decided = self.decided, []
+        if self.observer is not None:
+            self.observer(decided, messages)
+
+
+def invalid(snap: dict, site: str) -> str | None:
+    """Why a decoded snapshot cannot be planned on, or None."""
+    if snap["site"] != site:
+        return f"site {snap['site']!r} is not described by the topology (which describes {site!r})"
+    for name in NUMBERS:
+        value = snap.get(name)
+        if value is not None and not math.isfinite(value):
+            return f"{name} is {value}, not a finite number"
+    return None

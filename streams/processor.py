@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
-from ops.settings import Settings
-from schemas.codec import Codec
+from opsloop.connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
 
 
 class BatchProcessor:

@@ -38,10 +38,10 @@ import json
 
 from confluent_kafka import TopicPartition
 
-from models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
-from ops.settings import Settings
-from schemas.codec import DecodeError
-from streams.processor import BatchProcessor
+from opsloop.models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import DecodeError
+from opsloop.streams.processor import BatchProcessor
 
 
 class PartialAssignment(RuntimeError):

@@ -19,7 +19,7 @@ import threading
 from contextlib import suppress
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 if TYPE_CHECKING:
     import faust
@@ -34,40 +34,40 @@ class Processor(Protocol):
 
 
 def _rollup(settings: Settings) -> Processor:
-    from streams.rollup import RollupProcessor
+    from opsloop.streams.rollup import RollupProcessor
 
     return RollupProcessor(settings)
 
 
 def _anomaly(settings: Settings) -> Processor:
-    from streams.anomaly import AnomalyProcessor
+    from opsloop.streams.anomaly import AnomalyProcessor
 
     return AnomalyProcessor(settings)
 
 
 def _views(settings: Settings) -> Processor:
-    from connectors.duckdb_sink import DuckDBSink
+    from opsloop.connectors.duckdb_sink import DuckDBSink
 
     return DuckDBSink(settings)
 
 
 def _guard(settings: Settings) -> Processor:
-    from ops.policy import load_policy
-    from streams.guard import GuardProcessor
+    from opsloop.config.policy import load_policy
+    from opsloop.streams.guard import GuardProcessor
 
     return GuardProcessor(settings, load_policy(settings.policy))
 
 
 def _pcs_sink(settings: Settings) -> Processor:
-    from connectors.pcs_sink import PcsSink
-    from ops.policy import load_policy
+    from opsloop.streams.pcs_sink import PcsSink
+    from opsloop.config.policy import load_policy
 
     return PcsSink(settings, load_policy(settings.policy))
 
 
 def _slurm_sink(settings: Settings) -> Processor:
-    from connectors.slurm import SlurmSink
-    from ops.policy import load_policy
+    from opsloop.streams.slurm_sink import SlurmSink
+    from opsloop.config.policy import load_policy
 
     return SlurmSink(settings, load_policy(settings.policy))
 
@@ -76,19 +76,19 @@ def _slurm_sink(settings: Settings) -> Processor:
 FaustRegister = Callable[["faust.App", Settings], None]
 
 def _dedup(settings: Settings) -> Processor:
-    from streams.dedup_processor import DedupProcessor
+    from opsloop.streams.dedup import DedupProcessor
 
     return DedupProcessor(settings)
 
 
 def _correlate(settings: Settings) -> Processor:
-    from streams.correlate_processor import CorrelateProcessor
+    from opsloop.streams.correlate import CorrelateProcessor
 
     return CorrelateProcessor(settings)
 
 
 def _narrate(app: "faust.App", settings: Settings) -> None:
-    from streams.narrate import register
+    from opsloop.streams.narrate import register
 
     register(app, settings)
 
@@ -99,7 +99,7 @@ AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue
 
 
 def _peaks(settings: Settings) -> Processor:
-    from streams.peaks_processor import PeaksProcessor
+    from opsloop.streams.peaks import PeaksProcessor
 
     return PeaksProcessor(settings)
 
@@ -197,7 +197,7 @@ def run_faust(settings: Settings, registers: Mapping[str, FaustRegister], stop: 
     """
     import faust
 
-    from streams.app import create_app
+    from opsloop.streams.app import create_app
 
     class _Worker(faust.Worker):
         def install_signal_handlers(self) -> None:

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 
 
@@ -45,7 +45,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     if existing:
         yield existing
         return
-    from ops.kafka import LocalKafka
+    from opsloop.ops.kafka import LocalKafka
 
     broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka"), port=_free_port_pair())
     broker.start()
@@ -59,8 +59,8 @@ def kafka_bootstrap(tmp_path_factory) -> str:
 @pytest.fixture
 def kafka_settings(kafka_bootstrap, tmp_path) -> Settings:
     """Settings on the session broker with this test's own topics, created from the catalog."""
-    from connectors.kafka import apply_catalog
-    from ops.catalog import load_catalog
+    from opsloop.connectors.kafka import apply_catalog
+    from opsloop.config.catalog import load_catalog
 
     settings = Settings(broker=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", app_id="opsloop-test",
                         data_dir=tmp_path, idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir)
@@ -74,7 +74,7 @@ def read_all(settings: Settings, name: str, timeout_s: float = 30.0) -> list:
 
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    from connectors.kafka import consumer
+    from opsloop.connectors.kafka import consumer
 
     topic = settings.topic(name)
     cons = consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
@@ -104,7 +104,7 @@ def read_topic():
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
-    from ops.slurm import LocalSlurm
+    from opsloop.ops.slurm import LocalSlurm
 
     cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), Settings().topology)
     cluster.start()
@@ -118,7 +118,7 @@ def slurm(tmp_path_factory):
 def llm_url(tmp_path_factory) -> str:
     """A real OpenAI-compatible server (llama-cpp-python, packaged SmolLM2-135M) for the session."""
     try:
-        from ops.llm_server import LocalLlm
+        from opsloop.ops.llm_server import LocalLlm
         import llama_cpp  # noqa: F401  (built by `make llm-deps`)
 
         server = LocalLlm(_free_port_pair(), tmp_path_factory.mktemp("llm") / "server.log")

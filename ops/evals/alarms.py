@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from models.alarm_filter import AlarmFilter
-from models.storm import Storm, generate_storm
-from models.topology import load_topology
-from ops.settings import Settings
+from opsloop.models.alarm_filter import AlarmFilter
+from opsloop.ops.evals.storm import Storm, generate_storm
+from opsloop.models.topology import load_topology
+from opsloop.config.settings import Settings
 
 TARGETS = {"compression": 0.95, "incident_recall": 1.0, "root_cause_accuracy": 0.90}
 

@@ -30,8 +30,8 @@ from typing import Callable
 from river import stats, utils
 from river.base import AnomalyDetector
 
-from models.anomaly import SeriesDetector
-from models.nab import CostMatrix, EMPTY, LabelledSeries, Score, best_threshold, label_series, score_series
+from opsloop.models.anomaly import SeriesDetector
+from opsloop.ops.evals.nab import CostMatrix, EMPTY, LabelledSeries, Score, best_threshold, label_series, score_series
 
 #: NAB's three application profiles (its profiles.json), used when no profiles file is found.
 NAB_PROFILES = {

@@ -127,8 +127,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from connectors.llm import chat_generator
-    from models.narrate import Narration
+    from opsloop.connectors.llm import chat_generator
+    from opsloop.config.assets import sop_texts
+    from opsloop.models.narrate import Narration
+    from opsloop.models.sops import parse_corpus
 
     settings = args.settings
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per LLM request otherwise
@@ -137,7 +139,7 @@ def main(args) -> int:
     if use_llm and not settings.llm_url:
         raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")
     generator = chat_generator(settings) if use_llm else None
-    narration = Narration(chat_generator=generator, model_name=settings.llm_model)
+    narration = Narration(parse_corpus(sop_texts()), chat_generator=generator, model_name=settings.llm_model)
     report = evaluate(narration, load_labelled(args.data), llm_limit=args.llm_limit if use_llm else 0)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -29,12 +29,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from models.peak_battery import IDLE
-from models.peak_baselines import (ReactiveThreshold, Simulation, no_control, oracle_controller, oracle_limits,
+from opsloop.models.peak_battery import IDLE
+from opsloop.ops.evals.peak_baselines import (ReactiveThreshold, Simulation, no_control, oracle_controller, oracle_limits,
                                    simulate)
-from models.peak_forecast import PeakForecaster
-from models.peak_loop import LoopConfig, SitePeakLoop
-from models.peak_planner import PERIOD_DAYS, billing_period
+from opsloop.models.peak_forecast import PeakForecaster
+from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
+from opsloop.models.peak_planner import PERIOD_DAYS, billing_period
 
 BILLING_S = 900
 WARMUP_DAYS = 7
@@ -64,11 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings=None) -> int:
-    from ops.peak_site import load_loop_config
+    from opsloop.streams.peak_site import load_loop_config
 
     site_file = args.site or (settings.topology if settings else None)
     if site_file is None:
-        from ops.settings import Settings
+        from opsloop.config.settings import Settings
         site_file = Settings.from_env().topology
     times, values, column = read_series(args.data, args.column)
     step_s, times, values, filled = regular_steps(times, values)

@@ -6,8 +6,8 @@ import socket
 import threading
 import time
 
-from connectors.kafka import producer, send, wait_delivered
-from schemas.codec import Codec
+from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.schemas.codec import Codec
 
 NOW_MS = int(time.time() * 1000)  # wall time: sinks and the guard compare expiries with it
 

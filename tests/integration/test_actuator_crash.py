@@ -11,17 +11,17 @@ import textwrap
 import pytest
 
 from actuation import action, approved, free_port, publish, results
-from connectors.slurm import ScontrolBackend
-from ops.pcs_sim import from_site
-from ops.settings import Settings
+from opsloop.connectors.slurm import ScontrolBackend
+from opsloop.ops.pcs_sim import from_site
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Patches applied inside the worker process: die right after the chosen step, as SIGKILL would.
 KILL_AFTER = {
-    "ledger-record": ("connectors.ledger", "Ledger", "finish"),  # executed and recorded, result not published
-    "device-write": ("connectors.pcs", "PcsClient", "write_setpoint"),  # executed, not even recorded
+    "ledger-record": ("opsloop.connectors.ledger", "Ledger", "finish"),  # executed and recorded, result not published
+    "device-write": ("opsloop.connectors.pcs", "PcsClient", "write_setpoint"),  # executed, not even recorded
 }
 
 
@@ -41,7 +41,7 @@ def worker(settings: Settings, agent: str, env: dict, kill_after: str | None) ->
         """
     code = textwrap.dedent(patch) + textwrap.dedent(f"""
         import sys
-        from ops.cli import main
+        from opsloop.ops.cli import main
         sys.exit(main(["worker", "--agents", {agent!r}, "--exit-when-idle"]))
     """)
     full_env = {**env, "OPSLOOP_BROKER": settings.broker, "OPSLOOP_TOPIC_PREFIX": settings.topic_prefix,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka import producer, wait_delivered
-from models.alarm_filter import AlarmFilter
-from models.storm import generate_storm
-from models.topology import load_topology
-from schemas.codec import Codec
-from streams import correlate, dedup, worker
-from streams.app import catalog_topic, decode_or_dead_letter
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.models.alarm_filter import AlarmFilter
+from opsloop.ops.evals.storm import generate_storm
+from opsloop.models.topology import load_topology
+from opsloop.schemas.codec import Codec
+from opsloop.ops.bench.faust_twins import correlate, dedup
+from opsloop.streams import worker
+from opsloop.streams.app import catalog_topic, decode_or_dead_letter
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +97,8 @@ def test_storm_becomes_incidents_across_a_restart(kafka_settings, read_topic):
 
 
 def test_processors_turn_the_storm_into_the_same_incidents_across_a_restart(kafka_settings, read_topic):
-    from streams.correlate_processor import CorrelateProcessor
-    from streams.dedup_processor import DedupProcessor
+    from opsloop.streams.correlate import CorrelateProcessor
+    from opsloop.streams.dedup import DedupProcessor
 
     settings = kafka_settings.replace(topology=TOPOLOGY)
     storm = generate_storm(load_topology(TOPOLOGY), seed=4, failures=3, background=5, horizon_s=3600)

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from connectors.kafka import producer, send, wait_delivered
-from schemas.codec import Codec
-from streams.anomaly import AnomalyProcessor
+from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.schemas.codec import Codec
+from opsloop.streams.anomaly import AnomalyProcessor
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_restart_restores_detectors_and_learns_nothing_twice(kafka_settings, rea
     assert second["points"] == 400  # only the new points: the committed ones are not read again
 
     # One uninterrupted detector over the same points raises at the same point.
-    from models.anomaly import EarlyWarning
+    from opsloop.models.anomaly import EarlyWarning
     ew = EarlyWarning()
     expected = [(point(i, v)["ts_ms"], t.state) for i, v in enumerate(values) if (t := ew.update(v, point(i, v)["ts_ms"]))]
     assert [(a["ts_ms"], a["state"]) for a in alarms(kafka_settings, read_topic)] == expected

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from connectors.kafka import producer, send, wait_delivered
-from models.anomaly import EarlyWarning
-from schemas.codec import Codec
-from streams import worker
+from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.models.anomaly import EarlyWarning
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
     assert len(expected) >= SERIES * len(SPIKES)  # every spike raises (and most clear)
 
     # Small batches and frequent checkpoints, so the kill lands mid-stream after some checkpoints.
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker", "--agents", "anomaly"],
+    proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", "anomaly"],
                             env=worker_env(kafka_settings, OPSLOOP_BATCH_SIZE="100",
                                            OPSLOOP_ANOMALY_CHECKPOINT_S="0.05", OPSLOOP_IDLE_CLOSE_S="3600"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

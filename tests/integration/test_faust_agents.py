@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from connectors.kafka import producer, wait_delivered
-from schemas.codec import Codec
-from streams import worker
-from streams.app import catalog_topic, decode_or_dead_letter
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
+from opsloop.streams.app import catalog_topic, decode_or_dead_letter
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ import time
 import pytest
 
 from actuation import Running, action, publish
-from connectors.kafka import producer, wait_delivered
-from ops.policy import load_policy
-from schemas.codec import Codec
-from streams.guard import GuardProcessor, GuardStore
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.config.policy import load_policy
+from opsloop.schemas.codec import Codec
+from opsloop.streams.guard import GuardProcessor, GuardStore
 
 pytestmark = pytest.mark.integration
 SAFETY_NET_S = 90.0

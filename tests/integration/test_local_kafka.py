@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from ops.kafka import LocalKafka, broker_ready
-from ops.settings import Settings
+from opsloop.ops.kafka import LocalKafka, broker_ready
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +28,9 @@ def test_up_and_down_are_idempotent_and_survive_a_dash_leading_cluster_id(tmp_pa
 
 
 def test_prefixed_topics_delete_the_catalog_topics_and_the_processors_private_ones(kafka_settings):
-    from connectors.changelog import Changelog
-    from connectors.kafka import admin
-    from ops.kafka import prefixed_topics
+    from opsloop.connectors.changelog import Changelog
+    from opsloop.connectors.kafka import admin
+    from opsloop.ops.kafka import prefixed_topics
 
     client = admin(kafka_settings)
     prefix = f"scratch-{uuid.uuid4().hex[:6]}."

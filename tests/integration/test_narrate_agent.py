@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from connectors.kafka import producer, wait_delivered
-from models.narrate import DETERMINISTIC
-from ops.evals.narrate import load_labelled
-from ops.llm_server import MODEL_ALIAS
-from schemas.codec import Codec
-from streams import worker
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.models.narrate import DETERMINISTIC
+from opsloop.ops.evals.narrate import load_labelled
+from opsloop.ops.llm_server import MODEL_ALIAS
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from actuation import action, approved, publish
-from connectors.duckdb_sink import DuckDBSink
-from ops.noc import make_server
-from schemas.codec import Codec
+from opsloop.connectors.duckdb_sink import DuckDBSink
+from opsloop.ops.noc import make_server
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
@@ -111,7 +111,7 @@ def test_noc_page_in_chromium_approves_an_action(kafka_settings, read_topic, chr
 def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kafka_settings):
     from urllib.request import urlopen
 
-    from ops.noc import LiveViews
+    from opsloop.ops.noc import LiveViews
 
     def incident(incident_id: str, root: str) -> dict:
         now = int(time.time() * 1000)

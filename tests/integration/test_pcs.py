@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from actuation import Running, action, approved, free_port, publish, results
-from connectors.kafka import producer, wait_delivered
-from connectors.pcs import PcsClient, PcsError
-from connectors.pcs_sink import PcsSink
-from models import sunspec
-from ops.pcs_sim import from_site
-from ops.policy import load_policy
-from schemas.codec import Codec
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.connectors.pcs import PcsClient, PcsError
+from opsloop.streams.pcs_sink import PcsSink
+from opsloop.models import sunspec
+from opsloop.ops.pcs_sim import from_site
+from opsloop.config.policy import load_policy
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 

@@ -6,14 +6,14 @@ import threading
 
 import pytest
 
-from connectors.kafka import producer, wait_delivered
-from connectors.replay import load_replay_spec, replay
-from models.peak_loop import SitePeakLoop
-from ops.cli import BUNDLED_DATA as TAYLOR
-from ops.peak_site import load_loop_config
-from schemas.codec import Codec
-from streams import worker
-from streams.peaks_processor import PeaksProcessor
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.connectors.replay import load_replay_spec, replay
+from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
+from opsloop.streams.peak_site import load_loop_config
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
+from opsloop.streams.peaks import PeaksProcessor
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from connectors.replay import load_replay_spec, replay
-from ops.cli import BUNDLED_DATA
-from schemas.codec import Codec
-from streams import worker
+from opsloop.connectors.replay import load_replay_spec, replay
+from opsloop.ops.cli import BUNDLED_DATA
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_sigkill_then_restart_loses_no_window_and_counts_no_point_twice(kafka_se
     codec = Codec.default()
 
     # Small batches and no idle flush, so the worker is mid-stream when it is killed.
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker", "--agents", "rollup"],
+    proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", "rollup"],
                             env=worker_env(kafka_settings, OPSLOOP_BATCH_SIZE="200", OPSLOOP_IDLE_CLOSE_S="3600"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -9,13 +9,13 @@ from datetime import datetime
 
 import pytest
 
-from ops.cli import BUNDLED_DATA as TAYLOR
-from connectors.duckdb_sink import query
-from connectors.kafka import producer, wait_delivered
-from connectors.replay import load_replay_spec, replay
-from schemas.codec import Codec
-from streams import worker
-from streams.rollup import PartialAssignment, RollupProcessor
+from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
+from opsloop.connectors.duckdb_sink import query
+from opsloop.connectors.kafka import producer, wait_delivered
+from opsloop.connectors.replay import load_replay_spec, replay
+from opsloop.schemas.codec import Codec
+from opsloop.streams import worker
+from opsloop.streams.rollup import PartialAssignment, RollupProcessor
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,12 @@ import time
 import pytest
 
 from actuation import Running, action, approved, publish, results, watch
-from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink, UnsupportedCommand, make_backend
-from connectors.slurm_rest import RestBackend
-from ops.policy import load_policy
-from ops.settings import Settings
+from opsloop.connectors.slurm import ScontrolBackend, SlurmError, UnsupportedCommand
+from opsloop.streams.slurm_sink import SlurmSink
+from opsloop.connectors.slurm_backends import make_backend
+from opsloop.connectors.slurm_rest import RestBackend
+from opsloop.config.policy import load_policy
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.integration
 SAFETY_NET_S = 90.0

@@ -7,10 +7,11 @@ import time
 import pytest
 
 from actuation import Running, action, approved, publish, results, watch
-from connectors.slurm import ScontrolBackend, SlurmError, SlurmSink
-from models.jobs import flexible_gpu_kw
-from ops.policy import load_policy
-from schemas.codec import Codec
+from opsloop.connectors.slurm import ScontrolBackend, SlurmError
+from opsloop.streams.slurm_sink import SlurmSink
+from opsloop.models.jobs import flexible_gpu_kw
+from opsloop.config.policy import load_policy
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 SAFETY_NET_S = 90.0

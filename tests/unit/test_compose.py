@@ -16,8 +16,8 @@ from jsonschema import Draft7Validator
 from jsonschema.validators import validator_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-from ops import compose_schema
-from ops.settings import Settings
+from opsloop.ops import compose_schema
+from opsloop.config.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.settings import Settings
-from ops.slurm import SlurmLayout, SlurmSetupError, render_slurm_conf, site_partitions
+from opsloop.config.settings import Settings
+from opsloop.ops.slurm import SlurmLayout, SlurmSetupError, render_slurm_conf, site_partitions
 
 pytestmark = pytest.mark.unit
 

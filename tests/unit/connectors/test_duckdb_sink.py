@@ -12,9 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from connectors.duckdb_sink import DuckDBSink, arrow_schema, format_table, open_db, query, table_name
-from ops.settings import Settings
-from schemas.codec import Codec
+from opsloop.connectors.duckdb_sink import DuckDBSink, arrow_schema, format_table, open_db, query, table_name
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.ledger import EXECUTED, Ledger
+from opsloop.connectors.ledger import EXECUTED, Ledger
 
 pytestmark = pytest.mark.unit
 

@@ -15,14 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from connectors.replay import (ReplayConfigError, ReplayDataError, ReplaySpec, ReplayStats, ReplayStream,
+from opsloop.config.assets import DEMO_SITE
+from opsloop.connectors.replay import (ReplayConfigError, ReplayDataError, ReplaySpec, ReplayStats, ReplayStream,
                                iter_points, load_replay_spec, read_table, replay)
-from ops.settings import Settings
-from schemas.codec import Codec
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
 
-DEMO = REPO_ROOT / "ops" / "sites" / "demo.yaml"
+DEMO = DEMO_SITE
 DAY1 = REPO_ROOT / "tests" / "data" / "taylor_day1.csv"
 START_MS = 960163200000  # 2000-06-05T00:00:00Z
 HALF_HOUR_MS = 1_800_000

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.slurm import ScontrolBackend, SlurmError, make_backend, parse_gpus, parse_squeue
-from ops.settings import Settings
+from opsloop.connectors.slurm import ScontrolBackend, SlurmError, parse_gpus, parse_squeue
+
+from opsloop.connectors.slurm_backends import make_backend
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,10 @@ import importlib.util
 
 import pytest
 
-from connectors.slurm import SlurmError, UnsupportedCommand, make_backend
-from ops.settings import Settings
+from opsloop.connectors.slurm import SlurmError, UnsupportedCommand
+
+from opsloop.connectors.slurm_backends import make_backend
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.unit
 HAVE_PYSLURM = importlib.util.find_spec("pyslurm") is not None

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from connectors.slurm import SlurmError
-from connectors.slurm_rest import RestBackend, job_from_rest, newest_version, token_user
-from models.jobs import Job
+from opsloop.connectors.slurm import SlurmError
+from opsloop.connectors.slurm_rest import RestBackend, job_from_rest, newest_version, token_user
+from opsloop.models.jobs import Job
 
 pytestmark = pytest.mark.unit
 

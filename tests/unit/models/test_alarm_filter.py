@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from models.alarm_filter import AlarmFilter
-from models.correlate import SiteCorrelator
-from models.dedup import DedupConfig, decide, fingerprint, settle
-from models.storm import generate_storm
-from models.topology import Topology, TopologyError, load_topology
-from ops.evals.alarms import default_background, evaluate
+from opsloop.config.assets import DEMO_SITE
+from opsloop.models.alarm_filter import AlarmFilter
+from opsloop.models.correlate import SiteCorrelator
+from opsloop.models.dedup import DedupConfig, decide, fingerprint, settle
+from opsloop.ops.evals.storm import generate_storm
+from opsloop.models.topology import Topology, TopologyError, load_topology
+from opsloop.ops.evals.alarms import default_background, evaluate
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
-TOPOLOGIES = [ROOT / "ops" / "sites" / "demo.yaml", ROOT / "tests" / "data" / "topology_colo.yaml"]
+TOPOLOGIES = [DEMO_SITE, ROOT / "tests" / "data" / "topology_colo.yaml"]
 
 
 def alarm(ts, state="raise", device="pdu-1", code="PWR_INPUT_LOSS", **extra):

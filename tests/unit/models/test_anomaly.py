@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from models.anomaly import DEFAULT_RAISE_AT, EarlyWarning, SeriesDetector
+from opsloop.models.anomaly import DEFAULT_RAISE_AT, EarlyWarning, SeriesDetector
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from models import sunspec
-from models.battery import Battery
+from opsloop.models import sunspec
+from opsloop.models.battery import Battery
 
 pytestmark = pytest.mark.unit
 

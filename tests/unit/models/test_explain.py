@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.explain import ActionAdvisor, ForecastInterpreter, duration, power
+from opsloop.models.explain import ActionAdvisor, ForecastInterpreter, duration, power
 
 pytestmark = pytest.mark.unit
 

@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from models.battery import Battery
-from models.guard import (APPROVED, NEEDS_APPROVAL, REJECTED, Decision, EssState, PlantState, SlurmSpend,
+from opsloop.models.battery import Battery
+from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, REJECTED, Decision, EssState, PlantState, SlurmSpend,
                           action_limits, decide)
-from models.jobs import Job, select_jobs
-from models.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
+from opsloop.models.jobs import Job, select_jobs
+from opsloop.config.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
 
 pytestmark = pytest.mark.unit
 NOW = 1_780_000_000_000  # a Tuesday

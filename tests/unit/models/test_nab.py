@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from models.nab import CostMatrix, EMPTY, best_threshold, label_series, probation_length, scaled_sigmoid, score_series
+from opsloop.ops.evals.nab import CostMatrix, EMPTY, best_threshold, label_series, probation_length, scaled_sigmoid, score_series
 
 pytestmark = pytest.mark.unit
 

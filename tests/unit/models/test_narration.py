@@ -5,18 +5,20 @@ from __future__ import annotations
 import pytest
 from haystack import Document
 
-from models.grounding import GroundingChecker, citations, step_claims
-from models.incident_query import IncidentQueryBuilder
-from models.narrate import Narration
-from ops.evals.narrate import evaluate, load_labelled
-from schemas.codec import Codec
+from opsloop.models.grounding import GroundingChecker, citations, step_claims
+from opsloop.models.incident_query import IncidentQueryBuilder
+from opsloop.config.assets import sop_texts
+from opsloop.models.narrate import Narration
+from opsloop.models.sops import parse_corpus
+from opsloop.ops.evals.narrate import evaluate, load_labelled
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def narration():
-    return Narration()
+    return Narration(parse_corpus(sop_texts()))
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from models.peak_battery import Battery
-from models.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
-from models.peak_forecast import ForecastPoint, PeakForecaster
-from models.peak_loop import SitePeakLoop
-from models.peak_planner import Billing, Policy, plan
-from ops.peak_site import load_loop_config
+from opsloop.config.assets import DEMO_SITE, POLICY_FILE
+from opsloop.models.peak_battery import Battery
+from opsloop.ops.evals.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
+from opsloop.models.peak_forecast import ForecastPoint, PeakForecaster
+from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.models.peak_planner import Billing, Policy, plan
+from opsloop.streams.peak_site import load_loop_config
 
 pytestmark = pytest.mark.unit
 HOUR = 3_600_000
-SITE = Path(__file__).resolve().parents[3] / "ops" / "sites" / "demo.yaml"
+SITE = DEMO_SITE
 BATTERY = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=10)
 
 
@@ -113,8 +114,8 @@ def test_loop_is_deterministic_and_a_pickled_restart_replaying_snapshots_decides
 
 
 def test_a_relocation_hold_fits_the_shipped_guard_policy():
-    from models.guard import REJECTED, PlantState, decide
-    from ops.policy import load_policy
+    from opsloop.models.guard import REJECTED, PlantState, decide
+    from opsloop.config.policy import load_policy
 
     config = load_loop_config(SITE)  # import cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
     loop = SitePeakLoop(config)
@@ -126,5 +127,5 @@ def test_a_relocation_hold_fits_the_shipped_guard_policy():
     hold = holds[0]
     assert hold["expires_ms"] - hold["created_ms"] <= config.slurm_hold_s * 1000
     assert int(hold["params"]["gpus"]) == math.ceil(hold["shed_kw"] / config.kw_per_gpu)
-    verdict = decide(hold, PlantState(), load_policy(SITE.parent.parent / "policy.yaml"), hold["created_ms"])
+    verdict = decide(hold, PlantState(), load_policy(POLICY_FILE), hold["created_ms"])
     assert verdict.verdict != REJECTED, verdict.reasons

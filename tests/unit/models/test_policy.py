@@ -7,20 +7,21 @@ import copy
 import pytest
 import yaml
 
-from models.policy import PolicyError, parse_policy
-from ops.policy import check, load_policy
-from ops.settings import OPS_DIR
+from opsloop.config.policy import PolicyError, parse_policy
+from opsloop.config.policy import load_policy
+from opsloop.ops.policy import check
+from opsloop.config.assets import POLICY_FILE
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def doc() -> dict:
-    return yaml.safe_load((OPS_DIR / "policy.yaml").read_text())
+    return yaml.safe_load((POLICY_FILE).read_text())
 
 
 def test_shipped_policy_is_valid_and_keeps_inference_protected(doc):
-    policy = load_policy(OPS_DIR / "policy.yaml")
+    policy = load_policy(POLICY_FILE)
     assert policy.mode("pcs_discharge") == "auto" and policy.mode("slurm_requeue") == "approve"
     assert "inference" in policy.slurm.protected_partitions
     assert not set(policy.slurm.protected_partitions) & set(policy.slurm.touchable_partitions)
@@ -58,7 +59,7 @@ def test_windows_and_versions_are_checked(doc):
 
 
 def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
-    assert check(OPS_DIR / "policy.yaml") == 0
+    assert check(POLICY_FILE) == 0
     assert "Slurm budgets per 3600 s per site" in capsys.readouterr().out
     bad = tmp_path / "policy.yaml"
     doc["pcs"]["max_kw"] = "lots"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.rollup import PartitionWatermark, SiteRollup
+from opsloop.models.rollup import PartitionWatermark, SiteRollup
 
 pytestmark = pytest.mark.unit
 MIN = 60_000

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.incident_query import code_key
-from models.sops import SopError, load_corpus, parse_sop
+from opsloop.models.incident_query import code_key
+from opsloop.config.assets import sop_texts
+from opsloop.models.sops import SopError, parse_corpus, parse_sop
 
 pytestmark = pytest.mark.unit
 
@@ -13,7 +14,7 @@ GOOD = "---\nid: SOP-T-001\ntitle: T\nequipment: [ups]\ncodes: [X]\n---\n## Scop
 
 
 def test_corpus_has_at_least_40_procedures_each_with_scope_and_numbered_steps():
-    corpus = load_corpus()
+    corpus = parse_corpus(sop_texts())
     assert len(corpus) >= 40
     for sop in corpus.values():
         assert sop.equipment and sop.codes and sop.sections["Scope"]
@@ -34,7 +35,7 @@ def test_corpus_has_at_least_40_procedures_each_with_scope_and_numbered_steps():
     ("network switch", "switch", "SWITCH_DOWN"),
 ])
 def test_every_topic_of_the_brief_has_a_procedure(topic, equipment, code):
-    corpus = load_corpus()
+    corpus = parse_corpus(sop_texts())
     assert any(equipment in sop.equipment and code_key(code) in {code_key(c) for c in sop.codes}
                for sop in corpus.values()), topic
 
@@ -54,4 +55,4 @@ def test_malformed_sops_are_clear_errors(text, message):
 def test_file_name_must_match_id_and_ids_are_unique(tmp_path):
     (tmp_path / "SOP-T-002.md").write_text(GOOD)
     with pytest.raises(SopError, match="does not match the file name"):
-        load_corpus(tmp_path)
+        parse_corpus(sop_texts(tmp_path))

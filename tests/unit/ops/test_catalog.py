@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from ops.cli import main
-from ops.settings import Settings
+from opsloop.config.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from opsloop.ops.cli import main
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.unit
 ARCHITECTURE_TOPICS = {"telemetry.raw", "telemetry.site", "alarms.raw", "alarms.clean", "incidents", "narratives",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.cli import main
+from opsloop.ops.cli import main
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ops.kafka import KafkaSetupError, LocalKafka
+from opsloop.ops.kafka import KafkaSetupError, LocalKafka
 
 pytestmark = pytest.mark.unit
 

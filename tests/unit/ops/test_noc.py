@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from connectors.duckdb_sink import open_db
-from ops.noc import make_server
-from ops.settings import Settings
+from opsloop.connectors.duckdb_sink import open_db
+from opsloop.ops.noc import make_server
+from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.unit
 

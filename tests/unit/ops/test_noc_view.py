@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ops.noc_view import Screen, actions_section, incidents_section, power_section, render_page, text
+from opsloop.ops.noc_view import Screen, actions_section, incidents_section, power_section, render_page, text
 
 pytestmark = pytest.mark.unit
 

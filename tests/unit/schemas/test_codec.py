@@ -6,7 +6,7 @@ import shutil
 import pytest
 from fastavro.utils import generate_many
 
-from schemas.codec import HEADER_LEN, MARKER, Codec, DecodeError, load_schema, schema_fingerprint
+from opsloop.schemas.codec import HEADER_LEN, MARKER, Codec, DecodeError, load_schema, schema_fingerprint
 
 pytestmark = pytest.mark.unit
 CODEC = Codec.default()

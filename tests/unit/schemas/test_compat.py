@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from ops.catalog import load_catalog
-from schemas.codec import SCHEMA_DIR, load_schema, record_names
-from schemas.compat import check_all, incompatibilities
+from opsloop.config.catalog import load_catalog
+from opsloop.schemas.codec import SCHEMA_DIR, load_schema, record_names
+from opsloop.schemas.compat import check_all, incompatibilities
 
 pytestmark = pytest.mark.unit
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from models.peak_loop import SitePeakLoop
-from ops.settings import Settings
-from streams.peaks_processor import PeaksProcessor, SiteState
+from opsloop.config.assets import DEMO_SITE
+from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.config.settings import Settings
+from opsloop.streams.peaks import PeaksProcessor, SiteState
 
 pytestmark = pytest.mark.unit
-SITE = Path(__file__).resolve().parents[3] / "ops" / "sites" / "demo.yaml"
+SITE = DEMO_SITE
 
 
 def test_recovered_state_keeps_what_it_learned_and_takes_limits_from_todays_site_file():

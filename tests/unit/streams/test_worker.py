@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import worker
+from opsloop.streams import worker
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from connectors.actuator import ActuatorSink, result
-from connectors.ledger import EXECUTED, FAILED
-from connectors.pcs import PcsClient, parse_endpoint
+from opsloop.streams.actuator import ActuatorSink, result
+from opsloop.connectors.ledger import EXECUTED, FAILED
+from opsloop.connectors.pcs import PcsClient, parse_endpoint
 
 MAX_REVERT_S = 65535  # a uint16 register
 

@@ -26,8 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ops.bench import baseline
-from ops.settings import Settings
+from opsloop.ops.bench.common import baseline
+from opsloop.config.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 5_000, 100.0
 DEADLINE_S = 300.0
@@ -35,8 +35,8 @@ WARM_UP_MS = 1000.0
 
 
 def storm_records(topology_file: Path, seeds: int) -> list[dict]:
-    from models.storm import generate_storm
-    from models.topology import load_topology
+    from opsloop.ops.evals.storm import generate_storm
+    from opsloop.models.topology import load_topology
 
     topo = load_topology(topology_file)
     alarms = []
@@ -47,8 +47,8 @@ def storm_records(topology_file: Path, seeds: int) -> list[dict]:
 
 
 def _send(settings: Settings, alarms: list[dict]) -> None:
-    from connectors.kafka import producer, send, wait_delivered
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.schemas.codec import Codec
 
     codec, prod = Codec.default(), producer(settings)
     for alarm in alarms:
@@ -63,8 +63,8 @@ class _Paced:
         self.settings, self.alarms, self.rate = settings, alarms, rate
 
     def run(self) -> None:
-        from connectors.kafka import producer, send, wait_delivered
-        from schemas.codec import Codec
+        from opsloop.connectors.kafka import producer, send, wait_delivered
+        from opsloop.schemas.codec import Codec
 
         codec, prod = Codec.default(), producer(self.settings, **{"linger.ms": 0})
         start = time.perf_counter()
@@ -86,8 +86,8 @@ def _collect(settings: Settings, topic: str, record: str, ts_field, stop: thread
     first second (consumer and producer warm-up) are left out, for every contender alike."""
     from confluent_kafka import OFFSET_END, TopicPartition
 
-    from connectors.kafka import consumer
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import consumer
+    from opsloop.schemas.codec import Codec
 
     codec = Codec.default()
     cons = consumer(settings, f"bench-lat-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": False,
@@ -125,8 +125,8 @@ def _latency_of(settings: Settings, alarms: list[dict], rate: float, topic: str,
 
 def _baseline_latency(settings: Settings, alarms: list[dict], rate: float, copy_topic: str) -> list[float]:
     """The bare loop running while paced alarms go through it: delay of each copy."""
-    from connectors.kafka import consumer, producer, send
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import consumer, producer, send
+    from opsloop.schemas.codec import Codec
 
     codec, stop = Codec.default(), threading.Event()
     cons = consumer(settings, f"bench-alarm-baseline-lat-{uuid.uuid4().hex[:6]}",
@@ -156,8 +156,8 @@ def _baseline_latency(settings: Settings, alarms: list[dict], rate: float, copy_
 
 def processors_phase(bench: Settings, n: int, paced: list[dict], rate: float) -> tuple[float, list[float], dict]:
     """The dedup and correlate batch processors in one process (two threads)."""
-    from streams.correlate_processor import CorrelateProcessor
-    from streams.dedup_processor import DedupProcessor
+    from opsloop.streams.correlate import CorrelateProcessor
+    from opsloop.streams.dedup import DedupProcessor
 
     settings = bench.replace(app_id=f"bench-alarm-proc-{uuid.uuid4().hex[:6]}")
     dedup, correlate = DedupProcessor(settings), CorrelateProcessor(settings)
@@ -187,8 +187,8 @@ def processors_phase(bench: Settings, n: int, paced: list[dict], rate: float) ->
 
 def faust_phase(bench: Settings, n: int, paced: list[dict], rate: float) -> tuple[float, list[float], dict]:
     """The dedup and correlate Faust agents in one worker."""
-    from streams import correlate, dedup
-    from streams.worker import run_faust
+    from opsloop.ops.bench.faust_twins import correlate, dedup
+    from opsloop.streams.worker import run_faust
 
     stop, marks, apps = threading.Event(), {}, []
 
@@ -230,7 +230,7 @@ def faust_phase(bench: Settings, n: int, paced: list[dict], rate: float) -> tupl
 
 
 def run_alarm_bench(settings: Settings, seeds: int = 6, rate: float = 1000.0, latency_s: float = 10.0) -> int:
-    from ops.kafka import scratch_topics
+    from opsloop.ops.kafka import scratch_topics
 
     topology = settings.topology
     alarms = storm_records(topology, seeds)

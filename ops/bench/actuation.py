@@ -1,7 +1,7 @@
 """`opsloop bench` (actuation part): from an approved action on Kafka to the PCS register write, p50/p99.
 
 One approved ``pcs_discharge`` at a time is produced to ``actions.approved``;
-the PCS sink (connectors/pcs_sink.py) consumes it, claims it in its ledger
+the PCS sink (streams/pcs_sink.py) consumes it, claims it in its ledger
 (fsynced SQLite), writes SunSpec model 124 over Modbus TCP and reads it back.
 Latency = the simulator's clock at the first register write of the action
 minus the time just before it was produced. Baseline, in the same run: the
@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 TARGET_P99_MS = 200.0
 SAFETY_NET_S = 30.0
@@ -49,13 +49,13 @@ def _approved(action_id: str, kw: float) -> dict:
 
 
 def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
-    from connectors.kafka import producer, send, wait_delivered
-    from connectors.pcs import PcsClient
-    from connectors.pcs_sink import PcsSink
-    from ops.kafka import scratch_topics
-    from ops.pcs_sim import from_site
-    from ops.policy import load_policy
-    from schemas.codec import Codec
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.connectors.pcs import PcsClient
+    from opsloop.streams.pcs_sink import PcsSink
+    from opsloop.ops.kafka import scratch_topics
+    from opsloop.ops.pcs_sim import from_site
+    from opsloop.config.policy import load_policy
+    from opsloop.schemas.codec import Codec
 
     codec = Codec.default()
     run_id = uuid.uuid4().hex[:6]  # fresh action ids: the ledger would (rightly) refuse to run old ones again

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-OPS_DIR = Path(__file__).resolve().parent
+from opsloop.config.assets import DEMO_SITE, POLICY_FILE, TOPICS_FILE
+
 ENV_PREFIX = "OPSLOOP_"
 
 
@@ -35,9 +36,9 @@ class Settings:
     broker: str = "127.0.0.1:9092"  # Kafka bootstrap servers
     app_id: str = "opsloop"  # consumer-group and Faust app prefix
     topic_prefix: str = ""  # namespaces every topic (tests, side-by-side deployments)
-    topics_file: Path = OPS_DIR / "topics.yaml"
-    topology: Path = OPS_DIR / "sites" / "demo.yaml"
-    policy: Path = OPS_DIR / "policy.yaml"
+    topics_file: Path = TOPICS_FILE
+    topology: Path = DEMO_SITE
+    policy: Path = POLICY_FILE
     data_dir: Path = Path("var")
     duckdb_path: Path | None = None  # default: <data_dir>/opsloop.duckdb
     cache_dir: Path = field(default_factory=_default_cache)  # Kafka distribution, downloads

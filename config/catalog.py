@@ -1,4 +1,4 @@
-"""The topic catalog (ops/topics.yaml), loaded and validated offline.
+"""The topic catalog (config/topics.yaml), loaded and validated offline.
 
 >>> specs = load_catalog()
 >>> specs["telemetry.raw"].partitions, specs["telemetry.raw"].record
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from schemas.codec import record_names
+from opsloop.config.assets import TOPICS_FILE
+from opsloop.schemas.codec import record_names
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent / "topics.yaml"
+DEFAULT_CATALOG = TOPICS_FILE
 CLEANUP = {"delete", "compact", "compact,delete"}
 
 

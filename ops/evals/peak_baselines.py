@@ -18,7 +18,7 @@ against the real load of step ``t`` (``models.peak_battery``). Baselines:
   the single constraint "import <= peak"). Each month starts from the energy the
   oracle's own dispatch left.
 
->>> from models.peak_battery import Battery
+>>> from opsloop.models.peak_battery import Battery
 >>> b = Battery(capacity_kwh=100, charge_kw=50, discharge_kw=50, efficiency=1.0, reserve_pct=0)
 >>> loads = [10, 10, 90, 90, 10, 10]
 >>> {m: round(kw) for m, kw in oracle_limits(loads, ["m"] * 6, 3600, b, energy_kwh=0).items()}  # charge 2 x 40 kWh, shave 80
@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from models.peak_battery import IDLE, Battery, Command
+from opsloop.models.peak_battery import IDLE, Battery, Command
 
 # (step index, battery energy kWh, the simulation so far) -> command for that step
 Controller = Callable[[int, float, "Simulation"], Command]

@@ -1,6 +1,6 @@
 """`opsloop bench` part two: the anomaly agent's throughput against the bare loop, in one run.
 
-Same method as ops/bench.py (same records, same broker, first record to last,
+Same method as ops/bench/common.py (same records, same broker, first record to last,
 best of ``rounds``): the baseline consumes, decodes, re-encodes and produces every
 point; the anomaly processor (streams/anomaly.py) decodes, scores and learns each
 point in its series' detector, produces alarms and checkpoints detector state.
@@ -13,14 +13,14 @@ import threading
 import time
 import uuid
 
-from ops.bench import (FAUST_DEADLINE_S, FAUST_MAX_EVENTS, _runs, baseline, make_points, processor_rate,
+from opsloop.ops.bench.common import (FAUST_DEADLINE_S, FAUST_MAX_EVENTS, runs, baseline, make_points, processor_rate,
                        run_faust_quietly)
-from ops.settings import Settings
+from opsloop.config.settings import Settings
 
 
 def anomaly(settings: Settings, n: int) -> float:
     """Events/s of the anomaly processor, first record to last record learnt."""
-    from streams.anomaly import AnomalyProcessor
+    from opsloop.streams.anomaly import AnomalyProcessor
 
     proc = AnomalyProcessor(settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}"))
     try:
@@ -30,7 +30,7 @@ def anomaly(settings: Settings, n: int) -> float:
 
 
 def _delete_topic(settings: Settings, topic: str) -> None:
-    from connectors.kafka import admin
+    from opsloop.connectors.kafka import admin
 
     client = admin(settings)  # held until the futures resolve: a destroyed client fails them
     for future in client.delete_topics([topic]).values():
@@ -42,10 +42,10 @@ def faust_anomaly(settings: Settings, n: int) -> float:
 
     Generous to Faust: detector state lives in a plain dict (no table, no checkpoints).
     """
-    from models.anomaly import EarlyWarning
-    from schemas.codec import Codec
-    from streams.anomaly import alarm
-    from streams.app import catalog_topic
+    from opsloop.models.anomaly import EarlyWarning
+    from opsloop.schemas.codec import Codec
+    from opsloop.streams.anomaly import alarm
+    from opsloop.streams.app import catalog_topic
 
     codec = Codec.default()
     stop = threading.Event()
@@ -84,7 +84,7 @@ def faust_anomaly(settings: Settings, n: int) -> float:
 
 def detector_only(n: int) -> float:
     """Points/s of the detectors alone (100 series, no Kafka, no Avro): the model's own cost."""
-    from models.anomaly import EarlyWarning
+    from opsloop.models.anomaly import EarlyWarning
 
     series = [EarlyWarning() for _ in range(100)]
     start = time.perf_counter()
@@ -94,8 +94,8 @@ def detector_only(n: int) -> float:
 
 
 def run_anomaly_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int:
-    from connectors.kafka import producer, send, wait_delivered
-    from ops.kafka import scratch_topics
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.ops.kafka import scratch_topics
 
     # Each round is a fresh consumer group with its own state topic: fresh detectors, nothing restored.
     base, det, fst = [], [], []
@@ -111,7 +111,7 @@ def run_anomaly_bench(settings: Settings, events: int = 200_000, rounds: int = 3
             det.append(anomaly(bench, events))
             fst.append(faust_anomaly(bench, faust_events))
     print(f"\nbench: anomaly agent, {events:,} telemetry points of 100 series, best of {rounds} "
-          f"(all runs: baseline {_runs(base)}; anomaly {_runs(det)}; faust {_runs(fst)}; "
+          f"(all runs: baseline {runs(base)}; anomaly {runs(det)}; faust {runs(fst)}; "
           f"the Faust agent reads the first {faust_events:,} points)")
     print(f"  baseline  bare confluent-kafka loop: consume, decode, re-encode, produce  {max(base):>9,.0f} events/s")
     print(f"  anomaly   telemetry.raw -> alarms.raw (streams/anomaly.py)               {max(det):>9,.0f} events/s")

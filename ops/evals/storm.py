@@ -10,7 +10,7 @@ storms have: pollers repeating active alarms, duplicate deliveries, flapping ala
 sources that never send a clear, elements that do not report, and unrelated background
 alarms on random devices. Everything is drawn from one ``random.Random(seed)``.
 
->>> from models.topology import Topology
+>>> from opsloop.models.topology import Topology
 >>> topo = Topology.from_dict("s", {"power": [{"id": "ups-1", "type": "ups"},
 ...     {"id": "pdu-1", "type": "pdu", "fed_by": "ups-1"}], "racks": [{"id": "r1", "pdu": "pdu-1", "nodes": 4}]})
 >>> storm = generate_storm(topo, seed=1, failures=1, kinds=("power",), background=0)
@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from models.topology import Topology
+from opsloop.models.topology import Topology
 
 KINDS = ("power", "cooling", "network", "gpu")
 # Two failures touching the same equipment less than this apart cannot be told apart by any

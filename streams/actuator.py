@@ -19,11 +19,11 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
-from connectors.ledger import EXECUTED, FAILED, Ledger
-from models.policy import Policy
-from ops.settings import Settings
-from schemas.codec import Codec, DecodeError
+from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
+from opsloop.connectors.ledger import EXECUTED, FAILED, Ledger
+from opsloop.config.policy import Policy
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.actuator")
 

@@ -1,4 +1,4 @@
-"""The guard-rail policy as typed, frozen data, parsed from the YAML document of ``ops/policy.yaml``.
+"""The guard-rail policy as typed, frozen data, parsed from the YAML document of ``config/policy.yaml``.
 
 Pure: ``parse_policy`` takes the already-loaded document (a dict) and returns a
 ``Policy`` or raises ``PolicyError`` listing every problem with its path, so an
@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 SCHEMA_VERSION = 2  # the newest policy version (the shipped file)
 READABLE_VERSIONS = (1, 2)
@@ -226,3 +229,18 @@ def parse_policy(doc: Any) -> Policy:
                           budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
     )
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy file; raises ``PolicyError`` naming the file and every problem."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"{path}: not valid YAML: {exc}"]) from None
+    try:
+        return parse_policy(doc)
+    except PolicyError as exc:
+        raise PolicyError([f"{path}: {p}" for p in exc.problems]) from None

@@ -8,7 +8,7 @@ runs) decodes, folds, learns, forecasts, plans and publishes; the same agent as
 a Faust agent (streams/peaks.py) is measured beside it, because the difference
 is the reason for the processor. All are timed from their first snapshot (the
 Faust agent: the end of its first batch) to their last, in the same run on the same records;
-the baseline loop and the processor timer are ops/bench.py's.
+the baseline loop and the processor timer are ops/bench/common.py's.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import threading
 import time
 import uuid
 
-from ops.bench import run_faust_quietly
-from ops.settings import Settings
+from opsloop.ops.bench.common import run_faust_quietly
+from opsloop.config.settings import Settings
 
 TARGET_PER_S = 5000
 DEADLINE_S = 300.0
 
 
 def make_snapshots(n: int, site: str, start_ms: int = 1_717_200_000_000) -> list[tuple[bytes, bytes]]:
-    from schemas.codec import Codec
+    from opsloop.schemas.codec import Codec
 
     codec = Codec.default()
     out = []
@@ -67,15 +67,15 @@ class _Marks:
 
 def peaks_processor(settings: Settings, n: int) -> float:
     """Snapshots/s of the peaks batch processor (a fresh consumer group and changelog), first snapshot to n-th."""
-    from ops.bench import processor_rate
-    from streams.peaks_processor import PeaksProcessor
+    from opsloop.ops.bench.common import processor_rate
+    from opsloop.streams.peaks import PeaksProcessor
 
     return processor_rate(PeaksProcessor(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}")), n, "in")
 
 
 def peaks_agent(settings: Settings, n: int) -> float:
     """Snapshots/s of the Faust peaks agent, from the end of its first batch to the batch holding the n-th snapshot."""
-    from streams.peaks import register
+    from opsloop.ops.bench.faust_twins.peaks import register
 
     stop = threading.Event()
     marks = _Marks(n, stop)
@@ -87,10 +87,10 @@ def peaks_agent(settings: Settings, n: int) -> float:
 
 def run(settings: Settings, snapshots: int = 50_000, rounds: int = 2) -> list[str]:
     """Both measurements on fresh topics of their own; returns the report lines."""
-    from connectors.kafka import producer, send, wait_delivered
-    from ops.bench import baseline
-    from ops.kafka import scratch_topics
-    from ops.peak_site import load_loop_config
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.ops.bench.common import baseline
+    from opsloop.ops.kafka import scratch_topics
+    from opsloop.streams.peak_site import load_loop_config
 
     site = load_loop_config(settings.topology).site
     with scratch_topics(settings, f"bench-peaks-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:

@@ -1,4 +1,4 @@
-"""The peaks loop's configuration from a site file (ops/sites/*.yaml): battery, import cap, relocatable jobs."""
+"""The peaks loop's configuration from a site file (config/sites/*.yaml): battery, import cap, relocatable jobs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from models.peak_battery import Battery
-from models.peak_loop import LoopConfig
-from models.peak_planner import PERIOD_DAYS, Policy, Tariff
+from opsloop.models.peak_battery import Battery
+from opsloop.models.peak_loop import LoopConfig
+from opsloop.models.peak_planner import PERIOD_DAYS, Policy, Tariff
 
 
 def load_loop_config(site_file: Path, step_s: int = 900, **overrides) -> LoopConfig:

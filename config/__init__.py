@@ -1,0 +1,1 @@
+"""The floor under every other layer: settings, topic catalog, site, policy and the shipped assets."""
