@@ -13,7 +13,7 @@ from opsloop.models.peak_battery import Battery
 from opsloop.ops.evals.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
 from opsloop.models.peak_forecast import ForecastPoint, PeakForecaster
 from opsloop.models.peak_loop import SitePeakLoop
-from opsloop.models.peak_planner import Billing, Policy, plan
+from opsloop.models.peak_planner import PLAN_CODES, REASON_CODES, RELOCATION_CODES, Billing, Policy, plan
 from opsloop.streams.peak_site import load_loop_config
 
 pytestmark = pytest.mark.unit
@@ -129,3 +129,41 @@ def test_a_relocation_hold_fits_the_shipped_guard_policy():
     assert int(hold["params"]["gpus"]) == math.ceil(hold["shed_kw"] / config.kw_per_gpu)
     verdict = decide(hold, PlantState(), load_policy(POLICY_FILE), hold["created_ms"])
     assert verdict.verdict != REJECTED, verdict.reasons
+
+
+# -- reason codes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loads, billed_kw, soc_pct, now_ms, policy, code", [
+    ([3000, 3000, 1000], 0.0, 100, 0, Policy(), "shave_peak"),
+    ([3000, 3000, 1000], 2500.0, 100, 0, Policy(), "hold_billed_peak"),
+    ([3000, 3000, 1000], 2500.0, 100, 0, Policy(import_cap_kw=2200.0), "hold_import_cap"),
+    ([500, 500, 500, 2500, 500, 500], 1200.0, 20, 10 * HOUR, Policy(), "recharge_valley"),
+    ([500, 500, 500, 2500, 500, 500], 1200.0, 20, 0, Policy(), "recharge_cheap_hours"),
+    ([1000, 1000, 2500, 1000], 0.0, 100, 10 * HOUR, Policy(), "wait_for_peak"),
+    ([500, 900, 700], 1200.0, 100, 10 * HOUR, Policy(), "idle_below_target"),
+])
+def test_each_plan_path_yields_its_code(loads, billed_kw, soc_pct, now_ms, policy, code):
+    forecast = [ForecastPoint(now_ms + i * HOUR, kw, kw - 50, kw + 50) for i, kw in enumerate(loads)]
+    p = plan(forecast, 3600, BATTERY, soc_pct=soc_pct, billing=Billing("1970-01", billed_kw, 0), now_ms=now_ms,
+             policy=policy)
+    assert p.reason_code == code, (p.kind, p.reason)
+    assert p.reason_code in PLAN_CODES
+
+
+def test_relocations_name_what_the_battery_cannot_hold():
+    loads = [1000, 3000, 3000, 3000, 1000]
+    billed = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),
+                  now_ms=10 * 86_400_000)
+    assert billed.relocation.reason_code == "relocate_over_billed_peak"
+    capped = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 0.0, 0), now_ms=0,
+                  policy=Policy(import_cap_kw=1500.0))
+    assert capped.relocation.reason_code == "relocate_over_import_cap" and "import cap" in capped.relocation.reason
+    assert {billed.relocation.reason_code, capped.relocation.reason_code} <= RELOCATION_CODES
+
+
+def test_every_proposed_action_carries_a_declared_planner_code():
+    loop = SitePeakLoop(load_loop_config(SITE))
+    actions = [a for s in snapshots(3) for d in loop.on_snapshot(s) for a in d.actions]
+    assert actions and all(a["reason_code"] in REASON_CODES for a in actions)
+    assert {a["reason_code"] for a in actions if a["kind"] == "slurm_hold"} <= RELOCATION_CODES
+    assert len({a["reason_code"] for a in actions}) > 1
