@@ -109,8 +109,8 @@ class SitePeakLoop:
             self.billing = Billing(key, 0.0, start_ms, cfg.billing_period)
         if billed:
             self.billing = replace(self.billing, billed_peak_kw=max(self.billing.billed_peak_kw, grid_kw))
-        self.forecaster.learn_one(start_ms, load_kw)
-        points = self.forecaster.forecast(cfg.plan_steps or cfg.day_steps)
+        self.forecaster.learn_one(load_kw, {"ts_ms": start_ms})
+        points = self.forecaster.forecast_points(cfg.plan_steps or cfg.day_steps)
         battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
         soc = 100.0 if soc_pct is None else soc_pct
         step_end = start_ms + cfg.step_s * 1000

@@ -11,6 +11,8 @@ import pytest
 from opsloop.config.assets import DEMO_SITE, POLICY_FILE
 from opsloop.models.peak_battery import Battery
 from opsloop.ops.evals.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
+from river.time_series.base import Forecaster
+
 from opsloop.models.peak_forecast import ForecastPoint, PeakForecaster
 from opsloop.models.peak_loop import SitePeakLoop
 from opsloop.models.peak_planner import PLAN_CODES, REASON_CODES, RELOCATION_CODES, Billing, Policy, plan
@@ -80,12 +82,25 @@ def test_oracle_is_a_lower_bound_and_reactive_and_no_control_are_not_below_it():
 
 def test_forecaster_starts_as_persistence_and_survives_gaps():
     f = PeakForecaster(step_s=3600, season_steps=24)
-    assert f.forecast(3) == []
-    f.learn_one(0, 100.0)
-    assert [p.kw for p in f.forecast(2)] == [100.0, 100.0]
-    f.learn_one(5 * HOUR, 120.0)  # four steps missing
-    f.learn_one(5 * HOUR, 999.0)  # a repeated step is ignored
-    assert f.forecast(1)[0].ts_ms == 6 * HOUR and f.forecast(1)[0].kw == pytest.approx(120.0)
+    assert f.forecast(3) == [] and f.forecast_points(3) == []
+    assert f.learn_one(100.0, {"ts_ms": 0}) is None  # River: learning returns nothing
+    assert f.forecast(2) == [100.0, 100.0]
+    f.learn_one(120.0, {"ts_ms": 5 * HOUR})  # four steps missing
+    f.learn_one(999.0, {"ts_ms": 5 * HOUR})  # a repeated step is ignored
+    assert f.forecast_points(1)[0].ts_ms == 6 * HOUR and f.forecast(1)[0] == pytest.approx(120.0)
+    f.learn_one(130.0)  # no time given: the step after the latest
+    assert f.last_ts_ms == 6 * HOUR and f.forecast_points(1)[0].ts_ms == 7 * HOUR
+
+
+def test_forecaster_follows_rivers_interface():
+    f = PeakForecaster(step_s=900, smoothing=0.99, band_z=2.0)
+    assert isinstance(f, Forecaster)
+    assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
+                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0}
+    assert f.clone()._get_params() == f._get_params()
+    for i in range(200):
+        f.learn_one(100.0 + i % 96)
+    assert f.forecast(4, xs=[{}] * 4) == [p.kw for p in f.forecast_points(4)]
 
 
 def snapshots(days: int):
