@@ -11,15 +11,19 @@ its proposer gave it.
 ...      "predicted_peak_ms": 8_100_000, "threshold_kw": 28000.0, "model": "snarimax", "explanation": "",
 ...      "points": [{"ts_ms": 8_100_000, "kw": 31400.0, "lower_kw": 30100.0, "upper_kw": 32800.0}]}
 >>> line = ForecastInterpreter().run(f)
->>> line["reason_code"], line["text"]
-('peak_above_threshold', 'demo: peak of 31.4 MW expected at 02:15 UTC (in 2 h 15 min), 3.4 MW above the 28.0 MW threshold (likely 30.1-32.8 MW).')
+>>> line["text"]
+'demo: peak of 31.4 MW expected at 02:15 UTC (in 2 h 15 min), 3.4 MW above the 28.0 MW threshold (likely 30.1-32.8 MW).'
+>>> line["reason_code"]
+'peak_above_threshold'
 >>> a = {"action_id": "a1", "kind": "pcs_discharge", "target": "pcs-1", "site": "demo", "setpoint_kw": 3200.0,
 ...      "shed_kw": None, "job_ids": [], "params": {}, "reason": "forecast peak 31.4 MW exceeds 28.0 MW",
 ...      "expected_effect": "", "expected_delta_kw": -3200.0, "created_ms": 0, "expires_ms": 5_400_000,
 ...      "risk": "low", "proposer": "peaks", "reason_code": "shave_peak"}
 >>> line = ActionAdvisor().run(a)
->>> line["reason_code"], line["text"]
-('shave_peak', 'Discharge battery pcs-1 at 3.2 MW until 01:30 UTC (1 h 30 min): grid import down 3.2 MW. Why: forecast peak 31.4 MW exceeds 28.0 MW. Low risk, proposed by peaks.')
+>>> line["text"]
+'Discharge battery pcs-1 at 3.2 MW until 01:30 UTC (1 h 30 min): grid import down 3.2 MW. Why: forecast peak 31.4 MW exceeds 28.0 MW. Low risk, proposed by peaks.'
+>>> line["reason_code"]
+'shave_peak'
 """
 
 from __future__ import annotations

@@ -34,8 +34,11 @@ a job already lost.
 >>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=0)
 >>> action = {"action_id": "a1", "kind": "pcs_discharge", "setpoint_kw": 2000.0, "expires_ms": 1_800_000,
 ...           "job_ids": [], "params": {}}
->>> decide(action, PlantState(ess), policy, now_ms=0)
-Decision(verdict='approved', reasons=('within every limit; pcs_discharge runs in auto mode',), reason_codes=('within_limits',))
+>>> approved = decide(action, PlantState(ess), policy, now_ms=0)
+>>> approved.verdict, approved.reason_codes
+('approved', ('within_limits',))
+>>> approved.reasons
+('within every limit; pcs_discharge runs in auto mode',)
 >>> too_big = decide({**action, "setpoint_kw": 4500.0}, PlantState(ess), policy, now_ms=0)
 >>> too_big.reasons
 ('setpoint 4500 kW exceeds the policy limit of 4000 kW', 'step of 4500 kW from 0 kW exceeds the ramp limit of 2500 kW')
@@ -62,9 +65,9 @@ WITHIN_LIMITS = "within_limits"  # approved: the kind runs in auto mode
 OPERATOR_APPROVED = "operator_approved"  # approved: an operator approved it and it is still within every limit
 AWAITS_OPERATOR = "needs_approval"  # the kind needs an operator's approval
 ADVISE_ONLY = "advise_only"  # rejected: the kind is shown, never executed
-# Rejected by the agent, outside the pure decision:
+# Decided by the agent on an operator's answer or a failed verification (operator_rejection, revert_approval):
 OPERATOR_REJECTED = "operator_rejected"
-REVERT = "revert_failed_verification"  # the guard's own pcs_idle after a failed verification
+REVERT = "revert_failed_verification"  # approved: the guard's own pcs_idle after a failed verification
 # Problems (each rejects):
 EXPIRED = "expired"
 UNKNOWN_KIND = "unknown_kind"
@@ -178,7 +181,8 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
         return [Reason(INVALID_SETPOINT, f"pcs_charge needs a negative setpoint, got {setpoint:g} kW")]
     problems = []
     if abs(setpoint) > limits.max_kw:
-        problems.append(Reason(OVER_POWER_LIMIT, f"setpoint {abs(setpoint):g} kW exceeds the policy limit of {limits.max_kw:g} kW"))
+        problems.append(Reason(OVER_POWER_LIMIT, f"setpoint {abs(setpoint):g} kW exceeds the policy limit of "
+                                                 f"{limits.max_kw:g} kW"))
     duration_s = (action["expires_ms"] - now_ms) / 1000
     if duration_s > limits.max_duration_s:
         problems.append(Reason(OVER_MAX_DURATION,
@@ -200,11 +204,13 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
                                                   f"of {limits.min_soh_pct:g}%"))
     end_soc = soc_after(ess, setpoint, max(duration_s, 0.0))
     if setpoint > 0 and end_soc < limits.reserve_soc_pct:
-        problems.append(Reason(SOC_BELOW_RESERVE, f"discharging {setpoint:g} kW for {duration_s:g} s takes the state of charge from "
-                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, below the {limits.reserve_soc_pct:g}% reserve"))
+        problems.append(Reason(SOC_BELOW_RESERVE, f"discharging {setpoint:g} kW for {duration_s:g} s takes the state "
+                                                  f"of charge from {ess.soc_pct:g}% to {end_soc:.1f}%, below the "
+                                                  f"{limits.reserve_soc_pct:g}% reserve"))
     if setpoint < 0 and end_soc > limits.max_soc_pct:
-        problems.append(Reason(SOC_ABOVE_MAXIMUM, f"charging {-setpoint:g} kW for {duration_s:g} s takes the state of charge from "
-                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, above the {limits.max_soc_pct:g}% maximum"))
+        problems.append(Reason(SOC_ABOVE_MAXIMUM, f"charging {-setpoint:g} kW for {duration_s:g} s takes the state "
+                                                  f"of charge from {ess.soc_pct:g}% to {end_soc:.1f}%, above the "
+                                                  f"{limits.max_soc_pct:g}% maximum"))
     return problems
 
 
@@ -282,12 +288,13 @@ def budget_problems(action: Mapping, jobs: int, gpu_hours: float, spent: Iterabl
     spent_jobs, spent_gpu_hours = recent_spend(spent, action.get("site", ""), action["action_id"], window, now_ms)
     problems = []
     if spent_jobs and jobs + spent_jobs > limits.max_jobs_per_event:
-        problems.append(Reason(OVER_BUDGET, f"affects up to {jobs} jobs; with the {spent_jobs} approved in the last {window:g} s that is "
-                        f"{jobs + spent_jobs}, more than the policy's {limits.max_jobs_per_event} per {window:g} s"))
+        problems.append(Reason(OVER_BUDGET, f"affects up to {jobs} jobs; with the {spent_jobs} approved in the last "
+                                            f"{window:g} s that is {jobs + spent_jobs}, more than the policy's "
+                                            f"{limits.max_jobs_per_event} per {window:g} s"))
     if spent_gpu_hours and gpu_hours + spent_gpu_hours > limits.max_gpu_hours_per_event:
-        problems.append(Reason(OVER_BUDGET, f"{gpu_hours:g} GPU-hours; with the {spent_gpu_hours:g} approved in the last {window:g} s "
-                        f"that is {gpu_hours + spent_gpu_hours:g}, more than the policy's "
-                        f"{limits.max_gpu_hours_per_event:g} per {window:g} s"))
+        problems.append(Reason(OVER_BUDGET, f"{gpu_hours:g} GPU-hours; with the {spent_gpu_hours:g} approved in the "
+                                            f"last {window:g} s that is {gpu_hours + spent_gpu_hours:g}, more than the "
+                                            f"policy's {limits.max_gpu_hours_per_event:g} per {window:g} s"))
     return problems
 
 
@@ -353,6 +360,16 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
     if operator is not None:
         return Decision.of(APPROVED, [Reason(OPERATOR_APPROVED, f"within every limit; approved by {operator}")])
     return Decision.of(APPROVED, [Reason(WITHIN_LIMITS, f"within every limit; {kind} runs in auto mode")])
+
+
+def operator_rejection(operator: str) -> Decision:
+    """An operator's rejection of a pending action."""
+    return Decision.of(REJECTED, [Reason(OPERATOR_REJECTED, f"rejected by operator {operator}")])
+
+
+def revert_approval(action_id: str) -> Decision:
+    """The guard's own approval of the ``pcs_idle`` that reverts an action whose verification failed."""
+    return Decision.of(APPROVED, [Reason(REVERT, f"revert after failed verification of {action_id}")])
 
 
 def approval_deadline_ms(action: Mapping, policy: Policy, asked_ms: int) -> int:

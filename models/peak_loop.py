@@ -157,7 +157,8 @@ class SitePeakLoop:
             actions.append({
                 "kind": "slurm_hold", "target": cfg.slurm_target, "site": cfg.site, "setpoint_kw": None,
                 "shed_kw": round(r.shed_kw, 1), "job_ids": [], "params": params,
-                "reason": r.reason, "reason_code": r.reason_code, "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
+                "reason": r.reason, "reason_code": r.reason_code,
+                "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
                 "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms,
                 "expires_ms": min(r.end_ms, issued_ms + cfg.slurm_hold_s * 1000),
                 "risk": "high", "proposer": cfg.proposer})

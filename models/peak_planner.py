@@ -28,11 +28,15 @@ and a code from ``REASON_CODES`` (``reason_code``), to count decisions by why.
 >>> p = plan(fc, 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=0)
 >>> round(p.target_kw), p.kind, [round(s) for s in p.schedule_kw]
 (1256, 'pcs_charge', [-82, -82, 244, 544, 244, -82])
->>> p.reason_code, p.reason
-('recharge_cheap_hours', 'Charging 82 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,256 kW.')
+>>> p.reason_code
+'recharge_cheap_hours'
+>>> p.reason
+'Charging 82 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,256 kW.'
 >>> p = plan(fc[2:], 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=2 * hour)
->>> p.reason_code, p.reason  # charging never lifts import over the 900 kW already billed: the battery is still at 50%
-('shave_peak', 'Discharging up to 200 kW until 05:00: forecast peak 1,800 kW at 03:00 exceeds the 1,300 kW the battery can hold over the next 4 h by 500 kW (this month so far: 900 kW).')
+>>> p.reason_code
+'shave_peak'
+>>> p.reason  # charging never lifts import over the 900 kW already billed: the battery is still at 50%
+'Discharging up to 200 kW until 05:00: forecast peak 1,800 kW at 03:00 exceeds the 1,300 kW the battery can hold over the next 4 h by 500 kW (this month so far: 900 kW).'
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from opsloop.models.peak_forecast import ForecastPoint
 # Reason codes of a plan's next step:
 SHAVE_PEAK = "shave_peak"  # discharge to the lowest import the battery can hold, above the billed peak
 HOLD_BILLED_PEAK = "hold_billed_peak"  # discharge to keep import at this period's billed peak
-HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracted cap, under the billed peak
+HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracted cap, where the cap binds
 RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecast load
 RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
 WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
@@ -168,7 +172,8 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
                     "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
     return Plan(target_kw=target, holdable_kw=holdable, command=command, kind=kind, setpoint_kw=setpoint,
                 until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
-                reason=reason, reason_code=code, relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
+                reason=reason, reason_code=code,
+                relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
 
 
 def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
@@ -308,21 +313,25 @@ class _Context:
     def discharging(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         what, so_far = self._target()
         excess = self.peak.kw - self.target
-        return self._holding(), (f"Discharging up to {_power(setpoint)} until {_clock(until)}: forecast peak {_power(self.peak.kw)} "
-                f"at {_clock(self.peak.ts_ms)} exceeds {what} by {_power(excess)}{so_far}.")
+        return self._holding(), (
+            f"Discharging up to {_power(setpoint)} until {_clock(until)}: forecast peak {_power(self.peak.kw)} "
+            f"at {_clock(self.peak.ts_ms)} exceeds {what} by {_power(excess)}{so_far}.")
 
     def charging(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         when = "cheap hours" if cheap else "a valley"
-        return RECHARGE_CHEAP_HOURS if cheap else RECHARGE_VALLEY, (f"Charging {_power(-setpoint)} until {_clock(until)} in {when}: the battery is at "
-                f"{self.soc_pct:.0f}% and grid import stays under {_power(self.target)}.")
+        return RECHARGE_CHEAP_HOURS if cheap else RECHARGE_VALLEY, (
+            f"Charging {_power(-setpoint)} until {_clock(until)} in {when}: the battery is at "
+            f"{self.soc_pct:.0f}% and grid import stays under {_power(self.target)}.")
 
     def idle(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         what, _ = self._target()
         if self.peak.kw > self.target:
-            return WAIT_FOR_PEAK, (f"Idle until {_clock(until)}, holding grid import at {what}: the forecast peak "
-                    f"{_power(self.peak.kw)} comes at {_clock(self.peak.ts_ms)}.")
-        return IDLE_BELOW_TARGET, (f"Idle until {_clock(until)}: forecast peak {_power(self.peak.kw)} at {_clock(self.peak.ts_ms)} "
-                f"stays under {what}; battery at {self.soc_pct:.0f}%.")
+            return WAIT_FOR_PEAK, (
+                f"Idle until {_clock(until)}, holding grid import at {what}: the forecast peak "
+                f"{_power(self.peak.kw)} comes at {_clock(self.peak.ts_ms)}.")
+        return IDLE_BELOW_TARGET, (
+            f"Idle until {_clock(until)}: forecast peak {_power(self.peak.kw)} at {_clock(self.peak.ts_ms)} "
+            f"stays under {what}; battery at {self.soc_pct:.0f}%.")
 
 
 def _power(kw: float) -> str:

@@ -38,9 +38,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from opsloop.streams.actuator import alarm, result
 from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
-from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, OPERATOR_REJECTED, PCS_KINDS, REJECTED, REVERT,
-                                  SLURM_SHEDDING, Decision, EssState, PlantState, Reason, SlurmSpend,
-                                  approval_deadline_ms, decide, slurm_charge)
+from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
+                                  EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
+                                  revert_approval, slurm_charge)
 from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_power
 from opsloop.config.settings import Settings
@@ -171,8 +171,7 @@ class GuardProcessor:
     def _answer(self, action: dict, kind: str, operator: str) -> None:
         self.store.run("DELETE FROM pending WHERE action_id = ?", action["action_id"])
         if kind == "reject_action":
-            self._emit_verdict(action, Decision.of(REJECTED, [Reason(OPERATOR_REJECTED,
-                                                                     f"rejected by operator {operator}")]))
+            self._emit_verdict(action, operator_rejection(operator))
             return
         decision = decide(action, self.state(action["site"]), self.policy, self.now_ms(), operator=operator)
         if decision.verdict == APPROVED:
@@ -233,9 +232,7 @@ class GuardProcessor:
                 "shed_kw": None, "job_ids": [], "params": {"revert_of": action["action_id"]},
                 "reason": f"revert {action['action_id']}: {why}", "reason_code": REVERT, "expected_effect": "PCS idle",
                 "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "proposer": NAME}
-        self._emit_verdict(idle, Decision.of(APPROVED, [Reason(REVERT, f"revert after failed verification of "
-                                                                     f"{action['action_id']}")]),
-                           "opsloop guard (revert)")
+        self._emit_verdict(idle, revert_approval(action["action_id"]), "opsloop guard (revert)")
         self._emit_result(result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
         rec = alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
                     f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)

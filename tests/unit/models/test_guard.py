@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from opsloop.models.battery import Battery
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, REASON_CODES, REJECTED, Decision, EssState, PlantState,
-                                  SlurmSpend, action_limits, decide)
+                                  SlurmSpend, action_limits, decide, operator_rejection, revert_approval)
 from opsloop.models.jobs import Job, select_jobs
 from opsloop.config.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
 
@@ -165,6 +165,13 @@ def test_modes_decide_what_a_valid_action_becomes():
     advised = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="advise"), NOW)
     assert advised.verdict == REJECTED and "advise-only" in advised.reasons[0]
     assert advised.reason_codes == ("advise_only",)
+
+
+def test_the_agents_own_decisions_carry_codes_too():
+    assert operator_rejection("bob") == Decision(REJECTED, ("rejected by operator bob",), ("operator_rejected",))
+    revert = revert_approval("a1")
+    assert (revert.verdict, revert.reason_codes) == (APPROVED, ("revert_failed_verification",))
+    assert set(revert.reason_codes) <= REASON_CODES
     assert decide(pcs(1000), PlantState(ESS), policy_with(), NOW).verdict == REJECTED  # unlisted kind: advise
 
 
