@@ -75,7 +75,8 @@ WITH proposed AS (
     SELECT * FROM actions_proposed
     QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY _partition DESC, _offset DESC) = 1
 ), verdicts AS (
-    SELECT json_extract_string(action, '$.action_id') AS action_id, verdict, reasons, approved_by, decided_ms
+    SELECT json_extract_string(action, '$.action_id') AS action_id, verdict, reasons, reason_codes, approved_by,
+           decided_ms
     FROM actions_approved
     QUALIFY row_number() OVER (PARTITION BY json_extract_string(action, '$.action_id')
                                ORDER BY decided_ms DESC, _partition DESC, _offset DESC) = 1
@@ -85,10 +86,52 @@ WITH proposed AS (
     QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1
 )
 SELECT
-    p.action_id, p.site, p.kind, p.target, p.setpoint_kw, p.shed_kw, p.reason, p.risk,
+    p.action_id, p.site, p.kind, p.target, p.setpoint_kw, p.shed_kw, p.reason, p.reason_code, p.risk,
     epoch_ms(p.created_ms) AS created, epoch_ms(p.expires_ms) AS expires,
-    v.verdict, v.reasons AS verdict_reasons, v.approved_by,
+    v.verdict, v.reasons AS verdict_reasons, v.reason_codes AS verdict_reason_codes, v.approved_by,
     r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, epoch_ms(r.ts_ms) AS result_time
 FROM proposed p
 LEFT JOIN verdicts v USING (action_id)
 LEFT JOIN results r USING (action_id);
+
+-- Every decision's machine-readable reason, one row per code, to count decisions by why
+-- (SELECT decider, decision, reason_code, count(*) FROM v_reason_codes GROUP BY ALL):
+--   guard   one row per reason of each verdict (decision: the verdict), once per action and verdict;
+--   <proposer, e.g. peaks>  the reason of each proposed action (decision: the action's kind);
+--   dedup   each clean alarm announced (decision: the state announced);
+--   noise   each clean alarm's noise flag (decision: flagged or not_flagged).
+-- Records written before reason codes existed carry none and are left out.
+CREATE OR REPLACE VIEW v_reason_codes AS
+WITH verdicts AS (
+    SELECT json_extract_string(action, '$.action_id') AS action_id, json_extract_string(action, '$.site') AS site,
+           verdict, decided_ms, from_json(reason_codes, '["VARCHAR"]') AS codes,
+           from_json(reasons, '["VARCHAR"]') AS texts
+    FROM actions_approved
+    QUALIFY row_number() OVER (PARTITION BY json_extract_string(action, '$.action_id'), verdict
+                               ORDER BY decided_ms DESC, _partition DESC, _offset DESC) = 1
+), guard AS (
+    SELECT action_id, site, verdict, decided_ms, unnest(codes) AS reason_code, unnest(texts) AS reason
+    FROM verdicts
+), proposed AS (
+    SELECT * FROM actions_proposed
+    QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY _partition DESC, _offset DESC) = 1
+), clean AS (
+    SELECT *, json_extract_string(alarm, '$.site') AS site, json_extract_string(alarm, '$.state') AS state,
+           CAST(json_extract(alarm, '$.ts_ms') AS BIGINT) AS ts_ms
+    FROM alarms_clean
+    QUALIFY row_number() OVER (PARTITION BY fingerprint, json_extract(alarm, '$.ts_ms'), reason_code
+                               ORDER BY _partition DESC, _offset DESC) = 1
+)
+SELECT 'guard' AS decider, site, epoch_ms(decided_ms) AS time, action_id AS subject, verdict AS decision,
+       reason_code, reason
+FROM guard WHERE reason_code IS NOT NULL
+UNION ALL
+SELECT proposer, site, epoch_ms(created_ms), action_id, kind, reason_code, reason
+FROM proposed WHERE reason_code IS NOT NULL
+UNION ALL
+SELECT 'dedup', site, epoch_ms(ts_ms), fingerprint, state, reason_code, decision_reason
+FROM clean WHERE reason_code IS NOT NULL
+UNION ALL
+SELECT 'noise', site, epoch_ms(ts_ms), fingerprint, CASE WHEN noise THEN 'flagged' ELSE 'not_flagged' END,
+       noise_reason_code, NULL
+FROM clean WHERE noise_reason_code IS NOT NULL;

@@ -1,7 +1,8 @@
 """Alarm fingerprints, deduplication and flap detection: pure decisions that say why.
 
 Like Alertmanager, every decision is a pure function of the stored state, the alarm and
-the configuration, and returns the new state with a ``Decision`` whose ``reason`` explains it.
+the configuration, and returns the new state with a ``Decision`` whose ``reason`` explains it
+and whose ``reason_code`` (one of ``REASON_CODES``) lets decisions be counted by why.
 Time is the alarm's event time; nothing here reads a clock.
 
 * Fingerprint: the source plus the values of the fields configured for that source
@@ -22,14 +23,14 @@ alarms stay on ``alarms.raw``.
 >>> fp
 'bms|s|pdu-1|pdu|PWR_INPUT_LOSS'
 >>> state, d = decide(None, a, fp, cfg)
->>> d.emit, d.reason
-(True, 'first raise')
+>>> d.emit, d.reason_code, d.reason
+(True, 'first_raise', 'first raise')
 >>> state, d = decide(state, {**a, "ts_ms": 10_000}, fp, cfg)
->>> d.emit, d.reason, state["count"]
-(False, 'duplicate #2 within 60 s of the last announcement', 2)
+>>> d.emit, d.reason_code, d.reason, state["count"]
+(False, 'duplicate', 'duplicate #2 within 60 s of the last announcement', 2)
 >>> state, d = decide(state, {**a, "ts_ms": 20_000, "state": "clear"}, fp, cfg)
->>> d.emit, d.reason
-(True, 'cleared after 2 raises')
+>>> d.emit, d.reason_code, d.reason
+(True, 'cleared', 'cleared after 2 raises')
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 DEFAULT_FIELDS = ("site", "device", "device_type", "code")
+
+# Reason codes, one per kind of decision. Announced on alarms.clean:
+FIRST_RAISE = "first_raise"  # the first raise of a fingerprint with no live state
+RAISED_AGAIN = "raised_again"  # raised again after a clear
+STILL_RAISED = "still_raised"  # a duplicate re-announced once the window has passed
+CLEARED = "cleared"
+FLAPPING_STARTED = "flapping_started"  # shown as raised until stable
+FLAPPING_STOPPED = "flapping_stopped"  # the changes fell out of the flap window while raised
+SETTLED_RAISED = "settled_raised"  # a flapping alarm stable for the flap window, raised
+SETTLED_CLEARED = "settled_cleared"  # ... cleared
+# Suppressed (folded, counted in the next announcement):
+DUPLICATE = "duplicate"
+FLAPPING = "flapping"  # a change while flapping
+CLEAR_NOT_RAISED = "clear_not_raised"
+ANNOUNCED_CODES = frozenset({FIRST_RAISE, RAISED_AGAIN, STILL_RAISED, CLEARED, FLAPPING_STARTED, FLAPPING_STOPPED,
+                             SETTLED_RAISED, SETTLED_CLEARED})
+SUPPRESSED_CODES = frozenset({DUPLICATE, FLAPPING, CLEAR_NOT_RAISED})
+REASON_CODES = ANNOUNCED_CODES | SUPPRESSED_CODES
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,7 @@ class DedupConfig:
 class Decision:
     emit: bool  # announce on alarms.clean
     reason: str
+    reason_code: str  # from REASON_CODES: ANNOUNCED_CODES when emit, SUPPRESSED_CODES otherwise
     state: str = "raise"  # the state downstream should see
     flapping: bool = False
 
@@ -100,12 +120,13 @@ def decide(state: dict | None, alarm: Mapping, fp: str, config: DedupConfig) -> 
             st["announced"] = t
             return st, Decision(True, f"still raised: {st['count']} raises since "
                                       f"{(t - st['first']) // 1000} s ago, re-announced after the window",
-                                "raise", st["flapping"])
+                                STILL_RAISED, "raise", st["flapping"])
         return st, Decision(False, f"duplicate #{st['count']} within {config.window_ms // 1000} s "
-                                   f"of the last announcement", "raise", st["flapping"])
+                                   f"of the last announcement", DUPLICATE, "raise", st["flapping"])
     if not raising and not st["active"]:
         st["changes"] = changes
-        return st, Decision(False, "clear of an alarm that is not raised", st["reported"], st["flapping"])
+        return st, Decision(False, "clear of an alarm that is not raised", CLEAR_NOT_RAISED, st["reported"],
+                            st["flapping"])
     changes.append(t)
     st["changes"] = changes
     st["active"] = raising
@@ -118,20 +139,21 @@ def decide(state: dict | None, alarm: Mapping, fp: str, config: DedupConfig) -> 
         if not was_flapping:
             st["announced"], st["reported"] = t, "raise"
             return st, Decision(True, f"started flapping: {len(changes)} raise/clear changes in {window_s} s; "
-                                      f"shown as raised until stable", "raise", True)
+                                      f"shown as raised until stable", FLAPPING_STARTED, "raise", True)
         return st, Decision(False, f"flapping ({len(changes)} changes in {window_s} s): "
-                                   f"{'raise' if raising else 'clear'} folded", "raise", True)
+                                   f"{'raise' if raising else 'clear'} folded", FLAPPING, "raise", True)
     if raising:
         if st["reported"] == "raise":  # flapping ended while raised: downstream already sees it raised
             st["count"] += 1
             st["announced"] = t
-            return st, Decision(True, "stopped flapping, raised", "raise", False)
+            return st, Decision(True, "stopped flapping, raised", FLAPPING_STOPPED, "raise", False)
         st.update(count=1, first=t, announced=t, reported="raise", episodes=st["episodes"] + 1)
-        return st, Decision(True, "first raise" if st["episodes"] == 1 else "raised again after a clear",
-                            "raise", False)
+        if st["episodes"] == 1:
+            return st, Decision(True, "first raise", FIRST_RAISE, "raise", False)
+        return st, Decision(True, "raised again after a clear", RAISED_AGAIN, "raise", False)
     st["announced"], st["reported"] = t, "clear"
     return st, Decision(True, f"cleared after {st['count']} raise{'s' if st['count'] != 1 else ''}",
-                        "clear", False)
+                        CLEARED, "clear", False)
 
 
 def settle(state: dict, now_ms: int, config: DedupConfig) -> tuple[dict, Decision | None]:
@@ -141,26 +163,28 @@ def settle(state: dict, now_ms: int, config: DedupConfig) -> tuple[dict, Decisio
 
     >>> cfg = DedupConfig(flap_window_ms=60_000, flap_threshold=2)
     >>> st = {**new_state(0), "active": False, "reported": "raise", "flapping": True, "changes": [0, 5_000]}
-    >>> settle(st, 30_000, cfg)[1] is None, settle(st, 65_000, cfg)[1].state
-    (True, 'clear')
+    >>> settle(st, 30_000, cfg)[1] is None, settle(st, 65_000, cfg)[1].state, settle(st, 65_000, cfg)[1].reason_code
+    (True, 'clear', 'settled_cleared')
     """
     if not state["flapping"] or (state["changes"] and now_ms - max(state["changes"]) < config.flap_window_ms):
         return state, None
     st = {**state, "flapping": False, "changes": [], "announced": now_ms}
     if st["active"]:
         return st, Decision(True, f"stable for {config.flap_window_ms // 1000} s: no longer flapping, raised",
-                            "raise", False)
+                            SETTLED_RAISED, "raise", False)
     st["reported"] = "clear"
     return st, Decision(True, f"stable for {config.flap_window_ms // 1000} s: no longer flapping, cleared",
-                        "clear", False)
+                        SETTLED_CLEARED, "clear", False)
 
 
-def clean_alarm(alarm: Mapping, fp: str, state: Mapping, decision: Decision, noise_score: float,
-                noise: bool) -> dict:
-    """The CleanAlarm record announcing ``decision`` (the alarm's state is what downstream should see)."""
+def clean_alarm(alarm: Mapping, fp: str, state: Mapping, decision: Decision, scorer) -> dict:
+    """The CleanAlarm record announcing ``decision`` (the alarm's state is what downstream should see), with
+    the noise scorer's score, flag and reason code for ``alarm``."""
+    score = scorer.score_one(alarm)
     return {"alarm": {**alarm, "state": decision.state}, "fingerprint": fp, "duplicate_count": max(1, state["count"]),
             "first_seen_ms": state["first"], "last_seen_ms": state["last"], "flapping": decision.flapping,
-            "noise_score": noise_score, "noise": noise, "decision_reason": decision.reason}
+            "noise_score": score, "noise": scorer.is_noise(score), "decision_reason": decision.reason,
+            "reason_code": decision.reason_code, "noise_reason_code": scorer.reason_code(score)}
 
 
 def prune(states: Mapping[str, dict], now_ms: int, config: DedupConfig) -> dict[str, dict]:
@@ -194,13 +218,11 @@ def fold(states: dict, alarm: Mapping, offset: int, config: DedupConfig, scorer)
             if settled:  # dated when it became stable, not now: it says nothing about the present
                 stable_at = max(st["changes"], default=alarm["ts_ms"]) + config.flap_window_ms
                 held = {**st["alarm"], "ts_ms": min(alarm["ts_ms"], stable_at)}
-                score = scorer.score_one(held)
-                out.append(clean_alarm(held, other, states[other], settled, score, scorer.is_noise(score)))
+                out.append(clean_alarm(held, other, states[other], settled, scorer))
     state, decision = decide(states.get(fp), alarm, fp, config)
     states[fp] = state
     if decision.emit:
-        score = scorer.score_one(alarm)
-        out.append(clean_alarm(alarm, fp, state, decision, score, scorer.is_noise(score)))
+        out.append(clean_alarm(alarm, fp, state, decision, scorer))
     states[OFFSET] = offset
     return out
 

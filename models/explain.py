@@ -3,19 +3,27 @@
 Each line is built from the record's own fields only (the same facts the
 planner used), so it can be shown next to the numbers without contradicting
 them. Times are UTC; durations are relative to the record's own time
-(``issued_ms``, ``created_ms``), never to the wall clock.
+(``issued_ms``, ``created_ms``), never to the wall clock. Beside each line comes
+a ``reason_code``: the interpreter's own (``FORECAST_CODES``), or the action's, as
+its proposer gave it.
 
 >>> f = {"site": "demo", "issued_ms": 0, "horizon_s": 14400, "step_s": 900, "predicted_peak_kw": 31400.0,
 ...      "predicted_peak_ms": 8_100_000, "threshold_kw": 28000.0, "model": "snarimax", "explanation": "",
 ...      "points": [{"ts_ms": 8_100_000, "kw": 31400.0, "lower_kw": 30100.0, "upper_kw": 32800.0}]}
->>> ForecastInterpreter().run(f)["text"]
+>>> line = ForecastInterpreter().run(f)
+>>> line["text"]
 'demo: peak of 31.4 MW expected at 02:15 UTC (in 2 h 15 min), 3.4 MW above the 28.0 MW threshold (likely 30.1-32.8 MW).'
+>>> line["reason_code"]
+'peak_above_threshold'
 >>> a = {"action_id": "a1", "kind": "pcs_discharge", "target": "pcs-1", "site": "demo", "setpoint_kw": 3200.0,
 ...      "shed_kw": None, "job_ids": [], "params": {}, "reason": "forecast peak 31.4 MW exceeds 28.0 MW",
 ...      "expected_effect": "", "expected_delta_kw": -3200.0, "created_ms": 0, "expires_ms": 5_400_000,
-...      "risk": "low", "proposer": "peaks"}
->>> ActionAdvisor().run(a)["text"]
+...      "risk": "low", "proposer": "peaks", "reason_code": "shave_peak"}
+>>> line = ActionAdvisor().run(a)
+>>> line["text"]
 'Discharge battery pcs-1 at 3.2 MW until 01:30 UTC (1 h 30 min): grid import down 3.2 MW. Why: forecast peak 31.4 MW exceeds 28.0 MW. Low risk, proposed by peaks.'
+>>> line["reason_code"]
+'shave_peak'
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from haystack import component
+
+# Reason codes of a forecast's line:
+PEAK_ABOVE_THRESHOLD = "peak_above_threshold"
+PEAK_UNDER_THRESHOLD = "peak_under_threshold"  # no action needed
+FORECAST_CODES = frozenset({PEAK_ABOVE_THRESHOLD, PEAK_UNDER_THRESHOLD})
 
 
 def power(kw: float) -> str:
@@ -51,7 +64,7 @@ def duration(ms: int) -> str:
 class ForecastInterpreter:
     """One line on a ``PeakForecast``: when the peak comes, how big, against the threshold, how sure."""
 
-    @component.output_types(text=str)
+    @component.output_types(text=str, reason_code=str)
     def run(self, forecast: dict) -> dict:
         peak, threshold = forecast["predicted_peak_kw"], forecast["threshold_kw"]
         when = forecast["predicted_peak_ms"]
@@ -64,7 +77,7 @@ class ForecastInterpreter:
         if points:
             at_peak = min(points, key=lambda p: abs(p["ts_ms"] - when))
             line += f" (likely {power_range(at_peak['lower_kw'], at_peak['upper_kw'])})"
-        return {"text": line + "."}
+        return {"text": line + ".", "reason_code": PEAK_ABOVE_THRESHOLD if gap > 0 else PEAK_UNDER_THRESHOLD}
 
 
 _VERBS = {
@@ -88,9 +101,10 @@ def _jobs(job_ids: list[str]) -> str:
 
 @component
 class ActionAdvisor:
-    """One line on an ``Action``: what it does, until when, the expected effect, why, its risk."""
+    """One line on an ``Action``: what it does, until when, the expected effect, why, its risk; and the
+    action's own reason code (None when its proposer gave none)."""
 
-    @component.output_types(text=str)
+    @component.output_types(text=str, reason_code=str | None)
     def run(self, action: dict) -> dict:
         setpoint = action.get("setpoint_kw")
         line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
@@ -110,4 +124,5 @@ class ActionAdvisor:
         line += "."
         if action.get("reason"):
             line += f" Why: {action['reason'].strip().rstrip('.')}."
-        return {"text": line + f" {action.get('risk', 'high').capitalize()} risk, proposed by {action['proposer']}."}
+        return {"text": line + f" {action.get('risk', 'high').capitalize()} risk, proposed by {action['proposer']}.",
+                "reason_code": action.get("reason_code")}

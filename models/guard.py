@@ -1,7 +1,9 @@
 """The guard: a pure decision on one proposed action, given the plant's state, the policy and the time.
 
 ``decide(action, state, policy, now_ms)`` returns a ``Decision``: ``approved``,
-``needs_approval`` or ``rejected``, always with the reasons. Every limit is
+``needs_approval`` or ``rejected``, always with the reasons: a sentence for an
+operator and, beside it, a machine-readable code from ``REASON_CODES`` (so
+verdicts can be counted by reason, as Alertmanager does). Every limit is
 checked first; only an action within every limit gets the mode of its kind
 (auto → approved, approve → needs_approval until an operator approves it,
 advise → rejected as "advice only"). ``operator`` marks an operator's approval:
@@ -32,17 +34,23 @@ a job already lost.
 >>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=0)
 >>> action = {"action_id": "a1", "kind": "pcs_discharge", "setpoint_kw": 2000.0, "expires_ms": 1_800_000,
 ...           "job_ids": [], "params": {}}
->>> decide(action, PlantState(ess), policy, now_ms=0)
-Decision(verdict='approved', reasons=('within every limit; pcs_discharge runs in auto mode',))
->>> decide({**action, "setpoint_kw": 4500.0}, PlantState(ess), policy, now_ms=0).reasons
+>>> approved = decide(action, PlantState(ess), policy, now_ms=0)
+>>> approved.verdict, approved.reason_codes
+('approved', ('within_limits',))
+>>> approved.reasons
+('within every limit; pcs_discharge runs in auto mode',)
+>>> too_big = decide({**action, "setpoint_kw": 4500.0}, PlantState(ess), policy, now_ms=0)
+>>> too_big.reasons
 ('setpoint 4500 kW exceeds the policy limit of 4000 kW', 'step of 4500 kW from 0 kW exceeds the ramp limit of 2500 kW')
+>>> too_big.reason_codes
+('over_power_limit', 'over_ramp_limit')
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from opsloop.config.policy import Policy, SlurmLimits
 
@@ -50,6 +58,51 @@ APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
 SLURM_SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend")  # the ones that take capacity away
 SLURM_UNDO = ("slurm_release", "slurm_resume")
+
+# Reason codes: one per reason sentence, stable, so verdicts can be counted by why.
+# Within every limit, the kind's mode decides:
+WITHIN_LIMITS = "within_limits"  # approved: the kind runs in auto mode
+OPERATOR_APPROVED = "operator_approved"  # approved: an operator approved it and it is still within every limit
+AWAITS_OPERATOR = "needs_approval"  # the kind needs an operator's approval
+ADVISE_ONLY = "advise_only"  # rejected: the kind is shown, never executed
+# Decided by the agent on an operator's answer or a failed verification (operator_rejection, revert_approval):
+OPERATOR_REJECTED = "operator_rejected"
+REVERT = "revert_failed_verification"  # approved: the guard's own pcs_idle after a failed verification
+# Problems (each rejects):
+EXPIRED = "expired"
+UNKNOWN_KIND = "unknown_kind"
+OUTSIDE_WINDOW = "outside_window"
+INVALID_SETPOINT = "invalid_setpoint"
+OVER_POWER_LIMIT = "over_power_limit"
+OVER_MAX_DURATION = "over_max_duration"
+NO_ESS_STATE = "no_ess_state"
+STALE_ESS_STATE = "stale_ess_state"
+INVALID_ESS_STATE = "invalid_ess_state"
+OVER_RAMP_LIMIT = "over_ramp_limit"
+SOH_BELOW_MINIMUM = "soh_below_minimum"
+SOC_BELOW_RESERVE = "soc_below_reserve"
+SOC_ABOVE_MAXIMUM = "soc_above_maximum"
+NO_PARTITIONS = "no_partitions"
+PROTECTED_PARTITION = "protected_partition"
+UNTOUCHABLE_PARTITION = "untouchable_partition"
+INVALID_PARAMS = "invalid_params"
+TOO_MANY_JOBS = "too_many_jobs"
+OVER_MAX_HOLD = "over_max_hold"
+OVER_GPU_HOURS = "over_gpu_hours"
+OVER_BUDGET = "over_budget"  # this action and the window's approvals together exceed a per-event limit
+REASON_CODES = frozenset({
+    WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
+    OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
+    INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
+    PROTECTED_PARTITION, UNTOUCHABLE_PARTITION, INVALID_PARAMS, TOO_MANY_JOBS, OVER_MAX_HOLD, OVER_GPU_HOURS,
+    OVER_BUDGET})
+
+
+class Reason(NamedTuple):
+    """Why, twice: a code to count by and a sentence for an operator."""
+
+    code: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -86,7 +139,13 @@ class PlantState:
 @dataclass(frozen=True)
 class Decision:
     verdict: str
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...]  # sentences for an operator
+    reason_codes: tuple[str, ...]  # one code from REASON_CODES per sentence, in the same order
+
+    @classmethod
+    def of(cls, verdict: str, reasons: Iterable[Reason]) -> "Decision":
+        reasons = tuple(reasons)
+        return cls(verdict, tuple(r.text for r in reasons), tuple(r.code for r in reasons))
 
 
 def soc_after(ess: EssState, setpoint_kw: float, duration_s: float) -> float:
@@ -108,42 +167,50 @@ def ramp_allowance_kw(ess: EssState, ramp_kw_per_min: float, now_ms: int) -> flo
     return ramp_kw_per_min * minutes
 
 
-def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: int) -> list[str]:
+def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: int) -> list[Reason]:
     kind, limits = action["kind"], policy.pcs
     setpoint = action.get("setpoint_kw")
     if kind == "pcs_idle":
-        return [] if setpoint in (None, 0, 0.0) else [f"pcs_idle must have setpoint 0, not {setpoint:g} kW"]
+        return [] if setpoint in (None, 0, 0.0) else [
+            Reason(INVALID_SETPOINT, f"pcs_idle must have setpoint 0, not {setpoint:g} kW")]
     if setpoint is None or not math.isfinite(setpoint):
-        return [f"{kind} needs a finite setpoint_kw, got {setpoint!r}"]
+        return [Reason(INVALID_SETPOINT, f"{kind} needs a finite setpoint_kw, got {setpoint!r}")]
     if kind == "pcs_discharge" and setpoint <= 0:
-        return [f"pcs_discharge needs a positive setpoint, got {setpoint:g} kW"]
+        return [Reason(INVALID_SETPOINT, f"pcs_discharge needs a positive setpoint, got {setpoint:g} kW")]
     if kind == "pcs_charge" and setpoint >= 0:
-        return [f"pcs_charge needs a negative setpoint, got {setpoint:g} kW"]
+        return [Reason(INVALID_SETPOINT, f"pcs_charge needs a negative setpoint, got {setpoint:g} kW")]
     problems = []
     if abs(setpoint) > limits.max_kw:
-        problems.append(f"setpoint {abs(setpoint):g} kW exceeds the policy limit of {limits.max_kw:g} kW")
+        problems.append(Reason(OVER_POWER_LIMIT, f"setpoint {abs(setpoint):g} kW exceeds the policy limit of "
+                                                 f"{limits.max_kw:g} kW"))
     duration_s = (action["expires_ms"] - now_ms) / 1000
     if duration_s > limits.max_duration_s:
-        problems.append(f"lasts {duration_s:g} s, longer than the policy's {limits.max_duration_s:g} s")
+        problems.append(Reason(OVER_MAX_DURATION,
+                               f"lasts {duration_s:g} s, longer than the policy's {limits.max_duration_s:g} s"))
     if ess is None:
-        return problems + ["no ESS telemetry yet: state of charge and health unknown"]
+        return problems + [Reason(NO_ESS_STATE, "no ESS telemetry yet: state of charge and health unknown")]
     age_s = (now_ms - ess.ts_ms) / 1000
     if age_s > policy.max_state_age_s:
-        problems.append(f"ESS telemetry is {age_s:g} s old, older than {policy.max_state_age_s:g} s")
+        problems.append(Reason(STALE_ESS_STATE,
+                               f"ESS telemetry is {age_s:g} s old, older than {policy.max_state_age_s:g} s"))
     if not all(math.isfinite(v) for v in (ess.soc_pct, ess.soh_pct, ess.power_kw)):
-        return problems + ["ESS telemetry has non-finite values"]
+        return problems + [Reason(INVALID_ESS_STATE, "ESS telemetry has non-finite values")]
     step, allowance = abs(setpoint - ess.power_kw), ramp_allowance_kw(ess, limits.ramp_kw_per_min, now_ms)
     if step > allowance:
-        problems.append(f"step of {step:g} kW from {ess.power_kw:g} kW exceeds the ramp limit of {allowance:g} kW")
+        problems.append(Reason(OVER_RAMP_LIMIT, f"step of {step:g} kW from {ess.power_kw:g} kW exceeds the ramp "
+                                                f"limit of {allowance:g} kW"))
     if ess.soh_pct < limits.min_soh_pct:
-        problems.append(f"state of health {ess.soh_pct:g}% is below the policy minimum of {limits.min_soh_pct:g}%")
+        problems.append(Reason(SOH_BELOW_MINIMUM, f"state of health {ess.soh_pct:g}% is below the policy minimum "
+                                                  f"of {limits.min_soh_pct:g}%"))
     end_soc = soc_after(ess, setpoint, max(duration_s, 0.0))
     if setpoint > 0 and end_soc < limits.reserve_soc_pct:
-        problems.append(f"discharging {setpoint:g} kW for {duration_s:g} s takes the state of charge from "
-                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, below the {limits.reserve_soc_pct:g}% reserve")
+        problems.append(Reason(SOC_BELOW_RESERVE, f"discharging {setpoint:g} kW for {duration_s:g} s takes the state "
+                                                  f"of charge from {ess.soc_pct:g}% to {end_soc:.1f}%, below the "
+                                                  f"{limits.reserve_soc_pct:g}% reserve"))
     if setpoint < 0 and end_soc > limits.max_soc_pct:
-        problems.append(f"charging {-setpoint:g} kW for {duration_s:g} s takes the state of charge from "
-                        f"{ess.soc_pct:g}% to {end_soc:.1f}%, above the {limits.max_soc_pct:g}% maximum")
+        problems.append(Reason(SOC_ABOVE_MAXIMUM, f"charging {-setpoint:g} kW for {duration_s:g} s takes the state "
+                                                  f"of charge from {ess.soc_pct:g}% to {end_soc:.1f}%, above the "
+                                                  f"{limits.max_soc_pct:g}% maximum"))
     return problems
 
 
@@ -213,7 +280,7 @@ def recent_spend(spent: Iterable[SlurmSpend], site: str, action_id: str, window_
 
 
 def budget_problems(action: Mapping, jobs: int, gpu_hours: float, spent: Iterable[SlurmSpend], limits: SlurmLimits,
-                    now_ms: int) -> list[str]:
+                    now_ms: int) -> list[Reason]:
     """What this action's charge and the window's approvals together spend beyond the per-event limits."""
     window = limits.budget_window_s
     if window <= 0:
@@ -221,42 +288,48 @@ def budget_problems(action: Mapping, jobs: int, gpu_hours: float, spent: Iterabl
     spent_jobs, spent_gpu_hours = recent_spend(spent, action.get("site", ""), action["action_id"], window, now_ms)
     problems = []
     if spent_jobs and jobs + spent_jobs > limits.max_jobs_per_event:
-        problems.append(f"affects up to {jobs} jobs; with the {spent_jobs} approved in the last {window:g} s that is "
-                        f"{jobs + spent_jobs}, more than the policy's {limits.max_jobs_per_event} per {window:g} s")
+        problems.append(Reason(OVER_BUDGET, f"affects up to {jobs} jobs; with the {spent_jobs} approved in the last "
+                                            f"{window:g} s that is {jobs + spent_jobs}, more than the policy's "
+                                            f"{limits.max_jobs_per_event} per {window:g} s"))
     if spent_gpu_hours and gpu_hours + spent_gpu_hours > limits.max_gpu_hours_per_event:
-        problems.append(f"{gpu_hours:g} GPU-hours; with the {spent_gpu_hours:g} approved in the last {window:g} s "
-                        f"that is {gpu_hours + spent_gpu_hours:g}, more than the policy's "
-                        f"{limits.max_gpu_hours_per_event:g} per {window:g} s")
+        problems.append(Reason(OVER_BUDGET, f"{gpu_hours:g} GPU-hours; with the {spent_gpu_hours:g} approved in the "
+                                            f"last {window:g} s that is {gpu_hours + spent_gpu_hours:g}, more than the "
+                                            f"policy's {limits.max_gpu_hours_per_event:g} per {window:g} s"))
     return problems
 
 
-def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable[SlurmSpend] = ()) -> list[str]:
+def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable[SlurmSpend] = ()) -> list[Reason]:
     limits = policy.slurm
     partitions = declared_partitions(action)
     if not partitions:
-        return ["a Slurm action must list the partitions it may touch (params.partitions)"]
+        return [Reason(NO_PARTITIONS, "a Slurm action must list the partitions it may touch (params.partitions)")]
     problems = []
     protected = [p for p in partitions if p in limits.protected_partitions]
     if protected:
-        problems.append(f"partition(s) {', '.join(protected)} are protected and never touched")
+        problems.append(Reason(PROTECTED_PARTITION, f"partition(s) {', '.join(protected)} are protected and never "
+                                                    f"touched"))
     untouchable = [p for p in partitions if p not in limits.touchable_partitions and p not in protected]
     if untouchable:
-        problems.append(f"partition(s) {', '.join(untouchable)} are not in the policy's touchable partitions")
+        problems.append(Reason(UNTOUCHABLE_PARTITION, f"partition(s) {', '.join(untouchable)} are not in the "
+                                                      f"policy's touchable partitions"))
     if action["kind"] in SLURM_UNDO:
         return problems  # giving capacity back needs no budget
     try:
         jobs, gpu_hours = slurm_charge(action, limits, now_ms)
     except ValueError:
-        return problems + ["params.max_jobs and params.gpus must be numbers"]
+        return problems + [Reason(INVALID_PARAMS, "params.max_jobs and params.gpus must be numbers")]
     if jobs > limits.max_jobs_per_event:
-        problems.append(f"affects up to {jobs} jobs, more than the policy's {limits.max_jobs_per_event} per event")
+        problems.append(Reason(TOO_MANY_JOBS, f"affects up to {jobs} jobs, more than the policy's "
+                                              f"{limits.max_jobs_per_event} per event"))
     hold_s = (action["expires_ms"] - now_ms) / 1000
     if hold_s > limits.max_hold_s:
-        problems.append(f"holds for {hold_s:g} s, longer than the policy's {limits.max_hold_s:g} s")
+        problems.append(Reason(OVER_MAX_HOLD, f"holds for {hold_s:g} s, longer than the policy's "
+                                              f"{limits.max_hold_s:g} s"))
     if gpu_hours < 0:
-        problems.append("params.gpus must not be negative")
+        problems.append(Reason(INVALID_PARAMS, "params.gpus must not be negative"))
     elif not math.isfinite(gpu_hours) or gpu_hours > limits.max_gpu_hours_per_event:
-        problems.append(f"{gpu_hours:g} GPU-hours exceed the policy's {limits.max_gpu_hours_per_event:g} per event")
+        problems.append(Reason(OVER_GPU_HOURS, f"{gpu_hours:g} GPU-hours exceed the policy's "
+                                               f"{limits.max_gpu_hours_per_event:g} per event"))
     if not problems:
         problems = budget_problems(action, jobs, gpu_hours, spent, limits, now_ms)
     return problems
@@ -267,24 +340,36 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
     kind = action["kind"]
     rule = policy.rule(kind)
     if now_ms >= action["expires_ms"]:
-        return Decision(REJECTED, (f"expired {(now_ms - action['expires_ms']) / 1000:g} s ago",))
+        return Decision.of(REJECTED, [Reason(EXPIRED, f"expired {(now_ms - action['expires_ms']) / 1000:g} s ago")])
     if kind in PCS_KINDS:
         problems = pcs_problems(action, state.ess, policy, now_ms)
     elif kind.startswith("slurm_"):
         problems = slurm_problems(action, policy, now_ms, state.slurm_spent)
     else:
-        problems = [f"unknown action kind {kind!r}"]
+        problems = [Reason(UNKNOWN_KIND, f"unknown action kind {kind!r}")]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):
-        problems.append(f"{kind} is outside the time windows the policy allows")
+        problems.append(Reason(OUTSIDE_WINDOW, f"{kind} is outside the time windows the policy allows"))
     if problems:
-        return Decision(REJECTED, tuple(problems))
+        return Decision.of(REJECTED, problems)
     if rule.mode == "advise":
-        return Decision(REJECTED, (f"within every limit, but {kind} is advise-only: shown, never executed",))
+        return Decision.of(REJECTED, [Reason(ADVISE_ONLY, f"within every limit, but {kind} is advise-only: shown, "
+                                                          f"never executed")])
     if rule.mode == "approve" and operator is None:
-        return Decision(NEEDS_APPROVAL, (f"within every limit; {kind} needs an operator's approval",))
+        return Decision.of(NEEDS_APPROVAL, [Reason(AWAITS_OPERATOR, f"within every limit; {kind} needs an "
+                                                                    f"operator's approval")])
     if operator is not None:
-        return Decision(APPROVED, (f"within every limit; approved by {operator}",))
-    return Decision(APPROVED, (f"within every limit; {kind} runs in auto mode",))
+        return Decision.of(APPROVED, [Reason(OPERATOR_APPROVED, f"within every limit; approved by {operator}")])
+    return Decision.of(APPROVED, [Reason(WITHIN_LIMITS, f"within every limit; {kind} runs in auto mode")])
+
+
+def operator_rejection(operator: str) -> Decision:
+    """An operator's rejection of a pending action."""
+    return Decision.of(REJECTED, [Reason(OPERATOR_REJECTED, f"rejected by operator {operator}")])
+
+
+def revert_approval(action_id: str) -> Decision:
+    """The guard's own approval of the ``pcs_idle`` that reverts an action whose verification failed."""
+    return Decision.of(APPROVED, [Reason(REVERT, f"revert after failed verification of {action_id}")])
 
 
 def approval_deadline_ms(action: Mapping, policy: Policy, asked_ms: int) -> int:

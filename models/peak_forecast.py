@@ -19,14 +19,19 @@ so the model is the same for a 30 kW rack and a 30 MW site. The band is
 ``forecast ± z x 1.25 x`` the exponentially weighted mean absolute error
 measured per horizon (1.25 x MAE ~ one standard deviation for normal errors).
 
+A River forecaster: ``learn_one(y, x)`` returns nothing, where ``x`` may give the
+step's time as ``{"ts_ms": ...}`` (without it, ``y`` is the step after the latest);
+``forecast(horizon, xs)`` returns the values of the ``horizon`` steps after the
+latest one, and ``forecast_points`` the same with their times and band.
+
 >>> f = PeakForecaster(step_s=3600, season_steps=24)
 >>> for hour in range(24 * 14):  # two weeks of a daily cycle
-...     f.learn_one(hour * 3_600_000, 1000.0 + (300.0 if 9 <= hour % 24 < 18 else 0.0))
->>> [round(p.kw) for p in f.forecast(4)]  # at 23:00: midnight .. 03:00
+...     f.learn_one(1000.0 + (300.0 if 9 <= hour % 24 < 18 else 0.0), {"ts_ms": hour * 3_600_000})
+>>> [round(kw) for kw in f.forecast(4)]  # at 23:00: midnight .. 03:00
 [1000, 1000, 1000, 1000]
->>> [round(p.kw) for p in f.forecast(11)][-2:]  # 09:00 and 10:00 tomorrow
+>>> [round(kw) for kw in f.forecast(11)][-2:]  # 09:00 and 10:00 tomorrow
 [1300, 1300]
->>> p = f.forecast(1)[0]; p.lower_kw <= p.kw <= p.upper_kw
+>>> p = f.forecast_points(1)[0]; p.lower_kw <= p.kw <= p.upper_kw
 True
 """
 
@@ -35,8 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from river import linear_model, stats
-
-
+from river.time_series.base import Forecaster
 
 FEATURE_NAMES = ("day_shape", "week_shape", "day_level", "week_level", "day_level_h", "week_level_h",
                  "day_shape_h", "week_shape_h")
@@ -50,7 +54,7 @@ class ForecastPoint:
     upper_kw: float
 
 
-class PeakForecaster:
+class PeakForecaster(Forecaster):
     """Forecasts a regular series (one value per ``step_s``) ``h`` steps ahead, learning one step at a time.
 
     Hyperparameters: ``step_s`` (series step), ``season_steps`` (steps per day; default 1 day of
@@ -82,10 +86,11 @@ class PeakForecaster:
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
 
-    # -- River-style interface -------------------------------------------------------------
-    def learn_one(self, ts_ms: int, y: float) -> None:
-        """Fold in the value of the step starting at ``ts_ms``; a repeated or older step is ignored."""
-        t = ts_ms // (self.step_s * 1000)
+    # -- River's forecaster interface ------------------------------------------------------
+    def learn_one(self, y: float, x: dict | None = None) -> None:
+        """Fold in ``y``, the value of the step starting at ``x["ts_ms"]`` (no time given: the step after the
+        latest); a repeated or older step is ignored."""
+        t = self._step_of(x)
         if self._last is not None and t <= self._last:
             return
         self._scale.update(abs(y))
@@ -105,8 +110,15 @@ class PeakForecaster:
         for old in [k for k in self._history if k < keep]:  # at most a few at a time after the first
             del self._history[old]
 
-    def forecast(self, horizon: int) -> list[ForecastPoint]:
-        """Points for the ``horizon`` steps after the latest value (empty before the first value)."""
+    def forecast(self, horizon: int, xs: list[dict] | None = None) -> list[float]:
+        """Values of the ``horizon`` steps after the latest one (empty before the first value).
+
+        ``xs`` is accepted as in River and not used: the steps are always those after the latest value.
+        """
+        return [p.kw for p in self.forecast_points(horizon)]
+
+    def forecast_points(self, horizon: int) -> list[ForecastPoint]:
+        """``forecast`` with each step's time and uncertainty band."""
         if self._last is None:
             return []
         t, base = self._last, self._history[self._last]
@@ -139,6 +151,12 @@ class PeakForecaster:
         return None if self._last is None else self._last * self.step_s * 1000
 
     # -- internals -------------------------------------------------------------------------
+    def _step_of(self, x: dict | None) -> int:
+        ts_ms = None if x is None else x.get("ts_ms")
+        if ts_ms is None:
+            return 0 if self._last is None else self._last + 1
+        return ts_ms // (self.step_s * 1000)
+
     def _features(self, t: int, base: float, h: int, scale: float) -> dict[str, float]:
         def shape_and_level(lag: int | None) -> tuple[float, float]:
             if lag is None:

@@ -11,7 +11,8 @@ interval). When a step closes, the loop
 3. forecasts a day ahead and plans (``models.peak_planner.plan``),
 4. returns a ``PeakForecast`` record (the first ``forecast_steps``) and the proposed
    ``Action`` records: the PCS action for the next step, plus a Slurm hold with
-   the kW to shed when the battery cannot hold the target.
+   the kW to shed when the battery cannot hold the target. Each action's
+   ``reason_code`` is the planner's (``models.peak_planner.REASON_CODES``).
 
 A snapshot at or before one already folded in is ignored: after a restart,
 replayed snapshots neither count twice nor change any decision. Action ids are
@@ -108,8 +109,8 @@ class SitePeakLoop:
             self.billing = Billing(key, 0.0, start_ms, cfg.billing_period)
         if billed:
             self.billing = replace(self.billing, billed_peak_kw=max(self.billing.billed_peak_kw, grid_kw))
-        self.forecaster.learn_one(start_ms, load_kw)
-        points = self.forecaster.forecast(cfg.plan_steps or cfg.day_steps)
+        self.forecaster.learn_one(load_kw, {"ts_ms": start_ms})
+        points = self.forecaster.forecast_points(cfg.plan_steps or cfg.day_steps)
         battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
         soc = 100.0 if soc_pct is None else soc_pct
         step_end = start_ms + cfg.step_s * 1000
@@ -143,7 +144,8 @@ class SitePeakLoop:
                   "charge_ceiling_kw": f"{result.command.charge_ceiling_kw:.1f}", "planned_until_ms": str(result.until_ms),
                   "billed_peak_kw": f"{self.billing.billed_peak_kw:.1f}", "billing_period": self.billing.key}
         pcs = {"kind": result.kind, "target": cfg.ess_id, "site": cfg.site, "setpoint_kw": round(result.setpoint_kw, 1),
-               "shed_kw": None, "job_ids": [], "params": params, "reason": result.reason, "expected_effect": effect,
+               "shed_kw": None, "job_ids": [], "params": params, "reason": result.reason,
+               "reason_code": result.reason_code, "expected_effect": effect,
                "expected_delta_kw": -round(result.setpoint_kw, 1), "created_ms": issued_ms, "expires_ms": expires,
                "risk": "medium" if result.kind == "pcs_discharge" else "low", "proposer": cfg.proposer}
         actions = [pcs]
@@ -155,7 +157,8 @@ class SitePeakLoop:
             actions.append({
                 "kind": "slurm_hold", "target": cfg.slurm_target, "site": cfg.site, "setpoint_kw": None,
                 "shed_kw": round(r.shed_kw, 1), "job_ids": [], "params": params,
-                "reason": r.reason, "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
+                "reason": r.reason, "reason_code": r.reason_code,
+                "expected_effect": f"GPU load reduced by {r.shed_kw:,.0f} kW during the peak.",
                 "expected_delta_kw": -round(r.shed_kw, 1), "created_ms": issued_ms,
                 "expires_ms": min(r.end_ms, issued_ms + cfg.slurm_hold_s * 1000),
                 "risk": "high", "proposer": cfg.proposer})

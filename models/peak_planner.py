@@ -16,6 +16,9 @@ When even the battery cannot hold this period's billed peak (once the period has
 settled) or the import cap, the plan asks to relocate low-priority GPU jobs,
 with the kW they must shed and when.
 
+Every plan and relocation says why twice: a sentence for an operator (``reason``)
+and a code from ``REASON_CODES`` (``reason_code``), to count decisions by why.
+
 >>> from opsloop.models.peak_battery import Battery
 >>> from opsloop.models.peak_forecast import ForecastPoint
 >>> b = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=0)
@@ -25,9 +28,13 @@ with the kW they must shed and when.
 >>> p = plan(fc, 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=0)
 >>> round(p.target_kw), p.kind, [round(s) for s in p.schedule_kw]
 (1256, 'pcs_charge', [-82, -82, 244, 544, 244, -82])
+>>> p.reason_code
+'recharge_cheap_hours'
 >>> p.reason
 'Charging 82 kW until 02:00 in cheap hours: the battery is at 50% and grid import stays under 1,256 kW.'
 >>> p = plan(fc[2:], 3600, b, soc_pct=50, billing=Billing("1970-01", 900.0, 0), now_ms=2 * hour)
+>>> p.reason_code
+'shave_peak'
 >>> p.reason  # charging never lifts import over the 900 kW already billed: the battery is still at 50%
 'Discharging up to 200 kW until 05:00: forecast peak 1,800 kW at 03:00 exceeds the 1,300 kW the battery can hold over the next 4 h by 500 kW (this month so far: 900 kW).'
 """
@@ -41,6 +48,23 @@ from typing import Sequence
 
 from opsloop.models.peak_battery import Battery, Command
 from opsloop.models.peak_forecast import ForecastPoint
+
+# Reason codes of a plan's next step:
+SHAVE_PEAK = "shave_peak"  # discharge to the lowest import the battery can hold, above the billed peak
+HOLD_BILLED_PEAK = "hold_billed_peak"  # discharge to keep import at this period's billed peak
+HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracted cap, where the cap binds
+RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecast load
+RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
+WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
+IDLE_BELOW_TARGET = "idle_below_target"  # idle: the forecast stays under the target
+# ... and of a relocation of low-priority jobs:
+RELOCATE_OVER_BILLED_PEAK = "relocate_over_billed_peak"  # the battery cannot hold this period's billed peak
+RELOCATE_OVER_IMPORT_CAP = "relocate_over_import_cap"  # the battery cannot hold the import cap
+PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
+                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET})
+RELOCATION_CODES = frozenset({RELOCATE_OVER_BILLED_PEAK, RELOCATE_OVER_IMPORT_CAP})
+REASON_CODES = PLAN_CODES | RELOCATION_CODES
+
 
 @dataclass(frozen=True)
 class Tariff:
@@ -93,6 +117,7 @@ class Relocation:
     start_ms: int
     end_ms: int
     reason: str
+    reason_code: str  # one of RELOCATION_CODES
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class Plan:
     forecast_peak_kw: float
     forecast_peak_ms: int
     reason: str
+    reason_code: str  # one of PLAN_CODES
     relocation: Relocation | None = None
     notes: dict = field(default_factory=dict)
 
@@ -141,12 +167,13 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     else:
         kind, setpoint = "pcs_idle", 0.0
     until = _run_end(forecast, schedule, kind, step_s)
-    context = _Context(billing, target, holdable, peak, len(forecast) * step_h, soc_pct)
-    reason = {"pcs_discharge": context.discharging, "pcs_charge": context.charging,
-              "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
+    context = _Context(billing, target, holdable, peak, len(forecast) * step_h, soc_pct, policy.import_cap_kw)
+    code, reason = {"pcs_discharge": context.discharging, "pcs_charge": context.charging,
+                    "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
     return Plan(target_kw=target, holdable_kw=holdable, command=command, kind=kind, setpoint_kw=setpoint,
                 until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
-                reason=reason, relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
+                reason=reason, reason_code=code,
+                relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
 
 
 def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
@@ -248,11 +275,13 @@ def _relocation(forecast, step_s: int, holdable: float, billing: Billing, now_ms
     over = [p.ts_ms for p in forecast if p.kw > hold]
     start, end = (over[0], over[-1] + step_s * 1000) if over else (forecast[0].ts_ms, forecast[-1].ts_ms)
     shed = min(shortfall, policy.max_shed_kw)
-    what = "the import cap" if hold == policy.import_cap_kw else f"{billing.name}'s billed peak"
+    over_cap = hold == policy.import_cap_kw
+    what = "the import cap" if over_cap else f"{billing.name}'s billed peak"
     reason = (f"Relocate {_power(shed)} of low-priority GPU jobs from {_clock(start)} to {_clock(end)}: "
               f"the battery can hold grid import only at {_power(holdable)}, {_power(shortfall)} above "
               f"{what} of {_power(hold)}.")
-    return Relocation(shed_kw=shed, start_ms=start, end_ms=end, reason=reason)
+    return Relocation(shed_kw=shed, start_ms=start, end_ms=end, reason=reason,
+                      reason_code=RELOCATE_OVER_IMPORT_CAP if over_cap else RELOCATE_OVER_BILLED_PEAK)
 
 
 @dataclass(frozen=True)
@@ -263,6 +292,7 @@ class _Context:
     peak: ForecastPoint
     horizon_h: float
     soc_pct: float
+    import_cap_kw: float | None = None
 
     def _target(self) -> tuple[str, str]:
         """How to name the target, and the period's billed peak when the target is above it."""
@@ -272,24 +302,36 @@ class _Context:
         so_far = f" ({self.billing.name} so far: {_power(billed)})" if billed else ""
         return f"the {_power(self.target)} the battery can hold over the next {self.horizon_h:g} h", so_far
 
-    def discharging(self, setpoint: float, until: int, cheap: bool) -> str:
+    def _holding(self) -> str:
+        """The code of what a discharge holds import to: the cap where it binds, else as ``_target`` names it."""
+        cap = self.import_cap_kw
+        if cap is not None and self.target == cap < max(self.billing.billed_peak_kw, self.holdable):
+            return HOLD_IMPORT_CAP
+        return SHAVE_PEAK if self.target > self.billing.billed_peak_kw + 1e-6 else HOLD_BILLED_PEAK
+
+    # Each returns (reason code, sentence).
+    def discharging(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         what, so_far = self._target()
         excess = self.peak.kw - self.target
-        return (f"Discharging up to {_power(setpoint)} until {_clock(until)}: forecast peak {_power(self.peak.kw)} "
-                f"at {_clock(self.peak.ts_ms)} exceeds {what} by {_power(excess)}{so_far}.")
+        return self._holding(), (
+            f"Discharging up to {_power(setpoint)} until {_clock(until)}: forecast peak {_power(self.peak.kw)} "
+            f"at {_clock(self.peak.ts_ms)} exceeds {what} by {_power(excess)}{so_far}.")
 
-    def charging(self, setpoint: float, until: int, cheap: bool) -> str:
+    def charging(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         when = "cheap hours" if cheap else "a valley"
-        return (f"Charging {_power(-setpoint)} until {_clock(until)} in {when}: the battery is at "
-                f"{self.soc_pct:.0f}% and grid import stays under {_power(self.target)}.")
+        return RECHARGE_CHEAP_HOURS if cheap else RECHARGE_VALLEY, (
+            f"Charging {_power(-setpoint)} until {_clock(until)} in {when}: the battery is at "
+            f"{self.soc_pct:.0f}% and grid import stays under {_power(self.target)}.")
 
-    def idle(self, setpoint: float, until: int, cheap: bool) -> str:
+    def idle(self, setpoint: float, until: int, cheap: bool) -> tuple[str, str]:
         what, _ = self._target()
         if self.peak.kw > self.target:
-            return (f"Idle until {_clock(until)}, holding grid import at {what}: the forecast peak "
-                    f"{_power(self.peak.kw)} comes at {_clock(self.peak.ts_ms)}.")
-        return (f"Idle until {_clock(until)}: forecast peak {_power(self.peak.kw)} at {_clock(self.peak.ts_ms)} "
-                f"stays under {what}; battery at {self.soc_pct:.0f}%.")
+            return WAIT_FOR_PEAK, (
+                f"Idle until {_clock(until)}, holding grid import at {what}: the forecast peak "
+                f"{_power(self.peak.kw)} comes at {_clock(self.peak.ts_ms)}.")
+        return IDLE_BELOW_TARGET, (
+            f"Idle until {_clock(until)}: forecast peak {_power(self.peak.kw)} at {_clock(self.peak.ts_ms)} "
+            f"stays under {what}; battery at {self.soc_pct:.0f}%.")
 
 
 def _power(kw: float) -> str:

@@ -38,8 +38,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from opsloop.streams.actuator import alarm, result
 from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
-from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
-                          SlurmSpend, approval_deadline_ms, decide, slurm_charge)
+from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
+                                  EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
+                                  revert_approval, slurm_charge)
 from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_power
 from opsloop.config.settings import Settings
@@ -97,8 +98,10 @@ class GuardProcessor:
 
     # -- emitting -----------------------------------------------------------------------
 
-    def _emit_verdict(self, action: dict, verdict: str, reasons, operator: str | None = None) -> None:
-        record = {"action": action, "verdict": verdict, "reasons": list(reasons), "policy_version": self.policy.label,
+    def _emit_verdict(self, action: dict, decision: Decision, operator: str | None = None) -> None:
+        verdict, reasons = decision.verdict, decision.reasons
+        record = {"action": action, "verdict": verdict, "reasons": list(reasons),
+                  "reason_codes": list(decision.reason_codes), "policy_version": self.policy.label,
                   "decided_ms": self.now_ms(), "approved_by": operator}
         send(self._prod, self.settings.topic("actions.approved"), action["target"].encode(),
              self.codec.encode("ApprovedAction", record))
@@ -163,17 +166,17 @@ class GuardProcessor:
             deadline = approval_deadline_ms(action, self.policy, self.now_ms())
             self.store.run("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", action["action_id"], json.dumps(action),
                            deadline)
-        self._emit_verdict(action, decision.verdict, decision.reasons)
+        self._emit_verdict(action, decision)
 
     def _answer(self, action: dict, kind: str, operator: str) -> None:
         self.store.run("DELETE FROM pending WHERE action_id = ?", action["action_id"])
         if kind == "reject_action":
-            self._emit_verdict(action, REJECTED, [f"rejected by operator {operator}"], None)
+            self._emit_verdict(action, operator_rejection(operator))
             return
         decision = decide(action, self.state(action["site"]), self.policy, self.now_ms(), operator=operator)
         if decision.verdict == APPROVED:
             self.stats["operator_approved"] += 1
-        self._emit_verdict(action, decision.verdict, decision.reasons, operator if decision.verdict == APPROVED else None)
+        self._emit_verdict(action, decision, operator if decision.verdict == APPROVED else None)
 
     def on_feedback(self, feedback: dict) -> None:
         if feedback["kind"] not in ("approve_action", "reject_action"):
@@ -227,10 +230,9 @@ class GuardProcessor:
         self._emit_result(result(action, "failed", why, "verification failed", NAME, now))
         idle = {**action, "action_id": f"{action['action_id']}:revert", "kind": "pcs_idle", "setpoint_kw": 0.0,
                 "shed_kw": None, "job_ids": [], "params": {"revert_of": action["action_id"]},
-                "reason": f"revert {action['action_id']}: {why}", "expected_effect": "PCS idle",
+                "reason": f"revert {action['action_id']}: {why}", "reason_code": REVERT, "expected_effect": "PCS idle",
                 "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "proposer": NAME}
-        self._emit_verdict(idle, APPROVED, [f"revert after failed verification of {action['action_id']}"],
-                           "opsloop guard (revert)")
+        self._emit_verdict(idle, revert_approval(action["action_id"]), "opsloop guard (revert)")
         self._emit_result(result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
         rec = alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
                     f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)

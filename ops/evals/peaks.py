@@ -218,7 +218,7 @@ def planner_controller(times: list[int], loads: list[float], config: LoopConfig,
     """
     loop = SitePeakLoop(config)
     for ts, load in zip(*history):
-        loop.forecaster.learn_one(ts, load)
+        loop.forecaster.learn_one(load, {"ts_ms": ts})
     decisions: list = [None] * len(loads)
 
     def controller(t: int, energy_kwh: float, sim: Simulation):
@@ -257,25 +257,25 @@ def compare_forecasters(times: list[int], loads: list[float], step_s: int) -> di
 
     day = max(1, 86_400 // step_s)
     h1, h4 = max(1, round(3600 / step_s)), max(1, round(4 * 3600 / step_s))
-    ours = PeakForecaster(step_s=step_s, season_steps=day)
+    # Each: the forecaster and the x it learns with (ours reads the step's time; to SNARIMAX an x would be
+    # exogenous features, so River's models learn the bare series).
     models = {
-        "lag regression (opsloop)": (lambda h: [p.kw for p in ours.forecast(h)], lambda ts, y: ours.learn_one(ts, y)),
+        "lag regression (opsloop)": (PeakForecaster(step_s=step_s, season_steps=day), lambda ts: {"ts_ms": ts}),
+        "HoltWinters additive, daily season": (time_series.HoltWinters(alpha=0.3, beta=0.01, gamma=0.3,
+                                                                       seasonality=day), lambda ts: None),
+        "SNARIMAX(2,0,0)(1,1,0) daily": (time_series.SNARIMAX(p=2, d=0, q=0, m=day, sp=1, sd=1), lambda ts: None),
     }
-    for name, model in (("HoltWinters additive, daily season", time_series.HoltWinters(
-            alpha=0.3, beta=0.01, gamma=0.3, seasonality=day)),
-            ("SNARIMAX(2,0,0)(1,1,0) daily", time_series.SNARIMAX(p=2, d=0, q=0, m=day, sp=1, sd=1))):
-        models[name] = (lambda h, m=model: list(m.forecast(h)), lambda ts, y, m=model: m.learn_one(y))
     start = times[0] + WARMUP_DAYS * 86_400_000
     out = {}
-    for name, (forecast, learn) in models.items():
+    for name, (model, x_of) in models.items():
         errors = {h1: [], h4: []}
         for i, (ts, y) in enumerate(zip(times, loads)):
             if ts >= start and i + h4 <= len(loads):
-                predicted = forecast(h4)
+                predicted = model.forecast(h4)
                 for h in (h1, h4):
                     if len(predicted) >= h and abs(loads[i + h - 1]) > 1e-9:
                         errors[h].append(abs(predicted[h - 1] - loads[i + h - 1]) / abs(loads[i + h - 1]))
-            learn(ts, y)
+            model.learn_one(y, x_of(ts))
         out[name] = {f"mape_{k}h_pct": round(100 * sum(errors[h]) / len(errors[h]), 2) if errors[h] else None
                      for k, h in (("1", h1), ("4", h4))}
     return out

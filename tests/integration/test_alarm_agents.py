@@ -10,6 +10,8 @@ import pytest
 
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.models.alarm_filter import AlarmFilter
+from opsloop.models.dedup import ANNOUNCED_CODES
+from opsloop.models.noise import REASON_CODES as NOISE_CODES
 from opsloop.ops.evals.storm import generate_storm
 from opsloop.models.topology import load_topology
 from opsloop.schemas.codec import Codec
@@ -94,6 +96,7 @@ def test_storm_becomes_incidents_across_a_restart(kafka_settings, read_topic):
     assert (dead["agent"], dead["value"]) == ("dedup", b"\xc3\x01 not an alarm")
     clean = [codec.decode_as("CleanAlarm", m.value()) for m in read_topic(settings, "alarms.clean")]
     assert len(clean) < len(alarms) / 2 and all(c["duplicate_count"] >= 1 for c in clean)
+    assert all(c["reason_code"] in ANNOUNCED_CODES and c["noise_reason_code"] in NOISE_CODES for c in clean)
 
 
 def test_processors_turn_the_storm_into_the_same_incidents_across_a_restart(kafka_settings, read_topic):
@@ -123,3 +126,6 @@ def test_processors_turn_the_storm_into_the_same_incidents_across_a_restart(kafk
         latest[record["incident_id"]] = record
     live = {i: (r["root_device"], r["member_count"]) for i, r in latest.items() if not r["merged_into"]}
     assert live == expected_incidents(alarms)
+    clean = [codec.decode_as("CleanAlarm", m.value()) for m in read_topic(settings, "alarms.clean")]
+    assert clean and all(c["reason_code"] in ANNOUNCED_CODES and c["noise_reason_code"] in NOISE_CODES
+                         for c in clean)

@@ -86,6 +86,12 @@ def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
     assert [v["verdict"] for v in verdicts["protected"]] == ["rejected"]
     assert verdicts["unverified:revert"][0]["action"]["kind"] == "pcs_idle"
     assert verdicts["unverified:revert"][0]["verdict"] == "approved"
+    codes = {aid: [v["reason_codes"] for v in vs] for aid, vs in verdicts.items()}  # one code per reason, on the wire
+    assert codes["ok"] == [["within_limits"]] and codes["protected"] == [["protected_partition"]]
+    assert codes["ask"] == [["needs_approval"], ["operator_approved"]] and "over_power_limit" in codes["too-big"][0]
+    assert codes["unverified:revert"] == [["revert_failed_verification"]]
+    assert verdicts["unverified:revert"][0]["action"]["reason_code"] == "revert_failed_verification"
+    assert all(len(v["reason_codes"]) == len(v["reasons"]) for vs in verdicts.values() for v in vs)
 
     outcomes = {}
     for r in decoded(settings, read_topic, "actions.results", "ActionResult"):
@@ -138,6 +144,6 @@ def test_the_spent_slurm_budget_survives_a_restart_and_ages_out(kafka_settings, 
     verdicts = {r["action"]["action_id"]: r for r in decoded(kafka_settings, read_topic, "actions.approved",
                                                               "ApprovedAction")}
     assert verdicts["big"]["verdict"] == "approved" and verdicts["later"]["verdict"] == "needs_approval"
-    assert verdicts["more"]["verdict"] == "rejected"
+    assert verdicts["more"]["verdict"] == "rejected" and verdicts["more"]["reason_codes"] == ["over_budget"]
     assert verdicts["more"]["reasons"] == ["affects up to 8 jobs; with the 15 approved in the last 3600 s that is 23, "
                                            "more than the policy's 20 per 3600 s"]

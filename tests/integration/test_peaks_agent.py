@@ -9,6 +9,7 @@ import pytest
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.connectors.replay import load_replay_spec, replay
 from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.models.peak_planner import REASON_CODES
 from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
 from opsloop.streams.peak_site import load_loop_config
 from opsloop.schemas.codec import Codec
@@ -62,6 +63,7 @@ def test_agent_proposes_what_the_planner_proposes_offline(kafka_settings, read_t
     published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
     assert sorted(published, key=lambda a: a["action_id"]) == sorted(expected, key=lambda a: a["action_id"])
     assert {a["kind"] for a in expected} >= {"pcs_discharge", "pcs_charge"}
+    assert all(a["reason_code"] in REASON_CODES for a in published)  # the planner's code, on the wire
 
 
 def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart(kafka_settings, read_topic):

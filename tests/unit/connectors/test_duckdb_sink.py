@@ -286,3 +286,70 @@ def test_noc_views_show_the_latest_state_of_incidents_narratives_forecasts_and_a
     assert con.execute("SELECT predicted_peak_kw FROM v_forecasts_latest").fetchall() == [(32_000.0,)]
     assert con.execute("SELECT action_id, verdict, result FROM v_actions ORDER BY action_id").fetchall() == [
         ("a-1", "approved", "verified"), ("a-2", None, None)]
+
+
+def _encode_released(record: str, version: str, value: dict) -> bytes:
+    """A message as a producer still on a released schema version writes it."""
+    import io
+
+    import fastavro
+
+    from opsloop.schemas.codec import MARKER, SCHEMA_DIR, load_schema, schema_fingerprint
+
+    schema = load_schema(SCHEMA_DIR / "released" / record / f"{version}.avsc")
+    out = io.BytesIO(MARKER + schema_fingerprint(schema))
+    out.seek(0, io.SEEK_END)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), value)
+    return out.getvalue()
+
+
+def _clean_alarm(ts_ms: int, code: str, noise_code: str, state: str = "raise") -> dict:
+    alarm = {"ts_ms": ts_ms, "site": "demo", "device": "pdu-1", "device_type": "pdu", "source": "bms",
+             "code": "PWR_INPUT_LOSS", "severity": "major", "state": state, "text": "", "attributes": {}}
+    return {"alarm": alarm, "fingerprint": "bms|demo|pdu-1|pdu|PWR_INPUT_LOSS", "duplicate_count": 1,
+            "first_seen_ms": ts_ms, "last_seen_ms": ts_ms, "flapping": False, "noise_score": 0.1, "noise": False,
+            "decision_reason": code.replace("_", " "), "reason_code": code, "noise_reason_code": noise_code}
+
+
+def test_reason_codes_land_in_their_columns_and_can_be_counted_in_v_reason_codes(settings):
+    codec = Codec.default()
+    coded = {**_action("a-1"), "reason_code": "shave_peak"}
+    old_action = _action("a-old")  # written by a producer on Action v1: no reason code
+    records = [
+        ("actions.proposed", codec.encode("Action", coded)),
+        ("actions.proposed", _encode_released("Action", "v1", old_action)),
+        ("actions.approved", codec.encode("ApprovedAction", {
+            "action": coded, "verdict": "rejected", "reasons": ["too big", "too fast"],
+            "reason_codes": ["over_power_limit", "over_ramp_limit"], "policy_version": "1", "decided_ms": T0 + 10})),
+        ("actions.approved", _encode_released("ApprovedAction", "v1", {
+            "action": old_action, "verdict": "approved", "reasons": ["ok"], "policy_version": "1",
+            "decided_ms": T0 + 20})),
+        ("alarms.clean", codec.encode("CleanAlarm", _clean_alarm(T0, "first_raise", "no_labels"))),
+        ("alarms.clean", codec.encode("CleanAlarm", _clean_alarm(T0 + 5, "cleared", "no_labels", "clear"))),
+        ("alarms.clean", codec.encode("CleanAlarm", _clean_alarm(T0 + 5, "cleared", "no_labels", "clear"))),  # again
+    ]
+    sink = DuckDBSink(settings)
+    sink.write_batch([Msg(PREFIX + topic, 0, i, value) for i, (topic, value) in enumerate(records)])
+    con = sink.con
+    assert con.execute("SELECT action_id, reason_code, verdict_reason_codes FROM v_actions ORDER BY action_id"
+                       ).fetchall() == [("a-1", "shave_peak", '["over_power_limit","over_ramp_limit"]'),
+                                        ("a-old", None, "[]")]
+    counted = con.execute("SELECT decider, decision, reason_code, count(*) FROM v_reason_codes GROUP BY ALL "
+                          "ORDER BY ALL").fetchall()
+    assert counted == [("dedup", "clear", "cleared", 1), ("dedup", "raise", "first_raise", 1),
+                       ("guard", "rejected", "over_power_limit", 1), ("guard", "rejected", "over_ramp_limit", 1),
+                       ("noise", "not_flagged", "no_labels", 2), ("peaks", "pcs_discharge", "shave_peak", 1)]
+    assert con.execute("SELECT reason FROM v_reason_codes WHERE reason_code = 'over_ramp_limit'").fetchall() == [
+        ("too fast",)]
+
+
+def test_a_file_from_before_reason_codes_gets_their_columns(settings):
+    con = open_db(settings.duckdb_file)
+    con.execute("ALTER TABLE actions_proposed DROP COLUMN reason_code")
+    con.execute("ALTER TABLE alarms_clean DROP COLUMN noise_reason_code")
+    con.close()
+    sink = DuckDBSink(settings)
+    sink.write_batch([Msg(PREFIX + "actions.proposed", 0, 0,
+                          Codec.default().encode("Action", {**_action("a-1"), "reason_code": "recharge_valley"}))])
+    assert sink.con.execute("SELECT reason_code FROM actions_proposed").fetchall() == [("recharge_valley",)]
+    assert "noise_reason_code" in [r[0] for r in sink.con.execute("DESCRIBE alarms_clean").fetchall()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opsloop.models.explain import ActionAdvisor, ForecastInterpreter, duration, power
+from opsloop.models.explain import FORECAST_CODES, ActionAdvisor, ForecastInterpreter, duration, power
 
 pytestmark = pytest.mark.unit
 
@@ -24,8 +24,10 @@ def test_units_and_durations():
 def test_forecast_under_threshold_says_no_action():
     f = {"site": "s", "issued_ms": 0, "horizon_s": 3600, "step_s": 900, "predicted_peak_kw": 900.0,
          "predicted_peak_ms": 1_800_000, "threshold_kw": 1000.0, "points": [], "explanation": "", "model": "m"}
-    assert ForecastInterpreter().run(f)["text"] == (
+    line = ForecastInterpreter().run(f)
+    assert line["text"] == (
         "s: peak of 900 kW expected at 00:30 UTC (in 30 min), 100 kW under the 1.0 MW threshold, no action needed.")
+    assert line["reason_code"] == "peak_under_threshold" and line["reason_code"] in FORECAST_CODES
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -41,3 +43,8 @@ def test_forecast_under_threshold_says_no_action():
 ])
 def test_action_lines(changes, expected):
     assert ActionAdvisor().run(action(**changes))["text"] == expected
+
+
+def test_an_action_line_carries_its_proposers_reason_code():
+    assert ActionAdvisor().run(action(reason_code="recharge_valley"))["reason_code"] == "recharge_valley"
+    assert ActionAdvisor().run(action())["reason_code"] is None  # an older record, or a proposer without codes

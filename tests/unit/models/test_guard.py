@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from opsloop.models.battery import Battery
-from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, REJECTED, Decision, EssState, PlantState, SlurmSpend,
-                          action_limits, decide)
+from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, REASON_CODES, REJECTED, Decision, EssState, PlantState,
+                                  SlurmSpend, action_limits, decide, operator_rejection, revert_approval)
 from opsloop.models.jobs import Job, select_jobs
 from opsloop.config.policy import KindRule, PcsLimits, Policy, SlurmLimits, Window
 
@@ -70,6 +70,7 @@ def test_an_approved_pcs_action_breaks_no_limit(data, policy, operator):
                                                                                     st.data())))
     decision = decide(action, PlantState(ess), policy, NOW, operator)
     assert decision.reasons
+    assert len(decision.reason_codes) == len(decision.reasons) and set(decision.reason_codes) <= REASON_CODES
     if decision.verdict != APPROVED:
         return
     limits, kw = policy.pcs, action["setpoint_kw"] or 0.0
@@ -155,27 +156,45 @@ def pcs(kw: float, life_s: float = 1800, kind: str = "pcs_discharge") -> dict:
 
 
 def test_modes_decide_what_a_valid_action_becomes():
-    assert decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="auto"), NOW).verdict == APPROVED
-    assert decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="approve"), NOW).verdict == NEEDS_APPROVAL
+    auto = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="auto"), NOW)
+    assert auto.verdict == APPROVED and auto.reason_codes == ("within_limits",)
+    asked = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="approve"), NOW)
+    assert asked.verdict == NEEDS_APPROVAL and asked.reason_codes == ("needs_approval",)
+    approved = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="approve"), NOW, operator="alice")
+    assert approved.verdict == APPROVED and approved.reason_codes == ("operator_approved",)
     advised = decide(pcs(1000), PlantState(ESS), policy_with(pcs_discharge="advise"), NOW)
     assert advised.verdict == REJECTED and "advise-only" in advised.reasons[0]
+    assert advised.reason_codes == ("advise_only",)
+
+
+def test_the_agents_own_decisions_carry_codes_too():
+    assert operator_rejection("bob") == Decision(REJECTED, ("rejected by operator bob",), ("operator_rejected",))
+    revert = revert_approval("a1")
+    assert (revert.verdict, revert.reason_codes) == (APPROVED, ("revert_failed_verification",))
+    assert set(revert.reason_codes) <= REASON_CODES
     assert decide(pcs(1000), PlantState(ESS), policy_with(), NOW).verdict == REJECTED  # unlisted kind: advise
 
 
-@pytest.mark.parametrize("action, ess, reason", [
-    (pcs(1000, life_s=-1), ESS, "expired"),
-    (pcs(1000), None, "no ESS telemetry"),
-    (pcs(1000), EssState(80, 97, 0, 10_000, NOW - 3_600_000), "telemetry is 3600 s old"),
-    (pcs(1000), EssState(80, 70, 0, 10_000, NOW), "state of health 70%"),
-    (pcs(3500, life_s=3000), EssState(40, 100, 3000, 10_000, NOW), "below the 15% reserve"),
-    (pcs(-3000, life_s=3000, kind="pcs_charge"), EssState(90, 100, -3000, 10_000, NOW), "above the 95% maximum"),
-    (pcs(3000), EssState(80, 97, 0, 10_000, NOW, last_change_ms=NOW), "ramp limit of 2500 kW"),
-    (pcs(1000, life_s=7200), ESS, "longer than the policy's 3600 s"),
-    (pcs(-1000), ESS, "needs a positive setpoint"),
+@pytest.mark.parametrize("action, ess, reason, code", [
+    (pcs(1000, life_s=-1), ESS, "expired", "expired"),
+    (pcs(1000), None, "no ESS telemetry", "no_ess_state"),
+    (pcs(1000), EssState(80, 97, 0, 10_000, NOW - 3_600_000), "telemetry is 3600 s old", "stale_ess_state"),
+    (pcs(1000), EssState(80, 97, math.nan, 10_000, NOW), "non-finite values", "invalid_ess_state"),
+    (pcs(1000), EssState(80, 70, 0, 10_000, NOW), "state of health 70%", "soh_below_minimum"),
+    (pcs(3500, life_s=3000), EssState(40, 100, 3000, 10_000, NOW), "below the 15% reserve", "soc_below_reserve"),
+    (pcs(-3000, life_s=3000, kind="pcs_charge"), EssState(90, 100, -3000, 10_000, NOW), "above the 95% maximum",
+     "soc_above_maximum"),
+    (pcs(3000), EssState(80, 97, 0, 10_000, NOW, last_change_ms=NOW), "ramp limit of 2500 kW", "over_ramp_limit"),
+    (pcs(5000), EssState(80, 97, 5000, 10_000, NOW), "policy limit of 4000 kW", "over_power_limit"),
+    (pcs(1000, life_s=7200), ESS, "longer than the policy's 3600 s", "over_max_duration"),
+    (pcs(-1000), ESS, "needs a positive setpoint", "invalid_setpoint"),
+    ({**pcs(1000), "kind": "pcs_explode"}, ESS, "unknown action kind", "unknown_kind"),
 ])
-def test_pcs_rejections_say_why(action, ess, reason):
+def test_pcs_rejections_say_why(action, ess, reason, code):
     decision = decide(action, PlantState(ess), policy_with(pcs_discharge="auto", pcs_charge="auto"), NOW)
     assert decision.verdict == REJECTED and any(reason in r for r in decision.reasons), decision.reasons
+    assert code in decision.reason_codes and set(decision.reason_codes) <= REASON_CODES
+    assert decision.reason_codes[decision.reasons.index(next(r for r in decision.reasons if reason in r))] == code
 
 
 def test_protected_partitions_are_rejected_even_with_an_operator():
@@ -184,6 +203,27 @@ def test_protected_partitions_are_rejected_even_with_an_operator():
     decision = decide(action, PlantState(), policy_with(slurm_suspend="approve"), NOW, operator="alice")
     assert decision.verdict == REJECTED
     assert decision.reasons == ("partition(s) inference are protected and never touched",)
+    assert decision.reason_codes == ("protected_partition",)
+
+
+@pytest.mark.parametrize("params, code", [
+    ({}, "no_partitions"),
+    ({"partitions": "scratch"}, "untouchable_partition"),
+    ({"partitions": "batch", "max_jobs": "many"}, "invalid_params"),
+    ({"partitions": "batch", "max_jobs": "999"}, "too_many_jobs"),
+    ({"partitions": "batch", "gpus": "100000"}, "over_gpu_hours"),
+])
+def test_slurm_rejections_carry_their_code(params, code):
+    action = {"action_id": "s", "kind": "slurm_hold", "expires_ms": NOW + 600_000, "job_ids": [], "params": params}
+    decision = decide(action, PlantState(), policy_with(slurm_hold="auto"), NOW)
+    assert decision.verdict == REJECTED and decision.reason_codes == (code,), decision.reasons
+
+
+def test_a_hold_longer_than_the_policy_allows_carries_its_code():
+    action = {"action_id": "s", "kind": "slurm_hold", "expires_ms": NOW + 7_200_000, "job_ids": [],
+              "params": {"partitions": "batch"}}
+    decision = decide(action, PlantState(), policy_with(slurm_hold="auto"), NOW)
+    assert "over_max_hold" in decision.reason_codes, decision.reasons
 
 
 def test_time_windows_bound_when_a_kind_may_run():
@@ -193,7 +233,7 @@ def test_time_windows_bound_when_a_kind_may_run():
     decision = decide(pcs(1000), PlantState(ESS), policy, NOW)
     assert (decision.verdict == APPROVED) == (minute < 360)
     if minute >= 360:
-        assert "outside the time windows" in decision.reasons[-1]
+        assert "outside the time windows" in decision.reasons[-1] and decision.reason_codes[-1] == "outside_window"
 
 
 # -- Slurm budgets across actions ---------------------------------------------------------------
@@ -266,7 +306,7 @@ def spent(*records: tuple) -> PlantState:
 def test_jobs_approved_in_the_window_count_and_the_reason_says_what_was_spent():
     decision = decide(slurm(max_jobs=8, gpus=0), spent(("old", "demo", 3599.999, 15, 0.0)), BUDGET_POLICY, NOW, "op")
     assert decision == Decision(REJECTED, ("affects up to 8 jobs; with the 15 approved in the last 3600 s that is 23, "
-                                   "more than the policy's 20 per 3600 s",))
+                                           "more than the policy's 20 per 3600 s",), ("over_budget",))
     assert decide(slurm(max_jobs=5, gpus=0), spent(("old", "demo", 600, 15, 0.0)), BUDGET_POLICY, NOW,
                   "op").verdict == APPROVED  # 20: exactly the budget
 
@@ -276,6 +316,7 @@ def test_gpu_hours_approved_in_the_window_count():
     assert decision.verdict == REJECTED
     assert decision.reasons == ("8 GPU-hours; with the 250 approved in the last 3600 s that is 258, more than the "
                                 "policy's 256 per 3600 s",)
+    assert decision.reason_codes == ("over_budget",)
 
 
 @pytest.mark.parametrize("state, why", [
@@ -311,7 +352,7 @@ def test_without_a_window_each_action_is_judged_on_its_own():
 
 def test_negative_gpus_are_rejected_rather_than_refunded():
     decision = decide(slurm(max_jobs=1, gpus=-100), PlantState(), BUDGET_POLICY, NOW, "op")
-    assert decision == Decision(REJECTED, ("params.gpus must not be negative",))
+    assert decision == Decision(REJECTED, ("params.gpus must not be negative",), ("invalid_params",))
 
 
 def test_the_sink_is_held_to_what_the_action_declared():

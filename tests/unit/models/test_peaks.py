@@ -11,9 +11,11 @@ import pytest
 from opsloop.config.assets import DEMO_SITE, POLICY_FILE
 from opsloop.models.peak_battery import Battery
 from opsloop.ops.evals.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
+from river.time_series.base import Forecaster
+
 from opsloop.models.peak_forecast import ForecastPoint, PeakForecaster
 from opsloop.models.peak_loop import SitePeakLoop
-from opsloop.models.peak_planner import Billing, Policy, plan
+from opsloop.models.peak_planner import PLAN_CODES, REASON_CODES, RELOCATION_CODES, Billing, Policy, plan
 from opsloop.streams.peak_site import load_loop_config
 
 pytestmark = pytest.mark.unit
@@ -80,12 +82,25 @@ def test_oracle_is_a_lower_bound_and_reactive_and_no_control_are_not_below_it():
 
 def test_forecaster_starts_as_persistence_and_survives_gaps():
     f = PeakForecaster(step_s=3600, season_steps=24)
-    assert f.forecast(3) == []
-    f.learn_one(0, 100.0)
-    assert [p.kw for p in f.forecast(2)] == [100.0, 100.0]
-    f.learn_one(5 * HOUR, 120.0)  # four steps missing
-    f.learn_one(5 * HOUR, 999.0)  # a repeated step is ignored
-    assert f.forecast(1)[0].ts_ms == 6 * HOUR and f.forecast(1)[0].kw == pytest.approx(120.0)
+    assert f.forecast(3) == [] and f.forecast_points(3) == []
+    assert f.learn_one(100.0, {"ts_ms": 0}) is None  # River: learning returns nothing
+    assert f.forecast(2) == [100.0, 100.0]
+    f.learn_one(120.0, {"ts_ms": 5 * HOUR})  # four steps missing
+    f.learn_one(999.0, {"ts_ms": 5 * HOUR})  # a repeated step is ignored
+    assert f.forecast_points(1)[0].ts_ms == 6 * HOUR and f.forecast(1)[0] == pytest.approx(120.0)
+    f.learn_one(130.0)  # no time given: the step after the latest
+    assert f.last_ts_ms == 6 * HOUR and f.forecast_points(1)[0].ts_ms == 7 * HOUR
+
+
+def test_forecaster_follows_rivers_interface():
+    f = PeakForecaster(step_s=900, smoothing=0.99, band_z=2.0)
+    assert isinstance(f, Forecaster)
+    assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
+                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0}
+    assert f.clone()._get_params() == f._get_params()
+    for i in range(200):
+        f.learn_one(100.0 + i % 96)
+    assert f.forecast(4, xs=[{}] * 4) == [p.kw for p in f.forecast_points(4)]
 
 
 def snapshots(days: int):
@@ -129,3 +144,41 @@ def test_a_relocation_hold_fits_the_shipped_guard_policy():
     assert int(hold["params"]["gpus"]) == math.ceil(hold["shed_kw"] / config.kw_per_gpu)
     verdict = decide(hold, PlantState(), load_policy(POLICY_FILE), hold["created_ms"])
     assert verdict.verdict != REJECTED, verdict.reasons
+
+
+# -- reason codes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loads, billed_kw, soc_pct, now_ms, policy, code", [
+    ([3000, 3000, 1000], 0.0, 100, 0, Policy(), "shave_peak"),
+    ([3000, 3000, 1000], 2500.0, 100, 0, Policy(), "hold_billed_peak"),
+    ([3000, 3000, 1000], 2500.0, 100, 0, Policy(import_cap_kw=2200.0), "hold_import_cap"),
+    ([500, 500, 500, 2500, 500, 500], 1200.0, 20, 10 * HOUR, Policy(), "recharge_valley"),
+    ([500, 500, 500, 2500, 500, 500], 1200.0, 20, 0, Policy(), "recharge_cheap_hours"),
+    ([1000, 1000, 2500, 1000], 0.0, 100, 10 * HOUR, Policy(), "wait_for_peak"),
+    ([500, 900, 700], 1200.0, 100, 10 * HOUR, Policy(), "idle_below_target"),
+])
+def test_each_plan_path_yields_its_code(loads, billed_kw, soc_pct, now_ms, policy, code):
+    forecast = [ForecastPoint(now_ms + i * HOUR, kw, kw - 50, kw + 50) for i, kw in enumerate(loads)]
+    p = plan(forecast, 3600, BATTERY, soc_pct=soc_pct, billing=Billing("1970-01", billed_kw, 0), now_ms=now_ms,
+             policy=policy)
+    assert p.reason_code == code, (p.kind, p.reason)
+    assert p.reason_code in PLAN_CODES
+
+
+def test_relocations_name_what_the_battery_cannot_hold():
+    loads = [1000, 3000, 3000, 3000, 1000]
+    billed = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),
+                  now_ms=10 * 86_400_000)
+    assert billed.relocation.reason_code == "relocate_over_billed_peak"
+    capped = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 0.0, 0), now_ms=0,
+                  policy=Policy(import_cap_kw=1500.0))
+    assert capped.relocation.reason_code == "relocate_over_import_cap" and "import cap" in capped.relocation.reason
+    assert {billed.relocation.reason_code, capped.relocation.reason_code} <= RELOCATION_CODES
+
+
+def test_every_proposed_action_carries_a_declared_planner_code():
+    loop = SitePeakLoop(load_loop_config(SITE))
+    actions = [a for s in snapshots(3) for d in loop.on_snapshot(s) for a in d.actions]
+    assert actions and all(a["reason_code"] in REASON_CODES for a in actions)
+    assert {a["reason_code"] for a in actions if a["kind"] == "slurm_hold"} <= RELOCATION_CODES
+    assert len({a["reason_code"] for a in actions}) > 1
