@@ -122,3 +122,11 @@ def test_load_sites_reads_a_folder_once_and_rejects_duplicate_ids(tmp_path):
 def test_sites_compare_by_value():
     assert load_site(DEMO_SITE) == load_site(DEMO_SITE)
     assert isinstance(load_site(DEMO_SITE), Site)
+
+
+def test_agents_and_models_never_read_a_site_file_themselves():
+    """They take a parsed Site; the one YAML reader below the tools is the config floor (and SOP front matter)."""
+    root = Path(__file__).resolve().parents[3]
+    readers = sorted(str(p.relative_to(root)) for folder in ("models", "connectors", "streams")
+                     for p in (root / folder).rglob("*.py") if "yaml" in p.read_text(encoding="utf-8"))
+    assert readers == ["models/sops.py"]  # parses a SOP's front matter from text it is given
