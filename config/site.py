@@ -194,7 +194,8 @@ def _ess(check: "_Checker", where: str, entry: Mapping) -> EssSpec:
         pcs_discharge_kw=check.number(f"{where}.pcs_discharge_kw", entry.get("pcs_discharge_kw")),
         round_trip_efficiency=check.share(f"{where}.round_trip_efficiency",
                                           entry.get("round_trip_efficiency", EssSpec.round_trip_efficiency)),
-        reserve_soc_pct=check.percent(f"{where}.reserve_soc_pct", entry.get("reserve_soc_pct", EssSpec.reserve_soc_pct)),
+        reserve_soc_pct=check.percent(f"{where}.reserve_soc_pct",
+                                      entry.get("reserve_soc_pct", EssSpec.reserve_soc_pct)),
         soh_pct=check.percent(f"{where}.soh_pct", entry.get("soh_pct", EssSpec.soh_pct), positive=True))
 
 

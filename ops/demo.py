@@ -38,7 +38,8 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         _send_corrupt_message(demo)
         t1 = time.monotonic()
         rollup = worker.run(demo, ["rollup"], exit_when_idle=True, site=site)["rollup"]
-        peaks = run_peaks(demo.replace(peaks_step_s=1800), site, rollup["snapshots"])  # the bundled data is half-hourly
+        # the bundled data is half-hourly
+        peaks = run_peaks(demo.replace(peaks_step_s=1800), site, rollup["snapshots"])
         t2 = time.monotonic()
         storm = replay_storm(demo, site, start_ms=STORM_START_MS)  # an alarm storm next to the power data
         t_storm = time.monotonic()

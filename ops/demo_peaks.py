@@ -62,7 +62,7 @@ def summary_lines(result: dict) -> list[str]:
         f"  billing  billed peak from {r['scored_from']} UTC (the first day is forecaster history): "
         f"without opsloop {b['none']:,.0f} kW, with opsloop {b['planner']:,.0f} kW "
         f"(-{reduction:,.0f} kW; perfect foresight -{best:,.0f} kW)",
-        f"           battery {battery.capacity_kwh / 1000:g} MWh / {battery.pcs_discharge_kw / 1000:g} MW following the "
-        f"planner, simulated (the replayed ESS is idle); forecast MAPE 1 h "
+        f"           battery {battery.capacity_kwh / 1000:g} MWh / {battery.pcs_discharge_kw / 1000:g} MW "
+        f"following the planner, simulated (the replayed ESS is idle); forecast MAPE 1 h "
         f"{r['forecast']['mape_1h_pct']}%, 4 h {r['forecast']['mape_4h_pct']}%",
     ]

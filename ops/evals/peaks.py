@@ -170,7 +170,8 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
             "planner": simulate(loads, step_s, battery, energy, planner),
             "oracle": simulate(loads, step_s, battery, energy, oracle_controller(limits, periods, step_s, battery))}
     report = {"battery": {"capacity_kwh": battery.capacity_kwh, "pcs_kw": battery.pcs_discharge_kw,
-                          "round_trip_efficiency": battery.round_trip_efficiency, "reserve_pct": battery.reserve_soc_pct,
+                          "round_trip_efficiency": battery.round_trip_efficiency,
+                          "reserve_pct": battery.reserve_soc_pct,
                           "soh_pct": battery.soh_pct, "initial_soc_pct": soc_pct},
               "scored_from": _iso(times[0]), "warmup_days": warmup_days,
               "billing_period": config.billing_period, "periods": [],

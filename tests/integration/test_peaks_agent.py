@@ -68,8 +68,8 @@ def test_agent_proposes_what_the_planner_proposes_offline(kafka_settings, read_t
 def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart(kafka_settings, read_topic):
     codec = Codec.default()
     settings = kafka_settings.replace(peaks_step_s=1800)  # the bundled data is half-hourly
-    site = load_site(settings.topology)
-    spec = replay_spec(site)
+    demo = load_site(settings.topology)
+    spec = replay_spec(demo)
     decisions: list = []
 
     # Part one: 4 days replayed, rolled up, and planned; then the worker stops.
@@ -79,7 +79,7 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
     prod.produce(settings.topic("telemetry.site"), key=b"demo", value=b"\xc3\x01 broken")
     prod.produce(settings.topic("telemetry.site"), key=b"elsewhere", value=codec.encode("SiteSnapshot", FOREIGN))
     wait_delivered(prod)
-    run_peaks_until(settings, site, decisions, 4 * 48 - 1)  # the last step stays open: no later snapshot closes it
+    run_peaks_until(settings, demo, decisions, 4 * 48 - 1)  # the last step stays open: no later snapshot closes it
     first_run = len(decisions)
 
     # Part two: the rest; a restarted worker gets the open step and the forecaster back from its changelog,
@@ -87,16 +87,16 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
     replay(settings, spec, TAYLOR, start="2000-06-09T00:00:00", days=DAYS - 4)
     assert worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]["snapshots"] == (DAYS - 4) * 48
     steps = DAYS * 48 - 1
-    run_peaks_until(settings.replace(batch_size=24), site, decisions, 6 * 48)  # small batches: it stops near there
+    run_peaks_until(settings.replace(batch_size=24), demo, decisions, 6 * 48)  # small batches: it stops near there
     assert len(decisions) < steps, "the second worker was meant to stop before the end"
-    run_peaks_until(settings, site, decisions, steps)
+    run_peaks_until(settings, demo, decisions, steps)
     assert first_run == 4 * 48 - 1 and len(decisions) == steps
 
     site = [codec.decode_as("SiteSnapshot", m.value()) for m in read_topic(settings, "telemetry.site")
             if m.value() != b"\xc3\x01 broken"]
     snapshots = sorted((s for s in site if s["site"] != FOREIGN["site"]), key=lambda s: s["window_start_ms"])
     assert len(snapshots) == DAYS * 48
-    expected = offline(settings, site, snapshots)
+    expected = offline(settings, demo, snapshots)
 
     published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
     by_id = {a["action_id"]: a for a in published}

@@ -26,8 +26,10 @@ def write(tmp_path: Path, doc: dict, name: str = "site.yaml") -> Path:
 
 def test_the_demo_site_parses_with_its_values():
     site = load_site(DEMO_SITE)
-    assert (site.id, site.timezone, site.grid_import_cap_kw, site.demand_billing_period) == ("demo", "UTC", 40_000, "month")
-    assert site.ess == (EssSpec("ess-1", 10_000, 5000, 5000, round_trip_efficiency=0.9, reserve_soc_pct=10, soh_pct=97),)
+    assert (site.id, site.timezone, site.grid_import_cap_kw, site.demand_billing_period) == \
+           ("demo", "UTC", 40_000, "month")
+    assert site.ess == (EssSpec("ess-1", 10_000, 5000, 5000, round_trip_efficiency=0.9, reserve_soc_pct=10,
+                                soh_pct=97),)
     assert [p.id for p in site.pdus] == [f"pdu-{h}{i}" for h in "ab" for i in range(1, 5)]
     assert sum(p.share for p in site.pdus) == pytest.approx(1.0)
     assert site.slurm_partitions == ("train-a", "train-b", "batch", "inference")

@@ -118,7 +118,7 @@ def test_a_relocation_hold_fits_the_shipped_guard_policy():
     from opsloop.models.guard import REJECTED, PlantState, decide
     from opsloop.config.policy import load_policy
 
-    config = LoopConfig.from_site(load_site(SITE))  # import cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
+    config = LoopConfig.from_site(load_site(SITE))  # cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
     loop = SitePeakLoop(config)
     holds = []
     for step in range(2 * 96):
