@@ -22,44 +22,16 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from opsloop.config.settings import Settings
+from opsloop.config.site import ReplaySpec, ReplayStream, Site
 
 DAY_MS = 86_400_000
 PROGRESS_EVERY_S = 2.0
-STREAM_KEYS = {"device", "device_type", "metric", "unit", "column", "scale", "offset", "constant"}
-
-
-class ReplayConfigError(ValueError):
-    """The site file's replay block is unusable; the message names the file and the entry."""
 
 
 class ReplayDataError(ValueError):
     """The data file does not fit the replay spec (missing column, bad time values)."""
-
-
-@dataclass(frozen=True)
-class ReplayStream:
-    device: str
-    device_type: str
-    metric: str
-    unit: str
-    column: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    constant: float | None = None
-
-
-@dataclass(frozen=True)
-class ReplaySpec:
-    site: str
-    time_column: str
-    streams: tuple[ReplayStream, ...]
-
-    @property
-    def columns(self) -> list[str]:
-        return sorted({s.column for s in self.streams if s.column is not None})
 
 
 @dataclass
@@ -72,59 +44,11 @@ class ReplayStats:
     wall_s: float = 0.0
 
 
-def load_replay_spec(site_file: Path) -> ReplaySpec:
-    try:
-        doc = yaml.safe_load(Path(site_file).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ReplayConfigError(f"{site_file}: cannot read: {exc}") from exc
-
-    def fail(where: str, why: str):
-        raise ReplayConfigError(f"{site_file}: {where}: {why}")
-
-    site = doc.get("site") if isinstance(doc, dict) else None
-    if not isinstance(site, dict) or not _text(site.get("id")):
-        fail("site.id", "missing (a non-empty string)")
-    block = doc.get("replay")
-    if not isinstance(block, dict):
-        fail("replay", "missing block (time_column, streams)")
-    if not _text(block.get("time_column")):
-        fail("replay.time_column", "missing (a non-empty string)")
-    entries = block.get("streams")
-    if not isinstance(entries, list) or not entries:
-        fail("replay.streams", "missing or empty list")
-    streams, seen = [], set()
-    for i, entry in enumerate(entries):
-        where = f"replay.streams[{i}]" + (f" ({entry.get('device')} {entry.get('metric')})" if isinstance(entry, dict) else "")
-        if not isinstance(entry, dict):
-            fail(where, f"expected a mapping, got {entry!r}")
-        if unknown := set(entry) - STREAM_KEYS:
-            fail(where, f"unknown keys {sorted(unknown)}; allowed: {sorted(STREAM_KEYS)}")
-        for key in ("device", "device_type", "metric", "unit"):
-            if not _text(entry.get(key)):
-                fail(where, f"{key} missing (a non-empty string)")
-        if ("column" in entry) == ("constant" in entry):
-            fail(where, "needs exactly one of column (with scale, offset) or constant")
-        if "column" in entry and not _text(entry["column"]):
-            fail(where, "column must be a non-empty string")
-        if "constant" in entry and ("scale" in entry or "offset" in entry):
-            fail(where, "scale and offset apply to a column, not to a constant")
-        for key in ("scale", "offset", "constant"):
-            if key in entry and not _number(entry[key]):
-                fail(where, f"{key} must be a finite number, got {entry[key]!r}")
-        if (entry["device"], entry["metric"]) in seen:
-            fail(where, "duplicate device and metric")
-        seen.add((entry["device"], entry["metric"]))
-        streams.append(ReplayStream(**{k: float(v) if k in ("scale", "offset", "constant") else v
-                                       for k, v in entry.items()}))
-    return ReplaySpec(site["id"], block["time_column"], tuple(streams))
-
-
-def _text(value) -> bool:
-    return isinstance(value, str) and value.strip() != ""
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def replay_spec(site: Site) -> ReplaySpec:
+    """The site's ``replay:`` mapping; an error naming the file when it has none."""
+    if site.replay is None:
+        raise site.error("replay", "missing block (time_column, streams)")
+    return site.replay
 
 
 def read_table(data: Path, time_column: str = "timestamp", *, columns=(), start=None, days=None) -> pa.Table:

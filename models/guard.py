@@ -31,7 +31,8 @@ a job already lost.
 >>> from opsloop.config.policy import Policy, PcsLimits, SlurmLimits, KindRule
 >>> policy = Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
 ...                 SlurmLimits(("batch",), ("inference",), 10, 40, 3600), {"pcs_discharge": KindRule("auto")})
->>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, capacity_kwh=10_000, ts_ms=0)
+>>> from opsloop.models.battery import Battery
+>>> ess = EssState(soc_pct=80, soh_pct=97, power_kw=0, battery=Battery(10_000, 5000, 5000), ts_ms=0)
 >>> action = {"action_id": "a1", "kind": "pcs_discharge", "setpoint_kw": 2000.0, "expires_ms": 1_800_000,
 ...           "job_ids": [], "params": {}}
 >>> approved = decide(action, PlantState(ess), policy, now_ms=0)
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple
 
 from opsloop.config.policy import Policy, SlurmLimits
+from opsloop.models.battery import Battery
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
@@ -107,15 +109,22 @@ class Reason(NamedTuple):
 
 @dataclass(frozen=True)
 class EssState:
-    """What the guard knows of the battery: the latest telemetry and its ratings."""
+    """What the guard knows of the battery: the latest telemetry and its ratings (from the site's ESS entry)."""
 
     soc_pct: float
     soh_pct: float
     power_kw: float  # present PCS power, + discharge
-    capacity_kwh: float  # nameplate; usable = nameplate x SoH
+    battery: Battery  # capacity and efficiency; the telemetry's state of health replaces the nameplate's
     ts_ms: int  # event time of the telemetry
-    round_trip_efficiency: float = 1.0
     last_change_ms: int | None = None  # when the setpoint last changed (ramp); None: long ago
+
+    def soc_after(self, setpoint_kw: float, duration_s: float) -> float:
+        """State of charge after holding ``setpoint_kw`` for ``duration_s``, unbounded.
+
+        >>> EssState(50, 100, 0, Battery(1000, 500, 500, round_trip_efficiency=1.0), 0).soc_after(500, 3600)
+        0.0
+        """
+        return replace(self.battery, soh_pct=self.soh_pct).soc_after(self.soc_pct, setpoint_kw, duration_s)
 
 
 @dataclass(frozen=True)
@@ -146,19 +155,6 @@ class Decision:
     def of(cls, verdict: str, reasons: Iterable[Reason]) -> "Decision":
         reasons = tuple(reasons)
         return cls(verdict, tuple(r.text for r in reasons), tuple(r.code for r in reasons))
-
-
-def soc_after(ess: EssState, setpoint_kw: float, duration_s: float) -> float:
-    """State of charge after holding ``setpoint_kw`` for ``duration_s`` (one-way losses = sqrt(round trip)).
-
-    >>> soc_after(EssState(50, 100, 0, 1000, 0), 500, 3600)  # 500 kWh out of 1000 usable
-    0.0
-    """
-    usable_kwh = ess.capacity_kwh * ess.soh_pct / 100
-    one_way = math.sqrt(ess.round_trip_efficiency)
-    energy_kwh = setpoint_kw * duration_s / 3600
-    stored_kwh = energy_kwh / one_way if setpoint_kw > 0 else energy_kwh * one_way
-    return ess.soc_pct - stored_kwh / usable_kwh * 100
 
 
 def ramp_allowance_kw(ess: EssState, ramp_kw_per_min: float, now_ms: int) -> float:
@@ -202,7 +198,7 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
     if ess.soh_pct < limits.min_soh_pct:
         problems.append(Reason(SOH_BELOW_MINIMUM, f"state of health {ess.soh_pct:g}% is below the policy minimum "
                                                   f"of {limits.min_soh_pct:g}%"))
-    end_soc = soc_after(ess, setpoint, max(duration_s, 0.0))
+    end_soc = ess.soc_after(setpoint, max(duration_s, 0.0))
     if setpoint > 0 and end_soc < limits.reserve_soc_pct:
         problems.append(Reason(SOC_BELOW_RESERVE, f"discharging {setpoint:g} kW for {duration_s:g} s takes the state "
                                                   f"of charge from {ess.soc_pct:g}% to {end_soc:.1f}%, below the "

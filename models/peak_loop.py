@@ -25,7 +25,8 @@ import hashlib
 import math
 from dataclasses import dataclass, field, replace
 
-from opsloop.models.peak_battery import Battery
+from opsloop.config.site import Site
+from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan
 
@@ -46,6 +47,34 @@ class LoopConfig:
     slurm_hold_s: int = 3600  # a hold lasts at most this long (the guard's max_hold_s); re-proposed while needed
     kw_per_gpu: float | None = None  # estimated draw of one relocatable GPU: holds then declare params.gpus
     proposer: str = "peaks"
+
+    @classmethod
+    def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
+                  pcs_kw: float | None = None, **overrides) -> "LoopConfig":
+        """The site's first ESS, import cap, tariff, billing period and preemptible Slurm partition.
+
+        ``battery_kwh`` / ``pcs_kw`` resize the battery; ``overrides`` replace other fields.
+        """
+        if not site.ess:
+            raise site.error("ess", "the peaks loop needs an entry with capacity_kwh, pcs_charge_kw, "
+                                    "pcs_discharge_kw")
+        ess = site.ess[0]
+        resized = {"capacity_kwh": battery_kwh} if battery_kwh is not None else {}
+        if pcs_kw is not None:
+            resized.update(pcs_charge_kw=float(pcs_kw), pcs_discharge_kw=float(pcs_kw))
+        battery = Battery.from_spec(ess, **{k: float(v) for k, v in resized.items()})
+        relocatable = next((p for p in site.gpu_pods if "preemptible" in p.description), None)
+        cap = site.grid_import_cap_kw
+        # What relocating the preemptible pod's jobs can give at most: its share of IT at the import cap.
+        shed = relocatable.it_share * cap if relocatable and cap else math.inf
+        gpus = relocatable.gpus if relocatable else 0
+        kw_per_gpu = shed / gpus if gpus and shed != math.inf else None  # the pod's IT at the cap, per GPU
+        config = cls(site=site.id, ess_id=ess.id, battery=battery, step_s=step_s,
+                     tariff=Tariff(site.prices_by_hour) if site.prices_by_hour else Tariff(),
+                     policy=Policy(import_cap_kw=cap, max_shed_kw=shed),
+                     slurm_partition=(relocatable.slurm_partition if relocatable else None) or "batch",
+                     billing_period=site.demand_billing_period, kw_per_gpu=kw_per_gpu)
+        return replace(config, **overrides)
 
     @property
     def day_steps(self) -> int:

@@ -19,9 +19,10 @@ with the kW they must shed and when.
 Every plan and relocation says why twice: a sentence for an operator (``reason``)
 and a code from ``REASON_CODES`` (``reason_code``), to count decisions by why.
 
->>> from opsloop.models.peak_battery import Battery
+>>> from opsloop.models.battery import Battery
 >>> from opsloop.models.peak_forecast import ForecastPoint
->>> b = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=0)
+>>> b = Battery(capacity_kwh=2000, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+...             reserve_soc_pct=0)
 >>> hour = 3_600_000
 >>> load = [800, 800, 1500, 1800, 1500, 800]
 >>> fc = [ForecastPoint(i * hour, kw, kw, kw) for i, kw in enumerate(load)]
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
-from opsloop.models.peak_battery import Battery, Command
+from opsloop.models.battery import Battery, Command
 from opsloop.models.peak_forecast import ForecastPoint
 
 # Reason codes of a plan's next step:
@@ -158,7 +159,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
                       charge_kw=battery.max_charge_kw(energy, step_h) if charge_at[0] else 0.0,
                       charge_ceiling_kw=ceiling)
-    schedule = _schedule([p.kw for p in forecast], charge_at, battery, energy, step_h, target, ceiling)
+    schedule = battery.dispatch([p.kw for p in forecast], charge_at, energy, step_h, target, ceiling)
     peak = max(forecast, key=lambda p: p.kw)
     if forecast[0].upper_kw > target and command.max_discharge_kw > 0:
         kind, setpoint = "pcs_discharge", min(forecast[0].upper_kw - target, command.max_discharge_kw)
@@ -199,56 +200,20 @@ def _episode_end(charge_at: Sequence[bool]) -> int:
     return max(1, k)
 
 
-def _holds(load: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy: float, step_h: float,
-           limit: float, ceiling: float) -> bool:
-    """Can the battery keep import at or under ``limit`` at every step? (exact simulation)"""
-    reserve, full, eta = battery.reserve_kwh, battery.full_kwh, battery.eta
-    for kw, charge in zip(load, charge_at):
-        if kw > limit:
-            need = kw - limit
-            if need > battery.discharge_kw:
-                return False
-            energy -= need * step_h / eta
-            if energy < reserve - 1e-9:
-                return False
-        elif charge and energy < full:
-            energy += min(battery.charge_kw, ceiling - kw, (full - energy) / (eta * step_h)) * step_h * eta \
-                if ceiling > kw else 0.0
-    return True
-
-
 def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: float, policy: Policy,
                      billed_kw: float) -> float:
     headroom = 1 - policy.charge_headroom_pct / 100
     hi = max(load)
-    lo = max(0.0, hi - battery.discharge_kw)
-    if _holds(load, charge_at, battery, energy, step_h, lo, min(lo, billed_kw) * headroom):
+    lo = max(0.0, hi - battery.pcs_discharge_kw)
+    if battery.holds(load, charge_at, energy, step_h, lo, min(lo, billed_kw) * headroom):
         return lo
     while hi - lo > policy.tolerance_kw:
         mid = (lo + hi) / 2
-        if _holds(load, charge_at, battery, energy, step_h, mid, min(mid, billed_kw) * headroom):
+        if battery.holds(load, charge_at, energy, step_h, mid, min(mid, billed_kw) * headroom):
             hi = mid
         else:
             lo = mid
     return hi
-
-
-def _schedule(load, charge_at, battery: Battery, energy: float, step_h: float, target: float,
-              ceiling: float) -> list[float]:
-    """Expected PCS power per step: what ``Battery.step`` does under the plan's commands, inlined (hot path)."""
-    reserve, full, eta = battery.reserve_kwh, battery.full_kwh, battery.eta
-    out = []
-    for kw, charge in zip(load, charge_at):
-        if kw > target:
-            power = min(kw - target, battery.discharge_kw, max(0.0, (energy - reserve) * eta / step_h))
-            energy -= power * step_h / eta
-        elif charge and ceiling > kw:
-            power = -min(ceiling - kw, battery.charge_kw, max(0.0, (full - energy) / (eta * step_h)))
-            energy -= power * step_h * eta
-        else:
-            power = 0.0
-        out.append(power)
-    return out
 
 
 def _run_end(forecast, schedule, kind: str, step_s: int) -> int:

@@ -1,4 +1,4 @@
-"""Site topology: which element feeds which, per chain, read from a site file's ``topology:`` block.
+"""Site topology: which element feeds which, per chain, from a site's ``topology:`` block.
 
 Chains (each element names what feeds it with ``fed_by``, an id or a list):
 
@@ -31,10 +31,9 @@ chain of the element it is on; otherwise it is unknown and may relate through an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping
 
-import yaml
+from opsloop.config.site import Site, SiteError
 
 CHAINS = ("power", "cooling", "network", "gpu")
 CODE_PREFIX_CHAINS = {"PWR": "power", "UPS": "power", "PDU": "power", "TEMP": "cooling", "COOL": "cooling",
@@ -42,7 +41,7 @@ CODE_PREFIX_CHAINS = {"PWR": "power", "UPS": "power", "PDU": "power", "TEMP": "c
 RACK_LINKS = {"pdu": "power", "zone": "cooling", "switch": "network"}
 
 
-class TopologyError(ValueError):
+class TopologyError(SiteError):
     """The topology block is unusable; the message names the file and the entry."""
 
 
@@ -58,6 +57,13 @@ class Topology:
     _depth: dict[str, int] = field(default_factory=dict, repr=False)
 
     # -- building ----------------------------------------------------------------------
+
+    @classmethod
+    def from_site(cls, site: Site) -> "Topology":
+        """The topology of a site (its ``topology:`` and ``alarm_chains:`` blocks)."""
+        if site.topology is None:
+            raise TopologyError(f"{site.source}: no topology: block (power, cooling, network, racks)")
+        return cls.from_dict(site.id, site.topology, site.alarm_chains, where=f"{site.source}: topology")
 
     @classmethod
     def from_dict(cls, site: str, block: Mapping, code_chains: Mapping[str, str] | None = None,
@@ -184,26 +190,6 @@ def _ids(value) -> tuple[str, ...]:
     return (str(value),)
 
 
-def load_topology(site_file: Path) -> Topology:
-    """The topology of one site file (its ``site.id`` and ``topology:`` block)."""
-    try:
-        doc = yaml.safe_load(Path(site_file).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise TopologyError(f"{site_file}: cannot read: {exc}") from exc
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("site"), Mapping) or not doc["site"].get("id"):
-        raise TopologyError(f"{site_file}: site.id is missing")
-    if "topology" not in doc:
-        raise TopologyError(f"{site_file}: no topology: block (power, cooling, network, racks)")
-    return Topology.from_dict(str(doc["site"]["id"]), doc["topology"], doc.get("alarm_chains"),
-                              where=f"{site_file}: topology")
-
-
-def load_topologies(site_files: Iterable[Path]) -> dict[str, Topology]:
-    """Site id → topology for every file that has a topology block (others are skipped)."""
-    found = {}
-    for path in site_files:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if isinstance(doc, Mapping) and "topology" in doc:
-            topo = load_topology(Path(path))
-            found[topo.site] = topo
-    return found
+def site_topologies(sites: Iterable[Site]) -> dict[str, Topology]:
+    """Site id -> topology for every site with a topology block (others are skipped)."""
+    return {site.id: Topology.from_site(site) for site in sites if site.topology is not None}

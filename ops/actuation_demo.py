@@ -46,6 +46,7 @@ def run_actuation_demo(settings: Settings) -> int:
     from opsloop.models.jobs import flexible_gpu_kw
     from opsloop.ops.pcs_sim import from_site
     from opsloop.config.policy import load_policy
+    from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm, SlurmSetupError
     from opsloop.schemas.codec import Codec
     from opsloop.streams.guard import GuardProcessor
@@ -57,18 +58,19 @@ def run_actuation_demo(settings: Settings) -> int:
     run = settings.replace(data_dir=work, window_s=5, grace_s=1, verify_window_s=30.0,
                            app_id=f"opsloop-demo-{uuid.uuid4().hex[:6]}")
     policy = load_policy(run.policy)
+    site = load_site(run.topology)
     codec = Codec.default()
     print(f"\nactuation: policy {policy.label} (PCS {policy.mode('pcs_discharge')}, "
           f"Slurm {policy.mode('slurm_suspend')}; protected: {', '.join(policy.slurm.protected_partitions)})")
 
-    cluster = LocalSlurm.for_site(work / "slurm", run.topology)
+    cluster = LocalSlurm.for_site(work / "slurm", site)
     try:
         print(f"  slurm    {cluster.start()}")
     except SlurmSetupError as exc:
         print(f"  slurm    not started, the Slurm part is left out: {str(exc).splitlines()[0]}")
         cluster = None
     host, port = parse_endpoint(run.pcs_modbus)
-    sim = from_site(run, port, telemetry_s=1.0, host=host)
+    sim = from_site(site, port, run, telemetry_s=1.0, host=host)
     stop = threading.Event()
     threads, processors = [], []
     try:
@@ -80,8 +82,8 @@ def run_actuation_demo(settings: Settings) -> int:
                                           ("batch", 2, "sweep"), ("batch", 1, "etl"), ("train-b", 2, "finetune")):
                 jobs[_submit(cluster, partition, gpus, name)] = (partition, gpus, name)
         backend = ScontrolBackend(cluster.env) if cluster is not None else None
-        guard = GuardProcessor(run, policy)
-        processors = [RollupProcessor(run), guard, PcsSink(run, policy)]
+        guard = GuardProcessor(run, policy, site)
+        processors = [RollupProcessor(run), guard, PcsSink(run, policy, site)]
         if backend is not None:
             processors.append(SlurmSink(run, policy, backend=backend))
         for proc in processors:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import time
 
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
 
-def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
+def replay_storm(settings: Settings, site: Site, start_ms: int, seed: int = 0) -> dict:
     """Sends a storm corpus to ``alarms.raw`` and runs dedup + correlate until all of it is folded in."""
     from opsloop.connectors.kafka import producer, wait_delivered
     from opsloop.ops.evals.storm import generate_storm
-    from opsloop.models.topology import load_topology
+    from opsloop.models.topology import Topology
     from opsloop.schemas.codec import Codec
 
-    topology = load_topology(settings.topology)
+    topology = Topology.from_site(site)
     storm = generate_storm(topology, seed=seed, start_ms=start_ms)
     codec, prod = Codec.default(), producer(settings)
     for alarm, _ in storm.alarms:
@@ -29,17 +30,17 @@ def replay_storm(settings: Settings, start_ms: int, seed: int = 0) -> dict:
     wait_delivered(prod)
     del prod
     t0 = time.monotonic()
-    stats = run_filter_until_caught_up(settings, len(storm.alarms))
+    stats = run_filter_until_caught_up(settings, site, len(storm.alarms))
     return {**stats, "failures": len(storm.failures), "seconds": time.monotonic() - t0,
             "roots": [(f.kind, f.root) for f in storm.failures]}
 
 
-def run_filter_until_caught_up(settings: Settings, raw_alarms: int) -> dict:
+def run_filter_until_caught_up(settings: Settings, site: Site, raw_alarms: int) -> dict:
     """Runs the dedup then the correlate processor, each until its input is caught up and idle."""
     from opsloop.streams import worker
 
-    dedup = worker.run(settings, ["dedup"], exit_when_idle=True)["dedup"]
-    correlate = worker.run(settings, ["correlate"], exit_when_idle=True)["correlate"]
+    dedup = worker.run(settings, ["dedup"], exit_when_idle=True, site=site)["dedup"]
+    correlate = worker.run(settings, ["correlate"], exit_when_idle=True, site=site)["correlate"]
     if dedup["in"] < raw_alarms:
         raise RuntimeError(f"the alarm filter took {dedup['in']:,} of {raw_alarms:,} alarms")
     return {"raw": dedup["in"], "clean": dedup["out"], "incident_updates": correlate["out"]}

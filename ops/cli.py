@@ -44,15 +44,17 @@ def cmd_policy(settings: Settings, args) -> int:
 
 
 def cmd_pcs_sim(settings: Settings, args) -> int:
+    from opsloop.config.site import load_site
     from opsloop.ops.pcs_sim import serve_forever
 
-    return serve_forever(settings, telemetry_s=args.telemetry_s)
+    return serve_forever(settings, load_site(settings.topology), telemetry_s=args.telemetry_s)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
+    from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
 
-    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", settings.topology)
+    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", load_site(settings.topology))
     if args.action == "up":
         print(cluster.start(rest=args.rest))
         print(f"export SLURM_CONF={cluster.layout.conf}")
@@ -90,9 +92,10 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_replay(settings: Settings, args) -> int:
-    from opsloop.connectors.replay import load_replay_spec, replay
+    from opsloop.config.site import load_site
+    from opsloop.connectors.replay import replay, replay_spec
 
-    spec = load_replay_spec(args.site or settings.topology)
+    spec = replay_spec(load_site(args.site or settings.topology))
     stats = replay(settings, spec, Path(args.data), speedup=args.speedup, start=args.start, days=args.days,
                    progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"replayed {stats.rows} rows as {stats.points} points ({stats.skipped} empty cells skipped) "

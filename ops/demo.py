@@ -19,7 +19,8 @@ STORM_START_MS = 960_163_200_000 + 2 * 86_400_000 + 9 * 3_600_000  # 2000-06-07 
 
 def run_demo(settings: Settings, data: Path, days: float) -> int:
     from opsloop.connectors.duckdb_sink import query
-    from opsloop.connectors.replay import load_replay_spec, replay
+    from opsloop.config.site import load_site
+    from opsloop.connectors.replay import replay, replay_spec
     from opsloop.ops.demo_peaks import run_peaks, summary_lines
     from opsloop.ops.alarm_demo import replay_storm, summary_lines as alarm_summary
     from opsloop.ops.kafka import scratch_topics
@@ -30,17 +31,19 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
     (demo_dir / "opsloop.duckdb").unlink(missing_ok=True)
     with scratch_topics(settings, f"demo-{time.strftime('%Y%m%d%H%M%S')}.") as demo:
         demo = demo.replace(data_dir=demo_dir, duckdb_path=demo_dir / "opsloop.duckdb", idle_close_s=3.0)
-        spec = load_replay_spec(demo.topology)
+        site = load_site(demo.topology)
+        spec = replay_spec(site)
         t0 = time.monotonic()
         stats = replay(demo, spec, data, days=days)
         _send_corrupt_message(demo)
         t1 = time.monotonic()
-        rollup = worker.run(demo, ["rollup"], exit_when_idle=True)["rollup"]
-        peaks = run_peaks(demo.replace(peaks_step_s=1800), rollup["snapshots"])  # the bundled data is half-hourly
+        rollup = worker.run(demo, ["rollup"], exit_when_idle=True, site=site)["rollup"]
+        # the bundled data is half-hourly
+        peaks = run_peaks(demo.replace(peaks_step_s=1800), site, rollup["snapshots"])
         t2 = time.monotonic()
-        storm = replay_storm(demo, start_ms=STORM_START_MS)  # an alarm storm next to the power data
+        storm = replay_storm(demo, site, start_ms=STORM_START_MS)  # an alarm storm next to the power data
         t_storm = time.monotonic()
-        views = worker.run(demo, ["views"], exit_when_idle=True)["views"]
+        views = worker.run(demo, ["views"], exit_when_idle=True, site=site)["views"]
         t3 = time.monotonic()
         _, [(minutes, first, last, mean_pue, mean_it)] = query(demo.duckdb_file, """
             SELECT count(*), min(minute), max(minute), avg(pue), avg(it_kw) FROM v_site_power""")

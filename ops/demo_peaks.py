@@ -12,14 +12,15 @@ import time
 from collections import Counter
 
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
 
 SAFETY_NET_S = 300.0
 
 
-def run_peaks(settings: Settings, snapshots: int) -> dict:
+def run_peaks(settings: Settings, site: Site, snapshots: int) -> dict:
     """Run the peaks processor until it has decided every closed step; returns what it did and the pricing."""
     from opsloop.ops.evals.peaks import evaluate
-    from opsloop.streams.peak_site import load_loop_config
+    from opsloop.models.peak_loop import LoopConfig
     from opsloop.streams.peaks import PeaksProcessor
 
     decisions: list = []
@@ -35,12 +36,12 @@ def run_peaks(settings: Settings, snapshots: int) -> dict:
     timer.start()
     t0 = time.monotonic()
     try:
-        PeaksProcessor(settings, observer=observe).run(stop)
+        PeaksProcessor(settings, site, observer=observe).run(stop)
     finally:
         timer.cancel()
     wall = time.monotonic() - t0
     kinds = Counter(a["kind"] for d in decisions for a in d.actions)
-    config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
+    config = LoopConfig.from_site(site, step_s=settings.peaks_step_s)
     report = evaluate([d.step_start_ms for d in decisions], [d.load_kw for d in decisions], settings.peaks_step_s,
                       config, soc_pct=80.0, warmup_days=1)
     periods = report["periods"]
@@ -61,7 +62,7 @@ def summary_lines(result: dict) -> list[str]:
         f"  billing  billed peak from {r['scored_from']} UTC (the first day is forecaster history): "
         f"without opsloop {b['none']:,.0f} kW, with opsloop {b['planner']:,.0f} kW "
         f"(-{reduction:,.0f} kW; perfect foresight -{best:,.0f} kW)",
-        f"           battery {battery.capacity_kwh / 1000:g} MWh / {battery.discharge_kw / 1000:g} MW following the "
-        f"planner, simulated (the replayed ESS is idle); forecast MAPE 1 h "
+        f"           battery {battery.capacity_kwh / 1000:g} MWh / {battery.pcs_discharge_kw / 1000:g} MW "
+        f"following the planner, simulated (the replayed ESS is idle); forecast MAPE 1 h "
         f"{r['forecast']['mape_1h_pct']}%, 4 h {r['forecast']['mape_4h_pct']}%",
     ]

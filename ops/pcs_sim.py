@@ -4,7 +4,7 @@ The register image is ``models.sunspec`` (common model, inverter model 103 for
 the measured AC power, storage controls model 124). Status registers are
 read-only on the wire (a write to them gets ILLEGAL_ADDRESS, like a real PCS).
 Every accepted write to the control registers is kept in ``register_log``
-(time, first address, values) and applied to ``models.battery.Battery``, which
+(time, first address, values) and applied to ``models.battery.PcsBattery``, which
 honours the revert timeout; before every read the battery is advanced to the
 injected ``clock`` and the status registers are refreshed, so tests drive time
 by hand and never wait on the wall clock.
@@ -25,25 +25,27 @@ import time
 from typing import Callable
 
 from opsloop.models import sunspec
-from opsloop.models.battery import Battery
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
+from opsloop.models.battery import Battery, PcsBattery
 
 log = logging.getLogger("opsloop.pcs_sim")
 WRITE_CODES = (6, 16, 23)
 
 
 class PcsSimulator:
-    def __init__(self, battery: Battery, port: int, host: str = "127.0.0.1", *, device: str = "ess-1",
-                 site: str = "demo", wchamax_kw: float | None = None, reserve_pct: float = 10.0,
+    def __init__(self, battery: PcsBattery, port: int, host: str = "127.0.0.1", *, device: str = "ess-1",
+                 site: str = "demo", wchamax_kw: float | None = None, reserve_pct: float | None = None,
                  clock: Callable[[], float] = time.time, settings: Settings | None = None,
                  telemetry_s: float | None = None):
         self.battery = battery
         self.host, self.port = host, port
         self.device, self.site = device, site
-        self.wchamax_kw = wchamax_kw or battery.max_discharge_kw
+        self.wchamax_kw = wchamax_kw or battery.battery.pcs_discharge_kw
         self.clock = clock
         self.settings = settings
         self.telemetry_s = telemetry_s
+        reserve_pct = battery.battery.reserve_soc_pct if reserve_pct is None else reserve_pct
         self.registers = sunspec.initial_registers(self.wchamax_kw, reserve_pct)
         self.register_log: list[tuple[float, int, list[int]]] = []
         self._lock = threading.Lock()
@@ -185,7 +187,7 @@ class PcsSimulator:
         self.tick()
         codec, ts_ms = Codec.default(), int(self.clock() * 1000)
         b = self.battery
-        for metric, value, unit in (("ess_soc_pct", b.soc_pct, "%"), ("ess_soh_pct", b.soh_pct, "%"),
+        for metric, value, unit in (("ess_soc_pct", b.soc_pct, "%"), ("ess_soh_pct", b.battery.soh_pct, "%"),
                                     ("ess_kw", b.power_kw, "kW")):
             point = {"ts_ms": ts_ms, "site": self.site, "device": self.device, "device_type": "ess",
                      "metric": metric, "value": float(value), "unit": unit, "source": "pcs-sim"}
@@ -201,24 +203,21 @@ class PcsSimulator:
                 log.exception("PCS simulator telemetry failed")
 
 
-def from_site(settings: Settings | None, port: int, clock: Callable[[], float] = time.time,
+def from_site(site: Site, port: int, settings: Settings | None = None, clock: Callable[[], float] = time.time,
               telemetry_s: float | None = None, soc_pct: float = 80.0, host: str = "127.0.0.1") -> PcsSimulator:
-    """A simulator for the first ESS of the site file (capacity, PCS ratings, efficiency, SoH, reserve)."""
-    import yaml
+    """A simulator for the site's first ESS (capacity, PCS ratings, efficiency, SoH, reserve).
 
-    topology = (settings or Settings()).topology
-    site = yaml.safe_load(topology.read_text())
-    ess = site["ess"][0]
-    battery = Battery(ess["capacity_kwh"], ess["pcs_charge_kw"], ess["pcs_discharge_kw"],
-                      ess.get("round_trip_efficiency", 1.0), soc_pct=soc_pct, soh_pct=ess.get("soh_pct", 100.0),
-                      min_soc_pct=0.0, now_s=clock())
-    return PcsSimulator(battery, port, host, device=ess["id"], site=site["site"]["id"],
-                        wchamax_kw=max(ess["pcs_charge_kw"], ess["pcs_discharge_kw"]),
-                        reserve_pct=ess.get("reserve_soc_pct", 10.0), clock=clock, settings=settings,
+    With ``settings`` it can publish telemetry (see ``PcsSimulator``)."""
+    if not site.ess:
+        raise site.error("ess", "the PCS simulator needs an entry (id, capacity_kwh, pcs_charge_kw, pcs_discharge_kw)")
+    ess = site.ess[0]
+    battery = PcsBattery(Battery.from_spec(ess), soc_pct=soc_pct, min_soc_pct=0.0, now_s=clock())
+    return PcsSimulator(battery, port, host, device=ess.id, site=site.id,
+                        wchamax_kw=max(ess.pcs_charge_kw, ess.pcs_discharge_kw), clock=clock, settings=settings,
                         telemetry_s=telemetry_s)
 
 
-def serve_forever(settings: Settings, telemetry_s: float | None = 1.0) -> int:
+def serve_forever(settings: Settings, site: Site, telemetry_s: float | None = 1.0) -> int:
     """`opsloop pcs-sim`: serve on ``settings.pcs_modbus`` and publish telemetry until SIGINT/SIGTERM."""
     import signal
 
@@ -228,7 +227,7 @@ def serve_forever(settings: Settings, telemetry_s: float | None = 1.0) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with from_site(settings, port, host=host, telemetry_s=telemetry_s):
+    with from_site(site, port, settings, host=host, telemetry_s=telemetry_s):
         print(f"PCS simulator on {host}:{port}, telemetry every {telemetry_s} s", flush=True)
         stop.wait()
     return 0

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from opsloop.config.site import Site
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("scontrol", "sbatch", "squeue", "sinfo", "scancel")
@@ -119,13 +119,11 @@ def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb:
     return "\n".join(lines) + "\n"
 
 
-def site_partitions(topology: Path) -> tuple[str, ...]:
+def site_partitions(site: Site) -> tuple[str, ...]:
     """Slurm partitions named by the site's GPU pods, in file order."""
-    site = yaml.safe_load(Path(topology).read_text())
-    names = [pod["slurm_partition"] for pod in site.get("gpu_pods", []) if pod.get("slurm_partition")]
-    if not names:
-        raise SlurmSetupError(f"{topology}: no gpu_pods with a slurm_partition")
-    return tuple(dict.fromkeys(names))
+    if not site.slurm_partitions:
+        raise SlurmSetupError(f"{site.source}: no gpu_pods with a slurm_partition")
+    return site.slurm_partitions
 
 
 class LocalSlurm:
@@ -140,8 +138,8 @@ class LocalSlurm:
         self.gpus = gpus
 
     @classmethod
-    def for_site(cls, state_dir: Path, topology: Path, **kwargs) -> "LocalSlurm":
-        return cls(state_dir, site_partitions(topology), **kwargs)
+    def for_site(cls, state_dir: Path, site: Site, **kwargs) -> "LocalSlurm":
+        return cls(state_dir, site_partitions(site), **kwargs)
 
     @property
     def env(self) -> dict[str, str]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 
-from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
-from opsloop.models.topology import load_topologies
+from typing import Iterable
+
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
+from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
+from opsloop.models.topology import site_topologies
 from opsloop.streams.keyed import KeyedProcessor
-
-
-def site_topologies(settings: Settings):
-    files = sorted(settings.topology.parent.glob("*.yaml"))
-    return load_topologies([*files, settings.topology] if settings.topology not in files else files)
 
 
 class CorrelateProcessor(KeyedProcessor):
@@ -26,10 +24,11 @@ class CorrelateProcessor(KeyedProcessor):
     source = "alarms.clean"
     record = "CleanAlarm"
 
-    def __init__(self, settings: Settings, config: CorrelateConfig = CorrelateConfig(), **kwargs):
+    def __init__(self, settings: Settings, sites: Iterable[Site], config: CorrelateConfig = CorrelateConfig(),
+                 **kwargs):
         super().__init__(settings, **kwargs)
         self.config = config
-        self.topologies = site_topologies(settings)
+        self.topologies = site_topologies(sites)  # a site without one still gets incidents, per device
 
     def load_state(self, key: bytes, stored: bytes | None) -> SiteCorrelator:
         site = key.decode()

@@ -44,6 +44,8 @@ from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED,
 from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_power
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
+from opsloop.models.battery import Battery
 from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.guard")
@@ -80,13 +82,13 @@ class GuardStore:
 class GuardProcessor:
     name = NAME
 
-    def __init__(self, settings: Settings, policy: Policy, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: Settings, policy: Policy, site: Site, clock: Callable[[], float] = time.time):
         self.settings = settings
         self.policy = policy
         self.clock = clock
         self.codec = Codec.default()
         self.store = GuardStore(settings.data_dir / "guard.sqlite")
-        self.ess_specs = _ess_specs(settings)
+        self.batteries = {site.id: Battery.from_spec(site.ess[0])} if site.ess else {}  # site → its first ESS
         self.ess: dict[str, EssState] = {}  # site → latest ESS state
         self.last_change: dict[str, int] = {}  # site → when the guard last approved a new PCS setpoint
         self.stats = {"proposed": 0, APPROVED: 0, NEEDS_APPROVAL: 0, REJECTED: 0, "operator_approved": 0,
@@ -138,11 +140,10 @@ class GuardProcessor:
             "SELECT action_id, site, approved_ms, jobs, gpu_hours FROM slurm_spent WHERE site = ?", site))
 
     def on_snapshot(self, snap: dict) -> None:
-        spec = self.ess_specs.get(snap["site"])
-        if spec and snap.get("ess_soc_pct") is not None and snap.get("ess_soh_pct") is not None:
+        battery = self.batteries.get(snap["site"])
+        if battery and snap.get("ess_soc_pct") is not None and snap.get("ess_soh_pct") is not None:
             self.ess[snap["site"]] = EssState(snap["ess_soc_pct"], snap["ess_soh_pct"], snap.get("ess_kw") or 0.0,
-                                              spec["capacity_kwh"], snap["window_end_ms"],
-                                              spec.get("round_trip_efficiency", 1.0))
+                                              battery, snap["window_end_ms"])
         if snap.get("ess_kw") is None:
             return
         for action_id, _action, since_ms, _deadline, observed in self.store.rows(
@@ -286,11 +287,3 @@ class GuardProcessor:
                 self.store.db.close()
         log.info("guard stopped: %s", self.stats)
         return self.stats
-
-
-def _ess_specs(settings: Settings) -> dict[str, dict]:
-    """site → its first ESS's ratings, from the site file."""
-    import yaml
-
-    site = yaml.safe_load(settings.topology.read_text())
-    return {site["site"]["id"]: site["ess"][0]} if site.get("ess") else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from opsloop.config.site import Site
 from opsloop.streams.actuator import ActuatorSink, result
 from opsloop.connectors.ledger import EXECUTED, FAILED
 from opsloop.connectors.pcs import PcsClient, parse_endpoint
@@ -22,11 +23,11 @@ class PcsSink(ActuatorSink):
     name = "pcs-sink"
     kinds = ("pcs_discharge", "pcs_charge", "pcs_idle")
 
-    def __init__(self, settings, policy, clock=None, targets: tuple[str, ...] | None = None):
+    def __init__(self, settings, policy, site: Site, clock=None, targets: tuple[str, ...] | None = None):
         super().__init__(settings, policy, **({"clock": clock} if clock else {}))
         host, port = parse_endpoint(settings.pcs_modbus)
         self.client = PcsClient(host, port)
-        self.targets = targets if targets is not None else _site_ess_ids(settings)
+        self.targets = targets if targets is not None else tuple(ess.id for ess in site.ess)
 
     def _setpoint(self, action: dict) -> float:
         return 0.0 if action["kind"] == "pcs_idle" else float(action["setpoint_kw"])
@@ -62,10 +63,3 @@ class PcsSink(ActuatorSink):
             return super().run(stop, exit_when_idle)
         finally:
             self.client.close()
-
-
-def _site_ess_ids(settings) -> tuple[str, ...]:
-    import yaml
-
-    site = yaml.safe_load(settings.topology.read_text())
-    return tuple(ess["id"] for ess in site.get("ess", []))

@@ -17,9 +17,9 @@ import math
 import pickle
 from typing import Callable
 
-from opsloop.models.peak_loop import Decision, SitePeakLoop
-from opsloop.streams.peak_site import load_loop_config
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site
+from opsloop.models.peak_loop import Decision, LoopConfig, SitePeakLoop
 from opsloop.streams.keyed import KeyedProcessor
 
 NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
@@ -41,9 +41,9 @@ class PeaksProcessor(KeyedProcessor):
     source = "telemetry.site"
     record = "SiteSnapshot"
 
-    def __init__(self, settings: Settings, observer: Observer | None = None, **kwargs):
+    def __init__(self, settings: Settings, site: Site, observer: Observer | None = None, **kwargs):
         super().__init__(settings, **kwargs)
-        self.config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
+        self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s)
         self.observer = observer
         self.decided: list[Decision] = []
 

@@ -20,6 +20,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site, load_site
 
 if TYPE_CHECKING:
     import faust
@@ -33,39 +34,39 @@ class Processor(Protocol):
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict: ...
 
 
-def _rollup(settings: Settings) -> Processor:
+def _rollup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.rollup import RollupProcessor
 
     return RollupProcessor(settings)
 
 
-def _anomaly(settings: Settings) -> Processor:
+def _anomaly(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.anomaly import AnomalyProcessor
 
     return AnomalyProcessor(settings)
 
 
-def _views(settings: Settings) -> Processor:
+def _views(settings: Settings, site: Site) -> Processor:
     from opsloop.connectors.duckdb_sink import DuckDBSink
 
     return DuckDBSink(settings)
 
 
-def _guard(settings: Settings) -> Processor:
+def _guard(settings: Settings, site: Site) -> Processor:
     from opsloop.config.policy import load_policy
     from opsloop.streams.guard import GuardProcessor
 
-    return GuardProcessor(settings, load_policy(settings.policy))
+    return GuardProcessor(settings, load_policy(settings.policy), site)
 
 
-def _pcs_sink(settings: Settings) -> Processor:
+def _pcs_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.pcs_sink import PcsSink
     from opsloop.config.policy import load_policy
 
-    return PcsSink(settings, load_policy(settings.policy))
+    return PcsSink(settings, load_policy(settings.policy), site)
 
 
-def _slurm_sink(settings: Settings) -> Processor:
+def _slurm_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.slurm_sink import SlurmSink
     from opsloop.config.policy import load_policy
 
@@ -75,16 +76,18 @@ def _slurm_sink(settings: Settings) -> Processor:
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
-def _dedup(settings: Settings) -> Processor:
+def _dedup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.dedup import DedupProcessor
 
     return DedupProcessor(settings)
 
 
-def _correlate(settings: Settings) -> Processor:
+def _correlate(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.site import load_sites
     from opsloop.streams.correlate import CorrelateProcessor
 
-    return CorrelateProcessor(settings)
+    # alarms of every site described beside this one correlate on their own topology
+    return CorrelateProcessor(settings, load_sites(settings.topology.parent, known=[site]).values())
 
 
 def _narrate(app: "faust.App", settings: Settings) -> None:
@@ -93,15 +96,16 @@ def _narrate(app: "faust.App", settings: Settings) -> None:
     register(app, settings)
 
 
-AGENTS: dict[str, Callable[[Settings], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
+#: Batch processors by name: each is built from the settings and the site, read once per worker.
+AGENTS: dict[str, Callable[[Settings, Site], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
 AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue 5)
 
 
-def _peaks(settings: Settings) -> Processor:
+def _peaks(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.peaks import PeaksProcessor
 
-    return PeaksProcessor(settings)
+    return PeaksProcessor(settings, site)
 
 
 AGENTS["peaks"] = _peaks  # peak shaving (issue 3)
@@ -138,8 +142,10 @@ def parse_agents(spec: str | None, faust_agents: Mapping[str, FaustRegister] | N
 
 def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
         stop: threading.Event | None = None, *,
-        faust_agents: Mapping[str, FaustRegister] | None = None) -> dict[str, dict]:
+        faust_agents: Mapping[str, FaustRegister] | None = None, site: Site | None = None) -> dict[str, dict]:
     """Run the agents until stopped (or, for batch processors only, idle); returns each agent's stats.
+
+    The processors share one ``site``: the caller's, else ``settings.topology`` read once here.
 
     ``faust_agents`` (name → register function) are run besides ``agents`` (tests, embedding).
     Faust agents run until SIGINT/SIGTERM, ``stop`` or a failure; they report no stats yet ({}).
@@ -152,6 +158,8 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
     processors = [n for n in names if n in AGENTS]
     faust_names = [n for n in names if n in registry]
 
+    if site is None and processors:
+        site = load_site(settings.topology)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,7 +169,7 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
 
     def target(name: str) -> None:
         try:
-            results[name] = AGENTS[name](settings).run(stop, exit_when_idle=exit_when_idle)
+            results[name] = AGENTS[name](settings, site).run(stop, exit_when_idle=exit_when_idle)
         except BaseException as exc:  # one agent failing stops the worker: a supervisor restarts it
             log.exception("agent %s failed", name)
             failures[name] = exc

@@ -104,9 +104,10 @@ def read_topic():
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
+    from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
 
-    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), Settings().topology)
+    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), load_site(Settings().topology))
     cluster.start()
     try:
         yield cluster

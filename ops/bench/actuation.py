@@ -55,12 +55,14 @@ def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
     from opsloop.ops.kafka import scratch_topics
     from opsloop.ops.pcs_sim import from_site
     from opsloop.config.policy import load_policy
+    from opsloop.config.site import load_site
     from opsloop.schemas.codec import Codec
 
     codec = Codec.default()
+    site = load_site(settings.topology)
     run_id = uuid.uuid4().hex[:6]  # fresh action ids: the ledger would (rightly) refuse to run old ones again
     with scratch_topics(settings, f"bench-act-{uuid.uuid4().hex[:6]}.") as bench, \
-            from_site(None, _free_port(), soc_pct=80.0) as sim:
+            from_site(site, _free_port(), soc_pct=80.0) as sim:
         bench = bench.replace(pcs_modbus=f"127.0.0.1:{sim.port}", data_dir=settings.data_dir / "bench-actuation",
                               app_id=f"bench-{uuid.uuid4().hex[:6]}")
         client = PcsClient("127.0.0.1", sim.port)
@@ -71,7 +73,7 @@ def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
             direct.append((sim.register_log[-2][0] - t0) * 1000)
         client.close()
 
-        sink = PcsSink(bench, load_policy(bench.policy))
+        sink = PcsSink(bench, load_policy(bench.policy), site)
         stop = threading.Event()
         thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
         thread.start()

@@ -28,17 +28,18 @@ from pathlib import Path
 
 from opsloop.ops.bench.common import baseline
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site, load_site
 
 TARGET_RATE, TARGET_P99_MS = 5_000, 100.0
 DEADLINE_S = 300.0
 WARM_UP_MS = 1000.0
 
 
-def storm_records(topology_file: Path, seeds: int) -> list[dict]:
+def storm_records(site: Site, seeds: int) -> list[dict]:
     from opsloop.ops.evals.storm import generate_storm
-    from opsloop.models.topology import load_topology
+    from opsloop.models.topology import Topology
 
-    topo = load_topology(topology_file)
+    topo = Topology.from_site(site)
     alarms = []
     for seed in range(seeds):  # corpora one after the other in event time
         storm = generate_storm(topo, seed=seed, start_ms=1_780_000_000_000 + seed * 4 * 3_600_000)
@@ -154,13 +155,14 @@ def _baseline_latency(settings: Settings, alarms: list[dict], rate: float, copy_
         cons.close()
 
 
-def processors_phase(bench: Settings, n: int, paced: list[dict], rate: float) -> tuple[float, list[float], dict]:
+def processors_phase(bench: Settings, site: Site, n: int, paced: list[dict],
+                     rate: float) -> tuple[float, list[float], dict]:
     """The dedup and correlate batch processors in one process (two threads)."""
     from opsloop.streams.correlate import CorrelateProcessor
     from opsloop.streams.dedup import DedupProcessor
 
     settings = bench.replace(app_id=f"bench-alarm-proc-{uuid.uuid4().hex[:6]}")
-    dedup, correlate = DedupProcessor(settings), CorrelateProcessor(settings)
+    dedup, correlate = DedupProcessor(settings), CorrelateProcessor(settings, [site])
     stop = threading.Event()
     threads = [threading.Thread(target=p.run, args=(stop,)) for p in (dedup, correlate)]
     for t in threads:
@@ -232,10 +234,10 @@ def faust_phase(bench: Settings, n: int, paced: list[dict], rate: float) -> tupl
 def run_alarm_bench(settings: Settings, seeds: int = 6, rate: float = 1000.0, latency_s: float = 10.0) -> int:
     from opsloop.ops.kafka import scratch_topics
 
-    topology = settings.topology
-    alarms = storm_records(topology, seeds)
+    site = load_site(settings.topology)
+    alarms = storm_records(site, seeds)
     n = len(alarms)
-    paced = storm_records(topology, 1)[: int(rate * latency_s)]
+    paced = storm_records(site, 1)[: int(rate * latency_s)]
     quiet = {name: logging.getLogger(name) for name in ("faust", "mode", "aiokafka")}
     levels = {name: log.level for name, log in quiet.items()}
     try:
@@ -245,14 +247,15 @@ def run_alarm_bench(settings: Settings, seeds: int = 6, rate: float = 1000.0, la
             _send(bench, alarms)
             base = baseline(bench, n, bench.topic("bench.copy"), source="alarms.raw", record="Alarm")
             base_delays = _baseline_latency(bench, paced, rate, bench.topic("bench.copy"))
-            proc_rate, proc_delays, proc_stats = processors_phase(bench, n, paced, rate)
+            proc_rate, proc_delays, proc_stats = processors_phase(bench, site, n, paced, rate)
             # the Faust agents read everything on alarms.raw: the corpora and both paced runs so far
             faust_rate, faust_delays, faust_stats = faust_phase(bench, n + 2 * len(paced), paced, rate)
     finally:
         for name, log in quiet.items():
             log.setLevel(levels[name])
     base_p99, proc_p99, faust_p99 = _p99(base_delays), _p99(proc_delays), _p99(faust_delays)
-    print(f"\nbench (alarms): {n:,} raw alarms from {seeds} storm corpora on {topology.name}, one worker each")
+    print(f"\nbench (alarms): {n:,} raw alarms from {seeds} storm corpora on {Path(site.source).name}, "
+          "one worker each")
     print(f"  baseline    bare confluent-kafka loop: consume, decode, re-encode, produce  {base:>9,.0f} alarms/s")
     print(f"  processors  dedup + correlate batch processors (the worker's default)      {proc_rate:>9,.0f} alarms/s "
           f"(target >= {TARGET_RATE:,}; {proc_stats['clean']:,} clean alarms)")

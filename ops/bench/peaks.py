@@ -20,6 +20,7 @@ import uuid
 
 from opsloop.ops.bench.common import run_faust_quietly
 from opsloop.config.settings import Settings
+from opsloop.config.site import Site, load_site
 
 TARGET_PER_S = 5000
 DEADLINE_S = 300.0
@@ -65,12 +66,13 @@ class _Marks:
         return self.counted / (self.last - self.first)
 
 
-def peaks_processor(settings: Settings, n: int) -> float:
+def peaks_processor(settings: Settings, site: Site, n: int) -> float:
     """Snapshots/s of the peaks batch processor (a fresh consumer group and changelog), first snapshot to n-th."""
     from opsloop.ops.bench.common import processor_rate
     from opsloop.streams.peaks import PeaksProcessor
 
-    return processor_rate(PeaksProcessor(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}")), n, "in")
+    return processor_rate(PeaksProcessor(settings.replace(app_id=f"bench-peaks-{uuid.uuid4().hex[:6]}"), site), n,
+                          "in")
 
 
 def peaks_agent(settings: Settings, n: int) -> float:
@@ -90,19 +92,17 @@ def run(settings: Settings, snapshots: int = 50_000, rounds: int = 2) -> list[st
     from opsloop.connectors.kafka import producer, send, wait_delivered
     from opsloop.ops.bench.common import baseline
     from opsloop.ops.kafka import scratch_topics
-    from opsloop.streams.peak_site import load_loop_config
-
-    site = load_loop_config(settings.topology).site
+    site = load_site(settings.topology)
     with scratch_topics(settings, f"bench-peaks-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
         prod = producer(bench)
-        for key, value in make_snapshots(snapshots, site):
+        for key, value in make_snapshots(snapshots, site.id):
             send(prod, bench.topic("telemetry.site"), key, value)
         wait_delivered(prod)
         del prod
         base, proc, agent = [], [], []
         for _ in range(rounds):
             base.append(baseline(bench, snapshots, bench.topic("bench.copy"), "telemetry.site", "SiteSnapshot"))
-            proc.append(peaks_processor(bench, snapshots))
+            proc.append(peaks_processor(bench, site, snapshots))
             agent.append(peaks_agent(bench, snapshots))
     b, p, a = max(base), max(proc), max(agent)
     runs = lambda values: ", ".join(f"{v / 1000:.1f}k" for v in values)  # noqa: E731

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from opsloop.models.alarm_filter import AlarmFilter
 from opsloop.ops.evals.storm import Storm, generate_storm
-from opsloop.models.topology import load_topology
+from opsloop.config.site import load_site
+from opsloop.models.topology import Topology
 from opsloop.config.settings import Settings
 
 TARGETS = {"compression": 0.95, "incident_recall": 1.0, "root_cause_accuracy": 0.90}
@@ -93,7 +94,7 @@ def default_background(elements: int, hours: float) -> int:
 
 def main(args, settings: Settings | None = None) -> int:
     settings = settings or getattr(args, "settings", None) or Settings.from_env()
-    topology = load_topology(args.topology or settings.topology)
+    topology = Topology.from_site(load_site(args.topology or settings.topology))
     background = args.background if args.background is not None else default_background(len(topology), args.hours)
     storm = generate_storm(topology, seed=args.seed, failures=args.failures, background=background,
                            horizon_s=int(args.hours * 3600))

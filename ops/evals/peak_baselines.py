@@ -2,7 +2,7 @@
 
 Every strategy is a controller: at step ``t`` it sees the loads up to ``t - 1``
 and the battery's energy, and returns a ``Command`` that the battery executes
-against the real load of step ``t`` (``models.peak_battery``). Baselines:
+against the real load of step ``t`` (``models.battery``). Baselines:
 
 * no control: the battery stays idle;
 * reactive threshold: discharge ``grid - T`` above ``T``, recharge below it at
@@ -18,8 +18,8 @@ against the real load of step ``t`` (``models.peak_battery``). Baselines:
   the single constraint "import <= peak"). Each month starts from the energy the
   oracle's own dispatch left.
 
->>> from opsloop.models.peak_battery import Battery
->>> b = Battery(capacity_kwh=100, charge_kw=50, discharge_kw=50, efficiency=1.0, reserve_pct=0)
+>>> from opsloop.models.battery import Battery
+>>> b = Battery(capacity_kwh=100, pcs_charge_kw=50, pcs_discharge_kw=50, round_trip_efficiency=1.0, reserve_soc_pct=0)
 >>> loads = [10, 10, 90, 90, 10, 10]
 >>> {m: round(kw) for m, kw in oracle_limits(loads, ["m"] * 6, 3600, b, energy_kwh=0).items()}  # charge 2 x 40 kWh, shave 80
 {'m': 50}
@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from opsloop.models.peak_battery import IDLE, Battery, Command
+from opsloop.models.battery import IDLE, Battery, Command
 
 # (step index, battery energy kWh, the simulation so far) -> command for that step
 Controller = Callable[[int, float, "Simulation"], Command]
@@ -114,7 +114,7 @@ def oracle_limits(loads: Sequence[float], month_of: Sequence[str], step_s: int, 
             return max(sim.grid_kw) <= limit + 1e-6
 
         hi = max(chunk)
-        lo = max(0.0, hi - battery.discharge_kw)
+        lo = max(0.0, hi - battery.pcs_discharge_kw)
         if not holds(lo):
             while hi - lo > tolerance_kw:
                 mid = (lo + hi) / 2

@@ -29,7 +29,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from opsloop.models.peak_battery import IDLE
+from opsloop.models.battery import IDLE
 from opsloop.ops.evals.peak_baselines import (ReactiveThreshold, Simulation, no_control, oracle_controller, oracle_limits,
                                    simulate)
 from opsloop.models.peak_forecast import PeakForecaster
@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings=None) -> int:
-    from opsloop.streams.peak_site import load_loop_config
+    from opsloop.config.site import load_site
 
     site_file = args.site or (settings.topology if settings else None)
     if site_file is None:
@@ -72,7 +72,7 @@ def main(args: argparse.Namespace, settings=None) -> int:
         site_file = Settings.from_env().topology
     times, values, column = read_series(args.data, args.column)
     step_s, times, values, filled = regular_steps(times, values)
-    config = load_loop_config(site_file, step_s=step_s, battery_kwh=args.battery_kwh, pcs_kw=args.pcs_kw)
+    config = LoopConfig.from_site(load_site(site_file), step_s=step_s, battery_kwh=args.battery_kwh, pcs_kw=args.pcs_kw)
     if args.billing:
         config = replace(config, billing_period=args.billing)
     cap = config.policy.import_cap_kw
@@ -169,8 +169,9 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
             "reactive": simulate(loads, step_s, battery, energy, lambda t, e, sim: reactive(t + s0, e, sim)),
             "planner": simulate(loads, step_s, battery, energy, planner),
             "oracle": simulate(loads, step_s, battery, energy, oracle_controller(limits, periods, step_s, battery))}
-    report = {"battery": {"capacity_kwh": battery.capacity_kwh, "pcs_kw": battery.discharge_kw,
-                          "round_trip_efficiency": battery.efficiency, "reserve_pct": battery.reserve_pct,
+    report = {"battery": {"capacity_kwh": battery.capacity_kwh, "pcs_kw": battery.pcs_discharge_kw,
+                          "round_trip_efficiency": battery.round_trip_efficiency,
+                          "reserve_pct": battery.reserve_soc_pct,
                           "soh_pct": battery.soh_pct, "initial_soc_pct": soc_pct},
               "scored_from": _iso(times[0]), "warmup_days": warmup_days,
               "billing_period": config.billing_period, "periods": [],

@@ -13,6 +13,7 @@ import pytest
 from actuation import action, approved, free_port, publish, results
 from opsloop.connectors.slurm import ScontrolBackend
 from opsloop.ops.pcs_sim import from_site
+from opsloop.config.site import load_site
 from opsloop.config.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def worker(settings: Settings, agent: str, env: dict, kill_after: str | None) ->
 
 @pytest.mark.parametrize("kill_after", ["ledger-record", "device-write"])
 def test_pcs_sink_killed_mid_action_writes_the_registers_once(kafka_settings, read_topic, kill_after):
-    with from_site(None, free_port(), soc_pct=80.0) as sim:
+    with from_site(load_site(kafka_settings.topology), free_port(), soc_pct=80.0) as sim:
         settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{sim.port}")
         publish(settings, "actions.approved", "ApprovedAction",
                 [approved(action("crash-pcs", "pcs_discharge", setpoint_kw=2000.0))])

@@ -13,7 +13,8 @@ from opsloop.models.alarm_filter import AlarmFilter
 from opsloop.models.dedup import ANNOUNCED_CODES
 from opsloop.models.noise import REASON_CODES as NOISE_CODES
 from opsloop.ops.evals.storm import generate_storm
-from opsloop.models.topology import load_topology
+from opsloop.config.site import load_site
+from opsloop.models.topology import Topology
 from opsloop.schemas.codec import Codec
 from opsloop.ops.bench.faust_twins import correlate, dedup
 from opsloop.streams import worker
@@ -26,7 +27,7 @@ SAFETY_NET_S = 150.0
 
 
 def expected_incidents(alarms) -> dict[str, tuple]:
-    topo = load_topology(TOPOLOGY)
+    topo = Topology.from_site(load_site(TOPOLOGY))
     f = AlarmFilter({topo.site: topo})
     latest = {}
     for alarm in alarms:
@@ -74,7 +75,7 @@ def send_alarms(settings, alarms, corrupt: bool = False) -> None:
 
 def test_storm_becomes_incidents_across_a_restart(kafka_settings, read_topic):
     settings = kafka_settings.replace(topology=TOPOLOGY)
-    storm = generate_storm(load_topology(TOPOLOGY), seed=3, failures=3, background=5, horizon_s=3600)
+    storm = generate_storm(Topology.from_site(load_site(TOPOLOGY)), seed=3, failures=3, background=5, horizon_s=3600)
     alarms = [a for a, _ in storm.alarms]
     half = len(alarms) // 2
 
@@ -104,7 +105,7 @@ def test_processors_turn_the_storm_into_the_same_incidents_across_a_restart(kafk
     from opsloop.streams.dedup import DedupProcessor
 
     settings = kafka_settings.replace(topology=TOPOLOGY)
-    storm = generate_storm(load_topology(TOPOLOGY), seed=4, failures=3, background=5, horizon_s=3600)
+    storm = generate_storm(Topology.from_site(load_site(TOPOLOGY)), seed=4, failures=3, background=5, horizon_s=3600)
     alarms = [a for a, _ in storm.alarms]
     half = len(alarms) // 2
     codec = Codec.default()
@@ -112,7 +113,7 @@ def test_processors_turn_the_storm_into_the_same_incidents_across_a_restart(kafk
     def run_both() -> tuple[dict, dict]:  # one after the other: each ends once its input is idle
         stop = threading.Event()
         return (DedupProcessor(settings).run(stop, exit_when_idle=True),
-                CorrelateProcessor(settings).run(stop, exit_when_idle=True))
+                CorrelateProcessor(settings, [load_site(TOPOLOGY)]).run(stop, exit_when_idle=True))
 
     send_alarms(settings, alarms[:half], corrupt=True)
     first_dedup, _ = run_both()

@@ -130,7 +130,7 @@ def test_a_failing_processor_stops_the_running_faust_worker(kafka_settings, monk
         async def started() -> None:  # app tasks run once the worker has started
             faust_up.set()
 
-    monkeypatch.setitem(worker.AGENTS, "failing", lambda settings: Failing())
+    monkeypatch.setitem(worker.AGENTS, "failing", lambda settings, site: Failing())
     stop = threading.Event()
     with pytest.raises(RuntimeError, match="agent failing failed: processor broke"):
         run_until(kafka_settings, ["failing"], stop, faust_agents={"test": register})

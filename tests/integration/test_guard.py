@@ -9,6 +9,7 @@ import pytest
 from actuation import Running, action, publish
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.config.policy import load_policy
+from opsloop.config.site import load_site
 from opsloop.schemas.codec import Codec
 from opsloop.streams.guard import GuardProcessor, GuardStore
 
@@ -40,7 +41,8 @@ def decoded(settings, read_topic, topic: str, record: str) -> list[dict]:
 def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
     settings = kafka_settings.replace(verify_window_s=30.0)
     shift_s = [0.0]  # the guard's clock runs ahead on demand: lapses and verification deadlines without waiting
-    guard = GuardProcessor(settings, load_policy(settings.policy), clock=lambda: time.time() + shift_s[0])
+    guard = GuardProcessor(settings, load_policy(settings.policy), load_site(settings.topology),
+                           clock=lambda: time.time() + shift_s[0])
     now = int(time.time() * 1000)
     publish(settings, "telemetry.site", "SiteSnapshot", [snapshot(0.0, now - 5000)])
     with Running(guard) as runner:
@@ -113,8 +115,10 @@ def test_the_spent_slurm_budget_survives_a_restart_and_ages_out(kafka_settings, 
     policy = load_policy(kafka_settings.policy)
     assert (policy.slurm.max_jobs_per_event, policy.slurm.budget_window_s) == (20, 3600)
 
+    site = load_site(kafka_settings.topology)
+
     def guard() -> GuardProcessor:
-        return GuardProcessor(kafka_settings, policy, clock=lambda: time.time() + shift_s[0])
+        return GuardProcessor(kafka_settings, policy, site, clock=lambda: time.time() + shift_s[0])
 
     def suspend(action_id: str, max_jobs: int, life_s: float = 600) -> dict:
         return action(action_id, "slurm_suspend", target="opsloop", partitions="batch", max_jobs=max_jobs, gpus=2,

@@ -11,6 +11,8 @@ from opsloop.streams.pcs_sink import PcsSink
 from opsloop.models import sunspec
 from opsloop.ops.pcs_sim import from_site
 from opsloop.config.policy import load_policy
+from opsloop.config.assets import DEMO_SITE
+from opsloop.config.site import load_site
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
@@ -27,7 +29,7 @@ class Clock:
 @pytest.fixture
 def sim():
     clock = Clock()
-    with from_site(None, free_port(), clock=clock, soc_pct=80.0) as simulator:
+    with from_site(load_site(DEMO_SITE), free_port(), clock=clock, soc_pct=80.0) as simulator:
         simulator.test_clock = clock
         yield simulator
 
@@ -63,7 +65,8 @@ def test_status_registers_refuse_writes_and_setpoints_beyond_the_rating_are_refu
 
 
 def test_sink_executes_each_approved_action_once_and_publishes_results(kafka_settings, read_topic):
-    with from_site(None, free_port(), soc_pct=80.0) as sim:
+    site = load_site(kafka_settings.topology)
+    with from_site(site, free_port(), soc_pct=80.0) as sim:
         settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{sim.port}")
         discharge = action("pcs-1", "pcs_discharge", setpoint_kw=1500.0)
         too_big = action("pcs-2", "pcs_discharge", setpoint_kw=4500.0)  # beyond the policy: the sink refuses too
@@ -74,7 +77,7 @@ def test_sink_executes_each_approved_action_once_and_publishes_results(kafka_set
         del prod
         publish(settings, "actions.approved", "ApprovedAction",
                 [approved(discharge), approved(discharge), approved(too_big), approved(unapproved, "needs_approval")])
-        sink = PcsSink(settings, load_policy(settings.policy))
+        sink = PcsSink(settings, load_policy(settings.policy), site)
         seen = []
         sink.on_result = lambda r: (seen.append(r), len(seen) >= 2 and runner.stop.set())
         with Running(sink) as runner:

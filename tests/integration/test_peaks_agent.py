@@ -7,11 +7,11 @@ import threading
 import pytest
 
 from opsloop.connectors.kafka import producer, wait_delivered
-from opsloop.connectors.replay import load_replay_spec, replay
-from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.config.site import load_site
+from opsloop.connectors.replay import replay, replay_spec
+from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
 from opsloop.models.peak_planner import REASON_CODES
 from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
-from opsloop.streams.peak_site import load_loop_config
 from opsloop.schemas.codec import Codec
 from opsloop.streams import worker
 from opsloop.streams.peaks import PeaksProcessor
@@ -25,7 +25,7 @@ FOREIGN = {"site": "elsewhere", "window_start_ms": 960_163_200_000, "window_end_
            "ess_kw": 0.0, "gpu_kw": None, "pue": 1.2, "price_per_mwh": None, "samples": 1, "devices": 1}
 
 
-def run_peaks_until(settings, decisions: list, until: int) -> dict:
+def run_peaks_until(settings, site, decisions: list, until: int) -> dict:
     """Run a peaks processor (a new one each time: a restarted worker) until ``until`` decisions in total."""
     stop = threading.Event()
     timer = threading.Timer(SAFETY_NET_S, stop.set)
@@ -37,29 +37,30 @@ def run_peaks_until(settings, decisions: list, until: int) -> dict:
 
     timer.start()
     try:
-        stats = PeaksProcessor(settings, observer=observe).run(stop)
+        stats = PeaksProcessor(settings, site, observer=observe).run(stop)
     finally:
         timer.cancel()
     assert len(decisions) >= until, f"{len(decisions)} of {until} decisions when the {SAFETY_NET_S:.0f} s safety net fired"
     return stats
 
 
-def offline(settings, snapshots: list[dict]) -> list[dict]:
-    loop = SitePeakLoop(load_loop_config(settings.topology, step_s=settings.peaks_step_s))
+def offline(settings, site, snapshots: list[dict]) -> list[dict]:
+    loop = SitePeakLoop(LoopConfig.from_site(site, step_s=settings.peaks_step_s))
     return [a for snap in snapshots for d in loop.on_snapshot(snap) for a in d.actions]
 
 
 def test_agent_proposes_what_the_planner_proposes_offline(kafka_settings, read_topic):
     codec = Codec.default()
     settings = kafka_settings.replace(peaks_step_s=1800)  # the bundled data is half-hourly
-    replay(settings, load_replay_spec(settings.topology), TAYLOR, start="2000-06-05T00:00:00", days=DAYS)
+    site = load_site(settings.topology)
+    replay(settings, replay_spec(site), TAYLOR, start="2000-06-05T00:00:00", days=DAYS)
     assert worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]["snapshots"] == DAYS * 48
     decisions: list = []
-    run_peaks_until(settings, decisions, DAYS * 48 - 1)  # the last step stays open: no later snapshot closes it
+    run_peaks_until(settings, site, decisions, DAYS * 48 - 1)  # the last step stays open: no later snapshot closes it
 
     snapshots = sorted((codec.decode_as("SiteSnapshot", m.value()) for m in read_topic(settings, "telemetry.site")),
                        key=lambda s: s["window_start_ms"])
-    expected = offline(settings, snapshots)
+    expected = offline(settings, site, snapshots)
     published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
     assert sorted(published, key=lambda a: a["action_id"]) == sorted(expected, key=lambda a: a["action_id"])
     assert {a["kind"] for a in expected} >= {"pcs_discharge", "pcs_charge"}
@@ -69,7 +70,8 @@ def test_agent_proposes_what_the_planner_proposes_offline(kafka_settings, read_t
 def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart(kafka_settings, read_topic):
     codec = Codec.default()
     settings = kafka_settings.replace(peaks_step_s=1800)  # the bundled data is half-hourly
-    spec = load_replay_spec(settings.topology)
+    demo = load_site(settings.topology)
+    spec = replay_spec(demo)
     decisions: list = []
 
     # Part one: 4 days replayed, rolled up, and planned; then the worker stops.
@@ -79,7 +81,7 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
     prod.produce(settings.topic("telemetry.site"), key=b"demo", value=b"\xc3\x01 broken")
     prod.produce(settings.topic("telemetry.site"), key=b"elsewhere", value=codec.encode("SiteSnapshot", FOREIGN))
     wait_delivered(prod)
-    run_peaks_until(settings, decisions, 4 * 48 - 1)  # the last step stays open: no later snapshot closes it
+    run_peaks_until(settings, demo, decisions, 4 * 48 - 1)  # the last step stays open: no later snapshot closes it
     first_run = len(decisions)
 
     # Part two: the rest; a restarted worker gets the open step and the forecaster back from its changelog,
@@ -87,16 +89,16 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
     replay(settings, spec, TAYLOR, start="2000-06-09T00:00:00", days=DAYS - 4)
     assert worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]["snapshots"] == (DAYS - 4) * 48
     steps = DAYS * 48 - 1
-    run_peaks_until(settings.replace(batch_size=24), decisions, 6 * 48)  # small batches: it stops near there
+    run_peaks_until(settings.replace(batch_size=24), demo, decisions, 6 * 48)  # small batches: it stops near there
     assert len(decisions) < steps, "the second worker was meant to stop before the end"
-    run_peaks_until(settings, decisions, steps)
+    run_peaks_until(settings, demo, decisions, steps)
     assert first_run == 4 * 48 - 1 and len(decisions) == steps
 
     site = [codec.decode_as("SiteSnapshot", m.value()) for m in read_topic(settings, "telemetry.site")
             if m.value() != b"\xc3\x01 broken"]
     snapshots = sorted((s for s in site if s["site"] != FOREIGN["site"]), key=lambda s: s["window_start_ms"])
     assert len(snapshots) == DAYS * 48
-    expected = offline(settings, snapshots)
+    expected = offline(settings, demo, snapshots)
 
     published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
     by_id = {a["action_id"]: a for a in published}

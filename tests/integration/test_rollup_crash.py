@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from opsloop.connectors.replay import load_replay_spec, replay
+from opsloop.config.site import load_site
+from opsloop.connectors.replay import replay, replay_spec
 from opsloop.ops.cli import BUNDLED_DATA
 from opsloop.schemas.codec import Codec
 from opsloop.streams import worker
@@ -28,7 +29,7 @@ def worker_env(settings, **extra) -> dict:
 
 
 def test_sigkill_then_restart_loses_no_window_and_counts_no_point_twice(kafka_settings, read_topic):
-    spec = load_replay_spec(kafka_settings.topology)
+    spec = replay_spec(load_site(kafka_settings.topology))
     stats = replay(kafka_settings, spec, BUNDLED_DATA)  # the whole file: 4,032 half-hours, 68,544 points
     codec = Codec.default()
 

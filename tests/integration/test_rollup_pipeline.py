@@ -12,7 +12,8 @@ import pytest
 from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
 from opsloop.connectors.duckdb_sink import query
 from opsloop.connectors.kafka import producer, wait_delivered
-from opsloop.connectors.replay import load_replay_spec, replay
+from opsloop.config.site import load_site
+from opsloop.connectors.replay import replay, replay_spec
 from opsloop.schemas.codec import Codec
 from opsloop.streams import worker
 from opsloop.streams.rollup import PartialAssignment, RollupProcessor
@@ -35,7 +36,7 @@ def expected_day_one() -> dict[datetime, dict]:
 
 
 def test_one_day_reaches_duckdb_equal_to_the_csv(kafka_settings):
-    spec = load_replay_spec(kafka_settings.topology)
+    spec = replay_spec(load_site(kafka_settings.topology))
     stats = replay(kafka_settings, spec, TAYLOR, start="2000-06-05T00:00:00", days=1)
     assert stats.rows == 48 and stats.skipped == 0
 

@@ -5,20 +5,21 @@ from pathlib import Path
 import pytest
 
 from opsloop.config.settings import Settings
+from opsloop.config.site import load_site
 from opsloop.ops.slurm import SlurmLayout, SlurmSetupError, render_slurm_conf, site_partitions
 
 pytestmark = pytest.mark.unit
 
 
 def test_partitions_follow_the_gpu_pods_in_file_order():
-    assert site_partitions(Settings().topology) == ("train-a", "train-b", "batch", "inference")
+    assert site_partitions(load_site(Settings().topology)) == ("train-a", "train-b", "batch", "inference")
 
 
 def test_a_site_without_gpu_pods_is_a_clear_error(tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text("site: {id: x}\n")
     with pytest.raises(SlurmSetupError, match="no gpu_pods"):
-        site_partitions(site)
+        site_partitions(load_site(site))
 
 
 def test_config_names_this_host_and_runs_without_cgroups():

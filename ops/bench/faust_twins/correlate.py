@@ -23,9 +23,10 @@ import json
 from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
+from opsloop.config.site import load_site, load_sites
+from opsloop.models.topology import site_topologies
 from opsloop.schemas.codec import Codec
 from opsloop.streams.app import catalog_topic, decode_or_dead_letter
-from opsloop.streams.correlate import site_topologies
 from opsloop.ops.bench.faust_twins.tables import put
 
 BATCH, WITHIN_S = 1000, 0.01
@@ -33,7 +34,8 @@ BATCH, WITHIN_S = 1000, 0.01
 
 def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig()) -> None:
     codec = Codec.default()
-    topologies = site_topologies(settings)
+    here = load_site(settings.topology)
+    topologies = site_topologies(load_sites(settings.topology.parent, known=[here]).values())
     partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
     # values: the site's state as JSON bytes, serialised here so the changelog gets a consistent snapshot
     table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes, value_type=bytes)

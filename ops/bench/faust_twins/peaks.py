@@ -25,8 +25,8 @@ import faust
 from faust.streams import _current_event
 
 from opsloop.config.catalog import load_catalog
-from opsloop.streams.peak_site import load_loop_config
 from opsloop.config.settings import Settings
+from opsloop.config.site import load_site
 from opsloop.schemas.codec import Codec, DecodeError
 from opsloop.streams.app import catalog_topic, decode_or_dead_letter
 from opsloop.streams.peaks import invalid as _invalid
@@ -37,9 +37,9 @@ AGENT = "peaks"
 
 def register(app: faust.App, settings: Settings, observer: Callable[[list, int], None] | None = None) -> None:
     """Define the peaks agent on ``app``; ``observer(decisions, events)`` (tests, bench) sees every batch."""
-    from opsloop.models.peak_loop import SitePeakLoop
+    from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
 
-    config = load_loop_config(settings.topology, step_s=settings.peaks_step_s)
+    config = LoopConfig.from_site(load_site(settings.topology), step_s=settings.peaks_step_s)
     codec = Codec.default()
     partitions = load_catalog(settings.topics_file)["telemetry.site"].partitions
     forecasts = catalog_topic(app, settings, "forecasts.peak")

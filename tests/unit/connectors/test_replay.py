@@ -16,8 +16,9 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without the repo root 
     sys.path.insert(0, str(REPO_ROOT))
 
 from opsloop.config.assets import DEMO_SITE
-from opsloop.connectors.replay import (ReplayConfigError, ReplayDataError, ReplaySpec, ReplayStats, ReplayStream,
-                               iter_points, load_replay_spec, read_table, replay)
+from opsloop.config.site import SiteError, load_site
+from opsloop.connectors.replay import (ReplayDataError, ReplaySpec, ReplayStats, ReplayStream, iter_points, read_table,
+                                       replay, replay_spec)
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
 
@@ -31,7 +32,7 @@ HALF_HOUR_MS = 1_800_000
 
 @pytest.fixture(scope="module")
 def spec() -> ReplaySpec:
-    return load_replay_spec(DEMO)
+    return replay_spec(load_site(DEMO))
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +55,16 @@ def test_demo_spec_loads(spec):
 
 
 def test_demo_topology_matches_replay(spec):
-    doc = yaml.safe_load(DEMO.read_text())
-    shares = {p["id"]: p["share"] for p in doc["pdus"]}
+    site = load_site(DEMO)
+    shares = {p.id: p.share for p in site.pdus}
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-12)
     for s in spec.streams:
         if s.metric == "it_kw":  # scale and offset derived from the PDU's share
             assert s.scale == pytest.approx(shares[s.device] / 1.12, rel=1e-12)
             assert s.offset == pytest.approx(-1339.2857 * shares[s.device], abs=1e-9)
-    assert sum(p["it_share"] for p in doc["gpu_pods"]) == pytest.approx(0.72)
-    ess = doc["ess"][0]
-    assert (ess["id"], ess["capacity_kwh"], ess["pcs_charge_kw"], ess["pcs_discharge_kw"]) == ("ess-1", 10000, 5000, 5000)
+    assert sum(p.it_share for p in site.gpu_pods) == pytest.approx(0.72)
+    ess = site.ess[0]
+    assert (ess.id, ess.capacity_kwh, ess.pcs_charge_kw, ess.pcs_discharge_kw) == ("ess-1", 10000, 5000, 5000)
 
 
 def write_site(tmp_path: Path, streams: list) -> Path:
@@ -85,17 +86,17 @@ GOOD = {"device": "m1", "device_type": "grid_meter", "metric": "grid_kw", "unit"
 ])
 def test_bad_entry_names_file_and_entry(tmp_path, bad, message):
     path = write_site(tmp_path, [GOOD, bad])
-    with pytest.raises(ReplayConfigError) as err:
-        load_replay_spec(path)
+    with pytest.raises(SiteError) as err:
+        load_site(path)
     assert str(path) in str(err.value) and "replay.streams[1]" in str(err.value) and message in str(err.value)
 
 
 def test_duplicate_and_missing_block(tmp_path):
-    with pytest.raises(ReplayConfigError, match="duplicate"):
-        load_replay_spec(write_site(tmp_path, [GOOD, GOOD]))
+    with pytest.raises(SiteError, match="duplicate"):
+        load_site(write_site(tmp_path, [GOOD, GOOD]))
     (tmp_path / "empty.yaml").write_text("site: {id: t}\n")
-    with pytest.raises(ReplayConfigError, match="replay: missing block"):
-        load_replay_spec(tmp_path / "empty.yaml")
+    with pytest.raises(SiteError, match="empty.yaml: replay: missing block"):
+        replay_spec(load_site(tmp_path / "empty.yaml"))
 
 
 def test_day1_values(spec, demand):

@@ -11,7 +11,8 @@ from opsloop.models.alarm_filter import AlarmFilter
 from opsloop.models.correlate import SiteCorrelator
 from opsloop.models.dedup import DedupConfig, decide, fingerprint, settle
 from opsloop.ops.evals.storm import generate_storm
-from opsloop.models.topology import Topology, TopologyError, load_topology
+from opsloop.config.site import load_site
+from opsloop.models.topology import Topology, TopologyError
 from opsloop.ops.evals.alarms import default_background, evaluate
 
 pytestmark = pytest.mark.unit
@@ -59,8 +60,11 @@ def test_topology_errors_name_the_entry(tmp_path):
                                            {"id": "b", "type": "ups", "fed_by": "a"}]})
     path = tmp_path / "x.yaml"
     path.write_text("site: {id: x}\n")
-    with pytest.raises(TopologyError, match="no topology"):
-        load_topology(path)
+    with pytest.raises(TopologyError, match="x.yaml: no topology"):
+        Topology.from_site(load_site(path))
+    path.write_text("site: {id: x}\ntopology: {power: [{id: pdu-1, type: pdu, fed_by: ups-9}]}\n")
+    with pytest.raises(TopologyError, match=r"x.yaml: topology: pdu-1 names 'ups-9'"):
+        Topology.from_site(load_site(path))
 
 
 def test_late_root_merges_the_incidents_opened_by_its_children():
@@ -85,7 +89,7 @@ def test_late_root_merges_the_incidents_opened_by_its_children():
 
 
 def test_restored_state_continues_where_it_left_off():
-    topo = load_topology(TOPOLOGIES[1])
+    topo = Topology.from_site(load_site(TOPOLOGIES[1]))
     storm = generate_storm(topo, seed=5, failures=3, background=5, horizon_s=3600)
     whole, split = AlarmFilter({"colo": topo}), AlarmFilter({"colo": topo})
     alarms = [a for a, _ in storm.alarms]
@@ -103,7 +107,7 @@ def test_restored_state_continues_where_it_left_off():
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_storm_corpus_meets_the_targets(topology, seed):
-    topo = load_topology(topology)
+    topo = Topology.from_site(load_site(topology))
     storm = generate_storm(topo, seed=seed, failures=8, background=default_background(len(topo), 3.0))
     result = evaluate(storm, AlarmFilter({topo.site: topo}))
     assert result["compression"] >= 0.95

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 from opsloop.models import sunspec
-from opsloop.models.battery import Battery
+from opsloop.models.battery import Battery, PcsBattery
 
 pytestmark = pytest.mark.unit
 
 
 def test_soc_stops_at_the_bounds_and_commands_are_clamped_to_the_ratings():
-    b = Battery(1000, max_charge_kw=200, max_discharge_kw=500, soc_pct=5, now_s=0)
+    b = PcsBattery(Battery(1000, pcs_charge_kw=200, pcs_discharge_kw=500), soc_pct=5, now_s=0)
     assert b.command(800, revert_s=None, now_s=0) == 500
     b.advance(3600)
     assert b.soc_pct == 0 and b.power_kw == 0  # empty: no more discharge
@@ -22,14 +22,14 @@ def test_soc_stops_at_the_bounds_and_commands_are_clamped_to_the_ratings():
 
 
 def test_efficiency_and_health_shape_the_state_of_charge():
-    b = Battery(1000, 500, 500, round_trip_efficiency=0.81, soc_pct=50, soh_pct=50, now_s=0)
+    b = PcsBattery(Battery(1000, 500, 500, round_trip_efficiency=0.81, soh_pct=50), soc_pct=50, now_s=0)
     b.command(-100, None, 0)
     b.advance(3600)  # 100 kWh in at 90% one way = 90 kWh stored of 500 usable
     assert b.soc_pct == pytest.approx(50 + 18)
 
 
 def test_time_never_runs_backwards_and_a_new_command_restarts_the_revert_timer():
-    b = Battery(1000, 500, 500, soc_pct=50, now_s=100)
+    b = PcsBattery(Battery(1000, 500, 500), soc_pct=50, now_s=100)
     b.command(100, revert_s=60, now_s=100)
     b.advance(50)
     assert b.now_s == 100

@@ -9,19 +9,20 @@ from pathlib import Path
 import pytest
 
 from opsloop.config.assets import DEMO_SITE, POLICY_FILE
-from opsloop.models.peak_battery import Battery
+from opsloop.models.battery import Battery
 from opsloop.ops.evals.peak_baselines import ReactiveThreshold, no_control, oracle_controller, oracle_limits, simulate
 from river.time_series.base import Forecaster
 
 from opsloop.models.peak_forecast import ForecastPoint, PeakForecaster
-from opsloop.models.peak_loop import SitePeakLoop
+from opsloop.config.site import load_site
+from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
 from opsloop.models.peak_planner import PLAN_CODES, REASON_CODES, RELOCATION_CODES, Billing, Policy, plan
-from opsloop.streams.peak_site import load_loop_config
 
 pytestmark = pytest.mark.unit
 HOUR = 3_600_000
 SITE = DEMO_SITE
-BATTERY = Battery(capacity_kwh=2000, charge_kw=1000, discharge_kw=1000, efficiency=0.81, reserve_pct=10)
+BATTERY = Battery(capacity_kwh=2000, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+                  reserve_soc_pct=10)
 
 
 def flat_forecast(loads):
@@ -61,7 +62,7 @@ def test_a_young_billing_period_is_not_worth_relocating_jobs_for_and_sentences_n
 def test_planned_setpoints_stay_within_the_battery_limits():
     loads = [300, 300, 2500, 2600, 2400, 300, 300]
     p = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=60, billing=Billing("1970-01", 0.0, 0), now_ms=0)
-    assert all(-BATTERY.charge_kw - 1e-6 <= kw <= BATTERY.discharge_kw + 1e-6 for kw in p.schedule_kw)
+    assert all(-BATTERY.pcs_charge_kw - 1e-6 <= kw <= BATTERY.pcs_discharge_kw + 1e-6 for kw in p.schedule_kw)
     energy = BATTERY.energy_kwh(60)
     for kw in p.schedule_kw:
         energy -= kw / BATTERY.eta if kw > 0 else kw * BATTERY.eta
@@ -114,7 +115,7 @@ def snapshots(days: int):
 
 
 def test_loop_is_deterministic_and_a_pickled_restart_replaying_snapshots_decides_the_same():
-    config = load_loop_config(SITE)
+    config = LoopConfig.from_site(load_site(SITE))
     snaps = snapshots(3)
     loop = SitePeakLoop(config)
     straight = [a for s in snaps for d in loop.on_snapshot(s) for a in d.actions]
@@ -132,7 +133,7 @@ def test_a_relocation_hold_fits_the_shipped_guard_policy():
     from opsloop.models.guard import REJECTED, PlantState, decide
     from opsloop.config.policy import load_policy
 
-    config = load_loop_config(SITE)  # import cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
+    config = LoopConfig.from_site(load_site(SITE))  # cap 40 MW, 5 MW PCS: a 50 MW plateau needs jobs moved at once
     loop = SitePeakLoop(config)
     holds = []
     for step in range(2 * 96):
@@ -177,7 +178,7 @@ def test_relocations_name_what_the_battery_cannot_hold():
 
 
 def test_every_proposed_action_carries_a_declared_planner_code():
-    loop = SitePeakLoop(load_loop_config(SITE))
+    loop = SitePeakLoop(LoopConfig.from_site(load_site(SITE)))
     actions = [a for s in snapshots(3) for d in loop.on_snapshot(s) for a in d.actions]
     assert actions and all(a["reason_code"] in REASON_CODES for a in actions)
     assert {a["reason_code"] for a in actions if a["kind"] == "slurm_hold"} <= RELOCATION_CODES

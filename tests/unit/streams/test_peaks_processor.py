@@ -11,6 +11,7 @@ import pytest
 from opsloop.config.assets import DEMO_SITE
 from opsloop.models.peak_loop import SitePeakLoop
 from opsloop.config.settings import Settings
+from opsloop.config.site import load_site
 from opsloop.streams.peaks import PeaksProcessor, SiteState
 
 pytestmark = pytest.mark.unit
@@ -18,7 +19,7 @@ SITE = DEMO_SITE
 
 
 def test_recovered_state_keeps_what_it_learned_and_takes_limits_from_todays_site_file():
-    processor = PeaksProcessor(Settings(topology=SITE))
+    processor = PeaksProcessor(Settings(topology=SITE), load_site(SITE))
     old = SitePeakLoop(replace(processor.config, battery=replace(processor.config.battery, capacity_kwh=1.0)))
     for step in range(10):
         old.on_step(step * 900_000, 30_000.0, 30_000.0, 80.0, 97.0)
