@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from opsloop.config.catalog import TopicSpec
 from opsloop.config.settings import Settings
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec
 
 DEADLETTER = "deadletter"
@@ -146,9 +147,8 @@ class DeadLetters:
 
     def send(self, msg: Message, kind: str, error: str, on_delivery=None) -> None:
         ts_type, ts = msg.timestamp()
-        record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                  "key": msg.key(), "value": msg.value(), "error_kind": kind, "error": error,
-                  "agent": self.agent, "message_ts_ms": ts if ts_type else None}
+        record = dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kind, error,
+                             self.agent, ts if ts_type else None)
         send(self.prod, self.topic, msg.topic().encode(), self.codec.encode("DeadLetter", record), on_delivery)
         self.count += 1
 

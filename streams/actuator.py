@@ -23,21 +23,10 @@ from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, produ
 from opsloop.connectors.ledger import EXECUTED, FAILED, Ledger
 from opsloop.config.policy import Policy
 from opsloop.config.settings import Settings
+from opsloop.models.records import action_result
 from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.actuator")
-
-
-def result(action: dict, status: str, observed: str, detail: str, executor: str, ts_ms: int,
-           delta_kw: float | None = None) -> dict:
-    return {"action_id": action["action_id"], "target": action["target"], "status": status, "ts_ms": ts_ms,
-            "observed_effect": observed, "observed_delta_kw": delta_kw, "detail": detail, "executor": executor}
-
-
-def alarm(action: dict, device_type: str, source: str, code: str, text: str, ts_ms: int) -> dict:
-    return {"ts_ms": ts_ms, "site": action["site"], "device": action["target"], "device_type": device_type,
-            "source": source, "code": code, "severity": "major", "state": "raise", "text": text,
-            "attributes": {"action_id": action["action_id"], "kind": action["kind"]}}
 
 
 class ActuatorSink:
@@ -94,14 +83,14 @@ class ActuatorSink:
         entry = self.ledger.get(action_id)
         if entry is None and self.ledger.start(action):
             if self.now_ms() >= action["expires_ms"]:
-                state, record, undo = FAILED, result(action, "failed", "nothing done", "expired before execution",
+                state, record, undo = FAILED, action_result(action, "failed", "nothing done", "expired before execution",
                                                      self.name, self.now_ms()), None
             else:
                 try:
                     state, record, undo = self.execute(action)
                 except Exception as exc:  # the device said no or is unreachable: a failed action, not a crash
                     log.warning("%s: %s failed: %s", self.name, action_id, exc)
-                    state, record, undo = FAILED, result(action, "failed", "not executed", str(exc), self.name,
+                    state, record, undo = FAILED, action_result(action, "failed", "not executed", str(exc), self.name,
                                                          self.now_ms()), None
             self.ledger.finish(action_id, state, record, undo)
             self.stats["executed" if state == EXECUTED else "failed"] += 1

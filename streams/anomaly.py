@@ -30,6 +30,7 @@ import pickle
 from typing import Callable
 
 from opsloop.connectors.changelog import Changelog
+from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
@@ -49,12 +50,11 @@ class Series:
 def alarm(point: dict, t: Transition) -> dict:
     """The Alarm record of a raise or clear for a TelemetryPoint's series."""
     metric = point["metric"]
-    return {
-        "ts_ms": t.ts_ms, "site": point["site"], "device": point["device"], "device_type": point["device_type"],
-        "source": SOURCE, "code": f"anomaly.{metric}", "severity": "warning", "state": t.state,
-        "text": f"{metric} of {point['device']} at {t.value:g} {point['unit']}: {t.reason}",
-        "attributes": {"metric": metric, "value": repr(t.value), "score": f"{t.score:.4f}", "unit": point["unit"]},
-    }
+    return records.alarm(t.ts_ms, point["site"], point["device"], point["device_type"], SOURCE, f"anomaly.{metric}",
+                         f"{metric} of {point['device']} at {t.value:g} {point['unit']}: {t.reason}",
+                         severity="warning", state=t.state,
+                         attributes={"metric": metric, "value": repr(t.value), "score": f"{t.score:.4f}",
+                                     "unit": point["unit"]})
 
 
 class AnomalyProcessor(BatchProcessor):

@@ -15,6 +15,7 @@ import faust
 
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.app")
@@ -59,9 +60,8 @@ async def decode_or_dead_letter(app: faust.App, event, record: str, agent: str, 
     except DecodeError as exc:
         settings: Settings = app.conf.opsloop
         msg = event.message
-        dead = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key,
-                "value": msg.value, "error_kind": "decode", "error": exc.reason, "agent": agent,
-                "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
+        dead = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, "decode", exc.reason, agent,
+                           int(msg.timestamp * 1000) if msg.timestamp else None)
         await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(),
                                          codec.encode("DeadLetter", dead),
                                          partition=None, timestamp=None, headers=None)

@@ -36,7 +36,7 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 
-from opsloop.streams.actuator import alarm, result
+from opsloop.models.records import action_alarm, action_result
 from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
                           SlurmSpend, approval_deadline_ms, decide, slurm_charge)
@@ -104,7 +104,7 @@ class GuardProcessor:
              self.codec.encode("ApprovedAction", record))
         self.stats[verdict] += 1
         if verdict == REJECTED:
-            self._emit_result(result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
+            self._emit_result(action_result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
         if verdict == APPROVED and action["kind"] in PCS_KINDS:
             self.last_change[action["site"]] = self.now_ms()
         if verdict == APPROVED and action["kind"] in SLURM_SHEDDING and self.policy.slurm.budget_window_s > 0:
@@ -206,7 +206,7 @@ class GuardProcessor:
             action = json.loads(action)
             self.store.run("DELETE FROM pending WHERE action_id = ?", action_id)
             self.stats["lapsed"] += 1
-            self._emit_result(result(action, "rejected", "nothing done", "no operator approval before the request "
+            self._emit_result(action_result(action, "rejected", "nothing done", "no operator approval before the request "
                                      "lapsed", NAME, now))
         for action_id, action, _since, deadline, observed in self.store.rows("SELECT * FROM verifying"):
             action = json.loads(action)
@@ -214,7 +214,7 @@ class GuardProcessor:
             outcome = judge_power(expected, json.loads(observed), now, deadline)
             if outcome.status == VERIFIED:
                 self.stats["verified"] += 1
-                self._emit_result(result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME, now,
+                self._emit_result(action_result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME, now,
                                          -expected))
             elif outcome.status == FAILED:
                 self.stats["verify_failed"] += 1
@@ -224,15 +224,15 @@ class GuardProcessor:
             self.store.run("DELETE FROM verifying WHERE action_id = ?", action_id)
 
     def _revert(self, action: dict, why: str, now: int) -> None:
-        self._emit_result(result(action, "failed", why, "verification failed", NAME, now))
+        self._emit_result(action_result(action, "failed", why, "verification failed", NAME, now))
         idle = {**action, "action_id": f"{action['action_id']}:revert", "kind": "pcs_idle", "setpoint_kw": 0.0,
                 "shed_kw": None, "job_ids": [], "params": {"revert_of": action["action_id"]},
                 "reason": f"revert {action['action_id']}: {why}", "expected_effect": "PCS idle",
                 "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "proposer": NAME}
         self._emit_verdict(idle, APPROVED, [f"revert after failed verification of {action['action_id']}"],
                            "opsloop guard (revert)")
-        self._emit_result(result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
-        rec = alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
+        self._emit_result(action_result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
+        rec = action_alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
                     f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)
         send(self._prod, self.settings.topic("alarms.raw"), rec["device"].encode(), self.codec.encode("Alarm", rec))
 

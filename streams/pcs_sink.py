@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from opsloop.streams.actuator import ActuatorSink, result
+from opsloop.models.records import action_result
+from opsloop.streams.actuator import ActuatorSink
 from opsloop.connectors.ledger import EXECUTED, FAILED
 from opsloop.connectors.pcs import PcsClient, parse_endpoint
 
@@ -40,9 +41,9 @@ class PcsSink(ActuatorSink):
         revert_s = min(MAX_REVERT_S, max(1, math.ceil((action["expires_ms"] - self.now_ms()) / 1000)))
         reading = self.client.write_setpoint(setpoint, revert_s)
         if not self.client.matches(reading, setpoint):
-            return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
+            return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
                                   f"asked for {setpoint:g} kW; read-back differs", self.name, self.now_ms()), None
-        return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
+        return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
                                 f"wrote SunSpec model 124 on {self.client.endpoint}", self.name, self.now_ms()), None
 
     def reconcile(self, action: dict):
@@ -50,10 +51,10 @@ class PcsSink(ActuatorSink):
         self.client.connect()
         reading = self.client.read()
         if self.client.matches(reading, setpoint):
-            return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
+            return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
                                     "confirmed by read-back after a restart (not written again)", self.name,
                                     self.now_ms()), None
-        return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
+        return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
                               "interrupted before confirmation; not repeated (at most once)", self.name,
                               self.now_ms()), None
 

@@ -27,6 +27,7 @@ from faust.streams import _current_event
 from opsloop.config.catalog import load_catalog
 from opsloop.streams.peak_site import load_loop_config
 from opsloop.config.settings import Settings
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
 from opsloop.streams.app import catalog_topic, decode_or_dead_letter
 from opsloop.streams.peaks import invalid as _invalid
@@ -92,9 +93,8 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
 
 async def _dead_letter(app: faust.App, settings: Settings, codec: Codec, event, kind: str, error: str) -> None:
     msg = event.message
-    dead = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key, "value": msg.value,
-            "error_kind": kind, "error": error, "agent": AGENT,
-            "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
+    dead = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, kind, error, AGENT,
+                       int(msg.timestamp * 1000) if msg.timestamp else None)
     await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(), codec.encode("DeadLetter", dead),
                                      partition=None, timestamp=None, headers=None)
     log.warning("%s: dead-lettered %s[%s]@%s: %s", AGENT, msg.topic, msg.partition, msg.offset, error)
