@@ -26,7 +26,7 @@ import duckdb
 from confluent_kafka import Producer
 
 from opsloop.connectors.duckdb_sink import DuckDBSink, open_db
-from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.connectors.kafka import producer, send_record, wait_delivered
 from opsloop.ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
@@ -134,7 +134,6 @@ class FeedbackSender:
 
     def __init__(self, settings: Settings, codec: Codec | None = None):
         self.settings = settings
-        self.topic = settings.topic("operator.feedback")
         self.codec = codec or Codec.default()
         self._prod: Producer | None = None
         self._lock = threading.Lock()
@@ -145,7 +144,7 @@ class FeedbackSender:
         with self._lock:
             if self._prod is None:
                 self._prod = producer(self.settings)
-        send(self._prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
+        send_record(self._prod, self.settings, "operator.feedback", record, self.codec)
         wait_delivered(self._prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException
 
-from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
+from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send_record, wait_delivered
 from opsloop.connectors.ledger import EXECUTED, FAILED, Ledger
 from opsloop.config.policy import Policy
 from opsloop.config.settings import Settings
@@ -63,14 +63,12 @@ class ActuatorSink:
     # -- publishing ---------------------------------------------------------------------
 
     def publish(self, record: dict) -> None:
-        send(self._prod, self.settings.topic("actions.results"), record["action_id"].encode(),
-             self.codec.encode("ActionResult", record))
+        send_record(self._prod, self.settings, "actions.results", record, self.codec)
         if self.on_result is not None:
             self.on_result(record)
 
     def raise_alarm(self, record: dict) -> None:
-        send(self._prod, self.settings.topic("alarms.raw"), record["device"].encode(),
-             self.codec.encode("Alarm", record))
+        send_record(self._prod, self.settings, "alarms.raw", record, self.codec)
 
     # -- one approved action ------------------------------------------------------------
 

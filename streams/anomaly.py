@@ -66,7 +66,6 @@ class AnomalyProcessor(BatchProcessor):
         super().__init__(settings, **kwargs)
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
-        self.sink = settings.topic("alarms.raw")
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
@@ -118,7 +117,7 @@ class AnomalyProcessor(BatchProcessor):
         self.dirty.setdefault(partition, set()).add(key)
         self.stats["points"] += 1
         if t is not None:
-            self.send(self.sink, point["device"].encode(), self.codec.encode("Alarm", alarm(point, t)))
+            self.emit("alarms.raw", alarm(point, t))
             self.stats["alarms"] += 1
 
     def checkpoint(self, partitions: set[int]) -> None:

@@ -37,7 +37,7 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException
 
 from opsloop.models.records import action_alarm, action_result
-from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
+from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send_record, wait_delivered
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, SLURM_SHEDDING, EssState, PlantState,
                           SlurmSpend, approval_deadline_ms, decide, slurm_charge)
 from opsloop.config.policy import Policy
@@ -100,8 +100,7 @@ class GuardProcessor:
     def _emit_verdict(self, action: dict, verdict: str, reasons, operator: str | None = None) -> None:
         record = {"action": action, "verdict": verdict, "reasons": list(reasons), "policy_version": self.policy.label,
                   "decided_ms": self.now_ms(), "approved_by": operator}
-        send(self._prod, self.settings.topic("actions.approved"), action["target"].encode(),
-             self.codec.encode("ApprovedAction", record))
+        send_record(self._prod, self.settings, "actions.approved", record, self.codec)
         self.stats[verdict] += 1
         if verdict == REJECTED:
             self._emit_result(action_result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
@@ -116,8 +115,7 @@ class GuardProcessor:
                        json.dumps(action))
 
     def _emit_result(self, record: dict) -> None:
-        send(self._prod, self.settings.topic("actions.results"), record["action_id"].encode(),
-             self.codec.encode("ActionResult", record))
+        send_record(self._prod, self.settings, "actions.results", record, self.codec)
 
     # -- state --------------------------------------------------------------------------
 
@@ -234,7 +232,7 @@ class GuardProcessor:
         self._emit_result(action_result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
         rec = action_alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
                     f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)
-        send(self._prod, self.settings.topic("alarms.raw"), rec["device"].encode(), self.codec.encode("Alarm", rec))
+        send_record(self._prod, self.settings, "alarms.raw", rec, self.codec)
 
     # -- the loop -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from opsloop.connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
+from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
 
@@ -43,6 +44,7 @@ class BatchProcessor:
         self.settings = settings
         self.codec = codec or Codec.default()
         self.clock = clock  # processing time: commit pacing and idleness only
+        self.catalog = cached_catalog(settings.topics_file)
         self.topic = settings.topic(self.source)
         self.log = logging.getLogger(f"opsloop.{self.name}")
         self.stats: dict[str, Any] = {}  # subclasses fill it; it must hold "dead_letters" and commit_stat
@@ -88,6 +90,11 @@ class BatchProcessor:
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         send(self.prod, topic, key, value, self.errors)
+
+    def emit(self, topic: str, record: dict) -> None:
+        """Send a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""
+        spec = self.catalog[topic]
+        self.send(self.settings.topic(topic), spec.key_of(record), self.codec.encode(spec.record, record))
 
     def dead_letter(self, msg: Message, kind: str, reason: str) -> None:
         self.dead.send(msg, kind, reason, self.errors)

@@ -54,7 +54,6 @@ class RollupProcessor(BatchProcessor):
 
     def __init__(self, settings: Settings, **kwargs):
         super().__init__(settings, **kwargs)
-        self.sink = settings.topic("telemetry.site")
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
 
@@ -108,7 +107,7 @@ class RollupProcessor(BatchProcessor):
         if idle:
             closed += self.rollup.flush()
         for snap in closed:
-            self.send(self.sink, snap["site"].encode(), self.codec.encode("SiteSnapshot", snap))
+            self.emit("telemetry.site", snap)
         self.stats["snapshots"] += len(closed)
         return bool(closed)  # closing windows frees offsets to commit
 

@@ -34,7 +34,8 @@ BATCH, WITHIN_S = 1000, 0.01
 def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig()) -> None:
     codec = Codec.default()
     topologies = site_topologies(settings)
-    partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
+    catalog = load_catalog(settings.topics_file)
+    partitions, incident_spec = catalog["alarms.clean"].partitions, catalog["incidents"]
     # values: the site's state as JSON bytes, serialised here so the changelog gets a consistent snapshot
     table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
     live: dict[bytes, tuple[bytes, SiteCorrelator]] = {}  # key → (the state last stored, its correlator)
@@ -78,5 +79,5 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
                 put(table, key, stored, partition)
                 live[key] = (stored, corr)
             stats["incident_updates"] += len(out)
-            await asyncio.gather(*(incidents_topic.send(key=r["site"].encode(), value=codec.encode("Incident", r))
-                                   for r in out))
+            await asyncio.gather(*(incidents_topic.send(key=incident_spec.key_of(r),
+                                                        value=codec.encode(incident_spec.record, r)) for r in out))
