@@ -48,7 +48,7 @@ def run_filter_until_caught_up(settings: Settings, raw_alarms: int) -> dict:
 
 
 def summary_lines(duckdb_file) -> list[str]:
-    from opsloop.connectors.duckdb_sink import query
+    from opsloop.connectors.duckdb import query
 
     _, [(raw,)] = query(duckdb_file, "SELECT count(*) FROM alarms_raw")
     _, [(clean, noisy, flapping)] = query(duckdb_file, """

@@ -85,9 +85,9 @@ class AnomalyProcessor(BatchProcessor):
                       sorted(restored), self.topic, sum(len(s) for s in restored.values()))
 
     def on_revoke(self, cons, partitions) -> None:
-        gone = {p.partition for p in partitions}
+        gone = {(p.topic, p.partition) for p in partitions}
         self.commit(cons, gone)
-        for p in gone:
+        for _, p in gone:
             self.series.pop(p, None)
             self.dirty.pop(p, None)
 
@@ -120,10 +120,10 @@ class AnomalyProcessor(BatchProcessor):
             self.emit("alarms.raw", alarm(point, t))
             self.stats["alarms"] += 1
 
-    def checkpoint(self, partitions: set[int]) -> None:
+    def checkpoint(self, partitions) -> None:
         """Write the changed detectors. The alarms of the points they learnt are delivered by now:
         a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
-        for p in partitions:
+        for _, p in partitions:
             for key in self.dirty.get(p, ()):
                 self.changelog.write(self.prod, p, key.encode(),
                                      pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)

@@ -73,8 +73,9 @@ class KeyedProcessor(BatchProcessor):
 
     def on_assign(self, cons, partitions) -> None:
         self._reset()
-        self.stored = self.changelog.restore(sorted(self.assigned))
-        self.log.info("%s assigned partitions %s of %s; restored %d keys", self.name, sorted(self.assigned),
+        owned = sorted(p for _, p in self.assigned)
+        self.stored = self.changelog.restore(owned)
+        self.log.info("%s assigned partitions %s of %s; restored %d keys", self.name, owned,
                       self.topic, sum(len(keys) for keys in self.stored.values()))
 
     def on_revoke(self, cons, partitions) -> None:
@@ -119,9 +120,9 @@ class KeyedProcessor(BatchProcessor):
             self.after_batch(messages)
         return False
 
-    def checkpoint(self, partitions: set[int]) -> None:
+    def checkpoint(self, partitions) -> None:
         for partition, key in self.dirty:
-            if partition in partitions:
+            if (self.topic, partition) in partitions:
                 self.changelog.write(self.prod, partition, key, self.dump_state(self.live[(partition, key)]),
                                      self.errors)
         self.dirty.clear()

@@ -42,9 +42,11 @@ class PcsSink(ActuatorSink):
         reading = self.client.write_setpoint(setpoint, revert_s)
         if not self.client.matches(reading, setpoint):
             return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
-                                  f"asked for {setpoint:g} kW; read-back differs", self.name, self.now_ms()), None
+                                         f"asked for {setpoint:g} kW; read-back differs", self.name,
+                                         self.now_ms()), None
         return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
-                                f"wrote SunSpec model 124 on {self.client.endpoint}", self.name, self.now_ms()), None
+                                       f"wrote SunSpec model 124 on {self.client.endpoint}", self.name,
+                                       self.now_ms()), None
 
     def reconcile(self, action: dict):
         setpoint = self._setpoint(action)
@@ -52,15 +54,15 @@ class PcsSink(ActuatorSink):
         reading = self.client.read()
         if self.client.matches(reading, setpoint):
             return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
-                                    "confirmed by read-back after a restart (not written again)", self.name,
-                                    self.now_ms()), None
+                                           "confirmed by read-back after a restart (not written again)", self.name,
+                                           self.now_ms()), None
         return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
-                              "interrupted before confirmation; not repeated (at most once)", self.name,
-                              self.now_ms()), None
+                                     "interrupted before confirmation; not repeated (at most once)", self.name,
+                                     self.now_ms()), None
 
-    def run(self, stop, exit_when_idle: bool = False) -> dict:
+    def close(self) -> None:
         try:
-            return super().run(stop, exit_when_idle)
+            super().close()
         finally:
             self.client.close()
 

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
-from opsloop.connectors.duckdb_sink import query
+from opsloop.connectors.duckdb import query
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.connectors.replay import load_replay_spec, replay
 from opsloop.schemas.codec import Codec
