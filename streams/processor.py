@@ -35,7 +35,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
+from opsloop.connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, producer, send,
+                                      wait_delivered)
 from opsloop.schemas.codec import Codec
 
 Partition = tuple[str, int]  # (physical topic, partition)

@@ -65,7 +65,7 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
                 for key, (states, partition) in touched.items():
                     put(table, key, json.dumps(compact(states, config), separators=(",", ":")).encode(), partition)
                 stats["clean"] += len(out)
-                await asyncio.gather(*(clean_topic.send(key=clean_spec.key_of(c), value=codec.encode(clean_spec.record, c))
-                                       for c in out))
+                await asyncio.gather(*(clean_topic.send(key=clean_spec.key_of(c),
+                                                        value=codec.encode(clean_spec.record, c)) for c in out))
         finally:
             follower.close()

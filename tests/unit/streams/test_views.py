@@ -1,4 +1,5 @@
-"""The views agent and its DuckDB file without a broker: Arrow mapping, batch writes with offsets, replay, dead letters, views, text tables."""
+"""The views agent and its DuckDB file without a broker: Arrow mapping, batch writes with offsets, replay,
+dead letters, views, text tables."""
 
 from __future__ import annotations
 
