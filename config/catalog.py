@@ -3,11 +3,14 @@
 >>> specs = load_catalog()
 >>> specs["telemetry.raw"].partitions, specs["telemetry.raw"].record
 (8, 'TelemetryPoint')
+>>> specs["alarms.clean"].key_of({"alarm": {"site": "demo"}})
+b'demo'
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
@@ -23,6 +26,10 @@ class CatalogError(ValueError):
     pass
 
 
+class MissingKeyError(ValueError):
+    """A record lacks the field its topic is keyed by."""
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -36,6 +43,19 @@ class TopicSpec:
     def configs(self) -> dict[str, str]:
         retention_ms = -1 if self.retention_hours == 0 else self.retention_hours * 3_600_000
         return {"cleanup.policy": self.cleanup, "retention.ms": str(retention_ms)}
+
+    @cached_property
+    def _key_path(self) -> tuple[str, ...]:
+        return tuple(self.key.split("."))
+
+    def key_of(self, record: dict) -> bytes:
+        """The message key of ``record`` on this topic: the value at ``key`` (a dotted path), UTF-8."""
+        value = record
+        for field in self._key_path:
+            value = value.get(field) if isinstance(value, dict) else None
+            if value is None:
+                raise MissingKeyError(f"topic {self.name}: the {self.record} record has no {self.key!r} to key it by")
+        return value.encode() if isinstance(value, str) else str(value).encode()
 
 
 def load_catalog(path: Path = DEFAULT_CATALOG) -> dict[str, TopicSpec]:
@@ -62,3 +82,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> dict[str, TopicSpec]:
             raise CatalogError(f"{path}: topic {name}: partitions and replication >= 1, retention >= 0")
         specs[name] = spec
     return specs
+
+
+@lru_cache(maxsize=None)
+def cached_catalog(path: Path = DEFAULT_CATALOG) -> dict[str, TopicSpec]:
+    """``load_catalog`` once per file: for senders that key a record by its topic name (do not mutate)."""
+    return load_catalog(path)
+
+
+def message_key(topic: str, record: dict, path: Path = DEFAULT_CATALOG) -> bytes:
+    """The message key of ``record`` on catalog topic ``topic`` (see ``TopicSpec.key_of``)."""
+    return cached_catalog(Path(path))[topic].key_of(record)

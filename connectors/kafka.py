@@ -12,8 +12,9 @@ from typing import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
 
-from opsloop.config.catalog import TopicSpec
+from opsloop.config.catalog import TopicSpec, cached_catalog
 from opsloop.config.settings import Settings
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec
 
 DEADLETTER = "deadletter"
@@ -111,6 +112,14 @@ def send(prod: Producer, topic: str, key: bytes | None, value: bytes | None, on_
             prod.poll(0.1)
 
 
+def send_record(prod: Producer, settings: Settings, topic: str, record: dict, codec: Codec | None = None,
+                on_delivery=None) -> None:
+    """Produce a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""
+    spec = cached_catalog(settings.topics_file)[topic]
+    send(prod, settings.topic(topic), spec.key_of(record), (codec or Codec.default()).encode(spec.record, record),
+         on_delivery)
+
+
 def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
     """Flush and fail loudly if anything is still undelivered."""
     left = prod.flush(timeout_s)
@@ -138,7 +147,7 @@ class DeadLetters:
     """Writes rejected messages, whole and with the reason, to the ``deadletter`` topic."""
 
     def __init__(self, settings: Settings, prod: Producer, agent: str, codec: Codec | None = None):
-        self.topic = settings.topic(DEADLETTER)
+        self.settings = settings
         self.prod = prod
         self.agent = agent
         self.codec = codec or Codec.default()
@@ -146,10 +155,9 @@ class DeadLetters:
 
     def send(self, msg: Message, kind: str, error: str, on_delivery=None) -> None:
         ts_type, ts = msg.timestamp()
-        record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                  "key": msg.key(), "value": msg.value(), "error_kind": kind, "error": error,
-                  "agent": self.agent, "message_ts_ms": ts if ts_type else None}
-        send(self.prod, self.topic, msg.topic().encode(), self.codec.encode("DeadLetter", record), on_delivery)
+        record = dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kind, error,
+                             self.agent, ts if ts_type else None)
+        send_record(self.prod, self.settings, DEADLETTER, record, self.codec, on_delivery)
         self.count += 1
 
 

@@ -154,7 +154,10 @@ def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float |
         raise ValueError(f"speedup must be > 0, got {speedup}")
     table = read_table(data, spec.time_column, columns=spec.columns, start=start, days=days)
     prod = producer if producer is not None else make_producer(settings)
-    topic, encode, errors = settings.topic("telemetry.raw"), Codec.default().encode, DeliveryErrors()
+    from opsloop.config.catalog import cached_catalog
+
+    raw = cached_catalog(settings.topics_file)["telemetry.raw"]
+    topic, encode, errors = settings.topic(raw.name), Codec.default().encode, DeliveryErrors()
     stats, total = ReplayStats(), table.num_rows
     began = last_report = time.monotonic()
 
@@ -171,7 +174,7 @@ def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float |
             while (wait := due - time.monotonic()) > 0:
                 prod.poll(min(wait, 0.5))  # serve delivery callbacks while pacing
         for p in points:
-            send(prod, topic, p["device"].encode("utf-8"), encode("TelemetryPoint", p), errors)
+            send(prod, topic, raw.key_of(p), encode(raw.record, p), errors)
         prod.poll(0)
         errors.raise_if_any()
         if progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:

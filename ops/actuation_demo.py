@@ -38,7 +38,7 @@ def _action(action_id: str, kind: str, target: str, life_s: float, **fields) -> 
 
 
 def run_actuation_demo(settings: Settings) -> int:
-    from opsloop.connectors.kafka import consumer, producer, send, wait_delivered
+    from opsloop.connectors.kafka import consumer, producer, send_record, wait_delivered
     from opsloop.connectors.pcs import parse_endpoint
     from opsloop.streams.pcs_sink import PcsSink
     from opsloop.connectors.slurm import ScontrolBackend
@@ -99,7 +99,7 @@ def run_actuation_demo(settings: Settings) -> int:
         prod = producer(run)
 
         def propose(record: dict) -> None:
-            send(prod, run.topic("actions.proposed"), record["target"].encode(), codec.encode("Action", record))
+            send_record(prod, run, "actions.proposed", record, codec)
             wait_delivered(prod)
 
         t0 = time.monotonic()
@@ -141,8 +141,7 @@ def run_actuation_demo(settings: Settings) -> int:
                         feedback = {"target_id": action["action_id"], "kind": "approve_action",
                                     "operator": "demo operator", "ts_ms": int(time.time() * 1000),
                                     "comment": "peak shaving approved"}
-                        send(prod, run.topic("operator.feedback"), action["action_id"].encode(),
-                             codec.encode("Feedback", feedback))
+                        send_record(prod, run, "operator.feedback", feedback, codec)
                         wait_delivered(prod)
                         print(f"  {at:5.1f}s {'operator':<10} {action['action_id']:<13} approves on operator.feedback")
                     continue

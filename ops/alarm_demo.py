@@ -15,6 +15,7 @@ from opsloop.config.site import Site
 
 def replay_storm(settings: Settings, site: Site, start_ms: int, seed: int = 0) -> dict:
     """Sends a storm corpus to ``alarms.raw`` and runs dedup + correlate until all of it is folded in."""
+    from opsloop.config.catalog import cached_catalog
     from opsloop.connectors.kafka import producer, wait_delivered
     from opsloop.ops.evals.storm import generate_storm
     from opsloop.models.topology import Topology
@@ -24,7 +25,8 @@ def replay_storm(settings: Settings, site: Site, start_ms: int, seed: int = 0) -
     storm = generate_storm(topology, seed=seed, start_ms=start_ms)
     codec, prod = Codec.default(), producer(settings)
     for alarm, _ in storm.alarms:
-        prod.produce(settings.topic("alarms.raw"), key=alarm["device"].encode(), value=codec.encode("Alarm", alarm),
+        spec = cached_catalog(settings.topics_file)["alarms.raw"]
+        prod.produce(settings.topic(spec.name), key=spec.key_of(alarm), value=codec.encode(spec.record, alarm),
                      partition=0)
         prod.poll(0)
     wait_delivered(prod)
@@ -47,7 +49,7 @@ def run_filter_until_caught_up(settings: Settings, site: Site, raw_alarms: int) 
 
 
 def summary_lines(duckdb_file) -> list[str]:
-    from opsloop.connectors.duckdb_sink import query
+    from opsloop.connectors.duckdb import query
 
     _, [(raw,)] = query(duckdb_file, "SELECT count(*) FROM alarms_raw")
     _, [(clean, noisy, flapping)] = query(duckdb_file, """

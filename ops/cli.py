@@ -104,7 +104,7 @@ def cmd_replay(settings: Settings, args) -> int:
 
 
 def cmd_sql(settings: Settings, args) -> int:
-    from opsloop.connectors.duckdb_sink import format_table, query
+    from opsloop.connectors.duckdb import format_table, query
 
     columns, rows = query(settings.duckdb_file, args.query)
     print(format_table(columns, rows, max_rows=args.max_rows))
@@ -201,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     noc.add_argument("--port", type=int, help="port (default: OPSLOOP_NOC_PORT, 8088)")
     noc.add_argument("--operator", help="name on approvals (default: OPSLOOP_NOC_OPERATOR)")
     noc.add_argument("--with-views", action="store_true",
-                     help="also run the views agent (DuckDB sink) in this process: the page reads while it writes")
+                     help="also run the views agent in this process: the page reads while it writes")
     noc.set_defaults(func=cmd_noc)
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])

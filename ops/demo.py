@@ -2,7 +2,7 @@
 
 Starts the local Kafka unless one is running, replays the demo site into
 ``telemetry.raw`` on topics of its own (a fresh prefix per run, deleted at the
-end), runs the rollup and the DuckDB sink until caught up, prints what came
+end), runs the rollup and the views agent until caught up, prints what came
 out, and stops what it started.
 """
 
@@ -18,7 +18,7 @@ STORM_START_MS = 960_163_200_000 + 2 * 86_400_000 + 9 * 3_600_000  # 2000-06-07 
 
 
 def run_demo(settings: Settings, data: Path, days: float) -> int:
-    from opsloop.connectors.duckdb_sink import query
+    from opsloop.connectors.duckdb import query
     from opsloop.config.site import load_site
     from opsloop.connectors.replay import replay, replay_spec
     from opsloop.ops.demo_peaks import run_peaks, summary_lines

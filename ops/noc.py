@@ -6,7 +6,7 @@ NOC writes is a ``Feedback`` record, keyed by the action id, for the guard.
 
 DuckDB lets one process write a file and no other process open it meanwhile, so a running views
 agent and a separate NOC cannot share one file. ``opsloop noc --with-views`` therefore runs the
-views agent (the DuckDB sink) in the NOC's own process and reads through cursors on its
+views agent (streams/views.py) in the NOC's own process and reads through cursors on its
 connection (``LiveViews``); without it the NOC opens the file read-only per request
 (``FileViews``), for a file nothing is writing (e.g. the demo's, after it ends).
 """
@@ -25,8 +25,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import duckdb
 from confluent_kafka import Producer
 
-from opsloop.connectors.duckdb_sink import DuckDBSink, open_db
-from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.connectors.duckdb import open_db
+from opsloop.streams.views import ViewsSink
+from opsloop.connectors.kafka import producer, send_record, wait_delivered
 from opsloop.ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
@@ -84,10 +85,10 @@ class FileViews:
 
 
 class LiveViews:
-    """The views that a DuckDB sink in this process writes: a cursor on its connection per request
+    """The views that the views agent in this process writes: a cursor on its connection per request
     (DuckDB lets a cursor read in another thread while the sink commits its batches)."""
 
-    def __init__(self, sink: DuckDBSink):
+    def __init__(self, sink: ViewsSink):
         self.sink = sink
 
     def __str__(self) -> str:
@@ -134,7 +135,6 @@ class FeedbackSender:
 
     def __init__(self, settings: Settings, codec: Codec | None = None):
         self.settings = settings
-        self.topic = settings.topic("operator.feedback")
         self.codec = codec or Codec.default()
         self._prod: Producer | None = None
         self._lock = threading.Lock()
@@ -145,7 +145,7 @@ class FeedbackSender:
         with self._lock:
             if self._prod is None:
                 self._prod = producer(self.settings)
-        send(self._prod, self.topic, action_id.encode(), self.codec.encode("Feedback", record))
+        send_record(self._prod, self.settings, "operator.feedback", record, self.codec)
         wait_delivered(self._prod, timeout_s=10.0)  # the operator sees an error, not a silent loss
 
     def close(self) -> None:
@@ -252,7 +252,7 @@ def serve(settings: Settings, host: str, port: int, operator: str, with_views: b
     """Serve until interrupted or terminated; ``with_views``: run the views agent in this process too."""
     views, stop, agent = None, threading.Event(), None
     if with_views:
-        sink = DuckDBSink(settings)
+        sink = ViewsSink(settings)
         agent = threading.Thread(target=sink.run, args=(stop,), name="views", daemon=True)
         agent.start()
         views = LiveViews(sink)

@@ -179,7 +179,7 @@ class PcsSimulator:
     # -- telemetry ------------------------------------------------------------------------
 
     def publish_telemetry(self) -> None:
-        from opsloop.connectors.kafka import producer, send
+        from opsloop.connectors.kafka import producer, send_record
         from opsloop.schemas.codec import Codec
 
         if self._producer is None:
@@ -191,8 +191,7 @@ class PcsSimulator:
                                     ("ess_kw", b.power_kw, "kW")):
             point = {"ts_ms": ts_ms, "site": self.site, "device": self.device, "device_type": "ess",
                      "metric": metric, "value": float(value), "unit": unit, "source": "pcs-sim"}
-            send(self._producer, self.settings.topic("telemetry.raw"), self.device.encode(),
-                 codec.encode("TelemetryPoint", point))
+            send_record(self._producer, self.settings, "telemetry.raw", point, codec)
         self._producer.poll(0)
 
     def _publish_loop(self) -> None:

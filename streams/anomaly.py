@@ -30,6 +30,7 @@ import pickle
 from typing import Callable
 
 from opsloop.connectors.changelog import Changelog
+from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
@@ -49,12 +50,11 @@ class Series:
 def alarm(point: dict, t: Transition) -> dict:
     """The Alarm record of a raise or clear for a TelemetryPoint's series."""
     metric = point["metric"]
-    return {
-        "ts_ms": t.ts_ms, "site": point["site"], "device": point["device"], "device_type": point["device_type"],
-        "source": SOURCE, "code": f"anomaly.{metric}", "severity": "warning", "state": t.state,
-        "text": f"{metric} of {point['device']} at {t.value:g} {point['unit']}: {t.reason}",
-        "attributes": {"metric": metric, "value": repr(t.value), "score": f"{t.score:.4f}", "unit": point["unit"]},
-    }
+    return records.alarm(t.ts_ms, point["site"], point["device"], point["device_type"], SOURCE, f"anomaly.{metric}",
+                         f"{metric} of {point['device']} at {t.value:g} {point['unit']}: {t.reason}",
+                         severity="warning", state=t.state,
+                         attributes={"metric": metric, "value": repr(t.value), "score": f"{t.score:.4f}",
+                                     "unit": point["unit"]})
 
 
 class AnomalyProcessor(BatchProcessor):
@@ -66,7 +66,6 @@ class AnomalyProcessor(BatchProcessor):
         super().__init__(settings, **kwargs)
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
-        self.sink = settings.topic("alarms.raw")
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
@@ -86,9 +85,9 @@ class AnomalyProcessor(BatchProcessor):
                       sorted(restored), self.topic, sum(len(s) for s in restored.values()))
 
     def on_revoke(self, cons, partitions) -> None:
-        gone = {p.partition for p in partitions}
+        gone = {(p.topic, p.partition) for p in partitions}
         self.commit(cons, gone)
-        for p in gone:
+        for _, p in gone:
             self.series.pop(p, None)
             self.dirty.pop(p, None)
 
@@ -118,13 +117,13 @@ class AnomalyProcessor(BatchProcessor):
         self.dirty.setdefault(partition, set()).add(key)
         self.stats["points"] += 1
         if t is not None:
-            self.send(self.sink, point["device"].encode(), self.codec.encode("Alarm", alarm(point, t)))
+            self.emit("alarms.raw", alarm(point, t))
             self.stats["alarms"] += 1
 
-    def checkpoint(self, partitions: set[int]) -> None:
+    def checkpoint(self, partitions) -> None:
         """Write the changed detectors. The alarms of the points they learnt are delivered by now:
         a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
-        for p in partitions:
+        for _, p in partitions:
             for key in self.dirty.get(p, ()):
                 self.changelog.write(self.prod, p, key.encode(),
                                      pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)

@@ -13,8 +13,9 @@ import logging
 
 import faust
 
-from opsloop.config.catalog import load_catalog
+from opsloop.config.catalog import cached_catalog, load_catalog
 from opsloop.config.settings import Settings
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
 
 log = logging.getLogger("opsloop.app")
@@ -51,19 +52,24 @@ def catalog_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT
     return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, internal=False)
 
 
+async def send_record(app: faust.App, topic: str, record: dict, codec: Codec | None = None) -> None:
+    """Send a record to catalog topic ``topic``, encoded and keyed as the catalog declares, and wait for the broker."""
+    settings: Settings = app.conf.opsloop
+    spec = cached_catalog(settings.topics_file)[topic]
+    await app.producer.send_and_wait(settings.topic(topic), spec.key_of(record),
+                                     (codec or Codec.default()).encode(spec.record, record),
+                                     partition=None, timestamp=None, headers=None)
+
+
 async def decode_or_dead_letter(app: faust.App, event, record: str, agent: str, codec: Codec | None = None) -> dict | None:
     """Decode an event's value as ``record``; on failure publish a DeadLetter and return None."""
     codec = codec or Codec.default()
     try:
         return codec.decode_as(record, event.value)
     except DecodeError as exc:
-        settings: Settings = app.conf.opsloop
         msg = event.message
-        dead = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key,
-                "value": msg.value, "error_kind": "decode", "error": exc.reason, "agent": agent,
-                "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
-        await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(),
-                                         codec.encode("DeadLetter", dead),
-                                         partition=None, timestamp=None, headers=None)
+        dead = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, "decode", exc.reason, agent,
+                           int(msg.timestamp * 1000) if msg.timestamp else None)
+        await send_record(app, "deadletter", dead, codec)
         log.warning("%s: dead-lettered %s[%s]@%s: %s", agent, msg.topic, msg.partition, msg.offset, exc.reason)
         return None

@@ -46,4 +46,4 @@ class CorrelateProcessor(KeyedProcessor):
 
     def finish(self, state: SiteCorrelator, key: bytes):
         state.expire()
-        return [("incidents", r["site"].encode(), "Incident", r) for r in state.flush()]
+        return [("incidents", r) for r in state.flush()]

@@ -48,7 +48,7 @@ class DedupProcessor(KeyedProcessor):
         announced = fold(state, record, offset, self.config, self.scorer)
         if announced is None:
             return None
-        return [("alarms.clean", c["alarm"]["site"].encode(), "CleanAlarm", c) for c in announced]
+        return [("alarms.clean", c) for c in announced]
 
     def run(self, stop, exit_when_idle: bool = False) -> dict:
         try:

@@ -20,24 +20,21 @@ Decisions, pending approvals, verifications and the Slurm budget spent (the
 shedding actions approved per site within the policy's ``budget_window_s``,
 pruned as they age out) are kept in a small SQLite file
 (``<data_dir>/guard.sqlite``) written before offsets are committed, so a restart
-neither re-decides an action, nor forgets a pending one, nor the budget spent. It is a batch processor
-on confluent-kafka like the rollup, not a Faust agent: four inputs, tiny
-volume, and commits that must follow the SQLite writes.
+neither re-decides an action, nor forgets a pending one, nor the budget spent. It runs on the
+processors' loop (streams/processor.py), not as a Faust agent: four inputs, tiny volume, and
+commits that must follow the SQLite writes. Each batch with input is committed at once; the
+deadlines and verifications are its ``housekeeping``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
-import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaError, KafkaException
-
-from opsloop.streams.actuator import alarm, result
-from opsloop.connectors.kafka import DeadLetters, close_clients, consumer, producer, send, wait_delivered
+from opsloop.models.records import action_alarm, action_result
+from opsloop.models.battery import Battery
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
                                   EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
                                   revert_approval, slurm_charge)
@@ -45,10 +42,9 @@ from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_power
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
-from opsloop.models.battery import Battery
-from opsloop.schemas.codec import Codec, DecodeError
+from opsloop.schemas.codec import DecodeError
+from opsloop.streams.processor import BatchProcessor
 
-log = logging.getLogger("opsloop.guard")
 INPUTS = {"actions.proposed": "Action", "operator.feedback": "Feedback", "telemetry.site": "SiteSnapshot",
           "actions.results": "ActionResult"}
 NAME = "guard"
@@ -79,24 +75,28 @@ class GuardStore:
         self.db.execute(sql, args)
 
 
-class GuardProcessor:
+class GuardProcessor(BatchProcessor):
     name = NAME
+    sources = tuple(INPUTS)
+    poll_s = 0.2
+    batch_size = 500
+    commit_stat = None
+    consumer_overrides = {"fetch.wait.max.ms": 50}
+    producer_overrides = {"linger.ms": 0}
 
     def __init__(self, settings: Settings, policy: Policy, site: Site, clock: Callable[[], float] = time.time):
-        self.settings = settings
+        super().__init__(settings)
         self.policy = policy
-        self.clock = clock
-        self.codec = Codec.default()
+        self.wall_clock = clock  # decisions, deadlines and verification windows
         self.store = GuardStore(settings.data_dir / "guard.sqlite")
         self.batteries = {site.id: Battery.from_spec(site.ess[0])} if site.ess else {}  # site → its first ESS
         self.ess: dict[str, EssState] = {}  # site → latest ESS state
         self.last_change: dict[str, int] = {}  # site → when the guard last approved a new PCS setpoint
         self.stats = {"proposed": 0, APPROVED: 0, NEEDS_APPROVAL: 0, REJECTED: 0, "operator_approved": 0,
                       "lapsed": 0, "verified": 0, "verify_failed": 0, "dead_letters": 0}
-        self._prod = None
 
     def now_ms(self) -> int:
-        return int(self.clock() * 1000)
+        return int(self.wall_clock() * 1000)
 
     # -- emitting -----------------------------------------------------------------------
 
@@ -105,11 +105,11 @@ class GuardProcessor:
         record = {"action": action, "verdict": verdict, "reasons": list(reasons),
                   "reason_codes": list(decision.reason_codes), "policy_version": self.policy.label,
                   "decided_ms": self.now_ms(), "approved_by": operator}
-        send(self._prod, self.settings.topic("actions.approved"), action["target"].encode(),
-             self.codec.encode("ApprovedAction", record))
+        self.emit("actions.approved", record)
         self.stats[verdict] += 1
         if verdict == REJECTED:
-            self._emit_result(result(action, "rejected", "nothing done", "; ".join(reasons), NAME, self.now_ms()))
+            self._emit_result(action_result(action, "rejected", "nothing done", "; ".join(reasons), NAME,
+                                            self.now_ms()))
         if verdict == APPROVED and action["kind"] in PCS_KINDS:
             self.last_change[action["site"]] = self.now_ms()
         if verdict == APPROVED and action["kind"] in SLURM_SHEDDING and self.policy.slurm.budget_window_s > 0:
@@ -121,8 +121,7 @@ class GuardProcessor:
                        json.dumps(action))
 
     def _emit_result(self, record: dict) -> None:
-        send(self._prod, self.settings.topic("actions.results"), record["action_id"].encode(),
-             self.codec.encode("ActionResult", record))
+        self.emit("actions.results", record)
 
     # -- state --------------------------------------------------------------------------
 
@@ -204,49 +203,60 @@ class GuardProcessor:
 
     # -- time-driven --------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def housekeeping(self) -> bool:
+        """Lapse unanswered requests and judge open verifications; True when it published something."""
         now = self.now_ms()
+        sent = False
         for action_id, action, _deadline in self.store.rows("SELECT * FROM pending WHERE deadline_ms <= ?", now):
             action = json.loads(action)
             self.store.run("DELETE FROM pending WHERE action_id = ?", action_id)
             self.stats["lapsed"] += 1
-            self._emit_result(result(action, "rejected", "nothing done", "no operator approval before the request "
-                                     "lapsed", NAME, now))
+            self._emit_result(action_result(action, "rejected", "nothing done",
+                                            "no operator approval before the request lapsed", NAME, now))
+            sent = True
         for action_id, action, _since, deadline, observed in self.store.rows("SELECT * FROM verifying"):
             action = json.loads(action)
             expected = 0.0 if action["kind"] == "pcs_idle" else action["setpoint_kw"]
             outcome = judge_power(expected, json.loads(observed), now, deadline)
             if outcome.status == VERIFIED:
                 self.stats["verified"] += 1
-                self._emit_result(result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME, now,
-                                         -expected))
+                self._emit_result(action_result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME,
+                                                now, -expected))
             elif outcome.status == FAILED:
                 self.stats["verify_failed"] += 1
                 self._revert(action, outcome.text, now)
             else:
                 continue
             self.store.run("DELETE FROM verifying WHERE action_id = ?", action_id)
+            sent = True
+        return sent
+
+    def settled(self) -> bool:
+        """No approval request and no verification open."""
+        waiting = self.store.rows("SELECT 1 FROM pending LIMIT 1")
+        return not (waiting or self.store.rows("SELECT 1 FROM verifying LIMIT 1"))
 
     def _revert(self, action: dict, why: str, now: int) -> None:
-        self._emit_result(result(action, "failed", why, "verification failed", NAME, now))
+        self._emit_result(action_result(action, "failed", why, "verification failed", NAME, now))
         idle = {**action, "action_id": f"{action['action_id']}:revert", "kind": "pcs_idle", "setpoint_kw": 0.0,
                 "shed_kw": None, "job_ids": [], "params": {"revert_of": action["action_id"]},
                 "reason": f"revert {action['action_id']}: {why}", "reason_code": REVERT, "expected_effect": "PCS idle",
                 "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "proposer": NAME}
         self._emit_verdict(idle, revert_approval(action["action_id"]), "opsloop guard (revert)")
-        self._emit_result(result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}", NAME, now))
-        rec = alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
-                    f"{action['kind']} {action['action_id']} not verified: {why}; PCS sent to idle", now)
-        send(self._prod, self.settings.topic("alarms.raw"), rec["device"].encode(), self.codec.encode("Alarm", rec))
+        self._emit_result(action_result(action, "reverted", "pcs_idle issued", f"revert action {idle['action_id']}",
+                                        NAME, now))
+        self.emit("alarms.raw", action_alarm(action, "pcs", "opsloop.guard", "ACTION_VERIFY_FAILED",
+                                             f"{action['kind']} {action['action_id']} not verified: {why}; "
+                                             "PCS sent to idle", now))
 
-    # -- the loop -----------------------------------------------------------------------
+    # -- the loop's hooks ---------------------------------------------------------------
 
-    def handle(self, msg, dead: DeadLetters) -> None:
-        topic = msg.topic()[len(self.settings.topic_prefix):]
+    def handle(self, msg) -> None:
+        topic = self.catalog_name(msg.topic())
         try:
             value = self.codec.decode_as(INPUTS[topic], msg.value())
         except DecodeError as exc:
-            dead.send(msg, "decode", exc.reason)
+            self.dead_letter(msg, "decode", exc.reason)
             return
         if topic == "actions.proposed":
             self.on_proposed(value)  # a malformed one (NaN setpoint, unknown target) is rejected with its reason
@@ -257,33 +267,9 @@ class GuardProcessor:
         else:
             self.on_result(value)
 
-    def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
-        settings = self.settings
-        cons = consumer(settings, settings.group(NAME), **{"fetch.wait.max.ms": 50})
-        self._prod = producer(settings, **{"linger.ms": 0})
-        dead = DeadLetters(settings, self._prod, NAME)
-        cons.subscribe([settings.topic(t) for t in INPUTS])
-        try:
-            while not stop.is_set():
-                batch = cons.consume(500, timeout=0.2)
-                handled = False
-                for msg in batch:
-                    err = msg.error()
-                    if err is None:
-                        self.handle(msg, dead)
-                        handled = True
-                    elif err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
-                self.tick()
-                wait_delivered(self._prod)  # verdicts are out before their inputs are committed
-                if handled:
-                    cons.commit(asynchronous=False)
-        finally:
-            self.stats["dead_letters"] = dead.count
-            try:
-                close_clients(self._prod, cons)
-            finally:
-                self._prod = dead = None  # release the client before the broker may go away
-                self.store.db.close()
-        log.info("guard stopped: %s", self.stats)
-        return self.stats
+    def end_batch(self, messages: int, idle: bool) -> bool:
+        return messages > 0  # verdicts out and inputs committed at once
+
+    def close(self) -> None:
+        self.store.db.close()
+

@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from opsloop.connectors.changelog import Changelog
-from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
-Output = tuple[str, bytes, str, dict]  # (catalog topic, key, record name, record)
+Output = tuple[str, dict]  # (catalog topic, record): keyed and encoded as the catalog says
 
 
 class KeyedProcessor(BatchProcessor):
@@ -32,7 +31,7 @@ class KeyedProcessor(BatchProcessor):
 
     def __init__(self, settings: Settings, **kwargs):
         super().__init__(settings, **kwargs)
-        self.partitions = load_catalog(settings.topics_file)[self.source].partitions
+        self.partitions = self.catalog[self.source].partitions
         self.stats = {"in": 0, "out": 0, "replayed": 0, "dead_letters": 0, "commits": 0}
         self._reset()
         self.touched: dict[tuple[int, bytes], Any] = {}  # this batch's keys
@@ -74,8 +73,9 @@ class KeyedProcessor(BatchProcessor):
 
     def on_assign(self, cons, partitions) -> None:
         self._reset()
-        self.stored = self.changelog.restore(sorted(self.assigned))
-        self.log.info("%s assigned partitions %s of %s; restored %d keys", self.name, sorted(self.assigned),
+        owned = sorted(p for _, p in self.assigned)
+        self.stored = self.changelog.restore(owned)
+        self.log.info("%s assigned partitions %s of %s; restored %d keys", self.name, owned,
                       self.topic, sum(len(keys) for keys in self.stored.values()))
 
     def on_revoke(self, cons, partitions) -> None:
@@ -113,16 +113,16 @@ class KeyedProcessor(BatchProcessor):
             outputs += self.finish(state, key)
             self.dirty.add((partition, key))
         self.touched = {}
-        for topic, key, record, value in outputs:
-            self.send(self.settings.topic(topic), key, self.codec.encode(record, value))
+        for topic, record in outputs:
+            self.emit(topic, record)
         self.stats["out"] += len(outputs)
         if messages:
             self.after_batch(messages)
         return False
 
-    def checkpoint(self, partitions: set[int]) -> None:
+    def checkpoint(self, partitions) -> None:
         for partition, key in self.dirty:
-            if partition in partitions:
+            if (self.topic, partition) in partitions:
                 self.changelog.write(self.prod, partition, key, self.dump_state(self.live[(partition, key)]),
                                      self.errors)
         self.dirty.clear()

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
-from opsloop.streams.app import catalog_topic, decode_or_dead_letter
+from opsloop.streams.app import catalog_topic, decode_or_dead_letter, send_record
 
 log = logging.getLogger("opsloop.narrate")
 AGENT = "narrate"
@@ -40,7 +40,6 @@ def register(app, settings: Settings) -> None:
     narration = Narration(parse_corpus(sop_texts()), chat_generator=chat_generator(settings) if settings.llm_url else None,
                           model_name=settings.llm_model)
     codec = Codec.default()
-    out_topic = settings.topic("narratives")
     latest: OrderedDict[str, int] = OrderedDict()  # incident id → updated_ms of the newest version seen
     in_flight: set[asyncio.Task] = set()
     slots = {"free": max(0, settings.llm_concurrency)}
@@ -48,9 +47,7 @@ def register(app, settings: Settings) -> None:
     async def publish(result, incident: dict, started: float) -> None:
         narrative = result.narrative(incident, ts_ms=int(time.time() * 1000),
                                      latency_ms=(time.perf_counter() - started) * 1000)
-        await app.producer.send_and_wait(out_topic, incident["incident_id"].encode(),
-                                         codec.encode("Narrative", narrative),
-                                         partition=None, timestamp=None, headers=None)
+        await send_record(app, "narratives", narrative, codec)
 
     async def ask_llm(incident: dict, retrieved, started: float) -> None:
         try:

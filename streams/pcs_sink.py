@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 from opsloop.config.site import Site
-from opsloop.streams.actuator import ActuatorSink, result
+from opsloop.models.records import action_result
+from opsloop.streams.actuator import ActuatorSink
 from opsloop.connectors.ledger import EXECUTED, FAILED
 from opsloop.connectors.pcs import PcsClient, parse_endpoint
 
@@ -41,25 +42,27 @@ class PcsSink(ActuatorSink):
         revert_s = min(MAX_REVERT_S, max(1, math.ceil((action["expires_ms"] - self.now_ms()) / 1000)))
         reading = self.client.write_setpoint(setpoint, revert_s)
         if not self.client.matches(reading, setpoint):
-            return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
-                                  f"asked for {setpoint:g} kW; read-back differs", self.name, self.now_ms()), None
-        return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
-                                f"wrote SunSpec model 124 on {self.client.endpoint}", self.name, self.now_ms()), None
+            return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
+                                         f"asked for {setpoint:g} kW; read-back differs", self.name,
+                                         self.now_ms()), None
+        return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
+                                       f"wrote SunSpec model 124 on {self.client.endpoint}", self.name,
+                                       self.now_ms()), None
 
     def reconcile(self, action: dict):
         setpoint = self._setpoint(action)
         self.client.connect()
         reading = self.client.read()
         if self.client.matches(reading, setpoint):
-            return EXECUTED, result(action, "executed", f"PCS holds {reading.describe()}",
-                                    "confirmed by read-back after a restart (not written again)", self.name,
-                                    self.now_ms()), None
-        return FAILED, result(action, "failed", f"PCS reads back {reading.describe()}",
-                              "interrupted before confirmation; not repeated (at most once)", self.name,
-                              self.now_ms()), None
+            return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
+                                           "confirmed by read-back after a restart (not written again)", self.name,
+                                           self.now_ms()), None
+        return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
+                                     "interrupted before confirmation; not repeated (at most once)", self.name,
+                                     self.now_ms()), None
 
-    def run(self, stop, exit_when_idle: bool = False) -> dict:
+    def close(self) -> None:
         try:
-            return super().run(stop, exit_when_idle)
+            super().close()
         finally:
             self.client.close()

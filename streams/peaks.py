@@ -67,8 +67,8 @@ class PeaksProcessor(KeyedProcessor):
         state.offset = offset
         outputs = []
         for decision in state.loop.on_snapshot(record):
-            outputs.append(("forecasts.peak", record["site"].encode(), "PeakForecast", decision.forecast))
-            outputs += [("actions.proposed", a["target"].encode(), "Action", a) for a in decision.actions]
+            outputs.append(("forecasts.peak", decision.forecast))
+            outputs += [("actions.proposed", a) for a in decision.actions]
             self.decided.append(decision)
         return outputs
 

@@ -1,9 +1,9 @@
-"""The loop every confluent-kafka batch processor shares (rollup, anomaly, and the keyed ones).
+"""The loop every confluent-kafka agent runs on: consume → process → deliver → checkpoint → commit.
 
-``BatchProcessor.run`` consumes a batch, hands each data message to ``handle`` (and
-each partition end to ``partition_end``, in message order), then calls ``end_batch``.
-About every ``commit_every_s`` (and when the processor emitted something that should be
-committed at once, when idle, when a partition is revoked and when stopping) it commits:
+``BatchProcessor.run`` consumes a batch from its ``sources``, hands each data message to
+``handle`` (and each partition end to ``partition_end``, in message order), then calls
+``end_batch`` and ``housekeeping``. About every ``commit_every_s`` (and when a hook asks for
+it, when idle, when a partition is revoked and when stopping) it commits:
 
 1. wait until every output and dead letter is delivered,
 2. ``checkpoint``: write the state the offsets depend on, and wait for it too,
@@ -12,10 +12,16 @@ committed at once, when idle, when a partition is revoked and when stopping) it 
 So a crash repeats at most the uncommitted messages and never loses one; subclasses keep
 enough in their state to recognise a repeated message. Undeliverable outputs fail the
 processor before it commits. Idle means every assigned partition is read to its end and
-no data came for ``idle_close_s``; ``run(exit_when_idle=True)`` returns then, once committed.
+no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
+``settled``.
 
-Subclasses set ``name`` (consumer group, dead-letter agent, logger) and ``source`` (the
-catalog topic read) and implement ``handle``; the other hooks default to doing nothing.
+A processor that stores its offsets with its own state, in one transaction (the views
+agent), returns them from ``stored_offsets``: an assignment resumes from them and the
+Kafka commit only copies them, asynchronously, for lag dashboards.
+
+Partitions are ``(physical topic, partition)`` pairs. Subclasses set ``name`` (consumer group,
+dead-letter agent, logger) and ``source`` (the catalog topic read) or ``sources`` and implement
+``handle``; the other hooks default to doing nothing.
 """
 
 from __future__ import annotations
@@ -27,28 +33,40 @@ from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from opsloop.connectors.kafka import DeadLetters, DeliveryErrors, close_clients, consumer, producer, send, wait_delivered
+from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
+from opsloop.connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, producer, send,
+                                      wait_delivered)
 from opsloop.schemas.codec import Codec
+
+Partition = tuple[str, int]  # (physical topic, partition)
 
 
 class BatchProcessor:
     name = ""
-    source = ""  # catalog topic read
+    source = ""  # the catalog topic read ...
+    sources: tuple[str, ...] = ()  # ... or several
     poll_s = 0.5  # the longest consume() waits for a batch to fill
+    batch_size: int | None = None  # the most messages a batch holds (None: settings.batch_size)
+    wake_on_first = False  # hand over a batch as soon as one message is there (latency over throughput)
+    quiet_s: float | None = None  # no data for this long, caught up, is idle (None: settings.idle_close_s)
     commit_every_s = 1.0
-    commit_stat = "commits"  # the stats key counting commits
+    commit_stat: str | None = "commits"  # the stats key counting commits (None: not counted)
+    consumer_overrides: dict[str, Any] = {}
+    producer_overrides: dict[str, Any] = {}
 
     def __init__(self, settings: Settings, codec: Codec | None = None, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.codec = codec or Codec.default()
         self.clock = clock  # processing time: commit pacing and idleness only
-        self.topic = settings.topic(self.source)
+        self.catalog = cached_catalog(settings.topics_file)
+        self.sources = self.sources or (self.source,)
+        self.topic = settings.topic(self.sources[0])
         self.log = logging.getLogger(f"opsloop.{self.name}")
         self.stats: dict[str, Any] = {}  # subclasses fill it; it must hold "dead_letters" and commit_stat
-        self.assigned: set[int] = set()
-        self.caught_up: set[int] = set()  # partitions read to their end, with nothing newer since
-        self.processed: dict[int, int] = {}  # partition → next offset to read
+        self.assigned: set[Partition] = set()
+        self.caught_up: set[Partition] = set()  # partitions read to their end, with nothing newer since
+        self.processed: dict[Partition, int] = {}  # partition → next offset to read
         self.errors = DeliveryErrors()
         self.prod = None
         self.dead: DeadLetters | None = None
@@ -71,52 +89,101 @@ class BatchProcessor:
         """One data message (``self.processed`` already counts it)."""
         raise NotImplementedError
 
-    def partition_end(self, partition: int) -> None:
+    def partition_end(self, partition: Partition) -> None:
         """A partition was read to its end (called in message order)."""
 
     def end_batch(self, messages: int, idle: bool) -> bool:
         """After each batch (``messages``: data messages it held); True to commit now."""
         return False
 
-    def checkpoint(self, partitions: set[int]) -> None:
+    def housekeeping(self) -> bool:
+        """Time-driven work after each batch, empty ones too (deadlines, verification, undo at expiry);
+        True when it sent something that should be delivered and committed now."""
+        return False
+
+    def settled(self) -> bool:
+        """Nothing time-driven left to wait for: ``exit_when_idle`` may end the run."""
+        return True
+
+    def checkpoint(self, partitions: set[Partition]) -> None:
         """Write the state of ``partitions`` that their next offsets rely on (outputs are delivered)."""
 
-    def offsets(self, partitions: set[int]) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p, upto) for p, upto in self.processed.items() if p in partitions]
+    def stored_offsets(self) -> dict[Partition, int] | None:
+        """Next offsets kept in the processor's own store, with its state; None when Kafka's commits are the truth."""
+        return None
+
+    def offsets(self, partitions: set[Partition]) -> list[TopicPartition]:
+        upto = self.stored_offsets()
+        upto = self.processed if upto is None else upto
+        return [TopicPartition(topic, p, offset) for (topic, p), offset in upto.items() if (topic, p) in partitions]
+
+    def consumer_error(self, err: KafkaError) -> None:
+        """A consumer error other than a partition end: fatal unless a processor knows better."""
+        raise KafkaException(err)
+
+    def close(self) -> None:
+        """Release what the processor holds (files, device connections); its clients are closed by now."""
 
     # -- for subclasses -------------------------------------------------------------------
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         send(self.prod, topic, key, value, self.errors)
 
+    def emit(self, topic: str, record: dict) -> None:
+        """Send a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""
+        spec = self.catalog[topic]
+        self.send(self.settings.topic(topic), spec.key_of(record), self.codec.encode(spec.record, record))
+
     def dead_letter(self, msg: Message, kind: str, reason: str) -> None:
         self.dead.send(msg, kind, reason, self.errors)
 
-    def commit(self, cons: Consumer, partitions: set[int] | None = None) -> None:
-        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned)."""
-        partitions = set(self.assigned) if partitions is None else set(partitions) & self.assigned
-        wait_delivered(self.prod)  # outputs first: stored state never runs ahead of what downstream got
-        self.errors.raise_if_any()
-        self.checkpoint(partitions)
+    def flush(self) -> None:
+        """Wait until everything sent so far is delivered; fail if any of it was not."""
         wait_delivered(self.prod)
         self.errors.raise_if_any()
+
+    def catalog_name(self, topic: str) -> str:
+        """The catalog name of a physical topic."""
+        prefix = self.settings.topic_prefix
+        return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+
+    def commit(self, cons: Consumer, partitions: set[Partition] | None = None) -> None:
+        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned)."""
+        partitions = set(self.assigned) if partitions is None else set(partitions) & self.assigned
+        self.flush()  # outputs first: stored state never runs ahead of what downstream got
+        self.checkpoint(partitions)
+        self.flush()
         offsets = self.offsets(partitions)
         if offsets:
-            cons.commit(offsets=offsets, asynchronous=False)
-            self.stats[self.commit_stat] += 1
+            # offsets a processor stores itself reach Kafka for lag dashboards only: no need to wait
+            cons.commit(offsets=offsets, asynchronous=self.stored_offsets() is not None)
+            if self.commit_stat:
+                self.stats[self.commit_stat] += 1
 
     # -- the loop -------------------------------------------------------------------------
 
     def _assigned(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned = {p.partition for p in partitions}  # eager rebalancing: the whole assignment
+        self.assigned = {(p.topic, p.partition) for p in partitions}  # eager rebalancing: the whole assignment
+        stored = self.stored_offsets()
+        if stored is not None:  # resume from the processor's store, not from the group's commits
+            for tp in partitions:
+                tp.offset = stored.get((tp.topic, tp.partition), tp.offset)
+            cons.assign(partitions)
         self.on_assign(cons, partitions)
 
     def _revoked(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
         self.on_revoke(cons, partitions)
         for p in partitions:
-            self.assigned.discard(p.partition)
-            self.caught_up.discard(p.partition)
-            self.processed.pop(p.partition, None)
+            self.assigned.discard((p.topic, p.partition))
+            self.caught_up.discard((p.topic, p.partition))
+            self.processed.pop((p.topic, p.partition), None)
+
+    def _consume(self, cons: Consumer) -> list[Message]:
+        size = self.batch_size or self.settings.batch_size
+        if not self.wake_on_first:
+            return cons.consume(size, timeout=self.poll_s)
+        first = cons.poll(self.poll_s)  # returns on the first message (consume() waits out its timeout)
+        return [first] + cons.consume(size - 1, timeout=0) if first is not None else []
 
     def _handle_batch(self, batch: list[Message]) -> int:
         """Dispatch a consumed batch in order; returns how many data messages it held."""
@@ -124,51 +191,58 @@ class BatchProcessor:
         for msg in batch:
             err = msg.error()
             if err is None:
-                partition = msg.partition()
+                partition = (msg.topic(), msg.partition())
                 self.caught_up.discard(partition)
                 self.processed[partition] = msg.offset() + 1
                 self.handle(msg)
                 data += 1
             elif err.code() == KafkaError._PARTITION_EOF:  # consumers run with partition EOF events on
-                self.caught_up.add(msg.partition())
-                self.partition_end(msg.partition())
+                partition = (msg.topic(), msg.partition())
+                self.caught_up.add(partition)
+                self.partition_end(partition)
             else:
-                raise KafkaException(err)
+                self.consumer_error(err)
         return data
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
         settings = self.settings
-        cons = consumer(settings, settings.group(self.name))
-        self.prod = prod = producer(settings)
-        self.dead = DeadLetters(settings, prod, self.name)
+        quiet_s = settings.idle_close_s if self.quiet_s is None else self.quiet_s
+        cons = consumer(settings, settings.group(self.name), **self.consumer_overrides)
+        self.prod = prod = producer(settings, **self.producer_overrides)
+        self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
-            self.setup(cons)
-            cons.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
-            last_data = last_commit = self.clock()
-            dirty = False
-            while not stop.is_set():
-                batch = cons.consume(settings.batch_size, timeout=self.poll_s)
-                self.before_batch()
-                messages = self._handle_batch(batch)
-                now = self.clock()
-                if messages:
-                    last_data = now
-                idle = bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= settings.idle_close_s
-                urgent = self.end_batch(messages, idle)
-                prod.poll(0)
-                dirty = dirty or bool(messages) or urgent
-                if dirty and (urgent or idle or now - last_commit >= self.commit_every_s):
-                    self.commit(cons)
-                    last_commit, dirty = now, False
-                if idle and exit_when_idle and not dirty:
-                    break
-            if dirty:
-                self.commit(cons)  # stopping: keep what was done
-        finally:
-            self.stats["dead_letters"] = self.dead.count
             try:
-                close_clients(prod, cons)  # leaving the group may revoke, and so commit: the producer is still here
+                self.setup(cons)
+                cons.subscribe([settings.topic(s) for s in self.sources], on_assign=self._assigned,
+                               on_revoke=self._revoked)
+                last_data = last_commit = self.clock()
+                dirty = False
+                while not stop.is_set():
+                    batch = self._consume(cons)
+                    self.before_batch()
+                    messages = self._handle_batch(batch)
+                    now = self.clock()
+                    if messages:
+                        last_data = now
+                    idle = bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= quiet_s
+                    urgent = self.end_batch(messages, idle)
+                    urgent = self.housekeeping() or urgent
+                    prod.poll(0)
+                    dirty = dirty or bool(messages) or urgent
+                    if dirty and (urgent or idle or now - last_commit >= self.commit_every_s):
+                        self.commit(cons)
+                        last_commit, dirty = now, False
+                    if idle and exit_when_idle and not dirty and self.settled():
+                        break
+                if dirty:
+                    self.commit(cons)  # stopping: keep what was done
             finally:
-                self.prod = self.dead = None  # no client may outlive the run (the broker may stop next)
+                self.stats["dead_letters"] = self.dead.count
+                try:
+                    close_clients(prod, cons)  # leaving the group may revoke, and so commit: the producer is still here
+                finally:
+                    self.prod = self.dead = None  # no client may outlive the run (the broker may stop next)
+        finally:
+            self.close()
         self.log.info("%s stopped: %s", self.name, self.stats)
         return self.stats

@@ -54,7 +54,6 @@ class RollupProcessor(BatchProcessor):
 
     def __init__(self, settings: Settings, **kwargs):
         super().__init__(settings, **kwargs)
-        self.sink = settings.topic("telemetry.site")
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
 
@@ -66,7 +65,7 @@ class RollupProcessor(BatchProcessor):
     # -- rebalance ---------------------------------------------------------------------
 
     def on_assign(self, cons, partitions) -> None:
-        self._reset(self.assigned)  # open windows mix partitions: rebuild them from the committed offsets
+        self._reset([p for _, p in self.assigned])  # open windows mix partitions: rebuild from the commits
         total = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
         if partitions and len(self.assigned) < total:
             raise PartialAssignment(f"rollup was assigned {len(self.assigned)} of the {total} partitions of "
@@ -76,7 +75,7 @@ class RollupProcessor(BatchProcessor):
                 mark = json.loads(tp.metadata)
                 self.rollup.advance(mark["watermark_ms"])
                 self.replayed_upto[tp.partition] = mark["processed_upto"]
-        self.log.info("rollup assigned partitions %s of %s", sorted(self.assigned), self.topic)
+        self.log.info("rollup assigned partitions %s of %s", sorted(p for _, p in self.assigned), self.topic)
 
     def on_revoke(self, cons, partitions) -> None:
         self._reset()
@@ -100,22 +99,21 @@ class RollupProcessor(BatchProcessor):
         else:
             self.dead_letter(msg, "late", rejected.reason)
 
-    def partition_end(self, partition: int) -> None:
-        self.watermark.caught_up(partition)  # in message order: it decides which later points are late
+    def partition_end(self, partition) -> None:
+        self.watermark.caught_up(partition[1])  # in message order: it decides which later points are late
 
     def end_batch(self, messages: int, idle: bool) -> bool:
         closed = self.rollup.advance(self.watermark.value)
         if idle:
             closed += self.rollup.flush()
         for snap in closed:
-            self.send(self.sink, snap["site"].encode(), self.codec.encode("SiteSnapshot", snap))
+            self.emit("telemetry.site", snap)
         self.stats["snapshots"] += len(closed)
         return bool(closed)  # closing windows frees offsets to commit
 
-    def offsets(self, partitions: set[int]) -> list[TopicPartition]:
+    def offsets(self, partitions) -> list[TopicPartition]:
         """Never past a point an open window holds; the metadata lets a restart recognise what was handled."""
         pending = self.rollup.pending_offsets()
         mark = {"watermark_ms": self.rollup.watermark_ms}
-        return [TopicPartition(self.topic, p, pending.get(p, upto),
-                               metadata=json.dumps({**mark, "processed_upto": upto}))
-                for p, upto in self.processed.items() if p in partitions]
+        return [TopicPartition(topic, p, pending.get(p, upto), metadata=json.dumps({**mark, "processed_upto": upto}))
+                for (topic, p), upto in self.processed.items() if (topic, p) in partitions]

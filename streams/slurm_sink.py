@@ -21,7 +21,8 @@ from opsloop.connectors.slurm_backends import make_backend
 from opsloop.models.guard import action_limits, declared_partitions
 from opsloop.models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable
 from opsloop.models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
-from opsloop.streams.actuator import ActuatorSink, alarm, result
+from opsloop.models.records import action_alarm, action_result
+from opsloop.streams.actuator import ActuatorSink
 
 log = logging.getLogger("opsloop.slurm")
 CHECK_EVERY_MS = 1000
@@ -50,7 +51,8 @@ class SlurmSink(ActuatorSink):
             if entry is None or not entry.undo:
                 raise SlurmError(f"nothing to undo for action {undo_of}")
             done = self.undo(entry)
-            return EXECUTED, result(action, "executed", f"undid {undo_of}: {done}", "", self.name, self.now_ms()), None
+            return EXECUTED, action_result(action, "executed", f"undid {undo_of}: {done}", "", self.name,
+                                           self.now_ms()), None
         command = COMMANDS[kind]
         if kind == "slurm_requeue" and action.get("params", {}).get("requeue_hold", "true") == "false":
             command = COMMANDS["requeue_no_hold"]
@@ -74,28 +76,30 @@ class SlurmSink(ActuatorSink):
             except SlurmError as exc:
                 errors.append(str(exc))
         if not acted:
-            return FAILED, result(action, "failed", "no job changed", "; ".join(errors), self.name, self.now_ms()), undo
+            return FAILED, action_result(action, "failed", "no job changed", "; ".join(errors), self.name,
+                                         self.now_ms()), undo
         kw = sum(j.gpu_kw(self.policy.slurm.kw_per_gpu) for j in acted)
         flexible = flexible_gpu_kw(jobs, self.policy.slurm)
         observed = (f"{command} {len(acted)} job(s) {', '.join(j.job_id for j in acted)} in "
                     f"{', '.join(sorted({j.partition for j in acted}))}: {sum(j.gpus for j in acted)} GPUs, "
                     f"~{kw:g} kW of {flexible:g} kW flexible GPU power")
         delta = -kw if kind in ("slurm_requeue", "slurm_suspend") else None
-        return EXECUTED, result(action, "executed", observed, "; ".join(errors), self.name, self.now_ms(), delta), undo
+        return EXECUTED, action_result(action, "executed", observed, "; ".join(errors), self.name, self.now_ms(),
+                                       delta), undo
 
     def reconcile(self, action: dict):
         entry = self.ledger.get(action["action_id"])
         planned = [job_id for _, job_id in (entry.undo or [])]
         if not planned:
-            return FAILED, result(action, "failed", "no job changed", "interrupted before acting; not repeated",
-                                  self.name, self.now_ms()), None
+            return FAILED, action_result(action, "failed", "no job changed", "interrupted before acting; not repeated",
+                                         self.name, self.now_ms()), None
         states = {j.job_id: j.state for j in self.backend.jobs()}
         reached = [j for j in planned if states.get(j) in EXPECTED[action["kind"]]]
         status = EXECUTED if reached else FAILED
-        return status, result(action, "executed" if reached else "failed",
-                              f"{len(reached)} of {len(planned)} planned job(s) in the expected state",
-                              "interrupted; confirmed from job states after a restart (not repeated)",
-                              self.name, self.now_ms()), entry.undo
+        return status, action_result(action, "executed" if reached else "failed",
+                                     f"{len(reached)} of {len(planned)} planned job(s) in the expected state",
+                                     "interrupted; confirmed from job states after a restart (not repeated)",
+                                     self.name, self.now_ms()), entry.undo
 
     def undo(self, entry) -> str:
         done, gone = [], []
@@ -116,16 +120,17 @@ class SlurmSink(ActuatorSink):
     def _waiting(self) -> list:
         return [e for e in self.ledger.awaiting_verification() if e.undo and not e.action.get("params", {}).get("undo_of")]
 
-    def housekeeping(self) -> None:
+    def housekeeping(self) -> bool:
         now = self.now_ms()
         if now - self._last_check_ms < CHECK_EVERY_MS:
-            return  # squeue is a process per call: poll the job states about once a second
+            return False  # squeue is a process per call: poll the job states about once a second
         self._last_check_ms = now
         waiting = self._waiting()
         due = self.ledger.due_for_undo(now)
         if not waiting and not due:
-            return
+            return False
         states = {j.job_id: j.state for j in self.backend.jobs()}
+        sent = False
         for entry in waiting:
             action = entry.action
             expected = {job_id: EXPECTED[action["kind"]] for _, job_id in entry.undo}
@@ -133,26 +138,28 @@ class SlurmSink(ActuatorSink):
             if outcome.status == VERIFIED:
                 self.ledger.mark_verified(entry.action_id, True)
                 self.stats["verified"] += 1
-                self.publish(result(action, "verified", outcome.text, entry.result["observed_effect"], self.name, now,
-                                    entry.result.get("observed_delta_kw")))
+                self.publish(action_result(action, "verified", outcome.text, entry.result["observed_effect"],
+                                           self.name, now, entry.result.get("observed_delta_kw")))
+                sent = True
             elif outcome.status == V_FAILED:
                 self.ledger.mark_verified(entry.action_id, False)
-                self.publish(result(action, "failed", outcome.text, "verification failed", self.name, now))
+                self.publish(action_result(action, "failed", outcome.text, "verification failed", self.name, now))
                 undone = self.undo(entry) if entry.undo else "nothing to undo"
                 self.stats["reverted"] += 1
-                self.publish(result(action, "reverted", undone, "reverted after failed verification", self.name, now))
-                self.raise_alarm(alarm(action, "slurm", "opsloop.slurm-sink", "ACTION_VERIFY_FAILED",
-                                       f"{action['kind']} {action['action_id']} not verified: {outcome.text}; "
-                                       f"{undone}", now))
+                self.publish(action_result(action, "reverted", undone, "reverted after failed verification",
+                                           self.name, now))
+                self.raise_alarm(action_alarm(action, "slurm", "opsloop.slurm-sink", "ACTION_VERIFY_FAILED",
+                                              f"{action['kind']} {action['action_id']} not verified: "
+                                              f"{outcome.text}; {undone}", now))
+                sent = True
         for entry in due:
             if entry.undone:
                 continue
             undone = self.undo(entry)
             self.stats["reverted"] += 1
-            self.publish(result(entry.action, "reverted", undone, "action expired: undone", self.name, now))
-        from opsloop.connectors.kafka import wait_delivered
+            self.publish(action_result(entry.action, "reverted", undone, "action expired: undone", self.name, now))
+            sent = True
+        return sent  # what was published is delivered before the loop goes on
 
-        wait_delivered(self._prod)
-
-    def idle(self) -> bool:
+    def settled(self) -> bool:
         return not self._waiting()

@@ -1,8 +1,9 @@
 """`opsloop worker`: runs all or some agents in one process.
 
-Batch processors (confluent-kafka loops for the high-volume paths and the
-DuckDB sink) each run in a thread; ``exit_when_idle`` makes them end once
-every input has been caught up (demo, tests, backfills). Faust agents (one
+Batch processors (every agent on the confluent-kafka loop of streams/processor.py:
+the high-volume paths, the guard, the actuator sinks and the views) each run in a
+thread; ``exit_when_idle`` makes them end once every input has been caught up and
+nothing time-driven is left (demo, tests, backfills). Faust agents (one
 module each, registered in ``FAUST_AGENTS``) share one Faust app whose worker
 runs in the calling thread; they run until stopped, ``exit_when_idle`` does not
 apply to them. SIGINT/SIGTERM or the shared ``stop`` event stop everything
@@ -47,9 +48,9 @@ def _anomaly(settings: Settings, site: Site) -> Processor:
 
 
 def _views(settings: Settings, site: Site) -> Processor:
-    from opsloop.connectors.duckdb_sink import DuckDBSink
+    from opsloop.streams.views import ViewsSink
 
-    return DuckDBSink(settings)
+    return ViewsSink(settings)
 
 
 def _guard(settings: Settings, site: Site) -> Processor:

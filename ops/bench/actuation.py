@@ -49,7 +49,7 @@ def _approved(action_id: str, kw: float) -> dict:
 
 
 def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
-    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.connectors.kafka import producer, send_record, wait_delivered
     from opsloop.connectors.pcs import PcsClient
     from opsloop.streams.pcs_sink import PcsSink
     from opsloop.ops.kafka import scratch_topics
@@ -83,8 +83,7 @@ def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
             for i in range(actions + 1):
                 writes_before = len(sim.register_log)
                 t0 = time.time()
-                send(prod, bench.topic("actions.approved"), b"ess-1",
-                     codec.encode("ApprovedAction", _approved(f"bench-{run_id}-{i}", 1500.0 + i % 50)))
+                send_record(prod, bench, "actions.approved", _approved(f"bench-{run_id}-{i}", 1500.0 + i % 50), codec)
                 prod.poll(0)
                 deadline = time.monotonic() + SAFETY_NET_S
                 while len(sim.register_log) < writes_before + 2:

@@ -48,12 +48,12 @@ def storm_records(site: Site, seeds: int) -> list[dict]:
 
 
 def _send(settings: Settings, alarms: list[dict]) -> None:
-    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.connectors.kafka import producer, send_record, wait_delivered
     from opsloop.schemas.codec import Codec
 
     codec, prod = Codec.default(), producer(settings)
     for alarm in alarms:
-        send(prod, settings.topic("alarms.raw"), alarm["device"].encode(), codec.encode("Alarm", alarm))
+        send_record(prod, settings, "alarms.raw", alarm, codec)
     wait_delivered(prod)
 
 
@@ -64,7 +64,7 @@ class _Paced:
         self.settings, self.alarms, self.rate = settings, alarms, rate
 
     def run(self) -> None:
-        from opsloop.connectors.kafka import producer, send, wait_delivered
+        from opsloop.connectors.kafka import producer, send_record, wait_delivered
         from opsloop.schemas.codec import Codec
 
         codec, prod = Codec.default(), producer(self.settings, **{"linger.ms": 0})
@@ -73,8 +73,7 @@ class _Paced:
             due = start + i / self.rate
             while (ahead := due - time.perf_counter()) > 0:
                 time.sleep(min(ahead, 0.001))
-            send(prod, self.settings.topic("alarms.raw"), alarm["device"].encode(),
-                 codec.encode("Alarm", {**alarm, "ts_ms": int(time.time() * 1000)}))
+            send_record(prod, self.settings, "alarms.raw", {**alarm, "ts_ms": int(time.time() * 1000)}, codec)
             prod.poll(0)
         wait_delivered(prod)
 

@@ -42,6 +42,7 @@ def faust_anomaly(settings: Settings, n: int) -> float:
 
     Generous to Faust: detector state lives in a plain dict (no table, no checkpoints).
     """
+    from opsloop.config.catalog import cached_catalog
     from opsloop.models.anomaly import EarlyWarning
     from opsloop.schemas.codec import Codec
     from opsloop.streams.anomaly import alarm
@@ -53,7 +54,7 @@ def faust_anomaly(settings: Settings, n: int) -> float:
 
     def register(app, settings: Settings) -> None:
         app.conf.consumer_auto_offset_reset = "earliest"
-        sink = catalog_topic(app, settings, "alarms.raw")
+        sink, alarms = catalog_topic(app, settings, "alarms.raw"), cached_catalog(settings.topics_file)["alarms.raw"]
         series: dict[str, EarlyWarning] = {}
 
         @app.agent(catalog_topic(app, settings, "telemetry.raw"), name="bench-faust-anomaly")
@@ -67,7 +68,8 @@ def faust_anomaly(settings: Settings, n: int) -> float:
                     warning = series.get(key) or series.setdefault(key, EarlyWarning())
                     t = warning.update(point["value"], point["ts_ms"])
                     if t is not None:
-                        sends.append(sink.send(key=point["device"].encode(), value=codec.encode("Alarm", alarm(point, t))))
+                        raised = alarm(point, t)
+                        sends.append(sink.send(key=alarms.key_of(raised), value=codec.encode(alarms.record, raised)))
                     marks["points"] += 1
                     if marks["points"] == n:
                         marks["last"] = time.perf_counter()

@@ -19,9 +19,10 @@ METRICS = [("grid_meter", "grid_kw"), ("pdu", "it_kw"), ("gpu_node", "gpu_kw"), 
 
 def make_points(n: int, start_ms: int = 1_717_200_000_000) -> list[tuple[bytes, bytes]]:
     """n encoded TelemetryPoints: every device reports once a second, in event-time order."""
+    from opsloop.config.catalog import cached_catalog
     from opsloop.schemas.codec import Codec
 
-    codec = Codec.default()
+    codec, raw = Codec.default(), cached_catalog()["telemetry.raw"]
     devices = [(f"site-{s}", f"dev-{s}-{d}", *METRICS[d % len(METRICS)])
                for s in range(SITES) for d in range(DEVICES_PER_SITE)]
     out = []
@@ -30,7 +31,7 @@ def make_points(n: int, start_ms: int = 1_717_200_000_000) -> list[tuple[bytes, 
         ts = start_ms + (i // len(devices)) * 1000
         value = {"ts_ms": ts, "site": site, "device": device, "device_type": device_type, "metric": metric,
                  "value": 100.0 + i % 37, "unit": "kW", "source": "bench"}
-        out.append((device.encode(), codec.encode("TelemetryPoint", value)))
+        out.append((raw.key_of(value), codec.encode(raw.record, value)))
     return out
 
 

@@ -27,9 +27,10 @@ DEADLINE_S = 300.0
 
 
 def make_snapshots(n: int, site: str, start_ms: int = 1_717_200_000_000) -> list[tuple[bytes, bytes]]:
+    from opsloop.config.catalog import cached_catalog
     from opsloop.schemas.codec import Codec
 
-    codec = Codec.default()
+    codec, site_topic = Codec.default(), cached_catalog()["telemetry.site"]
     out = []
     for i in range(n):
         ts = start_ms + i * 60_000
@@ -38,7 +39,7 @@ def make_snapshots(n: int, site: str, start_ms: int = 1_717_200_000_000) -> list
         snap = {"site": site, "window_start_ms": ts, "window_end_ms": ts + 60_000, "grid_kw": grid,
                 "it_kw": grid / 1.2, "facility_kw": grid, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0, "ess_kw": 0.0,
                 "gpu_kw": None, "pue": 1.2, "price_per_mwh": None, "samples": 16, "devices": 16}
-        out.append((site.encode(), codec.encode("SiteSnapshot", snap)))
+        out.append((site_topic.key_of(snap), codec.encode(site_topic.record, snap)))
     return out
 
 

@@ -43,7 +43,8 @@ def faust_rollup(settings: Settings, n: int) -> float:
     from opsloop.streams.app import catalog_topic
 
     codec = Codec.default()
-    partitions = load_catalog(settings.topics_file)["telemetry.raw"].partitions
+    catalog = load_catalog(settings.topics_file)
+    partitions, site_topic = catalog["telemetry.raw"].partitions, catalog["telemetry.site"]
     stop = threading.Event()
     marks = {"points": 0, "late": 0, "first": None, "last": None}
 
@@ -66,7 +67,7 @@ def faust_rollup(settings: Settings, n: int) -> float:
                     if marks["points"] == n:
                         marks["last"] = time.perf_counter()
                 closed = windows.advance(watermark.value)
-                await asyncio.gather(*(sink.send(key=s["site"].encode(), value=codec.encode("SiteSnapshot", s))
+                await asyncio.gather(*(sink.send(key=site_topic.key_of(s), value=codec.encode(site_topic.record, s))
                                        for s in closed))
                 if marks["last"]:
                     stop.set()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from opsloop.models import records
 from opsloop.models.topology import Topology
 
 KINDS = ("power", "cooling", "network", "gpu")
@@ -200,6 +201,5 @@ def _emit_episode(rng, storm: Storm, alarm: dict, cause: int | None, t: int, end
 
 def _alarm(topology: Topology, device: str, code: str, source: str, severity: str, ts_ms: int) -> dict:
     kind = topology.type_of(device) or "unknown"
-    return {"ts_ms": ts_ms, "site": topology.site, "device": device, "device_type": kind, "source": source,
-            "code": code, "severity": severity, "state": "raise",
-            "text": f"{code.replace('_', ' ').lower()} on {kind} {device}", "attributes": {}}
+    text = f"{code.replace('_', ' ').lower()} on {kind} {device}"
+    return records.alarm(ts_ms, topology.site, device, kind, source, code, text, severity=severity)

@@ -17,7 +17,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from actuation import action, approved, publish
-from opsloop.connectors.duckdb_sink import DuckDBSink
+from opsloop.streams.views import ViewsSink
 from opsloop.ops.noc import make_server
 from opsloop.schemas.codec import Codec
 
@@ -47,7 +47,7 @@ def chromium():
 
 
 def fill_views(settings) -> None:
-    """Records on the test's topics, stored by the real DuckDB sink until it is caught up."""
+    """Records on the test's topics, stored by the real views agent until it is caught up."""
     now = int(time.time() * 1000)
     pending, done = action("noc-ask", "slurm_suspend", target="opsloop", shed_kw=240.0), \
         action("noc-auto", "pcs_discharge", setpoint_kw=1500.0)
@@ -75,7 +75,7 @@ def fill_views(settings) -> None:
     publish(settings, "deadletter", "DeadLetter", [{
         "topic": "alarms.raw", "partition": 0, "offset": 7, "key": None, "value": b"junk", "error_kind": "decode",
         "error": "not Avro", "agent": "dedup", "message_ts_ms": now}])
-    stats = DuckDBSink(settings).run(threading.Event(), exit_when_idle=True)
+    stats = ViewsSink(settings).run(threading.Event(), exit_when_idle=True)
     assert stats["rows"].get("actions_approved") == 2, stats
 
 
@@ -128,7 +128,7 @@ def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kaf
             time.sleep(0.2)
         return body
 
-    sink, stop = DuckDBSink(kafka_settings), threading.Event()
+    sink, stop = ViewsSink(kafka_settings), threading.Event()
     agent = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     agent.start()
     server = make_server(kafka_settings, "127.0.0.1", 0, "noc tester", LiveViews(sink))

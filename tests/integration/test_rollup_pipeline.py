@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from opsloop.ops.cli import BUNDLED_DATA as TAYLOR
-from opsloop.connectors.duckdb_sink import query
+from opsloop.connectors.duckdb import query
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.config.site import load_site
 from opsloop.connectors.replay import replay, replay_spec

@@ -36,7 +36,8 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
     codec = Codec.default()
     here = load_site(settings.topology)
     topologies = site_topologies(load_sites(settings.topology.parent, known=[here]).values())
-    partitions = load_catalog(settings.topics_file)["alarms.clean"].partitions
+    catalog = load_catalog(settings.topics_file)
+    partitions, incident_spec = catalog["alarms.clean"].partitions, catalog["incidents"]
     # values: the site's state as JSON bytes, serialised here so the changelog gets a consistent snapshot
     table = app.Table("alarm-incidents", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
     live: dict[bytes, tuple[bytes, SiteCorrelator]] = {}  # key → (the state last stored, its correlator)
@@ -80,5 +81,5 @@ def register(app, settings: Settings, config: CorrelateConfig = CorrelateConfig(
                 put(table, key, stored, partition)
                 live[key] = (stored, corr)
             stats["incident_updates"] += len(out)
-            await asyncio.gather(*(incidents_topic.send(key=r["site"].encode(), value=codec.encode("Incident", r))
-                                   for r in out))
+            await asyncio.gather(*(incidents_topic.send(key=incident_spec.key_of(r),
+                                                        value=codec.encode(incident_spec.record, r)) for r in out))

@@ -31,7 +31,8 @@ BATCH, WITHIN_S = 1000, 0.01
 def register(app, settings: Settings, config: DedupConfig = DedupConfig(), scorer: NoiseScorer | None = None) -> None:
     codec = Codec.default()
     scorer = scorer or NoiseScorer()
-    partitions = load_catalog(settings.topics_file)["alarms.raw"].partitions
+    catalog = load_catalog(settings.topics_file)
+    partitions, clean_spec = catalog["alarms.raw"].partitions, catalog["alarms.clean"]
     # values: a device's fingerprint states as JSON bytes (a consistent snapshot for the changelog)
     table = app.Table("alarm-dedup", default=None, partitions=partitions, key_type=bytes, value_type=bytes)
     clean_topic = catalog_topic(app, settings, "alarms.clean")
@@ -64,7 +65,7 @@ def register(app, settings: Settings, config: DedupConfig = DedupConfig(), score
                 for key, (states, partition) in touched.items():
                     put(table, key, json.dumps(compact(states, config), separators=(",", ":")).encode(), partition)
                 stats["clean"] += len(out)
-                await asyncio.gather(*(clean_topic.send(key=c["alarm"]["site"].encode(),
-                                                        value=codec.encode("CleanAlarm", c)) for c in out))
+                await asyncio.gather(*(clean_topic.send(key=clean_spec.key_of(c),
+                                                        value=codec.encode(clean_spec.record, c)) for c in out))
         finally:
             follower.close()

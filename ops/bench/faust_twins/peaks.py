@@ -27,8 +27,9 @@ from faust.streams import _current_event
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
 from opsloop.config.site import load_site
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
-from opsloop.streams.app import catalog_topic, decode_or_dead_letter
+from opsloop.streams.app import catalog_topic, decode_or_dead_letter, send_record
 from opsloop.streams.peaks import invalid as _invalid
 
 log = logging.getLogger("opsloop.peaks")
@@ -41,7 +42,9 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
 
     config = LoopConfig.from_site(load_site(settings.topology), step_s=settings.peaks_step_s)
     codec = Codec.default()
-    partitions = load_catalog(settings.topics_file)["telemetry.site"].partitions
+    catalog = load_catalog(settings.topics_file)
+    partitions, forecast_spec, proposed_spec = (catalog["telemetry.site"].partitions, catalog["forecasts.peak"],
+                                                catalog["actions.proposed"])
     forecasts = catalog_topic(app, settings, "forecasts.peak")
     proposed = catalog_topic(app, settings, "actions.proposed")
     state = app.Table(f"{AGENT}-state", default=None, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -74,10 +77,11 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
                     continue
                 loop = loop_for(snap["site"])
                 for decision in loop.on_snapshot(snap):
-                    key = snap["site"].encode()
-                    sends.append(forecasts.send(key=key, value=codec.encode("PeakForecast", decision.forecast)))
+                    sends.append(forecasts.send(key=forecast_spec.key_of(decision.forecast),
+                                                value=codec.encode(forecast_spec.record, decision.forecast)))
                     for action in decision.actions:
-                        sends.append(proposed.send(key=action["target"].encode(), value=codec.encode("Action", action)))
+                        sends.append(proposed.send(key=proposed_spec.key_of(action),
+                                                   value=codec.encode(proposed_spec.record, action)))
                     decided.append(decision)
                 touched[snap["site"]] = event
             await asyncio.gather(*sends)
@@ -92,9 +96,7 @@ def register(app: faust.App, settings: Settings, observer: Callable[[list, int],
 
 async def _dead_letter(app: faust.App, settings: Settings, codec: Codec, event, kind: str, error: str) -> None:
     msg = event.message
-    dead = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key, "value": msg.value,
-            "error_kind": kind, "error": error, "agent": AGENT,
-            "message_ts_ms": int(msg.timestamp * 1000) if msg.timestamp else None}
-    await app.producer.send_and_wait(settings.topic("deadletter"), msg.topic.encode(), codec.encode("DeadLetter", dead),
-                                     partition=None, timestamp=None, headers=None)
+    dead = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, kind, error, AGENT,
+                       int(msg.timestamp * 1000) if msg.timestamp else None)
+    await send_record(app, "deadletter", dead, codec)
     log.warning("%s: dead-lettered %s[%s]@%s: %s", AGENT, msg.topic, msg.partition, msg.offset, error)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opsloop.config.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from opsloop.config.catalog import DEFAULT_CATALOG, CatalogError, MissingKeyError, load_catalog, message_key
 from opsloop.ops.cli import main
 from opsloop.config.settings import Settings
 
@@ -58,3 +58,36 @@ def test_cli_lists_the_catalog_offline(capsys):
     assert main(["topics", "list"]) == 0
     out = capsys.readouterr().out
     assert "telemetry.raw" in out and "partitions=8" in out and "compact" in out
+
+
+def test_key_of_takes_the_declared_field_and_follows_dotted_paths():
+    specs = load_catalog()
+    assert specs["alarms.raw"].key_of({"device": "ups-1", "site": "demo"}) == b"ups-1"
+    assert specs["alarms.clean"].key_of({"alarm": {"site": "demo", "device": "ups-1"}}) == b"demo"
+    assert specs["actions.approved"].key_of({"action": {"target": "ess-1"}, "verdict": "approved"}) == b"ess-1"
+    assert message_key("actions.results", {"action_id": "a-7", "target": "ess-1"}) == b"a-7"
+    assert message_key("incidents", {"site": "démo"}) == "démo".encode()
+
+
+@pytest.mark.parametrize("topic, record", [
+    ("alarms.raw", {"site": "demo"}),  # the field is absent
+    ("actions.approved", {"action": {"kind": "pcs_idle"}}),  # the nested field is absent
+    ("actions.approved", {"action": None}),  # the nested record is absent
+    ("incidents", {"site": None}),  # null
+])
+def test_a_record_without_its_key_field_is_a_clear_error(topic, record):
+    key = load_catalog()[topic].key
+    with pytest.raises(MissingKeyError, match=f"topic {topic}: .* no '{key}'"):
+        message_key(topic, record)
+
+
+def test_every_catalog_key_is_a_field_path_of_its_record():
+    from opsloop.schemas.codec import Codec
+
+    codec = Codec.default()
+    for spec in load_catalog().values():
+        fields = codec.schema(spec.record).parsed["fields"]
+        for part in spec.key.split("."):
+            field = next((f for f in fields if f["name"] == part), None)
+            assert field is not None, f"{spec.name}: {spec.record} has no {spec.key}"
+            fields = field["type"].get("fields", []) if isinstance(field["type"], dict) else []

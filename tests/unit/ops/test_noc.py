@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from opsloop.connectors.duckdb_sink import open_db
+from opsloop.connectors.duckdb import open_db
 from opsloop.ops.noc import make_server
 from opsloop.config.settings import Settings
 

@@ -1,4 +1,5 @@
-"""DuckDB sink without a broker: Arrow mapping, batch writes with offsets, replay, dead letters, views, text tables."""
+"""The views agent and its DuckDB file without a broker: Arrow mapping, batch writes with offsets, replay,
+dead letters, views, text tables."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from opsloop.connectors.duckdb_sink import DuckDBSink, arrow_schema, format_table, open_db, query, table_name
+from opsloop.connectors.duckdb import arrow_schema, format_table, open_db, query, table_name
+from opsloop.streams.views import ViewsSink
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
 
@@ -122,7 +124,7 @@ def test_open_db_creates_tables_offsets_and_views(tmp_path):
 
 
 def test_write_batch_stores_rows_and_offsets(settings, batch):
-    sink = DuckDBSink(settings, dead_letters=lambda *a: pytest.fail(f"unexpected dead letter {a}"))
+    sink = ViewsSink(settings, dead_letters=lambda *a: pytest.fail(f"unexpected dead letter {a}"))
     assert sink.write_batch(batch) == 7
     con = sink.con
     assert con.execute("SELECT count(*) FROM telemetry_site").fetchone()[0] == 3
@@ -140,11 +142,11 @@ def test_write_batch_stores_rows_and_offsets(settings, batch):
 
 
 def test_replay_after_crash_changes_nothing(settings, batch):
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch(batch)
     before = site_power(sink.con)
     sink.close()
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)  # a restart reads the stored offsets
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)  # a restart reads the stored offsets
     assert sink.write_batch(batch) == 0
     assert sink.stats["replayed"] == len(batch)
     assert sink.con.execute("SELECT count(*) FROM telemetry_site").fetchone()[0] == 3
@@ -153,7 +155,7 @@ def test_replay_after_crash_changes_nothing(settings, batch):
 
 
 def test_reemitted_window_counts_once_latest_wins(settings, batch):
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch(batch)
     before = site_power(sink.con)
     codec = Codec.default()
@@ -171,7 +173,7 @@ def test_short_windows_are_averaged_per_minute(settings):
     codec = Codec.default()
     half = [dict(snapshot("demo", T0 + i * 30_000, 1000.0 + 100 * i, it_kw=800.0, facility_kw=1000.0 + 200 * i),
                  window_end_ms=T0 + (i + 1) * 30_000) for i in range(2)]
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch([Msg(PREFIX + "telemetry.site", 0, i, codec.encode("SiteSnapshot", s)) for i, s in enumerate(half)])
     (row,) = site_power(sink.con)
     assert row[2] == 1050.0 and row[4] == 1100.0
@@ -180,7 +182,7 @@ def test_short_windows_are_averaged_per_minute(settings):
 
 def test_malformed_message_goes_to_dead_letters_and_the_batch_goes_on(settings, batch):
     letters = []
-    sink = DuckDBSink(settings, dead_letters=lambda msg, kind, error: letters.append((msg, kind, error)))
+    sink = ViewsSink(settings, dead_letters=lambda msg, kind, error: letters.append((msg, kind, error)))
     garbage = Msg(PREFIX + "telemetry.site", 0, 13, b"not avro at all")
     wrong = Msg(PREFIX + "telemetry.site", 0, 14, Codec.default().encode("TelemetryPoint", point("x", "it_kw", T0, 1.0)))
     assert sink.write_batch(batch + [garbage, wrong]) == 7
@@ -192,7 +194,7 @@ def test_malformed_message_goes_to_dead_letters_and_the_batch_goes_on(settings, 
 
 def test_undecodable_dead_letter_is_not_sent_back(settings, caplog):
     letters = []
-    sink = DuckDBSink(settings, dead_letters=lambda *a: letters.append(a))
+    sink = ViewsSink(settings, dead_letters=lambda *a: letters.append(a))
     assert sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, b"\x00junk")]) == 0
     assert letters == [] and sink.stats["deadletter_rejects"] == 1
     assert "undecodable" in caplog.text
@@ -203,7 +205,7 @@ def test_dead_letter_records_show_in_v_deadletter(settings):
     codec = Codec.default()
     record = {"topic": "t.alarms.raw", "partition": 3, "offset": 42, "key": b"ups-1", "value": b"\x01\x02\x03",
               "error_kind": "decode", "error": "bad", "agent": "dedup", "message_ts_ms": T0}
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, codec.encode("DeadLetter", record), ts=T0 + 1000)])
     # The same message rejected by a second agent, and re-sent after a restart: still one row.
     again = {**record, "agent": "anomaly"}
@@ -221,7 +223,7 @@ def test_nested_fields_stored_as_json(settings):
                 "severity": "major", "member_count": 1, "summary": "UPS on battery",
                 "members": [{"fingerprint": "f1", "device": "ups-1", "device_type": "ups", "code": "U1",
                              "count": 2, "first_seen_ms": T0}]}
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch([Msg(PREFIX + "incidents", 0, 0, Codec.default().encode("Incident", incident))])
     row = sink.con.execute("SELECT members->>'$[0].device', CAST(members->'$[0].count' AS INT), resolved_ms, severity "
                            "FROM incidents").fetchone()
@@ -229,7 +231,7 @@ def test_nested_fields_stored_as_json(settings):
 
 
 def test_query_and_format_table(settings, batch):
-    sink = DuckDBSink(settings, dead_letters=lambda *a: None)
+    sink = ViewsSink(settings, dead_letters=lambda *a: None)
     sink.write_batch(batch)
     sink.close()  # DuckDB allows one writer or many readers of a file
     columns, rows = query(settings.duckdb_file, "SELECT site, minute, grid_kw, pue, NULL AS note FROM v_site_power ORDER BY minute")
@@ -278,7 +280,7 @@ def test_noc_views_show_the_latest_state_of_incidents_narratives_forecasts_and_a
                                              "ts_ms": T0 + 30, "observed_effect": "", "detail": "ok", "executor": "pcs"}),
     ]
     msgs = [Msg(PREFIX + topic, 0, i, codec.encode(record, value)) for i, (topic, record, value) in enumerate(records)]
-    sink = DuckDBSink(settings)
+    sink = ViewsSink(settings)
     sink.write_batch(msgs)
     con = sink.con
     assert con.execute("SELECT member_count FROM v_incidents").fetchall() == [(5,)]
@@ -328,7 +330,7 @@ def test_reason_codes_land_in_their_columns_and_can_be_counted_in_v_reason_codes
         ("alarms.clean", codec.encode("CleanAlarm", _clean_alarm(T0 + 5, "cleared", "no_labels", "clear"))),
         ("alarms.clean", codec.encode("CleanAlarm", _clean_alarm(T0 + 5, "cleared", "no_labels", "clear"))),  # again
     ]
-    sink = DuckDBSink(settings)
+    sink = ViewsSink(settings)
     sink.write_batch([Msg(PREFIX + topic, 0, i, value) for i, (topic, value) in enumerate(records)])
     con = sink.con
     assert con.execute("SELECT action_id, reason_code, verdict_reason_codes FROM v_actions ORDER BY action_id"
@@ -348,7 +350,7 @@ def test_a_file_from_before_reason_codes_gets_their_columns(settings):
     con.execute("ALTER TABLE actions_proposed DROP COLUMN reason_code")
     con.execute("ALTER TABLE alarms_clean DROP COLUMN noise_reason_code")
     con.close()
-    sink = DuckDBSink(settings)
+    sink = ViewsSink(settings)
     sink.write_batch([Msg(PREFIX + "actions.proposed", 0, 0,
                           Codec.default().encode("Action", {**_action("a-1"), "reason_code": "recharge_valley"}))])
     assert sink.con.execute("SELECT reason_code FROM actions_proposed").fetchall() == [("recharge_valley",)]

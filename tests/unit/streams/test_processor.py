@@ -1,0 +1,208 @@
+"""The processors' loop without a broker: hook order, several sources, housekeeping, own offsets, dead letters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from opsloop.config.settings import Settings
+from opsloop.schemas.codec import Codec
+from opsloop.streams import processor as loop
+
+pytestmark = pytest.mark.unit
+PREFIX = "t."
+
+
+class Msg:
+    def __init__(self, topic, partition, offset, value=b"", eof=False):
+        self._t, self._p, self._o, self._v, self._eof = topic, partition, offset, value, eof
+
+    def error(self):
+        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return None
+
+    def timestamp(self):
+        return (0, -1)
+
+
+class FakeProducer:
+    def __init__(self, log):
+        self.log, self.queued, self.sent = log, [], []
+
+    def produce(self, topic, key=None, value=None, on_delivery=None, **where):
+        self.queued.append((topic, key, value, on_delivery))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        for topic, key, value, on_delivery in self.queued:
+            self.sent.append((topic, key, value))
+            self.log.append(f"delivered {topic}")
+            if on_delivery is not None:
+                on_delivery(None, None)
+        self.queued = []
+        return 0
+
+
+class FakeConsumer:
+    """Assigns partition 0 of every subscribed topic, then hands out ``batches`` one by one, then nothing."""
+
+    def __init__(self, log, batches):
+        self.log, self.batches, self.commits, self.assigned_offsets = log, list(batches), [], None
+
+    def subscribe(self, topics, on_assign=None, on_revoke=None):
+        self.topics, self.on_assign = topics, on_assign
+
+    def assign(self, partitions):
+        self.assigned_offsets = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+
+    def consume(self, n, timeout=None):
+        if self.on_assign is not None:
+            on_assign, self.on_assign = self.on_assign, None
+            on_assign(self, [TopicPartition(t, 0) for t in self.topics])
+        return self.batches.pop(0) if self.batches else []
+
+    def poll(self, timeout=None):
+        batch = self.consume(1)
+        return batch[0] if batch else None
+
+    def commit(self, offsets=None, asynchronous=True):
+        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
+        self.log.append("commit")
+
+    def close(self):
+        self.log.append("closed")
+
+
+@pytest.fixture
+def clients(monkeypatch):
+    """Patch the loop's client factories; returns (event log, the producer, a setter for the batches)."""
+    log, made = [], {}
+
+    def with_batches(*batches):
+        monkeypatch.setattr(loop, "consumer", lambda settings, group, **kw: made.setdefault(
+            "cons", FakeConsumer(log, batches)))
+        return made
+
+    monkeypatch.setattr(loop, "producer", lambda settings, **kw: made.setdefault("prod", FakeProducer(log)))
+    return log, with_batches
+
+
+def settings(tmp_path) -> Settings:
+    return Settings(topic_prefix=PREFIX, data_dir=tmp_path, idle_close_s=0.0)
+
+
+class TwoSources(loop.BatchProcessor):
+    """Reads two topics, sends an alarm from housekeeping once, settles after three housekeepings."""
+
+    name = "test"
+    sources = ("telemetry.site", "operator.feedback")
+    commit_stat = "commits"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.stats = {"commits": 0, "dead_letters": 0}
+        self.seen, self.rounds, self.closed = [], 0, False
+
+    def handle(self, msg):
+        if msg.value() == b"junk":
+            self.dead_letter(msg, "decode", "not avro")
+        else:
+            self.seen.append((self.catalog_name(msg.topic()), msg.offset()))
+
+    def housekeeping(self):
+        self.rounds += 1
+        if self.rounds == 2:
+            self.emit("alarms.raw", {"ts_ms": 1, "site": "demo", "device": "ups-1", "device_type": "ups",
+                                     "source": "test", "code": "C", "severity": "info", "state": "raise",
+                                     "text": "", "attributes": {}})
+            return True
+        return False
+
+    def settled(self):
+        return self.rounds >= 3
+
+    def close(self):
+        self.closed = True
+
+
+def test_several_sources_housekeeping_and_dead_letters_are_delivered_before_commits(tmp_path, clients):
+    log, with_batches = clients
+    site, feedback = PREFIX + "telemetry.site", PREFIX + "operator.feedback"
+    made = with_batches([Msg(site, 0, 7), Msg(feedback, 0, 3, b"junk"), Msg(feedback, 0, 4)],
+                        [Msg(site, 0, 8, eof=True), Msg(feedback, 0, 5, eof=True)])
+    proc = TwoSources(settings(tmp_path))
+    stats = proc.run(threading.Event(), exit_when_idle=True)
+    cons, prod = made["cons"], made["prod"]
+    assert cons.topics == [site, feedback]
+    assert proc.seen == [("telemetry.site", 7), ("operator.feedback", 4)]
+    assert stats["dead_letters"] == 1 and proc.rounds >= 3 and proc.closed
+    keys = {topic: key for topic, key, _ in prod.sent}
+    assert keys == {PREFIX + "deadletter": feedback.encode(), PREFIX + "alarms.raw": b"ups-1"}  # catalog keys
+    assert cons.commits[-1] == ({(site, 0): 8, (feedback, 0): 5}, False)
+    assert log.index(f"delivered {PREFIX}deadletter") < log.index("commit")
+    alarm_at = log.index(f"delivered {PREFIX}alarms.raw")
+    assert "commit" in log[alarm_at:]  # housekeeping's output asked for a commit, which delivered it first
+    assert log[-1] == "closed"
+
+
+class OwnOffsets(loop.BatchProcessor):
+    """Keeps its offsets itself, as the views agent does in DuckDB."""
+
+    name = "own"
+    source = "incidents"
+    commit_stat = None
+
+    def __init__(self, settings, stored):
+        super().__init__(settings)
+        self.stats = {"dead_letters": 0}
+        self.stored = stored
+
+    def handle(self, msg):
+        self.stored[(msg.topic(), msg.partition())] = msg.offset() + 1
+
+    def stored_offsets(self):
+        return self.stored
+
+
+def test_a_processor_that_stores_its_offsets_resumes_from_them_and_copies_them_to_kafka(tmp_path, clients):
+    _, with_batches = clients
+    topic = PREFIX + "incidents"
+    made = with_batches([Msg(topic, 0, 5)], [Msg(topic, 0, 6, eof=True)])
+    proc = OwnOffsets(settings(tmp_path), {(topic, 0): 5})
+    proc.run(threading.Event(), exit_when_idle=True)
+    cons = made["cons"]
+    assert cons.assigned_offsets == {(topic, 0): 5}  # resumed from the store, not from the group's commit
+    assert cons.commits == [({(topic, 0): 6}, True)]  # a copy for lag dashboards: asynchronous
+
+
+def test_emit_keys_by_the_catalog_and_encodes_the_catalog_record(tmp_path, clients):
+    _, with_batches = clients
+    made = with_batches()
+    proc = OwnOffsets(settings(tmp_path), {})
+    proc.prod = made.setdefault("prod", FakeProducer([]))
+    clean = {"alarm": {"ts_ms": 1, "site": "demo", "device": "ups-1", "device_type": "ups", "source": "s",
+                       "code": "C", "severity": "info", "state": "raise", "text": "", "attributes": {}},
+             "fingerprint": "f", "duplicate_count": 0, "first_seen_ms": 1, "last_seen_ms": 1, "flapping": False,
+             "noise_score": 0.0, "noise": False, "decision_reason": "new"}
+    proc.emit("alarms.clean", clean)
+    (topic, key, value, _), = proc.prod.queued
+    assert (topic, key) == (PREFIX + "alarms.clean", b"demo")
+    assert Codec.default().decode(value)[0] == "CleanAlarm"
