@@ -21,6 +21,7 @@ connection (``LiveViews``); without it the NOC opens the file read-only per requ
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -39,7 +40,7 @@ from confluent_kafka import Producer
 from opsloop.connectors.duckdb import open_db
 from opsloop.streams.views import ViewsSink
 from opsloop.connectors.kafka import producer, send_record, wait_delivered
-from opsloop.ops.noc_auth import (LOGIN_COOKIE, MAX_BODY, SECURITY_HEADERS, SESSION_COOKIE, LoginThrottle,
+from opsloop.ops.noc_auth import (LOGIN_COOKIE, MAX_BODY, NAME_RE, SECURITY_HEADERS, SESSION_COOKIE, LoginThrottle,
                                   ProxyAuth, Refused, Role, Session, Sessions, User, UserStore,
                                   allowed_hosts, check_origin, content_length, cookies, host_allowed, new_token,
                                   set_cookie, tokens_match)
@@ -127,10 +128,14 @@ def read_screen(views: Views, audit: bool = False) -> Screen:
     try:
         rows = {name: _dicts(con.execute(sql)) for name, sql in QUERIES.items()}
         dead = con.execute("SELECT count(*) FROM v_deadletter").fetchone()[0]
-        if audit:
+    except duckdb.Error as exc:
+        con.close()
+        raise ViewsUnavailable(f"Cannot read the views in {views}: {exc}") from exc
+    try:
+        if audit:  # a file written before the audit trail existed lacks it: the rest of the page still shows
             rows["audit"] = _dicts(con.execute(f"SELECT * FROM v_audit LIMIT {AUDIT_ROWS}"))
     except duckdb.Error as exc:
-        raise ViewsUnavailable(f"Cannot read the views in {views}: {exc}") from exc
+        rows["audit_error"] = f"The audit trail cannot be read from {views}: {exc}"
     finally:
         con.close()
     return Screen(dead_letters=dead, **rows)
@@ -191,12 +196,26 @@ def feedback_record(action_id: str, kind: str, operator: str, ts_ms: int) -> dic
     return {"target_id": action_id, "kind": kind, "operator": operator, "ts_ms": ts_ms, "comment": "from the NOC"}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _clean(value: str | None, limit: int) -> str | None:
+    """Request-supplied text made safe for a log line and a table cell: no control characters, bounded."""
+    return None if value is None else _CONTROL.sub("?", value[:limit])
+
+
 def audit_record(event: str, actor: str, client: str, *, role: str | None = None, target: str | None = None,
                  detail: str | None = None, source: str = "noc", ts_ms: int | None = None) -> dict:
-    """One AuditEvent (schemas/AuditEvent.avsc); names are cut to a sane length, never a secret in it."""
-    return {"ts_ms": int(time.time() * 1000) if ts_ms is None else ts_ms, "event": event, "actor": actor[:128],
-            "role": role, "target": target[:256] if target else target, "client": client[:256], "source": source,
-            "detail": detail[:500] if detail else detail}
+    """One AuditEvent (schemas/AuditEvent.avsc), its text cleaned and bounded; never a secret in it."""
+    return {"ts_ms": int(time.time() * 1000) if ts_ms is None else ts_ms, "event": event,
+            "actor": _clean(actor, 128), "role": role, "target": _clean(target, 256), "client": _clean(client, 256),
+            "source": source, "detail": _clean(detail, 500)}
+
+
+def tried_name(name: str) -> str:
+    """The name a failed login tried, when it can be a user name; anything else may be a password typed in the
+    wrong field and is not kept."""
+    return name if NAME_RE.match(name) else "(not a user name)"
 
 
 @dataclass
@@ -214,10 +233,29 @@ class NocAccess:
 
 class NocServer(ThreadingHTTPServer):
     daemon_threads = True
+    max_connections = 64  # threads serving at once; more connections are closed unanswered
 
     def __init__(self, address, settings: Settings, outbox: Outbox, views: Views, access: NocAccess):
         super().__init__(address, NocHandler)
         self.settings, self.outbox, self.views, self.access = settings, outbox, views, access
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # slow or idle clients must not pile up threads
+            log.warning("NOC: %d connections open, refusing one from %s", self.max_connections, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request, client_address) -> None:
         if self.access.tls is not None:  # the handshake runs in the request's thread, under its timeout
@@ -322,9 +360,9 @@ class NocHandler(BaseHTTPRequestHandler):
         if proxied is not None and (session is None or session.user != proxied):
             user = access.users.get(proxied)
             if user is None:
-                self.server.audit(audit_record("login_failed", proxied, self._client(),
+                self.server.audit(audit_record("login_failed", tried_name(proxied), self._client(),
                                                detail="the proxy's user is not a NOC user"))
-                raise Refused(HTTPStatus.FORBIDDEN, f"{proxied!r} is not a NOC user (opsloop noc user add)")
+                raise Refused(HTTPStatus.FORBIDDEN, f"{proxied[:64]!r} is not a NOC user (opsloop noc user add)")
             session = access.sessions.create(user.name, via_proxy=True)
             self._set_session_cookie(session)
             self.server.audit(audit_record("login", user.name, self._client(), role=user.role.label,
@@ -421,18 +459,21 @@ class NocHandler(BaseHTTPRequestHandler):
         if not tokens_match(cookies(self.headers.get("Cookie")).get(LOGIN_COOKIE), form.get(CSRF_FIELD)):
             raise Refused(HTTPStatus.FORBIDDEN, "the login form's CSRF token does not match; reload the login page")
         name, password = form.get("username", "").strip(), form.get("password", "")
-        if access.throttle.locked(name):
-            self.server.audit(audit_record("login_failed", name, self._client(), detail="locked: too many failures"))
+        attempt = f"{name}|{self.peer}"  # per name and client: nobody elsewhere can lock an operator out
+        if access.throttle.locked(attempt):
+            self.server.audit(audit_record("login_failed", tried_name(name), self._client(),
+                                           detail="locked: too many failures"))
             self._login_page(HTTPStatus.TOO_MANY_REQUESTS, error="Too many failed logins for this user: "
                                                                  "wait a few minutes.")
             return
         user = access.users.verify(name, password)
         if user is None:
-            access.throttle.failed(name)
-            self.server.audit(audit_record("login_failed", name, self._client(), detail="wrong name or password"))
+            access.throttle.failed(attempt)
+            self.server.audit(audit_record("login_failed", tried_name(name), self._client(),
+                                           detail="wrong name or password"))
             self._login_page(HTTPStatus.UNAUTHORIZED, error="Wrong user name or password.")
             return
-        access.throttle.succeeded(name)
+        access.throttle.succeeded(attempt)
         old = access.sessions.end(cookies(self.headers.get("Cookie")).get(SESSION_COOKIE))  # never reuse an id
         session = access.sessions.create(user.name)
         self._set_session_cookie(session)

@@ -55,6 +55,7 @@ class Screen:
     actions: list[dict] = field(default_factory=list)
     dead_letters: int = 0
     audit: list[dict] | None = None  # the latest audit events, for admins only
+    audit_error: str | None = None  # why an admin's audit trail could not be read
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,9 @@ def render_page(screen: Screen | None, *, viewer: Viewer, source: str, refresh_s
                 f'<h2>Dead letters</h2><p id="dead-letters">{screen.dead_letters} rejected message'
                 f'{"" if screen.dead_letters == 1 else "s"} kept on the deadletter topic '
                 f'(<code>opsloop sql "SELECT * FROM v_deadletter"</code>).</p>')
-        if screen.audit is not None:
+        if screen.audit_error:
+            body += f'<h2>Audit trail</h2><p id="audit" class="empty">{escape(screen.audit_error)}</p>'
+        elif screen.audit is not None:
             body += f'<h2>Audit trail (latest {len(screen.audit)})</h2><div id="audit">{audit_section(screen.audit)}</div>'
     doing = "approving" if viewer.may_approve else "viewing"
     return (_head("opsloop NOC", refresh_s) + user_bar(viewer)

@@ -391,3 +391,89 @@ def test_every_interface_needs_allowed_names(settings, users):
         make_access(settings, "0.0.0.0", 8088, users)
     with pytest.raises(ValueError, match="OPSLOOP_NOC_TRUSTED_PROXY"):
         make_access(settings.replace(noc_proxy_user_header="X-Forwarded-User"), "127.0.0.1", 8088, users)
+
+
+def test_standard_library_errors_carry_the_security_headers(noc):
+    client = Client(noc)
+    resp, page = client.request("PUT", "/", body=b"")
+    assert resp.status == 501 and resp.headers["X-Frame-Options"] == "DENY" and "Nothing done" in page
+    answer = raw(noc, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+    assert answer.split(b" ")[1] == b"414" and b"Content-Security-Policy" in answer
+
+
+def test_audit_text_is_cleaned_and_no_password_is_kept_as_a_name():
+    record = noc_module.audit_record("login_failed", "ana\nINFO forged line", "127.0.0.1\r", target="a\x1b[31m")
+    assert record["actor"] == "ana?INFO forged line" and record["client"] == "127.0.0.1?" and record["target"] == "a?[31m"
+    assert noc_module.tried_name("ana") == "ana"
+    assert noc_module.tried_name("my secret passphrase") == "(not a user name)"
+
+
+def test_idle_connections_cannot_take_every_thread(noc):
+    noc._slots = threading.BoundedSemaphore(2)
+    idle = [socket.create_connection(noc.server_address[:2], timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted and waiting for a request line
+        with socket.create_connection(noc.server_address[:2], timeout=10) as third:
+            third.sendall(b"GET /login HTTP/1.0\r\n\r\n")
+            assert third.recv(64) == b""  # closed unanswered
+    finally:
+        for sock in idle:
+            sock.close()
+    for _ in range(50):  # the freed threads notice the closed sockets
+        try:
+            if Client(noc).request("GET", "/login")[0].status == 200:
+                break
+        except (ConnectionError, http.client.HTTPException):
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the NOC did not serve again after idle connections closed")
+
+
+def test_over_tls_the_cookies_are_secure(settings, users, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make a test certificate")
+    cert, key = tmp_path / "noc.pem", tmp_path / "noc.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    server, outbox, thread = start(settings, users, noc_tls_cert=cert, noc_tls_key=key)
+    try:
+        assert server.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        conn = http.client.HTTPSConnection(*server.server_address[:2], timeout=30, context=ctx)
+        conn.request("GET", "/login")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.headers["Set-Cookie"].endswith("; Secure")
+        conn.close()
+        with socket.create_connection(server.server_address[:2], timeout=10) as plain:  # no TLS: no answer
+            plain.sendall(b"GET /login HTTP/1.0\r\n\r\n")
+            try:
+                assert not plain.recv(64).startswith(b"HTTP/")
+            except ConnectionResetError:
+                pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_v_audit_reads_the_audit_table_newest_first(tmp_path):
+    con = open_db(tmp_path / "v.duckdb")
+    try:
+        for ts, event in ((1_000, "login"), (2_000, "approve_action")):
+            record = noc_module.audit_record(event, "ana", "127.0.0.1", role="operator", target="a1", ts_ms=ts)
+            con.execute("INSERT INTO noc_audit BY NAME SELECT ?::BIGINT AS ts_ms, ? AS event, ? AS actor, ? AS role, "
+                        "? AS target, ? AS client, ? AS source, ? AS detail, 0 AS _partition, ?::BIGINT AS _offset",
+                        [record[k] for k in ("ts_ms", "event", "actor", "role", "target", "client", "source",
+                                             "detail")] + [ts])
+        rows = con.execute("SELECT epoch_ms(time), event, actor, role, target, client, source FROM v_audit").fetchall()
+    finally:
+        con.close()
+    assert rows == [(2_000, "approve_action", "ana", "operator", "a1", "127.0.0.1", "noc"),
+                    (1_000, "login", "ana", "operator", "a1", "127.0.0.1", "noc")]
