@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -157,16 +158,17 @@ class Outbox:
     """Publishes the NOC's records (Feedback, AuditEvent) through one idempotent producer, made on the first
     record (the page itself needs no broker) and shared by the request threads."""
 
-    def __init__(self, settings: Settings, codec: Codec | None = None):
+    def __init__(self, settings: Settings, codec: Codec | None = None, **producer_config):
         self.settings = settings
         self.codec = codec or Codec.default()
+        self.producer_config = producer_config
         self._prod: Producer | None = None
         self._lock = threading.Lock()
 
     def _producer(self) -> Producer:
         with self._lock:
             if self._prod is None:
-                self._prod = producer(self.settings)
+                self._prod = producer(self.settings, **self.producer_config)
             return self._prod
 
     def send(self, records: list[tuple[str, dict]], wait: bool = True, timeout_s: float = 10.0) -> None:
@@ -236,9 +238,9 @@ class NocServer(ThreadingHTTPServer):
     max_connections = 64  # threads serving at once; more connections are closed unanswered
 
     def __init__(self, address, settings: Settings, outbox: Outbox, views: Views, access: NocAccess):
-        super().__init__(address, NocHandler)
         self.settings, self.outbox, self.views, self.access = settings, outbox, views, access
         self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().__init__(address, NocHandler)  # binds; closes the socket itself when it cannot
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):  # slow or idle clients must not pile up threads
@@ -291,12 +293,30 @@ class NocServer(ThreadingHTTPServer):
 class NocHandler(BaseHTTPRequestHandler):
     server: NocServer
     timeout = 10  # seconds per socket read or write: a stalled client frees its thread
+    request_deadline_s = 30.0  # to receive a whole request and start answering: a trickling client is cut off
     server_version = "opsloop-noc"
     sys_version = ""
 
     def setup(self) -> None:
         super().setup()
         self._cookies_out: list[str] = []
+        self._deadline: threading.Timer | None = None
+
+    def handle_one_request(self) -> None:
+        self._deadline = threading.Timer(self.request_deadline_s, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _cut_off(self) -> None:
+        log.debug("NOC: %s took over %.0f s to send a request; closing", self.peer, self.request_deadline_s)
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def log_message(self, fmt, *args) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -306,6 +326,8 @@ class NocHandler(BaseHTTPRequestHandler):
     def _send(self, status: HTTPStatus, body: str, headers: dict | None = None,
               content_type: str = "text/html; charset=utf-8") -> None:
         data = body.encode("utf-8")
+        if self._deadline is not None:
+            self._deadline.cancel()  # answering now: the deadline was for the request
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -330,7 +352,6 @@ class NocHandler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None) -> None:  # the standard library's own errors
         self.close_connection = True
-        self._cookies_out = getattr(self, "_cookies_out", [])
         self._refuse(Refused(HTTPStatus(code), message or HTTPStatus(code).phrase))
 
     # --- who is asking ---

@@ -477,3 +477,21 @@ def test_v_audit_reads_the_audit_table_newest_first(tmp_path):
         con.close()
     assert rows == [(2_000, "approve_action", "ana", "operator", "a1", "127.0.0.1", "noc"),
                     (1_000, "login", "ana", "operator", "a1", "127.0.0.1", "noc")]
+
+
+def test_a_trickling_request_is_cut_off(noc, monkeypatch):
+    monkeypatch.setattr(NocHandler, "request_deadline_s", 0.5)
+    started = time.monotonic()
+    with socket.create_connection(noc.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\n")
+        try:
+            for _ in range(50):  # a header byte every 0.1 s: each read is in time, the request never ends
+                sock.sendall(b"X")
+                time.sleep(0.1)
+        except OSError:
+            pass
+        try:
+            assert sock.recv(64) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < 4
