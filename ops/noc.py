@@ -33,7 +33,7 @@ from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 from confluent_kafka import Producer
@@ -446,13 +446,15 @@ class NocHandler(BaseHTTPRequestHandler):
                 if self._session() is not None:
                     self._redirect("/")
                 else:
-                    self._login_page(HTTPStatus.OK, notice=parse_qs(url.query).get("notice", [None])[0])
+                    self._login_page(HTTPStatus.OK, notice="Logged out." if url.query == "bye" else None)
             elif url.path == "/":
                 found = self._session()
                 if found is None:
                     self._redirect(LOGIN_PATH)
                 else:
-                    self._page(HTTPStatus.OK, *found, notice=parse_qs(url.query).get("notice", [None])[0])
+                    session, user = found
+                    notice, session.flash = session.flash, None  # shown once, never taken from the URL
+                    self._page(HTTPStatus.OK, session, user, notice=notice)
             else:
                 self._send(HTTPStatus.NOT_FOUND, "<!doctype html><p>Not found. The NOC is at <a href=\"/\">/</a>.</p>")
         except Refused as refused:
@@ -508,7 +510,7 @@ class NocHandler(BaseHTTPRequestHandler):
         self.server.access.sessions.end(session.id)
         self._set_session_cookie(None)
         self.server.audit(audit_record("logout", user.name, self._client(), role=user.role.label))
-        self._redirect(LOGIN_PATH + "?" + urlencode({"notice": "Logged out."}))
+        self._redirect(LOGIN_PATH + "?bye")
 
     def _page(self, status: HTTPStatus, session: Session, user: User, notice: str | None = None,
               error: str | None = None) -> None:
@@ -550,8 +552,8 @@ class NocHandler(BaseHTTPRequestHandler):
             self._page(HTTPStatus.BAD_GATEWAY, session, user, error=f"Could not send {kind} for {action_id}: {exc}")
             return
         what = "approval" if kind == "approve_action" else "rejection"
-        notice = f"{action_id}: {what} sent to the guard as {user.name}."
-        self._redirect("/?" + urlencode({"notice": notice}))
+        session.flash = f"{action_id}: {what} sent to the guard as {user.name}."
+        self._redirect("/")
 
 
 def users_file(settings: Settings) -> Path:
@@ -570,10 +572,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 def make_access(settings: Settings, host: str, port: int, users: UserStore | None = None) -> NocAccess:
     """Who may use a NOC bound to ``host:port``, from the settings."""
     proxy = None
-    if settings.noc_proxy_user_header:
-        addresses = frozenset(a.strip() for a in settings.noc_trusted_proxy.split(",") if a.strip())
-        if not addresses:
-            raise ValueError("OPSLOOP_NOC_PROXY_USER_HEADER needs OPSLOOP_NOC_TRUSTED_PROXY: the proxy's address")
+    addresses = frozenset(a.strip() for a in settings.noc_trusted_proxy.split(",") if a.strip())
+    if settings.noc_proxy_user_header and not addresses:
+        raise ValueError("OPSLOOP_NOC_PROXY_USER_HEADER needs OPSLOOP_NOC_TRUSTED_PROXY: the proxy's address")
+    if addresses:  # its X-Forwarded-Proto and -For are believed; its user header only when one is named
         proxy = ProxyAuth(settings.noc_proxy_user_header, addresses)
     names = [n for n in settings.noc_allowed_hosts.split(",") if n.strip()]
     if host in ("", "0.0.0.0", "::") and not names:

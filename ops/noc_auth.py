@@ -219,6 +219,7 @@ class Session:
     created: float
     seen: float
     via_proxy: bool = False
+    flash: str | None = None  # a notice for the next page of this session (e.g. "approval sent")
 
 
 class Sessions:
@@ -368,15 +369,16 @@ def check_origin(headers: Mapping[str, str], allowed: frozenset[str] | set[str])
 
 @dataclass(frozen=True)
 class ProxyAuth:
-    """Users authenticated by the site's reverse proxy: a request from one of ``addresses`` names its user in
-    ``header``. That user must exist in the user store, which gives the role. Requests from anywhere else
-    ignore the header."""
+    """The site's reverse proxy at ``addresses``: its X-Forwarded-Proto (https: cookies are Secure) and
+    X-Forwarded-For are believed, and when ``header`` is set a request from it names its authenticated user
+    there. That user must exist in the user store, which gives the role. Requests from anywhere else are
+    judged on their own: the headers mean nothing."""
 
     header: str
     addresses: frozenset[str]
 
     def user(self, peer: str, headers: Mapping[str, str]) -> str | None:
-        if peer not in self.addresses:
+        if not self.header or peer not in self.addresses:
             return None
         value = headers.get(self.header)
         return value.strip() if value and value.strip() else None

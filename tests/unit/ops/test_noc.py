@@ -184,7 +184,11 @@ def test_operator_approval_carries_the_user_and_lands_on_the_audit_trail(noc, mo
     client, page = logged_in(noc, "ana")
     resp, _ = client.request("POST", "/feedback", {"action_id": "a1", "kind": "approve_action",
                                                     "csrf_token": client.csrf(page)})
-    assert resp.status == 303 and "approval+sent+to+the+guard+as+ana" in resp.headers["Location"]
+    assert resp.status == 303 and resp.headers["Location"] == "/"
+    resp, page = client.request("GET", "/")
+    assert "a1: approval sent to the guard as ana." in page
+    assert "approval sent" not in client.request("GET", "/")[1]  # once
+    assert "Approve everything" not in client.request("GET", "/?notice=Approve+everything")[1]  # no text from links
     (feedback,) = [r for topic, r in noc.outbox_fake.sent if topic == "operator.feedback"]
     assert (feedback["target_id"], feedback["kind"], feedback["operator"]) == ("a1", "approve_action", "ana")
     assert noc.outbox_fake.events()[-1] == ("approve_action", "ana", "a1")
@@ -270,6 +274,7 @@ def test_logout_needs_the_token_and_ends_the_session(noc):
     resp, _ = client.request("POST", "/logout", {"csrf_token": client.csrf(page)})
     assert resp.status == 303 and resp.headers["Location"].startswith("/login")
     assert "noc_session" not in client.jar
+    assert "Logged out." in client.request("GET", resp.headers["Location"])[1]
     assert noc.outbox_fake.events()[-1] == ("logout", "ana", None)
 
 
@@ -391,6 +396,20 @@ def test_every_interface_needs_allowed_names(settings, users):
         make_access(settings, "0.0.0.0", 8088, users)
     with pytest.raises(ValueError, match="OPSLOOP_NOC_TRUSTED_PROXY"):
         make_access(settings.replace(noc_proxy_user_header="X-Forwarded-User"), "127.0.0.1", 8088, users)
+
+
+def test_a_tls_proxy_without_a_user_header_still_gets_secure_cookies(settings, users):
+    server, outbox, thread = start(settings, users, noc_trusted_proxy="127.0.0.1")
+    try:
+        client = Client(server)
+        resp, _ = client.request("GET", "/", headers={"X-Forwarded-User": "ana"})
+        assert resp.status == 303  # no user header configured: the login form it is
+        resp, _ = client.request("GET", "/login", headers={"X-Forwarded-Proto": "https"})
+        assert resp.headers["Set-Cookie"].endswith("; Secure")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_standard_library_errors_carry_the_security_headers(noc):
