@@ -260,14 +260,19 @@ class NocServer(ThreadingHTTPServer):
             self._slots.release()
 
     def finish_request(self, request, client_address) -> None:
-        if self.access.tls is not None:  # the handshake runs in the request's thread, under its timeout
-            request.settimeout(NocHandler.timeout)
-            try:
-                request = self.access.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-        super().finish_request(request, client_address)
+        if self.access.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(NocHandler.timeout)  # the handshake runs in the request's thread, under its timeout
+        try:
+            secure = self.access.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            self.shutdown_request(secure)
 
     def server_close(self) -> None:
         super().server_close()
