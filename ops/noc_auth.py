@@ -3,6 +3,11 @@ and the request checks (Host allow-list, same-origin POSTs, bounded bodies).
 
 No HTTP server in here: the functions take header values, cookies and form fields and return decisions, so
 the standard-library server of ops/noc.py uses them today and a web framework's middleware can tomorrow.
+Such a middleware does, in order: ``host_allowed`` on every request; for a POST ``check_origin`` and
+``content_length`` before reading the body; ``Sessions.get`` on the session cookie (or ``ProxyAuth.user``),
+then ``UserStore.get`` for the current role; ``tokens_match`` of the form's CSRF token with the session's;
+``Role.allows`` for the route; ``SECURITY_HEADERS`` and ``set_cookie`` on every answer. A ``Refused`` carries
+the HTTP status to answer with.
 
 Roles are ordered: a viewer sees the page, an operator also approves and rejects actions, an admin also
 sees the audit trail (users are managed with ``opsloop noc user``).

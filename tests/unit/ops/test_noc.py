@@ -514,3 +514,16 @@ def test_a_trickling_request_is_cut_off(noc, monkeypatch):
         except ConnectionResetError:
             pass
     assert time.monotonic() - started < 4
+
+
+def test_no_password_or_token_reaches_a_log_line(noc, caplog):
+    caplog.set_level("DEBUG")
+    client = Client(noc)
+    client.login("ana", "a wrong but long password")
+    client.login("ana")
+    _, page = client.request("GET", "/")
+    client.request("POST", "/logout", {"csrf_token": client.csrf(page)})
+    text = caplog.text + repr(noc.outbox_fake.sent)
+    assert "audit: login by ana" in caplog.text
+    for secret in ("a wrong but long password", PASSWORDS["ana"], client.csrf(page)):
+        assert secret not in text
