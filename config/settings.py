@@ -61,7 +61,14 @@ class Settings:
     slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
     noc_port: int = 8088  # `opsloop noc` HTTP port
-    noc_operator: str = "noc operator"  # the name `opsloop noc` puts on approvals and rejections
+    noc_users_file: Path | None = None  # NOC users and password hashes; default: <data_dir>/noc/users.json
+    noc_allowed_hosts: str = ""  # comma-separated Host names the NOC answers to, besides its loopback bind address
+    noc_trusted_proxy: str = ""  # comma-separated addresses of the reverse proxy whose user header is believed
+    noc_proxy_user_header: str = ""  # e.g. X-Forwarded-User: the proxy's authenticated user (needs the above)
+    noc_tls_cert: Path | None = None  # PEM certificate chain: the NOC serves HTTPS itself
+    noc_tls_key: Path | None = None  # PEM private key of that certificate
+    noc_session_hours: float = 8.0  # a NOC session ends this long after login
+    noc_idle_minutes: float = 30.0  # ... or after this long without a request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

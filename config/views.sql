@@ -135,3 +135,10 @@ UNION ALL
 SELECT 'noise', site, epoch_ms(ts_ms), fingerprint, CASE WHEN noise THEN 'flagged' ELSE 'not_flagged' END,
        noise_reason_code, NULL
 FROM clean WHERE noise_reason_code IS NOT NULL;
+
+-- The NOC's audit trail (topic noc.audit, append-only): who did what, when and from where, newest first.
+-- Logins, logouts, failed logins, approvals, rejections, refused requests and user changes.
+CREATE OR REPLACE VIEW v_audit AS
+SELECT epoch_ms(ts_ms) AS time, event, actor, role, target, client, source, detail
+FROM noc_audit
+ORDER BY ts_ms DESC, _partition, _offset DESC;

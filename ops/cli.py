@@ -112,10 +112,13 @@ def cmd_sql(settings: Settings, args) -> int:
 
 
 def cmd_noc(settings: Settings, args) -> int:
+    if getattr(args, "noc_command", None) == "user":
+        from opsloop.ops.noc_users import run_user_command
+
+        return run_user_command(settings, args)
     from opsloop.ops.noc import serve
 
-    return serve(settings, args.host, args.port or settings.noc_port, args.operator or settings.noc_operator,
-                 with_views=args.with_views)
+    return serve(settings, args.host, args.port or settings.noc_port, with_views=args.with_views)
 
 
 def cmd_schemas(settings: Settings, args) -> int:
@@ -199,10 +202,20 @@ def parser() -> argparse.ArgumentParser:
     noc = sub.add_parser("noc", help="serve the NOC page (DuckDB views; approve or reject actions)")
     noc.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     noc.add_argument("--port", type=int, help="port (default: OPSLOOP_NOC_PORT, 8088)")
-    noc.add_argument("--operator", help="name on approvals (default: OPSLOOP_NOC_OPERATOR)")
     noc.add_argument("--with-views", action="store_true",
                      help="also run the views agent in this process: the page reads while it writes")
     noc.set_defaults(func=cmd_noc)
+    noc_sub = noc.add_subparsers(dest="noc_command")
+    nu = noc_sub.add_parser("user", help="NOC users (OPSLOOP_NOC_USERS_FILE): add, list, remove")
+    nu_sub = nu.add_subparsers(dest="user_action", required=True)
+    nu_add = nu_sub.add_parser("add", help="add a user; the password is read from the terminal or stdin")
+    nu_add.add_argument("name")
+    nu_add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"],
+                        help="viewer: sees the page; operator: also approves; admin: also sees the audit trail")
+    nu_add.add_argument("--replace", action="store_true", help="set a new password or role for an existing user")
+    nu_sub.add_parser("list", help="list users and roles")
+    nu_rm = nu_sub.add_parser("remove", help="remove a user; their sessions end at their next request")
+    nu_rm.add_argument("name")
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])
     s.set_defaults(func=cmd_schemas)

@@ -66,7 +66,8 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         print(f"  PUE      mean {mean_pue:.3f}; mean IT load {mean_it:,.0f} kW")
         print(f"  dead letters kept: {len(dead)}" + "".join(f"\n    {t}: {k}: {e} (seen by {a})" for t, k, e, a in dead))
         print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
-        print(f"NOC:     OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop noc, then open http://127.0.0.1:{settings.noc_port}/")
+        print(f"NOC:     opsloop noc user add NAME --role admin (once), then OPSLOOP_DUCKDB_PATH={demo.duckdb_file} "
+              f"opsloop noc, and open http://127.0.0.1:{settings.noc_port}/")
         _actuation(settings, demo_dir)
     return 0
 

@@ -7,6 +7,8 @@ its latest verdict is ``needs_approval`` and it has no result yet (a lapsed requ
 True
 >>> "Approve" in actions_section([{"action_id": "a1", "verdict": "approved", "result": None}])
 False
+>>> "Approve" in actions_section([{"action_id": "a1", "verdict": "needs_approval", "result": None}], may_approve=False)
+False
 >>> text("<script>")
 '&lt;script&gt;'
 """
@@ -22,6 +24,8 @@ from typing import Iterable
 from opsloop.models.explain import ActionAdvisor
 
 FEEDBACK_PATH = "/feedback"
+LOGIN_PATH, LOGOUT_PATH, STYLE_PATH = "/login", "/logout", "/noc.css"
+CSRF_FIELD = "csrf_token"
 FEEDBACK_KINDS = {"approve_action": "Approve", "reject_action": "Reject"}
 
 STYLE = """
@@ -35,6 +39,9 @@ th { background: #eceff3; } td.num { text-align: right; font-variant-numeric: ta
 .error { background: #fde2e1; border: 1px solid #e5a09b; } .notice { background: #e3f4e4; border: 1px solid #9ccf9f; }
 .pending { background: #fff6d9; } .forecast { background: #fff; padding: .6rem .8rem; border: 1px solid #d0d5dc; }
 form { display: inline; } button { margin-right: .3rem; }
+.login { max-width: 22rem; background: #fff; padding: 1rem 1.2rem; border: 1px solid #d0d5dc; }
+.login label { display: block; margin: .6rem 0 .2rem; } .login input { width: 100%; box-sizing: border-box; }
+.login button { margin-top: .9rem; } .user { float: right; }
 """
 
 
@@ -47,6 +54,18 @@ class Screen:
     incidents: list[dict] = field(default_factory=list)
     actions: list[dict] = field(default_factory=list)
     dead_letters: int = 0
+    audit: list[dict] | None = None  # the latest audit events, for admins only
+    audit_error: str | None = None  # why an admin's audit trail could not be read
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who the page is for: their name and role, the session's CSRF token for its forms, what they may do."""
+
+    name: str
+    role: str = "operator"
+    csrf: str = ""
+    may_approve: bool = True
 
 
 def text(value) -> str:
@@ -142,12 +161,16 @@ def incidents_section(rows: list[dict]) -> str:
                    "narrative"], cells, numeric={5})
 
 
-def feedback_buttons(action_id: str) -> str:
-    """Approve and Reject for one action: a form that POSTs the id and the feedback kind."""
+def csrf_input(csrf: str) -> str:
+    return f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">'
+
+
+def feedback_buttons(action_id: str, csrf: str = "") -> str:
+    """Approve and Reject for one action: a form that POSTs the id, the feedback kind and the CSRF token."""
     buttons = "".join(f'<button type="submit" name="kind" value="{kind}">{label}</button>'
                       for kind, label in FEEDBACK_KINDS.items())
     return (f'<form method="post" action="{FEEDBACK_PATH}">'
-            f'<input type="hidden" name="action_id" value="{escape(action_id)}">{buttons}</form>')
+            f'<input type="hidden" name="action_id" value="{escape(action_id)}">{csrf_input(csrf)}{buttons}</form>')
 
 
 def advice(action: dict) -> str:
@@ -161,8 +184,9 @@ def advice(action: dict) -> str:
     return escape(ActionAdvisor().run({**action, "job_ids": job_ids or []})["text"])
 
 
-def actions_section(rows: list[dict]) -> str:
-    """Every action in a sentence, with its verdict, result and reasons; pending ones first, with buttons."""
+def actions_section(rows: list[dict], csrf: str = "", may_approve: bool = True) -> str:
+    """Every action in a sentence, with its verdict, result and reasons; pending ones first, with buttons for
+    those who may approve (a viewer reads that approval needs an operator)."""
     if not rows:
         return _empty("No actions proposed.")
     ordered = sorted(rows, key=lambda r: not is_pending(r))  # stable: keeps the query's order otherwise
@@ -175,32 +199,82 @@ def actions_section(rows: list[dict]) -> str:
         if r.get("result_detail"):
             result += f'<div class="meta">{text(r.get("result_detail"))}</div>'
         cells.append([text(r.get("action_id")), text(r.get("site")), advice(r), verdict, text(r.get("verdict_reasons")),
-                      result, feedback_buttons(str(r["action_id"])) if is_pending(r) else ""])
+                      result, _operator_cell(r, csrf, may_approve)])
         classes.append("pending" if is_pending(r) else "")
     return _table(["action", "site", "what and why", "verdict", "verdict reasons", "result", "operator"],
                   cells, classes)
 
 
-def render_page(screen: Screen | None, *, operator: str, source: str, refresh_s: int = 5,
-                notice: str | None = None, error: str | None = None) -> str:
-    """The whole page; ``screen`` is None when the views could not be read (``error`` says why)."""
+def _operator_cell(action: dict, csrf: str, may_approve: bool) -> str:
+    if not is_pending(action):
+        return ""
+    if not may_approve:
+        return '<span class="meta">waiting for an operator</span>'
+    return feedback_buttons(str(action["action_id"]), csrf)
+
+
+def audit_section(rows: list[dict]) -> str:
+    """The latest audit events (v_audit): who did what, when, from where."""
+    if not rows:
+        return _empty("No audit events yet.")
+    cells = [[text(r.get("time")), text(r.get("event")), text(r.get("actor")), text(r.get("role")),
+              text(r.get("target")), text(r.get("client")), text(r.get("source")), text(r.get("detail"))]
+             for r in rows]
+    return _table(["time", "event", "who", "role", "what", "from", "by", "detail"], cells)
+
+
+def _banners(notice: str | None, error: str | None) -> str:
     banners = ""
     if error:
         banners += f'<div class="banner error" role="alert">{escape(error)}</div>'
     if notice:
         banners += f'<div class="banner notice" role="status">{escape(notice)}</div>'
+    return banners
+
+
+def _head(title: str, refresh_s: int | None = None) -> str:
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}; url=/">' if refresh_s else ""
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'{refresh}<title>{escape(title)}</title><link rel="stylesheet" href="{STYLE_PATH}"></head><body>')
+
+
+def login_page(csrf: str, *, notice: str | None = None, error: str | None = None) -> str:
+    """The login form; ``csrf`` is the token also set in the login cookie (double submit)."""
+    return (_head("opsloop NOC: log in") + "<h1>opsloop NOC</h1>" + _banners(notice, error)
+            + f'<form class="login" method="post" action="{LOGIN_PATH}">{csrf_input(csrf)}'
+            '<label for="username">User</label>'
+            '<input id="username" name="username" autocomplete="username" required maxlength="64">'
+            '<label for="password">Password</label>'
+            '<input id="password" name="password" type="password" autocomplete="current-password" required>'
+            '<button type="submit">Log in</button></form></body></html>')
+
+
+def user_bar(viewer: Viewer) -> str:
+    return (f'<span class="user">{escape(viewer.name)} ({escape(viewer.role)}) '
+            f'<form method="post" action="{LOGOUT_PATH}">{csrf_input(viewer.csrf)}'
+            '<button type="submit" id="logout">Log out</button></form></span>')
+
+
+def render_page(screen: Screen | None, *, viewer: Viewer, source: str, refresh_s: int = 5,
+                notice: str | None = None, error: str | None = None) -> str:
+    """The whole page; ``screen`` is None when the views could not be read (``error`` says why)."""
+    banners = _banners(notice, error)
     body = ""
     if screen is not None:
         pending = sum(is_pending(a) for a in screen.actions)
         body = (f"<h2>Site power now</h2>{power_section(screen.power)}"
                 f"<h2>Peak forecast</h2>{forecasts_section(screen.forecasts)}"
                 f"<h2>Open incidents ({len(screen.incidents)})</h2>{incidents_section(screen.incidents)}"
-                f"<h2>Actions ({pending} waiting for approval)</h2>{actions_section(screen.actions)}"
+                f"<h2>Actions ({pending} waiting for approval)</h2>"
+                f"{actions_section(screen.actions, viewer.csrf, viewer.may_approve)}"
                 f'<h2>Dead letters</h2><p id="dead-letters">{screen.dead_letters} rejected message'
                 f'{"" if screen.dead_letters == 1 else "s"} kept on the deadletter topic '
                 f'(<code>opsloop sql "SELECT * FROM v_deadletter"</code>).</p>')
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="refresh" content="{int(refresh_s)}; url=/">'
-            f"<title>opsloop NOC</title><style>{STYLE}</style></head><body>"
-            f"<h1>opsloop NOC</h1><p class=\"meta\">from {escape(source)}; refreshes every {int(refresh_s)} s; "
-            f"approving as <strong>{escape(operator)}</strong></p>{banners}{body}</body></html>")
+        if screen.audit_error:
+            body += f'<h2>Audit trail</h2><p id="audit" class="empty">{escape(screen.audit_error)}</p>'
+        elif screen.audit is not None:
+            body += f'<h2>Audit trail (latest {len(screen.audit)})</h2><div id="audit">{audit_section(screen.audit)}</div>'
+    doing = "approving" if viewer.may_approve else "viewing"
+    return (_head("opsloop NOC", refresh_s) + user_bar(viewer)
+            + f"<h1>opsloop NOC</h1><p class=\"meta\">from {escape(source)}; refreshes every {int(refresh_s)} s; "
+            f"{doing} as <strong>{escape(viewer.name)}</strong> ({escape(viewer.role)})</p>{banners}{body}</body></html>")

@@ -1,14 +1,20 @@
-"""The NOC in a real headless Chromium: the real sink fills DuckDB from Kafka, the page shows an incident's
-root cause and narrative and a pending action, and clicking Approve puts a Feedback on operator.feedback."""
+"""The NOC in a real headless Chromium: the real sink fills DuckDB from Kafka; an operator logs in, the page
+shows an incident's root cause and narrative and a pending action, and clicking Approve puts a Feedback
+naming that operator on operator.feedback and an audit record on noc.audit, which v_audit then shows to an
+admin. A viewer sees no buttons; forged and malformed POSTs put nothing on the topic."""
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+from argon2 import PasswordHasher
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -18,12 +24,72 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from actuation import action, approved, publish
 from opsloop.streams.views import ViewsSink
-from opsloop.ops.noc import make_server
+from opsloop.connectors.duckdb import open_db
+from opsloop.ops.noc import make_access, make_server
+from opsloop.ops.noc_auth import Role, UserStore
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
 SAFETY_NET_S = 60  # page waits fail the test only if ever reached
+PASSWORDS = {"noc-tester": "tester's long password", "vic": "viewer's long password",
+             "ada": "admin's long password"}
+
+
+def users(settings) -> UserStore:
+    store = UserStore(settings.data_dir / "users.json", hasher=PasswordHasher(time_cost=1, memory_cost=8,
+                                                                                parallelism=1))
+    for name, role in (("noc-tester", Role.OPERATOR), ("vic", Role.VIEWER), ("ada", Role.ADMIN)):
+        store.add(name, role, PASSWORDS[name])
+    return store
+
+
+def start_noc(settings, views=None):
+    server = make_server(settings, "127.0.0.1", 0, views)
+    server.access = make_access(settings, "127.0.0.1", server.server_address[1], users(settings))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop_noc(server, thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def browser_login(driver, url: str, name: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(url)  # no session: the NOC sends the browser to its login form
+    driver.find_element(By.ID, "username").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(PASSWORDS[name])
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(driver, SAFETY_NET_S).until(expected_conditions.presence_of_element_located((By.ID, "logout")))
+
+
+def http_login(server, name: str) -> tuple[str, str]:
+    """(Cookie header, CSRF token) of a fresh session, as a form-posting client gets them."""
+    host, port = server.server_address[:2]
+    jar = {}
+
+    def call(method, path, form=None):
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())}
+        if form is not None:
+            headers.update({"Origin": f"http://{host}:{port}", "Content-Type": "application/x-www-form-urlencoded"})
+        conn.request(method, path, urlencode(form) if form is not None else None, headers)
+        resp = conn.getresponse()
+        page = resp.read().decode()
+        for cookie in resp.headers.get_all("Set-Cookie") or []:
+            key, value = cookie.split(";")[0].split("=", 1)
+            jar[key] = value
+        conn.close()
+        return page
+
+    token = re.search(r'name="csrf_token" value="([^"]*)"', call("GET", "/login")).group(1)
+    call("POST", "/login", {"csrf_token": token, "username": name, "password": PASSWORDS[name]})
+    page = call("GET", "/")
+    return f"noc_session={jar['noc_session']}", re.search(r'name="csrf_token" value="([^"]*)"', page).group(1)
 
 
 @pytest.fixture
@@ -81,12 +147,15 @@ def fill_views(settings) -> None:
 
 def test_noc_page_in_chromium_approves_an_action(kafka_settings, read_topic, chromium):
     fill_views(kafka_settings)
-    server = make_server(kafka_settings, "127.0.0.1", 0, "noc tester")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, thread = start_noc(kafka_settings)
     try:
-        chromium.get(server.url)
+        browser_login(chromium, server.url, "vic")  # a viewer sees the action but gets no buttons
+        pending = chromium.find_elements(By.CSS_SELECTOR, "tr.pending")
+        assert len(pending) == 1 and "waiting for an operator" in pending[0].text
+        assert not chromium.find_elements(By.CSS_SELECTOR, "button[value=approve_action]")
+        browser_login(chromium, server.url, "noc-tester")
         body = chromium.find_element(By.TAG_NAME, "body").text
+        assert "approving as noc-tester (operator)" in body
         assert "ups-1 (ups): UPS_ON_BATTERY" in body
         assert "Mains lost at ups-1: check the input breaker." in body and "SOP-UPS-01 §2" in body
         assert "above the 31,000 kW threshold" in body and "1 rejected message" in body
@@ -97,19 +166,74 @@ def test_noc_page_in_chromium_approves_an_action(kafka_settings, read_topic, chr
         pending[0].find_element(By.CSS_SELECTOR, "button[value=approve_action]").click()
         notice = WebDriverWait(chromium, SAFETY_NET_S).until(
             expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, ".notice")))
-        assert "noc-ask: approval sent to the guard as noc tester" in notice.text
+        assert "noc-ask: approval sent to the guard as noc-tester" in notice.text
+        codec = Codec.default()
+        sent = [(m.key(), codec.decode_as("Feedback", m.value()))
+                for m in read_topic(kafka_settings, "operator.feedback")]
+        assert [(key, fb["target_id"], fb["kind"], fb["operator"]) for key, fb in sent] == \
+            [(b"noc-ask", "noc-ask", "approve_action", "noc-tester")]
+        # the audit trail reaches its view, and an admin reads it on the page
+        ViewsSink(kafka_settings, topics=["noc.audit"]).run(threading.Event(), exit_when_idle=True)
+        con = open_db(kafka_settings.duckdb_file, read_only=True)
+        try:
+            audit = con.execute("SELECT event, actor, role, target, client FROM v_audit ORDER BY time").fetchall()
+        finally:
+            con.close()
+        assert [row[:4] for row in audit] == [("login", "vic", "viewer", None), ("login", "noc-tester", "operator", None),
+                                              ("approve_action", "noc-tester", "operator", "noc-ask")]
+        assert {row[4] for row in audit} == {"127.0.0.1"}
+        browser_login(chromium, server.url, "ada")
+        trail = chromium.find_element(By.ID, "audit").text
+        assert "approve_action noc-tester operator noc-ask" in trail
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        stop_noc(server, thread)
+
+
+def test_forged_and_malformed_posts_send_nothing(kafka_settings, read_topic):
+    fill_views(kafka_settings)
+    server, thread = start_noc(kafka_settings)
+    host, port = server.server_address[:2]
+    origin = f"http://{host}:{port}"
+    try:
+        cookie, token = http_login(server, "noc-tester")
+        viewer_cookie, viewer_token = http_login(server, "vic")
+        form = {"action_id": "noc-ask", "kind": "approve_action"}
+        base = {"Host": f"{host}:{port}", "Origin": origin, "Content-Type": "application/x-www-form-urlencoded"}
+        forged = [
+            ({**base}, {**form, "csrf_token": token}, 401),  # no session
+            ({**base, "Cookie": cookie}, {**form, "csrf_token": "forged"}, 403),  # bad CSRF token
+            ({**base, "Cookie": cookie, "Origin": "null"}, {**form, "csrf_token": token}, 403),
+            ({k: v for k, v in base.items() if k != "Origin"} | {"Cookie": cookie}, {**form, "csrf_token": token}, 403),
+            ({**base, "Cookie": cookie, "Host": f"rebound.example:{port}", "Origin": f"http://rebound.example:{port}"},
+             {**form, "csrf_token": token}, 421),  # DNS rebinding: the attacker's name, the NOC's address
+            ({**base, "Cookie": viewer_cookie}, {**form, "csrf_token": viewer_token}, 403),  # a viewer
+        ]
+        for headers, body, status in forged:
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            conn.request("POST", "/feedback", urlencode(body), headers)
+            resp = conn.getresponse()
+            assert resp.status == status, (headers, body, resp.status, resp.read()[:200])
+            conn.close()
+        for length, status in (("abc", 400), ("-1", 400), (str(200 * 1024 * 1024), 413)):
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            conn.putrequest("POST", "/feedback")
+            for name, value in {**base, "Cookie": cookie, "Content-Length": length}.items():
+                if name != "Host":
+                    conn.putheader(name, value)
+            conn.endheaders()
+            assert conn.getresponse().status == status, length
+            conn.close()
+    finally:
+        stop_noc(server, thread)
+    assert read_topic(kafka_settings, "operator.feedback") == []
     codec = Codec.default()
-    sent = [(m.key(), codec.decode_as("Feedback", m.value())) for m in read_topic(kafka_settings, "operator.feedback")]
-    assert [(key, fb["target_id"], fb["kind"], fb["operator"]) for key, fb in sent] == \
-        [(b"noc-ask", "noc-ask", "approve_action", "noc tester")]
+    audit = sorted((codec.decode_as("AuditEvent", m.value()) for m in read_topic(kafka_settings, "noc.audit")),
+                   key=lambda a: a["ts_ms"])
+    assert [(a["event"], a["actor"]) for a in audit] == [("login", "noc-tester"), ("login", "vic"), ("denied", "vic")]
 
 
 def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kafka_settings):
-    from urllib.request import urlopen
+    from urllib.request import Request, urlopen
 
     from opsloop.ops.noc import LiveViews
 
@@ -122,7 +246,7 @@ def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kaf
 
     def page_once(url: str, text: str) -> str:
         for _ in range(SAFETY_NET_S * 5):  # the sink commits about every batch: poll, never assume a time
-            body = urlopen(url, timeout=10).read().decode()
+            body = urlopen(Request(url, headers={"Cookie": cookie}), timeout=10).read().decode()
             if text in body:
                 break
             time.sleep(0.2)
@@ -131,9 +255,8 @@ def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kaf
     sink, stop = ViewsSink(kafka_settings), threading.Event()
     agent = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     agent.start()
-    server = make_server(kafka_settings, "127.0.0.1", 0, "noc tester", LiveViews(sink))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, thread = start_noc(kafka_settings, LiveViews(sink))
+    cookie, _ = http_login(server, "vic")
     try:
         publish(kafka_settings, "incidents", "Incident", [incident("inc-pdu-1", "pdu-a1")])
         assert "pdu-a1 (pdu): PWR_PDU_BREAKER_TRIP" in page_once(server.url, "pdu-a1 (pdu)")
@@ -141,8 +264,6 @@ def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kaf
         body = page_once(server.url, "pdu-b2 (pdu)")
         assert "pdu-b2 (pdu): PWR_PDU_BREAKER_TRIP" in body and "written by this process" in body
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        stop_noc(server, thread)
         stop.set()
         agent.join(30)

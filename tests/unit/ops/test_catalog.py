@@ -12,7 +12,7 @@ from opsloop.config.settings import Settings
 pytestmark = pytest.mark.unit
 ARCHITECTURE_TOPICS = {"telemetry.raw", "telemetry.site", "alarms.raw", "alarms.clean", "incidents", "narratives",
                        "forecasts.peak", "actions.proposed", "actions.approved", "actions.results",
-                       "operator.feedback", "deadletter"}
+                       "operator.feedback", "noc.audit", "deadletter"}
 
 
 def test_catalog_has_every_architecture_topic_with_kafka_configs():
@@ -20,6 +20,7 @@ def test_catalog_has_every_architecture_topic_with_kafka_configs():
     assert set(specs) == ARCHITECTURE_TOPICS
     assert specs["narratives"].configs() == {"cleanup.policy": "compact", "retention.ms": str(8760 * 3_600_000)}
     assert specs["operator.feedback"].configs()["retention.ms"] == "-1"
+    assert specs["noc.audit"].configs() == {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
 @pytest.mark.parametrize("change, message", [

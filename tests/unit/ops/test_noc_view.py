@@ -7,7 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from opsloop.ops.noc_view import Screen, actions_section, incidents_section, power_section, render_page, text
+from opsloop.ops.noc_view import (Screen, Viewer, actions_section, audit_section, incidents_section, login_page,
+                                  power_section, render_page, text)
 
 pytestmark = pytest.mark.unit
 
@@ -49,27 +50,31 @@ def test_every_text_field_is_escaped():
     screen = Screen(power=[{"site": evil, "grid_kw": 1.0}], forecasts=[{"site": "demo", "explanation": evil}],
                     incidents=[{"incident_id": evil, "root_code": evil, "narrative": evil, "summary": evil}],
                     actions=[action(evil, "needs_approval", reason=evil)])
-    page = render_page(screen, operator=evil, source=evil, notice=evil, error=evil)
+    screen = Screen(**{**screen.__dict__, "audit": [{"actor": evil, "target": evil, "detail": evil}]})
+    page = render_page(screen, viewer=Viewer(evil, evil, evil), source=evil, notice=evil, error=evil)
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
-    (form,) = Forms(page).forms
+    logout, form = Forms(page).forms
     assert ("action_id", evil) in form["fields"]  # the attribute round-trips to the exact id
+    assert ("csrf_token", evil) in form["fields"] and logout["fields"][0] == ("csrf_token", evil)
 
 
 def test_empty_tables_say_so():
-    page = render_page(Screen(), operator="ana", source="db")
+    page = render_page(Screen(), viewer=Viewer("ana"), source="db")
     assert "No site power yet" in page and "No peak forecast yet" in page
     assert "No open incidents" in page and "No actions proposed" in page
-    assert "0 rejected messages" in page and "<form" not in page
+    assert "0 rejected messages" in page and "Audit trail" not in page
+    assert [f["action"] for f in Forms(page).forms] == ["/logout"]
 
 
 def test_needs_approval_gets_approve_and_reject_others_do_not():
     rows = [action("done", "approved", result="verified"), action("ask", "needs_approval"),
             action("lapsed", "needs_approval", result="lapsed"), action("no", "rejected"), action("new", None)]
-    html = actions_section(rows)
+    html = actions_section(rows, csrf="tok")
     (form,) = Forms(html).forms
     assert form["action"] == "/feedback" and form["method"] == "post"
-    assert form["fields"] == [("action_id", "ask"), ("kind", "approve_action"), ("kind", "reject_action")]
+    assert form["fields"] == [("action_id", "ask"), ("csrf_token", "tok"), ("kind", "approve_action"),
+                              ("kind", "reject_action")]
     assert html.index(">ask<") < html.index(">done<")  # pending first
     assert "awaiting guard" in html
     assert "slurm_suspend opsloop 120 kW shed: peak ahead" in html  # no whole proposal in the row: the short form
@@ -99,6 +104,24 @@ def test_power_formats_units():
 
 
 def test_error_page_has_no_sections():
-    page = render_page(None, operator="ana", source="db", error="No DuckDB file at db yet")
+    page = render_page(None, viewer=Viewer("ana"), source="db", error="No DuckDB file at db yet")
     assert "No DuckDB file at db yet" in page and "Site power" not in page
     assert 'http-equiv="refresh"' in page
+
+
+def test_viewers_get_no_approval_forms():
+    html = actions_section([action("ask", "needs_approval")], csrf="tok", may_approve=False)
+    assert Forms(html).forms == [] and "waiting for an operator" in html
+
+
+def test_login_page_posts_name_password_and_token():
+    (form,) = Forms(login_page("tok", error="<b>x</b>")).forms
+    assert form["action"] == "/login" and form["method"] == "post"
+    assert [name for name, _ in form["fields"]] == ["csrf_token", "username", "password", None]
+    assert ("csrf_token", "tok") in form["fields"] and "&lt;b&gt;" in login_page("tok", error="<b>x</b>")
+
+
+def test_no_inline_style_or_script_the_csp_would_block():
+    page = render_page(Screen(audit=[]), viewer=Viewer("ada", "admin"), source="db")
+    assert "<style" not in page and "<script" not in page and 'href="/noc.css"' in page
+    assert "No audit events yet" in page and "No audit events yet" in audit_section([])
