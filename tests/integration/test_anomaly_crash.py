@@ -32,8 +32,9 @@ def values(series: int) -> list[float]:
 
 
 def point(series: int, i: int, value: float) -> dict:
-    return {"ts_ms": 1_700_000_000_000 + i * 60_000, "site": "demo", "device": f"pdu-{series}",
-            "device_type": "pdu", "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
+    device = f"rack-{'ab'[series // 8]}0{series % 8 + 1}"  # racks of the demo site: declared devices
+    return {"ts_ms": 1_700_000_000_000 + i * 60_000, "site": "demo", "device": device, "device_type": "pdu",
+            "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
 
 
 def worker_env(settings, **extra) -> dict:
