@@ -59,7 +59,7 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
         ew = EarlyWarning()
         for i, v in enumerate(series_values[s]):
             if t := ew.update(v, point(s, i, v)["ts_ms"]):
-                expected.add((f"pdu-{s}", t.ts_ms, t.state))
+                expected.add((point(s, i, v)["device"], t.ts_ms, t.state))
     assert len(expected) >= SERIES * len(SPIKES)  # every spike raises (and most clear)
 
     # Small batches and frequent checkpoints, so the kill lands mid-stream after some checkpoints.
