@@ -59,7 +59,7 @@ def test_a_1mb_poison_pill_malformed_and_wrong_schema_messages_are_dead_lettered
     point is counted (20 points in, 20 windows out, 23 raw rows in DuckDB)."""
     topic = kafka_settings.topic("telemetry.raw")
     careless = Producer({"bootstrap.servers": kafka_settings.broker})  # default config: 1,000,000-byte messages
-    poison = random.Random(7).randbytes(998_400)  # fits the client's limit; its dead letter, copied whole, would not
+    poison = random.Random(7).randbytes(999_900)  # fits the client's limit; its dead letter, copied whole, would not
     corrupt = point(0)[:-3]  # a TelemetryPoint cut short
     other = CODEC.encode("Alarm", alarm(BASE, "demo", "ups-a", "ups", "test", "UPS_ON_BATTERY", "on battery"))
     key = b"grid-meter-1"  # one key: one partition, this order
