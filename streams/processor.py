@@ -70,6 +70,7 @@ class BatchProcessor:
         self.caught_up: set[Partition] = set()  # partitions read to their end, with nothing newer since
         self.processed: dict[Partition, int] = {}  # partition → next offset to read
         self.errors = DeliveryErrors(on_rejected=self._undeliverable)
+        self._refused: dict[str, tuple[int, float | None]] = {}  # topic → (refused since logged, when logged)
         self.prod = None
         self.dead: DeadLetters | None = None
 
@@ -132,9 +133,17 @@ class BatchProcessor:
         send(self.prod, topic, key, value, self.errors, on_rejected=self._undeliverable)
 
     def _undeliverable(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError) -> None:
-        """An output the client or the broker refused for what it is: a dead letter, not a crash loop."""
-        self.log.error("%s: output for %s refused (%s); sent to the dead letter", self.name, topic, err.str())
+        """An output the client or the broker refused for what it is: a dead letter, not a crash loop
+        (logged once a minute per topic, with how many since)."""
         self.stats["undeliverable"] = self.stats.get("undeliverable", 0) + 1
+        count, last = self._refused.get(topic, (0, None))
+        now = self.clock()
+        if last is None or now - last >= 60.0:
+            self.log.error("%s: %d output(s) for %s refused (%s); kept in the dead letter as undeliverable",
+                           self.name, count + 1, topic, err.str())
+            self._refused[topic] = (0, now)
+        else:
+            self._refused[topic] = (count + 1, last)
         self.dead.undeliverable(topic, key, value, err, self.errors)
 
     def emit(self, topic: str, record: dict) -> None:
