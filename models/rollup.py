@@ -13,6 +13,8 @@ Late and out-of-order data (the policy, tested in tests/unit/models/test_rollup.
 * A point whose window has already closed is *late*: ``add`` returns
   ``Late`` with a reason and leaves the closed window unchanged; the agent
   sends it to ``deadletter`` so it is kept and visible, never silently lost.
+* A point whose value is not finite or beyond ``MAX_MAGNITUDE`` is *invalid*: ``fold``
+  returns ``Invalid`` with a reason and changes nothing, so no snapshot carries inf or NaN.
 * ``flush`` closes every open window (end of a replay, or all inputs idle)
   and moves the watermark past them, so later points for them are late too.
 
