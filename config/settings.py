@@ -47,6 +47,8 @@ class Settings:
     grace_s: int = 120  # how long a window waits for out-of-order data
     idle_close_s: float = 10.0  # close all windows after this long with every input caught up
     batch_size: int = 5000  # max messages per consume batch
+    deadletter_max_bytes: int = 262_144  # key + value a dead letter keeps; beyond it: cut, with size and hash
+    unknown_names: str = "deadletter"  # deadletter: points and alarms of undeclared sites/devices; accept: keep them
     peaks_step_s: int = 900  # peaks agent planning step (15 min = the billing interval)
     anomaly_checkpoint_s: float = 5.0  # how often the anomaly agent checkpoints detectors and commits
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)

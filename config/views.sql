@@ -25,7 +25,9 @@ FROM windows
 GROUP BY site, minute;
 
 -- Rejected messages, one row each however many agents rejected it (or re-sent it after a
--- restart): when first, from where, why, by which agents, and the size of the kept value.
+-- restart): when first, from where, why, by which agents, the original size of the value, whether
+-- only its first bytes were kept (truncated) and its SHA-256. A message on deadletter that could
+-- not be decoded is stored as its own row (agent views, kind decode).
 CREATE OR REPLACE VIEW v_deadletter AS
 SELECT
     epoch_ms(min(_kafka_ts_ms)) AS time,
@@ -36,7 +38,9 @@ SELECT
     arg_min(error_kind, _kafka_ts_ms) AS error_kind,
     arg_min(error, _kafka_ts_ms) AS error,
     array_to_string(list_sort(list(DISTINCT agent)), ', ') AS agents,
-    any_value(octet_length(value)) AS value_bytes
+    any_value(coalesce(value_size, octet_length(value))) AS value_bytes,
+    bool_or(coalesce(truncated, false)) AS truncated,
+    any_value(value_sha256) AS value_sha256
 FROM deadletter
 GROUP BY topic, "partition", "offset";
 

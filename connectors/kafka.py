@@ -7,7 +7,7 @@ configured from ``Settings`` (never from the environment).
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, AlterConfigOpType, ConfigEntry
@@ -99,10 +99,19 @@ def watermark_offsets(cons: Consumer, tp: TopicPartition, timeout_s: float = 30.
             time.sleep(0.1)
 
 
+#: Produce errors that say the record itself is unacceptable (too large, refused by the broker):
+#: sending it again cannot help, so the record goes to the dead letter instead (``Rejected``).
+REJECTED = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE}
+
+#: ``on_rejected(topic, key, value, error)``: a record the broker or the client will not take.
+Rejected = Callable[[str, "bytes | None", "bytes | None", KafkaError], None]
+
+
 def send(prod: Producer, topic: str, key: bytes | None, value: bytes | None, on_delivery=None,
-         partition: int | None = None) -> None:
+         partition: int | None = None, on_rejected: Rejected | None = None) -> None:
     """Produce one message (to ``partition``, else by key), waiting for room when the local queue is full
-    (back-pressure, not an error)."""
+    (back-pressure, not an error). A record the client refuses outright (``REJECTED``, e.g. larger than
+    ``message.max.bytes``) goes to ``on_rejected`` when given, else raises."""
     where = {} if partition is None else {"partition": partition}
     while True:
         try:
@@ -110,14 +119,20 @@ def send(prod: Producer, topic: str, key: bytes | None, value: bytes | None, on_
             return
         except BufferError:
             prod.poll(0.1)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if on_rejected is None or not isinstance(err, KafkaError) or err.code() not in REJECTED:
+                raise
+            on_rejected(topic, key, value, err)
+            return
 
 
 def send_record(prod: Producer, settings: Settings, topic: str, record: dict, codec: Codec | None = None,
-                on_delivery=None) -> None:
+                on_delivery=None, on_rejected: Rejected | None = None) -> None:
     """Produce a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""
     spec = cached_catalog(settings.topics_file)[topic]
     send(prod, settings.topic(topic), spec.key_of(record), (codec or Codec.default()).encode(spec.record, record),
-         on_delivery)
+         on_delivery, on_rejected=on_rejected)
 
 
 def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
@@ -128,13 +143,21 @@ def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
 
 
 class DeliveryErrors:
-    """Delivery callback that remembers the first error, so a batch can fail before committing."""
+    """Delivery callback that remembers the first error, so a batch can fail before committing.
 
-    def __init__(self):
+    A record the broker refused for what it is (``REJECTED``) goes to ``on_rejected`` when one is
+    set (the processors dead-letter it), since failing the batch would only fail again on restart."""
+
+    def __init__(self, on_rejected: Rejected | None = None):
         self.first: str | None = None
+        self.on_rejected = on_rejected
 
     def __call__(self, err, msg) -> None:
-        if err is not None and self.first is None:
+        if err is None:
+            return
+        if self.on_rejected is not None and err.code() in REJECTED:
+            self.on_rejected(msg.topic(), msg.key(), msg.value(), err)
+        elif self.first is None:
             self.first = f"delivery to {msg.topic()} failed: {err}"
 
     def raise_if_any(self) -> None:
@@ -144,20 +167,55 @@ class DeliveryErrors:
 
 
 class DeadLetters:
-    """Writes rejected messages, whole and with the reason, to the ``deadletter`` topic."""
+    """Writes rejected messages with the reason to the ``deadletter`` topic, bounded.
+
+    Key and value are kept whole up to ``Settings.deadletter_max_bytes`` and cut beyond it, with
+    their sizes and SHA-256 hashes (models/records.py ``dead_letter``). Should the client or the
+    broker still refuse a dead letter as too large (a topic with a lower ``max.message.bytes``), it
+    is sent again with a quarter of the room, down to sizes and hashes alone: a dead letter never
+    stops the agent that writes it.
+    """
 
     def __init__(self, settings: Settings, prod: Producer, agent: str, codec: Codec | None = None):
         self.settings = settings
         self.prod = prod
         self.agent = agent
         self.codec = codec or Codec.default()
+        self.max_bytes = settings.deadletter_max_bytes
         self.count = 0
+        self.shrunk = 0  # dead letters sent again with less room
 
     def send(self, msg: Message, kind: str, error: str, on_delivery=None) -> None:
         ts_type, ts = msg.timestamp()
-        record = dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kind, error,
-                             self.agent, ts if ts_type else None)
-        send_record(self.prod, self.settings, DEADLETTER, record, self.codec, on_delivery)
+        self.write(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kind, error,
+                   ts if ts_type else None, on_delivery)
+
+    def undeliverable(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError,
+                      on_delivery=None) -> None:
+        """An output the broker or the client refused: kept here, with why (never a crash loop)."""
+        reason = f"an output for {topic} ({0 if value is None else len(value)} bytes) was refused: {err.str()}"
+        self.write(topic, -1, -1, key, value, "undeliverable", reason, None, on_delivery)
+
+    def write(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, kind: str,
+              error: str, ts_ms: int | None = None, on_delivery=None, max_bytes: int | None = None) -> None:
+        room = self.max_bytes if max_bytes is None else max_bytes
+        record = dead_letter(topic, partition, offset, key, value, kind, error, self.agent, ts_ms, room)
+
+        def again(err: KafkaError) -> None:  # too large after all: the same dead letter with less room
+            if room == 0:
+                raise KafkaException(err)  # sizes and hashes alone refused: nothing smaller to send
+            self.shrunk += 1
+            self.count -= 1
+            self.write(topic, partition, offset, key, value, kind, error, ts_ms, on_delivery, room // 4)
+
+        def delivered(err, msg) -> None:
+            if err is not None and err.code() in REJECTED:
+                again(err)
+            elif on_delivery is not None:
+                on_delivery(err, msg)
+
+        send_record(self.prod, self.settings, DEADLETTER, record, self.codec, delivered,
+                    on_rejected=lambda _t, _k, _v, err: again(err))
         self.count += 1
 
 

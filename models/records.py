@@ -1,4 +1,4 @@
-"""One builder per record that several agents emit: DeadLetter, Alarm, ActionResult.
+"""One builder per record that several agents emit: DeadLetter (bounded), Alarm, ActionResult.
 
 Pure: each returns the record as a dict, every field of its Avro schema filled, so all
 emitters agree on the shape.
@@ -11,12 +11,53 @@ emitters agree on the shape.
 
 from __future__ import annotations
 
+import hashlib
+
+
+#: The most bytes of key and value a dead letter keeps by default: well below the broker's
+#: ``message.max.bytes`` (1 MB by default), so the dead letter of any message that reached
+#: the broker fits there too. Agents take theirs from ``Settings.deadletter_max_bytes``.
+DEAD_LETTER_MAX_BYTES = 256 * 1024
+MAX_KEY_BYTES = 1024  # a key keeps at most this much of the cap; the value gets the rest
+MAX_ERROR_CHARS = 2000  # the reason is text for people: long exception texts are cut
+
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, error_kind: str,
-                error: str, agent: str, message_ts_ms: int | None = None) -> dict:
-    """A rejected message, whole, with why (``error_kind``: decode, invalid, late or processing) and who."""
-    return {"topic": topic, "partition": partition, "offset": offset, "key": key, "value": value,
-            "error_kind": error_kind, "error": error, "agent": agent, "message_ts_ms": message_ts_ms}
+                error: str, agent: str, message_ts_ms: int | None = None,
+                max_bytes: int = DEAD_LETTER_MAX_BYTES) -> dict:
+    """A rejected message with why (``error_kind``: decode, invalid, late, processing, unknown or
+    undeliverable) and who.
+
+    Key and value are kept whole when together they fit in ``max_bytes``; otherwise each keeps
+    its first bytes (the key at most ``MAX_KEY_BYTES``) and ``truncated`` is set. Their original
+    sizes and SHA-256 hashes are always recorded, so a cut message can still be identified.
+
+    >>> d = dead_letter("telemetry.raw", 0, 7, b"k", b"x" * 100, "decode", "not avro", "rollup", max_bytes=10)
+    >>> d["truncated"], len(d["value"]), d["value_size"], d["value_sha256"][:12], d["key"]
+    (True, 9, 100, '09ecb6ebc8bc', b'k')
+    """
+    max_bytes = max(0, max_bytes)
+    key_room = min(MAX_KEY_BYTES, max_bytes)
+    kept_key = _head(key, key_room)
+    kept_value = _head(value, max_bytes - (len(kept_key) if kept_key is not None else 0))
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS - 1] + "…"
+    return {"topic": topic, "partition": partition, "offset": offset, "key": kept_key, "value": kept_value,
+            "error_kind": error_kind, "error": error, "agent": agent, "message_ts_ms": message_ts_ms,
+            "truncated": kept_key is not key or kept_value is not value,
+            "key_size": None if key is None else len(key), "value_size": None if value is None else len(value),
+            "key_sha256": _sha256(key), "value_sha256": _sha256(value)}
+
+
+def _head(data: bytes | None, room: int) -> bytes | None:
+    """``data`` itself when it fits in ``room`` bytes, else its first ``room`` bytes (a new object)."""
+    if data is None or len(data) <= room:
+        return data
+    return bytes(data[:room])
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def alarm(ts_ms: int, site: str, device: str, device_type: str, source: str, code: str, text: str,

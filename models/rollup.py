@@ -13,6 +13,8 @@ Late and out-of-order data (the policy, tested in tests/unit/models/test_rollup.
 * A point whose window has already closed is *late*: ``add`` returns
   ``Late`` with a reason and leaves the closed window unchanged; the agent
   sends it to ``deadletter`` so it is kept and visible, never silently lost.
+* A point whose value is not finite or beyond ``MAX_MAGNITUDE`` is *invalid*: ``fold``
+  returns ``Invalid`` with a reason and changes nothing, so no snapshot carries inf or NaN.
 * ``flush`` closes every open window (end of a replay, or all inputs idle)
   and moves the watermark past them, so later points for them are late too.
 
@@ -54,6 +56,12 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The largest magnitude a point may have. Far above any real reading (1e12 kW is a petawatt; no
+#: percentage or price comes near), and small enough that sums and means over any number of
+#: devices and samples stay finite: a point beyond it is refused as ``Invalid`` at the door.
+MAX_MAGNITUDE = 1e12
+
+
 @dataclass(frozen=True)
 class Late:
     """Returned by ``SiteRollup.add`` for a point behind a closed window."""
@@ -76,17 +84,35 @@ def fold(rollup: "SiteRollup", watermark: "PartitionWatermark", point: dict, par
     >>> p = {"site": "s", "device": "gm", "metric": "grid_kw", "value": float("nan"), "ts_ms": 0}
     >>> fold(r, w, p, 0)
     Invalid(reason='grid_kw of gm is nan, not a finite number')
+    >>> fold(r, w, {**p, "value": 1e308}, 0)
+    Invalid(reason='grid_kw of gm is 1e+308, beyond the plausible magnitude 1e+12')
     >>> fold(r, w, {**p, "value": 5.0}, 0), w.value, r.watermark_ms
     (None, 0, 0)
     """
     value, ts = point["value"], point["ts_ms"]
-    if not math.isfinite(value):
-        return Invalid(f"{point['metric']} of {point['device']} is {value}, not a finite number")
+    reason = value_problem(point)
+    if reason is not None:
+        return Invalid(reason)
     late = rollup.add(point["site"], point["device"], point["metric"], value, ts, partition, offset)
     if late is None:
         watermark.observe(partition, ts)
         rollup.move_watermark(watermark.value)
     return late
+
+
+def value_problem(point: dict, max_magnitude: float = MAX_MAGNITUDE) -> str | None:
+    """Why a point's value cannot be aggregated (not finite, or beyond ``max_magnitude``), or None.
+
+    The check is on each point rather than on the closed window: a refused point is dead-lettered
+    as itself, with its offset, and cannot have changed a window (an aggregate found infinite at
+    closing could no longer name the message that made it so, and would have to drop the window).
+    """
+    value = point["value"]
+    if not math.isfinite(value):
+        return f"{point['metric']} of {point['device']} is {value}, not a finite number"
+    if abs(value) > max_magnitude:
+        return f"{point['metric']} of {point['device']} is {value:g}, beyond the plausible magnitude {max_magnitude:g}"
+    return None
 
 
 @dataclass
@@ -197,7 +223,8 @@ class SiteRollup:
             else:
                 snapshot[name] = sum(means) if how == SUM else sum(means) / len(means)
         it, facility = snapshot["it_kw"], snapshot["facility_kw"]
-        snapshot["pue"] = facility / it if it and facility is not None and it > 0 else None
+        pue = facility / it if it and facility is not None and it > 0 else None
+        snapshot["pue"] = pue if pue is None or math.isfinite(pue) else None  # a tiny IT load: no PUE
         snapshot["samples"] = window.samples
         snapshot["devices"] = len(window.devices)
         return snapshot

@@ -25,13 +25,14 @@ consume/commit loop is streams/processor.py's: the checkpoint is its ``checkpoin
 
 from __future__ import annotations
 
-import math
 import pickle
 from typing import Callable
 
 from opsloop.connectors.changelog import Changelog
 from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
+from opsloop.models.names import SiteNames
+from opsloop.models.rollup import value_problem
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
@@ -62,8 +63,10 @@ class AnomalyProcessor(BatchProcessor):
     source = "telemetry.raw"
     commit_stat = "checkpoints"
 
-    def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning, **kwargs):
+    def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
+                 names: SiteNames | None = None, **kwargs):
         super().__init__(settings, **kwargs)
+        self.names = names  # None: every site and device is taken
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
@@ -101,8 +104,13 @@ class AnomalyProcessor(BatchProcessor):
             self.dead_letter(msg, "decode", exc.reason)
             return
         value = point["value"]
-        if not math.isfinite(value):
-            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']} is {value}, not a finite number")
+        problem = value_problem(point)  # the rollup's check: not finite, or beyond any real reading
+        if problem is not None:
+            self.dead_letter(msg, "invalid", problem)
+            return
+        unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
+        if unknown is not None:
+            self.dead_letter(msg, "unknown", unknown)
             return
         key = f"{point['site']}|{point['device']}|{point['metric']}"
         owned = self.series.setdefault(partition, {})

@@ -69,7 +69,8 @@ async def decode_or_dead_letter(app: faust.App, event, record: str, agent: str, 
     except DecodeError as exc:
         msg = event.message
         dead = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, "decode", exc.reason, agent,
-                           int(msg.timestamp * 1000) if msg.timestamp else None)
+                           int(msg.timestamp * 1000) if msg.timestamp else None,
+                           app.conf.opsloop.deadletter_max_bytes)
         await send_record(app, "deadletter", dead, codec)
         log.warning("%s: dead-lettered %s[%s]@%s: %s", agent, msg.topic, msg.partition, msg.offset, exc.reason)
         return None

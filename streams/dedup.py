@@ -13,9 +13,13 @@ import json
 
 from opsloop.connectors.feedback import LabelFollower
 from opsloop.models.dedup import DedupConfig, compact, fingerprint_fields, fold
+from opsloop.models.names import SiteNames
 from opsloop.models.noise import NoiseScorer
 from opsloop.config.settings import Settings
 from opsloop.streams.keyed import KeyedProcessor
+
+
+OWN_SOURCE = "opsloop."  # the source prefix of alarms raised by opsloop's agents
 
 
 class DedupProcessor(KeyedProcessor):
@@ -24,8 +28,9 @@ class DedupProcessor(KeyedProcessor):
     record = "Alarm"
 
     def __init__(self, settings: Settings, config: DedupConfig = DedupConfig(), scorer: NoiseScorer | None = None,
-                 **kwargs):
+                 names: SiteNames | None = None, **kwargs):
         super().__init__(settings, **kwargs)
+        self.names = names  # None: every site and device is taken
         self.config = config
         self.scorer = scorer or NoiseScorer()
         self.labels: LabelFollower | None = None
@@ -37,6 +42,13 @@ class DedupProcessor(KeyedProcessor):
         for fp, is_noise in self.labels.poll():
             self.scorer.learn_one(fingerprint_fields(fp, self.config), is_noise)
             self.stats["labels"] += 1
+
+    def unknown(self, record: dict) -> str | None:
+        """Alarms from sources outside opsloop must name a declared site and device. Those opsloop's own
+        agents raise are about telemetry the anomaly agent checked or action targets the guard admitted."""
+        if self.names is None or record["source"].startswith(OWN_SOURCE):
+            return None
+        return self.names.check(record["site"], record["device"])
 
     def load_state(self, key: bytes, stored: bytes | None) -> dict:
         return json.loads(stored) if stored else {}

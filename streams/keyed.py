@@ -2,8 +2,8 @@
 
 The loop of streams/processor.py, with state per message key kept the way a Faust table keeps
 it, in a compacted changelog (connectors/changelog.py), restored for the partitions this
-process is assigned. Per batch: decode (undecodable records, and those ``reject`` finds a
-reason against, → ``deadletter``), ``fold`` each record into its key's state, ``finish``
+process is assigned. Per batch: decode (undecodable records, and those ``reject`` or
+``unknown`` finds a reason against, → ``deadletter``), ``fold`` each record into its key's state, ``finish``
 each touched key once, send what they return (then ``after_batch``). When the loop commits,
 the touched keys' states go to the changelog after the outputs are delivered and before the
 offsets are committed. A crash therefore repeats at most the uncommitted events, and states
@@ -56,6 +56,11 @@ class KeyedProcessor(BatchProcessor):
         """Why a decoded record is invalid (it is dead-lettered as ``invalid``), or None to fold it."""
         return None
 
+    def unknown(self, record: dict) -> str | None:
+        """Why a decoded record names something the site files do not declare (dead-lettered as
+        ``unknown``), or None to fold it."""
+        return None
+
     def after_batch(self, messages: int) -> None:
         """Called once a batch's outputs are handed to the producer; ``messages``: records it held."""
 
@@ -96,6 +101,10 @@ class KeyedProcessor(BatchProcessor):
         reason = self.reject(record)
         if reason is not None:
             self.dead_letter(msg, "invalid", reason)
+            return
+        reason = self.unknown(record)
+        if reason is not None:
+            self.dead_letter(msg, "unknown", reason)
             return
         partition, key = msg.partition(), msg.key() or b""
         state = self._state(partition, key)

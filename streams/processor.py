@@ -10,8 +10,10 @@ it, when idle, when a partition is revoked and when stopping) it commits:
 3. commit the ``offsets``.
 
 So a crash repeats at most the uncommitted messages and never loses one; subclasses keep
-enough in their state to recognise a repeated message. Undeliverable outputs fail the
-processor before it commits. Idle means every assigned partition is read to its end and
+enough in their state to recognise a repeated message. An output the client or the broker
+refuses for what it is (too large: ``connectors.kafka.REJECTED``) goes to ``deadletter`` as
+``undeliverable``, since a restart would only fail on it again; other delivery errors fail
+the processor before it commits. Dead letters are bounded (``DeadLetters``). Idle means every assigned partition is read to its end and
 no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
 ``settled``.
 
@@ -67,7 +69,8 @@ class BatchProcessor:
         self.assigned: set[Partition] = set()
         self.caught_up: set[Partition] = set()  # partitions read to their end, with nothing newer since
         self.processed: dict[Partition, int] = {}  # partition → next offset to read
-        self.errors = DeliveryErrors()
+        self.errors = DeliveryErrors(on_rejected=self._undeliverable)
+        self._refused: dict[str, tuple[int, float | None]] = {}  # topic → (refused since logged, when logged)
         self.prod = None
         self.dead: DeadLetters | None = None
 
@@ -127,7 +130,21 @@ class BatchProcessor:
     # -- for subclasses -------------------------------------------------------------------
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        send(self.prod, topic, key, value, self.errors)
+        send(self.prod, topic, key, value, self.errors, on_rejected=self._undeliverable)
+
+    def _undeliverable(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError) -> None:
+        """An output the client or the broker refused for what it is: a dead letter, not a crash loop
+        (logged once a minute per topic, with how many since)."""
+        self.stats["undeliverable"] = self.stats.get("undeliverable", 0) + 1
+        count, last = self._refused.get(topic, (0, None))
+        now = self.clock()
+        if last is None or now - last >= 60.0:
+            self.log.error("%s: %d output(s) for %s refused (%s); kept in the dead letter as undeliverable",
+                           self.name, count + 1, topic, err.str())
+            self._refused[topic] = (0, now)
+        else:
+            self._refused[topic] = (count + 1, last)
+        self.dead.undeliverable(topic, key, value, err, self.errors)
 
     def emit(self, topic: str, record: dict) -> None:
         """Send a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""

@@ -15,7 +15,10 @@ closed windows. Delivery guarantees:
   (commit metadata), so after a restart points of windows that were already
   emitted are recognised and not counted twice; re-emitted windows are
   identical, and consumers upsert by (site, window_start_ms).
-* Undecodable, invalid and late points go to ``deadletter`` with the reason.
+* Undecodable, invalid (not finite, or beyond ``models.rollup.MAX_MAGNITUDE``), late
+  and unknown points (a site or device no site file declares: ``models.names``) go to
+  ``deadletter`` with the reason, once: after a restart, points of offsets handled
+  before it are not dead-lettered again.
 
 The watermark is the minimum over partitions of their latest event time
 (partitions that have caught up do not hold it back). When every partition has
@@ -35,13 +38,22 @@ asks for a commit at once, and the commit carries the watermark as metadata.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
+from opsloop.models.names import SiteNames
 from opsloop.models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A point of a site or device no site file declares (``SiteNames.check``)."""
+
+    reason: str
 
 
 class PartialAssignment(RuntimeError):
@@ -52,8 +64,9 @@ class RollupProcessor(BatchProcessor):
     name = "rollup"
     source = "telemetry.raw"
 
-    def __init__(self, settings: Settings, **kwargs):
+    def __init__(self, settings: Settings, names: SiteNames | None = None, **kwargs):
         super().__init__(settings, **kwargs)
+        self.names = names  # None: every site and device is taken
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
 
@@ -89,15 +102,16 @@ class RollupProcessor(BatchProcessor):
         except DecodeError as exc:
             self.dead_letter(msg, "decode", exc.reason)
             return
-        rejected = fold(self.rollup, self.watermark, point, partition, offset)
+        unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
+        rejected = Unknown(unknown) if unknown is not None else fold(self.rollup, self.watermark, point, partition,
+                                                                     offset)
         if rejected is None:
             self.stats["points"] += 1
-        elif isinstance(rejected, Invalid):
-            self.dead_letter(msg, "invalid", rejected.reason)
         elif offset < self.replayed_upto.get(partition, -1):
             self.stats["replayed_skipped"] += 1  # counted or dead-lettered before the restart
         else:
-            self.dead_letter(msg, "late", rejected.reason)
+            self.dead_letter(msg, "unknown" if isinstance(rejected, Unknown) else
+                             "invalid" if isinstance(rejected, Invalid) else "late", rejected.reason)
 
     def partition_end(self, partition) -> None:
         self.watermark.caught_up(partition[1])  # in message order: it decides which later points are late

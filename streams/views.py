@@ -5,7 +5,8 @@ batch is decoded and stored with the next offset of each partition in one DuckDB
 (``end_batch``), and an assignment resumes from the stored offsets (``stored_offsets``), so a
 restart neither loses nor duplicates rows; its Kafka commits are copies for lag dashboards.
 Undecodable messages go to ``deadletter``, delivered before their offsets are stored; an
-undecodable dead letter is only logged (a dead letter about a dead letter would loop). The
+undecodable message on ``deadletter`` itself (a dead letter about it would loop) is stored
+directly as a row of ``deadletter``, raw (bounded) with the reason, so ``v_deadletter`` shows it. The
 process running it is the file's only writer (DuckDB admits one).
 """
 
@@ -23,6 +24,7 @@ from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
 from opsloop.connectors.duckdb import JSON_TEXT, arrow_schema, open_db, store_batch, stored_offsets, table_name
 from opsloop.connectors.kafka import DEADLETTER
+from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
 from opsloop.streams.processor import BatchProcessor
 
@@ -79,13 +81,18 @@ class ViewsSink(BatchProcessor):
 
     # -- storing ------------------------------------------------------------------------
 
-    def _reject(self, msg, name: str, error: str) -> None:
-        if name == DEADLETTER:  # a dead letter about a dead letter would loop
+    def _reject(self, msg, name: str, error: str) -> dict | None:
+        """Dead-letter an undecodable message; one read from ``deadletter`` itself becomes its own row."""
+        if name == DEADLETTER:  # a dead letter about a dead letter would loop: store it raw, with why
             self.stats["deadletter_rejects"] += 1
-            log.warning("left out undecodable %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
-            return
+            log.warning("undecodable %s[%d]@%d stored raw in deadletter: %s", msg.topic(), msg.partition(),
+                        msg.offset(), error)
+            ts_type, ts = msg.timestamp()
+            return dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), "decode", error,
+                               AGENT, ts if ts_type else None, self.settings.deadletter_max_bytes)
         (self.dead_letters or self.dead_letter)(msg, "decode", error)
         self.stats["dead_letters"] += 1
+        return None
 
     def write_batch(self, messages: Iterable) -> int:
         """Decode and store one batch with its offsets in one transaction; returns rows written."""
@@ -106,9 +113,10 @@ class ViewsSink(BatchProcessor):
                 if record != self.specs[name].record:
                     raise DecodeError(f"expected a {self.specs[name].record} on {name}, got a {record}")
             except DecodeError as exc:
-                self._reject(msg, name, exc.reason)
-                rejected += 1
-                continue
+                value = self._reject(msg, name, exc.reason)
+                if value is None:
+                    rejected += 1
+                    continue
             for col in self.json_columns[name]:
                 value[col] = json.dumps(value[col], separators=(",", ":"),
                                         default=lambda v: v.hex() if isinstance(v, bytes) else str(v))

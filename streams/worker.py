@@ -35,16 +35,33 @@ class Processor(Protocol):
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict: ...
 
 
+UNKNOWN_NAMES = ("deadletter", "accept")
+
+
+def site_names(settings: Settings, site: Site):
+    """The sites and devices points and alarms may name: this site and every site file beside it;
+    None when ``settings.unknown_names`` is ``accept`` (every name is taken)."""
+    from opsloop.config.site import load_sites
+    from opsloop.models.names import SiteNames
+
+    if settings.unknown_names not in UNKNOWN_NAMES:
+        raise ValueError(f"OPSLOOP_UNKNOWN_NAMES: expected one of {', '.join(UNKNOWN_NAMES)}, "
+                         f"got {settings.unknown_names!r}")
+    if settings.unknown_names == "accept":
+        return None
+    return SiteNames(load_sites(settings.topology.parent, known=[site]).values())
+
+
 def _rollup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.rollup import RollupProcessor
 
-    return RollupProcessor(settings)
+    return RollupProcessor(settings, names=site_names(settings, site))
 
 
 def _anomaly(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.anomaly import AnomalyProcessor
 
-    return AnomalyProcessor(settings)
+    return AnomalyProcessor(settings, names=site_names(settings, site))
 
 
 def _views(settings: Settings, site: Site) -> Processor:
@@ -80,7 +97,7 @@ FaustRegister = Callable[["faust.App", Settings], None]
 def _dedup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.dedup import DedupProcessor
 
-    return DedupProcessor(settings)
+    return DedupProcessor(settings, names=site_names(settings, site))
 
 
 def _correlate(settings: Settings, site: Site) -> Processor:

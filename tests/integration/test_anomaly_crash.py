@@ -32,8 +32,9 @@ def values(series: int) -> list[float]:
 
 
 def point(series: int, i: int, value: float) -> dict:
-    return {"ts_ms": 1_700_000_000_000 + i * 60_000, "site": "demo", "device": f"pdu-{series}",
-            "device_type": "pdu", "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
+    device = f"rack-{'ab'[series // 8]}0{series % 8 + 1}"  # racks of the demo site: declared devices
+    return {"ts_ms": 1_700_000_000_000 + i * 60_000, "site": "demo", "device": device, "device_type": "pdu",
+            "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
 
 
 def worker_env(settings, **extra) -> dict:
@@ -58,7 +59,7 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
         ew = EarlyWarning()
         for i, v in enumerate(series_values[s]):
             if t := ew.update(v, point(s, i, v)["ts_ms"]):
-                expected.add((f"pdu-{s}", t.ts_ms, t.state))
+                expected.add((point(s, i, v)["device"], t.ts_ms, t.state))
     assert len(expected) >= SERIES * len(SPIKES)  # every spike raises (and most clear)
 
     # Small batches and frequent checkpoints, so the kill lands mid-stream after some checkpoints.

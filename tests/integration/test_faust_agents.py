@@ -87,7 +87,7 @@ def test_faust_agent_runs_beside_rollup_and_one_stop_ends_both(kafka_settings):
     prod = producer(kafka_settings)
     for minute in range(5):
         prod.produce(kafka_settings.topic("telemetry.raw"), key=b"gm", value=codec.encode("TelemetryPoint", {
-            "ts_ms": base + minute * 60_000, "site": "s1", "device": "gm", "device_type": "grid_meter",
+            "ts_ms": base + minute * 60_000, "site": "demo", "device": "grid-meter-1", "device_type": "grid_meter",
             "metric": "grid_kw", "value": 100.0 + minute, "unit": "kW", "source": "test"}))
     wait_delivered(prod)
 

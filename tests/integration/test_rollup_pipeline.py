@@ -64,22 +64,23 @@ def test_malformed_and_late_messages_reach_deadletter_and_the_stream_goes_on(kaf
     prod = producer(kafka_settings)
 
     def point(ts_ms, value):
-        return codec.encode("TelemetryPoint", {"ts_ms": ts_ms, "site": "s1", "device": "gm", "device_type": "grid_meter",
+        return codec.encode("TelemetryPoint", {"ts_ms": ts_ms, "site": "demo", "device": "grid-meter-1",
+                                               "device_type": "grid_meter",
                                                "metric": "grid_kw", "value": value, "unit": "kW", "source": "test"})
 
     base = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
     settings = kafka_settings.replace(grace_s=60)
     for minute in range(10):  # one key, so one partition and this order
-        prod.produce(topic, key=b"gm", value=point(base + minute * 60_000, 100.0 + minute))
+        prod.produce(topic, key=b"grid-meter-1", value=point(base + minute * 60_000, 100.0 + minute))
     wait_delivered(prod)
     first = worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]
     assert (first["snapshots"], first["dead_letters"]) == (10, 0)
 
     # A restarted rollup gets garbage, a point for the long-closed minute 0, a NaN, then minute 10.
-    prod.produce(topic, key=b"gm", value=b"not avro at all")
-    prod.produce(topic, key=b"gm", value=point(base + 30_000, 999.0))
-    prod.produce(topic, key=b"gm", value=point(base + 10 * 60_000, float("nan")))
-    prod.produce(topic, key=b"gm", value=point(base + 10 * 60_000, 110.0))
+    prod.produce(topic, key=b"grid-meter-1", value=b"not avro at all")
+    prod.produce(topic, key=b"grid-meter-1", value=point(base + 30_000, 999.0))
+    prod.produce(topic, key=b"grid-meter-1", value=point(base + 10 * 60_000, float("nan")))
+    prod.produce(topic, key=b"grid-meter-1", value=point(base + 10 * 60_000, 110.0))
     wait_delivered(prod)
     second = worker.run(settings, ["rollup"], exit_when_idle=True)["rollup"]
     assert (second["snapshots"], second["dead_letters"], second["points"]) == (1, 3, 1)

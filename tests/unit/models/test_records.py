@@ -22,6 +22,25 @@ def test_dead_letter_encodes_and_keeps_the_message_whole():
     assert roundtrip("DeadLetter", bare)["message_ts_ms"] is None
 
 
+def test_dead_letter_of_a_large_message_is_cut_to_the_cap_with_sizes_and_hashes():
+    import hashlib
+
+    key, value = b"k" * 5000, bytes(range(256)) * 4096  # a 5 kB key and a 1 MiB value
+    record = dead_letter("t.telemetry.raw", 0, 7, key, value, "decode", "x" * 10_000, "rollup", max_bytes=65_536)
+    assert roundtrip("DeadLetter", record) == record
+    assert record["truncated"] and len(record["key"]) == 1024 and len(record["key"]) + len(record["value"]) == 65_536
+    assert record["value"] == value[:len(record["value"])] and record["key"] == key[:1024]
+    assert (record["key_size"], record["value_size"]) == (5000, len(value))
+    assert record["value_sha256"] == hashlib.sha256(value).hexdigest()
+    assert record["key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert len(record["error"]) == 2000  # a reason is text for people
+    whole = dead_letter("x", 0, 0, b"k", b"v", "unknown", "no such site", "dedup")
+    assert not whole["truncated"] and (whole["key"], whole["value"], whole["value_size"]) == (b"k", b"v", 1)
+    nothing = dead_letter("x", 0, 0, key, value, "undeliverable", "too large", "rollup", max_bytes=0)
+    assert nothing["truncated"] and (nothing["key"], nothing["value"]) == (b"", b"")
+    assert nothing["value_sha256"] == record["value_sha256"]
+
+
 def test_alarm_encodes_with_defaults_and_attributes():
     raised = alarm(5, "demo", "ups-1", "ups", "opsloop.test", "U1", "on battery")
     assert roundtrip("Alarm", raised) == raised

@@ -134,3 +134,23 @@ def test_no_watermark_until_every_partition_has_been_heard_from():
     assert w.value is None
     w.observe(2, 3_000)
     assert w.value == 3_000
+
+
+def test_huge_values_are_refused_so_no_snapshot_carries_a_non_finite_number():
+    import math
+
+    from opsloop.models.rollup import MAX_MAGNITUDE, Invalid, fold
+
+    r, w = SiteRollup(60, 0), PartitionWatermark([0])
+    point = {"site": "s", "device": "gm", "metric": "grid_kw", "ts_ms": 0}
+    for value in (1e308, -1e308, MAX_MAGNITUDE * 1.01, float("inf"), float("-inf"), float("nan")):
+        rejected = fold(r, w, {**point, "value": value}, 0, 0)
+        assert isinstance(rejected, Invalid) and "gm" in rejected.reason
+    assert r.open_windows == 0 and w.value is None  # a refused point changes nothing
+    for device in ("gm-1", "gm-2"):  # the largest accepted values, summed, stay finite
+        assert fold(r, w, {**point, "device": device, "value": MAX_MAGNITUDE}, 0, 1) is None
+    r.add("s", "fm", "facility_kw", 1e3, 0)
+    r.add("s", "pdu", "it_kw", 5e-324, 0)  # facility / IT would overflow: no PUE rather than inf
+    (snap,) = r.flush()
+    assert snap["grid_kw"] == 2 * MAX_MAGNITUDE and snap["pue"] is None
+    assert all(math.isfinite(v) for v in snap.values() if isinstance(v, float))

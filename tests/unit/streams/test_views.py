@@ -192,13 +192,26 @@ def test_malformed_message_goes_to_dead_letters_and_the_batch_goes_on(settings, 
     assert sink.stats["dead_letters"] == 2
 
 
-def test_undecodable_dead_letter_is_not_sent_back(settings, caplog):
+def test_undecodable_dead_letter_is_stored_raw_with_its_reason_not_sent_back(settings, caplog):
     letters = []
     sink = ViewsSink(settings, dead_letters=lambda *a: letters.append(a))
-    assert sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, b"\x00junk")]) == 0
-    assert letters == [] and sink.stats["deadletter_rejects"] == 1
+    big = b"\x00junk" + bytes(settings.deadletter_max_bytes)
+    alarm = Codec.default().encode("Alarm", {"ts_ms": T0, "site": "demo", "device": "ups-1", "device_type": "ups",
+                                             "source": "test", "code": "U1", "severity": "info", "state": "raise",
+                                             "text": "on battery", "attributes": {}})
+    assert sink.write_batch([Msg(PREFIX + "deadletter", 0, 0, b"\x00junk", ts=T0),
+                             Msg(PREFIX + "deadletter", 0, 1, big, key=b"k", ts=T0),
+                             Msg(PREFIX + "deadletter", 1, 0, alarm, ts=T0)]) == 3
+    assert letters == [] and sink.stats["deadletter_rejects"] == 3
     assert "undecodable" in caplog.text
-    assert offsets(sink.con) == {("t.deadletter", 0): 1}
+    assert offsets(sink.con) == {("t.deadletter", 0): 2, ("t.deadletter", 1): 1}
+    rows = sink.con.execute('SELECT "partition", "offset", error_kind, agents, value_bytes, truncated, error '
+                            'FROM v_deadletter ORDER BY "partition", "offset"').fetchall()
+    assert [r[:6] for r in rows] == [(0, 0, "decode", "views", 5, False), (0, 1, "decode", "views", len(big), True),
+                                     (1, 0, "decode", "views", len(alarm), False)]
+    assert "shorter than" in rows[0][6] and "expected a DeadLetter" in rows[2][6]
+    kept, = sink.con.execute('SELECT octet_length(value) FROM deadletter WHERE "offset" = 1').fetchone()
+    assert kept == settings.deadletter_max_bytes - 1  # the key takes its byte of the cap
 
 
 def test_dead_letter_records_show_in_v_deadletter(settings):

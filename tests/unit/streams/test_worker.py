@@ -63,3 +63,33 @@ def test_run_rejects_unknown_and_clashing_names_before_starting_anything(faust_r
         worker.run(None, ["nope"])
     with pytest.raises(ValueError, match="name both"):
         worker.run(None, [], faust_agents={"views": _register})
+
+
+def test_site_names_cover_every_site_file_beside_the_worker_s_and_can_be_turned_off(tmp_path):
+    from opsloop.config.settings import Settings
+    from opsloop.config.site import load_site
+
+    (tmp_path / "a.yaml").write_text("site: {id: a}\ness: [{id: ess-a, capacity_kwh: 1, pcs_charge_kw: 1, "
+                                     "pcs_discharge_kw: 1}]\n")
+    (tmp_path / "b.yaml").write_text("site: {id: b}\n")  # no device list: any device of b
+    settings = Settings(topology=tmp_path / "a.yaml")
+    names = worker.site_names(settings, load_site(settings.topology))
+    assert names.check("a", "ess-a") is None and names.check("b", "meter-7") is None
+    assert "'ess-b'" in names.check("a", "ess-b") and "'c'" in names.check("c", "ess-a")
+    assert worker.site_names(settings.replace(unknown_names="accept"), load_site(settings.topology)) is None
+    with pytest.raises(ValueError, match="OPSLOOP_UNKNOWN_NAMES"):
+        worker.site_names(settings.replace(unknown_names="maybe"), load_site(settings.topology))
+
+
+def test_dedup_checks_outside_alarms_and_trusts_opsloop_s_own(tmp_path):
+    from opsloop.config.settings import Settings
+    from opsloop.config.site import load_site
+    from opsloop.models.records import alarm
+    from opsloop.streams.dedup import DedupProcessor
+
+    settings = Settings(data_dir=tmp_path)
+    dedup = DedupProcessor(settings, names=worker.site_names(settings, load_site(settings.topology)))
+    assert dedup.unknown(alarm(1, "demo", "ups-a", "ups", "bms", "UPS_ON_BATTERY", "on battery")) is None
+    assert "'ups-z'" in dedup.unknown(alarm(1, "demo", "ups-z", "ups", "bms", "UPS_ON_BATTERY", "on battery"))
+    # the Slurm sink's alarm about its action target "slurm" is opsloop's own
+    assert dedup.unknown(alarm(1, "demo", "slurm", "slurm", "opsloop.slurm-sink", "ACTION_VERIFY_FAILED", "x")) is None
