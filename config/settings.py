@@ -62,6 +62,9 @@ class Settings:
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
     noc_port: int = 8088  # `opsloop noc` HTTP port
     noc_operator: str = "noc operator"  # the name `opsloop noc` puts on approvals and rejections
+    # Secrets, never shown (repr=False) nor logged; parsed by models.signing.Keyring:
+    verdict_key: str = field(default="", repr=False)  # kid:secret[,...]: the guard signs verdicts, the sinks verify
+    feedback_key: str = field(default="", repr=False)  # kid:secret[,...]: the NOC signs Feedback, the guard verifies
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -30,6 +30,7 @@ from opsloop.streams.views import ViewsSink
 from opsloop.connectors.kafka import producer, send_record, wait_delivered
 from opsloop.ops.noc_view import FEEDBACK_KINDS, FEEDBACK_PATH, Screen, render_page
 from opsloop.config.settings import Settings
+from opsloop.models.signing import sign_feedback
 from opsloop.schemas.codec import Codec
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class FeedbackSender:
     def send(self, action_id: str, kind: str, operator: str, ts_ms: int) -> None:
         record = {"target_id": action_id, "kind": kind, "operator": operator, "ts_ms": ts_ms,
                   "comment": "from the NOC"}
+        record = sign_feedback(record, self.settings.feedback_key)  # the guard answers only the NOC's signed feedback
         with self._lock:
             if self._prod is None:
                 self._prod = producer(self.settings)
