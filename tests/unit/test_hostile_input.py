@@ -251,14 +251,19 @@ def test_every_text_on_the_noc_page_is_escaped(s, action_id):
 
 @settings(max_examples=300, **FAST)
 @given(notice=hostile)
-def test_the_noc_query_parameters_are_escaped(notice):
-    CASES["NOC query parameter (notice)"] += 1
-    query = urlencode({"notice": notice, "x": notice})
-    value = parse_qs(query).get("notice", [None])[0]  # as the NOC's GET handler reads it
+def test_the_noc_query_and_form_parameters_are_escaped(notice):
+    CASES["NOC query and form parameters (notice, action_id, kind)"] += 1
+    query = urlencode({"notice": notice, "action_id": notice, "kind": notice})
+    form = parse_qs(query)  # as the NOC's handlers read the query string and the form body
+    value = form.get("notice", [None])[0]
     page = render_page(Screen(), operator="ana", source="db", notice=value)
     plain = render_page(Screen(), operator="ana", source="db", notice="x" if value else None)
     if Structure(page).tags != Structure(plain).tags:
         injected(f"notice {notice!r} changed the page")
+    action_id, kind = form.get("action_id", [""])[0], form.get("kind", [""])[0]
+    error = render_page(None, operator="ana", source="db", error=f"Bad feedback: action {action_id!r}, kind {kind!r}.")
+    if Structure(error).tags != Structure(render_page(None, operator="ana", source="db", error="x")).tags:
+        injected(f"form field {notice!r} changed the error page")
 
 
 # -- files ----------------------------------------------------------------------------------------------------
