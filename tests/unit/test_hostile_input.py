@@ -67,7 +67,8 @@ def injected(what: str) -> None:
     raise AssertionError(f"injection: {what}")
 
 
-FAST = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = dict(deadline=None, derandomize=True,  # the same cases on every run
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 # -- commands -------------------------------------------------------------------------------------------------
