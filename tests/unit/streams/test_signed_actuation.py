@@ -225,3 +225,42 @@ def test_no_secret_in_logs_exceptions_or_records(tmp_path, caplog, sink, guard):
         assert not any(secret in e for e in errors)
         assert not any(secret.encode() in e for e in encoded)
         assert secret not in repr(sink.settings) and secret not in repr(guard.settings)
+
+
+class FakeSlurm:
+    name = "fake"
+
+    def __init__(self):
+        self.acted = []
+
+    def check(self, command):
+        pass
+
+    def jobs(self):
+        return []
+
+    def act(self, command, job_id):
+        self.acted.append((command, job_id))
+
+
+def test_the_slurm_sink_undoes_early_only_for_the_same_proposer_and_target(tmp_path):
+    from opsloop.connectors.slurm import SlurmError
+    from opsloop.streams.slurm_sink import SlurmSink
+
+    backend = FakeSlurm()
+    sink = SlurmSink(settings(tmp_path), POLICY, backend=backend)
+    try:
+        hold = action("hold-1", "slurm_hold")
+        sink.ledger.start(hold)
+        sink.ledger.finish("hold-1", EXECUTED, action_result(hold, "executed", "held 12", "", "slurm-sink", 1),
+                           [["slurm_release", "12"]])
+        forged = action("rel-x", "slurm_release", proposer="mallory", params={"partitions": "batch",
+                                                                              "undo_of": "hold-1"})
+        with pytest.raises(SlurmError, match="another proposer or target"):
+            sink.execute(forged)
+        assert backend.acted == []
+        state, record, _ = sink.execute(action("rel-1", "slurm_release", params={"partitions": "batch",
+                                                                                 "undo_of": "hold-1"}))
+        assert state == EXECUTED and backend.acted == [("release", "12")]
+    finally:
+        sink.close()
