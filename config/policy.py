@@ -93,12 +93,24 @@ POLICY_SCHEMA: dict = {
 }
 
 
+MAX_PROBLEM_CHARS = 300
+
+
+def clip(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out.
+
+    >>> clip("x" * 400, 10)
+    'xxxxxxxxxx… (390 more characters)'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 class PolicyError(ValueError):
     """The policy document is invalid; ``problems`` holds one line per problem (path: what is wrong)."""
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid policy:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = [clip(p) for p in problems]  # a hostile file's huge value is named, not echoed whole
+        super().__init__("invalid policy:\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
 @dataclass(frozen=True)

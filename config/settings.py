@@ -71,6 +71,9 @@ class Settings:
     noc_tls_key: Path | None = None  # PEM private key of that certificate
     noc_session_hours: float = 8.0  # a NOC session ends this long after login
     noc_idle_minutes: float = 30.0  # ... or after this long without a request
+    # Secrets, never shown (repr=False) nor logged; parsed by models.signing.Keyring:
+    verdict_key: str = field(default="", repr=False)  # kid:secret[,...]: the guard signs verdicts, the sinks verify
+    feedback_key: str = field(default="", repr=False)  # kid:secret[,...]: the NOC signs Feedback, the guard verifies
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -36,7 +36,12 @@ STREAM_KEYS = ("device", "device_type", "metric", "unit", "column", "scale", "of
 
 
 class SiteError(ValueError):
-    """A site file is unusable; the message names the file and the entry."""
+    """A site file is unusable; the message names the file and the entry (a huge value is cut, never echoed
+    whole)."""
+
+    def __init__(self, message: str):
+        super().__init__(message if len(message) <= 600 else f"{message[:600]}… ({len(message) - 600} more "
+                                                              f"characters)")
 
 
 @dataclass(frozen=True)

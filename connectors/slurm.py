@@ -56,7 +56,8 @@ def parse_gpus(tres: str) -> int:
 def parse_squeue(text: str) -> list[Job]:
     """Rows of ``squeue -h -O JobID:|,Partition:|,...,Name:`` (the name last: it may contain the separator)."""
     jobs = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a job name with \x1e, \x85 or \u2028 must not start a new row
+        line = line.removesuffix("\r")
         parts = line.split("|", len(FIELDS) - 1)
         if len(parts) < len(FIELDS) - 1:
             continue

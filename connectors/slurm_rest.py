@@ -133,7 +133,7 @@ class RestBackend:
     def act(self, command: str, job_id: str) -> None:
         self.check(command)
         check_job_id(job_id)
-        target = self._numeric.get(job_id, job_id)
+        target = check_job_id(self._numeric.get(job_id, job_id))  # the server's id too: only digits reach the URL
         if "_" in target:  # never act on a whole array for one task
             raise SlurmError(f"array task {job_id} not in the last job listing; list jobs first")
         if command == "cancel":

@@ -28,6 +28,14 @@ resumes spend nothing and give nothing back: the budget bounds the disruption
 approved per window, and an early release does not undo a requeue or the time
 a job already lost.
 
+Early undos: a ``slurm_release`` / ``slurm_resume`` naming ``params.undo_of`` is
+rejected unless it undoes a shedding action the guard approved, of the kind it
+undoes, proposed by the same proposer for the same target and site
+(``undo_problems``; ``PlantState.approved`` holds the guard's approved actions).
+``feedback_problem`` is the guard's pure check on an operator's answer: signed by
+the NOC, for an action waiting now (never kept for later), given after it was
+proposed and before the request lapsed, the first answer only.
+
 >>> from opsloop.config.policy import Policy, PcsLimits, SlurmLimits, KindRule
 >>> policy = Policy(1, 600, PcsLimits(4000, 2500, 15, 80, 3600, 95),
 ...                 SlurmLimits(("batch",), ("inference",), 10, 40, 3600), {"pcs_discharge": KindRule("auto")})
@@ -92,12 +100,25 @@ TOO_MANY_JOBS = "too_many_jobs"
 OVER_MAX_HOLD = "over_max_hold"
 OVER_GPU_HOURS = "over_gpu_hours"
 OVER_BUDGET = "over_budget"  # this action and the window's approvals together exceed a per-event limit
+UNDO_NOT_APPROVED = "undo_not_approved"  # params.undo_of names no action the guard approved
+UNDO_NOT_OWNER = "undo_not_owner"  # the action undone was proposed by another proposer, or for another target
+UNDO_KIND_MISMATCH = "undo_kind_mismatch"  # a release undoes a hold or requeue, a resume a suspend; nothing else
 REASON_CODES = frozenset({
     WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
     OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
     INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
     PROTECTED_PARTITION, UNTOUCHABLE_PARTITION, INVALID_PARAMS, TOO_MANY_JOBS, OVER_MAX_HOLD, OVER_GPU_HOURS,
-    OVER_BUDGET})
+    OVER_BUDGET, UNDO_NOT_APPROVED, UNDO_NOT_OWNER, UNDO_KIND_MISMATCH})
+
+# Why the guard ignores an operator's answer (logged and counted; no verdict changes):
+FEEDBACK_UNAUTHENTIC = "feedback_unauthentic"  # not signed with the NOC's key
+FEEDBACK_UNKNOWN_ACTION = "feedback_unknown_action"  # no such action yet: never kept for later
+FEEDBACK_REPLAY = "feedback_replay"  # the action was already answered (or decided without asking)
+FEEDBACK_BEFORE_ACTION = "feedback_before_action"  # given before the action was proposed
+FEEDBACK_LATE = "feedback_late"  # after the approval request lapsed or the action expired
+FEEDBACK_CODES = frozenset({FEEDBACK_UNAUTHENTIC, FEEDBACK_UNKNOWN_ACTION, FEEDBACK_REPLAY, FEEDBACK_BEFORE_ACTION,
+                            FEEDBACK_LATE})
+UNDOES = {"slurm_release": ("slurm_hold", "slurm_requeue"), "slurm_resume": ("slurm_suspend",)}
 
 
 class Reason(NamedTuple):
@@ -143,6 +164,8 @@ class PlantState:
     ess: EssState | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
     slurm_spent: tuple[SlurmSpend, ...] = ()  # recent approvals; the caller may pass more than the window
+    approved: Mapping[str, Mapping] = field(default_factory=dict)  # actions the guard approved, by id (at least
+    # the one a release or resume names in params.undo_of)
 
 
 @dataclass(frozen=True)
@@ -331,6 +354,69 @@ def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable
     return problems
 
 
+def undo_problems(action: Mapping, approved: Mapping[str, Mapping]) -> list[Reason]:
+    """A release or resume naming ``params.undo_of`` may only undo a shedding action the guard approved, proposed
+    by the same proposer for the same target and site.
+
+    >>> hold = {"action_id": "h1", "kind": "slurm_hold", "target": "c1", "site": "s", "proposer": "peaks"}
+    >>> release = {"action_id": "r1", "kind": "slurm_release", "target": "c1", "site": "s", "proposer": "peaks",
+    ...            "params": {"undo_of": "h1"}}
+    >>> undo_problems(release, {"h1": hold})
+    []
+    >>> [r.code for r in undo_problems({**release, "proposer": "mallory"}, {"h1": hold})]
+    ['undo_not_owner']
+    >>> [r.code for r in undo_problems(release, {})]
+    ['undo_not_approved']
+    """
+    undo_of = action.get("params", {}).get("undo_of")
+    if action["kind"] not in SLURM_UNDO or undo_of is None:
+        return []
+    original = approved.get(undo_of)
+    if original is None:
+        return [Reason(UNDO_NOT_APPROVED, f"undo_of names {str(undo_of)[:80]!r}, not an action the guard approved")]
+    problems = []
+    if any(original.get(k) != action.get(k) for k in ("proposer", "target", "site")):
+        problems.append(Reason(UNDO_NOT_OWNER, f"undo_of {original['action_id']} belongs to another proposer or "
+                                               f"target; only its own proposer may undo it early"))
+    if original.get("kind") not in UNDOES[action["kind"]]:
+        problems.append(Reason(UNDO_KIND_MISMATCH, f"{action['kind']} cannot undo a {original.get('kind')}"))
+    return problems
+
+
+def feedback_problem(feedback: Mapping, pending: Mapping | None, deadline_ms: int | None, decided: bool,
+                     authentic: bool, now_ms: int) -> Reason | None:
+    """Why the guard must ignore an operator's answer; None when it answers ``pending`` with it.
+
+    ``pending``: the action waiting for this answer (None if none waits); ``decided``: the guard has a verdict
+    on that id; ``authentic``: the record carries the NOC's valid signature.
+
+    >>> act = {"action_id": "a1", "created_ms": 1000, "expires_ms": 9000}
+    >>> fb = {"target_id": "a1", "kind": "approve_action", "ts_ms": 2000}
+    >>> feedback_problem(fb, act, 5000, True, True, now_ms=3000) is None
+    True
+    >>> feedback_problem(fb, None, None, False, True, now_ms=3000).code
+    'feedback_unknown_action'
+    >>> feedback_problem(fb, None, None, True, True, now_ms=3000).code
+    'feedback_replay'
+    >>> feedback_problem(fb, act, 5000, True, False, now_ms=3000).code
+    'feedback_unauthentic'
+    >>> feedback_problem(fb, act, 5000, True, True, now_ms=5000).code
+    'feedback_late'
+    """
+    if not authentic:
+        return Reason(FEEDBACK_UNAUTHENTIC, "not signed with the NOC's feedback key")
+    if pending is None:
+        if decided:
+            return Reason(FEEDBACK_REPLAY, "the action was already answered or needs no approval")
+        return Reason(FEEDBACK_UNKNOWN_ACTION, "no such action is waiting; feedback is never kept for later")
+    if feedback["ts_ms"] < pending["created_ms"]:
+        return Reason(FEEDBACK_BEFORE_ACTION, "given before the action was proposed")
+    deadline = pending["expires_ms"] if deadline_ms is None else min(deadline_ms, pending["expires_ms"])
+    if now_ms >= deadline or feedback["ts_ms"] >= deadline:
+        return Reason(FEEDBACK_LATE, "given after the approval request lapsed or the action expired")
+    return None
+
+
 def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, operator: str | None = None) -> Decision:
     """The verdict on ``action`` now; ``operator`` is set when an operator has approved it."""
     kind = action["kind"]
@@ -340,7 +426,7 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
     if kind in PCS_KINDS:
         problems = pcs_problems(action, state.ess, policy, now_ms)
     elif kind.startswith("slurm_"):
-        problems = slurm_problems(action, policy, now_ms, state.slurm_spent)
+        problems = slurm_problems(action, policy, now_ms, state.slurm_spent) + undo_problems(action, state.approved)
     else:
         problems = [Reason(UNKNOWN_KIND, f"unknown action kind {kind!r}")]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):

@@ -6,10 +6,15 @@ power in ``telemetry.site``; a Slurm suspension that sheds GPU power waits for
 an approval, which the demo's "operator" gives on ``operator.feedback``, then is
 executed on the local Slurm, verified from the job states and undone when it
 expires; an action on a protected partition is rejected with its reason.
+
+The guard signs its verdicts and the demo's operator its approvals; without
+``OPSLOOP_VERDICT_KEY`` and ``OPSLOOP_FEEDBACK_KEY`` the demo makes random keys that
+live only as long as the run (``with_run_keys``).
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import threading
 import time
@@ -19,6 +24,13 @@ from opsloop.config.settings import Settings
 
 SAFETY_NET_S = 120.0
 SLURM_LIFE_S = 20
+
+
+def with_run_keys(settings: Settings) -> Settings:
+    """``settings`` with a random verdict and feedback key where none is set: for one process running the guard,
+    the sinks and an operator together (demo, bench); a real deployment sets both keys."""
+    return settings.replace(verdict_key=settings.verdict_key or f"run:{secrets.token_hex(32)}",
+                            feedback_key=settings.feedback_key or f"run:{secrets.token_hex(32)}")
 
 
 def _submit(cluster, partition: str, gpus: int, name: str) -> str:
@@ -48,6 +60,7 @@ def run_actuation_demo(settings: Settings) -> int:
     from opsloop.config.policy import load_policy
     from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm, SlurmSetupError
+    from opsloop.models.signing import sign_feedback
     from opsloop.schemas.codec import Codec
     from opsloop.streams.guard import GuardProcessor
     from opsloop.streams.rollup import RollupProcessor
@@ -55,7 +68,7 @@ def run_actuation_demo(settings: Settings) -> int:
     work = settings.data_dir / "actuation"
     shutil.rmtree(work / "ledger", ignore_errors=True)
     (work / "guard.sqlite").unlink(missing_ok=True)
-    run = settings.replace(data_dir=work, window_s=5, grace_s=1, verify_window_s=30.0,
+    run = with_run_keys(settings).replace(data_dir=work, window_s=5, grace_s=1, verify_window_s=30.0,
                            app_id=f"opsloop-demo-{uuid.uuid4().hex[:6]}")
     policy = load_policy(run.policy)
     site = load_site(run.topology)
@@ -141,7 +154,7 @@ def run_actuation_demo(settings: Settings) -> int:
                         feedback = {"target_id": action["action_id"], "kind": "approve_action",
                                     "operator": "demo operator", "ts_ms": int(time.time() * 1000),
                                     "comment": "peak shaving approved"}
-                        send_record(prod, run, "operator.feedback", feedback, codec)
+                        send_record(prod, run, "operator.feedback", sign_feedback(feedback, run.feedback_key), codec)
                         wait_delivered(prod)
                         print(f"  {at:5.1f}s {'operator':<10} {action['action_id']:<13} approves on operator.feedback")
                     continue

@@ -48,6 +48,7 @@ from opsloop.ops.noc_auth import (LOGIN_COOKIE, MAX_BODY, NAME_RE, SECURITY_HEAD
 from opsloop.ops.noc_view import (CSRF_FIELD, FEEDBACK_KINDS, FEEDBACK_PATH, LOGIN_PATH, LOGOUT_PATH, STYLE,
                                   STYLE_PATH, Screen, Viewer, login_page, render_page)
 from opsloop.config.settings import Settings
+from opsloop.models.signing import SigningError, sign_feedback
 from opsloop.schemas.codec import Codec
 
 log = logging.getLogger(__name__)
@@ -542,7 +543,7 @@ class NocHandler(BaseHTTPRequestHandler):
             self._page(HTTPStatus.SERVICE_UNAVAILABLE, session, user, error=f"Nothing sent. {exc}")
             return
         if state is None or state[0] != "needs_approval" or state[1]:
-            # the guard keeps early feedback for ids it has not seen: never send one for an unknown action
+            # the guard ignores feedback for an action that is not waiting: say so rather than send it
             self._page(HTTPStatus.CONFLICT, session, user,
                        error=f"Nothing sent: action {action_id} is not waiting for approval "
                              f"(verdict {state and state[0]}, result {state and state[1]}).")
@@ -550,9 +551,13 @@ class NocHandler(BaseHTTPRequestHandler):
         now = int(time.time() * 1000)
         audit = audit_record(kind, user.name, self._client(), role=user.role.label, target=action_id, ts_ms=now)
         log.info("audit: %s by %s (%s) on %s from %s", kind, user.name, user.role.label, action_id, self._client())
+        try:  # the guard answers only the NOC's signed feedback
+            feedback = sign_feedback(feedback_record(action_id, kind, user.name, now), self.server.settings.feedback_key)
+        except SigningError as exc:
+            self._page(HTTPStatus.SERVICE_UNAVAILABLE, session, user, error=f"Nothing sent. {exc}")
+            return
         try:  # the approval and its audit record, acked together
-            self.server.outbox.send([("operator.feedback", feedback_record(action_id, kind, user.name, now)),
-                                     ("noc.audit", audit)])
+            self.server.outbox.send([("operator.feedback", feedback), ("noc.audit", audit)])
         except Exception as exc:  # the broker is down or slow: say so, the operator can retry
             self._page(HTTPStatus.BAD_GATEWAY, session, user, error=f"Could not send {kind} for {action_id}: {exc}")
             return

@@ -32,8 +32,15 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = len(MARKER) + 8
+# The largest record encoded or decoded: the producers' default message.max.bytes (1,000,000) with room for the
+# key and headers; a bigger one is refused here with a clear error, not by the broker after a retry loop.
+MAX_RECORD_BYTES = 1_000_000
 SCHEMA_DIR = Path(__file__).resolve().parent
 NAMESPACE = "io.opsloop"
+
+
+class RecordTooLarge(ValueError):
+    """A record whose encoding exceeds ``MAX_RECORD_BYTES``."""
 
 
 class DecodeError(ValueError):
@@ -119,18 +126,24 @@ class Codec:
             raise KeyError(f"no schema named {record!r}; known: {', '.join(self.records)}") from None
 
     def encode(self, record: str, value: dict) -> bytes:
-        """Encode with the current schema of ``record``; raises ValueError on a bad value."""
+        """Encode with the current schema of ``record``; raises ValueError on a bad value, ``RecordTooLarge``
+        beyond ``MAX_RECORD_BYTES``."""
         writer = self.schema(record)
         out = io.BytesIO()
         out.write(MARKER)
         out.write(writer.fingerprint)
         fastavro.schemaless_writer(out, writer.parsed, value)
+        if out.tell() > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"{record} record of {out.tell():,} bytes exceeds the {MAX_RECORD_BYTES:,}-byte "
+                                 "limit; refused")
         return out.getvalue()
 
     def decode(self, data: bytes | None) -> tuple[str, dict]:
         """Decode any opsloop message; returns (record name, value in the current schema)."""
         if data is None:
             raise DecodeError("empty message (null value)")
+        if len(data) > MAX_RECORD_BYTES:
+            raise DecodeError(f"message of {len(data):,} bytes exceeds the {MAX_RECORD_BYTES:,}-byte record limit")
         if len(data) < HEADER_LEN:
             raise DecodeError(f"message of {len(data)} bytes is shorter than the {HEADER_LEN}-byte header")
         if data[:2] != MARKER:

@@ -9,6 +9,13 @@ ledger (``connectors.ledger``): claim the id, execute, record the result, publis
 only after that. After each batch ``housekeeping`` runs (verification, undo at expiry).
 Subclasses implement ``execute`` and ``reconcile`` (an action found ``started`` after a
 crash) and may override ``housekeeping`` and ``settled``.
+
+A sink executes only verdicts the guard wrote: before the ledger is touched, an
+``approved`` verdict of its kinds must carry the guard's valid signature
+(``OPSLOOP_VERDICT_KEY``), name the policy version the sink runs with and be unexpired
+(``models.signing.verdict_problems``). Anything else is refused without claiming its id:
+an ``ActionResult`` ``rejected`` with the reason, a major ``ACTION_REFUSED`` alarm, a
+dead letter (``invalid``) and a log line.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from typing import Callable
 from opsloop.config.policy import Policy
 from opsloop.config.settings import Settings
 from opsloop.connectors.ledger import EXECUTED, FAILED, Ledger
-from opsloop.models.records import action_result
+from opsloop.models.records import action_alarm, action_result
+from opsloop.models.signing import Keyring, verdict_problems
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
@@ -31,6 +39,7 @@ class ActuatorSink(BatchProcessor):
     name = "actuator"
     source = "actions.approved"
     kinds: tuple[str, ...] = ()
+    device_type = "actuator"  # on the alarms it raises
     poll_s = 0.1
     batch_size = 100
     wake_on_first = True  # an approved action waits for no batch to fill
@@ -42,10 +51,13 @@ class ActuatorSink(BatchProcessor):
     def __init__(self, settings: Settings, policy: Policy, clock: Callable[[], float] = time.time):
         super().__init__(settings)
         self.policy = policy
+        self.verdict_keys = Keyring.parse(settings.verdict_key, "OPSLOOP_VERDICT_KEY")
+        if not self.verdict_keys:
+            raise ValueError(f"{self.name} executes only verdicts signed by the guard: set OPSLOOP_VERDICT_KEY")
         self.wall_clock = clock  # wall clock of the connector layer: expiry, verification deadlines
         self.ledger = Ledger(settings.data_dir / "ledger" / f"{self.name}.sqlite")
         self.stats = {"executed": 0, "failed": 0, "skipped_duplicates": 0, "reconciled": 0, "ignored": 0,
-                      "dead_letters": 0, "verified": 0, "reverted": 0}
+                      "dead_letters": 0, "verified": 0, "reverted": 0, "refused": 0}
         self.on_result: Callable[[dict], None] | None = None  # tests and the demo watch results as they go
 
     def now_ms(self) -> int:
@@ -79,7 +91,26 @@ class ActuatorSink(BatchProcessor):
         except DecodeError as exc:
             self.dead_letter(msg, "decode", exc.reason)
             return
+        if approved["verdict"] == "approved" and approved["action"]["kind"] in self.kinds:
+            problems = verdict_problems(approved, self.verdict_keys, self.policy.label, self.now_ms())
+            if problems:
+                self.refuse(msg, approved, problems)
+                return
         self.act_on(approved)
+
+    def refuse(self, msg, approved: dict, problems: list) -> None:
+        """An approved verdict the guard did not write (or that no longer holds): nothing is executed."""
+        action, now = approved["action"], self.now_ms()
+        codes = ", ".join(p.code for p in problems)
+        why = "; ".join(p.text for p in problems)
+        self.stats["refused"] += 1
+        log.warning("%s: refused %s %r (%s): %s", self.name, action["kind"], action["action_id"][:120], codes, why)
+        self.dead_letter(msg, "invalid", f"refused verdict ({codes}): {why}")
+        self.publish(action_result(action, "rejected", "nothing done", f"refused by {self.name} ({codes}): {why}",
+                                   self.name, now))
+        self.raise_alarm(action_alarm(action, self.device_type, f"opsloop.{self.name}", "ACTION_REFUSED",
+                                      f"{action['kind']} {action['action_id'][:120]} refused ({codes}): {why}", now))
+        self.flush()
 
     def end_batch(self, messages: int, idle: bool) -> bool:
         return messages > 0  # commit what was acted on at once

@@ -8,13 +8,22 @@ Thin: decode, ask ``models.guard.decide``, emit. It reads four topics:
 * ``operator.feedback``: ``approve_action`` / ``reject_action`` on a pending
   action (by id). An approval re-checks every limit with the state at that
   moment. A request not answered before ``approval_deadline_ms`` lapses
-  (``rejected`` result). Feedback that arrives before its proposal is kept.
+  (``rejected`` result). Only feedback signed with the NOC's key
+  (``models.signing``), given after the action was proposed and before its
+  request lapsed, answers it, and only the first answer counts; anything else,
+  feedback for an action not (yet) proposed included, is ignored, logged with
+  its reason code (``models.guard.feedback_problem``) and never kept.
 * ``telemetry.site``: the latest ESS state of charge, health and power per site
   (the guard's view of the plant), and the observations for verification.
 * ``actions.results``: an ``executed`` PCS action is verified against the ESS
   power of the following site windows (``models.verify.judge_power``) within
   ``verify_window_s``; on failure the guard publishes ``failed``, an approved
   ``pcs_idle`` (the revert), ``reverted`` and an alarm on ``alarms.raw``.
+
+Every verdict is signed with the verdict key (``OPSLOOP_VERDICT_KEY``, required) after an
+Avro round trip, so the sinks verify exactly what they decode. A ``slurm_release`` or
+``slurm_resume`` naming ``params.undo_of`` is checked against the guard's own approved
+actions (``models.guard.undo_problems``).
 
 Decisions, pending approvals, verifications and the Slurm budget spent (the
 shedding actions approved per site within the policy's ``budget_window_s``,
@@ -29,15 +38,18 @@ deadlines and verifications are its ``housekeeping``.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from dataclasses import replace
 from typing import Callable
 
 from opsloop.models.records import action_alarm, action_result
 from opsloop.models.battery import Battery
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
                                   EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
-                                  revert_approval, slurm_charge)
+                                  feedback_problem, revert_approval, slurm_charge)
+from opsloop.models.signing import Keyring, feedback_authentic, sign_verdict
 from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_power
 from opsloop.config.settings import Settings
@@ -48,11 +60,11 @@ from opsloop.streams.processor import BatchProcessor
 INPUTS = {"actions.proposed": "Action", "operator.feedback": "Feedback", "telemetry.site": "SiteSnapshot",
           "actions.results": "ActionResult"}
 NAME = "guard"
+log = logging.getLogger("opsloop.guard")
 
 
 class GuardStore:
-    """Decided ids, pending approvals, early feedback, PCS verifications and Slurm budget spent, durable across
-    restarts."""
+    """Decided ids, pending approvals, PCS verifications and Slurm budget spent, durable across restarts."""
 
     def __init__(self, path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +74,6 @@ class GuardStore:
         self.db.executescript("""
             CREATE TABLE IF NOT EXISTS decided (action_id TEXT PRIMARY KEY, verdict TEXT, action TEXT);
             CREATE TABLE IF NOT EXISTS pending (action_id TEXT PRIMARY KEY, action TEXT, deadline_ms INTEGER);
-            CREATE TABLE IF NOT EXISTS feedback (action_id TEXT PRIMARY KEY, kind TEXT, operator TEXT);
             CREATE TABLE IF NOT EXISTS verifying (action_id TEXT PRIMARY KEY, action TEXT, since_ms INTEGER,
                                                   deadline_ms INTEGER, observed TEXT);
             CREATE TABLE IF NOT EXISTS slurm_spent (action_id TEXT PRIMARY KEY, site TEXT, approved_ms INTEGER,
@@ -87,13 +98,19 @@ class GuardProcessor(BatchProcessor):
     def __init__(self, settings: Settings, policy: Policy, site: Site, clock: Callable[[], float] = time.time):
         super().__init__(settings)
         self.policy = policy
+        self.verdict_keys = Keyring.parse(settings.verdict_key, "OPSLOOP_VERDICT_KEY")
+        if not self.verdict_keys:
+            raise ValueError("the guard signs its verdicts and the sinks execute no other: set OPSLOOP_VERDICT_KEY")
+        self.feedback_keys = Keyring.parse(settings.feedback_key, "OPSLOOP_FEEDBACK_KEY")
+        if not self.feedback_keys:
+            log.warning("guard: OPSLOOP_FEEDBACK_KEY is not set: no operator approval will be accepted")
         self.wall_clock = clock  # decisions, deadlines and verification windows
         self.store = GuardStore(settings.data_dir / "guard.sqlite")
         self.batteries = {site.id: Battery.from_spec(site.ess[0])} if site.ess else {}  # site → its first ESS
         self.ess: dict[str, EssState] = {}  # site → latest ESS state
         self.last_change: dict[str, int] = {}  # site → when the guard last approved a new PCS setpoint
         self.stats = {"proposed": 0, APPROVED: 0, NEEDS_APPROVAL: 0, REJECTED: 0, "operator_approved": 0,
-                      "lapsed": 0, "verified": 0, "verify_failed": 0, "dead_letters": 0}
+                      "lapsed": 0, "verified": 0, "verify_failed": 0, "dead_letters": 0, "feedback_ignored": 0}
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
@@ -105,7 +122,8 @@ class GuardProcessor(BatchProcessor):
         record = {"action": action, "verdict": verdict, "reasons": list(reasons),
                   "reason_codes": list(decision.reason_codes), "policy_version": self.policy.label,
                   "decided_ms": self.now_ms(), "approved_by": operator}
-        self.emit("actions.approved", record)
+        record = self.codec.decode_as("ApprovedAction", self.codec.encode("ApprovedAction", record))
+        self.emit("actions.approved", sign_verdict(record, self.verdict_keys))  # signed as the sinks decode it
         self.stats[verdict] += 1
         if verdict == REJECTED:
             self._emit_result(action_result(action, "rejected", "nothing done", "; ".join(reasons), NAME,
@@ -130,6 +148,17 @@ class GuardProcessor(BatchProcessor):
         if ess is not None:
             ess = EssState(**{**ess.__dict__, "last_change_ms": self.last_change.get(site)})
         return PlantState(ess, slurm_spent=self.slurm_spent(site))
+
+    def approved_action(self, action_id: str | None) -> dict[str, dict]:
+        """The action the guard approved under ``action_id``, by id (empty if none)."""
+        rows = self.store.rows("SELECT action FROM decided WHERE action_id = ? AND verdict = ?", action_id, APPROVED)
+        return {action_id: json.loads(rows[0][0])} if rows else {}
+
+    def state_for(self, action: dict) -> PlantState:
+        """The plant state for deciding ``action``: the site's, and the action it undoes if it names one."""
+        state = self.state(action["site"])
+        undo_of = action.get("params", {}).get("undo_of")
+        return replace(state, approved=self.approved_action(undo_of)) if undo_of is not None else state
 
     def slurm_spent(self, site: str) -> tuple[SlurmSpend, ...]:
         """The site's approvals still inside the budget window; older ones are pruned."""
@@ -157,12 +186,8 @@ class GuardProcessor(BatchProcessor):
         self.stats["proposed"] += 1
         if self.store.rows("SELECT 1 FROM decided WHERE action_id = ?", action["action_id"]):
             return  # decided before a restart: never twice
-        decision = decide(action, self.state(action["site"]), self.policy, self.now_ms())
+        decision = decide(action, self.state_for(action), self.policy, self.now_ms())
         if decision.verdict == NEEDS_APPROVAL:
-            early = self.store.rows("SELECT kind, operator FROM feedback WHERE action_id = ?", action["action_id"])
-            if early:
-                self._answer(action, *early[0])
-                return
             deadline = approval_deadline_ms(action, self.policy, self.now_ms())
             self.store.run("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", action["action_id"], json.dumps(action),
                            deadline)
@@ -173,7 +198,7 @@ class GuardProcessor(BatchProcessor):
         if kind == "reject_action":
             self._emit_verdict(action, operator_rejection(operator))
             return
-        decision = decide(action, self.state(action["site"]), self.policy, self.now_ms(), operator=operator)
+        decision = decide(action, self.state_for(action), self.policy, self.now_ms(), operator=operator)
         if decision.verdict == APPROVED:
             self.stats["operator_approved"] += 1
         self._emit_verdict(action, decision, operator if decision.verdict == APPROVED else None)
@@ -181,12 +206,18 @@ class GuardProcessor(BatchProcessor):
     def on_feedback(self, feedback: dict) -> None:
         if feedback["kind"] not in ("approve_action", "reject_action"):
             return  # alarm and incident labels are for other agents
-        rows = self.store.rows("SELECT action FROM pending WHERE action_id = ?", feedback["target_id"])
-        if rows:
-            self._answer(json.loads(rows[0][0]), feedback["kind"], feedback["operator"])
-        elif not self.store.rows("SELECT 1 FROM decided WHERE action_id = ?", feedback["target_id"]):
-            self.store.run("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", feedback["target_id"], feedback["kind"],
-                           feedback["operator"])
+        target = feedback["target_id"]
+        rows = self.store.rows("SELECT action, deadline_ms FROM pending WHERE action_id = ?", target)
+        pending, deadline = (json.loads(rows[0][0]), rows[0][1]) if rows else (None, None)
+        decided = bool(self.store.rows("SELECT 1 FROM decided WHERE action_id = ?", target))
+        authentic = feedback_authentic(feedback, self.feedback_keys) is None
+        problem = feedback_problem(feedback, pending, deadline, decided, authentic, self.now_ms())
+        if problem is not None:
+            self.stats["feedback_ignored"] += 1
+            log.warning("guard: %s for %r ignored (%s): %s", feedback["kind"], target[:120], problem.code,
+                        problem.text)
+            return
+        self._answer(pending, feedback["kind"], feedback["operator"])
 
     def on_result(self, record: dict) -> None:
         if record["status"] != "executed" or record["executor"] == NAME:

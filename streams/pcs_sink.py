@@ -23,6 +23,7 @@ MAX_REVERT_S = 65535  # a uint16 register
 class PcsSink(ActuatorSink):
     name = "pcs-sink"
     kinds = ("pcs_discharge", "pcs_charge", "pcs_idle")
+    device_type = "pcs"
 
     def __init__(self, settings, policy, site: Site, clock=None, targets: tuple[str, ...] | None = None):
         super().__init__(settings, policy, **({"clock": clock} if clock else {}))

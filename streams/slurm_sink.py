@@ -7,7 +7,8 @@ guard charged to the Slurm budget), records the plan and its undo in the
 ledger, acts, then verifies from the job states within ``verify_window_s``: ``verified``, or
 ``failed`` → undo, alarm, ``reverted``. At the action's expiry, or on a
 ``slurm_release``/``slurm_resume`` action with ``params.undo_of``, it undoes
-what it did. Protected partitions are filtered out twice: by the selection and
+what it did; an early undo only for the action's own proposer and target (the guard checks
+it too). Protected partitions are filtered out twice: by the selection and
 again right before each command.
 """
 
@@ -31,6 +32,7 @@ CHECK_EVERY_MS = 1000
 class SlurmSink(ActuatorSink):
     name = "slurm-sink"
     kinds = ("slurm_hold", "slurm_release", "slurm_requeue", "slurm_suspend", "slurm_resume")
+    device_type = "slurm"
 
     def __init__(self, settings, policy, backend=None, clock=None):
         super().__init__(settings, policy, **({"clock": clock} if clock else {}))
@@ -49,7 +51,10 @@ class SlurmSink(ActuatorSink):
         if kind in ("slurm_release", "slurm_resume") and undo_of:
             entry = self.ledger.get(undo_of)
             if entry is None or not entry.undo:
-                raise SlurmError(f"nothing to undo for action {undo_of}")
+                raise SlurmError(f"nothing to undo for action {undo_of[:120]}")
+            if any(entry.action.get(k) != action.get(k) for k in ("proposer", "target", "site")):
+                # the guard checked this already (undo_not_owner); the device end trusts nothing it can check
+                raise SlurmError(f"{undo_of[:120]} belongs to another proposer or target: not undone")
             done = self.undo(entry)
             return EXECUTED, action_result(action, "executed", f"undid {undo_of}: {done}", "", self.name,
                                            self.now_ms()), None

@@ -62,8 +62,11 @@ def kafka_settings(kafka_bootstrap, tmp_path) -> Settings:
     from opsloop.connectors.kafka import apply_catalog
     from opsloop.config.catalog import load_catalog
 
+    from actuation import TEST_FEEDBACK_KEY, TEST_VERDICT_KEY  # the integration tier's helpers
+
     settings = Settings(broker=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", app_id="opsloop-test",
-                        data_dir=tmp_path, idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir)
+                        data_dir=tmp_path, idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir,
+                        verdict_key=TEST_VERDICT_KEY, feedback_key=TEST_FEEDBACK_KEY)
     apply_catalog(settings, load_catalog().values())
     return settings
 

@@ -16,6 +16,8 @@ import time
 import uuid
 
 from opsloop.config.settings import Settings
+from opsloop.models.signing import sign_verdict
+from opsloop.ops.actuation_demo import with_run_keys
 
 TARGET_P99_MS = 200.0
 SAFETY_NET_S = 30.0
@@ -38,14 +40,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _approved(action_id: str, kw: float) -> dict:
+def _approved(action_id: str, kw: float, settings: Settings, policy_label: str, codec) -> dict:
     now = int(time.time() * 1000)
     action = {"action_id": action_id, "kind": "pcs_discharge", "target": "ess-1", "site": "demo", "setpoint_kw": kw,
               "shed_kw": None, "job_ids": [], "params": {}, "reason": "bench", "expected_effect": "bench",
               "expected_delta_kw": None, "created_ms": now, "expires_ms": now + 600_000, "risk": "low",
               "proposer": "bench"}
-    return {"action": action, "verdict": "approved", "reasons": ["bench"], "policy_version": "bench",
-            "decided_ms": now, "approved_by": None}
+    record = {"action": action, "verdict": "approved", "reasons": ["bench"], "policy_version": policy_label,
+              "decided_ms": now, "approved_by": None}
+    # signed as the guard signs it: the sink executes nothing else
+    return sign_verdict(codec.decode_as("ApprovedAction", codec.encode("ApprovedAction", record)), settings.verdict_key)
 
 
 def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
@@ -73,7 +77,9 @@ def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
             direct.append((sim.register_log[-2][0] - t0) * 1000)
         client.close()
 
-        sink = PcsSink(bench, load_policy(bench.policy), site)
+        bench = with_run_keys(bench)
+        policy = load_policy(bench.policy)
+        sink = PcsSink(bench, policy, site)
         stop = threading.Event()
         thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
         thread.start()
@@ -83,7 +89,8 @@ def run_actuation_bench(settings: Settings, actions: int = 300) -> int:
             for i in range(actions + 1):
                 writes_before = len(sim.register_log)
                 t0 = time.time()
-                send_record(prod, bench, "actions.approved", _approved(f"bench-{run_id}-{i}", 1500.0 + i % 50), codec)
+                send_record(prod, bench, "actions.approved", _approved(f"bench-{run_id}-{i}", 1500.0 + i % 50, bench,
+                                                                        policy.label, codec), codec)
                 prod.poll(0)
                 deadline = time.monotonic() + SAFETY_NET_S
                 while len(sim.register_log) < writes_before + 2:

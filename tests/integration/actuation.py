@@ -6,10 +6,19 @@ import socket
 import threading
 import time
 
+from opsloop.config.policy import load_policy
+from opsloop.config.settings import Settings
 from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.models.signing import sign_feedback, sign_verdict
 from opsloop.schemas.codec import Codec
 
 NOW_MS = int(time.time() * 1000)  # wall time: sinks and the guard compare expiries with it
+# The test deployment's keys (kafka_settings carries them); secrets that must never show in a log or a record:
+TEST_VERDICT_SECRET = "TESTVERDICTSECRET-0b1c2d3e4f5a6b7c8d9e"
+TEST_FEEDBACK_SECRET = "TESTFEEDBACKSECRET-9e8d7c6b5a4f3e2d1c0b"
+TEST_VERDICT_KEY = f"test-v1:{TEST_VERDICT_SECRET}"
+TEST_FEEDBACK_KEY = f"test-f1:{TEST_FEEDBACK_SECRET}"
+POLICY_LABEL = load_policy(Settings().policy).label
 
 
 def free_port() -> int:
@@ -28,9 +37,22 @@ def action(action_id: str, kind: str, *, target: str = "ess-1", setpoint_kw: flo
             "expires_ms": now + int(life_s * 1000), "risk": "low", "proposer": "test"}
 
 
-def approved(act: dict, verdict: str = "approved") -> dict:
-    return {"action": act, "verdict": verdict, "reasons": ["test"], "policy_version": "v1", "decided_ms": act["created_ms"],
-            "approved_by": None}
+def approved(act: dict, verdict: str = "approved", key: str | None = TEST_VERDICT_KEY,
+             policy_version: str = POLICY_LABEL) -> dict:
+    """A verdict on ``act`` as the guard writes it, signed with ``key`` (None: unsigned)."""
+    codec = Codec.default()
+    record = codec.decode_as("ApprovedAction", codec.encode("ApprovedAction", {
+        "action": act, "verdict": verdict, "reasons": ["test"], "policy_version": policy_version,
+        "decided_ms": act["created_ms"], "approved_by": None}))
+    return record if key is None else sign_verdict(record, key)
+
+
+def feedback(action_id: str, kind: str = "approve_action", operator: str = "alice", ts_ms: int | None = None,
+             key: str | None = TEST_FEEDBACK_KEY) -> dict:
+    """An operator's answer as the NOC writes it, signed with ``key`` (None: unsigned, as a forger would)."""
+    record = {"target_id": action_id, "kind": kind, "operator": operator,
+              "ts_ms": int(time.time() * 1000) if ts_ms is None else ts_ms, "comment": None}
+    return record if key is None else sign_feedback(record, key)
 
 
 def publish(settings, topic: str, record_name: str, records: list[dict], key=lambda r: b"k") -> None:

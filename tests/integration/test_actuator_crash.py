@@ -47,7 +47,8 @@ def worker(settings: Settings, agent: str, env: dict, kill_after: str | None) ->
     """)
     full_env = {**env, "OPSLOOP_BROKER": settings.broker, "OPSLOOP_TOPIC_PREFIX": settings.topic_prefix,
                 "OPSLOOP_APP_ID": settings.app_id, "OPSLOOP_DATA_DIR": str(settings.data_dir),
-                "OPSLOOP_PCS_MODBUS": settings.pcs_modbus, "OPSLOOP_VERIFY_WINDOW_S": "30"}
+                "OPSLOOP_PCS_MODBUS": settings.pcs_modbus, "OPSLOOP_VERIFY_WINDOW_S": "30",
+                "OPSLOOP_VERDICT_KEY": settings.verdict_key}  # secrets reach a worker through its environment
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=180)
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from actuation import Running, action, publish
+from actuation import Running, action, feedback, publish
 from opsloop.connectors.kafka import producer, wait_delivered
 from opsloop.config.policy import load_policy
 from opsloop.config.site import load_site
@@ -63,8 +63,7 @@ def test_guard_decides_asks_verifies_and_reverts(kafka_settings, read_topic):
         publish(settings, "actions.proposed", "Action", proposals)
         wait_for(lambda: guard.stats["proposed"] == 6, "six decisions")
         assert guard.stats["needs_approval"] == 2
-        publish(settings, "operator.feedback", "Feedback",
-                [{"target_id": "ask", "kind": "approve_action", "operator": "alice", "ts_ms": now, "comment": None}])
+        publish(settings, "operator.feedback", "Feedback", [feedback("ask")])
         wait_for(lambda: guard.stats["operator_approved"] == 1, "the operator's approval")
         shift_s[0] = 601.0  # past the unanswered request's expiry
         wait_for(lambda: guard.stats["lapsed"] == 1, "the unanswered request lapses")
@@ -129,8 +128,7 @@ def test_the_spent_slurm_budget_survives_a_restart_and_ages_out(kafka_settings, 
         wait_for.runner = runner
         publish(kafka_settings, "actions.proposed", "Action", [suspend("big", 15)])
         wait_for(lambda: first.stats["needs_approval"] == 1, "the request for approval")
-        publish(kafka_settings, "operator.feedback", "Feedback", [{"target_id": "big", "kind": "approve_action",
-                                                                   "operator": "alice", "ts_ms": 0, "comment": None}])
+        publish(kafka_settings, "operator.feedback", "Feedback", [feedback("big")])
         wait_for(lambda: first.stats["operator_approved"] == 1, "the operator's approval")
 
     second = guard()  # a restart: a new processor on the same SQLite file and consumer group

@@ -337,8 +337,9 @@ def test_what_does_not_count_against_the_budget(state, why):
 
 def test_undo_kinds_spend_no_budget_and_need_none():
     full = spent(("old", "demo", 60, 20, 256.0))
-    for kind in ("slurm_release", "slurm_resume"):
-        assert decide(slurm(kind=kind, undo_of="old"), full, BUDGET_POLICY, NOW, "op").verdict == APPROVED
+    for kind, undone in (("slurm_release", "slurm_hold"), ("slurm_resume", "slurm_suspend")):
+        state = replace(full, approved={"old": {**slurm("old", undone), "proposer": None, "target": None}})
+        assert decide(slurm(kind=kind, undo_of="old"), state, BUDGET_POLICY, NOW, "op").verdict == APPROVED
     assert decide(slurm(max_jobs=1, gpus=1), full, BUDGET_POLICY, NOW, "op").verdict == REJECTED
 
 

@@ -22,6 +22,8 @@ from opsloop.ops.noc_auth import Role, UserStore
 
 pytestmark = pytest.mark.unit
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+FEEDBACK_SECRET = "NOCUNITFEEDBACKSECRET-" + "5" * 20
+VERDICT_SECRET = "NOCUNITVERDICTSECRET-" + "6" * 20
 PASSWORDS = {"ana": "ana's long password", "vic": "vic's long password", "ada": "ada's long password"}
 
 
@@ -63,7 +65,8 @@ def users(tmp_path):
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(duckdb_path=tmp_path / "ops.duckdb", broker="127.0.0.1:9", topic_prefix="t.")
+    return Settings(duckdb_path=tmp_path / "ops.duckdb", broker="127.0.0.1:9", topic_prefix="t.",
+                    feedback_key=f"f1:{FEEDBACK_SECRET}", verdict_key=f"v1:{VERDICT_SECRET}")
 
 
 @pytest.fixture
@@ -191,6 +194,7 @@ def test_operator_approval_carries_the_user_and_lands_on_the_audit_trail(noc, mo
     assert "Approve everything" not in client.request("GET", "/?notice=Approve+everything")[1]  # no text from links
     (feedback,) = [r for topic, r in noc.outbox_fake.sent if topic == "operator.feedback"]
     assert (feedback["target_id"], feedback["kind"], feedback["operator"]) == ("a1", "approve_action", "ana")
+    assert feedback["key_id"] == "f1" and feedback["signature"]  # the guard answers only signed feedback
     assert noc.outbox_fake.events()[-1] == ("approve_action", "ana", "a1")
     resp, _ = client.request("POST", "/feedback", {"action_id": "a2", "kind": "reject_action",
                                                     "csrf_token": client.csrf(page)})
@@ -527,3 +531,30 @@ def test_no_password_or_token_reaches_a_log_line(noc, caplog):
     assert "audit: login by ana" in caplog.text
     for secret in ("a wrong but long password", PASSWORDS["ana"], client.csrf(page)):
         assert secret not in text
+
+
+def test_no_signing_key_reaches_the_page_its_errors_or_the_log(noc, monkeypatch, caplog):
+    caplog.set_level("DEBUG")
+    monkeypatch.setattr(noc_module, "action_verdict", lambda views, action_id: ("needs_approval", None))
+    client, page = logged_in(noc, "ana")
+    pages = [page, client.request("GET", "/?notice=hello")[1], client.request("GET", "/nowhere")[1]]
+    pages.append(client.request("POST", "/feedback", {"action_id": "a1", "kind": "approve_action",
+                                                       "csrf_token": client.csrf(page)})[1])
+    records = [str(record) for _, record in noc.outbox_fake.sent]
+    for text in pages + records + [caplog.text, repr(noc.settings)]:
+        assert FEEDBACK_SECRET not in text and VERDICT_SECRET not in text
+
+
+def test_without_a_feedback_key_nothing_is_sent_and_the_page_says_why(settings, users, monkeypatch):
+    monkeypatch.setattr(noc_module, "action_verdict", lambda views, action_id: ("needs_approval", None))
+    server, outbox, thread = start(settings, users, feedback_key="")
+    try:
+        client, page = logged_in(server, "ana")
+        resp, page = client.request("POST", "/feedback", {"action_id": "a1", "kind": "approve_action",
+                                                           "csrf_token": client.csrf(page)})
+        assert resp.status == 503 and "OPSLOOP_FEEDBACK_KEY" in page
+        assert [topic for topic, _ in outbox.sent] == ["noc.audit"]  # the login; no feedback
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
