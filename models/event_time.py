@@ -8,7 +8,9 @@ time first with ``EventTimeBounds.check``. A time is refused, with a reason, whe
 * more than ``max_future_ms`` ahead of the processing clock (``now_ms``): no measured event
   lies in the future, whatever clock its stream follows,
 * more than ``max_future_ms`` ahead of the stream's own latest time (``latest_ms``), when the
-  stream is awake: one bad clock cannot pull a replay of the past forward,
+  stream is awake, unless it is the present (within ``max_future_ms`` of the processing
+  clock: a live stream back after a long silence): one bad clock cannot pull a replay of
+  the past forward,
 * more than ``max_past_ms`` behind the stream's watermark (``watermark_ms``).
 
 The references are the stream's own, never a global clock, so a replay of the year 2000
@@ -53,7 +55,8 @@ class EventTimeBounds:
         limit = f"limit {_hours(self.max_future_ms)} h"
         if now_ms is not None and ts_ms > now_ms + self.max_future_ms:
             return f"event time {iso_ms(ts_ms)} is {_hours(ts_ms - now_ms)} h ahead of the processing clock ({limit})"
-        if latest_ms is not None and ts_ms > latest_ms + self.max_future_ms:
+        if (latest_ms is not None and ts_ms > latest_ms + self.max_future_ms
+                and (now_ms is None or ts_ms < now_ms - self.max_future_ms)):  # the present is always believed
             return (f"event time {iso_ms(ts_ms)} is {_hours(ts_ms - latest_ms)} h ahead of its stream "
                     f"(latest {iso_ms(latest_ms)}, {limit})")
         if watermark_ms is not None and ts_ms < watermark_ms - self.max_past_ms:
