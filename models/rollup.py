@@ -203,9 +203,11 @@ class SiteRollup:
         """Move the watermarks forward (never back) and return the windows they close, oldest first.
 
         ``lanes`` (from ``LaneWatermarks.marks``) gives each lane's watermark, None while it is held
-        back, and whether it is asleep; a sleeping lane is moved past its own windows.
+        back, and whether it is asleep; a sleeping lane is moved past its own windows. A lane known only
+        from a restored watermark (silent since the restart) counts as asleep.
         """
         self.move_watermark(watermark_ms)
+        given = lanes is not None  # then a lane without a mark has been silent since the marks began: asleep
         lanes = lanes or {}
         for lane, mark in lanes.items():
             self.move_watermark(mark.watermark_ms, lane)
@@ -221,7 +223,7 @@ class SiteRollup:
                 continue  # points of no lane: only the single watermark closes them
             for lane in site_lanes:
                 mark = lanes.get(lane)
-                if mark is not None and mark.asleep:
+                if (mark is None and given) or (mark is not None and mark.asleep):
                     continue
                 held = self.lane_watermark(lane) if mark is None else mark.watermark_ms
                 if held is None:

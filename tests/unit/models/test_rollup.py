@@ -236,3 +236,12 @@ def test_a_window_closed_without_a_silent_source_stays_closed_for_it():
     assert [s["samples"] for s in r.advance(lanes=w.marks(0))] == [2]
     late = r.add("s", "d1", "grid_kw", 5.0, 30_000, lane=b)  # b comes back for the emitted window
     assert isinstance(late, Late)
+
+
+def test_a_lane_restored_from_a_commit_and_silent_since_does_not_hold_windows_open():
+    r, w = SiteRollup(60, 0), LaneWatermarks([0], hold_ms=0)
+    r.move_watermark(WALL, ("s", "pcs-sim"))  # from the commit metadata; the simulator is gone
+    w.observe(("s", "meter"), 0, WALL + 60_000, WALL)
+    assert r.add("s", "gm", "grid_kw", 1.0, WALL + 60_000, lane=("s", "meter")) is None
+    w.observe(("s", "meter"), 0, WALL + 180_000, WALL)
+    assert [s["samples"] for s in r.advance(lanes=w.marks(WALL))] == [1]
