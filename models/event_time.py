@@ -71,10 +71,17 @@ def iso_ms(ts_ms: int | None) -> str:
     >>> iso_ms(0), iso_ms(-2**62), iso_ms(None)
     ('1970-01-01T00:00:00Z', '-4611686018427387904 ms since the epoch', 'none')
     """
-    if ts_ms is None:
-        return "none"
+    return "none" if ts_ms is None else format_ms(ts_ms, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_ms(ts_ms: int, fmt: str) -> str:
+    """``strftime`` of an epoch-millisecond time in UTC, or the number itself where no date can hold it.
+
+    >>> format_ms(960_163_200_000, "%H:%M UTC"), format_ms(2**62, "%H:%M UTC")
+    ('00:00 UTC', '4611686018427387904 ms since the epoch')
+    """
     try:
-        return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime(fmt)
     except (OverflowError, OSError, ValueError):
         return f"{ts_ms} ms since the epoch"
 
