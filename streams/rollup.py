@@ -52,6 +52,9 @@ from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
 
+METADATA_BYTES = 3_800  # of the broker's offset.metadata.max.bytes (4,096 by default), leaving room for the offsets
+
+
 class PartialAssignment(RuntimeError):
     """Another rollup process shares the group: windows would hold only part of each site."""
 
@@ -63,6 +66,7 @@ class RollupProcessor(BatchProcessor):
     def __init__(self, settings: Settings, wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.wall_clock = wall_clock  # processing time for event-time bounds and partition holds
+        self._metadata_full = False  # warned that lanes did not fit the commit metadata
         self.now_ms = int(wall_clock() * 1000)
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
@@ -130,7 +134,14 @@ class RollupProcessor(BatchProcessor):
     def offsets(self, partitions) -> list[TopicPartition]:
         """Never past a point an open window holds; the metadata lets a restart recognise what was handled."""
         pending = self.rollup.pending_offsets()
-        mark = {"watermark_ms": self.rollup.watermark_ms,
-                "lanes": [[site, source, ms] for (site, source), ms in sorted(self.rollup.lanes.items())]}
+        lanes = sorted(([site, source, ms] for (site, source), ms in self.rollup.lanes.items()),
+                       key=lambda lane: -lane[2])
+        mark = {"watermark_ms": self.rollup.watermark_ms, "lanes": lanes}
+        while len(json.dumps(mark)) > METADATA_BYTES - 64 and lanes:  # the broker refuses the commit past its limit
+            dropped = lanes.pop()  # the lane furthest behind: least likely to have points in the uncommitted range
+            if not self._metadata_full:
+                self._metadata_full = True
+                self.log.warning("commit metadata full: lanes from %s/%s (watermark %d) on are not kept; a restart "
+                                 "may count their uncommitted points again", dropped[0], dropped[1], dropped[2])
         return [TopicPartition(topic, p, pending.get(p, upto), metadata=json.dumps({**mark, "processed_upto": upto}))
                 for (topic, p), upto in self.processed.items() if (topic, p) in partitions]
