@@ -139,6 +139,7 @@ class SiteRollup:
         self.lanes: dict[Lane, int] = {}  # lane → its watermark (only forward)
         self._site_lanes: dict[str, set[Lane]] = {}
         self._emitted: dict[str, set[int]] = {}  # site → starts of windows closed recently
+        self._prunes = 0
 
     def window_start(self, ts_ms: int) -> int:
         return ts_ms - ts_ms % self._window_ms
@@ -278,7 +279,11 @@ class SiteRollup:
         return len(self._open)
 
     def _forget_emitted(self) -> None:
-        """Keep the starts of closed windows only while a lane of their site could still reach them."""
+        """Keep the starts of closed windows only while a lane of their site could still reach them
+        (pruned every 256 calls: a set of a week of minutes per site is small, scanning it per batch is not)."""
+        self._prunes += 1
+        if self._prunes % 256:
+            return
         for site, starts in self._emitted.items():
             marks = [self.lane_watermark(lane) for lane in self._site_lanes.get(site, ())]
             newest = max((m for m in marks if m is not None), default=None)
