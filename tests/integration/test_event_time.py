@@ -104,7 +104,8 @@ def test_a_worker_started_before_its_sources_loses_nothing(kafka_settings, read_
     then `opsloop replay --days 2`, with the sources started in either order after the worker has read every
     partition to its end. Proves: no point is late, and each of the 96 replayed windows holds all 17 points of
     its half-hour, while the simulator's wall-clock telemetry for the same site flows through the same topic."""
-    settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{free_port_pair}")
+    # idle_close_s is also how long a partition read to its end holds a lane: room for a loaded machine
+    settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{free_port_pair}", idle_close_s=3.0)
     site = load_site(settings.topology)
     spec = replay_spec(site)
     rollup, stop = RollupProcessor(settings), threading.Event()
