@@ -46,6 +46,11 @@ class Settings:
     window_s: int = 60  # rollup tumbling window
     grace_s: int = 120  # how long a window waits for out-of-order data
     idle_close_s: float = 10.0  # close all windows after this long with every input caught up
+    # Event times a stream may believe (models/event_time.py): at most max_future_s ahead of the processing
+    # clock and of the stream's latest time (clock skew, gaps in a replayed file), at most max_past_s behind its
+    # watermark (the retention of the raw topics). Outside them a record is dead-lettered as invalid.
+    max_future_s: int = 86_400
+    max_past_s: int = 7 * 86_400
     batch_size: int = 5000  # max messages per consume batch
     deadletter_max_bytes: int = 262_144  # key + value a dead letter keeps; beyond it: cut, with size and hash
     unknown_names: str = "deadletter"  # deadletter: points and alarms of undeclared sites/devices; accept: keep them

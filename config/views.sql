@@ -1,6 +1,10 @@
 -- NOC and downstream SQL views over the tables written by connectors/duckdb_sink.py.
 -- Executed by the sink at start: every view is CREATE OR REPLACE, so editing this file is enough.
 -- Times are TIMESTAMP in UTC, from the records' event times.
+-- event_ts: NULL where DuckDB cannot represent the time (a record dated -2**62 ms, kept raw, must not
+-- break every query over its table; the agents dead-letter such times as invalid).
+CREATE OR REPLACE MACRO event_ts(ms) AS
+    CASE WHEN ms BETWEEN -62135596800000 AND 253402300799999 THEN epoch_ms(ms::BIGINT) END;
 
 -- Site power per site and minute; a re-emitted window counts once (the latest emission wins).
 CREATE OR REPLACE VIEW v_site_power AS
@@ -11,7 +15,7 @@ WITH windows AS (
 )
 SELECT
     site,
-    date_trunc('minute', epoch_ms(window_start_ms)) AS minute,
+    date_trunc('minute', event_ts(window_start_ms)) AS minute,
     avg(grid_kw) AS grid_kw,
     avg(it_kw) AS it_kw,
     avg(facility_kw) AS facility_kw,
@@ -30,8 +34,8 @@ GROUP BY site, minute;
 -- not be decoded is stored as its own row (agent views, kind decode).
 CREATE OR REPLACE VIEW v_deadletter AS
 SELECT
-    epoch_ms(min(_kafka_ts_ms)) AS time,
-    epoch_ms(any_value(message_ts_ms)) AS message_time,
+    event_ts(min(_kafka_ts_ms)) AS time,
+    event_ts(any_value(message_ts_ms)) AS message_time,
     topic,
     "partition",
     "offset",
@@ -46,7 +50,7 @@ GROUP BY topic, "partition", "offset";
 
 -- Last value of every site/device/metric by event time (ties: the later message).
 CREATE OR REPLACE VIEW v_telemetry_latest AS
-SELECT site, device, device_type, metric, value, unit, epoch_ms(ts_ms) AS ts, source
+SELECT site, device, device_type, metric, value, unit, event_ts(ts_ms) AS ts, source
 FROM telemetry_raw
 QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
 
@@ -54,7 +58,7 @@ QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC
 CREATE OR REPLACE VIEW v_incidents AS
 SELECT
     incident_id, site, state,
-    epoch_ms(opened_ms) AS opened, epoch_ms(updated_ms) AS updated, epoch_ms(resolved_ms) AS resolved,
+    event_ts(opened_ms) AS opened, event_ts(updated_ms) AS updated, event_ts(resolved_ms) AS resolved,
     root_device, root_device_type, root_code, severity, member_count, summary, merged_into
 FROM incidents
 QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY updated_ms DESC, _partition DESC, _offset DESC) = 1;
@@ -62,13 +66,13 @@ QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY updated_ms DESC, _p
 -- The narration an operator reads for each incident: the latest one published (an accepted LLM
 -- draft follows the deterministic narration of the same incident).
 CREATE OR REPLACE VIEW v_narratives AS
-SELECT incident_id, site, epoch_ms(ts_ms) AS time, text, citations, grounded, model, latency_ms
+SELECT incident_id, site, event_ts(ts_ms) AS time, text, citations, grounded, model, latency_ms
 FROM narratives
 QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
 
 -- Latest peak forecast per site.
 CREATE OR REPLACE VIEW v_forecasts_latest AS
-SELECT site, epoch_ms(issued_ms) AS issued, horizon_s, predicted_peak_kw, epoch_ms(predicted_peak_ms) AS predicted_peak_at,
+SELECT site, event_ts(issued_ms) AS issued, horizon_s, predicted_peak_kw, event_ts(predicted_peak_ms) AS predicted_peak_at,
        threshold_kw, explanation, model
 FROM forecasts_peak
 QUALIFY row_number() OVER (PARTITION BY site ORDER BY issued_ms DESC, _partition DESC, _offset DESC) = 1;
@@ -91,9 +95,9 @@ WITH proposed AS (
 )
 SELECT
     p.action_id, p.site, p.kind, p.target, p.setpoint_kw, p.shed_kw, p.reason, p.reason_code, p.risk,
-    epoch_ms(p.created_ms) AS created, epoch_ms(p.expires_ms) AS expires,
+    event_ts(p.created_ms) AS created, event_ts(p.expires_ms) AS expires,
     v.verdict, v.reasons AS verdict_reasons, v.reason_codes AS verdict_reason_codes, v.approved_by,
-    r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, epoch_ms(r.ts_ms) AS result_time
+    r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, event_ts(r.ts_ms) AS result_time
 FROM proposed p
 LEFT JOIN verdicts v USING (action_id)
 LEFT JOIN results r USING (action_id);
@@ -126,17 +130,17 @@ WITH verdicts AS (
     QUALIFY row_number() OVER (PARTITION BY fingerprint, json_extract(alarm, '$.ts_ms'), reason_code
                                ORDER BY _partition DESC, _offset DESC) = 1
 )
-SELECT 'guard' AS decider, site, epoch_ms(decided_ms) AS time, action_id AS subject, verdict AS decision,
+SELECT 'guard' AS decider, site, event_ts(decided_ms) AS time, action_id AS subject, verdict AS decision,
        reason_code, reason
 FROM guard WHERE reason_code IS NOT NULL
 UNION ALL
-SELECT proposer, site, epoch_ms(created_ms), action_id, kind, reason_code, reason
+SELECT proposer, site, event_ts(created_ms), action_id, kind, reason_code, reason
 FROM proposed WHERE reason_code IS NOT NULL
 UNION ALL
-SELECT 'dedup', site, epoch_ms(ts_ms), fingerprint, state, reason_code, decision_reason
+SELECT 'dedup', site, event_ts(ts_ms), fingerprint, state, reason_code, decision_reason
 FROM clean WHERE reason_code IS NOT NULL
 UNION ALL
-SELECT 'noise', site, epoch_ms(ts_ms), fingerprint, CASE WHEN noise THEN 'flagged' ELSE 'not_flagged' END,
+SELECT 'noise', site, event_ts(ts_ms), fingerprint, CASE WHEN noise THEN 'flagged' ELSE 'not_flagged' END,
        noise_reason_code, NULL
 FROM clean WHERE noise_reason_code IS NOT NULL;
 

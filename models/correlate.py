@@ -12,7 +12,9 @@ incident. The root is the member that explains most of the others (upstream of t
 reported long after them, at least as severe); ties go to the shallowest, then severity, age.
 
 An incident resolves when all its alarms have cleared, or when none of them has been
-seen for ``resolve_after_ms`` of the site's event time. Changes are collected and
+seen for ``resolve_after_ms`` of the site's event time. That time is only believed within
+bounds (``refuse``, models/event_time.py): an alarm dated far ahead would otherwise resolve
+every open incident of the site at once. Changes are collected and
 ``flush`` returns one Incident record per changed incident (a batch of alarms makes one
 update per incident, not one per alarm).
 
@@ -41,6 +43,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
+from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.topology import CHAINS, Topology
 
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
@@ -113,6 +116,12 @@ class SiteCorrelator:
                       key=lambda i: (self.incidents[i]["opened"], i))
 
     # -- events ------------------------------------------------------------------------
+
+    def refuse(self, clean: Mapping, bounds: EventTimeBounds, now_ms: int | None) -> str | None:
+        """Why this alarm's time must not drive the site's state (it would expire or resolve real
+        incidents), or None. The site's watermark is its reference; before any, the clock and the epoch."""
+        mark = self.watermark if self.watermark > 0 else None
+        return bounds.check(clean["alarm"]["ts_ms"], mark, mark, now_ms)
 
     def on_alarm(self, clean: Mapping) -> None:
         alarm, fp = clean["alarm"], clean["fingerprint"]

@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from opsloop.models.event_time import EventTimeBounds
+
 DEFAULT_FIELDS = ("site", "device", "device_type", "code")
 
 # Reason codes, one per kind of decision. Announced on alarms.clean:
@@ -225,6 +227,19 @@ def fold(states: dict, alarm: Mapping, offset: int, config: DedupConfig, scorer)
         out.append(clean_alarm(alarm, fp, state, decision, scorer))
     states[OFFSET] = offset
     return out
+
+
+def refuse(states: Mapping[str, dict], alarm: Mapping, bounds: EventTimeBounds, now_ms: int | None) -> str | None:
+    """Why an alarm's time must not drive its device's states (windows, flap history, settling), or None.
+
+    The device's latest alarm time is its reference; before any, the clock and the epoch.
+
+    >>> b = EventTimeBounds(3_600_000, 86_400_000)
+    >>> refuse({"fp": {**new_state(0), "last": 10 * 86_400_000}}, {"ts_ms": 0}, b, None)
+    'event time 1970-01-01T00:00:00Z is 240 h behind its stream (watermark 1970-01-11T00:00:00Z, limit 24 h)'
+    """
+    latest = max((st["last"] for fp, st in states.items() if fp != OFFSET), default=None)
+    return bounds.check(alarm["ts_ms"], latest, latest, now_ms)
 
 
 def compact(states: Mapping[str, dict], config: DedupConfig) -> dict:

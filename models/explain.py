@@ -28,9 +28,9 @@ its proposer gave it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from haystack import component
+
+from opsloop.models.event_time import format_ms
 
 # Reason codes of a forecast's line:
 PEAK_ABOVE_THRESHOLD = "peak_above_threshold"
@@ -51,7 +51,7 @@ def power_range(low_kw: float, high_kw: float) -> str:
 
 
 def clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%H:%M UTC")
+    return format_ms(ms, "%H:%M UTC")
 
 
 def duration(ms: int) -> str:

@@ -9,19 +9,17 @@ published after ``GroundingChecker`` accepts it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from haystack import Document, component
 from haystack.dataclasses import ChatMessage
 
+from opsloop.models.event_time import format_ms
 from opsloop.models.sops import Sop
 
 MAX_EVIDENCE = 5
 
 
 def utc(ms: int, with_date: bool = False) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if with_date else "%H:%M:%S")
+    return format_ms(ms, "%Y-%m-%d %H:%M:%S UTC" if with_date else "%H:%M:%S")
 
 
 def evidence_line(incident: dict) -> str:

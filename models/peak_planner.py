@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 from opsloop.models.battery import Battery, Command
+from opsloop.models.event_time import format_ms
 from opsloop.models.peak_forecast import ForecastPoint
 
 # Reason codes of a plan's next step:
@@ -304,7 +305,7 @@ def _power(kw: float) -> str:
 
 
 def _clock(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%H:%M")
+    return format_ms(ts_ms, "%H:%M")
 
 
 def _hour(ts_ms: int) -> int:

@@ -19,13 +19,15 @@ point a detector has already learnt is skipped, so nothing is lost and nothing i
 learnt twice. Alarms emitted after the last checkpoint may be emitted again after a
 crash (at least once: the same ts, device and code, which dedup folds together).
 
-Undecodable points and non-finite values go to ``deadletter`` with the reason. The
+Undecodable points, non-finite values and event times out of bounds (before the epoch or
+ahead of the processing clock, models/event_time.py) go to ``deadletter`` with the reason. The
 consume/commit loop is streams/processor.py's: the checkpoint is its ``checkpoint`` hook.
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Callable
 
 from opsloop.connectors.changelog import Changelog
@@ -33,6 +35,7 @@ from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.models.names import SiteNames
 from opsloop.models.rollup import value_problem
+from opsloop.models.event_time import EventTimeBounds
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
@@ -69,6 +72,9 @@ class AnomalyProcessor(BatchProcessor):
         self.names = names  # None: every site and device is taken
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
+        self.bounds = EventTimeBounds.from_settings(settings)
+        self.wall_clock = time.time  # processing time that bounds event times
+        self.now_ms = int(self.wall_clock() * 1000)
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
         self.dirty: dict[int, set[str]] = {}
@@ -96,6 +102,9 @@ class AnomalyProcessor(BatchProcessor):
 
     # -- processing --------------------------------------------------------------------
 
+    def before_batch(self) -> None:
+        self.now_ms = int(self.wall_clock() * 1000)
+
     def handle(self, msg) -> None:
         partition, offset = msg.partition(), msg.offset()
         try:
@@ -111,6 +120,10 @@ class AnomalyProcessor(BatchProcessor):
         unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
         if unknown is not None:
             self.dead_letter(msg, "unknown", unknown)
+            return
+        refused = self.bounds.check(point["ts_ms"], None, None, self.now_ms)  # it would date the alarms it raises
+        if refused is not None:
+            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
             return
         key = f"{point['site']}|{point['device']}|{point['metric']}"
         owned = self.series.setdefault(partition, {})

@@ -37,6 +37,9 @@ class CorrelateProcessor(KeyedProcessor):
     def dump_state(self, state: SiteCorrelator) -> bytes:
         return json.dumps(state.to_state(), separators=(",", ":")).encode()
 
+    def refuse(self, state: SiteCorrelator, record: dict) -> str | None:
+        return state.refuse(record, self.bounds, self.now_ms())
+
     def fold(self, state: SiteCorrelator, key: bytes, record: dict, offset: int):
         if offset <= state.offset:
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from opsloop.connectors.feedback import LabelFollower
-from opsloop.models.dedup import DedupConfig, compact, fingerprint_fields, fold
+from opsloop.models.dedup import DedupConfig, compact, fingerprint_fields, fold, refuse
 from opsloop.models.names import SiteNames
 from opsloop.models.noise import NoiseScorer
 from opsloop.config.settings import Settings
@@ -55,6 +55,9 @@ class DedupProcessor(KeyedProcessor):
 
     def dump_state(self, state: dict) -> bytes:
         return json.dumps(compact(state, self.config), separators=(",", ":")).encode()
+
+    def refuse(self, state: dict, record: dict) -> str | None:
+        return refuse(state, record, self.bounds, self.now_ms())
 
     def fold(self, state: dict, key: bytes, record: dict, offset: int):
         announced = fold(state, record, offset, self.config, self.scorer)

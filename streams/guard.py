@@ -46,6 +46,7 @@ from typing import Callable
 
 from opsloop.models.records import action_alarm, action_result
 from opsloop.models.battery import Battery
+from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
                                   EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
                                   feedback_problem, revert_approval, slurm_charge)
@@ -114,6 +115,10 @@ class GuardProcessor(BatchProcessor):
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
+
+    @property
+    def bounds(self) -> EventTimeBounds:
+        return EventTimeBounds.from_settings(self.settings)
 
     # -- emitting -----------------------------------------------------------------------
 
@@ -294,6 +299,10 @@ class GuardProcessor(BatchProcessor):
         elif topic == "operator.feedback":
             self.on_feedback(value)
         elif topic == "telemetry.site":
+            refused = self.bounds.check(value["window_start_ms"], None, None, self.now_ms())
+            if refused is not None:  # it would pass for the freshest plant state and verify actions
+                self.dead_letter(msg, "invalid", f"snapshot of site {value['site']}: {refused}")
+                return
             self.on_snapshot(value)
         else:
             self.on_result(value)

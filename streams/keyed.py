@@ -2,8 +2,9 @@
 
 The loop of streams/processor.py, with state per message key kept the way a Faust table keeps
 it, in a compacted changelog (connectors/changelog.py), restored for the partitions this
-process is assigned. Per batch: decode (undecodable records, and those ``reject`` or
-``unknown`` finds a reason against, → ``deadletter``), ``fold`` each record into its key's state, ``finish``
+process is assigned. Per batch: decode (undecodable records, those ``reject`` or ``unknown``
+finds a reason against, and those whose event time ``refuse`` finds out of bounds for the key's
+state → ``deadletter``), ``fold`` each record into its key's state, ``finish``
 each touched key once, send what they return (then ``after_batch``). When the loop commits,
 the touched keys' states go to the changelog after the outputs are delivered and before the
 offsets are committed. A crash therefore repeats at most the uncommitted events, and states
@@ -13,10 +14,12 @@ carry the last offset they folded in, so repeated events are recognised and skip
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 from opsloop.connectors.changelog import Changelog
 from opsloop.config.settings import Settings
+from opsloop.models.event_time import EventTimeBounds
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
@@ -28,10 +31,12 @@ class KeyedProcessor(BatchProcessor):
     source = ""  # catalog topic read
     record = ""  # its record
     poll_s = 0.005  # the longest a record waits for its batch to fill (latency at low rates)
+    wall_clock: Callable[[], float] = staticmethod(time.time)  # processing time that bounds event times
 
     def __init__(self, settings: Settings, **kwargs):
         super().__init__(settings, **kwargs)
         self.partitions = self.catalog[self.source].partitions
+        self.bounds = EventTimeBounds.from_settings(settings)
         self.stats = {"in": 0, "out": 0, "replayed": 0, "dead_letters": 0, "commits": 0}
         self._reset()
         self.touched: dict[tuple[int, bytes], Any] = {}  # this batch's keys
@@ -60,6 +65,14 @@ class KeyedProcessor(BatchProcessor):
         """Why a decoded record names something the site files do not declare (dead-lettered as
         ``unknown``), or None to fold it."""
         return None
+
+    def refuse(self, state: Any, record: dict) -> str | None:
+        """Why a record cannot be folded into its key's state (its event time is out of bounds, see
+        models/event_time.py): it is dead-lettered as ``invalid``. None to fold it."""
+        return None
+
+    def now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
 
     def after_batch(self, messages: int) -> None:
         """Called once a batch's outputs are handed to the producer; ``messages``: records it held."""
@@ -108,6 +121,10 @@ class KeyedProcessor(BatchProcessor):
             return
         partition, key = msg.partition(), msg.key() or b""
         state = self._state(partition, key)
+        reason = self.refuse(state, record)
+        if reason is not None:
+            self.dead_letter(msg, "invalid", reason)
+            return
         produced = self.fold(state, key, record, msg.offset())
         if produced is None:
             self.stats["replayed"] += 1

@@ -61,6 +61,11 @@ class PeaksProcessor(KeyedProcessor):
     def reject(self, record: dict) -> str | None:
         return invalid(record, self.config.site)
 
+    def refuse(self, state: SiteState, record: dict) -> str | None:
+        """A snapshot dated far ahead would make the loop ignore every real one after it (older ones
+        are ignored by the loop itself)."""
+        return self.bounds.check(record["window_start_ms"], state.loop.last_window_ms, None, self.now_ms())
+
     def fold(self, state: SiteState, key: bytes, record: dict, offset: int):
         if offset <= state.offset:
             return None

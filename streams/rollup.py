@@ -20,10 +20,15 @@ closed windows. Delivery guarantees:
   ``deadletter`` with the reason, once: after a restart, points of offsets handled
   before it are not dead-lettered again.
 
-The watermark is the minimum over partitions of their latest event time
-(partitions that have caught up do not hold it back). When every partition has
-caught up and nothing arrives for ``idle_close_s``, all open windows are closed
-(the end of a replay, or a site gone silent).
+Watermarks are kept per lane, a (site, source) pair, so a replay of the past and a
+live source on the wall clock never make each other late; each is the minimum over
+partitions of the lane's latest event time, and a partition read to its end holds it
+for ``idle_close_s`` before it is let go (a partition that has not delivered the lane's
+data yet holds it back entirely for that long), so the first partition read cannot
+close the windows of the others (models/rollup.py). Event times outside the bounds of
+``max_future_s`` / ``max_past_s`` are dead-lettered as invalid and move nothing. When every
+partition has caught up and nothing arrives for ``idle_close_s``, all open windows are
+closed (the end of a replay, or a site gone silent).
 
 All of a site's devices must reach one rollup process, so one process owns all
 partitions of ``telemetry.raw``: on a partial assignment (a second rollup in the
@@ -38,15 +43,21 @@ asks for a commit at once, and the commit carries the watermark as metadata.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from confluent_kafka import TopicPartition
 
+from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
-from opsloop.models.rollup import Invalid, PartitionWatermark, SiteRollup, fold
+from opsloop.models.rollup import Invalid, LaneWatermarks, SiteRollup, fold
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
+
+
+METADATA_BYTES = 3_800  # of the broker's offset.metadata.max.bytes (4,096 by default), leaving room for the offsets
 
 
 @dataclass(frozen=True)
@@ -64,15 +75,20 @@ class RollupProcessor(BatchProcessor):
     name = "rollup"
     source = "telemetry.raw"
 
-    def __init__(self, settings: Settings, names: SiteNames | None = None, **kwargs):
+    def __init__(self, settings: Settings, names: SiteNames | None = None,
+                 wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.names = names  # None: every site and device is taken
+        self.wall_clock = wall_clock  # processing time for event-time bounds and partition holds
+        self._metadata_full = False  # warned that lanes did not fit the commit metadata
+        self.now_ms = int(wall_clock() * 1000)
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
 
     def _reset(self, partitions=()) -> None:
-        self.rollup = SiteRollup(self.settings.window_s, self.settings.grace_s)
-        self.watermark = PartitionWatermark(partitions)
+        self.rollup = SiteRollup(self.settings.window_s, self.settings.grace_s,
+                                 EventTimeBounds.from_settings(self.settings))
+        self.watermark = LaneWatermarks(partitions, hold_ms=int(self.settings.idle_close_s * 1000))
         self.replayed_upto: dict[int, int] = {}  # partition → offsets below this were handled before a restart
 
     # -- rebalance ---------------------------------------------------------------------
@@ -86,7 +102,9 @@ class RollupProcessor(BatchProcessor):
         for tp in cons.committed(partitions, timeout=30):
             if tp.metadata:
                 mark = json.loads(tp.metadata)
-                self.rollup.advance(mark["watermark_ms"])
+                self.rollup.move_watermark(mark.get("watermark_ms"))  # written by versions without lanes
+                for site, source, lane_ms in mark.get("lanes", ()):
+                    self.rollup.move_watermark(lane_ms, (site, source))
                 self.replayed_upto[tp.partition] = mark["processed_upto"]
         self.log.info("rollup assigned partitions %s of %s", sorted(p for _, p in self.assigned), self.topic)
 
@@ -94,6 +112,9 @@ class RollupProcessor(BatchProcessor):
         self._reset()
 
     # -- processing --------------------------------------------------------------------
+
+    def before_batch(self) -> None:
+        self.now_ms = int(self.wall_clock() * 1000)
 
     def handle(self, msg) -> None:
         partition, offset = msg.partition(), msg.offset()
@@ -104,7 +125,7 @@ class RollupProcessor(BatchProcessor):
             return
         unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
         rejected = Unknown(unknown) if unknown is not None else fold(self.rollup, self.watermark, point, partition,
-                                                                     offset)
+                                                                     offset, self.now_ms)
         if rejected is None:
             self.stats["points"] += 1
         elif offset < self.replayed_upto.get(partition, -1):
@@ -114,10 +135,10 @@ class RollupProcessor(BatchProcessor):
                              "invalid" if isinstance(rejected, Invalid) else "late", rejected.reason)
 
     def partition_end(self, partition) -> None:
-        self.watermark.caught_up(partition[1])  # in message order: it decides which later points are late
+        self.watermark.caught_up(partition[1], self.now_ms)  # in message order
 
     def end_batch(self, messages: int, idle: bool) -> bool:
-        closed = self.rollup.advance(self.watermark.value)
+        closed = self.rollup.advance(lanes=self.watermark.marks(int(self.wall_clock() * 1000)))
         if idle:
             closed += self.rollup.flush()
         for snap in closed:
@@ -128,6 +149,14 @@ class RollupProcessor(BatchProcessor):
     def offsets(self, partitions) -> list[TopicPartition]:
         """Never past a point an open window holds; the metadata lets a restart recognise what was handled."""
         pending = self.rollup.pending_offsets()
-        mark = {"watermark_ms": self.rollup.watermark_ms}
+        lanes = sorted(([site, source, ms] for (site, source), ms in self.rollup.lanes.items()),
+                       key=lambda lane: -lane[2])
+        mark = {"watermark_ms": self.rollup.watermark_ms, "lanes": lanes}
+        while len(json.dumps(mark)) > METADATA_BYTES - 64 and lanes:  # the broker refuses the commit past its limit
+            dropped = lanes.pop()  # the lane furthest behind: least likely to have points in the uncommitted range
+            if not self._metadata_full:
+                self._metadata_full = True
+                self.log.warning("commit metadata full: lanes from %s/%s (watermark %d) on are not kept; a restart "
+                                 "may count their uncommitted points again", dropped[0], dropped[1], dropped[2])
         return [TopicPartition(topic, p, pending.get(p, upto), metadata=json.dumps({**mark, "processed_upto": upto}))
                 for (topic, p), upto in self.processed.items() if (topic, p) in partitions]

@@ -37,7 +37,7 @@ def rollup(settings: Settings, n: int) -> float:
 
 def faust_rollup(settings: Settings, n: int) -> float:
     """Events/s of the rollup as a Faust agent, first record to the n-th folded in."""
-    from opsloop.models.rollup import PartitionWatermark, SiteRollup, fold
+    from opsloop.models.rollup import LaneWatermarks, SiteRollup, fold
     from opsloop.config.catalog import load_catalog
     from opsloop.schemas.codec import Codec
     from opsloop.streams.app import catalog_topic
@@ -52,21 +52,22 @@ def faust_rollup(settings: Settings, n: int) -> float:
         app.conf.consumer_auto_offset_reset = "earliest"  # Faust's default, but an env var could change it
         sink = catalog_topic(app, settings, "telemetry.site")
         windows = SiteRollup(settings.window_s, settings.grace_s)
-        watermark = PartitionWatermark(range(partitions))  # Faust reads partitions unevenly (notes, 5.)
+        watermark = LaneWatermarks(range(partitions), int(settings.idle_close_s * 1000))  # read unevenly (notes, 5.)
 
         @app.agent(catalog_topic(app, settings, "telemetry.raw"), name="bench-faust-rollup")
         async def agent(stream):
             async for events in stream.take_events(1000, within=0.05):
                 marks["first"] = marks["first"] or time.perf_counter()
+                now_ms = int(time.time() * 1000)
                 for event in events:
                     point = codec.decode_as("TelemetryPoint", event.value)
-                    if fold(windows, watermark, point, event.message.partition, event.message.offset):
+                    if fold(windows, watermark, point, event.message.partition, event.message.offset, now_ms):
                         marks["late"] += 1  # the rollup dead-letters these; the bench data has none
                         continue
                     marks["points"] += 1
                     if marks["points"] == n:
                         marks["last"] = time.perf_counter()
-                closed = windows.advance(watermark.value)
+                closed = windows.advance(lanes=watermark.marks(now_ms))
                 await asyncio.gather(*(sink.send(key=site_topic.key_of(s), value=codec.encode(site_topic.record, s))
                                        for s in closed))
                 if marks["last"]:

@@ -27,3 +27,16 @@ def test_recovered_state_keeps_what_it_learned_and_takes_limits_from_todays_site
     assert restored.offset == 41 and restored.loop.forecaster.last_ts_ms == 9 * 900_000
     assert restored.loop.billing == old.billing
     assert restored.loop.config == processor.config  # e.g. a resized battery applies after a restart
+
+
+def test_a_snapshot_dated_ahead_of_the_clock_is_refused_so_real_ones_still_count():
+    processor = PeaksProcessor(Settings(topology=SITE), load_site(SITE))
+    processor.wall_clock = lambda: 1_780_000_000.0  # 2026
+    state = processor.load_state(b"demo", None)
+    snap = {"site": "demo", "window_start_ms": 960_163_200_000, "window_end_ms": 960_163_260_000,
+            "grid_kw": 30_000.0, "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
+    assert processor.refuse(state, snap) is None  # a replay of the year 2000
+    processor.fold(state, b"demo", snap, 0)
+    far = {**snap, "window_start_ms": 4_102_444_800_000, "window_end_ms": 4_102_444_860_000}  # 2100
+    assert "ahead of the processing clock" in processor.refuse(state, far)
+    assert state.loop.last_window_ms == 960_163_200_000  # what made the loop ignore every later real snapshot

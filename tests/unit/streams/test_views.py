@@ -368,3 +368,13 @@ def test_a_file_from_before_reason_codes_gets_their_columns(settings):
                           Codec.default().encode("Action", {**_action("a-1"), "reason_code": "recharge_valley"}))])
     assert sink.con.execute("SELECT reason_code FROM actions_proposed").fetchall() == [("recharge_valley",)]
     assert "noise_reason_code" in [r[0] for r in sink.con.execute("DESCRIBE alarms_clean").fetchall()]
+
+
+def test_a_raw_time_duckdb_cannot_represent_reads_as_null_instead_of_breaking_the_views(settings, batch):
+    codec = Codec.default()
+    sink = ViewsSink(settings, dead_letters=lambda *a: pytest.fail(f"unexpected dead letter {a}"))
+    extreme = [Msg(PREFIX + "telemetry.raw", 3, i, codec.encode("TelemetryPoint", point(f"pdu-x{i}", "it_kw", ts, 1.0)),
+                   key=f"pdu-x{i}".encode()) for i, ts in enumerate([-2**62, 2**62])]
+    assert sink.write_batch(batch + extreme) == 9
+    rows = dict(sink.con.execute("SELECT device, ts FROM v_telemetry_latest").fetchall())
+    assert rows["pdu-x0"] is None and rows["pdu-x1"] is None and rows["pdu-a1"] is not None
