@@ -52,7 +52,7 @@ def test_points_before_the_epoch_or_in_2100_are_invalid_and_move_no_watermark_ac
 
     def send(ts_ms, value=100.0):  # one key: one partition, this order
         prod.produce(topic, key=b"gm", value=codec.encode("TelemetryPoint", {
-            "ts_ms": ts_ms, "site": "s1", "device": "gm", "device_type": "grid_meter", "metric": "grid_kw",
+            "ts_ms": ts_ms, "site": "demo", "device": "grid-meter-1", "device_type": "grid_meter", "metric": "grid_kw",
             "value": value, "unit": "kW", "source": "test"}))
 
     send(JUNE_2000)
