@@ -12,20 +12,29 @@ from opsloop.config.settings import Settings
 BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
 
 
-def _local_kafka(settings: Settings, state_dir: Path | None = None):
+def _local_kafka(settings: Settings, secure: bool = False):
     from opsloop.ops.kafka import LocalKafka
 
-    return LocalKafka(settings.cache_dir, state_dir or settings.data_dir / "kafka", port=settings.kafka_port)
+    state_dir = settings.data_dir / ("kafka-secure" if secure else "kafka")
+    return LocalKafka(settings.cache_dir, state_dir, port=settings.kafka_port, secure=secure)
 
 
 def cmd_up(settings: Settings, args) -> int:
-    print(_local_kafka(settings).start())
+    kafka = _local_kafka(settings, secure=args.secure)
+    print(kafka.start())
+    if args.secure:  # the local broker's super user sets it up; every agent gets its own principal
+        settings = kafka.client_settings(settings, "admin")
     if not args.no_topics:
         cmd_topics(settings, argparse.Namespace(action="create"))
+        if args.secure:
+            cmd_acl(settings, argparse.Namespace(action="apply", principal=None))
+    if args.secure:
+        print(f"TLS + SASL/SCRAM on {kafka.bootstrap}; CA {kafka.ca_file}. Each principal's client settings "
+              f"(OPSLOOP_KAFKA_*, the password by file): {kafka.secure_dir / 'users'}/<principal>.env")
     if not args.no_pcs:
         from opsloop.ops.pcs_sim import start_background
 
-        print(start_background(settings))
+        print(start_background(kafka.client_settings(settings, "source") if args.secure else settings))
     return 0
 
 
@@ -33,7 +42,25 @@ def cmd_down(settings: Settings, args) -> int:
     from opsloop.ops.pcs_sim import stop_background
 
     print(stop_background(settings))
-    print(_local_kafka(settings).stop())
+    for secure in (False, True):
+        kafka = _local_kafka(settings, secure=secure)
+        if secure and kafka.pid() is None:
+            continue
+        print(kafka.stop())
+    return 0
+
+
+def cmd_acl(settings: Settings, args) -> int:
+    from opsloop.config.access import plan
+
+    grants = plan(settings, [args.principal] if args.principal else None)
+    if args.action == "plan":
+        for grant in grants:
+            print(grant)
+        return 0
+    from opsloop.connectors.kafka import apply_acls
+
+    print(f"applied {apply_acls(settings, grants)} ACLs for {len({g.principal for g in grants})} principals")
     return 0
 
 
@@ -172,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local Kafka broker (KRaft) and create the topics")
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
     up.add_argument("--no-pcs", action="store_true", help="do not start the PCS simulator")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS + SASL/SCRAM + ACLs: certificates and one user per agent generated under the data dir")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
     sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
@@ -181,6 +210,10 @@ def parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="apply or list the topic catalog (config/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
+    acl = sub.add_parser("acl", help="print or apply the Kafka ACLs of every agent's principal (config/access.py)")
+    acl.add_argument("action", choices=["plan", "apply"])
+    acl.add_argument("--principal", help="only this principal's ACLs")
+    acl.set_defaults(func=cmd_acl)
     w = sub.add_parser("worker", help="run agents (all by default)")
     w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")

@@ -4,12 +4,22 @@ The broker's jars come from the Java package registry through Maven (artifact
 ``org.apache.kafka:kafka_2.13``) into a cache outside the repository, once.
 ``start`` formats KRaft storage on first use and waits until the broker answers;
 ``stop`` ends it. Both are idempotent.
+
+``secure=True`` starts it the way a production cluster runs: one SASL_SSL listener
+(SCRAM-SHA-512) and the StandardAuthorizer with no access unless an ACL grants it. At first
+start it generates, under ``<state dir>/secure`` (mode 0700, never in the repository): a CA
+and a broker certificate signed by it (Java's keytool; ``ca.pem`` is the clients' PEM
+truststore), a random password per principal of ``config.access`` (``users/<name>.password``)
+and its client settings (``users/<name>.env``). The SCRAM users are written into the
+cluster metadata when the storage is formatted (``--add-scram``); principals added later are
+created through the Admin API. ``admin`` is the super user.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +45,99 @@ class LocalKafka:
     port: int = 9092
     version: str = KAFKA_VERSION
     heap: str = "768m"
+    secure: bool = False  # SASL_SSL (SCRAM-SHA-512) + TLS + ACL authorizer
+
+    # -- secure mode: certificates, users, client settings ---------------------------------
+
+    @property
+    def secure_dir(self) -> Path:
+        return self.state_dir / "secure"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM CA certificate that signed the broker's: the clients' truststore."""
+        return self.secure_dir / "ca.pem"
+
+    def password_file(self, principal: str) -> Path:
+        return self.secure_dir / "users" / f"{principal}.password"
+
+    def client_settings(self, settings, principal: str = "admin"):
+        """``settings`` pointed at this broker as ``principal`` (SASL_SSL when secure, the password by file)."""
+        settings = settings.replace(broker=self.bootstrap)
+        if not self.secure:
+            return settings
+        return settings.replace(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                                kafka_sasl_username=principal, kafka_sasl_password="",
+                                kafka_sasl_password_file=self.password_file(principal), kafka_ca_file=self.ca_file)
+
+    def _admin_config(self) -> dict:
+        if not self.secure:
+            return {}
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
+                "sasl.password": self.password_file("admin").read_text().strip(),
+                "ssl.ca.location": str(self.ca_file)}
+
+    def _keytool(self, *args: str) -> None:
+        result = subprocess.run(["keytool", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:  # keytool's messages carry no password (they are passed as arguments)
+            raise KafkaSetupError(f"keytool {args[0]} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+
+    def _certificates(self) -> tuple[Path, str]:
+        """A CA and a broker key pair with a certificate it signed (for 127.0.0.1 and localhost), once."""
+        keystore, password_file = self.secure_dir / "broker.p12", self.secure_dir / "keystore.password"
+        if keystore.exists() and self.ca_file.exists() and password_file.exists():
+            return keystore, password_file.read_text().strip()
+        _require("keytool", "Java's keytool makes the broker's certificates (Debian: apt-get install default-jre-headless)")
+        password = secrets.token_urlsafe(24)
+        work = self.secure_dir / "ca"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700, parents=True)
+        ca_store, csr, crt, partial = work / "ca.p12", work / "broker.csr", work / "broker.pem", work / "broker.p12"
+        store = ["-storetype", "PKCS12", "-storepass", password]
+        self._keytool("-genkeypair", "-alias", "ca", "-keyalg", "EC", "-groupname", "secp256r1", "-validity", "825",
+                      "-dname", "CN=opsloop local CA", "-ext", "bc:c", "-keystore", str(ca_store), *store)
+        self._keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-file", str(self.ca_file),
+                      *store)
+        self._keytool("-genkeypair", "-alias", "broker", "-keyalg", "EC", "-groupname", "secp256r1",
+                      "-validity", "825", "-dname", "CN=localhost", "-keystore", str(partial), *store)
+        self._keytool("-certreq", "-alias", "broker", "-keystore", str(partial), "-file", str(csr), *store)
+        self._keytool("-gencert", "-alias", "ca", "-keystore", str(ca_store), "-infile", str(csr), "-outfile", str(crt),
+                      "-rfc", "-validity", "825", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+                      "-ext", "EKU=serverAuth", *store)
+        self._keytool("-importcert", "-noprompt", "-alias", "ca", "-file", str(self.ca_file), "-keystore",
+                      str(partial), *store)
+        self._keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(crt), "-keystore", str(partial),
+                      *store)
+        _write_private(password_file, password)
+        partial.rename(keystore)
+        return keystore, password
+
+    def _passwords(self) -> tuple[dict[str, str], list[str]]:
+        """Each principal's password (made once, random) and the principals whose password is new."""
+        from opsloop.config.access import principals
+
+        passwords, new = {}, []
+        for name in principals():
+            path = self.password_file(name)
+            if not path.exists():
+                _write_private(path, secrets.token_urlsafe(24))
+                new.append(name)
+            passwords[name] = path.read_text().strip()
+            env = [f"OPSLOOP_BROKER={self.bootstrap}", "OPSLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                   "OPSLOOP_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", f"OPSLOOP_KAFKA_SASL_USERNAME={name}",
+                   f"OPSLOOP_KAFKA_SASL_PASSWORD_FILE={path}", f"OPSLOOP_KAFKA_CA_FILE={self.ca_file}"]
+            _write_private(path.with_suffix(".env"), "\n".join(env) + "\n")
+        return passwords, new
+
+    def _create_users(self, names: list[str], passwords: dict[str, str], timeout_s: float = 30.0) -> None:
+        from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                           UserScramCredentialUpsertion)
+
+        client = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0, **self._admin_config()})
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+        upserts = [UserScramCredentialUpsertion(n, info, passwords[n].encode()) for n in names]
+        for future in client.alter_user_scram_credentials(upserts).values():
+            future.result(timeout_s)
 
     @property
     def bootstrap(self) -> str:
@@ -82,21 +185,33 @@ class LocalKafka:
 
     def _config(self) -> Path:
         config = self.state_dir / "server.properties"
-        text = (HERE / "server.properties").read_text().format(
-            port=self.port, controller_port=self.port + 1, log_dirs=self.state_dir / "data")
-        config.write_text(text)
+        places = {"port": self.port, "controller_port": self.port + 1, "log_dirs": self.state_dir / "data"}
+        if self.secure:
+            keystore, keystore_password = self._certificates()
+            places.update(admin="admin", admin_password=self.password_file("admin").read_text().strip(),
+                          keystore=keystore, keystore_password=keystore_password, ca_file=self.ca_file)
+        text = (HERE / ("server-secure.properties" if self.secure else "server.properties")).read_text().format(**places)
+        _write_private(config, text)  # secure: it holds the keystore's and the super user's passwords
         return config
 
-    def _format(self, config: Path) -> None:
-        if (self.state_dir / "data" / "meta.properties").exists():
+    def _formatted(self) -> bool:
+        return (self.state_dir / "data" / "meta.properties").exists()
+
+    def _format(self, config: Path, passwords: dict[str, str] | None = None) -> None:
+        if self._formatted():
             return
         # A cluster id is 16 random bytes in unpadded base64url, as `random-uuid` prints it; it may
         # start with "-", hence the "=" form of the option.
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config)),
-                                capture_output=True, text=True)
+        scram = [f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
+                 for name, password in (passwords or {}).items()]
+        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config),
+                                           *scram), capture_output=True, text=True)
         if result.returncode != 0:
-            raise KafkaSetupError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
+            output = result.stdout + result.stderr
+            for password in (passwords or {}).values():
+                output = output.replace(password, "***")
+            raise KafkaSetupError(f"formatting KRaft storage failed:\n{output}")
 
     def pid(self) -> int | None:
         try:
@@ -108,15 +223,26 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> str:
         """Start the broker unless it runs already; returns a one-line status."""
-        if self.pid() and broker_ready(self.bootstrap, 5.0):
-            return f"Kafka {self.version} already running on {self.bootstrap} (pid {self.pid()})"
+        mode = "SASL_SSL" if self.secure else "PLAINTEXT"
+        if self.pid() and broker_ready(self.bootstrap, 5.0, self._admin_config()):
+            return f"Kafka {self.version} already running on {self.bootstrap} ({mode}, pid {self.pid()})"
         _require("java", "Java 17+ runs the Kafka broker (Debian: apt-get install openjdk-17-jre-headless)")
         if _port_open(self.port):
             raise KafkaSetupError(f"port {self.port} is taken by another process; set OPSLOOP_KAFKA_PORT")
         self.install()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.state_dir / "security"
+        if self._formatted() and (marker.read_text().strip() if marker.exists() else "PLAINTEXT") != mode:
+            raise KafkaSetupError(f"the broker storage in {self.state_dir} was made for another security mode than "
+                                  f"{mode}; stop it and remove that directory, or use another one")
+        passwords, new_users = {}, []
+        if self.secure:
+            self.secure_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            passwords, new_users = self._passwords()
+            new_users = [] if not self._formatted() else new_users  # formatting adds them all
         config = self._config()
-        self._format(config)
+        self._format(config, passwords)
+        marker.write_text(mode)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -126,8 +252,10 @@ class LocalKafka:
             time.sleep(0.5)
             if proc.poll() is not None:
                 raise KafkaSetupError(f"Kafka exited with {proc.returncode}; last log lines:\n{_tail(self.log_file)}")
-            if broker_ready(self.bootstrap, 2.0):
-                return f"Kafka {self.version} ready on {self.bootstrap} (pid {proc.pid})"
+            if broker_ready(self.bootstrap, 2.0, self._admin_config()):
+                if new_users:
+                    self._create_users(new_users, passwords)
+                return f"Kafka {self.version} ready on {self.bootstrap} ({mode}, pid {proc.pid})"
         raise KafkaSetupError(f"Kafka not ready after {timeout_s:.0f}s; last log lines:\n{_tail(self.log_file)}")
 
     def stop(self, timeout_s: float = 30.0) -> str:
@@ -147,8 +275,8 @@ class LocalKafka:
         return f"Kafka stopped (pid {pid})"
 
 
-def broker_ready(bootstrap: str, timeout_s: float) -> bool:
-    """True when a broker answers a metadata request."""
+def broker_ready(bootstrap: str, timeout_s: float, security: dict | None = None) -> bool:
+    """True when a broker answers a metadata request (``security``: librdkafka settings to connect with)."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka import KafkaException
 
@@ -156,7 +284,8 @@ def broker_ready(bootstrap: str, timeout_s: float) -> bool:
     if not _port_open(int(port), host or "127.0.0.1"):
         return False
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0,
+                             **(security or {})})
         meta = admin.list_topics(timeout=timeout_s)
         return bool(meta.brokers)
     except KafkaException:
@@ -181,6 +310,15 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets, configs that hold them)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
 
 
 def _require(tool: str, hint: str) -> None:
