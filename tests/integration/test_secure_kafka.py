@@ -166,3 +166,28 @@ def test_no_secret_in_logs_exception_texts_or_cli_output(secure_kafka, secure_se
     found = [i for i, text in enumerate(texts) for secret in _secrets(secure_kafka) if secret in text]
     assert found == [], "a secret leaked"
     assert any("uthoriz" in t or "AUTHORIZATION" in t for t in texts)  # the refusals were seen, and said why
+
+
+def test_the_faust_narrator_runs_over_tls_and_scram_as_its_own_principal(secure_settings, read_topic):
+    import threading
+
+    from opsloop.ops.evals.narrate import load_labelled
+    from opsloop.streams import worker
+
+    as_narrate, as_admin, codec = secure_settings("narrate"), secure_settings("admin"), Codec.default()
+    [incident] = [incident for incident, _ in load_labelled()[:1]]
+    publish(secure_settings("correlate"), "incidents", "Incident", [incident], key=lambda r: r["site"].encode())
+    stop, narratives = threading.Event(), []
+
+    def watch() -> None:
+        deadline = time.monotonic() + SAFETY_NET_S
+        while not stop.is_set() and time.monotonic() < deadline and not narratives:
+            narratives[:] = [codec.decode_as("Narrative", m.value()) for m in read_topic(as_admin, "narratives")]
+            time.sleep(0.5)
+        stop.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.run(as_narrate, ["narrate"], stop=stop)  # aiokafka: an SSL context with our CA, SCRAM-SHA-512
+    watcher.join()
+    assert [n["incident_id"] for n in narratives] == [incident["incident_id"]]
