@@ -226,3 +226,17 @@ def apply_acls(settings: Settings, grants: Iterable, timeout_s: float = 30.0) ->
             raise KafkaException(f"the broker did not report {len(wanted)} new ACLs within {timeout_s}s")
         time.sleep(0.1)
     return len(bindings)
+
+
+def upsert_scram_users(settings: Settings, passwords: dict[str, str], timeout_s: float = 30.0) -> list[str]:
+    """Create or update SCRAM-SHA-512 users through the Admin API (as a super user); returns their names."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    if not passwords:
+        return []
+    client = admin(settings)
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+    upserts = [UserScramCredentialUpsertion(name, info, password.encode()) for name, password in passwords.items()]
+    for future in client.alter_user_scram_credentials(upserts).values():
+        future.result(timeout_s)
+    return list(passwords)

@@ -50,6 +50,28 @@ def cmd_down(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_secure_init(settings: Settings, args) -> int:
+    """Certificates and passwords for a secure deployment (docker-compose.secure.yml), never committed."""
+    from opsloop.config.access import principals
+    from opsloop.ops.kafka import write_private, make_certificates, make_passwords
+
+    directory = args.dir or settings.data_dir / "compose-secrets"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _, keystore_password = make_certificates(directory, tuple(args.host or ["kafka", "localhost"]))
+    new = make_passwords(directory, principals())
+    write_private(directory / "broker.creds", keystore_password)  # the Kafka image reads keystore passwords by file
+    admin = (directory / "admin.password").read_text().strip()
+    write_private(directory / "compose.env", f"OPSLOOP_KAFKA_ADMIN_PASSWORD={admin}\n")
+    write_private(directory / "admin-client.properties", "\n".join([  # the broker's healthcheck, Kafka's own tools
+        "security.protocol=SASL_SSL", "sasl.mechanism=PLAIN", "ssl.truststore.type=PEM",  # admin: PLAIN, static
+        "ssl.truststore.location=/etc/kafka/secrets/ca.pem",
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="admin" password="{admin}";', ""]))
+    print(f"{directory}: ca.pem, broker.p12, one password file per principal ({len(new)} new), compose.env, "
+          "admin-client.properties")
+    return 0
+
+
 def cmd_acl(settings: Settings, args) -> int:
     from opsloop.config.access import plan
 
@@ -58,8 +80,17 @@ def cmd_acl(settings: Settings, args) -> int:
         for grant in grants:
             print(grant)
         return 0
-    from opsloop.connectors.kafka import apply_acls
+    from opsloop.connectors.kafka import apply_acls, upsert_scram_users
 
+    if getattr(args, "users", None):  # SCRAM users from <dir>/<principal>.password (names only are printed)
+        from opsloop.config.access import PRINCIPALS
+
+        files = {name: [args.users / f"{name}.password", args.users / f"kafka-{name}"] for name in PRINCIPALS}
+        passwords = {name: path.read_text().strip() for name, paths in files.items() for path in paths[:1]
+                     if path.exists()}
+        passwords.update({name: paths[1].read_text().strip() for name, paths in files.items()
+                          if name not in passwords and paths[1].exists()})
+        print(f"SCRAM users: {', '.join(upsert_scram_users(settings, passwords)) or 'none found'}")
     print(f"applied {apply_acls(settings, grants)} ACLs for {len({g.principal for g in grants})} principals")
     return 0
 
@@ -213,7 +244,14 @@ def parser() -> argparse.ArgumentParser:
     acl = sub.add_parser("acl", help="print or apply the Kafka ACLs of every agent's principal (config/access.py)")
     acl.add_argument("action", choices=["plan", "apply"])
     acl.add_argument("--principal", help="only this principal's ACLs")
+    acl.add_argument("--users", type=Path, help="apply: also create or update each principal's SCRAM user from "
+                                               "<dir>/<principal>.password (or <dir>/kafka-<principal>, a secret)")
     acl.set_defaults(func=cmd_acl)
+    si = sub.add_parser("secure-init", help="make a CA, the broker's certificate and one password per principal "
+                                            "for a secure deployment (docker-compose.secure.yml)")
+    si.add_argument("--dir", type=Path, help="where (default: <data dir>/compose-secrets)")
+    si.add_argument("--host", action="append", help="broker host name for the certificate (default: kafka, localhost)")
+    si.set_defaults(func=cmd_secure_init)
     w = sub.add_parser("worker", help="run agents (all by default)")
     w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")

@@ -47,6 +47,10 @@ class LocalKafka:
     heap: str = "768m"
     secure: bool = False  # SASL_SSL (SCRAM-SHA-512) + TLS + ACL authorizer
 
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     # -- secure mode: certificates, users, client settings ---------------------------------
 
     @property
@@ -77,71 +81,28 @@ class LocalKafka:
                 "sasl.password": self.password_file("admin").read_text().strip(),
                 "ssl.ca.location": str(self.ca_file)}
 
-    def _keytool(self, *args: str) -> None:
-        result = subprocess.run(["keytool", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:  # keytool's messages carry no password (they are passed as arguments)
-            raise KafkaSetupError(f"keytool {args[0]} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
-
     def _certificates(self) -> tuple[Path, str]:
-        """A CA and a broker key pair with a certificate it signed (for 127.0.0.1 and localhost), once."""
-        keystore, password_file = self.secure_dir / "broker.p12", self.secure_dir / "keystore.password"
-        if keystore.exists() and self.ca_file.exists() and password_file.exists():
-            return keystore, password_file.read_text().strip()
-        _require("keytool", "Java's keytool makes the broker's certificates (Debian: apt-get install default-jre-headless)")
-        password = secrets.token_urlsafe(24)
-        work = self.secure_dir / "ca"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700, parents=True)
-        ca_store, csr, crt, partial = work / "ca.p12", work / "broker.csr", work / "broker.pem", work / "broker.p12"
-        store = ["-storetype", "PKCS12", "-storepass", password]
-        self._keytool("-genkeypair", "-alias", "ca", "-keyalg", "EC", "-groupname", "secp256r1", "-validity", "825",
-                      "-dname", "CN=opsloop local CA", "-ext", "bc:c", "-keystore", str(ca_store), *store)
-        self._keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-file", str(self.ca_file),
-                      *store)
-        self._keytool("-genkeypair", "-alias", "broker", "-keyalg", "EC", "-groupname", "secp256r1",
-                      "-validity", "825", "-dname", "CN=localhost", "-keystore", str(partial), *store)
-        self._keytool("-certreq", "-alias", "broker", "-keystore", str(partial), "-file", str(csr), *store)
-        self._keytool("-gencert", "-alias", "ca", "-keystore", str(ca_store), "-infile", str(csr), "-outfile", str(crt),
-                      "-rfc", "-validity", "825", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
-                      "-ext", "EKU=serverAuth", *store)
-        self._keytool("-importcert", "-noprompt", "-alias", "ca", "-file", str(self.ca_file), "-keystore",
-                      str(partial), *store)
-        self._keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(crt), "-keystore", str(partial),
-                      *store)
-        _write_private(password_file, password)
-        partial.rename(keystore)
-        return keystore, password
+        return make_certificates(self.secure_dir)
 
     def _passwords(self) -> tuple[dict[str, str], list[str]]:
         """Each principal's password (made once, random) and the principals whose password is new."""
         from opsloop.config.access import principals
 
-        passwords, new = {}, []
+        passwords, new = {}, make_passwords(self.secure_dir / "users", principals())
         for name in principals():
             path = self.password_file(name)
-            if not path.exists():
-                _write_private(path, secrets.token_urlsafe(24))
-                new.append(name)
             passwords[name] = path.read_text().strip()
             env = [f"OPSLOOP_BROKER={self.bootstrap}", "OPSLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
                    "OPSLOOP_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", f"OPSLOOP_KAFKA_SASL_USERNAME={name}",
                    f"OPSLOOP_KAFKA_SASL_PASSWORD_FILE={path}", f"OPSLOOP_KAFKA_CA_FILE={self.ca_file}"]
-            _write_private(path.with_suffix(".env"), "\n".join(env) + "\n")
+            write_private(path.with_suffix(".env"), "\n".join(env) + "\n")
         return passwords, new
 
-    def _create_users(self, names: list[str], passwords: dict[str, str], timeout_s: float = 30.0) -> None:
-        from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
-                                           UserScramCredentialUpsertion)
+    def _create_users(self, names: list[str], passwords: dict[str, str]) -> None:
+        from opsloop.config.settings import Settings
+        from opsloop.connectors.kafka import upsert_scram_users
 
-        client = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0, **self._admin_config()})
-        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
-        upserts = [UserScramCredentialUpsertion(n, info, passwords[n].encode()) for n in names]
-        for future in client.alter_user_scram_credentials(upserts).values():
-            future.result(timeout_s)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        upsert_scram_users(self.client_settings(Settings(), "admin"), {n: passwords[n] for n in names})
 
     @property
     def libs(self) -> Path:
@@ -191,7 +152,7 @@ class LocalKafka:
             places.update(admin="admin", admin_password=self.password_file("admin").read_text().strip(),
                           keystore=keystore, keystore_password=keystore_password, ca_file=self.ca_file)
         text = (HERE / ("server-secure.properties" if self.secure else "server.properties")).read_text().format(**places)
-        _write_private(config, text)  # secure: it holds the keystore's and the super user's passwords
+        write_private(config, text)  # secure: it holds the keystore's and the super user's passwords
         return config
 
     def _formatted(self) -> bool:
@@ -312,7 +273,55 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _write_private(path: Path, text: str) -> None:
+def _keytool(*args: str) -> None:
+    result = subprocess.run(["keytool", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:  # keytool's messages carry no password (they are passed as arguments)
+        raise KafkaSetupError(f"keytool {args[0]} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+
+
+def make_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",)) -> tuple[Path, str]:
+    """A CA and a broker key pair with a certificate the CA signed for 127.0.0.1 and ``hosts``, once, in
+    ``directory``: ``ca.pem`` (the clients' PEM truststore), ``broker.p12`` (the broker's PKCS12 keystore) and
+    ``keystore.password`` (mode 0600). Returns the keystore and its password. Java's keytool does the work."""
+    keystore, password_file, ca_file = directory / "broker.p12", directory / "keystore.password", directory / "ca.pem"
+    if keystore.exists() and ca_file.exists() and password_file.exists():
+        return keystore, password_file.read_text().strip()
+    _require("keytool", "Java's keytool makes the broker's certificates (Debian: apt-get install default-jre-headless)")
+    password = secrets.token_urlsafe(24)
+    work = directory / "ca"  # the CA's private key stays here, readable by its owner only
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    ca_store, csr, crt, partial = work / "ca.p12", work / "broker.csr", work / "broker.pem", work / "broker.p12"
+    store = ["-storetype", "PKCS12", "-storepass", password]
+    ec = ["-keyalg", "EC", "-groupname", "secp256r1", "-validity", "825"]
+    san = ",".join(["ip:127.0.0.1", *(f"dns:{h}" for h in hosts)])
+    _keytool("-genkeypair", "-alias", "ca", *ec, "-dname", "CN=opsloop local CA", "-ext", "bc:c",
+             "-keystore", str(ca_store), *store)
+    _keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-file", str(ca_file), *store)
+    _keytool("-genkeypair", "-alias", "broker", *ec, "-dname", f"CN={hosts[0]}", "-keystore", str(partial), *store)
+    _keytool("-certreq", "-alias", "broker", "-keystore", str(partial), "-file", str(csr), *store)
+    _keytool("-gencert", "-alias", "ca", "-keystore", str(ca_store), "-infile", str(csr), "-outfile", str(crt),
+             "-rfc", "-validity", "825", "-ext", f"SAN={san}", "-ext", "EKU=serverAuth", *store)
+    _keytool("-importcert", "-noprompt", "-alias", "ca", "-file", str(ca_file), "-keystore", str(partial), *store)
+    _keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(crt), "-keystore", str(partial), *store)
+    write_private(password_file, password)
+    partial.rename(keystore)
+    return keystore, password
+
+
+def make_passwords(directory: Path, names) -> list[str]:
+    """A random password per principal in ``directory/<name>.password`` (mode 0600) unless it has one; returns the
+    names whose password is new."""
+    new = []
+    for name in names:
+        path = directory / f"{name}.password"
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(24))
+            new.append(name)
+    return new
+
+
+def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (secrets, configs that hold them)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
