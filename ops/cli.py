@@ -192,7 +192,7 @@ def cmd_bench(settings: Settings, args) -> int:
     from opsloop.ops.bench.run import run_bench
 
     if args.suite in ("all", "rollup"):
-        run_bench(settings, events=args.events)
+        run_bench(settings, events=args.events, secure=not args.no_secure)
     if args.suite in ("all", "alarms"):
         from opsloop.ops.bench.alarms import run_alarm_bench
 
@@ -292,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks"], default="all")
+    b.add_argument("--no-secure", action="store_true",
+                   help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)
     return p
