@@ -63,7 +63,7 @@ def secure_kafka(tmp_path_factory):
     from opsloop.ops.kafka import LocalKafka
 
     broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka-secure"), port=_free_port_pair(),
-                        secure=True)
+                        secure=True, heap="512m")  # a second broker beside the plaintext one: keep it small
     broker.start()
     try:
         yield broker

@@ -86,7 +86,7 @@ def test_no_identity_no_access(secure_settings):
     # a plaintext client on the TLS listener, a wrong password and a client that does not trust our CA: no metadata
     for config in (base, {**base, **wrong_password}, {**base, **untrusting}):
         with pytest.raises(KafkaException):
-            AdminClient(config).list_topics(timeout=5)
+            AdminClient(config).list_topics(timeout=3)
 
 
 def test_rollup_guard_and_pcs_sink_run_as_their_own_principals(secure_settings, read_topic):
