@@ -89,7 +89,8 @@ def test_no_identity_no_access(secure_settings):
             AdminClient(config).list_topics(timeout=3)
 
 
-def test_rollup_guard_and_pcs_sink_run_as_their_own_principals(secure_settings, read_topic):
+def test_rollup_guard_and_pcs_sink_run_as_their_own_principals(secure_kafka, secure_settings, read_topic, caplog):
+    caplog.set_level(logging.DEBUG)
     as_source, as_rollup = secure_settings("source"), secure_settings("rollup")
     stats = replay(as_source, replay_spec(load_site(as_source.topology)), TAYLOR, start="2000-06-05T00:00:00",
                    days=0.25)
@@ -121,6 +122,7 @@ def test_rollup_guard_and_pcs_sink_run_as_their_own_principals(secure_settings, 
     admin_view = secure_settings("admin")
     [verdict] = [codec.decode_as("ApprovedAction", m.value()) for m in read_topic(admin_view, "actions.approved")]
     assert verdict["verdict"] == "approved" and verdict["action"]["action_id"] == "sec-1"
+    assert not [secret for secret in _secrets(secure_kafka) if secret in caplog.text]  # the agents' logs
 
 
 def wait_until(condition, *runners) -> None:
