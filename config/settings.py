@@ -74,6 +74,7 @@ class Settings:
     kafka_sasl_password: str = field(default="", repr=False)  # secret: never logged, never in exception text
     kafka_sasl_password_file: Path | None = None  # or read it from a file (a mounted secret)
     kafka_ca_file: Path | None = None  # PEM CA bundle that signed the broker's certificate (default: system CAs)
+    kafka_credentials_dir: Path | None = None  # <principal>.password per agent: a worker runs each as its own principal
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -108,6 +109,16 @@ class Settings:
         except OSError as exc:
             raise ValueError(f"OPSLOOP_KAFKA_SASL_PASSWORD_FILE: cannot read {self.kafka_sasl_password_file} "
                              f"({exc.strerror})") from None
+
+    def as_principal(self, name: str) -> "Settings":
+        """These settings as Kafka principal ``name`` when ``kafka_credentials_dir`` holds its password file (a
+        worker running several agents gives each its own identity); otherwise unchanged."""
+        if self.kafka_credentials_dir is None or not self.kafka_security_protocol.upper().startswith("SASL"):
+            return self
+        password_file = self.kafka_credentials_dir / f"{name}.password"
+        if not password_file.exists():
+            return self
+        return self.replace(kafka_sasl_username=name, kafka_sasl_password="", kafka_sasl_password_file=password_file)
 
     def kafka_env(self) -> dict[str, str]:
         """The broker and Kafka security settings as ``OPSLOOP_*`` env, for a child process."""

@@ -185,7 +185,7 @@ def cmd_schemas(settings: Settings, args) -> int:
 def cmd_demo(settings: Settings, args) -> int:
     from opsloop.ops.demo import run_demo
 
-    return run_demo(settings, data=Path(args.data), days=args.days)
+    return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
 
 
 def cmd_bench(settings: Settings, args) -> int:
@@ -280,6 +280,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="end to end on the bundled real data, then a summary")
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
+    d.add_argument("--secure", action="store_true", help="on the secure local broker (TLS, SASL/SCRAM, ACLs), every "
+                                                         "agent as its own principal")
     d.set_defaults(func=cmd_demo)
     pol = sub.add_parser("policy", help="validate a guard-rail policy file")
     pol.add_argument("action", choices=["check"])

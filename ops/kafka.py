@@ -343,17 +343,28 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextmanager
-def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
+def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = (), secure: bool = False):
     """For the demo and the bench: a running broker and the catalog's topics under a fresh prefix.
 
     Starts the local broker unless one runs, yields the settings pointed at it with the topics of
-    ``prefixed_topics``, then deletes them and stops the broker if it was started here.
+    ``prefixed_topics``, then deletes them and stops the broker if it was started here. ``secure``: the
+    secure broker (``<data dir>/kafka-secure``); the settings are the super user's, every principal's ACLs
+    are applied for the prefix, and ``kafka_credentials_dir`` makes each agent a worker runs its own principal.
     """
-    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
+    kafka = LocalKafka(settings.cache_dir, settings.data_dir / ("kafka-secure" if secure else "kafka"),
+                       port=settings.kafka_port, secure=secure)
     started = kafka.pid() is None
     print(kafka.start())
+    client_settings = kafka.client_settings(settings, "admin")
+    if secure:
+        client_settings = client_settings.replace(kafka_credentials_dir=kafka.secure_dir / "users")
     try:
-        with prefixed_topics(settings.replace(broker=kafka.bootstrap), prefix, extra_topics) as scratch:
+        with prefixed_topics(client_settings, prefix, extra_topics) as scratch:
+            if secure:
+                from opsloop.config.access import plan
+                from opsloop.connectors.kafka import apply_acls
+
+                apply_acls(scratch, plan(scratch))
             yield scratch
     finally:
         if started:

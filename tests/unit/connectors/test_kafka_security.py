@@ -64,3 +64,31 @@ def test_the_faust_app_gets_an_ssl_context_with_our_ca_and_scram():
     assert isinstance(credentials.ssl_context, ssl.SSLContext)
     assert credentials.ssl_context.verify_mode == ssl.CERT_REQUIRED and credentials.ssl_context.check_hostname
     assert "pw-0123456789" not in repr(credentials)
+
+
+def test_a_worker_runs_each_agent_as_its_own_principal_when_credentials_are_given(tmp_path, monkeypatch):
+    import threading
+
+    from opsloop.streams import worker
+
+    for name in ("rollup", "guard"):
+        (tmp_path / f"{name}.password").write_text(f"pw-{name}\n")
+    settings = Settings.from_env({**SECURE, "OPSLOOP_KAFKA_SASL_USERNAME": "admin",
+                                  "OPSLOOP_KAFKA_CREDENTIALS_DIR": str(tmp_path)})
+    assert security_config(settings.as_principal("rollup"))["sasl.username"] == "rollup"
+    assert security_config(settings.as_principal("rollup"))["sasl.password"] == "pw-rollup"
+    assert settings.as_principal("views") == settings  # no password file: the process's own identity
+    assert Settings().as_principal("rollup") == Settings()  # plaintext: nothing to change
+    seen = {}
+
+    class Agent:
+        def __init__(self, name, settings):
+            self.name, self.settings = name, settings
+
+        def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
+            seen[self.name] = self.settings.kafka_sasl_username
+            return {}
+
+    monkeypatch.setattr(worker, "AGENTS", {n: (lambda s, site, n=n: Agent(n, s)) for n in ("rollup", "guard")})
+    worker.run(settings, ["rollup", "guard"], exit_when_idle=True, site=object())
+    assert seen == {"rollup": "rollup", "guard": "guard"}
