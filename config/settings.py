@@ -6,6 +6,10 @@ Nothing else in opsloop reads the environment: agents and connectors get a
 >>> s = Settings.from_env({"OPSLOOP_BROKER": "kafka:9092", "OPSLOOP_WINDOW_S": "300"})
 >>> s.broker, s.window_s, s.topic("telemetry.raw")
 ('kafka:9092', 300, 'telemetry.raw')
+>>> secure = Settings.from_env({"OPSLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "OPSLOOP_KAFKA_SASL_USERNAME": "rollup",
+...                             "OPSLOOP_KAFKA_SASL_PASSWORD": "s3cret"})
+>>> secure.kafka_password(), "s3cret" in repr(secure)
+('s3cret', False)
 >>> Settings.from_env({"OPSLOOP_WINDOW_S": "soon"})
 Traceback (most recent call last):
 ...
@@ -23,6 +27,7 @@ from typing import Mapping
 from opsloop.config.assets import DEMO_SITE, POLICY_FILE, TOPICS_FILE
 
 ENV_PREFIX = "OPSLOOP_"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 def _default_cache() -> Path:
@@ -79,6 +84,14 @@ class Settings:
     # Secrets, never shown (repr=False) nor logged; parsed by models.signing.Keyring:
     verdict_key: str = field(default="", repr=False)  # kid:secret[,...]: the guard signs verdicts, the sinks verify
     feedback_key: str = field(default="", repr=False)  # kid:secret[,...]: the NOC signs Feedback, the guard verifies
+    # Kafka client security (every client: agents, sources, sinks, NOC, CLI, the Faust narrator).
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT (local demo only) | SASL_SSL | SSL | SASL_PLAINTEXT
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""  # this process's Kafka principal (User:<name>)
+    kafka_sasl_password: str = field(default="", repr=False)  # secret: never logged, never in exception text
+    kafka_sasl_password_file: Path | None = None  # or read it from a file (a mounted secret)
+    kafka_ca_file: Path | None = None  # PEM CA bundle that signed the broker's certificate (default: system CAs)
+    kafka_credentials_dir: Path | None = None  # <principal>.password per agent: a worker runs each as its own principal
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -90,6 +103,50 @@ class Settings:
                 values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self):
+        protocol = self.kafka_security_protocol.upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"OPSLOOP_KAFKA_SECURITY_PROTOCOL: expected one of {', '.join(SECURITY_PROTOCOLS)}, "
+                             f"got {self.kafka_security_protocol!r}")
+        if protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError(f"OPSLOOP_KAFKA_SASL_USERNAME is required with {protocol}")
+        if protocol.startswith("SASL") and not (self.kafka_sasl_password or self.kafka_sasl_password_file):
+            raise ValueError(f"OPSLOOP_KAFKA_SASL_PASSWORD or OPSLOOP_KAFKA_SASL_PASSWORD_FILE is required with "
+                             f"{protocol}")
+
+    def kafka_password(self) -> str:
+        """The SASL password, from the setting or its file (never logged: keep it out of messages)."""
+        if self.kafka_sasl_password:
+            return self.kafka_sasl_password
+        if self.kafka_sasl_password_file is None:
+            return ""
+        try:
+            return self.kafka_sasl_password_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"OPSLOOP_KAFKA_SASL_PASSWORD_FILE: cannot read {self.kafka_sasl_password_file} "
+                             f"({exc.strerror})") from None
+
+    def as_principal(self, name: str) -> "Settings":
+        """These settings as Kafka principal ``name`` when ``kafka_credentials_dir`` holds its password file (a
+        worker running several agents gives each its own identity); otherwise unchanged."""
+        if self.kafka_credentials_dir is None or not self.kafka_security_protocol.upper().startswith("SASL"):
+            return self
+        password_file = self.kafka_credentials_dir / f"{name}.password"
+        if not password_file.exists():
+            return self
+        return self.replace(kafka_sasl_username=name, kafka_sasl_password="", kafka_sasl_password_file=password_file)
+
+    def kafka_env(self) -> dict[str, str]:
+        """The broker and Kafka security settings as ``OPSLOOP_*`` env, for a child process."""
+        names = ["broker", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                 "kafka_sasl_password", "kafka_sasl_password_file", "kafka_ca_file"]
+        values = {ENV_PREFIX + n.upper(): getattr(self, n) for n in names}
+        return {k: str(v) for k, v in values.items() if v not in (None, "")}
+
+    @property
+    def kafka_secure(self) -> bool:
+        return self.kafka_security_protocol.upper() != "PLAINTEXT"
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -20,9 +20,33 @@ from opsloop.schemas.codec import Codec
 DEADLETTER = "deadletter"
 
 
+def security_config(settings: Settings) -> dict:
+    """librdkafka's security settings for ``settings``: empty for PLAINTEXT, else TLS and/or SASL.
+
+    The password is only ever in this dict, handed to the client: never log it.
+    """
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    config = {"security.protocol": protocol}
+    if protocol.endswith("SSL"):
+        config["ssl.endpoint.identification.algorithm"] = "https"  # the broker's name must match its certificate
+        if settings.kafka_ca_file:
+            config["ssl.ca.location"] = str(settings.kafka_ca_file)
+    if protocol.startswith("SASL"):
+        config.update({"sasl.mechanism": settings.kafka_sasl_mechanism, "sasl.username": settings.kafka_sasl_username,
+                       "sasl.password": settings.kafka_password()})
+    return config
+
+
+def client_config(settings: Settings, **config) -> dict:
+    """Bootstrap servers and security settings, plus ``config``."""
+    return {"bootstrap.servers": settings.broker, **security_config(settings), **config}
+
+
 def producer(settings: Settings, **overrides) -> Producer:
     config = {
-        "bootstrap.servers": settings.broker,
+        **client_config(settings),
         "enable.idempotence": True,  # no duplicates from producer retries
         "linger.ms": 5,
         "batch.size": 1_000_000,
@@ -35,7 +59,7 @@ def producer(settings: Settings, **overrides) -> Producer:
 
 def consumer(settings: Settings, group: str, **overrides) -> Consumer:
     config = {
-        "bootstrap.servers": settings.broker,
+        **client_config(settings),
         "group.id": group,
         "enable.auto.commit": False,  # processors commit only what they have fully handled
         "auto.offset.reset": "earliest",
@@ -48,8 +72,8 @@ def consumer(settings: Settings, group: str, **overrides) -> Consumer:
     return Consumer(config)
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.broker, "log_level": 3})
+def admin(settings: Settings, **overrides) -> AdminClient:
+    return AdminClient(client_config(settings, **{"log_level": 3, **overrides}))
 
 
 def apply_catalog(settings: Settings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
@@ -230,3 +254,47 @@ def close_clients(prod: Producer, cons: Consumer, timeout_s: float = 10.0) -> No
 def now_ms() -> int:
     """Wall clock, for the connector layer only (e.g. idle detection); models get time passed in."""
     return int(time.time() * 1000)
+
+
+def acl_binding(grant) -> "AclBinding":
+    """The Admin API binding of a ``config.access.Grant`` (an ALLOW from any host)."""
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    return AclBinding(ResourceType[grant.resource.upper()], grant.name, ResourcePatternType[grant.pattern.upper()],
+                      f"User:{grant.principal}", "*", AclOperation[grant.operation], AclPermissionType.ALLOW)
+
+
+def apply_acls(settings: Settings, grants: Iterable, timeout_s: float = 30.0) -> int:
+    """Create the grants' ACLs (idempotent: an existing ACL is left as it is) and wait until the broker's authorizer
+    holds them all (the controller commits them first); returns how many were applied."""
+    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    bindings = [acl_binding(g) for g in grants]
+    if not bindings:
+        return 0
+    client = admin(settings)
+    for future in client.create_acls(bindings).values():
+        future.result(timeout_s)
+    every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                             AclPermissionType.ANY)
+    wanted = {str(b) for b in bindings}
+    deadline = time.monotonic() + timeout_s
+    while wanted - {str(b) for b in client.describe_acls(every, request_timeout=timeout_s).result(timeout_s)}:
+        if time.monotonic() > deadline:
+            raise KafkaException(f"the broker did not report {len(wanted)} new ACLs within {timeout_s}s")
+        time.sleep(0.1)
+    return len(bindings)
+
+
+def upsert_scram_users(settings: Settings, passwords: dict[str, str], timeout_s: float = 30.0) -> list[str]:
+    """Create or update SCRAM-SHA-512 users through the Admin API (as a super user); returns their names."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    if not passwords:
+        return []
+    client = admin(settings)
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+    upserts = [UserScramCredentialUpsertion(name, info, password.encode()) for name, password in passwords.items()]
+    for future in client.alter_user_scram_credentials(upserts).values():
+        future.result(timeout_s)
+    return list(passwords)

@@ -70,6 +70,11 @@ def run_actuation_demo(settings: Settings) -> int:
     (work / "guard.sqlite").unlink(missing_ok=True)
     run = with_run_keys(settings).replace(data_dir=work, window_s=5, grace_s=1, verify_window_s=30.0,
                            app_id=f"opsloop-demo-{uuid.uuid4().hex[:6]}")
+    if run.kafka_credentials_dir is not None:  # a secure broker: the agents' ACLs for this run's own app id
+        from opsloop.config.access import plan
+        from opsloop.connectors.kafka import apply_acls
+
+        apply_acls(run, plan(run))
     policy = load_policy(run.policy)
     site = load_site(run.topology)
     codec = Codec.default()
@@ -95,10 +100,12 @@ def run_actuation_demo(settings: Settings) -> int:
                                           ("batch", 2, "sweep"), ("batch", 1, "etl"), ("train-b", 2, "finetune")):
                 jobs[_submit(cluster, partition, gpus, name)] = (partition, gpus, name)
         backend = ScontrolBackend(cluster.env) if cluster is not None else None
-        guard = GuardProcessor(run, policy, site)
-        processors = [RollupProcessor(run), guard, PcsSink(run, policy, site)]
+        # each agent as its own Kafka principal on a secure broker (a no-op on plaintext)
+        guard = GuardProcessor(run.as_principal("guard"), policy, site)
+        processors = [RollupProcessor(run.as_principal("rollup")), guard,
+                      PcsSink(run.as_principal("pcs-sink"), policy, site)]
         if backend is not None:
-            processors.append(SlurmSink(run, policy, backend=backend))
+            processors.append(SlurmSink(run.as_principal("slurm-sink"), policy, backend=backend))
         for proc in processors:
             thread = threading.Thread(target=proc.run, args=(stop,), name=f"demo-{proc.name}", daemon=True)
             thread.start()

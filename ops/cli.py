@@ -12,20 +12,29 @@ from opsloop.config.settings import Settings
 BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
 
 
-def _local_kafka(settings: Settings, state_dir: Path | None = None):
+def _local_kafka(settings: Settings, secure: bool = False):
     from opsloop.ops.kafka import LocalKafka
 
-    return LocalKafka(settings.cache_dir, state_dir or settings.data_dir / "kafka", port=settings.kafka_port)
+    state_dir = settings.data_dir / ("kafka-secure" if secure else "kafka")
+    return LocalKafka(settings.cache_dir, state_dir, port=settings.kafka_port, secure=secure)
 
 
 def cmd_up(settings: Settings, args) -> int:
-    print(_local_kafka(settings).start())
+    kafka = _local_kafka(settings, secure=args.secure)
+    print(kafka.start())
+    if args.secure:  # the local broker's super user sets it up; every agent gets its own principal
+        settings = kafka.client_settings(settings, "admin")
     if not args.no_topics:
         cmd_topics(settings, argparse.Namespace(action="create"))
+        if args.secure:
+            cmd_acl(settings, argparse.Namespace(action="apply", principal=None))
+    if args.secure:
+        print(f"TLS + SASL/SCRAM on {kafka.bootstrap}; CA {kafka.ca_file}. Each principal's client settings "
+              f"(OPSLOOP_KAFKA_*, the password by file): {kafka.secure_dir / 'users'}/<principal>.env")
     if not args.no_pcs:
         from opsloop.ops.pcs_sim import start_background
 
-        print(start_background(settings))
+        print(start_background(kafka.client_settings(settings, "source") if args.secure else settings))
     return 0
 
 
@@ -33,7 +42,56 @@ def cmd_down(settings: Settings, args) -> int:
     from opsloop.ops.pcs_sim import stop_background
 
     print(stop_background(settings))
-    print(_local_kafka(settings).stop())
+    for secure in (False, True):
+        kafka = _local_kafka(settings, secure=secure)
+        if secure and kafka.pid() is None:
+            continue
+        print(kafka.stop())
+    return 0
+
+
+def cmd_secure_init(settings: Settings, args) -> int:
+    """Certificates and passwords for a secure deployment (docker-compose.secure.yml), never committed."""
+    from opsloop.config.access import principals
+    from opsloop.ops.kafka import write_private, make_certificates, make_passwords
+
+    directory = args.dir or settings.data_dir / "compose-secrets"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _, keystore_password = make_certificates(directory, tuple(args.host or ["kafka", "localhost"]))
+    new = make_passwords(directory, principals())
+    write_private(directory / "broker.creds", keystore_password)  # the Kafka image reads keystore passwords by file
+    admin = (directory / "admin.password").read_text().strip()
+    write_private(directory / "compose.env", f"OPSLOOP_KAFKA_ADMIN_PASSWORD={admin}\n")
+    write_private(directory / "admin-client.properties", "\n".join([  # the broker's healthcheck, Kafka's own tools
+        "security.protocol=SASL_SSL", "sasl.mechanism=PLAIN", "ssl.truststore.type=PEM",  # admin: PLAIN, static
+        "ssl.truststore.location=/etc/kafka/secrets/ca.pem",
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="admin" password="{admin}";', ""]))
+    print(f"{directory}: ca.pem, broker.p12, one password file per principal ({len(new)} new), compose.env, "
+          "admin-client.properties")
+    return 0
+
+
+def cmd_acl(settings: Settings, args) -> int:
+    from opsloop.config.access import plan
+
+    grants = plan(settings, [args.principal] if args.principal else None)
+    if args.action == "plan":
+        for grant in grants:
+            print(grant)
+        return 0
+    from opsloop.connectors.kafka import apply_acls, upsert_scram_users
+
+    if getattr(args, "users", None):  # SCRAM users from <dir>/<principal>.password (names only are printed)
+        from opsloop.config.access import PRINCIPALS
+
+        files = {name: [args.users / f"{name}.password", args.users / f"kafka-{name}"] for name in PRINCIPALS}
+        passwords = {name: path.read_text().strip() for name, paths in files.items() for path in paths[:1]
+                     if path.exists()}
+        passwords.update({name: paths[1].read_text().strip() for name, paths in files.items()
+                          if name not in passwords and paths[1].exists()})
+        print(f"SCRAM users: {', '.join(upsert_scram_users(settings, passwords)) or 'none found'}")
+    print(f"applied {apply_acls(settings, grants)} ACLs for {len({g.principal for g in grants})} principals")
     return 0
 
 
@@ -130,14 +188,14 @@ def cmd_schemas(settings: Settings, args) -> int:
 def cmd_demo(settings: Settings, args) -> int:
     from opsloop.ops.demo import run_demo
 
-    return run_demo(settings, data=Path(args.data), days=args.days)
+    return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
 
 
 def cmd_bench(settings: Settings, args) -> int:
     from opsloop.ops.bench.run import run_bench
 
     if args.suite in ("all", "rollup"):
-        run_bench(settings, events=args.events)
+        run_bench(settings, events=args.events, secure=not args.no_secure)
     if args.suite in ("all", "alarms"):
         from opsloop.ops.bench.alarms import run_alarm_bench
 
@@ -175,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local Kafka broker (KRaft) and create the topics")
     up.add_argument("--no-topics", action="store_true", help="start the broker only")
     up.add_argument("--no-pcs", action="store_true", help="do not start the PCS simulator")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS + SASL/SCRAM + ACLs: certificates and one user per agent generated under the data dir")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
     sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
@@ -184,6 +244,17 @@ def parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="apply or list the topic catalog (config/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)
+    acl = sub.add_parser("acl", help="print or apply the Kafka ACLs of every agent's principal (config/access.py)")
+    acl.add_argument("action", choices=["plan", "apply"])
+    acl.add_argument("--principal", help="only this principal's ACLs")
+    acl.add_argument("--users", type=Path, help="apply: also create or update each principal's SCRAM user from "
+                                               "<dir>/<principal>.password (or <dir>/kafka-<principal>, a secret)")
+    acl.set_defaults(func=cmd_acl)
+    si = sub.add_parser("secure-init", help="make a CA, the broker's certificate and one password per principal "
+                                            "for a secure deployment (docker-compose.secure.yml)")
+    si.add_argument("--dir", type=Path, help="where (default: <data dir>/compose-secrets)")
+    si.add_argument("--host", action="append", help="broker host name for the certificate (default: kafka, localhost)")
+    si.set_defaults(func=cmd_secure_init)
     w = sub.add_parser("worker", help="run agents (all by default)")
     w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
@@ -222,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="end to end on the bundled real data, then a summary")
     d.add_argument("--data", default=str(BUNDLED_DATA))
     d.add_argument("--days", type=float, default=7.0)
+    d.add_argument("--secure", action="store_true", help="on the secure local broker (TLS, SASL/SCRAM, ACLs), every "
+                                                         "agent as its own principal")
     d.set_defaults(func=cmd_demo)
     pol = sub.add_parser("policy", help="validate a guard-rail policy file")
     pol.add_argument("action", choices=["check"])
@@ -234,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks"], default="all")
+    b.add_argument("--no-secure", action="store_true",
+                   help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)
     _add_evals(sub)
     return p

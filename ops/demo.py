@@ -17,7 +17,7 @@ from opsloop.config.settings import Settings
 STORM_START_MS = 960_163_200_000 + 2 * 86_400_000 + 9 * 3_600_000  # 2000-06-07 09:00 UTC, inside the replayed week
 
 
-def run_demo(settings: Settings, data: Path, days: float) -> int:
+def run_demo(settings: Settings, data: Path, days: float, secure: bool = False) -> int:
     from opsloop.connectors.duckdb import query
     from opsloop.config.site import load_site
     from opsloop.connectors.replay import replay, replay_spec
@@ -29,7 +29,7 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
     demo_dir = settings.data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     (demo_dir / "opsloop.duckdb").unlink(missing_ok=True)
-    with scratch_topics(settings, f"demo-{time.strftime('%Y%m%d%H%M%S')}.") as demo:
+    with scratch_topics(settings, f"demo-{time.strftime('%Y%m%d%H%M%S')}.", secure=secure) as demo:
         demo = demo.replace(data_dir=demo_dir, duckdb_path=demo_dir / "opsloop.duckdb", idle_close_s=3.0)
         site = load_site(demo.topology)
         spec = replay_spec(site)
@@ -68,16 +68,16 @@ def run_demo(settings: Settings, data: Path, days: float) -> int:
         print(f"\nExplore: OPSLOOP_DUCKDB_PATH={demo.duckdb_file} opsloop sql \"SELECT * FROM v_site_power LIMIT 10\"")
         print(f"NOC:     opsloop noc user add NAME --role admin (once), then OPSLOOP_DUCKDB_PATH={demo.duckdb_file} "
               f"opsloop noc, and open http://127.0.0.1:{settings.noc_port}/")
-        _actuation(settings, demo_dir)
+        _actuation(settings, demo_dir, secure)
     return 0
 
 
-def _actuation(settings: Settings, demo_dir: Path) -> None:
+def _actuation(settings: Settings, demo_dir: Path, secure: bool = False) -> None:
     """Guard-railed actuation on topics of its own (live simulator telemetry, not the replayed week)."""
     from opsloop.ops.actuation_demo import run_actuation_demo
     from opsloop.ops.kafka import scratch_topics
 
-    with scratch_topics(settings, f"demo-act-{time.strftime('%Y%m%d%H%M%S')}.") as act:
+    with scratch_topics(settings, f"demo-act-{time.strftime('%Y%m%d%H%M%S')}.", secure=secure) as act:
         run_actuation_demo(act.replace(data_dir=demo_dir))
 
 

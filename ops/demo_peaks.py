@@ -36,7 +36,7 @@ def run_peaks(settings: Settings, site: Site, snapshots: int) -> dict:
     timer.start()
     t0 = time.monotonic()
     try:
-        PeaksProcessor(settings, site, observer=observe).run(stop)
+        PeaksProcessor(settings.as_principal("peaks"), site, observer=observe).run(stop)
     finally:
         timer.cancel()
     wall = time.monotonic() - t0

@@ -4,12 +4,22 @@ The broker's jars come from the Java package registry through Maven (artifact
 ``org.apache.kafka:kafka_2.13``) into a cache outside the repository, once.
 ``start`` formats KRaft storage on first use and waits until the broker answers;
 ``stop`` ends it. Both are idempotent.
+
+``secure=True`` starts it the way a production cluster runs: one SASL_SSL listener
+(SCRAM-SHA-512) and the StandardAuthorizer with no access unless an ACL grants it. At first
+start it generates, under ``<state dir>/secure`` (mode 0700, never in the repository): a CA
+and a broker certificate signed by it (Java's keytool; ``ca.pem`` is the clients' PEM
+truststore), a random password per principal of ``config.access`` (``users/<name>.password``)
+and its client settings (``users/<name>.env``). The SCRAM users are written into the
+cluster metadata when the storage is formatted (``--add-scram``); principals added later are
+created through the Admin API. ``admin`` is the super user.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,10 +45,64 @@ class LocalKafka:
     port: int = 9092
     version: str = KAFKA_VERSION
     heap: str = "768m"
+    secure: bool = False  # SASL_SSL (SCRAM-SHA-512) + TLS + ACL authorizer
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    # -- secure mode: certificates, users, client settings ---------------------------------
+
+    @property
+    def secure_dir(self) -> Path:
+        return self.state_dir / "secure"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM CA certificate that signed the broker's: the clients' truststore."""
+        return self.secure_dir / "ca.pem"
+
+    def password_file(self, principal: str) -> Path:
+        return self.secure_dir / "users" / f"{principal}.password"
+
+    def client_settings(self, settings, principal: str = "admin"):
+        """``settings`` pointed at this broker as ``principal`` (SASL_SSL when secure, the password by file)."""
+        settings = settings.replace(broker=self.bootstrap)
+        if not self.secure:
+            return settings
+        return settings.replace(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                                kafka_sasl_username=principal, kafka_sasl_password="",
+                                kafka_sasl_password_file=self.password_file(principal), kafka_ca_file=self.ca_file)
+
+    def _admin_config(self) -> dict:
+        if not self.secure:
+            return {}
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
+                "sasl.password": self.password_file("admin").read_text().strip(),
+                "ssl.ca.location": str(self.ca_file)}
+
+    def _certificates(self) -> tuple[Path, str]:
+        return make_certificates(self.secure_dir)
+
+    def _passwords(self) -> tuple[dict[str, str], list[str]]:
+        """Each principal's password (made once, random) and the principals whose password is new."""
+        from opsloop.config.access import principals
+
+        passwords, new = {}, make_passwords(self.secure_dir / "users", principals())
+        for name in principals():
+            path = self.password_file(name)
+            passwords[name] = path.read_text().strip()
+            env = [f"OPSLOOP_BROKER={self.bootstrap}", "OPSLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                   "OPSLOOP_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", f"OPSLOOP_KAFKA_SASL_USERNAME={name}",
+                   f"OPSLOOP_KAFKA_SASL_PASSWORD_FILE={path}", f"OPSLOOP_KAFKA_CA_FILE={self.ca_file}"]
+            write_private(path.with_suffix(".env"), "\n".join(env) + "\n")
+        return passwords, new
+
+    def _create_users(self, names: list[str], passwords: dict[str, str]) -> None:
+        from opsloop.config.settings import Settings
+        from opsloop.connectors.kafka import upsert_scram_users
+
+        upsert_scram_users(self.client_settings(Settings(), "admin"), {n: passwords[n] for n in names})
 
     @property
     def libs(self) -> Path:
@@ -82,21 +146,33 @@ class LocalKafka:
 
     def _config(self) -> Path:
         config = self.state_dir / "server.properties"
-        text = (HERE / "server.properties").read_text().format(
-            port=self.port, controller_port=self.port + 1, log_dirs=self.state_dir / "data")
-        config.write_text(text)
+        places = {"port": self.port, "controller_port": self.port + 1, "log_dirs": self.state_dir / "data"}
+        if self.secure:
+            keystore, keystore_password = self._certificates()
+            places.update(admin="admin", admin_password=self.password_file("admin").read_text().strip(),
+                          keystore=keystore, keystore_password=keystore_password, ca_file=self.ca_file)
+        text = (HERE / ("server-secure.properties" if self.secure else "server.properties")).read_text().format(**places)
+        write_private(config, text)  # secure: it holds the keystore's and the super user's passwords
         return config
 
-    def _format(self, config: Path) -> None:
-        if (self.state_dir / "data" / "meta.properties").exists():
+    def _formatted(self) -> bool:
+        return (self.state_dir / "data" / "meta.properties").exists()
+
+    def _format(self, config: Path, passwords: dict[str, str] | None = None) -> None:
+        if self._formatted():
             return
         # A cluster id is 16 random bytes in unpadded base64url, as `random-uuid` prints it; it may
         # start with "-", hence the "=" form of the option.
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config)),
-                                capture_output=True, text=True)
+        scram = [f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
+                 for name, password in (passwords or {}).items()]
+        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config),
+                                           *scram), capture_output=True, text=True)
         if result.returncode != 0:
-            raise KafkaSetupError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
+            output = result.stdout + result.stderr
+            for password in (passwords or {}).values():
+                output = output.replace(password, "***")
+            raise KafkaSetupError(f"formatting KRaft storage failed:\n{output}")
 
     def pid(self) -> int | None:
         try:
@@ -108,15 +184,26 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> str:
         """Start the broker unless it runs already; returns a one-line status."""
-        if self.pid() and broker_ready(self.bootstrap, 5.0):
-            return f"Kafka {self.version} already running on {self.bootstrap} (pid {self.pid()})"
+        mode = "SASL_SSL" if self.secure else "PLAINTEXT"
+        if self.pid() and broker_ready(self.bootstrap, 5.0, self._admin_config()):
+            return f"Kafka {self.version} already running on {self.bootstrap} ({mode}, pid {self.pid()})"
         _require("java", "Java 17+ runs the Kafka broker (Debian: apt-get install openjdk-17-jre-headless)")
         if _port_open(self.port):
             raise KafkaSetupError(f"port {self.port} is taken by another process; set OPSLOOP_KAFKA_PORT")
         self.install()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.state_dir / "security"
+        if self._formatted() and (marker.read_text().strip() if marker.exists() else "PLAINTEXT") != mode:
+            raise KafkaSetupError(f"the broker storage in {self.state_dir} was made for another security mode than "
+                                  f"{mode}; stop it and remove that directory, or use another one")
+        passwords, new_users = {}, []
+        if self.secure:
+            self.secure_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            passwords, new_users = self._passwords()
+            new_users = [] if not self._formatted() else new_users  # formatting adds them all
         config = self._config()
-        self._format(config)
+        self._format(config, passwords)
+        marker.write_text(mode)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -126,8 +213,10 @@ class LocalKafka:
             time.sleep(0.5)
             if proc.poll() is not None:
                 raise KafkaSetupError(f"Kafka exited with {proc.returncode}; last log lines:\n{_tail(self.log_file)}")
-            if broker_ready(self.bootstrap, 2.0):
-                return f"Kafka {self.version} ready on {self.bootstrap} (pid {proc.pid})"
+            if broker_ready(self.bootstrap, 2.0, self._admin_config()):
+                if new_users:
+                    self._create_users(new_users, passwords)
+                return f"Kafka {self.version} ready on {self.bootstrap} ({mode}, pid {proc.pid})"
         raise KafkaSetupError(f"Kafka not ready after {timeout_s:.0f}s; last log lines:\n{_tail(self.log_file)}")
 
     def stop(self, timeout_s: float = 30.0) -> str:
@@ -147,8 +236,8 @@ class LocalKafka:
         return f"Kafka stopped (pid {pid})"
 
 
-def broker_ready(bootstrap: str, timeout_s: float) -> bool:
-    """True when a broker answers a metadata request."""
+def broker_ready(bootstrap: str, timeout_s: float, security: dict | None = None) -> bool:
+    """True when a broker answers a metadata request (``security``: librdkafka settings to connect with)."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka import KafkaException
 
@@ -156,7 +245,8 @@ def broker_ready(bootstrap: str, timeout_s: float) -> bool:
     if not _port_open(int(port), host or "127.0.0.1"):
         return False
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0,
+                             **(security or {})})
         meta = admin.list_topics(timeout=timeout_s)
         return bool(meta.brokers)
     except KafkaException:
@@ -183,6 +273,63 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _keytool(*args: str) -> None:
+    result = subprocess.run(["keytool", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:  # keytool's messages carry no password (they are passed as arguments)
+        raise KafkaSetupError(f"keytool {args[0]} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+
+
+def make_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",)) -> tuple[Path, str]:
+    """A CA and a broker key pair with a certificate the CA signed for 127.0.0.1 and ``hosts``, once, in
+    ``directory``: ``ca.pem`` (the clients' PEM truststore), ``broker.p12`` (the broker's PKCS12 keystore) and
+    ``keystore.password`` (mode 0600). Returns the keystore and its password. Java's keytool does the work."""
+    keystore, password_file, ca_file = directory / "broker.p12", directory / "keystore.password", directory / "ca.pem"
+    if keystore.exists() and ca_file.exists() and password_file.exists():
+        return keystore, password_file.read_text().strip()
+    _require("keytool", "Java's keytool makes the broker's certificates (Debian: apt-get install default-jre-headless)")
+    password = secrets.token_urlsafe(24)
+    work = directory / "ca"  # the CA's private key stays here, readable by its owner only
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    ca_store, csr, crt, partial = work / "ca.p12", work / "broker.csr", work / "broker.pem", work / "broker.p12"
+    store = ["-storetype", "PKCS12", "-storepass", password]
+    ec = ["-keyalg", "EC", "-groupname", "secp256r1", "-validity", "825"]
+    san = ",".join(["ip:127.0.0.1", *(f"dns:{h}" for h in hosts)])
+    _keytool("-genkeypair", "-alias", "ca", *ec, "-dname", "CN=opsloop local CA", "-ext", "bc:c",
+             "-keystore", str(ca_store), *store)
+    _keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-file", str(ca_file), *store)
+    _keytool("-genkeypair", "-alias", "broker", *ec, "-dname", f"CN={hosts[0]}", "-keystore", str(partial), *store)
+    _keytool("-certreq", "-alias", "broker", "-keystore", str(partial), "-file", str(csr), *store)
+    _keytool("-gencert", "-alias", "ca", "-keystore", str(ca_store), "-infile", str(csr), "-outfile", str(crt),
+             "-rfc", "-validity", "825", "-ext", f"SAN={san}", "-ext", "EKU=serverAuth", *store)
+    _keytool("-importcert", "-noprompt", "-alias", "ca", "-file", str(ca_file), "-keystore", str(partial), *store)
+    _keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(crt), "-keystore", str(partial), *store)
+    write_private(password_file, password)
+    partial.rename(keystore)
+    return keystore, password
+
+
+def make_passwords(directory: Path, names) -> list[str]:
+    """A random password per principal in ``directory/<name>.password`` (mode 0600) unless it has one; returns the
+    names whose password is new."""
+    new = []
+    for name in names:
+        path = directory / f"{name}.password"
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(24))
+            new.append(name)
+    return new
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets, configs that hold them)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
 def _require(tool: str, hint: str) -> None:
     if shutil.which(tool) is None:
         raise KafkaSetupError(f"`{tool}` not found on PATH. {hint}")
@@ -196,17 +343,28 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextmanager
-def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = ()):
+def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = (), secure: bool = False):
     """For the demo and the bench: a running broker and the catalog's topics under a fresh prefix.
 
     Starts the local broker unless one runs, yields the settings pointed at it with the topics of
-    ``prefixed_topics``, then deletes them and stops the broker if it was started here.
+    ``prefixed_topics``, then deletes them and stops the broker if it was started here. ``secure``: the
+    secure broker (``<data dir>/kafka-secure``); the settings are the super user's, every principal's ACLs
+    are applied for the prefix, and ``kafka_credentials_dir`` makes each agent a worker runs its own principal.
     """
-    kafka = LocalKafka(settings.cache_dir, settings.data_dir / "kafka", port=settings.kafka_port)
+    kafka = LocalKafka(settings.cache_dir, settings.data_dir / ("kafka-secure" if secure else "kafka"),
+                       port=settings.kafka_port, secure=secure)
     started = kafka.pid() is None
     print(kafka.start())
+    client_settings = kafka.client_settings(settings, "admin")
+    if secure:
+        client_settings = client_settings.replace(kafka_credentials_dir=kafka.secure_dir / "users")
     try:
-        with prefixed_topics(settings.replace(broker=kafka.bootstrap), prefix, extra_topics) as scratch:
+        with prefixed_topics(client_settings, prefix, extra_topics) as scratch:
+            if secure:
+                from opsloop.config.access import plan
+                from opsloop.connectors.kafka import apply_acls
+
+                apply_acls(scratch, plan(scratch))
             yield scratch
     finally:
         if started:

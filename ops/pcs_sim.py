@@ -252,7 +252,7 @@ def start_background(settings: Settings) -> str:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(settings.data_dir / "pcs-sim.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "pcs-sim"], stdout=log_file, stderr=log_file,
-                            start_new_session=True, env=os.environ.copy())
+                            start_new_session=True, env={**os.environ, **settings.kafka_env()})
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

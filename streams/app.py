@@ -13,6 +13,7 @@ import logging
 
 import faust
 
+from opsloop.config.access import faust_id
 from opsloop.config.catalog import cached_catalog, load_catalog
 from opsloop.config.settings import Settings
 from opsloop.models.records import dead_letter
@@ -27,7 +28,7 @@ def create_app(settings: Settings) -> faust.App:
     if not has_lz4():  # our confluent-kafka producers write lz4 batches; without it every fetch crashes
         raise RuntimeError("aiokafka cannot read lz4-compressed messages: install aiokafka[lz4] (cramjam)")
     app = faust.App(
-        settings.app_id + (f"-{settings.topic_prefix.rstrip('.')}" if settings.topic_prefix else ""),
+        faust_id(settings),
         broker=[f"kafka://{host}" for host in settings.broker.split(",")],
         key_serializer="raw",
         value_serializer="raw",
@@ -40,11 +41,32 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=1000,
         stream_wait_empty=False,
         datadir=str(settings.data_dir / "faust"),
+        **broker_security(settings),
     )
     app.conf.opsloop = settings
     for name in load_catalog(settings.topics_file):
         catalog_topic(app, settings, name)
     return app
+
+
+def broker_security(settings: Settings) -> dict:
+    """Faust's (aiokafka's) broker credentials for ``settings``: TLS with the CA file, SASL/SCRAM."""
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None)
+    if protocol.startswith("SASL"):
+        credentials = SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_password(),
+                                      ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+    else:
+        credentials = SSLCredentials(context)
+    return {"broker_credentials": credentials}
 
 
 def catalog_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:

@@ -187,7 +187,8 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
 
     def target(name: str) -> None:
         try:
-            results[name] = AGENTS[name](settings, site).run(stop, exit_when_idle=exit_when_idle)
+            agent_settings = settings.as_principal(name)  # its own Kafka identity, where credentials are given
+            results[name] = AGENTS[name](agent_settings, site).run(stop, exit_when_idle=exit_when_idle)
         except BaseException as exc:  # one agent failing stops the worker: a supervisor restarts it
             log.exception("agent %s failed", name)
             failures[name] = exc
@@ -198,7 +199,8 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
         t.start()
     if faust_names:
         try:
-            run_faust(settings, {n: registry[n] for n in faust_names}, stop)
+            faust_settings = settings.as_principal(faust_names[0]) if len(faust_names) == 1 else settings
+            run_faust(faust_settings, {n: registry[n] for n in faust_names}, stop)
             results.update({n: {} for n in faust_names})
         except BaseException as exc:
             log.exception("Faust agent(s) %s failed", ", ".join(faust_names))

@@ -56,6 +56,38 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory):
+    """A second session broker, the secure one: SASL_SSL (SCRAM-SHA-512), TLS and the ACL authorizer, with its
+    certificates and one SCRAM user per principal generated at start (``LocalKafka(secure=True)``)."""
+    from opsloop.ops.kafka import LocalKafka
+
+    broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka-secure"), port=_free_port_pair(),
+                        secure=True, heap="512m")  # a second broker beside the plaintext one: keep it small
+    broker.start()
+    try:
+        yield broker
+    finally:
+        gc.collect()
+        broker.stop()
+
+
+@pytest.fixture
+def secure_settings(secure_kafka, tmp_path):
+    """``principal → Settings`` on the secure broker, with this test's topics created by the super user and
+    every principal's ACLs on them applied (``opsloop acl apply``)."""
+    from opsloop.config.access import plan
+    from opsloop.config.catalog import load_catalog
+    from opsloop.connectors.kafka import apply_acls, apply_catalog
+
+    base = Settings(topic_prefix=f"s{uuid.uuid4().hex[:8]}.", app_id="opsloop-test", data_dir=tmp_path,
+                    idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir)
+    admin = secure_kafka.client_settings(base, "admin")
+    apply_catalog(admin, load_catalog().values())
+    apply_acls(admin, plan(admin))
+    return lambda principal: secure_kafka.client_settings(base, principal)
+
+
 @pytest.fixture
 def kafka_settings(kafka_bootstrap, tmp_path) -> Settings:
     """Settings on the session broker with this test's own topics, created from the catalog."""

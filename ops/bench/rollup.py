@@ -1,4 +1,5 @@
-"""The rollup suite of `opsloop bench`: rollup throughput against a bare confluent-kafka loop and a Faust agent, in one run.
+"""The rollup suite of `opsloop bench`: rollup throughput against a bare confluent-kafka loop and a Faust agent, in one run;
+and the same rollup over TLS + SASL/SCRAM with ACLs on (a second, secure broker; `--no-secure` skips it).
 
 All read the same records from the same topic on the same broker: the baseline
 consumes, decodes, re-encodes and produces every record (the least any
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from opsloop.config.settings import Settings
@@ -81,23 +83,81 @@ def faust_rollup(settings: Settings, n: int) -> float:
     return n / (marks["last"] - marks["first"])
 
 
-def run_rollup_bench(settings: Settings, events: int = 200_000, rounds: int = 3) -> int:
+def _free_port_pair() -> int:
+    """A port p with p+1 also free (a local broker's controller listens on p+1)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free pair of ports")
+
+
+@contextmanager
+def secure_bench(settings: Settings, events: int):
+    """A TLS + SASL/SCRAM broker with ACLs on, started for the bench alone (state in a temporary directory), with
+    the bench's points on its telemetry.raw, written by the super user. Yields ``(broker, admin settings)``."""
+    import gc
+
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.ops.kafka import LocalKafka, prefixed_topics
+
+    with tempfile.TemporaryDirectory(prefix="opsloop-bench-secure-") as state:
+        kafka = LocalKafka(settings.cache_dir, Path(state), port=_free_port_pair(), secure=True)
+        print(kafka.start())
+        try:
+            admin = kafka.client_settings(settings, "admin")
+            with prefixed_topics(admin, f"bench-{uuid.uuid4().hex[:6]}.") as bench:
+                prod = producer(bench)
+                for key, value in make_points(events):
+                    send(prod, bench.topic("telemetry.raw"), key, value)
+                wait_delivered(prod)
+                del prod
+                yield kafka, bench
+        finally:
+            gc.collect()  # no client may outlive the broker
+            print(kafka.stop())
+
+
+def secure_rollup(kafka, bench: Settings, n: int) -> float:
+    """Events/s of the rollup processor on the secure broker, as its own principal: the rollup's ACLs are granted
+    for a fresh app id (a fresh consumer group), then it runs with the rollup user's SCRAM credentials."""
+    from opsloop.config.access import plan
+    from opsloop.connectors.kafka import apply_acls
+    from opsloop.streams.rollup import RollupProcessor
+
+    app = bench.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}")
+    apply_acls(app, plan(app, ["rollup"]))
+    return processor_rate(RollupProcessor(kafka.client_settings(app, "rollup")), n, "points")
+
+
+def run_rollup_bench(settings: Settings, events: int = 200_000, rounds: int = 3, secure: bool = True) -> int:
     from opsloop.connectors.kafka import producer, send, wait_delivered
     from opsloop.config.catalog import load_catalog
     from opsloop.ops.kafka import KAFKA_VERSION, scratch_topics
 
     raw_partitions = load_catalog(settings.topics_file)["telemetry.raw"].partitions
-    with scratch_topics(settings, f"bench-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench:
+    with scratch_topics(settings, f"bench-{uuid.uuid4().hex[:6]}.", extra_topics=("bench.copy",)) as bench, \
+            (secure_bench(settings, events) if secure else nullcontext((None, None))) as (secure_kafka, secure_topics):
         prod = producer(bench)
         for key, value in make_points(events):
             send(prod, bench.topic("telemetry.raw"), key, value)
         wait_delivered(prod)
         del prod  # no client may outlive the broker it talks to
-        base, roll, fst = [], [], []
+        base, roll, fst, sec = [], [], [], []
         faust_events = min(events, FAUST_MAX_EVENTS)
         for _ in range(rounds):
             base.append(baseline(bench, events, bench.topic("bench.copy")))
             roll.append(rollup(bench, events))
+            if secure:  # right after the plaintext rollup: the same load on this shared machine
+                sec.append(secure_rollup(secure_kafka, secure_topics, events))
             fst.append(faust_rollup(bench, faust_events))
     best_base, best_roll, best_faust = max(base), max(roll), max(fst)
     print(f"\nbench: {events:,} telemetry points, {raw_partitions} partitions, Apache Kafka {KAFKA_VERSION} "
@@ -110,4 +170,11 @@ def run_rollup_bench(settings: Settings, events: int = 200_000, rounds: int = 3)
     print(f"  faust     the same rollup as a Faust agent (take_events, gathered sends) {best_faust:>9,.0f} events/s")
     print(f"  ratio     rollup / baseline = {best_roll / best_base:.2f}  (target >= 0.50)")
     print(f"  ratio     faust / baseline = {best_faust / best_base:.2f}; rollup / faust = {best_roll / best_faust:.1f}")
+    if secure:  # the cost of TLS + SASL/SCRAM (+ ACL checks) on the same path, in the same run
+        best_sec = max(sec)
+        print(f"  secure    the rollup over TLS + SASL/SCRAM, ACLs on, as its own principal {best_sec:>9,.0f} events/s "
+              f"(all runs: {runs(sec)})")
+        paired = ", ".join(f"{s / r:.2f}" for s, r in zip(sec, roll))
+        print(f"  ratio     secure / plaintext rollup = {best_sec / best_roll:.2f} (best of each; round by round: "
+              f"{paired})")
     return 0

@@ -148,3 +148,46 @@ def test_load_compose_schema_downloads_once_then_uses_cache(tmp_path, monkeypatc
     assert "docker-compose==1.29.2" in calls[0] and "--only-binary=:all:" in calls[0]
     assert (tmp_path / "cache" / "compose_spec.json").is_file()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["compose_spec.json"]
+
+
+SECURE_FILE = REPO_ROOT / "docker-compose.secure.yml"
+
+
+@pytest.fixture(scope="module")
+def secure() -> dict:
+    with SECURE_FILE.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.mark.unit
+def test_secure_override_matches_compose_spec(secure, validator):
+    assert _errors(validator, secure) == []
+
+
+@pytest.mark.unit
+def test_secure_override_runs_every_opsloop_service_as_its_own_principal_with_secrets_by_file(compose, secure):
+    from opsloop.config.access import ADMIN, PRINCIPALS
+
+    kafka = secure["services"]["kafka"]["environment"]
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false" and kafka["KAFKA_SUPER_USERS"] == "User:admin"
+    assert "PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert "kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"]
+    declared = set(secure["secrets"])
+    opsloop = set(_opsloop_services(compose)) | {n for n, s in secure["services"].items() if s.get("image") == "opsloop:local"}
+    users = {}
+    for name in opsloop:
+        svc = secure["services"][name]  # every opsloop service is overridden
+        env = _env(svc)
+        assert env["OPSLOOP_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert "OPSLOOP_KAFKA_SASL_PASSWORD" not in env, f"{name}: passwords only by file"
+        user = env["OPSLOOP_KAFKA_SASL_USERNAME"]
+        assert user == ADMIN or user in PRINCIPALS, name
+        assert env["OPSLOOP_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka-{user}", name
+        assert {"kafka-ca", f"kafka-{user}"} <= set(svc["secrets"]) <= declared, name
+        command = svc.get("command") or compose["services"].get(name, {}).get("command")
+        if command[0] == "worker":  # a worker runs the agents of its own principal only
+            assert command[2].split(",") == [user], name
+        users.setdefault(user, []).append(name)
+    assert users["noc"] == ["views"] and sorted(users["admin"]) == ["acls", "topics"]
+    assert all(len(services) == 1 for user, services in users.items() if user != ADMIN), users
