@@ -15,6 +15,17 @@ processor before it commits. Idle means every assigned partition is read to its 
 no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
 ``settled``.
 
+A transient broker fault (the broker down or restarting, a commit refused because the group
+moved on while it was away) is waited out, never fatal: outputs stay queued in the producer
+until delivered, a refused commit is retried with backoff (offsets are cumulative, so the
+next commit covers it), and the agent logs one line a minute while it lasts (``BrokerWait``;
+the Kafka clients' own logging is rate-limited in connectors/kafka.py). When the group has
+dropped this member meanwhile, its partitions are *lost*: the processor drops the state of
+those partitions without writing or committing anything (another member may own them by
+now) and the next owner, this process after it rejoins, resumes from the last commit and
+the state checkpointed with it, as after a crash. Delivery failures (an output the producer
+gave up on) stay fatal: a restart redoes the batch.
+
 A processor that stores its offsets with its own state, in one transaction (the views
 agent), returns them from ``stored_offsets``: an assignment resumes from them and the
 Kafka commit only copies them, asynchronously, for lag dashboards.
@@ -35,8 +46,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, producer, send,
-                                      wait_delivered)
+from opsloop.connectors.kafka import (BROKER_DOWN, BrokerWait, DeadLetters, DeliveryErrors, close_clients,
+                                      consumer, producer, send, transient)
 from opsloop.schemas.codec import Codec
 
 Partition = tuple[str, int]  # (physical topic, partition)
@@ -70,6 +81,8 @@ class BatchProcessor:
         self.errors = DeliveryErrors()
         self.prod = None
         self.dead: DeadLetters | None = None
+        self.broker = BrokerWait(self.log, self.name, clock=clock)  # transient broker faults: backoff, one line a minute
+        self.losing = False  # inside a "partitions lost" callback: nothing may be written or committed for them
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -138,27 +151,51 @@ class BatchProcessor:
         self.dead.send(msg, kind, reason, self.errors)
 
     def flush(self) -> None:
-        """Wait until everything sent so far is delivered; fail if any of it was not."""
-        wait_delivered(self.prod)
-        self.errors.raise_if_any()
+        """Wait until everything sent so far is delivered; fail if any of it was not.
+
+        While the broker is away this waits (one log line a minute); the producer gives up on a message
+        only after its ``message.timeout.ms``, which fails the processor before it commits."""
+        while True:
+            left = self.prod.flush(1.0)
+            self.errors.raise_if_any()
+            if not left:
+                return
+            self.broker.fault(f"{left} messages awaiting delivery")
 
     def catalog_name(self, topic: str) -> str:
         """The catalog name of a physical topic."""
         prefix = self.settings.topic_prefix
         return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
 
-    def commit(self, cons: Consumer, partitions: set[Partition] | None = None) -> None:
-        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned)."""
+    def commit(self, cons: Consumer, partitions: set[Partition] | None = None) -> bool:
+        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned).
+
+        Returns False when the broker refused the commit for a transient reason: it is retried after a backoff
+        (``self.broker``), and state written meanwhile only runs ahead of the offsets, which the processors'
+        states recognise on a replay. Partitions being lost are neither checkpointed nor committed."""
+        if self.losing:
+            return False
         partitions = set(self.assigned) if partitions is None else set(partitions) & self.assigned
         self.flush()  # outputs first: stored state never runs ahead of what downstream got
         self.checkpoint(partitions)
         self.flush()
         offsets = self.offsets(partitions)
         if offsets:
-            # offsets a processor stores itself reach Kafka for lag dashboards only: no need to wait
-            cons.commit(offsets=offsets, asynchronous=self.stored_offsets() is not None)
+            try:
+                # offsets a processor stores itself reach Kafka for lag dashboards only: no need to wait
+                cons.commit(offsets=offsets, asynchronous=self.stored_offsets() is not None)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+                    return True
+                if not (isinstance(err, KafkaError) and transient(err)):
+                    raise
+                self.broker.fault(f"commit refused: {err.str()}")
+                return False
             if self.commit_stat:
                 self.stats[self.commit_stat] += 1
+        self.broker.ok()
+        return True
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -170,6 +207,17 @@ class BatchProcessor:
                 tp.offset = stored.get((tp.topic, tp.partition), tp.offset)
             cons.assign(partitions)
         self.on_assign(cons, partitions)
+
+    def _lost(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group dropped this member (its session expired, e.g. while the broker was away): the partitions
+        may be another member's already, so their state is dropped unwritten and their offsets uncommitted."""
+        self.log.warning("%s lost partitions %s (the group moved on); resuming from the last commit",
+                         self.name, sorted((p.topic, p.partition) for p in partitions))
+        self.losing = True
+        try:
+            self._revoked(cons, partitions)
+        finally:
+            self.losing = False
 
     def _revoked(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
         self.on_revoke(cons, partitions)
@@ -200,6 +248,8 @@ class BatchProcessor:
                 partition = (msg.topic(), msg.partition())
                 self.caught_up.add(partition)
                 self.partition_end(partition)
+            elif err.code() in BROKER_DOWN and not err.fatal():
+                self.broker.fault(err.str())  # the consumer reconnects by itself
             else:
                 self.consumer_error(err)
         return data
@@ -214,7 +264,7 @@ class BatchProcessor:
             try:
                 self.setup(cons)
                 cons.subscribe([settings.topic(s) for s in self.sources], on_assign=self._assigned,
-                               on_revoke=self._revoked)
+                               on_revoke=self._revoked, on_lost=self._lost)
                 last_data = last_commit = self.clock()
                 dirty = False
                 while not stop.is_set():
@@ -229,13 +279,13 @@ class BatchProcessor:
                     urgent = self.housekeeping() or urgent
                     prod.poll(0)
                     dirty = dirty or bool(messages) or urgent
-                    if dirty and (urgent or idle or now - last_commit >= self.commit_every_s):
-                        self.commit(cons)
-                        last_commit, dirty = now, False
+                    if dirty and (urgent or idle or now - last_commit >= self.commit_every_s) and self.broker.ready():
+                        if self.commit(cons):
+                            last_commit, dirty = now, False
                     if idle and exit_when_idle and not dirty and self.settled():
                         break
-                if dirty:
-                    self.commit(cons)  # stopping: keep what was done
+                if dirty and not self.commit(cons):  # stopping: keep what was done
+                    self.log.warning("%s stopped with its last commit refused; the next run repeats it", self.name)
             finally:
                 self.stats["dead_letters"] = self.dead.count
                 try:
