@@ -109,6 +109,7 @@ class BrokerWait:
         self.faults = 0  # faults in this outage
         self.total = 0  # faults waited out since start
         self.retry_at = 0.0
+        self.back_at: float | None = None  # when the last outage ended
         self._delay = first_s
         self._logged: float | None = None
 
@@ -135,7 +136,11 @@ class BrokerWait:
         if self.since is not None:
             self.logger.warning("%s: broker back after %.1f s; %d faults waited out", self.agent,
                                 self.clock() - self.since, self.faults)
-            self.since, self.retry_at = None, 0.0
+            self.since, self.retry_at, self.back_at = None, 0.0, self.clock()
+
+    def settled(self, settle_s: float) -> bool:
+        """No outage now, and none ended in the last ``settle_s``."""
+        return self.since is None and (self.back_at is None or self.clock() - self.back_at >= settle_s)
 
 
 def producer(settings: Settings, **overrides) -> Producer:
@@ -236,11 +241,23 @@ def send_record(prod: Producer, settings: Settings, topic: str, record: dict, co
          on_delivery)
 
 
-def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
-    """Flush and fail loudly if anything is still undelivered."""
-    left = prod.flush(timeout_s)
-    if left:
-        raise KafkaException(f"{left} messages not delivered within {timeout_s}s")
+def wait_delivered(prod: Producer, timeout_s: float | None = 30.0) -> None:
+    """Flush and fail loudly if anything is still undelivered after ``timeout_s``.
+
+    ``None`` waits out a broker outage: until every message is delivered or the producer gives up on it
+    (its ``message.timeout.ms``; the delivery callback reports that), logging at most once a minute."""
+    if timeout_s is not None:
+        left = prod.flush(timeout_s)
+        if left:
+            raise KafkaException(f"{left} messages not delivered within {timeout_s}s")
+        return
+    began = time.monotonic()
+    while left := prod.flush(1.0):
+        _WAITING.log("flush", logging.WARNING, "%d messages waiting for the broker for %.0f s", left,
+                     time.monotonic() - began)
+
+
+_WAITING = Throttled(log)
 
 
 class DeliveryErrors:

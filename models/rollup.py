@@ -247,6 +247,21 @@ class PartitionWatermark:
         self._unheard.discard(partition)
         self._recompute()
 
+    def stale(self, partition: int) -> None:
+        """A caught-up partition's end is no longer known (the broker was away, and data may have queued
+        meanwhile): it holds the watermark back again, at its latest time, until it delivers or catches up.
+
+        >>> w = PartitionWatermark(partitions=[0, 1])
+        >>> w.observe(0, 5_000); w.observe(1, 2_000); w.caught_up(1); w.stale(1); w.value
+        2000
+        """
+        if partition not in self._idle:
+            return
+        self._idle.discard(partition)
+        if partition not in self._latest:
+            self._unheard.add(partition)
+        self._recompute()
+
     def forget(self, partition: int) -> None:
         self._latest.pop(partition, None)
         self._idle.discard(partition)

@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import (BROKER_DOWN, BrokerWait, DeadLetters, DeliveryErrors, close_clients,
+from opsloop.connectors.kafka import (BROKER_DOWN, CLIENT_LOG, BrokerWait, DeadLetters, DeliveryErrors, close_clients,
                                       consumer, producer, send, transient)
 from opsloop.schemas.codec import Codec
 
@@ -62,6 +62,7 @@ class BatchProcessor:
     wake_on_first = False  # hand over a batch as soon as one message is there (latency over throughput)
     quiet_s: float | None = None  # no data for this long, caught up, is idle (None: settings.idle_close_s)
     commit_every_s = 1.0
+    settle_s = 10.0  # after a broker outage, how long partition ends are not trusted (sources flush their backlog)
     commit_stat: str | None = "commits"  # the stats key counting commits (None: not counted)
     consumer_overrides: dict[str, Any] = {}
     producer_overrides: dict[str, Any] = {}
@@ -81,8 +82,10 @@ class BatchProcessor:
         self.errors = DeliveryErrors()
         self.prod = None
         self.dead: DeadLetters | None = None
-        self.broker = BrokerWait(self.log, self.name, clock=clock)  # transient broker faults: backoff, one line a minute
+        self.broker = BrokerWait(self.log, self.name, clock=clock)  # broker faults: backoff, one line a minute
         self.losing = False  # inside a "partitions lost" callback: nothing may be written or committed for them
+        self.stale: set[Partition] = set()  # caught up before a broker fault: their end is to be confirmed again
+        self._recheck_at = 0.0
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -104,6 +107,10 @@ class BatchProcessor:
 
     def partition_end(self, partition: Partition) -> None:
         """A partition was read to its end (called in message order)."""
+
+    def partitions_stale(self, partitions: set[Partition]) -> None:
+        """Partitions read to their end before a broker fault: their end is unknown again (sources may have
+        queued data meanwhile) until they deliver or ``partition_end`` confirms them at their end."""
 
     def end_batch(self, messages: int, idle: bool) -> bool:
         """After each batch (``messages``: data messages it held); True to commit now."""
@@ -160,7 +167,7 @@ class BatchProcessor:
             self.errors.raise_if_any()
             if not left:
                 return
-            self.broker.fault(f"{left} messages awaiting delivery")
+            self.broker_fault(f"{left} messages awaiting delivery")
 
     def catalog_name(self, topic: str) -> str:
         """The catalog name of a physical topic."""
@@ -190,12 +197,55 @@ class BatchProcessor:
                     return True
                 if not (isinstance(err, KafkaError) and transient(err)):
                     raise
-                self.broker.fault(f"commit refused: {err.str()}")
+                self.broker_fault(f"commit refused: {err.str()}")
                 return False
             if self.commit_stat:
                 self.stats[self.commit_stat] += 1
-        self.broker.ok()
+            self.broker.ok()
         return True
+
+    # -- broker faults --------------------------------------------------------------------
+
+    def broker_fault(self, what: str) -> None:
+        """A transient broker fault: back off, log (once a minute), and stop trusting partition ends."""
+        self.broker.fault(what)
+        if self.caught_up:
+            stale, self.caught_up = set(self.caught_up), set()
+            self.stale |= stale
+            self.partitions_stale(stale)
+
+    def _client_error(self, err: KafkaError) -> None:
+        """The clients' ``error_cb`` (served in this thread, by consume and poll)."""
+        CLIENT_LOG.error(err)
+        if err.code() in BROKER_DOWN and not err.fatal():
+            self.broker_fault(err.str())
+
+    def _confirm_ends(self, cons: Consumer) -> None:
+        """Partitions made stale by a broker fault and silent since: at their end (nothing waiting at the
+        broker past what was handled) they are caught up again; asked at most once a second."""
+        now = self.clock()
+        self.stale &= self.assigned
+        if not self.stale or now < self._recheck_at or not self.broker.ready():
+            return
+        self._recheck_at = now + 1.0
+        try:
+            if not self.broker.settled(self.settle_s):
+                cons.list_topics(self.topic, timeout=1.0)  # the broker answers: the outage is over
+                self.broker.ok()
+                return
+            for tp in cons.position([TopicPartition(t, p) for t, p in sorted(self.stale)]):
+                partition = (tp.topic, tp.partition)
+                low, high = cons.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                at = tp.offset if tp.offset >= 0 else self.processed.get(partition)
+                if at is None:  # nothing read since it was assigned: its committed offset is where it stands
+                    committed = cons.committed([TopicPartition(*partition)], timeout=1.0)[0].offset
+                    at = committed if committed >= 0 else low
+                if at >= high and partition in self.stale:
+                    self.stale.discard(partition)
+                    self.caught_up.add(partition)
+                    self.partition_end(partition)
+        except KafkaException as exc:
+            self.broker_fault(f"checking partition ends: {exc.args[0]}")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -224,6 +274,7 @@ class BatchProcessor:
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             self.caught_up.discard((p.topic, p.partition))
+            self.stale.discard((p.topic, p.partition))
             self.processed.pop((p.topic, p.partition), None)
 
     def _consume(self, cons: Consumer) -> list[Message]:
@@ -240,16 +291,25 @@ class BatchProcessor:
             err = msg.error()
             if err is None:
                 partition = (msg.topic(), msg.partition())
+                if partition not in self.assigned:
+                    continue  # fetched before its partition was revoked or lost: its next owner reads it again
                 self.caught_up.discard(partition)
+                self.stale.discard(partition)  # it speaks again: its next end comes as an event
                 self.processed[partition] = msg.offset() + 1
                 self.handle(msg)
                 data += 1
             elif err.code() == KafkaError._PARTITION_EOF:  # consumers run with partition EOF events on
                 partition = (msg.topic(), msg.partition())
+                if partition not in self.assigned:
+                    continue
+                if not self.broker.settled(self.settle_s):
+                    self.stale.add(partition)  # the end of what reached the broker: sources may still be flushing
+                    continue
                 self.caught_up.add(partition)
+                self.stale.discard(partition)
                 self.partition_end(partition)
             elif err.code() in BROKER_DOWN and not err.fatal():
-                self.broker.fault(err.str())  # the consumer reconnects by itself
+                self.broker_fault(err.str())  # the consumer reconnects by itself
             else:
                 self.consumer_error(err)
         return data
@@ -257,8 +317,9 @@ class BatchProcessor:
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
         settings = self.settings
         quiet_s = settings.idle_close_s if self.quiet_s is None else self.quiet_s
-        cons = consumer(settings, settings.group(self.name), **self.consumer_overrides)
-        self.prod = prod = producer(settings, **self.producer_overrides)
+        cons = consumer(settings, settings.group(self.name),
+                        **{"error_cb": self._client_error, **self.consumer_overrides})
+        self.prod = prod = producer(settings, **{"error_cb": self._client_error, **self.producer_overrides})
         self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
             try:
@@ -271,6 +332,8 @@ class BatchProcessor:
                     batch = self._consume(cons)
                     self.before_batch()
                     messages = self._handle_batch(batch)
+                    if self.stale:
+                        self._confirm_ends(cons)
                     now = self.clock()
                     if messages:
                         last_data = now

@@ -102,6 +102,10 @@ class RollupProcessor(BatchProcessor):
     def partition_end(self, partition) -> None:
         self.watermark.caught_up(partition[1])  # in message order: it decides which later points are late
 
+    def partitions_stale(self, partitions) -> None:
+        for _, p in partitions:  # data queued while the broker was away must not arrive late
+            self.watermark.stale(p)
+
     def end_batch(self, messages: int, idle: bool) -> bool:
         closed = self.rollup.advance(self.watermark.value)
         if idle:

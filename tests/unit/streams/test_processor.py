@@ -247,6 +247,7 @@ def test_a_broker_outage_is_waited_out_and_a_lost_assignment_is_neither_written_
     proc = Counting(settings(tmp_path))
     proc.commit_every_s = 0.0
     proc.broker.first_s = 0.0  # no backoff in a unit test
+    proc.settle_s = 0.0
     real_consume = loop.BatchProcessor._consume
     rounds = {"n": 0}
 
