@@ -81,6 +81,7 @@ class BatchProcessor:
         self.processed: dict[Partition, int] = {}  # partition → next offset to read
         self.errors = DeliveryErrors()
         self.prod = None
+        self.cons: Consumer | None = None  # while running: hooks may pause and resume partitions
         self.dead: DeadLetters | None = None
         self.broker = BrokerWait(self.log, self.name, clock=clock)  # broker faults: backoff, one line a minute
         self.losing = False  # inside a "partitions lost" callback: nothing may be written or committed for them
@@ -317,8 +318,8 @@ class BatchProcessor:
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
         settings = self.settings
         quiet_s = settings.idle_close_s if self.quiet_s is None else self.quiet_s
-        cons = consumer(settings, settings.group(self.name),
-                        **{"error_cb": self._client_error, **self.consumer_overrides})
+        self.cons = cons = consumer(settings, settings.group(self.name),
+                                    **{"error_cb": self._client_error, **self.consumer_overrides})
         self.prod = prod = producer(settings, **{"error_cb": self._client_error, **self.producer_overrides})
         self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
@@ -354,7 +355,7 @@ class BatchProcessor:
                 try:
                     close_clients(prod, cons)  # leaving the group may revoke, and so commit: the producer is still here
                 finally:
-                    self.prod = self.dead = None  # no client may outlive the run (the broker may stop next)
+                    self.prod = self.cons = self.dead = None  # no client may outlive the run (the broker may stop)
         finally:
             self.close()
         self.log.info("%s stopped: %s", self.name, self.stats)
