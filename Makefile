@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps llm-deps demo test test-unit bench up down clean
+.PHONY: install system-deps llm-deps demo test test-unit test-faults bench up down clean
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster; Chromium and its
 # driver run the NOC page test. Install them from Debian when missing and we may.
@@ -61,6 +61,10 @@ test: install llm-deps
 
 test-unit: install
 	$(BIN)/python -m pytest -m unit
+
+# The fault tests alone (broker restart, killed and added workers, slow consumer); `make test` runs them too.
+test-faults: install
+	$(BIN)/python -m pytest -m faults
 
 bench: install
 	$(BIN)/opsloop bench

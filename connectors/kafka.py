@@ -6,6 +6,8 @@ configured from ``Settings`` (never from the environment).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -18,6 +20,124 @@ from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec
 
 DEADLETTER = "deadletter"
+
+log = logging.getLogger("opsloop.kafka")
+
+
+# -- transient broker faults ----------------------------------------------------------------
+
+#: Errors of a broker that is down, restarting or moving a group: waited out, never fatal.
+BROKER_DOWN = frozenset({
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE,
+    KafkaError._WAIT_COORD, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+})
+#: Commit errors of a member the group no longer knows (its session expired while the broker was away, or a
+#: rebalance is on): the consumer rejoins by itself, and the next owner resumes from the last commit.
+GROUP_MOVED = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                         KafkaError.REBALANCE_IN_PROGRESS, KafkaError._ASSIGNMENT_LOST, KafkaError._STATE})
+
+
+def transient(err: KafkaError) -> bool:
+    """A broker fault to wait out (commit, consume): never a fatal one."""
+    return isinstance(err, KafkaError) and not err.fatal() and (
+        err.code() in BROKER_DOWN or err.code() in GROUP_MOVED or err.retriable())
+
+
+class Throttled:
+    """At most one log line per ``every_s`` for each kind of repeated trouble, saying how many were held back."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, kind: str, level: int, msg: str, *args) -> bool:
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.every_s:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        if held:
+            msg, args = msg + " (%d more like it in the last %.0f s)", (*args, held, self.every_s)
+        self.logger.log(level, msg, *args)
+        return True
+
+
+class ClientLog:
+    """librdkafka's own log lines and errors, rate-limited: a down broker makes every client log each refused
+    connection (hundreds a minute), so each facility (FAIL, ERROR, ...) logs at most once a minute per
+    process; fatal errors always log."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.throttle = Throttled(logging.getLogger("opsloop.kafka.client"), every_s)
+
+    def log(self, level: int, fmt: str, *args) -> None:  # the ``logger`` config's interface
+        facility = str(args[0]) if args else ""
+        self.throttle.log(f"log:{facility}", level, fmt, *args)
+
+    def error(self, err: KafkaError) -> None:  # the ``error_cb`` config's interface
+        if err.fatal():
+            self.throttle.logger.error("Kafka client fatal error: %s", err.str())
+        else:
+            self.throttle.log("error", logging.WARNING, "Kafka client: %s", err.str())
+
+
+CLIENT_LOG = ClientLog()
+
+
+
+
+class BrokerWait:
+    """An agent riding out a broker outage: backoff between retries, one clear log line a minute while it
+    lasts, and one when it is over."""
+
+    def __init__(self, logger: logging.Logger, agent: str, clock: Callable[[], float] = time.monotonic,
+                 every_s: float = 60.0, first_s: float = 0.5, max_s: float = 10.0):
+        self.logger, self.agent, self.clock = logger, agent, clock
+        self.every_s, self.first_s, self.max_s = every_s, first_s, max_s
+        self.since: float | None = None  # when the outage began (None: no outage)
+        self.faults = 0  # faults in this outage
+        self.total = 0  # faults waited out since start
+        self.retry_at = 0.0
+        self.back_at: float | None = None  # when the last outage ended
+        self._delay = first_s
+        self._logged: float | None = None
+
+    def fault(self, what: str) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since, self.faults, self._delay, self._logged = now, 0, self.first_s, None
+        self.faults += 1
+        self.total += 1
+        self.retry_at = now + self._delay
+        self._delay = min(self._delay * 2, self.max_s)
+        if self._logged is None or now - self._logged >= self.every_s:
+            self._logged = now
+            self.logger.warning("%s: broker unavailable for %.0f s (%d faults, last: %s); waiting it out, "
+                                "retrying with backoff (logged once a minute)", self.agent, now - self.since,
+                                self.faults, what)
+
+    def ready(self) -> bool:
+        """The backoff since the last fault is over."""
+        return self.clock() >= self.retry_at
+
+    def ok(self) -> None:
+        """The broker answered (a commit went through): the outage, if any, is over."""
+        if self.since is not None:
+            self.logger.warning("%s: broker back after %.1f s; %d faults waited out", self.agent,
+                                self.clock() - self.since, self.faults)
+            self.since, self.retry_at, self.back_at = None, 0.0, self.clock()
+
+    def settled(self, settle_s: float) -> bool:
+        """No outage now, and none ended in the last ``settle_s``."""
+        return self.since is None and (self.back_at is None or self.clock() - self.back_at >= settle_s)
 
 
 def security_config(settings: Settings) -> dict:
@@ -41,7 +161,9 @@ def security_config(settings: Settings) -> dict:
 
 def client_config(settings: Settings, **config) -> dict:
     """Bootstrap servers and security settings, plus ``config``."""
-    return {"bootstrap.servers": settings.broker, **security_config(settings), **config}
+    # every client logs through one rate limiter (CLIENT_LOG): an outage is one line a minute, not a flood
+    return {"bootstrap.servers": settings.broker, "log_level": 3, "logger": CLIENT_LOG, "error_cb": CLIENT_LOG.error,
+            **security_config(settings), **config}
 
 
 def producer(settings: Settings, **overrides) -> Producer:
@@ -51,7 +173,6 @@ def producer(settings: Settings, **overrides) -> Producer:
         "linger.ms": 5,
         "batch.size": 1_000_000,
         "compression.type": "lz4",
-        "log_level": 3,
     }
     config.update(overrides)
     return Producer(config)
@@ -66,7 +187,6 @@ def consumer(settings: Settings, group: str, **overrides) -> Consumer:
         "enable.partition.eof": True,  # lets processors know when they have caught up
         "session.timeout.ms": 10_000,  # a crashed worker's partitions move within 10 s, not the 45 s default
         "fetch.min.bytes": 1,
-        "log_level": 3,
     }
     config.update(overrides)
     return Consumer(config)
@@ -159,11 +279,23 @@ def send_record(prod: Producer, settings: Settings, topic: str, record: dict, co
          on_delivery, on_rejected=on_rejected)
 
 
-def wait_delivered(prod: Producer, timeout_s: float = 30.0) -> None:
-    """Flush and fail loudly if anything is still undelivered."""
-    left = prod.flush(timeout_s)
-    if left:
-        raise KafkaException(f"{left} messages not delivered within {timeout_s}s")
+def wait_delivered(prod: Producer, timeout_s: float | None = 30.0) -> None:
+    """Flush and fail loudly if anything is still undelivered after ``timeout_s``.
+
+    ``None`` waits out a broker outage: until every message is delivered or the producer gives up on it
+    (its ``message.timeout.ms``; the delivery callback reports that), logging at most once a minute."""
+    if timeout_s is not None:
+        left = prod.flush(timeout_s)
+        if left:
+            raise KafkaException(f"{left} messages not delivered within {timeout_s}s")
+        return
+    began = time.monotonic()
+    while left := prod.flush(1.0):
+        _WAITING.log("flush", logging.WARNING, "%d messages waiting for the broker for %.0f s", left,
+                     time.monotonic() - began)
+
+
+_WAITING = Throttled(log)
 
 
 class DeliveryErrors:

@@ -180,7 +180,7 @@ def replay(settings: Settings, spec: ReplaySpec, data: Path, *, speedup: float |
         if progress is not None and time.monotonic() - last_report >= PROGRESS_EVERY_S:
             report()
             last_report = time.monotonic()
-    wait_delivered(prod)
+    wait_delivered(prod, None)  # a broker restart is waited out; the producer's own timeout bounds it
     errors.raise_if_any()
     stats.wall_s = time.monotonic() - began
     if progress is not None:

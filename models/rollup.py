@@ -428,6 +428,27 @@ class LaneWatermarks:
             state.active.discard(partition)
             state.idle_since[partition] = now_ms
 
+    def stale(self, partition: int, now_ms: int) -> None:
+        """The partition's end is no longer known (the broker was away, and data may have queued meanwhile):
+        it holds its lane back again, at its latest time, until it delivers or is read to its end.
+
+        >>> w = LaneWatermarks(partitions=[0, 1], hold_ms=0)
+        >>> lane = ("demo", "replay")
+        >>> w.observe(lane, 0, 5_000, now_ms=0); w.observe(lane, 1, 2_000, now_ms=0); w.caught_up(1, now_ms=0)
+        >>> w.marks(now_ms=0)[lane].watermark_ms
+        5000
+        >>> w.stale(1, now_ms=0); w.marks(now_ms=0)[lane].watermark_ms
+        2000
+        """
+        lane = self._current.get(partition)
+        if lane is None:
+            return
+        state = self._lanes[lane]
+        if state.asleep:
+            state.asleep, state.woke = False, now_ms
+        state.active.add(partition)
+        state.idle_since.pop(partition, None)
+
     def marks(self, now_ms: int) -> dict[Lane, LaneMark]:
         return {lane: self._mark(state, now_ms) for lane, state in self._lanes.items()}
 

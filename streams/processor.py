@@ -17,6 +17,17 @@ the processor before it commits. Dead letters are bounded (``DeadLetters``). Idl
 no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
 ``settled``.
 
+A transient broker fault (the broker down or restarting, a commit refused because the group
+moved on while it was away) is waited out, never fatal: outputs stay queued in the producer
+until delivered, a refused commit is retried with backoff (offsets are cumulative, so the
+next commit covers it), and the agent logs one line a minute while it lasts (``BrokerWait``;
+the Kafka clients' own logging is rate-limited in connectors/kafka.py). When the group has
+dropped this member meanwhile, its partitions are *lost*: the processor drops the state of
+those partitions without writing or committing anything (another member may own them by
+now) and the next owner, this process after it rejoins, resumes from the last commit and
+the state checkpointed with it, as after a crash. Delivery failures (an output the producer
+gave up on) stay fatal: a restart redoes the batch.
+
 A processor that stores its offsets with its own state, in one transaction (the views
 agent), returns them from ``stored_offsets``: an assignment resumes from them and the
 Kafka commit only copies them, asynchronously, for lag dashboards.
@@ -37,8 +48,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import (DeadLetters, DeliveryErrors, close_clients, consumer, producer, send,
-                                      wait_delivered)
+from opsloop.connectors.kafka import (BROKER_DOWN, CLIENT_LOG, BrokerWait, DeadLetters, DeliveryErrors, close_clients,
+                                      consumer, producer, send, transient)
 from opsloop.schemas.codec import Codec
 
 Partition = tuple[str, int]  # (physical topic, partition)
@@ -53,6 +64,7 @@ class BatchProcessor:
     wake_on_first = False  # hand over a batch as soon as one message is there (latency over throughput)
     quiet_s: float | None = None  # no data for this long, caught up, is idle (None: settings.idle_close_s)
     commit_every_s = 1.0
+    settle_s = 10.0  # after a broker outage, how long partition ends are not trusted (sources flush their backlog)
     commit_stat: str | None = "commits"  # the stats key counting commits (None: not counted)
     consumer_overrides: dict[str, Any] = {}
     producer_overrides: dict[str, Any] = {}
@@ -72,7 +84,12 @@ class BatchProcessor:
         self.errors = DeliveryErrors(on_rejected=self._undeliverable)
         self._refused: dict[str, tuple[int, float | None]] = {}  # topic → (refused since logged, when logged)
         self.prod = None
+        self.cons: Consumer | None = None  # while running: hooks may pause and resume partitions
         self.dead: DeadLetters | None = None
+        self.broker = BrokerWait(self.log, self.name, clock=clock)  # broker faults: backoff, one line a minute
+        self.losing = False  # inside a "partitions lost" callback: nothing may be written or committed for them
+        self.stale: set[Partition] = set()  # caught up before a broker fault: their end is to be confirmed again
+        self._recheck_at = 0.0
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -94,6 +111,10 @@ class BatchProcessor:
 
     def partition_end(self, partition: Partition) -> None:
         """A partition was read to its end (called in message order)."""
+
+    def partitions_stale(self, partitions: set[Partition]) -> None:
+        """Partitions read to their end before a broker fault: their end is unknown again (sources may have
+        queued data meanwhile) until they deliver or ``partition_end`` confirms them at their end."""
 
     def end_batch(self, messages: int, idle: bool) -> bool:
         """After each batch (``messages``: data messages it held); True to commit now."""
@@ -155,27 +176,94 @@ class BatchProcessor:
         self.dead.send(msg, kind, reason, self.errors)
 
     def flush(self) -> None:
-        """Wait until everything sent so far is delivered; fail if any of it was not."""
-        wait_delivered(self.prod)
-        self.errors.raise_if_any()
+        """Wait until everything sent so far is delivered; fail if any of it was not.
+
+        While the broker is away this waits (one log line a minute); the producer gives up on a message
+        only after its ``message.timeout.ms``, which fails the processor before it commits."""
+        while True:
+            left = self.prod.flush(1.0)
+            self.errors.raise_if_any()
+            if not left:
+                return
+            self.broker_fault(f"{left} messages awaiting delivery")
 
     def catalog_name(self, topic: str) -> str:
         """The catalog name of a physical topic."""
         prefix = self.settings.topic_prefix
         return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
 
-    def commit(self, cons: Consumer, partitions: set[Partition] | None = None) -> None:
-        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned)."""
+    def commit(self, cons: Consumer, partitions: set[Partition] | None = None) -> bool:
+        """Outputs delivered, then state durable, then offsets committed (``partitions``: default all assigned).
+
+        Returns False when the broker refused the commit for a transient reason: it is retried after a backoff
+        (``self.broker``), and state written meanwhile only runs ahead of the offsets, which the processors'
+        states recognise on a replay. Partitions being lost are neither checkpointed nor committed."""
+        if self.losing:
+            return False
         partitions = set(self.assigned) if partitions is None else set(partitions) & self.assigned
         self.flush()  # outputs first: stored state never runs ahead of what downstream got
         self.checkpoint(partitions)
         self.flush()
         offsets = self.offsets(partitions)
         if offsets:
-            # offsets a processor stores itself reach Kafka for lag dashboards only: no need to wait
-            cons.commit(offsets=offsets, asynchronous=self.stored_offsets() is not None)
+            try:
+                # offsets a processor stores itself reach Kafka for lag dashboards only: no need to wait
+                cons.commit(offsets=offsets, asynchronous=self.stored_offsets() is not None)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+                    return True
+                if not (isinstance(err, KafkaError) and transient(err)):
+                    raise
+                self.broker_fault(f"commit refused: {err.str()}")
+                return False
             if self.commit_stat:
                 self.stats[self.commit_stat] += 1
+            self.broker.ok()
+        return True
+
+    # -- broker faults --------------------------------------------------------------------
+
+    def broker_fault(self, what: str) -> None:
+        """A transient broker fault: back off, log (once a minute), and stop trusting partition ends."""
+        self.broker.fault(what)
+        if self.caught_up:
+            stale, self.caught_up = set(self.caught_up), set()
+            self.stale |= stale
+            self.partitions_stale(stale)
+
+    def _client_error(self, err: KafkaError) -> None:
+        """The clients' ``error_cb`` (served in this thread, by consume and poll)."""
+        CLIENT_LOG.error(err)
+        if err.code() in BROKER_DOWN and not err.fatal():
+            self.broker_fault(err.str())
+
+    def _confirm_ends(self, cons: Consumer) -> None:
+        """Partitions made stale by a broker fault and silent since: at their end (nothing waiting at the
+        broker past what was handled) they are caught up again; asked at most once a second."""
+        now = self.clock()
+        self.stale &= self.assigned
+        if not self.stale or now < self._recheck_at or not self.broker.ready():
+            return
+        self._recheck_at = now + 1.0
+        try:
+            if not self.broker.settled(self.settle_s):
+                cons.list_topics(self.topic, timeout=1.0)  # the broker answers: the outage is over
+                self.broker.ok()
+                return
+            for tp in cons.position([TopicPartition(t, p) for t, p in sorted(self.stale)]):
+                partition = (tp.topic, tp.partition)
+                low, high = cons.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                at = tp.offset if tp.offset >= 0 else self.processed.get(partition)
+                if at is None:  # nothing read since it was assigned: its committed offset is where it stands
+                    committed = cons.committed([TopicPartition(*partition)], timeout=1.0)[0].offset
+                    at = committed if committed >= 0 else low
+                if at >= high and partition in self.stale:
+                    self.stale.discard(partition)
+                    self.caught_up.add(partition)
+                    self.partition_end(partition)
+        except KafkaException as exc:
+            self.broker_fault(f"checking partition ends: {exc.args[0]}")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -188,11 +276,23 @@ class BatchProcessor:
             cons.assign(partitions)
         self.on_assign(cons, partitions)
 
+    def _lost(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group dropped this member (its session expired, e.g. while the broker was away): the partitions
+        may be another member's already, so their state is dropped unwritten and their offsets uncommitted."""
+        self.log.warning("%s lost partitions %s (the group moved on); resuming from the last commit",
+                         self.name, sorted((p.topic, p.partition) for p in partitions))
+        self.losing = True
+        try:
+            self._revoked(cons, partitions)
+        finally:
+            self.losing = False
+
     def _revoked(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
         self.on_revoke(cons, partitions)
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             self.caught_up.discard((p.topic, p.partition))
+            self.stale.discard((p.topic, p.partition))
             self.processed.pop((p.topic, p.partition), None)
 
     def _consume(self, cons: Consumer) -> list[Message]:
@@ -209,14 +309,25 @@ class BatchProcessor:
             err = msg.error()
             if err is None:
                 partition = (msg.topic(), msg.partition())
+                if partition not in self.assigned:
+                    continue  # fetched before its partition was revoked or lost: its next owner reads it again
                 self.caught_up.discard(partition)
+                self.stale.discard(partition)  # it speaks again: its next end comes as an event
                 self.processed[partition] = msg.offset() + 1
                 self.handle(msg)
                 data += 1
             elif err.code() == KafkaError._PARTITION_EOF:  # consumers run with partition EOF events on
                 partition = (msg.topic(), msg.partition())
+                if partition not in self.assigned:
+                    continue
+                if not self.broker.settled(self.settle_s):
+                    self.stale.add(partition)  # the end of what reached the broker: sources may still be flushing
+                    continue
                 self.caught_up.add(partition)
+                self.stale.discard(partition)
                 self.partition_end(partition)
+            elif err.code() in BROKER_DOWN and not err.fatal():
+                self.broker_fault(err.str())  # the consumer reconnects by itself
             else:
                 self.consumer_error(err)
         return data
@@ -224,20 +335,23 @@ class BatchProcessor:
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> dict:
         settings = self.settings
         quiet_s = settings.idle_close_s if self.quiet_s is None else self.quiet_s
-        cons = consumer(settings, settings.group(self.name), **self.consumer_overrides)
-        self.prod = prod = producer(settings, **self.producer_overrides)
+        self.cons = cons = consumer(settings, settings.group(self.name),
+                                    **{"error_cb": self._client_error, **self.consumer_overrides})
+        self.prod = prod = producer(settings, **{"error_cb": self._client_error, **self.producer_overrides})
         self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
             try:
                 self.setup(cons)
                 cons.subscribe([settings.topic(s) for s in self.sources], on_assign=self._assigned,
-                               on_revoke=self._revoked)
+                               on_revoke=self._revoked, on_lost=self._lost)
                 last_data = last_commit = self.clock()
                 dirty = False
                 while not stop.is_set():
                     batch = self._consume(cons)
                     self.before_batch()
                     messages = self._handle_batch(batch)
+                    if self.stale:
+                        self._confirm_ends(cons)
                     now = self.clock()
                     if messages:
                         last_data = now
@@ -246,19 +360,19 @@ class BatchProcessor:
                     urgent = self.housekeeping() or urgent
                     prod.poll(0)
                     dirty = dirty or bool(messages) or urgent
-                    if dirty and (urgent or idle or now - last_commit >= self.commit_every_s):
-                        self.commit(cons)
-                        last_commit, dirty = now, False
+                    if dirty and (urgent or idle or now - last_commit >= self.commit_every_s) and self.broker.ready():
+                        if self.commit(cons):
+                            last_commit, dirty = now, False
                     if idle and exit_when_idle and not dirty and self.settled():
                         break
-                if dirty:
-                    self.commit(cons)  # stopping: keep what was done
+                if dirty and not self.commit(cons):  # stopping: keep what was done
+                    self.log.warning("%s stopped with its last commit refused; the next run repeats it", self.name)
             finally:
                 self.stats["dead_letters"] = self.dead.count
                 try:
                     close_clients(prod, cons)  # leaving the group may revoke, and so commit: the producer is still here
                 finally:
-                    self.prod = self.dead = None  # no client may outlive the run (the broker may stop next)
+                    self.prod = self.cons = self.dead = None  # no client may outlive the run (the broker may stop)
         finally:
             self.close()
         self.log.info("%s stopped: %s", self.name, self.stats)

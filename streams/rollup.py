@@ -137,6 +137,10 @@ class RollupProcessor(BatchProcessor):
     def partition_end(self, partition) -> None:
         self.watermark.caught_up(partition[1], self.now_ms)  # in message order
 
+    def partitions_stale(self, partitions) -> None:
+        for _, p in partitions:  # data queued while the broker was away must not arrive late
+            self.watermark.stale(p, int(self.wall_clock() * 1000))
+
     def end_batch(self, messages: int, idle: bool) -> bool:
         closed = self.rollup.advance(lanes=self.watermark.marks(int(self.wall_clock() * 1000)))
         if idle:

@@ -4,6 +4,10 @@ It runs on the processors' loop (streams/processor.py) and owns its offsets: eac
 batch is decoded and stored with the next offset of each partition in one DuckDB transaction
 (``end_batch``), and an assignment resumes from the stored offsets (``stored_offsets``), so a
 restart neither loses nor duplicates rows; its Kafka commits are copies for lag dashboards.
+When the file cannot be written (a full or read-only disk, a lost mount), the agent pauses its
+partitions and logs one clear error (again once a minute while it lasts), keeps the batch and
+retries it every ``retry_s``; on success it resumes. The batch and its offsets are one
+transaction, so nothing is lost or stored twice across the pause, a restart or a rebalance.
 Undecodable messages go to ``deadletter``, delivered before their offsets are stored; an
 undecodable message on ``deadletter`` itself (a dead letter about it would loop) is stored
 directly as a row of ``deadletter``, raw (bounded) with the reason, so ``v_deadletter`` shows it. The
@@ -17,13 +21,16 @@ import logging
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
+import time
+
+import duckdb
 import pyarrow as pa
 from confluent_kafka import KafkaError, KafkaException
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
 from opsloop.connectors.duckdb import JSON_TEXT, arrow_schema, open_db, store_batch, stored_offsets, table_name
-from opsloop.connectors.kafka import DEADLETTER
+from opsloop.connectors.kafka import DEADLETTER, Throttled
 from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec, DecodeError
 from opsloop.streams.processor import BatchProcessor
@@ -54,19 +61,58 @@ class ViewsSink(BatchProcessor):
         self.dead_letters = dead_letters  # None: the loop's dead letters
         self.batch: list = []
         self.stats = {"rows": {}, "dead_letters": 0, "deadletter_rejects": 0, "replayed": 0, "batches": 0}
+        self.held: list = []  # a batch the file refused: kept, and retried while the partitions are paused
+        self.paused_at: float | None = None
+        self._retry_at = 0.0
+        self._unwritable = Throttled(log)
 
     # -- the loop's hooks ---------------------------------------------------------------
 
     def handle(self, msg) -> None:
         self.batch.append(msg)
 
+    retry_s = 2.0  # how often a refused batch is tried again
+
     def end_batch(self, messages: int, idle: bool) -> bool:
-        if not self.batch:
+        if self.held:
+            self.held += self.batch  # fetched before the pause took hold
+            self.batch = []
+            if time.monotonic() < self._retry_at:
+                return False
+        if not self.batch and not self.held:
             return False
-        batch, self.batch = self.batch, []
-        self.write_batch(batch)
+        batch, self.batch, self.held = self.held + self.batch, [], []
+        try:
+            self.write_batch(batch)
+        except (duckdb.Error, OSError) as exc:
+            self._pause(batch, exc)
+            return False
+        if self.paused_at is not None:
+            log.warning("views: writing to %s again after %.0f s; nothing lost", self.settings.duckdb_file,
+                        time.monotonic() - self.paused_at)
+            self.paused_at = None
+            if self.cons is not None:
+                self.cons.resume(self.cons.assignment())
         self.stats["batches"] += 1
         return True
+
+    def _pause(self, batch: list, exc: BaseException) -> None:
+        self.held = batch
+        self._retry_at = time.monotonic() + self.retry_s
+        if self.paused_at is None:
+            self.paused_at = time.monotonic()
+            if self.cons is not None:
+                self.cons.pause(self.cons.assignment())
+        self._unwritable.log("unwritable", logging.ERROR, "views: cannot write %s (%s: %s); consuming is paused and "
+                             "the batch is retried every %.0f s (logged once a minute)", self.settings.duckdb_file,
+                             type(exc).__name__, exc, self.retry_s)
+
+    def on_revoke(self, cons, partitions) -> None:
+        self.held = []  # the next owner reads them again from the offsets stored in the file
+        self.paused_at = None  # a new assignment starts unpaused; the next batch finds out if the file still fails
+
+    def settled(self) -> bool:
+        return not self.held  # an idle exit must not leave a refused batch behind
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self.next_offsets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
@@ -66,9 +66,10 @@ class FakeConsumer:
 
     def __init__(self, log, batches):
         self.log, self.batches, self.commits, self.assigned_offsets = log, list(batches), [], None
+        self.refuse: list[int] = []  # error codes the next commits raise, one each
 
-    def subscribe(self, topics, on_assign=None, on_revoke=None):
-        self.topics, self.on_assign = topics, on_assign
+    def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
+        self.topics, self.on_assign, self.on_lost = topics, on_assign, on_lost
 
     def assign(self, partitions):
         self.assigned_offsets = {(tp.topic, tp.partition): tp.offset for tp in partitions}
@@ -84,6 +85,9 @@ class FakeConsumer:
         return batch[0] if batch else None
 
     def commit(self, offsets=None, asynchronous=True):
+        if self.refuse:
+            self.log.append("commit refused")
+            raise KafkaException(KafkaError(self.refuse.pop(0)))
         self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
         self.log.append("commit")
 
@@ -206,3 +210,88 @@ def test_emit_keys_by_the_catalog_and_encodes_the_catalog_record(tmp_path, clien
     (topic, key, value, _), = proc.prod.queued
     assert (topic, key) == (PREFIX + "alarms.clean", b"demo")
     assert Codec.default().decode(value)[0] == "CleanAlarm"
+
+
+class Counting(loop.BatchProcessor):
+    """Counts what it handles; its assignment resets what it holds, as the keyed processors' does."""
+
+    name = "counting"
+    source = "incidents"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.stats = {"commits": 0, "dead_letters": 0}
+        self.seen, self.revoked = [], []
+
+    def handle(self, msg):
+        self.seen.append(msg.offset())
+
+    def on_revoke(self, cons, partitions):
+        self.revoked.append(self.commit(cons, {(tp.topic, tp.partition) for tp in partitions}))
+
+
+class Down(Msg):
+    def error(self):
+        return KafkaError(KafkaError._ALL_BROKERS_DOWN)
+
+
+def test_a_broker_outage_is_waited_out_and_a_lost_assignment_is_neither_written_nor_committed(tmp_path, clients,
+                                                                                           caplog):
+    """A consumer transport error and commits refused because the group moved on (the broker was away longer
+    than the session) do not end the loop: the commit is retried after a backoff; partitions the group took
+    away are dropped unwritten; once reassigned the loop resumes and commits."""
+    log, with_batches = clients
+    topic = PREFIX + "incidents"
+    made = with_batches([Msg(topic, 0, 0), Down(topic, 0, -1)], [Msg(topic, 0, 1)],
+                        [Msg(topic, 0, 0), Msg(topic, 0, 1)], [Msg(topic, 0, 2, eof=True)])
+    proc = Counting(settings(tmp_path))
+    proc.commit_every_s = 0.0
+    proc.broker.first_s = 0.0  # no backoff in a unit test
+    proc.settle_s = 0.0
+    real_consume = loop.BatchProcessor._consume
+    rounds = {"n": 0}
+
+    def consume(self, c):
+        rounds["n"] += 1
+        if rounds["n"] == 1:
+            c.refuse = [KafkaError.UNKNOWN_MEMBER_ID, KafkaError._TRANSPORT]
+        if rounds["n"] == 3:  # the group dropped this member: librdkafka calls on_lost, then assigns again
+            c.on_lost(c, [TopicPartition(topic, 0)])
+            c.on_assign = lambda cc, parts: proc._assigned(cc, parts)
+        return real_consume(self, c)
+
+    with caplog.at_level("WARNING"):
+        proc._consume = consume.__get__(proc)
+        stats = proc.run(threading.Event(), exit_when_idle=True)
+    cons = made["cons"]
+    assert proc.seen == [0, 1, 0, 1]  # nothing was committed: the next owner (this process) repeats both
+    assert proc.revoked == [False]  # the lost partition was not committed from the revoke hook
+    assert log.count("commit refused") == 2
+    assert cons.commits and cons.commits[-1] == ({(topic, 0): 2}, False)
+    assert stats["commits"] == len(cons.commits)
+    waits = [r for r in caplog.records if "broker unavailable" in r.getMessage()]
+    assert len(waits) == 1  # one line for the outage, however many faults
+    assert any("broker back after" in r.getMessage() for r in caplog.records)
+
+
+def test_broker_wait_backs_off_and_logs_once_a_minute(caplog):
+    from opsloop.connectors.kafka import BrokerWait, ClientLog
+
+    now = [0.0]
+    wait = BrokerWait(loop.logging.getLogger("t"), "agent", clock=lambda: now[0], first_s=0.5, max_s=4.0)
+    with caplog.at_level("WARNING"):
+        for _ in range(120):  # two minutes of faults, one a second
+            wait.fault("Connection refused")
+            assert not wait.ready() or wait.retry_at <= now[0]
+            now[0] += 1.0
+        assert wait._delay == 4.0
+        wait.ok()
+        assert wait.ready()
+        client = ClientLog(every_s=60.0)
+        client.throttle.clock = lambda: now[0]
+        for _ in range(1000):
+            client.log(40, "%s [%s] %s", "FAIL", "rdkafka#consumer-1", "Connection refused")
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("broker unavailable" in line for line in lines) == 2
+    assert sum("broker back after 120.0 s" in line for line in lines) == 1
+    assert sum("Connection refused" in line and "FAIL" in line for line in lines) == 1
