@@ -80,8 +80,11 @@ def secure_settings(secure_kafka, tmp_path):
     from opsloop.config.catalog import load_catalog
     from opsloop.connectors.kafka import apply_acls, apply_catalog
 
+    from actuation import TEST_FEEDBACK_KEY, TEST_VERDICT_KEY  # the integration tier's helpers
+
     base = Settings(topic_prefix=f"s{uuid.uuid4().hex[:8]}.", app_id="opsloop-test", data_dir=tmp_path,
-                    idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir)
+                    idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir,
+                    verdict_key=TEST_VERDICT_KEY, feedback_key=TEST_FEEDBACK_KEY)
     admin = secure_kafka.client_settings(base, "admin")
     apply_catalog(admin, load_catalog().values())
     apply_acls(admin, plan(admin))
