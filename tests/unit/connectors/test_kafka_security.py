@@ -14,7 +14,9 @@ SECURE = {"OPSLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "OPSLOOP_KAFKA_SASL_USE
 
 def test_plaintext_is_the_default_and_adds_nothing():
     assert security_config(Settings()) == {}
-    assert client_config(Settings(broker="k:9092")) == {"bootstrap.servers": "k:9092"}
+    config = client_config(Settings(broker="k:9092"))
+    assert config["bootstrap.servers"] == "k:9092" and not any(k.startswith(("security.", "sasl.", "ssl.")) for k in config)
+    assert config["logger"] is not None  # every client logs through the rate-limited logger
 
 
 def test_sasl_ssl_settings_become_librdkafka_config():
