@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from opsloop.models.event_time import EventTimeBounds, iso_ms
 
@@ -387,6 +388,7 @@ class LaneWatermarks:
         self.hold_ms = hold_ms
         self._lanes: dict[Lane, _LaneState] = {}
         self._current: dict[int, Lane] = {}  # partition → lane of its last record
+        self._backlog: set[int] = set()  # partitions with records still unread at the broker
 
     def latest(self, lane: Lane) -> int | None:
         """The lane's latest time while it is awake (None before its first point or while asleep)."""
@@ -452,18 +454,33 @@ class LaneWatermarks:
     def marks(self, now_ms: int) -> dict[Lane, LaneMark]:
         return {lane: self._mark(state, now_ms) for lane, state in self._lanes.items()}
 
+    def backlog(self, partitions: Iterable[int]) -> None:
+        """The partitions that have records still unread at the broker (the reader knows; the records do not).
+
+        Such a partition is never let go: it is behind, not done, and may still deliver any lane's data. A
+        slow or uneven reader therefore costs latency, never late data.
+
+        >>> w = LaneWatermarks(partitions=[0, 1], hold_ms=0)
+        >>> lane = ("demo", "replay")
+        >>> w.observe(lane, 0, 5_000, now_ms=0); w.backlog([1]); w.marks(now_ms=10)[lane]
+        LaneMark(watermark_ms=None, asleep=False)
+        >>> w.backlog([]); w.marks(now_ms=10)[lane]
+        LaneMark(watermark_ms=5000, asleep=False)
+        """
+        self._backlog = set(partitions)
+
     def _mark(self, state: _LaneState, now_ms: int) -> LaneMark:
         if state.asleep:
             return LaneMark(state.frontier, True)
         low, held = None, False
         for p in self.partitions:
             latest = state.latest.get(p)
-            if p not in state.active:
+            if p not in state.active and p not in self._backlog:
                 since = max(state.idle_since.get(p, state.woke), state.woke)
                 if now_ms - since >= self.hold_ms:
                     continue  # let go
-                if latest is None:
-                    return LaneMark(None)  # may still deliver anything
+            if latest is None:
+                return LaneMark(None)  # may still deliver anything
             held = True
             if low is None or latest < low:
                 low = latest

@@ -90,6 +90,7 @@ class RollupProcessor(BatchProcessor):
                                  EventTimeBounds.from_settings(self.settings))
         self.watermark = LaneWatermarks(partitions, hold_ms=int(self.settings.idle_close_s * 1000))
         self.replayed_upto: dict[int, int] = {}  # partition → offsets below this were handled before a restart
+        self.start_offsets: dict[int, int] = {}  # partition → where this assignment reads from (-1: its beginning)
 
     # -- rebalance ---------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class RollupProcessor(BatchProcessor):
             raise PartialAssignment(f"rollup was assigned {len(self.assigned)} of the {total} partitions of "
                                     f"{self.topic}; a site's devices span all of them, so run one rollup process")
         for tp in cons.committed(partitions, timeout=30):
+            self.start_offsets[tp.partition] = tp.offset if tp.offset >= 0 else -1
             if tp.metadata:
                 mark = json.loads(tp.metadata)
                 self.rollup.move_watermark(mark.get("watermark_ms"))  # written by versions without lanes
@@ -142,6 +144,7 @@ class RollupProcessor(BatchProcessor):
             self.watermark.stale(p, int(self.wall_clock() * 1000))
 
     def end_batch(self, messages: int, idle: bool) -> bool:
+        self.watermark.backlog(self._behind())
         closed = self.rollup.advance(lanes=self.watermark.marks(int(self.wall_clock() * 1000)))
         if idle:
             closed += self.rollup.flush()
@@ -149,6 +152,22 @@ class RollupProcessor(BatchProcessor):
             self.emit("telemetry.site", snap)
         self.stats["snapshots"] += len(closed)
         return bool(closed)  # closing windows frees offsets to commit
+
+    def _behind(self) -> list[int]:
+        """Assigned partitions whose position is short of the broker's end, as the consumer last heard it
+        (local calls: positions and the high watermarks cached from fetch responses)."""
+        if self.cons is None or not self.assigned:
+            return []
+        behind = []
+        for tp in self.cons.position([TopicPartition(t, p) for t, p in sorted(self.assigned)]):
+            low, high = self.cons.get_watermark_offsets(tp, cached=True)
+            at = tp.offset  # none yet while nothing was read since the assignment: where reading starts
+            if at < 0:
+                start = self.start_offsets.get(tp.partition)
+                at = low if start == -1 else start if start is not None else -1
+            if at >= 0 and high >= 0 and at < high:
+                behind.append(tp.partition)
+        return behind
 
     def offsets(self, partitions) -> list[TopicPartition]:
         """Never past a point an open window holds; the metadata lets a restart recognise what was handled."""

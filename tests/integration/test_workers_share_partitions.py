@@ -78,7 +78,7 @@ def test_a_worker_killed_and_one_added_mid_stream_lose_nothing_and_count_nothing
     storm = [a for a, _ in generate_storm(Topology.from_site(load_site(COLO)), seed=5, failures=3, background=5,
                                           horizon_s=3600).alarms]
     env = dict(OPSLOOP_BATCH_SIZE=200, OPSLOOP_ANOMALY_CHECKPOINT_S=1, OPSLOOP_IDLE_CLOSE_S=3600,
-               OPSLOOP_TOPOLOGY=COLO)
+               OPSLOOP_TOPOLOGY=COLO, OPSLOOP_UNKNOWN_NAMES="accept")  # demo telemetry beside colo alarms
 
     def alarms_source() -> None:
         prod = producer(settings)

@@ -25,3 +25,29 @@ def test_commit_metadata_carries_every_lane_and_stays_under_the_broker_limit():
     [tp] = proc.offsets({("telemetry.raw", 0)})
     lanes = json.loads(tp.metadata)["lanes"]
     assert len(tp.metadata) <= METADATA_BYTES and lanes[:2] == mark["lanes"] and lanes[-1][2] > 1_000_000
+
+
+class PositionsOnly:
+    """The two local consumer calls ``_behind`` makes: positions and cached high watermarks."""
+
+    def __init__(self, positions: dict[int, int], ends: dict[int, tuple[int, int]]):
+        self.positions, self.ends = positions, ends
+
+    def position(self, partitions):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get(tp.partition, -1001)) for tp in partitions]
+
+    def get_watermark_offsets(self, tp, cached=False):
+        return self.ends.get(tp.partition, (-1001, -1001))
+
+
+def test_partitions_short_of_the_broker_end_are_behind_even_before_their_first_record():
+    proc = RollupProcessor(Settings())
+    proc.assigned = {("telemetry.raw", p) for p in range(4)}
+    proc.start_offsets = {0: -1, 1: 7, 2: -1, 3: 5}  # 0 and 2 read from their beginning, 1 and 3 from a commit
+    # 0: nothing read yet, data at the broker; 1: committed at its end; 2: read to its end; 3: read, more waiting
+    proc.cons = PositionsOnly({2: 9, 3: 6}, {0: (0, 40), 1: (0, 7), 2: (0, 9), 3: (0, 8)})
+    assert proc._behind() == [0, 3]
+    proc.cons = None
+    assert proc._behind() == []
