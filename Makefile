@@ -62,7 +62,7 @@ test: install llm-deps
 test-unit: install
 	$(BIN)/python -m pytest -m unit
 
-# The fault tests alone (broker restart, killed and added workers, slow consumer); `make test` runs them too.
+# The fault tests alone (broker restart, leader change, killed and added workers, slow consumer); `make test` runs them too.
 test-faults: install
 	$(BIN)/python -m pytest -m faults
 

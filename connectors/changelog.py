@@ -19,9 +19,16 @@ from opsloop.connectors.kafka import admin, consumer, send, watermark_offsets
 from opsloop.config.settings import Settings
 
 
+def changelog_replication(brokers: int) -> int:
+    """Replicas of a new changelog: as many as the cluster has brokers, up to 3, so that a processor's state
+    survives one broker's restart or a leader change (a single replica goes offline with its broker)."""
+    return max(1, min(3, brokers))
+
+
 class Changelog:
     """The changelog ``<app id>.<prefix><name>-changelog``, created (compacted, one partition per source
-    partition) unless it exists; one with fewer partitions than the source is an error."""
+    partition, ``changelog_replication`` replicas) unless it exists; one with fewer partitions than the source
+    is an error."""
 
     def __init__(self, settings: Settings, name: str, partitions: int, timeout_s: float = 30.0):
         self.settings = settings
@@ -29,13 +36,15 @@ class Changelog:
         self.partitions = partitions
         self.timeout_s = timeout_s
         client = admin(settings)
-        existing = client.list_topics(timeout=timeout_s).topics.get(self.topic)
+        meta = client.list_topics(timeout=timeout_s)
+        existing = meta.topics.get(self.topic)
         if existing is not None:
             if len(existing.partitions) < partitions:
                 raise RuntimeError(f"changelog {self.topic} has {len(existing.partitions)} partitions; "
                                    f"its source has {partitions}")
             return
-        future = client.create_topics([NewTopic(self.topic, partitions, 1, config={"cleanup.policy": "compact"})])
+        future = client.create_topics([NewTopic(self.topic, partitions, changelog_replication(len(meta.brokers)),
+                                                config={"cleanup.policy": "compact"})])
         try:
             future[self.topic].result(timeout_s)
         except KafkaException as exc:

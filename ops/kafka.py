@@ -46,6 +46,13 @@ class LocalKafka:
     version: str = KAFKA_VERSION
     heap: str = "768m"
     secure: bool = False  # SASL_SSL (SCRAM-SHA-512) + TLS + ACL authorizer
+    # In a local cluster (``LocalKafkaCluster``, plaintext only): this node's id, the controller quorum it joins
+    # ("" = it is the quorum itself, on port + 1), the cluster id every node's storage is formatted with ("" = a new
+    # one) and the replication of the internal topics (group offsets, transactions).
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    replication: int = 1
 
     @property
     def bootstrap(self) -> str:
@@ -146,7 +153,12 @@ class LocalKafka:
 
     def _config(self) -> Path:
         config = self.state_dir / "server.properties"
-        places = {"port": self.port, "controller_port": self.port + 1, "log_dirs": self.state_dir / "data"}
+        controller = f"1@127.0.0.1:{self.port + 1}"
+        places = {"port": self.port, "controller_port": self.port + 1, "log_dirs": self.state_dir / "data",
+                  "node_id": self.node_id, "voters": self.voters or controller, "replication": self.replication,
+                  "roles": "broker" if self.voters else "broker,controller",
+                  "listeners": f"PLAINTEXT://127.0.0.1:{self.port}" + (
+                      "" if self.voters else f",CONTROLLER://127.0.0.1:{self.port + 1}")}
         if self.secure:
             keystore, keystore_password = self._certificates()
             places.update(admin="admin", admin_password=self.password_file("admin").read_text().strip(),
@@ -161,9 +173,8 @@ class LocalKafka:
     def _format(self, config: Path, passwords: dict[str, str] | None = None) -> None:
         if self._formatted():
             return
-        # A cluster id is 16 random bytes in unpadded base64url, as `random-uuid` prints it; it may
-        # start with "-", hence the "=" form of the option.
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # A cluster id may start with "-", hence the "=" form of the option.
+        cid = self.cluster_id or new_cluster_id()
         scram = [f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
                  for name, password in (passwords or {}).items()]
         result = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(config),
@@ -184,6 +195,12 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> str:
         """Start the broker unless it runs already; returns a one-line status."""
+        launched = self.launch()
+        return launched if isinstance(launched, str) else self.wait_ready(*launched, timeout_s=timeout_s)
+
+    def launch(self):
+        """Start the broker's process without waiting for it: the process and the new SCRAM users (for
+        ``wait_ready``), or a status line when it runs already."""
         mode = "SASL_SSL" if self.secure else "PLAINTEXT"
         if self.pid() and broker_ready(self.bootstrap, 5.0, self._admin_config()):
             return f"Kafka {self.version} already running on {self.bootstrap} ({mode}, pid {self.pid()})"
@@ -208,6 +225,12 @@ class LocalKafka:
             proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
+        return proc, new_users, passwords
+
+    def wait_ready(self, proc: subprocess.Popen, new_users: list[str], passwords: dict[str, str],
+                   timeout_s: float = 90.0) -> str:
+        """Wait until the process ``launch`` started answers (or fails); returns a one-line status."""
+        mode = "SASL_SSL" if self.secure else "PLAINTEXT"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             time.sleep(0.5)
@@ -234,6 +257,81 @@ class LocalKafka:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return f"Kafka stopped (pid {pid})"
+
+
+def new_cluster_id() -> str:
+    """16 random bytes in unpadded base64url, as ``random-uuid`` prints a cluster id (it may start with "-")."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class LocalKafkaCluster:
+    """A local KRaft cluster of ``size`` plaintext nodes on free loopback ports, for fault tests: node 1 is broker and
+    the controller quorum (a single voter), the others are brokers only. Every node is a ``LocalKafka`` with its own
+    storage under ``state_dir/node-<id>``; the internal topics are replicated ``min(size, 3)`` times. A test may stop
+    and start any broker but node 1 (the quorum)."""
+
+    cache_dir: Path
+    state_dir: Path
+    size: int = 3
+    heap: str = "256m"
+
+    def __post_init__(self) -> None:
+        ports = free_ports(self.size + 1)  # node 1's controller listens on its port + 1: pick that pair first
+        while ports[0] + 1 in ports or _port_open(ports[0] + 1):
+            ports = free_ports(self.size + 1)
+        cid, voters = new_cluster_id(), f"1@127.0.0.1:{ports[0] + 1}"
+        self.nodes = [LocalKafka(self.cache_dir, self.state_dir / f"node-{i + 1}", port=port, heap=self.heap,
+                                 node_id=i + 1, voters="" if i == 0 else voters, cluster_id=cid,
+                                 replication=min(self.size, 3))
+                      for i, port in enumerate(ports[:self.size])]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start every node (at once: a JVM's start is mostly waiting) and wait until all brokers are registered."""
+        self.nodes[0].install()
+        launched = [node.launch() for node in self.nodes]
+        try:
+            for node, started in zip(self.nodes, launched):
+                if not isinstance(started, str):
+                    node.wait_ready(*started, timeout_s=timeout_s)
+            self.wait_brokers(self.size, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return f"Kafka {self.nodes[0].version} cluster of {self.size} ready on {self.bootstrap}"
+
+    def wait_brokers(self, count: int, timeout_s: float = 60.0) -> None:
+        """Wait until ``count`` brokers are in the cluster's metadata."""
+        from confluent_kafka.admin import AdminClient
+
+        client = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+        while len(client.list_topics(timeout=10).brokers) < count:
+            if time.monotonic() > deadline:
+                raise KafkaSetupError(f"fewer than {count} brokers in the cluster after {timeout_s:.0f}s")
+            time.sleep(0.5)
+
+    def stop(self) -> str:
+        return "; ".join(node.stop() for node in reversed(self.nodes))  # brokers before the quorum
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held open together while picked)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def broker_ready(bootstrap: str, timeout_s: float, security: dict | None = None) -> bool:

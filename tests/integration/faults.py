@@ -1,7 +1,8 @@
-"""Helpers of the fault tests (``faults`` marker): a broker of the test's own, worker processes, counts by key.
+"""Helpers of the fault tests (``faults`` marker): a broker (or a cluster) of the test's own, worker processes,
+counts by key.
 
 The fault tests stop, restart or kill real processes, so each that touches the broker itself gets its
-own single-node broker (``OwnKafka``), never the session's.
+own single-node broker (``OwnKafka``) or cluster (``OwnCluster``), never the session's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import apply_catalog
+from opsloop.connectors.kafka import admin, apply_catalog
 from opsloop.schemas.codec import Codec
 
 
@@ -38,11 +39,48 @@ def start_worker(settings: Settings, agents: str, log: Path, **env) -> subproces
                                 start_new_session=True)
 
 
-def fresh_settings(bootstrap: str, data_dir: Path, **kw) -> Settings:
+def fresh_settings(bootstrap: str, data_dir: Path, replication: int = 1, min_insync: int = 1, **kw) -> Settings:
+    """Settings on ``bootstrap`` with the catalog's topics created, ``replication`` times replicated (the catalog's
+    own replication when 1) with ``min.insync.replicas`` = ``min_insync``."""
     settings = Settings(broker=bootstrap, topic_prefix="f.", app_id="opsloop-test", data_dir=data_dir,
                         idle_close_s=1.5, cache_dir=Settings.from_env().cache_dir, **kw)
-    apply_catalog(settings, load_catalog().values())
+    if replication == 1:
+        apply_catalog(settings, load_catalog().values())
+        return settings
+    from confluent_kafka.admin import NewTopic
+
+    client = admin(settings)
+    new = [NewTopic(settings.topic(s.name), s.partitions, replication,
+                    config={**s.configs(), "min.insync.replicas": str(min_insync)}) for s in load_catalog().values()]
+    for future in client.create_topics(new).values():
+        future.result(30)
     return settings
+
+
+def leaders(settings: Settings, topics) -> dict:
+    """(topic, partition) → (leader, in-sync replicas) of the catalog ``topics``, as the cluster's metadata says."""
+    meta = admin(settings).list_topics(timeout=10).topics
+    return {(name, p): (part.leader, tuple(sorted(part.isrs)))
+            for name in topics for p, part in meta[settings.topic(name)].partitions.items()}
+
+
+class OwnCluster:
+    """A local cluster of ``size`` brokers for one test (``LocalKafkaCluster``), which the test may stop and start
+    broker by broker (never node 1: it is the controller quorum)."""
+
+    def __init__(self, state_dir: Path, size: int = 3):
+        from opsloop.ops.kafka import LocalKafkaCluster
+
+        self.cluster = LocalKafkaCluster(Settings.from_env().cache_dir, state_dir, size=size)
+        self.bootstrap = self.cluster.bootstrap
+
+    def __enter__(self) -> "OwnCluster":
+        self.cluster.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.collect()
+        self.cluster.stop()
 
 
 class OwnKafka:
