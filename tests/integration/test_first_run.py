@@ -38,11 +38,13 @@ class FirstRun:
     def __init__(self, data_dir: Path, kafka_port: int):
         self.noc_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLOOP_")}
+        # the port alone, as `opsloop up` asks when 9092 is taken: every command then finds that broker
         self.env = {**env, "OPSLOOP_DATA_DIR": str(data_dir), "OPSLOOP_KAFKA_PORT": str(kafka_port),
-                    "OPSLOOP_BROKER": f"127.0.0.1:{kafka_port}", "OPSLOOP_PCS_MODBUS": f"127.0.0.1:{free_port()}",
+                    "OPSLOOP_PCS_MODBUS": f"127.0.0.1:{free_port()}",
                     "OPSLOOP_CACHE_DIR": str(Settings.from_env().cache_dir),
                     "OPSLOOP_VERDICT_KEY": TEST_VERDICT_KEY, "OPSLOOP_FEEDBACK_KEY": TEST_FEEDBACK_KEY}
         self.settings = Settings.from_env(self.env)
+        assert self.settings.broker == f"127.0.0.1:{kafka_port}"
         self.data_dir = data_dir
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
