@@ -102,6 +102,8 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "broker" not in values and "kafka_port" in values:  # no broker named: the local one `opsloop up` starts
+            values["broker"] = f"127.0.0.1:{values['kafka_port']}"
         return cls(**values)
 
     def __post_init__(self):
