@@ -34,6 +34,21 @@ KAFKA_VERSION = "4.1.1"
 HERE = Path(__file__).resolve().parent / "broker"  # pom, broker and logging config
 
 
+
+def free_port_pair() -> int:
+    """A loopback port p with p+1 also free (a local broker's controller listens on p+1)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free pair of ports")
+
 class KafkaSetupError(RuntimeError):
     """The local broker cannot be installed or started; the message says what to do."""
 

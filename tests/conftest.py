@@ -10,33 +10,17 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import uuid
 
 import pytest
 
 from opsloop.config.settings import Settings
-
-
-
-def _free_port_pair() -> int:
-    """A port p with p+1 also free (the broker's controller listens on p+1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free pair of ports")
+from opsloop.ops.kafka import free_port_pair as pick_ports
 
 
 @pytest.fixture
 def free_port_pair() -> int:
-    return _free_port_pair()
+    return pick_ports()
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +31,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         return
     from opsloop.ops.kafka import LocalKafka
 
-    broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka"), port=_free_port_pair())
+    broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka"), port=pick_ports())
     broker.start()
     try:
         yield broker.bootstrap
@@ -62,7 +46,7 @@ def secure_kafka(tmp_path_factory):
     certificates and one SCRAM user per principal generated at start (``LocalKafka(secure=True)``)."""
     from opsloop.ops.kafka import LocalKafka
 
-    broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka-secure"), port=_free_port_pair(),
+    broker = LocalKafka(Settings.from_env().cache_dir, tmp_path_factory.mktemp("kafka-secure"), port=pick_ports(),
                         secure=True, heap="512m")  # a second broker beside the plaintext one: keep it small
     broker.start()
     try:
@@ -160,7 +144,7 @@ def llm_url(tmp_path_factory) -> str:
         from opsloop.ops.llm_server import LocalLlm
         import llama_cpp  # noqa: F401  (built by `make llm-deps`)
 
-        server = LocalLlm(_free_port_pair(), tmp_path_factory.mktemp("llm") / "server.log")
+        server = LocalLlm(pick_ports(), tmp_path_factory.mktemp("llm") / "server.log")
     except (ImportError, RuntimeError) as exc:
         if os.environ.get("CI"):
             raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,22 +27,9 @@ from pathlib import Path
 from opsloop.config.catalog import cached_catalog, load_catalog
 from opsloop.config.settings import Settings
 from opsloop.config.site import load_site
+from opsloop.ops.kafka import free_port_pair
 
 BUCKET_S = 5.0
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free pair of ports")
 
 
 def _source(settings: Settings, rate: float, stop: threading.Event, sent: list) -> None:
@@ -104,7 +90,7 @@ def run(rate: float, warm_s: float, outage_s: float, after_s: float) -> dict:
 
     base = Settings.from_env()
     work = Path(tempfile.mkdtemp(prefix="opsloop-restart-"))
-    kafka = LocalKafka(base.cache_dir, work / "kafka", port=_free_port_pair())
+    kafka = LocalKafka(base.cache_dir, work / "kafka", port=free_port_pair())
     kafka.start()
     settings = base.replace(broker=kafka.bootstrap, topic_prefix="b.", data_dir=work, window_s=1, grace_s=1)
     apply_catalog(settings, load_catalog(settings.topics_file).values())

@@ -25,9 +25,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from opsloop.config.settings import Settings
+from opsloop.ops.kafka import free_port_pair
 from opsloop.ops.bench.common import (FAUST_DEADLINE_S, FAUST_MAX_EVENTS, baseline, make_points, processor_rate,
                                       run_faust_quietly, runs)
-
 
 
 def rollup(settings: Settings, n: int) -> float:
@@ -83,23 +83,6 @@ def faust_rollup(settings: Settings, n: int) -> float:
     return n / (marks["last"] - marks["first"])
 
 
-def _free_port_pair() -> int:
-    """A port p with p+1 also free (a local broker's controller listens on p+1)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free pair of ports")
-
-
 @contextmanager
 def secure_bench(settings: Settings, events: int):
     """A TLS + SASL/SCRAM broker with ACLs on, started for the bench alone (state in a temporary directory), with
@@ -110,7 +93,7 @@ def secure_bench(settings: Settings, events: int):
     from opsloop.ops.kafka import LocalKafka, prefixed_topics
 
     with tempfile.TemporaryDirectory(prefix="opsloop-bench-secure-") as state:
-        kafka = LocalKafka(settings.cache_dir, Path(state), port=_free_port_pair(), secure=True)
+        kafka = LocalKafka(settings.cache_dir, Path(state), port=free_port_pair(), secure=True)
         print(kafka.start())
         try:
             admin = kafka.client_settings(settings, "admin")
