@@ -125,6 +125,25 @@ def once_in_content(groups: dict) -> list:
     return [k for k, copies in groups.items() if any(not same(c, copies[0]) for c in copies)]
 
 
+def every_window_and_forecast_once(settings: Settings, read_topic, days: int, streams: int) -> tuple[dict, dict]:
+    """After a fault: every half-hour window of ``days`` is there with all ``streams`` points, each re-emission
+    the same in content; every planning step's forecast too (the last may stay open); nothing dead-lettered.
+    Returns the windows and forecasts grouped by key, for the caller's report."""
+    windows = by_key(read_topic(settings, "telemetry.site"), "SiteSnapshot",
+                     lambda s: (s["site"], s["window_start_ms"]))
+    differing = {k: [(c["samples"], c["grid_kw"]) for c in windows[k]] for k in once_in_content(windows)}
+    dead = by_key(read_topic(settings, "deadletter"), "DeadLetter", lambda d: (d["error_kind"], d["agent"]))
+    assert len(windows) == days * 48 and not differing, (differing, {k: len(v) for k, v in dead.items()})
+    assert all(copies[0]["samples"] == streams for copies in windows.values())
+    forecasts = by_key(read_topic(settings, "forecasts.peak"), "PeakForecast", lambda f: (f["site"], f["issued_ms"]))
+    ends = {copies[0]["window_end_ms"] for copies in windows.values()}
+    # one forecast per planning step, issued at a window's end; the last step may stay open
+    assert {issued for _, issued in forecasts} <= ends and len(forecasts) >= days * 48 - 1
+    assert not once_in_content(forecasts)
+    assert not read_topic(settings, "deadletter")
+    return windows, forecasts
+
+
 def wait_for(condition, timeout_s: float, what: str, alive=None, step_s: float = 0.5):
     """Poll ``condition`` until it returns a true value; ``alive`` (a process) must not exit meanwhile."""
     deadline = time.monotonic() + timeout_s

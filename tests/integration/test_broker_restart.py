@@ -13,7 +13,7 @@ from opsloop.connectors.replay import replay, replay_spec
 from opsloop.ops.cli import BUNDLED_DATA
 from opsloop.streams import worker
 
-from faults import OwnKafka, by_key, fresh_settings, once_in_content, start_worker, wait_for
+from faults import OwnKafka, every_window_and_forecast_once, fresh_settings, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -66,19 +66,7 @@ def test_broker_restart_mid_replay_no_exit_no_loss_no_double_count(tmp_path, fre
         tail = worker.run(settings, ["rollup", "peaks"], exit_when_idle=True)
         assert tail["rollup"]["dead_letters"] == 0
 
-        windows = by_key(read_topic(settings, "telemetry.site"), "SiteSnapshot",
-                         lambda s: (s["site"], s["window_start_ms"]))
-        differing = {k: [(c["samples"], c["grid_kw"]) for c in windows[k]] for k in once_in_content(windows)}
-        dead = by_key(read_topic(settings, "deadletter"), "DeadLetter", lambda d: (d["error_kind"], d["agent"]))
-        assert len(windows) == DAYS * 48 and not differing, (differing, {k: len(v) for k, v in dead.items()})
-        assert all(copies[0]["samples"] == len(spec.streams) for copies in windows.values())
-        forecasts = by_key(read_topic(settings, "forecasts.peak"), "PeakForecast",
-                           lambda f: (f["site"], f["issued_ms"]))
-        ends = {copies[0]["window_end_ms"] for copies in windows.values()}
-        # one forecast per planning step, issued at a window's end; the last step may stay open
-        assert {issued for _, issued in forecasts} <= ends and len(forecasts) >= DAYS * 48 - 1
-        assert not once_in_content(forecasts)
-        assert not read_topic(settings, "deadletter")
+        windows, forecasts = every_window_and_forecast_once(settings, read_topic, DAYS, len(spec.streams))
         text = log.read_text()
         print(f"worker log lines during the outage: {outage_lines}; "
               f"windows re-emitted: {sum(len(c) - 1 for c in windows.values())}; "
