@@ -15,7 +15,8 @@ refuses for what it is (too large: ``connectors.kafka.REJECTED``) goes to ``dead
 ``undeliverable``, since a restart would only fail on it again; other delivery errors fail
 the processor before it commits. Dead letters are bounded (``DeadLetters``). Idle means every assigned partition is read to its end and
 no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
-``settled``.
+``settled``, and once no agent of the same worker has written to any topic it reads for ``quiet_s``
+(``Handoff``: the agents of one worker end together, so none leaves before its upstream's last outputs).
 
 A transient broker fault (the broker down or restarting, a commit refused because the group
 moved on while it was away) is waited out, never fatal: outputs stay queued in the producer
@@ -55,6 +56,30 @@ from opsloop.schemas.codec import Codec
 Partition = tuple[str, int]  # (physical topic, partition)
 
 
+class Handoff:
+    """The idle-ending agents of one worker (``agents``) end together: each may leave only when every one of
+    them is idle and settled and none has written to a topic of ``watched`` (physical names of the topics they
+    read) for the quiet time, so no downstream agent leaves before its upstream's last outputs reach it."""
+
+    def __init__(self, watched: set[str] = frozenset(), agents: set[str] = frozenset()):
+        self.watched = frozenset(watched)
+        self.waiting = set(agents)  # agents not idle yet
+        self.last_write: float | None = None  # processing time of the last write to a watched topic
+
+    def wrote(self, topic: str, now: float) -> None:
+        if topic in self.watched:
+            self.last_write = now
+
+    def idle(self, agent: str, idle: bool) -> None:
+        if idle:
+            self.waiting.discard(agent)
+        else:
+            self.waiting.add(agent)
+
+    def may_end(self, now: float, quiet_s: float) -> bool:
+        return not self.waiting and (self.last_write is None or now - self.last_write >= quiet_s)
+
+
 class BatchProcessor:
     name = ""
     source = ""  # the catalog topic read ...
@@ -90,6 +115,7 @@ class BatchProcessor:
         self.losing = False  # inside a "partitions lost" callback: nothing may be written or committed for them
         self.stale: set[Partition] = set()  # caught up before a broker fault: their end is to be confirmed again
         self._recheck_at = 0.0
+        self.handoff = Handoff()  # the worker shares one between its agents
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -151,6 +177,7 @@ class BatchProcessor:
     # -- for subclasses -------------------------------------------------------------------
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.handoff.wrote(topic, self.clock())
         send(self.prod, topic, key, value, self.errors, on_rejected=self._undeliverable)
 
     def _undeliverable(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError) -> None:
@@ -363,7 +390,9 @@ class BatchProcessor:
                     if dirty and (urgent or idle or now - last_commit >= self.commit_every_s) and self.broker.ready():
                         if self.commit(cons):
                             last_commit, dirty = now, False
-                    if idle and exit_when_idle and not dirty and self.settled():
+                    done = idle and not dirty and self.settled()
+                    self.handoff.idle(self.name, done)
+                    if exit_when_idle and done and self.handoff.may_end(self.clock(), quiet_s):
                         break
                 if dirty and not self.commit(cons):  # stopping: keep what was done
                     self.log.warning("%s stopped with its last commit refused; the next run repeats it", self.name)

@@ -185,10 +185,17 @@ def run(settings: Settings, agents: list[str], exit_when_idle: bool = False,
     results: dict[str, dict] = {}
     failures: dict[str, BaseException] = {}
 
+    from opsloop.streams.processor import Handoff
+
+    built = {name: AGENTS[name](settings.as_principal(name), site) for name in processors}  # own Kafka identities
+    handoff = Handoff({settings.topic(topic) for agent in built.values()
+                       for topic in getattr(agent, "sources", ())}, set(built))
+    for agent in built.values():
+        agent.handoff = handoff
+
     def target(name: str) -> None:
         try:
-            agent_settings = settings.as_principal(name)  # its own Kafka identity, where credentials are given
-            results[name] = AGENTS[name](agent_settings, site).run(stop, exit_when_idle=exit_when_idle)
+            results[name] = built[name].run(stop, exit_when_idle=exit_when_idle)
         except BaseException as exc:  # one agent failing stops the worker: a supervisor restarts it
             log.exception("agent %s failed", name)
             failures[name] = exc

@@ -111,3 +111,15 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
                   key=lambda d: d["error_kind"])  # two partitions: no order between them
     assert [(d["agent"], d["error_kind"]) for d in dead] == [("peaks", "decode"), ("peaks", "invalid")]
     assert "not described by the topology" in dead[1]["error"]
+
+
+def test_one_worker_running_rollup_and_peaks_ends_only_after_peaks_read_the_last_windows(kafka_settings, read_topic):
+    """Proves: in one idle-ending worker, the peaks agent does not leave while the rollup's idle flush (the
+    windows the watermark never closed) is still on its way to it: every window but the open last step gets
+    its forecast in the same run."""
+    settings = kafka_settings.replace(peaks_step_s=1800, grace_s=21_600)  # 12 windows wait for the idle flush
+    site = load_site(settings.topology)
+    replay(settings, replay_spec(site), TAYLOR, start="2000-06-05T00:00:00", days=2)
+    stats = worker.run(settings, ["rollup", "peaks"], exit_when_idle=True)
+    assert stats["rollup"]["snapshots"] == 2 * 48
+    assert len(read_topic(settings, "forecasts.peak")) == 2 * 48 - 1, stats

@@ -295,3 +295,19 @@ def test_broker_wait_backs_off_and_logs_once_a_minute(caplog):
     assert sum("broker unavailable" in line for line in lines) == 2
     assert sum("broker back after 120.0 s" in line for line in lines) == 1
     assert sum("Connection refused" in line and "FAIL" in line for line in lines) == 1
+
+
+def test_handoff_lets_agents_end_only_together_and_a_quiet_time_after_the_last_write_between_them():
+    from opsloop.streams.processor import Handoff
+
+    handoff = Handoff({"p.telemetry.site"}, {"rollup", "peaks"})
+    handoff.idle("peaks", True)
+    assert not handoff.may_end(0.0, 1.5)  # the rollup has not caught up yet (it may not even have joined)
+    handoff.idle("rollup", True)
+    assert handoff.may_end(0.0, 1.5)
+    handoff.wrote("p.forecasts.peak", 10.0)  # no agent of the worker reads it
+    assert handoff.may_end(10.0, 1.5)
+    handoff.wrote("p.telemetry.site", 10.0)  # the rollup's idle flush, on its way to the peaks agent
+    assert not handoff.may_end(11.0, 1.5) and handoff.may_end(11.5, 1.5)
+    handoff.idle("peaks", False)  # it got the flush
+    assert not handoff.may_end(20.0, 1.5)
