@@ -30,7 +30,7 @@ import yaml
 from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
-TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "replay", "topology", "alarm_chains")
+TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains")
 SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period")
 STREAM_KEYS = ("device", "device_type", "metric", "unit", "column", "scale", "offset", "constant")
 
@@ -62,6 +62,15 @@ class Pdu:
     id: str
     hall: str | None
     share: float  # of the site's IT load
+
+
+@dataclass(frozen=True)
+class Device:
+    """Any other device the site declares (meters, collectors, nodes a live source reads)."""
+
+    id: str
+    type: str
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ class Site:
     pdus: tuple[Pdu, ...] = ()
     gpu_pods: tuple[GpuPod, ...] = ()
     ess: tuple[EssSpec, ...] = ()
+    devices: tuple[Device, ...] = ()
     replay: ReplaySpec | None = None
     topology: Mapping | None = None  # read-only; models.topology builds the graph
     alarm_chains: Mapping | None = None  # alarm code prefix -> chain
@@ -185,6 +195,8 @@ def parse_site(doc: Any, source: str) -> Site:
         gpu_pods=tuple(_pod(check, f"gpu_pods[{i}]", e)
                        for i, e in enumerate(check.entries("gpu_pods", doc.get("gpu_pods")))),
         ess=tuple(_ess(check, f"ess[{i}]", e) for i, e in enumerate(check.entries("ess", doc.get("ess")))),
+        devices=tuple(_device(check, f"devices[{i}]", e)
+                      for i, e in enumerate(check.entries("devices", doc.get("devices")))),
         replay=None if doc.get("replay") is None else _replay(check, site_id, doc["replay"]),
         topology=_topology(check, doc.get("topology")),
         alarm_chains=_alarm_chains(check, doc.get("alarm_chains")))
@@ -202,6 +214,12 @@ def _ess(check: "_Checker", where: str, entry: Mapping) -> EssSpec:
         reserve_soc_pct=check.percent(f"{where}.reserve_soc_pct",
                                       entry.get("reserve_soc_pct", EssSpec.reserve_soc_pct)),
         soh_pct=check.percent(f"{where}.soh_pct", entry.get("soh_pct", EssSpec.soh_pct), positive=True))
+
+
+def _device(check: "_Checker", where: str, entry: Mapping) -> Device:
+    check.keys(where, entry, tuple(Device.__dataclass_fields__))
+    return Device(check.text(f"{where}.id", entry.get("id")), check.text(f"{where}.type", entry.get("type")),
+                  str(entry.get("description", "")))
 
 
 def _pdu(check: "_Checker", where: str, entry: Mapping) -> Pdu:

@@ -2,7 +2,7 @@
 
 Pure: built from parsed ``config.site.Site`` objects, no files read. A site declares its
 devices through any of its blocks: ``pdus``, ``gpu_pods`` (and their Slurm partitions),
-``ess``, ``replay.streams`` and ``topology`` (every element, with each rack's nodes
+``ess``, ``devices`` (meters, collectors, nodes read by live sources), ``replay.streams`` and ``topology`` (every element, with each rack's nodes
 ``<rack>-n<i>`` and GPUs ``<rack>-n<i>-g<j>`` as models/topology.py expands them). A site
 file that declares none of them (only a ``site:`` block) has no device list: every device
 of that site is taken (lenient). A site no file declares is always refused.
@@ -35,6 +35,7 @@ def declared_devices(site: Site) -> frozenset[str] | None:
     names.update(p.id for p in site.gpu_pods)
     names.update(site.slurm_partitions)
     names.update(e.id for e in site.ess)
+    names.update(d.id for d in site.devices)
     if site.replay is not None:
         names.update(s.device for s in site.replay.streams)
     if site.topology is not None:

@@ -60,6 +60,13 @@ def _sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
+def telemetry_point(ts_ms: int, site: str, device: str, device_type: str, metric: str, value: float, unit: str,
+                    source: str) -> dict:
+    """A TelemetryPoint (``metric`` carries its unit as suffix: grid_kw, inlet_temp_c, ...)."""
+    return {"ts_ms": ts_ms, "site": site, "device": device, "device_type": device_type, "metric": metric,
+            "value": float(value), "unit": unit, "source": source}
+
+
 def alarm(ts_ms: int, site: str, device: str, device_type: str, source: str, code: str, text: str,
           severity: str = "info", state: str = "raise", attributes: dict[str, str] | None = None) -> dict:
     """An Alarm event (a raise unless ``state`` says clear)."""

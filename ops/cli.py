@@ -149,6 +149,20 @@ def cmd_worker(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_source(settings: Settings, args) -> int:
+    from opsloop.ops import sources
+
+    if args.list or not args.kind:
+        print(sources.list_kinds())
+        return 0
+    if not args.config:
+        print("opsloop source: --config FILE is required to run a source", file=sys.stderr)
+        return 2
+    for name, health in sources.run(settings, args.kind, args.config, args.name).items():
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in health.items()))
+    return 0
+
+
 def cmd_replay(settings: Settings, args) -> int:
     from opsloop.config.site import load_site
     from opsloop.connectors.replay import replay, replay_spec
@@ -259,6 +273,12 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
     w.set_defaults(func=cmd_worker)
+    src = sub.add_parser("source", help="read a live site system (Prometheus, Modbus, SNMP, ...) into Kafka")
+    src.add_argument("kind", nargs="?", help="source kind (see --list)")
+    src.add_argument("--config", type=Path, help="sources config file (examples in ops/sources/)")
+    src.add_argument("--name", help="run only the source of this name")
+    src.add_argument("--list", action="store_true", help="list the source kinds")
+    src.set_defaults(func=cmd_source)
     r = sub.add_parser("replay", help="stream a CSV or Parquet time series into telemetry.raw")
     r.add_argument("--data", required=True, help="CSV or Parquet file")
     r.add_argument("--site", type=Path, help="site file with a replay: block (default: OPSLOOP_TOPOLOGY)")

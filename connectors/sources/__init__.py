@@ -1,0 +1,24 @@
+"""Live sources: each kind reads one kind of site system and yields ``Readings`` (base.py); one loop
+(loop.py) polls or serves it, publishes (publisher.py) and reports its health.
+
+``KINDS`` names every kind; ``opsloop source --list`` prints them. A kind registers a builder
+``build(config, site, clock) -> Poller | Receiver`` and a one-line description; its module is
+imported only when it runs (each brings its own protocol library).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    module: str  # under opsloop.connectors.sources, with a ``build(config, site, clock)``
+    description: str
+
+    def build(self, config, site, clock):
+        return importlib.import_module(f"opsloop.connectors.sources.{self.module}").build(config, site, clock)
+
+
+KINDS: dict[str, SourceKind] = {}
