@@ -25,18 +25,33 @@ DATA = Path(__file__).resolve().parent / "data" / "narrate_incidents.yaml"
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
 
 
+def _member(spec, fingerprint: str, opened: int) -> dict:
+    """A member from "device type code count seconds-after-open" or a mapping that may add text and log."""
+    if isinstance(spec, str):
+        device, device_type, code, count, offset_s = spec.split()
+        spec = {"device": device, "type": device_type, "code": code, "count": count, "after_s": offset_s}
+    return {"fingerprint": fingerprint, "device": str(spec["device"]), "device_type": str(spec["type"]),
+            "code": str(spec["code"]), "count": int(spec.get("count", 1)),
+            "first_seen_ms": opened + int(spec.get("after_s", 0)) * 1000,
+            "text": str(spec.get("text") or ""), "log_line": str(spec.get("log") or "")}
+
+
 def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
-    """(Incident record, expected SOP ids) for each labelled case; members are "device type code count s"."""
+    """(Incident record, expected SOP ids) for each labelled case.
+
+    ``root`` is [device, type, code, severity], with optional ``root_text`` and
+    ``root_log`` (the root alarm's text and raw log line); members are
+    "device type code count seconds-after-open" or mappings with those keys
+    (``after_s`` for the offset) and optional ``text`` and ``log``.
+    """
     cases = []
     for n, case in enumerate(yaml.safe_load(Path(path).read_text(encoding="utf-8"))):
         opened = BASE_MS + n * 3_600_000
         device, device_type, code, severity = case["root"]
-        members = [{"fingerprint": f"{case['id']}-root", "device": device, "device_type": device_type,
-                    "code": code, "count": 1, "first_seen_ms": opened}]
-        for i, spec in enumerate(case.get("members") or []):
-            m_device, m_type, m_code, count, offset_s = spec.split()
-            members.append({"fingerprint": f"{case['id']}-{i}", "device": m_device, "device_type": m_type,
-                            "code": m_code, "count": int(count), "first_seen_ms": opened + int(offset_s) * 1000})
+        root = {"device": device, "type": device_type, "code": code, "count": 1, "after_s": 0,
+                "text": case.get("root_text"), "log": case.get("root_log")}
+        members = [_member(root, f"{case['id']}-root", opened)]
+        members += [_member(spec, f"{case['id']}-{i}", opened) for i, spec in enumerate(case.get("members") or [])]
         incident = {"incident_id": case["id"], "site": case.get("site", "demo"), "state": "open",
                     "opened_ms": opened, "updated_ms": max(m["first_seen_ms"] for m in members),
                     "resolved_ms": None, "root_device": device, "root_device_type": device_type,
