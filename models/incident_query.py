@@ -12,6 +12,14 @@ library rather than our own suffix rules).
 ['gpu', 'xid', '79', 'fell', 'off', 'bus']
 >>> code_key("ups.on-battery"), code_key("UPS_ON_BATTERY")
 ('UPS_ON_BATTERY', 'UPS_ON_BATTERY')
+
+Log lines name the fault more precisely than many alarm codes: ``log_codes``
+reads the codes a kernel or switch log line states.
+
+>>> log_codes("NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.")
+['XID_79']
+>>> log_codes("nvidia-nvswitch2: SXid (PCI:0000:86:00.0): 12028, Non-fatal")
+['SXID']
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rp
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
+# "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
+_XID = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)")
+_SXID = re.compile(r"(?<![a-z])sxid(?![a-z])")
 
 
 @lru_cache(maxsize=65536)
@@ -71,30 +82,57 @@ def code_key(code: str) -> str:
     return "_".join(w.upper() for w in _WORD.findall(_CAMEL.sub(" ", code).lower()))
 
 
+def log_codes(text: str) -> list[str]:
+    """The alarm codes a log line or alarm text states outright (NVIDIA Xid numbers, NVSwitch SXid)."""
+    lowered = text.lower()
+    found = [f"XID_{int(n)}" for n in _XID.findall(lowered)]
+    if _SXID.search(lowered):
+        found.append("SXID")
+    return list(dict.fromkeys(found))
+
+
+def said(member: dict) -> str:
+    """What a member alarm says beyond its code: its text and raw log line."""
+    return " ".join(part for part in (member.get("text") or "", member.get("log_line") or "") if part)
+
+
 @component
 class IncidentQueryBuilder:
     """Builds the retrieval query of an incident (a dict of the ``Incident`` schema).
 
     The root device type and root code weigh most (repeated ``root_weight``
-    times), then the summary, then the other members' codes and device types,
-    each distinct one once, so a storm of 300 PDU alarms does not drown the root.
+    times), then the summary and what the root alarm says (its text and log
+    line, ``said_weight`` times), then the other members' codes, device types
+    and words, each distinct one once, so a storm of 300 PDU alarms does not
+    drown the root. ``evidence_codes`` are the codes the root's words state
+    (an ``Xid 79`` in its kernel line), which the retriever treats as root codes.
     """
 
-    def __init__(self, root_weight: int = 3, max_members: int = 20):
+    def __init__(self, root_weight: int = 3, said_weight: int = 2, max_members: int = 20):
         self.root_weight = root_weight
+        self.said_weight = said_weight
         self.max_members = max_members
 
-    @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str])
+    @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
+                            evidence_codes=list[str], root_device=str, member_types=list[str])
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
+        root_device = incident.get("root_device") or ""
         members = sorted(incident.get("members") or [], key=lambda m: -int(m.get("count", 1)))
-        member_codes = list(dict.fromkeys(m["code"] for m in members if m.get("code") and m["code"] != root_code))
-        member_types = list(dict.fromkeys(m["device_type"] for m in members
+        is_root = [m.get("device") == root_device and m.get("code") == root_code for m in members]
+        root_said = " ".join(dict.fromkeys(said(m) for m, root in zip(members, is_root) if root and said(m)))
+        others = [m for m, root in zip(members, is_root) if not root]
+        member_codes = list(dict.fromkeys(m["code"] for m in others if m.get("code") and m["code"] != root_code))
+        member_types = list(dict.fromkeys(m["device_type"] for m in others
                                           if m.get("device_type") and m["device_type"] != device_type))
+        member_said = list(dict.fromkeys(said(m) for m in others if said(m)))
+        summary = incident.get("summary") or ""
         parts = [device_type, root_code] * self.root_weight
-        parts += [incident.get("summary") or ""]
-        parts += member_codes[: self.max_members] + member_types[: self.max_members]
+        parts += [summary] + [root_said] * self.said_weight
+        parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
+        evidence = [c for c in log_codes(" ".join([root_said, summary, root_code])) if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
-                "member_codes": member_codes[: self.max_members]}
+                "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
+                "root_device": root_device, "member_types": member_types[: self.max_members]}
