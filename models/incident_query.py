@@ -49,6 +49,13 @@ ABBREVIATIONS = {
 }
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
+# Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
+SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss",
+             "trip": "trip", "tripped": "trip", "outag": "loss"}
+# Words a device type may be that say nothing about the kind of device.
+GENERIC_TYPES = frozenset("device unknown equipment asset other generic system none na n a item".split())
+# "under voltage", "Over-Current": one word, as the SOPs and most codes write them.
+_PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
@@ -57,6 +64,7 @@ _stemmer = snowballstemmer.stemmer("english")
 # "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
 _XID = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)")
 _SXID = re.compile(r"(?<![a-z])sxid(?![a-z])")
+_UPPER_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![A-Za-z0-9_])")
 
 
 @lru_cache(maxsize=65536)
@@ -67,14 +75,14 @@ def _stem(word: str) -> str:
 def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase and letter-digit runs split, abbreviations expanded."""
     out: list[str] = []
-    for word in _WORD.findall(_CAMEL.sub(" ", text).lower()):
+    for word in _WORD.findall(_PREFIXED.sub(r"\1\2", _CAMEL.sub(" ", text).lower())):
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out
 
 
 def terms(text: str) -> list[str]:
     """Stemmed, stopword-free retrieval terms of ``text``."""
-    return [w if w in UNSTEMMED else _stem(w) for w in words(text) if w not in STOPWORDS]
+    return [w if w in UNSTEMMED else SAME_STEM.get(_stem(w), _stem(w)) for w in words(text) if w not in STOPWORDS]
 
 
 def code_key(code: str) -> str:
@@ -83,9 +91,10 @@ def code_key(code: str) -> str:
 
 
 def log_codes(text: str) -> list[str]:
-    """The alarm codes a log line or alarm text states outright (NVIDIA Xid numbers, NVSwitch SXid)."""
+    """The alarm codes a log line or alarm text states outright: NVIDIA Xid numbers, NVSwitch SXid and
+    upper-case codes written into the text (``NODE_FAIL``)."""
     lowered = text.lower()
-    found = [f"XID_{int(n)}" for n in _XID.findall(lowered)]
+    found = [f"XID_{int(n)}" for n in _XID.findall(lowered)] + _UPPER_CODE.findall(text)
     if _SXID.search(lowered):
         found.append("SXID")
     return list(dict.fromkeys(found))
@@ -114,7 +123,7 @@ class IncidentQueryBuilder:
         self.max_members = max_members
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
-                            evidence_codes=list[str], root_device=str, member_types=list[str])
+                            evidence_codes=list[str], root_device=str, member_types=list[str], root_words=str)
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -128,11 +137,13 @@ class IncidentQueryBuilder:
                                           if m.get("device_type") and m["device_type"] != device_type))
         member_said = list(dict.fromkeys(said(m) for m in others if said(m)))
         summary = incident.get("summary") or ""
-        parts = [device_type, root_code] * self.root_weight
+        kind = "" if set(words(device_type)) <= GENERIC_TYPES else device_type
+        parts = [kind, root_code] * self.root_weight
         parts += [summary] + [root_said] * self.said_weight
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
         evidence = [c for c in log_codes(" ".join([root_said, summary, root_code])) if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
-                "root_device": root_device, "member_types": member_types[: self.max_members]}
+                "root_device": root_device, "member_types": member_types[: self.max_members],
+                "root_words": " ".join([summary, root_said])}

@@ -75,7 +75,7 @@ def test_query_weighs_the_root_over_a_storm_of_members():
                 "first_seen_ms": 0, "fingerprint": str(i)} for i in range(50)]
     out = IncidentQueryBuilder().run({"root_code": "UPS_FAULT", "root_device_type": "ups", "members": members,
                                       "summary": ""})
-    assert out["query"].split().count("fault") == 3 and out["query"].split().count("lost") == 1
+    assert out["query"].split().count("fault") == 3 and out["query"].split().count("loss") == 1  # lost → loss
     assert out["member_codes"] == ["PDU_INPUT_LOST"]
 
 
