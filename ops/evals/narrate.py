@@ -12,6 +12,7 @@ grounded (rejected drafts fall back to the deterministic narration).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -22,6 +23,8 @@ from pathlib import Path
 import yaml
 
 DATA = Path(__file__).resolve().parent / "data" / "narrate_incidents.yaml"
+# Development sets beside DATA (all written by the retriever's author): vendor wording, another layout.
+DEV_SETS = [DATA, DATA.with_name("narrate_vendor_dev.yaml"), DATA.with_name("narrate_terse_dev.yaml")]
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
 
 
@@ -59,6 +62,12 @@ def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
                     "members": members, "summary": case.get("summary", "")}
         cases.append((incident, list(case["expect"])))
     return cases
+
+
+def judged_on(paths: list[Path]) -> list[dict]:
+    """Which data a report was judged on: each file, its number of cases and its content hash."""
+    return [{"path": str(path), "cases": len(yaml.safe_load(Path(path).read_text(encoding="utf-8"))),
+             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()} for path in paths]
 
 
 def _opaque_codes(incident: dict) -> dict:
@@ -134,7 +143,10 @@ def evaluate(narration, cases, llm_limit: int = 0, rounds: int = 3) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", type=Path, default=DATA, help="labelled incidents (YAML)")
+    parser.add_argument("--data", type=Path, nargs="+", default=[DATA],
+                        help="labelled incidents (YAML), one or more files judged together")
+    parser.add_argument("--cv", type=int, default=0, metavar="FOLDS",
+                        help="cross-validate the retriever's settings over FOLDS folds of the data instead")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--llm", choices=["auto", "on", "off"], default="auto",
                         help="narrate with the LLM at OPSLOOP_LLM_URL too (auto: when it is set)")
@@ -154,13 +166,24 @@ def main(args) -> int:
     if use_llm and not settings.llm_url:
         raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")
     generator = chat_generator(settings) if use_llm else None
-    narration = Narration(parse_corpus(sop_texts()), chat_generator=generator, model_name=settings.llm_model)
-    report = evaluate(narration, load_labelled(args.data), llm_limit=args.llm_limit if use_llm else 0)
+    corpus = parse_corpus(sop_texts())
+    cases = [case for path in args.data for case in load_labelled(path)]
+    if args.cv:
+        from opsloop.ops.evals.narrate_cv import cross_validate, render
+
+        report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv)}
+        print(json.dumps(report, indent=2) if args.json else render(report))
+        return 0
+    narration = Narration(corpus, chat_generator=generator, model_name=settings.llm_model)
+    report = {"judged_on": judged_on(args.data),
+              **evaluate(narration, cases, llm_limit=args.llm_limit if use_llm else 0)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     det = report["deterministic"]
-    print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs")
+    print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs; judged on:")
+    for data in report["judged_on"]:
+        print(f"  {data['path']} ({data['cases']} cases, sha256 {data['sha256'][:12]})")
     print(f"  retrieval      hit@1 {report['hit_at_1']:.1%}   hit@3 {report['hit_at_3']:.1%}")
     print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
           f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")
