@@ -29,13 +29,13 @@ QUERY_SETTINGS = {"said_weight"}
 VARIANTS = {"as written": lambda incident: incident, "no device types": ABLATIONS["no device types"]}
 
 
-def settings_grid() -> list[dict]:
-    return [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+def settings_grid(grid: dict) -> list[dict]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def defaults(corpus: dict) -> dict:
+def defaults(corpus: dict, grid: dict) -> dict:
     query, retriever = IncidentQueryBuilder(), SopRetriever(corpus)
-    return {name: getattr(query if name in QUERY_SETTINGS else retriever, name) for name in GRID}
+    return {name: getattr(query if name in QUERY_SETTINGS else retriever, name) for name in grid}
 
 
 def narration_with(corpus: dict, settings: dict) -> Narration:
@@ -63,8 +63,8 @@ def _objective(rates: dict) -> float:
     return sum(r["hit_at_1"] + r["hit_at_3"] for r in rates.values()) / len(rates)
 
 
-def cross_validate(corpus: dict, cases: list, folds: int = 4) -> dict:
-    grid, shipped = settings_grid(), defaults(corpus)
+def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None) -> dict:
+    grid, shipped = settings_grid(grid or GRID), defaults(corpus, grid or GRID)
     scored = [(settings, hits(narration_with(corpus, settings), cases)) for settings in grid]
     everyone = list(range(len(cases)))
 
