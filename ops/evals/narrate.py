@@ -39,16 +39,32 @@ def _member(spec, fingerprint: str, opened: int) -> dict:
             "text": str(spec.get("text") or ""), "log_line": str(spec.get("log") or "")}
 
 
+def _record(case: dict, n: int) -> dict:
+    """A case written as an ``Incident`` record (``incident:``), optional fields filled with their defaults."""
+    incident = dict(case["incident"])
+    opened = int(incident.get("opened_ms", BASE_MS + n * 3_600_000))
+    members = [{"fingerprint": f"{incident.get('incident_id', n)}-{i}", "count": 1, "first_seen_ms": opened,
+                "text": "", "log_line": "", **m} for i, m in enumerate(incident.get("members") or [])]
+    return {"incident_id": str(case.get("id", n)), "site": "site", "state": "open", "opened_ms": opened,
+            "updated_ms": max([opened, *(m["first_seen_ms"] for m in members)]), "resolved_ms": None,
+            "severity": "major", "summary": "", "merged_into": None, **incident,
+            "member_count": len(members), "members": members}
+
+
 def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
     """(Incident record, expected SOP ids) for each labelled case.
 
-    ``root`` is [device, type, code, severity], with optional ``root_text`` and
-    ``root_log`` (the root alarm's text and raw log line); members are
-    "device type code count seconds-after-open" or mappings with those keys
-    (``after_s`` for the offset) and optional ``text`` and ``log``.
+    A case is either a whole ``Incident`` record under ``incident:`` or the
+    short form: ``root`` is [device, type, code, severity], with optional
+    ``root_text`` and ``root_log`` (the root alarm's text and raw log line);
+    members are "device type code count seconds-after-open" or mappings with
+    those keys (``after_s`` for the offset) and optional ``text`` and ``log``.
     """
     cases = []
     for n, case in enumerate(yaml.safe_load(Path(path).read_text(encoding="utf-8"))):
+        if "incident" in case:
+            cases.append((_record(case, n), list(case["expect"])))
+            continue
         opened = BASE_MS + n * 3_600_000
         device, device_type, code, severity = case["root"]
         root = {"device": device, "type": device_type, "code": code, "count": 1, "after_s": 0,

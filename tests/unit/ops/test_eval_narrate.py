@@ -11,6 +11,7 @@ import pytest
 from opsloop.config.assets import sop_texts
 from opsloop.config.settings import Settings
 from opsloop.models.sops import parse_corpus
+from opsloop.schemas.codec import Codec
 from opsloop.ops.evals.narrate import DEV_SETS, load_labelled, main
 from opsloop.ops.evals.narrate_cv import cross_validate, hits, narration_with
 
@@ -64,3 +65,26 @@ def test_cross_validation_judges_each_fold_with_settings_chosen_on_the_others():
     assert report["shipped"]["settings"] == {"code_weight": 1.0, "device_weight": 0.4}
     pooled = report["held_out"]["as written"]["hit_at_1"]
     assert pooled == sum(f["held_out"]["as written"]["hit_at_1"] * f["cases"] for f in report["per_fold"]) / 24
+
+
+def test_a_case_may_be_a_whole_incident_record(tmp_path):
+    path = tmp_path / "records.yaml"
+    path.write_text("""
+- expect: [SOP-PWR-002]
+  incident:
+    incident_id: inc-9
+    site: fra-2
+    opened_ms: 1767225600000
+    root_device: EPS2.U3
+    root_device_type: device
+    root_code: "0x0105"
+    severity: critical
+    summary: ""
+    members:
+      - {fingerprint: f1, device: EPS2.U3, device_type: device, code: "0x0105", count: 1,
+         first_seen_ms: 1767225600000, text: Battery Discharging}
+""")
+    [(incident, expect)] = load_labelled(path)
+    Codec.default().encode("Incident", incident)  # a valid Incident record once its defaults are filled
+    assert incident["incident_id"] == "inc-9" and incident["member_count"] == 1
+    assert incident["members"][0]["log_line"] == "" and incident["members"][0]["text"] == "Battery Discharging"
