@@ -142,7 +142,8 @@ class IncidentQueryBuilder:
         parts += [summary] + [root_said] * self.said_weight
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
-        evidence = [c for c in log_codes(" ".join([root_said, summary, root_code])) if code_key(c) != code_key(root_code)]
+        stated = log_codes(" ".join([root_said, summary, root_code]))
+        evidence = [c for c in stated if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
                 "root_device": root_device, "member_types": member_types[: self.max_members],

@@ -123,7 +123,8 @@ class SopRetriever:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
         kinds = device_kinds(self._known_kinds, device_type, root_device)
         query = " ".join([query, *[" ".join(terms(k.replace("_", " "))) for k in kinds] * self.kind_repeat])
-        bm25 = {d.meta["sop_id"]: d.score or 0.0 for d in self._bm25.run(query=query.strip() or "incident")["documents"]}
+        found = self._bm25.run(query=query.strip() or "incident")["documents"]
+        bm25 = {d.meta["sop_id"]: d.score or 0.0 for d in found}
         best = max(bm25.values(), default=0.0) or 1.0
         root_keys = {code_key(c) for c in [root_code, *(evidence_codes or [])] if c}
         root_words_of_code = _code_words(root_code)

@@ -35,7 +35,8 @@ def test_cases_carry_the_alarms_text_and_log_line(tmp_path):
     [(incident, expect)] = load_labelled(path)
     root, drained, down = incident["members"]
     assert expect == ["SOP-GPU-002"] and root["log_line"].startswith("NVRM: Xid")
-    assert (drained["text"], drained["count"], drained["first_seen_ms"] - incident["opened_ms"]) == ("State=DRAIN", 2, 30_000)
+    after_ms = drained["first_seen_ms"] - incident["opened_ms"]
+    assert (drained["text"], drained["count"], after_ms) == ("State=DRAIN", 2, 30_000)
     assert (down["text"], down["log_line"], down["code"]) == ("", "", "NODE_DOWN")
 
 
