@@ -93,11 +93,19 @@ def _opaque_codes(incident: dict) -> dict:
             "members": [{**m, "code": number(m["code"])} for m in incident["members"]]}
 
 
+def _anonymous(incident: dict) -> dict:
+    """Device types removed and device names replaced by numbers: the kind must come from the words."""
+    name = lambda device: f"d{zlib.crc32(device.encode()) % 10_000:04d}"  # noqa: E731
+    return {**incident, "root_device_type": "device", "root_device": name(incident["root_device"]),
+            "members": [{**m, "device_type": "device", "device": name(m["device"])} for m in incident["members"]]}
+
+
 ABLATIONS = {  # how much each kind of evidence carries: retrieval with one of them taken away
     "opaque codes": _opaque_codes,
     "no summary": lambda incident: {**incident, "summary": ""},
     "no device types": lambda incident: {**incident, "root_device_type": "device",
                                          "members": [{**m, "device_type": "device"} for m in incident["members"]]},
+    "no types or names": lambda incident: _anonymous(incident),
 }
 
 
@@ -204,7 +212,7 @@ def main(args) -> int:
     print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
           f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")
     for name, hits in report["ablations"].items():
-        print(f"    {name:<16} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
+        print(f"    {name:<18} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
     if "llm" in report:
         llm = report["llm"]
         print(f"  llm ({llm['model']})  {llm['narrations']} narrations: drafts accepted {llm['draft_accepted_share']:.1%}"
