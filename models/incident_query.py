@@ -50,8 +50,7 @@ ABBREVIATIONS = {
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
 # Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
-SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss",
-             "trip": "trip", "tripped": "trip", "outag": "loss"}
+SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss", "outag": "loss"}
 # Words a device type may be that say nothing about the kind of device.
 GENERIC_TYPES = frozenset("device unknown equipment asset other generic system none na n a item".split())
 # "under voltage", "Over-Current": one word, as the SOPs and most codes write them.
@@ -123,7 +122,7 @@ class IncidentQueryBuilder:
         self.max_members = max_members
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
-                            evidence_codes=list[str], root_device=str, member_types=list[str], root_words=str)
+                            evidence_codes=list[str], root_device=str, root_words=str)
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -146,5 +145,4 @@ class IncidentQueryBuilder:
         evidence = [c for c in stated if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
-                "root_device": root_device, "member_types": member_types[: self.max_members],
-                "root_words": " ".join([summary, root_said])}
+                "root_device": root_device, "root_words": " ".join([summary, root_said])}

@@ -61,7 +61,7 @@ def _code_words(code: str) -> set[str]:
 # Kinds of device sites name otherwise than the SOPs' equipment lists do.
 DEVICE_KIND_SYNONYMS = {
     "HOST": "SERVER", "COMPUTE": "SERVER", "HGX": "GPU_NODE", "DGX": "GPU_NODE", "RPDU": "PDU",
-    "CABINET": "RACK", "TRANSFER_SWITCH": "ATS", "GEN": "GENERATOR", "AHU": "CRAH", "ROUTER": "ROUTER",
+    "CABINET": "RACK", "TRANSFER_SWITCH": "ATS", "GEN": "GENERATOR", "AHU": "CRAH",
     "TOR": "SWITCH", "CHW": "CHILLED_WATER", "TOWER": "COOLING_TOWER", "BATTERY_STORAGE": "ESS",
 }
 
@@ -101,8 +101,8 @@ class SopRetriever:
         self.kind_repeat = kind_repeat
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
-        store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights), meta={"sop_id": sop.id})
-                               for sop in corpus.values()])
+        store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
+                                        meta={"sop_id": sop.id}) for sop in corpus.values()])
         self._bm25 = InMemoryBM25Retriever(document_store=store, top_k=len(corpus))
         self._codes = {sid: {code_key(c) for c in sop.codes} for sid, sop in corpus.items()}
         self._code_words = {sid: [_code_words(c) for c in sop.codes] for sid, sop in corpus.items()}
@@ -151,7 +151,7 @@ class SopRetriever:
     @component.output_types(sop_ids=list[str], documents=list[Document])
     def run(self, query: str, root_code: str = "", device_type: str = "",
             member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
-            root_device: str = "", member_types: list[str] | None = None, root_words: str = "") -> dict:
+            root_device: str = "", root_words: str = "") -> dict:
         ranked = [sid for sid, _ in self.scores(query, root_code, device_type, member_codes, evidence_codes,
                                                  root_device, root_words)]
         top = ranked[: self.top_k]
