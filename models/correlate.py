@@ -47,6 +47,9 @@ from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.topology import CHAINS, Topology
 
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+# Alarm attributes that carry the raw log line an alarm was raised from (syslog, kernel, vendor event log).
+LOG_ATTRIBUTES = ("log_line", "log", "message")
+MAX_WORDS_CHARS = 512  # an alarm's text or log line kept on its member: enough to name the fault
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class SiteCorrelator:
             member["episode_count"] = clean.get("duplicate_count", 1)
             member["count"] = member["before"] + member["episode_count"]
             member["active"] = True
+            member.update(alarm_words(alarm))
             inc["updated"] = max(inc["updated"], t)
             self._touch(inc)
             return
@@ -163,7 +167,7 @@ class SiteCorrelator:
         member = {"device": alarm["device"], "device_type": alarm["device_type"], "code": alarm["code"],
                   "chain": self.topology.chain_of(alarm), "severity": alarm["severity"], "first": t,
                   "active": True, "episode": clean.get("first_seen_ms", t),
-                  "episode_count": clean.get("duplicate_count", 1), "before": 0}
+                  "episode_count": clean.get("duplicate_count", 1), "before": 0, **alarm_words(alarm)}
         member["count"] = member["episode_count"]
         related = self.related(member["device"], member["chain"], t - self.config.group_window_ms)
         if not related:
@@ -284,9 +288,17 @@ class SiteCorrelator:
                 "root_device_type": root["device_type"], "root_code": root["code"], "severity": severity,
                 "member_count": len(members),
                 "members": [{"fingerprint": fp, "device": m["device"], "device_type": m["device_type"],
-                             "code": m["code"], "count": m["count"], "first_seen_ms": m["first"]}
+                             "code": m["code"], "count": m["count"], "first_seen_ms": m["first"],
+                             "text": m.get("text", ""), "log_line": m.get("log_line", "")}
                             for fp, m in members.items()],
                 "summary": summary, "merged_into": merged_into}
+
+
+def alarm_words(alarm: Mapping) -> dict:
+    """What an alarm says, kept on its incident member for the narrator: its text and raw log line, bounded."""
+    attributes = alarm.get("attributes") or {}
+    log_line = next((attributes[k] for k in LOG_ATTRIBUTES if attributes.get(k)), "")
+    return {"text": (alarm.get("text") or "")[:MAX_WORDS_CHARS], "log_line": log_line[:MAX_WORDS_CHARS]}
 
 
 def _sev(member: Mapping) -> int:

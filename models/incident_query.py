@@ -12,6 +12,14 @@ library rather than our own suffix rules).
 ['gpu', 'xid', '79', 'fell', 'off', 'bus']
 >>> code_key("ups.on-battery"), code_key("UPS_ON_BATTERY")
 ('UPS_ON_BATTERY', 'UPS_ON_BATTERY')
+
+Log lines name the fault more precisely than many alarm codes: ``log_codes``
+reads the codes a kernel or switch log line states.
+
+>>> log_codes("NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.")
+['XID_79']
+>>> log_codes("nvidia-nvswitch2: SXid (PCI:0000:86:00.0): 12028, Non-fatal")
+['SXID']
 """
 
 from __future__ import annotations
@@ -41,11 +49,21 @@ ABBREVIATIONS = {
 }
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
+# Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
+SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss", "outag": "loss"}
+# Words a device type may be that say nothing about the kind of device.
+GENERIC_TYPES = frozenset("device unknown equipment asset other generic system none na n a item".split())
+# "under voltage", "Over-Current": one word, as the SOPs and most codes write them.
+_PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
+# "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
+_XID = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)")
+_SXID = re.compile(r"(?<![a-z])sxid(?![a-z])")
+_UPPER_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![A-Za-z0-9_])")
 
 
 @lru_cache(maxsize=65536)
@@ -56,14 +74,14 @@ def _stem(word: str) -> str:
 def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase and letter-digit runs split, abbreviations expanded."""
     out: list[str] = []
-    for word in _WORD.findall(_CAMEL.sub(" ", text).lower()):
+    for word in _WORD.findall(_PREFIXED.sub(r"\1\2", _CAMEL.sub(" ", text).lower())):
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out
 
 
 def terms(text: str) -> list[str]:
     """Stemmed, stopword-free retrieval terms of ``text``."""
-    return [w if w in UNSTEMMED else _stem(w) for w in words(text) if w not in STOPWORDS]
+    return [w if w in UNSTEMMED else SAME_STEM.get(_stem(w), _stem(w)) for w in words(text) if w not in STOPWORDS]
 
 
 def code_key(code: str) -> str:
@@ -71,30 +89,60 @@ def code_key(code: str) -> str:
     return "_".join(w.upper() for w in _WORD.findall(_CAMEL.sub(" ", code).lower()))
 
 
+def log_codes(text: str) -> list[str]:
+    """The alarm codes a log line or alarm text states outright: NVIDIA Xid numbers, NVSwitch SXid and
+    upper-case codes written into the text (``NODE_FAIL``)."""
+    lowered = text.lower()
+    found = [f"XID_{int(n)}" for n in _XID.findall(lowered)] + _UPPER_CODE.findall(text)
+    if _SXID.search(lowered):
+        found.append("SXID")
+    return list(dict.fromkeys(found))
+
+
+def said(member: dict) -> str:
+    """What a member alarm says beyond its code: its text and raw log line."""
+    return " ".join(part for part in (member.get("text") or "", member.get("log_line") or "") if part)
+
+
 @component
 class IncidentQueryBuilder:
     """Builds the retrieval query of an incident (a dict of the ``Incident`` schema).
 
     The root device type and root code weigh most (repeated ``root_weight``
-    times), then the summary, then the other members' codes and device types,
-    each distinct one once, so a storm of 300 PDU alarms does not drown the root.
+    times), then the summary and what the root alarm says (its text and log
+    line, ``said_weight`` times), then the other members' codes, device types
+    and words, each distinct one once, so a storm of 300 PDU alarms does not
+    drown the root. ``evidence_codes`` are the codes the root's words state
+    (an ``Xid 79`` in its kernel line), which the retriever treats as root codes.
     """
 
-    def __init__(self, root_weight: int = 3, max_members: int = 20):
+    def __init__(self, root_weight: int = 3, said_weight: int = 2, max_members: int = 20):
         self.root_weight = root_weight
+        self.said_weight = said_weight
         self.max_members = max_members
 
-    @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str])
+    @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
+                            evidence_codes=list[str], root_device=str, root_words=str)
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
+        root_device = incident.get("root_device") or ""
         members = sorted(incident.get("members") or [], key=lambda m: -int(m.get("count", 1)))
-        member_codes = list(dict.fromkeys(m["code"] for m in members if m.get("code") and m["code"] != root_code))
-        member_types = list(dict.fromkeys(m["device_type"] for m in members
+        is_root = [m.get("device") == root_device and m.get("code") == root_code for m in members]
+        root_said = " ".join(dict.fromkeys(said(m) for m, root in zip(members, is_root) if root and said(m)))
+        others = [m for m, root in zip(members, is_root) if not root]
+        member_codes = list(dict.fromkeys(m["code"] for m in others if m.get("code") and m["code"] != root_code))
+        member_types = list(dict.fromkeys(m["device_type"] for m in others
                                           if m.get("device_type") and m["device_type"] != device_type))
-        parts = [device_type, root_code] * self.root_weight
-        parts += [incident.get("summary") or ""]
-        parts += member_codes[: self.max_members] + member_types[: self.max_members]
+        member_said = list(dict.fromkeys(said(m) for m in others if said(m)))
+        summary = incident.get("summary") or ""
+        kind = "" if set(words(device_type)) <= GENERIC_TYPES else device_type
+        parts = [kind, root_code] * self.root_weight
+        parts += [summary] + [root_said] * self.said_weight
+        parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
+        stated = log_codes(" ".join([root_said, summary, root_code]))
+        evidence = [c for c in stated if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
-                "member_codes": member_codes[: self.max_members]}
+                "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
+                "root_device": root_device, "root_words": " ".join([summary, root_said])}

@@ -16,6 +16,7 @@ from opsloop.models.event_time import format_ms
 from opsloop.models.sops import Sop
 
 MAX_EVIDENCE = 5
+MAX_SAID = 240  # characters of the root alarm's text or log line quoted in a narration
 
 
 def utc(ms: int, with_date: bool = False) -> str:
@@ -44,6 +45,18 @@ def evidence_line(incident: dict) -> str:
     return line + "."
 
 
+def root_said(incident: dict) -> str:
+    """The root alarm's text and raw log line, quoted on one line; empty when it has neither."""
+    roots = [m for m in incident.get("members") or []
+             if m.get("device") == incident.get("root_device") and m.get("code") == incident.get("root_code")]
+    parts = []
+    for m in roots[:1]:
+        for label, value in (("text", m.get("text")), ("log", m.get("log_line"))):
+            if value:
+                parts.append(f'{label} "{" ".join(value.split())[:MAX_SAID]}"')
+    return "; ".join(parts) + ("." if parts else "")
+
+
 def _flatten(section: str) -> str:
     """A section's bullet list as one sentence (bullets would read as steps to the checker)."""
     items = [line.strip().lstrip("-*• ").strip().rstrip(".") for line in section.splitlines() if line.strip()]
@@ -69,6 +82,9 @@ class DeterministicNarrator:
             lines.append(f"Likely causes: {_flatten(best.sections['Probable causes'])}"
                          f" [{best.id} §Probable causes]")
         lines.append(f"Evidence: {evidence_line(incident)}")
+        said = root_said(incident)
+        if said:
+            lines.append(f"The root alarm says: {said}")
         lines.append(f"Steps from {best.id} [{best.id} §Steps]:")
         lines += [f"{n}. {step}" for n, step in enumerate(best.steps, 1)]
         others = [f"{sid} \"{self.corpus[sid].title}\"" for sid in retrieved[1:]]

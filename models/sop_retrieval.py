@@ -6,9 +6,18 @@ front matter, because the root alarm code and device type are the strongest
 evidence an incident carries:
 
     score = bm25 / best bm25
-          + code_weight   × (1 if the root code is one of the SOP's codes, else word overlap of the codes)
-          + device_weight × (1 if the root device type is in the SOP's equipment)
+          + code_weight   × (1 if the root code, or a code the root's log line states, is one of
+                             the SOP's codes, else word overlap of the codes)
+          + phrase_weight × (1 if, failing that, all words of one of the SOP's codes are in what
+                             the root says: "Battery Discharging" states BATTERY_DISCHARGING)
+          + device_weight × (1 if the root device's kind is in the SOP's equipment)
           + member_weight × share of member codes the SOP lists
+
+The root device's kind is its type when the SOP corpus knows that word
+(``ups``, ``gpu_node``), else a kind the type's or the device name's words
+name (``host`` → server, ``rPDU`` → pdu, ``DH1-UPS-C`` → ups): sites name
+their device types and devices their own way. The kind's words join the
+query ``kind_repeat`` times, in place of a type the corpus does not know.
 
 An embedding retriever with rank fusion was not added: it would need a
 packaged embedding model, and BM25 with scope already meets the targets on
@@ -29,12 +38,12 @@ from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sops import Sop
 
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
-_INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}
+INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}
 
 
-def index_text(sop: Sop) -> str:
+def index_text(sop: Sop, weights: dict[str, int] | None = None) -> str:
     parts = [sop.title] * 3 + [" ".join(sop.equipment)] * 2 + [" ".join(sop.codes)] * 2
-    for name, weight in _INDEX_WEIGHTS.items():
+    for name, weight in (weights or INDEX_WEIGHTS).items():
         parts += [sop.sections.get(name, "")] * weight
     return " ".join(terms(" ".join(parts)))
 
@@ -49,43 +58,89 @@ def _code_words(code: str) -> set[str]:
     return set(terms(code))
 
 
+# Kinds of device sites name otherwise than the SOPs' equipment lists do.
+DEVICE_KIND_SYNONYMS = {
+    "HOST": "SERVER", "COMPUTE": "SERVER", "HGX": "GPU_NODE", "DGX": "GPU_NODE", "RPDU": "PDU",
+    "CABINET": "RACK", "TRANSFER_SWITCH": "ATS", "GEN": "GENERATOR", "AHU": "CRAH",
+    "TOR": "SWITCH", "CHW": "CHILLED_WATER", "TOWER": "COOLING_TOWER", "BATTERY_STORAGE": "ESS",
+}
+
+
+def device_kinds(known: set[str], device_type: str, device: str = "") -> list[str]:
+    """The SOP equipment kinds that a device type, or failing it the device's name, names."""
+    for text in (device_type, device):
+        key = code_key(text)
+        if key in known:
+            return [key]
+        parts = key.split("_")
+        found = []
+        for size in (2, 1):  # "TRANSFER_SWITCH" before "SWITCH"
+            for i in range(len(parts) - size + 1):
+                word = "_".join(parts[i:i + size])
+                kind = DEVICE_KIND_SYNONYMS.get(word, word)
+                if kind in known and kind not in found:
+                    found.append(kind)
+            if found:
+                return found
+    return []
+
+
 @component
 class SopRetriever:
     """Ranks SOPs for an incident query; returns the best ids and the sections of the ``top_k`` best."""
 
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
-                 device_weight: float = 0.4, member_weight: float = 0.3):
+                 device_weight: float = 0.4, member_weight: float = 0.3, phrase_weight: float = 0.6,
+                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
         self.device_weight = device_weight
         self.member_weight = member_weight
+        self.phrase_weight = phrase_weight
+        self.kind_repeat = kind_repeat
+        self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
-        store.write_documents([Document(id=sop.id, content=index_text(sop), meta={"sop_id": sop.id})
-                               for sop in corpus.values()])
+        store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
+                                        meta={"sop_id": sop.id}) for sop in corpus.values()])
         self._bm25 = InMemoryBM25Retriever(document_store=store, top_k=len(corpus))
         self._codes = {sid: {code_key(c) for c in sop.codes} for sid, sop in corpus.items()}
         self._code_words = {sid: [_code_words(c) for c in sop.codes] for sid, sop in corpus.items()}
         self._equipment = {sid: {code_key(e) for e in sop.equipment} for sid, sop in corpus.items()}
+        self._known_kinds = set().union(*self._equipment.values())
+        # A one-word code says something only when one SOP alone lists that word ("OVERCURRENT", not "FAULT").
+        code_word_sops: dict[str, set[str]] = {}
+        for sid, code_words in self._code_words.items():
+            for word in set().union(*code_words):
+                code_word_sops.setdefault(word, set()).add(sid)
+        self._phrases = {sid: [w for w in code_words if len(w) > 1 or len(code_word_sops[next(iter(w))]) == 1]
+                         for sid, code_words in self._code_words.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
 
     def scores(self, query: str, root_code: str = "", device_type: str = "",
-               member_codes: list[str] | None = None) -> list[tuple[str, float]]:
+               member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
+               root_device: str = "", root_words: str = "") -> list[tuple[str, float]]:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
-        bm25 = {d.meta["sop_id"]: d.score or 0.0 for d in self._bm25.run(query=query or "incident")["documents"]}
+        kinds = device_kinds(self._known_kinds, device_type, root_device)
+        query = " ".join([query, *[" ".join(terms(k.replace("_", " "))) for k in kinds] * self.kind_repeat])
+        found = self._bm25.run(query=query.strip() or "incident")["documents"]
+        bm25 = {d.meta["sop_id"]: d.score or 0.0 for d in found}
         best = max(bm25.values(), default=0.0) or 1.0
-        root_key, root_words = code_key(root_code), _code_words(root_code)
-        device_key = code_key(device_type)
+        root_keys = {code_key(c) for c in [root_code, *(evidence_codes or [])] if c}
+        root_words_of_code = _code_words(root_code)
+        said = set(terms(" ".join([root_words, root_code])))
         member_keys = {code_key(c) for c in member_codes or []}
         ranked = []
         for sid in self.corpus:
             score = bm25.get(sid, 0.0) / best
-            if root_key and root_key in self._codes[sid]:
+            if root_keys & self._codes[sid]:
                 score += self.code_weight
-            elif root_words:
-                overlap = max((len(root_words & w) / len(root_words | w) for w in self._code_words[sid]), default=0.0)
-                score += self.code_weight * overlap
-            if device_key and device_key in self._equipment[sid]:
+            else:
+                overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
+                               for w in self._code_words[sid]), default=0.0) if root_words_of_code else 0.0
+                stated = any(w <= said for w in self._phrases[sid])
+                score += max(self.code_weight * overlap, self.phrase_weight * stated)
+            if set(kinds) & self._equipment[sid]:
                 score += self.device_weight
             if member_keys:
                 score += self.member_weight * len(member_keys & self._codes[sid]) / len(member_keys)
@@ -95,7 +150,9 @@ class SopRetriever:
 
     @component.output_types(sop_ids=list[str], documents=list[Document])
     def run(self, query: str, root_code: str = "", device_type: str = "",
-            member_codes: list[str] | None = None) -> dict:
-        ranked = [sid for sid, _ in self.scores(query, root_code, device_type, member_codes)]
+            member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
+            root_device: str = "", root_words: str = "") -> dict:
+        ranked = [sid for sid, _ in self.scores(query, root_code, device_type, member_codes, evidence_codes,
+                                                 root_device, root_words)]
         top = ranked[: self.top_k]
         return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}

@@ -12,6 +12,7 @@ grounded (rejected drafts fall back to the deterministic narration).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -22,21 +23,56 @@ from pathlib import Path
 import yaml
 
 DATA = Path(__file__).resolve().parent / "data" / "narrate_incidents.yaml"
+# Development sets beside DATA (all written by the retriever's author): vendor wording, another layout.
+DEV_SETS = [DATA, DATA.with_name("narrate_vendor_dev.yaml"), DATA.with_name("narrate_terse_dev.yaml")]
+# Written after the retriever was frozen and scored once: never tuned on, never part of DEV_SETS.
+FRESH_SETS = [DATA.with_name("narrate_after_freeze.yaml")]
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
 
 
+def _member(spec, fingerprint: str, opened: int) -> dict:
+    """A member from "device type code count seconds-after-open" or a mapping that may add text and log."""
+    if isinstance(spec, str):
+        device, device_type, code, count, offset_s = spec.split()
+        spec = {"device": device, "type": device_type, "code": code, "count": count, "after_s": offset_s}
+    return {"fingerprint": fingerprint, "device": str(spec["device"]), "device_type": str(spec["type"]),
+            "code": str(spec["code"]), "count": int(spec.get("count", 1)),
+            "first_seen_ms": opened + int(spec.get("after_s", 0)) * 1000,
+            "text": str(spec.get("text") or ""), "log_line": str(spec.get("log") or "")}
+
+
+def _record(case: dict, n: int) -> dict:
+    """A case written as an ``Incident`` record (``incident:``), optional fields filled with their defaults."""
+    incident = dict(case["incident"])
+    opened = int(incident.get("opened_ms", BASE_MS + n * 3_600_000))
+    members = [{"fingerprint": f"{incident.get('incident_id', n)}-{i}", "count": 1, "first_seen_ms": opened,
+                "text": "", "log_line": "", **m} for i, m in enumerate(incident.get("members") or [])]
+    return {"incident_id": str(case.get("id", n)), "site": "site", "state": "open", "opened_ms": opened,
+            "updated_ms": max([opened, *(m["first_seen_ms"] for m in members)]), "resolved_ms": None,
+            "severity": "major", "summary": "", "merged_into": None, **incident,
+            "member_count": len(members), "members": members}
+
+
 def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
-    """(Incident record, expected SOP ids) for each labelled case; members are "device type code count s"."""
+    """(Incident record, expected SOP ids) for each labelled case.
+
+    A case is either a whole ``Incident`` record under ``incident:`` or the
+    short form: ``root`` is [device, type, code, severity], with optional
+    ``root_text`` and ``root_log`` (the root alarm's text and raw log line);
+    members are "device type code count seconds-after-open" or mappings with
+    those keys (``after_s`` for the offset) and optional ``text`` and ``log``.
+    """
     cases = []
     for n, case in enumerate(yaml.safe_load(Path(path).read_text(encoding="utf-8"))):
+        if "incident" in case:
+            cases.append((_record(case, n), list(case["expect"])))
+            continue
         opened = BASE_MS + n * 3_600_000
         device, device_type, code, severity = case["root"]
-        members = [{"fingerprint": f"{case['id']}-root", "device": device, "device_type": device_type,
-                    "code": code, "count": 1, "first_seen_ms": opened}]
-        for i, spec in enumerate(case.get("members") or []):
-            m_device, m_type, m_code, count, offset_s = spec.split()
-            members.append({"fingerprint": f"{case['id']}-{i}", "device": m_device, "device_type": m_type,
-                            "code": m_code, "count": int(count), "first_seen_ms": opened + int(offset_s) * 1000})
+        root = {"device": device, "type": device_type, "code": code, "count": 1, "after_s": 0,
+                "text": case.get("root_text"), "log": case.get("root_log")}
+        members = [_member(root, f"{case['id']}-root", opened)]
+        members += [_member(spec, f"{case['id']}-{i}", opened) for i, spec in enumerate(case.get("members") or [])]
         incident = {"incident_id": case["id"], "site": case.get("site", "demo"), "state": "open",
                     "opened_ms": opened, "updated_ms": max(m["first_seen_ms"] for m in members),
                     "resolved_ms": None, "root_device": device, "root_device_type": device_type,
@@ -46,6 +82,12 @@ def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
     return cases
 
 
+def judged_on(paths: list[Path]) -> list[dict]:
+    """Which data a report was judged on: each file, its number of cases and its content hash."""
+    return [{"path": str(path), "cases": len(yaml.safe_load(Path(path).read_text(encoding="utf-8"))),
+             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()} for path in paths]
+
+
 def _opaque_codes(incident: dict) -> dict:
     """Every alarm code replaced by a vendor number that no SOP lists: only words and device types remain."""
     number = lambda code: f"E{zlib.crc32(code.encode()) % 10_000:04d}"  # noqa: E731
@@ -53,11 +95,19 @@ def _opaque_codes(incident: dict) -> dict:
             "members": [{**m, "code": number(m["code"])} for m in incident["members"]]}
 
 
+def _anonymous(incident: dict) -> dict:
+    """Device types removed and device names replaced by numbers: the kind must come from the words."""
+    name = lambda device: f"d{zlib.crc32(device.encode()) % 10_000:04d}"  # noqa: E731
+    return {**incident, "root_device_type": "device", "root_device": name(incident["root_device"]),
+            "members": [{**m, "device_type": "device", "device": name(m["device"])} for m in incident["members"]]}
+
+
 ABLATIONS = {  # how much each kind of evidence carries: retrieval with one of them taken away
     "opaque codes": _opaque_codes,
     "no summary": lambda incident: {**incident, "summary": ""},
     "no device types": lambda incident: {**incident, "root_device_type": "device",
                                          "members": [{**m, "device_type": "device"} for m in incident["members"]]},
+    "no types or names": lambda incident: _anonymous(incident),
 }
 
 
@@ -119,7 +169,10 @@ def evaluate(narration, cases, llm_limit: int = 0, rounds: int = 3) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", type=Path, default=DATA, help="labelled incidents (YAML)")
+    parser.add_argument("--data", type=Path, nargs="+", default=[DATA],
+                        help="labelled incidents (YAML), one or more files judged together")
+    parser.add_argument("--cv", type=int, default=0, metavar="FOLDS",
+                        help="cross-validate the retriever's settings over FOLDS folds of the data instead")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--llm", choices=["auto", "on", "off"], default="auto",
                         help="narrate with the LLM at OPSLOOP_LLM_URL too (auto: when it is set)")
@@ -139,18 +192,29 @@ def main(args) -> int:
     if use_llm and not settings.llm_url:
         raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")
     generator = chat_generator(settings) if use_llm else None
-    narration = Narration(parse_corpus(sop_texts()), chat_generator=generator, model_name=settings.llm_model)
-    report = evaluate(narration, load_labelled(args.data), llm_limit=args.llm_limit if use_llm else 0)
+    corpus = parse_corpus(sop_texts())
+    cases = [case for path in args.data for case in load_labelled(path)]
+    if args.cv:
+        from opsloop.ops.evals.narrate_cv import cross_validate, render
+
+        report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv)}
+        print(json.dumps(report, indent=2) if args.json else render(report))
+        return 0
+    narration = Narration(corpus, chat_generator=generator, model_name=settings.llm_model)
+    report = {"judged_on": judged_on(args.data),
+              **evaluate(narration, cases, llm_limit=args.llm_limit if use_llm else 0)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     det = report["deterministic"]
-    print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs")
+    print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs; judged on:")
+    for data in report["judged_on"]:
+        print(f"  {data['path']} ({data['cases']} cases, sha256 {data['sha256'][:12]})")
     print(f"  retrieval      hit@1 {report['hit_at_1']:.1%}   hit@3 {report['hit_at_3']:.1%}")
     print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
           f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")
     for name, hits in report["ablations"].items():
-        print(f"    {name:<16} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
+        print(f"    {name:<18} hit@1 {hits['hit_at_1']:.1%}   hit@3 {hits['hit_at_3']:.1%}")
     if "llm" in report:
         llm = report["llm"]
         print(f"  llm ({llm['model']})  {llm['narrations']} narrations: drafts accepted {llm['draft_accepted_share']:.1%}"

@@ -88,6 +88,23 @@ def test_late_root_merges_the_incidents_opened_by_its_children():
     assert merged["state"] == "resolved" and merged["merged_into"] == live[0]["incident_id"]
 
 
+def test_members_carry_what_their_alarms_say_for_the_narrator():
+    topo = Topology.from_dict("s", {"power": [{"id": "gpu-node-7", "type": "gpu_node"}]})
+    corr = SiteCorrelator("s", topo)
+    kernel = "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus."
+    raised = alarm(0, device="gpu-node-7", code="KERN_ERR", text="kernel error on host",
+                   attributes={"log_line": kernel})
+    corr.on_alarm({"alarm": raised, "fingerprint": "x", "duplicate_count": 1, "flapping": False})
+    [record] = corr.flush()
+    [member] = record["members"]
+    assert (member["text"], member["log_line"]) == ("kernel error on host", kernel)
+    quiet = alarm(0, device="gpu-node-7", code="OTHER", attributes={"message": "x" * 2_000})
+    corr.on_alarm({"alarm": quiet, "fingerprint": "y", "duplicate_count": 1, "flapping": False})
+    [record] = corr.flush()
+    member = next(m for m in record["members"] if m["code"] == "OTHER")
+    assert member["text"] == "" and len(member["log_line"]) == 512  # bounded
+
+
 def test_restored_state_continues_where_it_left_off():
     topo = Topology.from_site(load_site(TOPOLOGIES[1]))
     storm = generate_storm(topo, seed=5, failures=3, background=5, horizon_s=3600)

@@ -1,0 +1,107 @@
+"""Cross-validation of the retriever's settings: how well settings chosen on some incidents do on others.
+
+The cases are dealt into ``folds`` folds by position (case ``i`` in fold
+``i mod folds``). For each fold, every setting in ``GRID`` is scored on the
+other folds and the best is judged on the held-out one; the pooled held-out
+hits are the estimate for incidents the settings were not chosen on. A
+setting is scored on each incident as written and with its device types
+removed (sites name their types their own way, or not at all), by
+hit@1 + hit@3 averaged over both. Ties keep the shipped defaults.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from opsloop.models.incident_query import IncidentQueryBuilder
+from opsloop.models.narrate import Narration
+from opsloop.models.sop_retrieval import SopRetriever
+from opsloop.ops.evals.narrate import ABLATIONS
+
+GRID = {
+    "code_weight": [0.6, 1.0, 1.5],
+    "phrase_weight": [0.3, 0.6, 1.0],
+    "device_weight": [0.2, 0.4, 0.8],
+    "member_weight": [0.15, 0.3, 0.6],
+    "said_weight": [1, 2],
+}
+QUERY_SETTINGS = {"said_weight"}
+VARIANTS = {"as written": lambda incident: incident, "no device types": ABLATIONS["no device types"]}
+
+
+def settings_grid(grid: dict) -> list[dict]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def defaults(corpus: dict, grid: dict) -> dict:
+    query, retriever = IncidentQueryBuilder(), SopRetriever(corpus)
+    return {name: getattr(query if name in QUERY_SETTINGS else retriever, name) for name in grid}
+
+
+def narration_with(corpus: dict, settings: dict) -> Narration:
+    narration = Narration(corpus)
+    narration.query = IncidentQueryBuilder(**{k: v for k, v in settings.items() if k in QUERY_SETTINGS})
+    narration.retriever = SopRetriever(corpus, **{k: v for k, v in settings.items() if k not in QUERY_SETTINGS})
+    return narration
+
+
+def hits(narration: Narration, cases: list) -> dict[str, list[tuple[bool, bool]]]:
+    """(hit@1, hit@3) of every case, per variant."""
+    out = {}
+    for name, change in VARIANTS.items():
+        tops = [(narration.retrieve(change(incident)).sop_ids[:3], expect) for incident, expect in cases]
+        out[name] = [(top[0] in expect, any(s in expect for s in top)) for top, expect in tops]
+    return out
+
+
+def _rates(case_hits: dict, index: list[int]) -> dict:
+    return {name: {"hit_at_1": sum(rows[i][0] for i in index) / len(index),
+                   "hit_at_3": sum(rows[i][1] for i in index) / len(index)} for name, rows in case_hits.items()}
+
+
+def _objective(rates: dict) -> float:
+    return sum(r["hit_at_1"] + r["hit_at_3"] for r in rates.values()) / len(rates)
+
+
+def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None) -> dict:
+    grid, shipped = settings_grid(grid or GRID), defaults(corpus, grid or GRID)
+    scored = [(settings, hits(narration_with(corpus, settings), cases)) for settings in grid]
+    everyone = list(range(len(cases)))
+
+    def best(index: list[int]) -> tuple[dict, dict]:
+        return max(scored, key=lambda sh: (_objective(_rates(sh[1], index)), sh[0] == shipped))
+
+    held_out_hits = {name: [None] * len(cases) for name in VARIANTS}
+    per_fold = []
+    for fold in range(folds):
+        test = [i for i in everyone if i % folds == fold]
+        train = [i for i in everyone if i % folds != fold]
+        settings, case_hits = best(train)
+        for name in VARIANTS:
+            for i in test:
+                held_out_hits[name][i] = case_hits[name][i]
+        per_fold.append({"fold": fold, "cases": len(test), "chosen": settings, "held_out": _rates(case_hits, test)})
+    shipped_hits = next(h for s, h in scored if s == shipped)
+    all_in_settings, all_in_hits = best(everyone)
+    return {"cases": len(cases), "folds": folds, "grid_size": len(grid), "per_fold": per_fold,
+            "held_out": _rates(held_out_hits, everyone),
+            "shipped": {"settings": shipped, "all_in": _rates(shipped_hits, everyone)},
+            "best_all_in": {"settings": all_in_settings, "all_in": _rates(all_in_hits, everyone)}}
+
+
+def render(report: dict) -> str:
+    def rates(r: dict) -> str:
+        return "   ".join(f"{name}: hit@1 {v['hit_at_1']:.1%} hit@3 {v['hit_at_3']:.1%}" for name, v in r.items())
+
+    lines = [f"opsloop eval narrate --cv {report['folds']}: {report['cases']} labelled incidents, "
+             f"{report['grid_size']} settings; judged on:"]
+    lines += [f"  {d['path']} ({d['cases']} cases, sha256 {d['sha256'][:12]})" for d in report["judged_on"]]
+    for fold in report["per_fold"]:
+        lines.append(f"  fold {fold['fold']} ({fold['cases']} held out): chosen {fold['chosen']}")
+        lines.append(f"    held out  {rates(fold['held_out'])}")
+    lines.append(f"  pooled held out  {rates(report['held_out'])}")
+    lines.append(f"  shipped {report['shipped']['settings']}")
+    lines.append(f"    all in  {rates(report['shipped']['all_in'])}")
+    lines.append(f"  best all in {report['best_all_in']['settings']}")
+    lines.append(f"    all in  {rates(report['best_all_in']['all_in'])}")
+    return "\n".join(lines)
