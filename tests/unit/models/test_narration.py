@@ -170,8 +170,7 @@ def test_codes_stated_in_words_are_read():
 def test_development_sets_in_vendor_wording_meet_the_targets(narration, path):
     report = evaluate(narration, load_labelled(path), rounds=1)
     assert report["hit_at_1"] >= 0.9 and report["hit_at_3"] >= 0.98, report["misses_at_1"]
-    assert report["deterministic"]["grounded_share"] == 1.0
-    assert report["deterministic"]["latency"]["p99_ms"] < 50
+    assert report["deterministic"]["grounded_share"] == 1.0  # latency is judged by the eval, not a timed test
 
 
 def test_retrieval_is_the_same_from_a_fresh_pipeline(narration, cases):
