@@ -242,6 +242,15 @@ class EarlyWarning:
         self.raised = False
         self.calm = 0  # consecutive points below clear_below while raised
 
+    def configuration(self) -> dict:
+        """What decides its behaviour: the raise/clear settings and the detector's kind and hyperparameters.
+
+        >>> EarlyWarning().configuration() == EarlyWarning().configuration() != EarlyWarning(raise_at=0.5).configuration()
+        True
+        """
+        return {"raise_at": self.raise_at, "clear_below": self.clear_below, "clear_after": self.clear_after,
+                "detector": type(self.detector).__name__, **self.detector._get_params()}
+
     def update(self, value: float, ts_ms: int) -> "Transition | None":
         x = {"value": value}
         score = self.detector.score_one(x)
