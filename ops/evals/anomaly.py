@@ -244,17 +244,20 @@ def format_report(report: dict, n_files: int, name: str, judged_on: dict | None 
     return "\n".join(lines)
 
 
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.1f}"
+
+
 def format_lofo(lofo: dict, allin: dict) -> str:
     lines = ["\nleave one family out: each family scored at the threshold chosen on the other families "
              "(the estimate for families never seen)"]
     for name, r in lofo.items():
         total, all_in = r["total"], allin[name]["total"]
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        lines.append(f"\n{name}: leave-one-family-out {fmt(total['score'])}, all-in {fmt(all_in['score'])}")
+        lines.append(f"\n{name}: leave-one-family-out {_fmt(total['score'])}, all-in {_fmt(all_in['score'])}")
         lines.append(f"  {'held-out family':<24} {'threshold':>9} {'score':>7} {'raw':>9} {'windows':>8} "
                      f"{'tp':>4} {'fn':>4} {'fp':>5}")
         for fam, row in [*r["families"].items(), ("TOTAL", {**total, "threshold": None})]:
             threshold = "" if row["threshold"] is None else f"{row['threshold']:.4f}"
-            lines.append(f"  {fam:<24} {threshold:>9} {fmt(row['score']):>7} {row['raw']:>9.3f} {row['windows']:>8} "
+            lines.append(f"  {fam:<24} {threshold:>9} {_fmt(row['score']):>7} {row['raw']:>9.3f} {row['windows']:>8} "
                          f"{row['tp']:>4} {row['fn']:>4} {row['fp']:>5}")
     return "\n".join(lines)
