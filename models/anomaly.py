@@ -19,9 +19,18 @@
    (unsuppressed) scores of each of the previous ``refractory`` points, so one episode gives one
    detection rather than a burst, whatever threshold the caller uses.
 
-Scores are 0 until ``warmup`` points were learnt (by default as many as the surprise history holds). Clock-free: the caller feeds
-points in event-time order. Hyperparameters were chosen by NAB score on one half
-of the bundled NAB files and checked on the other half (see ops/evals/anomaly.py).
+Scores are 0 until ``warmup`` points were learnt (by default as many as the surprise history holds).
+Clock-free: the caller feeds points in event-time order.
+
+One configuration for every series: the defaults below (and ``DEFAULT_RAISE_AT``) were
+chosen by leave-one-family-out NAB score on the bundled NAB families (each family
+scored at the threshold chosen on the others; ``opsloop eval anomaly --lofo``), not by
+the all-in score, so that they hold on families never seen. Tried and rejected on that
+estimate: an hour-of-day context, a second detector on a longer or shorter window or
+on a moving mean (max of both), median/IQR in place of mean/std for the surprise
+history, and a shorter warmup. The estimate of the chosen configuration is itself a
+little optimistic, since it picked the configuration; choosing within each fold
+instead (nested) gives about 64.
 
 >>> import random
 >>> rng, det, scores = random.Random(2), SeriesDetector(), []
@@ -29,7 +38,7 @@ of the bundled NAB files and checked on the other half (see ops/evals/anomaly.py
 ...     x = {"value": 50 + rng.gauss(0, 2) + (30 if i == 500 else 0)}
 ...     scores.append(det.score_one(x))
 ...     det.learn_one(x)
->>> max(range(600), key=scores.__getitem__) in (500, 501)  # the likelihood averages `short` points
+>>> max(range(600), key=scores.__getitem__) in (500, 501)  # the spike, or the point after it
 True
 >>> max(scores[500:502]) > DEFAULT_RAISE_AT > max(scores[:500])
 True
@@ -46,8 +55,9 @@ from river.base import AnomalyDetector
 
 LOG10_FLOOR = 300.0  # -log10 of the smallest tail probability told apart (score 1.0)
 MIN_SURPRISE_SPREAD = 0.05  # a perfectly regular series must not turn every wobble into certainty
-#: Raise threshold: the NAB standard-profile threshold chosen on the tuning half (ops/evals/anomaly.py).
-DEFAULT_RAISE_AT = 0.014
+#: Raise threshold: the NAB standard-profile threshold of the defaults on the bundled families (it is
+#: 0.0130 with any one family left out as well, so it does not hang on one family).
+DEFAULT_RAISE_AT = 0.013
 
 
 def _normal_tail(z: float) -> float:
@@ -109,7 +119,7 @@ class SeriesDetector(AnomalyDetector):
         Name of the feature holding the value in ``x``.
     """
 
-    def __init__(self, window: int = 200, short: int = 3, long: int = 300, refractory: int = 150,
+    def __init__(self, window: int = 350, short: int = 1, long: int = 300, refractory: int = 75,
                  warmup: int = 300, spatial_tolerance: float = 0.05, smooth: int = 10,
                  smooth_tolerance: float = 0.1, key: str = "value"):
         self.window = window
@@ -231,6 +241,15 @@ class EarlyWarning:
         self.detector = detector if detector is not None else SeriesDetector()
         self.raised = False
         self.calm = 0  # consecutive points below clear_below while raised
+
+    def configuration(self) -> dict:
+        """What decides its behaviour: the raise/clear settings and the detector's kind and hyperparameters.
+
+        >>> EarlyWarning().configuration() == EarlyWarning().configuration() != EarlyWarning(raise_at=0.5).configuration()
+        True
+        """
+        return {"raise_at": self.raise_at, "clear_below": self.clear_below, "clear_after": self.clear_after,
+                "detector": type(self.detector).__name__, **self.detector._get_params()}
 
     def update(self, value: float, ts_ms: int) -> "Transition | None":
         x = {"value": value}

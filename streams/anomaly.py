@@ -16,8 +16,11 @@ on idle, on revoke and on stop), each with the offset after the last point it
 learnt; only then are the source offsets committed. After a crash or a rebalance
 the new owner restores the detectors and replays from the committed offset; a
 point a detector has already learnt is skipped, so nothing is lost and nothing is
-learnt twice. Alarms emitted after the last checkpoint may be emitted again after a
-crash (at least once: the same ts, device and code, which dedup folds together).
+learnt twice. A detector checkpointed under another configuration than the current
+``EarlyWarning`` (an upgrade) is not restored: its series starts afresh, so every series
+runs the configuration that was evaluated. Alarms emitted after the last checkpoint
+may be emitted again after a crash (at least once: the same ts, device and code,
+which dedup folds together).
 
 Undecodable points, non-finite values and event times out of bounds (before the epoch or
 ahead of the processing clock, models/event_time.py) go to ``deadletter`` with the reason. The
@@ -87,11 +90,16 @@ class AnomalyProcessor(BatchProcessor):
 
     def on_assign(self, cons, partitions) -> None:
         restored = self.changelog.restore([p.partition for p in partitions])
+        current, restarted = self.new_warning().configuration(), 0
         for p, states in restored.items():
-            self.series[p] = {key.decode(): pickle.loads(value) for key, value in states.items()}
+            series = {key.decode(): pickle.loads(value) for key, value in states.items()}
+            # A detector checkpointed under another configuration (an upgrade) starts afresh: every series runs
+            # the configuration that was evaluated, and replay from the committed offset feeds the new one.
+            self.series[p] = {k: s for k, s in series.items() if s.warning.configuration() == current}
+            restarted += len(series) - len(self.series[p])
             self.dirty[p] = set()
-        self.log.info("anomaly assigned partitions %s of %s, %d series restored",
-                      sorted(restored), self.topic, sum(len(s) for s in restored.values()))
+        self.log.info("anomaly assigned partitions %s of %s, %d series restored, %d restarted (configuration changed)",
+                      sorted(restored), self.topic, sum(len(self.series[p]) for p in restored), restarted)
 
     def on_revoke(self, cons, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}

@@ -7,8 +7,13 @@ labels file's folder (NAB ships it at the root) unless ``--profiles`` is given; 
 one, NAB's published three profiles are used (and a note says so).
 
 ``--fold 0`` or ``--fold 1`` scores one half of the files only: within each family,
-files sorted by name alternate between fold 0 and fold 1. The detector's
-hyperparameters and its raise threshold were chosen on fold 0; fold 1 is the check.
+files sorted by name alternate between fold 0 and fold 1.
+
+``--lofo`` (leave one family out) estimates the score on families never seen: each
+family is scored at the threshold chosen on all the *other* families, and the
+held-out families' scores are summed. The detector's hyperparameters were chosen
+by that estimate (see models/anomaly.py); the all-in score, whose threshold has
+seen every family, is printed beside it. Every report names the data it was judged on.
 
 Each file is run through a fresh detector in time order (score, then learn: the
 score never sees the point it judges). Per profile, one threshold is chosen for
@@ -147,6 +152,25 @@ def evaluate(files: list[DataFile], scores: dict[str, list[float]], profiles: di
     return report
 
 
+def evaluate_lofo(files: list[DataFile], scores: dict[str, list[float]], profiles: dict) -> dict:
+    """Per profile: each family scored at the threshold chosen on every other family, and their sum."""
+    labelled: dict[str, LabelledSeries] = {f.path: label_series(f.timestamps, f.windows) for f in files}
+    families = sorted({f.family for f in files})
+    report = {}
+    for name, profile in profiles.items():
+        cost = CostMatrix.from_profile(profile)
+        rows, total = {}, EMPTY
+        for held_out in families:
+            others = [(labelled[f.path], scores[f.path]) for f in files if f.family != held_out]
+            threshold, _ = best_threshold(others, cost) if others else (math.inf, 0.0)
+            score = sum((score_series(labelled[f.path], scores[f.path], threshold, cost)
+                         for f in files if f.family == held_out), EMPTY)
+            total = total + score
+            rows[held_out] = {"threshold": threshold if math.isfinite(threshold) else None, **_row(score, cost)}
+        report[name] = {"families": rows, "total": _row(total, cost)}
+    return report
+
+
 def _row(s: Score, cost: CostMatrix) -> dict:
     norm = s.normalised(cost)
     return {"score": None if norm is None else round(norm, 2), "raw": round(s.raw, 4),
@@ -161,6 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=sorted(DETECTORS), default="series",
                         help="series: the agent's detector (default); gaussian: the windowed-Gaussian baseline")
     parser.add_argument("--fold", type=int, choices=(0, 1), help="score one half of the files (0: tuning, 1: check)")
+    parser.add_argument("--lofo", action="store_true",
+                        help="leave one family out: each family scored at the threshold chosen on the others")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -180,10 +206,19 @@ def main(args: argparse.Namespace) -> int:
     make = DETECTORS[args.detector]
     scores = {f.path: detect(make, f.values) for f in files}
     report = evaluate(files, scores, profiles)
+    judged_on = {"data": str(args.data), "labels": str(args.labels), "files": len(files),
+                 "families": {fam: sum(1 for f in files if f.family == fam) for fam in sorted({f.family for f in files})},
+                 "fold": args.fold}
+    lofo = evaluate_lofo(files, scores, profiles) if args.lofo else None
     if args.json:
-        print(json.dumps({"detector": detector_name(make), "files": len(files), "profiles": report}, indent=2))
+        out = {"detector": detector_name(make), "files": len(files), "judged_on": judged_on, "profiles": report}
+        if lofo is not None:
+            out["lofo"] = lofo
+        print(json.dumps(out, indent=2))
     else:
-        print(format_report(report, len(files), detector_name(make)))
+        print(format_report(report, len(files), detector_name(make), judged_on))
+        if lofo is not None:
+            print(format_lofo(lofo, report))
     return 0
 
 
@@ -192,14 +227,37 @@ def detector_name(make: Callable[[], AnomalyDetector]) -> str:
     return f"{make.__name__}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
-def format_report(report: dict, n_files: int, name: str) -> str:
+def format_report(report: dict, n_files: int, name: str, judged_on: dict | None = None) -> str:
     lines = [f"NAB scores of {name} on {n_files} files "
              "(100 = perfect, 0 = no detections; families without windows: raw score only)"]
+    if judged_on is not None:
+        families = ", ".join(f"{fam} ({n})" for fam, n in judged_on["families"].items())
+        fold_note = "" if judged_on["fold"] is None else f", fold {judged_on['fold']}"
+        lines.append(f"judged on {judged_on['data']} with labels {judged_on['labels']}{fold_note}: {families}")
     for name, r in report.items():
         lines.append(f"\n{name} (threshold {r['threshold']:.4f})")
         lines.append(f"  {'family':<24} {'score':>7} {'raw':>9} {'windows':>8} {'tp':>4} {'fn':>4} {'fp':>5}")
         for fam, row in [*r["families"].items(), ("TOTAL", r["total"])]:
             score = "-" if row["score"] is None else f"{row['score']:.1f}"
             lines.append(f"  {fam:<24} {score:>7} {row['raw']:>9.3f} {row['windows']:>8} "
+                         f"{row['tp']:>4} {row['fn']:>4} {row['fp']:>5}")
+    return "\n".join(lines)
+
+
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.1f}"
+
+
+def format_lofo(lofo: dict, allin: dict) -> str:
+    lines = ["\nleave one family out: each family scored at the threshold chosen on the other families "
+             "(the estimate for families never seen)"]
+    for name, r in lofo.items():
+        total, all_in = r["total"], allin[name]["total"]
+        lines.append(f"\n{name}: leave-one-family-out {_fmt(total['score'])}, all-in {_fmt(all_in['score'])}")
+        lines.append(f"  {'held-out family':<24} {'threshold':>9} {'score':>7} {'raw':>9} {'windows':>8} "
+                     f"{'tp':>4} {'fn':>4} {'fp':>5}")
+        for fam, row in [*r["families"].items(), ("TOTAL", {**total, "threshold": None})]:
+            threshold = "" if row["threshold"] is None else f"{row['threshold']:.4f}"
+            lines.append(f"  {fam:<24} {threshold:>9} {_fmt(row['score']):>7} {row['raw']:>9.3f} {row['windows']:>8} "
                          f"{row['tp']:>4} {row['fn']:>4} {row['fp']:>5}")
     return "\n".join(lines)

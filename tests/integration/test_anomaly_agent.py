@@ -77,3 +77,22 @@ def test_restart_restores_detectors_and_learns_nothing_twice(kafka_settings, rea
     expected = [(point(i, v)["ts_ms"], t.state) for i, v in enumerate(values) if (t := ew.update(v, point(i, v)["ts_ms"]))]
     assert [(a["ts_ms"], a["state"]) for a in alarms(kafka_settings, read_topic)] == expected
     assert expected[0] == (point(700, 0)["ts_ms"], "raise")
+
+
+def test_a_detector_checkpointed_under_another_configuration_restarts_with_the_current_one(kafka_settings, read_topic):
+    from opsloop.models.anomaly import EarlyWarning
+
+    rng = random.Random(9)
+    values = [200 + rng.gauss(0, 4) for _ in range(800)]
+    values[750] = 320.0
+    publish(kafka_settings, [point(i, v) for i, v in enumerate(values[:400])])
+    silent = AnomalyProcessor(kafka_settings, new_warning=lambda: EarlyWarning(raise_at=2.0))  # never raises
+    assert silent.run(threading.Event(), exit_when_idle=True)["checkpoints"] >= 1
+
+    publish(kafka_settings, [point(i, v) for i, v in enumerate(values[400:], start=400)])
+    run_until_idle(kafka_settings)  # the defaults: the old detector is not restored, a fresh one learns from 400
+    ew = EarlyWarning()
+    expected = [(point(i, v)["ts_ms"], t.state) for i, v in enumerate(values[400:], start=400)
+                if (t := ew.update(v, point(i, v)["ts_ms"]))]
+    assert expected[0] == (point(750, 0)["ts_ms"], "raise")
+    assert [(a["ts_ms"], a["state"]) for a in alarms(kafka_settings, read_topic)] == expected
