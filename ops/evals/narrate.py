@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from opsloop.ops.evals.narrate_cv import cross_validate, render, without_device_types
+
 DATA = Path(__file__).resolve().parent / "data" / "narrate_incidents.yaml"
 # Development sets beside DATA (all written by the retriever's author): vendor wording, another layout.
 DEV_SETS = [DATA, DATA.with_name("narrate_vendor_dev.yaml"), DATA.with_name("narrate_terse_dev.yaml")]
 # Written after the retriever was frozen and scored once: never tuned on, never part of DEV_SETS.
-FRESH_SETS = [DATA.with_name("narrate_after_freeze.yaml")]
+FRESH_SETS = [DATA.with_name("narrate_after_freeze.yaml"), DATA.with_name("narrate_independent.yaml")]
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
 
 
@@ -105,8 +107,7 @@ def _anonymous(incident: dict) -> dict:
 ABLATIONS = {  # how much each kind of evidence carries: retrieval with one of them taken away
     "opaque codes": _opaque_codes,
     "no summary": lambda incident: {**incident, "summary": ""},
-    "no device types": lambda incident: {**incident, "root_device_type": "device",
-                                         "members": [{**m, "device_type": "device"} for m in incident["members"]]},
+    "no device types": without_device_types,
     "no types or names": lambda incident: _anonymous(incident),
 }
 
@@ -195,8 +196,6 @@ def main(args) -> int:
     corpus = parse_corpus(sop_texts())
     cases = [case for path in args.data for case in load_labelled(path)]
     if args.cv:
-        from opsloop.ops.evals.narrate_cv import cross_validate, render
-
         report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv)}
         print(json.dumps(report, indent=2) if args.json else render(report))
         return 0

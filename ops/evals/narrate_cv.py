@@ -16,7 +16,6 @@ import itertools
 from opsloop.models.incident_query import IncidentQueryBuilder
 from opsloop.models.narrate import Narration
 from opsloop.models.sop_retrieval import SopRetriever
-from opsloop.ops.evals.narrate import ABLATIONS
 
 GRID = {
     "code_weight": [0.6, 1.0, 1.5],
@@ -26,7 +25,12 @@ GRID = {
     "said_weight": [1, 2],
 }
 QUERY_SETTINGS = {"said_weight"}
-VARIANTS = {"as written": lambda incident: incident, "no device types": ABLATIONS["no device types"]}
+def without_device_types(incident: dict) -> dict:
+    return {**incident, "root_device_type": "device",
+            "members": [{**m, "device_type": "device"} for m in incident["members"]]}
+
+
+VARIANTS = {"as written": lambda incident: incident, "no device types": without_device_types}
 
 
 def settings_grid(grid: dict) -> list[dict]:
