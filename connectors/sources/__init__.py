@@ -22,3 +22,4 @@ class SourceKind:
 
 
 KINDS: dict[str, SourceKind] = {}
+KINDS["sunspec"] = SourceKind("sunspec", "SunSpec meters (201-204), inverter (103), storage (124) and battery (802) over Modbus TCP, by model discovery")
