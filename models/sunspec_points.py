@@ -112,6 +112,9 @@ def raw_value(point: Point, body: list[int]) -> int | None:
 def decode(model: int, body: list[int], prefix: str) -> tuple[list[tuple[str, float, str]], list[str], int | None]:
     """(metric, value, unit) of every implemented point, the problems (bad data), and the event bits."""
     points = POINTS.get(model, ())
+    needed = max((p.offset + SIZE.get(p.type, 1) for p in points), default=0)
+    if len(body) < needed:  # a device whose model is shorter than the standard's: nothing it says is placed
+        return [], [f"model {model} is {len(body)} registers long, shorter than the {needed} it must have"], None
     by_name = {p.name: p for p in points}
     values, problems = [], []
     for point in points:
