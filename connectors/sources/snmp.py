@@ -92,7 +92,7 @@ class SnmpPoller:
         self.auth = auth_data(config)
         self.retries = int(config.option("retries", 1))
         self.loop = asyncio.new_event_loop()
-        self.engine = snmp.SnmpEngine()
+        self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
         self.active: dict[tuple[str, str], bool] = {}  # alarm rows now raised
 
     @property
@@ -122,6 +122,8 @@ class SnmpPoller:
         return out
 
     async def _walk(self) -> list[tuple[str, object]]:
+        if self.engine is None:
+            self.engine = snmp.SnmpEngine()
         target = await snmp.UdpTransportTarget.create((self.host, self.port), timeout=self.config.timeout_s,
                                                       retries=self.retries)
         rows = []
@@ -140,12 +142,14 @@ class SnmpPoller:
 
     def close(self) -> None:
         try:
-            self.engine.close_dispatcher()
+            if self.engine is not None:
+                self.engine.close_dispatcher()
         finally:  # let the dispatcher's own tasks see their cancellation before the loop goes
             pending = asyncio.all_tasks(self.loop)
             for task in pending:
                 task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
