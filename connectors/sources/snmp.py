@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from contextlib import aclosing
 
 from pyasn1.type import univ
 from pysnmp.hlapi.v3arch import asyncio as snmp
@@ -34,7 +33,7 @@ AUTH = {"md5": snmp.usmHMACMD5AuthProtocol, "sha": snmp.usmHMACSHAAuthProtocol,
 PRIV = {"des": snmp.usmDESPrivProtocol, "3des": snmp.usm3DESEDEPrivProtocol, "aes": snmp.usmAesCfb128Protocol,
         "aes192": snmp.usmAesCfb192Protocol, "aes256": snmp.usmAesCfb256Protocol}
 ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
-MAX_REPETITIONS = 25
+MAX_REPETITIONS = 16
 
 
 def _secret(config: SourceConfig, block: dict, key: str) -> str:
@@ -91,6 +90,7 @@ class SnmpPoller:
             raise config.error(str(exc)) from None
         self.auth = auth_data(config)
         self.retries = int(config.option("retries", 1))
+        self.max_repetitions = int(config.option("max_repetitions", MAX_REPETITIONS))  # rows per column per request
         self.loop = asyncio.new_event_loop()
         self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
         self.active: dict[tuple[str, str], bool] = {}  # alarm rows now raised
@@ -122,23 +122,38 @@ class SnmpPoller:
         return out
 
     async def _walk(self) -> list[tuple[str, object]]:
+        """Every row of every column, in the config's column order: all the columns walk side by side,
+        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests)."""
         if self.engine is None:
             self.engine = snmp.SnmpEngine()
         target = await snmp.UdpTransportTarget.create((self.host, self.port), timeout=self.config.timeout_s,
                                                       retries=self.retries)
-        rows = []
-        for column in self.map.columns():
-            walk = snmp.bulk_walk_cmd(self.engine, self.auth, target, snmp.ContextData(), 0, MAX_REPETITIONS,
-                                      snmp.ObjectType(snmp.ObjectIdentity(column)), lexicographicMode=False)
-            async with aclosing(walk):  # a walk left on an error is closed, not left pending
-                async for error, status, index, binds in walk:
-                    if error:
-                        raise SourceUnavailable(f"SNMP {self.endpoint}: {error} (walking {column})")
-                    if status:
-                        raise SourceUnavailable(f"SNMP {self.endpoint}: agent error {status.prettyPrint()} "
-                                                f"at {binds[int(index) - 1][0] if index else column}")
-                    rows += [(str(name), plain(value)) for name, value in binds]
-        return rows
+        columns = self.map.columns()
+        found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
+        after = {c: c for c in columns}  # where each unfinished column goes on from
+        while after:
+            asked = list(after)
+            error, status, index, binds = await snmp.bulk_cmd(
+                self.engine, self.auth, target, snmp.ContextData(), 0, self.max_repetitions,
+                *[snmp.ObjectType(snmp.ObjectIdentity(after[c])) for c in asked], lookupMib=False)
+            if error:
+                raise SourceUnavailable(f"SNMP {self.endpoint}: {error} (walking {', '.join(asked)})")
+            if status:
+                raise SourceUnavailable(f"SNMP {self.endpoint}: agent error {status.prettyPrint()} "
+                                        f"at {binds[int(index) - 1][0] if index and binds else asked[0]}")
+            finished = set()
+            for i, (name, value) in enumerate(binds):  # row-major: repetition by repetition, column by column
+                column = asked[i % len(asked)]
+                oid = str(name)
+                if column in finished or isinstance(value, rfc1905.EndOfMibView) or not oid.startswith(column + "."):
+                    finished.add(column)
+                    continue
+                found[column].append((oid, plain(value)))
+                after[column] = oid
+            for column in asked:
+                if column in finished or not binds:  # past its last row, or an agent with nothing more to say
+                    del after[column]
+        return [row for column in columns for row in found[column]]
 
     def close(self) -> None:
         try:

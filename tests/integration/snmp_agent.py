@@ -26,9 +26,10 @@ COMMUNITY = "opsloop-test"
 V3_USER, V3_AUTH, V3_PRIV = "opsloop", "auth-pass-123", "priv-pass-456"
 
 PASS_PERSIST = r'''
-import json, sys
+import json, os, sys
 
 VALUES = sys.argv[1]
+cache = {"stamp": None, "values": {}, "order": []}
 
 
 def key(oid):
@@ -36,8 +37,12 @@ def key(oid):
 
 
 def load():
-    with open(VALUES) as f:
-        return {key(o): v for o, v in json.load(f).items()}
+    stamp = os.stat(VALUES).st_mtime_ns, os.stat(VALUES).st_ino  # the test replaces the file to change it
+    if stamp != cache["stamp"]:
+        with open(VALUES) as f:
+            cache["values"] = {key(o): v for o, v in json.load(f).items()}
+        cache["order"], cache["stamp"] = sorted(cache["values"]), stamp
+    return cache["values"]
 
 
 def answer(oid, entry):
@@ -55,7 +60,7 @@ for line in sys.stdin:
         if command == "get":
             found = wanted if wanted in values else None
         else:
-            found = next((o for o in sorted(values) if o > wanted), None)
+            found = next((o for o in cache["order"] if o > wanted), None)
         if found is None:
             sys.stdout.write("NONE\n")
         else:
