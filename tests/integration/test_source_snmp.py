@@ -66,7 +66,7 @@ def poll(cfg, times: int = 1):
 
 
 EXPECTED = {"phase1_kw": 1.83, "phase2_kw": 1.75, "phase3_kw": 1.92, "phase1_a": 8.0, "phase2_a": 7.6,
-            "phase3_a": 8.3, "phase1_v": 230.0, "phase2_v": 230.0, "phase3_v": 230.0, "it_kw": 5.5,
+            "phase3_a": 8.3, "phase1_v": 230.0, "phase2_v": 230.0, "phase3_v": 230.0, "it_kw": 5.5,  # config order
             "outlet1_kw": 0.41, "outlet2_kw": 0.395, "outlet3_kw": 0.0, "outlet4_kw": 0.512, "inlet1_temp_c": 23.1}
 
 
@@ -78,6 +78,12 @@ def test_a_pdu_is_read_over_v2c_and_v3_in_kw_amps_volts_and_degc(agent, v3_keys,
     assert {(p["device"], p["device_type"], p["site"]) for p in got.points} == {("pdu-a1", "pdu", "lab")}
     assert {p["metric"]: p["unit"] for p in got.points}["inlet1_temp_c"] == "degC"
     assert got.alarms == [] and got.rejects == []
+
+
+def test_columns_longer_than_one_request_are_walked_to_their_end(agent):
+    (got,) = poll(config(agent.port, max_repetitions=1))  # one row per column per request: many rounds
+    assert [p["metric"] for p in got.points] == list(EXPECTED)  # the config's column order, rows in order
+    assert {p["metric"]: p["value"] for p in got.points} == pytest.approx(EXPECTED)
 
 
 def test_v3_with_a_wrong_key_is_refused_by_the_agent(agent, monkeypatch):
