@@ -146,3 +146,56 @@ def number(oid: str, value: Any) -> float:
     if not math.isfinite(result):
         raise BadValue("invalid", f"{oid}: {result} is not a finite number")
     return result
+
+
+@dataclass(frozen=True)
+class TrapRule:
+    trap: str  # the notification's snmpTrapOID.0
+    code: str
+    severity: str
+    state: str  # raise or clear
+    text: str  # may hold {index}
+    index_from: str | None  # the column whose varbind's row index fills {index}
+
+
+@dataclass(frozen=True)
+class TrapMap:
+    """The ``snmp-trap`` kind's mapping: which notifications raise or clear which alarms.
+
+    >>> traps = TrapMap.parse({"traps": [{"trap": "1.3.6.1.4.1.32473.14.0.1", "code": "PDU_BREAKER_OPEN",
+    ...     "index_from": "1.3.6.1.4.1.32473.14.3.1.2", "text": "breaker {index} open"}]})
+    >>> traps.alarm("1.3.6.1.4.1.32473.14.0.1", [("1.3.6.1.4.1.32473.14.3.1.2.2", 2)])
+    ('PDU_BREAKER_OPEN', 'major', 'raise', 'breaker 2 open')
+    >>> traps.alarm("1.3.6.1.4.1.32473.14.0.9", []) is None
+    True
+    """
+
+    rules: tuple[TrapRule, ...]
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> "TrapMap":
+        rules = []
+        for i, entry in enumerate(options.get("traps") or ()):
+            where = f"options.traps[{i}]"
+            if not isinstance(entry, Mapping) or not entry.get("code"):
+                raise SnmpMapError(f"{where}: needs trap (an OID) and code")
+            severity, state = str(entry.get("severity", "major")), str(entry.get("state", "raise"))
+            if severity not in SEVERITIES or state not in ("raise", "clear"):
+                raise SnmpMapError(f"{where}: severity one of {', '.join(SEVERITIES)}, state raise or clear")
+            index_from = _oid(entry["index_from"], where) if entry.get("index_from") else None
+            rules.append(TrapRule(_oid(entry.get("trap"), where), str(entry["code"]), severity, state,
+                                  str(entry.get("text") or entry["code"]), index_from))
+        if not rules:
+            raise SnmpMapError("options.traps: no trap is mapped")
+        return cls(tuple(rules))
+
+    def alarm(self, trap: str, varbinds: list[tuple[str, Any]]) -> tuple[str, str, str, str] | None:
+        """(code, severity, state, text) of a received notification; None when no rule names it."""
+        trap = trap.lstrip(".")
+        for rule in self.rules:
+            if rule.trap != trap:
+                continue
+            index = next((oid[len(rule.index_from) + 1:] for oid, _ in varbinds
+                          if rule.index_from and oid.startswith(rule.index_from + ".")), "?")
+            return rule.code, rule.severity, rule.state, rule.text.format(index=index)
+        return None
