@@ -5,6 +5,7 @@ client (pysunspec2) reading the same values."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,29 @@ def test_bms_alarms_and_monitoring_loss_reach_kafka(kafka_settings, read_topic):
                          "sunspec-pcs": [("COLLECTOR_DOWN", "raise"), ("COLLECTOR_DOWN", "clear")]}
     assert len(alarms) == 4
     assert [p["value"] for p in points if p["metric"] == "grid_kw"] == [8000.0, 8000.0, 8000.0, 7000.0]
+
+
+def test_opsloop_source_runs_the_example_config_on_the_demo_site(kafka_settings, read_topic, tmp_path):
+    import yaml
+
+    from opsloop.config.assets import DEMO_SITE
+    from opsloop.config.site import load_site
+    from opsloop.ops import sources
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "ops" / "sources" / "sunspec.yaml").read_text())
+    port = free_port()
+    doc["sources"][0]["options"]["port"] = port
+    doc["sources"][0]["interval_s"] = 0.2
+    config_file = tmp_path / "sunspec.yaml"
+    config_file.write_text(yaml.safe_dump(doc))
+    with from_site(load_site(DEMO_SITE), port, soc_pct=55.0) as simulator:
+        simulator.facility_kw = 30_000.0
+        stop = threading.Event()
+        threading.Timer(2.0, stop.set).start()
+        health = sources.run(kafka_settings, "sunspec", config_file, stop=stop)
+    assert health["sunspec-pcs"]["status"] == "ok" and health["sunspec-pcs"]["dead_letters"] == 0
+    codec = Codec.default()
+    points = [codec.decode_as("TelemetryPoint", m.value()) for m in read_topic(kafka_settings, "telemetry.raw")]
+    latest = {(p["device"], p["metric"]): p["value"] for p in points}
+    assert latest[("grid-meter-1", "grid_kw")] == 30_000.0 and latest[("ess-1", "ess_soc_pct")] == 55.0
+    assert {p["site"] for p in points} == {"demo"} and {p["source"] for p in points} == {"sunspec-pcs"}
