@@ -152,6 +152,23 @@ def test_a_modbus_exception_and_a_refused_connection_are_source_unavailable(sim)
         dead.poll(1_000)
 
 
+def test_a_device_that_accepts_but_never_answers_times_out_as_source_unavailable():
+    import socket
+    import time
+
+    with socket.socket() as silent:  # the TCP handshake succeeds (listen backlog), no Modbus reply ever comes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        poller = KINDS["sunspec"].build(config(silent.getsockname()[1]), SITE, None)
+        began = time.monotonic()
+        try:
+            with pytest.raises(SourceUnavailable, match="reading 2 registers at 40000"):
+                poller.poll(1_000)
+        finally:
+            poller.close()
+        assert time.monotonic() - began < 5  # timeout_s is 1: the poll gives up, it does not hang
+
+
 def test_bms_alarms_and_monitoring_loss_reach_kafka(kafka_settings, read_topic):
     clock = Clock()
     port = free_port()
