@@ -58,3 +58,15 @@ class SiteNames:
         if devices is not None and device not in devices:
             return f"device {device!r} is not declared by site {site} ({self.sites[site].source})"
         return None
+
+
+def device_types(site: Site) -> dict[str, str]:
+    """Each declared device's type, as a live source writes it on its points (meters, ESS, PDUs, pods)."""
+    types: dict[str, str] = {}
+    if site.replay is not None:
+        types.update((s.device, s.device_type) for s in site.replay.streams)
+    types.update((p.id, "pdu") for p in site.pdus)
+    types.update((p.id, "gpu_pod") for p in site.gpu_pods)
+    types.update((e.id, "ess") for e in site.ess)
+    types.update((d.id, d.type) for d in site.devices)
+    return types

@@ -2,7 +2,11 @@
 
 Holding registers from ``BASE`` (40000): the ``SunS`` marker, the common model
 (1), an inverter model (103, for the measured AC power ``W``), the basic
-storage controls model (124) and the end marker. Model 124 carries what the
+storage controls model (124), the battery base model (802: the BMS's state of
+charge and health, DC power and alarm bits), two wye-connected AC meters (203: the
+grid meter, then the facility meter) and the end marker. The models after 124 were
+added after the first three without moving them, so a client with fixed addresses
+for 1/103/124 reads what it always read; live readers discover the chain instead. Model 124 carries what the
 sink writes: ``StorCtl_Mod`` (bit 0 charge, bit 1 discharge), ``OutWRte`` /
 ``InWRte`` (discharge / charge rate in % of ``WChaMax``) and
 ``InOutWRte_RvrtTms`` (seconds after which the PCS reverts to idle by itself),
@@ -20,15 +24,22 @@ Values with a scale factor are ``value x 10^SF``.
 
 from __future__ import annotations
 
+from opsloop.models import sunspec_points
+
 BASE = 40000
 COMMON_ID, COMMON_LEN = 1, 66
 INVERTER_ID, INVERTER_LEN = 103, 50
 STORAGE_ID, STORAGE_LEN = 124, 24
+BATTERY_ID, BATTERY_LEN = 802, 62
+METER_ID, METER_LEN = 203, 105
 
 COMMON_AT = BASE + 2  # model id register of the common model
 INVERTER_AT = COMMON_AT + 2 + COMMON_LEN
 STORAGE_AT = INVERTER_AT + 2 + INVERTER_LEN
-END_AT = STORAGE_AT + 2 + STORAGE_LEN
+BATTERY_AT = STORAGE_AT + 2 + STORAGE_LEN
+GRID_METER_AT = BATTERY_AT + 2 + BATTERY_LEN
+FACILITY_METER_AT = GRID_METER_AT + 2 + METER_LEN
+END_AT = FACILITY_METER_AT + 2 + METER_LEN
 REGISTER_COUNT = END_AT + 2 - BASE
 
 #: Model 124 point offsets (after its id and length registers).
@@ -43,7 +54,8 @@ CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOut
 INVERTER_W = INVERTER_AT + 2 + 12  # W and W_SF in model 103
 CHARGE, DISCHARGE = 1, 2  # StorCtl_Mod bits
 CHA_ST = {"off": 1, "empty": 2, "discharging": 3, "charging": 4, "full": 5, "holding": 6}
-WCHAMAX_SF, RATE_SF, SOC_SF, W_SF = 2, -2, -1, 2  # W x 100, % x 0.01, % x 0.1, W x 100
+# W x 100, % x 0.01, % x 0.1, W x 1000 (int16: up to 32.7 MW; x 100 wrapped above 3.27 MW)
+WCHAMAX_SF, RATE_SF, SOC_SF, W_SF = 2, -2, -1, 3
 
 
 def address(point: str) -> int:
@@ -103,5 +115,29 @@ def initial_registers(wchamax_kw: float, min_reserve_pct: float, manufacturer: s
              "MinRsvPct_SF": 0}
     for point, value in fixed.items():
         regs[address(point) - BASE] = to_u16(value)
+    for at, model, length in ((BATTERY_AT, BATTERY_ID, BATTERY_LEN), (GRID_METER_AT, METER_ID, METER_LEN),
+                              (FACILITY_METER_AT, METER_ID, METER_LEN)):
+        regs[at - BASE:at + 2 + length - BASE] = [model, length, *sunspec_points.unimplemented_body(model, length)]
     regs[END_AT - BASE:END_AT - BASE + 2] = [0xFFFF, 0]
     return regs
+
+
+def body(registers: list[int], at: int, length: int, start: int = BASE) -> list[int]:
+    """The body of the model whose id register is at ``at`` (a view copy)."""
+    return registers[at + 2 - start:at + 2 + length - start]
+
+
+def put(registers: list[int], at: int, model: int, values: dict[str, float], start: int = BASE) -> None:
+    """Write raw point values into the model at ``at`` of a register list."""
+    length = registers[at + 1 - start]
+    part = body(registers, at, length, start)
+    sunspec_points.encode(model, values, part)
+    registers[at + 2 - start:at + 2 + length - start] = part
+
+
+def scale_for(*values: float, digits: int = 0) -> int:
+    """The smallest scale factor (>= -digits) at which every value fits an int16."""
+    sf = -digits
+    while any(abs(v) / 10.0 ** sf > 32767 for v in values):
+        sf += 1
+    return sf

@@ -1,7 +1,11 @@
 """A PCS simulator: a real Modbus TCP server with SunSpec storage registers over a battery model.
 
 The register image is ``models.sunspec`` (common model, inverter model 103 for
-the measured AC power, storage controls model 124). Status registers are
+the measured AC power, storage controls model 124, battery model 802 for the
+BMS's SoC, SoH, DC power and alarm bits, and two meter models 203: the grid meter
+reads ``facility_kw`` minus the battery's discharge, the facility meter reads
+``facility_kw``). ``bms_events`` and ``meter_events`` (grid, facility) hold the
+alarm bits the models serve, for tests to set. Status registers are
 read-only on the wire (a write to them gets ILLEGAL_ADDRESS, like a real PCS).
 Every accepted write to the control registers is kept in ``register_log``
 (time, first address, values) and applied to ``models.battery.PcsBattery``, which
@@ -48,6 +52,12 @@ class PcsSimulator:
         reserve_pct = battery.battery.reserve_soc_pct if reserve_pct is None else reserve_pct
         self.registers = sunspec.initial_registers(self.wchamax_kw, reserve_pct)
         self.register_log: list[tuple[float, int, list[int]]] = []
+        self.facility_kw = 0.0  # the site's load behind the grid meter
+        self.bms_events = 0  # model 802 Evt1 bits
+        self.meter_events = {"grid": 0, "facility": 0}  # model 203 Evt bits
+        # Raw point values forced after every refresh, (model id register, model id, {point: raw}): a meter
+        # that does not implement a point (its sentinel), a broken scale factor.
+        self.overrides: list[tuple[int, int, dict[str, int]]] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
@@ -68,9 +78,29 @@ class PcsSimulator:
                  "empty" if b.soc_pct <= b.min_soc_pct else "full" if b.soc_pct >= 100 else "holding")
         regs[sunspec.address("ChaSt") - sunspec.BASE] = sunspec.CHA_ST[state]
         regs[sunspec.INVERTER_W - sunspec.BASE] = sunspec.to_u16(round(power * 1000 / 10 ** sunspec.W_SF))
+        self._refresh_bms_and_meters()
         if b.reverted:  # the PCS went back to idle by itself: its control registers say so
             for point in ("StorCtl_Mod", "OutWRte", "InWRte"):
                 regs[sunspec.address(point) - sunspec.BASE] = 0
+
+    def _refresh_bms_and_meters(self) -> None:
+        b, regs, W = self.battery, self.registers, 1000.0
+        w_sf = sunspec.scale_for(b.power_kw * W)
+        sunspec.put(regs, sunspec.BATTERY_AT, sunspec.BATTERY_ID, {
+            "SoC": round(b.soc_pct * 10), "SoC_SF": -1, "SoH": round(b.battery.soh_pct * 10), "SoH_SF": -1,
+            "W": round(b.power_kw * W / 10 ** w_sf), "W_SF": w_sf, "Evt1": self.bms_events})
+        for at, which, kw in ((sunspec.GRID_METER_AT, "grid", self.facility_kw - b.power_kw),
+                              (sunspec.FACILITY_METER_AT, "facility", self.facility_kw)):
+            volts, pf = 230.0, 0.98
+            amps = kw * W / (3 * volts * pf)
+            w_sf, a_sf = sunspec.scale_for(kw * W), sunspec.scale_for(amps, digits=1)
+            phase = round(kw * W / 3 / 10 ** w_sf)
+            sunspec.put(regs, at, sunspec.METER_ID, {
+                "W": round(kw * W / 10 ** w_sf), "WphA": phase, "WphB": phase, "WphC": phase, "W_SF": w_sf,
+                "A": round(amps / 10 ** a_sf), "A_SF": a_sf, "PhV": round(volts * 10), "V_SF": -1,
+                "Hz": 5000, "Hz_SF": -2, "PF": round(pf * 100), "PF_SF": 0, "Evt": self.meter_events[which]})
+        for at, model, values in self.overrides:
+            sunspec.put(regs, at, model, values)
 
     def _apply_controls(self) -> None:
         values = sunspec.storage_values(self.registers)

@@ -22,3 +22,6 @@ class SourceKind:
 
 
 KINDS: dict[str, SourceKind] = {}
+KINDS["sunspec"] = SourceKind("sunspec", "SunSpec meters (201-204), inverter (103), storage (124) and battery (802) over Modbus TCP, by model discovery")
+KINDS["snmp"] = SourceKind("snmp", "SNMP v2c/v3 agents (PDU phase and outlet load, breakers, alarms) by configured table columns")
+KINDS["snmp-trap"] = SourceKind("snmp_trap", "SNMP v2c/v3 notifications (a PDU breaker trip, an overload) received as Alarms")

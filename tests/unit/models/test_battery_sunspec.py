@@ -55,6 +55,6 @@ def test_register_image_starts_with_the_sunspec_marker_and_chains_its_models():
     while regs[at] != 0xFFFF:
         models.append(regs[at])
         at += 2 + regs[at + 1]
-    assert models == [1, 103, 124] and regs[at + 1] == 0
+    assert models == [1, 103, 124, 802, 203, 203] and regs[at + 1] == 0
     values = sunspec.storage_values(regs)
     assert values["WChaMax"] * 10 ** values["WChaMax_SF"] == 5_000_000 and values["MinRsvPct"] == 10

@@ -1,0 +1,173 @@
+"""Kind ``snmp``: a PDU (or any SNMP agent) polled over SNMP v2c or v3 (USM auth+priv) with pysnmp.
+
+Each poll bulk-walks every column the mapping names (``models.snmp_map``) on one agent,
+``options.host``/``options.port``; ``devices`` maps that agent (``"host:port"``) to the site's
+device. Every row becomes a point; alarm columns raise and clear Alarms as their rows enter and
+leave the values that mean trouble (a breaker open, a phase overloaded).
+
+Secrets stay out of the config file: ``community_env`` (v2c) and, under ``v3``, ``auth_key_env``
+and ``priv_key_env`` name environment variables (``community`` may also be given inline).
+A timeout, an authentication failure or an agent error is ``SourceUnavailable``; a value that is
+not a number is dead-lettered (``decode``; NaN and infinities: ``invalid``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pyasn1.type import univ
+from pysnmp.hlapi.v3arch import asyncio as snmp
+from pysnmp.proto import rfc1905
+
+from opsloop.config.site import Site
+from opsloop.config.sources import SourceConfig
+from opsloop.connectors.sources.base import Readings, Reject, SourceUnavailable
+from opsloop.models.names import device_types
+from opsloop.models.records import alarm, telemetry_point
+from opsloop.models.snmp_map import BadValue, SnmpMap, SnmpMapError
+
+AUTH = {"md5": snmp.usmHMACMD5AuthProtocol, "sha": snmp.usmHMACSHAAuthProtocol,
+        "sha224": snmp.usmHMAC128SHA224AuthProtocol, "sha256": snmp.usmHMAC192SHA256AuthProtocol,
+        "sha384": snmp.usmHMAC256SHA384AuthProtocol, "sha512": snmp.usmHMAC384SHA512AuthProtocol}
+PRIV = {"des": snmp.usmDESPrivProtocol, "3des": snmp.usm3DESEDEPrivProtocol, "aes": snmp.usmAesCfb128Protocol,
+        "aes192": snmp.usmAesCfb192Protocol, "aes256": snmp.usmAesCfb256Protocol}
+ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
+MAX_REPETITIONS = 16
+
+
+def _secret(config: SourceConfig, block: dict, key: str) -> str:
+    env = block.get(f"{key}_env")
+    if env:
+        if env not in os.environ:
+            raise config.error(f"options: {key}_env names {env}, which is not set")
+        return os.environ[env]
+    if key in block:
+        return str(block[key])
+    raise config.error(f"options: {key} or {key}_env is required")
+
+
+def auth_data(config: SourceConfig):
+    version = str(config.option("version", "v2c"))
+    if version == "v2c":
+        return snmp.CommunityData(_secret(config, dict(config.options), "community"), mpModel=1)
+    if version != "v3":
+        raise config.error(f"options.version must be v2c or v3, got {version!r}")
+    v3 = dict(config.option("v3", required=True))
+    auth, priv = str(v3.get("auth_protocol", "sha")).lower(), str(v3.get("priv_protocol", "aes")).lower()
+    if auth not in AUTH or priv not in PRIV:
+        raise config.error(f"options.v3: auth_protocol one of {', '.join(AUTH)}, priv_protocol one of {', '.join(PRIV)}")
+    if "user" not in v3:
+        raise config.error("options.v3.user is required")
+    return snmp.UsmUserData(str(v3["user"]), _secret(config, v3, "auth_key"), _secret(config, v3, "priv_key"),
+                            authProtocol=AUTH[auth], privProtocol=PRIV[priv])
+
+
+def plain(value):
+    """An SNMP value as int or str; None when the agent has no such object."""
+    if isinstance(value, ABSENT):
+        return None
+    if isinstance(value, univ.Integer):  # Integer32, Gauge32, Counter32/64, Unsigned32, TimeTicks
+        return int(value)
+    if isinstance(value, univ.OctetString):
+        return bytes(value).decode("utf-8", "replace")
+    return value.prettyPrint()
+
+
+class SnmpPoller:
+    def __init__(self, config: SourceConfig, site: Site):
+        self.config = config
+        self.site = site.id
+        self.host = str(config.option("host", required=True))
+        self.port = int(config.option("port", 161))
+        self.device = config.device(f"{self.host}:{self.port}")
+        if self.device is None:
+            raise config.error(f"devices must map the agent {self.host}:{self.port} to the site's device")
+        self.device_type = device_types(site).get(self.device, "pdu")
+        try:
+            self.map = SnmpMap.parse(config.options)
+        except SnmpMapError as exc:
+            raise config.error(str(exc)) from None
+        self.auth = auth_data(config)
+        self.retries = int(config.option("retries", 1))
+        self.max_repetitions = int(config.option("max_repetitions", MAX_REPETITIONS))  # rows per column per request
+        self.loop = asyncio.new_event_loop()
+        self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
+        self.active: dict[tuple[str, str], bool] = {}  # alarm rows now raised
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def poll(self, now_ms: int) -> Readings:
+        rows = self.loop.run_until_complete(self._walk())
+        out = Readings()
+        for oid, value in rows:
+            if value is None:
+                continue
+            try:
+                point = self.map.point(oid, value)
+                changes = self.map.alarm_changes(oid, value, self.active)
+            except BadValue as exc:
+                out.rejects.append(Reject(f"{oid} = {value}".encode(), exc.kind,
+                                          f"SNMP {self.endpoint} ({self.device}): {exc}"))
+                continue
+            if point is not None:
+                metric, number, unit = point
+                out.points.append(telemetry_point(now_ms, self.site, self.device, self.device_type, metric, number,
+                                                  unit, self.config.name))
+            for code, severity, state, text in changes:
+                out.alarms.append(alarm(now_ms, self.site, self.device, self.device_type, "opsloop.source.snmp", code,
+                                        f"{self.device}: {text}", severity, state, {"oid": oid}))
+        return out
+
+    async def _walk(self) -> list[tuple[str, object]]:
+        """Every row of every column, in the config's column order: all the columns walk side by side,
+        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests)."""
+        if self.engine is None:
+            self.engine = snmp.SnmpEngine()
+        target = await snmp.UdpTransportTarget.create((self.host, self.port), timeout=self.config.timeout_s,
+                                                      retries=self.retries)
+        columns = self.map.columns()
+        found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
+        after = {c: c for c in columns}  # where each unfinished column goes on from
+        while after:
+            asked = list(after)
+            error, status, index, binds = await snmp.bulk_cmd(
+                self.engine, self.auth, target, snmp.ContextData(), 0, self.max_repetitions,
+                *[snmp.ObjectType(snmp.ObjectIdentity(after[c])) for c in asked], lookupMib=False)
+            if error:
+                raise SourceUnavailable(f"SNMP {self.endpoint}: {error} (walking {', '.join(asked)})")
+            if status:
+                raise SourceUnavailable(f"SNMP {self.endpoint}: agent error {status.prettyPrint()} "
+                                        f"at {binds[int(index) - 1][0] if index and binds else asked[0]}")
+            finished = set()
+            for i, (name, value) in enumerate(binds):  # row-major: repetition by repetition, column by column
+                column = asked[i % len(asked)]
+                oid = str(name)
+                if column in finished or isinstance(value, rfc1905.EndOfMibView) or not oid.startswith(column + "."):
+                    finished.add(column)
+                    continue
+                found[column].append((oid, plain(value)))
+                after[column] = oid
+            for column in asked:
+                if column in finished or not binds:  # past its last row, or an agent with nothing more to say
+                    del after[column]
+        return [row for column in columns for row in found[column]]
+
+    def close(self) -> None:
+        try:
+            if self.engine is not None:
+                self.engine.close_dispatcher()
+        finally:  # let the dispatcher's own tasks see their cancellation before the loop goes
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+
+def build(config: SourceConfig, site: Site, clock) -> SnmpPoller:
+    return SnmpPoller(config, site)

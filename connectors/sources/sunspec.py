@@ -1,0 +1,140 @@
+"""Kind ``sunspec``: meters, inverters, storage and batteries over Modbus TCP, found by SunSpec discovery.
+
+At the first poll (and after any failed one) the poller reads the ``SunS`` marker at the
+configured base address (40000 unless ``options.base`` says 0 or 50000), then walks the model
+headers (id, length) to the end marker: addresses come from the device, never from us. Each
+model instance is named by its id, the second and later ones of an id as ``<id>:<n>`` (``203``,
+``203:2``); ``devices`` maps those names to site devices, whose type gives the metric prefix
+(grid_meter -> ``grid_kw``). Decoding and units: ``models.sunspec_points``.
+
+A refused or timed-out connection, a Modbus exception response or a device without the marker
+is ``SourceUnavailable`` (the loop backs off and raises the monitoring-loss alarm). Model
+instances opsloop reads but the config does not map are dead-lettered (``unknown``) once per
+discovery; values without a usable scale factor are dead-lettered (``invalid``) per poll.
+Event bits (meter ``Evt``, battery ``Evt1``) become Alarms when they rise and clears when they fall.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from opsloop.config.site import Site
+from opsloop.config.sources import SourceConfig
+from opsloop.connectors.sources.base import Readings, Reject, SourceUnavailable
+from opsloop.models import sunspec_points
+from opsloop.models.names import device_types
+from opsloop.models.records import alarm, telemetry_point
+
+log = logging.getLogger("opsloop.source.sunspec")
+MARKER = [0x5375, 0x6E53]  # "SunS"
+END = 0xFFFF
+MAX_READ = 125  # registers per Modbus read
+MAX_MODELS = 64  # a chain longer than this is a device that never ends it
+EXCEPTIONS = {1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure",
+              6: "device busy", 10: "gateway path unavailable", 11: "gateway target did not respond"}
+
+
+class SunSpecPoller:
+    def __init__(self, config: SourceConfig, site: Site):
+        self.config = config
+        self.site = site.id
+        self.host = str(config.option("host", required=True))
+        self.port = int(config.option("port", 502))
+        self.unit = int(config.option("unit", 1))
+        self.base = int(config.option("base", 40000))
+        if self.base not in (0, 40000, 50000):
+            raise config.error(f"options.base must be 0, 40000 or 50000 (SunSpec's base addresses), got {self.base}")
+        self.types = device_types(site)
+        self.client = ModbusTcpClient(self.host, port=self.port, timeout=config.timeout_s, retries=0)
+        self.chain: list[tuple[str, int, int, int]] | None = None  # (name, model id, id register, length)
+        self.events: dict[str, int] = {}  # last event bits per model instance
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port} unit {self.unit}"
+
+    def _read(self, address: int, count: int) -> list[int]:
+        out: list[int] = []
+        while count > 0:
+            n = min(count, MAX_READ)
+            try:
+                response = self.client.read_holding_registers(address, count=n, device_id=self.unit)
+            except ModbusException as exc:
+                raise SourceUnavailable(f"{self.endpoint}: reading {n} registers at {address}: {exc}") from exc
+            if response.isError():
+                code = getattr(response, "exception_code", None)
+                raise SourceUnavailable(f"{self.endpoint}: Modbus exception {code} "
+                                        f"({EXCEPTIONS.get(code, 'unknown')}) reading {n} registers at {address}")
+            out += response.registers
+            address, count = address + n, count - n
+        return out
+
+    def discover(self) -> list[tuple[str, int, int, int]]:
+        if self._read(self.base, 2) != MARKER:
+            raise SourceUnavailable(f"{self.endpoint}: no SunSpec marker 'SunS' at {self.base}")
+        chain, seen, at = [], {}, self.base + 2
+        for _ in range(MAX_MODELS):
+            model, length = self._read(at, 2)
+            if model == END:
+                return chain
+            seen[model] = seen.get(model, 0) + 1
+            chain.append((str(model) if seen[model] == 1 else f"{model}:{seen[model]}", model, at, length))
+            at += 2 + length
+        raise SourceUnavailable(f"{self.endpoint}: no SunSpec end marker after {MAX_MODELS} models")
+
+    def poll(self, now_ms: int) -> Readings:
+        try:
+            if not self.client.connected and not self.client.connect():
+                raise SourceUnavailable(f"{self.endpoint}: cannot connect (refused or timed out)")
+            readings = Readings()
+            if self.chain is None:
+                self.chain = self.discover()
+                log.info("%s: models %s", self.endpoint, ", ".join(f"{name}@{at}" for name, _, at, _ in self.chain))
+                readings.rejects += self._unmapped()
+            readings.extend(self._read_models(now_ms))
+            return readings
+        except SourceUnavailable:
+            self.chain = None  # rediscover: the device may have restarted with another layout
+            self.client.close()
+            raise
+
+    def _unmapped(self) -> list[Reject]:
+        return [Reject(f"model {name} at {at}".encode(), "unknown",
+                       f"SunSpec model {name} at register {at} is not mapped to a site device (devices: {{{name!r}: ...}})")
+                for name, model, at, _ in self.chain if model in sunspec_points.POINTS and self.config.device(name) is None]
+
+    def _read_models(self, now_ms: int) -> Readings:
+        out, seen = Readings(), set()
+        order = {m: i for i, m in enumerate(sunspec_points.PREFERENCE)}
+        mapped = [(name, model, at, length, device) for name, model, at, length in self.chain
+                  if model in sunspec_points.POINTS and (device := self.config.device(name)) is not None]
+        for name, model, at, length, device in sorted(mapped, key=lambda m: order.get(m[1], len(order))):
+            device_type = self.types.get(device, "device")
+            values, problems, events = sunspec_points.decode(model, self._read(at + 2, length),
+                                                             sunspec_points.prefix_of(device_type))
+            for metric, value, unit in values:
+                if (device, metric) not in seen:  # the BMS's SoC over the PCS's (PREFERENCE)
+                    seen.add((device, metric))
+                    out.points.append(telemetry_point(now_ms, self.site, device, device_type, metric, value, unit,
+                                                      self.config.name))
+            out.rejects += [Reject(f"model {name} {problem}".encode(), "invalid",
+                                   f"SunSpec model {name} of {device}: {problem}") for problem in problems]
+            if events is not None:
+                before = self.events.get(name, 0)
+                for code, severity, state in sunspec_points.event_changes(model, before, events):
+                    out.alarms.append(alarm(now_ms, self.site, device, device_type, "opsloop.source.sunspec", code,
+                                            f"{device}: SunSpec model {name} event {code} "
+                                            f"{'set' if state == 'raise' else 'cleared'}",
+                                            severity, state, {"model": name}))
+                self.events[name] = events
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build(config: SourceConfig, site: Site, clock) -> SunSpecPoller:
+    return SunSpecPoller(config, site)
