@@ -214,27 +214,38 @@ class Normalizer:
         self.rates = CounterRates()
         self.last_xid: dict[str, int] = {}
 
+    def mapped_name(self, name: str) -> str | None:
+        """The mapping's key for a sample name: a parser may add ``_total`` to a counter's samples
+        (prometheus_client does, for exporters such as DCGM's that declare counters without it)."""
+        if name in self.mapping:
+            return name
+        if name.endswith("_total") and name[:-6] in self.mapping:
+            return name[:-6]
+        return None
+
     def selected(self, name: str, labels: Mapping[str, str]) -> bool:
         if not all(rule.admits(name, labels) for rule in self.relabel):
             return False
-        return self.keep.fullmatch(name) is not None if self.keep else name in self.mapping
+        return self.keep.fullmatch(name) is not None if self.keep else self.mapped_name(name) is not None
 
     def normalize(self, samples: Iterable[Sample], now_ms: int, target: str = "") -> Normalized:
         out = Normalized()
-        groups: dict[tuple[str, str], tuple[MetricMap, list[tuple[int, float]]]] = {}
+        groups: dict[tuple[str, str, int], tuple[MetricMap, list[float]]] = {}
         for sample in samples:
             if not self.selected(sample.name, sample.labels):
                 out.filtered += 1
                 continue
-            spec = self.mapping.get(sample.name)
-            if spec is None:
+            name = self.mapped_name(sample.name)
+            if name is None:
                 out.rejects.append(Bad(sample.line(), "unknown", f"metric {sample.name!r} is kept but not mapped "
                                                                   f"(add it under options.metrics)"))
                 continue
+            spec = self.mapping[name]
             if any(sample.labels.get(k) != v for k, v in spec.where.items()):
                 out.filtered += 1
                 continue
-            labels = {"target": target, "instance": target, **sample.labels}
+            labels = {"instance": target, **sample.labels}
+            labels["target"] = target or labels["instance"]  # remote-write: the series' own instance
             try:
                 external = spec.device.format_map(labels)
             except KeyError as exc:
@@ -256,14 +267,13 @@ class Normalizer:
                 continue
             value = sample.value
             if spec.rate:
-                value = self.rates.update((sample.name, target, tuple(sorted(sample.labels.items()))), ts, value)
+                value = self.rates.update((name, target, tuple(sorted(sample.labels.items()))), ts, value)
                 if value is None:
                     continue
-            groups.setdefault((device, spec.metric), (spec, []))[1].append((ts, value * spec.scale))
-        for (device, _), (spec, values) in groups.items():
-            out.points.append(telemetry_point(max(t for t, _ in values), self.site, device, self._type(device, spec),
-                                              spec.metric, _combine(spec.combine, [v for _, v in values]), spec.unit,
-                                              self.source))
+            groups.setdefault((device, spec.metric, ts), (spec, []))[1].append(value * spec.scale)
+        for (device, _, ts), (spec, values) in groups.items():
+            out.points.append(telemetry_point(ts, self.site, device, self._type(device, spec), spec.metric,
+                                              _combine(spec.combine, values), spec.unit, self.source))
         return out
 
     def _type(self, device: str, spec: MetricMap) -> str:
