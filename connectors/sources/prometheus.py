@@ -7,9 +7,9 @@ vllm and dcgm together, or a list of those names); ``metrics``: extra or replaci
 metric names to read (default: the mapped ones); ``relabel``: keep/drop rules. ``devices`` maps
 each target (``host:port`` of its URL; DCGM GPUs as ``host:port/gpu<N>``) to a site device.
 
-The exposition is parsed by prometheus_client's parser. A line it cannot read fails the whole
-text, so the text is then parsed line by line: each bad line is a ``decode`` reject with the
-line kept, and every other sample is still read.
+The exposition is parsed by prometheus_client's parser. It reads line by line (a line it cannot
+read is one ``decode`` reject with the line kept, every other sample is still read); each
+series' name and labels are parsed once and cached (``ExpositionReader``).
 """
 
 from __future__ import annotations
@@ -79,21 +79,52 @@ def _samples(families) -> Iterator[Sample]:
             yield Sample(s.name, s.labels, s.value, None if s.timestamp is None else int(float(s.timestamp) * 1000))
 
 
+def _split(line: str) -> tuple[str, list[str]]:
+    """A sample line's series text (name and labels, as written) and what follows it (value, timestamp)."""
+    end = line.rfind("}") + 1 or (line.find(" ") if " " in line else len(line))
+    return line[:end], line[end:].split()
+
+
+class ExpositionReader:
+    """Reads /metrics texts with prometheus_client's parser, one line at a time, so a bad line is one
+    reject and not the whole scrape. Scrapes repeat their series: the parser reads each series'
+    text (name, labels, escapes) once, and later lines of the same series only have their value and
+    timestamp read, which makes a 15,000-line scrape several times cheaper to read."""
+
+    def __init__(self, max_series: int = 500_000):
+        self.series: dict[str, tuple[str, dict]] = {}
+        self.max_series = max_series
+
+    def read(self, text: str) -> tuple[list[Sample], list[Bad]]:
+        samples, bad = [], []
+        for line in text.splitlines():
+            if not line or line.startswith("#") or line.isspace():
+                continue
+            head, tail = _split(line)
+            known = self.series.get(head)
+            if known is not None and 1 <= len(tail) <= 2:
+                try:
+                    samples.append(Sample(known[0], known[1], float(tail[0]),
+                                          int(float(tail[1]) * 1000) if len(tail) == 2 else None))
+                    continue
+                except ValueError:
+                    pass  # the parser says what is wrong with it
+            try:
+                parsed = list(_samples(text_string_to_metric_families(line + "\n")))
+            except ValueError as exc:
+                bad.append(Bad(line.encode(), "decode", f"malformed exposition line: {exc}"))
+                continue
+            samples.extend(parsed)
+            if len(parsed) == 1:
+                if len(self.series) >= self.max_series:
+                    self.series.clear()  # series churn: start over rather than grow
+                self.series[head] = (parsed[0].name, parsed[0].labels)
+        return samples, bad
+
+
 def parse_exposition(text: str) -> tuple[list[Sample], list[Bad]]:
     """Every readable sample of a /metrics text, and each line that is not one."""
-    try:
-        return list(_samples(text_string_to_metric_families(text))), []
-    except ValueError:
-        pass
-    samples, bad = [], []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        try:
-            samples.extend(_samples(text_string_to_metric_families(line + "\n")))
-        except ValueError as exc:
-            bad.append(Bad(line.encode(), "decode", f"malformed exposition line: {exc}"))
-    return samples, bad
+    return ExpositionReader().read(text)
 
 
 def readings(out: Normalized, bad: Iterable[Bad] = ()) -> Readings:
@@ -108,6 +139,7 @@ class PrometheusScrape:
         urls = config.option("urls") or [config.option("url", required=True)]
         self.targets = [(str(url), urlsplit(str(url)).netloc) for url in urls]
         self.norm = normalizer(config, site)
+        self.reader = ExpositionReader()
         self.client = client or httpx.Client(timeout=config.timeout_s,
                                              headers={"Accept": "text/plain;version=0.0.4"})
 
@@ -121,7 +153,7 @@ class PrometheusScrape:
             except httpx.HTTPError as exc:
                 failed.append(f"{url}: {exc}")
                 continue
-            samples, bad = parse_exposition(response.text)
+            samples, bad = self.reader.read(response.text)
             out.extend(readings(self.norm.normalize(samples, now_ms, target), bad))
         if failed and len(failed) == len(self.targets):
             raise SourceUnavailable("; ".join(failed))
