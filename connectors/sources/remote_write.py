@@ -11,9 +11,10 @@ metric mapping of the ``prometheus`` kind (models/prom_metrics.py); the device o
 Answers, each counted in ``stats``: 204 taken; 401 wrong or missing bearer token; 413 a body
 over ``max_body_bytes`` (not read); 400 a body that is not snappy or not a WriteRequest (also a
 ``decode`` dead letter with its first bytes); 503 the buffer was full (Prometheus retries it);
-404 another path. Options: ``listen`` (host:port), ``path``, ``token_env`` (the env variable
-holding the token, default OPSLOOP_REMOTE_WRITE_TOKEN), ``max_body_bytes``, and the ``prometheus``
-kind's ``mapping``, ``metrics``, ``keep`` and ``relabel``.
+404 another path. Options: ``listen`` (host:port), ``path``, ``token_file`` (a file holding the
+token, e.g. a mounted secret; default: the ``remote_write_token`` setting,
+OPSLOOP_REMOTE_WRITE_TOKEN), ``max_body_bytes``, and the ``prometheus`` kind's ``mapping``,
+``metrics``, ``keep`` and ``relabel``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import os
 import struct
 import threading
 import time
@@ -33,6 +33,7 @@ import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Deliver, Readings, Reject
@@ -42,7 +43,6 @@ from opsloop.models.prom_metrics import Normalizer, Sample
 log = logging.getLogger("opsloop.source")
 
 STALE_NAN = 0x7FF0000000000002  # Prometheus' staleness marker: a series ended, not a reading
-TOKEN_ENV = "OPSLOOP_REMOTE_WRITE_TOKEN"
 
 
 def _write_request_class():
@@ -121,6 +121,17 @@ class Token:
         return hmac.compare_digest(given.encode(), self.value.encode())
 
 
+def token_of(config: SourceConfig) -> Token:
+    path = config.option("token_file")
+    if path is None:
+        return Token(Settings.from_env().remote_write_token)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return Token(fh.read().strip())
+    except OSError as exc:
+        raise config.error(f"options.token_file: cannot read {path} ({exc.strerror})") from None
+
+
 class RemoteWriteReceiver:
     """A Receiver: serves until ``stop``; ``port`` is the bound port (``listen`` may ask for 0)."""
 
@@ -128,7 +139,10 @@ class RemoteWriteReceiver:
         host, _, port = str(config.option("listen", "127.0.0.1:9201")).rpartition(":")
         self.path = str(config.option("path", "/api/v1/write"))
         self.max_body = int(config.option("max_body_bytes", 32 * 1024 * 1024))
-        self.token = token or Token(os.environ.get(str(config.option("token_env", TOKEN_ENV)), ""))
+        self.token = token or token_of(config)
+        if not self.token.value and host not in ("127.0.0.1", "localhost", "::1"):
+            raise config.error(f"no remote-write token (OPSLOOP_REMOTE_WRITE_TOKEN or options.token_file): "
+                               f"listening on {host or 'every address'} would take anyone's samples")
         self.norm = normalizer(config, site)
         self.lock = threading.Lock()  # the normalizer's counter state is per source, not per request
         self.stats: Counter = Counter()
