@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
@@ -213,6 +214,8 @@ class Normalizer:
         self.device_types = dict(device_types or {})
         self.rates = CounterRates()
         self.last_xid: dict[str, int] = {}
+        self._fields: dict[str, tuple[str, ...]] = {}  # a device template's label names
+        self._names: dict[tuple, str] = {}  # (template, target, label values) -> device name, formatted once
 
     def mapped_name(self, name: str) -> str | None:
         """The mapping's key for a sample name: a parser may add ``_total`` to a counter's samples
@@ -228,11 +231,29 @@ class Normalizer:
             return False
         return self.keep.fullmatch(name) is not None if self.keep else self.mapped_name(name) is not None
 
-    def normalize(self, samples: Iterable[Sample], now_ms: int, target: str = "") -> Normalized:
+    def _external(self, template: str, labels: Mapping[str, str], target: str) -> str:
+        """The source-side device name; ``target`` (the scrape target) or else the series' ``instance``."""
+        target = target or labels.get("instance", "")
+        if template == "{target}":
+            return target
+        fields = self._fields.get(template)
+        if fields is None:
+            fields = self._fields[template] = tuple(f for _, f, _, _ in string.Formatter().parse(template) if f)
+        key = (template, target, *(labels[f] for f in fields if f not in ("target", "instance")))
+        external = self._names.get(key)
+        if external is None:
+            if len(self._names) > 100_000:
+                self._names.clear()
+            external = self._names[key] = template.format_map({**labels, "instance": target, "target": target})
+        return external
+
+    def normalize(self, samples: Iterable[Sample], now_ms: int, target: str = "",
+                  selected: bool = False) -> Normalized:
+        """``selected``: the caller has already applied ``selected`` to every sample."""
         out = Normalized()
         groups: dict[tuple[str, str, int], tuple[MetricMap, list[float]]] = {}
         for sample in samples:
-            if not self.selected(sample.name, sample.labels):
+            if not selected and not self.selected(sample.name, sample.labels):
                 out.filtered += 1
                 continue
             name = self.mapped_name(sample.name)
@@ -244,10 +265,8 @@ class Normalizer:
             if any(sample.labels.get(k) != v for k, v in spec.where.items()):
                 out.filtered += 1
                 continue
-            labels = {"instance": target, **sample.labels}
-            labels["target"] = target or labels["instance"]  # remote-write: the series' own instance
             try:
-                external = spec.device.format_map(labels)
+                external = self._external(spec.device, sample.labels, target)
             except KeyError as exc:
                 out.rejects.append(Bad(sample.line(), "decode", f"{sample.name}: no label {exc} to name the "
                                                                 f"device ({spec.device})"))

@@ -154,7 +154,11 @@ class PrometheusScrape:
                 failed.append(f"{url}: {exc}")
                 continue
             samples, bad = self.reader.read(response.text)
+            resets = self.norm.rates.resets
             out.extend(readings(self.norm.normalize(samples, now_ms, target), bad))
+            if self.norm.rates.resets > resets:  # not an error: the rate restarts from the new count
+                log.info("%s: %d counter reset(s) (the exporter restarted?)", url,
+                         self.norm.rates.resets - resets)
         if failed and len(failed) == len(self.targets):
             raise SourceUnavailable("; ".join(failed))
         for why in failed:  # some targets answered: the poll counts, the others are named

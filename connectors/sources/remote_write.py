@@ -177,7 +177,7 @@ class RemoteWriteReceiver:
             return self._count(400, "bad_body", str(exc))
         with self.lock:
             samples, skipped = samples_of(request, self.norm)
-            out = self.norm.normalize(samples, now_ms)
+            out = self.norm.normalize(samples, now_ms, selected=True)
         self.stats["samples"] += len(samples)
         self.stats["skipped"] += skipped
         if not self._deliver(readings(out)):

@@ -150,3 +150,21 @@ def test_remote_write_maps_relabels_and_answers_each_bad_request_with_its_status
 
 def test_the_token_is_never_shown():
     assert "s3cret" not in repr(Token("s3cret"))
+
+
+def test_a_vllm_restart_resets_its_counters_and_gives_no_negative_throughput():
+    norm = normalizer(config("prometheus", {"10.1.2.3:8000": "rack-b01-n1"}, url="u", mapping="vllm"), SITE)
+    idle, _ = parse_exposition((DATA / "vllm" / "metrics-idle.prom").read_text())
+    busy, _ = parse_exposition((DATA / "vllm" / "metrics-busy.prom").read_text())
+    norm.normalize(idle, 0, "10.1.2.3:8000")
+    after = points(readings(norm.normalize(busy, 5_000, "10.1.2.3:8000")))  # 324 -> 275 generated tokens: restarted
+    assert after[("rack-b01-n1", "generation_tokens_per_s")] == 55.0  # 275 since the restart, over 5 s
+    assert norm.rates.resets == 1 and min(after.values()) >= 0
+
+
+def test_a_remote_write_endpoint_off_loopback_without_a_token_is_refused(monkeypatch):
+    monkeypatch.delenv("OPSLOOP_REMOTE_WRITE_TOKEN", raising=False)
+    cfg = parse_sources({"site": "demo", "sources": [{"kind": "remote-write", "name": "prom-remote-write",
+                                                       "options": {"listen": "0.0.0.0:0"}}]}, "t.yaml")[0]
+    with pytest.raises(ValueError, match="no remote-write token"):
+        RemoteWriteReceiver(cfg, SITE)
