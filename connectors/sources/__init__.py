@@ -23,4 +23,4 @@ class SourceKind:
 
 KINDS: dict[str, SourceKind] = {}
 KINDS["prometheus"] = SourceKind("prometheus", "scrape /metrics endpoints (node-exporter, vLLM, NVIDIA DCGM exporter)")
-KINDS["remote-write"] = SourceKind("remote_write", "receive a Prometheus server's remote_write (snappy protobuf, bearer token)")
+KINDS["remote-write"] = SourceKind("remote_write", "a Prometheus server's remote_write (snappy protobuf, bearer token)")

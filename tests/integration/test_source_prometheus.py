@@ -118,7 +118,8 @@ def topic(settings, read_topic, name: str, record: str) -> list[dict]:
 
 
 def test_debian_node_exporter_scraped_into_kafka(kafka_settings, read_topic, node_exporter):
-    run = source_run(kafka_settings, {"kind": "prometheus", "name": "prom-node", "devices": {node_exporter: "rack-a01-n1"},
+    run = source_run(kafka_settings, {"kind": "prometheus", "name": "prom-node",
+                                      "devices": {node_exporter: "rack-a01-n1"},
                                       "options": {"url": f"http://{node_exporter}/metrics", "mapping": "node"}})
     run.poll_once()
     time.sleep(1.5)  # counters need a second scrape to become rates
@@ -187,7 +188,8 @@ def test_bad_exposition_lines_nan_and_unknown_metrics_are_dead_letters_and_nothi
     assert Counter((d["error_kind"], d["value"].split(b"{")[0].decode()) for d in dead) == Counter({
         ("decode", "DCGM_FI_DEV_GPU_TEMP"): 1, ("invalid", "DCGM_FI_DEV_POWER_USAGE"): 1,
         ("unknown", "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"): 1,  # kept by the regex, mapped by nothing
-        **{("unknown", f"DCGM_FI_DEV_{name}"): 2 for name in ("PCIE_REPLAY_COUNTER", "ENC_UTIL", "DEC_UTIL", "FB_FREE")}})
+        **{("unknown", f"DCGM_FI_DEV_{name}"): 2
+           for name in ("PCIE_REPLAY_COUNTER", "ENC_UTIL", "DEC_UTIL", "FB_FREE")}})
     assert all(d["topic"] == "source:prom-dcgm" and d["error"] for d in dead)
     points = topic(kafka_settings, read_topic, "telemetry.raw", "TelemetryPoint")
     # every good sample of the scrape arrived: 2 GPUs x the mapped gauges (the energy counter needs a second scrape)
