@@ -138,6 +138,10 @@ class PrometheusScrape:
     def __init__(self, config: SourceConfig, site: Site, client: httpx.Client | None = None):
         urls = config.option("urls") or [config.option("url", required=True)]
         self.targets = [(str(url), urlsplit(str(url)).netloc) for url in urls]
+        for url, target in self.targets:
+            if not any(key == target or key.startswith(target + "/") for key in config.devices):
+                raise config.error(f"devices: nothing maps target {target!r} ({url}) to a site device "
+                                   f"(add {target!r}, or '{target}/gpu<N>' per GPU of a DCGM exporter)")
         self.norm = normalizer(config, site)
         self.reader = ExpositionReader()
         self.client = client or httpx.Client(timeout=config.timeout_s,

@@ -168,3 +168,12 @@ def test_a_remote_write_endpoint_off_loopback_without_a_token_is_refused(monkeyp
                                                        "options": {"listen": "0.0.0.0:0"}}]}, "t.yaml")[0]
     with pytest.raises(ValueError, match="no remote-write token"):
         RemoteWriteReceiver(cfg, SITE)
+
+
+def test_a_scrape_target_no_device_maps_is_refused_at_start_with_the_target_named():
+    from opsloop.connectors.sources.prometheus import PrometheusScrape
+
+    cfg = config("prometheus", {"10.0.0.1:9100": "rack-a01-n1"}, urls=["http://10.0.0.1:9100/metrics",
+                                                                       "http://10.0.0.2:9400/metrics"])
+    with pytest.raises(ValueError, match=r"nothing maps target '10.0.0.2:9400'"):
+        PrometheusScrape(cfg, SITE)
