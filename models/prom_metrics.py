@@ -227,7 +227,7 @@ class Normalizer:
         return None
 
     def selected(self, name: str, labels: Mapping[str, str]) -> bool:
-        if not all(rule.admits(name, labels) for rule in self.relabel):
+        if self.relabel and not all(rule.admits(name, labels) for rule in self.relabel):
             return False
         return self.keep.fullmatch(name) is not None if self.keep else self.mapped_name(name) is not None
 
@@ -292,7 +292,8 @@ class Normalizer:
             groups.setdefault((device, spec.metric, ts), (spec, []))[1].append(value * spec.scale)
         for (device, _, ts), (spec, values) in groups.items():
             out.points.append(telemetry_point(ts, self.site, device, self._type(device, spec), spec.metric,
-                                              _combine(spec.combine, values), spec.unit, self.source))
+                                              values[0] if len(values) == 1 else _combine(spec.combine, values),
+                                              spec.unit, self.source))
         return out
 
     def _type(self, device: str, spec: MetricMap) -> str:
