@@ -144,6 +144,7 @@ class PrometheusScrape:
                                    f"(add {target!r}, or '{target}/gpu<N>' per GPU of a DCGM exporter)")
         self.norm = normalizer(config, site)
         self.reader = ExpositionReader()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # else one INFO line per scrape, forever
         self.client = client or httpx.Client(timeout=config.timeout_s,
                                              headers={"Accept": "text/plain;version=0.0.4"})
 
