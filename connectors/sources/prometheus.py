@@ -81,7 +81,10 @@ def _samples(families) -> Iterator[Sample]:
 
 def _split(line: str) -> tuple[str, list[str]]:
     """A sample line's series text (name and labels, as written) and what follows it (value, timestamp)."""
-    end = line.rfind("}") + 1 or (line.find(" ") if " " in line else len(line))
+    end = line.rfind("}") + 1
+    if not end:
+        head, *tail = line.split()
+        return head, tail
     return line[:end], line[end:].split()
 
 

@@ -177,3 +177,17 @@ def test_a_scrape_target_no_device_maps_is_refused_at_start_with_the_target_name
                                                                        "http://10.0.0.2:9400/metrics"])
     with pytest.raises(ValueError, match=r"nothing maps target '10.0.0.2:9400'"):
         PrometheusScrape(cfg, SITE)
+
+
+def test_a_reader_reads_known_series_from_their_values_alone_and_still_rejects_a_bad_value():
+    from opsloop.connectors.sources.prometheus import ExpositionReader
+
+    reader = ExpositionReader()
+    first, _ = reader.read('up\t1\nvllm:x{a="b} c",d="e"} 2 1700000000000\n')
+    again, bad = reader.read('up\t0\nvllm:x{a="b} c",d="e"} 3\nvllm:x{a="b} c",d="e"} zero\n')
+    assert [(s.name, s.labels, s.value, s.ts_ms) for s in first] == [
+        ("up", {}, 1.0, None), ("vllm:x", {"a": "b} c", "d": "e"}, 2.0, 1_700_000_000_000)]
+    assert [(s.name, s.labels, s.value, s.ts_ms) for s in again] == [
+        ("up", {}, 0.0, None), ("vllm:x", {"a": "b} c", "d": "e"}, 3.0, None)]
+    assert [(b.kind, b.raw) for b in bad] == [("decode", b'vllm:x{a="b} c",d="e"} zero')]
+    assert set(reader.series) == {"up", 'vllm:x{a="b} c",d="e"}'}
