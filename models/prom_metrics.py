@@ -154,7 +154,8 @@ class CounterRates:
     """Per-series counter to per-second rate; a counter that went down was reset (the process
     restarted): its new value is what it counted since, as Prometheus' rate() reads it."""
 
-    def __init__(self):
+    def __init__(self, max_series: int = 1_000_000):
+        self.max_series = max_series
         self.last: dict[tuple, tuple[int, float]] = {}
         self.resets = 0
 
@@ -162,6 +163,8 @@ class CounterRates:
         before = self.last.get(series)
         if before is not None and ts_ms <= before[0]:
             return None  # the same sample again (an unchanged timestamp): no new interval
+        if before is None and len(self.last) >= self.max_series:
+            self.last.clear()  # series churn: every counter restarts its rate rather than memory growing
         self.last[series] = (ts_ms, value)
         if before is None:
             return None
@@ -209,7 +212,8 @@ class Normalizer:
         self.devices = devices
         self.site = site
         self.source = source
-        self.keep = re.compile(keep) if keep else None
+        self.keep = keep
+        self._keep = re.compile(keep) if keep else None
         self.relabel = tuple(relabel)
         self.device_types = dict(device_types or {})
         self.rates = CounterRates()
@@ -229,7 +233,7 @@ class Normalizer:
     def selected(self, name: str, labels: Mapping[str, str]) -> bool:
         if self.relabel and not all(rule.admits(name, labels) for rule in self.relabel):
             return False
-        return self.keep.fullmatch(name) is not None if self.keep else self.mapped_name(name) is not None
+        return self._keep.fullmatch(name) is not None if self._keep else self.mapped_name(name) is not None
 
     def _external(self, template: str, labels: Mapping[str, str], target: str) -> str:
         """The source-side device name; ``target`` (the scrape target) or else the series' ``instance``."""
