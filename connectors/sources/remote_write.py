@@ -8,7 +8,8 @@ receiver does not read: protobuf skips them). Samples go through the relabel rul
 metric mapping of the ``prometheus`` kind (models/prom_metrics.py); the device of a series is its
 ``instance`` label (``{instance}``, or a mapping's own template), looked up in ``devices``.
 
-Answers, each counted in ``stats``: 204 taken; 401 wrong or missing bearer token; 413 a body
+Answers, each counted in ``stats``: 204 taken; 401 wrong or missing bearer token; 415 a
+remote-write 2.0 body (the sender falls back to 1.0); 413 a body
 over ``max_body_bytes`` (not read); 400 a body that is not snappy or not a WriteRequest (also a
 ``decode`` dead letter with its first bytes); 503 the buffer was full (Prometheus retries it);
 404 another path. Options: ``listen`` (host:port), ``path``, ``token_file`` (a file holding the
@@ -116,7 +117,7 @@ class Token:
 
     def admits(self, header: str | None) -> bool:
         if not self.value:
-            return True  # no token configured: loopback demos only (the example config sets one)
+            return True  # no token configured: allowed on a loopback address only (checked at start)
         given = (header or "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(given.encode(), self.value.encode())
 
@@ -161,10 +162,13 @@ class RemoteWriteReceiver:
         finally:
             self.server.server_close()
 
-    def handle(self, auth: str | None, length: int | None, read, now_ms: int) -> tuple[int, str]:
+    def handle(self, auth: str | None, length: int | None, read, now_ms: int,
+               content_type: str = "application/x-protobuf") -> tuple[int, str]:
         """One POST: the HTTP status and a short reason."""
         if not self.token.admits(auth):
             return self._count(401, "unauthorized", "wrong or missing bearer token")
+        if "io.prometheus.write.v2" in content_type:  # the spec's answer, so the sender falls back to 1.0
+            return self._count(415, "unsupported", "remote-write 2.0 is not read here; send 1.0 (WriteRequest)")
         if length is None:
             return self._count(411, "no_length", "Content-Length required")
         if length > self.max_body:
@@ -178,18 +182,20 @@ class RemoteWriteReceiver:
         with self.lock:
             samples, skipped = samples_of(request, self.norm)
             out = self.norm.normalize(samples, now_ms, selected=True)
-        self.stats["samples"] += len(samples)
-        self.stats["skipped"] += skipped
+            self.stats["samples"] += len(samples)
+            self.stats["skipped"] += skipped
         if not self._deliver(readings(out)):
             return self._count(503, "busy", "buffer full: retry later")
-        self.stats["accepted"] += 1
+        with self.lock:
+            self.stats["accepted"] += 1
         return 204, ""
 
     def _deliver(self, what: Readings) -> bool:
         return self.deliver(what) if self.deliver else False
 
     def _count(self, status: int, counter: str, reason: str) -> tuple[int, str]:
-        self.stats[counter] += 1
+        with self.lock:
+            self.stats[counter] += 1
         log.warning("remote-write: %d %s", status, reason)
         return status, reason
 
@@ -205,8 +211,8 @@ class RemoteWriteReceiver:
                 length = self.headers.get("Content-Length", "")
                 status, reason = receiver.handle(
                     self.headers.get("Authorization"), int(length) if length.isdigit() else None, self.rfile.read,
-                    int(receiver.clock() * 1000))
-                if status in (401, 411, 413):
+                    int(receiver.clock() * 1000), self.headers.get("Content-Type", ""))
+                if status in (401, 411, 413, 415):
                     self.close_connection = True  # the body was not read
                 self._answer(status, reason)
 

@@ -142,6 +142,8 @@ def test_remote_write_maps_relabels_and_answers_each_bad_request_with_its_status
     assert [(r.kind, r.raw) for r in delivered[-1].rejects] == [("decode", b"definitely not snappy")]
     status, reason = post(receiver, bytes(cramjam.snappy.compress_raw(b"\xff\xff\xff")))
     assert status == 400 and "not a remote-write WriteRequest" in reason
+    assert receiver.handle("Bearer s3cret", len(body), io.BytesIO(body).read, 0,
+                           "application/x-protobuf;proto=io.prometheus.write.v2.Request")[0] == 415
     receiver.deliver = lambda r: False  # the buffer is full
     assert post(receiver, body)[0] == 503
     assert {k: receiver.stats[k] for k in ("accepted", "unauthorized", "too_large", "bad_body", "busy")} == {
