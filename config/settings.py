@@ -84,6 +84,7 @@ class Settings:
     # Secrets, never shown (repr=False) nor logged; parsed by models.signing.Keyring:
     verdict_key: str = field(default="", repr=False)  # kid:secret[,...]: the guard signs verdicts, the sinks verify
     feedback_key: str = field(default="", repr=False)  # kid:secret[,...]: the NOC signs Feedback, the guard verifies
+    remote_write_token: str = field(default="", repr=False)  # bearer token a Prometheus remote_write must send
     # Kafka client security (every client: agents, sources, sinks, NOC, CLI, the Faust narrator).
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT (local demo only) | SASL_SSL | SSL | SASL_PLAINTEXT
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"

@@ -218,6 +218,10 @@ def cmd_bench(settings: Settings, args) -> int:
         from opsloop.ops.bench import peaks as bench_peaks
 
         print("\n".join(bench_peaks.run(settings)))
+    if args.suite in ("all", "sources"):
+        from opsloop.ops.bench.sources import run_sources_bench
+
+        run_sources_bench(settings)
     return 0
 
 
@@ -326,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources"], default="all")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)

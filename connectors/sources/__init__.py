@@ -25,3 +25,5 @@ KINDS: dict[str, SourceKind] = {}
 KINDS["sunspec"] = SourceKind("sunspec", "SunSpec meters (201-204), inverter (103), storage (124) and battery (802) over Modbus TCP, by model discovery")
 KINDS["snmp"] = SourceKind("snmp", "SNMP v2c/v3 agents (PDU phase and outlet load, breakers, alarms) by configured table columns")
 KINDS["snmp-trap"] = SourceKind("snmp_trap", "SNMP v2c/v3 notifications (a PDU breaker trip, an overload) received as Alarms")
+KINDS["prometheus"] = SourceKind("prometheus", "scrape /metrics endpoints (node-exporter, vLLM, NVIDIA DCGM exporter)")
+KINDS["remote-write"] = SourceKind("remote_write", "a Prometheus server's remote_write (snappy protobuf, bearer token)")

@@ -22,6 +22,7 @@ from opsloop.config.settings import Settings
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
 GPU_SERVICES = {"vllm", "narrate"}
+SOURCE_SERVICES = {"sources"}  # live sources: started with --profile sources, once their config names the site's systems
 
 
 def _cache_dir() -> Path:
@@ -96,11 +97,24 @@ def test_gpu_services_only_in_gpu_profile(compose):
     services = compose["services"]
     for name in GPU_SERVICES:
         assert services[name].get("profiles") == ["gpu"], name
+    for name in SOURCE_SERVICES:
+        assert services[name].get("profiles") == ["sources"], name
     # Everything else must start with a plain `docker compose up`.
-    for name in set(services) - GPU_SERVICES:
+    for name in set(services) - GPU_SERVICES - SOURCE_SERVICES:
         assert not services[name].get("profiles"), name
     devices = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+@pytest.mark.unit
+def test_each_sources_service_runs_a_registered_kind_on_an_example_config_that_loads(compose):
+    from opsloop.config.sources import load_sources
+    from opsloop.connectors.sources import KINDS
+
+    for name in SOURCE_SERVICES:
+        command = compose["services"][name]["command"]
+        assert command[0] == "source" and command[1] in KINDS and command[2] == "--config", name
+        assert [c.kind for c in load_sources(REPO_ROOT / command[3])].count(command[1]) >= 1, name
 
 
 @pytest.mark.unit
@@ -190,4 +204,5 @@ def test_secure_override_runs_every_opsloop_service_as_its_own_principal_with_se
             assert command[2].split(",") == [user], name
         users.setdefault(user, []).append(name)
     assert users["noc"] == ["views"] and sorted(users["admin"]) == ["acls", "topics"]
-    assert all(len(services) == 1 for user, services in users.items() if user != ADMIN), users
+    assert sorted(users["source"]) == ["pcs-sim", "sources"]  # "source" is every producer of raw data
+    assert all(len(services) == 1 for user, services in users.items() if user not in (ADMIN, "source")), users
