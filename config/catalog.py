@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from opsloop.config import strict_yaml
+
 from opsloop.config.assets import TOPICS_FILE
 from opsloop.schemas.codec import record_names
 
@@ -60,7 +62,7 @@ class TopicSpec:
 
 def load_catalog(path: Path = DEFAULT_CATALOG) -> dict[str, TopicSpec]:
     """Topic specs by catalog name; raises CatalogError naming the bad entry."""
-    doc = yaml.safe_load(Path(path).read_text())
+    doc = strict_yaml.load(Path(path).read_text())
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("topics"), dict):
         raise CatalogError(f"{path}: expected `version: 1` and a `topics:` mapping")
     defaults = doc.get("defaults") or {}

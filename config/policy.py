@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from opsloop.config import strict_yaml
+
 SCHEMA_VERSION = 2  # the newest policy version (the shipped file)
 READABLE_VERSIONS = (1, 2)
 MODES = ("advise", "approve", "auto")
@@ -247,7 +249,7 @@ def load_policy(path: Path | str) -> Policy:
     """Read and validate a policy file; raises ``PolicyError`` naming the file and every problem."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = strict_yaml.load(path.read_text())
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except yaml.YAMLError as exc:

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from opsloop.config import strict_yaml
+
 from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
@@ -144,7 +146,7 @@ class Site:
 def load_site(path: Path | str) -> Site:
     """Read and validate one site file."""
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        doc = strict_yaml.load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise SiteError(f"{path}: cannot read: {exc}") from exc
     return parse_site(doc, str(path))

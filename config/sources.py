@@ -28,6 +28,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from opsloop.config import strict_yaml
+
 
 class SourceConfigError(ValueError):
     """A source config that cannot run, with the file and block named."""
@@ -113,7 +115,7 @@ def parse_sources(doc: Mapping, source: str = "<config>") -> tuple[SourceConfig,
 def load_sources(path: Path | str) -> tuple[SourceConfig, ...]:
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = strict_yaml.load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SourceConfigError(f"{path}: {exc}") from exc
     return parse_sources(doc, str(path))

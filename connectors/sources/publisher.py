@@ -1,7 +1,9 @@
 """Hands a source's readings to Kafka, bounded: points to ``telemetry.raw``, alarms to ``alarms.raw``,
 bad readings to ``deadletter`` and the source's health to ``sources.health``.
 
-The buffer is the producer's own queue, bounded to ``buffer_max`` messages: a broker outage
+The buffer is the producer's own queue: at most ``buffer_max`` points are in flight (handed
+over, not yet acknowledged), and the queue keeps ``HEADROOM`` messages more for alarms, dead
+letters and health, so a full buffer never holds up the alarm that reports it. A broker outage
 fills it and nothing is lost while it has room (the producer retries until its
 ``message.timeout.ms``). When it is full, ``publish`` waits up to ``block_s`` for room
 (back-pressure: the poll loop slows down, a receiver answers "busy"), then drops what is left
@@ -28,6 +30,8 @@ from opsloop.schemas.codec import Codec
 
 log = logging.getLogger("opsloop.source")
 
+HEADROOM = 10_000  # queue places kept for alarms, dead letters and health records
+
 
 class Publisher:
     def __init__(self, settings: Settings, config: SourceConfig, health: SourceHealth,
@@ -38,17 +42,19 @@ class Publisher:
         self.clock = clock
         self.codec = Codec.default()
         self.catalog = cached_catalog(settings.topics_file)
-        self.prod = prod or producer(settings, **{"queue.buffering.max.messages": config.buffer_max,
+        self.prod = prod or producer(settings, **{"queue.buffering.max.messages": config.buffer_max + HEADROOM,
                                                   "queue.buffering.max.kbytes": 2_097_151})
         self.dead = DeadLetters(settings, self.prod, f"source.{config.name}", self.codec)
         self.undelivered = 0  # points the producer gave up on, not yet alarmed
         self.delivered = 0
+        self.in_flight = 0  # points handed to the producer, not yet acknowledged or given up
 
     def _encode(self, topic: str, record: dict) -> tuple[str, bytes | None, bytes]:
         spec = self.catalog[topic]
         return self.settings.topic(topic), spec.key_of(record), self.codec.encode(spec.record, record)
 
     def _point_delivered(self, err: KafkaError | None, _msg) -> None:
+        self.in_flight -= 1
         if err is None:
             self.delivered += 1
         else:
@@ -64,15 +70,18 @@ class Publisher:
         for i, record in enumerate(points):
             topic, key, value = self._encode("telemetry.raw", record)
             while True:
-                try:
-                    self.prod.produce(topic, key=key, value=value, on_delivery=self._point_delivered)
-                    break
-                except BufferError:
-                    if time.monotonic() >= deadline:
-                        self.lost(len(points) - i, f"buffer full ({self.config.buffer_max} points) for "
-                                                   f"{self.config.block_s:.0f} s: is the broker reachable?")
-                        return False
-                    self.prod.poll(0.05)
+                if self.in_flight < self.config.buffer_max:
+                    try:
+                        self.prod.produce(topic, key=key, value=value, on_delivery=self._point_delivered)
+                        self.in_flight += 1
+                        break
+                    except BufferError:  # the queue's byte bound: the same as full
+                        pass
+                if time.monotonic() >= deadline:
+                    self.lost(len(points) - i, f"buffer full ({self.config.buffer_max} points) for "
+                                               f"{self.config.block_s:.0f} s: is the broker reachable?")
+                    return False
+                self.prod.poll(0.05)
         self.prod.poll(0)
         self._alarm_undelivered()
         return True
