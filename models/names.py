@@ -58,3 +58,16 @@ class SiteNames:
         if devices is not None and device not in devices:
             return f"device {device!r} is not declared by site {site} ({self.sites[site].source})"
         return None
+
+
+def device_types(site: Site) -> dict[str, str]:
+    """Device id -> device type for every device the site declares with a type (live sources label
+    their points with it): topology first, then the blocks that name a type of their own."""
+    types: dict[str, str] = dict(Topology.from_site(site).types) if site.topology is not None else {}
+    types.update({p.id: "pdu" for p in site.pdus})
+    types.update({p.id: "gpu_node" for p in site.gpu_pods})
+    types.update({e.id: "ess" for e in site.ess})
+    if site.replay is not None:
+        types.update({s.device: s.device_type for s in site.replay.streams})
+    types.update({d.id: d.type for d in site.devices})
+    return types

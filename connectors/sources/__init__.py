@@ -22,3 +22,4 @@ class SourceKind:
 
 
 KINDS: dict[str, SourceKind] = {}
+KINDS["slurm-queue"] = SourceKind("slurm_queue", "Slurm queue: jobs and reservations with GPUs and est. kW (squeue, scontrol)")
