@@ -23,3 +23,4 @@ class SourceKind:
 
 KINDS: dict[str, SourceKind] = {}
 KINDS["slurm-queue"] = SourceKind("slurm_queue", "Slurm queue: jobs and reservations with GPUs and est. kW (squeue, scontrol)")
+KINDS["hwmon"] = SourceKind("hwmon", "Linux power sensors: hwmon power/energy and powercap/RAPL energy counters as kW (sysfs)")
