@@ -24,3 +24,4 @@ class SourceKind:
 KINDS: dict[str, SourceKind] = {}
 KINDS["slurm-queue"] = SourceKind("slurm_queue", "Slurm queue: jobs and reservations with GPUs and est. kW (squeue, scontrol)")
 KINDS["hwmon"] = SourceKind("hwmon", "Linux power sensors: hwmon power/energy and powercap/RAPL energy counters as kW (sysfs)")
+KINDS["logs"] = SourceKind("logs", "kernel and service logs (journald or a followed file): NVIDIA Xid, Slurm daemon errors, UPS events as Alarms")
