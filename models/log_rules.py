@@ -1,4 +1,4 @@
-"""Kernel and service log lines as Alarms, by rules that are data (config/log_rules.yaml).
+"""Kernel and service log lines as Alarms, by rules that are data (the shipped set: config/log_rules).
 
 Pure: a line arrives as text (a syslog file line) or as a parsed journald entry; ``LogLine``
 holds its time, host, program and message. ``LogRules`` finds the first rule that matches and
@@ -111,7 +111,7 @@ def parse_journal(entry: Any) -> LogLine:
 
 
 def parse_rules(doc: Any, source: str = "<rules>") -> tuple[LogRule, ...]:
-    """Rules from a parsed YAML document (``{rules: [...]}``) or a list of rule mappings."""
+    """Rules from a parsed rules document (``{rules: [...]}``) or a list of rule mappings."""
     entries = doc.get("rules") if isinstance(doc, Mapping) else doc
     if not isinstance(entries, list):
         raise LogRuleError(f"{source}: expected a 'rules' list")

@@ -10,7 +10,7 @@ Reads journald with ``journalctl -o json -f`` where a journal is present, else f
 - ``state_file``: where the position is kept (file: inode and offset; journald: its cursor file),
   so a restart goes on where it stopped; without it reading starts at the end;
 - ``journal_args``: extra journalctl arguments (``[-k]``, ``[-u, slurmd]``);
-- ``rules``: a rules file replacing config/log_rules.yaml; ``extra_rules``: rules tried first.
+- ``rules``: a rules file replacing the shipped set (``LOG_RULES_FILE``); ``extra_rules``: rules tried first.
 
 A file that is rotated (a new file at the path) is read to its end first, then the new one from its
 start; a truncated file is read again from its start. Malformed journal JSON and matched lines
@@ -30,11 +30,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from opsloop.config.assets import LOG_RULES_FILE
 from opsloop.config.site import Site
-from opsloop.config.sources import SourceConfig
+from opsloop.config.sources import SourceConfig, SourceConfigError, load_rules_doc
 from opsloop.connectors.sources.base import Deliver, Readings, Reject
 from opsloop.models.log_rules import LogAlarms, LogLine, LogRuleError, parse_journal, parse_rules, parse_syslog
 
@@ -131,10 +129,10 @@ def journal_present() -> bool:
 def load_rules(config: SourceConfig):
     try:
         path = Path(config.option("rules") or LOG_RULES_FILE)
-        rules = parse_rules(yaml.safe_load(path.read_text()), str(path))
+        rules = parse_rules(load_rules_doc(path), str(path))
         extra = config.option("extra_rules")
         return (parse_rules(extra, f"{config.source}: options.extra_rules") if extra else ()) + rules
-    except (OSError, yaml.YAMLError, LogRuleError) as exc:
+    except (SourceConfigError, LogRuleError) as exc:
         raise config.error(str(exc)) from exc
 
 
