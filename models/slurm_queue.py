@@ -2,11 +2,12 @@
 
 Pure: takes the text ``squeue`` and ``scontrol show reservation -o`` print (times in UTC, the
 connector runs them with ``TZ=UTC``) and the partition map built from the site, and returns one
-``SlurmQueue`` record per entry plus per-partition totals as TelemetryPoints on the partition's
+``SlurmQueue`` record per entry, closed by one ``snapshot`` entry (so an empty queue is seen too),
+plus per-partition totals as TelemetryPoints on the partition's
 device. A pending job's ``StartTime`` is the scheduler's expected start (what ``squeue --start``
 shows); a running job's is when it started.
 
->>> jobs, bad = parse_squeue("7|batch|PENDING|100|gres:gpu:2|N/A|2|2026-01-01T00:00:00|"
+>>> jobs, bad = parse_squeue("7|batch|PENDING|100|gres:gpu:2|N/A|2|N/A|2|2026-01-01T00:00:00|"
 ...                          "2026-01-01T01:00:00|2026-01-01T02:00:00|Resources|(null)|ann|train")
 >>> j = jobs[0]
 >>> j.job_id, j.gpus, j.nodes, j.priority, j.expected_start_ms, j.reason, j.reservation, bad
@@ -28,7 +29,7 @@ from opsloop.models.records import telemetry_point
 
 #: squeue -O fields, in order; the name last, since it may contain the separator.
 SQUEUE_FIELDS = ("JobID", "Partition", "State", "PriorityLong", "tres-per-node", "tres-per-job", "NumNodes",
-                 "SubmitTime", "StartTime", "EndTime", "Reason", "Reservation", "UserName", "Name")
+                 "tres-per-task", "NumTasks", "SubmitTime", "StartTime", "EndTime", "Reason", "Reservation", "UserName", "Name")
 RUNNING = frozenset({"RUNNING", "COMPLETING", "CONFIGURING"})  # drawing power now (or within seconds)
 PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})
 HORIZON_MS = 3_600_000  # slurm_starting_1h_kw: pending jobs expected to start within the hour
@@ -126,15 +127,16 @@ def parse_squeue(text: str) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
         if len(parts) < len(SQUEUE_FIELDS) - 1:
             bad.append((line, f"{len(parts)} fields, expected {len(SQUEUE_FIELDS)}"))
             continue
-        (job_id, partition, state, priority, per_node, per_job, nodes, submit, start, end, reason, resv,
-         user) = (p.strip() for p in parts[:13])
+        (job_id, partition, state, priority, per_node, per_job, nodes, per_task, tasks, submit, start, end, reason,
+         resv, user) = (p.strip() for p in parts[:15])
         try:
             node_count = int(nodes) if nodes.isdigit() else 1
-            gpus = gpu_count(per_job) or gpu_count(per_node) * node_count
+            gpus = (gpu_count(per_job) or gpu_count(per_node) * node_count
+                    or gpu_count(per_task) * (int(tasks) if tasks.isdigit() else 1))
             jobs.append(QueuedJob(job_id, partition, state.split()[0] if state else state,
                                   int(priority) if priority.isdigit() else None, gpus, node_count, utc_ms(submit),
                                   utc_ms(start), utc_ms(end), _text(reason), _text(resv), _text(user),
-                                  _text(parts[13]) if len(parts) > 13 else None))
+                                  _text(parts[15]) if len(parts) > 15 else None))
         except ValueError as exc:
             bad.append((line, f"unreadable field: {exc}"))
     return jobs, bad
@@ -198,7 +200,12 @@ def snapshot(now_ms: int, site: str, source: str, jobs: Iterable[QueuedJob], res
                         "name": resv.name, "user": resv.users, "gpus": resv.gpus, "nodes": resv.nodes,
                         "est_kw": kw, "priority": None, "submit_ms": None, "start_ms": resv.start_ms,
                         "expected_start_ms": None, "end_ms": resv.end_ms, "reservation": resv.name})
-    snap.records = [{"ts_ms": now_ms, "site": site, "source": source, "snapshot_size": len(entries), **e}
+    demand = [e for e in entries if e["entry"] == "job" and (e["state"] in RUNNING or e["state"] in PENDING)]
+    entries.append({"entry": "snapshot", "id": source, "partition": None, "device": None, "state": "COMPLETE",
+                    "reason": None, "name": None, "user": None, "gpus": sum(e["gpus"] for e in demand), "nodes": 0,
+                    "est_kw": sum(e["est_kw"] for e in demand), "priority": None, "submit_ms": None,
+                    "start_ms": None, "expected_start_ms": None, "end_ms": None, "reservation": None})
+    snap.records = [{"ts_ms": now_ms, "site": site, "source": source, "snapshot_size": len(entries) - 1, **e}
                     for e in entries]
     for device, values in totals.items():
         snap.points += [telemetry_point(now_ms, site, device, kinds[device], metric, value, TOTALS[metric], "slurm")

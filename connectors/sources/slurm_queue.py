@@ -48,7 +48,7 @@ class SlurmQueue:
         return done.stdout
 
     def poll(self, now_ms: int) -> Readings:
-        jobs, bad = parse_squeue(self._run("squeue", "-h", "-O", SQUEUE_FORMAT))
+        jobs, bad = parse_squeue(self._run("squeue", "-h", "-r", "-O", SQUEUE_FORMAT))  # -r: each array task
         reservations = parse_reservations(self._run("scontrol", "show", "reservation", "-o")) \
             if self.reservations else []
         snap = snapshot(now_ms, self.config.site, self.config.name, jobs, reservations, self.partitions,

@@ -48,11 +48,12 @@ def _wait(what, timeout_s: float = 60.0):
 def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_settings, slurm, read_topic):
     site = _site()
     running = _submit(slurm, "batch", "--gres=gpu:8", "-J", "fills-the-node")
-    waiting, held = None, None
+    waiting, held, array = None, None, None
     try:
         _wait(lambda: _squeue(slurm, running, "%T") == "RUNNING")
         waiting = _submit(slurm, "train-a", "--gres=gpu:4", "-J", "waits")
         held = _submit(slurm, "inference", "--gpus=2", "--hold", "-J", "held")
+        array = _submit(slurm, "train-b", "--gres=gpu:1", "--array=0-2", "--hold", "-J", "sweep")
 
         def expected_start_known():
             """the scheduler's expected start of the waiting job"""
@@ -74,12 +75,14 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
     finally:
         if "opsloop-maint" in slurm.scontrol("show", "reservation"):
             slurm.scontrol("delete", "ReservationName=opsloop-maint")
-        slurm.run("scancel", *[j for j in (running, waiting, held) if j])
+        slurm.run("scancel", *[j for j in (running, waiting, held, array) if j])
 
     codec = Codec.default()
     queue = [codec.decode_as("SlurmQueue", m.value()) for m in read_topic(kafka_settings, "slurm.queue")]
     by_id = {q["id"]: q for q in queue}
-    assert {q["snapshot_size"] for q in queue} == {4} and {q["ts_ms"] for q in queue} == {now_ms}
+    assert {q["snapshot_size"] for q in queue} == {7} and {q["ts_ms"] for q in queue} == {now_ms}
+    assert [(q["entry"], q["gpus"], q["est_kw"]) for q in queue[-1:]] == [("snapshot", 17, pytest.approx(13.5))]
+    assert [(q["gpus"], q["device"]) for q in queue if q["name"] == "sweep"] == [(1, "gpu-pod-2")] * 3  # squeue -r
     job = by_id[running]
     assert (job["state"], job["partition"], job["device"], job["gpus"], job["est_kw"]) == \
         ("RUNNING", "batch", "gpu-pod-3", 8, pytest.approx(5.6))
@@ -105,7 +108,8 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
         pytest.approx(4.4)
     assert totals[("gpu-pod-1", "slurm_starting_1h_kw")] == pytest.approx(4.4)  # starts within 5 minutes
     assert totals[("gpu-pod-4", "slurm_pending_gpus")] == 2 and totals[("gpu-pod-4", "slurm_starting_1h_kw")] == 0
-    assert totals[("gpu-pod-2", "slurm_running_jobs")] == 0 and totals[("gpu-pod-2", "slurm_pending_jobs")] == 0
+    assert totals[("gpu-pod-2", "slurm_running_jobs")] == 0 and totals[("gpu-pod-2", "slurm_pending_jobs")] == 3
+    assert totals[("gpu-pod-2", "slurm_pending_kw")] == pytest.approx(2.1)
     assert {p["unit"] for p in points if p["metric"].endswith("_kw")} == {"kW"}
 
 
