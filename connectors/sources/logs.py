@@ -7,7 +7,7 @@ Reads journald with ``journalctl -o json -f`` where a journal is present, else f
   files, else the file), ``journald`` or ``file``;
 - ``path``: the file to follow (kern.log, syslog, a daemon's own log); ``program``/``host``: the
   program and host of its lines when they carry no syslog header (default host: this machine);
-- ``state_file``: where the position is kept (file: inode and offset; journald: its cursor file),
+- ``state_file``: where the position is kept (file: inode and offset; journald: the last entry's cursor),
   so a restart goes on where it stopped; without it reading starts at the end;
 - ``journal_args``: extra journalctl arguments (``[-k]``, ``[-u, slurmd]``);
 - ``rules``: a rules file replacing the shipped set (``LOG_RULES_FILE``); ``extra_rules``: rules tried first.
@@ -211,10 +211,11 @@ class Logs:
 
     def _serve_journal(self, deliver: Deliver, stop: threading.Event) -> None:
         argv = ["journalctl", "-o", "json", "-f", "--no-pager", *map(str, self.config.option("journal_args", []))]
-        argv += ["--cursor-file", str(self.state_path)] if self.state_path else ["-n", "0"]
         failures = 0
         while not stop.is_set():
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cursor = self._saved_cursor()  # kept by us: journalctl 252 writes --cursor-file only on a clean exit
+            at = [f"--after-cursor={cursor}"] if cursor else ["--lines=0"]  # first run: from now on
+            proc = subprocess.Popen(argv + at, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 self._pump(proc, deliver, stop)
             finally:
@@ -226,6 +227,26 @@ class Logs:
                 log.warning("%s: journalctl ended (rc %s: %s); again in %.0f s", self.config.name, proc.returncode,
                             proc.stderr.read().decode(errors="replace").strip()[-300:], wait)
                 stop.wait(wait)
+
+    def _saved_cursor(self) -> str | None:
+        if self.state_path is None or not self.state_path.exists():
+            return None
+        return self.state_path.read_text().strip() or None
+
+    def _save_cursor(self, lines: list[bytes]) -> None:
+        """The last entry's ``__CURSOR``, once its batch is delivered."""
+        if self.state_path is None:
+            return
+        for raw in reversed(lines):
+            try:
+                cursor = json.loads(raw).get("__CURSOR")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(cursor, str):
+                tmp = self.state_path.with_suffix(".tmp")
+                tmp.write_text(cursor)
+                os.replace(tmp, self.state_path)
+                return
 
     def _pump(self, proc: subprocess.Popen, deliver: Deliver, stop: threading.Event) -> None:
         selector = selectors.DefaultSelector()
@@ -241,6 +262,7 @@ class Logs:
                 *lines, partial = (partial + data).split(b"\n")
                 if lines:
                     deliver(self.readings(lines, journal=True))
+                    self._save_cursor(lines)
         finally:
             selector.close()
 

@@ -1,19 +1,22 @@
 """The logs source on the real broker: a real file appended to, rotated and truncated while followed, a
-restart that goes on from the saved position, and journald where this machine has a journal."""
+restart that goes on from the saved position, and a real journald (its own namespace) followed by journalctl."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from opsloop.config.site import parse_site
 from opsloop.config.sources import parse_sources
 from opsloop.connectors.sources import KINDS
-from opsloop.connectors.sources.logs import journal_present
 from opsloop.connectors.sources.loop import SourceRun
 from opsloop.schemas.codec import Codec
 
@@ -114,15 +117,70 @@ def test_malformed_journal_json_is_a_dead_letter(kafka_settings, tmp_path):
     assert [r.kind for r in out.rejects] == ["decode", "decode"] and source.stats()["malformed"] == 2
 
 
-@pytest.mark.skipif(not journal_present(), reason="no journald journal on this machine (no /run/log/journal or "
-                                                  "/var/log/journal files): journalctl has nothing to follow")
-def test_journald_is_followed(kafka_settings, tmp_path):
-    import subprocess
+JOURNALD = Path("/lib/systemd/systemd-journald")
 
-    source = Following(kafka_settings, {"reader": "journald", "state_file": str(tmp_path / "cursor")}, {"*": "node-1"})
+
+@pytest.fixture
+def journald():
+    """A real systemd-journald in its own namespace (its own sockets and journal files: the host's logging is
+    untouched), as ``systemd-journald@NAMESPACE.service`` runs it; yields the namespace."""
+    machine_id = Path("/etc/machine-id")
+    if not JOURNALD.exists() or not shutil.which("journalctl") or not shutil.which("logger") \
+            or not machine_id.exists():
+        pytest.skip("needs systemd-journald, journalctl, logger and /etc/machine-id (Debian's systemd, bsdutils)")
+    namespace = f"opsloop{os.getpid()}"
+    run_dir = Path(f"/run/systemd/journal.{namespace}")
+    stored = [Path(d) / f"{machine_id.read_text().strip()}.{namespace}" for d in ("/var/log/journal", "/run/log/journal")]
+    proc = subprocess.Popen([str(JOURNALD), namespace], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     try:
-        time.sleep(1.0)
-        subprocess.run(["logger", "-t", "slurmd", "error: opsloop test line"], check=True)
-        source.wait_for(alarms=1)
+        deadline = time.monotonic() + 10
+        while not (run_dir / "dev-log").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"systemd-journald would not start here: {proc.stderr.read().decode()[-300:]}")
+            time.sleep(0.05)
+        yield namespace
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for path in (run_dir, *stored):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _logger(namespace: str, tag: str, message: str) -> None:
+    subprocess.run(["logger", "-u", f"/run/systemd/journal.{namespace}/dev-log", "-t", tag, message], check=True)
+
+
+def test_journald_is_followed_and_a_restart_goes_on_from_its_cursor(kafka_settings, read_topic, journald, tmp_path):
+    options = {"reader": "journald", "journal_args": ["--namespace", journald], "state_file": str(tmp_path / "cursor")}
+    _logger(journald, "slurmd", "error: written before the first start: not read")
+    source = Following(kafka_settings, options, {"*": "node-1", "gpu-n1/PCI:0000:3b:00": "node-1-g2"})
+    try:
+        deadline = time.monotonic() + 20
+        while source.run.kind.lines == 0:  # until journalctl follows: it starts at the end of the journal
+            assert time.monotonic() < deadline, "journalctl never followed"
+            _logger(journald, "opsloop-test", "warming up")
+            time.sleep(0.3)
+        _logger(journald, "kernel", "NVRM: Xid (PCI:0000:3b:00): 48, pid=7, name=train, DBE (0x1)")
+        _logger(journald, "slurmd", "error: Unable to register: Unable to contact slurm controller")
+        _logger(journald, "sshd", "Accepted publickey for root")
+        source.wait_for(alarms=2)
     finally:
         source.close()
+    _logger(journald, "upsmon", "UPS ups-a@localhost on battery")  # while stopped: read after the restart
+    again = Following(kafka_settings, options, {"*": "node-1", "ups-a": "ups-a"})
+    try:
+        again.wait_for(alarms=1)
+        time.sleep(0.5)
+    finally:
+        again.close()
+    codec = Codec.default()
+    alarms = [codec.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw")]
+    assert [(a["code"], a["severity"], a["device"], a["attributes"].get("program")) for a in alarms] == [
+        ("XID_48", "critical", "node-1", "kernel"),  # logger's lines carry this host's name, not gpu-n1
+        ("SLURM_DAEMON_ERROR", "minor", "node-1", "slurmd"),
+        ("UPS_ON_BATTERY", "major", "ups-a", "upsmon")]
+    assert re.fullmatch(r"\S+ \S+ kernel\[\d+\]: NVRM: Xid \(PCI:0000:3b:00\): 48, pid=7, name=train, DBE \(0x1\)",
+                        alarms[0]["attributes"]["log_line"])
+    assert abs(alarms[0]["ts_ms"] - time.time() * 1000) < 120_000  # journald's own timestamp
+    assert source.run.kind.stats()["malformed"] == 0 and source.run.kind.stats()["ignored"] >= 1
