@@ -11,6 +11,9 @@ read error); ``HwmonReader.read`` turns them into TelemetryPoints and bad readin
   ``max_energy_range_uj`` as its wrap -> ``rapl_<zone name>_kw`` (``rapl_package_0_kw``,
   ``rapl_core_kw``, ``rapl_dram_kw``; a subzone is part of its package, never add them).
 
+An unmapped chip or an unreadable attribute (RAPL's root-only ``energy_uj``, a sleeping GPU) is
+rejected once, and again only when its reason changes: not at every poll.
+
 A chip is mapped to a site device by the first of its names the source's ``devices`` has:
 hwmon ``<name>@<device>`` (the parent device, e.g. a GPU's PCI address), ``<name>``, ``*``;
 powercap the zone id, its parents' ids (``intel-rapl:0:1``, ``intel-rapl:0``, ``intel-rapl``),
@@ -82,6 +85,16 @@ class HwmonReader:
         self.site = site
         self.source = source
         self.counters = CounterRates()
+        self.reported: dict[str, str] = {}  # standing problems (unmapped chip, unreadable attribute), told once
+        self.repeats = 0  # standing problems seen again and not told again
+
+    def _standing(self, out: "HwmonReadings", key: str, raw: str, kind: str, why: str) -> None:
+        """Reject a problem that repeats at every poll once (again when it changes), not every poll."""
+        if self.reported.get(key) == why:
+            self.repeats += 1
+            return
+        self.reported[key] = why
+        out.rejects.append((raw, kind, why))
 
     def read(self, chips: list[Chip], now_ms: int) -> HwmonReadings:
         out = HwmonReadings()
@@ -92,16 +105,17 @@ class HwmonReader:
                 continue  # a chip without power or energy (coretemp, nvme): not ours
             device = next((self.devices[k] for k in chip.keys() if k in self.devices), None)
             if device is None:
-                out.rejects.append((f"{chip.id} {chip.name}", "unknown",
-                                    f"{chip.kind} {chip.id} ({chip.name}) maps to no device: devices: has none of "
-                                    f"{', '.join(chip.keys())}"))
+                self._standing(out, f"{chip.kind}:{chip.id}:{chip.name}", f"{chip.id} {chip.name}", "unknown",
+                               f"{chip.kind} {chip.id} ({chip.name}) maps to no device: devices: has none of "
+                               f"{', '.join(chip.keys())}")
                 continue
             for metric, attr, wrap_at, counter in sensors:
                 raw = chip.attrs[attr]
                 where = f"{chip.id}/{attr}"
                 if isinstance(raw, ReadError):
-                    out.rejects.append((where, "invalid", f"{where} ({chip.name}): cannot read: {raw.why}"))
+                    self._standing(out, where, where, "invalid", f"{where} ({chip.name}): cannot read: {raw.why}")
                     continue
+                self.reported.pop(where, None)
                 try:
                     value = _integer(raw)
                 except ValueError:

@@ -50,6 +50,7 @@ class FileFollower:
         self.file = None
         self.inode = None
         self.partial = b""
+        self.problem = ""  # why the file cannot be opened, if it cannot
         self._open(resume=True)
 
     def _open(self, resume: bool) -> None:
@@ -58,6 +59,12 @@ class FileFollower:
         except FileNotFoundError:
             self.file = None
             return
+        except OSError as exc:  # EACCES: told once per change, tried again at every read
+            if str(exc) != self.problem:
+                log.warning("cannot follow %s: %s", self.path, exc)
+            self.problem, self.file = str(exc), None
+            return
+        self.problem = ""
         stat = os.fstat(self.file.fileno())
         self.inode, self.partial = stat.st_ino, b""
         if not resume:

@@ -4,7 +4,8 @@ Each poll runs both (argv lists, never a shell; ``TZ=UTC`` so every time Slurm p
 publishes one snapshot on ``slurm.queue`` (models/slurm_queue.py) plus per-partition totals on
 ``telemetry.raw``. Options: ``slurm_conf`` (sets ``SLURM_CONF``; else Slurm's own lookup),
 ``reservations`` (default true), ``kw_per_gpu`` (default 0.7, for partitions the ``devices`` map
-adds that are not a GPU pod's, and reservations bound to none).
+adds that are not a GPU pod's, and reservations bound to none). Entries of a partition that maps to
+no device are left out; the partition is dead-lettered once, when it appears.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class SlurmQueue:
         if not self.partitions:
             raise config.error(f"no partition maps to a device: give gpu_pods a slurm_partition in {site.source} "
                                f"or map partitions under devices:")
+        self.unmapped: set[str] = set()  # partitions without a device, already dead-lettered
         self.env = {**os.environ, "TZ": "UTC", "SLURM_TIME_FORMAT": "standard"}
         if config.option("slurm_conf"):
             self.env["SLURM_CONF"] = str(config.option("slurm_conf"))
@@ -54,10 +56,12 @@ class SlurmQueue:
         snap = snapshot(now_ms, self.config.site, self.config.name, jobs, reservations, self.partitions,
                         self.kw_per_gpu)
         rejects = [Reject(row.encode(), "decode", f"squeue row: {why}") for row, why in bad]
+        new = sorted(set(snap.unmapped) - self.unmapped)  # told once while it stays: not at every poll
+        self.unmapped = set(snap.unmapped)
         rejects += [Reject(partition.encode(), "unknown",
-                           f"partition {partition!r} ({count} queue entr{'y' if count == 1 else 'ies'}) maps to no "
-                           f"device: no gpu_pod of {self.site.source} names it and devices: does not map it")
-                    for partition, count in sorted(snap.unmapped.items())]
+                           f"partition {partition!r} ({snap.unmapped[partition]} queue entr"
+                           f"{'y' if snap.unmapped[partition] == 1 else 'ies'}) maps to no device: no gpu_pod of "
+                           f"{self.site.source} names it and devices: does not map it") for partition in new]
         return Readings(points=snap.points, rejects=rejects, records=[("slurm.queue", r) for r in snap.records])
 
     def close(self) -> None:

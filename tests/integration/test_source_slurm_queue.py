@@ -121,3 +121,25 @@ def test_an_unreachable_controller_is_a_failed_poll(tmp_path):
     source = KINDS["slurm-queue"].build(config, site, time.time)
     with pytest.raises(SourceUnavailable, match="squeue"):
         source.poll(0)
+
+
+def test_a_partition_without_a_device_is_dead_lettered_once_and_left_out(slurm):
+    doc = yaml.safe_load(DEMO_SITE.read_text())
+    for pod in doc["gpu_pods"]:
+        if pod["slurm_partition"] != "batch":
+            del pod["slurm_partition"]
+    doc["devices"] = [{"id": "slurm-q", "type": "collector"}]
+    site = parse_site(doc, "demo.yaml")
+    config = parse_sources({"site": "demo", "sources": [{"kind": "slurm-queue", "name": "slurm-q",
+                                                         "options": {"slurm_conf": slurm.env["SLURM_CONF"],
+                                                                     "reservations": False}}]}, "s.yaml")[0]
+    source = KINDS["slurm-queue"].build(config, site, time.time)
+    held = _submit(slurm, "train-a", "--gres=gpu:2", "--hold", "-J", "elsewhere")
+    try:
+        first, second = source.poll(1_000), source.poll(2_000)
+    finally:
+        slurm.run("scancel", held)
+    assert [(r.kind, r.raw) for r in first.rejects] == [("unknown", b"train-a")]
+    assert "partition 'train-a' (1 queue entry) maps to no device" in first.rejects[0].reason
+    assert second.rejects == [] and [q["entry"] for _, q in second.records] == ["snapshot"]
+    assert {p["device"] for p in second.points} == {"gpu-pod-3"}

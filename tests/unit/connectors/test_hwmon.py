@@ -63,12 +63,20 @@ def test_unreadable_and_unmapped_sensors_are_rejected_and_an_empty_tree_is_a_fai
     sensor = root / "devices/pci0000:00/0000:03:00.0/hwmon/hwmon3/power1_average"
     sensor.unlink()
     sensor.mkdir()  # reading it fails as a sleeping GPU's does (an OSError), whoever runs the test
-    out = _source(root, {"amdgpu@0000:43:00.0": "gpu-1", "amdgpu": "gpu-0"}).poll(0)
+    source = _source(root, {"amdgpu@0000:43:00.0": "gpu-1", "amdgpu": "gpu-0"})
+    out = source.poll(0)
     assert [(r.kind, r.reason.split(":")[0]) for r in out.rejects if r.kind == "invalid"] == \
         [("invalid", "hwmon3/power1_average (amdgpu)")]
     unknown = sorted(r.raw.decode() for r in out.rejects if r.kind == "unknown")
     assert unknown == ["hwmon1 power_meter", "hwmon5 i915", "hwmon6 xe", "intel-rapl:0 package-0",
                        "intel-rapl:0:0 core", "intel-rapl:0:1 uncore", "intel-rapl:1 package-1"]
+    assert source.poll(1_000).rejects == []  # standing problems are told once, not at every poll
+    sensor.rmdir()
+    _write(sensor, 180_000_000)
+    assert [p["value"] for p in source.poll(2_000).points if p["device"] == "gpu-0"] == [0.18]
+    sensor.unlink()
+    sensor.mkdir()
+    assert [r.kind for r in source.poll(3_000).rejects] == ["invalid"]  # it came back: told again
     with pytest.raises(SourceUnavailable, match="no class/hwmon or class/powercap"):
         _source(tmp_path / "empty").poll(0)
 
