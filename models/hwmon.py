@@ -149,7 +149,7 @@ class HwmonReader:
             if "energy_uj" not in chip.attrs:
                 return []
             wrap = chip.attrs.get("max_energy_range_uj")
-            wrap_at = _integer(wrap) if isinstance(wrap, str) and wrap.strip().isdigit() else None
+            wrap_at = _integer(wrap) if isinstance(wrap, str) and wrap.strip().isdecimal() else None
             return [(f"rapl_{_slug(chip.name) or _slug(chip.id)}_kw", "energy_uj", wrap_at, True)]
         found: dict[tuple[str, str], str] = {}
         for attr in chip.attrs:

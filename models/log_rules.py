@@ -101,7 +101,7 @@ def parse_journal(entry: Any) -> LogLine:
     if not isinstance(message, str):
         raise ValueError("no MESSAGE")
     stamp = entry.get("__REALTIME_TIMESTAMP")
-    ts_ms = int(stamp) // 1000 if isinstance(stamp, str) and stamp.isdigit() else None
+    ts_ms = int(stamp) // 1000 if isinstance(stamp, str) and stamp.isdecimal() else None
     host = entry.get("_HOSTNAME") if isinstance(entry.get("_HOSTNAME"), str) else None
     program = next((entry[k] for k in ("SYSLOG_IDENTIFIER", "_COMM") if isinstance(entry.get(k), str)), None)
     pid = entry.get("_PID") or entry.get("SYSLOG_PID")

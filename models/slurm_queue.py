@@ -130,11 +130,11 @@ def parse_squeue(text: str) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
         (job_id, partition, state, priority, per_node, per_job, nodes, per_task, tasks, submit, start, end, reason,
          resv, user) = (p.strip() for p in parts[:15])
         try:
-            node_count = int(nodes) if nodes.isdigit() else 1
+            node_count = int(nodes) if nodes.isdecimal() else 1
             gpus = (gpu_count(per_job) or gpu_count(per_node) * node_count
-                    or gpu_count(per_task) * (int(tasks) if tasks.isdigit() else 1))
+                    or gpu_count(per_task) * (int(tasks) if tasks.isdecimal() else 1))
             jobs.append(QueuedJob(job_id, partition, state.split()[0] if state else state,
-                                  int(priority) if priority.isdigit() else None, gpus, node_count, utc_ms(submit),
+                                  int(priority) if priority.isdecimal() else None, gpus, node_count, utc_ms(submit),
                                   utc_ms(start), utc_ms(end), _text(reason), _text(resv), _text(user),
                                   _text(parts[15]) if len(parts) > 15 else None))
         except ValueError as exc:
@@ -142,19 +142,23 @@ def parse_squeue(text: str) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
     return jobs, bad
 
 
-def parse_reservations(text: str) -> list[Reservation]:
-    """Reservations from ``scontrol show reservation -o`` (one ``Key=value ...`` line each)."""
-    out = []
+def parse_reservations(text: str) -> tuple[list[Reservation], list[tuple[str, str]]]:
+    """Reservations from ``scontrol show reservation -o`` (one ``Key=value ...`` line each); bad lines as
+    (line, why)."""
+    out, bad = [], []
     for line in text.splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
         if "ReservationName" not in fields:
             continue  # "No reservations in the system"
         count = fields.get("NodeCnt", "0")
-        out.append(Reservation(fields["ReservationName"], _text(fields.get("PartitionName", "")),
-                               fields.get("State", "") or "UNKNOWN", gpu_count(fields.get("TRES", "")),
-                               int(count) if count.isdigit() else 0, utc_ms(fields.get("StartTime", "")),
-                               utc_ms(fields.get("EndTime", "")), _text(fields.get("Users", ""))))
-    return out
+        try:
+            out.append(Reservation(fields["ReservationName"], _text(fields.get("PartitionName", "")),
+                                   fields.get("State", "") or "UNKNOWN", gpu_count(fields.get("TRES", "")),
+                                   int(count) if count.isdecimal() else 0, utc_ms(fields.get("StartTime", "")),
+                                   utc_ms(fields.get("EndTime", "")), _text(fields.get("Users", ""))))
+        except ValueError as exc:
+            bad.append((line, f"unreadable field: {exc}"))
+    return out, bad
 
 
 def partition_devices(pods: Iterable, devices: Mapping[str, str], types: Mapping[str, str],

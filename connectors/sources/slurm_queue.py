@@ -51,11 +51,12 @@ class SlurmQueue:
 
     def poll(self, now_ms: int) -> Readings:
         jobs, bad = parse_squeue(self._run("squeue", "-h", "-r", "-O", SQUEUE_FORMAT))  # -r: each array task
-        reservations = parse_reservations(self._run("scontrol", "show", "reservation", "-o")) \
-            if self.reservations else []
+        reservations, bad_resv = parse_reservations(self._run("scontrol", "show", "reservation", "-o")) \
+            if self.reservations else ([], [])
         snap = snapshot(now_ms, self.config.site, self.config.name, jobs, reservations, self.partitions,
                         self.kw_per_gpu)
         rejects = [Reject(row.encode(), "decode", f"squeue row: {why}") for row, why in bad]
+        rejects += [Reject(line.encode(), "decode", f"reservation: {why}") for line, why in bad_resv]
         new = sorted(set(snap.unmapped) - self.unmapped)  # told once while it stays: not at every poll
         self.unmapped = set(snap.unmapped)
         rejects += [Reject(partition.encode(), "unknown",

@@ -48,10 +48,11 @@ def test_reservations_with_and_without_partition():
             "Nodes=vm NodeCnt=4 CoreCnt=64 PartitionName=(null) TRES=cpu=64,gres/gpu=32 Users=root State=INACTIVE\n"
             "ReservationName=big StartTime=2026-12-05T18:00:00 EndTime=2026-12-06T18:00:00 NodeCnt=1 "
             "PartitionName=batch TRES=cpu=8,gres/gpu=8 Users=ann State=ACTIVE\n")
-    resv = parse_reservations(text)
+    resv, bad = parse_reservations(text + "ReservationName=x StartTime=tomorrow\n")
+    assert [why.split(":")[0] for _, why in bad] == ["unreadable field"]
     assert [(r.name, r.partition, r.gpus, r.nodes, r.state) for r in resv] == \
         [("maint", None, 32, 4, "INACTIVE"), ("big", "batch", 8, 1, "ACTIVE")]
-    assert resv[0].start_ms == NOW + 3_600_000 and parse_reservations("No reservations in the system\n") == []
+    assert resv[0].start_ms == NOW + 3_600_000 and parse_reservations("No reservations in the system\n") == ([], [])
     snap = snapshot(NOW, "s", "q", [], resv, {"batch": PartitionDevice("pod-b", "gpu_node", 0.5)}, 0.9)
     assert [(r["entry"], r["device"], r["est_kw"]) for r in snap.records] == \
         [("reservation", None, pytest.approx(28.8)), ("reservation", "pod-b", 4.0), ("snapshot", None, 0.0)]
