@@ -162,6 +162,7 @@ class Logs:
         self.alarms = LogAlarms(load_rules(config), config.devices, config.site, config.name, self.host)
         self.lines = 0
         self.malformed = 0
+        self.logged_ms = 0  # when the counts were last logged (a minute apart)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -185,6 +186,9 @@ class Logs:
                 out.alarms.append(record)
             elif self.alarms.unmapped > unmapped:
                 out.rejects.append(Reject(raw, "unknown", self.alarms.last_unmapped))
+        if now - self.logged_ms >= 60_000:
+            self.logged_ms = now
+            log.info("%s: %s", self.config.name, self.stats())
         return out
 
     def stats(self) -> dict[str, int]:
