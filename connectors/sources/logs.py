@@ -39,6 +39,7 @@ from opsloop.models.log_rules import LogAlarms, LogLine, LogRuleError, parse_jou
 log = logging.getLogger("opsloop.source")
 JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
 READ_BYTES = 1 << 20  # one batch reads at most this much of a file
+MAX_LINE = 64 * 1024  # a longer "line" (binary garbage, no newline) is handed on in pieces, never held whole
 
 
 class FileFollower:
@@ -112,7 +113,7 @@ class FileFollower:
     def _split(self, data: bytes) -> list[bytes]:
         if not data:
             return []
-        *lines, self.partial = (self.partial + data).split(b"\n")
+        lines, self.partial = split_lines(self.partial + data)
         return lines
 
     def commit(self) -> None:
@@ -126,6 +127,15 @@ class FileFollower:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines and the rest; a rest longer than ``MAX_LINE`` is a line of its own."""
+    *lines, rest = data.split(b"\n")
+    if len(rest) > MAX_LINE:
+        lines.append(rest)
+        rest = b""
+    return lines, rest
 
 
 def journal_present() -> bool:
@@ -226,17 +236,21 @@ class Logs:
         while not stop.is_set():
             cursor = self._saved_cursor()  # kept by us: journalctl 252 writes --cursor-file only on a clean exit
             at = [f"--after-cursor={cursor}"] if cursor else ["--lines=0"]  # first run: from now on
-            proc = subprocess.Popen(argv + at, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                self._pump(proc, deliver, stop)
-            finally:
-                proc.terminate()
-                proc.wait(5)
+                proc = subprocess.Popen(argv + at, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            except OSError as exc:
+                why = str(exc)
+            else:
+                try:
+                    self._pump(proc, deliver, stop)
+                finally:
+                    proc.terminate()
+                    proc.wait(5)
+                why = f"rc {proc.returncode}: {proc.stderr.read().decode(errors='replace').strip()[-300:]}"
             if not stop.is_set():
                 failures += 1
                 wait = min(self.config.backoff_max_s, self.config.interval_s * 2 ** (failures - 1))
-                log.warning("%s: journalctl ended (rc %s: %s); again in %.0f s", self.config.name, proc.returncode,
-                            proc.stderr.read().decode(errors="replace").strip()[-300:], wait)
+                log.warning("%s: journalctl ended (%s); again in %.0f s", self.config.name, why, wait)
                 stop.wait(wait)
 
     def _saved_cursor(self) -> str | None:
@@ -270,7 +284,7 @@ class Logs:
                 data = os.read(proc.stdout.fileno(), READ_BYTES)
                 if not data:
                     return  # journalctl exited
-                *lines, partial = (partial + data).split(b"\n")
+                lines, partial = split_lines(partial + data)
                 if lines:
                     deliver(self.readings(lines, journal=True))
                     self._save_cursor(lines)

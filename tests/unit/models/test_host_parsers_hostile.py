@@ -63,3 +63,4 @@ def test_any_sysfs_contents_give_points_or_rejects(attrs):
     for kind in ("hwmon", "powercap"):
         out = reader.read([Chip(kind, "intel-rapl:0" if kind == "powercap" else "hwmon1", "x", None, attrs)], 0)
         assert all(p["value"] >= 0 for p in out.points)
+
