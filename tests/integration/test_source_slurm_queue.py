@@ -14,8 +14,10 @@ from opsloop.config.site import parse_site
 from opsloop.config.sources import parse_sources
 from opsloop.connectors.sources import KINDS
 from opsloop.connectors.sources.base import SourceUnavailable
+from opsloop.connectors.duckdb import query
 from opsloop.connectors.sources.loop import SourceRun
 from opsloop.schemas.codec import Codec
+from opsloop.streams import views
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +113,12 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
     assert totals[("gpu-pod-2", "slurm_running_jobs")] == 0 and totals[("gpu-pod-2", "slurm_pending_jobs")] == 3
     assert totals[("gpu-pod-2", "slurm_pending_kw")] == pytest.approx(2.1)
     assert {p["unit"] for p in points if p["metric"].endswith("_kw")} == {"kW"}
+
+    sink = views.ViewsSink(kafka_settings, topics=["slurm.queue"])  # the snapshot as the NOC and SQL users see it
+    sink.run(threading.Event(), exit_when_idle=True)
+    _, rows = query(kafka_settings.duckdb_file, "SELECT entry, count(*), sum(est_kw) FROM slurm_queue "
+                                                "WHERE entry <> 'snapshot' GROUP BY entry ORDER BY entry")
+    assert [(entry, n, round(kw, 1)) for entry, n, kw in rows] == [("job", 6, 13.5), ("reservation", 1, 0.0)]
 
 
 def test_an_unreachable_controller_is_a_failed_poll(tmp_path):
