@@ -50,7 +50,7 @@ class Access:
 #: producer of raw data (replay, the PCS simulator, site collectors); "noc" is `opsloop noc`, which
 #: writes operator feedback and its audit trail and (with --with-views) runs the views agent in its process.
 PRINCIPALS: dict[str, Access] = {
-    "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", DEADLETTER)),
+    "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", "slurm.queue", DEADLETTER)),
     "rollup": Access(reads=("telemetry.raw",), writes=("telemetry.site", DEADLETTER), groups=("rollup",)),
     "anomaly": Access(reads=("telemetry.raw",), writes=("alarms.raw", DEADLETTER), groups=("anomaly",),
                       private=("anomaly",)),

@@ -22,6 +22,7 @@ DEMO_SITE = SITES_DIR / "demo.yaml"
 POLICY_FILE = CONFIG_DIR / "policy.yaml"
 VIEWS_SQL = CONFIG_DIR / "views.sql"
 SOP_DIR = CONFIG_DIR / "sops"
+LOG_RULES_FILE = CONFIG_DIR / "log_rules.yaml"  # the logs source's default rules
 
 
 def views_sql() -> str:

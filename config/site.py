@@ -84,6 +84,7 @@ class GpuPod:
     slurm_partition: str | None
     it_share: float  # of the site's IT load
     description: str = ""
+    kw_per_gpu: float = 0.7  # a busy GPU with its share of the node (fans, CPUs, NICs): a job's estimated kW
 
     @property
     def gpus(self) -> int:
@@ -239,7 +240,8 @@ def _pod(check: "_Checker", where: str, entry: Mapping) -> GpuPod:
         gpus_per_node=check.count(f"{where}.gpus_per_node", entry.get("gpus_per_node", 0)),
         slurm_partition=None if partition is None else check.text(f"{where}.slurm_partition", partition),
         it_share=check.share(f"{where}.it_share", entry.get("it_share", 0.0), zero=True),
-        description=str(entry.get("description", "")))
+        description=str(entry.get("description", "")),
+        kw_per_gpu=check.number(f"{where}.kw_per_gpu", entry.get("kw_per_gpu", GpuPod.kw_per_gpu)))
 
 
 def _replay(check: "_Checker", site_id: str, block: Any) -> ReplaySpec:

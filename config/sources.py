@@ -112,6 +112,14 @@ def parse_sources(doc: Mapping, source: str = "<config>") -> tuple[SourceConfig,
     return tuple(out)
 
 
+def load_rules_doc(path: Path | str) -> Any:
+    """A kind's rules file read as data (the logs source's rules; the kind parses it)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SourceConfigError(f"{path}: {exc}") from exc
+
+
 def load_sources(path: Path | str) -> tuple[SourceConfig, ...]:
     path = Path(path)
     try:

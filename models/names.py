@@ -61,12 +61,13 @@ class SiteNames:
 
 
 def device_types(site: Site) -> dict[str, str]:
-    """Each declared device's type, as a live source writes it on its points (meters, ESS, PDUs, pods)."""
-    types: dict[str, str] = {}
+    """Device id -> device type for every device the site declares with a type (live sources label
+    their points with it): topology first, then the blocks that name a type of their own."""
+    types: dict[str, str] = dict(Topology.from_site(site).types) if site.topology is not None else {}
+    types.update({p.id: "pdu" for p in site.pdus})
+    types.update({p.id: "gpu_node" for p in site.gpu_pods})
+    types.update({e.id: "ess" for e in site.ess})
     if site.replay is not None:
-        types.update((s.device, s.device_type) for s in site.replay.streams)
-    types.update((p.id, "pdu") for p in site.pdus)
-    types.update((p.id, "gpu_pod") for p in site.gpu_pods)
-    types.update((e.id, "ess") for e in site.ess)
-    types.update((d.id, d.type) for d in site.devices)
+        types.update({s.device: s.device_type for s in site.replay.streams})
+    types.update({d.id: d.type for d in site.devices})
     return types

@@ -27,3 +27,6 @@ KINDS["snmp"] = SourceKind("snmp", "SNMP v2c/v3 agents (PDU phase and outlet loa
 KINDS["snmp-trap"] = SourceKind("snmp_trap", "SNMP v2c/v3 notifications (a PDU breaker trip, an overload) received as Alarms")
 KINDS["prometheus"] = SourceKind("prometheus", "scrape /metrics endpoints (node-exporter, vLLM, NVIDIA DCGM exporter)")
 KINDS["remote-write"] = SourceKind("remote_write", "a Prometheus server's remote_write (snappy protobuf, bearer token)")
+KINDS["slurm-queue"] = SourceKind("slurm_queue", "Slurm queue: jobs and reservations with GPUs and est. kW (squeue, scontrol)")
+KINDS["hwmon"] = SourceKind("hwmon", "Linux power sensors: hwmon power/energy and powercap/RAPL energy counters as kW (sysfs)")
+KINDS["logs"] = SourceKind("logs", "kernel and service logs (journald or a followed file): NVIDIA Xid, Slurm daemon errors, UPS events as Alarms")

@@ -38,6 +38,7 @@ class Readings:
     points: list[dict] = field(default_factory=list)  # TelemetryPoint records
     alarms: list[dict] = field(default_factory=list)  # Alarm records
     rejects: list[Reject] = field(default_factory=list)
+    records: list[tuple[str, dict]] = field(default_factory=list)  # (catalog topic, record): a kind's own topic
 
     def newest_ms(self) -> int | None:
         times = [p["ts_ms"] for p in self.points] + [a["ts_ms"] for a in self.alarms]
@@ -47,6 +48,7 @@ class Readings:
         self.points += other.points
         self.alarms += other.alarms
         self.rejects += other.rejects
+        self.records += other.records
 
 
 class Poller(Protocol):

@@ -26,7 +26,7 @@ from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Readings, Reject, SourceUnavailable
 from opsloop.models.prom_metrics import (DEFAULT_MAPPING, MAPPINGS, Bad, MetricMap, Normalized, Normalizer,
                                          RelabelRule, Sample, metric_map)
-from opsloop.models.topology import Topology
+from opsloop.models.names import device_types
 
 log = logging.getLogger("opsloop.source")
 
@@ -56,16 +56,6 @@ def relabel_of(config: SourceConfig) -> list[RelabelRule]:
                             r.get("separator", ";")) for r in config.option("relabel") or []]
     except (KeyError, TypeError, ValueError) as exc:
         raise config.error(f"options.relabel: each rule needs action (keep|drop) and regex: {exc}") from None
-
-
-def device_types(site: Site) -> dict[str, str]:
-    """Site device id -> type, for points of devices the site file types."""
-    types = dict(Topology.from_site(site).types) if site.topology is not None else {}
-    types.update({p.id: "pdu" for p in site.pdus})
-    types.update({p.id: "gpu_pod" for p in site.gpu_pods})
-    types.update({e.id: "ess" for e in site.ess})
-    types.update({d.id: d.type for d in site.devices})
-    return types
 
 
 def normalizer(config: SourceConfig, site: Site) -> Normalizer:

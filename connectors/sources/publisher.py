@@ -1,5 +1,6 @@
 """Hands a source's readings to Kafka, bounded: points to ``telemetry.raw``, alarms to ``alarms.raw``,
-bad readings to ``deadletter`` and the source's health to ``sources.health``.
+bad readings to ``deadletter``, a kind's own records to their topic (``slurm.queue``) and the
+source's health to ``sources.health``.
 
 The buffer is the producer's own queue: at most ``buffer_max`` points are in flight (handed
 over, not yet acknowledged), and the queue keeps ``HEADROOM`` messages more for alarms, dead
@@ -65,6 +66,8 @@ class Publisher:
         for reject in readings.rejects:
             self.dead.write(f"source:{self.config.name}", -1, -1, None, reject.raw, reject.kind, reject.reason)
         self.alarms(readings.alarms)
+        for topic, record in readings.records:  # few per poll (a queue snapshot), in order
+            self._send_waiting(topic, record)
         deadline = time.monotonic() + self.config.block_s
         points = readings.points
         for i, record in enumerate(points):
