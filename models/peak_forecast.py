@@ -37,11 +37,13 @@ True
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from river import linear_model, stats
 from river.time_series.base import Forecaster
 
+CANDIDATES = ("lags", "day_naive", "week_naive")  # the lag regression, and the same step a day / a week before
 FEATURE_NAMES = ("day_shape", "week_shape", "day_level", "week_level", "day_level_h", "week_level_h",
                  "day_shape_h", "week_shape_h")
 
@@ -66,7 +68,8 @@ class PeakForecaster(Forecaster):
 
     def __init__(self, step_s: int = 900, season_steps: int | None = None, weekly: bool = True,
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
-                 error_halflife: int = 200, band_z: float = 1.64):
+                 error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
+                 skill_halflife: int | None = None, skill_margin: float = 0.5):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -75,6 +78,9 @@ class PeakForecaster(Forecaster):
         self.noise_precision = noise_precision
         self.error_halflife = error_halflife
         self.band_z = band_z
+        self.skill_power = skill_power
+        self.skill_halflife = skill_halflife
+        self.skill_margin = skill_margin
         self._day = season_steps or max(1, 86_400 // step_s)
         self._week = 7 * self._day if weekly else None
         self._max_h = max(1, min(max_horizon or self._day, self._day))  # lags of a day back stay known
@@ -82,6 +88,10 @@ class PeakForecaster(Forecaster):
                                 if h <= self._max_h} | {self._max_h})
         self._model = linear_model.BayesianLinearRegression(beta=noise_precision, smoothing=smoothing)
         self._errors = {h: stats.EWMean(fading_factor=1 - 0.693 / error_halflife) for h in self._learn_h}
+        fading = 0.693 / (skill_halflife or max(4, self._day // 2))  # River's EWMean: the newest value's weight
+        # Each candidate's absolute error per horizon: the forecast mixes them by measured skill.
+        self._skill = {h: {name: stats.EWMean(fading_factor=fading) for name in CANDIDATES} for h in self._learn_h}
+        self._measured: set[tuple[int, str]] = set()
         self._scale = stats.EWMean(fading_factor=0.99)
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
@@ -102,7 +112,14 @@ class PeakForecaster(Forecaster):
                 continue
             x = self._features(issued, base, h, scale)
             target = (y - base) / scale
-            self._errors[h].update(abs(target - self._model.predict_one(x)) * scale)
+            guesses = {"lags": base + self._model.predict_one(x) * scale,
+                       "day_naive": self._history.get(t - self._day),
+                       "week_naive": self._history.get(t - self._week) if self._week else None}
+            self._errors[h].update(abs(y - self._combine(h, guesses)))
+            for name, guess in guesses.items():
+                if guess is not None:
+                    self._skill[h][name].update(abs(y - guess))
+                    self._measured.add((h, name))
             self._model.learn_one(x, target)
         self._history[t] = y
         self._last = t
@@ -141,7 +158,9 @@ class PeakForecaster(Forecaster):
                 if then is not None and ahead is not None:
                     shape, level = (ahead - then) / scale, (base - then) / scale
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
-            kw = base + correction * scale
+            guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
+                       "week_naive": self._history.get(t + h - self._week) if self._week else None}
+            kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
             out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, kw + half))
         return out
@@ -172,6 +191,29 @@ class PeakForecaster(Forecaster):
         return {"day_shape": day_shape, "week_shape": week_shape, "day_level": day_level,
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
                 "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp}
+
+    def _combine(self, h: int, guesses: dict[str, float | None]) -> float:
+        """The candidates' forecasts weighted by the inverse square of their measured error at ``h`` (the
+        learned horizon at or above it): a candidate that a curve does not suit fades out of the mix."""
+        learned = self._learn_h[min(bisect.bisect_left(self._learn_h, h), len(self._learn_h) - 1)]
+        skill = self._skill[learned]
+        weights = {}
+        for name, guess in guesses.items():
+            if guess is None:
+                continue
+            if (learned, name) not in self._measured:  # unmeasured yet: only the lag regression speaks (persistence at first)
+                if name == "lags":
+                    weights[name] = 1.0
+                continue
+            weights[name] = 1.0 / (skill[name].get() ** self.skill_power + 1e-12)
+        # A naive forecast speaks only where it is measured clearly better than the regression.
+        if "lags" in weights:
+            bar = weights["lags"] / self.skill_margin ** self.skill_power
+            weights = {n: w for n, w in weights.items() if n == "lags" or w > bar}
+        total = sum(weights.values())
+        if not total:
+            return guesses["lags"]
+        return sum(w * guesses[name] for name, w in weights.items()) / total
 
     def _errors_up_to(self, n: int) -> list[float]:
         """Mean absolute error at horizons 1..n, interpolated between the learned horizons."""

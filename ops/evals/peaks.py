@@ -196,6 +196,10 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
                 "violations": sum(sim.violations[i] for i in idx)}
         relocations = [a for i in idx if decisions[i] for a in decisions[i].actions if a["kind"] == "slurm_hold"] \
             if decisions else []
+        modes = [decisions[i - 1].mode for i in idx if i > 0 and decisions and decisions[i - 1]]
+        row["strategies"]["planner"]["modes"] = {m: modes.count(m) for m in dict.fromkeys(modes)}
+        row["strategies"]["planner"]["decided_by"] = max(row["strategies"]["planner"]["modes"],
+                                                         key=row["strategies"]["planner"]["modes"].get, default="forecast")
         row["strategies"]["planner"]["relocation_requests"] = len(relocations)
         row["strategies"]["planner"]["max_shed_kw"] = max((a["shed_kw"] for a in relocations), default=0.0)
         report["periods"].append(row)
