@@ -69,7 +69,8 @@ class PeakForecaster(Forecaster):
     def __init__(self, step_s: int = 900, season_steps: int | None = None, weekly: bool = True,
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
                  error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
-                 skill_halflife: int | None = None, skill_margin: float = 0.5):
+                 skill_halflife: int | None = None, skill_margin: float = 0.25,
+                 long_share: float = 0.5):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -81,6 +82,7 @@ class PeakForecaster(Forecaster):
         self.skill_power = skill_power
         self.skill_halflife = skill_halflife
         self.skill_margin = skill_margin
+        self.long_share = long_share
         self._day = season_steps or max(1, 86_400 // step_s)
         self._week = 7 * self._day if weekly else None
         self._max_h = max(1, min(max_horizon or self._day, self._day))  # lags of a day back stay known
@@ -88,10 +90,11 @@ class PeakForecaster(Forecaster):
                                 if h <= self._max_h} | {self._max_h})
         self._model = linear_model.BayesianLinearRegression(beta=noise_precision, smoothing=smoothing)
         self._errors = {h: stats.EWMean(fading_factor=1 - 0.693 / error_halflife) for h in self._learn_h}
-        fading = 0.693 / (skill_halflife or max(4, self._day // 2))  # River's EWMean: the newest value's weight
+        fading = 0.693 / (skill_halflife or max(4, self._day * 7 // 2))  # River EWMean: the newest value weight
         # Each candidate's absolute error per horizon: the forecast mixes them by measured skill.
         self._skill = {h: {name: stats.EWMean(fading_factor=fading) for name in CANDIDATES} for h in self._learn_h}
         self._measured: set[tuple[int, str]] = set()
+        self._issued: dict[tuple[int, int], float] = {}  # (step, h) -> the regression's forecast made at step
         self._scale = stats.EWMean(fading_factor=0.99)
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
@@ -110,12 +113,13 @@ class PeakForecaster(Forecaster):
             base = self._history.get(issued)
             if base is None:
                 continue
+            made = self._issued.pop((issued, h), None)  # the regression's forecast then: no hindsight
+            guesses = {"lags": made, "day_naive": self._history.get(t - self._day),
+                       "week_naive": self._history.get(t - self._week) if self._week else None}
             x = self._features(issued, base, h, scale)
             target = (y - base) / scale
-            guesses = {"lags": base + self._model.predict_one(x) * scale,
-                       "day_naive": self._history.get(t - self._day),
-                       "week_naive": self._history.get(t - self._week) if self._week else None}
-            self._errors[h].update(abs(y - self._combine(h, guesses)))
+            # The band: the regression's error refit on what it knows now (as the planner was tuned with).
+            self._errors[h].update(abs(target - self._model.predict_one(x)) * scale)
             for name, guess in guesses.items():
                 if guess is not None:
                     self._skill[h][name].update(abs(y - guess))
@@ -123,9 +127,13 @@ class PeakForecaster(Forecaster):
             self._model.learn_one(x, target)
         self._history[t] = y
         self._last = t
+        for h in self._learn_h:  # what is forecast now, to be scored when it comes due
+            self._issued[t, h] = y + self._model.predict_one(self._features(t, y, h, scale)) * scale
         keep = t - (self._week or self._day) - self._max_h - 1
         for old in [k for k in self._history if k < keep]:  # at most a few at a time after the first
             del self._history[old]
+        if len(self._issued) > 2 * len(self._learn_h) * (self._max_h + 1):  # forecasts a gap left unscored
+            self._issued = {k: v for k, v in self._issued.items() if k[0] >= t - self._max_h}
 
     def forecast(self, horizon: int, xs: list[dict] | None = None) -> list[float]:
         """Values of the ``horizon`` steps after the latest one (empty before the first value).
@@ -197,22 +205,26 @@ class PeakForecaster(Forecaster):
         learned horizon at or above it): a candidate that a curve does not suit fades out of the mix."""
         learned = self._learn_h[min(bisect.bisect_left(self._learn_h, h), len(self._learn_h) - 1)]
         skill = self._skill[learned]
-        weights = {}
+        errors = {}
         for name, guess in guesses.items():
             if guess is None:
                 continue
-            if (learned, name) not in self._measured:  # unmeasured yet: only the lag regression speaks (persistence at first)
-                if name == "lags":
-                    weights[name] = 1.0
-                continue
-            weights[name] = 1.0 / (skill[name].get() ** self.skill_power + 1e-12)
-        # A naive forecast speaks only where it is measured clearly better than the regression.
-        if "lags" in weights:
-            bar = weights["lags"] / self.skill_margin ** self.skill_power
-            weights = {n: w for n, w in weights.items() if n == "lags" or w > bar}
-        total = sum(weights.values())
-        if not total:
+            if (learned, name) in self._measured:
+                errors[name] = skill[name].get()
+            elif name == "lags":  # unmeasured yet: only the regression speaks (persistence at first)
+                errors[name] = None
+        if errors.get("lags") is None:
             return guesses["lags"]
+        # Within the day the plan acts on, the regression keeps its slight peak bias unless a naive forecast
+        # is clearly better (a plan sized on a too-low peak runs the battery dry); beyond, the best mix speaks.
+        margin = self.skill_margin if h < self._day * self.long_share else 1.0
+        errors = {n: e for n, e in errors.items() if n == "lags" or e < margin * errors["lags"]}
+        best = min(errors.values())
+        if best <= 0:  # a perfect candidate: it alone
+            weights = {n: 1.0 for n, e in errors.items() if e <= 0}
+        else:  # relative weights, so the curve's units do not matter
+            weights = {n: (best / e) ** self.skill_power for n, e in errors.items()}
+        total = sum(weights.values())
         return sum(w * guesses[name] for name, w in weights.items()) / total
 
     def _errors_up_to(self, n: int) -> list[float]:

@@ -10,9 +10,10 @@ seasonal-naive one's, same steps, at 1 h, 4 h and 24 h; under 1 beats it).
 Per curve it reports what the targets ask: the share of weekly periods where the
 planner beats or ties reactive, whether it does in every month, both mean shares
 of the oracle's reduction, violations. One configuration is used everywhere
-(the site's); ``--leave-one-out`` also picks, for each curve, the best of a few
-candidate policies on all the *other* curves and scores it on the one left out: an
-estimate of what to expect on curves never seen.
+(the site's); ``--leave-one-out`` takes this command's JSON reports for a few
+candidate configurations (e.g. ``--skill-periods 0, 2, 4``), picks for each curve the
+candidate best on all the *other* curves and reports its figures on the one left
+out: an estimate of what to expect on curves never seen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_loop import LoopConfig
@@ -36,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated curve families (default {','.join(peak_curves.FAMILIES)})")
     p.add_argument("--curve", action="append", help="only curves whose name contains this (repeatable)")
     p.add_argument("--site", help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
-    p.add_argument("--leave-one-out", action="store_true",
-                   help="also score, per curve, the candidate policy chosen on the other curves")
+    p.add_argument("--skill-periods", type=int,
+                   help="closed billing periods the mode arbiter measures (default: the loop's; 0: the plan always)")
+    p.add_argument("--leave-one-out", nargs="+", metavar="REPORT",
+                   help="instead of scoring: JSON reports of this command, one per candidate configuration; per "
+                        "curve, the candidate best on the other curves is scored on it")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -48,6 +53,11 @@ def main(args: argparse.Namespace, settings=None) -> int:
     if site_file is None:
         from opsloop.config.settings import Settings
         site_file = Settings.from_env().topology
+    if args.leave_one_out:
+        reports = {path: json.loads(Path(path).read_text()) for path in args.leave_one_out}
+        result = leave_one_out(reports)
+        print(json.dumps(result, indent=2) if args.json else render_leave_one_out(result))
+        return 0
     site = load_site(site_file)
     families = tuple(args.families.split(","))
     if args.curve:  # make only the families named
@@ -59,10 +69,11 @@ def main(args: argparse.Namespace, settings=None) -> int:
                                                for c in chosen], "curves": []}
     for name, family, times, values, step_s in chosen:
         config = LoopConfig.from_site(site, step_s=step_s)
+        if args.skill_periods is not None:
+            config = replace(config, skill_periods=args.skill_periods)
+        report["config"] = {"skill_periods": config.skill_periods}
         report["curves"].append(score_curve(name, family, times, values, step_s, config))
     report["summary"] = summarise(report["curves"])
-    if args.leave_one_out:
-        report["leave_one_out"] = leave_one_out(chosen, site)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
@@ -125,26 +136,36 @@ def summarise(rows: list[dict]) -> dict:
                                                  if r["week"]["reactive_mean_share"] is not None])}
 
 
-CANDIDATES = {}  # name -> Policy changes; filled where the planner's knobs are defined
+def leave_one_out(reports: dict[str, dict]) -> dict:
+    """Per curve: the candidate (one report each) with the best mean weekly score on the *other* curves, and its
+    figures on the curve left out. Score: weeks beating or tying reactive (capped at the 90% target) plus the
+    planner's mean share of the oracle."""
+    rows = {name: {r["curve"]: r for r in report["curves"]} for name, report in reports.items()}
+    curves = list(next(iter(rows.values())))
 
+    def score(r: dict) -> float:
+        return min(r["week"]["beats_or_ties_share"] or 0.0, 0.9) + (r["week"]["planner_mean_share"] or 0.0)
 
-def leave_one_out(chosen, site) -> dict:
-    """Per curve: the candidate with the best mean weekly margin over reactive on the other curves, scored on it."""
-    scores = {}
-    for cand, changes in CANDIDATES.items():
-        for name, family, times, values, step_s in chosen:
-            config = LoopConfig.from_site(site, step_s=step_s)
-            config = replace(config, policy=replace(config.policy, **changes))
-            scores[cand, name] = score_curve(name, family, times, values, step_s, config)
     out = {}
-    for name, *_ in chosen:
-        def margin(cand):
-            rows = [scores[cand, other] for other, *_ in chosen if other != name]
-            return _mean([min(r["week"]["beats_or_ties_share"] or 0, 0.9) + (r["week"]["planner_mean_share"] or 0)
-                          for r in rows])
-        best = max(CANDIDATES, key=margin)
-        out[name] = {"candidate": best, **{k: scores[best, name][k] for k in ("week", "month")}}
-    return out
+    for left in curves:
+        best = max(rows, key=lambda cand: sum(score(rows[cand][c]) for c in curves if c != left))
+        out[left] = {"candidate": best, "week": rows[best][left]["week"], "month": rows[best][left]["month"]}
+    summary = summarise([{"curve": c, **r, "mase": {"-": 0.0}} for c, r in out.items()])
+    return {"candidates": list(reports), "curves": out, "summary": summary}
+
+
+def render_leave_one_out(result: dict) -> str:
+    lines = [f"leave-one-curve-out over candidates {', '.join(result['candidates'])}:"]
+    for name, r in result["curves"].items():
+        w, m = r["week"], r["month"]
+        lines.append(f"  {name:<48} chosen {r['candidate']}: weeks >= reactive {_pct(w['beats_or_ties_share'])}, "
+                     f"weekly mean {_pct(w['planner_mean_share'])} (reactive {_pct(w['reactive_mean_share'])}), "
+                     f"months >= reactive {m['beats_or_ties']}/{m['periods']}")
+    s = result["summary"]
+    lines.append(f"held-out curves with >= 90% of weeks beating or tying reactive: {s['weekly_beats_or_ties_90pct']}/"
+                 f"{s['curves']}; every month: {s['every_month_beats_or_ties']}/{s['curves']}; weekly mean "
+                 f"planner {_pct(s['planner_weekly_mean_share'])} vs reactive {_pct(s['reactive_weekly_mean_share'])}")
+    return "\n".join(lines)
 
 
 def render(report: dict) -> str:
@@ -167,9 +188,6 @@ def render(report: dict) -> str:
                   f"MASE < 1 at 1 h, 4 h and 24 h: {s['mase_under_1']}/{s['curves']}; violations: {s['violations']}",
               f"weekly mean share of the oracle over all curves: planner {_pct(s['planner_weekly_mean_share'])}, "
               f"reactive {_pct(s['reactive_weekly_mean_share'])}"]
-    for name, r in report.get("leave_one_out", {}).items():
-        lines.append(f"  left out {name:<46} chosen {r['candidate']:<12} weeks >= reactive "
-                     f"{_pct(r['week']['beats_or_ties_share'])}, weekly mean {_pct(r['week']['planner_mean_share'])}")
     return "\n".join(lines)
 
 
