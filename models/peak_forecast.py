@@ -12,6 +12,22 @@ realised value, for a few horizons at a time. Chosen over River's HoltWinters
 and SNARIMAX by measured accuracy (``opsloop eval peaks --compare-forecasters``:
 1 h and 4 h MAPE on the Taylor curve and on a NAB series; see the closing note).
 
+The regression is one of three candidates, beside the same step a day before and a
+week before (seasonal naive): each is scored per learned horizon on the forecasts it
+really made (no hindsight), and the forecast weights them by the inverse square of
+their error (``skill_power``), over ``skill_halflife`` steps (default half a week).
+Within ``long_share`` of a day a naive forecast joins only where it measures
+``skill_margin`` times the regression's error or better (a plan sized on a naive
+forecast's flattened peak runs the battery dry on curves the regression suits);
+beyond, the best-measured mix speaks. So a curve whose shape the regression does not
+catch (a weekly pattern, holidays that repeat the week before) falls back to seasonal
+naive by measurement, not by a setting.
+
+Covariates (``covariates``: names of keys of ``x``, e.g. the Slurm queue's pending GPU
+demand by start time, or an outside temperature): each value given with a step is
+remembered, and its change between a forecast's issue and its target, in its usual
+size, joins the regression; ``forecast(horizon, xs)`` takes the known future values.
+
 Robust by construction: a missing lag (a gap, the first day, the first week)
 contributes 0, so with no history the forecast is persistence and it improves
 as days accumulate; features and target are divided by a running load scale,
@@ -70,7 +86,7 @@ class PeakForecaster(Forecaster):
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
                  error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
                  skill_halflife: int | None = None, skill_margin: float = 0.25,
-                 long_share: float = 0.5):
+                 long_share: float = 0.5, covariates: tuple[str, ...] = ()):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -83,6 +99,9 @@ class PeakForecaster(Forecaster):
         self.skill_halflife = skill_halflife
         self.skill_margin = skill_margin
         self.long_share = long_share
+        self.covariates = tuple(covariates)
+        self._cov: dict[int, dict[str, float]] = {}  # step index -> covariate values given with it
+        self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self.covariates}
         self._day = season_steps or max(1, 86_400 // step_s)
         self._week = 7 * self._day if weekly else None
         self._max_h = max(1, min(max_horizon or self._day, self._day))  # lags of a day back stay known
@@ -108,6 +127,7 @@ class PeakForecaster(Forecaster):
             return
         self._scale.update(abs(y))
         scale = self._scale.get() or 1.0
+        self._remember_covariates(t, x)
         for h in self._learn_h:  # the forecast made h steps ago, had it been asked for
             issued = t - h
             base = self._history.get(issued)
@@ -132,17 +152,19 @@ class PeakForecaster(Forecaster):
         keep = t - (self._week or self._day) - self._max_h - 1
         for old in [k for k in self._history if k < keep]:  # at most a few at a time after the first
             del self._history[old]
+            self._cov.pop(old, None)
         if len(self._issued) > 2 * len(self._learn_h) * (self._max_h + 1):  # forecasts a gap left unscored
             self._issued = {k: v for k, v in self._issued.items() if k[0] >= t - self._max_h}
 
     def forecast(self, horizon: int, xs: list[dict] | None = None) -> list[float]:
         """Values of the ``horizon`` steps after the latest one (empty before the first value).
 
-        ``xs`` is accepted as in River and not used: the steps are always those after the latest value.
+        ``xs[k]``, when given, holds the known future ``covariates`` of step k + 1 (e.g. the Slurm queue's
+        pending GPU demand by start time, an outside-temperature forecast); a missing one counts as unchanged.
         """
-        return [p.kw for p in self.forecast_points(horizon)]
+        return [p.kw for p in self.forecast_points(horizon, xs)]
 
-    def forecast_points(self, horizon: int) -> list[ForecastPoint]:
+    def forecast_points(self, horizon: int, xs: list[dict] | None = None) -> list[ForecastPoint]:
         """``forecast`` with each step's time and uncertainty band."""
         if self._last is None:
             return []
@@ -152,6 +174,8 @@ class PeakForecaster(Forecaster):
         # The model is linear: read its weights once (one unit vector each), then each horizon is a dot
         # product of the same features as _features, inlined: this runs for every step of every forecast.
         w = {name: self._model.predict_one({name: 1.0}) for name in FEATURE_NAMES}
+        w_cov = {name: self._model.predict_one({f"cov_{name}": 1.0}) for name in self.covariates}
+        now_cov = self._cov.get(t, {})
         n = min(horizon, self._max_h)
         errors = self._errors_up_to(n)
         lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
@@ -166,6 +190,9 @@ class PeakForecaster(Forecaster):
                 if then is not None and ahead is not None:
                     shape, level = (ahead - then) / scale, (base - then) / scale
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
+            if w_cov and xs and h <= len(xs) and xs[h - 1]:
+                correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
+                                  for name in self.covariates)
             guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
                        "week_naive": self._history.get(t + h - self._week) if self._week else None}
             kw = self._combine(h, guesses)
@@ -198,7 +225,22 @@ class PeakForecaster(Forecaster):
         ramp = h / self._day  # lets the model decide how fast today's level offset fades with the horizon
         return {"day_shape": day_shape, "week_shape": week_shape, "day_level": day_level,
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
-                "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp}
+                "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp,
+                **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name), self._cov.get(t + h, {}).get(name),
+                                                   name) for name in self.covariates}}
+
+    def _remember_covariates(self, t: int, x: dict | None) -> None:
+        given = {name: float(x[name]) for name in self.covariates if x and x.get(name) is not None}
+        if given:
+            self._cov[t] = given
+            for name, value in given.items():
+                self._cov_scale[name].update(abs(value))
+
+    def _cov_change(self, then: float | None, ahead: float | None, name: str) -> float:
+        """How much a covariate moves between the forecast's issue and its target, in its usual size."""
+        if then is None or ahead is None:
+            return 0.0
+        return (ahead - then) / (self._cov_scale[name].get() or 1.0)
 
     def _combine(self, h: int, guesses: dict[str, float | None]) -> float:
         """The candidates' forecasts weighted by the inverse square of their measured error at ``h`` (the

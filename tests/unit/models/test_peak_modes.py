@@ -72,3 +72,24 @@ def test_loop_falls_back_to_the_reactive_rule_when_its_forecast_is_useless_and_s
     assert all(len(limits) == 1 and max(limits) < max(map(daily_load, range(24))) for limits in by_day.values())
     assert "cut the billed peak by" in reactive[-1].plan.reason
     assert all(a["reason_code"] == d.plan.reason_code for d in decisions for a in d.actions if a["kind"] != "slurm_hold")
+
+
+def test_a_forecast_that_sees_the_queue_beats_one_that_does_not():
+    """Load follows the GPU demand the queue says will start: the covariate is causal, so it must pay."""
+    def queued_gpus(hour: int) -> float:  # a deterministic but irregular schedule of job starts
+        return float((hour * 37 + (hour // 5) * 11) % 9)
+
+    def load(hour: int) -> float:
+        return 1000.0 + 50.0 * (hour % 24 >= 8) + 60.0 * queued_gpus(hour)
+
+    seeing = PeakForecaster(step_s=3600, season_steps=24, covariates=("queued_gpus",))
+    blind = PeakForecaster(step_s=3600, season_steps=24)
+    errors = {"seeing": 0.0, "blind": 0.0}
+    for hour in range(24 * 28):
+        if hour > 24 * 14:
+            future = [{"queued_gpus": queued_gpus(hour + k)} for k in range(4)]
+            errors["seeing"] += abs(seeing.forecast(4, future)[-1] - load(hour + 3))
+            errors["blind"] += abs(blind.forecast(4)[-1] - load(hour + 3))
+        seeing.learn_one(load(hour), {"ts_ms": hour * HOUR, "queued_gpus": queued_gpus(hour)})
+        blind.learn_one(load(hour), {"ts_ms": hour * HOUR})
+    assert errors["seeing"] < 0.7 * errors["blind"], errors
