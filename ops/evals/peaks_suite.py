@@ -54,7 +54,7 @@ def main(args: argparse.Namespace, settings=None) -> int:
         from opsloop.config.settings import Settings
         site_file = Settings.from_env().topology
     if args.leave_one_out:
-        reports = {path: json.loads(Path(path).read_text()) for path in args.leave_one_out}
+        reports = {Path(path).stem: json.loads(Path(path).read_text()) for path in args.leave_one_out}
         result = leave_one_out(reports)
         print(json.dumps(result, indent=2) if args.json else render_leave_one_out(result))
         return 0
@@ -150,7 +150,8 @@ def leave_one_out(reports: dict[str, dict]) -> dict:
     for left in curves:
         best = max(rows, key=lambda cand: sum(score(rows[cand][c]) for c in curves if c != left))
         out[left] = {"candidate": best, "week": rows[best][left]["week"], "month": rows[best][left]["month"]}
-    summary = summarise([{"curve": c, **r, "mase": {"-": 0.0}} for c, r in out.items()])
+    summary = summarise([{"curve": c, **r, "mase": {}} for c, r in out.items()])
+    summary.pop("mase_under_1")  # the forecaster is the same in every candidate: see the reports themselves
     return {"candidates": list(reports), "curves": out, "summary": summary}
 
 

@@ -59,3 +59,17 @@ def test_suite_prints_its_data_and_per_period_modes(capsys):
 def _ms(date: str) -> int:
     import datetime as dt
     return int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def test_leave_one_out_scores_each_curve_with_the_candidate_best_on_the_others():
+    def report(shares):
+        return {"curves": [{"curve": c, "week": {"beats_or_ties_share": 1.0, "planner_mean_share": s,
+                                                 "reactive_mean_share": 0.1, "violations": 0, "periods": 4,
+                                                 "beats_or_ties": 4},
+                            "month": {"periods": 1, "beats_or_ties": 1, "violations": 0, "planner_mean_share": s}}
+                           for c, s in shares.items()]}
+    result = peaks_suite.leave_one_out({"a": report({"x": 0.9, "y": 0.2, "z": 0.2}),
+                                        "b": report({"x": 0.1, "y": 0.5, "z": 0.5})})
+    # x is judged by the candidate best on y and z (b), which is worse on x itself: no peeking
+    assert result["curves"]["x"]["candidate"] == "b" and result["curves"]["x"]["week"]["planner_mean_share"] == 0.1
+    assert result["curves"]["y"]["candidate"] == "a"
