@@ -86,7 +86,7 @@ class PeakForecaster(Forecaster):
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
                  error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
                  skill_halflife: int | None = None, skill_margin: float = 0.25,
-                 long_share: float = 0.5, covariates: tuple[str, ...] = ()):
+                 long_share: float = 0.5, covariates: tuple[str, ...] | None = None):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -99,9 +99,10 @@ class PeakForecaster(Forecaster):
         self.skill_halflife = skill_halflife
         self.skill_margin = skill_margin
         self.long_share = long_share
-        self.covariates = tuple(covariates)
+        self.covariates = covariates
+        self._cov_names = tuple(covariates or ())  # River's params cannot hold an empty tuple
         self._cov: dict[int, dict[str, float]] = {}  # step index -> covariate values given with it
-        self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self.covariates}
+        self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self._cov_names}
         self._day = season_steps or max(1, 86_400 // step_s)
         self._week = 7 * self._day if weekly else None
         self._max_h = max(1, min(max_horizon or self._day, self._day))  # lags of a day back stay known
@@ -174,7 +175,7 @@ class PeakForecaster(Forecaster):
         # The model is linear: read its weights once (one unit vector each), then each horizon is a dot
         # product of the same features as _features, inlined: this runs for every step of every forecast.
         w = {name: self._model.predict_one({name: 1.0}) for name in FEATURE_NAMES}
-        w_cov = {name: self._model.predict_one({f"cov_{name}": 1.0}) for name in self.covariates}
+        w_cov = {name: self._model.predict_one({f"cov_{name}": 1.0}) for name in self._cov_names}
         now_cov = self._cov.get(t, {})
         n = min(horizon, self._max_h)
         errors = self._errors_up_to(n)
@@ -192,7 +193,7 @@ class PeakForecaster(Forecaster):
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
             if w_cov and xs and h <= len(xs) and xs[h - 1]:
                 correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
-                                  for name in self.covariates)
+                                  for name in self._cov_names)
             guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
                        "week_naive": self._history.get(t + h - self._week) if self._week else None}
             kw = self._combine(h, guesses)
@@ -227,10 +228,10 @@ class PeakForecaster(Forecaster):
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
                 "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp,
                 **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name), self._cov.get(t + h, {}).get(name),
-                                                   name) for name in self.covariates}}
+                                                   name) for name in self._cov_names}}
 
     def _remember_covariates(self, t: int, x: dict | None) -> None:
-        given = {name: float(x[name]) for name in self.covariates if x and x.get(name) is not None}
+        given = {name: float(x[name]) for name in self._cov_names if x and x.get(name) is not None}
         if given:
             self._cov[t] = given
             for name, value in given.items():
