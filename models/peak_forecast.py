@@ -119,6 +119,11 @@ class PeakForecaster(Forecaster):
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
 
+    def __setstate__(self, state: dict) -> None:
+        """State pickled before a parameter or table was added (a worker's changelog) gets its defaults."""
+        params = {k: v for k, v in state.items() if not k.startswith("_")}
+        self.__dict__.update({**type(self)(**params).__dict__, **state})
+
     # -- River's forecaster interface ------------------------------------------------------
     def learn_one(self, y: float, x: dict | None = None) -> None:
         """Fold in ``y``, the value of the step starting at ``x["ts_ms"]`` (no time given: the step after the

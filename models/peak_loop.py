@@ -104,6 +104,13 @@ class SitePeakLoop:
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
 
+    def __setstate__(self, state: dict) -> None:
+        """A loop pickled before the mode arbiter existed starts measuring from here, the plan deciding."""
+        self.__dict__.update(state)
+        if "arbiter" not in state:
+            self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
+            self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
+
     def on_snapshot(self, snap: dict) -> list[Decision]:
         """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""
         start = snap["window_start_ms"]

@@ -93,3 +93,22 @@ def test_a_forecast_that_sees_the_queue_beats_one_that_does_not():
         seeing.learn_one(load(hour), {"ts_ms": hour * HOUR, "queued_gpus": queued_gpus(hour)})
         blind.learn_one(load(hour), {"ts_ms": hour * HOUR})
     assert errors["seeing"] < 0.7 * errors["blind"], errors
+
+
+def test_state_pickled_before_the_arbiter_and_the_skill_mix_still_loads():
+    import pickle
+
+    config = LoopConfig(site="s", ess_id="e", battery=BATTERY, step_s=3600)
+    loop = SitePeakLoop(config)
+    for h in range(48):
+        loop.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None)
+    old = {k: v for k, v in loop.__dict__.items() if k not in ("arbiter", "reactive")}
+    old["forecaster"] = loop.forecaster
+    for name in ("_skill", "_measured", "_issued", "_cov", "_cov_scale", "_cov_names", "skill_power",
+                 "skill_halflife", "skill_margin", "long_share", "covariates"):
+        del loop.forecaster.__dict__[name]  # as a forecaster pickled by the previous version
+    stale = SitePeakLoop.__new__(SitePeakLoop)
+    stale.__dict__.update(old)
+    restored = pickle.loads(pickle.dumps(stale))
+    decision = restored.on_step(48 * HOUR, daily_load(48), daily_load(48), 80.0, None)
+    assert decision.mode == FORECAST and len(restored.forecaster.forecast(4)) == 4
