@@ -12,6 +12,22 @@ realised value, for a few horizons at a time. Chosen over River's HoltWinters
 and SNARIMAX by measured accuracy (``opsloop eval peaks --compare-forecasters``:
 1 h and 4 h MAPE on the Taylor curve and on a NAB series; see the closing note).
 
+The regression is one of three candidates, beside the same step a day before and a
+week before (seasonal naive): each is scored per learned horizon on the forecasts it
+really made (no hindsight), and the forecast weights them by the inverse square of
+their error (``skill_power``), over ``skill_halflife`` steps (default half a week).
+Within ``long_share`` of a day a naive forecast joins only where it measures
+``skill_margin`` times the regression's error or better (a plan sized on a naive
+forecast's flattened peak runs the battery dry on curves the regression suits);
+beyond, the best-measured mix speaks. So a curve whose shape the regression does not
+catch (a weekly pattern, holidays that repeat the week before) falls back to seasonal
+naive by measurement, not by a setting.
+
+Covariates (``covariates``: names of keys of ``x``, e.g. the Slurm queue's pending GPU
+demand by start time, or an outside temperature): each value given with a step is
+remembered, and its change between a forecast's issue and its target, in its usual
+size, joins the regression; ``forecast(horizon, xs)`` takes the known future values.
+
 Robust by construction: a missing lag (a gap, the first day, the first week)
 contributes 0, so with no history the forecast is persistence and it improves
 as days accumulate; features and target are divided by a running load scale,
@@ -37,11 +53,13 @@ True
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from river import linear_model, stats
 from river.time_series.base import Forecaster
 
+CANDIDATES = ("lags", "day_naive", "week_naive")  # the lag regression, and the same step a day / a week before
 FEATURE_NAMES = ("day_shape", "week_shape", "day_level", "week_level", "day_level_h", "week_level_h",
                  "day_shape_h", "week_shape_h")
 
@@ -66,7 +84,9 @@ class PeakForecaster(Forecaster):
 
     def __init__(self, step_s: int = 900, season_steps: int | None = None, weekly: bool = True,
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
-                 error_halflife: int = 200, band_z: float = 1.64):
+                 error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
+                 skill_halflife: int | None = None, skill_margin: float = 0.25,
+                 long_share: float = 0.5, covariates: tuple[str, ...] | None = None):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -75,6 +95,14 @@ class PeakForecaster(Forecaster):
         self.noise_precision = noise_precision
         self.error_halflife = error_halflife
         self.band_z = band_z
+        self.skill_power = skill_power
+        self.skill_halflife = skill_halflife
+        self.skill_margin = skill_margin
+        self.long_share = long_share
+        self.covariates = covariates
+        self._cov_names = tuple(covariates or ())  # River's params cannot hold an empty tuple
+        self._cov: dict[int, dict[str, float]] = {}  # step index -> covariate values given with it
+        self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self._cov_names}
         self._day = season_steps or max(1, 86_400 // step_s)
         self._week = 7 * self._day if weekly else None
         self._max_h = max(1, min(max_horizon or self._day, self._day))  # lags of a day back stay known
@@ -82,9 +110,19 @@ class PeakForecaster(Forecaster):
                                 if h <= self._max_h} | {self._max_h})
         self._model = linear_model.BayesianLinearRegression(beta=noise_precision, smoothing=smoothing)
         self._errors = {h: stats.EWMean(fading_factor=1 - 0.693 / error_halflife) for h in self._learn_h}
+        fading = 0.693 / (skill_halflife or max(4, self._day * 7 // 2))  # River EWMean: the newest value weight
+        # Each candidate's absolute error per horizon: the forecast mixes them by measured skill.
+        self._skill = {h: {name: stats.EWMean(fading_factor=fading) for name in CANDIDATES} for h in self._learn_h}
+        self._measured: set[tuple[int, str]] = set()
+        self._issued: dict[tuple[int, int], float] = {}  # (step, h) -> the regression's forecast made at step
         self._scale = stats.EWMean(fading_factor=0.99)
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
+
+    def __setstate__(self, state: dict) -> None:
+        """State pickled before a parameter or table was added (a worker's changelog) gets its defaults."""
+        params = {k: v for k, v in state.items() if not k.startswith("_")}
+        self.__dict__.update({**type(self)(**params).__dict__, **state})
 
     # -- River's forecaster interface ------------------------------------------------------
     def learn_one(self, y: float, x: dict | None = None) -> None:
@@ -95,29 +133,44 @@ class PeakForecaster(Forecaster):
             return
         self._scale.update(abs(y))
         scale = self._scale.get() or 1.0
+        self._remember_covariates(t, x)
         for h in self._learn_h:  # the forecast made h steps ago, had it been asked for
             issued = t - h
             base = self._history.get(issued)
             if base is None:
                 continue
+            made = self._issued.pop((issued, h), None)  # the regression's forecast then: no hindsight
+            guesses = {"lags": made, "day_naive": self._history.get(t - self._day),
+                       "week_naive": self._history.get(t - self._week) if self._week else None}
             x = self._features(issued, base, h, scale)
             target = (y - base) / scale
+            # The band: the regression's error refit on what it knows now (as the planner was tuned with).
             self._errors[h].update(abs(target - self._model.predict_one(x)) * scale)
+            for name, guess in guesses.items():
+                if guess is not None:
+                    self._skill[h][name].update(abs(y - guess))
+                    self._measured.add((h, name))
             self._model.learn_one(x, target)
         self._history[t] = y
         self._last = t
+        for h in self._learn_h:  # what is forecast now, to be scored when it comes due
+            self._issued[t, h] = y + self._model.predict_one(self._features(t, y, h, scale)) * scale
         keep = t - (self._week or self._day) - self._max_h - 1
         for old in [k for k in self._history if k < keep]:  # at most a few at a time after the first
             del self._history[old]
+            self._cov.pop(old, None)
+        if len(self._issued) > 2 * len(self._learn_h) * (self._max_h + 1):  # forecasts a gap left unscored
+            self._issued = {k: v for k, v in self._issued.items() if k[0] >= t - self._max_h}
 
     def forecast(self, horizon: int, xs: list[dict] | None = None) -> list[float]:
         """Values of the ``horizon`` steps after the latest one (empty before the first value).
 
-        ``xs`` is accepted as in River and not used: the steps are always those after the latest value.
+        ``xs[k]``, when given, holds the known future ``covariates`` of step k + 1 (e.g. the Slurm queue's
+        pending GPU demand by start time, an outside-temperature forecast); a missing one counts as unchanged.
         """
-        return [p.kw for p in self.forecast_points(horizon)]
+        return [p.kw for p in self.forecast_points(horizon, xs)]
 
-    def forecast_points(self, horizon: int) -> list[ForecastPoint]:
+    def forecast_points(self, horizon: int, xs: list[dict] | None = None) -> list[ForecastPoint]:
         """``forecast`` with each step's time and uncertainty band."""
         if self._last is None:
             return []
@@ -127,6 +180,8 @@ class PeakForecaster(Forecaster):
         # The model is linear: read its weights once (one unit vector each), then each horizon is a dot
         # product of the same features as _features, inlined: this runs for every step of every forecast.
         w = {name: self._model.predict_one({name: 1.0}) for name in FEATURE_NAMES}
+        w_cov = {name: self._model.predict_one({f"cov_{name}": 1.0}) for name in self._cov_names}
+        now_cov = self._cov.get(t, {})
         n = min(horizon, self._max_h)
         errors = self._errors_up_to(n)
         lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
@@ -141,7 +196,12 @@ class PeakForecaster(Forecaster):
                 if then is not None and ahead is not None:
                     shape, level = (ahead - then) / scale, (base - then) / scale
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
-            kw = base + correction * scale
+            if w_cov and xs and h <= len(xs) and xs[h - 1]:
+                correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
+                                  for name in self._cov_names)
+            guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
+                       "week_naive": self._history.get(t + h - self._week) if self._week else None}
+            kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
             out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, kw + half))
         return out
@@ -171,7 +231,49 @@ class PeakForecaster(Forecaster):
         ramp = h / self._day  # lets the model decide how fast today's level offset fades with the horizon
         return {"day_shape": day_shape, "week_shape": week_shape, "day_level": day_level,
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
-                "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp}
+                "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp,
+                **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name), self._cov.get(t + h, {}).get(name),
+                                                   name) for name in self._cov_names}}
+
+    def _remember_covariates(self, t: int, x: dict | None) -> None:
+        given = {name: float(x[name]) for name in self._cov_names if x and x.get(name) is not None}
+        if given:
+            self._cov[t] = given
+            for name, value in given.items():
+                self._cov_scale[name].update(abs(value))
+
+    def _cov_change(self, then: float | None, ahead: float | None, name: str) -> float:
+        """How much a covariate moves between the forecast's issue and its target, in its usual size."""
+        if then is None or ahead is None:
+            return 0.0
+        return (ahead - then) / (self._cov_scale[name].get() or 1.0)
+
+    def _combine(self, h: int, guesses: dict[str, float | None]) -> float:
+        """The candidates' forecasts weighted by the inverse square of their measured error at ``h`` (the
+        learned horizon at or above it): a candidate that a curve does not suit fades out of the mix."""
+        learned = self._learn_h[min(bisect.bisect_left(self._learn_h, h), len(self._learn_h) - 1)]
+        skill = self._skill[learned]
+        errors = {}
+        for name, guess in guesses.items():
+            if guess is None:
+                continue
+            if (learned, name) in self._measured:
+                errors[name] = skill[name].get()
+            elif name == "lags":  # unmeasured yet: only the regression speaks (persistence at first)
+                errors[name] = None
+        if errors.get("lags") is None:
+            return guesses["lags"]
+        # Within the day the plan acts on, the regression keeps its slight peak bias unless a naive forecast
+        # is clearly better (a plan sized on a too-low peak runs the battery dry); beyond, the best mix speaks.
+        margin = self.skill_margin if h < self._day * self.long_share else 1.0
+        errors = {n: e for n, e in errors.items() if n == "lags" or e < margin * errors["lags"]}
+        best = min(errors.values())
+        if best <= 0:  # a perfect candidate: it alone
+            weights = {n: 1.0 for n, e in errors.items() if e <= 0}
+        else:  # relative weights, so the curve's units do not matter
+            weights = {n: (best / e) ** self.skill_power for n, e in errors.items()}
+        total = sum(weights.values())
+        return sum(w * guesses[name] for name, w in weights.items()) / total
 
     def _errors_up_to(self, n: int) -> list[float]:
         """Mean absolute error at horizons 1..n, interpolated between the learned horizons."""

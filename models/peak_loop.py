@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from opsloop.config.site import Site
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
-from opsloop.models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan
+from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
+from opsloop.models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan, reactive_plan
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class LoopConfig:
     slurm_hold_s: int = 3600  # a hold lasts at most this long (the guard's max_hold_s); re-proposed while needed
     kw_per_gpu: float | None = None  # estimated draw of one relocatable GPU: holds then declare params.gpus
     proposer: str = "peaks"
+    reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
+    skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -88,15 +91,25 @@ class Decision:
     plan: Plan
     forecast: dict  # PeakForecast record
     actions: list[dict] = field(default_factory=list)  # Action records
+    mode: str = FORECAST  # which mode decided: forecast (the plan) or reactive (the one-line rule)
 
 
 class SitePeakLoop:
     def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
         self.config = config
         self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps)
+        self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
+        self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods)
         self.billing: Billing | None = None
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
+
+    def __setstate__(self, state: dict) -> None:
+        """A loop pickled before the mode arbiter existed starts measuring from here, the plan deciding."""
+        self.__dict__.update(state)
+        if "arbiter" not in state:
+            self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
+            self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
 
     def on_snapshot(self, snap: dict) -> list[Decision]:
         """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""
@@ -142,11 +155,32 @@ class SitePeakLoop:
         points = self.forecaster.forecast_points(cfg.plan_steps or cfg.day_steps)
         battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
         soc = 100.0 if soc_pct is None else soc_pct
+        energy = battery.energy_kwh(soc)
+        arbiter = self.arbiter
+        arbiter.measure(load_kw, cfg.step_s, energy)
+        self.reactive.learn_one(start_ms, load_kw)
         step_end = start_ms + cfg.step_s * 1000
+        next_key, next_start = billing_period(step_end, cfg.billing_period)
+        mode = arbiter.start_period(next_key)
         result = plan(points, cfg.step_s, battery, soc, self.billing, now_ms=step_end,
                       tariff=cfg.tariff, policy=cfg.policy)
+        # The shadows plan from their own battery and billed peak (the same as the site's while the plan decides).
+        shadow = arbiter.shadows[FORECAST]
+        same = abs(shadow.energy_kwh - energy) < 1e-6 and abs(shadow.billed_kw - self.billing.billed_peak_kw) < 1e-6
+        shadow.pending = result.command if same else plan(
+            points, cfg.step_s, battery, battery.soc_pct(shadow.energy_kwh),
+            Billing(next_key, shadow.billed_kw, max(next_start, self.billing.start_ms), cfg.billing_period),
+            now_ms=step_end, tariff=cfg.tariff, policy=cfg.policy).command
+        reactive = arbiter.shadows[REACTIVE]
+        reactive.pending = self.reactive.command(battery, reactive.energy_kwh, step_end)
+        if mode == REACTIVE:
+            skill = arbiter.skill()
+            why = (f"over the last {len(arbiter.history)} {cfg.billing_period}s it cut the billed peak by "
+                   f"{skill[REACTIVE]:,.0f} kW against the forecast plan's {skill[FORECAST]:,.0f} kW")
+            result = reactive_plan(points, cfg.step_s, self.reactive.command(battery, energy, step_end), why,
+                                   result.relocation)
         return Decision(start_ms, load_kw, result, self._forecast_record(points, result, step_end),
-                        self._actions(result, step_end))
+                        self._actions(result, step_end), mode)
 
     def _forecast_record(self, points, result: Plan, issued_ms: int) -> dict:
         cfg = self.config

@@ -59,11 +59,15 @@ RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecas
 RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
 WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
 IDLE_BELOW_TARGET = "idle_below_target"  # idle: the forecast stays under the target
+# ... when the reactive rule decides the period (``models.peak_modes``):
+REACTIVE_SHAVE = "reactive_shave"  # discharge above the reactive threshold
+REACTIVE_RECHARGE = "reactive_recharge"  # charge below it
+REACTIVE_IDLE = "reactive_idle"  # at the threshold, or the battery empty or full
 # ... and of a relocation of low-priority jobs:
 RELOCATE_OVER_BILLED_PEAK = "relocate_over_billed_peak"  # the battery cannot hold this period's billed peak
 RELOCATE_OVER_IMPORT_CAP = "relocate_over_import_cap"  # the battery cannot hold the import cap
 PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
-                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET})
+                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
 RELOCATION_CODES = frozenset({RELOCATE_OVER_BILLED_PEAK, RELOCATE_OVER_IMPORT_CAP})
 REASON_CODES = PLAN_CODES | RELOCATION_CODES
 
@@ -176,6 +180,29 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
                 until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
                 reason=reason, reason_code=code,
                 relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
+
+
+def reactive_plan(forecast: Sequence[ForecastPoint], step_s: int, command: Command, why: str,
+                  relocation: Relocation | None = None) -> Plan:
+    """The plan of a step the reactive rule decides: its ``command`` (limit ``T``), described on the forecast."""
+    first, limit = forecast[0], command.limit_kw
+    peak = max(forecast, key=lambda p: p.kw)
+    until = first.ts_ms + step_s * 1000
+    if first.upper_kw > limit and command.max_discharge_kw > 0:
+        kind, setpoint, code = "pcs_discharge", min(first.upper_kw - limit, command.max_discharge_kw), REACTIVE_SHAVE
+        reason = f"Discharging up to {_power(setpoint)} until {_clock(until)}: grid import held at the reactive " \
+                 f"threshold {_power(limit)} ({why})."
+    elif first.kw < limit and command.charge_kw > 0:
+        kind, setpoint, code = "pcs_charge", -min(command.charge_kw, limit - first.kw), REACTIVE_RECHARGE
+        reason = f"Charging {_power(-setpoint)} until {_clock(until)} under the reactive threshold " \
+                 f"{_power(limit)} ({why})."
+    else:
+        kind, setpoint, code = "pcs_idle", 0.0, REACTIVE_IDLE
+        limit_text = "no threshold yet" if math.isinf(limit) else f"the reactive threshold {_power(limit)}"
+        reason = f"Idle until {_clock(until)} at {limit_text} ({why})."
+    return Plan(target_kw=limit, holdable_kw=limit, command=command, kind=kind, setpoint_kw=setpoint, until_ms=until,
+                schedule_kw=(setpoint,), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms, reason=reason,
+                reason_code=code, relocation=relocation)
 
 
 def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:

@@ -238,8 +238,9 @@ def _add_evals(sub) -> None:
     for name, doc in [("anomaly", "NAB scores of the anomaly detector on a NAB-layout directory"),
                       ("alarms", "the alarm filter on a labelled storm corpus generated on a site topology"),
                       ("narrate", "SOP retrieval hit@1/hit@3, grounding and latency of the narration"),
-                      ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month")]:
-        module = importlib.import_module(f"opsloop.ops.evals.{name}")
+                      ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month"),
+                      ("peaks-suite", "peak shaving on every curve we have: weekly and monthly billing, MASE")]:
+        module = importlib.import_module(f"opsloop.ops.evals.{name.replace('-', '_')}")
         p = ev.add_parser(name, help=doc)
         module.add_arguments(p)
         p.set_defaults(func=cmd_eval, eval_main=module.main)

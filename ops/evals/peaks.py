@@ -196,6 +196,10 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
                 "violations": sum(sim.violations[i] for i in idx)}
         relocations = [a for i in idx if decisions[i] for a in decisions[i].actions if a["kind"] == "slurm_hold"] \
             if decisions else []
+        modes = [decisions[i - 1].mode for i in idx if i > 0 and decisions and decisions[i - 1]]
+        row["strategies"]["planner"]["modes"] = {m: modes.count(m) for m in dict.fromkeys(modes)}
+        row["strategies"]["planner"]["decided_by"] = max(row["strategies"]["planner"]["modes"],
+                                                         key=row["strategies"]["planner"]["modes"].get, default="forecast")
         row["strategies"]["planner"]["relocation_requests"] = len(relocations)
         row["strategies"]["planner"]["max_shed_kw"] = max((a["shed_kw"] for a in relocations), default=0.0)
         report["periods"].append(row)
@@ -206,6 +210,8 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
         "planner_mean_share_of_oracle": round(sum(shares) / len(shares), 4) if shares else None,
         "planner_periods_below_90pct": sum(s < 0.9 for s in shares),
         "planner_violations": sum(r["strategies"]["planner"]["violations"] for r in report["periods"]),
+        "periods_decided_by": {m: sum(r["strategies"]["planner"]["decided_by"] == m for r in report["periods"])
+                               for m in ("forecast", "reactive")},
         "planner_beats_reactive_every_period": all(
             r["strategies"]["planner"]["billed_peak_kw"] <= r["strategies"]["reactive"]["billed_peak_kw"]
             for r in report["periods"])}
@@ -284,7 +290,7 @@ def compare_forecasters(times: list[int], loads: list[float], step_s: int) -> di
 
 def render(report: dict) -> str:
     b, i = report["battery"], report["input"]
-    lines = [f"opsloop eval peaks: {i['data']} ({i['column']} x {i['scale']:g} = site kW), {i['steps']:,} steps of "
+    lines = [f"opsloop eval peaks: judged on {i['data']} ({i['column']} x {i['scale']:g} = site kW), {i['steps']:,} steps of "
              f"{i['step_s'] // 60} min, {i['first']} .. {i['last']} UTC"
              + (f", {i['interpolated_steps']} interpolated" if i["interpolated_steps"] else ""),
              f"battery {b['capacity_kwh']:,.0f} kWh / {b['pcs_kw']:,.0f} kW, round trip {b['round_trip_efficiency']:.0%}, "
@@ -300,8 +306,10 @@ def render(report: dict) -> str:
             s = row["strategies"][name]
             share = "-" if s["share_of_oracle"] is None else f"{100 * s['share_of_oracle']:.1f}%"
             extra = ""
+            if name == "planner":
+                extra = f"  decided by: {', '.join(f'{m} {n} steps' for m, n in s['modes'].items()) or '-'}"
             if name == "planner" and s["relocation_requests"]:
-                extra = f"  ({s['relocation_requests']} relocation requests, up to {s['max_shed_kw']:,.0f} kW)"
+                extra += f" ({s['relocation_requests']} relocation requests, up to {s['max_shed_kw']:,.0f} kW)"
             lines.append(f"{row['period'] if name == 'none' else '':<{width}} {name:<9} {s['billed_peak_kw']:>15,.0f} "
                          f"{s['reduction_kw']:>13,.0f} {share:>10} {s['discharged_kwh'] / 1000:>15,.1f} "
                          f"{s['cycles']:>7.1f} {s['violations']:>11}{extra}")
@@ -322,7 +330,9 @@ def _summary(report: dict) -> str:
                                                f"{period}s under 90%")
     return (f"planner: worst {period} {_pct(None if worst is None else 100 * worst)} of the oracle's reduction "
             f"(target >= 90%){spread}, {t['planner_violations']} limit violations, "
-            f"{'beats' if t['planner_beats_reactive_every_period'] else 'does NOT beat'} reactive in every {period}")
+            f"{'beats' if t['planner_beats_reactive_every_period'] else 'does NOT beat'} reactive in every {period}; "
+            f"decided by the forecast plan in {t['periods_decided_by']['forecast']} {period}s, by the reactive rule "
+            f"in {t['periods_decided_by']['reactive']} (measured skill, models.peak_modes)")
 
 
 def _pct(value) -> str:

@@ -97,7 +97,9 @@ def test_forecaster_follows_rivers_interface():
     f = PeakForecaster(step_s=900, smoothing=0.99, band_z=2.0)
     assert isinstance(f, Forecaster)
     assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
-                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0}
+                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0,
+                               "skill_power": 2.0, "skill_halflife": None, "skill_margin": 0.25, "long_share": 0.5,
+                               "covariates": None}
     assert f.clone()._get_params() == f._get_params()
     for i in range(200):
         f.learn_one(100.0 + i % 96)

@@ -1,0 +1,123 @@
+"""Which mode decides a billing period: the forecast-driven plan, or the reactive one-line rule.
+
+The reactive rule is what an operator sets without a forecast: hold grid import at
+``T``, the ``percentile`` (95th) of the previous ``lookback_days`` (28) days' load,
+re-set each day, discharging above it and recharging below it at full power
+(``ops.evals.peak_baselines.ReactiveThreshold`` is the same rule, scored offline).
+
+``ModeArbiter`` runs both modes in the shadow on the measured site load, each with
+its own simulated battery and billed peak, and at the start of every billing
+period hands the period to the mode that cut the billed peak more over the last
+``skill_periods`` closed periods (the forecast-driven plan on a tie and before any
+period closed). A forecaster that stops fitting a curve thus costs at most the
+periods it takes to measure it, and the rule is never worse than the better of the
+two by more than that: the site falls back to the reactive rule by measured skill,
+not by a setting.
+
+Pure and deterministic: event time and measured loads only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from opsloop.models.battery import Battery, Command
+
+FORECAST, REACTIVE = "forecast", "reactive"
+MODES = (FORECAST, REACTIVE)
+
+
+class ReactiveRule:
+    """``threshold_kw(day)``: the rule's ``T`` for a day, from the loads learned on the days before it."""
+
+    def __init__(self, step_s: int, percentile: float = 95.0, lookback_days: int = 28):
+        self.step_s = step_s
+        self.percentile = percentile
+        self.lookback_days = lookback_days
+        self._loads: deque[tuple[int, float]] = deque()  # (day, load)
+        self._day: int | None = None
+        self._threshold = math.inf
+
+    def learn_one(self, start_ms: int, load_kw: float) -> None:
+        day = start_ms // 86_400_000
+        self._loads.append((day, load_kw))
+        while self._loads and self._loads[0][0] < day - self.lookback_days:
+            self._loads.popleft()
+
+    def threshold_kw(self, start_ms: int) -> float:
+        """``T`` for the day of ``start_ms`` (infinite before any history: the battery idles)."""
+        day = start_ms // 86_400_000
+        if day != self._day:
+            self._day = day
+            seen = sorted(kw for d, kw in self._loads if day - self.lookback_days <= d < day)
+            self._threshold = _percentile(seen, self.percentile) if seen else math.inf
+        return self._threshold
+
+    def command(self, battery: Battery, energy_kwh: float, start_ms: int) -> Command:
+        limit = self.threshold_kw(start_ms)
+        if math.isinf(limit):
+            return Command(limit_kw=math.inf, charge_ceiling_kw=math.inf)
+        step_h = self.step_s / 3600
+        return Command(limit, battery.max_discharge_kw(energy_kwh, step_h), battery.max_charge_kw(energy_kwh, step_h),
+                       charge_ceiling_kw=limit)
+
+
+@dataclass
+class _Shadow:
+    energy_kwh: float
+    billed_kw: float = 0.0
+    pending: Command | None = None  # the command for the step being measured
+
+
+@dataclass
+class ModeArbiter:
+    """Shadows both modes and picks the one that decides each billing period."""
+
+    battery: Battery
+    skill_periods: int = 4
+    mode: str = FORECAST
+    period: str | None = None
+    shadows: dict = field(default_factory=dict)  # mode -> _Shadow
+    load_peak_kw: float = 0.0  # this period's highest load: the billed peak without a battery
+    history: deque = field(default_factory=deque)  # (period, {mode: reduction kW}) of closed periods
+
+    def measure(self, load_kw: float, step_s: int, energy_kwh: float) -> None:
+        """Apply each shadow's pending command to the step just measured."""
+        step_h = step_s / 3600
+        for mode in MODES:
+            shadow = self.shadows.setdefault(mode, _Shadow(energy_kwh))
+            if shadow.pending is None:
+                continue
+            result = self.battery.step(shadow.energy_kwh, shadow.pending, load_kw, step_h)
+            shadow.energy_kwh = result.energy_kwh
+            shadow.billed_kw = max(shadow.billed_kw, result.grid_kw)
+        self.load_peak_kw = max(self.load_peak_kw, load_kw)
+
+    def start_period(self, period: str) -> str:
+        """Close the period that ended (if any) and choose the mode of ``period``."""
+        if period == self.period:
+            return self.mode
+        if self.period is not None and self.shadows:
+            self.history.append((self.period, {m: self.load_peak_kw - s.billed_kw for m, s in self.shadows.items()}))
+            while len(self.history) > self.skill_periods:
+                self.history.popleft()
+        self.period, self.load_peak_kw = period, 0.0
+        for shadow in self.shadows.values():
+            shadow.billed_kw = 0.0
+        score = {m: sum(cut.get(m, 0.0) for _, cut in self.history) for m in MODES}
+        measured = len(self.history) >= min(2, self.skill_periods)
+        self.mode = REACTIVE if measured and score[REACTIVE] > score[FORECAST] + 1e-6 else FORECAST
+        return self.mode
+
+    def skill(self) -> dict[str, float]:
+        """Each mode's billed-peak cut (kW) summed over the periods the choice was measured on."""
+        return {m: round(sum(cut.get(m, 0.0) for _, cut in self.history), 1) for m in MODES}
+
+
+def _percentile(ranked: list[float], q: float) -> float:
+    pos = (len(ranked) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ranked) - 1)
+    return ranked[lo] + (ranked[hi] - ranked[lo]) * (pos - lo)

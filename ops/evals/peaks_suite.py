@@ -1,0 +1,201 @@
+"""`opsloop eval peaks-suite`: the planner against the reactive rule and the oracle on every curve we have.
+
+Every curve (``ops.evals.peak_curves``: Taylor, NAB series with a daily shape,
+BDEW standard profiles with holidays) is scaled to the site (its maximum at 90%
+of the import cap), scored with weekly and with monthly billing by ``peaks.evaluate``
+(the same code as ``opsloop eval peaks``), and its forecaster is scored against a
+seasonal-naive forecast (MASE: the forecaster's mean absolute error over the
+seasonal-naive one's, same steps, at 1 h, 4 h and 24 h; under 1 beats it).
+
+Per curve it reports what the targets ask: the share of weekly periods where the
+planner beats or ties reactive, whether it does in every month, both mean shares
+of the oracle's reduction, violations. One configuration is used everywhere
+(the site's); ``--leave-one-out`` takes this command's JSON reports for a few
+candidate configurations (e.g. ``--skill-periods 0, 2, 4``), picks for each curve the
+candidate best on all the *other* curves and reports its figures on the one left
+out: an estimate of what to expect on curves never seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from opsloop.models.peak_forecast import PeakForecaster
+from opsloop.models.peak_loop import LoopConfig
+from opsloop.ops.evals import peak_curves
+from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate
+
+TIE_KW = 0.5  # billed peaks this close count as a tie (the oracle's bisection tolerance)
+SHORT_WARMUP_DAYS = 4  # curves under four weeks long learn from 4 days instead of 7
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--families", default=",".join(peak_curves.FAMILIES),
+                   help=f"comma-separated curve families (default {','.join(peak_curves.FAMILIES)})")
+    p.add_argument("--curve", action="append", help="only curves whose name contains this (repeatable)")
+    p.add_argument("--site", help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
+    p.add_argument("--skill-periods", type=int,
+                   help="closed billing periods the mode arbiter measures (default: the loop's; 0: the plan always)")
+    p.add_argument("--leave-one-out", nargs="+", metavar="REPORT",
+                   help="instead of scoring: JSON reports of this command, one per candidate configuration; per "
+                        "curve, the candidate best on the other curves is scored on it")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def main(args: argparse.Namespace, settings=None) -> int:
+    from opsloop.config.site import load_site
+
+    site_file = args.site or (settings.topology if settings else None)
+    if site_file is None:
+        from opsloop.config.settings import Settings
+        site_file = Settings.from_env().topology
+    if args.leave_one_out:
+        reports = {Path(path).stem: json.loads(Path(path).read_text()) for path in args.leave_one_out}
+        result = leave_one_out(reports)
+        print(json.dumps(result, indent=2) if args.json else render_leave_one_out(result))
+        return 0
+    site = load_site(site_file)
+    families = tuple(args.families.split(","))
+    if args.curve:  # make only the families named
+        families = tuple(f for f in families if any(k.startswith(f) or f.startswith(k.split("/")[0]) or k in f
+                                                    for k in args.curve)) or families
+    chosen = [c for c in peak_curves.curves(families)
+              if not args.curve or any(k in c[0] for k in args.curve)]
+    report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
+                                               for c in chosen], "curves": []}
+    for name, family, times, values, step_s in chosen:
+        config = LoopConfig.from_site(site, step_s=step_s)
+        if args.skill_periods is not None:
+            config = replace(config, skill_periods=args.skill_periods)
+        report["config"] = {"skill_periods": config.skill_periods}
+        report["curves"].append(score_curve(name, family, times, values, step_s, config))
+    report["summary"] = summarise(report["curves"])
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def score_curve(name, family, times, values, step_s, config: LoopConfig) -> dict:
+    cap = config.policy.import_cap_kw
+    loads = [v * AUTO_PEAK_SHARE * cap / max(values) for v in values]
+    warmup = 7.0 if (times[-1] - times[0]) >= 28 * 86_400_000 else SHORT_WARMUP_DAYS
+    out = {"curve": name, "family": family, "warmup_days": warmup}
+    for billing in ("week", "month"):
+        report = evaluate(times, loads, step_s, replace(config, billing_period=billing), 80.0, warmup_days=warmup)
+        rows = [r["strategies"] for r in report["periods"]]
+        beats = [s["planner"]["billed_peak_kw"] <= s["reactive"]["billed_peak_kw"] + TIE_KW for s in rows]
+        shares = {k: [s[k]["share_of_oracle"] for s in rows if s[k]["share_of_oracle"] is not None]
+                  for k in ("planner", "reactive")}
+        out[billing] = {
+            "periods": len(rows), "beats_or_ties": sum(beats),
+            "beats_or_ties_share": round(sum(beats) / len(beats), 4) if beats else None,
+            "planner_mean_share": _mean(shares["planner"]), "reactive_mean_share": _mean(shares["reactive"]),
+            "violations": sum(s["planner"]["violations"] for s in rows),
+            "modes": [r["strategies"]["planner"].get("modes") for r in report["periods"]]}
+    out["mase"] = mase(times, loads, step_s, warmup)
+    return out
+
+
+def mase(times, loads, step_s, warmup_days) -> dict:
+    """The forecaster's MAE over the seasonal-naive forecast's (the same step a day before the target, from the
+    latest day observed), at 1 h, 4 h and 24 h, after the warm-up."""
+    day = max(1, 86_400 // step_s)
+    horizons = {"1h": max(1, round(3600 / step_s)), "4h": max(1, round(4 * 3600 / step_s)), "24h": day}
+    f = PeakForecaster(step_s=step_s, season_steps=day)
+    start = times[0] + warmup_days * 86_400_000
+    errors = {k: [0.0, 0.0] for k in horizons}
+    for i, (ts, y) in enumerate(zip(times, loads)):
+        if ts >= start:
+            predicted = f.forecast(day)
+            for k, h in horizons.items():
+                target = i - 1 + h
+                if target < len(loads) and len(predicted) >= h:
+                    naive = loads[target - day * math.ceil(h / day)]
+                    errors[k][0] += abs(predicted[h - 1] - loads[target])
+                    errors[k][1] += abs(naive - loads[target])
+        f.learn_one(y, {"ts_ms": ts})
+    return {k: round(e / n, 3) if n > 0 else None for k, (e, n) in errors.items()}
+
+
+def summarise(rows: list[dict]) -> dict:
+    weekly_ok = [r["curve"] for r in rows if (r["week"]["beats_or_ties_share"] or 0) >= 0.9]
+    monthly_ok = [r["curve"] for r in rows if r["month"]["beats_or_ties"] == r["month"]["periods"]]
+    lift = [r["curve"] for r in rows if r["week"]["planner_mean_share"] is not None
+            and r["week"]["planner_mean_share"] >= (r["week"]["reactive_mean_share"] or 0) + 0.15]
+    mase_ok = [r["curve"] for r in rows if all(v is not None and v < 1 for v in r["mase"].values())]
+    n = len(rows)
+    return {"curves": n, "weekly_beats_or_ties_90pct": len(weekly_ok), "every_month_beats_or_ties": len(monthly_ok),
+            "mean_share_lift_15pt": len(lift), "mase_under_1": len(mase_ok),
+            "violations": sum(r["week"]["violations"] + r["month"]["violations"] for r in rows),
+            "planner_weekly_mean_share": _mean([r["week"]["planner_mean_share"] for r in rows
+                                                if r["week"]["planner_mean_share"] is not None]),
+            "reactive_weekly_mean_share": _mean([r["week"]["reactive_mean_share"] for r in rows
+                                                 if r["week"]["reactive_mean_share"] is not None])}
+
+
+def leave_one_out(reports: dict[str, dict]) -> dict:
+    """Per curve: the candidate (one report each) with the best mean weekly score on the *other* curves, and its
+    figures on the curve left out. Score: weeks beating or tying reactive (capped at the 90% target) plus the
+    planner's mean share of the oracle."""
+    rows = {name: {r["curve"]: r for r in report["curves"]} for name, report in reports.items()}
+    curves = list(next(iter(rows.values())))
+
+    def score(r: dict) -> float:
+        return min(r["week"]["beats_or_ties_share"] or 0.0, 0.9) + (r["week"]["planner_mean_share"] or 0.0)
+
+    out = {}
+    for left in curves:
+        best = max(rows, key=lambda cand: sum(score(rows[cand][c]) for c in curves if c != left))
+        out[left] = {"candidate": best, "week": rows[best][left]["week"], "month": rows[best][left]["month"]}
+    summary = summarise([{"curve": c, **r, "mase": {}} for c, r in out.items()])
+    summary.pop("mase_under_1")  # the forecaster is the same in every candidate: see the reports themselves
+    return {"candidates": list(reports), "curves": out, "summary": summary}
+
+
+def render_leave_one_out(result: dict) -> str:
+    lines = [f"leave-one-curve-out over candidates {', '.join(result['candidates'])}:"]
+    for name, r in result["curves"].items():
+        w, m = r["week"], r["month"]
+        lines.append(f"  {name:<48} chosen {r['candidate']}: weeks >= reactive {_pct(w['beats_or_ties_share'])}, "
+                     f"weekly mean {_pct(w['planner_mean_share'])} (reactive {_pct(w['reactive_mean_share'])}), "
+                     f"months >= reactive {m['beats_or_ties']}/{m['periods']}")
+    s = result["summary"]
+    lines.append(f"held-out curves with >= 90% of weeks beating or tying reactive: {s['weekly_beats_or_ties_90pct']}/"
+                 f"{s['curves']}; every month: {s['every_month_beats_or_ties']}/{s['curves']}; weekly mean "
+                 f"planner {_pct(s['planner_weekly_mean_share'])} vs reactive {_pct(s['reactive_weekly_mean_share'])}")
+    return "\n".join(lines)
+
+
+def render(report: dict) -> str:
+    lines = [f"opsloop eval peaks-suite: {len(report['data'])} curves, site {report['site']}, each scaled so its "
+             f"maximum is {AUTO_PEAK_SHARE:.0%} of the import cap; judged on:"]
+    lines += [f"  {d['curve']} ({d['family']}, {d['steps']:,} steps of {d['step_s'] // 60} min)" for d in report["data"]]
+    lines += ["", f"{'curve':<48} {'weeks':>5} {'>=react':>8} {'plan wk':>8} {'react wk':>8} {'months':>6} "
+                  f"{'>=react':>7} {'plan mo':>8} {'viol':>4} {'MASE 1h/4h/24h':>16}"]
+    for r in report["curves"]:
+        w, m, e = r["week"], r["month"], r["mase"]
+        lines.append(f"{r['curve']:<48} {w['periods']:>5} {_pct(w['beats_or_ties_share']):>8} "
+                     f"{_pct(w['planner_mean_share']):>8} {_pct(w['reactive_mean_share']):>8} {m['periods']:>6} "
+                     f"{m['beats_or_ties']:>4}/{m['periods']:<2} {_pct(m['planner_mean_share']):>8} "
+                     f"{w['violations'] + m['violations']:>4} "
+                     f"{'/'.join('-' if v is None else f'{v:.2f}' for v in e.values()):>16}")
+    s = report["summary"]
+    lines += ["", f"curves where the planner beats or ties reactive in >= 90% of weeks: {s['weekly_beats_or_ties_90pct']}"
+                  f"/{s['curves']}; in every month: {s['every_month_beats_or_ties']}/{s['curves']}; "
+                  f"weekly mean share >= reactive + 15 points: {s['mean_share_lift_15pt']}/{s['curves']}; "
+                  f"MASE < 1 at 1 h, 4 h and 24 h: {s['mase_under_1']}/{s['curves']}; violations: {s['violations']}",
+              f"weekly mean share of the oracle over all curves: planner {_pct(s['planner_weekly_mean_share'])}, "
+              f"reactive {_pct(s['reactive_weekly_mean_share'])}"]
+    return "\n".join(lines)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,114 @@
+"""The mode arbiter: the reactive rule takes a billing period over only when it measured better, and says so."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from opsloop.models.battery import IDLE, Battery, Command
+from opsloop.models.peak_forecast import PeakForecaster
+from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
+from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
+from opsloop.models.peak_planner import REACTIVE_IDLE, REACTIVE_RECHARGE, REACTIVE_SHAVE, billing_period
+from opsloop.ops.evals.peak_baselines import ReactiveThreshold
+
+pytestmark = pytest.mark.unit
+HOUR = 3_600_000
+DAY = 24 * HOUR
+BATTERY = Battery(capacity_kwh=2000, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+                  reserve_soc_pct=10)
+
+
+def daily_load(hour: int) -> float:
+    return 1000.0 + (800.0 if 17 <= hour % 24 < 20 else 0.0) + 37.0 * ((hour * 7) % 5)
+
+
+def test_reactive_rule_sets_the_same_threshold_as_the_offline_baseline():
+    loads = [daily_load(h) for h in range(24 * 40)]
+    offline = ReactiveThreshold(loads, [h // 24 for h in range(len(loads))], 3600, BATTERY)
+    rule = ReactiveRule(3600)
+    for h, kw in enumerate(loads):
+        offline(h, 1000.0, None)
+        assert rule.threshold_kw(h * HOUR) == pytest.approx(offline.limit_kw) or math.isinf(offline.limit_kw)
+        rule.learn_one(h * HOUR, kw)
+
+
+def test_arbiter_hands_periods_to_the_mode_that_cut_more_once_measured():
+    arbiter = ModeArbiter(BATTERY, skill_periods=4)
+    modes = []
+    for h in range(24 * 7 * 4):
+        start = h * HOUR
+        arbiter.measure(daily_load(h), 3600, 1500.0)
+        modes.append(arbiter.start_period(billing_period(start + HOUR, "week")[0]))
+        energy = arbiter.shadows[REACTIVE].energy_kwh
+        arbiter.shadows[FORECAST].pending = IDLE  # a plan that never shaves
+        arbiter.shadows[REACTIVE].pending = Command(1500.0, BATTERY.max_discharge_kw(energy, 1.0),
+                                                    BATTERY.max_charge_kw(energy, 1.0), 1500.0)
+    weeks = [modes[k] for k in range(0, len(modes), 24 * 7)]
+    assert weeks[0] == FORECAST  # nothing measured yet: the plan decides
+    assert modes[-1] == REACTIVE  # two closed weeks where only the reactive rule cut the peak
+    assert arbiter.skill()[REACTIVE] > arbiter.skill()[FORECAST] == 0.0
+
+
+class _Blind(PeakForecaster):
+    """A forecaster that always says the load is flat at its latest value: the plan never sees a peak coming."""
+
+    def forecast_points(self, horizon):
+        points = super().forecast_points(horizon)
+        return [type(p)(p.ts_ms, points[0].kw * 0.5, points[0].kw * 0.5, points[0].kw * 0.5) for p in points]
+
+
+def test_loop_falls_back_to_the_reactive_rule_when_its_forecast_is_useless_and_says_why():
+    config = LoopConfig(site="s", ess_id="e", battery=BATTERY, step_s=3600, billing_period="week")
+    loop = SitePeakLoop(config, forecaster=_Blind(step_s=3600, season_steps=24))
+    decisions = [loop.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None) for h in range(24 * 7 * 5)]
+    assert decisions[0].mode == FORECAST and decisions[-1].mode == REACTIVE
+    reactive = [d for d in decisions if d.mode == REACTIVE]
+    assert {d.plan.reason_code for d in reactive} <= {REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE}
+    by_day = {}
+    for d in reactive:  # one threshold a day, under the daily peak
+        by_day.setdefault((d.step_start_ms + HOUR) // DAY, set()).add(d.plan.command.limit_kw)
+    assert all(len(limits) == 1 and max(limits) < max(map(daily_load, range(24))) for limits in by_day.values())
+    assert "cut the billed peak by" in reactive[-1].plan.reason
+    assert all(a["reason_code"] == d.plan.reason_code for d in decisions for a in d.actions if a["kind"] != "slurm_hold")
+
+
+def test_a_forecast_that_sees_the_queue_beats_one_that_does_not():
+    """Load follows the GPU demand the queue says will start: the covariate is causal, so it must pay."""
+    def queued_gpus(hour: int) -> float:  # a deterministic but irregular schedule of job starts
+        return float((hour * 37 + (hour // 5) * 11) % 9)
+
+    def load(hour: int) -> float:
+        return 1000.0 + 50.0 * (hour % 24 >= 8) + 60.0 * queued_gpus(hour)
+
+    seeing = PeakForecaster(step_s=3600, season_steps=24, covariates=("queued_gpus",))
+    blind = PeakForecaster(step_s=3600, season_steps=24)
+    errors = {"seeing": 0.0, "blind": 0.0}
+    for hour in range(24 * 28):
+        if hour > 24 * 14:
+            future = [{"queued_gpus": queued_gpus(hour + k)} for k in range(4)]
+            errors["seeing"] += abs(seeing.forecast(4, future)[-1] - load(hour + 3))
+            errors["blind"] += abs(blind.forecast(4)[-1] - load(hour + 3))
+        seeing.learn_one(load(hour), {"ts_ms": hour * HOUR, "queued_gpus": queued_gpus(hour)})
+        blind.learn_one(load(hour), {"ts_ms": hour * HOUR})
+    assert errors["seeing"] < 0.7 * errors["blind"], errors
+
+
+def test_state_pickled_before_the_arbiter_and_the_skill_mix_still_loads():
+    import pickle
+
+    config = LoopConfig(site="s", ess_id="e", battery=BATTERY, step_s=3600)
+    loop = SitePeakLoop(config)
+    for h in range(48):
+        loop.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None)
+    old = {k: v for k, v in loop.__dict__.items() if k not in ("arbiter", "reactive")}
+    old["forecaster"] = loop.forecaster
+    for name in ("_skill", "_measured", "_issued", "_cov", "_cov_scale", "_cov_names", "skill_power",
+                 "skill_halflife", "skill_margin", "long_share", "covariates"):
+        del loop.forecaster.__dict__[name]  # as a forecaster pickled by the previous version
+    stale = SitePeakLoop.__new__(SitePeakLoop)
+    stale.__dict__.update(old)
+    restored = pickle.loads(pickle.dumps(stale))
+    decision = restored.on_step(48 * HOUR, daily_load(48), daily_load(48), 80.0, None)
+    assert decision.mode == FORECAST and len(restored.forecaster.forecast(4)) == 4

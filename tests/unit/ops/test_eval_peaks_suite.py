@@ -1,0 +1,75 @@
+"""`opsloop eval peaks-suite` and its curves: which series count as loads, BDEW profiles with holidays, MASE."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from opsloop.ops.cli import main
+from opsloop.ops.evals import peak_curves, peaks_suite
+
+pytestmark = pytest.mark.unit
+DAY_MS = 86_400_000
+
+
+def test_a_daily_shape_is_told_from_noise_and_from_negative_series():
+    times = [k * 900_000 for k in range(96 * 14)]
+    daily = [100 + 50 * math.sin(2 * math.pi * k / 96) for k in range(len(times))]
+    noise = [100 + ((k * 7919) % 97) for k in range(len(times))]
+    assert peak_curves.has_daily_shape(times, daily, 900)
+    assert not peak_curves.has_daily_shape(times, noise, 900)
+    assert not peak_curves.has_daily_shape(times, [v - 120 for v in daily], 900)  # not a load
+    assert not peak_curves.has_daily_shape(times[:96 * 5], daily[:96 * 5], 900)  # too short
+
+
+def test_bdew_profiles_are_made_offline_and_bill_holidays_as_sundays():
+    [(name, family, times, values, step_s)] = peak_curves.bdew_curves(("g0",))
+    assert (name, family, step_s) == ("bdew/g0", "bdew", 900) and len(values) == peak_curves.BDEW_DAYS * 96
+
+    def day(date: str) -> float:
+        start = next(i for i, ts in enumerate(times) if ts >= _ms(date))
+        return sum(values[start:start + 96])
+
+    good_friday, friday_before, sunday = day("2023-04-07"), day("2023-03-31"), day("2023-04-02")
+    assert good_friday == pytest.approx(sunday, rel=0.05)
+    assert friday_before > 1.3 * good_friday
+
+
+def test_forecaster_beats_seasonal_naive_on_taylor_at_1_4_and_24_hours():
+    [(_, _, times, values, step_s)] = peak_curves.curves(("taylor",))
+    scores = peaks_suite.mase(times[:48 * 35], values[:48 * 35], step_s, warmup_days=7)
+    assert set(scores) == {"1h", "4h", "24h"} and all(v < 1 for v in scores.values()), scores
+
+
+def test_suite_prints_its_data_and_per_period_modes(capsys):
+    assert main(["eval", "peaks-suite", "--families", "taylor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [d["curve"] for d in report["data"]] == ["taylor"]
+    [row] = report["curves"]
+    assert row["week"]["periods"] >= 2 and row["week"]["violations"] == 0
+    assert all(set(m) <= {"forecast", "reactive"} for m in row["week"]["modes"])
+    assert report["summary"]["curves"] == 1
+    assert main(["eval", "peaks-suite", "--families", "taylor"]) == 0
+    text = capsys.readouterr().out
+    assert "judged on:" in text and "taylor" in text
+
+
+def _ms(date: str) -> int:
+    import datetime as dt
+    return int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def test_leave_one_out_scores_each_curve_with_the_candidate_best_on_the_others():
+    def report(shares):
+        return {"curves": [{"curve": c, "week": {"beats_or_ties_share": 1.0, "planner_mean_share": s,
+                                                 "reactive_mean_share": 0.1, "violations": 0, "periods": 4,
+                                                 "beats_or_ties": 4},
+                            "month": {"periods": 1, "beats_or_ties": 1, "violations": 0, "planner_mean_share": s}}
+                           for c, s in shares.items()]}
+    result = peaks_suite.leave_one_out({"a": report({"x": 0.9, "y": 0.2, "z": 0.2}),
+                                        "b": report({"x": 0.1, "y": 0.5, "z": 0.5})})
+    # x is judged by the candidate best on y and z (b), which is worse on x itself: no peeking
+    assert result["curves"]["x"]["candidate"] == "b" and result["curves"]["x"]["week"]["planner_mean_share"] == 0.1
+    assert result["curves"]["y"]["candidate"] == "a"
