@@ -43,7 +43,8 @@ CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOut
 INVERTER_W = INVERTER_AT + 2 + 12  # W and W_SF in model 103
 CHARGE, DISCHARGE = 1, 2  # StorCtl_Mod bits
 CHA_ST = {"off": 1, "empty": 2, "discharging": 3, "charging": 4, "full": 5, "holding": 6}
-WCHAMAX_SF, RATE_SF, SOC_SF, W_SF = 2, -2, -1, 2  # W x 100, % x 0.01, % x 0.1, W x 100
+# W x 100, % x 0.01, % x 0.1, W x 1000 (a signed register of kW holds +/-32 MW; of 100 W, only 3.2 MW)
+WCHAMAX_SF, RATE_SF, SOC_SF, W_SF = 2, -2, -1, 3
 
 
 def address(point: str) -> int:
@@ -56,6 +57,16 @@ def to_u16(value: int) -> int:
 
 def from_u16(point: str, raw: int) -> int:
     return raw - 0x10000 if point in SIGNED and raw >= 0x8000 else raw
+
+
+def power_kw(w: int, w_sf: int) -> float:
+    """The AC power of model 103's ``W`` and ``W_SF`` registers (raw), in kW (+ discharge, - charge).
+
+    >>> power_kw(to_u16(-2500), to_u16(3)), power_kw(4200, 3)
+    (-2500.0, 4200.0)
+    """
+    sf = w_sf - 0x10000 if w_sf >= 0x8000 else w_sf
+    return from_u16("W", w) * 10 ** sf / 1000
 
 
 def setpoint_registers(setpoint_kw: float, revert_s: int, wchamax_kw: float) -> dict[str, int]:
