@@ -135,6 +135,7 @@ class TwinPoller:
         self.points = 0
         self.pcs_errors = 0
         self.history: list[tuple[int, float, float]] = []  # (ts_ms, grid_kw, ess_kw) of every sample
+        self.min_soc_pct: float | None = None  # the lowest state of charge the PCS reported
 
     def _read_devices(self) -> None:
         from opsloop.connectors.pcs import PcsError
@@ -143,6 +144,7 @@ class TwinPoller:
             try:
                 self.ess_kw = self.pcs.power_kw()
                 self.soc_pct = self.pcs.read().soc_pct
+                self.min_soc_pct = self.soc_pct if self.min_soc_pct is None else min(self.min_soc_pct, self.soc_pct)
             except (PcsError, OSError) as exc:  # a silent PCS: the battery keeps doing what it last did
                 self.pcs_errors += 1
                 log.warning("twin: PCS not answering (%s); keeping %.0f kW", exc, self.ess_kw)
@@ -208,7 +210,7 @@ class TwinRun:
 
 
 def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | None = None, column: str | None = None,
-          sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None, slurm: bool = True,
+          sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None, slurm=None,
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None) -> TwinRun:
     from opsloop.config.policy import load_policy
@@ -223,13 +225,8 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     for fault in faults:
         twin.inject(fault)
     pcs_client = PcsClient(*parse_endpoint(settings.pcs_modbus), timeout_s=1.0) if pcs and site.ess else None
-    backend = None
-    if slurm:
-        from opsloop.connectors.slurm_backends import make_backend
-
-        backend = make_backend(settings)
     meters = Meters(site.id)
-    poller = TwinPoller(twin, sample_s, start_ms, pcs_client, backend, load_policy(settings.policy).slurm.kw_per_gpu,
+    poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
                         alarms, meters)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
@@ -244,6 +241,10 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
     from opsloop.config.site import load_site
 
     site = load_site(site_file or settings.topology or DEMO_SITE)
+    if options.pop("slurm", True):
+        from opsloop.connectors.slurm_backends import make_backend
+
+        options["slurm"] = make_backend(settings)
     twin = build(settings, site, speed=speed, data=data, **options)
     env = " ".join(f"{k}={v}" for k, v in twin.clock.env().items())
     print(f"site twin of {site.id} at {twin.clock.speed:g}x; every process of this run needs: {env}", flush=True)

@@ -122,9 +122,13 @@ AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue
 
 
 def _peaks(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.policy import load_policy
     from opsloop.streams.peaks import PeaksProcessor
 
-    return PeaksProcessor(settings, site, wall_clock=settings.clock())
+    # plan within the guard's PCS limit: a setpoint above it is refused, and the battery is left unused
+    pcs_kw = min(load_policy(settings.policy).pcs.max_kw, *(max(e.pcs_charge_kw, e.pcs_discharge_kw)
+                                                            for e in site.ess[:1])) if site.ess else None
+    return PeaksProcessor(settings, site, wall_clock=settings.clock(), pcs_kw=pcs_kw)
 
 
 AGENTS["peaks"] = _peaks  # peak shaving (issue 3)
