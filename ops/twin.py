@@ -138,6 +138,8 @@ class TwinPoller:
         self.min_soc_pct: float | None = None  # the lowest state of charge the PCS reported
 
     def _read_devices(self) -> None:
+        from pymodbus.exceptions import ModbusException
+
         from opsloop.connectors.pcs import PcsError
 
         if self.pcs is not None:
@@ -145,7 +147,7 @@ class TwinPoller:
                 self.ess_kw = self.pcs.power_kw()
                 self.soc_pct = self.pcs.read().soc_pct
                 self.min_soc_pct = self.soc_pct if self.min_soc_pct is None else min(self.min_soc_pct, self.soc_pct)
-            except (PcsError, OSError) as exc:  # a silent PCS: the battery keeps doing what it last did
+            except (PcsError, ModbusException, OSError) as exc:  # a silent PCS: the battery keeps doing what it last did
                 self.pcs_errors += 1
                 log.warning("twin: PCS not answering (%s); keeping %.0f kW", exc, self.ess_kw)
                 self.pcs.close()
