@@ -4,7 +4,8 @@ Real Kafka, the local Slurm and the PCS simulator, all on one twin clock running
 than the wall clock. The first simulated day teaches the forecaster; on the second the billed peak
 (daily demand billing, highest 15-minute import) measured on the twin's grid meter must fall below
 the same day played with actuation off, no guard limit may be crossed, and every action that reached
-the PCS must be verified or reverted, executed once.
+the PCS must be verified or reverted, executed once. Mid-run the PCS stops answering for an hour of twin
+time and the agents are stopped and started again on their state.
 """
 
 from __future__ import annotations
@@ -34,6 +35,38 @@ SPEED = 720.0
 WARM_UP_S = 20 * 3600  # the forecaster learns the day's shape from 04:00 of day one
 MEASURED_S = 20 * 3600  # ... and the billed peak is measured over day two to 20:00
 AGENTS = ("rollup", "peaks", "guard", "pcs-sink")
+
+
+PCS_SILENT_AT_S, PCS_SILENT_WALL_S = 3 * 3600, 5.0  # day two 03:00: the PCS is silent for 5 wall s (1 twin h)
+RESTART_AT_S = 7 * 3600  # day two 07:00: the agents stop and start again
+
+
+class Agents:
+    """The worker's agents in threads of this process, stopped and started again on the same state."""
+
+    def __init__(self, settings, site):
+        self.settings, self.site = settings, site
+        self.stop_event, self.threads = threading.Event(), []
+
+    def start(self) -> None:
+        self.stop_event = threading.Event()
+        processors = [worker.AGENTS[name](self.settings, self.site) for name in AGENTS]
+        self.threads = [threading.Thread(target=p.run, args=(self.stop_event,), name=p.name, daemon=True)
+                        for p in processors]
+        for t in self.threads:
+            t.start()
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(60)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def billed_peak_kw(samples: list[tuple[int, float]], step_ms: int = 900_000) -> float:
@@ -67,22 +100,31 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     assert settings.clock() == clock  # every part below builds this same clock from the settings
     policy = load_policy(settings.policy)
 
-    stop_agents, stop_twin = threading.Event(), threading.Event()
+    stop_twin = threading.Event()
     sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0).start()
-    processors = [worker.AGENTS[name](settings, site) for name in AGENTS]
-    threads = [threading.Thread(target=p.run, args=(stop_agents,), name=p.name, daemon=True) for p in processors]
+    agents = Agents(settings, site)
     twin = twin_process.build(settings, site, clock=settings.clock(), start_ms=start_ms, sample_s=30.0, poll_s=0.1,
                               prometheus_port=free_port(), slurm=ScontrolBackend(slurm.env), data=data)
     twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
     began = time.monotonic()
     try:
-        for t in threads:
-            t.start()
+        agents.start()
         twin_thread.start()
-        scrape = None
+        scrape, restarted, silenced = None, False, None
         while clock() * 1000 < end_ms:
             assert twin_thread.is_alive(), "the twin stopped"
-            assert all(t.is_alive() for t in threads), "an agent stopped"
+            assert agents.alive(), "an agent stopped"
+            now_ms = clock() * 1000
+            if silenced is None and now_ms >= day_two_ms + PCS_SILENT_AT_S * 1000:
+                sim.stop()  # the PCS stops answering: sinks fail, the twin keeps the battery's last power
+                silenced = time.monotonic()
+            if silenced and not isinstance(silenced, pcs_sim.PcsSimulator) \
+                    and time.monotonic() - silenced >= PCS_SILENT_WALL_S:
+                sim = silenced = pcs_sim.PcsSimulator(sim.battery, port, device=sim.device, site=sim.site,
+                                                      wchamax_kw=sim.wchamax_kw, clock=settings.clock()).start()
+            if not restarted and now_ms >= day_two_ms + RESTART_AT_S * 1000:
+                agents.restart()  # the worker goes away mid-run and comes back on the same state
+                restarted = True
             if scrape is None and twin.poller.samples > 10:
                 import urllib.request
 
@@ -94,15 +136,14 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
         time.sleep(3)  # the last actions reach the PCS and the guard
     finally:
         stop_twin.set()
-        stop_agents.set()
-        for t in threads:
-            t.join(60)
+        agents.stop()
         sim.stop()
         twin.close()
     wall_s = time.monotonic() - began
     codec = Codec.default()
 
     assert 'opsloop_twin_grid_kw{site="demo",device="grid-meter-1"}' in scrape
+    assert restarted and twin.poller.pcs_errors > 0, "the faults were not injected"
     history = [(ts, grid, ess) for ts, grid, ess in twin.poller.history if ts >= day_two_ms]
     assert len(history) > 0.9 * MEASURED_S / 30, "the twin fell behind its clock"
     # the same day with actuation off: the same physics, no battery, no job stopped
