@@ -134,6 +134,7 @@ class TwinPoller:
         self.samples = 0
         self.points = 0
         self.pcs_errors = 0
+        self.pcs_silent = False
         self.history: list[tuple[int, float, float]] = []  # (ts_ms, grid_kw, ess_kw) of every sample
         self.min_soc_pct: float | None = None  # the lowest state of charge the PCS reported
 
@@ -147,9 +148,14 @@ class TwinPoller:
                 self.ess_kw = self.pcs.power_kw()
                 self.soc_pct = self.pcs.read().soc_pct
                 self.min_soc_pct = self.soc_pct if self.min_soc_pct is None else min(self.min_soc_pct, self.soc_pct)
+                if self.pcs_silent:
+                    log.info("twin: the PCS answers again")
+                    self.pcs_silent = False
             except (PcsError, ModbusException, OSError) as exc:  # a silent PCS: the battery keeps doing what it last did
                 self.pcs_errors += 1
-                log.warning("twin: PCS not answering (%s); keeping %.0f kW", exc, self.ess_kw)
+                if not self.pcs_silent:  # once per outage, not once per poll
+                    log.warning("twin: PCS not answering (%s); keeping %.0f kW until it does", exc, self.ess_kw)
+                self.pcs_silent = True
                 self.pcs.close()
         if self.slurm is not None:
             try:
