@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from opsloop.config.assets import DEMO_SITE, POLICY_FILE, TOPICS_FILE
+from opsloop.config.clock import Clock
 
 ENV_PREFIX = "OPSLOOP_"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -72,6 +73,11 @@ class Settings:
     slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
     slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
+    # One clock for every process of a run (config/clock.py): at wall time clock_anchor_s the site's time was
+    # clock_epoch_s, and it runs clock_speed times faster. clock_epoch_s 0: the wall clock. `opsloop twin` sets them.
+    clock_epoch_s: float = 0.0
+    clock_anchor_s: float = 0.0
+    clock_speed: float = 1.0
     noc_port: int = 8088  # `opsloop noc` HTTP port
     noc_users_file: Path | None = None  # NOC users and password hashes; default: <data_dir>/noc/users.json
     noc_allowed_hosts: str = ""  # comma-separated Host names the NOC answers to, besides its loopback bind address
@@ -117,6 +123,12 @@ class Settings:
         if protocol.startswith("SASL") and not (self.kafka_sasl_password or self.kafka_sasl_password_file):
             raise ValueError(f"OPSLOOP_KAFKA_SASL_PASSWORD or OPSLOOP_KAFKA_SASL_PASSWORD_FILE is required with "
                              f"{protocol}")
+        if not self.clock_speed > 0:
+            raise ValueError(f"OPSLOOP_CLOCK_SPEED: expected a number > 0, got {self.clock_speed!r}")
+
+    def clock(self) -> Clock:
+        """The clock every agent, sink, source and simulator of this process injects."""
+        return Clock(self.clock_epoch_s, self.clock_anchor_s, self.clock_speed)
 
     def kafka_password(self) -> str:
         """The SASL password, from the setting or its file (never logged: keep it out of messages)."""
@@ -141,9 +153,11 @@ class Settings:
         return self.replace(kafka_sasl_username=name, kafka_sasl_password="", kafka_sasl_password_file=password_file)
 
     def kafka_env(self) -> dict[str, str]:
-        """The broker and Kafka security settings as ``OPSLOOP_*`` env, for a child process."""
+        """The broker, Kafka security and clock settings as ``OPSLOOP_*`` env, for a child process."""
         names = ["broker", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
                  "kafka_sasl_password", "kafka_sasl_password_file", "kafka_ca_file"]
+        if not self.clock().is_wall:  # a child process runs on the same clock
+            names += ["clock_epoch_s", "clock_anchor_s", "clock_speed"]
         values = {ENV_PREFIX + n.upper(): getattr(self, n) for n in names}
         return {k: str(v) for k, v in values.items() if v not in (None, "")}
 

@@ -74,6 +74,13 @@ class PcsClient:
         return PcsReading(sunspec.setpoint_from(values, wchamax), values["InOutWRte_RvrtTms"],
                           values["ChaState"] * 10 ** values["ChaState_SF"], values["ChaSt"], values)
 
+    def power_kw(self) -> float:
+        """The AC power the PCS measures (model 103 W), in kW: + discharge, - charge."""
+        self.connect()
+        w, w_sf = self._check(self.client.read_holding_registers(sunspec.INVERTER_W, count=2, device_id=self.unit),
+                              "reading model 103 W").registers
+        return sunspec.power_kw(w, w_sf)
+
     def write_setpoint(self, setpoint_kw: float, revert_s: int) -> PcsReading:
         """Command a setpoint (+ discharge, - charge, 0 idle) with a revert timeout; returns the read-back."""
         self.connect()

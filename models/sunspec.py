@@ -70,6 +70,16 @@ def from_u16(point: str, raw: int) -> int:
     return raw - 0x10000 if point in SIGNED and raw >= 0x8000 else raw
 
 
+def power_kw(w: int, w_sf: int) -> float:
+    """The AC power of model 103's ``W`` and ``W_SF`` registers (raw), in kW (+ discharge, - charge).
+
+    >>> power_kw(to_u16(-2500), to_u16(3)), power_kw(4200, 3)
+    (-2500.0, 4200.0)
+    """
+    sf = w_sf - 0x10000 if w_sf >= 0x8000 else w_sf
+    return from_u16("W", w) * 10 ** sf / 1000
+
+
 def setpoint_registers(setpoint_kw: float, revert_s: int, wchamax_kw: float) -> dict[str, int]:
     """Model 124 control values for a setpoint (+ discharge, - charge, 0 idle) with a revert timeout."""
     pct = round(abs(setpoint_kw) / wchamax_kw * 100 / 10 ** RATE_SF)

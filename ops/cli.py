@@ -108,6 +108,15 @@ def cmd_pcs_sim(settings: Settings, args) -> int:
     return serve_forever(settings, load_site(settings.topology), telemetry_s=args.telemetry_s)
 
 
+def cmd_twin(settings: Settings, args) -> int:
+    from opsloop.ops import twin
+
+    return twin.main(settings, args.site, args.speed, args.data, column=args.column, sample_s=args.sample_s,
+                     poll_s=args.poll_s, prometheus_port=args.prometheus_port, slurm=not args.no_slurm,
+                     storm_seed=args.seed, failures=args.failures, background=args.background,
+                     horizon_s=int(args.horizon_h * 3600))
+
+
 def cmd_slurm(settings: Settings, args) -> int:
     from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
@@ -325,6 +334,21 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("action", choices=["check"])
     pol.add_argument("file", nargs="?", type=Path, help="policy file (default: OPSLOOP_POLICY)")
     pol.set_defaults(func=cmd_policy)
+    tw = sub.add_parser("twin", help="play the site: load from a real curve, cooling, the PCS's ESS power, Slurm "
+                                     "jobs, injected failures; publishes as a live source, serves Prometheus text")
+    tw.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY)")
+    tw.add_argument("--speed", type=float, default=60.0, help="twin seconds per wall second")
+    tw.add_argument("--data", type=Path, help="timestamp,value CSV or Parquet (default: the bundled Taylor file)")
+    tw.add_argument("--column", help="value column (default: the first one after the time)")
+    tw.add_argument("--sample-s", type=float, default=60.0, help="twin seconds between samples")
+    tw.add_argument("--poll-s", type=float, default=0.5, help="wall seconds between polls")
+    tw.add_argument("--prometheus-port", type=int, help="serve the latest readings as Prometheus text here")
+    tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
+    tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
+    tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")
+    tw.add_argument("--horizon-h", type=float, default=24.0, help="twin hours the failures are spread over")
+    tw.add_argument("--seed", type=int, default=0, help="storm generator seed")
+    tw.set_defaults(func=cmd_twin)
     sim = sub.add_parser("pcs-sim", help="run the PCS simulator (Modbus TCP, SunSpec) on OPSLOOP_PCS_MODBUS")
     sim.add_argument("--telemetry-s", type=float, default=1.0, help="seconds between telemetry points")
     sim.set_defaults(func=cmd_pcs_sim)

@@ -256,7 +256,7 @@ def serve_forever(settings: Settings, site: Site, telemetry_s: float | None = 1.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with from_site(site, port, settings, host=host, telemetry_s=telemetry_s):
+    with from_site(site, port, settings, clock=settings.clock(), host=host, telemetry_s=telemetry_s):
         print(f"PCS simulator on {host}:{port}, telemetry every {telemetry_s} s", flush=True)
         stop.wait()
     return 0

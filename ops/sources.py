@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 from opsloop.config.settings import Settings
@@ -38,10 +37,11 @@ def runs(settings: Settings, kind: str, config_file: Path, name: str | None = No
     if not configs:
         raise ValueError(f"{config_file}: no source of kind {kind!r}" + (f" named {name!r}" if name else ""))
     sites = load_sites(settings.topology.parent, known=[])
+    clock = settings.clock()
     out = []
     for config in configs:
         site = site_of(settings, config, sites)
-        out.append(SourceRun(settings.as_principal("source"), config, site, KINDS[kind].build(config, site, time.time)))
+        out.append(SourceRun(settings.as_principal("source"), config, site, KINDS[kind].build(config, site, clock), clock))
     return out
 
 

@@ -70,13 +70,13 @@ class AnomalyProcessor(BatchProcessor):
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
-                 names: SiteNames | None = None, **kwargs):
+                 names: SiteNames | None = None, wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.names = names  # None: every site and device is taken
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
         self.bounds = EventTimeBounds.from_settings(settings)
-        self.wall_clock = time.time  # processing time that bounds event times
+        self.wall_clock = wall_clock  # processing time that bounds event times (the run's one clock)
         self.now_ms = int(self.wall_clock() * 1000)
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series

@@ -33,8 +33,10 @@ class KeyedProcessor(BatchProcessor):
     poll_s = 0.005  # the longest a record waits for its batch to fill (latency at low rates)
     wall_clock: Callable[[], float] = staticmethod(time.time)  # processing time that bounds event times
 
-    def __init__(self, settings: Settings, **kwargs):
+    def __init__(self, settings: Settings, wall_clock: Callable[[], float] | None = None, **kwargs):
         super().__init__(settings, **kwargs)
+        if wall_clock is not None:  # the run's one clock (config/clock.py)
+            self.wall_clock = wall_clock
         self.partitions = self.catalog[self.source].partitions
         self.bounds = EventTimeBounds.from_settings(settings)
         self.stats = {"in": 0, "out": 0, "replayed": 0, "dead_letters": 0, "commits": 0}

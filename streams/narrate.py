@@ -40,12 +40,13 @@ def register(app, settings: Settings) -> None:
     narration = Narration(parse_corpus(sop_texts()), chat_generator=chat_generator(settings) if settings.llm_url else None,
                           model_name=settings.llm_model)
     codec = Codec.default()
+    clock = settings.clock()  # narrations are stamped on the run's one clock
     latest: OrderedDict[str, int] = OrderedDict()  # incident id → updated_ms of the newest version seen
     in_flight: set[asyncio.Task] = set()
     slots = {"free": max(0, settings.llm_concurrency)}
 
     async def publish(result, incident: dict, started: float) -> None:
-        narrative = result.narrative(incident, ts_ms=int(time.time() * 1000),
+        narrative = result.narrative(incident, ts_ms=int(clock() * 1000),
                                      latency_ms=(time.perf_counter() - started) * 1000)
         await send_record(app, "narratives", narrative, codec)
 

@@ -41,9 +41,11 @@ class PeaksProcessor(KeyedProcessor):
     source = "telemetry.site"
     record = "SiteSnapshot"
 
-    def __init__(self, settings: Settings, site: Site, observer: Observer | None = None, **kwargs):
+    def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
+                 pcs_kw: float | None = None, **kwargs):
         super().__init__(settings, **kwargs)
-        self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s)
+        # pcs_kw: the most the guard lets the PCS do (policy pcs.max_kw), so no plan asks for more
+        self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s, pcs_kw=pcs_kw)
         self.observer = observer
         self.decided: list[Decision] = []
 

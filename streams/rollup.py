@@ -88,7 +88,10 @@ class RollupProcessor(BatchProcessor):
     def _reset(self, partitions=()) -> None:
         self.rollup = SiteRollup(self.settings.window_s, self.settings.grace_s,
                                  EventTimeBounds.from_settings(self.settings))
-        self.watermark = LaneWatermarks(partitions, hold_ms=int(self.settings.idle_close_s * 1000))
+        # idle_close_s is how long a Kafka consumer may take to reach a partition: wall seconds, counted on
+        # the run's clock (a twin clock runs `speed` times faster)
+        hold_ms = int(self.settings.idle_close_s * 1000 * getattr(self.wall_clock, "speed", 1.0))
+        self.watermark = LaneWatermarks(partitions, hold_ms=hold_ms)
         self.replayed_upto: dict[int, int] = {}  # partition → offsets below this were handled before a restart
         self.start_offsets: dict[int, int] = {}  # partition → where this assignment reads from (-1: its beginning)
 

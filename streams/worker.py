@@ -55,13 +55,13 @@ def site_names(settings: Settings, site: Site):
 def _rollup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.rollup import RollupProcessor
 
-    return RollupProcessor(settings, names=site_names(settings, site))
+    return RollupProcessor(settings, names=site_names(settings, site), wall_clock=settings.clock())
 
 
 def _anomaly(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.anomaly import AnomalyProcessor
 
-    return AnomalyProcessor(settings, names=site_names(settings, site))
+    return AnomalyProcessor(settings, names=site_names(settings, site), wall_clock=settings.clock())
 
 
 def _views(settings: Settings, site: Site) -> Processor:
@@ -74,21 +74,21 @@ def _guard(settings: Settings, site: Site) -> Processor:
     from opsloop.config.policy import load_policy
     from opsloop.streams.guard import GuardProcessor
 
-    return GuardProcessor(settings, load_policy(settings.policy), site)
+    return GuardProcessor(settings, load_policy(settings.policy), site, clock=settings.clock())
 
 
 def _pcs_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.pcs_sink import PcsSink
     from opsloop.config.policy import load_policy
 
-    return PcsSink(settings, load_policy(settings.policy), site)
+    return PcsSink(settings, load_policy(settings.policy), site, clock=settings.clock())
 
 
 def _slurm_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.slurm_sink import SlurmSink
     from opsloop.config.policy import load_policy
 
-    return SlurmSink(settings, load_policy(settings.policy))
+    return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock())
 
 
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
@@ -97,7 +97,7 @@ FaustRegister = Callable[["faust.App", Settings], None]
 def _dedup(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.dedup import DedupProcessor
 
-    return DedupProcessor(settings, names=site_names(settings, site))
+    return DedupProcessor(settings, names=site_names(settings, site), wall_clock=settings.clock())
 
 
 def _correlate(settings: Settings, site: Site) -> Processor:
@@ -105,7 +105,8 @@ def _correlate(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.correlate import CorrelateProcessor
 
     # alarms of every site described beside this one correlate on their own topology
-    return CorrelateProcessor(settings, load_sites(settings.topology.parent, known=[site]).values())
+    return CorrelateProcessor(settings, load_sites(settings.topology.parent, known=[site]).values(),
+                              wall_clock=settings.clock())
 
 
 def _narrate(app: "faust.App", settings: Settings) -> None:
@@ -121,9 +122,13 @@ AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue
 
 
 def _peaks(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.policy import load_policy
     from opsloop.streams.peaks import PeaksProcessor
 
-    return PeaksProcessor(settings, site)
+    # plan within the guard's PCS limit: a setpoint above it is refused, and the battery is left unused
+    pcs_kw = min(load_policy(settings.policy).pcs.max_kw, *(max(e.pcs_charge_kw, e.pcs_discharge_kw)
+                                                            for e in site.ess[:1])) if site.ess else None
+    return PeaksProcessor(settings, site, wall_clock=settings.clock(), pcs_kw=pcs_kw)
 
 
 AGENTS["peaks"] = _peaks  # peak shaving (issue 3)

@@ -1,0 +1,269 @@
+"""`opsloop twin`: a process that plays the physical site; the only thing in a twin run that makes up numbers.
+
+Each poll of the live-source loop (connectors/sources/loop.py, so the twin publishes, reports its
+health and backs off as any source does) it
+
+1. reads the ESS power and state of charge from the PCS's registers over Modbus (the simulator,
+   ops/pcs_sim.py, driven by the PCS sink), so a discharge the sink commands lowers the meter;
+2. reads job states from Slurm (the site's backend): suspended jobs, and jobs pending again after
+   they ran, stop drawing their GPUs' power (``policy.slurm.kw_per_gpu`` each);
+3. steps the physics (models/twin.py) through every ``sample_s`` of twin time since the last
+   poll and publishes each sample's points to ``telemetry.raw``;
+4. publishes the alarms of the failures it injects (ops/evals/storm.py) as their time comes,
+   while the failures move the telemetry (a PDU breaker trip darkens racks, a chiller trip
+   heats zones).
+
+Its latest readings are also served as Prometheus text (``--prometheus-port``), so a Prometheus
+source reads the twin as it would read a site's exporter.
+
+Time is the run's one clock (config/clock.py): when the settings carry none, the twin starts one
+at the curve's first time running ``speed`` times faster and prints the ``OPSLOOP_CLOCK_*``
+variables every other process of the run must share.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from opsloop.config.assets import DEMO_SITE
+from opsloop.config.clock import Clock
+from opsloop.config.settings import Settings
+from opsloop.config.site import Site
+from opsloop.config.sources import SourceConfig
+from opsloop.connectors.sources.base import Readings
+from opsloop.models.topology import Topology
+from opsloop.models.twin import Fault, SiteTwin, parse_curve, stopped_kw
+
+log = logging.getLogger("opsloop.twin")
+DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
+TWIN_SOURCE = "twin-1"  # the collector device the site file declares for the twin's health and loss alarms
+TELEMETRY_FAULTS = ("power", "cooling")
+
+
+def read_curve(data: Path, time_column: str = "timestamp", column: str | None = None) -> list[tuple[int, float]]:
+    """A ``timestamp,value`` file (CSV or Parquet) as curve points; ``column`` defaults to the first other one."""
+    from opsloop.connectors.replay import read_table
+
+    table = read_table(data, time_column)
+    names = [c for c in table.column_names if c != time_column]
+    column = column or (names[0] if names else None)
+    if column not in table.column_names:
+        raise ValueError(f"{data}: no value column {column!r} (columns: {', '.join(table.column_names)})")
+    return parse_curve(zip(table[time_column].to_pylist(), table[column].to_pylist()))
+
+
+def storm_faults(site: Site, start_ms: int, horizon_s: int, seed: int, failures: int, background: int):
+    """The storm generator's failures on the site's topology: Faults for the physics, alarms to publish."""
+    from opsloop.ops.evals.storm import generate_storm
+
+    if not failures and not background or site.topology is None:
+        return [], []
+    storm = generate_storm(Topology.from_site(site), seed=seed, failures=failures, horizon_s=horizon_s,
+                           background=background, start_ms=start_ms)
+    faults = [Fault(f.kind, f.root, f.start_ms, f.end_ms, f.affected) for f in storm.failures
+              if f.kind in TELEMETRY_FAULTS]
+    return faults, [alarm for alarm, _ in storm.alarms]
+
+
+@dataclass
+class Meters:
+    """The latest reading of every (device, metric), for the Prometheus page; shared across threads."""
+
+    site: str
+    values: dict[tuple[str, str], float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, points: list[dict]) -> None:
+        with self.lock:
+            for p in points:
+                self.values[(p["device"], p["metric"])] = p["value"]
+
+    def text(self) -> str:
+        with self.lock:
+            items = sorted(self.values.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        lines, typed = [], set()
+        for (device, metric), value in items:
+            name = f"opsloop_twin_{metric}"
+            if name not in typed:
+                lines += [f"# HELP {name} {metric} as the site twin measures it", f"# TYPE {name} gauge"]
+                typed.add(name)
+            lines.append(f'{name}{{site="{self.site}",device="{device}"}} {value!r}')
+        return "\n".join(lines) + "\n"
+
+
+def serve_prometheus(meters: Meters, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = meters.text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # scrapes are not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="twin-prometheus", daemon=True).start()
+    return server
+
+
+class TwinPoller:
+    """The twin as a live source's ``Poller``: each poll plays the site up to ``now_ms``."""
+
+    def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
+                 alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000):
+        self.twin = twin
+        self.sample_ms = int(sample_s * 1000)
+        self.next_ms = start_ms
+        self.pcs, self.slurm, self.kw_per_gpu = pcs, slurm, kw_per_gpu
+        self.alarms = sorted(alarms or [], key=lambda a: a["ts_ms"])
+        self.meters = meters
+        self.max_samples = max_samples
+        self.ess_kw, self.soc_pct = 0.0, None
+        self.stopped: dict[str, float] = {}
+        self.seen_running: set[str] = set()
+        self.samples = 0
+        self.points = 0
+        self.pcs_errors = 0
+        self.pcs_silent = False
+        self.history: list[tuple[int, float, float]] = []  # (ts_ms, grid_kw, ess_kw) of every sample
+        self.min_soc_pct: float | None = None  # the lowest state of charge the PCS reported
+
+    def _read_devices(self) -> None:
+        from pymodbus.exceptions import ModbusException
+
+        from opsloop.connectors.pcs import PcsError
+
+        if self.pcs is not None:
+            try:
+                self.ess_kw = self.pcs.power_kw()
+                self.soc_pct = self.pcs.read().soc_pct
+                self.min_soc_pct = self.soc_pct if self.min_soc_pct is None else min(self.min_soc_pct, self.soc_pct)
+                if self.pcs_silent:
+                    log.info("twin: the PCS answers again")
+                    self.pcs_silent = False
+            except (PcsError, ModbusException, OSError) as exc:  # a silent PCS: the battery keeps doing what it last did
+                self.pcs_errors += 1
+                if not self.pcs_silent:  # once per outage, not once per poll
+                    log.warning("twin: PCS not answering (%s); keeping %.0f kW until it does", exc, self.ess_kw)
+                self.pcs_silent = True
+                self.pcs.close()
+        if self.slurm is not None:
+            try:
+                self.stopped = stopped_kw(self.slurm.jobs(), self.kw_per_gpu, self.seen_running)
+            except Exception as exc:  # noqa: BLE001 (any backend failure: the jobs keep their last state)
+                log.warning("twin: Slurm not answering (%s)", exc)
+
+    def poll(self, now_ms: int) -> Readings:
+        if now_ms < self.next_ms:
+            return Readings()
+        self._read_devices()
+        readings = Readings()
+        last = now_ms
+        if (now_ms - self.next_ms) // self.sample_ms >= self.max_samples:  # far behind: skip, never flood
+            skipped = (now_ms - self.next_ms) // self.sample_ms - self.max_samples + 1
+            self.next_ms += skipped * self.sample_ms
+            log.warning("twin: %d sample(s) skipped (the poll fell behind the clock)", skipped)
+        while self.next_ms <= now_ms:
+            state = self.twin.measure(self.next_ms, self.ess_kw, self.stopped)
+            readings.points += self.twin.points(state, self.soc_pct)
+            self.history.append((self.next_ms, state.grid_kw, state.ess_kw))
+            last = self.next_ms
+            self.next_ms += self.sample_ms
+            self.samples += 1
+        while self.alarms and self.alarms[0]["ts_ms"] <= last:
+            readings.alarms.append(self.alarms.pop(0))
+        self.points += len(readings.points)
+        if self.meters is not None:
+            self.meters.update(readings.points[-200:] if len(readings.points) > 200 else readings.points)
+        return readings
+
+    def close(self) -> None:
+        if self.pcs is not None:
+            self.pcs.close()
+
+
+def twin_clock(settings: Settings, curve_start_ms: int, speed: float) -> Clock:
+    """The run's clock: the settings' when they carry one, else a new one at the curve's start."""
+    clock = settings.clock()
+    if not clock.is_wall:
+        if clock.speed != speed:
+            log.warning("twin: OPSLOOP_CLOCK_SPEED=%g is the run's clock; --speed %g ignored", clock.speed, speed)
+        return clock
+    return Clock.starting(curve_start_ms / 1000, speed)
+
+
+@dataclass
+class TwinRun:
+    """A built twin: the source loop to run, its poller, clock and Prometheus server."""
+
+    run: object
+    poller: TwinPoller
+    clock: Clock
+    prometheus: ThreadingHTTPServer | None = None
+
+    def close(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.shutdown()
+            self.prometheus.server_close()
+
+
+def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | None = None, column: str | None = None,
+          sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None, slurm=None,
+          pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
+          clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None) -> TwinRun:
+    from opsloop.config.policy import load_policy
+    from opsloop.connectors.pcs import PcsClient, parse_endpoint
+    from opsloop.connectors.sources.loop import SourceRun
+
+    curve = read_curve(data or DEFAULT_DATA, column=column)
+    clock = clock or twin_clock(settings, curve[0][0], speed)
+    start_ms = int(clock() * 1000) // int(sample_s * 1000) * int(sample_s * 1000) if start_ms is None else start_ms
+    twin = SiteTwin(site, curve, **(twin_options or {}))
+    faults, alarms = storm_faults(site, start_ms, horizon_s, storm_seed, failures, background)
+    for fault in faults:
+        twin.inject(fault)
+    pcs_client = PcsClient(*parse_endpoint(settings.pcs_modbus), timeout_s=1.0) if pcs and site.ess else None
+    meters = Meters(site.id)
+    poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
+                        alarms, meters)
+    config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
+                          fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
+    run = SourceRun(settings.as_principal("source"), config, site, poller, clock)
+    server = serve_prometheus(meters, prometheus_port) if prometheus_port is not None else None
+    return TwinRun(run, poller, clock, server)
+
+
+def main(settings: Settings, site_file: Path | None, speed: float, data: Path | None, **options) -> int:
+    import signal
+
+    from opsloop.config.site import load_site
+
+    site = load_site(site_file or settings.topology or DEMO_SITE)
+    if options.pop("slurm", True):
+        from opsloop.connectors.slurm_backends import make_backend
+
+        options["slurm"] = make_backend(settings)
+    twin = build(settings, site, speed=speed, data=data, **options)
+    env = " ".join(f"{k}={v}" for k, v in twin.clock.env().items())
+    print(f"site twin of {site.id} at {twin.clock.speed:g}x; every process of this run needs: {env}", flush=True)
+    if twin.prometheus is not None:
+        print(f"Prometheus text on http://127.0.0.1:{twin.prometheus.server_port}/metrics", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        twin.run.run(stop)
+    finally:
+        twin.close()
+    print(f"twin: {twin.poller.samples} samples, {twin.poller.points} points published", flush=True)
+    return 0

@@ -1,0 +1,95 @@
+"""The twin process's poller without a broker: samples on the twin's clock, the PCS read back, a silent PCS,
+alarms as their time comes, and the Prometheus page."""
+
+import pytest
+
+from opsloop.config.assets import DEMO_SITE
+from opsloop.config.site import load_site
+from opsloop.connectors.pcs import PcsClient
+from opsloop.ops import pcs_sim
+from opsloop.models.twin import SiteTwin
+from opsloop.ops.twin import Meters, TwinPoller, storm_faults
+
+pytestmark = pytest.mark.unit  # the PCS is the real simulator, on a loopback port of its own
+
+SITE = load_site(DEMO_SITE)
+H = 3_600_000
+
+
+def poller(pcs=None, alarms=(), max_samples=10_000):
+    twin = SiteTwin(SITE, [(0, 30_000.0), (48 * H, 30_000.0)])
+    return TwinPoller(twin, 60.0, 0, pcs=pcs, alarms=list(alarms), meters=Meters("demo"), max_samples=max_samples)
+
+
+def grid(readings):
+    return [p["value"] for p in readings.points if p["metric"] == "grid_kw"]
+
+
+@pytest.fixture
+def pcs():
+    """The PCS simulator on a free port, its clock in the test's hands, and a client to it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    now = [0.0]
+    sim = pcs_sim.from_site(SITE, port, clock=lambda: now[0], soc_pct=60.0).start()
+    client = PcsClient("127.0.0.1", port, timeout_s=0.5)
+    try:
+        yield sim, client
+    finally:
+        client.close()
+        sim.stop()
+
+
+def test_each_poll_plays_every_sample_due_with_the_ess_power_read_from_the_pcs(pcs):
+    sim, client = pcs
+    client.write_setpoint(1000.0, 600)
+    p = poller(client)
+    first = p.poll(5 * 60_000)
+    assert [pt["ts_ms"] for pt in first.points if pt["metric"] == "grid_kw"] == [i * 60_000 for i in range(6)]
+    facility = [pt["value"] for pt in first.points if pt["metric"] == "facility_kw"]
+    assert grid(first) == pytest.approx([f - 1000.0 for f in facility])
+    assert [pt["value"] for pt in first.points if pt["metric"] == "ess_soc_pct"][0] == pytest.approx(60.0)
+    assert p.poll(5 * 60_000 + 30_000).points == []  # nothing due yet
+
+
+def test_a_silent_pcs_leaves_the_battery_doing_what_it_last_did(pcs):
+    sim, client = pcs
+    client.write_setpoint(2000.0, 600)
+    p = poller(client)
+    p.poll(0)
+    sim.stop()
+    readings = p.poll(60_000)
+    assert p.pcs_errors == 1
+    assert [pt["value"] for pt in readings.points if pt["metric"] == "ess_kw"] == [2000.0]
+
+
+def test_alarms_go_out_when_the_twin_reaches_their_time():
+    alarms = [{"ts_ms": 90_000, "code": "B"}, {"ts_ms": 30_000, "code": "A"}]
+    p = poller(alarms=alarms)
+    assert [a["code"] for a in p.poll(60_000).alarms] == ["A"]
+    assert [a["code"] for a in p.poll(120_000).alarms] == ["B"]
+
+
+def test_a_poll_far_behind_the_clock_skips_rather_than_floods():
+    p = poller(max_samples=10)
+    readings = p.poll(1000 * 60_000)
+    assert len(grid(readings)) == 10
+
+
+def test_storm_failures_become_faults_that_move_telemetry_and_alarms():
+    faults, alarms = storm_faults(SITE, 0, 6 * 3600, seed=3, failures=4, background=0)
+    assert faults and alarms
+    assert {f.kind for f in faults} <= {"power", "cooling"}
+    assert all(a["site"] == "demo" for a in alarms)
+
+
+def test_the_prometheus_page_has_one_gauge_per_metric_and_the_latest_values():
+    p = poller()
+    p.poll(60_000)
+    text = p.meters.text()
+    assert text.count("# TYPE opsloop_twin_grid_kw gauge") == 1
+    assert 'opsloop_twin_it_kw{site="demo",device="pdu-a1"}' in text
+    assert text.endswith("\n")
