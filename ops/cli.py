@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
 
 from opsloop.config.settings import Settings
@@ -152,7 +153,22 @@ def cmd_topics(settings: Settings, args) -> int:
 def cmd_worker(settings: Settings, args) -> int:
     from opsloop.streams import worker
 
-    results = worker.run(settings, worker.parse_agents(args.agents), exit_when_idle=args.exit_when_idle)
+    stop = threading.Event()
+    feeders = []
+    if args.sources:  # the live sources of a config file, in this process beside the agents
+        from opsloop.ops import sources
+
+        feeders.append(threading.Thread(target=sources.run, args=(settings, None, args.sources), kwargs={"stop": stop},
+                                        name="sources"))
+        for feeder in feeders:
+            feeder.start()
+    try:
+        results = worker.run(settings, worker.parse_agents(args.agents), exit_when_idle=args.exit_when_idle,
+                             stop=stop)
+    finally:
+        stop.set()
+        for feeder in feeders:
+            feeder.join(60)
     for name, stats in results.items():
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     return 0
@@ -228,9 +244,11 @@ def cmd_bench(settings: Settings, args) -> int:
 
         print("\n".join(bench_peaks.run(settings)))
     if args.suite in ("all", "sources"):
+        from opsloop.ops.bench import host_sources
         from opsloop.ops.bench.sources import run_sources_bench
 
         run_sources_bench(settings)
+        print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
     return 0
 
 
@@ -286,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run agents (all by default)")
     w.add_argument("--agents", help="comma-separated agent names: rollup, views, anomaly, ...")
     w.add_argument("--exit-when-idle", action="store_true", help="stop once every input is caught up and idle")
+    w.add_argument("--sources", type=Path, help="also run every live source of this config file (ops/sources/*.yaml)")
     w.set_defaults(func=cmd_worker)
     src = sub.add_parser("source", help="read a live site system (Prometheus, Modbus, SNMP, ...) into Kafka")
     src.add_argument("kind", nargs="?", help="source kind (see --list)")

@@ -29,23 +29,27 @@ def site_of(settings: Settings, config: SourceConfig, sites: dict[str, Site]) ->
     return sites[config.site]
 
 
-def runs(settings: Settings, kind: str, config_file: Path, name: str | None = None) -> list[SourceRun]:
-    """The configured sources of ``kind`` (only ``name`` when given), checked against their sites."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown source kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    configs = [c for c in load_sources(config_file) if c.kind == kind and (name is None or c.name == name)]
+def runs(settings: Settings, kind: str | None, config_file: Path, name: str | None = None) -> list[SourceRun]:
+    """The configured sources of ``kind`` (every kind when None; only ``name`` when given), checked against
+    their sites."""
+    configs = [c for c in load_sources(config_file) if kind in (None, c.kind) and name in (None, c.name)]
+    unknown = sorted({c.kind for c in configs} - set(KINDS)) or ([kind] if kind and kind not in KINDS else [])
+    if unknown:
+        raise ValueError(f"unknown source kind(s) {', '.join(unknown)}; known: {', '.join(sorted(KINDS))}")
     if not configs:
-        raise ValueError(f"{config_file}: no source of kind {kind!r}" + (f" named {name!r}" if name else ""))
+        raise ValueError(f"{config_file}: no source" + (f" of kind {kind!r}" if kind else "")
+                         + (f" named {name!r}" if name else ""))
     sites = load_sites(settings.topology.parent, known=[])
     clock = settings.clock()
     out = []
     for config in configs:
         site = site_of(settings, config, sites)
-        out.append(SourceRun(settings.as_principal("source"), config, site, KINDS[kind].build(config, site, clock), clock))
+        out.append(SourceRun(settings.as_principal("source"), config, site,
+                             KINDS[config.kind].build(config, site, clock), clock))
     return out
 
 
-def run(settings: Settings, kind: str, config_file: Path, name: str | None = None,
+def run(settings: Settings, kind: str | None, config_file: Path, name: str | None = None,
         stop: threading.Event | None = None) -> dict[str, dict]:
     """Run until stopped; returns each source's last health record."""
     sources = runs(settings, kind, config_file, name)

@@ -136,24 +136,33 @@ def squeue_rate(rows: int) -> float:
     return rows / (time.perf_counter() - began)
 
 
+SYSFS = Path(__file__).parents[2] / "tests" / "data" / "sysfs-host"
+
+
+def run(settings: Settings | None, lines: int = 100_000, sysfs: Path = SYSFS) -> list[str]:
+    """The report lines; ``settings`` None: only the parts that need no broker."""
+    rate, made = rules_rate(lines)
+    out = [f"logs rules      {rate:,.0f} lines/s ({made:,} alarms of {lines:,} lines)"]
+    if settings is not None:
+        source, bare, made = logs_end_to_end(settings, lines)
+        out.append(f"logs -> kafka   {source:,.0f} alarms/s ({made:,} alarms; {source * lines / made:,.0f} lines/s) "
+                   f"vs bare producer {bare:,.0f} alarms/s: ratio {source / bare:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(sysfs, Path(tmp) / "sys", symlinks=True)
+        polls, points = hwmon_rate(Path(tmp) / "sys", 2_000)
+    out.append(f"hwmon           {polls:,.0f} polls/s of {sysfs.name} ({points} points a poll: "
+               f"{polls * points:,.0f} points/s)")
+    out.append(f"slurm-queue     {squeue_rate(20_000):,.0f} squeue rows/s parsed and priced")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=100_000)
-    parser.add_argument("--sysfs", type=Path, default=Path(__file__).parents[2] / "tests" / "data" / "sysfs-host")
+    parser.add_argument("--sysfs", type=Path, default=SYSFS)
     parser.add_argument("--no-kafka", action="store_true", help="only the parts that need no broker")
     args = parser.parse_args(argv)
-    rate, made = rules_rate(args.lines)
-    print(f"logs rules      {rate:,.0f} lines/s ({made:,} alarms of {args.lines:,} lines)")
-    if not args.no_kafka:
-        source, bare, made = logs_end_to_end(Settings.from_env(), args.lines)
-        print(f"logs -> kafka   {source:,.0f} alarms/s ({made:,} alarms; {source * args.lines / made:,.0f} lines/s) "
-              f"vs bare producer {bare:,.0f} alarms/s: ratio {source / bare:.2f}")
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(args.sysfs, Path(tmp) / "sys", symlinks=True)
-        polls, points = hwmon_rate(Path(tmp) / "sys", 2_000)
-    print(f"hwmon           {polls:,.0f} polls/s of {args.sysfs.name} ({points} points a poll: "
-          f"{polls * points:,.0f} points/s)")
-    print(f"slurm-queue     {squeue_rate(20_000):,.0f} squeue rows/s parsed and priced")
+    print("\n".join(run(None if args.no_kafka else Settings.from_env(), args.lines, args.sysfs)))
     return 0
 
 

@@ -66,3 +66,35 @@ def test_a_source_whose_names_the_site_does_not_declare_is_refused_with_the_name
                                                          "devices": {"10.0.0.9": "meter-9"}}]}, "s.yaml")[0]
     with pytest.raises(ValueError, match=r"meter-9.*not declared.*'other' is not a device"):
         SourceRun(kafka_settings, config, SITE, Scripted())
+
+
+def test_opsloop_worker_runs_the_live_sources_of_a_config_file_beside_its_agents(kafka_settings, read_topic,
+                                                                                   tmp_path):
+    """Proves: ``opsloop worker --sources FILE`` runs the file's sources in the worker's process: the hwmon
+    example reads a captured sysfs tree into telemetry.raw and reports its health, and the views agent beside
+    it stores those points; stopping the worker (here: idle) stops and flushes the sources."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from faults import worker_env
+
+    root = tmp_path / "sys"
+    shutil.copytree(Path(__file__).parents[1] / "data" / "sysfs-host", root, symlinks=True)
+    example = yaml.safe_load((Path(__file__).parents[2] / "ops" / "sources" / "hwmon.yaml").read_text())
+    example["sources"][0]["options"]["root"] = str(root)
+    example["sources"][0]["interval_s"] = 60  # one poll, then the worker goes idle
+    config = tmp_path / "sources.yaml"
+    config.write_text(yaml.safe_dump(example))
+    done = subprocess.run([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", "views", "--exit-when-idle",
+                           "--sources", str(config)], env=worker_env(kafka_settings), capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    codec = Codec.default()
+    points = [codec.decode_as("TelemetryPoint", m.value()) for m in read_topic(kafka_settings, "telemetry.raw")]
+    health = [codec.decode_as("SourceHealth", m.value()) for m in read_topic(kafka_settings, "sources.health")]
+    assert points and {p["source"] for p in points} == {"hwmon"} and "rack-a01-n1" in {p["device"] for p in points}
+    assert health and health[-1]["source"] == "hwmon-node" and health[-1]["status"] == "ok"
+    assert b"views stopped" in done.stderr
