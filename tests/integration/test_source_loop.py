@@ -13,6 +13,8 @@ from opsloop.connectors.sources.loop import SourceRun
 from opsloop.models.records import telemetry_point
 from opsloop.schemas.codec import Codec
 
+from source_run import finish_and_read
+
 pytestmark = pytest.mark.integration
 
 SITE = parse_site({"site": {"id": "lab"}, "devices": [{"id": "meter-1", "type": "grid_meter"},
@@ -45,14 +47,9 @@ def test_a_source_publishes_points_dead_letters_health_and_raises_then_clears_mo
     run = SourceRun(kafka_settings, config, SITE, Scripted(), clock=lambda: next(clock))
     for _ in range(6):
         run.poll_once()
-    stopped = threading.Event()
-    stopped.set()
-    run.run(stopped)  # stopped already: reports and flushes
-    codec = Codec.default()
-    points = [codec.decode_as("TelemetryPoint", m.value()) for m in read_topic(kafka_settings, "telemetry.raw")]
-    alarms = [codec.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw")]
-    health = [codec.decode_as("SourceHealth", m.value()) for m in read_topic(kafka_settings, "sources.health")]
-    dead = [codec.decode_as("DeadLetter", m.value()) for m in read_topic(kafka_settings, "deadletter")]
+    published = finish_and_read(run, kafka_settings, read_topic)  # reports and flushes
+    points, alarms = published["TelemetryPoint"], published["Alarm"]
+    health, dead = published["SourceHealth"], published["DeadLetter"]
     assert [p["value"] for p in points] == [101.0, 105.0, 106.0]
     assert [(a["code"], a["state"], a["device"]) for a in alarms] == [("COLLECTOR_DOWN", "raise", "scraper"),
                                                                       ("COLLECTOR_DOWN", "clear", "scraper")]

@@ -4,8 +4,6 @@ alarm on the real broker."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from opsloop.config.site import parse_site
@@ -13,8 +11,9 @@ from opsloop.config.sources import parse_sources
 from opsloop.connectors.sources import KINDS
 from opsloop.connectors.sources.base import SourceUnavailable
 from opsloop.connectors.sources.loop import SourceRun
-from opsloop.schemas.codec import Codec
+
 from snmp_agent import COMMUNITY, PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER, LocalSnmpd, free_udp_port, pdu_values
+from source_run import finish_and_read
 
 pytestmark = pytest.mark.integration
 
@@ -142,12 +141,8 @@ def test_breaker_alarm_and_monitoring_loss_reach_kafka(kafka_settings, read_topi
     source.poll_once(), source.poll_once()  # no agent: fail_after = 2
     with LocalSnmpd(tmp_path, port=snmpd.port):
         source.poll_once()
-        stopped = threading.Event()
-        stopped.set()
-        source.run(stopped)
-    codec = Codec.default()
-    alarms = [codec.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw")]
-    points = [codec.decode_as("TelemetryPoint", m.value()) for m in read_topic(kafka_settings, "telemetry.raw")]
+        published = finish_and_read(source, kafka_settings, read_topic)
+    alarms, points = published["Alarm"], published["TelemetryPoint"]
     by_device = {d: [(a["code"], a["state"]) for a in alarms if a["device"] == d] for d in ("pdu-a1", "pdu-poller")}
     # the restarted PDU has every breaker closed again: the open one clears
     assert by_device == {"pdu-a1": [("PDU_BREAKER_OPEN", "raise"), ("PDU_BREAKER_OPEN", "clear")],

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from actuation import free_port
 from opsloop.config.site import parse_site
 from opsloop.config.sources import parse_sources
 from opsloop.connectors.sources import KINDS
@@ -18,6 +17,9 @@ from opsloop.connectors.sources.loop import SourceRun
 from opsloop.models import sunspec
 from opsloop.ops.pcs_sim import from_site
 from opsloop.schemas.codec import Codec
+
+from actuation import free_port
+from source_run import finish_and_read
 
 pytestmark = pytest.mark.integration
 
@@ -187,12 +189,8 @@ def test_bms_alarms_and_monitoring_loss_reach_kafka(kafka_settings, read_topic):
     with from_site(SITE, port, clock=clock, soc_pct=80.0) as back:  # the device is back
         back.facility_kw = 7000.0
         source.poll_once()
-        stopped = threading.Event()
-        stopped.set()
-        source.run(stopped)
-    codec = Codec.default()
-    alarms = [codec.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw")]
-    points = [codec.decode_as("TelemetryPoint", m.value()) for m in read_topic(kafka_settings, "telemetry.raw")]
+        published = finish_and_read(source, kafka_settings, read_topic)
+    alarms, points = published["Alarm"], published["TelemetryPoint"]
     by_device = {d: [(a["code"], a["state"]) for a in alarms if a["device"] == d] for d in ("ess-1", "sunspec-pcs")}
     assert by_device == {"ess-1": [("BMS_OVER_TEMP_ALARM", "raise"), ("BMS_OVER_TEMP_ALARM", "clear")],
                          "sunspec-pcs": [("COLLECTOR_DOWN", "raise"), ("COLLECTOR_DOWN", "clear")]}
