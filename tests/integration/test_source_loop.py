@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from opsloop.config.site import parse_site
