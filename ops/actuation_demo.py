@@ -93,7 +93,7 @@ def run_actuation_demo(settings: Settings) -> int:
     threads, processors = [], []
     try:
         sim.start()
-        print(f"  pcs      simulator on {host}:{port} (SunSpec 1/103/124), ESS SoC {sim.battery.soc_pct:.0f}%")
+        print(f"  pcs      simulator on {host}:{port} (SunSpec 1/103/124/802, meters 203), ESS SoC {sim.battery.soc_pct:.0f}%")
         jobs = {}
         if cluster is not None:
             for partition, gpus, name in (("inference", 1, "llm-serve"), ("train-a", 1, "pretrain"),
