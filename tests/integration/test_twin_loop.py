@@ -114,10 +114,14 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     policy = load_policy(settings.policy)
 
     stop_twin = threading.Event()
-    sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0).start()
+    # The PCS plays the site's EMS controller: its grid-limit mode follows the site load, which it reads from the
+    # twin's Prometheus page (as the twin reads the ESS power from the PCS's registers).
+    prometheus_port = free_port()
+    meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
+    sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0, site_meter=meter).start()
     agents = Agents(settings, site)
     twin = twin_process.build(settings, site, clock=settings.clock(), start_ms=start_ms, sample_s=30.0, poll_s=0.1,
-                              prometheus_port=free_port(), slurm=ScontrolBackend(slurm.env), data=data)
+                              prometheus_port=prometheus_port, slurm=ScontrolBackend(slurm.env), data=data)
     twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
     began = time.monotonic()
     try:
@@ -134,7 +138,8 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
             if silenced and not isinstance(silenced, pcs_sim.PcsSimulator) \
                     and time.monotonic() - silenced >= PCS_SILENT_WALL_S:
                 sim = silenced = pcs_sim.PcsSimulator(sim.battery, port, device=sim.device, site=sim.site,
-                                                      wchamax_kw=sim.wchamax_kw, clock=settings.clock()).start()
+                                                      wchamax_kw=sim.wchamax_kw, clock=settings.clock(),
+                                                      site_meter=meter).start()
             if not restarted and now_ms >= day_two_ms + RESTART_AT_S * 1000:
                 agents.restart()  # the worker goes away mid-run and comes back on the same state
                 restarted = True
