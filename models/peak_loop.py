@@ -22,7 +22,8 @@ it may discharge (``pcs_discharge``, whenever the battery can give anything: the
 even when no discharge is forecast, ``hold_grid_limit``) or charge (``pcs_charge``), which the
 guard bounds as it bounds a setpoint; ``params.expected_kw`` is the power the plan expects on
 its forecast. A grid limit lives ``limit_life_steps`` steps (the next step's action, which
-lands minutes into its step, replaces it), so no step runs without one; its discharge cap
+lands minutes into its step, replaces it; one the guard refuses leaves the one before in
+force), so no step runs without one; its discharge cap
 is sized so that even held for that whole life it keeps the guard's reserve
 (``cap_reserve_soc_pct``). ``control="setpoint"`` proposes the fixed setpoint planned from
 the forecast.
@@ -65,10 +66,10 @@ class LoopConfig:
     reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
     control: str = "grid_limit"  # grid_limit: the PCS holds the plan's import limit | setpoint: a fixed kW
-    # A grid limit stays in force until the next step's action replaces it (it lands minutes into its step),
-    # so it lives ``limit_life_steps`` steps; its cap never takes the battery under ``cap_reserve_soc_pct``
+    # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
+    # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps`` steps; its cap never takes the battery under ``cap_reserve_soc_pct``
     # (the guard's reserve, default the battery's) over that life, as the guard checks the cap.
-    limit_life_steps: int = 2
+    limit_life_steps: int = 3
     cap_reserve_soc_pct: float | None = None
 
     @classmethod

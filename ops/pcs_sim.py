@@ -116,7 +116,7 @@ class PcsSimulator:
     def _apply_controls(self) -> None:
         values = sunspec.storage_values(self.registers)
         at = sunspec.grid_limit_address("GLimEna") - sunspec.BASE
-        limit = sunspec.grid_limit_from(self.registers[at:at + 4])
+        limit = sunspec.grid_limit_from(self.registers[at:at + sunspec.GRID_LIMIT_LEN])
         if limit is None:
             self.battery.command(sunspec.setpoint_from(values, self.wchamax_kw), values["InOutWRte_RvrtTms"],
                                  self.clock())
@@ -173,7 +173,7 @@ class PcsSimulator:
         from pymodbus.simulator import DataType, SimData
 
         writable = {sunspec.address(p) for p in sunspec.CONTROL_POINTS} | {
-            sunspec.grid_limit_address(p) for p in sunspec.GRID_LIMIT_POINTS[:3]}
+            sunspec.grid_limit_address(p) for p in sunspec.GRID_LIMIT_POINTS}
         blocks, start = [], sunspec.BASE
         for addr in range(sunspec.BASE, sunspec.BASE + sunspec.REGISTER_COUNT + 1):
             boundary = addr == sunspec.BASE + sunspec.REGISTER_COUNT or (addr in writable) != (start in writable)

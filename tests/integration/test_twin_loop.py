@@ -174,6 +174,24 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
           f"({(without - with_loop) / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "
           f"{(without - offline) / without:.1%} lower); max discharge {discharged:.0f} kW; "
           f"{twin.poller.points} points in {wall_s:.0f} s wall")
+    import os
+    if os.environ.get("TWIN_DEBUG"):
+        approved_dbg = [codec.decode_as("ApprovedAction", m.value()) for m in read_topic(settings, "actions.approved")]
+        results_dbg = [codec.decode_as("ActionResult", m.value()) for m in read_topic(settings, "actions.results")]
+        print("DBG verdicts", Counter((a["action"]["kind"], a["verdict"], tuple(a["reason_codes"])) for a in approved_dbg))
+        print("DBG results", Counter((r["status"], r.get("detail", "")[:60]) for r in results_dbg))
+        peak_ts = max(range(len(history)), key=lambda i: reference.measure(history[i][0]).grid_kw)
+        lo, hi = history[peak_ts][0] - 2 * 3600_000, history[peak_ts][0] + 2 * 3600_000
+        print("DBG peak sample", history[peak_ts], "meter errors", sim.meter_errors)
+        for a in approved_dbg:
+            act = a["action"]
+            if lo <= act["created_ms"] <= hi:
+                print("DBG", time.strftime("%H:%M", time.gmtime(act["created_ms"] / 1000)), act["kind"], act["setpoint_kw"],
+                      act["params"].get("grid_limit_kw"), act["params"].get("expected_kw"), a["verdict"], a["reasons"][:2])
+        for ts, grid, ess in history[::20]:
+            if lo <= ts <= hi:
+                print("DBG h", time.strftime("%H:%M", time.gmtime(ts / 1000)), round(grid), round(ess),
+                      round(reference.measure(ts).grid_kw))
     assert discharged > 100, "the PCS never discharged"
     # the twin is deterministic: without the battery the day reads exactly `without`; a one-day-old forecaster
     # shaves little, but what it shaves must show on the meter
