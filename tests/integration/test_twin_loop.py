@@ -3,7 +3,9 @@
 Real Kafka, the local Slurm and the PCS simulator, all on one twin clock running ``SPEED`` times faster
 than the wall clock. The first simulated day teaches the forecaster; on the second the billed peak
 (daily demand billing, highest 15-minute import) measured on the twin's grid meter must fall below
-the same day played with actuation off, no guard limit may be crossed, and every action that reached
+the same day played with actuation off and come close to the offline evaluation's cut for the same day and
+battery (the PCS holds the plan's grid limit, as that evaluation's battery does), no guard limit may be
+crossed, and every action that reached
 the PCS must be verified or reverted, executed once. Mid-run the PCS stops answering for an hour of twin
 time and the agents are stopped and started again on their state.
 """
@@ -170,32 +172,18 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     with_loop = billed_peak_kw([(ts, grid) for ts, grid, _ in history])
     discharged = max(ess for _, _, ess in history)
     offline = offline_planner_peak_kw(site, reference, start_ms, end_ms, policy.pcs.max_kw)
+    live_cut, offline_cut = without - with_loop, without - offline
     print(f"twin loop: billed peak {without:.0f} kW without, {with_loop:.0f} kW with opsloop "
-          f"({(without - with_loop) / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "
-          f"{(without - offline) / without:.1%} lower); max discharge {discharged:.0f} kW; "
-          f"{twin.poller.points} points in {wall_s:.0f} s wall")
-    import os
-    if os.environ.get("TWIN_DEBUG"):
-        approved_dbg = [codec.decode_as("ApprovedAction", m.value()) for m in read_topic(settings, "actions.approved")]
-        results_dbg = [codec.decode_as("ActionResult", m.value()) for m in read_topic(settings, "actions.results")]
-        print("DBG verdicts", Counter((a["action"]["kind"], a["verdict"], tuple(a["reason_codes"])) for a in approved_dbg))
-        print("DBG results", Counter((r["status"], r.get("detail", "")[:60]) for r in results_dbg))
-        peak_ts = max(range(len(history)), key=lambda i: reference.measure(history[i][0]).grid_kw)
-        lo, hi = history[peak_ts][0] - 2 * 3600_000, history[peak_ts][0] + 2 * 3600_000
-        print("DBG peak sample", history[peak_ts], "meter errors", sim.meter_errors)
-        for a in approved_dbg:
-            act = a["action"]
-            if lo <= act["created_ms"] <= hi:
-                print("DBG", time.strftime("%H:%M", time.gmtime(act["created_ms"] / 1000)), act["kind"], act["setpoint_kw"],
-                      act["params"].get("grid_limit_kw"), act["params"].get("expected_kw"), a["verdict"], a["reasons"][:2])
-        for ts, grid, ess in history[::20]:
-            if lo <= ts <= hi:
-                print("DBG h", time.strftime("%H:%M", time.gmtime(ts / 1000)), round(grid), round(ess),
-                      round(reference.measure(ts).grid_kw))
+          f"({live_cut / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "
+          f"{offline_cut / without:.1%} lower; the live cut is {live_cut / offline_cut:.1%} of the offline one); "
+          f"max discharge {discharged:.0f} kW; {twin.poller.points} points in {wall_s:.0f} s wall")
     assert discharged > 100, "the PCS never discharged"
-    # the twin is deterministic: without the battery the day reads exactly `without`; a one-day-old forecaster
-    # shaves little, but what it shaves must show on the meter
+    # the twin is deterministic: without the battery the day reads exactly `without`. The PCS holds the plan's grid
+    # limit on the meter, as the offline evaluation's battery does, so the live cut comes close to the offline
+    # one (measured 93.5%: the PCS follows a meter about a twin minute old, and each step's small overshoot on a
+    # rising load lifts the billed peak the next target holds)
     assert with_loop < without - 50, "the billed peak on the twin's meter did not fall"
+    assert live_cut >= 0.8 * offline_cut, "the live cut fell far short of the offline evaluation's"
 
     # no guard limit crossed: the PCS held no setpoint beyond the policy, the import stayed under the cap
     assert all(abs(ess) <= policy.pcs.max_kw + 1 for _, _, ess in twin.poller.history)
