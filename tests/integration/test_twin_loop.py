@@ -122,7 +122,7 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
     sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0, site_meter=meter).start()
     agents = Agents(settings, site)
-    twin = twin_process.build(settings, site, clock=settings.clock(), start_ms=start_ms, sample_s=30.0, poll_s=0.05,
+    twin = twin_process.build(settings, site, clock=settings.clock(), start_ms=start_ms, sample_s=30.0, poll_s=0.1,
                               prometheus_port=prometheus_port, slurm=ScontrolBackend(slurm.env), data=data)
     twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
     began = time.monotonic()
