@@ -23,9 +23,8 @@ even when no discharge is forecast, ``hold_grid_limit``) or charge (``pcs_charge
 guard bounds as it bounds a setpoint; ``params.expected_kw`` is the power the plan expects on
 its forecast. A grid limit lives ``limit_life_steps`` steps (the next step's action, which
 lands minutes into its step, replaces it; one the guard refuses leaves the one before in
-force), so no step runs without one; its discharge cap
-is sized so that even held for that whole life it keeps the guard's reserve
-(``cap_reserve_soc_pct``). ``control="setpoint"`` proposes the fixed setpoint planned from
+force), so no step runs without one; its discharge cap is sized so that even held for that
+whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="setpoint"`` proposes the fixed setpoint planned from
 the forecast.
 
 A snapshot at or before one already folded in is ignored: after a restart,
@@ -67,8 +66,9 @@ class LoopConfig:
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
     control: str = "grid_limit"  # grid_limit: the PCS holds the plan's import limit | setpoint: a fixed kW
     # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
-    # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps`` steps; its cap never takes the battery under ``cap_reserve_soc_pct``
-    # (the guard's reserve, default the battery's) over that life, as the guard checks the cap.
+    # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
+    # steps; its cap never takes the battery under ``cap_reserve_soc_pct`` (the guard's reserve, default the
+    # battery's) over that life, as the guard checks the cap.
     limit_life_steps: int = 3
     cap_reserve_soc_pct: float | None = None
 
@@ -252,7 +252,6 @@ class SitePeakLoop:
         for action in actions:
             action["action_id"] = action_id(action)
         return actions
-
 
     def _grid_limit(self, result: Plan, issued_ms: int, soc_pct: float | None, soh_pct: float | None) -> dict:
         """The PCS action's fields in grid-limit mode: kind, caps, reason (see the module's docstring)."""
