@@ -24,8 +24,8 @@ guard bounds as it bounds a setpoint; ``params.expected_kw`` is the power the pl
 its forecast. A grid limit lives ``limit_life_steps`` steps (the next step's action, which
 lands minutes into its step, replaces it; one the guard refuses leaves the one before in
 force), so no step runs without one; its discharge cap is sized so that even held for that
-whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="setpoint"`` proposes the fixed setpoint planned from
-the forecast.
+whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="setpoint"``
+(``OPSLOOP_PEAKS_CONTROL``) proposes the fixed setpoint planned from the forecast.
 
 A snapshot at or before one already folded in is ignored: after a restart,
 replayed snapshots neither count twice nor change any decision. Action ids are
