@@ -154,7 +154,8 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
             time.sleep(0.5)
         stop_twin.set()
         twin_thread.join(30)
-        time.sleep(3)  # the last actions reach the PCS and the guard
+        # the last actions reach the PCS and the guard, whose verification windows then close
+        time.sleep(max(3.0, 1.2 * settings.verify_window_s / SPEED))
     finally:
         stop_twin.set()
         agents.stop()
