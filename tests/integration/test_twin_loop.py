@@ -182,7 +182,7 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     assert discharged > 100, "the PCS never discharged"
     # the twin is deterministic: without the battery the day reads exactly `without`. The PCS holds the plan's grid
     # limit on the meter, as the offline evaluation's battery does, so the live cut comes close to the offline
-    # one (measured 93.5% at 720x, 97.6% at 360x: each step's limit lands minutes of twin time into its step and
+    # one (measured 93.5-94.8% at 720x, 95.2-97.6% at 360x: each step's limit lands minutes into its step and
     # the PCS follows a meter about a twin minute old; an overshoot lifts the billed peak the next target holds)
     assert with_loop < without - 50, "the billed peak on the twin's meter did not fall"
     assert live_cut >= 0.8 * offline_cut, "the live cut fell far short of the offline evaluation's"
