@@ -61,6 +61,8 @@ class Settings:
     deadletter_max_bytes: int = 262_144  # key + value a dead letter keeps; beyond it: cut, with size and hash
     unknown_names: str = "deadletter"  # deadletter: points and alarms of undeclared sites/devices; accept: keep them
     peaks_step_s: int = 900  # peaks agent planning step (15 min = the billing interval)
+    peaks_control: str = "setpoint"  # setpoint: a fixed kW, any SunSpec PCS | grid_limit: the PCS holds the plan's
+    # import limit on the site meter (a PCS that reads the meter: the twin's simulator with --meter-url)
     anomaly_checkpoint_s: float = 5.0  # how often the anomaly agent checkpoints detectors and commits
     llm_url: str | None = None  # OpenAI-compatible endpoint (vLLM in production)
     llm_model: str | None = None
@@ -123,6 +125,8 @@ class Settings:
         if protocol.startswith("SASL") and not (self.kafka_sasl_password or self.kafka_sasl_password_file):
             raise ValueError(f"OPSLOOP_KAFKA_SASL_PASSWORD or OPSLOOP_KAFKA_SASL_PASSWORD_FILE is required with "
                              f"{protocol}")
+        if self.peaks_control not in ("grid_limit", "setpoint"):
+            raise ValueError(f"OPSLOOP_PEAKS_CONTROL: expected grid_limit or setpoint, got {self.peaks_control!r}")
         if not self.clock_speed > 0:
             raise ValueError(f"OPSLOOP_CLOCK_SPEED: expected a number > 0, got {self.clock_speed!r}")
 

@@ -13,7 +13,9 @@ arithmetic over a whole forecast for the planner (inlined: its hot path).
 ``PcsBattery`` is the same battery as its PCS runs it, in time: the setpoint is clamped to
 the ratings, discharging stops at ``min_soc_pct`` and charging at 100%, and a revert
 timeout returns the PCS to idle when no new command arrives (a silent controller cannot
-leave it discharging).
+leave it discharging). ``follow`` puts it in grid-limit mode: a ``Command`` applied to the site
+load it last measured (``measure``), so power follows the meter within the step, and discharge
+stops at the battery's reserve (the PCS is the controller keeping it then).
 
 >>> b = Battery(capacity_kwh=1000, pcs_charge_kw=500, pcs_discharge_kw=500, round_trip_efficiency=0.81,
 ...             reserve_soc_pct=10)
@@ -34,12 +36,19 @@ leave it discharging).
 >>> pcs.advance(3600)  # the revert timeout passed at 1800 s: idle since then
 >>> round(pcs.soc_pct, 6), pcs.power_kw, pcs.reverted
 (30.0, 0.0, True)
+>>> pcs.follow(Command(limit_kw=1000, max_discharge_kw=300), revert_s=900, now_s=3600)
+>>> pcs.measure(1200, now_s=3600); pcs.power_kw  # holds 1,000 kW of import
+200.0
+>>> pcs.measure(1500, now_s=3700); pcs.power_kw  # at its cap
+300.0
+>>> pcs.measure(900, now_s=3800); pcs.power_kw  # under the limit: no recharge asked
+0.0
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 from opsloop.config.site import EssSpec
@@ -201,21 +210,43 @@ class PcsBattery:
         self.setpoint_kw = 0.0  # what the PCS was told, clamped to its ratings
         self.revert_at_s: float | None = None
         self.reverted = False
+        self.grid_limit: Command | None = None  # grid-limit mode: what it holds, or None for a fixed setpoint
+        self.site_kw = 0.0  # the site load behind the grid meter, as last measured
 
     @property
     def power_kw(self) -> float:
-        """Power actually flowing now: the setpoint, or 0 at an empty or full battery."""
-        if self.setpoint_kw > 0 and self.soc_pct <= self.min_soc_pct:
+        """Power actually flowing now: the setpoint (or the grid limit's), 0 at an empty or full battery."""
+        power, floor = self.setpoint_kw, self.min_soc_pct
+        if self.grid_limit is not None:
+            power = float(self.grid_limit.power_for(self.site_kw)) + 0.0  # never -0.0
+            floor = max(floor, self.battery.reserve_soc_pct)
+        if power > 0 and self.soc_pct <= floor:
             return 0.0
-        if self.setpoint_kw < 0 and self.soc_pct >= 100.0:
+        if power < 0 and self.soc_pct >= 100.0:
             return 0.0
-        return self.setpoint_kw
+        return power
+
+    def follow(self, command: "Command", revert_s: float | None, now_s: float) -> None:
+        """Hold ``command``'s grid limit from ``now_s`` on, its power caps clamped to the ratings."""
+        self.advance(now_s)
+        b = self.battery
+        self.grid_limit = replace(command, max_discharge_kw=min(b.pcs_discharge_kw, max(0.0, command.max_discharge_kw)),
+                                  charge_kw=min(b.pcs_charge_kw, max(0.0, command.charge_kw)))
+        self.setpoint_kw = 0.0
+        self.revert_at_s = now_s + revert_s if revert_s else None
+        self.reverted = False
+
+    def measure(self, site_kw: float, now_s: float) -> None:
+        """The site meter reads ``site_kw`` at ``now_s`` (integrating up to then at the power before)."""
+        self.advance(now_s)
+        self.site_kw = float(site_kw)
 
     def command(self, setpoint_kw: float, revert_s: float | None, now_s: float) -> float:
         """Apply a new setpoint at ``now_s`` (integrating up to then first); returns the clamped setpoint."""
         self.advance(now_s)
         b = self.battery
         self.setpoint_kw = float(min(b.pcs_discharge_kw, max(-b.pcs_charge_kw, setpoint_kw)))
+        self.grid_limit = None
         self.revert_at_s = now_s + revert_s if revert_s and self.setpoint_kw != 0 else None
         self.reverted = False
         return self.setpoint_kw
@@ -226,7 +257,7 @@ class PcsBattery:
             return
         if self.revert_at_s is not None and self.revert_at_s <= now_s:
             self._integrate(max(self.revert_at_s, self.now_s))
-            self.setpoint_kw, self.revert_at_s, self.reverted = 0.0, None, True
+            self.setpoint_kw, self.grid_limit, self.revert_at_s, self.reverted = 0.0, None, None, True
         self._integrate(now_s)
 
     def _integrate(self, until_s: float) -> None:
@@ -236,4 +267,5 @@ class PcsBattery:
         if power == 0 or seconds <= 0:
             return
         soc = self.battery.soc_after(self.soc_pct, power, seconds)
-        self.soc_pct = min(100.0, max(self.min_soc_pct, soc))  # the PCS stops at the bounds
+        floor = self.min_soc_pct if self.grid_limit is None else max(self.min_soc_pct, self.battery.reserve_soc_pct)
+        self.soc_pct = min(100.0, max(min(floor, self.soc_pct), soc))  # the PCS stops at the bounds

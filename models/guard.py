@@ -13,7 +13,12 @@ PCS actions (``setpoint_kw`` > 0 discharges, < 0 charges): power within
 ``max_kw``, the step from the present power within the ramp rate, duration
 (expiry - now) within ``max_duration_s``, state of health above the minimum,
 and the energy of the whole duration keeps the state of charge between the
-reserve and ``max_soc_pct``. ESS telemetry must be fresh. Slurm actions declare
+reserve and ``max_soc_pct``. ESS telemetry must be fresh. A grid-limit action
+(``params.control`` = ``grid_limit``: the PCS follows the site meter to hold
+``params.grid_limit_kw``) has its ``setpoint_kw`` as the most it may discharge
+(or charge): power, duration and state of charge are checked on that worst case,
+the ramp on the power it expects (``params.expected_kw``), as the PCS then moves
+with the load. Slurm actions declare
 the partitions they may touch (``params["partitions"]``); none may be protected
 and all must be touchable; jobs per event, hold time and declared GPU-hours are
 bounded. The Slurm sink enforces the same limits again on the jobs it picks,
@@ -198,7 +203,16 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
         return [Reason(INVALID_SETPOINT, f"pcs_discharge needs a positive setpoint, got {setpoint:g} kW")]
     if kind == "pcs_charge" and setpoint >= 0:
         return [Reason(INVALID_SETPOINT, f"pcs_charge needs a negative setpoint, got {setpoint:g} kW")]
-    problems = []
+    problems, ramp_from = [], setpoint
+    params = action.get("params") or {}
+    if params.get("control") == "grid_limit":
+        try:
+            limit, ramp_from = float(params["grid_limit_kw"]), float(params.get("expected_kw", setpoint))
+        except (KeyError, TypeError, ValueError):
+            limit = math.nan
+        if not (math.isfinite(limit) and math.isfinite(ramp_from)):
+            return [Reason(INVALID_SETPOINT, f"a grid-limit {kind} needs finite params grid_limit_kw and expected_kw, "
+                                             f"got {params.get('grid_limit_kw')!r}, {params.get('expected_kw')!r}")]
     if abs(setpoint) > limits.max_kw:
         problems.append(Reason(OVER_POWER_LIMIT, f"setpoint {abs(setpoint):g} kW exceeds the policy limit of "
                                                  f"{limits.max_kw:g} kW"))
@@ -214,7 +228,7 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
                                f"ESS telemetry is {age_s:g} s old, older than {policy.max_state_age_s:g} s"))
     if not all(math.isfinite(v) for v in (ess.soc_pct, ess.soh_pct, ess.power_kw)):
         return problems + [Reason(INVALID_ESS_STATE, "ESS telemetry has non-finite values")]
-    step, allowance = abs(setpoint - ess.power_kw), ramp_allowance_kw(ess, limits.ramp_kw_per_min, now_ms)
+    step, allowance = abs(ramp_from - ess.power_kw), ramp_allowance_kw(ess, limits.ramp_kw_per_min, now_ms)
     if step > allowance:
         problems.append(Reason(OVER_RAMP_LIMIT, f"step of {step:g} kW from {ess.power_kw:g} kW exceeds the ramp "
                                                 f"limit of {allowance:g} kW"))

@@ -14,6 +14,19 @@ interval). When a step closes, the loop
    the kW to shed when the battery cannot hold the target. Each action's
    ``reason_code`` is the planner's (``models.peak_planner.REASON_CODES``).
 
+With ``control="grid_limit"`` (this model's default; the agent takes ``OPSLOOP_PEAKS_CONTROL``,
+``setpoint`` unless set) the PCS action carries the plan's grid limit, as peak-shaving EMS controllers take it (``params.control`` = ``grid_limit``): the PCS follows the
+site meter through the step, discharging just enough to hold ``grid_limit_kw``, so the live
+loop runs the very ``Command`` the offline evaluation steps. ``setpoint_kw`` is then the most
+it may discharge (``pcs_discharge``, whenever the battery can give anything: the limit is held
+even when no discharge is forecast, ``hold_grid_limit``) or charge (``pcs_charge``), which the
+guard bounds as it bounds a setpoint; ``params.expected_kw`` is the power the plan expects on
+its forecast. A grid limit lives ``limit_life_steps`` steps (the next step's action, which
+lands minutes into its step, replaces it; one the guard refuses leaves the one before in
+force), so no step runs without one; its discharge cap is sized so that even held for that
+whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="setpoint"``
+(``OPSLOOP_PEAKS_CONTROL``) proposes the fixed setpoint planned from the forecast.
+
 A snapshot at or before one already folded in is ignored: after a restart,
 replayed snapshots neither count twice nor change any decision. Action ids are
 a hash of the action's inputs, so the same decision always has the same id.
@@ -29,7 +42,8 @@ from opsloop.config.site import Site
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
-from opsloop.models.peak_planner import Billing, Plan, Policy, Tariff, billing_period, plan, reactive_plan
+from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, Billing, Plan, Policy, Tariff, billing_period, plan,
+                                         reactive_plan)
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,13 @@ class LoopConfig:
     proposer: str = "peaks"
     reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
+    control: str = "grid_limit"  # grid_limit: the PCS holds the plan's import limit | setpoint: a fixed kW
+    # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
+    # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
+    # steps; its cap never takes the battery under ``cap_reserve_soc_pct`` (the guard's reserve, default the
+    # battery's) over that life, as the guard checks the cap.
+    limit_life_steps: int = 3
+    cap_reserve_soc_pct: float | None = None
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -180,7 +201,7 @@ class SitePeakLoop:
             result = reactive_plan(points, cfg.step_s, self.reactive.command(battery, energy, step_end), why,
                                    result.relocation)
         return Decision(start_ms, load_kw, result, self._forecast_record(points, result, step_end),
-                        self._actions(result, step_end), mode)
+                        self._actions(result, step_end, soc_pct, soh_pct), mode)
 
     def _forecast_record(self, points, result: Plan, issued_ms: int) -> dict:
         cfg = self.config
@@ -193,7 +214,8 @@ class SitePeakLoop:
             "explanation": result.reason, "model": "river BayesianLinearRegression on daily/weekly lag features",
         }
 
-    def _actions(self, result: Plan, issued_ms: int) -> list[dict]:
+    def _actions(self, result: Plan, issued_ms: int, soc_pct: float | None = None,
+                 soh_pct: float | None = None) -> list[dict]:
         cfg = self.config
         expires = issued_ms + cfg.step_s * 1000
         effect = {
@@ -211,6 +233,8 @@ class SitePeakLoop:
                "reason_code": result.reason_code, "expected_effect": effect,
                "expected_delta_kw": -round(result.setpoint_kw, 1), "created_ms": issued_ms, "expires_ms": expires,
                "risk": "medium" if result.kind == "pcs_discharge" else "low", "proposer": cfg.proposer}
+        if cfg.control == "grid_limit":
+            pcs.update(self._grid_limit(result, issued_ms, soc_pct, soh_pct))
         actions = [pcs]
         if result.relocation is not None:
             r = result.relocation
@@ -228,6 +252,46 @@ class SitePeakLoop:
         for action in actions:
             action["action_id"] = action_id(action)
         return actions
+
+    def _grid_limit(self, result: Plan, issued_ms: int, soc_pct: float | None, soh_pct: float | None) -> dict:
+        """The PCS action's fields in grid-limit mode: kind, caps, reason (see the module's docstring)."""
+        cfg, c = self.config, result.command
+        limit, ceiling = result.target_kw, c.charge_ceiling_kw
+        life_h = cfg.limit_life_steps * cfg.step_s / 3600
+        battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
+        # half a point above the reserve: the guard checks with the state of charge of a little later
+        reserve = max(battery.reserve_soc_pct, cfg.cap_reserve_soc_pct or 0.0) + 0.5
+        above = (100.0 if soc_pct is None else soc_pct) - reserve
+        lasting = max(0.0, above / 100 * battery.full_kwh * battery.eta / life_h)  # held for its whole life
+        cap_out = min(c.max_discharge_kw, battery.pcs_discharge_kw, lasting) if math.isfinite(limit) else 0.0
+        cap_out, cap_in = round(cap_out, 1), 0.0
+        follows = (f" In grid-limit mode the PCS follows the site meter through the step: it discharges just "
+                   f"enough to hold {limit:,.0f} kW, at most {cap_out:,.0f} kW.")
+        if result.kind == "pcs_charge":
+            cap_in = round(-result.setpoint_kw, 1)
+            kind, setpoint, cap_out, code = "pcs_charge", -cap_in, 0.0, result.reason_code
+            reason = (result.reason + f" In grid-limit mode the PCS follows the site meter: it charges at most "
+                                      f"{cap_in:,.0f} kW while import stays under {ceiling:,.0f} kW.")
+            effect = f"Battery charged at up to {cap_in:,.0f} kW, import kept under {ceiling:,.0f} kW."
+        elif cap_out > 0:
+            kind, setpoint = "pcs_discharge", cap_out
+            code, reason = (result.reason_code, result.reason + follows) if result.kind == "pcs_discharge" else (
+                HOLD_GRID_LIMIT, f"Holding grid import at or under {limit:,.0f} kW, discharging only while the load "
+                                 f"passes it (at most {cap_out:,.0f} kW). {result.reason}")
+            effect = f"Grid import held at or under {limit:,.0f} kW for the next {cfg.step_s / 60:g} minutes."
+        else:
+            return {}  # nothing to hold with: a plain idle
+        expected = result.setpoint_kw if result.kind != "pcs_idle" else 0.0
+        params = {"control": "grid_limit", "grid_limit_kw": f"{limit:.1f}", "max_discharge_kw": f"{cap_out:.1f}",
+                  "charge_kw": f"{cap_in:.1f}", "charge_ceiling_kw": f"{ceiling:.1f}", "expected_kw": f"{expected:.1f}"}
+        return {"kind": kind, "setpoint_kw": setpoint, "reason": reason, "reason_code": code, "expected_effect": effect,
+                "expected_delta_kw": -round(expected, 1), "params": {**self._params(result), **params},
+                "risk": "medium" if kind == "pcs_discharge" else "low",
+                "expires_ms": issued_ms + cfg.limit_life_steps * cfg.step_s * 1000}
+
+    def _params(self, result: Plan) -> dict:
+        return {"planned_until_ms": str(result.until_ms), "billed_peak_kw": f"{self.billing.billed_peak_kw:.1f}",
+                "billing_period": self.billing.key}
 
 
 def action_id(action: dict) -> str:

@@ -58,6 +58,7 @@ HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracte
 RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecast load
 RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
 WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
+HOLD_GRID_LIMIT = "hold_grid_limit"  # grid-limit mode on standby: no discharge forecast, the PCS holds the target anyway
 IDLE_BELOW_TARGET = "idle_below_target"  # idle: the forecast stays under the target
 # ... when the reactive rule decides the period (``models.peak_modes``):
 REACTIVE_SHAVE = "reactive_shave"  # discharge above the reactive threshold
@@ -67,7 +68,7 @@ REACTIVE_IDLE = "reactive_idle"  # at the threshold, or the battery empty or ful
 RELOCATE_OVER_BILLED_PEAK = "relocate_over_billed_peak"  # the battery cannot hold this period's billed peak
 RELOCATE_OVER_IMPORT_CAP = "relocate_over_import_cap"  # the battery cannot hold the import cap
 PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
-                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
+                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET, HOLD_GRID_LIMIT, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
 RELOCATION_CODES = frozenset({RELOCATE_OVER_BILLED_PEAK, RELOCATE_OVER_IMPORT_CAP})
 REASON_CODES = PLAN_CODES | RELOCATION_CODES
 

@@ -13,6 +13,17 @@ sink writes: ``StorCtl_Mod`` (bit 0 charge, bit 1 discharge), ``OutWRte`` /
 and what it reads: ``ChaState`` (state of charge), ``ChaSt``, ``MinRsvPct``.
 Values with a scale factor are ``value x 10^SF``.
 
+After the end marker, a vendor block (id 64901, outside the chain) holds a grid-limit
+("peak-shaving", load-following) mode: ``GLimEna``, ``GLimW`` (grid import to hold, int32 W),
+``GLimChaW`` (the import a recharge must stay under, int32 W). While it is on,
+model 124's rates are caps, not setpoints: the PCS reads the site meter and discharges
+just enough (at most ``OutWRte``) to keep import at or under ``GLimW``, and charges (at most
+``InWRte``, when ``StorCtl_Mod`` allows it) while import stays under ``GLimChaW``. The revert
+timeout ends the mode too. Real controllers offer this mode under their own registers:
+Victron's ESS (the GX device's grid setpoint, Modbus register 2700), SMA's peak-load-shaving
+operating mode, and the site controllers of utility-scale systems (Tesla's Megapack site
+controller, Fluence's) as demand-charge management; SunSpec has no standard model for it.
+
 >>> rates = setpoint_registers(2500.0, revert_s=600, wchamax_kw=5000)
 >>> rates
 {'StorCtl_Mod': 2, 'OutWRte': 5000, 'InWRte': 0, 'InOutWRte_RvrtTms': 600}
@@ -40,7 +51,11 @@ BATTERY_AT = STORAGE_AT + 2 + STORAGE_LEN
 GRID_METER_AT = BATTERY_AT + 2 + BATTERY_LEN
 FACILITY_METER_AT = GRID_METER_AT + 2 + METER_LEN
 END_AT = FACILITY_METER_AT + 2 + METER_LEN
-REGISTER_COUNT = END_AT + 2 - BASE
+# The vendor grid-limit block sits right after the end marker: outside the SunSpec model chain, as vendors
+# keep their own control registers, so a SunSpec scan never meets a model it has no definition for.
+GRID_LIMIT_AT = END_AT + 2
+GRID_LIMIT_ID, GRID_LIMIT_LEN = 64_901, 5
+REGISTER_COUNT = GRID_LIMIT_AT + 2 + GRID_LIMIT_LEN - BASE
 
 #: Model 124 point offsets (after its id and length registers).
 STORAGE_POINTS = ("WChaMax", "WChaGra", "WDisChaGra", "StorCtl_Mod", "VAChaMax", "MinRsvPct", "ChaState",
@@ -51,6 +66,9 @@ SIGNED = {"OutWRte", "InWRte", "WChaMax_SF", "WChaDisChaGra_SF", "VAChaMax_SF", 
           "StorAval_SF", "InBatV_SF", "InOutWRte_SF", "W", "W_SF"}
 #: The points a controller writes; the rest of model 124 is status and rejects writes.
 CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms", "InOutWRte_RmpTms")
+#: Vendor grid-limit registers (after the block's id and length): enable (0/1), then the grid import limit and
+#: the charge ceiling, each an int32 in W over two registers (high word first): a site's import passes int16.
+GRID_LIMIT_POINTS = ("GLimEna", "GLimW", "GLimW_lo", "GLimChaW", "GLimChaW_lo")
 INVERTER_W = INVERTER_AT + 2 + 12  # W and W_SF in model 103
 CHARGE, DISCHARGE = 1, 2  # StorCtl_Mod bits
 CHA_ST = {"off": 1, "empty": 2, "discharging": 3, "charging": 4, "full": 5, "holding": 6}
@@ -101,6 +119,40 @@ def setpoint_from(values: dict[str, int], wchamax_kw: float) -> float:
     return 0.0
 
 
+def grid_limit_address(point: str) -> int:
+    return GRID_LIMIT_AT + 2 + GRID_LIMIT_POINTS.index(point)
+
+
+def _int32_words(value: int) -> list[int]:
+    raw = value & 0xFFFFFFFF
+    return [raw >> 16, raw & 0xFFFF]
+
+
+def _int32(high: int, low: int) -> int:
+    raw = (high << 16) | low
+    return raw - 0x1_0000_0000 if raw >= 0x8000_0000 else raw
+
+
+def grid_limit_registers(limit_kw: float, charge_ceiling_kw: float) -> list[int]:
+    """The vendor block's five registers for a grid import limit (enable, limit W, ceiling W).
+
+    >>> grid_limit_registers(37_795.8, 36_000.0)
+    [1, 576, 47064, 549, 20736]
+    >>> grid_limit_from(grid_limit_registers(37_795.8, 36_000.0))
+    (37795.8, 36000.0)
+    >>> grid_limit_from([0, 576, 47384, 549, 20736]) is None
+    True
+    """
+    return [1, *_int32_words(round(limit_kw * 1000)), *_int32_words(round(charge_ceiling_kw * 1000))]
+
+
+def grid_limit_from(values: list[int]) -> tuple[float, float] | None:
+    """(limit kW, charge ceiling kW) that the vendor block's registers command, or None when it is off."""
+    if values[0] != 1:
+        return None
+    return _int32(values[1], values[2]) / 1000, _int32(values[3], values[4]) / 1000
+
+
 def storage_values(registers: list[int], start: int = BASE) -> dict[str, int]:
     """Decode model 124 from a register list that starts at address ``start``."""
     at = STORAGE_AT + 2 - start
@@ -129,6 +181,7 @@ def initial_registers(wchamax_kw: float, min_reserve_pct: float, manufacturer: s
                               (FACILITY_METER_AT, METER_ID, METER_LEN)):
         regs[at - BASE:at + 2 + length - BASE] = [model, length, *sunspec_points.unimplemented_body(model, length)]
     regs[END_AT - BASE:END_AT - BASE + 2] = [0xFFFF, 0]
+    regs[GRID_LIMIT_AT - BASE:GRID_LIMIT_AT + 2 - BASE] = [GRID_LIMIT_ID, GRID_LIMIT_LEN]
     return regs
 
 

@@ -4,6 +4,8 @@
 Outcome(status='verified', text='ESS power 1990 kW matches the 2000 kW setpoint (tolerance 100 kW)')
 >>> judge_power(2000.0, [0.0], now_ms=31_000, deadline_ms=30_000).status
 'failed'
+>>> judge_grid_limit(1000.0, 500.0, 0.0, 900.0, [(0.0, 1400.0), (390.0, 1010.0)], now_ms=5_000, deadline_ms=30_000)
+Outcome(status='verified', text='ESS power 390 kW holds grid import at 1,010 kW against the 1,000 kW limit (expected 400 kW, tolerance 50 kW)')
 >>> judge_jobs({"7": {"SUSPENDED"}}, {"7": "RUNNING"}, now_ms=1, deadline_ms=2).status
 'pending'
 """
@@ -38,6 +40,31 @@ def judge_power(expected_kw: float, observed_kw: Iterable[float], now_ms: int, d
         return Outcome(PENDING, f"waiting for ESS power near {expected_kw:g} kW")
     last = f"last seen {seen[-1]:g} kW" if seen else "no ESS telemetry arrived"
     return Outcome(FAILED, f"ESS power never reached the {expected_kw:g} kW setpoint within the window ({last})")
+
+
+def grid_limit_power_kw(site_kw: float, limit_kw: float, max_discharge_kw: float, charge_kw: float,
+                        charge_ceiling_kw: float) -> float:
+    """The power a PCS holding a grid limit gives at a site load (+ discharge, - charge)."""
+    if site_kw > limit_kw:
+        return min(site_kw - limit_kw, max_discharge_kw)
+    return -max(0.0, min(charge_kw, charge_ceiling_kw - site_kw))
+
+
+def judge_grid_limit(limit_kw: float, max_discharge_kw: float, charge_kw: float, charge_ceiling_kw: float,
+                     observed: Iterable[tuple[float, float]], now_ms: int, deadline_ms: int) -> Outcome:
+    """``observed``: (ESS kW, grid kW) windows after execution. Verified once the ESS gives, within tolerance,
+    the power the grid limit calls for at that window's site load (grid + ESS); failed at the deadline otherwise."""
+    seen = [(float(ess), float(grid)) for ess, grid in observed]
+    for ess, grid in seen:
+        expected = grid_limit_power_kw(grid + ess, limit_kw, max_discharge_kw, charge_kw, charge_ceiling_kw)
+        tolerance = power_tolerance_kw(expected)
+        if abs(ess - expected) <= tolerance:
+            return Outcome(VERIFIED, f"ESS power {ess:g} kW holds grid import at {grid:,.0f} kW against the "
+                                     f"{limit_kw:,.0f} kW limit (expected {expected:g} kW, tolerance {tolerance:g} kW)")
+    if now_ms < deadline_ms:
+        return Outcome(PENDING, f"waiting for ESS power that holds grid import at {limit_kw:,.0f} kW")
+    last = f"last seen {seen[-1][0]:g} kW at {seen[-1][1]:,.0f} kW import" if seen else "no ESS telemetry arrived"
+    return Outcome(FAILED, f"the ESS never held grid import at the {limit_kw:,.0f} kW limit within the window ({last})")
 
 
 def judge_jobs(expected: Mapping[str, set[str]], observed: Mapping[str, str], now_ms: int,

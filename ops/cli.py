@@ -106,7 +106,7 @@ def cmd_pcs_sim(settings: Settings, args) -> int:
     from opsloop.config.site import load_site
     from opsloop.ops.pcs_sim import serve_forever
 
-    return serve_forever(settings, load_site(settings.topology), telemetry_s=args.telemetry_s)
+    return serve_forever(settings, load_site(settings.topology), telemetry_s=args.telemetry_s, meter_url=args.meter_url)
 
 
 def cmd_twin(settings: Settings, args) -> int:
@@ -370,6 +370,8 @@ def parser() -> argparse.ArgumentParser:
     tw.set_defaults(func=cmd_twin)
     sim = sub.add_parser("pcs-sim", help="run the PCS simulator (Modbus TCP, SunSpec) on OPSLOOP_PCS_MODBUS")
     sim.add_argument("--telemetry-s", type=float, default=1.0, help="seconds between telemetry points")
+    sim.add_argument("--meter-url", help="Prometheus page with the site load (opsloop_twin_facility_kw, e.g. the "
+                                         "twin's --prometheus-port): the grid-limit mode follows it")
     sim.set_defaults(func=cmd_pcs_sim)
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency")

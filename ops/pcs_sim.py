@@ -13,6 +13,13 @@ honours the revert timeout; before every read the battery is advanced to the
 injected ``clock`` and the status registers are refreshed, so tests drive time
 by hand and never wait on the wall clock.
 
+Grid-limit mode (``models.sunspec``'s vendor block): the simulator plays the site's EMS
+controller, so it needs the site load behind the grid meter. ``site_meter`` is a callable
+returning it in kW (``prometheus_meter`` reads it from a Prometheus page, e.g. the site twin's
+``opsloop_twin_facility_kw``, as the twin reads the ESS power from these registers); a thread
+reads it every ``meter_s`` wall seconds and the battery follows it. Without one the load is
+``facility_kw``, set by hand.
+
 With ``settings``, ``publish_telemetry()`` (called by a thread every
 ``telemetry_s``, or by hand) sends the battery's ``ess_soc_pct``,
 ``ess_soh_pct`` and ``ess_kw`` to ``telemetry.raw``.
@@ -31,7 +38,7 @@ from typing import Callable
 from opsloop.models import sunspec
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
-from opsloop.models.battery import Battery, PcsBattery
+from opsloop.models.battery import Battery, Command, PcsBattery
 
 log = logging.getLogger("opsloop.pcs_sim")
 WRITE_CODES = (6, 16, 23)
@@ -41,7 +48,8 @@ class PcsSimulator:
     def __init__(self, battery: PcsBattery, port: int, host: str = "127.0.0.1", *, device: str = "ess-1",
                  site: str = "demo", wchamax_kw: float | None = None, reserve_pct: float | None = None,
                  clock: Callable[[], float] = time.time, settings: Settings | None = None,
-                 telemetry_s: float | None = None):
+                 telemetry_s: float | None = None, site_meter: Callable[[], float | None] | None = None,
+                 meter_s: float = 0.05):
         self.battery = battery
         self.host, self.port = host, port
         self.device, self.site = device, site
@@ -49,6 +57,8 @@ class PcsSimulator:
         self.clock = clock
         self.settings = settings
         self.telemetry_s = telemetry_s
+        self.site_meter, self.meter_s = site_meter, meter_s
+        self.meter_errors = 0
         reserve_pct = battery.battery.reserve_soc_pct if reserve_pct is None else reserve_pct
         self.registers = sunspec.initial_registers(self.wchamax_kw, reserve_pct)
         self.register_log: list[tuple[float, int, list[int]]] = []
@@ -82,6 +92,7 @@ class PcsSimulator:
         if b.reverted:  # the PCS went back to idle by itself: its control registers say so
             for point in ("StorCtl_Mod", "OutWRte", "InWRte"):
                 regs[sunspec.address(point) - sunspec.BASE] = 0
+            regs[sunspec.grid_limit_address("GLimEna") - sunspec.BASE] = 0
 
     def _refresh_bms_and_meters(self) -> None:
         b, regs, W = self.battery, self.registers, 1000.0
@@ -104,7 +115,37 @@ class PcsSimulator:
 
     def _apply_controls(self) -> None:
         values = sunspec.storage_values(self.registers)
-        self.battery.command(sunspec.setpoint_from(values, self.wchamax_kw), values["InOutWRte_RvrtTms"], self.clock())
+        at = sunspec.grid_limit_address("GLimEna") - sunspec.BASE
+        limit = sunspec.grid_limit_from(self.registers[at:at + sunspec.GRID_LIMIT_LEN])
+        if limit is None:
+            self.battery.command(sunspec.setpoint_from(values, self.wchamax_kw), values["InOutWRte_RvrtTms"],
+                                 self.clock())
+            return
+        # Grid-limit mode: the rates are caps, each direction allowed by its StorCtl_Mod bit.
+        scale, mode = self.wchamax_kw / 100 * 10 ** sunspec.RATE_SF, values["StorCtl_Mod"]
+        cap_out = values["OutWRte"] * scale if mode & sunspec.DISCHARGE else 0.0
+        cap_in = values["InWRte"] * scale if mode & sunspec.CHARGE else 0.0
+        self.battery.follow(Command(limit_kw=limit[0], max_discharge_kw=cap_out, charge_kw=cap_in,
+                                    charge_ceiling_kw=limit[1]), values["InOutWRte_RvrtTms"], self.clock())
+
+    def measure_site(self, kw: float) -> None:
+        """The site meter reads ``kw`` now: the meters show it and a grid-limit mode follows it."""
+        with self._lock:
+            self.facility_kw = float(kw)
+            self.battery.measure(kw, self.clock())
+            self._refresh()
+
+    def _meter_loop(self) -> None:
+        while not self._stop.wait(self.meter_s):
+            try:
+                kw = self.site_meter()
+            except Exception as exc:  # noqa: BLE001 (a meter that does not answer: keep the last reading)
+                self.meter_errors += 1
+                if self.meter_errors == 1:
+                    log.warning("PCS simulator: site meter not answering (%s); keeping %.0f kW", exc, self.facility_kw)
+                continue
+            if kw is not None:
+                self.measure_site(kw)
 
     def tick(self) -> None:
         """Advance the battery to the clock's time and refresh the status registers."""
@@ -131,7 +172,8 @@ class PcsSimulator:
     def _simdata(self) -> list:
         from pymodbus.simulator import DataType, SimData
 
-        writable = {sunspec.address(p) for p in sunspec.CONTROL_POINTS}
+        writable = {sunspec.address(p) for p in sunspec.CONTROL_POINTS} | {
+            sunspec.grid_limit_address(p) for p in sunspec.GRID_LIMIT_POINTS}
         blocks, start = [], sunspec.BASE
         for addr in range(sunspec.BASE, sunspec.BASE + sunspec.REGISTER_COUNT + 1):
             boundary = addr == sunspec.BASE + sunspec.REGISTER_COUNT or (addr in writable) != (start in writable)
@@ -175,6 +217,10 @@ class PcsSimulator:
         if not ready.wait(30) or failure:
             raise RuntimeError(f"PCS simulator did not start on {self.host}:{self.port}: "
                                f"{failure[0] if failure else 'timeout'}")
+        if self.site_meter is not None:
+            meter = threading.Thread(target=self._meter_loop, name="pcs-sim-meter", daemon=True)
+            meter.start()
+            self._threads.append(meter)
         if self.settings is not None and self.telemetry_s:
             publisher = threading.Thread(target=self._publish_loop, name="pcs-sim-telemetry", daemon=True)
             publisher.start()
@@ -232,8 +278,24 @@ class PcsSimulator:
                 log.exception("PCS simulator telemetry failed")
 
 
+def prometheus_meter(url: str, metric: str = "opsloop_twin_facility_kw", timeout_s: float = 1.0
+                     ) -> Callable[[], float | None]:
+    """A site meter read from a Prometheus text page: the first sample of ``metric`` (None while absent)."""
+    import urllib.request
+
+    def read() -> float | None:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(metric) and line[len(metric):len(metric) + 1] in ("{", " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    return read
+
+
 def from_site(site: Site, port: int, settings: Settings | None = None, clock: Callable[[], float] = time.time,
-              telemetry_s: float | None = None, soc_pct: float = 80.0, host: str = "127.0.0.1") -> PcsSimulator:
+              telemetry_s: float | None = None, soc_pct: float = 80.0, host: str = "127.0.0.1",
+              site_meter: Callable[[], float | None] | None = None) -> PcsSimulator:
     """A simulator for the site's first ESS (capacity, PCS ratings, efficiency, SoH, reserve).
 
     With ``settings`` it can publish telemetry (see ``PcsSimulator``)."""
@@ -243,10 +305,10 @@ def from_site(site: Site, port: int, settings: Settings | None = None, clock: Ca
     battery = PcsBattery(Battery.from_spec(ess), soc_pct=soc_pct, min_soc_pct=0.0, now_s=clock())
     return PcsSimulator(battery, port, host, device=ess.id, site=site.id,
                         wchamax_kw=max(ess.pcs_charge_kw, ess.pcs_discharge_kw), clock=clock, settings=settings,
-                        telemetry_s=telemetry_s)
+                        telemetry_s=telemetry_s, site_meter=site_meter)
 
 
-def serve_forever(settings: Settings, site: Site, telemetry_s: float | None = 1.0) -> int:
+def serve_forever(settings: Settings, site: Site, telemetry_s: float | None = 1.0, meter_url: str | None = None) -> int:
     """`opsloop pcs-sim`: serve on ``settings.pcs_modbus`` and publish telemetry until SIGINT/SIGTERM."""
     import signal
 
@@ -256,7 +318,8 @@ def serve_forever(settings: Settings, site: Site, telemetry_s: float | None = 1.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with from_site(site, port, settings, clock=settings.clock(), host=host, telemetry_s=telemetry_s):
+    meter = prometheus_meter(meter_url) if meter_url else None
+    with from_site(site, port, settings, clock=settings.clock(), host=host, telemetry_s=telemetry_s, site_meter=meter):
         print(f"PCS simulator on {host}:{port}, telemetry every {telemetry_s} s", flush=True)
         stop.wait()
     return 0

@@ -254,7 +254,7 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
 
         options["slurm"] = make_backend(settings)
     twin = build(settings, site, speed=speed, data=data, **options)
-    env = " ".join(f"{k}={v}" for k, v in twin.clock.env().items())
+    env = " ".join(f"{k}={v}" for k, v in {**twin.clock.env(), "OPSLOOP_PEAKS_CONTROL": "grid_limit"}.items())
     print(f"site twin of {site.id} at {twin.clock.speed:g}x; every process of this run needs: {env}", flush=True)
     if twin.prometheus is not None:
         print(f"Prometheus text on http://127.0.0.1:{twin.prometheus.server_port}/metrics", flush=True)

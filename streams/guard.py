@@ -16,7 +16,8 @@ Thin: decode, ask ``models.guard.decide``, emit. It reads four topics:
 * ``telemetry.site``: the latest ESS state of charge, health and power per site
   (the guard's view of the plant), and the observations for verification.
 * ``actions.results``: an ``executed`` PCS action is verified against the ESS
-  power of the following site windows (``models.verify.judge_power``) within
+  power of the following site windows (``models.verify.judge_power``; a grid-limit action
+  with ``judge_grid_limit``: the power its limit calls for at each window's site load) within
   ``verify_window_s``; on failure the guard publishes ``failed``, an approved
   ``pcs_idle`` (the revert), ``reverted`` and an alarm on ``alarms.raw``.
 
@@ -52,7 +53,7 @@ from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED,
                                   feedback_problem, revert_approval, slurm_charge)
 from opsloop.models.signing import Keyring, feedback_authentic, sign_verdict
 from opsloop.config.policy import Policy
-from opsloop.models.verify import FAILED, VERIFIED, judge_power
+from opsloop.models.verify import FAILED, VERIFIED, judge_grid_limit, judge_power
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.schemas.codec import DecodeError
@@ -182,7 +183,10 @@ class GuardProcessor(BatchProcessor):
         for action_id, _action, since_ms, _deadline, observed in self.store.rows(
                 "SELECT * FROM verifying WHERE json_extract(action, '$.site') = ?", snap["site"]):
             if snap["window_start_ms"] >= since_ms:  # a window wholly after the setpoint was written
-                values = json.loads(observed) + [snap["ess_kw"]]
+                grid_limit = json.loads(_action).get("params", {}).get("control") == "grid_limit"
+                if grid_limit and snap.get("grid_kw") is None:
+                    continue
+                values = json.loads(observed) + [[snap["ess_kw"], snap["grid_kw"]] if grid_limit else snap["ess_kw"]]
                 self.store.run("UPDATE verifying SET observed = ? WHERE action_id = ?", json.dumps(values), action_id)
 
     # -- inputs -------------------------------------------------------------------------
@@ -253,7 +257,15 @@ class GuardProcessor(BatchProcessor):
         for action_id, action, _since, deadline, observed in self.store.rows("SELECT * FROM verifying"):
             action = json.loads(action)
             expected = 0.0 if action["kind"] == "pcs_idle" else action["setpoint_kw"]
-            outcome = judge_power(expected, json.loads(observed), now, deadline)
+            params = action.get("params") or {}
+            if params.get("control") == "grid_limit":
+                expected = float(params.get("expected_kw", expected))
+                outcome = judge_grid_limit(float(params["grid_limit_kw"]), float(params.get("max_discharge_kw", 0)),
+                                           float(params.get("charge_kw", 0)),
+                                           float(params.get("charge_ceiling_kw", params["grid_limit_kw"])),
+                                           json.loads(observed), now, deadline)
+            else:
+                outcome = judge_power(expected, json.loads(observed), now, deadline)
             if outcome.status == VERIFIED:
                 self.stats["verified"] += 1
                 self._emit_result(action_result(action, "verified", outcome.text, "ESS power in telemetry.site", NAME,

@@ -4,7 +4,10 @@ Each setpoint carries a revert timeout equal to the time left until the
 action's expiry, so the PCS returns to idle by itself when the action ends or
 opsloop goes silent; undoing a PCS action needs nothing more. The sink checks
 the target and the policy's power limit once more before writing (the guard
-decided, but the device end trusts nothing it can check cheaply).
+decided, but the device end trusts nothing it can check cheaply). A grid-limit
+action (``params.control`` = ``grid_limit``, see ``models.peak_loop``) is written as
+the PCS's grid-limit mode (``PcsClient.write_grid_limit``): the limit, the charge
+ceiling, and ``setpoint_kw`` as the cap of its direction.
 """
 
 from __future__ import annotations
@@ -34,6 +37,21 @@ class PcsSink(ActuatorSink):
     def _setpoint(self, action: dict) -> float:
         return 0.0 if action["kind"] == "pcs_idle" else float(action["setpoint_kw"])
 
+    @staticmethod
+    def _grid_limit(action: dict) -> tuple[float, float, float, float] | None:
+        """(limit, discharge cap, charge cap, charge ceiling) in kW for a grid-limit action, else None."""
+        params = action.get("params") or {}
+        if params.get("control") != "grid_limit" or action["kind"] == "pcs_idle":
+            return None
+        setpoint = float(action["setpoint_kw"])
+        return (float(params["grid_limit_kw"]), max(0.0, setpoint), max(0.0, -setpoint),
+                float(params.get("charge_ceiling_kw", params["grid_limit_kw"])))
+
+    def _holds(self, reading, action: dict) -> bool:
+        limit = self._grid_limit(action)
+        return self.client.matches(reading, self._setpoint(action)) if limit is None else \
+            self.client.holds_grid_limit(reading, limit[0], limit[1], limit[2], limit[3])
+
     def execute(self, action: dict):
         if action["target"] not in self.targets:
             raise ValueError(f"unknown PCS target {action['target']!r}; this sink drives {', '.join(self.targets)}")
@@ -41,20 +59,25 @@ class PcsSink(ActuatorSink):
         if abs(setpoint) > self.policy.pcs.max_kw:
             raise ValueError(f"setpoint {setpoint:g} kW exceeds the policy limit of {self.policy.pcs.max_kw:g} kW")
         revert_s = min(MAX_REVERT_S, max(1, math.ceil((action["expires_ms"] - self.now_ms()) / 1000)))
-        reading = self.client.write_setpoint(setpoint, revert_s)
-        if not self.client.matches(reading, setpoint):
+        limit = self._grid_limit(action)
+        if limit is None:
+            reading = self.client.write_setpoint(setpoint, revert_s)
+        else:
+            reading = self.client.write_grid_limit(limit[0], limit[1], limit[2], limit[3], revert_s)
+        if not self._holds(reading, action):
             return FAILED, action_result(action, "failed", f"PCS reads back {reading.describe()}",
-                                         f"asked for {setpoint:g} kW; read-back differs", self.name,
+                                         f"asked for {setpoint:g} kW{' as a grid-limit cap' if limit else ''}; "
+                                         "read-back differs", self.name,
                                          self.now_ms()), None
         return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
-                                       f"wrote SunSpec model 124 on {self.client.endpoint}", self.name,
+                                       f"wrote SunSpec model 124{' and the grid limit' if limit else ''} on "
+                                       f"{self.client.endpoint}", self.name,
                                        self.now_ms()), None
 
     def reconcile(self, action: dict):
-        setpoint = self._setpoint(action)
         self.client.connect()
         reading = self.client.read()
-        if self.client.matches(reading, setpoint):
+        if self._holds(reading, action):
             return EXECUTED, action_result(action, "executed", f"PCS holds {reading.describe()}",
                                            "confirmed by read-back after a restart (not written again)", self.name,
                                            self.now_ms()), None

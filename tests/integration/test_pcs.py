@@ -92,3 +92,61 @@ def test_sink_executes_each_approved_action_once_and_publishes_results(kafka_set
         assert sink.stats["skipped_duplicates"] == 1 and sink.stats["ignored"] == 1
         [dead] = [Codec.default().decode_as("DeadLetter", m.value()) for m in read_topic(settings, "deadletter")]
         assert dead["value"] == b"\xc3\x01 not an action" and (dead["error_kind"], dead["agent"]) == ("decode", "pcs-sink")
+
+
+def test_grid_limit_mode_follows_the_site_meter_within_its_cap_and_reverts(sim):
+    client = PcsClient("127.0.0.1", sim.port)
+    try:
+        sim.measure_site(10_000.0)
+        reading = client.write_grid_limit(9_000.0, max_discharge_kw=1_500.0, charge_kw=0.0,
+                                          charge_ceiling_kw=8_500.0, revert_s=900)
+        assert client.holds_grid_limit(reading, 9_000.0, 1_500.0, 0.0, 8_500.0) and not client.matches(reading, 0.0)
+        assert "grid limit 9000 kW" in reading.describe()
+        assert client.power_kw() == pytest.approx(1_000.0)  # just enough to hold 9 MW of import
+        sim.test_clock.t += 60
+        sim.measure_site(11_000.0)  # the load rises past the cap: the PCS gives its cap, no more
+        assert client.power_kw() == pytest.approx(1_500.0)
+        sim.test_clock.t += 60
+        sim.measure_site(8_000.0)  # under the limit, no recharge allowed: idle
+        assert client.power_kw() == 0.0
+        sim.test_clock.t += 900  # past the revert timeout: the mode ends with it
+        reading = client.read()
+        assert reading.grid_limit is None and sim.battery.grid_limit is None and sim.battery.reverted
+        # a plain setpoint after a grid limit switches the limit off (last, so no state in between gives more)
+        client.write_grid_limit(9_000.0, 1_500.0, 0.0, 8_500.0, revert_s=900)
+        reading = client.write_setpoint(500.0, revert_s=600)
+        assert client.matches(reading, 500.0) and sim.battery.grid_limit is None and client.power_kw() == 500.0
+    finally:
+        client.close()
+
+
+def test_grid_limit_mode_recharges_under_its_ceiling_and_keeps_the_reserve(sim):
+    client = PcsClient("127.0.0.1", sim.port)
+    try:
+        sim.measure_site(8_000.0)
+        client.write_grid_limit(9_000.0, max_discharge_kw=0.0, charge_kw=2_000.0, charge_ceiling_kw=8_500.0,
+                                revert_s=900)
+        assert client.power_kw() == pytest.approx(-500.0)  # charges only up to the ceiling
+        sim.battery.soc_pct = sim.battery.battery.reserve_soc_pct  # at the reserve, a discharge is refused
+        client.write_grid_limit(7_000.0, max_discharge_kw=2_000.0, charge_kw=0.0, charge_ceiling_kw=7_000.0,
+                                revert_s=900)
+        assert client.power_kw() == 0.0
+    finally:
+        client.close()
+
+
+def test_sink_writes_a_grid_limit_action_as_the_pcs_grid_limit_mode(kafka_settings, read_topic):
+    site = load_site(kafka_settings.topology)
+    with from_site(site, free_port(), soc_pct=80.0) as sim:
+        sim.measure_site(10_000.0)
+        settings = kafka_settings.replace(pcs_modbus=f"127.0.0.1:{sim.port}")
+        hold = action("pcs-limit", "pcs_discharge", setpoint_kw=2000.0, control="grid_limit", grid_limit_kw=9200.0,
+                      charge_kw=0.0, charge_ceiling_kw=8800.0, expected_kw=800.0)
+        publish(settings, "actions.approved", "ApprovedAction", [approved(hold)])
+        sink = PcsSink(settings, load_policy(settings.policy), site)
+        sink.on_result = lambda r: runner.stop.set()
+        with Running(sink) as runner:
+            runner.thread.join(90)
+        assert sim.battery.grid_limit is not None and sim.battery.power_kw == pytest.approx(800.0)
+        [result] = results(settings, read_topic)
+        assert result["status"] == "executed" and "grid limit 9200 kW" in result["observed_effect"]

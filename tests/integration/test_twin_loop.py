@@ -3,7 +3,9 @@
 Real Kafka, the local Slurm and the PCS simulator, all on one twin clock running ``SPEED`` times faster
 than the wall clock. The first simulated day teaches the forecaster; on the second the billed peak
 (daily demand billing, highest 15-minute import) measured on the twin's grid meter must fall below
-the same day played with actuation off, no guard limit may be crossed, and every action that reached
+the same day played with actuation off and come close to the offline evaluation's cut for the same day and
+battery (the PCS holds the plan's grid limit, as that evaluation's battery does), no guard limit may be
+crossed, and every action that reached
 the PCS must be verified or reverted, executed once. Mid-run the PCS stops answering for an hour of twin
 time and the agents are stopped and started again on their state.
 """
@@ -11,6 +13,7 @@ time and the agents are stopped and started again on their state.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections import Counter
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.integration
 DAY_S = 86_400
 # Twin seconds per wall second: the pipeline's wall latency times this must stay well inside the twin-time
 # limits it is judged by (an action lives one 15-minute step; the guard trusts ESS state up to 300 s old).
-SPEED = 720.0
+SPEED = float(os.environ.get("OPSLOOP_TWIN_TEST_SPEED", "720"))  # slower: less twin time per wall-clock latency
 WARM_UP_S = 20 * 3600  # the forecaster learns the day's shape from 04:00 of day one
 MEASURED_S = 20 * 3600  # ... and the billed peak is measured over day two to 20:00
 AGENTS = ("rollup", "peaks", "guard", "pcs-sink")
@@ -109,15 +112,20 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     port = free_port()
     settings = kafka_settings.replace(clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s,
                                       clock_speed=clock.speed, pcs_modbus=f"127.0.0.1:{port}", window_s=60,
-                                      grace_s=10, verify_window_s=1800.0, peaks_step_s=900)
+                                      grace_s=10, verify_window_s=1800.0, peaks_step_s=900,
+                                      peaks_control="grid_limit")  # the simulator reads the twin's meter
     assert settings.clock() == clock  # every part below builds this same clock from the settings
     policy = load_policy(settings.policy)
 
     stop_twin = threading.Event()
-    sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0).start()
+    # The PCS plays the site's EMS controller: its grid-limit mode follows the site load, which it reads from the
+    # twin's Prometheus page (as the twin reads the ESS power from the PCS's registers).
+    prometheus_port = free_port()
+    meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
+    sim = pcs_sim.from_site(site, port, clock=settings.clock(), soc_pct=50.0, site_meter=meter).start()
     agents = Agents(settings, site)
     twin = twin_process.build(settings, site, clock=settings.clock(), start_ms=start_ms, sample_s=30.0, poll_s=0.1,
-                              prometheus_port=free_port(), slurm=ScontrolBackend(slurm.env), data=data)
+                              prometheus_port=prometheus_port, slurm=ScontrolBackend(slurm.env), data=data)
     twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
     began = time.monotonic()
     try:
@@ -134,7 +142,8 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
             if silenced and not isinstance(silenced, pcs_sim.PcsSimulator) \
                     and time.monotonic() - silenced >= PCS_SILENT_WALL_S:
                 sim = silenced = pcs_sim.PcsSimulator(sim.battery, port, device=sim.device, site=sim.site,
-                                                      wchamax_kw=sim.wchamax_kw, clock=settings.clock()).start()
+                                                      wchamax_kw=sim.wchamax_kw, clock=settings.clock(),
+                                                      site_meter=meter).start()
             if not restarted and now_ms >= day_two_ms + RESTART_AT_S * 1000:
                 agents.restart()  # the worker goes away mid-run and comes back on the same state
                 restarted = True
@@ -146,7 +155,8 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
             time.sleep(0.5)
         stop_twin.set()
         twin_thread.join(30)
-        time.sleep(3)  # the last actions reach the PCS and the guard
+        # the last actions reach the PCS and the guard, whose verification windows then close
+        time.sleep(max(3.0, 1.2 * settings.verify_window_s / SPEED))
     finally:
         stop_twin.set()
         agents.stop()
@@ -165,14 +175,18 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     with_loop = billed_peak_kw([(ts, grid) for ts, grid, _ in history])
     discharged = max(ess for _, _, ess in history)
     offline = offline_planner_peak_kw(site, reference, start_ms, end_ms, policy.pcs.max_kw)
+    live_cut, offline_cut = without - with_loop, without - offline
     print(f"twin loop: billed peak {without:.0f} kW without, {with_loop:.0f} kW with opsloop "
-          f"({(without - with_loop) / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "
-          f"{(without - offline) / without:.1%} lower); max discharge {discharged:.0f} kW; "
-          f"{twin.poller.points} points in {wall_s:.0f} s wall")
+          f"({live_cut / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "
+          f"{offline_cut / without:.1%} lower; the live cut is {live_cut / offline_cut:.1%} of the offline one); "
+          f"max discharge {discharged:.0f} kW; {twin.poller.points} points in {wall_s:.0f} s wall")
     assert discharged > 100, "the PCS never discharged"
-    # the twin is deterministic: without the battery the day reads exactly `without`; a one-day-old forecaster
-    # shaves little, but what it shaves must show on the meter
+    # the twin is deterministic: without the battery the day reads exactly `without`. The PCS holds the plan's grid
+    # limit on the meter, as the offline evaluation's battery does, so the live cut comes close to the offline
+    # one (measured 93.5-94.8% at 720x, 95.2-97.6% at 360x: each step's limit lands minutes into its step and
+    # the PCS follows a meter about a twin minute old; an overshoot lifts the billed peak the next target holds)
     assert with_loop < without - 50, "the billed peak on the twin's meter did not fall"
+    assert live_cut >= 0.8 * offline_cut, "the live cut fell far short of the offline evaluation's"
 
     # no guard limit crossed: the PCS held no setpoint beyond the policy, the import stayed under the cap
     assert all(abs(ess) <= policy.pcs.max_kw + 1 for _, _, ess in twin.poller.history)

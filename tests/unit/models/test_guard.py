@@ -369,3 +369,22 @@ def test_the_sink_is_held_to_what_the_action_declared():
     assert action_limits(slurm(), BUDGET, hold_s=1800) == BUDGET
     listed = {**slurm(), "job_ids": ["1", "2", "3"]}
     assert action_limits(listed, BUDGET, hold_s=1800).max_jobs_per_event == 3
+
+
+def grid_limit(cap_kw: float, expected_kw: float, life_s: float = 900, **params) -> dict:
+    return {**pcs(cap_kw, life_s), "params": {"control": "grid_limit", "grid_limit_kw": "9000.0",
+                                              "expected_kw": str(expected_kw), **params}}
+
+
+def test_a_grid_limit_is_bounded_on_its_cap_and_ramps_from_the_power_it_expects():
+    policy = policy_with(pcs_discharge="auto")
+    fresh = EssState(80, 97, 0, BATTERY, NOW, last_change_ms=NOW)  # one minute of ramp: 2500 kW
+    # a 3 MW cap expected to give 500 kW: the PCS moves with the load, the ramp check uses what it expects
+    assert decide(grid_limit(3000, 500), PlantState(fresh), policy, NOW).verdict == APPROVED
+    assert "over_ramp_limit" in decide(grid_limit(3000, 3000), PlantState(fresh), policy, NOW).reason_codes
+    # the cap is the worst case for power and the reserve
+    assert "over_power_limit" in decide(grid_limit(4500, 0), PlantState(ESS), policy, NOW).reason_codes
+    low = EssState(20, 100, 0, BATTERY, NOW)
+    assert "soc_below_reserve" in decide(grid_limit(3000, 0), PlantState(low), policy, NOW).reason_codes
+    broken = decide(grid_limit(1000, 0, grid_limit_kw="nan"), PlantState(ESS), policy, NOW)
+    assert broken.reason_codes == ("invalid_setpoint",)

@@ -185,3 +185,38 @@ def test_every_proposed_action_carries_a_declared_planner_code():
     assert actions and all(a["reason_code"] in REASON_CODES for a in actions)
     assert {a["reason_code"] for a in actions if a["kind"] == "slurm_hold"} <= RELOCATION_CODES
     assert len({a["reason_code"] for a in actions}) > 1
+
+
+def test_grid_limit_actions_carry_the_plans_limit_and_fit_the_shipped_guard_policy():
+    from opsloop.config.policy import load_policy
+    from opsloop.models.battery import Command
+    from opsloop.models.guard import APPROVED, EssState, PlantState, decide
+    from opsloop.models.peak_planner import HOLD_GRID_LIMIT
+
+    policy = load_policy(POLICY_FILE)
+    config = LoopConfig.from_site(load_site(SITE), pcs_kw=policy.pcs.max_kw)
+    loop, setpoint = SitePeakLoop(config), SitePeakLoop(replace_control(config, "setpoint"))
+    pairs = [(a, b) for s in snapshots(3) for d, e in zip(loop.on_snapshot(s), setpoint.on_snapshot(s))
+             for a, b in zip(d.actions, e.actions) if a["kind"].startswith("pcs_")]
+    limited = [a for a, _ in pairs if a["params"].get("control") == "grid_limit"]
+    assert limited and {a["kind"] for a in limited} >= {"pcs_discharge", "pcs_charge"}
+    assert HOLD_GRID_LIMIT in {a["reason_code"] for a in limited}  # the limit is held even when no peak is forecast
+    for action in limited:
+        p = action["params"]
+        cap = max(action["setpoint_kw"], 0.0)
+        command = Command(float(p["grid_limit_kw"]), cap, max(-action["setpoint_kw"], 0.0), float(p["charge_ceiling_kw"]))
+        assert command.power_for(float(p["grid_limit_kw"]) + 10 * cap + 1) == cap  # never more than its cap
+        ess = EssState(60.0, 97.0, float(p["expected_kw"]), config.battery, action["created_ms"])
+        verdict = decide(action, PlantState(ess), policy, action["created_ms"])
+        assert verdict.verdict == APPROVED, (action["reason"], verdict.reasons)
+        assert action["reason"].endswith(".") and "grid" in action["reason"]
+    # the fixed-setpoint control is still there, and plans the same limit
+    assert all(b["params"].get("control") is None for _, b in pairs)
+    assert all(a["params"]["grid_limit_kw"] == b["params"]["grid_limit_kw"] for a, b in pairs
+               if a["params"].get("control"))
+
+
+def replace_control(config, control):
+    from dataclasses import replace
+
+    return replace(config, control=control)
