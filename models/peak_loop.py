@@ -14,8 +14,7 @@ interval). When a step closes, the loop
    the kW to shed when the battery cannot hold the target. Each action's
    ``reason_code`` is the planner's (``models.peak_planner.REASON_CODES``).
 
-With ``control="grid_limit"`` (this model's default; the agent takes ``OPSLOOP_PEAKS_CONTROL``,
-``setpoint`` unless set) the PCS action carries the plan's grid limit, as peak-shaving EMS controllers take it (``params.control`` = ``grid_limit``): the PCS follows the
+With ``control="grid_limit"`` (``OPSLOOP_PEAKS_CONTROL``; the default is ``setpoint``) the PCS action carries the plan's grid limit, as peak-shaving EMS controllers take it (``params.control`` = ``grid_limit``): the PCS follows the
 site meter through the step, discharging just enough to hold ``grid_limit_kw``, so the live
 loop runs the very ``Command`` the offline evaluation steps. ``setpoint_kw`` is then the most
 it may discharge (``pcs_discharge``, whenever the battery can give anything: the limit is held
@@ -64,7 +63,7 @@ class LoopConfig:
     proposer: str = "peaks"
     reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
-    control: str = "grid_limit"  # grid_limit: the PCS holds the plan's import limit | setpoint: a fixed kW
+    control: str = "setpoint"  # setpoint: a fixed kW | grid_limit: the PCS holds the plan's import limit
     # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
     # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
     # steps; its cap never takes the battery under ``cap_reserve_soc_pct`` (the guard's reserve, default the

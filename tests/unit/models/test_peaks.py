@@ -194,7 +194,7 @@ def test_grid_limit_actions_carry_the_plans_limit_and_fit_the_shipped_guard_poli
     from opsloop.models.peak_planner import HOLD_GRID_LIMIT
 
     policy = load_policy(POLICY_FILE)
-    config = LoopConfig.from_site(load_site(SITE), pcs_kw=policy.pcs.max_kw)
+    config = LoopConfig.from_site(load_site(SITE), pcs_kw=policy.pcs.max_kw, control="grid_limit")
     loop, setpoint = SitePeakLoop(config), SitePeakLoop(replace_control(config, "setpoint"))
     pairs = [(a, b) for s in snapshots(3) for d, e in zip(loop.on_snapshot(s), setpoint.on_snapshot(s))
              for a, b in zip(d.actions, e.actions) if a["kind"].startswith("pcs_")]
