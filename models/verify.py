@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from opsloop.models.battery import Command
+
 VERIFIED, FAILED, PENDING = "verified", "failed", "pending"
 
 
@@ -42,21 +44,14 @@ def judge_power(expected_kw: float, observed_kw: Iterable[float], now_ms: int, d
     return Outcome(FAILED, f"ESS power never reached the {expected_kw:g} kW setpoint within the window ({last})")
 
 
-def grid_limit_power_kw(site_kw: float, limit_kw: float, max_discharge_kw: float, charge_kw: float,
-                        charge_ceiling_kw: float) -> float:
-    """The power a PCS holding a grid limit gives at a site load (+ discharge, - charge)."""
-    if site_kw > limit_kw:
-        return min(site_kw - limit_kw, max_discharge_kw)
-    return -max(0.0, min(charge_kw, charge_ceiling_kw - site_kw))
-
-
 def judge_grid_limit(limit_kw: float, max_discharge_kw: float, charge_kw: float, charge_ceiling_kw: float,
                      observed: Iterable[tuple[float, float]], now_ms: int, deadline_ms: int) -> Outcome:
     """``observed``: (ESS kW, grid kW) windows after execution. Verified once the ESS gives, within tolerance,
     the power the grid limit calls for at that window's site load (grid + ESS); failed at the deadline otherwise."""
+    command = Command(limit_kw, max_discharge_kw, charge_kw, charge_ceiling_kw)  # what the PCS itself runs
     seen = [(float(ess), float(grid)) for ess, grid in observed]
     for ess, grid in seen:
-        expected = grid_limit_power_kw(grid + ess, limit_kw, max_discharge_kw, charge_kw, charge_ceiling_kw)
+        expected = command.power_for(grid + ess)
         tolerance = power_tolerance_kw(expected)
         if abs(ess - expected) <= tolerance:
             return Outcome(VERIFIED, f"ESS power {ess:g} kW holds grid import at {grid:,.0f} kW against the "
