@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -142,6 +143,19 @@ def every_window_and_forecast_once(settings: Settings, read_topic, days: int, st
     assert not once_in_content(forecasts)
     assert not read_topic(settings, "deadletter")
     return windows, forecasts
+
+
+def paced_replay(settings: Settings, spec, days: int, wall_s: float) -> tuple[threading.Thread, dict]:
+    """Start the bundled curve's replay (from 2000-06-05, ``days`` of it, paced to take ``wall_s``) in a thread;
+    returns the thread and the dict that holds its stats (``"stats"``) once it ends."""
+    from opsloop.connectors.replay import replay
+    from opsloop.ops.cli import BUNDLED_DATA
+
+    replayed: dict = {}
+    source = threading.Thread(target=lambda: replayed.update(stats=replay(
+        settings, spec, BUNDLED_DATA, start="2000-06-05T00:00:00", days=days, speedup=days * 86_400 / wall_s)))
+    source.start()
+    return source, replayed
 
 
 def wait_for(condition, timeout_s: float, what: str, alive=None, step_s: float = 0.5):

@@ -3,7 +3,6 @@ nothing exits, nothing is lost or counted twice."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,11 +10,11 @@ from confluent_kafka import ElectionType, TopicPartition
 
 from opsloop.config.site import load_site
 from opsloop.connectors.kafka import admin
-from opsloop.connectors.replay import replay, replay_spec
-from opsloop.ops.cli import BUNDLED_DATA
+from opsloop.connectors.replay import replay_spec
 from opsloop.streams import worker
 
-from faults import OwnCluster, every_window_and_forecast_once, fresh_settings, leaders, start_worker, wait_for
+from faults import (OwnCluster, every_window_and_forecast_once, fresh_settings, leaders, paced_replay, start_worker,
+                    wait_for)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -40,11 +39,7 @@ def test_leader_change_mid_replay_no_exit_no_loss_no_double_count(tmp_path, read
         log = tmp_path / "worker.log"
         proc = start_worker(settings, "rollup,peaks", log, OPSLOOP_IDLE_CLOSE_S=3600, OPSLOOP_BATCH_SIZE=500)
         try:
-            replayed: dict = {}
-            source = threading.Thread(target=lambda: replayed.update(stats=replay(
-                settings, spec, BUNDLED_DATA, start="2000-06-05T00:00:00", days=DAYS,
-                speedup=DAYS * 86_400 / REPLAY_S)))
-            source.start()
+            source, replayed = paced_replay(settings, spec, DAYS, REPLAY_S)
             wait_for(lambda: read_topic(settings, "telemetry.site"), 60, "first snapshot", proc)
             before = leaders(settings, TOPICS)
             led = {b: sum(1 for leader, _ in before.values() if leader == b) for b in (2, 3)}
