@@ -197,6 +197,80 @@ def _combine(how: str, values: list[float]) -> float:
     return total / len(values) if how == "mean" else total
 
 
+class Route(NamedTuple):
+    """Where the samples of one series go: ``skip`` (not ``selected``, or not the ``where`` labels),
+    ``error`` (a reject's kind and reason), or a mapping and the site ``device`` (None: the
+    source-side name ``external`` is not mapped). ``rate_key``: a counter's series key."""
+
+    name: str
+    labels: Mapping[str, str]
+    target: str
+    spec: MetricMap | None = None
+    external: str = ""
+    device: str | None = None
+    device_type: str = ""
+    rate_key: tuple | None = None
+    skip: bool = False
+    error: tuple[str, str] | None = None
+    selected: bool = True  # False: relabelled away or not kept (skipped unread); True with skip: not its where labels
+
+
+class Batch:
+    """The samples of one poll or request, taken one by one with their series' ``Route``; ``done``
+    combines each device's series and returns the points, alarms and rejects."""
+
+    def __init__(self, norm: "Normalizer", now_ms: int):
+        self.norm = norm
+        self.now_ms = now_ms
+        self.out = Normalized()
+        self.groups: dict[tuple[str, str, int], tuple[Route, list[float]]] = {}
+
+    def take(self, route: Route, value: float, ts_ms: int | None) -> None:
+        spec = route.spec
+        if spec is None or route.device is None or not (value - value == 0.0):  # the rare paths; NaN/inf fail x-x==0
+            self._odd(route, value, ts_ms)
+            return
+        ts = self.now_ms if ts_ms is None else ts_ms
+        if spec.xid:
+            self.norm._xid(self.out, route.device, spec, int(value), ts, route.labels)
+            return
+        if route.rate_key is not None:
+            value = self.norm.rates.update(route.rate_key, ts, value)
+            if value is None:
+                return
+        key = (route.device, spec.metric, ts)
+        group = self.groups.get(key)
+        if group is None:
+            self.groups[key] = (route, [value * spec.scale])
+        else:
+            group[1].append(value * spec.scale)
+
+    def _odd(self, route: Route, value: float, ts_ms: int | None) -> None:
+        out = self.out
+        if route.skip:
+            out.filtered += 1
+            return
+        line = Sample(route.name, route.labels, value, ts_ms).line
+        if route.error is not None:
+            out.rejects.append(Bad(line(), *route.error))
+        elif not math.isfinite(value):
+            what = "NaN" if math.isnan(value) else "infinite"
+            out.rejects.append(Bad(line(), "invalid", f"{route.name} on {route.external!r} is {what}"))
+        else:
+            out.rejects.append(Bad(line(), "unknown", f"{route.name}: source name {route.external!r} is not "
+                                                      f"mapped to a site device (devices:)"))
+
+    def done(self) -> Normalized:
+        norm, out = self.norm, self.out
+        for (device, metric, ts), (route, values) in self.groups.items():
+            spec = route.spec
+            out.points.append(telemetry_point(ts, norm.site, device, route.device_type, metric,
+                                              values[0] if len(values) == 1 else _combine(spec.combine, values),
+                                              spec.unit, norm.source))
+        self.groups = {}
+        return out
+
+
 class Normalizer:
     """Samples of one source to points, XID alarms and rejects; holds counter and XID state.
 
@@ -251,54 +325,37 @@ class Normalizer:
             external = self._names[key] = template.format_map({**labels, "instance": target, "target": target})
         return external
 
+    def route(self, name: str, labels: Mapping[str, str], target: str = "") -> Route:
+        """Where every sample of one series goes (its name and labels decide it, not its value):
+        a receiver may keep it per series and hand it to ``take`` for each new sample."""
+        if not self.selected(name, labels):
+            return Route(name, labels, target, skip=True, selected=False)
+        mapped = self.mapped_name(name)
+        if mapped is None:
+            return Route(name, labels, target, error=("unknown", f"metric {name!r} is kept but not mapped "
+                                                                  f"(add it under options.metrics)"))
+        spec = self.mapping[mapped]
+        if any(labels.get(k) != v for k, v in spec.where.items()):
+            return Route(name, labels, target, skip=True)
+        try:
+            external = self._external(spec.device, labels, target)
+        except KeyError as exc:
+            return Route(name, labels, target, error=("decode", f"{name}: no label {exc} to name the device "
+                                                                f"({spec.device})"))
+        device = self.devices.get(external)
+        return Route(name, labels, target, spec, external, device, self._type(device, spec) if device else "",
+                     (mapped, target, tuple(sorted(labels.items()))) if spec.rate else None)
+
     def normalize(self, samples: Iterable[Sample], now_ms: int, target: str = "",
                   selected: bool = False) -> Normalized:
         """``selected``: the caller has already applied ``selected`` to every sample."""
-        out = Normalized()
-        groups: dict[tuple[str, str, int], tuple[MetricMap, list[float]]] = {}
+        batch = Batch(self, now_ms)
         for sample in samples:
             if not selected and not self.selected(sample.name, sample.labels):
-                out.filtered += 1
+                batch.out.filtered += 1
                 continue
-            name = self.mapped_name(sample.name)
-            if name is None:
-                out.rejects.append(Bad(sample.line(), "unknown", f"metric {sample.name!r} is kept but not mapped "
-                                                                  f"(add it under options.metrics)"))
-                continue
-            spec = self.mapping[name]
-            if any(sample.labels.get(k) != v for k, v in spec.where.items()):
-                out.filtered += 1
-                continue
-            try:
-                external = self._external(spec.device, sample.labels, target)
-            except KeyError as exc:
-                out.rejects.append(Bad(sample.line(), "decode", f"{sample.name}: no label {exc} to name the "
-                                                                f"device ({spec.device})"))
-                continue
-            if not math.isfinite(sample.value):
-                what = "NaN" if math.isnan(sample.value) else "infinite"
-                out.rejects.append(Bad(sample.line(), "invalid", f"{sample.name} on {external!r} is {what}"))
-                continue
-            device = self.devices.get(external)
-            if device is None:
-                out.rejects.append(Bad(sample.line(), "unknown", f"{sample.name}: source name {external!r} is not "
-                                                                 f"mapped to a site device (devices:)"))
-                continue
-            ts = now_ms if sample.ts_ms is None else sample.ts_ms
-            if spec.xid:
-                self._xid(out, device, spec, int(sample.value), ts, sample.labels)
-                continue
-            value = sample.value
-            if spec.rate:
-                value = self.rates.update((name, target, tuple(sorted(sample.labels.items()))), ts, value)
-                if value is None:
-                    continue
-            groups.setdefault((device, spec.metric, ts), (spec, []))[1].append(value * spec.scale)
-        for (device, _, ts), (spec, values) in groups.items():
-            out.points.append(telemetry_point(ts, self.site, device, self._type(device, spec), spec.metric,
-                                              values[0] if len(values) == 1 else _combine(spec.combine, values),
-                                              spec.unit, self.source))
-        return out
+            batch.take(self.route(sample.name, sample.labels, target), sample.value, sample.ts_ms)
+        return batch.done()
 
     def _type(self, device: str, spec: MetricMap) -> str:
         return self.device_types.get(device, spec.device_type)

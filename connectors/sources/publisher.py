@@ -28,6 +28,7 @@ from opsloop.connectors.kafka import DeadLetters, producer, send
 from opsloop.connectors.sources.base import Readings
 from opsloop.models.source_health import SourceHealth
 from opsloop.schemas.codec import Codec
+from opsloop.schemas.point_encoder import PointEncoder
 
 log = logging.getLogger("opsloop.source")
 
@@ -43,6 +44,10 @@ class Publisher:
         self.clock = clock
         self.codec = Codec.default()
         self.catalog = cached_catalog(settings.topics_file)
+        self.points = PointEncoder(self.codec)  # telemetry.raw: the constant parts of a series encoded once
+        self.points_topic = settings.topic("telemetry.raw")
+        if self.catalog["telemetry.raw"].key != "device":
+            raise ValueError("telemetry.raw is no longer keyed by device: update Publisher.publish")
         self.prod = prod or producer(settings, **{"queue.buffering.max.messages": config.buffer_max + HEADROOM,
                                                   "queue.buffering.max.kbytes": 2_097_151})
         self.dead = DeadLetters(settings, self.prod, f"source.{config.name}", self.codec)
@@ -70,12 +75,13 @@ class Publisher:
             self._send_waiting(topic, record)
         deadline = time.monotonic() + self.config.block_s
         points = readings.points
+        topic, encode, produce, delivered = self.points_topic, self.points.encode, self.prod.produce, self._point_delivered
         for i, record in enumerate(points):
-            topic, key, value = self._encode("telemetry.raw", record)
+            key, value = record["device"].encode(), encode(record)
             while True:
                 if self.in_flight < self.config.buffer_max:
                     try:
-                        self.prod.produce(topic, key=key, value=value, on_delivery=self._point_delivered)
+                        produce(topic, value, key, on_delivery=delivered)
                         self.in_flight += 1
                         break
                     except BufferError:  # the queue's byte bound: the same as full

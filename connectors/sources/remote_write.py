@@ -39,7 +39,7 @@ from opsloop.config.site import Site
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Deliver, Readings, Reject
 from opsloop.connectors.sources.prometheus import normalizer, readings
-from opsloop.models.prom_metrics import Normalizer, Sample
+from opsloop.models.prom_metrics import Batch, Normalized, Normalizer, Route
 
 log = logging.getLogger("opsloop.source")
 
@@ -64,12 +64,17 @@ def _write_request_class():
     message("TimeSeries", ("labels", 1, fd.TYPE_MESSAGE, "Label", True),
             ("samples", 2, fd.TYPE_MESSAGE, "Sample", True))
     message("WriteRequest", ("timeseries", 1, fd.TYPE_MESSAGE, "TimeSeries", True))
+    # The same wire format read with each label kept as its encoded bytes: a series' labels are then
+    # a hashable tuple, the key of its cached route, and are decoded only the first time.
+    message("RawTimeSeries", ("labels", 1, fd.TYPE_BYTES, None, True), ("samples", 2, fd.TYPE_MESSAGE, "Sample", True))
+    message("RawWriteRequest", ("timeseries", 1, fd.TYPE_MESSAGE, "RawTimeSeries", True))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("opsloop.prompb.WriteRequest"))
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"opsloop.prompb.{name}"))
+                 for name in ("WriteRequest", "RawWriteRequest", "Label"))
 
 
-WriteRequest = _write_request_class()
+WriteRequest, RawWriteRequest, Label = _write_request_class()
 
 
 class BadBody(ValueError):
@@ -81,7 +86,7 @@ def decode(body: bytes):
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except cramjam.DecompressionError as exc:
         raise BadBody(f"not snappy-compressed (raw block format): {exc}") from None
-    request = WriteRequest()
+    request = RawWriteRequest()
     try:
         request.ParseFromString(raw)
     except DecodeError as exc:
@@ -93,22 +98,53 @@ def _is_stale(value: float) -> bool:
     return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == STALE_NAN
 
 
-def samples_of(request, norm: Normalizer) -> tuple[list[Sample], int]:
-    """The request's samples the relabel/keep rules select (label sets built only for those), and how
-    many were skipped (not selected, or staleness markers)."""
-    out, skipped = [], 0
-    for series in request.timeseries:
-        labels = {label.name: label.value for label in series.labels}
-        name = labels.pop("__name__", "")
-        if not norm.selected(name, labels):
-            skipped += len(series.samples)
-            continue
-        for sample in series.samples:
-            if _is_stale(sample.value):
-                skipped += 1
-            else:
-                out.append(Sample(name, labels, sample.value, sample.timestamp))
-    return out, skipped
+class SeriesRoutes:
+    """Each series' ``Route`` (models/prom_metrics.py), keyed by its labels as sent: Prometheus sends
+    the same series in every request, so labels are decoded, relabelled and mapped once per series.
+    ``max_series`` bounds it (series churn clears it rather than growing memory)."""
+
+    def __init__(self, norm: Normalizer, max_series: int = 500_000):
+        self.norm = norm
+        self.max_series = max_series
+        self.routes: dict[tuple[bytes, ...], Route] = {}
+
+    def of(self, raw_labels: tuple[bytes, ...]) -> Route:
+        route = self.routes.get(raw_labels)
+        if route is None:
+            labels = {}
+            for raw in raw_labels:
+                label = Label()
+                try:
+                    label.ParseFromString(raw)
+                except DecodeError as exc:
+                    raise BadBody(f"not a remote-write WriteRequest protobuf (a label): {exc}") from None
+                labels[label.name] = label.value
+            name = labels.pop("__name__", "")
+            route = self.norm.route(name, labels)
+            if len(self.routes) >= self.max_series:
+                self.routes.clear()
+            self.routes[raw_labels] = route
+        return route
+
+    def normalize(self, request, now_ms: int) -> tuple[Normalized, int, int]:
+        """A request's points, alarms and rejects; how many samples were read and how many skipped (not
+        selected, or staleness markers). ``BadBody`` if a label is not a Label (before any sample is taken)."""
+        of = self.of
+        routed = [(of(tuple(series.labels)), series.samples) for series in request.timeseries]
+        batch, read, skipped = Batch(self.norm, now_ms), 0, 0
+        take = batch.take
+        for route, samples in routed:
+            if not route.selected:
+                skipped += len(samples)
+                continue
+            for sample in samples:
+                value = sample.value
+                if value != value and _is_stale(value):
+                    skipped += 1
+                else:
+                    read += 1
+                    take(route, value, sample.timestamp)
+        return batch.done(), read, skipped
 
 
 @dataclass(frozen=True)
@@ -145,6 +181,7 @@ class RemoteWriteReceiver:
             raise config.error(f"no remote-write token (OPSLOOP_REMOTE_WRITE_TOKEN or options.token_file): "
                                f"listening on {host or 'every address'} would take anyone's samples")
         self.norm = normalizer(config, site)
+        self.routes = SeriesRoutes(self.norm)
         self.lock = threading.Lock()  # the normalizer's counter state is per source, not per request
         self.stats: Counter = Counter()
         self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), self._handler())
@@ -176,14 +213,13 @@ class RemoteWriteReceiver:
         body = read(length)
         try:
             request = decode(body)
+            with self.lock:
+                out, taken, skipped = self.routes.normalize(request, now_ms)
+                self.stats["samples"] += taken
+                self.stats["skipped"] += skipped
         except BadBody as exc:
             self._deliver(Readings(rejects=[Reject(body[:4096], "decode", str(exc))]))
             return self._count(400, "bad_body", str(exc))
-        with self.lock:
-            samples, skipped = samples_of(request, self.norm)
-            out = self.norm.normalize(samples, now_ms, selected=True)
-            self.stats["samples"] += len(samples)
-            self.stats["skipped"] += skipped
         if not self._deliver(readings(out)):
             return self._count(503, "busy", "buffer full: retry later")
         with self.lock:

@@ -15,7 +15,7 @@ from opsloop.connectors.sources import KINDS
 from opsloop.connectors.sources.base import Readings
 from opsloop.connectors.sources.loop import mapping_errors
 from opsloop.connectors.sources.prometheus import normalizer, parse_exposition, readings
-from opsloop.connectors.sources.remote_write import RemoteWriteReceiver, Token, WriteRequest
+from opsloop.connectors.sources.remote_write import RawWriteRequest, RemoteWriteReceiver, Token, WriteRequest
 
 pytestmark = pytest.mark.unit
 
@@ -193,3 +193,27 @@ def test_a_reader_reads_known_series_from_their_values_alone_and_still_rejects_a
         ("up", {}, 0.0, None), ("vllm:x", {"a": "b} c", "d": "e"}, 3.0, None)]
     assert [(b.kind, b.raw) for b in bad] == [("decode", b'vllm:x{a="b} c",d="e"} zero')]
     assert set(reader.series) == {"up", 'vllm:x{a="b} c",d="e"}'}
+
+
+def test_remote_write_maps_a_series_once_and_reads_its_later_samples_through_the_same_route(receiver):
+    delivered: list[Readings] = []
+    receiver.deliver = lambda r: delivered.append(r) or True
+    node = {"__name__": "node_network_receive_bytes_total", "device": "eth0", "job": "node", "instance": "n1:9100"}
+    assert post(receiver, write_body([(node, [(1e6, 1_000)])])) == (204, "")
+    assert post(receiver, write_body([(node, [(4e6, 16_000)])])) == (204, "")  # the counter's state carries over
+    assert [(p["metric"], p["value"]) for p in delivered[1].points] == [("net_rx_mbps", pytest.approx(1.6))]
+    assert len(receiver.routes.routes) == 1
+
+
+def test_a_label_that_is_not_a_label_is_a_bad_body_and_no_sample_of_the_request_is_taken(receiver):
+    delivered: list[Readings] = []
+    receiver.deliver = lambda r: delivered.append(r) or True
+    good = write_body([({"__name__": "node_load1", "instance": "n1:9100"}, [(1.0, 1_000)])])
+    raw = RawWriteRequest()
+    raw.ParseFromString(bytes(cramjam.snappy.decompress_raw(good)))
+    series = raw.timeseries.add()
+    series.labels.append(b"\x0a\xff")  # a string field whose length runs past the end
+    series.samples.add(value=1.0, timestamp=1_000)
+    status, reason = post(receiver, bytes(cramjam.snappy.compress_raw(raw.SerializeToString())))
+    assert status == 400 and "a label" in reason
+    assert [r.kind for r in delivered[0].rejects] == ["decode"] and not delivered[0].points

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from opsloop.models.prom_metrics import (DCGM, DEFAULT_MAPPING, CounterRates, MetricMap, Normalizer, RelabelRule,
+from opsloop.models.prom_metrics import (DCGM, DEFAULT_MAPPING, Batch, CounterRates, MetricMap, Normalizer,
+                                         RelabelRule,
                                          Sample, metric_map)
 
 pytestmark = pytest.mark.unit
@@ -101,3 +102,22 @@ def test_a_config_entry_becomes_a_metric_map_and_a_bad_one_is_named():
         "x_kw", "kW", 1.0, rate=True)
     with pytest.raises(ValueError, match=r"metrics\['x'\] needs metric and unit; unknown key\(s\) colour"):
         metric_map("x", {"metric": "x", "colour": "red"}, "o")
+
+
+def test_a_route_is_decided_by_the_series_and_taken_per_sample_as_normalize_does():
+    norm = Normalizer(DCGM, {"n7:9400/gpu0": "gpu-0"}, site="demo", source="t")
+    routed = norm.route("DCGM_FI_DEV_GPU_TEMP", GPU0, "n7:9400")
+    assert (routed.device, routed.device_type, routed.skip, routed.error) == ("gpu-0", "gpu", False, None)
+    assert norm.route("DCGM_FI_DEV_GPU_TEMP", GPU1, "n7:9400").device is None  # gpu1 is not mapped
+    assert norm.route("go_goroutines", GPU0, "n7:9400").selected is False
+    assert norm.route("DCGM_FI_DEV_GPU_TEMP", {}, "").error[0] == "decode"  # no gpu label to name the device
+    batch = Batch(norm, 5_000)
+    for value in (41.0, float("nan"), float("inf")):
+        batch.take(routed, value, None)
+    batch.take(norm.route("DCGM_FI_DEV_GPU_TEMP", GPU1, "n7:9400"), 40.0, 4_000)
+    out = batch.done()
+    assert [(p["device"], p["value"], p["ts_ms"]) for p in out.points] == [("gpu-0", 41.0, 5_000)]
+    assert [r.kind for r in out.rejects] == ["invalid", "invalid", "unknown"]
+    assert [r.kind for r in out.rejects] == [r.kind for r in norm.normalize(
+        [Sample("DCGM_FI_DEV_GPU_TEMP", GPU0, v, None) for v in (float("nan"), float("inf"))]
+        + [Sample("DCGM_FI_DEV_GPU_TEMP", GPU1, 40.0, 4_000)], 5_000, "n7:9400").rejects]
