@@ -12,11 +12,21 @@ is ``SourceUnavailable`` (the loop backs off and raises the monitoring-loss alar
 instances opsloop reads but the config does not map are dead-lettered (``unknown``) once per
 discovery; values without a usable scale factor are dead-lettered (``invalid``) per poll.
 Event bits (meter ``Evt``, battery ``Evt1``) become Alarms when they rise and clears when they fall.
+
+One source may poll many devices: ``options.targets`` lists them (``host``, ``port``, ``unit``,
+``base``, and a ``name``, by default ``host:port``, or ``host:port#unit`` for a unit other than 1),
+and ``devices`` keys then name the target too: ``"<name>/203:2"``. The targets are polled at once,
+each by its own worker thread with its own connection (a Modbus TCP device answers one request at a
+time; waiting on the network does not hold the others). A poll fails (``SourceUnavailable``) when
+every target failed; when only some did, the rest is published and the failed ones are logged by
+name and counted in ``failed_targets``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -37,14 +47,18 @@ EXCEPTIONS = {1: "illegal function", 2: "illegal data address", 3: "illegal data
               6: "device busy", 10: "gateway path unavailable", 11: "gateway target did not respond"}
 
 
-class SunSpecPoller:
-    def __init__(self, config: SourceConfig, site: Site):
+class SunSpecDevice:
+    """One Modbus TCP device (a host, port and unit); ``prefix`` is put before its model names in
+    ``devices`` (empty for a source with a single device)."""
+
+    def __init__(self, config: SourceConfig, site: Site, target, prefix: str = ""):
         self.config = config
         self.site = site.id
-        self.host = str(config.option("host", required=True))
-        self.port = int(config.option("port", 502))
-        self.unit = int(config.option("unit", 1))
-        self.base = int(config.option("base", 40000))
+        self.prefix = prefix
+        self.host = str(_required(config, target, "host"))
+        self.port = int(target.get("port", 502))
+        self.unit = int(target.get("unit", 1))
+        self.base = int(target.get("base", 40000))
         if self.base not in (0, 40000, 50000):
             raise config.error(f"options.base must be 0, 40000 or 50000 (SunSpec's base addresses), got {self.base}")
         self.types = device_types(site)
@@ -103,14 +117,18 @@ class SunSpecPoller:
 
     def _unmapped(self) -> list[Reject]:
         return [Reject(f"model {name} at {at}".encode(), "unknown",
-                       f"SunSpec model {name} at register {at} is not mapped to a site device (devices: {{{name!r}: ...}})")
-                for name, model, at, _ in self.chain if model in sunspec_points.POINTS and self.config.device(name) is None]
+                       f"SunSpec model {name} at register {at} of {self.endpoint} is not mapped to a site device "
+                       f"(devices: {{{self.prefix + name!r}: ...}})")
+                for name, model, at, _ in self.chain if model in sunspec_points.POINTS and self.device_of(name) is None]
+
+    def device_of(self, name: str) -> str | None:
+        return self.config.device(self.prefix + name)
 
     def _read_models(self, now_ms: int) -> Readings:
         out, seen = Readings(), set()
         order = {m: i for i, m in enumerate(sunspec_points.PREFERENCE)}
         mapped = [(name, model, at, length, device) for name, model, at, length in self.chain
-                  if model in sunspec_points.POINTS and (device := self.config.device(name)) is not None]
+                  if model in sunspec_points.POINTS and (device := self.device_of(name)) is not None]
         for name, model, at, length, device in sorted(mapped, key=lambda m: order.get(m[1], len(order))):
             device_type = self.types.get(device, "device")
             values, problems, events = sunspec_points.decode(model, self._read(at + 2, length),
@@ -134,6 +152,68 @@ class SunSpecPoller:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _required(config: SourceConfig, target, key: str):
+    if key not in target:
+        raise config.error(f"options.{key} is required for kind sunspec (in options, or in each of options.targets)")
+    return target[key]
+
+
+def target_name(target) -> str:
+    unit = int(target.get("unit", 1))
+    return str(target.get("name") or f"{target['host']}:{target.get('port', 502)}" + (f"#{unit}" if unit != 1 else ""))
+
+
+class SunSpecPoller:
+    """A Poller over one device (``options.host``...) or many (``options.targets``), polled at once."""
+
+    def __init__(self, config: SourceConfig, site: Site):
+        targets = config.option("targets")
+        if targets is None:
+            self.devices = [SunSpecDevice(config, site, config.options)]
+        else:
+            if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
+                raise config.error("options.targets must be a list of {host, port, unit, base, name}")
+            names = [target_name(t) if "host" in t else "" for t in targets]
+            if len(set(names)) != len(names):
+                raise config.error(f"options.targets: two targets are named alike ({', '.join(names)}); give each a name")
+            self.devices = [SunSpecDevice(config, site, t, f"{name}/") for t, name in zip(targets, names)]
+        self.failed_targets: Counter = Counter()
+        workers = int(config.option("workers", min(len(self.devices), 64)))
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"sunspec-{config.name}") if workers > 1 else None
+
+    def poll(self, now_ms: int) -> Readings:
+        if self.pool is None:
+            results = [_attempt(device, now_ms) for device in self.devices]
+        else:
+            results = list(self.pool.map(_attempt, self.devices, [now_ms] * len(self.devices)))
+        out, failed = Readings(), []
+        for result in results:
+            if isinstance(result, SourceUnavailable):
+                failed.append(str(result))
+            else:
+                out.extend(result)
+        if failed and len(failed) == len(self.devices):
+            raise SourceUnavailable("; ".join(failed))
+        for device, result in zip(self.devices, results):  # some answered: the poll counts, the others are named
+            if isinstance(result, SourceUnavailable):
+                self.failed_targets[device.endpoint] += 1
+                log.warning("poll failed: %s", result)
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for device in self.devices:
+            device.close()
+
+
+def _attempt(device: SunSpecDevice, now_ms: int) -> Readings | SourceUnavailable:
+    try:
+        return device.poll(now_ms)
+    except SourceUnavailable as exc:
+        return exc
 
 
 def build(config: SourceConfig, site: Site, clock) -> SunSpecPoller:

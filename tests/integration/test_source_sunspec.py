@@ -222,3 +222,53 @@ def test_opsloop_source_runs_the_example_config_on_the_demo_site(kafka_settings,
     latest = {(p["device"], p["metric"]): p["value"] for p in points}
     assert latest[("grid-meter-1", "grid_kw")] == 30_000.0 and latest[("ess-1", "ess_soc_pct")] == 55.0
     assert {p["site"] for p in points} == {"demo"} and {p["source"] for p in points} == {"sunspec-pcs"}
+
+
+MANY = parse_site({"site": {"id": "lab"},
+                   "ess": [{"id": "ess-1", "capacity_kwh": 10000, "pcs_charge_kw": 5000, "pcs_discharge_kw": 5000,
+                            "round_trip_efficiency": 0.9, "reserve_soc_pct": 10, "soh_pct": 97}],
+                   "devices": [{"id": f"{kind}-meter-{i}", "type": f"{kind}_meter"}
+                               for i in (1, 2, 3) for kind in ("grid", "facility")]
+                   + [{"id": "sunspec-pcs", "type": "collector"}]}, "lab.yaml")
+
+
+def test_one_source_polls_several_devices_at_once_and_a_dead_one_does_not_stop_the_others():
+    clock = Clock()
+    sims = [from_site(MANY, free_port(), clock=clock, soc_pct=80.0) for _ in range(3)]
+    dead_port = free_port()
+    targets = [{"host": "127.0.0.1", "port": s.port, "name": f"pcs-{i}"} for i, s in enumerate(sims, 1)]
+    devices = {f"pcs-{i}/{model}": f"{kind}-meter-{i}" for i in (1, 2, 3)
+               for model, kind in (("203", "grid"), ("203:2", "facility"))}
+    devices["pcs-1/103"] = "ess-1"
+    block = {"kind": "sunspec", "name": "sunspec-pcs", "timeout_s": 1, "devices": devices,
+             "options": {"targets": targets + [{"host": "127.0.0.1", "port": dead_port}]}}
+    cfg = parse_sources({"site": "lab", "sources": [block]}, "sources.yaml")[0]
+    for i, s in enumerate(sims, 1):
+        s.facility_kw = 1000.0 * i
+        s.start()
+    poller = KINDS["sunspec"].build(cfg, MANY, clock)
+    try:
+        got = poller.poll(1_000)
+        again = poller.poll(2_000)
+    finally:
+        poller.close()
+        for s in sims:
+            s.stop()
+    v = values(got)
+    assert [v[(f"facility-meter-{i}", "facility_kw")] for i in (1, 2, 3)] == [1000.0, 2000.0, 3000.0]
+    assert v[("ess-1", "ess_kw")] == 0.0
+    # the 124 and 802 of pcs-1, and 103, 124, 802 of pcs-2 and pcs-3, are not mapped: named with their target
+    unknown = sorted(r.reason.split("(devices: {")[1].split(":")[0] for r in got.rejects if r.kind == "unknown")
+    assert unknown == ["'pcs-1/124'", "'pcs-1/802'", "'pcs-2/103'", "'pcs-2/124'", "'pcs-2/802'",
+                       "'pcs-3/103'", "'pcs-3/124'", "'pcs-3/802'"]
+    assert len(again.points) == len(got.points) and again.rejects == []
+    assert poller.failed_targets == {f"127.0.0.1:{dead_port} unit 1": 2}
+    everything_dead = parse_sources({"site": "lab", "sources": [{**block, "options": {"targets": [
+        {"host": "127.0.0.1", "port": dead_port}, {"host": "127.0.0.1", "port": free_port(), "unit": 2}]}}]},
+        "sources.yaml")[0]
+    poller = KINDS["sunspec"].build(everything_dead, MANY, clock)
+    try:
+        with pytest.raises(SourceUnavailable, match=f"127.0.0.1:{dead_port} unit 1: cannot connect.*unit 2: cannot"):
+            poller.poll(3_000)
+    finally:
+        poller.close()
