@@ -9,12 +9,21 @@ Secrets stay out of the config file: ``community_env`` (v2c) and, under ``v3``, 
 and ``priv_key_env`` name environment variables (``community`` may also be given inline).
 A timeout, an authentication failure or an agent error is ``SourceUnavailable``; a value that is
 not a number is dead-lettered (``decode``; NaN and infinities: ``invalid``).
+
+One source may poll many agents: ``options.targets`` lists them (``host``, ``port``), each mapped
+by ``devices`` as ``"host:port"``, all with the same credentials and mapping. They are walked at
+once on one SNMP engine (asyncio), so a poll takes about as long as the slowest agent. A poll fails
+(``SourceUnavailable``) when every agent failed; when only some did, the rest is published and
+the failed ones are logged by name and counted in ``failed_targets``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 
 from pyasn1.type import univ
 from pysnmp.hlapi.v3arch import asyncio as snmp
@@ -34,6 +43,7 @@ PRIV = {"des": snmp.usmDESPrivProtocol, "3des": snmp.usm3DESEDEPrivProtocol, "ae
         "aes192": snmp.usmAesCfb192Protocol, "aes256": snmp.usmAesCfb256Protocol}
 ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
 MAX_REPETITIONS = 16
+log = logging.getLogger("opsloop.source.snmp")
 
 
 def _secret(config: SourceConfig, block: dict, key: str) -> str:
@@ -74,16 +84,39 @@ def plain(value):
     return value.prettyPrint()
 
 
+@dataclass
+class Agent:
+    host: str
+    port: int
+    device: str
+    device_type: str
+    active: dict = field(default_factory=dict)  # alarm rows now raised
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
 class SnmpPoller:
     def __init__(self, config: SourceConfig, site: Site):
         self.config = config
         self.site = site.id
-        self.host = str(config.option("host", required=True))
-        self.port = int(config.option("port", 161))
-        self.device = config.device(f"{self.host}:{self.port}")
-        if self.device is None:
-            raise config.error(f"devices must map the agent {self.host}:{self.port} to the site's device")
-        self.device_type = device_types(site).get(self.device, "pdu")
+        targets = config.option("targets")
+        if targets is None:
+            targets = [{"host": config.option("host", required=True), "port": config.option("port", 161)}]
+        elif not isinstance(targets, list) or not targets or not all(isinstance(t, dict) and "host" in t
+                                                                      for t in targets):
+            raise config.error("options.targets must be a list of {host, port}")
+        types = device_types(site)
+        self.agents = []
+        for target in targets:
+            host, port = str(target["host"]), int(target.get("port", 161))
+            device = config.device(f"{host}:{port}")
+            if device is None:
+                raise config.error(f"devices must map the agent {host}:{port} to the site's device")
+            self.agents.append(Agent(host, port, device, types.get(device, "pdu")))
+        if len({a.endpoint for a in self.agents}) != len(self.agents):
+            raise config.error("options.targets: an agent is listed twice")
         try:
             self.map = SnmpMap.parse(config.options)
         except SnmpMapError as exc:
@@ -93,40 +126,54 @@ class SnmpPoller:
         self.max_repetitions = int(config.option("max_repetitions", MAX_REPETITIONS))  # rows per column per request
         self.loop = asyncio.new_event_loop()
         self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
-        self.active: dict[tuple[str, str], bool] = {}  # alarm rows now raised
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
+        self.failed_targets: Counter = Counter()
 
     def poll(self, now_ms: int) -> Readings:
-        rows = self.loop.run_until_complete(self._walk())
+        results = self.loop.run_until_complete(self._walk_all())
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, SourceUnavailable):
+                raise result  # not the agent's answer: a fault here, as before there were several agents
+        failed = [str(r) for r in results if isinstance(r, SourceUnavailable)]
+        if failed and len(failed) == len(self.agents):
+            raise SourceUnavailable("; ".join(failed))
         out = Readings()
+        for agent, rows in zip(self.agents, results):
+            if isinstance(rows, SourceUnavailable):  # some answered: the poll counts, the others are named
+                self.failed_targets[agent.endpoint] += 1
+                log.warning("poll failed: %s", rows)
+            else:
+                self._read(agent, rows, now_ms, out)
+        return out
+
+    def _read(self, agent: Agent, rows: list[tuple[str, object]], now_ms: int, out: Readings) -> None:
+        device, device_type = agent.device, agent.device_type
         for oid, value in rows:
             if value is None:
                 continue
             try:
                 point = self.map.point(oid, value)
-                changes = self.map.alarm_changes(oid, value, self.active)
+                changes = self.map.alarm_changes(oid, value, agent.active)
             except BadValue as exc:
                 out.rejects.append(Reject(f"{oid} = {value}".encode(), exc.kind,
-                                          f"SNMP {self.endpoint} ({self.device}): {exc}"))
+                                          f"SNMP {agent.endpoint} ({device}): {exc}"))
                 continue
             if point is not None:
                 metric, number, unit = point
-                out.points.append(telemetry_point(now_ms, self.site, self.device, self.device_type, metric, number,
+                out.points.append(telemetry_point(now_ms, self.site, device, device_type, metric, number,
                                                   unit, self.config.name))
             for code, severity, state, text in changes:
-                out.alarms.append(alarm(now_ms, self.site, self.device, self.device_type, "opsloop.source.snmp", code,
-                                        f"{self.device}: {text}", severity, state, {"oid": oid}))
-        return out
+                out.alarms.append(alarm(now_ms, self.site, device, device_type, "opsloop.source.snmp", code,
+                                        f"{device}: {text}", severity, state, {"oid": oid}))
 
-    async def _walk(self) -> list[tuple[str, object]]:
-        """Every row of every column, in the config's column order: all the columns walk side by side,
-        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests)."""
+    async def _walk_all(self) -> list:
         if self.engine is None:
             self.engine = snmp.SnmpEngine()
-        target = await snmp.UdpTransportTarget.create((self.host, self.port), timeout=self.config.timeout_s,
+        return await asyncio.gather(*[self._walk(agent) for agent in self.agents], return_exceptions=True)
+
+    async def _walk(self, agent: Agent) -> list[tuple[str, object]]:
+        """Every row of every column, in the config's column order: all the columns walk side by side,
+        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests)."""
+        target = await snmp.UdpTransportTarget.create((agent.host, agent.port), timeout=self.config.timeout_s,
                                                       retries=self.retries)
         columns = self.map.columns()
         found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
@@ -137,9 +184,9 @@ class SnmpPoller:
                 self.engine, self.auth, target, snmp.ContextData(), 0, self.max_repetitions,
                 *[snmp.ObjectType(snmp.ObjectIdentity(after[c])) for c in asked], lookupMib=False)
             if error:
-                raise SourceUnavailable(f"SNMP {self.endpoint}: {error} (walking {', '.join(asked)})")
+                raise SourceUnavailable(f"SNMP {agent.endpoint}: {error} (walking {', '.join(asked)})")
             if status:
-                raise SourceUnavailable(f"SNMP {self.endpoint}: agent error {status.prettyPrint()} "
+                raise SourceUnavailable(f"SNMP {agent.endpoint}: agent error {status.prettyPrint()} "
                                         f"at {binds[int(index) - 1][0] if index and binds else asked[0]}")
             finished = set()
             for i, (name, value) in enumerate(binds):  # row-major: repetition by repetition, column by column

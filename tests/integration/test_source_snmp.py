@@ -148,3 +148,41 @@ def test_breaker_alarm_and_monitoring_loss_reach_kafka(kafka_settings, read_topi
     assert by_device == {"pdu-a1": [("PDU_BREAKER_OPEN", "raise"), ("PDU_BREAKER_OPEN", "clear")],
                          "pdu-poller": [("COLLECTOR_DOWN", "raise"), ("COLLECTOR_DOWN", "clear")]}
     assert [p["value"] for p in points if p["metric"] == "it_kw"] == [5.5, 5.5, 5.5]
+
+
+MANY = parse_site({"site": {"id": "lab"}, "pdus": [{"id": f"pdu-a{i}", "share": 1 / 3} for i in (1, 2, 3)],
+                   "devices": [{"id": "pdu-poller", "type": "collector"}]}, "lab.yaml")
+
+
+def test_one_source_walks_several_agents_at_once_each_with_its_own_alarms_and_a_silent_one_is_named(tmp_path):
+    dirs = [tmp_path / f"a{i}" for i in (1, 2, 3)]
+    for d in dirs:
+        d.mkdir()
+    silent = free_udp_port()
+    with LocalSnmpd(dirs[0]) as a1, LocalSnmpd(dirs[1]) as a2, LocalSnmpd(dirs[2]) as a3:
+        a2.set_values(pdu_values(phase_w=(1000, 1000, 1000), breakers=(2, 1)))
+        agents = [a1, a2, a3]
+        block = config(a1.port)
+        options = {k: v for k, v in block.options.items() if k not in ("host", "port")}
+        cfg = parse_sources({"site": "lab", "sources": [{
+            "kind": "snmp", "name": "pdu-poller", "timeout_s": 0.5,
+            "devices": {**{f"127.0.0.1:{a.port}": f"pdu-a{i}" for i, a in enumerate(agents, 1)},
+                        f"127.0.0.1:{silent}": "pdu-a1"},
+            "options": {**options, "targets": [{"host": "127.0.0.1", "port": a.port} for a in agents]
+                        + [{"host": "127.0.0.1", "port": silent}]}}]}, "sources.yaml")[0]
+        poller = KINDS["snmp"].build(cfg, MANY, None)
+        try:
+            got = poller.poll(1_000)
+        finally:
+            poller.close()
+    it_kw = {p["device"]: p["value"] for p in got.points if p["metric"] == "it_kw"}
+    assert it_kw == {"pdu-a1": 5.5, "pdu-a2": 3.0, "pdu-a3": 5.5}
+    assert len(got.points) == 3 * len(EXPECTED)
+    assert [(a["device"], a["code"]) for a in got.alarms] == [("pdu-a2", "PDU_BREAKER_OPEN")]
+    assert poller.failed_targets == {f"127.0.0.1:{silent}": 1}
+
+    everything_silent = parse_sources({"site": "lab", "sources": [{
+        "kind": "snmp", "name": "pdu-poller", "timeout_s": 0.5, "devices": {f"127.0.0.1:{silent}": "pdu-a1"},
+        "options": {**options, "targets": [{"host": "127.0.0.1", "port": silent}]}}]}, "sources.yaml")[0]
+    with pytest.raises(SourceUnavailable, match=f"127.0.0.1:{silent}"):
+        poll(everything_silent)
