@@ -244,11 +244,12 @@ def cmd_bench(settings: Settings, args) -> int:
 
         print("\n".join(bench_peaks.run(settings)))
     if args.suite in ("all", "sources"):
-        from opsloop.ops.bench import host_sources
+        from opsloop.ops.bench import field_sources, host_sources
         from opsloop.ops.bench.sources import run_sources_bench
 
         run_sources_bench(settings)
         print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
+        print("\n".join(field_sources.run(settings)))  # sunspec and snmp, one process polling N devices
     return 0
 
 

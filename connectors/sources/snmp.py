@@ -91,6 +91,8 @@ class Agent:
     device: str
     device_type: str
     active: dict = field(default_factory=dict)  # alarm rows now raised
+    repetitions: int | None = None  # rows per column to ask for: one more than the longest column last time
+    target: object = None  # the UDP transport, made once
 
     @property
     def endpoint(self) -> str:
@@ -172,16 +174,22 @@ class SnmpPoller:
 
     async def _walk(self, agent: Agent) -> list[tuple[str, object]]:
         """Every row of every column, in the config's column order: all the columns walk side by side,
-        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests)."""
-        target = await snmp.UdpTransportTarget.create((agent.host, agent.port), timeout=self.config.timeout_s,
-                                                      retries=self.retries)
+        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests).
+        Each reply is decoded value by value (pyasn1: the poll's main cost), so after the first walk an
+        agent is asked for one row more than its longest column had, not ``max_repetitions``: the same
+        walk in one round, without decoding rows of the next columns that are thrown away."""
+        if agent.target is None:
+            agent.target = await snmp.UdpTransportTarget.create((agent.host, agent.port),
+                                                                timeout=self.config.timeout_s, retries=self.retries)
+        target = agent.target
+        repetitions = agent.repetitions or self.max_repetitions
         columns = self.map.columns()
         found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
         after = {c: c for c in columns}  # where each unfinished column goes on from
         while after:
             asked = list(after)
             error, status, index, binds = await snmp.bulk_cmd(
-                self.engine, self.auth, target, snmp.ContextData(), 0, self.max_repetitions,
+                self.engine, self.auth, target, snmp.ContextData(), 0, repetitions,
                 *[snmp.ObjectType(snmp.ObjectIdentity(after[c])) for c in asked], lookupMib=False)
             if error:
                 raise SourceUnavailable(f"SNMP {agent.endpoint}: {error} (walking {', '.join(asked)})")
@@ -200,6 +208,7 @@ class SnmpPoller:
             for column in asked:
                 if column in finished or not binds:  # past its last row, or an agent with nothing more to say
                     del after[column]
+        agent.repetitions = min(self.max_repetitions, 1 + max((len(rows) for rows in found.values()), default=0))
         return [row for column in columns for row in found[column]]
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from opsloop.connectors.sources import KINDS
 from opsloop.connectors.sources.base import SourceUnavailable
 from opsloop.connectors.sources.loop import SourceRun
 
-from snmp_agent import COMMUNITY, PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER, LocalSnmpd, free_udp_port, pdu_values
+from opsloop.ops.snmp_pdu import COMMUNITY, PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER, LocalSnmpd, free_udp_port, pdu_values
 from source_run import finish_and_read
 
 pytestmark = pytest.mark.integration

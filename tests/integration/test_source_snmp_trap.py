@@ -13,7 +13,7 @@ import pytest
 from opsloop.config.site import parse_site
 from opsloop.config.sources import parse_sources
 from opsloop.connectors.sources import KINDS
-from snmp_agent import PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER, free_udp_port
+from opsloop.ops.snmp_pdu import PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER, free_udp_port
 
 pytestmark = pytest.mark.integration
 

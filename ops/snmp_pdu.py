@@ -1,6 +1,6 @@
-"""A PDU behind Debian's real snmpd: the tests write a pass_persist script that serves PDU values
-from a JSON file (re-read at every request, so a test changes the PDU between polls) and start
-snmpd on a free UDP port with a v2c community and a v3 user (SHA auth, AES priv).
+"""A PDU behind Debian's real snmpd, for the snmp tests and the sources bench: a pass_persist script
+serves PDU values from a JSON file (re-read when it changes, so a test changes the PDU between
+polls), and snmpd runs on a free UDP port with a v2c community and a v3 user (SHA auth, AES priv).
 
 The values live under ``PDU_ROOT``, a subtree of enterprise 32473 (reserved for documentation
 by RFC 5612), laid out like a vendor PDU MIB (README, "snmp" source kind):
