@@ -21,7 +21,7 @@ shows); a running job's is when it started.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
@@ -67,11 +67,52 @@ class Reservation:
     name: str
     partition: str | None
     state: str
-    gpus: int
+    gpus: int  # from its TRES (gres/gpu, where Slurm accounts GPUs); see ``with_node_gpus``
     nodes: int
     start_ms: int | None
     end_ms: int | None
     users: str | None
+    node_list: str | None = None  # Slurm's hostlist of the reserved nodes (``Nodes=``)
+    cores: int | None = None  # CoreCnt
+
+
+@dataclass(frozen=True)
+class NodeGpus:
+    gpus: int
+    cpus: int
+
+
+def parse_nodes(text: str) -> dict[str, NodeGpus]:
+    """Each node's GPUs (its ``Gres``, types summed) and CPUs from ``scontrol show node -o``.
+
+    >>> parse_nodes("NodeName=n1 CPUTot=64 Gres=gpu:a100:4(S:0-1),gpu:v100:2 State=IDLE\\nNodeName=n2 CPUTot=8 Gres=(null)")
+    {'n1': NodeGpus(gpus=6, cpus=64), 'n2': NodeGpus(gpus=0, cpus=8)}
+    """
+    out = {}
+    for line in text.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "NodeName" in fields:
+            cpus = fields.get("CPUTot", "0")
+            out[fields["NodeName"]] = NodeGpus(gpu_count(fields.get("Gres", "")), int(cpus) if cpus.isdecimal() else 0)
+    return out
+
+
+def with_node_gpus(resv: Reservation, nodes: Mapping[str, NodeGpus]) -> Reservation:
+    """A reservation whose TRES has no GPU count (Slurm accounts ``gres/gpu`` only with slurmdbd) counted by
+    its nodes' GPUs, when it holds those nodes whole: a reservation of some cores of a node (``CoreCnt``
+    under the nodes' CPUs) does not say which GPUs it holds, and keeps 0.
+
+    >>> r = Reservation("maint", "batch", "INACTIVE", 0, 2, None, None, "root", "n[1-2]", 72)
+    >>> with_node_gpus(r, {"n1": NodeGpus(8, 64), "n2": NodeGpus(0, 8)}).gpus
+    8
+    >>> with_node_gpus(r, {"n1": NodeGpus(8, 64), "n2": NodeGpus(0, 64)}).gpus  # 72 of 128 cores
+    0
+    """
+    if resv.gpus or not nodes:
+        return resv
+    if resv.cores is not None and resv.cores < sum(n.cpus for n in nodes.values()):
+        return resv
+    return replace(resv, gpus=sum(n.gpus for n in nodes.values()))
 
 
 @dataclass(frozen=True)
@@ -142,6 +183,10 @@ def parse_squeue(text: str) -> tuple[list[QueuedJob], list[tuple[str, str]]]:
     return jobs, bad
 
 
+def _count_of(text: str) -> int | None:
+    return int(text) if text.isdecimal() else None
+
+
 def parse_reservations(text: str) -> tuple[list[Reservation], list[tuple[str, str]]]:
     """Reservations from ``scontrol show reservation -o`` (one ``Key=value ...`` line each); bad lines as
     (line, why)."""
@@ -155,7 +200,8 @@ def parse_reservations(text: str) -> tuple[list[Reservation], list[tuple[str, st
             out.append(Reservation(fields["ReservationName"], _text(fields.get("PartitionName", "")),
                                    fields.get("State", "") or "UNKNOWN", gpu_count(fields.get("TRES", "")),
                                    int(count) if count.isdecimal() else 0, utc_ms(fields.get("StartTime", "")),
-                                   utc_ms(fields.get("EndTime", "")), _text(fields.get("Users", ""))))
+                                   utc_ms(fields.get("EndTime", "")), _text(fields.get("Users", "")),
+                                   _text(fields.get("Nodes", "")), _count_of(fields.get("CoreCnt", ""))))
         except ValueError as exc:
             bad.append((line, f"unreadable field: {exc}"))
     return out, bad

@@ -3,7 +3,8 @@
 Each poll runs both (argv lists, never a shell; ``TZ=UTC`` so every time Slurm prints is UTC) and
 publishes one snapshot on ``slurm.queue`` (models/slurm_queue.py) plus per-partition totals on
 ``telemetry.raw``. Options: ``slurm_conf`` (sets ``SLURM_CONF``; else Slurm's own lookup),
-``reservations`` (default true), ``kw_per_gpu`` (default 0.7, for partitions the ``devices`` map
+``reservations`` (default true; a reservation's GPUs are its TRES ``gres/gpu`` where Slurm accounts
+it, else the GPUs of the nodes it holds whole, read with ``scontrol show node -o <its nodes>``), ``kw_per_gpu`` (default 0.7, for partitions the ``devices`` map
 adds that are not a GPU pod's, and reservations bound to none). Entries of a partition that maps to
 no device are left out; the partition is dead-lettered once, when it appears.
 """
@@ -18,7 +19,8 @@ from opsloop.config.site import Site
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Readings, Reject, SourceUnavailable
 from opsloop.models.names import device_types
-from opsloop.models.slurm_queue import SQUEUE_FIELDS, parse_reservations, parse_squeue, partition_devices, snapshot
+from opsloop.models.slurm_queue import (SQUEUE_FIELDS, parse_nodes, parse_reservations, parse_squeue,
+                                        partition_devices, snapshot, with_node_gpus)
 
 SQUEUE_FORMAT = ",".join(f"{f}:|" for f in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:"
 
@@ -53,6 +55,12 @@ class SlurmQueue:
         jobs, bad = parse_squeue(self._run("squeue", "-h", "-r", "-O", SQUEUE_FORMAT))  # -r: each array task
         reservations, bad_resv = parse_reservations(self._run("scontrol", "show", "reservation", "-o")) \
             if self.reservations else ([], [])
+        nodes: dict[str, dict] = {}  # per node list, once a poll
+        for i, resv in enumerate(reservations):
+            if not resv.gpus and resv.node_list:
+                if resv.node_list not in nodes:
+                    nodes[resv.node_list] = parse_nodes(self._run("scontrol", "show", "node", "-o", resv.node_list))
+                reservations[i] = with_node_gpus(resv, nodes[resv.node_list])
         snap = snapshot(now_ms, self.config.site, self.config.name, jobs, reservations, self.partitions,
                         self.kw_per_gpu)
         rejects = [Reject(row.encode(), "decode", f"squeue row: {why}") for row, why in bad]

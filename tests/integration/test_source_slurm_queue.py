@@ -99,6 +99,8 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
     resv = by_id["opsloop-maint"]
     assert (resv["entry"], resv["partition"], resv["device"], resv["state"]) == \
         ("reservation", "batch", "gpu-pod-3", "INACTIVE")
+    # no gres/gpu in a 22.05 reservation's TRES without slurmdbd: the GPUs of the node it holds whole
+    assert (resv["gpus"], resv["est_kw"]) == (8, pytest.approx(5.6))
     assert 2 * 3_600_000 - 120_000 < resv["start_ms"] - now_ms <= 2 * 3_600_000 + 5_000
     assert resv["end_ms"] - resv["start_ms"] == 30 * 60_000
 
@@ -118,7 +120,7 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
     sink.run(threading.Event(), exit_when_idle=True)
     _, rows = query(kafka_settings.duckdb_file, "SELECT entry, count(*), sum(est_kw) FROM slurm_queue "
                                                 "WHERE entry <> 'snapshot' GROUP BY entry ORDER BY entry")
-    assert [(entry, n, round(kw, 1)) for entry, n, kw in rows] == [("job", 6, 13.5), ("reservation", 1, 0.0)]
+    assert [(entry, n, round(kw, 1)) for entry, n, kw in rows] == [("job", 6, 13.5), ("reservation", 1, 5.6)]
 
 
 def test_an_unreachable_controller_is_a_failed_poll(tmp_path):

@@ -1,9 +1,12 @@
 """The Slurm queue parser and snapshot: GPUs over nodes, times, reservations, unmapped partitions."""
 
+from dataclasses import replace
+
 import pytest
 
 from opsloop.config.site import SiteError, parse_site
-from opsloop.models.slurm_queue import PartitionDevice, parse_reservations, parse_squeue, partition_devices, snapshot
+from opsloop.models.slurm_queue import (NodeGpus, PartitionDevice, parse_nodes, parse_reservations, parse_squeue,
+                                        partition_devices, snapshot, with_node_gpus)
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +72,24 @@ def test_site_kw_per_gpu_maps_partitions_and_is_checked():
         {"train": ("pod-a", 1.2), "batch": ("pod-b", 0.7), "debug": ("node-9", 0.4)}
     with pytest.raises(SiteError, match=r"gpu_pods\[0\].kw_per_gpu: expected a positive number"):
         parse_site({"site": {"id": "s"}, "gpu_pods": [{"id": "p", "kw_per_gpu": 0}]}, "s.yaml")
+
+
+RESV_22_05 = ("ReservationName=r-nodes StartTime=2026-12-05T23:09:33 EndTime=2026-12-05T23:39:33 Duration=00:30:00 "
+              "Nodes=vm NodeCnt=1 CoreCnt=64 Features=(null) PartitionName=batch Flags=IGNORE_JOBS,SPEC_NODES,PART_NODES "
+              "TRES=cpu=64 Users=root Groups=(null) Accounts=(null) Licenses=(null) State=INACTIVE BurstBuffer=(null) "
+              "Watts=n/a MaxStartDelay=(null)")  # Slurm 22.05 without slurmdbd: no gres/gpu in TRES
+NODE_22_05 = ("NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=64 CPUTot=64 CPULoad=15.11 "
+              "AvailableFeatures=(null) ActiveFeatures=(null) Gres=gpu:8 NodeAddr=127.0.0.1 NodeHostName=vm "
+              "Version=22.05.8 State=IDLE CfgTRES=cpu=64,mem=500G,billing=64 AllocTRES= CapWatts=n/a")
+
+
+def test_a_reservation_without_gpu_tres_counts_the_gpus_of_the_nodes_it_holds_whole():
+    (resv,), bad = parse_reservations(RESV_22_05)
+    assert bad == [] and (resv.gpus, resv.node_list, resv.cores) == (0, "vm", 64)
+    nodes = parse_nodes(NODE_22_05)
+    assert nodes == {"vm": NodeGpus(8, 64)}
+    assert with_node_gpus(resv, nodes).gpus == 8
+    assert with_node_gpus(replace(resv, cores=16), nodes).gpus == 0  # a quarter of the node's cores: which GPUs?
+    assert with_node_gpus(replace(resv, gpus=2), nodes).gpus == 2  # the TRES, where Slurm gives it, wins
+    (tres,), _ = parse_reservations(RESV_22_05.replace("TRES=cpu=64", "TRES=cpu=64,gres/gpu=4"))
+    assert tres.gpus == 4
