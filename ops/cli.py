@@ -243,6 +243,10 @@ def cmd_bench(settings: Settings, args) -> int:
         from opsloop.ops.bench import peaks as bench_peaks
 
         print("\n".join(bench_peaks.run(settings)))
+    if args.suite in ("all", "loop"):
+        from opsloop.ops.bench.loop import run_loop_bench
+
+        run_loop_bench(settings, rate=args.loop_rate, seconds=args.loop_seconds, speed=args.loop_speed)
     if args.suite in ("all", "sources"):
         from opsloop.ops.bench import host_sources
         from opsloop.ops.bench.sources import run_sources_bench
@@ -377,10 +381,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--meter-url", help="Prometheus page with the site load (opsloop_twin_facility_kw, e.g. the "
                                          "twin's --prometheus-port): the grid-limit mode follows it")
     sim.set_defaults(func=cmd_pcs_sim)
-    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; closed-loop latency; "
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "loop", "sources"], default="all")
+    b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
+    b.add_argument("--loop-seconds", type=float, default=60.0, help="loop suite: how long the twin sends")
+    b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)
