@@ -386,7 +386,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "loop", "sources"], default="all")
     b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
-    b.add_argument("--loop-seconds", type=float, default=60.0, help="loop suite: how long the twin sends")
+    b.add_argument("--loop-seconds", type=float, default=100.0, help="loop suite: how long the twin sends")
     b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")

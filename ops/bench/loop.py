@@ -229,15 +229,15 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLOOP_")}
     env.update(settings.kafka_env())
     for name in ("topic_prefix", "data_dir", "window_s", "grace_s", "idle_close_s", "peaks_step_s", "peaks_control",
-                 "pcs_modbus", "verdict_key", "feedback_key", "verify_window_s", "topology", "policy"):
+                 "pcs_modbus", "batch_size", "verdict_key", "feedback_key", "verify_window_s", "topology", "policy"):
         value = getattr(settings, name)
         if value not in (None, ""):
             env[f"OPSLOOP_{name.upper()}"] = str(value)
     return env
 
 
-def run_loop_bench(settings: Settings, rate: float = 10_000, seconds: float = 60.0, speed: float = 60.0,
-                   hop_seconds: float = 15.0) -> int:
+def run_loop_bench(settings: Settings, rate: float = 10_000, seconds: float = 100.0, speed: float = 60.0,
+                   hop_seconds: float = 15.0, batch_size: int | None = None) -> int:
     from opsloop.config.catalog import load_catalog
     from opsloop.config.site import load_site
     from opsloop.connectors.kafka import apply_catalog
@@ -256,7 +256,7 @@ def run_loop_bench(settings: Settings, rate: float = 10_000, seconds: float = 60
         pcs_port = _free_port()
         bench = with_run_keys(settings.replace(
             broker=kafka.bootstrap, topic_prefix="lb.", data_dir=work, window_s=60, grace_s=10, idle_close_s=3600.0,
-            peaks_step_s=60, peaks_control="grid_limit", pcs_modbus=f"127.0.0.1:{pcs_port}",
+            peaks_step_s=60, peaks_control="grid_limit", batch_size=batch_size or settings.batch_size, pcs_modbus=f"127.0.0.1:{pcs_port}",
             verify_window_s=600.0, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s,
             clock_speed=clock.speed))
         apply_catalog(bench, load_catalog(bench.topics_file).values())
@@ -288,8 +288,8 @@ def run_loop_bench(settings: Settings, rate: float = 10_000, seconds: float = 60
             worker.kill()
         kafka.stop()
     print(f"\nbench: closed loop, telemetry point -> PCS register write; {rate:,.0f} points/s of the site twin "
-          f"(sent {sent_rate:,.0f}/s) into {AGENTS} (one worker process), clock {speed:g}x, "
-          f"1-min windows and steps")
+          f"(sent {sent_rate:,.0f}/s) into {AGENTS} (one worker process, batches of at most {bench.batch_size:,}), "
+          f"clock {speed:g}x, 1-min windows and steps")
     if not alive:
         print(f"  the worker stopped during the run: see {log}")
     if counts["first_refusal"]:
