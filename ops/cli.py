@@ -381,8 +381,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--meter-url", help="Prometheus page with the site load (opsloop_twin_facility_kw, e.g. the "
                                          "twin's --prometheus-port): the grid-limit mode follows it")
     sim.set_defaults(func=cmd_pcs_sim)
-    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; closed-loop latency; "
-                                     "approved action to PCS register write latency")
+    b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
+                                     "approved action to PCS register write latency; closed-loop latency (loop)")
     b.add_argument("--events", type=int, default=200_000)
     b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "loop", "sources"], default="all")
     b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")

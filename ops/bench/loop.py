@@ -20,6 +20,7 @@ same rate, latency = consumed - sent. Printed: p50/p99/max of both, their ratios
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import subprocess
@@ -134,11 +135,18 @@ class TwinSource:
         wait_delivered(prod, 30)
 
     def sent_at(self, ts_ms: int) -> float | None:
-        """Wall time the first point with an event time at or past ``ts_ms`` was sent."""
-        import bisect
+        return first_sent_at(self.ticks, ts_ms)
 
-        i = bisect.bisect_left(self.ticks, (ts_ms, float("-inf")))
-        return self.ticks[i][1] if i < len(self.ticks) else None
+
+def first_sent_at(ticks: list[tuple[int, float]], ts_ms: int) -> float | None:
+    """Wall time the first point with an event time at or past ``ts_ms`` was sent (``ticks``: (event ms, wall s)
+    in send order), None when none was.
+
+    >>> first_sent_at([(1_000, 10.0), (1_600, 10.01), (1_600, 10.02)], 1_100), first_sent_at([(1_000, 10.0)], 1_001)
+    (10.01, None)
+    """
+    i = bisect.bisect_left(ticks, (ts_ms, float("-inf")))
+    return ticks[i][1] if i < len(ticks) else None
 
 
 def read_all(settings: Settings, topic: str, record: str) -> list[dict]:
@@ -256,8 +264,8 @@ def run_loop_bench(settings: Settings, rate: float = 10_000, seconds: float = 10
         pcs_port = _free_port()
         bench = with_run_keys(settings.replace(
             broker=kafka.bootstrap, topic_prefix="lb.", data_dir=work, window_s=60, grace_s=10, idle_close_s=3600.0,
-            peaks_step_s=60, peaks_control="grid_limit", batch_size=batch_size or settings.batch_size, pcs_modbus=f"127.0.0.1:{pcs_port}",
-            verify_window_s=600.0, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s,
+            peaks_step_s=60, peaks_control="grid_limit", batch_size=batch_size or settings.batch_size,
+            pcs_modbus=f"127.0.0.1:{pcs_port}", verify_window_s=600.0, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s,
             clock_speed=clock.speed))
         apply_catalog(bench, load_catalog(bench.topics_file).values())
 
