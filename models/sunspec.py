@@ -164,11 +164,7 @@ def initial_registers(wchamax_kw: float, min_reserve_pct: float, manufacturer: s
     """A full register image from ``BASE``: markers, common model, zeroed inverter, model 124 at idle."""
     regs = [0] * REGISTER_COUNT
     regs[0:2] = [0x5375, 0x6E53]  # "SunS"
-    regs[COMMON_AT - BASE:COMMON_AT - BASE + 2] = [COMMON_ID, COMMON_LEN]
-    for offset, text, size in ((2, manufacturer, 16), (18, model, 16), (50, serial, 16)):
-        raw = text.encode()[:size * 2].ljust(size * 2, b"\0")
-        at = COMMON_AT + offset - BASE
-        regs[at:at + size] = [int.from_bytes(raw[i:i + 2], "big") for i in range(0, size * 2, 2)]
+    regs[COMMON_AT - BASE:COMMON_AT - BASE + 2 + COMMON_LEN] = common_model(manufacturer, model, serial)
     regs[INVERTER_AT - BASE:INVERTER_AT - BASE + 2] = [INVERTER_ID, INVERTER_LEN]
     regs[INVERTER_W + 1 - BASE] = to_u16(W_SF)
     regs[STORAGE_AT - BASE:STORAGE_AT - BASE + 2] = [STORAGE_ID, STORAGE_LEN]
@@ -183,6 +179,48 @@ def initial_registers(wchamax_kw: float, min_reserve_pct: float, manufacturer: s
     regs[END_AT - BASE:END_AT - BASE + 2] = [0xFFFF, 0]
     regs[GRID_LIMIT_AT - BASE:GRID_LIMIT_AT + 2 - BASE] = [GRID_LIMIT_ID, GRID_LIMIT_LEN]
     return regs
+
+
+def common_model(manufacturer: str, model: str, serial: str) -> list[int]:
+    """Model 1's id, length and body: manufacturer, model and serial as the text points they are."""
+    regs = [COMMON_ID, COMMON_LEN] + [0] * COMMON_LEN
+    for offset, text, size in ((2, manufacturer, 16), (18, model, 16), (50, serial, 16)):
+        raw = text.encode()[:size * 2].ljust(size * 2, b"\0")
+        regs[offset:offset + size] = [int.from_bytes(raw[i:i + 2], "big") for i in range(0, size * 2, 2)]
+    return regs
+
+
+def meter_values(kw: float, events: int = 0, volts: float = 230.0, pf: float = 0.98) -> dict[str, int]:
+    """Raw model 203 points of a wye meter reading ``kw`` (balanced phases at ``volts`` and power factor ``pf``).
+
+    >>> v = meter_values(38_000.0)
+    >>> v["W"] * 10 ** v["W_SF"], v["A"] * 10 ** v["A_SF"]
+    (38000000, 56200)
+    """
+    w = kw * 1000.0
+    amps = w / (3 * volts * pf)
+    w_sf, a_sf = scale_for(w), scale_for(amps, digits=1)
+    phase = round(w / 3 / 10 ** w_sf)
+    return {"W": round(w / 10 ** w_sf), "WphA": phase, "WphB": phase, "WphC": phase, "W_SF": w_sf,
+            "A": round(amps / 10 ** a_sf), "A_SF": a_sf, "PhV": round(volts * 10), "V_SF": -1,
+            "Hz": 5000, "Hz_SF": -2, "PF": round(pf * 100), "PF_SF": 0, "Evt": events}
+
+
+def meter_image(meters: int, manufacturer: str = "opsloop", model: str = "twin-meter",
+                serial: str = "0001") -> list[int]:
+    """A meter device's register image from ``BASE``: the marker, model 1, ``meters`` models 203, the end marker.
+
+    Each meter's id register is at ``meter_at(i)``; fill it with ``put(image, meter_at(i), METER_ID, ...)``.
+    """
+    regs = [0x5375, 0x6E53, *common_model(manufacturer, model, serial)]
+    for _ in range(meters):
+        regs += [METER_ID, METER_LEN, *sunspec_points.unimplemented_body(METER_ID, METER_LEN)]
+    return regs + [0xFFFF, 0]
+
+
+def meter_at(index: int) -> int:
+    """The id register of the ``index``-th (from 0) model 203 of a ``meter_image``."""
+    return COMMON_AT + 2 + COMMON_LEN + index * (2 + METER_LEN)
 
 
 def body(registers: list[int], at: int, length: int, start: int = BASE) -> list[int]:

@@ -115,7 +115,7 @@ def cmd_twin(settings: Settings, args) -> int:
     return twin.main(settings, args.site, args.speed, args.data, column=args.column, sample_s=args.sample_s,
                      poll_s=args.poll_s, prometheus_port=args.prometheus_port, slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
-                     horizon_s=int(args.horizon_h * 3600))
+                     horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -243,6 +243,10 @@ def cmd_bench(settings: Settings, args) -> int:
         from opsloop.ops.bench import peaks as bench_peaks
 
         print("\n".join(bench_peaks.run(settings)))
+    if args.suite in ("all", "loop"):
+        from opsloop.ops.bench.loop import run_loop_bench
+
+        run_loop_bench(settings, rate=args.loop_rate, seconds=args.loop_seconds, speed=args.loop_speed)
     if args.suite in ("all", "sources"):
         from opsloop.ops.bench import field_sources, host_sources
         from opsloop.ops.bench.sources import run_sources_bench
@@ -355,7 +359,8 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("file", nargs="?", type=Path, help="policy file (default: OPSLOOP_POLICY)")
     pol.set_defaults(func=cmd_policy)
     tw = sub.add_parser("twin", help="play the site: load from a real curve, cooling, the PCS's ESS power, Slurm "
-                                     "jobs, injected failures; publishes as a live source, serves Prometheus text")
+                                     "jobs, injected failures; publishes as a live source, serves Prometheus text, "
+                                     "SunSpec meters and SNMP PDU values")
     tw.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY)")
     tw.add_argument("--speed", type=float, default=60.0, help="twin seconds per wall second")
     tw.add_argument("--data", type=Path, help="timestamp,value CSV or Parquet (default: the bundled Taylor file)")
@@ -363,6 +368,9 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--sample-s", type=float, default=60.0, help="twin seconds between samples")
     tw.add_argument("--poll-s", type=float, default=0.5, help="wall seconds between polls")
     tw.add_argument("--prometheus-port", type=int, help="serve the latest readings as Prometheus text here")
+    tw.add_argument("--sunspec-port", type=int, help="serve the grid and facility meters as SunSpec (Modbus TCP) here")
+    tw.add_argument("--snmp-dir", type=Path, help="write each PDU's SNMP objects to DIR/<pdu>.json for an snmpd "
+                                                  "pass_persist script (README: Site twin)")
     tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")
@@ -375,9 +383,12 @@ def parser() -> argparse.ArgumentParser:
                                          "twin's --prometheus-port): the grid-limit mode follows it")
     sim.set_defaults(func=cmd_pcs_sim)
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
-                                     "approved action to PCS register write latency")
+                                     "approved action to PCS register write latency; closed-loop latency (loop)")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "loop", "sources"], default="all")
+    b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
+    b.add_argument("--loop-seconds", type=float, default=100.0, help="loop suite: how long the twin sends")
+    b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)

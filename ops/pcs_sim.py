@@ -102,14 +102,7 @@ class PcsSimulator:
             "W": round(b.power_kw * W / 10 ** w_sf), "W_SF": w_sf, "Evt1": self.bms_events})
         for at, which, kw in ((sunspec.GRID_METER_AT, "grid", self.facility_kw - b.power_kw),
                               (sunspec.FACILITY_METER_AT, "facility", self.facility_kw)):
-            volts, pf = 230.0, 0.98
-            amps = kw * W / (3 * volts * pf)
-            w_sf, a_sf = sunspec.scale_for(kw * W), sunspec.scale_for(amps, digits=1)
-            phase = round(kw * W / 3 / 10 ** w_sf)
-            sunspec.put(regs, at, sunspec.METER_ID, {
-                "W": round(kw * W / 10 ** w_sf), "WphA": phase, "WphB": phase, "WphC": phase, "W_SF": w_sf,
-                "A": round(amps / 10 ** a_sf), "A_SF": a_sf, "PhV": round(volts * 10), "V_SF": -1,
-                "Hz": 5000, "Hz_SF": -2, "PF": round(pf * 100), "PF_SF": 0, "Evt": self.meter_events[which]})
+            sunspec.put(regs, at, sunspec.METER_ID, sunspec.meter_values(kw, self.meter_events[which]))
         for at, model, values in self.overrides:
             sunspec.put(regs, at, model, values)
 

@@ -1,6 +1,7 @@
-"""A PDU behind Debian's real snmpd, for the snmp tests and the sources bench: a pass_persist script
-serves PDU values from a JSON file (re-read when it changes, so a test changes the PDU between
-polls), and snmpd runs on a free UDP port with a v2c community and a v3 user (SHA auth, AES priv).
+"""A PDU behind Debian's real snmpd, for the snmp tests and the sources bench: opsloop's pass_persist
+program (ops/snmp_pass_persist.py) serves PDU values from a JSON file (re-read when replaced, so a test
+changes the PDU between polls); snmpd runs on a free UDP port with a v2c community and a v3 user
+(SHA auth, AES priv).
 
 The values live under ``PDU_ROOT``, a subtree of enterprise 32473 (reserved for documentation
 by RFC 5612), laid out like a vendor PDU MIB (README, "snmp" source kind):
@@ -21,62 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-PDU_ROOT = "1.3.6.1.4.1.32473.14"
+from opsloop.models.pdu_mib import PDU_ROOT  # one layout for the twin and the test PDU
+
 COMMUNITY = "opsloop-test"
 V3_USER, V3_AUTH, V3_PRIV = "opsloop", "auth-pass-123", "priv-pass-456"
-
-PASS_PERSIST = r'''
-import json, os, sys
-
-VALUES = sys.argv[1]
-cache = {"stamp": None, "values": {}, "order": []}
-
-
-def key(oid):
-    return tuple(int(p) for p in oid.strip(".").split("."))
-
-
-def load():
-    stamp = os.stat(VALUES).st_mtime_ns, os.stat(VALUES).st_ino  # the test replaces the file to change it
-    if stamp != cache["stamp"]:
-        with open(VALUES) as f:
-            cache["values"] = {key(o): v for o, v in json.load(f).items()}
-        cache["order"], cache["stamp"] = sorted(cache["values"]), stamp
-    return cache["values"]
-
-
-def answer(oid, entry):
-    kind, value = entry
-    sys.stdout.write(f".{'.'.join(map(str, oid))}\n{kind}\n{value}\n")
-
-
-for line in sys.stdin:
-    command = line.strip()
-    if command == "PING":
-        sys.stdout.write("PONG\n")
-    elif command in ("get", "getnext"):
-        wanted = key(sys.stdin.readline())
-        values = load()
-        if command == "get":
-            found = wanted if wanted in values else None
-        else:
-            found = next((o for o in cache["order"] if o > wanted), None)
-        if found is None:
-            sys.stdout.write("NONE\n")
-        else:
-            answer(found, values[found])
-    elif command == "set":
-        sys.stdin.readline(), sys.stdin.readline()
-        sys.stdout.write("not-writable\n")
-    elif not command:
-        break
-    sys.stdout.flush()
-'''
 
 
 def pdu_values(phase_w=(1830, 1750, 1920), outlet_w=(410, 395, 0, 512), breakers=(1, 1), overload=(1, 1, 1),
                inlet_deci_c=(231,)) -> dict[str, list]:
-    """The JSON the script serves: OID -> [pass_persist type, value]."""
+    """The JSON the pass_persist program serves: OID -> [type, value]."""
     v: dict[str, list] = {}
     for i, w in enumerate(phase_w, 1):
         v[f"{PDU_ROOT}.1.1.2.{i}"] = ["gauge", round(w / 230 * 10)]
@@ -123,15 +77,13 @@ class LocalSnmpd:
 
     def start(self, values: dict[str, list] | None = None) -> "LocalSnmpd":
         self.set_values(values or pdu_values())
-        script = self.dir / "pdu_pass_persist.py"
-        script.write_text(PASS_PERSIST)
         (self.dir / "persist").mkdir(exist_ok=True)
         conf = self.dir / "snmpd.conf"
         conf.write_text(
             f"rocommunity {COMMUNITY} 127.0.0.1 .{PDU_ROOT}\n"
             f'createUser {V3_USER} SHA "{V3_AUTH}" AES "{V3_PRIV}"\n'
             f"rouser {V3_USER} priv .{PDU_ROOT}\n"
-            f"pass_persist .{PDU_ROOT} {sys.executable} {script} {self.values_file}\n")
+            f"pass_persist .{PDU_ROOT} {sys.executable} -m opsloop.ops.snmp_pass_persist {self.values_file}\n")
         (self.dir / "snmpd.log").unlink(missing_ok=True)  # readiness is read from this run's log only
         log = open(self.dir / "snmpd.log", "ab")
         self.proc = subprocess.Popen([self.binary(), "-f", "-C", "-c", str(conf), "-Lf", str(self.dir / "snmpd.log"),

@@ -13,8 +13,10 @@ health and backs off as any source does) it
    while the failures move the telemetry (a PDU breaker trip darkens racks, a chiller trip
    heats zones).
 
-Its latest readings are also served as Prometheus text (``--prometheus-port``), so a Prometheus
-source reads the twin as it would read a site's exporter.
+Its latest readings are also served as a site serves them (ops/twin_protocols.py), so the live
+sources read the twin as they would read a site: Prometheus text (``--prometheus-port``), a SunSpec
+Modbus TCP meter device with the grid and facility meters (``--sunspec-port``), and each PDU's SNMP
+objects in a file an snmpd ``pass_persist`` script serves (``--snmp-dir``).
 
 Time is the run's one clock (config/clock.py): when the settings carry none, the twin starts one
 at the curve's first time running ``speed`` times faster and prints the ``OPSLOOP_CLOCK_*``
@@ -120,13 +122,15 @@ class TwinPoller:
     """The twin as a live source's ``Poller``: each poll plays the site up to ``now_ms``."""
 
     def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
-                 alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000):
+                 alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000,
+                 outputs: list | None = None):
         self.twin = twin
         self.sample_ms = int(sample_s * 1000)
         self.next_ms = start_ms
         self.pcs, self.slurm, self.kw_per_gpu = pcs, slurm, kw_per_gpu
         self.alarms = sorted(alarms or [], key=lambda a: a["ts_ms"])
         self.meters = meters
+        self.outputs = outputs or []  # callables shown the latest SiteState each poll (the protocol servers)
         self.max_samples = max_samples
         self.ess_kw, self.soc_pct = 0.0, None
         self.stopped: dict[str, float] = {}
@@ -168,7 +172,7 @@ class TwinPoller:
             return Readings()
         self._read_devices()
         readings = Readings()
-        last = now_ms
+        last, state = now_ms, None
         if (now_ms - self.next_ms) // self.sample_ms >= self.max_samples:  # far behind: skip, never flood
             skipped = (now_ms - self.next_ms) // self.sample_ms - self.max_samples + 1
             self.next_ms += skipped * self.sample_ms
@@ -185,6 +189,9 @@ class TwinPoller:
         self.points += len(readings.points)
         if self.meters is not None:
             self.meters.update(readings.points[-200:] if len(readings.points) > 200 else readings.points)
+        if state is not None:
+            for show in self.outputs:
+                show(state)
         return readings
 
     def close(self) -> None:
@@ -210,17 +217,21 @@ class TwinRun:
     poller: TwinPoller
     clock: Clock
     prometheus: ThreadingHTTPServer | None = None
+    meter: object | None = None  # twin_protocols.MeterServer
 
     def close(self) -> None:
         if self.prometheus is not None:
             self.prometheus.shutdown()
             self.prometheus.server_close()
+        if self.meter is not None:
+            self.meter.stop()
 
 
 def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | None = None, column: str | None = None,
           sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None, slurm=None,
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
-          clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None) -> TwinRun:
+          clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
+          sunspec_port: int | None = None, snmp_dir: Path | None = None) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -233,14 +244,20 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     for fault in faults:
         twin.inject(fault)
     pcs_client = PcsClient(*parse_endpoint(settings.pcs_modbus), timeout_s=1.0) if pcs and site.ess else None
+    from opsloop.ops.twin_protocols import MeterServer, PduFiles
+
     meters = Meters(site.id)
+    meter = MeterServer(sunspec_port).start() if sunspec_port is not None else None
+    outputs = [meter.show] if meter is not None else []
+    if snmp_dir is not None:
+        outputs.append(PduFiles(site, snmp_dir).show)
     poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
-                        alarms, meters)
+                        alarms, meters, outputs=outputs)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)
     server = serve_prometheus(meters, prometheus_port) if prometheus_port is not None else None
-    return TwinRun(run, poller, clock, server)
+    return TwinRun(run, poller, clock, server, meter)
 
 
 def main(settings: Settings, site_file: Path | None, speed: float, data: Path | None, **options) -> int:
@@ -258,6 +275,10 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
     print(f"site twin of {site.id} at {twin.clock.speed:g}x; every process of this run needs: {env}", flush=True)
     if twin.prometheus is not None:
         print(f"Prometheus text on http://127.0.0.1:{twin.prometheus.server_port}/metrics", flush=True)
+    if twin.meter is not None:
+        print(f"SunSpec meters (203: grid, facility) on Modbus TCP 127.0.0.1:{twin.meter.port}", flush=True)
+    if options.get("snmp_dir") is not None:
+        print(f"PDU SNMP objects in {options['snmp_dir']}/<pdu>.json (for an snmpd pass_persist script)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

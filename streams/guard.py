@@ -93,6 +93,7 @@ class GuardProcessor(BatchProcessor):
     sources = tuple(INPUTS)
     poll_s = 0.2
     batch_size = 500
+    wake_on_first = True  # a proposal waits for no batch to fill: the closed loop's latency (ops/bench/loop.py)
     commit_stat = None
     consumer_overrides = {"fetch.wait.max.ms": 50}
     producer_overrides = {"linger.ms": 0}

@@ -1,0 +1,116 @@
+"""The site twin's meters and PDUs as real sites expose them, besides its Prometheus page.
+
+- ``MeterServer``: a SunSpec meter device over Modbus TCP (read-only): the ``SunS`` marker, the common
+  model (1) and two wye meters (203), the grid meter then the facility meter, refreshed from every
+  twin sample. The ``sunspec`` source kind and the SunSpec Alliance's client discover and read it as
+  they read a site's meter; the grid meter shows facility minus the ESS power the twin read from the
+  PCS, so a discharge lowers it.
+- ``PduFiles``: each PDU's values as SNMP objects (models/pdu_mib.py), one JSON file per PDU
+  (``<dir>/<pdu id>.json``, replaced whole, never half written), which an snmpd ``pass_persist``
+  script serves; the ``snmp`` source kind then polls the agent as it polls a site's PDU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from pathlib import Path
+
+from opsloop.config.site import Site
+from opsloop.models import sunspec
+from opsloop.models.pdu_mib import pdu_objects
+from opsloop.models.twin import SiteState
+
+log = logging.getLogger("opsloop.twin")
+GRID, FACILITY = 0, 1  # meter order in the image: the first 203 is the grid connection
+
+
+class MeterServer:
+    """The twin's grid and facility meters as a SunSpec Modbus TCP device on ``host:port`` (unit any)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.host, self.port = host, port
+        self.image = sunspec.meter_image(2)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def show(self, state: SiteState) -> None:
+        """The meters read ``state`` from now on (both models change together: no read sees half of it)."""
+        with self._lock:
+            sunspec.put(self.image, sunspec.meter_at(GRID), sunspec.METER_ID, sunspec.meter_values(state.grid_kw))
+            sunspec.put(self.image, sunspec.meter_at(FACILITY), sunspec.METER_ID,
+                        sunspec.meter_values(state.facility_kw))
+
+    async def _on_access(self, func_code, start_address, address, count, registers, set_values):
+        with self._lock:  # copy the image in under the lock, so a read never straddles an update
+            registers[:len(self.image)] = self.image
+        return None
+
+    def start(self) -> "MeterServer":
+        from pymodbus.server import ModbusTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        ready, failure = threading.Event(), []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+
+            async def listen():  # pymodbus builds its server inside a running loop
+                block = SimData(sunspec.BASE, values=list(self.image), datatype=DataType.REGISTERS, readonly=True)
+                device = SimDevice(id=0, simdata=[block], action=self._on_access)
+                self._server = ModbusTcpServer(device, address=(self.host, self.port))
+                await self._server.serve_forever(background=True)
+
+            try:
+                loop.run_until_complete(listen())
+            except BaseException as exc:  # reported to start()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._server.shutdown())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name=f"twin-meter-{self.port}", daemon=True)
+        self._thread.start()
+        if not ready.wait(30) or failure:
+            raise RuntimeError(f"twin meter did not start on {self.host}:{self.port}: "
+                               f"{failure[0] if failure else 'timeout'}")
+        log.info("twin: SunSpec meters on %s:%s", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+class PduFiles:
+    """Every PDU's SNMP objects in ``directory/<pdu id>.json``; its outlets and inlet sensors are its racks."""
+
+    def __init__(self, site: Site, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        racks = (site.topology or {}).get("racks", ())
+        self.racks = {p.id: [r["id"] for r in racks if r.get("pdu") == p.id] for p in site.pdus}
+        self.zone_of = {r["id"]: r.get("zone") for r in racks}
+
+    def path(self, pdu: str) -> Path:
+        return self.directory / f"{pdu}.json"
+
+    def show(self, state: SiteState) -> None:
+        for pdu, kw in state.pdu_kw.items():
+            racks = self.racks.get(pdu, [])
+            inlets = [state.zone_c[self.zone_of[r]] for r in racks if self.zone_of.get(r) in state.zone_c]
+            objects = pdu_objects(kw, [state.rack_kw.get(r, 0.0) for r in racks], inlets)
+            tmp = self.path(pdu).with_suffix(".tmp")
+            tmp.write_text(json.dumps(objects))
+            tmp.replace(self.path(pdu))  # the agent's script sees the old file or the new one
