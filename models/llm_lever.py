@@ -191,3 +191,45 @@ def cap_shed_kw(tokens_per_s: float, concurrency: float, maxconn: int, params_b:
         return 0.0
     deferred = tokens_per_s * max(0.0, 1 - maxconn / concurrency)
     return deferred * energy.joules_per_token(params_b) / 1000
+
+
+def lever_plan(kind: str, params: Mapping[str, str], present: Mapping[str, tuple[int, int]]
+               ) -> tuple[list[list], list[list]]:
+    """(changes, undo) for an ``llm_shift`` or ``llm_cap``: ``[setting, server, value]`` rows, in order.
+
+    ``present``: server → (weight, maxconn) now (maxconn 0: no limit). A shift raises the small server
+    before it lowers the large one, and its undo restores the large one first, so no moment sends
+    traffic nowhere. A cap never raises a lower limit already there. Raises ``ValueError`` when a
+    server it names is not in ``present``.
+
+    >>> lever_plan("llm_shift", {"shift_pct": "50"}, {"large": (100, 64), "small": (0, 64)})
+    ([['weight', 'small', 50], ['weight', 'large', 50]], [['weight', 'large', 100], ['weight', 'small', 0]])
+    >>> lever_plan("llm_cap", {"servers": "large,small", "maxconn": "4"}, {"large": (100, 64), "small": (0, 2)})
+    ([['maxconn', 'large', 4], ['maxconn', 'small', 2]], [['maxconn', 'large', 64], ['maxconn', 'small', 2]])
+    """
+    if kind == "llm_shift":
+        names = [params.get("large", "large"), params.get("small", "small")]
+    else:
+        names = [s.strip() for s in params.get("servers", "").split(",") if s.strip()]
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ValueError(f"the balancer has no server {', '.join(repr(m[:40]) for m in missing)} "
+                         f"(it has {', '.join(sorted(present))})")
+    if kind == "llm_shift":
+        large, small = names
+        new_large, new_small = shifted_weights(present[large][0], present[small][0], float(params["shift_pct"]))
+        return ([["weight", small, new_small], ["weight", large, new_large]],
+                [["weight", large, present[large][0]], ["weight", small, present[small][0]]])
+    cap = int(params["maxconn"])
+    changes = [["maxconn", n, cap if present[n][1] == 0 else min(cap, present[n][1])] for n in names]
+    return changes, [["maxconn", n, present[n][1]] for n in names]
+
+
+def applied(changes: Iterable[list], present: Mapping[str, tuple[int, int]]) -> bool:
+    """Does the balancer read back every ``[setting, server, value]``?
+
+    >>> applied([["weight", "small", 50]], {"small": (50, 64)}), applied([["maxconn", "small", 4]], {"small": (50, 64)})
+    (True, False)
+    """
+    column = {"weight": 0, "maxconn": 1}
+    return all(server in present and present[server][column[setting]] == value for setting, server, value in changes)
