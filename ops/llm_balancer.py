@@ -4,7 +4,8 @@ It writes a configuration into its work folder and runs Debian's ``haproxy`` in
 the foreground (``-db``): one frontend for the OpenAI-compatible API, one backend
 (``llm``) with a server per model (``large`` takes every request at first, ``small``
 none), the runtime API on a UNIX socket at ``level admin``, and HAProxy's
-Prometheus exporter on a stats frontend (``/metrics``). Production runs the same
+Prometheus exporter on a stats frontend (``/metrics``); one log line per request (HAProxy's
+timers: queue, connect, response head, total) in ``haproxy.log``. Production runs the same
 shape in front of vLLM (README, "LLM-serving lever").
 """
 
@@ -20,11 +21,14 @@ BACKEND = "llm"
 
 CONFIG = """\
 global
+    log stdout format raw local0
     stats socket {socket} mode 600 level admin
     maxconn 2000
 
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 5s
     timeout client 300s
     timeout server 300s
@@ -41,6 +45,7 @@ backend {backend}
 
 frontend stats
     bind 127.0.0.1:{metrics_port}
+    no log
     http-request use-service prometheus-exporter if {{ path /metrics }}
 """
 
