@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opsloop.models.llm_lever import BalancerLoad, balancer_load
 
-TIMEOUT_S = 2.0
+TIMEOUT_S = 5.0
 
 
 class HaproxyError(RuntimeError):
@@ -62,10 +62,13 @@ class HaproxyRuntime:
         if "\n" in line or ";" in line:
             raise HaproxyError("one runtime command at a time")
         with self._connect() as sock:
-            sock.sendall(line.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            try:
+                sock.sendall(line.encode() + b"\n")
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except OSError as exc:  # a timeout included: the sink retries at its next check
+                raise HaproxyError(f"HAProxy runtime API at {self.address}: {line.split()[0]} failed: {exc}") from None
         return b"".join(chunks).decode(errors="replace")
 
     def _change(self, line: str) -> None:
