@@ -113,3 +113,51 @@ class LocalBalancer:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+
+def parse_server(spec: str) -> tuple[str, str, int]:
+    """``name=host:port`` → (name, host, port).
+
+    >>> parse_server("large=10.0.0.5:8000")
+    ('large', '10.0.0.5', 8000)
+    """
+    name, _, address = spec.partition("=")
+    host, _, port = address.rpartition(":")
+    if not (name and host and port.isdigit()):
+        raise ValueError(f"expected name=host:port, got {spec!r}")
+    return name, host, int(port)
+
+
+def serve_forever(workdir: Path, port: int, metrics_port: int, servers: list[str]) -> int:
+    """Run HAProxy over ``servers`` (``name=host:port``; the first takes every request at first), or, with none,
+    over two local llama.cpp servers (``large``, ``small``) on free ports; until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from opsloop.ops.kafka import free_port_pair
+    from opsloop.ops.llm_server import LocalLlm
+
+    local: list[LocalLlm] = []
+    if not servers:
+        local = [LocalLlm(free_port_pair(), workdir / f"{name}.log", threads=1, interrupt_requests=False)
+                 for name in ("large", "small")]
+        for llm in local:
+            llm.start()
+        servers = [f"{name}=127.0.0.1:{llm.port}" for name, llm in zip(("large", "small"), local)]
+    parsed = [parse_server(s) for s in servers]
+    balancer = LocalBalancer(workdir, {name: (host, srv_port, 100 if i == 0 else 0)
+                                       for i, (name, host, srv_port) in enumerate(parsed)}, port, metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        balancer.start()
+        print(f"OpenAI-compatible API through HAProxy: {balancer.url}")
+        print(f"export OPSLOOP_HAPROXY_SOCKET={balancer.socket} OPSLOOP_HAPROXY_METRICS_URL={balancer.metrics_url}")
+        print("Ctrl-C stops it", flush=True)
+        stop.wait()
+        return 0
+    finally:
+        balancer.stop()
+        for llm in local:
+            llm.stop()
