@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from opsloop.models.llm_lever import BalancerLoad, balancer_load
+from opsloop.models.llm_lever import BalancerLoad, balancer_load, histogram_buckets, interval_quantile
 
 TIMEOUT_S = 5.0
 
@@ -95,22 +95,47 @@ class HaproxyRuntime:
         self._change(f"set maxconn server {backend}/{server} {int(maxconn)}")
 
 
-class BalancerMetrics:
-    """Reads HAProxy's Prometheus exporter."""
+def scrape(url: str, timeout_s: float = TIMEOUT_S) -> list[tuple[str, dict, float]]:
+    """A Prometheus text page as ``(name, labels, value)`` samples."""
+    reply = httpx.get(url, timeout=timeout_s)
+    reply.raise_for_status()
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(reply.text)
+            for s in family.samples]
 
-    def __init__(self, url: str, timeout_s: float = TIMEOUT_S):
+
+class BalancerMetrics:
+    """Reads HAProxy's Prometheus exporter and, where vLLM serves, the servers' own ``/metrics`` (``vllm_urls``):
+    their time-to-first-token histograms give a p99 over the time since the previous read."""
+
+    def __init__(self, url: str, timeout_s: float = TIMEOUT_S, vllm_urls: tuple[str, ...] = ()):
         self.url = url
         self.timeout_s = timeout_s
+        self.vllm_urls = vllm_urls
+        self._previous: dict[str, dict[float, float]] = {}  # vLLM URL → its buckets at the last read
 
     def samples(self) -> list[tuple[str, dict, float]]:
-        reply = httpx.get(self.url, timeout=self.timeout_s)
-        reply.raise_for_status()
-        return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(reply.text)
-                for s in family.samples]
+        return scrape(self.url, self.timeout_s)
+
+    def vllm_p99_ttft_s(self) -> float | None:
+        """The worst server's p99 time to first token since the last call; None without vLLM or new requests."""
+        worst = None
+        for url in self.vllm_urls:
+            try:
+                buckets = histogram_buckets(scrape(url, self.timeout_s))
+            except (httpx.HTTPError, ValueError):
+                continue  # the balancer's own view still holds; a dead server shows there
+            before, self._previous[url] = self._previous.get(url), buckets
+            p99 = interval_quantile(0.99, before, buckets) if before is not None else None
+            if p99 is not None:
+                worst = p99 if worst is None else max(worst, p99)
+        return worst
 
     def load(self, backend: str) -> BalancerLoad | None:
         """The backend's load now; None when the exporter cannot be read (the SLO check treats it as unknown)."""
         try:
-            return balancer_load(self.samples(), backend)
+            load = balancer_load(self.samples(), backend)
         except (httpx.HTTPError, ValueError):
             return None
+        if load is None or not self.vllm_urls:
+            return load
+        return replace(load, p99_ttft_s=self.vllm_p99_ttft_s())

@@ -72,6 +72,7 @@ class BalancerLoad:
     queue_time_s: float
     connect_time_s: float
     response_time_s: float
+    p99_ttft_s: float | None = None  # vLLM's p99 time to first token since the last check, where vLLM serves
 
     @property
     def ttfb_s(self) -> float:
@@ -96,7 +97,7 @@ def balancer_load(samples: Iterable[tuple[str, Mapping[str, str], float]], backe
     ...            ("haproxy_backend_connect_time_average_seconds", {"proxy": "llm"}, 0.0),
     ...            ("haproxy_backend_response_time_average_seconds", {"proxy": "llm"}, 0.3)]
     >>> balancer_load(samples, "llm")
-    BalancerLoad(queue=5.0, queue_time_s=0.1, connect_time_s=0.0, response_time_s=0.3)
+    BalancerLoad(queue=5.0, queue_time_s=0.1, connect_time_s=0.0, response_time_s=0.3, p99_ttft_s=None)
     >>> balancer_load(samples[:2], "llm") is None
     True
     """
@@ -138,12 +139,58 @@ def slo_verdict(load: BalancerLoad | None, slo_ttfb_s: float, slo_queue: float) 
     over = []
     if load.ttfb_s > slo_ttfb_s:
         over.append(f"first byte in {load.ttfb_s:.3g} s, over the SLO of {slo_ttfb_s:g} s")
+    if load.p99_ttft_s is not None and load.p99_ttft_s > slo_ttfb_s:
+        over.append(f"vLLM's p99 time to first token {load.p99_ttft_s:.3g} s, over the SLO of {slo_ttfb_s:g} s")
     if load.queue > slo_queue:
         over.append(f"{load.queue:g} requests queued, over the SLO of {slo_queue:g}")
     if over:
         return SloVerdict(SLO_BREACH, "; ".join(over))
     return SloVerdict(WITHIN_SLO, f"first byte in {load.ttfb_s:.3g} s (SLO {slo_ttfb_s:g} s), "
                                   f"{load.queue:g} queued (SLO {slo_queue:g})")
+
+
+VLLM_TTFT = "vllm:time_to_first_token_seconds_bucket"
+
+
+def histogram_buckets(samples: Iterable[tuple[str, Mapping[str, str], float]], name: str = VLLM_TTFT
+                      ) -> dict[float, float]:
+    """A cumulative Prometheus histogram's counts by upper bound (``le``), summed over its other labels.
+
+    >>> histogram_buckets([(VLLM_TTFT, {"le": "0.5", "model_name": "a"}, 3.0), (VLLM_TTFT, {"le": "+Inf"}, 4.0)])
+    {0.5: 3.0, inf: 4.0}
+    """
+    buckets: dict[float, float] = {}
+    for sample_name, labels, value in samples:
+        if sample_name == name and "le" in labels:
+            bound = float(labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    return buckets
+
+
+def interval_quantile(q: float, before: Mapping[float, float], now: Mapping[float, float]) -> float | None:
+    """The ``q`` quantile of what a cumulative histogram observed between two scrapes, interpolated within its
+    bucket as Prometheus' ``histogram_quantile`` does; None without observations (or after a counter reset).
+    A quantile in the open top bucket is reported as the highest finite bound.
+
+    >>> interval_quantile(0.99, {0.1: 0, 0.5: 0, 1.0: 0, float("inf"): 0},
+    ...                   {0.1: 50, 0.5: 90, 1.0: 100, float("inf"): 100})
+    0.95
+    >>> interval_quantile(0.99, {0.1: 5, float("inf"): 5}, {0.1: 5, float("inf"): 5}) is None
+    True
+    """
+    counts = sorted((bound, now[bound] - before.get(bound, 0.0)) for bound in now)
+    if not counts or any(c < 0 for _, c in counts) or counts[-1][1] <= 0:
+        return None
+    rank, lower, below = q * counts[-1][1], 0.0, 0.0
+    finite = [b for b, _ in counts if b != float("inf")]
+    for bound, cumulative in counts:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return finite[-1] if finite else None
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return None
 
 
 @dataclass(frozen=True)

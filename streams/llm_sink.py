@@ -5,7 +5,8 @@ weights and limits, plans the change and its undo (``models.llm_lever.lever_plan
 records the undo in the ledger *before* touching the balancer (a crash mid-way
 still knows what to restore), applies it and reads it back. While it holds,
 the SLO guard runs here, about once a second: the backend's load from HAProxy's
-own Prometheus metrics against the policy's ``llm`` SLO (``slo_verdict``). The first
+own Prometheus metrics (and, where vLLM serves, its p99 time to first token since the previous
+check, from ``OPSLOOP_VLLM_METRICS_URLS``) against the policy's ``llm`` SLO (``slo_verdict``). The first
 check within the SLO publishes ``verified``; a breach, or metrics that cannot be read,
 restores the servers at once, publishes ``reverted`` and raises a major
 ``LLM_SLO_BREACH`` alarm. At expiry the servers are restored (``reverted``). Weights and
@@ -40,7 +41,8 @@ class LlmSink(ActuatorSink):
                  metrics: BalancerMetrics | None = None, clock=None):
         super().__init__(settings, policy, **({"clock": clock} if clock else {}))
         self.runtime = runtime or HaproxyRuntime(settings.haproxy_socket)
-        self.metrics = metrics or BalancerMetrics(settings.haproxy_metrics_url)
+        vllm = tuple(u.strip() for u in settings.vllm_metrics_urls.split(",") if u.strip())
+        self.metrics = metrics or BalancerMetrics(settings.haproxy_metrics_url, vllm_urls=vllm)
         self._last_check_ms = 0
 
     def _present(self, backend: str) -> dict[str, tuple[int, int]]:

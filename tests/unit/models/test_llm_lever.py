@@ -15,8 +15,8 @@ from opsloop.models.guard import (APPROVED, LLM_LEVER_BUSY, NEEDS_APPROVAL, NO_L
                                   OVER_SHIFT_LIMIT, REASON_CODES, REJECTED, UNDER_MIN_MAXCONN, PlantState, decide,
                                   llm_servers)
 from opsloop.models.llm_lever import (SLO_BREACH, SLO_UNKNOWN, WITHIN_SLO, BalancerLoad, EnergyPerToken, applied,
-                                      balancer_load, cap_shed_kw, lever_plan, shift_shed_kw, shifted_weights,
-                                      slo_verdict)
+                                      balancer_load, cap_shed_kw, histogram_buckets, interval_quantile,
+                                      lever_plan, shift_shed_kw, shifted_weights, slo_verdict)
 
 pytestmark = pytest.mark.unit
 NOW = 1_780_000_000_000
@@ -192,3 +192,28 @@ def test_an_approved_llm_action_breaks_no_limit(action, limits, mode, holding, o
         assert int(params["maxconn"]) >= limits.min_maxconn and llm_servers(action)
     assert not [h for h in holding if h["kind"] == action["kind"] and h["target"] == action["target"]
                 and h["action_id"] != action["action_id"] and h["expires_ms"] > NOW]
+
+
+# -- vLLM's time to first token, where vLLM serves ----------------------------------------------------------------
+
+INF = float("inf")
+
+
+def test_the_p99_counts_only_what_the_histogram_saw_since_the_previous_read():
+    before = {0.25: 1000, 1.0: 1000, 4.0: 1000, INF: 1000}  # a thousand fast requests long ago
+    now = {0.25: 1000, 1.0: 1000, 4.0: 1100, INF: 1100}  # then a hundred between 1 and 4 s
+    assert interval_quantile(0.99, before, now) == pytest.approx(1.0 + 3.0 * 0.99)
+
+
+def test_a_quantile_in_the_open_top_bucket_is_the_highest_finite_bound_and_a_reset_tells_nothing():
+    assert interval_quantile(0.99, {1.0: 0, INF: 0}, {1.0: 1, INF: 10}) == 1.0
+    assert interval_quantile(0.99, {1.0: 10, INF: 10}, {1.0: 2, INF: 2}) is None
+
+
+def test_vllm_buckets_add_up_over_models_and_feed_the_slo_check():
+    samples = [("vllm:time_to_first_token_seconds_bucket", {"le": "1.0", "model_name": m}, 4.0) for m in "ab"]
+    assert histogram_buckets(samples) == {1.0: 8.0}
+    slow = BalancerLoad(0, 0.0, 0.0, 0.1, p99_ttft_s=3.0)
+    verdict = slo_verdict(slow, 2.0, 8)
+    assert (verdict.code, verdict.text) == (SLO_BREACH, "vLLM's p99 time to first token 3 s, over the SLO of 2 s")
+    assert not slo_verdict(BalancerLoad(0, 0.0, 0.0, 0.1, p99_ttft_s=1.5), 2.0, 8).breached
