@@ -66,6 +66,8 @@ PRINCIPALS: dict[str, Access] = {
                        groups=("pcs-sink",)),
     "slurm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
                          groups=("slurm-sink",)),
+    "llm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+                       groups=("llm-sink",)),
     "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER,), groups=("views",)),
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),

@@ -10,6 +10,8 @@ starts, a Slurm budget window shorter than a hold) are checked here.
 Versions: 2 adds ``slurm.budget_window_s`` (Slurm budgets summed over a sliding
 window per site). A version-1 file still loads, with budgets per action only
 (``budget_window_s`` = 0), so an existing policy never tightens silently.
+3 adds the optional ``llm`` section (the LLM-serving lever: ``llm_shift``,
+``llm_cap``, their limits and the serving SLO); without it those kinds are rejected.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -41,11 +43,11 @@ import yaml
 
 from opsloop.config import strict_yaml
 
-SCHEMA_VERSION = 2  # the newest policy version (the shipped file)
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3  # the newest policy version (the shipped file)
+READABLE_VERSIONS = (1, 2, 3)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
-                "slurm_requeue", "slurm_suspend", "slurm_resume")
+                "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 
@@ -90,6 +92,14 @@ POLICY_SCHEMA: dict = {
                            "max_jobs_per_event": {"type": "integer", "minimum": 1},
                            "max_gpu_hours_per_event": _positive, "max_hold_s": _positive,
                            "kw_per_gpu": _positive, "budget_window_s": {"type": "number", "minimum": 0}},
+        },
+        "llm": {
+            "type": "object", "additionalProperties": False,
+            "required": ["max_shift_pct", "min_maxconn", "max_duration_s", "slo_ttfb_s", "slo_queue"],
+            "properties": {"max_shift_pct": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                           "min_maxconn": {"type": "integer", "minimum": 1},
+                           "max_duration_s": _positive, "slo_ttfb_s": _positive,
+                           "slo_queue": {"type": "integer", "minimum": 0}},
         },
     },
 }
@@ -159,6 +169,17 @@ class SlurmLimits:
 
 
 @dataclass(frozen=True)
+class LlmLimits:
+    """The LLM-serving lever: how far it may go and the serving SLO it must keep while it holds."""
+
+    max_shift_pct: float  # most of the large model's traffic one llm_shift moves to the small one
+    min_maxconn: int  # an llm_cap never leaves a server fewer concurrent requests than this
+    max_duration_s: float  # one shift or cap lasts at most this long, then it is reverted
+    slo_ttfb_s: float  # the balancer's response time (time to first byte) above this breaches the SLO
+    slo_queue: int  # requests waiting in the balancer's queue above this breach the SLO
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -167,6 +188,7 @@ class Policy:
     rules: Mapping[str, KindRule] = field(default_factory=dict)
     max_state_age_s: float = 300.0  # older ESS telemetry is not trusted for a decision
     name: str = ""
+    llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -202,7 +224,7 @@ def parse_policy(doc: Any) -> Policy:
     if not isinstance(doc, dict):
         raise PolicyError([f"(root): expected a mapping, got {type(doc).__name__}"])
     if "version" in doc and doc["version"] not in READABLE_VERSIONS:
-        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS[:-1]) + f" and {READABLE_VERSIONS[-1]}"
         raise PolicyError([f"version: this opsloop reads policy versions {readable}, the file has {doc['version']!r}"])
     problems = schema_problems(doc)
     if problems:
@@ -217,6 +239,8 @@ def parse_policy(doc: Any) -> Policy:
     elif window and window < slurm["max_hold_s"]:
         problems.append(f"slurm: budget_window_s {window:g} is shorter than max_hold_s {slurm['max_hold_s']:g}; "
                         "the budget would forget actions whose holds are still in force")
+    if "llm" in doc and doc["version"] < 3:
+        problems.append("llm: needs policy version 3")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -242,7 +266,16 @@ def parse_policy(doc: Any) -> Policy:
                           kw_per_gpu=float(slurm.get("kw_per_gpu", 0.7)),
                           budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
+        llm=_llm_limits(doc.get("llm")),
     )
+
+
+def _llm_limits(section: Mapping | None) -> LlmLimits | None:
+    if section is None:
+        return None
+    return LlmLimits(max_shift_pct=float(section["max_shift_pct"]), min_maxconn=int(section["min_maxconn"]),
+                     max_duration_s=float(section["max_duration_s"]), slo_ttfb_s=float(section["slo_ttfb_s"]),
+                     slo_queue=int(section["slo_queue"]))
 
 
 def load_policy(path: Path | str) -> Policy:

@@ -75,6 +75,9 @@ class Settings:
     slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
     slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
+    haproxy_socket: str = "/run/haproxy/admin.sock"  # the LLM balancer's runtime API: UNIX path or host:port
+    haproxy_metrics_url: str = "http://127.0.0.1:8405/metrics"  # its Prometheus exporter (stats frontend)
+    vllm_metrics_urls: str = ""  # comma-separated /metrics of the vLLM servers behind it: p99 time to first token
     # One clock for every process of a run (config/clock.py): at wall time clock_anchor_s the site's time was
     # clock_epoch_s, and it runs clock_speed times faster. clock_epoch_s 0: the wall clock. `opsloop twin` sets them.
     clock_epoch_s: float = 0.0

@@ -13,7 +13,7 @@ Kafka offset is committed only after the result is delivered. After a SIGKILL:
   been driven, so the sink reconciles by reading the device back instead of
   executing again (at most once, never twice).
 
-Slurm sinks also keep here what undoing an action means (which jobs to release
+The Slurm and LLM sinks also keep here what undoing an action means (which jobs to release
 or resume) and whether it has been undone.
 """
 
@@ -95,6 +95,13 @@ class Ledger:
                                "FROM actions WHERE state = ? AND published = 1 AND undo IS NOT NULL AND undone = 0 "
                                "AND expires_ms <= ?",
                                (EXECUTED, now_ms))
+        return [self._entry(r) for r in rows]
+
+    def holding(self, now_ms: int) -> list[Entry]:
+        """Executed actions with something to undo, not expired and not undone: in force now."""
+        rows = self.db.execute("SELECT action_id, state, action, result, published, undo, undone, verified "
+                               "FROM actions WHERE state = ? AND published = 1 AND undo IS NOT NULL AND undone = 0 "
+                               "AND expires_ms > ?", (EXECUTED, now_ms))
         return [self._entry(r) for r in rows]
 
     def close(self) -> None:

@@ -89,6 +89,8 @@ _VERBS = {
     "slurm_requeue": "Requeue {jobs} on {target}",
     "slurm_suspend": "Suspend {jobs} on {target}",
     "slurm_resume": "Resume {jobs} on {target}",
+    "llm_shift": "Shift LLM traffic on {target} from the large model to the small one",
+    "llm_cap": "Cap concurrent LLM requests per server on {target}",
 }
 
 

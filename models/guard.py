@@ -37,6 +37,14 @@ Early undos: a ``slurm_release`` / ``slurm_resume`` naming ``params.undo_of`` is
 rejected unless it undoes a shedding action the guard approved, of the kind it
 undoes, proposed by the same proposer for the same target and site
 (``undo_problems``; ``PlantState.approved`` holds the guard's approved actions).
+LLM-serving actions (``llm_shift``, ``llm_cap``; ``models.llm_lever``) need the policy's ``llm``
+section: a shift names the balancer's backend (``target``) and moves ``params.shift_pct`` % of the
+large server's traffic (``params.large``, ``params.small``, default ``large`` and ``small``) within
+``max_shift_pct``; a cap names ``params.servers`` and ``params.maxconn``, at least ``min_maxconn``;
+both last at most ``max_duration_s``. One shift and one cap per backend at a time
+(``PlantState.llm_holding``: the LLM actions the guard approved that have not expired), so each
+revert restores what was there before it.
+
 ``feedback_problem`` is the guard's pure check on an operator's answer: signed by
 the NOC, for an action waiting now (never kept for later), given after it was
 proposed and before the request lapsed, the first answer only.
@@ -66,13 +74,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple
 
-from opsloop.config.policy import Policy, SlurmLimits
+from opsloop.config.policy import LlmLimits, Policy, SlurmLimits
 from opsloop.models.battery import Battery
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
 SLURM_SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend")  # the ones that take capacity away
 SLURM_UNDO = ("slurm_release", "slurm_resume")
+LLM_KINDS = ("llm_shift", "llm_cap")
 
 # Reason codes: one per reason sentence, stable, so verdicts can be counted by why.
 # Within every limit, the kind's mode decides:
@@ -108,7 +117,11 @@ OVER_BUDGET = "over_budget"  # this action and the window's approvals together e
 UNDO_NOT_APPROVED = "undo_not_approved"  # params.undo_of names no action the guard approved
 UNDO_NOT_OWNER = "undo_not_owner"  # the action undone was proposed by another proposer, or for another target
 UNDO_KIND_MISMATCH = "undo_kind_mismatch"  # a release undoes a hold or requeue, a resume a suspend; nothing else
-REASON_CODES = frozenset({
+NO_LLM_POLICY = "no_llm_policy"  # the policy has no llm section: the LLM lever is off
+OVER_SHIFT_LIMIT = "over_shift_limit"  # llm_shift moves more of the large model's traffic than the policy allows
+UNDER_MIN_MAXCONN = "under_min_maxconn"  # llm_cap leaves a server fewer concurrent requests than the policy allows
+LLM_LEVER_BUSY = "llm_lever_busy"  # an approved action of the same kind still holds on the same backend
+REASON_CODES = frozenset({NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
     WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
     OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
     INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
@@ -171,6 +184,7 @@ class PlantState:
     slurm_spent: tuple[SlurmSpend, ...] = ()  # recent approvals; the caller may pass more than the window
     approved: Mapping[str, Mapping] = field(default_factory=dict)  # actions the guard approved, by id (at least
     # the one a release or resume names in params.undo_of)
+    llm_holding: tuple[Mapping, ...] = ()  # approved llm_* actions not yet expired (the caller may pass more)
 
 
 @dataclass(frozen=True)
@@ -368,6 +382,68 @@ def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable
     return problems
 
 
+def llm_servers(action: Mapping) -> list[str]:
+    """The servers an action names: a shift's large and small one, a cap's ``params.servers``."""
+    params = action.get("params") or {}
+    if action["kind"] == "llm_shift":
+        return [params.get("large", "large"), params.get("small", "small")]
+    return [s.strip() for s in params.get("servers", "").split(",") if s.strip()]
+
+
+def llm_problems(action: Mapping, limits: LlmLimits | None, now_ms: int, holding: Iterable[Mapping] = ()) -> list[Reason]:
+    """What is wrong with an ``llm_shift`` or ``llm_cap`` under the policy's ``llm`` limits.
+
+    >>> limits = LlmLimits(max_shift_pct=60, min_maxconn=2, max_duration_s=3600, slo_ttfb_s=2, slo_queue=8)
+    >>> shift = {"action_id": "s1", "kind": "llm_shift", "target": "llm", "expires_ms": 600_000,
+    ...          "params": {"shift_pct": "50"}}
+    >>> llm_problems(shift, limits, now_ms=0)
+    []
+    >>> [print(r.code, r.text) for r in llm_problems({**shift, "params": {"shift_pct": "80"}}, limits, now_ms=0)]
+    over_shift_limit shifts 80% of the large model's traffic, more than the policy's 60%
+    [None]
+    >>> [r.code for r in llm_problems(shift, limits, 0, holding=[{**shift, "action_id": "s0"}])]
+    ['llm_lever_busy']
+    """
+    if limits is None:
+        return [Reason(NO_LLM_POLICY, "the policy has no llm section: LLM-serving actions are off")]
+    params, kind, problems = action.get("params") or {}, action["kind"], []
+    duration_s = (action["expires_ms"] - now_ms) / 1000
+    if duration_s > limits.max_duration_s:
+        problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s, longer than the policy's "
+                                                  f"{limits.max_duration_s:g} s"))
+    servers = llm_servers(action)
+    if kind == "llm_shift":
+        try:
+            pct = float(params["shift_pct"])
+        except (KeyError, TypeError, ValueError):
+            pct = math.nan
+        if not 0 < pct <= 100:
+            problems.append(Reason(INVALID_PARAMS, f"llm_shift needs params.shift_pct above 0 and at most 100, got "
+                                                   f"{str(params.get('shift_pct'))[:40]!r}"))
+        elif pct > limits.max_shift_pct:
+            problems.append(Reason(OVER_SHIFT_LIMIT, f"shifts {pct:g}% of the large model's traffic, more than the "
+                                                     f"policy's {limits.max_shift_pct:g}%"))
+        if servers[0] == servers[1]:
+            problems.append(Reason(INVALID_PARAMS, f"llm_shift moves traffic between two servers, not from "
+                                                   f"{servers[0][:40]!r} to itself"))
+    else:
+        try:
+            maxconn = int(params["maxconn"])
+        except (KeyError, TypeError, ValueError):
+            maxconn = None
+        if maxconn is None or not servers:
+            problems.append(Reason(INVALID_PARAMS, "llm_cap needs params.servers and an integer params.maxconn"))
+        elif maxconn < limits.min_maxconn:
+            problems.append(Reason(UNDER_MIN_MAXCONN, f"caps at {maxconn} concurrent requests per server, fewer than "
+                                                      f"the policy's {limits.min_maxconn}"))
+    busy = [h["action_id"] for h in holding if h["kind"] == kind and h.get("target") == action.get("target")
+            and h["action_id"] != action["action_id"] and h["expires_ms"] > now_ms]
+    if busy:
+        problems.append(Reason(LLM_LEVER_BUSY, f"{kind} {busy[0][:80]} still holds on {str(action.get('target'))[:40]}; "
+                                               f"one at a time, so each revert restores what was before it"))
+    return problems
+
+
 def undo_problems(action: Mapping, approved: Mapping[str, Mapping]) -> list[Reason]:
     """A release or resume naming ``params.undo_of`` may only undo a shedding action the guard approved, proposed
     by the same proposer for the same target and site.
@@ -441,6 +517,8 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
         problems = pcs_problems(action, state.ess, policy, now_ms)
     elif kind.startswith("slurm_"):
         problems = slurm_problems(action, policy, now_ms, state.slurm_spent) + undo_problems(action, state.approved)
+    elif kind in LLM_KINDS:
+        problems = llm_problems(action, policy.llm, now_ms, state.llm_holding)
     else:
         problems = [Reason(UNKNOWN_KIND, f"unknown action kind {kind!r}")]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):

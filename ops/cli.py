@@ -135,6 +135,12 @@ def cmd_slurm(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_llm_balancer(settings: Settings, args) -> int:
+    from opsloop.ops.llm_balancer import serve_forever
+
+    return serve_forever(settings.data_dir / "haproxy", args.port, args.metrics_port, args.server or [])
+
+
 def cmd_topics(settings: Settings, args) -> int:
     from opsloop.connectors.kafka import apply_catalog
     from opsloop.config.catalog import load_catalog
@@ -292,6 +298,13 @@ def parser() -> argparse.ArgumentParser:
     sl.add_argument("action", choices=["up", "down", "status"])
     sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
     sl.set_defaults(func=cmd_slurm)
+    lb = sub.add_parser("llm-balancer", help="run HAProxy in front of LLM servers (two local llama.cpp ones by "
+                                             "default) for the LLM sink; until Ctrl-C")
+    lb.add_argument("--server", action="append", metavar="NAME=HOST:PORT",
+                    help="a server of backend llm (repeat; the first takes every request at first)")
+    lb.add_argument("--port", type=int, default=8000, help="the API frontend's port")
+    lb.add_argument("--metrics-port", type=int, default=8405, help="the Prometheus exporter's port")
+    lb.set_defaults(func=cmd_llm_balancer)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (config/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])
     topics.set_defaults(func=cmd_topics)

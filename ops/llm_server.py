@@ -38,18 +38,26 @@ class LocalLlm:
     """Starts ``python -m llama_cpp.server`` on 127.0.0.1:``port`` and stops it; the log goes to ``log_path``."""
 
     def __init__(self, port: int, log_path: Path, model: Path | None = None, n_ctx: int = 4096,
-                 threads: int = 2, start_timeout_s: float = 120.0):
+                 threads: int = 2, start_timeout_s: float = 120.0, interrupt_requests: bool = True):
         self.port = port
         self.log_path = Path(log_path)
         self.model = model or packaged_model()
         self.n_ctx = n_ctx
         self.threads = threads
+        # llama-cpp-python's server cuts a running stream when a new request arrives unless told not to;
+        # behind a balancer every request must finish, so the lever's servers queue them instead
+        self.interrupt_requests = interrupt_requests
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (a restart would change it)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def models(self) -> list[str]:
         with urllib.request.urlopen(f"{self.url}/models", timeout=2) as reply:
@@ -58,7 +66,7 @@ class LocalLlm:
     def start(self) -> str:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-               "--n_threads", str(self.threads)]
+               "--n_threads", str(self.threads), "--interrupt_requests", str(self.interrupt_requests)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -12,6 +12,14 @@ def _budget_span(policy: Policy) -> str:
     return f"per {window:g} s per site" if window > 0 else "per action (no slurm.budget_window_s)"
 
 
+def _llm(policy: Policy) -> str:
+    llm = policy.llm
+    if llm is None:
+        return "LLM lever off (no llm section)"
+    return (f"LLM lever: shift up to {llm.max_shift_pct:g}%, maxconn at least {llm.min_maxconn}, "
+            f"SLO first byte {llm.slo_ttfb_s:g} s and queue {llm.slo_queue}")
+
+
 def check(path: Path | str) -> int:
     """Print a verdict on a policy file; 0 when valid, 1 otherwise."""
     try:
@@ -22,5 +30,5 @@ def check(path: Path | str) -> int:
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
           f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
-          f"Slurm budgets {_budget_span(policy)}")
+          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}")
     return 0

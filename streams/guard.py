@@ -24,7 +24,8 @@ Thin: decode, ask ``models.guard.decide``, emit. It reads four topics:
 Every verdict is signed with the verdict key (``OPSLOOP_VERDICT_KEY``, required) after an
 Avro round trip, so the sinks verify exactly what they decode. A ``slurm_release`` or
 ``slurm_resume`` naming ``params.undo_of`` is checked against the guard's own approved
-actions (``models.guard.undo_problems``).
+actions (``models.guard.undo_problems``). An ``llm_shift`` or ``llm_cap`` is checked against the LLM
+actions the guard approved that still hold (``PlantState.llm_holding``, from the same decisions table).
 
 Decisions, pending approvals, verifications and the Slurm budget spent (the
 shedding actions approved per site within the policy's ``budget_window_s``,
@@ -48,7 +49,7 @@ from typing import Callable
 from opsloop.models.records import action_alarm, action_result
 from opsloop.models.battery import Battery
 from opsloop.models.event_time import EventTimeBounds
-from opsloop.models.guard import (APPROVED, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
+from opsloop.models.guard import (APPROVED, LLM_KINDS, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
                                   EssState, PlantState, SlurmSpend, approval_deadline_ms, decide, operator_rejection,
                                   feedback_problem, revert_approval, slurm_charge)
 from opsloop.models.signing import Keyring, feedback_authentic, sign_verdict
@@ -165,7 +166,16 @@ class GuardProcessor(BatchProcessor):
         """The plant state for deciding ``action``: the site's, and the action it undoes if it names one."""
         state = self.state(action["site"])
         undo_of = action.get("params", {}).get("undo_of")
+        if action["kind"] in LLM_KINDS:
+            state = replace(state, llm_holding=self.llm_holding(action["target"]))
         return replace(state, approved=self.approved_action(undo_of)) if undo_of is not None else state
+
+    def llm_holding(self, target: str) -> tuple[dict, ...]:
+        """The LLM actions approved for ``target`` that have not expired."""
+        rows = self.store.rows("SELECT action FROM decided WHERE verdict = ? AND json_extract(action, '$.kind') IN "
+                               "(?, ?) AND json_extract(action, '$.target') = ? AND "
+                               "json_extract(action, '$.expires_ms') > ?", APPROVED, *LLM_KINDS, target, self.now_ms())
+        return tuple(json.loads(r[0]) for r in rows)
 
     def slurm_spent(self, site: str) -> tuple[SlurmSpend, ...]:
         """The site's approvals still inside the budget window; older ones are pruned."""

@@ -91,6 +91,13 @@ def _slurm_sink(settings: Settings, site: Site) -> Processor:
     return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock())
 
 
+def _llm_sink(settings: Settings, site: Site) -> Processor:
+    from opsloop.streams.llm_sink import LlmSink
+    from opsloop.config.policy import load_policy
+
+    return LlmSink(settings, load_policy(settings.policy), clock=settings.clock())
+
+
 #: A Faust agent module's ``register(app, settings)``: defines its ``@app.agent``(s) on the app.
 FaustRegister = Callable[["faust.App", Settings], None]
 
@@ -118,6 +125,7 @@ def _narrate(app: "faust.App", settings: Settings) -> None:
 #: Batch processors by name: each is built from the settings and the site, read once per worker.
 AGENTS: dict[str, Callable[[Settings, Site], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
+AGENTS["llm-sink"] = _llm_sink  # the LLM-serving lever (issue 17)
 AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue 5)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import textwrap
 import pytest
 
 from actuation import action, approved, free_port, publish, results
+from opsloop.connectors.haproxy import HaproxyRuntime
 from opsloop.connectors.slurm import ScontrolBackend
+from opsloop.ops.llm_balancer import BACKEND, LocalBalancer
 from opsloop.ops.pcs_sim import from_site
 from opsloop.config.site import load_site
 from opsloop.config.settings import Settings
@@ -23,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KILL_AFTER = {
     "ledger-record": ("opsloop.connectors.ledger", "Ledger", "finish"),  # executed and recorded, result not published
     "device-write": ("opsloop.connectors.pcs", "PcsClient", "write_setpoint"),  # executed, not even recorded
+    "first-weight": ("opsloop.connectors.haproxy", "HaproxyRuntime", "set_weight"),  # half a shift applied
 }
 
 
@@ -98,3 +102,38 @@ def test_slurm_sink_killed_mid_action_changes_the_jobs_once(kafka_settings, slur
         assert statuses == ["executed", "verified"]
     finally:
         slurm.run("scancel", *ids)
+
+
+@pytest.mark.parametrize("kill_after", ["ledger-record", "first-weight"])
+def test_llm_sink_killed_mid_shift_changes_the_balancer_once(kafka_settings, read_topic, tmp_path, kill_after):
+    if shutil.which("haproxy") is None and not os.environ.get("CI"):
+        pytest.skip("haproxy is not installed (make system-deps)")
+    lb = LocalBalancer(tmp_path / "haproxy", {"large": ("127.0.0.1", free_port(), 100),
+                                              "small": ("127.0.0.1", free_port(), 0)},
+                       port=free_port(), metrics_port=free_port()).start()
+    try:
+        runtime = HaproxyRuntime(str(lb.socket))
+        env = {**os.environ, "OPSLOOP_HAPROXY_SOCKET": str(lb.socket), "OPSLOOP_HAPROXY_METRICS_URL": lb.metrics_url}
+        shift = action("crash-llm", "llm_shift", target=BACKEND, shift_pct=50, life_s=600)
+        publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(shift)])
+        first = worker(kafka_settings, "llm-sink", env, kill_after)
+        assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+        at_crash = {name: s.weight for name, s in runtime.servers(BACKEND).items()}
+        if kill_after == "ledger-record":
+            assert at_crash == {"large": 50, "small": 50}
+            runtime.set_weight(BACKEND, "small", 10)  # a change made since: a second execution would undo it
+        else:
+            assert at_crash == {"large": 100, "small": 50}  # killed between the two weights
+        second = worker(kafka_settings, "llm-sink", env, None)
+        assert second.returncode == 0, second.stderr[-2000:]
+        after = {name: s.weight for name, s in runtime.servers(BACKEND).items()}
+        statuses = [r["status"] for r in results(kafka_settings, read_topic) if r["action_id"] == "crash-llm"]
+        if kill_after == "ledger-record":
+            assert after == {"large": 50, "small": 10} and "skipped_duplicates=1" in second.stdout
+            assert statuses == ["executed", "verified"]
+        else:  # half a shift is restored, never completed by a second execution
+            assert after == {"large": 100, "small": 0} and "reconciled=1" in second.stdout
+            assert statuses == ["failed"]
+        assert "executed=0" in second.stdout
+    finally:
+        lb.stop()
