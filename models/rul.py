@@ -46,7 +46,7 @@ class Rule:
     direction: str  # "below" | "above"
     limit: float
     evidence: str  # the metric in words, for the sentence
-    unit: str  # as the sentence prints it ("%", " °C", " rows")
+    unit: str  # as the sentence prints it after a number ("%", " °C"; "" for counts)
     family: str  # battery | gpu | cooling: which kind of part
 
 
@@ -56,10 +56,10 @@ def rules(min_soh_pct: float = 80.0) -> dict[str, Rule]:
     table = [
         Rule("ess_soh_pct", "below", min_soh_pct, "state of health", "%", "battery"),
         Rule("soh_pct", "below", min_soh_pct, "state of health", "%", "battery"),  # SunSpec 802 (ESS, UPS)
-        Rule("rows_remapped_uncorrectable", "above", 8, "uncorrectable remapped rows", " rows", "gpu"),
-        Rule("rows_remapped_correctable", "above", 512, "correctable remapped rows", " rows", "gpu"),
-        Rule("ecc_dbe_count", "above", 10, "double-bit ECC errors", " errors", "gpu"),
-        Rule("ecc_sbe_count", "above", 10_000, "single-bit ECC errors", " errors", "gpu"),
+        Rule("rows_remapped_uncorrectable", "above", 8, "uncorrectable remapped rows", "", "gpu"),
+        Rule("rows_remapped_correctable", "above", 512, "correctable remapped rows", "", "gpu"),
+        Rule("ecc_dbe_count", "above", 10, "double-bit ECC errors", "", "gpu"),
+        Rule("ecc_sbe_count", "above", 10_000, "single-bit ECC errors", "", "gpu"),
         Rule("gpu_mem_temp_c", "above", 95, "memory temperature", " °C", "gpu"),
         Rule("temp_c", "above", 27, "temperature", " °C", "cooling"),  # ASHRAE's recommended upper inlet
         Rule("inlet_temp_c", "above", 27, "inlet temperature", " °C", "cooling"),
@@ -228,17 +228,18 @@ def _num(value: float, unit: str) -> str:
 def sentence(device: str, device_type: str, rule: Rule, f: Forecast) -> str:
     """One plain sentence: the part, the date range, the evidence and the confidence."""
     part = f"{device_type.upper() if len(device_type) <= 4 else device_type} {device}"
-    limit = f"{rule.direction} {_num(rule.limit, rule.unit)} {rule.evidence}"
+    limit = f"{_num(rule.limit, rule.unit)} {rule.evidence}"
+    unit = rule.unit.strip()
     evidence = (f"its {rule.evidence} went from {_num(f.first_value, rule.unit)} to {_num(f.value, rule.unit)} "
-                f"over {f.span_days:.0f} days ({f.points} readings, {f.rate_per_day:+.3g}{rule.unit.strip() and ' ' + rule.unit.strip()}/day now)")
-    confidence = f"{f.band:.0%} confidence"
-    if f.earliest_ms <= f.last_ms and f.expected_ms is not None and f.expected_ms <= f.last_ms:
-        return f"{part} is already {limit}: {evidence}; replace it."
-    if f.latest_ms is None:
-        when = f"from {_day(f.earliest_ms)} on" + (f" (most likely {_day(f.expected_ms)})" if f.expected_ms else "")
-    else:
-        when = f"between {_day(f.earliest_ms)} and {_day(f.latest_ms)} (most likely {_day(f.expected_ms)})"
-    return f"{part} is expected to go {limit} {when}, {confidence}: {evidence}."
+                f"over {f.span_days:.0f} days ({f.points} readings, {f.rate_per_day:+.3g}{' ' + unit if unit else ''}"
+                f"/day now)")
+    if f.expected_ms is not None and f.expected_ms <= f.last_ms:
+        return f"{part} is already {rule.direction} {limit}: {evidence}; replace it."
+    likely = f" (most likely {_day(f.expected_ms)})" if f.expected_ms is not None else ""
+    when = (f"from {_day(f.earliest_ms)} on{likely}" if f.latest_ms is None
+            else f"between {_day(f.earliest_ms)} and {_day(f.latest_ms)}{likely}")
+    verb = "fall below" if rule.direction == "below" else "reach"
+    return f"{part} is expected to {verb} {limit} {when}, {f.band:.0%} confidence: {evidence}."
 
 
 def forecast_record(point: dict, rule: Rule, f: Forecast, model: str) -> dict:
