@@ -7,10 +7,13 @@ import threading
 
 import pytest
 
+from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.ops.noc_view import rul_section
 from opsloop.models.rul import DAY_MS, RULES
 from opsloop.schemas.codec import Codec
 from opsloop.streams.rul import RulProcessor, default_trend
+from opsloop.streams.views import ViewsSink
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +81,17 @@ def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_letter
     reasons = sorted(CODEC.decode_as("DeadLetter", m.value())["error_kind"] for m in read_topic(kafka_settings,
                                                                                                 "deadletter"))
     assert reasons == ["decode", "invalid"]
+
+    # the NOC's view: each part's latest forecast, soonest first, rendered as its sentence
+    ViewsSink(kafka_settings, topics=["forecasts.rul"]).run(threading.Event(), exit_when_idle=True)
+    con = open_db(kafka_settings.duckdb_file, read_only=True)
+    try:
+        rows = [dict(zip([d[0] for d in cur.description], row))
+                for cur in [con.execute("SELECT * FROM v_rul_latest ORDER BY earliest")] for row in cur.fetchall()]
+    finally:
+        con.close()
+    assert [r["device"] for r in rows] == ["node7/gpu3", "ess-1"] and rows[1]["text"] == last["text"]
+    assert rows[1]["limit"] == 80.0 and rul_section(rows).count('<div class="forecast">') == 2
 
 
 def test_restart_restores_models_and_learns_nothing_twice(kafka_settings, read_topic):
