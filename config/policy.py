@@ -45,7 +45,7 @@ SCHEMA_VERSION = 2  # the newest policy version (the shipped file)
 READABLE_VERSIONS = (1, 2)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
-                "slurm_requeue", "slurm_suspend", "slurm_resume")
+                "slurm_requeue", "slurm_suspend", "slurm_resume", "slurm_reserve")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 
