@@ -112,6 +112,43 @@ def hourly_slots(profile: HourlyProfile, prices_by_hour: tuple[float, ...], from
     return out
 
 
+@dataclass(frozen=True)
+class MaintenancePlan:
+    """How a GPU part's window is planned: looked for once its forecast band opens within ``horizon_days``;
+    ``lead_days`` before the band, ``notice_h`` ahead at least, ``duration_h`` long (swap and burn-in)."""
+
+    horizon_days: float = 14.0
+    lead_days: float = 1.0
+    notice_h: int = 4
+    duration_h: int = 4
+    gpus_per_node: int = 8
+    kw_per_gpu: float = 0.7  # a busy GPU with its share of the node (the policy's slurm.kw_per_gpu)
+    gpu_hour_value: float = 2.0  # what an hour of a GPU's work is worth, in the tariff's currency
+    prices_by_hour: tuple[float, ...] = (0.06,) * 7 + (0.12,) * 16 + (0.06,)  # per kWh, the peaks' tariff shape
+    target: str = "slurm"  # the Slurm cluster the sink acts on
+
+
+def node_of(device: str) -> str | None:
+    """The node of a GPU device as the DCGM mapping names it (``node7/gpu3`` → ``node7``)."""
+    node, sep, _ = device.partition("/")
+    return node if sep and node else None
+
+
+def propose(forecast: dict, profile: HourlyProfile, plan: MaintenancePlan, now_ms: int) -> dict | None:
+    """The ``slurm_reserve`` Action for a GPU ``RulForecast`` due within the plan's horizon, or None."""
+    node = node_of(forecast["device"])
+    if forecast["family"] != "gpu" or node is None or forecast["earliest_ms"] - now_ms > plan.horizon_days * 86_400_000:
+        return None
+    deadline = forecast["earliest_ms"] - int(plan.lead_days * 86_400_000)
+    hours = max(plan.duration_h, int((deadline - now_ms) // HOUR_MS) + 1)
+    slots = hourly_slots(profile, plan.prices_by_hour, now_ms, hours + plan.notice_h, default_load=100.0)
+    window = plan_window(slots, HOUR_MS, plan.duration_h, deadline, plan.gpus_per_node, 100.0, plan.gpu_hour_value,
+                         plan.gpus_per_node * plan.kw_per_gpu, not_before_ms=now_ms + plan.notice_h * HOUR_MS)
+    if window is None:
+        return None
+    return maintenance_action(forecast, window, plan.target, [node], [], plan.gpus_per_node, now_ms)
+
+
 def _at(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

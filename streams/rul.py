@@ -5,7 +5,10 @@ One ``models.rul.DegradationTrend`` per (site, device, metric) of a metric with 
 and ECC errors, temperatures); every other metric is skipped at the cost of a dict lookup. A
 series publishes a ``RulForecast`` once its band's early edge falls within ``horizon_days``, then
 again whenever ``republish_days`` of event time have passed, so a part's forecast stays fresh
-without one record per reading.
+without one record per reading. A GPU part whose band opens within two weeks also gets one
+maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``actions.proposed`` for
+the guard, at the cheapest hours before the band by the node's own utilisation by hour of day (its
+GPUs' ``gpu_util_pct``) and the tariff.
 
 State and restarts are the anomaly agent's (streams/anomaly.py): the models of source partition P
 are checkpointed to partition P of a compacted changelog with the offset after the last reading
@@ -24,6 +27,7 @@ from opsloop.connectors.changelog import Changelog
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
 from opsloop.models.rollup import value_problem
+from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
 from opsloop.models.rul import DAY_MS, RULES, DegradationTrend, Rule, forecast_record
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
@@ -44,6 +48,7 @@ class Series:
         self.trend = trend
         self.upto = upto
         self.published_ms: int | None = None
+        self.proposed: str | None = None  # the maintenance window proposed for the part (its action id)
 
 
 class RulProcessor(BatchProcessor):
@@ -53,19 +58,22 @@ class RulProcessor(BatchProcessor):
 
     def __init__(self, settings: Settings, rules: dict[str, Rule] = RULES,
                  new_trend: Callable[[Rule], DegradationTrend] = default_trend, horizon_days: float = 365.0,
-                 republish_days: float = 1.0, names: SiteNames | None = None,
+                 republish_days: float = 1.0, maintenance: MaintenancePlan | None = MaintenancePlan(),
+                 names: SiteNames | None = None,
                  wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.rules = rules
         self.new_trend = new_trend
         self.horizon_ms = int(horizon_days * DAY_MS)
         self.republish_ms = int(republish_days * DAY_MS)
+        self.maintenance = maintenance  # None: forecasts only, no windows proposed
+        self.profiles: dict[str, HourlyProfile] = {}  # node → its GPUs' utilisation by hour of day
         self.names = names
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock
         self.now_ms = int(wall_clock() * 1000)
-        self.stats = {"points": 0, "forecasts": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
+        self.stats = {"points": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}
         self.dirty: dict[int, set[str]] = {}
 
@@ -106,6 +114,9 @@ class RulProcessor(BatchProcessor):
             return
         rule = self.rules.get(point["metric"])
         if rule is None:
+            if point["metric"] == "gpu_util_pct" and (node := node_of(point["device"])) is not None:
+                # the load forecast of a node's maintenance window (a hint: not checkpointed, relearnt)
+                self.profiles.setdefault(node, HourlyProfile()).learn_one(point["ts_ms"], point["value"])
             return  # nothing wears out on this metric
         problem = value_problem(point)
         if problem is not None:
@@ -138,9 +149,17 @@ class RulProcessor(BatchProcessor):
             return
         model = ", ".join(f"{k}={v}" for k, v in vars(series.trend).items() if k in (
             "exponent", "half_life_days", "band", "form_spread"))
-        self.emit("forecasts.rul", forecast_record(point, rule, forecast, f"DegradationTrend({model})"))
+        record = forecast_record(point, rule, forecast, f"DegradationTrend({model})")
+        self.emit("forecasts.rul", record)
         series.published_ms = point["ts_ms"]
         self.stats["forecasts"] += 1
+        if self.maintenance is not None and series.proposed is None:
+            node = node_of(point["device"]) or ""
+            action = propose(record, self.profiles.get(node, HourlyProfile()), self.maintenance, point["ts_ms"])
+            if action is not None:
+                self.emit("actions.proposed", action)
+                series.proposed = action["action_id"]
+                self.stats["windows"] += 1
 
     def checkpoint(self, partitions) -> None:
         """Write the changed models, after the forecasts they led to are delivered."""

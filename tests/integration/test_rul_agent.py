@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
+
+from actuation import Running  # the integration tier's helpers
 
 from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
@@ -13,7 +16,10 @@ from opsloop.ops.noc_view import rul_section
 from opsloop.models.rul import DAY_MS, RULES
 from opsloop.schemas.codec import Codec
 from opsloop.streams.rul import RulProcessor, default_trend
+from opsloop.streams.guard import GuardProcessor
 from opsloop.streams.views import ViewsSink
+from opsloop.config.policy import load_policy
+from opsloop.config.site import load_site
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +39,13 @@ def remaps(day: int) -> dict:
     """A GPU remapping one uncorrectable row every 10 days: at the 8-row rule from day 80."""
     return {"ts_ms": START_MS + day * DAY_MS, "site": "demo", "device": "node7/gpu3", "device_type": "gpu",
             "metric": "rows_remapped_uncorrectable", "value": float(day // 10), "unit": "rows", "source": "test"}
+
+
+def utilisation(hour: int) -> dict:
+    """node7's GPUs: busy by day (08:00-20:00 UTC), nearly idle at night."""
+    busy = 8 <= hour % 24 < 20
+    return {"ts_ms": START_MS + hour * 3_600_000, "site": "demo", "device": "node7/gpu3", "device_type": "gpu",
+            "metric": "gpu_util_pct", "value": 95.0 if busy else 10.0, "unit": "%", "source": "test"}
 
 
 def publish(settings, points, raw: list[bytes] = ()) -> None:
@@ -55,12 +68,13 @@ def forecasts(settings, read_topic) -> list[dict]:
 
 def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_lettered(kafka_settings, read_topic):
     rng = random.Random(19)
-    other = {**remaps(0), "metric": "gpu_util_pct", "value": 50.0}  # nothing wears out on it: skipped
-    publish(kafka_settings, [soh(d, rng) for d in range(120)] + [remaps(d) for d in range(60)] + [other] +
-            [{**soh(120, rng), "value": float("nan")}], raw=[b"\x00garbage"])
+    other = {**remaps(0), "metric": "gpu_temp_c", "value": 50.0}  # nothing wears out on it: skipped
+    publish(kafka_settings, [soh(d, rng) for d in range(120)] + [utilisation(h) for h in range(24 * 7)] +
+            [remaps(d) for d in range(75)] + [other] + [{**soh(120, rng), "value": float("nan")}],
+            raw=[b"\x00garbage"])
 
     stats = run_until_idle(kafka_settings)
-    assert stats["points"] == 180 and stats["dead_letters"] == 2
+    assert stats["points"] == 195 and stats["dead_letters"] == 2 and stats["windows"] == 1
 
     got = forecasts(kafka_settings, read_topic)
     battery = [f for f in got if f["device"] == "ess-1"]
@@ -76,6 +90,26 @@ def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_letter
     assert "80% confidence" in last["text"] and "120 readings" in last["text"]
     assert gpu[-1]["earliest_ms"] < START_MS + 90 * DAY_MS and gpu[-1]["latest_ms"] >= START_MS + 80 * DAY_MS
     assert "uncorrectable remapped rows" in gpu[-1]["text"]
+
+    # one maintenance window for node7, at night (idle GPUs, cheap hours), a day before the band opens
+    [proposed] = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    window = next(f for f in gpu if f["ts_ms"] == proposed["created_ms"])
+    start, end = int(proposed["params"]["start_ms"]), int(proposed["params"]["end_ms"])
+    assert proposed["kind"] == "slurm_reserve" and proposed["params"]["nodes"] == "node7"
+    assert end <= window["earliest_ms"] - DAY_MS and end - start == 4 * 3_600_000
+    assert all(not 8 <= (start // 3_600_000 + i) % 24 < 20 for i in range(4))
+    assert proposed["reason"].startswith("Replace gpu node7/gpu3 between ")
+
+    # the guard asks an operator (the policy runs slurm_reserve in approval mode)
+    guard = GuardProcessor(kafka_settings, load_policy(kafka_settings.policy), load_site(kafka_settings.topology),
+                           clock=lambda: proposed["created_ms"] / 1000 + 60)
+    verdicts, deadline = [], time.monotonic() + 60
+    with Running(guard, safety_net_s=90):  # it waits for the operator: it never idles out on its own
+        while not verdicts and time.monotonic() < deadline:
+            verdicts = [CODEC.decode_as("ApprovedAction", m.value())
+                        for m in read_topic(kafka_settings, "actions.approved")]
+    [verdict] = verdicts
+    assert verdict["verdict"] == "needs_approval" and verdict["action"]["action_id"] == proposed["action_id"]
     # one forecast per part and day of event time at most
     assert len({f["ts_ms"] // DAY_MS for f in battery}) == len(battery)
     reasons = sorted(CODEC.decode_as("DeadLetter", m.value())["error_kind"] for m in read_topic(kafka_settings,
