@@ -158,8 +158,9 @@ def maintenance_action(forecast: dict, window: Window, target: str, nodes: list[
     """The ``slurm_reserve`` Action for a ``RulForecast``'s part: reserve its nodes for the window."""
     part = f"{forecast['device_type']} {forecast['device']}"
     urgent = window.reason_code == MAINTENANCE_URGENT
-    reason = (f"Replace {part} between {_at(window.start_ms)} and {_at(window.end_ms)}: "
-              f"{'the earliest window, since its forecast band opens before any window fits' if urgent else 'the cheapest window before its forecast band opens'} "
+    why = ("the earliest window, since its forecast band opens before any window fits" if urgent
+           else "the cheapest window before its forecast band opens")
+    reason = (f"Replace {part} between {_at(window.start_ms)} and {_at(window.end_ms)}: {why} "
               f"on {_at(forecast['earliest_ms'])[:10]} (about {window.cost:,.0f} in displaced work and burn-in energy, "
               f"{window.displaced_gpu_hours:.0f} GPU-hours moved).")
     action = {"kind": "slurm_reserve", "target": target, "site": forecast["site"], "setpoint_kw": None,

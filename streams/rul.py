@@ -73,7 +73,8 @@ class RulProcessor(BatchProcessor):
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock
         self.now_ms = int(wall_clock() * 1000)
-        self.stats = {"points": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
+        self.stats = {"points": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0,
+                      "checkpoints": 0}
         self.series: dict[int, dict[str, Series]] = {}
         self.dirty: dict[int, set[str]] = {}
 

@@ -22,7 +22,8 @@ absolute error as a share of the true remaining life, and whether the 80 % band 
 leave-one-condition-out: each condition is scored with the configuration that did best on the 15
 others (80 % coverage first, then the median error at 50 % of life), and the held-out scores are
 pooled. The band's extra spread for the curve's form (``form_spread``) is chosen the same way: the
-narrowest that covers 80 % on the training conditions. The all-in choice, which becomes the battery default in ``streams/rul.py``, is printed too.
+narrowest that covers 80 % on the training conditions. The all-in choice, which becomes the battery
+default in ``streams/rul.py``, is printed too.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import pytest
 from opsloop.config.assets import POLICY_FILE
 from opsloop.config.policy import load_policy
 from opsloop.models.guard import NEEDS_APPROVAL, REJECTED, PlantState, decide
-from opsloop.models.maintenance import (HOUR_MS, HourlyProfile, hourly_slots, MAINTENANCE_URGENT, MAINTENANCE_WINDOW, Slot, maintenance_action,
-                                        plan_window)
+from opsloop.models.maintenance import (HOUR_MS, MAINTENANCE_URGENT, MAINTENANCE_WINDOW, HourlyProfile, Slot,
+                                        hourly_slots, maintenance_action, plan_window)
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
