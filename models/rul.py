@@ -60,6 +60,7 @@ def rules(min_soh_pct: float = 80.0) -> dict[str, Rule]:
         Rule("rows_remapped_correctable", "above", 512, "correctable remapped rows", "", "gpu"),
         Rule("ecc_dbe_count", "above", 10, "double-bit ECC errors", "", "gpu"),
         Rule("ecc_sbe_count", "above", 10_000, "single-bit ECC errors", "", "gpu"),
+        Rule("xid_count", "above", 5, "XID errors", "", "gpu"),  # counted from xid_last (count_xid)
         Rule("gpu_mem_temp_c", "above", 95, "memory temperature", " °C", "gpu"),
         Rule("temp_c", "above", 27, "temperature", " °C", "cooling"),  # ASHRAE's recommended upper inlet
         Rule("inlet_temp_c", "above", 27, "inlet temperature", " °C", "cooling"),
@@ -69,6 +70,21 @@ def rules(min_soh_pct: float = 80.0) -> dict[str, Rule]:
 
 
 RULES = rules()
+#: Metrics whose readings become another series before they are learnt: the last XID code → XIDs so far.
+DERIVED = {"xid_last": "xid_count"}
+
+
+def count_xid(last_code: int, count: int, code: int) -> tuple[int, int]:
+    """(last code, XIDs so far) after a reading of the last XID code: a new non-zero code is one more XID
+    (the exporter repeats the last code until another comes; the XID alarm reads it the same way).
+
+    >>> state = (0, 0)
+    >>> for code in (0, 79, 79, 48, 0, 48):
+    ...     state = count_xid(*state, code)
+    >>> state
+    (48, 3)
+    """
+    return code, count + (code != 0 and code != last_code)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The rul agent: ``telemetry.raw`` → ``forecasts.rul``, when each part will reach its retirement limit.
 
 One ``models.rul.DegradationTrend`` per (site, device, metric) of a metric with a retirement rule
-(``models.rul.rules``: battery health against the policy's ``pcs.min_soh_pct``, GPU remapped rows
-and ECC errors, temperatures); every other metric is skipped at the cost of a dict lookup. A
+(``models.rul.rules``: battery health against the policy's ``pcs.min_soh_pct``, GPU remapped rows,
+ECC errors and XIDs counted from the last XID code, temperatures); every other metric is skipped at the cost of a dict lookup. A
 series publishes a ``RulForecast`` once its band's early edge falls within ``horizon_days``, then
 again whenever ``republish_days`` of event time have passed, so a part's forecast stays fresh
 without one record per reading. A GPU part whose band opens within two weeks also gets one
@@ -28,7 +28,7 @@ from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
 from opsloop.models.rollup import value_problem
 from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
-from opsloop.models.rul import DAY_MS, RULES, DegradationTrend, Rule, forecast_record
+from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Rule, count_xid, forecast_record
 from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
@@ -49,6 +49,7 @@ class Series:
         self.upto = upto
         self.published_ms: int | None = None
         self.proposed: str | None = None  # the maintenance window proposed for the part (its action id)
+        self.last_xid, self.xids = 0, 0  # the last XID code read and the XIDs so far (xid_count only)
 
 
 class RulProcessor(BatchProcessor):
@@ -113,7 +114,8 @@ class RulProcessor(BatchProcessor):
         except DecodeError as exc:
             self.dead_letter(msg, "decode", exc.reason)
             return
-        rule = self.rules.get(point["metric"])
+        metric = DERIVED.get(point["metric"], point["metric"])
+        rule = self.rules.get(metric)
         if rule is None:
             if point["metric"] == "gpu_util_pct" and (node := node_of(point["device"])) is not None:
                 # the load forecast of a node's maintenance window (a hint: not checkpointed, relearnt)
@@ -131,7 +133,7 @@ class RulProcessor(BatchProcessor):
         if refused is not None:
             self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
             return
-        key = f"{point['site']}|{point['device']}|{point['metric']}"
+        key = f"{point['site']}|{point['device']}|{metric}"
         owned = self.series.setdefault(partition, {})
         series = owned.get(key)
         if series is None:
@@ -139,6 +141,9 @@ class RulProcessor(BatchProcessor):
         elif offset < series.upto:
             self.stats["replayed_skipped"] += 1
             return
+        if metric == "xid_count":  # the XIDs so far, learnt as a count
+            series.last_xid, series.xids = count_xid(series.last_xid, series.xids, int(point["value"]))
+            point = {**point, "metric": metric, "value": float(series.xids), "unit": "errors"}
         series.trend.learn_one(point["ts_ms"], point["value"])
         series.upto = offset + 1
         self.dirty.setdefault(partition, set()).add(key)

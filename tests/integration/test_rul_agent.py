@@ -69,17 +69,21 @@ def forecasts(settings, read_topic) -> list[dict]:
 def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_lettered(kafka_settings, read_topic):
     rng = random.Random(19)
     other = {**remaps(0), "metric": "gpu_temp_c", "value": 50.0}  # nothing wears out on it: skipped
+    xids = [{**remaps(d), "device": "node8/gpu0", "metric": "xid_last", "unit": "code",
+             "value": float(79 if (d // 8) % 2 else 48)} for d in range(30)]  # a new XID every 8 days
     publish(kafka_settings, [soh(d, rng) for d in range(120)] + [utilisation(h) for h in range(24 * 7)] +
-            [remaps(d) for d in range(75)] + [other] + [{**soh(120, rng), "value": float("nan")}],
+            [remaps(d) for d in range(75)] + xids + [other] + [{**soh(120, rng), "value": float("nan")}],
             raw=[b"\x00garbage"])
 
     stats = run_until_idle(kafka_settings)
-    assert stats["points"] == 195 and stats["dead_letters"] == 2 and stats["windows"] == 1
+    assert stats["points"] == 225 and stats["dead_letters"] == 2 and stats["windows"] == 2
 
     got = forecasts(kafka_settings, read_topic)
     battery = [f for f in got if f["device"] == "ess-1"]
     gpu = [f for f in got if f["device"] == "node7/gpu3"]
-    assert battery and gpu and len(got) == len(battery) + len(gpu)
+    xid = [f for f in got if f["device"] == "node8/gpu0"]
+    assert battery and gpu and xid and len(got) == len(battery) + len(gpu) + len(xid)
+    assert xid[-1]["metric"] == "xid_count" and xid[-1]["value"] == 4.0 and "XID errors" in xid[-1]["text"]
     last = battery[-1]
     truth_ms = START_MS + 232 * DAY_MS
     assert last["ts_ms"] == START_MS + 119 * DAY_MS and last["reason_code"] == "LIMIT_FORECAST"
@@ -91,8 +95,10 @@ def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_letter
     assert gpu[-1]["earliest_ms"] < START_MS + 90 * DAY_MS and gpu[-1]["latest_ms"] >= START_MS + 80 * DAY_MS
     assert "uncorrectable remapped rows" in gpu[-1]["text"]
 
-    # one maintenance window for node7, at night (idle GPUs, cheap hours), a day before the band opens
-    [proposed] = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    # one maintenance window per node: node7's at night (idle GPUs, cheap hours), a day before the band opens
+    windows = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    assert sorted(w["params"]["nodes"] for w in windows) == ["node7", "node8"]
+    [proposed] = [w for w in windows if w["params"]["nodes"] == "node7"]
     window = next(f for f in gpu if f["ts_ms"] == proposed["created_ms"])
     start, end = int(proposed["params"]["start_ms"]), int(proposed["params"]["end_ms"])
     assert proposed["kind"] == "slurm_reserve" and proposed["params"]["nodes"] == "node7"
@@ -106,8 +112,9 @@ def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_letter
     verdicts, deadline = [], time.monotonic() + 60
     with Running(guard, safety_net_s=90):  # it waits for the operator: it never idles out on its own
         while not verdicts and time.monotonic() < deadline:
-            verdicts = [CODEC.decode_as("ApprovedAction", m.value())
-                        for m in read_topic(kafka_settings, "actions.approved")]
+            verdicts = [v for m in read_topic(kafka_settings, "actions.approved")
+                        if (v := CODEC.decode_as("ApprovedAction", m.value()))["action"]["action_id"]
+                        == proposed["action_id"]]
     [verdict] = verdicts
     assert verdict["verdict"] == "needs_approval" and verdict["action"]["action_id"] == proposed["action_id"]
     # one forecast per part and day of event time at most
@@ -124,8 +131,8 @@ def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_letter
                 for cur in [con.execute("SELECT * FROM v_rul_latest ORDER BY earliest")] for row in cur.fetchall()]
     finally:
         con.close()
-    assert [r["device"] for r in rows] == ["node7/gpu3", "ess-1"] and rows[1]["text"] == last["text"]
-    assert rows[1]["limit"] == 80.0 and rul_section(rows).count('<div class="forecast">') == 2
+    assert [r["device"] for r in rows] == ["node8/gpu0", "node7/gpu3", "ess-1"] and rows[2]["text"] == last["text"]
+    assert rows[2]["limit"] == 80.0 and rul_section(rows).count('<div class="forecast">') == 3
 
 
 def test_restart_restores_models_and_learns_nothing_twice(kafka_settings, read_topic):

@@ -93,3 +93,16 @@ def test_a_trend_pickles_to_the_same_forecast():
     again = pickle.loads(pickle.dumps(trend))
     assert again.forecast(80, "below") == trend.forecast(80, "below")
     assert again.configuration() == trend.configuration()
+
+
+def test_xids_are_counted_from_the_last_code_and_dated_against_the_rule():
+    from opsloop.models.rul import count_xid
+
+    state, counts = (0, 0), []
+    for day in range(40):  # a new XID every 8 days, the code repeated in between
+        state = count_xid(*state, 79 if (day // 8) % 2 else 48)
+        counts.append(state[1])
+    assert counts[:9] == [1] * 8 + [2] and counts[-1] == 5
+    f = fed(DegradationTrend(min_span_days=1.0), counts[:30]).forecast(RULES["xid_count"].limit, "above")
+    # the fifth XID comes on day 32; a line through a staircase is late by up to one step (8 days)
+    assert 32 * DAY_MS <= f.expected_ms <= 40 * DAY_MS and f.earliest_ms < f.expected_ms < f.latest_ms
