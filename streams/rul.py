@@ -2,8 +2,8 @@
 
 One ``models.rul.DegradationTrend`` per (site, device, metric) of a metric with a retirement rule
 (``models.rul.rules``: battery health against the policy's ``pcs.min_soh_pct``, GPU remapped rows,
-ECC errors and XIDs counted from the last XID code, temperatures); every other metric is skipped at the cost of a dict lookup. A
-series publishes a ``RulForecast`` once its band's early edge falls within ``horizon_days``, then
+ECC errors and XIDs counted from the last XID code, temperatures); every other metric is skipped
+at the cost of a dict lookup. A series publishes a ``RulForecast`` once its band's early edge falls within ``horizon_days``, then
 again whenever ``republish_days`` of event time have passed, so a part's forecast stays fresh
 without one record per reading. A GPU part whose band opens within two weeks also gets one
 maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``actions.proposed`` for
