@@ -61,6 +61,7 @@ def rules(min_soh_pct: float = 80.0) -> dict[str, Rule]:
         Rule("ecc_dbe_count", "above", 10, "double-bit ECC errors", "", "gpu"),
         Rule("ecc_sbe_count", "above", 10_000, "single-bit ECC errors", "", "gpu"),
         Rule("xid_count", "above", 5, "XID errors", "", "gpu"),  # counted from xid_last (count_xid)
+        Rule("thermal_throttle_pct", "above", 10, "share of time throttled for heat", "%", "gpu"),
         Rule("gpu_mem_temp_c", "above", 95, "memory temperature", " °C", "gpu"),
         Rule("temp_c", "above", 27, "temperature", " °C", "cooling"),  # ASHRAE's recommended upper inlet
         Rule("inlet_temp_c", "above", 27, "inlet temperature", " °C", "cooling"),

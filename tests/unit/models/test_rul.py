@@ -106,3 +106,16 @@ def test_xids_are_counted_from_the_last_code_and_dated_against_the_rule():
     f = fed(DegradationTrend(min_span_days=1.0), counts[:30]).forecast(RULES["xid_count"].limit, "above")
     # the fifth XID comes on day 32; a line through a staircase is late by up to one step (8 days)
     assert 32 * DAY_MS <= f.expected_ms <= 40 * DAY_MS and f.earliest_ms < f.expected_ms < f.latest_ms
+
+
+def test_thermal_throttling_from_dcgm_becomes_a_share_of_time_dated_against_its_rule():
+    from opsloop.models.prom_metrics import DCGM, CounterRates
+
+    spec = DCGM["DCGM_FI_DEV_THERMAL_VIOLATION"]
+    rates = CounterRates()
+    rates.update(("g",), 0, 0.0)
+    rate = rates.update(("g",), 1_000, 50_000.0)  # 50 ms throttled in one second: 5 % of the time
+    assert spec.metric == "thermal_throttle_pct" and rate * spec.scale == pytest.approx(5.0)
+    rule = RULES["thermal_throttle_pct"]
+    f = fed(DegradationTrend(min_span_days=1.0), [1 + 0.2 * d for d in range(30)]).forecast(rule.limit, rule.direction)
+    assert f.earliest_ms <= 45 * DAY_MS <= f.latest_ms  # 10 % on day 45
