@@ -137,6 +137,11 @@ class DegradationTrend:
         return (type(self).__name__, self.exponent, self.half_life_days, self.band, self.form_spread, self.min_points,
                 self.min_span_days, self.horizon_days)
 
+    def describe(self) -> str:
+        """The configuration as a forecast record names it."""
+        return (f"DegradationTrend(exponent={self.exponent:g}, half_life_days={self.half_life_days}, "
+                f"band={self.band:g}, form_spread={self.form_spread:g})")
+
     def _x(self, ts_ms: int) -> float:
         return max(0.0, (ts_ms - self.origin_ms) / DAY_MS) ** self.exponent
 

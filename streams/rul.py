@@ -153,9 +153,7 @@ class RulProcessor(BatchProcessor):
         forecast = series.trend.forecast(rule.limit, rule.direction)
         if forecast is None or forecast.earliest_ms - forecast.last_ms > self.horizon_ms:
             return
-        model = ", ".join(f"{k}={v}" for k, v in vars(series.trend).items() if k in (
-            "exponent", "half_life_days", "band", "form_spread"))
-        record = forecast_record(point, rule, forecast, f"DegradationTrend({model})")
+        record = forecast_record(point, rule, forecast, series.trend.describe())
         self.emit("forecasts.rul", record)
         series.published_ms = point["ts_ms"]
         self.stats["forecasts"] += 1
