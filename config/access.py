@@ -70,6 +70,7 @@ PRINCIPALS: dict[str, Access] = {
                        groups=("llm-sink",)),
     "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER,), groups=("views",)),
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
+    "rul": Access(reads=("telemetry.raw",), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
 }
 

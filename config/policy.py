@@ -47,7 +47,8 @@ SCHEMA_VERSION = 3  # the newest policy version (the shipped file)
 READABLE_VERSIONS = (1, 2, 3)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
-                "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap")
+                "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
+                "slurm_reserve")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 

@@ -77,6 +77,14 @@ SELECT site, event_ts(issued_ms) AS issued, horizon_s, predicted_peak_kw, event_
 FROM forecasts_peak
 QUALIFY row_number() OVER (PARTITION BY site ORDER BY issued_ms DESC, _partition DESC, _offset DESC) = 1;
 
+-- Latest remaining-useful-life forecast per part and metric, soonest first (forecasts.rul).
+CREATE OR REPLACE VIEW v_rul_latest AS
+SELECT site, device, device_type, metric, family, event_ts(ts_ms) AS issued, event_ts(expected_ms) AS expected,
+       event_ts(earliest_ms) AS earliest, event_ts(latest_ms) AS latest, band, value, "limit", rate_per_day,
+       reason_code, text, model
+FROM forecasts_rul
+QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
+
 -- One row per action: what was proposed, the guard's latest verdict, and the latest result.
 CREATE OR REPLACE VIEW v_actions AS
 WITH proposed AS (

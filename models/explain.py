@@ -91,6 +91,7 @@ _VERBS = {
     "slurm_resume": "Resume {jobs} on {target}",
     "llm_shift": "Shift LLM traffic on {target} from the large model to the small one",
     "llm_cap": "Cap concurrent LLM requests per server on {target}",
+    "slurm_reserve": "Reserve {nodes} on {target} for maintenance",
 }
 
 
@@ -108,11 +109,17 @@ class ActionAdvisor:
 
     @component.output_types(text=str, reason_code=str | None)
     def run(self, action: dict) -> dict:
-        setpoint = action.get("setpoint_kw")
+        setpoint, params = action.get("setpoint_kw"), action.get("params") or {}
         line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
-                                             setpoint=power(abs(setpoint)) if setpoint is not None else "")
-        line += (f" until {clock(action['expires_ms'])}"
-                 f" ({duration(action['expires_ms'] - action['created_ms'])})")
+                                             setpoint=power(abs(setpoint)) if setpoint is not None else "",
+                                             nodes=params.get("nodes", "nodes"))
+        window = (params.get("start_ms", ""), params.get("end_ms", ""))
+        if action["kind"] == "slurm_reserve" and all(edge.isdigit() for edge in window):
+            start, end = int(params["start_ms"]), int(params["end_ms"])  # the window, not the proposal's life
+            line += f" from {format_ms(start, '%Y-%m-%d %H:%M UTC')} ({duration(end - start)})"
+        else:
+            line += (f" until {clock(action['expires_ms'])}"
+                     f" ({duration(action['expires_ms'] - action['created_ms'])})")
         effects = []
         if action.get("shed_kw"):
             effects.append(f"sheds {power(action['shed_kw'])} of GPU load")

@@ -121,7 +121,8 @@ NO_LLM_POLICY = "no_llm_policy"  # the policy has no llm section: the LLM lever 
 OVER_SHIFT_LIMIT = "over_shift_limit"  # llm_shift moves more of the large model's traffic than the policy allows
 UNDER_MIN_MAXCONN = "under_min_maxconn"  # llm_cap leaves a server fewer concurrent requests than the policy allows
 LLM_LEVER_BUSY = "llm_lever_busy"  # an approved action of the same kind still holds on the same backend
-REASON_CODES = frozenset({NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
+OVER_MAX_WINDOW = "over_max_window"  # a maintenance reservation longer than MAX_MAINTENANCE_S
+REASON_CODES = frozenset({OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
     WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
     OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
     INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
@@ -136,6 +137,8 @@ FEEDBACK_BEFORE_ACTION = "feedback_before_action"  # given before the action was
 FEEDBACK_LATE = "feedback_late"  # after the approval request lapsed or the action expired
 FEEDBACK_CODES = frozenset({FEEDBACK_UNAUTHENTIC, FEEDBACK_UNKNOWN_ACTION, FEEDBACK_REPLAY, FEEDBACK_BEFORE_ACTION,
                             FEEDBACK_LATE})
+MAINTENANCE = "slurm_reserve"  # reserves nodes for a window ahead: it displaces no running job
+MAX_MAINTENANCE_S = 12 * 3600  # one replacement, burn-in included; longer work is planned by people
 UNDOES = {"slurm_release": ("slurm_hold", "slurm_requeue"), "slurm_resume": ("slurm_suspend",)}
 
 
@@ -444,6 +447,33 @@ def llm_problems(action: Mapping, limits: LlmLimits | None, now_ms: int, holding
     return problems
 
 
+def maintenance_problems(action: Mapping, now_ms: int) -> list[Reason]:
+    """A maintenance reservation names its nodes and a window that starts ahead and is not too long.
+
+    It takes no job away (Slurm schedules nothing into a reservation; jobs running at its start were
+    started knowing of it), so the partitions' protection and the shedding budgets do not apply.
+
+    >>> act = {"params": {"nodes": "gpu-a1", "start_ms": "7200000", "end_ms": "21600000"}}
+    >>> maintenance_problems(act, now_ms=0)
+    []
+    >>> [r.code for r in maintenance_problems({"params": {"nodes": "gpu-a1", "start_ms": "0", "end_ms": "1"}}, 5)]
+    ['invalid_params']
+    """
+    params = action.get("params", {})
+    if not [n for n in params.get("nodes", "").split(",") if n.strip()]:
+        return [Reason(INVALID_PARAMS, "a maintenance reservation must name its nodes (params.nodes)")]
+    try:
+        start_ms, end_ms = int(params["start_ms"]), int(params["end_ms"])
+    except (KeyError, ValueError):
+        return [Reason(INVALID_PARAMS, "params.start_ms and params.end_ms must be whole milliseconds")]
+    if not now_ms < start_ms < end_ms:
+        return [Reason(INVALID_PARAMS, "the window must start ahead of now and end after it starts")]
+    if (end_ms - start_ms) / 1000 > MAX_MAINTENANCE_S:
+        return [Reason(OVER_MAX_WINDOW, f"the window lasts {(end_ms - start_ms) / 3_600_000:g} h, longer than "
+                                        f"{MAX_MAINTENANCE_S / 3600:g} h")]
+    return []
+
+
 def undo_problems(action: Mapping, approved: Mapping[str, Mapping]) -> list[Reason]:
     """A release or resume naming ``params.undo_of`` may only undo a shedding action the guard approved, proposed
     by the same proposer for the same target and site.
@@ -515,6 +545,8 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
         return Decision.of(REJECTED, [Reason(EXPIRED, f"expired {(now_ms - action['expires_ms']) / 1000:g} s ago")])
     if kind in PCS_KINDS:
         problems = pcs_problems(action, state.ess, policy, now_ms)
+    elif kind == MAINTENANCE:
+        problems = maintenance_problems(action, now_ms)
     elif kind.startswith("slurm_"):
         problems = slurm_problems(action, policy, now_ms, state.slurm_spent) + undo_problems(action, state.approved)
     elif kind in LLM_KINDS:

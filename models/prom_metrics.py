@@ -106,6 +106,8 @@ DCGM = {
     "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": MetricMap("rows_remapped_uncorrectable", "rows", **_G),
     "DCGM_FI_DEV_ROW_REMAP_FAILURE": MetricMap("row_remap_failure", "flag", combine="max", **_G),
     "DCGM_FI_DEV_XID_ERRORS": MetricMap("xid_last", "code", xid=True, **_G),
+    # µs throttled for heat, a counter: its rate over 1e6 µs/s is the share of time throttled
+    "DCGM_FI_DEV_THERMAL_VIOLATION": MetricMap("thermal_throttle_pct", "%", 1e-4, rate=True, **_G),
 }
 
 MAPPINGS = {"node": NODE, "vllm": VLLM, "dcgm": DCGM}

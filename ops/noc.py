@@ -58,6 +58,7 @@ QUERIES = {
     "power": "SELECT * FROM v_site_power QUALIFY row_number() OVER (PARTITION BY site ORDER BY minute DESC) = 1 "
              "ORDER BY site",
     "forecasts": "SELECT * FROM v_forecasts_latest ORDER BY site",
+    "rul": f"SELECT * FROM v_rul_latest ORDER BY earliest, device LIMIT {MAX_ROWS}",
     "incidents": "SELECT i.*, n.text AS narrative, n.citations, n.grounded, n.model AS narrative_model "
                  "FROM v_incidents i LEFT JOIN v_narratives n USING (incident_id) "
                  "WHERE i.state <> 'resolved' AND i.merged_into IS NULL "

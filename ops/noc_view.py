@@ -51,6 +51,7 @@ class Screen:
 
     power: list[dict] = field(default_factory=list)
     forecasts: list[dict] = field(default_factory=list)
+    rul: list[dict] = field(default_factory=list)  # the latest part-life forecasts, soonest first
     incidents: list[dict] = field(default_factory=list)
     actions: list[dict] = field(default_factory=list)
     dead_letters: int = 0
@@ -143,6 +144,14 @@ def forecasts_section(rows: list[dict]) -> str:
             f'{text(r.get("predicted_peak_at"))}; threshold {number(r.get("threshold_kw"), 0, " kW")}; '
             f'issued {text(r.get("issued"))} by {text(r.get("model"))}</p></div>')
     return "".join(parts)
+
+
+def rul_section(rows: list[dict]) -> str:
+    """Each part's latest remaining-life forecast: its sentence, soonest first."""
+    if not rows:
+        return _empty("No part is forecast to reach a retirement limit.")
+    return "".join(f'<div class="forecast"><p>{text(r.get("text"))}</p><p class="meta">{text(r.get("reason_code"))}; '
+                   f'issued {text(r.get("issued"))} by {text(r.get("model"))}</p></div>' for r in rows)
 
 
 def incidents_section(rows: list[dict]) -> str:
@@ -264,6 +273,7 @@ def render_page(screen: Screen | None, *, viewer: Viewer, source: str, refresh_s
         pending = sum(is_pending(a) for a in screen.actions)
         body = (f"<h2>Site power now</h2>{power_section(screen.power)}"
                 f"<h2>Peak forecast</h2>{forecasts_section(screen.forecasts)}"
+                f"<h2>Parts wearing out ({len(screen.rul)})</h2>{rul_section(screen.rul)}"
                 f"<h2>Open incidents ({len(screen.incidents)})</h2>{incidents_section(screen.incidents)}"
                 f"<h2>Actions ({pending} waiting for approval)</h2>"
                 f"{actions_section(screen.actions, viewer.csrf, viewer.may_approve)}"

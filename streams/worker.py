@@ -142,6 +142,19 @@ def _peaks(settings: Settings, site: Site) -> Processor:
 
 
 AGENTS["peaks"] = _peaks  # peak shaving (issue 3)
+
+
+def _rul(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.policy import load_policy
+    from opsloop.models.rul import rules
+    from opsloop.streams.rul import RulProcessor
+
+    # a battery is due when its health reaches the policy's floor for using it
+    return RulProcessor(settings, rules(load_policy(settings.policy).pcs.min_soh_pct),
+                        names=site_names(settings, site), wall_clock=settings.clock())
+
+
+AGENTS["rul"] = _rul  # remaining useful life (issue 19)
 FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 

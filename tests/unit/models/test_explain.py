@@ -48,3 +48,16 @@ def test_action_lines(changes, expected):
 def test_an_action_line_carries_its_proposers_reason_code():
     assert ActionAdvisor().run(action(reason_code="recharge_valley"))["reason_code"] == "recharge_valley"
     assert ActionAdvisor().run(action())["reason_code"] is None  # an older record, or a proposer without codes
+
+
+def test_a_maintenance_reservation_reads_as_its_window_and_why():
+    from opsloop.models.maintenance import HOUR_MS, Window, maintenance_action
+
+    forecast = {"site": "demo", "device": "node7/gpu3", "device_type": "gpu", "metric": "ecc_dbe_count",
+                "earliest_ms": 10 * 24 * HOUR_MS}
+    action = maintenance_action(forecast, Window(2 * HOUR_MS, 6 * HOUR_MS, 12.5, 3.2, "maintenance_window"),
+                                "slurm", ["node7"], [], 8, now_ms=0)
+    text = ActionAdvisor().run(action)["text"]
+    assert text.startswith("Reserve node7 on slurm for maintenance from 1970-01-01 02:00 UTC (4 h 0 min): no job is")
+    assert "Why: Replace gpu node7/gpu3 between 1970-01-01 02:00 UTC and 1970-01-01 06:00 UTC" in text
+    assert text.endswith("Low risk, proposed by rul.")

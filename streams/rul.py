@@ -1,0 +1,174 @@
+"""The rul agent: ``telemetry.raw`` → ``forecasts.rul``, when each part will reach its retirement limit.
+
+One ``models.rul.DegradationTrend`` per (site, device, metric) of a metric with a retirement rule
+(``models.rul.rules``: battery health against the policy's ``pcs.min_soh_pct``, GPU remapped rows,
+ECC errors and XIDs counted from the last XID code, temperatures); every other metric is skipped
+at the cost of a dict lookup. A series publishes a ``RulForecast`` once its band's early edge falls within ``horizon_days``, then
+again whenever ``republish_days`` of event time have passed, so a part's forecast stays fresh
+without one record per reading. A GPU part whose band opens within two weeks also gets one
+maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``actions.proposed`` for
+the guard, at the cheapest hours before the band by the node's own utilisation by hour of day (its
+GPUs' ``gpu_util_pct``) and the tariff.
+
+State and restarts are the anomaly agent's (streams/anomaly.py): the models of source partition P
+are checkpointed to partition P of a compacted changelog with the offset after the last reading
+each learnt, before the source offsets are committed; a replayed reading is skipped, and a model
+saved under another configuration restarts afresh.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Callable
+
+from opsloop.config.settings import Settings
+from opsloop.connectors.changelog import Changelog
+from opsloop.models.event_time import EventTimeBounds
+from opsloop.models.names import SiteNames
+from opsloop.models.rollup import value_problem
+from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
+from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Rule, count_xid, forecast_record
+from opsloop.schemas.codec import DecodeError
+from opsloop.streams.processor import BatchProcessor
+
+
+def default_trend(rule: Rule) -> DegradationTrend:
+    """Batteries: the configuration ``opsloop eval rul`` chose (leave-one-condition-out); the rest: a
+    straight line over a month's half-life (no public failure data to choose by; see the README)."""
+    if rule.family == "battery":
+        return DegradationTrend(exponent=0.55, half_life_days=365.0, form_spread=0.04)
+    return DegradationTrend(exponent=1.0, half_life_days=30.0, form_spread=0.1, min_span_days=1.0)
+
+
+class Series:
+    """A model, the offset after the last reading it learnt, and when it last published."""
+
+    def __init__(self, trend: DegradationTrend, upto: int = -1):
+        self.trend = trend
+        self.upto = upto
+        self.published_ms: int | None = None
+        self.proposed: str | None = None  # the maintenance window proposed for the part (its action id)
+        self.last_xid, self.xids = 0, 0  # the last XID code read and the XIDs so far (xid_count only)
+
+
+class RulProcessor(BatchProcessor):
+    name = "rul"
+    source = "telemetry.raw"
+    commit_stat = "checkpoints"
+
+    def __init__(self, settings: Settings, rules: dict[str, Rule] = RULES,
+                 new_trend: Callable[[Rule], DegradationTrend] = default_trend, horizon_days: float = 365.0,
+                 republish_days: float = 1.0, maintenance: MaintenancePlan | None = MaintenancePlan(),
+                 names: SiteNames | None = None,
+                 wall_clock: Callable[[], float] = time.time, **kwargs):
+        super().__init__(settings, **kwargs)
+        self.rules = rules
+        self.new_trend = new_trend
+        self.horizon_ms = int(horizon_days * DAY_MS)
+        self.republish_ms = int(republish_days * DAY_MS)
+        self.maintenance = maintenance  # None: forecasts only, no windows proposed
+        self.profiles: dict[str, HourlyProfile] = {}  # node → its GPUs' utilisation by hour of day
+        self.names = names
+        self.commit_every_s = settings.anomaly_checkpoint_s
+        self.bounds = EventTimeBounds.from_settings(settings)
+        self.wall_clock = wall_clock
+        self.now_ms = int(wall_clock() * 1000)
+        self.stats = {"points": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0,
+                      "checkpoints": 0}
+        self.series: dict[int, dict[str, Series]] = {}
+        self.dirty: dict[int, set[str]] = {}
+
+    def setup(self, cons) -> None:
+        partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
+        self.changelog = Changelog(self.settings, f"{self.name}-state", partitions)
+
+    def on_assign(self, cons, partitions) -> None:
+        restored = self.changelog.restore([p.partition for p in partitions])
+        for p, states in restored.items():
+            series = {key.decode(): pickle.loads(value) for key, value in states.items()}
+            self.series[p] = {k: s for k, s in series.items() if self._current(k, s)}
+            self.dirty[p] = set()
+        self.log.info("rul assigned partitions %s, %d series restored", sorted(restored),
+                      sum(len(self.series[p]) for p in restored))
+
+    def _current(self, key: str, series: Series) -> bool:
+        """A restored model is kept only under the rule and configuration this agent runs."""
+        rule = self.rules.get(key.rsplit("|", 1)[1])
+        return rule is not None and series.trend.configuration() == self.new_trend(rule).configuration()
+
+    def on_revoke(self, cons, partitions) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.commit(cons, gone)
+        for _, p in gone:
+            self.series.pop(p, None)
+            self.dirty.pop(p, None)
+
+    def before_batch(self) -> None:
+        self.now_ms = int(self.wall_clock() * 1000)
+
+    def handle(self, msg) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        try:
+            point = self.codec.decode_as("TelemetryPoint", msg.value())
+        except DecodeError as exc:
+            self.dead_letter(msg, "decode", exc.reason)
+            return
+        metric = DERIVED.get(point["metric"], point["metric"])
+        rule = self.rules.get(metric)
+        if rule is None:
+            if point["metric"] == "gpu_util_pct" and (node := node_of(point["device"])) is not None:
+                # the load forecast of a node's maintenance window (a hint: not checkpointed, relearnt)
+                self.profiles.setdefault(node, HourlyProfile()).learn_one(point["ts_ms"], point["value"])
+            return  # nothing wears out on this metric
+        problem = value_problem(point)
+        if problem is not None:
+            self.dead_letter(msg, "invalid", problem)
+            return
+        unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
+        if unknown is not None:
+            self.dead_letter(msg, "unknown", unknown)
+            return
+        refused = self.bounds.check(point["ts_ms"], None, None, self.now_ms)  # it would date the forecast
+        if refused is not None:
+            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
+            return
+        key = f"{point['site']}|{point['device']}|{metric}"
+        owned = self.series.setdefault(partition, {})
+        series = owned.get(key)
+        if series is None:
+            series = owned[key] = Series(self.new_trend(rule))
+        elif offset < series.upto:
+            self.stats["replayed_skipped"] += 1
+            return
+        if metric == "xid_count":  # the XIDs so far, learnt as a count
+            series.last_xid, series.xids = count_xid(series.last_xid, series.xids, int(point["value"]))
+            point = {**point, "metric": metric, "value": float(series.xids), "unit": "errors"}
+        series.trend.learn_one(point["ts_ms"], point["value"])
+        series.upto = offset + 1
+        self.dirty.setdefault(partition, set()).add(key)
+        self.stats["points"] += 1
+        if series.published_ms is not None and point["ts_ms"] - series.published_ms < self.republish_ms:
+            return
+        forecast = series.trend.forecast(rule.limit, rule.direction)
+        if forecast is None or forecast.earliest_ms - forecast.last_ms > self.horizon_ms:
+            return
+        record = forecast_record(point, rule, forecast, series.trend.describe())
+        self.emit("forecasts.rul", record)
+        series.published_ms = point["ts_ms"]
+        self.stats["forecasts"] += 1
+        if self.maintenance is not None and series.proposed is None:
+            node = node_of(point["device"]) or ""
+            action = propose(record, self.profiles.get(node, HourlyProfile()), self.maintenance, point["ts_ms"])
+            if action is not None:
+                self.emit("actions.proposed", action)
+                series.proposed = action["action_id"]
+                self.stats["windows"] += 1
+
+    def checkpoint(self, partitions) -> None:
+        """Write the changed models, after the forecasts they led to are delivered."""
+        for _, p in partitions:
+            for key in self.dirty.get(p, ()):
+                self.changelog.write(self.prod, p, key.encode(),
+                                     pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
+            self.dirty[p] = set()

@@ -1,0 +1,155 @@
+"""The rul agent on the real broker: battery and GPU forecasts, dead letters, models across a restart."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from actuation import Running  # the integration tier's helpers
+
+from opsloop.connectors.duckdb import open_db
+from opsloop.connectors.kafka import producer, send, wait_delivered
+from opsloop.ops.noc_view import rul_section
+from opsloop.models.rul import DAY_MS, RULES
+from opsloop.schemas.codec import Codec
+from opsloop.streams.rul import RulProcessor, default_trend
+from opsloop.streams.guard import GuardProcessor
+from opsloop.streams.views import ViewsSink
+from opsloop.config.policy import load_policy
+from opsloop.config.site import load_site
+
+pytestmark = pytest.mark.integration
+
+CODEC = Codec.default()
+START_MS = 1_767_225_600_000  # 2026-01-01
+NOW_S = (START_MS + 400 * DAY_MS) / 1000  # the processing clock: after every reading
+
+
+def soh(day: int, rng: random.Random) -> dict:
+    """A cell fading as 100 - day**0.55 (80 % at day 232), read daily with BMS noise."""
+    value = round(100.0 - day ** 0.55 + rng.gauss(0, 0.2), 1)
+    return {"ts_ms": START_MS + day * DAY_MS, "site": "demo", "device": "ess-1", "device_type": "ess",
+            "metric": "ess_soh_pct", "value": value, "unit": "%", "source": "test"}
+
+
+def remaps(day: int) -> dict:
+    """A GPU remapping one uncorrectable row every 10 days: at the 8-row rule from day 80."""
+    return {"ts_ms": START_MS + day * DAY_MS, "site": "demo", "device": "node7/gpu3", "device_type": "gpu",
+            "metric": "rows_remapped_uncorrectable", "value": float(day // 10), "unit": "rows", "source": "test"}
+
+
+def utilisation(hour: int) -> dict:
+    """node7's GPUs: busy by day (08:00-20:00 UTC), nearly idle at night."""
+    busy = 8 <= hour % 24 < 20
+    return {"ts_ms": START_MS + hour * 3_600_000, "site": "demo", "device": "node7/gpu3", "device_type": "gpu",
+            "metric": "gpu_util_pct", "value": 95.0 if busy else 10.0, "unit": "%", "source": "test"}
+
+
+def publish(settings, points, raw: list[bytes] = ()) -> None:
+    prod = producer(settings)
+    topic = settings.topic("telemetry.raw")
+    for p in points:
+        send(prod, topic, p["device"].encode(), CODEC.encode("TelemetryPoint", p))
+    for r in raw:
+        send(prod, topic, b"ess-1", r)
+    wait_delivered(prod)
+
+
+def run_until_idle(settings) -> dict:
+    return RulProcessor(settings, wall_clock=lambda: NOW_S).run(threading.Event(), exit_when_idle=True)
+
+
+def forecasts(settings, read_topic) -> list[dict]:
+    return [CODEC.decode_as("RulForecast", m.value()) for m in read_topic(settings, "forecasts.rul")]
+
+
+def test_battery_and_gpu_forecasts_hold_the_truth_and_bad_points_are_dead_lettered(kafka_settings, read_topic):
+    rng = random.Random(19)
+    other = {**remaps(0), "metric": "gpu_temp_c", "value": 50.0}  # nothing wears out on it: skipped
+    xids = [{**remaps(d), "device": "node8/gpu0", "metric": "xid_last", "unit": "code",
+             "value": float(79 if (d // 8) % 2 else 48)} for d in range(30)]  # a new XID every 8 days
+    publish(kafka_settings, [soh(d, rng) for d in range(120)] + [utilisation(h) for h in range(24 * 7)] +
+            [remaps(d) for d in range(75)] + xids + [other] + [{**soh(120, rng), "value": float("nan")}],
+            raw=[b"\x00garbage"])
+
+    stats = run_until_idle(kafka_settings)
+    assert stats["points"] == 225 and stats["dead_letters"] == 2 and stats["windows"] == 2
+
+    got = forecasts(kafka_settings, read_topic)
+    battery = [f for f in got if f["device"] == "ess-1"]
+    gpu = [f for f in got if f["device"] == "node7/gpu3"]
+    xid = [f for f in got if f["device"] == "node8/gpu0"]
+    assert battery and gpu and xid and len(got) == len(battery) + len(gpu) + len(xid)
+    assert xid[-1]["metric"] == "xid_count" and xid[-1]["value"] == 4.0 and "XID errors" in xid[-1]["text"]
+    last = battery[-1]
+    truth_ms = START_MS + 232 * DAY_MS
+    assert last["ts_ms"] == START_MS + 119 * DAY_MS and last["reason_code"] == "LIMIT_FORECAST"
+    assert last["earliest_ms"] <= truth_ms <= last["latest_ms"]
+    assert abs(last["expected_ms"] - truth_ms) < 0.1 * (truth_ms - last["ts_ms"])
+    assert last["limit"] == 80.0 and last["family"] == "battery" and "form_spread=0.04" in last["model"]
+    assert last["text"].startswith("ESS ess-1 is expected to fall below 80.0% state of health between 2026-")
+    assert "80% confidence" in last["text"] and "120 readings" in last["text"]
+    assert gpu[-1]["earliest_ms"] < START_MS + 90 * DAY_MS and gpu[-1]["latest_ms"] >= START_MS + 80 * DAY_MS
+    assert "uncorrectable remapped rows" in gpu[-1]["text"]
+
+    # one maintenance window per node: node7's at night (idle GPUs, cheap hours), a day before the band opens
+    windows = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    assert sorted(w["params"]["nodes"] for w in windows) == ["node7", "node8"]
+    [proposed] = [w for w in windows if w["params"]["nodes"] == "node7"]
+    window = next(f for f in gpu if f["ts_ms"] == proposed["created_ms"])
+    start, end = int(proposed["params"]["start_ms"]), int(proposed["params"]["end_ms"])
+    assert proposed["kind"] == "slurm_reserve" and proposed["params"]["nodes"] == "node7"
+    assert end <= window["earliest_ms"] - DAY_MS and end - start == 4 * 3_600_000
+    assert all(not 8 <= (start // 3_600_000 + i) % 24 < 20 for i in range(4))
+    assert proposed["reason"].startswith("Replace gpu node7/gpu3 between ")
+
+    # the guard asks an operator (the policy runs slurm_reserve in approval mode)
+    guard = GuardProcessor(kafka_settings, load_policy(kafka_settings.policy), load_site(kafka_settings.topology),
+                           clock=lambda: proposed["created_ms"] / 1000 + 60)
+    verdicts, deadline = [], time.monotonic() + 60
+    with Running(guard, safety_net_s=90):  # it waits for the operator: it never idles out on its own
+        while not verdicts and time.monotonic() < deadline:
+            verdicts = [v for m in read_topic(kafka_settings, "actions.approved")
+                        if (v := CODEC.decode_as("ApprovedAction", m.value()))["action"]["action_id"]
+                        == proposed["action_id"]]
+    [verdict] = verdicts
+    assert verdict["verdict"] == "needs_approval" and verdict["action"]["action_id"] == proposed["action_id"]
+    # one forecast per part and day of event time at most
+    assert len({f["ts_ms"] // DAY_MS for f in battery}) == len(battery)
+    reasons = sorted(CODEC.decode_as("DeadLetter", m.value())["error_kind"] for m in read_topic(kafka_settings,
+                                                                                                "deadletter"))
+    assert reasons == ["decode", "invalid"]
+
+    # the NOC's view: each part's latest forecast, soonest first, rendered as its sentence
+    ViewsSink(kafka_settings, topics=["forecasts.rul"]).run(threading.Event(), exit_when_idle=True)
+    con = open_db(kafka_settings.duckdb_file, read_only=True)
+    try:
+        rows = [dict(zip([d[0] for d in cur.description], row))
+                for cur in [con.execute("SELECT * FROM v_rul_latest ORDER BY earliest")] for row in cur.fetchall()]
+    finally:
+        con.close()
+    assert [r["device"] for r in rows] == ["node8/gpu0", "node7/gpu3", "ess-1"] and rows[2]["text"] == last["text"]
+    assert rows[2]["limit"] == 80.0 and rul_section(rows).count('<div class="forecast">') == 3
+
+
+def test_restart_restores_models_and_learns_nothing_twice(kafka_settings, read_topic):
+    rng = random.Random(5)
+    points = [soh(d, rng) for d in range(120)]
+    publish(kafka_settings, points[:60])
+    first = run_until_idle(kafka_settings)
+    assert first["points"] == 60 and first["checkpoints"] >= 1
+
+    publish(kafka_settings, points[60:])
+    second = run_until_idle(kafka_settings)
+    assert second["points"] == 60  # only the new points
+
+    trend = default_trend(RULES["ess_soh_pct"])  # one uninterrupted model over the same readings
+    for p in points:
+        trend.learn_one(p["ts_ms"], p["value"])
+    expected = trend.forecast(80.0, "below")
+    last = forecasts(kafka_settings, read_topic)[-1]
+    assert (last["expected_ms"], last["earliest_ms"], last["latest_ms"], last["points"]) == (
+        expected.expected_ms, expected.earliest_ms, expected.latest_ms, 120)
