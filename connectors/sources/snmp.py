@@ -13,7 +13,8 @@ not a number is dead-lettered (``decode``; NaN and infinities: ``invalid``).
 
 One source may poll many agents: ``options.targets`` lists them (``host``, ``port``), each mapped
 by ``devices`` as ``"host:port"``, all with the same credentials and mapping. They are walked at
-once on one SNMP engine (asyncio), so a poll takes about as long as the slowest agent. A poll fails
+once (pysnmp: on one engine, asyncio; ezsnmp: from a pool of threads), so a poll takes about as
+long as the slowest agent. A poll fails
 (``SourceUnavailable``) when every agent failed; when only some did, the rest is published and
 the failed ones are logged by name and counted in ``failed_targets``.
 

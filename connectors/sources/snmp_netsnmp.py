@@ -11,6 +11,7 @@ types become ints, strings stay strings, as pysnmp's values do. A timeout reads 
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 try:
@@ -64,6 +65,7 @@ class NetSnmpClient:
         if workers < 1:
             raise config.error("options.workers must be at least 1")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="snmp")
+        self.opening = threading.Lock()  # Net-SNMP's library set-up is not thread-safe: one session made at a time
 
     def walk_all(self, agents: list[Agent], columns: list[str], max_repetitions: int) -> list:
         futures = [self.pool.submit(self._walk, a, columns, max_repetitions) for a in agents]
@@ -96,10 +98,12 @@ class NetSnmpClient:
         max-repetitions when made, so a new one is made when the walk asks for another count (after
         the first walk, once)."""
         if agent.transport is None or agent.transport[0] != repetitions:
-            if agent.transport is not None:
-                agent.transport[1].close()
-            agent.transport = repetitions, ezsnmp.Session(hostname=agent.host, port_number=agent.port,
-                                                          set_max_repeaters_to_num=repetitions, **self.session_args)
+            with self.opening:
+                if agent.transport is not None:
+                    agent.transport[1].close()
+                agent.transport = repetitions, ezsnmp.Session(hostname=agent.host, port_number=agent.port,
+                                                              set_max_repeaters_to_num=repetitions,
+                                                              **self.session_args)
         return agent.transport[1]
 
     def close(self) -> None:
