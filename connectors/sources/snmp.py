@@ -1,4 +1,5 @@
-"""Kind ``snmp``: a PDU (or any SNMP agent) polled over SNMP v2c or v3 (USM auth+priv) with pysnmp.
+"""Kind ``snmp``: a PDU (or any SNMP agent) polled over SNMP v2c or v3 (USM auth+priv) with pysnmp
+or, with ``options.client: ezsnmp``, with Net-SNMP's C library (``snmp_netsnmp``).
 
 Each poll bulk-walks every column the mapping names (``models.snmp_map``) on one agent,
 ``options.host``/``options.port``; ``devices`` maps that agent (``"host:port"``) to the site's
@@ -12,9 +13,13 @@ not a number is dead-lettered (``decode``; NaN and infinities: ``invalid``).
 
 One source may poll many agents: ``options.targets`` lists them (``host``, ``port``), each mapped
 by ``devices`` as ``"host:port"``, all with the same credentials and mapping. They are walked at
-once on one SNMP engine (asyncio), so a poll takes about as long as the slowest agent. A poll fails
+once (pysnmp: on one engine, asyncio; ezsnmp: from a pool of threads), so a poll takes about as
+long as the slowest agent. A poll fails
 (``SourceUnavailable``) when every agent failed; when only some did, the rest is published and
 the failed ones are logged by name and counted in ``failed_targets``.
+
+The client only moves GETBULK requests: the walk (``ColumnWalk``), the mapping, the alarms and the
+rejects are the same code for both, so both clients give the same readings from the same agent.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ PRIV = {"des": snmp.usmDESPrivProtocol, "3des": snmp.usm3DESEDEPrivProtocol, "ae
         "aes192": snmp.usmAesCfb192Protocol, "aes256": snmp.usmAesCfb256Protocol}
 ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
 MAX_REPETITIONS = 16
+CLIENTS = ("pysnmp", "ezsnmp")
+NO_RESPONSE = "No SNMP response received before timeout"  # pysnmp's words; ezsnmp's timeout says the same
+END = object()  # a column's walk ran past the agent's last object (endOfMibView)
 log = logging.getLogger("opsloop.source.snmp")
 
 
@@ -57,10 +65,12 @@ def _secret(config: SourceConfig, block: dict, key: str) -> str:
     raise config.error(f"options: {key} or {key}_env is required")
 
 
-def auth_data(config: SourceConfig):
+def credentials(config: SourceConfig) -> dict:
+    """The SNMP version and its secrets, checked, for whichever client: ``version`` is v2c (with
+    ``community``) or v3 (``user``, ``auth_protocol``, ``auth_key``, ``priv_protocol``, ``priv_key``)."""
     version = str(config.option("version", "v2c"))
     if version == "v2c":
-        return snmp.CommunityData(_secret(config, dict(config.options), "community"), mpModel=1)
+        return {"version": version, "community": _secret(config, dict(config.options), "community")}
     if version != "v3":
         raise config.error(f"options.version must be v2c or v3, got {version!r}")
     v3 = dict(config.option("v3", required=True))
@@ -69,8 +79,17 @@ def auth_data(config: SourceConfig):
         raise config.error(f"options.v3: auth_protocol one of {', '.join(AUTH)}, priv_protocol one of {', '.join(PRIV)}")
     if "user" not in v3:
         raise config.error("options.v3.user is required")
-    return snmp.UsmUserData(str(v3["user"]), _secret(config, v3, "auth_key"), _secret(config, v3, "priv_key"),
-                            authProtocol=AUTH[auth], privProtocol=PRIV[priv])
+    return {"version": version, "user": str(v3["user"]), "auth_protocol": auth, "priv_protocol": priv,
+            "auth_key": _secret(config, v3, "auth_key"), "priv_key": _secret(config, v3, "priv_key")}
+
+
+def auth_data(config: SourceConfig):
+    """pysnmp's credentials object."""
+    creds = credentials(config)
+    if creds["version"] == "v2c":
+        return snmp.CommunityData(creds["community"], mpModel=1)
+    return snmp.UsmUserData(creds["user"], creds["auth_key"], creds["priv_key"],
+                            authProtocol=AUTH[creds["auth_protocol"]], privProtocol=PRIV[creds["priv_protocol"]])
 
 
 def plain(value):
@@ -92,11 +111,50 @@ class Agent:
     device_type: str
     active: dict = field(default_factory=dict)  # alarm rows now raised
     repetitions: int | None = None  # rows per column to ask for: one more than the longest column last time
-    target: object = None  # the UDP transport, made once
+    transport: object = None  # the client's transport or session, made once
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class ColumnWalk:
+    """Every row of every column of one agent, in the config's column order: all the columns walk
+    side by side, one GETBULK per round for those not yet past their last row (a PDU's table in a
+    few requests). The client asks ``request()`` for the OIDs to go on from and feeds back the
+    reply's (oid, value) pairs, value ``END`` past the agent's last object."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+        self.found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
+        self.after = {c: c for c in columns}  # where each unfinished column goes on from
+        self.asked: list[str] = []
+
+    def request(self) -> list[str]:
+        """The OIDs of the next GETBULK; empty once every column is walked."""
+        self.asked = list(self.after)
+        return [self.after[c] for c in self.asked]
+
+    def feed(self, binds: list[tuple[str, object]]) -> None:
+        finished = set()
+        for i, (oid, value) in enumerate(binds):  # row-major: repetition by repetition, column by column
+            column = self.asked[i % len(self.asked)]
+            if column in finished or value is END or not oid.startswith(column + "."):
+                finished.add(column)
+                continue
+            self.found[column].append((oid, value))
+            self.after[column] = oid
+        for column in self.asked:
+            if column in finished or not binds:  # past its last row, or an agent with nothing more to say
+                del self.after[column]
+
+    def rows(self) -> list[tuple[str, object]]:
+        return [row for column in self.columns for row in self.found[column]]
+
+    def repetitions(self, most: int) -> int:
+        """Rows per column to ask for next time: one more than the longest column had, so the same
+        walk comes in one round without rows of the next columns, which are decoded and thrown away."""
+        return min(most, 1 + max((len(rows) for rows in self.found.values()), default=0))
 
 
 class SnmpPoller:
@@ -123,15 +181,20 @@ class SnmpPoller:
             self.map = SnmpMap.parse(config.options)
         except SnmpMapError as exc:
             raise config.error(str(exc)) from None
-        self.auth = auth_data(config)
-        self.retries = int(config.option("retries", 1))
         self.max_repetitions = int(config.option("max_repetitions", MAX_REPETITIONS))  # rows per column per request
-        self.loop = asyncio.new_event_loop()
-        self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
+        client = str(config.option("client", "pysnmp"))
+        if client not in CLIENTS:
+            raise config.error(f"options.client must be one of {', '.join(CLIENTS)}, got {client!r}")
+        if client == "ezsnmp":
+            from opsloop.connectors.sources.snmp_netsnmp import NetSnmpClient  # optional: a C extension
+
+            self.client = NetSnmpClient(config, len(self.agents))
+        else:
+            self.client = PysnmpClient(config)
         self.failed_targets: Counter = Counter()
 
     def poll(self, now_ms: int) -> Readings:
-        results = self.loop.run_until_complete(self._walk_all())
+        results = self.client.walk_all(self.agents, self.map.columns(), self.max_repetitions)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, SourceUnavailable):
                 raise result  # not the agent's answer: a fault here, as before there were several agents
@@ -167,49 +230,49 @@ class SnmpPoller:
                 out.alarms.append(alarm(now_ms, self.site, device, device_type, "opsloop.source.snmp", code,
                                         f"{device}: {text}", severity, state, {"oid": oid}))
 
-    async def _walk_all(self) -> list:
+    def close(self) -> None:
+        self.client.close()
+
+
+class PysnmpClient:
+    """GETBULK with pysnmp: every agent at once on one engine, in an asyncio loop of our own."""
+
+    def __init__(self, config: SourceConfig):
+        self.auth = auth_data(config)
+        self.timeout_s = config.timeout_s
+        self.retries = int(config.option("retries", 1))
+        self.loop = asyncio.new_event_loop()
+        self.engine: snmp.SnmpEngine | None = None  # made inside self.loop: pysnmp binds it to the running loop
+
+    def walk_all(self, agents: list[Agent], columns: list[str], max_repetitions: int) -> list:
+        return self.loop.run_until_complete(self._walk_all(agents, columns, max_repetitions))
+
+    async def _walk_all(self, agents, columns, max_repetitions) -> list:
         if self.engine is None:
             self.engine = snmp.SnmpEngine()
-        return await asyncio.gather(*[self._walk(agent) for agent in self.agents], return_exceptions=True)
+        return await asyncio.gather(*[self._walk(a, columns, max_repetitions) for a in agents],
+                                    return_exceptions=True)
 
-    async def _walk(self, agent: Agent) -> list[tuple[str, object]]:
-        """Every row of every column, in the config's column order: all the columns walk side by side,
-        one GETBULK per round for those not yet past their last row (a PDU's table in a few requests).
-        Each reply is decoded value by value (pyasn1: the poll's main cost), so after the first walk an
-        agent is asked for one row more than its longest column had, not ``max_repetitions``: the same
-        walk in one round, without decoding rows of the next columns that are thrown away."""
-        if agent.target is None:
-            agent.target = await snmp.UdpTransportTarget.create((agent.host, agent.port),
-                                                                timeout=self.config.timeout_s, retries=self.retries)
-        target = agent.target
-        repetitions = agent.repetitions or self.max_repetitions
-        columns = self.map.columns()
-        found: dict[str, list[tuple[str, object]]] = {c: [] for c in columns}
-        after = {c: c for c in columns}  # where each unfinished column goes on from
-        while after:
-            asked = list(after)
+    async def _walk(self, agent: Agent, columns: list[str], max_repetitions: int) -> list[tuple[str, object]]:
+        """Each reply is decoded value by value (pyasn1: the poll's main cost), hence the walk's
+        ``repetitions``: after the first walk an agent is asked for just the rows it has."""
+        if agent.transport is None:
+            agent.transport = await snmp.UdpTransportTarget.create((agent.host, agent.port),
+                                                                   timeout=self.timeout_s, retries=self.retries)
+        walk, repetitions = ColumnWalk(columns), agent.repetitions or max_repetitions
+        while oids := walk.request():
             error, status, index, binds = await snmp.bulk_cmd(
-                self.engine, self.auth, target, snmp.ContextData(), 0, repetitions,
-                *[snmp.ObjectType(snmp.ObjectIdentity(after[c])) for c in asked], lookupMib=False)
+                self.engine, self.auth, agent.transport, snmp.ContextData(), 0, repetitions,
+                *[snmp.ObjectType(snmp.ObjectIdentity(oid)) for oid in oids], lookupMib=False)
             if error:
-                raise SourceUnavailable(f"SNMP {agent.endpoint}: {error} (walking {', '.join(asked)})")
+                raise SourceUnavailable(f"SNMP {agent.endpoint}: {error} (walking {', '.join(walk.asked)})")
             if status:
                 raise SourceUnavailable(f"SNMP {agent.endpoint}: agent error {status.prettyPrint()} "
-                                        f"at {binds[int(index) - 1][0] if index and binds else asked[0]}")
-            finished = set()
-            for i, (name, value) in enumerate(binds):  # row-major: repetition by repetition, column by column
-                column = asked[i % len(asked)]
-                oid = str(name)
-                if column in finished or isinstance(value, rfc1905.EndOfMibView) or not oid.startswith(column + "."):
-                    finished.add(column)
-                    continue
-                found[column].append((oid, plain(value)))
-                after[column] = oid
-            for column in asked:
-                if column in finished or not binds:  # past its last row, or an agent with nothing more to say
-                    del after[column]
-        agent.repetitions = min(self.max_repetitions, 1 + max((len(rows) for rows in found.values()), default=0))
-        return [row for column in columns for row in found[column]]
+                                        f"at {binds[int(index) - 1][0] if index and binds else walk.asked[0]}")
+            walk.feed([(str(name), END if isinstance(value, rfc1905.EndOfMibView) else plain(value))
+                       for name, value in binds])
+        agent.repetitions = walk.repetitions(max_repetitions)
+        return walk.rows()
 
     def close(self) -> None:
         try:

@@ -5,7 +5,8 @@ N real simulated devices at once, into Kafka (needs a broker: ``opsloop up``).
   TCP) served by a child process, so their CPU is not counted as the source's. One source with
   ``options.targets`` lists them all; every mapped model of every device is read each poll.
 - snmp: N Debian snmpd agents, each serving the test PDU through its pass_persist script (15
-  values), walked with GETBULK over v2c by one source with ``options.targets``.
+  values), walked with GETBULK over v2c by one source with ``options.targets``, once per client
+  (``options.client``: pysnmp, ezsnmp).
 
 Polls run back to back (no interval), the first one (discovery, connections) untimed. Reported:
 points delivered per wall second, the source process' CPU seconds per 10,000 points (its own
@@ -93,7 +94,7 @@ def snmp_agents(count: int):
         yield [a.port for a in agents]
 
 
-def source_config(kind: str, ports: list[int]):
+def source_config(kind: str, ports: list[int], client: str = "pysnmp"):
     from opsloop.config.sources import parse_sources
     from opsloop.ops.snmp_pdu import COMMUNITY, PDU_ROOT
 
@@ -104,7 +105,7 @@ def source_config(kind: str, ports: list[int]):
         options = {"targets": [{"host": "127.0.0.1", "port": p, "name": f"pcs-{i}"} for i, p in enumerate(ports, 1)]}
     else:
         devices = {f"127.0.0.1:{p}": f"pdu-{i}" for i, p in enumerate(ports, 1)}
-        options = {"targets": [{"host": "127.0.0.1", "port": p} for p in ports], "version": "v2c",
+        options = {"targets": [{"host": "127.0.0.1", "port": p} for p in ports], "version": "v2c", "client": client,
                    "community": COMMUNITY, "retries": 1, "metrics": [
                        {"oid": f"{PDU_ROOT}.1.1.3", "metric": "phase{index}_kw", "scale": 0.001, "unit": "kW"},
                        {"oid": f"{PDU_ROOT}.1.1.2", "metric": "phase{index}_a", "scale": 0.1, "unit": "A"},
@@ -117,12 +118,12 @@ def source_config(kind: str, ports: list[int]):
         "bench")[0]
 
 
-def poll_rate(settings: Settings, kind: str, ports: list[int], polls: int) -> dict:
+def poll_rate(settings: Settings, kind: str, ports: list[int], polls: int, client: str = "pysnmp") -> dict:
     """Points/s, CPU s per 10k points, seconds per poll, and the points and failures of the timed polls."""
     from opsloop.connectors.sources import KINDS
     from opsloop.connectors.sources.loop import SourceRun
 
-    config, site = source_config(kind, ports), bench_site(len(ports), kind)
+    config, site = source_config(kind, ports, client), bench_site(len(ports), kind)
     run = SourceRun(settings, config, site, KINDS[kind].build(config, site, time.time))
     try:
         run.poll_once()  # discovery and connections: not timed
@@ -142,7 +143,7 @@ def poll_rate(settings: Settings, kind: str, ports: list[int], polls: int) -> di
 
 
 def run(settings: Settings, counts: tuple[int, ...] = (1, 8, 32), snmp_counts: tuple[int, ...] = (1, 8, 16),
-        polls: int = 20) -> list[str]:
+        polls: int = 20, clients: tuple[str, ...] = ("pysnmp", "ezsnmp")) -> list[str]:
     from opsloop.ops.kafka import scratch_topics
 
     rows = []
@@ -151,8 +152,9 @@ def run(settings: Settings, counts: tuple[int, ...] = (1, 8, 32), snmp_counts: t
             with pcs_simulators(n) as ports:
                 rows.append((f"sunspec, {n} PCS simulator(s)", poll_rate(bench, "sunspec", ports, polls)))
         for n in snmp_counts:
-            with snmp_agents(n) as ports:
-                rows.append((f"snmp v2c, {n} snmpd PDU agent(s)", poll_rate(bench, "snmp", ports, polls)))
+            with snmp_agents(n) as ports:  # the same agents for each client
+                for client in clients:
+                    rows.append((f"snmp v2c {client}, {n} snmpd agent(s)", poll_rate(bench, "snmp", ports, polls, client)))
     out = [f"\nfield sources: one source process polling N devices at once, {polls} polls back to back",
            f"{'path':<36} {'points/s':>9} {'cores @10k/s':>13} {'per core':>9} {'s/poll':>7}  failed  target"]
     for name, r in rows:
@@ -164,14 +166,17 @@ def run(settings: Settings, counts: tuple[int, ...] = (1, 8, 32), snmp_counts: t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve-pcs", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--devices", type=int, nargs="+", default=[1, 8, 32], help="sunspec device counts")
-    parser.add_argument("--agents", type=int, nargs="+", default=[1, 8, 16], help="snmp agent counts")
+    parser.add_argument("--devices", type=int, nargs="*", default=[1, 8, 32], help="sunspec device counts (none: skip)")
+    parser.add_argument("--agents", type=int, nargs="*", default=[1, 8, 16], help="snmp agent counts (none: skip)")
+    parser.add_argument("--clients", nargs="+", default=["pysnmp", "ezsnmp"], choices=["pysnmp", "ezsnmp"],
+                        help="snmp clients")
     parser.add_argument("--polls", type=int, default=20)
     args = parser.parse_args(argv)
     if args.serve_pcs:
         serve_pcs(args.serve_pcs)
         return 0
-    print("\n".join(run(Settings.from_env(), tuple(args.devices), tuple(args.agents), args.polls)))
+    print("\n".join(run(Settings.from_env(), tuple(args.devices), tuple(args.agents), args.polls,
+                              tuple(args.clients))))
     return 0
 
 

@@ -1,8 +1,11 @@
 """Kind ``snmp`` against Debian's real snmpd serving a PDU through a pass_persist script: v2c and
 v3 (SHA + AES), units, breaker and overload alarms, bad values, a timeout, and the monitoring-loss
-alarm on the real broker."""
+alarm on the real broker. The readings tests run with both clients (pysnmp, and Net-SNMP through
+ezsnmp), and one compares them poll by poll."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 
@@ -16,6 +19,8 @@ from opsloop.ops.snmp_pdu import COMMUNITY, PDU_ROOT, V3_AUTH, V3_PRIV, V3_USER,
 from source_run import finish_and_read
 
 pytestmark = pytest.mark.integration
+CLIENTS = ["pysnmp", pytest.param("ezsnmp", marks=pytest.mark.skipif(
+    importlib.util.find_spec("ezsnmp") is None, reason="ezsnmp has wheels for x86-64 Linux only"))]
 
 SITE = parse_site({"site": {"id": "lab"}, "pdus": [{"id": "pdu-a1", "share": 1.0}],
                    "devices": [{"id": "pdu-poller", "type": "collector"}]}, "lab.yaml")
@@ -69,9 +74,10 @@ EXPECTED = {"phase1_kw": 1.83, "phase2_kw": 1.75, "phase3_kw": 1.92, "phase1_a":
             "outlet1_kw": 0.41, "outlet2_kw": 0.395, "outlet3_kw": 0.0, "outlet4_kw": 0.512, "inlet1_temp_c": 23.1}
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("auth", ["v2c", "v3"])
-def test_a_pdu_is_read_over_v2c_and_v3_in_kw_amps_volts_and_degc(agent, v3_keys, auth):
-    cfg = config(agent.port, **({"auth": V3} if auth == "v3" else {}))
+def test_a_pdu_is_read_over_v2c_and_v3_in_kw_amps_volts_and_degc(agent, v3_keys, auth, client):
+    cfg = config(agent.port, client=client, **({"auth": V3} if auth == "v3" else {}))
     (got,) = poll(cfg)
     assert {p["metric"]: p["value"] for p in got.points} == pytest.approx(EXPECTED)
     assert {(p["device"], p["device_type"], p["site"]) for p in got.points} == {("pdu-a1", "pdu", "lab")}
@@ -79,17 +85,22 @@ def test_a_pdu_is_read_over_v2c_and_v3_in_kw_amps_volts_and_degc(agent, v3_keys,
     assert got.alarms == [] and got.rejects == []
 
 
-def test_columns_longer_than_one_request_are_walked_to_their_end(agent):
-    (got,) = poll(config(agent.port, max_repetitions=1))  # one row per column per request: many rounds
+@pytest.mark.parametrize("client", CLIENTS)
+def test_columns_longer_than_one_request_are_walked_to_their_end(agent, client):
+    (got,) = poll(config(agent.port, max_repetitions=1, client=client))  # one row per column per request: many rounds
     assert [p["metric"] for p in got.points] == list(EXPECTED)  # the config's column order, rows in order
     assert {p["metric"]: p["value"] for p in got.points} == pytest.approx(EXPECTED)
 
 
-def test_v3_with_a_wrong_key_is_refused_by_the_agent(agent, monkeypatch):
+@pytest.mark.parametrize("client, says", [("pysnmp", "Wrong SNMP PDU digest"),
+                                           ("ezsnmp", r"Authentication failure \(incorrect password")])
+def test_v3_with_a_wrong_key_is_refused_by_the_agent(agent, monkeypatch, client, says):
+    if client == "ezsnmp":
+        pytest.importorskip("ezsnmp")
     monkeypatch.setenv("PDU_AUTH", "not-the-key-1")
     monkeypatch.setenv("PDU_PRIV", V3_PRIV)
-    with pytest.raises(SourceUnavailable, match="Wrong SNMP PDU digest"):
-        poll(config(agent.port, auth=V3))
+    with pytest.raises(SourceUnavailable, match=f"SNMP 127.0.0.1:{agent.port}: {says}"):
+        poll(config(agent.port, auth=V3, client=client))
 
 
 def test_an_open_breaker_and_an_overloaded_phase_raise_alarms_that_clear(agent):
@@ -122,9 +133,35 @@ def test_values_that_are_not_numbers_are_dead_lettered_and_the_rest_is_read(agen
     assert "outlet3_kw" not in metrics and "inlet1_temp_c" not in metrics and "outlet4_kw" in metrics
 
 
-def test_an_agent_that_does_not_answer_is_source_unavailable():
-    with pytest.raises(SourceUnavailable, match="No SNMP response received before timeout"):
-        poll(config(free_udp_port()))
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_agent_that_does_not_answer_is_source_unavailable(client):
+    port = free_udp_port()
+    with pytest.raises(SourceUnavailable) as failed:
+        poll(config(port, client=client))
+    assert str(failed.value) == (f"SNMP 127.0.0.1:{port}: No SNMP response received before timeout "
+                                 f"(walking {', '.join(m['oid'] for m in MAPPING['metrics'] + MAPPING['alarms'])})")
+
+
+def readings(got) -> list:
+    """A poll's points, alarms and rejects, comparable across clients."""
+    return [[(p["metric"], p["value"], p["unit"], p["device"]) for p in got.points],
+            [(a["code"], a["state"], a["text"]) for a in got.alarms], [(r.kind, r.raw, r.reason) for r in got.rejects]]
+
+
+@pytest.mark.parametrize("auth", ["v2c", "v3"])
+def test_both_clients_read_the_same_points_alarms_and_rejects_from_the_same_agent(agent, v3_keys, auth):
+    pytest.importorskip("ezsnmp")
+    values = pdu_values(breakers=(2, 1), overload=(1, 2, 1))
+    values[f"{PDU_ROOT}.2.1.2.3"] = ["string", "n/a"]
+    values[f"{PDU_ROOT}.5.1.2.1"] = ["string", "NaN"]
+    agent.set_values(values)
+    extra = {"auth": V3} if auth == "v3" else {}
+    by_client = {c: [readings(r) for r in poll(config(agent.port, client=c, **extra), times=2)]
+                 for c in ("pysnmp", "ezsnmp")}
+    assert by_client["ezsnmp"] == by_client["pysnmp"]
+    first_points, first_alarms, first_rejects = by_client["pysnmp"][0]
+    assert len(first_points) == len(EXPECTED) - 2 and len(first_alarms) == 2 and len(first_rejects) == 2
+    assert by_client["pysnmp"][1][1] == []  # the alarms stay raised: no new edge on the second poll
 
 
 def test_breaker_alarm_and_monitoring_loss_reach_kafka(kafka_settings, read_topic, tmp_path):
@@ -154,7 +191,8 @@ MANY = parse_site({"site": {"id": "lab"}, "pdus": [{"id": f"pdu-a{i}", "share": 
                    "devices": [{"id": "pdu-poller", "type": "collector"}]}, "lab.yaml")
 
 
-def test_one_source_walks_several_agents_at_once_each_with_its_own_alarms_and_a_silent_one_is_named(tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_one_source_walks_several_agents_at_once_each_with_its_own_alarms_and_a_silent_one_is_named(tmp_path, client):
     dirs = [tmp_path / f"a{i}" for i in (1, 2, 3)]
     for d in dirs:
         d.mkdir()
@@ -163,7 +201,7 @@ def test_one_source_walks_several_agents_at_once_each_with_its_own_alarms_and_a_
         a2.set_values(pdu_values(phase_w=(1000, 1000, 1000), breakers=(2, 1)))
         agents = [a1, a2, a3]
         block = config(a1.port)
-        options = {k: v for k, v in block.options.items() if k not in ("host", "port")}
+        options = {k: v for k, v in block.options.items() if k not in ("host", "port")} | {"client": client}
         cfg = parse_sources({"site": "lab", "sources": [{
             "kind": "snmp", "name": "pdu-poller", "timeout_s": 0.5,
             "devices": {**{f"127.0.0.1:{a.port}": f"pdu-a{i}" for i, a in enumerate(agents, 1)},

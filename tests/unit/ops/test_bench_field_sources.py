@@ -17,3 +17,8 @@ def test_the_bench_source_of_n_devices_maps_every_device_to_the_bench_site(kind)
     assert mapping_errors(config, site) == []
     assert len(config.options["targets"]) == 3
     assert len(set(config.devices.values())) == (9 if kind == "sunspec" else 3)  # ess, two meters per PCS; a PDU
+
+
+def test_the_snmp_bench_source_uses_the_client_it_is_given():
+    assert source_config("snmp", [15021]).options["client"] == "pysnmp"
+    assert source_config("snmp", [15021], "ezsnmp").options["client"] == "ezsnmp"
