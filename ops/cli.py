@@ -225,9 +225,19 @@ def cmd_schemas(settings: Settings, args) -> int:
 
 
 def cmd_demo(settings: Settings, args) -> int:
-    from opsloop.ops.demo import run_demo
+    if args.replay:
+        from opsloop.ops.demo import run_demo
 
-    return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
+        return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
+    from opsloop.ops.twin_demo import run_twin_demo
+
+    try:
+        run_twin_demo(settings, days=args.days, speed=args.speed, warmup_days=args.warmup_days, data=Path(args.data),
+                      failures=args.failures, secure=args.secure)
+    except KeyboardInterrupt:
+        print("opsloop demo: interrupted; what it started is stopped", file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_bench(settings: Settings, args) -> int:
@@ -343,9 +353,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])
     s.set_defaults(func=cmd_schemas)
-    d = sub.add_parser("demo", help="end to end on the bundled real data, then a summary")
-    d.add_argument("--data", default=str(BUNDLED_DATA))
-    d.add_argument("--days", type=float, default=7.0)
+    d = sub.add_parser("demo", help="the closed loop over a simulated week on the site twin, then what it measured")
+    d.add_argument("--data", default=str(BUNDLED_DATA), help="load curve (timestamp,value CSV)")
+    d.add_argument("--days", type=float, default=7.0, help="days measured (replayed, with --replay)")
+    d.add_argument("--speed", type=float, default=2000.0, help="twin seconds per wall second")
+    d.add_argument("--warmup-days", type=float, default=1.0, help="days the forecaster learns before the measured ones")
+    d.add_argument("--failures", type=int, default=4, help="storm failures the twin injects")
+    d.add_argument("--replay", action="store_true", help="the older demo: replay the data into the pipeline, no twin")
     d.add_argument("--secure", action="store_true", help="on the secure local broker (TLS, SASL/SCRAM, ACLs), every "
                                                          "agent as its own principal")
     d.set_defaults(func=cmd_demo)
