@@ -113,7 +113,8 @@ def cmd_twin(settings: Settings, args) -> int:
     from opsloop.ops import twin
 
     return twin.main(settings, args.site, args.speed, args.data, column=args.column, sample_s=args.sample_s,
-                     poll_s=args.poll_s, prometheus_port=args.prometheus_port, slurm=not args.no_slurm,
+                     poll_s=args.poll_s, prometheus_port=args.prometheus_port, prometheus_host=args.prometheus_host,
+                     slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
                      horizon_s=int(args.horizon_h * 3600))
 
@@ -376,6 +377,8 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--sample-s", type=float, default=60.0, help="twin seconds between samples")
     tw.add_argument("--poll-s", type=float, default=0.5, help="wall seconds between polls")
     tw.add_argument("--prometheus-port", type=int, help="serve the latest readings as Prometheus text here")
+    tw.add_argument("--prometheus-host", default="127.0.0.1", help="address the Prometheus page listens on "
+                                                                   "(0.0.0.0: every interface, e.g. in a container)")
     tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")

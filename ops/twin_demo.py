@@ -205,13 +205,13 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             cluster = None
         worker = start_worker(run, work / "worker.log")
         print(f"  worker   pid {worker.pid}: {AGENTS} (log {work / 'worker.log'})")
-        meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
-        sim = pcs_sim.from_site(site, pcs_port, clock=clock, soc_pct=50.0, site_meter=meter).start()
         twin = twin_process.build(run, site, clock=clock, start_ms=start_ms, sample_s=SAMPLE_S, poll_s=0.1,
                                   prometheus_port=prometheus_port, slurm=backend, data=data, failures=failures,
                                   background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7)
         stamped = StampedPoller(twin.poller)
         twin.run.kind = stamped
+        meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
+        sim = pcs_sim.from_site(site, pcs_port, clock=clock, soc_pct=50.0, site_meter=meter).start()
         print(f"  pcs      simulator on 127.0.0.1:{pcs_port}, grid-limit mode following the twin's meter "
               f"(http://127.0.0.1:{prometheus_port}/metrics)")
         twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
@@ -224,7 +224,8 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
                 raise RuntimeError("the twin stopped")
             if clock() * 1000 >= next_report and twin.poller.history:
                 ts, grid, ess = twin.poller.history[-1]
-                print(f"  day {(ts - start_ms) // (DAY_S * 1000):.0f}    {time.strftime('%a %d %b %H:%M', time.gmtime(ts / 1000))}"
+                print(f"  day {(next_report - start_ms) // (DAY_S * 1000):.0f}    "
+                      f"{time.strftime('%a %d %b %H:%M', time.gmtime(ts / 1000))}"
                       f" twin time, grid {grid:,.0f} kW, ESS {ess:,.0f} kW, SoC {twin.poller.soc_pct or 0:.0f}%"
                       f" ({time.monotonic() - began:.0f} s wall)", flush=True)
                 next_report += DAY_S * 1000
@@ -244,6 +245,7 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             cluster.stop()
     figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days,
                         policy.pcs.max_kw)
+    figures["worker_pid"] = worker.pid
     print_summary(figures, run, speed)
     return figures
 
