@@ -229,11 +229,11 @@ def cmd_demo(settings: Settings, args) -> int:
     if args.replay:
         from opsloop.ops.demo import run_demo
 
-        return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
+        return run_demo(settings, data=Path(args.data), days=args.days or 7.0, secure=args.secure)
     from opsloop.ops.twin_demo import run_twin_demo
 
     try:
-        run_twin_demo(settings, days=args.days, speed=args.speed, warmup_days=args.warmup_days, data=Path(args.data),
+        run_twin_demo(settings, days=args.days or 6.0, speed=args.speed, warmup_days=args.warmup_days, data=Path(args.data),
                       failures=args.failures, secure=args.secure)
     except KeyboardInterrupt:
         print("opsloop demo: interrupted; what it started is stopped", file=sys.stderr)
@@ -356,8 +356,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schemas)
     d = sub.add_parser("demo", help="the closed loop over a simulated week on the site twin, then what it measured")
     d.add_argument("--data", default=str(BUNDLED_DATA), help="load curve (timestamp,value CSV)")
-    d.add_argument("--days", type=float, default=7.0, help="days measured (replayed, with --replay)")
-    d.add_argument("--speed", type=float, default=2000.0, help="twin seconds per wall second")
+    d.add_argument("--days", type=float, help="days measured after the warm-up (default 6: with it, a calendar "
+                                                "week); with --replay, days replayed (default 7)")
+    d.add_argument("--speed", type=float, default=1440.0, help="twin seconds per wall second (1440: a day a minute)")
     d.add_argument("--warmup-days", type=float, default=1.0, help="days the forecaster learns before the measured ones")
     d.add_argument("--failures", type=int, default=4, help="storm failures the twin injects")
     d.add_argument("--replay", action="store_true", help="the older demo: replay the data into the pipeline, no twin")

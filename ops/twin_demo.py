@@ -138,7 +138,7 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def run_twin_demo(settings: Settings, days: float = 7.0, speed: float = 2000.0, warmup_days: float = 1.0,
+def run_twin_demo(settings: Settings, days: float = 6.0, speed: float = 1440.0, warmup_days: float = 1.0,
                   data: Path | None = None, failures: int = 4, secure: bool = False) -> dict:
     """Run the demo and print its summary; returns the figures (for tests)."""
     from opsloop.config.assets import DEMO_SITE
@@ -156,7 +156,8 @@ def run_twin_demo(settings: Settings, days: float = 7.0, speed: float = 2000.0, 
         with scratch_topics(settings, f"twin-demo-{time.strftime('%Y%m%d%H%M%S')}.", secure=secure) as scratch:
             policy_file = demo_policy_file(Path(scratch.policy), work / "policy.yaml",
                                            max(300.0, TRUST_WALL_S * speed))
-            return _run(scratch.replace(topology=site_file, policy=policy_file), site, work, days, speed, warmup_days, data, failures)
+            return _run(scratch.replace(topology=site_file, policy=policy_file), site, work, days, speed, warmup_days,
+                        data, failures)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -181,17 +182,21 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
     clock = Clock(epoch_s=start_ms / 1000, anchor_s=time.time() + WORKER_START_S, speed=speed)
     run = with_run_keys(settings).replace(
         data_dir=work, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s, clock_speed=clock.speed,
-        pcs_modbus=f"127.0.0.1:{pcs_port}", window_s=60, grace_s=10, verify_window_s=float(2 * STEP_S), peaks_step_s=STEP_S,
-        peaks_control="grid_limit", app_id=f"opsloop-twin-demo-{uuid.uuid4().hex[:6]}")
+        pcs_modbus=f"127.0.0.1:{pcs_port}", window_s=60, grace_s=10, verify_window_s=float(2 * STEP_S),
+        peaks_step_s=STEP_S, peaks_control="grid_limit", app_id=f"opsloop-twin-demo-{uuid.uuid4().hex[:6]}")
     policy = load_policy(run.policy)
     print(f"\nopsloop demo: the closed loop on the site twin of {site.id}, {warmup_days:g} + {days:g} simulated days "
           f"at {speed:g}x (about {(end_ms - start_ms) / 1000 / speed / 60:.0f} min)")
+    # never a password on the terminal; the run's own feedback key (it lives as long as the run) lets the NOC's
+    # approvals (Slurm holds) reach the guard; a key the user set stays theirs to pass
+    noc_env = {k: v for k, v in run.kafka_env().items() if "PASSWORD" not in k}
+    noc_env.update({"OPSLOOP_TOPIC_PREFIX": run.topic_prefix, "OPSLOOP_TOPOLOGY": str(run.topology),
+                    "OPSLOOP_DUCKDB_PATH": str(work / "noc.duckdb")})
+    if run.feedback_key != settings.feedback_key:
+        noc_env["OPSLOOP_FEEDBACK_KEY"] = run.feedback_key
     print(f"  NOC on this run, in another terminal while it runs (create a user once with "
           f"`opsloop noc user add NAME --role admin`):\n    "
-          + " ".join(f"{k}={v}" for k, v in {**run.kafka_env(), "OPSLOOP_TOPIC_PREFIX": run.topic_prefix,
-                                              "OPSLOOP_TOPOLOGY": str(run.topology),
-                                              "OPSLOOP_DUCKDB_PATH": str(work / "noc.duckdb")}.items())
-          + " opsloop noc --with-views", flush=True)
+          + " ".join(f"{k}={v}" for k, v in noc_env.items()) + " opsloop noc --with-views", flush=True)
 
     cluster, backend = LocalSlurm.for_site(work.parent / "slurm", site), None
     worker = sim = twin = None
@@ -279,8 +284,12 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     statuses = {}
     for r, _ in results:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    # each proposal's last verdict (needs_approval may be followed by approved or lapsed); the guard's own
+    # reverts are not proposals: they show as results
+    proposed_ids = {r["action_id"] for r, _ in proposed}
+    last = {a["action"]["action_id"]: a for a, _ in approved if a["action"]["action_id"] in proposed_ids}
     verdicts, reasons = {}, {}
-    for a, _ in approved:
+    for a in last.values():
         verdicts[a["verdict"]] = verdicts.get(a["verdict"], 0) + 1
         for code in a["reason_codes"] if a["verdict"] != "approved" else ():
             key = f"{a['action']['kind']}: {code}"
@@ -321,7 +330,7 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
     if days:
         live, offline = total["without"] - total["with"], total["without"] - total["offline"]
         share = f"{live / offline:.0%} of the offline cut" if offline > 0 else "the offline eval cuts nothing"
-        print(f"    {'week':<12}{total['without']:>10,.0f}{total['with']:>14,.0f}{live / total['without']:>8.1%}"
+        print(f"    {'all days':<12}{total['without']:>10,.0f}{total['with']:>14,.0f}{live / total['without']:>8.1%}"
               f"{total['offline']:>14,.0f}{offline / total['without']:>8.1%}   (sum of daily peaks; live = {share})")
     print(f"    without: the same twin and curve, battery idle, no job stopped; max discharge with opsloop "
           f"{f['max_discharge_kw']:,.0f} kW")

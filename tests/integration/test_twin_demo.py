@@ -17,7 +17,7 @@ from opsloop.ops.twin_demo import run_twin_demo
 
 pytestmark = pytest.mark.integration
 
-SPEED = 2000.0  # the demo's default
+SPEED = 1440.0  # the demo's default
 
 
 def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp_path, capsys):
@@ -32,12 +32,14 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     live_cut, offline_cut = without - with_loop, without - offline
     assert offline_cut > 300, "the offline evaluation finds nothing to shave: the day tests nothing"
     assert with_loop < without - 100, "the billed peak on the twin's meter did not fall"
-    assert live_cut >= 0.6 * offline_cut, f"live cut {live_cut:.0f} kW against the offline {offline_cut:.0f} kW"
+    assert live_cut >= 0.5 * offline_cut, f"live cut {live_cut:.0f} kW against the offline {offline_cut:.0f} kW"
     assert figures["max_discharge_kw"] > 100
 
     statuses, verdicts = figures["statuses"], figures["verdicts"]
     assert figures["proposed"] >= sum(verdicts.values()) > 0
-    assert verdicts["approved"] >= statuses["executed"] > 0
+    assert statuses["executed"] > 0 and verdicts["approved"] > 0
+    # the sink executes approved proposals and the guard's reverts, each once
+    assert statuses["executed"] <= verdicts["approved"] + statuses.get("reverted", 0)
     settled = statuses.get("verified", 0) + statuses.get("reverted", 0) + statuses.get("failed", 0)
     assert settled >= 0.9 * statuses["executed"], statuses
 
@@ -60,3 +62,46 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
         os.kill(figures["worker_pid"], 0)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo's Kafka still listens"
+
+
+def test_an_interrupted_demo_stops_everything_it_started(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from opsloop.config.site import load_site
+    from opsloop.ops.slurm import LocalSlurm
+
+    port = free_port_pair()
+    env = {**os.environ, "OPSLOOP_DATA_DIR": str(tmp_path), "OPSLOOP_KAFKA_PORT": str(port),
+           "OPSLOOP_CACHE_DIR": str(Settings.from_env().cache_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("OPSLOOP_BROKER", None)
+    # Ctrl-C as in a terminal (a test run in the background inherits SIGINT ignored: undo that for the demo)
+    demo = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "demo", "--days", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    worker_pid, lines = None, []
+    try:
+        for line in demo.stdout:  # interrupt once the twin runs
+            lines.append(line)
+            if match := re.search(r"worker +pid (\d+)", line):
+                worker_pid = int(match.group(1))
+            if line.lstrip().startswith("pcs "):
+                break
+        assert worker_pid, "".join(lines)
+        time.sleep(5)
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, "".join(lines) + out
+    assert "interrupted" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo's Kafka still listens"
+    cluster = LocalSlurm.for_site(tmp_path / "twin-demo" / "slurm", load_site(Settings().topology))
+    assert cluster.stop() == "Slurm was not running", "the demo's Slurm daemons outlived it"
