@@ -275,9 +275,11 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     incidents = {r["incident_id"]: r for r, _ in read_records(run, "incidents")}  # newest version last
     narratives = {r["incident_id"]: r for r, _ in read_records(run, "narratives")}
     pcs = {r["action_id"]: r for r, _ in proposed if r["kind"].startswith("pcs_")}
-    executed = [{"action_id": r["action_id"], "ts_ms": r["ts_ms"], "wall_s": wall / 1000,
-                 "expires_ms": pcs[r["action_id"]]["expires_ms"]}
-                for r, wall in results if r["status"] == "executed" and r["action_id"] in pcs]
+    # the sink stamps its result on the run's clock right after the register write; its Kafka timestamp comes
+    # later (the ledger is synced first), so the write's wall time is the clock's for that stamp
+    executed = [{"action_id": r["action_id"], "ts_ms": r["ts_ms"], "expires_ms": pcs[r["action_id"]]["expires_ms"],
+                 "wall_s": clock.anchor_s + (r["ts_ms"] / 1000 - clock.epoch_s) / clock.speed}
+                for r, _ in results if r["status"] == "executed" and r["action_id"] in pcs]
     latencies = loop_latencies(samples, [{"action_id": r["action_id"], "created_ms": r["created_ms"],
                                           "wall_s": wall / 1000} for r, wall in proposed if r["action_id"] in pcs],
                                executed, lambda wall_s: clock.epoch_s + (wall_s - clock.anchor_s) * clock.speed)
