@@ -184,6 +184,11 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
         data_dir=work, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s, clock_speed=clock.speed,
         pcs_modbus=f"127.0.0.1:{pcs_port}", window_s=60, grace_s=10, verify_window_s=float(2 * STEP_S),
         peaks_step_s=STEP_S, peaks_control="grid_limit", app_id=f"opsloop-twin-demo-{uuid.uuid4().hex[:6]}")
+    if run.kafka_credentials_dir is not None:  # a secure broker: the agents' ACLs for this run's own app id
+        from opsloop.config.access import plan
+        from opsloop.connectors.kafka import apply_acls
+
+        apply_acls(run, plan(run))
     policy = load_policy(run.policy)
     print(f"\nopsloop demo: the closed loop on the site twin of {site.id}, {warmup_days:g} + {days:g} simulated days "
           f"at {speed:g}x (about {(end_ms - start_ms) / 1000 / speed / 60:.0f} min)")
@@ -340,7 +345,8 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
     print(f"  actions  {f['proposed']} proposed, {v.get('approved', 0)} approved"
           + "".join(f", {n} {k}" for k, n in sorted(v.items()) if k != "approved")
           + f"; {s.get('executed', 0)} executed, {s.get('verified', 0)} verified, {s.get('reverted', 0)} reverted"
-          + "".join(f", {n} {k}" for k, n in sorted(s.items()) if k not in ("executed", "verified", "reverted")))
+          + "".join(f", {n} {k}" for k, n in sorted(s.items())
+                    if k not in ("executed", "verified", "reverted", "rejected")))  # refusals: the verdicts above
     if f["reasons"]:
         print("           not approved: " + ", ".join(f"{k} x{n}" for k, n in sorted(f["reasons"].items(),
                                                                                      key=lambda kv: -kv[1])))
