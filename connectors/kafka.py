@@ -430,3 +430,32 @@ def upsert_scram_users(settings: Settings, passwords: dict[str, str], timeout_s:
     for future in client.alter_user_scram_credentials(upserts).values():
         future.result(timeout_s)
     return list(passwords)
+
+
+def read_records(settings: Settings, name: str, timeout_s: float = 60.0) -> list[tuple[dict, int]]:
+    """Every record of catalog topic ``name`` to the end of each partition, decoded, with its Kafka timestamp (ms).
+
+    Assigns the partitions directly (no group join, nothing committed); for summaries after a run."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    spec = cached_catalog(settings.topics_file)[name]
+    codec = Codec.default()
+    topic = settings.topic(name)
+    cons = consumer(settings, f"{settings.app_id}.reader")
+    try:
+        partitions = len(cons.list_topics(topic, timeout=10).topics[topic].partitions)
+        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        records, ended = [], set()
+        deadline = time.monotonic() + timeout_s
+        while len(ended) < partitions:
+            if time.monotonic() > deadline:
+                raise KafkaException(f"{topic}: only {len(ended)} of {partitions} partitions read to the end "
+                                     f"within {timeout_s:g} s")
+            for msg in cons.consume(1000, timeout=0.5):
+                if msg.error() is None:
+                    records.append((codec.decode_as(spec.record, msg.value()), msg.timestamp()[1]))
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(msg.partition())
+    finally:
+        cons.close()
+    return records

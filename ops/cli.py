@@ -113,7 +113,8 @@ def cmd_twin(settings: Settings, args) -> int:
     from opsloop.ops import twin
 
     return twin.main(settings, args.site, args.speed, args.data, column=args.column, sample_s=args.sample_s,
-                     poll_s=args.poll_s, prometheus_port=args.prometheus_port, slurm=not args.no_slurm,
+                     poll_s=args.poll_s, prometheus_port=args.prometheus_port, prometheus_host=args.prometheus_host,
+                     slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
                      horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir)
 
@@ -231,9 +232,19 @@ def cmd_schemas(settings: Settings, args) -> int:
 
 
 def cmd_demo(settings: Settings, args) -> int:
-    from opsloop.ops.demo import run_demo
+    if args.replay:
+        from opsloop.ops.demo import run_demo
 
-    return run_demo(settings, data=Path(args.data), days=args.days, secure=args.secure)
+        return run_demo(settings, data=Path(args.data), days=args.days or 7.0, secure=args.secure)
+    from opsloop.ops.twin_demo import run_twin_demo
+
+    try:
+        run_twin_demo(settings, days=args.days or 6.0, speed=args.speed, warmup_days=args.warmup_days, data=Path(args.data),
+                      failures=args.failures, secure=args.secure)
+    except KeyboardInterrupt:
+        print("opsloop demo: interrupted; what it started is stopped", file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_bench(settings: Settings, args) -> int:
@@ -362,9 +373,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schemas", help="check schemas/ against their released versions")
     s.add_argument("action", choices=["check"])
     s.set_defaults(func=cmd_schemas)
-    d = sub.add_parser("demo", help="end to end on the bundled real data, then a summary")
-    d.add_argument("--data", default=str(BUNDLED_DATA))
-    d.add_argument("--days", type=float, default=7.0)
+    d = sub.add_parser("demo", help="the closed loop over a simulated week on the site twin, then what it measured")
+    d.add_argument("--data", default=str(BUNDLED_DATA), help="load curve (timestamp,value CSV)")
+    d.add_argument("--days", type=float, help="days measured after the warm-up (default 6: with it, a calendar "
+                                                "week); with --replay, days replayed (default 7)")
+    d.add_argument("--speed", type=float, default=1440.0, help="twin seconds per wall second (1440: a day a minute)")
+    d.add_argument("--warmup-days", type=float, default=1.0, help="days the forecaster learns before the measured ones")
+    d.add_argument("--failures", type=int, default=4, help="storm failures the twin injects")
+    d.add_argument("--replay", action="store_true", help="the older demo: replay the data into the pipeline, no twin")
     d.add_argument("--secure", action="store_true", help="on the secure local broker (TLS, SASL/SCRAM, ACLs), every "
                                                          "agent as its own principal")
     d.set_defaults(func=cmd_demo)
@@ -385,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--sunspec-port", type=int, help="serve the grid and facility meters as SunSpec (Modbus TCP) here")
     tw.add_argument("--snmp-dir", type=Path, help="write each PDU's SNMP objects to DIR/<pdu>.json for an snmpd "
                                                   "pass_persist script (README: Site twin)")
+    tw.add_argument("--prometheus-host", default="127.0.0.1", help="address the Prometheus page listens on "
+                                                                   "(0.0.0.0: every interface, e.g. in a container)")
     tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")

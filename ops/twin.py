@@ -228,7 +228,8 @@ class TwinRun:
 
 
 def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | None = None, column: str | None = None,
-          sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None, slurm=None,
+          sample_s: float = 60.0, poll_s: float = 0.5, prometheus_port: int | None = None,
+          prometheus_host: str = "127.0.0.1", slurm=None,
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
           sunspec_port: int | None = None, snmp_dir: Path | None = None) -> TwinRun:
@@ -256,7 +257,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)
-    server = serve_prometheus(meters, prometheus_port) if prometheus_port is not None else None
+    server = serve_prometheus(meters, prometheus_port, prometheus_host) if prometheus_port is not None else None
     return TwinRun(run, poller, clock, server, meter)
 
 
@@ -274,7 +275,8 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
     env = " ".join(f"{k}={v}" for k, v in {**twin.clock.env(), "OPSLOOP_PEAKS_CONTROL": "grid_limit"}.items())
     print(f"site twin of {site.id} at {twin.clock.speed:g}x; every process of this run needs: {env}", flush=True)
     if twin.prometheus is not None:
-        print(f"Prometheus text on http://127.0.0.1:{twin.prometheus.server_port}/metrics", flush=True)
+        host, port = twin.prometheus.server_address[:2]
+        print(f"Prometheus text on http://{host}:{port}/metrics", flush=True)
     if twin.meter is not None:
         print(f"SunSpec meters (203: grid, facility) on Modbus TCP 127.0.0.1:{twin.meter.port}", flush=True)
     if options.get("snmp_dir") is not None:

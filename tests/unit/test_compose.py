@@ -23,6 +23,7 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
 GPU_SERVICES = {"vllm", "narrate"}
 SOURCE_SERVICES = {"sources"}  # live sources: started with --profile sources, once their config names the site's systems
+TWIN_SERVICES = {"twin-topics", "twin", "twin-pcs", "twin-worker", "twin-noc"}  # the closed loop on the site twin
 
 
 def _cache_dir() -> Path:
@@ -99,8 +100,10 @@ def test_gpu_services_only_in_gpu_profile(compose):
         assert services[name].get("profiles") == ["gpu"], name
     for name in SOURCE_SERVICES:
         assert services[name].get("profiles") == ["sources"], name
+    for name in TWIN_SERVICES:
+        assert services[name].get("profiles") == ["twin"], name
     # Everything else must start with a plain `docker compose up`.
-    for name in set(services) - GPU_SERVICES - SOURCE_SERVICES:
+    for name in set(services) - GPU_SERVICES - SOURCE_SERVICES - TWIN_SERVICES:
         assert not services[name].get("profiles"), name
     devices = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
@@ -115,6 +118,31 @@ def test_each_sources_service_runs_a_registered_kind_on_an_example_config_that_l
         command = compose["services"][name]["command"]
         assert command[0] == "source" and command[1] in KINDS and command[2] == "--config", name
         assert [c.kind for c in load_sources(REPO_ROOT / command[3])].count(command[1]) >= 1, name
+
+
+@pytest.mark.unit
+def test_the_twin_profile_closes_one_loop_on_one_clock_and_its_own_topics(compose):
+    services = compose["services"]
+    envs = {name: _env(services[name]) for name in TWIN_SERVICES}
+    shared = ("OPSLOOP_TOPIC_PREFIX", "OPSLOOP_CLOCK_EPOCH_S", "OPSLOOP_CLOCK_ANCHOR_S", "OPSLOOP_CLOCK_SPEED",
+              "OPSLOOP_DATA_DIR", "OPSLOOP_APP_ID")
+    for key in shared:
+        assert len({env.get(key) for env in envs.values()}) == 1, key
+    assert envs["twin"]["OPSLOOP_TOPIC_PREFIX"] not in ("", None)  # apart from the default stack's topics
+    twin = services["twin"]["command"]
+    port = twin[twin.index("--prometheus-port") + 1]
+    assert twin[twin.index("--prometheus-host") + 1] == "0.0.0.0"
+    meter = services["twin-pcs"]["command"]
+    assert meter[meter.index("--meter-url") + 1] == f"http://twin:{port}/metrics"
+    pcs_host, pcs_port = envs["twin"]["OPSLOOP_PCS_MODBUS"].split(":")
+    assert pcs_host == "twin-pcs" and envs["twin-pcs"]["OPSLOOP_PCS_MODBUS"].endswith(f":{pcs_port}")
+    worker = services["twin-worker"]["command"]
+    agents = set(worker[worker.index("--agents") + 1].split(","))
+    assert {"rollup", "dedup", "correlate", "narrate", "peaks", "guard", "pcs-sink"} <= agents
+    assert envs["twin-worker"]["OPSLOOP_PEAKS_CONTROL"] == "grid_limit"
+    assert services["twin-topics"]["command"] == ["topics", "create"]
+    for name in TWIN_SERVICES - {"twin-topics"}:
+        assert services[name]["depends_on"]["twin-topics"]["condition"] == "service_completed_successfully", name
 
 
 @pytest.mark.unit
@@ -189,6 +217,7 @@ def test_secure_override_runs_every_opsloop_service_as_its_own_principal_with_se
     assert "kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"]
     declared = set(secure["secrets"])
     opsloop = set(_opsloop_services(compose)) | {n for n, s in secure["services"].items() if s.get("image") == "opsloop:local"}
+    opsloop -= TWIN_SERVICES  # the twin profile is a local demo on the plaintext broker, not a site to secure
     users = {}
     for name in opsloop:
         svc = secure["services"][name]  # every opsloop service is overridden

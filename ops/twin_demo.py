@@ -1,0 +1,370 @@
+"""`opsloop demo`: the closed loop over a simulated week on the site twin, then what the twin measured.
+
+The topology runs as in production, on its own topics (a fresh prefix, deleted at the end) and one clock
+running ``speed`` times faster than the wall clock:
+
+    twin -> telemetry.raw / alarms.raw -> worker (rollup, dedup, correlate, narrate, peaks, guard, pcs-sink)
+         -> PCS simulator's registers -> twin's meter
+
+The twin (ops/twin.py) and the PCS simulator (ops/pcs_sim.py, in grid-limit mode following the twin's
+Prometheus page) run in this process; the agents run in one ``opsloop worker`` child process, as a
+deployment runs them. Kafka and a local Slurm are started unless running (the twin reads job states from
+Slurm); both, the worker and the topics are stopped or deleted at the end, also on Ctrl-C or SIGTERM.
+
+The first ``warmup_days`` teach the forecaster; the billed peak (the highest 15-minute import of each day:
+the run's site file bills daily, so every day after the warm-up shows its own cut) is then read from the
+twin's grid meter. "Without opsloop" is the same twin on the same curve with the battery idle and no job
+stopped (the twin is deterministic: that is the week played with actuation off, sample for sample); the
+offline `opsloop eval peaks` runs on that same load with the same battery and warm-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from opsloop.config.settings import ENV_PREFIX, Settings
+
+DAY_S = 86_400
+AGENTS = "rollup,dedup,correlate,narrate,peaks,guard,pcs-sink"
+WORKER_START_S = 20.0  # wall seconds the twin's clock waits for the worker to start before time runs
+SAMPLE_S = 60.0
+STEP_S = 900  # planning and demand step: the highest 15-minute import is billed, as in `opsloop eval peaks`
+TRUST_WALL_S = 1.0  # wall seconds of pipeline latency the guard's ESS-state age limit allows at any speed
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings that differ from the defaults as ``OPSLOOP_*`` variables, for a child process."""
+    defaults = Settings()
+    env = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if value != getattr(defaults, f.name) and value is not None:
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+    return env
+
+
+def daily_site_file(source: Path, target: Path) -> Path:
+    """The site file with daily demand billing: the demo's week then shows one billed peak per day."""
+    text = source.read_text()
+    billed_daily = text.replace("demand_billing_period: month", "demand_billing_period: day")
+    if billed_daily == text:
+        raise ValueError(f"{source}: no 'demand_billing_period: month' line to bill daily")
+    target.write_text(billed_daily)
+    return target
+
+
+def demo_policy_file(source: Path, target: Path, max_state_age_s: float) -> Path:
+    """The policy with the ESS-state age limit widened to ``max_state_age_s`` twin seconds.
+
+    The limit is twin time; at the demo's speed the pipeline's fraction of a wall second from meter to guard
+    is many twin minutes, which a real site's 300 s would refuse. Nothing else in the policy changes."""
+    lines = source.read_text().splitlines(keepends=True)
+    found = [i for i, line in enumerate(lines) if line.startswith("max_state_age_s:")]
+    if len(found) != 1:
+        raise ValueError(f"{source}: expected one top-level max_state_age_s line")
+    lines[found[0]] = f"max_state_age_s: {max_state_age_s:.0f}  # the demo's: {TRUST_WALL_S:g} wall s at its speed\n"
+    target.write_text("".join(lines))
+    return target
+
+
+def _die_with_parent() -> None:  # a child of a killed demo stops too (Linux; elsewhere a no-op)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **settings_env(settings)}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", AGENTS], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+
+def stop_worker(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class StampedPoller:
+    """The twin's poller, noting when (wall clock) each sample was handed to the publisher."""
+
+    def __init__(self, poller):
+        self.poller = poller
+        self.published: list[tuple[int, float]] = []  # (last sample's ts_ms, wall s) per poll that made samples
+
+    def poll(self, now_ms: int):
+        before = self.poller.samples
+        readings = self.poller.poll(now_ms)
+        if self.poller.samples > before:
+            self.published.append((self.poller.history[-1][0], time.time()))
+        return readings
+
+    def close(self) -> None:
+        self.poller.close()
+
+    def samples(self):
+        """The twin's samples with their publication time."""
+        from opsloop.models.loop_report import Sample
+
+        out, marks = [], iter(self.published)
+        mark = next(marks, None)
+        for ts, grid, ess in self.poller.history:
+            while mark is not None and mark[0] < ts:
+                mark = next(marks, None)
+            if mark is None:
+                break
+            out.append(Sample(ts, grid, ess, mark[1]))
+        return out
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def run_twin_demo(settings: Settings, days: float = 6.0, speed: float = 1440.0, warmup_days: float = 1.0,
+                  data: Path | None = None, failures: int = 4, secure: bool = False) -> dict:
+    """Run the demo and print its summary; returns the figures (for tests)."""
+    from opsloop.config.assets import DEMO_SITE
+    from opsloop.config.site import load_site
+    from opsloop.ops.kafka import scratch_topics
+
+    work = settings.data_dir / "twin-demo" / "run"  # this run's state (guard, ledger, changelogs): a fresh one
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "site").mkdir(parents=True)
+    site_file = daily_site_file(Path(settings.topology or DEMO_SITE), work / "site" / "demo.yaml")  # alone: the
+    # worker reads every site file beside it
+    site = load_site(site_file)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
+    try:
+        with scratch_topics(settings, f"twin-demo-{time.strftime('%Y%m%d%H%M%S')}.", secure=secure) as scratch:
+            policy_file = demo_policy_file(Path(scratch.policy), work / "policy.yaml",
+                                           max(300.0, TRUST_WALL_S * speed))
+            return _run(scratch.replace(topology=site_file, policy=policy_file), site, work, days, speed, warmup_days,
+                        data, failures)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup_days: float, data: Path | None,
+         failures: int) -> dict:
+    from opsloop.config.clock import Clock
+    from opsloop.config.policy import load_policy
+    from opsloop.connectors.slurm import ScontrolBackend
+    from opsloop.ops import pcs_sim, twin as twin_process
+    from opsloop.ops.actuation_demo import with_run_keys
+    from opsloop.ops.kafka import free_ports
+    from opsloop.ops.slurm import LocalSlurm, SlurmSetupError
+
+    curve = twin_process.read_curve(data or twin_process.DEFAULT_DATA)
+    start_ms = int(curve[0][0])
+    measured_ms = start_ms + int(warmup_days * DAY_S * 1000)
+    end_ms = measured_ms + int(days * DAY_S * 1000)
+    if end_ms > curve[-1][0]:
+        raise ValueError(f"the curve ends before {warmup_days:g} + {days:g} days")
+    pcs_port, prometheus_port = free_ports(2)
+    clock = Clock(epoch_s=start_ms / 1000, anchor_s=time.time() + WORKER_START_S, speed=speed)
+    run = with_run_keys(settings).replace(
+        data_dir=work, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s, clock_speed=clock.speed,
+        pcs_modbus=f"127.0.0.1:{pcs_port}", window_s=60, grace_s=10, verify_window_s=float(2 * STEP_S),
+        peaks_step_s=STEP_S, peaks_control="grid_limit", app_id=f"opsloop-twin-demo-{uuid.uuid4().hex[:6]}")
+    if run.kafka_credentials_dir is not None:  # a secure broker: the agents' ACLs for this run's own app id
+        from opsloop.config.access import plan
+        from opsloop.connectors.kafka import apply_acls
+
+        apply_acls(run, plan(run))
+    policy = load_policy(run.policy)
+    print(f"\nopsloop demo: the closed loop on the site twin of {site.id}, {warmup_days:g} + {days:g} simulated days "
+          f"at {speed:g}x (about {(end_ms - start_ms) / 1000 / speed / 60:.0f} min)")
+    # never a password on the terminal; the run's own feedback key (it lives as long as the run) lets the NOC's
+    # approvals (Slurm holds) reach the guard; a key the user set stays theirs to pass
+    noc_env = {k: v for k, v in run.kafka_env().items() if "PASSWORD" not in k}
+    noc_env.update({"OPSLOOP_TOPIC_PREFIX": run.topic_prefix, "OPSLOOP_TOPOLOGY": str(run.topology),
+                    "OPSLOOP_DUCKDB_PATH": str(work / "noc.duckdb")})
+    if run.feedback_key != settings.feedback_key:
+        noc_env["OPSLOOP_FEEDBACK_KEY"] = run.feedback_key
+    print(f"  NOC on this run, in another terminal while it runs (create a user once with "
+          f"`opsloop noc user add NAME --role admin`):\n    "
+          + " ".join(f"{k}={v}" for k, v in noc_env.items()) + " opsloop noc --with-views", flush=True)
+
+    cluster, backend = LocalSlurm.for_site(work.parent / "slurm", site), None
+    worker = sim = twin = None
+    stop_twin = threading.Event()
+    try:
+        try:
+            print(f"  slurm    {cluster.start()}")
+            backend = ScontrolBackend(cluster.env)
+        except SlurmSetupError as exc:
+            print(f"  slurm    not started, the twin runs without jobs: {str(exc).splitlines()[0]}")
+            cluster = None
+        worker = start_worker(run, work / "worker.log")
+        print(f"  worker   pid {worker.pid}: {AGENTS} (log {work / 'worker.log'})")
+        twin = twin_process.build(run, site, clock=clock, start_ms=start_ms, sample_s=SAMPLE_S, poll_s=0.1,
+                                  prometheus_port=prometheus_port, slurm=backend, data=data, failures=failures,
+                                  background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7)
+        stamped = StampedPoller(twin.poller)
+        twin.run.kind = stamped
+        meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
+        sim = pcs_sim.from_site(site, pcs_port, clock=clock, soc_pct=50.0, site_meter=meter).start()
+        print(f"  pcs      simulator on 127.0.0.1:{pcs_port}, grid-limit mode following the twin's meter "
+              f"(http://127.0.0.1:{prometheus_port}/metrics)")
+        twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
+        twin_thread.start()
+        began, next_report = time.monotonic(), start_ms + DAY_S * 1000
+        while clock() * 1000 < end_ms:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker stopped (exit {worker.returncode}); see {work / 'worker.log'}")
+            if not twin_thread.is_alive():
+                raise RuntimeError("the twin stopped")
+            if clock() * 1000 >= next_report and twin.poller.history:
+                ts, grid, ess = twin.poller.history[-1]
+                print(f"  day {(next_report - start_ms) // (DAY_S * 1000):.0f}    "
+                      f"{time.strftime('%a %d %b %H:%M', time.gmtime(ts / 1000))}"
+                      f" twin time, grid {grid:,.0f} kW, ESS {ess:,.0f} kW, SoC {twin.poller.soc_pct or 0:.0f}%"
+                      f" ({time.monotonic() - began:.0f} s wall)", flush=True)
+                next_report += DAY_S * 1000
+            time.sleep(0.5)
+        stop_twin.set()
+        twin_thread.join(30)
+        time.sleep(max(3.0, 1.2 * run.verify_window_s / speed))  # the last actions are verified or reverted
+    finally:
+        stop_twin.set()
+        if worker is not None:
+            stop_worker(worker)
+        if sim is not None:
+            sim.stop()
+        if twin is not None:
+            twin.close()
+        if cluster is not None:
+            cluster.stop()
+    figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days,
+                        policy.pcs.max_kw)
+    figures["worker_pid"] = worker.pid
+    print_summary(figures, run, speed)
+    return figures
+
+
+def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float,
+              pcs_kw: float) -> dict:
+    """The run's figures from the twin's samples and the topics."""
+    from opsloop.connectors.kafka import read_records
+    from opsloop.models.loop_report import billed_peaks, loop_latencies
+
+    clock = run.clock()
+    measured = [s for s in samples if measured_ms <= s.ts_ms < end_ms]
+    # the twin is deterministic: its physics (curve, cooling, injected failures) with the battery idle and no job
+    # stopped is the same week with actuation off, sample for sample
+    without = billed_peaks([(s.ts_ms, physics.measure(s.ts_ms).grid_kw) for s in measured], "day", STEP_S * 1000)
+    with_loop = billed_peaks([(s.ts_ms, s.grid_kw) for s in measured], "day", STEP_S * 1000)
+    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms, pcs_kw,
+                            warmup_days)
+    proposed = read_records(run, "actions.proposed")
+    approved = read_records(run, "actions.approved")
+    results = read_records(run, "actions.results")
+    incidents = {r["incident_id"]: r for r, _ in read_records(run, "incidents")}  # newest version last
+    narratives = {r["incident_id"]: r for r, _ in read_records(run, "narratives")}
+    pcs = {r["action_id"]: r for r, _ in proposed if r["kind"].startswith("pcs_")}
+    # the sink stamps its result on the run's clock right after the register write; its Kafka timestamp comes
+    # later (the ledger is synced first), so the write's wall time is the clock's for that stamp
+    executed = [{"action_id": r["action_id"], "ts_ms": r["ts_ms"], "expires_ms": pcs[r["action_id"]]["expires_ms"],
+                 "wall_s": clock.anchor_s + (r["ts_ms"] / 1000 - clock.epoch_s) / clock.speed}
+                for r, _ in results if r["status"] == "executed" and r["action_id"] in pcs]
+    latencies = loop_latencies(samples, [{"action_id": r["action_id"], "created_ms": r["created_ms"],
+                                          "wall_s": wall / 1000} for r, wall in proposed if r["action_id"] in pcs],
+                               executed, lambda wall_s: clock.epoch_s + (wall_s - clock.anchor_s) * clock.speed)
+    statuses = {}
+    for r, _ in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    # each proposal's last verdict (needs_approval may be followed by approved or lapsed); the guard's own
+    # reverts are not proposals: they show as results
+    proposed_ids = {r["action_id"] for r, _ in proposed}
+    last = {a["action"]["action_id"]: a for a, _ in approved if a["action"]["action_id"] in proposed_ids}
+    verdicts, reasons = {}, {}
+    for a in last.values():
+        verdicts[a["verdict"]] = verdicts.get(a["verdict"], 0) + 1
+        for code in a["reason_codes"] if a["verdict"] != "approved" else ():
+            key = f"{a['action']['kind']}: {code}"
+            reasons[key] = reasons.get(key, 0) + 1
+    return {"days": sorted(with_loop), "without": without, "with": with_loop, "offline": offline,
+            "proposed": len(proposed), "verdicts": verdicts, "reasons": reasons, "statuses": statuses,
+            "latencies": latencies, "incidents": list(incidents.values()), "narratives": narratives,
+            "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0)}
+
+
+def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs_kw: float, warmup_days: float) -> dict[str, float]:
+    """What `opsloop eval peaks` gives per billed day: the planner on the twin's load without actuation, in the
+    demo's steps, with the same battery and warm-up, on the evaluation's battery model."""
+    from opsloop.models.peak_loop import LoopConfig
+    from opsloop.ops.evals.peaks import evaluate
+
+    step_ms, per_step = STEP_S * 1000, int(STEP_S // SAMPLE_S)
+    start_ms = start_ms // step_ms * step_ms
+    times = list(range(start_ms, end_ms, step_ms))
+    loads = [sum(reference.measure(t + k * int(SAMPLE_S * 1000)).grid_kw for k in range(per_step)) / per_step
+             for t in times]
+    report = evaluate(times, loads, STEP_S, LoopConfig.from_site(site, step_s=STEP_S, pcs_kw=pcs_kw), 50.0,
+                      warmup_days=warmup_days)
+    return {p["period"]: p["strategies"]["planner"]["billed_peak_kw"] for p in report["periods"]}
+
+
+def print_summary(f: dict, run: Settings, speed: float) -> None:
+    days = [d for d in f["days"] if d in f["without"] and d in f["offline"]]
+    print(f"\n  billed peak per day on the twin's grid meter (highest 15-minute import), kW:")
+    print(f"    {'day':<12}{'without':>10}{'with opsloop':>14}{'cut':>8}{'offline eval':>14}{'cut':>8}")
+    total = {"without": 0.0, "with": 0.0, "offline": 0.0}
+    for d in days:
+        w, l, o = f["without"][d], f["with"][d], f["offline"][d]
+        total["without"] += w
+        total["with"] += l
+        total["offline"] += o
+        print(f"    {d:<12}{w:>10,.0f}{l:>14,.0f}{(w - l) / w:>8.1%}{o:>14,.0f}{(w - o) / w:>8.1%}")
+    if days:
+        live, offline = total["without"] - total["with"], total["without"] - total["offline"]
+        share = f"{live / offline:.0%} of the offline cut" if offline > 0 else "the offline eval cuts nothing"
+        print(f"    {'all days':<12}{total['without']:>10,.0f}{total['with']:>14,.0f}{live / total['without']:>8.1%}"
+              f"{total['offline']:>14,.0f}{offline / total['without']:>8.1%}   (sum of daily peaks; live = {share})")
+    print(f"    without: the same twin and curve, battery idle, no job stopped; max discharge with opsloop "
+          f"{f['max_discharge_kw']:,.0f} kW")
+    s, v = f["statuses"], f["verdicts"]
+    print(f"  actions  {f['proposed']} proposed, {v.get('approved', 0)} approved"
+          + "".join(f", {n} {k}" for k, n in sorted(v.items()) if k != "approved")
+          + f"; {s.get('executed', 0)} executed, {s.get('verified', 0)} verified, {s.get('reverted', 0)} reverted"
+          + "".join(f", {n} {k}" for k, n in sorted(s.items())
+                    if k not in ("executed", "verified", "reverted", "rejected")))  # refusals: the verdicts above
+    if f["reasons"]:
+        print("           not approved: " + ", ".join(f"{k} x{n}" for k, n in sorted(f["reasons"].items(),
+                                                                                     key=lambda kv: -kv[1])))
+    print(f"  latency  (wall clock and twin time at {speed:g}x)")
+    for latency in f["latencies"]:
+        print(f"    {latency.line()}")
+    correlated = [i for i in f["incidents"] if i["member_count"] > 1]
+    single = {}
+    for i in f["incidents"]:
+        if i["member_count"] == 1:
+            single[i["root_code"]] = single.get(i["root_code"], 0) + 1
+    narrated = sum(i["incident_id"] in f["narratives"] for i in f["incidents"])
+    print(f"  incidents {len(f['incidents'])}, {narrated} narrated; {len(correlated)} correlated from several alarms:")
+    for incident in sorted(correlated, key=lambda i: i["opened_ms"]):
+        narrative = f["narratives"].get(incident["incident_id"])
+        text = narrative["text"].strip().splitlines()[0] if narrative else "not narrated"
+        model = f" [{narrative['model']}]" if narrative else ""
+        print(f"    {time.strftime('%a %H:%M', time.gmtime(incident['opened_ms'] / 1000))} {incident['root_code']} "
+              f"at {incident['root_device']} ({incident['member_count']} alarms): {text}{model}")
+    if single:
+        print("    and single-alarm incidents: " + ", ".join(f"{k} x{n}" for k, n in sorted(single.items())))
