@@ -235,6 +235,10 @@ def cmd_bench(settings: Settings, args) -> int:
 
     if args.suite in ("all", "rollup"):
         run_bench(settings, events=args.events, secure=not args.no_secure)
+    if args.suite in ("all", "scale"):  # Kafka's own limit, the rollup in 1, 2 and 4 processes, exactly-once
+        from opsloop.ops.bench.scale import run_scale_bench
+
+        run_scale_bench(settings, events=args.events)
     if args.suite in ("all", "alarms"):
         from opsloop.ops.bench.alarms import run_alarm_bench
 
@@ -376,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "sources"], default="all")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)

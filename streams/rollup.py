@@ -79,6 +79,7 @@ class PartialAssignment(RuntimeError):
 
 
 class RollupProcessor(BatchProcessor):
+    transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "rollup"
     source = "telemetry.raw"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import time
 
@@ -24,17 +25,22 @@ REPLAY_S = 20.0  # wall time the paced replays take
 EXTRA_SITES = ("hall-b", "hall-c", "hall-d", "hall-e", "hall-f")  # beside the topology's own site
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_rollup_workers_killed_and_added_mid_replay_count_every_point_of_every_site_once(kafka_settings, read_topic,
-                                                                                         tmp_path):
+                                                                                         tmp_path, delivery):
     """Proves: while six sites replay, worker A runs rollup + peaks; worker B joins (the partitions split, so
     each runs the windows of its sites only), A is SIGKILLed (B takes its partitions after the session timeout
     and folds their uncommitted points in again), then worker C joins. In the end, for every site, each
     half-hour window is there with all of its points, each re-emission the same in content; the rollup
-    dead-lettered nothing; and the peaks agent forecast every planning step of its site once in content."""
+    dead-lettered nothing; and the peaks agent forecast every planning step of its site once in content. With
+    exactly-once delivery nothing is re-emitted at all: a reader that reads committed sees each window and each
+    forecast once."""
     settings = kafka_settings.replace(window_s=1800, grace_s=21_600, peaks_step_s=1800)
     spec = replay_spec(load_site(settings.topology))
     sites = (spec.site, *EXTRA_SITES)
-    env = dict(OPSLOOP_BATCH_SIZE=200, OPSLOOP_IDLE_CLOSE_S=3600, OPSLOOP_UNKNOWN_NAMES="accept")
+    settings = settings.replace(delivery=delivery)
+    env = dict(OPSLOOP_BATCH_SIZE=200, OPSLOOP_IDLE_CLOSE_S=3600, OPSLOOP_UNKNOWN_NAMES="accept",
+               OPSLOOP_DELIVERY=delivery)
     logs = {name: tmp_path / f"{name}.log" for name in "abc"}
     workers = {}
     try:
@@ -44,6 +50,8 @@ def test_rollup_workers_killed_and_added_mid_replay_count_every_point_of_every_s
         workers["b"] = start_worker(settings, "rollup,peaks", logs["b"], **env)
         wait_for(lambda: "rollup assigned partitions" in logs["b"].read_text(), 60, "worker B's assignment",
                  workers["b"])
+        split = re.search(r"rollup assigned partitions \[([\d, ]*)\]", logs["b"].read_text()).group(1)
+        assert len(split.split(",")) < 8  # the partitions are shared, not refused
         time.sleep(2.0)
         os.killpg(workers["a"].pid, signal.SIGKILL)
         workers["a"].wait()
@@ -79,5 +87,7 @@ def test_rollup_workers_killed_and_added_mid_replay_count_every_point_of_every_s
     forecasts = by_key(read_topic(settings, "forecasts.peak"), "PeakForecast", lambda f: (f["site"], f["issued_ms"]))
     assert {site for site, _ in forecasts} == {spec.site} and len(forecasts) >= DAYS * 48 - 1
     assert not once_in_content(forecasts)
+    if delivery == "exactly-once":
+        assert all(len(copies) == 1 for copies in (*windows.values(), *forecasts.values()))
     print(f"windows re-emitted: {sum(len(c) - 1 for c in windows.values())}; "
           f"forecasts re-emitted: {sum(len(c) - 1 for c in forecasts.values())}")
