@@ -415,6 +415,7 @@ class BatchProcessor:
         if self.exactly_once:  # fencing is by the consumer group's generation (KIP-447): one id per process
             prod.init_transactions(60)
             prod.begin_transaction()
+            self.log.info("%s: exactly-once, transactional id %s", self.name, transaction["transactional.id"])
         self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
             try:
