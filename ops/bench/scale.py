@@ -204,7 +204,7 @@ def run_scale_bench(settings: Settings, events: int = 200_000, rounds: int = 2) 
     print("  rollup  processes  points/s (group, wall)  points/CPU-s per process  vs 1 process  "
           "per process / Kafka consumer")
     for n in PROCESSES:
-        _, wall_rate, per_cpu = best[f"{n}"]
+        _, wall_rate, per_cpu, _ = best[f"{n}"]
         print(f"          {n:>9}  {wall_rate:>22,.0f}  {per_cpu:>24,.0f}  {per_cpu / single:>12.2f}  "
               f"{wall_rate / n / consumed:>28.1%}")
     eos_wall, eos_cpu = best["eos"][1], best["eos"][2]
