@@ -82,3 +82,14 @@ def test_partitions_short_of_the_broker_end_are_behind_even_before_their_first_r
     assert proc._behind() == [0, 3]
     proc.cons = None
     assert proc._behind() == []
+
+
+def test_only_the_stateful_kafka_only_processors_take_exactly_once():
+    from opsloop.streams.anomaly import AnomalyProcessor
+    from opsloop.streams.keyed import KeyedProcessor
+    from opsloop.streams.views import ViewsSink
+
+    assert RollupProcessor(Settings(delivery="exactly-once")).exactly_once
+    assert not RollupProcessor(Settings()).exactly_once
+    assert AnomalyProcessor.transactional and KeyedProcessor.transactional
+    assert not ViewsSink.transactional  # DuckDB keeps its own offsets: a Kafka transaction cannot cover it
