@@ -263,19 +263,29 @@ class BatchProcessor:
 
     def _commit_transaction(self, cons: Consumer) -> bool:
         """Exactly-once: state, outputs and the offsets of every assigned partition in one transaction (one
-        transaction holds the outputs of all of them), then the next one begins."""
+        transaction holds the outputs of all of them), then the next one begins. A broker fault while committing
+        is waited out here, committing the same transaction again (nothing may be produced into it meanwhile);
+        any other failure aborts it and fails the processor: a restart resumes from the last transaction."""
         self.checkpoint(set(self.assigned))
         offsets = self.offsets(set(self.assigned))
         try:
             if offsets:
-                self.prod.send_offsets_to_transaction(offsets, cons.consumer_group_metadata(), 30)
-            self.prod.commit_transaction(60)
+                self.prod.send_offsets_to_transaction(offsets, cons.consumer_group_metadata(), 60)
+            while True:
+                try:
+                    self.prod.commit_transaction(60)
+                    break
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if not (isinstance(err, KafkaError) and err.retriable()):
+                        raise
+                    self.broker_fault(f"transaction commit: {err.str()}")
+                    time.sleep(1.0)  # the broker is away: do not spin on it
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.retriable() and not err.txn_requires_abort():
-                self.broker_fault(f"transaction commit: {err.str()}")  # retried at the next commit
-                return False
-            raise  # the transaction is left open and aborted by the broker: the next owner redoes it
+            if isinstance(err, KafkaError) and err.txn_requires_abort():
+                self.prod.abort_transaction(30)
+            raise
         self.errors.raise_if_any()
         self.prod.begin_transaction()
         if self.commit_stat and offsets:
