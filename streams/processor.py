@@ -34,7 +34,9 @@ stateful ones whose only effects are Kafka records): the producer is transaction
 Kafka transaction holding the outputs, dead letters, checkpointed state and the consumed offsets
 (``send_offsets_to_transaction``, read-process-write). Readers that read committed (librdkafka's default)
 see all of it or none; a crash, a revocation or a lost assignment aborts what is open, and the next owner
-resumes from the last transaction. The default stays at-least-once.
+resumes from the last transaction. Each process has its own transactional id (fencing is by the group's
+generation, KIP-447), so a killed process's open transaction holds readers back until the broker aborts it,
+after ``transaction_timeout_ms``. The default stays at-least-once.
 
 A processor that stores its offsets with its own state, in one transaction (the views
 agent), returns them from ``stored_offsets``: an assignment resumes from them and the
@@ -101,6 +103,9 @@ class BatchProcessor:
     commit_stat: str | None = "commits"  # the stats key counting commits (None: not counted)
     consumer_overrides: dict[str, Any] = {}
     transactional = False  # outputs, state and offsets may commit in one Kafka transaction (exactly-once)
+    # A crashed process's open transaction is aborted by the broker only after this long, and until then readers
+    # that read committed wait at its first output: short, but well above the commit interval (one a few seconds)
+    transaction_timeout_ms = 15_000
     producer_overrides: dict[str, Any] = {}
 
     def __init__(self, settings: Settings, codec: Codec | None = None, clock: Callable[[], float] = time.monotonic):
@@ -419,7 +424,8 @@ class BatchProcessor:
         self.cons = cons = consumer(settings, settings.group(self.name),
                                     **{"error_cb": self._client_error, **self.consumer_overrides})
         transaction = {"transactional.id": f"{settings.app_id}.{settings.topic_prefix}{self.name}-"
-                                           f"{uuid.uuid4().hex[:12]}"} if self.exactly_once else {}
+                                           f"{uuid.uuid4().hex[:12]}",
+                       "transaction.timeout.ms": self.transaction_timeout_ms} if self.exactly_once else {}
         self.prod = prod = producer(settings, **{"error_cb": self._client_error, **transaction,
                                                  **self.producer_overrides})
         if self.exactly_once:  # fencing is by the consumer group's generation (KIP-447): one id per process
