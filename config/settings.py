@@ -58,6 +58,9 @@ class Settings:
     max_future_s: int = 86_400
     max_past_s: int = 7 * 86_400
     batch_size: int = 5000  # max messages per consume batch
+    # at-least-once: outputs delivered, then state, then offsets (a crash repeats outputs; sinks upsert) |
+    # exactly-once: the stateful processors write outputs, state and offsets in one Kafka transaction
+    delivery: str = "at-least-once"
     deadletter_max_bytes: int = 262_144  # key + value a dead letter keeps; beyond it: cut, with size and hash
     unknown_names: str = "deadletter"  # deadletter: points and alarms of undeclared sites/devices; accept: keep them
     peaks_step_s: int = 900  # peaks agent planning step (15 min = the billing interval)
@@ -130,6 +133,8 @@ class Settings:
                              f"{protocol}")
         if self.peaks_control not in ("grid_limit", "setpoint"):
             raise ValueError(f"OPSLOOP_PEAKS_CONTROL: expected grid_limit or setpoint, got {self.peaks_control!r}")
+        if self.delivery not in ("at-least-once", "exactly-once"):
+            raise ValueError(f"OPSLOOP_DELIVERY: expected at-least-once or exactly-once, got {self.delivery!r}")
         if not self.clock_speed > 0:
             raise ValueError(f"OPSLOOP_CLOCK_SPEED: expected a number > 0, got {self.clock_speed!r}")
 

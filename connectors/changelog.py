@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from opsloop.connectors.kafka import admin, consumer, send, watermark_offsets
@@ -55,7 +55,8 @@ class Changelog:
     def restore(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
         """partition → key → latest state, read to the end of each assigned changelog partition."""
         state: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-        cons = consumer(self.settings, f"{self.topic}-restore", **{"enable.partition.eof": False})
+        # partition ends come as events: under exactly-once the last offset is a transaction marker, never a message
+        cons = consumer(self.settings, f"{self.topic}-restore", **{"enable.partition.eof": True})
         try:
             ends = {}
             for p in partitions:
@@ -71,6 +72,8 @@ class Changelog:
                     raise TimeoutError(f"{self.topic}: restore did not reach the end of partitions {sorted(ends)}")
                 for msg in cons.consume(5000, timeout=0.5):
                     if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            ends.pop(msg.partition(), None)
                         continue
                     p = msg.partition()
                     if msg.value():

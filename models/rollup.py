@@ -381,11 +381,21 @@ class LaneWatermarks:
     LaneMark(watermark_ms=5000, asleep=False)
     >>> w.caught_up(0, now_ms=1_100); w.marks(now_ms=2_100)[lane]
     LaneMark(watermark_ms=5000, asleep=True)
+
+    With ``keyed`` the input is partitioned by site, so a lane lives on the partitions that delivered it
+    (one, once every producer keys by site) and no other partition holds it back:
+
+    >>> w = LaneWatermarks(partitions=[0, 1], hold_ms=1_000, keyed=True)
+    >>> w.observe(lane, 0, 5_000, now_ms=0); w.marks(now_ms=0)[lane]
+    LaneMark(watermark_ms=5000, asleep=False)
+    >>> w.backlog([1]); w.marks(now_ms=0)[lane]  # another partition's backlog is another site's
+    LaneMark(watermark_ms=5000, asleep=False)
     """
 
-    def __init__(self, partitions=(), hold_ms: int = 10_000):
+    def __init__(self, partitions=(), hold_ms: int = 10_000, keyed: bool = False):
         self.partitions = sorted(set(partitions))
         self.hold_ms = hold_ms
+        self.keyed = keyed
         self._lanes: dict[Lane, _LaneState] = {}
         self._current: dict[int, Lane] = {}  # partition → lane of its last record
         self._backlog: set[int] = set()  # partitions with records still unread at the broker
@@ -415,6 +425,11 @@ class LaneWatermarks:
             state.latest[partition] = ts_ms
         if state.frontier is None or ts_ms > state.frontier:
             state.frontier = ts_ms
+
+    def partitions_of(self, lane: Lane) -> set[int]:
+        """The partitions that have delivered the lane's data."""
+        state = self._lanes.get(lane)
+        return set(state.latest) if state is not None else set()
 
     def caught_up(self, partition: int, now_ms: int) -> None:
         """The partition was read to its end."""
@@ -473,7 +488,7 @@ class LaneWatermarks:
         if state.asleep:
             return LaneMark(state.frontier, True)
         low, held = None, False
-        for p in self.partitions:
+        for p in sorted(state.latest) if self.keyed else self.partitions:
             latest = state.latest.get(p)
             if p not in state.active and p not in self._backlog:
                 since = max(state.idle_since.get(p, state.woke), state.woke)

@@ -252,6 +252,10 @@ def cmd_bench(settings: Settings, args) -> int:
 
     if args.suite in ("all", "rollup"):
         run_bench(settings, events=args.events, secure=not args.no_secure)
+    if args.suite in ("all", "scale"):  # Kafka's own limit, the rollup in 1, 2 and 4 processes, exactly-once
+        from opsloop.ops.bench.scale import run_scale_bench
+
+        run_scale_bench(settings, events=args.events)
     if args.suite in ("all", "alarms"):
         from opsloop.ops.bench.alarms import run_alarm_bench
 
@@ -417,7 +421,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency; closed-loop latency (loop)")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "loop", "sources"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "loop", "sources"], default="all")
     b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
     b.add_argument("--loop-seconds", type=float, default=100.0, help="loop suite: how long the twin sends")
     b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")

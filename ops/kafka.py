@@ -142,22 +142,34 @@ class LocalKafka:
 
     def install(self) -> Path:
         """Fetch the broker's jars with Maven unless already cached; returns the libs dir."""
-        done = self.libs / ".complete"
+        return self._fetch(HERE / "pom.xml", self.libs)
+
+    @property
+    def tools(self) -> Path:
+        return self.cache_dir / f"kafka-{self.version}" / "tools"
+
+    def install_tools(self) -> Path:
+        """Fetch Kafka's own perf tools of the broker's release (``org.apache.kafka:kafka-tools``) unless cached;
+        returns their classpath dir (``ProducerPerformance``, ``ConsumerPerformance``)."""
+        return self._fetch(HERE / "tools-pom.xml", self.tools)
+
+    def _fetch(self, pom: Path, into: Path) -> Path:
+        done = into / ".complete"
         if done.exists():
-            return self.libs
+            return into
         _require("mvn", "Maven is needed once to fetch Apache Kafka (Debian: apt-get install maven)")
         _require("java", "Java 17+ runs the Kafka broker (Debian: apt-get install openjdk-17-jre-headless)")
-        tmp = self.libs.with_name("libs.partial")
+        tmp = into.with_name(f"{into.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = ["mvn", "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
+        cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
                f"-Dkafka.version={self.version}", "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise KafkaSetupError(f"Maven could not fetch Apache Kafka {self.version}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        tmp.rename(self.libs)
+        shutil.rmtree(into, ignore_errors=True)
+        tmp.rename(into)
         done.touch()
-        return self.libs
+        return into
 
     # -- run -------------------------------------------------------------------------------
 

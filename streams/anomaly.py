@@ -65,6 +65,7 @@ def alarm(point: dict, t: Transition) -> dict:
 
 
 class AnomalyProcessor(BatchProcessor):
+    transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "anomaly"
     source = "telemetry.raw"
     commit_stat = "checkpoints"

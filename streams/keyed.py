@@ -27,6 +27,7 @@ Output = tuple[str, dict]  # (catalog topic, record): keyed and encoded as the c
 
 
 class KeyedProcessor(BatchProcessor):
+    transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "keyed"
     source = ""  # catalog topic read
     record = ""  # its record

@@ -29,6 +29,15 @@ now) and the next owner, this process after it rejoins, resumes from the last co
 the state checkpointed with it, as after a crash. Delivery failures (an output the producer
 gave up on) stay fatal: a restart redoes the batch.
 
+Exactly-once (``settings.delivery = "exactly-once"``, for the processors marked ``transactional``: the
+stateful ones whose only effects are Kafka records): the producer is transactional and a commit is one
+Kafka transaction holding the outputs, dead letters, checkpointed state and the consumed offsets
+(``send_offsets_to_transaction``, read-process-write). Readers that read committed (librdkafka's default)
+see all of it or none; a crash, a revocation or a lost assignment aborts what is open, and the next owner
+resumes from the last transaction. Each process has its own transactional id (fencing is by the group's
+generation, KIP-447), so a killed process's open transaction holds readers back until the broker aborts it,
+after ``transaction_timeout_ms``. The default stays at-least-once.
+
 A processor that stores its offsets with its own state, in one transaction (the views
 agent), returns them from ``stored_offsets``: an assignment resumes from them and the
 Kafka commit only copies them, asynchronously, for lag dashboards.
@@ -43,6 +52,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -92,6 +102,10 @@ class BatchProcessor:
     settle_s = 10.0  # after a broker outage, how long partition ends are not trusted (sources flush their backlog)
     commit_stat: str | None = "commits"  # the stats key counting commits (None: not counted)
     consumer_overrides: dict[str, Any] = {}
+    transactional = False  # outputs, state and offsets may commit in one Kafka transaction (exactly-once)
+    # A crashed process's open transaction is aborted by the broker only after this long, and until then readers
+    # that read committed wait at its first output: short, but well above the commit interval (one a few seconds)
+    transaction_timeout_ms = 15_000
     producer_overrides: dict[str, Any] = {}
 
     def __init__(self, settings: Settings, codec: Codec | None = None, clock: Callable[[], float] = time.monotonic):
@@ -116,6 +130,7 @@ class BatchProcessor:
         self.stale: set[Partition] = set()  # caught up before a broker fault: their end is to be confirmed again
         self._recheck_at = 0.0
         self.handoff = Handoff()  # the worker shares one between its agents
+        self.exactly_once = self.transactional and settings.delivery == "exactly-once"
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -227,6 +242,8 @@ class BatchProcessor:
         states recognise on a replay. Partitions being lost are neither checkpointed nor committed."""
         if self.losing:
             return False
+        if self.exactly_once:
+            return self._commit_transaction(cons)
         partitions = set(self.assigned) if partitions is None else set(partitions) & self.assigned
         self.flush()  # outputs first: stored state never runs ahead of what downstream got
         self.checkpoint(partitions)
@@ -248,6 +265,47 @@ class BatchProcessor:
                 self.stats[self.commit_stat] += 1
             self.broker.ok()
         return True
+
+    def _commit_transaction(self, cons: Consumer) -> bool:
+        """Exactly-once: state, outputs and the offsets of every assigned partition in one transaction (one
+        transaction holds the outputs of all of them), then the next one begins. A broker fault while committing
+        is waited out here, committing the same transaction again (nothing may be produced into it meanwhile);
+        any other failure aborts it and fails the processor: a restart resumes from the last transaction."""
+        self.checkpoint(set(self.assigned))
+        offsets = self.offsets(set(self.assigned))
+        try:
+            if offsets:
+                self.prod.send_offsets_to_transaction(offsets, cons.consumer_group_metadata(), 60)
+            while True:
+                try:
+                    self.prod.commit_transaction(60)
+                    break
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if not (isinstance(err, KafkaError) and err.retriable()):
+                        raise
+                    self.broker_fault(f"transaction commit: {err.str()}")
+                    time.sleep(1.0)  # the broker is away: do not spin on it
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.txn_requires_abort():
+                self.prod.abort_transaction(30)
+            raise
+        self.errors.raise_if_any()
+        self.prod.begin_transaction()
+        if self.commit_stat and offsets:
+            self.stats[self.commit_stat] += 1
+        self.broker.ok()
+        return True
+
+    def _abort_transaction(self) -> None:
+        """Exactly-once: drop the open transaction's outputs and state (the partitions are someone else's now, or
+        their state was reset), and begin the next one."""
+        if self.exactly_once and self.prod is not None:
+            self.prod.abort_transaction(30)
+            self.prod.poll(0)  # serves the purged outputs' delivery reports: they failed on purpose
+            self.errors.first = None
+            self.prod.begin_transaction()
 
     # -- broker faults --------------------------------------------------------------------
 
@@ -316,6 +374,7 @@ class BatchProcessor:
 
     def _revoked(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
         self.on_revoke(cons, partitions)
+        self._abort_transaction()  # what the last transaction left out is redone by the next owner
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             self.caught_up.discard((p.topic, p.partition))
@@ -364,7 +423,15 @@ class BatchProcessor:
         quiet_s = settings.idle_close_s if self.quiet_s is None else self.quiet_s
         self.cons = cons = consumer(settings, settings.group(self.name),
                                     **{"error_cb": self._client_error, **self.consumer_overrides})
-        self.prod = prod = producer(settings, **{"error_cb": self._client_error, **self.producer_overrides})
+        transaction = {"transactional.id": f"{settings.app_id}.{settings.topic_prefix}{self.name}-"
+                                           f"{uuid.uuid4().hex[:12]}",
+                       "transaction.timeout.ms": self.transaction_timeout_ms} if self.exactly_once else {}
+        self.prod = prod = producer(settings, **{"error_cb": self._client_error, **transaction,
+                                                 **self.producer_overrides})
+        if self.exactly_once:  # fencing is by the consumer group's generation (KIP-447): one id per process
+            prod.init_transactions(60)
+            prod.begin_transaction()
+            self.log.info("%s: exactly-once, transactional id %s", self.name, transaction["transactional.id"])
         self.dead = DeadLetters(settings, prod, self.name, self.codec)
         try:
             try:

@@ -30,10 +30,17 @@ close the windows of the others (models/rollup.py). Event times outside the boun
 partition has caught up and nothing arrives for ``idle_close_s``, all open windows are
 closed (the end of a replay, or a site gone silent).
 
-All of a site's devices must reach one rollup process, so one process owns all
-partitions of ``telemetry.raw``: on a partial assignment (a second rollup in the
-group) it fails with a clear error rather than emit partial sites. A repartition
-stage keyed by site is the way to scale past one process.
+Scale-out: all of a site's devices must reach one rollup process. The catalog keys
+``telemetry.raw`` by site, so a site's points meet in one partition and the rollup
+scales by adding processes to its consumer group, up to the partition count; each
+lane's watermark then follows only the partitions that delivered it
+(``LaneWatermarks(keyed=True)``). A rebalance hands the open windows over the way a
+crash does: the revoked owner commits (never past a point an open window holds, with
+the lanes and ``processed_upto`` in the metadata) and the next owner folds the
+uncommitted points in again, recognising those of windows already emitted. With a
+catalog that keys ``telemetry.raw`` otherwise (by device, as before) one process must
+own every partition, and on a partial assignment it fails with a clear error rather
+than emit partial sites.
 
 The consume/commit loop is streams/processor.py's; this module keeps what is the
 rollup's own: partition ends move the watermark in message order, closing windows
@@ -72,6 +79,7 @@ class PartialAssignment(RuntimeError):
 
 
 class RollupProcessor(BatchProcessor):
+    transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "rollup"
     source = "telemetry.raw"
     # A batch waits at most 50 ms to fill: at 10,000 points/s a full 5,000 would hold the point that closes a
@@ -82,6 +90,7 @@ class RollupProcessor(BatchProcessor):
                  wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.names = names  # None: every site and device is taken
+        self.keyed = self.catalog[self.source].key == "site"  # a site's points meet in one partition
         self.wall_clock = wall_clock  # processing time for event-time bounds and partition holds
         self._metadata_full = False  # warned that lanes did not fit the commit metadata
         self.now_ms = int(wall_clock() * 1000)
@@ -94,18 +103,20 @@ class RollupProcessor(BatchProcessor):
         # idle_close_s is how long a Kafka consumer may take to reach a partition: wall seconds, counted on
         # the run's clock (a twin clock runs `speed` times faster)
         hold_ms = int(self.settings.idle_close_s * 1000 * getattr(self.wall_clock, "speed", 1.0))
-        self.watermark = LaneWatermarks(partitions, hold_ms=hold_ms)
+        self.watermark = LaneWatermarks(partitions, hold_ms=hold_ms, keyed=self.keyed)
         self.replayed_upto: dict[int, int] = {}  # partition → offsets below this were handled before a restart
         self.start_offsets: dict[int, int] = {}  # partition → where this assignment reads from (-1: its beginning)
+        self.lane_homes: dict[tuple[str, str], set[int]] = {}  # lane → partitions whose commit metadata carried it
 
     # -- rebalance ---------------------------------------------------------------------
 
     def on_assign(self, cons, partitions) -> None:
         self._reset([p for _, p in self.assigned])  # open windows mix partitions: rebuild from the commits
         total = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        if partitions and len(self.assigned) < total:
+        if partitions and len(self.assigned) < total and not self.keyed:
             raise PartialAssignment(f"rollup was assigned {len(self.assigned)} of the {total} partitions of "
-                                    f"{self.topic}; a site's devices span all of them, so run one rollup process")
+                                    f"{self.topic}; a site's devices span all of them, so run one rollup process "
+                                    "(or key the topic by site in the catalog)")
         for tp in cons.committed(partitions, timeout=30):
             self.start_offsets[tp.partition] = tp.offset if tp.offset >= 0 else -1
             if tp.metadata:
@@ -113,6 +124,7 @@ class RollupProcessor(BatchProcessor):
                 self.rollup.move_watermark(mark.get("watermark_ms"))  # written by versions without lanes
                 for site, source, lane_ms in mark.get("lanes", ()):
                     self.rollup.move_watermark(lane_ms, (site, source))
+                    self.lane_homes.setdefault((site, source), set()).add(tp.partition)
                 self.replayed_upto[tp.partition] = mark["processed_upto"]
         self.log.info("rollup assigned partitions %s of %s", sorted(p for _, p in self.assigned), self.topic)
 
@@ -178,8 +190,15 @@ class RollupProcessor(BatchProcessor):
     def offsets(self, partitions) -> list[TopicPartition]:
         """Never past a point an open window holds; the metadata lets a restart recognise what was handled."""
         pending = self.rollup.pending_offsets()
-        lanes = sorted(([site, source, ms] for (site, source), ms in self.rollup.lanes.items()),
-                       key=lambda lane: -lane[2])
+        return [TopicPartition(topic, p, pending.get(p, upto), metadata=json.dumps({**self._mark(p), "processed_upto": upto}))
+                for (topic, p), upto in self.processed.items() if (topic, p) in partitions]
+
+    def _mark(self, partition: int) -> dict:
+        """The watermarks a restart on ``partition`` needs: every lane, or with a site-keyed input the lanes that
+        live on it (so the metadata does not grow with the sites of the whole group)."""
+        lanes = [[site, source, ms] for (site, source), ms in self.rollup.lanes.items()
+                 if not self.keyed or self._lives_on((site, source), partition)]
+        lanes.sort(key=lambda lane: -lane[2])
         mark = {"watermark_ms": self.rollup.watermark_ms, "lanes": lanes}
         while len(json.dumps(mark)) > METADATA_BYTES - 64 and lanes:  # the broker refuses the commit past its limit
             dropped = lanes.pop()  # the lane furthest behind: least likely to have points in the uncommitted range
@@ -187,5 +206,8 @@ class RollupProcessor(BatchProcessor):
                 self._metadata_full = True
                 self.log.warning("commit metadata full: lanes from %s/%s (watermark %d) on are not kept; a restart "
                                  "may count their uncommitted points again", dropped[0], dropped[1], dropped[2])
-        return [TopicPartition(topic, p, pending.get(p, upto), metadata=json.dumps({**mark, "processed_upto": upto}))
-                for (topic, p), upto in self.processed.items() if (topic, p) in partitions]
+        return mark
+
+    def _lives_on(self, lane, partition: int) -> bool:
+        home = self.watermark.partitions_of(lane) | self.lane_homes.get(lane, set())
+        return not home or partition in home  # a lane of unknown home goes everywhere: nothing is lost

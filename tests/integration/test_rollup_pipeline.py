@@ -97,7 +97,14 @@ def test_malformed_and_late_messages_reach_deadletter_and_the_stream_goes_on(kaf
     assert sorted(s["grid_kw"] for s in snaps) == [100.0 + m for m in range(11)]
 
 
-def test_a_second_rollup_in_the_group_fails_clearly_instead_of_splitting_sites(kafka_settings):
+def test_with_raw_telemetry_keyed_by_device_a_second_rollup_fails_clearly_instead_of_splitting_sites(
+        kafka_settings, tmp_path):
+    """A deployment whose catalog keys telemetry.raw by device (a site's devices on every partition) must run one
+    rollup process; the catalog's own key, site, lets rollups share the partitions (test_rollup_scale_out.py)."""
+    topics = tmp_path / "topics.yaml"
+    topics.write_text(kafka_settings.topics_file.read_text().replace(
+        "key: site           # a site's points meet", "key: device         # a site's points meet", 1))
+    kafka_settings = kafka_settings.replace(topics_file=topics)
     stop, failures = threading.Event(), []
 
     def run(proc):
@@ -107,6 +114,7 @@ def test_a_second_rollup_in_the_group_fails_clearly_instead_of_splitting_sites(k
             failures.append(exc)
 
     first = RollupProcessor(kafka_settings)
+    assert not first.keyed
     threads = [threading.Thread(target=run, args=(first,))]
     threads[0].start()
     try:

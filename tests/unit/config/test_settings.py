@@ -18,3 +18,10 @@ def test_a_named_broker_wins_over_the_local_port():
     env = {"OPSLOOP_KAFKA_PORT": "19092", "OPSLOOP_BROKER": "kafka:9092"}
     assert Settings.from_env(env).broker == "kafka:9092"
     assert Settings.from_env({"OPSLOOP_KAFKA_PORT": "19092"}, broker="b:1").broker == "b:1"
+
+
+def test_delivery_is_at_least_once_unless_exactly_once_is_asked_and_nothing_else_is_taken():
+    assert Settings.from_env({}).delivery == "at-least-once"
+    assert Settings.from_env({"OPSLOOP_DELIVERY": "exactly-once"}).delivery == "exactly-once"
+    with pytest.raises(ValueError, match="OPSLOOP_DELIVERY"):
+        Settings.from_env({"OPSLOOP_DELIVERY": "exactly_once"})

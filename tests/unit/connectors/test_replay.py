@@ -208,7 +208,7 @@ def test_replay_produces_keyed_encoded_points(spec):
     codec = Codec.default()
     for topic, key, value in prod.sent:
         point = codec.decode_as("TelemetryPoint", value)
-        assert topic == "t.telemetry.raw" and key == point["device"].encode()
+        assert topic == "t.telemetry.raw" and key == point["site"].encode()  # the catalog keys raw telemetry by site
     assert lines and lines[-1].startswith("replay demo: 24/24 rows (100%)") and "points/s" in lines[-1]
 
 

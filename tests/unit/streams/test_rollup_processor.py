@@ -27,6 +27,37 @@ def test_commit_metadata_carries_every_lane_and_stays_under_the_broker_limit():
     assert len(tp.metadata) <= METADATA_BYTES and lanes[:2] == mark["lanes"] and lanes[-1][2] > 1_000_000
 
 
+def test_with_input_keyed_by_site_each_partition_carries_only_the_lanes_that_live_on_it():
+    proc = RollupProcessor(Settings())
+    assert proc.keyed  # the catalog keys telemetry.raw by site
+    proc.processed = {("telemetry.raw", 0): 5, ("telemetry.raw", 1): 9}
+    for partition, site in ((0, "a"), (1, "b")):
+        point = {"site": site, "device": "gm", "metric": "grid_kw", "value": 1.0, "ts_ms": 960_163_200_000,
+                 "source": "replay"}
+        proc.handle(Point(point, partition, proc.codec))
+    proc.end_batch(2, idle=False)
+    marks = {tp.partition: json.loads(tp.metadata)["lanes"]
+             for tp in proc.offsets({("telemetry.raw", 0), ("telemetry.raw", 1)})}
+    assert {p: [lane[0] for lane in lanes] for p, lanes in marks.items()} == {0: ["a"], 1: ["b"]}
+
+
+class Point:
+    """A consumed TelemetryPoint: what ``handle`` reads of a message."""
+
+    def __init__(self, point: dict, partition: int, codec):
+        self._value, self._partition = codec.encode("TelemetryPoint", {"device_type": "grid_meter", "unit": "kW",
+                                                                        **point}), partition
+
+    def value(self):
+        return self._value
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return 0
+
+
 class PositionsOnly:
     """The two local consumer calls ``_behind`` makes: positions and cached high watermarks."""
 
@@ -51,3 +82,14 @@ def test_partitions_short_of_the_broker_end_are_behind_even_before_their_first_r
     assert proc._behind() == [0, 3]
     proc.cons = None
     assert proc._behind() == []
+
+
+def test_only_the_stateful_kafka_only_processors_take_exactly_once():
+    from opsloop.streams.anomaly import AnomalyProcessor
+    from opsloop.streams.keyed import KeyedProcessor
+    from opsloop.streams.views import ViewsSink
+
+    assert RollupProcessor(Settings(delivery="exactly-once")).exactly_once
+    assert not RollupProcessor(Settings()).exactly_once
+    assert AnomalyProcessor.transactional and KeyedProcessor.transactional
+    assert not ViewsSink.transactional  # DuckDB keeps its own offsets: a Kafka transaction cannot cover it
