@@ -55,12 +55,12 @@ class SlurmSink(ActuatorSink):
     def reserve(self, action: dict, detail: str = ""):
         """Make the maintenance reservation unless one by its name is there already. Returns no undo: the
         proposal expires at the window's start, which must not end the reservation (Slurm ends it at EndTime)."""
-        problems = maintenance_problems(action, self.now_ms())  # the guard checked; the device end checks again
-        if problems:
-            raise SlurmError("; ".join(p.text for p in problems))
         self.backend.check(RESERVE)
         want = requested(action)
         if self.backend.reservation(want.name) is None:
+            problems = maintenance_problems(action, self.now_ms())  # the guard checked; the device end checks again
+            if problems:
+                raise SlurmError("; ".join(p.text for p in problems))
             self.backend.reserve(want)
             verb = "created"
         else:
@@ -120,7 +120,11 @@ class SlurmSink(ActuatorSink):
 
     def reconcile(self, action: dict):
         if action["kind"] == MAINTENANCE:  # the name makes it safe to run again: an existing one is kept
-            return self.reserve(action, "interrupted; checked by name after a restart")
+            try:
+                return self.reserve(action, "interrupted; checked by name after a restart")
+            except SlurmError as exc:  # e.g. the window has started meanwhile: report it, do not crash-loop
+                return FAILED, action_result(action, "failed", "no reservation made", str(exc), self.name,
+                                             self.now_ms()), None
         entry = self.ledger.get(action["action_id"])
         planned = [job_id for _, job_id in (entry.undo or [])]
         if not planned:

@@ -198,3 +198,21 @@ def test_an_approved_maintenance_window_reserves_its_node_once_and_outlives_the_
         for reservation in (name, retried_name):
             subprocess.run(["scontrol", "delete", f"ReservationName={reservation}"], env=slurm.env,
                            capture_output=True, timeout=30)
+
+
+def test_a_reservation_the_guard_should_have_refused_is_not_made(kafka_settings, slurm):
+    """The device end checks again: a window already started, or a node name that is no host name."""
+    sink = SlurmSink(kafka_settings, load_policy(kafka_settings.policy), backend=ScontrolBackend(slurm.env))
+    now_s = int(time.time())
+    started = action("maint-late", "slurm_reserve", target=slurm.host, nodes=slurm.host, start_ms=(now_s - 60) * 1000,
+                     end_ms=(now_s + 3600) * 1000)
+    hostile = action("maint-hostile", "slurm_reserve", target=slurm.host, nodes=f"{slurm.host} Users=nobody",
+                     start_ms=(now_s + 3600) * 1000, end_ms=(now_s + 7200) * 1000)
+    try:
+        with pytest.raises(SlurmError, match="must start ahead of now"):
+            sink.execute(started)
+        with pytest.raises(SlurmError, match="refusing node name"):
+            sink.execute(hostile)
+        assert not reservations(slurm, "opsloop-maint-late") and not reservations(slurm, "opsloop-maint-hostile")
+    finally:
+        sink.close()
