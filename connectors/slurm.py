@@ -9,6 +9,12 @@ Backends (``Settings.slurm_backend``), each with ``jobs()`` and ``act(command, j
   head node; does what the server's REST API can (22.05: list, hold, release).
 - ``pyslurm``: ``connectors.slurm_pyslurm.PyslurmBackend`` when pyslurm imports.
 
+The ``scontrol`` backend also makes maintenance reservations (``reserve``,
+``reservation``): ``scontrol create reservation ... Flags=MAINT,IGNORE_JOBS``
+and ``scontrol show reservation``, times in UTC; node names must look like
+host names first. The other backends raise ``UnsupportedCommand`` for it
+(the 22.05 REST API only lists reservations).
+
 A job id must look like one (digits, or an array task ``123_4``) before any
 backend uses it. A command a backend cannot do raises ``UnsupportedCommand``
 (naming the Slurm version and the backend that can); the sink reports the
@@ -21,16 +27,22 @@ import logging
 import os
 import re
 import subprocess
+from datetime import datetime, timezone
 from typing import Mapping
 
 from opsloop.models.jobs import Job
+from opsloop.models.reservation import Reservation
 
 log = logging.getLogger("opsloop.slurm")
 JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")  # used with fullmatch: "12\n" is no job id
 FIELDS = ("JobID", "Partition", "State", "PriorityLong", "tres-per-node", "Name")
 COMMANDS = {"slurm_hold": "hold", "slurm_release": "release", "slurm_suspend": "suspend",
             "slurm_resume": "resume", "slurm_requeue": "requeuehold", "requeue_no_hold": "requeue"}
-
+RESERVE = "reserve"  # not a job command: ``reserve``/``reservation`` below
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: a host name, no ranges, no spaces
+RESERVATION_NAME = re.compile(r"opsloop-[A-Za-z0-9_-]{1,60}")
+RESERVATION_USER = "root"  # Slurm wants a user or account on a reservation; MAINT keeps everyone else out
+SLURM_TIME = "%Y-%m-%dT%H:%M:%S"
 
 
 class SlurmError(RuntimeError):
@@ -45,6 +57,31 @@ def check_job_id(job_id) -> str:
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise SlurmError(f"refusing job id {job_id!r}: not a Slurm job id")
     return job_id
+
+
+def check_node_name(node) -> str:
+    if not isinstance(node, str) or not NODE_NAME.fullmatch(node):
+        raise SlurmError(f"refusing node name {node!r}: not a host name")
+    return node
+
+
+def check_reservation_name(name) -> str:
+    if not isinstance(name, str) or not RESERVATION_NAME.fullmatch(name):
+        raise SlurmError(f"refusing reservation name {name!r}: not one of opsloop's")
+    return name
+
+
+def slurm_time(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime(SLURM_TIME)
+
+
+def parse_reservation(line: str, nodes: tuple[str, ...]) -> Reservation:
+    """One line of ``scontrol -o show reservation`` (read with TZ=UTC); ``nodes`` already expanded."""
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    seconds = [int(datetime.strptime(fields[k], SLURM_TIME).replace(tzinfo=timezone.utc).timestamp())
+               for k in ("StartTime", "EndTime")]
+    return Reservation(fields["ReservationName"], tuple(sorted(nodes)), seconds[0], seconds[1],
+                       tuple(f for f in fields.get("Flags", "").split(",") if f))
 
 
 def parse_gpus(tres: str) -> int:
@@ -69,14 +106,15 @@ def parse_squeue(text: str) -> list[Job]:
 
 class ScontrolBackend:
     name = "scontrol"
-    commands = frozenset(COMMANDS.values())
+    commands = frozenset(COMMANDS.values()) | {RESERVE}
 
     def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = 30.0):
         self.env = dict(env) if env is not None else dict(os.environ)
         self.timeout_s = timeout_s
 
-    def _run(self, argv: list[str]) -> str:
-        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout_s)
+    def _run(self, argv: list[str], utc: bool = False) -> str:
+        env = {**self.env, "TZ": "UTC"} if utc else self.env  # scontrol reads and writes times in local time
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=self.timeout_s)
         if done.returncode != 0:
             raise SlurmError(f"{argv[0]} {argv[1]}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
@@ -90,5 +128,26 @@ class ScontrolBackend:
             raise UnsupportedCommand(f"scontrol backend has no command {command!r}")
 
     def act(self, command: str, job_id: str) -> None:
+        if command == RESERVE:
+            raise UnsupportedCommand("reserve is no job command: use reserve()")
         self.check(command)
         self._run(["scontrol", command, check_job_id(job_id)])
+
+    def reservation(self, name: str) -> Reservation | None:
+        """The reservation called ``name``, or None when Slurm has none by that name."""
+        try:
+            line = self._run(["scontrol", "-o", "show", "reservation", check_reservation_name(name)], utc=True)
+        except SlurmError as exc:
+            if f"Reservation {name} not found" in str(exc):
+                return None
+            raise
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        nodes = self._run(["scontrol", "show", "hostnames", fields.get("Nodes", "")]).split()
+        return parse_reservation(line, tuple(nodes))
+
+    def reserve(self, want: Reservation) -> None:
+        """Create a maintenance reservation of ``want.nodes`` for its window (running jobs keep running)."""
+        self._run(["scontrol", "create", "reservation", f"ReservationName={check_reservation_name(want.name)}",
+                   f"StartTime={slurm_time(want.start_s)}", f"EndTime={slurm_time(want.end_s)}",
+                   f"Nodes={','.join(check_node_name(n) for n in want.nodes)}", f"Users={RESERVATION_USER}",
+                   f"Flags={','.join((*want.flags, 'IGNORE_JOBS'))}"], utc=True)

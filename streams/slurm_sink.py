@@ -10,6 +10,12 @@ ledger, acts, then verifies from the job states within ``verify_window_s``: ``ve
 what it did; an early undo only for the action's own proposer and target (the guard checks
 it too). Protected partitions are filtered out twice: by the selection and
 again right before each command.
+
+An approved ``slurm_reserve`` (a maintenance window, ``models.maintenance``) becomes a Slurm
+maintenance reservation named after the action id (``models.reservation``): one already there by
+that name counts as done, so a retry after a crash never makes a second one. It is verified by
+reading the reservation back (nodes, window, MAINT). It has nothing to undo at expiry: the
+proposal expires when the window starts, and Slurm ends the reservation itself at its EndTime.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from __future__ import annotations
 import logging
 
 from opsloop.connectors.ledger import EXECUTED, FAILED
-from opsloop.connectors.slurm import COMMANDS, SlurmError
+from opsloop.connectors.slurm import COMMANDS, RESERVE, SlurmError
 from opsloop.connectors.slurm_backends import make_backend
-from opsloop.models.guard import action_limits, declared_partitions
+from opsloop.models.guard import MAINTENANCE, action_limits, declared_partitions, maintenance_problems
 from opsloop.models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable
 from opsloop.models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
 from opsloop.models.records import action_alarm, action_result
+from opsloop.models.reservation import judge_reservation, requested, utc
 from opsloop.streams.actuator import ActuatorSink
 
 log = logging.getLogger("opsloop.slurm")
@@ -31,7 +38,7 @@ CHECK_EVERY_MS = 1000
 
 class SlurmSink(ActuatorSink):
     name = "slurm-sink"
-    kinds = ("slurm_hold", "slurm_release", "slurm_requeue", "slurm_suspend", "slurm_resume")
+    kinds = ("slurm_hold", "slurm_release", "slurm_requeue", "slurm_suspend", "slurm_resume", MAINTENANCE)
     device_type = "slurm"
 
     def __init__(self, settings, policy, backend=None, clock=None):
@@ -45,8 +52,27 @@ class SlurmSink(ActuatorSink):
     def _hold_s(self, action: dict) -> float:
         return max(0.0, (action["expires_ms"] - self.now_ms()) / 1000)
 
+    def reserve(self, action: dict, detail: str = ""):
+        """Make the maintenance reservation unless one by its name is there already. Returns no undo: the
+        proposal expires at the window's start, which must not end the reservation (Slurm ends it at EndTime)."""
+        self.backend.check(RESERVE)
+        want = requested(action)
+        if self.backend.reservation(want.name) is None:
+            problems = maintenance_problems(action, self.now_ms())  # the guard checked; the device end checks again
+            if problems:
+                raise SlurmError("; ".join(p.text for p in problems))
+            self.backend.reserve(want)
+            verb = "created"
+        else:
+            verb, detail = "found", "; ".join(filter(None, [detail, "already there by this name: not created again"]))
+        observed = (f"{verb} maintenance reservation {want.name} of {', '.join(want.nodes)} from "
+                    f"{utc(want.start_s)} to {utc(want.end_s)}")
+        return EXECUTED, action_result(action, "executed", observed, detail, self.name, self.now_ms()), None
+
     def execute(self, action: dict):
         kind = action["kind"]
+        if kind == MAINTENANCE:
+            return self.reserve(action)
         undo_of = action.get("params", {}).get("undo_of")
         if kind in ("slurm_release", "slurm_resume") and undo_of:
             entry = self.ledger.get(undo_of)
@@ -93,6 +119,12 @@ class SlurmSink(ActuatorSink):
                                        delta), undo
 
     def reconcile(self, action: dict):
+        if action["kind"] == MAINTENANCE:  # the name makes it safe to run again: an existing one is kept
+            try:
+                return self.reserve(action, "interrupted; checked by name after a restart")
+            except SlurmError as exc:  # e.g. the window has started meanwhile: report it, do not crash-loop
+                return FAILED, action_result(action, "failed", "no reservation made", str(exc), self.name,
+                                             self.now_ms()), None
         entry = self.ledger.get(action["action_id"])
         planned = [job_id for _, job_id in (entry.undo or [])]
         if not planned:
@@ -123,7 +155,27 @@ class SlurmSink(ActuatorSink):
     # -- verification and expiry --------------------------------------------------------
 
     def _waiting(self) -> list:
-        return [e for e in self.ledger.awaiting_verification() if e.undo and not e.action.get("params", {}).get("undo_of")]
+        return [e for e in self.ledger.awaiting_verification()
+                if (e.undo or e.action["kind"] == MAINTENANCE) and not e.action.get("params", {}).get("undo_of")]
+
+    def _verify_reservation(self, entry, now: int) -> bool:
+        action = entry.action
+        want = requested(action)
+        outcome = judge_reservation(want, self.backend.reservation(want.name), now,
+                                    entry.result["ts_ms"] + self.window_ms)
+        if outcome.status == VERIFIED:
+            self.ledger.mark_verified(entry.action_id, True)
+            self.stats["verified"] += 1
+            self.publish(action_result(action, "verified", outcome.text, entry.result["observed_effect"], self.name,
+                                       now))
+            return True
+        if outcome.status == V_FAILED:  # not ours to delete: it may be someone's by the same name
+            self.ledger.mark_verified(entry.action_id, False)
+            self.publish(action_result(action, "failed", outcome.text, "verification failed", self.name, now))
+            self.raise_alarm(action_alarm(action, "slurm", "opsloop.slurm-sink", "ACTION_VERIFY_FAILED",
+                                          f"{action['kind']} {action['action_id']} not verified: {outcome.text}", now))
+            return True
+        return False
 
     def housekeeping(self) -> bool:
         now = self.now_ms()
@@ -131,11 +183,14 @@ class SlurmSink(ActuatorSink):
             return False  # squeue is a process per call: poll the job states about once a second
         self._last_check_ms = now
         waiting = self._waiting()
-        due = self.ledger.due_for_undo(now)
-        if not waiting and not due:
-            return False
-        states = {j.job_id: j.state for j in self.backend.jobs()}
+        due = self.ledger.due_for_undo(now)  # a reservation has no undo, so it is never due here
         sent = False
+        for entry in [e for e in waiting if e.action["kind"] == MAINTENANCE]:
+            sent = self._verify_reservation(entry, now) or sent
+        waiting = [e for e in waiting if e.action["kind"] != MAINTENANCE]
+        if not waiting and not due:
+            return sent
+        states = {j.job_id: j.state for j in self.backend.jobs()}
         for entry in waiting:
             action = entry.action
             expected = {job_id: EXPECTED[action["kind"]] for _, job_id in entry.undo}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from actuation import Running, action, approved, publish, results, watch
 from opsloop.connectors.slurm import ScontrolBackend, SlurmError
 from opsloop.streams.slurm_sink import SlurmSink
 from opsloop.models.jobs import flexible_gpu_kw
+from opsloop.models.reservation import requested
 from opsloop.config.policy import load_policy
 from opsloop.schemas.codec import Codec
 
@@ -146,3 +148,71 @@ def test_an_effect_that_does_not_show_fails_verification_is_reverted_and_raises_
     assert (alarm["code"], alarm["device_type"], alarm["attributes"]["action_id"]) == (
         "ACTION_VERIFY_FAILED", "slurm", "meddled")
     assert set(states(backend, jobs.values()).values()) == {"RUNNING"}
+
+
+def reservations(slurm, name: str) -> list[str]:
+    """The ``scontrol -o show reservation`` lines called ``name`` (read in UTC)."""
+    out = subprocess.run(["scontrol", "-o", "show", "reservation"], env={**slurm.env, "TZ": "UTC"},
+                         capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if line.startswith(f"ReservationName={name} ")]
+
+
+def test_an_approved_maintenance_window_reserves_its_node_once_and_outlives_the_proposal(kafka_settings, slurm,
+                                                                                       read_topic):
+    start_s = (int(time.time()) // 3600 + 2) * 3600  # a whole hour, as the planner proposes
+    window = dict(nodes=slurm.host, start_ms=start_s * 1000, end_ms=(start_s + 4 * 3600) * 1000)
+    reserve = action("maint-test-1", "slurm_reserve", target=slurm.host, life_s=start_s - time.time(), **window)
+    reserve["expires_ms"] = window["start_ms"]  # the proposal lives until the window starts
+    retried = action("maint-test-2", "slurm_reserve", target=slurm.host, life_s=start_s - time.time(), **window)
+    retried["expires_ms"] = window["start_ms"]
+    name, retried_name = "opsloop-maint-test-1", "opsloop-maint-test-2"
+    policy, shift_s = load_policy(kafka_settings.policy), [0.0]
+    sink = SlurmSink(kafka_settings, policy, backend=ScontrolBackend(slurm.env), clock=lambda: time.time() + shift_s[0])
+    seen = watch(sink)
+    try:
+        publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(reserve)])
+        with Running(sink):
+            wait_for(lambda: any(r["status"] == "verified" for r in seen), "reservation verified")
+            publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(reserve)])  # a replay
+            wait_for(lambda: sink.stats["skipped_duplicates"] == 1, "replay skipped")
+            shift_s[0] = start_s - time.time() + 60  # the sink's clock past the proposal's expiry (the window start)
+            wait_for(lambda: sink._last_check_ms > reserve["expires_ms"], "housekeeping after the expiry")
+        [line] = reservations(slurm, name)
+        assert f" Nodes={slurm.host} " in line and " Users=root " in line and "MAINT" in line
+        assert f"StartTime={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(start_s))} " in line
+        assert f"EndTime={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(start_s + 4 * 3600))} " in line
+        statuses = [r["status"] for r in results(kafka_settings, read_topic) if r["action_id"] == "maint-test-1"]
+        assert statuses == ["executed", "verified"]  # nothing reverted at the expiry
+
+        # a crash after creating but before recording; the restarted sink finds it by name and makes no second one
+        restarted = SlurmSink(kafka_settings, policy, backend=ScontrolBackend(slurm.env))
+        seen = watch(restarted)
+        restarted.ledger.start(retried)
+        restarted.backend.reserve(requested(retried))
+        publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(retried)])
+        with Running(restarted):
+            wait_for(lambda: any(r["status"] == "verified" for r in seen), "retried reservation verified")
+        assert len(reservations(slurm, retried_name)) == 1 and len(reservations(slurm, name)) == 1
+        assert "not created again" in seen[0]["detail"] and restarted.stats["reconciled"] == 1
+    finally:
+        for reservation in (name, retried_name):
+            subprocess.run(["scontrol", "delete", f"ReservationName={reservation}"], env=slurm.env,
+                           capture_output=True, timeout=30)
+
+
+def test_a_reservation_the_guard_should_have_refused_is_not_made(kafka_settings, slurm):
+    """The device end checks again: a window already started, or a node name that is no host name."""
+    sink = SlurmSink(kafka_settings, load_policy(kafka_settings.policy), backend=ScontrolBackend(slurm.env))
+    now_s = int(time.time())
+    started = action("maint-late", "slurm_reserve", target=slurm.host, nodes=slurm.host, start_ms=(now_s - 60) * 1000,
+                     end_ms=(now_s + 3600) * 1000)
+    hostile = action("maint-hostile", "slurm_reserve", target=slurm.host, nodes=f"{slurm.host} Users=nobody",
+                     start_ms=(now_s + 3600) * 1000, end_ms=(now_s + 7200) * 1000)
+    try:
+        with pytest.raises(SlurmError, match="must start ahead of now"):
+            sink.execute(started)
+        with pytest.raises(SlurmError, match="refusing node name"):
+            sink.execute(hostile)
+        assert not reservations(slurm, "opsloop-maint-late") and not reservations(slurm, "opsloop-maint-hostile")
+    finally:
+        sink.close()

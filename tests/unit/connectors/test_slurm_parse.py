@@ -39,3 +39,22 @@ def test_backends_are_chosen_by_settings_and_say_what_they_lack():
         make_backend(Settings(slurm_backend="slurmrestd"), env={})
     with pytest.raises(SlurmError, match="unknown Slurm backend 'slurm'.*scontrol, slurmrestd, pyslurm"):
         make_backend(Settings(slurm_backend="slurm"), env={})
+
+
+def test_a_reservation_line_read_in_utc_becomes_a_reservation():
+    from opsloop.connectors.slurm import parse_reservation
+
+    line = ("ReservationName=opsloop-maint-1 StartTime=2026-12-06T03:00:00 EndTime=2026-12-06T07:00:00 "
+            "Duration=04:00:00 Nodes=gpu[1-2] NodeCnt=2 Flags=MAINT,IGNORE_JOBS,SPEC_NODES Users=root State=INACTIVE")
+    got = parse_reservation(line, ("gpu2", "gpu1"))
+    assert (got.name, got.nodes, got.end_s - got.start_s, got.flags) == (
+        "opsloop-maint-1", ("gpu1", "gpu2"), 4 * 3600, ("MAINT", "IGNORE_JOBS", "SPEC_NODES"))
+    assert got.start_s == 1796526000  # 2026-12-06 03:00 UTC
+
+
+@pytest.mark.parametrize("node", ["a b", "gpu[1-2]", "-x", "", "n;id"])
+def test_node_names_never_reach_a_command_line_unchecked(node):
+    from opsloop.connectors.slurm import check_node_name
+
+    with pytest.raises(SlurmError, match="refusing node name"):
+        check_node_name(node)
