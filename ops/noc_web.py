@@ -22,7 +22,7 @@ from html import escape
 from http import HTTPStatus
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
 import plotly
@@ -310,7 +310,20 @@ def read_live(server: NocServer, path: str, params: dict[str, str], caller: Call
 
 def render_live(server: NocServer, path: str, params: dict[str, str], caller: Caller) -> str:
     name, ctx = read_live(server, path, params, caller)
+    return render_fragment(name, caller, **ctx)
+
+
+def render_fragment(name: str, caller: Caller, **ctx) -> str:
+    """One page's live part from its context (no I/O)."""
     return templates.get_template(name).render(viewer=caller, csrf=caller.session.csrf, **ctx)
+
+
+def render_document(caller: Caller, here: str, live: str, *, source: str, title: str = "NOC",
+                    notice: str | None = None, error: str | None = None, events: str = "") -> str:
+    """The whole page around a rendered live part (no I/O); ``events``: the page the stream follows."""
+    return templates.get_template("page.html").render(
+        title=title, viewer=caller, csrf=caller.session.csrf, nav=NAV, here=here, live=live, notice=notice,
+        error=error, source=source, events=events, kiosk=here == "/wall")
 
 
 def page_response(visit: Visit, caller: Caller, path: str, params: dict[str, str], title: str,
@@ -323,11 +336,9 @@ def page_response(visit: Visit, caller: Caller, path: str, params: dict[str, str
             status, error = 503, str(exc)
         except KeyError:
             status, error = 404, "No such page."
-    events = path + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
-    html = templates.get_template("page.html").render(
-        title=title, viewer=caller, csrf=caller.session.csrf, nav=NAV, here=path, live=live, notice=notice,
-        error=error, source=str(visit.server.views), events=events if status == 200 else "",
-        kiosk=path == "/wall")
+    events = path + ("?" + urlencode(params) if params else "") if status == 200 else ""
+    html = render_document(caller, path, live, source=str(visit.server.views), title=title, notice=notice,
+                           error=error, events=events)
     return visit.finish(HTMLResponse(html, status))
 
 
