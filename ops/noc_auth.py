@@ -311,7 +311,7 @@ def set_cookie(name: str, value: str, max_age: int, secure: bool) -> str:
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
-                               "object-src 'none'",
+                               "object-src 'none'; img-src 'self' data:",  # data: the chart library's probe image
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",

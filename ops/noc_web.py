@@ -319,11 +319,16 @@ def render_fragment(name: str, caller: Caller, **ctx) -> str:
 
 
 def render_document(caller: Caller, here: str, live: str, *, source: str, title: str = "NOC",
-                    notice: str | None = None, error: str | None = None, events: str = "") -> str:
-    """The whole page around a rendered live part (no I/O); ``events``: the page the stream follows."""
+                    notice: str | None = None, error: str | None = None, events: str = "", digest: str = "") -> str:
+    """The whole page around a rendered live part (no I/O); ``events``: the page the stream follows,
+    ``digest``: of the live part as rendered, so the stream sends it again only once it changed."""
     return templates.get_template("page.html").render(
         title=title, viewer=caller, csrf=caller.session.csrf, nav=NAV, here=here, live=live, notice=notice,
-        error=error, source=source, events=events, kiosk=here == "/wall")
+        error=error, source=source, events=events, digest=digest, kiosk=here == "/wall")
+
+
+def digest(html: str) -> str:
+    return hashlib.sha256(html.encode()).hexdigest()[:32]
 
 
 def page_response(visit: Visit, caller: Caller, path: str, params: dict[str, str], title: str,
@@ -338,7 +343,7 @@ def page_response(visit: Visit, caller: Caller, path: str, params: dict[str, str
             status, error = 404, "No such page."
     events = path + ("?" + urlencode(params) if params else "") if status == 200 else ""
     html = render_document(caller, path, live, source=str(visit.server.views), title=title, notice=notice,
-                           error=error, events=events)
+                           error=error, events=events, digest=digest(live))
     return visit.finish(HTMLResponse(html, status))
 
 
@@ -372,7 +377,7 @@ async def events(request: Request) -> Response:
     server = visit.server
 
     async def stream():
-        last, quiet = None, 0.0
+        last, quiet = request.query_params.get("seen", "")[:64], 0.0
         yield "retry: 2000\n\n"
         while not server.stopping.is_set() and not await request.is_disconnected():
             if server.access.sessions.get(caller.session.id) is None:
@@ -382,9 +387,9 @@ async def events(request: Request) -> Response:
                 html = await run_in_threadpool(render_live, server, target.path, params, caller)
             except (ViewsUnavailable, KeyError) as exc:
                 html = f'<p class="banner error">{escape(str(exc))}</p>'
-            digest = hashlib.sha256(html.encode()).digest()
-            if digest != last:
-                last, quiet = digest, 0.0
+            now = digest(html)
+            if now != last:
+                last, quiet = now, 0.0
                 yield "event: live\n" + "".join(f"data: {line}\n" for line in html.split("\n")) + "\n"
             elif quiet >= HEARTBEAT_S:
                 quiet = 0.0
@@ -444,7 +449,9 @@ async def label(request: Request) -> Response:
 async def send_feedback(visit: Visit, caller: Caller, target: str, kind: str, notice: str, back: str) -> Response:
     server, user = visit.server, caller.user
     now = int(server.settings.clock()() * 1000)  # the run's clock: the guard judges lapses on it
-    audit = audit_record(kind, user.name, visit.client(), role=user.role.label, target=target, ts_ms=now)
+    event, detail = (kind, None) if kind in FEEDBACK_KINDS else ("other", kind)  # AuditEvent has no label kinds
+    audit = audit_record(event, user.name, visit.client(), role=user.role.label, target=target, ts_ms=now,
+                         detail=detail)
     log.info("audit: %s by %s (%s) on %s from %s", kind, user.name, user.role.label, target[:100], visit.client())
     try:  # the guard and the noise model answer only the NOC's signed feedback
         record = sign_feedback(feedback_record(target, kind, user.name, now), server.settings.feedback_key)
@@ -546,6 +553,10 @@ async def css(request: Request) -> Response:
     return FileResponse(STATIC / "noc.css", media_type="text/css; charset=utf-8")
 
 
+async def no_icon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 async def not_found(request: Request, exc) -> Response:
     return HTMLResponse('<!doctype html><p>Not found. The NOC is at <a href="/">/</a>.</p>', 404)
 
@@ -562,7 +573,7 @@ def build_app(server: NocServer) -> Starlette:
         Route("/login", login_form, methods=["GET", "HEAD"]), Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]), Route("/feedback", feedback, methods=["POST"]),
         Route("/label", label, methods=["POST"]), Route("/events", events, methods=["GET"]),
-        Route("/noc.css", css, methods=["GET", "HEAD"]), Route("/static/{name:path}", static, methods=["GET", "HEAD"]),
+        Route("/noc.css", css, methods=["GET", "HEAD"]), Route("/favicon.ico", no_icon, methods=["GET", "HEAD"]), Route("/static/{name:path}", static, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, Refused: refused})
     app.state.server = server

@@ -35,14 +35,15 @@
       {x: c.forecast.time, y: c.forecast.kw, name: "forecast", mode: "lines", line: {color: "#1f5fbf", dash: "dash"}},
     ];
     const shapes = [], annotations = [];
-    const level = (kw, text, color) => {
+    const level = (kw, text, color, right) => {
       if (kw === null || kw === undefined) return;
       shapes.push({type: "line", xref: "paper", x0: 0, x1: 1, y0: kw, y1: kw, line: {color: color, dash: "dot", width: 1.5}});
-      annotations.push({xref: "paper", x: 0, y: kw, xanchor: "left", yanchor: "bottom", showarrow: false,
+      annotations.push({xref: "paper", x: right ? 1 : 0, y: kw, xanchor: right ? "right" : "left",
+                        yanchor: right ? "top" : "bottom", showarrow: false,
                         text: text + " " + Math.round(kw).toLocaleString("en") + " kW", font: {color: color, size: 11}});
     };
     level(c.target_kw, "planner's target", "#b00020");
-    level(c.billed_peak_kw, "billed peak so far", "#6b4c00");
+    level(c.billed_peak_kw, "billed peak so far", "#6b4c00", true);
     for (const a of c.actions) {
       shapes.push({type: "line", x0: a.time, x1: a.time, yref: "paper", y0: 0, y1: 1, line: {color: "#7a4fbf", width: 1}});
       annotations.push({x: a.time, yref: "paper", y: 1, yanchor: "bottom", showarrow: false, text: "▼",
@@ -51,13 +52,14 @@
     const layout = {margin: {l: 70, r: 20, t: 30, b: 50}, height: 360, legend: {orientation: "h", y: -0.2},
                     xaxis: {title: {text: "time (" + c.tz + ")"}}, yaxis: {title: {text: "power (kW)"}, rangemode: "tozero"},
                     shapes: shapes, annotations: annotations, hovermode: "x unified"};
-    window.Plotly.react(holder, traces, layout, {displaylogo: false, responsive: true});
+    window.Plotly.react(holder, traces, layout, {displayModeBar: false, responsive: true});
     holder.dataset.points = String(c.time.length + c.forecast.time.length);
   }
 
   const page = document.body.dataset.events;
   if (page && window.EventSource) {
-    const stream = new EventSource("/events?page=" + encodeURIComponent(page));
+    const seen = document.body.dataset.digest || "";
+    const stream = new EventSource("/events?page=" + encodeURIComponent(page) + "&seen=" + encodeURIComponent(seen));
     stream.addEventListener("live", (event) => {
       live.innerHTML = event.data;  // the server's rendering, every text escaped
       drawChart();
