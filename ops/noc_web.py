@@ -37,7 +37,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opsloop.config.site import Site, load_sites
 from opsloop.ops import noc_pages
-from opsloop.ops.noc import NocServer, ViewsUnavailable, action_verdict, audit_record, feedback_record, tried_name
+from opsloop.ops.noc_core import ViewsUnavailable, action_verdict, audit_record, feedback_record, tried_name
 from opsloop.ops.noc_auth import (LOGIN_COOKIE, MAX_BODY, SECURITY_HEADERS, SESSION_COOKIE, Refused, Role, Session,
                                   User, check_origin, content_length, cookies, host_allowed, new_token, set_cookie,
                                   tokens_match)
@@ -106,7 +106,7 @@ class RequestChecks:
     """ASGI middleware before every route: the Host must be one of the NOC's names, the method GET, HEAD or
     POST; every answer, errors included, carries the security headers."""
 
-    def __init__(self, app, server: NocServer):
+    def __init__(self, app, server):
         self.app, self.server = app, server
 
     async def __call__(self, scope, receive, send):
@@ -162,7 +162,7 @@ class Visit:
 
     def __init__(self, request: Request):
         self.request = request
-        self.server: NocServer = request.app.state.server
+        self.server = request.app.state.server
         self.access = self.server.access
         self.peer = request.client.host if request.client else ""
         self.set_cookies: list[str] = []
@@ -254,11 +254,11 @@ def _int(value: str | None, default: int = 1) -> int:
         return default
 
 
-def _site(server: NocServer, site_id: str) -> Site | None:
+def _site(server, site_id: str) -> Site | None:
     return server.sites.get(site_id)
 
 
-def read_live(server: NocServer, path: str, params: dict[str, str], caller: Caller) -> tuple[str, dict]:
+def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tuple[str, dict]:
     """(fragment template, context) of a page's live part, read from the views now. Raises
     ViewsUnavailable when the file cannot be read and KeyError for a page that does not exist."""
     con = server.views.connect()
@@ -308,7 +308,7 @@ def read_live(server: NocServer, path: str, params: dict[str, str], caller: Call
         con.close()
 
 
-def render_live(server: NocServer, path: str, params: dict[str, str], caller: Caller) -> str:
+def render_live(server, path: str, params: dict[str, str], caller: Caller) -> str:
     name, ctx = read_live(server, path, params, caller)
     return render_fragment(name, caller, **ctx)
 
@@ -565,7 +565,7 @@ async def refused(request: Request, exc: Refused) -> Response:
     return refusal(exc, close=request.method == "POST")  # the body may be unread: never reuse the connection
 
 
-def build_app(server: NocServer) -> Starlette:
+def build_app(server) -> Starlette:
     if not hasattr(server, "sites"):
         server.sites = _load_sites(server)
     pages = ["/", "/incidents", "/incidents/{incident_id:path}", "/actions", "/alarms", "/sources", "/wall", "/audit"]
@@ -580,7 +580,7 @@ def build_app(server: NocServer) -> Starlette:
     return RequestChecks(app, server)
 
 
-def _load_sites(server: NocServer) -> dict[str, Site]:
+def _load_sites(server) -> dict[str, Site]:
     """The site files beside the configured one, for time zones, topology and billing periods."""
     try:
         return load_sites(server.settings.topology.parent, known=[])
