@@ -249,6 +249,10 @@ def cmd_bench(settings: Settings, args) -> int:
 
         run_sources_bench(settings)
         print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
+    if args.suite in ("all", "noc"):
+        from opsloop.ops.bench import noc as bench_noc
+
+        print("\n".join(bench_noc.run(settings)))  # each page's server time, each page's queries
     return 0
 
 
@@ -376,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "alarms", "peaks", "sources", "noc"], default="all")
     b.add_argument("--no-secure", action="store_true",
                    help="skip the rollup over TLS + SASL/SCRAM with ACLs (a second, secure broker)")
     b.set_defaults(func=cmd_bench)

@@ -58,7 +58,12 @@ def _json(value):
 
 
 def site_ids(con) -> list[str]:
-    return [r[0] for r in con.execute("SELECT DISTINCT site FROM v_site_power ORDER BY site").fetchall()]
+    return [r[0] for r in con.execute("SELECT DISTINCT site FROM telemetry_site ORDER BY site").fetchall()]
+
+
+def pending_count(con) -> int:
+    return con.execute("SELECT count(*) FROM v_actions WHERE verdict = 'needs_approval' AND result IS NULL"
+                       ).fetchone()[0]
 
 
 # --- overview ----------------------------------------------------------------------------------------------
@@ -67,29 +72,35 @@ def site_ids(con) -> list[str]:
 def overview(con, site_id: str, site: Site | None) -> dict:
     """One site's last 24 h of power, its latest forecast with the band, billed peak, target, actions, ESS."""
     tz = zone(site)
-    latest = con.execute("SELECT max(minute) FROM v_site_power WHERE site = ?", [site_id]).fetchone()[0]
+    newest = con.execute("SELECT max(window_start_ms) FROM telemetry_site WHERE site = ?", [site_id]).fetchone()[0]
+    latest = None if newest is None else datetime.fromtimestamp(newest // 60_000 * 60, timezone.utc).replace(tzinfo=None)
     data = {"site": site_id, "tz": str(tz), "now": local(latest, tz), "power": [], "latest": None,
             "forecast": None, "actions": [], "billed_peak_kw": None, "billed_peak_at": None, "target_kw": None,
             "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None}
     if latest is None:
         return data
     start = latest - timedelta(hours=CHART_HOURS)
-    data["power"] = _dicts(con.execute(
-        "SELECT minute, grid_kw, it_kw, facility_kw, pue, ess_soc_pct, ess_kw FROM v_site_power "
-        "WHERE site = ? AND minute > ? ORDER BY minute", [site_id, start]))
+    period = "month" if not site or site.demand_billing_period == "month" else site.demand_billing_period
+    period_start = local(latest, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        period_start = period_start.replace(day=1)
+    period_start = period_start.astimezone(timezone.utc).replace(tzinfo=None)
+    # one read of the view for the chart's day and the billing period's highest half-hour (peak_kw set)
+    rows = _dicts(con.execute(
+        "WITH p AS (SELECT minute, grid_kw, it_kw, facility_kw, pue, ess_soc_pct, ess_kw FROM v_site_power "
+        "WHERE site = ? AND minute >= ?) "
+        "SELECT *, NULL::DOUBLE AS peak_kw FROM p WHERE minute > ? UNION ALL "
+        f"SELECT * FROM (SELECT time_bucket(INTERVAL {BILLING_BUCKET_MIN} MINUTE, minute) AS minute, NULL, NULL, "
+        "NULL, NULL, NULL, NULL, avg(grid_kw) AS peak_kw FROM p WHERE minute >= ? GROUP BY 1 ORDER BY peak_kw DESC "
+        "LIMIT 1) ORDER BY minute", [site_id, min(start, period_start), start, period_start]))
+    peak = [r for r in rows if r["peak_kw"] is not None]
+    data["power"] = [r for r in rows if r["peak_kw"] is None]
+    if peak:
+        data["billed_peak_at"], data["billed_peak_kw"] = local(peak[0]["minute"], tz), peak[0]["peak_kw"]
     data["latest"] = data["power"][-1] if data["power"] else None
     soh = con.execute("SELECT ess_soh_pct FROM telemetry_site WHERE site = ? AND ess_soh_pct IS NOT NULL "
                       "ORDER BY window_start_ms DESC LIMIT 1", [site_id]).fetchone()
     data["ess_soh_pct"] = soh[0] if soh else None
-    period = "month" if not site or site.demand_billing_period == "month" else site.demand_billing_period
-    month_start = local(latest, tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0) if period == "month" \
-        else local(latest, tz).replace(hour=0, minute=0, second=0, microsecond=0)
-    peak = con.execute(
-        f"SELECT time_bucket(INTERVAL {BILLING_BUCKET_MIN} MINUTE, minute) AS b, avg(grid_kw) AS kw "
-        "FROM v_site_power WHERE site = ? AND minute >= ? GROUP BY b ORDER BY kw DESC LIMIT 1",
-        [site_id, month_start.astimezone(timezone.utc).replace(tzinfo=None)]).fetchone()
-    if peak:
-        data["billed_peak_at"], data["billed_peak_kw"] = local(peak[0], tz), peak[1]
     forecast = _dicts(con.execute("SELECT * FROM forecasts_peak WHERE site = ? ORDER BY issued_ms DESC, "
                                   "_partition DESC, _offset DESC LIMIT 1", [site_id]))
     if forecast:
@@ -236,28 +247,31 @@ def _feed_path(topo: Topology, root: str, device: str, chain: str) -> list[str] 
 
 # --- actions -----------------------------------------------------------------------------------------------
 
-ACTIONS_SQL = (
-    "SELECT a.*, p.job_ids, p.expected_effect, p.expected_delta_kw, p.proposer, p.created_ms, p.expires_ms, "
-    "count(*) OVER () AS total "
-    "FROM v_actions a JOIN actions_proposed p USING (action_id) WHERE {where} "
-    "QUALIFY row_number() OVER (PARTITION BY a.action_id ORDER BY p._partition DESC, p._offset DESC) = 1 "
-    "ORDER BY a.created DESC, a.action_id LIMIT ? OFFSET ?")
-PENDING = "a.verdict = 'needs_approval' AND a.result IS NULL"
+PENDING = "verdict = 'needs_approval' AND result IS NULL"
+ACTIONS_SQL = (  # every pending action and one page of the others, from one read of the view
+    "WITH a AS (SELECT a.*, p.job_ids, p.expected_effect, p.expected_delta_kw, p.proposer, p.created_ms, "
+    f"p.expires_ms, coalesce({PENDING}, false) AS pending FROM v_actions a JOIN actions_proposed p USING (action_id) "
+    "WHERE {where} "
+    "QUALIFY row_number() OVER (PARTITION BY a.action_id ORDER BY p._partition DESC, p._offset DESC) = 1), "
+    "n AS (SELECT *, row_number() OVER (PARTITION BY pending ORDER BY created DESC, action_id) AS n, "
+    "count(*) FILTER (WHERE NOT pending) OVER () AS total FROM a) "
+    "SELECT * FROM n WHERE pending OR n > ? AND n <= ? ORDER BY pending DESC, created DESC, action_id")
 
 
 def actions(con, *, q: str = "", page: int = 1) -> dict:
     """Actions waiting for approval (all of them), then the history: paginated, searched over id, site,
-    kind, target, reason, verdict, approver and result."""
-    pending = _dicts(con.execute(ACTIONS_SQL.format(where=PENDING), [1000, 0]))
-    where, args = [f"NOT ({PENDING})"], []
+    kind, target, reason, verdict, approver and result (the search narrows the history only)."""
+    where, args = "true", []
     if q:
-        where.append("concat_ws(' ', a.action_id, a.site, a.kind, a.target, a.reason, a.verdict, a.approved_by, "
-                     "a.result, a.verdict_reasons) ILIKE ?")
+        where = ("(a.verdict = 'needs_approval' AND a.result IS NULL) OR concat_ws(' ', a.action_id, a.site, "
+                 "a.kind, a.target, a.reason, a.verdict, a.approved_by, a.result, a.verdict_reasons) ILIKE ?")
         args.append(f"%{q}%")
-    history = _dicts(con.execute(ACTIONS_SQL.format(where=" AND ".join(where)),
-                                 args + [PAGE_ROWS, (max(page, 1) - 1) * PAGE_ROWS]))
-    return {"pending": pending, "history": history, "total": history[0]["total"] if history else 0,
-            "page": max(page, 1)}
+    offset = (max(page, 1) - 1) * PAGE_ROWS
+    rows = _dicts(con.execute(ACTIONS_SQL.format(where=where), args + [offset, offset + PAGE_ROWS]))
+    pending = [r for r in rows if r["pending"]]
+    history = [r for r in rows if not r["pending"]]
+    total = rows[0]["total"] if rows else 0
+    return {"pending": pending, "history": history, "total": total, "page": max(page, 1)}
 
 
 # --- alarms and sources ------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tupl
             site_id = params.get("site") or (ids[0] if ids else "")
             data = noc_pages.overview(con, site_id, _site(server, site_id)) if site_id else None
             ctx = {"sites": ids, "site": site_id, "o": data, "chart": noc_pages.chart(data) if data else None,
-                   "pending": len(noc_pages.actions(con)["pending"]), "dead_letters": noc_pages.dead_letters(con)}
+                   "pending": noc_pages.pending_count(con), "dead_letters": noc_pages.dead_letters(con)}
             if data:
                 latest_action = data["actions"][-1] if data["actions"] else None
                 ctx["action_sentence"] = latest_action
@@ -277,7 +277,7 @@ def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tupl
             ids = noc_pages.site_ids(con)
             walls = [noc_pages.overview(con, s, _site(server, s)) for s in ids]
             return "wall_live.html", {"walls": walls, "incidents": noc_pages.incidents(con)["rows"][:8],
-                                      "pending": noc_pages.actions(con)["pending"]}
+                                      "pending": noc_pages.pending_count(con)}
         if path == "/incidents":
             found = noc_pages.incidents(con, state=params.get("state", "open"), site=params.get("site", ""),
                                         severity=params.get("severity", ""), q=params.get("q", ""),
