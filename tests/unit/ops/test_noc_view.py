@@ -157,3 +157,16 @@ def test_no_inline_style_or_script_the_csp_would_block():
     assert 'href="/audit"' in page and "plotly.js (MIT licence" in page
     chart_json = render_fragment("overview_live.html", caller(), o=None, sites=[], site="")
     assert "<script" not in chart_json
+
+
+def test_wall_mode_is_large_type_without_controls():
+    row = {"grid_kw": 30000.0, "pue": 1.2, "ess_soc_pct": 80.0}
+    o = {"site": "demo", "now": None, "latest": row, "billed_peak_kw": 31000.0, "target_kw": 30500.0,
+         "forecast": {"explanation": "Grid draw should peak at 33,000 kW."}}
+    live = render_fragment("wall_live.html", caller(), walls=[o], pending=1,
+                           incidents=[{"severity": "critical", "root_device": "ups-a", "root_code": "UPS_ON_BATTERY",
+                                       "summary": "UPS on battery"}])
+    page = render_document(caller(), "/wall", live, source="db", events="/wall")
+    assert 'class="kiosk"' in page and "<nav>" not in page and "<form" not in page and "<button" not in page
+    assert "30,000 kW" in page and "31,000 kW" in page and "Grid draw should peak at 33,000 kW." in page
+    assert "critical: ups-a UPS_ON_BATTERY: UPS on battery" in page and "1 action waiting for approval" in page
