@@ -69,8 +69,9 @@ def pending_count(con) -> int:
 # --- overview ----------------------------------------------------------------------------------------------
 
 
-def overview(con, site_id: str, site: Site | None) -> dict:
-    """One site's last 24 h of power, its latest forecast with the band, billed peak, target, actions, ESS."""
+def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> dict:
+    """One site's last ``hours`` of power (0: the latest minute only, for the wall), its latest forecast with
+    the band, billed peak, target, actions, ESS."""
     tz = zone(site)
     newest = con.execute("SELECT max(window_start_ms) FROM telemetry_site WHERE site = ?", [site_id]).fetchone()[0]
     latest = None if newest is None else datetime.fromtimestamp(newest // 60_000 * 60, timezone.utc).replace(tzinfo=None)
@@ -79,7 +80,7 @@ def overview(con, site_id: str, site: Site | None) -> dict:
             "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None}
     if latest is None:
         return data
-    start = latest - timedelta(hours=CHART_HOURS)
+    start = latest - (timedelta(hours=hours) if hours else timedelta(minutes=1))
     period = "month" if not site or site.demand_billing_period == "month" else site.demand_billing_period
     period_start = local(latest, tz).replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "month":

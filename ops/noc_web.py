@@ -275,7 +275,7 @@ def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tupl
             return "overview_live.html", ctx
         if path == "/wall":
             ids = noc_pages.site_ids(con)
-            walls = [noc_pages.overview(con, s, _site(server, s)) for s in ids]
+            walls = [noc_pages.overview(con, s, _site(server, s), hours=0) for s in ids]  # numbers, no chart
             return "wall_live.html", {"walls": walls, "incidents": noc_pages.incidents(con)["rows"][:8],
                                       "pending": noc_pages.pending_count(con)}
         if path == "/incidents":
