@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps llm-deps demo test test-unit test-faults bench up down clean
+.PHONY: install system-deps llm-deps demo test test-unit test-faults bench noc-screenshots up down clean
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster; Chromium and its
 # driver run the NOC page test; snmpd serves the SNMP source tests' PDU and snmptrap (snmp) sends
@@ -73,6 +73,10 @@ test-faults: install
 
 bench: install
 	$(BIN)/opsloop bench
+
+# The README's pictures of the NOC (docs/noc-*.png): the bench's data set in Debian's headless Chromium.
+noc-screenshots: install
+	$(BIN)/python -m opsloop.ops.noc_screenshots --out docs
 
 up: install
 	$(BIN)/opsloop up

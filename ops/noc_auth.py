@@ -1,9 +1,8 @@
 """Who may use the NOC, and what each request must carry: users and roles, passwords, sessions, CSRF tokens
 and the request checks (Host allow-list, same-origin POSTs, bounded bodies).
 
-No HTTP server in here: the functions take header values, cookies and form fields and return decisions, so
-the standard-library server of ops/noc.py uses them today and a web framework's middleware can tomorrow.
-Such a middleware does, in order: ``host_allowed`` on every request; for a POST ``check_origin`` and
+No HTTP server in here: the functions take header values, cookies and form fields and return decisions;
+the NOC's Starlette application (ops/noc_web.py) applies them. It does, in order: ``host_allowed`` on every request; for a POST ``check_origin`` and
 ``content_length`` before reading the body; ``Sessions.get`` on the session cookie (or ``ProxyAuth.user``),
 then ``UserStore.get`` for the current role; ``tokens_match`` of the form's CSRF token with the session's;
 ``Role.allows`` for the route; ``SECURITY_HEADERS`` and ``set_cookie`` on every answer. A ``Refused`` carries
@@ -311,7 +310,7 @@ def set_cookie(name: str, value: str, max_age: int, secure: bool) -> str:
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
-                               "object-src 'none'",
+                               "object-src 'none'; img-src 'self' data:",  # data: the chart library's probe image
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",

@@ -35,7 +35,8 @@ from opsloop.connectors.slurm import JOB_ID, ScontrolBackend, SlurmError, parse_
 from opsloop.connectors.slurm_rest import RestBackend
 from opsloop.models.guard import REJECTED, PlantState, decide, declared_partitions
 from opsloop.models.jobs import Job, touchable
-from opsloop.ops.noc_view import Screen, Viewer, render_page
+from opsloop.ops.noc_auth import Role, Session, User
+from opsloop.ops.noc_web import Caller, render_document, render_fragment
 from opsloop.schemas.codec import MAX_RECORD_BYTES, Codec, DecodeError, RecordTooLarge
 
 pytestmark = pytest.mark.unit
@@ -225,27 +226,49 @@ class Structure(HTMLParser):
             self.inputs.append(dict(attrs).get("value"))
 
 
-def screen_of(s: str, action_id: str) -> Screen:
-    return Screen(
-        power=[{"site": s, "minute": None, "grid_kw": 1.0, "it_kw": 1.0, "facility_kw": 1.0, "pue": 1.0,
-                "ess_soc_pct": 50.0, "ess_kw": 0.0}],
-        forecasts=[{"site": s, "explanation": s, "window_start_ms": 0}],
-        incidents=[{"incident_id": s, "site": s, "root_code": s, "root_device": s, "narrative": s, "summary": s,
-                    "severity": s}],
-        actions=[{"action_id": action_id, "site": s, "kind": "slurm_suspend", "target": s, "setpoint_kw": None,
-                  "shed_kw": 1.0, "reason": s, "risk": "low", "verdict": "needs_approval", "verdict_reasons": s,
-                  "approved_by": None, "result": None, "result_detail": s, "job_ids": [s]}],
-        dead_letters=1)
+def viewer(name: str, csrf: str = "tok") -> Caller:
+    return Caller(Session("sid", name, csrf, 0.0, 0.0), User(name or "x", Role.OPERATOR, "hash"))
+
+
+def pages_of(s: str, action_id: str, who: Caller) -> str:
+    """Every page's live part with ``s`` in each text a view can hold, and ``action_id`` as the pending action."""
+    alarm = {"fingerprint": s, "site": s, "device": s, "code": s, "severity": s, "state": s, "duplicate_count": 2,
+             "noise_score": 0.5, "noise": True, "last_seen_ms": 0, "text": s, "label": None, "flapping": False}
+    incident = {"incident_id": s, "site": s, "state": s, "root_code": s, "root_device": s, "root_device_type": s,
+                "narrative": s, "summary": s, "severity": s, "member_count": 1, "opened": None, "updated": None,
+                "resolved": None}
+    inc = {"incident": incident, "tz": "UTC", "narrative": {"text": s, "model": s, "grounded": True},
+           "sops": [{"sop_id": s, "section": s, "title": s, "text": s, "steps": ()}],
+           "members": [{"device": s, "device_type": s, "code": s, "count": 1, "text": s, "log_line": s,
+                        "first_seen": None}], "paths": [[s, s]]}
+    act = {"action_id": action_id, "site": s, "kind": "slurm_suspend", "target": s, "setpoint_kw": None,
+           "shed_kw": 1.0, "reason": s, "risk": "low", "verdict": "needs_approval", "verdict_reasons": s,
+           "approved_by": None, "result": None, "result_detail": s, "observed_delta_kw": None, "created": None}
+    source = {"site": s, "source": s, "kind": s, "status": s, "last_success_ms": None, "lag_ms": None, "polls": 1,
+              "failures": 0, "points": 1, "dead_letters": 0, "dropped": 0, "last_error": s}
+    return "".join([
+        render_fragment("actions_live.html", who, found={"pending": [act], "history": [], "total": 0, "page": 1},
+                        params={"q": s}, page_rows=50),
+        render_fragment("incidents_live.html", who, found={"rows": [incident], "total": 1, "page": 1},
+                        params={"q": s, "site": s}, page_rows=50),
+        render_fragment("incident_live.html", who, inc=inc, incident_id=s),
+        render_fragment("alarms_live.html", who, alarms=[alarm]),
+        render_fragment("sources_live.html", who, sources=[source], dead_letters=1),
+        render_fragment("audit_live.html", who, rows=[{"time": None, "event": s, "actor": s, "role": s, "target": s,
+                                                       "client": s, "source": s, "detail": s}]),
+    ])
 
 
 @settings(max_examples=300, **FAST)
 @given(s=hostile, action_id=hostile.filter(lambda a: a.strip() != ""))
 def test_every_text_on_the_noc_page_is_escaped(s, action_id):
     CASES["NOC page text (sites, devices, alarms, actions)"] += 1
-    page = render_page(screen_of(s, action_id), viewer=Viewer(s, csrf=s), source=s, notice=s, error=None)
+    who = viewer(s, csrf=s)
+    page = render_document(who, "/actions", pages_of(s, action_id, who), source=s, notice=s)
     harmless = "x" if s else ""  # an empty text renders as an empty cell: compare like with like
-    plain = render_page(screen_of(harmless, "a"), viewer=Viewer(harmless, csrf=harmless), source=harmless,
-                        notice=harmless, error=None)
+    plain_who = viewer(harmless, csrf=harmless)
+    plain = render_document(plain_who, "/actions", pages_of(harmless, "a", plain_who), source=harmless,
+                            notice=harmless)
     got = Structure(page)
     if got.tags != Structure(plain).tags or action_id not in got.inputs:
         injected(f"page structure changed by {s!r} / {action_id!r}")
@@ -258,13 +281,13 @@ def test_the_noc_query_and_form_parameters_are_escaped(notice):
     query = urlencode({"notice": notice, "action_id": notice, "kind": notice})
     form = parse_qs(query)  # as the NOC's handlers read the query string and the form body
     value = form.get("notice", [None])[0]
-    page = render_page(Screen(), viewer=Viewer("ana"), source="db", notice=value)
-    plain = render_page(Screen(), viewer=Viewer("ana"), source="db", notice="x" if value else None)
+    page = render_document(viewer("ana"), "/", "", source="db", notice=value)
+    plain = render_document(viewer("ana"), "/", "", source="db", notice="x" if value else None)
     if Structure(page).tags != Structure(plain).tags:
         injected(f"notice {notice!r} changed the page")
     action_id, kind = form.get("action_id", [""])[0], form.get("kind", [""])[0]
-    error = render_page(None, viewer=Viewer("ana"), source="db", error=f"Bad feedback: action {action_id!r}, kind {kind!r}.")
-    if Structure(error).tags != Structure(render_page(None, viewer=Viewer("ana"), source="db", error="x")).tags:
+    error = render_document(viewer("ana"), "/", "", source="db", error=f"Bad feedback: action {action_id!r}, kind {kind!r}.")
+    if Structure(error).tags != Structure(render_document(viewer("ana"), "/", "", source="db", error="x")).tags:
         injected(f"form field {notice!r} changed the error page")
 
 

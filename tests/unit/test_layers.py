@@ -110,3 +110,5 @@ def test_a_wheel_installs_only_the_opsloop_namespace_with_its_assets(tmp_path):
     run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert run.stdout.split() == ["None", "True", "True", "True"], run.stdout + run.stderr
     assert len(list(Path(site, "opsloop", "schemas", "released").glob("*/v1.avsc"))) >= 12
+    noc = Path(site, "opsloop", "ops")  # the NOC's templates, script and stylesheet
+    assert (noc / "noc_templates" / "page.html").is_file() and (noc / "noc_static" / "noc.js").is_file()
