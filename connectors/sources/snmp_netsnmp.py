@@ -22,7 +22,7 @@ except ImportError:  # no wheel for this platform: the pysnmp client still works
 
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import SourceUnavailable
-from opsloop.connectors.sources.snmp import END, NO_RESPONSE, Agent, ColumnWalk, credentials
+from opsloop.connectors.sources.snmp_walk import END, NO_RESPONSE, Agent, ColumnWalk, credentials
 
 INTEGERS = {"INTEGER", "Integer32", "Gauge32", "Counter32", "Counter64", "Unsigned32", "UInteger32", "Timeticks"}
 # Net-SNMP's names for its auth and priv protocols; 3DES privacy is not in the library

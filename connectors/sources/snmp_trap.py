@@ -27,7 +27,8 @@ from pysnmp.entity.rfc3413 import ntfrcv
 from opsloop.config.site import Site
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Deliver, Readings, Reject
-from opsloop.connectors.sources.snmp import AUTH, PRIV, _secret, plain
+from opsloop.connectors.sources.snmp import AUTH, PRIV, plain
+from opsloop.connectors.sources.snmp_walk import _secret
 from opsloop.models.names import device_types
 from opsloop.models.records import alarm
 from opsloop.models.snmp_map import SnmpMapError, TrapMap

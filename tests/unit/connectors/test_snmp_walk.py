@@ -7,7 +7,8 @@ import pytest
 
 from opsloop.config.site import parse_site
 from opsloop.config.sources import SourceConfigError, parse_sources
-from opsloop.connectors.sources.snmp import END, ColumnWalk, SnmpPoller
+from opsloop.connectors.sources.snmp import SnmpPoller
+from opsloop.connectors.sources.snmp_walk import END, ColumnWalk
 
 pytestmark = pytest.mark.unit
 
