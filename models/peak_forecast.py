@@ -187,6 +187,10 @@ class PeakForecaster(Forecaster):
         lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
                  w[f"{k}_level_h"]) for lag, k in ((self._day, "day"), (self._week, "week")) if lag]
         half_width = self.band_z * 1.25
+        # The regression corrects persistence; on a day unlike its references (the first workday after a
+        # holiday) it can extrapolate far past any load seen. Its forecast stays within the loads of the
+        # history kept (the last week and a day): the seasonal-naive candidates always do.
+        low, high = min(self._history.values()), max(self._history.values())
         out = []
         for h in range(1, n + 1):
             ramp = h / self._day
@@ -199,7 +203,7 @@ class PeakForecaster(Forecaster):
             if w_cov and xs and h <= len(xs) and xs[h - 1]:
                 correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
                                   for name in self._cov_names)
-            guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
+            guesses = {"lags": min(max(base + correction * scale, low), high), "day_naive": self._history.get(t + h - self._day),
                        "week_naive": self._history.get(t + h - self._week) if self._week else None}
             kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
