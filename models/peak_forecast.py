@@ -189,7 +189,7 @@ class PeakForecaster(Forecaster):
         half_width = self.band_z * 1.25
         # The regression corrects persistence; on a day unlike its references (the first workday after a
         # holiday) it can extrapolate far past any load seen. Its forecast stays within the loads of the
-        # history kept (the last week and a day): the seasonal-naive candidates always do.
+        # history kept (the last week and a day), as the seasonal-naive candidates always do.
         low, high = min(self._history.values()), max(self._history.values())
         out = []
         for h in range(1, n + 1):
@@ -207,7 +207,9 @@ class PeakForecaster(Forecaster):
                        "week_naive": self._history.get(t + h - self._week) if self._week else None}
             kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
-            out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, kw + half))
+            # the band too: right after a surprise its errors are large, and a plan sized on its edge would
+            # hold import above any load remembered with a full battery
+            out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, min(kw + half, max(kw, high))))
         return out
 
     @property
