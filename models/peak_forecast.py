@@ -33,7 +33,10 @@ contributes 0, so with no history the forecast is persistence and it improves
 as days accumulate; features and target are divided by a running load scale,
 so the model is the same for a 30 kW rack and a 30 MW site. The band is
 ``forecast ± z x 1.25 x`` the exponentially weighted mean absolute error
-measured per horizon (1.25 x MAE ~ one standard deviation for normal errors).
+measured per horizon (1.25 x MAE ~ one standard deviation for normal errors). The forecast and the
+band's upper edge stay within the loads remembered (the last week and a day), as a seasonal-naive
+forecast always does: a day unlike both its references (the first workday after a holiday) cannot make
+the regression extrapolate past any load seen.
 
 A River forecaster: ``learn_one(y, x)`` returns nothing, where ``x`` may give the
 step's time as ``{"ts_ms": ...}`` (without it, ``y`` is the step after the latest);

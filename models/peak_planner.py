@@ -4,7 +4,8 @@ Pure: no I/O, time passed in. Demand charges bill the highest 15-minute
 average import of each billing period (a calendar month in most tariffs; some
 bill by week or day), so shaving below what is already billed this period buys
 nothing: the target never goes below the period-to-date billed peak. Above
-it, the target is the lowest import the battery can hold over the forecast
+it (and no further than the PCS's power under the recent days' peak, where no dispatch
+could cut deeper), the target is the lowest import the battery can hold over the forecast
 horizon, found by bisection with an exact simulation of the battery on the
 forecast (optionally sized toward the band's upper edge: ``band_weight``), recharging
 only in planned valleys: the lowest ``valley_quantile`` of forecast load, or
