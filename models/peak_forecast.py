@@ -33,7 +33,10 @@ contributes 0, so with no history the forecast is persistence and it improves
 as days accumulate; features and target are divided by a running load scale,
 so the model is the same for a 30 kW rack and a 30 MW site. The band is
 ``forecast ± z x 1.25 x`` the exponentially weighted mean absolute error
-measured per horizon (1.25 x MAE ~ one standard deviation for normal errors).
+measured per horizon (1.25 x MAE ~ one standard deviation for normal errors). The forecast and the
+band's upper edge stay within the loads remembered (the last week and a day), as a seasonal-naive
+forecast always does: a day unlike both its references (the first workday after a holiday) cannot make
+the regression extrapolate past any load seen.
 
 A River forecaster: ``learn_one(y, x)`` returns nothing, where ``x`` may give the
 step's time as ``{"ts_ms": ...}`` (without it, ``y`` is the step after the latest);
@@ -187,6 +190,10 @@ class PeakForecaster(Forecaster):
         lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
                  w[f"{k}_level_h"]) for lag, k in ((self._day, "day"), (self._week, "week")) if lag]
         half_width = self.band_z * 1.25
+        # The regression corrects persistence; on a day unlike its references (the first workday after a
+        # holiday) it can extrapolate far past any load seen. Its forecast stays within the loads of the
+        # history kept (the last week and a day), as the seasonal-naive candidates always do.
+        low, high = min(self._history.values()), max(self._history.values())
         out = []
         for h in range(1, n + 1):
             ramp = h / self._day
@@ -199,11 +206,13 @@ class PeakForecaster(Forecaster):
             if w_cov and xs and h <= len(xs) and xs[h - 1]:
                 correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
                                   for name in self._cov_names)
-            guesses = {"lags": base + correction * scale, "day_naive": self._history.get(t + h - self._day),
+            guesses = {"lags": min(max(base + correction * scale, low), high), "day_naive": self._history.get(t + h - self._day),
                        "week_naive": self._history.get(t + h - self._week) if self._week else None}
             kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
-            out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, kw + half))
+            # the band too: right after a surprise its errors are large, and a plan sized on its edge would
+            # hold import above any load remembered with a full battery
+            out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, min(kw + half, max(kw, high))))
         return out
 
     @property

@@ -182,15 +182,16 @@ class SitePeakLoop:
         step_end = start_ms + cfg.step_s * 1000
         next_key, next_start = billing_period(step_end, cfg.billing_period)
         mode = arbiter.start_period(next_key)
+        recent_peak = self.reactive.recent_peak_kw(step_end)
         result = plan(points, cfg.step_s, battery, soc, self.billing, now_ms=step_end,
-                      tariff=cfg.tariff, policy=cfg.policy)
+                      tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak)
         # The shadows plan from their own battery and billed peak (the same as the site's while the plan decides).
         shadow = arbiter.shadows[FORECAST]
         same = abs(shadow.energy_kwh - energy) < 1e-6 and abs(shadow.billed_kw - self.billing.billed_peak_kw) < 1e-6
         shadow.pending = result.command if same else plan(
             points, cfg.step_s, battery, battery.soc_pct(shadow.energy_kwh),
             Billing(next_key, shadow.billed_kw, max(next_start, self.billing.start_ms), cfg.billing_period),
-            now_ms=step_end, tariff=cfg.tariff, policy=cfg.policy).command
+            now_ms=step_end, tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak).command
         reactive = arbiter.shadows[REACTIVE]
         reactive.pending = self.reactive.command(battery, reactive.energy_kwh, step_end)
         if mode == REACTIVE:

@@ -39,10 +39,14 @@ class ReactiveRule:
         self._loads: deque[tuple[int, float]] = deque()  # (day, load)
         self._day: int | None = None
         self._threshold = math.inf
+        self._peak_day: int | None = None
+        self._peak = 0.0
+        self._today: tuple[int | None, float] = (None, 0.0)  # (day, its highest load so far)
 
     def learn_one(self, start_ms: int, load_kw: float) -> None:
         day = start_ms // 86_400_000
         self._loads.append((day, load_kw))
+        self._today = (day, max(load_kw, self._today[1] if self._today[0] == day else 0.0))
         while self._loads and self._loads[0][0] < day - self.lookback_days:
             self._loads.popleft()
 
@@ -54,6 +58,15 @@ class ReactiveRule:
             seen = sorted(kw for d, kw in self._loads if day - self.lookback_days <= d < day)
             self._threshold = _percentile(seen, self.percentile) if seen else math.inf
         return self._threshold
+
+    def recent_peak_kw(self, start_ms: int, days: int = 7) -> float:
+        """The highest load learned over the ``days`` days before the day of ``start_ms`` and that day so far
+        (0 before any)."""
+        day = start_ms // 86_400_000
+        if day != self._peak_day:
+            self._peak_day = day
+            self._peak = max((kw for d, kw in self._loads if day - days <= d < day), default=0.0)
+        return max(self._peak, self._today[1] if self._today[0] == day else 0.0)
 
     def command(self, battery: Battery, energy_kwh: float, start_ms: int) -> Command:
         limit = self.threshold_kw(start_ms)

@@ -4,7 +4,8 @@ Pure: no I/O, time passed in. Demand charges bill the highest 15-minute
 average import of each billing period (a calendar month in most tariffs; some
 bill by week or day), so shaving below what is already billed this period buys
 nothing: the target never goes below the period-to-date billed peak. Above
-it, the target is the lowest import the battery can hold over the forecast
+it (and no further than the PCS's power under the recent days' peak, where no dispatch
+could cut deeper), the target is the lowest import the battery can hold over the forecast
 horizon, found by bisection with an exact simulation of the battery on the
 forecast (optionally sized toward the band's upper edge: ``band_weight``), recharging
 only in planned valleys: the lowest ``valley_quantile`` of forecast load, or
@@ -145,8 +146,14 @@ class Plan:
 
 
 def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_pct: float, billing: Billing,
-         now_ms: int, tariff: Tariff = Tariff(), policy: Policy = Policy()) -> Plan:
-    """The plan for the steps of ``forecast`` (its first point is the next step)."""
+         now_ms: int, tariff: Tariff = Tariff(), policy: Policy = Policy(), recent_peak_kw: float = 0.0) -> Plan:
+    """The plan for the steps of ``forecast`` (its first point is the next step).
+
+    ``recent_peak_kw`` (the highest load of the last days, 0: unknown) bounds the target from below: no
+    dispatch can cut more than the PCS's power off a peak, so holding import further under the recent
+    peak only spends energy on loads that will not be billed, should the forecast miss the period's peak
+    (a day after a holiday forecast like the holiday, the first hours of a period).
+    """
     if not forecast:
         raise ValueError("plan needs at least one forecast point")
     step_h = step_s / 3600
@@ -156,7 +163,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     episode = _episode_end(charge_at)
     holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy,
                                 billing.billed_peak_kw)
-    target = max(billing.billed_peak_kw, holdable)
+    target = max(billing.billed_peak_kw, holdable, recent_peak_kw - battery.pcs_discharge_kw)
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
     # Charging never lifts import above the target nor above what this month already pays for.

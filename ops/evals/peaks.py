@@ -224,8 +224,9 @@ def planner_controller(times: list[int], loads: list[float], config: LoopConfig,
     ``history`` (times, loads) is learned by the forecaster first (the warm-up).
     """
     loop = SitePeakLoop(config)
-    for ts, load in zip(*history):
+    for ts, load in zip(*history):  # the warm-up, as the offline reactive baseline sees it too
         loop.forecaster.learn_one(load, {"ts_ms": ts})
+        loop.reactive.learn_one(ts, load)
     decisions: list = [None] * len(loads)
 
     def controller(t: int, energy_kwh: float, sim: Simulation):

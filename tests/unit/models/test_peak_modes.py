@@ -112,3 +112,14 @@ def test_state_pickled_before_the_arbiter_and_the_skill_mix_still_loads():
     restored = pickle.loads(pickle.dumps(stale))
     decision = restored.on_step(48 * HOUR, daily_load(48), daily_load(48), 80.0, None)
     assert decision.mode == FORECAST and len(restored.forecaster.forecast(4)) == 4
+
+
+def test_reactive_rule_remembers_the_recent_peak_that_bounds_the_plans_target():
+    rule = ReactiveRule(3600)
+    assert rule.recent_peak_kw(0) == 0.0  # nothing learned: no bound
+    for h in range(24 * 10):
+        rule.learn_one(h * HOUR, 5000.0 if h == 12 else daily_load(h))  # day 0 peaks at 5 MW
+    assert rule.recent_peak_kw(7 * DAY) == 5000.0  # day 0 is within the seven days before day 7
+    assert rule.recent_peak_kw(8 * DAY) == max(daily_load(h) for h in range(24))  # day 0 is not
+    rule.learn_one(10 * DAY + HOUR, 6000.0)
+    assert rule.recent_peak_kw(10 * DAY + 2 * HOUR) == 6000.0  # today's load so far counts

@@ -35,6 +35,17 @@ def test_target_never_goes_below_this_months_billed_peak():
     assert "1,200 kW" in p.reason
 
 
+def test_a_forecast_that_misses_the_peak_never_spends_the_battery_far_under_the_recent_peak():
+    """The first morning of a period after a holiday: the forecast says the day stays flat, the last days peaked at
+    3,000 kW; the battery cannot cut more than its 1,000 kW off such a peak, so it keeps its energy under 2,000 kW."""
+    flat = flat_forecast([1200, 1300, 1300, 1250])
+    blind = plan(flat, 3600, BATTERY, soc_pct=100, billing=Billing("1970-W01", 900.0, 0, "week"), now_ms=0)
+    assert blind.kind == "pcs_discharge" and blind.target_kw < 1300
+    p = plan(flat, 3600, BATTERY, soc_pct=100, billing=Billing("1970-W01", 900.0, 0, "week"), now_ms=0,
+             recent_peak_kw=3000.0)
+    assert p.target_kw == 2000.0 and p.kind != "pcs_discharge"
+
+
 def test_a_peak_the_battery_cannot_cover_asks_to_relocate_jobs_with_the_kw_to_shed():
     loads = [1000, 3000, 3000, 3000, 1000]
     p = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),
@@ -91,6 +102,21 @@ def test_forecaster_starts_as_persistence_and_survives_gaps():
     assert f.forecast_points(1)[0].ts_ms == 6 * HOUR and f.forecast(1)[0] == pytest.approx(120.0)
     f.learn_one(130.0)  # no time given: the step after the latest
     assert f.last_ts_ms == 6 * HOUR and f.forecast_points(1)[0].ts_ms == 7 * HOUR
+
+
+def test_forecast_stays_within_the_loads_it_remembers_after_a_jump_unlike_its_references():
+    """Three weeks of a load growing 3% a day, then it doubles: the regression, which learned that a load above
+    yesterday's keeps rising, may not extrapolate the jump past the highest load of the week it remembers."""
+    f = PeakForecaster(step_s=3600, season_steps=24)
+
+    def load(hour: int) -> float:
+        return 1000.0 * 1.03 ** (hour / 24) * (1.5 if 8 <= hour % 24 < 18 else 1.0)
+
+    for hour in range(24 * 21):
+        f.learn_one(load(hour), {"ts_ms": hour * HOUR})
+    for hour in range(24 * 21, 24 * 21 + 10):
+        f.learn_one(2 * load(hour), {"ts_ms": hour * HOUR})
+    assert max(f.forecast(12)) <= 2 * load(24 * 21 + 9) + 1e-6
 
 
 def test_forecaster_follows_rivers_interface():
