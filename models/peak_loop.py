@@ -182,7 +182,9 @@ class SitePeakLoop:
         step_end = start_ms + cfg.step_s * 1000
         next_key, next_start = billing_period(step_end, cfg.billing_period)
         mode = arbiter.start_period(next_key)
-        recent_peak = self.reactive.recent_peak_kw(step_end)
+        # A day billed alone is not bounded by the days before it (a Sunday after a weekday peak): the
+        # recent peak is then the day's own so far; weeks and months look back a week.
+        recent_peak = self.reactive.recent_peak_kw(step_end, days=0 if cfg.billing_period == "day" else 7)
         result = plan(points, cfg.step_s, battery, soc, self.billing, now_ms=step_end,
                       tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak)
         # The shadows plan from their own battery and billed peak (the same as the site's while the plan decides).

@@ -39,7 +39,7 @@ class ReactiveRule:
         self._loads: deque[tuple[int, float]] = deque()  # (day, load)
         self._day: int | None = None
         self._threshold = math.inf
-        self._peak_day: int | None = None
+        self._peak_day: tuple[int, int] | None = None  # (day, look-back days) the cached peak is for
         self._peak = 0.0
         self._today: tuple[int | None, float] = (None, 0.0)  # (day, its highest load so far)
 
@@ -63,8 +63,8 @@ class ReactiveRule:
         """The highest load learned over the ``days`` days before the day of ``start_ms`` and that day so far
         (0 before any)."""
         day = start_ms // 86_400_000
-        if day != self._peak_day:
-            self._peak_day = day
+        if (day, days) != self._peak_day:
+            self._peak_day = (day, days)
             self._peak = max((kw for d, kw in self._loads if day - days <= d < day), default=0.0)
         return max(self._peak, self._today[1] if self._today[0] == day else 0.0)
 

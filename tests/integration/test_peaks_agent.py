@@ -63,7 +63,9 @@ def test_agent_proposes_what_the_planner_proposes_offline(kafka_settings, read_t
     expected = offline(settings, site, snapshots)
     published = [codec.decode_as("Action", m.value()) for m in read_topic(settings, "actions.proposed")]
     assert sorted(published, key=lambda a: a["action_id"]) == sorted(expected, key=lambda a: a["action_id"])
-    assert {a["kind"] for a in expected} >= {"pcs_discharge", "pcs_charge"}
+    # From a cold start the forecast stays within the loads seen, so the first day's peak is billed and the
+    # plan charges and idles under it; the discharge path runs live in test_twin_loop and test_twin_demo.
+    assert {a["kind"] for a in expected} >= {"pcs_charge", "pcs_idle"}
     assert all(a["reason_code"] in REASON_CODES for a in published)  # the planner's code, on the wire
 
 
@@ -104,7 +106,7 @@ def test_agent_proposes_what_the_planner_proposes_offline_and_survives_a_restart
     by_id = {a["action_id"]: a for a in published}
     assert sorted(by_id) == sorted(a["action_id"] for a in expected)  # re-sent after the restart at most: same ids
     assert all(by_id[a["action_id"]] == a for a in expected)
-    assert {a["kind"] for a in expected} >= {"pcs_discharge", "pcs_charge"}
+    assert {a["kind"] for a in expected} >= {"pcs_charge", "pcs_idle"}  # as above
     forecasts = {codec.decode_as("PeakForecast", m.value())["issued_ms"] for m in read_topic(settings, "forecasts.peak")}
     assert len(forecasts) == steps
     dead = sorted((codec.decode_as("DeadLetter", m.value()) for m in read_topic(settings, "deadletter")),

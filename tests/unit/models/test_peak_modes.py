@@ -123,3 +123,12 @@ def test_reactive_rule_remembers_the_recent_peak_that_bounds_the_plans_target():
     assert rule.recent_peak_kw(8 * DAY) == max(daily_load(h) for h in range(24))  # day 0 is not
     rule.learn_one(10 * DAY + HOUR, 6000.0)
     assert rule.recent_peak_kw(10 * DAY + 2 * HOUR) == 6000.0  # today's load so far counts
+
+
+def test_a_day_billed_alone_is_bounded_only_by_its_own_load_so_far():
+    """Daily billing: a quiet day after a peak day may still be shaved (days=0 looks back at no earlier day)."""
+    rule = ReactiveRule(3600)
+    for h in range(24 * 2):
+        rule.learn_one(h * HOUR, 5000.0 if h == 12 else 1000.0)  # day 0 peaks at 5 MW, day 1 stays at 1 MW
+    assert rule.recent_peak_kw(DAY + 2 * HOUR) == 5000.0  # a week's look-back remembers day 0
+    assert rule.recent_peak_kw(DAY + 2 * HOUR, days=0) == 1000.0  # day 1 alone
