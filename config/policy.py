@@ -12,6 +12,9 @@ window per site). A version-1 file still loads, with budgets per action only
 (``budget_window_s`` = 0), so an existing policy never tightens silently.
 3 adds the optional ``llm`` section (the LLM-serving lever: ``llm_shift``,
 ``llm_cap``, their limits and the serving SLO); without it those kinds are rejected.
+4 adds the optional ``cooling`` section (the supply-air setpoint lever, ``cooling_setpoint``: the rack
+inlet range, setpoint bounds, ramp limits per change and per hour, the revert timeout and the energy
+price the efficiency advice counts in when the site file has no tariff); without it that kind is rejected.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -43,12 +46,12 @@ import yaml
 
 from opsloop.config import strict_yaml
 
-SCHEMA_VERSION = 3  # the newest policy version (the shipped file)
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4  # the newest policy version (the shipped file)
+READABLE_VERSIONS = (1, 2, 3, 4)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
-                "slurm_reserve")
+                "slurm_reserve", "cooling_setpoint")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 
@@ -101,6 +104,16 @@ POLICY_SCHEMA: dict = {
                            "min_maxconn": {"type": "integer", "minimum": 1},
                            "max_duration_s": _positive, "slo_ttfb_s": _positive,
                            "slo_queue": {"type": "integer", "minimum": 0}},
+        },
+        "cooling": {
+            "type": "object", "additionalProperties": False,
+            "required": ["inlet_min_c", "inlet_max_c", "setpoint_min_c", "setpoint_max_c", "max_step_c",
+                         "max_change_c_per_h", "revert_timeout_s"],
+            "properties": {"inlet_min_c": {"type": "number"}, "inlet_max_c": {"type": "number"},
+                           "setpoint_min_c": {"type": "number"}, "setpoint_max_c": {"type": "number"},
+                           "max_step_c": _positive, "max_change_c_per_h": _positive, "revert_timeout_s": _positive,
+                           "inlet_margin_c": {"type": "number", "minimum": 0},
+                           "energy_price_per_kwh": {"type": "number", "minimum": 0}},
         },
     },
 }
@@ -181,6 +194,21 @@ class LlmLimits:
 
 
 @dataclass(frozen=True)
+class CoolingLimits:
+    """The supply-air setpoint lever (``cooling_setpoint``): what the rack inlets and the plant must keep."""
+
+    inlet_min_c: float  # every rack inlet stays within [inlet_min_c, inlet_max_c] (ASHRAE recommended: 18-27 degC)
+    inlet_max_c: float
+    setpoint_min_c: float  # the supply-air setpoint itself stays within these bounds
+    setpoint_max_c: float
+    max_step_c: float  # largest change of one action
+    max_change_c_per_h: float  # changes of the last hour, summed in either direction, the new one included
+    revert_timeout_s: float  # a change not verified (read back, inlets in range) within this is reverted
+    inlet_margin_c: float = 1.5  # the loop aims this far below inlet_max_c, for load that rises before it acts again
+    energy_price_per_kwh: float = 0.15  # what advice counts a kWh at when the site file has no tariff_by_hour
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -190,6 +218,7 @@ class Policy:
     max_state_age_s: float = 300.0  # older ESS telemetry is not trusted for a decision
     name: str = ""
     llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
+    cooling: CoolingLimits | None = None  # policy version 4; None: cooling_setpoint actions are rejected
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -242,6 +271,7 @@ def parse_policy(doc: Any) -> Policy:
                         "the budget would forget actions whose holds are still in force")
     if "llm" in doc and doc["version"] < 3:
         problems.append("llm: needs policy version 3")
+    problems += _cooling_problems(doc)
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -268,7 +298,26 @@ def parse_policy(doc: Any) -> Policy:
                           budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
         llm=_llm_limits(doc.get("llm")),
+        cooling=None if "cooling" not in doc else CoolingLimits(**{k: float(v) for k, v in doc["cooling"].items()}),
     )
+
+
+def _cooling_problems(doc: Mapping) -> list[str]:
+    cooling = doc.get("cooling")
+    if cooling is None:
+        return []
+    if doc["version"] < 4:
+        return ["cooling: needs policy version 4"]
+    problems = []
+    if cooling["inlet_max_c"] <= cooling["inlet_min_c"]:
+        problems.append("cooling: inlet_max_c must be above inlet_min_c")
+    if cooling["setpoint_max_c"] <= cooling["setpoint_min_c"]:
+        problems.append("cooling: setpoint_max_c must be above setpoint_min_c")
+    if cooling["setpoint_max_c"] > cooling["inlet_max_c"]:
+        problems.append("cooling: setpoint_max_c above inlet_max_c would aim the supply air past the inlet limit")
+    if cooling["max_change_c_per_h"] < cooling["max_step_c"]:
+        problems.append("cooling: max_change_c_per_h is smaller than one max_step_c")
+    return problems
 
 
 def _llm_limits(section: Mapping | None) -> LlmLimits | None:

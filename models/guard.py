@@ -45,6 +45,13 @@ both last at most ``max_duration_s``. One shift and one cap per backend at a tim
 (``PlantState.llm_holding``: the LLM actions the guard approved that have not expired), so each
 revert restores what was there before it.
 
+Cooling setpoint actions (``cooling_setpoint``; models/cooling.py) need the policy's ``cooling``
+section and fresh readings of the plant (``PlantState.cooling``: the setpoint's present value and the
+rack inlets): ``params.setpoint_c`` within the setpoint bounds, the step within ``max_step_c``, the
+last hour's changes and this one within ``max_change_c_per_h``, every inlet predicted to stay inside
+``[inlet_min_c, inlet_max_c]`` (each moves with the supply air, degree for degree), and the action no
+longer than ``revert_timeout_s``.
+
 ``feedback_problem`` is the guard's pure check on an operator's answer: signed by
 the NOC, for an action waiting now (never kept for later), given after it was
 proposed and before the request lapsed, the first answer only.
@@ -74,8 +81,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple
 
-from opsloop.config.policy import LlmLimits, Policy, SlurmLimits
+from opsloop.config.policy import CoolingLimits, LlmLimits, Policy, SlurmLimits
 from opsloop.models.battery import Battery
+from opsloop.models.cooling import KIND as COOLING_KIND
+from opsloop.models.cooling import CoolingState
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
@@ -122,7 +131,14 @@ OVER_SHIFT_LIMIT = "over_shift_limit"  # llm_shift moves more of the large model
 UNDER_MIN_MAXCONN = "under_min_maxconn"  # llm_cap leaves a server fewer concurrent requests than the policy allows
 LLM_LEVER_BUSY = "llm_lever_busy"  # an approved action of the same kind still holds on the same backend
 OVER_MAX_WINDOW = "over_max_window"  # a maintenance reservation longer than MAX_MAINTENANCE_S
-REASON_CODES = frozenset({OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
+NO_COOLING_POLICY = "no_cooling_policy"  # the policy has no cooling section: the setpoint lever is off
+NO_COOLING_STATE = "no_cooling_state"  # no reading of the setpoint and inlets yet
+STALE_COOLING_STATE = "stale_cooling_state"
+OUT_OF_SETPOINT_RANGE = "out_of_setpoint_range"  # outside setpoint_min_c..setpoint_max_c
+OVER_HOURLY_RAMP = "over_hourly_ramp"  # the last hour's changes and this one exceed max_change_c_per_h
+INLET_LIMIT = "inlet_limit"  # an inlet would leave the policy's range (ASHRAE recommended)
+REASON_CODES = frozenset({NO_COOLING_POLICY, NO_COOLING_STATE, STALE_COOLING_STATE, OUT_OF_SETPOINT_RANGE,
+    OVER_HOURLY_RAMP, INLET_LIMIT,OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
     WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
     OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
     INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
@@ -188,6 +204,7 @@ class PlantState:
     approved: Mapping[str, Mapping] = field(default_factory=dict)  # actions the guard approved, by id (at least
     # the one a release or resume names in params.undo_of)
     llm_holding: tuple[Mapping, ...] = ()  # approved llm_* actions not yet expired (the caller may pass more)
+    cooling: CoolingState | None = None  # the setpoint's present value, the inlets, the changes of the last hour
 
 
 @dataclass(frozen=True)
@@ -447,6 +464,55 @@ def llm_problems(action: Mapping, limits: LlmLimits | None, now_ms: int, holding
     return problems
 
 
+def cooling_problems(action: Mapping, state: CoolingState | None, limits: CoolingLimits | None, now_ms: int,
+                     max_state_age_s: float = 300.0) -> list[Reason]:
+    """What is wrong with a ``cooling_setpoint`` under the policy's ``cooling`` limits.
+
+    >>> limits = CoolingLimits(18, 27, 16, 25, 1.0, 3.0, 1800)
+    >>> state = CoolingState(20.0, {"zone-a1": 25.0}, ts_ms=0, changes=((0, 1.0), (600_000, 1.0)))
+    >>> act = {"kind": "cooling_setpoint", "expires_ms": 1_800_000, "params": {"setpoint_c": "21"}}
+    >>> cooling_problems(act, state, limits, now_ms=60_000)
+    []
+    >>> [r.code for r in cooling_problems({**act, "params": {"setpoint_c": "22.5"}}, state, limits, 60_000)]
+    ['over_ramp_limit', 'over_hourly_ramp', 'inlet_limit']
+    """
+    if limits is None:
+        return [Reason(NO_COOLING_POLICY, "the policy has no cooling section: setpoint actions are off")]
+    try:
+        new = float((action.get("params") or {})["setpoint_c"])
+    except (KeyError, TypeError, ValueError):
+        new = math.nan
+    if not math.isfinite(new):
+        return [Reason(INVALID_SETPOINT, "cooling_setpoint needs a finite params.setpoint_c")]
+    problems = []
+    if not limits.setpoint_min_c <= new <= limits.setpoint_max_c:
+        problems.append(Reason(OUT_OF_SETPOINT_RANGE, f"setpoint {new:g} degC is outside the policy's "
+                                                      f"{limits.setpoint_min_c:g}-{limits.setpoint_max_c:g} degC"))
+    duration_s = (action["expires_ms"] - now_ms) / 1000
+    if duration_s > limits.revert_timeout_s:
+        problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s unverified, longer than the policy's "
+                                                  f"revert timeout of {limits.revert_timeout_s:g} s"))
+    if state is None or not state.inlet_c:
+        return problems + [Reason(NO_COOLING_STATE, "no reading of the setpoint and the rack inlets yet")]
+    age_s = (now_ms - state.ts_ms) / 1000
+    if age_s > max_state_age_s:
+        problems.append(Reason(STALE_COOLING_STATE, f"the inlet readings are {age_s:g} s old, older than "
+                                                    f"{max_state_age_s:g} s"))
+    step = new - state.setpoint_c
+    if abs(step) > limits.max_step_c + 1e-9:
+        problems.append(Reason(OVER_RAMP_LIMIT, f"step of {abs(step):g} degC from {state.setpoint_c:g} degC exceeds "
+                                                f"the policy's {limits.max_step_c:g} degC per change"))
+    moved = state.changed_last_hour_c(now_ms)
+    if moved + abs(step) > limits.max_change_c_per_h + 1e-9:
+        problems.append(Reason(OVER_HOURLY_RAMP, f"{moved:g} degC moved in the last hour and {abs(step):g} now exceed "
+                                                 f"the policy's {limits.max_change_c_per_h:g} degC per hour"))
+    hot, cold = max(state.inlet_c.values()) + step, min(state.inlet_c.values()) + step
+    if hot > limits.inlet_max_c or cold < limits.inlet_min_c:
+        problems.append(Reason(INLET_LIMIT, f"inlets would read {cold:.1f}-{hot:.1f} degC, outside the policy's "
+                                            f"{limits.inlet_min_c:g}-{limits.inlet_max_c:g} degC"))
+    return problems
+
+
 def maintenance_problems(action: Mapping, now_ms: int) -> list[Reason]:
     """A maintenance reservation names its nodes and a window that starts ahead and is not too long.
 
@@ -551,6 +617,8 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
         problems = slurm_problems(action, policy, now_ms, state.slurm_spent) + undo_problems(action, state.approved)
     elif kind in LLM_KINDS:
         problems = llm_problems(action, policy.llm, now_ms, state.llm_holding)
+    elif kind == COOLING_KIND:
+        problems = cooling_problems(action, state.cooling, policy.cooling, now_ms, policy.max_state_age_s)
     else:
         problems = [Reason(UNKNOWN_KIND, f"unknown action kind {kind!r}")]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):

@@ -17,13 +17,22 @@ The model, stated:
   pod's draw. The same kW come off the PDUs of the pod's hall, so IT falls by exactly that much.
 - **Outside temperature** is synthetic: a daily sine, ``temp_mean_c`` +/- ``temp_swing_c``, warmest
   at ``temp_peak_hour`` (UTC).
-- **Cooling** removes IT heat with a chiller plant whose COP falls as it gets warmer outside:
-  ``cop = max(cop_min, cop_ref - cop_slope_per_c x (t_out - cop_ref_temp_c))``, and
-  ``cooling_kw = it_kw / cop + cooling_base_kw``, split evenly over the chillers still running.
+- **Cooling** removes IT heat with a chiller plant whose COP falls as it gets warmer outside and rises
+  with the supply-air setpoint (``supply_setpoint_c``, which the plant's BACnet setpoint object sets):
+  ``cop = max(cop_min, cop_ref - cop_slope_per_c x (t_out - cop_ref_temp_c)) x (1 + cop_gain_per_c x
+  (supply_setpoint_c - supply_ref_c))``, and ``cooling_kw = it_kw / cop + cooling_base_kw`` (fans, pumps and
+  the rest do not change with the setpoint), split evenly over the chillers still running. The setpoint
+  term is a rule of thumb, not a chiller curve: warmer supply air lets the chilled water run warmer by
+  about as much, and chiller energy falls about 1-2 % per degF (2-4 % per degC) of chilled-water supply
+  temperature (as the US DOE FEMP "Best Practices Guide for Energy-Efficient Data Center Design" and
+  ASHRAE TC 9.9 guidance put it); the default, 3 % per degC, sits in the middle.
   **Facility** = IT + cooling. **Grid import** = facility - ESS power (+ discharge, - charge).
-- **Zones** sit at ``zone_setpoint_c`` while cooled. A cooling failure (chiller trip, CRAH fan)
-  moves every zone it reaches towards ``zone_uncooled_c`` with time constant ``zone_tau_s``
-  (first order); once it ends they return with the same time constant. Rack inlets read their zone.
+- **Zones** (and the rack inlets in them) sit, while cooled, at the supply air plus the rise that
+  recirculation adds, which grows with load: ``supply_setpoint_c + inlet_rise_c + inlet_rise_load_c x
+  it_kw / it_design_kw x zone_kw / mean_zone_kw`` (a zone whose racks carry more than the average runs
+  warmer), reached with time constant ``zone_tau_s`` (first order), so a setpoint change shows at the inlets
+  over minutes. A cooling failure (chiller trip, CRAH fan) moves every zone it reaches towards
+  ``zone_uncooled_c`` the same way; once it ends they return. Rack inlets read their zone.
 - **Power failures** (a PDU breaker trip, a UPS fault) drop every rack they reach to zero; IT,
   cooling and the grid import fall with them.
 
@@ -89,8 +98,9 @@ class SiteTwin:
                  it_offset_kw: float = -1500 / 1.12, cooling_base_kw: float = 1500.0, cop_ref: float = 1 / 0.12,
                  cop_ref_temp_c: float = 18.0, cop_slope_per_c: float = 0.25, cop_min: float = 2.5,
                  temp_mean_c: float = 18.0, temp_swing_c: float = 6.0, temp_peak_hour: float = 15.0,
-                 zone_setpoint_c: float = 24.0, zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0,
-                 source: str = "twin"):
+                 supply_setpoint_c: float = 18.0, supply_ref_c: float = 18.0, cop_gain_per_c: float = 0.03,
+                 inlet_rise_c: float = 3.0, inlet_rise_load_c: float = 4.0, it_design_kw: float = 35_000.0,
+                 zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0, source: str = "twin"):
         if len(curve) < 2:
             raise ValueError("the demand curve needs at least two points")
         self.site = site
@@ -99,7 +109,9 @@ class SiteTwin:
         self.cooling_base_kw, self.cop_ref, self.cop_ref_temp_c = cooling_base_kw, cop_ref, cop_ref_temp_c
         self.cop_slope_per_c, self.cop_min = cop_slope_per_c, cop_min
         self.temp_mean_c, self.temp_swing_c, self.temp_peak_hour = temp_mean_c, temp_swing_c, temp_peak_hour
-        self.zone_setpoint_c, self.zone_uncooled_c, self.zone_tau_s = zone_setpoint_c, zone_uncooled_c, zone_tau_s
+        self.supply_setpoint_c, self.supply_ref_c, self.cop_gain_per_c = supply_setpoint_c, supply_ref_c, cop_gain_per_c
+        self.inlet_rise_c, self.inlet_rise_load_c, self.it_design_kw = inlet_rise_c, inlet_rise_load_c, it_design_kw
+        self.zone_uncooled_c, self.zone_tau_s = zone_uncooled_c, zone_tau_s
         self.source = source
         self._times = [t for t, _ in self.curve]
         self._span_ms = self._times[-1] - self._times[0] + (self._times[-1] - self._times[-2])
@@ -109,7 +121,8 @@ class SiteTwin:
         cooling = (site.topology or {}).get("cooling", ())
         self._chillers = [e["id"] for e in cooling if e.get("type") == "chiller"]
         self._zones = [e["id"] for e in cooling if e.get("type") == "zone"]
-        self._zone_temp = {z: zone_setpoint_c for z in self._zones}
+        self._zone_temp: dict[str, float] = {}  # set on the first measure, settled at its cooled value
+        self._racks_in = {z: [r["id"] for r in racks if r.get("zone") == z] for z in self._zones}
         self._last_ms: int | None = None
         self.faults: list[Fault] = []
 
@@ -128,8 +141,19 @@ class SiteTwin:
         hour = (ts_ms % DAY_MS) / 3_600_000
         return self.temp_mean_c + self.temp_swing_c * math.cos(2 * math.pi * (hour - self.temp_peak_hour) / 24)
 
-    def cop(self, outside_c: float) -> float:
-        return max(self.cop_min, self.cop_ref - self.cop_slope_per_c * (outside_c - self.cop_ref_temp_c))
+    def cop(self, outside_c: float, supply_c: float | None = None) -> float:
+        """The chiller plant's COP with ``outside_c`` outside and the supply air at ``supply_c`` (default: the setpoint)."""
+        supply_c = self.supply_setpoint_c if supply_c is None else supply_c
+        weather = max(self.cop_min, self.cop_ref - self.cop_slope_per_c * (outside_c - self.cop_ref_temp_c))
+        return weather * max(0.1, 1 + self.cop_gain_per_c * (supply_c - self.supply_ref_c))
+
+    def cooled_zone_c(self, zone: str, it_kw: float, rack_kw: Mapping[str, float]) -> float:
+        """Where ``zone`` settles while cooled: supply air plus a rise that grows with load and the zone's share."""
+        loads = {z: sum(rack_kw.get(r, 0.0) for r in racks) for z, racks in self._racks_in.items() if racks}
+        mean = sum(loads.values()) / len(loads) if loads else 0.0
+        share = loads[zone] / mean if zone in loads and mean > 0 else 1.0
+        load = max(0.0, it_kw) / self.it_design_kw if self.it_design_kw > 0 else 0.0
+        return self.supply_setpoint_c + self.inlet_rise_c + self.inlet_rise_load_c * load * share
 
     def inject(self, fault: Fault) -> None:
         self.faults.append(fault)
@@ -188,8 +212,9 @@ class SiteTwin:
         self._last_ms = ts_ms if self._last_ms is None else max(self._last_ms, ts_ms)
         decay = 1.0 - math.exp(-dt_s / self.zone_tau_s) if self.zone_tau_s > 0 else 1.0
         for zone in self._zones:
-            target = self.zone_uncooled_c if zone in uncooled else self.zone_setpoint_c
-            self._zone_temp[zone] += (target - self._zone_temp[zone]) * decay
+            target = self.zone_uncooled_c if zone in uncooled else self.cooled_zone_c(zone, it_kw, rack_kw)
+            now = self._zone_temp.setdefault(zone, self.cooled_zone_c(zone, it_kw, rack_kw))
+            self._zone_temp[zone] = now + (target - now) * decay
         return SiteState(ts_ms, outside, it_kw, cooling_kw, facility_kw, ess_kw, facility_kw - ess_kw,
                          pdu_kw, rack_kw, pod_kw, dict(self._zone_temp), chiller_kw)
 

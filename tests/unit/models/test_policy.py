@@ -55,7 +55,7 @@ def test_windows_and_versions_are_checked(doc):
     bad = copy.deepcopy(doc)
     bad["actions"]["pcs_charge"]["windows"] = [{"start": "18:00", "end": "06:00"}]
     assert problems(bad) == ["actions.pcs_charge.windows.0: end 06:00 is not after start 18:00"]
-    assert problems({**doc, "version": 4}) == ["version: this opsloop reads policy versions 1, 2 and 3, the file has 4"]
+    assert problems({**doc, "version": 5}) == ["version: this opsloop reads policy versions 1, 2, 3 and 4, the file has 5"]
 
 
 def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
@@ -72,7 +72,7 @@ def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
 def test_a_version_1_file_loads_with_per_action_slurm_budgets(doc):
     old = copy.deepcopy(doc)
     old["version"] = 1
-    del old["slurm"]["budget_window_s"], old["llm"]
+    del old["slurm"]["budget_window_s"], old["llm"], old["cooling"]
     assert parse_policy(old).slurm.budget_window_s == 0
     assert parse_policy(doc).slurm.budget_window_s == 3600
     old["slurm"]["budget_window_s"] = 3600
@@ -92,8 +92,23 @@ def test_a_budget_window_must_cover_the_longest_hold(doc):
 def test_the_llm_section_needs_version_3_and_without_it_there_are_no_llm_limits(doc):
     assert parse_policy(doc).llm.slo_ttfb_s > 0
     older = {**copy.deepcopy(doc), "version": 2}
+    del older["cooling"]
     assert problems(older) == ["llm: needs policy version 3"]
     del older["llm"]
     assert parse_policy(older).llm is None
     doc["llm"]["min_maxconn"] = 0
     assert problems(doc) == ["llm.min_maxconn: 0 is less than the minimum of 1"]
+
+
+def test_the_cooling_section_needs_version_4_and_keeps_its_ranges_in_order(doc):
+    limits = parse_policy(doc).cooling
+    assert (limits.inlet_min_c, limits.inlet_max_c) == (18, 27)  # ASHRAE's recommended envelope
+    assert parse_policy(doc).mode("cooling_setpoint") == "approve"  # advice an operator approves, by default
+    older = {**copy.deepcopy(doc), "version": 3}
+    assert problems(older) == ["cooling: needs policy version 4"]
+    del older["cooling"]
+    assert parse_policy(older).cooling is None
+    doc["cooling"].update(inlet_max_c=17, setpoint_max_c=30, max_change_c_per_h=0.5)
+    assert problems(doc) == ["cooling: inlet_max_c must be above inlet_min_c",
+                             "cooling: setpoint_max_c above inlet_max_c would aim the supply air past the inlet limit",
+                             "cooling: max_change_c_per_h is smaller than one max_step_c"]
