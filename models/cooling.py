@@ -43,10 +43,11 @@ RAISE, LOWER = "raise_setpoint", "lower_setpoint"  # the loop's proposals
 VERIFIED, PENDING, REVERT = "verified", "pending", "revert"  # verification statuses
 READBACK_MISMATCH = "readback_mismatch"  # the present value does not read what was written
 INLET_OUT_OF_RANGE = "inlet_out_of_range"  # a rack inlet left the policy's range after the change
+ABOVE_AIM = "above_aim"  # after a raise, the hottest inlet passed the aim before it settled
 NO_VERDICT = "revert_timeout"  # neither verified nor failed within revert_timeout_s (no inlet readings)
 HELD = "setpoint_held"  # verified: read back and every inlet in range for settle_s
 WAITING = "settling"
-REASON_CODES = frozenset({RAISE, LOWER, READBACK_MISMATCH, INLET_OUT_OF_RANGE, NO_VERDICT, HELD, WAITING})
+REASON_CODES = frozenset({RAISE, LOWER, READBACK_MISMATCH, INLET_OUT_OF_RANGE, ABOVE_AIM, NO_VERDICT, HELD, WAITING})
 DEADBAND_C = 0.25  # smaller moves are not worth a write (the plant's own control band is wider)
 READBACK_TOLERANCE_C = 0.05  # a REAL's rounding, not a different value
 
@@ -111,10 +112,13 @@ def propose(state: CoolingState, limits: CoolingLimits, now_ms: int) -> Proposal
 
 
 def verify(requested_c: float, read_back_c: float | None, inlet_c: Mapping[str, float], limits: CoolingLimits,
-           applied_ms: int, now_ms: int, settle_s: float | None = None) -> Verdict:
-    """Whether a change to ``requested_c`` written at ``applied_ms`` held; ``settle_s`` defaults to half the
-    revert timeout (three of the zones' time constants on the demo twin)."""
-    settle_s = limits.revert_timeout_s / 2 if settle_s is None else settle_s
+           applied_ms: int, now_ms: int, raised: bool = True) -> Verdict:
+    """Whether a change to ``requested_c`` written at ``applied_ms`` held.
+
+    A raise must hold for half the revert timeout (three of the zones' time constants on the demo twin)
+    with the hottest inlet at or below the aim; a lowering (the safe direction) is verified as soon as
+    it reads back with every inlet in range."""
+    settle_s = limits.revert_timeout_s / 2 if raised else 0.0
     if read_back_c is None or abs(read_back_c - requested_c) > READBACK_TOLERANCE_C:
         return Verdict(REVERT, READBACK_MISMATCH, f"the setpoint reads {read_back_c!r} degC, not the {requested_c:.1f} "
                                                   f"degC written; revert")
@@ -125,6 +129,10 @@ def verify(requested_c: float, read_back_c: float | None, inlet_c: Mapping[str, 
                                                    f"{limits.inlet_max_c:g} degC, after the change to "
                                                    f"{requested_c:.1f} degC; revert")
     held_s = (now_ms - applied_ms) / 1000
+    if raised and inlet_c and max(inlet_c.values()) > aim_c(limits):
+        name = max(inlet_c, key=lambda k: inlet_c[k])
+        return Verdict(REVERT, ABOVE_AIM, f"{name} reads {inlet_c[name]:.1f} degC, above the {aim_c(limits):.1f} degC "
+                                          f"aim, before the raise to {requested_c:.1f} degC settled; revert")
     if inlet_c and held_s >= settle_s:
         return Verdict(VERIFIED, HELD, f"{requested_c:.1f} degC reads back and every inlet stayed in range for "
                                        f"{held_s:.0f} s")

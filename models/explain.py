@@ -92,6 +92,7 @@ _VERBS = {
     "llm_shift": "Shift LLM traffic on {target} from the large model to the small one",
     "llm_cap": "Cap concurrent LLM requests per server on {target}",
     "slurm_reserve": "Reserve {nodes} on {target} for maintenance",
+    "cooling_setpoint": "Set the supply-air setpoint {target} to {setpoint_c} degC",
 }
 
 
@@ -112,7 +113,8 @@ class ActionAdvisor:
         setpoint, params = action.get("setpoint_kw"), action.get("params") or {}
         line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
                                              setpoint=power(abs(setpoint)) if setpoint is not None else "",
-                                             nodes=params.get("nodes", "nodes"))
+                                             nodes=params.get("nodes", "nodes"),
+                                             setpoint_c=params.get("setpoint_c", "?"))
         window = (params.get("start_ms", ""), params.get("end_ms", ""))
         if action["kind"] == "slurm_reserve" and all(edge.isdigit() for edge in window):
             start, end = int(params["start_ms"]), int(params["end_ms"])  # the window, not the proposal's life

@@ -31,7 +31,9 @@ The model, stated:
   recirculation adds, which grows with load: ``supply_setpoint_c + inlet_rise_c + inlet_rise_load_c x
   it_kw / it_design_kw x zone_kw / mean_zone_kw`` (a zone whose racks carry more than the average runs
   warmer), reached with time constant ``zone_tau_s`` (first order), so a setpoint change shows at the inlets
-  over minutes. A cooling failure (chiller trip, CRAH fan) moves every zone it reaches towards
+  over minutes. The defaults (1 degC, plus 3 degC at the design load) are a hall with aisle containment
+  run cold, as many are: 18 degC supply air gives inlets of about 19.5-22 degC, well inside ASHRAE's
+  recommended 18-27 degC. A cooling failure (chiller trip, CRAH fan) moves every zone it reaches towards
   ``zone_uncooled_c`` the same way; once it ends they return. Rack inlets read their zone.
 - **Power failures** (a PDU breaker trip, a UPS fault) drop every rack they reach to zero; IT,
   cooling and the grid import fall with them.
@@ -99,7 +101,7 @@ class SiteTwin:
                  cop_ref_temp_c: float = 18.0, cop_slope_per_c: float = 0.25, cop_min: float = 2.5,
                  temp_mean_c: float = 18.0, temp_swing_c: float = 6.0, temp_peak_hour: float = 15.0,
                  supply_setpoint_c: float = 18.0, supply_ref_c: float = 18.0, cop_gain_per_c: float = 0.03,
-                 inlet_rise_c: float = 3.0, inlet_rise_load_c: float = 4.0, it_design_kw: float = 35_000.0,
+                 inlet_rise_c: float = 1.0, inlet_rise_load_c: float = 3.0, it_design_kw: float = 35_000.0,
                  zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0, source: str = "twin"):
         if len(curve) < 2:
             raise ValueError("the demand curve needs at least two points")
@@ -154,6 +156,13 @@ class SiteTwin:
         share = loads[zone] / mean if zone in loads and mean > 0 else 1.0
         load = max(0.0, it_kw) / self.it_design_kw if self.it_design_kw > 0 else 0.0
         return self.supply_setpoint_c + self.inlet_rise_c + self.inlet_rise_load_c * load * share
+
+    def design_rise_c(self) -> float:
+        """The hottest zone's rise above the supply air at ``it_design_kw``: what a fixed setpoint must allow for."""
+        rack_kw = {r: p.share * self.it_design_kw / len(self._racks_of[p.id])
+                   for p in self.site.pdus for r in self._racks_of.get(p.id) or []}
+        rises = [self.cooled_zone_c(z, self.it_design_kw, rack_kw) - self.supply_setpoint_c for z in self._zones]
+        return max(rises, default=self.inlet_rise_c + self.inlet_rise_load_c)
 
     def inject(self, fault: Fault) -> None:
         self.faults.append(fault)

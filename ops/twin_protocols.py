@@ -8,6 +8,11 @@
 - ``PduFiles``: each PDU's values as SNMP objects (models/pdu_mib.py), one JSON file per PDU
   (``<dir>/<pdu id>.json``, replaced whole, never half written), which an snmpd ``pass_persist``
   script serves; the ``snmp`` source kind then polls the agent as it polls a site's PDU.
+- ``BacnetPlant``: the cooling plant as a BACnet/IP device (bacpypes3): the supply-air setpoint as a
+  commandable analog value (``analog-value,1``, priority array, relinquish default = the twin's
+  setpoint) and each zone's inlet temperature as an analog input (``analog-input,<n>``, named for the
+  zone), refreshed from every twin sample; the twin reads the setpoint back each poll, so a write by
+  the cooling lever moves the chillers' power and the inlets.
 """
 
 from __future__ import annotations
@@ -114,3 +119,94 @@ class PduFiles:
             tmp = self.path(pdu).with_suffix(".tmp")
             tmp.write_text(json.dumps(objects))
             tmp.replace(self.path(pdu))  # the agent's script sees the old file or the new one
+
+
+SETPOINT_OBJECT = "analog-value,1"
+
+
+class BacnetPlant:
+    """The twin's cooling plant as a BACnet/IP device on ``host:port`` (UDP), instance ``device_instance``."""
+
+    def __init__(self, port: int, zones: list[str], setpoint_c: float, host: str = "127.0.0.1",
+                 device_instance: int = 1001):
+        self.host, self.port, self.device_instance = host, port, device_instance
+        self.zones, self.initial_c = list(zones), setpoint_c
+        self.inlet_objects = {z: f"analog-input,{i + 1}" for i, z in enumerate(self.zones)}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._app = self._setpoint = None
+        self._inputs: dict = {}
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _build(self):
+        from bacpypes3.app import Application
+        from bacpypes3.local.analog import AnalogInputObject, AnalogValueObjectCmd
+        from bacpypes3.local.device import DeviceObject
+        from bacpypes3.local.networkport import NetworkPortObject
+
+        device = DeviceObject(objectIdentifier=("device", self.device_instance), objectName="twin-cooling-plant",
+                              vendorIdentifier=999)
+        port = NetworkPortObject(self.address, objectIdentifier=("network-port", 1), objectName="NetworkPort-1",
+                                 networkNumberQuality="unknown")
+        self._setpoint = AnalogValueObjectCmd(
+            objectIdentifier=("analog-value", 1), objectName="supply-air-setpoint", presentValue=self.initial_c,
+            relinquishDefault=self.initial_c, units="degreesCelsius", statusFlags=[0, 0, 0, 0], covIncrement=0.1)
+        self._inputs = {z: AnalogInputObject(objectIdentifier=("analog-input", i + 1), objectName=f"{z}-inlet-temp",
+                                             presentValue=0.0, units="degreesCelsius", statusFlags=[0, 0, 0, 0],
+                                             covIncrement=0.1)
+                        for i, z in enumerate(self.zones)}
+        return Application.from_object_list([device, port, self._setpoint, *self._inputs.values()])
+
+    def start(self) -> "BacnetPlant":
+        ready, failure = threading.Event(), []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+
+            async def listen():  # bacpypes3 binds its UDP endpoint inside a running loop
+                self._app = self._build()
+
+            try:
+                loop.run_until_complete(listen())
+            except BaseException as exc:  # reported to start()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="twin-bacnet", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        log.info("twin: BACnet cooling plant on %s (device %d)", self.address, self.device_instance)
+        return self
+
+    def setpoint_c(self) -> float:
+        """The setpoint's present value: what the priority array commands now."""
+        return float(self._setpoint.presentValue)
+
+    def show(self, state: SiteState) -> None:
+        """The inlet objects read ``state``'s zones from now on (set on the plant's own loop)."""
+        def update() -> None:
+            for zone, obj in self._inputs.items():
+                if zone in state.zone_c:
+                    obj.presentValue = float(state.zone_c[zone])
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(update)
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        if self._app is not None:
+            self._loop.call_soon_threadsafe(self._app.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._loop = None

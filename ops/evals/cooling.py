@@ -1,0 +1,228 @@
+"""`opsloop eval cooling`: cooling energy saved by the guarded supply-air setpoint loop on the site twin.
+
+The twin (models/twin.py) plays the demo site over ``--days`` of the bundled Taylor demand curve, one
+sample every ``--sample-s``; its chillers' COP rises with the supply-air setpoint and its rack inlets
+follow the supply air plus a load-dependent rise (the model and its rule-of-thumb source are stated in
+models/twin.py). Four runs of the same week:
+
+- **no loop**: the setpoint stays where the plant has it (the twin's 18 degC);
+- **fixed (design rule)**: one setpoint chosen as a designer would, without the week: the hottest
+  inlet at the design IT load sits at the loop's aim (``inlet_max_c - inlet_margin_c``);
+- **fixed (best in hindsight)**: the highest constant setpoint (0.1 degC steps) with no inlet outside
+  the policy's range over this very week: an oracle no operator has, the bound for any fixed setpoint;
+- **loop**: every ``--control-s`` the cooling lever reads the plant over BACnet/IP (the twin serves it,
+  ops/twin_protocols.py ``BacnetPlant``; connectors/bacnet.py reads and writes it), proposes a change
+  (models/cooling.py ``propose``), puts it through the guard (models/guard.py ``decide``, with the
+  shipped policy's limits and ``cooling_setpoint`` in auto mode, so no operator is simulated), writes it
+  at BACnet priority 8, reads it back, and verifies it (``verify``) until it holds or is reverted.
+
+Reported: cooling kWh of each run, the loop's saving against each reference, inlet readings outside
+the range (every zone, every sample, from the twin's own state, not over BACnet), and the setpoint
+changes written, verified and reverted. The loop passes when it saves at least ``TARGET_SAVING`` of
+the no-loop cooling energy with no inlet outside the range and every change verified or reverted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field, replace
+
+from opsloop.config.assets import DEMO_SITE
+from opsloop.config.policy import KindRule, Policy, load_policy
+from opsloop.config.site import Site, load_site
+from opsloop.models import cooling, guard
+from opsloop.models.twin import DAY_MS, SiteTwin
+
+TARGET_SAVING = 0.05
+
+
+@dataclass
+class Run:
+    name: str
+    setpoint_c: float | None  # None: the loop moves it
+    cooling_kwh: float = 0.0
+    it_kwh: float = 0.0
+    violations: int = 0  # zone readings outside [inlet_min_c, inlet_max_c]
+    hottest_c: float = -1e9
+    setpoint_min_c: float = 1e9
+    setpoint_max_c: float = -1e9
+    setpoint_sum: float = 0.0
+    samples: int = 0
+    changes: int = 0
+    verified: int = 0
+    reverted: int = 0
+    rejected: int = 0  # proposals the guard refused
+    reverts_by_code: dict = field(default_factory=dict)
+
+    def sample(self, state, setpoint_c: float, hours: float, low_c: float, high_c: float) -> None:
+        self.cooling_kwh += state.cooling_kw * hours
+        self.it_kwh += state.it_kw * hours
+        self.violations += sum(not low_c <= c <= high_c for c in state.zone_c.values())
+        self.hottest_c = max(self.hottest_c, max(state.zone_c.values(), default=self.hottest_c))
+        self.setpoint_min_c, self.setpoint_max_c = min(self.setpoint_min_c, setpoint_c), max(self.setpoint_max_c,
+                                                                                           setpoint_c)
+        self.setpoint_sum += setpoint_c
+        self.samples += 1
+
+    def summary(self) -> dict:
+        return {"name": self.name, "cooling_kwh": round(self.cooling_kwh, 1), "it_kwh": round(self.it_kwh, 1),
+                "mean_pue_cooling": round(1 + self.cooling_kwh / self.it_kwh, 4) if self.it_kwh else None,
+                "inlet_violations": self.violations, "hottest_inlet_c": round(self.hottest_c, 2),
+                "setpoint_c": {"min": round(self.setpoint_min_c, 2), "mean": round(self.setpoint_sum / self.samples, 2),
+                               "max": round(self.setpoint_max_c, 2)},
+                **({"changes": self.changes, "verified": self.verified, "reverted": self.reverted,
+                    "rejected_by_guard": self.rejected, "reverts_by_code": self.reverts_by_code}
+                   if self.setpoint_c is None else {})}
+
+
+def auto_policy(policy: Policy) -> Policy:
+    """The shipped policy with ``cooling_setpoint`` in auto mode: the evaluation simulates no operator."""
+    return replace(policy, rules={**policy.rules, cooling.KIND: KindRule("auto")})
+
+
+def fixed_run(site: Site, curve, policy: Policy, name: str, setpoint_c: float, start_ms: int, days: float,
+              sample_s: float) -> Run:
+    twin, run, limits = SiteTwin(site, curve, supply_setpoint_c=setpoint_c), Run(name, setpoint_c), policy.cooling
+    for ts in range(start_ms, start_ms + int(days * DAY_MS), int(sample_s * 1000)):
+        run.sample(twin.measure(ts), setpoint_c, sample_s / 3600, limits.inlet_min_c, limits.inlet_max_c)
+    return run
+
+
+def best_fixed(site: Site, curve, policy: Policy, start_ms: int, days: float, sample_s: float) -> Run:
+    """The highest constant setpoint (0.1 degC grid) with no inlet outside the range over the week."""
+    limits = policy.cooling
+    low, high = round(limits.setpoint_min_c * 10), round(limits.setpoint_max_c * 10)
+    best = None
+    while low <= high:  # violations only grow with the setpoint
+        mid = (low + high) // 2
+        run = fixed_run(site, curve, policy, "fixed (best in hindsight)", mid / 10, start_ms, days, sample_s)
+        if run.violations == 0:
+            best, low = run, mid + 1
+        else:
+            high = mid - 1
+    return best or fixed_run(site, curve, policy, "fixed (best in hindsight)", limits.setpoint_min_c, start_ms, days,
+                             sample_s)
+
+
+def loop_run(site: Site, curve, policy: Policy, start_ms: int, days: float, sample_s: float, control_s: float) -> Run:
+    """The guarded loop over BACnet/IP against the twin's plant device."""
+    from opsloop.connectors.bacnet import BacnetClient, SetpointDriver, free_udp_port
+    from opsloop.ops.twin_protocols import SETPOINT_OBJECT, BacnetPlant
+
+    twin, run, limits, policy = SiteTwin(site, curve), Run("loop", None), policy.cooling, auto_policy(policy)
+    zones = sorted(twin.measure(start_ms).zone_c)
+    plant = BacnetPlant(free_udp_port(), zones, twin.supply_setpoint_c).start()
+    client = BacnetClient()
+    try:
+        driver = SetpointDriver(client, plant.address, SETPOINT_OBJECT, plant.inlet_objects)
+        changes: list[tuple[int, float]] = []
+        pending = None  # (requested_c, previous_c, applied_ms, raise?)
+        next_control = start_ms
+        for ts in range(start_ms, start_ms + int(days * DAY_MS), int(sample_s * 1000)):
+            twin.supply_setpoint_c = plant.setpoint_c()  # what the priority array commands now
+            state = twin.measure(ts)
+            plant.show(state)
+            run.sample(state, twin.supply_setpoint_c, sample_s / 3600, limits.inlet_min_c, limits.inlet_max_c)
+            if ts < next_control:
+                continue
+            next_control = ts + int(control_s * 1000)
+            reading = driver.read()
+            if pending is not None:
+                requested, previous, applied, raised = pending
+                verdict = cooling.verify(requested, reading.setpoint_c, reading.inlet_c, limits, applied, ts, raised)
+                if verdict.status == cooling.VERIFIED:
+                    run.verified, pending = run.verified + 1, None
+                elif verdict.status == cooling.REVERT:
+                    driver.write(previous)  # a revert is never refused: it returns to what held before
+                    changes.append((ts, previous - requested))
+                    run.reverted, pending = run.reverted + 1, None
+                    run.reverts_by_code[verdict.reason_code] = run.reverts_by_code.get(verdict.reason_code, 0) + 1
+                    reading = driver.read()
+            known = cooling.CoolingState(reading.setpoint_c, reading.inlet_c, ts, tuple(changes), pending is not None)
+            proposal = cooling.propose(known, limits, ts)
+            if proposal is None or pending is not None:
+                continue
+            action = cooling.setpoint_action(site.id, SETPOINT_OBJECT, reading.setpoint_c, proposal, limits, ts)
+            decision = guard.decide(action, guard.PlantState(cooling=known), policy, ts)
+            if decision.verdict != guard.APPROVED:
+                run.rejected += 1
+                continue
+            read_back = driver.write(proposal.setpoint_c)
+            changes.append((ts, proposal.setpoint_c - reading.setpoint_c))
+            run.changes += 1
+            pending = (proposal.setpoint_c, reading.setpoint_c, ts, proposal.reason_code == cooling.RAISE)
+            if abs(read_back - proposal.setpoint_c) > cooling.READBACK_TOLERANCE_C:
+                driver.write(reading.setpoint_c)
+                run.reverted, pending = run.reverted + 1, None
+                run.reverts_by_code[cooling.READBACK_MISMATCH] = run.reverts_by_code.get(cooling.READBACK_MISMATCH, 0) + 1
+        if pending is not None:  # the week ended mid-verification: judge it on the last reading
+            reading = driver.read()
+            verdict = cooling.verify(pending[0], reading.setpoint_c, reading.inlet_c, limits, pending[2],
+                                     pending[2] + int(limits.revert_timeout_s * 1000), pending[3])
+            run.verified += verdict.status == cooling.VERIFIED
+            run.reverted += verdict.status != cooling.VERIFIED
+    finally:
+        client.close()
+        plant.stop()
+    return run
+
+
+def evaluate(days: float = 7.0, start_day: float = 0.0, sample_s: float = 300.0, control_s: float = 900.0,
+             site: Site | None = None, policy: Policy | None = None) -> dict:
+    from opsloop.config.assets import POLICY_FILE
+    from opsloop.ops.twin import DEFAULT_DATA, read_curve
+
+    site = site or load_site(DEMO_SITE)
+    policy = policy or load_policy(POLICY_FILE)
+    curve = read_curve(DEFAULT_DATA)
+    start_ms = curve[0][0] + int(start_day * DAY_MS)
+    limits = policy.cooling
+    twin = SiteTwin(site, curve)
+    design = min(limits.setpoint_max_c, int((cooling.aim_c(limits) - twin.design_rise_c()) * 10) / 10)
+    runs = [fixed_run(site, curve, policy, "no loop", twin.supply_setpoint_c, start_ms, days, sample_s),
+            fixed_run(site, curve, policy, "fixed (design rule)", design, start_ms, days, sample_s),
+            best_fixed(site, curve, policy, start_ms, days, sample_s),
+            loop_run(site, curve, policy, start_ms, days, sample_s, control_s)]
+    loop = runs[-1]
+    saved = {r.name: round(1 - loop.cooling_kwh / r.cooling_kwh, 4) for r in runs[:-1]}
+    ok = (saved["no loop"] >= TARGET_SAVING and loop.violations == 0
+          and loop.verified + loop.reverted == loop.changes)
+    return {"days": days, "start_ms": start_ms, "sample_s": sample_s, "control_s": control_s,
+            "inlet_range_c": [limits.inlet_min_c, limits.inlet_max_c], "aim_c": cooling.aim_c(limits),
+            "runs": [r.summary() for r in runs],
+            "saved_kwh": {r.name: round(r.cooling_kwh - loop.cooling_kwh, 1) for r in runs[:-1]},
+            "saved_share": saved, "target_saving": TARGET_SAVING, "pass": ok}
+
+
+def report(result: dict) -> list[str]:
+    lines = [f"cooling loop on the twin: {result['days']:g} days, a sample every {result['sample_s']:g} s, control "
+             f"every {result['control_s']:g} s, inlets kept in {result['inlet_range_c'][0]:g}-"
+             f"{result['inlet_range_c'][1]:g} degC (aim {result['aim_c']:g})",
+             f"{'run':<27}{'cooling kWh':>13}{'setpoint min/mean/max degC':>29}{'hottest':>9}{'violations':>12}"]
+    for r in result["runs"]:
+        sp = r["setpoint_c"]
+        lines.append(f"{r['name']:<27}{r['cooling_kwh']:>13,.0f}{sp['min']:>13.1f}/{sp['mean']:.1f}/{sp['max']:.1f}"
+                     f"{r['hottest_inlet_c']:>13.1f}{r['inlet_violations']:>12}")
+    loop = result["runs"][-1]
+    lines.append(f"loop: {loop['changes']} setpoint changes, {loop['verified']} verified, {loop['reverted']} reverted "
+                 f"{loop['reverts_by_code'] or ''}, {loop['rejected_by_guard']} refused by the guard")
+    for name, share in result["saved_share"].items():
+        lines.append(f"saved against {name}: {result['saved_kwh'][name]:,.0f} kWh ({share:.1%})")
+    lines.append(f"target: >= {result['target_saving']:.0%} against no loop, 0 violations, every change verified or "
+                 f"reverted: {'PASS' if result['pass'] else 'FAIL'}")
+    return lines
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--days", type=float, default=7.0, help="simulated days (default 7)")
+    p.add_argument("--start-day", type=float, default=0.0, help="days into the demand curve to start (default 0)")
+    p.add_argument("--sample-s", type=float, default=300.0, help="twin sample interval, s (default 300)")
+    p.add_argument("--control-s", type=float, default=900.0, help="cooling loop interval, s (default 900)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(args) -> int:
+    result = evaluate(args.days, args.start_day, args.sample_s, args.control_s)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(report(result)))
+    return 0 if result["pass"] else 1
