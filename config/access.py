@@ -72,6 +72,7 @@ PRINCIPALS: dict[str, Access] = {
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
     "rul": Access(reads=("telemetry.raw",), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
+    "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", DEADLETTER), groups=("efficiency",)),
 }
 
 

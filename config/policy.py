@@ -208,6 +208,12 @@ class CoolingLimits:
     energy_price_per_kwh: float = 0.15  # what advice counts a kWh at when the site file has no tariff_by_hour
 
 
+#: What efficiency advice assumes when a policy has no cooling section: ASHRAE's recommended inlet range
+#: (18-27 degC), the shipped file's setpoint bounds, ramps and revert timeout. Never used to act.
+ASHRAE_COOLING = CoolingLimits(inlet_min_c=18.0, inlet_max_c=27.0, setpoint_min_c=16.0, setpoint_max_c=25.0,
+                               max_step_c=1.0, max_change_c_per_h=3.0, revert_timeout_s=1800.0)
+
+
 @dataclass(frozen=True)
 class Policy:
     version: int

@@ -207,3 +207,72 @@ class EfficiencyAdvisor:
         m = self.model
         return (f"bayes-linreg(alpha={m.alpha:g}, beta={m.beta:g}) warmup={self.warmup} drift={self.drift_pct:g}/"
                 f"{self.drift_alpha:g}")
+
+
+class SampleAssembler:
+    """A site's telemetry points gathered into ``PlantSample``s, one per event time.
+
+    The points of one time arrive together (telemetry.raw is keyed by site, so a site's points stay in
+    order); a time is complete when a later one starts. Metrics: ``it_kw`` of PDUs (summed), ``cooling_kw``
+    and ``facility_kw`` of the facility meter, ``outside_temp_c``, ``chiller_kw`` per chiller,
+    ``inlet_temp_c`` per rack and ``supply_setpoint_c`` of the CRAHs (the highest). A time without IT,
+    cooling, facility power and the outside temperature makes no sample.
+
+    >>> asm = SampleAssembler()
+    >>> pts = [("pdu-1", "it_kw", 900.0), ("pdu-2", "it_kw", 100.0), ("facility-meter-1", "cooling_kw", 200.0),
+    ...        ("facility-meter-1", "facility_kw", 1200.0), ("chiller-1", "outside_temp_c", 21.0)]
+    >>> [asm.add({"ts_ms": 0, "site": "s", "device": d, "metric": m, "value": v}) for d, m, v in pts]
+    [None, None, None, None, None]
+    >>> asm.add({"ts_ms": 60_000, "site": "s", "device": "pdu-1", "metric": "it_kw", "value": 1.0}).it_kw
+    1000.0
+    """
+
+    METRICS = frozenset({"it_kw", "cooling_kw", "facility_kw", "outside_temp_c", "chiller_kw", "inlet_temp_c",
+                         "supply_setpoint_c"})
+
+    def __init__(self):
+        self._open: dict[str, tuple[int, dict]] = {}
+
+    def add(self, point: Mapping) -> PlantSample | None:
+        """Take one point; the sample of the site's previous time once this point starts a later one."""
+        metric = point["metric"]
+        if metric not in self.METRICS:
+            return None
+        site, ts = point["site"], point["ts_ms"]
+        done = None
+        current = self._open.get(site)
+        if current is None or ts > current[0]:
+            done = self._sample(site, *current) if current is not None else None
+            current = self._open[site] = (ts, {"it": 0.0, "inlet": {}, "chiller": {}})
+        elif ts < current[0]:
+            return None  # a straggler of a time already closed
+        parts, value = current[1], float(point["value"])
+        if metric == "it_kw":
+            parts["it"] += value
+            parts["has_it"] = True
+        elif metric == "inlet_temp_c":
+            parts["inlet"][point["device"]] = value
+        elif metric == "chiller_kw":
+            parts["chiller"][point["device"]] = value
+        elif metric == "supply_setpoint_c":
+            parts["setpoint"] = max(value, parts.get("setpoint", value))
+        else:
+            parts.setdefault(metric, value)
+        return done
+
+    @staticmethod
+    def _sample(site: str, ts: int, parts: dict) -> PlantSample | None:
+        if not parts.get("has_it") or not all(k in parts for k in ("cooling_kw", "facility_kw", "outside_temp_c")):
+            return None
+        return PlantSample(ts, site, parts["it"], parts["cooling_kw"], parts["facility_kw"], parts["outside_temp_c"],
+                           parts.get("setpoint"), parts["inlet"], parts["chiller"])
+
+
+def advice_record(sample: PlantSample, advice: Advice, price_per_kwh: float, model: str) -> dict:
+    """The ``EfficiencyAdvice`` record of one piece of advice."""
+    return {"ts_ms": sample.ts_ms, "site": sample.site, "device": advice.device, "reason_code": advice.reason_code,
+            "text": advice.text, "kw_at_stake": advice.kw_at_stake, "cost_per_day": advice.cost_per_day,
+            "price_per_kwh": price_per_kwh, "it_kw": sample.it_kw, "cooling_kw": sample.cooling_kw,
+            "pue": sample.facility_kw / sample.it_kw if sample.it_kw > 0 else 0.0,
+            "expected_cooling_kw": advice.expected_cooling_kw, "setpoint_c": sample.setpoint_c,
+            "optimal_setpoint_c": advice.optimal_setpoint_c, "model": model}

@@ -123,6 +123,7 @@ class SiteTwin:
         cooling = (site.topology or {}).get("cooling", ())
         self._chillers = [e["id"] for e in cooling if e.get("type") == "chiller"]
         self._zones = [e["id"] for e in cooling if e.get("type") == "zone"]
+        self._crahs = [e["id"] for e in cooling if e.get("type") == "crah"]
         self._zone_temp: dict[str, float] = {}  # set on the first measure, settled at its cooled value
         self._racks_in = {z: [r["id"] for r in racks if r.get("zone") == z] for z in self._zones}
         self._last_ms: int | None = None
@@ -250,6 +251,7 @@ class SiteTwin:
         out += [point(ts, site, z, "zone", "temp_c", c, "degC", src) for z, c in state.zone_c.items()]
         out += [point(ts, site, c, "chiller", "chiller_kw", kw, "kW", src) for c, kw in state.chiller_kw.items()]
         out += [point(ts, site, c, "chiller", "outside_temp_c", state.outside_c, "degC", src) for c in self._chillers]
+        out += [point(ts, site, c, "crah", "supply_setpoint_c", self.supply_setpoint_c, "degC", src) for c in self._crahs]
         if self.site.ess:
             ess = self.site.ess[0].id
             out.append(point(ts, site, ess, "ess", "ess_kw", state.ess_kw, "kW", src))

@@ -155,6 +155,19 @@ def _rul(settings: Settings, site: Site) -> Processor:
 
 
 AGENTS["rul"] = _rul  # remaining useful life (issue 19)
+
+
+def _efficiency(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.policy import load_policy
+    from opsloop.streams.efficiency import EfficiencyProcessor
+
+    from opsloop.config.policy import ASHRAE_COOLING
+
+    # advice only: a policy without a cooling section (before version 4) is advised against ASHRAE's range
+    return EfficiencyProcessor(settings, site, load_policy(settings.policy).cooling or ASHRAE_COOLING)
+
+
+AGENTS["efficiency"] = _efficiency  # cooling efficiency advice (issue 19)
 FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 ARCHITECTURE_TOPICS = {"telemetry.raw", "telemetry.site", "alarms.raw", "alarms.clean", "incidents", "narratives",
                        "forecasts.peak", "actions.proposed", "actions.approved", "actions.results",
                        "operator.feedback", "noc.audit", "sources.health", "slurm.queue", "forecasts.rul",
-                       "deadletter"}
+                       "advice.efficiency", "deadletter"}
 
 
 def test_catalog_has_every_architecture_topic_with_kafka_configs():
