@@ -116,7 +116,8 @@ def cmd_twin(settings: Settings, args) -> int:
                      poll_s=args.poll_s, prometheus_port=args.prometheus_port, prometheus_host=args.prometheus_host,
                      slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
-                     horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir)
+                     horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir,
+                     bacnet_port=args.bacnet_port)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -408,6 +409,8 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--poll-s", type=float, default=0.5, help="wall seconds between polls")
     tw.add_argument("--prometheus-port", type=int, help="serve the latest readings as Prometheus text here")
     tw.add_argument("--sunspec-port", type=int, help="serve the grid and facility meters as SunSpec (Modbus TCP) here")
+    tw.add_argument("--bacnet-port", type=int,
+                    help="serve the cooling plant (supply-air setpoint, zone inlets) as a BACnet/IP device on this UDP port")
     tw.add_argument("--snmp-dir", type=Path, help="write each PDU's SNMP objects to DIR/<pdu>.json for an snmpd "
                                                   "pass_persist script (README: Site twin)")
     tw.add_argument("--prometheus-host", default="127.0.0.1", help="address the Prometheus page listens on "

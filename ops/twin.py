@@ -15,8 +15,10 @@ health and backs off as any source does) it
 
 Its latest readings are also served as a site serves them (ops/twin_protocols.py), so the live
 sources read the twin as they would read a site: Prometheus text (``--prometheus-port``), a SunSpec
-Modbus TCP meter device with the grid and facility meters (``--sunspec-port``), and each PDU's SNMP
-objects in a file an snmpd ``pass_persist`` script serves (``--snmp-dir``).
+Modbus TCP meter device with the grid and facility meters (``--sunspec-port``), each PDU's SNMP
+objects in a file an snmpd ``pass_persist`` script serves (``--snmp-dir``), and the cooling plant as a
+BACnet/IP device (``--bacnet-port``): the supply-air setpoint, which the twin reads back each poll, so a
+write moves the chillers' power and the inlets, and each zone's inlet temperature.
 
 Time is the run's one clock (config/clock.py): when the settings carry none, the twin starts one
 at the curve's first time running ``speed`` times faster and prints the ``OPSLOOP_CLOCK_*``
@@ -123,8 +125,9 @@ class TwinPoller:
 
     def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
                  alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000,
-                 outputs: list | None = None):
+                 outputs: list | None = None, setpoint=None):
         self.twin = twin
+        self.setpoint = setpoint  # a callable: the plant's supply-air setpoint now (the BACnet device), or None
         self.sample_ms = int(sample_s * 1000)
         self.next_ms = start_ms
         self.pcs, self.slurm, self.kw_per_gpu = pcs, slurm, kw_per_gpu
@@ -177,6 +180,8 @@ class TwinPoller:
             skipped = (now_ms - self.next_ms) // self.sample_ms - self.max_samples + 1
             self.next_ms += skipped * self.sample_ms
             log.warning("twin: %d sample(s) skipped (the poll fell behind the clock)", skipped)
+        if self.setpoint is not None:
+            self.twin.supply_setpoint_c = self.setpoint()
         while self.next_ms <= now_ms:
             state = self.twin.measure(self.next_ms, self.ess_kw, self.stopped)
             readings.points += self.twin.points(state, self.soc_pct)
@@ -218,8 +223,11 @@ class TwinRun:
     clock: Clock
     prometheus: ThreadingHTTPServer | None = None
     meter: object | None = None  # twin_protocols.MeterServer
+    plant: object | None = None  # twin_protocols.BacnetPlant
 
     def close(self) -> None:
+        if self.plant is not None:
+            self.plant.stop()
         if self.prometheus is not None:
             self.prometheus.shutdown()
             self.prometheus.server_close()
@@ -232,7 +240,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
           prometheus_host: str = "127.0.0.1", slurm=None,
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
-          sunspec_port: int | None = None, snmp_dir: Path | None = None) -> TwinRun:
+          sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -252,13 +260,20 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     outputs = [meter.show] if meter is not None else []
     if snmp_dir is not None:
         outputs.append(PduFiles(site, snmp_dir).show)
+    plant = None
+    if bacnet_port is not None:
+        from opsloop.ops.twin_protocols import BacnetPlant
+
+        zones = [e["id"] for e in (site.topology or {}).get("cooling", ()) if e.get("type") == "zone"]
+        plant = BacnetPlant(bacnet_port, zones, twin.supply_setpoint_c).start()
+        outputs.append(plant.show)
     poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
-                        alarms, meters, outputs=outputs)
+                        alarms, meters, outputs=outputs, setpoint=plant.setpoint_c if plant is not None else None)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)
     server = serve_prometheus(meters, prometheus_port, prometheus_host) if prometheus_port is not None else None
-    return TwinRun(run, poller, clock, server, meter)
+    return TwinRun(run, poller, clock, server, meter, plant)
 
 
 def main(settings: Settings, site_file: Path | None, speed: float, data: Path | None, **options) -> int:
@@ -279,6 +294,9 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
         print(f"Prometheus text on http://{host}:{port}/metrics", flush=True)
     if twin.meter is not None:
         print(f"SunSpec meters (203: grid, facility) on Modbus TCP 127.0.0.1:{twin.meter.port}", flush=True)
+    if twin.plant is not None:
+        print(f"BACnet/IP cooling plant (device {twin.plant.device_instance}: supply-air setpoint analog-value,1, "
+              f"zone inlets analog-input,1..) on UDP {twin.plant.address}", flush=True)
     if options.get("snmp_dir") is not None:
         print(f"PDU SNMP objects in {options['snmp_dir']}/<pdu>.json (for an snmpd pass_persist script)", flush=True)
     stop = threading.Event()
