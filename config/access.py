@@ -72,6 +72,8 @@ PRINCIPALS: dict[str, Access] = {
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
     "rul": Access(reads=("telemetry.raw",), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
+    "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+                           groups=("cooling-sink",)),
     "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", DEADLETTER), groups=("efficiency",)),
 }
 

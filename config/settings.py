@@ -81,6 +81,10 @@ class Settings:
     haproxy_socket: str = "/run/haproxy/admin.sock"  # the LLM balancer's runtime API: UNIX path or host:port
     haproxy_metrics_url: str = "http://127.0.0.1:8405/metrics"  # its Prometheus exporter (stats frontend)
     vllm_metrics_urls: str = ""  # comma-separated /metrics of the vLLM servers behind it: p99 time to first token
+    bacnet_device: str = "127.0.0.1:47808"  # the cooling plant's BACnet/IP device (host:port): the cooling sink's
+    bacnet_setpoint_object: str = "analog-value,1"  # its supply-air setpoint (commandable)
+    bacnet_inlet_objects: str = ""  # zone=object,...; empty: analog-input,1.. in the site file's zone order
+    bacnet_priority: int = 8  # the command priority the sink writes at (8: manual operator)
     # One clock for every process of a run (config/clock.py): at wall time clock_anchor_s the site's time was
     # clock_epoch_s, and it runs clock_speed times faster. clock_epoch_s 0: the wall clock. `opsloop twin` sets them.
     clock_epoch_s: float = 0.0

@@ -6,8 +6,9 @@ with a timeout; a device that does not answer raises ``BacnetError``.
 
 ``SetpointDriver`` is the cooling lever's device side: it writes the supply-air setpoint at one
 command priority (8, manual operator, by default: above the BMS's own schedule at 16, below life
-safety), reads the present value back and the inlet temperatures, and reverts by writing the value
-before the change. What counts as verified is decided by ``models.cooling.verify``, not here.
+safety), reads the present value back and the inlet temperatures, and reverts by restoring its own
+priority slot as it was before the change (relinquished, if it was empty), so whatever commanded the
+object before, at any priority, commands it again. What counts as verified is decided by ``models.cooling.verify``, not here.
 """
 
 from __future__ import annotations
@@ -84,6 +85,20 @@ class BacnetClient:
         except (TypeError, ValueError):
             raise BacnetError(f"{device} {obj} {prop}: {value!r} is not a number") from None
 
+    def read_slot(self, device: str, obj: str, priority: int) -> float | None:
+        """What ``obj``'s priority array holds at ``priority``: a number, or None where the slot is relinquished."""
+        try:
+            value = self._call(self._read_index(device, obj, "priority-array", priority))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise BacnetError(f"{device} {obj}: no answer in {self.timeout_s:g} s") from None
+        real = getattr(value, "real", None)
+        return None if real is None else float(real)
+
+    async def _read_index(self, device: str, obj: str, prop: str, index: int):
+        from bacpypes3.pdu import Address
+
+        return await asyncio.wait_for(self._app.read_property(Address(device), obj, prop, index), self.timeout_s)
+
     def write_real(self, device: str, obj: str, value: float | None, priority: int | None = None,
                    prop: str = PRESENT_VALUE) -> None:
         """Command ``value`` at ``priority``; ``None`` relinquishes that priority (the next one, or the
@@ -128,4 +143,13 @@ class SetpointDriver:
     def write(self, setpoint_c: float) -> float:
         """Command ``setpoint_c`` and return the present value read back right after."""
         self.client.write_real(self.device, self.setpoint_object, setpoint_c, self.priority)
+        return self.client.read_real(self.device, self.setpoint_object)
+
+    def slot(self) -> float | None:
+        """Our priority slot now (None: relinquished): what a revert restores."""
+        return self.client.read_slot(self.device, self.setpoint_object, self.priority)
+
+    def restore(self, slot: float | None) -> float:
+        """Put our priority slot back as ``slot`` was (None relinquishes it); the present value after."""
+        self.client.write_real(self.device, self.setpoint_object, slot, self.priority)
         return self.client.read_real(self.device, self.setpoint_object)

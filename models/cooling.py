@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from opsloop.config.policy import CoolingLimits
 
@@ -143,12 +143,41 @@ def verify(requested_c: float, read_back_c: float | None, inlet_c: Mapping[str, 
                                      f"{settle_s:g} s)")
 
 
+def state_from_action(action: Mapping, approved: Iterable[Mapping]) -> CoolingState | None:
+    """What the guard knows of the plant for a ``cooling_setpoint``: the readings its proposer took (params
+    ``from_c``, ``hottest_c``, ``coldest_c``, ``read_ms``; the sink reads the device again before and after it
+    writes) and the changes of the target the guard approved (their ``created_ms`` and step); None when the
+    action carries no readings.
+
+    >>> act = {"target": "av1", "params": {"from_c": "20", "hottest_c": "24.5", "coldest_c": "21", "read_ms": "5"}}
+    >>> earlier = {"target": "av1", "created_ms": 0, "params": {"from_c": "19", "setpoint_c": "20"}}
+    >>> state_from_action(act, [earlier])
+    CoolingState(setpoint_c=20.0, inlet_c={'hottest': 24.5, 'coldest': 21.0}, ts_ms=5, changes=((0, 1.0),), pending=False)
+    """
+    params = action.get("params") or {}
+    try:
+        setpoint, hot, cold = float(params["from_c"]), float(params["hottest_c"]), float(params["coldest_c"])
+        read_ms = int(params["read_ms"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    changes = []
+    for other in approved:
+        p = other.get("params") or {}
+        try:
+            changes.append((int(other["created_ms"]), float(p["setpoint_c"]) - float(p["from_c"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return CoolingState(setpoint, {"hottest": hot, "coldest": cold}, read_ms, tuple(changes))
+
+
 def setpoint_action(site: str, target: str, from_c: float, proposal: Proposal, limits: CoolingLimits, now_ms: int,
-                    proposer: str = "cooling") -> dict:
+                    proposer: str = "cooling", inlet_c: Mapping[str, float] | None = None) -> dict:
     """The ``cooling_setpoint`` Action for ``proposal`` on the plant's setpoint object ``target``; it expires
     (and, unverified, is reverted) after ``revert_timeout_s``."""
     action = {"kind": KIND, "target": target, "site": site, "setpoint_kw": None, "shed_kw": None, "job_ids": [],
-              "params": {"setpoint_c": f"{proposal.setpoint_c:.1f}", "from_c": f"{from_c:.1f}"},
+              "params": {"setpoint_c": f"{proposal.setpoint_c:.1f}", "from_c": f"{from_c:.1f}",
+                         **({"hottest_c": f"{max(inlet_c.values()):.2f}", "coldest_c": f"{min(inlet_c.values()):.2f}",
+                             "read_ms": str(now_ms)} if inlet_c else {})},
               "reason": proposal.text, "reason_code": proposal.reason_code,
               "expected_effect": f"supply air at {proposal.setpoint_c:.1f} degC; the hottest inlet stays at or below "
                                  f"{aim_c(limits):.1f} degC",

@@ -47,6 +47,8 @@ from dataclasses import replace
 from typing import Callable
 
 from opsloop.models.records import action_alarm, action_result
+from opsloop.models.cooling import KIND as COOLING_KIND
+from opsloop.models.cooling import state_from_action
 from opsloop.models.battery import Battery
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.guard import (APPROVED, LLM_KINDS, NEEDS_APPROVAL, PCS_KINDS, REJECTED, REVERT, SLURM_SHEDDING, Decision,
@@ -168,7 +170,17 @@ class GuardProcessor(BatchProcessor):
         undo_of = action.get("params", {}).get("undo_of")
         if action["kind"] in LLM_KINDS:
             state = replace(state, llm_holding=self.llm_holding(action["target"]))
+        if action["kind"] == COOLING_KIND:
+            state = replace(state, cooling=state_from_action(action, self.cooling_changes(action)))
         return replace(state, approved=self.approved_action(undo_of)) if undo_of is not None else state
+
+    def cooling_changes(self, action: dict) -> tuple[dict, ...]:
+        """The setpoint changes the guard approved for ``action``'s target in the last hour (the hourly ramp)."""
+        rows = self.store.rows("SELECT action FROM decided WHERE verdict = ? AND json_extract(action, '$.kind') = ? "
+                               "AND json_extract(action, '$.target') = ? AND json_extract(action, '$.created_ms') > ? "
+                               "AND action_id != ?", APPROVED, COOLING_KIND, action["target"],
+                               self.now_ms() - 3_600_000, action["action_id"])
+        return tuple(json.loads(r[0]) for r in rows)
 
     def llm_holding(self, target: str) -> tuple[dict, ...]:
         """The LLM actions approved for ``target`` that have not expired."""

@@ -168,6 +168,16 @@ def _efficiency(settings: Settings, site: Site) -> Processor:
 
 
 AGENTS["efficiency"] = _efficiency  # cooling efficiency advice (issue 19)
+
+
+def _cooling_sink(settings: Settings, site: Site) -> Processor:
+    from opsloop.config.policy import load_policy
+    from opsloop.streams.cooling_sink import CoolingSink
+
+    return CoolingSink(settings, load_policy(settings.policy), site, clock=settings.clock())
+
+
+AGENTS["cooling-sink"] = _cooling_sink  # the supply-air setpoint over BACnet (issue 19)
 FAUST_AGENTS: dict[str, FaustRegister] = {"narrate": _narrate}
 
 

@@ -14,7 +14,8 @@ models/twin.py). Four runs of the same week:
   ops/twin_protocols.py ``BacnetPlant``; connectors/bacnet.py reads and writes it), proposes a change
   (models/cooling.py ``propose``), puts it through the guard (models/guard.py ``decide``, with the
   shipped policy's limits and ``cooling_setpoint`` in auto mode, so no operator is simulated), writes it
-  at BACnet priority 8, reads it back, and verifies it (``verify``) until it holds or is reverted.
+  at BACnet priority 8, reads it back, and verifies it (``verify``) until it holds or is reverted
+  (its priority slot restored as it was before the write).
 
 The efficiency advisor (models/efficiency.py) is scored on the no-loop week with a fault injected
 (``--fault-day``: the chillers' COP falls by ``FOULING`` from then on, as a fouled condenser does): the
@@ -124,7 +125,7 @@ def loop_run(site: Site, curve, policy: Policy, start_ms: int, days: float, samp
     try:
         driver = SetpointDriver(client, plant.address, SETPOINT_OBJECT, plant.inlet_objects)
         changes: list[tuple[int, float]] = []
-        pending = None  # (requested_c, previous_c, applied_ms, raise?)
+        pending = None  # (requested_c, our priority slot before, applied_ms, raise?)
         next_control = start_ms
         for ts in range(start_ms, start_ms + int(days * DAY_MS), int(sample_s * 1000)):
             twin.supply_setpoint_c = plant.setpoint_c()  # what the priority array commands now
@@ -136,13 +137,13 @@ def loop_run(site: Site, curve, policy: Policy, start_ms: int, days: float, samp
             next_control = ts + int(control_s * 1000)
             reading = driver.read()
             if pending is not None:
-                requested, previous, applied, raised = pending
+                requested, slot, applied, raised = pending
                 verdict = cooling.verify(requested, reading.setpoint_c, reading.inlet_c, limits, applied, ts, raised)
                 if verdict.status == cooling.VERIFIED:
                     run.verified, pending = run.verified + 1, None
                 elif verdict.status == cooling.REVERT:
-                    driver.write(previous)  # a revert is never refused: it returns to what held before
-                    changes.append((ts, previous - requested))
+                    after = driver.restore(slot)  # a revert is never refused: it returns to what held before
+                    changes.append((ts, after - requested))
                     run.reverted, pending = run.reverted + 1, None
                     run.reverts_by_code[verdict.reason_code] = run.reverts_by_code.get(verdict.reason_code, 0) + 1
                     reading = driver.read()
@@ -150,17 +151,19 @@ def loop_run(site: Site, curve, policy: Policy, start_ms: int, days: float, samp
             proposal = cooling.propose(known, limits, ts)
             if proposal is None or pending is not None:
                 continue
-            action = cooling.setpoint_action(site.id, SETPOINT_OBJECT, reading.setpoint_c, proposal, limits, ts)
+            action = cooling.setpoint_action(site.id, SETPOINT_OBJECT, reading.setpoint_c, proposal, limits, ts,
+                                             inlet_c=reading.inlet_c)
             decision = guard.decide(action, guard.PlantState(cooling=known), policy, ts)
             if decision.verdict != guard.APPROVED:
                 run.rejected += 1
                 continue
+            slot = driver.slot()
             read_back = driver.write(proposal.setpoint_c)
             changes.append((ts, proposal.setpoint_c - reading.setpoint_c))
             run.changes += 1
-            pending = (proposal.setpoint_c, reading.setpoint_c, ts, proposal.reason_code == cooling.RAISE)
+            pending = (proposal.setpoint_c, slot, ts, proposal.reason_code == cooling.RAISE)
             if abs(read_back - proposal.setpoint_c) > cooling.READBACK_TOLERANCE_C:
-                driver.write(reading.setpoint_c)
+                driver.restore(slot)
                 run.reverted, pending = run.reverted + 1, None
                 run.reverts_by_code[cooling.READBACK_MISMATCH] = run.reverts_by_code.get(cooling.READBACK_MISMATCH, 0) + 1
         if pending is not None:  # the week ended mid-verification: judge it on the last reading
