@@ -74,7 +74,8 @@ PRINCIPALS: dict[str, Access] = {
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
     "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
                            groups=("cooling-sink",)),
-    "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", DEADLETTER), groups=("efficiency",)),
+    "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", "actions.proposed", DEADLETTER),
+                         groups=("efficiency",)),
 }
 
 

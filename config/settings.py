@@ -85,6 +85,7 @@ class Settings:
     bacnet_setpoint_object: str = "analog-value,1"  # its supply-air setpoint (commandable)
     bacnet_inlet_objects: str = ""  # zone=object,...; empty: analog-input,1.. in the site file's zone order
     bacnet_priority: int = 8  # the command priority the sink writes at (8: manual operator)
+    cooling_loop: bool = False  # the efficiency agent also proposes cooling_setpoint actions (the guard decides)
     # One clock for every process of a run (config/clock.py): at wall time clock_anchor_s the site's time was
     # clock_epoch_s, and it runs clock_speed times faster. clock_epoch_s 0: the wall clock. `opsloop twin` sets them.
     clock_epoch_s: float = 0.0
