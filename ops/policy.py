@@ -20,6 +20,15 @@ def _llm(policy: Policy) -> str:
             f"SLO first byte {llm.slo_ttfb_s:g} s and queue {llm.slo_queue}")
 
 
+def _cooling(policy: Policy) -> str:
+    c = policy.cooling
+    if c is None:
+        return "cooling lever off (no cooling section)"
+    return (f"cooling lever: inlets {c.inlet_min_c:g}-{c.inlet_max_c:g} degC, setpoint {c.setpoint_min_c:g}-"
+            f"{c.setpoint_max_c:g} degC, {c.max_step_c:g} degC a change and {c.max_change_c_per_h:g} an hour, "
+            f"reverted unless verified within {c.revert_timeout_s:g} s")
+
+
 def check(path: Path | str) -> int:
     """Print a verdict on a policy file; 0 when valid, 1 otherwise."""
     try:
@@ -30,5 +39,5 @@ def check(path: Path | str) -> int:
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
           f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
-          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}")
+          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_cooling(policy)}")
     return 0
