@@ -38,7 +38,7 @@ class EfficiencyProcessor(BatchProcessor):
                          if e.get("type") == "chiller" and e.get("rated_kw")}
         self.assembler = SampleAssembler()
         self.advisors: dict[str, EfficiencyAdvisor] = {}
-        self.stats = {"points": 0, "samples": 0, "advice": 0, "proposed": 0, "dead_letters": 0}
+        self.stats = {"points": 0, "samples": 0, "advice": 0, "proposed": 0, "dead_letters": 0, "commits": 0}
         self.proposing = settings.cooling_loop
         self.last_proposed: dict[str, int] = {}
 
