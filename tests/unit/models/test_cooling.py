@@ -3,7 +3,7 @@
 import pytest
 
 from opsloop.config.assets import POLICY_FILE
-from opsloop.config.policy import KindRule, load_policy
+from opsloop.config.policy import load_policy
 from opsloop.models import cooling, guard
 from opsloop.models.twin import SiteTwin
 from opsloop.config.site import parse_site
