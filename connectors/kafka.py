@@ -432,30 +432,55 @@ def upsert_scram_users(settings: Settings, passwords: dict[str, str], timeout_s:
     return list(passwords)
 
 
-def read_records(settings: Settings, name: str, timeout_s: float = 60.0) -> list[tuple[dict, int]]:
-    """Every record of catalog topic ``name`` to the end of each partition, decoded, with its Kafka timestamp (ms).
+def read_to_end(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Message]:
+    """Every message of physical ``topic`` up to each partition's end as it stands when the read begins.
 
-    Assigns the partitions directly (no group join, nothing committed); for summaries after a run."""
+    The ends are taken first (``get_watermark_offsets``: for a reader that reads committed, the last stable offset)
+    and a partition is done once a message or the position reaches its end. A partition-end event alone would
+    not do: librdkafka reports one only when a fetch sent at the end comes back empty, that is after the partition
+    was silent for ``fetch.wait.max.ms`` (500 ms), so a partition written more often than that (a rollup emitting
+    every 50 ms) is never reported at its end while it is written. The event still ends a partition whose
+    committed end stops short of the one taken (an open transaction). Assigns the partitions directly (no group
+    join, nothing committed)."""
     from confluent_kafka import OFFSET_BEGINNING
 
-    spec = cached_catalog(settings.topics_file)[name]
-    codec = Codec.default()
-    topic = settings.topic(name)
     cons = consumer(settings, f"{settings.app_id}.reader")
     try:
-        partitions = len(cons.list_topics(topic, timeout=10).topics[topic].partitions)
-        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        records, ended = [], set()
+        partitions = cons.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {}
+        for p in partitions:
+            low, high = watermark_offsets(cons, TopicPartition(topic, p), timeout_s)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        messages = []
         deadline = time.monotonic() + timeout_s
-        while len(ended) < partitions:
+        while ends:
             if time.monotonic() > deadline:
-                raise KafkaException(f"{topic}: only {len(ended)} of {partitions} partitions read to the end "
-                                     f"within {timeout_s:g} s")
+                raise KafkaException(f"{topic}: partitions {sorted(ends)} not read to their end within {timeout_s:g} s")
             for msg in cons.consume(1000, timeout=0.5):
-                if msg.error() is None:
-                    records.append((codec.decode_as(spec.record, msg.value()), msg.timestamp()[1]))
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(msg.partition())
+                err = msg.error()
+                if err is None:
+                    messages.append(msg)
+                    if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                        ends.pop(msg.partition(), None)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(msg.partition(), None)
+            # past a transaction marker the position moves on without a message
+            for tp in cons.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:
+                    del ends[tp.partition]
+        return messages
     finally:
         cons.close()
-    return records
+
+
+def read_records(settings: Settings, name: str, timeout_s: float = 60.0) -> list[tuple[dict, int]]:
+    """Every record of catalog topic ``name`` to the end of each partition (``read_to_end``), decoded, with its
+    Kafka timestamp (ms); for summaries after a run."""
+    spec = cached_catalog(settings.topics_file)[name]
+    codec = Codec.default()
+    return [(codec.decode_as(spec.record, msg.value()), msg.timestamp()[1])
+            for msg in read_to_end(settings, settings.topic(name), timeout_s)]

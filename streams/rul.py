@@ -10,7 +10,7 @@ maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``acti
 the guard, at the cheapest hours before the band by the node's own utilisation by hour of day (its
 GPUs' ``gpu_util_pct``) and the tariff.
 
-State and restarts are the anomaly agent's (streams/anomaly.py): the models of source partition P
+State and restarts are the anomaly agent's (streams/series.py): the models of source partition P
 are checkpointed to partition P of a compacted changelog with the offset after the last reading
 each learnt, before the source offsets are committed; a replayed reading is skipped, and a model
 saved under another configuration restarts afresh.
@@ -18,19 +18,17 @@ saved under another configuration restarts afresh.
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Callable
 
 from opsloop.config.settings import Settings
-from opsloop.connectors.changelog import Changelog
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
 from opsloop.models.rollup import value_problem
 from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
 from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Rule, count_xid, forecast_record
 from opsloop.schemas.codec import DecodeError
-from opsloop.streams.processor import BatchProcessor
+from opsloop.streams.series import SeriesProcessor
 
 
 def default_trend(rule: Rule) -> DegradationTrend:
@@ -52,10 +50,8 @@ class Series:
         self.last_xid, self.xids = 0, 0  # the last XID code read and the XIDs so far (xid_count only)
 
 
-class RulProcessor(BatchProcessor):
+class RulProcessor(SeriesProcessor):
     name = "rul"
-    source = "telemetry.raw"
-    commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, rules: dict[str, Rule] = RULES,
                  new_trend: Callable[[Rule], DegradationTrend] = default_trend, horizon_days: float = 365.0,
@@ -70,39 +66,16 @@ class RulProcessor(BatchProcessor):
         self.maintenance = maintenance  # None: forecasts only, no windows proposed
         self.profiles: dict[str, HourlyProfile] = {}  # node → its GPUs' utilisation by hour of day
         self.names = names
-        self.commit_every_s = settings.anomaly_checkpoint_s
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock
         self.now_ms = int(wall_clock() * 1000)
         self.stats = {"points": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0,
                       "checkpoints": 0}
-        self.series: dict[int, dict[str, Series]] = {}
-        self.dirty: dict[int, set[str]] = {}
 
-    def setup(self, cons) -> None:
-        partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        self.changelog = Changelog(self.settings, f"{self.name}-state", partitions)
-
-    def on_assign(self, cons, partitions) -> None:
-        restored = self.changelog.restore([p.partition for p in partitions])
-        for p, states in restored.items():
-            series = {key.decode(): pickle.loads(value) for key, value in states.items()}
-            self.series[p] = {k: s for k, s in series.items() if self._current(k, s)}
-            self.dirty[p] = set()
-        self.log.info("rul assigned partitions %s, %d series restored", sorted(restored),
-                      sum(len(self.series[p]) for p in restored))
-
-    def _current(self, key: str, series: Series) -> bool:
+    def current(self, key: str, series: Series) -> bool:
         """A restored model is kept only under the rule and configuration this agent runs."""
         rule = self.rules.get(key.rsplit("|", 1)[1])
         return rule is not None and series.trend.configuration() == self.new_trend(rule).configuration()
-
-    def on_revoke(self, cons, partitions) -> None:
-        gone = {(p.topic, p.partition) for p in partitions}
-        self.commit(cons, gone)
-        for _, p in gone:
-            self.series.pop(p, None)
-            self.dirty.pop(p, None)
 
     def before_batch(self) -> None:
         self.now_ms = int(self.wall_clock() * 1000)
@@ -134,19 +107,13 @@ class RulProcessor(BatchProcessor):
             self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
             return
         key = f"{point['site']}|{point['device']}|{metric}"
-        owned = self.series.setdefault(partition, {})
-        series = owned.get(key)
+        series = self.learnt(partition, key, offset, lambda: Series(self.new_trend(rule)))
         if series is None:
-            series = owned[key] = Series(self.new_trend(rule))
-        elif offset < series.upto:
-            self.stats["replayed_skipped"] += 1
-            return
+            return  # learnt before the restart
         if metric == "xid_count":  # the XIDs so far, learnt as a count
             series.last_xid, series.xids = count_xid(series.last_xid, series.xids, int(point["value"]))
             point = {**point, "metric": metric, "value": float(series.xids), "unit": "errors"}
         series.trend.learn_one(point["ts_ms"], point["value"])
-        series.upto = offset + 1
-        self.dirty.setdefault(partition, set()).add(key)
         self.stats["points"] += 1
         if series.published_ms is not None and point["ts_ms"] - series.published_ms < self.republish_ms:
             return
@@ -164,11 +131,3 @@ class RulProcessor(BatchProcessor):
                 self.emit("actions.proposed", action)
                 series.proposed = action["action_id"]
                 self.stats["windows"] += 1
-
-    def checkpoint(self, partitions) -> None:
-        """Write the changed models, after the forecasts they led to are delivered."""
-        for _, p in partitions:
-            for key in self.dirty.get(p, ()):
-                self.changelog.write(self.prod, p, key.encode(),
-                                     pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
-            self.dirty[p] = set()

@@ -91,31 +91,10 @@ def kafka_settings(kafka_bootstrap, tmp_path) -> Settings:
 
 
 def read_all(settings: Settings, name: str, timeout_s: float = 30.0) -> list:
-    """Every message of a catalog topic, read to the end of each partition."""
-    import time
+    """Every message of a catalog topic, read to the end each partition had when the read began."""
+    from opsloop.connectors.kafka import read_to_end
 
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from opsloop.connectors.kafka import consumer
-
-    topic = settings.topic(name)
-    cons = consumer(settings, f"reader-{uuid.uuid4().hex[:8]}")
-    partitions = len(cons.list_topics(topic, timeout=10).topics[topic].partitions)
-    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])  # no group join
-    messages, done = [], set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(done) < partitions:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: reached the end of {len(done)}/{partitions} partitions")
-            for msg in cons.consume(1000, timeout=0.5):
-                if msg.error() is None:
-                    messages.append(msg)
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
-    finally:
-        cons.close()
-    return messages
+    return read_to_end(settings, settings.topic(name), timeout_s)
 
 
 @pytest.fixture

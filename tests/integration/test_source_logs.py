@@ -151,9 +151,20 @@ def _logger(namespace: str, tag: str, message: str) -> None:
     subprocess.run(["logger", "-u", f"/run/systemd/journal.{namespace}/dev-log", "-t", tag, message], check=True)
 
 
+def _stored(namespace: str, message: str, timeout_s: float = 20.0) -> None:
+    """Wait until journald has written ``message`` to its journal: ``logger`` returns once the datagram is sent, and a
+    journald short of CPU may take it in only after a reader that starts "from now on" has started."""
+    deadline = time.monotonic() + timeout_s
+    while message not in subprocess.run(["journalctl", "--namespace", namespace, "-o", "cat", "--no-pager"],
+                                        capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, f"journald did not store {message!r} in {timeout_s:.0f} s"
+        time.sleep(0.1)
+
+
 def test_journald_is_followed_and_a_restart_goes_on_from_its_cursor(kafka_settings, read_topic, journald, tmp_path):
     options = {"reader": "journald", "journal_args": ["--namespace", journald], "state_file": str(tmp_path / "cursor")}
     _logger(journald, "slurmd", "error: written before the first start: not read")
+    _stored(journald, "written before the first start")  # else it may arrive after journalctl began to follow
     source = Following(kafka_settings, options, {"*": "node-1", "gpu-n1/PCI:0000:3b:00": "node-1-g2"})
     try:
         deadline = time.monotonic() + 20

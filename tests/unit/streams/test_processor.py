@@ -67,6 +67,8 @@ class FakeConsumer:
     def __init__(self, log, batches):
         self.log, self.batches, self.commits, self.assigned_offsets = log, list(batches), [], None
         self.refuse: list[int] = []  # error codes the next commits raise, one each
+        self.positions: dict = {}  # (topic, partition) → position (none: not known yet)
+        self.watermarks: dict = {}  # (topic, partition) → (low, high) as the last fetch response gave them
 
     def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
         self.topics, self.on_assign, self.on_lost = topics, on_assign, on_lost
@@ -90,6 +92,13 @@ class FakeConsumer:
             raise KafkaException(KafkaError(self.refuse.pop(0)))
         self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
         self.log.append("commit")
+
+    def position(self, partitions):
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1001))
+                for tp in partitions]
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        return self.watermarks.get((tp.topic, tp.partition), (-1001, -1001))
 
     def close(self):
         self.log.append("closed")
@@ -233,6 +242,32 @@ class Counting(loop.BatchProcessor):
 class Down(Msg):
     def error(self):
         return KafkaError(KafkaError._ALL_BROKERS_DOWN)
+
+
+def test_an_end_at_an_open_transaction_is_not_idle_until_it_is_aborted(tmp_path, clients, caplog):
+    """Reading committed, the end event comes at the last stable offset (3) while the high watermark is past it (an
+    open transaction, 3 and 4): an idle-ending processor waits, and ends once the abort moves its end to 6."""
+    _, with_batches = clients
+    topic = PREFIX + "incidents"
+    made = with_batches([Msg(topic, 0, 2)], [Msg(topic, 0, 3, eof=True)], *[[]] * 30, [Msg(topic, 0, 6, eof=True)])
+    proc = Counting(settings(tmp_path))
+    now = [0.0]
+    proc.clock = lambda: now[0]
+    real_consume = loop.BatchProcessor._consume
+
+    def consume(self, c):
+        now[0] += 0.5
+        batch = real_consume(self, c)
+        c.watermarks[(topic, 0)] = (0, 6 if any(m.offset() == 6 for m in batch) or not c.batches else 5)
+        c.positions[(topic, 0)] = 3 if c.positions or batch else -1001
+        return batch
+
+    proc._consume = consume.__get__(proc)
+    with caplog.at_level("INFO"):
+        proc.run(threading.Event(), exit_when_idle=True)
+    cons = made["cons"]
+    assert not cons.batches  # it waited for the abort's end event, 15 s later
+    assert sum("open transaction" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_broker_outage_is_waited_out_and_a_lost_assignment_is_neither_written_nor_committed(tmp_path, clients,
