@@ -12,6 +12,10 @@ window per site). A version-1 file still loads, with budgets per action only
 (``budget_window_s`` = 0), so an existing policy never tightens silently.
 3 adds the optional ``llm`` section (the LLM-serving lever: ``llm_shift``,
 ``llm_cap``, their limits and the serving SLO); without it those kinds are rejected.
+4 adds the optional ``gpu`` section (NVML settings on a partition's GPUs: ``gpu_clock_lock``
+and ``gpu_power_limit``, their floors and longest duration); without it those kinds are rejected.
+``slurm_shrink`` (release nodes of a running data-parallel job) needs no new section: it is a
+Slurm action under the ``slurm`` limits and budget.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -43,12 +47,12 @@ import yaml
 
 from opsloop.config import strict_yaml
 
-SCHEMA_VERSION = 3  # the newest policy version (the shipped file)
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4  # the newest policy version (the shipped file)
+READABLE_VERSIONS = (1, 2, 3, 4)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
-                "slurm_reserve")
+                "slurm_reserve", "slurm_shrink", "gpu_clock_lock", "gpu_power_limit")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 
@@ -61,7 +65,7 @@ _window = {
                    "start": {"type": "string", "pattern": _HHMM}, "end": {"type": "string", "pattern": _HHMM}},
 }
 
-#: JSON Schema of policy versions 1 and 2 (structure, types, ranges). Cross-field rules live in ``parse_policy``.
+#: JSON Schema of every readable policy version (structure, types, ranges). Cross-field rules live in ``parse_policy``.
 POLICY_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -101,6 +105,12 @@ POLICY_SCHEMA: dict = {
                            "min_maxconn": {"type": "integer", "minimum": 1},
                            "max_duration_s": _positive, "slo_ttfb_s": _positive,
                            "slo_queue": {"type": "integer", "minimum": 0}},
+        },
+        "gpu": {
+            "type": "object", "additionalProperties": False,
+            "required": ["min_sm_clock_mhz", "min_power_limit_w", "max_duration_s"],
+            "properties": {"min_sm_clock_mhz": {"type": "integer", "minimum": 1},
+                           "min_power_limit_w": _positive, "max_duration_s": _positive},
         },
     },
 }
@@ -181,6 +191,15 @@ class LlmLimits:
 
 
 @dataclass(frozen=True)
+class GpuLimits:
+    """NVML settings on a partition's GPUs: how low they may go and how long they may last."""
+
+    min_sm_clock_mhz: int  # a gpu_clock_lock never locks the SM clock below this
+    min_power_limit_w: float  # a gpu_power_limit never sets a GPU's limit below this
+    max_duration_s: float  # each lasts at most this long, then the GPUs' defaults are restored
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -190,6 +209,7 @@ class Policy:
     max_state_age_s: float = 300.0  # older ESS telemetry is not trusted for a decision
     name: str = ""
     llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
+    gpu: GpuLimits | None = None  # policy version 4; None: gpu_* actions are rejected
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -242,6 +262,8 @@ def parse_policy(doc: Any) -> Policy:
                         "the budget would forget actions whose holds are still in force")
     if "llm" in doc and doc["version"] < 3:
         problems.append("llm: needs policy version 3")
+    if "gpu" in doc and doc["version"] < 4:
+        problems.append("gpu: needs policy version 4")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -268,6 +290,8 @@ def parse_policy(doc: Any) -> Policy:
                           budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
         llm=_llm_limits(doc.get("llm")),
+        gpu=GpuLimits(int(doc["gpu"]["min_sm_clock_mhz"]), float(doc["gpu"]["min_power_limit_w"]),
+                      float(doc["gpu"]["max_duration_s"])) if "gpu" in doc else None,
     )
 
 
