@@ -34,7 +34,10 @@ not_elastic - the job declares expert parallelism (opsloop:ep): it is held or su
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import NamedTuple
+
+from opsloop.models.verify import FAILED, PENDING, VERIFIED, Outcome
 
 PREFIX = "opsloop:"
 ELASTIC = "dp"
@@ -103,3 +106,44 @@ def shrink_problems(parallelism: Parallelism, nodes_now: int, keep: int) -> list
 def released_kw(released_nodes: int, gpus_per_node: int, kw_per_gpu: float) -> float:
     """GPU power a shrink takes off the site: the released nodes' GPUs at the site's per-GPU estimate."""
     return round(released_nodes * gpus_per_node * kw_per_gpu, 6)
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """A job as the shrink sees it in Slurm: where it runs, on how many GPUs per node, what it declares."""
+
+    job_id: str
+    state: str
+    partition: str
+    nodes: tuple[str, ...]  # expanded node names, in Slurm's order
+    gpus_per_node: int
+    comment: str = ""
+
+
+def kept_and_released(shape: JobShape, keep: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The nodes ``scontrol update JobId=.. NumNodes=keep`` keeps (the first ``keep`` of the job's list, as
+    Slurm's node selection releases the last ones) and the ones it releases.
+
+    >>> kept_and_released(JobShape("7", "RUNNING", "batch", ("n1", "n2", "n3", "n4"), 8), 2)
+    (('n1', 'n2'), ('n3', 'n4'))
+    """
+    return shape.nodes[:keep], shape.nodes[keep:]
+
+
+def judge_shrink(job_id: str, kept: tuple[str, ...], shape: JobShape | None, now_ms: int,
+                 deadline_ms: int) -> Outcome:
+    """Verified when the job runs on exactly the nodes it was to keep; a job gone from the queue counts as done.
+
+    >>> shape = JobShape("7", "RUNNING", "batch", ("n1", "n2"), 8)
+    >>> judge_shrink("7", ("n1", "n2"), shape, now_ms=0, deadline_ms=1).text
+    'job 7 runs on n1,n2 (2 nodes) as planned'
+    >>> judge_shrink("7", ("n1",), shape, now_ms=5, deadline_ms=1).status
+    'failed'
+    """
+    if shape is None or shape.state not in ("RUNNING", "SUSPENDED", "COMPLETING"):
+        return Outcome(VERIFIED, f"job {job_id} has left the queue or stopped running: nothing of it draws power")
+    if tuple(shape.nodes) == tuple(kept):
+        return Outcome(VERIFIED, f"job {job_id} runs on {','.join(kept)} ({len(kept)} nodes) as planned")
+    if now_ms < deadline_ms:
+        return Outcome(PENDING, f"job {job_id} still on {','.join(shape.nodes)}")
+    return Outcome(FAILED, f"job {job_id} runs on {','.join(shape.nodes)}, expected {','.join(kept)}")

@@ -88,7 +88,7 @@ def _slurm_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.slurm_sink import SlurmSink
     from opsloop.config.policy import load_policy
 
-    return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock())
+    return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock(), site=site)
 
 
 def _llm_sink(settings: Settings, site: Site) -> Processor:
