@@ -161,6 +161,10 @@ class ScontrolBackend:
         line = next((row for row in out.split("\n") if row.strip()), "")
         return parse_shape(line, self.hostnames) if line else None
 
+    def node_partitions(self, node: str) -> list[str]:
+        """The partitions node ``node`` belongs to."""
+        return self._run(["sinfo", "-h", "-N", "-n", check_node_name(node), "-o", "%R"]).split()
+
     def hostnames(self, hostlist: str) -> list[str]:
         return self._run(["scontrol", "show", "hostnames", hostlist]).split()
 
