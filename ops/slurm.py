@@ -150,13 +150,15 @@ class LocalSlurm:
     (every partition spans every node)."""
 
     def __init__(self, state_dir: Path, partitions: tuple[str, ...], gpus: int = 8,
-                 host: str | None = None, ports: tuple[int, ...] | None = None, nodes: int = 1):
+                 host: str | None = None, ports: tuple[int, ...] | None = None, nodes: int | None = None):
         state_dir = Path(state_dir).resolve()
         host = host or socket.gethostname().split(".")[0]
+        saved = _saved_ports(state_dir)
+        if nodes is None:  # a cluster started before keeps its size (stop and status need no --nodes)
+            nodes = len(saved) - 2 if saved and len(saved) > 2 else 1
         if nodes < 1:
             raise SlurmSetupError(f"a cluster needs at least one node, not {nodes}")
         wanted = 2 + (nodes if nodes > 1 else 0)  # controller, the single node's port, one port per node of many
-        saved = _saved_ports(state_dir)
         ports = tuple(ports or (saved if saved and len(saved) == wanted else None) or _free_ports(wanted))
         self.layout = SlurmLayout(state_dir, host, ports[0], ports[1], tuple(partitions), node_ports=ports[2:])
         self.gpus = gpus
