@@ -92,6 +92,9 @@ _VERBS = {
     "llm_shift": "Shift LLM traffic on {target} from the large model to the small one",
     "llm_cap": "Cap concurrent LLM requests per server on {target}",
     "slurm_reserve": "Reserve {nodes} on {target} for maintenance",
+    "slurm_shrink": "Shrink {jobs} on {target} to {nodes} node(s)",
+    "gpu_clock_lock": "Lock the SM clocks of partition {partition}'s GPUs at {sm_mhz} MHz",
+    "gpu_power_limit": "Limit each GPU of partition {partition} to {watts} W",
 }
 
 
@@ -112,7 +115,9 @@ class ActionAdvisor:
         setpoint, params = action.get("setpoint_kw"), action.get("params") or {}
         line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
                                              setpoint=power(abs(setpoint)) if setpoint is not None else "",
-                                             nodes=params.get("nodes", "nodes"))
+                                             nodes=params.get("nodes", "nodes"),
+                                             partition=params.get("partition", "?"), sm_mhz=params.get("sm_mhz", "?"),
+                                             watts=params.get("watts", "?"))
         window = (params.get("start_ms", ""), params.get("end_ms", ""))
         if action["kind"] == "slurm_reserve" and all(edge.isdigit() for edge in window):
             start, end = int(params["start_ms"]), int(params["end_ms"])  # the window, not the proposal's life
