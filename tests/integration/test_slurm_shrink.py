@@ -149,3 +149,72 @@ def test_a_shrink_interrupted_before_slurm_acted_is_never_repeated(kafka_setting
     assert [r["status"] for r in seen] == ["failed"] and "not repeated" in seen[0]["detail"]
     assert len(backend.job_shape(jobs["dp"]).nodes) == 4
     assert backend.reservation(hold) is None
+
+
+# SIGKILL the worker right after one step of the shrink, restart it: Slurm shows one shrink at most.
+KILL_AFTER = {
+    "ledger-record": ("opsloop.connectors.ledger", "Ledger", "finish"),  # shrunk and recorded, result not published
+    "resize": ("opsloop.connectors.slurm", "ScontrolBackend", "resize"),  # shrunk, not recorded
+    "hold": ("opsloop.connectors.slurm", "ScontrolBackend", "reserve"),  # nodes held, job not shrunk yet
+}
+
+
+def worker(settings, env: dict, kill_after: str | None):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    patch = ""
+    if kill_after:
+        module, cls, method = KILL_AFTER[kill_after]
+        patch = f"""
+            import importlib, os, signal
+            owner = getattr(importlib.import_module({module!r}), {cls!r})
+            original = getattr(owner, {method!r})
+            def dying(*args, **kwargs):
+                out = original(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+                return out
+            setattr(owner, {method!r}, dying)
+        """
+    code = textwrap.dedent(patch) + textwrap.dedent("""
+        import sys
+        from opsloop.ops.cli import main
+        sys.exit(main(["worker", "--agents", "slurm-sink", "--exit-when-idle"]))
+    """)
+    full_env = {**env, "OPSLOOP_BROKER": settings.broker, "OPSLOOP_TOPIC_PREFIX": settings.topic_prefix,
+                "OPSLOOP_APP_ID": settings.app_id, "OPSLOOP_DATA_DIR": str(settings.data_dir),
+                "OPSLOOP_VERIFY_WINDOW_S": "30", "OPSLOOP_VERDICT_KEY": settings.verdict_key}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run([sys.executable, "-c", code], cwd=repo, env=full_env, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.mark.parametrize("kill_after, nodes_after, statuses, counted", [
+    ("ledger-record", 2, ["executed", "verified"], "skipped_duplicates=1"),
+    ("resize", 2, ["executed", "verified"], "reconciled=1"),
+    ("hold", 4, ["failed"], "reconciled=1"),
+])
+def test_a_shrink_killed_mid_way_acts_on_slurm_at_most_once(kafka_settings, slurm_nodes, jobs, read_topic, kill_after,
+                                                           nodes_after, statuses, counted):
+    import signal
+
+    from actuation import results
+
+    backend = ScontrolBackend(slurm_nodes.env)
+    shrink = shrink_action(f"kill-{kill_after}", jobs["dp"], "opsloop:dp:min=2", 2, 4, "batch")
+    publish(kafka_settings, "actions.approved", "ApprovedAction", [approved(shrink)])
+    first = worker(kafka_settings, slurm_nodes.env, kill_after)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    at_crash = len(backend.job_shape(jobs["dp"]).nodes)
+    second = worker(kafka_settings, slurm_nodes.env, None)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert counted in second.stdout and "executed=0" in second.stdout
+    assert len(backend.job_shape(jobs["dp"]).nodes) == nodes_after == (2 if kill_after != "hold" else at_crash)
+    hold = backend.reservation(reservation_name(shrink["action_id"]))
+    assert (hold is not None) == (nodes_after == 2)  # a hold only beside a shrink that happened
+    assert [r["status"] for r in results(kafka_settings, read_topic) if r["action_id"] == shrink["action_id"]] == \
+        statuses
+    if hold is not None:
+        backend.unreserve(hold.name)
