@@ -396,7 +396,9 @@ from opsloop.config.policy import GpuLimits  # noqa: E402
 from opsloop.models.parallelism import declared  # noqa: E402
 
 NEW_KINDS = ("slurm_shrink", "gpu_clock_lock", "gpu_power_limit")
-gpu_limits = st.one_of(st.none(), st.builds(GpuLimits, st.integers(1, 2000), st.floats(50, 700), st.floats(60, 7200)))
+gpu_limits = st.sampled_from([True, True, True, False]).flatmap(  # mostly a gpu section, sometimes none
+    lambda has: st.builds(GpuLimits, st.integers(1, 2000), st.floats(50, 700), st.floats(60, 7200)) if has
+    else st.none())
 new_kind_policies = st.builds(
     lambda pcs, slurm, modes_by_kind, gpu: Policy(4, 600, pcs, replace(slurm, budget_window_s=0), modes_by_kind,
                                                   gpu=gpu),
@@ -422,9 +424,38 @@ gpu_actions = st.builds(
     st.one_of(st.integers(-10, 2500).map(str), st.just("nan"), st.just("lots")), st.floats(-60, 8000))
 
 
-@settings(max_examples=400)
-@given(shrinks, new_kind_policies, st.sampled_from([None, "op"]))
-def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(action, policy, operator):
+def near_valid_shrink(data, policy: Policy) -> dict:
+    """A shrink drawn around the policy's limits and the job's minimum, so that many are approved."""
+    limits = policy.slurm
+    nodes = data.draw(st.integers(2, 9))
+    minimum = data.draw(st.integers(1, nodes - 1))
+    keep = data.draw(st.integers(minimum, nodes - 1))
+    keep += data.draw(st.sampled_from([0] * 8 + [-1, nodes - keep]))  # sometimes below the minimum, or all nodes
+    kind = data.draw(st.sampled_from(["dp"] * 7 + ["ep", "tp", "pp"]))
+    partitions = data.draw(st.sampled_from([policy.slurm.touchable_partitions] * 9 + [tuple(PARTITIONS)]))
+    life_s = data.draw(st.floats(1, 1.2 * limits.max_hold_s))
+    gpus = data.draw(st.integers(0, max(1, int(1.2 * limits.max_gpu_hours_per_event * 3600 / life_s))))
+    return {"action_id": "s", "kind": "slurm_shrink", "site": "demo", "job_ids": ["7"],
+            "expires_ms": NOW + int(life_s * 1000),
+            "params": {"partitions": data.draw(st.sampled_from(partitions)), "nodes": str(keep),
+                       "job_nodes": str(nodes), "comment": f"opsloop:{kind}" + (f":min={minimum}" if kind == "dp"
+                                                                                else ""), "gpus": str(gpus)}}
+
+
+def near_valid_gpu(data, policy: Policy) -> dict:
+    floors = policy.gpu or GpuLimits(900, 300, 3600)
+    kind = data.draw(st.sampled_from(["gpu_clock_lock", "gpu_power_limit"]))
+    floor = floors.min_sm_clock_mhz if kind == "gpu_clock_lock" else floors.min_power_limit_w
+    life_s = data.draw(st.floats(1, 1.2 * floors.max_duration_s))
+    return {"action_id": "g", "kind": kind, "site": "demo", "job_ids": [], "expires_ms": NOW + int(life_s * 1000),
+            "params": {"partition": data.draw(st.sampled_from([*policy.slurm.touchable_partitions] * 3 + PARTITIONS)),
+                       ("sm_mhz" if kind == "gpu_clock_lock" else "watts"): str(data.draw(st.floats(0.8, 2.0)) * floor)}}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.data(), new_kind_policies, st.sampled_from([None, "op"]))
+def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(data, policy, operator):
+    action = data.draw(st.one_of(shrinks, st.builds(lambda d: near_valid_shrink(d, policy), st.data())))
     decision = decide(action, PlantState(), policy, NOW, operator)
     assert set(decision.reason_codes) <= REASON_CODES and len(decision.reasons) == len(decision.reason_codes)
     parallel = declared(action["params"].get("comment"))
@@ -444,9 +475,10 @@ def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(acti
     assert policy.mode("slurm_shrink") == "auto" or operator is not None
 
 
-@settings(max_examples=400)
-@given(gpu_actions, new_kind_policies, st.sampled_from([None, "op"]))
-def test_an_approved_gpu_action_stays_above_the_floors_on_a_touchable_partition(action, policy, operator):
+@settings(max_examples=1000, deadline=None)
+@given(st.data(), new_kind_policies, st.sampled_from([None, "op"]))
+def test_an_approved_gpu_action_stays_above_the_floors_on_a_touchable_partition(data, policy, operator):
+    action = data.draw(st.one_of(gpu_actions, st.builds(lambda d: near_valid_gpu(d, policy), st.data())))
     decision = decide(action, PlantState(), policy, NOW, operator)
     assert set(decision.reason_codes) <= REASON_CODES and len(decision.reasons) == len(decision.reason_codes)
     if policy.gpu is None:
