@@ -68,6 +68,8 @@ PRINCIPALS: dict[str, Access] = {
                          groups=("slurm-sink",)),
     "llm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
                        groups=("llm-sink",)),
+    "gpu-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+                       private=("gpu-sink",)),  # one group per node (gpu-sink-<node>): the prefixed grant
     "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER,), groups=("views",)),
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
     "rul": Access(reads=("telemetry.raw",), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),

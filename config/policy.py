@@ -15,6 +15,10 @@ window per site). A version-1 file still loads, with budgets per action only
 4 adds the optional ``cooling`` section (the supply-air setpoint lever, ``cooling_setpoint``: the rack
 inlet range, setpoint bounds, ramp limits per change and per hour, the revert timeout and the energy
 price the efficiency advice counts in when the site file has no tariff); without it that kind is rejected.
+4 also adds the optional ``gpu`` section (NVML settings on a partition's GPUs: ``gpu_clock_lock``
+and ``gpu_power_limit``, their floors and longest duration); without it those kinds are rejected.
+``slurm_shrink`` (release nodes of a running data-parallel job) needs no new section: it is a
+Slurm action under the ``slurm`` limits and budget.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -51,7 +55,7 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
-                "slurm_reserve", "cooling_setpoint")
+                "slurm_reserve", "slurm_shrink", "gpu_clock_lock", "gpu_power_limit", "cooling_setpoint")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
 
@@ -64,7 +68,7 @@ _window = {
                    "start": {"type": "string", "pattern": _HHMM}, "end": {"type": "string", "pattern": _HHMM}},
 }
 
-#: JSON Schema of policy versions 1 and 2 (structure, types, ranges). Cross-field rules live in ``parse_policy``.
+#: JSON Schema of every readable policy version (structure, types, ranges). Cross-field rules live in ``parse_policy``.
 POLICY_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -114,6 +118,12 @@ POLICY_SCHEMA: dict = {
                            "max_step_c": _positive, "max_change_c_per_h": _positive, "revert_timeout_s": _positive,
                            "inlet_margin_c": {"type": "number", "minimum": 0},
                            "energy_price_per_kwh": {"type": "number", "minimum": 0}},
+        },
+        "gpu": {
+            "type": "object", "additionalProperties": False,
+            "required": ["min_sm_clock_mhz", "min_power_limit_w", "max_duration_s"],
+            "properties": {"min_sm_clock_mhz": {"type": "integer", "minimum": 1},
+                           "min_power_limit_w": _positive, "max_duration_s": _positive},
         },
     },
 }
@@ -215,6 +225,15 @@ ASHRAE_COOLING = CoolingLimits(inlet_min_c=18.0, inlet_max_c=27.0, setpoint_min_
 
 
 @dataclass(frozen=True)
+class GpuLimits:
+    """NVML settings on a partition's GPUs: how low they may go and how long they may last."""
+
+    min_sm_clock_mhz: int  # a gpu_clock_lock never locks the SM clock below this
+    min_power_limit_w: float  # a gpu_power_limit never sets a GPU's limit below this
+    max_duration_s: float  # each lasts at most this long, then the GPUs' defaults are restored
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -225,6 +244,7 @@ class Policy:
     name: str = ""
     llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
     cooling: CoolingLimits | None = None  # policy version 4; None: cooling_setpoint actions are rejected
+    gpu: GpuLimits | None = None  # policy version 4; None: gpu_* actions are rejected
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -278,6 +298,8 @@ def parse_policy(doc: Any) -> Policy:
     if "llm" in doc and doc["version"] < 3:
         problems.append("llm: needs policy version 3")
     problems += _cooling_problems(doc)
+    if "gpu" in doc and doc["version"] < 4:
+        problems.append("gpu: needs policy version 4")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -305,6 +327,8 @@ def parse_policy(doc: Any) -> Policy:
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
         llm=_llm_limits(doc.get("llm")),
         cooling=None if "cooling" not in doc else CoolingLimits(**{k: float(v) for k, v in doc["cooling"].items()}),
+        gpu=GpuLimits(int(doc["gpu"]["min_sm_clock_mhz"]), float(doc["gpu"]["min_power_limit_w"]),
+                      float(doc["gpu"]["max_duration_s"])) if "gpu" in doc else None,
     )
 
 

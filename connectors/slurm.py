@@ -9,7 +9,9 @@ Backends (``Settings.slurm_backend``), each with ``jobs()`` and ``act(command, j
   head node; does what the server's REST API can (22.05: list, hold, release).
 - ``pyslurm``: ``connectors.slurm_pyslurm.PyslurmBackend`` when pyslurm imports.
 
-The ``scontrol`` backend also makes maintenance reservations (``reserve``,
+The ``scontrol`` backend also shrinks a running job (``job_shape``, ``resize``:
+``scontrol update JobId=<id> NumNodes=<n>``, which Slurm allows for running jobs) and
+deletes opsloop's reservations (``unreserve``). It also makes maintenance reservations (``reserve``,
 ``reservation``): ``scontrol create reservation ... Flags=MAINT,IGNORE_JOBS``
 and ``scontrol show reservation``, times in UTC; node names must look like
 host names first. The other backends raise ``UnsupportedCommand`` for it
@@ -31,6 +33,7 @@ from datetime import datetime, timezone
 from typing import Mapping
 
 from opsloop.models.jobs import Job
+from opsloop.models.parallelism import JobShape
 from opsloop.models.reservation import Reservation
 
 log = logging.getLogger("opsloop.slurm")
@@ -39,6 +42,8 @@ FIELDS = ("JobID", "Partition", "State", "PriorityLong", "tres-per-node", "Name"
 COMMANDS = {"slurm_hold": "hold", "slurm_release": "release", "slurm_suspend": "suspend",
             "slurm_resume": "resume", "slurm_requeue": "requeuehold", "requeue_no_hold": "requeue"}
 RESERVE = "reserve"  # not a job command: ``reserve``/``reservation`` below
+SHRINK = "shrink"  # not a job command either: ``job_shape``/``resize`` below
+SHAPE_FIELDS = ("JobID", "State", "Partition", "NumNodes", "tres-per-node", "NodeList", "Comment")
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: a host name, no ranges, no spaces
 RESERVATION_NAME = re.compile(r"opsloop-[A-Za-z0-9_-]{1,60}")
 RESERVATION_USER = "root"  # Slurm wants a user or account on a reservation; MAINT keeps everyone else out
@@ -104,9 +109,20 @@ def parse_squeue(text: str) -> list[Job]:
     return jobs
 
 
+def parse_shape(line: str, expand) -> JobShape | None:
+    """One row of ``squeue -O JobID:|,...,Comment:`` (comment last: it may hold the separator); ``expand``
+    turns a host list (``node[1-4]``) into names."""
+    parts = line.rstrip("\r\n").split("|", len(SHAPE_FIELDS) - 1)
+    if len(parts) < len(SHAPE_FIELDS):
+        return None
+    job_id, state, partition, _, tres, nodelist = (p.strip() for p in parts[:6])
+    nodes = tuple(expand(nodelist)) if nodelist and nodelist not in ("(null)", "N/A") else ()
+    return JobShape(job_id, state, partition, nodes, parse_gpus(tres), parts[6].strip())
+
+
 class ScontrolBackend:
     name = "scontrol"
-    commands = frozenset(COMMANDS.values()) | {RESERVE}
+    commands = frozenset(COMMANDS.values()) | {RESERVE, SHRINK}
 
     def __init__(self, env: Mapping[str, str] | None = None, timeout_s: float = 30.0):
         self.env = dict(env) if env is not None else dict(os.environ)
@@ -132,6 +148,41 @@ class ScontrolBackend:
             raise UnsupportedCommand("reserve is no job command: use reserve()")
         self.check(command)
         self._run(["scontrol", command, check_job_id(job_id)])
+
+    def job_shape(self, job_id: str) -> JobShape | None:
+        """Where job ``job_id`` runs and what its comment declares; None when Slurm no longer lists it."""
+        fmt = ",".join(f"{f}:|" for f in SHAPE_FIELDS[:-1]) + f",{SHAPE_FIELDS[-1]}:"
+        try:
+            out = self._run(["squeue", "-h", "-t", "all", "-j", check_job_id(job_id), "-O", fmt])
+        except SlurmError as exc:
+            if "Invalid job id" in str(exc):
+                return None
+            raise
+        line = next((row for row in out.split("\n") if row.strip()), "")
+        return parse_shape(line, self.hostnames) if line else None
+
+    def node_partitions(self, node: str) -> list[str]:
+        """The partitions node ``node`` belongs to."""
+        return self._run(["sinfo", "-h", "-N", "-n", check_node_name(node), "-o", "%R"]).split()
+
+    def hostnames(self, hostlist: str) -> list[str]:
+        return self._run(["scontrol", "show", "hostnames", hostlist]).split()
+
+    def resize(self, job_id: str, nodes: int) -> None:
+        """Shrink a running job to ``nodes`` nodes; Slurm releases the others (the last ones of its list)."""
+        if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+            raise SlurmError(f"refusing node count {nodes!r}: a job keeps at least one node")
+        self._run(["scontrol", "update", f"JobId={check_job_id(job_id)}", f"NumNodes={nodes}"])
+
+    def unreserve(self, name: str) -> bool:
+        """Delete opsloop's reservation ``name``; False when there was none by that name."""
+        try:
+            self._run(["scontrol", "delete", f"ReservationName={check_reservation_name(name)}"])
+        except SlurmError as exc:
+            if "reservation is invalid" in str(exc) or "not found" in str(exc):  # none by that name
+                return False
+            raise
+        return True
 
     def reservation(self, name: str) -> Reservation | None:
         """The reservation called ``name``, or None when Slurm has none by that name."""

@@ -93,6 +93,9 @@ _VERBS = {
     "llm_cap": "Cap concurrent LLM requests per server on {target}",
     "slurm_reserve": "Reserve {nodes} on {target} for maintenance",
     "cooling_setpoint": "Set the supply-air setpoint {target} to {setpoint_c} degC",
+    "slurm_shrink": "Shrink {jobs} on {target} to {nodes} node(s)",
+    "gpu_clock_lock": "Lock the SM clocks of partition {partition}'s GPUs at {sm_mhz} MHz",
+    "gpu_power_limit": "Limit each GPU of partition {partition} to {watts} W",
 }
 
 
@@ -114,7 +117,9 @@ class ActionAdvisor:
         line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
                                              setpoint=power(abs(setpoint)) if setpoint is not None else "",
                                              nodes=params.get("nodes", "nodes"),
-                                             setpoint_c=params.get("setpoint_c", "?"))
+                                             setpoint_c=params.get("setpoint_c", "?"),
+                                             partition=params.get("partition", "?"), sm_mhz=params.get("sm_mhz", "?"),
+                                             watts=params.get("watts", "?"))
         window = (params.get("start_ms", ""), params.get("end_ms", ""))
         if action["kind"] == "slurm_reserve" and all(edge.isdigit() for edge in window):
             start, end = int(params["start_ms"]), int(params["end_ms"])  # the window, not the proposal's life

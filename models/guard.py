@@ -52,6 +52,17 @@ last hour's changes and this one within ``max_change_c_per_h``, every inlet pred
 ``[inlet_min_c, inlet_max_c]`` (each moves with the supply air, degree for degree), and the action no
 longer than ``revert_timeout_s``.
 
+``slurm_shrink`` releases nodes from one running job (``job_ids``: exactly one) down to
+``params.nodes``; the proposal says what it read of the job (``params.job_nodes``, its node count,
+and ``params.comment``, its Slurm comment). Only a job declaring ``opsloop:dp`` is shrunk and never
+below its ``min`` (``models.parallelism``); ``ep``/``tp``/``pp`` jobs are refused (``not_elastic``).
+It is a shedding Slurm action: partitions, hold time and the budget apply, ``params.gpus`` being the
+GPUs it releases. The Slurm sink checks the job's live comment and node count again before acting.
+
+GPU actions (``gpu_clock_lock``: ``params.sm_mhz``; ``gpu_power_limit``: ``params.watts``) act on
+the GPUs of one partition (``params.partition``, touchable and not protected) and need the policy's
+``gpu`` section: no lower than its floors, no longer than its ``max_duration_s``.
+
 ``feedback_problem`` is the guard's pure check on an operator's answer: signed by
 the NOC, for an action waiting now (never kept for later), given after it was
 proposed and before the request lapsed, the first answer only.
@@ -82,15 +93,18 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple
 
 from opsloop.config.policy import CoolingLimits, LlmLimits, Policy, SlurmLimits
+from opsloop.models import parallelism
 from opsloop.models.battery import Battery
 from opsloop.models.cooling import KIND as COOLING_KIND
 from opsloop.models.cooling import CoolingState
 
 APPROVED, NEEDS_APPROVAL, REJECTED = "approved", "needs_approval", "rejected"
 PCS_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle")
-SLURM_SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend")  # the ones that take capacity away
+SHRINK = "slurm_shrink"
+SLURM_SHEDDING = ("slurm_hold", "slurm_requeue", "slurm_suspend", SHRINK)  # the ones that take capacity away
 SLURM_UNDO = ("slurm_release", "slurm_resume")
 LLM_KINDS = ("llm_shift", "llm_cap")
+GPU_KINDS = ("gpu_clock_lock", "gpu_power_limit")
 
 # Reason codes: one per reason sentence, stable, so verdicts can be counted by why.
 # Within every limit, the kind's mode decides:
@@ -137,8 +151,14 @@ STALE_COOLING_STATE = "stale_cooling_state"
 OUT_OF_SETPOINT_RANGE = "out_of_setpoint_range"  # outside setpoint_min_c..setpoint_max_c
 OVER_HOURLY_RAMP = "over_hourly_ramp"  # the last hour's changes and this one exceed max_change_c_per_h
 INLET_LIMIT = "inlet_limit"  # an inlet would leave the policy's range (ASHRAE recommended)
-REASON_CODES = frozenset({NO_COOLING_POLICY, NO_COOLING_STATE, STALE_COOLING_STATE, OUT_OF_SETPOINT_RANGE,
-    OVER_HOURLY_RAMP, INLET_LIMIT,OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
+NO_GPU_POLICY = "no_gpu_policy"  # the policy has no gpu section: the NVML lever is off
+UNDER_MIN_CLOCK = "under_min_clock"  # gpu_clock_lock below the policy's SM clock floor
+UNDER_MIN_POWER_LIMIT = "under_min_power_limit"  # gpu_power_limit below the policy's floor
+# slurm_shrink, decided in models/parallelism.py: parallelism_not_declared, not_elastic, below_min_replicas,
+# nothing_to_release
+REASON_CODES = parallelism.CODES | frozenset({NO_COOLING_POLICY, NO_COOLING_STATE, STALE_COOLING_STATE,
+    OUT_OF_SETPOINT_RANGE, OVER_HOURLY_RAMP, INLET_LIMIT, NO_GPU_POLICY, UNDER_MIN_CLOCK, UNDER_MIN_POWER_LIMIT,
+    OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
     WITHIN_LIMITS, OPERATOR_APPROVED, AWAITS_OPERATOR, ADVISE_ONLY, OPERATOR_REJECTED, REVERT, EXPIRED, UNKNOWN_KIND,
     OUTSIDE_WINDOW, INVALID_SETPOINT, OVER_POWER_LIMIT, OVER_MAX_DURATION, NO_ESS_STATE, STALE_ESS_STATE,
     INVALID_ESS_STATE, OVER_RAMP_LIMIT, SOH_BELOW_MINIMUM, SOC_BELOW_RESERVE, SOC_ABOVE_MAXIMUM, NO_PARTITIONS,
@@ -510,6 +530,71 @@ def cooling_problems(action: Mapping, state: CoolingState | None, limits: Coolin
     if hot > limits.inlet_max_c or cold < limits.inlet_min_c:
         problems.append(Reason(INLET_LIMIT, f"inlets would read {cold:.1f}-{hot:.1f} degC, outside the policy's "
                                             f"{limits.inlet_min_c:g}-{limits.inlet_max_c:g} degC"))
+def shrink_problems(action: Mapping) -> list[Reason]:
+    """A shrink names one job, how many nodes it has and keeps, and what its comment declares.
+
+    >>> act = {"job_ids": ["42"], "params": {"nodes": "2", "job_nodes": "4", "comment": "opsloop:dp:min=2"}}
+    >>> shrink_problems(act)
+    []
+    >>> [r.code for r in shrink_problems({**act, "params": {**act["params"], "comment": "opsloop:pp"}})]
+    ['not_elastic']
+    """
+    params = action.get("params") or {}
+    if len(action.get("job_ids") or []) != 1:
+        return [Reason(INVALID_PARAMS, "slurm_shrink names exactly one job (job_ids)")]
+    try:
+        keep, nodes_now = int(params["nodes"]), int(params["job_nodes"])
+    except (KeyError, TypeError, ValueError):
+        return [Reason(INVALID_PARAMS, "slurm_shrink needs whole numbers params.nodes (to keep) and params.job_nodes")]
+    if keep < 1:
+        return [Reason(INVALID_PARAMS, f"slurm_shrink keeps at least one node, not {keep}")]
+    found = parallelism.shrink_problems(parallelism.declared(params.get("comment")), nodes_now, keep)
+    return [Reason(code, text) for code, text in found]
+
+
+def gpu_problems(action: Mapping, policy: Policy, now_ms: int) -> list[Reason]:
+    """What is wrong with a ``gpu_clock_lock`` or ``gpu_power_limit`` under the policy's ``gpu`` section.
+
+    >>> from opsloop.config.policy import GpuLimits, PcsLimits, SlurmLimits
+    >>> policy = Policy(4, 600, PcsLimits(1, 1, 1, 1, 1), SlurmLimits(("batch",), ("inference",), 1, 1, 1),
+    ...                 gpu=GpuLimits(900, 300, 3600))
+    >>> lock = {"kind": "gpu_clock_lock", "expires_ms": 600_000, "params": {"partition": "batch", "sm_mhz": "1200"}}
+    >>> gpu_problems(lock, policy, now_ms=0)
+    []
+    >>> [print(r.code, r.text) for r in gpu_problems({**lock, "params": {"partition": "batch", "sm_mhz": "600"}},
+    ...                                             policy, now_ms=0)]
+    under_min_clock locks the SM clock at 600 MHz, below the policy's 900 MHz
+    [None]
+    """
+    limits, params, kind = policy.gpu, action.get("params") or {}, action["kind"]
+    if limits is None:
+        return [Reason(NO_GPU_POLICY, "the policy has no gpu section: GPU clock and power actions are off")]
+    problems = []
+    partition = str(params.get("partition", ""))
+    if not partition:
+        problems.append(Reason(NO_PARTITIONS, f"{kind} names the partition whose GPUs it sets (params.partition)"))
+    elif partition in policy.slurm.protected_partitions:
+        problems.append(Reason(PROTECTED_PARTITION, f"partition {partition[:40]} is protected and never touched"))
+    elif partition not in policy.slurm.touchable_partitions:
+        problems.append(Reason(UNTOUCHABLE_PARTITION, f"partition {partition[:40]} is not in the policy's touchable "
+                                                      f"partitions"))
+    duration_s = (action["expires_ms"] - now_ms) / 1000
+    if duration_s > limits.max_duration_s:
+        problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s, longer than the policy's "
+                                                  f"{limits.max_duration_s:g} s"))
+    field, floor = ("sm_mhz", limits.min_sm_clock_mhz) if kind == "gpu_clock_lock" else \
+        ("watts", limits.min_power_limit_w)
+    try:
+        value = float(params[field])
+    except (KeyError, TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        problems.append(Reason(INVALID_PARAMS, f"{kind} needs a positive number params.{field}, got "
+                                               f"{str(params.get(field))[:40]!r}"))
+    elif value < floor and kind == "gpu_clock_lock":
+        problems.append(Reason(UNDER_MIN_CLOCK, f"locks the SM clock at {value:g} MHz, below the policy's {floor:g} MHz"))
+    elif value < floor:
+        problems.append(Reason(UNDER_MIN_POWER_LIMIT, f"limits each GPU to {value:g} W, below the policy's {floor:g} W"))
     return problems
 
 
@@ -613,12 +698,16 @@ def decide(action: Mapping, state: PlantState, policy: Policy, now_ms: int, oper
         problems = pcs_problems(action, state.ess, policy, now_ms)
     elif kind == MAINTENANCE:
         problems = maintenance_problems(action, now_ms)
+    elif kind == SHRINK:  # the job's own declaration first: an ep job is refused for what it is
+        problems = shrink_problems(action) + slurm_problems(action, policy, now_ms, state.slurm_spent)
     elif kind.startswith("slurm_"):
         problems = slurm_problems(action, policy, now_ms, state.slurm_spent) + undo_problems(action, state.approved)
     elif kind in LLM_KINDS:
         problems = llm_problems(action, policy.llm, now_ms, state.llm_holding)
     elif kind == COOLING_KIND:
         problems = cooling_problems(action, state.cooling, policy.cooling, now_ms, policy.max_state_age_s)
+    elif kind in GPU_KINDS:
+        problems = gpu_problems(action, policy, now_ms)
     else:
         problems = [Reason(UNKNOWN_KIND, f"unknown action kind {kind!r}")]
     if rule.windows and not any(w.contains(now_ms) for w in rule.windows):

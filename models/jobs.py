@@ -48,8 +48,13 @@ class Job:
 
 
 def touchable(job: Job, limits: SlurmLimits, declared: Iterable[str]) -> bool:
-    return (job.partition not in limits.protected_partitions and job.partition in limits.touchable_partitions
-            and job.partition in set(declared))
+    return touchable_partition(job.partition, limits, declared)
+
+
+def touchable_partition(partition: str, limits: SlurmLimits, declared: Iterable[str]) -> bool:
+    """Not protected, listed as touchable by the policy and declared by the action."""
+    return (partition not in limits.protected_partitions and partition in limits.touchable_partitions
+            and partition in set(declared))
 
 
 def select_jobs(jobs: Iterable[Job], kind: str, declared: Iterable[str], shed_kw: float | None,

@@ -124,7 +124,7 @@ def cmd_slurm(settings: Settings, args) -> int:
     from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
 
-    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", load_site(settings.topology))
+    cluster = LocalSlurm.for_site(settings.data_dir / "slurm", load_site(settings.topology), nodes=args.nodes)
     if args.action == "up":
         print(cluster.start(rest=args.rest))
         print(f"export SLURM_CONF={cluster.layout.conf}")
@@ -316,8 +316,11 @@ def parser() -> argparse.ArgumentParser:
                     help="TLS + SASL/SCRAM + ACLs: certificates and one user per agent generated under the data dir")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local Kafka broker").set_defaults(func=cmd_down)
-    sl = sub.add_parser("slurm", help="start, stop or show the local single-node Slurm (fake GPUs)")
+    sl = sub.add_parser("slurm", help="start, stop or show the local Slurm (one node, or --nodes N; fake GPUs)")
     sl.add_argument("action", choices=["up", "down", "status"])
+    sl.add_argument("--nodes", type=int, default=None,
+                    help="up: this many nodes (node1..nodeN, one slurmd each, on this host); default 1, or the size "
+                         "the cluster was started with")
     sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
     sl.set_defaults(func=cmd_slurm)
     lb = sub.add_parser("llm-balancer", help="run HAProxy in front of LLM servers (two local llama.cpp ones by "

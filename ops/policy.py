@@ -12,6 +12,14 @@ def _budget_span(policy: Policy) -> str:
     return f"per {window:g} s per site" if window > 0 else "per action (no slurm.budget_window_s)"
 
 
+def _gpu(policy: Policy) -> str:
+    gpu = policy.gpu
+    if gpu is None:
+        return "GPU lever off (no gpu section)"
+    return (f"GPU lever: SM clock locked no lower than {gpu.min_sm_clock_mhz} MHz, power limit no lower than "
+            f"{gpu.min_power_limit_w:g} W, for at most {gpu.max_duration_s:g} s")
+
+
 def _llm(policy: Policy) -> str:
     llm = policy.llm
     if llm is None:
@@ -39,5 +47,5 @@ def check(path: Path | str) -> int:
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
           f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
-          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_cooling(policy)}")
+          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_gpu(policy)}; {_cooling(policy)}")
     return 0

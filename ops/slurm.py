@@ -1,8 +1,12 @@
-"""A real single-node Slurm (Debian's slurmctld, slurmd and munge) for the demo and tests.
+"""A real Slurm (Debian's slurmctld, slurmd and munge) on one host, for the demo and tests.
 
 Everything lives in one state directory: a munge key and socket, ``slurm.conf`` and
 ``gres.conf`` generated from this host's name and the site topology (one partition per
 GPU pod), fake GPUs as character device nodes for gres, spool, state, logs and pid files.
+By default the cluster has one node named after the host. With ``nodes=N`` it has N nodes
+(``node1`` .. ``nodeN``), each its own slurmd (``slurmd -N <name>``) on its own port with its
+own spool, log, pid file and fake GPUs, all on this host: enough to run multi-node jobs and
+shrink them (``NodeHostname`` is the host for all of them, ``NodeAddr`` loopback).
 Daemons run as the current user on free loopback ports, so several clusters can run side
 by side (a test session beside the demo). ``start`` waits until the node is idle;
 ``stop`` shuts everything down. Both are idempotent.
@@ -56,6 +60,16 @@ class SlurmLayout:
     slurmd_port: int
     partitions: tuple[str, ...]
     cluster: str = "opsloop"
+    node_ports: tuple[int, ...] = ()  # one slurmd port per node of a multi-node cluster; empty: one node, the host
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The compute nodes' names: the host alone, or ``node1`` .. ``nodeN`` on this host."""
+        return tuple(f"node{i}" for i in range(1, len(self.node_ports) + 1)) if self.node_ports else (self.host,)
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.node_ports)
 
     @property
     def conf(self) -> Path:
@@ -84,11 +98,11 @@ def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb:
         f"SlurmdUser={_user()}",
         f"AuthInfo=socket={layout.munge_socket}",
         f"StateSaveLocation={p('ctld')}",
-        f"SlurmdSpoolDir={p('spool')}",
+        f"SlurmdSpoolDir={p('spool/%n' if layout.multi else 'spool')}",
         f"SlurmctldPidFile={p('slurmctld.pid')}",
-        f"SlurmdPidFile={p('slurmd.pid')}",
+        f"SlurmdPidFile={p('slurmd-%n.pid' if layout.multi else 'slurmd.pid')}",
         f"SlurmctldLogFile={p('slurmctld.log')}",
-        f"SlurmdLogFile={p('slurmd.log')}",
+        f"SlurmdLogFile={p('slurmd-%n.log' if layout.multi else 'slurmd.log')}",
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none",
@@ -107,14 +121,19 @@ def render_slurm_conf(layout: SlurmLayout, gpus: int, cpus: int = 64, memory_mb:
         "SlurmdTimeout=60",
         "InactiveLimit=0",
         "KillWait=5",
-        f"NodeName={layout.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
-        f"Gres=gpu:{gpus} State=UNKNOWN",
     ]
+    if layout.multi:  # several slurmd on this host: each its own name and port, the host's name as NodeHostname
+        lines += [f"NodeName={name} NodeHostname={layout.host} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} "
+                  f"RealMemory={memory_mb} Gres=gpu:{gpus} State=UNKNOWN"
+                  for name, port in zip(layout.nodes, layout.node_ports)]
+    else:
+        lines.append(f"NodeName={layout.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} "
+                     f"Gres=gpu:{gpus} State=UNKNOWN")
     if jwt_key is not None:
         lines[7:7] = ["AuthAltTypes=auth/jwt", f"AuthAltParameters=jwt_key={jwt_key}"]
     for i, name in enumerate(layout.partitions):
         default = "YES" if i == 0 else "NO"
-        lines.append(f"PartitionName={name} Nodes={layout.host} Default={default} MaxTime=INFINITE "
+        lines.append(f"PartitionName={name} Nodes={','.join(layout.nodes)} Default={default} MaxTime=INFINITE "
                      "State=UP OverSubscribe=FORCE:4")
     return "\n".join(lines) + "\n"
 
@@ -127,14 +146,21 @@ def site_partitions(site: Site) -> tuple[str, ...]:
 
 
 class LocalSlurm:
-    """One controller, one compute node with ``gpus`` fake GPUs, one partition per GPU pod."""
+    """One controller, ``nodes`` compute nodes with ``gpus`` fake GPUs each, one partition per GPU pod
+    (every partition spans every node)."""
 
     def __init__(self, state_dir: Path, partitions: tuple[str, ...], gpus: int = 8,
-                 host: str | None = None, ports: tuple[int, int] | None = None):
+                 host: str | None = None, ports: tuple[int, ...] | None = None, nodes: int | None = None):
         state_dir = Path(state_dir).resolve()
         host = host or socket.gethostname().split(".")[0]
-        ctld, slurmd = ports or _saved_ports(state_dir) or _free_ports(2)
-        self.layout = SlurmLayout(state_dir, host, ctld, slurmd, tuple(partitions))
+        saved = _saved_ports(state_dir)
+        if nodes is None:  # a cluster started before keeps its size (stop and status need no --nodes)
+            nodes = len(saved) - 2 if saved and len(saved) > 2 else 1
+        if nodes < 1:
+            raise SlurmSetupError(f"a cluster needs at least one node, not {nodes}")
+        wanted = 2 + (nodes if nodes > 1 else 0)  # controller, the single node's port, one port per node of many
+        ports = tuple(ports or (saved if saved and len(saved) == wanted else None) or _free_ports(wanted))
+        self.layout = SlurmLayout(state_dir, host, ports[0], ports[1], tuple(partitions), node_ports=ports[2:])
         self.gpus = gpus
 
     @classmethod
@@ -149,6 +175,11 @@ class LocalSlurm:
     @property
     def host(self) -> str:
         return self.layout.host
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The compute nodes' names (the host's name for a single-node cluster)."""
+        return self.layout.nodes
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -167,10 +198,11 @@ class LocalSlurm:
         self._write_files()
         self._start_munge()
         self._run_daemon("slurmctld", "-f", str(self.layout.conf))
-        self._run_daemon("slurmd", "-f", str(self.layout.conf), "-N", self.layout.host)
+        for node in self.nodes:
+            self._run_daemon(self._slurmd(node), "-f", str(self.layout.conf), "-N", node)
         self._wait_idle(timeout_s)
-        up = f"Slurm up: cluster {self.layout.cluster}, node {self.layout.host}, " \
-             f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs (SLURM_CONF={self.layout.conf})"
+        up = f"Slurm up: cluster {self.layout.cluster}, node(s) {', '.join(self.nodes)}, " \
+             f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs per node (SLURM_CONF={self.layout.conf})"
         return up + (f"; {self.start_rest()}" if rest else "")
 
     def start_rest(self, timeout_s: float = 30.0) -> str:
@@ -222,7 +254,8 @@ class LocalSlurm:
         """Cancel every job (job steps outlive slurmd otherwise), then end the daemons."""
         if self.running():
             self._cancel_all()
-        stopped = [name for name in ("slurmrestd", "slurmd", "slurmctld", "munged") if self._kill(name)]
+        daemons = ("slurmrestd", *(self._slurmd(n) for n in self.nodes), "slurmctld", "munged")
+        stopped = [name for name in daemons if self._kill(name)]
         saved = self.layout.path("rest_conf_dir")
         if saved.exists():  # the public copy of slurm.conf goes with slurmrestd
             shutil.rmtree(saved.read_text().strip(), ignore_errors=True)
@@ -230,7 +263,11 @@ class LocalSlurm:
         return f"stopped {', '.join(stopped)}" if stopped else "Slurm was not running"
 
     def running(self) -> bool:
-        return all(_alive(self._pid(name)) for name in DAEMONS)
+        return all(_alive(self._pid(name)) for name in ("munged", "slurmctld", *map(self._slurmd, self.nodes)))
+
+    def _slurmd(self, node: str) -> str:
+        """The daemon name of a node's slurmd (its pid and log file are named after it)."""
+        return f"slurmd-{node}" if self.layout.multi else "slurmd"
 
     def scontrol(self, *args: str) -> str:
         """Run ``scontrol`` against this cluster (argv list, never a shell)."""
@@ -249,20 +286,25 @@ class LocalSlurm:
         for sub in ("ctld", "spool", "munge", "dev"):
             lay.path(sub).mkdir(parents=True, exist_ok=True)
         lay.path("munge").chmod(0o700)
-        (lay.state_dir / "ports").write_text(f"{lay.ctld_port} {lay.slurmd_port}\n")
-        devices = []
-        for i in range(self.gpus):
-            dev = lay.path("dev") / f"nvidia{i}"
-            if not dev.exists():
-                _make_device_node(dev)
-            devices.append(dev)
+        (lay.state_dir / "ports").write_text(" ".join(map(str, (lay.ctld_port, lay.slurmd_port, *lay.node_ports)))
+                                             + "\n")
+        gres = []
+        for node in lay.nodes:
+            folder = lay.path("dev") / node if lay.multi else lay.path("dev")
+            folder.mkdir(parents=True, exist_ok=True)
+            if lay.multi:
+                lay.path("spool").joinpath(node).mkdir(exist_ok=True)
+            for i in range(self.gpus):
+                dev = folder / f"nvidia{i}"
+                if not dev.exists():
+                    _make_device_node(dev)
+                gres.append(f"NodeName={node} Name=gpu File={dev}")
         jwt_key = lay.path("jwt.key") if _jwt_plugin_installed() else None
         if jwt_key is not None and not jwt_key.exists():
             jwt_key.touch(0o600)
             jwt_key.write_bytes(os.urandom(32))  # HS256 key; readable by the controller (this user) only
         lay.conf.write_text(render_slurm_conf(lay, self.gpus, jwt_key=jwt_key))
-        gres = "\n".join(f"NodeName={lay.host} Name=gpu File={dev}" for dev in devices)
-        lay.path("gres.conf").write_text(gres + "\n")
+        lay.path("gres.conf").write_text("\n".join(gres) + "\n")
         lay.path("cgroup.conf").write_text("CgroupPlugin=autodetect\nIgnoreSystemd=yes\n")
 
     def _start_munge(self) -> None:
@@ -278,7 +320,8 @@ class LocalSlurm:
     def _run_daemon(self, name: str, *args: str) -> None:
         if _alive(self._pid(name)):
             return
-        binary = shutil.which(name) or str(SBIN / name)
+        program = name.split("-", 1)[0]  # slurmd-node1 is a slurmd
+        binary = shutil.which(program) or str(SBIN / program)
         result = subprocess.run([binary, *args], env=self.env, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise SlurmSetupError(f"{name} failed to start: {result.stderr.strip()}\n{self._log_tail(name)}")
@@ -326,11 +369,11 @@ class LocalSlurm:
             if result.returncode == 0 and state and all(s.startswith(("idle", "mixed", "alloc")) for s in state.split()):
                 return
             if "drain" in state or "down" in state:
-                subprocess.run(["scontrol", "update", f"NodeName={self.layout.host}", "State=RESUME"],
+                subprocess.run(["scontrol", "update", f"NodeName={','.join(self.nodes)}", "State=RESUME"],
                                env=self.env, capture_output=True)
             time.sleep(0.5)
-        raise SlurmSetupError(f"node {self.layout.host} not idle after {timeout_s:.0f} s (state {state!r})\n"
-                              f"{self._log_tail('slurmctld')}\n{self._log_tail('slurmd')}")
+        raise SlurmSetupError(f"node(s) {', '.join(self.nodes)} not idle after {timeout_s:.0f} s (state {state!r})\n"
+                              f"{self._log_tail('slurmctld')}\n{self._log_tail(self._slurmd(self.nodes[0]))}")
 
     def _cancel_all(self, wait_s: float = 15.0) -> None:
         subprocess.run(["scancel", "--full", f"--user={_user()}"], env=self.env, capture_output=True)
@@ -412,12 +455,12 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def _saved_ports(state_dir: Path) -> tuple[int, int] | None:
+def _saved_ports(state_dir: Path) -> tuple[int, ...] | None:
     try:
-        ctld, slurmd = (int(x) for x in (state_dir / "ports").read_text().split())
-        return ctld, slurmd
+        ports = tuple(int(x) for x in (state_dir / "ports").read_text().split())
     except (OSError, ValueError):
         return None
+    return ports if len(ports) >= 2 else None
 
 
 def _free_ports(n: int) -> list[int]:

@@ -16,6 +16,21 @@ maintenance reservation named after the action id (``models.reservation``): one 
 that name counts as done, so a retry after a crash never makes a second one. It is verified by
 reading the reservation back (nodes, window, MAINT). It has nothing to undo at expiry: the
 proposal expires when the window starts, and Slurm ends the reservation itself at its EndTime.
+
+An approved ``slurm_shrink`` releases nodes from one running job that declares ``opsloop:dp``
+(``models.parallelism``): the sink reads the job back (state, partition, nodes, GPUs, comment) and
+refuses, with the reason code and sentence, a job that is not elastic, would go below its ``min``,
+sits in a partition it may not touch or would release more GPUs than the guard charged. It records
+the give-back in the ledger, holds the nodes it will release in a MAINT reservation named after the
+action until the expiry (so no queued job lands on them and the shed power stays shed), then runs
+``scontrol update JobId=<id> NumNodes=<keep>``; verified when the job runs on the nodes it kept.
+At expiry the reservation is deleted: the nodes go back to the pool. The job itself cannot grow
+back: Slurm 22.05's only way to grow a running job (``--dependency=expand:<id>``, then
+``NumNodes=0`` on the new job and ``NumNodes=ALL`` on the old) refuses any job holding GRES
+("has allocated GRES": every GPU job), and ``NumNodes=ALL`` also needs an accounting database
+(slurmdbd) to have indexed the job. So the give-back returns the capacity and says so; a
+data-parallel launcher (torchrun's elastic agent, for one) re-forms at its own size on a new
+allocation.
 """
 
 from __future__ import annotations
@@ -23,27 +38,34 @@ from __future__ import annotations
 import logging
 
 from opsloop.connectors.ledger import EXECUTED, FAILED
-from opsloop.connectors.slurm import COMMANDS, RESERVE, SlurmError
+from opsloop.connectors.slurm import COMMANDS, RESERVE, SHRINK as SHRINK_COMMAND, SlurmError
 from opsloop.connectors.slurm_backends import make_backend
-from opsloop.models.guard import MAINTENANCE, action_limits, declared_partitions, maintenance_problems
-from opsloop.models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable
+from opsloop.models import parallelism
+from opsloop.models.guard import MAINTENANCE, SHRINK, action_limits, declared_partitions, maintenance_problems
+from opsloop.models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable, touchable_partition
 from opsloop.models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
 from opsloop.models.records import action_alarm, action_result
-from opsloop.models.reservation import judge_reservation, requested, utc
+from opsloop.models.reservation import Reservation, judge_reservation, requested, reservation_name, utc
 from opsloop.streams.actuator import ActuatorSink
 
 log = logging.getLogger("opsloop.slurm")
 CHECK_EVERY_MS = 1000
+GIVE_BACK = "slurm_give_back"  # a shrink's undo in the ledger: [GIVE_BACK, job id, reservation, kept, released]
+NO_REGROW = ("Slurm 22.05 cannot grow a running GPU job back (expand refuses jobs with allocated GRES), so the "
+             "job keeps its size until it ends")
 
 
 class SlurmSink(ActuatorSink):
     name = "slurm-sink"
-    kinds = ("slurm_hold", "slurm_release", "slurm_requeue", "slurm_suspend", "slurm_resume", MAINTENANCE)
+    kinds = ("slurm_hold", "slurm_release", "slurm_requeue", "slurm_suspend", "slurm_resume", MAINTENANCE, SHRINK)
     device_type = "slurm"
 
-    def __init__(self, settings, policy, backend=None, clock=None):
+    def __init__(self, settings, policy, backend=None, clock=None, site=None):
         super().__init__(settings, policy, **({"clock": clock} if clock else {}))
         self.backend = backend or make_backend(settings)
+        # per-GPU power by partition: the site file's GPU pods, else the policy's estimate
+        self.kw_per_gpu = {pod.slurm_partition: pod.kw_per_gpu for pod in (site.gpu_pods if site else ())
+                           if pod.slurm_partition}
         self.window_ms = int(settings.verify_window_s * 1000)
         self._last_check_ms = 0
 
@@ -69,10 +91,65 @@ class SlurmSink(ActuatorSink):
                     f"{utc(want.start_s)} to {utc(want.end_s)}")
         return EXECUTED, action_result(action, "executed", observed, detail, self.name, self.now_ms()), None
 
+    def shrink(self, action: dict):
+        """Release nodes of a running opsloop:dp job down to ``params.nodes``; the released ones are held free."""
+        self.backend.check(SHRINK_COMMAND)
+        job_id, keep = action["job_ids"][0], int(action["params"]["nodes"])
+        shape = self.backend.job_shape(job_id)
+        if shape is None or shape.state != "RUNNING":
+            raise SlurmError(f"job {job_id} is not running ({shape.state if shape else 'not listed'}): not shrunk")
+        found = parallelism.shrink_problems(parallelism.declared(shape.comment), len(shape.nodes), keep)
+        if not touchable_partition(shape.partition, self.policy.slurm, declared_partitions(action)):
+            found.append(("untouchable_partition", f"job {job_id} runs in {shape.partition}, which this action or "
+                                                   f"the policy does not allow"))
+        kept, released = parallelism.kept_and_released(shape, keep)
+        charged = float(action["params"].get("gpus", "inf"))
+        if len(released) * shape.gpus_per_node > charged:
+            found.append(("over_gpu_hours", f"releasing {len(released) * shape.gpus_per_node} GPUs, more than the "
+                                            f"{charged:g} the guard charged"))
+        if found:  # the job Slurm shows now, not the one the proposal saw, decides
+            raise SlurmError("; ".join(f"{code}: {text}" for code, text in found))
+        hold = reservation_name(action["action_id"])
+        undo = [[GIVE_BACK, job_id, hold, list(kept), list(released)]]
+        self.ledger.plan(action["action_id"], undo)  # before acting: a crash mid-way still knows what to give back
+        self._hold_nodes(hold, released, action)
+        try:
+            self.backend.resize(job_id, keep)
+        except SlurmError:
+            self.backend.unreserve(hold)  # not shrunk: do not keep its nodes free for nothing
+            raise
+        kw = parallelism.released_kw(len(released), shape.gpus_per_node, self._kw_per_gpu(shape.partition))
+        observed = (f"shrank job {job_id} ({shape.partition}) from {len(shape.nodes)} to {keep} nodes: released "
+                    f"{','.join(released)} ({len(released) * shape.gpus_per_node} GPUs, ~{kw:g} kW), held free by "
+                    f"reservation {hold} until expiry")
+        return EXECUTED, action_result(action, "executed", observed, "", self.name, self.now_ms(), -kw), undo
+
+    def _kw_per_gpu(self, partition: str) -> float:
+        return self.kw_per_gpu.get(partition, self.policy.slurm.kw_per_gpu)
+
+    def _hold_nodes(self, name: str, nodes, action: dict) -> None:
+        """A MAINT reservation of ``nodes`` from now to the action's expiry (an existing one by the name is kept)."""
+        if self.backend.reservation(name) is None:
+            start_s = self.now_ms() // 1000 - 1  # Slurm takes a start just past; a future one would leave a gap
+            self.backend.reserve(Reservation(name, tuple(sorted(nodes)), start_s, action["expires_ms"] // 1000,
+                                             ("MAINT",)))
+
+    def give_back(self, undo) -> str:
+        """End the hold on a shrunk job's released nodes: they go back to the pool (the job cannot regrow)."""
+        _, job_id, hold, _, _ = undo
+        gone = self.backend.unreserve(hold)
+        shape = self.backend.job_shape(job_id)
+        where = f"job {job_id} runs on {len(shape.nodes)} nodes" if shape and shape.state == "RUNNING" else \
+            f"job {job_id} no longer runs"
+        return (f"ended reservation {hold}: its nodes are back in the pool" if gone else
+                f"reservation {hold} was already gone") + f"; {where} ({NO_REGROW})"
+
     def execute(self, action: dict):
         kind = action["kind"]
         if kind == MAINTENANCE:
             return self.reserve(action)
+        if kind == SHRINK:
+            return self.shrink(action)
         undo_of = action.get("params", {}).get("undo_of")
         if kind in ("slurm_release", "slurm_resume") and undo_of:
             entry = self.ledger.get(undo_of)
@@ -126,6 +203,8 @@ class SlurmSink(ActuatorSink):
                 return FAILED, action_result(action, "failed", "no reservation made", str(exc), self.name,
                                              self.now_ms()), None
         entry = self.ledger.get(action["action_id"])
+        if action["kind"] == SHRINK:
+            return self._reconcile_shrink(action, entry)
         planned = [job_id for _, job_id in (entry.undo or [])]
         if not planned:
             return FAILED, action_result(action, "failed", "no job changed", "interrupted before acting; not repeated",
@@ -138,7 +217,28 @@ class SlurmSink(ActuatorSink):
                                      "interrupted; confirmed from job states after a restart (not repeated)",
                                      self.name, self.now_ms()), entry.undo
 
+    def _reconcile_shrink(self, action: dict, entry):
+        """A shrink interrupted after its plan: the job's node count says whether Slurm shrank it. Never repeated;
+        when it was shrunk the hold on its released nodes is made sure of (by name, so never twice)."""
+        if not entry.undo:
+            return FAILED, action_result(action, "failed", "no job changed", "interrupted before acting; not repeated",
+                                         self.name, self.now_ms()), None
+        _, job_id, hold, kept, released = entry.undo[0]
+        shape = self.backend.job_shape(job_id)
+        if shape is not None and shape.state == "RUNNING" and len(shape.nodes) <= len(kept):
+            self._hold_nodes(hold, released, action)  # kept if it is there already
+            return EXECUTED, action_result(action, "executed", f"job {job_id} runs on {len(shape.nodes)} nodes",
+                                           "interrupted; confirmed from the job after a restart (not repeated)",
+                                           self.name, self.now_ms()), entry.undo
+        self.backend.unreserve(hold)  # a hold made before the crash would keep nodes free for nothing
+        return FAILED, action_result(action, "failed", f"job {job_id} was not shrunk",
+                                     "interrupted; not repeated after a restart", self.name, self.now_ms()), None
+
     def undo(self, entry) -> str:
+        if entry.undo and entry.undo[0][0] == GIVE_BACK:
+            done = self.give_back(entry.undo[0])
+            self.ledger.mark_undone(entry.action_id)
+            return done
         done, gone = [], []
         for kind, job_id in entry.undo or []:
             try:
@@ -157,6 +257,29 @@ class SlurmSink(ActuatorSink):
     def _waiting(self) -> list:
         return [e for e in self.ledger.awaiting_verification()
                 if (e.undo or e.action["kind"] == MAINTENANCE) and not e.action.get("params", {}).get("undo_of")]
+
+    def _verify_shrink(self, entry, now: int) -> bool:
+        _, job_id, _, kept, _ = entry.undo[0]
+        outcome = parallelism.judge_shrink(job_id, tuple(kept), self.backend.job_shape(job_id), now,
+                                           entry.result["ts_ms"] + self.window_ms)
+        if outcome.status == VERIFIED:
+            self.ledger.mark_verified(entry.action_id, True)
+            self.stats["verified"] += 1
+            self.publish(action_result(entry.action, "verified", outcome.text, entry.result["observed_effect"],
+                                       self.name, now, entry.result.get("observed_delta_kw")))
+            return True
+        if outcome.status == V_FAILED:
+            self.ledger.mark_verified(entry.action_id, False)
+            self.publish(action_result(entry.action, "failed", outcome.text, "verification failed", self.name, now))
+            undone = self.undo(entry)
+            self.stats["reverted"] += 1
+            self.publish(action_result(entry.action, "reverted", undone, "reverted after failed verification",
+                                       self.name, now))
+            self.raise_alarm(action_alarm(entry.action, "slurm", "opsloop.slurm-sink", "ACTION_VERIFY_FAILED",
+                                          f"slurm_shrink {entry.action_id} not verified: {outcome.text}; {undone}",
+                                          now))
+            return True
+        return False
 
     def _verify_reservation(self, entry, now: int) -> bool:
         action = entry.action
@@ -187,7 +310,9 @@ class SlurmSink(ActuatorSink):
         sent = False
         for entry in [e for e in waiting if e.action["kind"] == MAINTENANCE]:
             sent = self._verify_reservation(entry, now) or sent
-        waiting = [e for e in waiting if e.action["kind"] != MAINTENANCE]
+        for entry in [e for e in waiting if e.action["kind"] == SHRINK]:
+            sent = self._verify_shrink(entry, now) or sent
+        waiting = [e for e in waiting if e.action["kind"] not in (MAINTENANCE, SHRINK)]
         if not waiting and not due:
             return sent
         states = {j.job_id: j.state for j in self.backend.jobs()}

@@ -88,7 +88,23 @@ def _slurm_sink(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.slurm_sink import SlurmSink
     from opsloop.config.policy import load_policy
 
-    return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock())
+    return SlurmSink(settings, load_policy(settings.policy), clock=settings.clock(), site=site)
+
+
+def _gpu_sink(settings: Settings, site: Site) -> Processor:
+    import socket
+
+    from opsloop.config.policy import load_policy
+    from opsloop.connectors.slurm import ScontrolBackend, SlurmError
+    from opsloop.streams.gpu_sink import GpuSink
+
+    node = socket.gethostname().split(".")[0]
+    try:  # the partitions this node's GPUs serve: the actions it acts on
+        partitions = ScontrolBackend().node_partitions(node)
+    except (OSError, SlurmError) as exc:
+        log.warning("gpu-sink: cannot read the partitions of node %s from Slurm (%s): it acts on none", node, exc)
+        partitions = []
+    return GpuSink(settings, load_policy(settings.policy), node, partitions, clock=settings.clock())
 
 
 def _llm_sink(settings: Settings, site: Site) -> Processor:
@@ -126,6 +142,7 @@ def _narrate(app: "faust.App", settings: Settings) -> None:
 AGENTS: dict[str, Callable[[Settings, Site], Processor]] = {"rollup": _rollup, "views": _views, "anomaly": _anomaly}
 AGENTS.update({"guard": _guard, "pcs-sink": _pcs_sink, "slurm-sink": _slurm_sink})  # actuation (issue 4)
 AGENTS["llm-sink"] = _llm_sink  # the LLM-serving lever (issue 17)
+AGENTS["gpu-sink"] = _gpu_sink  # NVML clock locks and power limits on this node's GPUs
 AGENTS.update({"dedup": _dedup, "correlate": _correlate})  # alarm filter (issue 5)
 
 

@@ -117,6 +117,20 @@ def slurm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def slurm_nodes(tmp_path_factory):
+    """A real four-node Slurm on this host (four slurmd, 8 fake GPUs each), the demo site's partitions."""
+    from opsloop.config.site import load_site
+    from opsloop.ops.slurm import LocalSlurm
+
+    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm-nodes"), load_site(Settings().topology), nodes=4)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def llm_url(tmp_path_factory) -> str:
     """A real OpenAI-compatible server (llama-cpp-python, packaged SmolLM2-135M) for the session."""
     try:

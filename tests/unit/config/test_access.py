@@ -18,8 +18,8 @@ def _who(grants, operation: str, topic: str) -> set[str]:
 def test_only_the_guard_approves_only_the_sinks_and_views_read_approvals_only_the_noc_gives_feedback():
     grants = plan(Settings(topic_prefix="p."))
     assert _who(grants, "WRITE", "p.actions.approved") == {"guard"}
-    assert _who(grants, "READ", "p.actions.approved") == {"pcs-sink", "slurm-sink", "llm-sink", "cooling-sink", "views",
-                                                          "noc"}
+    assert _who(grants, "READ", "p.actions.approved") == {"pcs-sink", "slurm-sink", "llm-sink", "cooling-sink",
+                                                          "gpu-sink", "views", "noc"}
     assert _who(grants, "WRITE", "p.operator.feedback") == {"noc"}
 
 

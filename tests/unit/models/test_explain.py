@@ -61,3 +61,16 @@ def test_a_maintenance_reservation_reads_as_its_window_and_why():
     assert text.startswith("Reserve node7 on slurm for maintenance from 1970-01-01 02:00 UTC (4 h 0 min): no job is")
     assert "Why: Replace gpu node7/gpu3 between 1970-01-01 02:00 UTC and 1970-01-01 06:00 UTC" in text
     assert text.endswith("Low risk, proposed by rul.")
+
+
+@pytest.mark.parametrize("changes, start", [
+    ({"kind": "slurm_shrink", "target": "gpu-cluster", "setpoint_kw": None, "job_ids": ["42"],
+      "params": {"nodes": "2", "job_nodes": "4", "comment": "opsloop:dp:min=2"}},
+     "Shrink 1 job(s) (42) on gpu-cluster to 2 node(s) until 00:30 UTC"),
+    ({"kind": "gpu_clock_lock", "setpoint_kw": None, "params": {"partition": "batch", "sm_mhz": "1200"}},
+     "Lock the SM clocks of partition batch's GPUs at 1200 MHz until 00:30 UTC"),
+    ({"kind": "gpu_power_limit", "setpoint_kw": None, "params": {"partition": "batch", "watts": "450"}},
+     "Limit each GPU of partition batch to 450 W until 00:30 UTC"),
+])
+def test_the_elastic_and_gpu_kinds_read_as_what_they_do(changes, start):
+    assert ActionAdvisor().run(action(**changes))["text"].startswith(start)

@@ -388,3 +388,152 @@ def test_a_grid_limit_is_bounded_on_its_cap_and_ramps_from_the_power_it_expects(
     assert "soc_below_reserve" in decide(grid_limit(3000, 0), PlantState(low), policy, NOW).reason_codes
     broken = decide(grid_limit(1000, 0, grid_limit_kw="nan"), PlantState(ESS), policy, NOW)
     assert broken.reason_codes == ("invalid_setpoint",)
+
+
+# -- slurm_shrink and the GPU (NVML) kinds -------------------------------------------------------------------------
+
+from opsloop.config.policy import GpuLimits  # noqa: E402
+from opsloop.models.parallelism import declared  # noqa: E402
+
+NEW_KINDS = ("slurm_shrink", "gpu_clock_lock", "gpu_power_limit")
+gpu_limits = st.sampled_from([True, True, True, False]).flatmap(  # mostly a gpu section, sometimes none
+    lambda has: st.builds(GpuLimits, st.integers(1, 2000), st.floats(50, 700), st.floats(60, 7200)) if has
+    else st.none())
+new_kind_policies = st.builds(
+    lambda pcs, slurm, modes_by_kind, gpu: Policy(4, 600, pcs, replace(slurm, budget_window_s=0), modes_by_kind,
+                                                  gpu=gpu),
+    pcs_limits, slurm_limits, st.fixed_dictionaries({kind: modes.map(KindRule) for kind in NEW_KINDS}), gpu_limits)
+comments = st.one_of(st.none(), st.text(max_size=20),
+                     st.builds(lambda kind, minimum: f"run opsloop:{kind}" + (f":min={minimum}" if minimum else ""),
+                               st.sampled_from(["dp", "ep", "tp", "pp", "xp"]), st.one_of(st.none(), st.integers(0, 9))),
+                     st.just("opsloop:dp:min=2 opsloop:ep"))
+shrinks = st.builds(
+    lambda job_ids, parts, keep, nodes, comment, gpus, life_s: {
+        "action_id": "s", "kind": "slurm_shrink", "site": "demo", "job_ids": job_ids,
+        "expires_ms": NOW + int(life_s * 1000),
+        "params": {"partitions": ",".join(parts), "nodes": str(keep), "job_nodes": str(nodes),
+                   **({"comment": comment} if comment is not None else {}), "gpus": str(gpus)}},
+    st.lists(st.integers(1, 99).map(str), min_size=0, max_size=2, unique=True),
+    st.lists(st.sampled_from(PARTITIONS), min_size=1, max_size=2, unique=True),
+    st.integers(-1, 9), st.integers(1, 9), comments, st.integers(0, 64), st.floats(-60, 8000))
+gpu_actions = st.builds(
+    lambda kind, partition, value, life_s: {
+        "action_id": "g", "kind": kind, "site": "demo", "job_ids": [], "expires_ms": NOW + int(life_s * 1000),
+        "params": {"partition": partition, ("sm_mhz" if kind == "gpu_clock_lock" else "watts"): value}},
+    st.sampled_from(["gpu_clock_lock", "gpu_power_limit"]), st.sampled_from(PARTITIONS + [""]),
+    st.one_of(st.integers(-10, 2500).map(str), st.just("nan"), st.just("lots")), st.floats(-60, 8000))
+
+
+def near_valid_shrink(data, policy: Policy) -> dict:
+    """A shrink drawn around the policy's limits and the job's minimum, so that many are approved."""
+    limits = policy.slurm
+    nodes = data.draw(st.integers(2, 9))
+    minimum = data.draw(st.integers(1, nodes - 1))
+    keep = data.draw(st.integers(minimum, nodes - 1))
+    keep += data.draw(st.sampled_from([0] * 8 + [-1, nodes - keep]))  # sometimes below the minimum, or all nodes
+    kind = data.draw(st.sampled_from(["dp"] * 7 + ["ep", "tp", "pp"]))
+    partitions = data.draw(st.sampled_from([policy.slurm.touchable_partitions] * 9 + [tuple(PARTITIONS)]))
+    life_s = data.draw(st.floats(1, 1.2 * limits.max_hold_s))
+    gpus = data.draw(st.integers(0, max(1, int(1.2 * limits.max_gpu_hours_per_event * 3600 / life_s))))
+    return {"action_id": "s", "kind": "slurm_shrink", "site": "demo", "job_ids": ["7"],
+            "expires_ms": NOW + int(life_s * 1000),
+            "params": {"partitions": data.draw(st.sampled_from(partitions)), "nodes": str(keep),
+                       "job_nodes": str(nodes), "comment": f"opsloop:{kind}" + (f":min={minimum}" if kind == "dp"
+                                                                                else ""), "gpus": str(gpus)}}
+
+
+def near_valid_gpu(data, policy: Policy) -> dict:
+    floors = policy.gpu or GpuLimits(900, 300, 3600)
+    kind = data.draw(st.sampled_from(["gpu_clock_lock", "gpu_power_limit"]))
+    floor = floors.min_sm_clock_mhz if kind == "gpu_clock_lock" else floors.min_power_limit_w
+    life_s = data.draw(st.floats(1, 1.2 * floors.max_duration_s))
+    return {"action_id": "g", "kind": kind, "site": "demo", "job_ids": [], "expires_ms": NOW + int(life_s * 1000),
+            "params": {"partition": data.draw(st.sampled_from([*policy.slurm.touchable_partitions] * 3 + PARTITIONS)),
+                       ("sm_mhz" if kind == "gpu_clock_lock" else "watts"): str(data.draw(st.floats(0.8, 2.0)) * floor)}}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.data(), new_kind_policies, st.sampled_from([None, "op"]))
+def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(data, policy, operator):
+    action = data.draw(st.one_of(shrinks, st.builds(lambda d: near_valid_shrink(d, policy), st.data())))
+    decision = decide(action, PlantState(), policy, NOW, operator)
+    assert set(decision.reason_codes) <= REASON_CODES and len(decision.reasons) == len(decision.reason_codes)
+    parallel = declared(action["params"].get("comment"))
+    well_formed = action["expires_ms"] > NOW and len(action["job_ids"]) == 1 and int(action["params"]["nodes"]) >= 1
+    if parallel.kind in ("ep", "tp", "pp") and well_formed:  # refused for what it is, whatever else is wrong
+        assert decision.verdict == REJECTED and "not_elastic" in decision.reason_codes
+    if decision.verdict != APPROVED:
+        return
+    keep, nodes = int(action["params"]["nodes"]), int(action["params"]["job_nodes"])
+    assert parallel.kind == "dp" and parallel.min_nodes <= keep < nodes
+    assert len(action["job_ids"]) == 1 and action["expires_ms"] > NOW
+    limits = policy.slurm
+    assert all(p in limits.touchable_partitions and p not in limits.protected_partitions
+               for p in action["params"]["partitions"].split(","))
+    assert (action["expires_ms"] - NOW) / 1000 <= limits.max_hold_s
+    assert int(action["params"]["gpus"]) * (action["expires_ms"] - NOW) / 3_600_000 <= limits.max_gpu_hours_per_event
+    assert policy.mode("slurm_shrink") == "auto" or operator is not None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.data(), new_kind_policies, st.sampled_from([None, "op"]))
+def test_an_approved_gpu_action_stays_above_the_floors_on_a_touchable_partition(data, policy, operator):
+    action = data.draw(st.one_of(gpu_actions, st.builds(lambda d: near_valid_gpu(d, policy), st.data())))
+    decision = decide(action, PlantState(), policy, NOW, operator)
+    assert set(decision.reason_codes) <= REASON_CODES and len(decision.reasons) == len(decision.reason_codes)
+    if policy.gpu is None:
+        assert decision.verdict == REJECTED and decision.reason_codes[0] in ("no_gpu_policy", "expired")
+    if decision.verdict != APPROVED:
+        return
+    limits, params = policy.gpu, action["params"]
+    partition = params["partition"]
+    assert partition in policy.slurm.touchable_partitions and partition not in policy.slurm.protected_partitions
+    assert 0 < (action["expires_ms"] - NOW) / 1000 <= limits.max_duration_s
+    if action["kind"] == "gpu_clock_lock":
+        assert float(params["sm_mhz"]) >= limits.min_sm_clock_mhz
+    else:
+        assert float(params["watts"]) >= limits.min_power_limit_w
+
+
+SHRINK_POLICY = Policy(4, 600, policy_with().pcs, BUDGET, {"slurm_shrink": KindRule("approve")},
+                       gpu=GpuLimits(900, 300, 3600))
+
+
+def shrink(comment: str, keep: int = 2, nodes: int = 4) -> dict:
+    return {**slurm(kind="slurm_shrink", nodes=keep, job_nodes=nodes, comment=comment, gpus=(nodes - keep) * 8),
+            "job_ids": ["7"]}
+
+
+@pytest.mark.parametrize("comment, keep, code, sentence", [
+    ("opsloop:ep", 2, "not_elastic", "the job declares expert parallelism (opsloop:ep): it is held or suspended "
+                                     "whole, never shrunk"),
+    ("opsloop:tp", 2, "not_elastic", "the job declares tensor parallelism (opsloop:tp): it is held or suspended "
+                                     "whole, never shrunk"),
+    ("opsloop:pp", 3, "not_elastic", "the job declares pipeline parallelism (opsloop:pp): it is held or suspended "
+                                     "whole, never shrunk"),
+    ("", 2, "parallelism_not_declared", "the job declares no parallelism: only an opsloop:dp job is shrunk"),
+    ("opsloop:dp:min=3", 2, "below_min_replicas", "keeping 2 nodes is below the job's declared minimum of 3 "
+                                                  "(opsloop:dp:min=3)"),
+    ("opsloop:dp", 4, "nothing_to_release", "keeping 4 of the job's 4 nodes releases none"),
+])
+def test_a_shrink_the_job_does_not_allow_is_refused_with_its_code_even_for_an_operator(comment, keep, code, sentence):
+    assert decide(shrink(comment, keep), PlantState(), SHRINK_POLICY, NOW, "op") == Decision(REJECTED, (sentence,),
+                                                                                             (code,))
+
+
+def test_a_data_parallel_shrink_within_its_minimum_waits_for_an_operator_and_spends_budget():
+    assert decide(shrink("opsloop:dp:min=2"), PlantState(), SHRINK_POLICY, NOW).verdict == NEEDS_APPROVAL
+    assert decide(shrink("opsloop:dp:min=2"), PlantState(), SHRINK_POLICY, NOW, "op").verdict == APPROVED
+    full = spent(("old", "demo", 60, 20, 0.0))
+    assert decide(shrink("opsloop:dp:min=2"), full, SHRINK_POLICY, NOW, "op").reason_codes == ("over_budget",)
+
+
+def test_gpu_actions_are_off_without_the_gpu_section():
+    lock = {**slurm(kind="gpu_clock_lock"), "params": {"partition": "batch", "sm_mhz": "1200"}}
+    assert decide(lock, PlantState(), replace(SHRINK_POLICY, rules={"gpu_clock_lock": KindRule("auto")}),
+                  NOW).verdict == APPROVED
+    assert decide(lock, PlantState(), replace(SHRINK_POLICY, gpu=None), NOW, "op") == Decision(
+        REJECTED, ("the policy has no gpu section: GPU clock and power actions are off",), ("no_gpu_policy",))
+    limit = {**lock, "kind": "gpu_power_limit", "params": {"partition": "inference", "watts": "250"}}
+    assert decide(limit, PlantState(), SHRINK_POLICY, NOW, "op").reason_codes == ("protected_partition",
+                                                                                  "under_min_power_limit")

@@ -55,7 +55,8 @@ def test_windows_and_versions_are_checked(doc):
     bad = copy.deepcopy(doc)
     bad["actions"]["pcs_charge"]["windows"] = [{"start": "18:00", "end": "06:00"}]
     assert problems(bad) == ["actions.pcs_charge.windows.0: end 06:00 is not after start 18:00"]
-    assert problems({**doc, "version": 5}) == ["version: this opsloop reads policy versions 1, 2, 3 and 4, the file has 5"]
+    assert problems({**doc, "version": 5}) == ["version: this opsloop reads policy versions 1, 2, 3 and 4, "
+                                               "the file has 5"]
 
 
 def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
@@ -72,7 +73,7 @@ def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
 def test_a_version_1_file_loads_with_per_action_slurm_budgets(doc):
     old = copy.deepcopy(doc)
     old["version"] = 1
-    del old["slurm"]["budget_window_s"], old["llm"], old["cooling"]
+    del old["slurm"]["budget_window_s"], old["llm"], old["cooling"], old["gpu"]
     assert parse_policy(old).slurm.budget_window_s == 0
     assert parse_policy(doc).slurm.budget_window_s == 3600
     old["slurm"]["budget_window_s"] = 3600
@@ -92,7 +93,7 @@ def test_a_budget_window_must_cover_the_longest_hold(doc):
 def test_the_llm_section_needs_version_3_and_without_it_there_are_no_llm_limits(doc):
     assert parse_policy(doc).llm.slo_ttfb_s > 0
     older = {**copy.deepcopy(doc), "version": 2}
-    del older["cooling"]
+    del older["cooling"], older["gpu"]
     assert problems(older) == ["llm: needs policy version 3"]
     del older["llm"]
     assert parse_policy(older).llm is None
@@ -105,6 +106,7 @@ def test_the_cooling_section_needs_version_4_and_keeps_its_ranges_in_order(doc):
     assert (limits.inlet_min_c, limits.inlet_max_c) == (18, 27)  # ASHRAE's recommended envelope
     assert parse_policy(doc).mode("cooling_setpoint") == "approve"  # advice an operator approves, by default
     older = {**copy.deepcopy(doc), "version": 3}
+    del older["gpu"]
     assert problems(older) == ["cooling: needs policy version 4"]
     del older["cooling"]
     assert parse_policy(older).cooling is None
@@ -112,3 +114,15 @@ def test_the_cooling_section_needs_version_4_and_keeps_its_ranges_in_order(doc):
     assert problems(doc) == ["cooling: inlet_max_c must be above inlet_min_c",
                              "cooling: setpoint_max_c above inlet_max_c would aim the supply air past the inlet limit",
                              "cooling: max_change_c_per_h is smaller than one max_step_c"]
+
+
+def test_the_gpu_section_needs_version_4_and_without_it_there_are_no_gpu_limits(doc):
+    gpu = parse_policy(doc).gpu
+    assert gpu.min_sm_clock_mhz == 900 and gpu.min_power_limit_w == 300 and gpu.max_duration_s == 3600
+    older = {**copy.deepcopy(doc), "version": 3}
+    del older["cooling"]
+    assert problems(older) == ["gpu: needs policy version 4"]
+    del older["gpu"]
+    assert parse_policy(older).gpu is None
+    doc["gpu"]["min_sm_clock_mhz"] = 0
+    assert problems(doc) == ["gpu.min_sm_clock_mhz: 0 is less than the minimum of 1"]
