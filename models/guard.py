@@ -530,6 +530,9 @@ def cooling_problems(action: Mapping, state: CoolingState | None, limits: Coolin
     if hot > limits.inlet_max_c or cold < limits.inlet_min_c:
         problems.append(Reason(INLET_LIMIT, f"inlets would read {cold:.1f}-{hot:.1f} degC, outside the policy's "
                                             f"{limits.inlet_min_c:g}-{limits.inlet_max_c:g} degC"))
+    return problems
+
+
 def shrink_problems(action: Mapping) -> list[Reason]:
     """A shrink names one job, how many nodes it has and keeps, and what its comment declares.
 
