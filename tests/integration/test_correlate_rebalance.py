@@ -35,6 +35,7 @@ STREAM_S = 20.0  # wall time the source takes
 def site_files(directory: Path) -> list[Path]:
     """``SITES`` copies of the colo site, ids colo-0 ...: the worker correlates each on its own topology."""
     text = COLO.read_text()
+    directory.mkdir()
     paths = [directory / f"colo-{k}.yaml" for k in range(SITES)]
     for k, path in enumerate(paths):
         path.write_text(text.replace("id: colo\n", f"id: colo-{k}\n", 1))
