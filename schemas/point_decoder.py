@@ -32,6 +32,7 @@ from opsloop.schemas.point_encoder import FIELDS
 
 _DOUBLE = struct.Struct("<d").unpack_from
 HEADER = len(MARKER) + 8
+STAMP = 6  # bytes of ts_ms's varint from mid-1970 to 2039: the ones cached
 
 
 class _Unusual(Exception):
@@ -68,6 +69,7 @@ class PointDecoder:
         self.max_series = max_series
         self._heads: dict[bytes, tuple[str, str, str, str]] = {}  # bytes of site..metric → the strings
         self._tails: dict[bytes, tuple[str, str]] = {}  # bytes of unit, source (to the end) → the strings
+        self._stamps: dict[bytes, int] = {}  # a whole varint of STAMP bytes → ts_ms
         self.fast = 0  # records decoded here, not by the codec (for tests and the bench)
 
     def decode(self, data: bytes | None) -> dict:
@@ -75,18 +77,12 @@ class PointDecoder:
         if data is None or len(data) > MAX_RECORD_BYTES or data[:HEADER] != self.header:
             return self.codec.decode_as("TelemetryPoint", data)
         try:
-            # ts_ms: zig-zag varint
-            pos, shift, z = HEADER, 0, 0
-            while True:
-                b = data[pos]
-                z |= (b & 0x7F) << shift
-                pos += 1
-                if b < 0x80:
-                    break
-                shift += 7
-                if shift > 56:  # past 9 bytes: left to the codec
-                    raise _Unusual
-            ts = (z >> 1) ^ -(z & 1)
+            # ts_ms: zig-zag varint, the points of one poll share it
+            ts = self._stamps.get(data[HEADER:HEADER + STAMP])
+            if ts is not None:
+                pos = HEADER + STAMP
+            else:
+                pos, ts = self._stamp(data)
             # site, device, device_type, metric: their bytes run to the double, found by the four lengths
             start, end = pos, pos
             for _ in range(4):
@@ -104,6 +100,25 @@ class PointDecoder:
         self.fast += 1
         return {"ts_ms": ts, "site": head[0], "device": head[1], "device_type": head[2], "metric": head[3],
                 "value": value, "unit": tail[0], "source": tail[1]}
+
+    def _stamp(self, data: bytes) -> tuple[int, int]:
+        """(end, ts_ms) of the varint after the header; one of ``STAMP`` bytes is kept for the next points."""
+        pos, shift, z = HEADER, 0, 0
+        while True:
+            b = data[pos]
+            z |= (b & 0x7F) << shift
+            pos += 1
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 56:  # past 9 bytes: left to the codec
+                raise _Unusual
+        ts = (z >> 1) ^ -(z & 1)
+        if pos == HEADER + STAMP:  # the key is a whole varint: the same bytes are the same time
+            if len(self._stamps) >= 4096:
+                self._stamps.clear()
+            self._stamps[data[HEADER:pos]] = ts
+        return pos, ts
 
     def _first(self, data: bytes) -> dict:
         """A series (or unit and source) not seen yet: the codec decodes it, and its parts are kept when the

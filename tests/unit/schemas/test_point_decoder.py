@@ -54,6 +54,15 @@ def test_a_repeated_series_takes_the_fast_path():
         p = point(ts_ms=1_760_000_000_000 + 1000 * i, value=float(i))
         assert decoder.decode(CODEC.encode("TelemetryPoint", p)) == p
     assert decoder.fast == 99  # all but the first, which the codec decoded
+    assert len(decoder._stamps) == 100  # each time's varint, kept for the other points of its poll
+
+
+def test_times_of_every_varint_length_decode_from_the_stamp_cache_or_not():
+    decoder = PointDecoder(CODEC)
+    for ts in [0, 1, -1, 2**34 - 1, 2**34, 1_760_000_000_000, 2**41 - 1, 2**41, -2**41, 2**62, -2**63, 2**63 - 1]:
+        data = CODEC.encode("TelemetryPoint", point(ts_ms=ts))
+        assert [decoder.decode(data)["ts_ms"] for _ in range(2)] == [ts, ts]
+    assert set(decoder._stamps.values()) == {2**34, 1_760_000_000_000, 2**41 - 1, -2**41}  # six-byte varints only
 
 
 def test_a_damaged_record_is_refused_as_the_codec_refuses_it():
