@@ -52,13 +52,13 @@ class EventTimeBounds:
         """Why ``ts_ms`` cannot be believed, or None."""
         if ts_ms < 0:
             return f"event time {iso_ms(ts_ms)} is before the epoch"
-        limit = f"limit {_hours(self.max_future_ms)} h"
         if now_ms is not None and ts_ms > now_ms + self.max_future_ms:
-            return f"event time {iso_ms(ts_ms)} is {_hours(ts_ms - now_ms)} h ahead of the processing clock ({limit})"
+            return (f"event time {iso_ms(ts_ms)} is {_hours(ts_ms - now_ms)} h ahead of the processing clock "
+                    f"(limit {_hours(self.max_future_ms)} h)")
         if (latest_ms is not None and ts_ms > latest_ms + self.max_future_ms
                 and (now_ms is None or ts_ms < now_ms - self.max_future_ms)):  # the present is always believed
             return (f"event time {iso_ms(ts_ms)} is {_hours(ts_ms - latest_ms)} h ahead of its stream "
-                    f"(latest {iso_ms(latest_ms)}, {limit})")
+                    f"(latest {iso_ms(latest_ms)}, limit {_hours(self.max_future_ms)} h)")
         if watermark_ms is not None and ts_ms < watermark_ms - self.max_past_ms:
             return (f"event time {iso_ms(ts_ms)} is {_hours(watermark_ms - ts_ms)} h behind its stream "
                     f"(watermark {iso_ms(watermark_ms)}, limit {_hours(self.max_past_ms)} h)")

@@ -61,6 +61,7 @@ from opsloop.models.names import SiteNames
 from opsloop.models.rollup import Invalid, LaneWatermarks, SiteRollup, fold
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
+from opsloop.schemas.point_decoder import PointDecoder
 from opsloop.streams.processor import BatchProcessor
 
 
@@ -94,6 +95,7 @@ class RollupProcessor(BatchProcessor):
         self.wall_clock = wall_clock  # processing time for event-time bounds and partition holds
         self._metadata_full = False  # warned that lanes did not fit the commit metadata
         self.now_ms = int(wall_clock() * 1000)
+        self.decode = PointDecoder(self.codec).decode  # the codec's result, several times cheaper per point
         self.stats = {"points": 0, "snapshots": 0, "dead_letters": 0, "replayed_skipped": 0, "commits": 0}
         self._reset()
 
@@ -139,7 +141,7 @@ class RollupProcessor(BatchProcessor):
     def handle(self, msg) -> None:
         partition, offset = msg.partition(), msg.offset()
         try:
-            point = self.codec.decode_as("TelemetryPoint", msg.value())
+            point = self.decode(msg.value())
         except DecodeError as exc:
             self.dead_letter(msg, "decode", exc.reason)
             return

@@ -1,4 +1,4 @@
-"""The scale suite of `opsloop bench`: Kafka's own limit, then the rollup in 1, 2 and 4 processes, then exactly-once.
+"""The scale suite of `opsloop bench`: Kafka's own limit, the rollup in 1, 2 and 4 processes, exactly-once, a peer.
 
 * **The limit.** Kafka's own perf tools of the broker's release (``ProducerPerformance`` and
   ``ConsumerPerformance`` from ``org.apache.kafka:kafka-tools``, fetched with Maven like the broker)
@@ -13,12 +13,22 @@
   same cores) wall-clock totals only show the cores, not the scaling.
 * **Exactly-once.** The single-process rollup once more with ``delivery = exactly-once`` (outputs,
   offsets and commit metadata in one Kafka transaction per commit), beside the at-least-once run.
+* **Like for like.** ``ConsumerPerformance`` also reads the bench's own ``telemetry.raw``, and the JVM's CPU
+  time is measured (``RUSAGE_CHILDREN``) with that of a one-record run taken off (its start-up and exit), so
+  each rollup process is printed as a share of the consumer tool's rate by the wall clock and per CPU-second
+  (against the tool's best of the two topics).
+* **Before and after.** The single process once more decoding with the generic codec instead of
+  ``PointDecoder``, in the same rounds.
+* **The peer.** The same rollup written in Quix Streams (``ops/bench/quix_rollup.py``), run in a venv of its
+  own (``ops/bench/peers.py``: its confluent-kafka pin conflicts with ours) over the same records.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import re
+import resource
 import subprocess
 import threading
 import time
@@ -67,31 +77,67 @@ def site_points(n: int, partitions: int, start_ms: int = 1_717_200_000_000) -> l
 
 # -- Kafka's own tools ----------------------------------------------------------------------
 
-def kafka_limit(settings: Settings, topic: str, records: int = PERF_RECORDS) -> tuple[float, float]:
-    """(produced, consumed) records/s of Kafka's ProducerPerformance and ConsumerPerformance on ``topic``."""
+def _tool_java(settings: Settings) -> list[str]:
     from opsloop.ops.kafka import HERE, LocalKafka
 
     tools = LocalKafka(settings.cache_dir, settings.data_dir / "kafka").install_tools()
-    java = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}", "-cp", str(tools / "*")]
-    produced = subprocess.run(
-        [*java, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(records),
-         "--record-size", "100", "--throughput", "-1", "--producer-props", f"bootstrap.servers={settings.broker}",
-         "linger.ms=5", "batch.size=262144", "compression.type=lz4"], capture_output=True, text=True, check=True)
-    rate = re.findall(r"records sent, ([\d.]+) records/sec", produced.stdout)
+    return ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}", "-cp", str(tools / "*")]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """One ConsumerPerformance run: messages read, rate over its whole run and over fetching alone (its own
+    figures, wall clock), and the CPU seconds of the whole JVM (every thread; start-up and exit too)."""
+
+    messages: int
+    rate: float
+    fetch_rate: float
+    cpu_s: float
+
+
+def consumer_tool(settings: Settings, topic: str, messages: int) -> ToolRun:
+    """Kafka's ConsumerPerformance reading ``messages`` of ``topic`` in a group of its own, with the JVM's CPU time
+    (the bench reaps no other child meanwhile, so the change in RUSAGE_CHILDREN is the JVM's)."""
+    cpu = _children_cpu()
     consumed = subprocess.run(
-        [*java, "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", settings.broker, "--topic", topic,
-         "--messages", str(records), "--timeout", "60000"], capture_output=True, text=True, check=True)
-    # header, then: start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, ...
+        [*_tool_java(settings), "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", settings.broker,
+         "--topic", topic, "--messages", str(messages), "--timeout", "60000",
+         "--group", f"bench-perf-{uuid.uuid4().hex[:6]}"], capture_output=True, text=True, check=True)
+    cpu = _children_cpu() - cpu
+    # header, then: start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec,
+    # rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
     row = consumed.stdout.strip().splitlines()[-1].split(",")
-    return float(rate[-1]), float(row[5])
+    return ToolRun(int(float(row[4])), float(row[5]), float(row[9]), cpu)
+
+
+def kafka_limit(settings: Settings, topic: str, records: int = PERF_RECORDS) -> tuple[float, ToolRun]:
+    """ProducerPerformance's records/s writing ``records`` to ``topic``, then ConsumerPerformance reading them."""
+    produced = subprocess.run(
+        [*_tool_java(settings), "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+         "--num-records", str(records), "--record-size", "100", "--throughput", "-1", "--producer-props",
+         f"bootstrap.servers={settings.broker}", "linger.ms=5", "batch.size=262144", "compression.type=lz4"],
+        capture_output=True, text=True, check=True)
+    rate = re.findall(r"records sent, ([\d.]+) records/sec", produced.stdout)
+    return float(rate[-1]), consumer_tool(settings, topic, records)
+
+
+def tool_per_cpu(run: ToolRun, start_up: ToolRun) -> float:
+    """Messages per CPU-second of the consumer tool, its JVM's start-up and exit (a run of one message) taken off."""
+    return run.messages / max(run.cpu_s - start_up.cpu_s, 1e-3)
 
 
 # -- rollup processes ------------------------------------------------------------------------
 
-def _rollup_process(settings: Settings, expected: dict, slot, go, end, results) -> None:
+def _rollup_process(settings: Settings, expected: dict, slot, go, end, results, generic_decode: bool) -> None:
     """One rollup process of the bench's group: partitions paused until ``go``; once it has folded every point of
     its partitions (``expected``: partition → points) its Share goes on ``results``; it stops at ``end`` (a process
-    that left earlier would move the others' partitions)."""
+    that left earlier would move the others' partitions). ``generic_decode``: decode with the codec, as before
+    ``PointDecoder`` (the before/after of the same run)."""
     from confluent_kafka import TopicPartition
 
     from opsloop.streams.rollup import RollupProcessor
@@ -118,6 +164,8 @@ def _rollup_process(settings: Settings, expected: dict, slot, go, end, results) 
             super().before_batch()
 
     proc = GatedRollup(settings)
+    if generic_decode:
+        proc.decode = functools.partial(proc.codec.decode_as, "TelemetryPoint")
 
     def watch() -> None:  # first and last point: wall and CPU time of the whole process (every thread)
         go.wait()
@@ -138,13 +186,14 @@ def _rollup_process(settings: Settings, expected: dict, slot, go, end, results) 
     watcher.join()
 
 
-def rollup_group(settings: Settings, processes: int, expected: dict, timeout_s: float = 300.0) -> list[Share]:
+def rollup_group(settings: Settings, processes: int, expected: dict, timeout_s: float = 300.0,
+                 generic_decode: bool = False) -> list[Share]:
     """Run ``processes`` rollup processes in a fresh consumer group over the bench's topic; their shares."""
     ctx = multiprocessing.get_context("spawn")
     settings = settings.replace(app_id=f"bench-{uuid.uuid4().hex[:6]}")
     go, end, results = ctx.Event(), ctx.Event(), ctx.Queue()
     slots = [ctx.Value("i", 0) for _ in range(processes)]
-    children = [ctx.Process(target=_rollup_process, args=(settings, expected, slot, go, end, results))
+    children = [ctx.Process(target=_rollup_process, args=(settings, expected, slot, go, end, results, generic_decode))
                 for slot in slots]
     for child in children:
         child.start()
@@ -175,6 +224,7 @@ def summary(shares: list[Share]) -> tuple[int, float, float, int]:
 def run_scale_bench(settings: Settings, events: int = 200_000, rounds: int = 2) -> int:
     from opsloop.config.catalog import load_catalog
     from opsloop.connectors.kafka import producer, send, wait_delivered
+    from opsloop.ops.bench.peers import QUIX_VERSION, quix_rollup
     from opsloop.ops.kafka import KAFKA_VERSION, scratch_topics
 
     partitions = load_catalog(settings.topics_file)["telemetry.raw"].partitions
@@ -185,33 +235,60 @@ def run_scale_bench(settings: Settings, events: int = 200_000, rounds: int = 2) 
             expected[partition] += 1
         wait_delivered(prod)
         del prod
+        raw = bench.topic("telemetry.raw")
         results: dict[str, list] = {}
-        limits = []
+        limits, tools, start_ups, quix = [], [], [], []
         for _ in range(rounds):  # rounds alternate: this machine is shared and noisy
             limits.append(kafka_limit(bench, bench.topic("bench.perf")))
+            start_ups.append(consumer_tool(bench, raw, 1))  # the JVM's start-up and exit, to take off its CPU
+            tools.append(consumer_tool(bench, raw, events))  # like for like: the rollup's own records
+            results.setdefault("codec", []).append(summary(rollup_group(bench, 1, expected, generic_decode=True)))
             for n in PROCESSES:
                 results.setdefault(f"{n}", []).append(summary(rollup_group(bench, n, expected)))
             results.setdefault("eos", []).append(
                 summary(rollup_group(bench.replace(delivery="exactly-once"), 1, expected)))
-    produced, consumed = max(p for p, _ in limits), max(c for _, c in limits)
+            quix.append(quix_rollup(bench, events))
+    produced = max(p for p, _ in limits)
+    limit = max((c for _, c in limits), key=lambda c: c.fetch_rate)
+    start_up = min(start_ups, key=lambda t: t.cpu_s)
+    tool = max(tools, key=lambda t: t.fetch_rate)
+    limit_cpu = max(tool_per_cpu(c, start_up) for _, c in limits)
+    tool_cpu = max(tool_per_cpu(t, start_up) for t in tools)
+    # the ratios' denominators: the consumer tool's best of either topic, so the share is never flattered
+    best_wall, best_cpu = max(limit.fetch_rate, tool.fetch_rate), max(limit_cpu, tool_cpu)
     best = {name: max(runs, key=lambda r: r[2]) for name, runs in results.items()}
     single = best["1"][2]
     print(f"\nscale: {events:,} telemetry points, {partitions} partitions, {partitions * SITES_PER_PARTITION} sites "
           f"(each on one partition), Apache Kafka {KAFKA_VERSION} on loopback, best of {rounds} by points/CPU-s")
-    print(f"  limit   (best of {rounds}, one run per round)")
     print(f"  limit   Kafka ProducerPerformance, {PERF_RECORDS:,} x 100 B, lz4, linger 5 ms   {produced:>10,.0f} records/s")
-    print(f"  limit   Kafka ConsumerPerformance, the same records                      {consumed:>10,.0f} records/s")
+    print(f"  limit   Kafka ConsumerPerformance, the same records   {limit.rate:>10,.0f} records/s "
+          f"({limit.fetch_rate:,.0f} fetching; {limit_cpu:,.0f} per CPU-s net of the JVM's start-up, "
+          f"{limit.messages / limit.cpu_s:,.0f} with it)")
+    print(f"  tool    Kafka ConsumerPerformance on the bench's telemetry.raw (the rollup's own records): "
+          f"{tool.fetch_rate:,.0f} records/s fetching, {tool_cpu:,.0f} per CPU-s net of the JVM's start-up "
+          f"({start_up.cpu_s:.2f} CPU-s for one record; {tool.messages / tool.cpu_s:,.0f} per CPU-s with it)")
     print("  rollup  processes  points/s (group, wall)  points/CPU-s per process  vs 1 process  "
-          "per process / Kafka consumer")
-    for n in PROCESSES:
-        _, wall_rate, per_cpu, _ = best[f"{n}"]
-        print(f"          {n:>9}  {wall_rate:>22,.0f}  {per_cpu:>24,.0f}  {per_cpu / single:>12.2f}  "
-              f"{wall_rate / n / consumed:>28.1%}")
+          f"per process / consumer tool's best ({best_wall:,.0f}/s fetching, {best_cpu:,.0f}/CPU-s): wall, CPU")
+    rows = [("codec", "1 (codec decode)")] + [(f"{n}", f"{n}") for n in PROCESSES]
+    for name, label in rows:
+        n = int(label.split()[0])
+        _, wall_rate, per_cpu, _ = best[name]
+        print(f"  {label:>18}  {wall_rate:>22,.0f}  {per_cpu:>24,.0f}  {per_cpu / single:>12.2f}  "
+              f"{wall_rate / n / best_wall:>12.1%}, {per_cpu / best_cpu:.1%}")
     eos_wall, eos_cpu = best["eos"][1], best["eos"][2]
     print(f"  eos     1 process, exactly-once (Kafka transactions)  {eos_wall:>10,.0f} points/s  "
           f"{eos_cpu:>10,.0f} points/CPU-s  = {eos_cpu / single:.2f} of at-least-once per CPU-s, "
           f"{eos_wall / best['1'][1]:.2f} by the wall clock ({best['eos'][3]} transactions; at-least-once: "
           f"{best['1'][3]} commits)")
+    q = max(quix, key=lambda r: r["points"] / max(r["cpu_s"], 1e-9))
+    q_wall, q_cpu = q["points"] / max(q["wall_s"], 1e-9), q["points"] / max(q["cpu_s"], 1e-9)
+    print(f"  peer    Quix Streams {QUIX_VERSION}, the same rollup (1 process, grace 3600 s): {q_wall:>10,.0f} points/s  "
+          f"{q_cpu:>10,.0f} points/CPU-s ({q['late']:,} late); opsloop / Quix = {best['1'][1] / q_wall:.1f}x wall, "
+          f"{single / q_cpu:.1f}x per CPU-s")
+    print(f"  before/after decode (1 process): codec {best['codec'][2]:,.0f} -> PointDecoder {single:,.0f} points/CPU-s "
+          f"({single / best['codec'][2]:.2f}x); round by round: "
+          + ", ".join(f"{c[2] / 1000:.0f}k -> {f[2] / 1000:.0f}k" for c, f in zip(results["codec"], results["1"])))
+    quix_runs = ", ".join(f"{r['points'] / max(r['cpu_s'], 1e-9) / 1000:.0f}k" for r in quix)
     print("  (all runs, points/CPU-s: " + "; ".join(f"{name}: {', '.join(f'{r[2] / 1000:.0f}k' for r in runs)}"
-                                                   for name, runs in results.items()) + ")")
+                                                   for name, runs in results.items()) + f"; quix: {quix_runs})")
     return 0
