@@ -257,9 +257,8 @@ def _feed_path(topo: Topology, root: str, device: str, chain: str) -> list[str] 
 PENDING = "verdict = 'needs_approval' AND result IS NULL"
 ACTIONS_SQL = (  # every pending action and one page of the others, from one read of the view
     "WITH a AS (SELECT a.*, p.job_ids, p.expected_effect, p.expected_delta_kw, p.proposer, p.created_ms, "
-    f"p.expires_ms, coalesce({PENDING}, false) AS pending FROM v_actions a JOIN actions_proposed p USING (action_id) "
-    "WHERE {where} "
-    "QUALIFY row_number() OVER (PARTITION BY a.action_id ORDER BY p._partition DESC, p._offset DESC) = 1), "
+    f"p.expires_ms, coalesce({PENDING}, false) AS pending FROM v_actions a "
+    "JOIN action_proposal_latest p USING (action_id) WHERE {where}), "
     "n AS (SELECT *, row_number() OVER (PARTITION BY pending ORDER BY created DESC, action_id) AS n, "
     "count(*) FILTER (WHERE NOT pending) OVER () AS total FROM a) "
     "SELECT * FROM n WHERE pending OR n > ? AND n <= ? ORDER BY pending DESC, created DESC, action_id")
@@ -288,14 +287,11 @@ def alarms(con, *, site: str = "", limit: int = 200) -> list[dict]:
     """The latest state of each deduplicated alarm (by fingerprint), newest first, with its dedup count."""
     where, args = "", []
     if site:
-        where, args = "WHERE json_extract_string(alarm, '$.site') = ?", [site]
+        where, args = "WHERE site = ?", [site]
     rows = _dicts(con.execute(
         "SELECT fingerprint, duplicate_count, first_seen_ms, last_seen_ms, flapping, noise_score, noise, "
-        "decision_reason, json_extract_string(alarm, '$.site') AS site, json_extract_string(alarm, '$.device') "
-        "AS device, json_extract_string(alarm, '$.code') AS code, json_extract_string(alarm, '$.severity') AS "
-        "severity, json_extract_string(alarm, '$.state') AS state, json_extract_string(alarm, '$.text') AS text "
-        f"FROM alarms_clean {where} QUALIFY row_number() OVER (PARTITION BY fingerprint ORDER BY last_seen_ms "
-        "DESC, _partition DESC, _offset DESC) = 1 ORDER BY last_seen_ms DESC LIMIT ?", args + [limit]))
+        f"decision_reason, site, device, code, severity, state, text FROM v_alarms_latest {where} "
+        "ORDER BY last_seen_ms DESC, fingerprint LIMIT ?", args + [limit]))
     labels = dict(con.execute(
         "SELECT target_id, arg_max(kind, ts_ms) FROM operator_feedback WHERE kind IN ('alarm_noise', "
         "'alarm_actionable') GROUP BY target_id").fetchall())
