@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS alarm_latest (
     severity VARCHAR, state VARCHAR, text VARCHAR, duplicate_count INTEGER, first_seen_ms BIGINT, flapping BOOLEAN,
     noise_score DOUBLE, noise BOOLEAN, decision_reason VARCHAR, reason_code VARCHAR, noise_reason_code VARCHAR,
     last_seen_ms BIGINT, _partition INTEGER, _offset BIGINT);
+-- The latest report of each running agent instance (agents.health, by instance).
+CREATE TABLE IF NOT EXISTS agent_health_latest (
+    instance VARCHAR PRIMARY KEY, agent VARCHAR, "group" VARCHAR, partitions INTEGER, lag BIGINT, processed BIGINT,
+    dead_letters BIGINT, last_input_ms BIGINT, last_commit_ms BIGINT, last_output_ms BIGINT, ts_ms BIGINT,
+    _partition INTEGER, _offset BIGINT);
 
 -- Site power per site and minute; a re-emitted window counts once (the latest emission wins). Averages over
 -- the minute's windows; pue is energy-weighted (it equals the record's pue for one window a minute). Read from
@@ -88,6 +93,20 @@ SELECT fingerprint, site, device, device_type, code, severity, state, text, dupl
        event_ts(first_seen_ms) AS first_seen, event_ts(last_seen_ms) AS last_seen, flapping, noise_score, noise,
        decision_reason, reason_code, noise_reason_code, first_seen_ms, last_seen_ms
 FROM alarm_latest;
+
+-- Each running agent's health, one row per instance (a process running the agent), from the reports every
+-- batch-loop agent publishes on agents.health while it runs (no Kafka admin request behind any of it): when it
+-- reported, its consumer group, partitions, lag (messages behind the broker's end), messages handled and dead
+-- letters since it started, and when it last handled a message, committed progress and sent an output.
+-- dead_letters_1h: the messages it dead-lettered in the hour before its report (as v_deadletter counts them).
+CREATE OR REPLACE VIEW v_agents_health AS
+SELECT h.agent, h.instance, h."group", event_ts(h.ts_ms) AS reported, h.partitions, h.lag, h.processed,
+       h.dead_letters, event_ts(h.last_input_ms) AS last_input, event_ts(h.last_commit_ms) AS last_commit,
+       event_ts(h.last_output_ms) AS last_output,
+       (SELECT count(DISTINCT (d.topic, d."partition", d."offset")) FROM deadletter d
+        WHERE d.agent = h.agent AND d._kafka_ts_ms > h.ts_ms - 3600000 AND d._kafka_ts_ms <= h.ts_ms) AS dead_letters_1h,
+       h.ts_ms
+FROM agent_health_latest h;
 
 -- Latest peak forecast per site.
 CREATE OR REPLACE VIEW v_forecasts_latest AS

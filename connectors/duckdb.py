@@ -6,7 +6,7 @@ rows and the next offset of each partition (table ``_kafka_offsets``) are stored
 transaction (``store_batch``). The views agent (streams/views.py) is the only writer.
 
 Beside the topic tables the writer keeps a few derived tables (``DERIVED``: per-minute site power, each
-action's latest proposal, verdict and result) that config/views.sql declares and its views read. Each
+action's latest proposal, verdict and result, each alarm's and each agent instance's latest state) that config/views.sql declares and its views read. Each
 batch updates them for the keys it touches, in the batch's transaction, so a page's query reads prepared
 rows instead of recomputing every record's window function; a writer that finds one missing (a file from
 an older version) creates it and fills it from the topic tables.
@@ -84,6 +84,9 @@ DERIVED: dict[str, list[tuple[str, str, bool]]] = {
             "site", "device", "device_type", "code", "severity", "state", "text")) + ", duplicate_count, first_seen_ms, "
         "flapping, noise_score, noise, decision_reason, reason_code, noise_reason_code",
         ("last_seen_ms", "_partition", "_offset")), False)],
+    "agents_health": [("agent_health_latest", _latest(
+        "agent_health_latest", "instance", "agent, \"group\", partitions, lag, processed, dead_letters, last_input_ms, "
+        "last_commit_ms, last_output_ms", ("ts_ms", "_partition", "_offset")), False)],
 }
 
 

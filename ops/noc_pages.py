@@ -307,5 +307,22 @@ def sources(con) -> list[dict]:
         "_partition DESC, _offset DESC) = 1 ORDER BY status <> 'ok' DESC, site, source"))
 
 
+SILENT_S = 60  # an agent instance whose last report is this far behind the newest report is shown as silent
+GONE_S = 600  # an instance this far behind its agent's newest report was replaced (a restart): not shown
+
+
+def agents(con) -> list[dict]:
+    """Each running agent instance's latest health report (agents.health): lag, last input, commit and output,
+    dead letters in the hour before; ``silent_s``: how far its report is behind the newest report of any agent
+    (the page's "now", as everywhere on the NOC)."""
+    rows = _dicts(con.execute(
+        "WITH h AS (SELECT *, max(ts_ms) OVER () AS newest, max(ts_ms) OVER (PARTITION BY agent) AS agent_newest "
+        "FROM v_agents_health) SELECT *, (newest - ts_ms) / 1000 AS silent_s FROM h "
+        f"WHERE ts_ms >= agent_newest - {GONE_S * 1000} ORDER BY agent, instance"))
+    for r in rows:
+        r["status"] = "reporting" if r["silent_s"] <= SILENT_S else "silent"
+    return rows
+
+
 def dead_letters(con) -> int:
     return con.execute("SELECT count(*) FROM v_deadletter").fetchone()[0]

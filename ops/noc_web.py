@@ -295,7 +295,7 @@ def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tupl
         if path == "/alarms":
             return "alarms_live.html", {"alarms": noc_pages.alarms(con, site=params.get("site", ""))}
         if path == "/sources":
-            return "sources_live.html", {"sources": noc_pages.sources(con),
+            return "sources_live.html", {"sources": noc_pages.sources(con), "agents": noc_pages.agents(con),
                                          "dead_letters": noc_pages.dead_letters(con)}
         if path == "/audit" and caller.is_admin:
             rows = [dict(zip([d[0] for d in cur.description], r)) for cur in [con.execute(

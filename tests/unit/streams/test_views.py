@@ -477,3 +477,39 @@ def test_a_file_without_the_derived_tables_gets_them_filled_when_the_writer_open
             con.execute("SELECT * FROM v_actions ORDER BY ALL").fetchall(),
             con.execute("SELECT * FROM v_alarms_latest").fetchall()) == before
     con.close()
+
+
+def _health(instance: str, ts_ms: int, processed: int, lag: int | None = 0) -> dict:
+    from opsloop.models.records import agent_health
+
+    return agent_health("guard", "opsloop.guard", instance, ts_ms, 4, lag, processed, 1, ts_ms - 500, ts_ms - 400,
+                        ts_ms - 300)
+
+
+def test_agents_health_shows_each_instances_latest_report_and_its_dead_letters_of_the_last_hour(settings):
+    from opsloop.ops.noc_pages import agents
+
+    codec = Codec.default()
+    dead = {"topic": "actions.proposed", "partition": 0, "offset": 1, "key": None, "value": b"junk",
+            "error_kind": "decode", "error": "not Avro", "agent": "guard", "message_ts_ms": T0}
+    messages = [  # (topic, record, value, broker timestamp)
+        ("agents.health", "AgentHealth", _health("guard@a/1/x", T0 + 30_000, 12), None),
+        ("agents.health", "AgentHealth", _health("guard@a/1/x", T0 + 15_000, 5), None),  # older, read later
+        ("agents.health", "AgentHealth", _health("guard@b/2/y", T0 - 120_000, 3, None), None),  # silent for 150 s
+        ("agents.health", "AgentHealth", _health("guard@c/3/z", T0 - 3_600_000, 1), None),  # replaced long ago
+        ("deadletter", "DeadLetter", dead, T0 - 4_000_000),  # more than an hour before the report
+        ("deadletter", "DeadLetter", {**dead, "offset": 2}, T0),
+        ("deadletter", "DeadLetter", {**dead, "offset": 2}, T0 + 1),  # the same message again: counted once
+        ("deadletter", "DeadLetter", {**dead, "offset": 3, "agent": "dedup"}, T0),
+    ]
+    sink = ViewsSink(settings)
+    sink.write_batch([Msg(PREFIX + topic, 0, i, codec.encode(record, value), ts=ts)
+                      for i, (topic, record, value, ts) in enumerate(messages)])
+    rows = {r["instance"]: r for r in agents(sink.con.cursor())}
+    assert set(rows) == {"guard@a/1/x", "guard@b/2/y"}
+    now = rows["guard@a/1/x"]
+    assert (now["status"], now["processed"], now["lag"], now["dead_letters_1h"], now["group"]) == \
+        ("reporting", 12, 0, 1, "opsloop.guard")
+    assert (rows["guard@b/2/y"]["status"], rows["guard@b/2/y"]["silent_s"], rows["guard@b/2/y"]["lag"]) == \
+        ("silent", 150, None)
+    sink.close()
