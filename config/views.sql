@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS action_verdict_latest (
     decided_ms BIGINT, _partition INTEGER, _offset BIGINT);
 CREATE TABLE IF NOT EXISTS action_result_latest (
     action_id VARCHAR PRIMARY KEY, status VARCHAR, detail VARCHAR, observed_delta_kw DOUBLE, executor VARCHAR,
-    ts_ms BIGINT, _partition INTEGER, _offset BIGINT);
+    ts_ms BIGINT, _partition INTEGER, _offset BIGINT, observed_effect VARCHAR);
 -- The latest state of each deduplicated alarm (alarms.clean, by fingerprint: the latest last_seen_ms wins).
 CREATE TABLE IF NOT EXISTS alarm_latest (
     fingerprint VARCHAR PRIMARY KEY, site VARCHAR, device VARCHAR, device_type VARCHAR, code VARCHAR,
@@ -124,13 +124,15 @@ FROM forecasts_rul
 QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
 
 -- One row per action: what was proposed, the guard's latest verdict, and the latest result (from the
--- writer's action_*_latest tables: one row per action each).
+-- writer's action_*_latest tables: one row per action each). result_observed: what the result's executor
+-- observed (the LLM sink's verification states the SLO margin there).
 CREATE OR REPLACE VIEW v_actions AS
 SELECT
     p.action_id, p.site, p.kind, p.target, p.setpoint_kw, p.shed_kw, p.reason, p.reason_code, p.risk,
     event_ts(p.created_ms) AS created, event_ts(p.expires_ms) AS expires,
     v.verdict, v.reasons AS verdict_reasons, v.reason_codes AS verdict_reason_codes, v.approved_by,
-    r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, event_ts(r.ts_ms) AS result_time
+    r.status AS result, r.detail AS result_detail, r.observed_delta_kw, r.executor, event_ts(r.ts_ms) AS result_time,
+    r.observed_effect AS result_observed
 FROM action_proposal_latest p
 LEFT JOIN action_verdict_latest v USING (action_id)
 LEFT JOIN action_result_latest r USING (action_id);

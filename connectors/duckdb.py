@@ -77,7 +77,7 @@ DERIVED: dict[str, list[tuple[str, str, bool]]] = {
         "action_verdict_latest", "action_id", "verdict, reasons, reason_codes, approved_by",
         ("decided_ms", "_partition", "_offset"), "json_extract_string(action, '$.action_id')"), False)],
     "actions_results": [("action_result_latest", _latest(
-        "action_result_latest", "action_id", "status, detail, observed_delta_kw, executor",
+        "action_result_latest", "action_id", "status, detail, observed_delta_kw, executor, observed_effect",
         ("ts_ms", "_partition", "_offset")), False)],
     "alarms_clean": [("alarm_latest", _latest(
         "alarm_latest", "fingerprint", ", ".join(f"json_extract_string(alarm, '$.{f}') AS {f}" for f in (

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsloop.config.assets import sop_texts
 from opsloop.config.site import Site
+from opsloop.models.llm_lever import slo_margin
 from opsloop.models.sops import Sop, parse_corpus
 from opsloop.models.topology import Topology
 
@@ -78,7 +79,8 @@ def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> 
     latest = None if newest is None else datetime.fromtimestamp(newest // 60_000 * 60, timezone.utc).replace(tzinfo=None)
     data = {"site": site_id, "tz": str(tz), "now": local(latest, tz), "power": [], "latest": None,
             "forecast": None, "actions": [], "billed_peak_kw": None, "billed_peak_at": None, "target_kw": None,
-            "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None}
+            "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None, "levers": [],
+            "shed_kw": None, "llm_slo": None}
     data["rul"] = _dicts(con.execute(  # parts forecast to reach a retirement limit, soonest first
         f"SELECT device, text, reason_code, issued, earliest FROM v_rul_latest WHERE site = ? "
         f"ORDER BY earliest, device LIMIT {RUL_ROWS}", [site_id]))
@@ -122,9 +124,35 @@ def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> 
         "WHERE site = ? AND created > ? ORDER BY created", [site_id, start]))
     for a in data["actions"]:
         a["created"] = local(a["created"], tz)
+    levers(con, data, site_id, latest, tz)
     for row in data["power"]:
         row["minute"] = local(row["minute"], tz)
     return data
+
+
+LEVERS = {"pcs_discharge": "battery", "pcs_charge": "battery (charging)", "slurm_hold": "Slurm hold",
+          "slurm_suspend": "Slurm suspend", "slurm_requeue": "Slurm requeue", "slurm_reserve": "Slurm reservation",
+          "llm_shift": "LLM shift", "llm_cap": "LLM cap"}
+
+
+def levers(con, data: dict, site_id: str, now: datetime, tz: ZoneInfo) -> None:
+    """The levers engaged at ``now`` (approved, executed or verified, not expired), the kW each sheds (a battery's
+    discharge setpoint, else the action's estimate; the verified change beside it) and the LLM SLO margin the LLM
+    sink's latest verification states."""
+    rows = _dicts(con.execute(
+        "SELECT action_id, kind, target, CASE kind WHEN 'pcs_discharge' THEN setpoint_kw WHEN 'pcs_charge' THEN "
+        "-setpoint_kw ELSE shed_kw END AS shed_kw, observed_delta_kw, result, expires, approved_by FROM v_actions "
+        "WHERE site = ? AND verdict = 'approved' AND result IN ('executed', 'verified') AND (expires IS NULL OR "
+        "expires > ?) ORDER BY kind, action_id", [site_id, now]))
+    for r in rows:
+        r["lever"], r["expires"] = LEVERS.get(r["kind"], r["kind"]), local(r["expires"], tz)
+    data["levers"] = rows
+    data["shed_kw"] = sum(r["shed_kw"] for r in rows if r["shed_kw"] is not None) if rows else None
+    verified = con.execute(
+        "SELECT result_observed, result_time FROM v_actions WHERE site = ? AND kind LIKE 'llm_%' AND result = "
+        "'verified' ORDER BY result_time DESC LIMIT 1", [site_id]).fetchone()
+    margin = slo_margin(verified[0]) if verified else None
+    data["llm_slo"] = {"margin": margin, "at": local(verified[1], tz)} if margin else None
 
 
 def chart(data: dict) -> dict:
