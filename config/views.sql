@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS action_verdict_latest (
 CREATE TABLE IF NOT EXISTS action_result_latest (
     action_id VARCHAR PRIMARY KEY, status VARCHAR, detail VARCHAR, observed_delta_kw DOUBLE, executor VARCHAR,
     ts_ms BIGINT, _partition INTEGER, _offset BIGINT, observed_effect VARCHAR);
+-- The latest version of each incident (by updated_ms) and its latest narration (by ts_ms).
+CREATE TABLE IF NOT EXISTS incident_latest (
+    incident_id VARCHAR PRIMARY KEY, site VARCHAR, state VARCHAR, opened_ms BIGINT, resolved_ms BIGINT,
+    root_device VARCHAR, root_device_type VARCHAR, root_code VARCHAR, severity VARCHAR, member_count INTEGER,
+    summary VARCHAR, merged_into VARCHAR, updated_ms BIGINT, _partition INTEGER, _offset BIGINT);
+CREATE TABLE IF NOT EXISTS narrative_latest (
+    incident_id VARCHAR PRIMARY KEY, site VARCHAR, text VARCHAR, citations VARCHAR, grounded BOOLEAN, model VARCHAR,
+    latency_ms DOUBLE, ts_ms BIGINT, _partition INTEGER, _offset BIGINT);
 -- The latest state of each deduplicated alarm (alarms.clean, by fingerprint: the latest last_seen_ms wins).
 CREATE TABLE IF NOT EXISTS alarm_latest (
     fingerprint VARCHAR PRIMARY KEY, site VARCHAR, device VARCHAR, device_type VARCHAR, code VARCHAR,
@@ -70,21 +78,20 @@ SELECT site, device, device_type, metric, value, unit, event_ts(ts_ms) AS ts, so
 FROM telemetry_raw
 QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
 
--- Incidents as they stand now: the latest version of each (compacted topic, replays upsert).
+-- Incidents as they stand now: the latest version of each (compacted topic, replays upsert; from the writer's
+-- incident_latest table).
 CREATE OR REPLACE VIEW v_incidents AS
 SELECT
     incident_id, site, state,
     event_ts(opened_ms) AS opened, event_ts(updated_ms) AS updated, event_ts(resolved_ms) AS resolved,
     root_device, root_device_type, root_code, severity, member_count, summary, merged_into
-FROM incidents
-QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY updated_ms DESC, _partition DESC, _offset DESC) = 1;
+FROM incident_latest;
 
 -- The narration an operator reads for each incident: the latest one published (an accepted LLM
--- draft follows the deterministic narration of the same incident).
+-- draft follows the deterministic narration of the same incident; from the writer's narrative_latest table).
 CREATE OR REPLACE VIEW v_narratives AS
 SELECT incident_id, site, event_ts(ts_ms) AS time, text, citations, grounded, model, latency_ms
-FROM narratives
-QUALIFY row_number() OVER (PARTITION BY incident_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
+FROM narrative_latest;
 
 -- The latest state of each deduplicated alarm, newest first: its site, device, code, severity, state and
 -- text, how often it was raised (duplicate_count), flapping, the noise model's score and flag, and why.

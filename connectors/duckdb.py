@@ -6,7 +6,8 @@ rows and the next offset of each partition (table ``_kafka_offsets``) are stored
 transaction (``store_batch``). The views agent (streams/views.py) is the only writer.
 
 Beside the topic tables the writer keeps a few derived tables (``DERIVED``: per-minute site power, each
-action's latest proposal, verdict and result, each alarm's and each agent instance's latest state) that config/views.sql declares and its views read. Each
+action's latest proposal, verdict and result, each incident's, narration's, alarm's and agent instance's
+latest state) that config/views.sql declares and its views read. Each
 batch updates them for the keys it touches, in the batch's transaction, so a page's query reads prepared
 rows instead of recomputing every record's window function; a writer that finds one missing (a file from
 an older version) creates it and fills it from the topic tables.
@@ -78,6 +79,12 @@ DERIVED: dict[str, list[tuple[str, str, bool]]] = {
         ("decided_ms", "_partition", "_offset"), "json_extract_string(action, '$.action_id')"), False)],
     "actions_results": [("action_result_latest", _latest(
         "action_result_latest", "action_id", "status, detail, observed_delta_kw, executor, observed_effect",
+        ("ts_ms", "_partition", "_offset")), False)],
+    "incidents": [("incident_latest", _latest(
+        "incident_latest", "incident_id", "site, state, opened_ms, resolved_ms, root_device, root_device_type, "
+        "root_code, severity, member_count, summary, merged_into", ("updated_ms", "_partition", "_offset")), False)],
+    "narratives": [("narrative_latest", _latest(
+        "narrative_latest", "incident_id", "site, text, citations, grounded, model, latency_ms",
         ("ts_ms", "_partition", "_offset")), False)],
     "alarms_clean": [("alarm_latest", _latest(
         "alarm_latest", "fingerprint", ", ".join(f"json_extract_string(alarm, '$.{f}') AS {f}" for f in (

@@ -469,7 +469,7 @@ def test_a_file_without_the_derived_tables_gets_them_filled_when_the_writer_open
         sink.con.execute("SELECT * FROM v_actions ORDER BY ALL").fetchall()
     before += (sink.con.execute("SELECT * FROM v_alarms_latest").fetchall(),)
     for table in ("site_power_minute", "action_proposal_latest", "action_verdict_latest", "action_result_latest",
-                  "alarm_latest"):
+                  "alarm_latest", "incident_latest", "narrative_latest", "agent_health_latest"):
         sink.con.execute(f"DROP TABLE {table} CASCADE")  # as an older version left the file
     sink.close()
     con = open_db(settings.duckdb_file)
