@@ -247,8 +247,11 @@ class BatchProcessor:
         the ends cached from fetch responses): no broker request, so no admin right, and the NOC needs none
         either. A report that cannot be delivered is logged (once a minute), never fails the agent."""
         assigned = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
-        ends = [(tp.offset, cons.get_watermark_offsets(tp, cached=True)[1]) for tp in cons.position(assigned)] \
-            if assigned else []
+        try:
+            ends = [(tp.offset, cons.get_watermark_offsets(tp, cached=True)[1]) for tp in cons.position(assigned)] \
+                if assigned else []
+        except KafkaException:  # mid-rebalance: the lag is not known this time
+            ends = []
         h = self.health
         record = agent_health(self.name, self.settings.group(self.name), self.instance, int(self.run_clock() * 1000),
                               len(assigned), consumer_lag(ends), h["processed"], self.dead.count, h["last_input_ms"],
