@@ -277,9 +277,10 @@ def cmd_bench(settings: Settings, args) -> int:
         print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
         print("\n".join(field_sources.run(settings)))  # sunspec and snmp, one process polling N devices
     if args.suite in ("all", "noc"):
-        from opsloop.ops.bench import noc as bench_noc
+        from opsloop.ops.bench import noc as bench_noc, noc_approvals
 
         print("\n".join(bench_noc.run(settings)))  # each page's server time, each page's queries
+        print("\n".join(noc_approvals.run(settings)))  # an approval's click to the verdict on the page (a broker)
     return 0
 
 
