@@ -12,6 +12,9 @@ window per site). A version-1 file still loads, with budgets per action only
 (``budget_window_s`` = 0), so an existing policy never tightens silently.
 3 adds the optional ``llm`` section (the LLM-serving lever: ``llm_shift``,
 ``llm_cap``, their limits and the serving SLO); without it those kinds are rejected.
+4 adds the optional ``levers`` section: what each flexible-load lever costs the
+peak planner (``models.levers``), and how many hours a day each may be engaged;
+without it the planner uses the battery alone.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -43,8 +46,9 @@ import yaml
 
 from opsloop.config import strict_yaml
 
-SCHEMA_VERSION = 3  # the newest policy version (the shipped file)
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4  # the newest policy version (the shipped file)
+READABLE_VERSIONS = (1, 2, 3, 4)
+LEVER_KINDS = ("llm_shift", "llm_cap", "gpu_clock_lock", "slurm_shrink", "slurm_hold")  # models.levers
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
@@ -101,6 +105,21 @@ POLICY_SCHEMA: dict = {
                            "min_maxconn": {"type": "integer", "minimum": 1},
                            "max_duration_s": _positive, "slo_ttfb_s": _positive,
                            "slo_queue": {"type": "integer", "minimum": 0}},
+        },
+        "levers": {
+            "type": "object", "additionalProperties": False,
+            "required": ["demand_charge_per_kw_month", "battery_wear_per_kwh", "gpu_hour", "hold_restart_share",
+                         "llm_shift_per_kwh", "llm_cap_per_kwh", "max_hours_per_day"],
+            "properties": {"demand_charge_per_kw_month": {"type": "number", "minimum": 0},
+                           "battery_wear_per_kwh": {"type": "number", "minimum": 0},
+                           "gpu_hour": {"type": "number", "minimum": 0},
+                           "hold_restart_share": {"type": "number", "minimum": 0},
+                           "llm_shift_per_kwh": {"type": "number", "minimum": 0},
+                           "llm_cap_per_kwh": {"type": "number", "minimum": 0},
+                           "max_hours_per_day": {
+                               "type": "object", "additionalProperties": False,
+                               "properties": {k: {"type": "number", "minimum": 0, "maximum": 24}
+                                              for k in LEVER_KINDS}}},
         },
     },
 }
@@ -181,6 +200,19 @@ class LlmLimits:
 
 
 @dataclass(frozen=True)
+class LeverCosts:
+    """What the peak planner's levers cost, in one currency (``models.levers``), and their daily budgets."""
+
+    demand_charge_per_kw_month: float  # a kW off a month's billed peak saves this (other periods pro rata)
+    battery_wear_per_kwh: float  # per kWh the battery discharges
+    gpu_hour: float  # a GPU-hour of training lost or deferred
+    hold_restart_share: float  # a held job loses this share again on top (checkpoint, requeue, warm-up)
+    llm_shift_per_kwh: float  # the serving SLO risk of a shift to the small model, per kWh it saves
+    llm_cap_per_kwh: float  # the serving SLO risk of a concurrency cap, per kWh it saves
+    max_hours_per_day: Mapping[str, float] = field(default_factory=dict)  # a lever not listed: no limit
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -190,6 +222,7 @@ class Policy:
     max_state_age_s: float = 300.0  # older ESS telemetry is not trusted for a decision
     name: str = ""
     llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
+    levers: LeverCosts | None = None  # policy version 4; None: the peak planner uses the battery alone
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -242,6 +275,8 @@ def parse_policy(doc: Any) -> Policy:
                         "the budget would forget actions whose holds are still in force")
     if "llm" in doc and doc["version"] < 3:
         problems.append("llm: needs policy version 3")
+    if "levers" in doc and doc["version"] < 4:
+        problems.append("levers: needs policy version 4")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -267,8 +302,15 @@ def parse_policy(doc: Any) -> Policy:
                           kw_per_gpu=float(slurm.get("kw_per_gpu", 0.7)),
                           budget_window_s=float(slurm.get("budget_window_s", 0.0))),
         rules=rules, max_state_age_s=float(doc.get("max_state_age_s", 300.0)), name=doc.get("name", ""),
-        llm=_llm_limits(doc.get("llm")),
+        llm=_llm_limits(doc.get("llm")), levers=_lever_costs(doc.get("levers")),
     )
+
+
+def _lever_costs(section: Mapping | None) -> LeverCosts | None:
+    if section is None:
+        return None
+    return LeverCosts(**{k: float(v) for k, v in section.items() if k != "max_hours_per_day"},
+                      max_hours_per_day={k: float(v) for k, v in section["max_hours_per_day"].items()})
 
 
 def _llm_limits(section: Mapping | None) -> LlmLimits | None:
