@@ -146,7 +146,7 @@ def cheapest_mix(shortfall_kw: Sequence[float], load_kw: Sequence[float], levers
 
     Merit order: the cheapest lever first, at every step it is needed, then the next on what is left.
     A lever with few hours left today (``used_hours``: hours engaged so far) spends them on the steps
-    with the largest shortfall. Never sheds more than the shortfall of a step.
+    where it sheds most. Never sheds more than the shortfall of a step.
     """
     used_hours = used_hours or {}
     left = [max(0.0, kw) for kw in shortfall_kw]
@@ -154,20 +154,23 @@ def cheapest_mix(shortfall_kw: Sequence[float], load_kw: Sequence[float], levers
     for lever in sorted(levers, key=lambda lv: (lv.cost_per_kwh, lv.kind)):
         hours = max(0.0, lever.max_hours_per_day - used_hours.get(lever.kind, 0.0))
         steps = math.floor(hours / step_h + 1e-9) if math.isfinite(hours) else len(left)
-        order = sorted((t for t in range(len(left)) if left[t] > 1e-6), key=lambda t: (-left[t], t))[:steps]
+        takes = [_take(lever, need, kw) for need, kw in zip(left, load_kw)]
+        order = sorted((t for t in range(len(left)) if takes[t] > 0), key=lambda t: (-takes[t], t))[:steps]
         kw = [0.0] * len(left)
         for t in order:
-            cap = lever.cap_kw(load_kw[t])
-            take = min(left[t], cap)
-            if lever.granule_kw > 0:
-                take = float(math.floor(take / lever.granule_kw + 1e-9)) * lever.granule_kw
-            kw[t] = take
-            left[t] -= take
+            kw[t] = takes[t]
+            left[t] -= takes[t]
         if any(k > 0 for k in kw):
             cost = sum(kw) * step_h * lever.cost_per_kwh
             total += cost
             engagements.append(Engagement(lever.kind, tuple(kw), cost, CHEAPEST_LEVER, _reason(lever, kw, step_h, cost)))
     return Mix(tuple(engagements), tuple(left), total)
+
+
+def _take(lever: Lever, need_kw: float, load_kw: float) -> float:
+    """What the lever sheds of a step's need: all of it, or as much as its kW (in whole units) reach."""
+    take = min(need_kw, lever.cap_kw(load_kw))
+    return float(math.floor(take / lever.granule_kw + 1e-9)) * lever.granule_kw if lever.granule_kw > 0 else take
 
 
 def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float) -> str:

@@ -229,6 +229,7 @@ class SitePeakLoop:
         levers = None
         if cfg.levers and cfg.lever_costs is not None:
             levers = self._plan_levers(points, result, battery, energy, step_end)
+            result = replace(result, relocation=None)  # one planner: the levers, a hold among them, replace it
             if mode == FORECAST and levers.target_kw < result.target_kw:  # the battery holds the lower target
                 result = replace(result, target_kw=levers.target_kw, reason=f"{result.reason} {levers.reason}",
                                  command=replace(result.command, limit_kw=levers.target_kw))
