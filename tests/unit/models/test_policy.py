@@ -55,7 +55,7 @@ def test_windows_and_versions_are_checked(doc):
     bad = copy.deepcopy(doc)
     bad["actions"]["pcs_charge"]["windows"] = [{"start": "18:00", "end": "06:00"}]
     assert problems(bad) == ["actions.pcs_charge.windows.0: end 06:00 is not after start 18:00"]
-    assert problems({**doc, "version": 4}) == ["version: this opsloop reads policy versions 1, 2 and 3, the file has 4"]
+    assert problems({**doc, "version": 5}) == ["version: this opsloop reads policy versions 1, 2, 3 and 4, the file has 5"]
 
 
 def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
@@ -72,7 +72,7 @@ def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
 def test_a_version_1_file_loads_with_per_action_slurm_budgets(doc):
     old = copy.deepcopy(doc)
     old["version"] = 1
-    del old["slurm"]["budget_window_s"], old["llm"]
+    del old["slurm"]["budget_window_s"], old["llm"], old["levers"]
     assert parse_policy(old).slurm.budget_window_s == 0
     assert parse_policy(doc).slurm.budget_window_s == 3600
     old["slurm"]["budget_window_s"] = 3600
@@ -92,8 +92,22 @@ def test_a_budget_window_must_cover_the_longest_hold(doc):
 def test_the_llm_section_needs_version_3_and_without_it_there_are_no_llm_limits(doc):
     assert parse_policy(doc).llm.slo_ttfb_s > 0
     older = {**copy.deepcopy(doc), "version": 2}
+    del older["levers"]
     assert problems(older) == ["llm: needs policy version 3"]
     del older["llm"]
     assert parse_policy(older).llm is None
     doc["llm"]["min_maxconn"] = 0
     assert problems(doc) == ["llm.min_maxconn: 0 is less than the minimum of 1"]
+
+
+def test_the_levers_section_needs_version_4_and_without_it_the_planner_has_the_battery_alone(doc):
+    costs = parse_policy(doc).levers
+    assert costs.demand_charge_per_kw_month > 0 and costs.max_hours_per_day["llm_shift"] == 4
+    older = {**copy.deepcopy(doc), "version": 3}
+    assert problems(older) == ["levers: needs policy version 4"]
+    del older["levers"]
+    assert parse_policy(older).levers is None
+    doc["levers"]["max_hours_per_day"]["slurm_hold"] = 25
+    doc["levers"]["gpu_hour"] = -1
+    assert problems(doc) == ["levers.gpu_hour: -1 is less than the minimum of 0",
+                             "levers.max_hours_per_day.slurm_hold: 25 is greater than the maximum of 24"]
