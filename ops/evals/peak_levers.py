@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from opsloop.models.battery import IDLE
 from opsloop.models.peak_loop import LoopConfig
-from opsloop.models.peak_planner import billing_period
+from opsloop.models.peak_planner import PERIOD_DAYS, billing_period
 from opsloop.ops.evals.peak_baselines import Simulation, oracle_controller, oracle_limits, simulate
 from opsloop.ops.evals.peaks import planner_controller
 
@@ -97,6 +97,12 @@ def evaluate_levers(times, loads, step_s, config: LoopConfig, soc_pct: float, wa
                      "closer": round(1 - gap_levers / gap_alone, 4) if gap_alone > 1e-6 else None,
                      "levers": by_lever,
                      "violations": {n: sum(sims[n].violations[i] for i in idx) for n in sims}})
+    per_kw = config.lever_costs.demand_charge_per_kw_month * PERIOD_DAYS[config.billing_period] / PERIOD_DAYS["month"]
+    for r in rows:  # what the levers changed, in the policy's currency: demand charge saved, lever and wear costs
+        p, b = r["billed_peak_kw"], r["levers"]["battery"]
+        r["demand_charge_saved"] = round((p["planner"] - p[LEVERS]) * per_kw, 1)
+        r["lever_cost"] = round(sum(v["cost"] for k, v in r["levers"].items() if k != "battery")
+                                + b[LEVERS]["cost"] - b["planner"]["cost"], 1)
     total_alone = sum(r["gap_alone_kw"] for r in rows)
     total_levers = sum(r["gap_levers_kw"] for r in rows)
     return {"billing_period": config.billing_period, "periods": rows,
@@ -108,8 +114,8 @@ def evaluate_levers(times, loads, step_s, config: LoopConfig, soc_pct: float, wa
                         "closer": round(1 - total_levers / total_alone, 4) if total_alone > 1e-6 else None,
                         "worst_period_closer": min((r["closer"] for r in rows if r["closer"] is not None),
                                                    default=None),
-                        "lever_cost": round(sum(v["cost"] for r in rows for k, v in r["levers"].items()
-                                                if k != "battery"), 1)}}
+                        "demand_charge_saved": round(sum(r["demand_charge_saved"] for r in rows), 1),
+                        "lever_cost": round(sum(r["lever_cost"] for r in rows), 1)}}
 
 
 def render(report: dict) -> str:
@@ -120,12 +126,14 @@ def render(report: dict) -> str:
                                       + f", {lv['max_hours_per_day']:g} h/day" for lv in report["levers"]), ""]
     period = report["billing_period"]
     lines.append(f"{period:<9} {'none':>9} {'alone':>9} {'+levers':>9} {'oracle':>9} {'gap alone':>10} "
-                 f"{'gap +lev':>9} {'closer':>8}   (billed peak kW)")
+                 f"{'gap +lev':>9} {'closer':>8} {'saved':>8} {'cost':>8}   (billed peak kW; demand charge "
+                 f"saved, lever cost incl. extra wear)")
     for r in report["periods"]:
         p = r["billed_peak_kw"]
         closer = "-" if r["closer"] is None else f"{100 * r['closer']:.1f}%"
         lines.append(f"{r['period']:<9} {p['none']:>9,.0f} {p['planner']:>9,.0f} {p[LEVERS]:>9,.0f} {p['oracle']:>9,.0f} "
-                     f"{r['gap_alone_kw']:>10,.0f} {r['gap_levers_kw']:>9,.0f} {closer:>8}")
+                     f"{r['gap_alone_kw']:>10,.0f} {r['gap_levers_kw']:>9,.0f} {closer:>8} "
+                     f"{r['demand_charge_saved']:>8,.0f} {r['lever_cost']:>8,.0f}")
     lines += ["", f"{period:<9} {'lever':<16} {'max kW shed':>12} {'MWh shed':>9} {'hours':>7} {'cost':>8}"]
     for r in report["periods"]:
         first = True
@@ -145,5 +153,6 @@ def render(report: dict) -> str:
     worst = "-" if s["worst_period_closer"] is None else f"{100 * s['worst_period_closer']:.1f}%"
     lines += ["", f"levers: billed peaks {closer} closer to the oracle's over all {period}s (gap "
                   f"{s['gap_alone_kw']:,.0f} -> {s['gap_levers_kw']:,.0f} kW; target >= 10%), worst {period} {worst}; "
-                  f"lever cost {s['lever_cost']:,.0f}"]
+                  f"demand charge saved {s['demand_charge_saved']:,.0f} for {s['lever_cost']:,.0f} in lever costs and "
+                  f"extra battery wear"]
     return "\n".join(lines)
