@@ -20,6 +20,14 @@ def _llm(policy: Policy) -> str:
             f"SLO first byte {llm.slo_ttfb_s:g} s and queue {llm.slo_queue}")
 
 
+def _levers(policy: Policy) -> str:
+    costs = policy.levers
+    if costs is None:
+        return "peak levers off (no levers section: the battery alone)"
+    return (f"peak levers priced: demand charge {costs.demand_charge_per_kw_month:g} per kW-month, a GPU-hour "
+            f"{costs.gpu_hour:g}, battery wear {costs.battery_wear_per_kwh:g} per kWh")
+
+
 def check(path: Path | str) -> int:
     """Print a verdict on a policy file; 0 when valid, 1 otherwise."""
     try:
@@ -30,5 +38,5 @@ def check(path: Path | str) -> int:
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
           f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
-          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}")
+          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_levers(policy)}")
     return 0
