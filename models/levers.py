@@ -19,8 +19,8 @@ Costs are in one currency, per kWh the lever takes off the load:
 
 The target: lowering it by a kW saves the demand charge on that kW (pro rata to the
 billing period) and costs what the levers shed for it plus the battery's extra wear; the
-plan takes the lowest target on a grid of ``resolution_kw`` with the best net saving
-that the levers can still cover entirely.
+plan takes the target, on a grid of ``resolution_kw``, with the best net saving among
+those the levers can still cover entirely.
 
 >>> levers = (Lever("llm_shift", 0.3, share=0.04), Lever("slurm_hold", 3.6, share=0.10, granule_kw=50))
 >>> mix = cheapest_mix([0, 120, 300], [1000, 2000, 2000], levers, step_h=0.5)
@@ -40,9 +40,8 @@ from opsloop.config.policy import LEVER_KINDS, LeverCosts
 from opsloop.config.site import FlexibleLoad
 from opsloop.models.battery import Battery
 
-BATTERY = "battery"
-# The levers by the action kinds that engage them (config.policy.LEVER_KINDS; some are not in every Action
-# schema yet: a caller that proposes actions keeps only the kinds its schema has, ``only``).
+# The levers are named by the action kinds that engage them (config.policy.LEVER_KINDS); some are not in every
+# Action schema yet: a caller that proposes actions keeps only the kinds its schema has (``only``).
 
 # Reason codes of an engagement, and of a lever plan:
 CHEAPEST_LEVER = "cheapest_lever"  # engaged in merit order: the cheapest lever with kW and hours left

@@ -13,6 +13,10 @@ interval). When a step closes, the loop
    ``Action`` records: the PCS action for the next step, plus a Slurm hold with
    the kW to shed when the battery cannot hold the target. Each action's
    ``reason_code`` is the planner's (``models.peak_planner.REASON_CODES``).
+   With levers (``LoopConfig.levers``: the site's ``flexible_load`` priced by the policy),
+   ``models.levers`` plans beside the battery: in forecast mode the PCS holds the lower
+   target the levers make worth their cost, the engaged levers are proposed for the next
+   step (``models.levers.REASON_CODES``), and they replace the Slurm hold.
 
 With ``control="grid_limit"`` (``OPSLOOP_PEAKS_CONTROL``; the default is ``setpoint``) the PCS action carries the plan's grid limit, as peak-shaving EMS controllers take it (``params.control`` = ``grid_limit``): the PCS follows the
 site meter through the step, discharging just enough to hold ``grid_limit_kw``, so the live
