@@ -119,6 +119,7 @@ class Engagement:
     cost: float
     reason_code: str
     reason: str
+    lever: Lever | None = None
 
     @property
     def steps(self) -> int:
@@ -162,7 +163,8 @@ def cheapest_mix(shortfall_kw: Sequence[float], load_kw: Sequence[float], levers
         if any(k > 0 for k in kw):
             cost = sum(kw) * step_h * lever.cost_per_kwh
             total += cost
-            engagements.append(Engagement(lever.kind, tuple(kw), cost, CHEAPEST_LEVER, _reason(lever, kw, step_h, cost)))
+            engagements.append(Engagement(lever.kind, tuple(kw), cost, CHEAPEST_LEVER, _reason(lever, kw, step_h, cost),
+                                          lever))
     return Mix(tuple(engagements), tuple(left), total)
 
 
@@ -172,10 +174,12 @@ def _take(lever: Lever, need_kw: float, load_kw: float) -> float:
     return float(math.floor(take / lever.granule_kw + 1e-9)) * lever.granule_kw if lever.granule_kw > 0 else take
 
 
-def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float) -> str:
-    steps = sum(k > 0 for k in kw)
-    return (f"{_WHAT.get(lever.kind, lever.kind).capitalize()} (up to {max(kw):,.0f} kW, {steps * step_h:g} h): at "
-            f"{lever.cost_per_kwh:.2f} per kWh it is the cheapest lever with kW and hours left, {cost:,.0f} in all.")
+def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float,
+            purpose: str = "the cheapest lever with kW and hours left") -> str:
+    """One sentence: what the lever does, how much, how long, at what price, and why it was chosen."""
+    what = _WHAT.get(lever.kind, lever.kind)
+    return (f"{what[0].upper()}{what[1:]}, up to {max(kw):,.0f} kW for {sum(k > 0 for k in kw) * step_h:g} h at "
+            f"{lever.cost_per_kwh:.2f} per kWh ({cost:,.0f} in all): {purpose}.")
 
 
 @dataclass(frozen=True)
@@ -232,11 +236,22 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         if saving - cost > best[0] + 1e-9:
             best = (saving - cost, target, saving, cost)
     net, target, saving, cost = best
-    shortfall = run.shaved(target, levers) if target < battery_target_kw else [0.0] * len(load_kw)
-    if first_upper_kw is not None:  # the backup for the next step: what the battery cannot give at the band's edge
-        power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
-        shortfall[0] = max(shortfall[0], first_upper_kw - target - power)
-    mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+
+    def final(shortfall: list[float]) -> tuple[Mix, float]:
+        """The mix for ``shortfall`` with the next step backed up, and its cost with the battery's extra wear."""
+        if first_upper_kw is not None:  # what the battery cannot give next step if the load reaches the band's edge
+            power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
+            shortfall = [max(shortfall[0], first_upper_kw - target - power), *shortfall[1:]]
+        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+        shed = [mix.shed_kw(t) for t in range(len(load_kw))]
+        return mix, mix.cost + max(0.0, run.dispatch(target, shed)[0] - base_discharge) * battery_wear_per_kwh
+
+    if target < battery_target_kw:
+        mix, cost = final(run.shaved(target, levers))
+        if saving - cost <= 0:  # the top of the peak costs more to shave than it saves: as the search found it
+            mix, cost = final(run.dispatch(target)[1])
+    else:
+        mix, cost = final([0.0] * len(load_kw))
     if not mix.engagements:
         if target < battery_target_kw or math.isinf(tried_cost):
             why = f"the levers cannot cover even a {_kw(resolution_kw)} cut"
@@ -298,6 +313,18 @@ class _Run:
         return [s + u for s, u in zip(top, self.dispatch(target, top)[1])]
 
 
+def _action_reason(e: Engagement, plan: LeverPlan, step_h: float) -> str:
+    if e.lever is None:
+        return e.reason
+    if plan.reason_code == BACKUP_NEXT_STEP:
+        purpose = (f"the cheapest lever left to back the battery up at {_kw(plan.target_kw)} should the load reach "
+                   f"the forecast's upper edge")
+    else:
+        purpose = (f"the cheapest lever left to hold {_kw(plan.target_kw)} where the battery alone holds "
+                   f"{_kw(plan.battery_target_kw)}, saving {plan.saving:,.0f} of demand charge for {plan.cost:,.0f}")
+    return _reason(e.lever, e.kw, step_h, e.cost, purpose)
+
+
 def _kw(kw: float) -> str:
     return f"{kw:,.0f} kW"
 
@@ -330,7 +357,7 @@ def lever_actions(plan: LeverPlan, flexible: FlexibleLoad, site: str, issued_ms:
         if kw <= 0:
             continue
         action = {"kind": e.kind, "site": site, "setpoint_kw": None, "shed_kw": round(kw, 1), "job_ids": [],
-                  "reason": f"{e.reason} {plan.reason}", "reason_code": e.reason_code,
+                  "reason": _action_reason(e, plan, step_s / 3600), "reason_code": e.reason_code,
                   "expected_effect": f"Site load reduced by about {kw:,.0f} kW for the next {step_s / 60:g} minutes, "
                                      f"so grid import stays at or under {plan.target_kw:,.0f} kW.",
                   "expected_delta_kw": -round(kw, 1), "created_ms": issued_ms, "expires_ms": expires,

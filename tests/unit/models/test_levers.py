@@ -86,7 +86,8 @@ def test_merit_order_takes_the_cheapest_lever_first_and_says_why():
     assert [(e.kind, e.kw) for e in mix.engagements] == [("llm_shift", (40.0, 50.0)), ("slurm_shrink", (0.0, 80.0))]
     assert mix.covers
     assert all(e.reason_code == flex.CHEAPEST_LEVER for e in mix.engagements)
-    assert mix.engagements[1].reason.startswith("Release nodes of data-parallel jobs (up to 80 kW, 1 h)")
+    assert mix.engagements[1].reason == ("Release nodes of data-parallel jobs, up to 80 kW for 1 h at 2.90 per kWh "
+                                         "(232 in all): the cheapest lever with kW and hours left.")
 
 
 def test_a_budget_short_lever_spends_its_hours_where_it_sheds_most():
