@@ -19,7 +19,6 @@ from opsloop.models.battery import IDLE
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.models.peak_planner import PERIOD_DAYS, billing_period
 from opsloop.ops.evals.peak_baselines import Simulation, oracle_controller, oracle_limits, simulate
-from opsloop.ops.evals.peaks import planner_controller
 
 LEVERS = "planner+levers"
 
@@ -38,8 +37,11 @@ def simulate_shed(loads, step_s, battery, energy_kwh, controller, shed) -> Simul
     return out
 
 
-def levers_controller(times, loads, config: LoopConfig, history):
-    """The peaks loop with levers as a controller; ``shed[t]`` (lever -> kW) is what step ``t`` sheds."""
+def levers_controller(times, loads, config: LoopConfig, history, planner_controller):
+    """The peaks loop with levers as a controller; ``shed[t]`` (lever -> kW) is what step ``t`` sheds.
+
+    ``planner_controller`` is ``ops.evals.peaks.planner_controller`` (passed in: that module calls this one).
+    """
     shed: list[dict] = [{} for _ in loads]
     inner, decisions = planner_controller(times, loads, config, history)
     by_kind = {lv.kind: lv for lv in config.levers}
@@ -56,7 +58,9 @@ def levers_controller(times, loads, config: LoopConfig, history):
     return controller, decisions, shed
 
 
-def evaluate_levers(times, loads, step_s, config: LoopConfig, soc_pct: float, warmup_days: float) -> dict:
+def evaluate_levers(times, loads, step_s, config: LoopConfig, soc_pct: float, warmup_days: float,
+                    planner_controller) -> dict:
+    """Both runs scored per period; ``planner_controller``: ``ops.evals.peaks.planner_controller``."""
     if not config.levers:
         raise ValueError("no levers: the site file needs a flexible_load block and the policy a levers section")
     battery = config.battery
@@ -66,7 +70,7 @@ def evaluate_levers(times, loads, step_s, config: LoopConfig, soc_pct: float, wa
     periods = [billing_period(ts, config.billing_period)[0] for ts in times]
     alone_config = replace(config, levers=())
     alone, _ = planner_controller(times, loads, alone_config, history)
-    with_levers, decisions, shed = levers_controller(times, loads, config, history)
+    with_levers, decisions, shed = levers_controller(times, loads, config, history, planner_controller)
     limits = oracle_limits(loads, periods, step_s, battery, energy)
     sims = {"none": simulate(loads, step_s, battery, energy, lambda t, e, s: IDLE),
             "planner": simulate(loads, step_s, battery, energy, alone),

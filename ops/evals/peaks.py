@@ -114,7 +114,7 @@ def _levers(args, settings, site_file, config, times, loads, step_s, scale, colu
         raise ValueError(f"{policy_file}: --levers needs the policy's levers section (policy version 4)")
     config = replace(config, **{k: getattr(LoopConfig.from_site(load_site(site_file), lever_costs=costs), k)
                                 for k in ("levers", "lever_costs", "flexible_load")})
-    report = peak_levers.evaluate_levers(times, loads, step_s, config, args.soc, args.warmup_days)
+    report = peak_levers.evaluate_levers(times, loads, step_s, config, args.soc, args.warmup_days, planner_controller)
     report["input"] = {"data": str(args.data), "column": column, "scale": scale, "step_s": step_s,
                        "site": str(site_file), "policy": str(policy_file),
                        "battery_kwh": config.battery.capacity_kwh, "pcs_kw": config.battery.pcs_discharge_kw}

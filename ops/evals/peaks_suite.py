@@ -27,7 +27,7 @@ from pathlib import Path
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.ops.evals import peak_curves
-from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate
+from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate, planner_controller
 
 TIE_KW = 0.5  # billed peaks this close count as a tie (the oracle's bisection tolerance)
 SHORT_WARMUP_DAYS = 4  # curves under four weeks long learn from 4 days instead of 7
@@ -98,7 +98,7 @@ def _levers(args, settings, site, site_file, chosen) -> int:
         config = LoopConfig.from_site(site, step_s=step_s, lever_costs=costs)
         loads = [v * AUTO_PEAK_SHARE * config.policy.import_cap_kw / max(values) for v in values]
         warmup = 7.0 if (times[-1] - times[0]) >= 28 * 86_400_000 else SHORT_WARMUP_DAYS
-        report = peak_levers.evaluate_levers(times, loads, step_s, config, 80.0, warmup)
+        report = peak_levers.evaluate_levers(times, loads, step_s, config, 80.0, warmup, planner_controller)
         out["curves"].append({"curve": name, "family": family, **report})
         if not args.json:
             print(f"== {name} ==\n{peak_levers.render(report)}\n", flush=True)

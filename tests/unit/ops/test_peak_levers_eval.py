@@ -9,6 +9,7 @@ from opsloop.config.policy import load_policy
 from opsloop.config.site import load_site
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.ops.evals import peak_levers
+from opsloop.ops.evals.peaks import planner_controller
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +20,7 @@ def test_levers_shed_within_their_limits_and_are_scored_against_the_battery_alon
     shape = [0.6] * 9 + [0.9, 1.0, 1.0, 0.95] + [0.75] * 11
     loads = [30_000 * s * (0.8 + 0.01 * day) for day in range(21) for s in shape]
     times = [i * 3_600_000 for i in range(len(loads))]
-    report = peak_levers.evaluate_levers(times, loads, 3600, config, 80.0, warmup_days=7)
+    report = peak_levers.evaluate_levers(times, loads, 3600, config, 80.0, 7, planner_controller)
     (row,) = report["periods"]
     peaks = row["billed_peak_kw"]
     assert peaks[peak_levers.LEVERS] < peaks["planner"] <= peaks["none"]
