@@ -92,10 +92,17 @@ class PeaksProcessor(KeyedProcessor):
             self.observer(decided, messages)
 
 
+#: Levers the live loop can name completely. A shrink names one running opsloop:dp job and a clock lock a
+#: partition's SM clock; the loop reads neither the Slurm queue nor GPU clocks yet, so it plans without them
+#: rather than propose actions the guard would refuse as incomplete.
+LIVE_LEVERS = ("llm_shift", "llm_cap", "slurm_hold")
+
+
 def action_kinds(codec: Codec | None = None) -> tuple[str, ...]:
-    """The action kinds the Action schema knows: the levers the loop may propose."""
+    """The lever kinds the loop may propose: those the Action schema knows and the loop can fill in."""
     schema = (codec or Codec.default()).schema("Action").parsed
-    return tuple(next(f for f in schema["fields"] if f["name"] == "kind")["type"]["symbols"])
+    known = next(f for f in schema["fields"] if f["name"] == "kind")["type"]["symbols"]
+    return tuple(kind for kind in known if kind in LIVE_LEVERS)
 
 
 def invalid(snap: dict, site: str) -> str | None:
