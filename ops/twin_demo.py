@@ -253,15 +253,13 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             twin.close()
         if cluster is not None:
             cluster.stop()
-    figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days,
-                        policy.pcs.max_kw)
+    figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days, policy.pcs)
     figures["worker_pid"] = worker.pid
     print_summary(figures, run, speed)
     return figures
 
 
-def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float,
-              pcs_kw: float) -> dict:
+def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float, pcs) -> dict:
     """The run's figures from the twin's samples and the topics."""
     from opsloop.connectors.kafka import read_records
     from opsloop.models.loop_report import billed_peaks, loop_latencies
@@ -272,7 +270,7 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     # stopped is the same week with actuation off, sample for sample
     without = billed_peaks([(s.ts_ms, physics.measure(s.ts_ms).grid_kw) for s in measured], "day", STEP_S * 1000)
     with_loop = billed_peaks([(s.ts_ms, s.grid_kw) for s in measured], "day", STEP_S * 1000)
-    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms, pcs_kw,
+    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms, pcs,
                             warmup_days)
     proposed = read_records(run, "actions.proposed")
     approved = read_records(run, "actions.approved")
@@ -307,9 +305,11 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
             "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0)}
 
 
-def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs_kw: float, warmup_days: float) -> dict[str, float]:
+def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs, warmup_days: float) -> dict[str, float]:
     """What `opsloop eval peaks` gives per billed day: the planner on the twin's load without actuation, in the
-    demo's steps, with the same battery and warm-up, on the evaluation's battery model."""
+    demo's steps, with the same battery and warm-up, on the evaluation's battery model. The battery is the one the
+    loop may use: the guard's PCS limits ``pcs`` (power, state-of-charge reserve and maximum), as the live
+    planner plans with them."""
     from opsloop.models.peak_loop import LoopConfig
     from opsloop.ops.evals.peaks import evaluate
 
@@ -318,8 +318,9 @@ def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs_kw: float, wa
     times = list(range(start_ms, end_ms, step_ms))
     loads = [sum(reference.measure(t + k * int(SAMPLE_S * 1000)).grid_kw for k in range(per_step)) / per_step
              for t in times]
-    report = evaluate(times, loads, STEP_S, LoopConfig.from_site(site, step_s=STEP_S, pcs_kw=pcs_kw), 50.0,
-                      warmup_days=warmup_days)
+    config = LoopConfig.from_site(site, step_s=STEP_S, pcs_kw=pcs.max_kw, reserve_soc_pct=pcs.reserve_soc_pct,
+                                  max_soc_pct=pcs.max_soc_pct)
+    report = evaluate(times, loads, STEP_S, config, 50.0, warmup_days=warmup_days)
     return {p["period"]: p["strategies"]["planner"]["billed_peak_kw"] for p in report["periods"]}
 
 

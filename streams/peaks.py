@@ -42,11 +42,14 @@ class PeaksProcessor(KeyedProcessor):
     record = "SiteSnapshot"
 
     def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
-                 pcs_kw: float | None = None, reserve_soc_pct: float | None = None, **kwargs):
+                 pcs_kw: float | None = None, reserve_soc_pct: float | None = None,
+                 max_soc_pct: float | None = None, **kwargs):
         super().__init__(settings, **kwargs)
         # pcs_kw: the most the guard lets the PCS do (policy pcs.max_kw), so no plan asks for more;
-        # reserve_soc_pct: the guard's reserve, which a grid limit's discharge cap keeps over its whole life
+        # reserve_soc_pct / max_soc_pct: the guard's state-of-charge window, planned in and kept by a grid limit's
+        # caps over its whole life
         self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s, pcs_kw=pcs_kw,
+                                           reserve_soc_pct=reserve_soc_pct, max_soc_pct=max_soc_pct,
                                            cap_reserve_soc_pct=reserve_soc_pct, control=settings.peaks_control)
         self.observer = observer
         self.decided: list[Decision] = []
