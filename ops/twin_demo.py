@@ -268,10 +268,10 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
     return figures
 
 
-def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float, pcs,
+def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float, limits,
               start_soc_pct: float = 50.0) -> dict:
     """The run's figures from the twin's samples and the topics (``start_soc_pct``: the battery's at the first
-    billed step, where the offline evaluation starts)."""
+    billed step, where the offline evaluation starts; ``limits``: the policy's PCS limits)."""
     from opsloop.connectors.kafka import read_records
     from opsloop.models.loop_report import billed_peaks, loop_latencies
 
@@ -281,8 +281,8 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     # stopped is the same week with actuation off, sample for sample
     without = billed_peaks([(s.ts_ms, physics.measure(s.ts_ms).grid_kw) for s in measured], "day", STEP_S * 1000)
     with_loop = billed_peaks([(s.ts_ms, s.grid_kw) for s in measured], "day", STEP_S * 1000)
-    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms, pcs,
-                            warmup_days, start_soc_pct)
+    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms,
+                            limits, warmup_days, start_soc_pct)
     proposed = read_records(run, "actions.proposed")
     approved = read_records(run, "actions.approved")
     results = read_records(run, "actions.results")
@@ -314,7 +314,7 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
             "proposed": len(proposed), "verdicts": verdicts, "reasons": reasons, "statuses": statuses,
             "latencies": latencies, "incidents": list(incidents.values()), "narratives": narratives,
             "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0),
-            "start_soc_pct": start_soc_pct, "soc_window": (pcs.reserve_soc_pct, pcs.max_soc_pct)}
+            "start_soc_pct": start_soc_pct, "soc_window": (limits.reserve_soc_pct, limits.max_soc_pct)}
 
 
 def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs, warmup_days: float,
