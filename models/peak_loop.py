@@ -86,11 +86,14 @@ class LoopConfig:
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
-                  pcs_kw: float | None = None, lever_costs: LeverCosts | None = None,
+                  pcs_kw: float | None = None, reserve_soc_pct: float | None = None,
+                  max_soc_pct: float | None = None, lever_costs: LeverCosts | None = None,
                   lever_kinds: tuple[str, ...] | None = None, **overrides) -> "LoopConfig":
         """The site's first ESS, import cap, tariff, billing period and preemptible Slurm partition.
 
-        ``battery_kwh`` / ``pcs_kw`` resize the battery; with ``lever_costs`` (the policy's ``levers``) the
+        ``battery_kwh`` / ``pcs_kw`` resize the battery; ``reserve_soc_pct`` / ``max_soc_pct`` narrow the
+        state of charge it is planned in (the guard's window: a plan for energy the guard will not let the
+        PCS use is a plan the site cannot follow); with ``lever_costs`` (the policy's ``levers``) the
         site's ``flexible_load`` becomes levers beside it (only those of ``lever_kinds``, if given);
         ``overrides`` replace other fields.
         """
@@ -101,6 +104,10 @@ class LoopConfig:
         resized = {"capacity_kwh": battery_kwh} if battery_kwh is not None else {}
         if pcs_kw is not None:
             resized.update(pcs_charge_kw=float(pcs_kw), pcs_discharge_kw=float(pcs_kw))
+        if reserve_soc_pct is not None:
+            resized["reserve_soc_pct"] = max(ess.reserve_soc_pct, reserve_soc_pct)
+        if max_soc_pct is not None:
+            resized["max_soc_pct"] = min(100.0, max_soc_pct)
         battery = Battery.from_spec(ess, **{k: float(v) for k, v in resized.items()})
         relocatable = next((p for p in site.gpu_pods if "preemptible" in p.description), None)
         cap = site.grid_import_cap_kw
@@ -330,10 +337,12 @@ class SitePeakLoop:
         lasting = max(0.0, above / 100 * battery.full_kwh * battery.eta / life_h)  # held for its whole life
         cap_out = min(c.max_discharge_kw, battery.pcs_discharge_kw, lasting) if math.isfinite(limit) else 0.0
         cap_out, cap_in = round(cap_out, 1), 0.0
+        if result.kind == "pcs_charge":  # the same for the charge: under the battery's maximum over its whole life
+            room = max(0.0, battery.max_soc_pct - 0.5 - (100.0 if soc_pct is None else soc_pct))
+            cap_in = round(min(-result.setpoint_kw, room / 100 * battery.full_kwh / battery.eta / life_h), 1)
         follows = (f" In grid-limit mode the PCS follows the site meter through the step: it discharges just "
                    f"enough to hold {limit:,.0f} kW, at most {cap_out:,.0f} kW.")
-        if result.kind == "pcs_charge":
-            cap_in = round(-result.setpoint_kw, 1)
+        if cap_in > 0:
             kind, setpoint, cap_out, code = "pcs_charge", -cap_in, 0.0, result.reason_code
             reason = (result.reason + f" In grid-limit mode the PCS follows the site meter: it charges at most "
                                       f"{cap_in:,.0f} kW while import stays under {ceiling:,.0f} kW.")
@@ -344,9 +353,13 @@ class SitePeakLoop:
                 HOLD_GRID_LIMIT, f"Holding grid import at or under {limit:,.0f} kW, discharging only while the load "
                                  f"passes it (at most {cap_out:,.0f} kW). {result.reason}")
             effect = f"Grid import held at or under {limit:,.0f} kW for the next {cfg.step_s / 60:g} minutes."
+        elif result.kind == "pcs_charge":  # no room left to charge and nothing to hold with
+            return {"kind": "pcs_idle", "setpoint_kw": 0.0, "expected_delta_kw": 0.0, "risk": "low",
+                    "expected_effect": "No change to grid import.",
+                    "reason": result.reason + " The battery is at its maximum state of charge: idle."}
         else:
             return {}  # nothing to hold with: a plain idle
-        expected = result.setpoint_kw if result.kind != "pcs_idle" else 0.0
+        expected = -cap_in if cap_in > 0 else result.setpoint_kw if result.kind == "pcs_discharge" else 0.0
         params = {"control": "grid_limit", "grid_limit_kw": f"{limit:.1f}", "max_discharge_kw": f"{cap_out:.1f}",
                   "charge_kw": f"{cap_in:.1f}", "charge_ceiling_kw": f"{ceiling:.1f}", "expected_kw": f"{expected:.1f}"}
         return {"kind": kind, "setpoint_kw": setpoint, "reason": reason, "reason_code": code, "expected_effect": effect,

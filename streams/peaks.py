@@ -45,12 +45,13 @@ class PeaksProcessor(KeyedProcessor):
 
     def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
                  pcs_kw: float | None = None, reserve_soc_pct: float | None = None,
-                 levers: LeverCosts | None = None, **kwargs):
+                 max_soc_pct: float | None = None, levers: LeverCosts | None = None, **kwargs):
         super().__init__(settings, **kwargs)
         # pcs_kw: the most the guard lets the PCS do (policy pcs.max_kw), so no plan asks for more;
-        # reserve_soc_pct: the guard's reserve, which a grid limit's discharge cap keeps over its whole life;
-        # levers: the policy's lever costs, for the site's flexible_load (only kinds an Action can carry)
+        # reserve_soc_pct / max_soc_pct: the guard's state-of-charge window, planned in and kept by a grid limit's
+        # caps over its whole life; levers: the policy's lever costs, for the site's flexible_load
         self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s, pcs_kw=pcs_kw,
+                                           reserve_soc_pct=reserve_soc_pct, max_soc_pct=max_soc_pct,
                                            cap_reserve_soc_pct=reserve_soc_pct, control=settings.peaks_control,
                                            lever_costs=levers, lever_kinds=action_kinds())
         self.observer = observer
