@@ -116,6 +116,7 @@ class PeakForecaster(Forecaster):
         self.covariates = covariates
         self.holidays = holidays
         self._holiday_days: dict[int, bool] = {}  # day index -> a holiday (the calendar asked once per day)
+        self._ref_back: dict[tuple[int, int], int] = {}  # (day index, lag) -> steps back to its reference
         self._cov_names = tuple(covariates or ())  # River's params cannot hold an empty tuple
         self._cov: dict[int, dict[str, float]] = {}  # step index -> covariate values given with it
         self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self._cov_names}
@@ -267,35 +268,39 @@ class PeakForecaster(Forecaster):
 
     def _ref(self, s: int, lag: int) -> int:
         """The step standing for ``s - lag`` in the seasonal references (see the module note on holidays)."""
-        ref = s - lag
         if self.holidays is None:
-            return ref
+            return s - lag
+        today = s * self.step_s // 86_400
+        back = self._ref_back.get((today, lag))
+        if back is None:  # the same for every step of a day: worked out once a day (this runs per forecast step)
+            back = self._ref_back[today, lag] = self._steps_back(today, lag)
+            if len(self._ref_back) > 256:
+                self._ref_back = {k: v for k, v in self._ref_back.items() if k[0] >= today - 28}
+        return s - back
+
+    def _steps_back(self, today: int, lag: int) -> int:
+        """How many steps back a step of day ``today`` finds its reference ``lag`` steps back stands for."""
         day = self._day  # steps per day: one season is a calendar day here
-        today = self._calendar_day(s)
         if self._is_holiday(today):  # like a Sunday: the latest regular Sunday (day lag), the one before (week)
             wanted = 1 if lag == day else 2
             for back in range(1, 22):
                 if _weekday(today - back) == 6 and not self._is_holiday(today - back):
                     wanted -= 1
                     if wanted == 0:
-                        return s - back * day
-            return ref
-        if not self._is_holiday(self._calendar_day(ref)):
-            return ref
+                        return back * day
+            return lag
+        if not self._is_holiday(today - lag // day):
+            return lag
         if lag != day:  # the week reference: the same weekday a week earlier, twice at most
             for back in (lag + 7 * day, lag + 14 * day):
-                if not self._is_holiday(self._calendar_day(s - back)):
-                    return s - back
-            return ref
-        kind = _day_kind(self._calendar_day(ref))  # the day reference: the latest regular day of the same kind
+                if not self._is_holiday(today - back // day):
+                    return back
+            return lag
+        kind = _day_kind(today - 1)  # the day reference: the latest regular day of the same kind
         for back in range(2, 15):
-            d = today - back
-            if _day_kind(d) == kind and not self._is_holiday(d):
-                return s - back * day
-        return ref
-
-    def _calendar_day(self, step: int) -> int:
-        return step * self.step_s // 86_400
+            if _day_kind(today - back) == kind and not self._is_holiday(today - back):
+                return back * day
+        return lag
 
     def _is_holiday(self, day: int) -> bool:
         known = self._holiday_days.get(day)
