@@ -33,7 +33,8 @@ from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
 TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains", "flexible_load")
-SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period")
+SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period",
+             "country")
 STREAM_KEYS = ("device", "device_type", "metric", "unit", "column", "scale", "offset", "constant")
 
 
@@ -170,6 +171,7 @@ class Site:
     tariff: str = ""  # what the tariff is, in words
     prices_by_hour: tuple[float, ...] | None = None  # energy price per hour of day (24 values)
     demand_billing_period: str = "month"  # the period whose highest import is billed
+    country: str | None = None  # ISO code, optionally with a subdivision ("GB-ENG"): whose public holidays apply
     pdus: tuple[Pdu, ...] = ()
     gpu_pods: tuple[GpuPod, ...] = ()
     ess: tuple[EssSpec, ...] = ()
@@ -178,6 +180,16 @@ class Site:
     topology: Mapping | None = None  # read-only; models.topology builds the graph
     alarm_chains: Mapping | None = None  # alarm code prefix -> chain
     flexible_load: FlexibleLoad | None = None  # what the levers beside the battery may shed
+
+    def holiday_calendar(self):
+        """The site's public holidays (a ``holidays`` package calendar, years filled in on demand; it tests
+        ``date in calendar``), or None when the file names no country."""
+        if self.country is None:
+            return None
+        import holidays
+
+        code, _, subdivision = self.country.partition("-")
+        return holidays.country_holidays(code, subdiv=subdivision or None)
 
     @property
     def slurm_partitions(self) -> tuple[str, ...]:
@@ -235,10 +247,17 @@ def parse_site(doc: Any, source: str) -> Site:
             raise check.fail("site.tariff_by_hour", f"expected 24 prices (one per hour of day), got {prices!r}")
         prices = tuple(check.number(f"site.tariff_by_hour[{h}]", p, minimum=None) for h, p in enumerate(prices))
     cap = block.get("grid_import_cap_kw")
+    country = block.get("country")
+    if country is not None:
+        country = check.text("site.country", country)
+        try:
+            Site(id=site_id, source=source, country=country).holiday_calendar()
+        except NotImplementedError as exc:  # the holidays package knows no such country or subdivision
+            raise check.fail("site.country", f"is {country!r}: {exc}") from None
     return Site(
         id=site_id, source=source, name=str(block.get("name", "")), timezone=str(block.get("timezone", "UTC")),
         grid_import_cap_kw=None if cap is None else check.number("site.grid_import_cap_kw", cap),
-        tariff=str(block.get("tariff", "")), prices_by_hour=prices, demand_billing_period=period,
+        tariff=str(block.get("tariff", "")), prices_by_hour=prices, demand_billing_period=period, country=country,
         pdus=tuple(_pdu(check, f"pdus[{i}]", e) for i, e in enumerate(check.entries("pdus", doc.get("pdus")))),
         gpu_pods=tuple(_pod(check, f"gpu_pods[{i}]", e)
                        for i, e in enumerate(check.entries("gpu_pods", doc.get("gpu_pods")))),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 
 from opsloop.config.policy import LeverCosts
@@ -72,6 +73,8 @@ class LoopConfig:
     proposer: str = "peaks"
     reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
+    skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
+    holidays: Container | None = field(default=None, compare=False)  # days forecast like a Sunday (site.country)
     control: str = "setpoint"  # setpoint: a fixed kW | grid_limit: the PCS holds the plan's import limit
     # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
     # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
@@ -119,7 +122,8 @@ class LoopConfig:
                      tariff=Tariff(site.prices_by_hour) if site.prices_by_hour else Tariff(),
                      policy=Policy(import_cap_kw=cap, max_shed_kw=shed),
                      slurm_partition=(relocatable.slurm_partition if relocatable else None) or "batch",
-                     billing_period=site.demand_billing_period, kw_per_gpu=kw_per_gpu)
+                     billing_period=site.demand_billing_period, kw_per_gpu=kw_per_gpu,
+                     holidays=site.holiday_calendar())
         if lever_costs is not None and site.flexible_load is not None:
             levers = flex.catalogue(site.flexible_load, lever_costs)
             config = replace(config, levers=levers if lever_kinds is None else flex.only(levers, lever_kinds),
@@ -145,9 +149,10 @@ class Decision:
 class SitePeakLoop:
     def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
         self.config = config
-        self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps)
+        self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps,
+                                                      holidays=config.holidays)
         self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
-        self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods)
+        self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods, skill_days=config.skill_days)
         self.billing: Billing | None = None
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
@@ -212,11 +217,11 @@ class SitePeakLoop:
         soc = 100.0 if soc_pct is None else soc_pct
         energy = battery.energy_kwh(soc)
         arbiter = self.arbiter
-        arbiter.measure(load_kw, cfg.step_s, energy)
+        arbiter.measure(load_kw, cfg.step_s, energy, start_ms)
         self.reactive.learn_one(start_ms, load_kw)
         step_end = start_ms + cfg.step_s * 1000
         next_key, next_start = billing_period(step_end, cfg.billing_period)
-        mode = arbiter.start_period(next_key)
+        mode = arbiter.start_period(next_key, step_end)
         # A day billed alone is not bounded by the days before it (a Sunday after a weekday peak): the
         # recent peak is then the day's own so far; weeks and months look back a week.
         recent_peak = self.reactive.recent_peak_kw(step_end, days=0 if cfg.billing_period == "day" else 7)
@@ -232,9 +237,14 @@ class SitePeakLoop:
         reactive = arbiter.shadows[REACTIVE]
         reactive.pending = self.reactive.command(battery, reactive.energy_kwh, step_end)
         if mode == REACTIVE:
-            skill = arbiter.skill()
-            why = (f"over the last {len(arbiter.history)} {cfg.billing_period}s it cut the billed peak by "
-                   f"{skill[REACTIVE]:,.0f} kW against the forecast plan's {skill[FORECAST]:,.0f} kW")
+            if arbiter.by_days():
+                skill = arbiter.day_skill()
+                why = (f"over the last {len(arbiter.days)} days it cut the daily peaks by {skill[REACTIVE]:,.0f} kW "
+                       f"in all against the forecast plan's {skill[FORECAST]:,.0f} kW")
+            else:
+                skill = arbiter.skill()
+                why = (f"over the last {len(arbiter.history)} {cfg.billing_period}s it cut the billed peak by "
+                       f"{skill[REACTIVE]:,.0f} kW against the forecast plan's {skill[FORECAST]:,.0f} kW")
             result = reactive_plan(points, cfg.step_s, self.reactive.command(battery, energy, step_end), why,
                                    result.relocation)
         levers = None

@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
     p.add_argument("--skill-periods", type=int,
                    help="closed billing periods the mode arbiter measures (default: the loop's; 0: the plan always)")
+    p.add_argument("--skill-days", type=int,
+                   help="before two billing periods close, the arbiter decides each day on this many closed days "
+                        "(default: the loop's; 0: the plan until two periods close)")
+    p.add_argument("--holidays", choices=("on", "off"), default="on",
+                   help="forecast with each family's public holidays as a site file's country gives them (Taylor: "
+                        "England, BDEW: Germany, NAB: none known); default on")
     p.add_argument("--leave-one-out", nargs="+", metavar="REPORT",
                    help="instead of scoring: JSON reports of this command, one per candidate configuration; per "
                         "curve, the candidate best on the other curves is scored on it")
@@ -74,10 +80,14 @@ def main(args: argparse.Namespace, settings=None) -> int:
     report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
                                                for c in chosen], "curves": []}
     for name, family, times, values, step_s in chosen:
-        config = LoopConfig.from_site(site, step_s=step_s)
+        country = peak_curves.COUNTRIES.get(family) if args.holidays == "on" else None
+        config = LoopConfig.from_site(replace(site, country=country), step_s=step_s)
         if args.skill_periods is not None:
             config = replace(config, skill_periods=args.skill_periods)
-        report["config"] = {"skill_periods": config.skill_periods}
+        if args.skill_days is not None:
+            config = replace(config, skill_days=args.skill_days)
+        report["config"] = {"skill_periods": config.skill_periods, "skill_days": config.skill_days,
+                            "holidays": args.holidays}
         report["curves"].append(score_curve(name, family, times, values, step_s, config))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))
@@ -124,16 +134,16 @@ def score_curve(name, family, times, values, step_s, config: LoopConfig) -> dict
             "planner_mean_share": _mean(shares["planner"]), "reactive_mean_share": _mean(shares["reactive"]),
             "violations": sum(s["planner"]["violations"] for s in rows),
             "modes": [r["strategies"]["planner"].get("modes") for r in report["periods"]]}
-    out["mase"] = mase(times, loads, step_s, warmup)
+    out["mase"] = mase(times, loads, step_s, warmup, config.holidays)
     return out
 
 
-def mase(times, loads, step_s, warmup_days) -> dict:
+def mase(times, loads, step_s, warmup_days, holidays=None) -> dict:
     """The forecaster's MAE over the seasonal-naive forecast's (the same step a day before the target, from the
     latest day observed), at 1 h, 4 h and 24 h, after the warm-up."""
     day = max(1, 86_400 // step_s)
     horizons = {"1h": max(1, round(3600 / step_s)), "4h": max(1, round(4 * 3600 / step_s)), "24h": day}
-    f = PeakForecaster(step_s=step_s, season_steps=day)
+    f = PeakForecaster(step_s=step_s, season_steps=day, holidays=holidays)
     start = times[0] + warmup_days * 86_400_000
     errors = {k: [0.0, 0.0] for k in horizons}
     for i, (ts, y) in enumerate(zip(times, loads)):

@@ -91,6 +91,7 @@ def test_billing_periods_are_the_planners():
      "replay.streams[0] (d None): device_type missing"),
     ({"site": {"id": "s"}, "topology": ["power"]}, "topology: expected a mapping"),
     ({"site": {"id": "s"}, "sites": []}, "(root): unknown keys ['sites']"),
+    ({"site": {"id": "s", "country": "XX"}}, "site.country: is 'XX'"),
 ])
 def test_errors_name_the_file_and_the_entry(tmp_path, doc, message):
     path = write(tmp_path, doc)

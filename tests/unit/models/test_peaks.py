@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,7 +127,7 @@ def test_forecaster_follows_rivers_interface():
     assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
                                "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0,
                                "skill_power": 2.0, "skill_halflife": None, "skill_margin": 0.25, "long_share": 0.5,
-                               "covariates": None}
+                               "covariates": None, "holidays": None}
     assert f.clone()._get_params() == f._get_params()
     for i in range(200):
         f.learn_one(100.0 + i % 96)
@@ -276,3 +278,34 @@ def test_grid_limit_caps_keep_the_guards_state_of_charge_window_over_their_whole
                 verdict = decide(action, PlantState(ess), policy, action["created_ms"])
                 assert verdict.verdict == APPROVED, (soc, load, action["kind"], verdict.reasons)
     assert {"pcs_charge", "pcs_discharge"} <= kinds
+
+
+def test_a_holiday_is_forecast_like_a_sunday_and_the_workday_after_like_a_workday():
+    holiday = dt.date(1970, 1, 26)  # a Monday (1970-01-05 was the first Monday)
+
+    def load(hour: int) -> float:
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=hour // 24)
+        working = day.weekday() < 5 and day != holiday
+        return 1000.0 + (500.0 if working and 9 <= hour % 24 < 17 else 0.0)
+
+    def noon_after(holidays, until_hour: int) -> float:
+        f = PeakForecaster(step_s=3600, holidays=holidays)
+        for hour in range(until_hour):
+            f.learn_one(load(hour), {"ts_ms": hour * 3_600_000})
+        return f.forecast(13)[-1]  # noon of the next day, from 23:00
+
+    eve = (holiday - dt.date(1970, 1, 1)).days * 24  # the holiday's first hour: forecast on its eve
+    assert abs(noon_after({holiday}, eve) - 1000.0) < 50 < noon_after(None, eve) - 1000.0
+    after = noon_after({holiday}, eve + 24)  # the Tuesday: its day before is the holiday
+    assert abs(after - 1500.0) < 50 and abs(after - 1500.0) <= abs(noon_after(None, eve + 24) - 1500.0)
+    week_after = noon_after({holiday}, eve + 7 * 24)  # the Monday a week later: its week before is the holiday
+    assert abs(week_after - 1500.0) < 50 and abs(week_after - 1500.0) < abs(noon_after(None, eve + 7 * 24) - 1500.0)
+
+
+def test_a_site_files_country_gives_the_loop_its_holidays():
+    site = load_site(DEMO_SITE)
+    assert LoopConfig.from_site(site).holidays is None
+    calendar = LoopConfig.from_site(replace(site, country="DE")).holidays
+    assert dt.date(2023, 5, 18) in calendar and dt.date(2023, 5, 17) not in calendar  # Ascension
+    loop = SitePeakLoop(LoopConfig.from_site(replace(site, country="GB-ENG")))
+    assert dt.date(2000, 5, 29) in loop.forecaster.holidays  # the spring bank holiday
