@@ -45,8 +45,13 @@ class ConfluentEncoder:
             if problems:
                 raise SchemaRegistryError(f"{record} cannot read {subject} version {latest['version']}: "
                                           + "; ".join(problems))
-        self._call("PUT", f"/config/{subject}", {"compatibility": self.compatibility})
-        return self._call("POST", f"/subjects/{subject}/versions", {"schema": json.dumps(schema)})["id"]
+        rule = {"compatibility": self.compatibility}
+        if latest is not None:  # the rule must hold before the new version is judged
+            self._call("PUT", f"/config/{subject}", rule)
+        found = self._call("POST", f"/subjects/{subject}/versions", {"schema": json.dumps(schema)})["id"]
+        if latest is None:  # Apicurio keeps rules only on a subject that exists
+            self._call("PUT", f"/config/{subject}", rule)
+        return found
 
     def _call(self, method: str, path: str, body: dict | None = None, allow_missing: bool = False):
         try:

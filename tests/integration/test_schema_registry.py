@@ -11,6 +11,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from opsloop.connectors.kafka import producer, read_to_end, send_record
+from opsloop.connectors.schema_registry import ConfluentEncoder, SchemaRegistryError
 from opsloop.models.records import telemetry_point
 from opsloop.ops.kafka import free_port_pair
 from opsloop.ops.registry import LocalRegistry
@@ -60,3 +61,20 @@ def test_confluent_encoding_read_by_confluents_deserializer(kafka_settings, regi
     response = httpx.post(f"{registry}/subjects/{subject}/versions", json={"schema": json.dumps(broken)},
                           headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
     assert response.status_code == 409, response.text
+
+
+def test_our_own_check_refuses_a_subject_our_schema_cannot_read(registry):
+    """A subject left at NONE holds a version without ``unit``; the registry would take ours, our check does not."""
+    subject = confluent.value_subject("no-rules.telemetry")
+    headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
+    encoder = ConfluentEncoder(registry, compatibility="NONE")
+    try:
+        current = encoder.codec.schema("TelemetryPoint").parsed
+        older = {"type": "record", "name": current["name"], "fields": [{"name": "ts_ms", "type": "long"}]}
+        assert httpx.post(f"{registry}/subjects/{subject}/versions", json={"schema": json.dumps(older)},
+                          headers=headers).is_success
+        assert httpx.put(f"{registry}/config/{subject}", json={"compatibility": "NONE"}, headers=headers).is_success
+        with pytest.raises(SchemaRegistryError, match="cannot read"):
+            encoder.register("no-rules.telemetry", "TelemetryPoint")
+    finally:
+        encoder.close()
