@@ -45,7 +45,9 @@ class LocalRegistry:
             raise KafkaSetupError(f"Maven could not build Apicurio Registry {VERSION}:\n{result.stdout[-3000:]}"
                                   f"{result.stderr[-2000:]}")
         shutil.rmtree(self.runner.parent, ignore_errors=True)
-        (work / "target").rename(self.runner.parent)
+        self.runner.parent.mkdir(parents=True)
+        (work / "target" / "lib").rename(self.runner.parent / "lib")  # the runner's classpath
+        (work / "target" / self.runner.name).rename(self.runner)  # last: its presence marks a complete build
         shutil.rmtree(work, ignore_errors=True)
         return self.runner
 
