@@ -29,6 +29,7 @@ from opsloop.connectors.slurm import ScontrolBackend
 from opsloop.models.llm_lever import EnergyPerToken, shift_shed_kw
 from opsloop.models.reservation import reservation_name
 from opsloop.ops.llm_balancer import BACKEND
+from opsloop.schemas.codec import Codec
 from opsloop.streams.guard import GuardProcessor
 from opsloop.streams.llm_sink import LlmSink
 from opsloop.streams.slurm_sink import SlurmSink
@@ -73,8 +74,13 @@ class Hey:
                               "status": int(row["status-code"])})
 
 
+def decoded(settings, read_topic, topic: str, record: str) -> list[dict]:
+    codec = Codec.default()
+    return [codec.decode_as(record, m.value()) for m in read_topic(settings, topic)]
+
+
 def cpu_s() -> float:
-    """CPU seconds of this process (guard and sinks run in threads here) and its finished children (hey, Slurm tools)."""
+    """CPU seconds of this process (the guard and sinks run in threads here) and of its finished children."""
     return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                for f in ("ru_utime", "ru_stime"))
 
@@ -114,7 +120,7 @@ def test_a_shrink_and_a_50_percent_shift_shed_a_quarter_of_flexible_power_within
                                 "temperature": 0}))
     try:
         wait_for(lambda: all(slurm.job_shape(j).state == "RUNNING" for j in (dp, tp)), "dp and tp jobs running")
-        shape = slurm.job_shape(dp)
+        shape, tp_shape = slurm.job_shape(dp), slurm.job_shape(tp)
         guard = GuardProcessor(settings, policy, site)
         slurm_sink, llm_sink = SlurmSink(settings, policy, backend=slurm, site=site), LlmSink(settings, policy)
         seen = {"slurm": watch(slurm_sink), "llm": watch(llm_sink)}
@@ -128,7 +134,8 @@ def test_a_shrink_and_a_50_percent_shift_shed_a_quarter_of_flexible_power_within
             requests_per_s = (counts_now["2xx"] - before["2xx"]) / (rate_window[1] - rate_window[0])
             tokens_per_s = requests_per_s * MAX_TOKENS  # at most max_tokens each: an upper bound
             llm_kw = tokens_per_s * EnergyPerToken().joules_per_token(LARGE_PARAMS_B) / 1000
-            train_kw = (len(shape.nodes) * GPUS * kw_per_gpu["batch"] + 4 * GPUS * kw_per_gpu["train-b"])
+            train_kw = (len(shape.nodes) * shape.gpus_per_node * kw_per_gpu["batch"]
+                        + len(tp_shape.nodes) * tp_shape.gpus_per_node * kw_per_gpu["train-b"])
             flexible_kw = train_kw + llm_kw
             shift_kw = shift_shed_kw(tokens_per_s, 50, LARGE_PARAMS_B, SMALL_PARAMS_B)
             shrink = action("flex-shrink", "slurm_shrink", target="opsloop", partitions="batch", job_ids=[dp],
@@ -158,10 +165,17 @@ def test_a_shrink_and_a_50_percent_shift_shed_a_quarter_of_flexible_power_within
                 time.sleep(1.0)
             reverted_at = {sink: next(r["ts_ms"] for r in rs if r["status"] == "reverted") / 1000
                            for sink, rs in seen.items()}
+            tp_after = slurm.job_shape(tp)
             time.sleep(3)  # requests keep flowing across the give-back
         after = counters(metrics)
     finally:
         slurm_nodes.run("scancel", dp, tp)
+
+    # the guard asked, the operator approved: the sinks acted on the guard's signed verdicts only
+    verdicts = {}
+    for record in decoded(settings, read_topic, "actions.approved", "ApprovedAction"):
+        verdicts.setdefault(record["action"]["action_id"], []).append((record["verdict"], record["approved_by"]))
+    assert verdicts == {aid: [("needs_approval", None), ("approved", "alice")] for aid in ("flex-shrink", "flex-shift")}
 
     # the shed, as the levers estimate it, against the flexible power
     executed = {s: next(r for r in rs if r["status"] == "executed") for s, rs in seen.items()}
@@ -194,6 +208,7 @@ def test_a_shrink_and_a_50_percent_shift_shed_a_quarter_of_flexible_power_within
     assert [r["status"] for r in seen["llm"]] == ["executed", "verified", "reverted"]
     assert {n: s.weight for n, s in runtime.servers(BACKEND).items()} == {"large": 100, "small": 0}
     assert slurm.reservation(reservation_name("flex-shrink")) is None
+    assert (tp_after.state, tp_after.nodes) == ("RUNNING", tp_shape.nodes)  # the tp job was never touched
     # no request failed: every answer hey got was a 200, every request the balancer took was answered 2xx
     # with no abort on either side, and hey got an answer for each of them
     assert not failed_rows and len(under_shift) >= 8
