@@ -290,8 +290,7 @@ def free_port() -> int:
 
 def run_flex_bench(settings: Settings) -> dict:
     """Starts a four-node Slurm, two LLM servers and HAProxy here, runs ``measure`` once on fresh topics."""
-    from opsloop.connectors.kafka import apply_catalog
-    from opsloop.config.catalog import load_catalog
+    from opsloop.ops.kafka import scratch_topics
     from opsloop.ops.llm_balancer import LocalBalancer
     from opsloop.ops.llm_server import LocalLlm
     from opsloop.ops.slurm import LocalSlurm
@@ -299,14 +298,13 @@ def run_flex_bench(settings: Settings) -> dict:
     if shutil.which("hey") is None:
         raise RuntimeError("hey is not installed (make system-deps)")
     site = load_site(settings.topology)
-    with tempfile.TemporaryDirectory(prefix="flex-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="flex-bench-") as tmp, \
+            scratch_topics(settings, f"flexbench{uuid.uuid4().hex[:6]}.") as scratch:
         root = Path(tmp)
         # the bench's own keys when none are set: its guard signs, its sinks check, nothing else reads them
-        bench = settings.replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", data_dir=root / "data",
-                                 verify_window_s=30.0,
-                                 verdict_key=settings.verdict_key or f"flex-v:{secrets.token_hex(16)}",
-                                 feedback_key=settings.feedback_key or f"flex-f:{secrets.token_hex(16)}")
-        apply_catalog(bench, load_catalog().values())
+        bench = scratch.replace(verify_window_s=30.0, data_dir=root / "data",
+                                verdict_key=settings.verdict_key or f"flex-v:{secrets.token_hex(16)}",
+                                feedback_key=settings.feedback_key or f"flex-f:{secrets.token_hex(16)}")
         slurm = LocalSlurm.for_site(root / "slurm", site, nodes=4)
         servers = {n: LocalLlm(free_port(), root / n / "server.log", threads=1, interrupt_requests=False)
                    for n in ("large", "small")}
