@@ -281,9 +281,10 @@ def cmd_bench(settings: Settings, args) -> int:
 
         run_flex_bench(settings)
     if args.suite in ("all", "noc"):
-        from opsloop.ops.bench import noc as bench_noc
+        from opsloop.ops.bench import noc as bench_noc, noc_approvals
 
         print("\n".join(bench_noc.run(settings)))  # each page's server time, each page's queries
+        print("\n".join(noc_approvals.run(settings)))  # an approval's click to the verdict on the page (a broker)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.ops.evals import peak_curves
-from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate
+from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate, planner_controller
 
 TIE_KW = 0.5  # billed peaks this close count as a tie (the oracle's bisection tolerance)
 SHORT_WARMUP_DAYS = 4  # curves under four weeks long learn from 4 days instead of 7
@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leave-one-out", nargs="+", metavar="REPORT",
                    help="instead of scoring: JSON reports of this command, one per candidate configuration; per "
                         "curve, the candidate best on the other curves is scored on it")
+    p.add_argument("--levers", action="store_true",
+                   help="instead of scoring the planner: the battery alone against the battery with the site "
+                        "file's flexible_load levers (as opsloop eval peaks --levers), monthly billing, per curve")
+    p.add_argument("--policy", help="policy file for --levers (default: OPSLOOP_POLICY, the shipped one)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -65,6 +69,8 @@ def main(args: argparse.Namespace, settings=None) -> int:
                                                     for k in args.curve)) or families
     chosen = [c for c in peak_curves.curves(families)
               if not args.curve or any(k in c[0] for k in args.curve)]
+    if args.levers:
+        return _levers(args, settings, site, site_file, chosen)
     report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
                                                for c in chosen], "curves": []}
     for name, family, times, values, step_s in chosen:
@@ -75,6 +81,29 @@ def main(args: argparse.Namespace, settings=None) -> int:
         report["curves"].append(score_curve(name, family, times, values, step_s, config))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _levers(args, settings, site, site_file, chosen) -> int:
+    from opsloop.config.assets import POLICY_FILE
+    from opsloop.config.policy import load_policy
+    from opsloop.ops.evals import peak_levers
+
+    policy_file = args.policy or (settings.policy if settings else POLICY_FILE)
+    costs = load_policy(policy_file).levers
+    if costs is None:
+        raise ValueError(f"{policy_file}: --levers needs the policy's levers section (policy version 4)")
+    out = {"site": str(site_file), "policy": str(policy_file), "curves": []}
+    for name, family, times, values, step_s in chosen:
+        config = LoopConfig.from_site(site, step_s=step_s, lever_costs=costs)
+        loads = [v * AUTO_PEAK_SHARE * config.policy.import_cap_kw / max(values) for v in values]
+        warmup = 7.0 if (times[-1] - times[0]) >= 28 * 86_400_000 else SHORT_WARMUP_DAYS
+        report = peak_levers.evaluate_levers(times, loads, step_s, config, 80.0, warmup, planner_controller)
+        out["curves"].append({"curve": name, "family": family, **report})
+        if not args.json:
+            print(f"== {name} ==\n{peak_levers.render(report)}\n", flush=True)
+    if args.json:
+        print(json.dumps(out, indent=2))
     return 0
 
 

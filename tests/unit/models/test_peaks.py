@@ -246,3 +246,33 @@ def replace_control(config, control):
     from dataclasses import replace
 
     return replace(config, control=control)
+
+
+def test_grid_limit_caps_keep_the_guards_state_of_charge_window_over_their_whole_life():
+    """Planned in the guard's window, a charge near its maximum and a discharge near its reserve are sized to
+    stay inside it for as long as they may stay in force, so the guard approves them instead of refusing."""
+    from opsloop.config.policy import load_policy
+    from opsloop.models.guard import APPROVED, EssState, PlantState, decide
+
+    policy = load_policy(POLICY_FILE)
+    limits = policy.pcs
+    config = LoopConfig.from_site(load_site(SITE), pcs_kw=limits.max_kw, reserve_soc_pct=limits.reserve_soc_pct,
+                                  max_soc_pct=limits.max_soc_pct, cap_reserve_soc_pct=limits.reserve_soc_pct,
+                                  control="grid_limit")
+    assert config.battery.reserve_soc_pct == limits.reserve_soc_pct and config.battery.max_soc_pct == limits.max_soc_pct
+    kinds = set()
+    # after two days (night: the plan recharges) and at 10:00 of the third, in the high load (it discharges)
+    for minutes, load, grid in ((2 * 1440, 15_000.0, 15_000.0), (2 * 1440 + 600, 34_000.0, 32_000.0)):
+        loop = SitePeakLoop(config)
+        for snap in snapshots(3)[:minutes // 5]:
+            loop.on_snapshot(snap)
+        start = loop.last_window_ms // 900_000 * 900_000 + 900_000
+        for soc in (limits.reserve_soc_pct + 1, 50.0, limits.max_soc_pct - 3, limits.max_soc_pct - 0.6):
+            decision = pickle.loads(pickle.dumps(loop)).on_step(start, load, grid, soc, 97.0)
+            for action in (a for a in decision.actions if a["kind"].startswith("pcs_")):
+                kinds.add(action["kind"])
+                ess = EssState(soc, 97.0, float(action["params"].get("expected_kw", 0.0)), config.battery,
+                               action["created_ms"])
+                verdict = decide(action, PlantState(ess), policy, action["created_ms"])
+                assert verdict.verdict == APPROVED, (soc, load, action["kind"], verdict.reasons)
+    assert {"pcs_charge", "pcs_discharge"} <= kinds
