@@ -191,6 +191,8 @@ def consumer(settings: Settings, group: str, **overrides) -> Consumer:
         "fetch.min.bytes": 1,
     }
     config.update(overrides)
+    if settings.encoding == "confluent":  # records framed by registry id decode through the same codec
+        Codec.default().registry_schema = confluent_encoder(settings.schema_registry_url).schema_by_id
     return Consumer(config)
 
 

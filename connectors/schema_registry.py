@@ -65,5 +65,9 @@ class ConfluentEncoder:
                                       f"{response.text[:300]}")
         return response.json()
 
+    def schema_by_id(self, schema_id: int) -> dict:
+        """The schema the registry holds under ``schema_id`` (what a framed message's reader needs)."""
+        return json.loads(self._call("GET", f"/schemas/ids/{schema_id}")["schema"])
+
     def close(self) -> None:
         self.http.close()

@@ -25,13 +25,14 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = len(MARKER) + 8
+CONFLUENT_MAGIC, CONFLUENT_HEADER_LEN = b"\x00", 5  # Confluent wire format: magic byte, 4-byte registry id
 # The largest record encoded or decoded: the producers' default message.max.bytes (1,000,000) with room for the
 # key and headers; a bigger one is refused here with a clear error, not by the broker after a retry loop.
 MAX_RECORD_BYTES = 1_000_000
@@ -89,6 +90,10 @@ class Codec:
         self.schema_dir = Path(schema_dir)
         self._current: dict[str, WriterSchema] = {}
         self._writers: dict[bytes, WriterSchema] = {}
+        # Confluent wire format (``schemas/confluent.py``): a registry id -> the writer schema it names.
+        # ``registry_schema`` (set by connectors/schema_registry.py) returns the schema an id names.
+        self._registry_ids: dict[int, WriterSchema] = {}
+        self.registry_schema: Callable[[int], dict] | None = None
         for record in record_names(self.schema_dir):
             current = self._add(record, "current", self.schema_dir / f"{record}.avsc")
             self._current[record] = current
@@ -144,6 +149,8 @@ class Codec:
             raise DecodeError("empty message (null value)")
         if len(data) > MAX_RECORD_BYTES:
             raise DecodeError(f"message of {len(data):,} bytes exceeds the {MAX_RECORD_BYTES:,}-byte record limit")
+        if data[:1] == CONFLUENT_MAGIC and self.registry_schema is not None:
+            return self._decode_with(self._registry_writer(data), data, CONFLUENT_HEADER_LEN)
         if len(data) < HEADER_LEN:
             raise DecodeError(f"message of {len(data)} bytes is shorter than the {HEADER_LEN}-byte header")
         if data[:2] != MARKER:
@@ -151,9 +158,30 @@ class Codec:
         writer = self._writers.get(bytes(data[2:HEADER_LEN]))
         if writer is None:
             raise DecodeError(f"unknown writer schema fingerprint {bytes(data[2:HEADER_LEN]).hex()}")
+        return self._decode_with(writer, data, HEADER_LEN)
+
+    def _registry_writer(self, data: bytes) -> WriterSchema:
+        """The writer schema a Confluent-framed message names: one of ours, matched by fingerprint."""
+        if len(data) < CONFLUENT_HEADER_LEN:
+            raise DecodeError(f"message of {len(data)} bytes is shorter than the 5-byte Confluent header")
+        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_LEN], "big")
+        writer = self._registry_ids.get(schema_id)
+        if writer is None:
+            try:
+                schema = self.registry_schema(schema_id)
+            except Exception as exc:  # the registry is down or does not know the id: the message stays undecoded
+                raise DecodeError(f"schema id {schema_id} not resolved by the registry: {exc}") from exc
+            writer = self._writers.get(schema_fingerprint(schema))
+            if writer is None:
+                raise DecodeError(f"schema id {schema_id} names a schema opsloop does not know "
+                                  f"({str(schema.get('name', '?'))[:60]})")
+            self._registry_ids[schema_id] = writer
+        return writer
+
+    def _decode_with(self, writer: WriterSchema, data: bytes, header_len: int) -> tuple[str, dict]:
         current = self._current[writer.record]
         body = io.BytesIO(data)
-        body.seek(HEADER_LEN)
+        body.seek(header_len)
         reader = None if writer is current else current.parsed
         try:
             value = fastavro.schemaless_reader(body, writer.parsed, reader)

@@ -10,12 +10,13 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from opsloop.connectors.kafka import producer, read_to_end, send_record
+from opsloop.connectors.kafka import consumer, producer, read_to_end, send_record
 from opsloop.connectors.schema_registry import ConfluentEncoder, SchemaRegistryError
 from opsloop.models.records import telemetry_point
 from opsloop.ops.kafka import free_port_pair
 from opsloop.ops.registry import LocalRegistry
 from opsloop.schemas import confluent
+from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,17 @@ def test_confluent_encoding_read_by_confluents_deserializer(kafka_settings, regi
     context = SerializationContext(topic, MessageField.VALUE)
     read = sorted((deserialize(m.value(), context) for m in messages), key=lambda p: p["ts_ms"])
     assert read == points
+
+    # opsloop's own consumers read the same messages: a consumer built for a confluent deployment lets the
+    # codec resolve registry ids to the schemas it knows.
+    codec = Codec.default()
+    try:
+        consumer(settings, "registry-readers").close()
+        assert codec.registry_schema is not None
+        ours = sorted((codec.decode_as("TelemetryPoint", m.value()) for m in messages), key=lambda p: p["ts_ms"])
+        assert ours == points
+    finally:
+        codec.registry_schema = None
 
     # The registry enforces BACKWARD on the subject: a new required field without a default is refused.
     subject = confluent.value_subject(topic)

@@ -70,3 +70,31 @@ def test_data_written_with_a_released_version_is_read_as_the_current_one(tmp_pat
     old_bytes = old_codec.encode("TelemetryPoint", POINT)
     assert new_codec.decode_as("TelemetryPoint", old_bytes) == {**POINT, "quality": None}
     assert new_codec.encode("TelemetryPoint", {**POINT, "quality": "good"}) != old_bytes
+
+
+def test_confluent_framed_records_decode_through_the_registry_ids_the_resolver_names():
+    import io
+    import json as _json
+
+    import fastavro
+
+    from opsloop.models.records import telemetry_point
+    from opsloop.schemas.codec import SCHEMA_DIR, Codec, DecodeError, load_schema
+
+    codec = Codec()
+    point = telemetry_point(1_700_000_000_000, "demo", "pdu-a1", "pdu", "it_kw", 40.0, "kW", "test")
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, codec.schema("TelemetryPoint").parsed, point)
+    framed = b"\x00" + (7).to_bytes(4, "big") + body.getvalue()
+    with pytest.raises(DecodeError, match="single-object"):  # no registry configured: refused as before
+        codec.decode(framed)
+    asked = []
+    schema = load_schema(SCHEMA_DIR / "TelemetryPoint.avsc")
+    codec.registry_schema = lambda schema_id: asked.append(schema_id) or _json.loads(_json.dumps(schema))
+    assert codec.decode(framed) == ("TelemetryPoint", point)
+    assert codec.decode(framed)[1] == point and asked == [7]  # each id is resolved once
+    codec.registry_schema = lambda schema_id: {"type": "record", "name": "Other", "fields": []}
+    with pytest.raises(DecodeError, match="opsloop does not know"):
+        codec.decode(b"\x00" + (8).to_bytes(4, "big") + body.getvalue())
+    with pytest.raises(DecodeError, match="5-byte Confluent header"):
+        codec.decode(b"\x00\x00")
