@@ -130,6 +130,13 @@ SELECT site, device, device_type, metric, family, event_ts(ts_ms) AS issued, eve
 FROM forecasts_rul
 QUALIFY row_number() OVER (PARTITION BY site, device, metric ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
 
+-- Latest efficiency advice per site and device (advice.efficiency): the sentence, the kW and money at stake.
+CREATE OR REPLACE VIEW v_efficiency_latest AS
+SELECT site, device, event_ts(ts_ms) AS issued, reason_code, text, kw_at_stake, cost_per_day, pue,
+       setpoint_c, optimal_setpoint_c, model
+FROM advice_efficiency
+QUALIFY row_number() OVER (PARTITION BY site, device ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1;
+
 -- One row per action: what was proposed, the guard's latest verdict, and the latest result (from the
 -- writer's action_*_latest tables: one row per action each). result_observed: what the result's executor
 -- observed (the LLM sink's verification states the SLO margin there).

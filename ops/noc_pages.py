@@ -86,6 +86,11 @@ def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> 
         f"ORDER BY earliest, device LIMIT {RUL_ROWS}", [site_id]))
     for r in data["rul"]:
         r["issued"] = local(r["issued"], tz)
+    data["efficiency"] = _dicts(con.execute(  # the efficiency advisor's latest sentence per device, most at stake first
+        f"SELECT device, text, reason_code, issued, kw_at_stake FROM v_efficiency_latest WHERE site = ? "
+        f"ORDER BY kw_at_stake DESC NULLS LAST, device LIMIT {RUL_ROWS}", [site_id]))
+    for r in data["efficiency"]:
+        r["issued"] = local(r["issued"], tz)
     if latest is None:
         return data
     start = latest - (timedelta(hours=hours) if hours else timedelta(minutes=1))

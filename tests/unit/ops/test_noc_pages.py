@@ -129,3 +129,17 @@ def test_overview_shows_the_levers_engaged_the_kw_each_sheds_and_the_llm_slo_mar
     assert o["shed_kw"] == 1775.0
     margin = o["llm_slo"]["margin"]
     assert (margin.ttfb_margin_s, margin.queue_margin) == (1.5, 7.0)
+
+
+def test_overview_states_each_devices_latest_efficiency_advice_most_at_stake_first(con):
+    def advice(ts_ms, device, text, kw):
+        return {"ts_ms": ts_ms, "site": "demo", "device": device, "reason_code": "cooling_drift", "text": text,
+                "kw_at_stake": kw, "cost_per_day": kw * 24 * 0.15, "price_per_kwh": 0.15, "it_kw": 800.0,
+                "cooling_kw": 200.0, "pue": 1.25, "expected_cooling_kw": 150.0, "setpoint_c": 18.0,
+                "optimal_setpoint_c": 21.0, "model": "m"}
+    rows = [advice(T0, "chiller-1", "old advice", 90.0), advice(T0 + 60_000, "chiller-1", "Raise the setpoint.", 50.0),
+            advice(T0, "crah-1", "Stage one chiller down.", 70.0)]
+    store_batch(con, {"advice_efficiency": _table("EfficiencyAdvice", rows)}, {})
+    o = noc_pages.overview(con, "demo", load_site(Settings().topology))
+    assert [(r["device"], r["text"]) for r in o["efficiency"]] == [("crah-1", "Stage one chiller down."),
+                                                                   ("chiller-1", "Raise the setpoint.")]
