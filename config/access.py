@@ -77,7 +77,7 @@ PRINCIPALS: dict[str, Access] = {
     "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
                            groups=("cooling-sink",)),
     "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", "actions.proposed", DEADLETTER),
-                         groups=("efficiency",)),
+                         groups=("efficiency",), private=("efficiency",)),
 }
 
 
