@@ -81,7 +81,7 @@ class EfficiencyProcessor(SeriesProcessor):
         if point["metric"] not in SampleAssembler.METRICS:
             return []  # not a plant reading: no state changes, nothing to skip on a replay
         if offset is None:
-            plant = self.series.setdefault(partition, {}).setdefault(point["site"], self.new_plant())
+            plant = self.series.setdefault((self.topic, partition), {}).setdefault(point["site"], self.new_plant())
         else:
             plant = self.learnt(partition, point["site"], offset, self.new_plant)
             if plant is None:
