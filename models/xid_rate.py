@@ -60,6 +60,8 @@ class XidRate:
     ``horizon_days``: how far ahead the forecast looks.
     """
 
+    REMEMBERED = 16
+
     def __init__(self, half_life_days: float | None = 30.0, band: float = 0.8, min_span_days: float = 1.0,
                  horizon_days: float = 3650.0):
         self.half_life_days = half_life_days
@@ -69,7 +71,7 @@ class XidRate:
         self.count = 0
         self.first_ms: int | None = None
         self.last_ms: int | None = None
-        self.last_code: int | None = None
+        self.seen: tuple[tuple[int, int], ...] = ()  # the last XIDs' (time, code): a resent alarm is no new XID
         self._shape = 0.0  # the XIDs after the first, weighted
         self._exposure = 0.0  # the days they took, weighted the same way
 
@@ -81,13 +83,14 @@ class XidRate:
         return f"XidRate(half_life_days={self.half_life_days}, band={self.band:g})"
 
     def learn_one(self, ts_ms: int, code: int) -> None:
-        """One XID. The same code at the same time again is a repeat of one alarm, not another XID; one older
-        than the last counts but does not move the clock."""
-        if ts_ms == self.last_ms and code == self.last_code:
+        """One XID. The same code at the same time as one of the last ``REMEMBERED`` is a resent alarm, not
+        another XID; one older than the last counts but does not move the clock."""
+        if (ts_ms, code) in self.seen:
             return
+        self.seen = self.seen[-(self.REMEMBERED - 1):] + ((ts_ms, code),)
         self.count += 1
         if self.first_ms is None:
-            self.first_ms, self.last_ms, self.last_code = ts_ms, ts_ms, code
+            self.first_ms = self.last_ms = ts_ms
             return
         gap = max(0.0, (ts_ms - self.last_ms) / DAY_MS)
         if self.half_life_days:
@@ -97,7 +100,7 @@ class XidRate:
         else:
             self._exposure += gap
             self._shape += 1.0
-        self.last_ms, self.last_code = max(self.last_ms, ts_ms), code
+        self.last_ms = max(self.last_ms, ts_ms)
 
     def _wait(self, k: int, chance: float) -> float | None:
         """Days until ``k`` more XIDs have come with this ``chance``; None beyond the horizon."""

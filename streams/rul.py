@@ -167,8 +167,9 @@ class RulProcessor(SeriesProcessor):
                              lambda: XidSeries(self.new_xid_rate()))
         if series is None:
             return  # learnt before the restart
+        before = series.rate.count
         series.rate.learn_one(alarm["ts_ms"], code)
-        self.stats["xids"] += 1
+        self.stats["xids"] += series.rate.count - before  # a resent alarm is no XID more
         point = {"ts_ms": alarm["ts_ms"], "site": alarm["site"], "device": alarm["device"],
                  "device_type": alarm["device_type"]}
         self.publish(series, point, rule, lambda: series.rate.forecast(rule.limit), series.rate.describe())

@@ -13,7 +13,9 @@ from actuation import Running  # the integration tier's helpers
 from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.ops import noc_pages
+from opsloop.models.records import alarm
 from opsloop.models.rul import DAY_MS, RULES
+from opsloop.models.xid_rate import XidRate
 from opsloop.schemas.codec import Codec
 from opsloop.streams.rul import RulProcessor, default_trend
 from opsloop.streams.guard import GuardProcessor
@@ -155,3 +157,41 @@ def test_restart_restores_models_and_learns_nothing_twice(kafka_settings, read_t
     last = forecasts(kafka_settings, read_topic)[-1]
     assert (last["expected_ms"], last["earliest_ms"], last["latest_ms"], last["points"]) == (
         expected.expected_ms, expected.earliest_ms, expected.latest_ms, 120)
+
+
+def xid_alarm(day: float, code: str, state: str = "raise") -> dict:
+    return alarm(START_MS + int(day * DAY_MS), "demo", "node9/gpu1", "gpu", "prometheus", code,
+                 f"NVIDIA XID {code[4:]} reported by node9/gpu1", severity="critical", state=state)
+
+
+def test_xid_alarms_are_counted_per_gpu_forecast_and_kept_across_a_restart(kafka_settings, read_topic):
+    days = (0, 6, 11, 19, 24)  # an XID every five or six days: the rule's 5 reached on day 24
+    alarms = [xid_alarm(d, "XID_79" if i % 2 else "XID_48") for i, d in enumerate(days)]
+    noise = [xid_alarm(1, "XID_48", state="clear"), xid_alarm(2, "TEMP_HIGH"), alarms[1]]  # a clear, another
+    # alarm, a resent XID: none of them is an XID more
+
+    def send_alarms(records):
+        prod = producer(kafka_settings)
+        for a in records:
+            send(prod, kafka_settings.topic("alarms.raw"), a["device"].encode(), CODEC.encode("Alarm", a))
+        wait_delivered(prod)
+
+    send_alarms(alarms[:3] + noise)
+    first = run_until_idle(kafka_settings)
+    assert first["xids"] == 3 and first["dead_letters"] == 0 and first["checkpoints"] >= 1
+    send_alarms(alarms[3:])
+    second = run_until_idle(kafka_settings)  # the count so far comes from the changelog
+    assert second["xids"] == 2
+
+    rate = XidRate()  # one uninterrupted count of the same XIDs
+    got = [f for f in forecasts(kafka_settings, read_topic) if f["device"] == "node9/gpu1"]
+    for a in alarms[:4]:
+        rate.learn_one(a["ts_ms"], int(a["code"][4:]))
+    expected = rate.forecast(RULES["xid_count"].limit)
+    forecast = next(f for f in got if f["ts_ms"] == alarms[3]["ts_ms"])
+    assert (forecast["value"], forecast["earliest_ms"], forecast["expected_ms"]) == (
+        4.0, expected.earliest_ms, expected.expected_ms)
+    assert forecast["reason_code"] == "LIMIT_FORECAST" and forecast["metric"] == "xid_count"
+    assert forecast["text"].startswith("GPU node9/gpu1 is expected to reach 5 XID errors between 2026-")
+    assert got[-1]["reason_code"] == "LIMIT_PASSED" and got[-1]["value"] == 5.0
+    assert got[-1]["text"].startswith("GPU node9/gpu1 is already above 5 XID errors")

@@ -23,7 +23,7 @@ def test_only_raised_xid_alarms_count():
 
 def test_a_repeated_alarm_counts_once_and_the_same_code_later_counts_again():
     rate = XidRate()
-    for day, code in ((0, 79), (0, 79), (0, 48), (3, 79), (2, 13)):  # a resent alarm; one out of order
+    for day, code in ((0, 79), (0, 79), (0, 48), (3, 79), (2, 13), (0, 48)):  # resent alarms; one out of order
         rate.learn_one(day * DAY_MS, code)
     assert rate.count == 4 and rate.last_ms == 3 * DAY_MS
 
