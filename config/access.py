@@ -72,7 +72,7 @@ PRINCIPALS: dict[str, Access] = {
                        private=("gpu-sink",)),  # one group per node (gpu-sink-<node>): the prefixed grant
     "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER,), groups=("views",)),
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
-    "rul": Access(reads=("telemetry.raw", "alarms.raw"), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
+    "rul": Access(reads=("telemetry.raw", "alarms.raw", "slurm.queue"), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
     "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
                            groups=("cooling-sink",)),

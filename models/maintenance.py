@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
+from opsloop.models.slurm_queue import PENDING, RUNNING
+
 HOUR_MS = 3_600_000
 MAINTENANCE_WINDOW = "maintenance_window"  # the cheapest window before the forecast's early edge
 MAINTENANCE_URGENT = "maintenance_window_urgent"  # no window fits before it: the earliest one
@@ -118,7 +120,7 @@ def hourly_slots(profile: HourlyProfile, prices_by_hour: tuple[float, ...], from
 def queue_demand(entries: Iterable[Mapping], first_ms: int, hours: int) -> list[float | None]:
     """The GPUs a ``SlurmQueue`` snapshot wants in each of ``hours`` hours from ``first_ms``: running jobs until
     their end, pending jobs from their expected start (from the snapshot's time while the scheduler has none)
-    until their end, reservations over their span. None for hours past the last end the queue knows (a
+    until their end, reservations over their span (jobs in other states hold nothing). None for hours past the last end the queue knows (a
     pending job without an end is demand up to there).
 
     >>> job = {"entry": "job", "ts_ms": 0, "state": "PENDING", "gpus": 16, "start_ms": None,
@@ -128,9 +130,10 @@ def queue_demand(entries: Iterable[Mapping], first_ms: int, hours: int) -> list[
     """
     reach, known = first_ms, []
     for e in entries:
-        if e["entry"] == "snapshot" or e["gpus"] <= 0:
+        job = e["entry"] == "job"
+        if e["entry"] == "snapshot" or e["gpus"] <= 0 or job and e["state"] not in RUNNING | PENDING:
             continue
-        start = e["start_ms"] if e["entry"] == "reservation" or e["state"] not in _WAITING else e["expected_start_ms"]
+        start = e["expected_start_ms"] if job and e["state"] in PENDING else e["start_ms"]
         start = e["ts_ms"] if start is None else start
         known.append((start, e["end_ms"], float(e["gpus"])))
         if e["end_ms"] is not None:
@@ -144,9 +147,6 @@ def queue_demand(entries: Iterable[Mapping], first_ms: int, hours: int) -> list[
             continue
         out.append(sum((gpus for start, end, gpus in spans if start < hour + HOUR_MS and end > hour), 0.0))
     return out
-
-
-_WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})  # as models/slurm_queue.py
 
 
 @dataclass(frozen=True)

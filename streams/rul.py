@@ -8,7 +8,8 @@ again whenever ``republish_days`` of event time have passed, so a part's forecas
 without one record per reading. A GPU part whose band opens within two weeks also gets one
 maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``actions.proposed`` for
 the guard, at the cheapest hours before the band by the node's own utilisation by hour of day (its
-GPUs' ``gpu_util_pct``) and the tariff.
+GPUs' ``gpu_util_pct``), the tariff and the site's latest ``slurm.queue`` snapshot (hours its running and
+pending jobs want the GPUs cost the node's whole work; the snapshot is a hint, read again after a restart).
 
 XIDs as wear: the live sources turn each NVIDIA XID into an alarm on ``alarms.raw`` (code ``XID_<n>``), so the
 agent reads that topic too. Each GPU's raised XID alarms are counted by a ``models.xid_rate.XidRate`` (a Poisson
@@ -32,6 +33,7 @@ from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
 from opsloop.models.rollup import value_problem
 from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
+from opsloop.models.slurm_queue import LatestQueue
 from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Forecast, Rule, count_xid, forecast_record
 from opsloop.models.xid_rate import XidRate, xid_code
 from opsloop.schemas.codec import DecodeError
@@ -69,7 +71,8 @@ class XidSeries:
 
 class RulProcessor(SeriesProcessor):
     name = "rul"
-    sources = ("telemetry.raw", "alarms.raw")
+    sources = ("telemetry.raw", "alarms.raw", "slurm.queue")
+    stateless = ("slurm.queue",)
 
     def __init__(self, settings: Settings, rules: dict[str, Rule] = RULES,
                  new_trend: Callable[[Rule], DegradationTrend] = default_trend, horizon_days: float = 365.0,
@@ -80,7 +83,8 @@ class RulProcessor(SeriesProcessor):
         self.rules = rules
         self.new_trend = new_trend
         self.new_xid_rate = new_xid_rate
-        self.alarms_topic = settings.topic("alarms.raw")
+        self.alarms_topic, self.queue_topic = settings.topic("alarms.raw"), settings.topic("slurm.queue")
+        self.queues = LatestQueue()  # each site's latest Slurm queue (a hint: not checkpointed, read again)
         self.horizon_ms = int(horizon_days * DAY_MS)
         self.republish_ms = int(republish_days * DAY_MS)
         self.maintenance = maintenance  # None: forecasts only, no windows proposed
@@ -105,6 +109,12 @@ class RulProcessor(SeriesProcessor):
     def handle(self, msg) -> None:
         if msg.topic() == self.alarms_topic:
             self.on_alarm(msg)
+            return
+        if msg.topic() == self.queue_topic:
+            try:
+                self.queues.add(self.codec.decode_as("SlurmQueue", msg.value()))
+            except DecodeError as exc:
+                self.dead_letter(msg, "decode", exc.reason)
             return
         partition, offset = msg.partition(), msg.offset()
         try:
@@ -189,7 +199,8 @@ class RulProcessor(SeriesProcessor):
         self.stats["forecasts"] += 1
         if self.maintenance is not None and series.proposed is None:
             node = node_of(point["device"]) or ""
-            action = propose(record, self.profiles.get(node, HourlyProfile()), self.maintenance, point["ts_ms"])
+            action = propose(record, self.profiles.get(node, HourlyProfile()), self.maintenance, point["ts_ms"],
+                             self.queues.of(point["site"]))
             if action is not None:
                 self.emit("actions.proposed", action)
                 series.proposed = action["action_id"]

@@ -10,7 +10,8 @@ only those ``current`` says this agent would build today (a model saved under an
 upgrade, starts afresh and relearns from the committed offset); a revocation commits, then drops them.
 
 A processor with several ``sources`` keeps the series of each in a changelog of its own (the first source's is
-``<name>-state``, another's ``<name>-<topic>-state``): series live per (physical topic, partition).
+``<name>-state``, another's ``<name>-<topic>-state``; none for the ``stateless`` ones): series live per
+(physical topic, partition).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from opsloop.streams.processor import BatchProcessor, Partition
 
 class SeriesProcessor(BatchProcessor):
     source = "telemetry.raw"
+    stateless: tuple[str, ...] = ()  # sources read for hints only: no changelog, nothing restored
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, **kwargs):
@@ -61,7 +63,7 @@ class SeriesProcessor(BatchProcessor):
 
     def setup(self, cons) -> None:
         self.changelogs: dict[str, Changelog] = {}
-        for i, source in enumerate(self.sources):
+        for i, source in enumerate(s for s in self.sources if s not in self.stateless):
             topic = self.settings.topic(source)
             partitions = len(cons.list_topics(topic, timeout=30).topics[topic].partitions)
             name = f"{self.name}-state" if i == 0 else f"{self.name}-{source}-state"

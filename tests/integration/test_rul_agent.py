@@ -13,6 +13,7 @@ from actuation import Running  # the integration tier's helpers
 from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.ops import noc_pages
+from opsloop.models.maintenance import MaintenancePlan
 from opsloop.models.records import alarm
 from opsloop.models.rul import DAY_MS, RULES
 from opsloop.models.xid_rate import XidRate
@@ -195,3 +196,34 @@ def test_xid_alarms_are_counted_per_gpu_forecast_and_kept_across_a_restart(kafka
     assert forecast["text"].startswith("GPU node9/gpu1 is expected to reach 5 XID errors between 2026-")
     assert got[-1]["reason_code"] == "LIMIT_PASSED" and got[-1]["value"] == 5.0
     assert got[-1]["text"].startswith("GPU node9/gpu1 is already above 5 XID errors")
+
+
+def test_a_maintenance_window_avoids_the_hours_the_slurm_queue_wants_the_gpus(kafka_settings, read_topic):
+    # the queue: a 64-GPU job waiting for each night (00:00-08:00 UTC) of the next 100 days; days are free
+    nights = [{"ts_ms": START_MS, "site": "demo", "source": "slurm-queue", "snapshot_size": 100, "entry": "job",
+               "id": str(1000 + d), "partition": "batch", "device": None, "state": "PENDING", "reason": "Resources",
+               "name": "train", "user": "ann", "gpus": 64, "nodes": 8, "est_kw": 44.8, "priority": 100,
+               "submit_ms": START_MS, "start_ms": None, "expected_start_ms": START_MS + d * DAY_MS,
+               "end_ms": START_MS + d * DAY_MS + 8 * 3_600_000, "reservation": None} for d in range(100)]
+    closing = {**nights[0], "entry": "snapshot", "id": "slurm-queue", "state": "COMPLETE", "gpus": 6400,
+               "expected_start_ms": None, "end_ms": None}
+    plan = MaintenancePlan(queue_max_age_h=24 * 100)  # the test's queue is read once, at the first reading's time
+    rul = RulProcessor(kafka_settings, maintenance=plan, wall_clock=lambda: NOW_S)
+    with Running(rul, safety_net_s=120):
+        prod = producer(kafka_settings)
+        for e in nights + [closing]:
+            send(prod, kafka_settings.topic("slurm.queue"), b"demo", CODEC.encode("SlurmQueue", e))
+        wait_delivered(prod)
+        deadline = time.monotonic() + 60
+        while rul.queues.of("demo") is None:  # the queue is in before the readings that call for a window
+            assert time.monotonic() < deadline, "the queue was not read within 60 s"
+            time.sleep(0.1)
+        publish(kafka_settings, [utilisation(h) for h in range(24 * 7)] + [remaps(d) for d in range(75)])
+        while rul.stats["windows"] < 1:
+            assert time.monotonic() < deadline, "no window within 60 s"
+            time.sleep(0.1)
+    [window] = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    start = int(window["params"]["start_ms"]) // 3_600_000
+    hours = [(start + i) % 24 for i in range(4)]
+    assert not any(h < 8 for h in hours), hours  # by day: busy GPUs by the load profile, but free by the queue
+    assert "0 GPU-hours moved" in window["reason"]
