@@ -9,17 +9,19 @@ STAMP  := $(VENV)/.installed
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster; Chromium and its
 # driver run the NOC page test; snmpd serves the SNMP source tests' PDU and snmptrap (snmp) sends
 # their traps; Prometheus and its node-exporter are the real parts the Prometheus sources are tested
-# against; HAProxy is the balancer the LLM sink steers in front of the test LLM servers. Install them
+# against; HAProxy is the balancer the LLM sink steers in front of the test LLM servers, and hey the
+# load generator the flex-shed test streams completions through it with. Install them
 # from Debian when missing and we may.
 DEBS := default-jre-headless maven slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin munge \
-        chromium chromium-driver snmpd snmp prometheus prometheus-node-exporter haproxy
+        chromium chromium-driver snmpd snmp prometheus prometheus-node-exporter haproxy hey
 system-deps:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v slurmctld >/dev/null \
 	  && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null \
 	  && ls /usr/lib/*/slurm-wlm/auth_jwt.so >/dev/null 2>&1 \
 	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v snmpd >/dev/null \
 	  && command -v snmptrap >/dev/null && command -v prometheus >/dev/null \
-	  && command -v prometheus-node-exporter >/dev/null && command -v haproxy >/dev/null || { \
+	  && command -v prometheus-node-exporter >/dev/null && command -v haproxy >/dev/null \
+	  && command -v hey >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	  else echo "Needed from Debian: apt-get install $(DEBS)"; exit 1; fi; }

@@ -31,6 +31,7 @@ from opsloop.config.settings import Settings
 
 ADMIN = "admin"  # the super user
 DEADLETTER = "deadletter"
+HEALTH = "agents.health"  # every batch-loop agent reports on it
 EVERY_TOPIC = "*"  # in ``reads``: every catalog topic
 
 
@@ -51,32 +52,33 @@ class Access:
 #: writes operator feedback and its audit trail and (with --with-views) runs the views agent in its process.
 PRINCIPALS: dict[str, Access] = {
     "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", "slurm.queue", DEADLETTER)),
-    "rollup": Access(reads=("telemetry.raw",), writes=("telemetry.site", DEADLETTER), groups=("rollup",)),
-    "anomaly": Access(reads=("telemetry.raw",), writes=("alarms.raw", DEADLETTER), groups=("anomaly",),
+    "rollup": Access(reads=("telemetry.raw",), writes=("telemetry.site", DEADLETTER, HEALTH), groups=("rollup",)),
+    "anomaly": Access(reads=("telemetry.raw",), writes=("alarms.raw", DEADLETTER, HEALTH), groups=("anomaly",),
                       private=("anomaly",)),
-    "dedup": Access(reads=("alarms.raw", "operator.feedback"), writes=("alarms.clean", DEADLETTER),
+    "dedup": Access(reads=("alarms.raw", "operator.feedback"), writes=("alarms.clean", DEADLETTER, HEALTH),
                     groups=("dedup",), private=("dedup",), fixed_groups=("labels",)),
-    "correlate": Access(reads=("alarms.clean",), writes=("incidents", DEADLETTER), groups=("correlate",),
+    "correlate": Access(reads=("alarms.clean",), writes=("incidents", DEADLETTER, HEALTH), groups=("correlate",),
                         private=("correlate",)),
-    "peaks": Access(reads=("telemetry.site",), writes=("forecasts.peak", "actions.proposed", DEADLETTER),
+    "peaks": Access(reads=("telemetry.site",), writes=("forecasts.peak", "actions.proposed", DEADLETTER, HEALTH),
                     groups=("peaks",), private=("peaks",)),
     "guard": Access(reads=("actions.proposed", "operator.feedback", "telemetry.site", "actions.results"),
-                    writes=("actions.approved", "actions.results", "alarms.raw", DEADLETTER), groups=("guard",)),
-    "pcs-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+                    writes=("actions.approved", "actions.results", "alarms.raw", DEADLETTER, HEALTH), groups=("guard",)),
+    "pcs-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                        groups=("pcs-sink",)),
-    "slurm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+    "slurm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                          groups=("slurm-sink",)),
-    "llm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+    "llm-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                        groups=("llm-sink",)),
-    "gpu-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+    "gpu-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                        private=("gpu-sink",)),  # one group per node (gpu-sink-<node>): the prefixed grant
-    "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER,), groups=("views",)),
-    "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER), groups=("views",)),
-    "rul": Access(reads=("telemetry.raw", "alarms.raw", "slurm.queue"), writes=("forecasts.rul", "actions.proposed", DEADLETTER), groups=("rul",), private=("rul",)),
+    "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER, HEALTH), groups=("views",)),
+    "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER, HEALTH), groups=("views",)),
+    "rul": Access(reads=("telemetry.raw", "alarms.raw", "slurm.queue"),
+                  writes=("forecasts.rul", "actions.proposed", DEADLETTER, HEALTH), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
-    "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER),
+    "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                            groups=("cooling-sink",)),
-    "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", "actions.proposed", DEADLETTER),
+    "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", "actions.proposed", DEADLETTER, HEALTH),
                          groups=("efficiency",), private=("efficiency",)),
 }
 

@@ -19,6 +19,9 @@ price the efficiency advice counts in when the site file has no tariff); without
 and ``gpu_power_limit``, their floors and longest duration); without it those kinds are rejected.
 ``slurm_shrink`` (release nodes of a running data-parallel job) needs no new section: it is a
 Slurm action under the ``slurm`` limits and budget.
+4 also adds the optional ``levers`` section: what each flexible-load lever costs the
+peak planner (``models.levers``), and how many hours a day each may be engaged;
+without it the planner uses the battery alone.
 
 >>> policy = parse_policy({"version": 2, "approval_expiry_s": 600,
 ...     "actions": {"pcs_discharge": {"mode": "auto"}, "slurm_requeue": {"mode": "approve"}},
@@ -52,6 +55,7 @@ from opsloop.config import strict_yaml
 
 SCHEMA_VERSION = 4  # the newest policy version (the shipped file)
 READABLE_VERSIONS = (1, 2, 3, 4)
+LEVER_KINDS = ("llm_shift", "llm_cap", "gpu_clock_lock", "slurm_shrink", "slurm_hold")  # models.levers
 MODES = ("advise", "approve", "auto")
 ACTION_KINDS = ("pcs_discharge", "pcs_charge", "pcs_idle", "slurm_hold", "slurm_release",
                 "slurm_requeue", "slurm_suspend", "slurm_resume", "llm_shift", "llm_cap",
@@ -124,6 +128,21 @@ POLICY_SCHEMA: dict = {
             "required": ["min_sm_clock_mhz", "min_power_limit_w", "max_duration_s"],
             "properties": {"min_sm_clock_mhz": {"type": "integer", "minimum": 1},
                            "min_power_limit_w": _positive, "max_duration_s": _positive},
+        },
+        "levers": {
+            "type": "object", "additionalProperties": False,
+            "required": ["demand_charge_per_kw_month", "battery_wear_per_kwh", "gpu_hour", "hold_restart_share",
+                         "llm_shift_per_kwh", "llm_cap_per_kwh", "max_hours_per_day"],
+            "properties": {"demand_charge_per_kw_month": {"type": "number", "minimum": 0},
+                           "battery_wear_per_kwh": {"type": "number", "minimum": 0},
+                           "gpu_hour": {"type": "number", "minimum": 0},
+                           "hold_restart_share": {"type": "number", "minimum": 0},
+                           "llm_shift_per_kwh": {"type": "number", "minimum": 0},
+                           "llm_cap_per_kwh": {"type": "number", "minimum": 0},
+                           "max_hours_per_day": {
+                               "type": "object", "additionalProperties": False,
+                               "properties": {k: {"type": "number", "minimum": 0, "maximum": 24}
+                                              for k in LEVER_KINDS}}},
         },
     },
 }
@@ -234,6 +253,19 @@ class GpuLimits:
 
 
 @dataclass(frozen=True)
+class LeverCosts:
+    """What the peak planner's levers cost, in one currency (``models.levers``), and their daily budgets."""
+
+    demand_charge_per_kw_month: float  # a kW off a month's billed peak saves this (other periods pro rata)
+    battery_wear_per_kwh: float  # per kWh the battery discharges
+    gpu_hour: float  # a GPU-hour of training lost or deferred
+    hold_restart_share: float  # a held job loses this share again on top (checkpoint, requeue, warm-up)
+    llm_shift_per_kwh: float  # the serving SLO risk of a shift to the small model, per kWh it saves
+    llm_cap_per_kwh: float  # the serving SLO risk of a concurrency cap, per kWh it saves
+    max_hours_per_day: Mapping[str, float] = field(default_factory=dict)  # a lever not listed: no limit
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_expiry_s: float
@@ -245,6 +277,7 @@ class Policy:
     llm: LlmLimits | None = None  # policy version 3; None: llm_* actions are rejected
     cooling: CoolingLimits | None = None  # policy version 4; None: cooling_setpoint actions are rejected
     gpu: GpuLimits | None = None  # policy version 4; None: gpu_* actions are rejected
+    levers: LeverCosts | None = None  # policy version 4; None: the peak planner uses the battery alone
 
     def rule(self, kind: str) -> KindRule:
         """A kind the policy does not list is advise-only: nothing acts unless the policy says so."""
@@ -300,6 +333,8 @@ def parse_policy(doc: Any) -> Policy:
     problems += _cooling_problems(doc)
     if "gpu" in doc and doc["version"] < 4:
         problems.append("gpu: needs policy version 4")
+    if "levers" in doc and doc["version"] < 4:
+        problems.append("levers: needs policy version 4")
     pcs = doc["pcs"]
     if pcs.get("max_soc_pct", 100.0) <= pcs["reserve_soc_pct"]:
         problems.append("pcs: max_soc_pct must be above reserve_soc_pct")
@@ -329,6 +364,7 @@ def parse_policy(doc: Any) -> Policy:
         cooling=None if "cooling" not in doc else CoolingLimits(**{k: float(v) for k, v in doc["cooling"].items()}),
         gpu=GpuLimits(int(doc["gpu"]["min_sm_clock_mhz"]), float(doc["gpu"]["min_power_limit_w"]),
                       float(doc["gpu"]["max_duration_s"])) if "gpu" in doc else None,
+        levers=_lever_costs(doc.get("levers")),
     )
 
 
@@ -348,6 +384,13 @@ def _cooling_problems(doc: Mapping) -> list[str]:
     if cooling["max_change_c_per_h"] < cooling["max_step_c"]:
         problems.append("cooling: max_change_c_per_h is smaller than one max_step_c")
     return problems
+
+
+def _lever_costs(section: Mapping | None) -> LeverCosts | None:
+    if section is None:
+        return None
+    return LeverCosts(**{k: float(v) for k, v in section.items() if k != "max_hours_per_day"},
+                      max_hours_per_day={k: float(v) for k, v in section["max_hours_per_day"].items()})
 
 
 def _llm_limits(section: Mapping | None) -> LlmLimits | None:

@@ -61,6 +61,10 @@ class Settings:
     # at-least-once: outputs delivered, then state, then offsets (a crash repeats outputs; sinks upsert) |
     # exactly-once: the stateful processors write outputs, state and offsets in one Kafka transaction
     delivery: str = "at-least-once"
+    # single-object: Avro single-object encoding, decoded with schemas/ alone | confluent: Confluent's wire format
+    # with ids from the schema registry at schema_registry_url (its ccompat API), for registry-aware consumers
+    encoding: str = "single-object"
+    schema_registry_url: str = ""
     deadletter_max_bytes: int = 262_144  # key + value a dead letter keeps; beyond it: cut, with size and hash
     unknown_names: str = "deadletter"  # deadletter: points and alarms of undeclared sites/devices; accept: keep them
     peaks_step_s: int = 900  # peaks agent planning step (15 min = the billing interval)
@@ -140,6 +144,10 @@ class Settings:
             raise ValueError(f"OPSLOOP_PEAKS_CONTROL: expected grid_limit or setpoint, got {self.peaks_control!r}")
         if self.delivery not in ("at-least-once", "exactly-once"):
             raise ValueError(f"OPSLOOP_DELIVERY: expected at-least-once or exactly-once, got {self.delivery!r}")
+        if self.encoding not in ("single-object", "confluent"):
+            raise ValueError(f"OPSLOOP_ENCODING: expected single-object or confluent, got {self.encoding!r}")
+        if self.encoding == "confluent" and not self.schema_registry_url:
+            raise ValueError("OPSLOOP_SCHEMA_REGISTRY_URL is required with OPSLOOP_ENCODING=confluent")
         if not self.clock_speed > 0:
             raise ValueError(f"OPSLOOP_CLOCK_SPEED: expected a number > 0, got {self.clock_speed!r}")
 

@@ -32,8 +32,9 @@ from opsloop.config import strict_yaml
 from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
-TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains")
-SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period")
+TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains", "flexible_load")
+SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period",
+             "country")
 STREAM_KEYS = ("device", "device_type", "metric", "unit", "column", "scale", "offset", "constant")
 
 
@@ -92,6 +93,50 @@ class GpuPod:
 
 
 @dataclass(frozen=True)
+class TrainingLoad:
+    """Slurm training jobs the levers may touch: data-parallel ones shrink, the rest are held whole."""
+
+    share: float  # of the site's load
+    partition: str  # where they run (the policy must let it be touched)
+    data_parallel: float = 0.5  # share of it in data-parallel jobs, which may release nodes (slurm_shrink)
+    min_replicas: float = 0.5  # a data-parallel job keeps at least this share of its replicas
+    node_kw: float = 5.6  # nodes are released whole
+    job_kw: float = 45.0  # tensor- and expert-parallel jobs are held whole: one job's draw
+
+
+@dataclass(frozen=True)
+class LlmServingLoad:
+    """LLM serving behind the balancer: what a shift to the small model and a concurrency cap save."""
+
+    share: float  # of the site's load
+    backend: str = "llm"  # the balancer's backend (the actions' target)
+    shift_pct: float = 50.0  # the largest shift the planner proposes (the policy's llm.max_shift_pct bounds it)
+    shift_saving: float = 0.3  # share of the serving load saved at that shift
+    cap_servers: tuple[str, ...] = ("large",)
+    cap_maxconn: int = 4  # concurrent requests per server under a cap
+    cap_saving: float = 0.1  # share of the serving load saved by the cap
+
+
+@dataclass(frozen=True)
+class ClockLoad:
+    """GPUs whose clocks may be locked lower (load no other lever touches)."""
+
+    share: float  # of the site's load
+    saving: float = 0.15  # share of their power saved at the locked clock
+    throughput_loss: float = 0.05  # share of their throughput lost
+
+
+@dataclass(frozen=True)
+class FlexibleLoad:
+    """What the levers beside the battery can act on (``models.levers``); shares of the site's load,
+    each part counted once (together at most 1)."""
+
+    training: TrainingLoad | None = None
+    llm_serving: LlmServingLoad | None = None
+    clock_lock: ClockLoad | None = None
+
+
+@dataclass(frozen=True)
 class ReplayStream:
     """One replayed metric: value = column x scale + offset, or a constant."""
 
@@ -126,6 +171,7 @@ class Site:
     tariff: str = ""  # what the tariff is, in words
     prices_by_hour: tuple[float, ...] | None = None  # energy price per hour of day (24 values)
     demand_billing_period: str = "month"  # the period whose highest import is billed
+    country: str | None = None  # ISO code, optionally with a subdivision ("GB-ENG"): whose public holidays apply
     pdus: tuple[Pdu, ...] = ()
     gpu_pods: tuple[GpuPod, ...] = ()
     ess: tuple[EssSpec, ...] = ()
@@ -133,6 +179,17 @@ class Site:
     replay: ReplaySpec | None = None
     topology: Mapping | None = None  # read-only; models.topology builds the graph
     alarm_chains: Mapping | None = None  # alarm code prefix -> chain
+    flexible_load: FlexibleLoad | None = None  # what the levers beside the battery may shed
+
+    def holiday_calendar(self):
+        """The site's public holidays (a ``holidays`` package calendar, years filled in on demand; it tests
+        ``date in calendar``), or None when the file names no country."""
+        if self.country is None:
+            return None
+        import holidays
+
+        code, _, subdivision = self.country.partition("-")
+        return holidays.country_holidays(code, subdiv=subdivision or None)
 
     @property
     def slurm_partitions(self) -> tuple[str, ...]:
@@ -190,10 +247,17 @@ def parse_site(doc: Any, source: str) -> Site:
             raise check.fail("site.tariff_by_hour", f"expected 24 prices (one per hour of day), got {prices!r}")
         prices = tuple(check.number(f"site.tariff_by_hour[{h}]", p, minimum=None) for h, p in enumerate(prices))
     cap = block.get("grid_import_cap_kw")
+    country = block.get("country")
+    if country is not None:
+        country = check.text("site.country", country)
+        try:
+            Site(id=site_id, source=source, country=country).holiday_calendar()
+        except NotImplementedError as exc:  # the holidays package knows no such country or subdivision
+            raise check.fail("site.country", f"is {country!r}: {exc}") from None
     return Site(
         id=site_id, source=source, name=str(block.get("name", "")), timezone=str(block.get("timezone", "UTC")),
         grid_import_cap_kw=None if cap is None else check.number("site.grid_import_cap_kw", cap),
-        tariff=str(block.get("tariff", "")), prices_by_hour=prices, demand_billing_period=period,
+        tariff=str(block.get("tariff", "")), prices_by_hour=prices, demand_billing_period=period, country=country,
         pdus=tuple(_pdu(check, f"pdus[{i}]", e) for i, e in enumerate(check.entries("pdus", doc.get("pdus")))),
         gpu_pods=tuple(_pod(check, f"gpu_pods[{i}]", e)
                        for i, e in enumerate(check.entries("gpu_pods", doc.get("gpu_pods")))),
@@ -202,7 +266,8 @@ def parse_site(doc: Any, source: str) -> Site:
                       for i, e in enumerate(check.entries("devices", doc.get("devices")))),
         replay=None if doc.get("replay") is None else _replay(check, site_id, doc["replay"]),
         topology=_topology(check, doc.get("topology")),
-        alarm_chains=_alarm_chains(check, doc.get("alarm_chains")))
+        alarm_chains=_alarm_chains(check, doc.get("alarm_chains")),
+        flexible_load=_flexible_load(check, doc.get("flexible_load")))
 
 
 def _ess(check: "_Checker", where: str, entry: Mapping) -> EssSpec:
@@ -242,6 +307,45 @@ def _pod(check: "_Checker", where: str, entry: Mapping) -> GpuPod:
         it_share=check.share(f"{where}.it_share", entry.get("it_share", 0.0), zero=True),
         description=str(entry.get("description", "")),
         kw_per_gpu=check.number(f"{where}.kw_per_gpu", entry.get("kw_per_gpu", GpuPod.kw_per_gpu)))
+
+
+def _flexible_load(check: "_Checker", block: Any) -> FlexibleLoad | None:
+    if block is None:
+        return None
+    check.keys("flexible_load", block, tuple(FlexibleLoad.__dataclass_fields__))
+    parts = {}
+    for name, kind in (("training", TrainingLoad), ("llm_serving", LlmServingLoad), ("clock_lock", ClockLoad)):
+        entry = block.get(name)
+        if entry is None:
+            continue
+        where = f"flexible_load.{name}"
+        check.keys(where, entry, tuple(kind.__dataclass_fields__))
+        values = {}
+        for key, value in entry.items():
+            if key in ("partition", "backend"):
+                values[key] = check.text(f"{where}.{key}", value)
+            elif key == "cap_servers":
+                if not isinstance(value, list) or not value:
+                    raise check.fail(f"{where}.{key}", f"expected a non-empty list of server names, got {value!r}")
+                values[key] = tuple(check.text(f"{where}.{key}[{i}]", v) for i, v in enumerate(value))
+            elif key == "cap_maxconn":
+                values[key] = check.count(f"{where}.{key}", value)
+            elif key == "shift_pct":
+                values[key] = check.percent(f"{where}.{key}", value, positive=True)
+            elif key in ("node_kw", "job_kw"):
+                values[key] = check.number(f"{where}.{key}", value)
+            else:  # shares: the part itself must be some load, what a lever saves of it may be none
+                values[key] = check.share(f"{where}.{key}", value, zero=key != "share")
+        if name == "training" and "partition" not in values:
+            raise check.fail(where, "partition missing (where the training jobs run)")
+        parts[name] = kind(**values)
+    total = sum(p.share for p in parts.values())
+    if total > 1 + 1e-9:
+        raise check.fail("flexible_load", f"shares add up to {total:g}; each part of the load counts once, so at most 1")
+    serving = parts.get("llm_serving")
+    if serving and serving.shift_saving + serving.cap_saving > 1:
+        raise check.fail("flexible_load.llm_serving", "shift_saving and cap_saving add up to more than 1")
+    return FlexibleLoad(**parts)
 
 
 def _replay(check: "_Checker", site_id: str, block: Any) -> ReplaySpec:

@@ -6,6 +6,7 @@ configured from ``Settings`` (never from the environment).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from opsloop.config.catalog import TopicSpec, cached_catalog
 from opsloop.config.settings import Settings
+from opsloop.connectors.schema_registry import ConfluentEncoder
 from opsloop.models.records import dead_letter
 from opsloop.schemas.codec import Codec
 
@@ -275,8 +277,18 @@ def send_record(prod: Producer, settings: Settings, topic: str, record: dict, co
                 on_delivery=None, on_rejected: Rejected | None = None) -> None:
     """Produce a record to catalog topic ``topic``, encoded and keyed as the catalog declares."""
     spec = cached_catalog(settings.topics_file)[topic]
-    send(prod, settings.topic(topic), spec.key_of(record), (codec or Codec.default()).encode(spec.record, record),
-         on_delivery, on_rejected=on_rejected)
+    name = settings.topic(topic)
+    if settings.encoding == "confluent":
+        value = confluent_encoder(settings.schema_registry_url).encode(name, spec.record, record)
+    else:
+        value = (codec or Codec.default()).encode(spec.record, record)
+    send(prod, name, spec.key_of(record), value, on_delivery, on_rejected=on_rejected)
+
+
+@functools.lru_cache(maxsize=4)
+def confluent_encoder(url: str) -> ConfluentEncoder:
+    """One encoder per registry, so each topic's schema id is looked up once per process."""
+    return ConfluentEncoder(url)
 
 
 def wait_delivered(prod: Producer, timeout_s: float | None = 30.0) -> None:

@@ -65,6 +65,7 @@ class Battery:
     reserve_soc_pct: float = EssSpec.reserve_soc_pct  # never discharge below this state of charge
     soh_pct: float = EssSpec.soh_pct
     ramp_kw_per_s: float = math.inf
+    max_soc_pct: float = 100.0  # never charge above this state of charge (a guard's maximum; the plant stops at 100)
 
     @classmethod
     def from_spec(cls, spec: EssSpec, **changes) -> "Battery":
@@ -80,6 +81,11 @@ class Battery:
     @property
     def reserve_kwh(self) -> float:
         return self.full_kwh * self.reserve_soc_pct / 100.0
+
+    @property
+    def ceiling_kwh(self) -> float:
+        """The most energy charging may store: usable energy at ``max_soc_pct``."""
+        return self.full_kwh * self.max_soc_pct / 100.0
 
     @property
     def eta(self) -> float:
@@ -105,8 +111,8 @@ class Battery:
         return max(0.0, min(self.pcs_discharge_kw, (energy_kwh - self.reserve_kwh) * self.eta / step_h))
 
     def max_charge_kw(self, energy_kwh: float, step_h: float) -> float:
-        """Most power the battery can take for a whole step without passing full."""
-        return max(0.0, min(self.pcs_charge_kw, (self.full_kwh - energy_kwh) / (self.eta * step_h)))
+        """Most power the battery can take for a whole step without passing ``max_soc_pct``."""
+        return max(0.0, min(self.pcs_charge_kw, (self.ceiling_kwh - energy_kwh) / (self.eta * step_h)))
 
     def step(self, energy_kwh: float, command: "Command", load_kw: float, step_h: float,
              previous_kw: float = 0.0) -> "StepResult":
@@ -125,7 +131,7 @@ class Battery:
         if abs(wanted - previous_kw) > self.ramp_kw_per_s * step_h * 3600 + 1e-6:
             violations += 1
         energy = energy_kwh - self.drawn_kwh(wanted, step_h)
-        energy = min(self.full_kwh, max(min(self.reserve_kwh, energy_kwh), energy))  # float dust only
+        energy = min(max(self.ceiling_kwh, energy_kwh), max(min(self.reserve_kwh, energy_kwh), energy))  # float dust
         return StepResult(power_kw=wanted, grid_kw=load_kw - wanted, energy_kwh=energy, violations=violations)
 
     # The planner's simulations over a forecast: ``drawn_kwh`` inlined, as they run inside its bisection.
@@ -134,7 +140,7 @@ class Battery:
               limit_kw: float, ceiling_kw: float) -> bool:
         """Can the battery keep import at or under ``limit_kw`` at every step, recharging under ``ceiling_kw``
         in the ``charge_at`` steps?"""
-        reserve, full, eta, energy = self.reserve_kwh, self.full_kwh, self.eta, energy_kwh
+        reserve, full, eta, energy = self.reserve_kwh, self.ceiling_kwh, self.eta, energy_kwh
         for kw, charge in zip(load, charge_at):
             if kw > limit_kw:
                 need = kw - limit_kw
@@ -151,7 +157,7 @@ class Battery:
     def dispatch(self, load: Sequence[float], charge_at: Sequence[bool], energy_kwh: float, step_h: float,
                  target_kw: float, ceiling_kw: float) -> list[float]:
         """Expected PCS power per step: what ``step`` does under the planner's commands."""
-        reserve, full, eta, energy = self.reserve_kwh, self.full_kwh, self.eta, energy_kwh
+        reserve, full, eta, energy = self.reserve_kwh, self.ceiling_kwh, self.eta, energy_kwh
         out = []
         for kw, charge in zip(load, charge_at):
             if kw > target_kw:

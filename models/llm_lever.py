@@ -27,6 +27,7 @@ SloVerdict(code='within_slo', text='first byte in 0.401 s (SLO 2 s), 0 queued (S
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -147,6 +148,44 @@ def slo_verdict(load: BalancerLoad | None, slo_ttfb_s: float, slo_queue: float) 
         return SloVerdict(SLO_BREACH, "; ".join(over))
     return SloVerdict(WITHIN_SLO, f"first byte in {load.ttfb_s:.3g} s (SLO {slo_ttfb_s:g} s), "
                                   f"{load.queue:g} queued (SLO {slo_queue:g})")
+
+
+_WITHIN_TEXT = re.compile(r"first byte in (?P<ttfb>[0-9.e+-]+) s \(SLO (?P<slo_ttfb>[0-9.e+-]+) s\), "
+                          r"(?P<queue>[0-9.e+-]+) queued \(SLO (?P<slo_queue>[0-9.e+-]+)\)")
+
+
+@dataclass(frozen=True)
+class SloMargin:
+    """How far serving was from the SLO when a within-SLO verdict was given (the LLM sink's verification)."""
+
+    ttfb_s: float
+    slo_ttfb_s: float
+    queue: float
+    slo_queue: float
+
+    @property
+    def ttfb_margin_s(self) -> float:
+        return self.slo_ttfb_s - self.ttfb_s
+
+    @property
+    def queue_margin(self) -> float:
+        return self.slo_queue - self.queue
+
+
+def slo_margin(text: str | None) -> SloMargin | None:
+    """The margin a within-SLO sentence of ``slo_verdict`` states (the LLM sink publishes it as its verification
+    result's observed effect); None for any other sentence.
+
+    >>> m = slo_margin(slo_verdict(BalancerLoad(2, 0.1, 0.0, 0.4), 2.0, 8).text)
+    >>> round(m.ttfb_margin_s, 3), m.queue_margin
+    (1.5, 6.0)
+    >>> slo_margin(slo_verdict(BalancerLoad(0, 0.0, 0.0, 2.5), 2.0, 8).text) is None
+    True
+    """
+    found = _WITHIN_TEXT.search(text or "")
+    if found is None:
+        return None
+    return SloMargin(*(float(found[k]) for k in ("ttfb", "slo_ttfb", "queue", "slo_queue")))
 
 
 VLLM_TTFT = "vllm:time_to_first_token_seconds_bucket"

@@ -28,6 +28,14 @@ demand by start time, or an outside temperature): each value given with a step i
 remembered, and its change between a forecast's issue and its target, in its usual
 size, joins the regression; ``forecast(horizon, xs)`` takes the known future values.
 
+Public holidays (``holidays``: any container of dates, e.g. the site's country calendar; default
+none): a holiday runs like a Sunday, so its seasonal references are the latest regular Sundays (the day
+reference the latest, the week reference the one before), and a regular day whose day or week
+reference falls on a holiday references the latest comparable day instead (the last regular workday
+for a workday: the Tuesday after Easter Monday is forecast from the Thursday before Good Friday; the
+same weekday a week earlier for the week reference). Every candidate and feature reads the same
+references. Days are UTC days of the step times.
+
 Robust by construction: a missing lag (a gap, the first day, the first week)
 contributes 0, so with no history the forecast is persistence and it improves
 as days accumulate; features and target are divided by a running load scale,
@@ -57,6 +65,8 @@ True
 from __future__ import annotations
 
 import bisect
+import datetime as dt
+from collections.abc import Container
 from dataclasses import dataclass
 
 from river import linear_model, stats
@@ -82,14 +92,15 @@ class PeakForecaster(Forecaster):
     ``step_s``), ``weekly`` (use the same time last week), ``max_horizon`` (longest forecast;
     default one season), ``smoothing`` (River BayesianLinearRegression forgetting factor),
     ``error_halflife`` (steps over which band errors are averaged), ``band_z`` (band width in
-    standard deviations).
+    standard deviations), ``holidays`` (dates forecast like a Sunday; see the module note).
     """
 
     def __init__(self, step_s: int = 900, season_steps: int | None = None, weekly: bool = True,
                  max_horizon: int | None = None, smoothing: float = 0.999, noise_precision: float = 1e4,
                  error_halflife: int = 200, band_z: float = 1.64, skill_power: float = 2.0,
                  skill_halflife: int | None = None, skill_margin: float = 0.25,
-                 long_share: float = 0.5, covariates: tuple[str, ...] | None = None):
+                 long_share: float = 0.5, covariates: tuple[str, ...] | None = None,
+                 holidays: Container[dt.date] | None = None):
         self.step_s = step_s
         self.season_steps = season_steps
         self.weekly = weekly
@@ -103,6 +114,9 @@ class PeakForecaster(Forecaster):
         self.skill_margin = skill_margin
         self.long_share = long_share
         self.covariates = covariates
+        self.holidays = holidays
+        self._holiday_days: dict[int, bool] = {}  # day index -> a holiday (the calendar asked once per day)
+        self._ref_back: dict[tuple[int, int], int] = {}  # (day index, lag) -> steps back to its reference
         self._cov_names = tuple(covariates or ())  # River's params cannot hold an empty tuple
         self._cov: dict[int, dict[str, float]] = {}  # step index -> covariate values given with it
         self._cov_scale = {name: stats.EWMean(fading_factor=0.01) for name in self._cov_names}
@@ -143,8 +157,8 @@ class PeakForecaster(Forecaster):
             if base is None:
                 continue
             made = self._issued.pop((issued, h), None)  # the regression's forecast then: no hindsight
-            guesses = {"lags": made, "day_naive": self._history.get(t - self._day),
-                       "week_naive": self._history.get(t - self._week) if self._week else None}
+            guesses = {"lags": made, "day_naive": self._history.get(self._ref(t, self._day)),
+                       "week_naive": self._history.get(self._ref(t, self._week)) if self._week else None}
             x = self._features(issued, base, h, scale)
             target = (y - base) / scale
             # The band: the regression's error refit on what it knows now (as the planner was tuned with).
@@ -158,7 +172,7 @@ class PeakForecaster(Forecaster):
         self._last = t
         for h in self._learn_h:  # what is forecast now, to be scored when it comes due
             self._issued[t, h] = y + self._model.predict_one(self._features(t, y, h, scale)) * scale
-        keep = t - (self._week or self._day) - self._max_h - 1
+        keep = self._window_start(t)
         for old in [k for k in self._history if k < keep]:  # at most a few at a time after the first
             del self._history[old]
             self._cov.pop(old, None)
@@ -187,27 +201,30 @@ class PeakForecaster(Forecaster):
         now_cov = self._cov.get(t, {})
         n = min(horizon, self._max_h)
         errors = self._errors_up_to(n)
-        lags = [(lag, self._history.get(t - lag), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
+        lags = [(lag, self._history.get(self._ref(t, lag)), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
                  w[f"{k}_level_h"]) for lag, k in ((self._day, "day"), (self._week, "week")) if lag]
         half_width = self.band_z * 1.25
         # The regression corrects persistence; on a day unlike its references (the first workday after a
         # holiday) it can extrapolate far past any load seen. Its forecast stays within the loads of the
         # history kept (the last week and a day), as the seasonal-naive candidates always do.
-        low, high = min(self._history.values()), max(self._history.values())
+        recent = self._history.values() if self.holidays is None else [
+            v for k, v in self._history.items() if k >= t - (self._week or self._day) - self._max_h - 1]
+        low, high = min(recent), max(recent)
         out = []
         for h in range(1, n + 1):
             ramp = h / self._day
             correction = 0.0
             for lag, then, w_shape, w_level, w_shape_h, w_level_h in lags:
-                ahead = self._history.get(t + h - lag)
+                ahead = self._history.get(self._ref(t + h, lag))
                 if then is not None and ahead is not None:
                     shape, level = (ahead - then) / scale, (base - then) / scale
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
             if w_cov and xs and h <= len(xs) and xs[h - 1]:
                 correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
                                   for name in self._cov_names)
-            guesses = {"lags": min(max(base + correction * scale, low), high), "day_naive": self._history.get(t + h - self._day),
-                       "week_naive": self._history.get(t + h - self._week) if self._week else None}
+            guesses = {"lags": min(max(base + correction * scale, low), high),
+                       "day_naive": self._history.get(self._ref(t + h, self._day)),
+                       "week_naive": self._history.get(self._ref(t + h, self._week)) if self._week else None}
             kw = self._combine(h, guesses)
             half = half_width * errors[h - 1]
             # the band too: right after a surprise its errors are large, and a plan sized on its edge would
@@ -230,7 +247,7 @@ class PeakForecaster(Forecaster):
         def shape_and_level(lag: int | None) -> tuple[float, float]:
             if lag is None:
                 return 0.0, 0.0
-            then, ahead = self._history.get(t - lag), self._history.get(t + h - lag)
+            then, ahead = self._history.get(self._ref(t, lag)), self._history.get(self._ref(t + h, lag))
             if then is None or ahead is None:
                 return 0.0, 0.0
             return (ahead - then) / scale, (base - then) / scale
@@ -243,6 +260,55 @@ class PeakForecaster(Forecaster):
                 "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp,
                 **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name), self._cov.get(t + h, {}).get(name),
                                                    name) for name in self._cov_names}}
+
+    def _window_start(self, t: int) -> int:
+        """The oldest step kept: a week and a horizon back, three weeks with holidays (a reference that skips
+        one reaches up to two weeks further)."""
+        return t - (self._week or self._day) * (1 if self.holidays is None else 3) - self._max_h - 1
+
+    def _ref(self, s: int, lag: int) -> int:
+        """The step standing for ``s - lag`` in the seasonal references (see the module note on holidays)."""
+        if self.holidays is None:
+            return s - lag
+        today = s * self.step_s // 86_400
+        back = self._ref_back.get((today, lag))
+        if back is None:  # the same for every step of a day: worked out once a day (this runs per forecast step)
+            back = self._ref_back[today, lag] = self._steps_back(today, lag)
+            if len(self._ref_back) > 256:
+                self._ref_back = {k: v for k, v in self._ref_back.items() if k[0] >= today - 28}
+        return s - back
+
+    def _steps_back(self, today: int, lag: int) -> int:
+        """How many steps back a step of day ``today`` finds its reference ``lag`` steps back stands for."""
+        day = self._day  # steps per day: one season is a calendar day here
+        if self._is_holiday(today):  # like a Sunday: the latest regular Sunday (day lag), the one before (week)
+            wanted = 1 if lag == day else 2
+            for back in range(1, 22):
+                if _weekday(today - back) == 6 and not self._is_holiday(today - back):
+                    wanted -= 1
+                    if wanted == 0:
+                        return back * day
+            return lag
+        if not self._is_holiday(today - lag // day):
+            return lag
+        if lag != day:  # the week reference: the same weekday a week earlier, twice at most
+            for back in (lag + 7 * day, lag + 14 * day):
+                if not self._is_holiday(today - back // day):
+                    return back
+            return lag
+        kind = _day_kind(today - 1)  # the day reference: the latest regular day of the same kind
+        for back in range(2, 15):
+            if _day_kind(today - back) == kind and not self._is_holiday(today - back):
+                return back * day
+        return lag
+
+    def _is_holiday(self, day: int) -> bool:
+        known = self._holiday_days.get(day)
+        if known is None:
+            known = self._holiday_days[day] = (_EPOCH + dt.timedelta(days=day)) in self.holidays
+            if len(self._holiday_days) > 64:  # days long past are never asked again
+                self._holiday_days = {d: v for d, v in self._holiday_days.items() if d >= day - 28}
+        return known
 
     def _remember_covariates(self, t: int, x: dict | None) -> None:
         given = {name: float(x[name]) for name in self._cov_names if x and x.get(name) is not None}
@@ -302,3 +368,17 @@ class PeakForecaster(Forecaster):
                 weight = (h - lo) / (hi - lo)
                 out.append((1 - weight) * known[k] + weight * known[k + 1])
         return out
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def _weekday(day: int) -> int:
+    """Monday 0 .. Sunday 6 of a day index since 1970-01-01 (a Thursday)."""
+    return (day + 3) % 7
+
+
+def _day_kind(day: int) -> int:
+    """Workdays are alike (0); a Saturday (5) and a Sunday (6) each their own."""
+    weekday = _weekday(day)
+    return 0 if weekday < 5 else weekday

@@ -13,6 +13,10 @@ interval). When a step closes, the loop
    ``Action`` records: the PCS action for the next step, plus a Slurm hold with
    the kW to shed when the battery cannot hold the target. Each action's
    ``reason_code`` is the planner's (``models.peak_planner.REASON_CODES``).
+   With levers (``LoopConfig.levers``: the site's ``flexible_load`` priced by the policy),
+   ``models.levers`` plans beside the battery: in forecast mode the PCS holds the lower
+   target the levers make worth their cost, the engaged levers are proposed for the next
+   step (``models.levers.REASON_CODES``), and they replace the Slurm hold.
 
 With ``control="grid_limit"`` (``OPSLOOP_PEAKS_CONTROL``; the default is ``setpoint``) the PCS action carries the plan's grid limit, as peak-shaving EMS controllers take it (``params.control`` = ``grid_limit``): the PCS follows the
 site meter through the step, discharging just enough to hold ``grid_limit_kw``, so the live
@@ -35,14 +39,20 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 
-from opsloop.config.site import Site
+from opsloop.config.policy import LeverCosts
+from opsloop.config.site import FlexibleLoad, Site
+from opsloop.models import levers as flex
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
-from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, Billing, Plan, Policy, Tariff, billing_period, plan,
-                                         reactive_plan)
+from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, Billing, Plan, Policy, Tariff,
+                                         _charge_steps, _episode_end, billing_period, plan, reactive_plan)
+
+
+RECENT_IMPORT_DAYS = 7  # the levers never cut under the highest import of this many days (models.levers)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class LoopConfig:
     proposer: str = "peaks"
     reactive_percentile: float = 95.0  # the reactive rule the plan is measured against (models.peak_modes)
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
+    skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
+    holidays: Container | None = field(default=None, compare=False)  # days forecast like a Sunday (site.country)
     control: str = "setpoint"  # setpoint: a fixed kW | grid_limit: the PCS holds the plan's import limit
     # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
     # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
@@ -70,13 +82,23 @@ class LoopConfig:
     # battery's) over that life, as the guard checks the cap.
     limit_life_steps: int = 3
     cap_reserve_soc_pct: float | None = None
+    # Flexible load beside the battery (models.levers): the levers the site offers, priced by the policy.
+    levers: tuple = ()
+    lever_costs: LeverCosts | None = None
+    flexible_load: FlexibleLoad | None = None
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
-                  pcs_kw: float | None = None, **overrides) -> "LoopConfig":
+                  pcs_kw: float | None = None, reserve_soc_pct: float | None = None,
+                  max_soc_pct: float | None = None, lever_costs: LeverCosts | None = None,
+                  lever_kinds: tuple[str, ...] | None = None, **overrides) -> "LoopConfig":
         """The site's first ESS, import cap, tariff, billing period and preemptible Slurm partition.
 
-        ``battery_kwh`` / ``pcs_kw`` resize the battery; ``overrides`` replace other fields.
+        ``battery_kwh`` / ``pcs_kw`` resize the battery; ``reserve_soc_pct`` / ``max_soc_pct`` narrow the
+        state of charge it is planned in (the guard's window: a plan for energy the guard will not let the
+        PCS use is a plan the site cannot follow); with ``lever_costs`` (the policy's ``levers``) the
+        site's ``flexible_load`` becomes levers beside it (only those of ``lever_kinds``, if given);
+        ``overrides`` replace other fields.
         """
         if not site.ess:
             raise site.error("ess", "the peaks loop needs an entry with capacity_kwh, pcs_charge_kw, "
@@ -85,6 +107,10 @@ class LoopConfig:
         resized = {"capacity_kwh": battery_kwh} if battery_kwh is not None else {}
         if pcs_kw is not None:
             resized.update(pcs_charge_kw=float(pcs_kw), pcs_discharge_kw=float(pcs_kw))
+        if reserve_soc_pct is not None:
+            resized["reserve_soc_pct"] = max(ess.reserve_soc_pct, reserve_soc_pct)
+        if max_soc_pct is not None:
+            resized["max_soc_pct"] = min(100.0, max_soc_pct)
         battery = Battery.from_spec(ess, **{k: float(v) for k, v in resized.items()})
         relocatable = next((p for p in site.gpu_pods if "preemptible" in p.description), None)
         cap = site.grid_import_cap_kw
@@ -96,7 +122,12 @@ class LoopConfig:
                      tariff=Tariff(site.prices_by_hour) if site.prices_by_hour else Tariff(),
                      policy=Policy(import_cap_kw=cap, max_shed_kw=shed),
                      slurm_partition=(relocatable.slurm_partition if relocatable else None) or "batch",
-                     billing_period=site.demand_billing_period, kw_per_gpu=kw_per_gpu)
+                     billing_period=site.demand_billing_period, kw_per_gpu=kw_per_gpu,
+                     holidays=site.holiday_calendar())
+        if lever_costs is not None and site.flexible_load is not None:
+            levers = flex.catalogue(site.flexible_load, lever_costs)
+            config = replace(config, levers=levers if lever_kinds is None else flex.only(levers, lever_kinds),
+                             lever_costs=lever_costs, flexible_load=site.flexible_load)
         return replace(config, **overrides)
 
     @property
@@ -112,21 +143,27 @@ class Decision:
     forecast: dict  # PeakForecast record
     actions: list[dict] = field(default_factory=list)  # Action records
     mode: str = FORECAST  # which mode decided: forecast (the plan) or reactive (the one-line rule)
+    levers: flex.LeverPlan | None = None  # the levers beside the battery, when the site has any
 
 
 class SitePeakLoop:
     def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
         self.config = config
-        self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps)
+        self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps,
+                                                      holidays=config.holidays)
         self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
-        self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods)
+        self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods, skill_days=config.skill_days)
         self.billing: Billing | None = None
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
+        self.lever_usage = flex.Usage()  # hours each lever was engaged today, for its daily budget
+        self.daily_import: dict[int, float] = {}  # day -> its highest step import (the last week), for the levers
 
     def __setstate__(self, state: dict) -> None:
         """A loop pickled before the mode arbiter existed starts measuring from here, the plan deciding."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("lever_usage", flex.Usage())
+        self.__dict__.setdefault("daily_import", {})
         if "arbiter" not in state:
             self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
             self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
@@ -171,17 +208,20 @@ class SitePeakLoop:
             self.billing = Billing(key, 0.0, start_ms, cfg.billing_period)
         if billed:
             self.billing = replace(self.billing, billed_peak_kw=max(self.billing.billed_peak_kw, grid_kw))
+            day = start_ms // 86_400_000
+            self.daily_import = {d: kw for d, kw in self.daily_import.items() if d > day - RECENT_IMPORT_DAYS}
+            self.daily_import[day] = max(self.daily_import.get(day, 0.0), grid_kw)
         self.forecaster.learn_one(load_kw, {"ts_ms": start_ms})
         points = self.forecaster.forecast_points(cfg.plan_steps or cfg.day_steps)
         battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
         soc = 100.0 if soc_pct is None else soc_pct
         energy = battery.energy_kwh(soc)
         arbiter = self.arbiter
-        arbiter.measure(load_kw, cfg.step_s, energy)
+        arbiter.measure(load_kw, cfg.step_s, energy, start_ms)
         self.reactive.learn_one(start_ms, load_kw)
         step_end = start_ms + cfg.step_s * 1000
         next_key, next_start = billing_period(step_end, cfg.billing_period)
-        mode = arbiter.start_period(next_key)
+        mode = arbiter.start_period(next_key, step_end)
         # A day billed alone is not bounded by the days before it (a Sunday after a weekday peak): the
         # recent peak is then the day's own so far; weeks and months look back a week.
         recent_peak = self.reactive.recent_peak_kw(step_end, days=0 if cfg.billing_period == "day" else 7)
@@ -197,13 +237,53 @@ class SitePeakLoop:
         reactive = arbiter.shadows[REACTIVE]
         reactive.pending = self.reactive.command(battery, reactive.energy_kwh, step_end)
         if mode == REACTIVE:
-            skill = arbiter.skill()
-            why = (f"over the last {len(arbiter.history)} {cfg.billing_period}s it cut the billed peak by "
-                   f"{skill[REACTIVE]:,.0f} kW against the forecast plan's {skill[FORECAST]:,.0f} kW")
+            if arbiter.by_days():
+                skill = arbiter.day_skill()
+                why = (f"over the last {len(arbiter.days)} days it cut the daily peaks by {skill[REACTIVE]:,.0f} kW "
+                       f"in all against the forecast plan's {skill[FORECAST]:,.0f} kW")
+            else:
+                skill = arbiter.skill()
+                why = (f"over the last {len(arbiter.history)} {cfg.billing_period}s it cut the billed peak by "
+                       f"{skill[REACTIVE]:,.0f} kW against the forecast plan's {skill[FORECAST]:,.0f} kW")
             result = reactive_plan(points, cfg.step_s, self.reactive.command(battery, energy, step_end), why,
                                    result.relocation)
-        return Decision(start_ms, load_kw, result, self._forecast_record(points, result, step_end),
-                        self._actions(result, step_end, soc_pct, soh_pct), mode)
+        levers = None
+        if cfg.levers and cfg.lever_costs is not None:
+            levers = self._plan_levers(points, result, battery, energy, step_end)
+            result = replace(result, relocation=None)  # one planner: the levers, a hold among them, replace it
+            if mode == FORECAST and levers.target_kw < result.target_kw:  # the battery holds the lower target
+                result = replace(result, target_kw=levers.target_kw, reason=f"{result.reason} {levers.reason}",
+                                 command=replace(result.command, limit_kw=levers.target_kw))
+        decision = Decision(start_ms, load_kw, result, self._forecast_record(points, result, step_end),
+                            self._actions(result, step_end, soc_pct, soh_pct), mode, levers)
+        if levers is not None and levers.mix.engagements:
+            decision.actions += self._lever_actions(levers, step_end)
+        return decision
+
+    def _plan_levers(self, points, result: Plan, battery: Battery, energy: float, step_end: int) -> flex.LeverPlan:
+        """The levers' plan on the planner's forecast episode, from the battery's own target."""
+        cfg, pol = self.config, self.config.policy
+        charge_at = _charge_steps(points, cfg.tariff, pol)
+        episode = _episode_end(charge_at)
+        sized = [p.kw + pol.band_weight * (p.upper_kw - p.kw) for p in points[:episode]]
+        day = step_end // 86_400_000
+        charge = cfg.lever_costs.demand_charge_per_kw_month * PERIOD_DAYS[cfg.billing_period] / PERIOD_DAYS["month"]
+        levers = flex.plan_levers(sized, charge_at[:episode], battery, energy, cfg.step_s / 3600, result.target_kw,
+                                  self.billing.billed_peak_kw, cfg.levers, charge,
+                                  cfg.lever_costs.battery_wear_per_kwh, self.lever_usage.today(day),
+                                  pol.charge_headroom_pct, first_upper_kw=points[0].upper_kw,
+                                  recent_import_kw=max(self.daily_import.values(), default=0.0))
+        engaged = {e.kind: e.kw[0] for e in levers.mix.engagements}
+        self.lever_usage = self.lever_usage.add(day, engaged, cfg.step_s / 3600)
+        return levers
+
+    def _lever_actions(self, levers: flex.LeverPlan, issued_ms: int) -> list[dict]:
+        cfg = self.config
+        actions = flex.lever_actions(levers, cfg.flexible_load, cfg.site, issued_ms, cfg.step_s, cfg.proposer,
+                                     cfg.slurm_target)
+        for action in actions:
+            action["action_id"] = action_id(action)
+        return actions
 
     def _forecast_record(self, points, result: Plan, issued_ms: int) -> dict:
         cfg = self.config
@@ -267,10 +347,12 @@ class SitePeakLoop:
         lasting = max(0.0, above / 100 * battery.full_kwh * battery.eta / life_h)  # held for its whole life
         cap_out = min(c.max_discharge_kw, battery.pcs_discharge_kw, lasting) if math.isfinite(limit) else 0.0
         cap_out, cap_in = round(cap_out, 1), 0.0
+        if result.kind == "pcs_charge":  # the same for the charge: under the battery's maximum over its whole life
+            room = max(0.0, battery.max_soc_pct - 0.5 - (100.0 if soc_pct is None else soc_pct))
+            cap_in = round(min(-result.setpoint_kw, room / 100 * battery.full_kwh / battery.eta / life_h), 1)
         follows = (f" In grid-limit mode the PCS follows the site meter through the step: it discharges just "
                    f"enough to hold {limit:,.0f} kW, at most {cap_out:,.0f} kW.")
-        if result.kind == "pcs_charge":
-            cap_in = round(-result.setpoint_kw, 1)
+        if cap_in > 0:
             kind, setpoint, cap_out, code = "pcs_charge", -cap_in, 0.0, result.reason_code
             reason = (result.reason + f" In grid-limit mode the PCS follows the site meter: it charges at most "
                                       f"{cap_in:,.0f} kW while import stays under {ceiling:,.0f} kW.")
@@ -281,9 +363,13 @@ class SitePeakLoop:
                 HOLD_GRID_LIMIT, f"Holding grid import at or under {limit:,.0f} kW, discharging only while the load "
                                  f"passes it (at most {cap_out:,.0f} kW). {result.reason}")
             effect = f"Grid import held at or under {limit:,.0f} kW for the next {cfg.step_s / 60:g} minutes."
+        elif result.kind == "pcs_charge":  # no room left to charge and nothing to hold with
+            return {"kind": "pcs_idle", "setpoint_kw": 0.0, "expected_delta_kw": 0.0, "risk": "low",
+                    "expected_effect": "No change to grid import.",
+                    "reason": result.reason + " The battery is at its maximum state of charge: idle."}
         else:
             return {}  # nothing to hold with: a plain idle
-        expected = result.setpoint_kw if result.kind != "pcs_idle" else 0.0
+        expected = -cap_in if cap_in > 0 else result.setpoint_kw if result.kind == "pcs_discharge" else 0.0
         params = {"control": "grid_limit", "grid_limit_kw": f"{limit:.1f}", "max_discharge_kw": f"{cap_out:.1f}",
                   "charge_kw": f"{cap_in:.1f}", "charge_ceiling_kw": f"{ceiling:.1f}", "expected_kw": f"{expected:.1f}"}
         return {"kind": kind, "setpoint_kw": setpoint, "reason": reason, "reason_code": code, "expected_effect": effect,

@@ -14,6 +14,11 @@ periods it takes to measure it, and the rule is never worse than the better of t
 two by more than that: the site falls back to the reactive rule by measured skill,
 not by a setting.
 
+Before two periods have closed (a site's first weeks, a short record), ``skill_days`` > 0 lets the
+days already seen speak: once that many days have closed, each day starts with the mode whose
+shadow cut the day's peak more, summed over those days (the plan on a tie). Periods then
+mix both modes; which decided how many steps is reported per period.
+
 Pure and deterministic: event time and measured loads only.
 """
 
@@ -82,6 +87,10 @@ class _Shadow:
     energy_kwh: float
     billed_kw: float = 0.0
     pending: Command | None = None  # the command for the step being measured
+    day_kw: float = 0.0  # the highest import of the day being measured
+
+    def __setstate__(self, state: dict) -> None:  # pickled before days were measured
+        self.__dict__.update({"day_kw": 0.0, **state})
 
 
 @dataclass
@@ -90,15 +99,34 @@ class ModeArbiter:
 
     battery: Battery
     skill_periods: int = 4
+    skill_days: int = 0  # before two periods close: decide each day on this many closed days or more (0: never)
     mode: str = FORECAST
     period: str | None = None
     shadows: dict = field(default_factory=dict)  # mode -> _Shadow
     load_peak_kw: float = 0.0  # this period's highest load: the billed peak without a battery
     history: deque = field(default_factory=deque)  # (period, {mode: reduction kW}) of closed periods
+    day: int | None = None  # the day being measured
+    day_load_kw: float = 0.0  # its highest load
+    days: deque = field(default_factory=deque)  # (day, {mode: cut of the day's peak, kW}) of closed days
+    decided_day: int | None = None  # the day the mode was last chosen by days
 
-    def measure(self, load_kw: float, step_s: int, energy_kwh: float) -> None:
-        """Apply each shadow's pending command to the step just measured."""
+    def __setstate__(self, state: dict) -> None:
+        """An arbiter pickled before days were measured (a worker's changelog) gets their defaults."""
+        self.__dict__.update({"skill_days": 0, "day": None, "day_load_kw": 0.0, "days": deque(), "decided_day": None,
+                              **state})
+
+    def measure(self, load_kw: float, step_s: int, energy_kwh: float, start_ms: int | None = None) -> None:
+        """Apply each shadow's pending command to the step just measured (``start_ms``: when it began)."""
         step_h = step_s / 3600
+        day = None if start_ms is None else start_ms // 86_400_000
+        if day is not None and day != self.day:
+            if self.day is not None and self.shadows:
+                self.days.append((self.day, {m: self.day_load_kw - s.day_kw for m, s in self.shadows.items()}))
+                while len(self.days) > 28:
+                    self.days.popleft()
+            self.day, self.day_load_kw = day, 0.0
+            for shadow in self.shadows.values():
+                shadow.day_kw = 0.0
         for mode in MODES:
             shadow = self.shadows.setdefault(mode, _Shadow(energy_kwh))
             if shadow.pending is None:
@@ -106,12 +134,15 @@ class ModeArbiter:
             result = self.battery.step(shadow.energy_kwh, shadow.pending, load_kw, step_h)
             shadow.energy_kwh = result.energy_kwh
             shadow.billed_kw = max(shadow.billed_kw, result.grid_kw)
+            shadow.day_kw = max(shadow.day_kw, result.grid_kw)
         self.load_peak_kw = max(self.load_peak_kw, load_kw)
+        self.day_load_kw = max(self.day_load_kw, load_kw)
 
-    def start_period(self, period: str) -> str:
-        """Close the period that ended (if any) and choose the mode of ``period``."""
+    def start_period(self, period: str, start_ms: int | None = None) -> str:
+        """Close the period that ended (if any) and choose the mode of ``period`` (``start_ms``: of the step to
+        decide; before two periods have closed, a new day may change the mode: ``skill_days``)."""
         if period == self.period:
-            return self.mode
+            return self._by_days(start_ms)
         if self.period is not None and self.shadows:
             self.history.append((self.period, {m: self.load_peak_kw - s.billed_kw for m, s in self.shadows.items()}))
             while len(self.history) > self.skill_periods:
@@ -122,7 +153,28 @@ class ModeArbiter:
         score = {m: sum(cut.get(m, 0.0) for _, cut in self.history) for m in MODES}
         measured = len(self.history) >= min(2, self.skill_periods)
         self.mode = REACTIVE if measured and score[REACTIVE] > score[FORECAST] + 1e-6 else FORECAST
+        self.decided_day = None
+        return self.mode if measured else self._by_days(start_ms)
+
+    def _by_days(self, start_ms: int | None) -> str:
+        """Before two periods have closed: at each new day, the mode whose shadow cut the closed days' peaks more."""
+        if not self.skill_days or start_ms is None or len(self.history) >= min(2, self.skill_periods):
+            return self.mode
+        day = start_ms // 86_400_000
+        if day == self.decided_day or len(self.days) < self.skill_days:
+            return self.mode
+        self.decided_day = day
+        score = self.day_skill()
+        self.mode = REACTIVE if score[REACTIVE] > score[FORECAST] + 1e-6 else FORECAST
         return self.mode
+
+    def day_skill(self) -> dict[str, float]:
+        """Each mode's cut of the daily peak (kW) summed over the closed days remembered."""
+        return {m: round(sum(cut.get(m, 0.0) for _, cut in self.days), 1) for m in MODES}
+
+    def by_days(self) -> bool:
+        """Whether the mode is being chosen on days (no two periods closed yet)."""
+        return bool(self.skill_days) and len(self.history) < min(2, self.skill_periods)
 
     def skill(self) -> dict[str, float]:
         """Each mode's billed-peak cut (kW) summed over the periods the choice was measured on."""

@@ -1,4 +1,4 @@
-"""One builder per record that several agents emit: DeadLetter (bounded), Alarm, ActionResult.
+"""One builder per record that several agents emit: DeadLetter (bounded), Alarm, ActionResult, AgentHealth.
 
 Pure: each returns the record as a dict, every field of its Avro schema filled, so all
 emitters agree on the shape.
@@ -85,3 +85,25 @@ def action_result(action: dict, status: str, observed: str, detail: str, executo
     """What happened to an action (``status``: executed, rejected, failed, verified or reverted)."""
     return {"action_id": action["action_id"], "target": action["target"], "status": status, "ts_ms": ts_ms,
             "observed_effect": observed, "observed_delta_kw": delta_kw, "detail": detail, "executor": executor}
+
+
+def consumer_lag(positions: list[tuple[int, int]]) -> int | None:
+    """Messages behind over (position, end) pairs, one per partition; pairs either side does not know yet
+    (negative: librdkafka's "invalid offset") are left out, and None when no pair is known.
+
+    >>> consumer_lag([(10, 15), (7, 7), (-1001, 40)])
+    5
+    >>> consumer_lag([(-1001, -1001)]) is None
+    True
+    """
+    known = [max(0, end - at) for at, end in positions if at >= 0 and end >= 0]
+    return sum(known) if known else None
+
+
+def agent_health(agent: str, group: str, instance: str, ts_ms: int, partitions: int, lag: int | None,
+                 processed: int, dead_letters: int, last_input_ms: int | None, last_commit_ms: int | None,
+                 last_output_ms: int | None) -> dict:
+    """An AgentHealth record (topic agents.health)."""
+    return {"ts_ms": ts_ms, "agent": agent, "group": group, "instance": instance, "partitions": partitions,
+            "lag": lag, "processed": processed, "dead_letters": dead_letters, "last_input_ms": last_input_ms,
+            "last_commit_ms": last_commit_ms, "last_output_ms": last_output_ms}

@@ -276,10 +276,15 @@ def cmd_bench(settings: Settings, args) -> int:
         run_sources_bench(settings)
         print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
         print("\n".join(field_sources.run(settings)))  # sunspec and snmp, one process polling N devices
+    if args.suite == "flex":  # needs Slurm, llama-cpp-python, HAProxy and hey here: not part of "all"
+        from opsloop.ops.bench.flex import run_flex_bench
+
+        run_flex_bench(settings)
     if args.suite in ("all", "noc"):
-        from opsloop.ops.bench import noc as bench_noc
+        from opsloop.ops.bench import noc as bench_noc, noc_approvals
 
         print("\n".join(bench_noc.run(settings)))  # each page's server time, each page's queries
+        print("\n".join(noc_approvals.run(settings)))  # an approval's click to the verdict on the page (a broker)
     return 0
 
 
@@ -432,7 +437,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency; closed-loop latency (loop)")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "loop", "sources", "noc"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "loop", "sources", "noc", "flex"], default="all")
     b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
     b.add_argument("--loop-seconds", type=float, default=100.0, help="loop suite: how long the twin sends")
     b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")

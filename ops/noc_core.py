@@ -50,6 +50,9 @@ class FileViews:
     def connect(self) -> duckdb.DuckDBPyConnection:
         return _connect(self.path)
 
+    def version(self) -> int | None:
+        return None  # no writer to ask: readers look again on their own schedule
+
 
 class LiveViews:
     """The views that the views agent in this process writes: a cursor on its connection per request
@@ -66,6 +69,10 @@ class LiveViews:
             return self.sink.con.cursor()
         except duckdb.Error as exc:  # the sink stopped and closed its connection
             raise ViewsUnavailable(f"The views agent in this process has stopped: {exc}") from exc
+
+    def version(self) -> int | None:
+        """How many batches the sink has stored: a reader that saw one number looks again when it grows."""
+        return self.sink.version
 
 
 Views = FileViews | LiveViews

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsloop.config.assets import sop_texts
 from opsloop.config.site import Site
+from opsloop.models.llm_lever import slo_margin
 from opsloop.models.sops import Sop, parse_corpus
 from opsloop.models.topology import Topology
 
@@ -78,7 +79,8 @@ def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> 
     latest = None if newest is None else datetime.fromtimestamp(newest // 60_000 * 60, timezone.utc).replace(tzinfo=None)
     data = {"site": site_id, "tz": str(tz), "now": local(latest, tz), "power": [], "latest": None,
             "forecast": None, "actions": [], "billed_peak_kw": None, "billed_peak_at": None, "target_kw": None,
-            "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None}
+            "ess_soh_pct": None, "cap_kw": site.grid_import_cap_kw if site else None, "levers": [],
+            "shed_kw": None, "llm_slo": None}
     data["rul"] = _dicts(con.execute(  # parts forecast to reach a retirement limit, soonest first
         f"SELECT device, text, reason_code, issued, earliest FROM v_rul_latest WHERE site = ? "
         f"ORDER BY earliest, device LIMIT {RUL_ROWS}", [site_id]))
@@ -122,9 +124,35 @@ def overview(con, site_id: str, site: Site | None, hours: int = CHART_HOURS) -> 
         "WHERE site = ? AND created > ? ORDER BY created", [site_id, start]))
     for a in data["actions"]:
         a["created"] = local(a["created"], tz)
+    levers(con, data, site_id, latest, tz)
     for row in data["power"]:
         row["minute"] = local(row["minute"], tz)
     return data
+
+
+LEVERS = {"pcs_discharge": "battery", "pcs_charge": "battery (charging)", "slurm_hold": "Slurm hold",
+          "slurm_suspend": "Slurm suspend", "slurm_requeue": "Slurm requeue", "slurm_reserve": "Slurm reservation",
+          "llm_shift": "LLM shift", "llm_cap": "LLM cap"}
+
+
+def levers(con, data: dict, site_id: str, now: datetime, tz: ZoneInfo) -> None:
+    """The levers engaged at ``now`` (approved, executed or verified, not expired), the kW each sheds (a battery's
+    discharge setpoint, else the action's estimate; the verified change beside it) and the LLM SLO margin the LLM
+    sink's latest verification states."""
+    rows = _dicts(con.execute(
+        "SELECT action_id, kind, target, CASE kind WHEN 'pcs_discharge' THEN setpoint_kw WHEN 'pcs_charge' THEN "
+        "-setpoint_kw ELSE shed_kw END AS shed_kw, observed_delta_kw, result, expires, approved_by FROM v_actions "
+        "WHERE site = ? AND verdict = 'approved' AND result IN ('executed', 'verified') AND (expires IS NULL OR "
+        "expires > ?) ORDER BY kind, action_id", [site_id, now]))
+    for r in rows:
+        r["lever"], r["expires"] = LEVERS.get(r["kind"], r["kind"]), local(r["expires"], tz)
+    data["levers"] = rows
+    data["shed_kw"] = sum(r["shed_kw"] for r in rows if r["shed_kw"] is not None) if rows else None
+    verified = con.execute(
+        "SELECT result_observed, result_time FROM v_actions WHERE site = ? AND kind LIKE 'llm_%' AND result = "
+        "'verified' ORDER BY result_time DESC LIMIT 1", [site_id]).fetchone()
+    margin = slo_margin(verified[0]) if verified else None
+    data["llm_slo"] = {"margin": margin, "at": local(verified[1], tz)} if margin else None
 
 
 def chart(data: dict) -> dict:
@@ -257,9 +285,8 @@ def _feed_path(topo: Topology, root: str, device: str, chain: str) -> list[str] 
 PENDING = "verdict = 'needs_approval' AND result IS NULL"
 ACTIONS_SQL = (  # every pending action and one page of the others, from one read of the view
     "WITH a AS (SELECT a.*, p.job_ids, p.expected_effect, p.expected_delta_kw, p.proposer, p.created_ms, "
-    f"p.expires_ms, coalesce({PENDING}, false) AS pending FROM v_actions a JOIN actions_proposed p USING (action_id) "
-    "WHERE {where} "
-    "QUALIFY row_number() OVER (PARTITION BY a.action_id ORDER BY p._partition DESC, p._offset DESC) = 1), "
+    f"p.expires_ms, coalesce({PENDING}, false) AS pending FROM v_actions a "
+    "JOIN action_proposal_latest p USING (action_id) WHERE {where}), "
     "n AS (SELECT *, row_number() OVER (PARTITION BY pending ORDER BY created DESC, action_id) AS n, "
     "count(*) FILTER (WHERE NOT pending) OVER () AS total FROM a) "
     "SELECT * FROM n WHERE pending OR n > ? AND n <= ? ORDER BY pending DESC, created DESC, action_id")
@@ -288,14 +315,11 @@ def alarms(con, *, site: str = "", limit: int = 200) -> list[dict]:
     """The latest state of each deduplicated alarm (by fingerprint), newest first, with its dedup count."""
     where, args = "", []
     if site:
-        where, args = "WHERE json_extract_string(alarm, '$.site') = ?", [site]
+        where, args = "WHERE site = ?", [site]
     rows = _dicts(con.execute(
         "SELECT fingerprint, duplicate_count, first_seen_ms, last_seen_ms, flapping, noise_score, noise, "
-        "decision_reason, json_extract_string(alarm, '$.site') AS site, json_extract_string(alarm, '$.device') "
-        "AS device, json_extract_string(alarm, '$.code') AS code, json_extract_string(alarm, '$.severity') AS "
-        "severity, json_extract_string(alarm, '$.state') AS state, json_extract_string(alarm, '$.text') AS text "
-        f"FROM alarms_clean {where} QUALIFY row_number() OVER (PARTITION BY fingerprint ORDER BY last_seen_ms "
-        "DESC, _partition DESC, _offset DESC) = 1 ORDER BY last_seen_ms DESC LIMIT ?", args + [limit]))
+        f"decision_reason, site, device, code, severity, state, text FROM v_alarms_latest {where} "
+        "ORDER BY last_seen_ms DESC, fingerprint LIMIT ?", args + [limit]))
     labels = dict(con.execute(
         "SELECT target_id, arg_max(kind, ts_ms) FROM operator_feedback WHERE kind IN ('alarm_noise', "
         "'alarm_actionable') GROUP BY target_id").fetchall())
@@ -309,6 +333,23 @@ def sources(con) -> list[dict]:
     return _dicts(con.execute(
         "SELECT * FROM sources_health QUALIFY row_number() OVER (PARTITION BY site, source ORDER BY ts_ms DESC, "
         "_partition DESC, _offset DESC) = 1 ORDER BY status <> 'ok' DESC, site, source"))
+
+
+SILENT_S = 60  # an agent instance whose last report is this far behind the newest report is shown as silent
+GONE_S = 600  # an instance this far behind its agent's newest report was replaced (a restart): not shown
+
+
+def agents(con) -> list[dict]:
+    """Each running agent instance's latest health report (agents.health): lag, last input, commit and output,
+    dead letters in the hour before; ``silent_s``: how far its report is behind the newest report of any agent
+    (the page's "now", as everywhere on the NOC)."""
+    rows = _dicts(con.execute(
+        "WITH h AS (SELECT *, max(ts_ms) OVER () AS newest, max(ts_ms) OVER (PARTITION BY agent) AS agent_newest "
+        "FROM v_agents_health) SELECT *, (newest - ts_ms) / 1000 AS silent_s FROM h "
+        f"WHERE ts_ms >= agent_newest - {GONE_S * 1000} ORDER BY agent, instance"))
+    for r in rows:
+        r["status"] = "reporting" if r["silent_s"] <= SILENT_S else "silent"
+    return rows
 
 
 def dead_letters(con) -> int:

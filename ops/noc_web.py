@@ -49,7 +49,8 @@ HERE = Path(__file__).parent
 STATIC = HERE / "noc_static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 BODY_TIMEOUT_S = 10.0  # a POST body must arrive within this
-LIVE_S = 1.0  # how often an event stream looks for changes
+LIVE_S = 1.0  # how often an event stream renders its page again to look for changes
+WAKE_S = 0.05  # how often it asks the views agent in this process (if any) whether it stored a batch
 HEARTBEAT_S = 15.0  # a comment line keeps idle streams (and proxies) open
 
 templates = Environment(loader=FileSystemLoader(HERE / "noc_templates"), autoescape=select_autoescape(default=True),
@@ -295,7 +296,7 @@ def read_live(server, path: str, params: dict[str, str], caller: Caller) -> tupl
         if path == "/alarms":
             return "alarms_live.html", {"alarms": noc_pages.alarms(con, site=params.get("site", ""))}
         if path == "/sources":
-            return "sources_live.html", {"sources": noc_pages.sources(con),
+            return "sources_live.html", {"sources": noc_pages.sources(con), "agents": noc_pages.agents(con),
                                          "dead_letters": noc_pages.dead_letters(con)}
         if path == "/audit" and caller.is_admin:
             rows = [dict(zip([d[0] for d in cur.description], r)) for cur in [con.execute(
@@ -394,11 +395,24 @@ async def events(request: Request) -> Response:
             elif quiet >= HEARTBEAT_S:
                 quiet = 0.0
                 yield ": still here\n\n"
-            await asyncio.sleep(LIVE_S)
-            quiet += LIVE_S
+            quiet += await _until_changed(server.views, LIVE_S)
 
     return visit.finish(StreamingResponse(stream(), media_type="text/event-stream",
                                           headers={"X-Accel-Buffering": "no"}))
+
+
+async def _until_changed(views, most_s: float) -> float:
+    """Wait until the views agent in this process stores a batch, at most ``most_s`` (all of it when the views
+    are a file nobody here writes); returns the seconds waited. A stored verdict reaches the page within
+    ``WAKE_S`` of its batch, not a whole ``LIVE_S`` later, and reading the number costs no query."""
+    seen, waited = views.version(), 0.0
+    if seen is None:
+        await asyncio.sleep(most_s)
+        return most_s
+    while waited < most_s and views.version() == seen:
+        await asyncio.sleep(WAKE_S)
+        waited += WAKE_S
+    return waited
 
 
 # --- forms -------------------------------------------------------------------------------------------------

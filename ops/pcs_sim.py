@@ -29,7 +29,6 @@ With ``settings``, ``publish_telemetry()`` (called by a thread every
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -69,8 +68,7 @@ class PcsSimulator:
         # that does not implement a point (its sentinel), a broken scale factor.
         self.overrides: list[tuple[int, int, dict[str, int]]] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = None
+        self._modbus = None  # ops.modbus_thread.ModbusThread while serving
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._producer = None
@@ -177,39 +175,13 @@ class PcsSimulator:
         return blocks
 
     def start(self) -> "PcsSimulator":
-        from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import SimDevice
 
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        from opsloop.ops.modbus_thread import ModbusThread
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            async def listen():  # pymodbus builds its server inside a running loop
-                device = SimDevice(id=0, simdata=self._simdata(), action=self._on_access)
-                self._server = ModbusTcpServer(device, address=(self.host, self.port))
-                await self._server.serve_forever(background=True)
-
-            try:
-                loop.run_until_complete(listen())
-                self._bind_image()
-            except BaseException as exc:  # reported to start()'s caller
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._server.shutdown())
-            loop.close()
-
-        thread = threading.Thread(target=serve, name=f"pcs-sim-{self.port}", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        if not ready.wait(30) or failure:
-            raise RuntimeError(f"PCS simulator did not start on {self.host}:{self.port}: "
-                               f"{failure[0] if failure else 'timeout'}")
+        self._modbus = ModbusThread(lambda: SimDevice(id=0, simdata=self._simdata(), action=self._on_access),
+                                    self.host, self.port, "PCS simulator", f"pcs-sim-{self.port}",
+                                    on_listening=self._bind_image).start()
         if self.site_meter is not None:
             meter = threading.Thread(target=self._meter_loop, name="pcs-sim-meter", daemon=True)
             meter.start()
@@ -221,9 +193,9 @@ class PcsSimulator:
         log.info("PCS simulator on %s:%s (SunSpec at %s)", self.host, self.port, sunspec.BASE)
         return self
 
-    def _bind_image(self) -> None:
+    def _bind_image(self, server) -> None:
         """Serve ``self.registers`` itself: pymodbus copied the image into its runtime block on start."""
-        start, _, registers, _ = self._server.context.devices[0].block["x"]
+        start, _, registers, _ = server.context.devices[0].block["x"]
         if start != sunspec.BASE or len(registers) < sunspec.REGISTER_COUNT:
             raise RuntimeError(f"unexpected pymodbus register block at {start} of {len(registers)} registers")
         registers[:sunspec.REGISTER_COUNT] = self.registers
@@ -231,8 +203,8 @@ class PcsSimulator:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._modbus is not None:
+            self._modbus.stop()
         for thread in self._threads:
             thread.join(10)
         if self._producer is not None:

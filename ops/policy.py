@@ -37,6 +37,14 @@ def _cooling(policy: Policy) -> str:
             f"reverted unless verified within {c.revert_timeout_s:g} s")
 
 
+def _levers(policy: Policy) -> str:
+    costs = policy.levers
+    if costs is None:
+        return "peak levers off (no levers section: the battery alone)"
+    return (f"peak levers priced: demand charge {costs.demand_charge_per_kw_month:g} per kW-month, a GPU-hour "
+            f"{costs.gpu_hour:g}, battery wear {costs.battery_wear_per_kwh:g} per kWh")
+
+
 def check(path: Path | str) -> int:
     """Print a verdict on a policy file; 0 when valid, 1 otherwise."""
     try:
@@ -47,5 +55,6 @@ def check(path: Path | str) -> int:
     modes = ", ".join(f"{kind}={rule.mode}" for kind, rule in policy.rules.items())
     print(f"{path}: valid policy {policy.label}; modes: {modes}; "
           f"protected partitions: {', '.join(policy.slurm.protected_partitions) or 'none'}; "
-          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_gpu(policy)}; {_cooling(policy)}")
+          f"Slurm budgets {_budget_span(policy)}; {_llm(policy)}; {_gpu(policy)}; {_cooling(policy)}; "
+          f"{_levers(policy)}")
     return 0

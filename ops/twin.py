@@ -4,7 +4,12 @@ Each poll of the live-source loop (connectors/sources/loop.py, so the twin publi
 health and backs off as any source does) it
 
 1. reads the ESS power and state of charge from the PCS's registers over Modbus (the simulator,
-   ops/pcs_sim.py, driven by the PCS sink), so a discharge the sink commands lowers the meter;
+   ops/pcs_sim.py, driven by the PCS sink), so a discharge the sink commands lowers the meter. A PCS in
+   grid-limit mode follows its site meter within a second, far inside one sample: each sample's ESS power is
+   then the limit's power at that sample's own load (the caps and limit read from the registers, the
+   discharge stopped at the ESS reserve), not the power read at the poll, which followed an older sample;
+   otherwise the twin's poll rate, a wall-clock interval, would make the PCS lag by more twin time the
+   faster the twin runs;
 2. reads job states from Slurm (the site's backend): suspended jobs, and jobs pending again after
    they ran, stop drawing their GPUs' power (``policy.slurm.kw_per_gpu`` each);
 3. steps the physics (models/twin.py) through every ``sample_s`` of twin time since the last
@@ -136,6 +141,8 @@ class TwinPoller:
         self.outputs = outputs or []  # callables shown the latest SiteState each poll (the protocol servers)
         self.max_samples = max_samples
         self.ess_kw, self.soc_pct = 0.0, None
+        self.grid_limit = None  # the PCS's grid-limit Command while it holds one (models.battery)
+        self.reserve_soc_pct = twin.site.ess[0].reserve_soc_pct if twin.site.ess else 0.0
         self.stopped: dict[str, float] = {}
         self.seen_running: set[str] = set()
         self.samples = 0
@@ -153,7 +160,9 @@ class TwinPoller:
         if self.pcs is not None:
             try:
                 self.ess_kw = self.pcs.power_kw()
-                self.soc_pct = self.pcs.read().soc_pct
+                reading = self.pcs.read()
+                self.soc_pct = reading.soc_pct
+                self.grid_limit = _grid_limit(reading)
                 self.min_soc_pct = self.soc_pct if self.min_soc_pct is None else min(self.min_soc_pct, self.soc_pct)
                 if self.pcs_silent:
                     log.info("twin: the PCS answers again")
@@ -184,6 +193,8 @@ class TwinPoller:
             self.twin.supply_setpoint_c = self.setpoint()
         while self.next_ms <= now_ms:
             state = self.twin.measure(self.next_ms, self.ess_kw, self.stopped)
+            if self.grid_limit is not None and not self.pcs_silent:
+                state = self._follow(state)
             readings.points += self.twin.points(state, self.soc_pct)
             self.history.append((self.next_ms, state.grid_kw, state.ess_kw))
             last = self.next_ms
@@ -199,9 +210,32 @@ class TwinPoller:
                 show(state)
         return readings
 
+    def _follow(self, state):
+        """The sample with the ESS holding the PCS's grid limit at the sample's own site load."""
+        from dataclasses import replace
+
+        power = float(self.grid_limit.power_for(state.facility_kw))
+        soc = self.soc_pct if self.soc_pct is not None else 50.0
+        if (power > 0 and soc <= self.reserve_soc_pct) or (power < 0 and soc >= 100.0):
+            power = 0.0  # as the PCS stops: at its reserve, or full
+        return replace(state, ess_kw=power, grid_kw=state.facility_kw - power)
+
     def close(self) -> None:
         if self.pcs is not None:
             self.pcs.close()
+
+
+def _grid_limit(reading):
+    """The ``Command`` a PCS reading holds in grid-limit mode, or None."""
+    from opsloop.models.battery import Command
+
+    if reading.grid_limit is None:
+        return None
+    values = reading.values
+    wchamax_kw = values["WChaMax"] * 10 ** values["WChaMax_SF"] / 1000
+    cap_out, cap_in = reading.caps_kw(wchamax_kw)
+    return Command(limit_kw=reading.grid_limit[0], max_discharge_kw=cap_out, charge_kw=cap_in,
+                   charge_ceiling_kw=reading.grid_limit[1])
 
 
 def twin_clock(settings: Settings, curve_start_ms: int, speed: float) -> Clock:

@@ -39,6 +39,7 @@ AGENTS = "rollup,dedup,correlate,narrate,peaks,guard,pcs-sink"
 WORKER_START_S = 20.0  # wall seconds the twin's clock waits for the worker to start before time runs
 SAMPLE_S = 60.0
 STEP_S = 900  # planning and demand step: the highest 15-minute import is billed, as in `opsloop eval peaks`
+START_SOC_PCT = 50.0  # the PCS simulator's state of charge when the twin starts
 TRUST_WALL_S = 1.0  # wall seconds of pipeline latency the guard's ESS-state age limit allows at any speed
 
 
@@ -108,13 +109,20 @@ class StampedPoller:
     def __init__(self, poller):
         self.poller = poller
         self.published: list[tuple[int, float]] = []  # (last sample's ts_ms, wall s) per poll that made samples
+        self.charge: list[tuple[int, float]] = []  # (last sample's ts_ms, the PCS's state of charge) per such poll
 
     def poll(self, now_ms: int):
         before = self.poller.samples
         readings = self.poller.poll(now_ms)
         if self.poller.samples > before:
             self.published.append((self.poller.history[-1][0], time.time()))
+            if self.poller.soc_pct is not None:
+                self.charge.append((self.poller.history[-1][0], self.poller.soc_pct))
         return readings
+
+    def soc_at(self, ts_ms: int, default: float) -> float:
+        """The PCS's state of charge as read at the first poll at or after ``ts_ms``."""
+        return next((soc for ts, soc in self.charge if ts >= ts_ms), default)
 
     def close(self) -> None:
         self.poller.close()
@@ -221,7 +229,7 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
         stamped = StampedPoller(twin.poller)
         twin.run.kind = stamped
         meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
-        sim = pcs_sim.from_site(site, pcs_port, clock=clock, soc_pct=50.0, site_meter=meter).start()
+        sim = pcs_sim.from_site(site, pcs_port, clock=clock, soc_pct=START_SOC_PCT, site_meter=meter).start()
         print(f"  pcs      simulator on 127.0.0.1:{pcs_port}, grid-limit mode following the twin's meter "
               f"(http://127.0.0.1:{prometheus_port}/metrics)")
         twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
@@ -253,16 +261,17 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             twin.close()
         if cluster is not None:
             cluster.stop()
-    figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days,
-                        policy.pcs.max_kw)
+    figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days, policy.pcs,
+                        stamped.soc_at(measured_ms, START_SOC_PCT))
     figures["worker_pid"] = worker.pid
     print_summary(figures, run, speed)
     return figures
 
 
-def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float,
-              pcs_kw: float) -> dict:
-    """The run's figures from the twin's samples and the topics."""
+def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, warmup_days: float, limits,
+              start_soc_pct: float = 50.0) -> dict:
+    """The run's figures from the twin's samples and the topics (``start_soc_pct``: the battery's at the first
+    billed step, where the offline evaluation starts; ``limits``: the policy's PCS limits)."""
     from opsloop.connectors.kafka import read_records
     from opsloop.models.loop_report import billed_peaks, loop_latencies
 
@@ -272,8 +281,8 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     # stopped is the same week with actuation off, sample for sample
     without = billed_peaks([(s.ts_ms, physics.measure(s.ts_ms).grid_kw) for s in measured], "day", STEP_S * 1000)
     with_loop = billed_peaks([(s.ts_ms, s.grid_kw) for s in measured], "day", STEP_S * 1000)
-    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms, pcs_kw,
-                            warmup_days)
+    offline = offline_peaks(physics.site, physics, int(samples[0].ts_ms) if samples else measured_ms, end_ms,
+                            limits, warmup_days, start_soc_pct)
     proposed = read_records(run, "actions.proposed")
     approved = read_records(run, "actions.approved")
     results = read_records(run, "actions.results")
@@ -304,12 +313,16 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     return {"days": sorted(with_loop), "without": without, "with": with_loop, "offline": offline,
             "proposed": len(proposed), "verdicts": verdicts, "reasons": reasons, "statuses": statuses,
             "latencies": latencies, "incidents": list(incidents.values()), "narratives": narratives,
-            "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0)}
+            "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0),
+            "start_soc_pct": start_soc_pct, "soc_window": (limits.reserve_soc_pct, limits.max_soc_pct)}
 
 
-def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs_kw: float, warmup_days: float) -> dict[str, float]:
+def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs, warmup_days: float,
+                  soc_pct: float = 50.0) -> dict[str, float]:
     """What `opsloop eval peaks` gives per billed day: the planner on the twin's load without actuation, in the
-    demo's steps, with the same battery and warm-up, on the evaluation's battery model."""
+    demo's steps, with the same battery and warm-up, on the evaluation's battery model. The battery is the one the
+    loop may use: the guard's PCS limits ``pcs`` (power, state-of-charge reserve and maximum), as the live
+    planner plans with them, charged to ``soc_pct`` at the first billed step as the live battery was."""
     from opsloop.models.peak_loop import LoopConfig
     from opsloop.ops.evals.peaks import evaluate
 
@@ -318,8 +331,9 @@ def offline_peaks(site, reference, start_ms: int, end_ms: int, pcs_kw: float, wa
     times = list(range(start_ms, end_ms, step_ms))
     loads = [sum(reference.measure(t + k * int(SAMPLE_S * 1000)).grid_kw for k in range(per_step)) / per_step
              for t in times]
-    report = evaluate(times, loads, STEP_S, LoopConfig.from_site(site, step_s=STEP_S, pcs_kw=pcs_kw), 50.0,
-                      warmup_days=warmup_days)
+    config = LoopConfig.from_site(site, step_s=STEP_S, pcs_kw=pcs.max_kw, reserve_soc_pct=pcs.reserve_soc_pct,
+                                  max_soc_pct=pcs.max_soc_pct)
+    report = evaluate(times, loads, STEP_S, config, soc_pct, warmup_days=warmup_days)
     return {p["period"]: p["strategies"]["planner"]["billed_peak_kw"] for p in report["periods"]}
 
 
@@ -341,6 +355,9 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
               f"{total['offline']:>14,.0f}{offline / total['without']:>8.1%}   (sum of daily peaks; live = {share})")
     print(f"    without: the same twin and curve, battery idle, no job stopped; max discharge with opsloop "
           f"{f['max_discharge_kw']:,.0f} kW")
+    print(f"    offline: the planner on the same load with the same battery in the guard's "
+          f"{f['soc_window'][0]:g}-{f['soc_window'][1]:g}% charge window, from the live {f['start_soc_pct']:.0f}% "
+          f"at the first billed step")
     s, v = f["statuses"], f["verdicts"]
     print(f"  actions  {f['proposed']} proposed, {v.get('approved', 0)} approved"
           + "".join(f", {n} {k}" for k, n in sorted(v.items()) if k != "approved")

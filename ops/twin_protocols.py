@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -39,9 +38,7 @@ class MeterServer:
         self.host, self.port = host, port
         self.image = sunspec.meter_image(2)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
+        self._modbus = None  # ops.modbus_thread.ModbusThread while serving
 
     def show(self, state: SiteState) -> None:
         """The meters read ``state`` from now on (both models change together: no read sees half of it)."""
@@ -56,46 +53,21 @@ class MeterServer:
         return None
 
     def start(self) -> "MeterServer":
-        from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
-        ready, failure = threading.Event(), []
+        from opsloop.ops.modbus_thread import ModbusThread
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
+        def device():
+            block = SimData(sunspec.BASE, values=list(self.image), datatype=DataType.REGISTERS, readonly=True)
+            return SimDevice(id=0, simdata=[block], action=self._on_access)
 
-            async def listen():  # pymodbus builds its server inside a running loop
-                block = SimData(sunspec.BASE, values=list(self.image), datatype=DataType.REGISTERS, readonly=True)
-                device = SimDevice(id=0, simdata=[block], action=self._on_access)
-                self._server = ModbusTcpServer(device, address=(self.host, self.port))
-                await self._server.serve_forever(background=True)
-
-            try:
-                loop.run_until_complete(listen())
-            except BaseException as exc:  # reported to start()'s caller
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._server.shutdown())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"twin-meter-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(30) or failure:
-            raise RuntimeError(f"twin meter did not start on {self.host}:{self.port}: "
-                               f"{failure[0] if failure else 'timeout'}")
+        self._modbus = ModbusThread(device, self.host, self.port, "twin meter", f"twin-meter-{self.port}").start()
         log.info("twin: SunSpec meters on %s:%s", self.host, self.port)
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._modbus is not None:
+            self._modbus.stop()
 
 
 class PduFiles:

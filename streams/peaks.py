@@ -17,9 +17,11 @@ import math
 import pickle
 from typing import Callable
 
+from opsloop.config.policy import LeverCosts
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.models.peak_loop import Decision, LoopConfig, SitePeakLoop
+from opsloop.schemas.codec import Codec
 from opsloop.streams.keyed import KeyedProcessor
 
 NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
@@ -42,12 +44,16 @@ class PeaksProcessor(KeyedProcessor):
     record = "SiteSnapshot"
 
     def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
-                 pcs_kw: float | None = None, reserve_soc_pct: float | None = None, **kwargs):
+                 pcs_kw: float | None = None, reserve_soc_pct: float | None = None,
+                 max_soc_pct: float | None = None, levers: LeverCosts | None = None, **kwargs):
         super().__init__(settings, **kwargs)
         # pcs_kw: the most the guard lets the PCS do (policy pcs.max_kw), so no plan asks for more;
-        # reserve_soc_pct: the guard's reserve, which a grid limit's discharge cap keeps over its whole life
+        # reserve_soc_pct / max_soc_pct: the guard's state-of-charge window, planned in and kept by a grid limit's
+        # caps over its whole life; levers: the policy's lever costs, for the site's flexible_load
         self.config = LoopConfig.from_site(site, step_s=settings.peaks_step_s, pcs_kw=pcs_kw,
-                                           cap_reserve_soc_pct=reserve_soc_pct, control=settings.peaks_control)
+                                           reserve_soc_pct=reserve_soc_pct, max_soc_pct=max_soc_pct,
+                                           cap_reserve_soc_pct=reserve_soc_pct, control=settings.peaks_control,
+                                           lever_costs=levers, lever_kinds=action_kinds())
         self.observer = observer
         self.decided: list[Decision] = []
 
@@ -85,6 +91,19 @@ class PeaksProcessor(KeyedProcessor):
         decided, self.decided = self.decided, []
         if self.observer is not None:
             self.observer(decided, messages)
+
+
+#: Levers the live loop can name completely. A shrink names one running opsloop:dp job and a clock lock a
+#: partition's SM clock; the loop reads neither the Slurm queue nor GPU clocks yet, so it plans without them
+#: rather than propose actions the guard would refuse as incomplete.
+LIVE_LEVERS = ("llm_shift", "llm_cap", "slurm_hold")
+
+
+def action_kinds(codec: Codec | None = None) -> tuple[str, ...]:
+    """The lever kinds the loop may propose: those the Action schema knows and the loop can fill in."""
+    schema = (codec or Codec.default()).schema("Action").parsed
+    known = next(f for f in schema["fields"] if f["name"] == "kind")["type"]["symbols"]
+    return tuple(kind for kind in known if kind in LIVE_LEVERS)
 
 
 def invalid(snap: dict, site: str) -> str | None:

@@ -51,6 +51,8 @@ dead-letter agent, logger) and ``source`` (the catalog topic read) or ``sources`
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -60,8 +62,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import (BROKER_DOWN, CLIENT_LOG, BrokerWait, DeadLetters, DeliveryErrors, close_clients,
-                                      consumer, producer, send, transient)
+from opsloop.connectors.kafka import (BROKER_DOWN, CLIENT_LOG, BrokerWait, DeadLetters, DeliveryErrors, Throttled,
+                                      close_clients, consumer, producer, send, send_record, transient)
+from opsloop.models.records import agent_health, consumer_lag
 from opsloop.schemas.codec import Codec
 
 Partition = tuple[str, int]  # (physical topic, partition)
@@ -108,6 +111,9 @@ class BatchProcessor:
     # that read committed wait at its first output: short, but well above the commit interval (one a few seconds)
     transaction_timeout_ms = 15_000
     producer_overrides: dict[str, Any] = {}
+    # How often an agent that runs until stopped reports on agents.health (None: never). Agents run with
+    # --exit-when-idle (replays, batch jobs) do not report: their reports would keep each other from being idle.
+    health_every_s: float | None = 15.0
 
     def __init__(self, settings: Settings, codec: Codec | None = None, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
@@ -135,6 +141,12 @@ class BatchProcessor:
         self._recheck_at = 0.0
         self.handoff = Handoff()  # the worker shares one between its agents
         self.exactly_once = self.transactional and settings.delivery == "exactly-once"
+        self.run_clock = settings.clock()  # the run's clock: the times an agents.health report states
+        self.instance = f"{self.name}@{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+        self.health: dict[str, Any] = {"processed": 0, "last_input_ms": None, "last_commit_ms": None,
+                                       "last_output_ms": None}
+        self._sent = False  # an output since the loop last looked
+        self._health_log = Throttled(self.log)
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -197,6 +209,7 @@ class BatchProcessor:
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.handoff.wrote(topic, self.clock())
+        self._sent = True
         send(self.prod, topic, key, value, self.errors, on_rejected=self._undeliverable)
 
     def _undeliverable(self, topic: str, key: bytes | None, value: bytes | None, err: KafkaError) -> None:
@@ -232,6 +245,27 @@ class BatchProcessor:
             if not left:
                 return
             self.broker_fault(f"{left} messages awaiting delivery")
+
+    def report_health(self, cons: Consumer) -> None:
+        """Publish this instance's health on agents.health from what its consumer knows locally (positions, and
+        the ends cached from fetch responses): no broker request, so no admin right, and the NOC needs none
+        either. A report that cannot be delivered is logged (once a minute), never fails the agent."""
+        assigned = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        try:
+            ends = [(tp.offset, cons.get_watermark_offsets(tp, cached=True)[1]) for tp in cons.position(assigned)] \
+                if assigned else []
+        except KafkaException:  # mid-rebalance: the lag is not known this time
+            ends = []
+        h = self.health
+        record = agent_health(self.name, self.settings.group(self.name), self.instance, int(self.run_clock() * 1000),
+                              len(assigned), consumer_lag(ends), h["processed"], self.dead.count, h["last_input_ms"],
+                              h["last_commit_ms"], h["last_output_ms"])
+        send_record(self.prod, self.settings, "agents.health", record, self.codec, self._health_delivered)
+
+    def _health_delivered(self, err, msg) -> None:
+        if err is not None:
+            self._health_log.log("health", logging.WARNING, "%s: health report not delivered: %s (is agents.health "
+                                 "created? opsloop topics create)", self.name, err)
 
     def catalog_name(self, topic: str) -> str:
         """The catalog name of a physical topic."""
@@ -468,7 +502,9 @@ class BatchProcessor:
                 cons.subscribe([settings.topic(s) for s in self.sources], on_assign=self._assigned,
                                on_revoke=self._revoked, on_lost=self._lost)
                 last_data = last_commit = self.clock()
-                dirty = False
+                dirty = progressed = False
+                reporting = self.health_every_s is not None and not exit_when_idle
+                next_report = self.clock() + (self.health_every_s or 0.0)
                 while not stop.is_set():
                     batch = self._consume(cons)
                     self.before_batch()
@@ -477,7 +513,11 @@ class BatchProcessor:
                         self._confirm_ends(cons)
                     now = self.clock()
                     if messages:
-                        last_data = now
+                        last_data, progressed = now, True
+                        self.health["processed"] += messages
+                        self.health["last_input_ms"] = int(self.run_clock() * 1000)
+                    if self._sent:
+                        self.health["last_output_ms"], self._sent = int(self.run_clock() * 1000), False
                     idle = (bool(self.assigned) and self.caught_up >= self.assigned and now - last_data >= quiet_s
                             and not self._held_open(cons))
                     urgent = self.end_batch(messages, idle)
@@ -487,6 +527,12 @@ class BatchProcessor:
                     if dirty and (urgent or idle or now - last_commit >= self.commit_every_s) and self.broker.ready():
                         if self.commit(cons):
                             last_commit, dirty = now, False
+                            if progressed:
+                                self.health["last_commit_ms"], progressed = int(self.run_clock() * 1000), False
+                    if reporting and now >= next_report:
+                        self.report_health(cons)
+                        next_report = now + self.health_every_s
+                        dirty = dirty or self.exactly_once  # the report rides in the open transaction: commit it
                     done = idle and not dirty and self.settled()
                     self.handoff.idle(self.name, done)
                     if exit_when_idle and done and self.handoff.may_end(self.clock(), quiet_s):

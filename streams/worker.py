@@ -151,11 +151,13 @@ def _peaks(settings: Settings, site: Site) -> Processor:
     from opsloop.streams.peaks import PeaksProcessor
 
     # plan within the guard's PCS limit: a setpoint above it is refused, and the battery is left unused
-    limits = load_policy(settings.policy).pcs
+    policy = load_policy(settings.policy)
+    limits = policy.pcs
     pcs_kw = min(limits.max_kw, *(max(e.pcs_charge_kw, e.pcs_discharge_kw)
                                   for e in site.ess[:1])) if site.ess else None
     return PeaksProcessor(settings, site, wall_clock=settings.clock(), pcs_kw=pcs_kw,
-                          reserve_soc_pct=limits.reserve_soc_pct)
+                          reserve_soc_pct=limits.reserve_soc_pct, max_soc_pct=limits.max_soc_pct,
+                          levers=policy.levers)
 
 
 AGENTS["peaks"] = _peaks  # peak shaving (issue 3)

@@ -34,6 +34,9 @@ GERMAN_HOLIDAYS_2023 = (dt.date(2023, 1, 1), dt.date(2023, 4, 7), dt.date(2023, 
                         dt.date(2023, 5, 18), dt.date(2023, 5, 29), dt.date(2023, 10, 3), dt.date(2023, 12, 25),
                         dt.date(2023, 12, 26))
 FAMILIES = ("taylor", "nab", "bdew")
+# Whose public holidays each family's load keeps (a site file's ``country``): England and Wales, Germany (the
+# holidays the BDEW profiles are made with); the NAB series do not say where they were measured.
+COUNTRIES = {"taylor": "GB-ENG", "nab": None, "bdew": "DE"}
 
 
 def curves(families=FAMILIES, shared: Path = SHARED) -> list[tuple[str, str, list[int], list[float], int]]:

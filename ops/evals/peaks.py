@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--compare-forecasters", action="store_true",
                    help="also score River's HoltWinters and SNARIMAX against the planner's forecaster")
+    p.add_argument("--levers", action="store_true",
+                   help="the battery alone against the battery with the site file's flexible_load levers, priced "
+                        "by the policy's levers section: billed peaks against the oracle's, and per lever kW shed, "
+                        "hours engaged and cost")
+    p.add_argument("--policy", type=Path, help="policy file for --levers (default: OPSLOOP_POLICY, the shipped one)")
 
 
 def main(args: argparse.Namespace, settings=None) -> int:
@@ -83,6 +88,8 @@ def main(args: argparse.Namespace, settings=None) -> int:
     else:
         scale = float(args.scale)
     loads = [v * scale for v in values]
+    if args.levers:
+        return _levers(args, settings, site_file, config, times, loads, step_s, scale, column)
     report = evaluate(times, loads, step_s, config, args.soc, args.reactive_percentile, args.warmup_days)
     report["input"] = {"data": str(args.data), "column": column, "scale": scale, "step_s": step_s,
                        "steps": len(loads), "interpolated_steps": filled,
@@ -90,6 +97,28 @@ def main(args: argparse.Namespace, settings=None) -> int:
     if args.compare_forecasters:
         report["forecasters"] = compare_forecasters(times, loads, step_s)
     print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _levers(args, settings, site_file, config, times, loads, step_s, scale, column) -> int:
+    from opsloop.config.policy import load_policy
+    from opsloop.config.site import load_site
+    from opsloop.ops.evals import peak_levers
+
+    policy_file = args.policy or (settings.policy if settings else None)
+    if policy_file is None:
+        from opsloop.config.assets import POLICY_FILE
+        policy_file = POLICY_FILE
+    costs = load_policy(policy_file).levers
+    if costs is None:
+        raise ValueError(f"{policy_file}: --levers needs the policy's levers section (policy version 4)")
+    config = replace(config, **{k: getattr(LoopConfig.from_site(load_site(site_file), lever_costs=costs), k)
+                                for k in ("levers", "lever_costs", "flexible_load")})
+    report = peak_levers.evaluate_levers(times, loads, step_s, config, args.soc, args.warmup_days, planner_controller)
+    report["input"] = {"data": str(args.data), "column": column, "scale": scale, "step_s": step_s,
+                       "site": str(site_file), "policy": str(policy_file),
+                       "battery_kwh": config.battery.capacity_kwh, "pcs_kw": config.battery.pcs_discharge_kw}
+    print(json.dumps(report, indent=2) if args.json else peak_levers.render(report))
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.ops.evals import peak_curves
-from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate
+from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate, planner_controller
 
 TIE_KW = 0.5  # billed peaks this close count as a tie (the oracle's bisection tolerance)
 SHORT_WARMUP_DAYS = 4  # curves under four weeks long learn from 4 days instead of 7
@@ -40,9 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
     p.add_argument("--skill-periods", type=int,
                    help="closed billing periods the mode arbiter measures (default: the loop's; 0: the plan always)")
+    p.add_argument("--skill-days", type=int,
+                   help="before two billing periods close, the arbiter decides each day on this many closed days "
+                        "(default: the loop's; 0: the plan until two periods close)")
+    p.add_argument("--holidays", choices=("on", "off"), default="on",
+                   help="forecast with each family's public holidays as a site file's country gives them (Taylor: "
+                        "England, BDEW: Germany, NAB: none known); default on")
     p.add_argument("--leave-one-out", nargs="+", metavar="REPORT",
                    help="instead of scoring: JSON reports of this command, one per candidate configuration; per "
                         "curve, the candidate best on the other curves is scored on it")
+    p.add_argument("--levers", action="store_true",
+                   help="instead of scoring the planner: the battery alone against the battery with the site "
+                        "file's flexible_load levers (as opsloop eval peaks --levers), monthly billing, per curve")
+    p.add_argument("--policy", help="policy file for --levers (default: OPSLOOP_POLICY, the shipped one)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -65,16 +75,45 @@ def main(args: argparse.Namespace, settings=None) -> int:
                                                     for k in args.curve)) or families
     chosen = [c for c in peak_curves.curves(families)
               if not args.curve or any(k in c[0] for k in args.curve)]
+    if args.levers:
+        return _levers(args, settings, site, site_file, chosen)
     report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
                                                for c in chosen], "curves": []}
     for name, family, times, values, step_s in chosen:
-        config = LoopConfig.from_site(site, step_s=step_s)
+        country = peak_curves.COUNTRIES.get(family) if args.holidays == "on" else None
+        config = LoopConfig.from_site(replace(site, country=country), step_s=step_s)
         if args.skill_periods is not None:
             config = replace(config, skill_periods=args.skill_periods)
-        report["config"] = {"skill_periods": config.skill_periods}
+        if args.skill_days is not None:
+            config = replace(config, skill_days=args.skill_days)
+        report["config"] = {"skill_periods": config.skill_periods, "skill_days": config.skill_days,
+                            "holidays": args.holidays}
         report["curves"].append(score_curve(name, family, times, values, step_s, config))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _levers(args, settings, site, site_file, chosen) -> int:
+    from opsloop.config.assets import POLICY_FILE
+    from opsloop.config.policy import load_policy
+    from opsloop.ops.evals import peak_levers
+
+    policy_file = args.policy or (settings.policy if settings else POLICY_FILE)
+    costs = load_policy(policy_file).levers
+    if costs is None:
+        raise ValueError(f"{policy_file}: --levers needs the policy's levers section (policy version 4)")
+    out = {"site": str(site_file), "policy": str(policy_file), "curves": []}
+    for name, family, times, values, step_s in chosen:
+        config = LoopConfig.from_site(site, step_s=step_s, lever_costs=costs)
+        loads = [v * AUTO_PEAK_SHARE * config.policy.import_cap_kw / max(values) for v in values]
+        warmup = 7.0 if (times[-1] - times[0]) >= 28 * 86_400_000 else SHORT_WARMUP_DAYS
+        report = peak_levers.evaluate_levers(times, loads, step_s, config, 80.0, warmup, planner_controller)
+        out["curves"].append({"curve": name, "family": family, **report})
+        if not args.json:
+            print(f"== {name} ==\n{peak_levers.render(report)}\n", flush=True)
+    if args.json:
+        print(json.dumps(out, indent=2))
     return 0
 
 
@@ -95,16 +134,16 @@ def score_curve(name, family, times, values, step_s, config: LoopConfig) -> dict
             "planner_mean_share": _mean(shares["planner"]), "reactive_mean_share": _mean(shares["reactive"]),
             "violations": sum(s["planner"]["violations"] for s in rows),
             "modes": [r["strategies"]["planner"].get("modes") for r in report["periods"]]}
-    out["mase"] = mase(times, loads, step_s, warmup)
+    out["mase"] = mase(times, loads, step_s, warmup, config.holidays)
     return out
 
 
-def mase(times, loads, step_s, warmup_days) -> dict:
+def mase(times, loads, step_s, warmup_days, holidays=None) -> dict:
     """The forecaster's MAE over the seasonal-naive forecast's (the same step a day before the target, from the
     latest day observed), at 1 h, 4 h and 24 h, after the warm-up."""
     day = max(1, 86_400 // step_s)
     horizons = {"1h": max(1, round(3600 / step_s)), "4h": max(1, round(4 * 3600 / step_s)), "24h": day}
-    f = PeakForecaster(step_s=step_s, season_steps=day)
+    f = PeakForecaster(step_s=step_s, season_steps=day, holidays=holidays)
     start = times[0] + warmup_days * 86_400_000
     errors = {k: [0.0, 0.0] for k in horizons}
     for i, (ts, y) in enumerate(zip(times, loads)):

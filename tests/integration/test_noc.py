@@ -432,3 +432,39 @@ def test_with_views_the_page_reads_while_the_sink_in_the_same_process_writes(kaf
         stop_noc(server, thread)
         stop.set()
         agent.join(30)
+
+
+def test_sources_page_shows_each_running_agents_health(kafka_settings, chromium):
+    """The real guard and views agents report on agents.health from their own consumers (no admin client anywhere);
+    the Sources page shows each as a row: consumer group, lag, messages handled, last input, commit and output, and
+    the guard's dead letters of the last hour, updated live."""
+    settings = kafka_settings
+    publish(settings, "deadletter", "DeadLetter", [{
+        "topic": "actions.proposed", "partition": 0, "offset": 3, "key": None, "value": b"junk", "error_kind": "decode",
+        "error": "not Avro", "agent": "guard", "message_ts_ms": int(time.time() * 1000)}])
+    publish(settings, "actions.proposed", "Action",
+            [action("health-ask", "slurm_suspend", target="opsloop", partitions="batch", max_jobs=1, gpus=1)])
+    guard = GuardProcessor(settings, load_policy(settings.policy), load_site(settings.topology))
+    sink = ViewsSink(settings)
+    guard.health_every_s = sink.health_every_s = 0.5
+    with Running(guard, safety_net_s=300), Running(sink, safety_net_s=300):
+        server, thread = start_noc(settings, LiveViews(sink))
+        try:
+            browser_login(chromium, server.url, "vic")
+            chromium.get(server.url + "sources")
+
+            def agent_rows(driver):  # read in one go: the live part may be swapped in meanwhile
+                return driver.execute_script("return Array.from(document.querySelectorAll('#agents tbody tr'), "
+                                             "r => Array.from(r.cells, c => c.textContent.trim()))")
+
+            def guard_row(driver):
+                rows = agent_rows(driver)
+                guard = [r for r in rows if r[0] == "guard" and r[7] != "0" and r[9] and r[10]]
+                return (guard[0], rows) if guard and "views" in [r[0] for r in rows] else False
+
+            cells, rows = WebDriverWait(chromium, SAFETY_NET_S).until(guard_row)
+            assert cells[1].startswith("guard@") and cells[2] == "reporting" and cells[4] == settings.group("guard")
+            assert cells[6] == "0 messages" and cells[11] == "1", cells  # caught up; the one dead letter naming it
+            assert [r[2] for r in rows if r[0] == "views"] == ["reporting"]  # the views agent reports too
+        finally:
+            stop_noc(server, thread)

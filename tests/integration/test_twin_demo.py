@@ -66,6 +66,28 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo's Kafka still listens"
 
 
+@pytest.mark.secure
+def test_the_demo_closes_the_loop_on_the_secure_broker_every_agent_as_its_own_principal(tmp_path, capsys):
+    """`opsloop demo --secure`, briefly: its own TLS + SASL/SCRAM broker with ACLs, the worker's agents each as its
+    own principal; actions must go the whole way (proposed, approved, written to the PCS) and no client may be
+    refused by the broker."""
+    port = free_port_pair()
+    settings = Settings(data_dir=tmp_path, kafka_port=port, broker=f"127.0.0.1:{port}",
+                        cache_dir=Settings.from_env().cache_dir)
+    figures = run_twin_demo(settings, days=0.25, speed=SPEED, warmup_days=0.5, failures=1, secure=True)
+    printed = capsys.readouterr().out
+
+    assert "SASL_SSL" in printed, "the NOC line does not name the secure protocol"
+    assert figures["proposed"] > 0 and figures["verdicts"].get("approved", 0) > 0
+    assert figures["statuses"].get("executed", 0) > 0, figures["statuses"]
+    worker_log = (tmp_path / "twin-demo" / "run" / "worker.log").read_text()
+    assert "AUTHORIZATION_FAILED" not in worker_log and "Authentication failed" not in worker_log
+    with pytest.raises(ProcessLookupError):
+        os.kill(figures["worker_pid"], 0)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo's secure Kafka still listens"
+
+
 def test_an_interrupted_demo_stops_everything_it_started(tmp_path):
     import re
     import signal

@@ -72,16 +72,18 @@ class Agents:
         self.start()
 
 
-def offline_planner_peak_kw(site, physics, start_ms: int, end_ms: int, pcs_kw: float) -> float:
+def offline_planner_peak_kw(site, physics, start_ms: int, end_ms: int, pcs) -> float:
     """What `opsloop eval peaks` gives for day two: the same planner on the twin's load without actuation, in
-    15-minute steps, with the same battery and warm-up, on the evaluation's load-following battery model."""
+    15-minute steps, with the same battery and warm-up, on the evaluation's load-following battery model; the
+    battery in the guard's charge window (``pcs``, the policy's PCS limits), as the live planner plans it."""
     from opsloop.models.peak_loop import LoopConfig
     from opsloop.ops.evals.peaks import evaluate
 
     times = list(range(start_ms, end_ms, 900_000))
     loads = [sum(physics.measure(t + k * 30_000).grid_kw for k in range(30)) / 30 for t in times]
-    report = evaluate(times, loads, 900, LoopConfig.from_site(site, step_s=900, pcs_kw=pcs_kw), 50.0,
-                      warmup_days=WARM_UP_S / DAY_S)
+    config = LoopConfig.from_site(site, step_s=900, pcs_kw=pcs.max_kw, reserve_soc_pct=pcs.reserve_soc_pct,
+                                  max_soc_pct=pcs.max_soc_pct)
+    report = evaluate(times, loads, 900, config, 50.0, warmup_days=WARM_UP_S / DAY_S)
     return report["periods"][-1]["strategies"]["planner"]["billed_peak_kw"]
 
 
@@ -174,7 +176,7 @@ def test_the_twin_meter_shows_a_lower_billed_peak_with_the_loop_closed(kafka_set
     without = billed_peak_kw([(ts, reference.measure(ts).grid_kw) for ts, _, _ in history])
     with_loop = billed_peak_kw([(ts, grid) for ts, grid, _ in history])
     discharged = max(ess for _, _, ess in history)
-    offline = offline_planner_peak_kw(site, reference, start_ms, end_ms, policy.pcs.max_kw)
+    offline = offline_planner_peak_kw(site, reference, start_ms, end_ms, policy.pcs)
     live_cut, offline_cut = without - with_loop, without - offline
     print(f"twin loop: billed peak {without:.0f} kW without, {with_loop:.0f} kW with opsloop "
           f"({live_cut / without:.1%} lower; offline eval of the same day and battery: {offline:.0f} kW, "

@@ -25,3 +25,13 @@ def test_delivery_is_at_least_once_unless_exactly_once_is_asked_and_nothing_else
     assert Settings.from_env({"OPSLOOP_DELIVERY": "exactly-once"}).delivery == "exactly-once"
     with pytest.raises(ValueError, match="OPSLOOP_DELIVERY"):
         Settings.from_env({"OPSLOOP_DELIVERY": "exactly_once"})
+
+
+def test_encoding_is_single_object_unless_confluent_is_asked_with_a_registry():
+    assert Settings.from_env({}).encoding == "single-object"
+    chosen = Settings.from_env({"OPSLOOP_ENCODING": "confluent", "OPSLOOP_SCHEMA_REGISTRY_URL": "http://r:8080"})
+    assert (chosen.encoding, chosen.schema_registry_url) == ("confluent", "http://r:8080")
+    with pytest.raises(ValueError, match="OPSLOOP_SCHEMA_REGISTRY_URL"):
+        Settings.from_env({"OPSLOOP_ENCODING": "confluent"})
+    with pytest.raises(ValueError, match="OPSLOOP_ENCODING"):
+        Settings.from_env({"OPSLOOP_ENCODING": "avro"})

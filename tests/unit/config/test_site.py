@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,7 @@ def test_billing_periods_are_the_planners():
      "replay.streams[0] (d None): device_type missing"),
     ({"site": {"id": "s"}, "topology": ["power"]}, "topology: expected a mapping"),
     ({"site": {"id": "s"}, "sites": []}, "(root): unknown keys ['sites']"),
+    ({"site": {"id": "s", "country": "XX"}}, "site.country: is 'XX'"),
 ])
 def test_errors_name_the_file_and_the_entry(tmp_path, doc, message):
     path = write(tmp_path, doc)
@@ -132,3 +134,23 @@ def test_agents_and_models_never_read_a_site_file_themselves():
     readers = sorted(str(p.relative_to(root)) for folder in ("models", "connectors", "streams")
                      for p in (root / folder).rglob("*.py") if "yaml" in p.read_text(encoding="utf-8"))
     assert readers == ["models/sops.py"]  # parses a SOP's front matter from text it is given
+
+
+def test_flexible_load_parses_from_the_example_and_is_checked():
+    flexible = load_site(SITES_DIR / "examples" / "flexible.yaml").flexible_load
+    assert flexible.training.partition == "train-b" and flexible.training.min_replicas == 0.5
+    assert flexible.llm_serving.cap_servers == ("large",) and flexible.clock_lock.saving == 0.15
+    assert load_site(DEMO_SITE).flexible_load is None
+    base = {"site": {"id": "x"}}
+    for block, message in [
+        ({"training": {"share": 0.2}}, "flexible_load.training: partition missing"),
+        ({"training": {"share": 0.7, "partition": "b"}, "clock_lock": {"share": 0.4}},
+         "flexible_load: shares add up to 1.1"),
+        ({"llm_serving": {"share": 0.1, "shift_saving": 0.8, "cap_saving": 0.3}},
+         "flexible_load.llm_serving: shift_saving and cap_saving add up to more than 1"),
+        ({"clock_lock": {"share": 0.1, "savings": 0.2}}, "flexible_load.clock_lock: unknown keys ['savings']"),
+        ({"clock_lock": {"share": 0}}, "flexible_load.clock_lock.share: expected a number in (0, 1]"),
+        ({"llm_serving": {"share": 0.1, "cap_servers": []}}, "flexible_load.llm_serving.cap_servers: expected a non"),
+    ]:
+        with pytest.raises(SiteError, match=re.escape(f"x.yaml: {message}")):
+            parse_site({**base, "flexible_load": block}, "x.yaml")

@@ -52,3 +52,12 @@ def test_the_simulator_clamps_to_the_ratings_and_stops_at_its_floor():
     assert pcs.command(900, revert_s=None, now_s=0) == 500
     pcs.advance(3600)
     assert pcs.soc_pct == 10 and pcs.power_kw == 0
+
+
+def test_a_maximum_state_of_charge_stops_every_charging_path_of_the_planner():
+    battery = Battery(1000, 500, 500, round_trip_efficiency=1.0, reserve_soc_pct=10, soh_pct=100, max_soc_pct=90)
+    assert battery.max_charge_kw(battery.energy_kwh(80), 1.0) == pytest.approx(100)  # 100 kWh of room in an hour
+    assert battery.max_charge_kw(battery.energy_kwh(95), 1.0) == 0.0  # above it: no charge, never a discharge
+    stepped = battery.step(battery.energy_kwh(80), Command(limit_kw=1000, charge_kw=500), load_kw=0, step_h=1.0)
+    assert stepped.violations == 1 and battery.soc_pct(stepped.energy_kwh) == pytest.approx(90)
+    assert battery.dispatch([0, 0], [True, True], battery.energy_kwh(80), 1.0, 1000, 1000) == [-100.0, 0.0]

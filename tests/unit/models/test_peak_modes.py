@@ -51,6 +51,25 @@ def test_arbiter_hands_periods_to_the_mode_that_cut_more_once_measured():
     assert arbiter.skill()[REACTIVE] > arbiter.skill()[FORECAST] == 0.0
 
 
+def test_before_two_periods_close_the_days_seen_choose_the_mode_when_asked_to():
+    modes = {}
+    for skill_days in (0, 3):
+        arbiter = ModeArbiter(BATTERY, skill_periods=4, skill_days=skill_days)
+        modes[skill_days] = []
+        for h in range(24 * 7):
+            start = h * HOUR
+            arbiter.measure(daily_load(h), 3600, 1500.0, start)
+            modes[skill_days].append(arbiter.start_period(billing_period(start + HOUR, "week")[0], start + HOUR))
+            energy = arbiter.shadows[REACTIVE].energy_kwh
+            arbiter.shadows[FORECAST].pending = IDLE  # a plan that never shaves
+            arbiter.shadows[REACTIVE].pending = Command(1500.0, BATTERY.max_discharge_kw(energy, 1.0),
+                                                        BATTERY.max_charge_kw(energy, 1.0), 1500.0)
+    assert set(modes[0]) == {FORECAST}  # no period closed: the plan decides all week
+    assert set(modes[3][:3 * 24]) == {FORECAST}  # fewer than three days measured
+    assert modes[3][-1] == REACTIVE and arbiter.by_days()
+    assert arbiter.day_skill()[REACTIVE] > arbiter.day_skill()[FORECAST] == 0.0
+
+
 class _Blind(PeakForecaster):
     """A forecaster that always says the load is flat at its latest value: the plan never sees a peak coming."""
 

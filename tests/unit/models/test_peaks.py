@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,7 +127,7 @@ def test_forecaster_follows_rivers_interface():
     assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
                                "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0,
                                "skill_power": 2.0, "skill_halflife": None, "skill_margin": 0.25, "long_share": 0.5,
-                               "covariates": None}
+                               "covariates": None, "holidays": None}
     assert f.clone()._get_params() == f._get_params()
     for i in range(200):
         f.learn_one(100.0 + i % 96)
@@ -246,3 +248,64 @@ def replace_control(config, control):
     from dataclasses import replace
 
     return replace(config, control=control)
+
+
+def test_grid_limit_caps_keep_the_guards_state_of_charge_window_over_their_whole_life():
+    """Planned in the guard's window, a charge near its maximum and a discharge near its reserve are sized to
+    stay inside it for as long as they may stay in force, so the guard approves them instead of refusing."""
+    from opsloop.config.policy import load_policy
+    from opsloop.models.guard import APPROVED, EssState, PlantState, decide
+
+    policy = load_policy(POLICY_FILE)
+    limits = policy.pcs
+    config = LoopConfig.from_site(load_site(SITE), pcs_kw=limits.max_kw, reserve_soc_pct=limits.reserve_soc_pct,
+                                  max_soc_pct=limits.max_soc_pct, cap_reserve_soc_pct=limits.reserve_soc_pct,
+                                  control="grid_limit")
+    assert config.battery.reserve_soc_pct == limits.reserve_soc_pct and config.battery.max_soc_pct == limits.max_soc_pct
+    kinds = set()
+    # after two days (night: the plan recharges) and at 10:00 of the third, in the high load (it discharges)
+    for minutes, load, grid in ((2 * 1440, 15_000.0, 15_000.0), (2 * 1440 + 600, 34_000.0, 32_000.0)):
+        loop = SitePeakLoop(config)
+        for snap in snapshots(3)[:minutes // 5]:
+            loop.on_snapshot(snap)
+        start = loop.last_window_ms // 900_000 * 900_000 + 900_000
+        for soc in (limits.reserve_soc_pct + 1, 50.0, limits.max_soc_pct - 3, limits.max_soc_pct - 0.6):
+            decision = pickle.loads(pickle.dumps(loop)).on_step(start, load, grid, soc, 97.0)
+            for action in (a for a in decision.actions if a["kind"].startswith("pcs_")):
+                kinds.add(action["kind"])
+                ess = EssState(soc, 97.0, float(action["params"].get("expected_kw", 0.0)), config.battery,
+                               action["created_ms"])
+                verdict = decide(action, PlantState(ess), policy, action["created_ms"])
+                assert verdict.verdict == APPROVED, (soc, load, action["kind"], verdict.reasons)
+    assert {"pcs_charge", "pcs_discharge"} <= kinds
+
+
+def test_a_holiday_is_forecast_like_a_sunday_and_the_workday_after_like_a_workday():
+    holiday = dt.date(1970, 1, 26)  # a Monday (1970-01-05 was the first Monday)
+
+    def load(hour: int) -> float:
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=hour // 24)
+        working = day.weekday() < 5 and day != holiday
+        return 1000.0 + (500.0 if working and 9 <= hour % 24 < 17 else 0.0)
+
+    def noon_after(holidays, until_hour: int) -> float:
+        f = PeakForecaster(step_s=3600, holidays=holidays)
+        for hour in range(until_hour):
+            f.learn_one(load(hour), {"ts_ms": hour * 3_600_000})
+        return f.forecast(13)[-1]  # noon of the next day, from 23:00
+
+    eve = (holiday - dt.date(1970, 1, 1)).days * 24  # the holiday's first hour: forecast on its eve
+    assert abs(noon_after({holiday}, eve) - 1000.0) < 50 < noon_after(None, eve) - 1000.0
+    after = noon_after({holiday}, eve + 24)  # the Tuesday: its day before is the holiday
+    assert abs(after - 1500.0) < 50 and abs(after - 1500.0) <= abs(noon_after(None, eve + 24) - 1500.0)
+    week_after = noon_after({holiday}, eve + 7 * 24)  # the Monday a week later: its week before is the holiday
+    assert abs(week_after - 1500.0) < 50 and abs(week_after - 1500.0) < abs(noon_after(None, eve + 7 * 24) - 1500.0)
+
+
+def test_a_site_files_country_gives_the_loop_its_holidays():
+    site = load_site(DEMO_SITE)
+    assert LoopConfig.from_site(site).holidays is None
+    calendar = LoopConfig.from_site(replace(site, country="DE")).holidays
+    assert dt.date(2023, 5, 18) in calendar and dt.date(2023, 5, 17) not in calendar  # Ascension
+    loop = SitePeakLoop(LoopConfig.from_site(replace(site, country="GB-ENG")))
+    assert dt.date(2000, 5, 29) in loop.forecaster.holidays  # the spring bank holiday

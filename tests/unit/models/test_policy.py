@@ -73,7 +73,7 @@ def test_check_command_reports_and_exits_non_zero(tmp_path, doc, capsys):
 def test_a_version_1_file_loads_with_per_action_slurm_budgets(doc):
     old = copy.deepcopy(doc)
     old["version"] = 1
-    del old["slurm"]["budget_window_s"], old["llm"], old["cooling"], old["gpu"]
+    del old["slurm"]["budget_window_s"], old["llm"], old["cooling"], old["gpu"], old["levers"]
     assert parse_policy(old).slurm.budget_window_s == 0
     assert parse_policy(doc).slurm.budget_window_s == 3600
     old["slurm"]["budget_window_s"] = 3600
@@ -93,7 +93,7 @@ def test_a_budget_window_must_cover_the_longest_hold(doc):
 def test_the_llm_section_needs_version_3_and_without_it_there_are_no_llm_limits(doc):
     assert parse_policy(doc).llm.slo_ttfb_s > 0
     older = {**copy.deepcopy(doc), "version": 2}
-    del older["cooling"], older["gpu"]
+    del older["cooling"], older["gpu"], older["levers"]
     assert problems(older) == ["llm: needs policy version 3"]
     del older["llm"]
     assert parse_policy(older).llm is None
@@ -106,7 +106,7 @@ def test_the_cooling_section_needs_version_4_and_keeps_its_ranges_in_order(doc):
     assert (limits.inlet_min_c, limits.inlet_max_c) == (18, 27)  # ASHRAE's recommended envelope
     assert parse_policy(doc).mode("cooling_setpoint") == "approve"  # advice an operator approves, by default
     older = {**copy.deepcopy(doc), "version": 3}
-    del older["gpu"]
+    del older["gpu"], older["levers"]
     assert problems(older) == ["cooling: needs policy version 4"]
     del older["cooling"]
     assert parse_policy(older).cooling is None
@@ -120,9 +120,23 @@ def test_the_gpu_section_needs_version_4_and_without_it_there_are_no_gpu_limits(
     gpu = parse_policy(doc).gpu
     assert gpu.min_sm_clock_mhz == 900 and gpu.min_power_limit_w == 300 and gpu.max_duration_s == 3600
     older = {**copy.deepcopy(doc), "version": 3}
-    del older["cooling"]
+    del older["cooling"], older["levers"]
     assert problems(older) == ["gpu: needs policy version 4"]
     del older["gpu"]
     assert parse_policy(older).gpu is None
     doc["gpu"]["min_sm_clock_mhz"] = 0
     assert problems(doc) == ["gpu.min_sm_clock_mhz: 0 is less than the minimum of 1"]
+
+
+def test_the_levers_section_needs_version_4_and_without_it_the_planner_has_the_battery_alone(doc):
+    costs = parse_policy(doc).levers
+    assert costs.demand_charge_per_kw_month > 0 and costs.max_hours_per_day["llm_shift"] == 4
+    older = {**copy.deepcopy(doc), "version": 3}
+    del older["cooling"], older["gpu"]
+    assert problems(older) == ["levers: needs policy version 4"]
+    del older["levers"]
+    assert parse_policy(older).levers is None
+    doc["levers"]["max_hours_per_day"]["slurm_hold"] = 25
+    doc["levers"]["gpu_hour"] = -1
+    assert problems(doc) == ["levers.gpu_hour: -1 is less than the minimum of 0",
+                             "levers.max_hours_per_day.slurm_hold: 25 is greater than the maximum of 24"]

@@ -12,8 +12,8 @@ from opsloop.config.settings import Settings
 pytestmark = pytest.mark.unit
 ARCHITECTURE_TOPICS = {"telemetry.raw", "telemetry.site", "alarms.raw", "alarms.clean", "incidents", "narratives",
                        "forecasts.peak", "actions.proposed", "actions.approved", "actions.results",
-                       "operator.feedback", "noc.audit", "sources.health", "slurm.queue", "forecasts.rul",
-                       "advice.efficiency", "deadletter"}
+                       "operator.feedback", "noc.audit", "sources.health", "agents.health", "slurm.queue",
+                       "forecasts.rul", "advice.efficiency", "deadletter"}
 
 
 def test_catalog_has_every_architecture_topic_with_kafka_configs():

@@ -73,3 +73,15 @@ def test_leave_one_out_scores_each_curve_with_the_candidate_best_on_the_others()
     # x is judged by the candidate best on y and z (b), which is worse on x itself: no peeking
     assert result["curves"]["x"]["candidate"] == "b" and result["curves"]["x"]["week"]["planner_mean_share"] == 0.1
     assert result["curves"]["y"]["candidate"] == "a"
+
+
+def test_the_countrys_holidays_lower_the_forecasters_error_around_easter_on_a_bdew_profile():
+    import holidays
+
+    [(_, _, times, values, step_s)] = peak_curves.bdew_curves(("g0",))
+    first, last = _ms("2023-03-27"), _ms("2023-04-22")  # a week to learn, then Good Friday to the week after Easter
+    kept = [(t, v) for t, v in zip(times, values) if first <= t < last]
+    times, values = [t for t, _ in kept], [v for _, v in kept]
+    blind = peaks_suite.mase(times, values, step_s, warmup_days=7)
+    aware = peaks_suite.mase(times, values, step_s, warmup_days=7, holidays=holidays.country_holidays("DE"))
+    assert aware["24h"] < 0.8 * blind["24h"] and aware["4h"] < blind["4h"], (aware, blind)

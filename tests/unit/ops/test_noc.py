@@ -584,3 +584,52 @@ def test_without_a_feedback_key_nothing_is_sent_and_the_page_says_why(settings, 
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_an_event_stream_wakes_when_the_views_agent_in_its_process_stores_a_batch(tmp_path):
+    """With --with-views a page's stream looks again as soon as the sink stored a batch (not a whole LIVE_S later);
+    over a file nobody here writes it waits its full interval."""
+    import asyncio
+
+    from opsloop.ops.noc_core import FileViews, LiveViews
+    from opsloop.schemas.codec import Codec
+    from opsloop.streams.views import ViewsSink
+
+    class Msg:  # a consumed message, as the consumer hands it over
+        def __init__(self, value):
+            self._v = value
+
+        def topic(self):
+            return "noc-test.noc.audit"
+
+        def partition(self):
+            return 0
+
+        def offset(self):
+            return 0
+
+        def value(self):
+            return self._v
+
+        def key(self):
+            return None
+
+        def timestamp(self):
+            return (0, -1)
+
+        def error(self):
+            return None
+
+    settings = Settings(duckdb_path=tmp_path / "views.duckdb", topic_prefix="noc-test.")
+    sink = ViewsSink(settings, topics=["noc.audit"])
+    audit = Codec.default().encode("AuditEvent", noc_module.audit_record("login", "ana", "127.0.0.1"))
+    timer = threading.Timer(0.3, sink.write_batch, [[Msg(audit)]])
+    try:
+        began = time.monotonic()
+        timer.start()
+        waited = asyncio.run(noc_web._until_changed(LiveViews(sink), 30.0))
+        assert time.monotonic() - began < 15 and waited < 15 and sink.version == 1
+    finally:
+        timer.join()
+        sink.close()
+    assert asyncio.run(noc_web._until_changed(FileViews(tmp_path / "views.duckdb"), 0.2)) == 0.2

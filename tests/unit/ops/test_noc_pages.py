@@ -97,3 +97,35 @@ def test_incidents_open_first_and_an_incident_with_members_sops_and_path(con):
     assert sop["sop_id"] == "SOP-PWR-001" and "battery runtime" in sop["text"]
     assert ["ups-a", "pdu-a1"] in inc["paths"]
     assert noc_pages.incident(con, "nope", site) is None
+
+
+def test_overview_shows_the_levers_engaged_the_kw_each_sheds_and_the_llm_slo_margin(con):
+    from opsloop.models.llm_lever import BalancerLoad, slo_verdict
+
+    now = T0 + 179 * 60_000  # the site's newest minute
+    def lever(aid, kind, **fields):
+        return {**action(0), "action_id": aid, "kind": kind, "target": fields.pop("target", "t"), "setpoint_kw": None,
+                "created_ms": now - 600_000, "expires_ms": now + 600_000, **fields}
+    engaged = [lever("bat", "pcs_discharge", setpoint_kw=1500.0), lever("hold", "slurm_suspend", shed_kw=240.0),
+               lever("shift", "llm_shift", shed_kw=35.0), lever("old", "slurm_hold", shed_kw=99.0, expires_ms=now - 1),
+               lever("undone", "llm_cap", shed_kw=50.0), lever("asked", "slurm_hold", shed_kw=77.0)]
+    verdicts = [{"action": a, "verdict": "needs_approval" if a["action_id"] == "asked" else "approved", "reasons": ["r"],
+                 "reason_codes": ["c"], "policy_version": "p", "decided_ms": now - 500_000, "approved_by": "ana"}
+                for a in engaged]
+    within = slo_verdict(BalancerLoad(1, 0.0, 0.0, 0.5), 2.0, 8).text
+    def result(aid, status, ts_ms, observed="", delta=None):
+        return {"action_id": aid, "target": "t", "status": status, "ts_ms": ts_ms, "observed_effect": observed,
+                "observed_delta_kw": delta, "detail": "", "executor": "sink"}
+    results = [result("bat", "verified", now - 300_000, delta=-1450.0), result("hold", "executed", now - 400_000),
+               result("shift", "executed", now - 400_000), result("shift", "verified", now - 300_000, within),
+               result("old", "executed", now - 400_000), result("undone", "executed", now - 400_000),
+               result("undone", "reverted", now - 200_000, "restored")]
+    for table, record, rows in (("actions_proposed", "Action", engaged), ("actions_approved", "ApprovedAction", verdicts),
+                                ("actions_results", "ActionResult", results)):
+        store_batch(con, {table: _table(record, rows)}, {})
+    o = noc_pages.overview(con, "demo", load_site(Settings().topology))
+    assert [(r["lever"], r["shed_kw"], r["observed_delta_kw"]) for r in o["levers"]] == [
+        ("LLM shift", 35.0, None), ("battery", 1500.0, -1450.0), ("Slurm suspend", 240.0, None)]
+    assert o["shed_kw"] == 1775.0
+    margin = o["llm_slo"]["margin"]
+    assert (margin.ttfb_margin_s, margin.queue_margin) == (1.5, 7.0)

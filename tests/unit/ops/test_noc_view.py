@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from opsloop.models.llm_lever import slo_margin
 from opsloop.ops import noc_pages
 from opsloop.ops.noc_auth import Role, Session, User
 from opsloop.ops.noc_view import text
@@ -133,9 +134,15 @@ def test_overview_shows_units_the_site_zone_and_the_sentence():
          "forecast": {"explanation": "Grid draw should peak at 33,000 kW.", "predicted_peak_kw": 33000.0,
                       "peak_at": now, "threshold_kw": 31000.0, "issued": now, "model": "m",
                       "points": [{"ts_ms": 1_780_308_000_000, "kw": 1.0, "lower_kw": 0.5, "upper_kw": 1.5}]},
-         "actions": [], "billed_peak_kw": 32000.0, "billed_peak_at": now, "target_kw": 31000.0, "cap_kw": 40000.0}
+         "actions": [], "billed_peak_kw": 32000.0, "billed_peak_at": now, "target_kw": 31000.0, "cap_kw": 40000.0,
+         "levers": [{"lever": "battery", "action_id": "a-1", "target": "pcs-1", "shed_kw": 1500.0,
+                     "observed_delta_kw": -1450.0, "result": "verified", "approved_by": None, "expires": now}],
+         "shed_kw": 1500.0, "llm_slo": {"margin": slo_margin("first byte in 0.5 s (SLO 2 s), 1 queued (SLO 8)"),
+                                        "at": now}}
     html = render_fragment("overview_live.html", caller(), o=o, sites=["demo"], site="demo", chart=noc_pages.chart(o),
                            pending=2, dead_letters=1)
+    assert "Levers engaged (1): 1,500 kW shed" in html and "-1,450 kW" in html
+    assert "first byte 1.50 s under its 2.0 s SLO" in html and "7 queued requests under its 8" in html
     assert "30,123 kW" in html and "1.20" in html and "80 %" in html and "-500 kW" in html and "health 97 %" in html
     assert "2026-06-01 12:00 CEST" in html and "times in Europe/Berlin" in html
     assert "32,000 kW" in html and "31,000 kW" in html and "Grid draw should peak at 33,000 kW." in html

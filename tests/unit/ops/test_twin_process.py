@@ -55,6 +55,23 @@ def test_each_poll_plays_every_sample_due_with_the_ess_power_read_from_the_pcs(p
     assert p.poll(5 * 60_000 + 30_000).points == []  # nothing due yet
 
 
+def test_a_grid_limit_is_held_at_each_samples_own_load_whatever_the_pcs_read_at_the_poll(pcs):
+    """A PCS follows its meter within a second: every sample of a poll holds the limit at its own load, though the
+    simulator's power was computed from an older meter reading (here none: it reads 0 kW of site load)."""
+    sim, client = pcs
+    twin = SiteTwin(SITE, [(0, 20_000.0), (2 * H, 40_000.0)])  # rising: each minute's load differs
+    p = TwinPoller(twin, 60.0, 0, pcs=client, meters=Meters("demo"))
+    facility0 = twin.measure(0).facility_kw
+    limit = facility0 + 100.0
+    client.write_grid_limit(limit, 3000.0, 0.0, limit, 600)
+    readings = p.poll(10 * 60_000)
+    facility = [pt["value"] for pt in readings.points if pt["metric"] == "facility_kw"]
+    ess = [pt["value"] for pt in readings.points if pt["metric"] == "ess_kw"]
+    assert sim.battery.power_kw == 0.0 and facility[-1] > facility[0] + 300
+    assert ess == pytest.approx([min(3000.0, max(0.0, f - limit)) for f in facility], abs=1.0)  # register steps
+    assert max(grid(readings)) == pytest.approx(limit, abs=1.0) and ess[0] == 0.0 and ess[-1] > 200
+
+
 def test_a_silent_pcs_leaves_the_battery_doing_what_it_last_did(pcs):
     sim, client = pcs
     client.write_setpoint(2000.0, 600)

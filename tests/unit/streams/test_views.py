@@ -378,3 +378,138 @@ def test_a_raw_time_duckdb_cannot_represent_reads_as_null_instead_of_breaking_th
     assert sink.write_batch(batch + extreme) == 9
     rows = dict(sink.con.execute("SELECT device, ts FROM v_telemetry_latest").fetchall())
     assert rows["pdu-x0"] is None and rows["pdu-x1"] is None and rows["pdu-a1"] is not None
+
+
+# The views' definitions before the writer kept derived tables: every request recomputed them from the records.
+RECOMPUTED_SITE_POWER = """
+    WITH w AS (SELECT * FROM telemetry_site QUALIFY row_number() OVER (PARTITION BY site, window_start_ms
+                                                                        ORDER BY _partition DESC, _offset DESC) = 1)
+    SELECT site, date_trunc('minute', event_ts(window_start_ms)) AS minute, avg(grid_kw), avg(it_kw), avg(facility_kw),
+           sum(facility_kw) FILTER (WHERE pue IS NOT NULL) / sum(it_kw) FILTER (WHERE pue IS NOT NULL), avg(ess_soc_pct),
+           avg(ess_kw), avg(gpu_kw), count(*)
+    FROM w GROUP BY ALL ORDER BY site, minute"""
+RECOMPUTED_ACTIONS = """
+    WITH p AS (SELECT * FROM actions_proposed QUALIFY row_number() OVER (PARTITION BY action_id
+                                                                         ORDER BY _partition DESC, _offset DESC) = 1),
+    v AS (SELECT json_extract_string(action, '$.action_id') AS action_id, verdict, approved_by FROM actions_approved
+          QUALIFY row_number() OVER (PARTITION BY json_extract_string(action, '$.action_id')
+                                     ORDER BY decided_ms DESC, _partition DESC, _offset DESC) = 1),
+    r AS (SELECT action_id, status, detail FROM actions_results
+          QUALIFY row_number() OVER (PARTITION BY action_id ORDER BY ts_ms DESC, _partition DESC, _offset DESC) = 1)
+    SELECT action_id, p.setpoint_kw, v.verdict, v.approved_by, r.status, r.detail
+    FROM p LEFT JOIN v USING (action_id) LEFT JOIN r USING (action_id) ORDER BY action_id"""
+
+
+def _messy_batches(codec) -> list[list[Msg]]:
+    """Batches as a live run delivers them: windows of one minute split across batches and re-emitted later,
+    half-minute windows, a verdict and a result older than the stored ones read after them, a verdict before
+    its proposal, a proposal sent again with another setpoint, an alarm's older state read after its newer one."""
+    site = lambda start, kw, p=0: ("telemetry.site", "SiteSnapshot", snapshot("demo", start, kw), p)  # noqa: E731
+    half = {**snapshot("demo", T0 + 2 * MINUTE_MS + 30_000, 1500.0), "window_end_ms": T0 + 3 * MINUTE_MS}
+    verdict = lambda aid, v, ms, by=None: ("actions.approved", "ApprovedAction", {  # noqa: E731
+        "action": _action(aid), "verdict": v, "reasons": [v], "policy_version": "1", "decided_ms": ms, "approved_by": by}, 0)
+    result = lambda aid, status, ms: ("actions.results", "ActionResult", {  # noqa: E731
+        "action_id": aid, "target": "ess-1", "status": status, "ts_ms": ms, "observed_effect": "", "detail": status,
+        "executor": "pcs"}, 0)
+    batches = [
+        [site(T0, 1000.0), site(T0 + MINUTE_MS, 1100.0, 1), site(T0 + 2 * MINUTE_MS, 1200.0),
+         ("actions.proposed", "Action", _action("a-1"), 0), verdict("a-2", "needs_approval", T0 + 5),
+         ("alarms.clean", "CleanAlarm", _clean_alarm(T0 + 5, "cleared", "no_labels", "clear"), 0)],
+        [site(T0 + MINUTE_MS, 1111.0, 1), ("telemetry.site", "SiteSnapshot", half, 0), site(T0 + 9 * MINUTE_MS, 900.0),
+         ("actions.proposed", "Action", _action("a-2"), 0), verdict("a-1", "needs_approval", T0 + 10),
+         verdict("a-1", "approved", T0 + 20, "ana"), result("a-1", "executed", T0 + 30),
+         ("alarms.clean", "CleanAlarm", _clean_alarm(T0, "first_raise", "no_labels"), 0)],  # older, read later
+        [site(T0, 999.0), verdict("a-1", "needs_approval", T0 + 15), result("a-1", "verified", T0 + 40),
+         result("a-1", "executed", T0 + 35), ("actions.proposed", "Action", {**_action("a-2"), "setpoint_kw": 900.0}, 0),
+         ("actions.proposed", "Action", _action("a-3"), 1)],
+    ]
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for batch in batches:
+        msgs = []
+        for topic, record, value, partition in batch:
+            offset = offsets.get((topic, partition), 0)
+            offsets[(topic, partition)] = offset + 1
+            msgs.append(Msg(PREFIX + topic, partition, offset, codec.encode(record, value)))
+        out.append(msgs)
+    return out
+
+
+def test_derived_tables_match_the_views_recomputed_from_every_record(settings):
+    """The writer updates per-minute power and each action's latest state batch by batch; the views read from them
+    show what recomputing from every stored record shows, whatever order the records came in."""
+    sink = ViewsSink(settings)
+    for batch in _messy_batches(Codec.default()):
+        sink.write_batch(batch)
+    con = sink.con
+    assert con.execute("SELECT * FROM v_site_power ORDER BY site, minute").fetchall() == \
+        con.execute(RECOMPUTED_SITE_POWER).fetchall()
+    power = con.execute("SELECT grid_kw, windows FROM v_site_power ORDER BY minute").fetchall()
+    assert power == [(999.0, 1), (1111.0, 1), (1350.0, 2), (900.0, 1)]  # re-emitted windows count once
+    actions = con.execute("SELECT action_id, setpoint_kw, verdict, approved_by, result, result_detail FROM v_actions "
+                          "ORDER BY action_id").fetchall()
+    assert actions == con.execute(RECOMPUTED_ACTIONS).fetchall()
+    assert actions == [("a-1", 2000.0, "approved", "ana", "verified", "verified"),
+                       ("a-2", 900.0, "needs_approval", None, None, None), ("a-3", 2000.0, None, None, None, None)]
+    recomputed_alarms = con.execute(
+        "SELECT fingerprint, json_extract_string(alarm, '$.site'), json_extract_string(alarm, '$.state'), "
+        "decision_reason, last_seen_ms FROM alarms_clean QUALIFY row_number() OVER (PARTITION BY fingerprint ORDER BY "
+        "last_seen_ms DESC, _partition DESC, _offset DESC) = 1").fetchall()
+    assert con.execute("SELECT fingerprint, site, state, decision_reason, last_seen_ms FROM v_alarms_latest"
+                       ).fetchall() == recomputed_alarms
+    assert recomputed_alarms[0][2:4] == ("clear", "cleared")
+    sink.close()
+
+
+def test_a_file_without_the_derived_tables_gets_them_filled_when_the_writer_opens_it(settings):
+    sink = ViewsSink(settings)
+    for batch in _messy_batches(Codec.default()):
+        sink.write_batch(batch)
+    before = sink.con.execute("SELECT * FROM v_site_power ORDER BY ALL").fetchall(), \
+        sink.con.execute("SELECT * FROM v_actions ORDER BY ALL").fetchall()
+    before += (sink.con.execute("SELECT * FROM v_alarms_latest").fetchall(),)
+    for table in ("site_power_minute", "action_proposal_latest", "action_verdict_latest", "action_result_latest",
+                  "alarm_latest", "incident_latest", "narrative_latest", "agent_health_latest"):
+        sink.con.execute(f"DROP TABLE {table} CASCADE")  # as an older version left the file
+    sink.close()
+    con = open_db(settings.duckdb_file)
+    assert (con.execute("SELECT * FROM v_site_power ORDER BY ALL").fetchall(),
+            con.execute("SELECT * FROM v_actions ORDER BY ALL").fetchall(),
+            con.execute("SELECT * FROM v_alarms_latest").fetchall()) == before
+    con.close()
+
+
+def _health(instance: str, ts_ms: int, processed: int, lag: int | None = 0) -> dict:
+    from opsloop.models.records import agent_health
+
+    return agent_health("guard", "opsloop.guard", instance, ts_ms, 4, lag, processed, 1, ts_ms - 500, ts_ms - 400,
+                        ts_ms - 300)
+
+
+def test_agents_health_shows_each_instances_latest_report_and_its_dead_letters_of_the_last_hour(settings):
+    from opsloop.ops.noc_pages import agents
+
+    codec = Codec.default()
+    dead = {"topic": "actions.proposed", "partition": 0, "offset": 1, "key": None, "value": b"junk",
+            "error_kind": "decode", "error": "not Avro", "agent": "guard", "message_ts_ms": T0}
+    messages = [  # (topic, record, value, broker timestamp)
+        ("agents.health", "AgentHealth", _health("guard@a/1/x", T0 + 30_000, 12), None),
+        ("agents.health", "AgentHealth", _health("guard@a/1/x", T0 + 15_000, 5), None),  # older, read later
+        ("agents.health", "AgentHealth", _health("guard@b/2/y", T0 - 120_000, 3, None), None),  # silent for 150 s
+        ("agents.health", "AgentHealth", _health("guard@c/3/z", T0 - 3_600_000, 1), None),  # replaced long ago
+        ("deadletter", "DeadLetter", dead, T0 - 4_000_000),  # more than an hour before the report
+        ("deadletter", "DeadLetter", {**dead, "offset": 2}, T0),
+        ("deadletter", "DeadLetter", {**dead, "offset": 2}, T0 + 1),  # the same message again: counted once
+        ("deadletter", "DeadLetter", {**dead, "offset": 3, "agent": "dedup"}, T0),
+    ]
+    sink = ViewsSink(settings)
+    sink.write_batch([Msg(PREFIX + topic, 0, i, codec.encode(record, value), ts=ts)
+                      for i, (topic, record, value, ts) in enumerate(messages)])
+    rows = {r["instance"]: r for r in agents(sink.con.cursor())}
+    assert set(rows) == {"guard@a/1/x", "guard@b/2/y"}
+    now = rows["guard@a/1/x"]
+    assert (now["status"], now["processed"], now["lag"], now["dead_letters_1h"], now["group"]) == \
+        ("reporting", 12, 0, 1, "opsloop.guard")
+    assert (rows["guard@b/2/y"]["status"], rows["guard@b/2/y"]["silent_s"], rows["guard@b/2/y"]["lag"]) == \
+        ("silent", 150, None)
+    sink.close()

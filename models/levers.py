@@ -1,0 +1,386 @@
+"""Flexible-load levers beside the battery, chosen by cost: the cheapest mix that holds a lower peak.
+
+Pure: the site's ``flexible_load`` declaration (``config.site.FlexibleLoad``) and the
+policy's lever costs (``config.policy.LeverCosts``) become a catalogue of ``Lever``s
+(``catalogue``); ``cheapest_mix`` covers a shortfall per step (forecast import above a
+target that the battery cannot cover) in merit order, cheapest cost per kWh first,
+within each lever's limits (its kW at that step's load, whole nodes or jobs, hours per
+day left); ``plan_levers`` picks the grid target they make worth holding.
+
+Costs are in one currency, per kWh the lever takes off the load:
+
+* ``battery``: wear per kWh discharged (it goes first: the peak planner dispatches it);
+* ``llm_shift`` / ``llm_cap``: the policy's price of the serving SLO risk;
+* ``gpu_clock_lock``: the GPU-hours its throughput loss costs per kWh it saves;
+* ``slurm_shrink``: the GPU-hours of the released nodes (data-parallel jobs keep their
+  minimum replicas);
+* ``slurm_hold``: the GPU-hours of whole held jobs (tensor- and expert-parallel jobs only
+  run whole), plus a restart overhead.
+
+The target: lowering it by a kW saves the demand charge on that kW (pro rata to the
+billing period) and costs what the levers shed for it plus the battery's extra wear; the
+plan takes the target, on a grid of ``resolution_kw``, with the best net saving among
+those the levers can still cover entirely.
+
+>>> levers = (Lever("llm_shift", 0.3, share=0.04), Lever("slurm_hold", 3.6, share=0.10, granule_kw=50))
+>>> mix = cheapest_mix([0, 120, 300], [1000, 2000, 2000], levers, step_h=0.5)
+>>> [(e.kind, e.kw) for e in mix.engagements], mix.uncovered_kw, round(mix.cost, 1)
+([('llm_shift', (0.0, 80.0, 80.0)), ('slurm_hold', (0.0, 0.0, 200.0))], (0.0, 40.0, 20.0), 384.0)
+>>> mix.engagements[0].reason_code
+'cheapest_lever'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from opsloop.config.policy import LEVER_KINDS, LeverCosts
+from opsloop.config.site import FlexibleLoad
+from opsloop.models.battery import Battery
+
+# The levers are named by the action kinds that engage them (config.policy.LEVER_KINDS); some are not in every
+# Action schema yet: a caller that proposes actions keeps only the kinds its schema has (``only``).
+
+# Reason codes of an engagement, and of a lever plan:
+CHEAPEST_LEVER = "cheapest_lever"  # engaged in merit order: the cheapest lever with kW and hours left
+LEVERS_HOLD_LOWER_PEAK = "levers_hold_lower_peak"  # the levers make a lower target worth its cost
+LEVERS_NOT_WORTH_IT = "levers_not_worth_it"  # a lower target would cost more than its demand charge saves
+NO_SHORTFALL = "no_shortfall"  # the battery holds this period's billed peak alone
+BACKUP_NEXT_STEP = "backup_next_step"  # the battery may run short next step if the load reaches the band's edge
+REASON_CODES = frozenset({CHEAPEST_LEVER, LEVERS_HOLD_LOWER_PEAK, LEVERS_NOT_WORTH_IT, NO_SHORTFALL,
+                          BACKUP_NEXT_STEP})
+
+_WHAT = {"llm_shift": "shift LLM traffic to the small model", "llm_cap": "cap concurrent LLM requests",
+         "gpu_clock_lock": "lock GPU clocks", "slurm_shrink": "release nodes of data-parallel jobs",
+         "slurm_hold": "hold whole training jobs"}
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One way to take load off: its cost per kWh shed and its limits."""
+
+    kind: str  # one of LEVER_KINDS
+    cost_per_kwh: float
+    share: float  # the most it sheds, as a share of the site's load at that step
+    max_kw: float = math.inf
+    granule_kw: float = 0.0  # sheds come in whole units of this (a node, a job); 0: any amount
+    max_hours_per_day: float = math.inf  # the SLO budget: how long it may be engaged in a day
+
+    def cap_kw(self, load_kw: float) -> float:
+        """The most it can shed at a step with this load (whole units only)."""
+        cap = min(self.max_kw, max(0.0, self.share * load_kw))
+        return float(math.floor(cap / self.granule_kw + 1e-9)) * self.granule_kw if self.granule_kw > 0 else cap
+
+
+def catalogue(flexible: FlexibleLoad, costs: LeverCosts, kw_per_gpu: float = 0.7) -> tuple[Lever, ...]:
+    """The levers a site's flexible load offers, priced by the policy (``kw_per_gpu``: a busy GPU's draw).
+
+    >>> from opsloop.config.site import ClockLoad
+    >>> costs = LeverCosts(15, 0.05, gpu_hour=2.0, hold_restart_share=0.25, llm_shift_per_kwh=0.3,
+    ...                    llm_cap_per_kwh=0.8, max_hours_per_day={"gpu_clock_lock": 6.0})
+    >>> [(lv.kind, round(lv.cost_per_kwh, 2), lv.share, lv.max_hours_per_day)
+    ...  for lv in catalogue(FlexibleLoad(clock_lock=ClockLoad(0.2, saving=0.15, throughput_loss=0.05)), costs)]
+    [('gpu_clock_lock', 0.95, 0.03, 6.0)]
+    """
+    hours = costs.max_hours_per_day
+    budget = {kind: hours.get(kind, math.inf) for kind in LEVER_KINDS}
+    per_gpu_kwh = costs.gpu_hour / kw_per_gpu  # a GPU-hour lost per kWh a busy GPU draws
+    out = []
+    if (serving := flexible.llm_serving) is not None:
+        out.append(Lever("llm_shift", costs.llm_shift_per_kwh, serving.share * serving.shift_saving,
+                         max_hours_per_day=budget["llm_shift"]))
+        out.append(Lever("llm_cap", costs.llm_cap_per_kwh, serving.share * serving.cap_saving,
+                         max_hours_per_day=budget["llm_cap"]))
+    if (clock := flexible.clock_lock) is not None and clock.saving > 0:
+        # a kWh saved at the locked clock costs (throughput lost / power saved) of a GPU-hour per kWh drawn
+        out.append(Lever("gpu_clock_lock", per_gpu_kwh * clock.throughput_loss / clock.saving,
+                         round(clock.share * clock.saving, 12), max_hours_per_day=budget["gpu_clock_lock"]))
+    if (training := flexible.training) is not None:
+        out.append(Lever("slurm_shrink", per_gpu_kwh,
+                         training.share * training.data_parallel * (1 - training.min_replicas),
+                         granule_kw=training.node_kw, max_hours_per_day=budget["slurm_shrink"]))
+        out.append(Lever("slurm_hold", per_gpu_kwh * (1 + costs.hold_restart_share),
+                         training.share * (1 - training.data_parallel), granule_kw=training.job_kw,
+                         max_hours_per_day=budget["slurm_hold"]))
+    return tuple(lv for lv in out if lv.share > 0)
+
+
+def only(levers: Sequence[Lever], kinds: Sequence[str]) -> tuple[Lever, ...]:
+    """The levers whose action kind is among ``kinds`` (e.g. the kinds the Action schema knows)."""
+    return tuple(lv for lv in levers if lv.kind in kinds)
+
+
+@dataclass(frozen=True)
+class Engagement:
+    kind: str
+    kw: tuple[float, ...]  # shed per step
+    cost: float
+    reason_code: str
+    reason: str
+    lever: Lever | None = None
+
+    @property
+    def steps(self) -> int:
+        return sum(kw > 0 for kw in self.kw)
+
+
+@dataclass(frozen=True)
+class Mix:
+    engagements: tuple[Engagement, ...]
+    uncovered_kw: tuple[float, ...]
+    cost: float
+
+    @property
+    def covers(self) -> bool:
+        return all(kw <= 1e-6 for kw in self.uncovered_kw)
+
+    def shed_kw(self, step: int = 0) -> float:
+        return sum(e.kw[step] for e in self.engagements)
+
+
+def cheapest_mix(shortfall_kw: Sequence[float], load_kw: Sequence[float], levers: Sequence[Lever], step_h: float,
+                 used_hours: Mapping[str, float] | None = None) -> Mix:
+    """The levers that cover ``shortfall_kw`` (per step) cheapest, each within its limits.
+
+    Merit order: the cheapest lever first, at every step it is needed, then the next on what is left.
+    A lever with few hours left today (``used_hours``: hours engaged so far) spends them on the steps
+    where it sheds most. Never sheds more than the shortfall of a step.
+    """
+    used_hours = used_hours or {}
+    left = [max(0.0, kw) for kw in shortfall_kw]
+    engagements, total = [], 0.0
+    for lever in sorted(levers, key=lambda lv: (lv.cost_per_kwh, lv.kind)):
+        hours = max(0.0, lever.max_hours_per_day - used_hours.get(lever.kind, 0.0))
+        steps = math.floor(hours / step_h + 1e-9) if math.isfinite(hours) else len(left)
+        takes = [_take(lever, need, kw) for need, kw in zip(left, load_kw)]
+        order = sorted((t for t in range(len(left)) if takes[t] > 0), key=lambda t: (-takes[t], t))[:steps]
+        kw = [0.0] * len(left)
+        for t in order:
+            kw[t] = takes[t]
+            left[t] -= takes[t]
+        if any(k > 0 for k in kw):
+            cost = sum(kw) * step_h * lever.cost_per_kwh
+            total += cost
+            engagements.append(Engagement(lever.kind, tuple(kw), cost, CHEAPEST_LEVER, _reason(lever, kw, step_h, cost),
+                                          lever))
+    return Mix(tuple(engagements), tuple(left), total)
+
+
+def _take(lever: Lever, need_kw: float, load_kw: float) -> float:
+    """What the lever sheds of a step's need: all of it, or as much as its kW (in whole units) reach."""
+    take = min(need_kw, lever.cap_kw(load_kw))
+    return float(math.floor(take / lever.granule_kw + 1e-9)) * lever.granule_kw if lever.granule_kw > 0 else take
+
+
+def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float,
+            purpose: str = "the cheapest lever with kW and hours left") -> str:
+    """One sentence: what the lever does, how much, how long, at what price, and why it was chosen."""
+    what = _WHAT.get(lever.kind, lever.kind)
+    return (f"{what[0].upper()}{what[1:]}, up to {max(kw):,.0f} kW for {sum(k > 0 for k in kw) * step_h:g} h at "
+            f"{lever.cost_per_kwh:.2f} per kWh ({cost:,.0f} in all): {purpose}.")
+
+
+@dataclass(frozen=True)
+class LeverPlan:
+    target_kw: float  # the grid import the battery holds with the levers' help
+    battery_target_kw: float  # what the battery alone would hold
+    mix: Mix  # the levers' shed over the forecast steps
+    saving: float  # demand charge saved (the target's cut x the charge per kW)
+    cost: float  # the levers' cost plus the battery's extra wear
+    reason_code: str
+    reason: str
+    load_kw: tuple[float, ...] = ()  # the forecast load it was planned on
+
+
+def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy_kwh: float,
+                step_h: float, battery_target_kw: float, billed_peak_kw: float, levers: Sequence[Lever],
+                charge_per_kw: float, battery_wear_per_kwh: float, used_hours: Mapping[str, float] | None = None,
+                charge_headroom_pct: float = 2.0, resolution_kw: float = 10.0,
+                first_upper_kw: float | None = None, recent_import_kw: float = 0.0) -> LeverPlan:
+    """The target the levers make worth holding over ``load_kw`` (the planner's forecast episode).
+
+    Candidates run down from ``battery_target_kw`` (the battery alone) in ``resolution_kw`` steps, never
+    under this period's ``billed_peak_kw`` (shaving under it saves nothing) nor under
+    ``recent_import_kw``, the highest import of the last days (days like them will reach it again, so
+    a cut under it would be paid for every day and saved on none); each is scored by the demand
+    charge it saves (``charge_per_kw`` per kW) less the levers' cost and the battery's extra wear. The first candidate the levers cannot cover ends the search: lower ones need more.
+
+    The chosen target's shortfall is then moved to the steps of highest load (the levers shave the top,
+    the battery the rest: the same energy, but the battery keeps some for a peak larger than forecast),
+    and the next step is backed up: if its load reaches ``first_upper_kw`` (the band's upper edge), what
+    the battery cannot give there is shed too, as far as the levers reach.
+    """
+    none = Mix((), tuple(0.0 for _ in load_kw), 0.0)
+    floor = max(billed_peak_kw, recent_import_kw, 0.0)
+    plain = LeverPlan(battery_target_kw, battery_target_kw, none, 0.0, 0.0, NO_SHORTFALL,
+                      f"The battery holds {_kw(battery_target_kw)} alone, no higher than this period's billed "
+                      f"peak {_kw(billed_peak_kw)} or the last days' highest import {_kw(recent_import_kw)}: "
+                      f"no lever is needed.", tuple(load_kw))
+    if not levers or not load_kw:
+        return plain
+    run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct)
+    base_discharge = run.dispatch(battery_target_kw)[0]
+    best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
+    tried_cost = math.inf
+    for k in range(1, int((battery_target_kw - floor) / resolution_kw) + 1):
+        target = battery_target_kw - k * resolution_kw
+        discharged, shortfall = run.dispatch(target)
+        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+        if not mix.covers:
+            break
+        saving = (battery_target_kw - target) * charge_per_kw
+        cost = mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh
+        tried_cost = cost
+        if saving - cost > best[0] + 1e-9:
+            best = (saving - cost, target, saving, cost)
+    net, target, saving, cost = best
+
+    def final(shortfall: list[float]) -> tuple[Mix, float]:
+        """The mix for ``shortfall`` with the next step backed up, and its cost with the battery's extra wear."""
+        if first_upper_kw is not None:  # what the battery cannot give next step if the load reaches the band's edge
+            power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
+            shortfall = [max(shortfall[0], first_upper_kw - target - power), *shortfall[1:]]
+        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+        shed = [mix.shed_kw(t) for t in range(len(load_kw))]
+        return mix, mix.cost + max(0.0, run.dispatch(target, shed)[0] - base_discharge) * battery_wear_per_kwh
+
+    if target < battery_target_kw:
+        mix, cost = final(run.shaved(target, levers))
+        if saving - cost <= 0:  # the top of the peak costs more to shave than it saves: as the search found it
+            mix, cost = final(run.dispatch(target)[1])
+    else:
+        mix, cost = final([0.0] * len(load_kw))
+    if not mix.engagements:
+        if target < battery_target_kw or math.isinf(tried_cost):
+            why = f"the levers cannot cover even a {_kw(resolution_kw)} cut"
+        else:
+            why = "every cut the levers can cover costs more than the demand charge it saves"
+        code = NO_SHORTFALL if battery_target_kw <= floor + resolution_kw / 2 else LEVERS_NOT_WORTH_IT
+        return plain if code == NO_SHORTFALL else replace(
+            plain, reason_code=code, reason=f"The battery alone holds {_kw(battery_target_kw)}; no lever is "
+                                            f"engaged: {why}.")
+    kinds = ", ".join(e.kind for e in mix.engagements)
+    if target >= battery_target_kw:
+        return LeverPlan(target, battery_target_kw, mix, 0.0, mix.cost, BACKUP_NEXT_STEP,
+                         f"The battery may not hold {_kw(target)} next step if the load reaches the forecast's upper "
+                         f"edge {_kw(first_upper_kw or 0.0)}: {kinds} back it up.", tuple(load_kw))
+    return LeverPlan(target, battery_target_kw, mix, saving, cost, LEVERS_HOLD_LOWER_PEAK,
+                     f"The battery alone holds {_kw(battery_target_kw)}; with {kinds} the plan holds {_kw(target)}, "
+                     f"saving {saving:,.0f} of demand charge for {cost:,.0f} in lever costs and battery wear.",
+                     tuple(load_kw))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The battery over the forecast episode, as the planner dispatches it, for one candidate target or another."""
+
+    load: Sequence[float]
+    charge_at: Sequence[bool]
+    battery: Battery
+    energy: float
+    step_h: float
+    billed: float
+    headroom_pct: float
+
+    def ceiling(self, target: float) -> float:
+        return min(target, self.billed) * (1 - self.headroom_pct / 100)
+
+    def dispatch(self, target: float, shed: Sequence[float] | None = None) -> tuple[float, list[float]]:
+        """(kWh the battery gives, import above ``target`` per step it cannot cover), after ``shed``."""
+        load = self.load if shed is None else [kw - s for kw, s in zip(self.load, shed)]
+        power = self.battery.dispatch(load, self.charge_at, self.energy, self.step_h, target, self.ceiling(target))
+        return (sum(max(0.0, p) for p in power) * self.step_h,
+                [max(0.0, kw - p - target) for kw, p in zip(load, power)])
+
+    def shaved(self, target: float, levers: Sequence[Lever], iterations: int = 24) -> list[float]:
+        """A shortfall for ``target`` on the highest loads: the highest level ``top`` such that shedding the load
+        above it (within the levers' kW) lets the battery hold ``target``; the greedy one if none does."""
+        caps = [sum(lv.cap_kw(kw) for lv in levers) for kw in self.load]
+
+        def shed(top: float) -> list[float]:
+            return [min(cap, max(0.0, kw - top), max(0.0, kw - target)) for kw, cap in zip(self.load, caps)]
+
+        greedy = self.dispatch(target)[1]
+        lo, hi = target, max(self.load)
+        if any(u > 1e-6 for u in self.dispatch(target, shed(lo))[1]):
+            return greedy
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if not any(u > 1e-6 for u in self.dispatch(target, shed(mid))[1]) else (lo, mid)
+        top = shed(lo)
+        return [s + u for s, u in zip(top, self.dispatch(target, top)[1])]
+
+
+def _action_reason(e: Engagement, plan: LeverPlan, step_h: float) -> str:
+    if e.lever is None:
+        return e.reason
+    if plan.reason_code == BACKUP_NEXT_STEP:
+        purpose = (f"the cheapest lever left to back the battery up at {_kw(plan.target_kw)} should the load reach "
+                   f"the forecast's upper edge")
+    else:
+        purpose = (f"the cheapest lever left to hold {_kw(plan.target_kw)} where the battery alone holds "
+                   f"{_kw(plan.battery_target_kw)}, saving {plan.saving:,.0f} of demand charge for {plan.cost:,.0f}")
+    return _reason(e.lever, e.kw, step_h, e.cost, purpose)
+
+
+def _kw(kw: float) -> str:
+    return f"{kw:,.0f} kW"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Hours each lever was engaged on one day (UTC), for the daily budgets."""
+
+    day: int = -1
+    hours: Mapping[str, float] = field(default_factory=dict)
+
+    def add(self, day: int, engaged: Mapping[str, float], step_h: float) -> "Usage":
+        """After a step of ``day`` with these levers' kW engaged."""
+        hours = dict(self.hours) if day == self.day else {}
+        for kind, kw in engaged.items():
+            if kw > 0:
+                hours[kind] = hours.get(kind, 0.0) + step_h
+        return Usage(day, hours)
+
+    def today(self, day: int) -> Mapping[str, float]:
+        return self.hours if day == self.day else {}
+
+
+def lever_actions(plan: LeverPlan, flexible: FlexibleLoad, site: str, issued_ms: int, step_s: int, proposer: str,
+                  slurm_target: str = "slurm", kw_per_gpu: float = 0.7) -> list[dict]:
+    """Action records (without ids) for the levers engaged in the plan's next step, one per lever."""
+    out, expires = [], issued_ms + step_s * 1000
+    for e in plan.mix.engagements:
+        kw = e.kw[0] if e.kw else 0.0
+        if kw <= 0:
+            continue
+        action = {"kind": e.kind, "site": site, "setpoint_kw": None, "shed_kw": round(kw, 1), "job_ids": [],
+                  "reason": _action_reason(e, plan, step_s / 3600), "reason_code": e.reason_code,
+                  "expected_effect": f"Site load reduced by about {kw:,.0f} kW for the next {step_s / 60:g} minutes, "
+                                     f"so grid import stays at or under {plan.target_kw:,.0f} kW.",
+                  "expected_delta_kw": -round(kw, 1), "created_ms": issued_ms, "expires_ms": expires,
+                  "risk": "medium" if e.kind.startswith("llm_") else "high", "proposer": proposer,
+                  "params": {"grid_limit_kw": f"{plan.target_kw:.1f}", "lever_cost": f"{e.cost:.2f}"}}
+        serving, training = flexible.llm_serving, flexible.training
+        if e.kind == "llm_shift" and serving:
+            whole = serving.share * serving.shift_saving * (plan.load_kw[0] if plan.load_kw else 0.0)
+            share = min(1.0, kw / whole) if whole > 0 else 1.0  # a smaller shed: a smaller shift
+            action.update(target=serving.backend)
+            action["params"]["shift_pct"] = f"{max(1.0, round(serving.shift_pct * share, 1)):g}"
+        elif e.kind == "llm_cap" and serving:
+            action.update(target=serving.backend)
+            action["params"].update(servers=",".join(serving.cap_servers), maxconn=str(serving.cap_maxconn))
+        elif e.kind in ("slurm_hold", "slurm_shrink") and training:
+            action.update(target=slurm_target)
+            action["params"].update(partitions=training.partition, gpus=str(math.ceil(kw / kw_per_gpu)))
+            if e.kind == "slurm_shrink":
+                action["params"].update(nodes=str(round(kw / training.node_kw)),
+                                        min_replicas_share=f"{training.min_replicas:g}")
+        else:  # gpu_clock_lock
+            action.update(target=site)
+            if flexible.clock_lock:
+                action["params"]["saving_share"] = f"{flexible.clock_lock.saving:g}"
+        out.append(action)
+    return out
