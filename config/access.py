@@ -73,12 +73,13 @@ PRINCIPALS: dict[str, Access] = {
                        private=("gpu-sink",)),  # one group per node (gpu-sink-<node>): the prefixed grant
     "views": Access(reads=(EVERY_TOPIC,), writes=(DEADLETTER, HEALTH), groups=("views",)),
     "noc": Access(reads=(EVERY_TOPIC,), writes=("operator.feedback", "noc.audit", DEADLETTER, HEALTH), groups=("views",)),
-    "rul": Access(reads=("telemetry.raw",), writes=("forecasts.rul", "actions.proposed", DEADLETTER, HEALTH), groups=("rul",), private=("rul",)),
+    "rul": Access(reads=("telemetry.raw", "alarms.raw", "slurm.queue"),
+                  writes=("forecasts.rul", "actions.proposed", DEADLETTER, HEALTH), groups=("rul",), private=("rul",)),
     "narrate": Access(reads=("incidents",), writes=("narratives", DEADLETTER), faust=True),
     "cooling-sink": Access(reads=("actions.approved",), writes=("actions.results", "alarms.raw", DEADLETTER, HEALTH),
                            groups=("cooling-sink",)),
     "efficiency": Access(reads=("telemetry.raw",), writes=("advice.efficiency", "actions.proposed", DEADLETTER, HEALTH),
-                         groups=("efficiency",)),
+                         groups=("efficiency",), private=("efficiency",)),
 }
 
 

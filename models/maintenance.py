@@ -6,8 +6,10 @@ A slot's cost is the work the window displaces plus the energy its burn-in takes
 
     busy GPUs of the affected nodes x gpu_hour_value x step_h  +  node_kw x price x step_h
 
-Busy GPUs come from the job queue where it says (running jobs and reservations, ``Slot.busy_gpus``)
-and otherwise from the load forecast (the affected GPUs times the forecast load over its capacity:
+Busy GPUs come from the job queue where it says (``queue_demand``: the GPUs the latest ``SlurmQueue``
+snapshot's running and pending jobs and reservations want in each hour, ``Slot.busy_gpus``; a node is taken
+as fully displaced in an hour the queue wants at least its GPUs, so a window avoids hours with pending
+demand) and otherwise from the load forecast (the affected GPUs times the forecast load over its capacity:
 site IT kW over IT capacity, or the nodes' own GPU utilisation, ``HourlyProfile``); the price is the
 tariff's. When not even one window fits before the deadline, the earliest
 window is proposed and says so. ``maintenance_action`` turns a window into an ``Action`` of kind
@@ -24,8 +26,11 @@ for the guard, whose policy runs the kind in approval mode. Pure: now and every 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Iterable, Mapping
+
+from opsloop.models.slurm_queue import PENDING, RUNNING
 
 HOUR_MS = 3_600_000
 MAINTENANCE_WINDOW = "maintenance_window"  # the cheapest window before the forecast's early edge
@@ -112,6 +117,38 @@ def hourly_slots(profile: HourlyProfile, prices_by_hour: tuple[float, ...], from
     return out
 
 
+def queue_demand(entries: Iterable[Mapping], first_ms: int, hours: int) -> list[float | None]:
+    """The GPUs a ``SlurmQueue`` snapshot wants in each of ``hours`` hours from ``first_ms``: running jobs until
+    their end, pending jobs from their expected start (from the snapshot's time while the scheduler has none)
+    until their end, reservations over their span (jobs in other states hold nothing). None for hours past the last end the queue knows (a
+    pending job without an end is demand up to there).
+
+    >>> job = {"entry": "job", "ts_ms": 0, "state": "PENDING", "gpus": 16, "start_ms": None,
+    ...        "expected_start_ms": 2 * HOUR_MS, "end_ms": 4 * HOUR_MS}
+    >>> queue_demand([job], 0, 6)
+    [0.0, 0.0, 16.0, 16.0, None, None]
+    """
+    reach, known = first_ms, []
+    for e in entries:
+        job = e["entry"] == "job"
+        if e["entry"] == "snapshot" or e["gpus"] <= 0 or job and e["state"] not in RUNNING | PENDING:
+            continue
+        start = e["expected_start_ms"] if job and e["state"] in PENDING else e["start_ms"]
+        start = e["ts_ms"] if start is None else start
+        known.append((start, e["end_ms"], float(e["gpus"])))
+        if e["end_ms"] is not None:
+            reach = max(reach, e["end_ms"])
+    spans = [(start, reach if end is None else end, gpus) for start, end, gpus in known]
+    out: list[float | None] = []
+    for i in range(hours):
+        hour = first_ms + i * HOUR_MS
+        if hour >= reach:
+            out.append(None)
+            continue
+        out.append(sum((gpus for start, end, gpus in spans if start < hour + HOUR_MS and end > hour), 0.0))
+    return out
+
+
 @dataclass(frozen=True)
 class MaintenancePlan:
     """How a GPU part's window is planned: looked for once its forecast band opens within ``horizon_days``;
@@ -126,6 +163,7 @@ class MaintenancePlan:
     gpu_hour_value: float = 2.0  # what an hour of a GPU's work is worth, in the tariff's currency
     prices_by_hour: tuple[float, ...] = (0.06,) * 7 + (0.12,) * 16 + (0.06,)  # per kWh, the peaks' tariff shape
     target: str = "slurm"  # the Slurm cluster the sink acts on
+    queue_max_age_h: float = 1.0  # an older queue snapshot says nothing about the hours ahead
 
 
 def node_of(device: str) -> str | None:
@@ -134,14 +172,19 @@ def node_of(device: str) -> str | None:
     return node if sep and node else None
 
 
-def propose(forecast: dict, profile: HourlyProfile, plan: MaintenancePlan, now_ms: int) -> dict | None:
-    """The ``slurm_reserve`` Action for a GPU ``RulForecast`` due within the plan's horizon, or None."""
+def propose(forecast: dict, profile: HourlyProfile, plan: MaintenancePlan, now_ms: int,
+            queue: list[Mapping] | None = None) -> dict | None:
+    """The ``slurm_reserve`` Action for a GPU ``RulForecast`` due within the plan's horizon, or None. ``queue``:
+    the site's latest ``SlurmQueue`` snapshot (its entries), used while it is under ``queue_max_age_h`` old."""
     node = node_of(forecast["device"])
     if forecast["family"] != "gpu" or node is None or forecast["earliest_ms"] - now_ms > plan.horizon_days * 86_400_000:
         return None
     deadline = forecast["earliest_ms"] - int(plan.lead_days * 86_400_000)
     hours = max(plan.duration_h, int((deadline - now_ms) // HOUR_MS) + 1)
     slots = hourly_slots(profile, plan.prices_by_hour, now_ms, hours + plan.notice_h, default_load=100.0)
+    if queue and slots and now_ms - max(e["ts_ms"] for e in queue) <= plan.queue_max_age_h * HOUR_MS:
+        demand = queue_demand(queue, slots[0].start_ms, len(slots))
+        slots = [replace(slot, busy_gpus=gpus) for slot, gpus in zip(slots, demand)]
     window = plan_window(slots, HOUR_MS, plan.duration_h, deadline, plan.gpus_per_node, 100.0, plan.gpu_hour_value,
                          plan.gpus_per_node * plan.kw_per_gpu, not_before_ms=now_ms + plan.notice_h * HOUR_MS)
     if window is None:

@@ -275,3 +275,35 @@ def _count(total: dict[str, float], job: QueuedJob, kw: float, now_ms: int) -> N
         total["slurm_pending_kw"] += kw
         if job.expected_start_ms is not None and job.expected_start_ms <= now_ms + HORIZON_MS:
             total["slurm_starting_1h_kw"] += kw
+
+
+class LatestQueue:
+    """The latest whole snapshot of each site's queue, from ``SlurmQueue`` records in order (``add``): a snapshot
+    counts once its closing ``snapshot`` entry comes after all ``snapshot_size`` entries (one seen only in part,
+    as after a restart mid-snapshot, is dropped).
+
+    >>> latest = LatestQueue()
+    >>> rows = [{"site": "s", "entry": "job", "snapshot_size": 1},
+    ...         {"site": "s", "entry": "snapshot", "snapshot_size": 1}]
+    >>> [latest.add(r) for r in rows[1:] + rows], len(latest.of("s"))
+    ([False, False, True], 2)
+    """
+
+    def __init__(self):
+        self._gathering: dict[str, list[dict]] = {}
+        self._latest: dict[str, list[dict]] = {}
+
+    def add(self, record: dict) -> bool:
+        """Take one record; True when it closes a whole snapshot."""
+        gathered = self._gathering.setdefault(record["site"], [])
+        if record["entry"] != "snapshot":
+            gathered.append(record)
+            return False
+        del self._gathering[record["site"]]
+        if len(gathered) != record["snapshot_size"]:
+            return False
+        self._latest[record["site"]] = gathered + [record]
+        return True
+
+    def of(self, site: str) -> list[dict] | None:
+        return self._latest.get(site)

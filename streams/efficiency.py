@@ -11,12 +11,18 @@ Action on ``actions.proposed`` carrying the readings it was made from, for the g
 against the policy and its own approvals of the hour) and then the cooling sink. One proposal per site
 per ``revert_timeout_s`` at most: by then the last one was verified, reverted or lapsed.
 
-State: the advisors live in memory and relearn after a restart (a day of warm-up before drift is
-judged again; the setpoint and staging advice need no history). Advice is advice: nothing acts on it
-but an operator, or the cooling loop's own guarded proposals.
+State and restarts are the anomaly and rul agents' (streams/series.py): each site's plant (``SitePlant``: the
+sample it is assembling, its advisor with the learnt model and drift, when each reason was last advised, its
+last proposal) is checkpointed to the partition of a compacted changelog its points come from, with the offset
+after the last point it took, before the source offsets are committed. A restart restores it, so drift is
+judged at once rather than after another day of warm-up, and a replayed point is skipped; a plant saved under
+another advisor configuration starts afresh. Advice is advice: nothing acts on it but an operator, or the
+cooling loop's own guarded proposals.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from opsloop.config.policy import CoolingLimits
 from opsloop.config.settings import Settings
@@ -24,23 +30,40 @@ from opsloop.config.site import Site
 from opsloop.models import cooling
 from opsloop.models.efficiency import EfficiencyAdvisor, PlantSample, SampleAssembler, advice_record, price_now
 from opsloop.schemas.codec import DecodeError
-from opsloop.streams.processor import BatchProcessor
+from opsloop.streams.series import SeriesProcessor
 
 
-class EfficiencyProcessor(BatchProcessor):
+class SitePlant:
+    """One site's plant as the agent knows it: the sample being assembled, the advisor, the last proposal's
+    event time, and the offset after the last point it took (``upto``, streams/series.py)."""
+
+    def __init__(self, advisor: EfficiencyAdvisor, upto: int = -1):
+        self.assembler = SampleAssembler()
+        self.advisor = advisor
+        self.last_proposed: int | None = None
+        self.upto = upto
+
+
+class EfficiencyProcessor(SeriesProcessor):
     name = "efficiency"
-    source = "telemetry.raw"
 
-    def __init__(self, settings: Settings, site: Site, limits: CoolingLimits, **kwargs):
+    def __init__(self, settings: Settings, site: Site, limits: CoolingLimits,
+                 new_advisor: Callable[[], EfficiencyAdvisor] = EfficiencyAdvisor, **kwargs):
         super().__init__(settings, **kwargs)
         self.site, self.limits = site, limits
+        self.new_advisor = new_advisor
         self.rated_kw = {e["id"]: float(e["rated_kw"]) for e in (site.topology or {}).get("cooling", ())
                          if e.get("type") == "chiller" and e.get("rated_kw")}
-        self.assembler = SampleAssembler()
-        self.advisors: dict[str, EfficiencyAdvisor] = {}
-        self.stats = {"points": 0, "samples": 0, "advice": 0, "proposed": 0, "dead_letters": 0, "commits": 0}
+        self.stats = {"points": 0, "samples": 0, "advice": 0, "proposed": 0, "dead_letters": 0,
+                      "replayed_skipped": 0, "checkpoints": 0}
         self.proposing = settings.cooling_loop
-        self.last_proposed: dict[str, int] = {}
+
+    def current(self, key: str, plant: SitePlant) -> bool:
+        """A restored plant is kept only under the advisor configuration this agent runs."""
+        return plant.advisor.config == self.new_advisor().config
+
+    def new_plant(self) -> SitePlant:
+        return SitePlant(self.new_advisor())
 
     def handle(self, msg) -> None:
         try:
@@ -48,36 +71,46 @@ class EfficiencyProcessor(BatchProcessor):
         except DecodeError as exc:
             self.dead_letter(msg, "decode", exc.reason)
             return
-        for record in self.on_point(point):
+        for record in self.on_point(point, msg.partition(), msg.offset()):
             self.emit("actions.proposed" if "action_id" in record else "advice.efficiency", record)
 
-    def on_point(self, point: dict) -> list[dict]:
-        """The advice records ``point`` completes (most points complete nothing)."""
+    def on_point(self, point: dict, partition: int = 0, offset: int | None = None) -> list[dict]:
+        """The advice records ``point`` completes (most points complete nothing). ``offset``: its place in
+        ``partition`` of the source, so a point taken before a restart is skipped (None: not from a topic)."""
         self.stats["points"] += 1
-        sample = self.assembler.add(point)
+        if point["metric"] not in SampleAssembler.METRICS:
+            return []  # not a plant reading: no state changes, nothing to skip on a replay
+        if offset is None:
+            plant = self.series.setdefault((self.topic, partition), {}).setdefault(point["site"], self.new_plant())
+        else:
+            plant = self.learnt(partition, point["site"], offset, self.new_plant)
+            if plant is None:
+                return []
+        sample = plant.assembler.add(point)
         if sample is None:
             return []
         self.stats["samples"] += 1
-        advisor = self.advisors.setdefault(sample.site, EfficiencyAdvisor())
+        advisor = plant.advisor
         prices = self.site.prices_by_hour if sample.site == self.site.id else None
         price = price_now(prices, self.limits.energy_price_per_kwh, sample.ts_ms)
         records = [advice_record(sample, a, price, advisor.config)
                    for a in advisor.observe(sample, self.limits, price, self.rated_kw)]
         self.stats["advice"] += len(records)
         if self.proposing:
-            records += self.propose(sample)
+            records += self.propose(sample, plant)
         return records
 
-    def propose(self, sample: PlantSample) -> list[dict]:
+    def propose(self, sample: PlantSample, plant: SitePlant) -> list[dict]:
         """A ``cooling_setpoint`` Action for ``sample``, or nothing."""
         if sample.setpoint_c is None or not sample.inlet_c:
             return []
-        waiting = sample.ts_ms - self.last_proposed.get(sample.site, -10**15) < self.limits.revert_timeout_s * 1000
+        last = plant.last_proposed if plant.last_proposed is not None else -10**15
+        waiting = sample.ts_ms - last < self.limits.revert_timeout_s * 1000
         known = cooling.CoolingState(sample.setpoint_c, sample.inlet_c, sample.ts_ms, pending=waiting)
         proposal = cooling.propose(known, self.limits, sample.ts_ms)
         if proposal is None or waiting:  # a lowering waits too: the guard and sink are still on the last one
             return []
-        self.last_proposed[sample.site] = sample.ts_ms
+        plant.last_proposed = sample.ts_ms
         self.stats["proposed"] += 1
         return [cooling.setpoint_action(sample.site, self.settings.bacnet_setpoint_object, sample.setpoint_c, proposal,
                                         self.limits, sample.ts_ms, proposer=self.name, inlet_c=sample.inlet_c)]

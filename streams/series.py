@@ -8,6 +8,10 @@ replayed point is skipped (``learnt``). Changed series are written when the loop
 delivered and before the source offsets are committed. An assignment restores its partitions' series, keeping
 only those ``current`` says this agent would build today (a model saved under another configuration, an
 upgrade, starts afresh and relearns from the committed offset); a revocation commits, then drops them.
+
+A processor with several ``sources`` keeps the series of each in a changelog of its own (the first source's is
+``<name>-state``, another's ``<name>-<topic>-state``; none for the ``stateless`` ones): series live per
+(physical topic, partition).
 """
 
 from __future__ import annotations
@@ -17,18 +21,19 @@ from typing import Any, Callable
 
 from opsloop.config.settings import Settings
 from opsloop.connectors.changelog import Changelog
-from opsloop.streams.processor import BatchProcessor
+from opsloop.streams.processor import BatchProcessor, Partition
 
 
 class SeriesProcessor(BatchProcessor):
     source = "telemetry.raw"
+    stateless: tuple[str, ...] = ()  # sources read for hints only: no changelog, nothing restored
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, **kwargs):
         super().__init__(settings, **kwargs)
         self.commit_every_s = settings.anomaly_checkpoint_s
-        self.series: dict[int, dict[str, Any]] = {}  # partition → series key → series (with ``upto``)
-        self.dirty: dict[int, set[str]] = {}  # partition → series changed since the last checkpoint
+        self.series: dict[Partition, dict[str, Any]] = {}  # (topic, partition) → series key → series (with ``upto``)
+        self.dirty: dict[Partition, set[str]] = {}  # (topic, partition) → series changed since the last checkpoint
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -38,9 +43,11 @@ class SeriesProcessor(BatchProcessor):
 
     # -- for subclasses -------------------------------------------------------------------
 
-    def learnt(self, partition: int, key: str, offset: int, new: Callable[[], Any]) -> Any | None:
+    def learnt(self, partition: int | Partition, key: str, offset: int, new: Callable[[], Any]) -> Any | None:
         """The series ``key`` of ``partition`` (made by ``new()`` if there is none), marked as learning the point at
-        ``offset``; None when it learnt that point before a restart (the point is then skipped)."""
+        ``offset``; None when it learnt that point before a restart (the point is then skipped). ``partition``: a
+        (physical topic, partition) pair, or the number of a partition of the first source."""
+        partition = partition if isinstance(partition, tuple) else (self.topic, partition)
         owned = self.series.setdefault(partition, {})
         series = owned.get(key)
         if series is None:
@@ -55,32 +62,39 @@ class SeriesProcessor(BatchProcessor):
     # -- the loop's hooks -----------------------------------------------------------------
 
     def setup(self, cons) -> None:
-        partitions = len(cons.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        self.changelog = Changelog(self.settings, f"{self.name}-state", partitions)
+        self.changelogs: dict[str, Changelog] = {}
+        for i, source in enumerate(s for s in self.sources if s not in self.stateless):
+            topic = self.settings.topic(source)
+            partitions = len(cons.list_topics(topic, timeout=30).topics[topic].partitions)
+            name = f"{self.name}-state" if i == 0 else f"{self.name}-{source}-state"
+            self.changelogs[topic] = Changelog(self.settings, name, partitions)
 
     def on_assign(self, cons, partitions) -> None:
-        restored = self.changelog.restore([p.partition for p in partitions])
-        dropped = 0
-        for p, states in restored.items():
-            series = {key.decode(): pickle.loads(value) for key, value in states.items()}
-            self.series[p] = {k: s for k, s in series.items() if self.current(k, s)}
-            dropped += len(series) - len(self.series[p])
-            self.dirty[p] = set()
-        self.log.info("%s assigned partitions %s of %s, %d series restored, %d restarted (configuration changed)",
-                      self.name, sorted(restored), self.topic, sum(len(self.series[p]) for p in restored), dropped)
+        restored, dropped = {}, 0
+        for topic, changelog in self.changelogs.items():
+            for p, states in changelog.restore([tp.partition for tp in partitions if tp.topic == topic]).items():
+                series = {key.decode(): pickle.loads(value) for key, value in states.items()}
+                kept = restored[(topic, p)] = {k: s for k, s in series.items() if self.current(k, s)}
+                dropped += len(series) - len(kept)
+        for partition, kept in restored.items():
+            self.series[partition] = kept
+            self.dirty[partition] = set()
+        self.log.info("%s assigned partitions %s, %d series restored, %d restarted (configuration changed)",
+                      self.name, sorted(restored), sum(len(s) for s in restored.values()), dropped)
 
     def on_revoke(self, cons, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self.commit(cons, gone)
-        for _, p in gone:
-            self.series.pop(p, None)
-            self.dirty.pop(p, None)
+        for partition in gone:
+            self.series.pop(partition, None)
+            self.dirty.pop(partition, None)
 
     def checkpoint(self, partitions) -> None:
         """Write the changed series. The outputs of the points they learnt are delivered by now: a state that says
         "learnt" must never reach the broker before them (a crash would lose them)."""
-        for _, p in partitions:
-            for key in self.dirty.get(p, ()):
-                self.changelog.write(self.prod, p, key.encode(),
-                                     pickle.dumps(self.series[p][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
-            self.dirty[p] = set()
+        for partition in partitions:
+            topic, p = partition
+            for key in self.dirty.get(partition, ()):
+                self.changelogs[topic].write(self.prod, p, key.encode(), pickle.dumps(
+                    self.series[partition][key], protocol=pickle.HIGHEST_PROTOCOL), self.errors)
+            self.dirty[partition] = set()

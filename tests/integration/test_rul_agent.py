@@ -13,7 +13,10 @@ from actuation import Running  # the integration tier's helpers
 from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.ops import noc_pages
+from opsloop.models.maintenance import MaintenancePlan
+from opsloop.models.records import alarm
 from opsloop.models.rul import DAY_MS, RULES
+from opsloop.models.xid_rate import XidRate
 from opsloop.schemas.codec import Codec
 from opsloop.streams.rul import RulProcessor, default_trend
 from opsloop.streams.guard import GuardProcessor
@@ -155,3 +158,72 @@ def test_restart_restores_models_and_learns_nothing_twice(kafka_settings, read_t
     last = forecasts(kafka_settings, read_topic)[-1]
     assert (last["expected_ms"], last["earliest_ms"], last["latest_ms"], last["points"]) == (
         expected.expected_ms, expected.earliest_ms, expected.latest_ms, 120)
+
+
+def xid_alarm(day: float, code: str, state: str = "raise") -> dict:
+    return alarm(START_MS + int(day * DAY_MS), "demo", "node9/gpu1", "gpu", "prometheus", code,
+                 f"NVIDIA XID {code[4:]} reported by node9/gpu1", severity="critical", state=state)
+
+
+def test_xid_alarms_are_counted_per_gpu_forecast_and_kept_across_a_restart(kafka_settings, read_topic):
+    days = (0, 6, 11, 19, 24)  # an XID every five or six days: the rule's 5 reached on day 24
+    alarms = [xid_alarm(d, "XID_79" if i % 2 else "XID_48") for i, d in enumerate(days)]
+    noise = [xid_alarm(1, "XID_48", state="clear"), xid_alarm(2, "TEMP_HIGH"), alarms[1]]  # a clear, another
+    # alarm, a resent XID: none of them is an XID more
+
+    def send_alarms(records):
+        prod = producer(kafka_settings)
+        for a in records:
+            send(prod, kafka_settings.topic("alarms.raw"), a["device"].encode(), CODEC.encode("Alarm", a))
+        wait_delivered(prod)
+
+    send_alarms(alarms[:3] + noise)
+    first = run_until_idle(kafka_settings)
+    assert first["xids"] == 3 and first["dead_letters"] == 0 and first["checkpoints"] >= 1
+    send_alarms(alarms[3:])
+    second = run_until_idle(kafka_settings)  # the count so far comes from the changelog
+    assert second["xids"] == 2
+
+    rate = XidRate()  # one uninterrupted count of the same XIDs
+    got = [f for f in forecasts(kafka_settings, read_topic) if f["device"] == "node9/gpu1"]
+    for a in alarms[:4]:
+        rate.learn_one(a["ts_ms"], int(a["code"][4:]))
+    expected = rate.forecast(RULES["xid_count"].limit)
+    forecast = next(f for f in got if f["ts_ms"] == alarms[3]["ts_ms"])
+    assert (forecast["value"], forecast["earliest_ms"], forecast["expected_ms"]) == (
+        4.0, expected.earliest_ms, expected.expected_ms)
+    assert forecast["reason_code"] == "LIMIT_FORECAST" and forecast["metric"] == "xid_count"
+    assert forecast["text"].startswith("GPU node9/gpu1 is expected to reach 5 XID errors between 2026-")
+    assert got[-1]["reason_code"] == "LIMIT_PASSED" and got[-1]["value"] == 5.0
+    assert got[-1]["text"].startswith("GPU node9/gpu1 is already above 5 XID errors")
+
+
+def test_a_maintenance_window_avoids_the_hours_the_slurm_queue_wants_the_gpus(kafka_settings, read_topic):
+    # the queue: a 64-GPU job waiting for each night (00:00-08:00 UTC) of the next 100 days; days are free
+    nights = [{"ts_ms": START_MS, "site": "demo", "source": "slurm-queue", "snapshot_size": 100, "entry": "job",
+               "id": str(1000 + d), "partition": "batch", "device": None, "state": "PENDING", "reason": "Resources",
+               "name": "train", "user": "ann", "gpus": 64, "nodes": 8, "est_kw": 44.8, "priority": 100,
+               "submit_ms": START_MS, "start_ms": None, "expected_start_ms": START_MS + d * DAY_MS,
+               "end_ms": START_MS + d * DAY_MS + 8 * 3_600_000, "reservation": None} for d in range(100)]
+    closing = {**nights[0], "entry": "snapshot", "id": "slurm-queue", "state": "COMPLETE", "gpus": 6400,
+               "expected_start_ms": None, "end_ms": None}
+    plan = MaintenancePlan(queue_max_age_h=24 * 100)  # the test's queue is read once, at the first reading's time
+    rul = RulProcessor(kafka_settings, maintenance=plan, wall_clock=lambda: NOW_S)
+    with Running(rul, safety_net_s=120):
+        prod = producer(kafka_settings)
+        for e in nights + [closing]:
+            send(prod, kafka_settings.topic("slurm.queue"), b"demo", CODEC.encode("SlurmQueue", e))
+        wait_delivered(prod)
+        deadline = time.monotonic() + 60
+        while rul.queues.of("demo") is None:  # the queue is in before the readings that call for a window
+            assert time.monotonic() < deadline, "the queue was not read within 60 s"
+            time.sleep(0.1)
+        publish(kafka_settings, [utilisation(h) for h in range(24 * 7)] + [remaps(d) for d in range(75)])
+        while rul.stats["windows"] < 1:
+            assert time.monotonic() < deadline, "no window within 60 s"
+            time.sleep(0.1)
+    [window] = [CODEC.decode_as("Action", m.value()) for m in read_topic(kafka_settings, "actions.proposed")]
+    start = int(window["params"]["start_ms"]) // 3_600_000
+    hours = [(start + i) % 24 for i in range(4)]
+    assert not any(h < 8 for h in hours), hours  # by day: busy GPUs by the load profile, but free by the queue
+    assert "0 GPU-hours moved" in window["reason"]

@@ -7,8 +7,9 @@ import pytest
 from opsloop.config.assets import POLICY_FILE
 from opsloop.config.policy import load_policy
 from opsloop.models.guard import NEEDS_APPROVAL, REJECTED, PlantState, decide
-from opsloop.models.maintenance import (HOUR_MS, MAINTENANCE_URGENT, MAINTENANCE_WINDOW, HourlyProfile, Slot,
-                                        hourly_slots, maintenance_action, plan_window)
+from opsloop.models.maintenance import (HOUR_MS, MAINTENANCE_URGENT, MAINTENANCE_WINDOW, HourlyProfile,
+                                        MaintenancePlan, Slot, hourly_slots, maintenance_action, plan_window,
+                                        propose, queue_demand)
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
@@ -75,3 +76,38 @@ def test_the_reservation_goes_to_the_guard_in_approval_mode():
     assert decide(too_long, PlantState(), policy, now_ms=0).reason_codes == ("over_max_window",)
     started = decide(action, PlantState(), policy, now_ms=w.start_ms + 1)
     assert started.verdict == REJECTED and started.reason_codes == ("expired",)
+
+
+def queued(state, gpus, start_h=None, end_h=None, expected_h=None, entry="job", ts_h=0):
+    def ms(h):
+        return None if h is None else h * HOUR_MS
+    return {"entry": entry, "ts_ms": ts_h * HOUR_MS, "state": state, "gpus": gpus, "start_ms": ms(start_h),
+            "expected_start_ms": ms(expected_h), "end_ms": ms(end_h)}
+
+
+def test_queue_demand_counts_running_pending_and_reserved_gpus_hour_by_hour():
+    queue = [queued("RUNNING", 8, start_h=-5, end_h=2), queued("PENDING", 16, expected_h=3, end_h=6),
+             queued("ACTIVE", 4, start_h=1, end_h=3, entry="reservation"), queued("PENDING", 2),  # no estimate
+             queued("PENDING", 0, expected_h=0, end_h=9), {**queued("", 26), "entry": "snapshot"}]
+    assert queue_demand(queue, 0, 8) == [10.0, 14.0, 6.0, 18.0, 18.0, 18.0, None, None]
+
+
+def test_a_window_avoids_the_hours_the_queue_wants_the_gpus():
+    now = 0
+    profile = HourlyProfile()
+    for h in range(48):  # the load forecast alone: flat, so the tariff picks the night
+        profile.learn_one(h * HOUR_MS, 50.0)
+    forecast = {**FORECAST, "family": "gpu", "earliest_ms": 3 * 24 * HOUR_MS}
+    mp = MaintenancePlan(prices_by_hour=tuple(DAY_PRICES))
+    alone = propose(forecast, profile, mp, now)
+    start = int(alone["params"]["start_ms"])
+    assert (start // HOUR_MS) % 24 < 7 or (start // HOUR_MS) % 24 == 23  # a cheap night hour
+    # the queue wants 32 GPUs through that window's night: the window moves to hours it leaves free
+    busy_night = queued("PENDING", 32, expected_h=start // HOUR_MS - 2, end_h=start // HOUR_MS + 8)
+    free = queued("RUNNING", 0, start_h=0, end_h=48)
+    moved = propose(forecast, profile, mp, now, queue=[busy_night, free, queued("RUNNING", 1, start_h=0, end_h=48)])
+    moved_start, moved_end = int(moved["params"]["start_ms"]), int(moved["params"]["end_ms"])
+    assert moved_end <= busy_night["expected_start_ms"] or moved_start >= busy_night["end_ms"]
+    # a snapshot older than the plan's queue_max_age_h is ignored
+    stale = [{**e, "ts_ms": e["ts_ms"] - 2 * HOUR_MS} for e in (busy_night, free)]
+    assert propose(forecast, profile, mp, now, queue=stale)["params"]["start_ms"] == alone["params"]["start_ms"]
