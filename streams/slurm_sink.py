@@ -24,7 +24,11 @@ sits in a partition it may not touch or would release more GPUs than the guard c
 the give-back in the ledger, holds the nodes it will release in a MAINT reservation named after the
 action until the expiry (so no queued job lands on them and the shed power stays shed), then runs
 ``scontrol update JobId=<id> NumNodes=<keep>``; verified when the job runs on the nodes it kept.
-At expiry the reservation is deleted: the nodes go back to the pool. The job itself cannot grow
+At expiry the reservation is deleted: the nodes go back to the pool. A shrink naming no job (``params.partitions``,
+``params.gpus``; what the live peaks agent proposes) has its jobs picked here, from what Slurm shows now
+(``parallelism.choose_releases``: running, touchable, declared dp, above ``min``, largest surplus first), and
+fails with ``no_elastic_job`` or ``node_over_gpus`` when none can give anything; every pick's give-back is in
+the ledger before the first hold, each job gets its own hold, and each is verified and given back as above. The job itself cannot grow
 back: Slurm 22.05's only way to grow a running job (``--dependency=expand:<id>``, then
 ``NumNodes=0`` on the new job and ``NumNodes=ALL`` on the old) refuses any job holding GRES
 ("has allocated GRES": every GPU job), and ``NumNodes=ALL`` also needs an accounting database
