@@ -114,12 +114,16 @@ class ActionAdvisor:
     @component.output_types(text=str, reason_code=str | None)
     def run(self, action: dict) -> dict:
         setpoint, params = action.get("setpoint_kw"), action.get("params") or {}
-        line = _VERBS[action["kind"]].format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
+        verb = _VERBS[action["kind"]]
+        if action["kind"] == "slurm_shrink" and not action.get("job_ids"):  # names a partition: the sink picks jobs
+            verb = "Release up to {gpus} GPUs of opsloop:dp jobs in {partitions} on {target}"
+        line = verb.format(target=action["target"], jobs=_jobs(action.get("job_ids") or []),
                                              setpoint=power(abs(setpoint)) if setpoint is not None else "",
                                              nodes=params.get("nodes", "nodes"),
                                              setpoint_c=params.get("setpoint_c", "?"),
                                              partition=params.get("partition", "?"), sm_mhz=params.get("sm_mhz", "?"),
-                                             watts=params.get("watts", "?"))
+                                             watts=params.get("watts", "?"), gpus=params.get("gpus", "?"),
+                                             partitions=params.get("partitions", "?"))
         window = (params.get("start_ms", ""), params.get("end_ms", ""))
         if action["kind"] == "slurm_reserve" and all(edge.isdigit() for edge in window):
             start, end = int(params["start_ms"]), int(params["end_ms"])  # the window, not the proposal's life

@@ -58,6 +58,10 @@ and ``params.comment``, its Slurm comment). Only a job declaring ``opsloop:dp`` 
 below its ``min`` (``models.parallelism``); ``ep``/``tp``/``pp`` jobs are refused (``not_elastic``).
 It is a shedding Slurm action: partitions, hold time and the budget apply, ``params.gpus`` being the
 GPUs it releases. The Slurm sink checks the job's live comment and node count again before acting.
+A shrink may name no job instead (``job_ids`` empty, no ``nodes``/``job_nodes``/``comment``): "release
+up to ``params.gpus`` GPUs from opsloop:dp jobs in ``params.partitions``"; the guard checks the
+partitions, hold time and budget on those GPUs, and the sink picks the jobs from Slurm when it acts
+(``parallelism.choose_releases``: declared dp, never below ``min``).
 
 GPU actions (``gpu_clock_lock``: ``params.sm_mhz``; ``gpu_power_limit``: ``params.watts``) act on
 the GPUs of one partition (``params.partition``, touchable and not protected) and need the policy's
@@ -155,7 +159,7 @@ NO_GPU_POLICY = "no_gpu_policy"  # the policy has no gpu section: the NVML lever
 UNDER_MIN_CLOCK = "under_min_clock"  # gpu_clock_lock below the policy's SM clock floor
 UNDER_MIN_POWER_LIMIT = "under_min_power_limit"  # gpu_power_limit below the policy's floor
 # slurm_shrink, decided in models/parallelism.py: parallelism_not_declared, not_elastic, below_min_replicas,
-# nothing_to_release
+# nothing_to_release; and by the Slurm sink for a shrink naming a partition: no_elastic_job, node_over_gpus
 REASON_CODES = parallelism.CODES | frozenset({NO_COOLING_POLICY, NO_COOLING_STATE, STALE_COOLING_STATE,
     OUT_OF_SETPOINT_RANGE, OVER_HOURLY_RAMP, INLET_LIMIT, NO_GPU_POLICY, UNDER_MIN_CLOCK, UNDER_MIN_POWER_LIMIT,
     OVER_MAX_WINDOW, NO_LLM_POLICY, OVER_SHIFT_LIMIT, UNDER_MIN_MAXCONN, LLM_LEVER_BUSY,
@@ -543,8 +547,10 @@ def shrink_problems(action: Mapping) -> list[Reason]:
     ['not_elastic']
     """
     params = action.get("params") or {}
-    if len(action.get("job_ids") or []) != 1:
-        return [Reason(INVALID_PARAMS, "slurm_shrink names exactly one job (job_ids)")]
+    if not action.get("job_ids"):
+        return partition_shrink_problems(params)
+    if len(action["job_ids"]) != 1:
+        return [Reason(INVALID_PARAMS, "slurm_shrink names exactly one job (job_ids), or none and a partition")]
     try:
         keep, nodes_now = int(params["nodes"]), int(params["job_nodes"])
     except (KeyError, TypeError, ValueError):
@@ -553,6 +559,30 @@ def shrink_problems(action: Mapping) -> list[Reason]:
         return [Reason(INVALID_PARAMS, f"slurm_shrink keeps at least one node, not {keep}")]
     found = parallelism.shrink_problems(parallelism.declared(params.get("comment")), nodes_now, keep)
     return [Reason(code, text) for code, text in found]
+
+
+def partition_shrink_problems(params: Mapping) -> list[Reason]:
+    """A shrink naming no job releases ``params.gpus`` (a whole number, at least one) and says nothing of a job:
+    the sink picks the jobs, so a node count or comment here would describe a job nobody named.
+
+    >>> partition_shrink_problems({"partitions": "batch", "gpus": "16"})
+    []
+    >>> [r.text for r in partition_shrink_problems({"partitions": "batch", "gpus": "16", "nodes": "2"})]
+    ['a slurm_shrink naming no job (job_ids empty) takes no params.nodes: the sink picks the jobs and their sizes']
+    """
+    described = [name for name in ("nodes", "job_nodes", "comment") if name in params]
+    if described:
+        return [Reason(INVALID_PARAMS, f"a slurm_shrink naming no job (job_ids empty) takes no "
+                                       f"{', '.join('params.' + n for n in described)}: the sink picks the jobs and "
+                                       f"their sizes")]
+    try:
+        gpus = int(params["gpus"])
+    except (KeyError, TypeError, ValueError):
+        return [Reason(INVALID_PARAMS, "a slurm_shrink naming no job needs params.gpus, a whole number of GPUs to "
+                                       "release at most")]
+    if gpus < 1:
+        return [Reason(INVALID_PARAMS, f"a slurm_shrink naming no job releases at least one GPU, not {gpus}")]
+    return []
 
 
 def gpu_problems(action: Mapping, policy: Policy, now_ms: int) -> list[Reason]:

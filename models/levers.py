@@ -374,10 +374,8 @@ def lever_actions(plan: LeverPlan, flexible: FlexibleLoad, site: str, issued_ms:
             action["params"].update(servers=",".join(serving.cap_servers), maxconn=str(serving.cap_maxconn))
         elif e.kind in ("slurm_hold", "slurm_shrink") and training:
             action.update(target=slurm_target)
+            # a shrink names the partition and the GPUs, not a job: the Slurm sink picks the opsloop:dp jobs
             action["params"].update(partitions=training.partition, gpus=str(math.ceil(kw / kw_per_gpu)))
-            if e.kind == "slurm_shrink":
-                action["params"].update(nodes=str(round(kw / training.node_kw)),
-                                        min_replicas_share=f"{training.min_replicas:g}")
         else:  # gpu_clock_lock
             action.update(target=site)
             if flexible.clock_lock:

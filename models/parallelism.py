@@ -50,7 +50,9 @@ NOT_DECLARED = "parallelism_not_declared"  # no valid opsloop:<kind> token: the 
 NOT_ELASTIC = "not_elastic"  # ep, tp or pp: the model is split across the nodes
 BELOW_MIN_REPLICAS = "below_min_replicas"  # the shrink would leave fewer nodes than the job's min
 NOTHING_TO_RELEASE = "nothing_to_release"  # keeping as many nodes as the job has (or more) releases none
-CODES = frozenset({NOT_DECLARED, NOT_ELASTIC, BELOW_MIN_REPLICAS, NOTHING_TO_RELEASE})
+NO_ELASTIC_JOB = "no_elastic_job"  # a partition-form shrink: no running opsloop:dp job there is above its min
+NODE_OVER_GPUS = "node_over_gpus"  # a partition-form shrink: every node that could go holds more GPUs than allowed
+CODES = frozenset({NOT_DECLARED, NOT_ELASTIC, BELOW_MIN_REPLICAS, NOTHING_TO_RELEASE, NO_ELASTIC_JOB, NODE_OVER_GPUS})
 
 
 class Parallelism(NamedTuple):
@@ -128,6 +130,60 @@ def kept_and_released(shape: JobShape, keep: int) -> tuple[tuple[str, ...], tupl
     (('n1', 'n2'), ('n3', 'n4'))
     """
     return shape.nodes[:keep], shape.nodes[keep:]
+
+
+class Release(NamedTuple):
+    """One job a partition-form shrink takes nodes from: the job as Slurm showed it and the nodes it keeps."""
+
+    shape: JobShape
+    keep: int
+
+    @property
+    def gpus(self) -> int:
+        return (len(self.shape.nodes) - self.keep) * self.shape.gpus_per_node
+
+
+def choose_releases(shapes, gpus: int, max_jobs: int) -> tuple[list[Release], list[tuple[str, str]]]:
+    """Which running jobs give nodes back to release up to ``gpus`` GPUs, on at most ``max_jobs`` jobs.
+
+    Only a running job declaring ``opsloop:dp`` with GPUs on more nodes than its ``min`` gives anything;
+    the one with the most GPUs above its minimum goes first, then the next, each releasing whole nodes
+    (the last ones of its list, as Slurm does) while the GPUs left allow, and none a node another
+    release already frees. Returns the releases, or none and the reason code and sentence why.
+
+    >>> dp = JobShape("7", "RUNNING", "batch", ("n1", "n2", "n3", "n4"), 4, "opsloop:dp:min=2")
+    >>> tp = JobShape("8", "RUNNING", "batch", ("n1", "n2", "n3", "n4"), 4, "opsloop:tp")
+    >>> [(r.shape.job_id, r.keep, r.gpus) for r in choose_releases([tp, dp], gpus=6, max_jobs=4)[0]]
+    [('7', 3, 4)]
+    >>> choose_releases([tp], gpus=8, max_jobs=4)[1][0][0]
+    'no_elastic_job'
+    >>> choose_releases([dp], gpus=3, max_jobs=4)[1][0][0]
+    'node_over_gpus'
+    """
+    def surplus(shape: JobShape) -> int:
+        return max(0, len(shape.nodes) - declared(shape.comment).min_nodes)
+
+    elastic = [s for s in shapes if s.state == "RUNNING" and s.gpus_per_node > 0
+               and declared(s.comment).kind == ELASTIC and surplus(s) > 0]
+    if not elastic:
+        return [], [(NO_ELASTIC_JOB, "no running opsloop:dp job with GPUs runs on more nodes than its declared "
+                                     "minimum: nothing to release")]
+    elastic.sort(key=lambda s: (-surplus(s) * s.gpus_per_node, int(s.job_id) if s.job_id.isdigit() else 0, s.job_id))
+    chosen, left, taken = [], gpus, set()
+    for shape in elastic:
+        if len(chosen) >= max_jobs:
+            break
+        release = min(surplus(shape), left // shape.gpus_per_node)
+        keep = len(shape.nodes) - release
+        if release > 0 and not taken & set(shape.nodes[keep:]):  # a node is held free for one job only
+            chosen.append(Release(shape, keep))
+            taken |= set(shape.nodes[keep:])
+            left -= release * shape.gpus_per_node
+    if not chosen:
+        smallest = min(s.gpus_per_node for s in elastic)
+        return [], [(NODE_OVER_GPUS, f"the smallest node an opsloop:dp job could release holds {smallest} GPUs, more "
+                                     f"than the {gpus} this action may release")]
+    return chosen, []
 
 
 def judge_shrink(job_id: str, kept: tuple[str, ...], shape: JobShape | None, now_ms: int,

@@ -93,10 +93,10 @@ class PeaksProcessor(KeyedProcessor):
             self.observer(decided, messages)
 
 
-#: Levers the live loop can name completely. A shrink names one running opsloop:dp job and a clock lock a
-#: partition's SM clock; the loop reads neither the Slurm queue nor GPU clocks yet, so it plans without them
-#: rather than propose actions the guard would refuse as incomplete.
-LIVE_LEVERS = ("llm_shift", "llm_cap", "slurm_hold")
+#: Levers the live loop can name completely. A shrink names a partition and the GPUs to release (the Slurm sink
+#: picks the opsloop:dp jobs when it acts); a clock lock names a partition's SM clock, and the loop reads no GPU
+#: clocks yet, so it plans without it rather than propose actions the guard would refuse as incomplete.
+LIVE_LEVERS = ("llm_shift", "llm_cap", "slurm_shrink", "slurm_hold")
 
 
 def action_kinds(codec: Codec | None = None) -> tuple[str, ...]:

@@ -24,7 +24,11 @@ sits in a partition it may not touch or would release more GPUs than the guard c
 the give-back in the ledger, holds the nodes it will release in a MAINT reservation named after the
 action until the expiry (so no queued job lands on them and the shed power stays shed), then runs
 ``scontrol update JobId=<id> NumNodes=<keep>``; verified when the job runs on the nodes it kept.
-At expiry the reservation is deleted: the nodes go back to the pool. The job itself cannot grow
+At expiry the reservation is deleted: the nodes go back to the pool. A shrink naming no job (``params.partitions``,
+``params.gpus``; what the live peaks agent proposes) has its jobs picked here, from what Slurm shows now
+(``parallelism.choose_releases``: running, touchable, declared dp, above ``min``, largest surplus first), and
+fails with ``no_elastic_job`` or ``node_over_gpus`` when none can give anything; every pick's give-back is in
+the ledger before the first hold, each job gets its own hold, and each is verified and given back as above. The job itself cannot grow
 back: Slurm 22.05's only way to grow a running job (``--dependency=expand:<id>``, then
 ``NumNodes=0`` on the new job and ``NumNodes=ALL`` on the old) refuses any job holding GRES
 ("has allocated GRES": every GPU job), and ``NumNodes=ALL`` also needs an accounting database
@@ -42,8 +46,8 @@ from opsloop.connectors.slurm import COMMANDS, RESERVE, SHRINK as SHRINK_COMMAND
 from opsloop.connectors.slurm_backends import make_backend
 from opsloop.models import parallelism
 from opsloop.models.guard import MAINTENANCE, SHRINK, action_limits, declared_partitions, maintenance_problems
-from opsloop.models.jobs import EXPECTED, UNDO, Job, flexible_gpu_kw, select_jobs, touchable, touchable_partition
-from opsloop.models.verify import FAILED as V_FAILED, VERIFIED, judge_jobs
+from opsloop.models.jobs import EXPECTED, UNDO, flexible_gpu_kw, select_jobs, touchable, touchable_partition
+from opsloop.models.verify import FAILED as V_FAILED, VERIFIED, Outcome, judge_jobs
 from opsloop.models.records import action_alarm, action_result
 from opsloop.models.reservation import Reservation, judge_reservation, requested, reservation_name, utc
 from opsloop.streams.actuator import ActuatorSink
@@ -92,8 +96,11 @@ class SlurmSink(ActuatorSink):
         return EXECUTED, action_result(action, "executed", observed, detail, self.name, self.now_ms()), None
 
     def shrink(self, action: dict):
-        """Release nodes of a running opsloop:dp job down to ``params.nodes``; the released ones are held free."""
+        """Release nodes of running opsloop:dp jobs: the one the action names down to ``params.nodes``, or those the
+        sink picks in ``params.partitions`` for up to ``params.gpus``; the released nodes are held free."""
         self.backend.check(SHRINK_COMMAND)
+        if not action.get("job_ids"):
+            return self._shrink_partitions(action)
         job_id, keep = action["job_ids"][0], int(action["params"]["nodes"])
         shape = self.backend.job_shape(job_id)
         if shape is None or shape.state != "RUNNING":
@@ -102,27 +109,56 @@ class SlurmSink(ActuatorSink):
         if not touchable_partition(shape.partition, self.policy.slurm, declared_partitions(action)):
             found.append(("untouchable_partition", f"job {job_id} runs in {shape.partition}, which this action or "
                                                    f"the policy does not allow"))
-        kept, released = parallelism.kept_and_released(shape, keep)
+        released = parallelism.kept_and_released(shape, keep)[1]
         charged = float(action["params"].get("gpus", "inf"))
         if len(released) * shape.gpus_per_node > charged:
             found.append(("over_gpu_hours", f"releasing {len(released) * shape.gpus_per_node} GPUs, more than the "
                                             f"{charged:g} the guard charged"))
         if found:  # the job Slurm shows now, not the one the proposal saw, decides
             raise SlurmError("; ".join(f"{code}: {text}" for code, text in found))
-        hold = reservation_name(action["action_id"])
-        undo = [[GIVE_BACK, job_id, hold, list(kept), list(released)]]
-        self.ledger.plan(action["action_id"], undo)  # before acting: a crash mid-way still knows what to give back
-        self._hold_nodes(hold, released, action)
-        try:
-            self.backend.resize(job_id, keep)
-        except SlurmError:
-            self.backend.unreserve(hold)  # not shrunk: do not keep its nodes free for nothing
-            raise
-        kw = parallelism.released_kw(len(released), shape.gpus_per_node, self._kw_per_gpu(shape.partition))
-        observed = (f"shrank job {job_id} ({shape.partition}) from {len(shape.nodes)} to {keep} nodes: released "
-                    f"{','.join(released)} ({len(released) * shape.gpus_per_node} GPUs, ~{kw:g} kW), held free by "
-                    f"reservation {hold} until expiry")
-        return EXECUTED, action_result(action, "executed", observed, "", self.name, self.now_ms(), -kw), undo
+        return self._release(action, [(parallelism.Release(shape, keep), reservation_name(action["action_id"]))])
+
+    def _shrink_partitions(self, action: dict):
+        """A shrink naming a partition: the jobs come from Slurm now (running, touchable, declared dp, above min)."""
+        declared = declared_partitions(action)
+        running = [j for j in self.backend.jobs() if j.state == "RUNNING" and touchable(j, self.policy.slurm, declared)]
+        shapes = [s for s in (self.backend.job_shape(j.job_id) for j in running)
+                  if s is not None and touchable_partition(s.partition, self.policy.slurm, declared)]
+        limits = action_limits(action, self.policy.slurm, self._hold_s(action))
+        releases, found = parallelism.choose_releases(shapes, int(action["params"]["gpus"]),
+                                                      limits.max_jobs_per_event)
+        if found:
+            raise SlurmError("; ".join(f"{code}: {text} (partition(s) {', '.join(declared)})" for code, text in found))
+        return self._release(action, [(r, reservation_name(f"{action['action_id']}-{r.shape.job_id}"))
+                                      for r in releases])
+
+    def _release(self, action: dict, releases):
+        """Plan every give-back in the ledger first (a crash mid-way never shrinks twice), then per job: hold the
+        nodes it releases, shrink it. A job Slurm refuses keeps its nodes and its hold is dropped."""
+        undo = [[GIVE_BACK, r.shape.job_id, hold, list(kept), list(released)]
+                for r, hold in releases for kept, released in [parallelism.kept_and_released(r.shape, r.keep)]]
+        self.ledger.plan(action["action_id"], undo)
+        done, errors, kw, parts = [], [], 0.0, []
+        for row, (release, hold) in zip(undo, releases):
+            shape, released = release.shape, row[4]
+            try:
+                self._hold_nodes(hold, released, action)
+                self.backend.resize(shape.job_id, release.keep)
+            except SlurmError as exc:
+                self.backend.unreserve(hold)  # not shrunk: do not keep its nodes free for nothing
+                errors.append(str(exc) if len(releases) == 1 else f"job {shape.job_id}: {exc}")
+                continue
+            done.append(row)
+            job_kw = parallelism.released_kw(len(released), shape.gpus_per_node, self._kw_per_gpu(shape.partition))
+            kw += job_kw
+            parts.append(f"shrank job {shape.job_id} ({shape.partition}) from {len(shape.nodes)} to {release.keep} "
+                         f"nodes: released {','.join(released)} ({release.gpus} GPUs, ~{job_kw:g} kW), held free "
+                         f"by reservation {hold}")
+        if not done:
+            raise SlurmError("; ".join(errors))
+        observed = "; ".join(parts) + " until expiry"
+        return EXECUTED, action_result(action, "executed", observed, "; ".join(errors), self.name, self.now_ms(),
+                                       -round(kw, 6)), done
 
     def _kw_per_gpu(self, partition: str) -> float:
         return self.kw_per_gpu.get(partition, self.policy.slurm.kw_per_gpu)
@@ -218,25 +254,32 @@ class SlurmSink(ActuatorSink):
                                      self.name, self.now_ms()), entry.undo
 
     def _reconcile_shrink(self, action: dict, entry):
-        """A shrink interrupted after its plan: the job's node count says whether Slurm shrank it. Never repeated;
-        when it was shrunk the hold on its released nodes is made sure of (by name, so never twice)."""
+        """A shrink interrupted after its plan: each job's node count says whether Slurm shrank it. Never repeated;
+        for a job that was shrunk the hold on its released nodes is made sure of (by name, so never twice)."""
         if not entry.undo:
             return FAILED, action_result(action, "failed", "no job changed", "interrupted before acting; not repeated",
                                          self.name, self.now_ms()), None
-        _, job_id, hold, kept, released = entry.undo[0]
-        shape = self.backend.job_shape(job_id)
-        if shape is not None and shape.state == "RUNNING" and len(shape.nodes) <= len(kept):
-            self._hold_nodes(hold, released, action)  # kept if it is there already
-            return EXECUTED, action_result(action, "executed", f"job {job_id} runs on {len(shape.nodes)} nodes",
+        shrunk, seen = [], []
+        for row in entry.undo:
+            _, job_id, hold, kept, released = row
+            shape = self.backend.job_shape(job_id)
+            if shape is not None and shape.state == "RUNNING" and len(shape.nodes) <= len(kept):
+                self._hold_nodes(hold, released, action)  # kept if it is there already
+                shrunk.append(row)
+                seen.append(f"job {job_id} runs on {len(shape.nodes)} nodes")
+            else:
+                self.backend.unreserve(hold)  # a hold made before the crash would keep nodes free for nothing
+                seen.append(f"job {job_id} was not shrunk")
+        if shrunk:
+            return EXECUTED, action_result(action, "executed", "; ".join(seen),
                                            "interrupted; confirmed from the job after a restart (not repeated)",
-                                           self.name, self.now_ms()), entry.undo
-        self.backend.unreserve(hold)  # a hold made before the crash would keep nodes free for nothing
-        return FAILED, action_result(action, "failed", f"job {job_id} was not shrunk",
-                                     "interrupted; not repeated after a restart", self.name, self.now_ms()), None
+                                           self.name, self.now_ms()), shrunk
+        return FAILED, action_result(action, "failed", "; ".join(seen), "interrupted; not repeated after a restart",
+                                     self.name, self.now_ms()), None
 
     def undo(self, entry) -> str:
         if entry.undo and entry.undo[0][0] == GIVE_BACK:
-            done = self.give_back(entry.undo[0])
+            done = "; ".join(self.give_back(row) for row in entry.undo)
             self.ledger.mark_undone(entry.action_id)
             return done
         done, gone = [], []
@@ -259,9 +302,12 @@ class SlurmSink(ActuatorSink):
                 if (e.undo or e.action["kind"] == MAINTENANCE) and not e.action.get("params", {}).get("undo_of")]
 
     def _verify_shrink(self, entry, now: int) -> bool:
-        _, job_id, _, kept, _ = entry.undo[0]
-        outcome = parallelism.judge_shrink(job_id, tuple(kept), self.backend.job_shape(job_id), now,
-                                           entry.result["ts_ms"] + self.window_ms)
+        deadline = entry.result["ts_ms"] + self.window_ms
+        outcomes = [parallelism.judge_shrink(job_id, tuple(kept), self.backend.job_shape(job_id), now, deadline)
+                    for _, job_id, _, kept, _ in entry.undo]
+        outcome = next((o for o in outcomes if o.status == V_FAILED), None) or \
+            next((o for o in outcomes if o.status != VERIFIED), None) or \
+            Outcome(VERIFIED, "; ".join(o.text for o in outcomes))
         if outcome.status == VERIFIED:
             self.ledger.mark_verified(entry.action_id, True)
             self.stats["verified"] += 1

@@ -228,3 +228,68 @@ def test_a_shrink_killed_mid_way_acts_on_slurm_at_most_once(kafka_settings, slur
         statuses
     if hold is not None:
         backend.unreserve(hold.name)
+
+
+@pytest.fixture
+def dp_and_tp(slurm_nodes):
+    """A dp job (min 2) and a tp job side by side on all four nodes of one partition."""
+    dp = submit(slurm_nodes, "batch", 4, "opsloop:dp:min=2", "dp-train")
+    tp = submit(slurm_nodes, "batch", 4, "opsloop:tp", "tp-train")
+    backend = ScontrolBackend(slurm_nodes.env)
+    wait_for(lambda: all(backend.job_shape(j).state == "RUNNING" for j in (dp, tp)), "dp and tp jobs running")
+    yield {"dp": dp, "tp": tp}
+    slurm_nodes.run("scancel", dp, tp)
+
+
+def test_a_shrink_naming_a_partition_releases_nodes_of_its_dp_job_and_never_touches_the_tp_job(
+        kafka_settings, slurm_nodes, dp_and_tp):
+    """What the live peaks loop proposes: "release up to 12 GPUs in batch". The sink picks the dp job from Slurm (the
+    tp job beside it declares a split model), releases two nodes (8 GPUs: a third would take it below its min),
+    holds them, verifies, gives them back at expiry; asked again, nothing in batch can give anything."""
+    settings = kafka_settings.replace(verify_window_s=30.0)
+    policy, site = load_policy(settings.policy), load_site(settings.topology)
+    backend = ScontrolBackend(slurm_nodes.env)
+    dp, tp = dp_and_tp["dp"], dp_and_tp["tp"]
+    tp_nodes = backend.job_shape(tp).nodes
+    assert tp_nodes == ("node1", "node2", "node3", "node4")
+
+    shrink = action("shrink-part", "slurm_shrink", target="opsloop", partitions="batch", life_s=600, gpus=12)
+    assert shrink["job_ids"] == [] and decide(shrink, PlantState(), policy, shrink["created_ms"], "op").verdict == \
+        APPROVED
+    hold = reservation_name(f"shrink-part-{dp}")
+    shift_s = [0.0]
+    sink = SlurmSink(settings, policy, backend=backend, clock=lambda: time.time() + shift_s[0], site=site)
+    seen = watch(sink)
+    with Running(sink) as runner:
+        publish(settings, "actions.approved", "ApprovedAction", [approved(action("warm-up", "pcs_idle"))])
+        wait_for(lambda: sink.stats["ignored"] >= 1, "the sink reading actions.approved")
+        cpu0, wall0 = cpu_s(), time.monotonic()
+        publish(settings, "actions.approved", "ApprovedAction", [approved(shrink)])
+        wait_for(lambda: any(r["status"] == "verified" for r in seen), "shrink verified from Slurm")
+        wall_s, used = time.monotonic() - wall0, [b - a for a, b in zip(cpu0, cpu_s())]
+        print(f"\npartition shrink: approval published -> verified {wall_s:.2f} s wall; CPU {used[0]:.2f} s in the "
+              f"sink thread, {used[1]:.2f} s in its squeue/scontrol children")
+        assert wall_s < 30.0
+        assert backend.job_shape(dp).nodes == ("node1", "node2")
+        assert backend.job_shape(tp).nodes == tp_nodes and backend.job_shape(tp).state == "RUNNING"
+        held = slurm_nodes.scontrol("-o", "show", "reservation", hold)
+        assert "Nodes=node[3-4] " in held and "MAINT" in held
+        executed = next(r for r in seen if r["status"] == "executed")
+        assert executed["observed_effect"].startswith(f"shrank job {dp} (batch) from 4 to 2 nodes: released "
+                                                      f"node3,node4 (8 GPUs")
+        assert f"job {tp} " not in executed["observed_effect"]
+
+        shift_s[0] = 601.0  # expiry: the nodes go back to the pool
+        wait_for(lambda: any(r["status"] == "reverted" for r in seen), "give-back at expiry")
+        assert backend.reservation(hold) is None
+
+        again = action("shrink-part-2", "slurm_shrink", target="opsloop", partitions="batch", life_s=600, gpus=12)
+        again["created_ms"] += 601_000
+        again["expires_ms"] += 601_000
+        publish(settings, "actions.approved", "ApprovedAction", [approved(again)])
+        wait_for(lambda: any(r["action_id"] == "shrink-part-2" for r in seen), "a result for the second shrink")
+        runner.stop.set()
+    refused = next(r for r in seen if r["action_id"] == "shrink-part-2")
+    assert refused["status"] == "failed" and refused["detail"].startswith("no_elastic_job: no running opsloop:dp job")
+    assert backend.job_shape(dp).nodes == ("node1", "node2") and backend.job_shape(tp).nodes == tp_nodes
+    assert [r["status"] for r in seen if r["action_id"] == "shrink-part"] == ["executed", "verified", "reverted"]

@@ -442,6 +442,19 @@ def near_valid_shrink(data, policy: Policy) -> dict:
                                                                                 else ""), "gpus": str(gpus)}}
 
 
+def near_valid_partition_shrink(data, policy: Policy) -> dict:
+    """A shrink naming no job: the GPUs to release in a partition, sometimes with a job's params it must not have."""
+    limits = policy.slurm
+    life_s = data.draw(st.floats(1, 1.2 * limits.max_hold_s))
+    gpus = data.draw(st.one_of(st.integers(-2, max(1, int(1.2 * limits.max_gpu_hours_per_event * 3600 / life_s))),
+                               st.sampled_from(["nan", "1.5", "lots", ""])))
+    partitions = data.draw(st.sampled_from([policy.slurm.touchable_partitions] * 9 + [tuple(PARTITIONS)]))
+    described = data.draw(st.sampled_from([{}] * 6 + [{"nodes": "2"}, {"job_nodes": "4"}, {"comment": "opsloop:dp"}]))
+    return {"action_id": "s", "kind": "slurm_shrink", "site": "demo", "job_ids": [],
+            "expires_ms": NOW + int(life_s * 1000),
+            "params": {"partitions": data.draw(st.sampled_from(partitions)), "gpus": str(gpus), **described}}
+
+
 def near_valid_gpu(data, policy: Policy) -> dict:
     floors = policy.gpu or GpuLimits(900, 300, 3600)
     kind = data.draw(st.sampled_from(["gpu_clock_lock", "gpu_power_limit"]))
@@ -455,7 +468,8 @@ def near_valid_gpu(data, policy: Policy) -> dict:
 @settings(max_examples=1000, deadline=None)
 @given(st.data(), new_kind_policies, st.sampled_from([None, "op"]))
 def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(data, policy, operator):
-    action = data.draw(st.one_of(shrinks, st.builds(lambda d: near_valid_shrink(d, policy), st.data())))
+    action = data.draw(st.one_of(shrinks, st.builds(lambda d: near_valid_shrink(d, policy), st.data()),
+                                 st.builds(lambda d: near_valid_partition_shrink(d, policy), st.data())))
     decision = decide(action, PlantState(), policy, NOW, operator)
     assert set(decision.reason_codes) <= REASON_CODES and len(decision.reasons) == len(decision.reason_codes)
     parallel = declared(action["params"].get("comment"))
@@ -464,9 +478,13 @@ def test_an_approved_shrink_leaves_a_data_parallel_job_at_least_its_minimum(data
         assert decision.verdict == REJECTED and "not_elastic" in decision.reason_codes
     if decision.verdict != APPROVED:
         return
-    keep, nodes = int(action["params"]["nodes"]), int(action["params"]["job_nodes"])
-    assert parallel.kind == "dp" and parallel.min_nodes <= keep < nodes
-    assert len(action["job_ids"]) == 1 and action["expires_ms"] > NOW
+    if not action["job_ids"]:  # names a partition: describes no job, releases a whole number of GPUs
+        assert not {"nodes", "job_nodes", "comment"} & set(action["params"]) and int(action["params"]["gpus"]) >= 1
+    else:
+        keep, nodes = int(action["params"]["nodes"]), int(action["params"]["job_nodes"])
+        assert parallel.kind == "dp" and parallel.min_nodes <= keep < nodes
+        assert len(action["job_ids"]) == 1
+    assert action["expires_ms"] > NOW
     limits = policy.slurm
     assert all(p in limits.touchable_partitions and p not in limits.protected_partitions
                for p in action["params"]["partitions"].split(","))
@@ -526,6 +544,33 @@ def test_a_data_parallel_shrink_within_its_minimum_waits_for_an_operator_and_spe
     assert decide(shrink("opsloop:dp:min=2"), PlantState(), SHRINK_POLICY, NOW, "op").verdict == APPROVED
     full = spent(("old", "demo", 60, 20, 0.0))
     assert decide(shrink("opsloop:dp:min=2"), full, SHRINK_POLICY, NOW, "op").reason_codes == ("over_budget",)
+
+
+def partition_shrink(**params) -> dict:
+    return {**slurm(kind="slurm_shrink", **{"gpus": 16, **params}), "job_ids": []}
+
+
+def test_a_shrink_naming_a_partition_is_checked_on_its_gpus_and_leaves_the_jobs_to_the_sink():
+    assert decide(partition_shrink(), PlantState(), SHRINK_POLICY, NOW).verdict == NEEDS_APPROVAL
+    assert decide(partition_shrink(), PlantState(), SHRINK_POLICY, NOW, "op").verdict == APPROVED
+    full = spent(("old", "demo", 60, 20, 0.0))
+    assert decide(partition_shrink(), full, SHRINK_POLICY, NOW, "op").reason_codes == ("over_budget",)
+    too_many = decide(partition_shrink(gpus=100_000), PlantState(), SHRINK_POLICY, NOW, "op")
+    assert too_many.reason_codes == ("over_gpu_hours",)
+    protected = decide(partition_shrink(partitions="inference"), PlantState(), SHRINK_POLICY, NOW, "op")
+    assert protected.reason_codes == ("protected_partition",)
+
+
+@pytest.mark.parametrize("params, sentence", [
+    ({"gpus": 0}, "a slurm_shrink naming no job releases at least one GPU, not 0"),
+    ({"gpus": "lots"}, "a slurm_shrink naming no job needs params.gpus, a whole number of GPUs to release at most"),
+    ({"nodes": 2, "comment": "opsloop:dp"}, "a slurm_shrink naming no job (job_ids empty) takes no params.nodes, "
+                                            "params.comment: the sink picks the jobs and their sizes"),
+])
+def test_a_shrink_naming_a_partition_must_say_how_many_gpus_and_nothing_of_a_job(params, sentence):
+    decision = decide(partition_shrink(**params), PlantState(), SHRINK_POLICY, NOW, "op")
+    assert decision.verdict == REJECTED and decision.reasons[0] == sentence
+    assert decision.reason_codes[0] == "invalid_params"
 
 
 def test_gpu_actions_are_off_without_the_gpu_section():

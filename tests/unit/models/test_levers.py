@@ -13,6 +13,7 @@ from opsloop.config.policy import load_policy
 from opsloop.config.site import load_site
 from opsloop.models import levers as flex
 from opsloop.models.battery import Battery
+from opsloop.models.guard import shrink_problems
 from opsloop.models.peak_forecast import ForecastPoint
 from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
 from opsloop.schemas.codec import Codec
@@ -173,10 +174,13 @@ def test_the_loop_proposes_schema_valid_lever_actions_of_the_kinds_it_may_emit()
                                     battery.soc_pct(energy), None)
             grid = load if grid is None else grid
             proposed += [a for a in decision.actions if a["kind"] not in ("pcs_discharge", "pcs_charge", "pcs_idle")]
-    assert {a["kind"] for a in proposed} >= {"llm_shift", "slurm_hold"}, "new highs over what 5 MWh hold"
+    assert {a["kind"] for a in proposed} >= {"llm_shift", "slurm_shrink"}, "new highs over what 5 MWh hold"
     for action in proposed:
         assert action["kind"] in kinds and action["reason_code"] == flex.CHEAPEST_LEVER
         assert action["shed_kw"] > 0 and action["reason"]
         codec.encode("Action", action)
         if action["kind"] == "llm_shift":
             assert 0 < float(action["params"]["shift_pct"]) <= 50
+        if action["kind"] == "slurm_shrink":  # names the partition and the GPUs; the Slurm sink picks the jobs
+            assert action["job_ids"] == [] and "nodes" not in action["params"] and int(action["params"]["gpus"]) >= 1
+            assert action["params"]["partitions"] and shrink_problems(action) == []
