@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps llm-deps demo test test-unit test-faults bench noc-screenshots up down clean
+.PHONY: install system-deps llm-deps demo test test-slow test-unit test-faults bench noc-screenshots up down clean
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster; Chromium and its
 # driver run the NOC page test; snmpd serves the SNMP source tests' PDU and snmptrap (snmp) sends
@@ -64,7 +64,11 @@ demo: install
 # The test session starts its own Kafka and LLM server (tests/conftest.py) and stops them at the end.
 test: install llm-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+# The long end-to-end runs (twin demo, a closed-loop day on the twin, flexible shedding): about 10 minutes more.
+test-slow: install llm-deps
+	$(BIN)/python -m pytest -m slow
 
 test-unit: install
 	$(BIN)/python -m pytest -m unit

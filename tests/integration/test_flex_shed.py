@@ -20,7 +20,7 @@ from opsloop.ops.bench.flex import OPERATOR, measure
 from opsloop.schemas.codec import Codec
 from test_llm_lever import balanced_llms, lever_settings  # noqa: F401  (a fixture, shared)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_shrink_and_a_50_percent_shift_shed_a_quarter_of_flexible_power_within_30_s_and_hold(

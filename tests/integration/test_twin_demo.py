@@ -15,7 +15,7 @@ from opsloop.config.settings import Settings
 from opsloop.ops.kafka import free_port_pair
 from opsloop.ops.twin_demo import run_twin_demo
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPEED = 1440.0  # the demo's default
 

@@ -29,7 +29,7 @@ from opsloop.ops import pcs_sim, twin as twin_process
 from opsloop.schemas.codec import Codec
 from opsloop.streams import worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAY_S = 86_400
 # Twin seconds per wall second: the pipeline's wall latency times this must stay well inside the twin-time
