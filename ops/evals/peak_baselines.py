@@ -46,10 +46,12 @@ class Simulation:
 
 
 def simulate(loads: Sequence[float], step_s: int, battery: Battery, energy_kwh: float,
-             controller: Controller) -> Simulation:
+             controller: Controller, shed: Sequence[dict] | None = None) -> Simulation:
+    """``shed[t]`` (lever -> kW), when given, is taken off step ``t``'s load after the controller has filled it."""
     step_h, out, previous = step_s / 3600, Simulation(), 0.0
     for t, load in enumerate(loads):
-        result = battery.step(energy_kwh, controller(t, energy_kwh, out), load, step_h, previous)
+        command = controller(t, energy_kwh, out)
+        result = battery.step(energy_kwh, command, load - sum(shed[t].values()) if shed else load, step_h, previous)
         energy_kwh, previous = result.energy_kwh, result.power_kw
         out.grid_kw.append(result.grid_kw)
         out.power_kw.append(result.power_kw)

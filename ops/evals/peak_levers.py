@@ -25,16 +25,7 @@ LEVERS = "planner+levers"
 
 def simulate_shed(loads, step_s, battery, energy_kwh, controller, shed) -> Simulation:
     """``simulate`` where step ``t``'s load is reduced by ``shed[t]``, which the controller fills for ``t``."""
-    step_h, out, previous = step_s / 3600, Simulation(), 0.0
-    for t, load in enumerate(loads):
-        command = controller(t, energy_kwh, out)
-        result = battery.step(energy_kwh, command, load - sum(shed[t].values()), step_h, previous)
-        energy_kwh, previous = result.energy_kwh, result.power_kw
-        out.grid_kw.append(result.grid_kw)
-        out.power_kw.append(result.power_kw)
-        out.energy_kwh.append(energy_kwh)
-        out.violations.append(result.violations)
-    return out
+    return simulate(loads, step_s, battery, energy_kwh, controller, shed)
 
 
 def levers_controller(times, loads, config: LoopConfig, history, planner_controller):
