@@ -117,7 +117,7 @@ def cmd_twin(settings: Settings, args) -> int:
                      slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
                      horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir,
-                     bacnet_port=args.bacnet_port)
+                     bacnet_port=args.bacnet_port, publish=not args.no_telemetry)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -185,7 +185,7 @@ def cmd_worker(settings: Settings, args) -> int:
 def cmd_source(settings: Settings, args) -> int:
     from opsloop.ops import sources
 
-    if args.list or not args.kind:
+    if args.list or not (args.kind or args.config):
         print(sources.list_kinds())
         return 0
     if not args.config:
@@ -355,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--sources", type=Path, help="also run every live source of this config file (ops/sources/*.yaml)")
     w.set_defaults(func=cmd_worker)
     src = sub.add_parser("source", help="read a live site system (Prometheus, Modbus, SNMP, ...) into Kafka")
-    src.add_argument("kind", nargs="?", help="source kind (see --list)")
+    src.add_argument("kind", nargs="?", help="source kind (see --list; default: every source in the config)")
     src.add_argument("--config", type=Path, help="sources config file (examples in ops/sources/)")
     src.add_argument("--name", help="run only the source of this name")
     src.add_argument("--list", action="store_true", help="list the source kinds")
@@ -421,8 +421,11 @@ def parser() -> argparse.ArgumentParser:
                     help="serve the cooling plant (supply-air setpoint, zone inlets) as a BACnet/IP device on this UDP port")
     tw.add_argument("--snmp-dir", type=Path, help="write each PDU's SNMP objects to DIR/<pdu>.json for an snmpd "
                                                   "pass_persist script (README: Site twin)")
-    tw.add_argument("--prometheus-host", default="127.0.0.1", help="address the Prometheus page listens on "
-                                                                   "(0.0.0.0: every interface, e.g. in a container)")
+    tw.add_argument("--listen-host", "--prometheus-host", dest="prometheus_host", default="127.0.0.1",
+                    help="address the Prometheus page and SunSpec meters listen on (0.0.0.0: every interface, "
+                         "e.g. in a container)")
+    tw.add_argument("--no-telemetry", action="store_true",
+                    help="publish no telemetry: live sources read the twin's meters and page (ops/sources/twin.yaml)")
     tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")

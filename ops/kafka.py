@@ -478,8 +478,14 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = (), se
     """
     kafka = LocalKafka(settings.cache_dir, settings.data_dir / ("kafka-secure" if secure else "kafka"),
                        port=settings.kafka_port, secure=secure)
+    owner = kafka.state_dir / "started-by.pid"  # the run that started the broker, to stop it when that run ends
     started = kafka.pid() is None
+    if not started and (orphan := _dead_owner(owner)) is not None:
+        started = True  # a killed run started it and could not stop it: this run stops it at its end
+        print(f"Kafka was left running by a run that was killed (pid {orphan}); this run stops it when it ends")
     print(kafka.start())
+    if started:
+        owner.write_text(str(os.getpid()))
     client_settings = kafka.client_settings(settings, "admin")
     if secure:
         client_settings = client_settings.replace(kafka_credentials_dir=kafka.secure_dir / "users")
@@ -494,6 +500,22 @@ def scratch_topics(settings, prefix: str, extra_topics: tuple[str, ...] = (), se
     finally:
         if started:
             print(kafka.stop())
+            owner.unlink(missing_ok=True)
+
+
+def _dead_owner(owner: Path) -> int | None:
+    """The pid in ``owner`` when that process is gone (None: no owner, or it still runs)."""
+    try:
+        pid = int(owner.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        return None
+    return None
 
 
 @contextmanager

@@ -13,7 +13,8 @@ health and backs off as any source does) it
 2. reads job states from Slurm (the site's backend): suspended jobs, and jobs pending again after
    they ran, stop drawing their GPUs' power (``policy.slurm.kw_per_gpu`` each);
 3. steps the physics (models/twin.py) through every ``sample_s`` of twin time since the last
-   poll and publishes each sample's points to ``telemetry.raw``;
+   poll and publishes each sample's points to ``telemetry.raw`` (unless ``publish`` is off, as in
+   ``opsloop demo``: live sources then read the twin's meters and page, ops/twin_sources.py);
 4. publishes the alarms of the failures it injects (ops/evals/storm.py) as their time comes,
    while the failures move the telemetry (a PDU breaker trip darkens racks, a chiller trip
    heats zones).
@@ -130,8 +131,9 @@ class TwinPoller:
 
     def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
                  alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000,
-                 outputs: list | None = None, setpoint=None):
+                 outputs: list | None = None, setpoint=None, publish: bool = True):
         self.twin = twin
+        self.publish = publish  # False: the points are only shown (meters, pages); live sources read them there
         self.setpoint = setpoint  # a callable: the plant's supply-air setpoint now (the BACnet device), or None
         self.sample_ms = int(sample_s * 1000)
         self.next_ms = start_ms
@@ -202,12 +204,14 @@ class TwinPoller:
             self.samples += 1
         while self.alarms and self.alarms[0]["ts_ms"] <= last:
             readings.alarms.append(self.alarms.pop(0))
-        self.points += len(readings.points)
         if self.meters is not None:
             self.meters.update(readings.points[-200:] if len(readings.points) > 200 else readings.points)
         if state is not None:
             for show in self.outputs:
                 show(state)
+        if not self.publish:
+            readings.points = []
+        self.points += len(readings.points)
         return readings
 
     def _follow(self, state):
@@ -274,7 +278,8 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
           prometheus_host: str = "127.0.0.1", slurm=None,
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
-          sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None) -> TwinRun:
+          sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None,
+          publish: bool = True) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -290,7 +295,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     from opsloop.ops.twin_protocols import MeterServer, PduFiles
 
     meters = Meters(site.id)
-    meter = MeterServer(sunspec_port).start() if sunspec_port is not None else None
+    meter = MeterServer(sunspec_port, prometheus_host).start() if sunspec_port is not None else None
     outputs = [meter.show] if meter is not None else []
     if snmp_dir is not None:
         outputs.append(PduFiles(site, snmp_dir).show)
@@ -302,7 +307,8 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
         plant = BacnetPlant(bacnet_port, zones, twin.supply_setpoint_c).start()
         outputs.append(plant.show)
     poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
-                        alarms, meters, outputs=outputs, setpoint=plant.setpoint_c if plant is not None else None)
+                        alarms, meters, outputs=outputs, setpoint=plant.setpoint_c if plant is not None else None,
+                        publish=publish)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)
@@ -327,7 +333,7 @@ def main(settings: Settings, site_file: Path | None, speed: float, data: Path | 
         host, port = twin.prometheus.server_address[:2]
         print(f"Prometheus text on http://{host}:{port}/metrics", flush=True)
     if twin.meter is not None:
-        print(f"SunSpec meters (203: grid, facility) on Modbus TCP 127.0.0.1:{twin.meter.port}", flush=True)
+        print(f"SunSpec meters (203: grid, facility) on Modbus TCP {twin.meter.host}:{twin.meter.port}", flush=True)
     if twin.plant is not None:
         print(f"BACnet/IP cooling plant (device {twin.plant.device_instance}: supply-air setpoint analog-value,1, "
               f"zone inlets analog-input,1..) on UDP {twin.plant.address}", flush=True)

@@ -3,13 +3,17 @@
 The topology runs as in production, on its own topics (a fresh prefix, deleted at the end) and one clock
 running ``speed`` times faster than the wall clock:
 
-    twin -> telemetry.raw / alarms.raw -> worker (rollup, dedup, correlate, narrate, peaks, guard, pcs-sink)
-         -> PCS simulator's registers -> twin's meter
+    twin's SunSpec meters, Prometheus page; PCS's SunSpec registers -> sources -> telemetry.raw
+         -> worker (rollup, anomaly, dedup, correlate, narrate, peaks, guard, pcs-sink, slurm-sink)
+         -> PCS simulator's registers, Slurm -> twin's meter
 
 The twin (ops/twin.py) and the PCS simulator (ops/pcs_sim.py, in grid-limit mode following the twin's
-Prometheus page) run in this process; the agents run in one ``opsloop worker`` child process, as a
-deployment runs them. Kafka and a local Slurm are started unless running (the twin reads job states from
-Slurm); both, the worker and the topics are stopped or deleted at the end, also on Ctrl-C or SIGTERM.
+Prometheus page) run in this process. The twin publishes no telemetry itself: one ``opsloop source`` child
+reads its meters and the PCS over SunSpec Modbus TCP and the rest of the site from its Prometheus page
+(ops/twin_sources.py), as it would read a site; the twin publishes only the alarms of the failures it injects.
+The agents run in one ``opsloop worker`` child process, as a deployment runs them. Kafka and a local Slurm are
+started unless running (the twin reads job states from Slurm); both, the children and the topics are stopped
+or deleted at the end, also on Ctrl-C or SIGTERM.
 
 The first ``warmup_days`` teach the forecaster; the billed peak (the highest 15-minute import of each day:
 the run's site file bills daily, so every day after the warm-up shows its own cut) is then read from the
@@ -35,7 +39,7 @@ from pathlib import Path
 from opsloop.config.settings import ENV_PREFIX, Settings
 
 DAY_S = 86_400
-AGENTS = "rollup,dedup,correlate,narrate,peaks,guard,pcs-sink"
+AGENTS = "rollup,anomaly,dedup,correlate,narrate,peaks,guard,pcs-sink,slurm-sink"
 WORKER_START_S = 20.0  # wall seconds the twin's clock waits for the worker to start before time runs
 SAMPLE_S = 60.0
 STEP_S = 900  # planning and demand step: the highest 15-minute import is billed, as in `opsloop eval peaks`
@@ -85,11 +89,31 @@ def _die_with_parent() -> None:  # a child of a killed demo stops too (Linux; el
         pass
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **settings_env(settings)}
+def start_child(settings: Settings, log_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``opsloop ARGS`` with the run's settings, logging to ``log_path``; it stops when this process dies."""
+    env = {**os.environ, **(env or {}), **settings_env(settings)}
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", AGENTS], env=env,
+        return subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+
+def start_worker(settings: Settings, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    return start_child(settings, log_path, "worker", "--agents", AGENTS, env=env)
+
+
+def write_sources(settings: Settings, site, twin, work: Path, meter_port: int, pcs_port: int,
+                  page_port: int) -> Path:
+    """The sources file reading this run's twin and PCS (ops/twin_sources.py)."""
+    import yaml
+
+    from opsloop.ops.twin_sources import page_devices, twin_sources
+
+    physics = twin.poller.twin
+    devices = page_devices(physics.points(physics.measure(twin.poller.next_ms, 0.0, {})))
+    path = work / "sources.yaml"
+    path.write_text(yaml.safe_dump(twin_sources(site, f"127.0.0.1:{meter_port}", f"127.0.0.1:{pcs_port}",
+                                                f"http://127.0.0.1:{page_port}/metrics", devices), sort_keys=False))
+    return path
 
 
 def stop_worker(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
@@ -186,7 +210,7 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
     end_ms = measured_ms + int(days * DAY_S * 1000)
     if end_ms > curve[-1][0]:
         raise ValueError(f"the curve ends before {warmup_days:g} + {days:g} days")
-    pcs_port, prometheus_port = free_ports(2)
+    pcs_port, prometheus_port, meter_port = free_ports(3)
     clock = Clock(epoch_s=start_ms / 1000, anchor_s=time.time() + WORKER_START_S, speed=speed)
     run = with_run_keys(settings).replace(
         data_dir=work, clock_epoch_s=clock.epoch_s, clock_anchor_s=clock.anchor_s, clock_speed=clock.speed,
@@ -212,7 +236,7 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
           + " ".join(f"{k}={v}" for k, v in noc_env.items()) + " opsloop noc --with-views", flush=True)
 
     cluster, backend = LocalSlurm.for_site(work.parent / "slurm", site), None
-    worker = sim = twin = None
+    worker = sources = sim = twin = None
     stop_twin = threading.Event()
     try:
         try:
@@ -221,11 +245,14 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
         except SlurmSetupError as exc:
             print(f"  slurm    not started, the twin runs without jobs: {str(exc).splitlines()[0]}")
             cluster = None
-        worker = start_worker(run, work / "worker.log")
+        slurm_env = {"SLURM_CONF": cluster.env["SLURM_CONF"]} if cluster is not None else {}  # the Slurm sink's
+        worker = start_worker(run, work / "worker.log", env=slurm_env)
         print(f"  worker   pid {worker.pid}: {AGENTS} (log {work / 'worker.log'})")
         twin = twin_process.build(run, site, clock=clock, start_ms=start_ms, sample_s=SAMPLE_S, poll_s=0.1,
                                   prometheus_port=prometheus_port, slurm=backend, data=data, failures=failures,
-                                  background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7)
+                                  background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7,
+                                  sunspec_port=meter_port, publish=False)
+        sources_file = write_sources(run, site, twin, work, meter_port, pcs_port, prometheus_port)
         stamped = StampedPoller(twin.poller)
         twin.run.kind = stamped
         meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
@@ -234,10 +261,16 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
               f"(http://127.0.0.1:{prometheus_port}/metrics)")
         twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
         twin_thread.start()
+        time.sleep(max(0.0, clock.anchor_s - time.time()))  # the sources read from the twin's first sample on
+        sources = start_child(run, work / "sources.log", "source", "--config", str(sources_file))
+        print(f"  sources  pid {sources.pid}: the twin's SunSpec meters (127.0.0.1:{meter_port}) and page, the PCS "
+              f"over SunSpec (config {sources_file}, log {work / 'sources.log'})", flush=True)
         began, next_report = time.monotonic(), start_ms + DAY_S * 1000
         while clock() * 1000 < end_ms:
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker stopped (exit {worker.returncode}); see {work / 'worker.log'}")
+            if sources.poll() is not None:
+                raise RuntimeError(f"the sources stopped (exit {sources.returncode}); see {work / 'sources.log'}")
             if not twin_thread.is_alive():
                 raise RuntimeError("the twin stopped")
             if clock() * 1000 >= next_report and twin.poller.history:
@@ -250,11 +283,13 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             time.sleep(0.5)
         stop_twin.set()
         twin_thread.join(30)
+        stop_worker(sources)
         time.sleep(max(3.0, 1.2 * run.verify_window_s / speed))  # the last actions are verified or reverted
     finally:
         stop_twin.set()
-        if worker is not None:
-            stop_worker(worker)
+        for child in (sources, worker):
+            if child is not None:
+                stop_worker(child)
         if sim is not None:
             sim.stop()
         if twin is not None:
@@ -263,7 +298,8 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             cluster.stop()
     figures = summarise(run, twin.poller.twin, stamped.samples(), measured_ms, end_ms, warmup_days, policy.pcs,
                         stamped.soc_at(measured_ms, START_SOC_PCT))
-    figures["worker_pid"] = worker.pid
+    figures["worker_pid"], figures["sources_pid"] = worker.pid, sources.pid
+    figures["twin_points"] = twin.poller.points  # published by the twin itself: none, the sources read it
     print_summary(figures, run, speed)
     return figures
 
@@ -297,6 +333,7 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     latencies = loop_latencies(samples, [{"action_id": r["action_id"], "created_ms": r["created_ms"],
                                           "wall_s": wall / 1000} for r, wall in proposed if r["action_id"] in pcs],
                                executed, lambda wall_s: clock.epoch_s + (wall_s - clock.anchor_s) * clock.speed)
+    health = {r["source"]: r for r, _ in read_records(run, "sources.health")}  # each source's last report
     statuses = {}
     for r, _ in results:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
@@ -313,6 +350,8 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     return {"days": sorted(with_loop), "without": without, "with": with_loop, "offline": offline,
             "proposed": len(proposed), "verdicts": verdicts, "reasons": reasons, "statuses": statuses,
             "latencies": latencies, "incidents": list(incidents.values()), "narratives": narratives,
+            "sources": {name: {k: h[k] for k in ("polls", "failures", "points", "dead_letters", "dropped")}
+                        for name, h in sorted(health.items())},
             "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0),
             "start_soc_pct": start_soc_pct, "soc_window": (limits.reserve_soc_pct, limits.max_soc_pct)}
 
@@ -358,6 +397,8 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
     print(f"    offline: the planner on the same load with the same battery in the guard's "
           f"{f['soc_window'][0]:g}-{f['soc_window'][1]:g}% charge window, from the live {f['start_soc_pct']:.0f}% "
           f"at the first billed step")
+    print("  sources  " + "; ".join(f"{name} {h['points']:,} points in {h['polls']:,} polls ({h['failures']} failed, "
+                                     f"{h['dead_letters']} dead-lettered)" for name, h in f["sources"].items()))
     s, v = f["statuses"], f["verdicts"]
     print(f"  actions  {f['proposed']} proposed, {v.get('approved', 0)} approved"
           + "".join(f", {n} {k}" for k, n in sorted(v.items()) if k != "approved")

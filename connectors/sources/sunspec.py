@@ -12,6 +12,8 @@ is ``SourceUnavailable`` (the loop backs off and raises the monitoring-loss alar
 instances opsloop reads but the config does not map are dead-lettered (``unknown``) once per
 discovery; values without a usable scale factor are dead-lettered (``invalid``) per poll.
 Event bits (meter ``Evt``, battery ``Evt1``) become Alarms when they rise and clears when they fall.
+``options.ignore`` lists model instances (keyed as ``devices`` is) read elsewhere or not at all, such as
+a PCS's own meter where the site meter is another device: they are neither read nor dead-lettered.
 
 One source may poll many devices: ``options.targets`` lists them (``host``, ``port``, ``unit``,
 ``base``, and a ``name``, by default ``host:port``, or ``host:port#unit`` for a unit other than 1),
@@ -65,6 +67,10 @@ class SunSpecDevice:
         self.client = ModbusTcpClient(self.host, port=self.port, timeout=config.timeout_s, retries=0)
         self.chain: list[tuple[str, int, int, int]] | None = None  # (name, model id, id register, length)
         self.events: dict[str, int] = {}  # last event bits per model instance
+        ignore = config.option("ignore", [])
+        if not isinstance(ignore, list):
+            raise config.error(f"options.ignore must be a list of model instances such as \"203:2\", got {ignore!r}")
+        self.ignore = frozenset(str(name) for name in ignore)
 
     @property
     def endpoint(self) -> str:
@@ -119,7 +125,8 @@ class SunSpecDevice:
         return [Reject(f"model {name} at {at}".encode(), "unknown",
                        f"SunSpec model {name} at register {at} of {self.endpoint} is not mapped to a site device "
                        f"(devices: {{{self.prefix + name!r}: ...}})")
-                for name, model, at, _ in self.chain if model in sunspec_points.POINTS and self.device_of(name) is None]
+                for name, model, at, _ in self.chain
+                if model in sunspec_points.POINTS and self.device_of(name) is None and self.prefix + name not in self.ignore]
 
     def device_of(self, name: str) -> str | None:
         return self.config.device(self.prefix + name)

@@ -49,3 +49,45 @@ def topics_containing(client, part: str, until, tries: int = 50) -> set[str]:
             break
         time.sleep(0.2)
     return found
+
+
+def test_a_broker_left_by_a_killed_demo_is_stopped_by_the_next_run_but_a_users_broker_is_not(tmp_path, free_port_pair):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from opsloop.ops.kafka import scratch_topics
+
+    settings = Settings(data_dir=tmp_path, kafka_port=free_port_pair, broker=f"127.0.0.1:{free_port_pair}",
+                        cache_dir=Settings.from_env().cache_dir)
+    kafka = LocalKafka(settings.cache_dir, tmp_path / "kafka", port=free_port_pair)
+    # a run that starts the broker and is SIGKILLed inside it, as a killed `opsloop demo`
+    script = ("import time\nfrom pathlib import Path\nfrom opsloop.config.settings import Settings\n"
+              "from opsloop.ops.kafka import scratch_topics\n"
+              f"s = Settings(data_dir=Path({str(tmp_path)!r}), kafka_port={free_port_pair}, "
+              f"broker='127.0.0.1:{free_port_pair}', cache_dir=Path({str(settings.cache_dir)!r}))\n"
+              "with scratch_topics(s, 'killed.'):\n    print('inside', flush=True)\n    time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in killed.stdout:
+            lines.append(line)
+            if line.startswith("inside"):
+                break
+        assert lines and lines[-1].startswith("inside"), "".join(lines)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        assert kafka.pid() is not None, "the killed run's broker should still run"
+        with scratch_topics(settings, "next."):
+            pass
+        assert kafka.pid() is None and not broker_ready(kafka.bootstrap, 1), "the next run left the orphan running"
+
+        kafka.start()  # a broker the user started (`opsloop up`): a run uses it and leaves it running
+        with scratch_topics(settings, "next."):
+            pass
+        assert kafka.pid() is not None
+    finally:
+        if killed.poll() is None:
+            os.kill(killed.pid, signal.SIGKILL)
+        kafka.stop()

@@ -141,6 +141,23 @@ def test_a_model_the_config_does_not_map_is_dead_lettered_as_unknown_once(sim):
     assert not any(p["device"] == "facility-meter-1" for p in first.points)
 
 
+def test_an_ignored_model_is_neither_read_nor_dead_lettered(sim):
+    meters_elsewhere = {k: v for k, v in MAPPED.items() if not k.startswith("203")}  # the site meter is another device
+    poller = KINDS["sunspec"].build(config(sim.port, devices=meters_elsewhere, ignore=["203", "203:2"]),
+                                    SITE, sim.test_clock)
+    try:
+        readings = poller.poll(1_000)
+    finally:
+        poller.close()
+    assert readings.rejects == []
+    assert {p["device"] for p in readings.points} == {"ess-1"}
+
+
+def test_ignore_must_be_a_list():
+    with pytest.raises(ValueError, match="options.ignore must be a list"):
+        KINDS["sunspec"].build(config(1, ignore="203"), SITE, Clock())
+
+
 def test_a_modbus_exception_and_a_refused_connection_are_source_unavailable(sim):
     poller = KINDS["sunspec"].build(config(sim.port, base=50000), SITE, sim.test_clock)
     try:

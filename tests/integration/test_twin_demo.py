@@ -1,6 +1,6 @@
 """`opsloop demo`'s path, briefly: one warm-up day and one measured day on the twin at the demo's speed.
 
-The demo starts its own Kafka, local Slurm, PCS simulator, twin and worker as a new user's `make demo` does;
+The demo starts its own Kafka, local Slurm, PCS simulator, twin, sources and worker as a new user's `make demo` does;
 the summary's figures must hang together and nothing it started may outlive it.
 """
 
@@ -34,6 +34,12 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     assert with_loop < without - 100, "the billed peak on the twin's meter did not fall"
     assert live_cut >= 0.5 * offline_cut, f"live cut {live_cut:.0f} kW against the offline {offline_cut:.0f} kW"
     assert figures["max_discharge_kw"] > 100
+    # the site was read as a site is read: the twin published no point itself, the sources read its meters, its
+    # page and the PCS, and every poll's points were taken
+    assert figures["twin_points"] == 0
+    assert set(figures["sources"]) == {"sunspec-pcs", "prom-twin"}
+    for name, health in figures["sources"].items():
+        assert health["points"] > 1000 and health["dead_letters"] == 0 and health["dropped"] == 0, (name, health)
 
     statuses, verdicts = figures["statuses"], figures["verdicts"]
     assert figures["proposed"] >= sum(verdicts.values()) > 0
@@ -59,9 +65,10 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     assert all(i["incident_id"] in figures["narratives"] for i in figures["incidents"]), "an incident not narrated"
     assert "Probable root cause" in printed and "billed peak per day" in printed and "opsloop noc" in printed
 
-    # what the demo started is gone: the worker and the broker
-    with pytest.raises(ProcessLookupError):
-        os.kill(figures["worker_pid"], 0)
+    # what the demo started is gone: the worker, the sources and the broker
+    for pid in (figures["worker_pid"], figures["sources_pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo's Kafka still listens"
 

@@ -23,7 +23,7 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
 GPU_SERVICES = {"vllm", "narrate"}
 SOURCE_SERVICES = {"sources"}  # live sources: started with --profile sources, once their config names the site's systems
-TWIN_SERVICES = {"twin-topics", "twin", "twin-pcs", "twin-worker", "twin-noc"}  # the closed loop on the site twin
+TWIN_SERVICES = {"twin-topics", "twin", "twin-pcs", "twin-sources", "twin-worker", "twin-noc"}  # the closed loop on the site twin
 
 
 def _cache_dir() -> Path:
@@ -122,6 +122,8 @@ def test_each_sources_service_runs_a_registered_kind_on_an_example_config_that_l
 
 @pytest.mark.unit
 def test_the_twin_profile_closes_one_loop_on_one_clock_and_its_own_topics(compose):
+    from opsloop.config.sources import load_sources
+
     services = compose["services"]
     envs = {name: _env(services[name]) for name in TWIN_SERVICES}
     shared = ("OPSLOOP_TOPIC_PREFIX", "OPSLOOP_CLOCK_EPOCH_S", "OPSLOOP_CLOCK_ANCHOR_S", "OPSLOOP_CLOCK_SPEED",
@@ -131,14 +133,23 @@ def test_the_twin_profile_closes_one_loop_on_one_clock_and_its_own_topics(compos
     assert envs["twin"]["OPSLOOP_TOPIC_PREFIX"] not in ("", None)  # apart from the default stack's topics
     twin = services["twin"]["command"]
     port = twin[twin.index("--prometheus-port") + 1]
-    assert twin[twin.index("--prometheus-host") + 1] == "0.0.0.0"
+    assert twin[twin.index("--listen-host") + 1] == "0.0.0.0"
+    # the twin publishes no telemetry: twin-sources reads its SunSpec meters, the PCS and its page
+    assert "--no-telemetry" in twin
+    sources = services["twin-sources"]["command"]
+    assert sources[:2] == ["source", "--config"]
+    [sunspec, page] = load_sources(REPO_ROOT / sources[2])
+    meter_port = int(twin[twin.index("--sunspec-port") + 1])
+    assert {"name": "meter", "host": "twin", "port": meter_port} in sunspec.option("targets")
+    assert page.option("url") == f"http://twin:{twin[twin.index('--prometheus-port') + 1]}/metrics"
     meter = services["twin-pcs"]["command"]
     assert meter[meter.index("--meter-url") + 1] == f"http://twin:{port}/metrics"
     pcs_host, pcs_port = envs["twin"]["OPSLOOP_PCS_MODBUS"].split(":")
     assert pcs_host == "twin-pcs" and envs["twin-pcs"]["OPSLOOP_PCS_MODBUS"].endswith(f":{pcs_port}")
+    assert {"name": "pcs", "host": "twin-pcs", "port": int(pcs_port)} in sunspec.option("targets")
     worker = services["twin-worker"]["command"]
     agents = set(worker[worker.index("--agents") + 1].split(","))
-    assert {"rollup", "dedup", "correlate", "narrate", "peaks", "guard", "pcs-sink"} <= agents
+    assert {"rollup", "anomaly", "dedup", "correlate", "narrate", "peaks", "guard", "pcs-sink"} <= agents
     assert envs["twin-worker"]["OPSLOOP_PEAKS_CONTROL"] == "grid_limit"
     assert services["twin-topics"]["command"] == ["topics", "create"]
     for name in TWIN_SERVICES - {"twin-topics"}:

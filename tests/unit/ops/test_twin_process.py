@@ -90,6 +90,17 @@ def test_alarms_go_out_when_the_twin_reaches_their_time():
     assert [a["code"] for a in p.poll(120_000).alarms] == ["B"]
 
 
+def test_without_publishing_the_points_are_only_shown_and_the_alarms_still_go_out():
+    shown = []
+    twin = SiteTwin(SITE, [(0, 30_000.0), (48 * H, 30_000.0)])
+    p = TwinPoller(twin, 60.0, 0, alarms=[{"ts_ms": 30_000, "code": "A"}], meters=Meters("demo"),
+                   outputs=[shown.append], publish=False)
+    readings = p.poll(120_000)
+    assert readings.points == [] and p.points == 0 and p.samples == 3
+    assert [a["code"] for a in readings.alarms] == ["A"]
+    assert shown[-1].ts_ms == 120_000 and 'opsloop_twin_grid_kw{site="demo",device="grid-meter-1"}' in p.meters.text()
+
+
 def test_a_poll_far_behind_the_clock_skips_rather_than_floods():
     p = poller(max_samples=10)
     readings = p.poll(1000 * 60_000)
