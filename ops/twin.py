@@ -131,13 +131,16 @@ class TwinPoller:
 
     def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
                  alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000,
-                 outputs: list | None = None, setpoint=None, publish: bool = True):
+                 outputs: list | None = None, setpoint=None, publish: bool = True, slurm_every_s: float = 0.0):
         self.twin = twin
         self.publish = publish  # False: the points are only shown (meters, pages); live sources read them there
         self.setpoint = setpoint  # a callable: the plant's supply-air setpoint now (the BACnet device), or None
         self.sample_ms = int(sample_s * 1000)
         self.next_ms = start_ms
         self.pcs, self.slurm, self.kw_per_gpu = pcs, slurm, kw_per_gpu
+        # twin seconds between Slurm reads (0: every poll); a fast-polling twin would otherwise run scontrol
+        # tens of times a wall second for job states that change a few times a twin hour
+        self.slurm_every_ms, self.slurm_read_ms = int(slurm_every_s * 1000), None
         self.alarms = sorted(alarms or [], key=lambda a: a["ts_ms"])
         self.meters = meters
         self.outputs = outputs or []  # callables shown the latest SiteState each poll (the protocol servers)
@@ -154,7 +157,7 @@ class TwinPoller:
         self.history: list[tuple[int, float, float]] = []  # (ts_ms, grid_kw, ess_kw) of every sample
         self.min_soc_pct: float | None = None  # the lowest state of charge the PCS reported
 
-    def _read_devices(self) -> None:
+    def _read_devices(self, now_ms: int) -> None:
         from pymodbus.exceptions import ModbusException
 
         from opsloop.connectors.pcs import PcsError
@@ -175,7 +178,8 @@ class TwinPoller:
                     log.warning("twin: PCS not answering (%s); keeping %.0f kW until it does", exc, self.ess_kw)
                 self.pcs_silent = True
                 self.pcs.close()
-        if self.slurm is not None:
+        if self.slurm is not None and (self.slurm_read_ms is None or now_ms - self.slurm_read_ms >= self.slurm_every_ms):
+            self.slurm_read_ms = now_ms
             try:
                 self.stopped = stopped_kw(self.slurm.jobs(), self.kw_per_gpu, self.seen_running)
             except Exception as exc:  # noqa: BLE001 (any backend failure: the jobs keep their last state)
@@ -184,7 +188,7 @@ class TwinPoller:
     def poll(self, now_ms: int) -> Readings:
         if now_ms < self.next_ms:
             return Readings()
-        self._read_devices()
+        self._read_devices(now_ms)
         readings = Readings()
         last, state = now_ms, None
         if (now_ms - self.next_ms) // self.sample_ms >= self.max_samples:  # far behind: skip, never flood
@@ -279,7 +283,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
           sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None,
-          publish: bool = True) -> TwinRun:
+          publish: bool = True, slurm_every_s: float = 0.0) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -308,7 +312,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
         outputs.append(plant.show)
     poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
                         alarms, meters, outputs=outputs, setpoint=plant.setpoint_c if plant is not None else None,
-                        publish=publish)
+                        publish=publish, slurm_every_s=slurm_every_s)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)

@@ -44,6 +44,10 @@ WORKER_START_S = 20.0  # wall seconds the twin's clock waits for the worker to s
 SAMPLE_S = 60.0
 STEP_S = 900  # planning and demand step: the highest 15-minute import is billed, as in `opsloop eval peaks`
 START_SOC_PCT = 50.0  # the PCS simulator's state of charge when the twin starts
+# The twin shows about one sample per wall poll, and the sources poll as often: a reading is then at most about
+# two samples older than its poll's time stamp (a slower poll made each step's load lag by minutes of twin time)
+POLL_S = 0.04
+SLURM_EVERY_S = 120.0  # twin seconds between the twin's reads of job states
 TRUST_WALL_S = 1.0  # wall seconds of pipeline latency the guard's ESS-state age limit allows at any speed
 
 
@@ -112,7 +116,8 @@ def write_sources(settings: Settings, site, twin, work: Path, meter_port: int, p
     devices = page_devices(physics.points(physics.measure(twin.poller.next_ms, 0.0, {})))
     path = work / "sources.yaml"
     path.write_text(yaml.safe_dump(twin_sources(site, f"127.0.0.1:{meter_port}", f"127.0.0.1:{pcs_port}",
-                                                f"http://127.0.0.1:{page_port}/metrics", devices), sort_keys=False))
+                                                f"http://127.0.0.1:{page_port}/metrics", devices, interval_s=POLL_S),
+                                   sort_keys=False))
     return path
 
 
@@ -248,10 +253,10 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
         slurm_env = {"SLURM_CONF": cluster.env["SLURM_CONF"]} if cluster is not None else {}  # the Slurm sink's
         worker = start_worker(run, work / "worker.log", env=slurm_env)
         print(f"  worker   pid {worker.pid}: {AGENTS} (log {work / 'worker.log'})")
-        twin = twin_process.build(run, site, clock=clock, start_ms=start_ms, sample_s=SAMPLE_S, poll_s=0.1,
+        twin = twin_process.build(run, site, clock=clock, start_ms=start_ms, sample_s=SAMPLE_S, poll_s=POLL_S,
                                   prometheus_port=prometheus_port, slurm=backend, data=data, failures=failures,
                                   background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7,
-                                  sunspec_port=meter_port, publish=False)
+                                  sunspec_port=meter_port, publish=False, slurm_every_s=SLURM_EVERY_S)
         sources_file = write_sources(run, site, twin, work, meter_port, pcs_port, prometheus_port)
         stamped = StampedPoller(twin.poller)
         twin.run.kind = stamped
@@ -397,8 +402,10 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
     print(f"    offline: the planner on the same load with the same battery in the guard's "
           f"{f['soc_window'][0]:g}-{f['soc_window'][1]:g}% charge window, from the live {f['start_soc_pct']:.0f}% "
           f"at the first billed step")
-    print("  sources  " + "; ".join(f"{name} {h['points']:,} points in {h['polls']:,} polls ({h['failures']} failed, "
-                                     f"{h['dead_letters']} dead-lettered)" for name, h in f["sources"].items()))
+    print("  sources  (what read the site: the twin's own telemetry is none)")
+    for name, h in f["sources"].items():
+        print(f"    {name:<12}{h['points']:>10,} points in {h['polls']:,} polls, {h['failures']} failed, "
+              f"{h['dead_letters']} dead-lettered, {h['dropped']} dropped")
     s, v = f["statuses"], f["verdicts"]
     print(f"  actions  {f['proposed']} proposed, {v.get('approved', 0)} approved"
           + "".join(f", {n} {k}" for k, n in sorted(v.items()) if k != "approved")

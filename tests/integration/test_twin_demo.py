@@ -36,9 +36,9 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     assert figures["max_discharge_kw"] > 100
     # the site was read as a site is read: the twin published no point itself, the sources read its meters, its
     # page and the PCS, and every poll's points were taken
-    assert figures["twin_points"] == 0
-    assert set(figures["sources"]) == {"sunspec-pcs", "prom-twin"}
-    for name, health in figures["sources"].items():
+    assert figures["twin_points"] == 0 and figures["sources"]["twin-1"]["points"] == 0  # the twin's own health
+    for name in ("sunspec-pcs", "prom-twin"):
+        health = figures["sources"][name]
         assert health["points"] > 1000 and health["dead_letters"] == 0 and health["dropped"] == 0, (name, health)
 
     statuses, verdicts = figures["statuses"], figures["verdicts"]
