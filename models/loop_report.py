@@ -49,6 +49,7 @@ class Latency:
     name: str
     twin_s: tuple[float, ...]
     wall_s: tuple[float, ...]
+    unit: str = "actions"  # what each pair is measured on
 
     def line(self) -> str:
         if not self.twin_s:
@@ -56,7 +57,7 @@ class Latency:
         t50, t99 = percentile(list(self.twin_s), 0.5), percentile(list(self.twin_s), 0.99)
         w50, w99 = percentile(list(self.wall_s), 0.5), percentile(list(self.wall_s), 0.99)
         return (f"{self.name}: p50 {t50:,.0f} s / p99 {t99:,.0f} s twin time, "
-                f"p50 {w50:.2f} s / p99 {w99:.2f} s wall ({len(self.twin_s)} actions)")
+                f"p50 {w50:.2f} s / p99 {w99:.2f} s wall ({len(self.twin_s)} {self.unit})")
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,18 @@ def loop_latencies(samples: list[Sample], proposed: list[dict], executed: list[d
     ``proposed``: {action_id, created_ms, wall_s} (``created_ms`` is the end of the planning step it decides
     after); ``executed``: {action_id, ts_ms, wall_s, expires_ms}; ``twin_time``: wall s -> twin s (the clock).
 
-    - telemetry point -> proposed: from the last sample of the planning step to the proposal's publication;
+    - telemetry point -> proposed: from the last sample of the planning step, when it was due on the run's
+      clock, to the proposal's publication (the live sources stamp what they read with their poll's time, so
+      a twin that falls behind its clock shows a sample after a reading stamped later was taken: counted from
+      the twin's showing it, the hop could be negative; that lag is the fourth figure);
     - proposed -> executed: from that publication to the sink's ``executed`` result;
     - executed -> seen on the meter: to the first sample whose ESS power differs from the one before the
       write by more than ``ess_change_kw``, within the action's life (a write that changes nothing is not
-      counted here).
+      counted here);
+    - the twin's own lag, per sample: from when it was due on the clock to when the twin showed it.
     """
+    speed = twin_time(1.0) - twin_time(0.0)
+    due_wall = lambda ts_ms: (ts_ms / 1000 - twin_time(0.0)) / speed  # noqa: E731 (the clock, inverted)
     times = [s.ts_ms for s in samples]
     by_id = {p["action_id"]: p for p in proposed}
     point, run, meter = ([], []), ([], []), ([], [])
@@ -89,7 +96,7 @@ def loop_latencies(samples: list[Sample], proposed: list[dict], executed: list[d
         i = bisect.bisect_left(times, p["created_ms"]) - 1
         if i >= 0:
             point[0].append(twin_time(p["wall_s"]) - times[i] / 1000)
-            point[1].append(p["wall_s"] - samples[i].wall_s)
+            point[1].append(p["wall_s"] - due_wall(times[i]))
     for e in executed:
         p = by_id.get(e["action_id"])
         if p is not None:
@@ -106,5 +113,9 @@ def loop_latencies(samples: list[Sample], proposed: list[dict], executed: list[d
                 meter[0].append((s.ts_ms - e["ts_ms"]) / 1000)
                 meter[1].append(s.wall_s - e["wall_s"])
                 break
-    names = ("telemetry point -> action proposed", "proposed -> executed", "executed -> seen on the meter")
-    return [Latency(n, tuple(t), tuple(w)) for n, (t, w) in zip(names, (point, run, meter))]
+    lag = [s.wall_s - due_wall(s.ts_ms) for s in samples]
+    twin = ([w * speed for w in lag], lag)
+    names = ("telemetry point -> action proposed", "proposed -> executed", "executed -> seen on the meter",
+             "the twin: sample due -> shown on its meters")
+    return [Latency(n, tuple(t), tuple(w), u) for n, (t, w), u in zip(names, (point, run, meter, twin),
+                                                                      ("actions",) * 3 + ("samples",))]

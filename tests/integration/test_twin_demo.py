@@ -49,8 +49,8 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     settled = statuses.get("verified", 0) + statuses.get("reverted", 0) + statuses.get("failed", 0)
     assert settled >= 0.9 * statuses["executed"], statuses
 
-    point, run, meter = figures["latencies"]
-    for hop in (point, run, meter):
+    point, run, meter, twin = figures["latencies"]
+    for hop in (point, run, meter, twin):
         assert hop.twin_s and len(hop.twin_s) == len(hop.wall_s), hop.name
         assert all(w >= 0 for w in hop.wall_s) and all(t >= 0 for t in hop.twin_s), hop.name
     assert len(run.twin_s) <= statuses["executed"]
