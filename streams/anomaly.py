@@ -34,7 +34,6 @@ from typing import Callable
 from opsloop.models import records
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.models.names import SiteNames
-from opsloop.models.rollup import value_problem
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import DecodeError
@@ -94,17 +93,7 @@ class AnomalyProcessor(SeriesProcessor):
             self.dead_letter(msg, "decode", exc.reason)
             return
         value = point["value"]
-        problem = value_problem(point)  # the rollup's check: not finite, or beyond any real reading
-        if problem is not None:
-            self.dead_letter(msg, "invalid", problem)
-            return
-        unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
-        if unknown is not None:
-            self.dead_letter(msg, "unknown", unknown)
-            return
-        refused = self.bounds.check(point["ts_ms"], None, None, self.now_ms)  # it would date the alarms it raises
-        if refused is not None:
-            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
+        if self.refused(msg, point, self.names, self.bounds, self.now_ms):
             return
         key = f"{point['site']}|{point['device']}|{point['metric']}"
         series = self.learnt(partition, key, offset, lambda: Series(self.new_warning()))

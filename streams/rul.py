@@ -31,7 +31,6 @@ from typing import Callable
 from opsloop.config.settings import Settings
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.models.names import SiteNames
-from opsloop.models.rollup import value_problem
 from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, propose
 from opsloop.models.slurm_queue import LatestQueue
 from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Forecast, Rule, count_xid, forecast_record
@@ -129,17 +128,7 @@ class RulProcessor(SeriesProcessor):
                 # the load forecast of a node's maintenance window (a hint: not checkpointed, relearnt)
                 self.profiles.setdefault(node, HourlyProfile()).learn_one(point["ts_ms"], point["value"])
             return  # nothing wears out on this metric
-        problem = value_problem(point)
-        if problem is not None:
-            self.dead_letter(msg, "invalid", problem)
-            return
-        unknown = self.names.check(point["site"], point["device"]) if self.names is not None else None
-        if unknown is not None:
-            self.dead_letter(msg, "unknown", unknown)
-            return
-        refused = self.bounds.check(point["ts_ms"], None, None, self.now_ms)  # it would date the forecast
-        if refused is not None:
-            self.dead_letter(msg, "invalid", f"{point['metric']} of {point['device']}: {refused}")
+        if self.refused(msg, point, self.names, self.bounds, self.now_ms):
             return
         key = f"{point['site']}|{point['device']}|{metric}"
         series = self.learnt(partition, key, offset, lambda: Series(self.new_trend(rule)))
@@ -164,13 +153,7 @@ class RulProcessor(SeriesProcessor):
         code, rule = xid_code(alarm), self.rules.get("xid_count")
         if code is None or rule is None:
             return
-        unknown = self.names.check(alarm["site"], alarm["device"]) if self.names is not None else None
-        if unknown is not None:
-            self.dead_letter(msg, "unknown", unknown)
-            return
-        refused = self.bounds.check(alarm["ts_ms"], None, None, self.now_ms)  # it would date the forecast
-        if refused is not None:
-            self.dead_letter(msg, "invalid", f"{alarm['code']} of {alarm['device']}: {refused}")
+        if self.refused(msg, alarm, self.names, self.bounds, self.now_ms):
             return
         key = f"{alarm['site']}|{alarm['device']}|{rule.metric}"
         series = self.learnt((msg.topic(), msg.partition()), key, msg.offset(),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from opsloop.config.settings import Settings
 from opsloop.connectors.changelog import Changelog
+from opsloop.models.rollup import value_problem
 from opsloop.streams.processor import BatchProcessor, Partition
 
 
@@ -58,6 +59,24 @@ class SeriesProcessor(BatchProcessor):
         series.upto = offset + 1
         self.dirty.setdefault(partition, set()).add(key)
         return series
+
+    def refused(self, msg, record: dict, names, bounds, now_ms: int) -> bool:
+        """Dead-letter a TelemetryPoint or Alarm a model may not learn: a value not finite or beyond any real
+        reading (a point's), an unknown site or device, an event time out of bounds (it would date what the model
+        emits); True then."""
+        if "value" in record and (problem := value_problem(record)) is not None:  # the rollup's check
+            self.dead_letter(msg, "invalid", problem)
+            return True
+        unknown = names.check(record["site"], record["device"]) if names is not None else None
+        if unknown is not None:
+            self.dead_letter(msg, "unknown", unknown)
+            return True
+        refused = bounds.check(record["ts_ms"], None, None, now_ms)
+        if refused is not None:
+            what = record["metric"] if "metric" in record else record["code"]
+            self.dead_letter(msg, "invalid", f"{what} of {record['device']}: {refused}")
+            return True
+        return False
 
     # -- the loop's hooks -----------------------------------------------------------------
 

@@ -12,14 +12,17 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
+
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
-from opsloop.connectors.kafka import admin, apply_catalog
+from opsloop.connectors.kafka import admin, apply_catalog, consumer
 from opsloop.schemas.codec import Codec
 
 
@@ -169,3 +172,36 @@ def wait_for(condition, timeout_s: float, what: str, alive=None, step_s: float =
             return value
         assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
         time.sleep(step_s)
+
+
+def lag(settings, agent: str, topic: str) -> int:
+    """Messages of ``topic`` the agent's group has not committed yet."""
+    cons = consumer(settings, settings.group(agent))
+    try:
+        physical = settings.topic(topic)
+        parts = [TopicPartition(physical, p) for p in cons.list_topics(physical, timeout=10).topics[physical].partitions]
+        total = 0
+        for tp in cons.committed(parts, timeout=10):
+            low, high = cons.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        cons.close()
+
+
+def dying_after(target: tuple[str, str, str] | None) -> str:
+    """Python source that makes ``module.Class.method`` (``target``) SIGKILL its process right after it returns:
+    a crash between that step and the next (none for ``None``)."""
+    if target is None:
+        return ""
+    module, cls, method = target
+    return textwrap.dedent(f"""
+        import importlib, os, signal
+        owner = getattr(importlib.import_module({module!r}), {cls!r})
+        original = getattr(owner, {method!r})
+        def dying(*args, **kwargs):
+            out = original(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        setattr(owner, {method!r}, dying)
+    """)

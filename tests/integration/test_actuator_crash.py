@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from actuation import action, approved, free_port, publish, results
+from faults import dying_after
 from opsloop.connectors.haproxy import HaproxyRuntime
 from opsloop.connectors.slurm import ScontrolBackend
 from opsloop.ops.llm_balancer import BACKEND, LocalBalancer
@@ -31,20 +32,7 @@ KILL_AFTER = {
 
 
 def worker(settings: Settings, agent: str, env: dict, kill_after: str | None) -> subprocess.CompletedProcess:
-    patch = ""
-    if kill_after:
-        module, cls, method = KILL_AFTER[kill_after]
-        patch = f"""
-            import importlib, os, signal
-            owner = getattr(importlib.import_module({module!r}), {cls!r})
-            original = getattr(owner, {method!r})
-            def dying(*args, **kwargs):
-                out = original(*args, **kwargs)
-                os.kill(os.getpid(), signal.SIGKILL)
-                return out
-            setattr(owner, {method!r}, dying)
-        """
-    code = textwrap.dedent(patch) + textwrap.dedent(f"""
+    code = dying_after(KILL_AFTER[kill_after] if kill_after else None) + textwrap.dedent(f"""
         import sys
         from opsloop.ops.cli import main
         sys.exit(main(["worker", "--agents", {agent!r}, "--exit-when-idle"]))

@@ -6,8 +6,8 @@ import random
 import threading
 
 import pytest
+from telemetry import publish_points  # the integration tier's helpers
 
-from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.schemas.codec import Codec
 from opsloop.streams.anomaly import AnomalyProcessor
 
@@ -22,13 +22,7 @@ def point(i: int, value: float, device: str = "pdu-a1") -> dict:
 
 
 def publish(settings, points, raw: list[bytes] = ()) -> None:
-    prod = producer(settings)
-    topic = settings.topic("telemetry.raw")
-    for p in points:
-        send(prod, topic, p["device"].encode(), CODEC.encode("TelemetryPoint", p))
-    for r in raw:
-        send(prod, topic, b"pdu-a1", r)
-    wait_delivered(prod)
+    publish_points(settings, points, raw, b"pdu-a1")
 
 
 def run_until_idle(settings) -> dict:

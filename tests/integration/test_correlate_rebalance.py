@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.site import load_site
-from opsloop.connectors.kafka import consumer, producer, send, wait_delivered
+from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.models.correlate import CorrelateConfig, SiteCorrelator
 from opsloop.models.dedup import DedupConfig, fold
 from opsloop.models.noise import NoiseScorer
@@ -23,7 +22,7 @@ from opsloop.models.topology import Topology
 from opsloop.ops.evals.storm import generate_storm
 from opsloop.schemas.codec import Codec
 
-from faults import start_worker, wait_for
+from faults import lag, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -65,21 +64,6 @@ def offline(site: str, topology: Topology, cleans: list[dict]) -> dict[str, tupl
         correlator.expire()
         records += correlator.flush()
     return live_incidents(records)
-
-
-def lag(settings, agent: str, topic: str) -> int:
-    """Messages of ``topic`` the agent's group has not committed yet."""
-    cons = consumer(settings, settings.group(agent))
-    try:
-        physical = settings.topic(topic)
-        parts = [TopicPartition(physical, p) for p in cons.list_topics(physical, timeout=10).topics[physical].partitions]
-        total = 0
-        for tp in cons.committed(parts, timeout=10):
-            low, high = cons.get_watermark_offsets(tp, timeout=10)
-            total += high - (tp.offset if tp.offset >= 0 else low)
-        return total
-    finally:
-        cons.close()
 
 
 def test_a_correlate_worker_killed_and_one_added_lose_no_incident_and_open_none_twice(kafka_settings, read_topic,

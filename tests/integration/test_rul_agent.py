@@ -9,6 +9,7 @@ import time
 import pytest
 
 from actuation import Running  # the integration tier's helpers
+from telemetry import publish_points
 
 from opsloop.connectors.duckdb import open_db
 from opsloop.connectors.kafka import producer, send, wait_delivered
@@ -52,13 +53,7 @@ def utilisation(hour: int) -> dict:
 
 
 def publish(settings, points, raw: list[bytes] = ()) -> None:
-    prod = producer(settings)
-    topic = settings.topic("telemetry.raw")
-    for p in points:
-        send(prod, topic, p["device"].encode(), CODEC.encode("TelemetryPoint", p))
-    for r in raw:
-        send(prod, topic, b"ess-1", r)
-    wait_delivered(prod)
+    publish_points(settings, points, raw, b"ess-1")
 
 
 def run_until_idle(settings) -> dict:

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from actuation import Running, action, approved, publish, watch
+from faults import dying_after
 from opsloop.config.policy import load_policy
 from opsloop.config.site import load_site
 from opsloop.connectors.slurm import ScontrolBackend
@@ -175,20 +176,7 @@ def worker(settings, env: dict, kill_after: str | None):
     import sys
     import textwrap
 
-    patch = ""
-    if kill_after:
-        module, cls, method = KILL_AFTER[kill_after]
-        patch = f"""
-            import importlib, os, signal
-            owner = getattr(importlib.import_module({module!r}), {cls!r})
-            original = getattr(owner, {method!r})
-            def dying(*args, **kwargs):
-                out = original(*args, **kwargs)
-                os.kill(os.getpid(), signal.SIGKILL)
-                return out
-            setattr(owner, {method!r}, dying)
-        """
-    code = textwrap.dedent(patch) + textwrap.dedent("""
+    code = dying_after(KILL_AFTER[kill_after] if kill_after else None) + textwrap.dedent("""
         import sys
         from opsloop.ops.cli import main
         sys.exit(main(["worker", "--agents", "slurm-sink", "--exit-when-idle"]))

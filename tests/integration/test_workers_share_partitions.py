@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from opsloop.config.catalog import cached_catalog
 from opsloop.config.site import load_site
 from opsloop.connectors.changelog import Changelog
-from opsloop.connectors.kafka import consumer, producer, send_record, wait_delivered
+from opsloop.connectors.kafka import producer, send_record, wait_delivered
 from opsloop.connectors.replay import replay, replay_spec
 from opsloop.models.dedup import DedupConfig, fold
 from opsloop.models.noise import NoiseScorer
@@ -26,28 +25,13 @@ from opsloop.ops.cli import BUNDLED_DATA
 from opsloop.ops.evals.storm import generate_storm
 from opsloop.schemas.codec import Codec
 
-from faults import start_worker, wait_for
+from faults import lag, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 COLO = Path(__file__).resolve().parents[1] / "data" / "topology_colo.yaml"
 DAYS = 14  # 672 half-hours, 11,424 points
 STREAM_S = 20.0  # wall time the sources take
-
-
-def lag(settings, agent: str, topic: str) -> int:
-    """Messages of ``topic`` the agent's group has not committed yet."""
-    cons = consumer(settings, settings.group(agent))
-    try:
-        physical = settings.topic(topic)
-        parts = [TopicPartition(physical, p) for p in cons.list_topics(physical, timeout=10).topics[physical].partitions]
-        total = 0
-        for tp in cons.committed(parts, timeout=10):
-            low, high = cons.get_watermark_offsets(tp, timeout=10)
-            total += high - (tp.offset if tp.offset >= 0 else low)
-        return total
-    finally:
-        cons.close()
 
 
 def learnt_per_series(settings, partitions: int) -> dict[str, int]:
