@@ -53,7 +53,8 @@ class Access:
 PRINCIPALS: dict[str, Access] = {
     "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", "slurm.queue", DEADLETTER)),
     "rollup": Access(reads=("telemetry.raw",), writes=("telemetry.site", DEADLETTER, HEALTH), groups=("rollup",)),
-    "anomaly": Access(reads=("telemetry.raw",), writes=("alarms.raw", DEADLETTER, HEALTH), groups=("anomaly",),
+    "anomaly": Access(reads=("telemetry.raw", "actions.approved"), writes=("alarms.raw", DEADLETTER, HEALTH),
+                      groups=("anomaly",),
                       private=("anomaly",)),
     "dedup": Access(reads=("alarms.raw", "operator.feedback"), writes=("alarms.clean", DEADLETTER, HEALTH),
                     groups=("dedup",), private=("dedup",), fixed_groups=("labels",)),

@@ -178,12 +178,17 @@ def feedback_authentic(record: Mapping, keys: Keyring) -> str | None:
     return keys.verify(FEEDBACK_DOMAIN, canonical(record), record.get("key_id"), record.get("signature"))
 
 
+def verdict_authentic(record: Mapping, keys: Keyring) -> str | None:
+    """None when ``record`` (an ApprovedAction) carries a valid guard signature; else why not (a reason code)."""
+    return keys.verify(VERDICT_DOMAIN, canonical(record), record.get("key_id"), record.get("signature"))
+
+
 def verdict_problems(record: Mapping, keys: Keyring, policy_label: str, now_ms: int) -> list[Reason]:
     """Why a sink must not execute ``record`` (an ApprovedAction); empty when it may.
 
     The signature is checked first: the other checks read fields only a verified record vouches for.
     """
-    why = keys.verify(VERDICT_DOMAIN, canonical(record), record.get("key_id"), record.get("signature"))
+    why = verdict_authentic(record, keys)
     if why == UNSIGNED:
         return [Reason(UNSIGNED, "the verdict carries no signature: not written by the guard")]
     if why == UNKNOWN_KEY:

@@ -3,6 +3,12 @@
 One ``models.anomaly.EarlyWarning`` per (site, device, metric) scores each point and
 learns it; a raise or clear becomes an Alarm from source ``opsloop.anomaly``.
 
+The guard's approved battery actions (``actions.approved``, read as a hint: signature checked with the verdict
+keys, not checkpointed: on assignment the last ``HINT_LOOKBACK_S`` of them are read again) tell which changes
+the loop made itself (models/action_effects.py): a raise on the ESS or a grid meter while such an action is in
+force is not sent (counted as ``explained``), nor is the clear that ends it. The series still learns the point.
+Without a verdict key no hint is trusted.
+
 Why a batch processor and not a Faust agent: telemetry.raw is the highest-volume
 topic, and Faust's per-event delivery costs ~80 µs here (see
 ../shared/notes/faust-performance.md); the detector itself costs a few µs per
@@ -32,6 +38,8 @@ import time
 from typing import Callable
 
 from opsloop.models import records
+from opsloop.models.action_effects import ActionsInForce
+from opsloop.models.signing import Keyring, verdict_authentic
 from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.models.names import SiteNames
 from opsloop.models.event_time import EventTimeBounds
@@ -40,14 +48,17 @@ from opsloop.schemas.codec import DecodeError
 from opsloop.streams.series import SeriesProcessor
 
 SOURCE = "opsloop.anomaly"
+HINT_LOOKBACK_S = 6 * 3600.0  # wall seconds of approvals read again on assignment: longer than any action lives
 
 
 class Series:
-    """A detector and the offset after the last point it learnt (what a checkpoint holds)."""
+    """A detector and the offset after the last point it learnt (what a checkpoint holds); ``muted``: its open
+    raise was explained by an action, so its clear is not sent either."""
 
     def __init__(self, warning: EarlyWarning, upto: int = -1):
         self.warning = warning
         self.upto = upto
+        self.muted = False
 
 
 def alarm(point: dict, t: Transition) -> dict:
@@ -63,6 +74,8 @@ def alarm(point: dict, t: Transition) -> dict:
 class AnomalyProcessor(SeriesProcessor):
     transactional = True  # its effects are Kafka records only: exactly-once is an option
     name = "anomaly"
+    sources = ("telemetry.raw", "actions.approved")
+    stateless = ("actions.approved",)
 
     def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
                  names: SiteNames | None = None, wall_clock: Callable[[], float] = time.time, **kwargs):
@@ -72,8 +85,12 @@ class AnomalyProcessor(SeriesProcessor):
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock  # processing time that bounds event times (the run's one clock)
         self.now_ms = int(self.wall_clock() * 1000)
-        self.stats = {"points": 0, "alarms": 0, "dead_letters": 0, "replayed_skipped": 0, "checkpoints": 0}
+        self.stats = {"points": 0, "alarms": 0, "explained": 0, "dead_letters": 0, "replayed_skipped": 0,
+                      "checkpoints": 0, "hints_refused": 0}
         self.configuration = new_warning().configuration()
+        self.approved_topic = settings.topic("actions.approved")
+        self.verdict_keys = Keyring.parse(settings.verdict_key, "OPSLOOP_VERDICT_KEY")
+        self.effects = ActionsInForce()
 
     def current(self, key: str, series: Series) -> bool:
         # A detector checkpointed under another configuration (an upgrade) starts afresh: every series runs the
@@ -85,7 +102,24 @@ class AnomalyProcessor(SeriesProcessor):
     def before_batch(self) -> None:
         self.now_ms = int(self.wall_clock() * 1000)
 
+    def on_assign(self, cons, partitions) -> None:
+        """Approvals are hints, not state: read those of the last ``HINT_LOOKBACK_S`` again (Kafka's own time)."""
+        from confluent_kafka import TopicPartition
+
+        hints = [tp for tp in partitions if tp.topic == self.approved_topic]
+        if hints:
+            since = int((time.time() - HINT_LOOKBACK_S) * 1000)
+            found = cons.offsets_for_times([TopicPartition(tp.topic, tp.partition, since) for tp in hints], 10)
+            starts = {(f.topic, f.partition): f.offset for f in found if f.offset >= 0}
+            for tp in hints:
+                tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
+            cons.assign(partitions)
+        super().on_assign(cons, partitions)
+
     def handle(self, msg) -> None:
+        if msg.topic() == self.approved_topic:
+            self.on_approved(msg)
+            return
         partition, offset = msg.partition(), msg.offset()
         try:
             point = self.codec.decode_as("TelemetryPoint", msg.value())
@@ -101,6 +135,27 @@ class AnomalyProcessor(SeriesProcessor):
             return  # learnt before the restart
         t = series.warning.update(value, point["ts_ms"])
         self.stats["points"] += 1
-        if t is not None:
+        if t is None:
+            return
+        if t.state == "raise" and self.effects.explains(point["site"], point["device"], point["device_type"],
+                                                        t.ts_ms) is not None:
+            series.muted = True
+        elif t.state == "clear" and getattr(series, "muted", False):  # a series checkpointed before muting: False
+            series.muted = False
+        else:
             self.emit("alarms.raw", alarm(point, t))
             self.stats["alarms"] += 1
+            return
+        self.stats["explained"] += 1
+
+    def on_approved(self, msg) -> None:
+        """A guard verdict as a hint of what the loop itself changes; an unsigned or forged one is ignored."""
+        try:
+            approved = self.codec.decode_as("ApprovedAction", msg.value())
+        except DecodeError:
+            self.stats["hints_refused"] += 1  # the guard's sinks dead-letter it; a hint reader only skips it
+            return
+        if not self.verdict_keys or verdict_authentic(approved, self.verdict_keys) is not None:
+            self.stats["hints_refused"] += 1
+            return
+        self.effects.learn_one(approved)

@@ -90,3 +90,31 @@ def test_a_detector_checkpointed_under_another_configuration_restarts_with_the_c
                 if (t := ew.update(v, point(i, v)["ts_ms"]))]
     assert expected[0] == (point(750, 0)["ts_ms"], "raise")
     assert [(a["ts_ms"], a["state"]) for a in alarms(kafka_settings, read_topic)] == expected
+
+
+def test_a_change_an_approved_battery_action_explains_raises_nothing_and_a_forged_approval_explains_nothing(
+        kafka_settings, read_topic):
+    from actuation import action, approved, publish as publish_records
+
+    rng = random.Random(11)
+    values = [500 + rng.gauss(0, 5) for _ in range(600)]
+    for i in range(500, 540):
+        values[i] = -2500.0  # the battery discharges as the guard let it
+    ess = [{**point(i, v, "ess-1"), "device_type": "ess", "metric": "ess_kw"} for i, v in enumerate(values)]
+    held = action("a-1", "pcs_discharge", target="ess-1", life_s=600)
+    held.update(created_ms=ess[499]["ts_ms"], expires_ms=ess[540]["ts_ms"])
+    forged = approved({**held, "action_id": "a-2", "target": "grid-meter-1"}, key=None)  # unsigned: not the guard's
+    publish_records(kafka_settings, "actions.approved", "ApprovedAction", [approved(held), forged])
+    run_until_idle(kafka_settings)  # the hints are committed here: the next run must read them again
+    publish(kafka_settings, ess + [{**p, "device": "grid-meter-1", "device_type": "grid_meter", "metric": "grid_kw",
+                                    "value": 30_000 - p["value"]} for p in ess[:450]])
+
+    stats = run_until_idle(kafka_settings)
+    assert stats["explained"] >= 2 and stats["hints_refused"] == 1  # the raise and its clear, on ess-1
+    assert alarms(kafka_settings, read_topic) == []
+
+    # the same change with no action in force is raised
+    other = [{**p, "device": "ess-2", "ts_ms": p["ts_ms"] + 3_600_000 * 24} for p in ess]
+    publish(kafka_settings, other)
+    run_until_idle(kafka_settings)
+    assert [a["state"] for a in alarms(kafka_settings, read_topic)][:1] == ["raise"]

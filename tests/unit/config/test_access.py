@@ -15,11 +15,12 @@ def _who(grants, operation: str, topic: str) -> set[str]:
     return {g.principal for g in grants if g.resource == "topic" and g.name == topic and g.operation == operation}
 
 
-def test_only_the_guard_approves_only_the_sinks_and_views_read_approvals_only_the_noc_gives_feedback():
+def test_only_the_guard_approves_only_the_sinks_views_and_anomaly_read_approvals_only_the_noc_gives_feedback():
     grants = plan(Settings(topic_prefix="p."))
     assert _who(grants, "WRITE", "p.actions.approved") == {"guard"}
+    # anomaly reads them as a hint (the changes the loop makes itself), never to act
     assert _who(grants, "READ", "p.actions.approved") == {"pcs-sink", "slurm-sink", "llm-sink", "cooling-sink",
-                                                          "gpu-sink", "views", "noc"}
+                                                          "gpu-sink", "views", "noc", "anomaly"}
     assert _who(grants, "WRITE", "p.operator.feedback") == {"noc"}
 
 
