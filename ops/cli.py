@@ -138,8 +138,11 @@ def cmd_slurm(settings: Settings, args) -> int:
 
 
 def cmd_llm_balancer(settings: Settings, args) -> int:
-    from opsloop.ops.llm_balancer import serve_forever
+    from opsloop.ops.llm_balancer import compose_config_text, serve_forever
 
+    if args.compose_config:
+        print(compose_config_text(), end="")
+        return 0
     return serve_forever(settings.data_dir / "haproxy", args.port, args.metrics_port, args.server or [])
 
 
@@ -334,6 +337,8 @@ def parser() -> argparse.ArgumentParser:
                     help="a server of backend llm (repeat; the first takes every request at first)")
     lb.add_argument("--port", type=int, default=8000, help="the API frontend's port")
     lb.add_argument("--metrics-port", type=int, default=8405, help="the Prometheus exporter's port")
+    lb.add_argument("--compose-config", action="store_true",
+                    help="print docker-compose's balancer configuration (ops/llm/haproxy.cfg) and exit")
     lb.set_defaults(func=cmd_llm_balancer)
     topics = sub.add_parser("topics", help="apply or list the topic catalog (config/topics.yaml)")
     topics.add_argument("action", choices=["create", "list"])

@@ -6,7 +6,8 @@ the foreground (``-db``): one frontend for the OpenAI-compatible API, one backen
 none), the runtime API on a UNIX socket at ``level admin``, and HAProxy's
 Prometheus exporter on a stats frontend (``/metrics``); one log line per request (HAProxy's
 timers: queue, connect, response head, total) in ``haproxy.log``. Production runs the same
-shape in front of vLLM (README, "LLM-serving lever").
+shape in front of vLLM (README, "LLM-serving lever"): ``compose_config_text`` is the
+configuration of docker-compose's ``llm-balancer`` (``ops/llm/haproxy.cfg``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import urllib.request
 from pathlib import Path
 
 BACKEND = "llm"
+FULL_WEIGHT = 100  # the first server's weight: every request, until a shift moves part of it
 
 CONFIG = """\
 global
     log stdout format raw local0
-    stats socket {socket} mode 600 level admin
+    stats socket {socket} level admin
     maxconn 2000
-
+{resolvers}
 defaults
     mode http
     log global
@@ -36,26 +38,69 @@ defaults
     timeout queue 300s
 
 frontend llm_api
-    bind 127.0.0.1:{port}
+    bind {host}:{port}
     default_backend {backend}
 
 backend {backend}
     balance roundrobin
-{servers}
+{health}{servers}
 
 frontend stats
-    bind 127.0.0.1:{metrics_port}
+    bind {host}:{metrics_port}
     no log
     http-request use-service prometheus-exporter if {{ path /metrics }}
 """
 
+RESOLVERS = """
+# server names are looked up here, again while running (a restarted container comes back with a new address)
+resolvers dns
+    nameserver dns1 {nameserver}
+    hold valid 10s
+"""
 
-def config_text(servers: dict[str, tuple[str, int, int]], port: int, metrics_port: int, socket_path: Path,
-                maxconn: int = 64) -> str:
-    """HAProxy's configuration; ``servers``: name → (host, port, initial weight)."""
-    lines = "\n".join(f"    server {name} {host}:{srv_port} weight {weight} maxconn {maxconn}"
-                      for name, (host, srv_port, weight) in servers.items())
-    return CONFIG.format(socket=socket_path, port=port, metrics_port=metrics_port, backend=BACKEND, servers=lines)
+#: docker-compose's balancer (profile gpu): the two vLLM services, the runtime API on a TCP port of the compose
+#: network (never published: it takes weight changes from anyone who reaches it), Docker's embedded DNS.
+COMPOSE_FILE = Path(__file__).resolve().parent / "llm" / "haproxy.cfg"
+COMPOSE_SERVERS = {"large": ("vllm", 8000, FULL_WEIGHT), "small": ("vllm-small", 8000, 0)}
+COMPOSE_PORT, COMPOSE_METRICS_PORT, COMPOSE_RUNTIME_PORT = 8000, 8405, 9999
+DOCKER_DNS = "127.0.0.11:53"
+COMPOSE_HEADER = """\
+# docker-compose's LLM balancer (service llm-balancer, profile gpu): HAProxy in front of the two vLLM services.
+# Written by ops/llm_balancer.py (`opsloop llm-balancer --compose-config > ops/llm/haproxy.cfg`);
+# tests/unit/ops/test_llm_balancer.py keeps it so. The runtime API (stats socket, level admin, no password)
+# listens on the compose network only and is published nowhere: the llm-sink service steers it.
+"""
+
+
+def config_text(servers: dict[str, tuple[str, int, int]], port: int, metrics_port: int, socket: Path | str,
+                maxconn: int = 64, host: str = "127.0.0.1", nameserver: str | None = None,
+                health_path: str | None = None) -> str:
+    """HAProxy's configuration; ``servers``: name → (host, port, initial weight).
+
+    ``socket``: the runtime API, a UNIX path (owner only) or ``host:port``; ``host``: where the API and the
+    exporter listen. With ``nameserver`` (``ip:port``), server names are resolved there at run time and a name
+    that does not resolve yet leaves its server down instead of failing the start; with ``health_path``,
+    a server is sent requests only while that path answers 2xx/3xx.
+    """
+    socket = str(socket)
+    lines = "\n".join(f"    server {name} {srv_host}:{srv_port} weight {weight} maxconn {maxconn}"
+                      for name, (srv_host, srv_port, weight) in servers.items())
+    health = ""
+    if health_path:
+        health += f"    option httpchk GET {health_path}\n"
+    if nameserver or health_path:
+        health += "    default-server" + (" init-addr libc,none resolvers dns" if nameserver else "") + (
+            " check inter 5s" if health_path else "") + "\n"
+    return CONFIG.format(socket=f"{socket} mode 600" if socket.startswith("/") else socket, host=host, port=port,
+                         metrics_port=metrics_port, backend=BACKEND, servers=lines, health=health,
+                         resolvers=RESOLVERS.format(nameserver=nameserver) if nameserver else "")
+
+
+def compose_config_text() -> str:
+    """The committed ``ops/llm/haproxy.cfg``: listens on every interface of the container."""
+    return COMPOSE_HEADER + config_text(COMPOSE_SERVERS, COMPOSE_PORT, COMPOSE_METRICS_PORT,
+                                        f"0.0.0.0:{COMPOSE_RUNTIME_PORT}", host="0.0.0.0", nameserver=DOCKER_DNS,
+                                        health_path="/health")
 
 
 class LocalBalancer:
@@ -145,7 +190,7 @@ def serve_forever(workdir: Path, port: int, metrics_port: int, servers: list[str
             llm.start()
         servers = [f"{name}=127.0.0.1:{llm.port}" for name, llm in zip(("large", "small"), local)]
     parsed = [parse_server(s) for s in servers]
-    balancer = LocalBalancer(workdir, {name: (host, srv_port, 100 if i == 0 else 0)
+    balancer = LocalBalancer(workdir, {name: (host, srv_port, FULL_WEIGHT if i == 0 else 0)
                                        for i, (name, host, srv_port) in enumerate(parsed)}, port, metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,7 +21,8 @@ from opsloop.config.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
-GPU_SERVICES = {"vllm", "narrate"}
+GPU_SERVICES = {"vllm", "vllm-small", "llm-balancer", "narrate", "llm-sink"}  # LLM serving and its lever
+VLLM_SERVICES = {"vllm": "large", "vllm-small": "small"}  # each vLLM service and its server in the balancer
 SOURCE_SERVICES = {"sources"}  # live sources: started with --profile sources, once their config names the site's systems
 TWIN_SERVICES = {"twin-topics", "twin", "twin-pcs", "twin-sources", "twin-worker", "twin-noc"}  # the closed loop on the site twin
 
@@ -90,7 +91,7 @@ def test_broken_compose_is_rejected(compose, validator, breakage):
 @pytest.mark.unit
 def test_expected_services_exist(compose):
     assert CORE_SERVICES | GPU_SERVICES <= set(compose["services"])
-    assert {"topics", "rollup", "views", "narrate"} <= set(_opsloop_services(compose))
+    assert {"topics", "rollup", "views", "narrate", "llm-sink"} <= set(_opsloop_services(compose))
 
 
 @pytest.mark.unit
@@ -105,8 +106,9 @@ def test_gpu_services_only_in_gpu_profile(compose):
     # Everything else must start with a plain `docker compose up`.
     for name in set(services) - GPU_SERVICES - SOURCE_SERVICES - TWIN_SERVICES:
         assert not services[name].get("profiles"), name
-    devices = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    for name in VLLM_SERVICES:
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), name
 
 
 @pytest.mark.unit
@@ -176,10 +178,92 @@ def test_startup_ordering(compose):
     assert "healthcheck" in services["kafka"]
     assert services["topics"]["command"] == ["topics", "create"]
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in ("rollup", "views", "narrate"):
+    for name in ("rollup", "views", "narrate", "llm-sink"):
         assert services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert services[name]["restart"] == "unless-stopped"
-    assert _env(services["narrate"])["OPSLOOP_LLM_URL"] == "http://vllm:8000/v1"
+    assert services["vllm-small"]["depends_on"]["vllm"]["condition"] == "service_healthy"  # one GPU, in turn
+
+
+def _balancer_config(compose: dict) -> tuple[Path, dict[str, list[list[str]]]]:
+    """The committed HAProxy file llm-balancer mounts read-only, as section ("backend llm") → its lines' words."""
+    mounts = [v.split(":") for v in compose["services"]["llm-balancer"]["volumes"]]
+    source = next(REPO_ROOT / host for host, inside, *mode in mounts
+                  if inside == "/usr/local/etc/haproxy/haproxy.cfg" and mode == ["ro"])
+    sections: dict[str, list[list[str]]] = {}
+    for line in source.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if line[0].isspace():
+            sections[current].append(words)
+        else:
+            current = " ".join(words)
+            sections[current] = []
+    return source, sections
+
+
+def _vllm_command_value(service: dict, flag: str) -> str:
+    command = service["command"]
+    return command[command.index(flag) + 1]
+
+
+def _served_names(service: dict) -> set[str]:
+    command = service["command"]
+    start = command.index("--served-model-name") + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("--")), len(command))
+    return set(command[start:end])
+
+
+@pytest.mark.unit
+def test_the_llm_balancer_runs_the_committed_config_over_the_two_vllm_servers(compose):
+    from opsloop.ops.llm_balancer import BACKEND, COMPOSE_FILE, FULL_WEIGHT
+
+    services = compose["services"]
+    balancer = services["llm-balancer"]
+    image, _, tag = balancer["image"].partition(":")
+    assert image == "haproxy" and tag.startswith("2.") and tag.count(".") == 2  # official, a pinned 2.x release
+    source, sections = _balancer_config(compose)
+    assert source == COMPOSE_FILE  # the file tests/unit/ops/test_llm_balancer.py keeps equal to the builder
+    servers = {words[1]: words[2] for words in sections[f"backend {BACKEND}"] if words[0] == "server"}
+    assert servers == {server: f"{name}:{_vllm_command_value(services[name], '--port')}"
+                       for name, server in VLLM_SERVICES.items()}
+    weights = {words[1]: words[words.index("weight") + 1] for words in sections[f"backend {BACKEND}"]
+               if words[0] == "server"}
+    assert weights == {"large": str(FULL_WEIGHT), "small": "0"}
+    for name in VLLM_SERVICES:
+        assert services[name]["image"] == services["vllm"]["image"] and "ports" not in services[name], name
+    # Every client goes through the balancer: only its API frontend is published, not its exporter or runtime API.
+    api_port = next(w[1] for w in sections["frontend llm_api"] if w[0] == "bind").rpartition(":")[2]
+    assert [p.rpartition(":")[2] for p in balancer["ports"]] == [api_port]
+
+
+@pytest.mark.unit
+def test_the_llm_sink_steers_the_balancer_and_reads_its_exporter_and_both_vllm_servers(compose):
+    services = compose["services"]
+    _, sections = _balancer_config(compose)
+    socket = next(w for w in sections["global"] if w[:2] == ["stats", "socket"])
+    assert socket[-2:] == ["level", "admin"]
+    runtime_port = socket[2].rpartition(":")[2]
+    metrics_port = next(w[1] for w in sections["frontend stats"] if w[0] == "bind").rpartition(":")[2]
+    env = _env(services["llm-sink"])
+    assert services["llm-sink"]["command"] == ["worker", "--agents", "llm-sink"]
+    assert env["OPSLOOP_HAPROXY_SOCKET"] == f"llm-balancer:{runtime_port}"
+    assert env["OPSLOOP_HAPROXY_METRICS_URL"] == f"http://llm-balancer:{metrics_port}/metrics"
+    assert env["OPSLOOP_VLLM_METRICS_URLS"].split(",") == [
+        f"http://{name}:{_vllm_command_value(services[name], '--port')}/metrics" for name in VLLM_SERVICES]
+    assert "OPSLOOP_VERDICT_KEY" in env  # a sink executes only verdicts the guard signed
+
+
+@pytest.mark.unit
+def test_narrate_calls_the_balancer_for_a_model_name_both_vllm_servers_serve(compose):
+    services = compose["services"]
+    _, sections = _balancer_config(compose)
+    api_port = next(w[1] for w in sections["frontend llm_api"] if w[0] == "bind").rpartition(":")[2]
+    env = _env(services["narrate"])
+    assert env["OPSLOOP_LLM_URL"] == f"http://llm-balancer:{api_port}/v1"
+    for name in VLLM_SERVICES:  # a shift sends the same request to either server
+        assert env["OPSLOOP_LLM_MODEL"] in _served_names(services[name]), name
+        assert services[name]["command"][0] in _served_names(services[name]), name  # its own id still answers
 
 
 @pytest.mark.unit
@@ -244,5 +328,8 @@ def test_secure_override_runs_every_opsloop_service_as_its_own_principal_with_se
             assert command[2].split(",") == [user], name
         users.setdefault(user, []).append(name)
     assert users["noc"] == ["views"] and sorted(users["admin"]) == ["acls", "topics"]
+    assert users["llm-sink"] == ["llm-sink"]
+    acls = set(secure["services"]["acls"]["secrets"])  # it creates the SCRAM user of every principal in use
+    assert {f"kafka-{user}" for user in users} <= acls <= declared
     assert sorted(users["source"]) == ["pcs-sim", "sources"]  # "source" is every producer of raw data
     assert all(len(services) == 1 for user, services in users.items() if user not in (ADMIN, "source")), users
