@@ -17,7 +17,13 @@ not by a setting.
 Before two periods have closed (a site's first weeks, a short record), ``skill_days`` > 0 lets the
 days already seen speak: once that many days have closed, each day starts with the mode whose
 shadow cut the day's peak more, summed over those days (the plan on a tie). Periods then
-mix both modes; which decided how many steps is reported per period.
+mix both modes; which decided how many steps is reported per period. Until anything is measured
+the ``start_mode`` decides: the plan by default; ``reactive`` makes the plan show its skill first.
+
+Skill is measured after the fact; the reactive floor (``LoopConfig.reactive_floor``, on by default)
+guards by design within a period: the plan's target never stays above both the rule's ``T`` and
+the period's billed peak (``models.peak_planner.plan``), so the plan never gives less than the
+rule once the load passes the billed peak, as its energy allows.
 
 Pure and deterministic: event time and measured loads only.
 """
