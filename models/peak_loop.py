@@ -76,7 +76,8 @@ class LoopConfig:
     skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
     # The plan never discharges less than the reactive rule would once the load passes the billed peak
     # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design, not by measured skill. On, as
-    # leave-one-curve-out over the peaks suite chose (off, on, on with a reactive start) on every curve.
+    # leave-one-curve-out over the peaks suite chose on every curve; it costs BDEW h0 and g6 much of their
+    # share of the oracle (energy the plan kept for the evening peak is spent earlier; see README).
     reactive_floor: bool = True
     # The mode before any skill is measured (models.peak_modes). reactive (with skill_days) saved the two
     # ec2 series a first-day loss but cost every other curve its first days (Taylor 91.0% -> 85.5% monthly).
