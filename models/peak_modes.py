@@ -17,7 +17,13 @@ not by a setting.
 Before two periods have closed (a site's first weeks, a short record), ``skill_days`` > 0 lets the
 days already seen speak: once that many days have closed, each day starts with the mode whose
 shadow cut the day's peak more, summed over those days (the plan on a tie). Periods then
-mix both modes; which decided how many steps is reported per period.
+mix both modes; which decided how many steps is reported per period. Until anything is measured
+the ``start_mode`` decides: the plan by default; ``reactive`` makes the plan show its skill first.
+
+Skill is measured after the fact; the reactive floor (``LoopConfig.reactive_floor``, on by default)
+guards by design within a period: the plan's target never stays above both the rule's ``T`` and
+the period's billed peak (``models.peak_planner.plan``), so the plan never gives less than the
+rule once the load passes the billed peak, as its energy allows.
 
 Pure and deterministic: event time and measured loads only.
 """
@@ -47,8 +53,17 @@ class ReactiveRule:
         self._peak_day: tuple[int, int] | None = None  # (day, look-back days) the cached peak is for
         self._peak = 0.0
         self._today: tuple[int | None, float] = (None, 0.0)  # (day, its highest load so far)
+        self._last_ms: int | None = None  # the latest step learned
+
+    def __setstate__(self, state: dict) -> None:  # pickled before repeated steps were ignored
+        self.__dict__.update({"_last_ms": None, **state})
 
     def learn_one(self, start_ms: int, load_kw: float) -> None:
+        """Learn the load of the step starting at ``start_ms``; a repeated or older step is ignored (as the
+        forecaster ignores it: the warm-up's last step is learned again when the first step is planned)."""
+        if self._last_ms is not None and start_ms <= self._last_ms:
+            return
+        self._last_ms = start_ms
         day = start_ms // 86_400_000
         self._loads.append((day, load_kw))
         self._today = (day, max(load_kw, self._today[1] if self._today[0] == day else 0.0))
@@ -100,6 +115,7 @@ class ModeArbiter:
     battery: Battery
     skill_periods: int = 4
     skill_days: int = 0  # before two periods close: decide each day on this many closed days or more (0: never)
+    start_mode: str = FORECAST  # the mode until skill is measured (reactive: the plan must first show it cuts more)
     mode: str = FORECAST
     period: str | None = None
     shadows: dict = field(default_factory=dict)  # mode -> _Shadow
@@ -113,7 +129,13 @@ class ModeArbiter:
     def __setstate__(self, state: dict) -> None:
         """An arbiter pickled before days were measured (a worker's changelog) gets their defaults."""
         self.__dict__.update({"skill_days": 0, "day": None, "day_load_kw": 0.0, "days": deque(), "decided_day": None,
-                              **state})
+                              "start_mode": FORECAST, **state})
+
+    def __post_init__(self) -> None:
+        if self.start_mode not in MODES:
+            raise ValueError(f"start_mode must be one of {', '.join(MODES)}, not {self.start_mode!r}")
+        if self.period is None and not self.history:
+            self.mode = self.start_mode
 
     def measure(self, load_kw: float, step_s: int, energy_kwh: float, start_ms: int | None = None) -> None:
         """Apply each shadow's pending command to the step just measured (``start_ms``: when it began)."""
@@ -152,7 +174,10 @@ class ModeArbiter:
             shadow.billed_kw = 0.0
         score = {m: sum(cut.get(m, 0.0) for _, cut in self.history) for m in MODES}
         measured = len(self.history) >= min(2, self.skill_periods)
-        self.mode = REACTIVE if measured and score[REACTIVE] > score[FORECAST] + 1e-6 else FORECAST
+        if measured:
+            self.mode = REACTIVE if score[REACTIVE] > score[FORECAST] + 1e-6 else FORECAST
+        else:
+            self.mode = self.start_mode
         self.decided_day = None
         return self.mode if measured else self._by_days(start_ms)
 
@@ -171,6 +196,11 @@ class ModeArbiter:
     def day_skill(self) -> dict[str, float]:
         """Each mode's cut of the daily peak (kW) summed over the closed days remembered."""
         return {m: round(sum(cut.get(m, 0.0) for _, cut in self.days), 1) for m in MODES}
+
+    def starting(self) -> bool:
+        """Whether the mode is still the start mode: no two periods closed, nor ``skill_days`` days (if any)."""
+        measured = len(self.history) >= min(2, self.skill_periods)
+        return not measured and (not self.skill_days or len(self.days) < self.skill_days)
 
     def by_days(self) -> bool:
         """Whether the mode is being chosen on days (no two periods closed yet)."""

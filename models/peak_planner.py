@@ -56,6 +56,7 @@ from opsloop.models.peak_forecast import ForecastPoint
 SHAVE_PEAK = "shave_peak"  # discharge to the lowest import the battery can hold, above the billed peak
 HOLD_BILLED_PEAK = "hold_billed_peak"  # discharge to keep import at this period's billed peak
 HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracted cap, where the cap binds
+REACTIVE_FLOOR = "reactive_floor"  # discharge to the reactive rule's threshold, which the plan alone would hold above
 RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecast load
 RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
 WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
@@ -68,7 +69,7 @@ REACTIVE_IDLE = "reactive_idle"  # at the threshold, or the battery empty or ful
 # ... and of a relocation of low-priority jobs:
 RELOCATE_OVER_BILLED_PEAK = "relocate_over_billed_peak"  # the battery cannot hold this period's billed peak
 RELOCATE_OVER_IMPORT_CAP = "relocate_over_import_cap"  # the battery cannot hold the import cap
-PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
+PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, REACTIVE_FLOOR, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
                         WAIT_FOR_PEAK, IDLE_BELOW_TARGET, HOLD_GRID_LIMIT, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
 RELOCATION_CODES = frozenset({RELOCATE_OVER_BILLED_PEAK, RELOCATE_OVER_IMPORT_CAP})
 REASON_CODES = PLAN_CODES | RELOCATION_CODES
@@ -142,17 +143,24 @@ class Plan:
     reason: str
     reason_code: str  # one of PLAN_CODES
     relocation: Relocation | None = None
-    notes: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # reactive_floor_kw: the reactive threshold, where it set the target
 
 
 def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_pct: float, billing: Billing,
-         now_ms: int, tariff: Tariff = Tariff(), policy: Policy = Policy(), recent_peak_kw: float = 0.0) -> Plan:
+         now_ms: int, tariff: Tariff = Tariff(), policy: Policy = Policy(), recent_peak_kw: float = 0.0,
+         reactive_kw: float | None = None) -> Plan:
     """The plan for the steps of ``forecast`` (its first point is the next step).
 
     ``recent_peak_kw`` (the highest load of the last days, 0: unknown) bounds the target from below: no
     dispatch can cut more than the PCS's power off a peak, so holding import further under the recent
     peak only spends energy on loads that will not be billed, should the forecast miss the period's peak
     (a day after a holiday forecast like the holiday, the first hours of a period).
+
+    ``reactive_kw`` (the reactive rule's threshold ``T``, ``models.peak_modes``; None or infinite: none) is a
+    floor under the plan's discharge: the target never stays above both ``T`` and the billed peak, so once
+    the load passes the period's billed peak the battery gives at least what the one-line rule would, as
+    its energy allows. A forecast that misses a peak, or a bound above that the load never reaches, then
+    cannot leave a full battery idle while the rule would have shaved.
     """
     if not forecast:
         raise ValueError("plan needs at least one forecast point")
@@ -164,6 +172,10 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy,
                                 billing.billed_peak_kw)
     target = max(billing.billed_peak_kw, holdable, recent_peak_kw - battery.pcs_discharge_kw)
+    floor = None  # the reactive threshold, where it holds import lower than the plan alone
+    if reactive_kw is not None and math.isfinite(reactive_kw) and max(reactive_kw, billing.billed_peak_kw) < target:
+        target = max(reactive_kw, billing.billed_peak_kw)
+        floor = target if reactive_kw > billing.billed_peak_kw else None
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
     # Charging never lifts import above the target nor above what this month already pays for.
@@ -181,13 +193,14 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     else:
         kind, setpoint = "pcs_idle", 0.0
     until = _run_end(forecast, schedule, kind, step_s)
-    context = _Context(billing, target, holdable, peak, len(forecast) * step_h, soc_pct, policy.import_cap_kw)
+    context = _Context(billing, target, holdable, peak, len(forecast) * step_h, soc_pct, policy.import_cap_kw, floor)
     code, reason = {"pcs_discharge": context.discharging, "pcs_charge": context.charging,
                     "pcs_idle": context.idle}[kind](setpoint, until, charge_at[0] and tariff.is_cheap(_hour(now_ms)))
     return Plan(target_kw=target, holdable_kw=holdable, command=command, kind=kind, setpoint_kw=setpoint,
                 until_ms=until, schedule_kw=tuple(schedule), forecast_peak_kw=peak.kw, forecast_peak_ms=peak.ts_ms,
                 reason=reason, reason_code=code,
-                relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy))
+                relocation=_relocation(forecast[:episode], step_s, holdable, billing, now_ms, policy),
+                notes={} if floor is None else {"reactive_floor_kw": floor})
 
 
 def reactive_plan(forecast: Sequence[ForecastPoint], step_s: int, command: Command, why: str,
@@ -294,6 +307,7 @@ class _Context:
     horizon_h: float
     soc_pct: float
     import_cap_kw: float | None = None
+    floor_kw: float | None = None  # the reactive threshold, where it set the target
 
     def _target(self) -> tuple[str, str]:
         """How to name the target, and the period's billed peak when the target is above it."""
@@ -301,6 +315,8 @@ class _Context:
         if self.target <= billed + 1e-6:
             return f"{self.billing.name}'s {_power(billed)}", ""
         so_far = f" ({self.billing.name} so far: {_power(billed)})" if billed else ""
+        if self.floor_kw is not None and self.target == self.floor_kw:
+            return f"the reactive threshold {_power(self.target)} (the floor under the plan)", so_far
         return f"the {_power(self.target)} the battery can hold over the next {self.horizon_h:g} h", so_far
 
     def _holding(self) -> str:
@@ -308,6 +324,8 @@ class _Context:
         cap = self.import_cap_kw
         if cap is not None and self.target == cap < max(self.billing.billed_peak_kw, self.holdable):
             return HOLD_IMPORT_CAP
+        if self.floor_kw is not None and self.target == self.floor_kw:
+            return REACTIVE_FLOOR
         return SHAVE_PEAK if self.target > self.billing.billed_peak_kw + 1e-6 else HOLD_BILLED_PEAK
 
     # Each returns (reason code, sentence).

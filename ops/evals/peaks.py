@@ -227,6 +227,9 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
             if decisions else []
         modes = [decisions[i - 1].mode for i in idx if i > 0 and decisions and decisions[i - 1]]
         row["strategies"]["planner"]["modes"] = {m: modes.count(m) for m in dict.fromkeys(modes)}
+        row["strategies"]["planner"]["floor_steps"] = sum(  # forecast steps whose target the reactive floor set
+            1 for i in idx if i > 0 and decisions and decisions[i - 1]
+            and "reactive_floor_kw" in decisions[i - 1].plan.notes)
         row["strategies"]["planner"]["decided_by"] = max(row["strategies"]["planner"]["modes"],
                                                          key=row["strategies"]["planner"]["modes"].get, default="forecast")
         row["strategies"]["planner"]["relocation_requests"] = len(relocations)
@@ -338,6 +341,8 @@ def render(report: dict) -> str:
             extra = ""
             if name == "planner":
                 extra = f"  decided by: {', '.join(f'{m} {n} steps' for m, n in s['modes'].items()) or '-'}"
+                if s.get("floor_steps"):
+                    extra += f" (the reactive floor set the forecast target in {s['floor_steps']})"
             if name == "planner" and s["relocation_requests"]:
                 extra += f" ({s['relocation_requests']} relocation requests, up to {s['max_shed_kw']:,.0f} kW)"
             lines.append(f"{row['period'] if name == 'none' else '':<{width}} {name:<9} {s['billed_peak_kw']:>15,.0f} "

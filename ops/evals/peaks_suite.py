@@ -43,6 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skill-days", type=int,
                    help="before two billing periods close, the arbiter decides each day on this many closed days "
                         "(default: the loop's; 0: the plan until two periods close)")
+    p.add_argument("--reactive-floor", choices=("on", "off"),
+                   help="the plan never discharges less than the reactive rule would once the load passes the "
+                        "period's billed peak (default: the loop's)")
+    p.add_argument("--start-mode", choices=("forecast", "reactive"),
+                   help="the arbiter's mode until skill is measured (default: the loop's; reactive wants "
+                        "--skill-days)")
+    p.add_argument("--mase", choices=("on", "off"), default="on",
+                   help="score the forecaster against seasonal naive (off: faster, for comparing arbiter "
+                        "settings, which share the forecaster); default on")
     p.add_argument("--holidays", choices=("on", "off"), default="on",
                    help="forecast with each family's public holidays as a site file's country gives them (Taylor: "
                         "England, BDEW: Germany, NAB: none known); default on")
@@ -86,9 +95,14 @@ def main(args: argparse.Namespace, settings=None) -> int:
             config = replace(config, skill_periods=args.skill_periods)
         if args.skill_days is not None:
             config = replace(config, skill_days=args.skill_days)
+        if args.reactive_floor is not None:
+            config = replace(config, reactive_floor=args.reactive_floor == "on")
+        if args.start_mode is not None:
+            config = replace(config, start_mode=args.start_mode)
         report["config"] = {"skill_periods": config.skill_periods, "skill_days": config.skill_days,
+                            "reactive_floor": config.reactive_floor, "start_mode": config.start_mode,
                             "holidays": args.holidays}
-        report["curves"].append(score_curve(name, family, times, values, step_s, config))
+        report["curves"].append(score_curve(name, family, times, values, step_s, config, args.mase == "on"))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
@@ -117,7 +131,7 @@ def _levers(args, settings, site, site_file, chosen) -> int:
     return 0
 
 
-def score_curve(name, family, times, values, step_s, config: LoopConfig) -> dict:
+def score_curve(name, family, times, values, step_s, config: LoopConfig, with_mase: bool = True) -> dict:
     cap = config.policy.import_cap_kw
     loads = [v * AUTO_PEAK_SHARE * cap / max(values) for v in values]
     warmup = 7.0 if (times[-1] - times[0]) >= 28 * 86_400_000 else SHORT_WARMUP_DAYS
@@ -134,7 +148,7 @@ def score_curve(name, family, times, values, step_s, config: LoopConfig) -> dict
             "planner_mean_share": _mean(shares["planner"]), "reactive_mean_share": _mean(shares["reactive"]),
             "violations": sum(s["planner"]["violations"] for s in rows),
             "modes": [r["strategies"]["planner"].get("modes") for r in report["periods"]]}
-    out["mase"] = mase(times, loads, step_s, warmup, config.holidays)
+    out["mase"] = mase(times, loads, step_s, warmup, config.holidays) if with_mase else {}
     return out
 
 
@@ -164,7 +178,7 @@ def summarise(rows: list[dict]) -> dict:
     monthly_ok = [r["curve"] for r in rows if r["month"]["beats_or_ties"] == r["month"]["periods"]]
     lift = [r["curve"] for r in rows if r["week"]["planner_mean_share"] is not None
             and r["week"]["planner_mean_share"] >= (r["week"]["reactive_mean_share"] or 0) + 0.15]
-    mase_ok = [r["curve"] for r in rows if all(v is not None and v < 1 for v in r["mase"].values())]
+    mase_ok = [r["curve"] for r in rows if r["mase"] and all(v is not None and v < 1 for v in r["mase"].values())]
     n = len(rows)
     return {"curves": n, "weekly_beats_or_ties_90pct": len(weekly_ok), "every_month_beats_or_ties": len(monthly_ok),
             "mean_share_lift_15pt": len(lift), "mase_under_1": len(mase_ok),

@@ -151,3 +151,42 @@ def test_a_day_billed_alone_is_bounded_only_by_its_own_load_so_far():
         rule.learn_one(h * HOUR, 5000.0 if h == 12 else 1000.0)  # day 0 peaks at 5 MW, day 1 stays at 1 MW
     assert rule.recent_peak_kw(DAY + 2 * HOUR) == 5000.0  # a week's look-back remembers day 0
     assert rule.recent_peak_kw(DAY + 2 * HOUR, days=0) == 1000.0  # day 1 alone
+
+
+def test_an_arbiter_started_in_reactive_mode_hands_days_to_the_plan_only_once_it_measured_better():
+    arbiter = ModeArbiter(BATTERY, skill_periods=4, skill_days=2, start_mode=REACTIVE)
+    modes = []
+    for h in range(24 * 5):
+        start = h * HOUR
+        arbiter.measure(daily_load(h), 3600, 1500.0, start)
+        modes.append(arbiter.start_period(billing_period(start + HOUR, "week")[0], start + HOUR))
+        energy = arbiter.shadows[FORECAST].energy_kwh
+        arbiter.shadows[FORECAST].pending = Command(1500.0, BATTERY.max_discharge_kw(energy, 1.0),
+                                                    BATTERY.max_charge_kw(energy, 1.0), 1200.0)
+        arbiter.shadows[REACTIVE].pending = IDLE  # a rule that never shaves
+    assert set(modes[:2 * 24 - 1]) == {REACTIVE}  # two days must close before the plan may decide
+    assert modes[-1] == FORECAST and not arbiter.starting()
+    assert ModeArbiter(BATTERY).mode == FORECAST  # the default is unchanged: the plan until measured otherwise
+    with pytest.raises(ValueError):
+        ModeArbiter(BATTERY, start_mode="oracle")
+
+
+def test_a_loop_started_in_reactive_mode_says_the_plan_has_not_shown_skill_yet():
+    config = LoopConfig(site="s", ess_id="e", battery=BATTERY, step_s=3600, billing_period="week", skill_days=2,
+                        start_mode=REACTIVE)
+    loop = SitePeakLoop(config)
+    decisions = [loop.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None) for h in range(30)]
+    assert decisions[0].mode == REACTIVE
+    assert "has not yet shown it cuts the peak more: 0 of the 2 days" in decisions[0].plan.reason
+
+
+def test_the_reactive_rule_ignores_a_step_learned_again():
+    """The warm-up's last step is learned again when the first step is planned: counted twice it moved ``T``."""
+    once, twice = ReactiveRule(3600), ReactiveRule(3600)
+    for h in range(24 * 3):
+        for rule in (once, twice):
+            rule.learn_one(h * HOUR, daily_load(h))
+        if h % 24 == 18:
+            twice.learn_one(h * HOUR, daily_load(h))  # a peak step, again
+            twice.learn_one((h - 1) * HOUR, 0.0)  # and an older one
+    assert twice.threshold_kw(3 * DAY) == once.threshold_kw(3 * DAY)

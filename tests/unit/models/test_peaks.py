@@ -48,6 +48,28 @@ def test_a_forecast_that_misses_the_peak_never_spends_the_battery_far_under_the_
     assert p.target_kw == 2000.0 and p.kind != "pcs_discharge"
 
 
+def test_the_reactive_threshold_is_a_floor_under_the_plans_discharge():
+    """The same blind morning: the plan alone keeps its energy for a peak like the recent one and idles while the
+    load passes the reactive rule's threshold; with the floor it shaves to the threshold, as the rule would."""
+    flat = flat_forecast([1200, 1300, 1300, 1250])
+    week = Billing("1970-W01", 900.0, 0, "week")
+    alone = plan(flat, 3600, BATTERY, soc_pct=100, billing=week, now_ms=0, recent_peak_kw=3000.0)
+    assert alone.target_kw == 2000.0 and alone.kind != "pcs_discharge" and not alone.notes
+    floored = plan(flat, 3600, BATTERY, soc_pct=100, billing=week, now_ms=0, recent_peak_kw=3000.0, reactive_kw=1100.0)
+    assert floored.target_kw == floored.command.limit_kw == 1100.0 and floored.kind == "pcs_discharge"
+    assert floored.reason_code == "reactive_floor" and "reactive threshold 1,100 kW" in floored.reason
+    assert floored.notes == {"reactive_floor_kw": 1100.0}
+    # never under the billed peak: a threshold under it holds the billed peak
+    billed = plan(flat, 3600, BATTERY, soc_pct=100, billing=replace(week, billed_peak_kw=1150.0), now_ms=0,
+                  recent_peak_kw=3000.0, reactive_kw=1100.0)
+    assert billed.target_kw == 1150.0 and billed.reason_code == "hold_billed_peak"
+    # a plan that already holds import lower than the threshold is left as it is; no threshold yet: no floor
+    deep = plan(flat, 3600, BATTERY, soc_pct=100, billing=week, now_ms=0)
+    assert plan(flat, 3600, BATTERY, soc_pct=100, billing=week, now_ms=0, reactive_kw=1290.0) == deep
+    assert plan(flat, 3600, BATTERY, soc_pct=100, billing=week, now_ms=0, recent_peak_kw=3000.0,
+                reactive_kw=math.inf) == alone
+
+
 def test_a_peak_the_battery_cannot_cover_asks_to_relocate_jobs_with_the_kw_to_shed():
     loads = [1000, 3000, 3000, 3000, 1000]
     p = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),

@@ -63,3 +63,36 @@ def test_eval_help_prints(capsys):
     with pytest.raises(SystemExit) as done:
         main(["eval", "peaks", "--help"])
     assert done.value.code == 0 and "--battery-kwh" in capsys.readouterr().out
+
+
+def test_the_reactive_floor_keeps_the_plan_from_losing_a_week_to_the_reactive_rule():
+    """A one-hour 3 MW spike in the warm-up bounds the plan's target at 2 MW all the next week (its recent peak
+    less the PCS's power), so the plan alone idles while the daily 1.6 MW peaks pass the reactive threshold and
+    loses the week; with the floor it shaves as the rule does, and the report counts the steps the floor set."""
+    from opsloop.models.battery import Battery
+    from opsloop.models.peak_loop import LoopConfig
+    from opsloop.ops.evals.peaks import evaluate
+
+    hour = 3_600_000
+    battery = Battery(capacity_kwh=2000, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+                      reserve_soc_pct=10)
+
+    def load(h: int) -> float:
+        if h == 2 * 24 + 12:
+            return 3000.0
+        return 1000.0 + (500.0 if 17 <= h % 24 < 20 else 0.0) + 37.0 * ((h * 7) % 5) + 150.0 * (h == 8 * 24 + 18)
+
+    times = [h * hour for h in range(24 * 18)]  # day 4 is Monday 5 January 1970: two billing weeks after the warm-up
+    loads = [load(h) for h in range(len(times))]
+    weeks = {}
+    for floor in (False, True):
+        config = LoopConfig(site="s", ess_id="e", battery=battery, step_s=3600, billing_period="week",
+                            reactive_floor=floor)
+        weeks[floor] = evaluate(times, loads, 3600, config, 80.0, warmup_days=4)["periods"]
+    lost = [w["strategies"]["planner"]["billed_peak_kw"] > w["strategies"]["reactive"]["billed_peak_kw"] + 0.5
+            for w in weeks[False]]
+    assert lost[0], "the plan alone should lose the first week (else the case tests nothing)"
+    for week in weeks[True]:
+        s = week["strategies"]
+        assert s["planner"]["billed_peak_kw"] <= s["reactive"]["billed_peak_kw"] + 0.5 and s["planner"]["violations"] == 0
+    assert weeks[True][0]["strategies"]["planner"]["floor_steps"] > 0
