@@ -18,9 +18,13 @@ Costs are in one currency, per kWh the lever takes off the load:
   run whole), plus a restart overhead.
 
 The target: lowering it by a kW saves the demand charge on that kW (pro rata to the
-billing period) and costs what the levers shed for it plus the battery's extra wear; the
-plan takes the target, on a grid of ``resolution_kw``, with the best net saving among
-those the levers can still cover entirely.
+billing period), but only if this episode sets the period's bill: a day later in the
+period that imports more sets it instead, and the cut bought nothing. ``BillOdds``
+weighs each kW of the cut by the chance that no day left in the period imports more
+(each such day taken to be like one of the recent days); the cut costs what the levers
+shed for it plus the battery's extra wear, for certain. The plan takes the target, on a
+grid of ``resolution_kw``, with the best expected net saving among those the levers can
+still cover entirely.
 
 >>> levers = (Lever("llm_shift", 0.3, share=0.04), Lever("slurm_hold", 3.6, share=0.10, granule_kw=50))
 >>> mix = cheapest_mix([0, 120, 300], [1000, 2000, 2000], levers, step_h=0.5)
@@ -183,34 +187,67 @@ def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float,
 
 
 @dataclass(frozen=True)
+class BillOdds:
+    """How likely a cut to an import level lowers this period's bill: no day left in the period may import more.
+
+    Each of the ``days_left`` days (after the episode, to the period's end) is taken to be like one of the
+    recent days: its peak load is one of ``daily_peaks_kw``, blurred by a normal kernel ``width`` times their
+    mean wide (days are never quite alike), and the battery takes as much off it as off this episode's
+    peak. Independent days: the chance that none exceeds is the chance one does not, to the power of the days.
+
+    >>> odds = BillOdds((900.0, 1000.0, 1000.0), days_left=10, width=0.02)  # two days in three reach 1,000 kW
+    >>> round(odds.stays_under(1050.0), 3), round(odds.stays_under(1000.0), 3), BillOdds((), 10, 0.02).stays_under(0)
+    (0.968, 0.017, 1.0)
+    """
+
+    daily_peaks_kw: tuple[float, ...]
+    days_left: float
+    width: float
+
+    def stays_under(self, load_kw: float) -> float:
+        """The chance that no day left reaches a peak load of ``load_kw`` (1 with no day left or none seen)."""
+        if self.days_left <= 0 or not self.daily_peaks_kw:
+            return 1.0
+        width = max(1e-9, self.width * sum(self.daily_peaks_kw) / len(self.daily_peaks_kw))
+        exceeds = sum(0.5 * math.erfc((load_kw - kw) / (width * math.sqrt(2))) for kw in self.daily_peaks_kw)
+        return max(0.0, 1.0 - exceeds / len(self.daily_peaks_kw)) ** self.days_left
+
+
+@dataclass(frozen=True)
 class LeverPlan:
     target_kw: float  # the grid import the battery holds with the levers' help
     battery_target_kw: float  # what the battery alone would hold
     mix: Mix  # the levers' shed over the forecast steps
-    saving: float  # demand charge saved (the target's cut x the charge per kW)
+    saving: float  # demand charge it is expected to save (each kW of the cut x the charge x the odds it counts)
     cost: float  # the levers' cost plus the battery's extra wear
     reason_code: str
     reason: str
     load_kw: tuple[float, ...] = ()  # the forecast load it was planned on
+    odds: float = 1.0  # the chance that the target sets the bill (no later day imports more)
 
 
 def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy_kwh: float,
                 step_h: float, battery_target_kw: float, billed_peak_kw: float, levers: Sequence[Lever],
                 charge_per_kw: float, battery_wear_per_kwh: float, used_hours: Mapping[str, float] | None = None,
                 charge_headroom_pct: float = 2.0, resolution_kw: float = 10.0,
-                first_upper_kw: float | None = None, recent_import_kw: float = 0.0) -> LeverPlan:
+                first_upper_kw: float | None = None, recent_import_kw: float = 0.0,
+                odds: BillOdds | None = None) -> LeverPlan:
     """The target the levers make worth holding over ``load_kw`` (the planner's forecast episode).
 
     Candidates run down from ``battery_target_kw`` (the battery alone) in ``resolution_kw`` steps, never
     under this period's ``billed_peak_kw`` (shaving under it saves nothing) nor under
     ``recent_import_kw``, the highest import of the last days (days like them will reach it again, so
     a cut under it would be paid for every day and saved on none); each is scored by the demand
-    charge it saves (``charge_per_kw`` per kW) less the levers' cost and the battery's extra wear. The first candidate the levers cannot cover ends the search: lower ones need more.
+    charge it is expected to save less the levers' cost and the battery's extra wear. Each kW of the cut
+    is worth ``charge_per_kw`` times the chance that it counts (``odds``: that no day left in the period
+    imports more; None: it always counts). The first candidate the levers cannot cover ends the search:
+    lower ones need more.
 
     The chosen target's shortfall is then moved to the steps of highest load (the levers shave the top,
     the battery the rest: the same energy, but the battery keeps some for a peak larger than forecast),
     and the next step is backed up: if its load reaches ``first_upper_kw`` (the band's upper edge), what
-    the battery cannot give there is shed too, as far as the levers reach.
+    the battery cannot give there is shed too, as far as the levers reach, when the demand charge that
+    protects, weighed by the same odds, is worth what the backup costs.
     """
     none = Mix((), tuple(0.0 for _ in load_kw), 0.0)
     floor = max(billed_peak_kw, recent_import_kw, 0.0)
@@ -222,15 +259,21 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return plain
     run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct)
     base_discharge = run.dispatch(battery_target_kw)[0]
+    # a cut to an import level counts if no day left has a peak load above it plus what the battery takes off
+    shave = max(0.0, max(load_kw) - battery_target_kw)
+
+    def counts(import_kw: float) -> float:
+        return 1.0 if odds is None else odds.stays_under(import_kw + shave)
+
     best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
-    tried_cost = math.inf
+    tried_cost, saving = math.inf, 0.0
     for k in range(1, int((battery_target_kw - floor) / resolution_kw) + 1):
         target = battery_target_kw - k * resolution_kw
         discharged, shortfall = run.dispatch(target)
         mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
         if not mix.covers:
             break
-        saving = (battery_target_kw - target) * charge_per_kw
+        saving += resolution_kw * charge_per_kw * counts(target + resolution_kw / 2)  # this slice of the cut
         cost = mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh
         tried_cost = cost
         if saving - cost > best[0] + 1e-9:
@@ -238,11 +281,16 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
     net, target, saving, cost = best
 
     def final(shortfall: list[float]) -> tuple[Mix, float]:
-        """The mix for ``shortfall`` with the next step backed up, and its cost with the battery's extra wear."""
+        """The mix for ``shortfall`` with the next step backed up (if worth it), and its cost with the battery's
+        extra wear."""
+        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
         if first_upper_kw is not None:  # what the battery cannot give next step if the load reaches the band's edge
             power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
-            shortfall = [max(shortfall[0], first_upper_kw - target - power), *shortfall[1:]]
-        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+            risk_kw = first_upper_kw - target - power
+            backed = cheapest_mix([max(shortfall[0], risk_kw), *shortfall[1:]], load_kw, levers, step_h, used_hours)
+            protects = max(0.0, risk_kw - shortfall[0]) * charge_per_kw * counts(target)
+            if backed.cost - mix.cost <= protects:
+                mix = backed
         shed = [mix.shed_kw(t) for t in range(len(load_kw))]
         return mix, mix.cost + max(0.0, run.dispatch(target, shed)[0] - base_discharge) * battery_wear_per_kwh
 
@@ -256,7 +304,9 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         if target < battery_target_kw or math.isinf(tried_cost):
             why = f"the levers cannot cover even a {_kw(resolution_kw)} cut"
         else:
-            why = "every cut the levers can cover costs more than the demand charge it saves"
+            why = "every cut the levers can cover costs more than the demand charge it is expected to save" + (
+                f" (a day left in the period likely imports more: {_odds(counts(battery_target_kw))} that none "
+                f"does)" if odds is not None else "")
         code = NO_SHORTFALL if battery_target_kw <= floor + resolution_kw / 2 else LEVERS_NOT_WORTH_IT
         return plain if code == NO_SHORTFALL else replace(
             plain, reason_code=code, reason=f"The battery alone holds {_kw(battery_target_kw)}; no lever is "
@@ -266,10 +316,11 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return LeverPlan(target, battery_target_kw, mix, 0.0, mix.cost, BACKUP_NEXT_STEP,
                          f"The battery may not hold {_kw(target)} next step if the load reaches the forecast's upper "
                          f"edge {_kw(first_upper_kw or 0.0)}: {kinds} back it up.", tuple(load_kw))
+    chance = counts(target)
     return LeverPlan(target, battery_target_kw, mix, saving, cost, LEVERS_HOLD_LOWER_PEAK,
                      f"The battery alone holds {_kw(battery_target_kw)}; with {kinds} the plan holds {_kw(target)}, "
-                     f"saving {saving:,.0f} of demand charge for {cost:,.0f} in lever costs and battery wear.",
-                     tuple(load_kw))
+                     f"saving an expected {saving:,.0f} of demand charge ({_odds(chance)} that no later day this "
+                     f"period imports more) for {cost:,.0f} in lever costs and battery wear.", tuple(load_kw), chance)
 
 
 @dataclass(frozen=True)
@@ -321,12 +372,17 @@ def _action_reason(e: Engagement, plan: LeverPlan, step_h: float) -> str:
                    f"the forecast's upper edge")
     else:
         purpose = (f"the cheapest lever left to hold {_kw(plan.target_kw)} where the battery alone holds "
-                   f"{_kw(plan.battery_target_kw)}, saving {plan.saving:,.0f} of demand charge for {plan.cost:,.0f}")
+                   f"{_kw(plan.battery_target_kw)}, for an expected {plan.saving:,.0f} of demand charge saved at "
+                   f"{plan.cost:,.0f}")
     return _reason(e.lever, e.kw, step_h, e.cost, purpose)
 
 
 def _kw(kw: float) -> str:
     return f"{kw:,.0f} kW"
+
+
+def _odds(p: float) -> str:
+    return f"{100 * p:.0f}%"
 
 
 @dataclass(frozen=True)
