@@ -203,6 +203,7 @@ class BillOdds:
     daily_peaks_kw: tuple[float, ...]
     days_left: float
     width: float
+    hold_share: float = 1.0  # how much of the expected cost of holding a cut through the days left it is charged
 
     def stays_under(self, load_kw: float) -> float:
         """The chance that no day left reaches a peak load of ``load_kw`` (1 with no day left or none seen)."""
@@ -259,25 +260,43 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return plain
     run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct)
     base_discharge = run.dispatch(battery_target_kw)[0]
-    # a cut to an import level counts if no day left has a peak load above it plus what the battery takes off
-    shave = max(0.0, max(load_kw) - battery_target_kw)
-
-    def counts(import_kw: float) -> float:
-        return 1.0 if odds is None else odds.stays_under(import_kw + shave)
-
-    best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
-    tried_cost, saving = math.inf, 0.0
-    for k in range(1, int((battery_target_kw - floor) / resolution_kw) + 1):
-        target = battery_target_kw - k * resolution_kw
-        discharged, shortfall = run.dispatch(target)
+    # Each day left is like one of the recent days, its peak ``p - peak`` above this episode's: holding the cut
+    # through it takes a cut that much deeper, at what a cut that deep costs here (0 if it needs none); a day
+    # the levers cannot hold at the target sets the bill above it, so a kW of the cut counts only if no day
+    # left exceeds it by more than the deepest cut the levers cover.
+    peak = max(load_kw)
+    shave = max(0.0, peak - battery_target_kw)
+    rises = [] if odds is None else [kw - peak for kw in odds.daily_peaks_kw]
+    depth_k = int((battery_target_kw - floor) / resolution_kw)
+    reach_k = depth_k + int(max([0.0, *rises]) / resolution_kw) + 1 if depth_k > 0 and rises and odds.days_left > 0 \
+        else depth_k
+    costs = [0.0]  # what holding a cut of k x resolution_kw costs over this episode, while the levers cover it
+    for k in range(1, reach_k + 1):
+        discharged, shortfall = run.dispatch(battery_target_kw - k * resolution_kw)
         mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
         if not mix.covers:
             break
+        costs.append(mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh)
+    deepest = (len(costs) - 1) * resolution_kw
+
+    def counts(import_kw: float) -> float:
+        return 1.0 if odds is None else odds.stays_under(import_kw + shave + deepest)
+
+    def later_cost(cut_kw: float) -> float:
+        """The expected cost of holding ``cut_kw`` through the days left (days the levers cannot hold: none)."""
+        if odds is None or odds.days_left <= 0 or not rises:
+            return 0.0
+        needs = [math.ceil((cut_kw + rise) / resolution_kw - 1e-9) for rise in rises]
+        return odds.hold_share * odds.days_left * sum(costs[k] for k in needs if 0 < k < len(costs)) / len(needs)
+
+    best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
+    tried_cost, saving = (costs[1] if len(costs) > 1 else math.inf), 0.0
+    for k in range(1, min(depth_k, len(costs) - 1) + 1):
+        target = battery_target_kw - k * resolution_kw
         saving += resolution_kw * charge_per_kw * counts(target + resolution_kw / 2)  # this slice of the cut
-        cost = mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh
-        tried_cost = cost
-        if saving - cost > best[0] + 1e-9:
-            best = (saving - cost, target, saving, cost)
+        net = saving - costs[k] - later_cost(k * resolution_kw)
+        if net > best[0] + 1e-9:
+            best = (net, target, saving, costs[k])
     net, target, saving, cost = best
 
     def final(shortfall: list[float]) -> tuple[Mix, float]:
@@ -296,7 +315,7 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
 
     if target < battery_target_kw:
         mix, cost = final(run.shaved(target, levers))
-        if saving - cost <= 0:  # the top of the peak costs more to shave than it saves: as the search found it
+        if saving - cost - later_cost(battery_target_kw - target) <= 0:  # the top costs more: as the search found it
             mix, cost = final(run.dispatch(target)[1])
     else:
         mix, cost = final([0.0] * len(load_kw))

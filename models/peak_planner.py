@@ -378,4 +378,5 @@ def period_end_ms(ts_ms: int, period: str = "month") -> int:
     True
     """
     start = billing_period(ts_ms, period)[1]
-    return billing_period(start + int(PERIOD_DAYS[period] + 2) * 86_400_000, period)[1]
+    into_next = {"month": 32, "week": 7, "day": 1}[period]  # days from a period's start into the next one
+    return billing_period(start + into_next * 86_400_000, period)[1]
