@@ -18,12 +18,13 @@ Costs are in one currency, per kWh the lever takes off the load:
   run whole), plus a restart overhead.
 
 The target: lowering it by a kW saves the demand charge on that kW (pro rata to the
-billing period), but only if this episode sets the period's bill: a day later in the
-period that imports more sets it instead, and the cut bought nothing. ``BillOdds``
-weighs each kW of the cut by the chance that no day left in the period imports more
-(each such day taken to be like one of the recent days); the cut costs what the levers
-shed for it plus the battery's extra wear, for certain. The plan takes the target, on a
-grid of ``resolution_kw``, with the best expected net saving among those the levers can
+billing period), but only if no later day of the period imports more: the bill is the
+period's highest import, so a cut pays only if it is held through the days left, and it
+buys nothing if one of them peaks beyond what the levers can hold. ``BillOdds`` takes
+each day left to be like one of the recent days; a cut is charged what it costs now plus
+what holding it through those days is expected to cost, and each kW of it counts with the
+chance that none of them peaks beyond the levers' reach. The plan takes the target, on
+a grid of ``resolution_kw``, with the best expected net saving among those the levers can
 still cover entirely.
 
 >>> levers = (Lever("llm_shift", 0.3, share=0.04), Lever("slurm_hold", 3.6, share=0.10, granule_kw=50))
@@ -186,6 +187,9 @@ def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float,
             f"{lever.cost_per_kwh:.2f} per kWh ({cost:,.0f} in all): {purpose}.")
 
 
+_LATER_POINTS = 16  # cuts deeper than any target (for the days left) are costed on this many points at most
+
+
 @dataclass(frozen=True)
 class BillOdds:
     """How likely a cut to an import level lowers this period's bill: no day left in the period may import more.
@@ -203,15 +207,20 @@ class BillOdds:
     daily_peaks_kw: tuple[float, ...]
     days_left: float
     width: float
-    hold_share: float = 1.0  # how much of the expected cost of holding a cut through the days left it is charged
+    day_share: float = 1.0  # days run in spells (weather, workload): the share of the days left that count as draws
+
+    @property
+    def days(self) -> float:
+        """The days left, counted as independent draws."""
+        return self.day_share * max(0.0, self.days_left)
 
     def stays_under(self, load_kw: float) -> float:
         """The chance that no day left reaches a peak load of ``load_kw`` (1 with no day left or none seen)."""
-        if self.days_left <= 0 or not self.daily_peaks_kw:
+        if self.days <= 0 or not self.daily_peaks_kw:
             return 1.0
         width = max(1e-9, self.width * sum(self.daily_peaks_kw) / len(self.daily_peaks_kw))
         exceeds = sum(0.5 * math.erfc((load_kw - kw) / (width * math.sqrt(2))) for kw in self.daily_peaks_kw)
-        return max(0.0, 1.0 - exceeds / len(self.daily_peaks_kw)) ** self.days_left
+        return max(0.0, 1.0 - exceeds / len(self.daily_peaks_kw)) ** self.days
 
 
 @dataclass(frozen=True)
@@ -232,23 +241,27 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
                 charge_per_kw: float, battery_wear_per_kwh: float, used_hours: Mapping[str, float] | None = None,
                 charge_headroom_pct: float = 2.0, resolution_kw: float = 10.0,
                 first_upper_kw: float | None = None, recent_import_kw: float = 0.0,
-                odds: BillOdds | None = None) -> LeverPlan:
+                odds: BillOdds | None = None, first_kw: float | None = None, band_z: float = 1.64) -> LeverPlan:
     """The target the levers make worth holding over ``load_kw`` (the planner's forecast episode).
 
     Candidates run down from ``battery_target_kw`` (the battery alone) in ``resolution_kw`` steps, never
     under this period's ``billed_peak_kw`` (shaving under it saves nothing) nor under
     ``recent_import_kw``, the highest import of the last days (days like them will reach it again, so
     a cut under it would be paid for every day and saved on none); each is scored by the demand
-    charge it is expected to save less the levers' cost and the battery's extra wear. Each kW of the cut
-    is worth ``charge_per_kw`` times the chance that it counts (``odds``: that no day left in the period
-    imports more; None: it always counts). The first candidate the levers cannot cover ends the search:
-    lower ones need more.
+    charge it is expected to save less the levers' cost and the battery's extra wear, now and (with
+    ``odds``) through the days left. Each day left is like one of ``odds.daily_peaks_kw``: its peak
+    ``rise`` above this episode's, holding the target then takes a cut ``rise`` deeper, costed as such a
+    cut costs here; each kW of the cut is worth ``charge_per_kw`` times the chance that no day left
+    peaks beyond the deepest cut the levers cover (None: always, nothing charged for later days). The
+    first candidate the levers cannot cover ends the search: lower ones need more.
 
     The chosen target's shortfall is then moved to the steps of highest load (the levers shave the top,
     the battery the rest: the same energy, but the battery keeps some for a peak larger than forecast),
     and the next step is backed up: if its load reaches ``first_upper_kw`` (the band's upper edge), what
-    the battery cannot give there is shed too, as far as the levers reach, when the demand charge that
-    protects, weighed by the same odds, is worth what the backup costs.
+    the battery cannot give there is shed too, as far as the levers reach, when it is worth its cost: the
+    import the load is expected to put over what the battery holds (a normal load of mean ``first_kw``,
+    the edge ``band_z`` deviations above it; without ``first_kw``, the edge for certain), at the charge,
+    weighed by the same odds.
     """
     none = Mix((), tuple(0.0 for _ in load_kw), 0.0)
     floor = max(billed_peak_kw, recent_import_kw, 0.0)
@@ -268,15 +281,20 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
     shave = max(0.0, peak - battery_target_kw)
     rises = [] if odds is None else [kw - peak for kw in odds.daily_peaks_kw]
     depth_k = int((battery_target_kw - floor) / resolution_kw)
-    reach_k = depth_k + int(max([0.0, *rises]) / resolution_kw) + 1 if depth_k > 0 and rises and odds.days_left > 0 \
+    reach_k = depth_k + int(max([0.0, *rises]) / resolution_kw) + 1 if depth_k > 0 and rises and odds.days > 0 \
         else depth_k
     costs = [0.0]  # what holding a cut of k x resolution_kw costs over this episode, while the levers cover it
-    for k in range(1, reach_k + 1):
+
+    def cost_of(k: int) -> float | None:
         discharged, shortfall = run.dispatch(battery_target_kw - k * resolution_kw)
         mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
-        if not mix.covers:
-            break
-        costs.append(mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh)
+        return mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh if mix.covers else None
+
+    stride = max(1, (reach_k - depth_k) // _LATER_POINTS)  # deeper than any target: a coarser grid, interpolated
+    k = 1
+    while k <= reach_k and (c := cost_of(k)) is not None:
+        costs += [costs[-1] + (c - costs[-1]) * (j + 1) / (k - len(costs) + 1) for j in range(k - len(costs) + 1)]
+        k = k + 1 if k < depth_k else min(reach_k, k + stride) if k < reach_k else k + 1
     deepest = (len(costs) - 1) * resolution_kw
 
     def counts(import_kw: float) -> float:
@@ -284,10 +302,10 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
 
     def later_cost(cut_kw: float) -> float:
         """The expected cost of holding ``cut_kw`` through the days left (days the levers cannot hold: none)."""
-        if odds is None or odds.days_left <= 0 or not rises:
+        if odds is None or odds.days <= 0 or not rises:
             return 0.0
         needs = [math.ceil((cut_kw + rise) / resolution_kw - 1e-9) for rise in rises]
-        return odds.hold_share * odds.days_left * sum(costs[k] for k in needs if 0 < k < len(costs)) / len(needs)
+        return odds.days * sum(costs[k] for k in needs if 0 < k < len(costs)) / len(needs)
 
     best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
     tried_cost, saving = (costs[1] if len(costs) > 1 else math.inf), 0.0
@@ -307,7 +325,9 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
             power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
             risk_kw = first_upper_kw - target - power
             backed = cheapest_mix([max(shortfall[0], risk_kw), *shortfall[1:]], load_kw, levers, step_h, used_hours)
-            protects = max(0.0, risk_kw - shortfall[0]) * charge_per_kw * counts(target)
+            # what it protects: the import the load is expected to put above what the battery holds, up to the edge
+            held = target + power + shortfall[0]
+            protects = _expected_excess(first_kw, first_upper_kw, band_z, held) * charge_per_kw * counts(target)
             if backed.cost - mix.cost <= protects:
                 mix = backed
         shed = [mix.shed_kw(t) for t in range(len(load_kw))]
@@ -394,6 +414,21 @@ def _action_reason(e: Engagement, plan: LeverPlan, step_h: float) -> str:
                    f"{_kw(plan.battery_target_kw)}, for an expected {plan.saving:,.0f} of demand charge saved at "
                    f"{plan.cost:,.0f}")
     return _reason(e.lever, e.kw, step_h, e.cost, purpose)
+
+
+def _expected_excess(kw: float | None, upper_kw: float, z: float, level_kw: float) -> float:
+    """E[min((load - level)+, upper - level)] for a normal load: mean ``kw``, ``upper_kw`` ``z`` deviations above it
+    (``kw`` None: the load reaches the edge for certain)."""
+    if level_kw >= upper_kw:
+        return 0.0
+    if kw is None or upper_kw <= kw:
+        return upper_kw - level_kw
+    sd = (upper_kw - kw) / z
+
+    def tail_area(u: float) -> float:  # the integral of the normal's upper tail from u to infinity
+        return math.exp(-u * u / 2) / math.sqrt(2 * math.pi) - u * 0.5 * math.erfc(u / math.sqrt(2))
+
+    return sd * (tail_area((level_kw - kw) / sd) - tail_area(z))
 
 
 def _kw(kw: float) -> str:

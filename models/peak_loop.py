@@ -91,8 +91,8 @@ class LoopConfig:
     # taken to be like one of the last days, its peak blurred by this share of their mean. Chosen by
     # leave-one-curve-out (ARCHITECTURE.md, "Flexible load"); 0: the recent days' peaks exactly.
     bill_odds_width: float = 0.02
-    # ... and a cut is charged this share of what holding it through the days left is expected to cost.
-    hold_cost_share: float = 1.0
+    # Days come in spells (weather, workload), not as independent draws: the share of the days left that count.
+    bill_odds_day_share: float = 0.5
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -280,12 +280,13 @@ class SitePeakLoop:
         days_left = max(0.0, (period_end_ms(step_end, cfg.billing_period) - episode_end)
                         / 86_400_000)
         odds = flex.BillOdds(self.reactive.daily_peaks_kw(step_end), days_left, cfg.bill_odds_width,
-                              cfg.hold_cost_share)
+                              cfg.bill_odds_day_share)
         levers = flex.plan_levers(sized, charge_at[:episode], battery, energy, cfg.step_s / 3600, result.target_kw,
                                   self.billing.billed_peak_kw, cfg.levers, charge,
                                   cfg.lever_costs.battery_wear_per_kwh, self.lever_usage.today(day),
                                   pol.charge_headroom_pct, first_upper_kw=points[0].upper_kw,
-                                  recent_import_kw=max(self.daily_import.values(), default=0.0), odds=odds)
+                                  recent_import_kw=max(self.daily_import.values(), default=0.0), odds=odds,
+                                  first_kw=points[0].kw, band_z=getattr(self.forecaster, "band_z", 1.64))
         engaged = {e.kind: e.kw[0] for e in levers.mix.engagements}
         self.lever_usage = self.lever_usage.add(day, engaged, cfg.step_s / 3600)
         return levers

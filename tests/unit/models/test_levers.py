@@ -161,6 +161,16 @@ def test_the_odds_fall_with_more_days_left_and_rise_with_the_level():
     assert odds.stays_under(1000) < odds.stays_under(1100) < odds.stays_under(1200) <= 1.0
 
 
+def test_a_backup_is_bought_only_when_the_load_it_may_put_over_the_target_is_worth_its_cost():
+    kwargs = dict(load_kw=[1500], charge_at=[False], battery=BATTERY, energy_kwh=100, step_h=1.0,
+                  battery_target_kw=1400.0, billed_peak_kw=1400, levers=(flex.Lever("slurm_hold", 3.6, share=0.2),),
+                  charge_per_kw=15, battery_wear_per_kwh=0.05, first_upper_kw=1600)
+    # the load reaches the band's edge for certain: the 100 kW over what the battery holds are worth 1,500
+    assert flex.plan_levers(**kwargs).reason_code == flex.BACKUP_NEXT_STEP
+    # forecast at 1,400 kW, the edge 1.64 deviations above: ~12 kW expected over it, worth ~170, for a 360 hold
+    assert not flex.plan_levers(**kwargs, first_kw=1400.0).mix.engagements
+
+
 def test_the_billing_period_ends_at_the_next_ones_start():
     from opsloop.models.peak_planner import billing_period, period_end_ms
     sunday = 977_616_000_000  # 2000-12-24
