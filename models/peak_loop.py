@@ -87,12 +87,12 @@ class LoopConfig:
     levers: tuple = ()
     lever_costs: LeverCosts | None = None
     flexible_load: FlexibleLoad | None = None
-    # A cut counts only if no later day of the period imports more (models.levers.BillOdds): each day left is
-    # taken to be like one of the last days, its peak blurred by this share of their mean. Chosen by
-    # leave-one-curve-out (ARCHITECTURE.md, "Flexible load"); 0: the recent days' peaks exactly.
+    # A cut pays only if it holds through the days left in the billing period (models.levers.BillOdds): each is
+    # taken to be like one of the last 28 days, its peak blurred by ``bill_odds_width`` of their mean; days come
+    # in spells rather than as independent draws, so ``bill_odds_day_share`` of them count. Chosen by
+    # leave-one-curve-out (README, "Flexible-load levers beside the battery").
     bill_odds_width: float = 0.02
-    # Days come in spells (weather, workload), not as independent draws: the share of the days left that count.
-    bill_odds_day_share: float = 0.5
+    bill_odds_day_share: float = 1.0
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
