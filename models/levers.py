@@ -293,15 +293,17 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
     stride = max(1, (reach_k - depth_k) // _LATER_POINTS)  # deeper than any target: a coarser grid, interpolated
     k = 1
     while k <= reach_k and (c := cost_of(k)) is not None:
-        costs += [costs[-1] + (c - costs[-1]) * (j + 1) / (k - len(costs) + 1) for j in range(k - len(costs) + 1)]
-        k = k + 1 if k < depth_k else min(reach_k, k + stride) if k < reach_k else k + 1
-    deepest = (len(costs) - 1) * resolution_kw
+        gap, last = k - (len(costs) - 1), costs[-1]  # grid points since the last one costed
+        costs += [last + (c - last) * j / gap for j in range(1, gap + 1)]
+        k = min(reach_k, k + (1 if k < depth_k else stride)) if k < reach_k else reach_k + 1
+    deepest = (len(costs) - 1) * resolution_kw  # the deepest cut the levers cover (on the grid costed)
 
     def counts(import_kw: float) -> float:
         return 1.0 if odds is None else odds.stays_under(import_kw + shave + deepest)
 
     def later_cost(cut_kw: float) -> float:
-        """The expected cost of holding ``cut_kw`` through the days left (days the levers cannot hold: none)."""
+        """The expected cost of holding ``cut_kw`` through the days left (a day the levers cannot hold costs
+        nothing here: it is in the odds)."""
         if odds is None or odds.days <= 0 or not rises:
             return 0.0
         needs = [math.ceil((cut_kw + rise) / resolution_kw - 1e-9) for rise in rises]
