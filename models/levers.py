@@ -18,9 +18,14 @@ Costs are in one currency, per kWh the lever takes off the load:
   run whole), plus a restart overhead.
 
 The target: lowering it by a kW saves the demand charge on that kW (pro rata to the
-billing period) and costs what the levers shed for it plus the battery's extra wear; the
-plan takes the target, on a grid of ``resolution_kw``, with the best net saving among
-those the levers can still cover entirely.
+billing period), but only if no later day of the period imports more: the bill is the
+period's highest import, so a cut pays only if it is held through the days left, and it
+buys nothing if one of them peaks beyond what the levers can hold. ``BillOdds`` takes
+each day left to be like one of the recent days; a cut is charged what it costs now plus
+what holding it through those days is expected to cost, and each kW of it counts with the
+chance that none of them peaks beyond the levers' reach. The plan takes the target, on
+a grid of ``resolution_kw``, with the best expected net saving among those the levers can
+still cover entirely.
 
 >>> levers = (Lever("llm_shift", 0.3, share=0.04), Lever("slurm_hold", 3.6, share=0.10, granule_kw=50))
 >>> mix = cheapest_mix([0, 120, 300], [1000, 2000, 2000], levers, step_h=0.5)
@@ -182,35 +187,81 @@ def _reason(lever: Lever, kw: Sequence[float], step_h: float, cost: float,
             f"{lever.cost_per_kwh:.2f} per kWh ({cost:,.0f} in all): {purpose}.")
 
 
+_LATER_POINTS = 16  # cuts deeper than any target (for the days left) are costed on this many points at most
+
+
+@dataclass(frozen=True)
+class BillOdds:
+    """How likely a cut to an import level lowers this period's bill: no day left in the period may import more.
+
+    Each of the ``days_left`` days (after the episode, to the period's end) is taken to be like one of the
+    recent days: its peak load is one of ``daily_peaks_kw``, blurred by a normal kernel ``width`` times their
+    mean wide (days are never quite alike), and the battery takes as much off it as off this episode's
+    peak. Independent days: the chance that none exceeds is the chance one does not, to the power of the days.
+
+    >>> odds = BillOdds((900.0, 1000.0, 1000.0), days_left=10, width=0.02)  # two days in three reach 1,000 kW
+    >>> round(odds.stays_under(1050.0), 3), round(odds.stays_under(1000.0), 3), BillOdds((), 10, 0.02).stays_under(0)
+    (0.968, 0.017, 1.0)
+    """
+
+    daily_peaks_kw: tuple[float, ...]
+    days_left: float
+    width: float
+    day_share: float = 1.0  # days run in spells (weather, workload): the share of the days left that count as draws
+
+    @property
+    def days(self) -> float:
+        """The days left, counted as independent draws."""
+        return self.day_share * max(0.0, self.days_left)
+
+    def stays_under(self, load_kw: float) -> float:
+        """The chance that no day left reaches a peak load of ``load_kw`` (1 with no day left or none seen)."""
+        if self.days <= 0 or not self.daily_peaks_kw:
+            return 1.0
+        width = max(1e-9, self.width * sum(self.daily_peaks_kw) / len(self.daily_peaks_kw))
+        exceeds = sum(0.5 * math.erfc((load_kw - kw) / (width * math.sqrt(2))) for kw in self.daily_peaks_kw)
+        return max(0.0, 1.0 - exceeds / len(self.daily_peaks_kw)) ** self.days
+
+
 @dataclass(frozen=True)
 class LeverPlan:
     target_kw: float  # the grid import the battery holds with the levers' help
     battery_target_kw: float  # what the battery alone would hold
     mix: Mix  # the levers' shed over the forecast steps
-    saving: float  # demand charge saved (the target's cut x the charge per kW)
+    saving: float  # demand charge it is expected to save (each kW of the cut x the charge x the odds it counts)
     cost: float  # the levers' cost plus the battery's extra wear
     reason_code: str
     reason: str
     load_kw: tuple[float, ...] = ()  # the forecast load it was planned on
+    odds: float = 1.0  # the chance that the target sets the bill (no later day imports more)
 
 
 def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Battery, energy_kwh: float,
                 step_h: float, battery_target_kw: float, billed_peak_kw: float, levers: Sequence[Lever],
                 charge_per_kw: float, battery_wear_per_kwh: float, used_hours: Mapping[str, float] | None = None,
                 charge_headroom_pct: float = 2.0, resolution_kw: float = 10.0,
-                first_upper_kw: float | None = None, recent_import_kw: float = 0.0) -> LeverPlan:
+                first_upper_kw: float | None = None, recent_import_kw: float = 0.0,
+                odds: BillOdds | None = None, first_kw: float | None = None, band_z: float = 1.64) -> LeverPlan:
     """The target the levers make worth holding over ``load_kw`` (the planner's forecast episode).
 
     Candidates run down from ``battery_target_kw`` (the battery alone) in ``resolution_kw`` steps, never
     under this period's ``billed_peak_kw`` (shaving under it saves nothing) nor under
     ``recent_import_kw``, the highest import of the last days (days like them will reach it again, so
     a cut under it would be paid for every day and saved on none); each is scored by the demand
-    charge it saves (``charge_per_kw`` per kW) less the levers' cost and the battery's extra wear. The first candidate the levers cannot cover ends the search: lower ones need more.
+    charge it is expected to save less the levers' cost and the battery's extra wear, now and (with
+    ``odds``) through the days left. Each day left is like one of ``odds.daily_peaks_kw``: its peak
+    ``rise`` above this episode's, holding the target then takes a cut ``rise`` deeper, costed as such a
+    cut costs here; each kW of the cut is worth ``charge_per_kw`` times the chance that no day left
+    peaks beyond the deepest cut the levers cover (None: always, nothing charged for later days). The
+    first candidate the levers cannot cover ends the search: lower ones need more.
 
     The chosen target's shortfall is then moved to the steps of highest load (the levers shave the top,
     the battery the rest: the same energy, but the battery keeps some for a peak larger than forecast),
     and the next step is backed up: if its load reaches ``first_upper_kw`` (the band's upper edge), what
-    the battery cannot give there is shed too, as far as the levers reach.
+    the battery cannot give there is shed too, as far as the levers reach, when it is worth its cost: the
+    import the load is expected to put over what the battery holds (a normal load of mean ``first_kw``,
+    the edge ``band_z`` deviations above it; without ``first_kw``, the edge for certain), at the charge,
+    weighed by the same odds.
     """
     none = Mix((), tuple(0.0 for _ in load_kw), 0.0)
     floor = max(billed_peak_kw, recent_import_kw, 0.0)
@@ -222,33 +273,71 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return plain
     run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct)
     base_discharge = run.dispatch(battery_target_kw)[0]
-    best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
-    tried_cost = math.inf
-    for k in range(1, int((battery_target_kw - floor) / resolution_kw) + 1):
-        target = battery_target_kw - k * resolution_kw
-        discharged, shortfall = run.dispatch(target)
+    # Each day left is like one of the recent days, its peak ``p - peak`` above this episode's: holding the cut
+    # through it takes a cut that much deeper, at what a cut that deep costs here (0 if it needs none); a day
+    # the levers cannot hold at the target sets the bill above it, so a kW of the cut counts only if no day
+    # left exceeds it by more than the deepest cut the levers cover.
+    peak = max(load_kw)
+    shave = max(0.0, peak - battery_target_kw)
+    rises = [] if odds is None else [kw - peak for kw in odds.daily_peaks_kw]
+    depth_k = int((battery_target_kw - floor) / resolution_kw)
+    reach_k = depth_k + int(max([0.0, *rises]) / resolution_kw) + 1 if depth_k > 0 and rises and odds.days > 0 \
+        else depth_k
+    costs = [0.0]  # what holding a cut of k x resolution_kw costs over this episode, while the levers cover it
+
+    def cost_of(k: int) -> float | None:
+        discharged, shortfall = run.dispatch(battery_target_kw - k * resolution_kw)
         mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
-        if not mix.covers:
-            break
-        saving = (battery_target_kw - target) * charge_per_kw
-        cost = mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh
-        tried_cost = cost
-        if saving - cost > best[0] + 1e-9:
-            best = (saving - cost, target, saving, cost)
+        return mix.cost + max(0.0, discharged - base_discharge) * battery_wear_per_kwh if mix.covers else None
+
+    stride = max(1, (reach_k - depth_k) // _LATER_POINTS)  # deeper than any target: a coarser grid, interpolated
+    k = 1
+    while k <= reach_k and (c := cost_of(k)) is not None:
+        gap, last = k - (len(costs) - 1), costs[-1]  # grid points since the last one costed
+        costs += [last + (c - last) * j / gap for j in range(1, gap + 1)]
+        k = min(reach_k, k + (1 if k < depth_k else stride)) if k < reach_k else reach_k + 1
+    deepest = (len(costs) - 1) * resolution_kw  # the deepest cut the levers cover (on the grid costed)
+
+    def counts(import_kw: float) -> float:
+        return 1.0 if odds is None else odds.stays_under(import_kw + shave + deepest)
+
+    def later_cost(cut_kw: float) -> float:
+        """The expected cost of holding ``cut_kw`` through the days left (a day the levers cannot hold costs
+        nothing here: it is in the odds)."""
+        if odds is None or odds.days <= 0 or not rises:
+            return 0.0
+        needs = [math.ceil((cut_kw + rise) / resolution_kw - 1e-9) for rise in rises]
+        return odds.days * sum(costs[k] for k in needs if 0 < k < len(costs)) / len(needs)
+
+    best = (0.0, battery_target_kw, 0.0, 0.0)  # net, target, saving, cost
+    tried_cost, saving = (costs[1] if len(costs) > 1 else math.inf), 0.0
+    for k in range(1, min(depth_k, len(costs) - 1) + 1):
+        target = battery_target_kw - k * resolution_kw
+        saving += resolution_kw * charge_per_kw * counts(target + resolution_kw / 2)  # this slice of the cut
+        net = saving - costs[k] - later_cost(k * resolution_kw)
+        if net > best[0] + 1e-9:
+            best = (net, target, saving, costs[k])
     net, target, saving, cost = best
 
     def final(shortfall: list[float]) -> tuple[Mix, float]:
-        """The mix for ``shortfall`` with the next step backed up, and its cost with the battery's extra wear."""
+        """The mix for ``shortfall`` with the next step backed up (if worth it), and its cost with the battery's
+        extra wear."""
+        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
         if first_upper_kw is not None:  # what the battery cannot give next step if the load reaches the band's edge
             power = min(battery.pcs_discharge_kw, battery.max_discharge_kw(energy_kwh, step_h))
-            shortfall = [max(shortfall[0], first_upper_kw - target - power), *shortfall[1:]]
-        mix = cheapest_mix(shortfall, load_kw, levers, step_h, used_hours)
+            risk_kw = first_upper_kw - target - power
+            backed = cheapest_mix([max(shortfall[0], risk_kw), *shortfall[1:]], load_kw, levers, step_h, used_hours)
+            # what it protects: the import the load is expected to put above what the battery holds, up to the edge
+            held = target + power + shortfall[0]
+            protects = _expected_excess(first_kw, first_upper_kw, band_z, held) * charge_per_kw * counts(target)
+            if backed.cost - mix.cost <= protects:
+                mix = backed
         shed = [mix.shed_kw(t) for t in range(len(load_kw))]
         return mix, mix.cost + max(0.0, run.dispatch(target, shed)[0] - base_discharge) * battery_wear_per_kwh
 
     if target < battery_target_kw:
         mix, cost = final(run.shaved(target, levers))
-        if saving - cost <= 0:  # the top of the peak costs more to shave than it saves: as the search found it
+        if saving - cost - later_cost(battery_target_kw - target) <= 0:  # the top costs more: as the search found it
             mix, cost = final(run.dispatch(target)[1])
     else:
         mix, cost = final([0.0] * len(load_kw))
@@ -256,7 +345,9 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         if target < battery_target_kw or math.isinf(tried_cost):
             why = f"the levers cannot cover even a {_kw(resolution_kw)} cut"
         else:
-            why = "every cut the levers can cover costs more than the demand charge it saves"
+            why = "every cut the levers can cover costs more than the demand charge it is expected to save" + (
+                f" (a day left in the period likely imports more: {_odds(counts(battery_target_kw))} that none "
+                f"does)" if odds is not None else "")
         code = NO_SHORTFALL if battery_target_kw <= floor + resolution_kw / 2 else LEVERS_NOT_WORTH_IT
         return plain if code == NO_SHORTFALL else replace(
             plain, reason_code=code, reason=f"The battery alone holds {_kw(battery_target_kw)}; no lever is "
@@ -266,10 +357,11 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return LeverPlan(target, battery_target_kw, mix, 0.0, mix.cost, BACKUP_NEXT_STEP,
                          f"The battery may not hold {_kw(target)} next step if the load reaches the forecast's upper "
                          f"edge {_kw(first_upper_kw or 0.0)}: {kinds} back it up.", tuple(load_kw))
+    chance = counts(target)
     return LeverPlan(target, battery_target_kw, mix, saving, cost, LEVERS_HOLD_LOWER_PEAK,
                      f"The battery alone holds {_kw(battery_target_kw)}; with {kinds} the plan holds {_kw(target)}, "
-                     f"saving {saving:,.0f} of demand charge for {cost:,.0f} in lever costs and battery wear.",
-                     tuple(load_kw))
+                     f"saving an expected {saving:,.0f} of demand charge ({_odds(chance)} that no later day this "
+                     f"period imports more) for {cost:,.0f} in lever costs and battery wear.", tuple(load_kw), chance)
 
 
 @dataclass(frozen=True)
@@ -321,12 +413,32 @@ def _action_reason(e: Engagement, plan: LeverPlan, step_h: float) -> str:
                    f"the forecast's upper edge")
     else:
         purpose = (f"the cheapest lever left to hold {_kw(plan.target_kw)} where the battery alone holds "
-                   f"{_kw(plan.battery_target_kw)}, saving {plan.saving:,.0f} of demand charge for {plan.cost:,.0f}")
+                   f"{_kw(plan.battery_target_kw)}, for an expected {plan.saving:,.0f} of demand charge saved at "
+                   f"{plan.cost:,.0f}")
     return _reason(e.lever, e.kw, step_h, e.cost, purpose)
+
+
+def _expected_excess(kw: float | None, upper_kw: float, z: float, level_kw: float) -> float:
+    """E[min((load - level)+, upper - level)] for a normal load: mean ``kw``, ``upper_kw`` ``z`` deviations above it
+    (``kw`` None: the load reaches the edge for certain)."""
+    if level_kw >= upper_kw:
+        return 0.0
+    if kw is None or upper_kw <= kw:
+        return upper_kw - level_kw
+    sd = (upper_kw - kw) / z
+
+    def tail_area(u: float) -> float:  # the integral of the normal's upper tail from u to infinity
+        return math.exp(-u * u / 2) / math.sqrt(2 * math.pi) - u * 0.5 * math.erfc(u / math.sqrt(2))
+
+    return sd * (tail_area((level_kw - kw) / sd) - tail_area(z))
 
 
 def _kw(kw: float) -> str:
     return f"{kw:,.0f} kW"
+
+
+def _odds(p: float) -> str:
+    return f"{100 * p:.0f}%"
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
 from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, Billing, Plan, Policy, Tariff,
-                                         _charge_steps, _episode_end, billing_period, plan, reactive_plan)
+                                         _charge_steps, _episode_end, billing_period, period_end_ms, plan,
+                                         reactive_plan)
 
 
 RECENT_IMPORT_DAYS = 7  # the levers never cut under the highest import of this many days (models.levers)
@@ -94,6 +95,12 @@ class LoopConfig:
     levers: tuple = ()
     lever_costs: LeverCosts | None = None
     flexible_load: FlexibleLoad | None = None
+    # A cut pays only if it holds through the days left in the billing period (models.levers.BillOdds): each is
+    # taken to be like one of the last 28 days, its peak blurred by ``bill_odds_width`` of their mean; days come
+    # in spells rather than as independent draws, so ``bill_odds_day_share`` of them count. Chosen by
+    # leave-one-curve-out (README, "Flexible-load levers beside the battery").
+    bill_odds_width: float = 0.02
+    bill_odds_day_share: float = 1.0
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -283,11 +290,18 @@ class SitePeakLoop:
         sized = [p.kw + pol.band_weight * (p.upper_kw - p.kw) for p in points[:episode]]
         day = step_end // 86_400_000
         charge = cfg.lever_costs.demand_charge_per_kw_month * PERIOD_DAYS[cfg.billing_period] / PERIOD_DAYS["month"]
+        # the days of the period left after this episode, each of which may import more and set the bill
+        episode_end = step_end + episode * cfg.step_s * 1000
+        days_left = max(0.0, (period_end_ms(step_end, cfg.billing_period) - episode_end)
+                        / 86_400_000)
+        odds = flex.BillOdds(self.reactive.daily_peaks_kw(step_end), days_left, cfg.bill_odds_width,
+                              cfg.bill_odds_day_share)
         levers = flex.plan_levers(sized, charge_at[:episode], battery, energy, cfg.step_s / 3600, result.target_kw,
                                   self.billing.billed_peak_kw, cfg.levers, charge,
                                   cfg.lever_costs.battery_wear_per_kwh, self.lever_usage.today(day),
                                   pol.charge_headroom_pct, first_upper_kw=points[0].upper_kw,
-                                  recent_import_kw=max(self.daily_import.values(), default=0.0))
+                                  recent_import_kw=max(self.daily_import.values(), default=0.0), odds=odds,
+                                  first_kw=points[0].kw, band_z=getattr(self.forecaster, "band_z", 1.64))
         engaged = {e.kind: e.kw[0] for e in levers.mix.engagements}
         self.lever_usage = self.lever_usage.add(day, engaged, cfg.step_s / 3600)
         return levers

@@ -88,6 +88,15 @@ class ReactiveRule:
             self._peak = max((kw for d, kw in self._loads if day - days <= d < day), default=0.0)
         return max(self._peak, self._today[1] if self._today[0] == day else 0.0)
 
+    def daily_peaks_kw(self, start_ms: int) -> tuple[float, ...]:
+        """The highest load of each whole day learned before the day of ``start_ms`` (up to ``lookback_days``)."""
+        day = start_ms // 86_400_000
+        peaks: dict[int, float] = {}
+        for d, kw in self._loads:
+            if day - self.lookback_days <= d < day:
+                peaks[d] = max(kw, peaks.get(d, kw))
+        return tuple(peaks.values())
+
     def command(self, battery: Battery, energy_kwh: float, start_ms: int) -> Command:
         limit = self.threshold_kw(start_ms)
         if math.isinf(limit):

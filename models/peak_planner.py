@@ -387,3 +387,14 @@ def billing_period(ts_ms: int, period: str = "month") -> tuple[str, int]:
     else:
         raise ValueError(f"unknown billing period {period!r}: expected one of {', '.join(PERIOD_DAYS)}")
     return key, int(start.timestamp() * 1000)
+
+
+def period_end_ms(ts_ms: int, period: str = "month") -> int:
+    """When the billing period of ``ts_ms`` ends: the next one's start.
+
+    >>> period_end_ms(961_459_200_000, "month") == billing_period(962_409_600_000)[1]  # 2000-06-20 -> 2000-07-01
+    True
+    """
+    start = billing_period(ts_ms, period)[1]
+    into_next = {"month": 32, "week": 7, "day": 1}[period]  # days from a period's start into the next one
+    return billing_period(start + into_next * 86_400_000, period)[1]

@@ -130,6 +130,56 @@ def test_no_cut_under_the_billed_peak_nor_the_last_days_import_and_none_that_cos
     assert cheap.reason_code == flex.LEVERS_NOT_WORTH_IT and cheap.target_kw == ALONE and not cheap.mix.engagements
 
 
+WORTH = dict(load_kw=PEAK, charge_at=[False] * 7, battery=BATTERY, energy_kwh=1000, step_h=1.0,
+             battery_target_kw=ALONE, billed_peak_kw=1000, levers=(flex.Lever("slurm_hold", 3.6, share=0.5),),
+             charge_per_kw=60, battery_wear_per_kwh=0.05)  # a cut the levers make worth it if it sets the bill
+
+
+def test_early_in_the_period_a_cut_is_not_bought_when_later_days_are_likely_to_import_more():
+    # the first week: the recent days peaked above this episode, and 20 days are left in the month
+    odds = flex.BillOdds((1750.0, 1800.0, 1700.0, 1100.0), days_left=20, width=0.02)
+    weighed = flex.plan_levers(**WORTH, odds=odds)
+    assert weighed.reason_code == flex.LEVERS_NOT_WORTH_IT and not weighed.mix.engagements
+    assert "expected" in weighed.reason
+    # without the weighting, every episode looks like the one that sets the bill: the old rule bought the cut
+    assert flex.plan_levers(**WORTH).reason_code == flex.LEVERS_HOLD_LOWER_PEAK
+
+
+def test_the_last_day_of_the_period_and_a_day_above_all_recent_ones_keep_the_cut():
+    unweighed = flex.plan_levers(**WORTH)
+    last_day = flex.plan_levers(**WORTH, odds=flex.BillOdds((1750.0, 1800.0), days_left=0, width=0.02))
+    assert (last_day.target_kw, last_day.saving) == (unweighed.target_kw, pytest.approx(unweighed.saving))
+    highest = flex.plan_levers(**WORTH, odds=flex.BillOdds((1100.0, 1200.0, 900.0), days_left=5, width=0.02))
+    assert highest.reason_code == flex.LEVERS_HOLD_LOWER_PEAK and highest.odds > 0.99
+    assert highest.target_kw == unweighed.target_kw
+
+
+def test_the_odds_fall_with_more_days_left_and_rise_with_the_level():
+    peaks = (1000.0, 1100.0, 1050.0)
+    assert flex.BillOdds(peaks, 2, 0.02).stays_under(1080) > flex.BillOdds(peaks, 20, 0.02).stays_under(1080)
+    odds = flex.BillOdds(peaks, 10, 0.02)
+    assert odds.stays_under(1000) < odds.stays_under(1100) < odds.stays_under(1200) <= 1.0
+
+
+def test_a_backup_is_bought_only_when_the_load_it_may_put_over_the_target_is_worth_its_cost():
+    kwargs = dict(load_kw=[1500], charge_at=[False], battery=BATTERY, energy_kwh=100, step_h=1.0,
+                  battery_target_kw=1400.0, billed_peak_kw=1400, levers=(flex.Lever("slurm_hold", 3.6, share=0.2),),
+                  charge_per_kw=15, battery_wear_per_kwh=0.05, first_upper_kw=1600)
+    # the load reaches the band's edge for certain: the 100 kW over what the battery holds are worth 1,500
+    assert flex.plan_levers(**kwargs).reason_code == flex.BACKUP_NEXT_STEP
+    # forecast at 1,400 kW, the edge 1.64 deviations above: ~12 kW expected over it, worth ~170, for a 360 hold
+    assert not flex.plan_levers(**kwargs, first_kw=1400.0).mix.engagements
+
+
+def test_the_billing_period_ends_at_the_next_ones_start():
+    from opsloop.models.peak_planner import billing_period, period_end_ms
+    sunday = 977_616_000_000  # 2000-12-24
+    assert period_end_ms(sunday + 3_600_000, "month") == 978_307_200_000  # 2001-01-01
+    assert period_end_ms(sunday + 3_600_000, "week") == sunday + 86_400_000  # Monday
+    assert period_end_ms(sunday + 3_600_000, "day") == sunday + 86_400_000
+    assert billing_period(period_end_ms(sunday, "month"))[0] == "2001-01"
+
+
 def test_the_next_step_is_backed_up_when_the_battery_cannot_give_what_the_band_edge_needs():
     lever = (flex.Lever("llm_shift", 0.3, share=0.2),)
     plan = flex.plan_levers([1500], [False], BATTERY, 100, 1.0, 1400.0, billed_peak_kw=1400, levers=lever,
