@@ -121,7 +121,7 @@ def write_sources(settings: Settings, site, twin, work: Path, meter_port: int, p
     return path
 
 
-def stop_worker(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
+def stop_child(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -288,13 +288,13 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
             time.sleep(0.5)
         stop_twin.set()
         twin_thread.join(30)
-        stop_worker(sources)
+        stop_child(sources)
         time.sleep(max(3.0, 1.2 * run.verify_window_s / speed))  # the last actions are verified or reverted
     finally:
         stop_twin.set()
         for child in (sources, worker):
             if child is not None:
-                stop_worker(child)
+                stop_child(child)
         if sim is not None:
             sim.stop()
         if twin is not None:

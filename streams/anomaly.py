@@ -4,8 +4,8 @@ One ``models.anomaly.EarlyWarning`` per (site, device, metric) scores each point
 learns it; a raise or clear becomes an Alarm from source ``opsloop.anomaly``.
 
 The guard's approved battery actions (``actions.approved``, read as a hint: signature checked with the verdict
-keys, not checkpointed: on assignment the last ``HINT_LOOKBACK_S`` of them are read again) tell which changes
-the loop made itself (models/action_effects.py): a raise on the ESS or a grid meter while such an action is in
+keys, not checkpointed; an assignment reads the last ``hint_lookback_s`` again) tell which changes the loop
+made itself (models/action_effects.py): a raise on the ESS or a grid meter while such an action is in
 force is not sent (counted as ``explained``), nor is the clear that ends it. The series still learns the point.
 Without a verdict key no hint is trusted.
 
@@ -48,7 +48,6 @@ from opsloop.schemas.codec import DecodeError
 from opsloop.streams.series import SeriesProcessor
 
 SOURCE = "opsloop.anomaly"
-HINT_LOOKBACK_S = 6 * 3600.0  # wall seconds of approvals read again on assignment: longer than any action lives
 
 
 class Series:
@@ -76,6 +75,7 @@ class AnomalyProcessor(SeriesProcessor):
     name = "anomaly"
     sources = ("telemetry.raw", "actions.approved")
     stateless = ("actions.approved",)
+    hint_lookback_s = 6 * 3600.0  # approvals read again on assignment: longer than any action lives
 
     def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
                  names: SiteNames | None = None, wall_clock: Callable[[], float] = time.time, **kwargs):
@@ -101,20 +101,6 @@ class AnomalyProcessor(SeriesProcessor):
 
     def before_batch(self) -> None:
         self.now_ms = int(self.wall_clock() * 1000)
-
-    def on_assign(self, cons, partitions) -> None:
-        """Approvals are hints, not state: read those of the last ``HINT_LOOKBACK_S`` again (Kafka's own time)."""
-        from confluent_kafka import TopicPartition
-
-        hints = [tp for tp in partitions if tp.topic == self.approved_topic]
-        if hints:
-            since = int((time.time() - HINT_LOOKBACK_S) * 1000)
-            found = cons.offsets_for_times([TopicPartition(tp.topic, tp.partition, since) for tp in hints], 10)
-            starts = {(f.topic, f.partition): f.offset for f in found if f.offset >= 0}
-            for tp in hints:
-                tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
-            cons.assign(partitions)
-        super().on_assign(cons, partitions)
 
     def handle(self, msg) -> None:
         if msg.topic() == self.approved_topic:

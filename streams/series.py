@@ -11,13 +11,17 @@ upgrade, starts afresh and relearns from the committed offset); a revocation com
 
 A processor with several ``sources`` keeps the series of each in a changelog of its own (the first source's is
 ``<name>-state``, another's ``<name>-<topic>-state``; none for the ``stateless`` ones): series live per
-(physical topic, partition).
+(physical topic, partition). A stateless source is a hint read as it comes; with ``hint_lookback_s`` set, an
+assignment starts its partitions that far back in Kafka's time, so a restart does not forget recent hints.
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any, Callable
+
+from confluent_kafka import TopicPartition
 
 from opsloop.config.settings import Settings
 from opsloop.connectors.changelog import Changelog
@@ -28,6 +32,7 @@ from opsloop.streams.processor import BatchProcessor, Partition
 class SeriesProcessor(BatchProcessor):
     source = "telemetry.raw"
     stateless: tuple[str, ...] = ()  # sources read for hints only: no changelog, nothing restored
+    hint_lookback_s = 0.0  # > 0: on assignment the stateless sources are read again from this long ago (wall s)
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, **kwargs):
@@ -89,6 +94,7 @@ class SeriesProcessor(BatchProcessor):
             self.changelogs[topic] = Changelog(self.settings, name, partitions)
 
     def on_assign(self, cons, partitions) -> None:
+        self._reread_hints(cons, partitions)
         restored, dropped = {}, 0
         for topic, changelog in self.changelogs.items():
             for p, states in changelog.restore([tp.partition for tp in partitions if tp.topic == topic]).items():
@@ -100,6 +106,19 @@ class SeriesProcessor(BatchProcessor):
             self.dirty[partition] = set()
         self.log.info("%s assigned partitions %s, %d series restored, %d restarted (configuration changed)",
                       self.name, sorted(restored), sum(len(s) for s in restored.values()), dropped)
+
+    def _reread_hints(self, cons, partitions) -> None:
+        """Hints are not state: start the stateless sources' partitions ``hint_lookback_s`` back (Kafka's time)."""
+        hint_topics = {self.settings.topic(s) for s in self.stateless}
+        hints = [tp for tp in partitions if tp.topic in hint_topics]
+        if not hints or self.hint_lookback_s <= 0:
+            return
+        since = int((time.time() - self.hint_lookback_s) * 1000)
+        found = cons.offsets_for_times([TopicPartition(tp.topic, tp.partition, since) for tp in hints], 10)
+        starts = {(f.topic, f.partition): f.offset for f in found if f.offset >= 0}
+        for tp in hints:
+            tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
+        cons.assign(partitions)
 
     def on_revoke(self, cons, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,21 @@ def start_worker(settings: Settings, agents: str, log: Path, **env) -> subproces
         return subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", agents],
                                 env=worker_env(settings, **env), stdout=subprocess.DEVNULL, stderr=out,
                                 start_new_session=True)
+
+
+def sigkill_when(proc: subprocess.Popen, ready, what: str, log: Path, timeout_s: float = 60.0,
+                 poll_s: float = 0.05) -> None:
+    """Wait until ``ready()`` holds, then SIGKILL ``proc``'s process group (a worker ``start_worker`` started); fail,
+    with its log, if it exits first or ``what`` takes longer than ``timeout_s``."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s:g} s"
+            time.sleep(poll_s)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def fresh_settings(bootstrap: str, data_dir: Path, replication: int = 1, min_insync: int = 1, **kw) -> Settings:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
+
+from faults import sigkill_when, start_worker  # the integration tier's helpers
 
 from opsloop.connectors.kafka import producer, send, wait_delivered
 from opsloop.models.anomaly import EarlyWarning
@@ -37,14 +34,7 @@ def point(series: int, i: int, value: float) -> dict:
             "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
 
 
-def worker_env(settings, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLOOP_")}
-    env.update(OPSLOOP_BROKER=settings.broker, OPSLOOP_TOPIC_PREFIX=settings.topic_prefix,
-               OPSLOOP_APP_ID=settings.app_id, OPSLOOP_DATA_DIR=str(settings.data_dir), **extra)
-    return env
-
-
-def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_settings, read_topic):
+def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_settings, read_topic, tmp_path):
     series_values = [values(s) for s in range(SERIES)]
     prod = producer(kafka_settings)
     for i in range(POINTS):  # interleaved, as devices report
@@ -63,19 +53,10 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
     assert len(expected) >= SERIES * len(SPIKES)  # every spike raises (and most clear)
 
     # Small batches and frequent checkpoints, so the kill lands mid-stream after some checkpoints.
-    proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", "anomaly"],
-                            env=worker_env(kafka_settings, OPSLOOP_BATCH_SIZE="100",
-                                           OPSLOOP_ANOMALY_CHECKPOINT_S="0.05", OPSLOOP_IDLE_CLOSE_S="3600"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not read_topic(kafka_settings, "alarms.raw"):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no alarm within 60 s"
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    log = tmp_path / "worker.log"
+    proc = start_worker(kafka_settings, "anomaly", log, OPSLOOP_BATCH_SIZE="100", OPSLOOP_ANOMALY_CHECKPOINT_S="0.05",
+                        OPSLOOP_IDLE_CLOSE_S="3600")
+    sigkill_when(proc, lambda: read_topic(kafka_settings, "alarms.raw"), "alarm", log, poll_s=0.1)
     before = {(a["device"], a["ts_ms"], a["state"])
               for a in (CODEC.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw"))}
     assert 0 < len(before) < len(expected), "the kill should land mid-stream"

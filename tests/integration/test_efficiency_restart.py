@@ -4,16 +4,12 @@ would need another day of warm-up before judging drift, and would repeat advice 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
 from actuation import publish  # the integration tier's helpers
+from faults import sigkill_when, start_worker
 
 from opsloop.config.policy import load_policy
 from opsloop.config.site import load_site
@@ -83,28 +79,18 @@ def test_a_restart_judges_drift_at_once_from_the_checkpointed_model(kafka_settin
     assert second["samples"] == STEPS - FAULT_FROM + 10 and second["dead_letters"] == 0  # the open sample kept
 
 
-def test_sigkill_then_restart_gives_the_advice_of_an_uninterrupted_run(kafka_settings, read_topic):
+def test_sigkill_then_restart_gives_the_advice_of_an_uninterrupted_run(kafka_settings, read_topic, tmp_path):
     steps = twin_points(kafka_settings)
     points = [p for s in steps for p in s]
     expected = uninterrupted(kafka_settings, points)
     half = sum(len(s) for s in steps[:STEPS // 2])  # the kill lands in the first half (or just after it, checkpointed)
     publish(kafka_settings, "telemetry.raw", "TelemetryPoint", points[:half], key=by_site)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLOOP_")}
-    env.update(OPSLOOP_BROKER=kafka_settings.broker, OPSLOOP_TOPIC_PREFIX=kafka_settings.topic_prefix,
-               OPSLOOP_APP_ID=kafka_settings.app_id, OPSLOOP_DATA_DIR=str(kafka_settings.data_dir),
-               OPSLOOP_BATCH_SIZE="100", OPSLOOP_ANOMALY_CHECKPOINT_S="0.05", OPSLOOP_IDLE_CLOSE_S="3600")
-    proc = subprocess.Popen([sys.executable, "-m", "opsloop.ops.cli", "worker", "--agents", "efficiency"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not advice(kafka_settings, read_topic):  # some samples in, perhaps a checkpoint behind them
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no advice within 60 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    log = tmp_path / "worker.log"
+    proc = start_worker(kafka_settings, "efficiency", log, OPSLOOP_BATCH_SIZE="100",
+                        OPSLOOP_ANOMALY_CHECKPOINT_S="0.05", OPSLOOP_IDLE_CLOSE_S="3600")
+    # some samples in, perhaps a checkpoint behind them
+    sigkill_when(proc, lambda: advice(kafka_settings, read_topic), "advice", log)
     assert advice(kafka_settings, read_topic)
     publish(kafka_settings, "telemetry.raw", "TelemetryPoint", points[half:], key=by_site)
 
