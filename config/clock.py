@@ -53,6 +53,18 @@ class Clock:
         """How many wall seconds ``clock_s`` of this clock's seconds take."""
         return clock_s / self.speed
 
+    def wall_until_start(self) -> float:
+        """Wall seconds until a twin clock's time begins (its ``epoch_s``, at ``anchor_s``); 0 once it runs.
+
+        A run may start its processes before its time begins, so that they see it from its first second.
+
+        >>> Clock(epoch_s=1_000.0, anchor_s=50.0, speed=60.0, wall=lambda: 48.5).wall_until_start()
+        1.5
+        >>> Clock(epoch_s=1_000.0, anchor_s=50.0, speed=60.0, wall=lambda: 52.0).wall_until_start(), Clock().wall_until_start()
+        (0.0, 0.0)
+        """
+        return 0.0 if self.is_wall else max(0.0, self.anchor_s - self.wall())
+
     def env(self) -> dict[str, str]:
         """The ``OPSLOOP_CLOCK_*`` variables that give another process this clock."""
         if self.is_wall:

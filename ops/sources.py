@@ -1,7 +1,9 @@
 """`opsloop source`: run the live sources of one kind from a config file, each in its own thread.
 
 The site file is found by the config's site id among the site files beside ``OPSLOOP_TOPOLOGY``.
-SIGINT/SIGTERM stop every source; what is queued is flushed before the process ends.
+SIGINT/SIGTERM stop every source; what is queued is flushed before the process ends. On a twin clock
+whose time has not begun (a run starts its readers first), the first poll waits for it: a reading stamped
+before the run's first second would describe nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def run(settings: Settings, kind: str | None, config_file: Path, name: str | Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     results: dict[str, dict] = {}
+    if stop.wait(settings.clock().wall_until_start()):
+        return results
     threads = [threading.Thread(target=lambda s=s: results.update({s.config.name: s.run(stop).record(s.now_ms())}),
                                 name=f"source-{s.config.name}") for s in sources]
     for t in threads:

@@ -258,6 +258,12 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
                                   background=10, horizon_s=int((end_ms - measured_ms) / 1000), storm_seed=7,
                                   sunspec_port=meter_port, publish=False, slurm_every_s=SLURM_EVERY_S)
         sources_file = write_sources(run, site, twin, work, meter_port, pcs_port, prometheus_port)
+        # started before the twin's time begins, as the worker is, the sources' first poll waits for it: the loop
+        # learns the warm-up day from its first sample, as the offline evaluation does (a run whose sources came
+        # up 2.5 twin hours late planned the first Saturday from another forecast)
+        sources = start_child(run, work / "sources.log", "source", "--config", str(sources_file))
+        print(f"  sources  pid {sources.pid}: the twin's SunSpec meters (127.0.0.1:{meter_port}) and page, the PCS "
+              f"over SunSpec (config {sources_file}, log {work / 'sources.log'})", flush=True)
         stamped = StampedPoller(twin.poller)
         twin.run.kind = stamped
         meter = pcs_sim.prometheus_meter(f"http://127.0.0.1:{prometheus_port}/metrics")
@@ -266,10 +272,7 @@ def _run(settings: Settings, site, work: Path, days: float, speed: float, warmup
               f"(http://127.0.0.1:{prometheus_port}/metrics)")
         twin_thread = threading.Thread(target=twin.run.run, args=(stop_twin,), name="twin", daemon=True)
         twin_thread.start()
-        time.sleep(max(0.0, clock.anchor_s - time.time()))  # the sources read from the twin's first sample on
-        sources = start_child(run, work / "sources.log", "source", "--config", str(sources_file))
-        print(f"  sources  pid {sources.pid}: the twin's SunSpec meters (127.0.0.1:{meter_port}) and page, the PCS "
-              f"over SunSpec (config {sources_file}, log {work / 'sources.log'})", flush=True)
+        time.sleep(clock.wall_until_start())
         began, next_report = time.monotonic(), start_ms + DAY_S * 1000
         while clock() * 1000 < end_ms:
             if worker.poll() is not None:
@@ -338,6 +341,10 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
     latencies = loop_latencies(samples, [{"action_id": r["action_id"], "created_ms": r["created_ms"],
                                           "wall_s": wall / 1000} for r, wall in proposed if r["action_id"] in pcs],
                                executed, lambda wall_s: clock.epoch_s + (wall_s - clock.anchor_s) * clock.speed)
+    # the loop's first planned step: the warm-up it learned from starts there (the twin's first sample, if every
+    # process was up when the run's time began)
+    first_step_ms = min((r["issued_ms"] - r["step_s"] * 1000 for r, _ in read_records(run, "forecasts.peak")),
+                        default=None)
     health = {r["source"]: r for r, _ in read_records(run, "sources.health")}  # each source's last report
     statuses = {}
     for r, _ in results:
@@ -357,7 +364,8 @@ def summarise(run: Settings, physics, samples, measured_ms: int, end_ms: int, wa
             "latencies": latencies, "incidents": list(incidents.values()), "narratives": narratives,
             "sources": {name: {k: h[k] for k in ("polls", "failures", "points", "dead_letters", "dropped")}
                         for name, h in sorted(health.items())},
-            "samples": len(measured), "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0),
+            "samples": len(measured), "first_step_ms": first_step_ms,
+            "first_sample_ms": samples[0].ts_ms if samples else None, "max_discharge_kw": max((s.ess_kw for s in measured), default=0.0),
             "start_soc_pct": start_soc_pct, "soc_window": (limits.reserve_soc_pct, limits.max_soc_pct)}
 
 
@@ -402,6 +410,9 @@ def print_summary(f: dict, run: Settings, speed: float) -> None:
     print(f"    offline: the planner on the same load with the same battery in the guard's "
           f"{f['soc_window'][0]:g}-{f['soc_window'][1]:g}% charge window, from the live {f['start_soc_pct']:.0f}% "
           f"at the first billed step")
+    if f["first_step_ms"] is not None and f["first_sample_ms"] is not None:
+        print(f"    the loop learned from {time.strftime('%a %H:%M', time.gmtime(f['first_step_ms'] / 1000))} twin time "
+              f"(the twin's first sample: {time.strftime('%a %H:%M', time.gmtime(f['first_sample_ms'] / 1000))})")
     print("  sources  (what read the site: the twin's own telemetry is none)")
     for name, h in f["sources"].items():
         print(f"    {name:<12}{h['points']:>10,} points in {h['polls']:,} polls, {h['failures']} failed, "

@@ -34,6 +34,8 @@ def test_one_demo_day_shows_a_lower_billed_peak_with_every_figure_consistent(tmp
     assert with_loop < without - 100, "the billed peak on the twin's meter did not fall"
     assert live_cut >= 0.5 * offline_cut, f"live cut {live_cut:.0f} kW against the offline {offline_cut:.0f} kW"
     assert figures["max_discharge_kw"] > 100
+    # every reader was up when the run's time began: the loop learned the warm-up from its first step
+    assert figures["first_step_ms"] - figures["first_sample_ms"] <= 2 * 900_000, figures["first_step_ms"]
     # the site was read as a site is read: the twin published no point itself, the sources read its meters, its
     # page and the PCS, and every poll's points were taken
     assert figures["twin_points"] == 0 and figures["sources"]["twin-1"]["points"] == 0  # the twin's own health
