@@ -279,6 +279,10 @@ def cmd_bench(settings: Settings, args) -> int:
         run_sources_bench(settings)
         print("\n".join(host_sources.run(settings)))  # logs, hwmon and slurm-queue sources
         print("\n".join(field_sources.run(settings)))  # sunspec and snmp, one process polling N devices
+    if args.suite in ("all", "twin"):
+        from opsloop.ops.bench.twin import run_twin_bench
+
+        run_twin_bench(settings)
     if args.suite == "flex":  # needs Slurm, llama-cpp-python, HAProxy and hey here: not part of "all"
         from opsloop.ops.bench.flex import run_flex_bench
 
@@ -445,7 +449,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rollup and anomaly agent throughput against a bare confluent-kafka loop; "
                                      "approved action to PCS register write latency; closed-loop latency (loop)")
     b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "loop", "sources", "noc", "flex"], default="all")
+    b.add_argument("--suite", choices=["all", "rollup", "scale", "alarms", "peaks", "loop", "sources", "twin", "noc", "flex"], default="all")
     b.add_argument("--loop-rate", type=float, default=10_000, help="loop suite: twin points/s into the topology")
     b.add_argument("--loop-seconds", type=float, default=100.0, help="loop suite: how long the twin sends")
     b.add_argument("--loop-speed", type=float, default=60.0, help="loop suite: twin seconds per wall second")

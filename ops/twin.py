@@ -151,7 +151,8 @@ class TwinPoller:
         self.stopped: dict[str, float] = {}
         self.seen_running: set[str] = set()
         self.samples = 0
-        self.points = 0
+        self.points = 0  # published
+        self.measured = 0  # measured, whether published or only shown
         self.pcs_errors = 0
         self.pcs_silent = False
         self.history: list[tuple[int, float, float]] = []  # (ts_ms, grid_kw, ess_kw) of every sample
@@ -213,6 +214,7 @@ class TwinPoller:
         if state is not None:
             for show in self.outputs:
                 show(state)
+        self.measured += len(readings.points)
         if not self.publish:
             readings.points = []
         self.points += len(readings.points)
