@@ -11,7 +11,7 @@ from opsloop.models.sop_retrieval import device_kinds
 from opsloop.config.assets import sop_texts
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
-from opsloop.ops.evals.narrate import DEV_SETS, FRESH_SETS, evaluate, load_labelled
+from opsloop.ops.evals.narrate import BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, evaluate, load_labelled
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
@@ -35,6 +35,17 @@ def test_labelled_set_is_large_valid_and_names_real_sops(narration, cases):
         codec.encode("Incident", incident)  # a valid Incident record
         assert expect and set(expect) <= set(narration.corpus)
     assert len({incident["incident_id"] for incident, _ in every}) == len(every)
+
+
+def test_the_blind_set_without_types_differs_from_it_only_in_device_types():
+    typed, untyped = load_labelled(FRESH_SETS[-1]), load_labelled(BLIND_NO_TYPES)
+    assert len(typed) == len(untyped) >= 48
+    generic = {"device", "asset", "equipment", "other"}
+    for (a, expect_a), (b, expect_b) in zip(typed, untyped):
+        assert a["incident_id"] == b["incident_id"] and expect_a == expect_b
+        assert b["root_device_type"] in generic and {m["device_type"] for m in b["members"]} <= generic
+        strip = lambda i: {**i, "root_device_type": None, "members": [{**m, "device_type": None} for m in i["members"]]}
+        assert strip(a) == strip(b), a["incident_id"]
 
 
 def test_retrieval_meets_the_targets_on_the_labelled_set(narration, cases):
