@@ -76,14 +76,15 @@ class LoopConfig:
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
     skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
     # The plan never discharges less than the reactive rule would once the load passes the billed peak
-    # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design, not by measured skill. On, as
-    # leave-one-curve-out over the peaks suite chose on every curve; it costs BDEW h0 and g6 much of their
-    # share of the oracle (energy the plan kept for the evening peak is spent earlier; see README).
+    # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design until measured otherwise. On, as
+    # leave-one-curve-out over the peaks suite chose on every curve against the plan alone (see README).
     reactive_floor: bool = True
     # The floor lifted by measured evidence (models.peak_modes.ModeArbiter.floor_lifted): while, over the last this
     # many closed days, the plan without it cut the billed peak so far by more (beyond ``floor_margin_pct`` of the
-    # PCS's power a day) than with it, both shadowed. 0: the floor is never lifted.
-    floor_skill_days: int = 0
+    # PCS's power a day) than with it, both shadowed. 0: the floor is never lifted. 7: leave-one-curve-out over
+    # off, on, on judged on 3 days and on judged on 7 chose 7 on every curve of the peaks suite (README): it
+    # keeps the four NAB weeks the floor won and gives back much of what it cost BDEW h0 and g6.
+    floor_skill_days: int = 7
     floor_margin_pct: float = 1.0
     # The mode before any skill is measured (models.peak_modes). reactive (with skill_days) saved the two
     # ec2 series a first-day loss but cost every other curve its first days (Taylor 91.0% -> 85.5% monthly).

@@ -21,7 +21,7 @@ mix both modes; which decided how many steps is reported per period. Until anyth
 the ``start_mode`` decides: the plan by default; ``reactive`` makes the plan show its skill first.
 
 Skill is measured after the fact; the reactive floor (``LoopConfig.reactive_floor``, on by default)
-guards by design within a period: the plan's target never stays above both the rule's ``T`` and
+guards within a period: the plan's target never stays above both the rule's ``T`` and
 the period's billed peak (``models.peak_planner.plan``), so the plan never gives less than the
 rule once the load passes the billed peak, as its energy allows.
 

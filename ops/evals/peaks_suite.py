@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "period's billed peak (default: the loop's)")
     p.add_argument("--floor-skill-days", type=int,
                    help="lift the reactive floor while, over this many closed days, the plan without it cut the "
-                        "billed peak so far by more than with it, both shadowed (default: the loop's; 0: never)")
+                        "billed peak so far by more than with it, both shadowed (default: the loop's, 7; 0: never)")
     p.add_argument("--start-mode", choices=("forecast", "reactive"),
                    help="the arbiter's mode until skill is measured (default: the loop's; reactive wants "
                         "--skill-days)")
