@@ -47,10 +47,10 @@ from opsloop.config.site import FlexibleLoad, Site
 from opsloop.models import levers as flex
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
-from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
-from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, Billing, Plan, Policy, Tariff,
-                                         _charge_steps, _episode_end, billing_period, period_end_ms, plan,
-                                         reactive_plan)
+from opsloop.models.peak_modes import FLOORED, FORECAST, REACTIVE, UNFLOORED, ModeArbiter, ReactiveRule
+from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, REACTIVE_FLOOR_LIFTED, SHAVE_PEAK,
+                                         WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps, _episode_end,
+                                         billing_period, period_end_ms, plan, reactive_plan)
 
 
 RECENT_IMPORT_DAYS = 7  # the levers never cut under the highest import of this many days (models.levers)
@@ -76,10 +76,16 @@ class LoopConfig:
     skill_periods: int = 4  # closed billing periods that decide which mode runs the next one
     skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
     # The plan never discharges less than the reactive rule would once the load passes the billed peak
-    # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design, not by measured skill. On, as
-    # leave-one-curve-out over the peaks suite chose on every curve; it costs BDEW h0 and g6 much of their
-    # share of the oracle (energy the plan kept for the evening peak is spent earlier; see README).
+    # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design until measured otherwise. On, as
+    # leave-one-curve-out over the peaks suite chose on every curve against the plan alone (see README).
     reactive_floor: bool = True
+    # The floor lifted by measured evidence (models.peak_modes.ModeArbiter.floor_lifted): while, over the last this
+    # many closed days, the plan without it cut the billed peak so far by more (beyond ``floor_margin_pct`` of the
+    # PCS's power a day) than with it, both shadowed. 0: the floor is never lifted. 7: leave-one-curve-out over
+    # off, on, on judged on 3 days and on judged on 7 chose 7 on every curve of the peaks suite (README): it
+    # keeps the four NAB weeks the floor won and gives back much of what it cost BDEW h0 and g6.
+    floor_skill_days: int = 7
+    floor_margin_pct: float = 1.0
     # The mode before any skill is measured (models.peak_modes). reactive (with skill_days) saved the two
     # ec2 series a first-day loss but cost every other curve its first days (Taylor 91.0% -> 85.5% monthly).
     start_mode: str = FORECAST
@@ -168,7 +174,9 @@ class SitePeakLoop:
                                                       holidays=config.holidays)
         self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
         self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods, skill_days=config.skill_days,
-                                   start_mode=config.start_mode)
+                                   start_mode=config.start_mode,
+                                   floor_skill_days=config.floor_skill_days if config.reactive_floor else 0,
+                                   floor_margin_pct=config.floor_margin_pct)
         self.billing: Billing | None = None
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
@@ -241,17 +249,29 @@ class SitePeakLoop:
         # A day billed alone is not bounded by the days before it (a Sunday after a weekday peak): the
         # recent peak is then the day's own so far; weeks and months look back a week.
         recent_peak = self.reactive.recent_peak_kw(step_end, days=0 if cfg.billing_period == "day" else 7)
-        floor = self.reactive.threshold_kw(step_end) if cfg.reactive_floor else None
+        threshold = self.reactive.threshold_kw(step_end) if cfg.reactive_floor else None
+        lifted = arbiter.floor_lifted()
+        floor = None if lifted else threshold
         result = plan(points, cfg.step_s, battery, soc, self.billing, now_ms=step_end,
                       tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak, reactive_kw=floor)
+        if lifted:
+            result = self._floor_lifted(result, threshold)
+
         # The shadows plan from their own battery and billed peak (the same as the site's while the plan decides).
-        shadow = arbiter.shadows[FORECAST]
-        same = abs(shadow.energy_kwh - energy) < 1e-6 and abs(shadow.billed_kw - self.billing.billed_peak_kw) < 1e-6
-        shadow.pending = result.command if same else plan(
-            points, cfg.step_s, battery, battery.soc_pct(shadow.energy_kwh),
-            Billing(next_key, shadow.billed_kw, max(next_start, self.billing.start_ms), cfg.billing_period),
-            now_ms=step_end, tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak,
-            reactive_kw=floor).command
+        def shadow_command(name: str, reactive_kw: float | None, planned: Plan):
+            shadow = arbiter.shadows[name]
+            same = (abs(shadow.energy_kwh - energy) < 1e-6
+                    and abs(shadow.billed_kw - self.billing.billed_peak_kw) < 1e-6 and reactive_kw == floor)
+            return planned.command if same else plan(
+                points, cfg.step_s, battery, battery.soc_pct(shadow.energy_kwh),
+                Billing(next_key, shadow.billed_kw, max(next_start, self.billing.start_ms), cfg.billing_period),
+                now_ms=step_end, tariff=cfg.tariff, policy=cfg.policy, recent_peak_kw=recent_peak,
+                reactive_kw=reactive_kw).command
+
+        arbiter.shadows[FORECAST].pending = shadow_command(FORECAST, floor, result)
+        if arbiter.floor_skill_days:  # the plan with the floor and without it, to judge the floor by
+            arbiter.shadows[FLOORED].pending = shadow_command(FLOORED, threshold, result)
+            arbiter.shadows[UNFLOORED].pending = shadow_command(UNFLOORED, None, result)
         reactive = arbiter.shadows[REACTIVE]
         reactive.pending = self.reactive.command(battery, reactive.energy_kwh, step_end)
         if mode == REACTIVE:
@@ -281,6 +301,19 @@ class SitePeakLoop:
         if levers is not None and levers.mix.engagements:
             decision.actions += self._lever_actions(levers, step_end)
         return decision
+
+    def _floor_lifted(self, result: Plan, threshold: float | None) -> Plan:
+        """A plan that holds import above the reactive threshold because the floor is lifted says so."""
+        billed = self.billing.billed_peak_kw
+        if threshold is None or not math.isfinite(threshold) or max(threshold, billed) >= result.target_kw:
+            return result  # the floor would not have bound
+        skill = self.arbiter.floor_skill()
+        why = (f" The reactive floor at {threshold:,.0f} kW is lifted: over the last {len(self.arbiter.floor_days)} "
+               f"days the plan without it cut the billed peak by {skill[UNFLOORED]:,.0f} kW in all against "
+               f"{skill[FLOORED]:,.0f} kW with it.")
+        code = REACTIVE_FLOOR_LIFTED if result.reason_code in (SHAVE_PEAK, WAIT_FOR_PEAK) else result.reason_code
+        return replace(result, reason=result.reason + why, reason_code=code,
+                       notes={**result.notes, "reactive_floor_lifted_kw": threshold})
 
     def _plan_levers(self, points, result: Plan, battery: Battery, energy: float, step_end: int) -> flex.LeverPlan:
         """The levers' plan on the planner's forecast episode, from the battery's own target."""

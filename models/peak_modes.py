@@ -21,9 +21,18 @@ mix both modes; which decided how many steps is reported per period. Until anyth
 the ``start_mode`` decides: the plan by default; ``reactive`` makes the plan show its skill first.
 
 Skill is measured after the fact; the reactive floor (``LoopConfig.reactive_floor``, on by default)
-guards by design within a period: the plan's target never stays above both the rule's ``T`` and
+guards within a period: the plan's target never stays above both the rule's ``T`` and
 the period's billed peak (``models.peak_planner.plan``), so the plan never gives less than the
 rule once the load passes the billed peak, as its energy allows.
+
+The floor costs a plan whose forecast is right: one that keeps its energy for a later, larger peak
+(a household's evening) spends it on the rule's ``T`` earlier in the day. With ``floor_skill_days``
+> 0 the arbiter also shadows the plan with the floor (``FLOORED``) and without it (``UNFLOORED``)
+and measures, at the end of each day, how far each has cut the billed peak so far this period;
+``floor_lifted()`` lifts the floor while, over the last ``floor_skill_days`` closed days, the plan
+without it cut more by over ``floor_margin_pct`` of the PCS's power a day. Until then (a site's
+first days, a forecast that keeps missing) the floor stands: it protects where the forecast fails
+and steps aside where the forecast has shown it does better alone.
 
 Pure and deterministic: event time and measured loads only.
 """
@@ -38,6 +47,8 @@ from opsloop.models.battery import Battery, Command
 
 FORECAST, REACTIVE = "forecast", "reactive"
 MODES = (FORECAST, REACTIVE)
+# The plan with and without the reactive floor, shadowed to measure whether the floor helps (``floor_skill_days``).
+FLOORED, UNFLOORED = "plan_floored", "plan_unfloored"
 
 
 class ReactiveRule:
@@ -134,11 +145,18 @@ class ModeArbiter:
     day_load_kw: float = 0.0  # its highest load
     days: deque = field(default_factory=deque)  # (day, {mode: cut of the day's peak, kW}) of closed days
     decided_day: int | None = None  # the day the mode was last chosen by days
+    # The floor's own evidence: closed days it is judged on (0: it is never lifted), and by how much the plan
+    # without it must have cut more a day, in % of the PCS's power, before it is lifted.
+    floor_skill_days: int = 0
+    floor_margin_pct: float = 1.0
+    floor_days: deque = field(default_factory=deque)  # (day, {FLOORED/UNFLOORED: billed-peak cut so far, kW})
+    billed_cut_kw: dict = field(default_factory=dict)  # shadow -> its cut of this period's billed peak so far
 
     def __setstate__(self, state: dict) -> None:
         """An arbiter pickled before days were measured (a worker's changelog) gets their defaults."""
         self.__dict__.update({"skill_days": 0, "day": None, "day_load_kw": 0.0, "days": deque(), "decided_day": None,
-                              "start_mode": FORECAST, **state})
+                              "start_mode": FORECAST, "floor_skill_days": 0, "floor_margin_pct": 1.0,
+                              "floor_days": deque(), "billed_cut_kw": {}, **state})
 
     def __post_init__(self) -> None:
         if self.start_mode not in MODES:
@@ -155,10 +173,14 @@ class ModeArbiter:
                 self.days.append((self.day, {m: self.day_load_kw - s.day_kw for m, s in self.shadows.items()}))
                 while len(self.days) > 28:
                     self.days.popleft()
+                if self.floor_skill_days and self.billed_cut_kw:
+                    self.floor_days.append((self.day, dict(self.billed_cut_kw)))
+                    while len(self.floor_days) > self.floor_skill_days:
+                        self.floor_days.popleft()
             self.day, self.day_load_kw = day, 0.0
             for shadow in self.shadows.values():
                 shadow.day_kw = 0.0
-        for mode in MODES:
+        for mode in MODES + ((FLOORED, UNFLOORED) if self.floor_skill_days else ()):
             shadow = self.shadows.setdefault(mode, _Shadow(energy_kwh))
             if shadow.pending is None:
                 continue
@@ -168,6 +190,10 @@ class ModeArbiter:
             shadow.day_kw = max(shadow.day_kw, result.grid_kw)
         self.load_peak_kw = max(self.load_peak_kw, load_kw)
         self.day_load_kw = max(self.day_load_kw, load_kw)
+        # Kept after every step, not read at the day's close: the day a period ends, its billed peaks are reset
+        # before the next day's first step is measured.
+        self.billed_cut_kw = {m: self.load_peak_kw - self.shadows[m].billed_kw for m in (FLOORED, UNFLOORED)
+                              if m in self.shadows and self.shadows[m].pending is not None}
 
     def start_period(self, period: str, start_ms: int | None = None) -> str:
         """Close the period that ended (if any) and choose the mode of ``period`` (``start_ms``: of the step to
@@ -214,6 +240,20 @@ class ModeArbiter:
     def by_days(self) -> bool:
         """Whether the mode is being chosen on days (no two periods closed yet)."""
         return bool(self.skill_days) and len(self.history) < min(2, self.skill_periods)
+
+    def floor_skill(self) -> dict[str, float]:
+        """The plan's cut of the billed peak so far (kW) with the floor and without it, summed over the closed days
+        the floor is judged on."""
+        return {m: round(sum(cut.get(m, 0.0) for _, cut in self.floor_days), 1) for m in (FLOORED, UNFLOORED)}
+
+    def floor_lifted(self) -> bool:
+        """Whether the plan runs without the reactive floor: over the last ``floor_skill_days`` closed days, the
+        plan without it cut the billed peak so far by more than with it, beyond the margin."""
+        if not self.floor_skill_days or len(self.floor_days) < self.floor_skill_days:
+            return False
+        skill = self.floor_skill()
+        margin = self.floor_margin_pct / 100 * self.battery.pcs_discharge_kw * len(self.floor_days)
+        return skill[UNFLOORED] > skill[FLOORED] + margin
 
     def skill(self) -> dict[str, float]:
         """Each mode's billed-peak cut (kW) summed over the periods the choice was measured on."""

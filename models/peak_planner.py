@@ -57,6 +57,8 @@ SHAVE_PEAK = "shave_peak"  # discharge to the lowest import the battery can hold
 HOLD_BILLED_PEAK = "hold_billed_peak"  # discharge to keep import at this period's billed peak
 HOLD_IMPORT_CAP = "hold_import_cap"  # discharge to keep import at the contracted cap, where the cap binds
 REACTIVE_FLOOR = "reactive_floor"  # discharge to the reactive rule's threshold, which the plan alone would hold above
+# shave or wait above the reactive threshold: the floor is lifted, the plan alone having cut more (models.peak_modes)
+REACTIVE_FLOOR_LIFTED = "reactive_floor_lifted"
 RECHARGE_VALLEY = "recharge_valley"  # charge in a planned valley of the forecast load
 RECHARGE_CHEAP_HOURS = "recharge_cheap_hours"  # charge in the tariff's cheap hours
 WAIT_FOR_PEAK = "wait_for_peak"  # idle now, the battery kept for a forecast peak above the target
@@ -69,8 +71,8 @@ REACTIVE_IDLE = "reactive_idle"  # at the threshold, or the battery empty or ful
 # ... and of a relocation of low-priority jobs:
 RELOCATE_OVER_BILLED_PEAK = "relocate_over_billed_peak"  # the battery cannot hold this period's billed peak
 RELOCATE_OVER_IMPORT_CAP = "relocate_over_import_cap"  # the battery cannot hold the import cap
-PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, REACTIVE_FLOOR, RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS,
-                        WAIT_FOR_PEAK, IDLE_BELOW_TARGET, HOLD_GRID_LIMIT, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
+PLAN_CODES = frozenset({SHAVE_PEAK, HOLD_BILLED_PEAK, HOLD_IMPORT_CAP, REACTIVE_FLOOR, REACTIVE_FLOOR_LIFTED,
+                        RECHARGE_VALLEY, RECHARGE_CHEAP_HOURS, WAIT_FOR_PEAK, IDLE_BELOW_TARGET, HOLD_GRID_LIMIT, REACTIVE_SHAVE, REACTIVE_RECHARGE, REACTIVE_IDLE})
 RELOCATION_CODES = frozenset({RELOCATE_OVER_BILLED_PEAK, RELOCATE_OVER_IMPORT_CAP})
 REASON_CODES = PLAN_CODES | RELOCATION_CODES
 

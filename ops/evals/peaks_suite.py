@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reactive-floor", choices=("on", "off"),
                    help="the plan never discharges less than the reactive rule would once the load passes the "
                         "period's billed peak (default: the loop's)")
+    p.add_argument("--floor-skill-days", type=int,
+                   help="lift the reactive floor while, over this many closed days, the plan without it cut the "
+                        "billed peak so far by more than with it, both shadowed (default: the loop's, 7; 0: never)")
     p.add_argument("--start-mode", choices=("forecast", "reactive"),
                    help="the arbiter's mode until skill is measured (default: the loop's; reactive wants "
                         "--skill-days)")
@@ -97,10 +100,13 @@ def main(args: argparse.Namespace, settings=None) -> int:
             config = replace(config, skill_days=args.skill_days)
         if args.reactive_floor is not None:
             config = replace(config, reactive_floor=args.reactive_floor == "on")
+        if args.floor_skill_days is not None:
+            config = replace(config, floor_skill_days=args.floor_skill_days)
         if args.start_mode is not None:
             config = replace(config, start_mode=args.start_mode)
         report["config"] = {"skill_periods": config.skill_periods, "skill_days": config.skill_days,
-                            "reactive_floor": config.reactive_floor, "start_mode": config.start_mode,
+                            "reactive_floor": config.reactive_floor, "floor_skill_days": config.floor_skill_days,
+                            "start_mode": config.start_mode,
                             "holidays": args.holidays}
         report["curves"].append(score_curve(name, family, times, values, step_s, config, args.mase == "on"))
     report["summary"] = summarise(report["curves"])

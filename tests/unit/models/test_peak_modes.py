@@ -190,3 +190,90 @@ def test_the_reactive_rule_ignores_a_step_learned_again():
             twice.learn_one(h * HOUR, daily_load(h))  # a peak step, again
             twice.learn_one((h - 1) * HOUR, 0.0)  # and an older one
     assert twice.threshold_kw(3 * DAY) == once.threshold_kw(3 * DAY)
+
+
+def test_the_arbiter_lifts_the_reactive_floor_only_once_the_plan_without_it_measured_more():
+    """Three shadows a day: the plan without the floor holds 1,500 kW while the plan with it never shaves
+    (and, in reverse, the plan with it shaves). The floor is lifted once the days it is judged on have closed
+    and the plan without it cut more; never before, never on a tie, never when the floor wins."""
+    from opsloop.models.peak_modes import FLOORED, UNFLOORED
+
+    def run(better: str, days: int = 2) -> list[bool]:
+        arbiter = ModeArbiter(BATTERY, floor_skill_days=days)
+        lifted = []
+        for h in range(24 * 5):
+            start = h * HOUR
+            arbiter.measure(daily_load(h), 3600, 1500.0, start)
+            arbiter.start_period(billing_period(start + HOUR, "month")[0], start + HOUR)
+            for name in arbiter.shadows:
+                energy = arbiter.shadows[name].energy_kwh
+                arbiter.shadows[name].pending = IDLE if name != better else Command(
+                    1500.0, BATTERY.max_discharge_kw(energy, 1.0), BATTERY.max_charge_kw(energy, 1.0),
+                    charge_ceiling_kw=1500.0)
+            lifted.append(arbiter.floor_lifted())
+        return lifted
+
+    unfloored = run(UNFLOORED)
+    assert not any(unfloored[:24 * 2]), "lifted before two days had closed"
+    assert all(unfloored[24 * 2:])
+    skill = ModeArbiter(BATTERY, floor_skill_days=2)
+    assert not skill.floor_lifted() and skill.floor_skill() == {FLOORED: 0.0, UNFLOORED: 0.0}
+    assert not any(run(FLOORED)) and not any(run(FORECAST))  # the floor cut more; a tie
+    assert not any(run(UNFLOORED, days=0))  # not asked to measure: the floor stands, nothing more is shadowed
+    assert set(ModeArbiter(BATTERY).shadows) <= {FORECAST, REACTIVE}
+
+
+class _Foresight(PeakForecaster):
+    """Forecasts the load the test will feed: a forecast that is right."""
+
+    def __init__(self, load, **kw):
+        super().__init__(**kw)
+        self.load, self.next_hour = load, 0
+
+    def learn_one(self, y, x=None):
+        self.next_hour = x["ts_ms"] // HOUR + 1
+
+    def forecast_points(self, horizon, xs=None):
+        from opsloop.models.peak_forecast import ForecastPoint
+        hours = range(self.next_hour, self.next_hour + horizon)
+        return [ForecastPoint(h * HOUR, self.load(h), self.load(h), self.load(h)) for h in hours]
+
+
+def test_a_loop_lifts_the_floor_once_the_plan_without_it_measured_more_and_says_why():
+    """A rule set at the median (a threshold far under the day's peak) and a right forecast: the floor makes the plan
+    spend its small battery on the long midday, the plan alone keeps it for the one-hour evening peak. With the floor
+    judged on two days, it stands until they have closed, then steps aside and says so; judged on none, it stays."""
+    small = Battery(capacity_kwh=800, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+                    reserve_soc_pct=10)
+
+    def load(h: int) -> float:
+        hour = h % 24
+        return (2600.0 if hour == 19 else 1800.0 if 9 <= hour < 18 else 1000.0) + 37.0 * ((h * 7) % 5)
+
+    def run(floor_skill_days: int) -> tuple[list, SitePeakLoop]:
+        config = LoopConfig(site="s", ess_id="e", battery=small, step_s=3600, billing_period="day",
+                            reactive_percentile=50.0, floor_skill_days=floor_skill_days)
+        loop = SitePeakLoop(config, forecaster=_Foresight(load, step_s=3600, season_steps=24))
+        energy, grid, out = small.energy_kwh(100.0), load(0), []
+        for h in range(24 * 5):
+            decision = loop.on_step(h * HOUR, load(h), grid, small.soc_pct(energy), None)
+            out.append(decision)
+            result = small.step(energy, decision.plan.command, load(h + 1), 1.0)
+            energy, grid = result.energy_kwh, result.grid_kw
+        return out, loop
+
+    (fixed, _), (judged, loop) = run(0), run(2)
+    assert any("reactive_floor_kw" in d.plan.notes for d in fixed), "the floor never binds: tests nothing"
+    assert not any(d.plan.reason_code == "reactive_floor_lifted" for d in fixed)
+    lifted = [i for i, d in enumerate(judged) if d.plan.reason_code == "reactive_floor_lifted"]
+    assert lifted and lifted[0] >= 24 * 2  # not before two days have closed
+    assert any("reactive_floor_kw" in d.plan.notes for d in judged[: lifted[0]])  # the floor stood until then
+    first = judged[lifted[0]].plan
+    assert "The reactive floor at" in first.reason and "the plan without it cut the billed peak by" in first.reason
+    assert first.notes["reactive_floor_lifted_kw"] == pytest.approx(loop.reactive.threshold_kw(
+        judged[lifted[0]].step_start_ms + HOUR))
+    import re
+    alone, floored = (float(kw.replace(",", "")) for kw in re.search(
+        r"cut the billed peak by ([\d,]+) kW in all against ([\d,]+) kW with it", first.reason).groups())
+    assert alone > floored
+    assert all(a["reason_code"] == d.plan.reason_code for d in judged for a in d.actions if a["kind"] != "slurm_hold")

@@ -85,14 +85,16 @@ def test_the_reactive_floor_keeps_the_plan_from_losing_a_week_to_the_reactive_ru
     times = [h * hour for h in range(24 * 18)]  # day 4 is Monday 5 January 1970: two billing weeks after the warm-up
     loads = [load(h) for h in range(len(times))]
     weeks = {}
-    for floor in (False, True):
+    for floor, skill_days in ((False, 0), (True, 0), (True, 7)):  # off; on; on until the plan alone measured more
         config = LoopConfig(site="s", ess_id="e", battery=battery, step_s=3600, billing_period="week",
-                            reactive_floor=floor)
-        weeks[floor] = evaluate(times, loads, 3600, config, 80.0, warmup_days=4)["periods"]
+                            reactive_floor=floor, floor_skill_days=skill_days)
+        weeks[floor, skill_days] = evaluate(times, loads, 3600, config, 80.0, warmup_days=4)["periods"]
     lost = [w["strategies"]["planner"]["billed_peak_kw"] > w["strategies"]["reactive"]["billed_peak_kw"] + 0.5
-            for w in weeks[False]]
+            for w in weeks[False, 0]]
     assert lost[0], "the plan alone should lose the first week (else the case tests nothing)"
-    for week in weeks[True]:
-        s = week["strategies"]
-        assert s["planner"]["billed_peak_kw"] <= s["reactive"]["billed_peak_kw"] + 0.5 and s["planner"]["violations"] == 0
-    assert weeks[True][0]["strategies"]["planner"]["floor_steps"] > 0
+    for judged in ((True, 0), (True, 7)):  # a floor judged by skill stands here: the plan alone never measured more
+        for week in weeks[judged]:
+            s = week["strategies"]
+            assert s["planner"]["billed_peak_kw"] <= s["reactive"]["billed_peak_kw"] + 0.5
+            assert s["planner"]["violations"] == 0
+        assert weeks[judged][0]["strategies"]["planner"]["floor_steps"] > 0
