@@ -192,6 +192,13 @@ class SitePeakLoop:
             self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
             self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
 
+    def reconfigure(self, config: LoopConfig) -> None:
+        """Today's configuration over a restored loop: its limits, and how the floor is judged (an arbiter saved
+        before the floor was judged by skill starts measuring it now)."""
+        self.config = config
+        self.arbiter.floor_skill_days = config.floor_skill_days if config.reactive_floor else 0
+        self.arbiter.floor_margin_pct = config.floor_margin_pct
+
     def on_snapshot(self, snap: dict) -> list[Decision]:
         """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""
         start = snap["window_start_ms"]

@@ -60,7 +60,7 @@ class PeaksProcessor(KeyedProcessor):
     def load_state(self, key: bytes, stored: bytes | None) -> SiteState:
         if stored:
             state = pickle.loads(stored)
-            state.loop.config = self.config  # learned state from the changelog, limits from today's site file
+            state.loop.reconfigure(self.config)  # learned state from the changelog, limits from today's site file
             self.log.info("%s: site %s state recovered (offset %d)", self.name, key.decode(), state.offset)
             return state
         return SiteState(SitePeakLoop(self.config))

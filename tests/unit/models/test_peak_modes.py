@@ -277,3 +277,19 @@ def test_a_loop_lifts_the_floor_once_the_plan_without_it_measured_more_and_says_
         r"cut the billed peak by ([\d,]+) kW in all against ([\d,]+) kW with it", first.reason).groups())
     assert alone > floored
     assert all(a["reason_code"] == d.plan.reason_code for d in judged for a in d.actions if a["kind"] != "slurm_hold")
+
+
+def test_a_loop_restored_from_before_the_floors_skill_judges_it_once_reconfigured():
+    import pickle
+    from dataclasses import replace
+
+    config = LoopConfig(site="s", ess_id="e", battery=BATTERY, step_s=3600)
+    loop = SitePeakLoop(replace(config, floor_skill_days=0))  # as saved by a worker before floor_skill_days
+    for h in range(24):
+        loop.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None)
+    restored = pickle.loads(pickle.dumps(loop))
+    restored.reconfigure(config)
+    assert restored.config is config and restored.arbiter.floor_skill_days == config.floor_skill_days > 0
+    for h in range(24, 72):
+        restored.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None)
+    assert restored.arbiter.floor_days, "the restored loop never measured the floor"
