@@ -192,3 +192,17 @@ def test_a_pid_file_counts_only_while_its_process_runs_that_daemon(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_up_rest_with_a_token_file_writes_the_token_there_and_prints_where_not_what(monkeypatch, tmp_path, capsys):
+    from opsloop.ops.slurm import LocalSlurm
+
+    monkeypatch.setattr(LocalSlurm, "start", lambda self, **options: f"Slurm up {options}")
+    monkeypatch.setattr(LocalSlurm, "rest_token", lambda self, lifespan_s: f"secret-{lifespan_s}")
+    monkeypatch.setattr(LocalSlurm, "rest_url", "http://127.0.0.1:6820")
+    token_file = tmp_path / "run" / "jwt"
+    assert _cli(["slurm", "up", "--rest", "--token-file", str(token_file), "--token-lifespan-s", "600"],
+                monkeypatch, tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert token_file.read_text() == "secret-600\n" and "secret" not in printed
+    assert f"OPSLOOP_SLURM_JWT_FILE={token_file}" in printed and "OPSLOOP_SLURM_BACKEND=slurmrestd" in printed
