@@ -359,8 +359,8 @@ def parser() -> argparse.ArgumentParser:
                                         "serves other containers, every request still needs a token)")
     sl.add_argument("--rest-port", type=int, help="with --rest: slurmrestd's port (default: a free one)")
     sl.add_argument("--token-file", type=Path,
-                    help="with --rest: write a JWT for slurmrestd to this file (owner-only, for OPSLOOP_SLURM_JWT_FILE) "
-                         "instead of printing it; --foreground renews it at half its lifespan")
+                    help="with --rest: write a JWT for slurmrestd to this file (owner-only, for "
+                         "OPSLOOP_SLURM_JWT_FILE) instead of printing it; --foreground renews it at half its lifespan")
     sl.add_argument("--token-lifespan-s", type=int, default=86_400, help="the token's lifespan (default a day)")
     sl.add_argument("--foreground", action="store_true",
                     help="up: stay in the foreground until SIGTERM or SIGINT, then stop Slurm (a container's main "

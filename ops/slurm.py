@@ -448,8 +448,8 @@ def serve(cluster: LocalSlurm, stop: threading.Event, rest: bool = False, rest_h
                 if renew_at is None:
                     out(f"JWT in {token_path} (lifespan {token_lifespan_s} s, renewed every {token_lifespan_s // 2} s)")
                 renew_at = time.monotonic() + token_lifespan_s / 2
-            dead = [name for name, up in (("Slurm", cluster.running()), ("slurmrestd", not rest or cluster.rest_running()))
-                    if not up]
+            checks = (("Slurm", cluster.running()), ("slurmrestd", not rest or cluster.rest_running()))
+            dead = [name for name, up in checks if not up]
             if dead:
                 out(f"{' and '.join(dead)} stopped by itself; stopping the rest")
                 return 1
