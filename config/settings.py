@@ -81,6 +81,7 @@ class Settings:
     slurm_backend: str = "scontrol"  # scontrol | slurmrestd (REST; token in env SLURM_JWT) | pyslurm
     slurm_rest_url: str = "http://127.0.0.1:6820"  # slurmrestd base URL (slurm_backend=slurmrestd)
     slurm_rest_user: str = ""  # X-SLURM-USER-NAME; empty: the user the token was issued for
+    slurm_jwt_file: Path | None = None  # without env SLURM_JWT: the token in this file, read again on each request
     verify_window_s: float = 30.0  # how long an executed action has to show its effect
     haproxy_socket: str = "/run/haproxy/admin.sock"  # the LLM balancer's runtime API: UNIX path or host:port
     haproxy_metrics_url: str = "http://127.0.0.1:8405/metrics"  # its Prometheus exporter (stats frontend)

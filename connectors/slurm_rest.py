@@ -3,7 +3,9 @@
 The API version is discovered from the server's OpenAPI document: the newest
 ``/slurm/v0.0.NN/jobs`` it serves. Authentication is a JWT (``scontrol token``)
 sent as ``X-SLURM-USER-TOKEN`` with ``X-SLURM-USER-NAME`` (by default the user
-the token was issued for, read from its ``sun`` claim).
+the token was issued for, read from its ``sun`` claim). The token is given, or
+kept in a file that is read again for every request, so that whoever issues it
+can renew it there (``opsloop slurm up --foreground --token-file``).
 
 What the API can do decides what this backend does; measured on Slurm 22.05
 (plugin v0.0.38): list jobs (``GET /jobs``), hold and release (``POST
@@ -22,6 +24,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from opsloop.connectors.slurm import SlurmError, UnsupportedCommand, check_job_id, parse_gpus
 from opsloop.models.jobs import Job
@@ -53,6 +56,23 @@ def token_user(token: str) -> str:
         raise SlurmError("SLURM_JWT is not a Slurm token (no 'sun' claim); set slurm_rest_user") from exc
 
 
+def read_token_file(path: Path) -> str:
+    """The JWT in a file (a mounted secret, or one its issuer renews); a clear error names the file, never a token.
+
+    >>> read_token_file(Path("/nonexistent/jwt"))
+    Traceback (most recent call last):
+    ...
+    opsloop.connectors.slurm.SlurmError: Slurm token file /nonexistent/jwt: cannot read it (No such file or directory)
+    """
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SlurmError(f"Slurm token file {path}: cannot read it ({exc.strerror})") from None
+    if not token:
+        raise SlurmError(f"Slurm token file {path}: empty")
+    return token
+
+
 def job_from_rest(row: dict) -> Job:
     """One entry of ``GET /jobs`` as a ``Job``; array tasks get squeue's ``<array job>_<task>`` id."""
     task = row.get("array_task_id")
@@ -66,10 +86,12 @@ def job_from_rest(row: dict) -> Job:
 class RestBackend:
     name = "slurmrestd"
 
-    def __init__(self, url: str, token: str, user: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, url: str, token: str, user: str | None = None, timeout_s: float = 30.0,
+                 token_file: Path | None = None):
         self.url = url.rstrip("/")
         self._token = token
-        self.user = user or token_user(token)
+        self.token_file = Path(token_file) if token_file is not None else None  # read per request: it may be renewed
+        self.user = user or token_user(self._current_token())
         self.timeout_s = timeout_s
         self._version: str | None = None
         self.slurm_release = "unknown"
@@ -80,10 +102,13 @@ class RestBackend:
 
     # -- HTTP -----------------------------------------------------------------------------
 
+    def _current_token(self) -> str:
+        return read_token_file(self.token_file) if self.token_file is not None else self._token
+
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self._token,
+            "X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self._current_token(),
             "Accept": "application/json", **({"Content-Type": "application/json"} if data else {})})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -110,7 +135,8 @@ class RestBackend:
             try:  # the first call that reaches slurmctld: a bad token fails here (22.05 says HTTP 500)
                 self._request("GET", f"/slurm/{version}/ping")
             except SlurmError as exc:
-                raise SlurmError(f"{exc}; is SLURM_JWT a valid, unexpired token for user {self.user!r}?") from None
+                source = f"the token in {self.token_file}" if self.token_file is not None else "SLURM_JWT"
+                raise SlurmError(f"{exc}; is {source} a valid, unexpired token for user {self.user!r}?") from None
             self._version = version
         return f"/slurm/{self._version}"
 

@@ -124,11 +124,36 @@ def cmd_slurm(settings: Settings, args) -> int:
     from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
 
+    rest_only = [flag for flag, value in (("--rest-host", args.rest_host), ("--rest-port", args.rest_port),
+                                          ("--token-file", args.token_file)) if value is not None]
+    if rest_only and not (args.action == "up" and args.rest):
+        print(f"opsloop slurm: {', '.join(rest_only)} only with `up --rest`", file=sys.stderr)
+        return 2
+    if args.foreground and args.action != "up":
+        print("opsloop slurm: --foreground only with `up`", file=sys.stderr)
+        return 2
     cluster = LocalSlurm.for_site(settings.data_dir / "slurm", load_site(settings.topology), nodes=args.nodes)
+    rest = {"rest": args.rest, "rest_host": args.rest_host or "127.0.0.1", "rest_port": args.rest_port}
+    if args.action == "up" and args.foreground:  # a container's main process: up until SIGTERM, then down
+        import signal
+
+        from opsloop.ops.slurm import serve
+
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        return serve(cluster, stop, token_file=args.token_file, token_lifespan_s=args.token_lifespan_s,
+                     out=lambda line: print(line, flush=True), **rest)
     if args.action == "up":
-        print(cluster.start(rest=args.rest))
+        print(cluster.start(**rest))
         print(f"export SLURM_CONF={cluster.layout.conf}")
-        if args.rest:  # what the slurmrestd backend needs (a local test cluster: the token may be printed)
+        if args.rest and args.token_file is not None:  # the token stays out of the terminal and the logs
+            from opsloop.ops.slurm import write_token
+
+            write_token(args.token_file, cluster.rest_token(lifespan_s=args.token_lifespan_s))
+            print(f"export OPSLOOP_SLURM_BACKEND=slurmrestd OPSLOOP_SLURM_REST_URL={cluster.rest_url} "
+                  f"OPSLOOP_SLURM_JWT_FILE={args.token_file}")
+        elif args.rest:  # what the slurmrestd backend needs (a local test cluster: the token may be printed)
             print(f"export OPSLOOP_SLURM_REST_URL={cluster.rest_url} SLURM_JWT={cluster.rest_token()}")
     elif args.action == "down":
         print(cluster.stop())
@@ -334,6 +359,16 @@ def parser() -> argparse.ArgumentParser:
                     help="up: this many nodes (node1..nodeN, one slurmd each, on this host); default 1, or the size "
                          "the cluster was started with")
     sl.add_argument("--rest", action="store_true", help="also start slurmrestd (JWT auth, runs as nobody)")
+    sl.add_argument("--rest-host", help="with --rest: the address slurmrestd listens on (default 127.0.0.1; 0.0.0.0 "
+                                        "serves other containers, every request still needs a token)")
+    sl.add_argument("--rest-port", type=int, help="with --rest: slurmrestd's port (default: a free one)")
+    sl.add_argument("--token-file", type=Path,
+                    help="with --rest: write a JWT for slurmrestd to this file (owner-only, for "
+                         "OPSLOOP_SLURM_JWT_FILE) instead of printing it; --foreground renews it at half its lifespan")
+    sl.add_argument("--token-lifespan-s", type=int, default=86_400, help="the token's lifespan (default a day)")
+    sl.add_argument("--foreground", action="store_true",
+                    help="up: stay in the foreground until SIGTERM or SIGINT, then stop Slurm (a container's main "
+                         "process); exits 1 if a daemon dies")
     sl.set_defaults(func=cmd_slurm)
     lb = sub.add_parser("llm-balancer", help="run HAProxy in front of LLM servers (two local llama.cpp ones by "
                                              "default) for the LLM sink; until Ctrl-C")

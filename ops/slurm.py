@@ -14,7 +14,9 @@ by side (a test session beside the demo). ``start`` waits until the node is idle
 The controller also accepts JWTs (``AuthAltTypes=auth/jwt``, key in the state directory)
 when Debian's JWT plugin is installed, so ``start(rest=True)`` or ``start_rest()`` can add
 slurmrestd: a REST API on a free loopback port, running as an unprivileged user (it refuses
-root), answering requests that carry a token from ``rest_token()``.
+root), answering requests that carry a token from ``rest_token()``. ``serve`` runs the cluster in the foreground
+(a container's main process: ``opsloop slurm up --foreground``) until SIGTERM, slurmrestd on a chosen address
+and port, and keeps a token in a file for its clients (``Settings.slurm_jwt_file``), renewed before it expires.
 
 >>> conf = render_slurm_conf(SlurmLayout(Path("/s"), "node1", 6817, 6818, ("batch", "train")), gpus=8)
 >>> print(conf.splitlines()[0])
@@ -33,6 +35,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,9 +191,11 @@ class LocalSlurm:
         """Base URL of this cluster's slurmrestd (started by ``start_rest``)."""
         return f"http://127.0.0.1:{self._rest_port()}"
 
-    def start(self, timeout_s: float = 60.0, rest: bool = False) -> str:
+    def start(self, timeout_s: float = 60.0, rest: bool = False, rest_host: str = "127.0.0.1",
+              rest_port: int | None = None) -> str:
         if self.running():
-            return f"Slurm already running ({self.layout.conf})" + (f"; {self.start_rest()}" if rest else "")
+            return f"Slurm already running ({self.layout.conf})" + \
+                (f"; {self.start_rest(host=rest_host, port=rest_port)}" if rest else "")
         for name in (*DAEMONS, *CLIENTS):
             if not (shutil.which(name) or (SBIN / name).exists()):
                 raise SlurmSetupError(f"{name} not found: install Debian's slurmctld, slurmd, slurm-client "
@@ -203,13 +208,15 @@ class LocalSlurm:
         self._wait_idle(timeout_s)
         up = f"Slurm up: cluster {self.layout.cluster}, node(s) {', '.join(self.nodes)}, " \
              f"partitions {', '.join(self.layout.partitions)}, {self.gpus} GPUs per node (SLURM_CONF={self.layout.conf})"
-        return up + (f"; {self.start_rest()}" if rest else "")
+        return up + (f"; {self.start_rest(host=rest_host, port=rest_port)}" if rest else "")
 
-    def start_rest(self, timeout_s: float = 30.0) -> str:
-        """Start slurmrestd (JWT auth, the installed ``openapi/v*`` plugins) on a free loopback port."""
+    def start_rest(self, timeout_s: float = 30.0, host: str = "127.0.0.1", port: int | None = None) -> str:
+        """Start slurmrestd (JWT auth, the installed ``openapi/v*`` plugins) on ``host``: ``port`` (default: a
+        free one, kept for the cluster's next start). ``host`` 0.0.0.0 serves other containers too: every request
+        still needs a token."""
         if not self.running():
             raise SlurmSetupError("start Slurm before slurmrestd")
-        if _alive(self._pid("slurmrestd")):
+        if self.rest_running():
             return f"slurmrestd already at {self.rest_url}"
         binary = shutil.which("slurmrestd") or str(SBIN / "slurmrestd")
         if not Path(binary).exists():
@@ -227,11 +234,13 @@ class LocalSlurm:
         elif _user() == self._slurm_user():
             raise SlurmSetupError("slurmrestd refuses to run as SlurmUser; start it as root (it drops to "
                                   f"{REST_USER}) or run the cluster as another user")
+        if port is not None:
+            self.layout.path("rest_port").write_text(f"{port}\n")
         port = self._rest_port()
         log = open(self.layout.path("slurmrestd.log"), "ab")
         # SLURM_JWT=daemon: slurmrestd forwards each request's token to slurmctld instead of using munge.
         env = {**self.env, "SLURM_CONF": str(conf), "SLURM_JWT": "daemon"}
-        proc = subprocess.Popen([*argv, f"127.0.0.1:{port}"], env=env, stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen([*argv, f"{host}:{port}"], env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True)
         log.close()
         self.layout.path("slurmrestd.pid").write_text(f"{proc.pid}\n")
@@ -242,6 +251,9 @@ class LocalSlurm:
                 raise SlurmSetupError(f"slurmrestd did not come up on port {port}\n{self._log_tail('slurmrestd')}")
             time.sleep(0.1)
         return f"slurmrestd at {self.rest_url} (JWT auth; token: rest_token())"
+
+    def rest_running(self) -> bool:
+        return _alive(self._pid("slurmrestd"))
 
     def rest_token(self, lifespan_s: int = 3600) -> str:
         """A JWT for the current user from ``scontrol token`` (what ``SLURM_JWT`` holds for the REST backend)."""
@@ -385,11 +397,14 @@ class LocalSlurm:
             time.sleep(0.5)
 
     def _pid(self, name: str) -> int | None:
+        """The daemon's pid from its pid file, if that process is still this daemon: a container restarted with
+        the same state directory finds the old pid files, and their numbers may now be other programs'."""
         pid_file = self.layout.path("munge") / "munged.pid" if name == "munged" else self.layout.path(f"{name}.pid")
         try:
-            return int(pid_file.read_text().split()[0])
+            pid = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        return pid if _program(pid) in (None, name.split("-", 1)[0]) else None
 
     def _kill(self, name: str, wait_s: float = 10.0) -> bool:
         pid = self._pid(name)
@@ -411,6 +426,61 @@ class LocalSlurm:
             return f"(no {log})"
 
 
+def serve(cluster: LocalSlurm, stop: threading.Event, rest: bool = False, rest_host: str = "127.0.0.1",
+          rest_port: int | None = None, token_file: Path | None = None, token_lifespan_s: int = 86_400,
+          check_s: float = 5.0, out=print) -> int:
+    """Run ``cluster`` (and slurmrestd with ``rest``) in the foreground until ``stop`` is set, then stop it: a
+    container's main process. With ``token_file`` a JWT for slurmrestd is written there once it answers and
+    renewed at half its life; the file is removed first (a token left by an earlier run must not pass for
+    readiness) and last. Returns 1 if a daemon died meanwhile (a restart policy starts the whole again), else 0."""
+    if token_file is not None and not rest:
+        raise SlurmSetupError("a token file is for slurmrestd: start it too (rest)")
+    token_path = Path(token_file) if token_file is not None else None
+    if token_path is not None:
+        token_path.unlink(missing_ok=True)
+    try:
+        out(cluster.start(rest=rest, rest_host=rest_host, rest_port=rest_port))
+        out(f"SLURM_CONF={cluster.layout.conf}; running until SIGTERM or SIGINT")
+        renew_at = None
+        while not stop.is_set():
+            if token_path is not None and (renew_at is None or time.monotonic() >= renew_at):
+                write_token(token_path, cluster.rest_token(lifespan_s=token_lifespan_s))
+                if renew_at is None:
+                    out(f"JWT in {token_path} (lifespan {token_lifespan_s} s, renewed every {token_lifespan_s // 2} s)")
+                renew_at = time.monotonic() + token_lifespan_s / 2
+            checks = (("Slurm", cluster.running()), ("slurmrestd", not rest or cluster.rest_running()))
+            dead = [name for name, up in checks if not up]
+            if dead:
+                out(f"{' and '.join(dead)} stopped by itself; stopping the rest")
+                return 1
+            stop.wait(check_s)
+        return 0
+    finally:
+        if token_path is not None:
+            token_path.unlink(missing_ok=True)
+        out(cluster.stop())
+
+
+def write_token(path: Path, token: str) -> None:
+    """Put a JWT where other processes read it (``Settings.slurm_jwt_file``), as Docker mounts a secret: whole or
+    not at all (a new file renamed over the old one), readable only by the owner of its folder (as root the file is
+    given to that owner: a volume mounted for the reading service's user)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        if os.getuid() == 0:
+            owner = path.parent.stat()
+            os.chown(tmp, owner.st_uid, owner.st_gid)
+        os.chmod(tmp, 0o400)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _make_device_node(path: Path) -> None:
     """A character device standing in for a GPU (same numbers as /dev/null): gres needs a file per GPU."""
     try:
@@ -428,6 +498,14 @@ def _openapi_plugins() -> list[str]:
     names = {Path(p).stem[len("openapi_"):] for p in glob.glob(PLUGIN_GLOB + "openapi_v*.so")}
     versions = sorted(names, key=lambda n: [int(x) for x in n[1:].split("_")], reverse=True)
     return ["openapi/" + v.replace("_", ".") for v in versions]
+
+
+def _program(pid: int) -> str | None:
+    """The program a process runs (its ``comm``), None if that cannot be read (the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _listening(port: int) -> bool:

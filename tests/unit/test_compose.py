@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -20,11 +21,14 @@ from opsloop.ops import compose_schema
 from opsloop.config.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
 CORE_SERVICES = {"kafka", "topics", "rollup", "views"}
 GPU_SERVICES = {"vllm", "vllm-small", "llm-balancer", "narrate", "llm-sink"}  # LLM serving and its lever
 VLLM_SERVICES = {"vllm": "large", "vllm-small": "small"}  # each vLLM service and its server in the balancer
 SOURCE_SERVICES = {"sources"}  # live sources: started with --profile sources, once their config names the site's systems
-TWIN_SERVICES = {"twin-topics", "twin", "twin-pcs", "twin-sources", "twin-worker", "twin-noc"}  # the closed loop on the site twin
+TWIN_SERVICES = {"twin-topics", "twin-slurm", "twin", "twin-pcs", "twin-sources", "twin-worker",
+                 "twin-noc"}  # the closed loop on the site twin
+TWIN_SLURM_CLIENTS = {"twin", "twin-worker"}  # the twin reads job states, the worker's slurm-sink holds jobs
 
 
 def _cache_dir() -> Path:
@@ -154,8 +158,59 @@ def test_the_twin_profile_closes_one_loop_on_one_clock_and_its_own_topics(compos
     assert {"rollup", "anomaly", "dedup", "correlate", "narrate", "peaks", "guard", "pcs-sink"} <= agents
     assert envs["twin-worker"]["OPSLOOP_PEAKS_CONTROL"] == "grid_limit"
     assert services["twin-topics"]["command"] == ["topics", "create"]
-    for name in TWIN_SERVICES - {"twin-topics"}:
+    for name in TWIN_SERVICES - {"twin-topics", "twin-slurm"}:  # Slurm needs no Kafka
         assert services[name]["depends_on"]["twin-topics"]["condition"] == "service_completed_successfully", name
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """A service's volumes as mount point -> (volume, mode)."""
+    mounts = {}
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        mounts[target] = (source, mode[0] if mode else "rw")
+    return mounts
+
+
+@pytest.mark.unit
+def test_the_twin_and_its_slurm_sink_reach_twin_slurm_through_slurmrestd_with_a_token_from_a_file(compose):
+    from opsloop.ops.cli import parser
+
+    services = compose["services"]
+    slurm = services["twin-slurm"]
+    args = parser().parse_args(slurm["command"])
+    assert (args.command, args.action, args.rest, args.foreground) == ("slurm", "up", True, True)
+    assert args.rest_host == "0.0.0.0" and args.rest_port  # reachable from the other containers, on a fixed port
+    token_dir = str(args.token_file.parent)
+    volume, mode = _mounts(slurm)[token_dir]
+    assert mode == "rw" and slurm["user"] == "root" and slurm["init"] is True
+    assert slurm["healthcheck"]["test"] == ["CMD", "test", "-s", str(args.token_file)]  # up once the token is there
+    assert "--no-slurm" not in services["twin"]["command"]
+    worker = services["twin-worker"]["command"]
+    assert "slurm-sink" in worker[worker.index("--agents") + 1].split(",")
+    for name in TWIN_SLURM_CLIENTS:
+        env = _env(services[name])
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("OPSLOOP_SLURM_")})
+        assert settings.slurm_backend == "slurmrestd", name
+        assert settings.slurm_rest_url == f"http://twin-slurm:{args.rest_port}", name
+        assert settings.slurm_jwt_file == args.token_file, name
+        assert _mounts(services[name])[token_dir] == (volume, "ro"), name
+        assert _mounts(services[name])["/app/var"][0] == "opsloop-data", name  # still the loop's data volume
+        assert services[name]["depends_on"]["twin-slurm"]["condition"] == "service_healthy", name
+    for name, service in services.items():  # the token is never a setting in this file
+        assert not any("JWT" in key and "FILE" not in key for key in _env(service)), name
+    # The token volume lives in memory, readable only by the user the clients run as (the image's).
+    options = dict(opt.split("=", 1) for opt in compose["volumes"][volume]["driver_opts"]["o"].split(","))
+    assert compose["volumes"][volume]["driver_opts"]["type"] == "tmpfs" and options["mode"] == "0700"
+    assert options["uid"] == re.search(r"useradd .*--uid (\d+)", DOCKERFILE.read_text()).group(1)
+
+
+@pytest.mark.unit
+def test_the_image_has_debians_slurm_with_slurmrestd_and_no_munge_key():
+    text = DOCKERFILE.read_text()
+    install = re.search(r"apt-get install ([^&]+)&&", text, re.S).group(1).split()
+    assert {"slurmctld", "slurmd", "slurm-client", "slurmrestd", "slurm-wlm-jwt-plugin", "munge"} <= set(install)
+    assert "/etc/munge/munge.key" in text.split("apt-get install", 1)[1].split("\n\n", 1)[0]  # removed, same layer
+    assert re.search(r"^FROM python:[\d.]+-slim-bookworm$", text, re.M)  # Debian 12: the Slurm (22.05) tested here
 
 
 @pytest.mark.unit
