@@ -9,7 +9,9 @@ user (topics, ACLs, SCRAM users) and needs no grant.
 
 The rules the table keeps: only the guard writes ``actions.approved``; only the actuator
 sinks and the views (the NOC's process runs the views agent) read it; only the NOC writes
-``operator.feedback``.
+``operator.feedback``. The anomaly agent reads it too, as a hint, and like rul's ``slurm.queue`` whole, with a
+reader of its own that joins no group (connectors/broadcast.py): its group id, ``<agent>-hints``, falls under
+the agent's private prefix, so the topic's READ grant is all it adds.
 
 >>> from opsloop.config.settings import Settings
 >>> grants = plan(Settings())

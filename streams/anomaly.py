@@ -4,8 +4,8 @@ One ``models.anomaly.EarlyWarning`` per (site, device, metric) scores each point
 learns it; a raise or clear becomes an Alarm from source ``opsloop.anomaly``.
 
 The guard's approved battery actions (``actions.approved``, read as a hint: signature checked with the verdict
-keys, not checkpointed; an assignment reads the last ``hint_lookback_s`` again) tell which changes the loop
-made itself (models/action_effects.py): a raise on the ESS or a grid meter while such an action is in
+keys, not checkpointed; every instance reads all of them, from ``hint_lookback_s`` before it started, whichever
+telemetry partitions it owns: streams/series.py) tell which changes the loop made itself (models/action_effects.py): a raise on the ESS or a grid meter while such an action is in
 force is not sent (counted as ``explained``), nor is the clear that ends it. The series still learns the point.
 Without a verdict key no hint is trusted.
 
@@ -75,7 +75,7 @@ class AnomalyProcessor(SeriesProcessor):
     name = "anomaly"
     sources = ("telemetry.raw", "actions.approved")
     stateless = ("actions.approved",)
-    hint_lookback_s = 6 * 3600.0  # approvals read again on assignment: longer than any action lives
+    hint_lookback_s = 6 * 3600.0  # approvals read again on start: longer than any action lives
 
     def __init__(self, settings: Settings, new_warning: Callable[[], EarlyWarning] = EarlyWarning,
                  names: SiteNames | None = None, wall_clock: Callable[[], float] = time.time, **kwargs):
@@ -101,6 +101,7 @@ class AnomalyProcessor(SeriesProcessor):
 
     def before_batch(self) -> None:
         self.now_ms = int(self.wall_clock() * 1000)
+        super().before_batch()  # the approvals that came meanwhile, before the batch's points are scored
 
     def handle(self, msg) -> None:
         if msg.topic() == self.approved_topic:

@@ -45,7 +45,8 @@ Kafka commit only copies them, asynchronously, for lag dashboards.
 
 Partitions are ``(physical topic, partition)`` pairs. Subclasses set ``name`` (consumer group,
 dead-letter agent, logger) and ``source`` (the catalog topic read) or ``sources`` and implement
-``handle``; the other hooks default to doing nothing.
+``handle``; the other hooks default to doing nothing. Every source is read through the group unless
+``joined_sources`` leaves it out (the series agents read their hint topics whole, streams/series.py).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class BatchProcessor:
 
     def setup(self, cons: Consumer) -> None:
         """Create what the processor needs before it joins the group (state topics)."""
+
+    def joined_sources(self) -> tuple[str, ...]:
+        """The sources read through the consumer group (default: all); a subclass reads the others itself."""
+        return self.sources
 
     def on_assign(self, cons: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions given to this process (``self.assigned`` already holds them)."""
@@ -499,7 +504,7 @@ class BatchProcessor:
         try:
             try:
                 self.setup(cons)
-                cons.subscribe([settings.topic(s) for s in self.sources], on_assign=self._assigned,
+                cons.subscribe([settings.topic(s) for s in self.joined_sources()], on_assign=self._assigned,
                                on_revoke=self._revoked, on_lost=self._lost)
                 last_data = last_commit = self.clock()
                 dirty = progressed = False

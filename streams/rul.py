@@ -9,7 +9,11 @@ without one record per reading. A GPU part whose band opens within two weeks als
 maintenance window (models/maintenance.py): a ``slurm_reserve`` Action on ``actions.proposed`` for
 the guard, at the cheapest hours before the band by the node's own utilisation by hour of day (its
 GPUs' ``gpu_util_pct``), the tariff and the site's latest ``slurm.queue`` snapshot (hours its running and
-pending jobs want the GPUs cost the node's whole work; the snapshot is a hint, read again after a restart).
+pending jobs want the GPUs cost the node's whole work). The snapshots are a hint, broadcast (streams/series.py):
+every instance reads every site's, since slurm.queue and telemetry.raw are partitioned apart (4 and 8 partitions),
+so a site's queue need not sit in the partition number its GPUs' readings do; on start the reader goes back as
+far as the plan still uses a snapshot (``queue_max_age_h``). An undecodable snapshot entry is skipped and counted
+(``hints_refused``), not dead-lettered: every instance would dead-letter it again, at each start.
 
 XIDs as wear: the live sources turn each NVIDIA XID into an alarm on ``alarms.raw`` (code ``XID_<n>``), so the
 agent reads that topic too. Each GPU's raised XID alarms are counted by a ``models.xid_rate.XidRate`` (a Poisson
@@ -87,13 +91,15 @@ class RulProcessor(SeriesProcessor):
         self.horizon_ms = int(horizon_days * DAY_MS)
         self.republish_ms = int(republish_days * DAY_MS)
         self.maintenance = maintenance  # None: forecasts only, no windows proposed
+        # a snapshot older than the plan's limit says nothing about the hours ahead: no need to read it on start
+        self.hint_lookback_s = maintenance.queue_max_age_h * 3600.0 if maintenance is not None else 0.0
         self.profiles: dict[str, HourlyProfile] = {}  # node → its GPUs' utilisation by hour of day
         self.names = names
         self.bounds = EventTimeBounds.from_settings(settings)
         self.wall_clock = wall_clock
         self.now_ms = int(wall_clock() * 1000)
         self.stats = {"points": 0, "xids": 0, "forecasts": 0, "windows": 0, "dead_letters": 0, "replayed_skipped": 0,
-                      "checkpoints": 0}
+                      "checkpoints": 0, "hints_refused": 0}
 
     def current(self, key: str, series: Series) -> bool:
         """A restored model is kept only under the rule and configuration this agent runs."""
@@ -104,6 +110,7 @@ class RulProcessor(SeriesProcessor):
 
     def before_batch(self) -> None:
         self.now_ms = int(self.wall_clock() * 1000)
+        super().before_batch()  # the queue snapshots that came meanwhile
 
     def handle(self, msg) -> None:
         if msg.topic() == self.alarms_topic:
@@ -112,8 +119,8 @@ class RulProcessor(SeriesProcessor):
         if msg.topic() == self.queue_topic:
             try:
                 self.queues.add(self.codec.decode_as("SlurmQueue", msg.value()))
-            except DecodeError as exc:
-                self.dead_letter(msg, "decode", exc.reason)
+            except DecodeError:
+                self.stats["hints_refused"] += 1  # a hint reader only skips it (every instance reads it)
             return
         partition, offset = msg.partition(), msg.offset()
         try:

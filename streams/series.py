@@ -11,8 +11,19 @@ upgrade, starts afresh and relearns from the committed offset); a revocation com
 
 A processor with several ``sources`` keeps the series of each in a changelog of its own (the first source's is
 ``<name>-state``, another's ``<name>-<topic>-state``; none for the ``stateless`` ones): series live per
-(physical topic, partition). A stateless source is a hint read as it comes; with ``hint_lookback_s`` set, an
-assignment starts its partitions that far back in Kafka's time, so a restart does not forget recent hints.
+(physical topic, partition). A stateless source is a hint, and hints are broadcast: it is not read through the
+group but whole by every instance (connectors/broadcast.py: all its partitions assigned directly, nothing
+committed), so an instance sees every hint whichever telemetry partitions it owns, and keeps them across
+rebalances. When the processor starts (``setup``, before it joins the group) the reader begins ``hint_lookback_s``
+back in Kafka's time (its end when 0) and reads to the ends the hint partitions had then; after that, before each
+batch is handled (``before_batch``), it hands over what it has fetched since, without waiting. Hint messages go to
+``handle`` like the others, but count in no offset.
+
+Ordering, honestly: every hint the broker held when the processor started is applied before its first batch.
+After that a hint is applied before every batch consumed after the hint reader fetched it; both consumers
+fetch with long polls that return within milliseconds of a write, so a hint written a moment before the data it
+explains is applied first, but nothing orders two topics: a hint written at the same time as (or after) that
+data, or delayed by a broker fault, may come one batch late.
 """
 
 from __future__ import annotations
@@ -21,9 +32,8 @@ import pickle
 import time
 from typing import Any, Callable
 
-from confluent_kafka import TopicPartition
-
 from opsloop.config.settings import Settings
+from opsloop.connectors.broadcast import Broadcast, broadcast_group
 from opsloop.connectors.changelog import Changelog
 from opsloop.models.rollup import value_problem
 from opsloop.streams.processor import BatchProcessor, Partition
@@ -31,8 +41,9 @@ from opsloop.streams.processor import BatchProcessor, Partition
 
 class SeriesProcessor(BatchProcessor):
     source = "telemetry.raw"
-    stateless: tuple[str, ...] = ()  # sources read for hints only: no changelog, nothing restored
-    hint_lookback_s = 0.0  # > 0: on assignment the stateless sources are read again from this long ago (wall s)
+    stateless: tuple[str, ...] = ()  # sources read for hints only, whole by every instance: no changelog, no commit
+    hint_lookback_s = 0.0  # on start the stateless sources are read from this long ago (wall s; 0: only new ones)
+    hint_catch_up_s = 60.0  # the longest the start waits for the hints it found to be read
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, **kwargs):
@@ -40,6 +51,7 @@ class SeriesProcessor(BatchProcessor):
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.series: dict[Partition, dict[str, Any]] = {}  # (topic, partition) → series key → series (with ``upto``)
         self.dirty: dict[Partition, set[str]] = {}  # (topic, partition) → series changed since the last checkpoint
+        self.hints: Broadcast | None = None  # while running: the reader of every partition of the stateless sources
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -85,16 +97,35 @@ class SeriesProcessor(BatchProcessor):
 
     # -- the loop's hooks -----------------------------------------------------------------
 
+    def joined_sources(self) -> tuple[str, ...]:
+        return tuple(s for s in self.sources if s not in self.stateless)
+
     def setup(self, cons) -> None:
         self.changelogs: dict[str, Changelog] = {}
-        for i, source in enumerate(s for s in self.sources if s not in self.stateless):
+        for i, source in enumerate(self.joined_sources()):
             topic = self.settings.topic(source)
             partitions = len(cons.list_topics(topic, timeout=30).topics[topic].partitions)
             name = f"{self.name}-state" if i == 0 else f"{self.name}-{source}-state"
             self.changelogs[topic] = Changelog(self.settings, name, partitions)
+        if self.stateless:
+            since_ms = int((time.time() - self.hint_lookback_s) * 1000)  # Kafka's time: record timestamps
+            self.hints = Broadcast(self.settings, [self.settings.topic(s) for s in self.stateless],
+                                   broadcast_group(self.settings, self.name), since_ms, error_cb=self._client_error)
+            self.hints.catch_up(self.handle, self.hint_catch_up_s)
+            self.log.info("%s read %d hints of %s from the last %.0f s", self.name, self.hints.read, self.stateless,
+                          self.hint_lookback_s)
+
+    def before_batch(self) -> None:
+        """The hints fetched since the last batch, before it is handled (subclasses call this first)."""
+        if self.hints is not None:
+            self.hints.poll(self.handle)
+
+    def close(self) -> None:
+        if self.hints is not None:
+            self.hints, hints = None, self.hints
+            hints.close()
 
     def on_assign(self, cons, partitions) -> None:
-        self._reread_hints(cons, partitions)
         restored, dropped = {}, 0
         for topic, changelog in self.changelogs.items():
             for p, states in changelog.restore([tp.partition for tp in partitions if tp.topic == topic]).items():
@@ -106,19 +137,6 @@ class SeriesProcessor(BatchProcessor):
             self.dirty[partition] = set()
         self.log.info("%s assigned partitions %s, %d series restored, %d restarted (configuration changed)",
                       self.name, sorted(restored), sum(len(s) for s in restored.values()), dropped)
-
-    def _reread_hints(self, cons, partitions) -> None:
-        """Hints are not state: start the stateless sources' partitions ``hint_lookback_s`` back (Kafka's time)."""
-        hint_topics = {self.settings.topic(s) for s in self.stateless}
-        hints = [tp for tp in partitions if tp.topic in hint_topics]
-        if not hints or self.hint_lookback_s <= 0:
-            return
-        since = int((time.time() - self.hint_lookback_s) * 1000)
-        found = cons.offsets_for_times([TopicPartition(tp.topic, tp.partition, since) for tp in hints], 10)
-        starts = {(f.topic, f.partition): f.offset for f in found if f.offset >= 0}
-        for tp in hints:
-            tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
-        cons.assign(partitions)
 
     def on_revoke(self, cons, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}

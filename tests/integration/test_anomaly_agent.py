@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from telemetry import publish_points  # the integration tier's helpers
@@ -105,7 +106,7 @@ def test_a_change_an_approved_battery_action_explains_raises_nothing_and_a_forge
     held.update(created_ms=ess[499]["ts_ms"], expires_ms=ess[540]["ts_ms"])
     forged = approved({**held, "action_id": "a-2", "target": "grid-meter-1"}, key=None)  # unsigned: not the guard's
     publish_records(kafka_settings, "actions.approved", "ApprovedAction", [approved(held), forged])
-    run_until_idle(kafka_settings)  # the hints are committed here: the next run must read them again
+    run_until_idle(kafka_settings)  # read the hints once: the next run must read them again (nothing kept)
     publish(kafka_settings, ess + [{**p, "device": "grid-meter-1", "device_type": "grid_meter", "metric": "grid_kw",
                                     "value": 30_000 - p["value"]} for p in ess[:450]])
 
@@ -118,3 +119,50 @@ def test_a_change_an_approved_battery_action_explains_raises_nothing_and_a_forge
     publish(kafka_settings, other)
     run_until_idle(kafka_settings)
     assert [a["state"] for a in alarms(kafka_settings, read_topic)][:1] == ["raise"]
+
+
+def test_every_worker_mutes_what_an_approval_explains_whichever_partitions_it_owns(kafka_settings, read_topic):
+    """Two anomaly workers in one group. The battery action's approval is published to an actions.approved partition
+    the worker holding the grid meter's telemetry partition was not given (approvals are keyed by target, telemetry
+    by device), and that worker still mutes the raise the action causes on the grid meter: hints are read whole by
+    every instance (streams/series.py), not shared out by the group."""
+    from actuation import Running, action, approved
+
+    from opsloop.connectors.kafka import producer, send, wait_delivered
+
+    rng = random.Random(12)
+    grid = [{**point(i, 29_500 + rng.gauss(0, 5), "grid-meter-1"), "device_type": "grid_meter", "metric": "grid_kw"}
+            for i in range(600)]
+    for p in grid[500:540]:
+        p["value"] = 32_500.0  # the import moves as the battery does what the guard let it
+    workers = [AnomalyProcessor(kafka_settings), AnomalyProcessor(kafka_settings)]
+    telemetry, approvals = kafka_settings.topic("telemetry.raw"), kafka_settings.topic("actions.approved")
+    with Running(workers[0], safety_net_s=150) as first, Running(workers[1], safety_net_s=150) as second:
+        deadline = time.monotonic() + 60
+        while True:  # the group has settled: each worker holds its share of telemetry.raw's 8 partitions
+            shares = [{p for t, p in w.assigned if t == telemetry} for w in workers]
+            if all(shares) and not shares[0] & shares[1] and len(shares[0] | shares[1]) == 8:
+                break
+            assert time.monotonic() < deadline, f"the two workers did not share telemetry.raw within 60 s: {shares}"
+            assert first.error is None and second.error is None
+            time.sleep(0.2)
+        owner, other = workers
+        meter_partition = min(shares[0])
+        elsewhere = min(p for p in range(4) if (approvals, p) not in owner.assigned)  # never the owner's
+        held = action("a-1", "pcs_discharge", target="ess-1", life_s=600)
+        held.update(created_ms=grid[499]["ts_ms"], expires_ms=grid[540]["ts_ms"])
+        prod = producer(kafka_settings)
+        send(prod, approvals, b"ess-1", CODEC.encode("ApprovedAction", approved(held)), partition=elsewhere)
+        wait_delivered(prod)
+        while owner.effects.explains("demo", "grid-meter-1", "grid_meter", grid[510]["ts_ms"]) is None:
+            assert time.monotonic() < deadline + 30, \
+                f"the worker owning the grid meter never read the approval in actions.approved[{elsewhere}]"
+            time.sleep(0.1)
+        for p in grid:  # the grid meter's readings, in a partition the owner holds
+            send(prod, telemetry, b"grid-meter-1", CODEC.encode("TelemetryPoint", p), partition=meter_partition)
+        wait_delivered(prod)
+        while owner.stats["points"] < len(grid):
+            assert time.monotonic() < deadline + 90, f"only {owner.stats['points']} points scored"
+            time.sleep(0.1)
+    assert owner.stats["explained"] >= 1 and other.stats["points"] == 0  # the jump raised, and was muted
+    assert [a for a in alarms(kafka_settings, read_topic) if a["state"] == "raise"] == []
