@@ -99,6 +99,32 @@ def log_codes(text: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+# A clause that ends on one of these words reports a reading as fine ("CHW supply 12.1 C normal",
+# "other feed OK", "returned to normal"), optionally followed by a value ("nominal 11.0 kV"): not a symptom.
+NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved".split())
+_CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
+_TRAILING_VALUES = re.compile(r"(\s+[\d.]+\s*[a-z%]{0,3})+[.!]?\s*$")
+
+
+def reports_normal(clause: str) -> bool:
+    """Whether a clause reports a reading or a state as normal rather than as a fault."""
+    last = _TRAILING_VALUES.sub("", clause.lower()).split()[-1:]
+    return bool(last) and last[0].strip(".!") in NORMAL_WORDS
+
+
+def symptoms(text: str) -> str:
+    """``text`` without the clauses that report a normal reading."""
+    return ", ".join(c.strip() for c in _CLAUSES.split(text) if c.strip() and not reports_normal(c))
+
+
+def reports_only_normal(member: dict) -> bool:
+    """A member whose every clause (or, wordless, whose code: ``VoltageNormal``) reports a normal reading."""
+    text = said(member)
+    if text:
+        return not symptoms(text)
+    return bool(words(member.get("code") or "")) and words(member["code"])[-1] in NORMAL_WORDS
+
+
 def said(member: dict) -> str:
     """What a member alarm says beyond its code: its text and raw log line."""
     return " ".join(part for part in (member.get("text") or "", member.get("log_line") or "") if part)
@@ -122,7 +148,8 @@ class IncidentQueryBuilder:
         self.max_members = max_members
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
-                            evidence_codes=list[str], root_device=str, root_words=str)
+                            evidence_codes=list[str], root_device=str, root_words=str,
+                            member_words=list[str], lead_words=list[str], fan_out=int)
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -130,11 +157,12 @@ class IncidentQueryBuilder:
         members = sorted(incident.get("members") or [], key=lambda m: -int(m.get("count", 1)))
         is_root = [m.get("device") == root_device and m.get("code") == root_code for m in members]
         root_said = " ".join(dict.fromkeys(said(m) for m, root in zip(members, is_root) if root and said(m)))
-        others = [m for m, root in zip(members, is_root) if not root]
+        # A member that reports a reading as normal is context, not a symptom: it names no fault.
+        others = [m for m, root in zip(members, is_root) if not root and not reports_only_normal(m)]
         member_codes = list(dict.fromkeys(m["code"] for m in others if m.get("code") and m["code"] != root_code))
         member_types = list(dict.fromkeys(m["device_type"] for m in others
                                           if m.get("device_type") and m["device_type"] != device_type))
-        member_said = list(dict.fromkeys(said(m) for m in others if said(m)))
+        member_said = list(dict.fromkeys(symptoms(said(m)) for m in others if symptoms(said(m))))
         summary = incident.get("summary") or ""
         kind = "" if set(words(device_type)) <= GENERIC_TYPES else device_type
         parts = [kind, root_code] * self.root_weight
@@ -145,4 +173,36 @@ class IncidentQueryBuilder:
         evidence = [c for c in stated if code_key(c) != code_key(root_code)]
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
-                "root_device": root_device, "root_words": " ".join([summary, root_said])}
+                "root_device": root_device, "root_words": " ".join([summary, root_said]),
+                "member_words": _member_words(others, root_code)[: self.max_members],
+                "lead_words": _member_words(_leads(members, is_root, others), root_code),
+                "fan_out": fan_out(members, root_device, root_code)}
+
+
+def _member_words(members: list[dict], root_code: str) -> list[str]:
+    """What each distinct member code says, its code's words and its members' symptoms together."""
+    by_code: dict[str, list[str]] = {}
+    for m in members:
+        if m.get("code") and code_key(m["code"]) != code_key(root_code):
+            by_code.setdefault(code_key(m["code"]), [m["code"]]).append(symptoms(said(m)))
+    return [" ".join(dict.fromkeys(parts)) for parts in by_code.values()]
+
+
+def _leads(members: list[dict], is_root: list[bool], others: list[dict]) -> list[dict]:
+    """Members first seen before the root alarm: upstream of it in the causal chain, more likely its cause."""
+    root_seen = [int(m["first_seen_ms"]) for m, root in zip(members, is_root) if root and "first_seen_ms" in m]
+    if not root_seen:
+        return []
+    return [m for m in others if "first_seen_ms" in m and int(m["first_seen_ms"]) < min(root_seen)]
+
+
+def fan_out(members: list[dict], root_device: str = "", root_code: str = "") -> int:
+    """The most distinct devices that report one alarm code (the root's included): a fault shared by many
+    devices at once lies upstream of all of them."""
+    devices: dict[str, set[str]] = {}
+    if root_code:
+        devices[code_key(root_code)] = {root_device}
+    for m in members:
+        if m.get("code"):
+            devices.setdefault(code_key(m["code"]), set()).add(m.get("device") or "")
+    return max((len(d) for d in devices.values()), default=0)

@@ -11,7 +11,14 @@ evidence an incident carries:
           + phrase_weight × (1 if, failing that, all words of one of the SOP's codes are in what
                              the root says: "Battery Discharging" states BATTERY_DISCHARGING)
           + device_weight × (1 if the root device's kind is in the SOP's equipment)
-          + member_weight × share of member codes the SOP lists
+          + member_weight × share of distinct member codes the SOP lists, or whose alarm words state one
+          + lead_weight   × (1 if the root code names no SOP and a member seen *before* the root lists or
+                             states one of this SOP's codes: upstream in the causal chain, the likely cause)
+          + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
+                             SOP's scope or symptoms speak of many: the fault lies upstream of them all)
+
+Members that only report a normal reading ("CHW supply 12.1 C normal") are
+dropped by the query builder before any of this: they name no fault.
 
 The root device's kind is its type when the SOP corpus knows that word
 (``ups``, ``gpu_node``), else a kind the type's or the device name's words
@@ -29,6 +36,9 @@ are the *retrieved sections*, the only ones a narration may cite.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 from haystack import Document, component
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
@@ -85,12 +95,30 @@ def device_kinds(known: set[str], device_type: str, device: str = "") -> list[st
     return []
 
 
+# A procedure whose scope or symptoms speak of many devices at once is the one for a fault that fans out.
+_MANY = re.compile(r"\b(many|several|multiple)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What speaks for one SOP, before weighing: ``SopRetriever.weigh`` turns it into a score."""
+    bm25: float  # BM25 score over the best one's
+    code: bool  # the root code (or a code its words state) is one of the SOP's
+    code_overlap: float  # else the best word overlap of the root code with one of the SOP's
+    phrase: bool  # else the root's words state one of the SOP's codes
+    device: bool  # the root device's kind is in the SOP's equipment
+    members: float  # share of distinct member codes the SOP lists or whose words state one of its codes
+    lead: bool  # the root code names no SOP, and a member seen before it lists or states one of this SOP's codes
+    fan_out: bool  # one code on many devices at once, and the SOP speaks of many
+
+
 @component
 class SopRetriever:
     """Ranks SOPs for an incident query; returns the best ids and the sections of the ``top_k`` best."""
 
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
                  device_weight: float = 0.4, member_weight: float = 0.3, phrase_weight: float = 0.6,
+                 lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None):
         self.corpus = corpus
         self.top_k = top_k
@@ -98,6 +126,9 @@ class SopRetriever:
         self.device_weight = device_weight
         self.member_weight = member_weight
         self.phrase_weight = phrase_weight
+        self.lead_weight = lead_weight
+        self.fanout_weight = fanout_weight
+        self.fan_out_devices = fan_out_devices
         self.kind_repeat = kind_repeat
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
@@ -115,12 +146,21 @@ class SopRetriever:
                 code_word_sops.setdefault(word, set()).add(sid)
         self._phrases = {sid: [w for w in code_words if len(w) > 1 or len(code_word_sops[next(iter(w))]) == 1]
                          for sid, code_words in self._code_words.items()}
+        self._speaks_of_many = {sid: bool(_MANY.search(" ".join(sop.sections.get(name, "")
+                                                               for name in ("Scope", "Symptoms"))))
+                                for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
 
-    def scores(self, query: str, root_code: str = "", device_type: str = "",
-               member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
-               root_device: str = "", root_words: str = "") -> list[tuple[str, float]]:
-        """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
+    def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
+        """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
+        said, keys = alarm
+        return bool(keys & self._codes[sid]) or any(w <= said for w in self._phrases[sid])
+
+    def evidence(self, query: str, root_code: str = "", device_type: str = "",
+                 member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
+                 root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
+                 lead_words: list[str] | None = None, fan_out: int = 0) -> dict[str, Evidence]:
+        """The unweighed evidence for every SOP."""
         kinds = device_kinds(self._known_kinds, device_type, root_device)
         query = " ".join([query, *[" ".join(terms(k.replace("_", " "))) for k in kinds] * self.kind_repeat])
         found = self._bm25.run(query=query.strip() or "incident")["documents"]
@@ -129,30 +169,58 @@ class SopRetriever:
         root_keys = {code_key(c) for c in [root_code, *(evidence_codes or [])] if c}
         root_words_of_code = _code_words(root_code)
         said = set(terms(" ".join([root_words, root_code])))
-        member_keys = {code_key(c) for c in member_codes or []}
-        ranked = []
+        member_keys = [code_key(c) for c in member_codes or []]
+        # Each distinct member code once: its words when the builder gave them, else the code alone.
+        members = [_alarm(m) for m in (member_words if member_words is not None else member_codes or [])]
+        leads = [_alarm(m) for m in lead_words or []]
+        # A root alarm whose own code names a procedure is its own evidence; one that only states symptoms
+        # ("high supply air") may be the consequence of what the members seen before it report.
+        root_named = any(root_keys & codes for codes in self._codes.values())
+        out = {}
         for sid in self.corpus:
-            score = bm25.get(sid, 0.0) / best
-            if root_keys & self._codes[sid]:
-                score += self.code_weight
-            else:
-                overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
-                               for w in self._code_words[sid]), default=0.0) if root_words_of_code else 0.0
-                stated = any(w <= said for w in self._phrases[sid])
-                score += max(self.code_weight * overlap, self.phrase_weight * stated)
-            if set(kinds) & self._equipment[sid]:
-                score += self.device_weight
-            if member_keys:
-                score += self.member_weight * len(member_keys & self._codes[sid]) / len(member_keys)
-            ranked.append((sid, score))
-        ranked.sort(key=lambda item: (-item[1], item[0]))
-        return ranked
+            overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
+                           for w in self._code_words[sid]), default=0.0) if root_words_of_code else 0.0
+            listed = sum(self._states(sid, m) for m in members) if member_words is not None else \
+                len(set(member_keys) & self._codes[sid])
+            out[sid] = Evidence(
+                bm25=bm25.get(sid, 0.0) / best, code=bool(root_keys & self._codes[sid]), code_overlap=overlap,
+                phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
+                members=listed / len(members) if members else 0.0,
+                lead=not root_named and any(self._states(sid, lead) for lead in leads),
+                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid])
+        return out
+
+    def weigh(self, evidence: Evidence) -> float:
+        """One SOP's fused score (see the module's docstring)."""
+        score = evidence.bm25
+        if evidence.code:
+            score += self.code_weight
+        else:
+            score += max(self.code_weight * evidence.code_overlap, self.phrase_weight * evidence.phrase)
+        return (score + self.device_weight * evidence.device + self.member_weight * evidence.members
+                + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out)
+
+    def scores(self, query: str, **incident) -> list[tuple[str, float]]:
+        """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
+        return ranking({sid: self.weigh(e) for sid, e in self.evidence(query, **incident).items()})
 
     @component.output_types(sop_ids=list[str], documents=list[Document])
     def run(self, query: str, root_code: str = "", device_type: str = "",
             member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
-            root_device: str = "", root_words: str = "") -> dict:
-        ranked = [sid for sid, _ in self.scores(query, root_code, device_type, member_codes, evidence_codes,
-                                                 root_device, root_words)]
+            root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
+            lead_words: list[str] | None = None, fan_out: int = 0) -> dict:
+        ranked = [sid for sid, _ in self.scores(
+            query, root_code=root_code, device_type=device_type, member_codes=member_codes,
+            evidence_codes=evidence_codes, root_device=root_device, root_words=root_words,
+            member_words=member_words, lead_words=lead_words, fan_out=fan_out)]
         top = ranked[: self.top_k]
         return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}
+
+
+def _alarm(text: str) -> tuple[set[str], set[str]]:
+    return set(terms(text)), {code_key(word) for word in text.split()}
+
+
+def ranking(scores: dict[str, float]) -> list[tuple[str, float]]:
+    """SOPs best first; ties broken by id, so the order is stable."""
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))

@@ -6,12 +6,12 @@ import pytest
 from haystack import Document
 
 from opsloop.models.grounding import GroundingChecker, citations, step_claims
-from opsloop.models.incident_query import IncidentQueryBuilder, log_codes, terms
+from opsloop.models.incident_query import IncidentQueryBuilder, fan_out, log_codes, reports_normal, symptoms, terms
 from opsloop.models.sop_retrieval import device_kinds
 from opsloop.config.assets import sop_texts
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
-from opsloop.ops.evals.narrate import BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, evaluate, load_labelled
+from opsloop.ops.evals.narrate import BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, evaluate, load_labelled
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
@@ -38,7 +38,7 @@ def test_labelled_set_is_large_valid_and_names_real_sops(narration, cases):
 
 
 def test_the_blind_set_without_types_differs_from_it_only_in_device_types():
-    typed, untyped = load_labelled(FRESH_SETS[-1]), load_labelled(BLIND_NO_TYPES)
+    typed, untyped = load_labelled(BLIND), load_labelled(BLIND_NO_TYPES)
     assert len(typed) == len(untyped) >= 48
     generic = {"device", "asset", "equipment", "other"}
     for (a, expect_a), (b, expect_b) in zip(typed, untyped):
@@ -195,3 +195,57 @@ def test_the_narration_quotes_the_root_alarms_log_line_and_stays_grounded(narrat
     result = narration.deterministic(_gpu_incident(kernel))
     assert result.grounded and f'The root alarm says: log "{kernel}".' in result.text.splitlines()
     assert "The root alarm says" not in narration.deterministic(_gpu_incident("")).text
+
+
+def _incident(root: tuple[str, str, str, str], members: list[tuple[str, str, str, str, int]],
+              summary: str = "") -> dict:
+    """An incident from (device, type, code, text) of the root and (device, type, code, text, seconds after it)."""
+    def member(device, device_type, code, text, after_s):
+        return {"fingerprint": f"{device}-{code}", "device": device, "device_type": device_type, "code": code,
+                "count": 1, "first_seen_ms": 1_000_000 + after_s * 1000, "text": text, "log_line": ""}
+    device, device_type, code, _ = root
+    every = [member(*root, 0)] + [member(*m) for m in members]
+    return {"incident_id": "x", "site": "s", "state": "open", "opened_ms": 1_000_000, "updated_ms": 1_000_000,
+            "resolved_ms": None, "root_device": device, "root_device_type": device_type, "root_code": code,
+            "severity": "major", "member_count": len(every), "members": every, "summary": summary}
+
+
+def test_a_member_reporting_a_normal_reading_is_not_a_symptom():
+    assert reports_normal("CHW supply 12.1 C normal") and reports_normal("Utility voltages nominal 11.0 kV")
+    assert reports_normal("other feed OK") and not reports_normal("Normal source not acceptable")
+    assert symptoms("Voltage sag 71% for 140 ms, recovered") == "Voltage sag 71% for 140 ms"
+    incident = _incident(("crah-7", "crah", "Vnd.SupplyAirHigh", "Supply air 24.6 C"),
+                         [("chw-hdr", "chilled_water", "BMS.CHWS_T", "CHW supply 12.1 C normal", 0),
+                          ("crah-7", "crah", "Vnd.Fans", "unit fans stopped", 0)])
+    out = IncidentQueryBuilder().run(incident=incident)
+    assert out["member_codes"] == ["Vnd.Fans"] and "chill" not in out["query"].split()
+
+
+def test_a_member_seen_before_the_root_counts_as_its_likely_cause(narration):
+    chiller = ("ch-1", "chiller", "Vnd.Alarm", "Chiller 1 alarm trip, compressor overload")
+    root = ("crah-1", "crah", "Vnd.SupplyAirHigh", "High supply air temperature, fans 100%")
+    chw = ("chw-hdr", "chilled_water", "Vnd.ChwsHigh", "chilled water supply 17 C")
+    before = _incident(root, [(*chiller, -300), (*chw, -120)])
+    after = _incident(root, [(*chiller, 300), (*chw, 120)])
+    assert IncidentQueryBuilder().run(incident=after)["lead_words"] == []
+    assert narration.retrieve(before).sop_ids[0] == "SOP-CLG-003"
+    score = lambda incident: dict(narration.retriever.scores(**narration.query.run(incident=incident)))  # noqa: E731
+    lift = score(before)["SOP-CLG-003"] - score(after)["SOP-CLG-003"]
+    assert lift == pytest.approx(narration.retriever.lead_weight) and lift > 0
+    # A root whose own code names a procedure keeps it: on battery before battery low is its first stage.
+    low = _incident(("ups-1", "ups", "BATTERY_LOW", ""), [("ups-1", "ups", "UPS_ON_BATTERY", "", -600)])
+    assert narration.retrieve(low).sop_ids[0] == "SOP-PWR-005"
+
+
+def test_one_code_on_many_devices_at_once_points_upstream_of_them(narration):
+    nfs = ("n-01", "gpu_server", "KERNEL_NFS", "nfs server not responding")
+    many = _incident(nfs, [(f"n-0{i}", "gpu_server", "KERNEL_NFS", "nfs server not responding", 2)
+                           for i in (2, 3)])
+    assert fan_out(many["members"], "n-01", "KERNEL_NFS") == 3
+    assert fan_out(_incident(nfs, [])["members"], "n-01", "KERNEL_NFS") == 1
+    score = lambda incident: dict(narration.retriever.scores(**narration.query.run(incident=incident)))  # noqa: E731
+    one, three = score(_incident(nfs, [])), score(many)
+    # The storage procedure speaks of "many nodes"; the node-down one does not and gains nothing.
+    assert three["SOP-NET-008"] - one["SOP-NET-008"] == pytest.approx(narration.retriever.fanout_weight)
+    assert narration.retriever.fanout_weight > 0
+    assert three["SOP-GPU-006"] == pytest.approx(one["SOP-GPU-006"])

@@ -13,7 +13,7 @@ from opsloop.config.settings import Settings
 from opsloop.models.sops import parse_corpus
 from opsloop.schemas.codec import Codec
 from opsloop.ops.evals.narrate import DEV_SETS, load_labelled, main
-from opsloop.ops.evals.narrate_cv import cross_validate, hits, narration_with
+from opsloop.ops.evals.narrate_cv import cross_validate, hits, narration_with, weighed_hits
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +89,10 @@ def test_a_case_may_be_a_whole_incident_record(tmp_path):
     Codec.default().encode("Incident", incident)  # a valid Incident record once its defaults are filled
     assert incident["incident_id"] == "inc-9" and incident["member_count"] == 1
     assert incident["members"][0]["log_line"] == "" and incident["members"][0]["text"] == "Battery Discharging"
+
+
+def test_weighing_gathered_evidence_ranks_as_retrieving_again():
+    cases = [case for path in DEV_SETS for case in load_labelled(path)][::9]
+    corpus = parse_corpus(sop_texts())
+    settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 1}, {"code_weight": 0.6}]
+    assert weighed_hits(corpus, cases, settings) == [hits(narration_with(corpus, s), cases) for s in settings]
