@@ -33,6 +33,8 @@ DEV_SETS = [DATA, DATA.with_name("narrate_vendor_dev.yaml"), DATA.with_name("nar
 # cross-validated over them too, so they are no longer fresh. narrate_blind_notype.yaml is narrate_blind.yaml with
 # every device type made generic: the same cases, so not listed twice.
 FRESH_SETS = [DATA.with_name("narrate_after_freeze.yaml"), DATA.with_name("narrate_independent.yaml")]
+# Written after the evidence weighing by an author who saw only the SOP texts and schemas; scored once against it.
+SEALED = DATA.with_name("narrate_sealed.yaml")
 BLIND = DEV_SETS[-1]
 BLIND_NO_TYPES = DATA.with_name("narrate_blind_notype.yaml")
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times

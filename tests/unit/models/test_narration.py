@@ -11,7 +11,7 @@ from opsloop.models.sop_retrieval import device_kinds
 from opsloop.config.assets import sop_texts
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
-from opsloop.ops.evals.narrate import BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, evaluate, load_labelled
+from opsloop.ops.evals.narrate import BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, SEALED, evaluate, load_labelled
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
@@ -30,7 +30,7 @@ def cases():
 def test_labelled_set_is_large_valid_and_names_real_sops(narration, cases):
     codec = Codec.default()
     assert len(cases) >= 60
-    every = cases + [case for path in DEV_SETS[1:] + FRESH_SETS for case in load_labelled(path)]
+    every = cases + [case for path in DEV_SETS[1:] + FRESH_SETS + [SEALED] for case in load_labelled(path)]
     for incident, expect in every:
         codec.encode("Incident", incident)  # a valid Incident record
         assert expect and set(expect) <= set(narration.corpus)
