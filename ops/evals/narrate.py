@@ -35,6 +35,9 @@ DEV_SETS = [DATA, DATA.with_name("narrate_vendor_dev.yaml"), DATA.with_name("nar
 FRESH_SETS = [DATA.with_name("narrate_after_freeze.yaml"), DATA.with_name("narrate_independent.yaml")]
 # Written after the evidence weighing by an author who saw only the SOP texts and schemas; scored once against it.
 SEALED = DATA.with_name("narrate_sealed.yaml")
+# The everyday mix of a third campus by a fifth author (and the same cases with generic device types), scored once
+# against the same retriever.
+SEALED3, SEALED3_NO_TYPES = DATA.with_name("narrate_sealed3.yaml"), DATA.with_name("narrate_sealed3_notype.yaml")
 BLIND = DEV_SETS[-1]
 BLIND_NO_TYPES = DATA.with_name("narrate_blind_notype.yaml")
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times

@@ -11,7 +11,8 @@ from opsloop.models.sop_retrieval import device_kinds
 from opsloop.config.assets import sop_texts
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
-from opsloop.ops.evals.narrate import BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, SEALED, evaluate, load_labelled
+from opsloop.ops.evals.narrate import (BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, SEALED, SEALED3, SEALED3_NO_TYPES,
+                                       evaluate, load_labelled)
 from opsloop.schemas.codec import Codec
 
 pytestmark = pytest.mark.unit
@@ -30,15 +31,16 @@ def cases():
 def test_labelled_set_is_large_valid_and_names_real_sops(narration, cases):
     codec = Codec.default()
     assert len(cases) >= 60
-    every = cases + [case for path in DEV_SETS[1:] + FRESH_SETS + [SEALED] for case in load_labelled(path)]
+    every = cases + [case for path in DEV_SETS[1:] + FRESH_SETS + [SEALED, SEALED3] for case in load_labelled(path)]
     for incident, expect in every:
         codec.encode("Incident", incident)  # a valid Incident record
         assert expect and set(expect) <= set(narration.corpus)
     assert len({incident["incident_id"] for incident, _ in every}) == len(every)
 
 
-def test_the_blind_set_without_types_differs_from_it_only_in_device_types():
-    typed, untyped = load_labelled(BLIND), load_labelled(BLIND_NO_TYPES)
+@pytest.mark.parametrize("typed_file, untyped_file", [(BLIND, BLIND_NO_TYPES), (SEALED3, SEALED3_NO_TYPES)])
+def test_a_set_without_types_differs_from_its_set_only_in_device_types(typed_file, untyped_file):
+    typed, untyped = load_labelled(typed_file), load_labelled(untyped_file)
     assert len(typed) == len(untyped) >= 48
     generic = {"device", "asset", "equipment", "other"}
     for (a, expect_a), (b, expect_b) in zip(typed, untyped):
