@@ -249,6 +249,18 @@ def ramp_allowance_kw(ess: EssState, ramp_kw_per_min: float, now_ms: int) -> flo
     return ramp_kw_per_min * minutes
 
 
+def seconds_to_expiry(action: Mapping, now_ms: int) -> float:
+    """How long an action lasts if executed now: until its ``expires_ms``."""
+    return (action["expires_ms"] - now_ms) / 1000
+
+
+def duration_problems(duration_s: float, max_duration_s: float) -> list[Reason]:
+    """``over_max_duration`` when an action lasts longer than its policy section's ``max_duration_s``."""
+    if duration_s > max_duration_s:
+        return [Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s, longer than the policy's {max_duration_s:g} s")]
+    return []
+
+
 def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: int) -> list[Reason]:
     kind, limits = action["kind"], policy.pcs
     setpoint = action.get("setpoint_kw")
@@ -274,10 +286,8 @@ def pcs_problems(action: Mapping, ess: EssState | None, policy: Policy, now_ms: 
     if abs(setpoint) > limits.max_kw:
         problems.append(Reason(OVER_POWER_LIMIT, f"setpoint {abs(setpoint):g} kW exceeds the policy limit of "
                                                  f"{limits.max_kw:g} kW"))
-    duration_s = (action["expires_ms"] - now_ms) / 1000
-    if duration_s > limits.max_duration_s:
-        problems.append(Reason(OVER_MAX_DURATION,
-                               f"lasts {duration_s:g} s, longer than the policy's {limits.max_duration_s:g} s"))
+    duration_s = seconds_to_expiry(action, now_ms)
+    problems += duration_problems(duration_s, limits.max_duration_s)
     if ess is None:
         return problems + [Reason(NO_ESS_STATE, "no ESS telemetry yet: state of charge and health unknown")]
     age_s = (now_ms - ess.ts_ms) / 1000
@@ -325,7 +335,7 @@ def slurm_charge(action: Mapping, limits: SlurmLimits, now_ms: int) -> tuple[int
     params = action.get("params", {})
     if "gpus" not in params:
         return declared_jobs(action, limits), float(limits.max_gpu_hours_per_event)
-    return declared_jobs(action, limits), declared_gpu_hours(params, (action["expires_ms"] - now_ms) / 1000)
+    return declared_jobs(action, limits), declared_gpu_hours(params, seconds_to_expiry(action, now_ms))
 
 
 def declared_gpu_hours(params: Mapping, hold_s: float) -> float:
@@ -412,7 +422,7 @@ def slurm_problems(action: Mapping, policy: Policy, now_ms: int, spent: Iterable
     if jobs > limits.max_jobs_per_event:
         problems.append(Reason(TOO_MANY_JOBS, f"affects up to {jobs} jobs, more than the policy's "
                                               f"{limits.max_jobs_per_event} per event"))
-    hold_s = (action["expires_ms"] - now_ms) / 1000
+    hold_s = seconds_to_expiry(action, now_ms)
     if hold_s > limits.max_hold_s:
         problems.append(Reason(OVER_MAX_HOLD, f"holds for {hold_s:g} s, longer than the policy's "
                                               f"{limits.max_hold_s:g} s"))
@@ -451,10 +461,7 @@ def llm_problems(action: Mapping, limits: LlmLimits | None, now_ms: int, holding
     if limits is None:
         return [Reason(NO_LLM_POLICY, "the policy has no llm section: LLM-serving actions are off")]
     params, kind, problems = action.get("params") or {}, action["kind"], []
-    duration_s = (action["expires_ms"] - now_ms) / 1000
-    if duration_s > limits.max_duration_s:
-        problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s, longer than the policy's "
-                                                  f"{limits.max_duration_s:g} s"))
+    problems += duration_problems(seconds_to_expiry(action, now_ms), limits.max_duration_s)
     servers = llm_servers(action)
     if kind == "llm_shift":
         try:
@@ -512,7 +519,7 @@ def cooling_problems(action: Mapping, state: CoolingState | None, limits: Coolin
     if not limits.setpoint_min_c <= new <= limits.setpoint_max_c:
         problems.append(Reason(OUT_OF_SETPOINT_RANGE, f"setpoint {new:g} degC is outside the policy's "
                                                       f"{limits.setpoint_min_c:g}-{limits.setpoint_max_c:g} degC"))
-    duration_s = (action["expires_ms"] - now_ms) / 1000
+    duration_s = seconds_to_expiry(action, now_ms)
     if duration_s > limits.revert_timeout_s:
         problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s unverified, longer than the policy's "
                                                   f"revert timeout of {limits.revert_timeout_s:g} s"))
@@ -611,10 +618,7 @@ def gpu_problems(action: Mapping, policy: Policy, now_ms: int) -> list[Reason]:
     elif partition not in policy.slurm.touchable_partitions:
         problems.append(Reason(UNTOUCHABLE_PARTITION, f"partition {partition[:40]} is not in the policy's touchable "
                                                       f"partitions"))
-    duration_s = (action["expires_ms"] - now_ms) / 1000
-    if duration_s > limits.max_duration_s:
-        problems.append(Reason(OVER_MAX_DURATION, f"lasts {duration_s:g} s, longer than the policy's "
-                                                  f"{limits.max_duration_s:g} s"))
+    problems += duration_problems(seconds_to_expiry(action, now_ms), limits.max_duration_s)
     field, floor = ("sm_mhz", limits.min_sm_clock_mhz) if kind == "gpu_clock_lock" else \
         ("watts", limits.min_power_limit_w)
     try:

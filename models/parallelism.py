@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from opsloop.models.verify import FAILED, PENDING, VERIFIED, Outcome
+from opsloop.models.verify import VERIFIED, Outcome, pending_or_failed
 
 PREFIX = "opsloop:"
 ELASTIC = "dp"
@@ -200,6 +200,5 @@ def judge_shrink(job_id: str, kept: tuple[str, ...], shape: JobShape | None, now
         return Outcome(VERIFIED, f"job {job_id} has left the queue or stopped running: nothing of it draws power")
     if tuple(shape.nodes) == tuple(kept):
         return Outcome(VERIFIED, f"job {job_id} runs on {','.join(kept)} ({len(kept)} nodes) as planned")
-    if now_ms < deadline_ms:
-        return Outcome(PENDING, f"job {job_id} still on {','.join(shape.nodes)}")
-    return Outcome(FAILED, f"job {job_id} runs on {','.join(shape.nodes)}, expected {','.join(kept)}")
+    return pending_or_failed(now_ms, deadline_ms, f"job {job_id} still on {','.join(shape.nodes)}",
+                             f"job {job_id} runs on {','.join(shape.nodes)}, expected {','.join(kept)}")

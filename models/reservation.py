@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
-from opsloop.models.verify import FAILED, PENDING, VERIFIED, Outcome
+from opsloop.models.verify import FAILED, VERIFIED, Outcome, pending_or_failed
 
 PREFIX = "opsloop-"
 NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -63,9 +63,8 @@ def utc(seconds: int) -> str:
 def judge_reservation(want: Reservation, found: Reservation | None, now_ms: int, deadline_ms: int) -> Outcome:
     """Verified when the named reservation holds the nodes and window asked for, with every flag asked for."""
     if found is None:
-        if now_ms < deadline_ms:
-            return Outcome(PENDING, f"reservation {want.name} not listed yet")
-        return Outcome(FAILED, f"reservation {want.name} not found")
+        return pending_or_failed(now_ms, deadline_ms, f"reservation {want.name} not listed yet",
+                                 f"reservation {want.name} not found")
     wrong = []
     if found.nodes != want.nodes:
         wrong.append(f"nodes {','.join(found.nodes)} (expected {','.join(want.nodes)})")

@@ -30,6 +30,11 @@ def power_tolerance_kw(expected_kw: float) -> float:
     return max(50.0, 0.05 * abs(expected_kw))
 
 
+def pending_or_failed(now_ms: int, deadline_ms: int, waiting: str, failed: str) -> Outcome:
+    """What is not verified yet: pending while the window is open, failed from its deadline on."""
+    return Outcome(PENDING, waiting) if now_ms < deadline_ms else Outcome(FAILED, failed)
+
+
 def judge_power(expected_kw: float, observed_kw: Iterable[float], now_ms: int, deadline_ms: int) -> Outcome:
     """Verified once any observation after execution is within tolerance; failed at the deadline otherwise."""
     tolerance = power_tolerance_kw(expected_kw)
@@ -38,10 +43,9 @@ def judge_power(expected_kw: float, observed_kw: Iterable[float], now_ms: int, d
         if abs(value - expected_kw) <= tolerance:
             return Outcome(VERIFIED, f"ESS power {value:g} kW matches the {expected_kw:g} kW setpoint "
                                      f"(tolerance {tolerance:g} kW)")
-    if now_ms < deadline_ms:
-        return Outcome(PENDING, f"waiting for ESS power near {expected_kw:g} kW")
     last = f"last seen {seen[-1]:g} kW" if seen else "no ESS telemetry arrived"
-    return Outcome(FAILED, f"ESS power never reached the {expected_kw:g} kW setpoint within the window ({last})")
+    return pending_or_failed(now_ms, deadline_ms, f"waiting for ESS power near {expected_kw:g} kW",
+                             f"ESS power never reached the {expected_kw:g} kW setpoint within the window ({last})")
 
 
 def judge_grid_limit(limit_kw: float, max_discharge_kw: float, charge_kw: float, charge_ceiling_kw: float,
@@ -56,10 +60,10 @@ def judge_grid_limit(limit_kw: float, max_discharge_kw: float, charge_kw: float,
         if abs(ess - expected) <= tolerance:
             return Outcome(VERIFIED, f"ESS power {ess:g} kW holds grid import at {grid:,.0f} kW against the "
                                      f"{limit_kw:,.0f} kW limit (expected {expected:g} kW, tolerance {tolerance:g} kW)")
-    if now_ms < deadline_ms:
-        return Outcome(PENDING, f"waiting for ESS power that holds grid import at {limit_kw:,.0f} kW")
     last = f"last seen {seen[-1][0]:g} kW at {seen[-1][1]:,.0f} kW import" if seen else "no ESS telemetry arrived"
-    return Outcome(FAILED, f"the ESS never held grid import at the {limit_kw:,.0f} kW limit within the window ({last})")
+    return pending_or_failed(now_ms, deadline_ms,
+                             f"waiting for ESS power that holds grid import at {limit_kw:,.0f} kW",
+                             f"the ESS never held grid import at the {limit_kw:,.0f} kW limit within the window ({last})")
 
 
 def judge_jobs(expected: Mapping[str, set[str]], observed: Mapping[str, str], now_ms: int,
@@ -68,7 +72,6 @@ def judge_jobs(expected: Mapping[str, set[str]], observed: Mapping[str, str], no
     wrong = {job: observed[job] for job, states in expected.items() if job in observed and observed[job] not in states}
     if not wrong:
         return Outcome(VERIFIED, f"{len(expected)} job(s) in the expected state")
-    if now_ms < deadline_ms:
-        return Outcome(PENDING, f"{len(wrong)} job(s) not yet in the expected state")
     listing = ", ".join(f"{job} is {state} (expected {'/'.join(sorted(expected[job]))})" for job, state in wrong.items())
-    return Outcome(FAILED, f"within the window: {listing}")
+    return pending_or_failed(now_ms, deadline_ms, f"{len(wrong)} job(s) not yet in the expected state",
+                             f"within the window: {listing}")

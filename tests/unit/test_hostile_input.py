@@ -39,6 +39,8 @@ from opsloop.ops.noc_auth import Role, Session, User
 from opsloop.ops.noc_web import Caller, render_document, render_fragment
 from opsloop.schemas.codec import MAX_RECORD_BYTES, Codec, DecodeError, RecordTooLarge
 
+from consumed import Msg  # the unit tier's consumed message
+
 pytestmark = pytest.mark.unit
 CASES: Counter = Counter()
 INJECTIONS: list[str] = []
@@ -156,32 +158,6 @@ def views(tmp_path_factory):
     sink.close()
 
 
-class Msg:
-    def __init__(self, topic, offset, value):
-        self._t, self._o, self._v = topic, offset, value
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return None
-
-    def timestamp(self):
-        return (0, -1)
-
-    def error(self):
-        return None
-
-
 def _tables(con) -> set:
     return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
@@ -199,8 +175,8 @@ def test_names_and_alarm_text_reach_duckdb_as_values_never_as_sql(views, site, d
              "severity": "major", "state": "raise", "text": text, "attributes": {text: device}}
     point = {"ts_ms": 1_000 + n, "site": site, "device": device, "device_type": "pdu", "metric": "it_kw",
              "value": 1.0, "unit": "kW", "source": "test"}
-    views.write_batch([Msg("t.alarms.raw", 2 * n, CODEC.encode("Alarm", alarm)),
-                       Msg("t.telemetry.raw", 2 * n, CODEC.encode("TelemetryPoint", point))])
+    views.write_batch([Msg("t.alarms.raw", 0, 2 * n, CODEC.encode("Alarm", alarm)),
+                       Msg("t.telemetry.raw", 0, 2 * n, CODEC.encode("TelemetryPoint", point))])
     after = _tables(con)
     rows = con.execute("SELECT site, device, text, code FROM alarms_raw WHERE ts_ms = ?", [1_000 + n]).fetchall()
     if after != before or rows != [(site, device, text, code)]:

@@ -11,25 +11,10 @@ from opsloop.config.access import plan
 from opsloop.config.settings import Settings
 from opsloop.connectors import broadcast
 
+from consumed import Msg  # the unit tier's consumed message
+
 pytestmark = pytest.mark.unit
 TOPIC = "t.actions.approved"
-
-
-class Msg:
-    def __init__(self, partition, offset, error=None):
-        self._p, self._o, self._e = partition, offset, error
-
-    def error(self):
-        return None if self._e is None else KafkaError(self._e)
-
-    def topic(self):
-        return TOPIC
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
 
 
 class FakeConsumer:
@@ -82,11 +67,13 @@ def test_every_partition_starts_at_its_first_record_that_recent_else_at_its_end(
 def test_catch_up_reads_to_the_ends_and_poll_then_hands_over_what_came_without_waiting(monkeypatch):
     cons = FakeConsumer([0, 1], found={0: 5, 1: 0}, ends={0: 7, 1: 1})
     hints = reader(monkeypatch, cons)
-    cons.queued = [Msg(0, 5), Msg(1, 0), Msg(0, 6), Msg(1, 1, KafkaError._PARTITION_EOF)]
+    cons.queued = [Msg(TOPIC, 0, 5), Msg(TOPIC, 1, 0), Msg(TOPIC, 0, 6),
+                   Msg(TOPIC, 1, 1, error=KafkaError._PARTITION_EOF)]
     seen = []
     assert hints.catch_up(lambda m: seen.append((m.partition(), m.offset())), timeout_s=5)
     assert seen == [(0, 5), (1, 0), (0, 6)] and hints.read == 3
-    cons.queued = [Msg(1, 1), Msg(0, 7, KafkaError._TRANSPORT)]  # a broker fault is the client's to wait out
+    # a broker fault is the client's to wait out
+    cons.queued = [Msg(TOPIC, 1, 1), Msg(TOPIC, 0, 7, error=KafkaError._TRANSPORT)]
     assert hints.poll(lambda m: seen.append((m.partition(), m.offset()))) == 1
     assert seen[-1] == (1, 1) and cons.timeouts[-1] == 0  # never blocks the loop
 
@@ -107,7 +94,7 @@ def test_catch_up_gives_up_after_its_timeout_and_reading_goes_on(monkeypatch):
 def test_a_refused_read_is_raised_never_skipped(monkeypatch):
     cons = FakeConsumer([0], found={}, ends={0: 0})
     hints = reader(monkeypatch, cons)
-    cons.queued = [Msg(0, 0, KafkaError.TOPIC_AUTHORIZATION_FAILED)]
+    cons.queued = [Msg(TOPIC, 0, 0, error=KafkaError.TOPIC_AUTHORIZATION_FAILED)]
     with pytest.raises(KafkaException):
         hints.poll(lambda m: None)
 

@@ -594,36 +594,12 @@ def test_an_event_stream_wakes_when_the_views_agent_in_its_process_stores_a_batc
     from opsloop.ops.noc_core import FileViews, LiveViews
     from opsloop.schemas.codec import Codec
     from opsloop.streams.views import ViewsSink
-
-    class Msg:  # a consumed message, as the consumer hands it over
-        def __init__(self, value):
-            self._v = value
-
-        def topic(self):
-            return "noc-test.noc.audit"
-
-        def partition(self):
-            return 0
-
-        def offset(self):
-            return 0
-
-        def value(self):
-            return self._v
-
-        def key(self):
-            return None
-
-        def timestamp(self):
-            return (0, -1)
-
-        def error(self):
-            return None
+    from consumed import Msg
 
     settings = Settings(duckdb_path=tmp_path / "views.duckdb", topic_prefix="noc-test.")
     sink = ViewsSink(settings, topics=["noc.audit"])
     audit = Codec.default().encode("AuditEvent", noc_module.audit_record("login", "ana", "127.0.0.1"))
-    timer = threading.Timer(0.3, sink.write_batch, [[Msg(audit)]])
+    timer = threading.Timer(0.3, sink.write_batch, [[Msg("noc-test.noc.audit", 0, 0, audit)]])
     try:
         began = time.monotonic()
         timer.start()

@@ -11,34 +11,11 @@ from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
 from opsloop.streams import processor as loop
 
+from consumed import Msg  # the unit tier's consumed message
+
 pytestmark = pytest.mark.unit
 PREFIX = "t."
-
-
-class Msg:
-    def __init__(self, topic, partition, offset, value=b"", eof=False):
-        self._t, self._p, self._o, self._v, self._eof = topic, partition, offset, value, eof
-
-    def error(self):
-        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return None
-
-    def timestamp(self):
-        return (0, -1)
+EOF = KafkaError._PARTITION_EOF  # a partition's end, as the consumer reports it
 
 
 class FakeProducer:
@@ -160,7 +137,7 @@ def test_several_sources_housekeeping_and_dead_letters_are_delivered_before_comm
     log, with_batches = clients
     site, feedback = PREFIX + "telemetry.site", PREFIX + "operator.feedback"
     made = with_batches([Msg(site, 0, 7), Msg(feedback, 0, 3, b"junk"), Msg(feedback, 0, 4)],
-                        [Msg(site, 0, 8, eof=True), Msg(feedback, 0, 5, eof=True)])
+                        [Msg(site, 0, 8, error=EOF), Msg(feedback, 0, 5, error=EOF)])
     proc = TwoSources(settings(tmp_path))
     stats = proc.run(threading.Event(), exit_when_idle=True)
     cons, prod = made["cons"], made["prod"]
@@ -198,7 +175,7 @@ class OwnOffsets(loop.BatchProcessor):
 def test_a_processor_that_stores_its_offsets_resumes_from_them_and_copies_them_to_kafka(tmp_path, clients):
     _, with_batches = clients
     topic = PREFIX + "incidents"
-    made = with_batches([Msg(topic, 0, 5)], [Msg(topic, 0, 6, eof=True)])
+    made = with_batches([Msg(topic, 0, 5)], [Msg(topic, 0, 6, error=EOF)])
     proc = OwnOffsets(settings(tmp_path), {(topic, 0): 5})
     proc.run(threading.Event(), exit_when_idle=True)
     cons = made["cons"]
@@ -239,17 +216,12 @@ class Counting(loop.BatchProcessor):
         self.revoked.append(self.commit(cons, {(tp.topic, tp.partition) for tp in partitions}))
 
 
-class Down(Msg):
-    def error(self):
-        return KafkaError(KafkaError._ALL_BROKERS_DOWN)
-
-
 def test_an_end_at_an_open_transaction_is_not_idle_until_it_is_aborted(tmp_path, clients, caplog):
     """Reading committed, the end event comes at the last stable offset (3) while the high watermark is past it (an
     open transaction, 3 and 4): an idle-ending processor waits, and ends once the abort moves its end to 6."""
     _, with_batches = clients
     topic = PREFIX + "incidents"
-    made = with_batches([Msg(topic, 0, 2)], [Msg(topic, 0, 3, eof=True)], *[[]] * 30, [Msg(topic, 0, 6, eof=True)])
+    made = with_batches([Msg(topic, 0, 2)], [Msg(topic, 0, 3, error=EOF)], *[[]] * 30, [Msg(topic, 0, 6, error=EOF)])
     proc = Counting(settings(tmp_path))
     now = [0.0]
     proc.clock = lambda: now[0]
@@ -277,8 +249,8 @@ def test_a_broker_outage_is_waited_out_and_a_lost_assignment_is_neither_written_
     away are dropped unwritten; once reassigned the loop resumes and commits."""
     log, with_batches = clients
     topic = PREFIX + "incidents"
-    made = with_batches([Msg(topic, 0, 0), Down(topic, 0, -1)], [Msg(topic, 0, 1)],
-                        [Msg(topic, 0, 0), Msg(topic, 0, 1)], [Msg(topic, 0, 2, eof=True)])
+    made = with_batches([Msg(topic, 0, 0), Msg(topic, 0, -1, error=KafkaError._ALL_BROKERS_DOWN)], [Msg(topic, 0, 1)],
+                        [Msg(topic, 0, 0), Msg(topic, 0, 1)], [Msg(topic, 0, 2, error=EOF)])
     proc = Counting(settings(tmp_path))
     proc.commit_every_s = 0.0
     proc.broker.first_s = 0.0  # no backoff in a unit test

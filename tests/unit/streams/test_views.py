@@ -18,39 +18,13 @@ from opsloop.streams.views import ViewsSink
 from opsloop.config.settings import Settings
 from opsloop.schemas.codec import Codec
 
+from consumed import Msg  # the unit tier's consumed message
+
 pytestmark = pytest.mark.unit
 
 PREFIX = "t."
 MINUTE_MS = 60_000
 T0 = 960163200000  # 2000-06-05T00:00:00Z
-
-
-class Msg:
-    """Test data with the confluent_kafka Message interface (as the consumer hands it over)."""
-
-    def __init__(self, topic, partition, offset, value, key=None, ts=None):
-        self._t, self._p, self._o, self._v, self._k, self._ts = topic, partition, offset, value, key, ts
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return self._k
-
-    def timestamp(self):
-        return (1, self._ts) if self._ts is not None else (0, -1)
-
-    def error(self):
-        return None
 
 
 def snapshot(site, start_ms, grid_kw, it_kw=800.0, facility_kw=1000.0):
