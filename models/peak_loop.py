@@ -169,19 +169,17 @@ class Decision:
 
 class SitePeakLoop:
     def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
-        self.config = config
         self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps,
                                                       holidays=config.holidays)
         self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
         self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods, skill_days=config.skill_days,
-                                   start_mode=config.start_mode,
-                                   floor_skill_days=config.floor_skill_days if config.reactive_floor else 0,
-                                   floor_margin_pct=config.floor_margin_pct)
+                                   start_mode=config.start_mode)
         self.billing: Billing | None = None
         self.last_window_ms: int | None = None  # latest snapshot folded in
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
         self.lever_usage = flex.Usage()  # hours each lever was engaged today, for its daily budget
         self.daily_import: dict[int, float] = {}  # day -> its highest step import (the last week), for the levers
+        self.reconfigure(config)  # the config, and how the floor is judged
 
     def __setstate__(self, state: dict) -> None:
         """A loop pickled before the mode arbiter existed starts measuring from here, the plan deciding."""

@@ -61,7 +61,7 @@ def twin_rate(settings: Settings, site, seconds: float, sample_s: float, publish
 def bare_rate(settings: Settings, site, seconds: float) -> float:
     """Produce the twin's own points, encoded beforehand: what the broker and client take, the ceiling."""
     from opsloop.config.catalog import cached_catalog
-    from opsloop.connectors.kafka import producer
+    from opsloop.connectors.kafka import producer, send
     from opsloop.models.twin import SiteTwin
     from opsloop.ops.twin import DEFAULT_DATA, read_curve
     from opsloop.schemas.codec import Codec
@@ -74,12 +74,7 @@ def bare_rate(settings: Settings, site, seconds: float) -> float:
     topic, sent, began = settings.topic("telemetry.raw"), 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
         for key, value in encoded:
-            while True:
-                try:
-                    prod.produce(topic, key=key, value=value)
-                    break
-                except BufferError:  # the client's queue is full: let it deliver
-                    prod.poll(0.01)
+            send(prod, topic, key, value)  # waits for room when the client's queue is full
         prod.poll(0)
         sent += len(encoded)
     prod.flush(60)

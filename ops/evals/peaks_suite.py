@@ -91,23 +91,15 @@ def main(args: argparse.Namespace, settings=None) -> int:
         return _levers(args, settings, site, site_file, chosen)
     report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
                                                for c in chosen], "curves": []}
+    # the arbiter's settings the command line gives; the loop's own where it gives none
+    arbiter = {"skill_periods": args.skill_periods, "skill_days": args.skill_days,
+               "reactive_floor": None if args.reactive_floor is None else args.reactive_floor == "on",
+               "floor_skill_days": args.floor_skill_days, "start_mode": args.start_mode}
+    given = {k: v for k, v in arbiter.items() if v is not None}
     for name, family, times, values, step_s in chosen:
         country = peak_curves.COUNTRIES.get(family) if args.holidays == "on" else None
-        config = LoopConfig.from_site(replace(site, country=country), step_s=step_s)
-        if args.skill_periods is not None:
-            config = replace(config, skill_periods=args.skill_periods)
-        if args.skill_days is not None:
-            config = replace(config, skill_days=args.skill_days)
-        if args.reactive_floor is not None:
-            config = replace(config, reactive_floor=args.reactive_floor == "on")
-        if args.floor_skill_days is not None:
-            config = replace(config, floor_skill_days=args.floor_skill_days)
-        if args.start_mode is not None:
-            config = replace(config, start_mode=args.start_mode)
-        report["config"] = {"skill_periods": config.skill_periods, "skill_days": config.skill_days,
-                            "reactive_floor": config.reactive_floor, "floor_skill_days": config.floor_skill_days,
-                            "start_mode": config.start_mode,
-                            "holidays": args.holidays}
+        config = LoopConfig.from_site(replace(site, country=country), step_s=step_s, **given)
+        report["config"] = {**{k: getattr(config, k) for k in arbiter}, "holidays": args.holidays}
         report["curves"].append(score_curve(name, family, times, values, step_s, config, args.mase == "on"))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))
