@@ -68,7 +68,7 @@ class PcsSimulator:
         # that does not implement a point (its sentinel), a broken scale factor.
         self.overrides: list[tuple[int, int, dict[str, int]]] = []
         self._lock = threading.Lock()
-        self._modbus = None  # ops.modbus_thread.ModbusThread while serving
+        self._modbus = None  # ops.loop_thread.ModbusThread while serving
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._producer = None
@@ -177,7 +177,7 @@ class PcsSimulator:
     def start(self) -> "PcsSimulator":
         from pymodbus.simulator import SimDevice
 
-        from opsloop.ops.modbus_thread import ModbusThread
+        from opsloop.ops.loop_thread import ModbusThread
 
         self._modbus = ModbusThread(lambda: SimDevice(id=0, simdata=self._simdata(), action=self._on_access),
                                     self.host, self.port, "PCS simulator", f"pcs-sim-{self.port}",

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -39,7 +38,7 @@ class MeterServer:
         self.host, self.port = host, port
         self.image = sunspec.meter_image(2)
         self._lock = threading.Lock()
-        self._modbus = None  # ops.modbus_thread.ModbusThread while serving
+        self._modbus = None  # ops.loop_thread.ModbusThread while serving
 
     def show(self, state: SiteState) -> None:
         """The meters read ``state`` from now on (both models change together: no read sees half of it)."""
@@ -56,7 +55,7 @@ class MeterServer:
     def start(self) -> "MeterServer":
         from pymodbus.simulator import DataType, SimData, SimDevice
 
-        from opsloop.ops.modbus_thread import ModbusThread
+        from opsloop.ops.loop_thread import ModbusThread
 
         def device():
             block = SimData(sunspec.BASE, values=list(self.image), datatype=DataType.REGISTERS, readonly=True)
@@ -105,8 +104,7 @@ class BacnetPlant:
         self.host, self.port, self.device_instance = host, port, device_instance
         self.zones, self.initial_c = list(zones), setpoint_c
         self.inlet_objects = {z: f"analog-input,{i + 1}" for i, z in enumerate(self.zones)}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = None  # ops.loop_thread.LoopThread while serving
         self._app = self._setpoint = None
         self._inputs: dict = {}
 
@@ -134,30 +132,15 @@ class BacnetPlant:
         return Application.from_object_list([device, port, self._setpoint, *self._inputs.values()])
 
     def start(self) -> "BacnetPlant":
-        ready, failure = threading.Event(), []
+        from opsloop.ops.loop_thread import LoopThread
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
+        async def listen() -> None:  # bacpypes3 binds its UDP endpoint inside a running loop
+            self._app = self._build()
 
-            async def listen():  # bacpypes3 binds its UDP endpoint inside a running loop
-                self._app = self._build()
+        async def close() -> None:
+            self._app.close()
 
-            try:
-                loop.run_until_complete(listen())
-            except BaseException as exc:  # reported to start()'s caller
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="twin-bacnet", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
+        self._server = LoopThread(listen, f"BACnet plant on {self.address}", "twin-bacnet", close=close).start(10)
         log.info("twin: BACnet cooling plant on %s (device %d)", self.address, self.device_instance)
         return self
 
@@ -171,15 +154,10 @@ class BacnetPlant:
             for zone, obj in self._inputs.items():
                 if zone in state.zone_c:
                     obj.presentValue = float(state.zone_c[zone])
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(update)
+        if self._server is not None:
+            self._server.call_soon(update)
 
     def stop(self) -> None:
-        if self._loop is None:
-            return
-        if self._app is not None:
-            self._loop.call_soon_threadsafe(self._app.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._loop = None
+        if self._server is not None:
+            self._server.stop(5)
+            self._server = None

@@ -102,32 +102,29 @@ def read_topic():
     return read_all
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
+def _local_slurm(tmp_path_factory, folder: str, nodes: int | None = None):
+    """A real Slurm on this host with the demo site's partitions, started for the session and stopped after."""
     from opsloop.config.site import load_site
     from opsloop.ops.slurm import LocalSlurm
 
-    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm"), load_site(Settings().topology))
+    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp(folder), load_site(Settings().topology), nodes=nodes)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (slurmctld, slurmd, munge) with the demo site's partitions and 8 fake GPUs."""
+    yield from _local_slurm(tmp_path_factory, "slurm")
 
 
 @pytest.fixture(scope="session")
 def slurm_nodes(tmp_path_factory):
     """A real four-node Slurm on this host (four slurmd, 8 fake GPUs each), the demo site's partitions."""
-    from opsloop.config.site import load_site
-    from opsloop.ops.slurm import LocalSlurm
-
-    cluster = LocalSlurm.for_site(tmp_path_factory.mktemp("slurm-nodes"), load_site(Settings().topology), nodes=4)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _local_slurm(tmp_path_factory, "slurm-nodes", nodes=4)
 
 
 @pytest.fixture(scope="session")
