@@ -232,6 +232,15 @@ class PeakForecaster(Forecaster):
             out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, min(kw + half, max(kw, high))))
         return out
 
+    def add_covariate(self, name: str) -> None:
+        """Take ``name`` as a covariate from now on (a trained forecaster keeps what it learned; the new one's
+        weight starts at the prior and learns from the steps given with it)."""
+        if name in self._cov_names:
+            return
+        self._cov_names += (name,)
+        self.covariates = self._cov_names
+        self._cov_scale[name] = stats.EWMean(fading_factor=0.01)
+
     @property
     def last_ts_ms(self) -> int | None:
         return None if self._last is None else self._last * self.step_s * 1000
