@@ -9,9 +9,9 @@ user (topics, ACLs, SCRAM users) and needs no grant.
 
 The rules the table keeps: only the guard writes ``actions.approved``; only the actuator
 sinks and the views (the NOC's process runs the views agent) read it; only the NOC writes
-``operator.feedback``. The anomaly agent reads it too, as a hint, and like rul's ``slurm.queue`` whole, with a
-reader of its own that joins no group (connectors/broadcast.py): its group id, ``<agent>-hints``, falls under
-the agent's private prefix, so the topic's READ grant is all it adds.
+``operator.feedback``. The anomaly agent reads it too, as a hint, and like rul's and peaks' ``slurm.queue``
+whole, with a reader of its own that joins no group (connectors/broadcast.py): its group id, ``<agent>-hints``,
+falls under the agent's private prefix, so the topic's READ grant is all it adds.
 
 >>> from opsloop.config.settings import Settings
 >>> grants = plan(Settings())
@@ -62,7 +62,7 @@ PRINCIPALS: dict[str, Access] = {
                     groups=("dedup",), private=("dedup",), fixed_groups=("labels",)),
     "correlate": Access(reads=("alarms.clean",), writes=("incidents", DEADLETTER, HEALTH), groups=("correlate",),
                         private=("correlate",)),
-    "peaks": Access(reads=("telemetry.site",), writes=("forecasts.peak", "actions.proposed", DEADLETTER, HEALTH),
+    "peaks": Access(reads=("telemetry.site", "slurm.queue"), writes=("forecasts.peak", "actions.proposed", DEADLETTER, HEALTH),
                     groups=("peaks",), private=("peaks",)),
     "guard": Access(reads=("actions.proposed", "operator.feedback", "telemetry.site", "actions.results"),
                     writes=("actions.approved", "actions.results", "alarms.raw", DEADLETTER, HEALTH), groups=("guard",)),

@@ -26,7 +26,11 @@ naive by measurement, not by a setting.
 Covariates (``covariates``: names of keys of ``x``, e.g. the Slurm queue's pending GPU
 demand by start time, or an outside temperature): each value given with a step is
 remembered, and its change between a forecast's issue and its target, in its usual
-size, joins the regression; ``forecast(horizon, xs)`` takes the known future values.
+size, joins the regression; ``forecast(horizon, xs)`` takes the known future values. The values a
+forecast was given are remembered for the horizons it learns, and it learns from them, not from the
+values the target step later came with: what is known ahead (a queue that does not yet hold
+tomorrow's jobs, a weather forecast) differs from what comes, and the regression learns the former's
+worth. That forecast, covariates included, is also what the regression's skill is scored on.
 
 Public holidays (``holidays``: any container of dates, e.g. the site's country calendar; default
 none): a holiday runs like a Sunday, so its seasonal references are the latest regular Sundays (the day
@@ -132,6 +136,8 @@ class PeakForecaster(Forecaster):
         self._skill = {h: {name: stats.EWMean(fading_factor=fading) for name in CANDIDATES} for h in self._learn_h}
         self._measured: set[tuple[int, str]] = set()
         self._issued: dict[tuple[int, int], float] = {}  # (step, h) -> the regression's forecast made at step
+        self._ahead: dict[tuple[int, int], tuple[dict[str, float], float]] = {}  # (step, h) -> covariates a forecast
+        # made at step was given for step + h, and what they added to it (kW)
         self._scale = stats.EWMean(fading_factor=0.99)
         self._history: dict[int, float] = {}  # step index -> value
         self._last: int | None = None  # step index of the latest value
@@ -157,9 +163,11 @@ class PeakForecaster(Forecaster):
             if base is None:
                 continue
             made = self._issued.pop((issued, h), None)  # the regression's forecast then: no hindsight
+            ahead, added = self._ahead.pop((issued, h), (None, 0.0))
+            made = None if made is None else made + added
             guesses = {"lags": made, "day_naive": self._history.get(self._ref(t, self._day)),
                        "week_naive": self._history.get(self._ref(t, self._week)) if self._week else None}
-            x = self._features(issued, base, h, scale)
+            x = self._features(issued, base, h, scale, ahead)
             target = (y - base) / scale
             # The band: the regression's error refit on what it knows now (as the planner was tuned with).
             self._errors[h].update(abs(target - self._model.predict_one(x)) * scale)
@@ -178,6 +186,7 @@ class PeakForecaster(Forecaster):
             self._cov.pop(old, None)
         if len(self._issued) > 2 * len(self._learn_h) * (self._max_h + 1):  # forecasts a gap left unscored
             self._issued = {k: v for k, v in self._issued.items() if k[0] >= t - self._max_h}
+            self._ahead = {k: v for k, v in self._ahead.items() if k[0] >= t - self._max_h}
 
     def forecast(self, horizon: int, xs: list[dict] | None = None) -> list[float]:
         """Values of the ``horizon`` steps after the latest one (empty before the first value).
@@ -201,6 +210,7 @@ class PeakForecaster(Forecaster):
         now_cov = self._cov.get(t, {})
         n = min(horizon, self._max_h)
         errors = self._errors_up_to(n)
+        learned = set(self._learn_h)
         lags = [(lag, self._history.get(self._ref(t, lag)), w[f"{k}_shape"], w[f"{k}_level"], w[f"{k}_shape_h"],
                  w[f"{k}_level_h"]) for lag, k in ((self._day, "day"), (self._week, "week")) if lag]
         half_width = self.band_z * 1.25
@@ -220,8 +230,12 @@ class PeakForecaster(Forecaster):
                     shape, level = (ahead - then) / scale, (base - then) / scale
                     correction += (w_shape + w_shape_h * ramp) * shape + (w_level + w_level_h * ramp) * level
             if w_cov and xs and h <= len(xs) and xs[h - 1]:
-                correction += sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
-                                  for name in self._cov_names)
+                given = sum(w_cov[name] * self._cov_change(now_cov.get(name), xs[h - 1].get(name), name)
+                            for name in self._cov_names)
+                correction += given
+                if h in learned:  # learnt from, and scored, as given
+                    self._ahead[t, h] = ({n: float(v) for n, v in xs[h - 1].items() if n in w_cov and v is not None},
+                                         given * scale)
             guesses = {"lags": min(max(base + correction * scale, low), high),
                        "day_naive": self._history.get(self._ref(t + h, self._day)),
                        "week_naive": self._history.get(self._ref(t + h, self._week)) if self._week else None}
@@ -231,6 +245,15 @@ class PeakForecaster(Forecaster):
             # hold import above any load remembered with a full battery
             out.append(ForecastPoint((t + h) * step_ms, kw, kw - half, min(kw + half, max(kw, high))))
         return out
+
+    def add_covariate(self, name: str) -> None:
+        """Take ``name`` as a covariate from now on (a trained forecaster keeps what it learned; the new one's
+        weight starts at the prior and learns from the steps given with it)."""
+        if name in self._cov_names:
+            return
+        self._cov_names += (name,)
+        self.covariates = self._cov_names
+        self._cov_scale[name] = stats.EWMean(fading_factor=0.01)
 
     @property
     def last_ts_ms(self) -> int | None:
@@ -243,7 +266,10 @@ class PeakForecaster(Forecaster):
             return 0 if self._last is None else self._last + 1
         return ts_ms // (self.step_s * 1000)
 
-    def _features(self, t: int, base: float, h: int, scale: float) -> dict[str, float]:
+    def _features(self, t: int, base: float, h: int, scale: float,
+                  known: dict[str, float] | None = None) -> dict[str, float]:
+        """``known``: the covariates a forecast made at ``t`` was given for ``t + h`` (default: those ``t + h``
+        came with)."""
         def shape_and_level(lag: int | None) -> tuple[float, float]:
             if lag is None:
                 return 0.0, 0.0
@@ -258,7 +284,8 @@ class PeakForecaster(Forecaster):
         return {"day_shape": day_shape, "week_shape": week_shape, "day_level": day_level,
                 "week_level": week_level, "day_level_h": day_level * ramp, "week_level_h": week_level * ramp,
                 "day_shape_h": day_shape * ramp, "week_shape_h": week_shape * ramp,
-                **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name), self._cov.get(t + h, {}).get(name),
+                **{f"cov_{name}": self._cov_change(self._cov.get(t, {}).get(name),
+                                                   (known if known is not None else self._cov.get(t + h, {})).get(name),
                                                    name) for name in self._cov_names}}
 
     def _window_start(self, t: int) -> int:

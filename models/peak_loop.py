@@ -30,6 +30,11 @@ force), so no step runs without one; its discharge cap is sized so that even hel
 whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="setpoint"``
 (``OPSLOOP_PEAKS_CONTROL``) proposes the fixed setpoint planned from the forecast.
 
+With the Slurm queue (``on_queue``: the latest whole ``slurm.queue`` snapshot, a hint) the forecaster also
+learns and forecasts with the GPU kW the queue expects to be running in each step (``models.queue_covariate``);
+the covariate joins the forecaster with the first snapshot (``queue_covariate`` False: never), so a loop that is
+never given one forecasts exactly as without it.
+
 A snapshot at or before one already folded in is ignored: after a restart,
 replayed snapshots neither count twice nor change any decision. Action ids are
 a hash of the action's inputs, so the same decision always has the same id.
@@ -47,6 +52,7 @@ from opsloop.config.site import FlexibleLoad, Site
 from opsloop.models import levers as flex
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
+from opsloop.models.queue_covariate import QueueCovariate
 from opsloop.models.peak_modes import FLOORED, FORECAST, REACTIVE, UNFLOORED, ModeArbiter, ReactiveRule
 from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, REACTIVE_FLOOR_LIFTED, SHAVE_PEAK,
                                          WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps, _episode_end,
@@ -107,6 +113,10 @@ class LoopConfig:
     # leave-one-curve-out (README, "Flexible-load levers beside the battery").
     bill_odds_width: float = 0.02
     bill_odds_day_share: float = 1.0
+    # The Slurm queue's expected GPU kW per step as a forecast covariate (models.queue_covariate), once a queue
+    # snapshot comes; one older than ``queue_max_age_s`` is not used.
+    queue_covariate: bool = True
+    queue_max_age_s: float = 3600.0
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -179,6 +189,7 @@ class SitePeakLoop:
         self._open: list | None = None  # [step index, grid sum, load sum, n, soc, soh]
         self.lever_usage = flex.Usage()  # hours each lever was engaged today, for its daily budget
         self.daily_import: dict[int, float] = {}  # day -> its highest step import (the last week), for the levers
+        self.queue: QueueCovariate | None = None  # the latest Slurm queue snapshot, once one came
         self.reconfigure(config)  # the config, and how the floor is judged
 
     def __setstate__(self, state: dict) -> None:
@@ -186,6 +197,7 @@ class SitePeakLoop:
         self.__dict__.update(state)
         self.__dict__.setdefault("lever_usage", flex.Usage())
         self.__dict__.setdefault("daily_import", {})
+        self.__dict__.setdefault("queue", None)
         if "arbiter" not in state:
             self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
             self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
@@ -196,6 +208,34 @@ class SitePeakLoop:
         self.config = config
         self.arbiter.floor_skill_days = config.floor_skill_days if config.reactive_floor else 0
         self.arbiter.floor_margin_pct = config.floor_margin_pct
+
+    def on_queue(self, records: list[dict]) -> None:
+        """The site's latest whole Slurm queue snapshot (``SlurmQueue`` records): the forecaster sees it from the
+        next step on."""
+        if not self.config.queue_covariate or not records:
+            return
+        if self.queue is None:
+            self.queue = QueueCovariate(step_s=self.config.step_s, max_age_s=self.config.queue_max_age_s,
+                                        horizon_steps=self.config.plan_steps or self.config.day_steps)
+            self.forecaster.add_covariate(self.queue.name)
+        self.queue.observe(records)
+
+    def warm_up(self, start_ms: int, load_kw: float) -> None:
+        """Learn a step of history without planning (an offline evaluation's warm-up)."""
+        self.learn(start_ms, load_kw, steps=1)  # only the next step's expectation is kept
+        self.reactive.learn_one(start_ms, load_kw)
+
+    def learn(self, start_ms: int, load_kw: float, steps: int | None = None) -> list[dict] | None:
+        """Teach the forecaster the closed step (with the queue's covariate, when there is a queue); returns the
+        covariates of the ``steps`` ahead (default: the plan's), or None."""
+        cfg = self.config
+        step_end = start_ms + cfg.step_s * 1000
+        queue = self.queue if cfg.queue_covariate else None
+        x = {"ts_ms": start_ms}
+        if queue is not None:
+            x.update(queue.step_x(start_ms, step_end))
+        self.forecaster.learn_one(load_kw, x)
+        return queue.future_xs(step_end, steps or cfg.plan_steps or cfg.day_steps) if queue is not None else None
 
     def on_snapshot(self, snap: dict) -> list[Decision]:
         """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""
@@ -240,8 +280,9 @@ class SitePeakLoop:
             day = start_ms // 86_400_000
             self.daily_import = {d: kw for d, kw in self.daily_import.items() if d > day - RECENT_IMPORT_DAYS}
             self.daily_import[day] = max(self.daily_import.get(day, 0.0), grid_kw)
-        self.forecaster.learn_one(load_kw, {"ts_ms": start_ms})
-        points = self.forecaster.forecast_points(cfg.plan_steps or cfg.day_steps)
+        xs = self.learn(start_ms, load_kw)
+        horizon = cfg.plan_steps or cfg.day_steps
+        points = self.forecaster.forecast_points(horizon) if xs is None else self.forecaster.forecast_points(horizon, xs)
         battery = cfg.battery if soh_pct is None else replace(cfg.battery, soh_pct=soh_pct)
         soc = 100.0 if soc_pct is None else soc_pct
         energy = battery.energy_kwh(soc)

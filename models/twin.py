@@ -15,6 +15,11 @@ The model, stated:
 - **GPU pods** draw ``it_share`` of IT each, less what stopped jobs would have drawn: the caller
   passes ``stopped_kw`` per Slurm partition (jobs suspended, or held after running), capped at the
   pod's draw. The same kW come off the PDUs of the pod's hall, so IT falls by exactly that much.
+- **Queued GPU jobs** (``jobs``: a ``models.gpu_jobs.JobSchedule``; default none): each running job adds its
+  GPUs' kW to its partition's pod (split evenly where pods share a partition), on top of the curve's base load,
+  and to the PDUs of the pod's hall, so IT, cooling and the grid import rise by it; jobs start when the queue
+  said they would (``queue_records`` gives the queue as the slurm-queue source would see it). Without a
+  schedule the twin reads as before.
 - **Outside temperature** is synthetic: a daily sine, ``temp_mean_c`` +/- ``temp_swing_c``, warmest
   at ``temp_peak_hour`` (UTC).
 - **Cooling** removes IT heat with a chiller plant whose COP falls as it gets warmer outside and rises
@@ -55,8 +60,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from opsloop.config.site import Site
+from opsloop.config.site import GpuPod, Site
 from opsloop.models import records
+from opsloop.models.gpu_jobs import JobSchedule
+from opsloop.models.slurm_queue import partition_devices
+from opsloop.models.slurm_queue import snapshot as queue_snapshot
 
 DAY_MS = 86_400_000
 
@@ -102,7 +110,8 @@ class SiteTwin:
                  temp_mean_c: float = 18.0, temp_swing_c: float = 6.0, temp_peak_hour: float = 15.0,
                  supply_setpoint_c: float = 18.0, supply_ref_c: float = 18.0, cop_gain_per_c: float = 0.03,
                  inlet_rise_c: float = 1.0, inlet_rise_load_c: float = 3.0, it_design_kw: float = 35_000.0,
-                 zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0, source: str = "twin"):
+                 zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0, source: str = "twin",
+                 jobs: JobSchedule | None = None):
         if len(curve) < 2:
             raise ValueError("the demand curve needs at least two points")
         self.site = site
@@ -115,6 +124,7 @@ class SiteTwin:
         self.inlet_rise_c, self.inlet_rise_load_c, self.it_design_kw = inlet_rise_c, inlet_rise_load_c, it_design_kw
         self.zone_uncooled_c, self.zone_tau_s = zone_uncooled_c, zone_tau_s
         self.source = source
+        self.jobs = jobs
         self._times = [t for t, _ in self.curve]
         self._span_ms = self._times[-1] - self._times[0] + (self._times[-1] - self._times[-2])
         racks = (site.topology or {}).get("racks", ())
@@ -165,6 +175,14 @@ class SiteTwin:
         rises = [self.cooled_zone_c(z, self.it_design_kw, rack_kw) - self.supply_setpoint_c for z in self._zones]
         return max(rises, default=self.inlet_rise_c + self.inlet_rise_load_c)
 
+    def queue_records(self, now_ms: int, source: str = "twin-slurm") -> list[dict]:
+        """The job schedule's queue at ``now_ms`` as the slurm-queue source publishes it (``SlurmQueue`` records,
+        closed by their ``snapshot`` entry); empty without a schedule."""
+        if self.jobs is None:
+            return []
+        devices = partition_devices(self.site.gpu_pods, {}, {}, GpuPod.kw_per_gpu)
+        return queue_snapshot(now_ms, self.site.id, source, self.jobs.queue(now_ms), [], devices).records
+
     def inject(self, fault: Fault) -> None:
         self.faults.append(fault)
 
@@ -179,8 +197,9 @@ class SiteTwin:
         demand_it = max(0.0, self.demand(ts_ms) * self.it_scale + self.it_offset_kw)
 
         pod_kw, shed_by_hall = {}, {}
+        job_kw = self._job_kw(ts_ms)
         for pod in self.site.gpu_pods:
-            draw = pod.it_share * demand_it
+            draw = pod.it_share * demand_it + job_kw.get(pod.id, 0.0)
             shed = min(draw, max(0.0, stopped_kw.get(pod.slurm_partition or "", 0.0)))
             pod_kw[pod.id] = draw - shed
             shed_by_hall[pod.hall] = shed_by_hall.get(pod.hall, 0.0) + shed
@@ -188,9 +207,18 @@ class SiteTwin:
         for pdu in self.site.pdus:
             hall_share[pdu.hall] = hall_share.get(pdu.hall, 0.0) + pdu.share
 
+        added_by_hall = {}
+        for pod in self.site.gpu_pods:
+            if job_kw.get(pod.id):
+                added_by_hall[pod.hall] = added_by_hall.get(pod.hall, 0.0) + job_kw[pod.id]
+
+        def hall_kw(pdu) -> float:  # the PDU's share of the curve, less its hall's stopped jobs, plus its queued ones
+            kw = pdu.share * demand_it - shed_by_hall.get(pdu.hall, 0.0) * pdu.share / hall_share[pdu.hall]
+            return kw + added_by_hall[pdu.hall] * pdu.share / hall_share[pdu.hall] if pdu.hall in added_by_hall else kw
+
         pdu_kw, rack_kw = {}, {}
         for pdu in self.site.pdus:
-            kw = pdu.share * demand_it - shed_by_hall.get(pdu.hall, 0.0) * pdu.share / hall_share[pdu.hall]
+            kw = hall_kw(pdu)
             racks = self._racks_of.get(pdu.id) or []
             if pdu.id in dark:
                 up = 0.0
@@ -206,11 +234,9 @@ class SiteTwin:
             hall_pdus = [p for p in self.site.pdus if p.hall == pod.hall]
             nominal = sum(p.share for p in hall_pdus) * demand_it
             if nominal > 0 and hall_pdus:
-                lit = sum(pdu_kw[p.id] for p in hall_pdus) / max(1e-9, sum(
-                    max(0.0, p.share * demand_it - shed_by_hall.get(p.hall, 0.0) * p.share / hall_share[p.hall])
-                    for p in hall_pdus))
+                lit = sum(pdu_kw[p.id] for p in hall_pdus) / max(1e-9, sum(max(0.0, hall_kw(p)) for p in hall_pdus))
                 pod_kw[pod.id] *= min(1.0, lit)
-        it_kw = sum(pdu_kw.values()) if pdu_kw else demand_it - sum(shed_by_hall.values())
+        it_kw = sum(pdu_kw.values()) if pdu_kw else demand_it - sum(shed_by_hall.values()) + sum(job_kw.values())
 
         outside = self.outside_c(ts_ms)
         running = [c for c in self._chillers if c not in uncooled]
@@ -227,6 +253,17 @@ class SiteTwin:
             self._zone_temp[zone] = now + (target - now) * decay
         return SiteState(ts_ms, outside, it_kw, cooling_kw, facility_kw, ess_kw, facility_kw - ess_kw,
                          pdu_kw, rack_kw, pod_kw, dict(self._zone_temp), chiller_kw)
+
+    def _job_kw(self, ts_ms: int) -> dict[str, float]:
+        """kW per pod of the queued jobs running at ``ts_ms`` (a partition's split evenly over its pods)."""
+        if self.jobs is None:
+            return {}
+        by_partition = self.jobs.running_kw(ts_ms)
+        pods = {}
+        for pod in self.site.gpu_pods:
+            pods.setdefault(pod.slurm_partition, []).append(pod.id)
+        return {pod: kw / len(pods[partition]) for partition, kw in by_partition.items()
+                for pod in pods.get(partition, ())}
 
     # -- output ---------------------------------------------------------------------------
 

@@ -9,6 +9,14 @@ loop holds a River model, and the changelog is this processor's own topic, writt
 read only by it (pickle trusts its input). Undecodable snapshots go to ``deadletter`` as
 ``decode``; snapshots of a site the topology does not describe, or with a non-finite
 number, as ``invalid``. Why a processor: see the README (Power peaks) and ops/bench/peaks.py.
+
+The Slurm queue (``slurm.queue``) is a hint, read whole by every instance (streams/hints.py), since a site's
+queue need not sit in the partition number its snapshots do: each site's latest whole snapshot
+(``models.slurm_queue.LatestQueue``) is handed to its loop before the loop folds the site's next snapshot in,
+and the forecast learns and forecasts with the GPU kW it expects per step (``models.queue_covariate``). On start
+the reader goes back ``hint_lookback_s`` (an hour: as far as the loop still uses a snapshot). An undecodable
+queue entry is skipped and counted (``hints_refused``), not dead-lettered: every instance would dead-letter it
+again, at each start.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from opsloop.config.policy import LeverCosts
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.models.peak_loop import Decision, LoopConfig, SitePeakLoop
-from opsloop.schemas.codec import Codec
+from opsloop.models.slurm_queue import LatestQueue
+from opsloop.schemas.codec import Codec, DecodeError
+from opsloop.streams.hints import HintSources
 from opsloop.streams.keyed import KeyedProcessor
 
 NUMBERS = ("grid_kw", "ess_kw", "ess_soc_pct", "ess_soh_pct")
@@ -38,9 +48,11 @@ class SiteState:
         self.offset = offset
 
 
-class PeaksProcessor(KeyedProcessor):
+class PeaksProcessor(HintSources, KeyedProcessor):
     name = "peaks"
     source = "telemetry.site"
+    sources = ("telemetry.site", "slurm.queue")
+    stateless = ("slurm.queue",)
     record = "SiteSnapshot"
 
     def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
@@ -56,6 +68,29 @@ class PeaksProcessor(KeyedProcessor):
                                            lever_costs=levers, lever_kinds=action_kinds())
         self.observer = observer
         self.decided: list[Decision] = []
+        self.queue_topic = settings.topic("slurm.queue")
+        self.queues = LatestQueue()  # each site's latest Slurm queue (a hint: not checkpointed, read again)
+        self.hint_lookback_s = self.config.queue_max_age_s if self.config.queue_covariate else 0.0
+        self.stats["hints_refused"] = 0
+
+    def setup(self, cons) -> None:
+        super().setup(cons)
+        self.start_hints()
+
+    def before_batch(self) -> None:
+        self.poll_hints()
+
+    def close(self) -> None:
+        self.close_hints()
+
+    def handle(self, msg) -> None:
+        if msg.topic() != self.queue_topic:
+            super().handle(msg)
+            return
+        try:
+            self.queues.add(self.codec.decode_as("SlurmQueue", msg.value()))
+        except DecodeError:
+            self.stats["hints_refused"] += 1  # a hint reader only skips it (every instance reads it)
 
     def load_state(self, key: bytes, stored: bytes | None) -> SiteState:
         if stored:
@@ -80,6 +115,9 @@ class PeaksProcessor(KeyedProcessor):
         if offset <= state.offset:
             return None
         state.offset = offset
+        queue = self.queues.of(record["site"])
+        if queue and (state.loop.queue is None or state.loop.queue.snapshot_ms != queue[-1]["ts_ms"]):
+            state.loop.on_queue(queue)
         outputs = []
         for decision in state.loop.on_snapshot(record):
             outputs.append(("forecasts.peak", decision.forecast))

@@ -11,13 +11,8 @@ upgrade, starts afresh and relearns from the committed offset); a revocation com
 
 A processor with several ``sources`` keeps the series of each in a changelog of its own (the first source's is
 ``<name>-state``, another's ``<name>-<topic>-state``; none for the ``stateless`` ones): series live per
-(physical topic, partition). A stateless source is a hint, and hints are broadcast: it is not read through the
-group but whole by every instance (connectors/broadcast.py: all its partitions assigned directly, nothing
-committed), so an instance sees every hint whichever telemetry partitions it owns, and keeps them across
-rebalances. When the processor starts (``setup``, before it joins the group) the reader begins ``hint_lookback_s``
-back in Kafka's time (its end when 0) and reads to the ends the hint partitions had then; after that, before each
-batch is handled (``before_batch``), it hands over what it has fetched since, without waiting. Hint messages go to
-``handle`` like the others, but count in no offset.
+(physical topic, partition). A stateless source is a hint, and hints are broadcast (streams/hints.py): read whole
+by every instance, from ``hint_lookback_s`` before it started, handed to ``handle`` before each batch.
 
 Ordering, honestly: every hint the broker held when the processor started is applied before its first batch.
 After that a hint is applied before every batch consumed after the hint reader fetched it; both consumers
@@ -29,21 +24,17 @@ data, or delayed by a broker fault, may come one batch late.
 from __future__ import annotations
 
 import pickle
-import time
 from typing import Any, Callable
 
 from opsloop.config.settings import Settings
-from opsloop.connectors.broadcast import Broadcast, broadcast_group
 from opsloop.connectors.changelog import Changelog
 from opsloop.models.rollup import value_problem
+from opsloop.streams.hints import HintSources
 from opsloop.streams.processor import BatchProcessor, Partition
 
 
-class SeriesProcessor(BatchProcessor):
+class SeriesProcessor(HintSources, BatchProcessor):
     source = "telemetry.raw"
-    stateless: tuple[str, ...] = ()  # sources read for hints only, whole by every instance: no changelog, no commit
-    hint_lookback_s = 0.0  # on start the stateless sources are read from this long ago (wall s; 0: only new ones)
-    hint_catch_up_s = 60.0  # the longest the start waits for the hints it found to be read
     commit_stat = "checkpoints"
 
     def __init__(self, settings: Settings, **kwargs):
@@ -51,7 +42,6 @@ class SeriesProcessor(BatchProcessor):
         self.commit_every_s = settings.anomaly_checkpoint_s
         self.series: dict[Partition, dict[str, Any]] = {}  # (topic, partition) → series key → series (with ``upto``)
         self.dirty: dict[Partition, set[str]] = {}  # (topic, partition) → series changed since the last checkpoint
-        self.hints: Broadcast | None = None  # while running: the reader of every partition of the stateless sources
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -97,9 +87,6 @@ class SeriesProcessor(BatchProcessor):
 
     # -- the loop's hooks -----------------------------------------------------------------
 
-    def joined_sources(self) -> tuple[str, ...]:
-        return tuple(s for s in self.sources if s not in self.stateless)
-
     def setup(self, cons) -> None:
         self.changelogs: dict[str, Changelog] = {}
         for i, source in enumerate(self.joined_sources()):
@@ -107,23 +94,14 @@ class SeriesProcessor(BatchProcessor):
             partitions = len(cons.list_topics(topic, timeout=30).topics[topic].partitions)
             name = f"{self.name}-state" if i == 0 else f"{self.name}-{source}-state"
             self.changelogs[topic] = Changelog(self.settings, name, partitions)
-        if self.stateless:
-            since_ms = int((time.time() - self.hint_lookback_s) * 1000)  # Kafka's time: record timestamps
-            self.hints = Broadcast(self.settings, [self.settings.topic(s) for s in self.stateless],
-                                   broadcast_group(self.settings, self.name), since_ms, error_cb=self._client_error)
-            self.hints.catch_up(self.handle, self.hint_catch_up_s)
-            self.log.info("%s read %d hints of %s from the last %.0f s", self.name, self.hints.read, self.stateless,
-                          self.hint_lookback_s)
+        self.start_hints()
 
     def before_batch(self) -> None:
         """The hints fetched since the last batch, before it is handled (subclasses call this first)."""
-        if self.hints is not None:
-            self.hints.poll(self.handle)
+        self.poll_hints()
 
     def close(self) -> None:
-        if self.hints is not None:
-            self.hints, hints = None, self.hints
-            hints.close()
+        self.close_hints()
 
     def on_assign(self, cons, partitions) -> None:
         restored, dropped = {}, 0

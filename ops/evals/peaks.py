@@ -28,6 +28,7 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from opsloop.models.battery import IDLE
 from opsloop.ops.evals.peak_baselines import (ReactiveThreshold, Simulation, no_control, oracle_controller, oracle_limits,
@@ -250,15 +251,19 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
     return report
 
 
-def planner_controller(times: list[int], loads: list[float], config: LoopConfig, history=((), ())):
+def planner_controller(times: list[int], loads: list[float], config: LoopConfig, history=((), ()),
+                       queue_at: Callable[[int], list[dict]] | None = None):
     """The peaks loop as a controller: after step t-1 it learns the measured step and plans step t.
 
-    ``history`` (times, loads) is learned by the forecaster first (the warm-up).
+    ``history`` (times, loads) is learned by the forecaster first (the warm-up). ``queue_at(ts_ms)``, when given,
+    is the Slurm queue snapshot (``SlurmQueue`` records) the loop is handed as each step closes at ``ts_ms``.
     """
     loop = SitePeakLoop(config)
+    step_ms = config.step_s * 1000
     for ts, load in zip(*history):  # the warm-up, as the offline reactive baseline sees it too
-        loop.forecaster.learn_one(load, {"ts_ms": ts})
-        loop.reactive.learn_one(ts, load)
+        if queue_at is not None:
+            loop.on_queue(queue_at(ts + step_ms))
+        loop.warm_up(ts, load)
     decisions: list = [None] * len(loads)
 
     def controller(t: int, energy_kwh: float, sim: Simulation):
@@ -267,6 +272,8 @@ def planner_controller(times: list[int], loads: list[float], config: LoopConfig,
             if not history[0]:
                 return IDLE
             return loop.on_step(history[0][-1], history[1][-1], history[1][-1], soc, None, billed=False).plan.command
+        if queue_at is not None:
+            loop.on_queue(queue_at(times[t - 1] + step_ms))
         decision = loop.on_step(times[t - 1], loads[t - 1], sim.grid_kw[t - 1], soc, None)
         decisions[t - 1] = decision
         return decision.plan.command

@@ -111,7 +111,8 @@ def test_a_partition_added_later_is_read_from_its_beginning(monkeypatch):
     assert cons.assigned == {0: OFFSET_END, 1: OFFSET_BEGINNING}
 
 
-@pytest.mark.parametrize("agent, hint_topic", [("anomaly", "actions.approved"), ("rul", "slurm.queue")])
+@pytest.mark.parametrize("agent, hint_topic", [("anomaly", "actions.approved"), ("rul", "slurm.queue"),
+                                              ("peaks", "slurm.queue")])
 def test_the_agents_grants_cover_their_broadcast_reader(agent, hint_topic):
     """Secure mode: the reader needs READ on the hint topic and a group id the principal may use (the client asks
     for the group's coordinator though it never joins): both come from the agent's own grants, nothing more."""

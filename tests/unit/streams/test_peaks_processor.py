@@ -40,3 +40,29 @@ def test_a_snapshot_dated_ahead_of_the_clock_is_refused_so_real_ones_still_count
     far = {**snap, "window_start_ms": 4_102_444_800_000, "window_end_ms": 4_102_444_860_000}  # 2100
     assert "ahead of the processing clock" in processor.refuse(state, far)
     assert state.loop.last_window_ms == 960_163_200_000  # what made the loop ignore every later real snapshot
+
+
+def test_the_slurm_queue_is_read_as_a_hint_and_reaches_the_sites_loop():
+    from opsloop.models.gpu_jobs import JobSchedule
+    from opsloop.models.twin import SiteTwin
+    from tests.unit.consumed import Msg
+
+    site = load_site(SITE)
+    processor = PeaksProcessor(Settings(topology=SITE), site)
+    assert processor.stateless == ("slurm.queue",) and processor.joined_sources() == ("telemetry.site",)
+    now = 960_163_200_000
+    twin = SiteTwin(site, [(0, 30_000.0), (86_400_000, 30_000.0)],
+                    jobs=JobSchedule.for_site(site, seed=1, epoch_ms=now - 86_400_000))
+    records = twin.queue_records(now)
+    assert len(records) > 10 and records[-1]["entry"] == "snapshot"
+    topic = processor.queue_topic
+    for i, record in enumerate(records):
+        processor.handle(Msg(topic, 0, i, processor.codec.encode("SlurmQueue", record)))
+    processor.handle(Msg(topic, 0, len(records), b"not a record"))
+    assert processor.stats["hints_refused"] == 1
+    state = processor.load_state(b"demo", None)
+    snap = {"site": "demo", "window_start_ms": now, "window_end_ms": now + 60_000, "grid_kw": 30_000.0,
+            "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
+    processor.fold(state, b"demo", snap, 0)
+    assert state.loop.queue is not None and state.loop.queue.snapshot_ms == now
+    assert state.loop.forecaster._cov_names == ("queue_kw",)
