@@ -152,6 +152,13 @@ def cheapest_mix(shortfall_kw: Sequence[float], load_kw: Sequence[float], levers
     Merit order: the cheapest lever first, at every step it is needed, then the next on what is left.
     A lever with few hours left today (``used_hours``: hours engaged so far) spends them on the steps
     where it sheds most. Never sheds more than the shortfall of a step.
+
+    Without daily budgets each step is met on its own, so a larger shortfall never costs less nor is
+    covered less. With them the choice of steps is greedy, not optimal: a larger shortfall can move a
+    budgeted lever to another step, where the dearer levers after it reach less, and end covered a
+    little less (in about 1 of 1,200 random cases; property tests in tests/unit/models/test_levers.py).
+    ``plan_levers`` deepens its target until the first one its levers cannot cover, so such a case can
+    only stop it early: it never holds a target its own mix does not cover.
     """
     used_hours = used_hours or {}
     left = [max(0.0, kw) for kw in shortfall_kw]
