@@ -5,7 +5,10 @@ BDEW standard profiles with holidays) is scaled to the site (its maximum at 90%
 of the import cap), scored with weekly and with monthly billing by ``peaks.evaluate``
 (the same code as ``opsloop eval peaks``), and its forecaster is scored against a
 seasonal-naive forecast (MASE: the forecaster's mean absolute error over the
-seasonal-naive one's, same steps, at 1 h, 4 h and 24 h; under 1 beats it).
+seasonal-naive one's, same steps, at 1 h, 4 h and 24 h; under 1 beats it). On a perfectly
+periodic curve seasonal naive is exact and MASE has no value: the report gives the forecaster's
+own MAE as a share of the curve's mean load there, and counts the horizon as a tie when that
+share is within ``NAIVE_EXACT_TIE`` (no forecaster beats an exact one), never as a silent pass or failure.
 
 Per curve it reports what the targets ask: the share of weekly periods where the
 planner beats or ties reactive, whether it does in every month, both mean shares
@@ -31,6 +34,7 @@ from opsloop.ops.evals.peaks import AUTO_PEAK_SHARE, evaluate, planner_controlle
 
 TIE_KW = 0.5  # billed peaks this close count as a tie (the oracle's bisection tolerance)
 SHORT_WARMUP_DAYS = 4  # curves under four weeks long learn from 4 days instead of 7
+NAIVE_EXACT_TIE = 0.01  # where seasonal naive is exact, a forecaster MAE within 1% of the mean load ties it
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,20 +150,30 @@ def score_curve(name, family, times, values, step_s, config: LoopConfig, with_ma
             "planner_mean_share": _mean(shares["planner"]), "reactive_mean_share": _mean(shares["reactive"]),
             "violations": sum(s["planner"]["violations"] for s in rows),
             "modes": [r["strategies"]["planner"].get("modes") for r in report["periods"]]}
-    out["mase"] = mase(times, loads, step_s, warmup, config.holidays) if with_mase else {}
+    scores = forecast_scores(times, loads, step_s, warmup, config.holidays) if with_mase else {}
+    out["mase"] = scores.get("mase", {})
+    out["naive_exact"] = scores.get("naive_exact", {})
     return out
 
 
 def mase(times, loads, step_s, warmup_days, holidays=None) -> dict:
     """The forecaster's MAE over the seasonal-naive forecast's (the same step a day before the target, from the
-    latest day observed), at 1 h, 4 h and 24 h, after the warm-up."""
+    latest day observed), at 1 h, 4 h and 24 h, after the warm-up; None where seasonal naive is exact."""
+    return forecast_scores(times, loads, step_s, warmup_days, holidays)["mase"]
+
+
+def forecast_scores(times, loads, step_s, warmup_days, holidays=None) -> dict:
+    """``mase`` per horizon, and ``naive_exact``: for each horizon where the seasonal-naive error is exactly 0
+    (a perfectly periodic curve, MASE None), the forecaster's own MAE as a share of the mean absolute load."""
     day = max(1, 86_400 // step_s)
     horizons = {"1h": max(1, round(3600 / step_s)), "4h": max(1, round(4 * 3600 / step_s)), "24h": day}
     f = PeakForecaster(step_s=step_s, season_steps=day, holidays=holidays)
     start = times[0] + warmup_days * 86_400_000
-    errors = {k: [0.0, 0.0] for k in horizons}
+    errors = {k: [0.0, 0.0, 0] for k in horizons}  # the forecaster's, seasonal naive's, steps scored
+    load_sum = 0.0
     for i, (ts, y) in enumerate(zip(times, loads)):
         if ts >= start:
+            load_sum += abs(y)
             predicted = f.forecast(day)
             for k, h in horizons.items():
                 target = i - 1 + h
@@ -167,8 +181,26 @@ def mase(times, loads, step_s, warmup_days, holidays=None) -> dict:
                     naive = loads[target - day * math.ceil(h / day)]
                     errors[k][0] += abs(predicted[h - 1] - loads[target])
                     errors[k][1] += abs(naive - loads[target])
+                    errors[k][2] += 1
         f.learn_one(y, {"ts_ms": ts})
-    return {k: round(e / n, 3) if n > 0 else None for k, (e, n) in errors.items()}
+    scored = sum(1 for ts in times if ts >= start)
+    mean_load = load_sum / scored if scored else 0.0
+    return {"mase": {k: round(e / n, 3) if n > 0 else None for k, (e, n, _) in errors.items()},
+            "naive_exact": {k: round(e / count / mean_load, 5) for k, (e, n, count) in errors.items()
+                            if n == 0 and count and mean_load > 0}}
+
+
+def passes_mase(row: dict) -> bool:
+    """Every horizon's MASE under 1, none where seasonal naive is exact."""
+    return bool(row.get("mase")) and all(v is not None and v < 1 for v in row["mase"].values())
+
+
+def ties_exact_naive(row: dict) -> bool:
+    """Seasonal naive exact at some horizon, the forecaster within ``NAIVE_EXACT_TIE`` of the mean load there, and
+    MASE under 1 at every other horizon."""
+    exact = row.get("naive_exact") or {}
+    return bool(exact) and all(v is not None and v < 1 or k in exact and exact[k] <= NAIVE_EXACT_TIE
+                               for k, v in row["mase"].items())
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -176,10 +208,15 @@ def summarise(rows: list[dict]) -> dict:
     monthly_ok = [r["curve"] for r in rows if r["month"]["beats_or_ties"] == r["month"]["periods"]]
     lift = [r["curve"] for r in rows if r["week"]["planner_mean_share"] is not None
             and r["week"]["planner_mean_share"] >= (r["week"]["reactive_mean_share"] or 0) + 0.15]
-    mase_ok = [r["curve"] for r in rows if r["mase"] and all(v is not None and v < 1 for v in r["mase"].values())]
+    mase_ok = [r["curve"] for r in rows if passes_mase(r)]
+    mase_tie = [r["curve"] for r in rows if ties_exact_naive(r)]
+    exact = [r for r in rows if r.get("naive_exact")]
     n = len(rows)
     return {"curves": n, "weekly_beats_or_ties_90pct": len(weekly_ok), "every_month_beats_or_ties": len(monthly_ok),
             "mean_share_lift_15pt": len(lift), "mase_under_1": len(mase_ok),
+            "mase_naive_exact": len(exact), "mase_naive_exact_ties": len(mase_tie),
+            "mase_naive_exact_worst_mae_share": max((v for r in exact for v in r["naive_exact"].values()),
+                                                    default=None),
             "violations": sum(r["week"]["violations"] + r["month"]["violations"] for r in rows),
             "planner_weekly_mean_share": _mean([r["week"]["planner_mean_share"] for r in rows
                                                 if r["week"]["planner_mean_share"] is not None]),
@@ -202,7 +239,8 @@ def leave_one_out(reports: dict[str, dict]) -> dict:
         best = max(rows, key=lambda cand: sum(score(rows[cand][c]) for c in curves if c != left))
         out[left] = {"candidate": best, "week": rows[best][left]["week"], "month": rows[best][left]["month"]}
     summary = summarise([{"curve": c, **r, "mase": {}} for c, r in out.items()])
-    summary.pop("mase_under_1")  # the forecaster is the same in every candidate: see the reports themselves
+    for key in ("mase_under_1", "mase_naive_exact", "mase_naive_exact_ties", "mase_naive_exact_worst_mae_share"):
+        summary.pop(key)  # the forecaster is the same in every candidate: see the reports themselves
     return {"candidates": list(reports), "curves": out, "summary": summary}
 
 
@@ -227,20 +265,36 @@ def render(report: dict) -> str:
     lines += ["", f"{'curve':<48} {'weeks':>5} {'>=react':>8} {'plan wk':>8} {'react wk':>8} {'months':>6} "
                   f"{'>=react':>7} {'plan mo':>8} {'viol':>4} {'MASE 1h/4h/24h':>16}"]
     for r in report["curves"]:
-        w, m, e = r["week"], r["month"], r["mase"]
+        w, m, e, exact = r["week"], r["month"], r["mase"], r.get("naive_exact") or {}
         lines.append(f"{r['curve']:<48} {w['periods']:>5} {_pct(w['beats_or_ties_share']):>8} "
                      f"{_pct(w['planner_mean_share']):>8} {_pct(w['reactive_mean_share']):>8} {m['periods']:>6} "
                      f"{m['beats_or_ties']:>4}/{m['periods']:<2} {_pct(m['planner_mean_share']):>8} "
                      f"{w['violations'] + m['violations']:>4} "
-                     f"{'/'.join('-' if v is None else f'{v:.2f}' for v in e.values()):>16}")
+                     f"{'/'.join(_mase_cell(v, exact.get(k)) for k, v in e.items()):>16}")
     s = report["summary"]
     lines += ["", f"curves where the planner beats or ties reactive in >= 90% of weeks: {s['weekly_beats_or_ties_90pct']}"
                   f"/{s['curves']}; in every month: {s['every_month_beats_or_ties']}/{s['curves']}; "
                   f"weekly mean share >= reactive + 15 points: {s['mean_share_lift_15pt']}/{s['curves']}; "
-                  f"MASE < 1 at 1 h, 4 h and 24 h: {s['mase_under_1']}/{s['curves']}; violations: {s['violations']}",
+                  f"MASE < 1 at 1 h, 4 h and 24 h: {s['mase_under_1']}/{s['curves']}{_exact_note(s)}; "
+                  f"violations: {s['violations']}",
               f"weekly mean share of the oracle over all curves: planner {_pct(s['planner_weekly_mean_share'])}, "
               f"reactive {_pct(s['reactive_weekly_mean_share'])}"]
     return "\n".join(lines)
+
+
+def _mase_cell(value, exact_share) -> str:
+    """A horizon's MASE; ``=x%`` where seasonal naive is exact (x: the forecaster's MAE, share of the mean load)."""
+    if value is not None:
+        return f"{value:.2f}"
+    return "-" if exact_share is None else f"={100 * exact_share:.1f}%"
+
+
+def _exact_note(s: dict) -> str:
+    if not s.get("mase_naive_exact"):
+        return ""
+    return (f" (seasonal naive exact, MASE undefined, on {s['mase_naive_exact']}: the forecaster's MAE at most "
+            f"{100 * s['mase_naive_exact_worst_mae_share']:.1f}% of the mean load there, a tie on "
+            f"{s['mase_naive_exact_ties']} within {100 * NAIVE_EXACT_TIE:.0f}%; \"=x%\" in the MASE column)")
 
 
 def _mean(values) -> float | None:

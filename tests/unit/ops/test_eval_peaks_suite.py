@@ -85,3 +85,31 @@ def test_the_countrys_holidays_lower_the_forecasters_error_around_easter_on_a_bd
     blind = peaks_suite.mase(times, values, step_s, warmup_days=7)
     aware = peaks_suite.mase(times, values, step_s, warmup_days=7, holidays=holidays.country_holidays("DE"))
     assert aware["24h"] < 0.8 * blind["24h"] and aware["4h"] < blind["4h"], (aware, blind)
+
+
+def test_a_perfectly_periodic_curve_reports_naive_exact_with_the_forecasters_own_error_not_a_silent_failure():
+    """Seasonal naive is exact on a curve that repeats every day: MASE has no value, so the report gives the
+    forecaster's MAE as a share of the mean load and counts a small one as a tie, apart from MASE < 1."""
+    times = [h * 3_600_000 for h in range(24 * 8)]
+    loads = [1000.0 + (300.0 if 9 <= h % 24 < 18 else 0.0) for h in range(len(times))]
+    scores = peaks_suite.forecast_scores(times, loads, 3600, warmup_days=4)
+    assert scores["mase"] == {"1h": None, "4h": None, "24h": None}
+    assert set(scores["naive_exact"]) == {"1h", "4h", "24h"}
+    assert all(0 <= v <= peaks_suite.NAIVE_EXACT_TIE for v in scores["naive_exact"].values()), scores
+    assert peaks_suite.mase(times, loads, 3600, warmup_days=4) == scores["mase"]
+
+    def row(curve, mase, exact):
+        period = {"periods": 1, "beats_or_ties": 1, "beats_or_ties_share": 1.0, "planner_mean_share": 0.8,
+                  "reactive_mean_share": 0.2, "violations": 0, "modes": []}
+        return {"curve": curve, "family": "x", "week": period, "month": period, "mase": mase, "naive_exact": exact}
+
+    rows = [row("periodic", scores["mase"], scores["naive_exact"]), row("beaten", {"1h": 0.5, "4h": 0.6, "24h": 0.7}, {}),
+            row("lost", {"1h": 0.5, "4h": 1.2, "24h": 0.7}, {}),
+            row("periodic but off", {"1h": None, "4h": None, "24h": None}, {"1h": 0.2, "4h": 0.2, "24h": 0.2})]
+    summary = peaks_suite.summarise(rows)
+    assert summary["mase_under_1"] == 1  # an undefined MASE is not under 1
+    assert (summary["mase_naive_exact"], summary["mase_naive_exact_ties"]) == (2, 1)
+    assert summary["mase_naive_exact_worst_mae_share"] == 0.2
+    text = peaks_suite.render({"site": "s", "data": [], "curves": rows, "summary": summary})
+    assert "MASE < 1 at 1 h, 4 h and 24 h: 1/4 (seasonal naive exact" in text and "a tie on 1 within 1%" in text
+    assert "=20.0%/=20.0%/=20.0%" in text
