@@ -230,6 +230,27 @@ class BillOdds:
         return max(0.0, 1.0 - exceeds / len(self.daily_peaks_kw)) ** self.days
 
 
+def recharge_episode_end(load_kw: Sequence[float], charge_at: Sequence[bool], ceiling_kw: float) -> int:
+    """The end of the episode a cut must be held through: the first step the battery can recharge in (a charge
+    step whose load is under the charge ceiling ``ceiling_kw``) after the first step it cannot.
+
+    The planner's episode ends at the first charge step; on a plateau above the ceiling such a step recharges
+    nothing, and levers planned only up to it would leave the steps after it to a battery that stayed empty.
+
+    >>> recharge_episode_end([900, 1200, 950, 1200, 700, 900], [True, False, True, False, True, True], 960)
+    2
+    >>> recharge_episode_end([900, 1200, 980, 1200, 700, 900], [True, False, True, False, True, True], 960)
+    4
+    """
+    can = [c and kw < ceiling_kw for c, kw in zip(charge_at, load_kw)]
+    k = 0
+    while k < len(can) and can[k]:
+        k += 1
+    while k < len(can) and not can[k]:
+        k += 1
+    return max(1, k)
+
+
 @dataclass(frozen=True)
 class LeverPlan:
     target_kw: float  # the grid import the battery holds with the levers' help
@@ -251,7 +272,10 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
                 odds: BillOdds | None = None, first_kw: float | None = None, band_z: float = 1.64) -> LeverPlan:
     """The target the levers make worth holding over ``load_kw`` (the planner's forecast episode).
 
-    Candidates run down from ``battery_target_kw`` (the battery alone) in ``resolution_kw`` steps, never
+    ``battery_target_kw`` is the battery's own limit: it discharges down to it whatever the levers hold. The
+    battery alone then imports the lowest level at or above it that it holds over the episode (above it where
+    the limit is a floor under its discharge, e.g. the billed peak, that it cannot hold to the episode's end);
+    candidates run down from that level in ``resolution_kw`` steps, never
     under this period's ``billed_peak_kw`` (shaving under it saves nothing) nor under
     ``recent_import_kw``, the highest import of the last days (days like them will reach it again, so
     a cut under it would be paid for every day and saved on none); each is scored by the demand
@@ -272,13 +296,20 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
     """
     none = Mix((), tuple(0.0 for _ in load_kw), 0.0)
     floor = max(billed_peak_kw, recent_import_kw, 0.0)
+    # The battery discharges to its own limit whatever the levers hold above it: that limit may sit under what it
+    # can hold over the episode (a floor under its discharge: the billed peak, the reactive rule's threshold), and
+    # then it runs empty sooner. The levers plan with the battery as it is commanded, from the highest import it
+    # leaves alone, else they would buy a cut, or back up a step, that the rest of the episode imports over anyway.
+    run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct,
+               limit=battery_target_kw)
+    if load_kw:
+        battery_target_kw = run.lowest_held(battery_target_kw)
     plain = LeverPlan(battery_target_kw, battery_target_kw, none, 0.0, 0.0, NO_SHORTFALL,
                       f"The battery holds {_kw(battery_target_kw)} alone, no higher than this period's billed "
                       f"peak {_kw(billed_peak_kw)} or the last days' highest import {_kw(recent_import_kw)}: "
                       f"no lever is needed.", tuple(load_kw))
     if not levers or not load_kw:
         return plain
-    run = _Run(load_kw, charge_at, battery, energy_kwh, step_h, billed_peak_kw, charge_headroom_pct)
     base_discharge = run.dispatch(battery_target_kw)[0]
     # Each day left is like one of the recent days, its peak ``p - peak`` above this episode's: holding the cut
     # through it takes a cut that much deeper, at what a cut that deep costs here (0 if it needs none); a day
@@ -320,7 +351,10 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
     tried_cost, saving = (costs[1] if len(costs) > 1 else math.inf), 0.0
     for k in range(1, min(depth_k, len(costs) - 1) + 1):
         target = battery_target_kw - k * resolution_kw
-        saving += resolution_kw * charge_per_kw * counts(target + resolution_kw / 2)  # this slice of the cut
+        # this slice of the cut, as far as it lies under what the episode imports alone (a cut above the episode's
+        # highest load saves nothing)
+        below = max(0.0, min(target + resolution_kw, peak) - target)
+        saving += below * charge_per_kw * counts(target + resolution_kw / 2)
         net = saving - costs[k] - later_cost(k * resolution_kw)
         if net > best[0] + 1e-9:
             best = (net, target, saving, costs[k])
@@ -364,11 +398,17 @@ def plan_levers(load_kw: Sequence[float], charge_at: Sequence[bool], battery: Ba
         return LeverPlan(target, battery_target_kw, mix, 0.0, mix.cost, BACKUP_NEXT_STEP,
                          f"The battery may not hold {_kw(target)} next step if the load reaches the forecast's upper "
                          f"edge {_kw(first_upper_kw or 0.0)}: {kinds} back it up.", tuple(load_kw))
-    chance = counts(target)
+    # Each kW of the cut counts with its own odds: its first kW (the top, where the episode's import alone sits)
+    # with the best, its last (the target) with the worst; the saving sums them, so both are said.
+    chance, first = counts(target), counts(min(battery_target_kw, peak) - resolution_kw / 2)
+    later = later_cost(battery_target_kw - target)
     return LeverPlan(target, battery_target_kw, mix, saving, cost, LEVERS_HOLD_LOWER_PEAK,
                      f"The battery alone holds {_kw(battery_target_kw)}; with {kinds} the plan holds {_kw(target)}, "
-                     f"saving an expected {saving:,.0f} of demand charge ({_odds(chance)} that no later day this "
-                     f"period imports more) for {cost:,.0f} in lever costs and battery wear.", tuple(load_kw), chance)
+                     f"saving an expected {saving:,.0f} of demand charge (a kW of the cut counts only if no later "
+                     f"day this period imports more: {_odds(first)} likely for its first kW, {_odds(chance)} for its "
+                     f"last) for {cost:,.0f} in lever costs and battery wear"
+                     + (f" now and an expected {later:,.0f} to hold it through the days left" if later >= 0.5 else "")
+                     + ".", tuple(load_kw), chance)
 
 
 @dataclass(frozen=True)
@@ -382,6 +422,7 @@ class _Run:
     step_h: float
     billed: float
     headroom_pct: float
+    limit: float = math.inf  # the battery's own limit: it discharges down to it even where a target sits higher
 
     def ceiling(self, target: float) -> float:
         return min(target, self.billed) * (1 - self.headroom_pct / 100)
@@ -389,9 +430,24 @@ class _Run:
     def dispatch(self, target: float, shed: Sequence[float] | None = None) -> tuple[float, list[float]]:
         """(kWh the battery gives, import above ``target`` per step it cannot cover), after ``shed``."""
         load = self.load if shed is None else [kw - s for kw, s in zip(self.load, shed)]
-        power = self.battery.dispatch(load, self.charge_at, self.energy, self.step_h, target, self.ceiling(target))
+        held = min(target, self.limit)
+        power = self.battery.dispatch(load, self.charge_at, self.energy, self.step_h, held, self.ceiling(held))
         return (sum(max(0.0, p) for p in power) * self.step_h,
                 [max(0.0, kw - p - target) for kw, p in zip(load, power)])
+
+    def lowest_held(self, target: float, iterations: int = 24) -> float:
+        """The lowest import at or above ``target`` the battery alone holds over the episode (``target`` itself when
+        it holds it; the episode's highest load holds trivially)."""
+        def holds(level: float) -> bool:
+            return not any(u > 1e-6 for u in self.dispatch(level)[1])
+
+        if holds(target):
+            return target
+        lo, hi = target, max(target, max(self.load))
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+        return hi
 
     def shaved(self, target: float, levers: Sequence[Lever], iterations: int = 24) -> list[float]:
         """A shortfall for ``target`` on the highest loads: the highest level ``top`` such that shedding the load

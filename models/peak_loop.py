@@ -55,7 +55,7 @@ from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.queue_covariate import QueueCovariate
 from opsloop.models.peak_modes import FLOORED, FORECAST, REACTIVE, UNFLOORED, ModeArbiter, ReactiveRule
 from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, REACTIVE_FLOOR_LIFTED, SHAVE_PEAK,
-                                         WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps, _episode_end,
+                                         WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps,
                                          billing_period, period_end_ms, plan, reactive_plan)
 
 
@@ -365,8 +365,12 @@ class SitePeakLoop:
         """The levers' plan on the planner's forecast episode, from the battery's own target."""
         cfg, pol = self.config, self.config.policy
         charge_at = _charge_steps(points, cfg.tariff, pol)
-        episode = _episode_end(charge_at)
-        sized = [p.kw + pol.band_weight * (p.upper_kw - p.kw) for p in points[:episode]]
+        sized = [p.kw + pol.band_weight * (p.upper_kw - p.kw) for p in points]
+        # a cut is held until the battery can recharge: a charge step whose load stays over the charge ceiling
+        # (which a lower bill lowers) gives it nothing, so the episode goes on through it
+        ceiling = min(result.target_kw, self.billing.billed_peak_kw) * (1 - pol.charge_headroom_pct / 100)
+        episode = flex.recharge_episode_end(sized, charge_at, ceiling)
+        sized = sized[:episode]
         day = step_end // 86_400_000
         charge = cfg.lever_costs.demand_charge_per_kw_month * PERIOD_DAYS[cfg.billing_period] / PERIOD_DAYS["month"]
         # the days of the period left after this episode, each of which may import more and set the bill

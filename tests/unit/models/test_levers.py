@@ -238,3 +238,47 @@ def test_the_loop_proposes_schema_valid_lever_actions_of_the_kinds_it_may_emit()
         if action["kind"] == "slurm_shrink":  # names the partition and the GPUs; the Slurm sink picks the jobs
             assert action["job_ids"] == [] and "nodes" not in action["params"] and int(action["params"]["gpus"]) >= 1
             assert action["params"]["partitions"] and shrink_problems(action) == []
+
+
+def test_the_levers_plan_with_the_battery_as_commanded_not_as_if_it_held_a_floor_under_its_discharge():
+    # the planner's own limit may be the billed peak (a floor under its discharge) though 1,000 kWh hold only 1,200 kW:
+    # the battery then discharges from 1,000 kW on and runs empty early; the levers plan from the import that leaves
+    floored = flex.plan_levers(**{**WORTH, "battery_target_kw": 1000.0})
+    assert floored.battery_target_kw >= ALONE - 1.0 and floored.reason_code == flex.LEVERS_HOLD_LOWER_PEAK
+    assert f"The battery alone holds {floored.battery_target_kw:,.0f} kW" in floored.reason
+    # what the plan assumes is what happens: the levers' shed and the battery at its own 1,000 kW hold the target
+    shed = [floored.mix.shed_kw(t) for t in range(len(PEAK))]
+    net = [kw - s for kw, s in zip(PEAK, shed)]
+    power = BATTERY.dispatch(net, [False] * len(PEAK), 1000, 1.0, 1000.0, 0.0)
+    assert max(kw - p for kw, p in zip(net, power)) <= floored.target_kw + 1e-6
+
+
+def test_no_backup_for_a_limit_the_rest_of_the_episode_imports_over_anyway():
+    # the billed peak is 1,400 kW, the battery has 100 kWh and the load stays at 1,600 kW for three hours: holding
+    # 1,400 kW next step would buy nothing, the bill reaches ~1,570 kW later in the episode whatever the levers do now
+    lever = (flex.Lever("llm_shift", 0.3, share=0.2, max_hours_per_day=1.0),)
+    plan = flex.plan_levers([1500, 1600, 1600, 1600], [False] * 4, BATTERY, 100, 1.0, 1400.0, billed_peak_kw=1400,
+                            levers=lever, charge_per_kw=15, battery_wear_per_kwh=0.05, first_upper_kw=1600)
+    assert plan.battery_target_kw > 1550 and plan.target_kw > 1500 and plan.reason_code != flex.BACKUP_NEXT_STEP
+
+
+def test_a_cut_saves_nothing_above_the_episodes_highest_load_and_its_reason_gives_both_odds():
+    # the battery's limit (1,500 kW: the last days' peak less its power) sits above this episode's highest load
+    kwargs = dict(charge_at=[False] * 4, battery=BATTERY, energy_kwh=1000, step_h=1.0, battery_target_kw=1500.0,
+                  billed_peak_kw=900, levers=(flex.Lever("llm_shift", 0.3, share=0.06),), charge_per_kw=15,
+                  battery_wear_per_kwh=0.05)
+    quiet = flex.plan_levers(load_kw=[900, 1000, 1000, 900], **kwargs)
+    assert quiet.saving <= 15 * max(0.0, 1000 - quiet.target_kw) + 1e-6
+    odds = flex.BillOdds((1000.0, 1100.0, 1050.0), days_left=10, width=0.02)
+    plan = flex.plan_levers(load_kw=[900, 1400, 1400, 900], **{**kwargs, "charge_per_kw": 60}, odds=odds)
+    assert plan.reason_code == flex.LEVERS_HOLD_LOWER_PEAK
+    assert plan.saving <= 60 * (plan.battery_target_kw - plan.target_kw) + 1e-6
+    assert "likely for its first kW" in plan.reason and f"{100 * plan.odds:.0f}% for its last" in plan.reason
+
+
+def test_a_cut_is_held_until_the_battery_can_recharge_not_merely_until_a_charge_step():
+    # a dip the forecast calls a charge step, but over the charge ceiling that a lower bill sets: no recharge there
+    load, charge_at = [1500, 1600, 1450, 1600, 900], [False, False, True, False, True]
+    assert flex.recharge_episode_end(load, charge_at, ceiling_kw=1400) == 4
+    assert flex.recharge_episode_end(load, charge_at, ceiling_kw=1500) == 2
+    assert flex.recharge_episode_end([1500], [False], 1400) == 1
