@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from opsloop.config.catalog import load_catalog
 from opsloop.config.settings import Settings
@@ -190,8 +190,9 @@ def wait_for(condition, timeout_s: float, what: str, alive=None, step_s: float =
         time.sleep(step_s)
 
 
-def lag(settings, agent: str, topic: str) -> int:
-    """Messages of ``topic`` the agent's group has not committed yet."""
+def lag(settings, agent: str, topic: str) -> int | None:
+    """Messages of ``topic`` the agent's group has not committed yet; ``None`` when the broker does not say in
+    time (its group coordinator busy with a rebalance on a loaded machine): not caught up, ask again."""
     cons = consumer(settings, settings.group(agent))
     try:
         physical = settings.topic(topic)
@@ -201,6 +202,10 @@ def lag(settings, agent: str, topic: str) -> int:
             low, high = cons.get_watermark_offsets(tp, timeout=10)
             total += high - (tp.offset if tp.offset >= 0 else low)
         return total
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._TIMED_OUT:
+            raise
+        return None
     finally:
         cons.close()
 
