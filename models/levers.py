@@ -44,6 +44,7 @@ from typing import Mapping, Sequence
 from opsloop.config.policy import LEVER_KINDS, LeverCosts
 from opsloop.config.site import FlexibleLoad
 from opsloop.models.battery import Battery
+from opsloop.models.peak_planner import episode_end
 
 # The levers are named by the action kinds that engage them (config.policy.LEVER_KINDS); some are not in every
 # Action schema yet: a caller that proposes actions keeps only the kinds its schema has (``only``).
@@ -242,13 +243,7 @@ def recharge_episode_end(load_kw: Sequence[float], charge_at: Sequence[bool], ce
     >>> recharge_episode_end([900, 1200, 980, 1200, 700, 900], [True, False, True, False, True, True], 960)
     4
     """
-    can = [c and kw < ceiling_kw for c, kw in zip(charge_at, load_kw)]
-    k = 0
-    while k < len(can) and can[k]:
-        k += 1
-    while k < len(can) and not can[k]:
-        k += 1
-    return max(1, k)
+    return episode_end([c and kw < ceiling_kw for c, kw in zip(charge_at, load_kw)])
 
 
 @dataclass(frozen=True)

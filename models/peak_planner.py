@@ -170,7 +170,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     energy = battery.energy_kwh(soc_pct)
     sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
     charge_at = _charge_steps(forecast, tariff, policy)
-    episode = _episode_end(charge_at)
+    episode = episode_end(charge_at)
     holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy,
                                 billing.billed_peak_kw)
     target = max(billing.billed_peak_kw, holdable, recent_peak_kw - battery.pcs_discharge_kw)
@@ -238,7 +238,7 @@ def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Pol
     return [p.kw <= valley or prices[_hour(p.ts_ms)] <= cheap for p in forecast]
 
 
-def _episode_end(charge_at: Sequence[bool]) -> int:
+def episode_end(charge_at: Sequence[bool]) -> int:
     """End of the coming peak episode: the first recharge step after the first step without one.
 
     Later peaks get their own target after the battery has recharged, so they must not lift this one.
