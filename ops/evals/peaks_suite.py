@@ -85,12 +85,7 @@ def main(args: argparse.Namespace, settings=None) -> int:
         print(json.dumps(result, indent=2) if args.json else render_leave_one_out(result))
         return 0
     site = load_site(site_file)
-    families = tuple(args.families.split(","))
-    if args.curve:  # make only the families named
-        families = tuple(f for f in families if any(k.startswith(f) or f.startswith(k.split("/")[0]) or k in f
-                                                    for k in args.curve)) or families
-    chosen = [c for c in peak_curves.curves(families)
-              if not args.curve or any(k in c[0] for k in args.curve)]
+    chosen = select_curves(tuple(args.families.split(",")), args.curve)
     if args.levers:
         return _levers(args, settings, site, site_file, chosen)
     report = {"site": str(site_file), "data": [{"curve": c[0], "family": c[1], "steps": len(c[2]), "step_s": c[4]}
@@ -131,6 +126,34 @@ def _levers(args, settings, site, site_file, chosen) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
+
+
+def families_for(families: tuple[str, ...], keys: list[str] | None) -> tuple[str, ...]:
+    """The families to make for ``--curve`` keys: those the keys name (``bdew/g3``, ``nab``), every one when a key
+    names none (a bare curve name such as ``rds_cpu_utilization_e47b3b`` may be in any)."""
+    if not keys:
+        return families
+    named = set()
+    for key in keys:
+        head = key.split("/")[0]
+        found = [f for f in families if key.startswith(f) or f.startswith(head)]
+        if not found:
+            return families
+        named.update(found)
+    return tuple(f for f in families if f in named)
+
+
+def select_curves(families: tuple[str, ...], keys: list[str] | None, make=None) -> list:
+    """The curves of ``families`` whose name contains a ``--curve`` key (all without keys); a key no curve's name
+    contains is an error, not a silently shorter report."""
+    chosen = (make or peak_curves.curves)(families_for(families, keys))
+    if keys:
+        unmatched = [k for k in keys if not any(k in c[0] for c in chosen)]
+        if unmatched:
+            raise ValueError(f"--curve {', '.join(unmatched)}: no curve of {', '.join(families)} is named so "
+                             f"(names look like taylor, bdew/g3, nab/realAWSCloudwatch/rds_cpu_utilization_e47b3b)")
+        chosen = [c for c in chosen if any(k in c[0] for k in keys)]
+    return chosen
 
 
 def score_curve(name, family, times, values, step_s, config: LoopConfig, with_mase: bool = True) -> dict:

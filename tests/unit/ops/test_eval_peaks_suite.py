@@ -113,3 +113,22 @@ def test_a_perfectly_periodic_curve_reports_naive_exact_with_the_forecasters_own
     text = peaks_suite.render({"site": "s", "data": [], "curves": rows, "summary": summary})
     assert "MASE < 1 at 1 h, 4 h and 24 h: 1/4 (seasonal naive exact" in text and "a tie on 1 within 1%" in text
     assert "=20.0%/=20.0%/=20.0%" in text
+
+
+def _fake_curves(families):
+    names = {"taylor": ["taylor"], "nab": ["nab/realAWSCloudwatch/rds_cpu_utilization_e47b3b", "nab/realTraffic/occupancy_6005"],
+             "bdew": ["bdew/g1", "bdew/g3"]}
+    return [(name, family, [], [], 900) for family in families for name in names[family]]
+
+
+def test_curve_names_pick_their_families_and_a_bare_name_looks_in_every_family():
+    families = ("taylor", "nab", "bdew")
+    chosen = peaks_suite.select_curves(families, ["bdew/g3", "rds_cpu_utilization_e47b3b"], _fake_curves)
+    assert [c[0] for c in chosen] == ["nab/realAWSCloudwatch/rds_cpu_utilization_e47b3b", "bdew/g3"]
+    assert peaks_suite.families_for(families, ["bdew/g3", "nab/realTraffic"]) == ("nab", "bdew")
+    assert len(peaks_suite.select_curves(families, None, _fake_curves)) == 5
+
+
+def test_a_curve_name_that_matches_nothing_is_an_error_not_a_shorter_report():
+    with pytest.raises(ValueError, match="--curve rds_typo: no curve"):
+        peaks_suite.select_curves(("taylor", "nab", "bdew"), ["bdew/g3", "rds_typo"], _fake_curves)
