@@ -58,8 +58,9 @@ def test_jobs_and_reservations_come_out_with_gpus_expected_start_and_kw(kafka_se
         array = _submit(slurm, "train-b", "--gres=gpu:1", "--array=0-2", "--hold", "-J", "sweep")
 
         def expected_start_known():
-            """the scheduler's expected start of the waiting job"""
-            return _squeue(slurm, waiting, "%S") not in ("N/A", "")
+            """the scheduler's expected start of the waiting job, and why it waits (a job the scheduler has not
+            looked at yet waits for reason None; on a loaded machine, for a while)"""
+            return _squeue(slurm, waiting, "%S") not in ("N/A", "") and _squeue(slurm, waiting, "%r") == "Resources"
         _wait(expected_start_known)
         slurm.scontrol("create", "reservation", "ReservationName=opsloop-maint", "StartTime=now+2hours",
                        "Duration=30", "Nodes=ALL", "Users=root", "PartitionName=batch", "Flags=IGNORE_JOBS")
