@@ -12,22 +12,10 @@ from opsloop.config.settings import Settings
 from opsloop.connectors.kafka import DeadLetters, DeliveryErrors, send
 from opsloop.schemas.codec import Codec
 
+from consumed import Msg  # the unit tier's consumed message
+
 pytestmark = pytest.mark.unit
 TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
-
-
-class Sent:
-    def __init__(self, topic, key, value):
-        self._t, self._k, self._v = topic, key, value
-
-    def topic(self):
-        return self._t
-
-    def key(self):
-        return self._k
-
-    def value(self):
-        return self._v
 
 
 class SmallProducer:
@@ -51,19 +39,8 @@ class SmallProducer:
             if not refused:
                 self.sent.append((topic, key, value))
             if on_delivery is not None:
-                on_delivery(TOO_LARGE if refused else None, Sent(topic, key, value))
+                on_delivery(TOO_LARGE if refused else None, Msg(topic, 0, len(self.sent), value, key))  # as delivered
         return 0
-
-
-class Msg(Sent):
-    def partition(self):
-        return 2
-
-    def offset(self):
-        return 41
-
-    def timestamp(self):
-        return (1, 1_000)
 
 
 def decoded(prod) -> list[dict]:
@@ -76,7 +53,7 @@ def test_a_dead_letter_too_large_for_the_producer_or_the_topic_is_shrunk_not_rai
     dead = DeadLetters(Settings(deadletter_max_bytes=100_000), prod, "rollup")
     errors = DeliveryErrors()
     garbage = bytes(range(256)) * 4000  # ~1 MB
-    dead.send(Msg("telemetry.raw", b"gm", garbage), "decode", "not avro", errors)
+    dead.send(Msg("telemetry.raw", 2, 41, garbage, b"gm", ts=1_000), "decode", "not avro", errors)
     prod.flush()
     errors.raise_if_any()
     (letter,) = decoded(prod)
@@ -106,6 +83,6 @@ def test_without_a_handler_a_refused_record_still_raises_and_other_delivery_erro
     with pytest.raises(KafkaException):
         send(SmallProducer(limit=1), "telemetry.site", None, b"xx")
     errors = DeliveryErrors(on_rejected=lambda *a: None)
-    errors(KafkaError(KafkaError._MSG_TIMED_OUT), Sent("telemetry.site", None, b""))
+    errors(KafkaError(KafkaError._MSG_TIMED_OUT), Msg("telemetry.site", 0, 0))
     with pytest.raises(KafkaException, match="telemetry.site"):
         errors.raise_if_any()
