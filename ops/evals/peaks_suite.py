@@ -192,12 +192,23 @@ def forecast_scores(times, loads, step_s, warmup_days, holidays=None) -> dict:
     horizons = {"1h": max(1, round(3600 / step_s)), "4h": max(1, round(4 * 3600 / step_s)), "24h": day}
     f = PeakForecaster(step_s=step_s, season_steps=day, holidays=holidays)
     start = times[0] + warmup_days * 86_400_000
-    errors = {k: [0.0, 0.0, 0] for k in horizons}  # the forecaster's, seasonal naive's, steps scored
-    load_sum = 0.0
+    errors = horizon_errors(times, loads, day, horizons, start, lambda ts, y: f.learn_one(y, {"ts_ms": ts}),
+                            lambda: f.forecast(day))
+    scored = [abs(y) for ts, y in zip(times, loads) if ts >= start]
+    mean_load = sum(scored) / len(scored) if scored else 0.0
+    return {"mase": {k: round(e / n, 3) if n > 0 else None for k, (e, n, _) in errors.items()},
+            "naive_exact": {k: round(e / count / mean_load, 5) for k, (e, n, count) in errors.items()
+                            if n == 0 and count and mean_load > 0}}
+
+
+def horizon_errors(times, loads, day: int, horizons: dict[str, int], start_ms: int, learn, forecast) -> dict:
+    """Per horizon (name -> steps ahead): [the forecaster's absolute error, seasonal naive's (the same step a day
+    before the target, from the latest day observed), steps scored], summed over the forecasts issued from
+    ``start_ms`` on. ``learn(ts_ms, y)`` folds a step in; ``forecast()`` gives the next ``day`` steps' values."""
+    errors = {k: [0.0, 0.0, 0] for k in horizons}
     for i, (ts, y) in enumerate(zip(times, loads)):
-        if ts >= start:
-            load_sum += abs(y)
-            predicted = f.forecast(day)
+        if ts >= start_ms:
+            predicted = forecast()
             for k, h in horizons.items():
                 target = i - 1 + h
                 if target < len(loads) and len(predicted) >= h:
@@ -205,12 +216,8 @@ def forecast_scores(times, loads, step_s, warmup_days, holidays=None) -> dict:
                     errors[k][0] += abs(predicted[h - 1] - loads[target])
                     errors[k][1] += abs(naive - loads[target])
                     errors[k][2] += 1
-        f.learn_one(y, {"ts_ms": ts})
-    scored = sum(1 for ts in times if ts >= start)
-    mean_load = load_sum / scored if scored else 0.0
-    return {"mase": {k: round(e / n, 3) if n > 0 else None for k, (e, n, _) in errors.items()},
-            "naive_exact": {k: round(e / count / mean_load, 5) for k, (e, n, count) in errors.items()
-                            if n == 0 and count and mean_load > 0}}
+        learn(ts, y)
+    return errors
 
 
 def passes_mase(row: dict) -> bool:
