@@ -117,7 +117,8 @@ def cmd_twin(settings: Settings, args) -> int:
                      slurm=not args.no_slurm,
                      storm_seed=args.seed, failures=args.failures, background=args.background,
                      horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir,
-                     bacnet_port=args.bacnet_port, publish=not args.no_telemetry, slurm_every_s=args.slurm_every_s)
+                     bacnet_port=args.bacnet_port, publish=not args.no_telemetry, slurm_every_s=args.slurm_every_s,
+                     jobs_per_day=args.jobs_per_day, jobs_seed=args.jobs_seed, queue_every_s=args.queue_every_s)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -474,6 +475,12 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--no-slurm", action="store_true", help="do not read job states from Slurm")
     tw.add_argument("--slurm-every-s", type=float, default=0.0,
                     help="twin seconds between reads of job states (default 0: every poll; one squeue or REST call each)")
+    tw.add_argument("--jobs-per-day", type=float, default=0.0,
+                    help="run a seeded queue of GPU jobs per Slurm partition (this many a day) and publish the "
+                         "queue on slurm.queue (default 0: none)")
+    tw.add_argument("--jobs-seed", type=int, default=0, help="seed of the job schedule")
+    tw.add_argument("--queue-every-s", type=float, default=300.0,
+                    help="twin seconds between snapshots of the job queue on slurm.queue")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")
     tw.add_argument("--horizon-h", type=float, default=24.0, help="twin hours the failures are spread over")

@@ -17,7 +17,10 @@ health and backs off as any source does) it
    ``opsloop demo``: live sources then read the twin's meters and page, ops/twin_sources.py);
 4. publishes the alarms of the failures it injects (ops/evals/storm.py) as their time comes,
    while the failures move the telemetry (a PDU breaker trip darkens racks, a chiller trip
-   heats zones).
+   heats zones);
+5. with a job schedule (``--jobs-per-day``, models/gpu_jobs.py), runs its seeded GPU jobs when their queue says
+   and publishes that queue on ``slurm.queue`` every ``queue_every_s`` twin seconds, as the slurm-queue source
+   publishes a real one, so the peaks loop forecasts with the queue live as it does offline.
 
 Its latest readings are also served as a site serves them (ops/twin_protocols.py), so the live
 sources read the twin as they would read a site: Prometheus text (``--prometheus-port``), a SunSpec
@@ -45,11 +48,13 @@ from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.config.sources import SourceConfig
 from opsloop.connectors.sources.base import Readings
+from opsloop.models.gpu_jobs import JobSchedule
 from opsloop.models.topology import Topology
 from opsloop.models.twin import Fault, SiteTwin, parse_curve, stopped_kw
 
 log = logging.getLogger("opsloop.twin")
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
+SLURM_QUEUE_TOPIC = "slurm.queue"
 TWIN_SOURCE = "twin-1"  # the collector device the site file declares for the twin's health and loss alarms
 TELEMETRY_FAULTS = ("power", "cooling")
 
@@ -131,7 +136,8 @@ class TwinPoller:
 
     def __init__(self, twin: SiteTwin, sample_s: float, start_ms: int, pcs=None, slurm=None, kw_per_gpu: float = 0.7,
                  alarms: list[dict] | None = None, meters: Meters | None = None, max_samples: int = 10_000,
-                 outputs: list | None = None, setpoint=None, publish: bool = True, slurm_every_s: float = 0.0):
+                 outputs: list | None = None, setpoint=None, publish: bool = True, slurm_every_s: float = 0.0,
+                 queue_every_s: float = 300.0):
         self.twin = twin
         self.publish = publish  # False: the points are only shown (meters, pages); live sources read them there
         self.setpoint = setpoint  # a callable: the plant's supply-air setpoint now (the BACnet device), or None
@@ -141,6 +147,10 @@ class TwinPoller:
         # twin seconds between Slurm reads (0: every poll); a fast-polling twin would otherwise run scontrol
         # tens of times a wall second for job states that change a few times a twin hour
         self.slurm_every_ms, self.slurm_read_ms = int(slurm_every_s * 1000), None
+        # twin seconds between snapshots of the twin's own job queue on slurm.queue (with a job schedule), as
+        # often as the slurm-queue source polls a real one
+        self.queue_every_ms, self.queue_read_ms = int(queue_every_s * 1000), None
+        self.queue_snapshots = 0
         self.alarms = sorted(alarms or [], key=lambda a: a["ts_ms"])
         self.meters = meters
         self.outputs = outputs or []  # callables shown the latest SiteState each poll (the protocol servers)
@@ -209,6 +219,7 @@ class TwinPoller:
             self.samples += 1
         while self.alarms and self.alarms[0]["ts_ms"] <= last:
             readings.alarms.append(self.alarms.pop(0))
+        readings.records += self._queue(last)
         if self.meters is not None:
             self.meters.update(readings.points[-200:] if len(readings.points) > 200 else readings.points)
         if state is not None:
@@ -219,6 +230,16 @@ class TwinPoller:
             readings.points = []
         self.points += len(readings.points)
         return readings
+
+    def _queue(self, now_ms: int) -> list[tuple[str, dict]]:
+        """The job schedule's queue as the slurm-queue source publishes a real one (none without a schedule).
+        Published with or without telemetry: no live source can read the twin's jobs from a real Slurm."""
+        if self.twin.jobs is None or (self.queue_read_ms is not None
+                                      and now_ms - self.queue_read_ms < self.queue_every_ms):
+            return []
+        self.queue_read_ms = now_ms
+        self.queue_snapshots += 1
+        return [(SLURM_QUEUE_TOPIC, r) for r in self.twin.queue_records(now_ms, source=TWIN_SOURCE)]
 
     def _follow(self, state):
         """The sample with the ESS holding the PCS's grid limit at the sample's own site load."""
@@ -285,7 +306,8 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
           pcs: bool = True, storm_seed: int = 0, failures: int = 0, background: int = 0, horizon_s: int = 86_400,
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
           sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None,
-          publish: bool = True, slurm_every_s: float = 0.0) -> TwinRun:
+          publish: bool = True, slurm_every_s: float = 0.0, jobs_per_day: float = 0.0, jobs_seed: int = 0,
+          queue_every_s: float = 300.0) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -293,7 +315,11 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     curve = read_curve(data or DEFAULT_DATA, column=column)
     clock = clock or twin_clock(settings, curve[0][0], speed)
     start_ms = int(clock() * 1000) // int(sample_s * 1000) * int(sample_s * 1000) if start_ms is None else start_ms
-    twin = SiteTwin(site, curve, **(twin_options or {}))
+    options = dict(twin_options or {})
+    if jobs_per_day > 0:  # the twin's Slurm runs a seeded queue of GPU jobs (models.gpu_jobs), published below
+        options.setdefault("jobs", JobSchedule.for_site(site, seed=jobs_seed, epoch_ms=start_ms,
+                                                        jobs_per_day=jobs_per_day))
+    twin = SiteTwin(site, curve, **options)
     faults, alarms = storm_faults(site, start_ms, horizon_s, storm_seed, failures, background)
     for fault in faults:
         twin.inject(fault)
@@ -314,7 +340,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
         outputs.append(plant.show)
     poller = TwinPoller(twin, sample_s, start_ms, pcs_client, slurm, load_policy(settings.policy).slurm.kw_per_gpu,
                         alarms, meters, outputs=outputs, setpoint=plant.setpoint_c if plant is not None else None,
-                        publish=publish, slurm_every_s=slurm_every_s)
+                        publish=publish, slurm_every_s=slurm_every_s, queue_every_s=queue_every_s)
     config = SourceConfig(kind="twin", name=TWIN_SOURCE, site=site.id, interval_s=poll_s, timeout_s=2.0,
                           fail_after=3, backoff_max_s=poll_s, source="opsloop twin")
     run = SourceRun(settings.as_principal("source"), config, site, poller, clock)

@@ -121,3 +121,31 @@ def test_the_prometheus_page_has_one_gauge_per_metric_and_the_latest_values():
     assert text.count("# TYPE opsloop_twin_grid_kw gauge") == 1
     assert 'opsloop_twin_it_kw{site="demo",device="pdu-a1"}' in text
     assert text.endswith("\n")
+
+
+def test_a_twin_with_a_job_schedule_publishes_its_queue_every_queue_interval_and_the_loop_reads_it():
+    from opsloop.models.gpu_jobs import JobSchedule
+    from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
+    from opsloop.schemas.codec import Codec
+
+    twin = SiteTwin(SITE, [(0, 30_000.0), (48 * H, 30_000.0)],
+                    jobs=JobSchedule.for_site(SITE, seed=3, epoch_ms=0, jobs_per_day=40))
+    p = TwinPoller(twin, 60.0, 0, meters=Meters("demo"), queue_every_s=900.0)
+    snapshots = [p.poll(ts).records for ts in range(0, 6 * H + 1, 300_000)]
+    published = [records for records in snapshots if records]
+    assert len(published) == 6 * 4 + 1 and p.queue_snapshots == 25  # at 0, then every 15 twin minutes
+    codec = Codec.default()
+    for records in published:
+        assert {topic for topic, _ in records} == {"slurm.queue"} and records[-1][1]["entry"] == "snapshot"
+        for _, record in records:
+            codec.encode("SlurmQueue", record)  # every record is a valid SlurmQueue
+    jobs = [r for _, r in published[-1] if r["entry"] == "job"]
+    assert jobs and {r["state"] for r in jobs} <= {"PENDING", "RUNNING"}
+    loop = SitePeakLoop(LoopConfig.from_site(SITE))
+    loop.on_queue([r for _, r in published[-1]])
+    assert loop.queue is not None and any(v > 0 for v in loop.queue.step_x(6 * H, 6 * H + 900_000).values())
+
+
+def test_a_twin_without_a_job_schedule_publishes_no_queue():
+    p = poller()
+    assert all(not p.poll(ts).records for ts in range(0, 2 * H, 300_000)) and p.queue_snapshots == 0
