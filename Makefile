@@ -77,6 +77,11 @@ test-unit: install
 test-faults: install
 	$(BIN)/python -m pytest -m faults
 
+# On a host with NVIDIA GPUs (as root): NVML power limits and SM clock locks made, read back and undone,
+# with each GPU's board power printed; skipped elsewhere, as in `make test`.
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu -s
+
 bench: install
 	$(BIN)/opsloop bench
 
