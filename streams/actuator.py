@@ -29,7 +29,6 @@ from opsloop.config.settings import Settings
 from opsloop.connectors.ledger import EXECUTED, FAILED, Ledger
 from opsloop.models.records import action_alarm, action_result
 from opsloop.models.signing import Keyring, verdict_problems
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
 log = logging.getLogger("opsloop.actuator")
@@ -86,10 +85,8 @@ class ActuatorSink(BatchProcessor):
     # -- the loop's hooks ---------------------------------------------------------------
 
     def handle(self, msg) -> None:
-        try:
-            approved = self.codec.decode_as("ApprovedAction", msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        approved = self.decoded(msg, "ApprovedAction")
+        if approved is None:
             return
         if approved["verdict"] == "approved" and approved["action"]["kind"] in self.kinds:
             problems = verdict_problems(approved, self.verdict_keys, self.policy.label, self.now_ms())

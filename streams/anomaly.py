@@ -44,7 +44,6 @@ from opsloop.models.anomaly import EarlyWarning, Transition
 from opsloop.models.names import SiteNames
 from opsloop.models.event_time import EventTimeBounds
 from opsloop.config.settings import Settings
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.series import SeriesProcessor
 
 SOURCE = "opsloop.anomaly"
@@ -108,10 +107,8 @@ class AnomalyProcessor(SeriesProcessor):
             self.on_approved(msg)
             return
         partition, offset = msg.partition(), msg.offset()
-        try:
-            point = self.codec.decode_as("TelemetryPoint", msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        point = self.decoded(msg, "TelemetryPoint")
+        if point is None:
             return
         value = point["value"]
         if self.refused(msg, point, self.names, self.bounds, self.now_ms):
@@ -137,10 +134,8 @@ class AnomalyProcessor(SeriesProcessor):
 
     def on_approved(self, msg) -> None:
         """A guard verdict as a hint of what the loop itself changes; an unsigned or forged one is ignored."""
-        try:
-            approved = self.codec.decode_as("ApprovedAction", msg.value())
-        except DecodeError:
-            self.stats["hints_refused"] += 1  # the guard's sinks dead-letter it; a hint reader only skips it
+        approved = self.hint(msg, "ApprovedAction")  # the guard's sinks dead-letter a bad one
+        if approved is None:
             return
         if not self.verdict_keys or verdict_authentic(approved, self.verdict_keys) is not None:
             self.stats["hints_refused"] += 1

@@ -29,7 +29,6 @@ from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.models import cooling
 from opsloop.models.efficiency import EfficiencyAdvisor, PlantSample, SampleAssembler, advice_record, price_now
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.series import SeriesProcessor
 
 
@@ -66,10 +65,8 @@ class EfficiencyProcessor(SeriesProcessor):
         return SitePlant(self.new_advisor())
 
     def handle(self, msg) -> None:
-        try:
-            point = self.codec.decode_as("TelemetryPoint", msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        point = self.decoded(msg, "TelemetryPoint")
+        if point is None:
             return
         for record in self.on_point(point, msg.partition(), msg.offset()):
             self.emit("actions.proposed" if "action_id" in record else "advice.efficiency", record)

@@ -59,7 +59,6 @@ from opsloop.config.policy import Policy
 from opsloop.models.verify import FAILED, VERIFIED, judge_grid_limit, judge_power
 from opsloop.config.settings import Settings
 from opsloop.config.site import Site
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
 INPUTS = {"actions.proposed": "Action", "operator.feedback": "Feedback", "telemetry.site": "SiteSnapshot",
@@ -324,10 +323,8 @@ class GuardProcessor(BatchProcessor):
 
     def handle(self, msg) -> None:
         topic = self.catalog_name(msg.topic())
-        try:
-            value = self.codec.decode_as(INPUTS[topic], msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        value = self.decoded(msg, INPUTS[topic])
+        if value is None:
             return
         if topic == "actions.proposed":
             self.on_proposed(value)  # a malformed one (NaN setpoint, unknown target) is rejected with its reason

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from opsloop.connectors.broadcast import Broadcast, broadcast_group
+from opsloop.schemas.codec import DecodeError
 
 
 class HintSources:
@@ -37,6 +38,15 @@ class HintSources:
         self.hints.catch_up(self.handle, self.hint_catch_up_s)
         self.log.info("%s read %d hints of %s from the last %.0f s", self.name, self.hints.read, self.stateless,
                       self.hint_lookback_s)
+
+    def hint(self, msg, record: str) -> dict | None:
+        """A hint decoded as ``record``; None, counted in ``hints_refused``, when it cannot be: a hint is skipped, not
+        dead-lettered, as every instance reads it and would dead-letter it again at each start."""
+        try:
+            return self.codec.decode_as(record, msg.value())
+        except DecodeError:
+            self.stats["hints_refused"] += 1
+            return None
 
     def poll_hints(self) -> None:
         """The hints fetched since the last batch, before it is handled."""

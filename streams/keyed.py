@@ -20,7 +20,6 @@ from typing import Any, Callable
 from opsloop.connectors.changelog import Changelog
 from opsloop.config.settings import Settings
 from opsloop.models.event_time import EventTimeBounds
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.processor import BatchProcessor
 
 Output = tuple[str, dict]  # (catalog topic, record): keyed and encoded as the catalog says
@@ -109,10 +108,8 @@ class KeyedProcessor(BatchProcessor):
         return found
 
     def handle(self, msg) -> None:
-        try:
-            record = self.codec.decode_as(self.record, msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        record = self.decoded(msg, self.record)
+        if record is None:
             return
         reason = self.reject(record)
         if reason is not None:

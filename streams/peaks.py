@@ -30,7 +30,7 @@ from opsloop.config.settings import Settings
 from opsloop.config.site import Site
 from opsloop.models.peak_loop import Decision, LoopConfig, SitePeakLoop
 from opsloop.models.slurm_queue import LatestQueue
-from opsloop.schemas.codec import Codec, DecodeError
+from opsloop.schemas.codec import Codec
 from opsloop.streams.hints import HintSources
 from opsloop.streams.keyed import KeyedProcessor
 
@@ -87,10 +87,8 @@ class PeaksProcessor(HintSources, KeyedProcessor):
         if msg.topic() != self.queue_topic:
             super().handle(msg)
             return
-        try:
-            self.queues.add(self.codec.decode_as("SlurmQueue", msg.value()))
-        except DecodeError:
-            self.stats["hints_refused"] += 1  # a hint reader only skips it (every instance reads it)
+        if (entry := self.hint(msg, "SlurmQueue")) is not None:
+            self.queues.add(entry)
 
     def load_state(self, key: bytes, stored: bytes | None) -> SiteState:
         if stored:

@@ -66,7 +66,7 @@ from opsloop.config.settings import Settings
 from opsloop.connectors.kafka import (BROKER_DOWN, CLIENT_LOG, BrokerWait, DeadLetters, DeliveryErrors, Throttled,
                                       close_clients, consumer, producer, send, send_record, transient)
 from opsloop.models.records import agent_health, consumer_lag
-from opsloop.schemas.codec import Codec
+from opsloop.schemas.codec import Codec, DecodeError
 
 Partition = tuple[str, int]  # (physical topic, partition)
 
@@ -238,6 +238,14 @@ class BatchProcessor:
 
     def dead_letter(self, msg: Message, kind: str, reason: str) -> None:
         self.dead.send(msg, kind, reason, self.errors)
+
+    def decoded(self, msg: Message, record: str) -> dict | None:
+        """``msg`` decoded as ``record``; None once it is dead-lettered with the codec's reason, if it cannot be."""
+        try:
+            return self.codec.decode_as(record, msg.value())
+        except DecodeError as exc:
+            self.dead_letter(msg, "decode", exc.reason)
+            return None
 
     def flush(self) -> None:
         """Wait until everything sent so far is delivered; fail if any of it was not.

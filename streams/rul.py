@@ -39,7 +39,6 @@ from opsloop.models.maintenance import HourlyProfile, MaintenancePlan, node_of, 
 from opsloop.models.slurm_queue import LatestQueue
 from opsloop.models.rul import DAY_MS, DERIVED, RULES, DegradationTrend, Forecast, Rule, count_xid, forecast_record
 from opsloop.models.xid_rate import XidRate, xid_code
-from opsloop.schemas.codec import DecodeError
 from opsloop.streams.series import SeriesProcessor
 
 
@@ -117,16 +116,12 @@ class RulProcessor(SeriesProcessor):
             self.on_alarm(msg)
             return
         if msg.topic() == self.queue_topic:
-            try:
-                self.queues.add(self.codec.decode_as("SlurmQueue", msg.value()))
-            except DecodeError:
-                self.stats["hints_refused"] += 1  # a hint reader only skips it (every instance reads it)
+            if (entry := self.hint(msg, "SlurmQueue")) is not None:
+                self.queues.add(entry)
             return
         partition, offset = msg.partition(), msg.offset()
-        try:
-            point = self.codec.decode_as("TelemetryPoint", msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        point = self.decoded(msg, "TelemetryPoint")
+        if point is None:
             return
         metric = DERIVED.get(point["metric"], point["metric"])
         rule = self.rules.get(metric)
@@ -152,10 +147,8 @@ class RulProcessor(SeriesProcessor):
     def on_alarm(self, msg) -> None:
         """An alarm: a raised XID is one more for its GPU (as the rule ``xid_count`` counts them); the rest are
         skipped."""
-        try:
-            alarm = self.codec.decode_as("Alarm", msg.value())
-        except DecodeError as exc:
-            self.dead_letter(msg, "decode", exc.reason)
+        alarm = self.decoded(msg, "Alarm")
+        if alarm is None:
             return
         code, rule = xid_code(alarm), self.rules.get("xid_count")
         if code is None or rule is None:
