@@ -50,7 +50,8 @@ ABBREVIATIONS = {
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
 # Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
-SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss", "outag": "loss"}
+SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "loss", "lose": "loss", "outag": "loss",
+             "restart": "reboot"}
 # Words a device type may be that say nothing about the kind of device.
 GENERIC_TYPES = frozenset("device unknown equipment asset other generic system none na n a item".split())
 # "under voltage", "Over-Current": one word, as the SOPs and most codes write them.
@@ -100,21 +101,35 @@ def log_codes(text: str) -> list[str]:
 
 
 # A clause that ends on one of these words reports a reading as fine ("CHW supply 12.1 C normal",
-# "other feed OK", "returned to normal"), optionally followed by a value ("nominal 11.0 kV"): not a symptom.
+# "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
+# ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
+# limits or at its setpoint, or that there is no alarm, fault, smoke or fire.
 NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved".split())
+_IN_BAND = re.compile(r"\b(?:within (?:limits|tolerance|range)|at setpoint)\W*$|"
+                      r"^\W*no (?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
-_TRAILING_VALUES = re.compile(r"(\s+[\d.]+\s*[a-z%]{0,3})+[.!]?\s*$")
+_TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
 
 
 def reports_normal(clause: str) -> bool:
-    """Whether a clause reports a reading or a state as normal rather than as a fault."""
-    last = _TRAILING_VALUES.sub("", clause.lower()).split()[-1:]
-    return bool(last) and last[0].strip(".!") in NORMAL_WORDS
+    """Whether a clause reports a reading or a state as normal rather than as a fault.
+
+    >>> [reports_normal(c) for c in ("Inlet 22.4 C (normal)", "no alarm", "Normal source not acceptable")]
+    [True, True, False]
+    """
+    said = _TRAILING_VALUES.sub("", " ".join(clause.lower().replace("(", " ").replace(")", " ").split()))
+    last = said.split()[-1:]
+    return bool(last) and (last[0].strip(".!") in NORMAL_WORDS or bool(_IN_BAND.search(said)))
 
 
 def symptoms(text: str) -> str:
     """``text`` without the clauses that report a normal reading."""
     return ", ".join(c.strip() for c in _CLAUSES.split(text) if c.strip() and not reports_normal(c))
+
+
+def reports_any_normal(text: str) -> bool:
+    """Whether any clause of ``text`` reports a reading or a state as normal."""
+    return any(reports_normal(c) for c in _CLAUSES.split(text) if c.strip())
 
 
 def reports_only_normal(member: dict) -> bool:
@@ -149,7 +164,8 @@ class IncidentQueryBuilder:
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
                             evidence_codes=list[str], root_device=str, root_words=str,
-                            member_words=list[str], lead_words=list[str], fan_out=int)
+                            member_words=list[str], lead_words=list[str], fan_out=int, root_alarm=dict,
+                            member_alarms=list[dict])
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -164,19 +180,45 @@ class IncidentQueryBuilder:
                                           if m.get("device_type") and m["device_type"] != device_type))
         member_said = list(dict.fromkeys(symptoms(said(m)) for m in others if symptoms(said(m))))
         summary = incident.get("summary") or ""
-        kind = "" if set(words(device_type)) <= GENERIC_TYPES else device_type
-        parts = [kind, root_code] * self.root_weight
-        parts += [summary] + [root_said] * self.said_weight
+        root = self._alarm(root_code, device_type, root_device, root_said, summary)
+        parts = [root["query"]]
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
-        stated = log_codes(" ".join([root_said, summary, root_code]))
-        evidence = [c for c in stated if code_key(c) != code_key(root_code)]
+        root_seen = _root_seen(members, is_root)
+        root_devices = len({m.get("device") for m in members if code_key(m.get("code") or "") == code_key(root_code)})
         return {"query": query, "root_code": root_code, "device_type": device_type,
-                "member_codes": member_codes[: self.max_members], "evidence_codes": evidence,
-                "root_device": root_device, "root_words": " ".join([summary, root_said]),
+                "member_codes": member_codes[: self.max_members], "evidence_codes": root["evidence_codes"],
+                "root_device": root_device, "root_words": root["words"],
                 "member_words": _member_words(others, root_code)[: self.max_members],
                 "lead_words": _member_words(_leads(members, is_root, others), root_code),
-                "fan_out": fan_out(members, root_device, root_code)}
+                "fan_out": fan_out(members, root_device, root_code),
+                "root_alarm": {**root, "devices": root_devices},
+                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen)}
+
+    def _alarm(self, code: str, device_type: str, device: str, said_text: str, summary: str = "") -> dict:
+        """One alarm's own query (its kind and code, the summary, what it says), words and the codes they state."""
+        kind = "" if set(words(device_type)) <= GENERIC_TYPES else device_type
+        query = " ".join(terms(" ".join([kind, code] * self.root_weight + [summary] + [said_text] * self.said_weight)))
+        stated = [c for c in log_codes(" ".join([said_text, summary, code])) if code_key(c) != code_key(code)]
+        return {"query": query, "code": code, "device_type": device_type, "device": device,
+                "words": " ".join([summary, said_text]), "evidence_codes": stated}
+
+    def _member_alarms(self, others: list[dict], root_code: str, root_device: str, root_seen: int | None) -> list[dict]:
+        """Each distinct member code's first alarm, to be read on its own: when it came (seconds from the root's
+        first alarm), whether on the root's device, and whether its words report any reading as normal."""
+        first: dict[str, dict] = {}
+        for m in sorted(others, key=lambda m: int(m.get("first_seen_ms", 0))):
+            if m.get("code") and code_key(m["code"]) != code_key(root_code):
+                first.setdefault(code_key(m["code"]), m)
+        alarms = []
+        for m in list(first.values())[: self.max_members]:
+            seen = int(m["first_seen_ms"]) if "first_seen_ms" in m else None
+            alarms.append({**self._alarm(m["code"], m.get("device_type") or "", m.get("device") or "",
+                                         symptoms(said(m))),
+                           "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
+                           "same_device": m.get("device") == root_device,
+                           "says_normal": reports_any_normal(said(m))})
+        return alarms
 
 
 def _member_words(members: list[dict], root_code: str) -> list[str]:
@@ -188,12 +230,18 @@ def _member_words(members: list[dict], root_code: str) -> list[str]:
     return [" ".join(dict.fromkeys(parts)) for parts in by_code.values()]
 
 
+def _root_seen(members: list[dict], is_root: list[bool]) -> int | None:
+    """When the root alarm was first seen (ms), if the members say."""
+    return min((int(m["first_seen_ms"]) for m, root in zip(members, is_root) if root and "first_seen_ms" in m),
+               default=None)
+
+
 def _leads(members: list[dict], is_root: list[bool], others: list[dict]) -> list[dict]:
     """Members first seen before the root alarm: upstream of it in the causal chain, more likely its cause."""
-    root_seen = [int(m["first_seen_ms"]) for m, root in zip(members, is_root) if root and "first_seen_ms" in m]
-    if not root_seen:
+    root_seen = _root_seen(members, is_root)
+    if root_seen is None:
         return []
-    return [m for m in others if "first_seen_ms" in m and int(m["first_seen_ms"]) < min(root_seen)]
+    return [m for m in others if "first_seen_ms" in m and int(m["first_seen_ms"]) < root_seen]
 
 
 def fan_out(members: list[dict], root_device: str = "", root_code: str = "") -> int:

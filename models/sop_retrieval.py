@@ -16,9 +16,18 @@ evidence an incident carries:
                              states one of this SOP's codes: upstream in the causal chain, the likely cause)
           + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
                              SOP's scope or symptoms speak of many: the fault lies upstream of them all)
+          + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
 
 Members that only report a normal reading ("CHW supply 12.1 C normal") are
 dropped by the query builder before any of this: they name no fault.
+
+The upstream cause (``upstream_cause``): the root alarm and each distinct
+member code are read alone, each to the SOP it points to with this same
+weighing; then ``models/sop_relations.py`` walks from the root's SOP to the
+member whose fault, as the SOP texts say, brings the root's alarm or is the
+one the root's procedure hands over to ("Downstream UPS units go on battery",
+"follow the utility power loss procedure"). A member whose words report any
+reading as normal is context there, not a cause.
 
 The root device's kind is its type when the SOP corpus knows that word
 (``ups``, ``gpu_node``), else a kind the type's or the device name's words
@@ -45,6 +54,7 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from opsloop.models.incident_query import code_key, terms
+from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause
 from opsloop.models.sops import Sop
 
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
@@ -110,6 +120,7 @@ class Evidence:
     members: float  # share of distinct member codes the SOP lists or whose words state one of its codes
     lead: bool  # the root code names no SOP, and a member seen before it lists or states one of this SOP's codes
     fan_out: bool  # one code on many devices at once, and the SOP speaks of many
+    cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
 
 
 @component
@@ -119,7 +130,8 @@ class SopRetriever:
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
                  device_weight: float = 0.4, member_weight: float = 0.3, phrase_weight: float = 0.6,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
-                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None):
+                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
+                 cause_steps: int = 2, cause_devices: int = 2):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -130,6 +142,9 @@ class SopRetriever:
         self.fanout_weight = fanout_weight
         self.fan_out_devices = fan_out_devices
         self.kind_repeat = kind_repeat
+        self.cause_weight = cause_weight
+        self.cause_steps = cause_steps
+        self.cause_devices = cause_devices
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
         store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
@@ -150,6 +165,7 @@ class SopRetriever:
                                                                for name in ("Scope", "Symptoms"))))
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
+        self.relations = read_relations(corpus)
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -159,7 +175,8 @@ class SopRetriever:
     def evidence(self, query: str, root_code: str = "", device_type: str = "",
                  member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
                  root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
-                 lead_words: list[str] | None = None, fan_out: int = 0) -> dict[str, Evidence]:
+                 lead_words: list[str] | None = None, fan_out: int = 0, root_alarm: dict | None = None,
+                 member_alarms: list[dict] | None = None) -> dict[str, Evidence]:
         """The unweighed evidence for every SOP."""
         kinds = device_kinds(self._known_kinds, device_type, root_device)
         query = " ".join([query, *[" ".join(terms(k.replace("_", " "))) for k in kinds] * self.kind_repeat])
@@ -176,6 +193,7 @@ class SopRetriever:
         # A root alarm whose own code names a procedure is its own evidence; one that only states symptoms
         # ("high supply air") may be the consequence of what the members seen before it report.
         root_named = any(root_keys & codes for codes in self._codes.values())
+        cause = self.upstream_cause(root_alarm, member_alarms or []) if root_alarm else ""
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -187,8 +205,23 @@ class SopRetriever:
                 phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and any(self._states(sid, lead) for lead in leads),
-                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid])
+                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause)
         return out
+
+    def read_alone(self, alarm: dict) -> str:
+        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
+        evidence = self.evidence(alarm["query"], root_code=alarm["code"], device_type=alarm["device_type"],
+                                 evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
+                                 root_words=alarm["words"])
+        return ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+
+    def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
+        """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations.
+        Members whose words report any reading as normal are context, not causes."""
+        readings = [AlarmReading(self.read_alone(a), a["after_s"], a["same_device"])
+                    for a in member_alarms if not a["says_normal"]]
+        return upstream_cause(self.relations, self.read_alone(root_alarm), readings, root_alarm.get("devices", 1),
+                              self.cause_steps, self.cause_devices)
 
     def weigh(self, evidence: Evidence) -> float:
         """One SOP's fused score (see the module's docstring)."""
@@ -198,7 +231,8 @@ class SopRetriever:
         else:
             score += max(self.code_weight * evidence.code_overlap, self.phrase_weight * evidence.phrase)
         return (score + self.device_weight * evidence.device + self.member_weight * evidence.members
-                + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out)
+                + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out
+                + self.cause_weight * evidence.cause)
 
     def scores(self, query: str, **incident) -> list[tuple[str, float]]:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""
@@ -208,11 +242,13 @@ class SopRetriever:
     def run(self, query: str, root_code: str = "", device_type: str = "",
             member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
             root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
-            lead_words: list[str] | None = None, fan_out: int = 0) -> dict:
+            lead_words: list[str] | None = None, fan_out: int = 0, root_alarm: dict | None = None,
+            member_alarms: list[dict] | None = None) -> dict:
         ranked = [sid for sid, _ in self.scores(
             query, root_code=root_code, device_type=device_type, member_codes=member_codes,
             evidence_codes=evidence_codes, root_device=root_device, root_words=root_words,
-            member_words=member_words, lead_words=lead_words, fan_out=fan_out)]
+            member_words=member_words, lead_words=lead_words, fan_out=fan_out, root_alarm=root_alarm,
+            member_alarms=member_alarms)]
         top = ranked[: self.top_k]
         return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}
 

@@ -11,6 +11,8 @@ hit@1 + hit@3 averaged over both. Ties keep the shipped defaults.
 Settings that only weigh the retriever's evidence are scored without
 retrieving again: the evidence of each incident is gathered once per query
 setting and weighed for every setting at once, as ``SopRetriever.weigh`` does.
+The upstream cause is part of that evidence, so the alarms it reads alone are
+read with the shipped weights whatever setting is scored.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ GRID = {
     "member_weight": [0.15, 0.3, 0.6],
     "lead_weight": [0.0, 0.3, 0.6, 1.0],
     "fanout_weight": [0.0, 0.5, 1.0],
+    "cause_weight": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
     "said_weight": [1, 2],
 }
 QUERY_SETTINGS = {"said_weight"}
 # Settings that weigh the evidence only (``SopRetriever.weigh``).
-WEIGHTS = {"code_weight", "phrase_weight", "device_weight", "member_weight", "lead_weight", "fanout_weight"}
+WEIGHTS = {"code_weight", "phrase_weight", "device_weight", "member_weight", "lead_weight", "fanout_weight",
+           "cause_weight"}
 
 
 def without_device_types(incident: dict) -> dict:
@@ -103,7 +107,7 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
                                            w["phrase_weight"] * field["phrase"]))
                 score = (field["bm25"] + code + w["device_weight"] * field["device"]
                          + w["member_weight"] * field["members"] + w["lead_weight"] * field["lead"]
-                         + w["fanout_weight"] * field["fan_out"])
+                         + w["fanout_weight"] * field["fan_out"] + w["cause_weight"] * field["cause"])
                 top = np.argsort(-score, axis=1, kind="stable")[:, :3]
                 found = np.take_along_axis(expected, top, axis=1)
                 out[n][name] = [(bool(row[0]), bool(row.any())) for row in found]

@@ -223,6 +223,26 @@ def test_a_member_reporting_a_normal_reading_is_not_a_symptom():
     assert out["member_codes"] == ["Vnd.Fans"] and "chill" not in out["query"].split()
 
 
+def test_a_reading_within_its_limits_or_a_missing_alarm_is_normal_too():
+    assert reports_normal("Inlet 22.4 C (normal)") and reports_normal("all outlets powered (within limits)")
+    assert reports_normal("no alarm") and reports_normal("All system fans OK 11200-11600 RPM")
+    assert not reports_normal("no SNMP response") and not reports_normal("CHW supply 16.2 C (setpoint 12 C)")
+    assert terms("Switch restarted") == terms("Switch rebooted")
+
+
+def test_each_member_code_is_read_alone_from_its_first_alarm():
+    root = ("n-01", "gpu_node", "NHC-HEARTBEAT-MISS", "heartbeat missed")
+    incident = _incident(root, [("pdu-a", "pdu", "CB1-OPEN", "Circuit breaker CB1 open", -25),
+                                ("pdu-b", "pdu", "CB1-OPEN", "Circuit breaker CB1 open", -2),
+                                ("n-01", "bmc", "IPMI-STATUS", "BMC answering, no alarm", 5)])
+    out = IncidentQueryBuilder().run(incident=incident)
+    breaker, bmc = out["member_alarms"]
+    assert (breaker["code"], breaker["after_s"], breaker["same_device"], breaker["says_normal"]) == \
+        ("CB1-OPEN", -25.0, False, False)
+    assert (bmc["after_s"], bmc["same_device"], bmc["says_normal"]) == (5.0, True, True)
+    assert "breaker" in breaker["query"].split() and out["root_alarm"]["devices"] == 1
+
+
 def test_a_member_seen_before_the_root_counts_as_its_likely_cause(narration):
     chiller = ("ch-1", "chiller", "Vnd.Alarm", "Chiller 1 alarm trip, compressor overload")
     root = ("crah-1", "crah", "Vnd.SupplyAirHigh", "High supply air temperature, fans 100%")

@@ -94,5 +94,6 @@ def test_a_case_may_be_a_whole_incident_record(tmp_path):
 def test_weighing_gathered_evidence_ranks_as_retrieving_again():
     cases = [case for path in DEV_SETS for case in load_labelled(path)][::9]
     corpus = parse_corpus(sop_texts())
-    settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 1}, {"code_weight": 0.6}]
+    settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 1}, {"code_weight": 0.6},
+                {"cause_weight": 0.0}]
     assert weighed_hits(corpus, cases, settings) == [hits(narration_with(corpus, s), cases) for s in settings]

@@ -1,0 +1,161 @@
+"""How the procedures relate, as their own texts say: which fault brings which alarms, and when one hands over.
+
+Two relations are read from the SOP corpus, not from a table:
+
+- **brings** (A brings B): a sentence of A's scope or symptoms states B's title
+  or one of B's codes as what A's fault brings ("Downstream UPS units go on
+  battery" in *Utility power loss* states *UPS on battery*). A clause after
+  "caused by" or "may point to", or a sentence that opens with "follows", names
+  a cause instead, so it is read the other way round ("Often follows ... the
+  loss of the partner feed": a feed loss brings the overcurrent); one on the
+  circumstances ("after a utility loss", "although a generator is running")
+  states neither. The scope's first sentence defines A's own fault, so it
+  states nothing A brings ("An Ethernet interface on a switch or server is
+  down" is no switch down).
+- **hands over** (B hands over to A): a step of B says to follow A's procedure
+  first ("If the site has lost utility power, follow the utility power loss
+  procedure", "treat it as a lost feed first"); a step that says to follow the
+  procedure of whatever alarm or fault is found ("follow their procedure", "the
+  procedure for that fault") hands over to any procedure (``ANY``). A hand-over
+  to a procedure that B itself brings is an escalation (a CRAH failure's "follow
+  the high inlet temperature procedure"), not a cause, and is dropped.
+
+``walk_upstream`` uses them to go from what the root alarm points to towards
+the fault that explains it, one member alarm at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from opsloop.models.incident_query import terms
+from opsloop.models.sops import Sop
+
+ANY = "*"  # a hand-over to whatever procedure the alarms found point to
+GAP = 2  # words a stated phrase may have between its own words ("UPS units go on battery")
+
+_SENTENCE = re.compile(r"[.;\n]|:\s")
+_OPENS_ON_CAUSE = re.compile(r"^\W*(?:often\s+)?(?:follows|comes after|caused by)\b", re.IGNORECASE)
+_CAUSE_CLAUSE = re.compile(r"\b(?:because of|caused by|may point to|points to)\b", re.IGNORECASE)
+# A clause on the circumstances ("after a utility loss", "although a generator is running") states neither.
+_CIRCUMSTANCE = re.compile(r"\b(?:after|although|while|when|if)\b.*", re.IGNORECASE)
+_NAMED_HAND_OVER = re.compile(r"\bfollow\s+the\s+(.+?)\s+procedure\b|\btreat\s+it\s+as\s+(?:an?\s+)?(.+?)\s+first\b",
+                              re.IGNORECASE)
+_ANY_HAND_OVER = re.compile(r"\bfollow\s+(?:its|their)\s+procedure\b|\bprocedure\s+(?:for|of)\s+(?:that|the)\s+fault\b",
+                            re.IGNORECASE)
+
+
+def states(words: list[str], phrase: list[str], gap: int = GAP) -> bool:
+    """Whether ``words`` hold every word of ``phrase`` within a window of its length plus ``gap``.
+
+    >>> states(terms("Downstream UPS units go on battery"), terms("UPS on battery"))
+    True
+    >>> states(terms("UPS input breaker; generator on battery"), terms("UPS on battery"))
+    False
+    """
+    need, width = set(phrase), len(set(phrase)) + gap
+    return any(words[i] in need and need <= set(words[i:i + width]) for i in range(len(words)))
+
+
+def _titles(sop: Sop) -> list[str]:
+    """A SOP's title and each alternative of it ("PDU or branch breaker trip": "PDU", "branch breaker trip")."""
+    return [sop.title, *re.split(r"\s+or\s+", sop.title)]
+
+
+def _phrases(sop: Sop) -> list[list[str]]:
+    """A SOP's titles and codes as terms, those of two words or more (one word says too little)."""
+    return [p for p in (terms(t) for t in [*_titles(sop), *sop.codes]) if len(set(p)) >= 2]
+
+
+def _effect_and_cause(sentence: str) -> tuple[str, str]:
+    """What a sentence says the fault brings, and what it says the fault follows."""
+    if _OPENS_ON_CAUSE.search(sentence):
+        return "", sentence
+    effect, *cause = _CAUSE_CLAUSE.split(sentence, maxsplit=1)
+    return _CIRCUMSTANCE.sub("", effect), _CIRCUMSTANCE.sub("", " ".join(cause))
+
+
+def _beyond_definition(sop: Sop) -> list[str]:
+    """The sentences of a SOP's scope and symptoms after the scope's first, which defines the fault itself
+    ("An Ethernet interface on a switch or server is down" is no switch down)."""
+    _, _, scope = sop.sections.get("Scope", "").partition(". ")
+    return [s for text in (scope, sop.sections.get("Symptoms", "")) for s in _SENTENCE.split(text) if s.strip()]
+
+
+@dataclass(frozen=True)
+class Relations:
+    brings: dict[str, frozenset[str]]  # SOP id → the SOPs whose alarms its fault brings
+    hands_over: dict[str, frozenset[str]]  # SOP id → the SOPs (or ANY) its steps send the operator to first
+
+    def upstream(self, of: str, candidate: str, seen_before: bool) -> bool:
+        """Whether ``candidate``'s fault explains ``of``'s alarm: it brings it, ``of`` hands over to it, or
+        ``of`` hands over to whatever fault is found and the candidate's alarm came first."""
+        return (of in self.brings.get(candidate, ()) or candidate in self.hands_over.get(of, ())
+                or (seen_before and ANY in self.hands_over.get(of, ())))
+
+
+def read_relations(corpus: dict[str, Sop]) -> Relations:
+    phrases = {sid: _phrases(sop) for sid, sop in corpus.items()}
+    brings: dict[str, set[str]] = {sid: set() for sid in corpus}
+    for a, sop in corpus.items():
+        for effect, cause in map(_effect_and_cause, _beyond_definition(sop)):
+            for b in set(corpus) - {a}:
+                if any(states(terms(effect), p) for p in phrases[b]):
+                    brings[a].add(b)
+                if any(states(terms(cause), p) for p in phrases[b]):
+                    brings[b].add(a)
+    titles = {sid: [set(terms(t)) for t in _titles(sop)] for sid, sop in corpus.items()}
+    hands_over: dict[str, set[str]] = {sid: set() for sid in corpus}
+    for b, sop in corpus.items():
+        for step in sop.steps:
+            for match in _NAMED_HAND_OVER.finditer(step):
+                named = set(terms(match.group(1) or match.group(2)))
+                hands_over[b] |= {a for a in corpus if a != b and any(named <= t for t in titles[a])}
+            if _ANY_HAND_OVER.search(step):
+                hands_over[b].add(ANY)
+        hands_over[b] -= brings[b]  # an escalation to what this fault brings, not a cause
+    return Relations({k: frozenset(v) for k, v in brings.items()}, {k: frozenset(v) for k, v in hands_over.items()})
+
+
+@dataclass(frozen=True)
+class AlarmReading:
+    """One member alarm as read on its own: the SOP it points to and when it came, relative to the root."""
+    sop_id: str
+    after_s: float
+    same_device: bool = False  # on the root alarm's own device
+
+
+def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReading], steps: int = 2) -> str:
+    """From the SOP the root alarm points to, up to the fault that explains it, ``steps`` links at most.
+
+    Each step takes, among the member readings whose SOP the relations put upstream of where the walk
+    stands, the earliest; the walk ends where no member explains it. Returns where it ends (``root_sop``
+    when nothing explains the root).
+    """
+    at = root_sop
+    for _ in range(steps):
+        upstream = [r for r in readings if r.sop_id not in (at, root_sop)
+                    and relations.upstream(at, r.sop_id, r.after_s < 0)]
+        if not upstream:
+            break
+        at = min(upstream, key=lambda r: (r.after_s, r.sop_id)).sop_id
+    return at
+
+
+def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmReading], root_devices: int = 1,
+                   steps: int = 2, several: int = 2) -> str:
+    """The SOP of the fault upstream of the root alarm, or "" when the member alarms show none.
+
+    First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
+    earliest member alarm seen before it on another device, unless the root's own fault brings that alarm:
+    one fault upstream of all of them (a storage target down before kill-task failures on many nodes).
+    """
+    cause = walk_upstream(relations, root_sop, readings, steps)
+    if cause != root_sop:
+        return cause
+    if root_devices < several:
+        return ""
+    leads = [r for r in readings if r.after_s < 0 and not r.same_device and r.sop_id != root_sop
+             and r.sop_id not in relations.brings.get(root_sop, ())]
+    return min(leads, key=lambda r: (r.after_s, r.sop_id)).sop_id if leads else ""

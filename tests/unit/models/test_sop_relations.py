@@ -1,0 +1,112 @@
+"""What the SOP texts say about each other (a fault brings alarms, a step hands over) and the walk upstream."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsloop.config.assets import sop_texts
+from opsloop.models.incident_query import IncidentQueryBuilder, terms
+from opsloop.models.sop_relations import (ANY, AlarmReading, Relations, read_relations, states, upstream_cause,
+                                          walk_upstream)
+from opsloop.models.sop_retrieval import SopRetriever
+from opsloop.models.sops import parse_corpus, parse_sop
+
+pytestmark = pytest.mark.unit
+
+
+def _sop(sid: str, title: str, scope: str, steps: list[str], symptoms: str = "") -> tuple[str, str]:
+    body = "\n".join(f"{n}. {s}" for n, s in enumerate(steps, 1))
+    extra = f"## Symptoms\n{symptoms}\n" if symptoms else ""
+    return f"{sid}.md", (f"---\nid: {sid}\ntitle: {title}\nequipment: [x]\ncodes: [{sid.replace('-', '_')}_CODE]\n"
+                         f"---\n# {title}\n\n## Scope\n{scope}\n{extra}## Steps\n{body}\n")
+
+
+TOY = dict([
+    _sop("SOP-T-001", "Mains loss", "The mains feed is gone. Downstream widget units go on reserve.",
+         ["Call the grid operator."]),
+    _sop("SOP-T-002", "Widget on reserve", "A widget runs from its reserve.",
+         ["If the mains is gone, follow the mains loss procedure.", "Watch the reserve."],
+         symptoms="- Often follows a blower stop in the room."),
+    _sop("SOP-T-003", "Blower stop", "A blower stopped. Widgets heat up.",
+         ["If widgets heat up, follow the widget on reserve procedure.", "Restart the blower."]),
+    _sop("SOP-T-004", "Panel alarm", "A panel raised an alarm.",
+         ["Find the alarm on the devices it serves and follow their procedure first."]),
+])
+
+
+def test_brings_and_hand_overs_are_read_from_the_texts():
+    relations = read_relations(parse_corpus(TOY))
+    assert relations.brings["SOP-T-001"] == {"SOP-T-002"}  # "Downstream widget units go on reserve"
+    assert "SOP-T-002" in relations.brings["SOP-T-003"]  # "Often follows a blower stop": read the other way round
+    assert relations.hands_over["SOP-T-002"] == {"SOP-T-001"}  # "follow the mains loss procedure"
+    assert relations.hands_over["SOP-T-003"] == set()  # a hand-over to what a blower stop itself brings: escalation
+    assert relations.hands_over["SOP-T-004"] == {ANY}  # "follow their procedure first"
+
+
+def test_the_corpus_relations_name_upstream_faults():
+    relations = read_relations(parse_corpus(sop_texts()))
+    assert "SOP-PWR-002" in relations.brings["SOP-PWR-001"]  # utility loss: downstream UPS units go on battery
+    assert "SOP-PWR-002" in relations.brings["SOP-PWR-013"]  # power quality: UPS units briefly on battery
+    assert "SOP-NET-004" in relations.brings["SOP-NET-003"]  # switch down: many link down alarms behind it
+    assert "SOP-PWR-006" in relations.brings["SOP-PWR-011"]  # overcurrent often follows the loss of the partner feed
+    assert "SOP-NET-003" not in relations.brings["SOP-NET-004"]  # "an interface on a switch ... is down" defines it
+    assert "SOP-PWR-008" not in relations.brings["SOP-PWR-001"]  # "after a utility loss" is a circumstance
+    assert "SOP-PWR-001" in relations.hands_over["SOP-PWR-002"] and "SOP-PWR-011" in relations.hands_over["SOP-PWR-006"]
+    assert relations.hands_over["SOP-CLG-001"] == set()  # its "follow the high inlet temperature procedure" escalates
+
+
+def test_a_phrase_is_stated_only_when_its_words_come_close_together():
+    assert states(terms("Downstream UPS units go on battery"), terms("UPS on battery"))
+    assert not states(terms("the UPS feeds racks whose PDUs have a battery"), terms("UPS on battery"))
+
+
+RELATIONS = Relations(brings={"A": frozenset({"B"}), "B": frozenset({"C"})},
+                      hands_over={"D": frozenset({"A"}), "F": frozenset({ANY})})
+
+
+def test_the_walk_goes_up_one_explaining_member_at_a_time():
+    readings = [AlarmReading("B", -5.0), AlarmReading("A", -10.0), AlarmReading("E", -20.0)]
+    assert walk_upstream(RELATIONS, "C", readings, steps=2) == "A"  # B brings C, A brings B
+    assert walk_upstream(RELATIONS, "C", readings, steps=1) == "B"
+    assert walk_upstream(RELATIONS, "D", [AlarmReading("A", 30.0)]) == "A"  # named hand-over: timing does not matter
+    assert walk_upstream(RELATIONS, "B", [AlarmReading("C", -30.0)]) == "B"  # C explains nothing about B
+
+
+def test_a_hand_over_to_any_fault_takes_the_earliest_member_seen_first():
+    assert walk_upstream(RELATIONS, "F", [AlarmReading("E", 5.0)]) == "F"
+    assert walk_upstream(RELATIONS, "F", [AlarmReading("B", -5.0), AlarmReading("E", -50.0)], steps=1) == "E"
+
+
+def test_a_root_on_several_devices_takes_the_fault_seen_before_it_elsewhere():
+    lead = AlarmReading("E", -60.0)
+    assert upstream_cause(RELATIONS, "B", [lead], root_devices=3) == "E"
+    assert upstream_cause(RELATIONS, "B", [lead], root_devices=1) == ""
+    assert upstream_cause(RELATIONS, "B", [AlarmReading("E", -60.0, same_device=True)], root_devices=3) == ""
+    assert upstream_cause(RELATIONS, "A", [AlarmReading("B", -60.0)], root_devices=3) == ""  # A's own fault brings B
+
+
+def _incident(members: list[dict]) -> dict:
+    root = {"device": "ups-1a", "device_type": "ups", "code": "upsTrapOnBattery", "count": 1, "first_seen_ms": 10_000,
+            "text": "UPS switched to battery, runtime remaining 14 min"}
+    return {"root_device": "ups-1a", "root_device_type": "ups", "root_code": "upsTrapOnBattery", "summary": "",
+            "members": [root, *members]}
+
+
+METER = {"device": "mv-incomer-1", "device_type": "meter", "code": "PQM-U-LOSS", "count": 1, "first_seen_ms": 9_000,
+         "text": "Utility incomer: mains failure, grid outage"}
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    return SopRetriever(parse_corpus(sop_texts()))
+
+
+def test_a_member_upstream_of_the_root_leads_the_ranking(retriever):
+    query = IncidentQueryBuilder()
+    alone = retriever.run(**query.run(_incident([])))["sop_ids"]
+    with_cause = retriever.run(**query.run(_incident([METER])))["sop_ids"]
+    assert alone[0] == "SOP-PWR-002" and with_cause[0] == "SOP-PWR-001"
+    normal = {**METER, "text": "Utility incomer: mains failure, voltages now normal"}
+    out = query.run(_incident([normal]))
+    assert out["member_alarms"][0]["says_normal"] and retriever.upstream_cause(out["root_alarm"],
+                                                                              out["member_alarms"]) == ""
