@@ -185,6 +185,8 @@ def add_arguments(parser) -> None:
                         help="labelled incidents (YAML), one or more files judged together")
     parser.add_argument("--cv", type=int, default=0, metavar="FOLDS",
                         help="cross-validate the retriever's settings over FOLDS folds of the data instead")
+    parser.add_argument("--cv-by-file", action="store_true",
+                        help="cross-validate with one fold per --data file (leave one file out) instead")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--llm", choices=["auto", "on", "off"], default="auto",
                         help="narrate with the LLM at OPSLOOP_LLM_URL too (auto: when it is set)")
@@ -205,9 +207,12 @@ def main(args) -> int:
         raise SystemExit("opsloop eval narrate: --llm on needs OPSLOOP_LLM_URL")
     generator = chat_generator(settings) if use_llm else None
     corpus = parse_corpus(sop_texts())
-    cases = [case for path in args.data for case in load_labelled(path)]
-    if args.cv:
-        report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv)}
+    by_file = [load_labelled(path) for path in args.data]
+    cases = [case for file_cases in by_file for case in file_cases]
+    by_file_cv = getattr(args, "cv_by_file", False)
+    if args.cv or by_file_cv:
+        groups = [n for n, file_cases in enumerate(by_file) for _ in file_cases] if by_file_cv else None
+        report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv or 4, groups=groups)}
         print(json.dumps(report, indent=2) if args.json else render(report))
         return 0
     narration = Narration(corpus, chat_generator=generator, model_name=settings.llm_model)

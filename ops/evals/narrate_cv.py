@@ -1,12 +1,13 @@
 """Cross-validation of the retriever's settings: how well settings chosen on some incidents do on others.
 
 The cases are dealt into ``folds`` folds by position (case ``i`` in fold
-``i mod folds``). For each fold, every setting in ``GRID`` is scored on the
-other folds and the best is judged on the held-out one; the pooled held-out
-hits are the estimate for incidents the settings were not chosen on. A
-setting is scored on each incident as written and with its device types
-removed (sites name their types their own way, or not at all), by
-hit@1 + hit@3 averaged over both. Ties keep the shipped defaults.
+``i mod folds``), or, given ``groups``, one fold per group (``--cv-by-file``:
+leave one labelled file out). For each fold, every setting in ``GRID`` is
+scored on the other folds and the best is judged on the held-out one; the
+pooled held-out hits are the estimate for incidents the settings were not
+chosen on. A setting is scored on each incident as written and with its
+device types removed (sites name their types their own way, or not at all),
+by hit@1 + hit@3 averaged over both. Ties keep the shipped defaults.
 
 Settings that only weigh the retriever's evidence are scored without
 retrieving again: the evidence of each incident is gathered once per query
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 
@@ -114,13 +116,16 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
     return out
 
 
-def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None) -> dict:
+def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None,
+                   groups: list[int] | None = None) -> dict:
     grid, shipped = settings_grid(grid or GRID), defaults(corpus, grid or GRID)
     if all(k in WEIGHTS | QUERY_SETTINGS for k in shipped):
         scored = list(zip(grid, weighed_hits(corpus, cases, grid)))
     else:
         scored = [(settings, hits(narration_with(corpus, settings), cases)) for settings in grid]
     everyone = list(range(len(cases)))
+    fold_of = groups if groups is not None else [i % folds for i in everyone]
+    folds = max(fold_of) + 1
 
     def best(index: list[int]) -> tuple[dict, dict]:
         return max(scored, key=lambda sh: (_objective(_rates(sh[1], index)), sh[0] == shipped))
@@ -128,8 +133,8 @@ def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None 
     held_out_hits = {name: [None] * len(cases) for name in VARIANTS}
     per_fold = []
     for fold in range(folds):
-        test = [i for i in everyone if i % folds == fold]
-        train = [i for i in everyone if i % folds != fold]
+        test = [i for i in everyone if fold_of[i] == fold]
+        train = [i for i in everyone if fold_of[i] != fold]
         settings, case_hits = best(train)
         for name in VARIANTS:
             for i in test:
@@ -137,7 +142,8 @@ def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None 
         per_fold.append({"fold": fold, "cases": len(test), "chosen": settings, "held_out": _rates(case_hits, test)})
     shipped_hits = next(h for s, h in scored if s == shipped)
     all_in_settings, all_in_hits = best(everyone)
-    return {"cases": len(cases), "folds": folds, "grid_size": len(grid), "per_fold": per_fold,
+    return {"cases": len(cases), "folds": folds, "by_group": groups is not None, "grid_size": len(grid),
+            "per_fold": per_fold,
             "held_out": _rates(held_out_hits, everyone),
             "shipped": {"settings": shipped, "all_in": _rates(shipped_hits, everyone)},
             "best_all_in": {"settings": all_in_settings, "all_in": _rates(all_in_hits, everyone)}}
@@ -147,11 +153,13 @@ def render(report: dict) -> str:
     def rates(r: dict) -> str:
         return "   ".join(f"{name}: hit@1 {v['hit_at_1']:.1%} hit@3 {v['hit_at_3']:.1%}" for name, v in r.items())
 
-    lines = [f"opsloop eval narrate --cv {report['folds']}: {report['cases']} labelled incidents, "
+    how = "--cv-by-file" if report.get("by_group") else f"--cv {report['folds']}"
+    lines = [f"opsloop eval narrate {how}: {report['cases']} labelled incidents, "
              f"{report['grid_size']} settings; judged on:"]
     lines += [f"  {d['path']} ({d['cases']} cases, sha256 {d['sha256'][:12]})" for d in report["judged_on"]]
     for fold in report["per_fold"]:
-        lines.append(f"  fold {fold['fold']} ({fold['cases']} held out): chosen {fold['chosen']}")
+        left_out = f"{Path(report['judged_on'][fold['fold']]['path']).name}, " if report.get("by_group") else ""
+        lines.append(f"  fold {fold['fold']} ({left_out}{fold['cases']} held out): chosen {fold['chosen']}")
         lines.append(f"    held out  {rates(fold['held_out'])}")
     lines.append(f"  pooled held out  {rates(report['held_out'])}")
     lines.append(f"  shipped {report['shipped']['settings']}")

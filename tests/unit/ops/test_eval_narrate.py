@@ -68,6 +68,21 @@ def test_cross_validation_judges_each_fold_with_settings_chosen_on_the_others():
     assert pooled == sum(f["held_out"]["as written"]["hit_at_1"] * f["cases"] for f in report["per_fold"]) / 24
 
 
+def test_leaving_one_file_out_holds_each_file_out_whole(tmp_path, capsys):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(CASES)
+    second.write_text(CASES.replace("id: a", "id: b"))
+    cases = load_labelled(first) + load_labelled(second)
+    report = cross_validate(parse_corpus(sop_texts()), cases, grid={"code_weight": [1.0, 0.0]}, groups=[0, 1])
+    assert report["folds"] == 2 and [f["cases"] for f in report["per_fold"]] == [1, 1]
+    args = Namespace(settings=Settings.from_env({}), data=[first, second], json=False, llm="off", llm_limit=0, cv=0,
+                     cv_by_file=True)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("opsloop eval narrate --cv-by-file: 2 labelled incidents")
+    assert "fold 0 (first.yaml, 1 held out)" in out and "fold 1 (second.yaml, 1 held out)" in out
+
+
 def test_a_case_may_be_a_whole_incident_record(tmp_path):
     path = tmp_path / "records.yaml"
     path.write_text("""
