@@ -157,7 +157,7 @@ class IncidentQueryBuilder:
     (an ``Xid 79`` in its kernel line), which the retriever treats as root codes.
     """
 
-    def __init__(self, root_weight: int = 3, said_weight: int = 2, max_members: int = 20):
+    def __init__(self, root_weight: int = 3, said_weight: int = 1, max_members: int = 20):
         self.root_weight = root_weight
         self.said_weight = said_weight
         self.max_members = max_members

@@ -128,7 +128,7 @@ class SopRetriever:
     """Ranks SOPs for an incident query; returns the best ids and the sections of the ``top_k`` best."""
 
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
-                 device_weight: float = 0.4, member_weight: float = 0.3, phrase_weight: float = 0.6,
+                 device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
                  cause_steps: int = 2, cause_devices: int = 2):

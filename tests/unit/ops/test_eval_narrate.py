@@ -55,7 +55,7 @@ def test_the_report_names_the_data_it_was_judged_on(tmp_path, capsys):
 
 def test_cross_validation_judges_each_fold_with_settings_chosen_on_the_others():
     cases = [case for path in DEV_SETS for case in load_labelled(path)][:24]
-    grid = {"code_weight": [1.0, 0.0], "device_weight": [0.4]}
+    grid = {"code_weight": [1.0, 0.0], "device_weight": [0.2]}
     corpus = parse_corpus(sop_texts())
     report = cross_validate(corpus, cases, folds=3, grid=grid)
     assert [f["cases"] for f in report["per_fold"]] == [8, 8, 8]
@@ -63,7 +63,7 @@ def test_cross_validation_judges_each_fold_with_settings_chosen_on_the_others():
     blind = hits(narration_with(corpus, {"code_weight": 0.0}), cases)["as written"]
     assert sum(h1 for h1, _ in blind) < 24 * report["shipped"]["all_in"]["as written"]["hit_at_1"]
     assert all(f["chosen"]["code_weight"] == 1.0 for f in report["per_fold"])
-    assert report["shipped"]["settings"] == {"code_weight": 1.0, "device_weight": 0.4}
+    assert report["shipped"]["settings"] == {"code_weight": 1.0, "device_weight": 0.2}
     pooled = report["held_out"]["as written"]["hit_at_1"]
     assert pooled == sum(f["held_out"]["as written"]["hit_at_1"] * f["cases"] for f in report["per_fold"]) / 24
 
@@ -109,6 +109,6 @@ def test_a_case_may_be_a_whole_incident_record(tmp_path):
 def test_weighing_gathered_evidence_ranks_as_retrieving_again():
     cases = [case for path in DEV_SETS for case in load_labelled(path)][::9]
     corpus = parse_corpus(sop_texts())
-    settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 1}, {"code_weight": 0.6},
+    settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 2}, {"code_weight": 0.6},
                 {"cause_weight": 0.0}]
     assert weighed_hits(corpus, cases, settings) == [hits(narration_with(corpus, s), cases) for s in settings]
