@@ -38,6 +38,8 @@ SEALED = DATA.with_name("narrate_sealed.yaml")
 # The everyday mix of a third campus by a fifth author (and the same cases with generic device types), scored once
 # against the same retriever.
 SEALED3, SEALED3_NO_TYPES = DATA.with_name("narrate_sealed3.yaml"), DATA.with_name("narrate_sealed3_notype.yaml")
+# Written by a sixth author while the upstream causes were built, scored once after they were frozen.
+SEALED4, SEALED4_NO_TYPES = DATA.with_name("narrate_sealed4.yaml"), DATA.with_name("narrate_sealed4_notype.yaml")
 BLIND = DEV_SETS[-1]
 BLIND_NO_TYPES = DATA.with_name("narrate_blind_notype.yaml")
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
