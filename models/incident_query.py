@@ -103,10 +103,12 @@ def log_codes(text: str) -> list[str]:
 # A clause that ends on one of these words reports a reading as fine ("CHW supply 12.1 C normal",
 # "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
 # ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
-# limits or at its setpoint, or that there is no alarm, fault, smoke or fire.
-NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved".split())
-_IN_BAND = re.compile(r"\b(?:within (?:limits|tolerance|range)|at setpoint)\W*$|"
-                      r"^\W*no (?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
+# limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
+# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up").
+NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up".split())
+_RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
+_IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
+                      r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
 _TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
 
@@ -119,6 +121,8 @@ def reports_normal(clause: str) -> bool:
     """
     said = _TRAILING_VALUES.sub("", " ".join(clause.lower().replace("(", " ").replace(")", " ").split()))
     last = said.split()[-1:]
+    if last and last[0].strip(".!") == "up" and _RAISED.search(said):
+        return False
     return bool(last) and (last[0].strip(".!") in NORMAL_WORDS or bool(_IN_BAND.search(said)))
 
 

@@ -40,6 +40,7 @@ _OPENS_ON_CAUSE = re.compile(r"^\W*(?:often\s+)?(?:follows|comes after|caused by
 _CAUSE_CLAUSE = re.compile(r"\b(?:because of|caused by|may point to|points to)\b", re.IGNORECASE)
 # A clause on the circumstances ("after a utility loss", "although a generator is running") states neither.
 _CIRCUMSTANCE = re.compile(r"\b(?:after|although|while|when|if)\b.*", re.IGNORECASE)
+_LIST_ITEM = re.compile(r",|\bor\b|\band\b", re.IGNORECASE)
 _NAMED_HAND_OVER = re.compile(r"\bfollow\s+the\s+(.+?)\s+procedure\b|\btreat\s+it\s+as\s+(?:an?\s+)?(.+?)\s+first\b",
                               re.IGNORECASE)
 _ANY_HAND_OVER = re.compile(r"\bfollow\s+(?:its|their)\s+procedure\b|\bprocedure\s+(?:for|of)\s+(?:that|the)\s+fault\b",
@@ -66,6 +67,25 @@ def _titles(sop: Sop) -> list[str]:
 def _phrases(sop: Sop) -> list[list[str]]:
     """A SOP's titles and codes as terms, those of two words or more (one word says too little)."""
     return [p for p in (terms(t) for t in [*_titles(sop), *sop.codes]) if len(set(p)) >= 2]
+
+
+def _cause_words(corpus: dict[str, Sop]) -> dict[str, list[list[str]]]:
+    """One-word names of a procedure, for a cause named in one word ("may point to a leak"): a word of its
+    title that its codes use too and no other title has ("leak" for *Water leak detected*)."""
+    titles = {sid: set(terms(sop.title)) for sid, sop in corpus.items()}
+    out = {}
+    for sid, sop in corpus.items():
+        others = set().union(*(t for other, t in titles.items() if other != sid))
+        coded = set(terms(" ".join(sop.codes)))
+        out[sid] = [[w] for w in sorted((titles[sid] & coded) - others)]
+    return out
+
+
+def _one_word_items(clause: str) -> list[str]:
+    """The items of a listed clause that are one word ("a CRAH, chiller or containment problem": "crah",
+    "chiller"): only a cause named alone, not a word of a longer one ("a burst of GPU jobs starting")."""
+    items = (terms(item) for item in _LIST_ITEM.split(clause))
+    return [item[0] for item in items if len(item) == 1]
 
 
 def _effect_and_cause(sentence: str) -> tuple[str, str]:
@@ -97,13 +117,15 @@ class Relations:
 
 def read_relations(corpus: dict[str, Sop]) -> Relations:
     phrases = {sid: _phrases(sop) for sid, sop in corpus.items()}
+    cause_words = _cause_words(corpus)
     brings: dict[str, set[str]] = {sid: set() for sid in corpus}
     for a, sop in corpus.items():
         for effect, cause in map(_effect_and_cause, _beyond_definition(sop)):
             for b in set(corpus) - {a}:
                 if any(states(terms(effect), p) for p in phrases[b]):
                     brings[a].add(b)
-                if any(states(terms(cause), p) for p in phrases[b]):
+                if any(states(terms(cause), p) for p in phrases[b]) or any(
+                        [item] in cause_words[b] for item in _one_word_items(cause)):
                     brings[b].add(a)
     titles = {sid: [set(terms(t)) for t in _titles(sop)] for sid, sop in corpus.items()}
     hands_over: dict[str, set[str]] = {sid: set() for sid in corpus}

@@ -230,6 +230,14 @@ def test_a_reading_within_its_limits_or_a_missing_alarm_is_normal_too():
     assert terms("Switch restarted") == terms("Switch rebooted")
 
 
+def test_a_reading_in_range_or_a_state_with_no_active_fault_is_normal():
+    assert reports_normal("supply 32.1 C (in range)") and reports_normal("no active fault")
+    assert symptoms("State: standby, no active fault") == "State: standby"
+    assert not reports_normal("supply 32.1 C out of range") and not reports_normal("no output voltage")
+    assert reports_normal("Ethernet3/12/1 line protocol up") and reports_normal("all ports up")
+    assert not reports_normal("Link 30 LTSSM Fault Up") and not reports_normal("fan speed ramped up after alarm")
+
+
 def test_each_member_code_is_read_alone_from_its_first_alarm():
     root = ("n-01", "gpu_node", "NHC-HEARTBEAT-MISS", "heartbeat missed")
     incident = _incident(root, [("pdu-a", "pdu", "CB1-OPEN", "Circuit breaker CB1 open", -25),

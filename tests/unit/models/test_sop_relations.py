@@ -55,6 +55,32 @@ def test_the_corpus_relations_name_upstream_faults():
     assert relations.hands_over["SOP-CLG-001"] == set()  # its "follow the high inlet temperature procedure" escalates
 
 
+def _coded(sid: str, title: str, codes: str, symptoms: str = "") -> str:
+    return (f"---\nid: {sid}\ntitle: {title}\nequipment: [x]\ncodes: [{codes}]\n---\n# {title}\n\n"
+            f"## Scope\nIt happened.\n## Symptoms\n{symptoms}\n## Steps\n1. Look.\n")
+
+
+def test_a_cause_named_in_one_word_is_read_only_where_the_word_stands_alone():
+    relations = read_relations(parse_corpus({
+        "SOP-T-010.md": _coded("SOP-T-010", "Pump fault", "PUMP_FAULT",
+                       "- Low level may point to a leak.\n- Often follows a burst of pump starts."),
+        "SOP-T-011.md": _coded("SOP-T-011", "Water leak detected", "LEAK_ALARM"),
+        "SOP-T-012.md": _coded("SOP-T-012", "Burst alarm", "BURST_ALARM"),
+        "SOP-T-013.md": _coded("SOP-T-013", "Drip tray wet", "DRIP_TRAY",
+                       "- May point to a leak."),
+    }))
+    assert "SOP-T-010" in relations.brings["SOP-T-011"]  # "may point to a leak": a leak brings the pump's alarms
+    assert "SOP-T-010" not in relations.brings["SOP-T-012"]  # "a burst of pump starts" is no burst alone
+    assert "SOP-T-013" in relations.brings["SOP-T-011"]  # a sentence opening on the cause names it too
+
+
+def test_the_corpus_reads_a_leak_behind_a_cdu_low_level():
+    relations = read_relations(parse_corpus(sop_texts()))
+    assert "SOP-CLG-007" in relations.brings["SOP-CLG-005"]  # "Low reservoir level may point to a leak"
+    assert "SOP-PWR-006" not in relations.brings["SOP-SLM-004"]  # "a burst of GPU jobs starting together"
+    assert "SOP-PWR-006" not in relations.brings["SOP-PWR-008"]
+
+
 def test_a_phrase_is_stated_only_when_its_words_come_close_together():
     assert states(terms("Downstream UPS units go on battery"), terms("UPS on battery"))
     assert not states(terms("the UPS feeds racks whose PDUs have a battery"), terms("UPS on battery"))
