@@ -11,7 +11,10 @@ Two relations are read from the SOP corpus, not from a table:
   circumstances ("after a utility loss", "although a generator is running")
   states neither. The scope's first sentence defines A's own fault, so it
   states nothing A brings ("An Ethernet interface on a switch or server is
-  down" is no switch down).
+  down" is no switch down). A procedure is stated by its title, one of its
+  codes, or, where an item of a listed clause is one word ("GPUs heat up fast
+  and throttle", "may point to a leak"), by a word of its title that its codes
+  use and no other title has.
 - **hands over** (B hands over to A): a step of B says to follow A's procedure
   first ("If the site has lost utility power, follow the utility power loss
   procedure", "treat it as a lost feed first"); a step that says to follow the
@@ -69,23 +72,29 @@ def _phrases(sop: Sop) -> list[list[str]]:
     return [p for p in (terms(t) for t in [*_titles(sop), *sop.codes]) if len(set(p)) >= 2]
 
 
-def _cause_words(corpus: dict[str, Sop]) -> dict[str, list[list[str]]]:
-    """One-word names of a procedure, for a cause named in one word ("may point to a leak"): a word of its
-    title that its codes use too and no other title has ("leak" for *Water leak detected*)."""
+def _one_word_names(corpus: dict[str, Sop]) -> dict[str, set[str]]:
+    """One-word names of each procedure: a word of its title that its codes use too and no other title has
+    ("leak" for *Water leak detected*, "throttle" for *GPU thermal throttling*)."""
     titles = {sid: set(terms(sop.title)) for sid, sop in corpus.items()}
     out = {}
     for sid, sop in corpus.items():
         others = set().union(*(t for other, t in titles.items() if other != sid))
         coded = set(terms(" ".join(sop.codes)))
-        out[sid] = [[w] for w in sorted((titles[sid] & coded) - others)]
+        out[sid] = (titles[sid] & coded) - others
     return out
 
 
-def _one_word_items(clause: str) -> list[str]:
+def _one_word_items(clause: str) -> set[str]:
     """The items of a listed clause that are one word ("a CRAH, chiller or containment problem": "crah",
-    "chiller"): only a cause named alone, not a word of a longer one ("a burst of GPU jobs starting")."""
+    "chiller"): a procedure named alone, not a word of a longer item ("a burst of GPU jobs starting")."""
     items = (terms(item) for item in _LIST_ITEM.split(clause))
-    return [item[0] for item in items if len(item) == 1]
+    return {item[0] for item in items if len(item) == 1}
+
+
+def _names(clause: str, phrases: list[list[str]], one_word: set[str]) -> bool:
+    """Whether a clause states a procedure: one of its phrases, or one of its one-word names standing alone."""
+    said = terms(clause)
+    return any(states(said, p) for p in phrases) or bool(one_word & _one_word_items(clause))
 
 
 def _effect_and_cause(sentence: str) -> tuple[str, str]:
@@ -117,15 +126,14 @@ class Relations:
 
 def read_relations(corpus: dict[str, Sop]) -> Relations:
     phrases = {sid: _phrases(sop) for sid, sop in corpus.items()}
-    cause_words = _cause_words(corpus)
+    one_word = _one_word_names(corpus)
     brings: dict[str, set[str]] = {sid: set() for sid in corpus}
     for a, sop in corpus.items():
         for effect, cause in map(_effect_and_cause, _beyond_definition(sop)):
             for b in set(corpus) - {a}:
-                if any(states(terms(effect), p) for p in phrases[b]):
+                if _names(effect, phrases[b], one_word[b]):
                     brings[a].add(b)
-                if any(states(terms(cause), p) for p in phrases[b]) or any(
-                        [item] in cause_words[b] for item in _one_word_items(cause)):
+                if _names(cause, phrases[b], one_word[b]):
                     brings[b].add(a)
     titles = {sid: [set(terms(t)) for t in _titles(sop)] for sid, sop in corpus.items()}
     hands_over: dict[str, set[str]] = {sid: set() for sid in corpus}

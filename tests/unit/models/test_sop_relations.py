@@ -68,15 +68,18 @@ def test_a_cause_named_in_one_word_is_read_only_where_the_word_stands_alone():
         "SOP-T-012.md": _coded("SOP-T-012", "Burst alarm", "BURST_ALARM"),
         "SOP-T-013.md": _coded("SOP-T-013", "Drip tray wet", "DRIP_TRAY",
                        "- May point to a leak."),
+        "SOP-T-014.md": _coded("SOP-T-014", "Tank low", "TANK_LOW", "- Pumps run dry and leak."),
     }))
     assert "SOP-T-010" in relations.brings["SOP-T-011"]  # "may point to a leak": a leak brings the pump's alarms
     assert "SOP-T-010" not in relations.brings["SOP-T-012"]  # "a burst of pump starts" is no burst alone
     assert "SOP-T-013" in relations.brings["SOP-T-011"]  # a sentence opening on the cause names it too
+    assert "SOP-T-011" in relations.brings["SOP-T-014"]  # what a fault brings, named in one word too
 
 
-def test_the_corpus_reads_a_leak_behind_a_cdu_low_level():
+def test_the_corpus_reads_a_leak_behind_a_cdu_and_a_cdu_behind_gpu_throttling():
     relations = read_relations(parse_corpus(sop_texts()))
     assert "SOP-CLG-007" in relations.brings["SOP-CLG-005"]  # "Low reservoir level may point to a leak"
+    assert "SOP-GPU-004" in relations.brings["SOP-CLG-007"]  # "GPUs in the racks heat up fast and throttle"
     assert "SOP-PWR-006" not in relations.brings["SOP-SLM-004"]  # "a burst of GPU jobs starting together"
     assert "SOP-PWR-006" not in relations.brings["SOP-PWR-008"]
 
