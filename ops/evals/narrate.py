@@ -40,6 +40,8 @@ SEALED = DATA.with_name("narrate_sealed.yaml")
 SEALED3, SEALED3_NO_TYPES = DATA.with_name("narrate_sealed3.yaml"), DATA.with_name("narrate_sealed3_notype.yaml")
 # Written by a sixth author while the upstream causes were built, scored once after they were frozen.
 SEALED4, SEALED4_NO_TYPES = DATA.with_name("narrate_sealed4.yaml"), DATA.with_name("narrate_sealed4_notype.yaml")
+# Terse wordings, most types missing, by a seventh author; scored once after the steps that studied sealed4.
+SEALED5, SEALED5_NO_TYPES = DATA.with_name("narrate_sealed5.yaml"), DATA.with_name("narrate_sealed5_notype.yaml")
 BLIND = DEV_SETS[-1]
 BLIND_NO_TYPES = DATA.with_name("narrate_blind_notype.yaml")
 BASE_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC: labelled incidents have fixed, reproducible times
