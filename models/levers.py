@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 from opsloop.config.policy import LEVER_KINDS, LeverCosts
 from opsloop.config.site import FlexibleLoad
 from opsloop.models.battery import Battery
-from opsloop.models.peak_planner import episode_end
+from opsloop.models.peak_planner import charge_ceiling_kw, episode_end
 
 # The levers are named by the action kinds that engage them (config.policy.LEVER_KINDS); some are not in every
 # Action schema yet: a caller that proposes actions keeps only the kinds its schema has (``only``).
@@ -420,7 +420,7 @@ class _Run:
     limit: float = math.inf  # the battery's own limit: it discharges down to it even where a target sits higher
 
     def ceiling(self, target: float) -> float:
-        return min(target, self.billed) * (1 - self.headroom_pct / 100)
+        return charge_ceiling_kw(target, self.billed, self.headroom_pct)
 
     def dispatch(self, target: float, shed: Sequence[float] | None = None) -> tuple[float, list[float]]:
         """(kWh the battery gives, import above ``target`` per step it cannot cover), after ``shed``."""
@@ -430,18 +430,19 @@ class _Run:
         return (sum(max(0.0, p) for p in power) * self.step_h,
                 [max(0.0, kw - p - target) for kw, p in zip(load, power)])
 
+    def covers(self, target: float, shed: Sequence[float] | None = None) -> bool:
+        """Whether the battery holds ``target`` at every step of the episode, after ``shed``."""
+        return not any(u > 1e-6 for u in self.dispatch(target, shed)[1])
+
     def lowest_held(self, target: float, iterations: int = 24) -> float:
         """The lowest import at or above ``target`` the battery alone holds over the episode (``target`` itself when
         it holds it; the episode's highest load holds trivially)."""
-        def holds(level: float) -> bool:
-            return not any(u > 1e-6 for u in self.dispatch(level)[1])
-
-        if holds(target):
+        if self.covers(target):
             return target
         lo, hi = target, max(target, max(self.load))
         for _ in range(iterations):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+            lo, hi = (lo, mid) if self.covers(mid) else (mid, hi)
         return hi
 
     def shaved(self, target: float, levers: Sequence[Lever], iterations: int = 24) -> list[float]:
@@ -452,13 +453,12 @@ class _Run:
         def shed(top: float) -> list[float]:
             return [min(cap, max(0.0, kw - top), max(0.0, kw - target)) for kw, cap in zip(self.load, caps)]
 
-        greedy = self.dispatch(target)[1]
         lo, hi = target, max(self.load)
-        if any(u > 1e-6 for u in self.dispatch(target, shed(lo))[1]):
-            return greedy
+        if not self.covers(target, shed(lo)):
+            return self.dispatch(target)[1]  # the greedy shortfall
         for _ in range(iterations):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if not any(u > 1e-6 for u in self.dispatch(target, shed(mid))[1]) else (lo, mid)
+            lo, hi = (mid, hi) if self.covers(target, shed(mid)) else (lo, mid)
         top = shed(lo)
         return [s + u for s, u in zip(top, self.dispatch(target, top)[1])]
 

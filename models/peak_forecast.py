@@ -388,22 +388,21 @@ class PeakForecaster(Forecaster):
         """The candidates' mix at ``h`` (see ``_mix``); with ``mix_guard``, the best single candidate allowed
         at ``h`` instead where it has measured better than the mix (a mix of a good and a bad candidate, e.g.
         right after a level shift, is worse than the good one alone)."""
-        mixed = self._mix(h, guesses)
-        if not self.mix_guard:
+        errors = self._allowed_errors(h, guesses)
+        mixed = self._mix(h, guesses, errors)
+        if not self.mix_guard or errors.get("lags") is None:
             return mixed
         learned = self._learned(h)
         if (learned, "mix") not in self._measured:
             return mixed
-        errors = self._allowed_errors(h, guesses)
-        if errors.get("lags") is None:
-            return mixed
         best = min(errors, key=errors.get)
         return guesses[best] if errors[best] < self._skill[learned]["mix"].get() else mixed
 
-    def _mix(self, h: int, guesses: dict[str, float | None]) -> float:
+    def _mix(self, h: int, guesses: dict[str, float | None], errors: dict[str, float | None] | None = None) -> float:
         """The candidates' forecasts weighted by the inverse square of their measured error at ``h`` (the
-        learned horizon at or above it): a candidate that a curve does not suit fades out of the mix."""
-        errors = self._allowed_errors(h, guesses)
+        learned horizon at or above it; ``errors``: ``_allowed_errors``, when already known): a candidate that a
+        curve does not suit fades out of the mix."""
+        errors = self._allowed_errors(h, guesses) if errors is None else errors
         if errors.get("lags") is None:
             return guesses["lags"]
         best = min(errors.values())

@@ -56,7 +56,7 @@ from opsloop.models.queue_covariate import QueueCovariate
 from opsloop.models.peak_modes import FLOORED, FORECAST, REACTIVE, UNFLOORED, ModeArbiter, ReactiveRule
 from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, REACTIVE_FLOOR_LIFTED, SHAVE_PEAK,
                                          WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps,
-                                         billing_period, period_end_ms, plan, reactive_plan)
+                                         billing_period, charge_ceiling_kw, period_end_ms, plan, reactive_plan)
 
 
 RECENT_IMPORT_DAYS = 7  # the levers never cut under the highest import of this many days (models.levers)
@@ -368,7 +368,7 @@ class SitePeakLoop:
         sized = [p.kw + pol.band_weight * (p.upper_kw - p.kw) for p in points]
         # a cut is held until the battery can recharge: a charge step whose load stays over the charge ceiling
         # (which a lower bill lowers) gives it nothing, so the episode goes on through it
-        ceiling = min(result.target_kw, self.billing.billed_peak_kw) * (1 - pol.charge_headroom_pct / 100)
+        ceiling = charge_ceiling_kw(result.target_kw, self.billing.billed_peak_kw, pol.charge_headroom_pct)
         episode = flex.recharge_episode_end(sized, charge_at, ceiling)
         sized = sized[:episode]
         day = step_end // 86_400_000

@@ -181,7 +181,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
     # Charging never lifts import above the target nor above what this month already pays for.
-    ceiling = min(target, billing.billed_peak_kw) * (1 - policy.charge_headroom_pct / 100)
+    ceiling = charge_ceiling_kw(target, billing.billed_peak_kw, policy.charge_headroom_pct)
 
     command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
                       charge_kw=battery.max_charge_kw(energy, step_h) if charge_at[0] else 0.0,
@@ -238,6 +238,12 @@ def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Pol
     return [p.kw <= valley or prices[_hour(p.ts_ms)] <= cheap for p in forecast]
 
 
+def charge_ceiling_kw(target_kw: float, billed_kw: float, headroom_pct: float) -> float:
+    """The import charging stays under: never above the target nor above what the period already pays for, less
+    the policy's headroom."""
+    return min(target_kw, billed_kw) * (1 - headroom_pct / 100)
+
+
 def episode_end(charge_at: Sequence[bool]) -> int:
     """End of the coming peak episode: the first recharge step after the first step without one.
 
@@ -253,14 +259,17 @@ def episode_end(charge_at: Sequence[bool]) -> int:
 
 def _lowest_holdable(load, charge_at, battery: Battery, energy: float, step_h: float, policy: Policy,
                      billed_kw: float) -> float:
-    headroom = 1 - policy.charge_headroom_pct / 100
+    def holds(limit: float) -> bool:
+        return battery.holds(load, charge_at, energy, step_h, limit,
+                             charge_ceiling_kw(limit, billed_kw, policy.charge_headroom_pct))
+
     hi = max(load)
     lo = max(0.0, hi - battery.pcs_discharge_kw)
-    if battery.holds(load, charge_at, energy, step_h, lo, min(lo, billed_kw) * headroom):
+    if holds(lo):
         return lo
     while hi - lo > policy.tolerance_kw:
         mid = (lo + hi) / 2
-        if battery.holds(load, charge_at, energy, step_h, mid, min(mid, billed_kw) * headroom):
+        if holds(mid):
             hi = mid
         else:
             lo = mid

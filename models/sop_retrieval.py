@@ -57,6 +57,7 @@ from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause
 from opsloop.models.sops import Sop
 
+ALONE_REMEMBERED = 4096  # alarms read alone kept (a few hundred bytes each); forgotten all at once when full
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
 INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}
 
@@ -166,6 +167,7 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
+        self._alone: dict[tuple, str] = {}  # an alarm read alone -> its SOP: an incident's versions repeat their alarms
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -209,11 +211,18 @@ class SopRetriever:
         return out
 
     def read_alone(self, alarm: dict) -> str:
-        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
-        evidence = self.evidence(alarm["query"], root_code=alarm["code"], device_type=alarm["device_type"],
-                                 evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
-                                 root_words=alarm["words"])
-        return ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm), remembered for the alarms
+        seen last (each new version of an incident brings the same members again)."""
+        key = (alarm["query"], alarm["code"], alarm["device_type"], tuple(alarm["evidence_codes"]), alarm["device"],
+               alarm["words"])
+        if key not in self._alone:
+            if len(self._alone) >= ALONE_REMEMBERED:
+                self._alone.clear()
+            evidence = self.evidence(alarm["query"], root_code=alarm["code"], device_type=alarm["device_type"],
+                                     evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
+                                     root_words=alarm["words"])
+            self._alone[key] = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+        return self._alone[key]
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations.
