@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps llm-deps demo test test-slow test-unit test-faults bench noc-screenshots up down clean
+.PHONY: install system-deps llm-deps demo test test-slow test-unit test-faults simbench-data bench noc-screenshots up down clean
 
 # Java runs the broker and Maven fetches it; Slurm and munge run the local cluster; Chromium and its
 # driver run the NOC page test; snmpd serves the SNMP source tests' PDU and snmptrap (snmp) sends
@@ -81,6 +81,12 @@ test-faults: install
 # with each GPU's board power printed; skipped elsewhere, as in `make test`.
 test-gpu: install
 	$(BIN)/python -m pytest -m gpu -s
+
+# The SimBench load profiles (Open Database License), fresh curves for `opsloop eval peaks-suite --families simbench`:
+# the package's wheel from PyPI into the opsloop cache, read in place (not installed, not redistributed).
+SIMBENCH_VERSION := $(shell sed -n 's/^SIMBENCH_VERSION = "\(.*\)"/\1/p' ops/evals/peak_curves.py)
+simbench-data: install
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(OPSLOOP_CACHE)/simbench simbench==$(SIMBENCH_VERSION)
 
 bench: install
 	$(BIN)/opsloop bench

@@ -12,13 +12,22 @@ billing intervals (``peaks.regular_steps``):
 * ``bdew``: the German BDEW standard load profiles (commercial g0-g6, household h0,
   agriculture l0-l2) made by the ``demandlib`` package (MIT) from its bundled tables,
   with the German public holidays, which the profiles bill as Sundays. Nothing is
-  downloaded.
+  downloaded;
+* ``simbench`` (only when asked for): twelve German load profiles of 2016 from the SimBench
+  benchmark data set (University of Kassel, TU Dortmund, RWTH Aachen, Fraunhofer IEE; Open
+  Database License 1.0), read from the ``simbench`` wheel that ``make simbench-data`` downloads
+  into the cache (the data is not redistributed here). Grid-level mixes (HV, MV, LV), commercial,
+  agricultural and heat-pump profiles, over autumn and Christmas, with the German public holidays:
+  shapes and a season none of the other curves has, kept as fresh curves to judge the planner on.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import math
+import zipfile
 from pathlib import Path
 
 from opsloop.ops.evals.peaks import read_series, regular_steps
@@ -34,12 +43,25 @@ GERMAN_HOLIDAYS_2023 = (dt.date(2023, 1, 1), dt.date(2023, 4, 7), dt.date(2023, 
                         dt.date(2023, 5, 18), dt.date(2023, 5, 29), dt.date(2023, 10, 3), dt.date(2023, 12, 25),
                         dt.date(2023, 12, 26))
 FAMILIES = ("taylor", "nab", "bdew")
+SIMBENCH_VERSION = "1.6.3"
+SIMBENCH_TABLE = "simbench/networks/1-complete_data-mixed-all-0-sw/LoadProfile.csv"
+# Fixed before any was scored: HV/MV/LV grid mixes, commercial, agriculture, heat pumps (active power columns).
+SIMBENCH_PROFILES = ("hv_mixed1", "hv_urban", "mv_comm", "mv_urban", "mv_rural", "mv_semiurb", "lv_urban6",
+                     "lv_rural1", "H0-G", "G1-B", "G4-M", "L2-M", "WB-H", "BL-H")
+# 14 weeks from a Monday to the table's end: German Unity Day and Christmas fall inside.
+SIMBENCH_FIRST, SIMBENCH_END = dt.datetime(2016, 9, 26), dt.datetime(2017, 1, 1)
 # Whose public holidays each family's load keeps (a site file's ``country``): England and Wales, Germany (the
 # holidays the BDEW profiles are made with); the NAB series do not say where they were measured.
-COUNTRIES = {"taylor": "GB-ENG", "nab": None, "bdew": "DE"}
+COUNTRIES = {"taylor": "GB-ENG", "nab": None, "bdew": "DE", "simbench": "DE"}
 
 
-def curves(families=FAMILIES, shared: Path = SHARED) -> list[tuple[str, str, list[int], list[float], int]]:
+def simbench_wheel(cache_dir: Path) -> Path:
+    """Where ``make simbench-data`` puts the SimBench wheel."""
+    return cache_dir / "simbench" / f"simbench-{SIMBENCH_VERSION}-py3-none-any.whl"
+
+
+def curves(families=FAMILIES, shared: Path = SHARED,
+           cache_dir: Path | None = None) -> list[tuple[str, str, list[int], list[float], int]]:
     out = []
     if "taylor" in families:
         path = shared / "taylor" / "demand_mw.csv"
@@ -52,6 +74,14 @@ def curves(families=FAMILIES, shared: Path = SHARED) -> list[tuple[str, str, lis
                 out.append((f"nab/{path.parent.name}/{path.stem}", "nab", times, values, step_s))
     if "bdew" in families:
         out += bdew_curves()
+    if "simbench" in families:
+        if cache_dir is None:
+            from opsloop.config.settings import Settings
+            cache_dir = Settings.from_env().cache_dir
+        wheel = simbench_wheel(cache_dir)
+        if not wheel.exists():
+            raise FileNotFoundError(f"the simbench family reads {wheel}: run `make simbench-data` first")
+        out += simbench_curves(wheel)
     return out
 
 
@@ -86,3 +116,21 @@ def bdew_curves(profiles=BDEW_PROFILES) -> list[tuple[str, str, list[int], list[
     frame = frame[(frame.index >= first) & (frame.index < first + dt.timedelta(days=BDEW_DAYS))]
     times = [int(ts.replace(tzinfo=dt.timezone.utc).timestamp() * 1000) for ts in frame.index]
     return [(f"bdew/{p}", "bdew", times, [float(v) for v in frame[p]], 900) for p in profiles]
+
+
+def simbench_curves(wheel: Path, profiles=SIMBENCH_PROFILES) -> list[tuple[str, str, list[int], list[float], int]]:
+    """The ``profiles`` (active power) of the SimBench load table in ``wheel`` over the fixed window, 15-minute
+    steps; a profile without a daily shape (``has_daily_shape``) is left out, as NAB's are."""
+    times, columns = [], {p: [] for p in profiles}
+    with zipfile.ZipFile(wheel) as archive, archive.open(SIMBENCH_TABLE) as raw:
+        rows = csv.reader(io.TextIOWrapper(raw, encoding="utf-8"), delimiter=";")
+        head = next(rows)
+        where = {p: head.index(f"{p}_pload") for p in profiles}
+        for row in rows:
+            start = dt.datetime.strptime(row[0], "%d.%m.%Y %H:%M")
+            if SIMBENCH_FIRST <= start < SIMBENCH_END:
+                times.append(int(start.replace(tzinfo=dt.timezone.utc).timestamp() * 1000))
+                for p, i in where.items():
+                    columns[p].append(float(row[i]))
+    return [(f"simbench/{p}", "simbench", times, values, 900) for p, values in columns.items()
+            if has_daily_shape(times, values, 900)]

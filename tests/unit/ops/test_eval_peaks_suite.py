@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 
@@ -132,3 +133,41 @@ def test_curve_names_pick_their_families_and_a_bare_name_looks_in_every_family()
 def test_a_curve_name_that_matches_nothing_is_an_error_not_a_shorter_report():
     with pytest.raises(ValueError, match="--curve rds_typo: no curve"):
         peaks_suite.select_curves(("taylor", "nab", "bdew"), ["bdew/g3", "rds_typo"], _fake_curves)
+
+
+def _simbench_wheel(path, days: int = 130):
+    """A wheel holding a SimBench-shaped load table: a reactive-power column, a daily shape in every active-power
+    column but BL-H's, which is flat."""
+    import zipfile
+
+    profiles = peak_curves.SIMBENCH_PROFILES
+    rows = [";".join(["time", "hv_mixed1_qload", *(f"{p}_pload" for p in profiles)])]
+    start = datetime.datetime(2016, 9, 1)
+    for i in range(days * 96):
+        t = start + datetime.timedelta(minutes=15 * i)
+        daily = 1.0 + math.sin(2 * math.pi * (i % 96) / 96)
+        rows.append(";".join([f"{t:%d.%m.%Y %H:%M}", "0.1", *("0.5" if p == "BL-H" else f"{daily:.5f}"
+                                                               for p in profiles)]))
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(peak_curves.SIMBENCH_TABLE, "\n".join(rows) + "\n")
+    return path
+
+
+def test_simbench_profiles_are_read_from_the_wheel_over_the_fixed_window_and_flat_ones_left_out(tmp_path):
+    wheel = _simbench_wheel(tmp_path / "simbench.whl")
+    got = peak_curves.simbench_curves(wheel, profiles=("hv_mixed1", "BL-H"))
+    assert [c[0] for c in got] == ["simbench/hv_mixed1"]  # the flat profile has no daily shape
+    name, family, times, values, step_s = got[0]
+    assert (family, step_s) == ("simbench", 900)
+    first = int(peak_curves.SIMBENCH_FIRST.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+    assert times[0] == first and len(times) == len(values) == 97 * 96  # 26 September to the end of December
+    assert values[0] == pytest.approx(1.0) and values[24] == pytest.approx(2.0)  # the active power column
+
+
+def test_the_simbench_family_without_its_wheel_says_how_to_fetch_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make simbench-data"):
+        peak_curves.curves(("simbench",), cache_dir=tmp_path)
+    peak_curves.simbench_wheel(tmp_path).parent.mkdir(parents=True)
+    _simbench_wheel(peak_curves.simbench_wheel(tmp_path))
+    got = peak_curves.curves(("simbench",), cache_dir=tmp_path)  # read where the make target puts it
+    assert len(got) == len(peak_curves.SIMBENCH_PROFILES) - 1
