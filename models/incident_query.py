@@ -104,8 +104,9 @@ def log_codes(text: str) -> list[str]:
 # "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
 # ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
 # limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
-# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up").
-NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up".split())
+# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up"), and so is a
+# unit reported "running" or "online" (a status poll: "Running 58 %", "Online, load 63 %").
+NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up online running".split())
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
