@@ -6,8 +6,8 @@ vendors use and stems, so the query and the SOP text meet on the same tokens
 whatever the phrasing. Stemming is Snowball's English stemmer (a well-kept
 library rather than our own suffix rules).
 
->>> terms("UPS_OnBatt")
-['ups', 'batteri']
+>>> terms("UPS_OnBatt"), terms("xupsOnBattery")
+(['ups', 'batteri'], ['ups', 'batteri'])
 >>> terms("GPU Xid79 fell off bus")
 ['gpu', 'xid', '79', 'fell', 'off', 'bus']
 >>> code_key("ups.on-battery"), code_key("UPS_ON_BATTERY")
@@ -58,7 +58,9 @@ GENERIC_TYPES = frozenset("device unknown equipment asset other generic system n
 _PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
-_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+# A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
+_VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
 # "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
@@ -73,9 +75,11 @@ def _stem(word: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` with camelCase and letter-digit runs split, abbreviations expanded."""
+    """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
+    expanded."""
     out: list[str] = []
     for word in _WORD.findall(_PREFIXED.sub(r"\1\2", _CAMEL.sub(" ", text).lower())):
+        word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out
 
