@@ -167,7 +167,8 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
-        self._alone: dict[tuple, str] = {}  # an alarm read alone -> its SOP: an incident's versions repeat their alarms
+        # An alarm read alone -> its SOP and whether it names one of its codes: an incident's versions repeat alarms.
+        self._alone: dict[tuple, tuple[str, bool]] = {}
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -211,8 +212,12 @@ class SopRetriever:
         return out
 
     def read_alone(self, alarm: dict) -> str:
-        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm), remembered for the alarms
-        seen last (each new version of an incident brings the same members again)."""
+        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
+        return self.reading_alone(alarm)[0]
+
+    def reading_alone(self, alarm: dict) -> tuple[str, bool]:
+        """The SOP one alarm points to on its own and whether its code or words state one of that SOP's codes,
+        remembered for the alarms seen last (each new version of an incident brings the same members again)."""
         key = (alarm["query"], alarm["code"], alarm["device_type"], tuple(alarm["evidence_codes"]), alarm["device"],
                alarm["words"])
         if key not in self._alone:
@@ -221,14 +226,18 @@ class SopRetriever:
             evidence = self.evidence(alarm["query"], root_code=alarm["code"], device_type=alarm["device_type"],
                                      evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
                                      root_words=alarm["words"])
-            self._alone[key] = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+            sid = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase
         return self._alone[key]
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations.
         Members whose words report any reading as normal are context, not causes."""
-        readings = [AlarmReading(self.read_alone(a), a["after_s"], a["same_device"])
-                    for a in member_alarms if not a["says_normal"]]
+        readings = []
+        for a in member_alarms:
+            if not a["says_normal"]:
+                sid, named = self.reading_alone(a)
+                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named))
         return upstream_cause(self.relations, self.read_alone(root_alarm), readings, root_alarm.get("devices", 1),
                               self.cause_steps, self.cause_devices)
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from opsloop.models.incident_query import code_key, reports_any_normal, reports_normal, terms
+from opsloop.config.assets import sop_texts
+from opsloop.models.incident_query import IncidentQueryBuilder, code_key, reports_any_normal, reports_normal, terms
+from opsloop.models.narrate import Narration
+from opsloop.models.sop_relations import ANY, AlarmReading, Relations, walk_upstream
+from opsloop.models.sops import parse_corpus
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def narration():
+    return Narration(parse_corpus(sop_texts()))
 
 
 def test_a_unit_reported_running_or_online_is_a_normal_state():
@@ -25,3 +34,18 @@ def test_an_acronym_run_before_a_capitalised_word_is_split():
     assert terms("rPDUNearOverload") == ["r", "pdu", "near", "overload"]
     assert code_key("SNMPTimeout") == "SNMP_TIMEOUT"
     assert code_key("NVLinkError") == "NVLINK_ERROR" and code_key("SXid") == "SXID"  # two letters: one word
+
+
+def test_at_the_same_moment_an_alarm_that_names_its_procedure_goes_first():
+    hands_over_to_any = Relations(brings={}, hands_over={"F": frozenset({ANY})})
+    by_words, by_code = AlarmReading("A", -2.0), AlarmReading("B", -2.0, named=True)
+    assert walk_upstream(hands_over_to_any, "F", [by_words, by_code]) == "B"
+    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("A", -3.0), by_code]) == "A"  # earlier still wins
+
+
+def test_an_alarm_read_alone_says_whether_it_named_its_procedure(narration):
+    builder = IncidentQueryBuilder()
+    by_code = builder._alarm("INVERTER_FAULT", "ups", "ups-b1", "Inverter Fault; output CB opened")
+    by_words = builder._alarm("OUTPUT_OFF", "ups", "ups-b1", "Output Off, 0 V")
+    assert narration.retriever.reading_alone(by_code) == ("SOP-PWR-004", True)
+    assert narration.retriever.reading_alone(by_words)[1] is False
