@@ -49,3 +49,33 @@ def test_an_alarm_read_alone_says_whether_it_named_its_procedure(narration):
     by_words = builder._alarm("OUTPUT_OFF", "ups", "ups-b1", "Output Off, 0 V")
     assert narration.retriever.reading_alone(by_code) == ("SOP-PWR-004", True)
     assert narration.retriever.reading_alone(by_words)[1] is False
+
+
+def _incident(root: tuple, members: list[tuple]) -> dict:
+    """root: (device, type, code, text); members: (device, type, code, text, seconds after the root)."""
+    def member(device, device_type, code, text, after_s):
+        return {"fingerprint": f"{device}-{code}", "device": device, "device_type": device_type, "code": code,
+                "count": 1, "first_seen_ms": 1_000_000 + after_s * 1000, "text": text, "log_line": ""}
+    device, device_type, code, _ = root
+    every = [member(*root, 0)] + [member(*m) for m in members]
+    return {"incident_id": "x", "site": "s", "state": "open", "opened_ms": 1_000_000, "updated_ms": 1_000_000,
+            "resolved_ms": None, "root_device": device, "root_device_type": device_type, "root_code": code,
+            "severity": "major", "member_count": len(every), "members": every, "summary": ""}
+
+
+BGP_DOWN = [("bdr-1", "router", "BGP_PEER", "BGP session down, peer changed state to Idle", -30),
+            ("bdr-1", "router", "BGP_NEIGHBOR", "BGP neighbor down", 0)]
+
+
+def _votes(narration, incident: dict) -> dict[str, float]:
+    evidence = narration.retriever.evidence(**narration.query.run(incident=incident))
+    return {sid: e.vote for sid, e in evidence.items() if e.vote}
+
+
+def test_a_root_that_names_nothing_is_judged_by_what_its_members_point_to(narration):
+    probe = ("mon-1", "unknown", "ProbeFailed", "probe_success 0 for 4m")
+    assert _votes(narration, _incident(probe, BGP_DOWN)) == {"SOP-NET-005": 1.0}
+    later = [(*m[:4], 60) for m in BGP_DOWN]  # seen only after the root: its consequences, not its cause
+    assert _votes(narration, _incident(probe, later)) == {}
+    assert _votes(narration, _incident(("ups-1", "ups", "ProbeFailed", "probe failed"), BGP_DOWN)) == {}  # a kind
+    assert narration.retrieve(_incident(probe, BGP_DOWN)).sop_ids[0] == "SOP-NET-005"
