@@ -46,6 +46,8 @@ ABBREVIATIONS = {
     "ahu": "air handler crah", "rh": "humidity", "bess": "ess battery", "ups": "ups", "mgmt": "management",
     "ctld": "controller", "dn": "down", "nvl": "nvlink", "hbm": "gpu memory", "mem": "memory",
     "thr": "throttle", "throttling": "throttle", "ovld": "overload", "ol": "overload",
+    # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
+    "airflow": "air flow", "dewpoint": "dew point",
 }
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())

@@ -79,3 +79,9 @@ def test_a_root_that_names_nothing_is_judged_by_what_its_members_point_to(narrat
     assert _votes(narration, _incident(probe, later)) == {}
     assert _votes(narration, _incident(("ups-1", "ups", "ProbeFailed", "probe failed"), BGP_DOWN)) == {}  # a kind
     assert narration.retrieve(_incident(probe, BGP_DOWN)).sop_ids[0] == "SOP-NET-005"
+
+
+def test_a_compound_written_as_one_word_or_two_is_one_spelling():
+    assert terms("Loss of Air Flow") == terms("loss airflow")
+    assert set(terms("AIRFLOW_LOSS")) <= set(terms("Loss of Air Flow; unit shut down"))
+    assert terms("Dewpoint high") == terms("dew point high")
