@@ -184,13 +184,15 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
 
     First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
     earliest member alarm seen before it on another device, unless the root's own fault brings that alarm:
-    one fault upstream of all of them (a storage target down before kill-task failures on many nodes).
+    one fault upstream of all of them (a storage target down before kill-task failures on many nodes). Where
+    that earliest alarm points to the root's own procedure, it confirms the root: no other cause.
     """
     cause = walk_upstream(relations, root_sop, readings, steps)
     if cause != root_sop:
         return cause
     if root_devices < several:
         return ""
-    leads = [r for r in readings if r.after_s < 0 and not r.same_device and r.sop_id != root_sop
+    leads = [r for r in readings if r.after_s < 0 and not r.same_device
              and r.sop_id not in relations.brings.get(root_sop, ())]
-    return min(leads, key=AlarmReading.order).sop_id if leads else ""
+    cause = min(leads, key=AlarmReading.order).sop_id if leads else ""
+    return "" if cause == root_sop else cause

@@ -7,7 +7,7 @@ import pytest
 from opsloop.config.assets import sop_texts
 from opsloop.models.incident_query import IncidentQueryBuilder, code_key, reports_any_normal, reports_normal, terms
 from opsloop.models.narrate import Narration
-from opsloop.models.sop_relations import ANY, AlarmReading, Relations, walk_upstream
+from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
 from opsloop.models.sops import parse_corpus
 
 pytestmark = pytest.mark.unit
@@ -85,3 +85,10 @@ def test_a_compound_written_as_one_word_or_two_is_one_spelling():
     assert terms("Loss of Air Flow") == terms("loss airflow")
     assert set(terms("AIRFLOW_LOSS")) <= set(terms("Loss of Air Flow; unit shut down"))
     assert terms("Dewpoint high") == terms("dew point high")
+
+
+def test_a_root_on_several_devices_is_confirmed_when_the_earliest_alarm_elsewhere_points_to_its_own_procedure():
+    relations = Relations(brings={}, hands_over={})
+    own, later_other = AlarmReading("T", -1200.0), AlarmReading("F", -900.0)
+    assert upstream_cause(relations, "T", [own, later_other], root_devices=2) == ""
+    assert upstream_cause(relations, "T", [later_other], root_devices=2) == "F"
