@@ -196,7 +196,10 @@ class IncidentQueryBuilder:
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
         root_seen = _root_seen(members, is_root)
-        root_devices = len({m.get("device") for m in members if code_key(m.get("code") or "") == code_key(root_code)})
+        # Devices raising the root's code, not those whose reading under that code is normal ("RCM 6 mA normal").
+        root_devices = len({m.get("device") for m, root in zip(members, is_root)
+                            if code_key(m.get("code") or "") == code_key(root_code)
+                            and (root or not reports_only_normal(m))})
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": root["evidence_codes"],
                 "root_device": root_device, "root_words": root["words"],

@@ -92,3 +92,11 @@ def test_a_root_on_several_devices_is_confirmed_when_the_earliest_alarm_elsewher
     own, later_other = AlarmReading("T", -1200.0), AlarmReading("F", -900.0)
     assert upstream_cause(relations, "T", [own, later_other], root_devices=2) == ""
     assert upstream_cause(relations, "T", [later_other], root_devices=2) == "F"
+
+
+def test_a_partner_reading_normal_under_the_root_code_does_not_make_the_root_several_devices():
+    root = ("pdu-a", "pdu", "rcmSensorStateChange", "RCM residual current 31 mA aboveUpperCritical")
+    normal = _incident(root, [("pdu-b", "pdu", "rcmSensorStateChange", "RCM 6 mA normal", 5)])
+    raised = _incident(root, [("pdu-b", "pdu", "rcmSensorStateChange", "RCM 29 mA aboveUpperCritical", 5)])
+    assert IncidentQueryBuilder().run(incident=normal)["root_alarm"]["devices"] == 1
+    assert IncidentQueryBuilder().run(incident=raised)["root_alarm"]["devices"] == 2
