@@ -100,3 +100,10 @@ def test_a_partner_reading_normal_under_the_root_code_does_not_make_the_root_sev
     raised = _incident(root, [("pdu-b", "pdu", "rcmSensorStateChange", "RCM 29 mA aboveUpperCritical", 5)])
     assert IncidentQueryBuilder().run(incident=normal)["root_alarm"]["devices"] == 1
     assert IncidentQueryBuilder().run(incident=raised)["root_alarm"]["devices"] == 2
+
+
+def test_a_peer_that_does_not_answer_is_unreachable_as_the_sops_say():
+    assert terms("Unable to contact slurm controller") == terms("unreachable slurm controller")
+    assert set(terms("CONTROLLER_UNREACHABLE")) <= set(terms("sbatch: Unable to contact slurm controller"))
+    assert set(terms("NODE_UNREACHABLE")) <= set(terms("error: Nodes n1 not responding"))
+    assert "unreach" not in terms("responding slowly")
