@@ -63,6 +63,8 @@ UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rp
 # A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
 # Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
 # controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
+# An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
+_PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\b")
 _NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
 _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
@@ -83,7 +85,8 @@ def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
     expanded."""
     out: list[str] = []
-    for word in _WORD.findall(_NO_ANSWER.sub("unreachable", _PREFIXED.sub(r"\1\2", _CAMEL.sub(" ", text).lower()))):
+    said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", _CAMEL.sub(" ", text).lower()))
+    for word in _WORD.findall(_NO_ANSWER.sub("unreachable", said)):
         word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out

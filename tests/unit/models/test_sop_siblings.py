@@ -107,3 +107,12 @@ def test_a_peer_that_does_not_answer_is_unreachable_as_the_sops_say():
     assert set(terms("CONTROLLER_UNREACHABLE")) <= set(terms("sbatch: Unable to contact slurm controller"))
     assert set(terms("NODE_UNREACHABLE")) <= set(terms("error: Nodes n1 not responding"))
     assert "unreach" not in terms("responding slowly")
+
+
+def test_an_overcurrent_protector_is_a_breaker(narration):
+    assert terms("overCurrentProtectorSensorStateChange") == terms("breaker sensor state change")
+    assert terms("Over-current protective device C2 open") == terms("breaker C2 open")
+    assert terms("PDU overcurrent 26.8 A") == terms("PDU over current 26.8 A")
+    protector = IncidentQueryBuilder()._alarm("overCurrentProtectorSensorStateChange", "pdu", "pdu-b",
+                                              "Overcurrent protector C2 changed state to open (tripped)")
+    assert narration.retriever.read_alone(protector) == "SOP-PWR-007"
