@@ -60,12 +60,12 @@ GENERIC_TYPES = frozenset("device unknown equipment asset other generic system n
 _PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
-# A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
-# Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
-# controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
 _PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\b")
+# Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
+# controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
 _NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
+# A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
 _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")

@@ -165,8 +165,8 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
     """From the SOP the root alarm points to, up to the fault that explains it, ``steps`` links at most.
 
     Each step takes, among the member readings whose SOP the relations put upstream of where the walk
-    stands, the earliest (``AlarmReading.order``); the walk ends where no member explains it. Returns where it ends (``root_sop``
-    when nothing explains the root).
+    stands, the earliest (``AlarmReading.order``); the walk ends where no member explains it. Returns where
+    it ends (``root_sop`` when nothing explains the root).
     """
     at = root_sop
     for _ in range(steps):

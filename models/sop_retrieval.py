@@ -252,8 +252,8 @@ class SopRetriever:
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""
-        return upstream_cause(self.relations, self.read_alone(root_alarm), self.member_readings(member_alarms), root_alarm.get("devices", 1),
-                              self.cause_steps, self.cause_devices)
+        return upstream_cause(self.relations, self.read_alone(root_alarm), self.member_readings(member_alarms),
+                              root_alarm.get("devices", 1), self.cause_steps, self.cause_devices)
 
     def weigh(self, evidence: Evidence) -> float:
         """One SOP's fused score (see the module's docstring)."""
