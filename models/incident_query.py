@@ -65,6 +65,8 @@ _PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\
 # Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
 # controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
 _NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
+# "not available", "never becomes available": the SOPs' "unavailable" (SOURCE_UNAVAILABLE, GEN_NOT_AVAILABLE).
+_NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
 # A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
 _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
@@ -85,8 +87,9 @@ def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
     expanded."""
     out: list[str] = []
-    said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", _CAMEL.sub(" ", text).lower()))
-    for word in _WORD.findall(_NO_ANSWER.sub("unreachable", said)):
+    said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
+    said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
+    for word in _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)).split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out

@@ -116,3 +116,14 @@ def test_an_overcurrent_protector_is_a_breaker(narration):
     protector = IncidentQueryBuilder()._alarm("overCurrentProtectorSensorStateChange", "pdu", "pdu-b",
                                               "Overcurrent protector C2 changed state to open (tripped)")
     assert narration.retriever.read_alone(protector) == "SOP-PWR-007"
+
+
+def test_not_available_reads_as_unavailable_in_codes_and_words_alike():
+    assert terms("GEN_NOT_AVAILABLE") == terms("generator unavailable")
+    assert terms("Generator not available") == terms("GEN_NOT_AVAILABLE")
+    assert terms("NODE_NOT_RESPONDING") == terms("node not responding") == terms("node unreachable")
+    assert set(terms("SOURCE_UNAVAILABLE")) <= set(terms("ATS waits on a source that never becomes available"))
+
+
+def test_a_generator_that_fails_to_start_explains_the_transfer_switch_waiting_on_it(narration):
+    assert "SOP-PWR-010" in narration.retriever.relations.brings["SOP-PWR-008"]
