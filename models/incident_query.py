@@ -6,8 +6,8 @@ vendors use and stems, so the query and the SOP text meet on the same tokens
 whatever the phrasing. Stemming is Snowball's English stemmer (a well-kept
 library rather than our own suffix rules).
 
->>> terms("UPS_OnBatt")
-['ups', 'batteri']
+>>> terms("UPS_OnBatt"), terms("xupsOnBattery")
+(['ups', 'batteri'], ['ups', 'batteri'])
 >>> terms("GPU Xid79 fell off bus")
 ['gpu', 'xid', '79', 'fell', 'off', 'bus']
 >>> code_key("ups.on-battery"), code_key("UPS_ON_BATTERY")
@@ -46,6 +46,8 @@ ABBREVIATIONS = {
     "ahu": "air handler crah", "rh": "humidity", "bess": "ess battery", "ups": "ups", "mgmt": "management",
     "ctld": "controller", "dn": "down", "nvl": "nvlink", "hbm": "gpu memory", "mem": "memory",
     "thr": "throttle", "throttling": "throttle", "ovld": "overload", "ol": "overload",
+    # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
+    "airflow": "air flow", "dewpoint": "dew point",
 }
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
@@ -58,7 +60,16 @@ GENERIC_TYPES = frozenset("device unknown equipment asset other generic system n
 _PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
-_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+# An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
+_PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\b")
+# Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
+# controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
+_NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
+# "not available", "never becomes available": the SOPs' "unavailable" (SOURCE_UNAVAILABLE, GEN_NOT_AVAILABLE).
+_NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
+# A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
+_VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
 # "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
@@ -73,9 +84,13 @@ def _stem(word: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` with camelCase and letter-digit runs split, abbreviations expanded."""
+    """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
+    expanded."""
     out: list[str] = []
-    for word in _WORD.findall(_PREFIXED.sub(r"\1\2", _CAMEL.sub(" ", text).lower())):
+    said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
+    said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
+    for word in _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)).split():
+        word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out
 
@@ -104,8 +119,9 @@ def log_codes(text: str) -> list[str]:
 # "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
 # ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
 # limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
-# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up").
-NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up".split())
+# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up"), and so is a
+# unit reported "running" or "online" (a status poll: "Running 58 %", "Online, load 63 %").
+NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up online running".split())
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
@@ -189,7 +205,10 @@ class IncidentQueryBuilder:
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
         root_seen = _root_seen(members, is_root)
-        root_devices = len({m.get("device") for m in members if code_key(m.get("code") or "") == code_key(root_code)})
+        # Devices raising the root's code, not those whose reading under that code is normal ("RCM 6 mA normal").
+        root_devices = len({m.get("device") for m, root in zip(members, is_root)
+                            if code_key(m.get("code") or "") == code_key(root_code)
+                            and (root or not reports_only_normal(m))})
         return {"query": query, "root_code": root_code, "device_type": device_type,
                 "member_codes": member_codes[: self.max_members], "evidence_codes": root["evidence_codes"],
                 "root_device": root_device, "root_words": root["words"],

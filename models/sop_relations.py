@@ -154,14 +154,19 @@ class AlarmReading:
     sop_id: str
     after_s: float
     same_device: bool = False  # on the root alarm's own device
+    named: bool = False  # its code or words state one of that SOP's codes: surer than a reading of its words alone
+
+    def order(self) -> tuple:
+        """Earliest first; at the same moment, an alarm that names its procedure before one read from its words."""
+        return self.after_s, not self.named, self.sop_id
 
 
 def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReading], steps: int = 2) -> str:
     """From the SOP the root alarm points to, up to the fault that explains it, ``steps`` links at most.
 
     Each step takes, among the member readings whose SOP the relations put upstream of where the walk
-    stands, the earliest; the walk ends where no member explains it. Returns where it ends (``root_sop``
-    when nothing explains the root).
+    stands, the earliest (``AlarmReading.order``); the walk ends where no member explains it. Returns where
+    it ends (``root_sop`` when nothing explains the root).
     """
     at = root_sop
     for _ in range(steps):
@@ -169,7 +174,7 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
                     and relations.upstream(at, r.sop_id, r.after_s < 0)]
         if not upstream:
             break
-        at = min(upstream, key=lambda r: (r.after_s, r.sop_id)).sop_id
+        at = min(upstream, key=AlarmReading.order).sop_id
     return at
 
 
@@ -179,13 +184,15 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
 
     First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
     earliest member alarm seen before it on another device, unless the root's own fault brings that alarm:
-    one fault upstream of all of them (a storage target down before kill-task failures on many nodes).
+    one fault upstream of all of them (a storage target down before kill-task failures on many nodes). Where
+    that earliest alarm points to the root's own procedure, it confirms the root: no other cause.
     """
     cause = walk_upstream(relations, root_sop, readings, steps)
     if cause != root_sop:
         return cause
     if root_devices < several:
         return ""
-    leads = [r for r in readings if r.after_s < 0 and not r.same_device and r.sop_id != root_sop
+    leads = [r for r in readings if r.after_s < 0 and not r.same_device
              and r.sop_id not in relations.brings.get(root_sop, ())]
-    return min(leads, key=lambda r: (r.after_s, r.sop_id)).sop_id if leads else ""
+    cause = min(leads, key=AlarmReading.order).sop_id if leads else ""
+    return "" if cause == root_sop else cause

@@ -17,6 +17,8 @@ evidence an incident carries:
           + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
                              SOP's scope or symptoms speak of many: the fault lies upstream of them all)
           + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
+          + vote_weight   × (share of member alarms, each read alone, that point to this SOP, when the root
+                             alarm names nothing itself: no SOP's code or phrase, no device kind)
 
 Members that only report a normal reading ("CHW supply 12.1 C normal") are
 dropped by the query builder before any of this: they name no fault.
@@ -47,6 +49,7 @@ are the *retrieved sections*, the only ones a narration may cite.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from haystack import Document, component
@@ -122,6 +125,7 @@ class Evidence:
     lead: bool  # the root code names no SOP, and a member seen before it lists or states one of this SOP's codes
     fan_out: bool  # one code on many devices at once, and the SOP speaks of many
     cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
+    vote: float = 0.0  # the root names nothing: share of member alarms read alone that point to this SOP
 
 
 @component
@@ -132,7 +136,7 @@ class SopRetriever:
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
-                 cause_steps: int = 2, cause_devices: int = 2):
+                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 1.0):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -146,6 +150,7 @@ class SopRetriever:
         self.cause_weight = cause_weight
         self.cause_steps = cause_steps
         self.cause_devices = cause_devices
+        self.vote_weight = vote_weight
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
         store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
@@ -167,7 +172,8 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
-        self._alone: dict[tuple, str] = {}  # an alarm read alone -> its SOP: an incident's versions repeat their alarms
+        # An alarm read alone -> its SOP and whether it names one of its codes: an incident's versions repeat alarms.
+        self._alone: dict[tuple, tuple[str, bool]] = {}
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -196,6 +202,11 @@ class SopRetriever:
         # ("high supply air") may be the consequence of what the members seen before it report.
         root_named = any(root_keys & codes for codes in self._codes.values())
         cause = self.upstream_cause(root_alarm, member_alarms or []) if root_alarm else ""
+        # A root alarm that names nothing (a probe failed, a metric absent) is judged by what its members point to.
+        names_nothing = not kinds and not root_named and not any(
+            w <= said for phrases in self._phrases.values() for w in phrases)
+        readings = [r for r in self.member_readings(member_alarms or []) if r.after_s <= 0] if names_nothing else []
+        votes = Counter(r.sop_id for r in readings)
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -207,12 +218,17 @@ class SopRetriever:
                 phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and any(self._states(sid, lead) for lead in leads),
-                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause)
+                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause,
+                vote=votes[sid] / len(readings) if votes else 0.0)
         return out
 
     def read_alone(self, alarm: dict) -> str:
-        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm), remembered for the alarms
-        seen last (each new version of an incident brings the same members again)."""
+        """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
+        return self.reading_alone(alarm)[0]
+
+    def reading_alone(self, alarm: dict) -> tuple[str, bool]:
+        """The SOP one alarm points to on its own and whether its code or words state one of that SOP's codes,
+        remembered for the alarms seen last (each new version of an incident brings the same members again)."""
         key = (alarm["query"], alarm["code"], alarm["device_type"], tuple(alarm["evidence_codes"]), alarm["device"],
                alarm["words"])
         if key not in self._alone:
@@ -221,16 +237,23 @@ class SopRetriever:
             evidence = self.evidence(alarm["query"], root_code=alarm["code"], device_type=alarm["device_type"],
                                      evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
                                      root_words=alarm["words"])
-            self._alone[key] = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+            sid = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
+            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase
         return self._alone[key]
 
+    def member_readings(self, member_alarms: list[dict]) -> list[AlarmReading]:
+        """Each member alarm read alone. Members whose words report any reading as normal are context, not faults."""
+        readings = []
+        for a in member_alarms:
+            if not a["says_normal"]:
+                sid, named = self.reading_alone(a)
+                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named))
+        return readings
+
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
-        """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations.
-        Members whose words report any reading as normal are context, not causes."""
-        readings = [AlarmReading(self.read_alone(a), a["after_s"], a["same_device"])
-                    for a in member_alarms if not a["says_normal"]]
-        return upstream_cause(self.relations, self.read_alone(root_alarm), readings, root_alarm.get("devices", 1),
-                              self.cause_steps, self.cause_devices)
+        """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""
+        return upstream_cause(self.relations, self.read_alone(root_alarm), self.member_readings(member_alarms),
+                              root_alarm.get("devices", 1), self.cause_steps, self.cause_devices)
 
     def weigh(self, evidence: Evidence) -> float:
         """One SOP's fused score (see the module's docstring)."""
@@ -241,7 +264,7 @@ class SopRetriever:
             score += max(self.code_weight * evidence.code_overlap, self.phrase_weight * evidence.phrase)
         return (score + self.device_weight * evidence.device + self.member_weight * evidence.members
                 + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out
-                + self.cause_weight * evidence.cause)
+                + self.cause_weight * evidence.cause + self.vote_weight * evidence.vote)
 
     def scores(self, query: str, **incident) -> list[tuple[str, float]]:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""

@@ -37,11 +37,12 @@ GRID = {
     "fanout_weight": [0.0, 0.5, 1.0],
     "cause_weight": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
     "said_weight": [1, 2],
+    "vote_weight": [0.0, 0.25, 0.5, 1.0],
 }
 QUERY_SETTINGS = {"said_weight"}
 # Settings that weigh the evidence only (``SopRetriever.weigh``).
 WEIGHTS = {"code_weight", "phrase_weight", "device_weight", "member_weight", "lead_weight", "fanout_weight",
-           "cause_weight"}
+           "cause_weight", "vote_weight"}
 
 
 def without_device_types(incident: dict) -> dict:
@@ -109,7 +110,8 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
                                            w["phrase_weight"] * field["phrase"]))
                 score = (field["bm25"] + code + w["device_weight"] * field["device"]
                          + w["member_weight"] * field["members"] + w["lead_weight"] * field["lead"]
-                         + w["fanout_weight"] * field["fan_out"] + w["cause_weight"] * field["cause"])
+                         + w["fanout_weight"] * field["fan_out"] + w["cause_weight"] * field["cause"]
+                         + w["vote_weight"] * field["vote"])
                 top = np.argsort(-score, axis=1, kind="stable")[:, :3]
                 found = np.take_along_axis(expected, top, axis=1)
                 out[n][name] = [(bool(row[0]), bool(row.any())) for row in found]

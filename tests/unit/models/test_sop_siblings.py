@@ -1,0 +1,129 @@
+"""Telling sibling procedures apart from the evidence: how codes, device names and member alarms are read."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsloop.config.assets import sop_texts
+from opsloop.models.incident_query import IncidentQueryBuilder, code_key, reports_any_normal, reports_normal, terms
+from opsloop.models.narrate import Narration
+from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
+from opsloop.models.sops import parse_corpus
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def narration():
+    return Narration(parse_corpus(sop_texts()))
+
+
+def test_a_unit_reported_running_or_online_is_a_normal_state():
+    assert reports_normal("Running 58 %") and reports_normal("Online")
+    assert reports_any_normal("Online, input 401 V 50.0 Hz, load 38 %")
+    assert not reports_normal("UPS running on battery") and not reports_normal("fan running at 100% after alarm")
+
+
+def test_a_vendor_prefix_glued_to_an_equipment_acronym_is_dropped():
+    assert terms("xupsOnBattery") == terms("UPS on battery")
+    assert code_key("xupsOnBattery") != code_key("UPS_ON_BATTERY")  # the code itself keeps its spelling
+    assert terms("setups") == ["setup"] and terms("pdus") == ["pdus"]
+
+
+def test_an_acronym_run_before_a_capitalised_word_is_split():
+    assert terms("rPDUNearOverload") == ["r", "pdu", "near", "overload"]
+    assert code_key("SNMPTimeout") == "SNMP_TIMEOUT"
+    assert code_key("NVLinkError") == "NVLINK_ERROR" and code_key("SXid") == "SXID"  # two letters: one word
+
+
+def test_at_the_same_moment_an_alarm_that_names_its_procedure_goes_first():
+    hands_over_to_any = Relations(brings={}, hands_over={"F": frozenset({ANY})})
+    by_words, by_code = AlarmReading("A", -2.0), AlarmReading("B", -2.0, named=True)
+    assert walk_upstream(hands_over_to_any, "F", [by_words, by_code]) == "B"
+    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("A", -3.0), by_code]) == "A"  # earlier still wins
+
+
+def test_an_alarm_read_alone_says_whether_it_named_its_procedure(narration):
+    builder = IncidentQueryBuilder()
+    by_code = builder._alarm("INVERTER_FAULT", "ups", "ups-b1", "Inverter Fault; output CB opened")
+    by_words = builder._alarm("OUTPUT_OFF", "ups", "ups-b1", "Output Off, 0 V")
+    assert narration.retriever.reading_alone(by_code) == ("SOP-PWR-004", True)
+    assert narration.retriever.reading_alone(by_words)[1] is False
+
+
+def _incident(root: tuple, members: list[tuple]) -> dict:
+    """root: (device, type, code, text); members: (device, type, code, text, seconds after the root)."""
+    def member(device, device_type, code, text, after_s):
+        return {"fingerprint": f"{device}-{code}", "device": device, "device_type": device_type, "code": code,
+                "count": 1, "first_seen_ms": 1_000_000 + after_s * 1000, "text": text, "log_line": ""}
+    device, device_type, code, _ = root
+    every = [member(*root, 0)] + [member(*m) for m in members]
+    return {"incident_id": "x", "site": "s", "state": "open", "opened_ms": 1_000_000, "updated_ms": 1_000_000,
+            "resolved_ms": None, "root_device": device, "root_device_type": device_type, "root_code": code,
+            "severity": "major", "member_count": len(every), "members": every, "summary": ""}
+
+
+BGP_DOWN = [("bdr-1", "router", "BGP_PEER", "BGP session down, peer changed state to Idle", -30),
+            ("bdr-1", "router", "BGP_NEIGHBOR", "BGP neighbor down", 0)]
+
+
+def _votes(narration, incident: dict) -> dict[str, float]:
+    evidence = narration.retriever.evidence(**narration.query.run(incident=incident))
+    return {sid: e.vote for sid, e in evidence.items() if e.vote}
+
+
+def test_a_root_that_names_nothing_is_judged_by_what_its_members_point_to(narration):
+    probe = ("mon-1", "unknown", "ProbeFailed", "probe_success 0 for 4m")
+    assert _votes(narration, _incident(probe, BGP_DOWN)) == {"SOP-NET-005": 1.0}
+    later = [(*m[:4], 60) for m in BGP_DOWN]  # seen only after the root: its consequences, not its cause
+    assert _votes(narration, _incident(probe, later)) == {}
+    assert _votes(narration, _incident(("ups-1", "ups", "ProbeFailed", "probe failed"), BGP_DOWN)) == {}  # a kind
+    assert narration.retrieve(_incident(probe, BGP_DOWN)).sop_ids[0] == "SOP-NET-005"
+
+
+def test_a_compound_written_as_one_word_or_two_is_one_spelling():
+    assert terms("Loss of Air Flow") == terms("loss airflow")
+    assert set(terms("AIRFLOW_LOSS")) <= set(terms("Loss of Air Flow; unit shut down"))
+    assert terms("Dewpoint high") == terms("dew point high")
+
+
+def test_a_root_on_several_devices_is_confirmed_when_the_earliest_alarm_elsewhere_points_to_its_own_procedure():
+    relations = Relations(brings={}, hands_over={})
+    own, later_other = AlarmReading("T", -1200.0), AlarmReading("F", -900.0)
+    assert upstream_cause(relations, "T", [own, later_other], root_devices=2) == ""
+    assert upstream_cause(relations, "T", [later_other], root_devices=2) == "F"
+
+
+def test_a_partner_reading_normal_under_the_root_code_does_not_make_the_root_several_devices():
+    root = ("pdu-a", "pdu", "rcmSensorStateChange", "RCM residual current 31 mA aboveUpperCritical")
+    normal = _incident(root, [("pdu-b", "pdu", "rcmSensorStateChange", "RCM 6 mA normal", 5)])
+    raised = _incident(root, [("pdu-b", "pdu", "rcmSensorStateChange", "RCM 29 mA aboveUpperCritical", 5)])
+    assert IncidentQueryBuilder().run(incident=normal)["root_alarm"]["devices"] == 1
+    assert IncidentQueryBuilder().run(incident=raised)["root_alarm"]["devices"] == 2
+
+
+def test_a_peer_that_does_not_answer_is_unreachable_as_the_sops_say():
+    assert terms("Unable to contact slurm controller") == terms("unreachable slurm controller")
+    assert set(terms("CONTROLLER_UNREACHABLE")) <= set(terms("sbatch: Unable to contact slurm controller"))
+    assert set(terms("NODE_UNREACHABLE")) <= set(terms("error: Nodes n1 not responding"))
+    assert "unreach" not in terms("responding slowly")
+
+
+def test_an_overcurrent_protector_is_a_breaker(narration):
+    assert terms("overCurrentProtectorSensorStateChange") == terms("breaker sensor state change")
+    assert terms("Over-current protective device C2 open") == terms("breaker C2 open")
+    assert terms("PDU overcurrent 26.8 A") == terms("PDU over current 26.8 A")
+    protector = IncidentQueryBuilder()._alarm("overCurrentProtectorSensorStateChange", "pdu", "pdu-b",
+                                              "Overcurrent protector C2 changed state to open (tripped)")
+    assert narration.retriever.read_alone(protector) == "SOP-PWR-007"
+
+
+def test_not_available_reads_as_unavailable_in_codes_and_words_alike():
+    assert terms("GEN_NOT_AVAILABLE") == terms("generator unavailable")
+    assert terms("Generator not available") == terms("GEN_NOT_AVAILABLE")
+    assert terms("NODE_NOT_RESPONDING") == terms("node not responding") == terms("node unreachable")
+    assert set(terms("SOURCE_UNAVAILABLE")) <= set(terms("ATS waits on a source that never becomes available"))
+
+
+def test_a_generator_that_fails_to_start_explains_the_transfer_switch_waiting_on_it(narration):
+    assert "SOP-PWR-010" in narration.retriever.relations.brings["SOP-PWR-008"]
