@@ -10,7 +10,7 @@ from opsloop.models.battery import IDLE, Battery, Command
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_loop import LoopConfig, SitePeakLoop
 from opsloop.models.peak_modes import FORECAST, REACTIVE, ModeArbiter, ReactiveRule
-from opsloop.models.peak_planner import REACTIVE_IDLE, REACTIVE_RECHARGE, REACTIVE_SHAVE, billing_period
+from opsloop.models.peak_planner import REACTIVE_IDLE, REACTIVE_RECHARGE, REACTIVE_SHAVE, Policy, billing_period
 from opsloop.ops.evals.peak_baselines import ReactiveThreshold
 
 pytestmark = pytest.mark.unit
@@ -251,8 +251,9 @@ def test_a_loop_lifts_the_floor_once_the_plan_without_it_measured_more_and_says_
         return (2600.0 if hour == 19 else 1800.0 if 9 <= hour < 18 else 1000.0) + 37.0 * ((h * 7) % 5)
 
     def run(floor_skill_days: int) -> tuple[list, SitePeakLoop]:
+        # the scenario is built for the plan without the top-up: with it, the floor is not lifted here
         config = LoopConfig(site="s", ess_id="e", battery=small, step_s=3600, billing_period="day",
-                            reactive_percentile=50.0, floor_skill_days=floor_skill_days)
+                            reactive_percentile=50.0, floor_skill_days=floor_skill_days, policy=Policy(top_up=False))
         loop = SitePeakLoop(config, forecaster=_Foresight(load, step_s=3600, season_steps=24))
         energy, grid, out = small.energy_kwh(100.0), load(0), []
         for h in range(24 * 5):

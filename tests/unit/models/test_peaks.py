@@ -272,6 +272,25 @@ def test_each_plan_path_yields_its_code(loads, billed_kw, soc_pct, now_ms, polic
     assert p.reason_code in PLAN_CODES
 
 
+def test_top_up_charges_in_a_dip_before_a_peak_under_the_ceiling_and_nowhere_else():
+    """A dip outside the forecast's valleys, a peak the half-empty battery cannot hold still to come: the plan alone
+    waits for the valley; with ``top_up`` it charges now, never lifting import over the charge ceiling."""
+    dip_then_peak = [ForecastPoint(10 * HOUR + i * HOUR, kw, kw - 50, kw + 50)
+                     for i, kw in enumerate([1450, 2600, 2600, 900, 900, 900, 900, 900])]
+    week = Billing("1970-W01", 1600.0, 0, "week")
+    waits = plan(dip_then_peak, 3600, BATTERY, soc_pct=40, billing=week, now_ms=10 * HOUR, policy=Policy(top_up=False))
+    assert waits.kind == "pcs_idle" and waits.command.charge_kw == 0 and waits.reason_code == "wait_for_peak"
+    tops = plan(dip_then_peak, 3600, BATTERY, soc_pct=40, billing=week, now_ms=10 * HOUR)  # on by default
+    ceiling = tops.command.charge_ceiling_kw
+    assert ceiling <= week.billed_peak_kw and tops.target_kw == waits.target_kw
+    assert tops.kind == "pcs_charge" and tops.reason_code == "recharge_before_peak" and "still to come" in tops.reason
+    assert tops.command.charge_kw > 0 and tops.setpoint_kw == pytest.approx(-(ceiling - 1450))
+    # no peak above the target ahead: nothing to top up for
+    calm_day = [ForecastPoint(10 * HOUR + i * HOUR, kw, kw - 50, kw + 50) for i, kw in enumerate([900, 500, 700, 500])]
+    calm = plan(calm_day, 3600, BATTERY, soc_pct=40, billing=Billing("1970-01", 1200.0, 0), now_ms=10 * HOUR)
+    assert calm.reason_code == "idle_below_target" and calm.command.charge_kw == 0
+
+
 def test_relocations_name_what_the_battery_cannot_hold():
     loads = [1000, 3000, 3000, 3000, 1000]
     billed = plan(flat_forecast(loads), 3600, BATTERY, soc_pct=100, billing=Billing("1970-01", 1500.0, 0),
