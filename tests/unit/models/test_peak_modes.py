@@ -294,3 +294,31 @@ def test_a_loop_restored_from_before_the_floors_skill_judges_it_once_reconfigure
     for h in range(24, 72):
         restored.on_step(h * HOUR, daily_load(h), daily_load(h), 80.0, None)
     assert restored.arbiter.floor_days, "the restored loop never measured the floor"
+
+
+def test_with_the_floor_lifted_a_spike_last_week_does_not_hold_the_target_over_the_rules_threshold():
+    """A 3,000 kW spike last Saturday, then a week that opens at 1,500 kW and rises to a 1,800 kW plateau the
+    forecast rightly says will stay: the recent-peak bound (the spike less the PCS's 1,000 kW) holds the plan alone
+    at 2,000 kW, a full battery idle over the rule's 1,000 kW threshold; capped at the threshold, the plan holds
+    the week's billed 1,500 kW."""
+    big = Battery(capacity_kwh=20_000, pcs_charge_kw=1000, pcs_discharge_kw=1000, round_trip_efficiency=0.81,
+                  reserve_soc_pct=10)
+
+    def load(h: int) -> float:  # hour 0 is Thursday 1 January 1970; the week of Monday 5 January opens at hour 96
+        return 3000.0 if h == 2 * 24 + 12 else 1800.0 if h > 4 * 24 else 1500.0 if h == 4 * 24 else 1000.0
+
+    def plan_in_the_new_week(bound_under_threshold: bool):
+        config = LoopConfig(site="s", ess_id="e", battery=big, step_s=3600, billing_period="week",
+                            bound_under_threshold=bound_under_threshold)
+        loop = SitePeakLoop(config, forecaster=_Foresight(load, step_s=3600, season_steps=24))
+        loop.arbiter.floor_lifted = lambda: True  # as measured over days where the plan alone cut more
+        for h in range(4 * 24 + 1):
+            decision = loop.on_step(h * HOUR, load(h), load(h), 100.0, None)
+        assert loop.billing.key == "1970-W02" and loop.billing.billed_peak_kw == 1500.0
+        assert loop.reactive.threshold_kw(decision.step_start_ms + HOUR) == 1000.0
+        return decision.plan
+
+    alone = plan_in_the_new_week(False)
+    assert alone.target_kw == 2000.0 and alone.kind != "pcs_discharge"
+    capped = plan_in_the_new_week(True)
+    assert capped.target_kw == 1500.0 and capped.kind == "pcs_discharge"

@@ -86,9 +86,18 @@ def test_the_reactive_floor_keeps_the_plan_from_losing_a_week_to_the_reactive_ru
     loads = [load(h) for h in range(len(times))]
     weeks = {}
     for floor, skill_days in ((False, 0), (True, 0), (True, 7)):  # off; on; on until the plan alone measured more
+        # the recent-peak bound uncapped, as it was: the case the floor is tested on
         config = LoopConfig(site="s", ess_id="e", battery=battery, step_s=3600, billing_period="week",
-                            reactive_floor=floor, floor_skill_days=skill_days)
+                            reactive_floor=floor, floor_skill_days=skill_days, bound_under_threshold=False)
         weeks[floor, skill_days] = evaluate(times, loads, 3600, config, 80.0, warmup_days=4)["periods"]
+    # the bound held under the rule's threshold (the default) takes the spike's grip off the plan: the floor, standing,
+    # never has to set the target
+    capped = evaluate(times, loads, 3600, LoopConfig(site="s", ess_id="e", battery=battery, step_s=3600,
+                                                     billing_period="week", floor_skill_days=0),
+                      80.0, warmup_days=4)["periods"]
+    assert all(w["strategies"]["planner"]["billed_peak_kw"] <= w["strategies"]["reactive"]["billed_peak_kw"] + 0.5
+               for w in capped)
+    assert capped[0]["strategies"]["planner"]["floor_steps"] == 0
     lost = [w["strategies"]["planner"]["billed_peak_kw"] > w["strategies"]["reactive"]["billed_peak_kw"] + 0.5
             for w in weeks[False, 0]]
     assert lost[0], "the plan alone should lose the first week (else the case tests nothing)"
