@@ -59,6 +59,7 @@ from haystack.document_stores.in_memory import InMemoryDocumentStore
 from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause
 from opsloop.models.sops import Sop
+from opsloop.models.value_readings import reports_only_a_value
 
 ALONE_REMEMBERED = 4096  # alarms read alone kept (a few hundred bytes each); forgotten all at once when full
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
@@ -242,10 +243,12 @@ class SopRetriever:
         return self._alone[key]
 
     def member_readings(self, member_alarms: list[dict]) -> list[AlarmReading]:
-        """Each member alarm read alone. Members whose words report any reading as normal are context, not faults."""
+        """Each member alarm read alone. Members whose words report any reading as normal, or that only report a
+        value after the root alarm came, are context, not faults."""
         readings = []
         for a in member_alarms:
-            if not a["says_normal"]:
+            if not a["says_normal"] and not (a["after_s"] > 0 and reports_only_a_value({"code": a["code"],
+                                                                                         "text": a["words"]})):
                 sid, named = self.reading_alone(a)
                 readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named))
         return readings
