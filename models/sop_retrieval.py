@@ -173,8 +173,9 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
-        # An alarm read alone -> its SOP and whether it names one of its codes: an incident's versions repeat alarms.
-        self._alone: dict[tuple, tuple[str, bool]] = {}
+        # An alarm read alone -> its SOP, whether it names one of its codes, whether its kind is in the SOP's
+        # equipment: an incident's versions repeat alarms.
+        self._alone: dict[tuple, tuple[str, bool, bool]] = {}
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -227,9 +228,10 @@ class SopRetriever:
         """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
         return self.reading_alone(alarm)[0]
 
-    def reading_alone(self, alarm: dict) -> tuple[str, bool]:
-        """The SOP one alarm points to on its own and whether its code or words state one of that SOP's codes,
-        remembered for the alarms seen last (each new version of an incident brings the same members again)."""
+    def reading_alone(self, alarm: dict) -> tuple[str, bool, bool]:
+        """The SOP one alarm points to on its own, whether its code or words state one of that SOP's codes, and
+        whether its device is of a kind that SOP's equipment lists; remembered for the alarms seen last (each new
+        version of an incident brings the same members again)."""
         key = (alarm["query"], alarm["code"], alarm["device_type"], tuple(alarm["evidence_codes"]), alarm["device"],
                alarm["words"])
         if key not in self._alone:
@@ -239,7 +241,7 @@ class SopRetriever:
                                      evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
                                      root_words=alarm["words"])
             sid = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
-            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase
+            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase, evidence[sid].device
         return self._alone[key]
 
     def member_readings(self, member_alarms: list[dict]) -> list[AlarmReading]:
@@ -249,8 +251,8 @@ class SopRetriever:
         for a in member_alarms:
             if not a["says_normal"] and not (a["after_s"] > 0 and reports_only_a_value({"code": a["code"],
                                                                                          "text": a["words"]})):
-                sid, named = self.reading_alone(a)
-                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named))
+                sid, named, of_its_kind = self.reading_alone(a)
+                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind))
         return readings
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
