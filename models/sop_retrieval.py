@@ -137,7 +137,7 @@ class SopRetriever:
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
-                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 1.0):
+                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
