@@ -155,6 +155,7 @@ class AlarmReading:
     after_s: float
     same_device: bool = False  # on the root alarm's own device
     named: bool = False  # its code or words state one of that SOP's codes: surer than a reading of its words alone
+    sure: bool = False  # named, or its device is of a kind that SOP's equipment lists: more than a reading of words
 
     def order(self) -> tuple:
         """Earliest first; at the same moment, an alarm that names its procedure before one read from its words."""
@@ -166,12 +167,15 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
 
     Each step takes, among the member readings whose SOP the relations put upstream of where the walk
     stands, the earliest (``AlarmReading.order``); the walk ends where no member explains it. Returns where
-    it ends (``root_sop`` when nothing explains the root).
+    it ends (``root_sop`` when nothing explains the root). For a hand-over to whatever fault is found, a member
+    counts when it came before the root, or at the same moment if it names its procedure (a job failure burst
+    raised in the same second as the node's Xid): an alarm read from its words alone at that moment may as
+    well be a consequence.
     """
     at = root_sop
     for _ in range(steps):
         upstream = [r for r in readings if r.sop_id not in (at, root_sop)
-                    and relations.upstream(at, r.sop_id, r.after_s < 0)]
+                    and relations.upstream(at, r.sop_id, r.after_s < 0 or r.after_s == 0 and r.named)]
         if not upstream:
             break
         at = min(upstream, key=AlarmReading.order).sop_id
@@ -183,7 +187,8 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
     """The SOP of the fault upstream of the root alarm, or "" when the member alarms show none.
 
     First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
-    earliest member alarm seen before it on another device, unless the root's own fault brings that alarm:
+    earliest member alarm seen before it on another device (or at the same moment, when it is ``sure``: it names
+    its procedure or comes from a device of that procedure's kind), unless the root's own fault brings that alarm:
     one fault upstream of all of them (a storage target down before kill-task failures on many nodes). Where
     that earliest alarm points to the root's own procedure, it confirms the root: no other cause.
     """
@@ -192,7 +197,7 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
         return cause
     if root_devices < several:
         return ""
-    leads = [r for r in readings if r.after_s < 0 and not r.same_device
+    leads = [r for r in readings if (r.after_s < 0 or r.after_s == 0 and r.sure) and not r.same_device
              and r.sop_id not in relations.brings.get(root_sop, ())]
     cause = min(leads, key=AlarmReading.order).sop_id if leads else ""
     return "" if cause == root_sop else cause

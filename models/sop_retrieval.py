@@ -59,6 +59,7 @@ from haystack.document_stores.in_memory import InMemoryDocumentStore
 from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause
 from opsloop.models.sops import Sop
+from opsloop.models.value_readings import reports_only_a_value
 
 ALONE_REMEMBERED = 4096  # alarms read alone kept (a few hundred bytes each); forgotten all at once when full
 # Sections that describe *when* a SOP applies weigh more in its index text than the steps.
@@ -136,7 +137,7 @@ class SopRetriever:
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
-                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 1.0):
+                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -172,8 +173,9 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
-        # An alarm read alone -> its SOP and whether it names one of its codes: an incident's versions repeat alarms.
-        self._alone: dict[tuple, tuple[str, bool]] = {}
+        # An alarm read alone -> its SOP, whether it names one of its codes, whether its kind is in the SOP's
+        # equipment: an incident's versions repeat alarms.
+        self._alone: dict[tuple, tuple[str, bool, bool]] = {}
 
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
@@ -226,9 +228,10 @@ class SopRetriever:
         """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""
         return self.reading_alone(alarm)[0]
 
-    def reading_alone(self, alarm: dict) -> tuple[str, bool]:
-        """The SOP one alarm points to on its own and whether its code or words state one of that SOP's codes,
-        remembered for the alarms seen last (each new version of an incident brings the same members again)."""
+    def reading_alone(self, alarm: dict) -> tuple[str, bool, bool]:
+        """The SOP one alarm points to on its own, whether its code or words state one of that SOP's codes, and
+        whether its device is of a kind that SOP's equipment lists; remembered for the alarms seen last (each new
+        version of an incident brings the same members again)."""
         key = (alarm["query"], alarm["code"], alarm["device_type"], tuple(alarm["evidence_codes"]), alarm["device"],
                alarm["words"])
         if key not in self._alone:
@@ -238,16 +241,18 @@ class SopRetriever:
                                      evidence_codes=alarm["evidence_codes"], root_device=alarm["device"],
                                      root_words=alarm["words"])
             sid = ranking({sid: self.weigh(e) for sid, e in evidence.items()})[0][0]
-            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase
+            self._alone[key] = sid, evidence[sid].code or evidence[sid].phrase, evidence[sid].device
         return self._alone[key]
 
     def member_readings(self, member_alarms: list[dict]) -> list[AlarmReading]:
-        """Each member alarm read alone. Members whose words report any reading as normal are context, not faults."""
+        """Each member alarm read alone. Members whose words report any reading as normal, or that only report a
+        value after the root alarm came, are context, not faults."""
         readings = []
         for a in member_alarms:
-            if not a["says_normal"]:
-                sid, named = self.reading_alone(a)
-                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named))
+            if not a["says_normal"] and not (a["after_s"] > 0 and reports_only_a_value({"code": a["code"],
+                                                                                         "text": a["words"]})):
+                sid, named, of_its_kind = self.reading_alone(a)
+                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind))
         return readings
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
