@@ -195,7 +195,8 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
                       charge_ceiling_kw=ceiling)
     schedule = battery.dispatch([p.kw for p in forecast], charge_at, energy, step_h, target, ceiling)
     peak = max(forecast, key=lambda p: p.kw)
-    if forecast[0].upper_kw > target and command.max_discharge_kw > 0:
+    # within the bisection's tolerance a discharge would be proposed as 0 kW, which the guard rightly refuses
+    if forecast[0].upper_kw - target > policy.tolerance_kw and command.max_discharge_kw > 0:
         kind, setpoint = "pcs_discharge", min(forecast[0].upper_kw - target, command.max_discharge_kw)
     elif schedule[0] < 0:
         kind, setpoint = "pcs_charge", schedule[0]

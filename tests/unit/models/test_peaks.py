@@ -231,7 +231,9 @@ def test_loop_is_deterministic_and_a_pickled_restart_replaying_snapshots_decides
     rest = [a for s in snaps[300:] for d in restored.on_snapshot(s) for a in d.actions]  # 100 replayed: ignored
     assert first + rest == straight
     assert len({a["action_id"] for a in straight}) == len(straight)
-    assert {a["kind"] for a in straight} >= {"pcs_discharge", "pcs_charge"}
+    # a flat plateau the meter's billed peak follows: charging, idling and waiting for a forecast peak
+    assert {a["kind"] for a in straight} >= {"pcs_idle", "pcs_charge"}
+    assert {a["reason_code"] for a in straight} & {"wait_for_peak", "recharge_before_peak"}
     assert all(a["reason"].endswith(".") and a["expires_ms"] > a["created_ms"] for a in straight)
 
 
@@ -270,6 +272,16 @@ def test_each_plan_path_yields_its_code(loads, billed_kw, soc_pct, now_ms, polic
              policy=policy)
     assert p.reason_code == code, (p.kind, p.reason)
     assert p.reason_code in PLAN_CODES
+
+
+def test_a_forecast_within_the_tolerance_of_the_billed_peak_is_no_zero_kw_discharge():
+    """A step forecast 0.4 kW over the period's billed peak: not a 0 kW discharge (the guard refuses those)."""
+    week = Billing("1970-W01", 1200.0, 0, "week")
+    edge = [ForecastPoint(10 * HOUR + i * HOUR, kw, kw - 0.4, kw + 0.4) for i, kw in enumerate([1200.0, 900, 900])]
+    p = plan(edge, 3600, BATTERY, soc_pct=90, billing=week, now_ms=10 * HOUR)
+    assert p.target_kw == 1200.0 and p.kind != "pcs_discharge" and p.command.limit_kw == 1200.0
+    over = [ForecastPoint(10 * HOUR + i * HOUR, kw, kw - 50, kw + 50) for i, kw in enumerate([1200.0, 900, 900])]
+    assert plan(over, 3600, BATTERY, soc_pct=90, billing=week, now_ms=10 * HOUR).kind == "pcs_discharge"
 
 
 def test_top_up_charges_in_a_dip_before_a_peak_under_the_ceiling_and_nowhere_else():
