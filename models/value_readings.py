@@ -21,7 +21,7 @@ from opsloop.models.incident_query import said, terms
 CONDITION_WORDS = frozenset(terms(
     "high low fault alarm alert trip loss down error warning critical open closed offline stale exceeded limit "
     "setpoint threshold abnormal unreachable unavailable bad degraded missing absent timeout lockout stopped shutdown "
-    "off"))
+    "off change"))  # "port 1 state change": a state changed
 _COMPARISON = re.compile(r"[<>=]")
 _WORD_BREAK = re.compile(r"[\s,;:/()]+")
 _NUMBER = re.compile(r"^[-+]?\d+(?:\.\d+)?%?$")

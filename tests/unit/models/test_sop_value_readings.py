@@ -36,6 +36,8 @@ def test_a_name_with_digits_is_neither_a_label_word_nor_a_value():
     # ... nor is a name with a digit a value: a trap's name reports no reading.
     assert not reports_only_a_value({"code": "coldStart", "text": "SNMPv2-MIB::coldStart"})
     assert not reports_only_a_value({"code": "PSU", "text": "PS1 PS2 redundancy"})
+    # A named port that changed state reports a change, not a value.
+    assert not reports_only_a_value({"code": "MLX5-PORT-STATE", "text": "mlx5_3 port 1 state change"})
 
 def test_a_value_polled_after_the_root_is_not_its_cause(narration):
     def incident(meter_text: str, after_s: int) -> dict:
