@@ -119,9 +119,11 @@ def log_codes(text: str) -> list[str]:
 # "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
 # ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
 # limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
-# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up"), and so is a
-# unit reported "running" or "online" (a status poll: "Running 58 %", "Online, load 63 %").
-NORMAL_WORDS = frozenset("normal ok okay healthy nominal cleared restored recovered resolved up online running".split())
+# as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up", "Fail to
+# run"), and so is a unit reported "running", "run" or "online" (a status poll: "Running 58 %", "Run, fans 64 %",
+# "Online, load 63 %").
+NORMAL_WORDS = frozenset(
+    "normal ok okay healthy nominal cleared restored recovered resolved up online running run".split())
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
@@ -137,7 +139,7 @@ def reports_normal(clause: str) -> bool:
     """
     said = _TRAILING_VALUES.sub("", " ".join(clause.lower().replace("(", " ").replace(")", " ").split()))
     last = said.split()[-1:]
-    if last and last[0].strip(".!") == "up" and _RAISED.search(said):
+    if last and last[0].strip(".!") in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
         return False
     return bool(last) and (last[0].strip(".!") in NORMAL_WORDS or bool(_IN_BAND.search(said)))
 

@@ -21,8 +21,10 @@ from opsloop.models.incident_query import said, terms
 CONDITION_WORDS = frozenset(terms(
     "high low fault alarm alert trip loss down error warning critical open closed offline stale exceeded limit "
     "setpoint threshold abnormal unreachable unavailable bad degraded missing absent timeout lockout stopped shutdown "
-    "off"))
+    "off change"))  # "port 1 state change": a state changed
 _COMPARISON = re.compile(r"[<>=]")
+_WORD_BREAK = re.compile(r"[\s,;:/()]+")
+_NUMBER = re.compile(r"^[-+]?\d+(?:\.\d+)?%?$")
 LABEL_WORDS = 3  # at most this many words beside the values ("Electrical room 2: 24.1 C")
 
 
@@ -31,10 +33,11 @@ def reports_only_a_value(member: dict) -> bool:
     text = said(member)
     if not text or _COMPARISON.search(text):
         return False
-    said_terms = terms(text)
-    label = [t for t in said_terms if not t.isdigit()]
+    words = [w for w in _WORD_BREAK.split(text) if w]
+    has_value = any(_NUMBER.match(w) for w in words)
+    # A word with a digit that is no number names something ("y02h07", "PS1", "SNMPv2"): not a word of the label.
+    label = terms(" ".join(w for w in words if not any(c.isdigit() for c in w)))
     stated = set(label) | set(terms(member.get("code") or ""))
-    has_value = len(label) < len(said_terms)
     # "overtemperature", "undervoltage": a limit crossed, whatever the quantity.
     return has_value and len(label) <= LABEL_WORDS and not any(
         t in CONDITION_WORDS or t.startswith(("over", "under")) for t in stated)

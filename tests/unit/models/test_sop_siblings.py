@@ -24,6 +24,12 @@ def test_a_unit_reported_running_or_online_is_a_normal_state():
     assert not reports_normal("UPS running on battery") and not reports_normal("fan running at 100% after alarm")
 
 
+def test_a_unit_polled_in_run_state_is_a_normal_state():
+    # A status poll "Run, supply 18.1 C, fans 64 %" is a CRAH doing its job, not a CRAH fault.
+    assert reports_normal("Run") and reports_any_normal("Run, supply 18.1 C, fans 64 %")
+    assert not reports_normal("Pump run fault") and not reports_normal("Fail to run")
+
+
 def test_a_vendor_prefix_glued_to_an_equipment_acronym_is_dropped():
     assert terms("xupsOnBattery") == terms("UPS on battery")
     assert code_key("xupsOnBattery") != code_key("UPS_ON_BATTERY")  # the code itself keeps its spelling
