@@ -14,6 +14,7 @@ from opsloop.models.sops import parse_corpus
 from opsloop.ops.evals.narrate import (BLIND, BLIND_NO_TYPES, DEV_SETS, FRESH_SETS, SEALED, SEALED3, SEALED3_NO_TYPES,
                                        evaluate, load_labelled)
 from opsloop.schemas.codec import Codec
+from incidents import incident as _incident  # the unit tier's incident record
 
 pytestmark = pytest.mark.unit
 
@@ -197,19 +198,6 @@ def test_the_narration_quotes_the_root_alarms_log_line_and_stays_grounded(narrat
     result = narration.deterministic(_gpu_incident(kernel))
     assert result.grounded and f'The root alarm says: log "{kernel}".' in result.text.splitlines()
     assert "The root alarm says" not in narration.deterministic(_gpu_incident("")).text
-
-
-def _incident(root: tuple[str, str, str, str], members: list[tuple[str, str, str, str, int]],
-              summary: str = "") -> dict:
-    """An incident from (device, type, code, text) of the root and (device, type, code, text, seconds after it)."""
-    def member(device, device_type, code, text, after_s):
-        return {"fingerprint": f"{device}-{code}", "device": device, "device_type": device_type, "code": code,
-                "count": 1, "first_seen_ms": 1_000_000 + after_s * 1000, "text": text, "log_line": ""}
-    device, device_type, code, _ = root
-    every = [member(*root, 0)] + [member(*m) for m in members]
-    return {"incident_id": "x", "site": "s", "state": "open", "opened_ms": 1_000_000, "updated_ms": 1_000_000,
-            "resolved_ms": None, "root_device": device, "root_device_type": device_type, "root_code": code,
-            "severity": "major", "member_count": len(every), "members": every, "summary": summary}
 
 
 def test_a_member_reporting_a_normal_reading_is_not_a_symptom():

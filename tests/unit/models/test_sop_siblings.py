@@ -9,6 +9,7 @@ from opsloop.models.incident_query import IncidentQueryBuilder, code_key, report
 from opsloop.models.narrate import Narration
 from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
 from opsloop.models.sops import parse_corpus
+from incidents import incident as _incident  # the unit tier's incident record
 
 pytestmark = pytest.mark.unit
 
@@ -55,18 +56,6 @@ def test_an_alarm_read_alone_says_whether_it_named_its_procedure(narration):
     by_words = builder._alarm("OUTPUT_OFF", "ups", "ups-b1", "Output Off, 0 V")
     assert narration.retriever.reading_alone(by_code)[:2] == ("SOP-PWR-004", True)
     assert narration.retriever.reading_alone(by_words)[1] is False
-
-
-def _incident(root: tuple, members: list[tuple]) -> dict:
-    """root: (device, type, code, text); members: (device, type, code, text, seconds after the root)."""
-    def member(device, device_type, code, text, after_s):
-        return {"fingerprint": f"{device}-{code}", "device": device, "device_type": device_type, "code": code,
-                "count": 1, "first_seen_ms": 1_000_000 + after_s * 1000, "text": text, "log_line": ""}
-    device, device_type, code, _ = root
-    every = [member(*root, 0)] + [member(*m) for m in members]
-    return {"incident_id": "x", "site": "s", "state": "open", "opened_ms": 1_000_000, "updated_ms": 1_000_000,
-            "resolved_ms": None, "root_device": device, "root_device_type": device_type, "root_code": code,
-            "severity": "major", "member_count": len(every), "members": every, "summary": ""}
 
 
 BGP_DOWN = [("bdr-1", "router", "BGP_PEER", "BGP session down, peer changed state to Idle", -30),
