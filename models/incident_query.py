@@ -30,6 +30,8 @@ from functools import lru_cache
 import snowballstemmer
 from haystack import component
 
+from opsloop.models.standard_codes import meanings
+
 # Abbreviations seen in vendor alarm codes and device names → the words our SOPs use.
 ABBREVIATIONS = {
     "batt": "battery", "bat": "battery", "temp": "temperature", "tmp": "temperature", "hi": "high",
@@ -45,7 +47,7 @@ ABBREVIATIONS = {
     "tx": "transmit", "dp": "differential pressure", "lvl": "level", "eod": "end of discharge",
     "ahu": "air handler crah", "rh": "humidity", "bess": "ess battery", "ups": "ups", "mgmt": "management",
     "ctld": "controller", "dn": "down", "nvl": "nvlink", "hbm": "gpu memory", "mem": "memory",
-    "thr": "throttle", "throttling": "throttle", "ovld": "overload", "ol": "overload",
+    "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle", "throttling": "throttle", "ovld": "overload", "ol": "overload",
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
@@ -87,6 +89,7 @@ def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
     expanded."""
     out: list[str] = []
+    text = " ".join([text, *meanings(text)])  # "SPN 110 FMI 16": the words the standard's numbers stand for
     said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
     for word in _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)).split():

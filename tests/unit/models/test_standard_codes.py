@@ -1,0 +1,81 @@
+"""Public standard identifiers (J1939, IEEE C37.2, IPMI, InfiniBand traps, Xid numbers) read as words."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsloop.config.assets import sop_texts
+from opsloop.models.incident_query import terms
+from opsloop.models.narrate import Narration
+from opsloop.models.sops import parse_corpus
+from opsloop.models.standard_codes import meanings
+from incidents import incident as _incident  # the unit tier's incident record
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def narration():
+    return Narration(parse_corpus(sop_texts()))
+
+
+@pytest.mark.parametrize("text, meaning", [
+    ("SPN 100 FMI 1", "genset engine oil pressure low"),
+    ("J1939_SPN110_FMI16", "genset engine coolant temperature high"),
+    ("DM1 spn=96 fmi=18", "genset fuel level low"),
+    ("SPN 190 FMI 0", "genset overspeed"),
+])
+def test_a_j1939_pair_reads_as_the_parameter_and_its_failure_mode(text, meaning):
+    assert meanings(text) == [meaning]
+
+
+def test_an_unknown_j1939_parameter_or_mode_says_nothing():
+    assert meanings("SPN 9999 FMI 1") == [] and meanings("SPN 110 FMI 25") == []
+
+
+@pytest.mark.parametrize("text, meaning", [
+    ("50/51 pickup", "switchgear protection relay overcurrent trip"),
+    ("PROT_50_51_TRIP", "switchgear protection relay overcurrent trip"),
+    ("51N trip", "switchgear protection relay earth fault trip"),
+    ("ANSI 87T operated", "transformer fault differential protection trip"),
+    ("Io> stage 2", "switchgear protection relay earth fault trip"),
+    ("U< trip", "undervoltage"),
+    ("52-Q1 open", "circuit breaker"),
+])
+def test_a_protection_relay_number_reads_as_its_function(text, meaning):
+    assert meaning in meanings(text)
+
+
+@pytest.mark.parametrize("text", ["Rack 27 inlet 24 C", "25G port up", "50G uplink", "Ethernet1/12 CRC",
+                                  "10/25G optic", "row 51 door", "sel 0x01A3"])
+def test_numbers_outside_a_standard_context_say_nothing(text):
+    assert meanings(text) == []
+
+
+def test_an_ipmi_sel_record_reads_as_its_sensor_and_event():
+    assert meanings("SEL_0x08_0x6f_03") == ["power supply input lost"]
+    assert meanings("SEL 0Ch 6Fh 04h") == ["memory device disabled"]
+    assert meanings("Sensor Type 0x04") == ["fan"]
+
+
+def test_an_infiniband_trap_and_an_unlisted_xid_read_as_their_fault():
+    assert meanings("SM trap 129 lid 0x1c port 7") == ["infiniband local link integrity errors"]
+    assert meanings("NVRM: Xid (PCI:0000:3b:00): 145, pid=1") == ["nvlink error"]
+    assert meanings("Xid 79") == []  # listed by number in a procedure: its code says it
+
+
+def test_the_meanings_join_the_words_an_alarm_is_read_by():
+    assert {"coolant", "temperatur", "high"} <= set(terms("J1939_SPN110_FMI15"))
+
+
+@pytest.mark.parametrize("root, expected", [
+    (("gen-2", "controller", "DM1_ACTIVE", "SPN 100 FMI 1"), "SOP-PWR-009"),  # read as an ATS or bypass fault
+    (("mv-relay-3", "device", "PROT_TRIP", "51N trip, 52-Q4 open"), "SOP-PWR-012"),  # read as a branch breaker
+])
+def test_an_alarm_worded_as_a_standard_number_finds_its_procedure(narration, root, expected):
+    assert narration.retrieve(_incident(root, [])).sop_ids[0] == expected
+
+
+def test_a_power_supply_input_lost_sel_record_ranks_the_feed_procedure(narration):
+    ranked = narration.retrieve(_incident(("node-7-bmc", "device", "SEL_0x08_0x6f_03", ""), [])).sop_ids
+    assert "SOP-PWR-011" in ranked[:2]
