@@ -37,7 +37,8 @@ ABBREVIATIONS = {
     "batt": "battery", "bat": "battery", "temp": "temperature", "tmp": "temperature", "hi": "high",
     "lo": "low", "oc": "overcurrent", "ovc": "overcurrent", "ocp": "overcurrent", "brkr": "breaker",
     "cb": "breaker", "gen": "generator", "genset": "generator", "util": "utility", "pwr": "power",
-    "comm": "communication", "comms": "communication", "soc": "state of charge", "soh": "state of health", "psu": "power supply",
+    "comm": "communication", "comms": "communication", "soc": "state of charge", "soh": "state of health",
+    "psu": "power supply",
     "ib": "infiniband", "hca": "infiniband adapter", "fs": "file system", "chw": "chilled water",
     "cw": "chilled water", "flt": "fault", "fail": "failure", "err": "error", "errs": "errors",
     "ovt": "overtemperature", "overtemp": "overtemperature", "ot": "overtemperature", "uv": "undervoltage",
@@ -47,7 +48,8 @@ ABBREVIATIONS = {
     "tx": "transmit", "dp": "differential pressure", "lvl": "level", "eod": "end of discharge",
     "ahu": "air handler crah", "rh": "humidity", "bess": "ess battery", "ups": "ups", "mgmt": "management",
     "ctld": "controller", "dn": "down", "nvl": "nvlink", "hbm": "gpu memory", "mem": "memory",
-    "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle", "throttling": "throttle", "ovld": "overload", "ol": "overload",
+    "autonomy": "runtime", "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle",
+    "throttling": "throttle", "ovld": "overload", "ol": "overload",
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
@@ -60,6 +62,10 @@ SAME_STEM = {"failur": "fault", "fail": "fault", "faulti": "fault", "lost": "los
 GENERIC_TYPES = frozenset("device unknown equipment asset other generic system none na n a item".split())
 # "under voltage", "Over-Current": one word, as the SOPs and most codes write them.
 _PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|pressure|frequency|speed)\b")
+# A current read above its limit is an overcurrent ("rmsCurrent 27.4 A aboveUpperCritical", "L1 current 30.8 A
+# exceeds critical"); a PDU's "inlet" then is its power inlet, not an air inlet. A residual current is a leak to
+# earth, not an overcurrent.
+_CURRENT_ABOVE = re.compile(r"(?<!residual )\bcurrent(?: [a-z0-9]+){0,3} (?:above|exceeds?|exceeded|over)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
@@ -92,6 +98,8 @@ def words(text: str) -> list[str]:
     text = " ".join([text, *meanings(text)])  # "SPN 110 FMI 16": the words the standard's numbers stand for
     said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
+    said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
+    said = said.replace("firing speed", "engine speed")  # a genset's crank speed, no fire
     for word in _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)).split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
@@ -155,6 +163,29 @@ def symptoms(text: str) -> str:
 def reports_any_normal(text: str) -> bool:
     """Whether any clause of ``text`` reports a reading or a state as normal."""
     return any(reports_normal(c) for c in _CLAUSES.split(text) if c.strip())
+
+
+# Work the plant or the scheduler does on its own: a job allocated or started, a standby unit started, a start
+# requested. Context for what follows (a load step, a failover), not a fault.
+_UNIT_STATES = frozenset("running run online up".split())
+_ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed)\b")
+
+
+def says_no_fault(text: str) -> bool:
+    """Whether an alarm's words report a normal reading or routine work: its own reading is context, not a cause.
+    A unit reported running beside a fault raised ("Pump P1 fault, P2 running") is the standby taking over, so the
+    fault stands; a reading reported normal again ("mains failure, voltages now normal") is a recovery.
+
+    >>> [says_no_fault(t) for t in ("sched: Allocate JobId=7 NodeList=n[1-4]", "Pump P1 fault, P2 running")]
+    [True, False]
+    """
+    lowered = text.lower()
+    raised = bool(_RAISED.search(lowered))
+    if _ROUTINE.search(lowered) and not raised:
+        return True
+    normal = [c for c in _CLAUSES.split(lowered) if c.strip() and reports_normal(c)]
+    standby_running = all(_TRAILING_VALUES.sub("", c).split()[-1].strip(".!") in _UNIT_STATES for c in normal)
+    return bool(normal) and not (raised and standby_running)
 
 
 def reports_only_normal(member: dict) -> bool:
@@ -245,7 +276,7 @@ class IncidentQueryBuilder:
                                          symptoms(said(m))),
                            "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
                            "same_device": m.get("device") == root_device,
-                           "says_normal": reports_any_normal(said(m))})
+                           "says_normal": says_no_fault(said(m))})
         return alarms
 
 

@@ -35,7 +35,7 @@ J1939_SPN = {
     94: "fuel delivery pressure", 96: "fuel level", 97: "water in fuel", 98: "engine oil level",
     100: "engine oil pressure", 101: "crankcase pressure", 102: "boost pressure", 105: "intake manifold temperature",
     107: "air filter differential pressure", 110: "engine coolant temperature", 111: "engine coolant level",
-    158: "starter battery voltage", 167: "charging alternator voltage", 168: "starter battery voltage",
+    158: "starting battery voltage", 167: "charging alternator voltage", 168: "starting battery voltage",
     171: "ambient air temperature", 172: "air inlet temperature", 173: "exhaust gas temperature",
     174: "fuel temperature", 175: "engine oil temperature", 190: "engine speed", 513: "engine load",
     636: "crankshaft position sensor", 723: "camshaft speed sensor", 1136: "engine control unit temperature",
@@ -60,7 +60,8 @@ ANSI_DEVICES = {
     "67": "switchgear protection relay directional overcurrent trip", "81": "frequency deviation",
     "86": "lockout relay trip", "87": "switchgear differential protection trip",
 }
-_ANSI_SUFFIX = {"N": "switchgear protection relay earth fault trip", "G": "switchgear protection relay earth fault trip",
+_ANSI_SUFFIX = {"N": "switchgear protection relay earth fault trip",
+                "G": "switchgear protection relay earth fault trip",
                 "T": "transformer fault differential protection trip", "U": "underfrequency", "O": "overfrequency",
                 "B": "switchgear bus differential protection trip"}
 # A device number only where a relay's context says so: "ANSI 27", "50/51", "27/59", "51N", "87T", "52-Q2".

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from opsloop.config.assets import sop_texts
-from opsloop.models.incident_query import IncidentQueryBuilder, code_key, reports_any_normal, reports_normal, terms
+from opsloop.models.incident_query import (IncidentQueryBuilder, code_key, reports_any_normal, reports_normal,
+                                           says_no_fault, terms)
 from opsloop.models.narrate import Narration
 from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
 from opsloop.models.sops import parse_corpus
@@ -122,3 +123,37 @@ def test_not_available_reads_as_unavailable_in_codes_and_words_alike():
 
 def test_a_generator_that_fails_to_start_explains_the_transfer_switch_waiting_on_it(narration):
     assert "SOP-PWR-010" in narration.retriever.relations.brings["SOP-PWR-008"]
+
+
+def test_routine_work_and_normal_readings_say_no_fault_unless_a_clause_raises_one():
+    assert says_no_fault("sched: Allocate JobId=4411 NodeList=gpu[01-04]") and says_no_fault("Standby pump started")
+    assert says_no_fault("Online, load 41 %")
+    assert not says_no_fault("Pump A fault, pump B running") and not says_no_fault("Start request failed")
+
+
+def test_a_current_read_above_its_limit_is_an_overcurrent_but_a_residual_current_is_not():
+    assert "overcurr" in terms("Outlet group 2 rmsCurrent 17.9 A aboveUpperCritical")
+    assert "overcurr" in terms("L3 current 24.1 A exceeds threshold")
+    assert "overcurr" not in terms("RCM residual current 32 mA above warning")
+
+
+def test_engine_and_ups_terms_of_art_read_as_the_sops_words():
+    assert "fire" not in terms("Crank 2 aborted: firing speed not reached")
+    assert "runtim" in terms("Autonomy 3 min")
+
+
+def test_an_overcurrent_after_a_job_allocation_stays_an_overcurrent(narration):
+    # Two PDUs of the racks a job was just given: the allocation is context, not a stuck job upstream of them.
+    root = ("r9-k2-pdu-b", "pdu", "inletStateChange", "Inlet I1 L1 rmsCurrent 29.1 A aboveUpperCritical")
+    found = narration.retrieve(_incident(root, [
+        ("r9-k2-pdu-a", "pdu", "inletStateChange", "", 1),
+        ("ctl-1", "slurm", "sched_allocate", "sched: Allocate JobId=5012 NodeList=r9-k[1-4]", -20)]))
+    assert found.sop_ids[0] == "SOP-PWR-006"
+
+
+def test_a_unit_fault_beside_its_running_standby_still_counts_as_a_cause(narration):
+    found = narration.retrieve(_incident(
+        ("h2-r3-n1", "gpu_node", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "clocks_throttle_reasons=0x40, gpu temp 88 C"),
+        [("h2-r3-n2", "gpu_node", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "", 4),
+         ("h2-r3-cdu-1", "cdu", "ALM-212", "Pump A fault, pump B running; secondary supply 42 C", -15)]))
+    assert found.sop_ids[0] == "SOP-CLG-007"
