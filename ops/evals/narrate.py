@@ -85,7 +85,7 @@ def load_labelled(path: Path = DATA) -> list[tuple[dict, list[str]]]:
             cases.append((_record(case, n), list(case["expect"])))
             continue
         opened = BASE_MS + n * 3_600_000
-        device, device_type, code, severity = case["root"]
+        device, device_type, code, severity = (str(v) for v in case["root"])  # "0033" is a code, not a number
         root = {"device": device, "type": device_type, "code": code, "count": 1, "after_s": 0,
                 "text": case.get("root_text"), "log": case.get("root_log")}
         members = [_member(root, f"{case['id']}-root", opened)]

@@ -40,6 +40,14 @@ def test_cases_carry_the_alarms_text_and_log_line(tmp_path):
     assert (down["text"], down["log_line"], down["code"]) == ("", "", "NODE_DOWN")
 
 
+def test_a_numeric_alarm_code_is_read_as_a_code(tmp_path):
+    path = tmp_path / "cases.yaml"
+    path.write_text("- id: n1\n  root: [ups-1, ups, 7687, major]\n  members:\n"
+                    "    - {device: ups-2, type: ups, code: 107, after_s: 0}\n  expect: [SOP-PWR-004]\n")
+    [(incident, _)] = load_labelled(path)
+    assert incident["root_code"] == "7687" and incident["members"][1]["code"] == "107"
+
+
 def test_the_report_names_the_data_it_was_judged_on(tmp_path, capsys):
     path = tmp_path / "cases.yaml"
     path.write_text(CASES)
