@@ -30,7 +30,7 @@ from functools import lru_cache
 import snowballstemmer
 from haystack import component
 
-from opsloop.models.standard_codes import meanings
+from opsloop.models.standard_codes import XID_NUMBER, meanings
 
 # Abbreviations seen in vendor alarm codes and device names → the words our SOPs use.
 ABBREVIATIONS = {
@@ -80,8 +80,7 @@ _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 _stemmer = snowballstemmer.stemmer("english")
-# "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault; SXid is an NVSwitch error.
-_XID = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)")
+# An Xid's number is the fault (``standard_codes.XID_NUMBER``); SXid is an NVSwitch error.
 _SXID = re.compile(r"(?<![a-z])sxid(?![a-z])")
 _UPPER_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![A-Za-z0-9_])")
 
@@ -120,7 +119,7 @@ def log_codes(text: str) -> list[str]:
     """The alarm codes a log line or alarm text states outright: NVIDIA Xid numbers, NVSwitch SXid and
     upper-case codes written into the text (``NODE_FAIL``)."""
     lowered = text.lower()
-    found = [f"XID_{int(n)}" for n in _XID.findall(lowered)] + _UPPER_CODE.findall(text)
+    found = [f"XID_{int(n)}" for n in XID_NUMBER.findall(lowered)] + _UPPER_CODE.findall(text)
     if _SXID.search(lowered):
         found.append("SXID")
     return list(dict.fromkeys(found))
@@ -148,11 +147,26 @@ def reports_normal(clause: str) -> bool:
     >>> [reports_normal(c) for c in ("Inlet 22.4 C (normal)", "no alarm", "Normal source not acceptable")]
     [True, True, False]
     """
-    said = _TRAILING_VALUES.sub("", " ".join(clause.lower().replace("(", " ").replace(")", " ").split()))
-    last = said.split()[-1:]
-    if last and last[0].strip(".!") in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
+    said = _clause_said(clause)
+    last = _last_word(said)
+    if last in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
         return False
-    return bool(last) and (last[0].strip(".!") in NORMAL_WORDS or bool(_IN_BAND.search(said)))
+    return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)))
+
+
+def _clause_said(clause: str) -> str:
+    """A clause in lower case, brackets dropped, trailing values cut ("Inlet 22.4 C (normal)": "inlet 22.4 c
+    normal")."""
+    return _TRAILING_VALUES.sub("", " ".join(clause.lower().replace("(", " ").replace(")", " ").split()))
+
+
+def _last_word(said: str) -> str:
+    words_said = said.split()
+    return words_said[-1].strip(".!") if words_said else ""
+
+
+def _normal_clauses(text: str) -> list[str]:
+    return [c for c in _CLAUSES.split(text) if c.strip() and reports_normal(c)]
 
 
 def symptoms(text: str) -> str:
@@ -162,7 +176,7 @@ def symptoms(text: str) -> str:
 
 def reports_any_normal(text: str) -> bool:
     """Whether any clause of ``text`` reports a reading or a state as normal."""
-    return any(reports_normal(c) for c in _CLAUSES.split(text) if c.strip())
+    return bool(_normal_clauses(text))
 
 
 # Work the plant or the scheduler does on its own: a job allocated or started, a standby unit started, a start
@@ -183,8 +197,8 @@ def says_no_fault(text: str) -> bool:
     raised = bool(_RAISED.search(lowered))
     if _ROUTINE.search(lowered) and not raised:
         return True
-    normal = [c for c in _CLAUSES.split(lowered) if c.strip() and reports_normal(c)]
-    standby_running = all(_TRAILING_VALUES.sub("", c).split()[-1].strip(".!") in _UNIT_STATES for c in normal)
+    normal = _normal_clauses(lowered)
+    standby_running = all(_last_word(_clause_said(c)) in _UNIT_STATES for c in normal)
     return bool(normal) and not (raised and standby_running)
 
 

@@ -110,7 +110,8 @@ _IB_TRAP = re.compile(r"(?<![a-z])trap[\s_:#-]*(\d{2,3})(?!\d)", re.IGNORECASE)
 # NVIDIA Xid numbers that no procedure lists by number, read as the fault they report (NVIDIA's Xid catalog).
 XIDS = {92: "gpu memory single bit ecc error rate high", 140: "gpu memory uncorrectable ecc error",
         **{n: "nvlink error" for n in range(144, 151)}}
-_XID = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)", re.IGNORECASE)
+# "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault (``incident_query.log_codes`` too).
+XID_NUMBER = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)", re.IGNORECASE)
 
 
 def meanings(text: str) -> list[str]:
@@ -138,7 +139,7 @@ def _meanings(text: str) -> tuple[str, ...]:
     for number in _IB_TRAP.findall(text):
         if int(number) in IB_TRAPS:
             found.append(f"infiniband {IB_TRAPS[int(number)]}")
-    found += [XIDS[int(n)] for n in _XID.findall(text) if int(n) in XIDS]
+    found += [XIDS[int(n)] for n in XID_NUMBER.findall(text) if int(n) in XIDS]
     return tuple(dict.fromkeys(found))
 
 

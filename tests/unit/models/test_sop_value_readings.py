@@ -29,7 +29,6 @@ def test_a_polled_value_with_no_condition_only_reports_a_value():
     assert not reports_only_a_value({"code": "STATUS", "text": ""})
 
 
-
 def test_a_name_with_digits_is_neither_a_label_word_nor_a_value():
     # The rack's name "y02h07" does not make the label too long to be a reading ...
     assert reports_only_a_value({"code": "INLET_T", "text": "Rack y02h07 inlet 22.4 C"})
@@ -38,6 +37,7 @@ def test_a_name_with_digits_is_neither_a_label_word_nor_a_value():
     assert not reports_only_a_value({"code": "PSU", "text": "PS1 PS2 redundancy"})
     # A named port that changed state reports a change, not a value.
     assert not reports_only_a_value({"code": "MLX5-PORT-STATE", "text": "mlx5_3 port 1 state change"})
+
 
 def test_a_value_polled_after_the_root_is_not_its_cause(narration):
     def incident(meter_text: str, after_s: int) -> dict:
