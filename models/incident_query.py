@@ -133,7 +133,7 @@ def log_codes(text: str) -> list[str]:
 # run"), and so is a unit reported "running", "run" or "online" (a status poll: "Running 58 %", "Run, fans 64 %",
 # "Online, load 63 %").
 NORMAL_WORDS = frozenset(
-    "normal ok okay healthy nominal cleared restored recovered resolved up online running run".split())
+    "normal ok okay healthy nominal cleared restored recovered resolved responsive up online running run".split())
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
@@ -150,6 +150,8 @@ def reports_normal(clause: str) -> bool:
     said = _clause_said(clause)
     last = _last_word(said)
     if last in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
+        return False
+    if re.search(r"\b(?:not|no longer)\s+\S+$", said):  # "link not up", "mount no longer responsive"
         return False
     return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)))
 

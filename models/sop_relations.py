@@ -46,8 +46,19 @@ _CIRCUMSTANCE = re.compile(r"\b(?:after|although|while|when|if)\b.*", re.IGNOREC
 _LIST_ITEM = re.compile(r",|\bor\b|\band\b", re.IGNORECASE)
 _NAMED_HAND_OVER = re.compile(r"\bfollow\s+the\s+(.+?)\s+procedure\b|\btreat\s+it\s+as\s+(?:an?\s+)?(.+?)\s+first\b",
                               re.IGNORECASE)
+_HAND_OVER_CLAUSE = re.compile(r"[^.;:\n]*?(?:" + _NAMED_HAND_OVER.pattern + ")", re.IGNORECASE)
 _ANY_HAND_OVER = re.compile(r"\bfollow\s+(?:its|their)\s+procedure\b|\bprocedure\s+(?:for|of)\s+(?:that|the)\s+fault\b",
                             re.IGNORECASE)
+
+
+def without_hand_overs(text: str) -> str:
+    """``text`` without its hand-overs, each from the start of its clause: they speak of another procedure's
+    fault (its title, the condition that sends the operator there), not of this one.
+
+    >>> without_hand_overs("Check the mounts; if they hang, follow the file system unreachable procedure first.")
+    'Check the mounts; first.'
+    """
+    return _HAND_OVER_CLAUSE.sub("", text)
 
 
 def states(words: list[str], phrase: list[str], gap: int = GAP) -> bool:

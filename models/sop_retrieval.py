@@ -57,7 +57,7 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from opsloop.models.incident_query import code_key, terms
-from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause
+from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
 from opsloop.models.value_readings import reports_only_a_value
 
@@ -69,7 +69,7 @@ INDEX_WEIGHTS = {"Scope": 2, "Symptoms": 2, "Probable causes": 1, "Steps": 1}
 def index_text(sop: Sop, weights: dict[str, int] | None = None) -> str:
     parts = [sop.title] * 3 + [" ".join(sop.equipment)] * 2 + [" ".join(sop.codes)] * 2
     for name, weight in (weights or INDEX_WEIGHTS).items():
-        parts += [sop.sections.get(name, "")] * weight
+        parts += [without_hand_overs(sop.sections.get(name, ""))] * weight
     return " ".join(terms(" ".join(parts)))
 
 
@@ -136,7 +136,7 @@ class SopRetriever:
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
-                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
+                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.25,
                  cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5):
         self.corpus = corpus
         self.top_k = top_k

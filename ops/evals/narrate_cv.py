@@ -35,7 +35,7 @@ GRID = {
     "member_weight": [0.15, 0.3, 0.6],
     "lead_weight": [0.0, 0.3, 0.6, 1.0],
     "fanout_weight": [0.0, 0.5, 1.0],
-    "cause_weight": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
+    "cause_weight": [0.0, 0.5, 1.0, 1.25, 1.5, 2.0, 3.0],
     "said_weight": [1, 2],
     "vote_weight": [0.0, 0.25, 0.5, 1.0],
 }

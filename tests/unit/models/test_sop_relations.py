@@ -7,8 +7,8 @@ import pytest
 from opsloop.config.assets import sop_texts
 from opsloop.models.incident_query import IncidentQueryBuilder, terms
 from opsloop.models.sop_relations import (ANY, AlarmReading, Relations, read_relations, states, upstream_cause,
-                                          walk_upstream)
-from opsloop.models.sop_retrieval import SopRetriever
+                                          walk_upstream, without_hand_overs)
+from opsloop.models.sop_retrieval import SopRetriever, index_text
 from opsloop.models.sops import parse_corpus, parse_sop
 
 pytestmark = pytest.mark.unit
@@ -53,6 +53,17 @@ def test_the_corpus_relations_name_upstream_faults():
     assert "SOP-PWR-008" not in relations.brings["SOP-PWR-001"]  # "after a utility loss" is a circumstance
     assert "SOP-PWR-001" in relations.hands_over["SOP-PWR-002"] and "SOP-PWR-011" in relations.hands_over["SOP-PWR-006"]
     assert relations.hands_over["SOP-CLG-001"] == set()  # its "follow the high inlet temperature procedure" escalates
+    assert relations.hands_over["SOP-SLM-002"] == {"SOP-NET-008", "SOP-GPU-005"}  # hung mounts, NVLink errors
+    assert relations.hands_over["SOP-PWR-013"] == {"SOP-PWR-001"}  # "if a phase or a whole feed reads zero"
+
+
+def test_a_hand_over_names_another_procedure_so_its_words_stay_out_of_the_index():
+    slm = parse_corpus(sop_texts())["SOP-SLM-002"]
+    assert "unreachable" in " ".join(slm.steps)
+    indexed = index_text(slm).split()
+    assert terms("unreachable")[0] not in indexed  # the storage procedure's title word, not a stuck job's
+    assert terms("NVLink")[0] not in indexed and terms("mounts")[0] in indexed  # the condition goes, the step stays
+    assert without_hand_overs("Check the zone: if so, follow the high inlet temperature procedure.") == "Check the zone:."
 
 
 def _coded(sid: str, title: str, codes: str, symptoms: str = "") -> str:

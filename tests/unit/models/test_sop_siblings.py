@@ -157,3 +157,27 @@ def test_a_unit_fault_beside_its_running_standby_still_counts_as_a_cause(narrati
         [("h2-r3-n2", "gpu_node", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "", 4),
          ("h2-r3-cdu-1", "cdu", "ALM-212", "Pump A fault, pump B running; secondary supply 42 C", -15)]))
     assert found.sop_ids[0] == "SOP-CLG-007"
+
+
+def test_a_mount_reported_responsive_is_a_normal_reading_and_one_not_responsive_is_not():
+    assert reports_normal("nfs1 mount responsive") and reports_any_normal("nfs1 mount responsive, latency 2 ms")
+    assert not reports_normal("nfs1 mount not responsive") and not reports_normal("link not up")
+
+
+def test_kill_task_failures_after_a_file_server_stopped_answering_open_the_storage_procedure(narration):
+    root = ("ctl-1", "slurm", "KILL_TASK", "error: slurmd error running JobId=812 on node(s)=n02: Kill task failed")
+    nfs_first = [("n02", "gpu_node", "KERN", "nfs: server nas-1 not responding, still trying", -30),
+                 ("n05", "gpu_node", "KERN", "nfs: server nas-1 not responding, still trying", -28)]
+    nfs_fine = [("nas-1", "nfs", "MOUNT_CHECK", "nas-1 mount responsive, latency 2 ms", 20)]
+    assert narration.retrieve(_incident(root, nfs_first)).sop_ids[0] == "SOP-NET-008"
+    assert narration.retrieve(_incident(root, nfs_fine)).sop_ids[0] == "SOP-SLM-002"
+
+
+def test_a_feed_read_at_zero_with_generators_starting_is_a_utility_loss_not_power_quality(narration):
+    root = ("inc-1", "relay", "27-3PH", "Incomer 11 kV: three-phase undervoltage operate, U12=0.02 kV U23=0.01 kV")
+    members = [("ups-1", "ups", "upsOnBattery", "UPS on battery, input voltage out of range", 1),
+               ("gen-1", "generator", "MainsFail", "Mains fail - remote start", 2)]
+    sag = [("ups-1", "ups", "upsOnBattery", "UPS on battery, input voltage out of range", 1)]
+    assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-PWR-001"
+    assert narration.retrieve(_incident(("pq-1", "meter", "SAG", "L1 sag to 78 % for 5 cycles"), sag)).sop_ids[0] \
+        == "SOP-PWR-013"
