@@ -19,6 +19,8 @@ evidence an incident carries:
           + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
           + vote_weight   × (share of member alarms, each read alone, that point to this SOP, when the root
                              alarm names nothing itself: no SOP's code or phrase, no device kind)
+          + emergency_weight × (1 if a member surely points to this life-safety SOP and the root's own
+                                SOP is none; see below)
 
 Members that only report a normal reading ("CHW supply 12.1 C normal") are
 dropped by the query builder before any of this: they name no fault.
@@ -30,6 +32,12 @@ member whose fault, as the SOP texts say, brings the root's alarm or is the
 one the root's procedure hands over to ("Downstream UPS units go on battery",
 "follow the utility power loss procedure"). A member whose words report any
 reading as normal is context there, not a cause.
+
+Life safety first (``emergency``): a procedure whose steps follow the site's
+emergency plan (fire, a battery off-gassing) is opened before any other. A
+member read alone, surely, as one of them outranks a root whose own
+procedure is not one ("UPS internal temperature high", then the UPS room's
+fire zone in alarm).
 
 The root device's kind is its type when the SOP corpus knows that word
 (``ups``, ``gpu_node``), else a kind the type's or the device name's words
@@ -112,6 +120,8 @@ def device_kinds(known: set[str], device_type: str, device: str = "") -> list[st
 
 # A procedure whose scope or symptoms speak of many devices at once is the one for a fault that fans out.
 _MANY = re.compile(r"\b(many|several|multiple)\b", re.IGNORECASE)
+# A procedure whose steps follow the site's emergency plan is a life-safety procedure.
+_EMERGENCY_PLAN = re.compile(r"\bemergency plan\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ class Evidence:
     fan_out: bool  # one code on many devices at once, and the SOP speaks of many
     cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
     vote: float = 0.0  # the root names nothing: share of member alarms read alone that point to this SOP
+    emergency: bool = False  # a life-safety SOP a member surely points to, where the root's own SOP is none
 
 
 @component
@@ -137,7 +148,8 @@ class SopRetriever:
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.25,
-                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5):
+                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5,
+                 emergency_weight: float = 2.0):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -152,6 +164,7 @@ class SopRetriever:
         self.cause_steps = cause_steps
         self.cause_devices = cause_devices
         self.vote_weight = vote_weight
+        self.emergency_weight = emergency_weight
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
         store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
@@ -173,6 +186,7 @@ class SopRetriever:
                                 for sid, sop in corpus.items()}
         self._sections = {sid: section_documents(sop) for sid, sop in corpus.items()}
         self.relations = read_relations(corpus)
+        self._life_safety = {sid for sid, sop in corpus.items() if _EMERGENCY_PLAN.search(" ".join(sop.steps))}
         # An alarm read alone -> its SOP, whether it names one of its codes, whether its kind is in the SOP's
         # equipment: an incident's versions repeat alarms.
         self._alone: dict[tuple, tuple[str, bool, bool]] = {}
@@ -209,6 +223,7 @@ class SopRetriever:
             w <= said for phrases in self._phrases.values() for w in phrases)
         readings = [r for r in self.member_readings(member_alarms or []) if r.after_s <= 0] if names_nothing else []
         votes = Counter(r.sop_id for r in readings)
+        emergency = self.life_safety_shown(root_alarm, member_alarms or []) if root_alarm else set()
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -221,7 +236,7 @@ class SopRetriever:
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and any(self._states(sid, lead) for lead in leads),
                 fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause,
-                vote=votes[sid] / len(readings) if votes else 0.0)
+                vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency)
         return out
 
     def read_alone(self, alarm: dict) -> str:
@@ -255,6 +270,12 @@ class SopRetriever:
                 readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind))
         return readings
 
+    def life_safety_shown(self, root_alarm: dict, member_alarms: list[dict]) -> set[str]:
+        """The life-safety SOPs the members surely point to, unless the root's own SOP is one."""
+        if self.read_alone(root_alarm) in self._life_safety:
+            return set()
+        return {r.sop_id for r in self.member_readings(member_alarms) if r.sure} & self._life_safety
+
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""
         return upstream_cause(self.relations, self.read_alone(root_alarm), self.member_readings(member_alarms),
@@ -269,7 +290,8 @@ class SopRetriever:
             score += max(self.code_weight * evidence.code_overlap, self.phrase_weight * evidence.phrase)
         return (score + self.device_weight * evidence.device + self.member_weight * evidence.members
                 + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out
-                + self.cause_weight * evidence.cause + self.vote_weight * evidence.vote)
+                + self.cause_weight * evidence.cause + self.vote_weight * evidence.vote
+                + self.emergency_weight * evidence.emergency)
 
     def scores(self, query: str, **incident) -> list[tuple[str, float]]:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""

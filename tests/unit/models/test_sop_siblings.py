@@ -181,3 +181,19 @@ def test_a_feed_read_at_zero_with_generators_starting_is_a_utility_loss_not_powe
     assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-PWR-001"
     assert narration.retrieve(_incident(("pq-1", "meter", "SAG", "L1 sag to 78 % for 5 cycles"), sag)).sop_ids[0] \
         == "SOP-PWR-013"
+
+
+def test_a_fire_alarm_among_the_members_comes_before_the_equipment_fault(narration):
+    root = ("ups-4a", "ups", "upsTrapAlarmTempBad", "UPS internal temperature high")
+    fire = [("vesda-1", "vesda", "VLF-FIRE1", "Fire 1 level reached, sector EE4", 20),
+            ("facp", "fire_panel", "ZONE-12", "Zone 12 electrical room EE4 in alarm", 40)]
+    assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-PWR-004"
+    assert narration.retrieve(_incident(root, fire)).sop_ids[0] == "SOP-FIR-001"
+    query = narration.query.run(incident=_incident(root, fire))
+    assert narration.retriever.life_safety_shown(query["root_alarm"], query["member_alarms"]) == {"SOP-FIR-001"}
+
+
+def test_a_life_safety_root_keeps_its_own_procedure_beside_a_fire_alarm(narration):
+    root = ("bess-1-ct1", "battery_container", "OffGas", "Off-gas detected, sensor 3 (rack 6)")
+    vesda = [("bess-1-vesda", "vesda", "VESDA.Alert", "Alert level, 0.08 %obs/m", 45)]
+    assert narration.retrieve(_incident(root, vesda)).sop_ids[0] == "SOP-ESS-004"  # off-gas: its own emergency
