@@ -88,14 +88,30 @@ class OwnCluster:
     """A local cluster of ``size`` brokers for one test (``LocalKafkaCluster``), which the test may stop and start
     broker by broker (never node 1: it is the controller quorum)."""
 
+    ATTEMPTS = 3  # free ports are picked before the JVMs bind them: on a shared host another process may take one
+
     def __init__(self, state_dir: Path, size: int = 3):
+        self.state_dir, self.size = state_dir, size
+        self._new_cluster(0)
+
+    def _new_cluster(self, attempt: int) -> None:
         from opsloop.ops.kafka import LocalKafkaCluster
 
-        self.cluster = LocalKafkaCluster(Settings.from_env().cache_dir, state_dir, size=size)
+        self.cluster = LocalKafkaCluster(Settings.from_env().cache_dir, self.state_dir / f"attempt-{attempt}",
+                                         size=self.size)
         self.bootstrap = self.cluster.bootstrap
 
     def __enter__(self) -> "OwnCluster":
-        self.cluster.start()
+        from opsloop.ops.kafka import KafkaSetupError
+
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                self.cluster.start()
+                return self
+            except KafkaSetupError as error:
+                if "Address already in use" not in str(error) or attempt == self.ATTEMPTS:
+                    raise
+                self._new_cluster(attempt)  # fresh ports and storage; nothing was written to the lost cluster
         return self
 
     def __exit__(self, *exc) -> None:
