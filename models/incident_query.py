@@ -137,6 +137,7 @@ NORMAL_WORDS = frozenset(
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
+_NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
 _TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
 
@@ -151,7 +152,7 @@ def reports_normal(clause: str) -> bool:
     last = _last_word(said)
     if last in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
         return False
-    if re.search(r"\b(?:not|no longer)\s+\S+$", said):  # "link not up", "mount no longer responsive"
+    if _NEGATED_LAST.search(said):  # "link not up", "mount no longer responsive"
         return False
     return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)))
 

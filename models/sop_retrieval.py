@@ -217,13 +217,16 @@ class SopRetriever:
         # A root alarm whose own code names a procedure is its own evidence; one that only states symptoms
         # ("high supply air") may be the consequence of what the members seen before it report.
         root_named = any(root_keys & codes for codes in self._codes.values())
-        cause = self.upstream_cause(root_alarm, member_alarms or []) if root_alarm else ""
+        # The root and each member read alone once per incident version; the cause and life safety both use them.
+        member_readings = self.member_readings(member_alarms or [])
+        root_sop = self.read_alone(root_alarm) if root_alarm else ""
+        cause = self._upstream(root_sop, member_readings, root_alarm.get("devices", 1)) if root_alarm else ""
         # A root alarm that names nothing (a probe failed, a metric absent) is judged by what its members point to.
         names_nothing = not kinds and not root_named and not any(
             w <= said for phrases in self._phrases.values() for w in phrases)
-        readings = [r for r in self.member_readings(member_alarms or []) if r.after_s <= 0] if names_nothing else []
+        readings = [r for r in member_readings if r.after_s <= 0] if names_nothing else []
         votes = Counter(r.sop_id for r in readings)
-        emergency = self.life_safety_shown(root_alarm, member_alarms or []) if root_alarm else set()
+        emergency = self._life_safety_among(root_sop, member_readings) if root_alarm else set()
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -272,14 +275,18 @@ class SopRetriever:
 
     def life_safety_shown(self, root_alarm: dict, member_alarms: list[dict]) -> set[str]:
         """The life-safety SOPs the members surely point to, unless the root's own SOP is one."""
-        if self.read_alone(root_alarm) in self._life_safety:
-            return set()
-        return {r.sop_id for r in self.member_readings(member_alarms) if r.sure} & self._life_safety
+        return self._life_safety_among(self.read_alone(root_alarm), self.member_readings(member_alarms))
+
+    def _life_safety_among(self, root_sop: str, readings: list[AlarmReading]) -> set[str]:
+        return set() if root_sop in self._life_safety else {r.sop_id for r in readings if r.sure} & self._life_safety
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""
-        return upstream_cause(self.relations, self.read_alone(root_alarm), self.member_readings(member_alarms),
-                              root_alarm.get("devices", 1), self.cause_steps, self.cause_devices)
+        return self._upstream(self.read_alone(root_alarm), self.member_readings(member_alarms),
+                              root_alarm.get("devices", 1))
+
+    def _upstream(self, root_sop: str, readings: list[AlarmReading], root_devices: int) -> str:
+        return upstream_cause(self.relations, root_sop, readings, root_devices, self.cause_steps, self.cause_devices)
 
     def weigh(self, evidence: Evidence) -> float:
         """One SOP's fused score (see the module's docstring)."""

@@ -104,14 +104,15 @@ class OwnCluster:
     def __enter__(self) -> "OwnCluster":
         from opsloop.ops.kafka import KafkaSetupError
 
-        for attempt in range(1, self.ATTEMPTS + 1):
+        for attempt in range(1, self.ATTEMPTS):
             try:
                 self.cluster.start()
                 return self
             except KafkaSetupError as error:
-                if "Address already in use" not in str(error) or attempt == self.ATTEMPTS:
+                if "Address already in use" not in str(error):
                     raise
-                self._new_cluster(attempt)  # fresh ports and storage; nothing was written to the lost cluster
+            self._new_cluster(attempt)  # fresh ports and storage; nothing was written to the lost cluster
+        self.cluster.start()
         return self
 
     def __exit__(self, *exc) -> None:
