@@ -75,6 +75,9 @@ _PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\
 _NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
 # "not available", "never becomes available": the SOPs' "unavailable" (SOURCE_UNAVAILABLE, GEN_NOT_AVAILABLE).
 _NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
+# A UPS whose bypass is unavailable, inhibited or out of tolerance is not on bypass: its inverter carries the load
+# with no way round it. One word, so the bypass procedure's "bypass" does not claim it.
+_NO_BYPASS = re.compile(r"\bbypass (?:unavailable|inhibited|disabled|blocked|bad|not ready|out of tolerance)\b")
 # A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
 _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
@@ -99,7 +102,8 @@ def words(text: str) -> list[str]:
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
     said = said.replace("firing speed", "engine speed")  # a genset's crank speed, no fire
-    for word in _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)).split():
+    said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
+    for word in said.split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)
         out.extend(ABBREVIATIONS.get(word, word).split())
     return out

@@ -17,6 +17,9 @@ evidence an incident carries:
           + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
                              SOP's scope or symptoms speak of many: the fault lies upstream of them all)
           + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
+          + shared_cause_weight × (1 if, besides, the root alarm comes from several devices and a member on
+                                   another device surely showed that fault before it: one fault upstream of
+                                   them all)
           + vote_weight   × (share of member alarms, each read alone, that point to this SOP, when the root
                              alarm names nothing itself: no SOP's code or phrase, no device kind)
           + emergency_weight × (1 if a member surely points to this life-safety SOP and the root's own
@@ -32,6 +35,11 @@ member whose fault, as the SOP texts say, brings the root's alarm or is the
 one the root's procedure hands over to ("Downstream UPS units go on battery",
 "follow the utility power loss procedure"). A member whose words report any
 reading as normal is context there, not a cause.
+
+A shared cause weighs more: when many devices raise the root alarm and, before
+any of them, another device of the cause's own kind (or naming its code)
+raised the cause's alarm (a CDU's strainer alarm 30 s before GPU throttling on
+three nodes), the cause is no mere reading of words.
 
 Life safety first (``emergency``): a procedure whose steps follow the site's
 emergency plan (fire, a battery off-gassing) is opened before any other. A
@@ -138,6 +146,7 @@ class Evidence:
     cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
     vote: float = 0.0  # the root names nothing: share of member alarms read alone that point to this SOP
     emergency: bool = False  # a life-safety SOP a member surely points to, where the root's own SOP is none
+    shared_cause: bool = False  # the cause, surely shown on another device before a root raised on several
 
 
 @component
@@ -149,7 +158,7 @@ class SopRetriever:
                  lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.25,
                  cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5,
-                 emergency_weight: float = 2.0):
+                 emergency_weight: float = 2.0, shared_cause_weight: float = 0.75):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -165,6 +174,7 @@ class SopRetriever:
         self.cause_devices = cause_devices
         self.vote_weight = vote_weight
         self.emergency_weight = emergency_weight
+        self.shared_cause_weight = shared_cause_weight
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
         store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
@@ -220,7 +230,10 @@ class SopRetriever:
         # The root and each member read alone once per incident version; the cause and life safety both use them.
         member_readings = self.member_readings(member_alarms or [])
         root_sop = self.read_alone(root_alarm) if root_alarm else ""
-        cause = self._upstream(root_sop, member_readings, root_alarm.get("devices", 1)) if root_alarm else ""
+        root_devices = root_alarm.get("devices", 1) if root_alarm else 1
+        cause = self._upstream(root_sop, member_readings, root_devices) if root_alarm else ""
+        shared = bool(cause) and root_devices >= self.cause_devices and any(
+            r.sop_id == cause and r.after_s < 0 and r.sure and not r.same_device for r in member_readings)
         # A root alarm that names nothing (a probe failed, a metric absent) is judged by what its members point to.
         names_nothing = not kinds and not root_named and not any(
             w <= said for phrases in self._phrases.values() for w in phrases)
@@ -239,7 +252,8 @@ class SopRetriever:
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and any(self._states(sid, lead) for lead in leads),
                 fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause,
-                vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency)
+                vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency,
+                shared_cause=shared and sid == cause)
         return out
 
     def read_alone(self, alarm: dict) -> str:
@@ -298,7 +312,7 @@ class SopRetriever:
         return (score + self.device_weight * evidence.device + self.member_weight * evidence.members
                 + self.lead_weight * evidence.lead + self.fanout_weight * evidence.fan_out
                 + self.cause_weight * evidence.cause + self.vote_weight * evidence.vote
-                + self.emergency_weight * evidence.emergency)
+                + self.emergency_weight * evidence.emergency + self.shared_cause_weight * evidence.shared_cause)
 
     def scores(self, query: str, **incident) -> list[tuple[str, float]]:
         """Every SOP with its fused score, best first (ties broken by id, so the order is stable)."""

@@ -42,7 +42,7 @@ GRID = {
 QUERY_SETTINGS = {"said_weight"}
 # Settings that weigh the evidence only (``SopRetriever.weigh``).
 WEIGHTS = {"code_weight", "phrase_weight", "device_weight", "member_weight", "lead_weight", "fanout_weight",
-           "cause_weight", "vote_weight", "emergency_weight"}
+           "cause_weight", "vote_weight", "emergency_weight", "shared_cause_weight"}
 
 
 def without_device_types(incident: dict) -> dict:
@@ -111,7 +111,8 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
                 score = (field["bm25"] + code + w["device_weight"] * field["device"]
                          + w["member_weight"] * field["members"] + w["lead_weight"] * field["lead"]
                          + w["fanout_weight"] * field["fan_out"] + w["cause_weight"] * field["cause"]
-                         + w["vote_weight"] * field["vote"] + w["emergency_weight"] * field["emergency"])
+                         + w["vote_weight"] * field["vote"] + w["emergency_weight"] * field["emergency"]
+                         + w["shared_cause_weight"] * field["shared_cause"])
                 top = np.argsort(-score, axis=1, kind="stable")[:, :3]
                 found = np.take_along_axis(expected, top, axis=1)
                 out[n][name] = [(bool(row[0]), bool(row.any())) for row in found]

@@ -197,3 +197,31 @@ def test_a_life_safety_root_keeps_its_own_procedure_beside_a_fire_alarm(narratio
     root = ("bess-1-ct1", "battery_container", "OffGas", "Off-gas detected, sensor 3 (rack 6)")
     vesda = [("bess-1-vesda", "vesda", "VESDA.Alert", "Alert level, 0.08 %obs/m", 45)]
     assert narration.retrieve(_incident(root, vesda)).sop_ids[0] == "SOP-ESS-004"  # off-gas: its own emergency
+
+
+def test_a_bypass_reported_unavailable_is_no_bypass_state():
+    # "static bypass inhibited" says the UPS has no way round its inverter: it is not on bypass.
+    assert "bypass" not in terms("inverter trip, static bypass inhibited, load off")
+    assert terms("Bypass not available") == terms("bypass unavailable") == terms("upsAlarmBypassBad")[-1:]
+    assert "bypass" in terms("UPS transferred to static bypass")
+
+
+def test_an_inverter_trip_with_no_bypass_to_go_to_is_the_internal_fault(narration):
+    root = ("ups-3b", "ups", "EV-5521", "Inverter tripped on DC link overvoltage, output off, bypass unavailable")
+    feeds = [("pdu-r7-a", "pdu", "inletVoltageLow", "Inlet 1 voltage 0 V", 1),
+             ("pdu-r8-a", "pdu", "inletVoltageLow", "Inlet 1 voltage 0 V", 1)]
+    assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-PWR-004"
+    assert narration.retrieve(_incident(root, feeds)).sop_ids[0] == "SOP-PWR-004"
+    on_bypass = ("ups-3b", "ups", "EV-5502", "Load transferred to static bypass, inverter off")
+    assert narration.retrieve(_incident(on_bypass, [])).sop_ids[0] == "SOP-PWR-003"
+
+
+def test_a_cdu_alarm_before_throttling_on_several_nodes_is_their_shared_cause(narration):
+    root = ("hgx-r4-n1", "gpu_node", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "reasons=0x48 HW_SLOWDOWN, GPU temp 90 C")
+    nodes = [("hgx-r4-n2", "gpu_node", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "reasons=0x48 HW_SLOWDOWN", 6)]
+    cdu = [("cdu-2", "cdu", "AL-311", "Secondary strainer dP 1.5 bar high, secondary flow 190 l/min (SP 300)", -25)]
+    assert narration.retrieve(_incident(root, nodes)).sop_ids[0] == "SOP-GPU-004"
+    assert narration.retrieve(_incident(root, nodes + cdu)).sop_ids[0] == "SOP-CLG-007"
+    # One node alone: the cause is read all the same, but not as shared by many.
+    query = narration.query.run(incident=_incident(root, cdu))
+    assert not any(e.shared_cause for e in narration.retriever.evidence(**query).values())
