@@ -66,6 +66,12 @@ _PREFIXED = re.compile(r"\b(under|over)[\s_-]+(voltage|current|temperature|load|
 # exceeds critical"); a PDU's "inlet" then is its power inlet, not an air inlet. A residual current is a leak to
 # earth, not an overcurrent.
 _CURRENT_ABOVE = re.compile(r"(?<!residual )\bcurrent(?: [a-z0-9]+){0,3} (?:above|exceeds?|exceeded|over)\b")
+# A temperature read above its limit ("max cell 53.1 C above 50.0 C", "supply 41.8 C > 40 C") is an
+# over-temperature.
+_TEMPERATURE_ABOVE = re.compile(r"\d\s*(?:°|deg\s*)?C\s*(?:>|above\b|exceeds?\b|exceeded\b|over\b)", re.IGNORECASE)
+_DEW_POINT = re.compile(r"\bdew ?point\b")
+# A GPU's utilisation ("GPU util 0%", DCGM's GPU_UTIL) is how busy it is, not the utility supply: both stem to "util".
+_USAGE = re.compile(r"\butili[sz]ation\b|\butil(?= \d)|(?<=\bgpu )util\b|(?<=\bgpus )util\b|(?<=\d )util\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
@@ -77,7 +83,8 @@ _NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not 
 _NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
 # A UPS whose bypass is unavailable, inhibited or out of tolerance is not on bypass: its inverter carries the load
 # with no way round it. One word, so the bypass procedure's "bypass" does not claim it.
-_NO_BYPASS = re.compile(r"\bbypass (?:unavailable|inhibited|disabled|blocked|bad|not ready|out of tolerance)\b")
+_NO_BYPASS = re.compile(r"\b(?:bypass|static switch|static transfer)(?: transfer)? "
+                        r"(?:unavailable|inhibited|disabled|blocked|bad|not ready|out of tolerance)\b")
 # A vendor's MIB prefix glued to an equipment acronym ("xupsOnBattery", Eaton's XUPS-MIB): the acronym alone.
 _VENDOR_PREFIXED = re.compile(r"^[a-z]{1,2}(ups|pdu)$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z]{3})(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
@@ -101,7 +108,9 @@ def words(text: str) -> list[str]:
     said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
-    said = said.replace("firing speed", "engine speed")  # a genset's crank speed, no fire
+    if _TEMPERATURE_ABOVE.search(text) and not _DEW_POINT.search(said):  # a high dew point is humid air, not hot
+        said += " overtemperature"
+    said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))  # a genset's crank speed, no fire
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
     for word in said.split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)
@@ -137,8 +146,9 @@ def log_codes(text: str) -> list[str]:
 # run"), and so is a unit reported "running", "run" or "online" (a status poll: "Running 58 %", "Run, fans 64 %",
 # "Online, load 63 %").
 NORMAL_WORDS = frozenset(
-    "normal ok okay healthy nominal cleared restored recovered resolved responsive up online running run".split())
-_RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*)\b")
+    "normal ok okay healthy nominal cleared restored recovered resolved responsive available up online running run"
+    .split())
+_RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*|inhibit\w*|lost)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
 _NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
@@ -188,7 +198,7 @@ def reports_any_normal(text: str) -> bool:
 
 # Work the plant or the scheduler does on its own: a job allocated or started, a standby unit started, a start
 # requested. Context for what follows (a load step, a failover), not a fault.
-_UNIT_STATES = frozenset("running run online up".split())
+_UNIT_STATES = frozenset("running run online up available".split())
 _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed)\b")
 
 

@@ -113,6 +113,13 @@ XIDS = {92: "gpu memory single bit ecc error rate high", 140: "gpu memory uncorr
 # "Xid 79", "XID_79", "NVRM: Xid (PCI:0000:3b:00): 79": the number is the fault (``incident_query.log_codes`` too).
 XID_NUMBER = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(?!\d)", re.IGNORECASE)
 
+# Messages of the PCIe error reporting (AER) and of NVIDIA's driver and tools that say a GPU is gone, in words: a
+# "Surprise Down" is a link that went down unannounced; "RmInitAdapter failed" a GPU the driver could not bring up;
+# "Unable to determine the device handle" a GPU nvidia-smi no longer finds.
+GPU_GONE = [(re.compile(r"surprise[\s_-]*down", re.IGNORECASE), "pcie link down"),
+            (re.compile(r"rminitadapter[\s_-]*failed", re.IGNORECASE), "gpu not detected"),
+            (re.compile(r"unable to determine the device handle", re.IGNORECASE), "gpu lost")]
+
 
 def meanings(text: str) -> list[str]:
     """The words each standard identifier in ``text`` stands for, in the order found (none: an empty list)."""
@@ -140,6 +147,7 @@ def _meanings(text: str) -> tuple[str, ...]:
         if int(number) in IB_TRAPS:
             found.append(f"infiniband {IB_TRAPS[int(number)]}")
     found += [XIDS[int(n)] for n in XID_NUMBER.findall(text) if int(n) in XIDS]
+    found += [meaning for pattern, meaning in GPU_GONE if pattern.search(text)]
     return tuple(dict.fromkeys(found))
 
 

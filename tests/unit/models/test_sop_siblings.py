@@ -225,3 +225,26 @@ def test_a_cdu_alarm_before_throttling_on_several_nodes_is_their_shared_cause(na
     # One node alone: the cause is read all the same, but not as shared by many.
     query = narration.query.run(incident=_incident(root, cdu))
     assert not any(e.shared_cause for e in narration.retriever.evidence(**query).values())
+
+
+def test_a_static_switch_reported_inhibited_is_no_bypass_state_either():
+    assert terms("static switch transfer inhibited") == terms("static bypass unavailable")[1:] == ["bypassunavail"]
+    assert "static" not in terms("Inverter fault, static switch transfer inhibited, output off")
+
+
+def test_a_temperature_read_above_its_limit_is_an_over_temperature_and_a_dew_point_is_not():
+    assert "overtemperatur" in terms("Module 4 max cell 52.8 C above 50.0 C protection")
+    assert "overtemperatur" in terms("Secondary supply 41.2 °C > 40 C")
+    assert "overtemperatur" not in terms("Dew point 18.2 C > 17.0 C") + terms("Inlet 23.1 C (limit 27 C)")
+
+
+def test_a_unit_or_source_reported_available_is_context_unless_a_fault_is_raised_beside_it():
+    assert says_no_fault("Generator available 400 V 50.0 Hz - waiting for load")
+    assert not says_no_fault("S2 available 480 V; position S1; transfer inhibited")
+    assert not says_no_fault("S1 lost, S2 available")
+    assert not reports_normal("bypass not available")
+
+
+def test_a_gpu_utilisation_is_no_utility_supply():
+    assert "util" not in terms("GPU 0-7 util 0% for 40 min") + terms("DCGM_FI_DEV_GPU_UTIL") + terms("GPU utilisation 0 %")
+    assert "util" in terms("utility power lost") and "util" in terms("util-meter-1 MainsFailure")

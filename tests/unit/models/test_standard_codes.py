@@ -79,3 +79,20 @@ def test_an_alarm_worded_as_a_standard_number_finds_its_procedure(narration, roo
 def test_a_power_supply_input_lost_sel_record_ranks_the_feed_procedure(narration):
     ranked = narration.retrieve(_incident(("node-7-bmc", "device", "SEL_0x08_0x6f_03", ""), [])).sop_ids
     assert "SOP-PWR-011" in ranked[:2]
+
+
+def test_pcie_and_gpu_driver_messages_that_say_a_gpu_is_gone_are_read_as_such():
+    assert "pcie link down" in meanings("pcieport 0000:17:01.0: AER: Uncorrected (Fatal) error received: Surprise Down Error")
+    assert "gpu not detected" in meanings("NVRM: GPU 0000:3a:00.0: RmInitAdapter failed! (0x22:0x38:852)")
+    assert "gpu lost" in meanings("Unable to determine the device handle for GPU 0000:9b:00.0: Unknown Error")
+    assert meanings("pcieport 0000:17:01.0: AER: Corrected error received: Receiver Error") == []
+
+
+def test_a_drained_node_whose_gpu_link_went_down_first_opens_the_fallen_off_the_bus_procedure(narration):
+    root = ("slurmctld", "slurm", "NODE_DRAIN", "node gpu-r2-07 set to DRAIN: gres/gpu count reported lower than "
+            "configured (7 < 8)")
+    link = [("gpu-r2-07", "gpu_node", "kernel", "pcieport 0000:5c:02.0: AER: Uncorrected (Fatal) error received: "
+             "Surprise Down Error", -20),
+            ("gpu-r2-07", "gpu_node", "kernel", "NVRM: GPU 0000:5e:00.0: RmInitAdapter failed!", -8)]
+    assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-SLM-001"
+    assert narration.retrieve(_incident(root, link)).sop_ids[0] == "SOP-GPU-002"
