@@ -104,6 +104,10 @@ DEVICE_KIND_SYNONYMS = {
     "HOST": "SERVER", "COMPUTE": "SERVER", "HGX": "GPU_NODE", "DGX": "GPU_NODE", "RPDU": "PDU",
     "CABINET": "RACK", "TRANSFER_SWITCH": "ATS", "GEN": "GENERATOR", "AHU": "CRAH",
     "TOR": "SWITCH", "CHW": "CHILLED_WATER", "TOWER": "COOLING_TOWER", "BATTERY_STORAGE": "ESS",
+    # Engineering abbreviations in device names: chilled water pump, cooling tower, switchgear, fire alarm control
+    # panel, power quality meter, temperature and humidity sensors, an InfiniBand leaf, a rack PDU's A or B feed.
+    "CHWP": "PUMP", "CWP": "PUMP", "CT": "COOLING_TOWER", "SWGR": "SWITCHGEAR", "FACP": "FIRE_PANEL",
+    "PQM": "METER", "TH": "SENSOR", "RH": "SENSOR", "IBL": "IB_SWITCH", "PDUA": "PDU", "PDUB": "PDU",
 }
 
 

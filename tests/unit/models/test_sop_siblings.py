@@ -9,6 +9,7 @@ from opsloop.models.incident_query import (IncidentQueryBuilder, code_key, repor
                                            says_no_fault, terms)
 from opsloop.models.narrate import Narration
 from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
+from opsloop.models.sop_retrieval import device_kinds
 from opsloop.models.sops import parse_corpus
 from incidents import incident as _incident  # the unit tier's incident record
 
@@ -248,3 +249,11 @@ def test_a_unit_or_source_reported_available_is_context_unless_a_fault_is_raised
 def test_a_gpu_utilisation_is_no_utility_supply():
     assert "util" not in terms("GPU 0-7 util 0% for 40 min") + terms("DCGM_FI_DEV_GPU_UTIL") + terms("GPU utilisation 0 %")
     assert "util" in terms("utility power lost") and "util" in terms("util-meter-1 MainsFailure")
+
+
+def test_engineering_abbreviations_in_a_device_name_give_its_kind():
+    known = {"PUMP", "COOLING_TOWER", "SWITCHGEAR", "FIRE_PANEL", "METER", "SENSOR", "PDU", "CHILLER"}
+    assert device_kinds(known, "device", "B2-CHWP-03") == ["PUMP"]
+    assert device_kinds(known, "", "CT-2") == ["COOLING_TOWER"] and device_kinds(known, "", "MV-SWGR-1") == ["SWITCHGEAR"]
+    assert device_kinds(known, "", "r07-pdua") == ["PDU"] and device_kinds(known, "", "facp-main") == ["FIRE_PANEL"]
+    assert device_kinds(known, "", "hall2-th-14") == ["SENSOR"] and device_kinds(known, "", "node-17") == []
