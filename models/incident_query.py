@@ -144,7 +144,8 @@ def log_codes(text: str) -> list[str]:
 # limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
 # as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up", "Fail to
 # run"), and so is a unit reported "running", "run" or "online" (a status poll: "Running 58 %", "Run, fans 64 %",
-# "Online, load 63 %").
+# "Online, load 63 %"), or a unit or source reported "available" ("generator available, waiting for load"). Beside
+# such a unit state, a fault raised ("transfer inhibited", "S1 lost") still stands (``says_no_fault``).
 NORMAL_WORDS = frozenset(
     "normal ok okay healthy nominal cleared restored recovered resolved responsive available up online running run"
     .split())
