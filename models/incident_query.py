@@ -203,6 +203,12 @@ _UNIT_STATES = frozenset("running run online up available".split())
 _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed)\b")
 
 
+_RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved|returned)\b")
+_FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
+                           r"lockout|locked out|stopped|shutdown|unreachable|unavailable|fail\w*|bad|abnormal|"
+                           r"exceeded|not \w+ed)\b")
+
+
 def says_no_fault(text: str) -> bool:
     """Whether an alarm's words report a normal reading or routine work: its own reading is context, not a cause.
     A unit reported running beside a fault raised ("Pump P1 fault, P2 running") is the standby taking over, so the
@@ -217,7 +223,9 @@ def says_no_fault(text: str) -> bool:
         return True
     normal = _normal_clauses(lowered)
     standby_running = all(_last_word(_clause_said(c)) in _UNIT_STATES for c in normal)
-    return bool(normal) and not (raised and standby_running)
+    partial = not any(_RECOVERY.search(c) for c in normal) and any(
+        _FAULT_STATED.search(c) for c in _CLAUSES.split(lowered) if c.strip() and not reports_normal(c))
+    return bool(normal) and not (raised and standby_running) and not partial
 
 
 def reports_only_normal(member: dict) -> bool:

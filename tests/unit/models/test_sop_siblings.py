@@ -257,3 +257,18 @@ def test_engineering_abbreviations_in_a_device_name_give_its_kind():
     assert device_kinds(known, "", "CT-2") == ["COOLING_TOWER"] and device_kinds(known, "", "MV-SWGR-1") == ["SWITCHGEAR"]
     assert device_kinds(known, "", "r07-pdua") == ["PDU"] and device_kinds(known, "", "facp-main") == ["FIRE_PANEL"]
     assert device_kinds(known, "", "hall2-th-14") == ["SENSOR"] and device_kinds(known, "", "node-17") == []
+
+
+def test_a_reading_normal_beside_a_fault_is_no_recovery_unless_it_says_so():
+    assert not says_no_fault("U_L2 = 0.3 kV, L2 missing; U_L1 and U_L3 nominal")
+    assert not says_no_fault("ifAdminStatus up(1), ifOperStatus down(2)")
+    assert says_no_fault("mains failure, voltages now normal") and says_no_fault("Inlet 22.4 C (normal)")
+
+
+def test_a_drained_node_whose_gpu_port_logged_a_fatal_pcie_error_opens_the_fallen_off_the_bus_procedure(narration):
+    root = ("slurmctld", "slurm", "node_drain", "node gpu-r4-02 reason set to: gres/gpu count reported lower than "
+            "configured (7 < 8)")
+    aer = [("gpu-r4-02", "gpu_node", "pcieport AER", "pcieport 0000:b0:01.0: AER: Uncorrected (Fatal) error received: "
+            "0000:b1:00.0, type=Transaction Layer", -25)]
+    assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-SLM-001"
+    assert narration.retrieve(_incident(root, aer)).sop_ids[0] == "SOP-GPU-002"
