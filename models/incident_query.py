@@ -203,6 +203,8 @@ _UNIT_STATES = frozenset("running run online up available".split())
 _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed)\b")
 
 
+# A clause that reads normal beside a fault stated in another is no recovery ("L2 missing; U_L1 and U_L3 nominal"),
+# unless it says the reading came back ("mains failure, voltages now normal").
 _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved|returned)\b")
 _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
                            r"lockout|locked out|stopped|shutdown|unreachable|unavailable|fail\w*|bad|abnormal|"
@@ -212,7 +214,8 @@ _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|cr
 def says_no_fault(text: str) -> bool:
     """Whether an alarm's words report a normal reading or routine work: its own reading is context, not a cause.
     A unit reported running beside a fault raised ("Pump P1 fault, P2 running") is the standby taking over, so the
-    fault stands; a reading reported normal again ("mains failure, voltages now normal") is a recovery.
+    fault stands; a reading reported normal again ("mains failure, voltages now normal") is a recovery; one reported
+    normal beside a fault stated in another clause ("L2 missing; U_L1 and U_L3 nominal") is not.
 
     >>> [says_no_fault(t) for t in ("sched: Allocate JobId=7 NodeList=n[1-4]", "Pump P1 fault, P2 running")]
     [True, False]
@@ -221,11 +224,12 @@ def says_no_fault(text: str) -> bool:
     raised = bool(_RAISED.search(lowered))
     if _ROUTINE.search(lowered) and not raised:
         return True
-    normal = _normal_clauses(lowered)
-    standby_running = all(_last_word(_clause_said(c)) in _UNIT_STATES for c in normal)
-    partial = not any(_RECOVERY.search(c) for c in normal) and any(
-        _FAULT_STATED.search(c) for c in _CLAUSES.split(lowered) if c.strip() and not reports_normal(c))
-    return bool(normal) and not (raised and standby_running) and not partial
+    clauses = [c for c in _CLAUSES.split(lowered) if c.strip()]
+    normal = [c for c in clauses if reports_normal(c)]
+    if not normal or raised and all(_last_word(_clause_said(c)) in _UNIT_STATES for c in normal):
+        return False
+    others = [c for c in clauses if c not in normal]
+    return any(_RECOVERY.search(c) for c in normal) or not any(_FAULT_STATED.search(c) for c in others)
 
 
 def reports_only_normal(member: dict) -> bool:
