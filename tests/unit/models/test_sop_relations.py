@@ -117,6 +117,21 @@ def test_a_hand_over_to_any_fault_takes_the_earliest_member_seen_first():
     assert walk_upstream(RELATIONS, "F", [AlarmReading("B", -5.0), AlarmReading("E", -50.0)], steps=1) == "E"
 
 
+def test_where_each_fault_brings_the_other_the_one_seen_first_is_the_cause():
+    mutual = Relations(brings={"P": frozenset({"Q"}), "Q": frozenset({"P"})}, hands_over={})
+    assert walk_upstream(mutual, "Q", [AlarmReading("P", -8.0)]) == "P"  # the pump failed before the chiller tripped
+    assert walk_upstream(mutual, "Q", [AlarmReading("P", 90.0)]) == "Q"  # the header warmed after the trip
+    # a chiller alarm at -30 s reads as the root's own fault: a header reading at -20 s came after it
+    assert walk_upstream(mutual, "Q", [AlarmReading("Q", -30.0), AlarmReading("P", -20.0)]) == "Q"
+    assert walk_upstream(RELATIONS, "C", [AlarmReading("B", 90.0)]) == "B"  # one way only: timing does not matter
+
+
+def test_the_corpus_reads_a_chiller_trip_and_a_pump_failure_each_bringing_the_other():
+    relations = read_relations(parse_corpus(sop_texts()))
+    assert "SOP-CLG-003" in relations.brings["SOP-CLG-006"]  # chillers on the loop trip on low evaporator flow
+    assert "SOP-CLG-006" in relations.brings["SOP-CLG-003"]  # then a chilled water supply temperature high alarm
+
+
 def test_a_root_on_several_devices_takes_the_fault_seen_before_it_elsewhere():
     lead = AlarmReading("E", -60.0)
     assert upstream_cause(RELATIONS, "B", [lead], root_devices=3) == "E"
