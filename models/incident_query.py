@@ -153,6 +153,8 @@ _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*|inhibit\w*|lost)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
 _NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
+# A breaker reported closed is in service: its normal state ("Branch circuit 1A-05 closed", "CB09 closed").
+_BREAKER_CLOSED = re.compile(r"\b(?:breakers?|branch|circuit|cb\d*|mccb|acb)\b(?:\s+\S+){0,3}\s+closed$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
 _TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
 
@@ -162,6 +164,8 @@ def reports_normal(clause: str) -> bool:
 
     >>> [reports_normal(c) for c in ("Inlet 22.4 C (normal)", "no alarm", "Normal source not acceptable")]
     [True, True, False]
+    >>> [reports_normal(c) for c in ("Branch circuit 1A-05 closed", "breaker status closed", "CHW valve closed")]
+    [True, True, False]
     """
     said = _clause_said(clause)
     last = _last_word(said)
@@ -169,7 +173,7 @@ def reports_normal(clause: str) -> bool:
         return False
     if _NEGATED_LAST.search(said):  # "link not up", "mount no longer responsive"
         return False
-    return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)))
+    return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)) or bool(_BREAKER_CLOSED.search(said)))
 
 
 def _clause_said(clause: str) -> str:
