@@ -94,6 +94,8 @@ IPMI_OFFSETS = {
     0x0D: {1: "drive fault", 2: "drive predictive failure"},
     0x13: {4: "pci parity error", 5: "pci system error", 8: "bus uncorrectable error", 9: "fatal interrupt",
            0xA: "bus fatal error"},
+    0x20: {0: "kernel panic", 1: "kernel panic"},  # a critical stop during OS load, at run time (a crash dump)
+    0x23: {0: "heartbeat lost", 1: "heartbeat lost", 2: "heartbeat lost", 3: "heartbeat lost"},  # watchdog 2 expired
 }
 _SEL = re.compile(r"(?:sel|sensor[\s_-]*type)[\s_:|#-]*(?:0x)?([0-9a-f]{2})h?(?![0-9a-f])"
                   r"(?:[\s_:|-]+(?:0x)?6fh?[\s_:|-]+(?:0x)?([0-9a-f]{1,2})h?(?![0-9a-f]))?", re.IGNORECASE)
@@ -119,6 +121,12 @@ XID_NUMBER = re.compile(r"(?<![a-z])xid[\s_:=-]*(?:\([^)]*\))?[\s:,=]*(\d{1,3})(
 GPU_GONE = [(re.compile(r"surprise[\s_-]*down", re.IGNORECASE), "pcie link down"),
             (re.compile(r"rminitadapter[\s_-]*failed", re.IGNORECASE), "gpu not detected"),
             (re.compile(r"unable to determine the device handle", re.IGNORECASE), "gpu lost")]
+# The same in words for the IPMI events whose numbers say a node's operating system stopped: its "OS Critical Stop"
+# (a crash) and its watchdog expiring (the OS stopped feeding it).
+NODE_STOPPED = [(re.compile(r"\b(?:os|operating[\s_-]*system)[\s_-]*critical[\s_-]*stop|run[\s_-]*time[\s_-]*critical"
+                            r"[\s_-]*stop", re.IGNORECASE), "kernel panic"),
+                (re.compile(r"\bwatchdog[\s_-]*2?\b.{0,30}?\b(?:timer[\s_-]*expired|hard[\s_-]*reset)", re.IGNORECASE),
+                 "heartbeat lost")]
 
 
 def meanings(text: str) -> list[str]:
@@ -147,7 +155,7 @@ def _meanings(text: str) -> tuple[str, ...]:
         if int(number) in IB_TRAPS:
             found.append(f"infiniband {IB_TRAPS[int(number)]}")
     found += [XIDS[int(n)] for n in XID_NUMBER.findall(text) if int(n) in XIDS]
-    found += [meaning for pattern, meaning in GPU_GONE if pattern.search(text)]
+    found += [meaning for pattern, meaning in GPU_GONE + NODE_STOPPED if pattern.search(text)]
     return tuple(dict.fromkeys(found))
 
 
