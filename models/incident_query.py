@@ -153,6 +153,9 @@ _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*|inhibit\w*|lost)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
 _NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
+# A value given as a share of its nominal ("Sag V1 71.8 % of nominal", "Va 0.4 % of 277 V nominal") names the
+# reference it is measured against, not a normal state.
+_OF_NOMINAL = re.compile(r"(?:%|\bof(?: [\d.]+ ?[a-z]{0,2})?) nominal$")
 # A breaker reported closed is in service: its normal state ("Branch circuit 1A-05 closed", "CB09 closed").
 _BREAKER_CLOSED = re.compile(r"\b(?:breakers?|branch|circuit|cb\d*|mccb|acb)\b(?:\s+\S+){0,3}\s+closed$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
@@ -166,12 +169,14 @@ def reports_normal(clause: str) -> bool:
     [True, True, False]
     >>> [reports_normal(c) for c in ("Branch circuit 1A-05 closed", "breaker status closed", "CHW valve closed")]
     [True, True, False]
+    >>> [reports_normal(c) for c in ("Sag V1 71.8 % of nominal", "Vc 0.3 % of 277 V nominal", "U_L3 nominal")]
+    [False, False, True]
     """
     said = _clause_said(clause)
     last = _last_word(said)
     if last in ("up", "run", "running") and _RAISED.search(said):  # "Fail to run"
         return False
-    if _NEGATED_LAST.search(said):  # "link not up", "mount no longer responsive"
+    if _NEGATED_LAST.search(said) or _OF_NOMINAL.search(said):  # "link not up"; "Vb 71 % of nominal"
         return False
     return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)) or bool(_BREAKER_CLOSED.search(said)))
 
