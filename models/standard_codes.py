@@ -76,6 +76,8 @@ _IEC = [(re.compile(r"(?<![\w>])i[oe]>{1,2}(?!\w)", re.IGNORECASE), "switchgear 
         (re.compile(r"(?<![\w>])u>{1,2}(?![\w>])", re.IGNORECASE), "overvoltage"),
         (re.compile(r"(?<![\w<>])f[<>]{1,2}(?![\w<>])", re.IGNORECASE), "frequency deviation")]
 
+OS_CRASHED = "operating system crashed kernel panic"
+OS_HUNG = "heartbeat lost"  # the OS stopped feeding the BMC's watchdog
 # IPMI 2.0 sensor types, and the sensor-specific (event type 6Fh) offsets of those a node's faults raise.
 IPMI_SENSOR_TYPES = {
     0x01: "temperature", 0x02: "voltage", 0x03: "current", 0x04: "fan", 0x05: "chassis intrusion",
@@ -94,8 +96,8 @@ IPMI_OFFSETS = {
     0x0D: {1: "drive fault", 2: "drive predictive failure"},
     0x13: {4: "pci parity error", 5: "pci system error", 8: "bus uncorrectable error", 9: "fatal interrupt",
            0xA: "bus fatal error"},
-    0x20: {0: "kernel panic", 1: "kernel panic"},  # a critical stop during OS load, at run time (a crash dump)
-    0x23: {0: "heartbeat lost", 1: "heartbeat lost", 2: "heartbeat lost", 3: "heartbeat lost"},  # watchdog 2 expired
+    0x20: {0: OS_CRASHED, 1: OS_CRASHED},  # a critical stop during the OS load, at run time (a crash dump)
+    0x23: {0: OS_HUNG, 1: OS_HUNG, 2: OS_HUNG, 3: OS_HUNG},  # watchdog 2 expired: a timeout, a reset, a power-off
 }
 _SEL = re.compile(r"(?:sel|sensor[\s_-]*type)[\s_:|#-]*(?:0x)?([0-9a-f]{2})h?(?![0-9a-f])"
                   r"(?:[\s_:|-]+(?:0x)?6fh?[\s_:|-]+(?:0x)?([0-9a-f]{1,2})h?(?![0-9a-f]))?", re.IGNORECASE)
@@ -124,9 +126,9 @@ GPU_GONE = [(re.compile(r"surprise[\s_-]*down", re.IGNORECASE), "pcie link down"
 # The same in words for the IPMI events whose numbers say a node's operating system stopped: its "OS Critical Stop"
 # (a crash) and its watchdog expiring (the OS stopped feeding it).
 NODE_STOPPED = [(re.compile(r"\b(?:os|operating[\s_-]*system)[\s_-]*critical[\s_-]*stop|run[\s_-]*time[\s_-]*critical"
-                            r"[\s_-]*stop", re.IGNORECASE), "kernel panic"),
+                            r"[\s_-]*stop", re.IGNORECASE), OS_CRASHED),
                 (re.compile(r"\bwatchdog[\s_-]*2?\b.{0,30}?\b(?:timer[\s_-]*expired|hard[\s_-]*reset)", re.IGNORECASE),
-                 "heartbeat lost")]
+                 OS_HUNG)]
 
 
 def meanings(text: str) -> list[str]:

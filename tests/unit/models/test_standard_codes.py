@@ -8,7 +8,7 @@ from opsloop.config.assets import sop_texts
 from opsloop.models.incident_query import terms
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
-from opsloop.models.standard_codes import meanings
+from opsloop.models.standard_codes import OS_CRASHED, OS_HUNG, meanings
 from incidents import incident as _incident  # the unit tier's incident record
 
 pytestmark = pytest.mark.unit
@@ -96,3 +96,16 @@ def test_a_drained_node_whose_gpu_link_went_down_first_opens_the_fallen_off_the_
             ("gpu-r2-07", "gpu_node", "kernel", "NVRM: GPU 0000:5e:00.0: RmInitAdapter failed!", -8)]
     assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-SLM-001"
     assert narration.retrieve(_incident(root, link)).sop_ids[0] == "SOP-GPU-002"
+
+
+def test_ipmi_events_that_say_a_nodes_operating_system_stopped_are_read_as_such():
+    assert meanings("SEL 0x20 0x6f 01") == [OS_CRASHED]  # OS Critical Stop, run-time critical stop
+    assert meanings("iLO 6 IML: OS Critical Stop - Run-time Critical Stop detected") == [OS_CRASHED]
+    assert meanings("SEL: Watchdog 2 #0x81 Timer expired, Hard reset - Asserted") == [OS_HUNG]
+    assert meanings("Watchdog 2 pre-timeout interrupt configured") == []
+
+
+def test_a_node_down_behind_an_os_crash_opens_the_node_down_procedure(narration):
+    root = ("slurmctld", "slurm", "NODE_FAIL", "Killing JobId=2290031 on failed node h2r12n06")
+    crash = [("h2r12n06-bmc", "bmc", "SEL_OS_STOP", "OS Critical Stop #0x46 | Run-time critical stop | Asserted", -95)]
+    assert narration.retrieve(_incident(root, crash)).sop_ids[0] == "SOP-GPU-006"
