@@ -72,6 +72,9 @@ _TEMPERATURE_ABOVE = re.compile(r"\d\s*(?:°|deg\s*)?C\s*(?:>|above\b|exceeds?\b
 _DEW_POINT = re.compile(r"\bdew ?point\b")
 # A GPU's utilisation ("GPU util 0%", DCGM's GPU_UTIL) is how busy it is, not the utility supply: both stem to "util".
 _USAGE = re.compile(r"\butili[sz]ation\b|\butil(?= \d)|(?<=\bgpu )util\b|(?<=\bgpus )util\b|(?<=\d )util\b")
+# A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
+_COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
+                             r"(?:exited|failed|killed|dead|stopped)\b")
 # Equipment acronyms the stemmer would mangle ("ups" → "up").
 UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rpp hca vesda".split())
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
@@ -110,7 +113,9 @@ def words(text: str) -> list[str]:
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
     if _TEMPERATURE_ABOVE.search(text) and not _DEW_POINT.search(said):  # a high dew point is humid air, not hot
         said += " overtemperature"
-    said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))  # a genset's crank speed, no fire
+    said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))
+    if _COLLECTOR_DIED.search(said):
+        said += " collector down"  # a genset's crank speed, no fire
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
     for word in said.split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)

@@ -272,3 +272,20 @@ def test_a_drained_node_whose_gpu_port_logged_a_fatal_pcie_error_opens_the_falle
             "0000:b1:00.0, type=Transaction Layer", -25)]
     assert narration.retrieve(_incident(root, [])).sop_ids[0] == "SOP-SLM-001"
     assert narration.retrieve(_incident(root, aer)).sop_ids[0] == "SOP-GPU-002"
+
+
+def test_a_monitoring_service_killed_by_the_kernel_is_a_collector_down_not_a_stuck_job(narration):
+    assert terms("snmp-poller.service: Main process exited, code=killed, status=9/KILL")[-2:] == ["collector", "down"]
+    assert "collector" not in terms("slurmd.service: Main process exited, code=killed, status=9/KILL")
+    root = ("crah-04", "device", "BACNET-NO-RESP", "DCIM: BACnet device 3104 (CRAH-04) no response, last value 14:01")
+    stale = [(f"crah-0{n}", "device", "BACNET-NO-RESP", "", 0) for n in (5, 6)]
+    poller = [("mon-col2", "device", "SVC-EXIT", "bacnet-poller.service: main process exited, code=killed, "
+               "status=9/KILL (oom-kill)", -3)]
+    assert narration.retrieve(_incident(root, stale + poller)).sop_ids[0] == "SOP-MON-001"
+
+
+def test_a_share_of_nominal_is_a_reading_not_a_normal_state(narration):
+    root = ("ups-1a", "ups", "upsOnBattery", "UPS: On battery power in response to an input power problem.")
+    ups = [("ups-1a", "ups", "powerRestored", "UPS: No longer on battery power.", 1)]
+    sag = [("pqm-inc1", "pq_meter", "EVT_SAG", "Sag V1 71.8 % V2 74.0 % V3 70.3 % of nominal, duration 118 ms", 0)]
+    assert narration.retrieve(_incident(root, ups + sag)).sop_ids[0] == "SOP-PWR-013"
