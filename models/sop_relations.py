@@ -128,15 +128,17 @@ class Relations:
     brings: dict[str, frozenset[str]]  # SOP id → the SOPs whose alarms its fault brings
     hands_over: dict[str, frozenset[str]]  # SOP id → the SOPs (or ANY) its steps send the operator to first
 
-    def upstream(self, of: str, candidate: str, seen_before: bool, came_first: bool | None = None) -> bool:
+    def upstream(self, of: str, candidate: str, seen_before: bool, came_first: bool | None = None,
+                 sure: bool = True) -> bool:
         """Whether ``candidate``'s fault explains ``of``'s alarm: it brings it, ``of`` hands over to it, or
         ``of`` hands over to whatever fault is found and the candidate's alarm came first (``seen_before``: before
-        the root). Where each fault brings the other (a chiller trip and a pump failure), only time tells cause
-        from effect: the candidate counts when it ``came_first``, before the first alarm of ``of``'s fault."""
+        the root) and points ``sure`` enough to it. Where each fault brings the other (a chiller trip and a pump
+        failure), only time tells cause from effect: the candidate counts when it ``came_first``, before the first
+        alarm of ``of``'s fault."""
         brings = of in self.brings.get(candidate, ())
         if brings and candidate in self.brings.get(of, ()):
             brings = seen_before if came_first is None else came_first
-        return brings or candidate in self.hands_over.get(of, ()) or (seen_before and ANY in self.hands_over.get(of, ()))
+        return brings or candidate in self.hands_over.get(of, ()) or (seen_before and sure and ANY in self.hands_over.get(of, ()))
 
 
 def read_relations(corpus: dict[str, Sop]) -> Relations:
@@ -185,14 +187,17 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
     it ends (``root_sop`` when nothing explains the root). For a hand-over to whatever fault is found, a member
     counts when it came before the root, or at the same moment if it names its procedure (a job failure burst
     raised in the same second as the node's Xid): an alarm read from its words alone at that moment may as
-    well be a consequence.
+    well be a consequence. It counts too only when it names its procedure, or comes from another device of that
+    procedure's kind: a log line on the root's own node read by the node's kind alone ("TaskProlog failed" as an
+    Xid, because a GPU node logged it) is no fault found.
     """
     at = root_sop
     for _ in range(steps):
         since = min([r.after_s for r in readings if r.sop_id == at] + ([0.0] if at == root_sop else []))
         upstream = [r for r in readings if r.sop_id not in (at, root_sop)
                     and relations.upstream(at, r.sop_id, r.after_s < 0 or r.after_s == 0 and r.named,
-                                           r.after_s < since or r.after_s == since and r.named)]
+                                           r.after_s < since or r.after_s == since and r.named,
+                                           r.named or r.sure and not r.same_device)]
         if not upstream:
             break
         at = min(upstream, key=AlarmReading.order).sop_id

@@ -114,7 +114,17 @@ def test_the_walk_goes_up_one_explaining_member_at_a_time():
 
 def test_a_hand_over_to_any_fault_takes_the_earliest_member_seen_first():
     assert walk_upstream(RELATIONS, "F", [AlarmReading("E", 5.0)]) == "F"
-    assert walk_upstream(RELATIONS, "F", [AlarmReading("B", -5.0), AlarmReading("E", -50.0)], steps=1) == "E"
+    earlier, earliest = AlarmReading("B", -5.0, sure=True), AlarmReading("E", -50.0, sure=True)
+    assert walk_upstream(RELATIONS, "F", [earlier, earliest], steps=1) == "E"
+
+
+def test_a_hand_over_to_any_fault_follows_only_a_member_that_surely_points_to_one():
+    by_kind_elsewhere = AlarmReading("E", -50.0, same_device=False, named=False, sure=True)
+    by_kind_on_the_root = AlarmReading("E", -50.0, same_device=True, named=False, sure=True)
+    named_on_the_root = AlarmReading("E", -50.0, same_device=True, named=True, sure=True)
+    assert walk_upstream(RELATIONS, "F", [by_kind_elsewhere]) == "E"  # a BMC's SEL before a node drained
+    assert walk_upstream(RELATIONS, "F", [by_kind_on_the_root]) == "F"  # the node's own prolog error, read as an Xid
+    assert walk_upstream(RELATIONS, "F", [named_on_the_root]) == "E"  # the node's own Xid 79
 
 
 def test_where_each_fault_brings_the_other_the_one_seen_first_is_the_cause():

@@ -17,7 +17,7 @@ def test_a_hand_over_to_any_fault_takes_a_member_at_the_same_moment_only_when_it
     hands_over_to_any = Relations(brings={}, hands_over={"F": frozenset({ANY})})
     assert walk_upstream(hands_over_to_any, "F", [AlarmReading("X", 0.0, named=True)]) == "X"
     assert walk_upstream(hands_over_to_any, "F", [AlarmReading("X", 0.0)]) == "F"
-    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("X", -1.0)]) == "X"  # before the root: as before
+    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("X", -1.0, sure=True)]) == "X"  # before the root
 
 
 def test_a_root_on_several_devices_takes_a_sure_member_at_the_same_moment():

@@ -47,9 +47,9 @@ def test_an_acronym_run_before_a_capitalised_word_is_split():
 
 def test_at_the_same_moment_an_alarm_that_names_its_procedure_goes_first():
     hands_over_to_any = Relations(brings={}, hands_over={"F": frozenset({ANY})})
-    by_words, by_code = AlarmReading("A", -2.0), AlarmReading("B", -2.0, named=True)
-    assert walk_upstream(hands_over_to_any, "F", [by_words, by_code]) == "B"
-    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("A", -3.0), by_code]) == "A"  # earlier still wins
+    by_kind, by_code = AlarmReading("A", -2.0, sure=True), AlarmReading("B", -2.0, named=True)
+    assert walk_upstream(hands_over_to_any, "F", [by_kind, by_code]) == "B"
+    assert walk_upstream(hands_over_to_any, "F", [AlarmReading("A", -3.0, sure=True), by_code]) == "A"  # earlier wins
 
 
 def test_an_alarm_read_alone_says_whether_it_named_its_procedure(narration):
