@@ -211,10 +211,12 @@ def reports_any_normal(text: str) -> bool:
     return bool(_normal_clauses(text))
 
 
-# Work the plant or the scheduler does on its own: a job allocated or started, a standby unit started, a start
-# requested. Context for what follows (a load step, a failover), not a fault.
+# Work the plant, the scheduler or the staff do on purpose: a job allocated or started, a standby unit started, a
+# start requested, a breaker opened by hand with no protection flag. Context for what follows (a load step, a
+# failover, a UPS on battery), not a fault.
 _UNIT_STATES = frozenset("running run online up available".split())
-_ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed)\b")
+_ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed|"
+                      r"(?:manual(?:ly)?|local|hand) operat\w*|no (?:trip|protection) (?:flag|indication))\b")
 
 
 # A clause that reads normal beside a fault stated in another is no recovery ("L2 missing; U_L1 and U_L3 nominal"),

@@ -289,3 +289,13 @@ def test_a_share_of_nominal_is_a_reading_not_a_normal_state(narration):
     ups = [("ups-1a", "ups", "powerRestored", "UPS: No longer on battery power.", 1)]
     sag = [("pqm-inc1", "pq_meter", "EVT_SAG", "Sag V1 71.8 % V2 74.0 % V3 70.3 % of nominal, duration 118 ms", 0)]
     assert narration.retrieve(_incident(root, ups + sag)).sop_ids[0] == "SOP-PWR-013"
+
+
+def test_a_feeder_opened_by_hand_is_switching_not_a_trip(narration):
+    assert says_no_fault("Feeder 52-F7 (UPS-A2 input) OPEN, manual operation, no trip flag")
+    assert not says_no_fault("Feeder 52-F7 OPEN, tripped on overcurrent (51)")
+    assert not says_no_fault("high pressure cutout 63H operated: compressor 1 stop")  # a protection that operated
+    root = ("ups-a3", "ups", "upsTrapOnBattery", "UPS-A3 on battery: AC input fail, rectifier stopped, 17 min")
+    feeder = [("lvsb-a1", "switchboard", "QF-07 OPEN", "Outgoing feeder QF-07 (UPS-A3 rectifier input) status OPEN - "
+               "local manual operation, no protection flag", -6)]
+    assert narration.retrieve(_incident(root, feeder)).sop_ids[0] == "SOP-PWR-002"
