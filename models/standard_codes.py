@@ -73,6 +73,7 @@ _SUFFIXED = frozenset(("50", "51", "64", "67", "87", "81"))
 _IEC = [(re.compile(r"(?<![\w>])i[oe]>{1,2}(?!\w)", re.IGNORECASE), "switchgear protection relay earth fault trip"),
         (re.compile(r"(?<![\w>])i>{1,3}(?![\w>])", re.IGNORECASE), "switchgear protection relay overcurrent trip"),
         (re.compile(r"(?<![\w<])u<{1,2}(?![\w<])", re.IGNORECASE), "undervoltage"),
+        (re.compile(r"(?<![\w<])3u<{1,2}(?![\w<])", re.IGNORECASE), "undervoltage all phases"),
         (re.compile(r"(?<![\w>])u>{1,2}(?![\w>])", re.IGNORECASE), "overvoltage"),
         (re.compile(r"(?<![\w<>])f[<>]{1,2}(?![\w<>])", re.IGNORECASE), "frequency deviation")]
 

@@ -299,3 +299,14 @@ def test_a_feeder_opened_by_hand_is_switching_not_a_trip(narration):
     feeder = [("lvsb-a1", "switchboard", "QF-07 OPEN", "Outgoing feeder QF-07 (UPS-A3 rectifier input) status OPEN - "
                "local manual operation, no protection flag", -6)]
     assert narration.retrieve(_incident(root, feeder)).sop_ids[0] == "SOP-PWR-002"
+
+
+def test_an_undervoltage_on_all_three_phases_is_the_supply_lost(narration):
+    assert terms("REF615 IN1 3U< operate: U12 0.00 kV")[-2:] == terms("loss of mains")
+    assert terms("SEL-751 27P1 undervoltage pickup 3ph")[-2:] == terms("loss of mains")
+    assert "main" not in terms("Undervoltage L2 88 % for 120 ms")  # one phase sagging: power quality
+    root = ("ups-a1", "ups", "upsOnBattery", "UPS: On battery power in response to an input power problem.")
+    relays = [(f"mvsg-in{n}", "switchgear", "PHPTUV1_OPERATE", f"REF615 IN{n} 3U< operate: U12 0.00 kV", -2)
+              for n in (1, 2)]
+    ups = [("ups-b1", "ups", "upsOnBattery", "UPS: On battery power in response to an input power problem.", 0)]
+    assert narration.retrieve(_incident(root, relays + ups)).sop_ids[0] == "SOP-PWR-001"
