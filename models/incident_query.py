@@ -232,6 +232,11 @@ _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|cr
                            r"exceeded|not \w+ed)\b")
 
 
+# A GPU's power draw read in watts ("GPU 0-7 power draw 694-700 W (limit 700 W)"): the load a job puts on, up to the
+# GPU's own limit, which the power procedures (a PDU over its threshold) are about, not a GPU fault.
+_GPU_POWER = re.compile(r"\bgpus?\b[\s\d=,-]*\bpower\b(?: draw| usage)?[\s\d.,x×=-]*w\b")
+
+
 def says_no_fault(text: str) -> bool:
     """Whether an alarm's words report a normal reading or routine work: its own reading is context, not a cause.
     A unit reported running beside a fault raised ("Pump P1 fault, P2 running") is the standby taking over, so the
@@ -240,10 +245,12 @@ def says_no_fault(text: str) -> bool:
 
     >>> [says_no_fault(t) for t in ("sched: Allocate JobId=7 NodeList=n[1-4]", "Pump P1 fault, P2 running")]
     [True, False]
+    >>> [says_no_fault(t) for t in ("GPU 0-7 power draw 694-700 W (limit 700 W)", "GPU 3 power brake asserted")]
+    [True, False]
     """
     lowered = text.lower()
     raised = bool(_RAISED.search(lowered))
-    if _ROUTINE.search(lowered) and not raised:
+    if (_ROUTINE.search(lowered) or _GPU_POWER.search(lowered)) and not raised:
         return True
     clauses = [c for c in _CLAUSES.split(lowered) if c.strip()]
     normal = [c for c in clauses if reports_normal(c)]
