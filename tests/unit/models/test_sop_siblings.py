@@ -311,3 +311,17 @@ def test_an_undervoltage_on_all_three_phases_is_the_supply_lost(narration):
     ups = [("ups-b1", "ups", "upsOnBattery", "UPS: On battery power in response to an input power problem.", 0)]
     assert narration.retrieve(_incident(root, relays + ups)).sop_ids[0] == "SOP-PWR-001"
 
+
+
+def test_a_tower_fans_drive_fault_is_the_tower_not_a_pump(narration):
+    root = ("ct-02", "cooling_tower", "VFD FLT", "CT-02 fan VFD tripped - FC102 alarm 9 inverter overload")
+    cws = [("cws-hdr", "condenser_water", "AI_CWS_T HI", "Condenser water supply 33.8 C (SP 30.0 C)", 120)]
+    assert narration.retrieve(_incident(root, cws)).sop_ids[0] == "SOP-CLG-009"
+
+
+def test_several_servers_of_a_rack_losing_one_supply_at_once_is_a_lost_feed(narration):
+    root = ("n1-bmc", "bmc", "PSU0003", "Power supply unit 1 has lost AC input.")
+    nodes = [(f"n{i}-bmc", "bmc", "PSU0003", "", i - 2) for i in (2, 3)]
+    pdu = [("r06-pdu-a", "pdu", "snmpNoResponse", "No SNMP response from PDU after 5 retries", 30),
+           ("r06-rpp-a", "rpp", "BRANCH_LOW_I", "Branch 07 current 0.0 A, breaker status closed", 60)]
+    assert narration.retrieve(_incident(root, nodes + pdu)).sop_ids[0] == "SOP-PWR-011"
