@@ -72,9 +72,9 @@ _TEMPERATURE_ABOVE = re.compile(r"\d\s*(?:°|deg\s*)?C\s*(?:>|above\b|exceeds?\b
 _DEW_POINT = re.compile(r"\bdew ?point\b")
 # A GPU's utilisation ("GPU util 0%", DCGM's GPU_UTIL) is how busy it is, not the utility supply: both stem to "util".
 _USAGE = re.compile(r"\butili[sz]ation\b|\butil(?= \d)|(?<=\bgpu )util\b|(?<=\bgpus )util\b|(?<=\d )util\b")
-# An undervoltage on all three phases at once ("3U< operate", "27P1 undervoltage 3ph", "U< on all phases") is the
-# supply lost, which an incomer's undervoltage relay is there to detect, not a sag within tolerance.
-_THREE_PHASES = re.compile(r"\b(?:3 u|3 ?ph|three ?phases?|all (?:three )?phases|trifasic[ao])\b")
+# An undervoltage on all three phases at once ("3U< operate", read by ``standard_codes`` as on all phases; "27P1
+# undervoltage 3ph") is the supply lost, which an incomer's undervoltage relay is there to detect, not a sag.
+_THREE_PHASES = re.compile(r"\b(?:3 ?ph|three ?phases?|all (?:three )?phases|trifasic[ao])\b")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
                              r"(?:exited|failed|killed|dead|stopped)\b")
@@ -116,11 +116,11 @@ def words(text: str) -> list[str]:
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
     if _TEMPERATURE_ABOVE.search(text) and not _DEW_POINT.search(said):  # a high dew point is humid air, not hot
         said += " overtemperature"
-    said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))
+    said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))  # a genset's crank speed, no fire
     if "undervoltage" in said and _THREE_PHASES.search(said):
         said += " loss of mains"
     if _COLLECTOR_DIED.search(said):
-        said += " collector down"  # a genset's crank speed, no fire
+        said += " collector down"
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
     for word in said.split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)

@@ -128,8 +128,7 @@ class Relations:
     brings: dict[str, frozenset[str]]  # SOP id → the SOPs whose alarms its fault brings
     hands_over: dict[str, frozenset[str]]  # SOP id → the SOPs (or ANY) its steps send the operator to first
 
-    def upstream(self, of: str, candidate: str, seen_before: bool, came_first: bool | None = None,
-                 sure: bool = True) -> bool:
+    def upstream(self, of: str, candidate: str, seen_before: bool, came_first: bool, sure: bool) -> bool:
         """Whether ``candidate``'s fault explains ``of``'s alarm: it brings it, ``of`` hands over to it, or
         ``of`` hands over to whatever fault is found and the candidate's alarm came first (``seen_before``: before
         the root) and points ``sure`` enough to it. Where each fault brings the other (a chiller trip and a pump
@@ -137,8 +136,9 @@ class Relations:
         alarm of ``of``'s fault."""
         brings = of in self.brings.get(candidate, ())
         if brings and candidate in self.brings.get(of, ()):
-            brings = seen_before if came_first is None else came_first
-        return brings or candidate in self.hands_over.get(of, ()) or (seen_before and sure and ANY in self.hands_over.get(of, ()))
+            brings = came_first
+        any_found = seen_before and sure and ANY in self.hands_over.get(of, ())
+        return brings or candidate in self.hands_over.get(of, ()) or any_found
 
 
 def read_relations(corpus: dict[str, Sop]) -> Relations:
