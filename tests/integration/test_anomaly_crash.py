@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 CODEC = Codec.default()
 SERIES, POINTS = 12, 2000
 SPIKES = (450, 800, 1150, 1500, 1850)
+HALF = 1000  # after the second spike of every series
 
 
 def values(series: int) -> list[float]:
@@ -34,16 +35,17 @@ def point(series: int, i: int, value: float) -> dict:
             "metric": "it_kw", "value": value, "unit": "kW", "source": "test"}
 
 
-def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_settings, read_topic, tmp_path):
-    series_values = [values(s) for s in range(SERIES)]
-    prod = producer(kafka_settings)
-    for i in range(POINTS):  # interleaved, as devices report
+def publish(settings, series_values, points: range) -> None:
+    prod = producer(settings)
+    for i in points:  # interleaved, as devices report
         for s in range(SERIES):
             p = point(s, i, series_values[s][i])
-            send(prod, kafka_settings.topic("telemetry.raw"), p["device"].encode(), CODEC.encode("TelemetryPoint", p))
+            send(prod, settings.topic("telemetry.raw"), p["device"].encode(), CODEC.encode("TelemetryPoint", p))
     wait_delivered(prod)
-    del prod
 
+
+def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_settings, read_topic, tmp_path):
+    series_values = [values(s) for s in range(SERIES)]
     expected = set()
     for s in range(SERIES):
         ew = EarlyWarning()
@@ -52,7 +54,9 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
                 expected.add((point(s, i, v)["device"], t.ts_ms, t.state))
     assert len(expected) >= SERIES * len(SPIKES)  # every spike raises (and most clear)
 
-    # Small batches and frequent checkpoints, so the kill lands mid-stream after some checkpoints.
+    # The first part holds two spikes; the rest comes after the kill, so a worker that outruns the kill on a fast
+    # machine still dies before the stream's end. Small batches and frequent checkpoints, so the kill lands after some.
+    publish(kafka_settings, series_values, range(HALF))
     log = tmp_path / "worker.log"
     proc = start_worker(kafka_settings, "anomaly", log, OPSLOOP_BATCH_SIZE="100", OPSLOOP_ANOMALY_CHECKPOINT_S="0.05",
                         OPSLOOP_IDLE_CLOSE_S="3600")
@@ -60,6 +64,7 @@ def test_sigkill_then_restart_gives_the_alarms_of_an_uninterrupted_run(kafka_set
     before = {(a["device"], a["ts_ms"], a["state"])
               for a in (CODEC.decode_as("Alarm", m.value()) for m in read_topic(kafka_settings, "alarms.raw"))}
     assert 0 < len(before) < len(expected), "the kill should land mid-stream"
+    publish(kafka_settings, series_values, range(HALF, POINTS))
 
     again = worker.run(kafka_settings, ["anomaly"], exit_when_idle=True)["anomaly"]
     assert again["dead_letters"] == 0
