@@ -78,18 +78,21 @@ def hits(narration: Narration, cases: list) -> dict[str, list[tuple[bool, bool]]
     return out
 
 
-def _rates(case_hits: dict, index: list[int]) -> dict:
-    return {name: {"hit_at_1": sum(rows[i][0] for i in index) / len(index),
-                   "hit_at_3": sum(rows[i][1] for i in index) / len(index)} for name, rows in case_hits.items()}
+def _tally(found, fold_of: np.ndarray, folds: int) -> np.ndarray:
+    """Hits@1 and @3 of one setting and variant per fold (folds x 2): all cross-validation keeps of it."""
+    found = np.asarray(found, dtype=float)
+    return np.stack([np.bincount(fold_of, weights=found[:, k], minlength=folds) for k in (0, 1)], axis=1)
 
 
-def _objective(rates: dict) -> float:
-    return sum(r["hit_at_1"] + r["hit_at_3"] for r in rates.values()) / len(rates)
+def _rates(counts: np.ndarray, cases: int) -> dict:
+    """``counts`` (variants x 2) as hit rates over ``cases``."""
+    return {name: {"hit_at_1": float(counts[v, 0]) / cases, "hit_at_3": float(counts[v, 1]) / cases}
+            for v, name in enumerate(VARIANTS)}
 
 
-def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[dict]:
-    """``hits`` of every setting (query settings and weights only), each incident retrieved once per query setting."""
-    out: list[dict] = [{} for _ in settings_list]
+def _weighed(corpus: dict, cases: list, settings_list: list[dict]):
+    """(setting index, variant, hits (cases x 2 bool)) of every setting, each incident retrieved once per query
+    setting; yielded one at a time, so a large grid is never held whole."""
     sids = sorted(corpus)  # columns in id order: a stable sort breaks ties by id, as ``ranking`` does
     expected = np.array([[sid in expect for sid in sids] for _, expect in cases], dtype=bool)
     by_query: dict[tuple, list[int]] = {}
@@ -115,41 +118,54 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
                          + w["shared_cause_weight"] * field["shared_cause"])
                 top = np.argsort(-score, axis=1, kind="stable")[:, :3]
                 found = np.take_along_axis(expected, top, axis=1)
-                out[n][name] = [(bool(row[0]), bool(row.any())) for row in found]
+                yield n, name, np.stack([found[:, 0], found.any(axis=1)], axis=1)
+
+
+def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[dict]:
+    """``hits`` of every setting (query settings and weights only), each incident retrieved once per query setting."""
+    out: list[dict] = [{} for _ in settings_list]
+    for n, name, found in _weighed(corpus, cases, settings_list):
+        out[n][name] = [(bool(h1), bool(h3)) for h1, h3 in found]
     return out
 
 
 def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None,
                    groups: list[int] | None = None) -> dict:
     grid, shipped = settings_grid(grid or GRID), defaults(corpus, grid or GRID)
+    fold_of = np.array(groups if groups is not None else [i % folds for i in range(len(cases))], dtype=int)
+    folds = int(fold_of.max()) + 1
+    in_fold = np.bincount(fold_of, minlength=folds)
+    tallies = np.zeros((len(grid), len(VARIANTS), folds, 2))
     if all(k in WEIGHTS | QUERY_SETTINGS for k in shipped):
-        scored = list(zip(grid, weighed_hits(corpus, cases, grid)))
+        variant = {name: v for v, name in enumerate(VARIANTS)}
+        for n, name, found in _weighed(corpus, cases, grid):
+            tallies[n, variant[name]] = _tally(found, fold_of, folds)
     else:
-        scored = [(settings, hits(narration_with(corpus, settings), cases)) for settings in grid]
-    everyone = list(range(len(cases)))
-    fold_of = groups if groups is not None else [i % folds for i in everyone]
-    folds = max(fold_of) + 1
+        for n, settings in enumerate(grid):
+            case_hits = hits(narration_with(corpus, settings), cases)
+            tallies[n] = [_tally(case_hits[name], fold_of, folds) for name in VARIANTS]
+    shipped_n = grid.index(shipped)
 
-    def best(index: list[int]) -> tuple[dict, dict]:
-        return max(scored, key=lambda sh: (_objective(_rates(sh[1], index)), sh[0] == shipped))
+    def best(train: np.ndarray) -> int:
+        """The setting with the best objective over the ``train`` folds; ties keep the shipped one, then the first."""
+        objective = tallies[:, :, train, :].sum(axis=(1, 2, 3))
+        top = objective.max()
+        return shipped_n if np.isclose(objective[shipped_n], top) else int(np.flatnonzero(np.isclose(objective, top))[0])
 
-    held_out_hits = {name: [None] * len(cases) for name in VARIANTS}
+    held_out = np.zeros((len(VARIANTS), 2))
     per_fold = []
     for fold in range(folds):
-        test = [i for i in everyone if fold_of[i] == fold]
-        train = [i for i in everyone if fold_of[i] != fold]
-        settings, case_hits = best(train)
-        for name in VARIANTS:
-            for i in test:
-                held_out_hits[name][i] = case_hits[name][i]
-        per_fold.append({"fold": fold, "cases": len(test), "chosen": settings, "held_out": _rates(case_hits, test)})
-    shipped_hits = next(h for s, h in scored if s == shipped)
-    all_in_settings, all_in_hits = best(everyone)
+        chosen = best(np.arange(folds) != fold)
+        held_out += tallies[chosen, :, fold, :]
+        per_fold.append({"fold": fold, "cases": int(in_fold[fold]), "chosen": grid[chosen],
+                         "held_out": _rates(tallies[chosen, :, fold, :], int(in_fold[fold]))})
+    everyone = np.ones(folds, dtype=bool)
+    all_in = best(everyone)
     return {"cases": len(cases), "folds": folds, "by_group": groups is not None, "grid_size": len(grid),
             "per_fold": per_fold,
-            "held_out": _rates(held_out_hits, everyone),
-            "shipped": {"settings": shipped, "all_in": _rates(shipped_hits, everyone)},
-            "best_all_in": {"settings": all_in_settings, "all_in": _rates(all_in_hits, everyone)}}
+            "held_out": _rates(held_out, len(cases)),
+            "shipped": {"settings": shipped, "all_in": _rates(tallies[shipped_n].sum(axis=1), len(cases))},
+            "best_all_in": {"settings": grid[all_in], "all_in": _rates(tallies[all_in].sum(axis=1), len(cases))}}
 
 
 def render(report: dict) -> str:
