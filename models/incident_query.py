@@ -149,16 +149,16 @@ def log_codes(text: str) -> list[str]:
 
 
 # A clause that ends on one of these words reports a reading as fine ("CHW supply 12.1 C normal",
-# "other feed OK", "returned to normal", "Inlet 22.4 C (normal)"), optionally followed by a value
-# ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
+# "other feed OK", "returned to normal", "Inlet 22.4 C (normal)", "health check PASS"), optionally followed by a
+# value ("nominal 11.0 kV", "fans OK 11200-11600 RPM"): not a symptom. So does one that says the reading is within its
 # limits or in range or at its setpoint, or that there is no (active) alarm, fault, smoke or fire. A state reported
 # as "up" (a link or line protocol up) is normal too, unless the clause raises a fault ("LTSSM Fault Up", "Fail to
 # run"), and so is a unit reported "running", "run" or "online" (a status poll: "Running 58 %", "Run, fans 64 %",
 # "Online, load 63 %"), or a unit or source reported "available" ("generator available, waiting for load"). Beside
 # such a unit state, a fault raised ("transfer inhibited", "S1 lost") still stands (``says_no_fault``).
 NORMAL_WORDS = frozenset(
-    "normal ok okay healthy nominal cleared restored recovered resolved responsive available up online running run"
-    .split())
+    "normal ok okay healthy nominal cleared restored recovered resolved responsive available up online running run "
+    "pass passed".split())
 _RAISED = re.compile(r"\b(?:fault|alarm|error|fail\w*|inhibit\w*|lost)\b")
 _IN_BAND = re.compile(r"\b(?:(?:within|in) (?:limits|tolerance|range)|at setpoint)\W*$|"
                       r"^\W*no (?:\w+ )?(?:alarms?|faults?|errors?|smoke|fire|leaks?)\W*$")
@@ -168,6 +168,10 @@ _NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
 _OF_NOMINAL = re.compile(r"(?:%|\bof(?: [\d.]+ ?[a-z]{0,2})?) nominal$")
 # A breaker reported closed is in service: its normal state ("Branch circuit 1A-05 closed", "CB09 closed").
 _BREAKER_CLOSED = re.compile(r"\b(?:breakers?|branch|circuit|cb\d*|mccb|acb)\b(?:\s+\S+){0,3}\s+closed$")
+# A generator ready to take load ("Ready To Load, 480 V 60.0 Hz") is in its healthy state, and a transfer switch in
+# its Normal position names the source it stands on ("position NORMAL"): unit states, as "running" is.
+_READY = re.compile(r"(?<!not )\bready(?: to (?:accept )?load)?$")
+_ON_SOURCE = re.compile(r"\bposition\W+normal$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
 _TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
 
@@ -188,7 +192,8 @@ def reports_normal(clause: str) -> bool:
         return False
     if _NEGATED_LAST.search(said) or _OF_NOMINAL.search(said):  # "link not up"; "Vb 71 % of nominal"
         return False
-    return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)) or bool(_BREAKER_CLOSED.search(said)))
+    return bool(last) and (last in NORMAL_WORDS or bool(_IN_BAND.search(said)) or bool(_BREAKER_CLOSED.search(said))
+                            or bool(_READY.search(said)))
 
 
 def _clause_said(clause: str) -> str:
@@ -228,13 +233,17 @@ _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?
 # unless it says the reading came back ("mains failure, voltages now normal").
 _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved|returned)\b")
 _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
-                           r"lockout|locked out|stopped|shutdown|unreachable|unavailable|fail\w*|bad|abnormal|"
+                           r"lockout|locked out|inhibit\w*|blocked|stopped|shutdown|unreachable|unavailable|fail\w*|bad|abnormal|"
                            r"exceeded|not \w+ed)\b")
 
 
 # A GPU's power draw read in watts ("GPU 0-7 power draw 694-700 W (limit 700 W)"): the load a job puts on, up to the
 # GPU's own limit, which the power procedures (a PDU over its threshold) are about, not a GPU fault.
 _GPU_POWER = re.compile(r"\bgpus?\b[\s\d=,-]*\bpower\b(?: draw| usage)?[\s\d.,x×=-]*w\b")
+
+
+def _is_unit_state(said: str) -> bool:
+    return _last_word(said) in _UNIT_STATES or bool(_READY.search(said) or _ON_SOURCE.search(said))
 
 
 def says_no_fault(text: str) -> bool:
@@ -247,6 +256,8 @@ def says_no_fault(text: str) -> bool:
     [True, False]
     >>> [says_no_fault(t) for t in ("GPU 0-7 power draw 694-700 W (limit 700 W)", "GPU 3 power brake asserted")]
     [True, False]
+    >>> [says_no_fault(t) for t in ("GEN-1: Ready To Load, 480 V 60.0 Hz", "Transfer inhibit active; position NORMAL")]
+    [True, False]
     """
     lowered = text.lower()
     raised = bool(_RAISED.search(lowered))
@@ -254,7 +265,7 @@ def says_no_fault(text: str) -> bool:
         return True
     clauses = [c for c in _CLAUSES.split(lowered) if c.strip()]
     normal = [c for c in clauses if reports_normal(c)]
-    if not normal or raised and all(_last_word(_clause_said(c)) in _UNIT_STATES for c in normal):
+    if not normal or raised and all(_is_unit_state(_clause_said(c)) for c in normal):
         return False
     others = [c for c in clauses if c not in normal]
     return any(_RECOVERY.search(c) for c in normal) or not any(_FAULT_STATED.search(c) for c in others)

@@ -25,6 +25,9 @@ evidence an incident carries:
           + emergency_weight × (1 if a member surely points to this life-safety SOP and the root's own
                                 SOP is none; see below)
 
+The default weights are the ones every fold of leave-one-file-out chose over
+the labelled sets (``opsloop eval narrate --cv-by-file``; see the README).
+
 Members that only report a normal reading ("CHW supply 12.1 C normal") are
 dropped by the query builder before any of this: they name no fault.
 
@@ -157,11 +160,11 @@ class Evidence:
 class SopRetriever:
     """Ranks SOPs for an incident query; returns the best ids and the sections of the ``top_k`` best."""
 
-    def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 1.0,
+    def __init__(self, corpus: dict[str, Sop], top_k: int = 3, code_weight: float = 0.6,
                  device_weight: float = 0.2, member_weight: float = 0.15, phrase_weight: float = 0.3,
-                 lead_weight: float = 0.6, fanout_weight: float = 0.5, fan_out_devices: int = 3,
-                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.25,
-                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.5,
+                 lead_weight: float = 0.3, fanout_weight: float = 0.5, fan_out_devices: int = 3,
+                 kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
+                 cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.25,
                  emergency_weight: float = 2.0, shared_cause_weight: float = 0.75):
         self.corpus = corpus
         self.top_k = top_k

@@ -144,6 +144,8 @@ def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None 
         for n, settings in enumerate(grid):
             case_hits = hits(narration_with(corpus, settings), cases)
             tallies[n] = [_tally(case_hits[name], fold_of, folds) for name in VARIANTS]
+    if shipped not in grid:
+        raise ValueError(f"the grid must hold the shipped settings {shipped}: ties keep them")
     shipped_n = grid.index(shipped)
 
     def best(train: np.ndarray) -> int:

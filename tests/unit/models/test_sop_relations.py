@@ -127,6 +127,13 @@ def test_a_hand_over_to_any_fault_follows_only_a_member_that_surely_points_to_on
     assert walk_upstream(RELATIONS, "F", [named_on_the_root]) == "E"  # the node's own Xid 79
 
 
+def test_a_hand_over_to_any_fault_does_not_follow_an_effect_of_the_roots_own_fault():
+    lost_feed = Relations(brings={"FEED": frozenset({"OVERCURRENT"})}, hands_over={"FEED": frozenset({ANY})})
+    warning, trip = AlarmReading("OVERCURRENT", -40.0, sure=True), AlarmReading("TRIP", -1.0, named=True, sure=True)
+    assert walk_upstream(lost_feed, "FEED", [warning, trip]) == "TRIP"  # the partner's overcurrent comes of a lost feed
+    assert walk_upstream(lost_feed, "FEED", [warning]) == "FEED"
+
+
 def test_where_each_fault_brings_the_other_the_one_seen_first_is_the_cause():
     mutual = Relations(brings={"P": frozenset({"Q"}), "Q": frozenset({"P"})}, hands_over={})
     assert walk_upstream(mutual, "Q", [AlarmReading("P", -8.0)]) == "P"  # the pump failed before the chiller tripped
