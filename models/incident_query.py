@@ -168,9 +168,11 @@ _NEGATED_LAST = re.compile(r"\b(?:not|no longer)\s+\S+$")
 _OF_NOMINAL = re.compile(r"(?:%|\bof(?: [\d.]+ ?[a-z]{0,2})?) nominal$")
 # A breaker reported closed is in service: its normal state ("Branch circuit 1A-05 closed", "CB09 closed").
 _BREAKER_CLOSED = re.compile(r"\b(?:breakers?|branch|circuit|cb\d*|mccb|acb)\b(?:\s+\S+){0,3}\s+closed$")
-# A generator ready to take load ("Ready To Load, 480 V 60.0 Hz") is in its healthy state, and a transfer switch in
-# its Normal position names the source it stands on ("position NORMAL"): unit states, as "running" is.
-_READY = re.compile(r"(?<!not )\bready(?: to (?:accept )?load)?$")
+# A generator ready to take load ("Ready To Load, 480 V 60.0 Hz", "running at rated speed") is in its healthy
+# state, and a transfer switch in its Normal position names the source it stands on ("position NORMAL"): unit
+# states, as "running" is.
+_READY = re.compile(r"(?<!not )\b(?:ready(?: to (?:accept )?load)?|"
+                    r"at rated (?:speed|voltage|frequency|voltage/frequency))$")
 _ON_SOURCE = re.compile(r"\bposition\W+normal$")
 _CLAUSES = re.compile(r"[;,]|\s[-\u2013\u2014]\s")
 _TRAILING_VALUES = re.compile(r"(\s+[\d.]+(?:[-/][\d.]+)*\s*[a-z%]{0,3})+[.!]?\s*$")
@@ -233,8 +235,8 @@ _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?
 # unless it says the reading came back ("mains failure, voltages now normal").
 _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved|returned)\b")
 _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
-                           r"lockout|locked out|inhibit\w*|blocked|stopped|shutdown|unreachable|unavailable|fail\w*|bad|abnormal|"
-                           r"exceeded|not \w+ed)\b")
+                           r"lockout|locked out|inhibit\w*|blocked|stopped|shutdown|unreachable|unavailable|fail\w*|"
+                           r"bad|abnormal|exceeded|not \w+ed)\b")
 
 
 # A GPU's power draw read in watts ("GPU 0-7 power draw 694-700 W (limit 700 W)"): the load a job puts on, up to the
@@ -258,6 +260,8 @@ def says_no_fault(text: str) -> bool:
     [True, False]
     >>> [says_no_fault(t) for t in ("GEN-1: Ready To Load, 480 V 60.0 Hz", "Transfer inhibit active; position NORMAL")]
     [True, False]
+    >>> says_no_fault("Engine running at rated speed, generator breaker open, load 0 kW")
+    True
     """
     lowered = text.lower()
     raised = bool(_RAISED.search(lowered))

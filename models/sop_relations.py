@@ -132,9 +132,9 @@ class Relations:
         """Whether ``candidate``'s fault explains ``of``'s alarm: it brings it, ``of`` hands over to it, or
         ``of`` hands over to whatever fault is found and the candidate's alarm came first (``seen_before``: before
         the root), points ``sure`` enough to it, and is none that ``of``'s own fault brings (a rack that lost a
-        feed brings its partner PDU's overcurrent: an effect, not the fault to follow). Where each fault brings the other (a chiller trip and a pump
-        failure), only time tells cause from effect: the candidate counts when it ``came_first``, before the first
-        alarm of ``of``'s fault."""
+        feed brings its partner PDU's overcurrent: an effect, not the fault to follow). Where each fault brings the
+        other (a chiller trip and a pump failure), only time tells cause from effect: the candidate counts when it
+        ``came_first``, before the first alarm of ``of``'s fault."""
         brings = of in self.brings.get(candidate, ())
         if brings and candidate in self.brings.get(of, ()):
             brings = came_first

@@ -247,6 +247,7 @@ class SopRetriever:
         readings = [r for r in member_readings if r.after_s <= 0] if names_nothing else []
         votes = Counter(r.sop_id for r in readings)
         emergency = self._life_safety_among(root_sop, member_readings) if root_alarm else set()
+        brought = self.relations.brings.get(root_sop, frozenset())  # the root's own fault explains their fan-out
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -258,7 +259,8 @@ class SopRetriever:
                 phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and any(self._states(sid, lead) for lead in leads),
-                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid], cause=sid == cause,
+                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid] and sid not in brought,
+                cause=sid == cause,
                 vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency,
                 shared_cause=shared and sid == cause)
         return out

@@ -152,7 +152,9 @@ def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None 
         """The setting with the best objective over the ``train`` folds; ties keep the shipped one, then the first."""
         objective = tallies[:, :, train, :].sum(axis=(1, 2, 3))
         top = objective.max()
-        return shipped_n if np.isclose(objective[shipped_n], top) else int(np.flatnonzero(np.isclose(objective, top))[0])
+        if np.isclose(objective[shipped_n], top):
+            return shipped_n
+        return int(np.flatnonzero(np.isclose(objective, top))[0])
 
     held_out = np.zeros((len(VARIANTS), 2))
     per_fold = []

@@ -273,3 +273,16 @@ def test_one_code_on_many_devices_at_once_points_upstream_of_them(narration):
     assert three["SOP-NET-008"] - one["SOP-NET-008"] == pytest.approx(narration.retriever.fanout_weight)
     assert narration.retriever.fanout_weight > 0
     assert three["SOP-GPU-006"] == pytest.approx(one["SOP-GPU-006"])
+
+
+def test_a_fan_out_the_roots_own_fault_brings_speaks_for_no_other_procedure(narration):
+    # The twin's scripted PDU breaker trip: its racks lose a feed, their servers a supply, many at once.
+    breaker = ("pdu-a2", "pdu", "PWR_PDU_BREAKER_TRIP", "")
+    feeds = [(f"rack-a0{r}", "rack", "PWR_RACK_FEED_LOST", "", 3 + r) for r in (3, 4)]
+    supplies = [(f"rack-a0{r}-n{k}", "gpu_node", "PWR_INPUT_LOSS", "", 5 + r + k) for r in (3, 4) for k in range(1, 7)]
+    trip = _incident(breaker, feeds + supplies)
+    assert "SOP-PWR-011" in narration.retriever.relations.brings["SOP-PWR-007"]
+    assert narration.retrieve(trip).sop_ids[0] == "SOP-PWR-007"
+    # The same supplies lost with no breaker behind them: the fan-out speaks for the rack-feed procedure.
+    feed = _incident(("rack-a03-n1", "gpu_node", "PWR_INPUT_LOSS", ""), supplies[1:])
+    assert narration.retrieve(feed).sop_ids[0] == "SOP-PWR-011"
