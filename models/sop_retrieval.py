@@ -111,6 +111,10 @@ DEVICE_KIND_SYNONYMS = {
     # panel, power quality meter, temperature and humidity sensors, an InfiniBand leaf, a rack PDU's A or B feed.
     "CHWP": "PUMP", "CWP": "PUMP", "CT": "COOLING_TOWER", "SWGR": "SWITCHGEAR", "FACP": "FIRE_PANEL",
     "PQM": "METER", "TH": "SENSOR", "RH": "SENSOR", "IBL": "IB_SWITCH", "PDUA": "PDU", "PDUB": "PDU",
+    # A low-voltage switchboard (main switchboard, main distribution board) is switchgear.
+    "SWITCHBOARD": "SWITCHGEAR", "SWBD": "SWITCHGEAR", "MSB": "SWITCHGEAR", "MDB": "SWITCHGEAR",
+    # A battery monitor (string and block readings) watches a UPS's battery strings.
+    "BATTERY_MONITOR": "UPS_BATTERY", "BMON": "UPS_BATTERY",
 }
 
 

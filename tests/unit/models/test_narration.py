@@ -174,6 +174,8 @@ def test_the_root_kind_comes_from_the_type_or_else_the_name(narration):
     assert device_kinds(known, "transfer_switch", "") == ["ATS"]
     assert device_kinds(known, "device", "DH1-UPS-C") == ["UPS"]
     assert device_kinds(known, "device", "r40-c01") == []
+    assert device_kinds(known, "lv_swbd", "SWBD-2A") == ["SWITCHGEAR"]  # a low-voltage switchboard
+    assert device_kinds(known, "battery_monitor", "BMON-1A") == ["UPS_BATTERY"]  # it watches a UPS's strings
 
 
 def test_codes_stated_in_words_are_read():

@@ -53,6 +53,7 @@ def test_the_corpus_relations_name_upstream_faults():
     assert "SOP-PWR-008" not in relations.brings["SOP-PWR-001"]  # "after a utility loss" is a circumstance
     assert "SOP-PWR-001" in relations.hands_over["SOP-PWR-002"] and "SOP-PWR-011" in relations.hands_over["SOP-PWR-006"]
     assert "SOP-PWR-004" in relations.hands_over["SOP-PWR-002"]  # on battery with the input normal: the rectifier
+    assert "SOP-GPU-004" in relations.brings["SOP-GPU-007"]  # a failed system fan: the node's GPUs throttle
     assert relations.hands_over["SOP-CLG-001"] == set()  # its "follow the high inlet temperature procedure" escalates
     assert relations.hands_over["SOP-SLM-002"] == {"SOP-NET-008", "SOP-GPU-005"}  # hung mounts, NVLink errors
     assert relations.hands_over["SOP-PWR-013"] == {"SOP-PWR-001"}  # "if a phase or a whole feed reads zero"
