@@ -175,6 +175,7 @@ class AlarmReading:
     same_device: bool = False  # on the root alarm's own device
     named: bool = False  # its code or words state one of that SOP's codes: surer than a reading of its words alone
     sure: bool = False  # named, or its device is of a kind that SOP's equipment lists: more than a reading of words
+    surely_kind: bool = False  # named, or of a kind only that SOP's family lists (life safety asks this much)
 
     def order(self) -> tuple:
         """Earliest first; at the same moment, an alarm that names its procedure before one read from its words."""

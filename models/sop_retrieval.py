@@ -195,6 +195,11 @@ class SopRetriever:
         self._code_words = {sid: [_code_words(c) for c in sop.codes] for sid, sop in corpus.items()}
         self._equipment = {sid: {code_key(e) for e in sop.equipment} for sid, sop in corpus.items()}
         self._known_kinds = set().union(*self._equipment.values())
+        families: dict[str, set[str]] = {}
+        for sid, kinds in self._equipment.items():
+            for kind in kinds:
+                families.setdefault(kind, set()).add(sid.split("-")[1] if sid.count("-") >= 2 else sid)
+        self._shared_kinds = {kind for kind, of in families.items() if len(of) > 1}
         # A one-word code says something only when one SOP alone lists that word ("OVERCURRENT", not "FAULT").
         code_word_sops: dict[str, set[str]] = {}
         for sid, code_words in self._code_words.items():
@@ -297,7 +302,11 @@ class SopRetriever:
             if not a["says_normal"] and not (a["after_s"] > 0 and reports_only_a_value({"code": a["code"],
                                                                                          "text": a["words"]})):
                 sid, named, of_its_kind = self.reading_alone(a)
-                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind))
+                # a kind procedures of several families list ("bms": a building's or a battery's management system)
+                shared = of_its_kind and set(device_kinds(self._known_kinds, a["device_type"], a["device"])) & \
+                    self._equipment[sid] <= self._shared_kinds
+                readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind,
+                                             named or of_its_kind and not shared))
         return readings
 
     def life_safety_shown(self, root_alarm: dict, member_alarms: list[dict]) -> set[str]:
@@ -305,7 +314,8 @@ class SopRetriever:
         return self._life_safety_among(self.read_alone(root_alarm), self.member_readings(member_alarms))
 
     def _life_safety_among(self, root_sop: str, readings: list[AlarmReading]) -> set[str]:
-        return set() if root_sop in self._life_safety else {r.sop_id for r in readings if r.sure} & self._life_safety
+        return set() if root_sop in self._life_safety else {r.sop_id for r in readings if r.surely_kind} & \
+            self._life_safety
 
     def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""

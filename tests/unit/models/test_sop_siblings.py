@@ -194,6 +194,16 @@ def test_a_fire_alarm_among_the_members_comes_before_the_equipment_fault(narrati
     assert narration.retriever.life_safety_shown(query["root_alarm"], query["member_alarms"]) == {"SOP-FIR-001"}
 
 
+def test_a_building_management_point_is_no_battery_emergency(narration):
+    # "bms" names a building's management system as well as a battery's: a chilled-water point it raises is no
+    # sure sign of a battery over-temperature, whose procedure follows the emergency plan.
+    root = ("km-03", "chiller", "STARTER_FAULT", "Starter fault, compressor A, unit locked out")
+    point = [("as-klt-01", "bms", "KW_VL_HOCH", "Chilled water supply 16.9 C above limit 16.5 C", 150)]
+    query = narration.query.run(incident=_incident(root, point))
+    assert narration.retriever.life_safety_shown(query["root_alarm"], query["member_alarms"]) == set()
+    assert narration.retrieve(_incident(root, point)).sop_ids[0] == "SOP-CLG-003"
+
+
 def test_a_life_safety_root_keeps_its_own_procedure_beside_a_fire_alarm(narration):
     root = ("bess-1-ct1", "battery_container", "OffGas", "Off-gas detected, sensor 3 (rack 6)")
     vesda = [("bess-1-vesda", "vesda", "VESDA.Alert", "Alert level, 0.08 %obs/m", 45)]
