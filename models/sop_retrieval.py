@@ -198,7 +198,7 @@ class SopRetriever:
         families: dict[str, set[str]] = {}
         for sid, kinds in self._equipment.items():
             for kind in kinds:
-                families.setdefault(kind, set()).add(sid.split("-")[1] if sid.count("-") >= 2 else sid)
+                families.setdefault(kind, set()).add(_family(sid))
         self._shared_kinds = {kind for kind, of in families.items() if len(of) > 1}
         # A one-word code says something only when one SOP alone lists that word ("OVERCURRENT", not "FAULT").
         code_word_sops: dict[str, set[str]] = {}
@@ -302,12 +302,15 @@ class SopRetriever:
             if not a["says_normal"] and not (a["after_s"] > 0 and reports_only_a_value({"code": a["code"],
                                                                                          "text": a["words"]})):
                 sid, named, of_its_kind = self.reading_alone(a)
-                # a kind procedures of several families list ("bms": a building's or a battery's management system)
-                shared = of_its_kind and set(device_kinds(self._known_kinds, a["device_type"], a["device"])) & \
-                    self._equipment[sid] <= self._shared_kinds
                 readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind,
-                                             named or of_its_kind and not shared))
+                                             named or of_its_kind and not self._by_shared_kind(a, sid)))
         return readings
+
+    def _by_shared_kind(self, alarm: dict, sid: str) -> bool:
+        """Whether the alarm's device is of the SOP's kind only through kinds procedures of several families list
+        ("bms": a building's management system, or a battery's)."""
+        kinds = set(device_kinds(self._known_kinds, alarm["device_type"], alarm["device"])) & self._equipment[sid]
+        return kinds <= self._shared_kinds
 
     def life_safety_shown(self, root_alarm: dict, member_alarms: list[dict]) -> set[str]:
         """The life-safety SOPs the members surely point to, unless the root's own SOP is one."""
@@ -354,6 +357,12 @@ class SopRetriever:
             member_alarms=member_alarms)]
         top = ranked[: self.top_k]
         return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}
+
+
+def _family(sid: str) -> str:
+    """A SOP's family, the middle of its id ("SOP-PWR-002": PWR); an id without one is its own family."""
+    parts = sid.split("-")
+    return parts[1] if len(parts) >= 3 else sid
 
 
 def _alarm(text: str) -> tuple[set[str], set[str]]:

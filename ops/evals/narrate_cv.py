@@ -132,6 +132,8 @@ def weighed_hits(corpus: dict, cases: list, settings_list: list[dict]) -> list[d
 def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None = None,
                    groups: list[int] | None = None) -> dict:
     grid, shipped = settings_grid(grid or GRID), defaults(corpus, grid or GRID)
+    if shipped not in grid:
+        raise ValueError(f"the grid must hold the shipped settings {shipped}: ties keep them")
     fold_of = np.array(groups if groups is not None else [i % folds for i in range(len(cases))], dtype=int)
     folds = int(fold_of.max()) + 1
     in_fold = np.bincount(fold_of, minlength=folds)
@@ -144,8 +146,6 @@ def cross_validate(corpus: dict, cases: list, folds: int = 4, grid: dict | None 
         for n, settings in enumerate(grid):
             case_hits = hits(narration_with(corpus, settings), cases)
             tallies[n] = [_tally(case_hits[name], fold_of, folds) for name in VARIANTS]
-    if shipped not in grid:
-        raise ValueError(f"the grid must hold the shipped settings {shipped}: ties keep them")
     shipped_n = grid.index(shipped)
 
     def best(train: np.ndarray) -> int:

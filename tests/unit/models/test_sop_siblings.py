@@ -322,7 +322,6 @@ def test_an_undervoltage_on_all_three_phases_is_the_supply_lost(narration):
     assert narration.retrieve(_incident(root, relays + ups)).sop_ids[0] == "SOP-PWR-001"
 
 
-
 def test_a_tower_fans_drive_fault_is_the_tower_not_a_pump(narration):
     root = ("ct-02", "cooling_tower", "VFD FLT", "CT-02 fan VFD tripped - FC102 alarm 9 inverter overload")
     cws = [("cws-hdr", "condenser_water", "AI_CWS_T HI", "Condenser water supply 33.8 C (SP 30.0 C)", 120)]
