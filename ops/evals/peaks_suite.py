@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-mode", choices=("forecast", "reactive"),
                    help="the arbiter's mode until skill is measured (default: the loop's; reactive wants "
                         "--skill-days)")
+    p.add_argument("--band-weight", type=float,
+                   help="how far toward its forecast band's upper edge the plan sizes the battery's energy, 0 to 1 "
+                        "(default: the policy's)")
     p.add_argument("--mase", choices=("on", "off"), default="on",
                    help="score the forecaster against seasonal naive (off: faster, for comparing arbiter "
                         "settings, which share the forecaster); default on")
@@ -98,7 +101,10 @@ def main(args: argparse.Namespace, settings=None) -> int:
     for name, family, times, values, step_s in chosen:
         country = peak_curves.COUNTRIES.get(family) if args.holidays == "on" else None
         config = LoopConfig.from_site(replace(site, country=country), step_s=step_s, **given)
-        report["config"] = {**{k: getattr(config, k) for k in arbiter}, "holidays": args.holidays}
+        if args.band_weight is not None:
+            config = replace(config, policy=replace(config.policy, band_weight=args.band_weight))
+        report["config"] = {**{k: getattr(config, k) for k in arbiter}, "holidays": args.holidays,
+                            "band_weight": config.policy.band_weight}
         report["curves"].append(score_curve(name, family, times, values, step_s, config, args.mase == "on"))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))

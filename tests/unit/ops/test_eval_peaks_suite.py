@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from opsloop.models.peak_planner import Policy
 from opsloop.ops.cli import main
 from opsloop.ops.evals import peak_curves, peaks_suite
 
@@ -56,6 +57,16 @@ def test_suite_prints_its_data_and_per_period_modes(capsys):
     text = capsys.readouterr().out
     assert "judged on:" in text and "taylor" in text
 
+
+
+def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used(capsys):
+    shares = {}
+    for given in ([], ["--band-weight", "0"]):
+        assert main(["eval", "peaks-suite", "--families", "taylor", "--mase", "off", "--json", *given]) == 0
+        report = json.loads(capsys.readouterr().out)
+        shares[report["config"]["band_weight"]] = report["curves"][0]["week"]["planner_mean_share"]
+    assert set(shares) == {Policy().band_weight, 0.0}
+    assert shares[0.0] != shares[Policy().band_weight]  # sized on the point forecast alone, the plan spends otherwise
 
 def _ms(date: str) -> int:
     import datetime as dt
