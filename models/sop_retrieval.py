@@ -13,7 +13,8 @@ evidence an incident carries:
           + device_weight × (1 if the root device's kind is in the SOP's equipment)
           + member_weight × share of distinct member codes the SOP lists, or whose alarm words state one
           + lead_weight   × (1 if the root code names no SOP and a member seen *before* the root lists or
-                             states one of this SOP's codes: upstream in the causal chain, the likely cause)
+                             states one of this SOP's codes: upstream in the causal chain, the likely cause;
+                             unless the root's own fault brings this SOP's alarms, which then only came first)
           + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
                              SOP's scope or symptoms speak of many: the fault lies upstream of them all)
           + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
@@ -152,7 +153,8 @@ class Evidence:
     phrase: bool  # else the root's words state one of the SOP's codes
     device: bool  # the root device's kind is in the SOP's equipment
     members: float  # share of distinct member codes the SOP lists or whose words state one of its codes
-    lead: bool  # the root code names no SOP, and a member seen before it lists or states one of this SOP's codes
+    # the root code names no SOP, and a member seen before it states one of this SOP's codes (none the root's fault brings)
+    lead: bool
     fan_out: bool  # one code on many devices at once, and the SOP speaks of many
     cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
     vote: float = 0.0  # the root names nothing: share of member alarms read alone that point to this SOP
@@ -267,7 +269,7 @@ class SopRetriever:
                 bm25=bm25.get(sid, 0.0) / best, code=bool(root_keys & self._codes[sid]), code_overlap=overlap,
                 phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
                 members=listed / len(members) if members else 0.0,
-                lead=not root_named and any(self._states(sid, lead) for lead in leads),
+                lead=not root_named and sid not in brought and any(self._states(sid, lead) for lead in leads),
                 fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid] and sid not in brought,
                 cause=sid == cause,
                 vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency,

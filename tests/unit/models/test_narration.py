@@ -285,6 +285,13 @@ def test_a_fan_out_the_roots_own_fault_brings_speaks_for_no_other_procedure(narr
     trip = _incident(breaker, feeds + supplies)
     assert "SOP-PWR-011" in narration.retriever.relations.brings["SOP-PWR-007"]
     assert narration.retrieve(trip).sop_ids[0] == "SOP-PWR-007"
+    # The breaker's trap came late, after a server of its racks had lost a supply: it came first, but the
+    # breaker's own fault brings it, so it leads to no other procedure (a version of the demo's trip, read live).
+    late = _incident(("pdu-a2", "pdu", "PWR_PDU_BREAKER_TRIP", "pwr pdu breaker trip on pdu pdu-a2"),
+                     [("rack-a03-n7", "gpu_node", "PWR_INPUT_LOSS", "pwr input loss on gpu_node rack-a03-n7", -47)],
+                     summary="PWR_PDU_BREAKER_TRIP on pdu pdu-a2 with 40 related alarms on 37 devices (18 gpu, "
+                             "13 gpu_node, 7 rack, 2 pdu, 1 zone)")
+    assert narration.retrieve(late).sop_ids[0] == "SOP-PWR-007"
     # The same supplies lost with no breaker behind them: the fan-out speaks for the rack-feed procedure.
     feed = _incident(("rack-a03-n1", "gpu_node", "PWR_INPUT_LOSS", ""), supplies[1:])
     assert narration.retrieve(feed).sop_ids[0] == "SOP-PWR-011"
