@@ -153,8 +153,7 @@ class Evidence:
     phrase: bool  # else the root's words state one of the SOP's codes
     device: bool  # the root device's kind is in the SOP's equipment
     members: float  # share of distinct member codes the SOP lists or whose words state one of its codes
-    # the root code names no SOP, and a member seen before it states one of this SOP's codes (none the root's fault brings)
-    lead: bool
+    lead: bool  # the root names no SOP; a member before it states this SOP's codes, one the root's fault does not bring
     fan_out: bool  # one code on many devices at once, and the SOP speaks of many
     cause: bool = False  # the member alarms show this SOP's fault upstream of the root's (``upstream_cause``)
     vote: float = 0.0  # the root names nothing: share of member alarms read alone that point to this SOP
@@ -258,7 +257,7 @@ class SopRetriever:
         readings = [r for r in member_readings if r.after_s <= 0] if names_nothing else []
         votes = Counter(r.sop_id for r in readings)
         emergency = self._life_safety_among(root_sop, member_readings) if root_alarm else set()
-        brought = self.relations.brings.get(root_sop, frozenset())  # the root's own fault explains their fan-out
+        brought = self.relations.brings.get(root_sop, frozenset())  # the root's own fault explains their lead, fan-out
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)

@@ -58,7 +58,6 @@ def test_suite_prints_its_data_and_per_period_modes(capsys):
     assert "judged on:" in text and "taylor" in text
 
 
-
 def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used(capsys):
     shares = {}
     for given in ([], ["--band-weight", "0"]):
@@ -67,6 +66,7 @@ def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used(capsys)
         shares[report["config"]["band_weight"]] = report["curves"][0]["week"]["planner_mean_share"]
     assert set(shares) == {Policy().band_weight, 0.0}
     assert shares[0.0] != shares[Policy().band_weight]  # sized on the point forecast alone, the plan spends otherwise
+
 
 def _ms(date: str) -> int:
     import datetime as dt
