@@ -128,6 +128,26 @@ def test_forecaster_starts_as_persistence_and_survives_gaps():
     assert f.last_ts_ms == 6 * HOUR and f.forecast_points(1)[0].ts_ms == 7 * HOUR
 
 
+def test_the_band_remembers_a_surprise_for_about_error_halflife_steps():
+    """One step 400 kW over a regular daily cycle widens the next hour's band; it narrows by half over
+    ``error_halflife`` steps, not at the next step."""
+    f = PeakForecaster(step_s=3600, season_steps=24, error_halflife=16)
+
+    def load(hour: int) -> float:
+        return 1000.0 + (300.0 if 9 <= hour % 24 < 18 else 0.0)
+
+    for hour in range(24 * 14):
+        f.learn_one(load(hour), {"ts_ms": hour * HOUR})
+    f.learn_one(load(24 * 14) + 400.0, {"ts_ms": 24 * 14 * HOUR})
+    widths = []
+    for hour in range(24 * 14 + 1, 24 * 14 + 17):
+        f.learn_one(load(hour), {"ts_ms": hour * HOUR})
+        point = f.forecast_points(1)[0]
+        widths.append(point.kw - point.lower_kw)
+    assert widths[0] > 40.0  # a tenth of the surprise, at z = 1.64
+    assert 0.35 < widths[-1] / widths[0] < 0.65
+
+
 def test_forecast_stays_within_the_loads_it_remembers_after_a_jump_unlike_its_references():
     """Three weeks of a load growing 3% a day, then it doubles: the regression, which learned that a load above
     yesterday's keeps rising, may not extrapolate the jump past the highest load of the week it remembers."""
@@ -201,7 +221,7 @@ def test_forecaster_follows_rivers_interface():
     f = PeakForecaster(step_s=900, smoothing=0.99, band_z=2.0)
     assert isinstance(f, Forecaster)
     assert f._get_params() == {"step_s": 900, "season_steps": None, "weekly": True, "max_horizon": None,
-                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 200, "band_z": 2.0,
+                               "smoothing": 0.99, "noise_precision": 1e4, "error_halflife": 16, "band_z": 2.0,
                                "skill_power": 2.0, "skill_halflife": None, "skill_margin": 0.25, "long_share": 0.5,
                                "mean_days": 0, "mix_guard": False, "covariates": None, "holidays": None}
     assert f.clone()._get_params() == f._get_params()
