@@ -57,8 +57,8 @@ so the model is the same for a 30 kW rack and a 30 MW site (a running mean over 
 a little better on two NAB series, Taylor's monthly share of the oracle 93.2% -> 89.8%). The band is
 ``forecast ± z x 1.25 x`` the mean absolute error measured per horizon over the last ``error_halflife``
 steps or so (1.25 x MAE ~ one standard deviation for normal errors; chosen by leave-one-curve-out over
-1, 4, 16 and 200 steps and the band the planner had been tuned with, the latest error nearly alone). The forecast and the
-band's upper edge stay within the loads remembered (the last week and a day), as a seasonal-naive
+1, 4, 16 and 200 steps and the band the planner had been tuned with, the latest error nearly alone). The
+forecast and the band's upper edge stay within the loads remembered (the last week and a day), as a seasonal-naive
 forecast always does: a day unlike both its references (the first workday after a holiday) cannot make
 the regression extrapolate past any load seen.
 
