@@ -102,6 +102,7 @@ class LoopConfig:
     # ec2 series a first-day loss but cost every other curve its first days (Taylor 91.0% -> 85.5% monthly).
     start_mode: str = FORECAST
     holidays: Container | None = field(default=None, compare=False)  # days forecast like a Sunday (site.country)
+    band_memory_steps: float | None = None  # the forecaster's error_halflife, its band's memory (None: its own)
     control: str = "setpoint"  # setpoint: a fixed kW | grid_limit: the PCS holds the plan's import limit
     # A grid limit stays in force until a later step's action replaces it (it lands minutes into its step, and
     # the guard may refuse one, e.g. on ESS state a few minutes too old), so it lives ``limit_life_steps``
@@ -185,8 +186,9 @@ class Decision:
 
 class SitePeakLoop:
     def __init__(self, config: LoopConfig, forecaster: PeakForecaster | None = None):
+        memory = {} if config.band_memory_steps is None else {"error_halflife": config.band_memory_steps}
         self.forecaster = forecaster or PeakForecaster(step_s=config.step_s, season_steps=config.day_steps,
-                                                      holidays=config.holidays)
+                                                      holidays=config.holidays, **memory)
         self.reactive = ReactiveRule(config.step_s, percentile=config.reactive_percentile)
         self.arbiter = ModeArbiter(config.battery, skill_periods=config.skill_periods, skill_days=config.skill_days,
                                    start_mode=config.start_mode)

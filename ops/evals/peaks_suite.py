@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--band-weight", type=float,
                    help="how far toward its forecast band's upper edge the plan sizes the battery's energy, 0 to 1 "
                         "(default: the policy's)")
+    p.add_argument("--band-memory", type=float, metavar="STEPS",
+                   help="over how many steps the forecaster's band averages each horizon's error (default: the "
+                        "forecaster's, 16; 0.7: about the latest error alone, as before it was mended)")
     p.add_argument("--mase", choices=("on", "off"), default="on",
                    help="score the forecaster against seasonal naive (off: faster, for comparing arbiter "
                         "settings, which share the forecaster); default on")
@@ -87,6 +90,8 @@ def main(args: argparse.Namespace, settings=None) -> int:
         result = leave_one_out(reports)
         print(json.dumps(result, indent=2) if args.json else render_leave_one_out(result))
         return 0
+    if args.band_memory is not None and args.band_memory <= 0:
+        raise ValueError(f"--band-memory {args.band_memory:g}: a number of steps over 0")
     site = load_site(site_file)
     chosen = select_curves(tuple(args.families.split(",")), args.curve)
     if args.levers:
@@ -103,8 +108,11 @@ def main(args: argparse.Namespace, settings=None) -> int:
         config = LoopConfig.from_site(replace(site, country=country), step_s=step_s, **given)
         if args.band_weight is not None:
             config = replace(config, policy=replace(config.policy, band_weight=args.band_weight))
+        if args.band_memory is not None:
+            config = replace(config, band_memory_steps=args.band_memory)
         report["config"] = {**{k: getattr(config, k) for k in arbiter}, "holidays": args.holidays,
-                            "band_weight": config.policy.band_weight}
+                            "band_weight": config.policy.band_weight,
+                            "band_memory_steps": config.band_memory_steps or PeakForecaster().error_halflife}
         report["curves"].append(score_curve(name, family, times, values, step_s, config, args.mase == "on"))
     report["summary"] = summarise(report["curves"])
     print(json.dumps(report, indent=2) if args.json else render(report))

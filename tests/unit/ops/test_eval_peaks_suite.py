@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.peak_planner import Policy
 from opsloop.ops.cli import main
 from opsloop.ops.evals import peak_curves, peaks_suite
@@ -66,6 +67,16 @@ def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used(capsys)
         shares[report["config"]["band_weight"]] = report["curves"][0]["week"]["planner_mean_share"]
     assert set(shares) == {Policy().band_weight, 0.0}
     assert shares[0.0] != shares[Policy().band_weight]  # sized on the point forecast alone, the plan spends otherwise
+
+
+def test_band_memory_reaches_the_forecaster_and_the_report_says_which_was_used(capsys):
+    shares = {}
+    for given in ([], ["--band-memory", "0.7"]):
+        assert main(["eval", "peaks-suite", "--families", "taylor", "--mase", "off", "--json", *given]) == 0
+        report = json.loads(capsys.readouterr().out)
+        shares[report["config"]["band_memory_steps"]] = report["curves"][0]["week"]["planner_mean_share"]
+    assert set(shares) == {PeakForecaster().error_halflife, 0.7}
+    assert shares[0.7] != shares[PeakForecaster().error_halflife]  # a band of the latest error hedges otherwise
 
 
 def _ms(date: str) -> int:
