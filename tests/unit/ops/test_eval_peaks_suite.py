@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
+import io
 import json
 import math
 
@@ -59,22 +62,29 @@ def test_suite_prints_its_data_and_per_period_modes(capsys):
     assert "judged on:" in text and "taylor" in text
 
 
-def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used(capsys):
-    shares = {}
-    for given in ([], ["--band-weight", "0"]):
+@functools.cache
+def _taylor_report(*given: str) -> dict:
+    """The suite's JSON report on Taylor alone, without MASE, with ``given`` options (each set run once)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         assert main(["eval", "peaks-suite", "--families", "taylor", "--mase", "off", "--json", *given]) == 0
-        report = json.loads(capsys.readouterr().out)
-        shares[report["config"]["band_weight"]] = report["curves"][0]["week"]["planner_mean_share"]
+    return json.loads(out.getvalue())
+
+
+def _weekly_share_by(config_key: str, *given: str) -> dict:
+    """Taylor's weekly share of the oracle by the report's ``config_key``, with the defaults and with ``given``."""
+    return {r["config"][config_key]: r["curves"][0]["week"]["planner_mean_share"]
+            for r in (_taylor_report(), _taylor_report(*given))}
+
+
+def test_band_weight_reaches_the_plan_and_the_report_says_which_was_used():
+    shares = _weekly_share_by("band_weight", "--band-weight", "0")
     assert set(shares) == {Policy().band_weight, 0.0}
     assert shares[0.0] != shares[Policy().band_weight]  # sized on the point forecast alone, the plan spends otherwise
 
 
-def test_band_memory_reaches_the_forecaster_and_the_report_says_which_was_used(capsys):
-    shares = {}
-    for given in ([], ["--band-memory", "0.7"]):
-        assert main(["eval", "peaks-suite", "--families", "taylor", "--mase", "off", "--json", *given]) == 0
-        report = json.loads(capsys.readouterr().out)
-        shares[report["config"]["band_memory_steps"]] = report["curves"][0]["week"]["planner_mean_share"]
+def test_band_memory_reaches_the_forecaster_and_the_report_says_which_was_used():
+    shares = _weekly_share_by("band_memory_steps", "--band-memory", "0.7")
     assert set(shares) == {PeakForecaster().error_halflife, 0.7}
     assert shares[0.7] != shares[PeakForecaster().error_halflife]  # a band of the latest error hedges otherwise
 
