@@ -83,20 +83,22 @@ class LoopConfig:
     skill_days: int = 0  # before two periods close, decide each day on this many closed days (0: the plan)
     # The plan never discharges less than the reactive rule would once the load passes the billed peak
     # (``models.peak_planner.plan``'s ``reactive_kw``): a floor by design until measured otherwise. On, as
-    # leave-one-curve-out over the peaks suite chose on every curve against the plan alone (see README).
+    # leave-one-curve-out over the peaks suite chose on every curve against the plan alone
+    # (see docs/evaluations/peaks.md).
     reactive_floor: bool = True
     # The floor lifted by measured evidence (models.peak_modes.ModeArbiter.floor_lifted): while, over the last this
     # many closed days, the plan without it cut the billed peak so far by more (beyond ``floor_margin_pct`` of the
     # PCS's power a day) than with it, both shadowed. 0: the floor is never lifted. 7: leave-one-curve-out over
-    # off, on, on judged on 3 days and on judged on 7 chose 7 on every curve of the peaks suite (README): it
-    # keeps the four NAB weeks the floor won and gives back much of what it cost BDEW h0 and g6.
+    # off, on, on judged on 3 days and on judged on 7 chose 7 on every curve of the peaks suite
+    # (docs/evaluations/peaks.md): it keeps the four NAB weeks the floor won and gives back much of what it cost
+    # BDEW h0 and g6.
     floor_skill_days: int = 7
     floor_margin_pct: float = 1.0
     # The recent-peak bound (a peak like last week's may come again, so do not spend energy under it less the PCS's
     # power) never holds the target above the reactive rule's threshold: it is a guess, not the forecast the
     # floor's lifting measured, and with the floor lifted it left a full battery idle over the rule's threshold.
-    # On: chosen on a third fresh SimBench set, fixed before it was scored (README, "Fresh curves"). It needs the
-    # rule's threshold, so ``reactive_floor`` on.
+    # On: chosen on a third fresh SimBench set, fixed before it was scored (docs/evaluations/peaks.md,
+    # "Fresh curves"). It needs the rule's threshold, so ``reactive_floor`` on.
     bound_under_threshold: bool = True
     # The mode before any skill is measured (models.peak_modes). reactive (with skill_days) saved the two
     # ec2 series a first-day loss but cost every other curve its first days (Taylor 91.0% -> 85.5% monthly).
@@ -117,7 +119,7 @@ class LoopConfig:
     # A cut pays only if it holds through the days left in the billing period (models.levers.BillOdds): each is
     # taken to be like one of the last 28 days, its peak blurred by ``bill_odds_width`` of their mean; days come
     # in spells rather than as independent draws, so ``bill_odds_day_share`` of them count. Chosen by
-    # leave-one-curve-out (README, "Flexible-load levers beside the battery").
+    # leave-one-curve-out (docs/evaluations/peaks.md, "Flexible-load levers beside the battery").
     bill_odds_width: float = 0.02
     bill_odds_day_share: float = 1.0
     # The Slurm queue's expected GPU kW per step as a forecast covariate (models.queue_covariate), once a queue

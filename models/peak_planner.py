@@ -96,7 +96,8 @@ class Tariff:
 class Policy:
     # 0 sizes energy on the forecast, 1 on the band's upper edge. Running short mid-peak costs more than holding
     # a little higher, so a hedge; re-planning every step corrects the rest. 0.25: leave-one-curve-out over the
-    # peaks suite's 25 curves (0.1, 0.15, 0.2, 0.25, 0.3) chose it on 23 (README, "How far to hedge").
+    # peaks suite's 25 curves (0.1, 0.15, 0.2, 0.25, 0.3) chose it on 23 (docs/evaluations/peaks.md,
+    # "How far to hedge").
     band_weight: float = 0.25
     valley_quantile: float = 0.35  # steps of the horizon with the lowest forecast load: recharge there
     charge_headroom_pct: float = 2.0  # charging keeps import this far under the target
@@ -108,7 +109,7 @@ class Policy:
     # Also charge in a step outside the valleys, under the charge ceiling, while a forecast peak above the target is
     # still to come this episode: a dip in a long plateau refills what the plateau will need, as the reactive rule
     # refills below its threshold. It cannot lift the bill (the ceiling holds); it costs energy at that hour's price.
-    # Chosen on SimBench curves no setting had seen (README, "Fresh curves").
+    # Chosen on SimBench curves no setting had seen (docs/evaluations/peaks.md, "Fresh curves").
     top_up: bool = True
 
 
