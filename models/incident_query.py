@@ -2,7 +2,9 @@
 
 Alarm codes come in every spelling (``UPS_ON_BATTERY``, ``ups.onBattery``,
 ``Xid79``); ``terms`` splits them into words, expands the abbreviations
-vendors use and stems, so the query and the SOP text meet on the same tokens
+vendors use, reads the words of alarms in other languages as the SOPs' English
+words (``models/alarm_glossary.py``; accents are folded first, so "Défaut" stays
+one word) and stems, so the query and the SOP text meet on the same tokens
 whatever the phrasing. Stemming is Snowball's English stemmer (a well-kept
 library rather than our own suffix rules).
 
@@ -25,11 +27,13 @@ reads the codes a kernel or switch log line states.
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 import snowballstemmer
 from haystack import component
 
+from opsloop.models import alarm_glossary
 from opsloop.models.standard_codes import XID_NUMBER, meanings
 
 # Abbreviations seen in vendor alarm codes and device names → the words our SOPs use.
@@ -53,6 +57,12 @@ ABBREVIATIONS = {
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
+# Alarm words in other languages -> the SOPs' words, every language at once (a site's systems may mix several; a
+# word two languages spell alike keeps the first language's meaning).
+FOREIGN_WORDS: dict[str, str] = {}
+for _language in alarm_glossary.WORDS.values():
+    for _word, _meaning in _language.items():
+        FOREIGN_WORDS.setdefault(_word, _meaning)
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
 # Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
@@ -101,6 +111,23 @@ _SXID = re.compile(r"(?<![a-z])sxid(?![a-z])")
 _UPPER_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![A-Za-z0-9_])")
 
 
+# Letters NFKD does not split into a base letter and a mark.
+_UNSPLIT_LETTERS = str.maketrans({"ł": "l", "Ł": "L", "ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe",
+                                  "Œ": "OE", "đ": "d", "Đ": "D", "ı": "i", "ħ": "h"})
+
+
+def ascii_folded(text: str) -> str:
+    """``text`` with accents and marks dropped, so a word with one is still one word ("Défaut" as "Defaut").
+
+    >>> ascii_folded("Défaut prostownika ładowania, Störung, ＵＰＳ")
+    'Defaut prostownika ladowania, Storung, UPS'
+    """
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text.translate(_UNSPLIT_LETTERS))
+                   if not unicodedata.combining(c))
+
+
 @lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     return _stemmer.stemWord(word)
@@ -111,7 +138,7 @@ def words(text: str) -> list[str]:
     expanded."""
     out: list[str] = []
     text = " ".join([text, *meanings(text)])  # "SPN 110 FMI 16": the words the standard's numbers stand for
-    said = " ".join(_WORD.findall(_CAMEL.sub(" ", text).lower()))  # "NOT_RESPONDING" as "not responding"
+    said = " ".join(_WORD.findall(_CAMEL.sub(" ", ascii_folded(text)).lower()))  # "NOT_RESPONDING": "not responding"
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
     if _TEMPERATURE_ABOVE.search(text) and not _DEW_POINT.search(said):  # a high dew point is humid air, not hot
@@ -124,7 +151,7 @@ def words(text: str) -> list[str]:
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
     for word in said.split():
         word = _VENDOR_PREFIXED.sub(r"\1", word)
-        out.extend(ABBREVIATIONS.get(word, word).split())
+        out.extend((ABBREVIATIONS.get(word) or FOREIGN_WORDS.get(word) or word).split())
     return out
 
 
@@ -135,7 +162,7 @@ def terms(text: str) -> list[str]:
 
 def code_key(code: str) -> str:
     """One spelling of an alarm code, for exact comparison: upper-case words joined by ``_``."""
-    return "_".join(w.upper() for w in _WORD.findall(_CAMEL.sub(" ", code).lower()))
+    return "_".join(w.upper() for w in _WORD.findall(_CAMEL.sub(" ", ascii_folded(code)).lower()))
 
 
 def log_codes(text: str) -> list[str]:

@@ -27,7 +27,7 @@ evidence an incident carries:
                                 SOP is none; see below)
 
 The default weights are the ones every fold of leave-one-file-out chose over
-the labelled sets (``opsloop eval narrate --cv-by-file``; see the README).
+the labelled sets (``opsloop eval narrate --cv-by-file``; see docs/evaluations/narration.md).
 
 Members that only report a normal reading ("CHW supply 12.1 C normal") are
 dropped by the query builder before any of this: they name no fault.
@@ -76,6 +76,7 @@ from haystack import Document, component
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
+from opsloop.models.alarm_glossary import KINDS
 from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
@@ -119,6 +120,10 @@ DEVICE_KIND_SYNONYMS = {
 }
 
 
+# Device type words in other languages (``models/alarm_glossary.py``), every language at once.
+FOREIGN_KINDS = {word: kind for language in reversed(KINDS.values()) for word, kind in language.items()}
+
+
 def device_kinds(known: set[str], device_type: str, device: str = "") -> list[str]:
     """The SOP equipment kinds that a device type, or failing it the device's name, names."""
     for text in (device_type, device):
@@ -130,7 +135,7 @@ def device_kinds(known: set[str], device_type: str, device: str = "") -> list[st
         for size in (2, 1):  # "TRANSFER_SWITCH" before "SWITCH"
             for i in range(len(parts) - size + 1):
                 word = "_".join(parts[i:i + size])
-                kind = DEVICE_KIND_SYNONYMS.get(word, word)
+                kind = DEVICE_KIND_SYNONYMS.get(word) or FOREIGN_KINDS.get(word, word)
                 if kind in known and kind not in found:
                     found.append(kind)
             if found:
