@@ -53,7 +53,8 @@ ABBREVIATIONS = {
     "ahu": "air handler crah", "rh": "humidity", "bess": "ess battery", "ups": "ups", "mgmt": "management",
     "ctld": "controller", "dn": "down", "nvl": "nvlink", "hbm": "gpu memory", "mem": "memory",
     "autonomy": "runtime", "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle",
-    "throttling": "throttle", "ovld": "overload", "ol": "overload",
+    "throttling": "throttle", "ovld": "overload", "ol": "overload", "thd": "total harmonic distortion",
+    "thdv": "total harmonic distortion voltage", "thdi": "total harmonic distortion current",
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
@@ -315,6 +316,22 @@ def said(member: dict) -> str:
     return " ".join(part for part in (member.get("text") or "", member.get("log_line") or "") if part)
 
 
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def in_english(text: str) -> str:
+    """``text`` with each word of another language the glossary knows in the SOPs' English words, its punctuation
+    kept, so the clauses that report a normal state read as in English ("USV Normalbetrieb wiederhergestellt":
+    "USV normal mode restored").
+
+    >>> in_english("Rientro rete, ripristinato")
+    'Rientro mains utility grid, restored'
+    """
+    if not FOREIGN_WORDS:
+        return text
+    return _LETTERS.sub(lambda m: FOREIGN_WORDS.get(ascii_folded(m.group()).lower(), m.group()), text)
+
+
 @component
 class IncidentQueryBuilder:
     """Builds the retrieval query of an incident (a dict of the ``Incident`` schema).
@@ -387,10 +404,10 @@ class IncidentQueryBuilder:
         for m in list(first.values())[: self.max_members]:
             seen = int(m["first_seen_ms"]) if "first_seen_ms" in m else None
             alarms.append({**self._alarm(m["code"], m.get("device_type") or "", m.get("device") or "",
-                                         symptoms(said(m))),
+                                         symptoms(in_english(said(m)))),
                            "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
                            "same_device": m.get("device") == root_device,
-                           "says_normal": says_no_fault(said(m))})
+                           "says_normal": says_no_fault(in_english(said(m)))})
         return alarms
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from opsloop.config.assets import sop_texts
 from opsloop.models import alarm_glossary, incident_query, sop_retrieval
-from opsloop.models.incident_query import ABBREVIATIONS, ascii_folded, terms, words
+from opsloop.models.incident_query import ABBREVIATIONS, ascii_folded, in_english, says_no_fault, terms, words
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
 from incidents import incident  # the unit tier's incident record
@@ -65,3 +65,14 @@ def test_glossary_keys_are_folded_words_and_kinds_are_the_procedures_kinds(corpu
                    language.items())
     for language in alarm_glossary.KINDS.values():
         assert all(re.fullmatch(r"[A-Z0-9]+(?:_[A-Z0-9]+)?", word) and kind in known for word, kind in language.items())
+
+
+def test_a_member_reporting_a_normal_state_in_its_language_is_context_not_a_fault():
+    restored = "USV 21A Normalbetrieb (Netz) wiederhergestellt"
+    assert says_no_fault(in_english(restored)) and not says_no_fault(restored)
+    assert not says_no_fault(in_english("USV 21A Batteriebetrieb"))
+
+
+def test_a_grid_word_names_the_grid_not_an_outage():
+    # A power-quality analyser on the grid ("analizzatore rete") is no utility loss; "Netzausfall" is.
+    assert "loss" not in terms("analizzatore rete") and "loss" in terms("Netzausfall")
