@@ -325,7 +325,7 @@ def in_english(text: str) -> str:
     "USV normal mode restored").
 
     >>> in_english("Rientro rete, ripristinato")
-    'Rientro mains utility grid, restored'
+    'Rientro grid, restored'
     """
     if not FOREIGN_WORDS:
         return text
