@@ -948,3 +948,17 @@ KINDS: dict[str, dict[str, str]] = {
         "SONDURME": "SUPPRESSION", "GAZLI_SONDURME": "SUPPRESSION", "NEMLENDIRICI": "HUMIDIFIER",
     },
 }
+
+
+def every_language(table: dict[str, dict[str, str]]) -> dict[str, str]:
+    """One of the tables above across its languages at once (a site's systems may mix several); a word two
+    languages spell alike keeps the first language's meaning.
+
+    >>> every_language({"de": {"storung": "fault"}, "xx": {"storung": "other", "awaria": "failure"}})
+    {'storung': 'fault', 'awaria': 'failure'}
+    """
+    out: dict[str, str] = {}
+    for language in table.values():
+        for word, meaning in language.items():
+            out.setdefault(word, meaning)
+    return out

@@ -58,12 +58,8 @@ ABBREVIATIONS = {
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
-# Alarm words in other languages -> the SOPs' words, every language at once (a site's systems may mix several; a
-# word two languages spell alike keeps the first language's meaning).
-FOREIGN_WORDS: dict[str, str] = {}
-for _language in alarm_glossary.WORDS.values():
-    for _word, _meaning in _language.items():
-        FOREIGN_WORDS.setdefault(_word, _meaning)
+# Alarm words in other languages -> the SOPs' words, every language at once.
+FOREIGN_WORDS = alarm_glossary.every_language(alarm_glossary.WORDS)
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
 # Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
@@ -113,8 +109,8 @@ _UPPER_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![A-Z
 
 
 # Letters NFKD does not split into a base letter and a mark.
-_UNSPLIT_LETTERS = str.maketrans({"ł": "l", "Ł": "L", "ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe",
-                                  "Œ": "OE", "đ": "d", "Đ": "D", "ı": "i", "ħ": "h"})
+_UNSPLIT_LETTERS = str.maketrans({"ł": "l", "Ł": "L", "ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE",
+                                  "œ": "oe", "Œ": "OE", "đ": "d", "Đ": "D", "ı": "i", "ħ": "h"})
 
 
 def ascii_folded(text: str) -> str:
@@ -327,8 +323,6 @@ def in_english(text: str) -> str:
     >>> in_english("Rientro rete, ripristinato")
     'Rientro grid, restored'
     """
-    if not FOREIGN_WORDS:
-        return text
     return _LETTERS.sub(lambda m: FOREIGN_WORDS.get(ascii_folded(m.group()).lower(), m.group()), text)
 
 
@@ -403,11 +397,12 @@ class IncidentQueryBuilder:
         alarms = []
         for m in list(first.values())[: self.max_members]:
             seen = int(m["first_seen_ms"]) if "first_seen_ms" in m else None
+            english = in_english(said(m))
             alarms.append({**self._alarm(m["code"], m.get("device_type") or "", m.get("device") or "",
-                                         symptoms(in_english(said(m)))),
+                                         symptoms(english)),
                            "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
                            "same_device": m.get("device") == root_device,
-                           "says_normal": says_no_fault(in_english(said(m)))})
+                           "says_normal": says_no_fault(english)})
         return alarms
 
 

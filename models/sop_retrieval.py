@@ -76,7 +76,7 @@ from haystack import Document, component
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
-from opsloop.models.alarm_glossary import KINDS
+from opsloop.models.alarm_glossary import KINDS, every_language
 from opsloop.models.incident_query import code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
@@ -121,7 +121,7 @@ DEVICE_KIND_SYNONYMS = {
 
 
 # Device type words in other languages (``models/alarm_glossary.py``), every language at once.
-FOREIGN_KINDS = {word: kind for language in reversed(KINDS.values()) for word, kind in language.items()}
+FOREIGN_KINDS = every_language(KINDS)
 
 
 def device_kinds(known: set[str], device_type: str, device: str = "") -> list[str]:
