@@ -242,6 +242,12 @@ def symptoms(text: str) -> str:
     return ", ".join(c.strip() for c in _CLAUSES.split(text) if c.strip() and not reports_normal(c))
 
 
+def normal_states(text: str) -> str:
+    """The clauses of ``text`` that report a reading or a state as normal ("Genset running 400 V, breaker open":
+    "Genset running 400 V")."""
+    return ", ".join(c.strip() for c in _normal_clauses(text))
+
+
 def reports_any_normal(text: str) -> bool:
     """Whether any clause of ``text`` reports a reading or a state as normal."""
     return bool(_normal_clauses(text))
@@ -261,6 +267,15 @@ _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved
 _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
                            r"lockout|locked out|inhibit\w*|blocked|stopped|shutdown|unreachable|unavailable|fail\w*|"
                            r"bad|abnormal|exceeded|not \w+ed)\b")
+
+
+def states_a_fault(text: str) -> bool:
+    """Whether words state a fault ("transfer failed", "motor operator timeout"), not only a state.
+
+    >>> [states_a_fault(t) for t in ("Transfer to S2 failed", "Transferred to Emergency")]
+    [True, False]
+    """
+    return bool(_FAULT_STATED.search(text.lower()))
 
 
 # A GPU's power draw read in watts ("GPU 0-7 power draw 694-700 W (limit 700 W)"): the load a job puts on, up to the
@@ -346,7 +361,7 @@ class IncidentQueryBuilder:
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
                             evidence_codes=list[str], root_device=str, root_words=str,
                             member_words=list[str], lead_words=list[str], fan_out=int, root_alarm=dict,
-                            member_alarms=list[dict])
+                            member_alarms=list[dict], member_states=list[dict])
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -377,7 +392,11 @@ class IncidentQueryBuilder:
                 "lead_words": _member_words(_leads(members, is_root, others), root_code),
                 "fan_out": fan_out(members, root_device, root_code),
                 "root_alarm": {**root, "devices": root_devices},
-                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen)}
+                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen),
+                # What every member says, normal states too ("Genset running, ready to load"): circumstances.
+                "member_states": [{"device_type": m.get("device_type") or "", "device": m.get("device") or "",
+                                   "said": normal_states(in_english(said(m)))}
+                                  for m, root in zip(members, is_root) if not root][: self.max_members]}
 
     def _alarm(self, code: str, device_type: str, device: str, said_text: str, summary: str = "") -> dict:
         """One alarm's own query (its kind and code, the summary, what it says), words and the codes they state."""
