@@ -55,6 +55,7 @@ ABBREVIATIONS = {
     "autonomy": "runtime", "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle",
     "throttling": "throttle", "ovld": "overload", "ol": "overload", "thd": "total harmonic distortion",
     "thdv": "total harmonic distortion voltage", "thdi": "total harmonic distortion current",
+    "dip": "sag", "dips": "sags", "vsag": "voltage sag",  # IEC 61000-4-30 says dip where IEEE 1159 says sag
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }

@@ -334,3 +334,11 @@ def test_several_servers_of_a_rack_losing_one_supply_at_once_is_a_lost_feed(narr
     pdu = [("r06-pdu-a", "pdu", "snmpNoResponse", "No SNMP response from PDU after 5 retries", 30),
            ("r06-rpp-a", "rpp", "BRANCH_LOW_I", "Branch 07 current 0.0 A, breaker status closed", 60)]
     assert narration.retrieve(_incident(root, nodes + pdu)).sop_ids[0] == "SOP-PWR-011"
+
+
+def test_a_voltage_dip_is_a_sag_as_the_power_quality_procedure_says(narration):
+    assert terms("Voltage dip U12 72 % Un") == terms("Voltage sag U12 72 % Un") and "sag" in terms("VSAG event")
+    root = ("ups-1a", "ups", "upsTrapOnBattery", "UPS-1A: on battery")
+    members = [("pq-hv-1", "meter", "PQ-EVT", "PQ recorder HV incomer 1: dip L1-L2-L3 to 0.68 pu for 140 ms", 0),
+               ("ups-1a", "ups", "upsTrapOffBattery", "UPS-1A: returned from battery, input normal", 2)]
+    assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-PWR-013"
