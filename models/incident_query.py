@@ -91,8 +91,10 @@ UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rp
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
 _PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\b")
 # Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
-# controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
-_NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
+# controller", "Connection to scratch-OST0007 (at 10.44.8.17@o2ib) was lost"): one word, the SOPs' own
+# ("CONTROLLER_UNREACHABLE").
+_NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach|"
+                        r"connection to(?: \S+){1,12}? (?:was |is |has been )?lost|connection lost)\b")
 # "not available", "never becomes available": the SOPs' "unavailable" (SOURCE_UNAVAILABLE, GEN_NOT_AVAILABLE).
 _NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
 # A UPS whose bypass is unavailable, inhibited or out of tolerance is not on bypass: its inverter carries the load
