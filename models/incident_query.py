@@ -55,6 +55,7 @@ ABBREVIATIONS = {
     "autonomy": "runtime", "aer": "pcie advanced error", "nvrm": "gpu driver", "thr": "throttle",
     "throttling": "throttle", "ovld": "overload", "ol": "overload", "thd": "total harmonic distortion",
     "thdv": "total harmonic distortion voltage", "thdi": "total harmonic distortion current",
+    "dip": "sag", "dips": "sags", "vsag": "voltage sag",  # IEC 61000-4-30 says dip where IEEE 1159 says sag
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
@@ -90,8 +91,10 @@ UNSTEMMED = frozenset("ups ats sts pdu pdus bms ess pcs ecc xid cdu crah crac rp
 # An overcurrent protector (protective device) is a breaker or fuse: its state change is a trip, not an overcurrent.
 _PROTECTOR = re.compile(r"\bover[\s_-]*current[\s_-]*protect(?:or|ive device)s?\b")
 # Ways of saying a peer did not answer ("Nodes n1 not responding", "no response 3/3", "Unable to contact slurm
-# controller"): one word, the SOPs' own ("CONTROLLER_UNREACHABLE").
-_NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach)\b")
+# controller", "Connection to scratch-OST0007 (at 10.44.8.17@o2ib) was lost"): one word, the SOPs' own
+# ("CONTROLLER_UNREACHABLE").
+_NO_ANSWER = re.compile(r"\b(?:not responding|no response|unable to contact|not reachable|cannot reach|"
+                        r"connection to(?: \S+){1,12}? (?:was |is |has been )?lost|connection lost)\b")
 # "not available", "never becomes available": the SOPs' "unavailable" (SOURCE_UNAVAILABLE, GEN_NOT_AVAILABLE).
 _NOT_AVAILABLE = re.compile(r"\b(?:not|never becomes?|never) available\b")
 # A UPS whose bypass is unavailable, inhibited or out of tolerance is not on bypass: its inverter carries the load
@@ -242,6 +245,12 @@ def symptoms(text: str) -> str:
     return ", ".join(c.strip() for c in _CLAUSES.split(text) if c.strip() and not reports_normal(c))
 
 
+def normal_states(text: str) -> str:
+    """The clauses of ``text`` that report a reading or a state as normal ("Genset running 400 V, breaker open":
+    "Genset running 400 V")."""
+    return ", ".join(c.strip() for c in _normal_clauses(text))
+
+
 def reports_any_normal(text: str) -> bool:
     """Whether any clause of ``text`` reports a reading or a state as normal."""
     return bool(_normal_clauses(text))
@@ -261,6 +270,15 @@ _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved
 _FAULT_STATED = re.compile(r"\b(?:fault\w*|alarm|trip\w*|lost|loss|down|error|critical|missing|absent|time[ds]? ?out|"
                            r"lockout|locked out|inhibit\w*|blocked|stopped|shutdown|unreachable|unavailable|fail\w*|"
                            r"bad|abnormal|exceeded|not \w+ed)\b")
+
+
+def states_a_fault(text: str) -> bool:
+    """Whether words state a fault ("transfer failed", "motor operator timeout"), not only a state.
+
+    >>> [states_a_fault(t) for t in ("Transfer to S2 failed", "Transferred to Emergency")]
+    [True, False]
+    """
+    return bool(_FAULT_STATED.search(text.lower()))
 
 
 # A GPU's power draw read in watts ("GPU 0-7 power draw 694-700 W (limit 700 W)"): the load a job puts on, up to the
@@ -346,7 +364,7 @@ class IncidentQueryBuilder:
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
                             evidence_codes=list[str], root_device=str, root_words=str,
                             member_words=list[str], lead_words=list[str], fan_out=int, root_alarm=dict,
-                            member_alarms=list[dict])
+                            member_alarms=list[dict], member_states=list[dict])
     def run(self, incident: dict) -> dict:
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
@@ -377,7 +395,11 @@ class IncidentQueryBuilder:
                 "lead_words": _member_words(_leads(members, is_root, others), root_code),
                 "fan_out": fan_out(members, root_device, root_code),
                 "root_alarm": {**root, "devices": root_devices},
-                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen)}
+                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen),
+                # What every member says, normal states too ("Genset running, ready to load"): circumstances.
+                "member_states": [{"device_type": m.get("device_type") or "", "device": m.get("device") or "",
+                                   "said": normal_states(in_english(said(m)))}
+                                  for m, root in zip(members, is_root) if not root][: self.max_members]}
 
     def _alarm(self, code: str, device_type: str, device: str, said_text: str, summary: str = "") -> dict:
         """One alarm's own query (its kind and code, the summary, what it says), words and the codes they state."""

@@ -15,6 +15,10 @@ Two relations are read from the SOP corpus, not from a table:
   codes, or, where an item of a listed clause is one word ("GPUs heat up fast
   and throttle", "may point to a leak"), by a word of its title that its codes
   use and no other title has.
+- **brings, although** (A brings B although S): A's sentence that states B
+  goes on with "although" and a state ("Downstream UPS units on battery
+  although a generator is running"): where a member reports S as its normal
+  state, A's fault, not an earlier one, is what keeps B's alarm raised.
 - **hands over** (B hands over to A): a step of B says to follow A's procedure
   first ("If the site has lost utility power, follow the utility power loss
   procedure", "treat it as a lost feed first"); a step that says to follow the
@@ -30,7 +34,7 @@ the fault that explains it, one member alarm at a time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opsloop.models.incident_query import terms
 from opsloop.models.sops import Sop
@@ -43,6 +47,7 @@ _OPENS_ON_CAUSE = re.compile(r"^\W*(?:often\s+)?(?:follows|comes after|caused by
 _CAUSE_CLAUSE = re.compile(r"\b(?:because of|caused by|may point to|points to)\b", re.IGNORECASE)
 # A clause on the circumstances ("after a utility loss", "although a generator is running") states neither.
 _CIRCUMSTANCE = re.compile(r"\b(?:after|although|while|when|if)\b.*", re.IGNORECASE)
+_ALTHOUGH = re.compile(r"\balthough\s+(.+)", re.IGNORECASE)
 _LIST_ITEM = re.compile(r",|\bor\b|\band\b", re.IGNORECASE)
 _NAMED_HAND_OVER = re.compile(r"\bfollow\s+the\s+(.+?)\s+procedure\b|\btreat\s+it\s+as\s+(?:an?\s+)?(.+?)\s+first\b",
                               re.IGNORECASE)
@@ -127,6 +132,9 @@ def _beyond_definition(sop: Sop) -> list[str]:
 class Relations:
     brings: dict[str, frozenset[str]]  # SOP id → the SOPs whose alarms its fault brings
     hands_over: dict[str, frozenset[str]]  # SOP id → the SOPs (or ANY) its steps send the operator to first
+    # (A, B) → the states under which A's fault brings B where another fault's would not ("Downstream UPS units on
+    # battery although a generator is running": an ATS that failed), each as its terms
+    brings_although: dict[tuple[str, str], tuple[frozenset[str], ...]] = field(default_factory=dict)
 
     def upstream(self, of: str, candidate: str, seen_before: bool, came_first: bool, sure: bool) -> bool:
         """Whether ``candidate``'s fault explains ``of``'s alarm: it brings it, ``of`` hands over to it, or
@@ -147,11 +155,16 @@ def read_relations(corpus: dict[str, Sop]) -> Relations:
     phrases = {sid: _phrases(sop) for sid, sop in corpus.items()}
     one_word = _one_word_names(corpus)
     brings: dict[str, set[str]] = {sid: set() for sid in corpus}
+    although_states: dict[tuple[str, str], list[frozenset[str]]] = {}
     for a, sop in corpus.items():
-        for effect, cause in map(_effect_and_cause, _beyond_definition(sop)):
+        for sentence in _beyond_definition(sop):
+            effect, cause = _effect_and_cause(sentence)
+            although = _ALTHOUGH.search(sentence)
             for b in set(corpus) - {a}:
                 if _names(effect, phrases[b], one_word[b]):
                     brings[a].add(b)
+                    if although:
+                        although_states.setdefault((a, b), []).append(frozenset(terms(although.group(1))))
                 if _names(cause, phrases[b], one_word[b]):
                     brings[b].add(a)
     titles = {sid: [set(terms(t)) for t in _titles(sop)] for sid, sop in corpus.items()}
@@ -164,7 +177,8 @@ def read_relations(corpus: dict[str, Sop]) -> Relations:
             if _ANY_HAND_OVER.search(step):
                 hands_over[b].add(ANY)
         hands_over[b] -= brings[b]  # an escalation to what this fault brings, not a cause
-    return Relations({k: frozenset(v) for k, v in brings.items()}, {k: frozenset(v) for k, v in hands_over.items()})
+    return Relations({k: frozenset(v) for k, v in brings.items()}, {k: frozenset(v) for k, v in hands_over.items()},
+                     {k: tuple(v) for k, v in although_states.items()})
 
 
 @dataclass(frozen=True)
@@ -176,13 +190,15 @@ class AlarmReading:
     named: bool = False  # its code or words state one of that SOP's codes: surer than a reading of its words alone
     sure: bool = False  # named, or its device is of a kind that SOP's equipment lists: more than a reading of words
     surely_kind: bool = False  # named, or of a kind only that SOP's family lists (life safety asks this much)
+    raised: bool = False  # its words state a fault ("transfer failed", "inhibited"), not a state alone ("on emergency")
 
     def order(self) -> tuple:
         """Earliest first; at the same moment, an alarm that names its procedure before one read from its words."""
         return self.after_s, not self.named, self.sop_id
 
 
-def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReading], steps: int = 2) -> str:
+def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReading], steps: int = 2,
+                  shown: tuple[frozenset[str], ...] = ()) -> str:
     """From the SOP the root alarm points to, up to the fault that explains it, ``steps`` links at most.
 
     Each step takes, among the member readings whose SOP the relations put upstream of where the walk
@@ -193,6 +209,11 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
     well be a consequence. It counts too only when it names its procedure, or comes from another device of that
     procedure's kind: a log line on the root's own node read by the node's kind alone ("TaskProlog failed" as an
     Xid, because a GPU node logged it) is no fault found.
+
+    ``shown`` holds what each member reports as its normal state, as terms with its device's kinds. A step takes
+    first, whatever their order, the readings whose words state a fault and whose SOP brings where the walk stands
+    although a state one member shows ("Transfer to source 2 failed" after the utility loss, with a genset
+    reporting "running, ready to load": the switch keeps the UPS units on battery, not the grid).
     """
     at = root_sop
     for _ in range(steps):
@@ -203,12 +224,14 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
                                            r.named or r.sure and not r.same_device)]
         if not upstream:
             break
-        at = min(upstream, key=AlarmReading.order).sop_id
+        despite_state = [r for r in upstream if r.raised and any(
+            state <= said for state in relations.brings_although.get((r.sop_id, at), ()) for said in shown)]
+        at = min(despite_state or upstream, key=AlarmReading.order).sop_id
     return at
 
 
 def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmReading], root_devices: int = 1,
-                   steps: int = 2, several: int = 2) -> str:
+                   steps: int = 2, several: int = 2, shown: tuple[frozenset[str], ...] = ()) -> str:
     """The SOP of the fault upstream of the root alarm, or "" when the member alarms show none.
 
     First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
@@ -217,7 +240,7 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
     one fault upstream of all of them (a storage target down before kill-task failures on many nodes). Where
     that earliest alarm points to the root's own procedure, it confirms the root: no other cause.
     """
-    cause = walk_upstream(relations, root_sop, readings, steps)
+    cause = walk_upstream(relations, root_sop, readings, steps, shown)
     if cause != root_sop:
         return cause
     if root_devices < several:

@@ -38,7 +38,10 @@ weighing; then ``models/sop_relations.py`` walks from the root's SOP to the
 member whose fault, as the SOP texts say, brings the root's alarm or is the
 one the root's procedure hands over to ("Downstream UPS units go on battery",
 "follow the utility power loss procedure"). A member whose words report any
-reading as normal is context there, not a cause.
+reading as normal is context there, not a cause, but the state it reports
+counts: a fault whose SOP brings the root's alarm "although a generator is
+running" comes before an earlier cause when a genset reports itself running
+(``Relations.brings_although``).
 
 A shared cause weighs more: when many devices raise the root alarm and, before
 any of them, another device of the cause's own kind (or naming its code)
@@ -77,7 +80,7 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from opsloop.models.alarm_glossary import KINDS, every_language
-from opsloop.models.incident_query import code_key, terms
+from opsloop.models.incident_query import code_key, states_a_fault, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
 from opsloop.models.value_readings import reports_only_a_value
@@ -232,7 +235,8 @@ class SopRetriever:
                  member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
                  root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
                  lead_words: list[str] | None = None, fan_out: int = 0, root_alarm: dict | None = None,
-                 member_alarms: list[dict] | None = None) -> dict[str, Evidence]:
+                 member_alarms: list[dict] | None = None, member_states: list[dict] | None = None
+                 ) -> dict[str, Evidence]:
         """The unweighed evidence for every SOP."""
         kinds = device_kinds(self._known_kinds, device_type, root_device)
         query = " ".join([query, *[" ".join(terms(k.replace("_", " "))) for k in kinds] * self.kind_repeat])
@@ -253,7 +257,8 @@ class SopRetriever:
         member_readings = self.member_readings(member_alarms or [])
         root_sop = self.read_alone(root_alarm) if root_alarm else ""
         root_devices = root_alarm.get("devices", 1) if root_alarm else 1
-        cause = self._upstream(root_sop, member_readings, root_devices) if root_alarm else ""
+        cause = self._upstream(root_sop, member_readings, root_devices, self.states_shown(member_states or [])) \
+            if root_alarm else ""
         shared = bool(cause) and root_devices >= self.cause_devices and any(
             r.sop_id == cause and r.after_s < 0 and r.sure and not r.same_device for r in member_readings)
         # A root alarm that names nothing (a probe failed, a metric absent) is judged by what its members point to.
@@ -309,7 +314,8 @@ class SopRetriever:
                                                                                          "text": a["words"]})):
                 sid, named, of_its_kind = self.reading_alone(a)
                 readings.append(AlarmReading(sid, a["after_s"], a["same_device"], named, named or of_its_kind,
-                                             named or of_its_kind and not self._by_shared_kind(a, sid)))
+                                             named or of_its_kind and not self._by_shared_kind(a, sid),
+                                             states_a_fault(a["words"])))
         return readings
 
     def _by_shared_kind(self, alarm: dict, sid: str) -> bool:
@@ -326,13 +332,23 @@ class SopRetriever:
         return set() if root_sop in self._life_safety else {r.sop_id for r in readings if r.surely_kind} & \
             self._life_safety
 
-    def upstream_cause(self, root_alarm: dict, member_alarms: list[dict]) -> str:
+    def upstream_cause(self, root_alarm: dict, member_alarms: list[dict],
+                       member_states: list[dict] | None = None) -> str:
         """The SOP of the fault upstream of the root, read from each alarm alone and the SOPs' relations."""
         return self._upstream(self.read_alone(root_alarm), self.member_readings(member_alarms),
-                              root_alarm.get("devices", 1))
+                              root_alarm.get("devices", 1), self.states_shown(member_states or []))
 
-    def _upstream(self, root_sop: str, readings: list[AlarmReading], root_devices: int) -> str:
-        return upstream_cause(self.relations, root_sop, readings, root_devices, self.cause_steps, self.cause_devices)
+    def _upstream(self, root_sop: str, readings: list[AlarmReading], root_devices: int,
+                  shown: tuple[frozenset[str], ...] = ()) -> str:
+        return upstream_cause(self.relations, root_sop, readings, root_devices, self.cause_steps, self.cause_devices,
+                              shown)
+
+    def states_shown(self, member_states: list[dict]) -> tuple[frozenset[str], ...]:
+        """What each member says of its device, normal states included, as terms with its device's kinds
+        ("Genset running 400 V": generator, run): the states ``Relations.brings_although`` asks for."""
+        return tuple(frozenset(terms(" ".join([m["said"],
+                                              *device_kinds(self._known_kinds, m["device_type"], m["device"])])))
+                     for m in member_states)
 
     def weigh(self, evidence: Evidence) -> float:
         """One SOP's fused score (see the module's docstring)."""
@@ -355,12 +371,12 @@ class SopRetriever:
             member_codes: list[str] | None = None, evidence_codes: list[str] | None = None,
             root_device: str = "", root_words: str = "", member_words: list[str] | None = None,
             lead_words: list[str] | None = None, fan_out: int = 0, root_alarm: dict | None = None,
-            member_alarms: list[dict] | None = None) -> dict:
+            member_alarms: list[dict] | None = None, member_states: list[dict] | None = None) -> dict:
         ranked = [sid for sid, _ in self.scores(
             query, root_code=root_code, device_type=device_type, member_codes=member_codes,
             evidence_codes=evidence_codes, root_device=root_device, root_words=root_words,
             member_words=member_words, lead_words=lead_words, fan_out=fan_out, root_alarm=root_alarm,
-            member_alarms=member_alarms)]
+            member_alarms=member_alarms, member_states=member_states)]
         top = ranked[: self.top_k]
         return {"sop_ids": ranked, "documents": [doc for sid in top for doc in self._sections[sid]]}
 

@@ -184,3 +184,46 @@ def test_a_member_upstream_of_the_root_leads_the_ranking(retriever):
     out = query.run(_incident([normal]))
     assert out["member_alarms"][0]["says_normal"] and retriever.upstream_cause(out["root_alarm"],
                                                                               out["member_alarms"]) == ""
+
+
+def test_a_fault_brought_although_a_state_is_read_with_its_circumstance():
+    toy = dict([
+        *TOY.items(),
+        _sop("SOP-T-005", "Switch stuck", "A switch did not move.", ["Move it by hand."],
+             symptoms="- Downstream widget units go on reserve although a spare blower is running."),
+    ])
+    relations = read_relations(parse_corpus(toy))
+    assert "SOP-T-002" in relations.brings["SOP-T-005"]
+    assert relations.brings_although[("SOP-T-005", "SOP-T-002")] == (frozenset(terms("a spare blower is running")),)
+    assert ("SOP-T-001", "SOP-T-002") not in relations.brings_although
+
+
+def test_the_walk_prefers_the_fault_the_shown_state_excuses():
+    relations = Relations(brings={"U": frozenset({"R"}), "S": frozenset({"R"})}, hands_over={},
+                          brings_although={("S", "R"): (frozenset({"generat", "run"}),)})
+    loss, stuck = AlarmReading("U", -2.0, sure=True, raised=True), AlarmReading("S", 14.0, sure=True, raised=True)
+    running = frozenset({"generat", "run", "400", "v"})
+    assert walk_upstream(relations, "R", [loss, stuck]) == "U"  # the earliest, with no state shown
+    assert walk_upstream(relations, "R", [loss, stuck], shown=(running,)) == "S"
+    assert walk_upstream(relations, "R", [loss, stuck], shown=(frozenset({"generat"}),)) == "U"  # not running
+    state_only = AlarmReading("S", 14.0, sure=True)  # "Transferred to Emergency": a state, no fault stated
+    assert walk_upstream(relations, "R", [loss, state_only], shown=(running,)) == "U"
+
+
+GENSET = {"device": "gen-2", "device_type": "genset", "code": "GEN_READY", "count": 1, "first_seen_ms": 22_000,
+          "text": "Genset running 400 V 50.0 Hz, ready to load"}
+
+
+def test_a_transfer_switch_that_failed_with_a_generator_running_is_the_fault_to_open(retriever):
+    query = IncidentQueryBuilder()
+    failed = {"device": "ats-a", "device_type": "ats", "code": "XFER_FAIL", "count": 1, "first_seen_ms": 24_000,
+              "text": "Transfer to source 2 failed: position II not reached within 6 s"}
+    assert retriever.run(**query.run(_incident([METER, failed])))["sop_ids"][0] == "SOP-PWR-001"  # no generator seen
+    assert retriever.run(**query.run(_incident([METER, GENSET, failed])))["sop_ids"][0] == "SOP-PWR-010"
+    transferred = {**failed, "code": "XFER_EMERG", "text": "Transferred to Emergency"}  # the switch did its job
+    assert retriever.run(**query.run(_incident([METER, GENSET, transferred])))["sop_ids"][0] == "SOP-PWR-001"
+    low_fuel = {**GENSET, "text": "Genset running 400 V 50.0 Hz, fuel level low"}
+    states_said = [m["said"] for m in query.run(_incident([METER, low_fuel, failed]))["member_states"]]
+    assert states_said[1] == "Genset running 400 V 50.0 Hz"  # a member's normal states only, its fault left out
+    requested = {**GENSET, "text": "Remote start - emergency run requested by ATS-A"}  # not running yet
+    assert retriever.run(**query.run(_incident([METER, requested, failed])))["sop_ids"][0] == "SOP-PWR-001"

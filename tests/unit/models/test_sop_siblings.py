@@ -104,6 +104,18 @@ def test_a_peer_that_does_not_answer_is_unreachable_as_the_sops_say():
     assert set(terms("CONTROLLER_UNREACHABLE")) <= set(terms("sbatch: Unable to contact slurm controller"))
     assert set(terms("NODE_UNREACHABLE")) <= set(terms("error: Nodes n1 not responding"))
     assert "unreach" not in terms("responding slowly")
+    lustre = "Lustre: scratch-OST0007-osc: Connection to scratch-OST0007 (at 10.44.8.17@o2ib) was lost"
+    assert "unreach" in terms(lustre) and "unreach" in terms("Modbus connection lost")
+    assert "unreach" not in terms("Connection restored after 3 s; no packets lost")
+
+
+def test_jobs_stuck_completing_behind_a_storage_target_that_stopped_answering_open_the_storage_procedure(narration):
+    root = ("slurm-ctl1", "slurm_ctl", "JOB_CG_LONG", "14 jobs in CG > 10 min across 38 nodes")
+    members = [("gpu-n1", "gpu_node", "LUSTRE_CONN_LOST", "Lustre: north-OST001c-osc: Connection to north-OST001c "
+                "(at 10.40.2.17@o2ib) was lost; in progress operations using this service will wait for recovery to "
+                "complete", -260),
+               ("gpu-n1", "gpu_node", "HUNG_TASK", "INFO: task python:2233441 blocked for more than 122 seconds.", -120)]
+    assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-NET-008"
 
 
 def test_an_overcurrent_protector_is_a_breaker(narration):
@@ -334,3 +346,11 @@ def test_several_servers_of_a_rack_losing_one_supply_at_once_is_a_lost_feed(narr
     pdu = [("r06-pdu-a", "pdu", "snmpNoResponse", "No SNMP response from PDU after 5 retries", 30),
            ("r06-rpp-a", "rpp", "BRANCH_LOW_I", "Branch 07 current 0.0 A, breaker status closed", 60)]
     assert narration.retrieve(_incident(root, nodes + pdu)).sop_ids[0] == "SOP-PWR-011"
+
+
+def test_a_voltage_dip_is_a_sag_as_the_power_quality_procedure_says(narration):
+    assert terms("Voltage dip U12 72 % Un") == terms("Voltage sag U12 72 % Un") and "sag" in terms("VSAG event")
+    root = ("ups-1a", "ups", "upsTrapOnBattery", "UPS-1A: on battery")
+    members = [("pq-hv-1", "meter", "PQ-EVT", "PQ recorder HV incomer 1: dip L1-L2-L3 to 0.68 pu for 140 ms", 0),
+               ("ups-1a", "ups", "upsTrapOffBattery", "UPS-1A: returned from battery, input normal", 2)]
+    assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-PWR-013"
