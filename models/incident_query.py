@@ -384,6 +384,7 @@ class IncidentQueryBuilder:
         parts += member_codes[: self.max_members] + member_types[: self.max_members] + member_said[: self.max_members]
         query = " ".join(terms(" ".join(parts)))
         root_seen = _root_seen(members, is_root)
+        english = {id(m): in_english(said(m)) for m in members}  # each member's words read in English once
         # Devices raising the root's code, not those whose reading under that code is normal ("RCM 6 mA normal").
         root_devices = len({m.get("device") for m, root in zip(members, is_root)
                             if code_key(m.get("code") or "") == code_key(root_code)
@@ -395,10 +396,10 @@ class IncidentQueryBuilder:
                 "lead_words": _member_words(_leads(members, is_root, others), root_code),
                 "fan_out": fan_out(members, root_device, root_code),
                 "root_alarm": {**root, "devices": root_devices},
-                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen),
+                "member_alarms": self._member_alarms(others, root_code, root_device, root_seen, english),
                 # What every member says, normal states too ("Genset running, ready to load"): circumstances.
                 "member_states": [{"device_type": m.get("device_type") or "", "device": m.get("device") or "",
-                                   "said": normal_states(in_english(said(m)))}
+                                   "said": normal_states(english[id(m)])}
                                   for m, root in zip(members, is_root) if not root][: self.max_members]}
 
     def _alarm(self, code: str, device_type: str, device: str, said_text: str, summary: str = "") -> dict:
@@ -409,7 +410,8 @@ class IncidentQueryBuilder:
         return {"query": query, "code": code, "device_type": device_type, "device": device,
                 "words": " ".join([summary, said_text]), "evidence_codes": stated}
 
-    def _member_alarms(self, others: list[dict], root_code: str, root_device: str, root_seen: int | None) -> list[dict]:
+    def _member_alarms(self, others: list[dict], root_code: str, root_device: str, root_seen: int | None,
+                       english: dict[int, str]) -> list[dict]:
         """Each distinct member code's first alarm, to be read on its own: when it came (seconds from the root's
         first alarm), whether on the root's device, and whether its words report any reading as normal."""
         first: dict[str, dict] = {}
@@ -419,12 +421,12 @@ class IncidentQueryBuilder:
         alarms = []
         for m in list(first.values())[: self.max_members]:
             seen = int(m["first_seen_ms"]) if "first_seen_ms" in m else None
-            english = in_english(said(m))
+            words_said = english[id(m)]
             alarms.append({**self._alarm(m["code"], m.get("device_type") or "", m.get("device") or "",
-                                         symptoms(english)),
+                                         symptoms(words_said)),
                            "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
                            "same_device": m.get("device") == root_device,
-                           "says_normal": says_no_fault(english)})
+                           "says_normal": says_no_fault(words_said)})
         return alarms
 
 
