@@ -354,12 +354,17 @@ class IncidentQueryBuilder:
     and words, each distinct one once, so a storm of 300 PDU alarms does not
     drown the root. ``evidence_codes`` are the codes the root's words state
     (an ``Xid 79`` in its kernel line), which the retriever treats as root codes.
+    ``lead_within_s``: a member first seen more than this before the root is the
+    circumstance the root came in (a grid outage the site has ridden through on its
+    generators for hours), not a lead to its cause.
     """
 
-    def __init__(self, root_weight: int = 3, said_weight: int = 1, max_members: int = 20):
+    def __init__(self, root_weight: int = 3, said_weight: int = 1, max_members: int = 20,
+                 lead_within_s: float = 3600.0):
         self.root_weight = root_weight
         self.said_weight = said_weight
         self.max_members = max_members
+        self.lead_within_s = lead_within_s
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
                             evidence_codes=list[str], root_device=str, root_words=str,
@@ -393,7 +398,7 @@ class IncidentQueryBuilder:
                 "member_codes": member_codes[: self.max_members], "evidence_codes": root["evidence_codes"],
                 "root_device": root_device, "root_words": root["words"],
                 "member_words": _member_words(others, root_code)[: self.max_members],
-                "lead_words": _member_words(_leads(members, is_root, others), root_code),
+                "lead_words": _member_words(_leads(members, is_root, others, self.lead_within_s), root_code),
                 "fan_out": fan_out(members, root_device, root_code),
                 "root_alarm": {**root, "devices": root_devices},
                 "member_alarms": self._member_alarms(others, root_code, root_device, root_seen, english),
@@ -445,12 +450,14 @@ def _root_seen(members: list[dict], is_root: list[bool]) -> int | None:
                default=None)
 
 
-def _leads(members: list[dict], is_root: list[bool], others: list[dict]) -> list[dict]:
-    """Members first seen before the root alarm: upstream of it in the causal chain, more likely its cause."""
+def _leads(members: list[dict], is_root: list[bool], others: list[dict], within_s: float) -> list[dict]:
+    """Members first seen before the root alarm, by ``within_s`` at most: upstream of it in the causal chain, more
+    likely its cause."""
     root_seen = _root_seen(members, is_root)
     if root_seen is None:
         return []
-    return [m for m in others if "first_seen_ms" in m and int(m["first_seen_ms"]) < root_seen]
+    since = root_seen - within_s * 1000
+    return [m for m in others if "first_seen_ms" in m and since <= int(m["first_seen_ms"]) < root_seen]
 
 
 def fan_out(members: list[dict], root_device: str = "", root_code: str = "") -> int:

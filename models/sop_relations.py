@@ -231,14 +231,17 @@ def walk_upstream(relations: Relations, root_sop: str, readings: list[AlarmReadi
 
 
 def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmReading], root_devices: int = 1,
-                   steps: int = 2, several: int = 2, shown: tuple[frozenset[str], ...] = ()) -> str:
+                   steps: int = 2, several: int = 2, shown: tuple[frozenset[str], ...] = (),
+                   within_s: float = float("inf")) -> str:
     """The SOP of the fault upstream of the root alarm, or "" when the member alarms show none.
 
     First ``walk_upstream``. Failing it, when the root alarm comes from ``several`` devices or more, the
     earliest member alarm seen before it on another device (or at the same moment, when it is ``sure``: it names
     its procedure or comes from a device of that procedure's kind), unless the root's own fault brings that alarm:
     one fault upstream of all of them (a storage target down before kill-task failures on many nodes). Where
-    that earliest alarm points to the root's own procedure, it confirms the root: no other cause.
+    that earliest alarm points to the root's own procedure, it confirms the root: no other cause. Only alarms
+    raised ``within_s`` before the root count there: one raised long before is the circumstance the root came in
+    (two gensets' day tanks low hours into a grid outage), not a fault upstream of them.
     """
     cause = walk_upstream(relations, root_sop, readings, steps, shown)
     if cause != root_sop:
@@ -246,6 +249,6 @@ def upstream_cause(relations: Relations, root_sop: str, readings: list[AlarmRead
     if root_devices < several:
         return ""
     leads = [r for r in readings if (r.after_s < 0 or r.after_s == 0 and r.sure) and not r.same_device
-             and r.sop_id not in relations.brings.get(root_sop, ())]
+             and r.after_s >= -within_s and r.sop_id not in relations.brings.get(root_sop, ())]
     cause = min(leads, key=AlarmReading.order).sop_id if leads else ""
     return "" if cause == root_sop else cause

@@ -48,6 +48,13 @@ any of them, another device of the cause's own kind (or naming its code)
 raised the cause's alarm (a CDU's strainer alarm 30 s before GPU throttling on
 three nodes), the cause is no mere reading of words.
 
+Where no relation explains the root, a cause shared by several root devices and a
+lead are looked for only among the members raised within ``lead_within_s`` before
+the root (an hour): an alarm raised long before it is the circumstance the root
+came in, not its cause (day tanks running low four hours into a grid outage call
+for fuel, not for the utility's outage line). The relations' walk reads every member:
+a fault that brings the root's alarm explains it however long ago it came.
+
 Life safety first (``emergency``): a procedure whose steps follow the site's
 emergency plan (fire, a battery off-gassing) is opened before any other. A
 member read alone, surely, as one of them outranks a root whose own
@@ -178,7 +185,7 @@ class SopRetriever:
                  lead_weight: float = 0.3, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
                  cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.25,
-                 emergency_weight: float = 2.0, shared_cause_weight: float = 0.75):
+                 emergency_weight: float = 2.0, shared_cause_weight: float = 0.75, lead_within_s: float = 3600.0):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight
@@ -195,6 +202,7 @@ class SopRetriever:
         self.vote_weight = vote_weight
         self.emergency_weight = emergency_weight
         self.shared_cause_weight = shared_cause_weight
+        self.lead_within_s = lead_within_s
         self.index_weights = dict(index_weights or INDEX_WEIGHTS)
         store = InMemoryDocumentStore(bm25_algorithm="BM25Plus")
         store.write_documents([Document(id=sop.id, content=index_text(sop, self.index_weights),
@@ -341,7 +349,7 @@ class SopRetriever:
     def _upstream(self, root_sop: str, readings: list[AlarmReading], root_devices: int,
                   shown: tuple[frozenset[str], ...] = ()) -> str:
         return upstream_cause(self.relations, root_sop, readings, root_devices, self.cause_steps, self.cause_devices,
-                              shown)
+                              shown, within_s=self.lead_within_s)
 
     def states_shown(self, member_states: list[dict]) -> tuple[frozenset[str], ...]:
         """What each member says of its device, normal states included, as terms with its device's kinds

@@ -159,6 +159,15 @@ def test_a_root_on_several_devices_takes_the_fault_seen_before_it_elsewhere():
     assert upstream_cause(RELATIONS, "A", [AlarmReading("B", -60.0)], root_devices=3) == ""  # A's own fault brings B
 
 
+def test_an_alarm_raised_long_before_a_root_on_several_devices_is_its_circumstance():
+    hours_ago = AlarmReading("E", -4 * 3600.0, sure=True)
+    assert upstream_cause(RELATIONS, "B", [hours_ago], root_devices=3) == "E"  # no horizon given: any time before
+    assert upstream_cause(RELATIONS, "B", [hours_ago], root_devices=3, within_s=3600.0) == ""
+    assert upstream_cause(RELATIONS, "B", [AlarmReading("E", -600.0)], root_devices=3, within_s=3600.0) == "E"
+    # the walk reads every member: a fault that brings the root's alarm explains it however long ago it came
+    assert upstream_cause(RELATIONS, "C", [AlarmReading("B", -4 * 3600.0)], within_s=3600.0) == "B"
+
+
 def _incident(members: list[dict]) -> dict:
     root = {"device": "ups-1a", "device_type": "ups", "code": "upsTrapOnBattery", "count": 1, "first_seen_ms": 10_000,
             "text": "UPS switched to battery, runtime remaining 14 min"}
@@ -227,3 +236,25 @@ def test_a_transfer_switch_that_failed_with_a_generator_running_is_the_fault_to_
     assert states_said[1] == "Genset running 400 V 50.0 Hz"  # a member's normal states only, its fault left out
     requested = {**GENSET, "text": "Remote start - emergency run requested by ATS-A"}  # not running yet
     assert retriever.run(**query.run(_incident([METER, requested, failed])))["sop_ids"][0] == "SOP-PWR-001"
+
+
+def _gensets_low_on_fuel(outage_before_s: float) -> dict:
+    """Two gensets' day tanks low, ``outage_before_s`` after the grid meter saw the outage."""
+    root = {"device": "dg-3", "device_type": "genset", "code": "DT_LVL_LO", "count": 1, "first_seen_ms": 50_000_000,
+            "text": "Day tank level 18 %, refill pump running, engine on load 76 %"}
+    other = {**root, "device": "dg-4", "first_seen_ms": 50_240_000, "text": "Day tank level 22 %"}
+    grid = {"device": "hv-meter-1", "device_type": "meter", "code": "U_INTERRUPT", "count": 1,
+            "first_seen_ms": 50_000_000 - int(outage_before_s * 1000), "text": "Mains failure: 0 V on L1 L2 L3"}
+    return {"root_device": "dg-3", "root_device_type": "genset", "root_code": "DT_LVL_LO", "summary": "",
+            "members": [root, other, grid]}
+
+
+def test_gensets_low_on_fuel_hours_into_an_outage_open_the_generator_procedure(retriever):
+    query = IncidentQueryBuilder()
+    hours_in = query.run(_gensets_low_on_fuel(5 * 3600.0))
+    assert hours_in["lead_words"] == []  # the outage is the circumstance, not a lead
+    assert retriever.run(**hours_in)["sop_ids"][0] == "SOP-PWR-009"
+    assert IncidentQueryBuilder(lead_within_s=6 * 3600.0).run(_gensets_low_on_fuel(5 * 3600.0))["lead_words"]
+    everything_before = SopRetriever(retriever.corpus, lead_within_s=float("inf"))
+    assert everything_before.run(**IncidentQueryBuilder(lead_within_s=float("inf")).run(
+        _gensets_low_on_fuel(5 * 3600.0)))["sop_ids"][0] == "SOP-PWR-001"  # as before: the outage read as the cause
