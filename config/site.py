@@ -20,6 +20,7 @@ x.yaml: ess[0].capacity_kwh: expected a positive number, got 'x'
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +33,8 @@ from opsloop.config import strict_yaml
 from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
-TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains", "flexible_load")
+TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains", "flexible_load",
+            "glossary")
 SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period",
              "country")
 STREAM_KEYS = ("device", "device_type", "metric", "unit", "column", "scale", "offset", "constant")
@@ -137,6 +139,17 @@ class FlexibleLoad:
 
 
 @dataclass(frozen=True)
+class Glossary:
+    """The site's own alarm words, read in the English words of the SOPs before the shipped glossary
+    (``models/alarm_glossary.py``): ``words`` maps a word of its alarm texts to English words ("napajanje":
+    "power supply"), ``kinds`` a device-type word or acronym of its inventory to the equipment kind the SOPs name
+    ("ABP": "ups"). Keys are single words, matched without case or accents."""
+
+    words: Mapping[str, str]
+    kinds: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class ReplayStream:
     """One replayed metric: value = column x scale + offset, or a constant."""
 
@@ -180,6 +193,7 @@ class Site:
     topology: Mapping | None = None  # read-only; models.topology builds the graph
     alarm_chains: Mapping | None = None  # alarm code prefix -> chain
     flexible_load: FlexibleLoad | None = None  # what the levers beside the battery may shed
+    glossary: Glossary | None = None  # the site's own alarm and device-type words, for narration
 
     def holiday_calendar(self):
         """The site's public holidays (a ``holidays`` package calendar, years filled in on demand; it tests
@@ -267,7 +281,8 @@ def parse_site(doc: Any, source: str) -> Site:
         replay=None if doc.get("replay") is None else _replay(check, site_id, doc["replay"]),
         topology=_topology(check, doc.get("topology")),
         alarm_chains=_alarm_chains(check, doc.get("alarm_chains")),
-        flexible_load=_flexible_load(check, doc.get("flexible_load")))
+        flexible_load=_flexible_load(check, doc.get("flexible_load")),
+        glossary=_glossary(check, doc.get("glossary")))
 
 
 def _ess(check: "_Checker", where: str, entry: Mapping) -> EssSpec:
@@ -397,6 +412,26 @@ def _alarm_chains(check: "_Checker", block: Any) -> Mapping | None:
     if not isinstance(block, Mapping) or not all(_is_text(v) for v in block.values()):
         raise check.fail("alarm_chains", f"expected a mapping of code prefix to chain, got {block!r}")
     return MappingProxyType({str(k): str(v) for k, v in block.items()})
+
+
+def _glossary(check: "_Checker", block: Any) -> Glossary | None:
+    if block is None:
+        return None
+    check.keys("glossary", block, ("words", "kinds"))
+    tables = {}
+    for name in ("words", "kinds"):
+        table = block.get(name) or {}
+        if not isinstance(table, Mapping):
+            raise check.fail(f"glossary.{name}", f"expected a mapping of a word to its English, got {table!r}")
+        for key, meaning in table.items():
+            if not isinstance(key, str) or not _ONE_WORD.fullmatch(key):
+                raise check.fail(f"glossary.{name}", f"{key!r} is not one word (letters and digits only)")
+            check.text(f"glossary.{name}.{key}", meaning)
+        tables[name] = MappingProxyType({k: str(v).strip() for k, v in table.items()})
+    return Glossary(**tables)
+
+
+_ONE_WORD = re.compile(r"[^\W_]+")
 
 
 class _Checker:

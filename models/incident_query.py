@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from collections.abc import Mapping
 
 import snowballstemmer
 from haystack import component
@@ -331,6 +332,7 @@ def said(member: dict) -> str:
 
 
 _LETTERS = re.compile(r"[^\W\d_]+")
+_SITE_WORD = re.compile(r"[^\W_]+")  # a site glossary's word: letters and digits, as a site file's keys are
 
 
 def in_english(text: str) -> str:
@@ -356,21 +358,38 @@ class IncidentQueryBuilder:
     (an ``Xid 79`` in its kernel line), which the retriever treats as root codes.
     ``lead_within_s``: a member first seen more than this before the root is the
     circumstance the root came in (a grid outage the site has ridden through on its
-    generators for hours), not a lead to its cause.
+    generators for hours), not a lead to its cause. ``site_words`` and ``site_kinds``
+    (a site file's ``glossary:``) read the site's own words of alarm texts, codes and
+    summaries, and of device types, in English before anything else, the shipped
+    glossary included.
+
+    >>> words = {"izpad": "loss", "omrezje": "grid", "omrezja": "grid"}  # each form a site's alarms use
+    >>> builder = IncidentQueryBuilder(site_words=words, site_kinds={"ABP": "ups"})
+    >>> out = builder.run({"root_code": "OMREZJE_IZPAD", "root_device_type": "abp", "root_device": "abp-1",
+    ...                    "members": [{"device": "abp-1", "code": "OMREZJE_IZPAD", "text": "Izpad omrežja"}]})
+    >>> out["root_code"], out["device_type"], out["root_words"].strip()
+    ('grid_loss', 'ups', 'loss grid')
     """
 
     def __init__(self, root_weight: int = 3, said_weight: int = 1, max_members: int = 20,
-                 lead_within_s: float = 3600.0):
+                 lead_within_s: float = 3600.0, site_words: Mapping[str, str] | None = None,
+                 site_kinds: Mapping[str, str] | None = None):
         self.root_weight = root_weight
         self.said_weight = said_weight
         self.max_members = max_members
         self.lead_within_s = lead_within_s
+        self.site_words = site_words
+        self.site_kinds = site_kinds
+        self._words = {ascii_folded(k).lower(): v for k, v in (site_words or {}).items()}
+        self._kinds = {ascii_folded(k).upper(): v for k, v in (site_kinds or {}).items()}
 
     @component.output_types(query=str, root_code=str, device_type=str, member_codes=list[str],
                             evidence_codes=list[str], root_device=str, root_words=str,
                             member_words=list[str], lead_words=list[str], fan_out=int, root_alarm=dict,
                             member_alarms=list[dict], member_states=list[dict])
     def run(self, incident: dict) -> dict:
+        if self._words or self._kinds:
+            incident = self._in_site_english(incident)
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
         root_device = incident.get("root_device") or ""
@@ -414,6 +433,27 @@ class IncidentQueryBuilder:
         stated = [c for c in log_codes(" ".join([said_text, summary, code])) if code_key(c) != code_key(code)]
         return {"query": query, "code": code, "device_type": device_type, "device": device,
                 "words": " ".join([summary, said_text]), "evidence_codes": stated}
+
+    def _in_site_english(self, incident: dict) -> dict:
+        """The incident with the site's own words read in English: its texts, log lines, summary and codes (a code's
+        words joined by "_", so it stays one code), and its device types as the kinds they name."""
+        def text(value: str | None, joiner: str = " ") -> str | None:
+            if not value or not self._words:
+                return value
+            return _SITE_WORD.sub(lambda m: joiner.join(self._words.get(ascii_folded(m.group()).lower(),
+                                                                        m.group()).split()), value)
+
+        def kind(value: str | None) -> str | None:
+            if not value or not self._kinds:
+                return value
+            return _SITE_WORD.sub(lambda m: self._kinds.get(ascii_folded(m.group()).upper(), m.group()), value)
+
+        members = [{**m, "text": text(m.get("text")), "log_line": text(m.get("log_line")),
+                    "code": text(m.get("code"), "_"), "device_type": kind(m.get("device_type"))}
+                   for m in incident.get("members") or []]
+        return {**incident, "members": members, "summary": text(incident.get("summary")),
+                "root_code": text(incident.get("root_code"), "_"),
+                "root_device_type": kind(incident.get("root_device_type"))}
 
     def _member_alarms(self, others: list[dict], root_code: str, root_device: str, root_seen: int | None,
                        english: dict[int, str]) -> list[dict]:

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from haystack import Document
 
+from opsloop.config.site import Glossary
 from opsloop.models.grounding import GroundingChecker
 from opsloop.models.incident_query import IncidentQueryBuilder
 from opsloop.models.narrators import DeterministicNarrator, LlmNarrator
-from opsloop.models.sop_retrieval import SopRetriever
+from opsloop.models.sop_retrieval import SopRetriever, device_kinds
 from opsloop.models.sops import Sop
 
 DETERMINISTIC = "deterministic"
@@ -48,10 +49,19 @@ class Narration:
     """The narration pipeline, built once per process (the corpus is indexed at construction)."""
 
     def __init__(self, corpus: dict[str, Sop], top_k: int = 3,
-                 chat_generator=None, model_name: str | None = None):
+                 chat_generator=None, model_name: str | None = None, glossary: Glossary | None = None):
+        """``glossary``: the site file's own alarm and device-type words (``Site.glossary``); a kind no SOP's
+        equipment names is a ``ValueError``, not a word silently read as nothing."""
         self.corpus = corpus
-        self.query = IncidentQueryBuilder()
         self.retriever = SopRetriever(self.corpus, top_k=top_k)
+        if glossary is None:
+            self.query = IncidentQueryBuilder()
+        else:
+            known = self.retriever.known_kinds
+            if unknown := sorted({v for v in glossary.kinds.values() if not device_kinds(known, v)}):
+                raise ValueError(f"glossary.kinds: {', '.join(unknown)} name no equipment kind of the SOPs "
+                                 f"(known: {', '.join(sorted(known)).lower()})")
+            self.query = IncidentQueryBuilder(site_words=glossary.words, site_kinds=glossary.kinds)
         self.deterministic_narrator = DeterministicNarrator(self.corpus)
         self.checker = GroundingChecker(self.corpus)
         self.llm = LlmNarrator(chat_generator) if chat_generator is not None else None

@@ -234,6 +234,11 @@ class SopRetriever:
         # equipment: an incident's versions repeat alarms.
         self._alone: dict[tuple, tuple[str, bool, bool]] = {}
 
+    @property
+    def known_kinds(self) -> frozenset[str]:
+        """Every equipment kind the SOPs name (as ``code_key`` spells them: ``UPS``, ``GPU_NODE``)."""
+        return frozenset(self._known_kinds)
+
     def _states(self, sid: str, alarm: tuple[set[str], set[str]]) -> bool:
         """Whether an alarm (its words' terms, its words' code keys) lists or states one of the SOP's codes."""
         said, keys = alarm

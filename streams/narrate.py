@@ -37,8 +37,11 @@ def register(app, settings: Settings) -> None:
     from opsloop.models.sops import parse_corpus
     from opsloop.config.assets import sop_texts
 
+    from opsloop.config.site import load_site
+
+    glossary = load_site(settings.topology).glossary if settings.topology else None  # the site's own alarm words
     narration = Narration(parse_corpus(sop_texts()), chat_generator=chat_generator(settings) if settings.llm_url else None,
-                          model_name=settings.llm_model)
+                          model_name=settings.llm_model, glossary=glossary)
     codec = Codec.default()
     clock = settings.clock()  # narrations are stamped on the run's one clock
     latest: OrderedDict[str, int] = OrderedDict()  # incident id → updated_ms of the newest version seen

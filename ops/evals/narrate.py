@@ -191,6 +191,8 @@ def add_arguments(parser) -> None:
                         help="cross-validate the retriever's settings over FOLDS folds of the data instead")
     parser.add_argument("--cv-by-file", action="store_true",
                         help="cross-validate with one fold per --data file (leave one file out) instead")
+    parser.add_argument("--site", type=Path, default=None,
+                        help="read alarms with this site file's glossary: (its own alarm and device-type words)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--llm", choices=["auto", "on", "off"], default="auto",
                         help="narrate with the LLM at OPSLOOP_LLM_URL too (auto: when it is set)")
@@ -200,6 +202,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from opsloop.connectors.llm import chat_generator
     from opsloop.config.assets import sop_texts
+    from opsloop.config.site import load_site
     from opsloop.models.narrate import Narration
     from opsloop.models.sops import parse_corpus
 
@@ -219,8 +222,9 @@ def main(args) -> int:
         report = {"judged_on": judged_on(args.data), **cross_validate(corpus, cases, args.cv or 4, groups=groups)}
         print(json.dumps(report, indent=2) if args.json else render(report))
         return 0
-    narration = Narration(corpus, chat_generator=generator, model_name=settings.llm_model)
-    report = {"judged_on": judged_on(args.data),
+    glossary = load_site(args.site).glossary if getattr(args, "site", None) else None
+    narration = Narration(corpus, chat_generator=generator, model_name=settings.llm_model, glossary=glossary)
+    report = {"judged_on": judged_on(args.data), **({"glossary_of": str(args.site)} if glossary else {}),
               **evaluate(narration, cases, llm_limit=args.llm_limit if use_llm else 0)}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -229,6 +233,8 @@ def main(args) -> int:
     print(f"opsloop eval narrate: {report['cases']} labelled incidents, {len(narration.corpus)} SOPs; judged on:")
     for data in report["judged_on"]:
         print(f"  {data['path']} ({data['cases']} cases, sha256 {data['sha256'][:12]})")
+    if "glossary_of" in report:
+        print(f"  alarm words also read with the glossary of {report['glossary_of']}")
     print(f"  retrieval      hit@1 {report['hit_at_1']:.1%}   hit@3 {report['hit_at_3']:.1%}")
     print(f"  deterministic  grounded {det['grounded_share']:.1%}   latency p50 {det['latency']['p50_ms']:.2f} ms"
           f"   p99 {det['latency']['p99_ms']:.2f} ms   max {det['latency']['max_ms']:.2f} ms")

@@ -154,3 +154,24 @@ def test_flexible_load_parses_from_the_example_and_is_checked():
     ]:
         with pytest.raises(SiteError, match=re.escape(f"x.yaml: {message}")):
             parse_site({**base, "flexible_load": block}, "x.yaml")
+
+
+def test_a_glossary_block_gives_the_sites_own_words_read_only():
+    site = parse_site({"site": {"id": "lj"}, "glossary": {"words": {"gorivo": "fuel", "Napajanje": "power supply"},
+                                                           "kinds": {"DEA": "generator"}}}, "lj.yaml")
+    assert dict(site.glossary.words) == {"gorivo": "fuel", "Napajanje": "power supply"}
+    assert dict(site.glossary.kinds) == {"DEA": "generator"}
+    with pytest.raises(TypeError):
+        site.glossary.words["x"] = "y"
+    assert parse_site({"site": {"id": "x"}}, "x.yaml").glossary is None
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"words": {"two words": "fuel"}}, "glossary.words: 'two words' is not one word"),
+    ({"words": {"gorivo": ""}}, "glossary.words.gorivo: expected"),
+    ({"kinds": ["DEA"]}, "glossary.kinds: expected a mapping"),
+    ({"word": {"gorivo": "fuel"}}, "glossary"),
+])
+def test_a_bad_glossary_names_the_entry(block, message):
+    with pytest.raises(SiteError, match=re.escape(f"x.yaml: {message}")):
+        parse_site({"site": {"id": "x"}, "glossary": block}, "x.yaml")

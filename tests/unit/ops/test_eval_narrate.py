@@ -120,3 +120,19 @@ def test_weighing_gathered_evidence_ranks_as_retrieving_again():
     settings = [{}, {"lead_weight": 0.0, "fanout_weight": 1.0, "said_weight": 2}, {"code_weight": 0.6},
                 {"cause_weight": 0.0}]
     assert weighed_hits(corpus, cases, settings) == [hits(narration_with(corpus, s), cases) for s in settings]
+
+
+def test_a_sites_glossary_is_read_and_named_in_the_report(tmp_path, capsys):
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("- id: g1\n  root: [DEA-2, dea, NIZEK_NIVO_GORIVA, major]\n"
+                     "  root_text: \"Dnevni rezervoar: nizek nivo goriva 15 %\"\n  expect: [SOP-PWR-009]\n")
+    site = tmp_path / "lj.yaml"
+    site.write_text("site: {id: lj}\nglossary:\n  words: {nizek: low, nivo: level, goriva: fuel}\n"
+                    "  kinds: {DEA: generator}\n")
+    args = Namespace(settings=Settings.from_env({}), data=[cases], json=True, llm="off", llm_limit=0, cv=0, site=None)
+    main(args)
+    shipped = json.loads(capsys.readouterr().out)
+    assert shipped["hit_at_1"] == 0.0 and "glossary_of" not in shipped
+    main(Namespace(**{**vars(args), "site": site}))
+    report = json.loads(capsys.readouterr().out)
+    assert report["hit_at_1"] == 1.0 and report["glossary_of"] == str(site)
