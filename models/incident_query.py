@@ -458,11 +458,14 @@ class IncidentQueryBuilder:
     def _member_alarms(self, others: list[dict], root_code: str, root_device: str, root_seen: int | None,
                        english: dict[int, str]) -> list[dict]:
         """Each distinct member code's first alarm, to be read on its own: when it came (seconds from the root's
-        first alarm), whether on the root's device, and whether its words report any reading as normal."""
+        first alarm), whether on the root's device, on how many devices its code was raised, and whether its words
+        report any reading as normal."""
         first: dict[str, dict] = {}
+        devices: dict[str, set[str]] = {}  # code -> the devices raising it
         for m in sorted(others, key=lambda m: int(m.get("first_seen_ms", 0))):
             if m.get("code") and code_key(m["code"]) != code_key(root_code):
                 first.setdefault(code_key(m["code"]), m)
+                devices.setdefault(code_key(m["code"]), set()).add(m.get("device") or "")
         alarms = []
         for m in list(first.values())[: self.max_members]:
             seen = int(m["first_seen_ms"]) if "first_seen_ms" in m else None
@@ -471,6 +474,7 @@ class IncidentQueryBuilder:
                                          symptoms(words_said)),
                            "after_s": (seen - root_seen) / 1000 if None not in (seen, root_seen) else 0.0,
                            "same_device": m.get("device") == root_device,
+                           "devices": len(devices[code_key(m["code"])]),
                            "says_normal": says_no_fault(words_said)})
         return alarms
 

@@ -16,7 +16,9 @@ evidence an incident carries:
                              states one of this SOP's codes: upstream in the causal chain, the likely cause;
                              unless the root's own fault brings this SOP's alarms, which then only came first)
           + fanout_weight × (1 if one code comes from ``fan_out_devices`` or more devices at once and the
-                             SOP's scope or symptoms speak of many: the fault lies upstream of them all)
+                             SOP's scope or symptoms speak of many: the fault lies upstream of them all;
+                             where the root surely reads as a fault that brings the alarm the many devices
+                             raise, that fault is the one upstream of them: the root's own SOP alone)
           + cause_weight  × (1 if the member alarms show this SOP's fault upstream of the root's)
           + shared_cause_weight × (1 if, besides, the root alarm comes from several devices and a member on
                                    another device surely showed that fault before it: one fault upstream of
@@ -281,6 +283,8 @@ class SopRetriever:
         votes = Counter(r.sop_id for r in readings)
         emergency = self._life_safety_among(root_sop, member_readings) if root_alarm else set()
         brought = self.relations.brings.get(root_sop, frozenset())  # the root's own fault explains their lead, fan-out
+        # A transformer's trip that puts many UPS units on battery: their fan-out is the root's own fault's.
+        fanned_by_root = bool(root_alarm) and self._fan_out_brought(root_alarm, root_sop, brought, member_alarms or [])
         out = {}
         for sid in self.corpus:
             overlap = max((len(root_words_of_code & w) / len(root_words_of_code | w)
@@ -292,11 +296,21 @@ class SopRetriever:
                 phrase=any(w <= said for w in self._phrases[sid]), device=bool(set(kinds) & self._equipment[sid]),
                 members=listed / len(members) if members else 0.0,
                 lead=not root_named and sid not in brought and any(self._states(sid, lead) for lead in leads),
-                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid] and sid not in brought,
+                fan_out=fan_out >= self.fan_out_devices and self._speaks_of_many[sid] and sid not in brought
+                and (sid == root_sop or not fanned_by_root),
                 cause=sid == cause,
                 vote=votes[sid] / len(readings) if votes else 0.0, emergency=sid in emergency,
                 shared_cause=shared and sid == cause)
         return out
+
+    def _fan_out_brought(self, root_alarm: dict, root_sop: str, brought: frozenset[str],
+                         member_alarms: list[dict]) -> bool:
+        """Whether the root surely reads as its SOP (it names one of its codes, or its device is of that SOP's kind)
+        and an alarm raised on ``fan_out_devices`` or more devices reads as one that SOP's fault brings."""
+        _, named, of_its_kind = self.reading_alone(root_alarm)
+        return (named or of_its_kind) and any(
+            a.get("devices", 1) >= self.fan_out_devices and not a["says_normal"]
+            and self.read_alone(a) in brought - {root_sop} for a in member_alarms)
 
     def read_alone(self, alarm: dict) -> str:
         """The SOP one alarm points to on its own (an ``IncidentQueryBuilder`` alarm)."""

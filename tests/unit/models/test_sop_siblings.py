@@ -354,3 +354,23 @@ def test_a_voltage_dip_is_a_sag_as_the_power_quality_procedure_says(narration):
     members = [("pq-hv-1", "meter", "PQ-EVT", "PQ recorder HV incomer 1: dip L1-L2-L3 to 0.68 pu for 140 ms", 0),
                ("ups-1a", "ups", "upsTrapOffBattery", "UPS-1A: returned from battery, input normal", 2)]
     assert narration.retrieve(_incident(root, members)).sop_ids[0] == "SOP-PWR-013"
+
+
+ON_BATTERY = [(f"ups-{i}", "ups", "upsTrapOnBattery", "UPS on battery, 11 min remaining", 1) for i in range(1, 5)]
+
+
+def test_many_units_on_battery_after_a_breaker_trip_are_the_trips_fan_out(narration):
+    trip = ("mv-swgr-b", "switchgear", "MAIN_BKR_TRIP", "Main breaker tripped on overcurrent 51")
+    incident = _incident(trip, ON_BATTERY)
+    evidence = narration.retriever.evidence(**narration.query.run(incident))
+    assert not evidence["SOP-PWR-001"].fan_out  # the trip brings the UPS units' alarm: no loss upstream of them
+    assert narration.retrieve(incident).sop_ids[0] == "SOP-PWR-012"
+
+
+def test_a_fan_out_the_roots_own_fault_brings_still_speaks_for_the_root(narration):
+    switch = ("leaf-3", "switch", "SWITCH_UNREACHABLE", "leaf-3 not responding to ICMP and SNMP")
+    links = [(f"gpu-{i}", "gpu_node", "LINK_DOWN", "eth0 link down", 1) for i in range(1, 6)]
+    query = narration.query.run(_incident(switch, links))
+    assert query["member_alarms"][0]["devices"] == 5
+    assert narration.retriever.evidence(**query)["SOP-NET-003"].fan_out
+    assert narration.retrieve(_incident(switch, links)).sop_ids[0] == "SOP-NET-003"
