@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
 from collections.abc import Mapping
+from functools import lru_cache
 
 import snowballstemmer
 from haystack import component
