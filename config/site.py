@@ -33,6 +33,7 @@ from opsloop.config import strict_yaml
 from opsloop.config.assets import DEMO_SITE
 
 BILLING_PERIODS = ("month", "week", "day")
+ONE_WORD = re.compile(r"[^\W_]+")  # one word of a site glossary; the query builder finds alarm words the same way
 TOP_KEYS = ("site", "pdus", "gpu_pods", "ess", "devices", "replay", "topology", "alarm_chains", "flexible_load",
             "glossary")
 SITE_KEYS = ("id", "name", "timezone", "grid_import_cap_kw", "tariff", "tariff_by_hour", "demand_billing_period",
@@ -424,14 +425,11 @@ def _glossary(check: "_Checker", block: Any) -> Glossary | None:
         if not isinstance(table, Mapping):
             raise check.fail(f"glossary.{name}", f"expected a mapping of a word to its English, got {table!r}")
         for key, meaning in table.items():
-            if not isinstance(key, str) or not _ONE_WORD.fullmatch(key):
+            if not isinstance(key, str) or not ONE_WORD.fullmatch(key):
                 raise check.fail(f"glossary.{name}", f"{key!r} is not one word (letters and digits only)")
             check.text(f"glossary.{name}.{key}", meaning)
         tables[name] = MappingProxyType({k: str(v).strip() for k, v in table.items()})
     return Glossary(**tables)
-
-
-_ONE_WORD = re.compile(r"[^\W_]+")
 
 
 class _Checker:

@@ -34,6 +34,7 @@ from functools import lru_cache
 import snowballstemmer
 from haystack import component
 
+from opsloop.config.site import ONE_WORD
 from opsloop.models import alarm_glossary
 from opsloop.models.standard_codes import XID_NUMBER, meanings
 
@@ -332,7 +333,8 @@ def said(member: dict) -> str:
 
 
 _LETTERS = re.compile(r"[^\W\d_]+")
-_SITE_WORD = re.compile(r"[^\W_]+")  # a site glossary's word: letters and digits, as a site file's keys are
+# Alarms older than this before the root are its circumstance, not a lead (the builder's and the retriever's default)
+LEAD_WITHIN_S = 3600.0
 
 
 def in_english(text: str) -> str:
@@ -372,7 +374,7 @@ class IncidentQueryBuilder:
     """
 
     def __init__(self, root_weight: int = 3, said_weight: int = 1, max_members: int = 20,
-                 lead_within_s: float = 3600.0, site_words: Mapping[str, str] | None = None,
+                 lead_within_s: float = LEAD_WITHIN_S, site_words: Mapping[str, str] | None = None,
                  site_kinds: Mapping[str, str] | None = None):
         self.root_weight = root_weight
         self.said_weight = said_weight
@@ -440,13 +442,13 @@ class IncidentQueryBuilder:
         def text(value: str | None, joiner: str = " ") -> str | None:
             if not value or not self._words:
                 return value
-            return _SITE_WORD.sub(lambda m: joiner.join(self._words.get(ascii_folded(m.group()).lower(),
+            return ONE_WORD.sub(lambda m: joiner.join(self._words.get(ascii_folded(m.group()).lower(),
                                                                         m.group()).split()), value)
 
         def kind(value: str | None) -> str | None:
             if not value or not self._kinds:
                 return value
-            return _SITE_WORD.sub(lambda m: self._kinds.get(ascii_folded(m.group()).upper(), m.group()), value)
+            return ONE_WORD.sub(lambda m: self._kinds.get(ascii_folded(m.group()).upper(), m.group()), value)
 
         members = [{**m, "text": text(m.get("text")), "log_line": text(m.get("log_line")),
                     "code": text(m.get("code"), "_"), "device_type": kind(m.get("device_type"))}

@@ -89,7 +89,7 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from opsloop.models.alarm_glossary import KINDS, every_language
-from opsloop.models.incident_query import code_key, states_a_fault, terms
+from opsloop.models.incident_query import LEAD_WITHIN_S, code_key, states_a_fault, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
 from opsloop.models.value_readings import reports_only_a_value
@@ -187,7 +187,8 @@ class SopRetriever:
                  lead_weight: float = 0.3, fanout_weight: float = 0.5, fan_out_devices: int = 3,
                  kind_repeat: int = 3, index_weights: dict[str, int] | None = None, cause_weight: float = 1.0,
                  cause_steps: int = 2, cause_devices: int = 2, vote_weight: float = 0.25,
-                 emergency_weight: float = 2.0, shared_cause_weight: float = 0.75, lead_within_s: float = 3600.0):
+                 emergency_weight: float = 2.0, shared_cause_weight: float = 0.75,
+                 lead_within_s: float = LEAD_WITHIN_S):
         self.corpus = corpus
         self.top_k = top_k
         self.code_weight = code_weight

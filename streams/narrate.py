@@ -36,7 +36,6 @@ def register(app, settings: Settings) -> None:
     from opsloop.models.narrate import DETERMINISTIC, Narration
     from opsloop.models.sops import parse_corpus
     from opsloop.config.assets import sop_texts
-
     from opsloop.config.site import load_site
 
     glossary = load_site(settings.topology).glossary if settings.topology else None  # the site's own alarm words
