@@ -58,11 +58,23 @@ ABBREVIATIONS = {
     "throttling": "throttle", "ovld": "overload", "ol": "overload", "thd": "total harmonic distortion",
     "thdv": "total harmonic distortion voltage", "thdi": "total harmonic distortion current",
     "dip": "sag", "dips": "sags", "vsag": "voltage sag",  # IEC 61000-4-30 says dip where IEEE 1159 says sag
+    "unbalance": "imbalance", "unbalanced": "imbalance", "unbal": "imbalance",  # EN 50160 and IEC 61000 words
     # Compounds written as one word or two: one spelling, so "Loss of Air Flow" states AIRFLOW_LOSS.
     "airflow": "air flow", "dewpoint": "dew point",
 }
 # Alarm words in other languages -> the SOPs' words, every language at once.
 FOREIGN_WORDS = alarm_glossary.every_language(alarm_glossary.WORDS)
+# A phase unbalance of 30 % or more is a phase lost, not a power-quality event: a phase at 0 V gives 50 % (negative
+# sequence) to 100 % (NEMA's deviation from the mean), while power-quality limits are 2-3 % and a one-phase sag to
+# 60 % of nominal gives about 30 %. A current's unbalance is the load's, as large as single-phase loads make it.
+LOST_PHASE_UNBALANCE_PCT = 30.0
+_IMBALANCE = re.compile(r"\b(?:%s)\b" % "|".join(sorted(
+    {"unbalance", "unbalanced", "unbal", "imbalance", "imbalanced"}
+    | {word for word, meaning in FOREIGN_WORDS.items() if meaning == "imbalance"})))
+_CURRENT = re.compile(r"\b(?:%s)\b" % "|".join(sorted(
+    {"current", "i", "amps", "load"}
+    | {word for word, meaning in FOREIGN_WORDS.items() if meaning in ("current", "load")})))
+_UNBALANCE_PCT = re.compile(r"(\w+\W+)?(%s)(\D{0,30}?)(\d+(?:[.,]\d+)?)\s*%%" % _IMBALANCE.pattern)
 STOPWORDS = frozenset("a an the of on in at to for and or is are was were be by with from as it its this that "
                       "than then there their into per".split())
 # Stems that mean the same in alarm texts, folded into one ("Inverter Failure" is an inverter fault).
@@ -135,6 +147,18 @@ def _stem(word: str) -> str:
     return _stemmer.stemWord(word)
 
 
+def lost_phase(text: str) -> bool:
+    """Whether ``text`` reports a voltage unbalance of ``LOST_PHASE_UNBALANCE_PCT`` or more: a phase lost.
+
+    >>> [lost_phase(t) for t in ("Voltage unbalance 61.2 % (limit 2.0 %)", "V unbalance 2.6 %", "I unbalance 44 %")]
+    [True, False, False]
+    """
+    for before, _, gap, pct in _UNBALANCE_PCT.findall(ascii_folded(text).lower()):
+        if float(pct.replace(",", ".")) >= LOST_PHASE_UNBALANCE_PCT and not _CURRENT.search(before + gap):
+            return True
+    return False
+
+
 def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
     expanded."""
@@ -148,6 +172,8 @@ def words(text: str) -> list[str]:
     said = _USAGE.sub("usage", said.replace("firing speed", "engine speed"))  # a genset's crank speed, no fire
     if "undervoltage" in said and _THREE_PHASES.search(said):
         said += " loss of mains"
+    if lost_phase(text):
+        said = _IMBALANCE.sub("phase loss", said)
     if _COLLECTOR_DIED.search(said):
         said += " collector down"
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
@@ -392,6 +418,7 @@ class IncidentQueryBuilder:
     def run(self, incident: dict) -> dict:
         if self._words or self._kinds:
             incident = self._in_site_english(incident)
+        incident = _lost_phase_codes(incident)
         root_code = incident.get("root_code") or ""
         device_type = incident.get("root_device_type") or ""
         root_device = incident.get("root_device") or ""
@@ -479,6 +506,23 @@ class IncidentQueryBuilder:
                            "devices": len(devices[code_key(m["code"])]),
                            "says_normal": says_no_fault(words_said)})
         return alarms
+
+
+def _lost_phase_codes(incident: dict) -> dict:
+    """The incident with each code of an alarm whose words report a phase lost (``lost_phase``) read as that:
+    "V_UNBALANCE" saying "unbalance 61 %" is a phase loss, not the power-quality event its code names."""
+    lost = {(m.get("device"), m.get("code")) for m in incident.get("members") or [] if lost_phase(said(m))}
+    if not lost:
+        return incident
+
+    def read(device: str | None, code: str | None) -> str | None:
+        parts = code_key(code or "").lower().split("_")
+        if (device, code) not in lost or not any(_IMBALANCE.fullmatch(part) for part in parts):
+            return code
+        return "_".join("phase_loss" if _IMBALANCE.fullmatch(part) else part for part in parts).upper()
+
+    members = [{**m, "code": read(m.get("device"), m.get("code"))} for m in incident["members"]]
+    return {**incident, "members": members, "root_code": read(incident.get("root_device"), incident.get("root_code"))}
 
 
 def _member_words(members: list[dict], root_code: str) -> list[str]:

@@ -374,3 +374,25 @@ def test_a_fan_out_the_roots_own_fault_brings_still_speaks_for_the_root(narratio
     assert query["member_alarms"][0]["devices"] == 5
     assert narration.retriever.evidence(**query)["SOP-NET-003"].fan_out
     assert narration.retrieve(_incident(switch, links)).sop_ids[0] == "SOP-NET-003"
+
+
+def test_a_voltage_unbalance_of_a_third_or_more_is_a_phase_lost():
+    from opsloop.models.incident_query import lost_phase
+    assert lost_phase("Voltage unbalance 47.5 % (limit 2.0 %)") and lost_phase("Desequilibrio de tensao 41%")
+    assert not lost_phase("Voltage unbalance 2.9 % (limit 2.0 %)")
+    assert not lost_phase("Current unbalance 52 %") and not lost_phase("Desequilibrio de corrente 52 %")  # the load's
+    assert "imbal" in terms("V unbalance 2.9 %") and terms("Unbalanced") == terms("imbalance")  # IEC's word, the SOPs'
+    assert "imbal" not in terms("V unbalance 64 %") and terms("PHASE_LOSS") <= terms("V unbalance 64 %")
+
+
+def test_a_voltage_unbalance_reads_as_power_quality_unless_a_phase_is_lost(narration):
+    builder = IncidentQueryBuilder()
+    small = builder._alarm("Unbalance", "pq_meter", "pqm-2", "V unbalance 2.4 % > 2.0 % (10-min value)")
+    assert narration.retriever.reading_alone(small)[0] == "SOP-PWR-013"
+    lost = _incident(("pqm-inc1", "pq_meter", "Unbalance", "Voltage unbalance 57.9 % (limit 2.0 %)"),
+                     [("ups-1a", "ups", "OnBattery", "UPS on battery", 2),
+                      ("gen-2", "genset", "RemoteStart", "Remote start requested", 4)])
+    query = builder.run(lost)
+    assert query["root_code"] == "PHASE_LOSS"  # the code read as its words say
+    assert narration.retriever.reading_alone(query["root_alarm"])[0] == "SOP-PWR-001"
+    assert narration.retrieve(lost).sop_ids[0] == "SOP-PWR-001"
