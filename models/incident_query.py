@@ -97,6 +97,12 @@ _USAGE = re.compile(r"\butili[sz]ation\b|\butil(?= \d)|(?<=\bgpu )util\b|(?<=\bg
 # An undervoltage on all three phases at once ("3U< operate", read by ``standard_codes`` as on all phases; "27P1
 # undervoltage 3ph") is the supply lost, which an incomer's undervoltage relay is there to detect, not a sag.
 _THREE_PHASES = re.compile(r"\b(?:3 ?ph|three ?phases?|all (?:three )?phases|trifasic[ao])\b")
+# A phase of the medium- or high-voltage supply read at 0 kV ("U12=0.0 kV", "R=0.0kV"), or a phase said absent: that
+# phase of the supply is lost (SOP-PWR-013 hands a phase that reads zero to the utility loss); several: the mains lost.
+# A low-voltage input at 0 V says less: one UPS's own feeder opened reads the same.
+_ZERO_PHASE = re.compile(r"\b(?:[vu](?:[123abc]|12|23|31)|l[123](?:-n)?|[ryb]|phase [abc123])\s*[=:]?\s*0(?:[.,]0+)?\s*"
+                         r"(?:kv\b)")
+_ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|missing) phase\b")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
                              r"(?:exited|failed|killed|dead|stopped)\b")
@@ -174,6 +180,12 @@ def words(text: str) -> list[str]:
         said += " loss of mains"
     if lost_phase(text):
         said = _IMBALANCE.sub("phase loss", said)
+    if "loss of mains" not in said:
+        zero_phases = len(set(_ZERO_PHASE.findall(ascii_folded(text).lower())))
+        if zero_phases >= 2:
+            said += " loss of mains"
+        elif zero_phases == 1 or _ABSENT_PHASE.search(said):
+            said += " phase loss"
     if _COLLECTOR_DIED.search(said):
         said += " collector down"
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))

@@ -396,3 +396,10 @@ def test_a_voltage_unbalance_reads_as_power_quality_unless_a_phase_is_lost(narra
     assert query["root_code"] == "PHASE_LOSS"  # the code read as its words say
     assert narration.retriever.reading_alone(query["root_alarm"])[0] == "SOP-PWR-001"
     assert narration.retrieve(lost).sop_ids[0] == "SOP-PWR-001"
+
+
+def test_phases_of_the_medium_voltage_supply_at_zero_are_the_mains_lost():
+    assert set(terms("LOSS_OF_MAINS")) <= set(terms("33 kV incomer 2: Ua 0.0 kV, Ub 0.0 kV, Uc 0.0 kV"))
+    assert set(terms("PHASE_LOSS")) <= set(terms("Line 1 VT: Va 19.2 kV, Vb 0.0 kV, Vc 19.1 kV"))
+    # A low-voltage input at 0 V may be one UPS's own feeder opened: no reading of the supply from it.
+    assert "main" not in terms("Input L1 0 V, L2 0 V, L3 0 V") and "loss" not in terms("PDU inlet L1 0 V")
