@@ -102,6 +102,11 @@ _THREE_PHASES = re.compile(r"\b(?:3 ?ph|three ?phases?|all (?:three )?phases|tri
 # A low-voltage input at 0 V says less: one UPS's own feeder opened reads the same.
 _ZERO_PHASE = re.compile(r"\b(?:[vu](?:[123abc]|12|23|31)|l[123](?:-n)?|[ryb]|phase [abc123])\s*[=:]?\s*0(?:[.,]0+)?\s*"
                          r"(?:kv\b)")
+# A voltage under 10 % of its nominal or declared value ("V2 0.1 % of Un", "0.0 % Udin") is an interruption (IEC
+# 61000-4-30), not a sag: that phase reads zero too.
+_OF_NOMINAL_PCT = re.compile(r"%\s*(?:of\s+)?(?:un|udin|uc|vn|nominal|nom|declared)\b")
+_PERCENT = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
+INTERRUPTION_PCT = 10.0
 _ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|missing) phase\b")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
@@ -165,6 +170,19 @@ def lost_phase(text: str) -> bool:
     return False
 
 
+def phases_lost(text: str) -> int:
+    """How many phases of the supply ``text`` reads at zero: at 0 kV, or under ``INTERRUPTION_PCT`` of nominal.
+
+    >>> phases_lost("U12=0.0 kV U23=0.0 kV U31=0.0 kV"), phases_lost("Dip: V1 71.8 % of nominal"), phases_lost("L1 0 V")
+    (3, 0, 0)
+    """
+    folded = ascii_folded(text).lower()
+    lost = len(set(_ZERO_PHASE.findall(folded)))
+    if _OF_NOMINAL_PCT.search(folded):
+        lost += sum(float(pct.replace(",", ".")) < INTERRUPTION_PCT for pct in _PERCENT.findall(folded))
+    return lost
+
+
 def words(text: str) -> list[str]:
     """Lower-case words of ``text`` with camelCase, acronym runs ("PDUNear") and letter-digit runs split, abbreviations
     expanded."""
@@ -181,10 +199,10 @@ def words(text: str) -> list[str]:
     if lost_phase(text):
         said = _IMBALANCE.sub("phase loss", said)
     if "loss of mains" not in said:
-        zero_phases = len(set(_ZERO_PHASE.findall(ascii_folded(text).lower())))
-        if zero_phases >= 2:
+        lost = phases_lost(text)
+        if lost >= 2:
             said += " loss of mains"
-        elif zero_phases == 1 or _ABSENT_PHASE.search(said):
+        elif lost == 1 or _ABSENT_PHASE.search(said):
             said += " phase loss"
     if _COLLECTOR_DIED.search(said):
         said += " collector down"

@@ -403,3 +403,9 @@ def test_phases_of_the_medium_voltage_supply_at_zero_are_the_mains_lost():
     assert set(terms("PHASE_LOSS")) <= set(terms("Line 1 VT: Va 19.2 kV, Vb 0.0 kV, Vc 19.1 kV"))
     # A low-voltage input at 0 V may be one UPS's own feeder opened: no reading of the supply from it.
     assert "main" not in terms("Input L1 0 V, L2 0 V, L3 0 V") and "loss" not in terms("PDU inlet L1 0 V")
+
+
+def test_a_voltage_under_a_tenth_of_nominal_is_an_interruption_not_a_sag():
+    assert set(terms("LOSS_OF_MAINS")) <= set(terms("Feeder 3: V1 0.4% V2 0.2% V3 0.3% of Un 11 kV"))
+    assert set(terms("PHASE_LOSS")) <= set(terms("UL2 0 V (0.1 % Uc), UL1 6.35 kV, UL3 6.34 kV"))
+    assert "loss" not in terms("Dip: U12 64.0 % U23 66.1 % U31 65.2 % of Uc, 90 ms")  # a sag stays a sag
