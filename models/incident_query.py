@@ -319,7 +319,9 @@ def reports_any_normal(text: str) -> bool:
 # failover, a UPS on battery), not a fault.
 _UNIT_STATES = frozenset("running run online up available".split())
 _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?|command|cmd)|scheduled|resumed|"
-                      r"(?:manual(?:ly)?|local|hand) operat\w*|no (?:trip|protection) (?:flag|indication))\b")
+                      r"(?:manual(?:ly)?|local|hand) operat\w*|shunt/manual|"
+                      r"no (?:trip|protection)(?: \w+)? (?:flag|indication|cause|operat\w*)|"
+                      r"(?:trip|protection) (?:flag|indication)s?:? none)\b")
 
 
 # A clause that reads normal beside a fault stated in another is no recovery ("L2 missing; U_L1 and U_L3 nominal"),
@@ -376,11 +378,13 @@ def says_no_fault(text: str) -> bool:
 
 
 def reports_only_normal(member: dict) -> bool:
-    """A member whose every clause (or, wordless, whose code: ``VoltageNormal``) reports a normal reading."""
+    """A member whose every clause reports a normal reading, or whose code does (``VoltageNormal``) while its words
+    state no fault ("bus 401 V, 50.00 Hz": the readings of that normal state)."""
     text = said(member)
+    code_normal = bool(words(member.get("code") or "")) and words(member["code"])[-1] in NORMAL_WORDS
     if text:
-        return not symptoms(text)
-    return bool(words(member.get("code") or "")) and words(member["code"])[-1] in NORMAL_WORDS
+        return not symptoms(text) or code_normal and not states_a_fault(text)
+    return code_normal
 
 
 def said(member: dict) -> str:

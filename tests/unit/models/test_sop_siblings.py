@@ -409,3 +409,17 @@ def test_a_voltage_under_a_tenth_of_nominal_is_an_interruption_not_a_sag():
     assert set(terms("LOSS_OF_MAINS")) <= set(terms("Feeder 3: V1 0.4% V2 0.2% V3 0.3% of Un 11 kV"))
     assert set(terms("PHASE_LOSS")) <= set(terms("UL2 0 V (0.1 % Uc), UL1 6.35 kV, UL3 6.34 kV"))
     assert "loss" not in terms("Dip: U12 64.0 % U23 66.1 % U31 65.2 % of Uc, 90 ms")  # a sag stays a sag
+
+
+def test_a_feeder_opened_with_no_trip_indicated_is_routine_work():
+    from opsloop.models.incident_query import says_no_fault
+    assert says_no_fault("Outgoing feeder QF-3 (UPS-2 input) CLOSED -> OPEN, trip indication: none")
+    assert says_no_fault("Feeder F4 open (shunt/manual)") and says_no_fault("F4 OPEN, no trip cause recorded")
+    assert not says_no_fault("Outgoing feeder QF-3 CLOSED -> OPEN, trip indication: earth fault")
+
+
+def test_a_status_reported_normal_by_its_code_with_its_readings_is_context():
+    from opsloop.models.incident_query import reports_only_normal
+    assert reports_only_normal({"code": "PQM:NORMAL", "text": "Bus B 402 V, 50.0 Hz, THD-V 1.9 %"})
+    assert not reports_only_normal({"code": "STATUS_NORMAL", "text": "Breaker Q2 tripped on overcurrent"})
+    assert not reports_only_normal({"code": "PQM_EVENT", "text": "Bus B 402 V, 50.0 Hz, THD-V 1.9 %"})
