@@ -108,6 +108,10 @@ _OF_NOMINAL_PCT = re.compile(r"%\s*(?:of\s+)?(?:un|udin|uc|vn|nominal|nom|declar
 _PERCENT = re.compile(r"(\d+(?:[.,]\d+)?)\s*%")
 INTERRUPTION_PCT = 10.0
 _ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|missing) phase\b")
+# An error or link counter read at zero ("LinkDowned 0", "LinkDownedCounter 0", "LinkErrorRecovery=0") reports that
+# nothing happened: it states no fault of its name.
+_ZERO_COUNTER = re.compile(r"\b(?:link ?downed|link ?error ?recovery|symbol ?errors?|port ?rcv ?errors?|excessive ?buffer"
+                           r" ?overrun ?errors?)(?: ?counter)?\s*(?:[=:]|delta)?\s*\+?0\b(?![.,]\d)")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
                              r"(?:exited|failed|killed|dead|stopped)\b")
@@ -188,7 +192,8 @@ def words(text: str) -> list[str]:
     expanded."""
     out: list[str] = []
     text = " ".join([text, *meanings(text)])  # "SPN 110 FMI 16": the words the standard's numbers stand for
-    said = " ".join(_WORD.findall(_CAMEL.sub(" ", ascii_folded(text)).lower()))  # "NOT_RESPONDING": "not responding"
+    said = _CAMEL.sub(" ", ascii_folded(text)).lower()
+    said = " ".join(_WORD.findall(_ZERO_COUNTER.sub(" ", said)))  # "NOT_RESPONDING": "not responding"
     said = _PREFIXED.sub(r"\1\2", _PROTECTOR.sub("breaker", said))
     said = _CURRENT_ABOVE.sub(r"\g<0> overcurrent", said)
     if _TEMPERATURE_ABOVE.search(text) and not _DEW_POINT.search(said):  # a high dew point is humid air, not hot

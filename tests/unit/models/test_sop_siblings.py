@@ -423,3 +423,8 @@ def test_a_status_reported_normal_by_its_code_with_its_readings_is_context():
     assert reports_only_normal({"code": "PQM:NORMAL", "text": "Bus B 402 V, 50.0 Hz, THD-V 1.9 %"})
     assert not reports_only_normal({"code": "STATUS_NORMAL", "text": "Breaker Q2 tripped on overcurrent"})
     assert not reports_only_normal({"code": "PQM_EVENT", "text": "Bus B 402 V, 50.0 Hz, THD-V 1.9 %"})
+
+
+def test_an_error_counter_read_at_zero_states_nothing():
+    assert "down" not in terms("mlx5_0 port 1: PortRcvErrors +3312, LinkErrorRecovery 0, LinkDowned 0")
+    assert "down" in terms("LinkDownedCounter +5 on port 61") and "down" in terms("LinkDowned 3")
