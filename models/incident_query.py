@@ -110,8 +110,8 @@ INTERRUPTION_PCT = 10.0
 _ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|missing) phase\b")
 # An error or link counter read at zero ("LinkDowned 0", "LinkDownedCounter 0", "LinkErrorRecovery=0") reports that
 # nothing happened: it states no fault of its name.
-_ZERO_COUNTER = re.compile(r"\b(?:link ?downed|link ?error ?recovery|symbol ?errors?|port ?rcv ?errors?|excessive ?buffer"
-                           r" ?overrun ?errors?)(?: ?counter)?\s*(?:[=:]|delta)?\s*\+?0\b(?![.,]\d)")
+_ZERO_COUNTER = re.compile(r"\b(?:link ?downed|link ?error ?recovery|symbol ?errors?|port ?rcv ?errors?|"
+                           r"excessive ?buffer ?overrun ?errors?)(?: ?counter)?\s*(?:[=:]|delta)?\s*\+?0\b(?![.,]\d)")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
                              r"(?:exited|failed|killed|dead|stopped)\b")
