@@ -329,6 +329,12 @@ _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?
                       r"(?:trip|protection) (?:flag|indication)s?:? none)\b")
 
 
+# A unit riding through a grid disturbance ("Low voltage ride-through active 0.09 s, no trip") is doing its job,
+# unless it says it tripped.
+_RODE_THROUGH = re.compile(r"\b(?:ride ?through (?:active|in progress|ok|successful|completed)|rode through)\b")
+_TRIPPED = re.compile(r"(?<!no )\btrip(?:ped|s)?\b")
+
+
 # A clause that reads normal beside a fault stated in another is no recovery ("L2 missing; U_L1 and U_L3 nominal"),
 # unless it says the reading came back ("mains failure, voltages now normal").
 _RECOVERY = re.compile(r"\b(?:now|again|back|restored|recovered|cleared|resolved|returned)\b")
@@ -373,6 +379,8 @@ def says_no_fault(text: str) -> bool:
     lowered = text.lower()
     raised = bool(_RAISED.search(lowered))
     if (_ROUTINE.search(lowered) or _GPU_POWER.search(lowered)) and not raised:
+        return True
+    if _RODE_THROUGH.search(lowered.replace("-", " ")) and not raised and not _TRIPPED.search(lowered):
         return True
     clauses = [c for c in _CLAUSES.split(lowered) if c.strip()]
     normal = [c for c in clauses if reports_normal(c)]

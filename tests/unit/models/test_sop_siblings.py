@@ -428,3 +428,13 @@ def test_a_status_reported_normal_by_its_code_with_its_readings_is_context():
 def test_an_error_counter_read_at_zero_states_nothing():
     assert "down" not in terms("mlx5_0 port 1: PortRcvErrors +3312, LinkErrorRecovery 0, LinkDowned 0")
     assert "down" in terms("LinkDownedCounter +5 on port 61") and "down" in terms("LinkDowned 3")
+
+
+def test_a_unit_riding_through_a_disturbance_is_doing_its_job(narration):
+    from opsloop.models.incident_query import says_no_fault
+    assert says_no_fault("Low voltage ride-through active 0.08 s, no trip")
+    assert not says_no_fault("PCS tripped: grid voltage outside the ride-through curve")
+    sag = _incident(("pqm-f1", "pq_meter", "SAG", "Sag: Va 70.2% of nominal, 5 cycles"),
+                    [("pqm-f2", "pq_meter", "SAG", "Sag: Va 72.9% of nominal, 5 cycles", 0),
+                     ("pcs-1", "pcs", "LVRT", "Low voltage ride-through active 0.08 s, no trip", 0)])
+    assert narration.retrieve(sag).sop_ids[0] == "SOP-PWR-013"
