@@ -112,6 +112,10 @@ _ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|mi
 # nothing happened: it states no fault of its name.
 _ZERO_COUNTER = re.compile(r"\b(?:link ?downed|link ?error ?recovery|symbol ?errors?|port ?rcv ?errors?|"
                            r"excessive ?buffer ?overrun ?errors?)(?: ?counter)?\s*(?:[=:]|delta)?\s*\+?0\b(?![.,]\d)")
+# A power supply whose AC input is lost ("Power Supply PS4 | Power Supply AC lost") lost its feed: INPUT_POWER_LOST.
+_PSU_INPUT_LOST = re.compile(r"\b(?:power suppl(?:y|ies)|psus?|ps ?\d+)\b(?: \w+){0,4}? (?:ac|input)(?: power)? (?:lost|loss)\b")
+# "The power supplies are not redundant", "non-redundant": the redundancy lost (PSU_REDUNDANCY_LOST).
+_NOT_REDUNDANT = re.compile(r"\b(?:not|non|no longer) ?redundant\b")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
 _COLLECTOR_DIED = re.compile(r"\b(?:poller|collector|exporter|scraper|telegraf) service\b(?: \w+){0,6}? "
                              r"(?:exited|failed|killed|dead|stopped)\b")
@@ -209,6 +213,9 @@ def words(text: str) -> list[str]:
             said += " loss of mains"
         elif lost == 1 or _ABSENT_PHASE.search(said):
             said += " phase loss"
+    said = _NOT_REDUNDANT.sub("redundancy lost", said)
+    if _PSU_INPUT_LOST.search(said):
+        said += " input power lost"
     if _COLLECTOR_DIED.search(said):
         said += " collector down"
     said = _NO_BYPASS.sub("bypassunavailable", _NOT_AVAILABLE.sub("unavailable", _NO_ANSWER.sub("unreachable", said)))
@@ -331,7 +338,8 @@ _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?
 
 # A unit riding through a grid disturbance ("Low voltage ride-through active 0.09 s, no trip") is doing its job,
 # unless it says it tripped.
-_RODE_THROUGH = re.compile(r"\b(?:ride ?through (?:active|in progress|ok|successful|completed)|rode through)\b")
+_RODE_THROUGH = re.compile(r"\b(?:ride ?through (?:active|in progress|ok|successful|completed|entered|exited|ended)|"
+                           r"rode through)\b")
 _TRIPPED = re.compile(r"(?<!no )\btrip(?:ped|s)?\b")
 
 

@@ -438,3 +438,15 @@ def test_a_unit_riding_through_a_disturbance_is_doing_its_job(narration):
                     [("pqm-f2", "pq_meter", "SAG", "Sag: Va 72.9% of nominal, 5 cycles", 0),
                      ("pcs-1", "pcs", "LVRT", "Low voltage ride-through active 0.08 s, no trip", 0)])
     assert narration.retrieve(sag).sop_ids[0] == "SOP-PWR-013"
+
+
+def test_a_power_supply_whose_ac_input_is_lost_lost_its_feed():
+    assert set(terms("INPUT_POWER_LOST")) <= set(terms("SEL 0x0b17 | Power Supply PS2 | Power Supply AC lost"))
+    assert set(terms("INPUT_POWER_LOST")) <= set(terms("PSU1 AC input lost"))
+    assert set(terms("PSU_REDUNDANCY_LOST")) <= set(terms("The power supplies are not redundant."))
+    assert "input" not in terms("CRAC-2 AC lost communication")  # an air conditioner, not a power supply
+
+
+def test_a_ride_through_entered_and_exited_is_context():
+    from opsloop.models.incident_query import says_no_fault
+    assert says_no_fault("Low voltage ride-through entered, exited after 104 ms")
