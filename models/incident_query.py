@@ -113,7 +113,8 @@ _ABSENT_PHASE = re.compile(r"\bphase \w{1,2} (?:absent|missing)\b|\b(?:absent|mi
 _ZERO_COUNTER = re.compile(r"\b(?:link ?downed|link ?error ?recovery|symbol ?errors?|port ?rcv ?errors?|"
                            r"excessive ?buffer ?overrun ?errors?)(?: ?counter)?\s*(?:[=:]|delta)?\s*\+?0\b(?![.,]\d)")
 # A power supply whose AC input is lost ("Power Supply PS4 | Power Supply AC lost") lost its feed: INPUT_POWER_LOST.
-_PSU_INPUT_LOST = re.compile(r"\b(?:power suppl(?:y|ies)|psus?|ps ?\d+)\b(?: \w+){0,4}? (?:ac|input)(?: power)? (?:lost|loss)\b")
+_PSU_INPUT_LOST = re.compile(r"\b(?:power suppl(?:y|ies)|psus?|ps ?\d+)\b(?: \w+){0,4}? "
+                             r"(?:ac|input)(?: power)? (?:lost|loss)\b")
 # "The power supplies are not redundant", "non-redundant": the redundancy lost (PSU_REDUNDANCY_LOST).
 _NOT_REDUNDANT = re.compile(r"\b(?:not|non|no longer) ?redundant\b")
 # A monitoring service that died ("snmp-poller.service: Main process exited, code=killed"): its collector is down.
