@@ -339,7 +339,7 @@ _ROUTINE = re.compile(r"\b(?:allocated?|started|starting|start (?:request(?:ed)?
 
 # A unit riding through a grid disturbance ("Low voltage ride-through active 0.09 s, no trip") is doing its job,
 # unless it says it tripped.
-_RODE_THROUGH = re.compile(r"\b(?:ride ?through (?:active|in progress|ok|successful|completed|entered|exited|ended)|"
+_RODE_THROUGH = re.compile(r"\b(?:ride[- ]?through (?:active|in progress|ok|successful|completed|entered|exited|ended)|"
                            r"rode through)\b")
 _TRIPPED = re.compile(r"(?<!no )\btrip(?:ped|s)?\b")
 
@@ -389,7 +389,7 @@ def says_no_fault(text: str) -> bool:
     raised = bool(_RAISED.search(lowered))
     if (_ROUTINE.search(lowered) or _GPU_POWER.search(lowered)) and not raised:
         return True
-    if _RODE_THROUGH.search(lowered.replace("-", " ")) and not raised and not _TRIPPED.search(lowered):
+    if _RODE_THROUGH.search(lowered) and not raised and not _TRIPPED.search(lowered):
         return True
     clauses = [c for c in _CLAUSES.split(lowered) if c.strip()]
     normal = [c for c in clauses if reports_normal(c)]
@@ -402,8 +402,8 @@ def says_no_fault(text: str) -> bool:
 def reports_only_normal(member: dict) -> bool:
     """A member whose every clause reports a normal reading, or whose code does (``VoltageNormal``) while its words
     state no fault ("bus 401 V, 50.00 Hz": the readings of that normal state)."""
-    text = said(member)
-    code_normal = bool(words(member.get("code") or "")) and words(member["code"])[-1] in NORMAL_WORDS
+    text, code_words = said(member), words(member.get("code") or "")
+    code_normal = bool(code_words) and code_words[-1] in NORMAL_WORDS
     if text:
         return not symptoms(text) or code_normal and not states_a_fault(text)
     return code_normal
