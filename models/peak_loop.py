@@ -33,7 +33,8 @@ whole life it keeps the guard's reserve (``cap_reserve_soc_pct``). ``control="se
 With the Slurm queue (``on_queue``: the latest whole ``slurm.queue`` snapshot, a hint) the forecaster also
 learns and forecasts with the GPU kW the queue expects to be running in each step (``models.queue_covariate``);
 the covariate joins the forecaster with the first snapshot (``queue_covariate`` False: never), so a loop that is
-never given one forecasts exactly as without it.
+never given one forecasts exactly as without it. The outside-temperature forecast (``on_weather``: (valid
+time, degC) points, ``models.weather_covariate``) joins the same way (``weather_covariate``).
 
 A snapshot at or before one already folded in is ignored: after a restart,
 replayed snapshots neither count twice nor change any decision. Action ids are
@@ -53,6 +54,8 @@ from opsloop.models import levers as flex
 from opsloop.models.battery import Battery
 from opsloop.models.peak_forecast import PeakForecaster
 from opsloop.models.queue_covariate import QueueCovariate
+from opsloop.models.weather_covariate import MAX_AGE_S as WEATHER_MAX_AGE_S
+from opsloop.models.weather_covariate import WeatherCovariate
 from opsloop.models.peak_modes import FLOORED, FORECAST, REACTIVE, UNFLOORED, ModeArbiter, ReactiveRule
 from opsloop.models.peak_planner import (HOLD_GRID_LIMIT, PERIOD_DAYS, REACTIVE_FLOOR_LIFTED, SHAVE_PEAK,
                                          WAIT_FOR_PEAK, Billing, Plan, Policy, Tariff, _charge_steps,
@@ -126,6 +129,10 @@ class LoopConfig:
     # snapshot comes; one older than ``queue_max_age_s`` is not used.
     queue_covariate: bool = True
     queue_max_age_s: float = 3600.0
+    # The outside-temperature forecast as a covariate (models.weather_covariate), once a forecast comes; one issued
+    # more than ``weather_max_age_s`` ago is not used.
+    weather_covariate: bool = True
+    weather_max_age_s: float = WEATHER_MAX_AGE_S
 
     @classmethod
     def from_site(cls, site: Site, step_s: int = 900, battery_kwh: float | None = None,
@@ -200,6 +207,7 @@ class SitePeakLoop:
         self.lever_usage = flex.Usage()  # hours each lever was engaged today, for its daily budget
         self.daily_import: dict[int, float] = {}  # day -> its highest step import (the last week), for the levers
         self.queue: QueueCovariate | None = None  # the latest Slurm queue snapshot, once one came
+        self.weather: WeatherCovariate | None = None  # the latest outside-temperature forecast, once one came
         self.reconfigure(config)  # the config, and how the floor is judged
 
     def __setstate__(self, state: dict) -> None:
@@ -208,6 +216,7 @@ class SitePeakLoop:
         self.__dict__.setdefault("lever_usage", flex.Usage())
         self.__dict__.setdefault("daily_import", {})
         self.__dict__.setdefault("queue", None)
+        self.__dict__.setdefault("weather", None)
         if "arbiter" not in state:
             self.reactive = ReactiveRule(self.config.step_s, percentile=self.config.reactive_percentile)
             self.arbiter = ModeArbiter(self.config.battery, skill_periods=self.config.skill_periods)
@@ -230,22 +239,35 @@ class SitePeakLoop:
             self.forecaster.add_covariate(self.queue.name)
         self.queue.observe(records)
 
+    def on_weather(self, issued_ms: int, points: list[tuple[int, float]]) -> None:
+        """The site's latest outside-temperature forecast ((valid time, degC) points): the forecaster sees it from
+        the next step on."""
+        if not self.config.weather_covariate or not points:
+            return
+        if self.weather is None:
+            self.weather = WeatherCovariate(step_s=self.config.step_s, max_age_s=self.config.weather_max_age_s,
+                                            horizon_steps=self.config.plan_steps or self.config.day_steps)
+            self.forecaster.add_covariate(self.weather.name)
+        self.weather.observe(issued_ms, points)
+
     def warm_up(self, start_ms: int, load_kw: float) -> None:
         """Learn a step of history without planning (an offline evaluation's warm-up)."""
         self.learn(start_ms, load_kw, steps=1)  # only the next step's expectation is kept
         self.reactive.learn_one(start_ms, load_kw)
 
     def learn(self, start_ms: int, load_kw: float, steps: int | None = None) -> list[dict] | None:
-        """Teach the forecaster the closed step (with the queue's covariate, when there is a queue); returns the
-        covariates of the ``steps`` ahead (default: the plan's), or None."""
+        """Teach the forecaster the closed step (with the queue's and the weather's covariates, where they came);
+        returns the covariates of the ``steps`` ahead (default: the plan's), or None when none is known."""
         cfg = self.config
         step_end = start_ms + cfg.step_s * 1000
-        queue = self.queue if cfg.queue_covariate else None
+        covariates = [c for c, on in ((self.queue, cfg.queue_covariate), (self.weather, cfg.weather_covariate))
+                      if on and c is not None]
         x = {"ts_ms": start_ms}
-        if queue is not None:
-            x.update(queue.step_x(start_ms, step_end))
+        for covariate in covariates:
+            x.update(covariate.step_x(start_ms, step_end))
         self.forecaster.learn_one(load_kw, x)
-        return queue.future_xs(step_end, steps or cfg.plan_steps or cfg.day_steps) if queue is not None else None
+        ahead = [xs for c in covariates if (xs := c.future_xs(step_end, steps or cfg.plan_steps or cfg.day_steps))]
+        return [{k: v for xs in step for k, v in xs.items()} for step in zip(*ahead)] if ahead else None
 
     def on_snapshot(self, snap: dict) -> list[Decision]:
         """Fold one SiteSnapshot in; returns the decisions of the steps it closed (0, 1 or 2)."""

@@ -6,7 +6,7 @@ interval: a running job from its start until its end, a pending job from the sch
 its expected end (a job with no end counts on; a pending job with no expected start is not placed in time and
 counts nowhere). Each job draws its ``est_kw`` (its GPUs x the partition's kW per GPU). Reservations are not load.
 
-``QueueCovariate`` turns the latest snapshot into what ``models.peak_forecast.PeakForecaster`` takes: the value
+``QueueCovariate`` (a ``models.step_covariate.StepCovariate``) turns the latest snapshot into what ``models.peak_forecast.PeakForecaster`` takes: the value
 for the step just closed (``step_x``: what the queue expected for it when it was the next step, so jobs that
 ended within it and have left the queue still count) and the values of the steps ahead (``future_xs``). A
 snapshot older than ``max_age_s`` says nothing (both empty: the forecaster then counts the covariate as
@@ -29,10 +29,11 @@ unchanged), nor does a site that never sent one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from opsloop.models.slurm_queue import PENDING, RUNNING
+from opsloop.models.step_covariate import StepCovariate
 
 NAME = "queue_kw"  # the covariate's name in the forecaster's x
 
@@ -68,19 +69,12 @@ def expected_kw_steps(entries: Iterable[dict], start_ms: int, step_ms: int, step
 
 
 @dataclass
-class QueueCovariate:
+class QueueCovariate(StepCovariate):
     """The latest queue snapshot of a site, as covariates of its load forecast (see the module note). Only its
     expected kW per step is kept (from the step before the snapshot's to ``horizon_steps`` + 2 after), not its
     records: the loop that holds it is pickled into its agent's changelog at every commit."""
 
-    step_s: int = 900
-    max_age_s: float = 3600.0
-    horizon_steps: int = 96
     name: str = NAME
-    snapshot_ms: int | None = None
-    _start_ms: int = 0  # the first step of the profile
-    _profile: list[float] = field(default_factory=list)  # expected kW per step from _start_ms
-    _expected: dict[int, float] = field(default_factory=dict)  # step start -> kW the queue expected for it
 
     def observe(self, records: list[dict]) -> None:
         """Take one whole snapshot (its records, closed by the ``snapshot`` entry); one older than held is
@@ -89,33 +83,5 @@ class QueueCovariate:
         if ts is None or (self.snapshot_ms is not None and ts < self.snapshot_ms):
             return
         step_ms = self.step_s * 1000
-        self.snapshot_ms, self._start_ms = ts, (ts // step_ms - 1) * step_ms
-        self._profile = expected_kw_steps(records, self._start_ms, step_ms, self.horizon_steps + 3)
-
-    def fresh(self, now_ms: int) -> bool:
-        return self.snapshot_ms is not None and now_ms - self.snapshot_ms <= self.max_age_s * 1000
-
-    def _at(self, start_ms: int) -> float | None:
-        k = (start_ms - self._start_ms) // (self.step_s * 1000)
-        return self._profile[k] if 0 <= k < len(self._profile) else None
-
-    def step_x(self, start_ms: int, now_ms: int) -> dict:
-        """The covariate of the step starting at ``start_ms``, closed by ``now_ms``: what the queue expected for
-        it as the next step, else what the snapshot says of it; empty when the queue is unknown or stale."""
-        expected = self._expected.pop(start_ms, None)
-        self._expected = {t: v for t, v in self._expected.items() if t > start_ms}
-        if expected is None and self.fresh(now_ms):
-            expected = self._at(start_ms)
-        return {} if expected is None else {self.name: expected}
-
-    def future_xs(self, now_ms: int, steps: int) -> list[dict] | None:
-        """The covariate of each of the ``steps`` steps from ``now_ms`` (a step's start); None when the queue is
-        unknown or stale. The first is remembered as what the queue expected for that step."""
-        if not self.fresh(now_ms):
-            return None
-        step_ms = self.step_s * 1000
-        values = [self._at(now_ms + k * step_ms) for k in range(steps)]
-        xs = [{} if v is None else {self.name: v} for v in values]
-        if values and values[0] is not None:
-            self._expected[now_ms] = values[0]
-        return xs
+        start_ms = (ts // step_ms - 1) * step_ms
+        self.hold(ts, start_ms, expected_kw_steps(records, start_ms, step_ms, self.horizon_steps + 3))

@@ -21,7 +21,8 @@ The model, stated:
   said they would (``queue_records`` gives the queue as the slurm-queue source would see it). Without a
   schedule the twin reads as before.
 - **Outside temperature** is synthetic: a daily sine, ``temp_mean_c`` +/- ``temp_swing_c``, warmest
-  at ``temp_peak_hour`` (UTC).
+  at ``temp_peak_hour`` (UTC); or ``weather`` (a ``models.weather.SyntheticWeather``), which adds warm and
+  cool spells from day to day and issues forecasts of them (``weather_forecast``).
 - **Cooling** removes IT heat with a chiller plant whose COP falls as it gets warmer outside and rises
   with the supply-air setpoint (``supply_setpoint_c``, which the plant's BACnet setpoint object sets):
   ``cop = max(cop_min, cop_ref - cop_slope_per_c x (t_out - cop_ref_temp_c)) x (1 + cop_gain_per_c x
@@ -65,6 +66,7 @@ from opsloop.models import records
 from opsloop.models.gpu_jobs import JobSchedule
 from opsloop.models.slurm_queue import partition_devices
 from opsloop.models.slurm_queue import snapshot as queue_snapshot
+from opsloop.models.weather import SyntheticWeather
 
 DAY_MS = 86_400_000
 
@@ -111,7 +113,7 @@ class SiteTwin:
                  supply_setpoint_c: float = 18.0, supply_ref_c: float = 18.0, cop_gain_per_c: float = 0.03,
                  inlet_rise_c: float = 1.0, inlet_rise_load_c: float = 3.0, it_design_kw: float = 35_000.0,
                  zone_uncooled_c: float = 45.0, zone_tau_s: float = 600.0, source: str = "twin",
-                 jobs: JobSchedule | None = None):
+                 jobs: JobSchedule | None = None, weather: SyntheticWeather | None = None):
         if len(curve) < 2:
             raise ValueError("the demand curve needs at least two points")
         self.site = site
@@ -120,6 +122,7 @@ class SiteTwin:
         self.cooling_base_kw, self.cop_ref, self.cop_ref_temp_c = cooling_base_kw, cop_ref, cop_ref_temp_c
         self.cop_slope_per_c, self.cop_min = cop_slope_per_c, cop_min
         self.temp_mean_c, self.temp_swing_c, self.temp_peak_hour = temp_mean_c, temp_swing_c, temp_peak_hour
+        self.weather = weather or SyntheticWeather(mean_c=temp_mean_c, swing_c=temp_swing_c, peak_hour=temp_peak_hour)
         self.supply_setpoint_c, self.supply_ref_c, self.cop_gain_per_c = supply_setpoint_c, supply_ref_c, cop_gain_per_c
         self.inlet_rise_c, self.inlet_rise_load_c, self.it_design_kw = inlet_rise_c, inlet_rise_load_c, it_design_kw
         self.zone_uncooled_c, self.zone_tau_s = zone_uncooled_c, zone_tau_s
@@ -151,8 +154,12 @@ class SiteTwin:
         return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
     def outside_c(self, ts_ms: int) -> float:
-        hour = (ts_ms % DAY_MS) / 3_600_000
-        return self.temp_mean_c + self.temp_swing_c * math.cos(2 * math.pi * (hour - self.temp_peak_hour) / 24)
+        return self.weather.outside_c(ts_ms)
+
+    def weather_forecast(self, ts_ms: int, hours: int = 48) -> tuple[int, list[tuple[int, float]]]:
+        """The latest temperature forecast at ``ts_ms``, as a weather service gives it: its issue time and
+        hourly (valid time, degC) points."""
+        return self.weather.issue_ms(ts_ms), self.weather.forecast(ts_ms, hours)
 
     def cop(self, outside_c: float, supply_c: float | None = None) -> float:
         """The chiller plant's COP with ``outside_c`` outside and the supply air at ``supply_c`` (default: the setpoint)."""

@@ -337,6 +337,8 @@ def _add_evals(sub) -> None:
                       ("peaks", "peak shaving: no control, reactive, planner and oracle per billing month"),
                       ("peaks-suite", "peak shaving on every curve we have: weekly and monthly billing, MASE"),
                       ("forecast-queue", "the load forecast and billed peaks with and without the Slurm queue, on the twin"),
+                      ("forecast-weather", "the load forecast and billed peaks with and without the temperature forecast, "
+                                           "on the twin"),
                       ("rul", "battery remaining-useful-life dates and bands on generated ageing trajectories"),
                       ("cooling", "cooling kWh saved by the guarded supply-air setpoint loop on the twin, over BACnet")]:
         module = importlib.import_module(f"opsloop.ops.evals.{name.replace('-', '_')}")

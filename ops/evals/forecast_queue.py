@@ -75,19 +75,25 @@ def twin_run(site, curve, seed: int, days: float, jobs_per_day: float) -> tuple[
     """The twin with the seeded job schedule: each step's start and facility kW (the mean of its readings)."""
     start = curve[0][0] // 86_400_000 * 86_400_000
     twin = SiteTwin(site, curve, jobs=JobSchedule.for_site(site, seed=seed, epoch_ms=start, jobs_per_day=jobs_per_day))
+    return (*facility_steps(twin, start, days), twin)
+
+
+def facility_steps(twin: SiteTwin, start_ms: int, days: float) -> tuple[list[int], list[float]]:
+    """Each step's start and the twin's facility kW over it (the mean of its readings), the ESS idle."""
     times, loads = [], []
     per_step = STEP_S // SAMPLE_S
     for i in range(int(days * 86_400 // STEP_S)):
-        ts = start + i * STEP_S * 1000
+        ts = start_ms + i * STEP_S * 1000
         readings = [twin.measure(ts + k * SAMPLE_S * 1000).facility_kw for k in range(per_step)]
         times.append(ts)
         loads.append(sum(readings) / per_step)
-    return times, loads, twin
+    return times, loads
 
 
 def score_forecasts(times: list[int], loads: list[float], config: LoopConfig, warmup_days: float,
-                    queue_at=None) -> dict:
-    """MAE and MASE at 1 h, 4 h and 24 h of the loop's forecaster, with the queue when ``queue_at`` is given."""
+                    queue_at=None, weather_at=None) -> dict:
+    """MAE and MASE at 1 h, 4 h and 24 h of the loop's forecaster, with the queue when ``queue_at`` is given and
+    the temperature forecast when ``weather_at`` is (as ``ops.evals.peaks.planner_controller`` takes them)."""
     loop = SitePeakLoop(config)
     day = config.day_steps
     start = times[0] + warmup_days * 86_400_000
@@ -104,6 +110,8 @@ def score_forecasts(times: list[int], loads: list[float], config: LoopConfig, wa
         step_end = ts + config.step_s * 1000
         if queue_at is not None:
             loop.on_queue(queue_at(step_end))
+        if weather_at is not None:
+            loop.on_weather(*weather_at(step_end))
         xs = loop.learn(ts, y)
         predicted = loop.forecaster.forecast(day, xs) if xs is not None else loop.forecaster.forecast(day)
     return {"mae_kw": {k: round(e / n, 1) if n else None for k, (e, _, n) in errors.items()},
@@ -111,7 +119,7 @@ def score_forecasts(times: list[int], loads: list[float], config: LoopConfig, wa
 
 
 def billed_peaks(times: list[int], loads: list[float], config: LoopConfig, warmup_days: float,
-                 queue_at=None) -> dict:
+                 queue_at=None, weather_at=None) -> dict:
     """The planner's billed peaks (weekly and monthly billing) after the warm-up, and no control's."""
     s0 = next(i for i, ts in enumerate(times) if ts >= times[0] + warmup_days * 86_400_000)
     history, scored_times, scored = (times[:s0], loads[:s0]), times[s0:], loads[s0:]
@@ -120,7 +128,7 @@ def billed_peaks(times: list[int], loads: list[float], config: LoopConfig, warmu
     out = {}
     for period in ("week", "month"):
         cfg = replace(config, billing_period=period)
-        planner, _ = planner_controller(scored_times, scored, cfg, history, queue_at)
+        planner, _ = planner_controller(scored_times, scored, cfg, history, queue_at, weather_at)
         sims = {"planner": simulate(scored, cfg.step_s, battery, energy, planner),
                 "none": simulate(scored, cfg.step_s, battery, energy, no_control)}
         keys = [billing_period(ts, period)[0] for ts in scored_times]
@@ -152,18 +160,19 @@ def evaluate_seed(site, curve, seed: int, days: float, warmup_days: float, jobs_
     return row
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Per horizon and billing: the mean over seeds of each arm, and on how many seeds the queue helped."""
+def summarise(rows: list[dict], arms: tuple[str, str] = ARMS, better: str = "queue_better_seeds") -> dict:
+    """Per horizon and billing: the mean over seeds of each arm (without, with), and on how many seeds the second
+    was better (under ``better``)."""
     out = {"seeds": len(rows), "mae_kw": {}, "mase": {}, "billed_kw": {}}
     for k in HORIZONS:
         for metric in ("mae_kw", "mase"):
-            values = {arm: [r[arm]["forecast"][metric][k] for r in rows] for arm in ARMS}
+            values = {arm: [r[arm]["forecast"][metric][k] for r in rows] for arm in arms}
             out[metric][k] = {**{arm: round(sum(v) / len(v), 3) for arm, v in values.items()},
-                              "queue_better_seeds": sum(w < wo for wo, w in zip(*values.values()))}
+                              better: sum(w < wo for wo, w in zip(*values.values()))}
     for period in ("week", "month"):
-        values = {arm: [r[arm]["billed"][period]["planner_billed_kw"] for r in rows] for arm in ARMS}
+        values = {arm: [r[arm]["billed"][period]["planner_billed_kw"] for r in rows] for arm in arms}
         out["billed_kw"][period] = {**{arm: round(sum(v) / len(v), 1) for arm, v in values.items()},
-                                    "queue_better_seeds": sum(w < wo for wo, w in zip(*values.values()))}
+                                    better: sum(w < wo for wo, w in zip(*values.values()))}
     return out
 
 

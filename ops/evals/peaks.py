@@ -252,17 +252,26 @@ def evaluate(times: list[int], loads: list[float], step_s: int, config: LoopConf
 
 
 def planner_controller(times: list[int], loads: list[float], config: LoopConfig, history=((), ()),
-                       queue_at: Callable[[int], list[dict]] | None = None):
+                       queue_at: Callable[[int], list[dict]] | None = None,
+                       weather_at: Callable[[int], tuple[int, list]] | None = None):
     """The peaks loop as a controller: after step t-1 it learns the measured step and plans step t.
 
     ``history`` (times, loads) is learned by the forecaster first (the warm-up). ``queue_at(ts_ms)``, when given,
-    is the Slurm queue snapshot (``SlurmQueue`` records) the loop is handed as each step closes at ``ts_ms``.
+    is the Slurm queue snapshot (``SlurmQueue`` records) the loop is handed as each step closes at ``ts_ms``;
+    ``weather_at(ts_ms)`` the latest outside-temperature forecast then (its issue time and (valid time, degC)
+    points).
     """
     loop = SitePeakLoop(config)
     step_ms = config.step_s * 1000
-    for ts, load in zip(*history):  # the warm-up, as the offline reactive baseline sees it too
+
+    def hints(ts_ms: int) -> None:
         if queue_at is not None:
-            loop.on_queue(queue_at(ts + step_ms))
+            loop.on_queue(queue_at(ts_ms))
+        if weather_at is not None:
+            loop.on_weather(*weather_at(ts_ms))
+
+    for ts, load in zip(*history):  # the warm-up, as the offline reactive baseline sees it too
+        hints(ts + step_ms)
         loop.warm_up(ts, load)
     decisions: list = [None] * len(loads)
 
@@ -272,8 +281,7 @@ def planner_controller(times: list[int], loads: list[float], config: LoopConfig,
             if not history[0]:
                 return IDLE
             return loop.on_step(history[0][-1], history[1][-1], history[1][-1], soc, None, billed=False).plan.command
-        if queue_at is not None:
-            loop.on_queue(queue_at(times[t - 1] + step_ms))
+        hints(times[t - 1] + step_ms)
         decision = loop.on_step(times[t - 1], loads[t - 1], sim.grid_kw[t - 1], soc, None)
         decisions[t - 1] = decision
         return decision.plan.command
