@@ -9,8 +9,8 @@ user (topics, ACLs, SCRAM users) and needs no grant.
 
 The rules the table keeps: only the guard writes ``actions.approved``; only the actuator
 sinks and the views (the NOC's process runs the views agent) read it; only the NOC writes
-``operator.feedback``. The anomaly agent reads it too, as a hint, and like rul's and peaks' ``slurm.queue``
-whole, with a reader of its own that joins no group (connectors/broadcast.py): its group id, ``<agent>-hints``,
+``operator.feedback``. The anomaly agent reads it too, as a hint, and like rul's and peaks' ``slurm.queue`` (and
+peaks' ``weather.forecast``) whole, with a reader of its own that joins no group (connectors/broadcast.py): its group id, ``<agent>-hints``,
 falls under the agent's private prefix, so the topic's READ grant is all it adds.
 
 >>> from opsloop.config.settings import Settings
@@ -53,7 +53,8 @@ class Access:
 #: producer of raw data (replay, the PCS simulator, site collectors); "noc" is `opsloop noc`, which
 #: writes operator feedback and its audit trail and (with --with-views) runs the views agent in its process.
 PRINCIPALS: dict[str, Access] = {
-    "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", "slurm.queue", DEADLETTER)),
+    "source": Access(writes=("telemetry.raw", "alarms.raw", "sources.health", "slurm.queue", "weather.forecast",
+                             DEADLETTER)),
     "rollup": Access(reads=("telemetry.raw",), writes=("telemetry.site", DEADLETTER, HEALTH), groups=("rollup",)),
     "anomaly": Access(reads=("telemetry.raw", "actions.approved"), writes=("alarms.raw", DEADLETTER, HEALTH),
                       groups=("anomaly",),
@@ -62,7 +63,7 @@ PRINCIPALS: dict[str, Access] = {
                     groups=("dedup",), private=("dedup",), fixed_groups=("labels",)),
     "correlate": Access(reads=("alarms.clean",), writes=("incidents", DEADLETTER, HEALTH), groups=("correlate",),
                         private=("correlate",)),
-    "peaks": Access(reads=("telemetry.site", "slurm.queue"), writes=("forecasts.peak", "actions.proposed", DEADLETTER, HEALTH),
+    "peaks": Access(reads=("telemetry.site", "slurm.queue", "weather.forecast"), writes=("forecasts.peak", "actions.proposed", DEADLETTER, HEALTH),
                     groups=("peaks",), private=("peaks",)),
     "guard": Access(reads=("actions.proposed", "operator.feedback", "telemetry.site", "actions.results"),
                     writes=("actions.approved", "actions.results", "alarms.raw", DEADLETTER, HEALTH), groups=("guard",)),

@@ -118,7 +118,8 @@ def cmd_twin(settings: Settings, args) -> int:
                      storm_seed=args.seed, failures=args.failures, background=args.background,
                      horizon_s=int(args.horizon_h * 3600), sunspec_port=args.sunspec_port, snmp_dir=args.snmp_dir,
                      bacnet_port=args.bacnet_port, publish=not args.no_telemetry, slurm_every_s=args.slurm_every_s,
-                     jobs_per_day=args.jobs_per_day, jobs_seed=args.jobs_seed, queue_every_s=args.queue_every_s)
+                     jobs_per_day=args.jobs_per_day, jobs_seed=args.jobs_seed, queue_every_s=args.queue_every_s,
+                     weather_day_sd_c=args.weather_day_sd, weather_seed=args.weather_seed)
 
 
 def cmd_slurm(settings: Settings, args) -> int:
@@ -483,6 +484,10 @@ def parser() -> argparse.ArgumentParser:
     tw.add_argument("--jobs-seed", type=int, default=0, help="seed of the job schedule")
     tw.add_argument("--queue-every-s", type=float, default=300.0,
                     help="twin seconds between snapshots of the job queue on slurm.queue")
+    tw.add_argument("--weather-day-sd", type=float, default=0.0,
+                    help="warm and cool spells: standard deviation of the daily mean temperature, degC (default 0: "
+                         "the plain daily cycle); the forecast is served on the Prometheus port at /v1/forecast")
+    tw.add_argument("--weather-seed", type=int, default=0, help="seed of the weather")
     tw.add_argument("--failures", type=int, default=0, help="failures to inject (storm generator)")
     tw.add_argument("--background", type=int, default=0, help="unrelated background alarms to inject")
     tw.add_argument("--horizon-h", type=float, default=24.0, help="twin hours the failures are spread over")

@@ -27,7 +27,9 @@ sources read the twin as they would read a site: Prometheus text (``--prometheus
 Modbus TCP meter device with the grid and facility meters (``--sunspec-port``), each PDU's SNMP
 objects in a file an snmpd ``pass_persist`` script serves (``--snmp-dir``), and the cooling plant as a
 BACnet/IP device (``--bacnet-port``): the supply-air setpoint, which the twin reads back each poll, so a
-write moves the chillers' power and the inlets, and each zone's inlet temperature.
+write moves the chillers' power and the inlets, and each zone's inlet temperature. The Prometheus port
+also answers as an Open-Meteo forecast API does (``/v1/forecast``): the twin's temperature forecast, for the
+weather source (with ``--weather-day-sd``, warm and cool spells; ``models.weather``).
 
 Time is the run's one clock (config/clock.py): when the settings carry none, the twin starts one
 at the curve's first time running ``speed`` times faster and prints the ``OPSLOOP_CLOCK_*``
@@ -36,11 +38,14 @@ variables every other process of the run must share.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
 
 from opsloop.config.assets import DEMO_SITE
 from opsloop.config.clock import Clock
@@ -51,6 +56,8 @@ from opsloop.connectors.sources.base import Readings
 from opsloop.models.gpu_jobs import JobSchedule
 from opsloop.models.topology import Topology
 from opsloop.models.twin import Fault, SiteTwin, parse_curve, stopped_kw
+from opsloop.models.weather import SyntheticWeather
+from opsloop.models.weather_service import forecast_document
 
 log = logging.getLogger("opsloop.twin")
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "taylor_demand_mw.csv"
@@ -91,6 +98,7 @@ class Meters:
     site: str
     values: dict[tuple[str, str], float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    forecast: Callable[[int], dict] | None = None  # hours -> the twin's weather forecast now, in Open-Meteo's form
 
     def update(self, points: list[dict]) -> None:
         with self.lock:
@@ -111,14 +119,26 @@ class Meters:
 
 
 def serve_prometheus(meters: Meters, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """The latest readings as Prometheus text on /metrics, and the twin's temperature forecast as an Open-Meteo
+    forecast API answers (/v1/forecast, ``forecast_hours`` of hourly temperature_2m), for the weather source."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
-            if self.path.split("?")[0] != "/metrics":
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
+                self._send(meters.text().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            elif url.path == "/v1/forecast" and meters.forecast is not None:
+                try:
+                    hours = min(384, max(1, int(parse_qs(url.query).get("forecast_hours", ["48"])[0])))
+                except ValueError:
+                    self.send_error(400, "forecast_hours must be a whole number")
+                    return
+                self._send(json.dumps(meters.forecast(hours)).encode(), "application/json")
+            else:
                 self.send_error(404)
-                return
-            body = meters.text().encode()
+
+        def _send(self, body: bytes, content_type: str) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -195,6 +215,11 @@ class TwinPoller:
                 self.stopped = stopped_kw(self.slurm.jobs(), self.kw_per_gpu, self.seen_running)
             except Exception as exc:  # noqa: BLE001 (any backend failure: the jobs keep their last state)
                 log.warning("twin: Slurm not answering (%s)", exc)
+
+    @property
+    def played_ms(self) -> int:
+        """The time of the latest sample played (the start, before any)."""
+        return self.next_ms - self.sample_ms if self.samples else self.next_ms
 
     def poll(self, now_ms: int) -> Readings:
         if now_ms < self.next_ms:
@@ -307,7 +332,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
           clock: Clock | None = None, start_ms: int | None = None, twin_options: dict | None = None,
           sunspec_port: int | None = None, snmp_dir: Path | None = None, bacnet_port: int | None = None,
           publish: bool = True, slurm_every_s: float = 0.0, jobs_per_day: float = 0.0, jobs_seed: int = 0,
-          queue_every_s: float = 300.0) -> TwinRun:
+          queue_every_s: float = 300.0, weather_day_sd_c: float = 0.0, weather_seed: int = 0) -> TwinRun:
     from opsloop.config.policy import load_policy
     from opsloop.connectors.pcs import PcsClient, parse_endpoint
     from opsloop.connectors.sources.loop import SourceRun
@@ -319,6 +344,8 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     if jobs_per_day > 0:  # the twin's Slurm runs a seeded queue of GPU jobs (models.gpu_jobs), published below
         options.setdefault("jobs", JobSchedule.for_site(site, seed=jobs_seed, epoch_ms=start_ms,
                                                         jobs_per_day=jobs_per_day))
+    if weather_day_sd_c > 0:  # warm and cool spells from day to day (models.weather), forecast on /v1/forecast
+        options.setdefault("weather", SyntheticWeather(day_sd_c=weather_day_sd_c, seed=weather_seed))
     twin = SiteTwin(site, curve, **options)
     faults, alarms = storm_faults(site, start_ms, horizon_s, storm_seed, failures, background)
     for fault in faults:
@@ -326,7 +353,7 @@ def build(settings: Settings, site: Site, *, speed: float = 60.0, data: Path | N
     pcs_client = PcsClient(*parse_endpoint(settings.pcs_modbus), timeout_s=1.0) if pcs and site.ess else None
     from opsloop.ops.twin_protocols import MeterServer, PduFiles
 
-    meters = Meters(site.id)
+    meters = Meters(site.id, forecast=lambda hours: forecast_document(twin.weather.forecast(poller.played_ms, hours)))
     meter = MeterServer(sunspec_port, prometheus_host).start() if sunspec_port is not None else None
     outputs = [meter.show] if meter is not None else []
     if snmp_dir is not None:

@@ -16,7 +16,9 @@ queue need not sit in the partition number its snapshots do: each site's latest 
 and the forecast learns and forecasts with the GPU kW it expects per step (``models.queue_covariate``). On start
 the reader goes back ``hint_lookback_s`` (an hour: as far as the loop still uses a snapshot). An undecodable
 queue entry is skipped and counted (``hints_refused``), not dead-lettered: every instance would dead-letter it
-again, at each start.
+again, at each start. The outside-temperature forecast (``weather.forecast``, the weather source's) is a hint the
+same way: each site's latest is handed to its loop (``models.weather_covariate``); the reader's hour back finds
+the latest of a source that polls at least hourly.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class SiteState:
 class PeaksProcessor(HintSources, KeyedProcessor):
     name = "peaks"
     source = "telemetry.site"
-    sources = ("telemetry.site", "slurm.queue")
-    stateless = ("slurm.queue",)
+    sources = ("telemetry.site", "slurm.queue", "weather.forecast")
+    stateless = ("slurm.queue", "weather.forecast")
     record = "SiteSnapshot"
 
     def __init__(self, settings: Settings, site: Site, observer: Observer | None = None,
@@ -70,6 +72,8 @@ class PeaksProcessor(HintSources, KeyedProcessor):
         self.decided: list[Decision] = []
         self.queue_topic = settings.topic("slurm.queue")
         self.queues = LatestQueue()  # each site's latest Slurm queue (a hint: not checkpointed, read again)
+        self.weather_topic = settings.topic("weather.forecast")
+        self.forecasts: dict[str, dict] = {}  # each site's latest weather forecast (a hint, like the queue)
         self.hint_lookback_s = self.config.queue_max_age_s if self.config.queue_covariate else 0.0
         self.stats["hints_refused"] = 0
 
@@ -84,6 +88,12 @@ class PeaksProcessor(HintSources, KeyedProcessor):
         self.close_hints()
 
     def handle(self, msg) -> None:
+        if msg.topic() == self.weather_topic:
+            if (forecast := self.hint(msg, "WeatherForecast")) is not None:
+                held = self.forecasts.get(forecast["site"])
+                if held is None or forecast["issued_ms"] >= held["issued_ms"]:
+                    self.forecasts[forecast["site"]] = forecast
+            return
         if msg.topic() != self.queue_topic:
             super().handle(msg)
             return
@@ -116,6 +126,9 @@ class PeaksProcessor(HintSources, KeyedProcessor):
         queue = self.queues.of(record["site"])
         if queue and (state.loop.queue is None or state.loop.queue.snapshot_ms != queue[-1]["ts_ms"]):
             state.loop.on_queue(queue)
+        forecast = self.forecasts.get(record["site"])
+        if forecast and (state.loop.weather is None or state.loop.weather.snapshot_ms != forecast["issued_ms"]):
+            state.loop.on_weather(forecast["issued_ms"], [(p["valid_ms"], p["temp_c"]) for p in forecast["points"]])
         outputs = []
         for decision in state.loop.on_snapshot(record):
             outputs.append(("forecasts.peak", decision.forecast))

@@ -29,4 +29,5 @@ KINDS["prometheus"] = SourceKind("prometheus", "scrape /metrics endpoints (node-
 KINDS["remote-write"] = SourceKind("remote_write", "a Prometheus server's remote_write (snappy protobuf, bearer token)")
 KINDS["slurm-queue"] = SourceKind("slurm_queue", "Slurm queue: jobs and reservations with GPUs and est. kW (squeue, scontrol)")
 KINDS["hwmon"] = SourceKind("hwmon", "Linux power sensors: hwmon power/energy and powercap/RAPL energy counters as kW (sysfs)")
+KINDS["weather"] = SourceKind("weather", "the outside-temperature forecast from an Open-Meteo-compatible API (the load forecast's weather covariate)")
 KINDS["logs"] = SourceKind("logs", "kernel and service logs (journald or a followed file): NVIDIA Xid, Slurm daemon errors, UPS events as Alarms")

@@ -49,7 +49,8 @@ def test_the_slurm_queue_is_read_as_a_hint_and_reaches_the_sites_loop():
 
     site = load_site(SITE)
     processor = PeaksProcessor(Settings(topology=SITE), site)
-    assert processor.stateless == ("slurm.queue",) and processor.joined_sources() == ("telemetry.site",)
+    assert processor.stateless == ("slurm.queue", "weather.forecast")
+    assert processor.joined_sources() == ("telemetry.site",)
     now = 960_163_200_000
     twin = SiteTwin(site, [(0, 30_000.0), (86_400_000, 30_000.0)],
                     jobs=JobSchedule.for_site(site, seed=1, epoch_ms=now - 86_400_000))
@@ -66,3 +67,27 @@ def test_the_slurm_queue_is_read_as_a_hint_and_reaches_the_sites_loop():
     processor.fold(state, b"demo", snap, 0)
     assert state.loop.queue is not None and state.loop.queue.snapshot_ms == now
     assert state.loop.forecaster._cov_names == ("queue_kw",)
+
+
+def test_the_weather_forecast_is_read_as_a_hint_and_the_latest_issue_reaches_the_sites_loop():
+    from opsloop.models.weather import SyntheticWeather
+    from opsloop.models.weather_service import forecast_record
+    from tests.unit.consumed import Msg
+
+    processor = PeaksProcessor(Settings(topology=SITE), load_site(SITE))
+    now = 960_163_200_000
+    weather = SyntheticWeather(day_sd_c=3.0, seed=4)
+    topic = processor.weather_topic
+    newer = forecast_record(now, "demo", "weather", now, weather.forecast(now, 48))
+    older = forecast_record(now, "demo", "weather", now - 6 * 3_600_000, weather.forecast(now - 6 * 3_600_000, 48))
+    processor.handle(Msg(topic, 0, 0, processor.codec.encode("WeatherForecast", newer)))
+    processor.handle(Msg(topic, 0, 1, processor.codec.encode("WeatherForecast", older)))  # late: kept out
+    processor.handle(Msg(topic, 0, 2, b"not a record"))
+    assert processor.stats["hints_refused"] == 1
+    state = processor.load_state(b"demo", None)
+    snap = {"site": "demo", "window_start_ms": now, "window_end_ms": now + 60_000, "grid_kw": 30_000.0,
+            "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
+    processor.fold(state, b"demo", snap, 0)
+    assert state.loop.weather is not None and state.loop.weather.snapshot_ms == now
+    assert state.loop.forecaster._cov_names == ("outside_c",)
+    assert pickle.loads(processor.dump_state(state)).loop.weather.snapshot_ms == now  # checkpointed with the loop
