@@ -12,7 +12,7 @@ from opsloop.config.settings import Settings
 pytestmark = pytest.mark.unit
 ARCHITECTURE_TOPICS = {"telemetry.raw", "telemetry.site", "alarms.raw", "alarms.clean", "incidents", "narratives",
                        "forecasts.peak", "actions.proposed", "actions.approved", "actions.results",
-                       "operator.feedback", "noc.audit", "sources.health", "agents.health", "slurm.queue",
+                       "operator.feedback", "noc.audit", "sources.health", "agents.health", "slurm.queue", "weather.forecast",
                        "forecasts.rul", "advice.efficiency", "deadletter"}
 
 
