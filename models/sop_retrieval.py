@@ -89,7 +89,8 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
 from opsloop.models.alarm_glossary import KINDS, every_language
-from opsloop.models.incident_query import LEAD_WITHIN_S, code_key, states_a_fault, terms
+from opsloop.models.alarm_states import states_a_fault
+from opsloop.models.incident_query import LEAD_WITHIN_S, code_key, terms
 from opsloop.models.sop_relations import AlarmReading, read_relations, upstream_cause, without_hand_overs
 from opsloop.models.sops import Sop
 from opsloop.models.value_readings import reports_only_a_value

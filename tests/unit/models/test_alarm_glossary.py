@@ -8,7 +8,8 @@ import pytest
 
 from opsloop.config.assets import sop_texts
 from opsloop.models import alarm_glossary, incident_query, sop_retrieval
-from opsloop.models.incident_query import ABBREVIATIONS, ascii_folded, in_english, says_no_fault, terms, words
+from opsloop.models.alarm_states import says_no_fault
+from opsloop.models.incident_query import ABBREVIATIONS, ascii_folded, in_english, terms, words
 from opsloop.models.narrate import Narration
 from opsloop.models.sops import parse_corpus
 from incidents import incident  # the unit tier's incident record

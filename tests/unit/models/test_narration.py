@@ -6,7 +6,8 @@ import pytest
 from haystack import Document
 
 from opsloop.models.grounding import GroundingChecker, citations, step_claims
-from opsloop.models.incident_query import IncidentQueryBuilder, fan_out, log_codes, reports_normal, symptoms, terms
+from opsloop.models.alarm_states import reports_normal, symptoms
+from opsloop.models.incident_query import IncidentQueryBuilder, fan_out, log_codes, terms
 from opsloop.models.sop_retrieval import device_kinds
 from opsloop.config.assets import sop_texts
 from opsloop.models.narrate import Narration

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from opsloop.config.assets import sop_texts
-from opsloop.models.incident_query import (IncidentQueryBuilder, code_key, reports_any_normal, reports_normal,
-                                           says_no_fault, terms)
+from opsloop.models.alarm_states import reports_any_normal, reports_normal, says_no_fault
+from opsloop.models.incident_query import IncidentQueryBuilder, code_key, terms
 from opsloop.models.narrate import Narration
 from opsloop.models.sop_relations import ANY, AlarmReading, Relations, upstream_cause, walk_upstream
 from opsloop.models.sop_retrieval import device_kinds
@@ -412,7 +412,6 @@ def test_a_voltage_under_a_tenth_of_nominal_is_an_interruption_not_a_sag():
 
 
 def test_a_feeder_opened_with_no_trip_indicated_is_routine_work():
-    from opsloop.models.incident_query import says_no_fault
     assert says_no_fault("Outgoing feeder QF-3 (UPS-2 input) CLOSED -> OPEN, trip indication: none")
     assert says_no_fault("Feeder F4 open (shunt/manual)") and says_no_fault("F4 OPEN, no trip cause recorded")
     assert not says_no_fault("Outgoing feeder QF-3 CLOSED -> OPEN, trip indication: earth fault")
@@ -431,7 +430,6 @@ def test_an_error_counter_read_at_zero_states_nothing():
 
 
 def test_a_unit_riding_through_a_disturbance_is_doing_its_job(narration):
-    from opsloop.models.incident_query import says_no_fault
     assert says_no_fault("Low voltage ride-through active 0.08 s, no trip")
     assert not says_no_fault("PCS tripped: grid voltage outside the ride-through curve")
     sag = _incident(("pqm-f1", "pq_meter", "SAG", "Sag: Va 70.2% of nominal, 5 cycles"),
@@ -448,5 +446,4 @@ def test_a_power_supply_whose_ac_input_is_lost_lost_its_feed():
 
 
 def test_a_ride_through_entered_and_exited_is_context():
-    from opsloop.models.incident_query import says_no_fault
     assert says_no_fault("Low voltage ride-through entered, exited after 104 ms")
