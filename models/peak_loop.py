@@ -323,6 +323,8 @@ class SitePeakLoop:
         self.reactive.learn_one(start_ms, load_kw)
         step_end = start_ms + cfg.step_s * 1000
         next_key, next_start = billing_period(step_end, cfg.billing_period)
+        if next_key != self.billing.key:  # the step planned opens a new billing period: nothing is billed in it yet
+            self.billing = Billing(next_key, 0.0, next_start, cfg.billing_period)
         mode = arbiter.start_period(next_key, step_end)
         # A day billed alone is not bounded by the days before it (a Sunday after a weekday peak): the
         # recent peak is then the day's own so far; weeks and months look back a week.

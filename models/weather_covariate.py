@@ -13,11 +13,20 @@ what the thermometer read later, so the forecaster learns what the forecast is w
 >>> cov.observe(issued_ms=0, points=[(0, 20.0), (3_600_000, 22.0), (7_200_000, 21.0)])
 >>> cov.future_xs(1_800_000, 4)  # the steps from 00:30: midpoints 00:45, 01:15, 01:45 and 02:15 (past the forecast)
 [{'outside_c': 21.5}, {'outside_c': 21.75}, {'outside_c': 21.25}, {}]
+
+A forecast issued hours ago still covers the whole horizon ahead, as far as its points reach: the profile runs
+``horizon_steps`` past the oldest moment it is used (``max_age_s``).
+
+>>> day = WeatherCovariate(step_s=3600, horizon_steps=24)
+>>> day.observe(issued_ms=0, points=[(h * 3_600_000, 20.0 + h / 10) for h in range(48)])
+>>> day.future_xs(11 * 3_600_000, 24)[-1]  # 11 h after the issue, a day ahead
+{'outside_c': 23.45}
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -50,5 +59,6 @@ class WeatherCovariate(StepCovariate):
         points = sorted(points)
         step_ms = self.step_s * 1000
         start_ms = (issued_ms // step_ms - 1) * step_ms
-        profile = [at(points, start_ms + (k + 0.5) * step_ms) for k in range(self.horizon_steps + 3)]
-        self.hold(issued_ms, start_ms, profile)
+        # A forecast is used until it is max_age_s old, and each use looks horizon_steps ahead: keep that far.
+        steps = self.horizon_steps + math.ceil(self.max_age_s / self.step_s) + 3
+        self.hold(issued_ms, start_ms, [at(points, start_ms + (k + 0.5) * step_ms) for k in range(steps)])

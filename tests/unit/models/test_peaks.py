@@ -436,3 +436,19 @@ def test_a_site_files_country_gives_the_loop_its_holidays():
     assert dt.date(2023, 5, 18) in calendar and dt.date(2023, 5, 17) not in calendar  # Ascension
     loop = SitePeakLoop(LoopConfig.from_site(replace(site, country="GB-ENG")))
     assert dt.date(2000, 5, 29) in loop.forecaster.holidays  # the spring bank holiday
+
+
+def test_the_first_step_of_a_billing_period_is_planned_with_nothing_billed_in_it():
+    """The step that opens a week is planned for that week: last week's bill must not let charging lift its import."""
+    config = replace(LoopConfig.from_site(load_site(SITE)), billing_period="week")
+    loop = SitePeakLoop(config)
+    monday, step = 960_163_200_000, 900_000  # 2000-06-05, the start of ISO week 23
+    for k in range(7 * 96):
+        ts = monday + k * step
+        load = 38_000.0 if k == 40 else 30_000.0 if 28 <= k % 96 < 80 else 24_000.0  # Tuesday 10:00 sets the bill
+        decision = loop.on_step(ts, load, load, 40.0, None)  # a battery at 40 %: it would charge if it could
+        if k == 7 * 96 - 2:
+            assert decision.plan.command.charge_ceiling_kw == pytest.approx(0.98 * 38_000.0)  # still week 23
+    params = decision.actions[0]["params"]  # the plan for Monday 00:00 of week 24
+    assert params["billing_period"] == "2000-W24" and params["billed_peak_kw"] == "0.0"
+    assert decision.plan.command.charge_ceiling_kw == 0.0 and decision.plan.kind != "pcs_charge"

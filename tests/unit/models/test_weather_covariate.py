@@ -109,3 +109,13 @@ def test_where_the_weather_drives_the_load_a_forecaster_told_it_learns_its_worth
         told.learn_one(y, {"ts_ms": ts, NAME: w.outside_c(ts)})
         blind.learn_one(y, {"ts_ms": ts})
     assert sum(errors["told"]) < 0.5 * sum(errors["blind"])
+
+
+def test_a_forecast_hours_old_still_covers_a_day_ahead():
+    """Forecasts come every few hours and are used until they are 12 h old: every use must see the day ahead."""
+    cov = WeatherCovariate(step_s=900, horizon_steps=96)
+    cov.observe(issued_ms=0, points=[(h * H, 15.0 + h / 4) for h in range(48)])
+    for age_h in (0, 3, 6, 11):
+        xs = cov.future_xs(age_h * H, 96)
+        assert all(NAME in x for x in xs), age_h
+        assert xs[-1][NAME] == pytest.approx(15.0 + (age_h + 23.875) / 4)  # the middle of the last step
