@@ -111,6 +111,10 @@ class Policy:
     # refills below its threshold. It cannot lift the bill (the ceiling holds); it costs energy at that hour's price.
     # Chosen on SimBench curves no setting had seen (docs/evaluations/peaks.md, "Fresh curves").
     top_up: bool = True
+    # Charging never lifts import above what the period pays for: its billed peak, or, where higher, the least it will
+    # surely pay (``sure_bill_kw``: the forecast's lower edge at its peak in the period, less what the PCS can shave).
+    # Without it a period's first hours, a valley with little billed yet, could barely recharge.
+    sure_bill: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,9 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
     charge_at = _charge_steps(forecast, tariff, policy)
     episode = episode_end(charge_at)
-    holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy,
-                                billing.billed_peak_kw)
+    paid = max(billing.billed_peak_kw, sure_bill_kw(forecast, battery, billing)) if policy.sure_bill else \
+        billing.billed_peak_kw
+    holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy, paid)
     target = max(billing.billed_peak_kw, holdable, recent_peak_kw - battery.pcs_discharge_kw)
     floor = None  # the reactive threshold, where it holds import lower than the plan alone
     if reactive_kw is not None and math.isfinite(reactive_kw) and max(reactive_kw, billing.billed_peak_kw) < target:
@@ -188,7 +193,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
     # Charging never lifts import above the target nor above what this month already pays for.
-    ceiling = charge_ceiling_kw(target, billing.billed_peak_kw, policy.charge_headroom_pct)
+    ceiling = charge_ceiling_kw(target, paid, policy.charge_headroom_pct)
 
     top_up = policy.top_up and not charge_at[0] and max(sized[:episode]) > target
     command = Command(limit_kw=target, max_discharge_kw=battery.max_discharge_kw(energy, step_h),
@@ -247,6 +252,14 @@ def _valley_kw(forecast: Sequence[ForecastPoint], policy: Policy) -> float:
 def _charge_steps(forecast: Sequence[ForecastPoint], tariff: Tariff, policy: Policy) -> list[bool]:
     valley, cheap, prices = _valley_kw(forecast, policy), tariff.cheap_price, tariff.prices_by_hour
     return [p.kw <= valley or prices[_hour(p.ts_ms)] <= cheap for p in forecast]
+
+
+def sure_bill_kw(forecast: Sequence[ForecastPoint], battery: Battery, billing: Billing) -> float:
+    """The least this period will bill whatever the battery does, as far as the forecast sees: the lower edge of
+    its band at the highest step still in the period, less the PCS's power (no dispatch shaves more off a step)."""
+    end = period_end_ms(forecast[0].ts_ms, billing.period)
+    lows = [p.lower_kw for p in forecast if p.ts_ms < end]
+    return max(0.0, max(lows, default=0.0) - battery.pcs_discharge_kw)
 
 
 def charge_ceiling_kw(target_kw: float, billed_kw: float, headroom_pct: float) -> float:
