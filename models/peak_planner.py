@@ -192,7 +192,7 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
         floor = target if reactive_kw > billing.billed_peak_kw else None
     if policy.import_cap_kw is not None:
         target = min(target, policy.import_cap_kw)
-    # Charging never lifts import above the target nor above what this month already pays for.
+    # Charging never lifts import above the target nor above what this period pays for (``paid``: see ``sure_bill``).
     ceiling = charge_ceiling_kw(target, paid, policy.charge_headroom_pct)
 
     top_up = policy.top_up and not charge_at[0] and max(sized[:episode]) > target
