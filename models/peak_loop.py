@@ -234,9 +234,7 @@ class SitePeakLoop:
         if not self.config.queue_covariate or not records:
             return
         if self.queue is None:
-            self.queue = QueueCovariate(step_s=self.config.step_s, max_age_s=self.config.queue_max_age_s,
-                                        horizon_steps=self.config.plan_steps or self.config.day_steps)
-            self.forecaster.add_covariate(self.queue.name)
+            self.queue = self._joined(QueueCovariate, self.config.queue_max_age_s)
         self.queue.observe(records)
 
     def on_weather(self, issued_ms: int, points: list[tuple[int, float]]) -> None:
@@ -245,10 +243,15 @@ class SitePeakLoop:
         if not self.config.weather_covariate or not points:
             return
         if self.weather is None:
-            self.weather = WeatherCovariate(step_s=self.config.step_s, max_age_s=self.config.weather_max_age_s,
-                                            horizon_steps=self.config.plan_steps or self.config.day_steps)
-            self.forecaster.add_covariate(self.weather.name)
+            self.weather = self._joined(WeatherCovariate, self.config.weather_max_age_s)
         self.weather.observe(issued_ms, points)
+
+    def _joined(self, kind, max_age_s: float):
+        """A new covariate of ``kind`` (a ``StepCovariate``) over the plan's horizon, joined to the forecaster."""
+        covariate = kind(step_s=self.config.step_s, max_age_s=max_age_s,
+                         horizon_steps=self.config.plan_steps or self.config.day_steps)
+        self.forecaster.add_covariate(covariate.name)
+        return covariate
 
     def warm_up(self, start_ms: int, load_kw: float) -> None:
         """Learn a step of history without planning (an offline evaluation's warm-up)."""

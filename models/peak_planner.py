@@ -182,8 +182,9 @@ def plan(forecast: Sequence[ForecastPoint], step_s: int, battery: Battery, soc_p
     sized = [p.kw + policy.band_weight * (p.upper_kw - p.kw) for p in forecast]
     charge_at = _charge_steps(forecast, tariff, policy)
     episode = episode_end(charge_at)
-    paid = max(billing.billed_peak_kw, sure_bill_kw(forecast, battery, billing)) if policy.sure_bill else \
-        billing.billed_peak_kw
+    paid = billing.billed_peak_kw  # what charging must not lift import above (besides the target)
+    if policy.sure_bill:
+        paid = max(paid, sure_bill_kw(forecast, battery, billing))
     holdable = _lowest_holdable(sized[:episode], charge_at[:episode], battery, energy, step_h, policy, paid)
     target = max(billing.billed_peak_kw, holdable, recent_peak_kw - battery.pcs_discharge_kw)
     floor = None  # the reactive threshold, where it holds import lower than the plan alone

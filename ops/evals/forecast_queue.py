@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from opsloop.models.gpu_jobs import JobSchedule
@@ -39,17 +39,39 @@ ARMS = ("without_queue", "with_queue")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, help="demand curve (default: the bundled Taylor file, ops/data)")
-    p.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
-    p.add_argument("--days", type=float, help="days to run the twin (default: the curve's length)")
-    p.add_argument("--warmup-days", type=float, default=7.0, help="days learned before scoring (default 7)")
-    p.add_argument("--seeds", default="1,2,3", help="job schedule seeds, comma-separated (default 1,2,3)")
+    add_twin_arguments(p, "job schedule seeds")
     p.add_argument("--jobs-per-day", type=float, default=JobSchedule.jobs_per_day,
                    help=f"jobs submitted per partition a day (default {JobSchedule.jobs_per_day:g})")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-def main(args: argparse.Namespace) -> int:
+def add_twin_arguments(p: argparse.ArgumentParser, seeds: str) -> None:
+    """The arguments every covariate eval on the twin takes (this one's and forecast-weather's)."""
+    p.add_argument("--data", type=Path, help="demand curve (default: the bundled Taylor file, ops/data)")
+    p.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
+    p.add_argument("--days", type=float, help="days to run the twin (default: the curve's length)")
+    p.add_argument("--warmup-days", type=float, default=7.0, help="days learned before scoring (default 7)")
+    p.add_argument("--seeds", default="1,2,3", help=f"{seeds}, comma-separated (default 1,2,3)")
+
+
+@dataclass(frozen=True)
+class TwinInputs:
+    """What ``add_twin_arguments`` named, read: the site and its file, the curve and its file, days and seeds."""
+
+    site: object
+    site_file: Path
+    data: Path
+    curve: list
+    days: float
+    seeds: list[int]
+
+    def described(self, warmup_days: float) -> dict:
+        """The report's ``input``: what it was judged on."""
+        return {"data": str(self.data), "site": str(self.site_file), "days": self.days, "warmup_days": warmup_days,
+                "step_s": STEP_S, "first": _iso(self.curve[0][0])}
+
+
+def twin_inputs(args: argparse.Namespace) -> TwinInputs:
     from opsloop.config.site import load_site
     from opsloop.ops.twin import DEFAULT_DATA, read_curve
 
@@ -59,13 +81,17 @@ def main(args: argparse.Namespace) -> int:
         from opsloop.config.settings import Settings
         site_file = Settings.from_env().topology
     data = args.data or DEFAULT_DATA
-    site, curve = load_site(site_file), read_curve(data)
-    span_days = (curve[-1][0] - curve[0][0]) / 86_400_000
-    days = args.days or math.floor(span_days)
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    report = {"input": {"data": str(data), "site": str(site_file), "days": days, "warmup_days": args.warmup_days,
-                        "step_s": STEP_S, "first": _iso(curve[0][0]), "jobs_per_day": args.jobs_per_day},
-              "seeds": [evaluate_seed(site, curve, seed, days, args.warmup_days, args.jobs_per_day) for seed in seeds]}
+    curve = read_curve(data)
+    days = args.days or math.floor((curve[-1][0] - curve[0][0]) / 86_400_000)
+    return TwinInputs(load_site(site_file), site_file, data, curve, days,
+                      [int(s) for s in str(args.seeds).split(",") if s.strip()])
+
+
+def main(args: argparse.Namespace) -> int:
+    i = twin_inputs(args)
+    report = {"input": {**i.described(args.warmup_days), "jobs_per_day": args.jobs_per_day},
+              "seeds": [evaluate_seed(i.site, i.curve, seed, i.days, args.warmup_days, args.jobs_per_day)
+                        for seed in i.seeds]}
     report["summary"] = summarise(report["seeds"])
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
@@ -185,25 +211,34 @@ def render(report: dict) -> str:
              f"{'billed wk/mo kW (none)':>34}"]
     for r in report["seeds"]:
         for arm in ARMS:
-            f, b = r[arm]["forecast"], r[arm]["billed"]
-            mae = "/".join(f"{f['mae_kw'][k]:,.0f}" for k in HORIZONS)
-            mase = "/".join(f"{f['mase'][k]:.3f}" for k in HORIZONS)
-            billed = (f"{b['week']['planner_billed_kw']:,.0f}/{b['month']['planner_billed_kw']:,.0f} "
-                      f"({b['week']['none_billed_kw']:,.0f}/{b['month']['none_billed_kw']:,.0f})")
             lines.append(f"{r['seed']:>4} {r['jobs']:>5} {r['job_kw_mean']:>6,.0f}/{r['job_kw_max']:<6,.0f} "
-                         f"{arm:<14} {mae:>22} {mase:>18} {billed:>34}")
-    s = report["summary"]
+                         f"{arm:<14} {arm_cells(r[arm])}")
     lines.append("the jobs' own kW moves on average by " + ", ".join(
         f"{k} {sum(r['job_kw_mean_change'][k] for r in report['seeds']) / len(report['seeds']):,.0f}"
         for k in HORIZONS) + " (at the GPUs; the facility adds their cooling)")
-    lines.append(f"mean over {s['seeds']} seeds (queue better on n seeds):")
+    return "\n".join(lines + summary_lines(report["summary"], ARMS, "queue_better_seeds", "queue"))
+
+
+def arm_cells(arm: dict) -> str:
+    """One arm of one seed: MAE and MASE at each horizon, billed peaks weekly/monthly (no control's)."""
+    f, b = arm["forecast"], arm["billed"]
+    mae = "/".join(f"{f['mae_kw'][k]:,.0f}" for k in HORIZONS)
+    mase = "/".join(f"{f['mase'][k]:.3f}" for k in HORIZONS)
+    billed = (f"{b['week']['planner_billed_kw']:,.0f}/{b['month']['planner_billed_kw']:,.0f} "
+              f"({b['week']['none_billed_kw']:,.0f}/{b['month']['none_billed_kw']:,.0f})")
+    return f"{mae:>22} {mase:>18} {billed:>34}"
+
+
+def summary_lines(s: dict, arms: tuple[str, str], better: str, who: str) -> list[str]:
+    """``summarise``'s means, without -> with, and on how many seeds ``who`` did better."""
+    without, with_ = arms
+    lines = [f"mean over {s['seeds']} seeds ({who} better on n seeds):"]
     for k in HORIZONS:
         m, q = s["mae_kw"][k], s["mase"][k]
-        lines.append(f"  {k:>3}: MAE {m['without_queue']:,.0f} -> {m['with_queue']:,.0f} kW "
-                     f"({m['queue_better_seeds']}/{s['seeds']}), MASE {q['without_queue']:.3f} -> "
-                     f"{q['with_queue']:.3f}")
+        lines.append(f"  {k:>3}: MAE {m[without]:,.0f} -> {m[with_]:,.0f} kW ({m[better]}/{s['seeds']}), "
+                     f"MASE {q[without]:.3f} -> {q[with_]:.3f}")
     for period in ("week", "month"):
         b = s["billed_kw"][period]
-        lines.append(f"  billed peaks, {period}ly billing, summed: {b['without_queue']:,.0f} -> {b['with_queue']:,.0f} kW "
-                     f"({b['queue_better_seeds']}/{s['seeds']})")
-    return "\n".join(lines)
+        lines.append(f"  billed peaks, {period}ly billing, summed: {b[without]:,.0f} -> {b[with_]:,.0f} kW "
+                     f"({b[better]}/{s['seeds']})")
+    return lines

@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from pathlib import Path
 
 from opsloop.models.peak_loop import LoopConfig
 from opsloop.models.twin import SiteTwin
 from opsloop.models.weather import SyntheticWeather
-from opsloop.ops.evals.forecast_queue import HORIZONS, STEP_S, billed_peaks, facility_steps, score_forecasts, summarise
-from opsloop.ops.evals.peaks import _iso
+from opsloop.ops.evals.forecast_queue import (HORIZONS, STEP_S, add_twin_arguments, arm_cells, billed_peaks,
+                                              facility_steps, score_forecasts, summarise, summary_lines, twin_inputs)
 
 ARMS = ("without_weather", "with_weather")
 BETTER = "weather_better_seeds"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, help="demand curve (default: the bundled Taylor file, ops/data)")
-    p.add_argument("--site", type=Path, help="site file (default: OPSLOOP_TOPOLOGY, the demo site)")
-    p.add_argument("--days", type=float, help="days to run the twin (default: the curve's length)")
-    p.add_argument("--warmup-days", type=float, default=7.0, help="days learned before scoring (default 7)")
-    p.add_argument("--seeds", default="1,2,3", help="weather seeds, comma-separated (default 1,2,3)")
+    add_twin_arguments(p, "weather seeds")
     p.add_argument("--day-sd", type=float, default=3.0,
                    help="standard deviation of the daily mean temperature, degC (default 3)")
     p.add_argument("--forecast-sd", type=float, default=SyntheticWeather.forecast_sd_c,
@@ -47,23 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from opsloop.config.site import load_site
-    from opsloop.ops.twin import DEFAULT_DATA, read_curve
-
-    settings = getattr(args, "settings", None)
-    site_file = args.site or (settings.topology if settings else None)
-    if site_file is None:
-        from opsloop.config.settings import Settings
-        site_file = Settings.from_env().topology
-    data = args.data or DEFAULT_DATA
-    site, curve = load_site(site_file), read_curve(data)
-    days = args.days or math.floor((curve[-1][0] - curve[0][0]) / 86_400_000)
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    i = twin_inputs(args)
     weather = {"day_sd_c": args.day_sd, "forecast_sd_c": args.forecast_sd,
                "forecast_sd_per_day_c": args.forecast_sd_per_day}
-    report = {"input": {"data": str(data), "site": str(site_file), "days": days, "warmup_days": args.warmup_days,
-                        "step_s": STEP_S, "first": _iso(curve[0][0]), **weather},
-              "seeds": [evaluate_seed(site, curve, seed, days, args.warmup_days, **weather) for seed in seeds]}
+    report = {"input": {**i.described(args.warmup_days), **weather},
+              "seeds": [evaluate_seed(i.site, i.curve, seed, i.days, args.warmup_days, **weather) for seed in i.seeds]}
     report["summary"] = summarise(report["seeds"], ARMS, BETTER)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
@@ -98,23 +80,8 @@ def render(report: dict) -> str:
              f"{'billed wk/mo kW (none)':>34}"]
     for r in report["seeds"]:
         for arm in ARMS:
-            f, b = r[arm]["forecast"], r[arm]["billed"]
-            mae = "/".join(f"{f['mae_kw'][k]:,.0f}" for k in HORIZONS)
-            mase = "/".join(f"{f['mase'][k]:.3f}" for k in HORIZONS)
-            billed = (f"{b['week']['planner_billed_kw']:,.0f}/{b['month']['planner_billed_kw']:,.0f} "
-                      f"({b['week']['none_billed_kw']:,.0f}/{b['month']['none_billed_kw']:,.0f})")
-            lines.append(f"{r['seed']:>4} {r['cooling_kw_mean']:>10,.0f} {arm:<16} {mae:>22} {mase:>18} {billed:>34}")
-    s = report["summary"]
+            lines.append(f"{r['seed']:>4} {r['cooling_kw_mean']:>10,.0f} {arm:<16} {arm_cells(r[arm])}")
     lines.append("the cooling's kW moves on average by " + ", ".join(
         f"{k} {sum(r['cooling_kw_mean_change'][k] for r in report['seeds']) / len(report['seeds']):,.0f}"
         for k in HORIZONS))
-    lines.append(f"mean over {s['seeds']} seeds (the forecast better on n seeds):")
-    for k in HORIZONS:
-        m, q = s["mae_kw"][k], s["mase"][k]
-        lines.append(f"  {k:>3}: MAE {m[ARMS[0]]:,.0f} -> {m[ARMS[1]]:,.0f} kW ({m[BETTER]}/{s['seeds']}), "
-                     f"MASE {q[ARMS[0]]:.3f} -> {q[ARMS[1]]:.3f}")
-    for period in ("week", "month"):
-        b = s["billed_kw"][period]
-        lines.append(f"  billed peaks, {period}ly billing, summed: {b[ARMS[0]]:,.0f} -> {b[ARMS[1]]:,.0f} kW "
-                     f"({b[BETTER]}/{s['seeds']})")
-    return "\n".join(lines)
+    return "\n".join(lines + summary_lines(report["summary"], ARMS, BETTER, "the forecast"))

@@ -42,6 +42,12 @@ def test_a_snapshot_dated_ahead_of_the_clock_is_refused_so_real_ones_still_count
     assert state.loop.last_window_ms == 960_163_200_000  # what made the loop ignore every later real snapshot
 
 
+def snapshot_at(ts_ms: int) -> dict:
+    """A demo-site snapshot of the minute from ``ts_ms``."""
+    return {"site": "demo", "window_start_ms": ts_ms, "window_end_ms": ts_ms + 60_000, "grid_kw": 30_000.0,
+            "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
+
+
 def test_the_slurm_queue_is_read_as_a_hint_and_reaches_the_sites_loop():
     from opsloop.models.gpu_jobs import JobSchedule
     from opsloop.models.twin import SiteTwin
@@ -62,9 +68,7 @@ def test_the_slurm_queue_is_read_as_a_hint_and_reaches_the_sites_loop():
     processor.handle(Msg(topic, 0, len(records), b"not a record"))
     assert processor.stats["hints_refused"] == 1
     state = processor.load_state(b"demo", None)
-    snap = {"site": "demo", "window_start_ms": now, "window_end_ms": now + 60_000, "grid_kw": 30_000.0,
-            "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
-    processor.fold(state, b"demo", snap, 0)
+    processor.fold(state, b"demo", snapshot_at(now), 0)
     assert state.loop.queue is not None and state.loop.queue.snapshot_ms == now
     assert state.loop.forecaster._cov_names == ("queue_kw",)
 
@@ -85,9 +89,7 @@ def test_the_weather_forecast_is_read_as_a_hint_and_the_latest_issue_reaches_the
     processor.handle(Msg(topic, 0, 2, b"not a record"))
     assert processor.stats["hints_refused"] == 1
     state = processor.load_state(b"demo", None)
-    snap = {"site": "demo", "window_start_ms": now, "window_end_ms": now + 60_000, "grid_kw": 30_000.0,
-            "ess_kw": 0.0, "ess_soc_pct": 80.0, "ess_soh_pct": 97.0}
-    processor.fold(state, b"demo", snap, 0)
+    processor.fold(state, b"demo", snapshot_at(now), 0)
     assert state.loop.weather is not None and state.loop.weather.snapshot_ms == now
     assert state.loop.forecaster._cov_names == ("outside_c",)
     assert pickle.loads(processor.dump_state(state)).loop.weather.snapshot_ms == now  # checkpointed with the loop
